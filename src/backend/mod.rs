@@ -1,0 +1,304 @@
+//! The backend trait: every op AlexNet needs, as forward/backward pairs with
+//! the same names on every backend. The CPU backend (`cpu/`) is the reference
+//! every other backend is tested against. Tensors are f32, NCHW, row-major.
+//!
+//! Conventions shared by all ops:
+//! - backward ops *overwrite* their outputs (no accumulation);
+//! - `n` is the batch size; conv and pool geometry carry their own sizes;
+//! - a group count `g` splits input and output channels into `g` equal,
+//!   independent slices, exactly as a two-tower layer does (DESIGN.md).
+pub mod cpu;
+
+use crate::error::Result;
+
+/// Geometry of one (possibly grouped) 2-D convolution over a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    pub fn h_out(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn w_out(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.h_out() * self.w_out()
+    }
+    /// Weights are [c_out, c_in / groups, k, k] (PyTorch's layout).
+    pub fn w_len(&self) -> usize {
+        self.c_out * (self.c_in / self.groups) * self.k * self.k
+    }
+}
+
+/// Max pooling window (overlapping when size > stride, paper section 3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl PoolGeom {
+    /// Floor mode, no padding: 55 -> 27 -> 13 -> 6 for size 3, stride 2.
+    pub fn h_out(&self) -> usize {
+        (self.h - self.size) / self.stride + 1
+    }
+    pub fn w_out(&self) -> usize {
+        (self.w - self.size) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c * self.h_out() * self.w_out()
+    }
+}
+
+/// Local response normalisation (paper section 3.3):
+/// b[c] = a[c] / (k + alpha * sum_{c' = c - size/2 ..= c + size/2, clipped} a[c']^2)^beta.
+/// `size` is odd (the paper: 5). Note alpha is *not* divided by `size`
+/// (PyTorch and ONNX divide it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+}
+
+impl LrnParams {
+    /// The paper's constants: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
+    pub const PAPER: LrnParams = LrnParams {
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+    };
+}
+
+/// Shape of a 4-D activation tensor for element-wise-per-channel ops (LRN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nchw {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Nchw {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A fully connected layer: y[n, out] = x[n, in] . w[out, in]^T + b[out].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearGeom {
+    pub n: usize,
+    pub inp: usize,
+    pub out: usize,
+}
+
+/// The paper's SGD (section 5): v = momentum*v - weight_decay*lr*w - lr*g; w += v.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// One device's implementation of every op. Buffers are owned by the device.
+pub trait Backend: Send + Sync {
+    /// A device buffer of f32.
+    type Buf: Send + Sync;
+    /// A device buffer of u32 (labels, pooling argmax).
+    type IdxBuf: Send + Sync;
+
+    /// Human-readable name, for logs ("cpu (2 threads)", "cuda:0 H100").
+    fn name(&self) -> String;
+
+    // -- memory ----------------------------------------------------------
+    /// A zero-filled buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn alloc_idx(&self, len: usize) -> Result<Self::IdxBuf>;
+    fn upload(&self, src: &[f32], dst: &mut Self::Buf) -> Result<()>;
+    fn upload_idx(&self, src: &[u32], dst: &mut Self::IdxBuf) -> Result<()>;
+    fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+
+    // -- convolution (groups on the op, as cuDNN's descriptor) --------------
+    /// y = conv(x, w) + b. x: [n, c_in, h, w], w: [c_out, c_in/g, k, k], b: [c_out].
+    fn conv2d_forward(
+        &self,
+        g: &ConvGeom,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx = conv_transpose(dy, w).
+    fn conv2d_backward_data(
+        &self,
+        g: &ConvGeom,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dw = sum over the batch of dy (x) x.
+    fn conv2d_backward_filter(
+        &self,
+        g: &ConvGeom,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+    ) -> Result<()>;
+    /// db[c] = sum over n, h, w of dy[n, c, h, w].
+    fn conv2d_backward_bias(&self, g: &ConvGeom, dy: &Self::Buf, db: &mut Self::Buf) -> Result<()>;
+
+    // -- element-wise ------------------------------------------------------
+    /// x = max(x, 0), in place.
+    fn relu_forward(&self, x: &mut Self::Buf) -> Result<()>;
+    /// dy = dy * (y > 0), in place; y is the ReLU's output.
+    fn relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
+
+    // -- local response normalisation (fused: one pass, sliding window) ---
+    /// y = x / scale^beta, and scale = k + alpha * window sum of x^2 is kept for backward.
+    fn lrn_forward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        scale: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx[c] = dy[c] * scale[c]^-beta
+    ///         - 2 * alpha * beta * x[c] * sum_{c' whose window holds c} dy[c'] * y[c'] / scale[c'].
+    #[allow(clippy::too_many_arguments)]
+    fn lrn_backward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        scale: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // -- max pooling -------------------------------------------------------
+    /// y = window max; argmax holds, per output, the index of the winner
+    /// within its (n, c) plane (row * w + col), for backward.
+    fn max_pool_forward(
+        &self,
+        g: &PoolGeom,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        argmax: &mut Self::IdxBuf,
+    ) -> Result<()>;
+    /// dx = 0, then dx[winner] += dy for every output (windows overlap).
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeom,
+        dy: &Self::Buf,
+        argmax: &Self::IdxBuf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // -- dropout (inverted: kept units scaled by 1/(1-p) at training time) --
+    /// p in [0, 1). mask[i] = 0 or 1/(1-p) from a counter-based hash of (seed, i), so every
+    /// backend draws the same mask; x *= mask in place.
+    fn dropout_forward(
+        &self,
+        p: f32,
+        seed: u64,
+        x: &mut Self::Buf,
+        mask: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dy *= mask, in place.
+    fn dropout_backward(&self, mask: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
+
+    // -- fully connected (GEMM) ------------------------------------------------
+    /// y = x w^T + b. x: [n, in], w: [out, in], b: [out], y: [n, out].
+    fn linear_forward(
+        &self,
+        g: &LinearGeom,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx = dy w.
+    fn linear_backward_data(
+        &self,
+        g: &LinearGeom,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dw = dy^T x.
+    fn linear_backward_weight(
+        &self,
+        g: &LinearGeom,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+    ) -> Result<()>;
+    /// db = column sums of dy.
+    fn linear_backward_bias(
+        &self,
+        g: &LinearGeom,
+        dy: &Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // -- loss ------------------------------------------------------------------
+    /// probs = softmax(logits) per row; returns the mean cross-entropy over the batch.
+    /// logits: [n, classes]; labels: [n], each < classes.
+    fn softmax_xent_forward(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &Self::IdxBuf,
+        probs: &mut Self::Buf,
+    ) -> Result<f32>;
+    /// dlogits = (probs - onehot(labels)) / n.
+    fn softmax_xent_backward(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &Self::Buf,
+        labels: &Self::IdxBuf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // -- optimiser ---------------------------------------------------------------
+    /// The paper's rule, element-wise: v = m*v - wd*lr*w - lr*g; w += v.
+    fn sgd_update(
+        &self,
+        p: &SgdParams,
+        w: &mut Self::Buf,
+        g: &Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()>;
+}

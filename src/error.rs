@@ -1,0 +1,57 @@
+//! The library's error type: every fallible call returns `Result<T>`, and each
+//! variant names the thing (file, flag, op, shape) a user needs to fix.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An op was called with buffers or geometry that do not fit together.
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file exists but is not an image we can decode.
+    #[error("{}: not a readable image ({msg}); remove or replace the file", path.display())]
+    Image { path: PathBuf, msg: String },
+
+    /// The data set as a whole is unusable (missing folder, no classes, empty class...).
+    #[error("{0}")]
+    Data(String),
+
+    /// A configuration or flag value is not valid.
+    #[error("{0}")]
+    Config(String),
+
+    /// A backend could not be created or failed at run time.
+    #[error("{0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Check that a buffer has the length an op expects.
+pub fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            op,
+            detail: format!("{what} has {got} elements, expected {want}"),
+        })
+    }
+}
