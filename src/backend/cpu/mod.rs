@@ -1,0 +1,345 @@
+//! The CPU reference backend: `CpuBackend` implements `Backend` on plain
+//! `Vec<f32>` buffers by delegating to slice functions in the submodules
+//! (conv, linear, lrn, pool, elementwise), which tests call directly too.
+//! Every other backend is checked against these results. Parallelism is rayon
+//! (over images, planes or chunks); matrix products go through the `gemm` crate.
+pub mod conv;
+pub mod elementwise;
+pub mod linear;
+pub mod lrn;
+pub mod pool;
+
+use std::cell::RefCell;
+
+use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::error::{check_len, Error, Result};
+
+/// The CPU backend. Stateless: scratch memory lives in per-thread buffers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+// -- shared helpers ------------------------------------------------------------
+
+/// The product of `dims`, or a shape error if it overflows `usize`.
+pub(crate) fn checked_product(op: &'static str, what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("{what} {dims:?} overflows the address space"),
+        })
+}
+
+/// A shape error with a formatted detail.
+pub(crate) fn shape_err(op: &'static str, detail: String) -> Error {
+    Error::Shape { op, detail }
+}
+
+/// A strided matrix view: element (i, j) is at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// True when an `rows x cols` matrix with strides (rs, cs) fits in `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    (rows - 1)
+        .checked_mul(rs)
+        .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)))
+        .is_some_and(|last| last < len)
+}
+
+/// C[m, n] = A[m, k] . B[k, n]  (or C += A . B when `accumulate`), with C row-major
+/// with row stride `c_rs`. A and B are strided views, so transposes cost nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+    parallelism: gemm::Parallelism,
+) {
+    // Soundness of the raw-pointer call below rests on these: callers have
+    // validated every length against the geometry, so they cannot fail.
+    assert!(fits(c.len(), m, n, c_rs, 1), "sgemm: C out of bounds");
+    assert!(
+        fits(a.data.len(), m, k, a.rs, a.cs),
+        "sgemm: A out of bounds"
+    );
+    assert!(
+        fits(b.data.len(), k, n, b.rs, b.cs),
+        "sgemm: B out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element gemm touches is in bounds (checked above), C is
+    // borrowed mutably and does not alias A or B (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on a per-thread scratch buffer of `len` f32 (contents unspecified),
+/// so that im2col buffers are not reallocated on every call. Falls back to a
+/// fresh allocation if the thread's buffer is already in use.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+// -- the Backend impl: memory ops here, compute in the submodules ---------------
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type IdxBuf = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_idx(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut Vec<f32>) -> Result<()> {
+        check_len("upload", "src", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn upload_idx(&self, src: &[u32], dst: &mut Vec<u32>) -> Result<()> {
+        check_len("upload_idx", "src", src.len(), dst.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
+        check_len("download", "dst", dst.len(), src.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn buf_len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn conv2d_forward(
+        &self,
+        g: &ConvGeom,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        conv::conv2d_forward(g, x, w, b, y)
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        g: &ConvGeom,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        conv::conv2d_backward_data(g, w, dy, dx)
+    }
+
+    fn conv2d_backward_filter(
+        &self,
+        g: &ConvGeom,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+    ) -> Result<()> {
+        conv::conv2d_backward_filter(g, x, dy, dw)
+    }
+
+    fn conv2d_backward_bias(&self, g: &ConvGeom, dy: &Vec<f32>, db: &mut Vec<f32>) -> Result<()> {
+        conv::conv2d_backward_bias(g, dy, db)
+    }
+
+    fn relu_forward(&self, x: &mut Vec<f32>) -> Result<()> {
+        elementwise::relu_forward(x);
+        Ok(())
+    }
+
+    fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
+        elementwise::relu_backward(y, dy)
+    }
+
+    fn lrn_forward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        scale: &mut Vec<f32>,
+    ) -> Result<()> {
+        lrn::lrn_forward(p, s, x, y, scale)
+    }
+
+    fn lrn_backward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        scale: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        lrn::lrn_backward(p, s, x, y, scale, dy, dx)
+    }
+
+    fn max_pool_forward(
+        &self,
+        g: &PoolGeom,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+    ) -> Result<()> {
+        pool::max_pool_forward(g, x, y, argmax)
+    }
+
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeom,
+        dy: &Vec<f32>,
+        argmax: &Vec<u32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        pool::max_pool_backward(g, dy, argmax, dx)
+    }
+
+    fn dropout_forward(
+        &self,
+        p: f32,
+        seed: u64,
+        x: &mut Vec<f32>,
+        mask: &mut Vec<f32>,
+    ) -> Result<()> {
+        elementwise::dropout_forward(p, seed, x, mask)
+    }
+
+    fn dropout_backward(&self, mask: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
+        elementwise::dropout_backward(mask, dy)
+    }
+
+    fn linear_forward(
+        &self,
+        g: &LinearGeom,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        linear::linear_forward(g, x, w, b, y)
+    }
+
+    fn linear_backward_data(
+        &self,
+        g: &LinearGeom,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        linear::linear_backward_data(g, w, dy, dx)
+    }
+
+    fn linear_backward_weight(
+        &self,
+        g: &LinearGeom,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+    ) -> Result<()> {
+        linear::linear_backward_weight(g, x, dy, dw)
+    }
+
+    fn linear_backward_bias(&self, g: &LinearGeom, dy: &Vec<f32>, db: &mut Vec<f32>) -> Result<()> {
+        linear::linear_backward_bias(g, dy, db)
+    }
+
+    fn softmax_xent_forward(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<u32>,
+        probs: &mut Vec<f32>,
+    ) -> Result<f32> {
+        elementwise::softmax_xent_forward(n, classes, logits, labels, probs)
+    }
+
+    fn softmax_xent_backward(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &Vec<f32>,
+        labels: &Vec<u32>,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<()> {
+        elementwise::softmax_xent_backward(n, classes, probs, labels, dlogits)
+    }
+
+    fn sgd_update(
+        &self,
+        p: &SgdParams,
+        w: &mut Vec<f32>,
+        g: &Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<()> {
+        elementwise::sgd_update(p, w, g, v)
+    }
+}

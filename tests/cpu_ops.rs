@@ -1,0 +1,703 @@
+//! Forward checks of the CPU backend against independent, deliberately naive
+//! references written here (direct 7-loop convolution, LRN summing each window
+//! explicitly from the paper's formula, naive pooling and linear), hand-computed
+//! examples for SGD and softmax cross-entropy, dropout mask statistics, and
+//! the shape errors callers get instead of panics.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use alexnet_cuda::rng::Rng;
+use alexnet_cuda::Error;
+
+fn normal(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+/// max |a - b| / max(|b|, 1), asserted below `tol`.
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        let err = (x - y).abs() / y.abs().max(1.0);
+        // NaN never compares greater, so check it explicitly
+        if err.is_nan() || err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    println!("{what}: max err {:.1e}", worst.0);
+    assert!(
+        worst.0 <= tol,
+        "{what}: err {} at {} ({} vs reference {})",
+        worst.0,
+        worst.1,
+        a[worst.1],
+        b[worst.1]
+    );
+}
+
+fn is_shape_err<T: std::fmt::Debug>(r: alexnet_cuda::Result<T>) -> bool {
+    matches!(r, Err(Error::Shape { .. }))
+}
+
+// -- convolution -------------------------------------------------------------
+
+/// Direct grouped convolution: y[n, o, oy, ox] = b[o] +
+/// sum_{c, i, j} w[o, c, i, j] * x[n, grp(o) * C + c, oy*s - pad + i, ox*s - pad + j].
+fn naive_conv(g: &ConvGeom, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let (ho, wo) = (g.h_out(), g.w_out());
+    let (cg, mg) = (g.c_in / g.groups, g.c_out / g.groups);
+    let mut y = vec![0.0f32; g.y_len()];
+    for n in 0..g.n {
+        for o in 0..g.c_out {
+            let grp = o / mg;
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = b[o] as f64;
+                    for c in 0..cg {
+                        for i in 0..g.k {
+                            for j in 0..g.k {
+                                let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * g.c_in + grp * cg + c) * g.h + iy as usize) * g.w
+                                    + ix as usize];
+                                let wv = w[((o * cg + c) * g.k + i) * g.k + j];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((n * g.c_out + o) * ho + oy) * wo + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// (n, c_in, h, w, c_out, k, stride, pad, groups)
+const CONV_CASES: [[usize; 9]; 8] = [
+    [2, 4, 9, 9, 6, 3, 1, 0, 1],
+    [2, 4, 9, 9, 6, 3, 1, 1, 2],
+    [3, 6, 11, 13, 4, 5, 1, 2, 2],
+    [2, 3, 23, 23, 8, 11, 4, 2, 1], // conv1-like: k 11, stride 4
+    [2, 4, 17, 17, 6, 5, 4, 0, 2],
+    [1, 2, 5, 5, 3, 1, 2, 0, 1], // 1x1, stride 2
+    [2, 4, 3, 3, 2, 5, 1, 2, 2], // kernel larger than the image
+    [1, 6, 7, 7, 6, 3, 2, 1, 3],
+];
+
+#[test]
+fn conv2d_forward_matches_naive() {
+    let be = CpuBackend::new();
+    for (ci, &[n, c_in, h, w, c_out, k, stride, pad, groups]) in CONV_CASES.iter().enumerate() {
+        let g = ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            stride,
+            pad,
+            groups,
+        };
+        let mut rng = Rng::new(ci as u64);
+        let x = normal(&mut rng, g.x_len(), 1.0);
+        let wt = normal(&mut rng, g.w_len(), 0.3);
+        let b = normal(&mut rng, g.c_out, 0.3);
+        let mut y = vec![f32::NAN; g.y_len()];
+        be.conv2d_forward(&g, &x, &wt, &b, &mut y).unwrap();
+        assert_close(
+            &format!("conv2d_forward {g:?}"),
+            &y,
+            &naive_conv(&g, &x, &wt, &b),
+            1e-5,
+        );
+    }
+}
+
+/// The adjoints of `naive_conv`, by the same loops: for every (n, o, oy, ox, c, i, j)
+/// in range, dx[x index] += w * dy, dw[w index] += x * dy; db[o] += dy.
+fn naive_conv_backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+    let (ho, wo) = (g.h_out(), g.w_out());
+    let (cg, mg) = (g.c_in / g.groups, g.c_out / g.groups);
+    let mut dx = vec![0.0f64; g.x_len()];
+    let mut dw = vec![0.0f64; g.w_len()];
+    let mut db = vec![0.0f64; g.c_out];
+    for n in 0..g.n {
+        for o in 0..g.c_out {
+            let grp = o / mg;
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let d = dy[((n * g.c_out + o) * ho + oy) * wo + ox] as f64;
+                    db[o] += d;
+                    for c in 0..cg {
+                        for i in 0..g.k {
+                            for j in 0..g.k {
+                                let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c_in + grp * cg + c) * g.h + iy as usize) * g.w
+                                    + ix as usize;
+                                let wi = ((o * cg + c) * g.k + i) * g.k + j;
+                                dx[xi] += w[wi] as f64 * d;
+                                dw[wi] += x[xi] as f64 * d;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+    [f(dx), f(dw), f(db)]
+}
+
+#[test]
+fn conv2d_backward_matches_naive() {
+    let be = CpuBackend::new();
+    for (ci, &[n, c_in, h, w, c_out, k, stride, pad, groups]) in CONV_CASES.iter().enumerate() {
+        let g = ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            stride,
+            pad,
+            groups,
+        };
+        let mut rng = Rng::new(ci as u64 + 1000);
+        let x = normal(&mut rng, g.x_len(), 1.0);
+        let wt = normal(&mut rng, g.w_len(), 0.3);
+        let dy = normal(&mut rng, g.y_len(), 1.0);
+        let (mut dx, mut dw, mut db) = (
+            vec![f32::NAN; g.x_len()],
+            vec![f32::NAN; g.w_len()],
+            vec![f32::NAN; g.c_out],
+        );
+        be.conv2d_backward_data(&g, &wt, &dy, &mut dx).unwrap();
+        be.conv2d_backward_filter(&g, &x, &dy, &mut dw).unwrap();
+        be.conv2d_backward_bias(&g, &dy, &mut db).unwrap();
+        let [wdx, wdw, wdb] = naive_conv_backward(&g, &x, &wt, &dy);
+        assert_close(&format!("conv2d_backward_data {g:?}"), &dx, &wdx, 1e-5);
+        assert_close(&format!("conv2d_backward_filter {g:?}"), &dw, &wdw, 1e-5);
+        assert_close(&format!("conv2d_backward_bias {g:?}"), &db, &wdb, 1e-5);
+    }
+}
+
+#[test]
+fn conv2d_rejects_bad_geometry() {
+    let be = CpuBackend::new();
+    let g = ConvGeom {
+        n: 1,
+        c_in: 4,
+        h: 5,
+        w: 5,
+        c_out: 6,
+        k: 3,
+        stride: 1,
+        pad: 0,
+        groups: 4, // does not divide c_out
+    };
+    let (x, w, b) = (vec![0.0; 100], vec![0.0; 54], vec![0.0; 6]);
+    let mut y = vec![0.0; 54];
+    assert!(is_shape_err(be.conv2d_forward(&g, &x, &w, &b, &mut y)));
+    let g = ConvGeom {
+        groups: 1,
+        k: 7,
+        ..g
+    }; // kernel larger than the padded image
+    assert!(is_shape_err(be.conv2d_forward(&g, &x, &w, &b, &mut y)));
+    let g = ConvGeom {
+        groups: 1,
+        stride: 0,
+        ..g
+    };
+    assert!(is_shape_err(be.conv2d_forward(&g, &x, &w, &b, &mut y)));
+    let g = ConvGeom { groups: 1, ..g };
+    let g = ConvGeom {
+        stride: 1,
+        k: 3,
+        ..g
+    };
+    // right geometry, wrong buffer lengths
+    assert!(is_shape_err(be.conv2d_forward(&g, &x, &w, &b, &mut y)));
+    let mut dx = vec![0.0; 99];
+    assert!(is_shape_err(be.conv2d_backward_data(
+        &g,
+        &vec![0.0; g.w_len()],
+        &vec![0.0; g.y_len()],
+        &mut dx
+    )));
+    let mut db = vec![0.0; 5];
+    assert!(is_shape_err(be.conv2d_backward_bias(
+        &g,
+        &vec![0.0; g.y_len()],
+        &mut db
+    )));
+}
+
+// -- local response normalisation --------------------------------------------
+
+/// Straight from the paper: b[c] = a[c] / (k + alpha * sum_{c'=max(0,c-n/2)}^{min(C-1,c+n/2)} a[c']^2)^beta.
+fn naive_lrn(p: &LrnParams, s: &Nchw, x: &[f32]) -> Vec<f32> {
+    let hw = s.h * s.w;
+    let mut y = vec![0.0f32; s.len()];
+    for n in 0..s.n {
+        for c in 0..s.c {
+            for i in 0..hw {
+                let lo = c.saturating_sub(p.size / 2);
+                let hi = (c + p.size / 2).min(s.c - 1);
+                let mut sum = 0.0f64;
+                for cc in lo..=hi {
+                    let v = x[(n * s.c + cc) * hw + i] as f64;
+                    sum += v * v;
+                }
+                let a = x[(n * s.c + c) * hw + i] as f64;
+                let scale = p.k as f64 + p.alpha as f64 * sum;
+                y[(n * s.c + c) * hw + i] = (a / scale.powf(p.beta as f64)) as f32;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn lrn_forward_matches_naive() {
+    let be = CpuBackend::new();
+    let params = [
+        LrnParams::PAPER,
+        LrnParams {
+            alpha: 1e-2,
+            ..LrnParams::PAPER
+        },
+        LrnParams {
+            size: 3,
+            alpha: 0.1,
+            beta: 0.5,
+            k: 1.0,
+        },
+        LrnParams {
+            size: 4,
+            alpha: 0.05,
+            beta: 0.75,
+            k: 2.0,
+        }, // even size: window c-2..=c+2
+        LrnParams {
+            size: 1,
+            alpha: 0.1,
+            beta: 0.75,
+            k: 2.0,
+        }, // window of one channel
+    ];
+    let shapes = [
+        Nchw {
+            n: 2,
+            c: 3,
+            h: 4,
+            w: 5,
+        },
+        Nchw {
+            n: 3,
+            c: 16,
+            h: 6,
+            w: 6,
+        },
+        Nchw {
+            n: 1,
+            c: 1,
+            h: 2,
+            w: 3,
+        },
+    ];
+    for p in &params {
+        for s in &shapes {
+            let mut rng = Rng::new(s.c as u64);
+            let x = normal(&mut rng, s.len(), 3.0);
+            let mut y = vec![0.0; s.len()];
+            let mut scale = vec![0.0; s.len()];
+            be.lrn_forward(p, s, &x, &mut y, &mut scale).unwrap();
+            assert_close(
+                &format!("lrn_forward {p:?} {s:?}"),
+                &y,
+                &naive_lrn(p, s, &x),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// The backward formula evaluated directly in f64, summing each window explicitly:
+/// dx[c] = dy[c] s[c]^-beta - 2 alpha beta x[c] sum_{c': |c - c'| <= size/2} dy[c'] y[c'] / s[c'].
+fn naive_lrn_backward(p: &LrnParams, s: &Nchw, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let hw = s.h * s.w;
+    let half = p.size / 2;
+    let at = |n: usize, c: usize, i: usize| (n * s.c + c) * hw + i;
+    let (alpha, beta, k) = (p.alpha as f64, p.beta as f64, p.k as f64);
+    let scale = |n: usize, c: usize, i: usize| {
+        let (lo, hi) = (c.saturating_sub(half), (c + half).min(s.c - 1));
+        k + alpha
+            * (lo..=hi)
+                .map(|cc| (x[at(n, cc, i)] as f64).powi(2))
+                .sum::<f64>()
+    };
+    let mut dx = vec![0.0f32; s.len()];
+    for n in 0..s.n {
+        for c in 0..s.c {
+            for i in 0..hw {
+                let (lo, hi) = (c.saturating_sub(half), (c + half).min(s.c - 1));
+                let mut cross = 0.0f64;
+                for cc in lo..=hi {
+                    let sc = scale(n, cc, i);
+                    let ycc = x[at(n, cc, i)] as f64 * sc.powf(-beta);
+                    cross += dy[at(n, cc, i)] as f64 * ycc / sc;
+                }
+                let own = dy[at(n, c, i)] as f64 * scale(n, c, i).powf(-beta);
+                dx[at(n, c, i)] = (own - 2.0 * alpha * beta * x[at(n, c, i)] as f64 * cross) as f32;
+            }
+        }
+    }
+    dx
+}
+
+#[test]
+fn lrn_backward_matches_naive() {
+    let be = CpuBackend::new();
+    let params = [
+        LrnParams::PAPER,
+        LrnParams {
+            alpha: 1e-2,
+            ..LrnParams::PAPER
+        },
+        LrnParams {
+            size: 3,
+            alpha: 0.1,
+            beta: 0.5,
+            k: 1.0,
+        },
+        LrnParams {
+            size: 4,
+            alpha: 0.05,
+            beta: 0.75,
+            k: 2.0,
+        },
+    ];
+    let shapes = [
+        Nchw {
+            n: 2,
+            c: 3,
+            h: 4,
+            w: 5,
+        },
+        Nchw {
+            n: 3,
+            c: 16,
+            h: 6,
+            w: 6,
+        },
+    ];
+    for p in &params {
+        for s in &shapes {
+            let mut rng = Rng::new(s.c as u64 + 99);
+            let x = normal(&mut rng, s.len(), 3.0);
+            let dy = normal(&mut rng, s.len(), 1.0);
+            let (mut y, mut scale, mut dx) =
+                (vec![0.0; s.len()], vec![0.0; s.len()], vec![0.0; s.len()]);
+            be.lrn_forward(p, s, &x, &mut y, &mut scale).unwrap();
+            be.lrn_backward(p, s, &x, &y, &scale, &dy, &mut dx).unwrap();
+            assert_close(
+                &format!("lrn_backward {p:?} {s:?}"),
+                &dx,
+                &naive_lrn_backward(p, s, &x, &dy),
+                1e-5,
+            );
+        }
+    }
+}
+
+// -- max pooling ----------------------------------------------------------------
+
+#[test]
+fn max_pool_forward_matches_naive() {
+    let be = CpuBackend::new();
+    for (size, stride, h, w) in [(3, 2, 13, 13), (3, 2, 12, 9), (2, 2, 8, 7), (3, 3, 3, 3)] {
+        let g = PoolGeom {
+            n: 2,
+            c: 3,
+            h,
+            w,
+            size,
+            stride,
+        };
+        let mut rng = Rng::new(size as u64 * 100 + h as u64);
+        let x = normal(&mut rng, g.x_len(), 1.0);
+        let mut y = vec![0.0; g.y_len()];
+        let mut am = vec![0u32; g.y_len()];
+        be.max_pool_forward(&g, &x, &mut y, &mut am).unwrap();
+        let (ho, wo) = (g.h_out(), g.w_out());
+        for plane in 0..g.n * g.c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best = (f32::NEG_INFINITY, 0usize);
+                    for i in 0..size {
+                        for j in 0..size {
+                            let idx = (oy * stride + i) * w + ox * stride + j;
+                            let v = x[plane * h * w + idx];
+                            if v > best.0 {
+                                best = (v, idx);
+                            }
+                        }
+                    }
+                    let o = (plane * ho + oy) * wo + ox;
+                    assert_eq!(y[o], best.0, "pool value at {o}");
+                    assert_eq!(am[o] as usize, best.1, "pool argmax at {o}");
+                }
+            }
+        }
+        // backward: with dy = 1, dx counts how many windows each pixel won
+        let mut dx = vec![0.0; g.x_len()];
+        be.max_pool_backward(&g, &vec![1.0; g.y_len()], &am, &mut dx)
+            .unwrap();
+        let mut want = vec![0.0f32; g.x_len()];
+        for (o, &a) in am.iter().enumerate() {
+            want[(o / (ho * wo)) * h * w + a as usize] += 1.0;
+        }
+        assert_eq!(dx, want);
+    }
+}
+
+#[test]
+fn max_pool_rejects_bad_input() {
+    let be = CpuBackend::new();
+    let g = PoolGeom {
+        n: 1,
+        c: 1,
+        h: 4,
+        w: 4,
+        size: 2,
+        stride: 2,
+    };
+    let mut dx = vec![0.0; 16];
+    // an argmax outside the plane is an error, not a panic
+    assert!(is_shape_err(be.max_pool_backward(
+        &g,
+        &vec![1.0; 4],
+        &vec![0, 1, 2, 16],
+        &mut dx
+    )));
+    let g = PoolGeom { size: 5, ..g }; // window larger than the image
+    let (mut y, mut am) = (vec![0.0; 1], vec![0u32; 1]);
+    assert!(is_shape_err(be.max_pool_forward(
+        &g,
+        &vec![0.0; 16],
+        &mut y,
+        &mut am
+    )));
+}
+
+// -- linear -------------------------------------------------------------------------
+
+#[test]
+fn linear_matches_naive() {
+    let be = CpuBackend::new();
+    for (n, inp, out) in [(1, 1, 1), (3, 37, 11), (16, 300, 70), (5, 9216, 8)] {
+        let g = LinearGeom { n, inp, out };
+        let mut rng = Rng::new((n * inp * out) as u64);
+        let x = normal(&mut rng, n * inp, 1.0);
+        let w = normal(&mut rng, out * inp, 0.1);
+        let b = normal(&mut rng, out, 0.1);
+        let dy = normal(&mut rng, n * out, 1.0);
+        let mut y = vec![0.0; n * out];
+        be.linear_forward(&g, &x, &w, &b, &mut y).unwrap();
+        let mut want = vec![0.0f32; n * out];
+        for r in 0..n {
+            for o in 0..out {
+                let mut acc = b[o] as f64;
+                for i in 0..inp {
+                    acc += x[r * inp + i] as f64 * w[o * inp + i] as f64;
+                }
+                want[r * out + o] = acc as f32;
+            }
+        }
+        assert_close(&format!("linear_forward {g:?}"), &y, &want, 1e-5);
+
+        // backward against the same plain loops
+        let mut dx = vec![0.0; n * inp];
+        let mut dw = vec![0.0; out * inp];
+        let mut db = vec![0.0; out];
+        be.linear_backward_data(&g, &w, &dy, &mut dx).unwrap();
+        be.linear_backward_weight(&g, &x, &dy, &mut dw).unwrap();
+        be.linear_backward_bias(&g, &dy, &mut db).unwrap();
+        let (mut wdx, mut wdw, mut wdb) = (
+            vec![0.0f64; n * inp],
+            vec![0.0f64; out * inp],
+            vec![0.0f64; out],
+        );
+        for r in 0..n {
+            for o in 0..out {
+                let d = dy[r * out + o] as f64;
+                wdb[o] += d;
+                for i in 0..inp {
+                    wdx[r * inp + i] += d * w[o * inp + i] as f64;
+                    wdw[o * inp + i] += d * x[r * inp + i] as f64;
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        assert_close(&format!("linear_backward_data {g:?}"), &dx, &f(wdx), 1e-5);
+        assert_close(&format!("linear_backward_weight {g:?}"), &dw, &f(wdw), 1e-5);
+        assert_close(&format!("linear_backward_bias {g:?}"), &db, &f(wdb), 1e-5);
+    }
+}
+
+// -- element-wise -------------------------------------------------------------
+
+#[test]
+fn sgd_update_hand_computed() {
+    let be = CpuBackend::new();
+    let p = SgdParams {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.01,
+    };
+    let mut w = vec![1.0f32, -2.0, 0.5];
+    let g = vec![0.5f32, 1.0, -4.0];
+    let mut v = vec![0.2f32, 0.0, -1.0];
+    be.sgd_update(&p, &mut w, &g, &mut v).unwrap();
+    // v = 0.9 v - 0.001 w - 0.1 g:
+    //   0.18 - 0.001 - 0.05   =  0.129
+    //   0    + 0.002 - 0.1    = -0.098
+    //  -0.9  - 0.0005 + 0.4   = -0.5005
+    // w += v: 1.129, -2.098, -0.0005
+    let want_v = [0.129f32, -0.098, -0.5005];
+    let want_w = [1.129f32, -2.098, -0.0005];
+    for i in 0..3 {
+        assert!((v[i] - want_v[i]).abs() < 1e-6, "v[{i}] = {}", v[i]);
+        assert!((w[i] - want_w[i]).abs() < 1e-6, "w[{i}] = {}", w[i]);
+    }
+    assert!(is_shape_err(be.sgd_update(
+        &p,
+        &mut w,
+        &vec![0.0; 2],
+        &mut v
+    )));
+}
+
+#[test]
+fn softmax_xent_hand_computed() {
+    let be = CpuBackend::new();
+    // row 0: logits (0, ln 2, ln 5) -> probs (1/8, 2/8, 5/8), label 2: -ln(5/8)
+    // row 1: logits (1000, 1000, 1000) (overflows exp without the max shift)
+    //        -> probs 1/3 each, label 0: ln 3
+    let logits = vec![0.0, 2f32.ln(), 5f32.ln(), 1000.0, 1000.0, 1000.0];
+    let labels = vec![2u32, 0];
+    let mut probs = vec![0.0; 6];
+    let loss = be
+        .softmax_xent_forward(2, 3, &logits, &labels, &mut probs)
+        .unwrap();
+    let want_loss = (-(5.0f64 / 8.0).ln() + 3.0f64.ln()) / 2.0;
+    assert!(
+        (loss as f64 - want_loss).abs() < 1e-6,
+        "loss {loss} vs {want_loss}"
+    );
+    let third = 1.0 / 3.0;
+    let want_p = [0.125, 0.25, 0.625, third, third, third];
+    for i in 0..6 {
+        assert!(
+            (probs[i] - want_p[i]).abs() < 1e-6,
+            "probs[{i}] = {}",
+            probs[i]
+        );
+    }
+    let mut d = vec![0.0; 6];
+    be.softmax_xent_backward(2, 3, &probs, &labels, &mut d)
+        .unwrap();
+    // (p - onehot) / 2
+    let want_d = [
+        0.0625,
+        0.125,
+        -0.1875,
+        (third - 1.0) / 2.0,
+        third / 2.0,
+        third / 2.0,
+    ];
+    for i in 0..6 {
+        assert!((d[i] - want_d[i]).abs() < 1e-6, "dlogits[{i}] = {}", d[i]);
+    }
+    // a label outside [0, classes) is a shape error, not a panic
+    let bad = vec![2u32, 3];
+    assert!(is_shape_err(
+        be.softmax_xent_forward(2, 3, &logits, &bad, &mut probs)
+    ));
+    assert!(is_shape_err(
+        be.softmax_xent_backward(2, 3, &probs, &bad, &mut d)
+    ));
+}
+
+#[test]
+fn dropout_mask() {
+    let be = CpuBackend::new();
+    let len = 100_000;
+    for p in [0.5f32, 0.2] {
+        let mut x = vec![1.0f32; len];
+        let mut mask = vec![0.0; len];
+        be.dropout_forward(p, 42, &mut x, &mut mask).unwrap();
+        let keep = 1.0 / (1.0 - p);
+        assert!(mask.iter().all(|&m| m == 0.0 || m == keep), "mask values");
+        assert_eq!(x, mask, "x *= mask with x = 1");
+        let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / len as f64;
+        // binomial std of the kept fraction is sqrt(p(1-p)/len) <= 1.6e-3
+        println!("dropout p={p}: kept fraction {kept:.4}");
+        assert!(
+            (kept - (1.0 - p as f64)).abs() < 1e-2,
+            "kept {kept} for p {p}"
+        );
+
+        let mut again = vec![0.0; len];
+        be.dropout_forward(p, 42, &mut vec![1.0; len], &mut again)
+            .unwrap();
+        assert_eq!(mask, again, "same seed, same mask");
+        let mut other = vec![0.0; len];
+        be.dropout_forward(p, 43, &mut vec![1.0; len], &mut other)
+            .unwrap();
+        let differ = mask.iter().zip(&other).filter(|(a, b)| a != b).count();
+        assert!(
+            differ > len / 10,
+            "different seed should give a different mask"
+        );
+
+        // the mask is a pure function of (seed, index), as every backend draws it
+        for i in [0usize, 1, 12345, len - 1] {
+            let u = alexnet_cuda::rng::hash_uniform(42, i as u64);
+            assert_eq!(mask[i], if u >= p { keep } else { 0.0 });
+        }
+    }
+    // p = 0: everything kept, unscaled
+    let mut x = vec![3.0f32; 1000];
+    let mut mask = vec![0.0; 1000];
+    be.dropout_forward(0.0, 1, &mut x, &mut mask).unwrap();
+    assert!(mask.iter().all(|&m| m == 1.0) && x.iter().all(|&v| v == 3.0));
+    assert!(is_shape_err(be.dropout_forward(1.0, 1, &mut x, &mut mask)));
+}
+
+#[test]
+fn relu_and_memory() {
+    let be = CpuBackend::new();
+    let mut x = be.alloc(5).unwrap();
+    be.upload(&[-1.0, 0.0, 2.0, -0.5, 3.0], &mut x).unwrap();
+    be.relu_forward(&mut x).unwrap();
+    let mut out = [0.0f32; 5];
+    be.download(&x, &mut out).unwrap();
+    assert_eq!(out, [0.0, 0.0, 2.0, 0.0, 3.0]);
+    let mut dy = vec![1.0f32; 5];
+    be.relu_backward(&x, &mut dy).unwrap();
+    assert_eq!(dy, vec![0.0, 0.0, 1.0, 0.0, 1.0]);
+    assert_eq!(be.buf_len(&x), 5);
+    assert!(is_shape_err(be.upload(&[1.0; 4], &mut x)));
+    assert!(is_shape_err(be.download(&x, &mut [0.0; 6])));
+}
