@@ -1,0 +1,317 @@
+//! The training/eval loader: shuffles an epoch's indices, cuts batches, and
+//! has worker threads crop, flip and normalise them into NCHW f32, delivered
+//! in order. Every random choice is a function of (seed, epoch, position), so
+//! batch k of an epoch is the same whatever the number of workers.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use super::store::ImageSet;
+use crate::error::{Error, Result};
+use crate::rng::{hash_u64, Rng};
+
+/// Stream tag for per-image augmentation draws (distinct from the shuffle).
+const AUG_STREAM: u64 = 0x4155_474D; // "AUGM"
+/// Batches each worker may have ready ahead of the consumer.
+const PREFETCH_PER_WORKER: usize = 2;
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch: usize,
+    /// Side of the square crop fed to the network (the paper: 224 of 256).
+    pub crop: usize,
+    /// Training: shuffle, random crop, random horizontal flip. Otherwise the
+    /// indices' order, centre crop, no flip.
+    pub train: bool,
+    /// Per-channel mean subtracted, in pixel units (0..255).
+    pub mean: [f32; 3],
+    /// `None`: subtract the mean only, as the paper; `Some`: also divide.
+    pub std: Option<[f32; 3]>,
+    pub seed: u64,
+    /// Producer threads; 0 = produce on the consumer's thread in `next()`.
+    pub workers: usize,
+    /// Skip a last, short batch (training); else yield it with `n < batch`.
+    pub drop_last: bool,
+}
+
+/// One batch: `x` is `n x 3 x crop x crop` (NCHW), normalised.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub x: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub n: usize,
+}
+
+/// Where an image is cropped and whether it is mirrored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    pub x: usize,
+    pub y: usize,
+    pub flip: bool,
+}
+
+/// The crop of the image at `position` in the epoch's order. Training:
+/// offsets uniform in `[0, size - crop]` per axis, flip with probability
+/// 1/2, drawn from (seed, epoch, position). Eval: centre, no flip.
+pub fn crop_for(cfg: &LoaderConfig, size: usize, epoch: u64, position: usize) -> Crop {
+    let span = size.saturating_sub(cfg.crop);
+    if !cfg.train {
+        return Crop {
+            x: span / 2,
+            y: span / 2,
+            flip: false,
+        };
+    }
+    let mut r = Rng::derive(hash_u64(cfg.seed ^ AUG_STREAM, epoch), position as u64);
+    let x = r.below(span + 1);
+    let y = r.below(span + 1);
+    let flip = r.below(2) == 1;
+    Crop { x, y, flip }
+}
+
+/// The order in which an epoch visits `indices`: shuffled with
+/// `Rng::derive(seed, epoch)` when training, as given otherwise.
+pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig, epoch: u64) -> Vec<usize> {
+    let mut order = indices.to_vec();
+    if cfg.train {
+        Rng::derive(cfg.seed, epoch).shuffle(&mut order);
+    }
+    order
+}
+
+/// Batches of one epoch over `indices` of `set`. Errors when the config does
+/// not fit the set (crop larger than the images, batch 0, an index out of
+/// range, a non-positive std).
+pub fn batches(
+    set: Arc<ImageSet>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+    epoch: u64,
+) -> Result<BatchIter> {
+    validate(&set, indices, cfg)?;
+    let order = Arc::new(epoch_order(indices, cfg, epoch));
+    let n_batches = if cfg.drop_last {
+        order.len() / cfg.batch
+    } else {
+        order.len().div_ceil(cfg.batch)
+    };
+    let job = Arc::new(Job {
+        set,
+        order,
+        cfg: cfg.clone(),
+        epoch,
+        inv_std: match cfg.std {
+            Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
+            None => [1.0; 3],
+        },
+    });
+    let (recycle_tx, recycle_rx) = unbounded::<Batch>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rxs = Vec::with_capacity(cfg.workers);
+    let mut handles = Vec::with_capacity(cfg.workers);
+    for w in 0..cfg.workers {
+        let (tx, rx) = bounded::<Batch>(PREFETCH_PER_WORKER);
+        let job = Arc::clone(&job);
+        let recycle = recycle_rx.clone();
+        let worker_stop = Arc::clone(&stop);
+        let workers = cfg.workers;
+        let spawned = std::thread::Builder::new()
+            .name(format!("loader-{w}"))
+            .spawn(move || {
+                // Worker w makes batches w, w + W, w + 2W, ...; the consumer
+                // reads the workers' channels in turn, so order is kept.
+                let mut k = w;
+                while k < n_batches && !worker_stop.load(Ordering::Relaxed) {
+                    let mut b = recycle.try_recv().unwrap_or_default();
+                    job.fill(k, &mut b);
+                    // A closed channel means the iterator was dropped.
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                    k += workers;
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                rxs.push(rx);
+                handles.push(h);
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                drop(rxs);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(Error::Config(format!(
+                    "could not start loader thread {w} ({e}); pass fewer --workers"
+                )));
+            }
+        }
+    }
+    Ok(BatchIter {
+        job,
+        n_batches,
+        next: 0,
+        rxs,
+        handles,
+        stop,
+        recycle_tx,
+        recycle_rx,
+    })
+}
+
+fn validate(set: &ImageSet, indices: &[usize], cfg: &LoaderConfig) -> Result<()> {
+    if cfg.batch == 0 {
+        return Err(Error::Config(
+            "batch size 0: pass a positive --batch".into(),
+        ));
+    }
+    if cfg.crop == 0 || cfg.crop > set.size() {
+        return Err(Error::Config(format!(
+            "crop {} does not fit images of {}x{}; pass a crop between 1 and the image size",
+            cfg.crop,
+            set.size(),
+            set.size()
+        )));
+    }
+    if let Some(&i) = indices.iter().find(|&&i| i >= set.len()) {
+        return Err(Error::Config(format!(
+            "loader: index {i} but the image set has {} images",
+            set.len()
+        )));
+    }
+    if let Some(s) = cfg.std {
+        if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::Config(format!(
+                "loader: channel std {s:?} must be positive and finite; pass std = None to subtract the mean only"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What every worker needs to build any batch of the epoch.
+struct Job {
+    set: Arc<ImageSet>,
+    order: Arc<Vec<usize>>,
+    cfg: LoaderConfig,
+    epoch: u64,
+    inv_std: [f32; 3],
+}
+
+impl Job {
+    /// Fill `b` with batch `k`, reusing its allocations.
+    fn fill(&self, k: usize, b: &mut Batch) {
+        let cfg = &self.cfg;
+        let start = k * cfg.batch;
+        let end = (start + cfg.batch).min(self.order.len());
+        let n = end - start;
+        let crop = cfg.crop;
+        let plane = crop * crop;
+        let size = self.set.size();
+        b.n = n;
+        b.labels.clear();
+        b.x.clear();
+        b.x.resize(n * 3 * plane, 0.0);
+        for (j, pos) in (start..end).enumerate() {
+            let idx = self.order[pos];
+            b.labels.push(self.set.labels()[idx]);
+            let c = crop_for(cfg, size, self.epoch, pos);
+            let img = self.set.image(idx);
+            let out = &mut b.x[j * 3 * plane..(j + 1) * 3 * plane];
+            for oy in 0..crop {
+                let row = &img[((c.y + oy) * size + c.x) * 3..][..crop * 3];
+                for ox in 0..crop {
+                    let sx = if c.flip { crop - 1 - ox } else { ox };
+                    let px = &row[sx * 3..sx * 3 + 3];
+                    for ch in 0..3 {
+                        out[ch * plane + oy * crop + ox] =
+                            (px[ch] as f32 - cfg.mean[ch]) * self.inv_std[ch];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The batches of one epoch, in order. Dropping it stops and joins the
+/// workers (they notice within one batch).
+pub struct BatchIter {
+    job: Arc<Job>,
+    n_batches: usize,
+    next: usize,
+    rxs: Vec<Receiver<Batch>>,
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    recycle_tx: Sender<Batch>,
+    recycle_rx: Receiver<Batch>,
+}
+
+impl BatchIter {
+    /// Number of batches this epoch yields in all.
+    pub fn num_batches(&self) -> usize {
+        self.n_batches
+    }
+
+    /// Hand a used batch back so its buffers are refilled instead of
+    /// allocating new ones (optional: unreturned batches are just freed).
+    pub fn recycle(&self, batch: Batch) {
+        // Bound what sits in the pool: one per in-flight slot is enough.
+        if self.recycle_rx.len() < self.rxs.len().max(1) * (PREFETCH_PER_WORKER + 1) {
+            let _ = self.recycle_tx.send(batch);
+        }
+    }
+
+    /// A worker's channel closed before its batches were all sent: it
+    /// panicked (a bug, not bad input). Re-raise its panic here.
+    fn worker_died(&mut self, w: usize) -> ! {
+        let h = self.handles.remove(w);
+        match h.join() {
+            Err(payload) => std::panic::resume_unwind(payload),
+            Ok(()) => panic!("loader worker {w} stopped early"),
+        }
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.n_batches {
+            return None;
+        }
+        let k = self.next;
+        self.next += 1;
+        if self.rxs.is_empty() {
+            let mut b = self.recycle_rx.try_recv().unwrap_or_default();
+            self.job.fill(k, &mut b);
+            return Some(b);
+        }
+        let w = k % self.rxs.len();
+        match self.rxs[w].recv() {
+            Ok(b) => Some(b),
+            Err(_) => self.worker_died(w),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.n_batches - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for BatchIter {}
+
+impl Drop for BatchIter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the receivers wakes any worker blocked in `send`.
+        self.rxs.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The in-memory image store: every image decoded once into one contiguous
+//! `N x size x size x 3` (HWC, u8) buffer, with labels and class names; plus
+//! the seeded train/val split and the channel statistics for normalising.
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::decode::decode_into;
+use super::folder::ImageFolder;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Stream tag for the hold-out split, so it never shares draws with the
+/// shuffles and crops derived from the same run seed.
+const SPLIT_STREAM: u64 = 0x0053_504C_4954; // "SPLIT"
+
+/// How to build an [`ImageSet`] from an [`ImageFolder`].
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Side of the stored square images (the paper: 256).
+    pub size: usize,
+    /// Use only this many images, taken round-robin across classes (file
+    /// order within a class), for quick runs and CI. `None` = all.
+    pub limit: Option<usize>,
+    /// Refuse to build when the pixel buffer would exceed this many bytes.
+    pub max_bytes: u64,
+    /// Show a progress bar (indicatif hides it when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    pub fn new(size: usize) -> Self {
+        BuildOptions {
+            size,
+            limit: None,
+            max_bytes: 16 << 30,
+            progress: true,
+        }
+    }
+}
+
+/// Decoded images, labels and class names.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    size: usize,
+    pixels: Vec<u8>,
+    labels: Vec<u32>,
+    classes: Vec<String>,
+}
+
+impl ImageSet {
+    /// Decode the folder's images (or the `limit` subset) in parallel. The
+    /// first unreadable file aborts the build with its `Error::Image`.
+    pub fn build(folder: &ImageFolder, opts: &BuildOptions) -> Result<ImageSet> {
+        let size = opts.size;
+        if size == 0 {
+            return Err(Error::Config(
+                "image size 0: pass a positive --image-size (the paper uses 256)".into(),
+            ));
+        }
+        let chosen: Vec<usize> = match opts.limit {
+            None => (0..folder.len()).collect(),
+            Some(0) => {
+                return Err(Error::Config(
+                    "--limit 0 selects no images; pass a positive limit or leave it out".into(),
+                ))
+            }
+            Some(k) => balanced_subset(folder, k),
+        };
+        let n = chosen.len();
+        let per_image = size * size * 3;
+        let bytes = n as u64 * per_image as u64;
+        if bytes > opts.max_bytes {
+            return Err(Error::Data(format!(
+                "{}: {n} images at {size}x{size} would need {:.1} GiB in memory (budget {:.1} GiB); use a smaller --image-size or a subset (--limit), or the packed store (`prepare`, planned)",
+                folder.root().display(),
+                bytes as f64 / (1u64 << 30) as f64,
+                opts.max_bytes as f64 / (1u64 << 30) as f64,
+            )));
+        }
+        let mut pixels = Vec::new();
+        pixels.try_reserve_exact(bytes as usize).map_err(|_| {
+            Error::Data(format!(
+                "{}: could not allocate {:.1} GiB for {n} images; use a smaller --image-size or a subset (--limit)",
+                folder.root().display(),
+                bytes as f64 / (1u64 << 30) as f64
+            ))
+        })?;
+        pixels.resize(bytes as usize, 0);
+
+        let bar = if opts.progress {
+            ProgressBar::new(n as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            ProgressStyle::with_template("decoding {bar:40} {pos}/{len} images {per_sec} eta {eta}")
+        {
+            bar.set_style(style);
+        }
+        let start = Instant::now();
+        let items = folder.items();
+        pixels
+            .par_chunks_mut(per_image)
+            .zip(chosen.par_iter())
+            .try_for_each(|(out, &i)| {
+                decode_into(&items[i].0, size, out)?;
+                bar.inc(1);
+                Ok::<(), Error>(())
+            })?;
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        let labels: Vec<u32> = chosen.iter().map(|&i| items[i].1).collect();
+        tracing::info!(
+            images = n,
+            classes = folder.classes().len(),
+            mb = bytes as f64 / 1e6,
+            seconds = secs,
+            "decoded {n} images of {} classes at {size}x{size} ({:.0} MB) in {secs:.1} s",
+            folder.classes().len(),
+            bytes as f64 / 1e6,
+        );
+        Ok(ImageSet {
+            size,
+            pixels,
+            labels,
+            classes: folder.classes().to_vec(),
+        })
+    }
+
+    /// An image set from raw HWC pixels (tests, synthetic data, other stores).
+    pub fn from_parts(
+        size: usize,
+        pixels: Vec<u8>,
+        labels: Vec<u32>,
+        classes: Vec<String>,
+    ) -> Result<ImageSet> {
+        let per_image = size * size * 3;
+        if size == 0 || pixels.len() != labels.len() * per_image {
+            return Err(Error::Data(format!(
+                "image set: {} pixel bytes for {} labels at {size}x{size}x3 (want {})",
+                pixels.len(),
+                labels.len(),
+                labels.len() * per_image
+            )));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes.len()) {
+            return Err(Error::Data(format!(
+                "image set: label {bad} but only {} classes",
+                classes.len()
+            )));
+        }
+        Ok(ImageSet {
+            size,
+            pixels,
+            labels,
+            classes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Side of every stored image.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// All pixels, `len() x size x size x 3`, HWC.
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// Image `i`, `size x size x 3` HWC. Panics if `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let per = self.size * self.size * 3;
+        &self.pixels[i * per..(i + 1) * per]
+    }
+
+    /// A seeded random hold-out split of `0..len()`: `(train, val)`, each
+    /// sorted, `val` holding `min(n_val, len())` indices.
+    pub fn split(&self, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        Rng::derive(seed, SPLIT_STREAM).shuffle(&mut order);
+        let n_val = n_val.min(order.len());
+        let mut val = order[..n_val].to_vec();
+        let mut train = order[n_val..].to_vec();
+        val.sort_unstable();
+        train.sort_unstable();
+        (train, val)
+    }
+
+    /// Per-channel (R, G, B) mean and standard deviation, in pixel units
+    /// (0..255), over the images `indices` (pass the training indices so
+    /// validation data does not leak into the normalisation). Empty `indices`
+    /// gives mean 0, std 1. Panics on an index `>= len()`.
+    pub fn channel_stats(&self, indices: &[usize]) -> ([f32; 3], [f32; 3]) {
+        // Integer sums are exact and order-independent, so the result does
+        // not depend on how rayon splits the work.
+        let (sum, sq) = indices
+            .par_iter()
+            .map(|&i| {
+                let mut s = [0u64; 3];
+                let mut q = [0u64; 3];
+                for px in self.image(i).chunks_exact(3) {
+                    for c in 0..3 {
+                        let v = px[c] as u64;
+                        s[c] += v;
+                        q[c] += v * v;
+                    }
+                }
+                (s, q)
+            })
+            .reduce(
+                || ([0u64; 3], [0u64; 3]),
+                |(a, b), (c, d)| {
+                    (
+                        [a[0] + c[0], a[1] + c[1], a[2] + c[2]],
+                        [b[0] + d[0], b[1] + d[1], b[2] + d[2]],
+                    )
+                },
+            );
+        let count = (indices.len() * self.size * self.size) as f64;
+        if count == 0.0 {
+            return ([0.0; 3], [1.0; 3]);
+        }
+        let mut mean = [0f32; 3];
+        let mut std = [0f32; 3];
+        for c in 0..3 {
+            let m = sum[c] as f64 / count;
+            let var = (sq[c] as f64 / count - m * m).max(0.0);
+            mean[c] = m as f32;
+            std[c] = var.sqrt() as f32;
+        }
+        (mean, std)
+    }
+}
+
+/// Indices into `folder.items()` of a class-balanced subset of `k` images:
+/// round-robin over the classes, each class in file order, sorted.
+pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
+    let items = folder.items();
+    // Items are grouped by class: find each class's [start, end).
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for (i, (_, label)) in items.iter().enumerate() {
+        match ranges.last_mut() {
+            Some(r) if items[r.0].1 == *label => r.1 = i + 1,
+            _ => ranges.push((i, i + 1)),
+        }
+    }
+    let k = k.min(items.len());
+    let mut chosen = Vec::with_capacity(k);
+    let mut round = 0;
+    while chosen.len() < k {
+        for &(start, end) in &ranges {
+            if chosen.len() == k {
+                break;
+            }
+            if start + round < end {
+                chosen.push(start + round);
+            }
+        }
+        round += 1;
+    }
+    chosen.sort_unstable();
+    chosen
+}

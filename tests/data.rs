@@ -1,0 +1,845 @@
+//! Tests of `alexnet_cuda::data`: folder scanning and its errors, decoding
+//! and resizing, the image store, the loader's crops, flips, normalisation,
+//! determinism and shutdown, the demo data set, and real CIFAR-10 JPEGs.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alexnet_cuda::data::{
+    batches, crop_for, decode_file, resize_centre_crop, write_demo_dataset, BuildOptions,
+    ImageFolder, ImageSet, LoaderConfig,
+};
+use alexnet_cuda::Error;
+use image::codecs::jpeg::JpegEncoder;
+use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
+use tempfile::TempDir;
+
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn write_jpeg(path: &Path, img: &RgbImage) -> TestResult {
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, 95).encode(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        ExtendedColorType::Rgb8,
+    )?;
+    fs::write(path, buf)?;
+    Ok(())
+}
+
+fn solid(w: u32, h: u32, rgb: [u8; 3]) -> RgbImage {
+    RgbImage::from_pixel(w, h, image::Rgb(rgb))
+}
+
+/// A class tree: `(class, [file names])`; `.jpg`/`.jpeg` get a JPEG, `.png`
+/// a PNG, anything else a text file.
+fn make_tree(root: &Path, spec: &[(&str, &[&str])]) -> TestResult {
+    for (class, files) in spec {
+        let dir = root.join(class);
+        fs::create_dir_all(&dir)?;
+        for f in *files {
+            let p = dir.join(f);
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match ext.as_str() {
+                "jpg" | "jpeg" => write_jpeg(&p, &solid(8, 8, [10, 20, 30]))?,
+                "png" => solid(8, 8, [10, 20, 30]).save_with_format(&p, ImageFormat::Png)?,
+                _ => fs::write(&p, "not an image")?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn data_err_text<T: std::fmt::Debug>(r: alexnet_cuda::Result<T>) -> String {
+    match r {
+        Err(Error::Data(msg)) => msg,
+        other => panic!("expected Error::Data, got {other:?}"),
+    }
+}
+
+fn expect_image_err<T: std::fmt::Debug>(r: alexnet_cuda::Result<T>, path: &Path) {
+    match r {
+        Err(e @ Error::Image { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("remove or replace"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+        other => panic!(
+            "expected Error::Image for {}, got {other:?}",
+            path.display()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- folder
+
+#[test]
+fn scan_sorts_classes_and_files_and_labels_them() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(
+        t.path(),
+        &[
+            ("n02_dog", &["b.JPEG", "a.jpg", "notes.txt", "c.Png"]),
+            ("n01_cat", &["z.jpeg", "y.jpg"]),
+            (".cache", &["x.jpg"]),
+        ],
+    )?;
+    fs::write(t.path().join("README.jpg"), "a stray file at the root")?;
+    let f = ImageFolder::scan(t.path())?;
+    assert_eq!(f.classes(), ["n01_cat", "n02_dog"]);
+    let got: Vec<(String, u32)> = f
+        .items()
+        .iter()
+        .map(|(p, l)| {
+            let rel = p.strip_prefix(t.path()).map(Path::to_path_buf);
+            (rel.unwrap_or_default().display().to_string(), *l)
+        })
+        .collect();
+    let want = [
+        ("n01_cat/y.jpg", 0),
+        ("n01_cat/z.jpeg", 0),
+        ("n02_dog/a.jpg", 1),
+        ("n02_dog/b.JPEG", 1),
+        ("n02_dog/c.Png", 1),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for ((g, gl), (w, wl)) in got.iter().zip(want) {
+        assert_eq!((g.as_str(), *gl), (w, wl));
+    }
+    Ok(())
+}
+
+#[test]
+fn scan_missing_root_says_what_to_pass() {
+    let msg = data_err_text(ImageFolder::scan(Path::new("/no/such/folder")));
+    assert!(msg.contains("/no/such/folder"), "{msg}");
+    assert!(msg.contains("does not exist"), "{msg}");
+    assert!(msg.contains("--data"), "{msg}");
+}
+
+#[test]
+fn scan_root_that_is_a_file_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    let f = t.path().join("file.jpg");
+    fs::write(&f, "x")?;
+    let msg = data_err_text(ImageFolder::scan(&f));
+    assert!(msg.contains("file.jpg") && msg.contains("--data"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn scan_without_class_folders_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    write_jpeg(&t.path().join("a.jpg"), &solid(4, 4, [0, 0, 0]))?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    assert!(msg.contains("no class sub-folders"), "{msg}");
+    assert!(msg.contains(&t.path().display().to_string()), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn scan_empty_class_folder_is_named() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(t.path(), &[("cats", &["a.jpg"]), ("dogs", &["readme.txt"])])?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    assert!(msg.contains("dogs"), "{msg}");
+    assert!(msg.contains("no .jpg/.jpeg/.png images"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn scan_single_class_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(t.path(), &[("only", &["a.jpg", "b.jpg"])])?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    assert!(
+        msg.contains("only one class") && msg.contains("at least 2"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- decode
+
+#[test]
+fn corrupt_jpeg_is_an_image_error() -> TestResult {
+    let t = TempDir::new()?;
+    // A JPEG start-of-image marker followed by garbage.
+    let p = t.path().join("corrupt.jpg");
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    bytes.extend((0..400u32).map(|i| (i * 37 % 251) as u8));
+    fs::write(&p, bytes)?;
+    expect_image_err(decode_file(&p, 8), &p);
+
+    // A real JPEG cut after its headers: no scan data.
+    let good = t.path().join("good.jpg");
+    write_jpeg(&good, &solid(64, 64, [200, 100, 50]))?;
+    let full = fs::read(&good)?;
+    let cut = t.path().join("cut.jpg");
+    fs::write(&cut, &full[..full.len().min(120)])?;
+    expect_image_err(decode_file(&cut, 8), &cut);
+
+    // Truncated inside the scan data: the decoder alone would accept it.
+    let busy = RgbImage::from_fn(128, 128, |x, y| {
+        image::Rgb([(x ^ y) as u8, (x * y) as u8, (x + y) as u8])
+    });
+    write_jpeg(&good, &busy)?;
+    let full = fs::read(&good)?;
+    assert_eq!(decode_file(&good, 128)?.len(), 128 * 128 * 3);
+    for frac in [0.5, 0.9, 0.999] {
+        fs::write(&cut, &full[..(full.len() as f64 * frac) as usize])?;
+        expect_image_err(decode_file(&cut, 128), &cut);
+    }
+    // Padding after the end marker is fine.
+    let mut padded = full.clone();
+    padded.extend([0u8; 64]);
+    fs::write(&cut, padded)?;
+    assert_eq!(decode_file(&cut, 128)?.len(), 128 * 128 * 3);
+
+    // A PNG cut short.
+    let png = t.path().join("cut.png");
+    busy.save_with_format(&png, ImageFormat::Png)?;
+    let full = fs::read(&png)?;
+    fs::write(&png, &full[..full.len() / 2])?;
+    expect_image_err(decode_file(&png, 128), &png);
+    Ok(())
+}
+
+#[test]
+fn zero_byte_file_is_an_image_error() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("empty.JPEG");
+    fs::write(&p, [])?;
+    expect_image_err(decode_file(&p, 8), &p);
+    Ok(())
+}
+
+#[test]
+fn text_file_named_jpg_is_an_image_error() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("notes.jpg");
+    fs::write(&p, "these are not pixels\n")?;
+    expect_image_err(decode_file(&p, 8), &p);
+    Ok(())
+}
+
+#[test]
+fn absurd_dimensions_are_refused_before_decoding() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("wide.png");
+    GrayImage::new(20_001, 1).save_with_format(&p, ImageFormat::Png)?;
+    expect_image_err(decode_file(&p, 8), &p);
+    Ok(())
+}
+
+#[test]
+fn png_named_jpeg_decodes() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("really_a_png.JPEG");
+    solid(8, 8, [1, 2, 3]).save_with_format(&p, ImageFormat::Png)?;
+    let px = decode_file(&p, 8)?;
+    assert_eq!(px.len(), 8 * 8 * 3);
+    assert!(px.chunks_exact(3).all(|c| c == [1, 2, 3]));
+    Ok(())
+}
+
+#[test]
+fn greyscale_jpeg_decodes_to_three_equal_channels() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("grey.jpg");
+    let g = GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 12 + y * 3) as u8]));
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, 95).encode(
+        g.as_raw(),
+        16,
+        16,
+        ExtendedColorType::L8,
+    )?;
+    fs::write(&p, buf)?;
+    let px = decode_file(&p, 16)?;
+    assert_eq!(px.len(), 16 * 16 * 3);
+    assert!(px.chunks_exact(3).all(|c| c[0] == c[1] && c[1] == c[2]));
+    assert!(px.chunks_exact(3).any(|c| c[0] > 100), "not all dark");
+    Ok(())
+}
+
+#[test]
+fn resize_gives_short_side_then_centre_crop() -> TestResult {
+    for (w, h) in [(50, 30), (30, 50), (17, 17), (300, 200), (16, 40)] {
+        let out = resize_centre_crop(solid(w, h, [9, 9, 9]), 16)?;
+        assert_eq!(out.dimensions(), (16, 16), "from {w}x{h}");
+    }
+    // Already the right size: returned untouched.
+    let img = RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    assert_eq!(resize_centre_crop(img.clone(), 16)?, img);
+    // Short side already right: a pure crop, no resampling.
+    let img = RgbImage::from_fn(20, 16, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let out = resize_centre_crop(img, 16)?;
+    assert_eq!(out.get_pixel(0, 0).0, [2, 0, 7]);
+    assert_eq!(out.get_pixel(15, 15).0, [17, 15, 7]);
+    Ok(())
+}
+
+#[test]
+fn resize_crop_of_half_black_half_white_shows_the_edge_in_the_middle() -> TestResult {
+    // 64x32, columns 0..32 black, 32..64 white. Short side to 16 gives 32x16
+    // (edge between columns 15 and 16); the centre crop takes columns 8..24,
+    // so the crop's columns 0..8 are black, 8..16 white, with the filter's
+    // blur only in crop columns 7 and 8.
+    let img = RgbImage::from_fn(64, 32, |x, _| {
+        let v = if x < 32 { 0 } else { 255 };
+        image::Rgb([v, v, v])
+    });
+    let out = resize_centre_crop(img, 16)?;
+    assert_eq!(out.dimensions(), (16, 16));
+    for y in 0..16 {
+        let col = |x: u32| out.get_pixel(x, y).0[0];
+        for x in 0..7 {
+            assert_eq!(col(x), 0, "column {x} row {y}");
+        }
+        for x in 9..16 {
+            assert_eq!(col(x), 255, "column {x} row {y}");
+        }
+        assert!(col(7) < 128 && col(8) > 128, "edge {} {}", col(7), col(8));
+        assert!(
+            (col(7) as i32 + col(8) as i32 - 255).abs() <= 1,
+            "symmetric edge"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- store
+
+/// `n` images of side `size` whose pixel (x, y) of image `i` is
+/// (x + 10 y, x + 10 y + 1, 100 + i) so a crop's origin and orientation can
+/// be read off its values; labels `i % 3`.
+fn coord_set(n: usize, size: usize) -> alexnet_cuda::Result<ImageSet> {
+    let mut px = Vec::with_capacity(n * size * size * 3);
+    for i in 0..n {
+        for y in 0..size {
+            for x in 0..size {
+                let v = (x + 10 * y) as u8;
+                px.extend([v, v + 1, 100 + i as u8]);
+            }
+        }
+    }
+    let labels = (0..n as u32).map(|i| i % 3).collect();
+    ImageSet::from_parts(size, px, labels, vec!["a".into(), "b".into(), "c".into()])
+}
+
+fn cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch,
+        crop,
+        train,
+        mean: [0.0; 3],
+        std: None,
+        seed: 42,
+        workers,
+        drop_last: false,
+    }
+}
+
+#[test]
+fn from_parts_checks_lengths_and_labels() {
+    assert!(ImageSet::from_parts(2, vec![0; 11], vec![0], vec!["a".into()]).is_err());
+    assert!(ImageSet::from_parts(2, vec![0; 12], vec![1], vec!["a".into()]).is_err());
+    assert!(ImageSet::from_parts(2, vec![0; 12], vec![0], vec!["a".into()]).is_ok());
+}
+
+#[test]
+fn channel_stats_match_hand_computation() -> TestResult {
+    // Image 0 all (10, 100, 0), image 1 all (30, 100, 255); size 2.
+    let mut px = vec![];
+    for _ in 0..4 {
+        px.extend([10u8, 100, 0]);
+    }
+    for _ in 0..4 {
+        px.extend([30u8, 100, 255]);
+    }
+    let set = ImageSet::from_parts(2, px, vec![0, 1], vec!["a".into(), "b".into()])?;
+    let (m, s) = set.channel_stats(&[0, 1]);
+    assert_eq!(m, [20.0, 100.0, 127.5]);
+    assert_eq!(s, [10.0, 0.0, 127.5]);
+    let (m, s) = set.channel_stats(&[1]);
+    assert_eq!((m, s), ([30.0, 100.0, 255.0], [0.0; 3]));
+    Ok(())
+}
+
+#[test]
+fn split_is_seeded_disjoint_and_complete() -> TestResult {
+    let set = coord_set(50, 2)?;
+    let (tr, va) = set.split(12, 7);
+    assert_eq!((tr.len(), va.len()), (38, 12));
+    let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..50).collect::<Vec<_>>());
+    assert_eq!(set.split(12, 7), (tr.clone(), va.clone()));
+    assert_ne!(set.split(12, 8).1, va);
+    assert_ne!(va, (0..12).collect::<Vec<_>>(), "random, not the first 12");
+    assert_eq!(set.split(100, 7).1.len(), 50);
+    Ok(())
+}
+
+#[test]
+fn build_limit_takes_classes_round_robin() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(
+        t.path(),
+        &[
+            ("a", &["1.jpg", "2.jpg", "3.jpg"]),
+            ("b", &["1.jpg"]),
+            ("c", &["1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"]),
+        ],
+    )?;
+    let f = ImageFolder::scan(t.path())?;
+    let mut o = BuildOptions::new(8);
+    o.progress = false;
+    o.limit = Some(6);
+    let set = ImageSet::build(&f, &o)?;
+    // Rounds: a1 b1 c1 | a2 c2 | a3  -> a: 3, b: 1, c: 2.
+    assert_eq!(set.labels(), [0, 0, 0, 1, 2, 2]);
+    assert_eq!(set.classes().len(), 3);
+    o.limit = Some(4);
+    assert_eq!(ImageSet::build(&f, &o)?.labels(), [0, 0, 1, 2]);
+    o.limit = None;
+    assert_eq!(ImageSet::build(&f, &o)?.len(), 9);
+    o.limit = Some(0);
+    assert!(matches!(ImageSet::build(&f, &o), Err(Error::Config(_))));
+    Ok(())
+}
+
+#[test]
+fn build_refuses_over_the_memory_budget() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(t.path(), &[("a", &["1.jpg"]), ("b", &["1.jpg"])])?;
+    let f = ImageFolder::scan(t.path())?;
+    let mut o = BuildOptions::new(256);
+    o.progress = false;
+    o.max_bytes = 256 * 256 * 3; // one image fits, two do not
+    let msg = data_err_text(ImageSet::build(&f, &o));
+    assert!(
+        msg.contains("GiB in memory") && msg.contains("--limit"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+#[test]
+fn build_stops_at_a_bad_file_and_names_it() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(t.path(), &[("a", &["1.jpg", "2.jpg"]), ("b", &["1.jpg"])])?;
+    let bad = t.path().join("b").join("1.jpg");
+    fs::write(&bad, "truncated")?;
+    let f = ImageFolder::scan(t.path())?;
+    let mut o = BuildOptions::new(8);
+    o.progress = false;
+    expect_image_err(ImageSet::build(&f, &o), &bad);
+    Ok(())
+}
+
+#[test]
+fn build_decodes_every_image_in_order() -> TestResult {
+    let t = TempDir::new()?;
+    for (class, colour) in [("a", [250u8, 0, 0]), ("b", [0, 0, 250])] {
+        fs::create_dir_all(t.path().join(class))?;
+        for i in 0..3 {
+            // Non-square, so the resize runs too.
+            write_jpeg(
+                &t.path().join(class).join(format!("{i}.jpg")),
+                &solid(40, 24, colour),
+            )?;
+        }
+    }
+    let f = ImageFolder::scan(t.path())?;
+    let mut o = BuildOptions::new(12);
+    o.progress = false;
+    let set = ImageSet::build(&f, &o)?;
+    assert_eq!((set.len(), set.size()), (6, 12));
+    assert_eq!(set.pixels().len(), 6 * 12 * 12 * 3);
+    assert_eq!(set.labels(), [0, 0, 0, 1, 1, 1]);
+    for i in 0..6 {
+        let want: [u8; 3] = if i < 3 { [250, 0, 0] } else { [0, 0, 250] };
+        for px in set.image(i).chunks_exact(3) {
+            for c in 0..3 {
+                assert!((px[c] as i32 - want[c] as i32).abs() <= 6, "{px:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- loader
+
+#[test]
+fn eval_uses_centre_crop_element_by_element() -> TestResult {
+    let set = Arc::new(coord_set(3, 8)?);
+    let c = cfg(2, 4, false, 1);
+    let got: Vec<_> = batches(set, &[2, 0, 1], &c, 0)?.collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].n, got[1].n), (2, 1));
+    assert_eq!(got[0].labels, [2, 0]);
+    assert_eq!(got[1].labels, [1]);
+    let plane = 16;
+    for (b, imgs) in [(&got[0], vec![2usize, 0]), (&got[1], vec![1])] {
+        assert_eq!(b.x.len(), imgs.len() * 3 * plane);
+        for (j, &img) in imgs.iter().enumerate() {
+            for oy in 0..4 {
+                for ox in 0..4 {
+                    // centre offset (8 - 4) / 2 = 2
+                    let v = ((ox + 2) + 10 * (oy + 2)) as f32;
+                    let at = |ch: usize| b.x[j * 3 * plane + ch * plane + oy * 4 + ox];
+                    assert_eq!(at(0), v);
+                    assert_eq!(at(1), v + 1.0);
+                    assert_eq!(at(2), 100.0 + img as f32);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn train_crops_and_flips_match_their_draws() -> TestResult {
+    let n = 40;
+    let set = Arc::new(coord_set(n, 8)?);
+    let c = cfg(8, 5, true, 2);
+    let idx: Vec<usize> = (0..n).collect();
+    let order = alexnet_cuda::data::epoch_order(&idx, &c, 3);
+    let plane = 25;
+    let (mut flips, mut xs, mut ys) = (0, [false; 4], [false; 4]);
+    for (k, b) in batches(set, &idx, &c, 3)?.enumerate() {
+        for j in 0..b.n {
+            let pos = k * 8 + j;
+            let img = order[pos];
+            assert_eq!(b.labels[j], (img % 3) as u32);
+            let cr = crop_for(&c, 8, 3, pos);
+            assert!(cr.x <= 3 && cr.y <= 3);
+            xs[cr.x] = true;
+            ys[cr.y] = true;
+            flips += cr.flip as usize;
+            for oy in 0..5 {
+                for ox in 0..5 {
+                    let sx = if cr.flip { cr.x + 4 - ox } else { cr.x + ox };
+                    let v = (sx + 10 * (cr.y + oy)) as f32;
+                    let at = |ch: usize| b.x[j * 3 * plane + ch * plane + oy * 5 + ox];
+                    assert_eq!((at(0), at(1), at(2)), (v, v + 1.0, 100.0 + img as f32));
+                }
+            }
+        }
+    }
+    assert!(flips > 5 && flips < 35, "about half flipped: {flips}");
+    assert!(
+        xs.iter().all(|&b| b) && ys.iter().all(|&b| b),
+        "offsets cover 0..=3"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_flipped_crop_reverses_each_row() -> TestResult {
+    // Find a position whose draw flips, then check that image by hand.
+    let set = Arc::new(coord_set(1, 6)?);
+    let mut c = cfg(1, 6, true, 0);
+    let seed = (0..100u64)
+        .find(|&s| {
+            c.seed = s;
+            crop_for(&c, 6, 0, 0).flip
+        })
+        .ok_or("no flipping seed in 0..100")?;
+    c.seed = seed;
+    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")?;
+    // Full-size crop (offset 0), mirrored: output column ox is source 5 - ox.
+    for oy in 0..6 {
+        let row: Vec<f32> = (0..6).map(|ox| b.x[oy * 6 + ox]).collect();
+        let want: Vec<f32> = (0..6).rev().map(|x| (x + 10 * oy) as f32).collect();
+        assert_eq!(row, want);
+    }
+    Ok(())
+}
+
+#[test]
+fn normalisation_subtracts_mean_and_divides_by_std() -> TestResult {
+    let set = Arc::new(ImageSet::from_parts(
+        1,
+        vec![100, 50, 200],
+        vec![0],
+        vec!["a".into()],
+    )?);
+    let mut c = cfg(1, 1, false, 0);
+    c.mean = [90.0, 60.0, 100.0];
+    let b = batches(set.clone(), &[0], &c, 0)?
+        .next()
+        .ok_or("no batch")?;
+    assert_eq!(b.x, [10.0, -10.0, 100.0], "mean only, as the paper");
+    c.std = Some([2.0, 5.0, 50.0]);
+    let b = batches(set.clone(), &[0], &c, 0)?
+        .next()
+        .ok_or("no batch")?;
+    assert_eq!(b.x, [5.0, -2.0, 2.0]);
+    c.std = Some([1.0, 0.0, 1.0]);
+    assert!(matches!(batches(set, &[0], &c, 0), Err(Error::Config(_))));
+    Ok(())
+}
+
+#[test]
+fn loader_rejects_configs_that_do_not_fit() -> TestResult {
+    let set = Arc::new(coord_set(4, 8)?);
+    for c in [cfg(0, 4, true, 1), cfg(2, 9, true, 1), cfg(2, 0, true, 1)] {
+        assert!(matches!(
+            batches(set.clone(), &[0, 1], &c, 0),
+            Err(Error::Config(_))
+        ));
+    }
+    assert!(batches(set, &[0, 4], &cfg(2, 4, true, 1), 0).is_err());
+    Ok(())
+}
+
+fn collect(
+    set: &Arc<ImageSet>,
+    idx: &[usize],
+    c: &LoaderConfig,
+    epoch: u64,
+) -> alexnet_cuda::Result<Vec<(Vec<f32>, Vec<u32>)>> {
+    Ok(batches(set.clone(), idx, c, epoch)?
+        .map(|b| (b.x, b.labels))
+        .collect())
+}
+
+#[test]
+fn loader_is_deterministic_across_worker_counts() -> TestResult {
+    let set = Arc::new(coord_set(37, 8)?);
+    let idx: Vec<usize> = (0..37).collect();
+    let one = collect(&set, &idx, &cfg(5, 6, true, 1), 2)?;
+    assert_eq!(one.len(), 8);
+    assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 3), 2)?);
+    assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 0), 2)?);
+    assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 1), 2)?);
+    let other = collect(&set, &idx, &cfg(5, 6, true, 3), 3)?;
+    let labels = |v: &[(Vec<f32>, Vec<u32>)]| v.iter().map(|b| b.1.clone()).collect::<Vec<_>>();
+    assert_ne!(one, other);
+    assert_ne!(labels(&one), labels(&other), "epoch changes the order");
+    let mut c = cfg(5, 6, true, 3);
+    c.seed = 43;
+    assert_ne!(one, collect(&set, &idx, &c, 2)?, "seed changes the batches");
+    Ok(())
+}
+
+#[test]
+fn recycled_buffers_give_the_same_batches() -> TestResult {
+    let set = Arc::new(coord_set(23, 8)?);
+    let idx: Vec<usize> = (0..23).collect();
+    let c = cfg(4, 6, true, 2);
+    let plain = collect(&set, &idx, &c, 1)?;
+    let mut it = batches(set, &idx, &c, 1)?;
+    let mut got = vec![];
+    while let Some(b) = it.next() {
+        got.push((b.x.clone(), b.labels.clone()));
+        it.recycle(b);
+    }
+    assert_eq!(got, plain);
+    Ok(())
+}
+
+#[test]
+fn every_index_appears_once_per_epoch() -> TestResult {
+    // Labels are i % 3, so use a set whose labels are the indices instead.
+    let n = 103;
+    let px = vec![0u8; n * 4 * 4 * 3];
+    let classes = (0..n).map(|i| i.to_string()).collect();
+    let set = Arc::new(ImageSet::from_parts(
+        4,
+        px,
+        (0..n as u32).collect(),
+        classes,
+    )?);
+    let idx: Vec<usize> = (0..n).filter(|i| i % 10 != 0).collect();
+    for workers in [0, 1, 4] {
+        for epoch in 0..3 {
+            let c = cfg(16, 4, true, workers);
+            let it = batches(set.clone(), &idx, &c, epoch)?;
+            assert_eq!(it.len(), idx.len().div_ceil(16));
+            let mut seen: Vec<usize> = it.flat_map(|b| b.labels).map(|l| l as usize).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, idx);
+        }
+    }
+    let mut c = cfg(16, 4, true, 2);
+    c.drop_last = true;
+    let sizes: Vec<usize> = batches(set, &idx, &c, 0)?.map(|b| b.n).collect();
+    assert_eq!(sizes, vec![16; idx.len() / 16]);
+    Ok(())
+}
+
+#[test]
+fn dropping_the_iterator_mid_epoch_returns_promptly() -> TestResult {
+    let n = 2000;
+    let set = Arc::new(ImageSet::from_parts(
+        64,
+        vec![7u8; n * 64 * 64 * 3],
+        vec![0; n],
+        vec!["a".into()],
+    )?);
+    let idx: Vec<usize> = (0..n).collect();
+    let c = cfg(64, 56, true, 3);
+    let start = Instant::now();
+    for _ in 0..5 {
+        let mut it = batches(set.clone(), &idx, &c, 0)?;
+        let b = it.next().ok_or("no batch")?;
+        assert_eq!(b.n, 64);
+        drop(it); // workers are blocked on full channels here
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The set is shared only with us again: every worker has exited.
+    assert_eq!(Arc::strong_count(&set), 1);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- synth
+
+#[test]
+fn demo_dataset_is_a_readable_class_tree() -> TestResult {
+    let t = TempDir::new()?;
+    write_demo_dataset(t.path(), 10, 4, 32, 1)?;
+    let f = ImageFolder::scan(t.path())?;
+    assert_eq!(f.classes().len(), 10);
+    assert_eq!(f.classes()[0], "00-hstripes");
+    assert_eq!(f.len(), 40);
+    let mut o = BuildOptions::new(32);
+    o.progress = false;
+    let set = ImageSet::build(&f, &o)?;
+    let (_, std) = set.channel_stats(&(0..40).collect::<Vec<_>>());
+    assert!(std.iter().all(|&s| s > 20.0), "varied images: {std:?}");
+    // Same seed, same files.
+    let t2 = TempDir::new()?;
+    write_demo_dataset(t2.path(), 10, 4, 32, 1)?;
+    let a = fs::read(t.path().join("05-ring/00003.jpg"))?;
+    assert_eq!(a, fs::read(t2.path().join("05-ring/00003.jpg"))?);
+    assert!(write_demo_dataset(t.path(), 11, 1, 32, 1).is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- real data
+
+fn cifar_archive() -> PathBuf {
+    match std::env::var_os("ALEXNET_CIFAR_TAR") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-train.tar.gz"),
+    }
+}
+
+/// Unpack the first 200 images of every class (2,000 files).
+fn unpack_cifar_subset(dir: &Path) -> std::result::Result<PathBuf, Box<dyn std::error::Error>> {
+    let tar = cifar_archive();
+    assert!(
+        tar.is_file(),
+        "CIFAR-10 archive not found at {}: put cifar10-train.tar.gz (train/<class>/NNNN.jpg) there or set ALEXNET_CIFAR_TAR to its path",
+        tar.display()
+    );
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir)
+        .arg("--wildcards")
+        .arg("train/*/0[01]??.jpg")
+        .status()?;
+    assert!(
+        status.success(),
+        "tar xzf {} failed: {status}",
+        tar.display()
+    );
+    Ok(dir.join("train"))
+}
+
+#[test]
+fn real_cifar10_jpegs_build_an_image_set() -> TestResult {
+    let t = TempDir::new()?;
+    let root = unpack_cifar_subset(t.path())?;
+    let f = ImageFolder::scan(&root)?;
+    assert_eq!(f.classes().len(), 10);
+    assert_eq!(f.classes()[0], "airplane");
+    assert_eq!(f.len(), 2000);
+    let mut o = BuildOptions::new(32);
+    o.progress = false;
+    let set = ImageSet::build(&f, &o)?;
+    assert_eq!((set.len(), set.size()), (2000, 32));
+    for c in 0..10u32 {
+        assert_eq!(set.labels().iter().filter(|&&l| l == c).count(), 200);
+    }
+    let (train, _) = set.split(200, 0);
+    let (mean, std) = set.channel_stats(&train);
+    eprintln!("CIFAR-10 subset: mean {mean:?} std {std:?}");
+    for c in 0..3 {
+        assert!(
+            (90.0..150.0).contains(&mean[c]),
+            "channel {c} mean {}",
+            mean[c]
+        );
+        assert!((40.0..90.0).contains(&std[c]), "channel {c} std {}", std[c]);
+    }
+    // Decode throughput on this thread (no resize at 32, resize at 64).
+    for size in [32, 64] {
+        let start = Instant::now();
+        for (p, _) in f.items() {
+            decode_file(p, size)?;
+        }
+        let s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "decode at {size}x{size}: {:.0} images/s on one core",
+            f.len() as f64 / s
+        );
+    }
+    Ok(())
+}
+
+/// Decode + resize throughput for ImageNet-sized JPEGs (500x375 -> 256) on
+/// one thread. Timing only: `cargo test --test data -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_imagenet_sized_jpegs() -> TestResult {
+    let t = TempDir::new()?;
+    let mut paths = vec![];
+    for i in 0..50u32 {
+        // Smooth content with noise, roughly photo-like in compressed size.
+        let img = RgbImage::from_fn(500, 375, |x, y| {
+            let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ i) % 24;
+            let v = |a: u32| ((a / 3 + n) % 256) as u8;
+            image::Rgb([v(x + i), v(y + 2 * i), v(x + y)])
+        });
+        let p = t.path().join(format!("{i}.jpg"));
+        write_jpeg(&p, &img)?;
+        paths.push(p);
+    }
+    let kb = paths
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.len()))
+        .sum::<std::io::Result<u64>>()?
+        / 50
+        / 1024;
+    for size in [256, 224, 128] {
+        let start = Instant::now();
+        for p in &paths {
+            decode_file(p, size)?;
+        }
+        let s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "500x375 JPEG (~{kb} KiB) -> {size}: {:.0} images/s on one core",
+            50.0 / s
+        );
+    }
+    Ok(())
+}
