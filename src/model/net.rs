@@ -1,0 +1,507 @@
+//! Runs the topology table on one backend as grouped ops: forward, backward
+//! and the paper's SGD step. Every buffer is derived from the table; nothing
+//! here restates a layer. Parameters use PyTorch's names and layouts
+//! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
+//! flattened in C, H, W order), so fixtures and exports line up.
+use super::topology::{Init, LayerShape, Op, Topology};
+use crate::backend::{Backend, ConvGeom, LinearGeom, Nchw, PoolGeom, SgdParams};
+use crate::error::{check_len, Error, Result};
+use crate::rng::{hash_u64, Rng};
+
+/// Training applies dropout; evaluation does not (inverted dropout needs no
+/// rescaling at test time; the paper's "multiply by 0.5" is the same in expectation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Geom {
+    Conv(ConvGeom),
+    Fc(LinearGeom),
+}
+
+/// One layer's weights, gradients and momentum (all persistent).
+struct Param<B: Backend> {
+    w: B::Buf,
+    b: B::Buf,
+    dw: B::Buf,
+    db: B::Buf,
+    vw: B::Buf,
+    vb: B::Buf,
+}
+
+struct LrnBufs<B: Backend> {
+    s: Nchw,
+    out: B::Buf,
+    scale: B::Buf,
+    grad: B::Buf,
+}
+
+struct PoolBufs<B: Backend> {
+    g: PoolGeom,
+    out: B::Buf,
+    argmax: B::IdxBuf,
+    grad: B::Buf,
+}
+
+/// One layer's activations for the current batch size.
+struct Stage<B: Backend> {
+    geom: Geom,
+    /// conv/fc output, ReLU applied in place.
+    y: B::Buf,
+    dy: B::Buf,
+    lrn: Option<LrnBufs<B>>,
+    pool: Option<PoolBufs<B>>,
+    /// (probability, mask) when this layer has dropout.
+    dropout: Option<(f32, B::Buf)>,
+}
+
+impl<B: Backend> Stage<B> {
+    fn out(&self) -> &B::Buf {
+        match (&self.pool, &self.lrn) {
+            (Some(p), _) => &p.out,
+            (None, Some(l)) => &l.out,
+            (None, None) => &self.y,
+        }
+    }
+    fn out_mut(&mut self) -> &mut B::Buf {
+        match (&mut self.pool, &mut self.lrn) {
+            (Some(p), _) => &mut p.out,
+            (None, Some(l)) => &mut l.out,
+            (None, None) => &mut self.y,
+        }
+    }
+    fn out_grad_mut(&mut self) -> &mut B::Buf {
+        match (&mut self.pool, &mut self.lrn) {
+            (Some(p), _) => &mut p.grad,
+            (None, Some(l)) => &mut l.grad,
+            (None, None) => &mut self.dy,
+        }
+    }
+}
+
+/// The whole network on one device.
+pub struct Network<'a, B: Backend> {
+    be: &'a B,
+    topo: Topology,
+    shapes: Vec<LayerShape>,
+    params: Vec<Param<B>>,
+    stages: Vec<Stage<B>>,
+    /// Batch size the stages are allocated for.
+    n: usize,
+    x: B::Buf,
+    labels: B::IdxBuf,
+    probs: B::Buf,
+    loss: f32,
+    seed: u64,
+    /// Training steps taken; with `seed` it fixes every dropout mask.
+    step: u64,
+    /// Whether the last forward ran in training mode (backward needs it).
+    last_mode: Option<Mode>,
+}
+
+impl<'a, B: Backend> Network<'a, B> {
+    /// Build the network for batches of up to `batch` images and draw the
+    /// initial weights from the table's init rules with `seed`.
+    pub fn new(be: &'a B, topo: &Topology, batch: usize, seed: u64) -> Result<Self> {
+        let shapes = topo.shapes()?;
+        if batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        let mut params = Vec::with_capacity(shapes.len());
+        for (i, (l, s)) in topo.layers.iter().zip(&shapes).enumerate() {
+            let fan_in = s.weight_params / l.out_channels();
+            let std = match l.init {
+                Init::Normal(std) => std as f64,
+                Init::He => (2.0 / fan_in as f64).sqrt(),
+            };
+            let mut rng = Rng::derive(seed, i as u64);
+            let host_w: Vec<f32> = (0..s.weight_params)
+                .map(|_| (rng.normal() * std) as f32)
+                .collect();
+            let host_b = vec![l.bias; s.bias_params];
+            let mut w = be.alloc(s.weight_params)?;
+            let mut b = be.alloc(s.bias_params)?;
+            be.upload(&host_w, &mut w)?;
+            be.upload(&host_b, &mut b)?;
+            params.push(Param {
+                w,
+                b,
+                dw: be.alloc(s.weight_params)?,
+                db: be.alloc(s.bias_params)?,
+                vw: be.alloc(s.weight_params)?,
+                vb: be.alloc(s.bias_params)?,
+            });
+        }
+        let mut net = Network {
+            be,
+            topo: topo.clone(),
+            shapes,
+            params,
+            stages: Vec::new(),
+            n: 0,
+            x: be.alloc(0)?,
+            labels: be.alloc_idx(0)?,
+            probs: be.alloc(0)?,
+            loss: f32::NAN,
+            seed,
+            step: 0,
+            last_mode: None,
+        };
+        net.resize(batch)?;
+        Ok(net)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    pub fn batch(&self) -> usize {
+        self.n
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Allocate activations for batches of exactly `n` images.
+    fn resize(&mut self, n: usize) -> Result<()> {
+        if n == self.n {
+            return Ok(());
+        }
+        let be = self.be;
+        let mut stages = Vec::with_capacity(self.shapes.len());
+        for (l, s) in self.topo.layers.iter().zip(&self.shapes) {
+            let geom = match l.op {
+                Op::Conv {
+                    out,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                } => Geom::Conv(ConvGeom {
+                    n,
+                    c_in: s.input.c,
+                    h: s.input.h,
+                    w: s.input.w,
+                    c_out: out,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                }),
+                Op::Fc { out } => Geom::Fc(LinearGeom {
+                    n,
+                    inp: s.input.len(),
+                    out,
+                }),
+            };
+            let y_len = n * s.op_out.len();
+            let lrn = if l.lrn {
+                Some(LrnBufs {
+                    s: Nchw {
+                        n,
+                        c: s.op_out.c,
+                        h: s.op_out.h,
+                        w: s.op_out.w,
+                    },
+                    out: be.alloc(y_len)?,
+                    scale: be.alloc(y_len)?,
+                    grad: be.alloc(y_len)?,
+                })
+            } else {
+                None
+            };
+            let pool = match l.pool {
+                Some(p) => {
+                    let g = PoolGeom {
+                        n,
+                        c: s.op_out.c,
+                        h: s.op_out.h,
+                        w: s.op_out.w,
+                        size: p.size,
+                        stride: p.stride,
+                    };
+                    Some(PoolBufs {
+                        g,
+                        out: be.alloc(g.y_len())?,
+                        argmax: be.alloc_idx(g.y_len())?,
+                        grad: be.alloc(g.y_len())?,
+                    })
+                }
+                None => None,
+            };
+            let dropout = if l.dropout > 0.0 {
+                Some((l.dropout, be.alloc(n * s.out.len())?))
+            } else {
+                None
+            };
+            stages.push(Stage {
+                geom,
+                y: be.alloc(y_len)?,
+                dy: be.alloc(y_len)?,
+                lrn,
+                pool,
+                dropout,
+            });
+        }
+        self.stages = stages;
+        self.x = be.alloc(n * self.topo.channels * self.topo.crop * self.topo.crop)?;
+        self.labels = be.alloc_idx(n)?;
+        self.probs = be.alloc(n * self.topo.classes)?;
+        self.n = n;
+        self.last_mode = None;
+        Ok(())
+    }
+
+    /// Forward a batch (NCHW f32, `labels.len()` images); returns the mean
+    /// cross-entropy loss. The batch may be smaller than the one the network
+    /// was built for (the last batch of an epoch).
+    pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        let n = labels.len();
+        if n == 0 {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: "empty batch".into(),
+            });
+        }
+        let t = &self.topo;
+        check_len(
+            "forward",
+            "input batch",
+            x.len(),
+            n * t.channels * t.crop * t.crop,
+        )?;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= t.classes) {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: format!("label {bad} is out of range for {} classes", t.classes),
+            });
+        }
+        self.resize(n)?;
+        let be = self.be;
+        be.upload(x, &mut self.x)?;
+        be.upload_idx(labels, &mut self.labels)?;
+        for i in 0..self.stages.len() {
+            let (done, rest) = self.stages.split_at_mut(i);
+            let input = if i == 0 { &self.x } else { done[i - 1].out() };
+            let st = &mut rest[0];
+            let p = &self.params[i];
+            match st.geom {
+                Geom::Conv(g) => be.conv2d_forward(&g, input, &p.w, &p.b, &mut st.y)?,
+                Geom::Fc(g) => be.linear_forward(&g, input, &p.w, &p.b, &mut st.y)?,
+            }
+            if self.topo.layers[i].relu {
+                be.relu_forward(&mut st.y)?;
+            }
+            if let Some(l) = &mut st.lrn {
+                be.lrn_forward(&self.topo.lrn, &l.s, &st.y, &mut l.out, &mut l.scale)?;
+            }
+            if let Some(pl) = &mut st.pool {
+                let src = match &st.lrn {
+                    Some(l) => &l.out,
+                    None => &st.y,
+                };
+                be.max_pool_forward(&pl.g, src, &mut pl.out, &mut pl.argmax)?;
+            }
+            if mode == Mode::Train {
+                if let Some((p, mut mask)) = st.dropout.take() {
+                    // One stream per (step, layer): masks replay from the seed.
+                    let seed = hash_u64(self.seed, self.step * 64 + i as u64);
+                    let r = be.dropout_forward(p, seed, st.out_mut(), &mut mask);
+                    st.dropout = Some((p, mask));
+                    r?;
+                }
+            }
+        }
+        let logits = self.stages.last().map(|s| s.out()).ok_or(Error::Shape {
+            op: "forward",
+            detail: "no layers".into(),
+        })?;
+        self.loss =
+            be.softmax_xent_forward(n, self.topo.classes, logits, &self.labels, &mut self.probs)?;
+        self.last_mode = Some(mode);
+        Ok(self.loss)
+    }
+
+    /// Gradients of the last forward's loss with respect to every parameter.
+    pub fn backward(&mut self) -> Result<()> {
+        let mode = self.last_mode.ok_or(Error::Shape {
+            op: "backward",
+            detail: "backward called without a forward pass".into(),
+        })?;
+        let be = self.be;
+        let (n, classes) = (self.n, self.topo.classes);
+        let last = self.stages.len() - 1;
+        be.softmax_xent_backward(
+            n,
+            classes,
+            &self.probs,
+            &self.labels,
+            self.stages[last].out_grad_mut(),
+        )?;
+        for i in (0..self.stages.len()).rev() {
+            let (done, rest) = self.stages.split_at_mut(i);
+            let st = &mut rest[0];
+            let p = &mut self.params[i];
+            if mode == Mode::Train {
+                if let Some((_, mask)) = &st.dropout {
+                    let grad = match (&mut st.pool, &mut st.lrn) {
+                        (Some(pl), _) => &mut pl.grad,
+                        (None, Some(l)) => &mut l.grad,
+                        (None, None) => &mut st.dy,
+                    };
+                    be.dropout_backward(mask, grad)?;
+                }
+            }
+            if let Some(pl) = &st.pool {
+                let dst = match &mut st.lrn {
+                    Some(l) => &mut l.grad,
+                    None => &mut st.dy,
+                };
+                be.max_pool_backward(&pl.g, &pl.grad, &pl.argmax, dst)?;
+            }
+            if let Some(l) = &st.lrn {
+                be.lrn_backward(
+                    &self.topo.lrn,
+                    &l.s,
+                    &st.y,
+                    &l.out,
+                    &l.scale,
+                    &l.grad,
+                    &mut st.dy,
+                )?;
+            }
+            if self.topo.layers[i].relu {
+                be.relu_backward(&st.y, &mut st.dy)?;
+            }
+            let input = if i == 0 { &self.x } else { done[i - 1].out() };
+            match st.geom {
+                Geom::Conv(g) => {
+                    be.conv2d_backward_bias(&g, &st.dy, &mut p.db)?;
+                    be.conv2d_backward_filter(&g, input, &st.dy, &mut p.dw)?;
+                }
+                Geom::Fc(g) => {
+                    be.linear_backward_bias(&g, &st.dy, &mut p.db)?;
+                    be.linear_backward_weight(&g, input, &st.dy, &mut p.dw)?;
+                }
+            }
+            if i > 0 {
+                let dx = done[i - 1].out_grad_mut();
+                match st.geom {
+                    Geom::Conv(g) => be.conv2d_backward_data(&g, &p.w, &st.dy, dx)?,
+                    Geom::Fc(g) => be.linear_backward_data(&g, &p.w, &st.dy, dx)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The paper's update (section 5) on every parameter. Weight decay applies
+    /// to weights, not biases (docs/training.md says why).
+    pub fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
+        let no_decay = SgdParams {
+            weight_decay: 0.0,
+            ..*hp
+        };
+        for p in &mut self.params {
+            self.be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
+            self.be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Softmax probabilities of the last forward, [n, classes].
+    pub fn probs(&self) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.n * self.topo.classes];
+        self.be.download(&self.probs, &mut host)?;
+        Ok(host)
+    }
+
+    /// Logits of the last forward, [n, classes].
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.n * self.topo.classes];
+        let last = self.stages.last().ok_or(Error::Shape {
+            op: "logits",
+            detail: "no layers".into(),
+        })?;
+        self.be.download(last.out(), &mut host)?;
+        Ok(host)
+    }
+
+    /// Parameter names in table order: conv1.weight, conv1.bias, ...
+    pub fn param_names(&self) -> Vec<String> {
+        self.topo
+            .layers
+            .iter()
+            .flat_map(|l| [format!("{}.weight", l.name), format!("{}.bias", l.name)])
+            .collect()
+    }
+
+    /// PyTorch shape of a named parameter.
+    pub fn param_shape(&self, name: &str) -> Result<Vec<usize>> {
+        let (i, is_w) = self.lookup(name)?;
+        let (l, s) = (&self.topo.layers[i], &self.shapes[i]);
+        Ok(match (l.op, is_w) {
+            (Op::Conv { out, k, groups, .. }, true) => vec![out, s.input.c / groups, k, k],
+            (Op::Fc { out }, true) => vec![out, s.input.len()],
+            (_, false) => vec![l.out_channels()],
+        })
+    }
+
+    fn lookup(&self, name: &str) -> Result<(usize, bool)> {
+        let unknown = || {
+            Error::Config(format!(
+                "unknown parameter '{name}'; expected one of {}",
+                self.param_names().join(", ")
+            ))
+        };
+        let (layer, kind) = name.rsplit_once('.').ok_or_else(unknown)?;
+        let i = self
+            .topo
+            .layers
+            .iter()
+            .position(|l| l.name == layer)
+            .ok_or_else(unknown)?;
+        match kind {
+            "weight" => Ok((i, true)),
+            "bias" => Ok((i, false)),
+            _ => Err(unknown()),
+        }
+    }
+
+    fn read(&self, buf: &B::Buf) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.be.buf_len(buf)];
+        self.be.download(buf, &mut host)?;
+        Ok(host)
+    }
+
+    pub fn param(&self, name: &str) -> Result<Vec<f32>> {
+        let (i, is_w) = self.lookup(name)?;
+        let p = &self.params[i];
+        self.read(if is_w { &p.w } else { &p.b })
+    }
+
+    pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        let (i, is_w) = self.lookup(name)?;
+        let p = &self.params[i];
+        self.read(if is_w { &p.dw } else { &p.db })
+    }
+
+    pub fn momentum(&self, name: &str) -> Result<Vec<f32>> {
+        let (i, is_w) = self.lookup(name)?;
+        let p = &self.params[i];
+        self.read(if is_w { &p.vw } else { &p.vb })
+    }
+
+    pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let (i, is_w) = self.lookup(name)?;
+        let p = &mut self.params[i];
+        let buf = if is_w { &mut p.w } else { &mut p.b };
+        check_len("set_param", name, values.len(), self.be.buf_len(buf))?;
+        self.be.upload(values, buf)
+    }
+}
