@@ -431,7 +431,7 @@ impl Topology {
             let c_out = l.out_channels();
             // Grouped layers need equal halves; an fc layer may split unevenly
             // (tower 0 takes the larger half), so any class count works.
-            if !l.is_fc() && c_out % self.towers != 0 {
+            if !l.is_fc() && !c_out.is_multiple_of(self.towers) {
                 return bad(format!(
                     "{}: {c_out} outputs do not split over {} towers",
                     l.name, self.towers
@@ -467,7 +467,7 @@ impl Topology {
                     pad,
                     groups,
                 } => {
-                    if input.c % groups != 0 || co % groups != 0 {
+                    if !input.c.is_multiple_of(groups) || !co.is_multiple_of(groups) {
                         return bad(format!(
                             "{}: groups {groups} must divide {} inputs and {co} outputs",
                             l.name, input.c

@@ -28,7 +28,7 @@ pub fn validate(op: &'static str, g: &ConvGeom) -> Result<(usize, usize)> {
     if g.c_in == 0 || g.c_out == 0 || g.h == 0 || g.w == 0 {
         return Err(shape_err(op, format!("empty channels or image in {g:?}")));
     }
-    if g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
+    if !g.c_in.is_multiple_of(g.groups) || !g.c_out.is_multiple_of(g.groups) {
         return Err(shape_err(
             op,
             format!(

@@ -1,0 +1,131 @@
+//! Bad input at the command line: each case ends with a one-line error that
+//! names the file or flag and what to do, a non-zero exit, and no panic.
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run alexnet-cuda");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fails, does not panic, and its error line contains every `needle`.
+fn assert_error(args: &[&str], needles: &[&str]) {
+    let (ok, err) = run(args);
+    assert!(!ok, "{args:?} should fail; stderr:\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or_else(|| panic!("{args:?}: no error line in:\n{err}"));
+    for n in needles {
+        assert!(line.contains(n), "{args:?}: error line lacks {n:?}: {line}");
+    }
+}
+
+/// A class-folder tree: `classes` folders with `per_class` small JPEGs each.
+fn tree(root: &Path, classes: usize, per_class: usize) {
+    for c in 0..classes {
+        let dir = root.join(format!("class{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([(x * 8) as u8, (y * 8) as u8, (c * 20 + i) as u8])
+            });
+            img.save(dir.join(format!("{i}.jpg"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn missing_data_folder() {
+    assert_error(
+        &[
+            "train",
+            "--cpu",
+            "--config",
+            "cifar",
+            "--data",
+            "/nonexistent/imagenet",
+        ],
+        &["/nonexistent/imagenet", "--data"],
+    );
+}
+
+#[test]
+fn empty_class_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), 10, 2);
+    std::fs::create_dir_all(dir.path().join("zz-empty")).unwrap();
+    let data = dir.path().to_str().unwrap();
+    assert_error(
+        &["train", "--cpu", "--config", "cifar", "--data", data],
+        &["zz-empty"],
+    );
+}
+
+#[test]
+fn corrupt_jpeg() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), 10, 2);
+    let bad = dir.path().join("class3").join("broken.jpg");
+    let good = std::fs::read(dir.path().join("class3").join("0.jpg")).unwrap();
+    std::fs::write(&bad, &good[..good.len() / 3]).unwrap();
+    let data = dir.path().to_str().unwrap();
+    assert_error(
+        &[
+            "train", "--cpu", "--config", "cifar", "--data", data, "--val", "2",
+        ],
+        &["broken.jpg"],
+    );
+}
+
+#[test]
+fn too_few_images_for_the_validation_split() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), 3, 2);
+    let data = dir.path().to_str().unwrap();
+    assert_error(
+        &["train", "--cpu", "--config", "cifar", "--data", data],
+        &["--val", "6 images"],
+    );
+}
+
+#[test]
+fn unknown_config() {
+    assert_error(
+        &["summary", "--config", "vgg16"],
+        &["--config", "vgg16", "alexnet"],
+    );
+    assert_error(
+        &["train", "--cpu", "--config", "resnet", "--demo"],
+        &["--config", "resnet"],
+    );
+}
+
+#[test]
+fn bad_flag_values() {
+    assert_error(&["train", "--cpu", "--demo", "--batch", "0"], &["--batch"]);
+    assert_error(
+        &["train", "--cpu", "--demo", "--batch", "many"],
+        &["--batch", "many"],
+    );
+    assert_error(&["train", "--cpu", "--demo", "--lr=-1"], &["--lr"]);
+    assert_error(&["summary", "--pool", "5"], &["--pool", "5"]);
+    assert_error(&["train", "--gpus", "zero", "--demo"], &["--gpus", "zero"]);
+    assert_error(
+        &["train", "--cpu", "--config", "cifar"],
+        &["--data", "--demo"],
+    );
+}
+
+#[test]
+fn gpus_without_a_cuda_backend_is_an_error_not_a_panic() {
+    assert_error(&["train", "--gpus", "0,1", "--demo"], &["--gpus", "--cpu"]);
+}
