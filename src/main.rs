@@ -206,9 +206,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let mut opts = TrainOptions::for_topology(&topo, data);
     if args.demo {
         opts.val = 500;
-        opts.epochs = 8;
-        opts.time_limit = Some(Duration::from_secs(75));
-        opts.schedule = Schedule::Milestones(vec![7]);
+        opts.epochs = 14;
+        opts.time_limit = Some(Duration::from_secs(80));
+        opts.schedule = Schedule::Milestones(vec![11]);
     }
     if let Some(e) = args.epochs {
         opts.epochs = e as usize;

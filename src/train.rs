@@ -260,7 +260,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         if let Schedule::Milestones(m) = &opts.schedule {
             if m.contains(&epoch) {
                 lr /= 10.0;
-                info!("epoch {epoch}: learning rate milestone, lr now {lr:e}");
+                info!("epoch {epoch}: learning rate milestone, lr now {lr:.1e}");
             }
         }
         let hp = SgdParams {
@@ -360,7 +360,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
                     lr /= 10.0;
                     drops += 1;
                     since_best = 0;
-                    info!("validation error has not improved for {patience} epochs: lr now {lr:e} (drop {drops} of {max_drops})");
+                    info!("validation error has not improved for {patience} epochs: lr now {lr:.1e} (drop {drops} of {max_drops})");
                 }
             }
         }
