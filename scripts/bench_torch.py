@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""scripts/bench_torch.py: owns the PyTorch side of scripts/bench-cpu, the CPU
+training-step benchmark (not a test). Times one training step of the paper's
+full AlexNet in PyTorch on the CPU, the same network and step that
+`alexnet-cuda bench-step --config alexnet` times:
+
+  widths 96, 256, 384, 384, 256, 4096, 4096, 1000 classes, 3x227x227 input;
+  conv1 11x11/4 -> ReLU -> LRN -> max pool 3/2; conv2 5x5 pad 2 groups 2 ->
+  ReLU -> LRN -> pool; conv3 3x3 pad 1; conv4, conv5 3x3 pad 1 groups 2;
+  pool; fc6, fc7 with ReLU and dropout 0.5 (train mode); fc8; LRN is
+  nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2) (PyTorch divides alpha
+  by size: this is the paper's alpha = 1e-4).
+
+One step = forward + mean cross-entropy + backward + SGD (momentum 0.9,
+weight decay 5e-4), on random input. Reports the median over --steps steps
+after --warmup, and separately the median time of PyTorch's LRN alone
+(forward + backward at both LRN sites, conv1's and conv2's outputs) as a
+share of the step. Prints one JSON line.
+
+Usage: .venv/bin/python scripts/bench_torch.py --batch 16 --steps 3 [--warmup 1] [--threads N]
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WIDTHS = [96, 256, 384, 384, 256, 4096, 4096]
+CLASSES = 1000
+CROP = 227
+
+
+def make_lrn():
+    return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, w, classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, w[0], 11, stride=4)
+        self.conv2 = nn.Conv2d(w[0], w[1], 5, padding=2, groups=2)
+        self.conv3 = nn.Conv2d(w[1], w[2], 3, padding=1)
+        self.conv4 = nn.Conv2d(w[2], w[3], 3, padding=1, groups=2)
+        self.conv5 = nn.Conv2d(w[3], w[4], 3, padding=1, groups=2)
+        self.fc6 = nn.Linear(w[4] * 6 * 6, w[5])
+        self.fc7 = nn.Linear(w[5], w[6])
+        self.fc8 = nn.Linear(w[6], classes)
+        self.lrn = make_lrn()
+        self.pool = nn.MaxPool2d(3, stride=2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.pool(self.lrn(F.relu(self.conv1(x))))
+        x = self.pool(self.lrn(F.relu(self.conv2(x))))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        x = self.pool(F.relu(self.conv5(x)))
+        x = torch.flatten(x, 1)
+        x = self.drop(F.relu(self.fc6(x)))
+        x = self.drop(F.relu(self.fc7(x)))
+        return self.fc8(x)
+
+
+def tcmalloc_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return "tcmalloc" in f.read()
+    except OSError:
+        return False
+
+
+def timed(fn, warmup, steps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Time one AlexNet training step in PyTorch on the CPU.")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        ap.error("--batch, --steps and --threads must be at least 1, --warmup at least 0")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = AlexNet(WIDTHS, CLASSES).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch, 3, CROP, CROP)
+    labels = torch.randint(0, CLASSES, (args.batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        opt.step()
+
+    step_s = timed(step, args.warmup, args.steps)
+
+    # PyTorch's LRN alone at the two sites it runs at in a step (post-ReLU inputs).
+    lrn = make_lrn()
+    sites = []
+    for c, hw in ((WIDTHS[0], 55), (WIDTHS[1], 27)):
+        a = F.relu(torch.randn(args.batch, c, hw, hw) * 10.0).requires_grad_(True)
+        sites.append((a, torch.randn(args.batch, c, hw, hw)))
+
+    def lrn_fwd_bwd():
+        for a, g in sites:
+            a.grad = None
+            lrn(a).backward(g)
+
+    lrn_s = timed(lrn_fwd_bwd, args.warmup, args.steps)
+
+    print(
+        json.dumps(
+            {
+                "impl": "torch",
+                "torch": torch.__version__,
+                "batch": args.batch,
+                "steps": args.steps,
+                "threads": torch.get_num_threads(),
+                "tcmalloc": tcmalloc_loaded(),
+                "median_s": round(step_s, 5),
+                "images_per_s": round(args.batch / step_s, 2),
+                "lrn_median_s": round(lrn_s, 5),
+                "lrn_share": round(lrn_s / step_s, 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
