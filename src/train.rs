@@ -329,7 +329,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         if let Some((path, f)) = &mut csv {
             writeln!(
                 f,
-                "{},{},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
+                "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
                 epoch,
                 lr,
                 stats.train_loss,

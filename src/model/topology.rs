@@ -161,30 +161,27 @@ fn conv(
     pad: usize,
     groups: usize,
 ) -> Layer {
-    Layer {
-        name,
-        op: Op::Conv {
-            out,
-            k,
-            stride,
-            pad,
-            groups,
-        },
-        exchange: false,
-        relu: true,
-        lrn: false,
-        pool: None,
-        dropout: 0.0,
-        init: PAPER_STD,
-        bias: 0.0,
-    }
+    let op = Op::Conv {
+        out,
+        k,
+        stride,
+        pad,
+        groups,
+    };
+    layer(name, op, false)
 }
 
+/// A fully connected layer sees both towers' inputs, so it is an exchange.
 fn fc(name: &'static str, out: usize) -> Layer {
+    layer(name, Op::Fc { out }, true)
+}
+
+/// A row with the paper's defaults: ReLU, N(0, 0.01), zero bias, nothing after.
+fn layer(name: &'static str, op: Op, exchange: bool) -> Layer {
     Layer {
         name,
-        op: Op::Fc { out },
-        exchange: true,
+        op,
+        exchange,
         relu: true,
         lrn: false,
         pool: None,
