@@ -129,3 +129,28 @@ fn bad_flag_values() {
 fn gpus_without_a_cuda_backend_is_an_error_not_a_panic() {
     assert_error(&["train", "--gpus", "0,1", "--demo"], &["--gpus", "--cpu"]);
 }
+
+/// The README's first command: the demo trains on its synthetic set and ends
+/// far above chance (10 classes: 10%).
+#[test]
+fn demo_learns_well_above_chance() {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["train", "--demo", "--no-progress"])
+        .output()
+        .expect("run alexnet-cuda train --demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "validation top-1: 14.2% after epoch 1, 82.0% after epoch 14 (chance 10.0%); ..."
+    let last: f64 = stdout
+        .split("% after epoch")
+        .nth(1)
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no final accuracy in: {stdout}"));
+    println!("{stdout}");
+    assert!(last > 50.0, "demo ended at {last}% top-1: {stdout}");
+}

@@ -791,55 +791,5 @@ fn real_cifar10_jpegs_build_an_image_set() -> TestResult {
         );
         assert!((40.0..90.0).contains(&std[c]), "channel {c} std {}", std[c]);
     }
-    // Decode throughput on this thread (no resize at 32, resize at 64).
-    for size in [32, 64] {
-        let start = Instant::now();
-        for (p, _) in f.items() {
-            decode_file(p, size)?;
-        }
-        let s = start.elapsed().as_secs_f64();
-        eprintln!(
-            "decode at {size}x{size}: {:.0} images/s on one core",
-            f.len() as f64 / s
-        );
-    }
-    Ok(())
-}
-
-/// Decode + resize throughput for ImageNet-sized JPEGs (500x375 -> 256) on
-/// one thread. Timing only: `cargo test --test data -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn throughput_imagenet_sized_jpegs() -> TestResult {
-    let t = TempDir::new()?;
-    let mut paths = vec![];
-    for i in 0..50u32 {
-        // Smooth content with noise, roughly photo-like in compressed size.
-        let img = RgbImage::from_fn(500, 375, |x, y| {
-            let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ i) % 24;
-            let v = |a: u32| ((a / 3 + n) % 256) as u8;
-            image::Rgb([v(x + i), v(y + 2 * i), v(x + y)])
-        });
-        let p = t.path().join(format!("{i}.jpg"));
-        write_jpeg(&p, &img)?;
-        paths.push(p);
-    }
-    let kb = paths
-        .iter()
-        .map(|p| fs::metadata(p).map(|m| m.len()))
-        .sum::<std::io::Result<u64>>()?
-        / 50
-        / 1024;
-    for size in [256, 224, 128] {
-        let start = Instant::now();
-        for p in &paths {
-            decode_file(p, size)?;
-        }
-        let s = start.elapsed().as_secs_f64();
-        eprintln!(
-            "500x375 JPEG (~{kb} KiB) -> {size}: {:.0} images/s on one core",
-            50.0 / s
-        );
-    }
     Ok(())
 }
