@@ -26,43 +26,12 @@ import statistics
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-WIDTHS = [96, 256, 384, 384, 256, 4096, 4096]
+from torch_alexnet import PAPER_WIDTHS, AlexNet, make_lrn
+
 CLASSES = 1000
 CROP = 227
-
-
-def make_lrn():
-    return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-
-
-class AlexNet(nn.Module):
-    def __init__(self, w, classes):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, w[0], 11, stride=4)
-        self.conv2 = nn.Conv2d(w[0], w[1], 5, padding=2, groups=2)
-        self.conv3 = nn.Conv2d(w[1], w[2], 3, padding=1)
-        self.conv4 = nn.Conv2d(w[2], w[3], 3, padding=1, groups=2)
-        self.conv5 = nn.Conv2d(w[3], w[4], 3, padding=1, groups=2)
-        self.fc6 = nn.Linear(w[4] * 6 * 6, w[5])
-        self.fc7 = nn.Linear(w[5], w[6])
-        self.fc8 = nn.Linear(w[6], classes)
-        self.lrn = make_lrn()
-        self.pool = nn.MaxPool2d(3, stride=2)
-        self.drop = nn.Dropout(0.5)
-
-    def forward(self, x):
-        x = self.pool(self.lrn(F.relu(self.conv1(x))))
-        x = self.pool(self.lrn(F.relu(self.conv2(x))))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        x = self.pool(F.relu(self.conv5(x)))
-        x = torch.flatten(x, 1)
-        x = self.drop(F.relu(self.fc6(x)))
-        x = self.drop(F.relu(self.fc7(x)))
-        return self.fc8(x)
 
 
 def tcmalloc_loaded():
@@ -97,7 +66,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = AlexNet(WIDTHS, CLASSES).train()
+    model = AlexNet(classes=CLASSES).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, CROP, CROP)
     labels = torch.randint(0, CLASSES, (args.batch,))
@@ -113,7 +82,7 @@ def main():
     # PyTorch's LRN alone at the two sites it runs at in a step (post-ReLU inputs).
     lrn = make_lrn()
     sites = []
-    for c, hw in ((WIDTHS[0], 55), (WIDTHS[1], 27)):
+    for c, hw in ((PAPER_WIDTHS[0], 55), (PAPER_WIDTHS[1], 27)):
         a = F.relu(torch.randn(args.batch, c, hw, hw) * 10.0).requires_grad_(True)
         sites.append((a, torch.randn(args.batch, c, hw, hw)))
 

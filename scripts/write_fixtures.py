@@ -46,9 +46,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+
+from torch_alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, AlexNet
 
 WIDTHS = [6, 16, 24, 24, 16, 32, 32]
 CLASSES = 10
@@ -60,7 +61,6 @@ SEED = 2012
 LR = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 INPUT_FORMULA = "x[i] = float32(((i * 7919 + 13) % 1009) / 1009.0 * 255.0 - 127.5), computed in float64, i = flat NCHW index"
 # Indices of input.probe: start, the formula's period boundary, a middle value, the last element.
 PROBE = [0, 1, 2, 1008, 1009, 1010, 12345, 154586, 154587, BATCH * CHANNELS * CROP * CROP - 1]
@@ -73,35 +73,6 @@ def make_input(n):
     i = np.arange(n * CHANNELS * CROP * CROP, dtype=np.int64)
     x = ((i * 7919 + 13) % 1009).astype(np.float64) / 1009.0 * 255.0 - 127.5
     return x.astype(np.float32).reshape(n, CHANNELS, CROP, CROP)
-
-
-class AlexNetNarrow(nn.Module):
-    """The paper's AlexNet at widths w, on one device: the two towers are groups=2."""
-
-    def __init__(self, w, classes):
-        super().__init__()
-        self.conv1 = nn.Conv2d(CHANNELS, w[0], 11, stride=4)
-        self.conv2 = nn.Conv2d(w[0], w[1], 5, padding=2, groups=2)
-        self.conv3 = nn.Conv2d(w[1], w[2], 3, padding=1)
-        self.conv4 = nn.Conv2d(w[2], w[3], 3, padding=1, groups=2)
-        self.conv5 = nn.Conv2d(w[3], w[4], 3, padding=1, groups=2)
-        self.fc6 = nn.Linear(w[4] * 6 * 6, w[5])
-        self.fc7 = nn.Linear(w[5], w[6])
-        self.fc8 = nn.Linear(w[6], classes)
-        # PyTorch averages the window (alpha / size), the paper sums it.
-        self.lrn = nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
-        self.pool = nn.MaxPool2d(3, stride=2)  # overlapping (section 3.4)
-
-    def forward(self, x):
-        x = self.pool(self.lrn(F.relu(self.conv1(x))))  # 227 -> 55 -> 27
-        x = self.pool(self.lrn(F.relu(self.conv2(x))))  # 27 -> 13
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        x = self.pool(F.relu(self.conv5(x)))  # 13 -> 6
-        x = torch.flatten(x, 1)  # (C, H, W) order, as the Rust net flattens
-        x = F.relu(self.fc6(x))  # dropout 0.5 here in training; off for the fixture
-        x = F.relu(self.fc7(x))
-        return self.fc8(x)
 
 
 def lrn_by_formula(a):
@@ -138,7 +109,7 @@ def main():
 
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
-    model = AlexNetNarrow(WIDTHS, CLASSES)  # default init, in float32
+    model = AlexNet(WIDTHS, CLASSES, dropout=0)  # default init, in float32
     tensors = {f"init.{n}": f32(p) for n, p in model.named_parameters()}
     model = model.to(dtype)
 
