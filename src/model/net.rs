@@ -347,13 +347,10 @@ impl<'a, B: Backend> Network<'a, B> {
             let st = &mut rest[0];
             let p = &mut self.params[i];
             if mode == Mode::Train {
-                if let Some((_, mask)) = &st.dropout {
-                    let grad = match (&mut st.pool, &mut st.lrn) {
-                        (Some(pl), _) => &mut pl.grad,
-                        (None, Some(l)) => &mut l.grad,
-                        (None, None) => &mut st.dy,
-                    };
-                    be.dropout_backward(mask, grad)?;
+                if let Some((p, mask)) = st.dropout.take() {
+                    let r = be.dropout_backward(&mask, st.out_grad_mut());
+                    st.dropout = Some((p, mask));
+                    r?;
                 }
             }
             if let Some(pl) = &st.pool {

@@ -1,0 +1,89 @@
+//! The whole network's backward pass, dropout included, against central
+//! finite differences of its own loss. Dropout masks depend on (seed, step,
+//! layer) only, so repeated training-mode forwards at the same step draw the
+//! same mask and the loss is a deterministic function of the parameters.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::rng::Rng;
+
+#[test]
+fn network_gradients_match_finite_differences_with_dropout() {
+    // The cifar config (LRN, overlapping pools, groups, dropout 0.5 in fc6/fc7).
+    let topo = Topology::cifar();
+    assert!(topo.layers.iter().any(|l| l.dropout > 0.0));
+    let be = CpuBackend::new();
+    let n = 4;
+    let mut net = Network::new(&be, &topo, n, 3).expect("network");
+    let mut rng = Rng::new(11);
+    let x: Vec<f32> = (0..n * 3 * topo.crop * topo.crop)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i * 3 % 10).collect();
+    let loss = |net: &mut Network<CpuBackend>| {
+        net.forward(&x, &labels, Mode::Train).expect("forward") as f64
+    };
+
+    loss(&mut net);
+    net.backward().expect("backward");
+    let eps = 1e-3f32;
+    let mut worst = 0.0f64;
+    for name in net.param_names() {
+        let grad = net.grad(&name).expect("grad");
+        let w0 = net.param(&name).expect("param");
+        // The three largest gradients of each tensor: big enough that f32
+        // loss differences resolve them.
+        let mut idx: Vec<usize> = (0..grad.len()).collect();
+        idx.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+        let mut tensor_worst = 0.0f64;
+        for &i in idx.iter().take(3) {
+            let mut w = w0.clone();
+            w[i] = w0[i] + eps;
+            net.set_param(&name, &w).expect("set");
+            let up = loss(&mut net);
+            w[i] = w0[i] - eps;
+            net.set_param(&name, &w).expect("set");
+            let down = loss(&mut net);
+            net.set_param(&name, &w0).expect("restore");
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let analytic = grad[i] as f64;
+            // |a - n| / max(|a|, |n|, 1e-3)
+            let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-3);
+            tensor_worst = tensor_worst.max(rel);
+        }
+        println!(
+            "net gradcheck {name}: max rel err {tensor_worst:.2e} (largest |grad| {:.3e})",
+            grad[idx[0]].abs()
+        );
+        worst = worst.max(tensor_worst);
+    }
+    // f32 forward passes, and ReLU/max-pool kinks within eps of a sample, bound
+    // the agreement; a wiring error (a wrong mask, a missing stage) is O(1).
+    assert!(worst < 5e-2, "max relative error {worst:.3e}");
+}
+
+#[test]
+fn dropout_masks_change_between_steps_and_not_within_one() {
+    let topo = Topology::cifar();
+    let be = CpuBackend::new();
+    let n = 2;
+    let mut net = Network::new(&be, &topo, n, 5).expect("network");
+    let x = vec![0.5f32; n * 3 * topo.crop * topo.crop];
+    let labels = [1u32, 2];
+    let a = net.forward(&x, &labels, Mode::Train).expect("forward");
+    let b = net.forward(&x, &labels, Mode::Train).expect("forward");
+    assert_eq!(a, b, "same step, same masks, same loss");
+    let eval = net.forward(&x, &labels, Mode::Eval).expect("forward");
+    assert_ne!(a, eval, "evaluation has no dropout");
+    // A step with lr 0 changes no parameter but advances the step counter,
+    // so the next training forward draws new masks.
+    net.backward().expect("backward");
+    let hp = alexnet_cuda::backend::SgdParams {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
+    net.sgd_step(&hp).expect("sgd");
+    let c = net.forward(&x, &labels, Mode::Train).expect("forward");
+    assert_ne!(a, c, "a new step draws new dropout masks");
+}
