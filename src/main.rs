@@ -246,15 +246,6 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     opts.progress = !args.no_progress;
 
     let backend = CpuBackend::new();
-    info!(
-        "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs",
-        topo.name,
-        summary::thousands(topo.param_count()? as u64),
-        alexnet_cuda::backend::Backend::name(&backend),
-        opts.batch,
-        opts.lr,
-        opts.epochs
-    );
     let report = train(&backend, &topo, &opts)?;
     if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
         println!(
@@ -262,7 +253,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             100.0 * first.val_top1,
             100.0 * last.val_top1,
             last.epoch,
-            100.0 / topo.classes as f64,
+            100.0 / report.classes.len() as f64,
             last.images_per_s,
             last.elapsed_s
         );

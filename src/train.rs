@@ -14,6 +14,7 @@ use crate::backend::{Backend, SgdParams};
 use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::model::net::{Mode, Network};
+use crate::model::summary::thousands;
 use crate::model::topology::{Normalize, Topology};
 
 /// When the learning rate drops.
@@ -234,6 +235,15 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
     );
 
     let mut net = Network::new(backend, topo, opts.batch, opts.seed)?;
+    info!(
+        "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs",
+        topo.name,
+        thousands(topo.param_count()? as u64),
+        backend.name(),
+        opts.batch,
+        opts.lr,
+        opts.epochs
+    );
     let mut csv = match &opts.metrics_csv {
         Some(path) => {
             let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
