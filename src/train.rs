@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use crate::backend::{Backend, SgdParams};
-use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, LoaderConfig};
+use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, Lighting, LoaderConfig, Pca};
 use crate::error::{Error, Result};
 use crate::model::net::{Mode, Network};
 use crate::model::summary::thousands;
@@ -204,6 +204,20 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         )));
     }
     let (mean, std) = set.channel_stats(&train_idx);
+    let lighting = match set.rgb_moments(&train_idx) {
+        Some((_, cov)) if topo.lighting > 0.0 => {
+            let pca = Pca::from_covariance(cov);
+            info!(
+                "PCA lighting: eigenvalues {:.4?} of the RGB covariance (pixels in [0, 1]), coefficients ~ N(0, {})",
+                pca.eigvals, topo.lighting
+            );
+            Some(Lighting {
+                pca,
+                sigma: topo.lighting,
+            })
+        }
+        _ => None,
+    };
     let loader = LoaderConfig {
         batch: opts.batch,
         crop: topo.crop,
@@ -216,6 +230,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         seed: opts.seed,
         workers: opts.workers,
         drop_last: true,
+        lighting,
     };
     let eval_cfg = LoaderConfig {
         train: false,

@@ -346,6 +346,7 @@ fn cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
         seed: 42,
         workers,
         drop_last: false,
+        lighting: None,
     }
 }
 

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use super::lighting::Pca;
 use super::store::ImageSet;
 use crate::error::{Error, Result};
 use crate::rng::{hash_u64, Rng};
@@ -35,6 +36,32 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Skip a last, short batch (training); else yield it with `n < batch`.
     pub drop_last: bool,
+    /// PCA lighting noise for training images (section 4.1); None = off.
+    pub lighting: Option<Lighting>,
+}
+
+/// The principal components of the training set's RGB values and the
+/// standard deviation of the per-image coefficients (the paper: 0.1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lighting {
+    pub pca: Pca,
+    pub sigma: f32,
+}
+
+/// Stream tag for the lighting coefficients (distinct from crops and shuffle).
+const LIGHT_STREAM: u64 = 0x004C_4947_4854; // "LIGHT"
+
+/// The lighting coefficients alpha_i ~ N(0, sigma) of the image at `position`
+/// in the epoch's order, drawn from (seed, epoch, position); zero when
+/// lighting is off or not training.
+pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 3] {
+    match (&cfg.lighting, cfg.train) {
+        (Some(l), true) => {
+            let mut r = Rng::derive(hash_u64(cfg.seed ^ LIGHT_STREAM, epoch), position as u64);
+            [0; 3].map(|_| (r.normal() * l.sigma as f64) as f32)
+        }
+        _ => [0.0; 3],
+    }
 }
 
 /// One batch: `x` is `n x 3 x crop x crop` (NCHW), normalised.
@@ -220,6 +247,13 @@ impl Job {
             let idx = self.order[pos];
             b.labels.push(self.set.labels()[idx]);
             let c = crop_for(cfg, size, self.epoch, pos);
+            // Lighting shifts every pixel of the image by the same RGB offset,
+            // so it folds into the mean subtracted.
+            let shift = match &cfg.lighting {
+                Some(l) => l.pca.offset(lighting_alpha(cfg, self.epoch, pos)),
+                None => [0.0; 3],
+            };
+            let base = [0, 1, 2].map(|ch| cfg.mean[ch] - shift[ch]);
             let img = self.set.image(idx);
             let out = &mut b.x[j * 3 * plane..(j + 1) * 3 * plane];
             for oy in 0..crop {
@@ -229,7 +263,7 @@ impl Job {
                     let px = &row[sx * 3..sx * 3 + 3];
                     for ch in 0..3 {
                         out[ch * plane + oy * crop + ox] =
-                            (px[ch] as f32 - cfg.mean[ch]) * self.inv_std[ch];
+                            (px[ch] as f32 - base[ch]) * self.inv_std[ch];
                     }
                 }
             }

@@ -209,44 +209,63 @@ impl ImageSet {
     /// validation data does not leak into the normalisation). Empty `indices`
     /// gives mean 0, std 1. Panics on an index `>= len()`.
     pub fn channel_stats(&self, indices: &[usize]) -> ([f32; 3], [f32; 3]) {
+        let Some((mean, cov)) = self.rgb_moments(indices) else {
+            return ([0.0; 3], [1.0; 3]);
+        };
+        let mut m = [0f32; 3];
+        let mut std = [0f32; 3];
+        for c in 0..3 {
+            m[c] = mean[c] as f32;
+            std[c] = cov[c][c].max(0.0).sqrt() as f32;
+        }
+        (m, std)
+    }
+
+    /// Mean RGB and the 3x3 covariance of RGB pixel values over `indices`
+    /// (pixel units), or None for no pixels. The PCA lighting noise of
+    /// section 4.1 uses the covariance's eigenvectors.
+    pub fn rgb_moments(&self, indices: &[usize]) -> Option<([f64; 3], [[f64; 3]; 3])> {
         // Integer sums are exact and order-independent, so the result does
         // not depend on how rayon splits the work.
+        type Sums = ([u64; 3], [[u64; 3]; 3]);
+        let add = |(mut s, mut q): Sums, (t, r): Sums| {
+            for c in 0..3 {
+                s[c] += t[c];
+                for d in 0..3 {
+                    q[c][d] += r[c][d];
+                }
+            }
+            (s, q)
+        };
         let (sum, sq) = indices
             .par_iter()
             .map(|&i| {
                 let mut s = [0u64; 3];
-                let mut q = [0u64; 3];
+                let mut q = [[0u64; 3]; 3];
                 for px in self.image(i).chunks_exact(3) {
                     for c in 0..3 {
-                        let v = px[c] as u64;
-                        s[c] += v;
-                        q[c] += v * v;
+                        s[c] += px[c] as u64;
+                        for d in c..3 {
+                            q[c][d] += px[c] as u64 * px[d] as u64;
+                        }
                     }
                 }
                 (s, q)
             })
-            .reduce(
-                || ([0u64; 3], [0u64; 3]),
-                |(a, b), (c, d)| {
-                    (
-                        [a[0] + c[0], a[1] + c[1], a[2] + c[2]],
-                        [b[0] + d[0], b[1] + d[1], b[2] + d[2]],
-                    )
-                },
-            );
+            .reduce(|| ([0u64; 3], [[0u64; 3]; 3]), add);
         let count = (indices.len() * self.size * self.size) as f64;
         if count == 0.0 {
-            return ([0.0; 3], [1.0; 3]);
+            return None;
         }
-        let mut mean = [0f32; 3];
-        let mut std = [0f32; 3];
+        let mean = sum.map(|v| v as f64 / count);
+        let mut cov = [[0f64; 3]; 3];
         for c in 0..3 {
-            let m = sum[c] as f64 / count;
-            let var = (sq[c] as f64 / count - m * m).max(0.0);
-            mean[c] = m as f32;
-            std[c] = var.sqrt() as f32;
+            for d in c..3 {
+                cov[c][d] = sq[c][d] as f64 / count - mean[c] * mean[d];
+                cov[d][c] = cov[c][d];
+            }
         }
-        (mean, std)
+        Some((mean, cov))
     }
 }
 

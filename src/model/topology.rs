@@ -95,6 +95,9 @@ pub struct Topology {
     pub towers: usize,
     pub lrn: LrnParams,
     pub normalize: Normalize,
+    /// Standard deviation of the PCA lighting coefficients for training
+    /// images (section 4.1: 0.1); 0 turns the noise off.
+    pub lighting: f32,
     pub recipe: Recipe,
     pub layers: Vec<Layer>,
 }
@@ -244,6 +247,7 @@ impl Topology {
             towers: 2,
             lrn: LrnParams::PAPER,
             normalize: Normalize::Mean,
+            lighting: 0.1,
             // Section 5: batch 128, momentum 0.9, weight decay 5e-4, lr 0.01, ~90 epochs.
             recipe: Recipe {
                 batch: 128,
@@ -288,6 +292,8 @@ impl Topology {
         t.crop = 28;
         t.image_size = 32;
         t.normalize = Normalize::MeanStd;
+        // cuda-convnet's CIFAR nets used crops and flips only.
+        t.lighting = 0.0;
         let shapes = [
             // (k, stride, pad) per conv layer at 28x28 input: 28 -> 13 -> 6 -> 2.
             (5, 1, 2),
