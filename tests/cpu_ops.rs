@@ -267,10 +267,10 @@ fn naive_lrn(p: &LrnParams, s: &Nchw, x: &[f32]) -> Vec<f32> {
     y
 }
 
-#[test]
-fn lrn_forward_matches_naive() {
-    let be = CpuBackend::new();
-    let params = [
+/// LRN settings both LRN tests run: the paper's, a large alpha, other
+/// sizes and betas, an even size and a one-channel window.
+fn lrn_cases() -> Vec<LrnParams> {
+    vec![
         LrnParams::PAPER,
         LrnParams {
             alpha: 1e-2,
@@ -294,8 +294,12 @@ fn lrn_forward_matches_naive() {
             beta: 0.75,
             k: 2.0,
         }, // window of one channel
-    ];
-    let shapes = [
+    ]
+}
+
+/// Shapes with clipped windows at both channel edges, and a single channel.
+fn lrn_shapes() -> Vec<Nchw> {
+    vec![
         Nchw {
             n: 2,
             c: 3,
@@ -314,7 +318,14 @@ fn lrn_forward_matches_naive() {
             h: 2,
             w: 3,
         },
-    ];
+    ]
+}
+
+#[test]
+fn lrn_forward_matches_naive() {
+    let be = CpuBackend::new();
+    let params = lrn_cases();
+    let shapes = lrn_shapes();
     for p in &params {
         for s in &shapes {
             let mut rng = Rng::new(s.c as u64);
@@ -368,39 +379,8 @@ fn naive_lrn_backward(p: &LrnParams, s: &Nchw, x: &[f32], dy: &[f32]) -> Vec<f32
 #[test]
 fn lrn_backward_matches_naive() {
     let be = CpuBackend::new();
-    let params = [
-        LrnParams::PAPER,
-        LrnParams {
-            alpha: 1e-2,
-            ..LrnParams::PAPER
-        },
-        LrnParams {
-            size: 3,
-            alpha: 0.1,
-            beta: 0.5,
-            k: 1.0,
-        },
-        LrnParams {
-            size: 4,
-            alpha: 0.05,
-            beta: 0.75,
-            k: 2.0,
-        },
-    ];
-    let shapes = [
-        Nchw {
-            n: 2,
-            c: 3,
-            h: 4,
-            w: 5,
-        },
-        Nchw {
-            n: 3,
-            c: 16,
-            h: 6,
-            w: 6,
-        },
-    ];
+    let params = lrn_cases();
+    let shapes = lrn_shapes();
     for p in &params {
         for s in &shapes {
             let mut rng = Rng::new(s.c as u64 + 99);
