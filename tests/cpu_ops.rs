@@ -87,21 +87,25 @@ const CONV_CASES: [[usize; 9]; 8] = [
     [1, 6, 7, 7, 6, 3, 2, 1, 3],
 ];
 
+/// A CONV_CASES row as geometry.
+fn conv_geom([n, c_in, h, w, c_out, k, stride, pad, groups]: [usize; 9]) -> ConvGeom {
+    ConvGeom {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        pad,
+        groups,
+    }
+}
+
 #[test]
 fn conv2d_forward_matches_naive() {
     let be = CpuBackend::new();
-    for (ci, &[n, c_in, h, w, c_out, k, stride, pad, groups]) in CONV_CASES.iter().enumerate() {
-        let g = ConvGeom {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            k,
-            stride,
-            pad,
-            groups,
-        };
+    for (ci, g) in CONV_CASES.iter().map(|&case| conv_geom(case)).enumerate() {
         let mut rng = Rng::new(ci as u64);
         let x = normal(&mut rng, g.x_len(), 1.0);
         let wt = normal(&mut rng, g.w_len(), 0.3);
@@ -159,18 +163,7 @@ fn naive_conv_backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f
 #[test]
 fn conv2d_backward_matches_naive() {
     let be = CpuBackend::new();
-    for (ci, &[n, c_in, h, w, c_out, k, stride, pad, groups]) in CONV_CASES.iter().enumerate() {
-        let g = ConvGeom {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            k,
-            stride,
-            pad,
-            groups,
-        };
+    for (ci, g) in CONV_CASES.iter().map(|&case| conv_geom(case)).enumerate() {
         let mut rng = Rng::new(ci as u64 + 1000);
         let x = normal(&mut rng, g.x_len(), 1.0);
         let wt = normal(&mut rng, g.w_len(), 0.3);
