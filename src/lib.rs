@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -1,4 +1,5 @@
-//! The `alexnet-cuda` command line: `summary`, `train` and `bench-step`.
+//! The `alexnet-cuda` command line: `summary`, `prepare`, `train`, and the
+//! hidden `bench-step` and `bench-loader`.
 //! Flags are parsed here; everything else lives in the library. Errors end
 //! as one line on stderr and a non-zero exit.
 use std::path::PathBuf;
@@ -10,7 +11,10 @@ use tracing::info;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
-use alexnet_cuda::data::write_demo_dataset;
+use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
+use alexnet_cuda::data::{
+    batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
+};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
@@ -64,8 +68,25 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = positive)]
         batch: u64,
     },
-    /// Train on a folder of class sub-folders of images.
+    /// Pack an ImageNet-style image tree into memory-mapped stores for training.
+    Prepare(PrepareArgs),
+    /// Train on a prepared store or a folder of class sub-folders of images.
     Train(TrainArgs),
+    /// Time the training loader over a prepared store (used by scripts/bench-data); prints one JSON line.
+    #[command(hide = true)]
+    BenchLoader {
+        /// A store folder (out/train from `prepare`).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 227)]
+        crop: usize,
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// Time training steps on random data (used by scripts/bench-cpu); prints one JSON line.
     #[command(hide = true)]
     BenchStep {
@@ -83,10 +104,50 @@ enum Command {
 }
 
 #[derive(Args)]
+struct PrepareArgs {
+    /// Training images: one sub-folder per class (train/<synset>/*.JPEG).
+    #[arg(long, value_name = "DIR")]
+    train: PathBuf,
+    /// Validation images: class sub-folders, or flat with --val-labels.
+    #[arg(long, value_name = "DIR")]
+    val: Option<PathBuf>,
+    /// Labels of a flat val folder: a `file,synset` CSV, or the devkit's ILSVRC2012_validation_ground_truth.txt (with --val-synsets).
+    #[arg(long, value_name = "FILE", requires = "val")]
+    val_labels: Option<PathBuf>,
+    /// The synsets in devkit ID order, one per line (for devkit ground truth).
+    #[arg(long, value_name = "FILE", requires = "val_labels")]
+    val_synsets: Option<PathBuf>,
+    /// Class names: lines of `synset name` (LOC_synset_mapping.txt or synset_words.txt).
+    #[arg(long, value_name = "FILE")]
+    names: Option<PathBuf>,
+    /// Output folder: gets train/ and val/ stores.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Side of the stored images (the paper: 256).
+    #[arg(long, default_value_t = 256, value_parser = positive)]
+    size: u64,
+    /// Storage: jpeg (about 40 KB per 256x256 image) or raw (196 KB, no decoding).
+    #[arg(long, default_value = "jpeg", value_parser = ["jpeg", "raw"])]
+    format: String,
+    /// JPEG quality, 1 to 100.
+    #[arg(long, default_value_t = 90)]
+    quality: u8,
+    /// Take only this many training images, balanced over classes.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// Data: a folder with one sub-folder of images per class (ImageNet's train layout).
+    /// Data: a store from `prepare` (its output folder), or a folder with one sub-folder of images per class.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Generate a small synthetic data set and train the cifar config on it for about a minute.
@@ -302,6 +363,100 @@ fn cmd_bench(
     Ok(())
 }
 
+fn cmd_prepare(args: PrepareArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let mut opts = PrepareOptions::new(args.train, args.out);
+    opts.val = args.val;
+    opts.val_labels = args.val_labels;
+    opts.val_synsets = args.val_synsets;
+    opts.names = args.names;
+    opts.size = args.size as usize;
+    opts.encoding = if args.format == "raw" {
+        Encoding::Raw
+    } else {
+        Encoding::Jpeg
+    };
+    opts.quality = args.quality;
+    opts.limit = args.limit.map(|v| v as usize);
+    opts.progress = !args.no_progress;
+    let r = prepare(&opts)?;
+    let line = |what: &str, m: &alexnet_cuda::data::StoreMeta| {
+        println!(
+            "{what}: {} images of {} classes, {} skipped, {:.1} MB",
+            m.count,
+            m.classes.len(),
+            m.skipped,
+            m.data_bytes as f64 / 1e6
+        )
+    };
+    line("train", &r.train);
+    if let Some(v) = &r.val {
+        line("val", v);
+    }
+    println!(
+        "wrote {} in {:.1} s; train with --data {}",
+        opts.out.display(),
+        r.seconds,
+        opts.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_bench_loader(
+    data: &std::path::Path,
+    batch: usize,
+    crop: usize,
+    n: usize,
+    workers: usize,
+) -> Result<()> {
+    let store = std::sync::Arc::new(PackedStore::open(data)?);
+    let meta = store.meta().clone();
+    let light = Lighting {
+        pca: meta.stats.pca,
+        sigma: 0.1,
+    };
+    let cfg = LoaderConfig {
+        batch,
+        crop,
+        train: true,
+        mean: meta.stats.channel_mean.map(|v| v as f32),
+        mean_image: Some(std::sync::Arc::new(store.mean_image().to_vec())),
+        ten_crop: false,
+        std: None,
+        seed: 1,
+        workers,
+        drop_last: true,
+        lighting: Some(light),
+    };
+    let idx: Vec<usize> = (0..meta.count).collect();
+    let (mut images, mut epoch) = (0usize, 0u64);
+    let start = Instant::now();
+    'outer: loop {
+        let mut it = batches(store.clone(), &idx, &cfg, epoch)?;
+        if it.num_batches() == 0 {
+            bail!(
+                "{}: fewer than {batch} images; pass a smaller --batch",
+                data.display()
+            );
+        }
+        while let Some(b) = it.next() {
+            let b = b?;
+            images += b.n;
+            it.recycle(b);
+            if images >= n * batch {
+                break 'outer;
+            }
+        }
+        epoch += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"images\": {images}, \"seconds\": {secs:.4}, \"images_per_s\": {:.1}, \"workers\": {workers}}}",
+        images as f64 / secs
+    );
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -312,7 +467,15 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
+        Command::Prepare(args) => cmd_prepare(args),
         Command::Train(args) => cmd_train(args),
+        Command::BenchLoader {
+            data,
+            batch,
+            crop,
+            batches,
+            workers,
+        } => cmd_bench_loader(&data, batch, crop, batches, workers),
         Command::BenchStep {
             net,
             batch,

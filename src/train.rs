@@ -1,5 +1,6 @@
-//! The training loop: epochs of the paper's SGD over a class-folder data set
-//! with a held-out validation split, the learning-rate schedule (divide by 10
+//! The training loop: epochs of the paper's SGD over a prepared store (or a
+//! class-folder data set decoded into memory), validated on the store's val
+//! images or a held-out split, the learning-rate schedule (divide by 10
 //! when validation error stops improving, at most three times: section 5),
 //! evaluation (top-1 / top-5), logs, a progress bar and a metrics CSV.
 use std::io::Write;
@@ -11,7 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use crate::backend::{Backend, SgdParams};
-use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, Lighting, LoaderConfig, Pca};
+use crate::data::packed::{is_store, PackedStore};
+use crate::data::{
+    batches, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+};
 use crate::error::{Error, Result};
 use crate::model::net::{Mode, Network};
 use crate::model::summary::thousands;
@@ -121,13 +125,14 @@ pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize
 /// Mean loss, top-1 and top-5 accuracy over `indices`, centre crops.
 pub fn evaluate<B: Backend>(
     net: &mut Network<'_, B>,
-    set: &Arc<ImageSet>,
+    set: &Arc<dyn ImageSource>,
     indices: &[usize],
     cfg: &LoaderConfig,
 ) -> Result<(f64, f64, f64)> {
     let classes = net.topology().classes;
     let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
     for b in batches(Arc::clone(set), indices, cfg, 0)? {
+        let b = b?;
         loss += net.forward(&b.x, &b.labels, Mode::Eval)? as f64 * b.n as f64;
         let (t1, t5) = topk_hits(&net.probs()?, &b.labels, classes);
         top1 += t1;
@@ -139,6 +144,141 @@ pub fn evaluate<B: Backend>(
     }
     let s = seen as f64;
     Ok((loss / s, top1 as f64 / s, top5 as f64 / s))
+}
+
+/// The images a run trains and validates on, and the statistics the loader
+/// normalises with (from the training images only).
+pub struct TrainData {
+    pub train: Arc<dyn ImageSource>,
+    pub train_idx: Vec<usize>,
+    pub val: Arc<dyn ImageSource>,
+    pub val_idx: Vec<usize>,
+    pub classes: Vec<String>,
+    /// Per-channel mean and std, 0..255.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The mean image, when the data came from a store.
+    pub mean_image: Option<Arc<Vec<f32>>>,
+    /// RGB covariance of the training pixels, 0..255 units.
+    pub cov: Option<[[f64; 3]; 3]>,
+}
+
+/// Open `opts.data`: a store written by `prepare` (its root with `train/`
+/// and optionally `val/`, or one store folder), or a raw class-folder tree,
+/// decoded into memory (slow to start and bounded by `max_memory`).
+pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
+    let root = &opts.data;
+    let (train_dir, val_dir) = if is_store(root) {
+        (Some(root.clone()), None)
+    } else if is_store(&root.join("train")) {
+        let v = root.join("val");
+        (Some(root.join("train")), is_store(&v).then_some(v))
+    } else {
+        (None, None)
+    };
+    let Some(train_dir) = train_dir else {
+        tracing::warn!(
+            "{} is a raw image folder: every image is decoded into memory before training; for large sets run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE",
+            root.display(),
+            root.display()
+        );
+        let folder = ImageFolder::scan(root)?;
+        let build = BuildOptions {
+            size: image_size,
+            limit: opts.limit,
+            max_bytes: opts.max_memory,
+            progress: opts.progress,
+        };
+        let set = Arc::new(ImageSet::build(&folder, &build)?);
+        if opts.val >= set.len() {
+            return Err(Error::Config(format!(
+                "--val {}: the data set has only {} images; hold out fewer",
+                opts.val,
+                set.len()
+            )));
+        }
+        let (train_idx, val_idx) = set.split(opts.val, opts.seed);
+        let (mean, std) = set.channel_stats(&train_idx);
+        let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
+        let set: Arc<dyn ImageSource> = set;
+        return Ok(TrainData {
+            classes: set.classes().to_vec(),
+            train: Arc::clone(&set),
+            val: set,
+            train_idx,
+            val_idx,
+            mean,
+            std,
+            mean_image: None,
+            cov,
+        });
+    };
+    let store = PackedStore::open(&train_dir)?;
+    let meta = store.meta().clone();
+    if meta.size != image_size {
+        info!(
+            "{}: images stored at {}x{} (the config expects {image_size}); crops are taken from the stored size",
+            train_dir.display(),
+            meta.size,
+            meta.size
+        );
+    }
+    let mean_image = Some(Arc::new(store.mean_image().to_vec()));
+    let train: Arc<dyn ImageSource> = Arc::new(store);
+    let (mut train_idx, val, val_idx) = match val_dir {
+        Some(v) => {
+            let vs = PackedStore::open(&v)?;
+            if vs.meta().classes != meta.classes {
+                return Err(Error::Data(format!(
+                    "{} and {} list different classes; prepare them together with `alexnet-cuda prepare --train ... --val ...`",
+                    train_dir.display(),
+                    v.display()
+                )));
+            }
+            info!(
+                "validating on the {} images of {}",
+                vs.meta().count,
+                v.display()
+            );
+            let n = vs.meta().count;
+            let vs: Arc<dyn ImageSource> = Arc::new(vs);
+            ((0..train.len()).collect(), vs, (0..n).collect())
+        }
+        None => {
+            if opts.val >= train.len() {
+                return Err(Error::Config(format!(
+                    "--val {}: {} has only {} images; hold out fewer",
+                    opts.val,
+                    train_dir.display(),
+                    train.len()
+                )));
+            }
+            let (t, v) = crate::data::store::split_indices(train.len(), opts.val, opts.seed);
+            (t, Arc::clone(&train), v)
+        }
+    };
+    if let Some(k) = opts.limit {
+        if k == 0 {
+            return Err(Error::Config(
+                "--limit 0 selects no images; pass a positive limit or leave it out".into(),
+            ));
+        }
+        crate::rng::Rng::derive(opts.seed, 0x004C_494D_4954).shuffle(&mut train_idx);
+        train_idx.truncate(k);
+        train_idx.sort_unstable();
+    }
+    let st = &meta.stats;
+    Ok(TrainData {
+        classes: meta.classes.clone(),
+        train,
+        train_idx,
+        val,
+        val_idx,
+        mean: st.channel_mean.map(|v| v as f32),
+        std: st.channel_std.map(|v| v as f32),
+        mean_image,
+        cov: Some(st.rgb_cov),
+    })
 }
 
 fn progress_bar(len: usize, show: bool) -> ProgressBar {
@@ -166,12 +306,12 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
             opts.lr
         )));
     }
-    let folder = ImageFolder::scan(&opts.data)?;
-    let n_classes = folder.classes().len();
+    let data = load_data(opts, topo.image_size)?;
+    let n_classes = data.classes.len();
     let resized;
     let topo = if n_classes != topo.classes {
         info!(
-            "{} has {n_classes} class folders: the last layer gets {n_classes} outputs (config {} has {})",
+            "{} has {n_classes} classes: the last layer gets {n_classes} outputs (config {} has {})",
             opts.data.display(),
             topo.name,
             topo.classes
@@ -181,21 +321,17 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
     } else {
         topo
     };
-    let build = BuildOptions {
-        size: topo.image_size,
-        limit: opts.limit,
-        max_bytes: opts.max_memory,
-        progress: opts.progress,
-    };
-    let set = Arc::new(ImageSet::build(&folder, &build)?);
-    if opts.val >= set.len() {
-        return Err(Error::Config(format!(
-            "--val {}: the data set has only {} images; hold out fewer",
-            opts.val,
-            set.len()
-        )));
-    }
-    let (train_idx, val_idx) = set.split(opts.val, opts.seed);
+    let TrainData {
+        train: set,
+        train_idx,
+        val: val_set,
+        val_idx,
+        mean,
+        std,
+        mean_image,
+        cov,
+        classes,
+    } = data;
     if train_idx.len() < opts.batch {
         return Err(Error::Config(format!(
             "--batch {}: only {} training images; use a smaller batch",
@@ -203,9 +339,8 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
             train_idx.len()
         )));
     }
-    let (mean, std) = set.channel_stats(&train_idx);
-    let lighting = match set.rgb_moments(&train_idx) {
-        Some((_, cov)) if topo.lighting > 0.0 => {
+    let lighting = match cov {
+        Some(cov) if topo.lighting > 0.0 => {
             let pca = Pca::from_covariance(cov);
             info!(
                 "PCA lighting: eigenvalues {:.4?} of the RGB covariance (pixels in [0, 1]), coefficients ~ N(0, {})",
@@ -223,6 +358,13 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         crop: topo.crop,
         train: true,
         mean,
+        // The paper subtracts the mean image; configs that also divide by
+        // the std use per-channel statistics.
+        mean_image: match topo.normalize {
+            Normalize::Mean => mean_image,
+            Normalize::MeanStd => None,
+        },
+        ten_crop: false,
         std: match topo.normalize {
             Normalize::Mean => None,
             Normalize::MeanStd => Some(std),
@@ -241,9 +383,9 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         "data: {} train / {} val images, {} classes, {}x{} stored, {}x{} crops; channel mean {:.1?}",
         train_idx.len(),
         val_idx.len(),
-        set.classes().len(),
-        topo.image_size,
-        topo.image_size,
+        classes.len(),
+        set.size(),
+        set.size(),
         topo.crop,
         topo.crop,
         mean
@@ -279,7 +421,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
     let mut drops = 0usize;
     let mut report = TrainReport {
         epochs: Vec::new(),
-        classes: set.classes().to_vec(),
+        classes,
     };
     for epoch in 1..=opts.epochs {
         if let Schedule::Milestones(m) = &opts.schedule {
@@ -294,12 +436,13 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
             weight_decay: opts.weight_decay,
         };
         let epoch_start = Instant::now();
-        let iter = batches(Arc::clone(&set), &train_idx, &loader, epoch as u64)?;
+        let mut iter = batches(Arc::clone(&set), &train_idx, &loader, epoch as u64)?;
         let pb = progress_bar(iter.num_batches(), opts.progress);
         pb.set_prefix(format!("epoch {epoch}/{}", opts.epochs));
         let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
         let mut compute = Duration::ZERO;
-        for b in iter {
+        while let Some(b) = iter.next() {
+            let b = b?;
             let t0 = Instant::now();
             let loss = net.forward(&b.x, &b.labels, Mode::Train)?;
             if !loss.is_finite() {
@@ -315,6 +458,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
             loss_sum += loss as f64 * b.n as f64;
             hits += t1;
             seen += b.n;
+            iter.recycle(b);
             pb.inc(1);
             pb.set_message(format!(
                 "loss {:.3} top1 {:.1}% {:.0} img/s",
@@ -325,7 +469,7 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         }
         pb.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
-        let (val_loss, val_top1, val_top5) = evaluate(&mut net, &set, &val_idx, &eval_cfg)?;
+        let (val_loss, val_top1, val_top5) = evaluate(&mut net, &val_set, &val_idx, &eval_cfg)?;
         let stats = EpochStats {
             epoch,
             lr,

@@ -104,6 +104,8 @@ fn cfg(train: bool, lighting: Option<Lighting>) -> LoaderConfig {
         crop: 4,
         train,
         mean: [0.0; 3],
+        mean_image: None,
+        ten_crop: false,
         std: None,
         seed: 9,
         workers: 1,
@@ -128,9 +130,10 @@ fn loader_adds_the_papers_offset_to_every_pixel() {
     let light = Some(Lighting { pca, sigma: 0.1 });
     let c = cfg(true, light);
     let idx: Vec<usize> = (0..8).collect();
-    let b = batches(Arc::clone(&set), &idx, &c, 3)
+    let b = batches(set.clone(), &idx, &c, 3)
         .unwrap()
         .next()
+        .unwrap()
         .unwrap();
     let plane = 16;
     for pos in 0..8 {
@@ -152,6 +155,7 @@ fn loader_adds_the_papers_offset_to_every_pixel() {
     let e = batches(set, &idx, &cfg(false, light), 3)
         .unwrap()
         .next()
+        .unwrap()
         .unwrap();
     assert!(e.x.iter().all(|&v| v == 100.0));
 }

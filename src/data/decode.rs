@@ -1,11 +1,17 @@
-//! Turning one image file into the network's input geometry: decode to RGB8,
-//! scale the short side to `size`, centre-crop `size x size` (the paper,
-//! section 2), HWC u8.
+//! One image file to the network's stored geometry, and back: decode any
+//! JPEG/PNG to RGB8, scale the short side to `size` and take the centre
+//! `size x size` (the paper, section 2), encode it as JPEG for the packed
+//! store, and the fast decode the loader runs on every training image.
 use std::io::Cursor;
 use std::path::Path;
 
-use image::imageops::{self, FilterType};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
 
 use crate::error::{Error, Result};
 
@@ -13,13 +19,17 @@ use crate::error::{Error, Result};
 /// file (ImageNet's largest is a few thousand pixels a side), refused from
 /// the header before any pixel memory is allocated.
 pub const MAX_SIDE: u32 = 20_000;
+/// Most bytes one decode may allocate (a decompression-bomb limit): 100
+/// megapixels of RGB, 25x ImageNet's largest photos.
+pub const MAX_DECODE_BYTES: u64 = 300 << 20;
 
-/// Bilinear ("triangle") filter. `image` widens the kernel by the scale
-/// factor when shrinking, so it averages over the source area and does not
-/// alias, while costing a fraction of Lanczos; for 256-px training inputs the
-/// difference is below what the augmentation changes anyway. (Still the
-/// slow step: ~12 ms for 500x375 -> 341x256 against ~4 ms to decode.)
-pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
+/// Lanczos-3, computed as Pillow computes it (the support widened by the
+/// scale factor when shrinking, so every source pixel contributes and
+/// nothing aliases). It is the sharpest of the standard separable filters;
+/// its cost does not matter because `prepare` resizes each image once.
+/// `fast_image_resize` runs the same fixed-point convolution as Pillow
+/// with SIMD; scripts/bench-data measures the agreement on photos.
+pub const RESIZE_FILTER: FilterType = FilterType::Lanczos3;
 
 /// Decode `path` and return `size x size x 3` bytes (HWC, RGB).
 pub fn decode_file(path: &Path, size: usize) -> Result<Vec<u8>> {
@@ -42,9 +52,11 @@ pub fn decode_into(path: &Path, size: usize, out: &mut [u8]) -> Result<()> {
 }
 
 /// Decode an encoded image held in memory to RGB8. The format comes from the
-/// content (a PNG named `.JPEG` decodes); greyscale, CMYK, 16-bit and alpha
-/// images are converted by `image` (alpha is dropped, not composited).
-/// `path` is only used to name the file in errors.
+/// content (ImageNet has a PNG named `.JPEG`); greyscale becomes three equal
+/// channels; CMYK JPEGs (ImageNet has a few dozen, written by Photoshop with
+/// the Adobe marker, so stored inverted) become R = C'K'/255 on the stored
+/// values, as libjpeg-based readers do; 16-bit and alpha images are
+/// converted (alpha dropped, not composited). `path` names the file in errors.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // Decoder messages can span lines; errors here are one line.
     let bad = |msg: String| Error::Image {
@@ -71,6 +83,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| bad(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
@@ -90,10 +103,25 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
     bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
+/// The size an image of `w x h` is scaled to so its short side is `size`:
+/// the long side is `long * size / short`, rounded, at least `size`.
+pub fn scaled_dims(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let long = |l: u32, s: u32| {
+        let v = (l as u64 * size as u64 + s as u64 / 2) / s as u64;
+        (v as u32).max(size)
+    };
+    if w <= h {
+        (size, long(h, w))
+    } else {
+        (long(w, h), size)
+    }
+}
+
 /// Scale so the short side is `size` (aspect kept, long side rounded), then
-/// take the central `size x size`. No resampling when the short side already
-/// is `size` (e.g. CIFAR at 32). Errors (as text) only for a `size` outside
-/// `1..=MAX_SIDE`.
+/// take the central `size x size`; the crop starts at `(new - size) / 2`,
+/// rounded down, as `PIL.ImageOps`-style centre crops do. No resampling when
+/// the short side already is `size` (CIFAR at 32): a pure crop. Errors (as
+/// text) only for a `size` outside `1..=MAX_SIDE`.
 pub fn resize_centre_crop(img: RgbImage, size: usize) -> std::result::Result<RgbImage, String> {
     if size == 0 || size > MAX_SIDE as usize {
         return Err(format!("output size {size} is not in 1..={MAX_SIDE}"));
@@ -103,23 +131,70 @@ pub fn resize_centre_crop(img: RgbImage, size: usize) -> std::result::Result<Rgb
     if w == s && h == s {
         return Ok(img);
     }
-    let (nw, nh) = if w <= h {
-        (s, scaled_long_side(h, w, s))
-    } else {
-        (scaled_long_side(w, h, s), s)
-    };
-    let src = if (nw, nh) == (w, h) {
-        img
-    } else {
-        imageops::resize(&img, nw, nh, RESIZE_FILTER)
-    };
-    let x0 = (nw - s) / 2;
-    let y0 = (nh - s) / 2;
-    Ok(imageops::crop_imm(&src, x0, y0, s, s).to_image())
+    let (nw, nh) = scaled_dims(w, h, s);
+    let (x0, y0) = ((nw - s) / 2, (nh - s) / 2);
+    if (nw, nh) == (w, h) {
+        return Ok(image::imageops::crop_imm(&img, x0, y0, s, s).to_image());
+    }
+    // Two passes, horizontal then vertical, each rounding to 8 bits, as
+    // Pillow does: the order matters where Lanczos overshoots and is
+    // clamped (one pass in fast_image_resize's own order differed from
+    // Pillow by up to 9 levels on photos; this way by at most 1). Each pass
+    // resamples only the output's columns/rows: the source box that maps
+    // onto them under the full resize's scale, so each output pixel is the
+    // one a full resize followed by a crop would give.
+    let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    let alg = ResizeAlg::Convolution(RESIZE_FILTER);
+    let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut mid = Image::new(s, h, PixelType::U8x3);
+    let mut resizer = Resizer::new();
+    let opts =
+        ResizeOptions::new()
+            .resize_alg(alg)
+            .crop(x0 as f64 * sx, 0.0, s as f64 * sx, h as f64);
+    resizer
+        .resize(&src, &mut mid, &opts)
+        .map_err(|e| e.to_string())?;
+    let mut dst = Image::new(s, s, PixelType::U8x3);
+    let opts =
+        ResizeOptions::new()
+            .resize_alg(alg)
+            .crop(0.0, y0 as f64 * sy, s as f64, s as f64 * sy);
+    resizer
+        .resize(&mid, &mut dst, &opts)
+        .map_err(|e| e.to_string())?;
+    RgbImage::from_raw(s, s, dst.into_vec()).ok_or_else(|| "resize output size".to_string())
 }
 
-/// `long * target / short`, rounded, at least `target`.
-fn scaled_long_side(long: u32, short: u32, target: u32) -> u32 {
-    let v = (long as u64 * target as u64 + short as u64 / 2) / short as u64;
-    (v as u32).max(target)
+/// Encode `size x size` RGB pixels as a baseline JPEG at `quality` (1..=100,
+/// 4:2:0 chroma as libjpeg's default), appending to `out`.
+pub fn encode_jpeg(pixels: &[u8], size: usize, quality: u8, out: &mut Vec<u8>) -> Result<()> {
+    crate::error::check_len("encode_jpeg", "pixels", pixels.len(), size * size * 3)?;
+    let side = u16::try_from(size)
+        .map_err(|_| Error::Config(format!("JPEG side {size} is above 65535")))?;
+    jpeg_encoder::Encoder::new(&mut *out, quality.clamp(1, 100))
+        .encode(pixels, side, side, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| Error::Data(format!("JPEG encoding failed: {e}")))
+}
+
+/// The loader's decode: a JPEG written by [`encode_jpeg`] (RGB, `size x
+/// size`) into `out` (`size * size * 3` bytes). zune-jpeg directly, without
+/// `image`'s format probing and extra copy. Errors are text for the caller to
+/// attach the store's name to.
+pub fn decode_jpeg_rgb_into(
+    bytes: &[u8],
+    size: usize,
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
+    let opts = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(size)
+        .set_max_height(size);
+    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    dec.decode_headers().map_err(|e| format!("{e:?}"))?;
+    let (w, h) = dec.dimensions().ok_or("no dimensions")?;
+    if (w, h) != (size, size) || dec.output_buffer_size() != Some(out.len()) {
+        return Err(format!("{w}x{h} JPEG where {size}x{size} RGB was expected"));
+    }
+    dec.decode_into(out).map_err(|e| format!("{e:?}"))
 }

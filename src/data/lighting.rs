@@ -15,7 +15,7 @@
 pub const UNIT: f32 = 255.0;
 
 /// Principal components of RGB pixel values scaled to [0, 1].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Pca {
     /// Eigenvalues, largest first.
     pub eigvals: [f32; 3],

@@ -1,14 +1,18 @@
 //! The training/eval loader: shuffles an epoch's indices, cuts batches, and
-//! has worker threads crop, flip and normalise them into NCHW f32, delivered
-//! in order. Every random choice is a function of (seed, epoch, position), so
-//! batch k of an epoch is the same whatever the number of workers.
+//! has worker threads decode, crop, flip, light and normalise them into NCHW
+//! f32, delivered in order through crossbeam bounded channels. Every random
+//! choice is a function of (seed, epoch, position), so batch k of an epoch is
+//! the same whatever the number of workers. Batch buffers are recycled and
+//! each worker decodes into one scratch image: no allocation per image.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use super::decode::decode_jpeg_rgb_into;
 use super::lighting::Pca;
+use super::packed::{Encoding, PackedStore};
 use super::store::ImageSet;
 use crate::error::{Error, Result};
 use crate::rng::{hash_u64, Rng};
@@ -17,6 +21,68 @@ use crate::rng::{hash_u64, Rng};
 const AUG_STREAM: u64 = 0x4155_474D; // "AUGM"
 /// Batches each worker may have ready ahead of the consumer.
 const PREFETCH_PER_WORKER: usize = 2;
+
+/// Where the loader's images come from: the in-memory [`ImageSet`] or the
+/// memory-mapped [`PackedStore`]. Images are `size x size x 3` HWC RGB.
+pub trait ImageSource: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Side of every image.
+    fn size(&self) -> usize;
+    fn label(&self, i: usize) -> u32;
+    fn classes(&self) -> &[String];
+    /// The pixels of image `i`, decoding into `scratch` when the source
+    /// stores them encoded (the caller keeps `scratch` between calls).
+    fn pixels<'a>(&'a self, i: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]>;
+}
+
+impl ImageSource for ImageSet {
+    fn len(&self) -> usize {
+        ImageSet::len(self)
+    }
+    fn size(&self) -> usize {
+        ImageSet::size(self)
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.labels()[i]
+    }
+    fn classes(&self) -> &[String] {
+        ImageSet::classes(self)
+    }
+    fn pixels<'a>(&'a self, i: usize, _scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        Ok(self.image(i))
+    }
+}
+
+impl ImageSource for PackedStore {
+    fn len(&self) -> usize {
+        self.entries().len()
+    }
+    fn size(&self) -> usize {
+        self.meta().size
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.entries()[i].label
+    }
+    fn classes(&self) -> &[String] {
+        &self.meta().classes
+    }
+    fn pixels<'a>(&'a self, i: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        let bytes = self.bytes(i)?;
+        let size = self.meta().size;
+        match self.meta().encoding {
+            Encoding::Raw => Ok(bytes),
+            Encoding::Jpeg => {
+                scratch.resize(size * size * 3, 0);
+                decode_jpeg_rgb_into(bytes, size, scratch)
+                    .map_err(|msg| self.entry_error(i, &format!("does not decode ({msg})")))?;
+                Ok(scratch)
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -29,6 +95,12 @@ pub struct LoaderConfig {
     pub train: bool,
     /// Per-channel mean subtracted, in pixel units (0..255).
     pub mean: [f32; 3],
+    /// The mean image (`size x size x 3` HWC, 0..255), subtracted per pixel
+    /// instead of `mean` when given (the paper, section 2).
+    pub mean_image: Option<Arc<Vec<f32>>>,
+    /// Evaluation with the paper's 10 crops (section 4.1): each image gives
+    /// 10 rows, the 4 corners and centre, then the same mirrored.
+    pub ten_crop: bool,
     /// `None`: subtract the mean only, as the paper; `Some`: also divide.
     pub std: Option<[f32; 3]>,
     pub seed: u64,
@@ -64,12 +136,16 @@ pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 
     }
 }
 
-/// One batch: `x` is `n x 3 x crop x crop` (NCHW), normalised.
+/// One batch: `x` is `n * crops x 3 x crop x crop` (NCHW), normalised;
+/// with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub x: Vec<f32>,
     pub labels: Vec<u32>,
+    /// Images in the batch.
     pub n: usize,
+    /// Rows per image: 1, or 10 for the paper's test crops.
+    pub crops: usize,
 }
 
 /// Where an image is cropped and whether it is mirrored.
@@ -99,6 +175,18 @@ pub fn crop_for(cfg: &LoaderConfig, size: usize, epoch: u64, position: usize) ->
     Crop { x, y, flip }
 }
 
+/// The paper's 10 test crops of a `size` image (section 4.1): top-left,
+/// top-right, bottom-left, bottom-right, centre, then the same five mirrored.
+pub fn ten_crops(size: usize, crop: usize) -> [Crop; 10] {
+    let s = size.saturating_sub(crop);
+    let at = [(0, 0), (s, 0), (0, s), (s, s), (s / 2, s / 2)];
+    std::array::from_fn(|k| Crop {
+        x: at[k % 5].0,
+        y: at[k % 5].1,
+        flip: k >= 5,
+    })
+}
+
 /// The order in which an epoch visits `indices`: shuffled with
 /// `Rng::derive(seed, epoch)` when training, as given otherwise.
 pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig, epoch: u64) -> Vec<usize> {
@@ -113,12 +201,12 @@ pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig, epoch: u64) -> Vec<usi
 /// not fit the set (crop larger than the images, batch 0, an index out of
 /// range, a non-positive std).
 pub fn batches(
-    set: Arc<ImageSet>,
+    set: Arc<dyn ImageSource>,
     indices: &[usize],
     cfg: &LoaderConfig,
     epoch: u64,
 ) -> Result<BatchIter> {
-    validate(&set, indices, cfg)?;
+    validate(set.as_ref(), indices, cfg)?;
     let order = Arc::new(epoch_order(indices, cfg, epoch));
     let n_batches = if cfg.drop_last {
         order.len() / cfg.batch
@@ -140,7 +228,7 @@ pub fn batches(
     let mut rxs = Vec::with_capacity(cfg.workers);
     let mut handles = Vec::with_capacity(cfg.workers);
     for w in 0..cfg.workers {
-        let (tx, rx) = bounded::<Batch>(PREFETCH_PER_WORKER);
+        let (tx, rx) = bounded::<Result<Batch>>(PREFETCH_PER_WORKER);
         let job = Arc::clone(&job);
         let recycle = recycle_rx.clone();
         let worker_stop = Arc::clone(&stop);
@@ -151,11 +239,13 @@ pub fn batches(
                 // Worker w makes batches w, w + W, w + 2W, ...; the consumer
                 // reads the workers' channels in turn, so order is kept.
                 let mut k = w;
+                let mut scratch = Vec::new();
                 while k < n_batches && !worker_stop.load(Ordering::Relaxed) {
                     let mut b = recycle.try_recv().unwrap_or_default();
-                    job.fill(k, &mut b);
+                    let r = job.fill(k, &mut b, &mut scratch).map(|()| b);
+                    let failed = r.is_err();
                     // A closed channel means the iterator was dropped.
-                    if tx.send(b).is_err() {
+                    if tx.send(r).is_err() || failed {
                         break;
                     }
                     k += workers;
@@ -180,6 +270,7 @@ pub fn batches(
     }
     Ok(BatchIter {
         job,
+        scratch: Vec::new(),
         n_batches,
         next: 0,
         rxs,
@@ -190,7 +281,7 @@ pub fn batches(
     })
 }
 
-fn validate(set: &ImageSet, indices: &[usize], cfg: &LoaderConfig) -> Result<()> {
+fn validate(set: &dyn ImageSource, indices: &[usize], cfg: &LoaderConfig) -> Result<()> {
     if cfg.batch == 0 {
         return Err(Error::Config(
             "batch size 0: pass a positive --batch".into(),
@@ -210,6 +301,17 @@ fn validate(set: &ImageSet, indices: &[usize], cfg: &LoaderConfig) -> Result<()>
             set.len()
         )));
     }
+    if let Some(m) = &cfg.mean_image {
+        let want = set.size() * set.size() * 3;
+        if m.len() != want {
+            return Err(Error::Config(format!(
+                "loader: mean image of {} values for {}x{} images (want {want})",
+                m.len(),
+                set.size(),
+                set.size()
+            )));
+        }
+    }
     if let Some(s) = cfg.std {
         if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::Config(format!(
@@ -222,7 +324,7 @@ fn validate(set: &ImageSet, indices: &[usize], cfg: &LoaderConfig) -> Result<()>
 
 /// What every worker needs to build any batch of the epoch.
 struct Job {
-    set: Arc<ImageSet>,
+    set: Arc<dyn ImageSource>,
     order: Arc<Vec<usize>>,
     cfg: LoaderConfig,
     epoch: u64,
@@ -230,40 +332,83 @@ struct Job {
 }
 
 impl Job {
-    /// Fill `b` with batch `k`, reusing its allocations.
-    fn fill(&self, k: usize, b: &mut Batch) {
+    /// Fill `b` with batch `k`, reusing its allocations; `scratch` holds
+    /// one decoded image.
+    fn fill(&self, k: usize, b: &mut Batch, scratch: &mut Vec<u8>) -> Result<()> {
         let cfg = &self.cfg;
         let start = k * cfg.batch;
         let end = (start + cfg.batch).min(self.order.len());
         let n = end - start;
-        let crop = cfg.crop;
-        let plane = crop * crop;
         let size = self.set.size();
+        let plane = cfg.crop * cfg.crop;
+        let tens = ten_crops(size, cfg.crop);
+        let crops: &[Crop] = if cfg.ten_crop && !cfg.train {
+            &tens
+        } else {
+            &[]
+        };
+        let per_image = crops.len().max(1);
         b.n = n;
+        b.crops = per_image;
         b.labels.clear();
-        b.x.clear();
-        b.x.resize(n * 3 * plane, 0.0);
+        // Every element is written below; resize only changes the length.
+        b.x.resize(n * per_image * 3 * plane, 0.0);
         for (j, pos) in (start..end).enumerate() {
             let idx = self.order[pos];
-            b.labels.push(self.set.labels()[idx]);
-            let c = crop_for(cfg, size, self.epoch, pos);
-            // Lighting shifts every pixel of the image by the same RGB offset,
+            b.labels.push(self.set.label(idx));
+            let img = self.set.pixels(idx, scratch)?;
+            // Lighting adds the same RGB offset to every pixel of the image,
             // so it folds into the mean subtracted.
             let shift = match &cfg.lighting {
-                Some(l) => l.pca.offset(lighting_alpha(cfg, self.epoch, pos)),
-                None => [0.0; 3],
+                Some(l) if cfg.train => l.pca.offset(lighting_alpha(cfg, self.epoch, pos)),
+                _ => [0.0; 3],
             };
-            let base = [0, 1, 2].map(|ch| cfg.mean[ch] - shift[ch]);
-            let img = self.set.image(idx);
-            let out = &mut b.x[j * 3 * plane..(j + 1) * 3 * plane];
-            for oy in 0..crop {
-                let row = &img[((c.y + oy) * size + c.x) * 3..][..crop * 3];
-                for ox in 0..crop {
-                    let sx = if c.flip { crop - 1 - ox } else { ox };
-                    let px = &row[sx * 3..sx * 3 + 3];
-                    for ch in 0..3 {
-                        out[ch * plane + oy * crop + ox] =
-                            (px[ch] as f32 - base[ch]) * self.inv_std[ch];
+            let rows = j * per_image..(j + 1) * per_image;
+            for (r, row) in rows.enumerate() {
+                let c = match crops.get(r) {
+                    Some(c) => *c,
+                    None => crop_for(cfg, size, self.epoch, pos),
+                };
+                let out = &mut b.x[row * 3 * plane..(row + 1) * 3 * plane];
+                self.write_crop(img, size, c, shift, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// One crop of `img` into `out` (3 planes, CHW): out = (pixel - mean +
+    /// shift) / std, mirrored when `c.flip`.
+    fn write_crop(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
+        let cfg = &self.cfg;
+        let crop = cfg.crop;
+        let plane = crop * crop;
+        let (p0, rest) = out.split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        let inv = self.inv_std;
+        for oy in 0..crop {
+            let at = ((c.y + oy) * size + c.x) * 3;
+            let src = &img[at..at + crop * 3];
+            let rows = oy * crop..(oy + 1) * crop;
+            let (d0, d1, d2) = (&mut p0[rows.clone()], &mut p1[rows.clone()], &mut p2[rows]);
+            // Per pixel: the three channels in, one value to each plane;
+            // mirrored crops write the row back to front.
+            let mut put = |ox: usize, v: [f32; 3]| {
+                let o = if c.flip { crop - 1 - ox } else { ox };
+                d0[o] = v[0] * inv[0];
+                d1[o] = v[1] * inv[1];
+                d2[o] = v[2] * inv[2];
+            };
+            match &cfg.mean_image {
+                Some(m) => {
+                    let mrow = &m[at..at + crop * 3];
+                    for (ox, (p, q)) in src.chunks_exact(3).zip(mrow.chunks_exact(3)).enumerate() {
+                        put(ox, [0, 1, 2].map(|k| p[k] as f32 - q[k] + shift[k]));
+                    }
+                }
+                None => {
+                    let base = [0, 1, 2].map(|k| cfg.mean[k] - shift[k]);
+                    for (ox, p) in src.chunks_exact(3).enumerate() {
+                        put(ox, [0, 1, 2].map(|k| p[k] as f32 - base[k]));
                     }
                 }
             }
@@ -275,9 +420,10 @@ impl Job {
 /// workers (they notice within one batch).
 pub struct BatchIter {
     job: Arc<Job>,
+    scratch: Vec<u8>,
     n_batches: usize,
     next: usize,
-    rxs: Vec<Receiver<Batch>>,
+    rxs: Vec<Receiver<Result<Batch>>>,
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     recycle_tx: Sender<Batch>,
@@ -310,25 +456,30 @@ impl BatchIter {
     }
 }
 
+/// Yields `Err` once if an image cannot be read (a damaged store), then ends.
 impl Iterator for BatchIter {
-    type Item = Batch;
+    type Item = Result<Batch>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Result<Batch>> {
         if self.next >= self.n_batches {
             return None;
         }
         let k = self.next;
         self.next += 1;
-        if self.rxs.is_empty() {
+        let r = if self.rxs.is_empty() {
             let mut b = self.recycle_rx.try_recv().unwrap_or_default();
-            self.job.fill(k, &mut b);
-            return Some(b);
+            self.job.fill(k, &mut b, &mut self.scratch).map(|()| b)
+        } else {
+            let w = k % self.rxs.len();
+            match self.rxs[w].recv() {
+                Ok(r) => r,
+                Err(_) => self.worker_died(w),
+            }
+        };
+        if r.is_err() {
+            self.next = self.n_batches;
         }
-        let w = k % self.rxs.len();
-        match self.rxs[w].recv() {
-            Ok(b) => Some(b),
-            Err(_) => self.worker_died(w),
-        }
+        Some(r)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

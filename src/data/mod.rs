@@ -1,5 +1,6 @@
 //! Data: reading class-folder image sets (`folder`), decoding and resizing
-//! one image (`decode`), the decoded in-memory store with split and channel
+//! one image (`decode`), the packed on-disk store (`packed`) and `prepare`
+//! which writes it, the decoded in-memory store with split and channel
 //! statistics (`store`), PCA lighting noise (`lighting`), the augmenting
 //! batch loader (`loader`), and a
 //! procedural demo data set (`synth`).
@@ -7,6 +8,8 @@ pub mod decode;
 pub mod folder;
 pub mod lighting;
 pub mod loader;
+pub mod packed;
+pub mod prepare;
 pub mod store;
 pub mod synth;
 
@@ -14,7 +17,9 @@ pub use decode::{decode_file, decode_into, resize_centre_crop};
 pub use folder::ImageFolder;
 pub use lighting::Pca;
 pub use loader::{
-    batches, crop_for, epoch_order, lighting_alpha, Batch, BatchIter, Crop, Lighting, LoaderConfig,
+    batches, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter, Crop, ImageSource,
+    Lighting, LoaderConfig,
 };
+pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use store::{balanced_subset, BuildOptions, ImageSet};
 pub use synth::write_demo_dataset;

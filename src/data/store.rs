@@ -191,17 +191,9 @@ impl ImageSet {
         &self.pixels[i * per..(i + 1) * per]
     }
 
-    /// A seeded random hold-out split of `0..len()`: `(train, val)`, each
-    /// sorted, `val` holding `min(n_val, len())` indices.
+    /// A seeded random hold-out split of `0..len()`: see [`split_indices`].
     pub fn split(&self, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        Rng::derive(seed, SPLIT_STREAM).shuffle(&mut order);
-        let n_val = n_val.min(order.len());
-        let mut val = order[..n_val].to_vec();
-        let mut train = order[n_val..].to_vec();
-        val.sort_unstable();
-        train.sort_unstable();
-        (train, val)
+        split_indices(self.len(), n_val, seed)
     }
 
     /// Per-channel (R, G, B) mean and standard deviation, in pixel units
@@ -267,6 +259,19 @@ impl ImageSet {
         }
         Some((mean, cov))
     }
+}
+
+/// A seeded random hold-out split of `0..n`: `(train, val)`, each sorted,
+/// `val` holding `min(n_val, n)` indices.
+pub fn split_indices(n: usize, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(seed, SPLIT_STREAM).shuffle(&mut order);
+    let n_val = n_val.min(n);
+    let mut val = order[..n_val].to_vec();
+    let mut train = order[n_val..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    (train, val)
 }
 
 /// Indices into `folder.items()` of a class-balanced subset of `k` images:

@@ -1,0 +1,449 @@
+//! The packed image store: what `prepare` writes and training memory-maps.
+//! A store is a folder:
+//!
+//! - `meta.json`: format version, image size and encoding, class synsets and
+//!   names, per-class counts, the training statistics (channel mean and std,
+//!   RGB covariance and its PCA for the lighting noise), the checksums of the
+//!   files below and the generation that names them. It is written last,
+//!   atomically: it is the commit point.
+//! - `data-<gen>.bin`: every image back to back (JPEG or raw HWC RGB).
+//! - `index-<gen>.bin`: per image: offset u64, length u32, label u32,
+//!   CRC-32 u32, reserved u32 (24 bytes, little-endian).
+//! - `mean-<gen>.bin`: the mean image, `size x size x 3` f32 (HWC, 0..255).
+//! - `sources-<gen>.txt`: the source file of each image, one per line, so an
+//!   error can name it.
+//!
+//! A prepare that dies before the rename leaves the old `meta.json` and its
+//! files untouched; the next run deletes the orphaned generation.
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap};
+use serde::{Deserialize, Serialize};
+
+use super::lighting::Pca;
+use crate::error::{Error, Result};
+use crate::fsutil::{sync_dir, write_atomic};
+
+pub const META_FILE: &str = "meta.json";
+pub const FORMAT_NAME: &str = "alexnet-cuda packed image store";
+pub const FORMAT_VERSION: u32 = 1;
+const ENTRY_BYTES: usize = 24;
+
+/// How each image is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Baseline JPEG of the `size x size` RGB image.
+    Jpeg,
+    /// `size x size x 3` bytes, HWC RGB: no decode cost, ~6x the disk.
+    Raw,
+}
+
+/// Pixel statistics of a store's images, in 0..255 units.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub images: u64,
+    pub channel_mean: [f64; 3],
+    pub channel_std: [f64; 3],
+    /// Covariance of (R, G, B) over all pixels of all images.
+    pub rgb_cov: [[f64; 3]; 3],
+    /// PCA of `rgb_cov` on the [0, 1] scale (section 4.1's lighting noise).
+    pub pca: Pca,
+}
+
+/// The contents of `meta.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub format: String,
+    pub version: u32,
+    pub generation: String,
+    pub size: usize,
+    pub encoding: Encoding,
+    /// JPEG quality when `encoding` is jpeg.
+    pub quality: Option<u8>,
+    pub count: usize,
+    /// Class ids (synsets), label `i` is `classes[i]`, sorted.
+    pub classes: Vec<String>,
+    /// Human-readable class names, same order; empty when none were given.
+    pub names: Vec<String>,
+    pub class_counts: Vec<u64>,
+    pub stats: Stats,
+    /// Files found but not stored (unreadable); listed in `skipped.txt`.
+    pub skipped: usize,
+    /// The folder the images came from.
+    pub source: String,
+    pub data_bytes: u64,
+    pub data_crc: u32,
+    pub index_crc: u32,
+    pub mean_crc: u32,
+    pub sources_crc: u32,
+}
+
+/// One index record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub offset: u64,
+    pub len: u32,
+    pub label: u32,
+    pub crc: u32,
+}
+
+fn gen_file(dir: &Path, stem: &str, gen: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{stem}-{gen}.{ext}"))
+}
+
+const GEN_FILES: [(&str, &str); 4] = [
+    ("data", "bin"),
+    ("index", "bin"),
+    ("mean", "bin"),
+    ("sources", "txt"),
+];
+
+/// Delete every generation's files in `dir` except `keep`'s (and meta.json).
+fn remove_other_generations(dir: &Path, keep: Option<&str>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = GEN_FILES.iter().any(|(stem, ext)| {
+            name.starts_with(&format!("{stem}-")) && name.ends_with(&format!(".{ext}"))
+        });
+        let kept = keep.is_some_and(|g| name.contains(&format!("-{g}.")));
+        if ours && !kept {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Streams images into a new generation of the store at `dir`.
+pub struct StoreWriter {
+    dir: PathBuf,
+    gen: String,
+    size: usize,
+    encoding: Encoding,
+    data: BufWriter<File>,
+    data_crc: crc32fast::Hasher,
+    sources: BufWriter<File>,
+    entries: Vec<Entry>,
+    offset: u64,
+}
+
+impl StoreWriter {
+    /// Start a generation in `dir` (created if missing). Files of earlier
+    /// interrupted runs are removed; the committed store stays readable
+    /// until [`StoreWriter::finish`] replaces it.
+    pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let current = read_meta(dir).ok().map(|m| m.generation);
+        remove_other_generations(dir, current.as_deref());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let gen = format!(
+            "{:016x}",
+            crate::rng::hash_u64(nanos, std::process::id() as u64)
+        );
+        let open = |stem: &str, ext: &str| {
+            let p = gen_file(dir, stem, &gen, ext);
+            File::create(&p)
+                .map(|f| BufWriter::with_capacity(1 << 20, f))
+                .map_err(|e| Error::io(&p, e))
+        };
+        Ok(StoreWriter {
+            dir: dir.to_path_buf(),
+            size,
+            encoding,
+            data: open("data", "bin")?,
+            data_crc: crc32fast::Hasher::new(),
+            sources: open("sources", "txt")?,
+            entries: Vec::new(),
+            offset: 0,
+            gen,
+        })
+    }
+
+    /// Append one encoded image with its label and source path.
+    pub fn push(&mut self, bytes: &[u8], label: u32, source: &str) -> Result<()> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| Error::Data(format!("{source}: encoded image over 4 GiB")))?;
+        let data_path = || gen_file(&self.dir, "data", &self.gen, "bin");
+        self.data
+            .write_all(bytes)
+            .map_err(|e| Error::io(data_path(), e))?;
+        self.data_crc.update(bytes);
+        // One line per image: a newline in a file name would shift the list.
+        let line = source.replace('\n', " ");
+        writeln!(self.sources, "{line}")
+            .map_err(|e| Error::io(gen_file(&self.dir, "sources", &self.gen, "txt"), e))?;
+        self.entries.push(Entry {
+            offset: self.offset,
+            len,
+            label,
+            crc: crc32fast::hash(bytes),
+        });
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Write the index and mean image, fsync everything, then commit by
+    /// atomically replacing `meta.json`. `meta`'s file fields (generation,
+    /// size, encoding, count, checksums) are filled in here.
+    pub fn finish(mut self, mut meta: StoreMeta, mean_image: &[f32]) -> Result<StoreMeta> {
+        crate::error::check_len(
+            "store",
+            "mean image",
+            mean_image.len(),
+            self.size * self.size * 3,
+        )?;
+        let sync = |w: BufWriter<File>, path: PathBuf| -> Result<()> {
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io(&path, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&path, e))
+        };
+        self.data
+            .flush()
+            .map_err(|e| Error::io(gen_file(&self.dir, "data", &self.gen, "bin"), e))?;
+        sync(self.data, gen_file(&self.dir, "data", &self.gen, "bin"))?;
+        sync(
+            self.sources,
+            gen_file(&self.dir, "sources", &self.gen, "txt"),
+        )?;
+        let mut index = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
+        for e in &self.entries {
+            index.extend_from_slice(&e.offset.to_le_bytes());
+            index.extend_from_slice(&e.len.to_le_bytes());
+            index.extend_from_slice(&e.label.to_le_bytes());
+            index.extend_from_slice(&e.crc.to_le_bytes());
+            index.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let mean: Vec<u8> = mean_image.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (stem, bytes) in [("index", &index), ("mean", &mean)] {
+            let p = gen_file(&self.dir, stem, &self.gen, "bin");
+            let mut f = File::create(&p).map_err(|e| Error::io(&p, e))?;
+            f.write_all(bytes).map_err(|e| Error::io(&p, e))?;
+            f.sync_all().map_err(|e| Error::io(&p, e))?;
+        }
+        let sources_path = gen_file(&self.dir, "sources", &self.gen, "txt");
+        let sources = fs::read(&sources_path).map_err(|e| Error::io(&sources_path, e))?;
+
+        meta.format = FORMAT_NAME.into();
+        meta.version = FORMAT_VERSION;
+        meta.generation = self.gen.clone();
+        meta.size = self.size;
+        meta.encoding = self.encoding;
+        meta.count = self.entries.len();
+        meta.data_bytes = self.offset;
+        meta.data_crc = self.data_crc.finalize();
+        meta.index_crc = crc32fast::hash(&index);
+        meta.mean_crc = crc32fast::hash(&mean);
+        meta.sources_crc = crc32fast::hash(&sources);
+        let json = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::Data(format!("store metadata: {e}")))?;
+        sync_dir(&self.dir.join(META_FILE))?;
+        write_atomic(&self.dir.join(META_FILE), &json)?;
+        remove_other_generations(&self.dir, Some(&self.gen));
+        Ok(meta)
+    }
+}
+
+/// Read and check `dir/meta.json`.
+pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
+    let path = dir.join(META_FILE);
+    let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| {
+        Error::Data(format!(
+            "{}: not a valid store description ({e}); rerun `alexnet-cuda prepare`",
+            path.display()
+        ))
+    })?;
+    if meta.format != FORMAT_NAME || meta.version != FORMAT_VERSION {
+        return Err(Error::Data(format!(
+            "{}: store format {:?} version {}, this build reads version {FORMAT_VERSION}; rerun `alexnet-cuda prepare`",
+            path.display(),
+            meta.format,
+            meta.version
+        )));
+    }
+    Ok(meta)
+}
+
+/// True when `dir` holds a committed store.
+pub fn is_store(dir: &Path) -> bool {
+    dir.join(META_FILE).is_file()
+}
+
+/// An opened store: metadata, index and mean image in memory (24 bytes per
+/// image plus 768 KB), the image data memory-mapped.
+pub struct PackedStore {
+    dir: PathBuf,
+    meta: StoreMeta,
+    entries: Vec<Entry>,
+    mean_image: Vec<f32>,
+    data: Mmap,
+}
+
+impl PackedStore {
+    /// Open the store at `dir`, checking the index and mean image against
+    /// their checksums and the data file's length (a full check of the data
+    /// is [`PackedStore::verify`]; each image is checked when read).
+    pub fn open(dir: &Path) -> Result<PackedStore> {
+        let meta = read_meta(dir)?;
+        let damaged = |file: &Path, what: String| {
+            Error::Data(format!(
+                "{}: {what}; the store at {} is damaged, rerun `alexnet-cuda prepare`",
+                file.display(),
+                dir.display()
+            ))
+        };
+        let read_checked = |stem: &str, ext: &str, crc: u32| -> Result<Vec<u8>> {
+            let p = gen_file(dir, stem, &meta.generation, ext);
+            let bytes = fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let got = crc32fast::hash(&bytes);
+            if got != crc {
+                return Err(damaged(
+                    &p,
+                    format!("checksum {got:08x}, expected {crc:08x}"),
+                ));
+            }
+            Ok(bytes)
+        };
+        let index = read_checked("index", "bin", meta.index_crc)?;
+        let mean = read_checked("mean", "bin", meta.mean_crc)?;
+        let index_path = gen_file(dir, "index", &meta.generation, "bin");
+        if index.len() != meta.count * ENTRY_BYTES {
+            return Err(damaged(
+                &index_path,
+                format!("{} bytes for {} images", index.len(), meta.count),
+            ));
+        }
+        let entries: Vec<Entry> = index
+            .chunks_exact(ENTRY_BYTES)
+            .map(|r| Entry {
+                offset: u64::from_le_bytes(r[0..8].try_into().unwrap_or_default()),
+                len: u32::from_le_bytes(r[8..12].try_into().unwrap_or_default()),
+                label: u32::from_le_bytes(r[12..16].try_into().unwrap_or_default()),
+                crc: u32::from_le_bytes(r[16..20].try_into().unwrap_or_default()),
+            })
+            .collect();
+        let mean_image: Vec<f32> = mean
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if mean_image.len() != meta.size * meta.size * 3 {
+            return Err(damaged(
+                &gen_file(dir, "mean", &meta.generation, "bin"),
+                format!(
+                    "{} values for a {}x{} image",
+                    mean_image.len(),
+                    meta.size,
+                    meta.size
+                ),
+            ));
+        }
+        let data_path = gen_file(dir, "data", &meta.generation, "bin");
+        let file = File::open(&data_path).map_err(|e| Error::io(&data_path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&data_path, e))?.len();
+        if len != meta.data_bytes {
+            return Err(damaged(
+                &data_path,
+                format!("{len} bytes, expected {}", meta.data_bytes),
+            ));
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let bad_label = e.label as usize >= meta.classes.len();
+            if e.offset + e.len as u64 > len || bad_label {
+                return Err(damaged(&index_path, format!("entry {i} out of range")));
+            }
+        }
+        // SAFETY: the map is read-only, and a store is never modified in
+        // place: prepare writes a new generation and renames meta.json.
+        let data = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&data_path, e))?;
+        // Training reads images in shuffled order: readahead would only
+        // evict useful pages.
+        let _ = data.advise(Advice::Random);
+        Ok(PackedStore {
+            dir: dir.to_path_buf(),
+            meta,
+            entries,
+            mean_image,
+            data,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn meta(&self) -> &StoreMeta {
+        &self.meta
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The mean image, `size x size x 3` HWC, 0..255.
+    pub fn mean_image(&self) -> &[f32] {
+        &self.mean_image
+    }
+
+    /// The stored bytes of image `i`, checked against their CRC.
+    pub fn bytes(&self, i: usize) -> Result<&[u8]> {
+        let e = self.entries.get(i).ok_or_else(|| {
+            Error::Data(format!(
+                "{}: image {i} requested, the store has {}",
+                self.dir.display(),
+                self.entries.len()
+            ))
+        })?;
+        let b = &self.data[e.offset as usize..(e.offset + e.len as u64) as usize];
+        if crc32fast::hash(b) != e.crc {
+            return Err(self.entry_error(i, "fails its checksum"));
+        }
+        Ok(b)
+    }
+
+    /// The source file image `i` came from (read from `sources-<gen>.txt`
+    /// on demand; used for error messages).
+    pub fn source(&self, i: usize) -> Option<String> {
+        let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
+        let text = fs::read_to_string(p).ok()?;
+        text.lines().nth(i).map(str::to_string)
+    }
+
+    /// An error about image `i`, naming the data file and the source image.
+    pub fn entry_error(&self, i: usize, what: &str) -> Error {
+        let data = gen_file(&self.dir, "data", &self.meta.generation, "bin");
+        Error::Data(format!(
+            "{}: image {i} ({}) {what}; the store is damaged, rerun `alexnet-cuda prepare`",
+            data.display(),
+            self.source(i).unwrap_or_else(|| "source unknown".into())
+        ))
+    }
+
+    /// Check every image's checksum and the whole data file's.
+    pub fn verify(&self) -> Result<()> {
+        for i in 0..self.entries.len() {
+            self.bytes(i)?;
+        }
+        if crc32fast::hash(&self.data) != self.meta.data_crc {
+            let data = gen_file(&self.dir, "data", &self.meta.generation, "bin");
+            return Err(Error::Data(format!(
+                "{}: data checksum mismatch; rerun `alexnet-cuda prepare`",
+                data.display()
+            )));
+        }
+        Ok(())
+    }
+}

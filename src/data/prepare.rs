@@ -1,0 +1,541 @@
+//! `alexnet-cuda prepare`: turn an ImageNet-style tree into packed stores.
+//! Every image is decoded (JPEG/PNG, greyscale, CMYK), its short side scaled
+//! to `size` with Lanczos-3, the centre `size x size` kept (section 2) and
+//! re-encoded, on every core; the results are written in file order, so a
+//! store is the same for any thread count. Unreadable files are skipped,
+//! counted and listed in `skipped.txt`, never fatal. The training store also
+//! carries the statistics the loader needs: the mean image, channel mean and
+//! std, and the RGB covariance whose PCA drives the lighting noise.
+//!
+//! Layouts: train as `<root>/<synset>/*.JPEG`; val as class folders too, or
+//! flat with `--val-labels`: a CSV of `file,synset` (Kaggle's
+//! `LOC_val_solution.csv` works), or the devkit's ground-truth file (one
+//! ILSVRC2012_ID per line, files in name order) with `--val-synsets` listing
+//! the synsets in devkit ID order. Labels are the index of the synset in
+//! sorted order, the standard ILSVRC-2012 class order.
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::decode::{decode_bytes, encode_jpeg, resize_centre_crop};
+use super::folder::{is_image_name, ImageFolder};
+use super::lighting::Pca;
+use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
+use super::store::balanced_subset;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+/// Images handed to the thread pool at a time; results are written in order
+/// after each chunk, so memory holds at most one chunk of encoded images.
+const CHUNK: usize = 2048;
+
+#[derive(Clone, Debug)]
+pub struct PrepareOptions {
+    pub train: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_labels: Option<PathBuf>,
+    pub val_synsets: Option<PathBuf>,
+    /// `synset name...` per line (LOC_synset_mapping.txt, synset_words.txt).
+    pub names: Option<PathBuf>,
+    pub out: PathBuf,
+    pub size: usize,
+    pub encoding: Encoding,
+    pub quality: u8,
+    /// Take only this many training images (class-balanced), for quick runs.
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+impl PrepareOptions {
+    pub fn new(train: PathBuf, out: PathBuf) -> PrepareOptions {
+        PrepareOptions {
+            train,
+            val: None,
+            val_labels: None,
+            val_synsets: None,
+            names: None,
+            out,
+            size: 256,
+            encoding: Encoding::Jpeg,
+            quality: 90,
+            limit: None,
+            progress: true,
+        }
+    }
+}
+
+/// What `prepare` wrote: `out/train` and, with a val source, `out/val`.
+#[derive(Clone, Debug)]
+pub struct PrepareReport {
+    pub train: StoreMeta,
+    pub val: Option<StoreMeta>,
+    pub seconds: f64,
+}
+
+/// Write `opts.out/train` (and `opts.out/val`).
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
+    let start = Instant::now();
+    if !(1..=100).contains(&opts.quality) {
+        return Err(Error::Config(format!(
+            "--quality {}: pass a JPEG quality from 1 to 100",
+            opts.quality
+        )));
+    }
+    if opts.size == 0 || opts.size > 4096 {
+        return Err(Error::Config(format!(
+            "--size {}: pass an image side from 1 to 4096 (the paper: 256)",
+            opts.size
+        )));
+    }
+    let folder = ImageFolder::scan(&opts.train)?;
+    let classes = folder.classes().to_vec();
+    let names = match &opts.names {
+        Some(p) => read_names(p, &classes)?,
+        None => Vec::new(),
+    };
+    let mut items: Vec<(PathBuf, u32)> = folder.items().to_vec();
+    if let Some(k) = opts.limit {
+        if k == 0 {
+            return Err(Error::Config("--limit 0 selects no images".into()));
+        }
+        items = balanced_subset(&folder, k)
+            .into_iter()
+            .map(|i| items[i].clone())
+            .collect();
+    }
+    // Resolve the val labels before spending hours on train.
+    let val_items = match &opts.val {
+        Some(v) => Some(val_items(v, opts, &classes)?),
+        None => None,
+    };
+    let train = write_store(
+        &opts.out.join("train"),
+        &opts.train,
+        &items,
+        &classes,
+        &names,
+        opts,
+        "train",
+    )?;
+    let val = match (&opts.val, val_items) {
+        (Some(v), Some(items)) => Some(write_store(
+            &opts.out.join("val"),
+            v,
+            &items,
+            &classes,
+            &names,
+            opts,
+            "val",
+        )?),
+        _ => None,
+    };
+    Ok(PrepareReport {
+        train,
+        val,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `synset name...` lines to a name per class (empty where not listed).
+fn read_names(path: &Path, classes: &[String]) -> Result<Vec<String>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let map: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (id, name) = l.split_once(char::is_whitespace)?;
+            Some((id, name.trim()))
+        })
+        .collect();
+    if !classes.iter().any(|c| map.contains_key(c.as_str())) {
+        return Err(Error::Data(format!(
+            "{}: names none of the {} class folders (expected lines like `n01440764 tench, Tinca tinca`)",
+            path.display(),
+            classes.len()
+        )));
+    }
+    Ok(classes
+        .iter()
+        .map(|c| {
+            map.get(c.as_str())
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+/// The val images with their labels in the train class order.
+fn val_items(
+    root: &Path,
+    opts: &PrepareOptions,
+    classes: &[String],
+) -> Result<Vec<(PathBuf, u32)>> {
+    let index: HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    let has_class_dirs = fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .flatten()
+        .any(|e| e.path().is_dir());
+    if has_class_dirs && opts.val_labels.is_none() {
+        let f = ImageFolder::scan(root)?;
+        let mut out = Vec::with_capacity(f.len());
+        for (path, label) in f.items() {
+            let name = &f.classes()[*label as usize];
+            let Some(&l) = index.get(name.as_str()) else {
+                return Err(Error::Data(format!(
+                    "{}: class folder {name} is not among the {} training classes; val classes must be a subset of train's",
+                    root.display(),
+                    classes.len()
+                )));
+            };
+            out.push((path.clone(), l));
+        }
+        return Ok(out);
+    }
+    let Some(labels_path) = &opts.val_labels else {
+        return Err(Error::Data(format!(
+            "{}: flat val folder (no class sub-folders); pass --val-labels with a `file,synset` CSV or the devkit's ILSVRC2012_validation_ground_truth.txt",
+            root.display()
+        )));
+    };
+    let mut files: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_image_name(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: no .jpg/.jpeg/.png images",
+            root.display()
+        )));
+    }
+    let text = fs::read_to_string(labels_path).map_err(|e| Error::io(labels_path, e))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let bad = |msg: String| Error::Data(format!("{}: {msg}", labels_path.display()));
+    if lines.iter().all(|l| l.parse::<u32>().is_ok()) {
+        // Devkit ground truth: line k is the ILSVRC2012_ID of the k-th file.
+        let Some(syn_path) = &opts.val_synsets else {
+            return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order, one per line (scripts/devkit-synsets writes it from meta.mat)".into()));
+        };
+        let syn_text = fs::read_to_string(syn_path).map_err(|e| Error::io(syn_path, e))?;
+        let synsets: Vec<&str> = syn_text.split_whitespace().collect();
+        if lines.len() != files.len() {
+            return Err(bad(format!(
+                "{} labels for {} images in {}",
+                lines.len(),
+                files.len(),
+                root.display()
+            )));
+        }
+        let mut out = Vec::with_capacity(files.len());
+        for (k, (line, path)) in lines.iter().zip(files).enumerate() {
+            let id: usize = line.parse().unwrap_or(0);
+            let syn = id
+                .checked_sub(1)
+                .and_then(|i| synsets.get(i))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "line {}: ID {id} is not in 1..={} ({})",
+                        k + 1,
+                        synsets.len(),
+                        syn_path.display()
+                    ))
+                })?;
+            let l = index.get(syn).ok_or_else(|| {
+                bad(format!(
+                    "line {}: synset {syn} is not a training class",
+                    k + 1
+                ))
+            })?;
+            out.push((path, *l));
+        }
+        return Ok(out);
+    }
+    // CSV: `file,synset`; the file with or without extension; the synset
+    // may be followed by more fields or boxes (Kaggle's PredictionString).
+    let mut by_name: HashMap<String, u32> = HashMap::new();
+    for (k, line) in lines.iter().enumerate() {
+        let Some((file, rest)) = line.split_once(',') else {
+            return Err(bad(format!("line {}: expected `file,synset`", k + 1)));
+        };
+        let syn = rest
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find(|s| !s.is_empty())
+            .unwrap_or("");
+        match index.get(syn) {
+            Some(&l) => {
+                by_name.insert(stem(file.trim()), l);
+            }
+            // A header line (`ImageId,PredictionString`) is not a synset.
+            None if k == 0 => {}
+            None => {
+                return Err(bad(format!(
+                    "line {}: synset {syn:?} is not a training class",
+                    k + 1
+                )))
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(files.len());
+    let mut missing = Vec::new();
+    for p in files {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        match by_name.get(&stem(&name)) {
+            Some(&l) => out.push((p, l)),
+            None => missing.push(p),
+        }
+    }
+    if let Some(first) = missing.first() {
+        return Err(bad(format!(
+            "no label for {} of the images, e.g. {}",
+            missing.len(),
+            first.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// A file name without its extension.
+fn stem(name: &str) -> String {
+    Path::new(name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Per-thread sums for the statistics: integers, so they are exact and the
+/// result does not depend on how the work was split.
+struct Acc {
+    image_sum: Vec<u64>,
+    sum: [u64; 3],
+    sq: [[u64; 3]; 3],
+    images: u64,
+    out: Vec<(usize, std::result::Result<Vec<u8>, String>)>,
+}
+
+impl Acc {
+    fn new(px: usize) -> Acc {
+        Acc {
+            image_sum: vec![0; px],
+            sum: [0; 3],
+            sq: [[0; 3]; 3],
+            images: 0,
+            out: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, px: &[u8]) {
+        for (s, &v) in self.image_sum.iter_mut().zip(px) {
+            *s += v as u64;
+        }
+        for p in px.chunks_exact(3) {
+            for c in 0..3 {
+                self.sum[c] += p[c] as u64;
+                for d in c..3 {
+                    self.sq[c][d] += p[c] as u64 * p[d] as u64;
+                }
+            }
+        }
+        self.images += 1;
+    }
+
+    fn merge(mut self, o: Acc) -> Acc {
+        if self.images == 0 && self.out.is_empty() {
+            return o;
+        }
+        for (a, b) in self.image_sum.iter_mut().zip(&o.image_sum) {
+            *a += b;
+        }
+        for c in 0..3 {
+            self.sum[c] += o.sum[c];
+            for d in 0..3 {
+                self.sq[c][d] += o.sq[c][d];
+            }
+        }
+        self.images += o.images;
+        self.out.extend(o.out);
+        self
+    }
+}
+
+/// Decode, resize, crop and encode one file: (stored bytes, pixels).
+pub fn prepare_image(
+    path: &Path,
+    size: usize,
+    encoding: Encoding,
+    quality: u8,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = decode_bytes(&bytes, path)?;
+    let img = resize_centre_crop(img, size).map_err(|msg| Error::Image {
+        path: path.to_path_buf(),
+        msg,
+    })?;
+    let px = img.into_raw();
+    let stored = match encoding {
+        Encoding::Raw => px.clone(),
+        Encoding::Jpeg => {
+            let mut out = Vec::with_capacity(px.len() / 4);
+            encode_jpeg(&px, size, quality, &mut out)?;
+            out
+        }
+    };
+    Ok((stored, px))
+}
+
+fn write_store(
+    dir: &Path,
+    source: &Path,
+    items: &[(PathBuf, u32)],
+    classes: &[String],
+    names: &[String],
+    opts: &PrepareOptions,
+    what: &str,
+) -> Result<StoreMeta> {
+    let size = opts.size;
+    let px = size * size * 3;
+    let mut writer = StoreWriter::create(dir, size, opts.encoding)?;
+    let bar = if opts.progress {
+        ProgressBar::new(items.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("prepare {what}"));
+    let start = Instant::now();
+    let mut total = Acc::new(px);
+    let mut skipped: Vec<String> = Vec::new();
+    let mut class_counts = vec![0u64; classes.len()];
+    for (c, chunk) in items.chunks(CHUNK).enumerate() {
+        let acc = chunk
+            .par_iter()
+            .enumerate()
+            .fold(
+                || Acc::new(px),
+                |mut acc, (i, (path, _))| {
+                    let r = prepare_image(path, size, opts.encoding, opts.quality);
+                    let r = r.map(|(stored, pixels)| {
+                        acc.add(&pixels);
+                        stored
+                    });
+                    acc.out.push((i, r.map_err(|e| e.to_string())));
+                    bar.inc(1);
+                    acc
+                },
+            )
+            .reduce(|| Acc::new(0), Acc::merge);
+        let mut acc = acc;
+        acc.out.sort_unstable_by_key(|(i, _)| *i);
+        for (i, r) in std::mem::take(&mut acc.out) {
+            let (path, label) = &chunk[i];
+            match r {
+                Ok(stored) => {
+                    let rel = path.strip_prefix(source).unwrap_or(path);
+                    writer.push(&stored, *label, &rel.to_string_lossy())?;
+                    class_counts[*label as usize] += 1;
+                }
+                Err(msg) => {
+                    tracing::debug!("skipping {msg}");
+                    skipped.push(format!("{}\t{msg}", path.display()));
+                }
+            }
+        }
+        let n = c * CHUNK + chunk.len();
+        bar.set_message(format!("{} skipped", skipped.len()));
+        if !opts.progress && (c + 1) % 16 == 0 {
+            tracing::info!("prepare {what}: {n}/{} images", items.len());
+        }
+        total = total.merge(acc);
+    }
+    bar.finish_and_clear();
+    if writer.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: none of the {} images could be read (first: {}); nothing written",
+            source.display(),
+            items.len(),
+            skipped.first().map(String::as_str).unwrap_or("-")
+        )));
+    }
+    let n = total.images as f64;
+    let count = n * (size * size) as f64;
+    let mean_rgb = total.sum.map(|s| s as f64 / count);
+    let mut cov = [[0f64; 3]; 3];
+    for c in 0..3 {
+        for d in c..3 {
+            cov[c][d] = total.sq[c][d] as f64 / count - mean_rgb[c] * mean_rgb[d];
+            cov[d][c] = cov[c][d];
+        }
+    }
+    let mean_image: Vec<f32> = total
+        .image_sum
+        .iter()
+        .map(|&s| (s as f64 / n) as f32)
+        .collect();
+    let stats = Stats {
+        images: total.images,
+        channel_mean: mean_rgb,
+        channel_std: [0, 1, 2].map(|c| cov[c][c].max(0.0).sqrt()),
+        rgb_cov: cov,
+        pca: Pca::from_covariance(cov),
+    };
+    let meta = StoreMeta {
+        format: String::new(),
+        version: 0,
+        generation: String::new(),
+        size,
+        encoding: opts.encoding,
+        quality: (opts.encoding == Encoding::Jpeg).then_some(opts.quality),
+        count: 0,
+        classes: classes.to_vec(),
+        names: names.to_vec(),
+        class_counts,
+        stats,
+        skipped: skipped.len(),
+        source: source.display().to_string(),
+        data_bytes: 0,
+        data_crc: 0,
+        index_crc: 0,
+        mean_crc: 0,
+        sources_crc: 0,
+    };
+    let meta = writer.finish(meta, &mean_image)?;
+    // The report of what was left out, next to the store it describes.
+    let report = dir.join("skipped.txt");
+    let mut text = skipped.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    write_atomic(&report, text.as_bytes())?;
+
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        "{what}: {} images ({} skipped, listed in {}) -> {} ({:.1} MB) in {secs:.1} s, {:.0} images/s",
+        meta.count,
+        meta.skipped,
+        report.display(),
+        dir.display(),
+        meta.data_bytes as f64 / 1e6,
+        items.len() as f64 / secs.max(1e-9)
+    );
+    Ok(meta)
+}
