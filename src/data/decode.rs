@@ -54,8 +54,7 @@ pub fn decode_into(path: &Path, size: usize, out: &mut [u8]) -> Result<()> {
 /// Decode an encoded image held in memory to RGB8. The format comes from the
 /// content (ImageNet has a PNG named `.JPEG`); greyscale becomes three equal
 /// channels; CMYK JPEGs (ImageNet has a few dozen, written by Photoshop with
-/// the Adobe marker, so stored inverted) become R = C'K'/255 on the stored
-/// values, as libjpeg-based readers do; 16-bit and alpha images are
+/// the Adobe marker) become R = (255 - C)(255 - K) / 255, as Pillow gives; 16-bit and alpha images are
 /// converted (alpha dropped, not composited). `path` names the file in errors.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // Decoder messages can span lines; errors here are one line.

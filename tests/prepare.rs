@@ -1,0 +1,705 @@
+//! Tests of `prepare` and the packed store: real-world bad inputs (skipped,
+//! counted, listed), CMYK/greyscale/PNG-as-JPEG, the stored statistics
+//! against an independent computation, val layouts, damaged stores, an
+//! interrupted prepare, and the loader over a store (10 crops, mean image,
+//! determinism).
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alexnet_cuda::data::packed::{read_meta, Encoding};
+use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
+use alexnet_cuda::data::{
+    batches, decode_file, ten_crops, Crop, ImageSet, ImageSource, LoaderConfig, PackedStore,
+};
+use image::codecs::jpeg::JpegEncoder;
+use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
+use tempfile::TempDir;
+
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, quality)
+        .encode(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .expect("encode");
+    buf
+}
+
+/// A busy but smooth test picture, different per `seed`.
+fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let v = |k: u32| ((x * (3 + k + seed % 5) + y * (2 + k) + seed * 40) % 256) as u8;
+        image::Rgb([v(0), v(1), v(2)])
+    })
+}
+
+fn opts(train: &Path, out: &Path, size: usize, encoding: Encoding) -> PrepareOptions {
+    let mut o = PrepareOptions::new(train.to_path_buf(), out.to_path_buf());
+    o.size = size;
+    o.encoding = encoding;
+    o.progress = false;
+    o
+}
+
+/// A two-class tree of good pictures: `n` per class, `w x h`.
+fn good_tree(root: &Path, n: u32, w: u32, h: u32) -> TestResult {
+    for (c, class) in ["n01_cat", "n02_dog"].iter().enumerate() {
+        let d = root.join(class);
+        fs::create_dir_all(&d)?;
+        for i in 0..n {
+            let img = picture(w, h, c as u32 * 100 + i);
+            fs::write(d.join(format!("{i:04}.JPEG")), jpeg_bytes(&img, 92))?;
+        }
+    }
+    Ok(())
+}
+
+fn store_pixels(store: &PackedStore, i: usize) -> Vec<u8> {
+    let mut scratch = Vec::new();
+    store.pixels(i, &mut scratch).expect("pixels").to_vec()
+}
+
+// ------------------------------------------------------- real-world inputs
+
+#[test]
+fn bad_files_are_skipped_counted_and_listed_and_odd_formats_decode() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    let a = train.join("n01_a");
+    let b = train.join("n02_b");
+    fs::create_dir_all(&a)?;
+    fs::create_dir_all(&b)?;
+    fs::write(a.join("good.JPEG"), jpeg_bytes(&picture(40, 30, 1), 95))?;
+    // Greyscale JPEG.
+    let g = GrayImage::from_fn(24, 24, |x, y| image::Luma([(x * 9 + y) as u8]));
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, 95).encode(
+        g.as_raw(),
+        24,
+        24,
+        ExtendedColorType::L8,
+    )?;
+    fs::write(a.join("grey.JPEG"), buf)?;
+    // CMYK JPEG with the Adobe marker, as Photoshop writes them (ImageNet
+    // has a few dozen; the encoder stores 255 - value, the Adobe way). Pillow
+    // and libjpeg-based readers give R = (255 - C)(255 - K) / 255.
+    let (c, m, y, k) = (200u8, 100u8, 50u8, 220u8);
+    let cmyk: Vec<u8> = (0..16 * 16).flat_map(|_| [c, m, y, k]).collect();
+    let mut buf = Vec::new();
+    jpeg_encoder::Encoder::new(&mut buf, 98).encode(
+        &cmyk,
+        16,
+        16,
+        jpeg_encoder::ColorType::Cmyk,
+    )?;
+    fs::write(a.join("cmyk.JPEG"), buf)?;
+    // A PNG named .JPEG.
+    picture(20, 20, 7).save_with_format(a.join("png.JPEG"), ImageFormat::Png)?;
+    fs::write(b.join("good.JPEG"), jpeg_bytes(&picture(30, 40, 2), 95))?;
+    // The bad ones: empty, truncated, not an image, a decompression bomb.
+    fs::write(b.join("empty.JPEG"), [])?;
+    let full = jpeg_bytes(&picture(64, 64, 3), 95);
+    fs::write(b.join("truncated.JPEG"), &full[..full.len() * 2 / 3])?;
+    fs::write(b.join("notes.JPEG"), "<html>404 not found</html>")?;
+    GrayImage::new(20_001, 1).save_with_format(b.join("bomb.png"), ImageFormat::Png)?;
+
+    let out = t.path().join("out");
+    let r = prepare(&opts(&train, &out, 16, Encoding::Raw))?;
+    assert_eq!(r.train.count, 5);
+    assert_eq!(r.train.skipped, 4);
+    assert_eq!(r.train.class_counts, [4, 1]);
+    let report = fs::read_to_string(out.join("train/skipped.txt"))?;
+    assert_eq!(report.lines().count(), 4, "{report}");
+    for name in ["empty.JPEG", "truncated.JPEG", "notes.JPEG", "bomb.png"] {
+        let line = report.lines().find(|l| l.contains(name));
+        let line = line.ok_or(format!("{name} not in the report:\n{report}"))?;
+        assert!(
+            line.contains('\t') && line.len() > name.len() + 10,
+            "{line}"
+        );
+    }
+    assert!(report.contains("truncated JPEG"), "{report}");
+
+    let store = PackedStore::open(&out.join("train"))?;
+    // Entries are in file order: n01_a/cmyk, good, grey, png; n02_b/good.
+    let src: Vec<String> = (0..5)
+        .map(|i| store.source(i).unwrap_or_default())
+        .collect();
+    assert_eq!(src[0], "n01_a/cmyk.JPEG");
+    assert_eq!(src[4], "n02_b/good.JPEG");
+    let cm = store_pixels(&store, 0);
+    let want = [c, m, y].map(|v| (255 - v) as f64 * (255 - k) as f64 / 255.0);
+    for px in cm.chunks_exact(3) {
+        for ch in 0..3 {
+            assert!(
+                (px[ch] as f64 - want[ch]).abs() <= 3.0,
+                "CMYK -> {px:?}, want {want:?}"
+            );
+        }
+    }
+    let grey = store_pixels(&store, 2);
+    assert!(grey.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    assert!(grey.chunks_exact(3).any(|p| p[0] > 100));
+    let png = store_pixels(&store, 3);
+    assert_eq!(png, decode_file(&a.join("png.JPEG"), 16)?);
+    Ok(())
+}
+
+#[test]
+fn a_tree_with_no_readable_image_is_an_error_naming_it() -> TestResult {
+    let t = TempDir::new()?;
+    for class in ["a", "b"] {
+        fs::create_dir_all(t.path().join("train").join(class))?;
+        fs::write(t.path().join("train").join(class).join("x.jpg"), "nope")?;
+    }
+    let e = prepare(&opts(
+        &t.path().join("train"),
+        &t.path().join("out"),
+        8,
+        Encoding::Jpeg,
+    ))
+    .expect_err("nothing readable");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("none of the 2 images") && msg.contains("x.jpg"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ statistics
+
+#[test]
+fn stored_pixels_and_statistics_match_an_independent_computation() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 6, 37, 23)?;
+    let out = t.path().join("out");
+    let r = prepare(&opts(&train, &out, 16, Encoding::Raw))?;
+    let store = PackedStore::open(&out.join("train"))?;
+    store.verify()?;
+    assert_eq!(r.train.count, 12);
+    // Every stored image is the file's decode + resize + centre crop.
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for i in 0..store.len() {
+        let src = train.join(store.source(i).ok_or("source")?);
+        let px = store_pixels(&store, i);
+        assert_eq!(px, decode_file(&src, 16)?, "{}", src.display());
+        assert_eq!(store.label(i), (i / 6) as u32);
+        all.push(px);
+    }
+    // Mean image, channel mean and covariance, in f64 from the pixels.
+    let n = all.len() as f64;
+    let mean_img = store.mean_image();
+    for p in 0..16 * 16 * 3 {
+        let m: f64 = all.iter().map(|im| im[p] as f64).sum::<f64>() / n;
+        assert!((mean_img[p] as f64 - m).abs() < 1e-4, "mean image at {p}");
+    }
+    let pixels: Vec<[f64; 3]> = all
+        .iter()
+        .flat_map(|im| {
+            im.chunks_exact(3)
+                .map(|c| [c[0] as f64, c[1] as f64, c[2] as f64])
+        })
+        .collect();
+    let count = pixels.len() as f64;
+    let mean: Vec<f64> = (0..3)
+        .map(|c| pixels.iter().map(|p| p[c]).sum::<f64>() / count)
+        .collect();
+    let st = &r.train.stats;
+    for c in 0..3 {
+        assert!((st.channel_mean[c] - mean[c]).abs() < 1e-9);
+        for d in 0..3 {
+            let cov = pixels
+                .iter()
+                .map(|p| (p[c] - mean[c]) * (p[d] - mean[d]))
+                .sum::<f64>()
+                / count;
+            assert!(
+                (st.rgb_cov[c][d] - cov).abs() < 1e-6 * cov.abs().max(1.0),
+                "cov {c}{d}"
+            );
+        }
+        assert!((st.channel_std[c] - st.rgb_cov[c][c].sqrt()).abs() < 1e-9);
+    }
+    // The PCA is the covariance's (on the [0, 1] scale): C v = l v.
+    for k in 0..3 {
+        let v = st.pca.eigvecs[k];
+        for c in 0..3 {
+            let cv: f64 = (0..3)
+                .map(|d| st.rgb_cov[c][d] / 65025.0 * v[d] as f64)
+                .sum();
+            assert!(
+                (cv - st.pca.eigvals[k] as f64 * v[c] as f64).abs() < 1e-5,
+                "eigenpair {k}"
+            );
+        }
+    }
+
+    // The JPEG store decodes to nearly the same pixels.
+    let out_j = t.path().join("out_jpeg");
+    prepare(&opts(&train, &out_j, 16, Encoding::Jpeg))?;
+    let js = PackedStore::open(&out_j.join("train"))?;
+    assert_eq!(js.len(), all.len());
+    for (i, raw) in all.iter().enumerate() {
+        let a = store_pixels(&js, i);
+        let err = a
+            .iter()
+            .zip(raw)
+            .map(|(&x, &y)| (x as f64 - y as f64).abs())
+            .sum::<f64>()
+            / a.len() as f64;
+        // Sawtooth test pictures are JPEG's worst case; garbage would be ~80.
+        assert!(err < 8.0, "image {i}: mean JPEG error {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn store_is_the_same_for_any_thread_count() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 5, 30, 20)?;
+    let mut metas = Vec::new();
+    let mut data = Vec::new();
+    for threads in [1, 2] {
+        let out = t.path().join(format!("out{threads}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let o = opts(&train, &out, 16, Encoding::Jpeg);
+        let r = pool.install(|| prepare(&o))?;
+        let s = PackedStore::open(&out.join("train"))?;
+        data.push(
+            (0..s.len())
+                .map(|i| s.bytes(i).map(<[u8]>::to_vec))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        metas.push((r.train.stats, r.train.data_crc, r.train.index_crc));
+    }
+    assert_eq!(metas[0], metas[1]);
+    assert_eq!(data[0], data[1]);
+    Ok(())
+}
+
+// ------------------------------------------------------------ val layouts
+
+fn flat_val(root: &Path, n: u32) -> TestResult {
+    fs::create_dir_all(root)?;
+    for i in 1..=n {
+        let img = picture(20, 20, 50 + i);
+        fs::write(
+            root.join(format!("ILSVRC2012_val_{i:08}.JPEG")),
+            jpeg_bytes(&img, 90),
+        )?;
+    }
+    Ok(())
+}
+
+fn labels_of(dir: &Path) -> Vec<u32> {
+    let s = PackedStore::open(dir).expect("open");
+    (0..s.len()).map(|i| s.label(i)).collect()
+}
+
+#[test]
+fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 20, 20)?;
+
+    // Class folders (a subset of train's classes is fine).
+    let vdir = t.path().join("val_folders");
+    good_tree(&vdir, 1, 20, 20)?;
+    let mut o = opts(&train, &t.path().join("o1"), 8, Encoding::Jpeg);
+    o.val = Some(vdir);
+    let r = prepare(&o)?;
+    assert_eq!(r.val.as_ref().map(|v| v.count), Some(2));
+    assert_eq!(labels_of(&t.path().join("o1/val")), [0, 1]);
+
+    // Flat with a Kaggle-style CSV (header, extension-less names, boxes).
+    let flat = t.path().join("val_flat");
+    flat_val(&flat, 3)?;
+    let csv = t.path().join("LOC_val_solution.csv");
+    fs::write(
+        &csv,
+        "ImageId,PredictionString\n\
+         ILSVRC2012_val_00000002,n01_cat 1 2 3 4 n01_cat 5 6 7 8\n\
+         ILSVRC2012_val_00000001,n02_dog 1 2 3 4\n\
+         ILSVRC2012_val_00000003,n02_dog 0 0 9 9\n",
+    )?;
+    let mut o = opts(&train, &t.path().join("o2"), 8, Encoding::Jpeg);
+    o.val = Some(flat.clone());
+    o.val_labels = Some(csv.clone());
+    prepare(&o)?;
+    assert_eq!(labels_of(&t.path().join("o2/val")), [1, 0, 1]);
+
+    // Flat with the devkit's ground truth: IDs in devkit order, which is not
+    // the sorted order (here ID 1 = n02_dog, ID 2 = n01_cat).
+    let gt = t.path().join("ILSVRC2012_validation_ground_truth.txt");
+    fs::write(&gt, "2\n1\n1\n")?;
+    let syn = t.path().join("synsets.txt");
+    fs::write(&syn, "n02_dog\nn01_cat\n")?;
+    let mut o = opts(&train, &t.path().join("o3"), 8, Encoding::Jpeg);
+    o.val = Some(flat.clone());
+    o.val_labels = Some(gt.clone());
+    o.val_synsets = Some(syn);
+    prepare(&o)?;
+    assert_eq!(labels_of(&t.path().join("o3/val")), [0, 1, 1]);
+
+    // Errors that say what to pass.
+    let mut o = opts(&train, &t.path().join("o4"), 8, Encoding::Jpeg);
+    o.val = Some(flat.clone());
+    let msg = prepare(&o).expect_err("no labels").to_string();
+    assert!(msg.contains("--val-labels"), "{msg}");
+    o.val_labels = Some(gt);
+    let msg = prepare(&o).expect_err("no synsets").to_string();
+    assert!(msg.contains("--val-synsets"), "{msg}");
+    fs::write(&csv, "ILSVRC2012_val_00000001,n02_dog\n")?;
+    o.val_labels = Some(csv);
+    let msg = prepare(&o).expect_err("missing").to_string();
+    assert!(
+        msg.contains("no label for 2") && msg.contains("ILSVRC2012_val_0000000"),
+        "{msg}"
+    );
+    // Nothing was written for the failed runs: val labels are checked first.
+    assert!(!t.path().join("o4/train/meta.json").exists());
+    Ok(())
+}
+
+#[test]
+fn names_file_gives_readable_class_names() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 1, 16, 16)?;
+    let names = t.path().join("LOC_synset_mapping.txt");
+    fs::write(
+        &names,
+        "n02_dog dog, domestic dog\nn01_cat tabby, tabby cat\nn99 unused\n",
+    )?;
+    let mut o = opts(&train, &t.path().join("out"), 8, Encoding::Jpeg);
+    o.names = Some(names);
+    let r = prepare(&o)?;
+    assert_eq!(r.train.names, ["tabby, tabby cat", "dog, domestic dog"]);
+    assert_eq!(read_meta(&t.path().join("out/train"))?.names, r.train.names);
+    Ok(())
+}
+
+// ------------------------------------------------------ damage and crashes
+
+#[test]
+fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 3, 20, 20)?;
+    let out = t.path().join("out");
+    prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
+    let dir = out.join("train");
+    let gen = read_meta(&dir)?.generation;
+    let file = |stem: &str, ext: &str| dir.join(format!("{stem}-{gen}.{ext}"));
+
+    // One flipped byte in image 4's data: opening works (only lengths and the
+    // small files are checked), reading that image names the data file and
+    // the source image.
+    let data = file("data", "bin");
+    let good = fs::read(&data)?;
+    let s = PackedStore::open(&dir)?;
+    let e = s.entries()[4];
+    drop(s);
+    let mut bad = good.clone();
+    bad[e.offset as usize + e.len as usize / 2] ^= 0x55;
+    fs::write(&data, &bad)?;
+    let s = Arc::new(PackedStore::open(&dir)?);
+    let cfg = loader_cfg(6, 16, false, 1);
+    let results: Vec<_> = batches(s.clone(), &(0..6).collect::<Vec<_>>(), &cfg, 0)?.collect();
+    let msg = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .ok_or("a damaged image was not reported")?
+        .to_string();
+    assert!(msg.contains(&data.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("n02_dog/0001.JPEG") && msg.contains("checksum"),
+        "{msg}"
+    );
+    assert!(msg.contains("rerun `alexnet-cuda prepare`"), "{msg}");
+    assert!(s.verify().is_err());
+
+    // A truncated data file is caught on open.
+    fs::write(&data, &good[..good.len() - 10])?;
+    let msg = PackedStore::open(&dir)
+        .err()
+        .ok_or("truncation missed")?
+        .to_string();
+    assert!(
+        msg.contains(&data.display().to_string()) && msg.contains("bytes"),
+        "{msg}"
+    );
+    fs::write(&data, &good)?;
+
+    // A damaged index or mean image fails its checksum on open.
+    for (stem, ext) in [("index", "bin"), ("mean", "bin")] {
+        let p = file(stem, ext);
+        let orig = fs::read(&p)?;
+        let mut b = orig.clone();
+        b[3] ^= 1;
+        fs::write(&p, &b)?;
+        let msg = PackedStore::open(&dir)
+            .err()
+            .ok_or("damage missed")?
+            .to_string();
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("checksum"),
+            "{msg}"
+        );
+        fs::write(&p, orig)?;
+    }
+    // A garbled meta.json.
+    fs::write(dir.join("meta.json"), "{\"format\": ")?;
+    let msg = PackedStore::open(&dir)
+        .err()
+        .ok_or("bad meta missed")?
+        .to_string();
+    assert!(
+        msg.contains("meta.json") && msg.contains("prepare"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+/// Files of generations in a store folder.
+fn generation_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.retain(|n| n != "meta.json" && n != "skipped.txt");
+    v.sort();
+    v
+}
+
+#[test]
+fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestResult {
+    let t = TempDir::new()?;
+    let small = t.path().join("small");
+    good_tree(&small, 2, 20, 20)?;
+    let big = t.path().join("big");
+    good_tree(&big, 150, 400, 300)?;
+    let out = t.path().join("out");
+    prepare(&opts(&small, &out, 64, Encoding::Jpeg))?;
+    let before = read_meta(&out.join("train"))?;
+
+    // Kill a prepare of the big tree into the same folder at several points.
+    let mut interrupted = 0;
+    for delay_ms in [100u64, 250] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(["prepare", "--no-progress", "--size", "64", "--train"])
+            .arg(&big)
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill()?; // SIGKILL
+        interrupted += !child.wait()?.success() as usize;
+        // Whatever the kill interrupted, the committed store opens and every
+        // image checks: the old one, or the new one if it had finished.
+        let s = PackedStore::open(&out.join("train"))?;
+        s.verify()?;
+        let m = s.meta();
+        assert!(
+            m.generation == before.generation || m.count == 300,
+            "a partial store was committed: {} images",
+            m.count
+        );
+    }
+    assert!(
+        interrupted > 0,
+        "both kills came after prepare had finished"
+    );
+    // A rerun completes and leaves one generation's files.
+    let r = prepare(&opts(&big, &out, 64, Encoding::Jpeg))?;
+    assert_eq!(r.train.count, 300);
+    let files = generation_files(&out.join("train"));
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(
+        files.iter().all(|f| f.contains(&r.train.generation)),
+        "{files:?}"
+    );
+    PackedStore::open(&out.join("train"))?.verify()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------- the loader
+
+fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch,
+        crop,
+        train,
+        mean: [0.0; 3],
+        mean_image: None,
+        ten_crop: false,
+        std: None,
+        seed: 5,
+        workers,
+        drop_last: false,
+        lighting: None,
+    }
+}
+
+#[test]
+fn ten_crops_are_the_corners_and_centre_then_mirrored() -> TestResult {
+    // The paper, section 4.1: "the four corner patches and the center patch
+    // as well as their horizontal reflections". 256 - 227 = 29; centre 14.
+    let want = [(0, 0), (29, 0), (0, 29), (29, 29), (14, 14)];
+    let got = ten_crops(256, 227);
+    for k in 0..10 {
+        let (x, y) = want[k % 5];
+        assert_eq!(got[k], Crop { x, y, flip: k >= 5 }, "crop {k}");
+    }
+    // Through the loader on a coordinate image: 6x6, crop 4, value at
+    // (x, y) = 10 y + x in every channel. Row r of image 0 is ten_crops[r].
+    let size = 6;
+    let mut px = Vec::new();
+    for y in 0..size {
+        for x in 0..size {
+            let v = (10 * y + x) as u8;
+            px.extend([v, v, v]);
+        }
+    }
+    let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(size, px, vec![0], vec!["a".into()])?);
+    let mut c = loader_cfg(1, 4, false, 1);
+    c.ten_crop = true;
+    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
+    assert_eq!((b.n, b.crops, b.x.len()), (1, 10, 10 * 3 * 16));
+    // Hand-written: top-left starts at 0, top-right at x = 2, bottom-left at
+    // y = 2 (20), bottom-right 22, centre (1, 1) = 11; mirrored rows start
+    // from the crop's right edge.
+    let first_row = |r: usize| -> Vec<f32> { b.x[r * 48..r * 48 + 4].to_vec() };
+    assert_eq!(first_row(0), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(first_row(1), [2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(first_row(2), [20.0, 21.0, 22.0, 23.0]);
+    assert_eq!(first_row(3), [22.0, 23.0, 24.0, 25.0]);
+    assert_eq!(first_row(4), [11.0, 12.0, 13.0, 14.0]);
+    assert_eq!(first_row(5), [3.0, 2.0, 1.0, 0.0]);
+    assert_eq!(first_row(9), [14.0, 13.0, 12.0, 11.0]);
+    // Last row of the centre crop: y = 4, x = 1..5.
+    assert_eq!(b.x[4 * 48 + 12..4 * 48 + 16], [41.0, 42.0, 43.0, 44.0]);
+    Ok(())
+}
+
+#[test]
+fn the_mean_image_is_subtracted_pixel_by_pixel_also_when_mirrored() -> TestResult {
+    // One 4x4 image, value 100 everywhere; mean image = 3 x + 30 y + channel.
+    let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(
+        4,
+        vec![100; 48],
+        vec![0],
+        vec!["a".into()],
+    )?);
+    let mut mean = Vec::new();
+    for y in 0..4 {
+        for x in 0..4 {
+            for ch in 0..3 {
+                mean.push((3 * x + 30 * y + ch) as f32);
+            }
+        }
+    }
+    let mut c = loader_cfg(1, 2, false, 0);
+    c.mean_image = Some(Arc::new(mean));
+    c.ten_crop = true;
+    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
+    // Crop 1 (top-right, x = 2..4, y = 0..2), channel 2, row 1:
+    // 100 - (3*2 + 30 + 2), 100 - (3*3 + 30 + 2).
+    let row = |r: usize, ch: usize, oy: usize| b.x[r * 12 + ch * 4 + oy * 2..][..2].to_vec();
+    assert_eq!(row(1, 2, 1), [62.0, 59.0]);
+    // Its mirror (crop 6): the same source pixels, reversed.
+    assert_eq!(row(6, 2, 1), [59.0, 62.0]);
+    Ok(())
+}
+
+#[test]
+fn the_store_loader_replays_exactly_for_any_worker_count() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 10, 40, 30)?;
+    let out = t.path().join("out");
+    let r = prepare(&opts(&train, &out, 24, Encoding::Jpeg))?;
+    let s = Arc::new(PackedStore::open(&out.join("train"))?);
+    let idx: Vec<usize> = (0..s.len()).collect();
+    let run = |workers: usize, epoch: u64| -> alexnet_cuda::Result<Vec<(Vec<f32>, Vec<u32>)>> {
+        let mut c = loader_cfg(6, 20, true, workers);
+        c.mean_image = Some(Arc::new(s.mean_image().to_vec()));
+        c.lighting = Some(alexnet_cuda::data::Lighting {
+            pca: r.train.stats.pca,
+            sigma: 0.1,
+        });
+        batches(s.clone(), &idx, &c, epoch)?
+            .map(|b| b.map(|b| (b.x, b.labels)))
+            .collect()
+    };
+    let base = run(0, 2)?;
+    assert_eq!(base.len(), 4);
+    assert_eq!(run(1, 2)?, base);
+    assert_eq!(run(3, 2)?, base);
+    assert_ne!(run(1, 3)?, base, "another epoch, another order and crops");
+    Ok(())
+}
+
+#[test]
+fn train_runs_on_a_prepared_store_with_its_val_split() -> TestResult {
+    // CLI end to end: prepare a train and a val set, train one epoch on it.
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 24, 40, 40)?;
+    let val = t.path().join("val");
+    good_tree(&val, 4, 40, 40)?;
+    let out = t.path().join("store");
+    let bin = env!("CARGO_BIN_EXE_alexnet-cuda");
+    let o = Command::new(bin)
+        .args(["prepare", "--no-progress", "--size", "32", "--train"])
+        .arg(&train)
+        .arg("--val")
+        .arg(&val)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("train: 48 images") && stdout.contains("val: 8 images"),
+        "{stdout}"
+    );
+    let o = Command::new(bin)
+        .args([
+            "train",
+            "--cpu",
+            "--config",
+            "cifar",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+            "--no-progress",
+            "--data",
+        ])
+        .arg(&out)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("validating on the 8 images"), "{err}");
+    assert!(err.contains("48 train / 8 val images"), "{err}");
+    Ok(())
+}
