@@ -87,6 +87,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+    /// Write a synthetic store of COUNT copies of a few encoded images (memory benchmarks); prints one JSON line.
+    #[command(hide = true)]
+    SynthStore {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+    },
     /// Time training steps on random data (used by scripts/bench-cpu); prints one JSON line.
     #[command(hide = true)]
     BenchStep {
@@ -429,6 +439,19 @@ fn cmd_bench_loader(
         lighting: Some(light),
     };
     let idx: Vec<usize> = (0..meta.count).collect();
+    // Peak private (anonymous) memory, sampled once per batch: VmHWM also
+    // counts the store's file pages, which are page cache the kernel can
+    // drop at any time.
+    let anon_kb = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut peak_anon = anon_kb();
     let (mut images, mut epoch) = (0usize, 0u64);
     let start = Instant::now();
     'outer: loop {
@@ -442,6 +465,7 @@ fn cmd_bench_loader(
         while let Some(b) = it.next() {
             let b = b?;
             images += b.n;
+            peak_anon = peak_anon.max(anon_kb());
             it.recycle(b);
             if images >= n * batch {
                 break 'outer;
@@ -450,9 +474,75 @@ fn cmd_bench_loader(
         epoch += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     println!(
-        "{{\"images\": {images}, \"seconds\": {secs:.4}, \"images_per_s\": {:.1}, \"workers\": {workers}}}",
-        images as f64 / secs
+        "{{\"images\": {images}, \"seconds\": {secs:.4}, \"images_per_s\": {:.1}, \"workers\": {workers}, \"store_images\": {}, \"peak_rss_mb\": {:.1}, \"peak_anon_mb\": {:.1}, \"rss_file_mb\": {:.1}}}",
+        images as f64 / secs,
+        meta.count,
+        kb("VmHWM:") as f64 / 1024.0,
+        peak_anon as f64 / 1024.0,
+        kb("RssFile:") as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+fn cmd_synth_store(out: &std::path::Path, count: usize, size: usize) -> Result<()> {
+    use alexnet_cuda::data::packed::{Stats, StoreWriter};
+    let classes: Vec<String> = (0..1000).map(|c| format!("n{c:08}")).collect();
+    // 16 distinct images, each encoded once and repeated.
+    let mut encoded = Vec::new();
+    for k in 0..16u32 {
+        let px: Vec<u8> = (0..size * size * 3)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(k * 977) >> 24) as u8 / 2 + 64)
+            .collect();
+        let mut e = Vec::new();
+        alexnet_cuda::data::decode::encode_jpeg(&px, size, 90, &mut e)?;
+        encoded.push(e);
+    }
+    let mut w = StoreWriter::create(out, size, Encoding::Jpeg)?;
+    for i in 0..count {
+        w.push(&encoded[i % 16], (i % 1000) as u32, "synthetic")?;
+    }
+    let cov = [[400.0, 0.0, 0.0], [0.0, 400.0, 0.0], [0.0, 0.0, 400.0]];
+    let meta = alexnet_cuda::data::StoreMeta {
+        format: String::new(),
+        version: 0,
+        generation: String::new(),
+        size,
+        encoding: Encoding::Jpeg,
+        quality: Some(90),
+        count: 0,
+        classes,
+        names: Vec::new(),
+        class_counts: vec![(count / 1000) as u64; 1000],
+        stats: Stats {
+            images: count as u64,
+            channel_mean: [127.0; 3],
+            channel_std: [20.0; 3],
+            rgb_cov: cov,
+            pca: alexnet_cuda::data::Pca::from_covariance(cov),
+        },
+        skipped: 0,
+        source: "synthetic".into(),
+        data_bytes: 0,
+        data_crc: 0,
+        index_crc: 0,
+        mean_crc: 0,
+        sources_crc: 0,
+    };
+    let m = w.finish(meta, &vec![127.0; size * size * 3])?;
+    println!(
+        "{{\"images\": {}, \"data_mb\": {:.1}}}",
+        m.count,
+        m.data_bytes as f64 / 1e6
     );
     Ok(())
 }
@@ -476,6 +566,7 @@ fn run() -> Result<()> {
             batches,
             workers,
         } => cmd_bench_loader(&data, batch, crop, batches, workers),
+        Command::SynthStore { out, count, size } => cmd_synth_store(&out, count, size),
         Command::BenchStep {
             net,
             batch,

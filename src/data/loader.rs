@@ -19,8 +19,9 @@ use crate::rng::{hash_u64, Rng};
 
 /// Stream tag for per-image augmentation draws (distinct from the shuffle).
 const AUG_STREAM: u64 = 0x4155_474D; // "AUGM"
-/// Batches each worker may have ready ahead of the consumer.
-const PREFETCH_PER_WORKER: usize = 2;
+/// Batches each worker may have ready ahead of the consumer (W workers
+/// already give W batches of lookahead; each batch is ~80 MB at 128 x 227^2).
+const PREFETCH_PER_WORKER: usize = 1;
 
 /// Where the loader's images come from: the in-memory [`ImageSet`] or the
 /// memory-mapped [`PackedStore`]. Images are `size x size x 3` HWC RGB.
@@ -213,15 +214,17 @@ pub fn batches(
     } else {
         order.len().div_ceil(cfg.batch)
     };
+    let inv_std = match cfg.std {
+        Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
+        None => [1.0; 3],
+    };
     let job = Arc::new(Job {
+        mean_planes: mean_planes(cfg, set.size(), inv_std),
         set,
         order,
         cfg: cfg.clone(),
         epoch,
-        inv_std: match cfg.std {
-            Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
-            None => [1.0; 3],
-        },
+        inv_std,
     });
     let (recycle_tx, recycle_rx) = unbounded::<Batch>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -329,6 +332,28 @@ struct Job {
     cfg: LoaderConfig,
     epoch: u64,
     inv_std: [f32; 3],
+    /// The mean to subtract, already divided by the std, as three
+    /// `size x size` planes (CHW), so the inner loop reads it contiguously.
+    mean_planes: Vec<f32>,
+}
+
+/// The mean image (or the channel means, broadcast), scaled by `inv_std`,
+/// in CHW order.
+fn mean_planes(cfg: &LoaderConfig, size: usize, inv_std: [f32; 3]) -> Vec<f32> {
+    let plane = size * size;
+    let mut out = vec![0f32; 3 * plane];
+    for ch in 0..3 {
+        let dst = &mut out[ch * plane..(ch + 1) * plane];
+        match &cfg.mean_image {
+            Some(m) => {
+                for (d, px) in dst.iter_mut().zip(m.chunks_exact(3)) {
+                    *d = px[ch] * inv_std[ch];
+                }
+            }
+            None => dst.fill(cfg.mean[ch] * inv_std[ch]),
+        }
+    }
+    out
 }
 
 impl Job {
@@ -377,39 +402,57 @@ impl Job {
     }
 
     /// One crop of `img` into `out` (3 planes, CHW): out = (pixel - mean +
-    /// shift) / std, mirrored when `c.flip`.
+    /// shift) / std, mirrored when `c.flip`. Each row is split into three
+    /// f32 channel rows first, so the arithmetic runs on contiguous slices
+    /// (vectorised); a mirrored row is computed forward, then reversed.
     fn write_crop(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
-        let cfg = &self.cfg;
-        let crop = cfg.crop;
+        const MAX_ROW: usize = 512;
+        let crop = self.cfg.crop;
+        if crop > MAX_ROW {
+            // Not AlexNet's geometry; kept correct, not fast.
+            return self.write_crop_slow(img, size, c, shift, out);
+        }
         let plane = crop * crop;
-        let (p0, rest) = out.split_at_mut(plane);
-        let (p1, p2) = rest.split_at_mut(plane);
         let inv = self.inv_std;
+        let mut rgb = [[0f32; MAX_ROW]; 3];
         for oy in 0..crop {
             let at = ((c.y + oy) * size + c.x) * 3;
             let src = &img[at..at + crop * 3];
-            let rows = oy * crop..(oy + 1) * crop;
-            let (d0, d1, d2) = (&mut p0[rows.clone()], &mut p1[rows.clone()], &mut p2[rows]);
-            // Per pixel: the three channels in, one value to each plane;
-            // mirrored crops write the row back to front.
-            let mut put = |ox: usize, v: [f32; 3]| {
-                let o = if c.flip { crop - 1 - ox } else { ox };
-                d0[o] = v[0] * inv[0];
-                d1[o] = v[1] * inv[1];
-                d2[o] = v[2] * inv[2];
-            };
-            match &cfg.mean_image {
-                Some(m) => {
-                    let mrow = &m[at..at + crop * 3];
-                    for (ox, (p, q)) in src.chunks_exact(3).zip(mrow.chunks_exact(3)).enumerate() {
-                        put(ox, [0, 1, 2].map(|k| p[k] as f32 - q[k] + shift[k]));
-                    }
+            let [r, g, b] = &mut rgb;
+            for (i, p) in src.chunks_exact(3).enumerate() {
+                r[i] = p[0] as f32;
+                g[i] = p[1] as f32;
+                b[i] = p[2] as f32;
+            }
+            let (r, g, b) = (&r[..crop], &g[..crop], &b[..crop]);
+            for (ch, t) in [r, g, b].into_iter().enumerate() {
+                let m0 = ch * size * size + (c.y + oy) * size + c.x;
+                let m = &self.mean_planes[m0..m0 + crop];
+                let k = shift[ch] * inv[ch];
+                let d = &mut out[ch * plane + oy * crop..][..crop];
+                for ((d, &t), &m) in d.iter_mut().zip(t).zip(m) {
+                    *d = t * inv[ch] + (k - m);
                 }
-                None => {
-                    let base = [0, 1, 2].map(|k| cfg.mean[k] - shift[k]);
-                    for (ox, p) in src.chunks_exact(3).enumerate() {
-                        put(ox, [0, 1, 2].map(|k| p[k] as f32 - base[k]));
-                    }
+                if c.flip {
+                    d.reverse();
+                }
+            }
+        }
+    }
+
+    /// [`Job::write_crop`] for any width, one pixel at a time.
+    fn write_crop_slow(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
+        let crop = self.cfg.crop;
+        let plane = crop * crop;
+        for ch in 0..3 {
+            let inv = self.inv_std[ch];
+            for oy in 0..crop {
+                for ox in 0..crop {
+                    let sx = c.x + if c.flip { crop - 1 - ox } else { ox };
+                    let sy = c.y + oy;
+                    let v = img[(sy * size + sx) * 3 + ch] as f32;
+                    let m = self.mean_planes[ch * size * size + sy * size + sx];
+                    out[ch * plane + oy * crop + ox] = v * inv + shift[ch] * inv - m;
                 }
             }
         }
