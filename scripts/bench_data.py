@@ -59,9 +59,15 @@ def read_store(d):
     return meta, [data[o : o + n].tobytes() for o, n in zip(off, ln)], mean
 
 
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench_data: {' '.join(cmd)} failed:\n{r.stderr}")
+    return r.stdout
+
+
 def run_json(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(run(cmd).strip().splitlines()[-1])
 
 
 def main():
@@ -81,8 +87,8 @@ def main():
         p.read_bytes()
     store = a.work / "store"
     t = time.perf_counter()
-    subprocess.run([a.bin, "prepare", "--threads", "1", "--no-progress", "--quality", str(QUALITY),
-                    "--train", str(a.photos), "--out", str(store)], check=True, capture_output=True)
+    run([a.bin, "prepare", "--threads", "1", "--no-progress", "--quality", str(QUALITY),
+                    "--train", str(a.photos), "--out", str(store)])
     ours_prep = n / (time.perf_counter() - t)
     t = time.perf_counter()
     pil_small = []
@@ -95,8 +101,8 @@ def main():
     # (b) the loader from the same JPEG store, and from one at quality 85:
     # JPEG decoding dominates, and its cost follows the compressed size.
     store85 = a.work / "store85"
-    subprocess.run([a.bin, "prepare", "--no-progress", "--quality", "85", "--train", str(a.photos),
-                    "--out", str(store85)], check=True, capture_output=True)
+    run([a.bin, "prepare", "--no-progress", "--quality", "85", "--train", str(a.photos),
+                    "--out", str(store85)])
     for q, st in ((QUALITY, store), (85, store85)):
         # Best of two runs each: single-core Python timings wander by ~30%.
         runs = [loader_pair(a, st / "train") for _ in range(2)]
@@ -111,7 +117,8 @@ def main():
     # (c) agreement of the resize: from PNG copies of the photos (resize
     # alone), and from the JPEGs (also the two JPEG decoders).
     pngs = a.work / "png"
-    for p in files[:200]:
+    # Spread over the classes: prepare wants at least two class folders.
+    for p in files[:: max(1, n // 200)][:200]:
         d = pngs / p.parent.name
         d.mkdir(parents=True, exist_ok=True)
         with Image.open(p) as im:
@@ -119,8 +126,8 @@ def main():
     agree = []
     for src, ref in ((pngs, None), (a.photos, pil_small)):
         raw = a.work / ("raw_" + src.name)
-        subprocess.run([a.bin, "prepare", "--no-progress", "--format", "raw", "--train", str(src),
-                        "--out", str(raw)], check=True, capture_output=True)
+        run([a.bin, "prepare", "--no-progress", "--format", "raw", "--train", str(src),
+                        "--out", str(raw)])
         _, raw_blobs, _ = read_store(raw / "train")
         if ref is None:
             ref = [np.asarray(pillow_prepare(p)[1]) for p in photos(src)]

@@ -501,7 +501,9 @@ fn cmd_synth_store(out: &std::path::Path, count: usize, size: usize) -> Result<(
     let mut encoded = Vec::new();
     for k in 0..16u32 {
         let px: Vec<u8> = (0..size * size * 3)
-            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(k * 977) >> 24) as u8 / 2 + 64)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(k * 977) >> 24) as u8 / 2 + 64
+            })
             .collect();
         let mut e = Vec::new();
         alexnet_cuda::data::decode::encode_jpeg(&px, size, 90, &mut e)?;

@@ -177,12 +177,20 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         (None, None)
     };
     let Some(train_dir) = train_dir else {
-        tracing::warn!(
-            "{} is a raw image folder: every image is decoded into memory before training; for large sets run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE",
+        let folder = ImageFolder::scan(root)?;
+        // Small sets (CIFAR, the demo) load in seconds; past that, say how
+        // to stop paying the decode on every run.
+        let hint = format!(
+            "{} is a raw image folder: its {} images are decoded into memory before training; run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE to skip this",
             root.display(),
+            folder.len(),
             root.display()
         );
-        let folder = ImageFolder::scan(root)?;
+        if folder.len() > 60_000 {
+            tracing::warn!("{hint}");
+        } else {
+            info!("{hint}");
+        }
         let build = BuildOptions {
             size: image_size,
             limit: opts.limit,

@@ -228,7 +228,7 @@ fn val_items(
     if lines.iter().all(|l| l.parse::<u32>().is_ok()) {
         // Devkit ground truth: line k is the ILSVRC2012_ID of the k-th file.
         let Some(syn_path) = &opts.val_synsets else {
-            return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order, one per line (scripts/devkit-synsets writes it from meta.mat)".into()));
+            return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order (the WNIDs of the devkit's meta.mat, IDs 1 to 1000), one per line".into()));
         };
         let syn_text = fs::read_to_string(syn_path).map_err(|e| Error::io(syn_path, e))?;
         let synsets: Vec<&str> = syn_text.split_whitespace().collect();
