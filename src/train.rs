@@ -340,6 +340,18 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         cov,
         classes,
     } = data;
+    if topo.crop > set.size() {
+        return Err(Error::Config(format!(
+            "{}: images are stored at {}x{}, smaller than config {}'s {}x{} crops; prepare the data with --size {} or pick a config for small images (--config cifar)",
+            opts.data.display(),
+            set.size(),
+            set.size(),
+            topo.name,
+            topo.crop,
+            topo.crop,
+            topo.image_size
+        )));
+    }
     if train_idx.len() < opts.batch {
         return Err(Error::Config(format!(
             "--batch {}: only {} training images; use a smaller batch",

@@ -703,3 +703,81 @@ fn train_runs_on_a_prepared_store_with_its_val_split() -> TestResult {
     assert!(err.contains("48 train / 8 val images"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_full_disk_stops_prepare_with_a_clear_error_and_keeps_the_old_store() -> TestResult {
+    // A file-size limit makes writes past 64 KB fail as a full disk would
+    // (EFBIG instead of ENOSPC; SIGXFSZ is ignored so the write returns).
+    let t = TempDir::new()?;
+    let small = t.path().join("small");
+    good_tree(&small, 2, 20, 20)?;
+    let big = t.path().join("big");
+    good_tree(&big, 20, 200, 150)?;
+    let out = t.path().join("out");
+    prepare(&opts(&small, &out, 16, Encoding::Jpeg))?;
+    let before = read_meta(&out.join("train"))?;
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args([
+            "prepare",
+            "--no-progress",
+            "--size",
+            "64",
+            "--format",
+            "raw",
+            "--train",
+        ])
+        .arg(&big)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "prepare did not fail: {err}");
+    assert!(
+        err.contains("/train/data-") && err.contains(".bin"),
+        "{err}"
+    );
+    assert!(
+        err.contains("free disk space") && err.contains("untouched"),
+        "{err}"
+    );
+    let s = PackedStore::open(&out.join("train"))?;
+    s.verify()?;
+    assert_eq!(s.meta().generation, before.generation);
+    // The failed generation's files are gone.
+    let files = generation_files(&out.join("train"));
+    assert!(
+        files.iter().all(|f| f.contains(&before.generation)),
+        "{files:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn training_a_config_whose_crop_does_not_fit_the_store_says_what_to_do() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 3, 40, 40)?;
+    let out = t.path().join("store");
+    prepare(&opts(&train, &out, 32, Encoding::Jpeg))?;
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args([
+            "train", "--cpu", "--config", "alexnet", "--epochs", "1", "--val", "1", "--data",
+        ])
+        .arg(&out)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("stored at 32x32") && err.contains("--size 256"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    Ok(())
+}

@@ -116,7 +116,17 @@ fn remove_other_generations(dir: &Path, keep: Option<&str>) {
     }
 }
 
-/// Streams images into a new generation of the store at `dir`.
+/// A failed write while building a store: name the file, say that the
+/// committed store is safe, and what to do (a full disk is the usual cause).
+fn write_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Data(format!(
+        "{}: {e}; the new store was not committed and the previous one, if any, is untouched; free disk space (or fix the folder's permissions) and rerun `alexnet-cuda prepare`",
+        path.display()
+    ))
+}
+
+/// Streams images into a new generation of the store at `dir`. Dropped
+/// without [`StoreWriter::finish`] (an error), it deletes its files.
 pub struct StoreWriter {
     dir: PathBuf,
     gen: String,
@@ -127,6 +137,20 @@ pub struct StoreWriter {
     sources: BufWriter<File>,
     entries: Vec<Entry>,
     offset: u64,
+    committed: bool,
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        // A failure after meta.json was renamed (syncing the folder) leaves
+        // this generation committed: keep it.
+        let named = read_meta(&self.dir).is_ok_and(|m| m.generation == self.gen);
+        if !self.committed && !named {
+            for (stem, ext) in GEN_FILES {
+                let _ = fs::remove_file(gen_file(&self.dir, stem, &self.gen, ext));
+            }
+        }
+    }
 }
 
 impl StoreWriter {
@@ -134,7 +158,7 @@ impl StoreWriter {
     /// interrupted runs are removed; the committed store stays readable
     /// until [`StoreWriter::finish`] replaces it.
     pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
         let current = read_meta(dir).ok().map(|m| m.generation);
         remove_other_generations(dir, current.as_deref());
         let nanos = std::time::SystemTime::now()
@@ -149,7 +173,7 @@ impl StoreWriter {
             let p = gen_file(dir, stem, &gen, ext);
             File::create(&p)
                 .map(|f| BufWriter::with_capacity(1 << 20, f))
-                .map_err(|e| Error::io(&p, e))
+                .map_err(|e| write_error(&p, e))
         };
         Ok(StoreWriter {
             dir: dir.to_path_buf(),
@@ -160,6 +184,7 @@ impl StoreWriter {
             sources: open("sources", "txt")?,
             entries: Vec::new(),
             offset: 0,
+            committed: false,
             gen,
         })
     }
@@ -171,12 +196,12 @@ impl StoreWriter {
         let data_path = || gen_file(&self.dir, "data", &self.gen, "bin");
         self.data
             .write_all(bytes)
-            .map_err(|e| Error::io(data_path(), e))?;
+            .map_err(|e| write_error(&data_path(), e))?;
         self.data_crc.update(bytes);
         // One line per image: a newline in a file name would shift the list.
         let line = source.replace('\n', " ");
         writeln!(self.sources, "{line}")
-            .map_err(|e| Error::io(gen_file(&self.dir, "sources", &self.gen, "txt"), e))?;
+            .map_err(|e| write_error(&gen_file(&self.dir, "sources", &self.gen, "txt"), e))?;
         self.entries.push(Entry {
             offset: self.offset,
             len,
@@ -205,20 +230,14 @@ impl StoreWriter {
             mean_image.len(),
             self.size * self.size * 3,
         )?;
-        let sync = |w: BufWriter<File>, path: PathBuf| -> Result<()> {
-            let f = w
-                .into_inner()
-                .map_err(|e| Error::io(&path, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&path, e))
-        };
-        self.data
-            .flush()
-            .map_err(|e| Error::io(gen_file(&self.dir, "data", &self.gen, "bin"), e))?;
-        sync(self.data, gen_file(&self.dir, "data", &self.gen, "bin"))?;
-        sync(
-            self.sources,
-            gen_file(&self.dir, "sources", &self.gen, "txt"),
-        )?;
+        for (w, stem, ext) in [
+            (&mut self.data, "data", "bin"),
+            (&mut self.sources, "sources", "txt"),
+        ] {
+            let p = gen_file(&self.dir, stem, &self.gen, ext);
+            w.flush().map_err(|e| write_error(&p, e))?;
+            w.get_ref().sync_all().map_err(|e| write_error(&p, e))?;
+        }
         let mut index = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
         for e in &self.entries {
             index.extend_from_slice(&e.offset.to_le_bytes());
@@ -230,9 +249,9 @@ impl StoreWriter {
         let mean: Vec<u8> = mean_image.iter().flat_map(|v| v.to_le_bytes()).collect();
         for (stem, bytes) in [("index", &index), ("mean", &mean)] {
             let p = gen_file(&self.dir, stem, &self.gen, "bin");
-            let mut f = File::create(&p).map_err(|e| Error::io(&p, e))?;
-            f.write_all(bytes).map_err(|e| Error::io(&p, e))?;
-            f.sync_all().map_err(|e| Error::io(&p, e))?;
+            let mut f = File::create(&p).map_err(|e| write_error(&p, e))?;
+            f.write_all(bytes).map_err(|e| write_error(&p, e))?;
+            f.sync_all().map_err(|e| write_error(&p, e))?;
         }
         let sources_path = gen_file(&self.dir, "sources", &self.gen, "txt");
         let sources = fs::read(&sources_path).map_err(|e| Error::io(&sources_path, e))?;
@@ -244,7 +263,7 @@ impl StoreWriter {
         meta.encoding = self.encoding;
         meta.count = self.entries.len();
         meta.data_bytes = self.offset;
-        meta.data_crc = self.data_crc.finalize();
+        meta.data_crc = self.data_crc.clone().finalize();
         meta.index_crc = crc32fast::hash(&index);
         meta.mean_crc = crc32fast::hash(&mean);
         meta.sources_crc = crc32fast::hash(&sources);
@@ -252,6 +271,7 @@ impl StoreWriter {
             .map_err(|e| Error::Data(format!("store metadata: {e}")))?;
         sync_dir(&self.dir.join(META_FILE))?;
         write_atomic(&self.dir.join(META_FILE), &json)?;
+        self.committed = true;
         remove_other_generations(&self.dir, Some(&self.gen));
         Ok(meta)
     }
