@@ -193,6 +193,9 @@ struct TrainArgs {
     /// Stop after the epoch that would run past this many seconds.
     #[arg(long, value_name = "SECONDS")]
     time_limit: Option<f64>,
+    /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
+    #[arg(long, value_parser = positive)]
+    crop: Option<u64>,
     /// Write one CSV row per epoch to this file.
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
@@ -312,6 +315,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         opts.time_limit = Some(Duration::from_secs_f64(t));
     }
     opts.metrics_csv = args.metrics;
+    opts.crop = args.crop.map(|c| c as usize);
     opts.seed = args.seed;
     opts.workers = args.workers;
     opts.progress = !args.no_progress;
@@ -428,6 +432,7 @@ fn cmd_bench_loader(
     let cfg = LoaderConfig {
         batch,
         crop,
+        pad: 0,
         train: true,
         mean: meta.stats.channel_mean.map(|v| v as f32),
         mean_image: Some(std::sync::Arc::new(store.mean_image().to_vec())),

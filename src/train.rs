@@ -51,6 +51,9 @@ pub struct TrainOptions {
     pub time_limit: Option<Duration>,
     /// Append one row per epoch here.
     pub metrics_csv: Option<PathBuf>,
+    /// Side of the crops cut from the images when smaller than the network
+    /// input (the paper's 224 of a 227 input): zero-padded to the input.
+    pub crop: Option<usize>,
     pub progress: bool,
     /// Refuse data sets whose decoded pixels exceed this.
     pub max_memory: u64,
@@ -76,6 +79,7 @@ impl TrainOptions {
             workers: 1,
             time_limit: None,
             metrics_csv: None,
+            crop: None,
             progress: true,
             max_memory: 16 << 30,
         }
@@ -340,15 +344,22 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         cov,
         classes,
     } = data;
-    if topo.crop > set.size() {
+    if let Some(c) = opts.crop {
+        if c == 0 || c > topo.crop {
+            return Err(Error::Config(format!(
+                "--crop {c}: config {} takes {}x{} inputs; pass a crop from 1 to {} (smaller crops are zero-padded; the paper's is 224)",
+                topo.name, topo.crop, topo.crop, topo.crop
+            )));
+        }
+    }
+    let cut = opts.crop.unwrap_or(topo.crop);
+    if cut > set.size() {
         return Err(Error::Config(format!(
-            "{}: images are stored at {}x{}, smaller than config {}'s {}x{} crops; prepare the data with --size {} or pick a config for small images (--config cifar)",
+            "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {} or pick a config for small images (--config cifar)",
             opts.data.display(),
             set.size(),
             set.size(),
             topo.name,
-            topo.crop,
-            topo.crop,
             topo.image_size
         )));
     }
@@ -375,7 +386,8 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
     };
     let loader = LoaderConfig {
         batch: opts.batch,
-        crop: topo.crop,
+        crop: opts.crop.unwrap_or(topo.crop),
+        pad: topo.crop - opts.crop.unwrap_or(topo.crop).min(topo.crop),
         train: true,
         mean,
         // The paper subtracts the mean image; configs that also divide by

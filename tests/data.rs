@@ -393,6 +393,7 @@ fn cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
     LoaderConfig {
         batch,
         crop,
+        pad: 0,
         train,
         mean: [0.0; 3],
         mean_image: None,

@@ -102,6 +102,7 @@ fn cfg(train: bool, lighting: Option<Lighting>) -> LoaderConfig {
     LoaderConfig {
         batch: 8,
         crop: 4,
+        pad: 0,
         train,
         mean: [0.0; 3],
         mean_image: None,

@@ -547,6 +547,7 @@ fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderC
     LoaderConfig {
         batch,
         crop,
+        pad: 0,
         train,
         mean: [0.0; 3],
         mean_image: None,
@@ -779,5 +780,54 @@ fn training_a_config_whose_crop_does_not_fit_the_store_says_what_to_do() -> Test
         1,
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn crops_smaller_than_the_input_are_zero_padded_around() -> TestResult {
+    // A 6x6 coordinate image (value 10 y + x), crop 3 padded by 2 to 5x5:
+    // one zero row/column before, one after. Centre crop offset (6-3)/2 = 1.
+    let size = 6;
+    let mut px = Vec::new();
+    for y in 0..size {
+        for x in 0..size {
+            let v = (10 * y + x) as u8;
+            px.extend([v, v, v]);
+        }
+    }
+    let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(size, px, vec![0], vec!["a".into()])?);
+    let mut c = loader_cfg(1, 3, false, 0);
+    c.pad = 2;
+    let b = batches(set.clone(), &[0], &c, 0)?
+        .next()
+        .ok_or("no batch")??;
+    assert_eq!(b.x.len(), 3 * 25);
+    #[rustfmt::skip]
+    let want = [
+        0.0,  0.0,  0.0,  0.0, 0.0,
+        0.0, 11.0, 12.0, 13.0, 0.0,
+        0.0, 21.0, 22.0, 23.0, 0.0,
+        0.0, 31.0, 32.0, 33.0, 0.0,
+        0.0,  0.0,  0.0,  0.0, 0.0,
+    ];
+    for ch in 0..3 {
+        assert_eq!(b.x[ch * 25..(ch + 1) * 25], want, "channel {ch}");
+    }
+    // Training crops stay inside the padding whatever the offset and flip,
+    // and the buffers (recycled) never keep an earlier image in the border.
+    let mut c = loader_cfg(4, 3, true, 1);
+    c.pad = 2;
+    c.mean = [-0.5; 3]; // no pixel normalises to exactly 0
+    let idx = [0usize; 12];
+    for b in batches(set, &idx, &c, 1)? {
+        let b = b?;
+        for img in b.x.chunks_exact(25) {
+            for k in 0..25 {
+                let (y, x) = (k / 5, k % 5);
+                let border = y == 0 || y == 4 || x == 0 || x == 4;
+                assert_eq!(img[k] == 0.0, border, "pixel ({x}, {y}) of {img:?}");
+            }
+        }
+    }
     Ok(())
 }

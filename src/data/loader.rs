@@ -89,8 +89,12 @@ impl ImageSource for PackedStore {
 pub struct LoaderConfig {
     /// Images per batch.
     pub batch: usize,
-    /// Side of the square crop fed to the network (the paper: 224 of 256).
+    /// Side of the square cut from each image (the paper: 224 of 256).
     pub crop: usize,
+    /// Zeros added around the crop (after normalisation, so they read as
+    /// the mean): `pad / 2` before and the rest after, on each axis. The
+    /// paper's 224 crops need 3 to make the 227 that gives conv1 55x55.
+    pub pad: usize,
     /// Training: shuffle, random crop, random horizontal flip. Otherwise the
     /// indices' order, centre crop, no flip.
     pub train: bool,
@@ -137,7 +141,8 @@ pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 
     }
 }
 
-/// One batch: `x` is `n * crops x 3 x crop x crop` (NCHW), normalised;
+/// One batch: `x` is `n * crops x 3 x side x side` (NCHW, side = crop +
+/// pad), normalised;
 /// with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
@@ -365,7 +370,8 @@ impl Job {
         let end = (start + cfg.batch).min(self.order.len());
         let n = end - start;
         let size = self.set.size();
-        let plane = cfg.crop * cfg.crop;
+        let side = cfg.crop + cfg.pad;
+        let plane = side * side;
         let tens = ten_crops(size, cfg.crop);
         let crops: &[Crop] = if cfg.ten_crop && !cfg.train {
             &tens
@@ -408,11 +414,16 @@ impl Job {
     fn write_crop(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
         const MAX_ROW: usize = 512;
         let crop = self.cfg.crop;
+        let side = crop + self.cfg.pad;
+        let p0 = self.cfg.pad / 2;
+        if self.cfg.pad > 0 {
+            out.fill(0.0);
+        }
         if crop > MAX_ROW {
             // Not AlexNet's geometry; kept correct, not fast.
             return self.write_crop_slow(img, size, c, shift, out);
         }
-        let plane = crop * crop;
+        let plane = side * side;
         let inv = self.inv_std;
         let mut rgb = [[0f32; MAX_ROW]; 3];
         for oy in 0..crop {
@@ -429,7 +440,7 @@ impl Job {
                 let m0 = ch * size * size + (c.y + oy) * size + c.x;
                 let m = &self.mean_planes[m0..m0 + crop];
                 let k = shift[ch] * inv[ch];
-                let d = &mut out[ch * plane + oy * crop..][..crop];
+                let d = &mut out[ch * plane + (p0 + oy) * side + p0..][..crop];
                 for ((d, &t), &m) in d.iter_mut().zip(t).zip(m) {
                     *d = t * inv[ch] + (k - m);
                 }
@@ -443,7 +454,9 @@ impl Job {
     /// [`Job::write_crop`] for any width, one pixel at a time.
     fn write_crop_slow(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
         let crop = self.cfg.crop;
-        let plane = crop * crop;
+        let side = crop + self.cfg.pad;
+        let p0 = self.cfg.pad / 2;
+        let plane = side * side;
         for ch in 0..3 {
             let inv = self.inv_std[ch];
             for oy in 0..crop {
@@ -452,7 +465,7 @@ impl Job {
                     let sy = c.y + oy;
                     let v = img[(sy * size + sx) * 3 + ch] as f32;
                     let m = self.mean_planes[ch * size * size + sy * size + sx];
-                    out[ch * plane + oy * crop + ox] = v * inv + shift[ch] * inv - m;
+                    out[ch * plane + (p0 + oy) * side + p0 + ox] = v * inv + shift[ch] * inv - m;
                 }
             }
         }
