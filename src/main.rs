@@ -430,18 +430,12 @@ fn cmd_bench_loader(
         sigma: 0.1,
     };
     let cfg = LoaderConfig {
-        batch,
-        crop,
-        pad: 0,
-        train: true,
-        mean: meta.stats.channel_mean.map(|v| v as f32),
         mean_image: Some(std::sync::Arc::new(store.mean_image().to_vec())),
-        ten_crop: false,
-        std: None,
         seed: 1,
         workers,
         drop_last: true,
         lighting: Some(light),
+        ..LoaderConfig::new(batch, crop, true)
     };
     let idx: Vec<usize> = (0..meta.count).collect();
     // Peak private (anonymous) memory, sampled once per batch: VmHWM also

@@ -391,18 +391,9 @@ fn coord_set(n: usize, size: usize) -> alexnet_cuda::Result<ImageSet> {
 
 fn cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
     LoaderConfig {
-        batch,
-        crop,
-        pad: 0,
-        train,
-        mean: [0.0; 3],
-        mean_image: None,
-        ten_crop: false,
-        std: None,
         seed: 42,
         workers,
-        drop_last: false,
-        lighting: None,
+        ..LoaderConfig::new(batch, crop, train)
     }
 }
 

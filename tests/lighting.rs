@@ -100,18 +100,10 @@ fn covariance_of_a_known_set() {
 
 fn cfg(train: bool, lighting: Option<Lighting>) -> LoaderConfig {
     LoaderConfig {
-        batch: 8,
-        crop: 4,
-        pad: 0,
-        train,
-        mean: [0.0; 3],
-        mean_image: None,
-        ten_crop: false,
-        std: None,
         seed: 9,
         workers: 1,
-        drop_last: false,
         lighting,
+        ..LoaderConfig::new(8, 4, train)
     }
 }
 

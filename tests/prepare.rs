@@ -543,20 +543,28 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
 
 // ------------------------------------------------------------- the loader
 
+/// One `size x size` image whose every channel at (x, y) is 10 y + x.
+fn coordinate_image(size: usize) -> alexnet_cuda::Result<Arc<ImageSet>> {
+    let mut px = Vec::new();
+    for y in 0..size {
+        for x in 0..size {
+            let v = (10 * y + x) as u8;
+            px.extend([v, v, v]);
+        }
+    }
+    Ok(Arc::new(ImageSet::from_parts(
+        size,
+        px,
+        vec![0],
+        vec!["a".into()],
+    )?))
+}
+
 fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderConfig {
     LoaderConfig {
-        batch,
-        crop,
-        pad: 0,
-        train,
-        mean: [0.0; 3],
-        mean_image: None,
-        ten_crop: false,
-        std: None,
         seed: 5,
         workers,
-        drop_last: false,
-        lighting: None,
+        ..LoaderConfig::new(batch, crop, train)
     }
 }
 
@@ -572,15 +580,7 @@ fn ten_crops_are_the_corners_and_centre_then_mirrored() -> TestResult {
     }
     // Through the loader on a coordinate image: 6x6, crop 4, value at
     // (x, y) = 10 y + x in every channel. Row r of image 0 is ten_crops[r].
-    let size = 6;
-    let mut px = Vec::new();
-    for y in 0..size {
-        for x in 0..size {
-            let v = (10 * y + x) as u8;
-            px.extend([v, v, v]);
-        }
-    }
-    let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(size, px, vec![0], vec!["a".into()])?);
+    let set = coordinate_image(6)?;
     let mut c = loader_cfg(1, 4, false, 1);
     c.ten_crop = true;
     let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
@@ -787,15 +787,7 @@ fn training_a_config_whose_crop_does_not_fit_the_store_says_what_to_do() -> Test
 fn crops_smaller_than_the_input_are_zero_padded_around() -> TestResult {
     // A 6x6 coordinate image (value 10 y + x), crop 3 padded by 2 to 5x5:
     // one zero row/column before, one after. Centre crop offset (6-3)/2 = 1.
-    let size = 6;
-    let mut px = Vec::new();
-    for y in 0..size {
-        for x in 0..size {
-            let v = (10 * y + x) as u8;
-            px.extend([v, v, v]);
-        }
-    }
-    let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(size, px, vec![0], vec!["a".into()])?);
+    let set = coordinate_image(6)?;
     let mut c = loader_cfg(1, 3, false, 0);
     c.pad = 2;
     let b = batches(set.clone(), &[0], &c, 0)?

@@ -117,6 +117,28 @@ pub struct LoaderConfig {
     pub lighting: Option<Lighting>,
 }
 
+impl LoaderConfig {
+    /// `batch` images of `crop` crops, training (shuffle, random crops and
+    /// flips) or not; no padding, mean 0 and std 1, no lighting, seed 0, no
+    /// worker threads, short last batch kept. Set the rest with `..`.
+    pub fn new(batch: usize, crop: usize, train: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch,
+            crop,
+            pad: 0,
+            train,
+            mean: [0.0; 3],
+            mean_image: None,
+            ten_crop: false,
+            std: None,
+            seed: 0,
+            workers: 0,
+            drop_last: false,
+            lighting: None,
+        }
+    }
+}
+
 /// The principal components of the training set's RGB values and the
 /// standard deviation of the per-image coefficients (the paper: 0.1).
 #[derive(Clone, Copy, Debug, PartialEq)]
