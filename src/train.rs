@@ -151,7 +151,8 @@ pub fn evaluate<B: Backend>(
 }
 
 /// The images a run trains and validates on, and the statistics the loader
-/// normalises with (from the training images only).
+/// normalises with: of the training split for a raw folder; a store's own
+/// (all its images, including any held out by `--val`).
 pub struct TrainData {
     pub train: Arc<dyn ImageSource>,
     pub train_idx: Vec<usize>,

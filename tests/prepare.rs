@@ -154,6 +154,20 @@ fn bad_files_are_skipped_counted_and_listed_and_odd_formats_decode() -> TestResu
 }
 
 #[test]
+fn a_store_inside_the_image_tree_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    good_tree(t.path(), 1, 16, 16)?;
+    let o = opts(t.path(), &t.path().join("n01_cat/store"), 8, Encoding::Jpeg);
+    let msg = prepare(&o).expect_err("inside").to_string();
+    assert!(
+        msg.contains("is inside") && msg.contains("outside the image tree"),
+        "{msg}"
+    );
+    assert!(!t.path().join("n01_cat/store").exists());
+    Ok(())
+}
+
+#[test]
 fn a_tree_with_no_readable_image_is_an_error_naming_it() -> TestResult {
     let t = TempDir::new()?;
     for class in ["a", "b"] {

@@ -91,6 +91,22 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             opts.size
         )));
     }
+    // A store inside the tree would be scanned as a class next time.
+    let abs = |p: &Path| {
+        fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let out_abs = abs(&opts.out);
+    for src in std::iter::once(&opts.train).chain(opts.val.as_ref()) {
+        if out_abs.starts_with(abs(src)) {
+            return Err(Error::Config(format!(
+                "--out {} is inside {}; write the store somewhere outside the image tree",
+                opts.out.display(),
+                src.display()
+            )));
+        }
+    }
     let folder = ImageFolder::scan(&opts.train)?;
     let classes = folder.classes().to_vec();
     let names = match &opts.names {
