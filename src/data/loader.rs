@@ -3,7 +3,8 @@
 //! f32, delivered in order through crossbeam bounded channels. Every random
 //! choice is a function of (seed, epoch, position), so batch k of an epoch is
 //! the same whatever the number of workers. Batch buffers are recycled and
-//! each worker decodes into one scratch image: no allocation per image.
+//! each worker decodes into one scratch image, so this code allocates
+//! nothing per image (the JPEG decoder keeps its own working buffers).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -164,8 +165,7 @@ pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 
 }
 
 /// One batch: `x` is `n * crops x 3 x side x side` (NCHW, side = crop +
-/// pad), normalised;
-/// with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
+/// pad), normalised; with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub x: Vec<f32>,

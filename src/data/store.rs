@@ -73,7 +73,7 @@ impl ImageSet {
         let bytes = n as u64 * per_image as u64;
         if bytes > opts.max_bytes {
             return Err(Error::Data(format!(
-                "{}: {n} images at {size}x{size} would need {:.1} GiB in memory (budget {:.1} GiB); use a smaller --image-size or a subset (--limit), or the packed store (`prepare`, planned)",
+                "{}: {n} images at {size}x{size} would need {:.1} GiB in memory (budget {:.1} GiB); use a smaller --image-size or a subset (--limit), or pack the images once with `alexnet-cuda prepare` and train from the store",
                 folder.root().display(),
                 bytes as f64 / (1u64 << 30) as f64,
                 opts.max_bytes as f64 / (1u64 << 30) as f64,
