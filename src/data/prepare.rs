@@ -25,7 +25,7 @@ use super::decode::{decode_bytes, encode_jpeg, resize_centre_crop};
 use super::folder::{is_image_name, ImageFolder};
 use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
-use super::store::balanced_subset;
+use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
@@ -339,8 +339,7 @@ fn stem(name: &str) -> String {
 /// result does not depend on how the work was split.
 struct Acc {
     image_sum: Vec<u64>,
-    sum: [u64; 3],
-    sq: [[u64; 3]; 3],
+    rgb: RgbSums,
     images: u64,
     out: Vec<(usize, std::result::Result<Vec<u8>, String>)>,
 }
@@ -349,8 +348,7 @@ impl Acc {
     fn new(px: usize) -> Acc {
         Acc {
             image_sum: vec![0; px],
-            sum: [0; 3],
-            sq: [[0; 3]; 3],
+            rgb: RgbSums::default(),
             images: 0,
             out: Vec::new(),
         }
@@ -360,14 +358,7 @@ impl Acc {
         for (s, &v) in self.image_sum.iter_mut().zip(px) {
             *s += v as u64;
         }
-        for p in px.chunks_exact(3) {
-            for c in 0..3 {
-                self.sum[c] += p[c] as u64;
-                for d in c..3 {
-                    self.sq[c][d] += p[c] as u64 * p[d] as u64;
-                }
-            }
-        }
+        self.rgb.add(px);
         self.images += 1;
     }
 
@@ -378,12 +369,7 @@ impl Acc {
         for (a, b) in self.image_sum.iter_mut().zip(&o.image_sum) {
             *a += b;
         }
-        for c in 0..3 {
-            self.sum[c] += o.sum[c];
-            for d in 0..3 {
-                self.sq[c][d] += o.sq[c][d];
-            }
-        }
+        self.rgb = self.rgb.merge(o.rgb);
         self.images += o.images;
         self.out.extend(o.out);
         self
@@ -493,15 +479,7 @@ fn write_store(
         )));
     }
     let n = total.images as f64;
-    let count = n * (size * size) as f64;
-    let mean_rgb = total.sum.map(|s| s as f64 / count);
-    let mut cov = [[0f64; 3]; 3];
-    for c in 0..3 {
-        for d in c..3 {
-            cov[c][d] = total.sq[c][d] as f64 / count - mean_rgb[c] * mean_rgb[d];
-            cov[d][c] = cov[c][d];
-        }
-    }
+    let (mean_rgb, cov) = total.rgb.moments().unwrap_or_default();
     let mean_image: Vec<f32> = total
         .image_sum
         .iter()

@@ -217,43 +217,65 @@ impl ImageSet {
     /// (pixel units), or None for no pixels. The PCA lighting noise of
     /// section 4.1 uses the covariance's eigenvectors.
     pub fn rgb_moments(&self, indices: &[usize]) -> Option<([f64; 3], [[f64; 3]; 3])> {
-        // Integer sums are exact and order-independent, so the result does
-        // not depend on how rayon splits the work.
-        type Sums = ([u64; 3], [[u64; 3]; 3]);
-        let add = |(mut s, mut q): Sums, (t, r): Sums| {
-            for c in 0..3 {
-                s[c] += t[c];
-                for d in 0..3 {
-                    q[c][d] += r[c][d];
-                }
-            }
-            (s, q)
-        };
-        let (sum, sq) = indices
+        let sums = indices
             .par_iter()
             .map(|&i| {
-                let mut s = [0u64; 3];
-                let mut q = [[0u64; 3]; 3];
-                for px in self.image(i).chunks_exact(3) {
-                    for c in 0..3 {
-                        s[c] += px[c] as u64;
-                        for d in c..3 {
-                            q[c][d] += px[c] as u64 * px[d] as u64;
-                        }
-                    }
-                }
-                (s, q)
+                let mut s = RgbSums::default();
+                s.add(self.image(i));
+                s
             })
-            .reduce(|| ([0u64; 3], [[0u64; 3]; 3]), add);
-        let count = (indices.len() * self.size * self.size) as f64;
-        if count == 0.0 {
+            .reduce(RgbSums::default, RgbSums::merge);
+        sums.moments()
+    }
+}
+
+/// Sums of R, G, B and of their pairwise products over pixels. Integers are
+/// exact and order-independent, so statistics built from them do not depend
+/// on how the work was split between threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RgbSums {
+    pub pixels: u64,
+    pub sum: [u64; 3],
+    /// Upper triangle (`c <= d`) of sum of `p[c] * p[d]`.
+    pub sq: [[u64; 3]; 3],
+}
+
+impl RgbSums {
+    /// Add the pixels of an HWC RGB image.
+    pub fn add(&mut self, hwc: &[u8]) {
+        for px in hwc.chunks_exact(3) {
+            for c in 0..3 {
+                self.sum[c] += px[c] as u64;
+                for d in c..3 {
+                    self.sq[c][d] += px[c] as u64 * px[d] as u64;
+                }
+            }
+        }
+        self.pixels += (hwc.len() / 3) as u64;
+    }
+
+    pub fn merge(mut self, o: RgbSums) -> RgbSums {
+        self.pixels += o.pixels;
+        for c in 0..3 {
+            self.sum[c] += o.sum[c];
+            for d in 0..3 {
+                self.sq[c][d] += o.sq[c][d];
+            }
+        }
+        self
+    }
+
+    /// Mean RGB and the 3x3 covariance, or None for no pixels.
+    pub fn moments(&self) -> Option<([f64; 3], [[f64; 3]; 3])> {
+        if self.pixels == 0 {
             return None;
         }
-        let mean = sum.map(|v| v as f64 / count);
+        let n = self.pixels as f64;
+        let mean = self.sum.map(|v| v as f64 / n);
         let mut cov = [[0f64; 3]; 3];
         for c in 0..3 {
             for d in c..3 {
-                cov[c][d] = sq[c][d] as f64 / count - mean[c] * mean[d];
+                cov[c][d] = self.sq[c][d] as f64 / n - mean[c] * mean[d];
                 cov[d][c] = cov[c][d];
             }
         }
