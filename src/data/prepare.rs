@@ -21,7 +21,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::decode::{decode_bytes, encode_jpeg, resize_centre_crop};
+use super::decode::{decode_file, encode_jpeg};
 use super::folder::{is_image_name, ImageFolder};
 use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
@@ -383,13 +383,7 @@ pub fn prepare_image(
     encoding: Encoding,
     quality: u8,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = decode_bytes(&bytes, path)?;
-    let img = resize_centre_crop(img, size).map_err(|msg| Error::Image {
-        path: path.to_path_buf(),
-        msg,
-    })?;
-    let px = img.into_raw();
+    let px = decode_file(path, size)?;
     let stored = match encoding {
         Encoding::Raw => px.clone(),
         Encoding::Jpeg => {
