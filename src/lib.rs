@@ -1,11 +1,15 @@
 //! alexnet-cuda: AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) as the
 //! paper trained it. `model::topology` is the one table that describes the
 //! network; `backend` holds the ops (CPU reference here); `model::net` runs
-//! the table on a backend; `data` reads images; `train` is the loop.
+//! the table on a backend; `data` reads images; `train` is the loop, with
+//! `checkpoint`, `metrics` and `eval` around it.
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
+pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -3,6 +3,8 @@
 //! Flags are parsed here; everything else lives in the library. Errors end
 //! as one line on stderr and a non-zero exit.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +21,10 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
-use alexnet_cuda::train::{train, Schedule, TrainOptions};
+use alexnet_cuda::checkpoint;
+use alexnet_cuda::metrics::MetricsFormat;
+use alexnet_cuda::model::spec::NetSpec;
+use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -46,15 +51,17 @@ struct NetArgs {
 }
 
 impl NetArgs {
+    fn spec(&self, default: &str) -> NetSpec {
+        NetSpec {
+            config: self.config.clone().unwrap_or_else(|| default.to_string()),
+            no_lrn: self.no_lrn,
+            pool: self.pool,
+            classes: None,
+        }
+    }
+
     fn topology(&self, default: &str) -> Result<Topology> {
-        let mut t = Topology::by_name(self.config.as_deref().unwrap_or(default))?;
-        if self.no_lrn {
-            t = t.without_lrn();
-        }
-        if let Some(p) = self.pool {
-            t = t.with_pool_size(p)?;
-        }
-        Ok(t)
+        Ok(self.spec(default).topology()?)
     }
 }
 
@@ -196,9 +203,27 @@ struct TrainArgs {
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
     #[arg(long, value_parser = positive)]
     crop: Option<u64>,
-    /// Write one CSV row per epoch to this file.
+    /// The run folder: checkpoints, steps.csv, epochs.csv, curves.png (default: runs/<config>-N, the first N not taken).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out"])]
+    resume: Option<PathBuf>,
+    /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
     #[arg(long, value_name = "FILE")]
-    metrics: Option<PathBuf>,
+    init_from: Option<PathBuf>,
+    /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    checkpoint_every: u64,
+    /// Checkpoints to keep (the newest; best.safetensors is kept besides).
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: u64,
+    /// Metrics files: csv or jsonl.
+    #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+    metrics_format: String,
+    /// The paper's schedule: at most this many drops of the learning rate.
+    #[arg(long, default_value_t = 3)]
+    max_drops: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Loader threads.
@@ -250,12 +275,45 @@ fn check_device(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `runs/<name>-N` for the first N not taken.
+fn default_run_dir(name: &str) -> PathBuf {
+    (1..)
+        .map(|n| PathBuf::from("runs").join(format!("{name}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from("runs").join(name))
+}
+
+/// SIGINT and SIGTERM set `stop` (training finishes its step, writes a
+/// checkpoint and returns); a second SIGINT ends the process at once.
+/// Returns the flag and the exit status the signal asks for (128 + signo).
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal.
+        flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .context("could not install signal handlers")?;
+        flag::register(sig, Arc::clone(&stop)).context("could not install signal handlers")?;
+        flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
+            .context("could not install signal handlers")?;
+    }
+    Ok((stop, status))
+}
+
 fn cmd_train(args: TrainArgs) -> Result<()> {
     check_device(&args)?;
     set_threads(args.threads)?;
-    let topo = args
-        .net
-        .topology(if args.demo { "cifar" } else { "alexnet" })?;
+    let resume = match &args.resume {
+        Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
+        None => None,
+    };
+    let spec = match &resume {
+        Some(ck) => ck.state.net.clone(),
+        None => args.net.spec(if args.demo { "cifar" } else { "alexnet" }),
+    };
+    let topo = spec.topology()?;
     // The demo's data lives as long as this guard.
     let mut _demo_dir = None;
     let data = if args.demo {
@@ -272,9 +330,10 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         _demo_dir = Some(dir);
         path
     } else {
-        match &args.data {
-            Some(d) => d.clone(),
-            None => bail!("train: pass --data DIR (one sub-folder of images per class) or --demo"),
+        match (&args.data, &resume) {
+            (Some(d), _) => d.clone(),
+            (None, Some(ck)) => PathBuf::from(&ck.state.data),
+            (None, None) => bail!("train: pass --data DIR (a store from `prepare`, or one sub-folder of images per class) or --demo"),
         }
     };
     let mut opts = TrainOptions::for_topology(&topo, data);
@@ -286,6 +345,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     }
     if let Some(e) = args.epochs {
         opts.epochs = e as usize;
+    } else if let Some(ck) = &resume {
+        opts.epochs = ck.state.options.epochs;
     }
     if let Some(b) = args.batch {
         opts.batch = b as usize;
@@ -305,7 +366,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     } else if !args.demo {
         opts.schedule = Schedule::Plateau {
             patience: args.patience as usize,
-            max_drops: 3,
+            max_drops: args.max_drops,
         };
     }
     if let Some(t) = args.time_limit {
@@ -314,14 +375,49 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         }
         opts.time_limit = Some(Duration::from_secs_f64(t));
     }
-    opts.metrics_csv = args.metrics;
     opts.crop = args.crop.map(|c| c as usize);
     opts.seed = args.seed;
     opts.workers = args.workers;
     opts.progress = !args.no_progress;
+    opts.checkpoint_every = args.checkpoint_every;
+    opts.keep = args.keep as usize;
+    opts.metrics_format = if args.metrics_format == "jsonl" {
+        MetricsFormat::Jsonl
+    } else {
+        MetricsFormat::Csv
+    };
+    opts.init_from = args.init_from;
+    opts.out = Some(match (&resume, args.out) {
+        (Some(ck), _) => ck
+            .path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        (None, Some(o)) => o,
+        (None, None) => default_run_dir(if args.demo { "demo" } else { &topo.name }),
+    });
+    if let Some(ck) = resume {
+        opts = resume_options(opts, &ck);
+        opts.resume = Some(ck);
+    }
+    let (stop, signal_status) = stop_on_signals()?;
+    opts.stop = Some(stop);
 
     let backend = CpuBackend::new();
-    let report = train(&backend, &topo, &opts)?;
+    let report = train(&backend, &spec, &opts)?;
+    let run_dir = opts.out.as_deref().unwrap_or(std::path::Path::new("."));
+    if report.interrupted {
+        println!(
+            "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}",
+            match &report.checkpoint {
+                Some(p) => format!("checkpoint {}", p.display()),
+                None => "no checkpoint written".into(),
+            },
+            run_dir.display()
+        );
+        let code = signal_status.load(Ordering::Relaxed);
+        std::process::exit(if code == 0 { 130 } else { code as i32 });
+    }
     if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
         println!(
             "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
@@ -331,6 +427,14 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             100.0 / report.classes.len() as f64,
             last.images_per_s,
             last.elapsed_s
+        );
+    }
+    if let Some(p) = &report.checkpoint {
+        println!(
+            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} --data DIR",
+            run_dir.display(),
+            p.display(),
+            run_dir.join("best.safetensors").display()
         );
     }
     Ok(())

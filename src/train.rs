@@ -2,27 +2,33 @@
 //! class-folder data set decoded into memory), validated on the store's val
 //! images or a held-out split, the learning-rate schedule (divide by 10
 //! when validation error stops improving, at most three times: section 5),
-//! evaluation (top-1 / top-5), logs, a progress bar and a metrics CSV.
-use std::io::Write;
+//! checkpoints every N steps and at each epoch end, exact resume, a clean
+//! stop on SIGINT/SIGTERM, per-step and per-epoch metrics and their plot.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tracing::info;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use crate::backend::{Backend, SgdParams};
+use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState, Tensor};
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
-    batches, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    batches_from, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
+use crate::eval::{evaluate, topk_hits};
+use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
 use crate::model::net::{Mode, Network};
+use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
 use crate::model::topology::{Normalize, Topology};
 
 /// When the learning rate drops.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Schedule {
     /// The paper: divide by 10 when validation error has not improved for
     /// `patience` epochs, at most `max_drops` times.
@@ -49,8 +55,20 @@ pub struct TrainOptions {
     pub workers: usize,
     /// Stop after the epoch that would run past this.
     pub time_limit: Option<Duration>,
-    /// Append one row per epoch here.
-    pub metrics_csv: Option<PathBuf>,
+    /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
+    pub out: Option<PathBuf>,
+    /// Checkpoint every this many steps (0: at epoch ends only).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (the newest; `best.safetensors` is kept besides).
+    pub keep: usize,
+    pub metrics_format: MetricsFormat,
+    /// Continue this checkpoint's run (its options override the ones here,
+    /// except `epochs`, `data`, `workers`, `time_limit`, `progress`).
+    pub resume: Option<Box<Checkpoint>>,
+    /// Start from these weights (a safetensors file with PyTorch names).
+    pub init_from: Option<PathBuf>,
+    /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
+    pub stop: Option<Arc<AtomicBool>>,
     /// Side of the crops cut from the images when smaller than the network
     /// input (the paper's 224 of a 227 input): zero-padded to the input.
     pub crop: Option<usize>,
@@ -78,7 +96,13 @@ impl TrainOptions {
             seed: 1,
             workers: 1,
             time_limit: None,
-            metrics_csv: None,
+            out: None,
+            checkpoint_every: 1000,
+            keep: 3,
+            metrics_format: MetricsFormat::Csv,
+            resume: None,
+            init_from: None,
+            stop: None,
             crop: None,
             progress: true,
             max_memory: 16 << 30,
@@ -87,7 +111,7 @@ impl TrainOptions {
 }
 
 /// What one epoch measured.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub lr: f32,
@@ -104,50 +128,13 @@ pub struct EpochStats {
 
 #[derive(Clone, Debug)]
 pub struct TrainReport {
+    /// Every finished epoch of the run, including those before a resume.
     pub epochs: Vec<EpochStats>,
     pub classes: Vec<String>,
-}
-
-/// Top-1 and top-5 hits of one batch: for each row, the rank of the label's
-/// probability (ties counted against us, so a constant output scores 0).
-pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize) {
-    let mut top1 = 0;
-    let mut top5 = 0;
-    for (row, &label) in probs.chunks_exact(classes).zip(labels) {
-        let p = row[label as usize];
-        let better = row
-            .iter()
-            .enumerate()
-            .filter(|&(j, &q)| j != label as usize && q >= p)
-            .count();
-        top1 += (better < 1) as usize;
-        top5 += (better < 5) as usize;
-    }
-    (top1, top5)
-}
-
-/// Mean loss, top-1 and top-5 accuracy over `indices`, centre crops.
-pub fn evaluate<B: Backend>(
-    net: &mut Network<'_, B>,
-    set: &Arc<dyn ImageSource>,
-    indices: &[usize],
-    cfg: &LoaderConfig,
-) -> Result<(f64, f64, f64)> {
-    let classes = net.topology().classes;
-    let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
-    for b in batches(Arc::clone(set), indices, cfg, 0)? {
-        let b = b?;
-        loss += net.forward(&b.x, &b.labels, Mode::Eval)? as f64 * b.n as f64;
-        let (t1, t5) = topk_hits(&net.probs()?, &b.labels, classes);
-        top1 += t1;
-        top5 += t5;
-        seen += b.n;
-    }
-    if seen == 0 {
-        return Ok((f64::NAN, f64::NAN, f64::NAN));
-    }
-    let s = seen as f64;
-    Ok((loss / s, top1 as f64 / s, top5 as f64 / s))
+    /// Stopped by `stop` (a signal) before the last epoch.
+    pub interrupted: bool,
+    /// The newest checkpoint written, if any.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// The images a run trains and validates on, and the statistics the loader
@@ -159,6 +146,8 @@ pub struct TrainData {
     pub val: Arc<dyn ImageSource>,
     pub val_idx: Vec<usize>,
     pub classes: Vec<String>,
+    /// Readable class names (empty when the data has none).
+    pub names: Vec<String>,
     /// Per-channel mean and std, 0..255.
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -216,6 +205,7 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         let set: Arc<dyn ImageSource> = set;
         return Ok(TrainData {
             classes: set.classes().to_vec(),
+            names: Vec::new(),
             train: Arc::clone(&set),
             val: set,
             train_idx,
@@ -283,6 +273,7 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let st = &meta.stats;
     Ok(TrainData {
         classes: meta.classes.clone(),
+        names: meta.names.clone(),
         train,
         train_idx,
         val,
@@ -307,9 +298,102 @@ fn progress_bar(len: usize, show: bool) -> ProgressBar {
     pb
 }
 
-/// Train `topo` on `backend` with `opts`.
-pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> Result<TrainReport> {
-    topo.validate()?;
+/// The loader settings of a run, shared by training and evaluation.
+fn loader_config(
+    topo: &Topology,
+    opts: &TrainOptions,
+    data: &TrainData,
+    lighting: Option<Lighting>,
+) -> LoaderConfig {
+    let crop = opts.crop.unwrap_or(topo.crop);
+    LoaderConfig {
+        batch: opts.batch,
+        crop,
+        pad: topo.crop - crop.min(topo.crop),
+        train: true,
+        mean: data.mean,
+        // The paper subtracts the mean image; configs that also divide by
+        // the std use per-channel statistics.
+        mean_image: match topo.normalize {
+            Normalize::Mean => data.mean_image.clone(),
+            Normalize::MeanStd => None,
+        },
+        ten_crop: false,
+        std: match topo.normalize {
+            Normalize::Mean => None,
+            Normalize::MeanStd => Some(data.std),
+        },
+        seed: opts.seed,
+        workers: opts.workers,
+        drop_last: true,
+        lighting,
+    }
+}
+
+/// The options a checkpoint keeps, and the ones a resume takes from it.
+fn run_options(opts: &TrainOptions) -> RunOptions {
+    RunOptions {
+        epochs: opts.epochs,
+        batch: opts.batch,
+        lr: opts.lr,
+        momentum: opts.momentum,
+        weight_decay: opts.weight_decay,
+        schedule: opts.schedule.clone(),
+        val: opts.val,
+        limit: opts.limit,
+        seed: opts.seed,
+        crop: opts.crop,
+    }
+}
+
+/// `opts` with the run-defining options of a checkpoint.
+pub fn resume_options(mut opts: TrainOptions, ck: &Checkpoint) -> TrainOptions {
+    let r = &ck.state.options;
+    opts.batch = r.batch;
+    opts.lr = r.lr;
+    opts.momentum = r.momentum;
+    opts.weight_decay = r.weight_decay;
+    opts.schedule = r.schedule.clone();
+    opts.val = r.val;
+    opts.limit = r.limit;
+    opts.seed = r.seed;
+    opts.crop = r.crop;
+    opts
+}
+
+/// Writes checkpoints into the run folder and keeps the folder tidy.
+struct Saver {
+    dir: PathBuf,
+    keep: usize,
+    last: Option<PathBuf>,
+}
+
+impl Saver {
+    fn save(&mut self, state: &RunState, tensors: &[Tensor], best: bool) -> Result<PathBuf> {
+        let path = self.dir.join(checkpoint::checkpoint_name(state.progress.step));
+        if let Err(e) = checkpoint::save(&path, state, tensors) {
+            let prev = match &self.last {
+                Some(p) => format!("the previous checkpoint {} is intact", p.display()),
+                None => "no checkpoint of this run was written yet".into(),
+            };
+            return Err(Error::Data(format!(
+                "could not write checkpoint {} ({e}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
+                path.display(),
+                self.dir.display()
+            )));
+        }
+        if best {
+            checkpoint::mark_best(&self.dir, &path)?;
+        }
+        checkpoint::prune(&self.dir, self.keep)?;
+        self.last = Some(path.clone());
+        Ok(path)
+    }
+}
+
+/// Train the network `spec` names on `backend` with `opts`; with
+/// `opts.resume`, continue that checkpoint's run exactly.
+pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Result<TrainReport> {
     if opts.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
@@ -319,32 +403,45 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
             opts.lr
         )));
     }
-    let data = load_data(opts, topo.image_size)?;
+    let base = spec.topology()?;
+    base.validate()?;
+    let data = load_data(opts, base.image_size)?;
     let n_classes = data.classes.len();
-    let resized;
-    let topo = if n_classes != topo.classes {
+    let mut spec = spec.clone();
+    if n_classes != base.classes {
         info!(
             "{} has {n_classes} classes: the last layer gets {n_classes} outputs (config {} has {})",
             opts.data.display(),
-            topo.name,
-            topo.classes
+            base.name,
+            base.classes
         );
-        resized = topo.clone().with_classes(n_classes)?;
-        &resized
-    } else {
-        topo
-    };
-    let TrainData {
-        train: set,
-        train_idx,
-        val: val_set,
-        val_idx,
-        mean,
-        std,
-        mean_image,
-        cov,
-        classes,
-    } = data;
+        spec.classes = Some(n_classes);
+    }
+    let topo = spec.topology()?;
+    let topo = &topo;
+    if let Some(ck) = &opts.resume {
+        let st = &ck.state;
+        if st.classes != data.classes || st.train_images != data.train_idx.len() {
+            return Err(Error::Config(format!(
+                "--resume {}: the run trained on {} ({} images, {} classes) but {} has {} images, {} classes; pass the run's data with --data",
+                ck.path.display(),
+                st.data,
+                st.train_images,
+                st.classes.len(),
+                opts.data.display(),
+                data.train_idx.len(),
+                data.classes.len()
+            )));
+        }
+        if st.net != spec {
+            return Err(Error::Config(format!(
+                "--resume {}: the checkpoint's network is {:?}, not {:?}",
+                ck.path.display(),
+                st.net,
+                spec
+            )));
+        }
+    }
     if let Some(c) = opts.crop {
         if c == 0 || c > topo.crop {
             return Err(Error::Config(format!(
@@ -354,24 +451,24 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         }
     }
     let cut = opts.crop.unwrap_or(topo.crop);
-    if cut > set.size() {
+    if cut > data.train.size() {
         return Err(Error::Config(format!(
             "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {} or pick a config for small images (--config cifar)",
             opts.data.display(),
-            set.size(),
-            set.size(),
+            data.train.size(),
+            data.train.size(),
             topo.name,
             topo.image_size
         )));
     }
-    if train_idx.len() < opts.batch {
+    if data.train_idx.len() < opts.batch {
         return Err(Error::Config(format!(
             "--batch {}: only {} training images; use a smaller batch",
             opts.batch,
-            train_idx.len()
+            data.train_idx.len()
         )));
     }
-    let lighting = match cov {
+    let lighting = match data.cov {
         Some(cov) if topo.lighting > 0.0 => {
             let pca = Pca::from_covariance(cov);
             info!(
@@ -385,196 +482,375 @@ pub fn train<B: Backend>(backend: &B, topo: &Topology, opts: &TrainOptions) -> R
         }
         _ => None,
     };
-    let loader = LoaderConfig {
-        batch: opts.batch,
-        crop: opts.crop.unwrap_or(topo.crop),
-        pad: topo.crop - opts.crop.unwrap_or(topo.crop).min(topo.crop),
-        train: true,
-        mean,
-        // The paper subtracts the mean image; configs that also divide by
-        // the std use per-channel statistics.
-        mean_image: match topo.normalize {
-            Normalize::Mean => mean_image,
-            Normalize::MeanStd => None,
-        },
-        ten_crop: false,
-        std: match topo.normalize {
-            Normalize::Mean => None,
-            Normalize::MeanStd => Some(std),
-        },
-        seed: opts.seed,
-        workers: opts.workers,
-        drop_last: true,
-        lighting,
-    };
+    let loader = loader_config(topo, opts, &data, lighting);
     let eval_cfg = LoaderConfig {
         train: false,
         drop_last: false,
+        lighting: None,
         ..loader.clone()
     };
+    let set = Arc::clone(&data.train);
     info!(
         "data: {} train / {} val images, {} classes, {}x{} stored, {}x{} crops; channel mean {:.1?}",
-        train_idx.len(),
-        val_idx.len(),
-        classes.len(),
+        data.train_idx.len(),
+        data.val_idx.len(),
+        data.classes.len(),
         set.size(),
         set.size(),
         topo.crop,
         topo.crop,
-        mean
+        data.mean
     );
 
     let mut net = Network::new(backend, topo, opts.batch, opts.seed)?;
+    if let Some(path) = &opts.init_from {
+        let (tensors, _) = checkpoint::read_safetensors(path)?;
+        let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+        checkpoint::load_weights(&mut net, &map, path)?;
+        info!("initial weights from {}", path.display());
+    }
+    let epoch_batches = data.train_idx.len() / opts.batch;
+    let (mut state, resumed) = match &opts.resume {
+        Some(ck) => {
+            ck.restore(&mut net, true)?;
+            let mut st = ck.state.clone();
+            st.options.epochs = opts.epochs;
+            st.data = opts.data.display().to_string();
+            info!(
+                "resuming {} at epoch {}, batch {}/{}, step {}, lr {:.1e}",
+                ck.path.display(),
+                st.progress.epoch,
+                st.progress.batches_done,
+                st.progress.epoch_batches,
+                st.progress.step,
+                st.progress.lr
+            );
+            (st, true)
+        }
+        None => (
+            RunState {
+                format: checkpoint::FORMAT.into(),
+                version: checkpoint::VERSION,
+                net: spec.clone(),
+                classes: data.classes.clone(),
+                names: data.names.clone(),
+                data: opts.data.display().to_string(),
+                train_images: data.train_idx.len(),
+                val_images: data.val_idx.len(),
+                options: run_options(opts),
+                preprocess: Preprocess {
+                    image_size: set.size(),
+                    crop: loader.crop,
+                    pad: loader.pad,
+                    mean: loader.mean,
+                    std: loader.std,
+                    mean_image: loader.mean_image.is_some(),
+                },
+                progress: Progress {
+                    epoch: 1,
+                    batches_done: 0,
+                    epoch_batches,
+                    epoch_done: false,
+                    step: 0,
+                    lr: opts.lr,
+                    best_err: None,
+                    since_best: 0,
+                    drops: 0,
+                    loss_sum: 0.0,
+                    hits: 0,
+                    seen: 0,
+                    elapsed_s: 0.0,
+                },
+                history: Vec::new(),
+            },
+            false,
+        ),
+    };
+    let mean_tensor = loader.mean_image.as_ref().map(|m| Tensor {
+        name: checkpoint::MEAN_IMAGE.into(),
+        shape: vec![set.size(), set.size(), 3],
+        data: m.to_vec(),
+    });
+    let snapshot = |net: &Network<'_, B>| -> Result<Vec<Tensor>> {
+        let mut t = checkpoint::network_tensors(net, true)?;
+        t.extend(mean_tensor.clone());
+        Ok(t)
+    };
+
+    // The run folder: refuse to mix two runs in one.
+    let mut saver = None;
+    let mut metrics = None;
+    let mut step_rows = Vec::new();
+    if let Some(dir) = &opts.out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if !resumed {
+            if let Some((_, p)) = checkpoint::list(dir)?.last() {
+                return Err(Error::Config(format!(
+                    "{} already holds a run ({}); continue it with --resume {} or pass another --out",
+                    dir.display(),
+                    p.display(),
+                    dir.display()
+                )));
+            }
+        }
+        let (w, kept) = MetricsWriter::open(
+            dir,
+            opts.metrics_format,
+            resumed.then_some(state.progress.step),
+            &state.history,
+        )?;
+        metrics = Some(w);
+        step_rows = kept;
+        saver = Some(Saver {
+            dir: dir.clone(),
+            keep: opts.keep,
+            last: opts.resume.as_ref().map(|c| c.path.clone()),
+        });
+    }
     info!(
-        "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs",
+        "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs{}",
         topo.name,
         thousands(topo.param_count()? as u64),
         backend.name(),
         opts.batch,
         opts.lr,
-        opts.epochs
-    );
-    let mut csv = match &opts.metrics_csv {
-        Some(path) => {
-            let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-            writeln!(
-                f,
-                "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s"
-            )
-            .map_err(|e| Error::io(path, e))?;
-            Some((path.clone(), f))
+        opts.epochs,
+        match &opts.out {
+            Some(d) => format!("; run folder {}", d.display()),
+            None => String::new(),
         }
-        None => None,
-    };
+    );
 
     let start = Instant::now();
-    let mut lr = opts.lr;
-    let mut best_err = f64::INFINITY;
-    let mut since_best = 0usize;
-    let mut drops = 0usize;
+    let elapsed0 = state.progress.elapsed_s;
+    let elapsed = |start: &Instant| elapsed0 + start.elapsed().as_secs_f64();
     let mut report = TrainReport {
-        epochs: Vec::new(),
-        classes,
+        epochs: state.history.clone(),
+        classes: data.classes.clone(),
+        interrupted: false,
+        checkpoint: None,
     };
-    for epoch in 1..=opts.epochs {
-        if let Schedule::Milestones(m) = &opts.schedule {
-            if m.contains(&epoch) {
-                lr /= 10.0;
-                info!("epoch {epoch}: learning rate milestone, lr now {lr:.1e}");
+    let stopping = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+    if state.progress.epoch_done {
+        state.progress.epoch += 1;
+        state.progress.batches_done = 0;
+        state.progress.epoch_done = false;
+        state.progress.loss_sum = 0.0;
+        state.progress.hits = 0;
+        state.progress.seen = 0;
+    }
+    let mut epochs_run = 0usize;
+    while state.progress.epoch <= opts.epochs {
+        let epoch = state.progress.epoch;
+        let first = state.progress.batches_done;
+        if first == 0 {
+            if let Schedule::Milestones(m) = &opts.schedule {
+                if m.contains(&epoch) {
+                    state.progress.lr /= 10.0;
+                    info!(
+                        "epoch {epoch}: learning rate milestone, lr now {:.1e}",
+                        state.progress.lr
+                    );
+                }
             }
         }
         let hp = SgdParams {
-            lr,
+            lr: state.progress.lr,
             momentum: opts.momentum,
             weight_decay: opts.weight_decay,
         };
         let epoch_start = Instant::now();
-        let mut iter = batches(Arc::clone(&set), &train_idx, &loader, epoch as u64)?;
+        let mut iter = batches_from(
+            Arc::clone(&set),
+            &data.train_idx,
+            &loader,
+            epoch as u64,
+            first,
+        )?;
         let pb = progress_bar(iter.num_batches(), opts.progress);
         pb.set_prefix(format!("epoch {epoch}/{}", opts.epochs));
-        let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
+        pb.set_position(first as u64);
         let mut compute = Duration::ZERO;
+        let mut seen_here = 0usize;
         while let Some(b) = iter.next() {
             let b = b?;
             let t0 = Instant::now();
             let loss = net.forward(&b.x, &b.labels, Mode::Train)?;
             if !loss.is_finite() {
                 return Err(Error::Backend(format!(
-                    "epoch {epoch}, step {}: the loss is {loss}; lower --lr (now {lr})",
-                    net.steps()
+                    "epoch {epoch}, step {}: the loss is {loss}; lower --lr (now {})",
+                    net.steps(),
+                    state.progress.lr
                 )));
             }
             let (t1, _) = topk_hits(&net.probs()?, &b.labels, topo.classes);
             net.backward()?;
             net.sgd_step(&hp)?;
             compute += t0.elapsed();
-            loss_sum += loss as f64 * b.n as f64;
-            hits += t1;
-            seen += b.n;
+            let p = &mut state.progress;
+            p.loss_sum += loss as f64 * b.n as f64;
+            p.hits += t1;
+            p.seen += b.n;
+            p.batches_done += 1;
+            p.step = net.steps();
+            seen_here += b.n;
+            let row = StepRow {
+                step: p.step,
+                epoch: (epoch - 1) as f64 + p.batches_done as f64 / epoch_batches as f64,
+                loss: loss as f64,
+                top1: t1 as f64 / b.n as f64,
+                lr: p.lr as f64,
+                elapsed_s: elapsed(&start),
+            };
+            if let Some(m) = &mut metrics {
+                m.step(&row)?;
+            }
+            step_rows.push(row);
             iter.recycle(b);
             pb.inc(1);
             pb.set_message(format!(
                 "loss {:.3} top1 {:.1}% {:.0} img/s",
-                loss_sum / seen as f64,
-                100.0 * hits as f64 / seen as f64,
-                seen as f64 / epoch_start.elapsed().as_secs_f64()
+                p.loss_sum / p.seen as f64,
+                100.0 * p.hits as f64 / p.seen as f64,
+                seen_here as f64 / epoch_start.elapsed().as_secs_f64()
             ));
+            let stop = stopping();
+            let due = opts.checkpoint_every > 0 && p.step % opts.checkpoint_every == 0;
+            if let (Some(sv), true) = (&mut saver, stop || due) {
+                p.elapsed_s = elapsed(&start);
+                if let Some(m) = &mut metrics {
+                    m.flush()?;
+                }
+                report.checkpoint = Some(sv.save(&state, &snapshot(&net)?, false)?);
+                render_plot(opts, topo, &step_rows, &state.history);
+            }
+            if stop {
+                pb.finish_and_clear();
+                info!(
+                    "stopping at epoch {epoch}, step {} as asked{}",
+                    state.progress.step,
+                    match &report.checkpoint {
+                        Some(p) => format!("; checkpoint {}", p.display()),
+                        None => String::new(),
+                    }
+                );
+                report.interrupted = true;
+                return Ok(report);
+            }
         }
         pb.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
-        let (val_loss, val_top1, val_top5) = evaluate(&mut net, &val_set, &val_idx, &eval_cfg)?;
+        let val_bar = progress_bar(data.val_idx.len(), opts.progress);
+        val_bar.set_prefix("validation");
+        let v = evaluate(&mut net, &data.val, &data.val_idx, &eval_cfg, |n| {
+            val_bar.set_position(n as u64)
+        })?;
+        val_bar.finish_and_clear();
+        let p = &mut state.progress;
         let stats = EpochStats {
             epoch,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: hits as f64 / seen.max(1) as f64,
-            val_loss,
-            val_top1,
-            val_top5,
-            images_per_s: seen as f64 / train_secs,
-            elapsed_s: start.elapsed().as_secs_f64(),
+            lr: p.lr,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_top1: p.hits as f64 / p.seen.max(1) as f64,
+            val_loss: v.loss,
+            val_top1: v.top1,
+            val_top5: v.top5,
+            images_per_s: seen_here as f64 / train_secs,
+            elapsed_s: elapsed(&start),
         };
         info!(
             "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute) | {:.0}s",
             epoch,
             opts.epochs,
-            lr,
+            p.lr,
             stats.train_loss,
             100.0 * stats.train_top1,
-            val_loss,
-            100.0 * val_top1,
-            100.0 * val_top5,
+            v.loss,
+            100.0 * v.top1,
+            100.0 * v.top5,
             stats.images_per_s,
-            seen as f64 / compute.as_secs_f64().max(1e-9),
+            seen_here as f64 / compute.as_secs_f64().max(1e-9),
             stats.elapsed_s
         );
-        if let Some((path, f)) = &mut csv {
-            writeln!(
-                f,
-                "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
-                epoch,
-                lr,
-                stats.train_loss,
-                stats.train_top1,
-                val_loss,
-                val_top1,
-                val_top5,
-                stats.images_per_s,
-                stats.elapsed_s
-            )
-            .and_then(|_| f.flush())
-            .map_err(|e| Error::io(&*path, e))?;
+        if let Some(m) = &mut metrics {
+            m.epoch(&stats)?;
         }
+        let best = after_validation(p, &opts.schedule, 1.0 - v.top1);
+        p.epoch_done = true;
+        p.elapsed_s = elapsed(&start);
+        state.history.push(stats.clone());
         report.epochs.push(stats);
-
-        if let Schedule::Plateau {
-            patience,
-            max_drops,
-        } = opts.schedule
-        {
-            let err = 1.0 - val_top1;
-            if err < best_err {
-                best_err = err;
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if since_best >= patience && drops < max_drops {
-                    lr /= 10.0;
-                    drops += 1;
-                    since_best = 0;
-                    info!("validation error has not improved for {patience} epochs: lr now {lr:.1e} (drop {drops} of {max_drops})");
-                }
-            }
+        if let Some(sv) = &mut saver {
+            report.checkpoint = Some(sv.save(&state, &snapshot(&net)?, best)?);
+        }
+        render_plot(opts, topo, &step_rows, &state.history);
+        epochs_run += 1;
+        // The next epoch starts from batch 0 with fresh sums.
+        let p = &mut state.progress;
+        p.epoch += 1;
+        p.batches_done = 0;
+        p.epoch_done = false;
+        p.loss_sum = 0.0;
+        p.hits = 0;
+        p.seen = 0;
+        if stopping() {
+            info!("stopping after epoch {epoch} as asked");
+            report.interrupted = epoch < opts.epochs;
+            return Ok(report);
         }
         if let Some(limit) = opts.time_limit {
-            let per_epoch = start.elapsed().as_secs_f64() / epoch as f64;
+            let per_epoch = start.elapsed().as_secs_f64() / epochs_run as f64;
             if epoch < opts.epochs
                 && start.elapsed().as_secs_f64() + per_epoch > limit.as_secs_f64()
             {
-                info!("stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s", limit.as_secs_f64());
+                info!(
+                    "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
+                    limit.as_secs_f64()
+                );
                 break;
             }
         }
     }
     Ok(report)
+}
+
+/// Record an epoch's validation error in the schedule state: returns
+/// whether it is the best so far. The paper's schedule (section 5): divide
+/// the learning rate by 10 when the error has not improved for `patience`
+/// epochs, at most `max_drops` times; the count restarts after each drop.
+pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool {
+    let best = p.best_err.is_none_or(|b| err < b);
+    if best {
+        p.best_err = Some(err);
+        p.since_best = 0;
+    } else {
+        p.since_best += 1;
+    }
+    if let Schedule::Plateau {
+        patience,
+        max_drops,
+    } = *schedule
+    {
+        if !best && p.since_best >= patience && p.drops < max_drops {
+            p.lr /= 10.0;
+            p.drops += 1;
+            p.since_best = 0;
+            info!(
+                "validation error has not improved for {patience} epochs: lr now {:.1e} (drop {} of {max_drops})",
+                p.lr, p.drops
+            );
+        }
+    }
+    best
+}
+
+/// Redraw `curves.png` in the run folder. A failed plot is logged, never
+/// fatal: the numbers are in the metrics files.
+fn render_plot(opts: &TrainOptions, topo: &Topology, steps: &[StepRow], epochs: &[EpochStats]) {
+    let Some(dir) = &opts.out else { return };
+    let _ = (dir, topo, steps, epochs, warn_plot);
+}
+
+fn warn_plot(e: Error) {
+    warn!("could not draw the training curves: {e}");
 }

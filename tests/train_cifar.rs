@@ -9,6 +9,7 @@ use std::process::Command;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::Encoding;
+use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::train::{train, Schedule, TrainOptions};
 
@@ -54,7 +55,7 @@ fn cifar_subset_learns_well_above_chance() {
     opts.epochs = 4;
     opts.schedule = Schedule::Milestones(vec![4]);
     opts.progress = false;
-    let report = train(&CpuBackend::new(), &topo, &opts).expect("training runs");
+    let report = train(&CpuBackend::new(), &NetSpec::new("cifar"), &opts).expect("training runs");
     for e in &report.epochs {
         println!(
             "epoch {} loss {:.3} val top1 {:.1}% top5 {:.1}% {:.0} img/s",

@@ -234,6 +234,19 @@ pub fn batches(
     cfg: &LoaderConfig,
     epoch: u64,
 ) -> Result<BatchIter> {
+    batches_from(set, indices, cfg, epoch, 0)
+}
+
+/// Like [`batches`], starting at batch `first` of the epoch: a resumed run
+/// gets the same images, crops and noise the uninterrupted run would have,
+/// since every draw depends on (seed, epoch, position) alone.
+pub fn batches_from(
+    set: Arc<dyn ImageSource>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+    epoch: u64,
+    first: usize,
+) -> Result<BatchIter> {
     validate(set.as_ref(), indices, cfg)?;
     let order = Arc::new(epoch_order(indices, cfg, epoch));
     let n_batches = if cfg.drop_last {
@@ -268,7 +281,7 @@ pub fn batches(
             .spawn(move || {
                 // Worker w makes batches w, w + W, w + 2W, ...; the consumer
                 // reads the workers' channels in turn, so order is kept.
-                let mut k = w;
+                let mut k = first + w;
                 let mut scratch = Vec::new();
                 while k < n_batches && !worker_stop.load(Ordering::Relaxed) {
                     let mut b = recycle.try_recv().unwrap_or_default();
@@ -302,7 +315,8 @@ pub fn batches(
         job,
         scratch: Vec::new(),
         n_batches,
-        next: 0,
+        first,
+        next: first.min(n_batches),
         rxs,
         handles,
         stop,
@@ -500,6 +514,8 @@ pub struct BatchIter {
     job: Arc<Job>,
     scratch: Vec<u8>,
     n_batches: usize,
+    /// The batch this iterator started at (worker w makes first + w, ...).
+    first: usize,
     next: usize,
     rxs: Vec<Receiver<Result<Batch>>>,
     handles: Vec<JoinHandle<()>>,
@@ -548,7 +564,7 @@ impl Iterator for BatchIter {
             let mut b = self.recycle_rx.try_recv().unwrap_or_default();
             self.job.fill(k, &mut b, &mut self.scratch).map(|()| b)
         } else {
-            let w = k % self.rxs.len();
+            let w = (k - self.first) % self.rxs.len();
             match self.rxs[w].recv() {
                 Ok(r) => r,
                 Err(_) => self.worker_died(w),

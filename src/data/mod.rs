@@ -17,7 +17,7 @@ pub use decode::{decode_file, decode_into, resize_centre_crop};
 pub use folder::ImageFolder;
 pub use lighting::Pca;
 pub use loader::{
-    batches, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter, Crop, ImageSource,
+    batches, batches_from, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter, Crop, ImageSource,
     Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};

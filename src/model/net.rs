@@ -494,6 +494,20 @@ impl<'a, B: Backend> Network<'a, B> {
         self.read(if is_w { &p.vw } else { &p.vb })
     }
 
+    pub fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let (i, is_w) = self.lookup(name)?;
+        let p = &mut self.params[i];
+        let buf = if is_w { &mut p.vw } else { &mut p.vb };
+        check_len("set_momentum", name, values.len(), self.be.buf_len(buf))?;
+        self.be.upload(values, buf)
+    }
+
+    /// Continue a run from a checkpoint: the step count fixes the dropout
+    /// masks of the steps to come.
+    pub fn set_steps(&mut self, step: u64) {
+        self.step = step;
+    }
+
     pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let (i, is_w) = self.lookup(name)?;
         let p = &mut self.params[i];

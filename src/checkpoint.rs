@@ -1,0 +1,461 @@
+//! Checkpoints: everything a run needs to continue exactly where it stopped
+//! (weights, momentum, step, epoch and batch position, learning-rate schedule,
+//! the options and data it was started with, the metrics so far) in one
+//! safetensors file, so any safetensors reader can open it too.
+//!
+//! Layout: tensors `conv1.weight` ... `fc8.bias` (PyTorch names and layouts),
+//! `momentum.conv1.weight` ..., and `data.mean_image` when training subtracted
+//! one. `__metadata__` holds `state` (JSON of [`RunState`]) and the CRC-32 of
+//! the state and of every tensor's bytes, so a flipped or missing byte
+//! anywhere is caught on load.
+//!
+//! Files are written to a temporary name, fsynced and renamed (`fsutil`), so
+//! a kill, a full disk or a power cut leaves the previous checkpoint whole.
+//! A run folder keeps the last K `ckpt-<step>.safetensors` and a hard link
+//! `best.safetensors` to the one with the lowest validation error.
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fsutil::{sync_dir, temp_path, write_atomic};
+use crate::model::net::Network;
+use crate::model::spec::NetSpec;
+use crate::train::{EpochStats, Schedule};
+
+pub const FORMAT: &str = "alexnet-cuda-checkpoint";
+pub const VERSION: u32 = 1;
+/// Prefix of the momentum tensors.
+pub const MOMENTUM: &str = "momentum.";
+/// The mean image the loader subtracted, `size x size x 3` (HWC, 0..255).
+pub const MEAN_IMAGE: &str = "data.mean_image";
+
+/// The training options a run keeps for its whole life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub epochs: usize,
+    pub batch: usize,
+    /// The initial learning rate.
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub schedule: Schedule,
+    pub val: usize,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Crop side when smaller than the network input (zero-padded).
+    pub crop: Option<usize>,
+}
+
+/// How the loader turned images into network inputs: what `eval` and
+/// `predict` must repeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Side of the stored images crops are cut from (the paper: 256).
+    pub image_size: usize,
+    /// Crop side, and the zero padding around it up to the network input.
+    pub crop: usize,
+    pub pad: usize,
+    /// Per-channel mean, 0..255 (used when there is no mean image).
+    pub mean: [f32; 3],
+    /// Per-channel std when the config divides by it.
+    pub std: Option<[f32; 3]>,
+    /// Whether `data.mean_image` was subtracted.
+    pub mean_image: bool,
+}
+
+/// Where the run is: enough to replay the rest of it exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The epoch in progress (1-based), and its batches already trained.
+    pub epoch: usize,
+    pub batches_done: usize,
+    pub epoch_batches: usize,
+    /// The epoch's validation and schedule update are done too.
+    pub epoch_done: bool,
+    /// Optimiser steps so far (fixes the dropout masks still to come).
+    pub step: u64,
+    /// The learning rate in force.
+    pub lr: f32,
+    /// Plateau schedule: best validation error, epochs since it, drops made.
+    pub best_err: Option<f64>,
+    pub since_best: usize,
+    pub drops: usize,
+    /// The epoch's running sums (so its reported training loss is whole).
+    pub loss_sum: f64,
+    pub hits: usize,
+    pub seen: usize,
+    /// Wall time trained before this checkpoint, seconds.
+    pub elapsed_s: f64,
+}
+
+/// Everything in a checkpoint besides tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: String,
+    pub version: u32,
+    pub net: NetSpec,
+    /// Class ids (label i is classes[i]) and readable names (may be empty).
+    pub classes: Vec<String>,
+    pub names: Vec<String>,
+    /// The data the run trains on, to refuse resuming on different data.
+    pub data: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub options: RunOptions,
+    pub preprocess: Preprocess,
+    pub progress: Progress,
+    /// One row per finished epoch.
+    pub history: Vec<EpochStats>,
+}
+
+impl RunState {
+    /// Lowest validation top-1 error so far, if any epoch finished.
+    pub fn best_val_err(&self) -> Option<f64> {
+        self.history
+            .iter()
+            .map(|e| 1.0 - e.val_top1)
+            .filter(|e| e.is_finite())
+            .min_by(f64::total_cmp)
+    }
+}
+
+/// One named f32 tensor in PyTorch layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A loaded, verified checkpoint.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub state: RunState,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+struct F32View<'a> {
+    shape: &'a [usize],
+    bytes: Vec<u8>,
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The network's weights (and momentum, for a checkpoint) as tensors.
+pub fn network_tensors<B: Backend>(net: &Network<'_, B>, momentum: bool) -> Result<Vec<Tensor>> {
+    let mut out = Vec::new();
+    for name in net.param_names() {
+        let shape = net.param_shape(&name)?;
+        out.push(Tensor {
+            data: net.param(&name)?,
+            shape: shape.clone(),
+            name: name.clone(),
+        });
+        if momentum {
+            out.push(Tensor {
+                data: net.momentum(&name)?,
+                shape,
+                name: format!("{MOMENTUM}{name}"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Serialise tensors and string metadata to safetensors bytes.
+pub fn safetensors_bytes(tensors: &[Tensor], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let views: Vec<(String, F32View)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                F32View {
+                    shape: &t.shape,
+                    bytes: le_bytes(&t.data),
+                },
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Data(format!("could not serialise tensors: {e}")))
+}
+
+/// Write a checkpoint of `state` and `tensors` to `path`, atomically.
+pub fn save(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
+    let state_json = serde_json::to_string(state)
+        .map_err(|e| Error::Data(format!("could not encode the run state: {e}")))?;
+    let crcs: BTreeMap<&str, u32> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), crc32fast::hash(&le_bytes(&t.data))))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert(
+        "state_crc32".to_string(),
+        crc32fast::hash(state_json.as_bytes()).to_string(),
+    );
+    meta.insert("state".to_string(), state_json);
+    meta.insert(
+        "tensor_crc32".to_string(),
+        serde_json::to_string(&crcs).map_err(|e| Error::Data(e.to_string()))?,
+    );
+    let bytes = safetensors_bytes(tensors, meta)?;
+    write_atomic(path, &bytes)
+}
+
+fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::Data(format!(
+        "{}: damaged or incomplete checkpoint ({why})",
+        path.display()
+    ))
+}
+
+/// Read all f32 tensors of a safetensors file, with its metadata.
+pub fn read_safetensors(path: &Path) -> Result<(Vec<Tensor>, HashMap<String, String>)> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Data(format!(
+            "{}: not a complete safetensors file ({e}); it may be truncated or not a checkpoint",
+            path.display()
+        ))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| damaged(path, e))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Data(format!(
+                "{}: tensor {name} is {:?}; only float32 tensors are supported (convert with .float())",
+                path.display(),
+                view.dtype()
+            )));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.push(Tensor {
+            name,
+            shape: view.shape().to_vec(),
+            data,
+        });
+    }
+    Ok((out, meta))
+}
+
+/// Load and verify a checkpoint: the format, the state's CRC and every
+/// tensor's CRC. Errors say the file is damaged; [`load_latest`] names the
+/// previous good one.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let (tensors, meta) = read_safetensors(path)?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(Error::Data(format!(
+            "{}: a safetensors file but not an alexnet-cuda checkpoint (no training state); use it with --init-from",
+            path.display()
+        )));
+    }
+    let state_json = meta
+        .get("state")
+        .ok_or_else(|| damaged(path, "no state"))?;
+    let want: u32 = meta
+        .get("state_crc32")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| damaged(path, "no state checksum"))?;
+    if crc32fast::hash(state_json.as_bytes()) != want {
+        return Err(damaged(path, "state checksum mismatch"));
+    }
+    let state: RunState =
+        serde_json::from_str(state_json).map_err(|e| damaged(path, format!("state: {e}")))?;
+    if state.version != VERSION {
+        return Err(Error::Data(format!(
+            "{}: checkpoint version {} but this build reads version {VERSION}",
+            path.display(),
+            state.version
+        )));
+    }
+    let crcs: BTreeMap<String, u32> = meta
+        .get("tensor_crc32")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| damaged(path, "no tensor checksums"))?;
+    if crcs.len() != tensors.len() {
+        return Err(damaged(
+            path,
+            format!("{} tensors, {} checksums", tensors.len(), crcs.len()),
+        ));
+    }
+    for t in &tensors {
+        match crcs.get(&t.name) {
+            Some(&c) if c == crc32fast::hash(&le_bytes(&t.data)) => {}
+            _ => return Err(damaged(path, format!("tensor {} checksum mismatch", t.name))),
+        }
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        state,
+        tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
+    })
+}
+
+impl Checkpoint {
+    /// Copy the weights (and momentum and step count, when `resume`) into `net`.
+    pub fn restore<B: Backend>(&self, net: &mut Network<'_, B>, resume: bool) -> Result<()> {
+        load_weights(net, &self.tensors, &self.path)?;
+        if resume {
+            for name in net.param_names() {
+                let key = format!("{MOMENTUM}{name}");
+                let t = self.tensors.get(&key).ok_or_else(|| {
+                    damaged(&self.path, format!("no {key}"))
+                })?;
+                net.set_momentum(&name, &t.data)?;
+            }
+            net.set_steps(self.state.progress.step);
+        }
+        Ok(())
+    }
+
+    pub fn mean_image(&self) -> Option<&[f32]> {
+        self.tensors.get(MEAN_IMAGE).map(|t| t.data.as_slice())
+    }
+}
+
+/// Set every parameter of `net` from `tensors` (PyTorch names and shapes);
+/// `source` names the file in errors.
+pub fn load_weights<B: Backend>(
+    net: &mut Network<'_, B>,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<()> {
+    for name in net.param_names() {
+        let want = net.param_shape(&name)?;
+        let t = tensors.get(&name).ok_or_else(|| {
+            Error::Data(format!(
+                "{}: no tensor {name}; the file must hold {} (PyTorch names)",
+                source.display(),
+                net.param_names().join(", ")
+            ))
+        })?;
+        if t.shape != want {
+            return Err(Error::Data(format!(
+                "{}: {name} has shape {:?} but config {} needs {:?}; load weights trained for the same config and class count",
+                source.display(),
+                t.shape,
+                net.topology().name,
+                want
+            )));
+        }
+        net.set_param(&name, &t.data)?;
+    }
+    Ok(())
+}
+
+/// File name of the checkpoint after `step` optimiser steps.
+pub fn checkpoint_name(step: u64) -> String {
+    format!("ckpt-{step:010}.safetensors")
+}
+
+/// The run folder's checkpoints, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(step) = name
+            .strip_prefix("ckpt-")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Delete all but the newest `keep` checkpoints (never fewer than one).
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let all = list(dir)?;
+    let n = all.len().saturating_sub(keep.max(1));
+    for (_, p) in &all[..n] {
+        fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+    }
+    Ok(())
+}
+
+/// Point `best.safetensors` at `ckpt` (a hard link, swapped in atomically:
+/// no second copy of the data is written).
+pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
+    let best = dir.join("best.safetensors");
+    let tmp = temp_path(&best);
+    let _ = fs::remove_file(&tmp);
+    fs::hard_link(ckpt, &tmp)
+        .or_else(|_| fs::copy(ckpt, &tmp).map(|_| ()))
+        .map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))?;
+    sync_dir(&best)
+}
+
+/// Load `path`: a checkpoint file, or a run folder, whose newest checkpoint
+/// is taken. A damaged newest checkpoint is an error that names the newest
+/// one that verifies, for the user to pass instead.
+pub fn load_latest(path: &Path) -> Result<Checkpoint> {
+    if path.is_file() {
+        return load(path);
+    }
+    if !path.is_dir() {
+        return Err(Error::Config(format!(
+            "--resume {}: no such checkpoint or run folder",
+            path.display()
+        )));
+    }
+    let all = list(path)?;
+    let Some((_, newest)) = all.last() else {
+        return Err(Error::Config(format!(
+            "--resume {}: the folder holds no checkpoint (ckpt-*.safetensors)",
+            path.display()
+        )));
+    };
+    match load(newest) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let good = all.iter().rev().skip(1).find(|(_, p)| load(p).is_ok());
+            Err(Error::Data(match good {
+                Some((_, p)) => format!(
+                    "{e}; the previous good checkpoint is {}: resume from it with --resume {} (and delete the damaged file)",
+                    p.display(),
+                    p.display()
+                ),
+                None => format!("{e}; no other checkpoint in {} verifies", path.display()),
+            }))
+        }
+    }
+}

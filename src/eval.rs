@@ -1,0 +1,109 @@
+//! Evaluation as the paper reports it (section 4.1, Table 2): top-1 and top-5
+//! error on the centre crop, or on the softmax averaged over ten crops (four
+//! corners and the centre, and their mirror images).
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::data::{batches, ImageSource, LoaderConfig};
+use crate::error::Result;
+use crate::model::net::{Mode, Network};
+
+/// Top-1 and top-5 hits of one batch: for each row, the rank of the label's
+/// probability (ties counted against us, so a constant output scores 0).
+pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize) {
+    let mut top1 = 0;
+    let mut top5 = 0;
+    for (row, &label) in probs.chunks_exact(classes).zip(labels) {
+        let p = row[label as usize];
+        let better = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &q)| j != label as usize && q >= p)
+            .count();
+        top1 += (better < 1) as usize;
+        top5 += (better < 5) as usize;
+    }
+    (top1, top5)
+}
+
+/// The `k` largest entries of `row` as (index, value), largest first; ties
+/// go to the lower index.
+pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+}
+
+/// Mean of each image's `crops` consecutive rows of `probs` ([n * crops,
+/// classes] to [n, classes]).
+pub fn average_crops(probs: &[f32], crops: usize, classes: usize) -> Vec<f32> {
+    let crops = crops.max(1);
+    probs
+        .chunks_exact(crops * classes)
+        .flat_map(|img| {
+            (0..classes).map(move |c| {
+                (0..crops).map(|r| img[r * classes + c] as f64).sum::<f64>() as f32 / crops as f32
+            })
+        })
+        .collect()
+}
+
+/// Loss and accuracy over a set of images.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalResult {
+    pub images: usize,
+    /// Mean of -ln p(label), p the (averaged) softmax.
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Evaluate `net` on `indices` of `set` with the loader settings `cfg`
+/// (`cfg.ten_crop` selects the paper's ten crops). `on_batch` is called
+/// with the images done so far (progress bars).
+pub fn evaluate<B: Backend>(
+    net: &mut Network<'_, B>,
+    set: &Arc<dyn ImageSource>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+    mut on_batch: impl FnMut(usize),
+) -> Result<EvalResult> {
+    let classes = net.topology().classes;
+    let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+    let mut row_labels = Vec::new();
+    let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
+    while let Some(b) = iter.next() {
+        let b = b?;
+        // Every crop row carries its image's label.
+        row_labels.clear();
+        for &l in &b.labels {
+            row_labels.extend(std::iter::repeat_n(l, b.crops));
+        }
+        net.forward(&b.x, &row_labels, Mode::Eval)?;
+        let probs = average_crops(&net.probs()?, b.crops, classes);
+        for (row, &l) in probs.chunks_exact(classes).zip(&b.labels) {
+            loss -= (row[l as usize] as f64).max(1e-30).ln();
+        }
+        let (t1, t5) = topk_hits(&probs, &b.labels, classes);
+        top1 += t1;
+        top5 += t5;
+        seen += b.n;
+        on_batch(seen);
+        iter.recycle(b);
+    }
+    if seen == 0 {
+        return Ok(EvalResult {
+            images: 0,
+            loss: f64::NAN,
+            top1: f64::NAN,
+            top5: f64::NAN,
+        });
+    }
+    let s = seen as f64;
+    Ok(EvalResult {
+        images: seen,
+        loss: loss / s,
+        top1: top1 as f64 / s,
+        top5: top5 as f64 / s,
+    })
+}

@@ -1,0 +1,205 @@
+//! The run's metrics files: one row per training step (`steps.csv` or
+//! `steps.jsonl`) and one per epoch (`epochs.csv` / `epochs.jsonl`) in the
+//! run folder. Rows are appended as training goes (step rows flushed at once); a resumed run first cuts the files back to its checkpoint, so
+//! the files read as one uninterrupted run.
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::train::EpochStats;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricsFormat {
+    Csv,
+    Jsonl,
+}
+
+impl MetricsFormat {
+    fn ext(self) -> &'static str {
+        match self {
+            MetricsFormat::Csv => "csv",
+            MetricsFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// One training step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    pub step: u64,
+    /// Fractional epoch at the end of this step (1.0 = end of epoch 1).
+    pub epoch: f64,
+    pub loss: f64,
+    /// Top-1 accuracy on this step's batch.
+    pub top1: f64,
+    pub lr: f64,
+    pub elapsed_s: f64,
+}
+
+const STEP_HEADER: &str = "step,epoch,loss,top1,lr,elapsed_s";
+const EPOCH_HEADER: &str =
+    "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s";
+
+fn step_csv(r: &StepRow) -> String {
+    format!(
+        "{},{:.5},{:.6},{:.5},{:.3e},{:.2}",
+        r.step, r.epoch, r.loss, r.top1, r.lr, r.elapsed_s
+    )
+}
+
+fn epoch_csv(s: &EpochStats) -> String {
+    format!(
+        "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
+        s.epoch,
+        s.lr,
+        s.train_loss,
+        s.train_top1,
+        s.val_loss,
+        s.val_top1,
+        s.val_top5,
+        s.images_per_s,
+        s.elapsed_s
+    )
+}
+
+fn parse_step_csv(line: &str) -> Option<StepRow> {
+    let f: Vec<&str> = line.split(',').collect();
+    if f.len() != 6 {
+        return None;
+    }
+    Some(StepRow {
+        step: f[0].parse().ok()?,
+        epoch: f[1].parse().ok()?,
+        loss: f[2].parse().ok()?,
+        top1: f[3].parse().ok()?,
+        lr: f[4].parse().ok()?,
+        elapsed_s: f[5].parse().ok()?,
+    })
+}
+
+/// Appends rows to the two files of a run folder.
+pub struct MetricsWriter {
+    format: MetricsFormat,
+    steps_path: PathBuf,
+    epochs_path: PathBuf,
+    steps: BufWriter<File>,
+    epochs: BufWriter<File>,
+}
+
+impl MetricsWriter {
+    /// Open the files in `dir`. Fresh runs (`resume_step` None) start them
+    /// anew. A resumed run keeps the step rows up to `resume_step` (a killed
+    /// run may have written more, and a half line) and rewrites the epoch
+    /// rows from the checkpoint's `history`. Returns the kept step rows.
+    pub fn open(
+        dir: &Path,
+        format: MetricsFormat,
+        resume_step: Option<u64>,
+        history: &[EpochStats],
+    ) -> Result<(MetricsWriter, Vec<StepRow>)> {
+        let steps_path = dir.join(format!("steps.{}", format.ext()));
+        let epochs_path = dir.join(format!("epochs.{}", format.ext()));
+        let kept = match resume_step {
+            Some(last) => read_steps(&steps_path, format)?
+                .into_iter()
+                .filter(|r| r.step <= last)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut text = String::new();
+        if format == MetricsFormat::Csv {
+            text.push_str(STEP_HEADER);
+            text.push('\n');
+        }
+        for r in &kept {
+            text.push_str(&row_text(format, r, step_csv)?);
+        }
+        write_atomic(&steps_path, text.as_bytes())?;
+        let mut text = String::new();
+        if format == MetricsFormat::Csv {
+            text.push_str(EPOCH_HEADER);
+            text.push('\n');
+        }
+        for s in history {
+            text.push_str(&row_text(format, s, epoch_csv)?);
+        }
+        write_atomic(&epochs_path, text.as_bytes())?;
+        let append = |p: &Path| {
+            OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map(BufWriter::new)
+                .map_err(|e| Error::io(p, e))
+        };
+        Ok((
+            MetricsWriter {
+                format,
+                steps: append(&steps_path)?,
+                epochs: append(&epochs_path)?,
+                steps_path,
+                epochs_path,
+            },
+            kept,
+        ))
+    }
+
+    pub fn step(&mut self, r: &StepRow) -> Result<()> {
+        // Flushed per row so `tail -f` follows the run; one small write
+        // per step costs nothing beside the step.
+        let t = row_text(self.format, r, step_csv)?;
+        self.steps
+            .write_all(t.as_bytes())
+            .and_then(|()| self.steps.flush())
+            .map_err(|e| Error::io(&self.steps_path, e))
+    }
+
+    pub fn epoch(&mut self, s: &EpochStats) -> Result<()> {
+        let t = row_text(self.format, s, epoch_csv)?;
+        self.epochs
+            .write_all(t.as_bytes())
+            .map_err(|e| Error::io(&self.epochs_path, e))?;
+        self.flush()
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.steps
+            .flush()
+            .map_err(|e| Error::io(&self.steps_path, e))?;
+        self.epochs
+            .flush()
+            .map_err(|e| Error::io(&self.epochs_path, e))
+    }
+}
+
+fn row_text<T: Serialize>(format: MetricsFormat, r: &T, csv: fn(&T) -> String) -> Result<String> {
+    Ok(match format {
+        MetricsFormat::Csv => csv(r) + "\n",
+        MetricsFormat::Jsonl => {
+            serde_json::to_string(r).map_err(|e| Error::Data(format!("metrics row: {e}")))? + "\n"
+        }
+    })
+}
+
+/// The step rows of a metrics file; lines that do not parse (the header, a
+/// line cut short by a kill) are skipped. A missing file has no rows.
+pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut rows = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        let row = match format {
+            MetricsFormat::Csv => parse_step_csv(&line),
+            MetricsFormat::Jsonl => serde_json::from_str(&line).ok(),
+        };
+        rows.extend(row);
+    }
+    Ok(rows)
+}
