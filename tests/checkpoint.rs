@@ -1,0 +1,380 @@
+//! Runs that survive: a training run killed with SIGKILL (or stopped with
+//! SIGINT) at a random step and resumed ends with the same parameters and
+//! momentum, bit for bit, as an uninterrupted run; a checkpoint write that
+//! fails (file size limit) leaves the previous checkpoint whole; damaged
+//! checkpoints are caught and the previous good one is named. Final weights
+//! are compared with the safetensors crate's reader, not our own.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use alexnet_cuda::checkpoint::{self, Progress};
+use alexnet_cuda::data::write_demo_dataset;
+use alexnet_cuda::train::{after_validation, Schedule};
+use safetensors::SafeTensors;
+
+const BIN: &str = env!("CARGO_BIN_EXE_alexnet-cuda");
+/// 500 training images at batch 25: 20 steps per epoch, 60 in all.
+const EPOCHS: usize = 3;
+const STEPS: usize = 60;
+
+fn data(dir: &Path) -> PathBuf {
+    let d = dir.join("data");
+    write_demo_dataset(&d, 10, 60, 32, 5).expect("demo data");
+    d
+}
+
+fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--val",
+        "100",
+        "--batch",
+        "25",
+        "--checkpoint-every",
+        "7",
+        "--threads",
+        "2",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["--epochs".into(), epochs.to_string()]);
+    a.extend(["--data".into(), data.display().to_string()]);
+    a.extend(["--out".into(), out.display().to_string()]);
+    a
+}
+
+fn resume_args(out: &Path) -> Vec<String> {
+    vec![
+        "train".into(),
+        "--cpu".into(),
+        "--resume".into(),
+        out.display().to_string(),
+        "--checkpoint-every".into(),
+        "7".into(),
+        "--threads".into(),
+        "2".into(),
+        "--no-progress".into(),
+    ]
+}
+
+fn run(args: &[String]) -> Output {
+    let o = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alexnet-cuda");
+    o
+}
+
+fn run_ok(args: &[String]) {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Steps logged so far (rows of steps.csv).
+fn steps_logged(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("steps.csv"))
+        .map(|s| s.lines().count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// Start a run and wait until it has logged `step` steps.
+fn start_until(args: &[String], out: &Path, step: usize) -> Child {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alexnet-cuda");
+    let t0 = Instant::now();
+    while steps_logged(out) < step {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the run ended ({status}) before step {step}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
+/// A step drawn from the clock, in `lo..hi`, printed so a failure can be replayed.
+fn random_step(lo: usize, hi: usize, what: &str) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    let s = lo + nanos % (hi - lo);
+    println!("{what} at step {s}");
+    s
+}
+
+/// Every tensor of a safetensors file, read with the safetensors crate.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn final_ckpt(out: &Path) -> PathBuf {
+    out.join(checkpoint::checkpoint_name(STEPS as u64))
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(&final_ckpt(a)), tensors(&final_ckpt(b)));
+    assert_eq!(ta.len(), tb.len());
+    // 8 layers x (weight, bias) x (value, momentum); cifar has no mean image.
+    assert_eq!(ta.len(), 32);
+    for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs between the runs");
+    }
+    // The logged curves match too, up to the wall-clock columns.
+    let cols = |p: PathBuf, n: usize| -> Vec<String> {
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| l.split(',').take(n).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(cols(a.join("steps.csv"), 5), cols(b.join("steps.csv"), 5));
+    assert_eq!(cols(a.join("epochs.csv"), 7), cols(b.join("epochs.csv"), 7));
+    assert_eq!(cols(a.join("steps.csv"), 1).len(), STEPS + 1);
+}
+
+#[test]
+fn sigkill_twice_then_resume_is_bit_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, killed) = (t.path().join("whole"), t.path().join("killed"));
+    run_ok(&train_args(&d, &whole, EPOCHS));
+
+    // After step 8 is logged, the step-7 checkpoint exists to resume from.
+    let k1 = random_step(8, 30, "first SIGKILL");
+    let mut c = start_until(&train_args(&d, &killed, EPOCHS), &killed, k1);
+    c.kill().expect("SIGKILL");
+    c.wait().unwrap();
+    let k2 = random_step(k1.max(8) + 1, STEPS - 2, "second SIGKILL");
+    let mut c = start_until(&resume_args(&killed), &killed, k2);
+    c.kill().expect("SIGKILL");
+    c.wait().unwrap();
+    // No temporary files are left where a reader looks (a kill during a
+    // write leaves one, which the next write of that name replaces).
+    run_ok(&resume_args(&killed));
+    assert_same_run(&whole, &killed);
+    let left: Vec<_> = checkpoint::list(&killed).unwrap();
+    assert_eq!(left.len(), 3, "--keep 3: {left:?}");
+    assert!(killed.join("best.safetensors").is_file());
+}
+
+#[test]
+fn sigint_stops_cleanly_with_a_checkpoint_and_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
+    run_ok(&train_args(&d, &whole, EPOCHS));
+    let k = random_step(3, STEPS - 3, "SIGINT");
+    let c = start_until(&train_args(&d, &stopped, EPOCHS), &stopped, k);
+    let pid = c.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("continue with: alexnet-cuda train --resume"),
+        "{stdout}"
+    );
+    // The checkpoint is of the step the run stopped after.
+    let (step, path) = checkpoint::list(&stopped).unwrap().pop().expect("a checkpoint");
+    assert!(step as usize >= k && step as usize <= STEPS, "step {step}");
+    let ck = checkpoint::load(&path).unwrap();
+    assert_eq!(ck.state.progress.step, step);
+    assert_eq!(steps_logged(&stopped), step as usize);
+    run_ok(&resume_args(&stopped));
+    assert_same_run(&whole, &stopped);
+}
+
+#[test]
+fn failed_checkpoint_write_keeps_the_previous_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, run_dir) = (t.path().join("whole"), t.path().join("run"));
+    run_ok(&train_args(&d, &whole, 2));
+    run_ok(&train_args(&d, &run_dir, 1));
+    let before = checkpoint::list(&run_dir).unwrap();
+    let (last_step, last) = before.last().cloned().unwrap();
+    let size = std::fs::metadata(&last).unwrap().len();
+    // A file size limit of half a checkpoint: the next write fails part way
+    // (EFBIG, SIGXFSZ ignored), like a disk filling up.
+    let mut args = resume_args(&run_dir);
+    args.extend(["--epochs".into(), "2".into()]);
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+            size / 2 / 1024
+        ))
+        .arg(BIN)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the write did not fail: {err}");
+    assert!(err.contains("could not write checkpoint"), "{err}");
+    assert!(
+        err.contains(&format!("previous checkpoint {} is intact", last.display())),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "{err}");
+    // The newest readable checkpoint is the one from before, whole.
+    let after = checkpoint::list(&run_dir).unwrap();
+    assert_eq!(after, before);
+    let ck = checkpoint::load_latest(&run_dir).expect("the previous checkpoint loads");
+    assert_eq!(ck.state.progress.step, last_step);
+    let stray: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+    // And the run still finishes exactly as an uninterrupted one.
+    run_ok(&args);
+    let (a, b) = (
+        tensors(&whole.join(checkpoint::checkpoint_name(40))),
+        tensors(&run_dir.join(checkpoint::checkpoint_name(40))),
+    );
+    assert!(a == b, "the resumed run differs");
+}
+
+#[test]
+fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let run_dir = t.path().join("run");
+    run_ok(&train_args(&d, &run_dir, 1));
+    let all = checkpoint::list(&run_dir).unwrap();
+    assert_eq!(all.len(), 3);
+    let (newest, previous) = (all[2].1.clone(), all[1].1.clone());
+    let good = std::fs::read(&newest).unwrap();
+
+    // One flipped bit in the tensor data, in the header's state, and a cut.
+    let mut flipped = good.clone();
+    let at = good.len() - 1000;
+    flipped[at] ^= 0x10;
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&good[8..8 + n]).into_owned();
+    let key = "batches_done\\\":";
+    let in_state = 8 + header.find(key).expect("state in header") + key.len();
+    let mut state_flip = good.clone();
+    state_flip[in_state] = if good[in_state] == b'1' { b'2' } else { b'1' };
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("data bit", flipped, "checksum mismatch"),
+        ("state digit", state_flip, "state checksum mismatch"),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+    ];
+    for (what, bytes, needle) in cases {
+        std::fs::write(&newest, &bytes).unwrap();
+        let e = checkpoint::load(&newest).expect_err(what).to_string();
+        assert!(e.contains(needle), "{what}: {e}");
+        assert!(e.contains(&newest.display().to_string()), "{what}: {e}");
+        let o = run(&resume_args(&run_dir));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: resumed from a damaged file");
+        assert!(
+            err.contains(&format!(
+                "the previous good checkpoint is {}",
+                previous.display()
+            )),
+            "{what}: {err}"
+        );
+    }
+    // Resuming from the named one works.
+    std::fs::write(&newest, &good).unwrap();
+    checkpoint::load(&newest).expect("restored file verifies");
+    let mut a = resume_args(&previous);
+    a.extend(["--epochs".into(), "1".into()]);
+    run_ok(&a);
+}
+
+#[test]
+fn a_run_folder_is_never_shared_by_two_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    run_ok(&train_args(&d, &out, 1));
+    let o = run(&train_args(&d, &out, 1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+}
+
+/// The paper's schedule on a hand-made error sequence, patience 2, at most
+/// two drops: lr 1 -> 0.1 after two epochs without improvement, then the
+/// count restarts; improvements reset it; no third drop.
+#[test]
+fn plateau_schedule_by_hand() {
+    let mut p = Progress {
+        epoch: 1,
+        batches_done: 0,
+        epoch_batches: 1,
+        epoch_done: false,
+        step: 0,
+        lr: 1.0,
+        best_err: None,
+        since_best: 0,
+        drops: 0,
+        loss_sum: 0.0,
+        hits: 0,
+        seen: 0,
+        elapsed_s: 0.0,
+    };
+    let s = Schedule::Plateau {
+        patience: 2,
+        max_drops: 2,
+    };
+    let errs = [0.9, 0.8, 0.8, 0.85, 0.7, 0.75, 0.7, 0.71, 0.72, 0.73, 0.6];
+    let want_lr = [1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.01];
+    let want_best = [
+        true, true, false, false, true, false, false, false, false, false, true,
+    ];
+    for (i, &e) in errs.iter().enumerate() {
+        let best = after_validation(&mut p, &s, e);
+        assert_eq!(best, want_best[i], "epoch {}", i + 1);
+        assert!(
+            (p.lr / want_lr[i] as f32 - 1.0).abs() < 1e-6,
+            "epoch {}: lr {}",
+            i + 1,
+            p.lr
+        );
+    }
+    assert_eq!(p.drops, 2);
+    assert_eq!(p.best_err, Some(0.6));
+    // Milestones leave the plateau state alone.
+    let mut q = p.clone();
+    after_validation(&mut q, &Schedule::Milestones(vec![3]), 0.99);
+    assert_eq!(q.lr, p.lr);
+}
