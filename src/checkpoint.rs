@@ -278,9 +278,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             path.display()
         )));
     }
-    let state_json = meta
-        .get("state")
-        .ok_or_else(|| damaged(path, "no state"))?;
+    let state_json = meta.get("state").ok_or_else(|| damaged(path, "no state"))?;
     let want: u32 = meta
         .get("state_crc32")
         .and_then(|s| s.parse().ok())
@@ -310,7 +308,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     for t in &tensors {
         match crcs.get(&t.name) {
             Some(&c) if c == crc32fast::hash(&le_bytes(&t.data)) => {}
-            _ => return Err(damaged(path, format!("tensor {} checksum mismatch", t.name))),
+            _ => {
+                return Err(damaged(
+                    path,
+                    format!("tensor {} checksum mismatch", t.name),
+                ))
+            }
         }
     }
     Ok(Checkpoint {
@@ -327,9 +330,10 @@ impl Checkpoint {
         if resume {
             for name in net.param_names() {
                 let key = format!("{MOMENTUM}{name}");
-                let t = self.tensors.get(&key).ok_or_else(|| {
-                    damaged(&self.path, format!("no {key}"))
-                })?;
+                let t = self
+                    .tensors
+                    .get(&key)
+                    .ok_or_else(|| damaged(&self.path, format!("no {key}")))?;
                 net.set_momentum(&name, &t.data)?;
             }
             net.set_steps(self.state.progress.step);

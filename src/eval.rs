@@ -1,11 +1,15 @@
 //! Evaluation as the paper reports it (section 4.1, Table 2): top-1 and top-5
 //! error on the centre crop, or on the softmax averaged over ten crops (four
-//! corners and the centre, and their mirror images).
+//! corners and the centre, and their mirror images), with the checkpoint's
+//! own preprocessing, on a store or a class-folder tree.
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::data::{batches, ImageSource, LoaderConfig};
-use crate::error::Result;
+use crate::checkpoint::Checkpoint;
+use crate::data::packed::{is_store, PackedStore};
+use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, ImageSource, LoaderConfig};
+use crate::error::{Error, Result};
 use crate::model::net::{Mode, Network};
 
 /// Top-1 and top-5 hits of one batch: for each row, the rank of the label's
@@ -106,4 +110,112 @@ pub fn evaluate<B: Backend>(
         top1: top1 as f64 / s,
         top5: top5 as f64 / s,
     })
+}
+
+/// The loader settings that repeat a checkpoint's test-time preprocessing:
+/// the same crop, padding and mean (image or per-channel) and std.
+pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize) -> LoaderConfig {
+    let p = &ck.state.preprocess;
+    LoaderConfig {
+        batch,
+        crop: p.crop,
+        pad: p.pad,
+        train: false,
+        mean: p.mean,
+        mean_image: ck.mean_image().map(|m| Arc::new(m.to_vec())),
+        ten_crop,
+        std: p.std,
+        seed: 0,
+        workers,
+        drop_last: false,
+        lighting: None,
+    }
+}
+
+/// An image source whose labels are mapped into another class list.
+struct Relabel {
+    inner: Arc<dyn ImageSource>,
+    map: Vec<u32>,
+    classes: Vec<String>,
+}
+
+impl ImageSource for Relabel {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.map[self.inner.label(i) as usize]
+    }
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn pixels<'a>(&'a self, i: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        self.inner.pixels(i, scratch)
+    }
+}
+
+/// Open evaluation images for a checkpoint: a `prepare` output folder (its
+/// `val/`), one store folder, or a class-folder tree (decoded and resized as
+/// `prepare` does). Labels are matched to the checkpoint's classes by name;
+/// a class the network does not know is an error.
+pub fn open_eval_data(
+    path: &Path,
+    ck: &Checkpoint,
+    progress: bool,
+) -> Result<Arc<dyn ImageSource>> {
+    let size = ck.state.preprocess.image_size;
+    let set: Arc<dyn ImageSource> = if is_store(path) {
+        Arc::new(PackedStore::open(path)?)
+    } else if is_store(&path.join("val")) {
+        Arc::new(PackedStore::open(&path.join("val"))?)
+    } else if is_store(&path.join("train")) {
+        return Err(Error::Config(format!(
+            "{}: the store has train/ but no val/; pass {} to evaluate on training images, or prepare with --val",
+            path.display(),
+            path.join("train").display()
+        )));
+    } else {
+        let folder = ImageFolder::scan(path)?;
+        let opts = BuildOptions {
+            progress,
+            ..BuildOptions::new(size)
+        };
+        Arc::new(ImageSet::build(&folder, &opts)?)
+    };
+    if set.size() < ck.state.preprocess.crop {
+        return Err(Error::Config(format!(
+            "{}: images are {}x{}, smaller than the checkpoint's {}x{} crops; prepare them with --size {size}",
+            path.display(),
+            set.size(),
+            set.size(),
+            ck.state.preprocess.crop,
+            ck.state.preprocess.crop
+        )));
+    }
+    let known = &ck.state.classes;
+    if set.classes() == known.as_slice() {
+        return Ok(set);
+    }
+    let mut map = Vec::with_capacity(set.classes().len());
+    for c in set.classes() {
+        match known.iter().position(|k| k == c) {
+            Some(i) => map.push(i as u32),
+            None => {
+                return Err(Error::Data(format!(
+                    "{}: class {c} is not one of the checkpoint's {} classes ({}...); evaluate on data with the training classes",
+                    path.display(),
+                    known.len(),
+                    known.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    }
+    Ok(Arc::new(Relabel {
+        inner: set,
+        map,
+        classes: known.clone(),
+    }))
 }

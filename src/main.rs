@@ -9,21 +9,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::ProgressBar;
 use tracing::info;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
     batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
 };
+use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data};
+use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
-use alexnet_cuda::checkpoint;
-use alexnet_cuda::metrics::MetricsFormat;
-use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
 
 #[derive(Parser)]
@@ -79,6 +81,8 @@ enum Command {
     Prepare(PrepareArgs),
     /// Train on a prepared store or a folder of class sub-folders of images.
     Train(TrainArgs),
+    /// Top-1 and top-5 error of a checkpoint: centre crop, or the paper's 10 crops.
+    Eval(EvalArgs),
     /// Time the training loader over a prepared store (used by scripts/bench-data); prints one JSON line.
     #[command(hide = true)]
     BenchLoader {
@@ -232,6 +236,37 @@ struct TrainArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
+    #[arg(long)]
+    ten_crop: bool,
+    /// Images per batch (default: the run's training batch).
+    #[arg(long, value_parser = positive)]
+    batch: Option<u64>,
+    /// Evaluate N images spread evenly over the set.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Loader threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -438,6 +473,78 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let topo = ck.state.net.topology()?;
+    let be = CpuBackend::new();
+    let batch = args
+        .batch
+        .map(|b| b as usize)
+        .unwrap_or(ck.state.options.batch);
+    let set = open_eval_data(&args.data, &ck, !args.no_progress)?;
+    let n = set.len();
+    let idx: Vec<usize> = match args.limit {
+        Some(k) if (k as usize) < n => (0..k as usize).map(|i| i * n / k as usize).collect(),
+        _ => (0..n).collect(),
+    };
+    // Ten crops make ten rows per image: keep the rows per step near `batch`.
+    let per_step = if args.ten_crop {
+        (batch / 10).max(1)
+    } else {
+        batch
+    };
+    let cfg = loader_for(&ck, per_step, args.ten_crop, args.workers);
+    let mut net = Network::new(&be, &topo, per_step * cfg_rows(args.ten_crop), 0)?;
+    ck.restore(&mut net, false)?;
+    let pb = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(idx.len() as u64)
+    };
+    let t0 = Instant::now();
+    let r = evaluate(&mut net, &set, &idx, &cfg, |done| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    let mode = if args.ten_crop {
+        "10-crop"
+    } else {
+        "centre-crop"
+    };
+    if args.json {
+        println!(
+            "{{\"checkpoint\": {:?}, \"data\": {:?}, \"mode\": \"{mode}\", \"images\": {}, \"top1_error\": {:.6}, \"top5_error\": {:.6}, \"loss\": {:.6}, \"seconds\": {:.2}}}",
+            args.checkpoint.display().to_string(),
+            args.data.display().to_string(),
+            r.images,
+            1.0 - r.top1,
+            1.0 - r.top5,
+            r.loss,
+            t0.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} images (loss {:.4}, {:.0} images/s)",
+            100.0 * (1.0 - r.top1),
+            100.0 * (1.0 - r.top5),
+            r.images,
+            r.loss,
+            r.images as f64 / t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Network rows per image.
+fn cfg_rows(ten_crop: bool) -> usize {
+    if ten_crop {
+        10
+    } else {
+        1
+    }
 }
 
 fn cmd_bench(
@@ -664,6 +771,7 @@ fn run() -> Result<()> {
         }
         Command::Prepare(args) => cmd_prepare(args),
         Command::Train(args) => cmd_train(args),
+        Command::Eval(args) => cmd_eval(args),
         Command::BenchLoader {
             data,
             batch,

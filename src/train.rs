@@ -370,7 +370,9 @@ struct Saver {
 
 impl Saver {
     fn save(&mut self, state: &RunState, tensors: &[Tensor], best: bool) -> Result<PathBuf> {
-        let path = self.dir.join(checkpoint::checkpoint_name(state.progress.step));
+        let path = self
+            .dir
+            .join(checkpoint::checkpoint_name(state.progress.step));
         if let Err(e) = checkpoint::save(&path, state, tensors) {
             let prev = match &self.last {
                 Some(p) => format!("the previous checkpoint {} is intact", p.display()),
@@ -630,7 +632,11 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         interrupted: false,
         checkpoint: None,
     };
-    let stopping = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+    let stopping = || {
+        opts.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
     if state.progress.epoch_done {
         state.progress.epoch += 1;
         state.progress.batches_done = 0;

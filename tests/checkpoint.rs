@@ -205,7 +205,10 @@ fn sigint_stops_cleanly_with_a_checkpoint_and_resumes_exactly() {
         "{stdout}"
     );
     // The checkpoint is of the step the run stopped after.
-    let (step, path) = checkpoint::list(&stopped).unwrap().pop().expect("a checkpoint");
+    let (step, path) = checkpoint::list(&stopped)
+        .unwrap()
+        .pop()
+        .expect("a checkpoint");
     assert!(step as usize >= k && step as usize <= STEPS, "step {step}");
     let ck = checkpoint::load(&path).unwrap();
     assert_eq!(ck.state.progress.step, step);

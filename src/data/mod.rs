@@ -17,8 +17,8 @@ pub use decode::{decode_file, decode_into, resize_centre_crop};
 pub use folder::ImageFolder;
 pub use lighting::Pca;
 pub use loader::{
-    batches, batches_from, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter, Crop, ImageSource,
-    Lighting, LoaderConfig,
+    batches, batches_from, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter,
+    Crop, ImageSource, Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use store::{balanced_subset, BuildOptions, ImageSet};

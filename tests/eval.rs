@@ -1,0 +1,271 @@
+//! Evaluation against hand-worked answers: top-k ranks with ties, averaging
+//! over crops, and the whole ten-crop evaluation against crops cut out here
+//! by hand (section 4.1: the four corners and the centre, and their mirror
+//! images) and run through the network one at a time. Then the `eval` CLI
+//! on a trained checkpoint, including data with fewer classes.
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::data::{write_demo_dataset, ImageSet, ImageSource, LoaderConfig};
+use alexnet_cuda::eval::{average_crops, evaluate, top_k, topk_hits};
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::rng::Rng;
+
+#[test]
+fn top_k_by_hand() {
+    let row = [0.1, 0.5, 0.2, 0.5, 0.05, 0.15];
+    assert_eq!(top_k(&row, 3), vec![(1, 0.5), (3, 0.5), (2, 0.2)]);
+    assert_eq!(top_k(&row, 10).len(), 6);
+    // Rows of 7 classes. Row 0: label 2 is the largest -> top-1 and top-5.
+    // Row 1: label 0 ties with class 5 (ties count against us) -> top-5 only.
+    // Row 2: label 6 is the 6th largest -> neither.
+    let probs = [
+        0.1, 0.1, 0.4, 0.1, 0.1, 0.1, 0.1, //
+        0.3, 0.05, 0.05, 0.1, 0.1, 0.3, 0.1, //
+        0.2, 0.2, 0.15, 0.15, 0.12, 0.1, 0.08,
+    ];
+    assert_eq!(topk_hits(&probs, &[2, 0, 6], 7), (1, 2));
+    assert_eq!(topk_hits(&probs, &[2], 7), (1, 1));
+}
+
+#[test]
+fn average_crops_by_hand() {
+    // Two images, two crops each, three classes.
+    let probs = [
+        0.2, 0.3, 0.5, 0.4, 0.1, 0.5, //
+        1.0, 0.0, 0.0, 0.0, 0.0, 1.0,
+    ];
+    let avg = average_crops(&probs, 2, 3);
+    let want = [0.3, 0.2, 0.5, 0.5, 0.0, 0.5];
+    for (a, w) in avg.iter().zip(want) {
+        assert!((a - w).abs() < 1e-7, "{avg:?}");
+    }
+    assert_eq!(average_crops(&probs, 1, 3), probs.to_vec());
+}
+
+/// The ten crops cut by hand from 32x32 images (28x28 crops, so corners at
+/// 0 and 4 and the centre at 2), each normalised as (pixel - mean) / std,
+/// run one at a time; the mean softmax's top-1/top-5/loss must equal
+/// `evaluate` with `ten_crop`.
+#[test]
+fn ten_crop_evaluation_matches_crops_cut_by_hand() {
+    let topo = Topology::cifar();
+    let (size, crop, n) = (32usize, 28usize, 6usize);
+    let mut rng = Rng::new(11);
+    let pixels: Vec<u8> = (0..n * size * size * 3)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i * 3 % 10) as u32).collect();
+    let classes: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
+    let set = ImageSet::from_parts(size, pixels.clone(), labels.clone(), classes).unwrap();
+    let set: Arc<dyn ImageSource> = Arc::new(set);
+    let (mean, std) = ([120.0f32, 110.0, 100.0], [60.0f32, 55.0, 50.0]);
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, 40, 3).unwrap();
+
+    // By hand.
+    let corners = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)];
+    let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0.0f64);
+    for img in 0..n {
+        let mut sum = [0.0f64; 10];
+        for flip in [false, true] {
+            for &(x0, y0) in &corners {
+                let mut x = vec![0.0f32; 3 * crop * crop];
+                for c in 0..3 {
+                    for y in 0..crop {
+                        for xx in 0..crop {
+                            let sx = if flip { x0 + crop - 1 - xx } else { x0 + xx };
+                            let p = pixels[((img * size + y0 + y) * size + sx) * 3 + c];
+                            x[(c * crop + y) * crop + xx] = (p as f32 - mean[c]) / std[c];
+                        }
+                    }
+                }
+                net.forward(&x, &[labels[img]], Mode::Eval).unwrap();
+                for (s, p) in sum.iter_mut().zip(net.probs().unwrap()) {
+                    *s += p as f64 / 10.0;
+                }
+            }
+        }
+        let l = labels[img] as usize;
+        let above = (0..10).filter(|&j| j != l && sum[j] >= sum[l]).count();
+        top1 += (above == 0) as usize;
+        top5 += (above < 5) as usize;
+        loss -= sum[l].ln();
+    }
+
+    let cfg = LoaderConfig {
+        mean,
+        std: Some(std),
+        ten_crop: true,
+        drop_last: false,
+        ..LoaderConfig::new(4, crop, false)
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let r = evaluate(&mut net, &set, &idx, &cfg, |_| {}).unwrap();
+    assert_eq!(r.images, n);
+    assert_eq!(r.top1, top1 as f64 / n as f64);
+    assert_eq!(r.top5, top5 as f64 / n as f64);
+    assert!(
+        (r.loss - loss / n as f64).abs() < 1e-5,
+        "{} vs {}",
+        r.loss,
+        loss / n as f64
+    );
+    // A random net's ten crops do not all agree: the average matters.
+    let centre = LoaderConfig {
+        ten_crop: false,
+        ..cfg.clone()
+    };
+    let c = evaluate(&mut net, &set, &idx, &centre, |_| {}).unwrap();
+    assert!(c.loss != r.loss);
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alexnet-cuda");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn json_field(line: &str, key: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
+/// `eval` of a run's last checkpoint on the run's own val store gives
+/// exactly the validation numbers the run logged for its last epoch: the
+/// weights and the preprocessing (mean, std, crop) come back from the file.
+#[test]
+fn eval_cli_repeats_the_runs_own_validation() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (train_dir, val_dir) = (t.path().join("train"), t.path().join("val"));
+    write_demo_dataset(&train_dir, 10, 30, 32, 9).unwrap();
+    write_demo_dataset(&val_dir, 10, 10, 32, 10).unwrap();
+    let store = t.path().join("store");
+    let (ok, _, err) = cli(&[
+        "prepare",
+        "--train",
+        &s(&train_dir),
+        "--val",
+        &s(&val_dir),
+        "--out",
+        &s(&store),
+        "--size",
+        "32",
+        "--format",
+        "raw",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let out = t.path().join("run");
+    let (ok, _, err) = cli(&[
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--data",
+        &s(&store),
+        "--epochs",
+        "2",
+        "--batch",
+        "20",
+        "--no-progress",
+        "--out",
+        &s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let last = alexnet_cuda::checkpoint::list(&out)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
+    let (ok, centre, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&last),
+        "--data",
+        &s(&store),
+        "--json",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    let row: Vec<f64> = epochs
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,...
+    assert_eq!(row[0], 2.0);
+    assert_eq!(json_field(&centre, "images"), 100.0);
+    assert!(
+        (1.0 - json_field(&centre, "top1_error") - row[5]).abs() < 1e-5,
+        "{centre} vs {epochs}"
+    );
+    assert!(
+        (1.0 - json_field(&centre, "top5_error") - row[6]).abs() < 1e-5,
+        "{centre} vs {epochs}"
+    );
+    assert!(
+        (json_field(&centre, "loss") - row[4]).abs() < 1e-4,
+        "{centre} vs {epochs}"
+    );
+    let (ok, ten, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&last),
+        "--data",
+        &s(&store),
+        "--json",
+        "--ten-crop",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json_field(&ten, "images"), 100.0);
+    assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
+
+    // A class-folder tree with fewer classes than the network knows:
+    // labels are matched by name.
+    let part = t.path().join("part");
+    for c in ["03-checker", "07-cross"] {
+        std::fs::create_dir_all(part.join(c)).unwrap();
+        for e in std::fs::read_dir(val_dir.join(c)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), part.join(c).join(e.file_name())).unwrap();
+        }
+    }
+    let (ok, one, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&last),
+        "--data",
+        &s(&part),
+        "--json",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json_field(&one, "images"), 20.0);
+    // An unknown class is refused by name.
+    std::fs::rename(part.join("07-cross"), part.join("zebra")).unwrap();
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&last), "--data", &s(&part)]);
+    assert!(!ok);
+    assert!(
+        err.contains("class zebra is not one of the checkpoint's 10 classes"),
+        "{err}"
+    );
+    // A folder given as the checkpoint.
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&part), "--data", &s(&part)]);
+    assert!(!ok && err.contains("error:"), "{err}");
+}
