@@ -381,3 +381,83 @@ fn plateau_schedule_by_hand() {
     after_validation(&mut q, &Schedule::Milestones(vec![3]), 0.99);
     assert_eq!(q.lr, p.lr);
 }
+
+/// JSONL metrics hold one object per step and per epoch; `--init-from`
+/// starts a run from another run's weights (checked with a learning rate
+/// too small to move them), and refuses weights of another shape by name.
+#[test]
+fn jsonl_metrics_and_init_from() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let a = t.path().join("a");
+    let mut args = train_args(&d, &a, 1);
+    args.extend(["--metrics-format".into(), "jsonl".into()]);
+    run_ok(&args);
+    let steps = std::fs::read_to_string(a.join("steps.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = steps
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 20);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["step"].as_u64(), Some(i as u64 + 1));
+        assert!(r["loss"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0));
+    }
+    let epochs = std::fs::read_to_string(a.join("epochs.jsonl")).unwrap();
+    let e: serde_json::Value = serde_json::from_str(epochs.trim()).unwrap();
+    assert_eq!(e["epoch"].as_u64(), Some(1));
+    assert!(e["val_top1"].as_f64().is_some());
+
+    let from = a.join("best.safetensors");
+    let b = t.path().join("b");
+    let mut args = train_args(&d, &b, 1);
+    args.extend([
+        "--init-from".into(),
+        from.display().to_string(),
+        "--lr".into(),
+        "1e-30".into(),
+    ]);
+    run_ok(&args);
+    let want = tensors(&from);
+    let got = tensors(&b.join(checkpoint::checkpoint_name(20)));
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let mut checked = 0;
+    for (name, w) in &want {
+        if name.starts_with("momentum.") {
+            continue;
+        }
+        let g = &got.iter().find(|(n, _)| n == name).expect("same names").1;
+        for (x, y) in f32s(w).iter().zip(f32s(g)) {
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(1e-3),
+                "{name}: {x} vs {y}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 16);
+
+    // Weights for 5 classes do not fit a 10-class run: the error names the tensor.
+    let five = t.path().join("five");
+    write_demo_dataset(&five, 5, 60, 32, 6).unwrap();
+    let c = t.path().join("c");
+    let mut args = train_args(&five, &c, 1);
+    args[5] = "50".into(); // --val
+    run_ok(&args);
+    let mut args = train_args(&d, &t.path().join("d"), 1);
+    args.extend([
+        "--init-from".into(),
+        c.join("best.safetensors").display().to_string(),
+    ]);
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("fc8.weight has shape [5, 512] but config cifar needs [10, 512]"),
+        "{err}"
+    );
+}
