@@ -1,12 +1,16 @@
 //! alexnet-cuda: AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) as the
 //! paper trained it. `model::topology` is the one table that describes the
 //! network; `backend` holds the ops (CPU reference here); `model::net` runs
-//! the table on a backend; `data` reads images; `train` is the loop.
+//! the table on a backend; `data` reads images; `train` is the loop;
+//! `export` writes the weights (safetensors) and the graph (ONNX); `npy`
+//! passes arrays to and from NumPy.
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod model;
+pub mod npy;
 pub mod rng;
 pub mod train;
 
