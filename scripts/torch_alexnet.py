@@ -10,12 +10,23 @@ keep every structural choice.
 
 LRN: the paper's b = a / (k + alpha * sum_5 a^2)^beta with alpha = 1e-4.
 PyTorch's nn.LocalResponseNorm divides alpha by size, so it gets 5 * 1e-4.
+
+The conv geometry, groups, input crop and LRN are parameters too, so the
+other configs of src/model/topology.rs (alexnet-half, cifar) can be built
+here as an independent reference; `config(name)` gives their arguments. The
+defaults are the paper's net, built exactly as before (same modules in the
+same order, so seeded initialisation and the fixtures do not change).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 PAPER_WIDTHS = [96, 256, 384, 384, 256, 4096, 4096]
+# (kernel, stride, padding) of conv1..conv5 (section 3.5) and their groups
+# (the two towers: conv2, conv4, conv5 see only their own tower's maps).
+PAPER_CONVS = [(11, 4, 0), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)]
+PAPER_GROUPS = [1, 2, 1, 2, 2]
+PAPER_CROP = 227
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
@@ -25,30 +36,54 @@ def make_lrn():
 
 
 class AlexNet(nn.Module):
-    """widths: conv1..conv5, fc6, fc7 outputs; dropout: fc6/fc7 probability (0 = off)."""
+    """widths: conv1..conv5, fc6, fc7 outputs; dropout: fc6/fc7 probability (0 = off);
+    convs: (kernel, stride, padding) per conv layer; groups: per conv layer;
+    crop: input height and width; lrn: False for the no-LRN ablation."""
 
-    def __init__(self, widths=PAPER_WIDTHS, classes=1000, dropout=0.5):
+    def __init__(self, widths=PAPER_WIDTHS, classes=1000, dropout=0.5,
+                 convs=PAPER_CONVS, groups=PAPER_GROUPS, crop=PAPER_CROP, lrn=True):
         super().__init__()
         w = widths
-        self.conv1 = nn.Conv2d(3, w[0], 11, stride=4)
-        self.conv2 = nn.Conv2d(w[0], w[1], 5, padding=2, groups=2)
-        self.conv3 = nn.Conv2d(w[1], w[2], 3, padding=1)
-        self.conv4 = nn.Conv2d(w[2], w[3], 3, padding=1, groups=2)
-        self.conv5 = nn.Conv2d(w[3], w[4], 3, padding=1, groups=2)
-        self.fc6 = nn.Linear(w[4] * 6 * 6, w[5])
+        c_in = [3] + list(w[:4])
+        # Side of the map after each conv and after each pool (floor, no padding).
+        side = crop
+        for i, (k, s, p) in enumerate(convs):
+            side = (side + 2 * p - k) // s + 1
+            if i in (0, 1, 4):
+                side = (side - 3) // 2 + 1
+        for i, (k, s, p) in enumerate(convs):
+            conv = nn.Conv2d(c_in[i], w[i], k, stride=s, padding=p, groups=groups[i])
+            setattr(self, f"conv{i + 1}", conv)
+        self.fc6 = nn.Linear(w[4] * side * side, w[5])  # 256 * 6 * 6 for the paper
         self.fc7 = nn.Linear(w[5], w[6])
         self.fc8 = nn.Linear(w[6], classes)
-        self.lrn = make_lrn()
+        self.lrn = make_lrn() if lrn else nn.Identity()
         self.pool = nn.MaxPool2d(3, stride=2)  # overlapping (section 3.4)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        x = self.pool(self.lrn(F.relu(self.conv1(x))))  # 227 -> 55 -> 27
-        x = self.pool(self.lrn(F.relu(self.conv2(x))))  # 27 -> 13
+        x = self.pool(self.lrn(F.relu(self.conv1(x))))  # paper: 227 -> 55 -> 27
+        x = self.pool(self.lrn(F.relu(self.conv2(x))))  # paper: 27 -> 13
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
-        x = self.pool(F.relu(self.conv5(x)))  # 13 -> 6
+        x = self.pool(F.relu(self.conv5(x)))  # paper: 13 -> 6
         x = torch.flatten(x, 1)  # (C, H, W) order, as the Rust net flattens
         x = self.drop(F.relu(self.fc6(x)))
         x = self.drop(F.relu(self.fc7(x)))
         return self.fc8(x)
+
+
+def config(name):
+    """AlexNet(**config(name)) is the named config of src/model/topology.rs,
+    restated here on purpose: an independent reference for the exports."""
+    if name == "alexnet":
+        return dict(widths=PAPER_WIDTHS, classes=1000)
+    if name == "alexnet-half":
+        # Section 6.1's one-GPU net: half the kernels in conv1-conv4, no towers.
+        return dict(widths=[48, 128, 192, 192, 256, 4096, 4096], classes=1000,
+                    groups=[1, 1, 1, 1, 1])
+    if name == "cifar":
+        # 28x28 crops of 32x32 images, 5x5 convs at stride 1 for conv1/conv2.
+        return dict(widths=[64, 128, 192, 192, 128, 512, 512], classes=10,
+                    convs=[(5, 1, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)], crop=28)
+    raise ValueError(f"unknown config {name!r}; choose alexnet, alexnet-half or cifar")

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""scripts/check_export.py: owns the check that our exports mean what we say.
+
+Given what examples/export_check.rs writes (weights.safetensors, model.onnx,
+an input batch and our logits for it), this
+  1. loads the safetensors into the PyTorch reference model
+     (scripts/torch_alexnet.py, built independently of the Rust table) in
+     eval mode, strictly (every name and shape must match), and runs the
+     input through it in float64;
+  2. checks model.onnx with onnx.checker (full check, with shape inference)
+     and runs the input through onnxruntime (float32, CPU);
+and prints the largest |difference| of each against our logits.
+
+Tolerance: max |ref - ours| <= 1e-3 * max |ours| + 1e-5. Our logits are
+float32 sums of up to 9216 products (fc6) taken in a different order than
+either reference's; that rounding stays near 1e-6 of the logit scale. A
+structural mistake (a wrong pad, group, LRN constant, pool size or flatten
+order) moves logits by a sizeable fraction of their scale, so 1e-3 separates
+the two by orders of magnitude while leaving room for summation order.
+
+Usage: .venv/bin/python scripts/check_export.py --safetensors W --onnx M
+         --input X.npy --logits L.npy (--config NAME | --widths 7 ints --classes N)
+Exits 1 when either difference is above the tolerance.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_alexnet import AlexNet, config  # noqa: E402
+
+RTOL, ATOL = 1e-3, 1e-5
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--safetensors", required=True)
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--logits", required=True)
+    ap.add_argument("--config", help="alexnet, alexnet-half or cifar")
+    ap.add_argument("--widths", type=int, nargs=7, help="conv1..conv5, fc6, fc7")
+    ap.add_argument("--classes", type=int, default=10, help="with --widths")
+    a = ap.parse_args()
+    if (a.config is None) == (a.widths is None):
+        ap.error("give exactly one of --config and --widths")
+
+    kwargs = config(a.config) if a.config else dict(widths=a.widths, classes=a.classes)
+    x = np.load(a.input)
+    ours = np.load(a.logits)
+    if x.dtype != np.float32 or ours.dtype != np.float32:
+        sys.exit(f"{a.input}, {a.logits}: expected float32 arrays, got {x.dtype}, {ours.dtype}")
+
+    model = AlexNet(dropout=0, **kwargs).eval()
+    model.load_state_dict(load_file(a.safetensors), strict=True)
+    with torch.no_grad():
+        ref = model.double()(torch.from_numpy(x).double()).numpy()
+
+    onnx.checker.check_model(onnx.load(a.onnx), full_check=True)
+    sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": x})[0]
+
+    scale = float(np.abs(ours).max())
+    tol = RTOL * scale + ATOL
+    ok = True
+    for what, y in [("pytorch", ref), ("onnxruntime", got)]:
+        if y.shape != ours.shape:
+            print(f"{what}: logits shape {y.shape}, ours {ours.shape}")
+            ok = False
+            continue
+        diff = float(np.abs(y.astype(np.float64) - ours).max())
+        verdict = "ok" if diff <= tol else "FAIL"
+        print(f"{what:12s} max|diff| {diff:.3e}  (max|logit| {scale:.3e}, tol {tol:.1e}) {verdict}")
+        ok &= diff <= tol
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+//! Getting a trained network out: its parameters as named host tensors
+//! (PyTorch's names and layouts, `model::net`), written to and read from
+//! safetensors files, and (`onnx`) the whole inference graph as an ONNX model.
+//!
+//! safetensors (github.com/huggingface/safetensors): an 8-byte little-endian
+//! header length, a JSON header giving each tensor's dtype, shape and byte
+//! range, then the raw little-endian data. The `safetensors` crate does the
+//! format; this module adds our tensor type, atomic writes and errors that
+//! say which file is wrong and what to do.
+pub mod onnx;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::model::net::Network;
+
+/// One named float32 tensor on the host, C order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// Check that `data` holds exactly the elements `shape` promises.
+    fn check(&self, op: &'static str) -> Result<()> {
+        let want: usize = self.shape.iter().product();
+        if want == self.data.len() {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                op,
+                detail: format!(
+                    "tensor {}: shape {:?} holds {want} values but it has {}",
+                    self.name,
+                    self.shape,
+                    self.data.len()
+                ),
+            })
+        }
+    }
+}
+
+/// Every parameter of `net`, in table order (conv1.weight, conv1.bias, ...,
+/// fc8.bias), with PyTorch's names and shapes.
+pub fn network_tensors<B: Backend>(net: &Network<B>) -> Result<Vec<Tensor>> {
+    net.param_names()
+        .into_iter()
+        .map(|name| {
+            let t = Tensor {
+                shape: net.param_shape(&name)?,
+                data: net.param(&name)?,
+                name,
+            };
+            t.check("network_tensors")?;
+            Ok(t)
+        })
+        .collect()
+}
+
+/// A `Tensor` as the safetensors crate wants to see it: F32, little-endian bytes.
+struct F32View<'a>(&'a Tensor);
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.0.data.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// Write `tensors` and string `metadata` (the header's `__metadata__`) to a
+/// safetensors file, atomically. Names must be unique.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    for t in tensors {
+        t.check("write_safetensors")?;
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::Config(format!(
+                "{}: tensor name {} appears twice",
+                path.display(),
+                t.name
+            )));
+        }
+    }
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let views = tensors.iter().map(|t| (t.name.as_str(), F32View(t)));
+    let bytes = safetensors::serialize(views, (!meta.is_empty()).then_some(meta)).map_err(|e| {
+        Error::Data(format!(
+            "{}: cannot encode safetensors: {e}",
+            path.display()
+        ))
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Read every tensor of a safetensors file holding F32 tensors, sorted by
+/// name (the format keeps no order of its own).
+pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        let why = match e {
+            SafeTensorError::HeaderTooSmall
+            | SafeTensorError::InvalidHeaderLength
+            | SafeTensorError::MetadataIncompleteBuffer => {
+                "truncated or not a safetensors file".to_string()
+            }
+            other => format!("not a valid safetensors file ({other})"),
+        };
+        Error::Data(format!(
+            "{}: {why}; export the weights again",
+            path.display()
+        ))
+    })?;
+    let mut out = Vec::with_capacity(st.len());
+    for (name, view) in st.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Data(format!(
+                "{}: tensor {name} is {:?}, expected F32; save it as float32 \
+                 (in PyTorch: tensor.float())",
+                path.display(),
+                view.dtype()
+            )));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push(Tensor {
+            name: name.to_string(),
+            shape: view.shape().to_vec(),
+            data,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
