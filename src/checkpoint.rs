@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, temp_path, write_atomic};
+use crate::export::{self, Tensor};
+use crate::fsutil::{sync_dir, temp_path};
 use crate::model::net::Network;
 use crate::model::spec::NetSpec;
 use crate::train::{EpochStats, Schedule};
@@ -124,14 +124,6 @@ impl RunState {
     }
 }
 
-/// One named f32 tensor in PyTorch layout.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
 /// A loaded, verified checkpoint.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
@@ -140,67 +132,23 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
 }
 
-struct F32View<'a> {
-    shape: &'a [usize],
-    bytes: Vec<u8>,
-}
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The network's weights (and momentum, for a checkpoint) as tensors.
+/// The network's weights, and with `momentum` its momentum buffers, as tensors.
 pub fn network_tensors<B: Backend>(net: &Network<'_, B>, momentum: bool) -> Result<Vec<Tensor>> {
-    let mut out = Vec::new();
-    for name in net.param_names() {
-        let shape = net.param_shape(&name)?;
-        out.push(Tensor {
-            data: net.param(&name)?,
-            shape: shape.clone(),
-            name: name.clone(),
-        });
-        if momentum {
+    let mut out = export::network_tensors(net)?;
+    if momentum {
+        for name in net.param_names() {
             out.push(Tensor {
                 data: net.momentum(&name)?,
-                shape,
+                shape: net.param_shape(&name)?,
                 name: format!("{MOMENTUM}{name}"),
             });
         }
     }
     Ok(out)
-}
-
-/// Serialise tensors and string metadata to safetensors bytes.
-pub fn safetensors_bytes(tensors: &[Tensor], meta: HashMap<String, String>) -> Result<Vec<u8>> {
-    let views: Vec<(String, F32View)> = tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                F32View {
-                    shape: &t.shape,
-                    bytes: le_bytes(&t.data),
-                },
-            )
-        })
-        .collect();
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Data(format!("could not serialise tensors: {e}")))
 }
 
 /// Write a checkpoint of `state` and `tensors` to `path`, atomically.
@@ -211,7 +159,7 @@ pub fn save(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
         .iter()
         .map(|t| (t.name.as_str(), crc32fast::hash(&le_bytes(&t.data))))
         .collect();
-    let mut meta = HashMap::new();
+    let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert(
         "state_crc32".to_string(),
@@ -222,8 +170,7 @@ pub fn save(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
         "tensor_crc32".to_string(),
         serde_json::to_string(&crcs).map_err(|e| Error::Data(e.to_string()))?,
     );
-    let bytes = safetensors_bytes(tensors, meta)?;
-    write_atomic(path, &bytes)
+    export::write_safetensors(path, tensors, &meta)
 }
 
 fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
@@ -233,45 +180,11 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Read all f32 tensors of a safetensors file, with its metadata.
-pub fn read_safetensors(path: &Path) -> Result<(Vec<Tensor>, HashMap<String, String>)> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::Data(format!(
-            "{}: not a complete safetensors file ({e}); it may be truncated or not a checkpoint",
-            path.display()
-        ))
-    })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| damaged(path, e))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::Data(format!(
-                "{}: tensor {name} is {:?}; only float32 tensors are supported (convert with .float())",
-                path.display(),
-                view.dtype()
-            )));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.push(Tensor {
-            name,
-            shape: view.shape().to_vec(),
-            data,
-        });
-    }
-    Ok((out, meta))
-}
-
 /// Load and verify a checkpoint: the format, the state's CRC and every
 /// tensor's CRC. Errors say the file is damaged; [`load_latest`] names the
 /// previous good one.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let (tensors, meta) = read_safetensors(path)?;
+    let (tensors, meta) = export::read_safetensors_meta(path)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(Error::Data(format!(
             "{}: a safetensors file but not an alexnet-cuda checkpoint (no training state); use it with --init-from",

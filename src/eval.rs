@@ -219,3 +219,22 @@ pub fn open_eval_data(
         classes: known.clone(),
     }))
 }
+
+/// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the
+/// network's input shape), run `chunk` rows at a time.
+pub fn forward_rows<B: Backend>(
+    net: &mut Network<'_, B>,
+    x: &[f32],
+    chunk: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let t = net.topology();
+    let per_row = t.channels * t.crop * t.crop;
+    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+    for part in x.chunks(per_row * chunk.max(1)) {
+        let rows = part.len() / per_row;
+        net.forward(part, &vec![0; rows], Mode::Eval)?;
+        logits.extend(net.logits()?);
+        probs.extend(net.probs()?);
+    }
+    Ok((logits, probs))
+}

@@ -2,6 +2,7 @@
 //! hidden `bench-step` and `bench-loader`.
 //! Flags are parsed here; everything else lives in the library. Errors end
 //! as one line on stderr and a non-zero exit.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,12 +20,18 @@ use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
     batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
 };
-use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data};
+use alexnet_cuda::data::{decode_file, ImageSet, ImageSource};
+use alexnet_cuda::eval::{
+    average_crops, evaluate, forward_rows, loader_for, open_eval_data, top_k,
+};
+use alexnet_cuda::export::onnx::write_onnx;
+use alexnet_cuda::export::{network_tensors, write_safetensors};
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
 
@@ -83,6 +90,22 @@ enum Command {
     Train(TrainArgs),
     /// Top-1 and top-5 error of a checkpoint: centre crop, or the paper's 10 crops.
     Eval(EvalArgs),
+    /// Top-5 classes of images (or of a preprocessed NCHW batch) under a checkpoint.
+    Predict(PredictArgs),
+    /// Write a checkpoint's weights for other tools: safetensors (PyTorch names and layouts) or ONNX.
+    Export(ExportArgs),
+    /// Write the demo data set (class folders of JPEGs) to a folder (used by scripts/check-export).
+    #[command(hide = true)]
+    DemoData {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        #[arg(long, default_value_t = 4)]
+        per_class: usize,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+    },
     /// Time the training loader over a prepared store (used by scripts/bench-data); prints one JSON line.
     #[command(hide = true)]
     BenchLoader {
@@ -270,6 +293,48 @@ struct EvalArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Images (JPEG, PNG): resized, centre-cropped and normalised as in evaluation.
+    #[arg(
+        value_name = "IMAGE",
+        required_unless_present = "input_npy",
+        conflicts_with = "input_npy"
+    )]
+    images: Vec<PathBuf>,
+    /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.
+    #[arg(long, value_name = "FILE")]
+    input_npy: Option<PathBuf>,
+    /// Write the raw logits (rows x classes, float32) to this .npy file.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
+    /// Average the softmax over the paper's 10 crops (the logits file then has 10 rows per image).
+    #[arg(long, conflicts_with = "input_npy")]
+    ten_crop: bool,
+    /// Classes to list per input.
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    top: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// safetensors: the weights with PyTorch names and layouts; onnx: the inference graph with its weights.
+    #[arg(long, value_parser = ["safetensors", "onnx"])]
+    format: String,
+    /// Output file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 /// Flag parser for counts that must be at least 1.
@@ -538,6 +603,119 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_predict(args: PredictArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let topo = ck.state.net.topology()?;
+    let classes = topo.classes;
+    let chunk = ck.state.options.batch.clamp(1, 64);
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, chunk, 0)?;
+    ck.restore(&mut net, false)?;
+    let side = topo.crop;
+    let (labels, logits, probs): (Vec<String>, Vec<f32>, Vec<f32>) = match &args.input_npy {
+        Some(path) => {
+            let (shape, x) = read_npy_f32(path)?;
+            let want = [topo.channels, side, side];
+            if shape.len() != 4 || shape[1..] != want {
+                bail!(
+                    "{}: shape {shape:?}, but config {} takes [N, {}, {side}, {side}] (float32, NCHW, preprocessed as in training: mean subtracted)",
+                    path.display(),
+                    topo.name,
+                    topo.channels
+                );
+            }
+            let (logits, probs) = forward_rows(&mut net, &x, chunk)?;
+            let names = (0..shape[0])
+                .map(|i| format!("{} row {i}", path.display()))
+                .collect();
+            (names, logits, probs)
+        }
+        None => {
+            let size = ck.state.preprocess.image_size;
+            let mut pixels = Vec::with_capacity(args.images.len() * size * size * 3);
+            for p in &args.images {
+                pixels.extend(decode_file(p, size)?);
+            }
+            let n = args.images.len();
+            let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
+            let set: Arc<dyn ImageSource> = Arc::new(set);
+            let rows = cfg_rows(args.ten_crop);
+            let cfg = loader_for(&ck, (chunk / rows).max(1), args.ten_crop, 0);
+            let idx: Vec<usize> = (0..n).collect();
+            let (mut logits, mut probs) = (Vec::new(), Vec::new());
+            for b in batches(Arc::clone(&set), &idx, &cfg, 0)? {
+                let b = b?;
+                let (l, p) = forward_rows(&mut net, &b.x, b.n * b.crops)?;
+                logits.extend(l);
+                probs.extend(average_crops(&p, b.crops, classes));
+            }
+            let names = args
+                .images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            (names, logits, probs)
+        }
+    };
+    let names = &ck.state.names;
+    for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
+        println!("{label}");
+        for (rank, (c, p)) in top_k(row, args.top as usize).into_iter().enumerate() {
+            let id = &ck.state.classes[c];
+            match names.get(c).filter(|n| !n.is_empty() && *n != id) {
+                Some(name) => println!("  {}. {:6.2}%  {id}  {name}", rank + 1, 100.0 * p),
+                None => println!("  {}. {:6.2}%  {id}", rank + 1, 100.0 * p),
+            }
+        }
+    }
+    if let Some(path) = &args.logits {
+        write_npy_f32(path, &[logits.len() / classes, classes], &logits)?;
+        info!(
+            "wrote {} logits rows to {}",
+            logits.len() / classes,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_export(args: ExportArgs) -> Result<()> {
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let topo = ck.state.net.topology()?;
+    // The weights in table order, checked against the table's shapes.
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, 1, 0)?;
+    ck.restore(&mut net, false)?;
+    let tensors = network_tensors(&net)?;
+    match args.format.as_str() {
+        "onnx" => write_onnx(&topo, &tensors, &args.out)?,
+        _ => {
+            let mut meta = BTreeMap::new();
+            meta.insert("config".to_string(), topo.name.clone());
+            meta.insert(
+                "classes".to_string(),
+                serde_json::to_string(&ck.state.classes)?,
+            );
+            meta.insert("names".to_string(), serde_json::to_string(&ck.state.names)?);
+            meta.insert(
+                "preprocess".to_string(),
+                serde_json::to_string(&ck.state.preprocess)?,
+            );
+            write_safetensors(&args.out, &tensors, &meta)?;
+        }
+    }
+    println!(
+        "wrote {} ({} tensors, {} parameters, config {}) to {}",
+        args.format,
+        tensors.len(),
+        tensors.iter().map(|t| t.data.len()).sum::<usize>(),
+        topo.name,
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// Network rows per image.
 fn cfg_rows(ten_crop: bool) -> usize {
     if ten_crop {
@@ -772,6 +950,17 @@ fn run() -> Result<()> {
         Command::Prepare(args) => cmd_prepare(args),
         Command::Train(args) => cmd_train(args),
         Command::Eval(args) => cmd_eval(args),
+        Command::Predict(args) => cmd_predict(args),
+        Command::Export(args) => cmd_export(args),
+        Command::DemoData {
+            out,
+            classes,
+            per_class,
+            size,
+        } => {
+            write_demo_dataset(&out, classes, per_class, size, 1)?;
+            Ok(())
+        }
         Command::BenchLoader {
             data,
             batch,

@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::backend::{Backend, SgdParams};
-use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState, Tensor};
+use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState};
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
     batches_from, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, topk_hits};
+use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
 use crate::model::net::{Mode, Network};
 use crate::model::spec::NetSpec;
@@ -506,7 +507,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
 
     let mut net = Network::new(backend, topo, opts.batch, opts.seed)?;
     if let Some(path) = &opts.init_from {
-        let (tensors, _) = checkpoint::read_safetensors(path)?;
+        let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
         checkpoint::load_weights(&mut net, &map, path)?;
         info!("initial weights from {}", path.display());

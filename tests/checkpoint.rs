@@ -461,3 +461,22 @@ fn jsonl_metrics_and_init_from() {
         "{err}"
     );
 }
+
+/// SIGTERM (a scheduler's pre-emption) stops like SIGINT, with status 143.
+#[test]
+fn sigterm_stops_with_a_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let c = start_until(&train_args(&d, &out, EPOCHS), &out, 5);
+    assert!(Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143));
+    let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    assert!(step >= 5);
+    assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
+}

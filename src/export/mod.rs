@@ -115,6 +115,11 @@ pub fn write_safetensors(
 /// Read every tensor of a safetensors file holding F32 tensors, sorted by
 /// name (the format keeps no order of its own).
 pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
+    Ok(read_safetensors_meta(path)?.0)
+}
+
+/// [`read_safetensors`], with the header's `__metadata__` (empty if none).
+pub fn read_safetensors_meta(path: &Path) -> Result<(Vec<Tensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         let why = match e {
@@ -125,11 +130,16 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
             }
             other => format!("not a valid safetensors file ({other})"),
         };
-        Error::Data(format!(
-            "{}: {why}; export the weights again",
-            path.display()
-        ))
+        Error::Data(format!("{}: {why}", path.display()))
     })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+    let meta: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.iter() {
         if view.dtype() != Dtype::F32 {
@@ -152,5 +162,5 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, meta))
 }
