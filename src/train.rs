@@ -646,6 +646,13 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         state.progress.hits = 0;
         state.progress.seen = 0;
     }
+    if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.epochs) {
+        info!(
+            "{}: the run has finished its {} epochs; pass --epochs N to extend it",
+            ck.path.display(),
+            opts.epochs
+        );
+    }
     let mut epochs_run = 0usize;
     while state.progress.epoch <= opts.epochs {
         let epoch = state.progress.epoch;
