@@ -30,7 +30,7 @@ struct Args {
     config: String,
     /// Instead of --config: the paper's net at these seven widths
     /// (conv1..conv5, fc6, fc7), comma separated.
-    #[arg(long, value_delimiter = ',', num_args = 7)]
+    #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
     /// Classes for --widths.
     #[arg(long, default_value_t = 10)]

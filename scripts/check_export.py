@@ -11,12 +11,14 @@ an input batch and our logits for it), this
      and runs the input through onnxruntime (float32, CPU);
 and prints the largest |difference| of each against our logits.
 
-Tolerance: max |ref - ours| <= 1e-3 * max |ours| + 1e-5. Our logits are
+Tolerance: max |ref - ours| <= 1e-4 * max |ours| + 1e-5. Our logits are
 float32 sums of up to 9216 products (fc6) taken in a different order than
-either reference's; that rounding stays near 1e-6 of the logit scale. A
-structural mistake (a wrong pad, group, LRN constant, pool size or flatten
-order) moves logits by a sizeable fraction of their scale, so 1e-3 separates
-the two by orders of magnitude while leaving room for summation order.
+either reference's; that rounding measures about 1e-6 of the logit scale
+(both configs). Structural mistakes land far above 1e-4 but not always by
+much: at the initial parameters the LRN barely acts, and giving ONNX the
+paper's alpha without the factor size moves alexnet's logits by 2e-3 of
+their scale. 1e-4 keeps two orders of magnitude above the rounding and a
+factor of 20 below that mistake (tests/export.rs also checks alpha exactly).
 
 Usage: .venv/bin/python scripts/check_export.py --safetensors W --onnx M
          --input X.npy --logits L.npy (--config NAME | --widths 7 ints --classes N)
@@ -35,7 +37,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_alexnet import AlexNet, config  # noqa: E402
 
-RTOL, ATOL = 1e-3, 1e-5
+RTOL, ATOL = 1e-4, 1e-5
 
 
 def main():
