@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """scripts/check_export.py: owns the check that our exports mean what we say.
 
-Given what examples/export_check.rs writes (weights.safetensors, model.onnx,
-an input batch and our logits for it), this
+Given what scripts/check-export writes with the command line
+(weights.safetensors and model.onnx from `alexnet-cuda export`, an input
+batch, and our logits for it from `alexnet-cuda predict --input-npy`), this
   1. loads the safetensors into the PyTorch reference model
      (scripts/torch_alexnet.py, built independently of the Rust table) in
      eval mode, strictly (every name and shape must match), and runs the
@@ -48,12 +49,14 @@ def main():
     ap.add_argument("--logits", required=True)
     ap.add_argument("--config", help="alexnet, alexnet-half or cifar")
     ap.add_argument("--widths", type=int, nargs=7, help="conv1..conv5, fc6, fc7")
-    ap.add_argument("--classes", type=int, default=10, help="with --widths")
+    ap.add_argument("--classes", type=int, help="outputs of fc8 (default: the config's; 10 with --widths)")
     a = ap.parse_args()
     if (a.config is None) == (a.widths is None):
         ap.error("give exactly one of --config and --widths")
 
-    kwargs = config(a.config) if a.config else dict(widths=a.widths, classes=a.classes)
+    kwargs = config(a.config) if a.config else dict(widths=a.widths, classes=10)
+    if a.classes:
+        kwargs["classes"] = a.classes
     x = np.load(a.input)
     ours = np.load(a.logits)
     if x.dtype != np.float32 or ours.dtype != np.float32:

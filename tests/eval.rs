@@ -269,3 +269,156 @@ fn eval_cli_repeats_the_runs_own_validation() {
     let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&part), "--data", &s(&part)]);
     assert!(!ok && err.contains("error:"), "{err}");
 }
+
+/// `predict` on image files equals `predict --input-npy` on the same images
+/// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
+/// the checkpoint's mean, over its std); `--logits` holds rows x classes.
+/// `export --format safetensors` holds the checkpoint's weights under
+/// PyTorch's names and shapes.
+#[test]
+fn predict_and_export_cli() {
+    use alexnet_cuda::checkpoint;
+    use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let data = t.path().join("data");
+    write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
+    let out = t.path().join("run");
+    let (ok, _, err) = cli(&[
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--data",
+        &s(&data),
+        "--val",
+        "20",
+        "--epochs",
+        "1",
+        "--batch",
+        "20",
+        "--no-progress",
+        "--out",
+        &s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let ck_path = checkpoint::list(&out).unwrap().pop().unwrap().1;
+    let ck = checkpoint::load(&ck_path).unwrap();
+    let pre = &ck.state.preprocess;
+    assert_eq!((pre.image_size, pre.crop, pre.pad), (32, 28, 0));
+    let std = pre.std.expect("cifar divides by the std");
+
+    let images: Vec<_> = [
+        "01-vstripes/00001.jpg",
+        "05-ring/00002.jpg",
+        "09-blobs/00000.jpg",
+    ]
+    .iter()
+    .map(|p| data.join(p))
+    .collect();
+    let mut x = Vec::new();
+    for p in &images {
+        let img = image::open(p).unwrap().to_rgb8();
+        for c in 0..3 {
+            for y in 0..28 {
+                for xx in 0..28 {
+                    let v = img.get_pixel(xx + 2, y + 2)[c] as f32;
+                    x.push((v - pre.mean[c]) / std[c]);
+                }
+            }
+        }
+    }
+    let x_path = t.path().join("x.npy");
+    write_npy_f32(&x_path, &[3, 3, 28, 28], &x).unwrap();
+    let (la, lb) = (t.path().join("a.npy"), t.path().join("b.npy"));
+    let mut args = vec![
+        "predict".to_string(),
+        "--checkpoint".into(),
+        s(&ck_path),
+        "--logits".into(),
+        s(&la),
+    ];
+    args.extend(images.iter().map(|p| s(p)));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, listing, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.trim_start().starts_with("1."))
+            .count(),
+        3
+    );
+    assert!(listing.contains("05-ring/00002.jpg"), "{listing}");
+    let (ok, _, err) = cli(&[
+        "predict",
+        "--checkpoint",
+        &s(&ck_path),
+        "--input-npy",
+        &s(&x_path),
+        "--logits",
+        &s(&lb),
+    ]);
+    assert!(ok, "{err}");
+    let (sa, a) = read_npy_f32(&la).unwrap();
+    let (sb, b) = read_npy_f32(&lb).unwrap();
+    assert_eq!(sa, vec![3, 10]);
+    assert_eq!(sb, vec![3, 10]);
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{a:?}\n{b:?}");
+    }
+    // A batch of the wrong shape is refused with the shape it needs.
+    write_npy_f32(&x_path, &[1, 3, 32, 32], &vec![0.0; 3 * 32 * 32]).unwrap();
+    let (ok, _, err) = cli(&[
+        "predict",
+        "--checkpoint",
+        &s(&ck_path),
+        "--input-npy",
+        &s(&x_path),
+    ]);
+    assert!(!ok && err.contains("takes [N, 3, 28, 28]"), "{err}");
+    // A missing image is named.
+    let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), "nothere.jpg"]);
+    assert!(!ok && err.contains("nothere.jpg"), "{err}");
+
+    let st = t.path().join("w.safetensors");
+    let (ok, _, err) = cli(&[
+        "export",
+        "--checkpoint",
+        &s(&ck_path),
+        "--format",
+        "safetensors",
+        "--out",
+        &s(&st),
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&st).unwrap();
+    let w = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = w.names();
+    names.sort();
+    assert_eq!(names.len(), 16);
+    let conv2 = w.tensor("conv2.weight").unwrap();
+    // [out, in / groups, k, k]: 128 outputs over 64 / 2 inputs, 5x5.
+    assert_eq!(conv2.shape(), &[128, 32, 5, 5]);
+    // fc6 sees conv5's 128 channels at 2x2 (28 -> 13 -> 6 -> 2), flattened C, H, W.
+    assert_eq!(w.tensor("fc6.weight").unwrap().shape(), &[512, 128 * 2 * 2]);
+    let ours = &ck.tensors["conv2.weight"].data;
+    let theirs: Vec<f32> = conv2
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ours, &theirs);
+    let onnx = t.path().join("m.onnx");
+    let (ok, _, err) = cli(&[
+        "export",
+        "--checkpoint",
+        &s(&ck_path),
+        "--format",
+        "onnx",
+        "--out",
+        &s(&onnx),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 4 * 1_136_010);
+}
