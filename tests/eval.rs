@@ -319,11 +319,11 @@ fn predict_and_export_cli() {
     let mut x = Vec::new();
     for p in &images {
         let img = image::open(p).unwrap().to_rgb8();
-        for c in 0..3 {
+        for (c, (m, sd)) in pre.mean.iter().zip(std).enumerate() {
             for y in 0..28 {
                 for xx in 0..28 {
                     let v = img.get_pixel(xx + 2, y + 2)[c] as f32;
-                    x.push((v - pre.mean[c]) / std[c]);
+                    x.push((v - m) / sd);
                 }
             }
         }
