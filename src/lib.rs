@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod train;
 
