@@ -2,7 +2,7 @@
 //! paper trained it. `model::topology` is the one table that describes the
 //! network; `backend` holds the ops (CPU reference here); `model::net` runs
 //! the table on a backend; `data` reads images; `train` is the loop, with
-//! `checkpoint`, `metrics` and `eval` around it; `export` writes the weights
+//! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy.
 pub mod backend;
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod plot;
 pub mod rng;
 pub mod train;
 

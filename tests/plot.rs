@@ -1,0 +1,177 @@
+//! Training-curve charts: the PNG decodes at the promised size, carries the
+//! drawn series and the title text, and bad or missing input never panics.
+use std::path::Path;
+
+use alexnet_cuda::plot::{render_png, EpochPoint, StepPoint, HEIGHT, WIDTH};
+use alexnet_cuda::Error;
+
+/// A run shaped like a real one: loss falling with noise, the learning rate
+/// divided by 10 twice, error rates falling per epoch.
+fn run(steps_per_epoch: u64, epochs: usize) -> (Vec<StepPoint>, Vec<EpochPoint>) {
+    let lr_at = |e: f64| 0.01 * 0.1f64.powi((e / 10.0).floor().min(2.0) as i32);
+    let steps = (0..steps_per_epoch * epochs as u64)
+        .map(|s| {
+            let epoch = s as f64 / steps_per_epoch as f64;
+            let noise = ((s * 7919) % 101) as f64 / 100.0 - 0.5;
+            StepPoint {
+                step: s,
+                epoch,
+                loss: 1.5 + 5.0 * (-epoch / 5.0).exp() + 0.5 * noise,
+                lr: lr_at(epoch),
+            }
+        })
+        .collect();
+    let epochs = (1..=epochs)
+        .map(|e| {
+            let f = (-(e as f64) / 5.0).exp();
+            EpochPoint {
+                epoch: e,
+                train_loss: 1.5 + 5.0 * f,
+                train_err: 0.2 + 0.7 * f,
+                val_loss: 1.7 + 5.0 * f,
+                val_top1_err: 0.3 + 0.65 * f,
+                val_top5_err: 0.1 + 0.6 * f,
+                lr: lr_at(e as f64 - 0.5),
+            }
+        })
+        .collect();
+    (steps, epochs)
+}
+
+fn render(title: &str, steps: &[StepPoint], epochs: &[EpochPoint]) -> image::RgbImage {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("curves.png");
+    render_png(&path, title, steps, epochs).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Png
+    );
+    image::load_from_memory(&bytes).unwrap().to_rgb8()
+}
+
+/// Pixels that are clearly coloured: series are, axes, grid and text are not.
+fn coloured(img: &image::RgbImage) -> usize {
+    img.pixels()
+        .filter(|p| {
+            let (lo, hi) = (p.0.iter().min().unwrap(), p.0.iter().max().unwrap());
+            hi - lo > 60
+        })
+        .count()
+}
+
+/// Dark pixels in the band above the panels, where the title goes.
+fn dark_in_title_band(img: &image::RgbImage) -> usize {
+    (0..40)
+        .flat_map(|y| (0..img.width()).map(move |x| (x, y)))
+        .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 100))
+        .count()
+}
+
+fn count_near(img: &image::RgbImage, rgb: [u8; 3]) -> usize {
+    img.pixels()
+        .filter(|p| p.0.iter().zip(rgb).all(|(&a, b)| a.abs_diff(b) <= 10))
+        .count()
+}
+
+#[test]
+fn renders_a_png_of_the_promised_size_with_series_and_title() {
+    let (steps, epochs) = run(200, 30);
+    let img = render("AlexNet curves", &steps, &epochs);
+    assert_eq!((img.width(), img.height()), (WIDTH, HEIGHT));
+    assert!(
+        coloured(&img) > 5_000,
+        "only {} coloured pixels",
+        coloured(&img)
+    );
+    // The learning-rate line's green and the val top-5 purple are only used by
+    // those series, so each must show up.
+    assert!(
+        count_near(&img, [30, 150, 60]) > 500,
+        "no learning-rate line"
+    );
+    assert!(count_near(&img, [140, 80, 190]) > 200, "no val top-5 line");
+    assert!(dark_in_title_band(&img) > 100, "title text missing");
+}
+
+#[test]
+fn title_text_is_drawn_from_the_embedded_font() {
+    let (steps, epochs) = run(20, 3);
+    let titled = render("Training curves", &steps, &epochs);
+    let untitled = render("", &steps, &epochs);
+    assert!(dark_in_title_band(&titled) > 100);
+    assert_eq!(dark_in_title_band(&untitled), 0);
+}
+
+#[test]
+fn empty_input_renders_panels_without_series() {
+    let img = render("nothing yet", &[], &[]);
+    assert_eq!((img.width(), img.height()), (WIDTH, HEIGHT));
+    assert_eq!(coloured(&img), 0, "an empty chart drew a series");
+    assert!(dark_in_title_band(&img) > 50);
+}
+
+#[test]
+fn a_single_point_of_each_is_visible() {
+    let (steps, epochs) = run(10, 1);
+    let img = render("one", &steps[..1], &epochs[..1]);
+    assert!(
+        coloured(&img) > 50,
+        "only {} coloured pixels",
+        coloured(&img)
+    );
+}
+
+#[test]
+fn non_finite_values_are_skipped() {
+    let (mut steps, mut epochs) = run(50, 4);
+    for (i, s) in steps.iter_mut().enumerate() {
+        match i % 4 {
+            0 => s.loss = f64::NAN,
+            1 => s.lr = f64::INFINITY,
+            2 => s.epoch = f64::NEG_INFINITY,
+            _ => {}
+        }
+    }
+    epochs[0].val_loss = f64::NAN;
+    epochs[1].train_err = f64::INFINITY;
+    epochs[2].lr = -1.0;
+    let img = render("partly broken", &steps, &epochs);
+    assert!(coloured(&img) > 1_000);
+
+    // All non-finite: nothing to draw, still a chart.
+    let nan = StepPoint {
+        step: 0,
+        epoch: f64::NAN,
+        loss: f64::NAN,
+        lr: f64::NAN,
+    };
+    let img = render("all broken", &[nan; 10], &[]);
+    assert_eq!(coloured(&img), 0);
+}
+
+#[test]
+fn a_missing_folder_is_an_io_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-folder").join("curves.png");
+    let (steps, epochs) = run(10, 2);
+    match render_png(&path, "t", &steps, &epochs) {
+        Err(Error::Io { path: p, .. }) => {
+            assert!(
+                p.starts_with(dir.path().join("no-such-folder")),
+                "{}",
+                p.display()
+            );
+            assert!(!Path::new(&path).exists());
+        }
+        other => panic!("expected an Io error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_million_steps_render() {
+    let (steps, epochs) = run(20_000, 50);
+    assert_eq!(steps.len(), 1_000_000);
+    let img = render("long run", &steps, &epochs);
+    assert!(coloured(&img) > 5_000);
+}
