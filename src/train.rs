@@ -27,6 +27,7 @@ use crate::model::net::{Mode, Network};
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
 use crate::model::topology::{Normalize, Topology};
+use crate::plot::{render_png, EpochPoint, StepPoint};
 
 /// When the learning rate drops.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -862,9 +863,29 @@ pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool
 /// fatal: the numbers are in the metrics files.
 fn render_plot(opts: &TrainOptions, topo: &Topology, steps: &[StepRow], epochs: &[EpochStats]) {
     let Some(dir) = &opts.out else { return };
-    let _ = (dir, topo, steps, epochs, warn_plot);
-}
-
-fn warn_plot(e: Error) {
-    warn!("could not draw the training curves: {e}");
+    let steps: Vec<StepPoint> = steps
+        .iter()
+        .map(|r| StepPoint {
+            step: r.step,
+            epoch: r.epoch,
+            loss: r.loss,
+            lr: r.lr,
+        })
+        .collect();
+    let epochs: Vec<EpochPoint> = epochs
+        .iter()
+        .map(|e| EpochPoint {
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            train_err: 1.0 - e.train_top1,
+            val_loss: e.val_loss,
+            val_top1_err: 1.0 - e.val_top1,
+            val_top5_err: 1.0 - e.val_top5,
+            lr: e.lr as f64,
+        })
+        .collect();
+    let title = format!("{} on {}", topo.name, opts.data.display());
+    if let Err(e) = render_png(&dir.join("curves.png"), &title, &steps, &epochs) {
+        warn!("could not draw the training curves: {e}");
+    }
 }

@@ -403,6 +403,9 @@ fn jsonl_metrics_and_init_from() {
         assert_eq!(r["step"].as_u64(), Some(i as u64 + 1));
         assert!(r["loss"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0));
     }
+    // The curves are drawn into the run folder.
+    let png = image::open(a.join("curves.png")).expect("curves.png is a PNG");
+    assert!(png.width() >= 800 && png.height() >= 600);
     let epochs = std::fs::read_to_string(a.join("epochs.jsonl")).unwrap();
     let e: serde_json::Value = serde_json::from_str(epochs.trim()).unwrap();
     assert_eq!(e["epoch"].as_u64(), Some(1));
