@@ -61,9 +61,9 @@ pub const HEIGHT: u32 = 900;
 const LOSS_BUCKETS: usize = 1500;
 /// The smoothed loss needs fewer points: it has no spikes left to keep.
 const SMOOTH_POINTS: usize = 2000;
-/// Smoothing window as a fraction of the run: wide enough to see the trend
-/// through minibatch noise, narrow enough to keep each learning-rate drop
-/// a visible step.
+/// Smoothing window as a fraction of the run (1/50 of it): wide enough to
+/// see the trend through minibatch noise, narrow enough to keep each
+/// learning-rate drop a visible step.
 const SMOOTH_FRACTION: usize = 50;
 
 const TITLE_HEIGHT: u32 = 44;
@@ -152,7 +152,6 @@ impl Curves {
             .map(|s| (s.epoch, s.loss))
             .filter(|&(x, y)| x.is_finite() && y.is_finite())
             .collect();
-        let window = (losses.len() / SMOOTH_FRACTION).max(1);
         let per_epoch = |f: fn(&EpochPoint) -> f64, scale: f64| -> Vec<(f64, f64)> {
             epochs
                 .iter()
@@ -162,7 +161,7 @@ impl Curves {
         };
         Curves {
             raw_loss: envelope(&losses, LOSS_BUCKETS),
-            smooth_loss: thin(&moving_average(&losses, window), SMOOTH_POINTS),
+            smooth_loss: smooth(&losses, SMOOTH_POINTS),
             train_loss: per_epoch(|e| e.train_loss, 1.0),
             val_loss: per_epoch(|e| e.val_loss, 1.0),
             train_err: per_epoch(|e| e.train_err, 100.0),
@@ -199,20 +198,18 @@ impl Curves {
         (lo - pad / 2.0, hi + pad)
     }
 
-    /// The loss range. Its top comes from the smoothed and per-epoch losses
-    /// and the 99th percentile of the per-step envelope, so one diverging
-    /// step does not flatten the rest of the run; such a spike runs off the
-    /// top of the panel instead.
+    /// The loss range, from the middle 98% of the per-step envelope and every
+    /// per-epoch loss, so one diverging step does not flatten the rest of the
+    /// run; such a spike runs off the panel instead. The smoothed line is left
+    /// out: it lies within the per-step values except around such a spike.
     fn loss_range(&self) -> (f64, f64) {
-        let mut raw: Vec<f64> = self.raw_loss.iter().map(|p| p.1).collect();
-        raw.sort_by(f64::total_cmp);
-        let p99 = raw.get(raw.len() * 99 / 100).copied();
-        let others = [&self.smooth_loss, &self.train_loss, &self.val_loss];
-        let (_, hi) = bounds(others.iter().flat_map(|s| s.iter().map(|p| p.1)).chain(p99));
-        let (lo, _) = bounds(
-            self.loss_series()
-                .into_iter()
-                .flat_map(|s| s.iter().map(|p| p.1)),
+        let (raw_lo, raw_hi) = middle_98(&self.raw_loss);
+        let epochs = [&self.train_loss, &self.val_loss];
+        let (lo, hi) = bounds(
+            epochs
+                .iter()
+                .flat_map(|s| s.iter().map(|p| p.1))
+                .chain([raw_lo, raw_hi].into_iter().flatten()),
         );
         let lo = lo.min(0.0);
         widen(lo, lo + (hi - lo) * 1.08)
@@ -227,6 +224,14 @@ impl Curves {
             (1e-4, 1e-1)
         }
     }
+}
+
+/// The 1st and 99th percentile of the y values; None when there are none.
+fn middle_98(points: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
+    let mut ys: Vec<f64> = points.iter().map(|p| p.1).collect();
+    ys.sort_by(f64::total_cmp);
+    let at = |q: usize| ys.get((ys.len().saturating_sub(1)) * q / 100).copied();
+    (at(1), at(99))
 }
 
 /// Smallest and largest of `values`; (inf, -inf) when there are none.
@@ -274,39 +279,41 @@ fn envelope(points: &[(f64, f64)], buckets: usize) -> Vec<(f64, f64)> {
     out
 }
 
-/// Centred moving average of the y values over `window` points, shrinking
-/// at the ends rather than lagging behind like a trailing average would.
-fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
-    let mut prefix = Vec::with_capacity(points.len() + 1);
-    prefix.push(0.0);
-    for p in points {
-        prefix.push(prefix[prefix.len() - 1] + p.1);
-    }
-    let half = window / 2;
-    points
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let a = i.saturating_sub(half);
-            let b = (i + half + 1).min(points.len());
-            (p.0, (prefix[b] - prefix[a]) / (b - a) as f64)
+/// The per-step loss smoothed: first the mean of each of at most
+/// `max_points` equal buckets, then a centred moving average over those
+/// means. Every sum covers one bucket or one window only, so a single huge
+/// loss (a diverging step) raises the line where it happened and nowhere
+/// else; running prefix sums would carry its rounding error to the end.
+fn smooth(points: &[(f64, f64)], max_points: usize) -> Vec<(f64, f64)> {
+    let size = points.len().div_ceil(max_points.max(1)).max(1);
+    let means: Vec<(f64, f64)> = points
+        .chunks(size)
+        .map(|c| {
+            (
+                c[c.len() / 2].0,
+                c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64,
+            )
         })
+        .collect();
+    let window = (means.len() / SMOOTH_FRACTION).max(1);
+    moving_average(&means, window)
+        .into_iter()
+        .filter(|p| p.1.is_finite())
         .collect()
 }
 
-/// Every k-th point so at most about `max` remain, always keeping the last.
-fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
-    if points.len() <= max {
-        return points.to_vec();
-    }
-    let k = points.len().div_ceil(max);
-    let mut out: Vec<(f64, f64)> = points.iter().step_by(k).copied().collect();
-    if let Some(&last) = points.last() {
-        if out.last() != Some(&last) {
-            out.push(last);
-        }
-    }
-    out
+/// Centred moving average of the y values over `window` points, shrinking
+/// at the ends rather than lagging behind like a trailing average would.
+/// Direct sums: callers keep `points.len() * window` small.
+fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let half = window / 2;
+    (0..points.len())
+        .map(|i| {
+            let window = &points[i.saturating_sub(half)..(i + half + 1).min(points.len())];
+            let sum: f64 = window.iter().map(|p| p.1).sum();
+            (points[i].0, sum / window.len() as f64)
+        })
+        .collect()
 }
 
 /// Vertices of the learning rate as a step function of the epoch. Steps say
@@ -664,11 +671,17 @@ mod tests {
     }
 
     #[test]
-    fn thin_keeps_the_last_point() {
-        let points: Vec<(f64, f64)> = (0..1001).map(|i| (i as f64, 0.0)).collect();
-        let out = thin(&points, 100);
-        assert!(out.len() <= 102);
-        assert_eq!(out.last(), Some(&(1000.0, 0.0)));
+    fn a_huge_loss_only_raises_the_smoothed_line_near_it() {
+        let mut points: Vec<(f64, f64)> = (0..100_000).map(|i| (i as f64, 2.0)).collect();
+        points[10_000].1 = 1e300;
+        let out = smooth(&points, 2000);
+        assert!(out.len() <= 2000);
+        let raised: Vec<f64> = out.iter().filter(|p| p.1 != 2.0).map(|p| p.0).collect();
+        assert!(!raised.is_empty());
+        assert!(
+            raised.iter().all(|&x| (x - 10_000.0).abs() < 2_000.0),
+            "{raised:?}"
+        );
     }
 
     #[test]

@@ -175,3 +175,20 @@ fn a_million_steps_render() {
     let img = render("long run", &steps, &epochs);
     assert!(coloured(&img) > 5_000);
 }
+
+#[test]
+fn huge_losses_do_not_flatten_the_loss_panel() {
+    let (steps, epochs) = run(2_000, 20);
+    let plain = coloured(&render("plain", &steps, &epochs));
+    let mut spiky = steps.clone();
+    spiky[5_000].loss = 1e300;
+    spiky[9_000].loss = -1e300;
+    spiky[13_000].loss = 1e12;
+    spiky[17_000].loss = f64::MAX;
+    let with_spikes = coloured(&render("spiky", &spiky, &epochs));
+    // A crushed axis would leave the loss lines a flat streak: far fewer pixels.
+    assert!(
+        with_spikes * 10 > plain * 9,
+        "{with_spikes} coloured pixels with spikes, {plain} without"
+    );
+}
