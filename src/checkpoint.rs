@@ -93,6 +93,37 @@ pub struct Progress {
     pub elapsed_s: f64,
 }
 
+impl Progress {
+    /// The start of a run: epoch 1, batch 0, learning rate `lr`.
+    pub fn start(lr: f32, epoch_batches: usize) -> Progress {
+        Progress {
+            epoch: 1,
+            batches_done: 0,
+            epoch_batches,
+            epoch_done: false,
+            step: 0,
+            lr,
+            best_err: None,
+            since_best: 0,
+            drops: 0,
+            loss_sum: 0.0,
+            hits: 0,
+            seen: 0,
+            elapsed_s: 0.0,
+        }
+    }
+
+    /// Move to batch 0 of the next epoch, with fresh running sums.
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.batches_done = 0;
+        self.epoch_done = false;
+        self.loss_sum = 0.0;
+        self.hits = 0;
+        self.seen = 0;
+    }
+}
+
 /// Everything in a checkpoint besides tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunState {

@@ -550,21 +550,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
                     std: loader.std,
                     mean_image: loader.mean_image.is_some(),
                 },
-                progress: Progress {
-                    epoch: 1,
-                    batches_done: 0,
-                    epoch_batches,
-                    epoch_done: false,
-                    step: 0,
-                    lr: opts.lr,
-                    best_err: None,
-                    since_best: 0,
-                    drops: 0,
-                    loss_sum: 0.0,
-                    hits: 0,
-                    seen: 0,
-                    elapsed_s: 0.0,
-                },
+                progress: Progress::start(opts.lr, epoch_batches),
                 history: Vec::new(),
             },
             false,
@@ -640,12 +626,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             .is_some_and(|s| s.load(Ordering::Relaxed))
     };
     if state.progress.epoch_done {
-        state.progress.epoch += 1;
-        state.progress.batches_done = 0;
-        state.progress.epoch_done = false;
-        state.progress.loss_sum = 0.0;
-        state.progress.hits = 0;
-        state.progress.seen = 0;
+        state.progress.next_epoch();
     }
     if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.epochs) {
         info!(
@@ -800,14 +781,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         }
         render_plot(opts, topo, &step_rows, &state.history);
         epochs_run += 1;
-        // The next epoch starts from batch 0 with fresh sums.
-        let p = &mut state.progress;
-        p.epoch += 1;
-        p.batches_done = 0;
-        p.epoch_done = false;
-        p.loss_sum = 0.0;
-        p.hits = 0;
-        p.seen = 0;
+        state.progress.next_epoch();
         if stopping() {
             info!("stopping after epoch {epoch} as asked");
             report.interrupted = epoch < opts.epochs;

@@ -340,21 +340,7 @@ fn a_run_folder_is_never_shared_by_two_runs() {
 /// count restarts; improvements reset it; no third drop.
 #[test]
 fn plateau_schedule_by_hand() {
-    let mut p = Progress {
-        epoch: 1,
-        batches_done: 0,
-        epoch_batches: 1,
-        epoch_done: false,
-        step: 0,
-        lr: 1.0,
-        best_err: None,
-        since_best: 0,
-        drops: 0,
-        loss_sum: 0.0,
-        hits: 0,
-        seen: 0,
-        elapsed_s: 0.0,
-    };
+    let mut p = Progress::start(1.0, 1);
     let s = Schedule::Plateau {
         patience: 2,
         max_drops: 2,

@@ -136,6 +136,25 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Train the cifar config on `data` into the run folder `out` (CLI).
+fn train_run(data: &Path, out: &Path, extra: &[&str]) {
+    let (data, out) = (data.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--no-progress",
+        "--data",
+        &data,
+        "--out",
+        &out,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{args:?}: {err}");
+}
+
 fn json_field(line: &str, key: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     v[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"))
@@ -168,22 +187,7 @@ fn eval_cli_repeats_the_runs_own_validation() {
     ]);
     assert!(ok, "{err}");
     let out = t.path().join("run");
-    let (ok, _, err) = cli(&[
-        "train",
-        "--cpu",
-        "--config",
-        "cifar",
-        "--data",
-        &s(&store),
-        "--epochs",
-        "2",
-        "--batch",
-        "20",
-        "--no-progress",
-        "--out",
-        &s(&out),
-    ]);
-    assert!(ok, "{err}");
+    train_run(&store, &out, &["--epochs", "2", "--batch", "20"]);
     let last = alexnet_cuda::checkpoint::list(&out)
         .unwrap()
         .pop()
@@ -284,24 +288,11 @@ fn predict_and_export_cli() {
     let data = t.path().join("data");
     write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
     let out = t.path().join("run");
-    let (ok, _, err) = cli(&[
-        "train",
-        "--cpu",
-        "--config",
-        "cifar",
-        "--data",
-        &s(&data),
-        "--val",
-        "20",
-        "--epochs",
-        "1",
-        "--batch",
-        "20",
-        "--no-progress",
-        "--out",
-        &s(&out),
-    ]);
-    assert!(ok, "{err}");
+    train_run(
+        &data,
+        &out,
+        &["--val", "20", "--epochs", "1", "--batch", "20"],
+    );
     let ck_path = checkpoint::list(&out).unwrap().pop().unwrap().1;
     let ck = checkpoint::load(&ck_path).unwrap();
     let pre = &ck.state.preprocess;
