@@ -375,6 +375,7 @@ impl Saver {
         let path = self
             .dir
             .join(checkpoint::checkpoint_name(state.progress.step));
+        let t0 = Instant::now();
         if let Err(e) = checkpoint::save(&path, state, tensors) {
             let prev = match &self.last {
                 Some(p) => format!("the previous checkpoint {} is intact", p.display()),
@@ -386,6 +387,12 @@ impl Saver {
                 self.dir.display()
             )));
         }
+        let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
+        info!(
+            "checkpoint {} ({mb:.0} MB) written in {:.2} s",
+            path.display(),
+            t0.elapsed().as_secs_f64()
+        );
         if best {
             checkpoint::mark_best(&self.dir, &path)?;
         }
