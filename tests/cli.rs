@@ -125,6 +125,57 @@ fn bad_flag_values() {
     );
 }
 
+/// Run-folder commands: a missing checkpoint or run folder is named, and
+/// --resume refuses flags that would change the run it continues.
+#[test]
+fn bad_checkpoint_arguments() {
+    assert_error(
+        &["train", "--cpu", "--resume", "no/such/run"],
+        &["no/such/run"],
+    );
+    assert_error(
+        &["train", "--cpu", "--resume", "no/such/run", "--lr", "0.1"],
+        &["--resume", "--lr"],
+    );
+    assert_error(
+        &["eval", "--checkpoint", "missing.safetensors", "--data", "."],
+        &["missing.safetensors"],
+    );
+    assert_error(
+        &["predict", "--checkpoint", "missing.safetensors", "a.jpg"],
+        &["missing.safetensors"],
+    );
+    assert_error(
+        &[
+            "export",
+            "--checkpoint",
+            "m.safetensors",
+            "--format",
+            "pt",
+            "--out",
+            "x",
+        ],
+        &["--format", "pt"],
+    );
+    // A file that is not safetensors at all.
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("notes.safetensors");
+    std::fs::write(&f, "not a checkpoint").unwrap();
+    let f = f.display().to_string();
+    assert_error(
+        &[
+            "export",
+            "--checkpoint",
+            &f,
+            "--format",
+            "onnx",
+            "--out",
+            "x.onnx",
+        ],
+        &[&f, "not a valid safetensors file"],
+    );
+}
+
 #[test]
 fn gpus_without_a_cuda_backend_is_an_error_not_a_panic() {
     assert_error(&["train", "--gpus", "0,1", "--demo"], &["--gpus", "--cpu"]);
