@@ -438,33 +438,33 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     };
     let mut opts = TrainOptions::for_topology(&topo, data);
     if args.demo {
-        opts.val = 500;
-        opts.epochs = 14;
+        opts.run.val = 500;
+        opts.run.epochs = 14;
         opts.time_limit = Some(Duration::from_secs(80));
-        opts.schedule = Schedule::Milestones(vec![11]);
+        opts.run.schedule = Schedule::Milestones(vec![11]);
     }
     if let Some(e) = args.epochs {
-        opts.epochs = e as usize;
+        opts.run.epochs = e as usize;
     } else if let Some(ck) = &resume {
-        opts.epochs = ck.state.options.epochs;
+        opts.run.epochs = ck.state.options.epochs;
     }
     if let Some(b) = args.batch {
-        opts.batch = b as usize;
+        opts.run.batch = b as usize;
     }
     if let Some(lr) = args.lr {
         if !(lr > 0.0 && lr.is_finite()) {
             bail!("--lr must be a positive number, not {lr}");
         }
-        opts.lr = lr;
+        opts.run.lr = lr;
     }
     if !args.demo {
-        opts.val = args.val;
+        opts.run.val = args.val;
     }
-    opts.limit = args.limit.map(|l| l as usize);
+    opts.run.limit = args.limit.map(|l| l as usize);
     if let Some(m) = args.lr_milestones {
-        opts.schedule = Schedule::Milestones(m);
+        opts.run.schedule = Schedule::Milestones(m);
     } else if !args.demo {
-        opts.schedule = Schedule::Plateau {
+        opts.run.schedule = Schedule::Plateau {
             patience: args.patience as usize,
             max_drops: args.max_drops,
         };
@@ -475,8 +475,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         }
         opts.time_limit = Some(Duration::from_secs_f64(t));
     }
-    opts.crop = args.crop.map(|c| c as usize);
-    opts.seed = args.seed;
+    opts.run.crop = args.crop.map(|c| c as usize);
+    opts.run.seed = args.seed;
     opts.workers = args.workers;
     opts.progress = !args.no_progress;
     opts.checkpoint_every = args.checkpoint_every;

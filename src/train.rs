@@ -42,17 +42,9 @@ pub enum Schedule {
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub data: PathBuf,
-    pub epochs: usize,
-    pub batch: usize,
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub schedule: Schedule,
-    /// Images held out for validation.
-    pub val: usize,
-    /// Use only this many images (balanced over classes).
-    pub limit: Option<usize>,
-    pub seed: u64,
+    /// What defines the run: recipe, schedule, split, seed, crop. A
+    /// checkpoint keeps it, and a resume takes it back (except `epochs`).
+    pub run: RunOptions,
     /// Loader threads.
     pub workers: usize,
     /// Stop after the epoch that would run past this.
@@ -64,16 +56,12 @@ pub struct TrainOptions {
     /// Checkpoints kept (the newest; `best.safetensors` is kept besides).
     pub keep: usize,
     pub metrics_format: MetricsFormat,
-    /// Continue this checkpoint's run (its options override the ones here,
-    /// except `epochs`, `data`, `workers`, `time_limit`, `progress`).
+    /// Continue this checkpoint's run (with `resume_options`).
     pub resume: Option<Box<Checkpoint>>,
     /// Start from these weights (a safetensors file with PyTorch names).
     pub init_from: Option<PathBuf>,
     /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
     pub stop: Option<Arc<AtomicBool>>,
-    /// Side of the crops cut from the images when smaller than the network
-    /// input (the paper's 224 of a 227 input): zero-padded to the input.
-    pub crop: Option<usize>,
     pub progress: bool,
     /// Refuse data sets whose decoded pixels exceed this.
     pub max_memory: u64,
@@ -84,18 +72,21 @@ impl TrainOptions {
     pub fn for_topology(t: &Topology, data: PathBuf) -> TrainOptions {
         TrainOptions {
             data,
-            epochs: t.recipe.epochs,
-            batch: t.recipe.batch,
-            lr: t.recipe.lr,
-            momentum: t.recipe.momentum,
-            weight_decay: t.recipe.weight_decay,
-            schedule: Schedule::Plateau {
-                patience: 2,
-                max_drops: 3,
+            run: RunOptions {
+                epochs: t.recipe.epochs,
+                batch: t.recipe.batch,
+                lr: t.recipe.lr,
+                momentum: t.recipe.momentum,
+                weight_decay: t.recipe.weight_decay,
+                schedule: Schedule::Plateau {
+                    patience: 2,
+                    max_drops: 3,
+                },
+                val: 5000,
+                limit: None,
+                seed: 1,
+                crop: None,
             },
-            val: 5000,
-            limit: None,
-            seed: 1,
             workers: 1,
             time_limit: None,
             out: None,
@@ -105,7 +96,6 @@ impl TrainOptions {
             resume: None,
             init_from: None,
             stop: None,
-            crop: None,
             progress: true,
             max_memory: 16 << 30,
         }
@@ -189,19 +179,19 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         }
         let build = BuildOptions {
             size: image_size,
-            limit: opts.limit,
+            limit: opts.run.limit,
             max_bytes: opts.max_memory,
             progress: opts.progress,
         };
         let set = Arc::new(ImageSet::build(&folder, &build)?);
-        if opts.val >= set.len() {
+        if opts.run.val >= set.len() {
             return Err(Error::Config(format!(
                 "--val {}: the data set has only {} images; hold out fewer",
-                opts.val,
+                opts.run.val,
                 set.len()
             )));
         }
-        let (train_idx, val_idx) = set.split(opts.val, opts.seed);
+        let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
         let (mean, std) = set.channel_stats(&train_idx);
         let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
         let set: Arc<dyn ImageSource> = set;
@@ -250,25 +240,26 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
             ((0..train.len()).collect(), vs, (0..n).collect())
         }
         None => {
-            if opts.val >= train.len() {
+            if opts.run.val >= train.len() {
                 return Err(Error::Config(format!(
                     "--val {}: {} has only {} images; hold out fewer",
-                    opts.val,
+                    opts.run.val,
                     train_dir.display(),
                     train.len()
                 )));
             }
-            let (t, v) = crate::data::store::split_indices(train.len(), opts.val, opts.seed);
+            let (t, v) =
+                crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
             (t, Arc::clone(&train), v)
         }
     };
-    if let Some(k) = opts.limit {
+    if let Some(k) = opts.run.limit {
         if k == 0 {
             return Err(Error::Config(
                 "--limit 0 selects no images; pass a positive limit or leave it out".into(),
             ));
         }
-        crate::rng::Rng::derive(opts.seed, 0x004C_494D_4954).shuffle(&mut train_idx);
+        crate::rng::Rng::derive(opts.run.seed, 0x004C_494D_4954).shuffle(&mut train_idx);
         train_idx.truncate(k);
         train_idx.sort_unstable();
     }
@@ -307,9 +298,9 @@ fn loader_config(
     data: &TrainData,
     lighting: Option<Lighting>,
 ) -> LoaderConfig {
-    let crop = opts.crop.unwrap_or(topo.crop);
+    let crop = opts.run.crop.unwrap_or(topo.crop);
     LoaderConfig {
-        batch: opts.batch,
+        batch: opts.run.batch,
         crop,
         pad: topo.crop - crop.min(topo.crop),
         train: true,
@@ -325,41 +316,21 @@ fn loader_config(
             Normalize::Mean => None,
             Normalize::MeanStd => Some(data.std),
         },
-        seed: opts.seed,
+        seed: opts.run.seed,
         workers: opts.workers,
         drop_last: true,
         lighting,
     }
 }
 
-/// The options a checkpoint keeps, and the ones a resume takes from it.
-fn run_options(opts: &TrainOptions) -> RunOptions {
-    RunOptions {
-        epochs: opts.epochs,
-        batch: opts.batch,
-        lr: opts.lr,
-        momentum: opts.momentum,
-        weight_decay: opts.weight_decay,
-        schedule: opts.schedule.clone(),
-        val: opts.val,
-        limit: opts.limit,
-        seed: opts.seed,
-        crop: opts.crop,
-    }
-}
-
-/// `opts` with the run-defining options of a checkpoint.
+/// `opts` with the run-defining options of a checkpoint; `epochs` stays,
+/// so a resume can extend the run.
 pub fn resume_options(mut opts: TrainOptions, ck: &Checkpoint) -> TrainOptions {
-    let r = &ck.state.options;
-    opts.batch = r.batch;
-    opts.lr = r.lr;
-    opts.momentum = r.momentum;
-    opts.weight_decay = r.weight_decay;
-    opts.schedule = r.schedule.clone();
-    opts.val = r.val;
-    opts.limit = r.limit;
-    opts.seed = r.seed;
-    opts.crop = r.crop;
+    let epochs = opts.run.epochs;
+    opts.run = RunOptions {
+        epochs,
+        ..ck.state.options.clone()
+    };
     opts
 }
 
@@ -405,13 +376,13 @@ impl Saver {
 /// Train the network `spec` names on `backend` with `opts`; with
 /// `opts.resume`, continue that checkpoint's run exactly.
 pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Result<TrainReport> {
-    if opts.batch == 0 {
+    if opts.run.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
-    if !(opts.lr > 0.0 && opts.lr.is_finite()) {
+    if !(opts.run.lr > 0.0 && opts.run.lr.is_finite()) {
         return Err(Error::Config(format!(
             "--lr must be a positive number, not {}",
-            opts.lr
+            opts.run.lr
         )));
     }
     let base = spec.topology()?;
@@ -453,7 +424,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             )));
         }
     }
-    if let Some(c) = opts.crop {
+    if let Some(c) = opts.run.crop {
         if c == 0 || c > topo.crop {
             return Err(Error::Config(format!(
                 "--crop {c}: config {} takes {}x{} inputs; pass a crop from 1 to {} (smaller crops are zero-padded; the paper's is 224)",
@@ -461,7 +432,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             )));
         }
     }
-    let cut = opts.crop.unwrap_or(topo.crop);
+    let cut = opts.run.crop.unwrap_or(topo.crop);
     if cut > data.train.size() {
         return Err(Error::Config(format!(
             "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {} or pick a config for small images (--config cifar)",
@@ -472,10 +443,10 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             topo.image_size
         )));
     }
-    if data.train_idx.len() < opts.batch {
+    if data.train_idx.len() < opts.run.batch {
         return Err(Error::Config(format!(
             "--batch {}: only {} training images; use a smaller batch",
-            opts.batch,
+            opts.run.batch,
             data.train_idx.len()
         )));
     }
@@ -513,19 +484,19 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         data.mean
     );
 
-    let mut net = Network::new(backend, topo, opts.batch, opts.seed)?;
+    let mut net = Network::new(backend, topo, opts.run.batch, opts.run.seed)?;
     if let Some(path) = &opts.init_from {
         let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
         checkpoint::load_weights(&mut net, &map, path)?;
         info!("initial weights from {}", path.display());
     }
-    let epoch_batches = data.train_idx.len() / opts.batch;
+    let epoch_batches = data.train_idx.len() / opts.run.batch;
     let (mut state, resumed) = match &opts.resume {
         Some(ck) => {
             ck.restore(&mut net, true)?;
             let mut st = ck.state.clone();
-            st.options.epochs = opts.epochs;
+            st.options.epochs = opts.run.epochs;
             st.data = opts.data.display().to_string();
             info!(
                 "resuming {} at epoch {}, batch {}/{}, step {}, lr {:.1e}",
@@ -548,7 +519,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
                 data: opts.data.display().to_string(),
                 train_images: data.train_idx.len(),
                 val_images: data.val_idx.len(),
-                options: run_options(opts),
+                options: opts.run.clone(),
                 preprocess: Preprocess {
                     image_size: set.size(),
                     crop: loader.crop,
@@ -557,7 +528,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
                     std: loader.std,
                     mean_image: loader.mean_image.is_some(),
                 },
-                progress: Progress::start(opts.lr, epoch_batches),
+                progress: Progress::start(opts.run.lr, epoch_batches),
                 history: Vec::new(),
             },
             false,
@@ -609,9 +580,9 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         topo.name,
         thousands(topo.param_count()? as u64),
         backend.name(),
-        opts.batch,
-        opts.lr,
-        opts.epochs,
+        opts.run.batch,
+        opts.run.lr,
+        opts.run.epochs,
         match &opts.out {
             Some(d) => format!("; run folder {}", d.display()),
             None => String::new(),
@@ -635,19 +606,19 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
     if state.progress.epoch_done {
         state.progress.next_epoch();
     }
-    if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.epochs) {
+    if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.run.epochs) {
         info!(
             "{}: the run has finished its {} epochs; pass --epochs N to extend it",
             ck.path.display(),
-            opts.epochs
+            opts.run.epochs
         );
     }
     let mut epochs_run = 0usize;
-    while state.progress.epoch <= opts.epochs {
+    while state.progress.epoch <= opts.run.epochs {
         let epoch = state.progress.epoch;
         let first = state.progress.batches_done;
         if first == 0 {
-            if let Schedule::Milestones(m) = &opts.schedule {
+            if let Schedule::Milestones(m) = &opts.run.schedule {
                 if m.contains(&epoch) {
                     state.progress.lr /= 10.0;
                     info!(
@@ -659,8 +630,8 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         }
         let hp = SgdParams {
             lr: state.progress.lr,
-            momentum: opts.momentum,
-            weight_decay: opts.weight_decay,
+            momentum: opts.run.momentum,
+            weight_decay: opts.run.weight_decay,
         };
         let epoch_start = Instant::now();
         let mut iter = batches_from(
@@ -671,7 +642,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             first,
         )?;
         let pb = progress_bar(iter.num_batches(), opts.progress);
-        pb.set_prefix(format!("epoch {epoch}/{}", opts.epochs));
+        pb.set_prefix(format!("epoch {epoch}/{}", opts.run.epochs));
         pb.set_position(first as u64);
         let mut compute = Duration::ZERO;
         let mut seen_here = 0usize;
@@ -764,7 +735,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         info!(
             "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute) | {:.0}s",
             epoch,
-            opts.epochs,
+            opts.run.epochs,
             p.lr,
             stats.train_loss,
             100.0 * stats.train_top1,
@@ -778,7 +749,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         if let Some(m) = &mut metrics {
             m.epoch(&stats)?;
         }
-        let best = after_validation(p, &opts.schedule, 1.0 - v.top1);
+        let best = after_validation(p, &opts.run.schedule, 1.0 - v.top1);
         p.epoch_done = true;
         p.elapsed_s = elapsed(&start);
         state.history.push(stats.clone());
@@ -791,12 +762,12 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         state.progress.next_epoch();
         if stopping() {
             info!("stopping after epoch {epoch} as asked");
-            report.interrupted = epoch < opts.epochs;
+            report.interrupted = epoch < opts.run.epochs;
             return Ok(report);
         }
         if let Some(limit) = opts.time_limit {
             let per_epoch = start.elapsed().as_secs_f64() / epochs_run as f64;
-            if epoch < opts.epochs
+            if epoch < opts.run.epochs
                 && start.elapsed().as_secs_f64() + per_epoch > limit.as_secs_f64()
             {
                 info!(

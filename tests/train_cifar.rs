@@ -51,9 +51,9 @@ fn cifar_subset_learns_well_above_chance() {
     assert_eq!(r.train.class_counts, vec![1_200; 10]);
     let topo = Topology::cifar();
     let mut opts = TrainOptions::for_topology(&topo, store);
-    opts.val = 2_000;
-    opts.epochs = 4;
-    opts.schedule = Schedule::Milestones(vec![4]);
+    opts.run.val = 2_000;
+    opts.run.epochs = 4;
+    opts.run.schedule = Schedule::Milestones(vec![4]);
     opts.progress = false;
     let report = train(&CpuBackend::new(), &NetSpec::new("cifar"), &opts).expect("training runs");
     for e in &report.epochs {
