@@ -144,17 +144,6 @@ pub struct RunState {
     pub history: Vec<EpochStats>,
 }
 
-impl RunState {
-    /// Lowest validation top-1 error so far, if any epoch finished.
-    pub fn best_val_err(&self) -> Option<f64> {
-        self.history
-            .iter()
-            .map(|e| 1.0 - e.val_top1)
-            .filter(|e| e.is_finite())
-            .min_by(f64::total_cmp)
-    }
-}
-
 /// A loaded, verified checkpoint.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
@@ -163,8 +152,17 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// CRC-32 of a tensor's little-endian bytes (as stored), without a copy.
+fn crc_f32(v: &[f32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = [0u8; 4096];
+    for chunk in v.chunks(buf.len() / 4) {
+        for (b, x) in buf.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        h.update(&buf[..chunk.len() * 4]);
+    }
+    h.finalize()
 }
 
 /// The network's weights, and with `momentum` its momentum buffers, as tensors.
@@ -188,7 +186,7 @@ pub fn save(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
         .map_err(|e| Error::Data(format!("could not encode the run state: {e}")))?;
     let crcs: BTreeMap<&str, u32> = tensors
         .iter()
-        .map(|t| (t.name.as_str(), crc32fast::hash(&le_bytes(&t.data))))
+        .map(|t| (t.name.as_str(), crc_f32(&t.data)))
         .collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
@@ -251,7 +249,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     for t in &tensors {
         match crcs.get(&t.name) {
-            Some(&c) if c == crc32fast::hash(&le_bytes(&t.data)) => {}
+            Some(&c) if c == crc_f32(&t.data) => {}
             _ => {
                 return Err(damaged(
                     path,
