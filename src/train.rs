@@ -551,6 +551,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
     let mut step_rows = Vec::new();
     if let Some(dir) = &opts.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        checkpoint::remove_stale_temps(dir)?;
         if !resumed {
             if let Some((_, p)) = checkpoint::list(dir)?.last() {
                 return Err(Error::Config(format!(

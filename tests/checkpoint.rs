@@ -174,9 +174,17 @@ fn sigkill_twice_then_resume_is_bit_identical() {
     let mut c = start_until(&resume_args(&killed), &killed, k2);
     c.kill().expect("SIGKILL");
     c.wait().unwrap();
-    // No temporary files are left where a reader looks (a kill during a
-    // write leaves one, which the next write of that name replaces).
+    // A kill during a write leaves a temporary file named by the dead
+    // process's pid; plant one too, so the clean-up is always exercised.
+    let stale = killed.join("ckpt-0000000007.safetensors.tmp-4194303999");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
     run_ok(&resume_args(&killed));
+    let temps: Vec<_> = std::fs::read_dir(&killed)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
     assert_same_run(&whole, &killed);
     let left: Vec<_> = checkpoint::list(&killed).unwrap();
     assert_eq!(left.len(), 3, "--keep 3: {left:?}");
