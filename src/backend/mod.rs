@@ -141,6 +141,9 @@ pub trait Backend: Send + Sync {
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn alloc_idx(&self, len: usize) -> Result<Self::IdxBuf>;
+    /// How many buffers `alloc` and `alloc_idx` have made so far. The network
+    /// sizes everything once per batch shape, so this stays put across steps.
+    fn allocations(&self) -> u64;
     fn upload(&self, src: &[f32], dst: &mut Self::Buf) -> Result<()>;
     fn upload_idx(&self, src: &[u32], dst: &mut Self::IdxBuf) -> Result<()>;
     fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;

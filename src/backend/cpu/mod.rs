@@ -10,17 +10,22 @@ pub mod lrn;
 pub mod pool;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
 
-/// The CPU backend. Stateless: scratch memory lives in per-thread buffers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+/// The CPU backend. Stateless but for a count of allocations (the same
+/// count the CUDA backend keeps, so a test here shows that the network
+/// allocates nothing per step); scratch memory lives in per-thread buffers.
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    allocations: AtomicU64,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
     }
 }
 
@@ -145,11 +150,17 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
         Ok(vec![0.0; len])
     }
 
     fn alloc_idx(&self, len: usize) -> Result<Vec<u32>> {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
         Ok(vec![0; len])
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
     }
 
     fn upload(&self, src: &[f32], dst: &mut Vec<f32>) -> Result<()> {
