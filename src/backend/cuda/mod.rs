@@ -87,6 +87,17 @@ struct Staging {
     copied: CudaEvent,
 }
 
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The last copy may still be reading the pinned memory, which is freed
+        // right after this (cudarc's own event for it is not used: the copy is
+        // issued through the raw API).
+        if let Err(e) = self.copied.synchronize() {
+            tracing::warn!("cuda: waiting for the last upload before freeing its staging: {e:?}");
+        }
+    }
+}
+
 /// Per-op scratch, sized on first use and grown only when a larger batch comes.
 #[derive(Default)]
 struct Scratch {
@@ -431,7 +442,7 @@ impl Backend for CudaBackend {
         // Grow-only: one buffer, as large as the largest upload so far (the
         // batch input, or a weight tensor at start-up).
         if staging.as_ref().is_none_or(|s| s.host.len() < src.len()) {
-            *staging = None; // its Drop waits for the copy still reading it
+            *staging = None; // Staging's Drop waits for the copy still reading it
                              // SAFETY: the pinned memory is uninitialised; it is only read by
                              // the copy below, after `copy_from_slice` has written it.
             let host =

@@ -414,3 +414,43 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
 
     Ok(p.rows)
 }
+
+/// Train `steps` (>= 2) steps of `topo` on random data with batch `batch`;
+/// returns the backend's allocation count after the first step and after the
+/// last. Equal counts mean the steady state allocates nothing per step
+/// (buffers, workspaces, scratch and the pinned staging are all sized once).
+pub fn steady_state_allocations(
+    be: &CudaBackend,
+    topo: &crate::model::topology::Topology,
+    batch: usize,
+    steps: usize,
+) -> Result<(u64, u64)> {
+    use crate::model::net::{Mode, Network};
+    let input = topo
+        .shapes()?
+        .first()
+        .map(|s| s.input.len())
+        .ok_or_else(|| crate::error::Error::Config("empty topology".into()))?;
+    let classes = topo.layers.last().map(|l| l.out_channels()).unwrap_or(1);
+    let mut rng = Rng::new(7);
+    let x = random(&mut rng, batch * input, 1.0);
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
+    let hp = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let mut net = Network::new(be, topo, batch, 1)?;
+    let mut after_first = 0;
+    for step in 0..steps.max(2) {
+        net.forward(&x, &labels, Mode::Train)?;
+        net.backward()?;
+        net.sgd_step(&hp)?;
+        if step == 0 {
+            be.synchronize()?;
+            after_first = be.allocations();
+        }
+    }
+    be.synchronize()?;
+    Ok((after_first, be.allocations()))
+}
