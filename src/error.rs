@@ -31,6 +31,16 @@ pub enum Error {
     /// A backend could not be created or failed at run time.
     #[error("{0}")]
     Backend(String),
+
+    /// No usable CUDA device: the driver library is missing, it finds no GPU,
+    /// or fewer GPUs exist than were asked for. The message says which.
+    #[error("{0}")]
+    NoDevice(String),
+
+    /// A CUDA library call (driver, NVRTC, cuBLAS, cuDNN) failed; `op` names
+    /// the backend op or setup step that made it.
+    #[error("cuda {op}: {detail}")]
+    Cuda { op: &'static str, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

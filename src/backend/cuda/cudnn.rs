@@ -1,0 +1,754 @@
+//! The one wrapper around raw cuDNN calls. It owns the cuDNN handle, the
+//! descriptors for each convolution shape, the algorithm chosen for each
+//! (shape, direction), and the single workspace all of them share.
+//!
+//! Why raw calls rather than cudarc's safe cuDNN layer: its handle is neither
+//! Send nor Sync (a `Backend` must be both), its algorithm pickers assert
+//! instead of returning errors, and it has no backward-bias, bias-add or
+//! cudnnFind*. So everything cuDNN lives here, on cudarc's thin `result`/`sys`
+//! layer, each unsafe block stating the invariant it relies on; the rest of
+//! the backend sees four safe methods (forward, backward data / filter / bias).
+//!
+//! Layout is what the rest of the crate uses: NCHW f32, weights
+//! [c_out, c_in / groups, k, k], cross-correlation (no kernel flip, as
+//! PyTorch), and the group count set on the convolution descriptor.
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::cudnn::sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use super::{CudaBuf, ALLOC_LIMIT_NOTE};
+use crate::backend::ConvGeom;
+use crate::error::{Error, Result};
+
+/// Largest workspace an algorithm may ask for; faster algorithms needing more
+/// are skipped (AlexNet's layers need far less).
+const WORKSPACE_LIMIT: usize = 1 << 30;
+
+/// True when cuDNN's library can be loaded (cudarc panics on first use otherwise).
+pub fn cudnn_present() -> bool {
+    // SAFETY: only tries to dlopen candidate names; calls no cuDNN function.
+    unsafe { sys::is_culib_present() }
+}
+
+fn check(op: &'static str, what: &str, st: sys::cudnnStatus_t) -> Result<()> {
+    if st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cuda {
+            op,
+            detail: format!("cuDNN {what}: {st:?}"),
+        })
+    }
+}
+
+fn int(op: &'static str, v: usize) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| Error::Shape {
+        op,
+        detail: format!("{v} does not fit cuDNN's int dimensions"),
+    })
+}
+
+// -- descriptors: owned handles, destroyed on drop ------------------------------
+
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl TensorDesc {
+    /// A packed NCHW f32 tensor.
+    fn nchw(op: &'static str, dims: [usize; 4]) -> Result<Self> {
+        let [n, c, h, w] = [
+            int(op, dims[0])?,
+            int(op, dims[1])?,
+            int(op, dims[2])?,
+            int(op, dims[3])?,
+        ];
+        let mut d = std::ptr::null_mut();
+        // SAFETY: `d` is a valid out-pointer; on success it holds a new descriptor
+        // that `TensorDesc` owns (and destroys in Drop), so it is set only once created.
+        unsafe {
+            check(
+                op,
+                "create tensor",
+                sys::cudnnCreateTensorDescriptor(&mut d),
+            )?;
+            let desc = TensorDesc(d);
+            check(
+                op,
+                "set tensor",
+                sys::cudnnSetTensor4dDescriptor(
+                    desc.0,
+                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    n,
+                    c,
+                    h,
+                    w,
+                ),
+            )?;
+            Ok(desc)
+        }
+    }
+}
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateTensorDescriptor and destroyed only here.
+        let st = unsafe { sys::cudnnDestroyTensorDescriptor(self.0) };
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: destroying a tensor descriptor: {st:?}");
+        }
+    }
+}
+
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateFilterDescriptor and destroyed only here.
+        let st = unsafe { sys::cudnnDestroyFilterDescriptor(self.0) };
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: destroying a filter descriptor: {st:?}");
+        }
+    }
+}
+
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateConvolutionDescriptor and destroyed only here.
+        let st = unsafe { sys::cudnnDestroyConvolutionDescriptor(self.0) };
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: destroying a convolution descriptor: {st:?}");
+        }
+    }
+}
+
+/// The directions an algorithm is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Dir {
+    Forward,
+    Data,
+    Filter,
+}
+
+/// A chosen algorithm, as the enum of its direction.
+#[derive(Clone, Copy, Debug)]
+enum AlgoId {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    Data(sys::cudnnConvolutionBwdDataAlgo_t),
+    Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+/// An algorithm and the workspace it needs.
+#[derive(Clone, Copy, Debug)]
+struct Algo {
+    id: AlgoId,
+    workspace: usize,
+}
+
+/// Plans are keyed by the whole geometry (batch size included: cuDNN's
+/// algorithm choice depends on it).
+type Key = [usize; 9];
+
+fn key(g: &ConvGeom) -> Key {
+    [
+        g.n, g.c_in, g.h, g.w, g.c_out, g.k, g.stride, g.pad, g.groups,
+    ]
+}
+
+/// Everything cuDNN needs for one convolution shape.
+struct Plan {
+    x: TensorDesc,
+    y: TensorDesc,
+    /// [1, c_out, 1, 1], the bias as cuDNN broadcasts it.
+    bias: TensorDesc,
+    w: FilterDesc,
+    conv: ConvDesc,
+    algos: HashMap<Dir, Algo>,
+}
+
+impl Plan {
+    fn new(op: &'static str, g: &ConvGeom, math: sys::cudnnMathType_t) -> Result<Self> {
+        let (ho, wo) = (g.h_out(), g.w_out());
+        let x = TensorDesc::nchw(op, [g.n, g.c_in, g.h, g.w])?;
+        let y = TensorDesc::nchw(op, [g.n, g.c_out, ho, wo])?;
+        let bias = TensorDesc::nchw(op, [1, g.c_out, 1, 1])?;
+        // Grouped filters: each output channel sees c_in / groups inputs, so the
+        // filter is [c_out, c_in / groups, k, k] (cuDNN's rule with a group count).
+        let fdims = [
+            int(op, g.c_out)?,
+            int(op, g.c_in / g.groups)?,
+            int(op, g.k)?,
+            int(op, g.k)?,
+        ];
+        let (pad, stride, groups) = (int(op, g.pad)?, int(op, g.stride)?, int(op, g.groups)?);
+        let mut fd = std::ptr::null_mut();
+        let mut cd = std::ptr::null_mut();
+        // SAFETY: out-pointers are valid; each descriptor is wrapped in its owner
+        // right after creation, so an early return destroys what exists.
+        let (w, conv) = unsafe {
+            check(
+                op,
+                "create filter",
+                sys::cudnnCreateFilterDescriptor(&mut fd),
+            )?;
+            let w = FilterDesc(fd);
+            check(
+                op,
+                "set filter",
+                sys::cudnnSetFilter4dDescriptor(
+                    w.0,
+                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                    fdims[0],
+                    fdims[1],
+                    fdims[2],
+                    fdims[3],
+                ),
+            )?;
+            check(
+                op,
+                "create convolution",
+                sys::cudnnCreateConvolutionDescriptor(&mut cd),
+            )?;
+            let conv = ConvDesc(cd);
+            check(
+                op,
+                "set convolution",
+                sys::cudnnSetConvolution2dDescriptor(
+                    conv.0,
+                    pad,
+                    pad,
+                    stride,
+                    stride,
+                    1,
+                    1,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                ),
+            )?;
+            check(
+                op,
+                "set group count",
+                sys::cudnnSetConvolutionGroupCount(conv.0, groups),
+            )?;
+            check(
+                op,
+                "set math type",
+                sys::cudnnSetConvolutionMathType(conv.0, math),
+            )?;
+            (w, conv)
+        };
+        // cuDNN's own output shape must equal ours (h_out = (h + 2 pad - k) / stride + 1).
+        let (mut on, mut oc, mut oh, mut ow) = (0, 0, 0, 0);
+        // SAFETY: all descriptors are live and fully set; out-pointers are valid.
+        check(op, "output dims", unsafe {
+            sys::cudnnGetConvolution2dForwardOutputDim(
+                conv.0, x.0, w.0, &mut on, &mut oc, &mut oh, &mut ow,
+            )
+        })?;
+        let want = [g.n, g.c_out, ho, wo];
+        if [on, oc, oh, ow].map(|v| v as i64) != want.map(|v| v as i64) {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "cuDNN computes output {:?}, expected {want:?}",
+                    [on, oc, oh, ow]
+                ),
+            });
+        }
+        Ok(Plan {
+            x,
+            y,
+            bias,
+            w,
+            conv,
+            algos: HashMap::new(),
+        })
+    }
+}
+
+/// The cuDNN state of one device: handle, plans by shape, shared workspace.
+pub struct Dnn {
+    handle: sys::cudnnHandle_t,
+    stream: Arc<CudaStream>,
+    plans: HashMap<Key, Plan>,
+    workspace: Option<CudaSlice<u8>>,
+    math: sys::cudnnMathType_t,
+    allocs: Arc<AtomicU64>,
+}
+
+// SAFETY: the handle and descriptors are plain heap objects of the cuDNN
+// library; cuDNN allows a handle to be used from any host thread as long as
+// calls do not overlap. The backend keeps `Dnn` inside a Mutex, so every use
+// is exclusive, and binds the device's context to the calling thread first.
+unsafe impl Send for Dnn {}
+
+impl Drop for Dnn {
+    fn drop(&mut self) {
+        self.plans.clear();
+        // SAFETY: created by cudnnCreate in `new`, destroyed only here, after
+        // every descriptor that refers to it.
+        let st = unsafe { sys::cudnnDestroy(self.handle) };
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: destroying the handle: {st:?}");
+        }
+    }
+}
+
+/// The algorithm cache returned another direction's algorithm (cannot happen:
+/// entries are keyed by direction).
+fn mixed(op: &'static str) -> Error {
+    Error::Cuda {
+        op,
+        detail: "cuDNN algorithm cache holds the wrong direction".into(),
+    }
+}
+
+/// A device pointer as cuDNN's `const void*`.
+fn cptr(p: u64) -> *const c_void {
+    p as usize as *const c_void
+}
+
+/// A device pointer as cuDNN's `void*`.
+fn mptr(p: u64) -> *mut c_void {
+    p as usize as *mut c_void
+}
+
+impl Dnn {
+    /// A handle whose work goes on `stream` (the compute stream). `allow_tf32`
+    /// lets cuDNN use TF32 tensor cores (faster, ~1e-3 relative error); without
+    /// it the math is plain f32 FMA, which matches the CPU reference closely.
+    /// The caller has bound the device's context to this thread.
+    pub fn new(stream: Arc<CudaStream>, allow_tf32: bool, allocs: Arc<AtomicU64>) -> Result<Self> {
+        const OP: &str = "cudnn init";
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the context is current on this thread.
+        check(OP, "create handle", unsafe {
+            sys::cudnnCreate(&mut handle)
+        })?;
+        let dnn = Dnn {
+            handle,
+            stream,
+            plans: HashMap::new(),
+            workspace: None,
+            math: if allow_tf32 {
+                sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            },
+            allocs,
+        };
+        // SAFETY: the handle is live and the stream outlives it (Dnn holds an Arc
+        // to it, and the handle is destroyed first, in Drop).
+        check(OP, "set stream", unsafe {
+            sys::cudnnSetStream(dnn.handle, dnn.stream.cu_stream() as sys::cudaStream_t)
+        })?;
+        // SAFETY: a plain query.
+        let version = unsafe { sys::cudnnGetVersion() };
+        tracing::debug!("cuDNN {version} ready");
+        Ok(dnn)
+    }
+
+    fn plan(&mut self, op: &'static str, g: &ConvGeom) -> Result<()> {
+        if !self.plans.contains_key(&key(g)) {
+            let plan = Plan::new(op, g, self.math)?;
+            self.plans.insert(key(g), plan);
+        }
+        Ok(())
+    }
+
+    /// The algorithm for (shape, direction): chosen once by cudnnFind* (which
+    /// times the candidates), or by the heuristic cudnnGet*_v7 when Find fails;
+    /// the first successful candidate whose workspace fits the limit wins.
+    fn algo(&mut self, op: &'static str, g: &ConvGeom, dir: Dir) -> Result<Algo> {
+        self.plan(op, g)?;
+        let handle = self.handle;
+        let Some(plan) = self.plans.get_mut(&key(g)) else {
+            return Err(Error::Cuda {
+                op,
+                detail: "cuDNN plan missing after insertion".into(),
+            });
+        };
+        if let Some(a) = plan.algos.get(&dir) {
+            return Ok(*a);
+        }
+        let (x, y, w, conv) = (plan.x.0, plan.y.0, plan.w.0, plan.conv.0);
+        // (algo id, status, memory) of each candidate, best first.
+        let mut found: Vec<(AlgoId, sys::cudnnStatus_t, usize)> = Vec::new();
+        let mut count: c_int = 0;
+        // SAFETY (all three arms): descriptors and handle are live; the perf
+        // arrays hold ALGO_COUNT entries and we request at most that many, so
+        // cuDNN writes within them; `count` tells how many it filled. Find*
+        // runs the candidates on buffers it allocates itself.
+        unsafe {
+            match dir {
+                Dir::Forward => {
+                    const N: usize = 8;
+                    let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
+                    let mut st = sys::cudnnFindConvolutionForwardAlgorithm(
+                        handle,
+                        x,
+                        w,
+                        conv,
+                        y,
+                        N as c_int,
+                        &mut count,
+                        perf.as_mut_ptr(),
+                    );
+                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                        tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
+                        st = sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                            handle,
+                            x,
+                            w,
+                            conv,
+                            y,
+                            N as c_int,
+                            &mut count,
+                            perf.as_mut_ptr(),
+                        );
+                    }
+                    check(op, "choose forward algorithm", st)?;
+                    for p in &perf[..(count.max(0) as usize).min(N)] {
+                        found.push((AlgoId::Forward(p.algo), p.status, p.memory));
+                    }
+                }
+                Dir::Data => {
+                    const N: usize = 6;
+                    let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
+                    let mut st = sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        handle,
+                        w,
+                        y,
+                        conv,
+                        x,
+                        N as c_int,
+                        &mut count,
+                        perf.as_mut_ptr(),
+                    );
+                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                        tracing::warn!(
+                            "cuDNN: find backward-data algorithm: {st:?}; using heuristics"
+                        );
+                        st = sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                            handle,
+                            w,
+                            y,
+                            conv,
+                            x,
+                            N as c_int,
+                            &mut count,
+                            perf.as_mut_ptr(),
+                        );
+                    }
+                    check(op, "choose backward-data algorithm", st)?;
+                    for p in &perf[..(count.max(0) as usize).min(N)] {
+                        found.push((AlgoId::Data(p.algo), p.status, p.memory));
+                    }
+                }
+                Dir::Filter => {
+                    const N: usize = 7;
+                    let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] =
+                        std::mem::zeroed();
+                    let mut st = sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        handle,
+                        x,
+                        y,
+                        conv,
+                        w,
+                        N as c_int,
+                        &mut count,
+                        perf.as_mut_ptr(),
+                    );
+                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                        tracing::warn!(
+                            "cuDNN: find backward-filter algorithm: {st:?}; using heuristics"
+                        );
+                        st = sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                            handle,
+                            x,
+                            y,
+                            conv,
+                            w,
+                            N as c_int,
+                            &mut count,
+                            perf.as_mut_ptr(),
+                        );
+                    }
+                    check(op, "choose backward-filter algorithm", st)?;
+                    for p in &perf[..(count.max(0) as usize).min(N)] {
+                        found.push((AlgoId::Filter(p.algo), p.status, p.memory));
+                    }
+                }
+            }
+        }
+        let Some(&(id, _, _)) = found.iter().find(|(_, st, mem)| {
+            *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && *mem <= WORKSPACE_LIMIT
+        }) else {
+            return Err(Error::Cuda {
+                op,
+                detail: format!(
+                    "cuDNN has no {dir:?} algorithm for {g:?} within a {} MiB workspace \
+                     (candidates: {found:?})",
+                    WORKSPACE_LIMIT >> 20
+                ),
+            });
+        };
+        // The exact workspace for the chosen algorithm (Find's figure can differ).
+        let mut workspace = 0usize;
+        // SAFETY: descriptors live; `id` is one cuDNN returned for this shape.
+        let st = unsafe {
+            match id {
+                AlgoId::Forward(algo) => sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    handle,
+                    x,
+                    w,
+                    conv,
+                    y,
+                    algo,
+                    &mut workspace,
+                ),
+                AlgoId::Data(algo) => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    handle,
+                    w,
+                    y,
+                    conv,
+                    x,
+                    algo,
+                    &mut workspace,
+                ),
+                AlgoId::Filter(algo) => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                    handle,
+                    x,
+                    y,
+                    conv,
+                    w,
+                    algo,
+                    &mut workspace,
+                ),
+            }
+        };
+        check(op, "workspace size", st)?;
+        let a = Algo { id, workspace };
+        tracing::debug!("cuDNN: {g:?}: {id:?}, workspace {workspace} bytes");
+        plan.algos.insert(dir, a);
+        Ok(a)
+    }
+
+    /// Grow the shared workspace to at least `bytes` (never shrinks, so steady
+    /// state allocates nothing). Returns (pointer, size) or (null, 0).
+    fn workspace(&mut self, op: &'static str, bytes: usize) -> Result<(*mut c_void, usize)> {
+        if bytes == 0 {
+            return Ok((std::ptr::null_mut(), 0));
+        }
+        if self.workspace.as_ref().is_none_or(|w| w.len() < bytes) {
+            // Dropping the old buffer frees it in stream order (after queued work).
+            self.workspace = None;
+            let ws = self
+                .stream
+                .alloc_zeros::<u8>(bytes)
+                .map_err(|e| Error::Cuda {
+                    op,
+                    detail: format!("cuDNN workspace of {bytes} bytes: {e:?}{ALLOC_LIMIT_NOTE}"),
+                })?;
+            self.allocs.fetch_add(1, Ordering::Relaxed);
+            self.workspace = Some(ws);
+        }
+        let Some(ws) = self.workspace.as_mut() else {
+            return Ok((std::ptr::null_mut(), 0));
+        };
+        let len = ws.len();
+        // The workspace is only ever used on `self.stream`, so the tracking
+        // guard can be dropped at once.
+        let (p, _guard) = ws.device_ptr_mut(&self.stream);
+        Ok((mptr(p), len))
+    }
+
+    /// y = conv(x, w) + b.
+    pub fn forward(
+        &mut self,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_forward";
+        let a = self.algo(OP, g, Dir::Forward)?;
+        let AlgoId::Forward(algo) = a.id else {
+            return Err(mixed(OP));
+        };
+        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
+        let stream = self.stream.clone();
+        let plan = &self.plans[&key(g)];
+        let (xp, _gx) = x.data.device_ptr(&stream);
+        let (wp, _gw) = w.data.device_ptr(&stream);
+        let (bp, _gb) = b.data.device_ptr(&stream);
+        let (yp, _gy) = y.data.device_ptr_mut(&stream);
+        let (one, zero) = (1.0f32, 0.0f32);
+        // SAFETY: pointers come from buffers whose lengths the caller checked
+        // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
+        // descriptors; alpha/beta are f32 as cuDNN requires for FLOAT data;
+        // the workspace holds at least the size cuDNN asked for this algorithm;
+        // the guards record the accesses on the stream the handle uses.
+        unsafe {
+            check(
+                OP,
+                "convolution forward",
+                sys::cudnnConvolutionForward(
+                    self.handle,
+                    (&one as *const f32).cast(),
+                    plan.x.0,
+                    cptr(xp),
+                    plan.w.0,
+                    cptr(wp),
+                    plan.conv.0,
+                    algo,
+                    ws,
+                    ws_len,
+                    (&zero as *const f32).cast(),
+                    plan.y.0,
+                    mptr(yp),
+                ),
+            )?;
+            // y += b broadcast over n, h, w (beta = 1 keeps the convolution).
+            check(
+                OP,
+                "add bias",
+                sys::cudnnAddTensor(
+                    self.handle,
+                    (&one as *const f32).cast(),
+                    plan.bias.0,
+                    cptr(bp),
+                    (&one as *const f32).cast(),
+                    plan.y.0,
+                    mptr(yp),
+                ),
+            )
+        }
+    }
+
+    /// dx = conv_transpose(dy, w), overwriting dx (beta = 0).
+    pub fn backward_data(
+        &mut self,
+        g: &ConvGeom,
+        w: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dx: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_data";
+        let a = self.algo(OP, g, Dir::Data)?;
+        let AlgoId::Data(algo) = a.id else {
+            return Err(mixed(OP));
+        };
+        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
+        let stream = self.stream.clone();
+        let plan = &self.plans[&key(g)];
+        let (wp, _gw) = w.data.device_ptr(&stream);
+        let (dyp, _gdy) = dy.data.device_ptr(&stream);
+        let (dxp, _gdx) = dx.data.device_ptr_mut(&stream);
+        let (one, zero) = (1.0f32, 0.0f32);
+        // SAFETY: as in `forward`: lengths checked against the descriptors,
+        // f32 scaling factors, workspace large enough, accesses recorded.
+        unsafe {
+            check(
+                OP,
+                "convolution backward data",
+                sys::cudnnConvolutionBackwardData(
+                    self.handle,
+                    (&one as *const f32).cast(),
+                    plan.w.0,
+                    cptr(wp),
+                    plan.y.0,
+                    cptr(dyp),
+                    plan.conv.0,
+                    algo,
+                    ws,
+                    ws_len,
+                    (&zero as *const f32).cast(),
+                    plan.x.0,
+                    mptr(dxp),
+                ),
+            )
+        }
+    }
+
+    /// dw = sum over the batch of dy (x) x, overwriting dw (beta = 0).
+    pub fn backward_filter(
+        &mut self,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dw: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_filter";
+        let a = self.algo(OP, g, Dir::Filter)?;
+        let AlgoId::Filter(algo) = a.id else {
+            return Err(mixed(OP));
+        };
+        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
+        let stream = self.stream.clone();
+        let plan = &self.plans[&key(g)];
+        let (xp, _gx) = x.data.device_ptr(&stream);
+        let (dyp, _gdy) = dy.data.device_ptr(&stream);
+        let (dwp, _gdw) = dw.data.device_ptr_mut(&stream);
+        let (one, zero) = (1.0f32, 0.0f32);
+        // SAFETY: as in `forward`.
+        unsafe {
+            check(
+                OP,
+                "convolution backward filter",
+                sys::cudnnConvolutionBackwardFilter(
+                    self.handle,
+                    (&one as *const f32).cast(),
+                    plan.x.0,
+                    cptr(xp),
+                    plan.y.0,
+                    cptr(dyp),
+                    plan.conv.0,
+                    algo,
+                    ws,
+                    ws_len,
+                    (&zero as *const f32).cast(),
+                    plan.w.0,
+                    mptr(dwp),
+                ),
+            )
+        }
+    }
+
+    /// db[c] = sum over n, h, w of dy[n, c, h, w], overwriting db (beta = 0).
+    pub fn backward_bias(
+        &mut self,
+        g: &ConvGeom,
+        dy: &CudaBuf<f32>,
+        db: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_bias";
+        self.plan(OP, g)?;
+        let stream = self.stream.clone();
+        let plan = &self.plans[&key(g)];
+        let (dyp, _gdy) = dy.data.device_ptr(&stream);
+        let (dbp, _gdb) = db.data.device_ptr_mut(&stream);
+        let (one, zero) = (1.0f32, 0.0f32);
+        // SAFETY: dy has y_len elements (y descriptor), db has c_out ([1, c_out, 1, 1]).
+        unsafe {
+            check(
+                OP,
+                "convolution backward bias",
+                sys::cudnnConvolutionBackwardBias(
+                    self.handle,
+                    (&one as *const f32).cast(),
+                    plan.y.0,
+                    cptr(dyp),
+                    (&zero as *const f32).cast(),
+                    plan.bias.0,
+                    mptr(dbp),
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,1010 @@
+//! The CUDA backend: `CudaBackend` implements every `Backend` op on one GPU.
+//! This file owns the device state (one context, a compute stream and a copy
+//! stream, the kernels, the cuBLAS handle, the cuDNN engine when the library
+//! exists), memory (allocation, the pinned upload path, the allocation
+//! counter) and the ops that are a single kernel launch. Larger pieces live
+//! beside it:
+//!   probe.rs         which GPUs exist (checked before any other CUDA call)
+//!   modules.rs       loading kernels/*.cu (embedded fatbin, else NVRTC)
+//!   cudnn.rs         the raw cuDNN calls: convolution with groups on the descriptor
+//!   conv_fallback.rs grouped convolution by im2col + cuBLAS when cuDNN is absent
+//!   linear.rs        fully connected layers on cuBLAS
+//!   parity.rs        every op against the CPU reference, for a GPU check script
+//!
+//! Kernels follow kernels/README.md: argument order and C types (int = i32,
+//! long long = i64, unsigned long long = u64), launched with
+//! `kernels::launch_1d` (block 256, grid-stride loops).
+//!
+//! Streams and ordering: all compute goes on one stream, so ops are ordered
+//! as they are called. Uploads of host data go on the copy stream through a
+//! pinned staging buffer, and the compute stream waits on an event recorded
+//! after the copy. cudarc additionally tracks each buffer's last read and
+//! write with events (it does once a context has two streams), so a buffer
+//! is never freed or reused across streams while in use.
+pub mod conv_fallback;
+pub mod cudnn;
+pub mod linear;
+pub mod modules;
+pub mod parity;
+pub mod probe;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    result as drv_result, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+
+use crate::backend::cpu::conv::validate as validate_conv;
+use crate::backend::kernels::launch_1d;
+use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::error::{check_len, Error, Result};
+
+pub use probe::{devices, require, DeviceInfo};
+
+/// Appended to allocation failures.
+pub(crate) const ALLOC_LIMIT_NOTE: &str = " (out of device memory? try a smaller --batch)";
+
+/// A device buffer: a cudarc slice plus its logical length. A zero-length
+/// buffer still owns one element, because the driver refuses zero-byte
+/// allocations; ops never touch it.
+pub struct CudaBuf<T> {
+    pub(crate) data: CudaSlice<T>,
+    len: usize,
+    /// For index buffers: the host copy of what `upload_idx` wrote, so labels
+    /// can be checked against the class count without a download. Cleared
+    /// when a kernel writes the buffer (pooling's argmax).
+    shadow: Option<Vec<T>>,
+}
+
+impl<T> CudaBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Choices made when the backend is created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Use the im2col + cuBLAS grouped convolution even when cuDNN is present
+    /// (so the fallback can be tested on machines that have cuDNN).
+    pub force_fallback_conv: bool,
+    /// Let cuDNN and cuBLAS use TF32 tensor cores for f32 (Ampere and newer):
+    /// several times faster, about 1e-3 relative error. Off by default, so
+    /// results match the CPU reference to f32 rounding.
+    pub allow_tf32: bool,
+}
+
+/// The pinned host buffer uploads go through, and the event marking the end
+/// of the last copy out of it.
+struct Staging {
+    host: PinnedHostSlice<f32>,
+    copied: CudaEvent,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The last copy may still be reading the pinned memory, which is freed
+        // right after this (cudarc's own event for it is not used: the copy is
+        // issued through the raw API).
+        if let Err(e) = self.copied.synchronize() {
+            tracing::warn!("cuda: waiting for the last upload before freeing its staging: {e:?}");
+        }
+    }
+}
+
+/// Per-op scratch, sized on first use and grown only when a larger batch comes.
+#[derive(Default)]
+struct Scratch {
+    /// softmax_xent_forward's per-row losses: device and host.
+    row_loss: Option<CudaSlice<f32>>,
+    row_loss_host: Vec<f32>,
+}
+
+/// One GPU.
+pub struct CudaBackend {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    copy: Arc<CudaStream>,
+    kernels: modules::Kernels,
+    blas: CudaBlas,
+    dnn: Option<Mutex<cudnn::Dnn>>,
+    force_fallback: AtomicBool,
+    fallback: Mutex<conv_fallback::Scratch>,
+    staging: Mutex<Option<Staging>>,
+    scratch: Mutex<Scratch>,
+    allocs: Arc<AtomicU64>,
+}
+
+// -- small helpers -----------------------------------------------------------------
+
+/// Map any CUDA library error to `Error::Cuda` for `op`.
+pub(crate) fn cuda_err<E: std::fmt::Debug>(op: &'static str) -> impl Fn(E) -> Error {
+    move |e| Error::Cuda {
+        op,
+        detail: format!("{e:?}"),
+    }
+}
+
+/// A size as a kernel's `int`, or a shape error naming it.
+pub(crate) fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Shape {
+        op,
+        detail: format!("{what} = {v} does not fit a 32-bit int"),
+    })
+}
+
+/// A whole-buffer length as a kernel's `long long`.
+pub(crate) fn long(op: &'static str, v: usize) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Shape {
+        op,
+        detail: format!("length {v} does not fit a 64-bit int"),
+    })
+}
+
+/// The launch shape every kernel uses (kernels/README.md).
+pub(crate) fn cfg(threads: usize) -> LaunchConfig {
+    let (grid, block) = launch_1d(threads);
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn lock<'a, T>(op: &'static str, m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>> {
+    m.lock().map_err(|_| Error::Cuda {
+        op,
+        detail: "a previous CUDA call panicked while holding the device state".into(),
+    })
+}
+
+impl CudaBackend {
+    /// Open GPU `ordinal`: context, streams, kernels, cuBLAS, and cuDNN when
+    /// its library exists (else the im2col + cuBLAS convolution, logged).
+    pub fn new(ordinal: usize, opts: CudaOptions) -> Result<Self> {
+        const OP: &str = "init";
+        let info = probe::require(&[ordinal])?
+            .pop()
+            .ok_or_else(|| Error::NoDevice(format!("GPU {ordinal} not found")))?;
+        // SAFETY: only dlopen checks; cudarc panics on first use of a missing library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::NoDevice(
+                "cuBLAS (libcublas.so) not found: install the CUDA libraries (for example the \
+                 nvidia-cublas-cu12 wheel) and put them on LD_LIBRARY_PATH, or train on the CPU \
+                 with --cpu"
+                    .into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err(OP))?;
+        let stream = ctx.new_stream().map_err(cuda_err(OP))?;
+        let copy = ctx.new_stream().map_err(cuda_err(OP))?;
+        let kernels = modules::load_all(&ctx, info.compute_capability)?;
+        for (name, path) in &kernels.loaded {
+            tracing::debug!("cuda:{ordinal}: kernels {name}: {path:?}");
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(cuda_err("cublas init"))?;
+        if opts.allow_tf32 {
+            // SAFETY: the handle is live; the math mode is a plain enum setting.
+            unsafe {
+                cudarc::cublas::sys::cublasSetMathMode(
+                    *blas.handle(),
+                    cudarc::cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+                )
+            }
+            .result()
+            .map_err(cuda_err("cublas init"))?;
+        }
+        let allocs = Arc::new(AtomicU64::new(0));
+        let dnn = if cudnn::cudnn_present() {
+            ctx.bind_to_thread().map_err(cuda_err(OP))?;
+            match cudnn::Dnn::new(stream.clone(), opts.allow_tf32, allocs.clone()) {
+                Ok(d) => Some(Mutex::new(d)),
+                Err(e) => {
+                    tracing::warn!("cuda:{ordinal}: cuDNN found but unusable ({e}); convolutions use im2col + cuBLAS");
+                    None
+                }
+            }
+        } else {
+            tracing::info!(
+                "cuda:{ordinal}: cuDNN (libcudnn.so) not found; convolutions use im2col + cuBLAS"
+            );
+            None
+        };
+        let be = CudaBackend {
+            info,
+            ctx,
+            stream,
+            copy,
+            kernels,
+            blas,
+            dnn,
+            force_fallback: AtomicBool::new(opts.force_fallback_conv),
+            fallback: Mutex::new(conv_fallback::Scratch::default()),
+            staging: Mutex::new(None),
+            scratch: Mutex::new(Scratch::default()),
+            allocs,
+        };
+        tracing::info!(
+            "{}: convolutions by {}",
+            be.info,
+            if be.uses_cudnn() {
+                "cuDNN"
+            } else {
+                "im2col + cuBLAS"
+            }
+        );
+        Ok(be)
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Device allocations made so far (buffers, workspaces, scratch, pinned
+    /// staging). After the first step of a fixed batch shape it stays constant.
+    pub fn allocations(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
+    }
+
+    /// Whether convolutions go through cuDNN (else im2col + cuBLAS).
+    pub fn uses_cudnn(&self) -> bool {
+        self.dnn.is_some() && !self.force_fallback.load(Ordering::Relaxed)
+    }
+
+    /// Switch convolutions to the fallback (true) or back to cuDNN when present.
+    /// For the parity check; not meant to flip during training.
+    pub(crate) fn set_force_fallback(&self, on: bool) {
+        self.force_fallback.store(on, Ordering::Relaxed);
+    }
+
+    /// Wait for all queued work on this device.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    /// Copy an index buffer back (argmax, labels), for tests and checks.
+    pub fn download_idx(&self, src: &CudaBuf<u32>, dst: &mut [u32]) -> Result<()> {
+        const OP: &str = "download_idx";
+        check_len(OP, "dst", dst.len(), src.len)?;
+        self.dtoh(OP, &src.data, dst)
+    }
+
+    /// Make this device's context current on the calling thread (raw cuBLAS and
+    /// cuDNN calls need it; cudarc's own calls do it themselves).
+    fn bind(&self, op: &'static str) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err(op))
+    }
+
+    fn count_alloc(&self) {
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A zeroed device buffer of `len` (one element when len is 0).
+    fn alloc_buf<T>(&self, op: &'static str, len: usize) -> Result<CudaBuf<T>>
+    where
+        T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+    {
+        let data = self
+            .stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| Error::Cuda {
+                op,
+                detail: format!("allocating {len} elements: {e:?}{ALLOC_LIMIT_NOTE}"),
+            })?;
+        self.count_alloc();
+        Ok(CudaBuf {
+            data,
+            len,
+            shadow: None,
+        })
+    }
+
+    /// Grow-only device scratch: `slot` holds at least `len` f32 afterwards.
+    pub(crate) fn ensure(
+        &self,
+        op: &'static str,
+        slot: &mut Option<CudaSlice<f32>>,
+        len: usize,
+    ) -> Result<()> {
+        if slot.as_ref().is_none_or(|s| s.len() < len) {
+            *slot = None; // freed in stream order before the new allocation
+            let s = self
+                .stream
+                .alloc_zeros::<f32>(len.max(1))
+                .map_err(|e| Error::Cuda {
+                    op,
+                    detail: format!("scratch of {len} floats: {e:?}{ALLOC_LIMIT_NOTE}"),
+                })?;
+            self.count_alloc();
+            *slot = Some(s);
+        }
+        Ok(())
+    }
+
+    /// Device to host on the compute stream, then wait for it.
+    fn dtoh<T: cudarc::driver::DeviceRepr>(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<T>,
+        dst: &mut [T],
+    ) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let view = src.slice(..dst.len());
+        self.stream.memcpy_dtoh(&view, dst).map_err(cuda_err(op))?;
+        // Pageable copies already return when done; synchronising makes it certain.
+        self.stream.synchronize().map_err(cuda_err(op))
+    }
+
+    /// The labels as the host sees them: the upload's shadow copy, or a download.
+    fn labels_host(&self, op: &'static str, labels: &CudaBuf<u32>) -> Result<Vec<u32>> {
+        match &labels.shadow {
+            Some(s) => Ok(s.clone()),
+            None => {
+                let mut v = vec![0u32; labels.len];
+                self.dtoh(op, &labels.data, &mut v)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The checks the CPU reference makes (sizes, labels < classes), so that
+    /// no kernel reads out of bounds.
+    fn check_xent(
+        &self,
+        op: &'static str,
+        n: usize,
+        classes: usize,
+        a: usize,
+        labels: &CudaBuf<u32>,
+        out: usize,
+    ) -> Result<()> {
+        let len = n.checked_mul(classes).ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("{n} x {classes} logits overflow"),
+        })?;
+        check_len(op, "logits/probs", a, len)?;
+        check_len(op, "labels", labels.len, n)?;
+        check_len(op, "output", out, len)?;
+        let host = self.labels_host(op, labels)?;
+        if let Some((i, &l)) = host
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(Error::Shape {
+                op,
+                detail: format!("label {l} of row {i} is not < {classes} classes"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn validate_pool(op: &'static str, g: &PoolGeom) -> Result<()> {
+    if g.size == 0 || g.stride == 0 || g.size > g.h || g.size > g.w {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "window {0}x{0} stride {1} does not fit {g:?}",
+                g.size, g.stride
+            ),
+        });
+    }
+    // argmax is u32 within a plane; the kernel's sizes are int.
+    int(op, "plane", g.h.saturating_mul(g.w))?;
+    int(op, "planes", g.n.saturating_mul(g.c))?;
+    g.n.checked_mul(g.c)
+        .and_then(|p| p.checked_mul(g.h))
+        .and_then(|p| p.checked_mul(g.w))
+        .map(|_| ())
+        .ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("{g:?} overflows"),
+        })
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf<f32>;
+    type IdxBuf = CudaBuf<u32>;
+
+    fn name(&self) -> String {
+        self.info.to_string()
+    }
+
+    // -- memory --------------------------------------------------------------------
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf<f32>> {
+        self.alloc_buf("alloc", len)
+    }
+
+    fn alloc_idx(&self, len: usize) -> Result<CudaBuf<u32>> {
+        self.alloc_buf("alloc_idx", len)
+    }
+
+    /// Host -> device through the pinned staging buffer on the copy stream;
+    /// the compute stream waits for the copy (an event), the host does not.
+    fn upload(&self, src: &[f32], dst: &mut CudaBuf<f32>) -> Result<()> {
+        const OP: &str = "upload";
+        check_len(OP, "src", src.len(), dst.len)?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut staging = lock(OP, &self.staging)?;
+        // Grow-only: one buffer, as large as the largest upload so far (the
+        // batch input, or a weight tensor at start-up).
+        if staging.as_ref().is_none_or(|s| s.host.len() < src.len()) {
+            *staging = None; // Staging's Drop waits for the copy still reading it
+                             // SAFETY: the pinned memory is uninitialised; it is only read by
+                             // the copy below, after `copy_from_slice` has written it.
+            let host =
+                unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }.map_err(|e| Error::Cuda {
+                    op: OP,
+                    detail: format!("pinned staging of {} floats: {e:?}", src.len()),
+                })?;
+            self.count_alloc();
+            let copied = self.ctx.new_event(None).map_err(cuda_err(OP))?;
+            *staging = Some(Staging { host, copied });
+        }
+        let Some(st) = staging.as_mut() else {
+            return Err(Error::Cuda {
+                op: OP,
+                detail: "staging buffer missing".into(),
+            });
+        };
+        // The previous copy out of the staging buffer must finish before the
+        // host overwrites it.
+        st.copied.synchronize().map_err(cuda_err(OP))?;
+        let host = st.host.as_mut_slice().map_err(cuda_err(OP))?;
+        host[..src.len()].copy_from_slice(src);
+        {
+            let (dptr, _write) = dst.data.device_ptr_mut(&self.copy);
+            // SAFETY: `dptr` addresses dst's allocation of at least src.len()
+            // elements (checked above); the source is pinned memory that stays
+            // alive and unmodified until `copied` completes (we synchronise on
+            // it before the next write, and Staging's drop waits for it).
+            unsafe {
+                drv_result::memcpy_htod_async(dptr, &host[..src.len()], self.copy.cu_stream())
+            }
+            .map_err(cuda_err(OP))?;
+        }
+        st.copied.record(&self.copy).map_err(cuda_err(OP))?;
+        self.stream.wait(&st.copied).map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    fn upload_idx(&self, src: &[u32], dst: &mut CudaBuf<u32>) -> Result<()> {
+        const OP: &str = "upload_idx";
+        check_len(OP, "src", src.len(), dst.len)?;
+        if !src.is_empty() {
+            let mut view = dst.data.slice_mut(..src.len());
+            self.stream
+                .memcpy_htod(src, &mut view)
+                .map_err(cuda_err(OP))?;
+        }
+        dst.shadow = Some(src.to_vec());
+        Ok(())
+    }
+
+    fn download(&self, src: &CudaBuf<f32>, dst: &mut [f32]) -> Result<()> {
+        const OP: &str = "download";
+        check_len(OP, "dst", dst.len(), src.len)?;
+        self.dtoh(OP, &src.data, dst)
+    }
+
+    fn buf_len(&self, buf: &CudaBuf<f32>) -> usize {
+        buf.len
+    }
+
+    // -- convolution ----------------------------------------------------------------
+
+    fn conv2d_forward(
+        &self,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_forward";
+        validate_conv(OP, g)?;
+        check_len(OP, "x", x.len, g.x_len())?;
+        check_len(OP, "w", w.len, g.w_len())?;
+        check_len(OP, "b", b.len, g.c_out)?;
+        check_len(OP, "y", y.len, g.y_len())?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        self.bind(OP)?;
+        match (&self.dnn, self.uses_cudnn()) {
+            (Some(d), true) => lock(OP, d)?.forward(g, x, w, b, y),
+            _ => conv_fallback::forward(self, &mut *lock(OP, &self.fallback)?, g, x, w, b, y),
+        }
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        g: &ConvGeom,
+        w: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dx: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_data";
+        validate_conv(OP, g)?;
+        check_len(OP, "w", w.len, g.w_len())?;
+        check_len(OP, "dy", dy.len, g.y_len())?;
+        check_len(OP, "dx", dx.len, g.x_len())?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        self.bind(OP)?;
+        match (&self.dnn, self.uses_cudnn()) {
+            (Some(d), true) => lock(OP, d)?.backward_data(g, w, dy, dx),
+            _ => conv_fallback::backward_data(self, &mut *lock(OP, &self.fallback)?, g, w, dy, dx),
+        }
+    }
+
+    fn conv2d_backward_filter(
+        &self,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dw: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_filter";
+        validate_conv(OP, g)?;
+        check_len(OP, "x", x.len, g.x_len())?;
+        check_len(OP, "dy", dy.len, g.y_len())?;
+        check_len(OP, "dw", dw.len, g.w_len())?;
+        self.bind(OP)?;
+        if g.n == 0 {
+            // An empty batch has zero gradient (the op overwrites).
+            return self.stream.memset_zeros(&mut dw.data).map_err(cuda_err(OP));
+        }
+        match (&self.dnn, self.uses_cudnn()) {
+            (Some(d), true) => lock(OP, d)?.backward_filter(g, x, dy, dw),
+            _ => {
+                conv_fallback::backward_filter(self, &mut *lock(OP, &self.fallback)?, g, x, dy, dw)
+            }
+        }
+    }
+
+    fn conv2d_backward_bias(
+        &self,
+        g: &ConvGeom,
+        dy: &CudaBuf<f32>,
+        db: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_backward_bias";
+        validate_conv(OP, g)?;
+        check_len(OP, "dy", dy.len, g.y_len())?;
+        check_len(OP, "db", db.len, g.c_out)?;
+        self.bind(OP)?;
+        match (&self.dnn, self.uses_cudnn() && g.n > 0) {
+            (Some(d), true) => lock(OP, d)?.backward_bias(g, dy, db),
+            // The kernels handle n = 0 too (every sum is empty: db = 0).
+            _ => conv_fallback::backward_bias(
+                self,
+                &mut *lock(OP, &self.fallback)?,
+                g.n,
+                g.c_out,
+                g.h_out() * g.w_out(),
+                dy,
+                db,
+            ),
+        }
+    }
+
+    // -- element-wise -------------------------------------------------------------
+
+    fn relu_forward(&self, x: &mut CudaBuf<f32>) -> Result<()> {
+        const OP: &str = "relu_forward";
+        let n = x.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        let f = self.kernels.get("relu_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut x.data).arg(&len);
+        // SAFETY: relu_forward_f32(float* x, long long len); x holds len floats.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    fn relu_backward(&self, y: &CudaBuf<f32>, dy: &mut CudaBuf<f32>) -> Result<()> {
+        const OP: &str = "relu_backward";
+        check_len(OP, "dy", dy.len, y.len)?;
+        let n = y.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        let f = self.kernels.get("relu_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&y.data).arg(&mut dy.data).arg(&len);
+        // SAFETY: relu_backward_f32(const float* y, float* dy, long long len); both hold len.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    // -- LRN ------------------------------------------------------------------------
+
+    fn lrn_forward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+        scale: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "lrn_forward";
+        let (n, c, hw, size) = lrn_dims(OP, p, s)?;
+        check_len(OP, "x", x.len, s.len())?;
+        check_len(OP, "y", y.len, s.len())?;
+        check_len(OP, "scale", scale.len, s.len())?;
+        if s.is_empty() {
+            return Ok(());
+        }
+        let f = self.kernels.get("lrn_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&x.data)
+            .arg(&mut y.data)
+            .arg(&mut scale.data)
+            .arg(&n)
+            .arg(&c)
+            .arg(&hw)
+            .arg(&size)
+            .arg(&p.alpha)
+            .arg(&p.beta)
+            .arg(&p.k);
+        // SAFETY: lrn_forward_f32(const float* x, float* y, float* scale, int n, int c,
+        // int hw, int size, float alpha, float beta, float k); x, y, scale hold n*c*hw.
+        unsafe { l.launch(cfg(s.n * s.h * s.w)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    fn lrn_backward(
+        &self,
+        p: &LrnParams,
+        s: &Nchw,
+        x: &CudaBuf<f32>,
+        y: &CudaBuf<f32>,
+        scale: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dx: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "lrn_backward";
+        let (n, c, hw, size) = lrn_dims(OP, p, s)?;
+        for (what, b) in [("x", x), ("y", y), ("scale", scale), ("dy", dy)] {
+            check_len(OP, what, b.len, s.len())?;
+        }
+        check_len(OP, "dx", dx.len, s.len())?;
+        if s.is_empty() {
+            return Ok(());
+        }
+        let f = self.kernels.get("lrn_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&x.data)
+            .arg(&y.data)
+            .arg(&scale.data)
+            .arg(&dy.data)
+            .arg(&mut dx.data)
+            .arg(&n)
+            .arg(&c)
+            .arg(&hw)
+            .arg(&size)
+            .arg(&p.alpha)
+            .arg(&p.beta);
+        // SAFETY: lrn_backward_f32(const float* x, const float* y, const float* scale,
+        // const float* dy, float* dx, int n, int c, int hw, int size, float alpha,
+        // float beta); all five buffers hold n*c*hw.
+        unsafe { l.launch(cfg(s.n * s.h * s.w)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    // -- max pooling ------------------------------------------------------------------
+
+    fn max_pool_forward(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+        argmax: &mut CudaBuf<u32>,
+    ) -> Result<()> {
+        const OP: &str = "max_pool_forward";
+        validate_pool(OP, g)?;
+        check_len(OP, "x", x.len, g.x_len())?;
+        check_len(OP, "y", y.len, g.y_len())?;
+        check_len(OP, "argmax", argmax.len, g.y_len())?;
+        argmax.shadow = None;
+        if g.y_len() == 0 {
+            return Ok(());
+        }
+        let a = pool_args(OP, g)?;
+        let f = self.kernels.get("max_pool_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&x.data).arg(&mut y.data).arg(&mut argmax.data);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: max_pool_forward_f32(const float* x, float* y, unsigned int* argmax,
+        // int planes, int h, int w, int ho, int wo, int size, int stride); x holds
+        // planes*h*w, y and argmax planes*ho*wo (checked above).
+        unsafe { l.launch(cfg(g.y_len())) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeom,
+        dy: &CudaBuf<f32>,
+        argmax: &CudaBuf<u32>,
+        dx: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "max_pool_backward";
+        validate_pool(OP, g)?;
+        check_len(OP, "dy", dy.len, g.y_len())?;
+        check_len(OP, "argmax", argmax.len, g.y_len())?;
+        check_len(OP, "dx", dx.len, g.x_len())?;
+        if g.x_len() == 0 {
+            return Ok(());
+        }
+        let a = pool_args(OP, g)?;
+        let f = self.kernels.get("max_pool_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&dy.data).arg(&argmax.data).arg(&mut dx.data);
+        for v in &a {
+            l.arg(v);
+        }
+        // SAFETY: max_pool_backward_f32(const float* dy, const unsigned int* argmax,
+        // float* dx, int planes, int h, int w, int ho, int wo, int size, int stride);
+        // one thread per input element gathers from the windows that hold it.
+        unsafe { l.launch(cfg(g.x_len())) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    // -- dropout ----------------------------------------------------------------------
+
+    fn dropout_forward(
+        &self,
+        p: f32,
+        seed: u64,
+        x: &mut CudaBuf<f32>,
+        mask: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "dropout_forward";
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("drop probability {p} is not in [0, 1)"),
+            });
+        }
+        check_len(OP, "mask", mask.len, x.len)?;
+        let n = x.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        let f = self.kernels.get("dropout_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut x.data)
+            .arg(&mut mask.data)
+            .arg(&seed)
+            .arg(&p)
+            .arg(&len);
+        // SAFETY: dropout_forward_f32(float* x, float* mask, unsigned long long seed,
+        // float p, long long len); x and mask hold len floats.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    fn dropout_backward(&self, mask: &CudaBuf<f32>, dy: &mut CudaBuf<f32>) -> Result<()> {
+        const OP: &str = "dropout_backward";
+        check_len(OP, "dy", dy.len, mask.len)?;
+        let n = dy.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        let f = self.kernels.get("dropout_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mask.data).arg(&mut dy.data).arg(&len);
+        // SAFETY: dropout_backward_f32(const float* mask, float* dy, long long len).
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    // -- fully connected ----------------------------------------------------------------
+
+    fn linear_forward(
+        &self,
+        g: &LinearGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        linear::forward(self, g, x, w, b, y)
+    }
+
+    fn linear_backward_data(
+        &self,
+        g: &LinearGeom,
+        w: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dx: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        linear::backward_data(self, g, w, dy, dx)
+    }
+
+    fn linear_backward_weight(
+        &self,
+        g: &LinearGeom,
+        x: &CudaBuf<f32>,
+        dy: &CudaBuf<f32>,
+        dw: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        linear::backward_weight(self, g, x, dy, dw)
+    }
+
+    fn linear_backward_bias(
+        &self,
+        g: &LinearGeom,
+        dy: &CudaBuf<f32>,
+        db: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        linear::backward_bias(self, g, dy, db)
+    }
+
+    // -- loss ---------------------------------------------------------------------------
+
+    /// The kernel writes probs and each row's loss; the n losses come back to
+    /// the host and are averaged in f64 there, as the CPU reference does.
+    fn softmax_xent_forward(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        probs: &mut CudaBuf<f32>,
+    ) -> Result<f32> {
+        const OP: &str = "softmax_xent_forward";
+        self.check_xent(OP, n, classes, logits.len, labels, probs.len)?;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let (ni, ci) = (int(OP, "n", n)?, int(OP, "classes", classes)?);
+        let mut scratch = lock(OP, &self.scratch)?;
+        let scratch = &mut *scratch;
+        self.ensure(OP, &mut scratch.row_loss, n)?;
+        let Some(row_loss) = scratch.row_loss.as_mut() else {
+            return Err(Error::Cuda {
+                op: OP,
+                detail: "row-loss scratch missing".into(),
+            });
+        };
+        let f = self.kernels.get("softmax_xent_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&logits.data)
+            .arg(&labels.data)
+            .arg(&mut probs.data)
+            .arg(&mut *row_loss)
+            .arg(&ni)
+            .arg(&ci);
+        // SAFETY: softmax_xent_forward_f32(const float* logits, const unsigned int* labels,
+        // float* probs, float* row_loss, int n, int classes); logits/probs hold n*classes,
+        // labels n (each < classes, checked), row_loss at least n.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        scratch.row_loss_host.resize(n, 0.0);
+        self.dtoh(OP, row_loss, &mut scratch.row_loss_host)?;
+        let total: f64 = scratch.row_loss_host.iter().map(|&v| v as f64).sum();
+        Ok((total / n as f64) as f32)
+    }
+
+    fn softmax_xent_backward(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        dlogits: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "softmax_xent_backward";
+        self.check_xent(OP, n, classes, probs.len, labels, dlogits.len)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, ci) = (int(OP, "n", n)?, int(OP, "classes", classes)?);
+        let f = self.kernels.get("softmax_xent_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&probs.data)
+            .arg(&labels.data)
+            .arg(&mut dlogits.data)
+            .arg(&ni)
+            .arg(&ci);
+        // SAFETY: softmax_xent_backward_f32(const float* probs, const unsigned int* labels,
+        // float* dlogits, int n, int classes); one thread per element of n*classes.
+        unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
+    // -- optimiser --------------------------------------------------------------------------
+
+    fn sgd_update(
+        &self,
+        p: &SgdParams,
+        w: &mut CudaBuf<f32>,
+        g: &CudaBuf<f32>,
+        v: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        const OP: &str = "sgd_update";
+        check_len(OP, "g", g.len, w.len)?;
+        check_len(OP, "v", v.len, w.len)?;
+        let n = w.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        let f = self.kernels.get("sgd_update_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut w.data)
+            .arg(&g.data)
+            .arg(&mut v.data)
+            .arg(&p.lr)
+            .arg(&p.momentum)
+            .arg(&p.weight_decay)
+            .arg(&len);
+        // SAFETY: sgd_update_f32(float* w, const float* g, float* v, float lr,
+        // float momentum, float weight_decay, long long len); all hold len floats.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+}
+
+/// LRN's kernel arguments (n, c, hw, size) as ints, after the CPU's checks.
+fn lrn_dims(op: &'static str, p: &LrnParams, s: &Nchw) -> Result<(i32, i32, i32, i32)> {
+    if p.size == 0 {
+        return Err(Error::Shape {
+            op,
+            detail: "window size must be >= 1".into(),
+        });
+    }
+    let hw = s.h.checked_mul(s.w).ok_or_else(|| Error::Shape {
+        op,
+        detail: format!("{s:?} overflows"),
+    })?;
+    s.n.checked_mul(s.c)
+        .and_then(|v| v.checked_mul(hw))
+        .ok_or_else(|| Error::Shape {
+            op,
+            detail: format!("{s:?} overflows"),
+        })?;
+    Ok((
+        int(op, "n", s.n)?,
+        int(op, "c", s.c)?,
+        int(op, "h*w", hw)?,
+        int(op, "size", p.size)?,
+    ))
+}
+
+/// Pooling's int arguments in kernel order: planes, h, w, ho, wo, size, stride.
+fn pool_args(op: &'static str, g: &PoolGeom) -> Result<[i32; 7]> {
+    Ok([
+        int(op, "planes", g.n * g.c)?,
+        int(op, "h", g.h)?,
+        int(op, "w", g.w)?,
+        int(op, "h_out", g.h_out())?,
+        int(op, "w_out", g.w_out())?,
+        int(op, "size", g.size)?,
+        int(op, "stride", g.stride)?,
+    ])
+}

@@ -1,0 +1,456 @@
+//! GPU vs CPU parity: runs every `Backend` op on random data on a
+//! `CudaBackend` and on the CPU reference, and reports per op the largest
+//! absolute and relative difference and whether it is within tolerance.
+//! Convolutions run twice, through cuDNN (when present) and through the
+//! im2col + cuBLAS fallback. Shapes are AlexNet's (conv1 11x11/4 on 227x227
+//! images, grouped 5x5 pad 2, 3x3 pad 1, LRN, 3/2 pooling, fc, softmax).
+//! A GPU check script calls `run_all` and prints the table; this file owns
+//! nothing else.
+//!
+//! Tolerance: an element passes when |gpu - cpu| <= atol + rtol * |cpu|.
+//! GEMM-like ops sum thousands of products in a different order than the
+//! CPU, so they get atol = rtol = 1e-3 on O(1) data (f32 rounding, no TF32);
+//! element-wise ops must agree to 1e-5, and dropout masks, ReLU and pooling
+//! exactly.
+use super::{CudaBackend, CudaBuf};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::error::Result;
+use crate::rng::Rng;
+
+/// One op's comparison.
+#[derive(Clone, Debug)]
+pub struct ParityRow {
+    /// Op and shape, e.g. "conv2d_forward conv2 (grouped 5x5)".
+    pub op: String,
+    /// "cudnn", "fallback", or "-" for ops that are not convolutions.
+    pub path: &'static str,
+    pub max_abs: f32,
+    /// Largest |gpu - cpu| / |cpu| over elements with |cpu| > atol.
+    pub max_rel: f32,
+    pub atol: f32,
+    pub rtol: f32,
+    pub pass: bool,
+}
+
+impl std::fmt::Display for ParityRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<48} {:<8} max_abs {:.3e} max_rel {:.3e} (atol {:.0e}, rtol {:.0e}) {}",
+            self.op,
+            self.path,
+            self.max_abs,
+            self.max_rel,
+            self.atol,
+            self.rtol,
+            if self.pass { "ok" } else { "FAIL" }
+        )
+    }
+}
+
+const GEMM_TOL: (f32, f32) = (1e-3, 1e-3);
+const ELEM_TOL: (f32, f32) = (1e-5, 1e-5);
+const EXACT: (f32, f32) = (0.0, 0.0);
+
+fn compare(op: String, path: &'static str, gpu: &[f32], cpu: &[f32], tol: (f32, f32)) -> ParityRow {
+    let (atol, rtol) = tol;
+    let (mut max_abs, mut max_rel, mut pass) = (0f32, 0f32, gpu.len() == cpu.len());
+    for (&a, &b) in gpu.iter().zip(cpu) {
+        let d = (a - b).abs();
+        // A NaN anywhere fails.
+        if d.is_nan() || d > atol + rtol * b.abs() {
+            pass = false;
+        }
+        if d.is_nan() {
+            max_abs = f32::NAN;
+            max_rel = f32::NAN;
+            continue;
+        }
+        max_abs = max_abs.max(d);
+        if b.abs() > atol {
+            max_rel = max_rel.max(d / b.abs());
+        }
+    }
+    ParityRow {
+        op,
+        path,
+        max_abs,
+        max_rel,
+        atol,
+        rtol,
+        pass,
+    }
+}
+
+fn random(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+/// Both backends, and the helpers to move data into and out of the GPU.
+struct Pair<'a> {
+    gpu: &'a CudaBackend,
+    cpu: CpuBackend,
+    rows: Vec<ParityRow>,
+}
+
+impl Pair<'_> {
+    fn up(&self, v: &[f32]) -> Result<CudaBuf<f32>> {
+        let mut b = self.gpu.alloc(v.len())?;
+        self.gpu.upload(v, &mut b)?;
+        Ok(b)
+    }
+    fn zeros(&self, len: usize) -> Result<CudaBuf<f32>> {
+        self.gpu.alloc(len)
+    }
+    fn down(&self, b: &CudaBuf<f32>) -> Result<Vec<f32>> {
+        let mut v = vec![0.0; b.len()];
+        self.gpu.download(b, &mut v)?;
+        Ok(v)
+    }
+    fn check(
+        &mut self,
+        op: String,
+        path: &'static str,
+        gpu: &CudaBuf<f32>,
+        cpu: &[f32],
+        tol: (f32, f32),
+    ) -> Result<()> {
+        let g = self.down(gpu)?;
+        self.rows.push(compare(op, path, &g, cpu, tol));
+        Ok(())
+    }
+
+    /// Forward, backward data, filter and bias of one convolution.
+    fn conv(&mut self, rng: &mut Rng, name: &str, g: &ConvGeom, path: &'static str) -> Result<()> {
+        let fan_in = (g.c_in / g.groups * g.k * g.k) as f32;
+        let x = random(rng, g.x_len(), 1.0);
+        let w = random(rng, g.w_len(), 1.0 / fan_in.sqrt());
+        let b = random(rng, g.c_out, 0.1);
+        let dy = random(rng, g.y_len(), 1.0);
+        let (xg, wg, bg, dyg) = (self.up(&x)?, self.up(&w)?, self.up(&b)?, self.up(&dy)?);
+
+        let mut y = vec![0.0; g.y_len()];
+        self.cpu.conv2d_forward(g, &x, &w, &b, &mut y)?;
+        let mut yg = self.zeros(g.y_len())?;
+        self.gpu.conv2d_forward(g, &xg, &wg, &bg, &mut yg)?;
+        self.check(format!("conv2d_forward {name}"), path, &yg, &y, GEMM_TOL)?;
+
+        let mut dx = vec![0.0; g.x_len()];
+        self.cpu.conv2d_backward_data(g, &w, &dy, &mut dx)?;
+        let mut dxg = self.zeros(g.x_len())?;
+        self.gpu.conv2d_backward_data(g, &wg, &dyg, &mut dxg)?;
+        self.check(
+            format!("conv2d_backward_data {name}"),
+            path,
+            &dxg,
+            &dx,
+            GEMM_TOL,
+        )?;
+
+        let mut dw = vec![0.0; g.w_len()];
+        self.cpu.conv2d_backward_filter(g, &x, &dy, &mut dw)?;
+        let mut dwg = self.zeros(g.w_len())?;
+        self.gpu.conv2d_backward_filter(g, &xg, &dyg, &mut dwg)?;
+        self.check(
+            format!("conv2d_backward_filter {name}"),
+            path,
+            &dwg,
+            &dw,
+            GEMM_TOL,
+        )?;
+
+        let mut db = vec![0.0; g.c_out];
+        self.cpu.conv2d_backward_bias(g, &dy, &mut db)?;
+        let mut dbg = self.zeros(g.c_out)?;
+        self.gpu.conv2d_backward_bias(g, &dyg, &mut dbg)?;
+        self.check(
+            format!("conv2d_backward_bias {name}"),
+            path,
+            &dbg,
+            &db,
+            GEMM_TOL,
+        )
+    }
+}
+
+/// AlexNet's convolutions on a batch of `n` images (conv1 on 227x227 input).
+fn convs(n: usize) -> Vec<(&'static str, ConvGeom)> {
+    let cg = |c_in, h, c_out, k, stride, pad, groups| ConvGeom {
+        n,
+        c_in,
+        h,
+        w: h,
+        c_out,
+        k,
+        stride,
+        pad,
+        groups,
+    };
+    vec![
+        ("conv1 (11x11/4)", cg(3, 227, 96, 11, 4, 0, 1)),
+        ("conv2 (grouped 5x5 pad 2)", cg(96, 27, 256, 5, 1, 2, 2)),
+        ("conv3 (3x3 pad 1)", cg(256, 13, 384, 3, 1, 1, 1)),
+        ("conv4 (grouped 3x3 pad 1)", cg(384, 13, 384, 3, 1, 1, 2)),
+    ]
+}
+
+/// Run every op on `be` and on the CPU; one row per op (and per convolution path).
+pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
+    let mut p = Pair {
+        gpu: be,
+        cpu: CpuBackend::new(),
+        rows: Vec::new(),
+    };
+    let mut rng = Rng::new(0x5eed_a1e7);
+    let n = 2;
+
+    // -- convolutions, through each available path ---------------------------------
+    let had_cudnn = be.uses_cudnn();
+    let paths: &[(&'static str, bool)] = if be.dnn.is_some() {
+        &[("cudnn", false), ("fallback", true)]
+    } else {
+        &[("fallback", true)]
+    };
+    for &(path, force) in paths {
+        be.set_force_fallback(force);
+        for (name, g) in convs(n) {
+            let r = p.conv(&mut rng, name, &g, path);
+            if let Err(e) = r {
+                be.set_force_fallback(!had_cudnn);
+                return Err(e);
+            }
+        }
+    }
+    be.set_force_fallback(!had_cudnn);
+
+    // -- ReLU ------------------------------------------------------------------------
+    let x = random(&mut rng, 4096 * 3 + 7, 1.0);
+    let mut xc = x.clone();
+    p.cpu.relu_forward(&mut xc)?;
+    let mut xg = p.up(&x)?;
+    p.gpu.relu_forward(&mut xg)?;
+    p.check("relu_forward".into(), "-", &xg, &xc, EXACT)?;
+    let dy = random(&mut rng, x.len(), 1.0);
+    let mut dyc = dy.clone();
+    p.cpu.relu_backward(&xc, &mut dyc)?;
+    let mut dyg = p.up(&dy)?;
+    p.gpu.relu_backward(&xg, &mut dyg)?;
+    p.check("relu_backward".into(), "-", &dyg, &dyc, EXACT)?;
+
+    // -- LRN on conv1's output ----------------------------------------------------------
+    let s = Nchw {
+        n,
+        c: 96,
+        h: 55,
+        w: 55,
+    };
+    let lp = LrnParams::PAPER;
+    let x: Vec<f32> = random(&mut rng, s.len(), 3.0);
+    let (mut y, mut scale) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+    p.cpu.lrn_forward(&lp, &s, &x, &mut y, &mut scale)?;
+    let xg = p.up(&x)?;
+    let (mut yg, mut scaleg) = (p.zeros(s.len())?, p.zeros(s.len())?);
+    p.gpu.lrn_forward(&lp, &s, &xg, &mut yg, &mut scaleg)?;
+    p.check("lrn_forward y".into(), "-", &yg, &y, ELEM_TOL)?;
+    p.check("lrn_forward scale".into(), "-", &scaleg, &scale, ELEM_TOL)?;
+    let dy = random(&mut rng, s.len(), 1.0);
+    let mut dx = vec![0.0; s.len()];
+    p.cpu.lrn_backward(&lp, &s, &x, &y, &scale, &dy, &mut dx)?;
+    let dyg = p.up(&dy)?;
+    let mut dxg = p.zeros(s.len())?;
+    // The GPU's own forward results feed its backward, as in training.
+    p.gpu
+        .lrn_backward(&lp, &s, &xg, &yg, &scaleg, &dyg, &mut dxg)?;
+    p.check("lrn_backward".into(), "-", &dxg, &dx, ELEM_TOL)?;
+
+    // -- max pooling 3/2: 55 -> 27 ---------------------------------------------------------
+    let g = PoolGeom {
+        n,
+        c: 96,
+        h: 55,
+        w: 55,
+        size: 3,
+        stride: 2,
+    };
+    let x = random(&mut rng, g.x_len(), 1.0);
+    let (mut y, mut am) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+    p.cpu.max_pool_forward(&g, &x, &mut y, &mut am)?;
+    let xg = p.up(&x)?;
+    let mut yg = p.zeros(g.y_len())?;
+    let mut amg = p.gpu.alloc_idx(g.y_len())?;
+    p.gpu.max_pool_forward(&g, &xg, &mut yg, &mut amg)?;
+    p.check("max_pool_forward".into(), "-", &yg, &y, EXACT)?;
+    let mut am_gpu = vec![0u32; g.y_len()];
+    p.gpu.download_idx(&amg, &mut am_gpu)?;
+    let mismatched = am_gpu.iter().zip(&am).filter(|(a, b)| a != b).count();
+    p.rows.push(ParityRow {
+        op: "max_pool_forward argmax (mismatches)".into(),
+        path: "-",
+        max_abs: mismatched as f32,
+        max_rel: 0.0,
+        atol: 0.0,
+        rtol: 0.0,
+        pass: mismatched == 0,
+    });
+    let dy = random(&mut rng, g.y_len(), 1.0);
+    let mut dx = vec![0.0; g.x_len()];
+    p.cpu.max_pool_backward(&g, &dy, &am, &mut dx)?;
+    let dyg = p.up(&dy)?;
+    let mut dxg = p.zeros(g.x_len())?;
+    p.gpu.max_pool_backward(&g, &dyg, &amg, &mut dxg)?;
+    // Overlapping windows sum up to 4 values in either order.
+    p.check("max_pool_backward".into(), "-", &dxg, &dx, ELEM_TOL)?;
+
+    // -- dropout: the same counter hash on both sides --------------------------------------
+    let x = random(&mut rng, n * 4096, 1.0);
+    let (mut xc, mut mask) = (x.clone(), vec![0.0; x.len()]);
+    p.cpu.dropout_forward(0.5, 1234, &mut xc, &mut mask)?;
+    let mut xg = p.up(&x)?;
+    let mut maskg = p.zeros(x.len())?;
+    p.gpu.dropout_forward(0.5, 1234, &mut xg, &mut maskg)?;
+    p.check("dropout_forward mask".into(), "-", &maskg, &mask, EXACT)?;
+    p.check("dropout_forward x".into(), "-", &xg, &xc, EXACT)?;
+    let dy = random(&mut rng, x.len(), 1.0);
+    let mut dyc = dy.clone();
+    p.cpu.dropout_backward(&mask, &mut dyc)?;
+    let mut dyg = p.up(&dy)?;
+    p.gpu.dropout_backward(&maskg, &mut dyg)?;
+    p.check("dropout_backward".into(), "-", &dyg, &dyc, EXACT)?;
+
+    // -- fc6: 9216 -> 4096 on a batch of 8 ------------------------------------------------------
+    let g = LinearGeom {
+        n: 8,
+        inp: 9216,
+        out: 4096,
+    };
+    let x = random(&mut rng, g.n * g.inp, 1.0);
+    let w = random(&mut rng, g.out * g.inp, 1.0 / (g.inp as f32).sqrt());
+    let b = random(&mut rng, g.out, 0.1);
+    let dy = random(&mut rng, g.n * g.out, 1.0);
+    let (xg, wg, bg, dyg) = (p.up(&x)?, p.up(&w)?, p.up(&b)?, p.up(&dy)?);
+    let mut y = vec![0.0; g.n * g.out];
+    p.cpu.linear_forward(&g, &x, &w, &b, &mut y)?;
+    let mut yg = p.zeros(y.len())?;
+    p.gpu.linear_forward(&g, &xg, &wg, &bg, &mut yg)?;
+    p.check("linear_forward fc6".into(), "-", &yg, &y, GEMM_TOL)?;
+    let mut dx = vec![0.0; g.n * g.inp];
+    p.cpu.linear_backward_data(&g, &w, &dy, &mut dx)?;
+    let mut dxg = p.zeros(dx.len())?;
+    p.gpu.linear_backward_data(&g, &wg, &dyg, &mut dxg)?;
+    p.check("linear_backward_data fc6".into(), "-", &dxg, &dx, GEMM_TOL)?;
+    let mut dw = vec![0.0; g.out * g.inp];
+    p.cpu.linear_backward_weight(&g, &x, &dy, &mut dw)?;
+    let mut dwg = p.zeros(dw.len())?;
+    p.gpu.linear_backward_weight(&g, &xg, &dyg, &mut dwg)?;
+    p.check(
+        "linear_backward_weight fc6".into(),
+        "-",
+        &dwg,
+        &dw,
+        GEMM_TOL,
+    )?;
+    let mut db = vec![0.0; g.out];
+    p.cpu.linear_backward_bias(&g, &dy, &mut db)?;
+    let mut dbg = p.zeros(g.out)?;
+    p.gpu.linear_backward_bias(&g, &dyg, &mut dbg)?;
+    p.check("linear_backward_bias fc6".into(), "-", &dbg, &db, ELEM_TOL)?;
+
+    // -- softmax cross-entropy: 8 rows of 1000 classes -------------------------------------------
+    let (rows, classes) = (8, 1000);
+    let logits = random(&mut rng, rows * classes, 3.0);
+    let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+    let mut probs = vec![0.0; logits.len()];
+    let loss = p
+        .cpu
+        .softmax_xent_forward(rows, classes, &logits, &labels, &mut probs)?;
+    let lg = p.up(&logits)?;
+    let mut lab = p.gpu.alloc_idx(rows)?;
+    p.gpu.upload_idx(&labels, &mut lab)?;
+    let mut probsg = p.zeros(logits.len())?;
+    let loss_g = p
+        .gpu
+        .softmax_xent_forward(rows, classes, &lg, &lab, &mut probsg)?;
+    p.rows.push(compare(
+        "softmax_xent_forward loss".into(),
+        "-",
+        &[loss_g],
+        &[loss],
+        ELEM_TOL,
+    ));
+    p.check(
+        "softmax_xent_forward probs".into(),
+        "-",
+        &probsg,
+        &probs,
+        ELEM_TOL,
+    )?;
+    let mut dl = vec![0.0; logits.len()];
+    p.cpu
+        .softmax_xent_backward(rows, classes, &probs, &labels, &mut dl)?;
+    let mut dlg = p.zeros(logits.len())?;
+    p.gpu
+        .softmax_xent_backward(rows, classes, &probsg, &lab, &mut dlg)?;
+    p.check("softmax_xent_backward".into(), "-", &dlg, &dl, ELEM_TOL)?;
+
+    // -- the paper's SGD step ---------------------------------------------------------------------
+    let sp = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let len = 100_003;
+    let (w, gr, v) = (
+        random(&mut rng, len, 1.0),
+        random(&mut rng, len, 1.0),
+        random(&mut rng, len, 0.1),
+    );
+    let (mut wc, mut vc) = (w.clone(), v.clone());
+    p.cpu.sgd_update(&sp, &mut wc, &gr, &mut vc)?;
+    let (mut wg, grg, mut vg) = (p.up(&w)?, p.up(&gr)?, p.up(&v)?);
+    p.gpu.sgd_update(&sp, &mut wg, &grg, &mut vg)?;
+    p.check("sgd_update w".into(), "-", &wg, &wc, ELEM_TOL)?;
+    p.check("sgd_update v".into(), "-", &vg, &vc, ELEM_TOL)?;
+
+    Ok(p.rows)
+}
+
+/// Train `steps` (>= 2) steps of `topo` on random data with batch `batch`;
+/// returns the backend's allocation count after the first step and after the
+/// last. Equal counts mean the steady state allocates nothing per step
+/// (buffers, workspaces, scratch and the pinned staging are all sized once).
+pub fn steady_state_allocations(
+    be: &CudaBackend,
+    topo: &crate::model::topology::Topology,
+    batch: usize,
+    steps: usize,
+) -> Result<(u64, u64)> {
+    use crate::model::net::{Mode, Network};
+    let input = topo
+        .shapes()?
+        .first()
+        .map(|s| s.input.len())
+        .ok_or_else(|| crate::error::Error::Config("empty topology".into()))?;
+    let classes = topo.layers.last().map(|l| l.out_channels()).unwrap_or(1);
+    let mut rng = Rng::new(7);
+    let x = random(&mut rng, batch * input, 1.0);
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
+    let hp = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let mut net = Network::new(be, topo, batch, 1)?;
+    let mut after_first = 0;
+    for step in 0..steps.max(2) {
+        net.forward(&x, &labels, Mode::Train)?;
+        net.backward()?;
+        net.sgd_step(&hp)?;
+        if step == 0 {
+            be.synchronize()?;
+            after_first = be.allocations();
+        }
+    }
+    be.synchronize()?;
+    Ok((after_first, be.allocations()))
+}

@@ -1,0 +1,122 @@
+//! Finding GPUs without panicking: this file owns the checks that run before
+//! any other CUDA call (is the driver library there? how many devices?) and
+//! `DeviceInfo`, what the rest of the program prints and chooses from.
+//!
+//! cudarc loads libcuda lazily and panics when a symbol's library is missing,
+//! so every entry point here first asks whether the library can be opened at
+//! all, and turns absence into `Error::NoDevice` with a message that says
+//! what to install or which flag to use instead.
+use cudarc::driver::{result, sys};
+
+use crate::error::{Error, Result};
+
+/// The message for a machine without the NVIDIA driver.
+pub const NO_DRIVER: &str = "no CUDA driver library (libcuda.so) found: install the NVIDIA driver, or train on the CPU with --cpu";
+
+/// One GPU as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor), e.g. (9, 0) for an H100.
+    pub compute_capability: (i32, i32),
+    /// Total device memory in bytes.
+    pub total_memory: usize,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (major, minor) = self.compute_capability;
+        write!(
+            f,
+            "cuda:{} {} (sm_{major}{minor}, {:.1} GiB)",
+            self.ordinal,
+            self.name,
+            self.total_memory as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+/// True when the CUDA driver library can be loaded. Cheap; loads nothing else.
+pub fn driver_present() -> bool {
+    // SAFETY: is_culib_present only tries to dlopen the candidate library
+    // names and drops the handles; it calls no CUDA function.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Map a driver error to the crate's error, naming the step.
+fn drv(op: &'static str, e: result::DriverError) -> Error {
+    Error::Cuda {
+        op,
+        detail: format!("{e:?}"),
+    }
+}
+
+/// Every GPU the driver sees. Errors (never panics) when the driver library is
+/// missing, when cuInit fails (for example a driver too old for this build),
+/// or when there is no GPU.
+pub fn devices() -> Result<Vec<DeviceInfo>> {
+    if !driver_present() {
+        return Err(Error::NoDevice(NO_DRIVER.into()));
+    }
+    result::init().map_err(|e| {
+        Error::NoDevice(format!(
+            "the CUDA driver is installed but failed to initialise ({e:?}); check the driver \
+             (nvidia-smi), or train on the CPU with --cpu"
+        ))
+    })?;
+    let count = result::device::get_count().map_err(|e| drv("device count", e))?;
+    if count <= 0 {
+        return Err(Error::NoDevice(
+            "the CUDA driver found no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES, or train \
+             on the CPU with --cpu"
+                .into(),
+        ));
+    }
+    (0..count).map(|i| info(i as usize)).collect()
+}
+
+/// One device's properties, through the driver API (no context is created).
+fn info(ordinal: usize) -> Result<DeviceInfo> {
+    use sys::CUdevice_attribute::{
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+    };
+    let dev = result::device::get(ordinal as i32).map_err(|e| drv("device get", e))?;
+    let name = result::device::get_name(dev).map_err(|e| drv("device name", e))?;
+    // SAFETY: `dev` is a valid device handle just returned by cuDeviceGet
+    // after a successful cuInit.
+    let (major, minor, total_memory) = unsafe {
+        (
+            result::device::get_attribute(dev, MAJOR).map_err(|e| drv("device attribute", e))?,
+            result::device::get_attribute(dev, MINOR).map_err(|e| drv("device attribute", e))?,
+            result::device::total_mem(dev).map_err(|e| drv("device memory", e))?,
+        )
+    };
+    Ok(DeviceInfo {
+        ordinal,
+        name,
+        compute_capability: (major, minor),
+        total_memory,
+    })
+}
+
+/// The devices for `ordinals` (as `--gpus 0,1` gives them; repeats allowed,
+/// `--gpus 0,0` runs two contexts on one GPU). Errors when an ordinal does not
+/// exist, naming how many GPUs were found.
+pub fn require(ordinals: &[usize]) -> Result<Vec<DeviceInfo>> {
+    let all = devices()?;
+    ordinals
+        .iter()
+        .map(|&o| {
+            all.get(o).cloned().ok_or_else(|| {
+                Error::NoDevice(format!(
+                    "GPU {o} was asked for but {} GPU{} found (ordinals 0..{})",
+                    all.len(),
+                    if all.len() == 1 { " was" } else { "s were" },
+                    all.len()
+                ))
+            })
+        })
+        .collect()
+}
