@@ -14,6 +14,8 @@ use indicatif::ProgressBar;
 use tracing::info;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::cuda::{parity, CudaBackend, CudaOptions};
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
@@ -21,6 +23,7 @@ use alexnet_cuda::data::{
     batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
 };
 use alexnet_cuda::data::{decode_file, ImageSet, ImageSource};
+use alexnet_cuda::device::{self, Device};
 use alexnet_cuda::eval::{
     average_crops, evaluate, forward_rows, loader_for, open_eval_data, top_k,
 };
@@ -131,20 +134,37 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         size: usize,
     },
-    /// Time training steps on random data (used by scripts/bench-cpu); prints one JSON line.
+    /// Time training steps on one fixed random batch (scripts/bench-cpu, scripts/gpu-check); prints one JSON line.
     #[command(hide = true)]
-    BenchStep {
+    BenchStep(BenchStepArgs),
+    /// Run every op on the GPU and on the CPU reference and compare (scripts/gpu-check).
+    #[command(hide = true)]
+    GpuOps {
         #[command(flatten)]
-        net: NetArgs,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
+        device: DeviceArgs,
+        /// One JSON line per op instead of a table.
         #[arg(long)]
-        threads: Option<usize>,
+        json: bool,
     },
+}
+
+#[derive(Args)]
+struct BenchStepArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Learning rate of the SGD step (the batch is fixed, so a real rate makes the loss fall).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -187,6 +207,75 @@ struct PrepareArgs {
     no_progress: bool,
 }
 
+/// Where the ops run: shared by every command that computes.
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// Run on the CPU.
+    #[arg(long, conflicts_with = "gpus")]
+    cpu: bool,
+    /// GPUs to run on, e.g. 0 (default: GPU 0 when a CUDA driver and GPU are present, else the CPU).
+    #[arg(long, value_name = "LIST")]
+    gpus: Option<String>,
+    /// Arithmetic: fp32 (the reference; fp16 and bf16 are not implemented yet).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "bf16"])]
+    precision: String,
+    /// CUDA: use the built-in im2col + cuBLAS grouped convolution even where cuDNN is installed.
+    #[arg(long)]
+    fallback_conv: bool,
+    /// CUDA: let cuDNN and cuBLAS use TF32 tensor cores for fp32 work (10-bit mantissa products; PyTorch's default for convolutions).
+    #[arg(long)]
+    tf32: bool,
+}
+
+impl DeviceArgs {
+    /// Probe and resolve the flags into a device, refusing what is not built.
+    fn resolve(&self) -> Result<Device> {
+        if self.precision != "fp32" {
+            bail!(
+                "--precision {}: half-precision training (16-bit activations and weights with fp32 master \
+                 weights and loss scaling) is not implemented yet; use --precision fp32",
+                self.precision
+            );
+        }
+        let dev = device::choose(self.cpu, self.gpus.as_deref())?;
+        if (self.fallback_conv || self.tf32) && dev == Device::Cpu {
+            bail!(
+                "--{} selects how CUDA computes; it has no meaning with the CPU backend",
+                if self.fallback_conv {
+                    "fallback-conv"
+                } else {
+                    "tf32"
+                }
+            );
+        }
+        Ok(dev)
+    }
+
+    fn cuda_options(&self) -> CudaOptions {
+        CudaOptions {
+            force_fallback_conv: self.fallback_conv,
+            allow_tf32: self.tf32,
+        }
+    }
+}
+
+/// Run `$body` with `$be` bound to the backend `$dev` names (the trait has
+/// associated types, so each backend gets its own copy of the body).
+macro_rules! on_device {
+    ($dev:expr, $args:expr, |$be:ident| $body:expr) => {
+        match $dev {
+            Device::Cpu => {
+                let $be = CpuBackend::new();
+                $body
+            }
+            Device::Cuda(ids) => {
+                let $be = CudaBackend::new(ids[0], $args.cuda_options())?;
+                $body
+            }
+        }
+    };
+}
+
 #[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
@@ -197,12 +286,8 @@ struct TrainArgs {
     /// Generate a small synthetic data set and train the cifar config on it for about a minute.
     #[arg(long, conflicts_with = "data")]
     demo: bool,
-    /// Train on the CPU.
-    #[arg(long, conflicts_with = "gpus")]
-    cpu: bool,
-    /// GPUs to train on, e.g. 0 or 0,1 (the paper's two towers).
-    #[arg(long, value_name = "LIST")]
-    gpus: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Epochs (default: the config's recipe).
     #[arg(long, value_parser = positive)]
     epochs: Option<u64>,
@@ -359,22 +444,6 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// The backend the flags ask for. This build has the CPU backend only.
-fn check_device(args: &TrainArgs) -> Result<()> {
-    if let Some(list) = &args.gpus {
-        for part in list.split(',') {
-            part.trim().parse::<usize>().with_context(|| {
-                format!("--gpus: '{part}' is not a GPU index; write e.g. --gpus 0 or --gpus 0,1")
-            })?;
-        }
-        bail!("--gpus {list}: this build has no CUDA backend yet; train on the CPU with --cpu");
-    }
-    if !args.cpu {
-        info!("no --cpu or --gpus given: using the CPU (this build has no CUDA backend yet)");
-    }
-    Ok(())
-}
-
 /// `runs/<name>-N` for the first N not taken.
 fn default_run_dir(name: &str) -> PathBuf {
     (1..)
@@ -403,7 +472,7 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
 }
 
 fn cmd_train(args: TrainArgs) -> Result<()> {
-    check_device(&args)?;
+    let device = args.device.resolve()?;
     set_threads(args.threads)?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
@@ -503,8 +572,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let (stop, signal_status) = stop_on_signals()?;
     opts.stop = Some(stop);
 
-    let backend = CpuBackend::new();
-    let report = train(&backend, &spec, &opts)?;
+    let report = on_device!(&device, args.device, |be| train(&be, &spec, &opts))?;
     let run_dir = opts.out.as_deref().unwrap_or(std::path::Path::new("."));
     if report.interrupted {
         println!(
@@ -725,44 +793,112 @@ fn cfg_rows(ten_crop: bool) -> usize {
     }
 }
 
-fn cmd_bench(
-    net: NetArgs,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-    threads: Option<usize>,
-) -> Result<()> {
-    set_threads(threads)?;
-    let topo = net.topology("alexnet")?;
-    let be = CpuBackend::new();
-    let mut model = Network::new(&be, &topo, batch, 1)?;
+fn cmd_bench(args: BenchStepArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let topo = args.net.topology("alexnet")?;
+    let cpu = device == Device::Cpu;
+    on_device!(&device, args.device, |be| bench_steps(
+        &be, &topo, &args, cpu
+    ))
+}
+
+/// Train `warmup + steps` steps on one fixed random batch. images/s comes
+/// from the median step on the CPU and from the mean over the timed steps,
+/// ended by a download that waits for queued work, on a GPU. The first and
+/// last losses show the net learning the batch.
+fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
+    let batch = args.batch.max(1);
+    let steps = args.steps.max(1);
+    let mut model = Network::new(be, topo, batch, 1)?;
     let mut rng = Rng::new(7);
     let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
         .map(|_| rng.normal() as f32)
         .collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
+    if !(args.lr >= 0.0 && args.lr.is_finite()) {
+        bail!("--lr must be a non-negative number, not {}", args.lr);
+    }
     let hp = SgdParams {
-        lr: 1e-4,
+        lr: args.lr,
         momentum: 0.9,
         weight_decay: 5e-4,
     };
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        model.forward(&x, &labels, Mode::Train)?;
+    let mut losses = Vec::with_capacity(args.warmup + steps);
+    let mut times = Vec::with_capacity(steps);
+    let mut t0 = Instant::now();
+    for i in 0..args.warmup + steps {
+        if i == args.warmup {
+            t0 = Instant::now();
+        }
+        let ts = Instant::now();
+        losses.push(model.forward(&x, &labels, Mode::Train)?);
         model.backward()?;
         model.sgd_step(&hp)?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+        if i >= args.warmup {
+            times.push(ts.elapsed().as_secs_f64());
         }
     }
+    // The logits' download waits for the last step's queued work, so the mean
+    // counts all of it; per-step times (the median) only mean something on
+    // the CPU, where nothing is queued.
+    model.logits()?;
+    let mean = t0.elapsed().as_secs_f64() / steps as f64;
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let first = losses.first().copied().unwrap_or(f32::NAN);
+    let last = losses.last().copied().unwrap_or(f32::NAN);
     println!(
-        "{{\"impl\":\"alexnet-cuda\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"median_s\":{median:.5},\"images_per_s\":{:.2}}}",
+        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{}}}",
+        be.name(),
         topo.name,
-        batch as f64 / median
+        batch as f64 / if cpu { median } else { mean },
+        json_f32(first),
+        json_f32(last)
     );
+    Ok(())
+}
+
+/// A float as JSON (NaN and infinities have no JSON form: null).
+fn json_f32(v: f32) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
+    let ids = match device.resolve()? {
+        Device::Cuda(ids) => ids,
+        Device::Cpu => bail!("gpu-ops compares a GPU with the CPU: it needs a CUDA GPU (--gpus 0)"),
+    };
+    let be = CudaBackend::new(ids[0], device.cuda_options())?;
+    info!("{}", be.name());
+    let mut failed = 0;
+    for r in parity::run_all(&be)? {
+        failed += usize::from(!r.pass);
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{r}");
+        }
+    }
+    // The network sizes its buffers once: steps after the first allocate nothing.
+    let (first, last) = parity::steady_state_allocations(&be, &Topology::cifar(), 32, 5)?;
+    let steady = first == last;
+    failed += usize::from(!steady);
+    if json {
+        println!(
+            "{{\"op\":\"allocations after step 1 / step 5\",\"path\":\"-\",\"max_abs\":{},\"max_rel\":0,\"atol\":0,\"rtol\":0,\"pass\":{steady}}}",
+            last - first
+        );
+    } else {
+        println!("allocations: {first} after the first step, {last} after the fifth");
+    }
+    if failed > 0 {
+        bail!("{failed} GPU checks failed");
+    }
     Ok(())
 }
 
@@ -969,13 +1105,8 @@ fn run() -> Result<()> {
             workers,
         } => cmd_bench_loader(&data, batch, crop, batches, workers),
         Command::SynthStore { out, count, size } => cmd_synth_store(&out, count, size),
-        Command::BenchStep {
-            net,
-            batch,
-            steps,
-            warmup,
-            threads,
-        } => cmd_bench(net, batch, steps.max(1), warmup, threads),
+        Command::BenchStep(args) => cmd_bench(args),
+        Command::GpuOps { device, json } => cmd_gpu_ops(device, json),
     }
 }
 

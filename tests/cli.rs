@@ -176,9 +176,72 @@ fn bad_checkpoint_arguments() {
     );
 }
 
+/// True where the CUDA driver library can be loaded (a GPU machine).
+fn driver_present() -> bool {
+    alexnet_cuda::backend::cuda::probe::driver_present()
+}
+
 #[test]
-fn gpus_without_a_cuda_backend_is_an_error_not_a_panic() {
-    assert_error(&["train", "--gpus", "0,1", "--demo"], &["--gpus", "--cpu"]);
+fn gpus_without_a_driver_or_gpu_is_an_error_not_a_panic() {
+    if driver_present() {
+        // A GPU machine: asking for a GPU that is not there names what was found.
+        assert_error(&["train", "--gpus", "99", "--demo"], &["99", "found"]);
+    } else {
+        // No driver (CI, laptops): the error names the library and the way out.
+        assert_error(&["train", "--gpus", "0", "--demo"], &["libcuda", "--cpu"]);
+        assert_error(
+            &["bench-step", "--gpus", "0", "--steps", "1"],
+            &["libcuda", "--cpu"],
+        );
+    }
+}
+
+#[test]
+fn device_flags_that_are_not_built_are_refused() {
+    assert_error(
+        &["train", "--gpus", "0,1", "--demo"],
+        &["--gpus 0,1", "more than one GPU", "--gpus 0"],
+    );
+    assert_error(
+        &["train", "--precision", "fp16", "--demo"],
+        &["--precision fp16", "not implemented", "--precision fp32"],
+    );
+    assert_error(&["train", "--precision", "fp64", "--demo"], &["fp64"]);
+    assert_error(
+        &["train", "--cpu", "--fallback-conv", "--demo"],
+        &["--fallback-conv", "CPU"],
+    );
+}
+
+/// With neither --cpu nor --gpus the choice is automatic and logged.
+#[test]
+fn the_automatic_device_choice_is_logged() {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args([
+            "bench-step",
+            "--config",
+            "cifar",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run alexnet-cuda");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench-step failed:\n{err}");
+    let want = if driver_present() {
+        "using cuda:"
+    } else {
+        "using the CPU"
+    };
+    assert!(
+        err.contains("no --cpu or --gpus given") && err.contains(want),
+        "no log of the automatic choice ({want:?}) in:\n{err}"
+    );
 }
 
 /// The README's first command: the demo trains on its synthetic set and ends

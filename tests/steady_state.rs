@@ -47,10 +47,12 @@ fn no_allocation_per_step_at_a_fixed_batch_shape() {
     // A new batch shape (an epoch's short last batch) sizes the buffers anew, once.
     let m = 3;
     let xs = &x[..m * 3 * topo.crop * topo.crop];
-    net.forward(xs, &labels[..m], Mode::Train).expect("short batch");
+    net.forward(xs, &labels[..m], Mode::Train)
+        .expect("short batch");
     let after_short = be.allocations();
     assert!(after_short > after_first);
     net.backward().expect("backward");
-    net.forward(xs, &labels[..m], Mode::Train).expect("short batch again");
+    net.forward(xs, &labels[..m], Mode::Train)
+        .expect("short batch again");
     assert_eq!(be.allocations(), after_short);
 }

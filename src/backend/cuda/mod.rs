@@ -247,12 +247,6 @@ impl CudaBackend {
         &self.info
     }
 
-    /// Device allocations made so far (buffers, workspaces, scratch, pinned
-    /// staging). After the first step of a fixed batch shape it stays constant.
-    pub fn allocations(&self) -> u64 {
-        self.allocs.load(Ordering::Relaxed)
-    }
-
     /// Whether convolutions go through cuDNN (else im2col + cuBLAS).
     pub fn uses_cudnn(&self) -> bool {
         self.dnn.is_some() && !self.force_fallback.load(Ordering::Relaxed)
@@ -424,6 +418,12 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> Result<CudaBuf<f32>> {
         self.alloc_buf("alloc", len)
+    }
+
+    /// Device allocations made so far: buffers, and also workspaces, scratch
+    /// and pinned staging. After the first step of a batch shape it stays put.
+    fn allocations(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
     }
 
     fn alloc_idx(&self, len: usize) -> Result<CudaBuf<u32>> {

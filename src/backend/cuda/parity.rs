@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::rng::Rng;
 
 /// One op's comparison.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ParityRow {
     /// Op and shape, e.g. "conv2d_forward conv2 (grouped 5x5)".
     pub op: String,

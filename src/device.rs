@@ -1,0 +1,78 @@
+//! Which device a command runs on. `--cpu` asks for the CPU backend, `--gpus
+//! LIST` for CUDA; with neither, CUDA is used when the driver library and a
+//! GPU are present, and the choice is logged (DESIGN.md, "Backends"). The
+//! CUDA probe checks for libcuda before calling into it: cudarc panics when
+//! the library is absent, so absence must become an error or the CPU here.
+use tracing::info;
+
+use crate::backend::cuda::probe;
+use crate::error::{Error, Result};
+
+/// The device a command was asked for, after probing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA device ordinals, in the order given.
+    Cuda(Vec<usize>),
+}
+
+/// Parse `--gpus`: comma-separated device ordinals, e.g. `0` or `0,1`.
+pub fn parse_gpus(list: &str) -> Result<Vec<usize>> {
+    let ids = list
+        .split(',')
+        .map(|part| {
+            part.trim().parse::<usize>().map_err(|_| {
+                Error::Config(format!(
+                    "--gpus {list}: '{part}' is not a GPU index; write e.g. --gpus 0 or --gpus 0,1"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Err(Error::Config("--gpus: give at least one GPU index".into()));
+    }
+    Ok(ids)
+}
+
+/// Resolve `--cpu` / `--gpus` into a device, probing CUDA where needed.
+/// `--gpus` on a machine without the driver, or naming a GPU that is not
+/// there, is an error that says what was found and what to do.
+pub fn choose(cpu: bool, gpus: Option<&str>) -> Result<Device> {
+    if cpu {
+        return Ok(Device::Cpu);
+    }
+    match gpus {
+        Some(list) => {
+            let ids = parse_gpus(list)?;
+            if ids.len() > 1 {
+                return Err(Error::Config(format!(
+                    "--gpus {list}: training on more than one GPU (the paper's two towers, data parallel) \
+                     is not implemented yet; train on one GPU with --gpus {}",
+                    ids[0]
+                )));
+            }
+            let found = probe::require(&ids)?;
+            for d in &found {
+                info!("using {d}");
+            }
+            Ok(Device::Cuda(ids))
+        }
+        None => match probe::devices() {
+            Ok(list) if !list.is_empty() => {
+                info!(
+                    "no --cpu or --gpus given: using {} (pass --cpu to train on the CPU)",
+                    list[0]
+                );
+                Ok(Device::Cuda(vec![list[0].ordinal]))
+            }
+            Ok(_) => {
+                info!("no --cpu or --gpus given: no CUDA GPU found, using the CPU");
+                Ok(Device::Cpu)
+            }
+            Err(e) => {
+                info!("no --cpu or --gpus given: using the CPU ({e})");
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
