@@ -70,7 +70,11 @@ pub fn choose(cpu: bool, gpus: Option<&str>) -> Result<Device> {
                 Ok(Device::Cpu)
             }
             Err(e) => {
-                info!("no --cpu or --gpus given: using the CPU ({e})");
+                if probe::driver_present() {
+                    info!("no --cpu or --gpus given: using the CPU (CUDA: {e})");
+                } else {
+                    info!("no --cpu or --gpus given: using the CPU (no CUDA driver library found)");
+                }
                 Ok(Device::Cpu)
             }
         },
