@@ -8,6 +8,8 @@
 //! - a group count `g` splits input and output channels into `g` equal,
 //!   independent slices, exactly as a two-tower layer does (DESIGN.md).
 pub mod cpu;
+pub mod host_kernels;
+pub mod kernels;
 
 use crate::error::Result;
 
