@@ -10,9 +10,11 @@
 //! the reference (dropout, ReLU, pooling, SGD, softmax backward, conversions),
 //! results must be bit-identical; LRN and softmax forward are held to 1e-6
 //! (they too come out identical on the host, but need not on a GPU, where
-//! nvcc contracts a*b+c into fused multiply-adds); im2col and col2im are
-//! checked through a convolution against the CPU conv (a different GEMM
-//! summation order), to 1e-3 (see `CONV_TOL`).
+//! nvcc contracts a*b+c into fused multiply-adds); im2col and col2im must
+//! equal their definitions bit for bit, and are also checked through a
+//! convolution (im2col or col2im plus a plain GEMM) against the CPU conv's
+//! forward, backward-data and backward-filter, to 1e-3 (a different GEMM
+//! summation order; see `CONV_TOL`).
 use alexnet_cuda::backend::cpu::{conv, elementwise, lrn, pool};
 use alexnet_cuda::backend::kernels::{launch_1d, MODULES};
 use alexnet_cuda::backend::{host_kernels as hk, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams};
@@ -579,6 +581,62 @@ fn gemm_conv_dw(g: &ConvGeom, col: &[f32], dy: &[f32]) -> Vec<f32> {
     dw.into_iter().map(|v| v as f32).collect()
 }
 
+/// im2col straight from its definition, per (image, group) block t:
+/// col[t][(c*k + i)*k + j][oy*wo + ox] = x[t][c][oy*s - pad + i][ox*s - pad + j], 0 outside.
+fn naive_im2col(g: &ConvGeom, x: &[f32]) -> Vec<f32> {
+    let (cg, ho, wo) = (g.c_in / g.groups, g.h_out(), g.w_out());
+    let mut col = Vec::with_capacity(g.n * g.groups * cg * g.k * g.k * ho * wo);
+    for t in 0..g.n * g.groups {
+        for c in 0..cg {
+            for i in 0..g.k {
+                for j in 0..g.k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                            let inside =
+                                iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize;
+                            col.push(if inside {
+                                x[((t * cg + c) * g.h + iy as usize) * g.w + ix as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// col2im as the CPU reference does it: zero, then scatter-add every column
+/// entry to its pixel, rows (c, i, j) in order.
+fn naive_col2im(g: &ConvGeom, col: &[f32]) -> Vec<f32> {
+    let (cg, ho, wo) = (g.c_in / g.groups, g.h_out(), g.w_out());
+    let mut x = vec![0.0f32; g.x_len()];
+    let mut it = col.iter();
+    for t in 0..g.n * g.groups {
+        for c in 0..cg {
+            for i in 0..g.k {
+                for j in 0..g.k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let v = *it.next().unwrap();
+                            let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                            if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                                x[((t * cg + c) * g.h + iy as usize) * g.w + ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    x
+}
+
 /// The CPU conv sums K = c*k*k products in f32 (363 for conv1, 1200 for
 /// conv2's towers); the GEMMs here sum in f64. Rounding differences of a few
 /// f32 ulps of the largest terms show up where an output nearly cancels, up
@@ -661,6 +719,11 @@ fn im2col_col2im_match_cpu_conv() {
 
         let mut col = vec![0.0; hk::im2col_len(&g).unwrap()];
         hk::im2col(&g, &x, &mut col).unwrap();
+        check_identical(
+            &format!("im2col_f32 vs its definition, {what}"),
+            &bits(&col),
+            &bits(&naive_im2col(&g, &x)),
+        );
         let y = gemm_conv_forward(&g, &col, &w, &b);
         let mut y_ref = vec![0.0; g.y_len()];
         conv::conv2d_forward(&g, &x, &w, &b, &mut y_ref).unwrap();
@@ -685,6 +748,11 @@ fn im2col_col2im_match_cpu_conv() {
         let dcol = gemm_conv_dcol(&g, &w, &dy);
         let mut dx = vec![f32::NAN; g.x_len()]; // col2im overwrites
         hk::col2im(&g, &dcol, &mut dx).unwrap();
+        check_identical(
+            &format!("col2im_f32 vs a scatter-add, {what}"),
+            &bits(&dx),
+            &bits(&naive_col2im(&g, &dcol)),
+        );
         let mut dx_ref = vec![0.0; g.x_len()];
         conv::conv2d_backward_data(&g, &w, &dy, &mut dx_ref).unwrap();
         check_close(
@@ -744,16 +812,16 @@ fn special_f32() -> Vec<f32> {
         f32::from_bits(0x8000_0001),
         65504.0,
         65519.0,
-        65519.996,
-        65520.0,
+        f32::from_bits(65520.0f32.to_bits() - 1), // just below f16's overflow tie
+        65520.0,                                  // the tie: rounds to infinity
         65536.0,
         -65520.0,
-        5.960_464_5e-8,
-        2.980_232_2e-8,
-        2.980_232_4e-8,
-        8.940_697e-8,
-        6.097_555_2e-5,
-        6.103_515_6e-5,
+        2f32.powi(-24),                               // smallest f16 subnormal
+        2f32.powi(-25),                               // half of it: a tie, to zero
+        f32::from_bits(2f32.powi(-25).to_bits() + 1), // just above: up
+        3.0 * 2f32.powi(-25),                         // tie between 1 and 2 units: to 2
+        1023.0 * 2f32.powi(-24),                      // largest f16 subnormal
+        2f32.powi(-14),                               // smallest f16 normal
         1.0 + 1.0 / 2048.0,
         1.0 + 3.0 / 2048.0,
         1.0 + 1.0 / 256.0,
