@@ -1,16 +1,16 @@
 //! Build script: owns the CUDA kernels' build (DESIGN.md, "Kernels and build.rs").
 //!
-//! 1. Always: compiles kernels/host/launch.cpp (every kernels/*.cu through a
-//!    small shim) with the C++ compiler into a static library linked into the
-//!    crate, so tests run the kernels' arithmetic on the host
-//!    (src/backend/host_kernels.rs). No fast-math: results must match the CPU
-//!    reference.
-//! 2. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH). When
+//! 1. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH). When
 //!    found, compiles each kernels/*.cu into a fatbin (PTX for a base
 //!    architecture, SASS for common cards); a kernel that fails to compile
 //!    fails the build with nvcc's message. When not found, warns that the
 //!    kernels will be compiled at run time by NVRTC (an error instead when
 //!    ALEXNET_REQUIRE_NVCC=1).
+//! 2. Always: compiles kernels/host/launch.cpp (every kernels/*.cu through a
+//!    small shim) with the C++ compiler into a static library linked into the
+//!    crate, so tests run the kernels' arithmetic on the host
+//!    (src/backend/host_kernels.rs). No fast-math: results must match the CPU
+//!    reference.
 //! 3. Writes $OUT_DIR/kernels.rs, included by src/backend/kernels.rs: each
 //!    kernel file's name, source (for NVRTC), fatbin (when nvcc ran) and the
 //!    `extern "C" __global__` entry points it defines.
@@ -43,8 +43,6 @@ fn main() {
     let kernel_dir = root.join("kernels");
     let sources = kernel_sources(&kernel_dir);
 
-    build_host_library(&kernel_dir);
-
     let nvcc = find_nvcc();
     let mut fatbins = vec![None; sources.len()];
     let mut targets = Vec::new();
@@ -64,6 +62,9 @@ fn main() {
              by NVRTC. To embed precompiled kernels: {SETUP_HINT}."
         ),
     }
+
+    // After nvcc, so that a kernel that does not compile is reported in nvcc's words.
+    build_host_library(&kernel_dir);
 
     let generated = generate(nvcc.as_ref(), &targets, &sources, &fatbins);
     fs::write(out.join("kernels.rs"), generated).expect("write kernels.rs");
