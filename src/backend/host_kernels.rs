@@ -654,7 +654,9 @@ fn im2col_args(op: &'static str, g: &ConvGeom) -> Result<([i32; 9], usize)> {
     int(
         op,
         "h + 2 * pad + stride",
-        g.h.max(g.w) + 2 * g.pad + g.stride,
+        g.h.max(g.w)
+            .saturating_add(2 * g.pad)
+            .saturating_add(g.stride),
     )?;
     let col_len = checked_product(op, "col", &[g.n, g.groups, c, g.k, g.k, h_out, w_out])?;
     let args = [
