@@ -9,6 +9,7 @@
 //!   independent slices, exactly as a two-tower layer does (DESIGN.md).
 pub mod cpu;
 pub mod cuda;
+pub mod host_kernels;
 pub mod kernels;
 
 use crate::error::Result;

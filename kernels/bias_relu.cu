@@ -1,0 +1,66 @@
+// Bias and ReLU (Krizhevsky et al. 2012, section 3.1: f(x) = max(0, x)) for
+// NCHW activations, and the conv bias gradient.
+//   bias_relu_forward:  y += b[channel]; then y = max(y, 0) if relu
+//   relu_forward:       x = max(x, 0)
+//   relu_backward:      dy = 0 where y <= 0 (y is the ReLU's output)
+//   bias_backward:      db[c] = sum over n, h, w of dy[n, c, h, w], in two
+//                       deterministic passes: partial[n * C + c] = the (n, c)
+//                       plane's sum, then db[c] = sum over n of partial[n * C + c];
+//                       both accumulate in double, as the CPU reference does.
+
+extern "C" __global__ void bias_relu_forward_f32(float* __restrict__ y, const float* __restrict__ b,
+                                                 int c, int hw, long long len, int relu)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)blockDim.x * gridDim.x) {
+        const float v = y[i] + b[(i / hw) % c];
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
+    }
+}
+
+extern "C" __global__ void relu_forward_f32(float* __restrict__ x, long long len)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)blockDim.x * gridDim.x) {
+        x[i] = fmaxf(x[i], 0.0f);
+    }
+}
+
+extern "C" __global__ void relu_backward_f32(const float* __restrict__ y, float* __restrict__ dy,
+                                             long long len)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)blockDim.x * gridDim.x) {
+        if (y[i] <= 0.0f) {
+            dy[i] = 0.0f;
+        }
+    }
+}
+
+extern "C" __global__ void bias_backward_partial_f32(const float* __restrict__ dy,
+                                                     float* __restrict__ partial, int n, int c, int hw)
+{
+    const long long planes = (long long)n * c;
+    for (long long pl = (long long)blockIdx.x * blockDim.x + threadIdx.x; pl < planes;
+         pl += (long long)blockDim.x * gridDim.x) {
+        const float* d = dy + pl * hw;
+        double acc = 0.0;
+        for (int i = 0; i < hw; ++i) {
+            acc += (double)d[i];
+        }
+        partial[pl] = (float)acc;
+    }
+}
+
+extern "C" __global__ void bias_backward_reduce_f32(const float* __restrict__ partial,
+                                                    float* __restrict__ db, int n, int c)
+{
+    for (long long ch = (long long)blockIdx.x * blockDim.x + threadIdx.x; ch < c;
+         ch += (long long)blockDim.x * gridDim.x) {
+        double acc = 0.0;
+        for (int img = 0; img < n; ++img) {
+            acc += (double)partial[(long long)img * c + ch];
+        }
+        db[ch] = (float)acc;
+    }
+}

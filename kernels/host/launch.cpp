@@ -1,0 +1,91 @@
+// Host entry points for every kernel in kernels/*.cu: the same source compiled
+// as C++ through shim.h, each kernel wrapped as
+//   extern "C" void host_<kernel>(unsigned grid, unsigned block, <kernel args>)
+// which runs the whole grid on the calling thread. build.rs compiles this file
+// into a static library; src/backend/host_kernels.rs wraps it for tests.
+#include "shim.h"
+
+#include "../bias_relu.cu"
+#include "../convert.cu"
+#include "../dropout.cu"
+#include "../im2col.cu"
+#include "../lrn.cu"
+#include "../pool.cu"
+#include "../sgd.cu"
+#include "../softmax_xent.cu"
+
+// HOST_KERNEL(name, (params), (args)) defines host_name, which runs `name` on the grid.
+#define HOST_KERNEL(name, params, args)                                    \
+    extern "C" void host_##name(unsigned int grid, unsigned int block, HOST_UNPAREN params) \
+    {                                                                      \
+        run_grid(grid, block, name, HOST_UNPAREN args);                    \
+    }
+#define HOST_UNPAREN(...) __VA_ARGS__
+
+// lrn.cu
+HOST_KERNEL(lrn_forward_f32,
+            (const float* x, float* y, float* scale, int n, int c, int hw, int size, float alpha,
+             float beta, float k),
+            (x, y, scale, n, c, hw, size, alpha, beta, k))
+HOST_KERNEL(lrn_backward_f32,
+            (const float* x, const float* y, const float* scale, const float* dy, float* dx, int n,
+             int c, int hw, int size, float alpha, float beta),
+            (x, y, scale, dy, dx, n, c, hw, size, alpha, beta))
+
+// dropout.cu
+HOST_KERNEL(dropout_forward_f32, (float* x, float* mask, unsigned long long seed, float p, long long len),
+            (x, mask, seed, p, len))
+HOST_KERNEL(dropout_backward_f32, (const float* mask, float* dy, long long len), (mask, dy, len))
+
+// softmax_xent.cu
+HOST_KERNEL(softmax_xent_forward_f32,
+            (const float* logits, const unsigned int* labels, float* probs, float* row_loss, int n,
+             int classes),
+            (logits, labels, probs, row_loss, n, classes))
+HOST_KERNEL(softmax_xent_backward_f32,
+            (const float* probs, const unsigned int* labels, float* dlogits, int n, int classes),
+            (probs, labels, dlogits, n, classes))
+
+// sgd.cu
+HOST_KERNEL(sgd_update_f32,
+            (float* w, const float* g, float* v, float lr, float momentum, float weight_decay,
+             long long len),
+            (w, g, v, lr, momentum, weight_decay, len))
+
+// bias_relu.cu
+HOST_KERNEL(bias_relu_forward_f32, (float* y, const float* b, int c, int hw, long long len, int relu),
+            (y, b, c, hw, len, relu))
+HOST_KERNEL(relu_forward_f32, (float* x, long long len), (x, len))
+HOST_KERNEL(relu_backward_f32, (const float* y, float* dy, long long len), (y, dy, len))
+HOST_KERNEL(bias_backward_partial_f32, (const float* dy, float* partial, int n, int c, int hw),
+            (dy, partial, n, c, hw))
+HOST_KERNEL(bias_backward_reduce_f32, (const float* partial, float* db, int n, int c),
+            (partial, db, n, c))
+
+// pool.cu
+HOST_KERNEL(max_pool_forward_f32,
+            (const float* x, float* y, unsigned int* argmax, int planes, int h, int w, int ho, int wo,
+             int size, int stride),
+            (x, y, argmax, planes, h, w, ho, wo, size, stride))
+HOST_KERNEL(max_pool_backward_f32,
+            (const float* dy, const unsigned int* argmax, float* dx, int planes, int h, int w, int ho,
+             int wo, int size, int stride),
+            (dy, argmax, dx, planes, h, w, ho, wo, size, stride))
+
+// im2col.cu
+HOST_KERNEL(im2col_f32,
+            (const float* x, float* col, int images, int c, int h, int w, int k, int stride, int pad,
+             int ho, int wo),
+            (x, col, images, c, h, w, k, stride, pad, ho, wo))
+HOST_KERNEL(col2im_f32,
+            (const float* col, float* x, int images, int c, int h, int w, int k, int stride, int pad,
+             int ho, int wo),
+            (col, x, images, c, h, w, k, stride, pad, ho, wo))
+
+// convert.cu
+HOST_KERNEL(f32_to_f16, (const float* src, unsigned short* dst, long long len), (src, dst, len))
+HOST_KERNEL(f16_to_f32, (const unsigned short* src, float* dst, long long len), (src, dst, len))
+HOST_KERNEL(f32_to_bf16, (const float* src, unsigned short* dst, long long len), (src, dst, len))
+HOST_KERNEL(bf16_to_f32, (const unsigned short* src, float* dst, long long len), (src, dst, len))
+HOST_KERNEL(unscale_check_f32, (float* g, float inv_scale, long long len, int* overflow),
+            (g, inv_scale, len, overflow))

@@ -1,0 +1,90 @@
+// Local response normalisation across channels (Krizhevsky et al. 2012,
+// section 3.3), fused: one thread per pixel (image, h*w position) slides the
+// `size`-channel window down c, keeping a running sum of squares (add the
+// channel entering the window, subtract the one leaving it), so each pixel
+// costs O(C) whatever the window.
+//
+//   scale[c] = k + alpha * sum_{c' = c - size/2 ..= c + size/2, clipped to [0, C)} x[c']^2
+//   y[c]     = x[c] * scale[c]^-beta
+//   dx[c]    = dy[c] * scale[c]^-beta
+//              - 2 * alpha * beta * x[c] * sum_{c' in the same window} dy[c'] * y[c'] / scale[c']
+//
+// alpha is not divided by size (the paper's convention). The expression order
+// follows the CPU reference (src/backend/cpu/lrn.rs) term for term, including
+// its s^-0.75 = r * sqrt(r), r = 1 / sqrt(s), for the paper's beta.
+
+__device__ __forceinline__ float lrn_pow_neg(float s, float beta)
+{
+    if (beta == 0.75f) {
+        float r = 1.0f / sqrtf(s);
+        return r * sqrtf(r);
+    }
+    return powf(s, -beta);
+}
+
+extern "C" __global__ void lrn_forward_f32(const float* __restrict__ x, float* __restrict__ y,
+                                           float* __restrict__ scale, int n, int c, int hw,
+                                           int size, float alpha, float beta, float k)
+{
+    const long long pixels = (long long)n * hw;
+    const int half = size / 2;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < pixels;
+         t += (long long)blockDim.x * gridDim.x) {
+        const long long img = t / hw;
+        const long long base = img * c * (long long)hw + (t - img * hw);
+        // window sum for channel 0: channels [0, half] (those below 0 are clipped)
+        float sum = 0.0f;
+        for (int ch = 0; ch <= half && ch < c; ++ch) {
+            const float v = x[base + (long long)ch * hw];
+            sum += v * v;
+        }
+        for (int ch = 0; ch < c; ++ch) {
+            const long long i = base + (long long)ch * hw;
+            const float s = k + alpha * sum;
+            scale[i] = s;
+            y[i] = x[i] * lrn_pow_neg(s, beta);
+            // slide: the window of ch + 1 gains ch + 1 + half and loses ch - half
+            if (ch + 1 + half < c) {
+                const float v = x[base + (long long)(ch + 1 + half) * hw];
+                sum += v * v;
+            }
+            if (ch >= half) {
+                const float v = x[base + (long long)(ch - half) * hw];
+                sum += -v * v;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void lrn_backward_f32(const float* __restrict__ x, const float* __restrict__ y,
+                                            const float* __restrict__ scale,
+                                            const float* __restrict__ dy, float* __restrict__ dx,
+                                            int n, int c, int hw, int size, float alpha, float beta)
+{
+    const long long pixels = (long long)n * hw;
+    const int half = size / 2;
+    const float coef = 2.0f * alpha * beta;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < pixels;
+         t += (long long)blockDim.x * gridDim.x) {
+        const long long img = t / hw;
+        const long long base = img * c * (long long)hw + (t - img * hw);
+        // running sum of dy * y / scale over the window
+        float sum = 0.0f;
+        for (int ch = 0; ch <= half && ch < c; ++ch) {
+            const long long i = base + (long long)ch * hw;
+            sum += dy[i] * y[i] / scale[i];
+        }
+        for (int ch = 0; ch < c; ++ch) {
+            const long long i = base + (long long)ch * hw;
+            dx[i] = dy[i] * lrn_pow_neg(scale[i], beta) - coef * x[i] * sum;
+            if (ch + 1 + half < c) {
+                const long long j = base + (long long)(ch + 1 + half) * hw;
+                sum += dy[j] * y[j] / scale[j];
+            }
+            if (ch >= half) {
+                const long long j = base + (long long)(ch - half) * hw;
+                sum += -dy[j] * y[j] / scale[j];
+            }
+        }
+    }
+}

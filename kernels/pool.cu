@@ -1,0 +1,74 @@
+// Max pooling over (n, c) planes, floor mode, no padding; overlapping when
+// size > stride (Krizhevsky et al. 2012, section 3.4: size 3, stride 2).
+//   forward (one thread per output): y = max over the size x size window at
+//     (oy * stride, ox * stride); argmax = the winner's index in its plane
+//     (row * w + col). The window is scanned row by row and a value replaces
+//     the best only when strictly greater, so ties keep the first (the CPU
+//     reference's rule, src/backend/cpu/pool.rs).
+//   backward (one thread per input, gather): dx[i] = sum of dy[o] over the
+//     outputs o whose window covers i and whose argmax is i, added in output
+//     order (the order in which the CPU reference scatters them), so the
+//     result is deterministic and matches it exactly. argmax must come from
+//     the forward pass (a winner inside its own window).
+
+extern "C" __global__ void max_pool_forward_f32(const float* __restrict__ x, float* __restrict__ y,
+                                                unsigned int* __restrict__ argmax, int planes, int h,
+                                                int w, int ho, int wo, int size, int stride)
+{
+    const long long len = (long long)planes * ho * wo;
+    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < len;
+         o += (long long)blockDim.x * gridDim.x) {
+        const long long plane = o / ((long long)ho * wo);
+        const int r = (int)(o - plane * ho * wo);
+        const int oy = r / wo;
+        const int ox = r - oy * wo;
+        const float* xp = x + plane * h * w;
+        const int y0 = oy * stride;
+        const int x0 = ox * stride;
+        int best_i = y0 * w + x0;
+        float best = xp[best_i];
+        for (int iy = y0; iy < y0 + size; ++iy) {
+            for (int ix = x0; ix < x0 + size; ++ix) {
+                const float v = xp[iy * w + ix];
+                if (v > best) {
+                    best = v;
+                    best_i = iy * w + ix;
+                }
+            }
+        }
+        y[o] = best;
+        argmax[o] = (unsigned int)best_i;
+    }
+}
+
+extern "C" __global__ void max_pool_backward_f32(const float* __restrict__ dy,
+                                                 const unsigned int* __restrict__ argmax,
+                                                 float* __restrict__ dx, int planes, int h, int w,
+                                                 int ho, int wo, int size, int stride)
+{
+    const long long len = (long long)planes * h * w;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)blockDim.x * gridDim.x) {
+        const long long plane = i / ((long long)h * w);
+        const int r = (int)(i - plane * h * w);
+        const int iy = r / w;
+        const int ix = r - iy * w;
+        // outputs whose window [o * stride, o * stride + size) holds iy:
+        // o in [ceil((iy - size + 1) / stride), floor(iy / stride)], within [0, ho)
+        const int oy_lo = iy >= size ? (iy - size) / stride + 1 : 0;
+        const int oy_hi = iy / stride < ho - 1 ? iy / stride : ho - 1;
+        const int ox_lo = ix >= size ? (ix - size) / stride + 1 : 0;
+        const int ox_hi = ix / stride < wo - 1 ? ix / stride : wo - 1;
+        const long long out = plane * ho * wo;
+        float acc = 0.0f;
+        for (int oy = oy_lo; oy <= oy_hi; ++oy) {
+            for (int ox = ox_lo; ox <= ox_hi; ++ox) {
+                const long long o = out + (long long)oy * wo + ox;
+                if (argmax[o] == (unsigned int)r) {
+                    acc += dy[o];
+                }
+            }
+        }
+        dx[i] = acc;
+    }
+}

@@ -1,0 +1,796 @@
+//! The CUDA kernels (kernels/*.cu) compiled for the host and run on the CPU,
+//! for testing their arithmetic without a GPU: tests/kernels_host.rs compares
+//! these results with the CPU reference (`backend::cpu`). Not a backend: each
+//! call runs the whole launch grid on the calling thread, one GPU thread
+//! after another (kernels/host/shim.h), so it is slow.
+//!
+//! Every wrapper takes slices, checks their lengths and the geometry the way
+//! the CPU reference does (a shape error, never a panic, on bad input), picks
+//! (grid, block) with `kernels::launch_1d` exactly as the CUDA backend does,
+//! and runs the kernel of the same name.
+use super::cpu::{checked_product, shape_err};
+use super::kernels::launch_1d;
+use super::{ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::error::{check_len, Result};
+
+/// The host builds of the kernels (kernels/host/launch.cpp, linked by build.rs):
+/// `host_<kernel>(grid, block, <the kernel's arguments>)`.
+mod ffi {
+    extern "C" {
+        pub fn host_lrn_forward_f32(
+            grid: u32,
+            block: u32,
+            x: *const f32,
+            y: *mut f32,
+            scale: *mut f32,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+            k: f32,
+        );
+        pub fn host_lrn_backward_f32(
+            grid: u32,
+            block: u32,
+            x: *const f32,
+            y: *const f32,
+            scale: *const f32,
+            dy: *const f32,
+            dx: *mut f32,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+        );
+        pub fn host_dropout_forward_f32(
+            grid: u32,
+            block: u32,
+            x: *mut f32,
+            mask: *mut f32,
+            seed: u64,
+            p: f32,
+            len: i64,
+        );
+        pub fn host_dropout_backward_f32(
+            grid: u32,
+            block: u32,
+            mask: *const f32,
+            dy: *mut f32,
+            len: i64,
+        );
+        pub fn host_softmax_xent_forward_f32(
+            grid: u32,
+            block: u32,
+            logits: *const f32,
+            labels: *const u32,
+            probs: *mut f32,
+            row_loss: *mut f32,
+            n: i32,
+            classes: i32,
+        );
+        pub fn host_softmax_xent_backward_f32(
+            grid: u32,
+            block: u32,
+            probs: *const f32,
+            labels: *const u32,
+            dlogits: *mut f32,
+            n: i32,
+            classes: i32,
+        );
+        pub fn host_sgd_update_f32(
+            grid: u32,
+            block: u32,
+            w: *mut f32,
+            g: *const f32,
+            v: *mut f32,
+            lr: f32,
+            momentum: f32,
+            weight_decay: f32,
+            len: i64,
+        );
+        pub fn host_bias_relu_forward_f32(
+            grid: u32,
+            block: u32,
+            y: *mut f32,
+            b: *const f32,
+            c: i32,
+            hw: i32,
+            len: i64,
+            relu: i32,
+        );
+        pub fn host_relu_forward_f32(grid: u32, block: u32, x: *mut f32, len: i64);
+        pub fn host_relu_backward_f32(grid: u32, block: u32, y: *const f32, dy: *mut f32, len: i64);
+        pub fn host_bias_backward_partial_f32(
+            grid: u32,
+            block: u32,
+            dy: *const f32,
+            partial: *mut f32,
+            n: i32,
+            c: i32,
+            hw: i32,
+        );
+        pub fn host_bias_backward_reduce_f32(
+            grid: u32,
+            block: u32,
+            partial: *const f32,
+            db: *mut f32,
+            n: i32,
+            c: i32,
+        );
+        pub fn host_max_pool_forward_f32(
+            grid: u32,
+            block: u32,
+            x: *const f32,
+            y: *mut f32,
+            argmax: *mut u32,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_max_pool_backward_f32(
+            grid: u32,
+            block: u32,
+            dy: *const f32,
+            argmax: *const u32,
+            dx: *mut f32,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_im2col_f32(
+            grid: u32,
+            block: u32,
+            x: *const f32,
+            col: *mut f32,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_col2im_f32(
+            grid: u32,
+            block: u32,
+            col: *const f32,
+            x: *mut f32,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_f32_to_f16(grid: u32, block: u32, src: *const f32, dst: *mut u16, len: i64);
+        pub fn host_f16_to_f32(grid: u32, block: u32, src: *const u16, dst: *mut f32, len: i64);
+        pub fn host_f32_to_bf16(grid: u32, block: u32, src: *const f32, dst: *mut u16, len: i64);
+        pub fn host_bf16_to_f32(grid: u32, block: u32, src: *const u16, dst: *mut f32, len: i64);
+        pub fn host_unscale_check_f32(
+            grid: u32,
+            block: u32,
+            g: *mut f32,
+            inv_scale: f32,
+            len: i64,
+            overflow: *mut i32,
+        );
+    }
+}
+
+/// `v` as a kernel's `int` argument, or a shape error.
+fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| shape_err(op, format!("{what} = {v} does not fit a kernel's int")))
+}
+
+/// A buffer length as a kernel's `long long` argument (slices never exceed isize::MAX).
+fn long(len: usize) -> i64 {
+    len as i64
+}
+
+/// Checks that the product of `dims` fits an `int` (a kernel computes it in int).
+fn int_product(op: &'static str, what: &str, dims: &[usize]) -> Result<i32> {
+    int(op, what, checked_product(op, what, dims)?)
+}
+
+// -- LRN -------------------------------------------------------------------------
+
+fn lrn_args(op: &'static str, p: &LrnParams, s: &Nchw) -> Result<(i32, i32, i32, i32)> {
+    checked_product(op, "tensor", &[s.n, s.c, s.h, s.w])?;
+    if p.size == 0 {
+        return Err(shape_err(op, "window size must be >= 1".into()));
+    }
+    Ok((
+        int(op, "n", s.n)?,
+        int(op, "c", s.c)?,
+        int_product(op, "h * w", &[s.h, s.w])?,
+        int(op, "size", p.size)?,
+    ))
+}
+
+/// `lrn_forward_f32`: y = x * scale^-beta, scale = k + alpha * window sum of x^2.
+pub fn lrn_forward(
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &mut [f32],
+    scale: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "lrn_forward_f32";
+    let (n, c, hw, size) = lrn_args(OP, p, s)?;
+    check_len(OP, "x", x.len(), s.len())?;
+    check_len(OP, "y", y.len(), s.len())?;
+    check_len(OP, "scale", scale.len(), s.len())?;
+    let (grid, block) = launch_1d(s.n * s.h * s.w);
+    // SAFETY: x, y and scale hold n*c*h*w elements (checked), which is all the
+    // kernel indexes; y and scale are distinct &mut borrows.
+    unsafe {
+        ffi::host_lrn_forward_f32(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            scale.as_mut_ptr(),
+            n,
+            c,
+            hw,
+            size,
+            p.alpha,
+            p.beta,
+            p.k,
+        );
+    }
+    Ok(())
+}
+
+/// `lrn_backward_f32`: dx from dy, given the forward pass's x, y and scale.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_backward(
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "lrn_backward_f32";
+    let (n, c, hw, size) = lrn_args(OP, p, s)?;
+    for (what, len) in [
+        ("x", x.len()),
+        ("y", y.len()),
+        ("scale", scale.len()),
+        ("dy", dy.len()),
+        ("dx", dx.len()),
+    ] {
+        check_len(OP, what, len, s.len())?;
+    }
+    let (grid, block) = launch_1d(s.n * s.h * s.w);
+    // SAFETY: every buffer holds n*c*h*w elements (checked); dx is the only output.
+    unsafe {
+        ffi::host_lrn_backward_f32(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_ptr(),
+            scale.as_ptr(),
+            dy.as_ptr(),
+            dx.as_mut_ptr(),
+            n,
+            c,
+            hw,
+            size,
+            p.alpha,
+            p.beta,
+        );
+    }
+    Ok(())
+}
+
+// -- dropout -----------------------------------------------------------------------
+
+/// `dropout_forward_f32`: mask = 0 or 1/(1-p) from the hash of (seed, i); x *= mask.
+pub fn dropout_forward(p: f32, seed: u64, x: &mut [f32], mask: &mut [f32]) -> Result<()> {
+    const OP: &str = "dropout_forward_f32";
+    if !(0.0..1.0).contains(&p) {
+        return Err(shape_err(
+            OP,
+            format!("drop probability {p} is not in [0, 1)"),
+        ));
+    }
+    check_len(OP, "mask", mask.len(), x.len())?;
+    let (grid, block) = launch_1d(x.len());
+    // SAFETY: x and mask both hold len elements (checked) and are distinct borrows.
+    unsafe {
+        ffi::host_dropout_forward_f32(
+            grid,
+            block,
+            x.as_mut_ptr(),
+            mask.as_mut_ptr(),
+            seed,
+            p,
+            long(x.len()),
+        );
+    }
+    Ok(())
+}
+
+/// `dropout_backward_f32`: dy *= mask.
+pub fn dropout_backward(mask: &[f32], dy: &mut [f32]) -> Result<()> {
+    check_len("dropout_backward_f32", "dy", dy.len(), mask.len())?;
+    let (grid, block) = launch_1d(dy.len());
+    // SAFETY: mask and dy both hold len elements (checked).
+    unsafe {
+        ffi::host_dropout_backward_f32(grid, block, mask.as_ptr(), dy.as_mut_ptr(), long(dy.len()));
+    }
+    Ok(())
+}
+
+// -- softmax cross-entropy ---------------------------------------------------------------
+
+fn xent_args(
+    op: &'static str,
+    n: usize,
+    classes: usize,
+    a: usize,
+    labels: &[u32],
+    out: usize,
+) -> Result<(i32, i32)> {
+    let len = checked_product(op, "logits", &[n, classes])?;
+    check_len(op, "logits/probs", a, len)?;
+    check_len(op, "labels", labels.len(), n)?;
+    check_len(op, "output", out, len)?;
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
+        return Err(shape_err(
+            op,
+            format!("label {l} of row {i} is not < {classes} classes"),
+        ));
+    }
+    Ok((int(op, "n", n)?, int(op, "classes", classes)?))
+}
+
+/// `softmax_xent_forward_f32`: probs = softmax(logits) per row and
+/// row_loss[row] = -log probs[label]; returns their mean (summed in f64, as
+/// the CPU reference sums its per-row losses).
+pub fn softmax_xent_forward(
+    n: usize,
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    probs: &mut [f32],
+    row_loss: &mut [f32],
+) -> Result<f32> {
+    const OP: &str = "softmax_xent_forward_f32";
+    let (ni, ci) = xent_args(OP, n, classes, logits.len(), labels, probs.len())?;
+    check_len(OP, "row_loss", row_loss.len(), n)?;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let (grid, block) = launch_1d(n);
+    // SAFETY: logits and probs hold n*classes elements, labels and row_loss n
+    // (checked); every label is < classes (checked), so z[label] is in bounds.
+    unsafe {
+        ffi::host_softmax_xent_forward_f32(
+            grid,
+            block,
+            logits.as_ptr(),
+            labels.as_ptr(),
+            probs.as_mut_ptr(),
+            row_loss.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
+    Ok((total / n as f64) as f32)
+}
+
+/// `softmax_xent_backward_f32`: dlogits = (probs - onehot(labels)) / n.
+pub fn softmax_xent_backward(
+    n: usize,
+    classes: usize,
+    probs: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "softmax_xent_backward_f32";
+    let (ni, ci) = xent_args(OP, n, classes, probs.len(), labels, dlogits.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (grid, block) = launch_1d(probs.len());
+    // SAFETY: probs and dlogits hold n*classes elements, labels n (checked).
+    unsafe {
+        ffi::host_softmax_xent_backward_f32(
+            grid,
+            block,
+            probs.as_ptr(),
+            labels.as_ptr(),
+            dlogits.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    Ok(())
+}
+
+// -- SGD -------------------------------------------------------------------------------
+
+/// `sgd_update_f32`: v = m*v - wd*lr*w - lr*g; w += v.
+pub fn sgd_update(p: &SgdParams, w: &mut [f32], g: &[f32], v: &mut [f32]) -> Result<()> {
+    const OP: &str = "sgd_update_f32";
+    check_len(OP, "g", g.len(), w.len())?;
+    check_len(OP, "v", v.len(), w.len())?;
+    let (grid, block) = launch_1d(w.len());
+    // SAFETY: w, g and v hold len elements (checked); w and v are distinct borrows.
+    unsafe {
+        ffi::host_sgd_update_f32(
+            grid,
+            block,
+            w.as_mut_ptr(),
+            g.as_ptr(),
+            v.as_mut_ptr(),
+            p.lr,
+            p.momentum,
+            p.weight_decay,
+            long(w.len()),
+        );
+    }
+    Ok(())
+}
+
+// -- bias and ReLU -------------------------------------------------------------------------
+
+/// `bias_relu_forward_f32`: y[n, c, :, :] += b[c], then max(y, 0) when `relu`.
+pub fn bias_relu_forward(s: &Nchw, y: &mut [f32], b: &[f32], relu: bool) -> Result<()> {
+    const OP: &str = "bias_relu_forward_f32";
+    let len = checked_product(OP, "y", &[s.n, s.c, s.h, s.w])?;
+    check_len(OP, "y", y.len(), len)?;
+    check_len(OP, "b", b.len(), s.c)?;
+    let (c, hw) = (int(OP, "c", s.c)?, int_product(OP, "h * w", &[s.h, s.w])?);
+    if len == 0 {
+        return Ok(()); // also keeps the kernel's division by hw away from zero
+    }
+    let (grid, block) = launch_1d(len);
+    // SAFETY: y holds n*c*h*w elements and b holds c (checked); hw > 0 here.
+    unsafe {
+        ffi::host_bias_relu_forward_f32(
+            grid,
+            block,
+            y.as_mut_ptr(),
+            b.as_ptr(),
+            c,
+            hw,
+            long(len),
+            relu as i32,
+        );
+    }
+    Ok(())
+}
+
+/// `relu_forward_f32`: x = max(x, 0).
+pub fn relu_forward(x: &mut [f32]) {
+    let (grid, block) = launch_1d(x.len());
+    // SAFETY: the kernel touches x[0..len) only.
+    unsafe { ffi::host_relu_forward_f32(grid, block, x.as_mut_ptr(), long(x.len())) }
+}
+
+/// `relu_backward_f32`: dy = 0 where y <= 0.
+pub fn relu_backward(y: &[f32], dy: &mut [f32]) -> Result<()> {
+    check_len("relu_backward_f32", "dy", dy.len(), y.len())?;
+    let (grid, block) = launch_1d(y.len());
+    // SAFETY: y and dy both hold len elements (checked).
+    unsafe {
+        ffi::host_relu_backward_f32(grid, block, y.as_ptr(), dy.as_mut_ptr(), long(y.len()));
+    }
+    Ok(())
+}
+
+/// db[c] = sum over n, h, w of dy: `bias_backward_partial_f32` (one sum per
+/// (n, c) plane) then `bias_backward_reduce_f32` (one sum per channel).
+pub fn bias_backward(s: &Nchw, dy: &[f32], db: &mut [f32]) -> Result<()> {
+    const OP: &str = "bias_backward_f32";
+    let len = checked_product(OP, "dy", &[s.n, s.c, s.h, s.w])?;
+    check_len(OP, "dy", dy.len(), len)?;
+    check_len(OP, "db", db.len(), s.c)?;
+    let (n, c) = (int(OP, "n", s.n)?, int(OP, "c", s.c)?);
+    let hw = int_product(OP, "h * w", &[s.h, s.w])?;
+    let mut partial = vec![0.0f32; s.n * s.c];
+    let (grid, block) = launch_1d(partial.len());
+    // SAFETY: dy holds n*c*h*w elements (checked), partial n*c (allocated here).
+    unsafe {
+        ffi::host_bias_backward_partial_f32(
+            grid,
+            block,
+            dy.as_ptr(),
+            partial.as_mut_ptr(),
+            n,
+            c,
+            hw,
+        );
+    }
+    let (grid, block) = launch_1d(s.c);
+    // SAFETY: partial holds n*c elements and db c (checked).
+    unsafe {
+        ffi::host_bias_backward_reduce_f32(grid, block, partial.as_ptr(), db.as_mut_ptr(), n, c);
+    }
+    Ok(())
+}
+
+// -- max pooling -------------------------------------------------------------------------
+
+/// The kernels' int arguments (planes, h, w, ho, wo, size, stride), after
+/// checking the geometry as the CPU reference does.
+fn pool_args(op: &'static str, g: &PoolGeom) -> Result<[i32; 7]> {
+    if g.size == 0 || g.stride == 0 || g.size > g.h || g.size > g.w {
+        return Err(shape_err(
+            op,
+            format!(
+                "window {}x{} stride {} does not fit {g:?}",
+                g.size, g.size, g.stride
+            ),
+        ));
+    }
+    checked_product(op, "x", &[g.n, g.c, g.h, g.w])?;
+    int_product(op, "h * w", &[g.h, g.w])?;
+    Ok([
+        int_product(op, "n * c", &[g.n, g.c])?,
+        int(op, "h", g.h)?,
+        int(op, "w", g.w)?,
+        int(op, "h_out", g.h_out())?,
+        int(op, "w_out", g.w_out())?,
+        int(op, "size", g.size)?,
+        int(op, "stride", g.stride)?,
+    ])
+}
+
+/// `max_pool_forward_f32`: y = window max, argmax = winner's index in its plane
+/// (ties keep the first in row-major window order).
+pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -> Result<()> {
+    const OP: &str = "max_pool_forward_f32";
+    let [planes, h, w, ho, wo, size, stride] = pool_args(OP, g)?;
+    check_len(OP, "x", x.len(), g.x_len())?;
+    check_len(OP, "y", y.len(), g.y_len())?;
+    check_len(OP, "argmax", argmax.len(), g.y_len())?;
+    let (grid, block) = launch_1d(g.y_len());
+    // SAFETY: x, y and argmax have the geometry's lengths (checked), and every
+    // window lies inside its plane (size <= h, w; floor-mode output size).
+    unsafe {
+        ffi::host_max_pool_forward_f32(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            argmax.as_mut_ptr(),
+            planes,
+            h,
+            w,
+            ho,
+            wo,
+            size,
+            stride,
+        );
+    }
+    Ok(())
+}
+
+/// `max_pool_backward_f32`: dx[i] = sum of dy over the outputs whose winner is i.
+/// Every argmax must lie inside its own output's window (as forward writes
+/// it): the kernel gathers from covering windows only, so other values would
+/// be silently dropped; here they are a shape error.
+pub fn max_pool_backward(g: &PoolGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32]) -> Result<()> {
+    const OP: &str = "max_pool_backward_f32";
+    let [planes, h, w, ho, wo, size, stride] = pool_args(OP, g)?;
+    check_len(OP, "dy", dy.len(), g.y_len())?;
+    check_len(OP, "argmax", argmax.len(), g.y_len())?;
+    check_len(OP, "dx", dx.len(), g.x_len())?;
+    let plane_out = g.h_out() * g.w_out();
+    for (o, &a) in argmax.iter().enumerate() {
+        let (oy, ox) = ((o % plane_out) / g.w_out(), o % g.w_out());
+        let (iy, ix) = (a as usize / g.w, a as usize % g.w);
+        let inside = |i: usize, o: usize| i >= o * g.stride && i < o * g.stride + g.size;
+        if a as usize >= g.h * g.w || !inside(iy, oy) || !inside(ix, ox) {
+            return Err(shape_err(
+                OP,
+                format!("argmax {a} of output {o} is outside its window"),
+            ));
+        }
+    }
+    let (grid, block) = launch_1d(g.x_len());
+    // SAFETY: dy, argmax and dx have the geometry's lengths (checked); the
+    // kernel reads argmax values only to compare them.
+    unsafe {
+        ffi::host_max_pool_backward_f32(
+            grid,
+            block,
+            dy.as_ptr(),
+            argmax.as_ptr(),
+            dx.as_mut_ptr(),
+            planes,
+            h,
+            w,
+            ho,
+            wo,
+            size,
+            stride,
+        );
+    }
+    Ok(())
+}
+
+// -- im2col / col2im ------------------------------------------------------------------------
+
+/// The kernels' int arguments (images, c, h, w, k, stride, pad, ho, wo) for a
+/// grouped convolution: images = n * groups, c = c_in / groups (a grouped NCHW
+/// tensor is [n * groups][c_in / groups][h][w] in memory). Also returns the
+/// column buffer's length, [n * groups][c * k * k][ho * wo].
+fn im2col_args(op: &'static str, g: &ConvGeom) -> Result<([i32; 9], usize)> {
+    let (h_out, w_out) = super::cpu::conv::validate(op, g)?;
+    let c = g.c_in / g.groups;
+    int_product(op, "c * k * k", &[c, g.k, g.k])?;
+    int_product(op, "h * w", &[g.h, g.w])?;
+    int_product(op, "h_out * w_out", &[h_out, w_out])?;
+    // oy * stride - pad + i and friends stay below h + 2 * pad + stride
+    int(
+        op,
+        "h + 2 * pad + stride",
+        g.h.max(g.w)
+            .saturating_add(2 * g.pad)
+            .saturating_add(g.stride),
+    )?;
+    let col_len = checked_product(op, "col", &[g.n, g.groups, c, g.k, g.k, h_out, w_out])?;
+    let args = [
+        int_product(op, "n * groups", &[g.n, g.groups])?,
+        int(op, "c_in / groups", c)?,
+        int(op, "h", g.h)?,
+        int(op, "w", g.w)?,
+        int(op, "k", g.k)?,
+        int(op, "stride", g.stride)?,
+        int(op, "pad", g.pad)?,
+        int(op, "h_out", h_out)?,
+        int(op, "w_out", w_out)?,
+    ];
+    Ok((args, col_len))
+}
+
+/// The length of im2col's column buffer for `g`: n * groups * (c_in/groups * k * k) * (h_out * w_out).
+pub fn im2col_len(g: &ConvGeom) -> Result<usize> {
+    im2col_args("im2col_f32", g).map(|(_, len)| len)
+}
+
+/// `im2col_f32`: col[n * groups][(c*k + i)*k + j][oy*w_out + ox] = the input
+/// pixel that kernel tap (c, i, j) sees at output (oy, ox), 0 in the padding.
+pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) -> Result<()> {
+    const OP: &str = "im2col_f32";
+    let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(OP, g)?;
+    check_len(OP, "x", x.len(), g.x_len())?;
+    check_len(OP, "col", col.len(), col_len)?;
+    let (grid, block) = launch_1d(col_len);
+    // SAFETY: x and col have the geometry's lengths (checked); reads are guarded
+    // by the kernel's in-image test.
+    unsafe {
+        ffi::host_im2col_f32(
+            grid,
+            block,
+            x.as_ptr(),
+            col.as_mut_ptr(),
+            images,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        );
+    }
+    Ok(())
+}
+
+/// `col2im_f32`: the adjoint of `im2col`, dx[pixel] = sum of the column
+/// entries copied from it (overwrites dx).
+pub fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) -> Result<()> {
+    const OP: &str = "col2im_f32";
+    let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(OP, g)?;
+    check_len(OP, "col", col.len(), col_len)?;
+    check_len(OP, "dx", dx.len(), g.x_len())?;
+    let (grid, block) = launch_1d(g.x_len());
+    // SAFETY: col and dx have the geometry's lengths (checked); the kernel reads
+    // only column entries of in-range outputs.
+    unsafe {
+        ffi::host_col2im_f32(
+            grid,
+            block,
+            col.as_ptr(),
+            dx.as_mut_ptr(),
+            images,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        );
+    }
+    Ok(())
+}
+
+// -- precision conversion -----------------------------------------------------------------
+
+/// `f32_to_f16`: IEEE half bits, round to nearest even.
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) -> Result<()> {
+    check_len("f32_to_f16", "dst", dst.len(), src.len())?;
+    let (grid, block) = launch_1d(src.len());
+    // SAFETY: src and dst both hold len elements (checked).
+    unsafe { ffi::host_f32_to_f16(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
+    Ok(())
+}
+
+/// `f16_to_f32`: exact.
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) -> Result<()> {
+    check_len("f16_to_f32", "dst", dst.len(), src.len())?;
+    let (grid, block) = launch_1d(src.len());
+    // SAFETY: src and dst both hold len elements (checked).
+    unsafe { ffi::host_f16_to_f32(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
+    Ok(())
+}
+
+/// `f32_to_bf16`: bfloat16 bits, round to nearest even.
+pub fn f32_to_bf16(src: &[f32], dst: &mut [u16]) -> Result<()> {
+    check_len("f32_to_bf16", "dst", dst.len(), src.len())?;
+    let (grid, block) = launch_1d(src.len());
+    // SAFETY: src and dst both hold len elements (checked).
+    unsafe { ffi::host_f32_to_bf16(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
+    Ok(())
+}
+
+/// `bf16_to_f32`: exact.
+pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) -> Result<()> {
+    check_len("bf16_to_f32", "dst", dst.len(), src.len())?;
+    let (grid, block) = launch_1d(src.len());
+    // SAFETY: src and dst both hold len elements (checked).
+    unsafe { ffi::host_bf16_to_f32(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
+    Ok(())
+}
+
+/// `unscale_check_f32`: g *= inv_scale; returns true when any result is
+/// infinite or NaN.
+pub fn unscale_check(g: &mut [f32], inv_scale: f32) -> bool {
+    let mut overflow = 0i32;
+    let (grid, block) = launch_1d(g.len());
+    // SAFETY: the kernel touches g[0..len) and the one int `overflow`.
+    unsafe {
+        ffi::host_unscale_check_f32(
+            grid,
+            block,
+            g.as_mut_ptr(),
+            inv_scale,
+            long(g.len()),
+            &mut overflow,
+        );
+    }
+    overflow != 0
+}

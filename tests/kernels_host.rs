@@ -1,0 +1,950 @@
+//! The CUDA kernels (kernels/*.cu), compiled for the host through
+//! kernels/host/shim.h, against the CPU reference (`backend::cpu`) on
+//! AlexNet-like shapes; this checks the kernels' arithmetic on machines
+//! without a GPU. Each test prints its max error (`-- --nocapture`).
+//!
+//! Error measure: max over i of |kernel_i - reference_i| / max(|reference_i|,
+//! 1e-3 * max_j |reference_j|), i.e. relative, with a floor at a thousandth of
+//! the tensor's scale so that entries that cancel to near zero do not divide
+//! by ~0. Where the kernel does the same f32 operations in the same order as
+//! the reference (dropout, ReLU, pooling, SGD, softmax backward, conversions),
+//! results must be bit-identical; LRN and softmax forward are held to 1e-6
+//! (they too come out identical on the host, but need not on a GPU, where
+//! nvcc contracts a*b+c into fused multiply-adds); im2col and col2im must
+//! equal their definitions bit for bit, and are also checked through a
+//! convolution (im2col or col2im plus a plain GEMM) against the CPU conv's
+//! forward, backward-data and backward-filter, to 1e-3 (a different GEMM
+//! summation order; see `CONV_TOL`).
+use alexnet_cuda::backend::cpu::{conv, elementwise, lrn, pool};
+use alexnet_cuda::backend::kernels::{launch_1d, MODULES};
+use alexnet_cuda::backend::{host_kernels as hk, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use alexnet_cuda::rng::Rng;
+use alexnet_cuda::Error;
+
+fn normal(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+/// The error measure in the file's header comment.
+fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let scale = b.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+    let floor = (1e-3 * scale).max(f64::MIN_POSITIVE);
+    a.iter().zip(b).fold(0.0f64, |worst, (&x, &y)| {
+        let err = (x as f64 - y as f64).abs() / (y as f64).abs().max(floor);
+        if err.is_nan() {
+            f64::INFINITY
+        } else {
+            worst.max(err)
+        }
+    })
+}
+
+/// Prints and asserts the max relative error of `a` against reference `b`.
+fn check_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
+    let err = max_rel_err(a, b);
+    let identical = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    println!("{what}: max rel err {err:.2e} (tolerance {tol:.0e}; bit-identical: {identical})");
+    assert!(err <= tol, "{what}: max rel err {err:e} > {tol:e}");
+}
+
+/// Prints and asserts that `a` and reference `b` are bit-identical.
+fn check_identical<T: PartialEq + std::fmt::Debug + Copy>(what: &str, a: &[T], b: &[T]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let diff = a.iter().zip(b).position(|(x, y)| x != y);
+    println!(
+        "{what}: max rel err 0 (bit-identical over {} values: {})",
+        a.len(),
+        diff.is_none()
+    );
+    if let Some(i) = diff {
+        panic!("{what}: differs at {i}: {:?} vs reference {:?}", a[i], b[i]);
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// -- the contract ------------------------------------------------------------------
+
+/// kernels/README.md's table names exactly the kernels the .cu files define.
+#[test]
+fn readme_table_lists_every_kernel() {
+    let readme = include_str!("../kernels/README.md");
+    let mut listed: Vec<String> = Vec::new();
+    for line in readme
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(".cu |"))
+    {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (file, names) = (cols[1], cols[2]);
+        for name in names.split(',').map(|n| n.trim().trim_matches('`')) {
+            let module = file.trim_end_matches(".cu");
+            let m = MODULES.iter().find(|m| m.name == module);
+            assert!(
+                m.is_some_and(|m| m.kernels.contains(&name)),
+                "README lists {name} in {file}, which does not define it"
+            );
+            listed.push(name.to_string());
+        }
+    }
+    for m in MODULES {
+        for k in m.kernels {
+            assert!(
+                listed.iter().any(|l| l == k),
+                "{k} ({}.cu) is missing from README",
+                m.name
+            );
+        }
+        assert!(
+            !m.source.contains("#include"),
+            "{}.cu has an #include",
+            m.name
+        );
+    }
+    println!(
+        "README table: {} kernels in {} files",
+        listed.len(),
+        MODULES.len()
+    );
+}
+
+// -- LRN ---------------------------------------------------------------------------
+
+/// x large enough that alpha * window sum of x^2 is comparable to k (so the
+/// normalisation, not just the constant k, is exercised).
+fn lrn_input(rng: &mut Rng, s: &Nchw) -> Vec<f32> {
+    normal(rng, s.len(), 60.0)
+}
+
+const LRN_SHAPES: &[Nchw] = &[
+    Nchw {
+        n: 2,
+        c: 96,
+        h: 13,
+        w: 11,
+    },
+    Nchw {
+        n: 1,
+        c: 256,
+        h: 7,
+        w: 9,
+    },
+    Nchw {
+        n: 3,
+        c: 3,
+        h: 4,
+        w: 5,
+    }, // fewer channels than the window
+];
+
+#[test]
+fn lrn_forward_matches_cpu() {
+    let mut rng = Rng::new(11);
+    let odd_beta = LrnParams {
+        size: 3,
+        alpha: 2e-4,
+        beta: 0.6,
+        k: 1.0,
+    };
+    for p in [LrnParams::PAPER, odd_beta] {
+        for s in LRN_SHAPES {
+            let x = lrn_input(&mut rng, s);
+            let (mut y, mut scale) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            let (mut y_ref, mut scale_ref) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            hk::lrn_forward(&p, s, &x, &mut y, &mut scale).unwrap();
+            lrn::lrn_forward(&p, s, &x, &mut y_ref, &mut scale_ref).unwrap();
+            let what = format!("lrn_forward_f32 {s:?} beta {}", p.beta);
+            check_close(&format!("{what} y"), &y, &y_ref, 1e-6);
+            check_close(&format!("{what} scale"), &scale, &scale_ref, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn lrn_backward_matches_cpu() {
+    let mut rng = Rng::new(12);
+    let odd_beta = LrnParams {
+        size: 3,
+        alpha: 2e-4,
+        beta: 0.6,
+        k: 1.0,
+    };
+    for p in [LrnParams::PAPER, odd_beta] {
+        for s in LRN_SHAPES {
+            let x = lrn_input(&mut rng, s);
+            let dy = normal(&mut rng, s.len(), 1.0);
+            let (mut y, mut scale) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            lrn::lrn_forward(&p, s, &x, &mut y, &mut scale).unwrap();
+            let (mut dx, mut dx_ref) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            hk::lrn_backward(&p, s, &x, &y, &scale, &dy, &mut dx).unwrap();
+            lrn::lrn_backward(&p, s, &x, &y, &scale, &dy, &mut dx_ref).unwrap();
+            let what = format!("lrn_backward_f32 {s:?} beta {}", p.beta);
+            check_close(&what, &dx, &dx_ref, 1e-6);
+        }
+    }
+}
+
+/// An independent check of the backward kernel: central differences of
+/// L(x) = sum(dy * y(x)) through the host forward kernel.
+#[test]
+fn lrn_backward_matches_finite_differences() {
+    let mut rng = Rng::new(13);
+    let p = LrnParams::PAPER;
+    let s = Nchw {
+        n: 2,
+        c: 12,
+        h: 2,
+        w: 3,
+    };
+    let x = lrn_input(&mut rng, &s);
+    let dy = normal(&mut rng, s.len(), 1.0);
+    let forward = |x: &[f32]| {
+        let (mut y, mut scale) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+        hk::lrn_forward(&p, &s, x, &mut y, &mut scale).unwrap();
+        (y, scale)
+    };
+    let loss = |x: &[f32]| -> f64 {
+        let (y, _) = forward(x);
+        y.iter().zip(&dy).map(|(&y, &d)| y as f64 * d as f64).sum()
+    };
+    let (y, scale) = forward(&x);
+    let mut dx = vec![0.0; s.len()];
+    hk::lrn_backward(&p, &s, &x, &y, &scale, &dy, &mut dx).unwrap();
+    let h = 0.5f32; // x is ~60: a step of 1% of it
+    let numeric: Vec<f32> = (0..s.len())
+        .map(|i| {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            ((loss(&xp) - loss(&xm)) / (xp[i] - xm[i]) as f64) as f32
+        })
+        .collect();
+    // The cross-channel term must matter here, or this would only test dy * scale^-beta.
+    let direct: Vec<f32> = (0..s.len())
+        .map(|i| dy[i] * scale[i].powf(-p.beta))
+        .collect();
+    assert!(
+        max_rel_err(&direct, &numeric) > 1e-2,
+        "cross-channel term too small to test"
+    );
+    check_close(
+        "lrn_backward_f32 vs finite differences",
+        &dx,
+        &numeric,
+        2e-3,
+    );
+}
+
+// -- dropout --------------------------------------------------------------------------
+
+#[test]
+fn dropout_matches_cpu_bit_for_bit() {
+    let mut rng = Rng::new(21);
+    // fc6/fc7 activations of a batch of 4, plus an odd length
+    for (len, p, seed) in [
+        (4 * 4096, 0.5f32, 7u64),
+        (12_345, 0.3, u64::MAX),
+        (1000, 0.0, 3),
+    ] {
+        let x = normal(&mut rng, len, 1.0);
+        let (mut xk, mut mk) = (x.clone(), vec![0.0; len]);
+        let (mut xr, mut mr) = (x.clone(), vec![0.0; len]);
+        hk::dropout_forward(p, seed, &mut xk, &mut mk).unwrap();
+        elementwise::dropout_forward(p, seed, &mut xr, &mut mr).unwrap();
+        check_identical(
+            &format!("dropout_forward_f32 mask len {len} p {p}"),
+            &bits(&mk),
+            &bits(&mr),
+        );
+        check_identical(
+            &format!("dropout_forward_f32 x len {len} p {p}"),
+            &bits(&xk),
+            &bits(&xr),
+        );
+        let dy = normal(&mut rng, len, 1.0);
+        let (mut dk, mut dr) = (dy.clone(), dy);
+        hk::dropout_backward(&mk, &mut dk).unwrap();
+        elementwise::dropout_backward(&mr, &mut dr).unwrap();
+        check_identical(
+            &format!("dropout_backward_f32 len {len}"),
+            &bits(&dk),
+            &bits(&dr),
+        );
+    }
+    let (mut x, mut m) = (vec![1.0; 4], vec![0.0; 4]);
+    assert!(matches!(
+        hk::dropout_forward(1.0, 0, &mut x, &mut m),
+        Err(Error::Shape { .. })
+    ));
+}
+
+// -- softmax cross-entropy -------------------------------------------------------------------
+
+#[test]
+fn softmax_xent_matches_cpu() {
+    let mut rng = Rng::new(31);
+    for (n, classes, spread) in [(32usize, 1000usize, 4.0f32), (5, 10, 30.0), (3, 1, 1.0)] {
+        let logits = normal(&mut rng, n * classes, spread);
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+        let (mut probs, mut row_loss) = (vec![0.0; n * classes], vec![0.0; n]);
+        let mut probs_ref = vec![0.0; n * classes];
+        let loss =
+            hk::softmax_xent_forward(n, classes, &logits, &labels, &mut probs, &mut row_loss)
+                .unwrap();
+        let loss_ref =
+            elementwise::softmax_xent_forward(n, classes, &logits, &labels, &mut probs_ref)
+                .unwrap();
+        check_close(
+            &format!("softmax_xent_forward_f32 {n}x{classes} probs"),
+            &probs,
+            &probs_ref,
+            1e-6,
+        );
+        check_close(
+            &format!("softmax_xent_forward_f32 {n}x{classes} mean loss"),
+            &[loss],
+            &[loss_ref],
+            1e-6,
+        );
+
+        let (mut d, mut d_ref) = (vec![0.0; n * classes], vec![0.0; n * classes]);
+        hk::softmax_xent_backward(n, classes, &probs_ref, &labels, &mut d).unwrap();
+        elementwise::softmax_xent_backward(n, classes, &probs_ref, &labels, &mut d_ref).unwrap();
+        check_identical(
+            &format!("softmax_xent_backward_f32 {n}x{classes}"),
+            &bits(&d),
+            &bits(&d_ref),
+        );
+    }
+    let (mut probs, mut row_loss) = (vec![0.0; 4], vec![0.0; 2]);
+    let bad = hk::softmax_xent_forward(2, 2, &[0.0; 4], &[0, 2], &mut probs, &mut row_loss);
+    assert!(
+        matches!(bad, Err(Error::Shape { .. })),
+        "label out of range must be refused"
+    );
+}
+
+// -- SGD -------------------------------------------------------------------------------
+
+#[test]
+fn sgd_matches_cpu_bit_for_bit() {
+    let mut rng = Rng::new(41);
+    let p = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let len = 96 * 3 * 11 * 11 + 7; // conv1's weights, and a ragged tail
+    let w = normal(&mut rng, len, 0.01);
+    let g = normal(&mut rng, len, 0.1);
+    let v = normal(&mut rng, len, 0.001);
+    let (mut wk, mut vk) = (w.clone(), v.clone());
+    let (mut wr, mut vr) = (w, v);
+    for _ in 0..3 {
+        hk::sgd_update(&p, &mut wk, &g, &mut vk).unwrap();
+        elementwise::sgd_update(&p, &mut wr, &g, &mut vr).unwrap();
+    }
+    check_identical("sgd_update_f32 w (3 steps)", &bits(&wk), &bits(&wr));
+    check_identical("sgd_update_f32 v (3 steps)", &bits(&vk), &bits(&vr));
+}
+
+// -- bias and ReLU ---------------------------------------------------------------------
+
+#[test]
+fn bias_relu_matches_cpu() {
+    let mut rng = Rng::new(51);
+    let s = Nchw {
+        n: 2,
+        c: 96,
+        h: 27,
+        w: 27,
+    };
+    let y = normal(&mut rng, s.len(), 1.0);
+    let b = normal(&mut rng, s.c, 0.5);
+    for relu in [false, true] {
+        let mut yk = y.clone();
+        hk::bias_relu_forward(&s, &mut yk, &b, relu).unwrap();
+        let mut yr: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v + b[(i / (s.h * s.w)) % s.c])
+            .collect();
+        if relu {
+            elementwise::relu_forward(&mut yr);
+        }
+        check_identical(
+            &format!("bias_relu_forward_f32 relu={relu}"),
+            &bits(&yk),
+            &bits(&yr),
+        );
+    }
+
+    let (mut xk, mut xr) = (y.clone(), y.clone());
+    hk::relu_forward(&mut xk);
+    elementwise::relu_forward(&mut xr);
+    check_identical("relu_forward_f32", &bits(&xk), &bits(&xr));
+
+    let dy = normal(&mut rng, s.len(), 1.0);
+    let (mut dk, mut dr) = (dy.clone(), dy.clone());
+    hk::relu_backward(&xr, &mut dk).unwrap();
+    elementwise::relu_backward(&xr, &mut dr).unwrap();
+    check_identical("relu_backward_f32", &bits(&dk), &bits(&dr));
+
+    // db as conv2d_backward_bias computes it for a conv with this output shape
+    let g = ConvGeom {
+        n: s.n,
+        c_in: 1,
+        h: s.h,
+        w: s.w,
+        c_out: s.c,
+        k: 1,
+        stride: 1,
+        pad: 0,
+        groups: 1,
+    };
+    let (mut db, mut db_ref) = (vec![0.0; s.c], vec![0.0; s.c]);
+    hk::bias_backward(&s, &dy, &mut db).unwrap();
+    conv::conv2d_backward_bias(&g, &dy, &mut db_ref).unwrap();
+    check_close(
+        "bias_backward_partial_f32 + bias_backward_reduce_f32",
+        &db,
+        &db_ref,
+        1e-6,
+    );
+}
+
+// -- max pooling ------------------------------------------------------------------------
+
+#[test]
+fn max_pool_matches_cpu_bit_for_bit() {
+    let mut rng = Rng::new(61);
+    let shapes = [
+        PoolGeom {
+            n: 2,
+            c: 96,
+            h: 55,
+            w: 55,
+            size: 3,
+            stride: 2,
+        },
+        PoolGeom {
+            n: 2,
+            c: 256,
+            h: 13,
+            w: 13,
+            size: 3,
+            stride: 2,
+        },
+        PoolGeom {
+            n: 1,
+            c: 8,
+            h: 12,
+            w: 10,
+            size: 2,
+            stride: 2,
+        }, // the non-overlapping ablation
+    ];
+    for g in shapes {
+        for ties in [false, true] {
+            // with ties, values are small integers, so most windows hold equal maxima
+            let x: Vec<f32> = if ties {
+                (0..g.x_len()).map(|_| rng.below(3) as f32).collect()
+            } else {
+                normal(&mut rng, g.x_len(), 1.0)
+            };
+            let (mut y, mut am) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+            let (mut y_ref, mut am_ref) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+            hk::max_pool_forward(&g, &x, &mut y, &mut am).unwrap();
+            pool::max_pool_forward(&g, &x, &mut y_ref, &mut am_ref).unwrap();
+            let what = format!(
+                "{}x{}x{}x{} size {} stride {} ties={ties}",
+                g.n, g.c, g.h, g.w, g.size, g.stride
+            );
+            check_identical(
+                &format!("max_pool_forward_f32 {what} y"),
+                &bits(&y),
+                &bits(&y_ref),
+            );
+            check_identical(&format!("max_pool_forward_f32 {what} argmax"), &am, &am_ref);
+
+            let dy = normal(&mut rng, g.y_len(), 1.0);
+            let (mut dx, mut dx_ref) = (vec![0.0; g.x_len()], vec![0.0; g.x_len()]);
+            hk::max_pool_backward(&g, &dy, &am, &mut dx).unwrap();
+            pool::max_pool_backward(&g, &dy, &am_ref, &mut dx_ref).unwrap();
+            check_identical(
+                &format!("max_pool_backward_f32 {what}"),
+                &bits(&dx),
+                &bits(&dx_ref),
+            );
+        }
+    }
+    // a winner outside its window is refused, not silently dropped
+    let g = PoolGeom {
+        n: 1,
+        c: 1,
+        h: 4,
+        w: 4,
+        size: 2,
+        stride: 2,
+    };
+    let mut dx = vec![0.0; 16];
+    let bad = hk::max_pool_backward(&g, &[1.0; 4], &[0, 0, 10, 15], &mut dx);
+    assert!(matches!(bad, Err(Error::Shape { .. })));
+}
+
+// -- im2col / col2im, through a convolution ------------------------------------------------
+
+/// Per (image, group) block t: y_t[M, P] = w_g[M, K] . col_t[K, P] (+ b), in f64.
+fn gemm_conv_forward(g: &ConvGeom, col: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let (m, kk, p) = (
+        g.c_out / g.groups,
+        g.c_in / g.groups * g.k * g.k,
+        g.h_out() * g.w_out(),
+    );
+    let mut y = vec![0.0f32; g.y_len()];
+    for t in 0..g.n * g.groups {
+        let grp = t % g.groups;
+        let col_t = &col[t * kk * p..(t + 1) * kk * p];
+        for o in 0..m {
+            let w_row = &w[(grp * m + o) * kk..(grp * m + o + 1) * kk];
+            let mut acc = vec![b[grp * m + o] as f64; p];
+            for (r, &wv) in w_row.iter().enumerate() {
+                for (a, &cv) in acc.iter_mut().zip(&col_t[r * p..(r + 1) * p]) {
+                    *a += wv as f64 * cv as f64;
+                }
+            }
+            // block t = image * groups + grp, and y's channels are grp * m + o
+            for (dst, a) in y[(t * m + o) * p..(t * m + o + 1) * p].iter_mut().zip(acc) {
+                *dst = a as f32;
+            }
+        }
+    }
+    y
+}
+
+/// dcol_t[K, P] = w_g^T[K, M] . dy_t[M, P], in f64.
+fn gemm_conv_dcol(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (m, kk, p) = (
+        g.c_out / g.groups,
+        g.c_in / g.groups * g.k * g.k,
+        g.h_out() * g.w_out(),
+    );
+    let mut dcol = vec![0.0f32; g.n * g.groups * kk * p];
+    for t in 0..g.n * g.groups {
+        let grp = t % g.groups;
+        for r in 0..kk {
+            let mut acc = vec![0.0f64; p];
+            for o in 0..m {
+                let wv = w[(grp * m + o) * kk + r] as f64;
+                for (a, &d) in acc
+                    .iter_mut()
+                    .zip(&dy[(t * m + o) * p..(t * m + o + 1) * p])
+                {
+                    *a += wv * d as f64;
+                }
+            }
+            for (dst, a) in dcol[(t * kk + r) * p..(t * kk + r + 1) * p]
+                .iter_mut()
+                .zip(acc)
+            {
+                *dst = a as f32;
+            }
+        }
+    }
+    dcol
+}
+
+/// dw_g[M, K] = sum over images of dy_t[M, P] . col_t^T, in f64.
+fn gemm_conv_dw(g: &ConvGeom, col: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (m, kk, p) = (
+        g.c_out / g.groups,
+        g.c_in / g.groups * g.k * g.k,
+        g.h_out() * g.w_out(),
+    );
+    let mut dw = vec![0.0f64; g.w_len()];
+    for t in 0..g.n * g.groups {
+        let grp = t % g.groups;
+        for o in 0..m {
+            let d = &dy[(t * m + o) * p..(t * m + o + 1) * p];
+            for r in 0..kk {
+                let c = &col[(t * kk + r) * p..(t * kk + r + 1) * p];
+                dw[(grp * m + o) * kk + r] += d
+                    .iter()
+                    .zip(c)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>();
+            }
+        }
+    }
+    dw.into_iter().map(|v| v as f32).collect()
+}
+
+/// im2col straight from its definition, per (image, group) block t:
+/// col[t][(c*k + i)*k + j][oy*wo + ox] = x[t][c][oy*s - pad + i][ox*s - pad + j], 0 outside.
+fn naive_im2col(g: &ConvGeom, x: &[f32]) -> Vec<f32> {
+    let (cg, ho, wo) = (g.c_in / g.groups, g.h_out(), g.w_out());
+    let mut col = Vec::with_capacity(g.n * g.groups * cg * g.k * g.k * ho * wo);
+    for t in 0..g.n * g.groups {
+        for c in 0..cg {
+            for i in 0..g.k {
+                for j in 0..g.k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                            let inside =
+                                iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize;
+                            col.push(if inside {
+                                x[((t * cg + c) * g.h + iy as usize) * g.w + ix as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// col2im as the CPU reference does it: zero, then scatter-add every column
+/// entry to its pixel, rows (c, i, j) in order.
+fn naive_col2im(g: &ConvGeom, col: &[f32]) -> Vec<f32> {
+    let (cg, ho, wo) = (g.c_in / g.groups, g.h_out(), g.w_out());
+    let mut x = vec![0.0f32; g.x_len()];
+    let mut it = col.iter();
+    for t in 0..g.n * g.groups {
+        for c in 0..cg {
+            for i in 0..g.k {
+                for j in 0..g.k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let v = *it.next().unwrap();
+                            let iy = (oy * g.stride + i) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + j) as isize - g.pad as isize;
+                            if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                                x[((t * cg + c) * g.h + iy as usize) * g.w + ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    x
+}
+
+/// The CPU conv sums K = c*k*k products in f32 (363 for conv1, 1200 for
+/// conv2's towers); the GEMMs here sum in f64. Rounding differences of a few
+/// f32 ulps of the largest terms show up where an output nearly cancels, up
+/// to ~2e-4 of the floor (1e-3 of the tensor's scale); a wrong index in
+/// im2col or col2im gives errors of order 1.
+const CONV_TOL: f64 = 1e-3;
+
+#[test]
+fn im2col_col2im_match_cpu_conv() {
+    let mut rng = Rng::new(71);
+    let shapes = [
+        // conv1: 11x11 stride 4 on 227x227 (fewer filters, to keep the test quick)
+        ConvGeom {
+            n: 2,
+            c_in: 3,
+            h: 227,
+            w: 227,
+            c_out: 8,
+            k: 11,
+            stride: 4,
+            pad: 0,
+            groups: 1,
+        },
+        // conv2: 5x5 pad 2 on 27x27, two towers
+        ConvGeom {
+            n: 2,
+            c_in: 48,
+            h: 27,
+            w: 27,
+            c_out: 32,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            groups: 2,
+        },
+        // conv3-5: 3x3 pad 1 on 13x13
+        ConvGeom {
+            n: 2,
+            c_in: 64,
+            h: 13,
+            w: 13,
+            c_out: 48,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 2,
+        },
+        ConvGeom {
+            n: 1,
+            c_in: 32,
+            h: 13,
+            w: 13,
+            c_out: 16,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+        // stride 2 with padding: taps that skip rows
+        ConvGeom {
+            n: 1,
+            c_in: 4,
+            h: 9,
+            w: 8,
+            c_out: 6,
+            k: 4,
+            stride: 2,
+            pad: 3,
+            groups: 2,
+        },
+    ];
+    for g in shapes {
+        let x = normal(&mut rng, g.x_len(), 1.0);
+        let w = normal(&mut rng, g.w_len(), 0.1);
+        let b = normal(&mut rng, g.c_out, 0.1);
+        let what = format!(
+            "c_in {} {}x{} k {} stride {} pad {} groups {}",
+            g.c_in, g.h, g.w, g.k, g.stride, g.pad, g.groups
+        );
+
+        let mut col = vec![0.0; hk::im2col_len(&g).unwrap()];
+        hk::im2col(&g, &x, &mut col).unwrap();
+        check_identical(
+            &format!("im2col_f32 vs its definition, {what}"),
+            &bits(&col),
+            &bits(&naive_im2col(&g, &x)),
+        );
+        let y = gemm_conv_forward(&g, &col, &w, &b);
+        let mut y_ref = vec![0.0; g.y_len()];
+        conv::conv2d_forward(&g, &x, &w, &b, &mut y_ref).unwrap();
+        check_close(
+            &format!("im2col_f32 + GEMM vs conv2d_forward, {what}"),
+            &y,
+            &y_ref,
+            CONV_TOL,
+        );
+
+        let dy = normal(&mut rng, g.y_len(), 1.0);
+        let dw = gemm_conv_dw(&g, &col, &dy);
+        let mut dw_ref = vec![0.0; g.w_len()];
+        conv::conv2d_backward_filter(&g, &x, &dy, &mut dw_ref).unwrap();
+        check_close(
+            &format!("im2col_f32 + GEMM vs conv2d_backward_filter, {what}"),
+            &dw,
+            &dw_ref,
+            CONV_TOL,
+        );
+
+        let dcol = gemm_conv_dcol(&g, &w, &dy);
+        let mut dx = vec![f32::NAN; g.x_len()]; // col2im overwrites
+        hk::col2im(&g, &dcol, &mut dx).unwrap();
+        check_identical(
+            &format!("col2im_f32 vs a scatter-add, {what}"),
+            &bits(&dx),
+            &bits(&naive_col2im(&g, &dcol)),
+        );
+        let mut dx_ref = vec![0.0; g.x_len()];
+        conv::conv2d_backward_data(&g, &w, &dy, &mut dx_ref).unwrap();
+        check_close(
+            &format!("GEMM + col2im_f32 vs conv2d_backward_data, {what}"),
+            &dx,
+            &dx_ref,
+            CONV_TOL,
+        );
+    }
+}
+
+// -- precision conversion ----------------------------------------------------------------
+
+/// f32 values around every 16-bit value: the value itself, the midpoints to
+/// its neighbours (the ties) and one f32 ulp either side of each, for 16-bit
+/// formats whose value of `bits` is `to_f32(bits)`.
+fn around_every_16_bit_value(to_f32: impl Fn(u16) -> f32) -> Vec<f32> {
+    let mut v = Vec::new();
+    for h in 0..=u16::MAX {
+        let a = to_f32(h);
+        v.push(a);
+        if !a.is_finite() {
+            continue;
+        }
+        let next = to_f32(h.wrapping_add(1));
+        if next.is_finite() && next.abs() > a.abs() && next.signum() == a.signum() {
+            let mid = ((a as f64 + next as f64) / 2.0) as f32; // exact: one more bit
+            for m in [
+                mid,
+                f32::from_bits(mid.to_bits() - 1),
+                f32::from_bits(mid.to_bits() + 1),
+            ] {
+                v.push(m);
+            }
+        }
+    }
+    v
+}
+
+/// Edge cases shared by both formats: zeros, infinities, NaNs with payloads,
+/// the f32 extremes and subnormals, and values near each format's overflow.
+fn special_f32() -> Vec<f32> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001), // signalling NaN
+        f32::from_bits(0xffc1_2345),
+        f32::from_bits(0x7fbf_ffff),
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::from_bits(0x8000_0001),
+        65504.0,
+        65519.0,
+        f32::from_bits(65520.0f32.to_bits() - 1), // just below f16's overflow tie
+        65520.0,                                  // the tie: rounds to infinity
+        65536.0,
+        -65520.0,
+        2f32.powi(-24),                               // smallest f16 subnormal
+        2f32.powi(-25),                               // half of it: a tie, to zero
+        f32::from_bits(2f32.powi(-25).to_bits() + 1), // just above: up
+        3.0 * 2f32.powi(-25),                         // tie between 1 and 2 units: to 2
+        1023.0 * 2f32.powi(-24),                      // largest f16 subnormal
+        2f32.powi(-14),                               // smallest f16 normal
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+    ];
+    let mut rng = Rng::new(81);
+    v.extend((0..200_000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+    v
+}
+
+/// Compares bits, but any NaN with any NaN only when `nan_bits_too` is false.
+fn conv_check(what: &str, got: &[u32], want: &[u32], is_nan: impl Fn(u32) -> bool) {
+    let mut nan_payload_diffs = 0usize;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            assert!(
+                is_nan(g) && is_nan(w),
+                "{what}: value {i}: {g:#x} vs reference {w:#x}"
+            );
+            nan_payload_diffs += 1;
+        }
+    }
+    println!(
+        "{what}: max rel err 0 (bit-identical to the half crate over {} values, {} NaNs with other payload bits)",
+        got.len(),
+        nan_payload_diffs
+    );
+}
+
+#[test]
+fn f16_conversions_match_half_crate() {
+    let mut src = special_f32();
+    src.extend(around_every_16_bit_value(|h| {
+        half::f16::from_bits(h).to_f32()
+    }));
+    let mut dst = vec![0u16; src.len()];
+    hk::f32_to_f16(&src, &mut dst).unwrap();
+    let want: Vec<u32> = src
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_bits() as u32)
+        .collect();
+    let got: Vec<u32> = dst.iter().map(|&h| h as u32).collect();
+    conv_check("f32_to_f16", &got, &want, |h| {
+        h & 0x7c00 == 0x7c00 && h & 0x3ff != 0
+    });
+
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let mut back = vec![0.0f32; all.len()];
+    hk::f16_to_f32(&all, &mut back).unwrap();
+    let want: Vec<u32> = all
+        .iter()
+        .map(|&h| half::f16::from_bits(h).to_f32().to_bits())
+        .collect();
+    conv_check("f16_to_f32 (all 65536)", &bits(&back), &want, |b| {
+        f32::from_bits(b).is_nan()
+    });
+}
+
+#[test]
+fn bf16_conversions_match_half_crate() {
+    let mut src = special_f32();
+    src.extend(around_every_16_bit_value(|h| {
+        half::bf16::from_bits(h).to_f32()
+    }));
+    let mut dst = vec![0u16; src.len()];
+    hk::f32_to_bf16(&src, &mut dst).unwrap();
+    let want: Vec<u32> = src
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_bits() as u32)
+        .collect();
+    let got: Vec<u32> = dst.iter().map(|&h| h as u32).collect();
+    conv_check("f32_to_bf16", &got, &want, |h| {
+        h & 0x7f80 == 0x7f80 && h & 0x7f != 0
+    });
+
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let mut back = vec![0.0f32; all.len()];
+    hk::bf16_to_f32(&all, &mut back).unwrap();
+    let want: Vec<u32> = all
+        .iter()
+        .map(|&h| half::bf16::from_bits(h).to_f32().to_bits())
+        .collect();
+    conv_check("bf16_to_f32 (all 65536)", &bits(&back), &want, |b| {
+        f32::from_bits(b).is_nan()
+    });
+}
+
+#[test]
+fn unscale_check_scales_and_flags_non_finite() {
+    let mut rng = Rng::new(91);
+    let g = normal(&mut rng, 100_003, 1000.0);
+    let inv = 1.0 / 1024.0;
+    let mut gk = g.clone();
+    assert!(!hk::unscale_check(&mut gk, inv));
+    let want: Vec<f32> = g.iter().map(|&v| v * inv).collect();
+    check_identical("unscale_check_f32 g", &bits(&gk), &bits(&want));
+    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        let mut gb = g.clone();
+        gb[77_777] = bad;
+        assert!(hk::unscale_check(&mut gb, inv), "{bad} not flagged");
+    }
+    // finite values that overflow once scaled up are flagged too
+    assert!(hk::unscale_check(&mut [f32::MAX, 1.0], 2.0));
+    println!("unscale_check_f32: overflow flagged for inf, -inf, NaN and scaled overflow");
+}
+
+// -- launch shape ------------------------------------------------------------------------
+
+/// Kernels are grid-stride loops: a capped grid (more elements than
+/// 65535 * 256 threads) must still cover every element.
+#[test]
+fn capped_grid_covers_every_element() {
+    let len = 65535 * 256 + 1000;
+    assert_eq!(launch_1d(len).0, 65535);
+    let mut x: Vec<f32> = (0..len)
+        .map(|i| if i % 2 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    hk::relu_forward(&mut x);
+    let wrong = x
+        .iter()
+        .enumerate()
+        .filter(|&(i, &v)| v != if i % 2 == 0 { 0.0 } else { 1.0 })
+        .count();
+    println!("relu_forward_f32 over {len} elements with a capped grid: {wrong} wrong");
+    assert_eq!(wrong, 0);
+}
