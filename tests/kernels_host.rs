@@ -229,11 +229,14 @@ fn lrn_backward_matches_finite_differences() {
         max_rel_err(&direct, &numeric) > 1e-2,
         "cross-channel term too small to test"
     );
+    // The forward runs in f32, so the differences carry its rounding (about 2e-3
+    // here at the best step; smaller steps are noisier, larger ones less
+    // accurate); a wrong or missing cross-channel term is off by more than 1e-2.
     check_close(
         "lrn_backward_f32 vs finite differences",
         &dx,
         &numeric,
-        2e-3,
+        5e-3,
     );
 }
 
