@@ -162,6 +162,20 @@ pub trait Backend: Send + Sync {
         b: &Self::Buf,
         y: &mut Self::Buf,
     ) -> Result<()>;
+    /// y = max(conv(x, w) + b, 0): the forward of a conv layer followed by a
+    /// ReLU. A backend that can add the bias and clamp in one pass over y
+    /// overrides this (the CUDA backend does); by default it is two ops.
+    fn conv2d_bias_relu_forward(
+        &self,
+        g: &ConvGeom,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()> {
+        self.conv2d_forward(g, x, w, b, y)?;
+        self.relu_forward(y)
+    }
     /// dx = conv_transpose(dy, w).
     fn conv2d_backward_data(
         &self,
@@ -253,6 +267,18 @@ pub trait Backend: Send + Sync {
         b: &Self::Buf,
         y: &mut Self::Buf,
     ) -> Result<()>;
+    /// y = max(x w^T + b, 0), fused where the backend can (see conv2d_bias_relu_forward).
+    fn linear_bias_relu_forward(
+        &self,
+        g: &LinearGeom,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()> {
+        self.linear_forward(g, x, w, b, y)?;
+        self.relu_forward(y)
+    }
     /// dx = dy w.
     fn linear_backward_data(
         &self,

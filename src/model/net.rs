@@ -289,12 +289,16 @@ impl<'a, B: Backend> Network<'a, B> {
             let input = if i == 0 { &self.x } else { done[i - 1].out() };
             let st = &mut rest[0];
             let p = &self.params[i];
-            match st.geom {
-                Geom::Conv(g) => be.conv2d_forward(&g, input, &p.w, &p.b, &mut st.y)?,
-                Geom::Fc(g) => be.linear_forward(&g, input, &p.w, &p.b, &mut st.y)?,
-            }
-            if self.topo.layers[i].relu {
-                be.relu_forward(&mut st.y)?;
+            // Bias and ReLU in one pass where the backend fuses them.
+            match (st.geom, self.topo.layers[i].relu) {
+                (Geom::Conv(g), true) => {
+                    be.conv2d_bias_relu_forward(&g, input, &p.w, &p.b, &mut st.y)?
+                }
+                (Geom::Conv(g), false) => be.conv2d_forward(&g, input, &p.w, &p.b, &mut st.y)?,
+                (Geom::Fc(g), true) => {
+                    be.linear_bias_relu_forward(&g, input, &p.w, &p.b, &mut st.y)?
+                }
+                (Geom::Fc(g), false) => be.linear_forward(&g, input, &p.w, &p.b, &mut st.y)?,
             }
             if let Some(l) = &mut st.lrn {
                 be.lrn_forward(&self.topo.lrn, &l.s, &st.y, &mut l.out, &mut l.scale)?;

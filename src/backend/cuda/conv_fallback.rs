@@ -149,7 +149,8 @@ fn im2col(
     Ok(())
 }
 
-/// y = conv(x, w) + b.
+/// y = conv(x, w) + b, then max(y, 0) in the same bias pass when `relu`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     be: &CudaBackend,
     s: &mut Scratch,
@@ -158,6 +159,7 @@ pub fn forward(
     w: &CudaBuf<f32>,
     b: &CudaBuf<f32>,
     y: &mut CudaBuf<f32>,
+    relu: bool,
 ) -> Result<()> {
     const OP: &str = "conv2d_forward";
     let d = dims(OP, g)?;
@@ -198,12 +200,12 @@ pub fn forward(
         }
         i0 += images;
     }
-    // y += b[channel]: y as [n][c_out][P], no ReLU here (the network applies it).
+    // y += b[channel] (then the ReLU, when fused): y as [n][c_out][P].
     let (c, hw, len, relu) = (
         int(OP, "c_out", g.c_out)?,
         int(OP, "P", d.p)?,
         long(OP, g.y_len())?,
-        0i32,
+        i32::from(relu),
     );
     let f = be.kernels.get("bias_relu_forward_f32")?;
     let mut l = be.stream.launch_builder(f);

@@ -567,13 +567,14 @@ impl Dnn {
         Ok((mptr(p), len))
     }
 
-    /// y = conv(x, w) + b.
+    /// y = conv(x, w) + b, or y = conv(x, w) when `b` is None (the caller
+    /// then adds the bias itself, fused with the ReLU).
     pub fn forward(
         &mut self,
         g: &ConvGeom,
         x: &CudaBuf<f32>,
         w: &CudaBuf<f32>,
-        b: &CudaBuf<f32>,
+        b: Option<&CudaBuf<f32>>,
         y: &mut CudaBuf<f32>,
     ) -> Result<()> {
         const OP: &str = "conv2d_forward";
@@ -586,7 +587,6 @@ impl Dnn {
         let plan = &self.plans[&key(g)];
         let (xp, _gx) = x.data.device_ptr(&stream);
         let (wp, _gw) = w.data.device_ptr(&stream);
-        let (bp, _gb) = b.data.device_ptr(&stream);
         let (yp, _gy) = y.data.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
         // SAFETY: pointers come from buffers whose lengths the caller checked
@@ -614,7 +614,15 @@ impl Dnn {
                     mptr(yp),
                 ),
             )?;
-            // y += b broadcast over n, h, w (beta = 1 keeps the convolution).
+        }
+        let Some(b) = b else {
+            return Ok(());
+        };
+        let (bp, _gb) = b.data.device_ptr(&stream);
+        // y += b broadcast over n, h, w (beta = 1 keeps the convolution).
+        // SAFETY: b holds c_out floats (checked by the caller), matching the
+        // [1, c_out, 1, 1] bias descriptor; y as above.
+        unsafe {
             check(
                 OP,
                 "add bias",

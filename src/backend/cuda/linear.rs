@@ -37,7 +37,7 @@ fn validate(op: &'static str, g: &LinearGeom) -> Result<(i32, i32, i32)> {
     ))
 }
 
-/// y = x w^T + b.
+/// y = x w^T + b, then max(y, 0) in the same bias pass when `relu`.
 pub fn forward(
     be: &CudaBackend,
     g: &LinearGeom,
@@ -45,6 +45,7 @@ pub fn forward(
     w: &CudaBuf<f32>,
     b: &CudaBuf<f32>,
     y: &mut CudaBuf<f32>,
+    relu: bool,
 ) -> Result<()> {
     const OP: &str = "linear_forward";
     let (n, inp, out) = validate(OP, g)?;
@@ -75,8 +76,8 @@ pub fn forward(
         // exactly what the dimensions and leading dimensions above address.
         unsafe { be.blas.gemm(c, &w.data, &x.data, &mut y.data) }.map_err(cuda_err(OP))?;
     }
-    // y[i] += b[i % out]: y as [n][c = out][hw = 1], no ReLU (the network applies it).
-    let (c, hw, len, relu) = (out, 1i32, long(OP, g.n * g.out)?, 0i32);
+    // y[i] += b[i % out] (then the ReLU, when fused): y as [n][c = out][hw = 1].
+    let (c, hw, len, relu) = (out, 1i32, long(OP, g.n * g.out)?, i32::from(relu));
     let f = be.kernels.get("bias_relu_forward_f32")?;
     let mut l = be.stream.launch_builder(f);
     l.arg(&mut y.data)

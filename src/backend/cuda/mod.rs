@@ -406,6 +406,64 @@ fn validate_pool(op: &'static str, g: &PoolGeom) -> Result<()> {
         })
 }
 
+impl CudaBackend {
+    /// Convolution forward, with the ReLU fused into the bias pass when `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward(
+        &self,
+        op: &'static str,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+        relu: bool,
+    ) -> Result<()> {
+        validate_conv(op, g)?;
+        check_len(op, "x", x.len, g.x_len())?;
+        check_len(op, "w", w.len, g.w_len())?;
+        check_len(op, "b", b.len, g.c_out)?;
+        check_len(op, "y", y.len, g.y_len())?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        self.bind(op)?;
+        match (&self.dnn, self.uses_cudnn()) {
+            (Some(d), true) if relu => {
+                lock(op, d)?.forward(g, x, w, None, y)?;
+                self.bias_relu(op, y, b, g.c_out, g.h_out() * g.w_out())
+            }
+            (Some(d), true) => lock(op, d)?.forward(g, x, w, Some(b), y),
+            _ => conv_fallback::forward(self, &mut *lock(op, &self.fallback)?, g, x, w, b, y, relu),
+        }
+    }
+
+    /// y = max(y + b[channel], 0) over y as [n][c][hw], one pass.
+    fn bias_relu(
+        &self,
+        op: &'static str,
+        y: &mut CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        c: usize,
+        hw: usize,
+    ) -> Result<()> {
+        let (ci, hwi, len, relu) = (int(op, "c", c)?, int(op, "hw", hw)?, long(op, y.len)?, 1i32);
+        let f = self.kernels.get("bias_relu_forward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut y.data)
+            .arg(&b.data)
+            .arg(&ci)
+            .arg(&hwi)
+            .arg(&len)
+            .arg(&relu);
+        // SAFETY: bias_relu_forward_f32(float* y, const float* b, int c, int hw,
+        // long long len, int relu); y holds len = n*c*hw floats and b holds c
+        // (both checked by the caller).
+        unsafe { l.launch(cfg(y.len)) }.map_err(cuda_err(op))?;
+        Ok(())
+    }
+}
+
 impl Backend for CudaBackend {
     type Buf = CudaBuf<f32>;
     type IdxBuf = CudaBuf<u32>;
@@ -514,20 +572,21 @@ impl Backend for CudaBackend {
         b: &CudaBuf<f32>,
         y: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        const OP: &str = "conv2d_forward";
-        validate_conv(OP, g)?;
-        check_len(OP, "x", x.len, g.x_len())?;
-        check_len(OP, "w", w.len, g.w_len())?;
-        check_len(OP, "b", b.len, g.c_out)?;
-        check_len(OP, "y", y.len, g.y_len())?;
-        if g.n == 0 {
-            return Ok(());
-        }
-        self.bind(OP)?;
-        match (&self.dnn, self.uses_cudnn()) {
-            (Some(d), true) => lock(OP, d)?.forward(g, x, w, b, y),
-            _ => conv_fallback::forward(self, &mut *lock(OP, &self.fallback)?, g, x, w, b, y),
-        }
+        self.conv_forward("conv2d_forward", g, x, w, b, y, false)
+    }
+
+    /// One pass for bias and ReLU: cuDNN convolves without the bias, then
+    /// bias_relu_forward_f32 adds it and clamps (instead of cuDNN's bias add
+    /// and a separate ReLU, two passes over y).
+    fn conv2d_bias_relu_forward(
+        &self,
+        g: &ConvGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.conv_forward("conv2d_bias_relu_forward", g, x, w, b, y, true)
     }
 
     fn conv2d_backward_data(
@@ -833,7 +892,18 @@ impl Backend for CudaBackend {
         b: &CudaBuf<f32>,
         y: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        linear::forward(self, g, x, w, b, y)
+        linear::forward(self, g, x, w, b, y, false)
+    }
+
+    fn linear_bias_relu_forward(
+        &self,
+        g: &LinearGeom,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        b: &CudaBuf<f32>,
+        y: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        linear::forward(self, g, x, w, b, y, true)
     }
 
     fn linear_backward_data(

@@ -136,6 +136,20 @@ impl Pair<'_> {
         self.gpu.conv2d_forward(g, &xg, &wg, &bg, &mut yg)?;
         self.check(format!("conv2d_forward {name}"), path, &yg, &y, GEMM_TOL)?;
 
+        // The fused bias + ReLU forward against the CPU's two ops.
+        let mut yr = vec![0.0; g.y_len()];
+        self.cpu.conv2d_bias_relu_forward(g, &x, &w, &b, &mut yr)?;
+        let mut yrg = self.zeros(g.y_len())?;
+        self.gpu
+            .conv2d_bias_relu_forward(g, &xg, &wg, &bg, &mut yrg)?;
+        self.check(
+            format!("conv2d_bias_relu_forward {name}"),
+            path,
+            &yrg,
+            &yr,
+            GEMM_TOL,
+        )?;
+
         let mut dx = vec![0.0; g.x_len()];
         self.cpu.conv2d_backward_data(g, &w, &dy, &mut dx)?;
         let mut dxg = self.zeros(g.x_len())?;
@@ -334,6 +348,18 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     let mut yg = p.zeros(y.len())?;
     p.gpu.linear_forward(&g, &xg, &wg, &bg, &mut yg)?;
     p.check("linear_forward fc6".into(), "-", &yg, &y, GEMM_TOL)?;
+    let mut yr = vec![0.0; g.n * g.out];
+    p.cpu.linear_bias_relu_forward(&g, &x, &w, &b, &mut yr)?;
+    let mut yrg = p.zeros(yr.len())?;
+    p.gpu
+        .linear_bias_relu_forward(&g, &xg, &wg, &bg, &mut yrg)?;
+    p.check(
+        "linear_bias_relu_forward fc6".into(),
+        "-",
+        &yrg,
+        &yr,
+        GEMM_TOL,
+    )?;
     let mut dx = vec![0.0; g.n * g.inp];
     p.cpu.linear_backward_data(&g, &w, &dy, &mut dx)?;
     let mut dxg = p.zeros(dx.len())?;
