@@ -147,6 +147,12 @@ pub trait Backend: Send + Sync {
     /// How many buffers `alloc` and `alloc_idx` have made so far. The network
     /// sizes everything once per batch shape, so this stays put across steps.
     fn allocations(&self) -> u64;
+    /// A zero-filled buffer for a parameter, its gradient or its momentum.
+    /// These stay f32 (the master copy) on a backend whose activations are
+    /// 16-bit; by default the same as `alloc`.
+    fn alloc_param(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc(len)
+    }
     fn upload(&self, src: &[f32], dst: &mut Self::Buf) -> Result<()>;
     fn upload_idx(&self, src: &[u32], dst: &mut Self::IdxBuf) -> Result<()>;
     fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;
@@ -323,6 +329,29 @@ pub trait Backend: Send + Sync {
         labels: &Self::IdxBuf,
         dlogits: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// The loss gradient times the loss scale: (probs - onehot(labels)) / n * scale.
+    /// By default the plain backward and then `scale`; a 16-bit backend does
+    /// both in one pass, so small gradients are scaled before they are rounded.
+    fn softmax_xent_backward_scaled(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &Self::Buf,
+        labels: &Self::IdxBuf,
+        scale: f32,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()> {
+        self.softmax_xent_backward(n, classes, probs, labels, dlogits)?;
+        self.scale(scale, dlogits)
+    }
+
+    // -- loss scaling (mixed precision) --------------------------------------------
+    /// x *= s, in place.
+    fn scale(&self, s: f32, x: &mut Self::Buf) -> Result<()>;
+    /// g *= inv_scale, in place; Ok(false) when any element is then not finite
+    /// (the scaled loss overflowed somewhere and the step must be skipped).
+    fn unscale_check(&self, inv_scale: f32, g: &mut Self::Buf) -> Result<bool>;
 
     // -- optimiser ---------------------------------------------------------------
     /// The paper's rule, element-wise: v = m*v - wd*lr*w - lr*g; w += v.

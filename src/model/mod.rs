@@ -1,6 +1,8 @@
 //! The network: the topology table (`topology`), the name a checkpoint keeps
-//! for it (`spec`), what is derived from it for people (`summary`), and what
-//! runs it on a backend (`net`).
+//! for it (`spec`), what is derived from it for people (`summary`), what
+//! runs it on a backend (`net`), and the loss scale of 16-bit training
+//! (`loss_scale`).
+pub mod loss_scale;
 pub mod net;
 pub mod spec;
 pub mod summary;

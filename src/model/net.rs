@@ -6,6 +6,7 @@
 use super::topology::{Init, LayerShape, Op, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
+use crate::model::loss_scale::LossScale;
 use crate::rng::{hash_u64, Rng};
 
 /// Training applies dropout; evaluation does not (inverted dropout needs no
@@ -100,6 +101,10 @@ pub struct Network<'a, B: Backend> {
     step: u64,
     /// Whether the last forward ran in training mode (backward needs it).
     last_mode: Option<Mode>,
+    /// Dynamic loss scaling (16-bit training); None trains unscaled.
+    loss_scale: Option<LossScale>,
+    /// Whether the last `sgd_step` was skipped for an overflowed gradient.
+    last_skipped: bool,
 }
 
 impl<'a, B: Backend> Network<'a, B> {
@@ -122,17 +127,18 @@ impl<'a, B: Backend> Network<'a, B> {
                 .map(|_| (rng.normal() * std) as f32)
                 .collect();
             let host_b = vec![l.bias; s.bias_params];
-            let mut w = be.alloc(s.weight_params)?;
-            let mut b = be.alloc(s.bias_params)?;
+            // Parameters, gradients and momentum are f32 masters on every backend.
+            let mut w = be.alloc_param(s.weight_params)?;
+            let mut b = be.alloc_param(s.bias_params)?;
             be.upload(&host_w, &mut w)?;
             be.upload(&host_b, &mut b)?;
             params.push(Param {
                 w,
                 b,
-                dw: be.alloc(s.weight_params)?,
-                db: be.alloc(s.bias_params)?,
-                vw: be.alloc(s.weight_params)?,
-                vb: be.alloc(s.bias_params)?,
+                dw: be.alloc_param(s.weight_params)?,
+                db: be.alloc_param(s.bias_params)?,
+                vw: be.alloc_param(s.weight_params)?,
+                vb: be.alloc_param(s.bias_params)?,
             });
         }
         let mut net = Network {
@@ -149,6 +155,8 @@ impl<'a, B: Backend> Network<'a, B> {
             seed,
             step: 0,
             last_mode: None,
+            loss_scale: None,
+            last_skipped: false,
         };
         net.resize(batch)?;
         Ok(net)
@@ -339,13 +347,23 @@ impl<'a, B: Backend> Network<'a, B> {
         let be = self.be;
         let (n, classes) = (self.n, self.topo.classes);
         let last = self.stages.len() - 1;
-        be.softmax_xent_backward(
-            n,
-            classes,
-            &self.probs,
-            &self.labels,
-            self.stages[last].out_grad_mut(),
-        )?;
+        match &self.loss_scale {
+            Some(ls) => be.softmax_xent_backward_scaled(
+                n,
+                classes,
+                &self.probs,
+                &self.labels,
+                ls.scale,
+                self.stages[last].out_grad_mut(),
+            )?,
+            None => be.softmax_xent_backward(
+                n,
+                classes,
+                &self.probs,
+                &self.labels,
+                self.stages[last].out_grad_mut(),
+            )?,
+        }
         for i in (0..self.stages.len()).rev() {
             let (done, rest) = self.stages.split_at_mut(i);
             let st = &mut rest[0];
@@ -402,7 +420,26 @@ impl<'a, B: Backend> Network<'a, B> {
 
     /// The paper's update (section 5) on every parameter. Weight decay applies
     /// to weights, not biases (docs/training.md says why).
+    ///
+    /// With loss scaling, the gradients are first divided by the scale; if any
+    /// is not finite the update is skipped (`last_step_skipped`) and the scale
+    /// lowered. A skipped step still counts as a step (dropout draws a fresh
+    /// mask next time, and resume stays exact).
     pub fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
+        self.last_skipped = false;
+        if let Some(ls) = &mut self.loss_scale {
+            let inv = 1.0 / ls.scale;
+            let mut finite = true;
+            for p in &mut self.params {
+                finite &= self.be.unscale_check(inv, &mut p.dw)?;
+                finite &= self.be.unscale_check(inv, &mut p.db)?;
+            }
+            if !ls.update(finite) {
+                self.last_skipped = true;
+                self.step += 1;
+                return Ok(());
+            }
+        }
         let no_decay = SgdParams {
             weight_decay: 0.0,
             ..*hp
@@ -413,6 +450,21 @@ impl<'a, B: Backend> Network<'a, B> {
         }
         self.step += 1;
         Ok(())
+    }
+
+    /// Turn dynamic loss scaling on (16-bit training) with this state, or off.
+    pub fn set_loss_scale(&mut self, ls: Option<LossScale>) {
+        self.loss_scale = ls;
+    }
+
+    /// The loss scaler's state, when scaling is on.
+    pub fn loss_scale(&self) -> Option<&LossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    /// Whether the last `sgd_step` skipped its update (a gradient overflowed).
+    pub fn last_step_skipped(&self) -> bool {
+        self.last_skipped
     }
 
     /// Softmax probabilities of the last forward, [n, classes].

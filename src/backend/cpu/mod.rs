@@ -344,6 +344,20 @@ impl Backend for CpuBackend {
         elementwise::softmax_xent_backward(n, classes, probs, labels, dlogits)
     }
 
+    fn scale(&self, s: f32, x: &mut Vec<f32>) -> Result<()> {
+        x.iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn unscale_check(&self, inv_scale: f32, g: &mut Vec<f32>) -> Result<bool> {
+        let mut finite = true;
+        for v in g.iter_mut() {
+            *v *= inv_scale;
+            finite &= v.is_finite();
+        }
+        Ok(finite)
+    }
+
     fn sgd_update(
         &self,
         p: &SgdParams,

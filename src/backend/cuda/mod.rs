@@ -104,6 +104,8 @@ struct Scratch {
     /// softmax_xent_forward's per-row losses: device and host.
     row_loss: Option<CudaSlice<f32>>,
     row_loss_host: Vec<f32>,
+    /// unscale_check_f32's overflow flag (one int).
+    overflow: Option<CudaSlice<i32>>,
 }
 
 /// One GPU.
@@ -436,6 +438,39 @@ impl CudaBackend {
             (Some(d), true) => lock(op, d)?.forward(g, x, w, Some(b), y),
             _ => conv_fallback::forward(self, &mut *lock(op, &self.fallback)?, g, x, w, b, y, relu),
         }
+    }
+
+    /// x *= s with unscale_check_f32; returns whether every result is finite
+    /// (one int comes back to the host).
+    fn scale_and_check(&self, op: &'static str, s: f32, x: &mut CudaBuf<f32>) -> Result<bool> {
+        let n = x.len;
+        if n == 0 {
+            return Ok(true);
+        }
+        let len = long(op, n)?;
+        let mut scratch = lock(op, &self.scratch)?;
+        if scratch.overflow.is_none() {
+            let flag = self.stream.alloc_zeros::<i32>(1).map_err(cuda_err(op))?;
+            self.count_alloc();
+            scratch.overflow = Some(flag);
+        }
+        let Some(flag) = scratch.overflow.as_mut() else {
+            return Err(Error::Cuda {
+                op,
+                detail: "overflow flag missing".into(),
+            });
+        };
+        // The kernel only ever sets the flag, so clear it first.
+        self.stream.memset_zeros(flag).map_err(cuda_err(op))?;
+        let f = self.kernels.get("unscale_check_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut x.data).arg(&s).arg(&len).arg(&mut *flag);
+        // SAFETY: unscale_check_f32(float* g, float inv_scale, long long len,
+        // int* overflow); x holds len floats, the flag one int.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(op))?;
+        let mut host = [0i32];
+        self.dtoh(op, flag, &mut host)?;
+        Ok(host[0] == 0)
     }
 
     /// y = max(y + b[channel], 0) over y as [n][c][hw], one pass.
@@ -1008,6 +1043,15 @@ impl Backend for CudaBackend {
     }
 
     // -- optimiser --------------------------------------------------------------------------
+
+    fn scale(&self, s: f32, x: &mut CudaBuf<f32>) -> Result<()> {
+        // unscale_check_f32 multiplies; its overflow flag is not read here.
+        self.scale_and_check("scale", s, x).map(|_| ())
+    }
+
+    fn unscale_check(&self, inv_scale: f32, g: &mut CudaBuf<f32>) -> Result<bool> {
+        self.scale_and_check("unscale_check", inv_scale, g)
+    }
 
     fn sgd_update(
         &self,

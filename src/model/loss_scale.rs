@@ -1,0 +1,96 @@
+//! Dynamic loss scaling for 16-bit training (Micikevicius et al., "Mixed
+//! Precision Training", ICLR 2018, section 3.2). Gradients of a 16-bit
+//! backward pass would flush to zero below f16's smallest value, so the loss
+//! gradient is multiplied by a scale S before the backward pass and the f32
+//! gradients are divided by S before the update. When a scaled gradient
+//! overflows, the step is skipped and S halves; after `growth_interval`
+//! clean steps S doubles. The defaults are PyTorch's GradScaler's (2^16,
+//! x2 every 2000 steps, x0.5 on overflow). Powers of two keep the scaling
+//! exact in floating point: with no overflow, a scaled f32 run computes the
+//! same bits as an unscaled one.
+use serde::{Deserialize, Serialize};
+
+/// The scaler's state; checkpoints keep it so a resumed run scales alike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossScale {
+    /// The current scale S.
+    pub scale: f32,
+    /// Clean steps since the last change of S.
+    pub good_steps: u32,
+    /// Steps skipped because a gradient overflowed, over the whole run.
+    pub skipped: u64,
+    /// Clean steps before S doubles.
+    pub growth_interval: u32,
+}
+
+impl LossScale {
+    /// PyTorch's GradScaler defaults.
+    pub fn dynamic() -> LossScale {
+        LossScale::with_scale(65536.0)
+    }
+
+    pub fn with_scale(scale: f32) -> LossScale {
+        LossScale {
+            scale,
+            good_steps: 0,
+            skipped: 0,
+            growth_interval: 2000,
+        }
+    }
+
+    /// After a step's gradients were checked: `finite` when none overflowed.
+    /// Returns whether the update may be applied.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            // Halve, but never below the smallest normal f32 (the scale stays usable).
+            self.scale = (self.scale * 0.5).max(f32::MIN_POSITIVE);
+            self.good_steps = 0;
+            self.skipped += 1;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= self.growth_interval {
+            // Double unless that would overflow f32 itself.
+            if (self.scale * 2.0).is_finite() {
+                self.scale *= 2.0;
+            }
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_on_overflow_and_doubles_after_the_interval() {
+        let mut s = LossScale::dynamic();
+        s.growth_interval = 3;
+        assert!(!s.update(false));
+        assert_eq!((s.scale, s.skipped, s.good_steps), (32768.0, 1, 0));
+        assert!(s.update(true));
+        assert!(s.update(true));
+        assert_eq!(s.scale, 32768.0);
+        assert!(s.update(true));
+        assert_eq!((s.scale, s.good_steps), (65536.0, 0));
+        // An overflow mid-interval restarts the count.
+        s.update(true);
+        s.update(false);
+        s.update(true);
+        s.update(true);
+        assert_eq!(s.scale, 32768.0);
+    }
+
+    #[test]
+    fn stays_finite_and_positive_at_the_extremes() {
+        let mut s = LossScale::with_scale(f32::MAX);
+        s.growth_interval = 1;
+        s.update(true);
+        assert_eq!(s.scale, f32::MAX);
+        let mut s = LossScale::with_scale(f32::MIN_POSITIVE);
+        s.update(false);
+        assert_eq!(s.scale, f32::MIN_POSITIVE);
+    }
+}

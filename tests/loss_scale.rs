@@ -1,0 +1,97 @@
+//! Dynamic loss scaling through the network, on the CPU backend (the same
+//! network code drives 16-bit training on a GPU).
+//! - Scaling by a power of two is exact in floating point, so a scaled f32
+//!   run must give the same bits as an unscaled one: a test that the scale
+//!   reaches the loss gradient and is removed from every parameter gradient
+//!   exactly once.
+//! - A non-finite gradient skips the update (weights and momentum untouched)
+//!   and halves the scale; the next clean step updates again.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::model::loss_scale::LossScale;
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::rng::Rng;
+
+const HP: SgdParams = SgdParams {
+    lr: 0.01,
+    momentum: 0.9,
+    weight_decay: 5e-4,
+};
+
+fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let x = (0..n * 3 * topo.crop * topo.crop)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
+    (x, labels)
+}
+
+fn state(net: &Network<CpuBackend>) -> Vec<Vec<f32>> {
+    net.param_names()
+        .iter()
+        .flat_map(|p| [net.param(p).unwrap(), net.momentum(p).unwrap()])
+        .collect()
+}
+
+#[test]
+fn a_power_of_two_loss_scale_gives_the_unscaled_bits() {
+    let topo = Topology::cifar();
+    let n = 8;
+    let run = |scale: Option<f32>| {
+        let be = CpuBackend::new();
+        let mut net = Network::new(&be, &topo, n, 9).expect("network");
+        net.set_loss_scale(scale.map(LossScale::with_scale));
+        for step in 0..4 {
+            let (x, labels) = batch(&topo, n, 100 + step);
+            net.forward(&x, &labels, Mode::Train).expect("forward");
+            net.backward().expect("backward");
+            net.sgd_step(&HP).expect("sgd");
+            assert!(!net.last_step_skipped());
+        }
+        state(&net)
+    };
+    let plain = run(None);
+    for s in [1024.0, 65536.0] {
+        let scaled = run(Some(s));
+        assert!(
+            plain == scaled,
+            "loss scale {s}: weights or momentum differ from the unscaled run"
+        );
+    }
+}
+
+#[test]
+fn a_non_finite_gradient_skips_the_step_and_halves_the_scale() {
+    let topo = Topology::cifar();
+    let n = 4;
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, n, 2).expect("network");
+    net.set_loss_scale(Some(LossScale::with_scale(1024.0)));
+    let (x, labels) = batch(&topo, n, 7);
+    net.forward(&x, &labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    net.sgd_step(&HP).unwrap();
+    let before = state(&net);
+
+    // One NaN pixel poisons the loss and so every gradient.
+    let mut bad = x.clone();
+    bad[5] = f32::NAN;
+    net.forward(&bad, &labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    net.sgd_step(&HP).unwrap();
+    assert!(net.last_step_skipped());
+    assert!(before == state(&net), "a skipped step changed the weights");
+    let ls = net.loss_scale().unwrap();
+    assert_eq!((ls.scale, ls.skipped), (512.0, 1));
+
+    net.forward(&x, &labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    net.sgd_step(&HP).unwrap();
+    assert!(!net.last_step_skipped());
+    assert!(
+        before != state(&net),
+        "the clean step after a skip did not update"
+    );
+}
