@@ -23,6 +23,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::{sync_dir, temp_path};
+use crate::model::loss_scale::LossScale;
 use crate::model::net::Network;
 use crate::model::spec::NetSpec;
 use crate::train::{EpochStats, Schedule};
@@ -91,6 +92,9 @@ pub struct Progress {
     pub seen: usize,
     /// Wall time trained before this checkpoint, seconds.
     pub elapsed_s: f64,
+    /// Dynamic loss scaling's state (fp16 training), so a resumed run scales alike.
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl Progress {
@@ -110,6 +114,7 @@ impl Progress {
             hits: 0,
             seen: 0,
             elapsed_s: 0.0,
+            loss_scale: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState};
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, topk_hits};
 use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
+use crate::model::loss_scale::LossScale;
 use crate::model::net::{Mode, Network};
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
@@ -591,6 +592,20 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
     );
 
     let start = Instant::now();
+    if backend.needs_loss_scaling() {
+        let ls = state
+            .progress
+            .loss_scale
+            .clone()
+            .unwrap_or_else(LossScale::dynamic);
+        info!(
+            "{}: dynamic loss scaling from {} (halved on overflow, doubled after {} clean steps)",
+            backend.name(),
+            ls.scale,
+            ls.growth_interval
+        );
+        net.set_loss_scale(Some(ls));
+    }
     let elapsed0 = state.progress.elapsed_s;
     let elapsed = |start: &Instant| elapsed0 + start.elapsed().as_secs_f64();
     let mut report = TrainReport {
@@ -663,6 +678,16 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             net.sgd_step(&hp)?;
             compute += t0.elapsed();
             let p = &mut state.progress;
+            if let Some(ls) = net.loss_scale() {
+                if net.last_step_skipped() {
+                    debug!(
+                        "step {}: a gradient overflowed; update skipped, loss scale now {}",
+                        net.steps(),
+                        ls.scale
+                    );
+                }
+                p.loss_scale = Some(ls.clone());
+            }
             p.loss_sum += loss as f64 * b.n as f64;
             p.hits += t1;
             p.seen += b.n;
@@ -747,6 +772,12 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
             seen_here as f64 / compute.as_secs_f64().max(1e-9),
             stats.elapsed_s
         );
+        if let Some(ls) = net.loss_scale() {
+            info!(
+                "epoch {epoch}: loss scale {}, {} steps skipped for overflow so far",
+                ls.scale, ls.skipped
+            );
+        }
         if let Some(m) = &mut metrics {
             m.epoch(&stats)?;
         }

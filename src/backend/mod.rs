@@ -140,6 +140,12 @@ pub trait Backend: Send + Sync {
     /// Human-readable name, for logs ("cpu (2 threads)", "cuda:0 H100").
     fn name(&self) -> String;
 
+    /// Whether training needs dynamic loss scaling: true where gradients are
+    /// stored in f16, whose range would flush small ones to zero.
+    fn needs_loss_scaling(&self) -> bool {
+        false
+    }
+
     // -- memory ----------------------------------------------------------
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
