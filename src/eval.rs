@@ -129,6 +129,7 @@ pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize)
         workers,
         drop_last: false,
         lighting: None,
+        host_alloc: None,
     }
 }
 

@@ -321,6 +321,7 @@ fn loader_config(
         workers: opts.workers,
         drop_last: true,
         lighting,
+        host_alloc: None,
     }
 }
 
@@ -465,7 +466,9 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         }
         _ => None,
     };
-    let loader = loader_config(topo, opts, &data, lighting);
+    let mut loader = loader_config(topo, opts, &data, lighting);
+    // Batches in the backend's pinned memory where it has some (a GPU).
+    loader.host_alloc = backend.host_alloc();
     let eval_cfg = LoaderConfig {
         train: false,
         drop_last: false,

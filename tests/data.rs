@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use alexnet_cuda::data::{
     batches, crop_for, decode_file, resize_centre_crop, write_demo_dataset, BuildOptions,
-    ImageFolder, ImageSet, LoaderConfig,
+    ImageFolder, ImageSet, ImageSource, LoaderConfig,
 };
 use alexnet_cuda::Error;
 use image::codecs::jpeg::JpegEncoder;
@@ -629,12 +629,12 @@ fn normalisation_subtracts_mean_and_divides_by_std() -> TestResult {
     let b = batches(set.clone(), &[0], &c, 0)?
         .next()
         .ok_or("no batch")??;
-    assert_eq!(b.x, [10.0, -10.0, 100.0], "mean only, as the paper");
+    assert_eq!(*b.x, [10.0, -10.0, 100.0], "mean only, as the paper");
     c.std = Some([2.0, 5.0, 50.0]);
     let b = batches(set.clone(), &[0], &c, 0)?
         .next()
         .ok_or("no batch")??;
-    assert_eq!(b.x, [5.0, -2.0, 2.0]);
+    assert_eq!(*b.x, [5.0, -2.0, 2.0]);
     c.std = Some([1.0, 0.0, 1.0]);
     assert!(matches!(batches(set, &[0], &c, 0), Err(Error::Config(_))));
     Ok(())
@@ -660,7 +660,7 @@ fn collect(
     epoch: u64,
 ) -> alexnet_cuda::Result<Vec<(Vec<f32>, Vec<u32>)>> {
     batches(set.clone(), idx, c, epoch)?
-        .map(|b| b.map(|b| (b.x, b.labels)))
+        .map(|b| b.map(|b| (b.x.to_vec(), b.labels)))
         .collect()
 }
 
@@ -693,7 +693,7 @@ fn recycled_buffers_give_the_same_batches() -> TestResult {
     let mut got = vec![];
     while let Some(b) = it.next() {
         let b = b?;
-        got.push((b.x.clone(), b.labels.clone()));
+        got.push((b.x.to_vec(), b.labels.clone()));
         it.recycle(b);
     }
     assert_eq!(got, plain);
@@ -846,5 +846,42 @@ fn real_cifar10_jpegs_build_an_image_set() -> TestResult {
         );
         assert!((40.0..90.0).contains(&std[c]), "channel {c} std {}", std[c]);
     }
+    Ok(())
+}
+
+/// With a backend's host allocator (a GPU's pinned memory), batches are
+/// written into that memory, hold exactly what ordinary-memory batches hold,
+/// and recycled batches reuse it: a handful of allocations for a whole epoch.
+#[test]
+fn batches_fill_the_backend_host_memory_and_reuse_it() -> alexnet_cuda::Result<()> {
+    use alexnet_cuda::data::{HostAlloc, HostMemory};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let set: Arc<dyn ImageSource> = Arc::new(coord_set(40, 12)?);
+    let idx: Vec<usize> = (0..40).collect();
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = Arc::clone(&made);
+    let mut pinned = cfg(4, 8, true, 2);
+    pinned.host_alloc = Some(HostAlloc(Arc::new(move |len| {
+        m.fetch_add(1, Ordering::Relaxed);
+        // Poisoned, so a batch not fully written would show.
+        Ok(Box::new(vec![f32::NAN; len]) as Box<dyn HostMemory>)
+    })));
+    let plain: Vec<Vec<f32>> = batches(Arc::clone(&set), &idx, &cfg(4, 8, true, 2), 3)?
+        .map(|b| b.map(|b| b.x.to_vec()))
+        .collect::<alexnet_cuda::Result<_>>()?;
+    let mut it = batches(set, &idx, &pinned, 3)?;
+    let mut got = Vec::new();
+    while let Some(b) = it.next() {
+        let b = b?;
+        got.push(b.x.to_vec());
+        it.recycle(b);
+    }
+    assert_eq!(got.len(), 10);
+    assert!(got == plain, "batches in allocator memory differ");
+    let n = made.load(Ordering::Relaxed);
+    assert!(
+        (1..=6).contains(&n),
+        "{n} host allocations for 10 batches with 2 workers: recycled buffers were not reused"
+    );
     Ok(())
 }

@@ -662,7 +662,7 @@ fn the_store_loader_replays_exactly_for_any_worker_count() -> TestResult {
             sigma: 0.1,
         });
         batches(s.clone(), &idx, &c, epoch)?
-            .map(|b| b.map(|b| (b.x, b.labels)))
+            .map(|b| b.map(|b| (b.x.to_vec(), b.labels)))
             .collect()
     };
     let base = run(0, 2)?;

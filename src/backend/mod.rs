@@ -159,6 +159,11 @@ pub trait Backend: Send + Sync {
     fn alloc_param(&self, len: usize) -> Result<Self::Buf> {
         self.alloc(len)
     }
+    /// An allocator of host memory this backend uploads from fastest (a
+    /// GPU's pinned memory), for the loader's batches; None: ordinary memory.
+    fn host_alloc(&self) -> Option<crate::data::HostAlloc> {
+        None
+    }
     fn upload(&self, src: &[f32], dst: &mut Self::Buf) -> Result<()>;
     fn upload_idx(&self, src: &[u32], dst: &mut Self::IdxBuf) -> Result<()>;
     fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::decode::decode_jpeg_rgb_into;
+use super::hostmem::{HostAlloc, HostBuf};
 use super::lighting::Pca;
 use super::packed::{Encoding, PackedStore};
 use super::store::ImageSet;
@@ -116,6 +117,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// PCA lighting noise for training images (section 4.1); None = off.
     pub lighting: Option<Lighting>,
+    /// Where batch pixels live: None = ordinary memory; a GPU backend's
+    /// pinned allocator lets its uploads copy without staging.
+    pub host_alloc: Option<HostAlloc>,
 }
 
 impl LoaderConfig {
@@ -136,6 +140,7 @@ impl LoaderConfig {
             workers: 0,
             drop_last: false,
             lighting: None,
+            host_alloc: None,
         }
     }
 }
@@ -168,7 +173,7 @@ pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 
 /// pad), normalised; with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
-    pub x: Vec<f32>,
+    pub x: HostBuf,
     pub labels: Vec<u32>,
     /// Images in the batch.
     pub n: usize,
@@ -418,8 +423,9 @@ impl Job {
         b.n = n;
         b.crops = per_image;
         b.labels.clear();
-        // Every element is written below; resize only changes the length.
-        b.x.resize(n * per_image * 3 * plane, 0.0);
+        // Every element is written below; resize only changes the length
+        // (or, past the capacity, gets memory from the configured allocator).
+        b.x.resize(n * per_image * 3 * plane, cfg.host_alloc.as_ref())?;
         for (j, pos) in (start..end).enumerate() {
             let idx = self.order[pos];
             b.labels.push(self.set.label(idx));

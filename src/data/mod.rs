@@ -2,10 +2,11 @@
 //! one image (`decode`), the packed on-disk store (`packed`) and `prepare`
 //! which writes it, the decoded in-memory store with split and channel
 //! statistics (`store`), PCA lighting noise (`lighting`), the augmenting
-//! batch loader (`loader`), and a
+//! batch loader (`loader`) and the host memory it fills (`hostmem`), and a
 //! procedural demo data set (`synth`).
 pub mod decode;
 pub mod folder;
+pub mod hostmem;
 pub mod lighting;
 pub mod loader;
 pub mod packed;
@@ -15,6 +16,7 @@ pub mod synth;
 
 pub use decode::{decode_file, decode_into, resize_centre_crop};
 pub use folder::ImageFolder;
+pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
 pub use loader::{
     batches, batches_from, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter,
