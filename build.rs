@@ -14,6 +14,12 @@
 //! 3. Writes $OUT_DIR/kernels.rs, included by src/backend/kernels.rs: each
 //!    kernel file's name, source (for NVRTC), fatbin (when nvcc ran) and the
 //!    `extern "C" __global__` entry points it defines.
+//!
+//! Kernel files cannot `#include` (NVRTC has no headers), so the device code
+//! they share, kernels/prelude.cuh, is put in front of each: nvcc compiles,
+//! and NVRTC gets, `$OUT_DIR/kernels/<name>.cu` = the prelude, a `#line`
+//! directive, then kernels/<name>.cu (so messages name the right file and
+//! line). The host build includes the prelude once (kernels/host/launch.cpp).
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
@@ -41,7 +47,7 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let kernel_dir = root.join("kernels");
-    let sources = kernel_sources(&kernel_dir);
+    let sources = prelude_sources(&kernel_dir, &kernel_sources(&kernel_dir), &out);
 
     let nvcc = find_nvcc();
     let mut fatbins = vec![None; sources.len()];
@@ -80,6 +86,47 @@ fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no .cu files in {}", dir.display());
     files
+}
+
+/// The shared device code put in front of every kernel file.
+const PRELUDE: &str = "prelude.cuh";
+
+/// Writes `$OUT_DIR/kernels/<name>.cu` for each kernel file: the prelude, then
+/// the file, each after a `#line` directive naming its own path; returns
+/// each as a `Source`.
+fn prelude_sources(kernel_dir: &Path, files: &[PathBuf], out: &Path) -> Vec<Source> {
+    let prelude_path = kernel_dir.join(PRELUDE);
+    let prelude = fs::read_to_string(&prelude_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", prelude_path.display()));
+    let dir = out.join("kernels");
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    files
+        .iter()
+        .map(|file| {
+            let text =
+                fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+            let combined = dir.join(file.file_name().unwrap());
+            let body = format!(
+                "#line 1 \"kernels/{PRELUDE}\"\n{prelude}\n#line 1 \"kernels/{}\"\n{text}",
+                file.file_name().unwrap().to_string_lossy()
+            );
+            fs::write(&combined, body)
+                .unwrap_or_else(|e| panic!("write {}: {e}", combined.display()));
+            Source {
+                original: file.clone(),
+                text,
+                combined,
+            }
+        })
+        .collect()
+}
+
+/// A kernel file: its path in kernels/, its text, and the prelude + text
+/// written to $OUT_DIR (what nvcc compiles and NVRTC gets).
+struct Source {
+    original: PathBuf,
+    text: String,
+    combined: PathBuf,
 }
 
 /// The host build of every kernel (kernels/host/launch.cpp includes them all).
@@ -178,11 +225,12 @@ fn gencode_flags(targets: &[String]) -> Vec<String> {
 fn compile_fatbins(
     nvcc: &Path,
     targets: &[String],
-    sources: &[PathBuf],
+    sources: &[Source],
     out: &Path,
 ) -> Vec<Option<PathBuf>> {
     let gencode = gencode_flags(targets);
-    let compile = |src: &PathBuf| -> Result<PathBuf, String> {
+    let compile = |source: &Source| -> Result<PathBuf, String> {
+        let src = &source.original;
         let stem = src.file_stem().unwrap().to_string_lossy();
         let dst = out.join(format!("{stem}.fatbin"));
         let result = Command::new(nvcc)
@@ -191,7 +239,7 @@ fn compile_fatbins(
             .args(&gencode)
             .arg("-o")
             .arg(&dst)
-            .arg(src)
+            .arg(&source.combined)
             .output()
             .map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
         if result.status.success() {
@@ -249,7 +297,7 @@ fn entry_points(src: &Path, text: &str) -> Vec<String> {
 fn generate(
     nvcc: Option<&Nvcc>,
     targets: &[String],
-    sources: &[PathBuf],
+    sources: &[Source],
     fatbins: &[Option<PathBuf>],
 ) -> String {
     let mut s =
@@ -265,9 +313,8 @@ fn generate(
     .unwrap();
     writeln!(s, "pub const FATBIN_TARGETS: &[&str] = &{targets:?};").unwrap();
     writeln!(s, "pub const MODULES: &[Module] = &[").unwrap();
-    for (src, fatbin) in sources.iter().zip(fatbins) {
-        let text =
-            fs::read_to_string(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    for (source, fatbin) in sources.iter().zip(fatbins) {
+        let src = &source.original;
         let stem = src.file_stem().unwrap().to_string_lossy();
         let fatbin = match fatbin {
             Some(path) => format!("Some(include_bytes!({:?}))", path.display().to_string()),
@@ -277,8 +324,8 @@ fn generate(
             s,
             "    Module {{\n        name: {stem:?},\n        source: include_str!({:?}),\n        \
              fatbin: {fatbin},\n        kernels: &{:?},\n    }},",
-            src.display().to_string(),
-            entry_points(src, &text)
+            source.combined.display().to_string(),
+            entry_points(src, &source.text)
         )
         .unwrap();
     }

@@ -1,96 +1,13 @@
-// Precision conversions for mixed-precision buffers, done in integer bit
-// arithmetic (so the same code runs on any GPU and on the host), 16-bit values
-// stored as unsigned short:
-//   f32 -> f16 (IEEE binary16) and f32 -> bf16: round to nearest, ties to even;
-//     overflow becomes infinity, tiny values become f16 subnormals or signed
-//     zero, NaN stays NaN (quiet, top mantissa bits kept);
-//   f16 -> f32 and bf16 -> f32: exact (NaN made quiet);
+// Precision conversions for mixed-precision buffers, 16-bit values stored as
+// unsigned short (the conversion functions themselves are in prelude.cuh):
+//   f32_to_f16 / f32_to_bf16: round to nearest, ties to even;
+//   f16_to_f32 / bf16_to_f32: exact;
 //   unscale_check_f32: g *= inv_scale, and *overflow = 1 if any result is
-//     infinite or NaN (loss scaling: the step is skipped). Every thread that
-//     sees one writes the same value 1, so no atomics are needed; the caller
-//     zeroes *overflow before the launch.
-
-__device__ __forceinline__ unsigned short convert_f32_to_f16_bits(float f)
-{
-    const unsigned int x = __float_as_uint(f);
-    const unsigned int sign = (x >> 16) & 0x8000u;
-    const unsigned int exp = (x >> 23) & 0xffu;
-    const unsigned int man = x & 0x7fffffu;
-    if (exp == 0xffu) { // infinity or NaN
-        return (unsigned short)(sign | 0x7c00u | (man != 0u ? 0x0200u | (man >> 13) : 0u));
-    }
-    const int e = (int)exp - 127 + 15; // biased f16 exponent
-    if (e >= 0x1f) {                    // too large even before rounding
-        return (unsigned short)(sign | 0x7c00u);
-    }
-    if (e <= 0) { // f16 subnormal or zero: shift the full significand right
-        if (e < -10) {
-            return (unsigned short)sign; // below half the smallest subnormal
-        }
-        const unsigned int m = man | 0x800000u;
-        const unsigned int shift = (unsigned int)(14 - e); // 14..24
-        unsigned int h = m >> shift;
-        const unsigned int rest = m & ((1u << shift) - 1u);
-        const unsigned int halfway = 1u << (shift - 1u);
-        if (rest > halfway || (rest == halfway && (h & 1u) != 0u)) {
-            h += 1u; // may carry into the smallest normal: still correct
-        }
-        return (unsigned short)(sign | h);
-    }
-    unsigned int h = ((unsigned int)e << 10) | (man >> 13);
-    const unsigned int rest = man & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) != 0u)) {
-        h += 1u; // a carry out of the mantissa bumps the exponent (to infinity at the top)
-    }
-    return (unsigned short)(sign | h);
-}
-
-__device__ __forceinline__ float convert_f16_bits_to_f32(unsigned short v)
-{
-    const unsigned int sign = ((unsigned int)v & 0x8000u) << 16;
-    const unsigned int exp = ((unsigned int)v >> 10) & 0x1fu;
-    unsigned int man = (unsigned int)v & 0x3ffu;
-    if (exp == 0x1fu) { // infinity or NaN
-        return __uint_as_float(sign | 0x7f800000u | (man != 0u ? 0x400000u | (man << 13) : 0u));
-    }
-    if (exp == 0u) {
-        if (man == 0u) {
-            return __uint_as_float(sign);
-        }
-        // subnormal: normalise (value = man * 2^-24)
-        int e = -14;
-        while ((man & 0x400u) == 0u) {
-            man <<= 1;
-            e -= 1;
-        }
-        man &= 0x3ffu;
-        return __uint_as_float(sign | ((unsigned int)(e + 127) << 23) | (man << 13));
-    }
-    return __uint_as_float(sign | ((exp - 15u + 127u) << 23) | (man << 13));
-}
-
-__device__ __forceinline__ unsigned short convert_f32_to_bf16_bits(float f)
-{
-    const unsigned int x = __float_as_uint(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) { // NaN: keep it quiet
-        return (unsigned short)((x >> 16) | 0x0040u);
-    }
-    const unsigned int rest = x & 0xffffu;
-    unsigned int h = x >> 16;
-    if (rest > 0x8000u || (rest == 0x8000u && (h & 1u) != 0u)) {
-        h += 1u; // carries into the exponent, up to infinity
-    }
-    return (unsigned short)h;
-}
-
-__device__ __forceinline__ float convert_bf16_bits_to_f32(unsigned short v)
-{
-    unsigned int x = (unsigned int)v << 16;
-    if ((x & 0x7fffffffu) > 0x7f800000u) {
-        x |= 0x400000u;
-    }
-    return __uint_as_float(x);
-}
+//     infinite or NaN (loss scaling: the step is skipped);
+//   f16_to_f32_unscale_check / bf16_to_f32_unscale_check: the same from a
+//     16-bit gradient into an f32 one, dst = widen(src) * inv_scale.
+// Every thread that sees a non-finite value writes the same value 1, so no
+// atomics are needed; the caller zeroes *overflow before the launch.
 
 extern "C" __global__ void f32_to_f16(const float* __restrict__ src, unsigned short* __restrict__ dst,
                                       long long len)
@@ -128,15 +45,37 @@ extern "C" __global__ void bf16_to_f32(const unsigned short* __restrict__ src, f
     }
 }
 
-extern "C" __global__ void unscale_check_f32(float* __restrict__ g, float inv_scale, long long len,
-                                             int* __restrict__ overflow)
+// dst = load(src) * inv_scale; src and dst may be the same buffer (no __restrict__).
+template <class S>
+__device__ __forceinline__ void unscale_check_body(const typename S::T* src, float* dst,
+                                                   float inv_scale, long long len, int* overflow)
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += (long long)blockDim.x * gridDim.x) {
-        const float v = g[i] * inv_scale;
-        g[i] = v;
+        const float v = S::load(src[i]) * inv_scale;
+        dst[i] = v;
         if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) {
             *overflow = 1;
         }
     }
+}
+
+extern "C" __global__ void unscale_check_f32(float* __restrict__ g, float inv_scale, long long len,
+                                             int* __restrict__ overflow)
+{
+    unscale_check_body<StorageF32>(g, g, inv_scale, len, overflow);
+}
+
+extern "C" __global__ void f16_to_f32_unscale_check(const unsigned short* __restrict__ src,
+                                                    float* __restrict__ dst, float inv_scale,
+                                                    long long len, int* __restrict__ overflow)
+{
+    unscale_check_body<StorageF16>(src, dst, inv_scale, len, overflow);
+}
+
+extern "C" __global__ void bf16_to_f32_unscale_check(const unsigned short* __restrict__ src,
+                                                     float* __restrict__ dst, float inv_scale,
+                                                     long long len, int* __restrict__ overflow)
+{
+    unscale_check_body<StorageBF16>(src, dst, inv_scale, len, overflow);
 }

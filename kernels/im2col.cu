@@ -10,10 +10,14 @@
 //     added in (i, j) order, as the CPU reference's scatter adds them.
 // A grouped NCHW tensor [n][groups * cg][h][w] is the same memory as
 // [n * groups][cg][h][w], so callers pass images = n * groups, c = cg.
+// The bodies are templates over the storage of x and col (prelude.cuh): im2col
+// copies values as they are (16-bit bits stay bits, exactly); col2im sums in
+// f32 and rounds each pixel's sum once.
 
-extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __restrict__ col,
-                                      int images, int c, int h, int w, int k, int stride, int pad,
-                                      int ho, int wo)
+template <class S>
+__device__ __forceinline__ void im2col_body(const typename S::T* __restrict__ x,
+                                            typename S::T* __restrict__ col, int images, int c,
+                                            int h, int w, int k, int stride, int pad, int ho, int wo)
 {
     const long long p = (long long)ho * wo;
     const long long rows = (long long)c * k * k;
@@ -31,7 +35,7 @@ extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __rest
         const int ox = q - oy * wo;
         const int iy = oy * stride - pad + i;
         const int ix = ox * stride - pad + j;
-        float v = 0.0f;
+        typename S::T v = 0; // +0 in f32, f16 and bf16 alike
         if (iy >= 0 && iy < h && ix >= 0 && ix < w) {
             v = x[((img * c + ch) * h + iy) * (long long)w + ix];
         }
@@ -39,9 +43,10 @@ extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __rest
     }
 }
 
-extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __restrict__ x,
-                                      int images, int c, int h, int w, int k, int stride, int pad,
-                                      int ho, int wo)
+template <class S>
+__device__ __forceinline__ void col2im_body(const typename S::T* __restrict__ col,
+                                            typename S::T* __restrict__ x, int images, int c,
+                                            int h, int w, int k, int stride, int pad, int ho, int wo)
 {
     const long long p = (long long)ho * wo;
     const long long len = (long long)images * c * h * w;
@@ -53,7 +58,7 @@ extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __re
         const int ix = r - iy * w;
         const long long img = plane / c;
         const int ch = (int)(plane - img * c);
-        const float* cimg = col + (img * c + ch) * (long long)k * k * p;
+        const typename S::T* cimg = col + (img * c + ch) * (long long)k * k * p;
         float acc = 0.0f;
         for (int i = 0; i < k; ++i) {
             const int ny = iy + pad - i; // = oy * stride
@@ -67,9 +72,51 @@ extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __re
                     continue;
                 }
                 const int ox = nx / stride;
-                acc += cimg[(long long)(i * k + j) * p + (long long)oy * wo + ox];
+                acc += S::load(cimg[(long long)(i * k + j) * p + (long long)oy * wo + ox]);
             }
         }
-        x[t] = acc;
+        x[t] = S::store(acc);
     }
+}
+
+extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __restrict__ col,
+                                      int images, int c, int h, int w, int k, int stride, int pad,
+                                      int ho, int wo)
+{
+    im2col_body<StorageF32>(x, col, images, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void im2col_f16(const unsigned short* __restrict__ x, unsigned short* __restrict__ col,
+                                      int images, int c, int h, int w, int k, int stride, int pad,
+                                      int ho, int wo)
+{
+    im2col_body<StorageF16>(x, col, images, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void im2col_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ col,
+                                       int images, int c, int h, int w, int k, int stride, int pad,
+                                       int ho, int wo)
+{
+    im2col_body<StorageBF16>(x, col, images, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __restrict__ x,
+                                      int images, int c, int h, int w, int k, int stride, int pad,
+                                      int ho, int wo)
+{
+    col2im_body<StorageF32>(col, x, images, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void col2im_f16(const unsigned short* __restrict__ col, unsigned short* __restrict__ x,
+                                      int images, int c, int h, int w, int k, int stride, int pad,
+                                      int ho, int wo)
+{
+    col2im_body<StorageF16>(col, x, images, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void col2im_bf16(const unsigned short* __restrict__ col, unsigned short* __restrict__ x,
+                                       int images, int c, int h, int w, int k, int stride, int pad,
+                                       int ho, int wo)
+{
+    col2im_body<StorageBF16>(col, x, images, c, h, w, k, stride, pad, ho, wo);
 }

@@ -12,6 +12,10 @@
 // alpha is not divided by size (the paper's convention). The expression order
 // follows the CPU reference (src/backend/cpu/lrn.rs) term for term, including
 // its s^-0.75 = r * sqrt(r), r = 1 / sqrt(s), for the paper's beta.
+// The bodies are templates over the storage of x, y, scale, dy and dx
+// (prelude.cuh): every value is loaded to f32, the running sums are f32, and
+// y, scale and dx are rounded once when stored. (y is computed from the f32
+// scale, before scale is rounded for storage.)
 
 __device__ __forceinline__ float lrn_pow_neg(float s, float beta)
 {
@@ -22,9 +26,11 @@ __device__ __forceinline__ float lrn_pow_neg(float s, float beta)
     return powf(s, -beta);
 }
 
-extern "C" __global__ void lrn_forward_f32(const float* __restrict__ x, float* __restrict__ y,
-                                           float* __restrict__ scale, int n, int c, int hw,
-                                           int size, float alpha, float beta, float k)
+template <class S>
+__device__ __forceinline__ void lrn_forward_body(const typename S::T* __restrict__ x,
+                                                 typename S::T* __restrict__ y,
+                                                 typename S::T* __restrict__ scale, int n, int c,
+                                                 int hw, int size, float alpha, float beta, float k)
 {
     const long long pixels = (long long)n * hw;
     const int half = size / 2;
@@ -35,31 +41,34 @@ extern "C" __global__ void lrn_forward_f32(const float* __restrict__ x, float* _
         // window sum for channel 0: channels [0, half] (those below 0 are clipped)
         float sum = 0.0f;
         for (int ch = 0; ch <= half && ch < c; ++ch) {
-            const float v = x[base + (long long)ch * hw];
+            const float v = S::load(x[base + (long long)ch * hw]);
             sum += v * v;
         }
         for (int ch = 0; ch < c; ++ch) {
             const long long i = base + (long long)ch * hw;
             const float s = k + alpha * sum;
-            scale[i] = s;
-            y[i] = x[i] * lrn_pow_neg(s, beta);
+            scale[i] = S::store(s);
+            y[i] = S::store(S::load(x[i]) * lrn_pow_neg(s, beta));
             // slide: the window of ch + 1 gains ch + 1 + half and loses ch - half
             if (ch + 1 + half < c) {
-                const float v = x[base + (long long)(ch + 1 + half) * hw];
+                const float v = S::load(x[base + (long long)(ch + 1 + half) * hw]);
                 sum += v * v;
             }
             if (ch >= half) {
-                const float v = x[base + (long long)(ch - half) * hw];
+                const float v = S::load(x[base + (long long)(ch - half) * hw]);
                 sum += -v * v;
             }
         }
     }
 }
 
-extern "C" __global__ void lrn_backward_f32(const float* __restrict__ x, const float* __restrict__ y,
-                                            const float* __restrict__ scale,
-                                            const float* __restrict__ dy, float* __restrict__ dx,
-                                            int n, int c, int hw, int size, float alpha, float beta)
+template <class S>
+__device__ __forceinline__ void lrn_backward_body(const typename S::T* __restrict__ x,
+                                                  const typename S::T* __restrict__ y,
+                                                  const typename S::T* __restrict__ scale,
+                                                  const typename S::T* __restrict__ dy,
+                                                  typename S::T* __restrict__ dx, int n, int c,
+                                                  int hw, int size, float alpha, float beta)
 {
     const long long pixels = (long long)n * hw;
     const int half = size / 2;
@@ -72,19 +81,59 @@ extern "C" __global__ void lrn_backward_f32(const float* __restrict__ x, const f
         float sum = 0.0f;
         for (int ch = 0; ch <= half && ch < c; ++ch) {
             const long long i = base + (long long)ch * hw;
-            sum += dy[i] * y[i] / scale[i];
+            sum += S::load(dy[i]) * S::load(y[i]) / S::load(scale[i]);
         }
         for (int ch = 0; ch < c; ++ch) {
             const long long i = base + (long long)ch * hw;
-            dx[i] = dy[i] * lrn_pow_neg(scale[i], beta) - coef * x[i] * sum;
+            dx[i] = S::store(S::load(dy[i]) * lrn_pow_neg(S::load(scale[i]), beta) -
+                             coef * S::load(x[i]) * sum);
             if (ch + 1 + half < c) {
                 const long long j = base + (long long)(ch + 1 + half) * hw;
-                sum += dy[j] * y[j] / scale[j];
+                sum += S::load(dy[j]) * S::load(y[j]) / S::load(scale[j]);
             }
             if (ch >= half) {
                 const long long j = base + (long long)(ch - half) * hw;
-                sum += -dy[j] * y[j] / scale[j];
+                sum += -S::load(dy[j]) * S::load(y[j]) / S::load(scale[j]);
             }
         }
     }
+}
+
+extern "C" __global__ void lrn_forward_f32(const float* __restrict__ x, float* __restrict__ y,
+    float* __restrict__ scale, int n, int c, int hw, int size, float alpha, float beta, float k)
+{
+    lrn_forward_body<StorageF32>(x, y, scale, n, c, hw, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_backward_f32(const float* __restrict__ x, const float* __restrict__ y,
+    const float* __restrict__ scale, const float* __restrict__ dy, float* __restrict__ dx, int n, int c,
+    int hw, int size, float alpha, float beta)
+{
+    lrn_backward_body<StorageF32>(x, y, scale, dy, dx, n, c, hw, size, alpha, beta);
+}
+
+extern "C" __global__ void lrn_forward_f16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
+    unsigned short* __restrict__ scale, int n, int c, int hw, int size, float alpha, float beta, float k)
+{
+    lrn_forward_body<StorageF16>(x, y, scale, n, c, hw, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_backward_f16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ y,
+    const unsigned short* __restrict__ scale, const unsigned short* __restrict__ dy, unsigned short* __restrict__ dx, int n, int c,
+    int hw, int size, float alpha, float beta)
+{
+    lrn_backward_body<StorageF16>(x, y, scale, dy, dx, n, c, hw, size, alpha, beta);
+}
+
+extern "C" __global__ void lrn_forward_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
+    unsigned short* __restrict__ scale, int n, int c, int hw, int size, float alpha, float beta, float k)
+{
+    lrn_forward_body<StorageBF16>(x, y, scale, n, c, hw, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_backward_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ y,
+    const unsigned short* __restrict__ scale, const unsigned short* __restrict__ dy, unsigned short* __restrict__ dx, int n, int c,
+    int hw, int size, float alpha, float beta)
+{
+    lrn_backward_body<StorageBF16>(x, y, scale, dy, dx, n, c, hw, size, alpha, beta);
 }

@@ -10,10 +10,17 @@
 //     order (the order in which the CPU reference scatters them), so the
 //     result is deterministic and matches it exactly. argmax must come from
 //     the forward pass (a winner inside its own window).
+// The bodies are templates over the storage of x, y, dy and dx (prelude.cuh):
+// values are compared after widening to f32 (exact), so argmax is the same
+// as the f32 kernel's on the widened input and y is the winner's bits; the
+// backward sums in f32 and rounds each input's sum once.
 
-extern "C" __global__ void max_pool_forward_f32(const float* __restrict__ x, float* __restrict__ y,
-                                                unsigned int* __restrict__ argmax, int planes, int h,
-                                                int w, int ho, int wo, int size, int stride)
+template <class S>
+__device__ __forceinline__ void max_pool_forward_body(const typename S::T* __restrict__ x,
+                                                      typename S::T* __restrict__ y,
+                                                      unsigned int* __restrict__ argmax, int planes,
+                                                      int h, int w, int ho, int wo, int size,
+                                                      int stride)
 {
     const long long len = (long long)planes * ho * wo;
     for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < len;
@@ -22,29 +29,31 @@ extern "C" __global__ void max_pool_forward_f32(const float* __restrict__ x, flo
         const int r = (int)(o - plane * ho * wo);
         const int oy = r / wo;
         const int ox = r - oy * wo;
-        const float* xp = x + plane * h * w;
+        const typename S::T* xp = x + plane * h * w;
         const int y0 = oy * stride;
         const int x0 = ox * stride;
         int best_i = y0 * w + x0;
-        float best = xp[best_i];
+        float best = S::load(xp[best_i]);
         for (int iy = y0; iy < y0 + size; ++iy) {
             for (int ix = x0; ix < x0 + size; ++ix) {
-                const float v = xp[iy * w + ix];
+                const float v = S::load(xp[iy * w + ix]);
                 if (v > best) {
                     best = v;
                     best_i = iy * w + ix;
                 }
             }
         }
-        y[o] = best;
+        y[o] = xp[best_i]; // the winner as stored: exact in any storage
         argmax[o] = (unsigned int)best_i;
     }
 }
 
-extern "C" __global__ void max_pool_backward_f32(const float* __restrict__ dy,
-                                                 const unsigned int* __restrict__ argmax,
-                                                 float* __restrict__ dx, int planes, int h, int w,
-                                                 int ho, int wo, int size, int stride)
+template <class S>
+__device__ __forceinline__ void max_pool_backward_body(const typename S::T* __restrict__ dy,
+                                                       const unsigned int* __restrict__ argmax,
+                                                       typename S::T* __restrict__ dx, int planes,
+                                                       int h, int w, int ho, int wo, int size,
+                                                       int stride)
 {
     const long long len = (long long)planes * h * w;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
@@ -65,10 +74,49 @@ extern "C" __global__ void max_pool_backward_f32(const float* __restrict__ dy,
             for (int ox = ox_lo; ox <= ox_hi; ++ox) {
                 const long long o = out + (long long)oy * wo + ox;
                 if (argmax[o] == (unsigned int)r) {
-                    acc += dy[o];
+                    acc += S::load(dy[o]);
                 }
             }
         }
-        dx[i] = acc;
+        dx[i] = S::store(acc);
     }
+}
+
+extern "C" __global__ void max_pool_forward_f32(const float* __restrict__ x, float* __restrict__ y,
+    unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
+{
+    max_pool_forward_body<StorageF32>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+}
+
+extern "C" __global__ void max_pool_backward_f32(const float* __restrict__ dy,
+    const unsigned int* __restrict__ argmax, float* __restrict__ dx, int planes, int h, int w, int ho,
+    int wo, int size, int stride)
+{
+    max_pool_backward_body<StorageF32>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+}
+
+extern "C" __global__ void max_pool_forward_f16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
+    unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
+{
+    max_pool_forward_body<StorageF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+}
+
+extern "C" __global__ void max_pool_backward_f16(const unsigned short* __restrict__ dy,
+    const unsigned int* __restrict__ argmax, unsigned short* __restrict__ dx, int planes, int h, int w, int ho,
+    int wo, int size, int stride)
+{
+    max_pool_backward_body<StorageF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+}
+
+extern "C" __global__ void max_pool_forward_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
+    unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
+{
+    max_pool_forward_body<StorageBF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+}
+
+extern "C" __global__ void max_pool_backward_bf16(const unsigned short* __restrict__ dy,
+    const unsigned int* __restrict__ argmax, unsigned short* __restrict__ dx, int planes, int h, int w, int ho,
+    int wo, int size, int stride)
+{
+    max_pool_backward_body<StorageBF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
 }

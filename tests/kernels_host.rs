@@ -951,3 +951,486 @@ fn capped_grid_covers_every_element() {
     println!("relu_forward_f32 over {len} elements with a capped grid: {wrong} wrong");
     assert_eq!(wrong, 0);
 }
+
+// -- 16-bit storage ------------------------------------------------------------------------
+//
+// Each `_f16` / `_bf16` kernel gets inputs already rounded to 16 bits; the
+// reference is the CPU (or, where stated, the f32 kernel) on those inputs
+// widened to f32, and the kernel's 16-bit output is widened and compared with
+// the same measure as above. The kernels compute in f32 and round each output
+// once, to nearest even, so an output is off the f32 result by at most half
+// an ulp: a relative 2^-11 (4.9e-4) for f16 and 2^-8 (3.9e-3) for bf16 (11
+// and 8 significant bits). The bounds, `tol16`, are about twice that: 1e-3
+// and 8e-3. Where two roundings stand between the kernel and the reference
+// (dropout's forward, whose mask is 1/(1-p) rounded), the bound is doubled.
+// f16 subnormals (below 6.1e-5) have a fixed absolute error of at most 2^-25,
+// so the tests keep the tensor's scale well above the floor's reach (the
+// floor is 1e-3 of it). What is exact stays exact: dropout masks and which
+// elements drop, pool argmax and values, im2col, the f32 master weights.
+
+use hk::Half;
+
+const HALVES: [Half; 2] = [Half::F16, Half::Bf16];
+
+/// The bound for one rounding to `t` (see above).
+fn tol16(t: Half) -> f64 {
+    match t {
+        Half::F16 => 1e-3,
+        Half::Bf16 => 8e-3,
+    }
+}
+
+fn name16(t: Half) -> &'static str {
+    match t {
+        Half::F16 => "f16",
+        Half::Bf16 => "bf16",
+    }
+}
+
+/// f32 -> 16-bit bits, round to nearest even (the half crate).
+fn narrow(t: Half, v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| match t {
+            Half::F16 => half::f16::from_f32(x).to_bits(),
+            Half::Bf16 => half::bf16::from_f32(x).to_bits(),
+        })
+        .collect()
+}
+
+/// 16-bit bits -> f32, exact.
+fn widen(t: Half, v: &[u16]) -> Vec<f32> {
+    v.iter()
+        .map(|&h| match t {
+            Half::F16 => half::f16::from_bits(h).to_f32(),
+            Half::Bf16 => half::bf16::from_bits(h).to_f32(),
+        })
+        .collect()
+}
+
+/// Normal values with the given scale, rounded to `t`.
+fn normal16(t: Half, rng: &mut Rng, len: usize, scale: f32) -> Vec<u16> {
+    narrow(t, &normal(rng, len, scale))
+}
+
+/// Prints and asserts the 16-bit output `got` against the f32 reference
+/// within `tol`; also prints whether `got` is exactly the reference rounded
+/// once (it is wherever the kernel's f32 arithmetic is the reference's).
+fn check16(what: &str, t: Half, got: &[u16], reference: &[f32], tol: f64) {
+    let rounded = narrow(t, reference);
+    let same = got.iter().zip(&rounded).filter(|(a, b)| a == b).count();
+    let err = max_rel_err(&widen(t, got), reference);
+    println!(
+        "{what}: max rel err {err:.2e} (tolerance {tol:.0e}); {same} of {} equal the reference rounded once",
+        got.len()
+    );
+    assert!(err <= tol, "{what}: max rel err {err:e} > {tol:e}");
+}
+
+#[test]
+fn lrn_16_matches_cpu() {
+    let mut rng = Rng::new(111);
+    for t in HALVES {
+        for s in LRN_SHAPES {
+            let p = LrnParams::PAPER;
+            let x = narrow(t, &lrn_input(&mut rng, s));
+            let xw = widen(t, &x);
+            let (mut y, mut scale) = (vec![0u16; s.len()], vec![0u16; s.len()]);
+            hk::lrn_forward_16(t, &p, s, &x, &mut y, &mut scale).unwrap();
+            let (mut y_ref, mut scale_ref) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            lrn::lrn_forward(&p, s, &xw, &mut y_ref, &mut scale_ref).unwrap();
+            let what = format!("lrn_forward_{} {s:?}", name16(t));
+            check16(&format!("{what} y"), t, &y, &y_ref, tol16(t));
+            check16(&format!("{what} scale"), t, &scale, &scale_ref, tol16(t));
+
+            // backward from the 16-bit forward's outputs, as training runs it
+            let dy = normal16(t, &mut rng, s.len(), 1.0);
+            let mut dx = vec![0u16; s.len()];
+            hk::lrn_backward_16(t, &p, s, &x, &y, &scale, &dy, &mut dx).unwrap();
+            let mut dx_ref = vec![0.0; s.len()];
+            let (yw, sw, dyw) = (widen(t, &y), widen(t, &scale), widen(t, &dy));
+            lrn::lrn_backward(&p, s, &xw, &yw, &sw, &dyw, &mut dx_ref).unwrap();
+            check16(
+                &format!("lrn_backward_{} {s:?}", name16(t)),
+                t,
+                &dx,
+                &dx_ref,
+                tol16(t),
+            );
+        }
+    }
+}
+
+#[test]
+fn dropout_16_matches_f32_masks() {
+    let mut rng = Rng::new(121);
+    for t in HALVES {
+        for (len, p, seed) in [
+            (4 * 4096, 0.5f32, 7u64),
+            (12_345, 0.3, u64::MAX),
+            (1000, 0.0, 3),
+        ] {
+            let x = normal16(t, &mut rng, len, 1.0);
+            let xw = widen(t, &x);
+            let (mut xk, mut mk) = (x.clone(), vec![0u16; len]);
+            hk::dropout_forward_16(t, p, seed, &mut xk, &mut mk).unwrap();
+            // the f32 kernel's mask on the same seed, rounded: the same drops
+            let (mut x32, mut m32) = (xw.clone(), vec![0.0; len]);
+            hk::dropout_forward(p, seed, &mut x32, &mut m32).unwrap();
+            let what = format!("dropout_forward_{} len {len} p {p}", name16(t));
+            check_identical(&format!("{what} mask"), &mk, &narrow(t, &m32));
+            // x = x * (the rounded mask), rounded once
+            let mw = widen(t, &mk);
+            let want: Vec<f32> = xw.iter().zip(&mw).map(|(&a, &m)| a * m).collect();
+            check_identical(&format!("{what} x (x * mask16)"), &xk, &narrow(t, &want));
+            // against the CPU reference (f32 mask): two roundings
+            let (mut xr, mut mr) = (xw, vec![0.0; len]);
+            elementwise::dropout_forward(p, seed, &mut xr, &mut mr).unwrap();
+            check16(&format!("{what} x vs CPU"), t, &xk, &xr, 2.0 * tol16(t));
+
+            let dy = normal16(t, &mut rng, len, 1.0);
+            let mut dk = dy.clone();
+            hk::dropout_backward_16(t, &mk, &mut dk).unwrap();
+            let mut dr = widen(t, &dy);
+            elementwise::dropout_backward(&mw, &mut dr).unwrap();
+            check16(
+                &format!("dropout_backward_{} len {len}", name16(t)),
+                t,
+                &dk,
+                &dr,
+                tol16(t),
+            );
+        }
+    }
+}
+
+#[test]
+fn softmax_xent_16_matches_cpu() {
+    let mut rng = Rng::new(131);
+    for t in HALVES {
+        for (n, classes, spread) in [(32usize, 1000usize, 4.0f32), (5, 10, 30.0), (3, 1, 1.0)] {
+            let logits = normal16(t, &mut rng, n * classes, spread);
+            let lw = widen(t, &logits);
+            let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+            let (mut probs, mut row_loss) = (vec![0u16; n * classes], vec![0.0; n]);
+            let loss = hk::softmax_xent_forward_16(
+                t,
+                n,
+                classes,
+                &logits,
+                &labels,
+                &mut probs,
+                &mut row_loss,
+            )
+            .unwrap();
+            let mut probs_ref = vec![0.0; n * classes];
+            let loss_ref =
+                elementwise::softmax_xent_forward(n, classes, &lw, &labels, &mut probs_ref)
+                    .unwrap();
+            let what = format!("softmax_xent_forward_{} {n}x{classes}", name16(t));
+            check16(&format!("{what} probs"), t, &probs, &probs_ref, tol16(t));
+            // the row losses are the f32 kernel's on the widened logits, bit for bit
+            let (mut p32, mut row32) = (vec![0.0; n * classes], vec![0.0; n]);
+            hk::softmax_xent_forward(n, classes, &lw, &labels, &mut p32, &mut row32).unwrap();
+            check_identical(
+                &format!("{what} row_loss vs softmax_xent_forward_f32"),
+                &bits(&row_loss),
+                &bits(&row32),
+            );
+            check_close(&format!("{what} mean loss"), &[loss], &[loss_ref], 1e-6);
+
+            // realistic loss scales (2^10, and GradScaler's initial 2^16)
+            for scale in [1024.0f32, 65536.0] {
+                let mut d = vec![0u16; n * classes];
+                hk::softmax_xent_backward_16(t, n, classes, &probs, &labels, scale, &mut d)
+                    .unwrap();
+                let mut d_ref = vec![0.0; n * classes];
+                let pw = widen(t, &probs);
+                elementwise::softmax_xent_backward(n, classes, &pw, &labels, &mut d_ref).unwrap();
+                d_ref.iter_mut().for_each(|v| *v *= scale);
+                check16(
+                    &format!(
+                        "softmax_xent_backward_{} {n}x{classes} scale {scale}",
+                        name16(t)
+                    ),
+                    t,
+                    &d,
+                    &d_ref,
+                    tol16(t),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sgd_store_16_matches_cpu() {
+    let mut rng = Rng::new(141);
+    let p = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let len = 96 * 3 * 11 * 11 + 7;
+    for t in HALVES {
+        let w = normal(&mut rng, len, 0.01);
+        let g = normal(&mut rng, len, 0.1);
+        let v = normal(&mut rng, len, 0.001);
+        let (mut wk, mut vk, mut w16) = (w.clone(), v.clone(), vec![0u16; len]);
+        let (mut wr, mut vr) = (w, v);
+        for _ in 0..3 {
+            hk::sgd_update_store_16(t, &p, &mut wk, &g, &mut vk, &mut w16).unwrap();
+            elementwise::sgd_update(&p, &mut wr, &g, &mut vr).unwrap();
+        }
+        let what = format!("sgd_update_f32_store_{} (3 steps)", name16(t));
+        check_identical(&format!("{what} w"), &bits(&wk), &bits(&wr));
+        check_identical(&format!("{what} v"), &bits(&vk), &bits(&vr));
+        check_identical(&format!("{what} w16 = w rounded"), &w16, &narrow(t, &wr));
+        check16(&format!("{what} w16 vs w"), t, &w16, &wr, tol16(t));
+    }
+}
+
+#[test]
+fn bias_relu_16_matches_cpu() {
+    let mut rng = Rng::new(151);
+    let s = Nchw {
+        n: 2,
+        c: 96,
+        h: 27,
+        w: 27,
+    };
+    for t in HALVES {
+        let y = normal16(t, &mut rng, s.len(), 1.0);
+        let yw = widen(t, &y);
+        let b = normal(&mut rng, s.c, 0.5);
+        for relu in [false, true] {
+            let mut yk = y.clone();
+            hk::bias_relu_forward_16(t, &s, &mut yk, &b, relu).unwrap();
+            let mut yr: Vec<f32> = yw
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v + b[(i / (s.h * s.w)) % s.c])
+                .collect();
+            if relu {
+                elementwise::relu_forward(&mut yr);
+            }
+            check16(
+                &format!("bias_relu_forward_{} relu={relu}", name16(t)),
+                t,
+                &yk,
+                &yr,
+                tol16(t),
+            );
+        }
+
+        let mut xk = y.clone();
+        hk::relu_forward_16(t, &mut xk);
+        let mut xr = yw.clone();
+        elementwise::relu_forward(&mut xr);
+        check16(
+            &format!("relu_forward_{}", name16(t)),
+            t,
+            &xk,
+            &xr,
+            tol16(t),
+        );
+
+        let dy = normal16(t, &mut rng, s.len(), 1.0);
+        let mut dk = dy.clone();
+        hk::relu_backward_16(t, &xk, &mut dk).unwrap();
+        let mut dr = widen(t, &dy);
+        elementwise::relu_backward(&widen(t, &xk), &mut dr).unwrap();
+        check16(
+            &format!("relu_backward_{}", name16(t)),
+            t,
+            &dk,
+            &dr,
+            tol16(t),
+        );
+
+        // db is f32: each (n, c) plane's sum is rounded to f32 before the channel
+        // sum, where the CPU rounds once, so a channel whose two planes nearly
+        // cancel carries 2^-24 of the planes' size relative to the 1e-3 floor:
+        // up to ~1e-4 here (whatever the input format; the f32 test's seed
+        // happens to stay under 1e-6).
+        let g = ConvGeom {
+            n: s.n,
+            c_in: 1,
+            h: s.h,
+            w: s.w,
+            c_out: s.c,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        };
+        let (mut db, mut db_ref) = (vec![0.0; s.c], vec![0.0; s.c]);
+        hk::bias_backward_16(t, &s, &dy, &mut db).unwrap();
+        conv::conv2d_backward_bias(&g, &widen(t, &dy), &mut db_ref).unwrap();
+        check_close(
+            &format!(
+                "bias_backward_partial_{} + bias_backward_reduce_f32",
+                name16(t)
+            ),
+            &db,
+            &db_ref,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn max_pool_16_matches_f32() {
+    let mut rng = Rng::new(161);
+    let shapes = [
+        PoolGeom {
+            n: 2,
+            c: 96,
+            h: 55,
+            w: 55,
+            size: 3,
+            stride: 2,
+        },
+        PoolGeom {
+            n: 1,
+            c: 8,
+            h: 12,
+            w: 10,
+            size: 2,
+            stride: 2,
+        },
+    ];
+    for t in HALVES {
+        for g in shapes {
+            for ties in [false, true] {
+                let x: Vec<u16> = if ties {
+                    let v: Vec<f32> = (0..g.x_len()).map(|_| rng.below(3) as f32).collect();
+                    narrow(t, &v)
+                } else {
+                    normal16(t, &mut rng, g.x_len(), 1.0)
+                };
+                let xw = widen(t, &x);
+                let (mut y, mut am) = (vec![0u16; g.y_len()], vec![0u32; g.y_len()]);
+                hk::max_pool_forward_16(t, &g, &x, &mut y, &mut am).unwrap();
+                let (mut y32, mut am32) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+                hk::max_pool_forward(&g, &xw, &mut y32, &mut am32).unwrap();
+                let what = format!(
+                    "max_pool_forward_{} {}x{}x{}x{} size {} stride {} ties={ties}",
+                    name16(t),
+                    g.n,
+                    g.c,
+                    g.h,
+                    g.w,
+                    g.size,
+                    g.stride
+                );
+                check_identical(&format!("{what} argmax vs f32"), &am, &am32);
+                check_identical(
+                    &format!("{what} y vs f32"),
+                    &bits(&widen(t, &y)),
+                    &bits(&y32),
+                );
+
+                let dy = normal16(t, &mut rng, g.y_len(), 1.0);
+                let mut dx = vec![0u16; g.x_len()];
+                hk::max_pool_backward_16(t, &g, &dy, &am, &mut dx).unwrap();
+                let mut dx_ref = vec![0.0; g.x_len()];
+                pool::max_pool_backward(&g, &widen(t, &dy), &am32, &mut dx_ref).unwrap();
+                check16(
+                    &format!("max_pool_backward_{} ties={ties}", name16(t)),
+                    t,
+                    &dx,
+                    &dx_ref,
+                    tol16(t),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn im2col_col2im_16_match_definitions() {
+    let mut rng = Rng::new(171);
+    let shapes = [
+        ConvGeom {
+            n: 2,
+            c_in: 48,
+            h: 27,
+            w: 27,
+            c_out: 32,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            groups: 2,
+        },
+        ConvGeom {
+            n: 1,
+            c_in: 4,
+            h: 9,
+            w: 8,
+            c_out: 6,
+            k: 4,
+            stride: 2,
+            pad: 3,
+            groups: 2,
+        },
+    ];
+    for t in HALVES {
+        for g in shapes {
+            let what = format!(
+                "c_in {} {}x{} k {} stride {} pad {} groups {}",
+                g.c_in, g.h, g.w, g.k, g.stride, g.pad, g.groups
+            );
+            let x = normal16(t, &mut rng, g.x_len(), 1.0);
+            let mut col = vec![0u16; hk::im2col_len(&g).unwrap()];
+            hk::im2col_16(t, &g, &x, &mut col).unwrap();
+            check_identical(
+                &format!("im2col_{} vs its definition, {what}", name16(t)),
+                &col,
+                &narrow(t, &naive_im2col(&g, &widen(t, &x))),
+            );
+
+            let w = normal(&mut rng, g.w_len(), 0.1);
+            let dy = normal(&mut rng, g.y_len(), 1.0);
+            let dcol = narrow(t, &gemm_conv_dcol(&g, &w, &dy));
+            let mut dx = vec![0u16; g.x_len()];
+            hk::col2im_16(t, &g, &dcol, &mut dx).unwrap();
+            check16(
+                &format!("col2im_{} vs a scatter-add, {what}", name16(t)),
+                t,
+                &dx,
+                &naive_col2im(&g, &widen(t, &dcol)),
+                tol16(t),
+            );
+        }
+    }
+}
+
+#[test]
+fn unscale_check_16_widens_scales_and_flags() {
+    let mut rng = Rng::new(181);
+    let inv = 1.0 / 1024.0;
+    for t in HALVES {
+        let g = normal16(t, &mut rng, 100_003, 1000.0);
+        let mut dst = vec![f32::NAN; g.len()];
+        assert!(!hk::unscale_check_16(t, &g, &mut dst, inv).unwrap());
+        let want: Vec<f32> = widen(t, &g).iter().map(|&v| v * inv).collect();
+        let what = format!("{}_to_f32_unscale_check", name16(t));
+        check_identical(&format!("{what} dst"), &bits(&dst), &bits(&want));
+        let (inf, nan) = match t {
+            Half::F16 => (0x7c00u16, 0x7e00u16),
+            Half::Bf16 => (0x7f80, 0x7fc0),
+        };
+        for bad in [inf, inf | 0x8000, nan] {
+            let mut gb = g.clone();
+            gb[77_777] = bad;
+            assert!(
+                hk::unscale_check_16(t, &gb, &mut dst, inv).unwrap(),
+                "{what}: {bad:#x} not flagged"
+            );
+        }
+        // finite values that overflow f32 once scaled are flagged too
+        let big = narrow(t, &[60000.0, 1.0]);
+        assert!(hk::unscale_check_16(t, &big, &mut [0.0; 2], f32::MAX).unwrap());
+        println!("{what}: overflow flagged for inf, -inf, NaN and scaled overflow");
+    }
+}

@@ -191,6 +191,342 @@ mod ffi {
             len: i64,
             overflow: *mut i32,
         );
+        pub fn host_lrn_forward_f16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *mut u16,
+            scale: *mut u16,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+            k: f32,
+        );
+        pub fn host_lrn_backward_f16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *const u16,
+            scale: *const u16,
+            dy: *const u16,
+            dx: *mut u16,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+        );
+        pub fn host_dropout_forward_f16(
+            grid: u32,
+            block: u32,
+            x: *mut u16,
+            mask: *mut u16,
+            seed: u64,
+            p: f32,
+            len: i64,
+        );
+        pub fn host_dropout_backward_f16(
+            grid: u32,
+            block: u32,
+            mask: *const u16,
+            dy: *mut u16,
+            len: i64,
+        );
+        pub fn host_softmax_xent_forward_f16(
+            grid: u32,
+            block: u32,
+            logits: *const u16,
+            labels: *const u32,
+            probs: *mut u16,
+            row_loss: *mut f32,
+            n: i32,
+            classes: i32,
+        );
+        pub fn host_softmax_xent_backward_f16(
+            grid: u32,
+            block: u32,
+            probs: *const u16,
+            labels: *const u32,
+            dlogits: *mut u16,
+            n: i32,
+            classes: i32,
+            scale: f32,
+        );
+        pub fn host_sgd_update_f32_store_f16(
+            grid: u32,
+            block: u32,
+            w: *mut f32,
+            g: *const f32,
+            v: *mut f32,
+            w16: *mut u16,
+            lr: f32,
+            momentum: f32,
+            weight_decay: f32,
+            len: i64,
+        );
+        pub fn host_bias_relu_forward_f16(
+            grid: u32,
+            block: u32,
+            y: *mut u16,
+            b: *const f32,
+            c: i32,
+            hw: i32,
+            len: i64,
+            relu: i32,
+        );
+        pub fn host_relu_forward_f16(grid: u32, block: u32, x: *mut u16, len: i64);
+        pub fn host_relu_backward_f16(grid: u32, block: u32, y: *const u16, dy: *mut u16, len: i64);
+        pub fn host_bias_backward_partial_f16(
+            grid: u32,
+            block: u32,
+            dy: *const u16,
+            partial: *mut f32,
+            n: i32,
+            c: i32,
+            hw: i32,
+        );
+        pub fn host_max_pool_forward_f16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *mut u16,
+            argmax: *mut u32,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_max_pool_backward_f16(
+            grid: u32,
+            block: u32,
+            dy: *const u16,
+            argmax: *const u32,
+            dx: *mut u16,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_im2col_f16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            col: *mut u16,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_col2im_f16(
+            grid: u32,
+            block: u32,
+            col: *const u16,
+            x: *mut u16,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_f16_to_f32_unscale_check(
+            grid: u32,
+            block: u32,
+            src: *const u16,
+            dst: *mut f32,
+            inv_scale: f32,
+            len: i64,
+            overflow: *mut i32,
+        );
+        pub fn host_lrn_forward_bf16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *mut u16,
+            scale: *mut u16,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+            k: f32,
+        );
+        pub fn host_lrn_backward_bf16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *const u16,
+            scale: *const u16,
+            dy: *const u16,
+            dx: *mut u16,
+            n: i32,
+            c: i32,
+            hw: i32,
+            size: i32,
+            alpha: f32,
+            beta: f32,
+        );
+        pub fn host_dropout_forward_bf16(
+            grid: u32,
+            block: u32,
+            x: *mut u16,
+            mask: *mut u16,
+            seed: u64,
+            p: f32,
+            len: i64,
+        );
+        pub fn host_dropout_backward_bf16(
+            grid: u32,
+            block: u32,
+            mask: *const u16,
+            dy: *mut u16,
+            len: i64,
+        );
+        pub fn host_softmax_xent_forward_bf16(
+            grid: u32,
+            block: u32,
+            logits: *const u16,
+            labels: *const u32,
+            probs: *mut u16,
+            row_loss: *mut f32,
+            n: i32,
+            classes: i32,
+        );
+        pub fn host_softmax_xent_backward_bf16(
+            grid: u32,
+            block: u32,
+            probs: *const u16,
+            labels: *const u32,
+            dlogits: *mut u16,
+            n: i32,
+            classes: i32,
+            scale: f32,
+        );
+        pub fn host_sgd_update_f32_store_bf16(
+            grid: u32,
+            block: u32,
+            w: *mut f32,
+            g: *const f32,
+            v: *mut f32,
+            w16: *mut u16,
+            lr: f32,
+            momentum: f32,
+            weight_decay: f32,
+            len: i64,
+        );
+        pub fn host_bias_relu_forward_bf16(
+            grid: u32,
+            block: u32,
+            y: *mut u16,
+            b: *const f32,
+            c: i32,
+            hw: i32,
+            len: i64,
+            relu: i32,
+        );
+        pub fn host_relu_forward_bf16(grid: u32, block: u32, x: *mut u16, len: i64);
+        pub fn host_relu_backward_bf16(
+            grid: u32,
+            block: u32,
+            y: *const u16,
+            dy: *mut u16,
+            len: i64,
+        );
+        pub fn host_bias_backward_partial_bf16(
+            grid: u32,
+            block: u32,
+            dy: *const u16,
+            partial: *mut f32,
+            n: i32,
+            c: i32,
+            hw: i32,
+        );
+        pub fn host_max_pool_forward_bf16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            y: *mut u16,
+            argmax: *mut u32,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_max_pool_backward_bf16(
+            grid: u32,
+            block: u32,
+            dy: *const u16,
+            argmax: *const u32,
+            dx: *mut u16,
+            planes: i32,
+            h: i32,
+            w: i32,
+            ho: i32,
+            wo: i32,
+            size: i32,
+            stride: i32,
+        );
+        pub fn host_im2col_bf16(
+            grid: u32,
+            block: u32,
+            x: *const u16,
+            col: *mut u16,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_col2im_bf16(
+            grid: u32,
+            block: u32,
+            col: *const u16,
+            x: *mut u16,
+            images: i32,
+            c: i32,
+            h: i32,
+            w: i32,
+            k: i32,
+            stride: i32,
+            pad: i32,
+            ho: i32,
+            wo: i32,
+        );
+        pub fn host_bf16_to_f32_unscale_check(
+            grid: u32,
+            block: u32,
+            src: *const u16,
+            dst: *mut f32,
+            inv_scale: f32,
+            len: i64,
+            overflow: *mut i32,
+        );
     }
 }
 
@@ -308,12 +644,7 @@ pub fn lrn_backward(
 /// `dropout_forward_f32`: mask = 0 or 1/(1-p) from the hash of (seed, i); x *= mask.
 pub fn dropout_forward(p: f32, seed: u64, x: &mut [f32], mask: &mut [f32]) -> Result<()> {
     const OP: &str = "dropout_forward_f32";
-    if !(0.0..1.0).contains(&p) {
-        return Err(shape_err(
-            OP,
-            format!("drop probability {p} is not in [0, 1)"),
-        ));
-    }
+    check_drop_probability(OP, p)?;
     check_len(OP, "mask", mask.len(), x.len())?;
     let (grid, block) = launch_1d(x.len());
     // SAFETY: x and mask both hold len elements (checked) and are distinct borrows.
@@ -329,6 +660,17 @@ pub fn dropout_forward(p: f32, seed: u64, x: &mut [f32], mask: &mut [f32]) -> Re
         );
     }
     Ok(())
+}
+
+fn check_drop_probability(op: &'static str, p: f32) -> Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(shape_err(
+            op,
+            format!("drop probability {p} is not in [0, 1)"),
+        ))
+    }
 }
 
 /// `dropout_backward_f32`: dy *= mask.
@@ -604,18 +946,7 @@ pub fn max_pool_backward(g: &PoolGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32
     check_len(OP, "dy", dy.len(), g.y_len())?;
     check_len(OP, "argmax", argmax.len(), g.y_len())?;
     check_len(OP, "dx", dx.len(), g.x_len())?;
-    let plane_out = g.h_out() * g.w_out();
-    for (o, &a) in argmax.iter().enumerate() {
-        let (oy, ox) = ((o % plane_out) / g.w_out(), o % g.w_out());
-        let (iy, ix) = (a as usize / g.w, a as usize % g.w);
-        let inside = |i: usize, o: usize| i >= o * g.stride && i < o * g.stride + g.size;
-        if a as usize >= g.h * g.w || !inside(iy, oy) || !inside(ix, ox) {
-            return Err(shape_err(
-                OP,
-                format!("argmax {a} of output {o} is outside its window"),
-            ));
-        }
-    }
+    check_argmax(OP, g, argmax)?;
     let (grid, block) = launch_1d(g.x_len());
     // SAFETY: dy, argmax and dx have the geometry's lengths (checked); the
     // kernel reads argmax values only to compare them.
@@ -634,6 +965,23 @@ pub fn max_pool_backward(g: &PoolGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32
             size,
             stride,
         );
+    }
+    Ok(())
+}
+
+/// Every argmax must lie inside its own output's window (see `max_pool_backward`).
+fn check_argmax(op: &'static str, g: &PoolGeom, argmax: &[u32]) -> Result<()> {
+    let plane_out = g.h_out() * g.w_out();
+    for (o, &a) in argmax.iter().enumerate() {
+        let (oy, ox) = ((o % plane_out) / g.w_out(), o % g.w_out());
+        let (iy, ix) = (a as usize / g.w, a as usize % g.w);
+        let inside = |i: usize, o: usize| i >= o * g.stride && i < o * g.stride + g.size;
+        if a as usize >= g.h * g.w || !inside(iy, oy) || !inside(ix, ox) {
+            return Err(shape_err(
+                op,
+                format!("argmax {a} of output {o} is outside its window"),
+            ));
+        }
     }
     Ok(())
 }
@@ -793,4 +1141,530 @@ pub fn unscale_check(g: &mut [f32], inv_scale: f32) -> bool {
         );
     }
     overflow != 0
+}
+
+// -- 16-bit storage ---------------------------------------------------------------------
+
+/// The 16-bit storage format of a `_f16` / `_bf16` kernel's activations, held
+/// as `u16` bits: IEEE binary16 or bfloat16. The kernels compute in f32 and
+/// round each stored output once, to nearest even.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+impl Half {
+    /// `f16` for F16, `bf16` for Bf16 (a kernel's name; the kernels themselves
+    /// are chosen with a `match`, whose arms coerce to one fn pointer type).
+    fn pick(self, f16: &'static str, bf16: &'static str) -> &'static str {
+        match self {
+            Half::F16 => f16,
+            Half::Bf16 => bf16,
+        }
+    }
+}
+
+/// `lrn_forward_{f16,bf16}`: as `lrn_forward`, with 16-bit x, y and scale.
+pub fn lrn_forward_16(
+    t: Half,
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[u16],
+    y: &mut [u16],
+    scale: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("lrn_forward_f16", "lrn_forward_bf16");
+    let (n, c, hw, size) = lrn_args(op, p, s)?;
+    check_len(op, "x", x.len(), s.len())?;
+    check_len(op, "y", y.len(), s.len())?;
+    check_len(op, "scale", scale.len(), s.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_lrn_forward_f16,
+        Half::Bf16 => ffi::host_lrn_forward_bf16,
+    };
+    let (grid, block) = launch_1d(s.n * s.h * s.w);
+    // SAFETY: x, y and scale hold n*c*h*w elements (checked); y and scale are
+    // distinct &mut borrows.
+    unsafe {
+        f(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            scale.as_mut_ptr(),
+            n,
+            c,
+            hw,
+            size,
+            p.alpha,
+            p.beta,
+            p.k,
+        );
+    }
+    Ok(())
+}
+
+/// `lrn_backward_{f16,bf16}`: as `lrn_backward`, with 16-bit buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_backward_16(
+    t: Half,
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[u16],
+    y: &[u16],
+    scale: &[u16],
+    dy: &[u16],
+    dx: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("lrn_backward_f16", "lrn_backward_bf16");
+    let (n, c, hw, size) = lrn_args(op, p, s)?;
+    for (what, len) in [
+        ("x", x.len()),
+        ("y", y.len()),
+        ("scale", scale.len()),
+        ("dy", dy.len()),
+        ("dx", dx.len()),
+    ] {
+        check_len(op, what, len, s.len())?;
+    }
+    let f = match t {
+        Half::F16 => ffi::host_lrn_backward_f16,
+        Half::Bf16 => ffi::host_lrn_backward_bf16,
+    };
+    let (grid, block) = launch_1d(s.n * s.h * s.w);
+    // SAFETY: every buffer holds n*c*h*w elements (checked); dx is the only output.
+    unsafe {
+        f(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_ptr(),
+            scale.as_ptr(),
+            dy.as_ptr(),
+            dx.as_mut_ptr(),
+            n,
+            c,
+            hw,
+            size,
+            p.alpha,
+            p.beta,
+        );
+    }
+    Ok(())
+}
+
+/// `dropout_forward_{f16,bf16}`: the f32 kernel's drops for the same seed;
+/// mask = 0 or 1/(1-p) rounded to 16 bits; x *= mask.
+pub fn dropout_forward_16(
+    t: Half,
+    p: f32,
+    seed: u64,
+    x: &mut [u16],
+    mask: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("dropout_forward_f16", "dropout_forward_bf16");
+    check_drop_probability(op, p)?;
+    check_len(op, "mask", mask.len(), x.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_dropout_forward_f16,
+        Half::Bf16 => ffi::host_dropout_forward_bf16,
+    };
+    let (grid, block) = launch_1d(x.len());
+    // SAFETY: x and mask both hold len elements (checked) and are distinct borrows.
+    unsafe {
+        f(
+            grid,
+            block,
+            x.as_mut_ptr(),
+            mask.as_mut_ptr(),
+            seed,
+            p,
+            long(x.len()),
+        );
+    }
+    Ok(())
+}
+
+/// `dropout_backward_{f16,bf16}`: dy *= mask.
+pub fn dropout_backward_16(t: Half, mask: &[u16], dy: &mut [u16]) -> Result<()> {
+    let op = t.pick("dropout_backward_f16", "dropout_backward_bf16");
+    check_len(op, "dy", dy.len(), mask.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_dropout_backward_f16,
+        Half::Bf16 => ffi::host_dropout_backward_bf16,
+    };
+    let (grid, block) = launch_1d(dy.len());
+    // SAFETY: mask and dy both hold len elements (checked).
+    unsafe { f(grid, block, mask.as_ptr(), dy.as_mut_ptr(), long(dy.len())) }
+    Ok(())
+}
+
+/// `softmax_xent_forward_{f16,bf16}`: 16-bit probs, f32 row losses; returns
+/// their mean (summed in f64).
+pub fn softmax_xent_forward_16(
+    t: Half,
+    n: usize,
+    classes: usize,
+    logits: &[u16],
+    labels: &[u32],
+    probs: &mut [u16],
+    row_loss: &mut [f32],
+) -> Result<f32> {
+    let op = t.pick("softmax_xent_forward_f16", "softmax_xent_forward_bf16");
+    let (ni, ci) = xent_args(op, n, classes, logits.len(), labels, probs.len())?;
+    check_len(op, "row_loss", row_loss.len(), n)?;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let f = match t {
+        Half::F16 => ffi::host_softmax_xent_forward_f16,
+        Half::Bf16 => ffi::host_softmax_xent_forward_bf16,
+    };
+    let (grid, block) = launch_1d(n);
+    // SAFETY: logits and probs hold n*classes elements, labels and row_loss n
+    // (checked); every label is < classes (checked).
+    unsafe {
+        f(
+            grid,
+            block,
+            logits.as_ptr(),
+            labels.as_ptr(),
+            probs.as_mut_ptr(),
+            row_loss.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
+    Ok((total / n as f64) as f32)
+}
+
+/// `softmax_xent_backward_{f16,bf16}`: dlogits = (probs - onehot(labels)) / n * scale
+/// (`scale`: the loss scale).
+pub fn softmax_xent_backward_16(
+    t: Half,
+    n: usize,
+    classes: usize,
+    probs: &[u16],
+    labels: &[u32],
+    scale: f32,
+    dlogits: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("softmax_xent_backward_f16", "softmax_xent_backward_bf16");
+    let (ni, ci) = xent_args(op, n, classes, probs.len(), labels, dlogits.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = match t {
+        Half::F16 => ffi::host_softmax_xent_backward_f16,
+        Half::Bf16 => ffi::host_softmax_xent_backward_bf16,
+    };
+    let (grid, block) = launch_1d(probs.len());
+    // SAFETY: probs and dlogits hold n*classes elements, labels n (checked).
+    unsafe {
+        f(
+            grid,
+            block,
+            probs.as_ptr(),
+            labels.as_ptr(),
+            dlogits.as_mut_ptr(),
+            ni,
+            ci,
+            scale,
+        );
+    }
+    Ok(())
+}
+
+/// `sgd_update_f32_store_{f16,bf16}`: `sgd_update` on the f32 master weights
+/// w, then w16 = w rounded to 16 bits.
+pub fn sgd_update_store_16(
+    t: Half,
+    p: &SgdParams,
+    w: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+    w16: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("sgd_update_f32_store_f16", "sgd_update_f32_store_bf16");
+    check_len(op, "g", g.len(), w.len())?;
+    check_len(op, "v", v.len(), w.len())?;
+    check_len(op, "w16", w16.len(), w.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_sgd_update_f32_store_f16,
+        Half::Bf16 => ffi::host_sgd_update_f32_store_bf16,
+    };
+    let (grid, block) = launch_1d(w.len());
+    // SAFETY: w, g, v and w16 hold len elements (checked); w, v and w16 are
+    // distinct borrows.
+    unsafe {
+        f(
+            grid,
+            block,
+            w.as_mut_ptr(),
+            g.as_ptr(),
+            v.as_mut_ptr(),
+            w16.as_mut_ptr(),
+            p.lr,
+            p.momentum,
+            p.weight_decay,
+            long(w.len()),
+        );
+    }
+    Ok(())
+}
+
+/// `bias_relu_forward_{f16,bf16}`: y[n, c, :, :] += b[c] (f32), then max(y, 0) when `relu`.
+pub fn bias_relu_forward_16(t: Half, s: &Nchw, y: &mut [u16], b: &[f32], relu: bool) -> Result<()> {
+    let op = t.pick("bias_relu_forward_f16", "bias_relu_forward_bf16");
+    let len = checked_product(op, "y", &[s.n, s.c, s.h, s.w])?;
+    check_len(op, "y", y.len(), len)?;
+    check_len(op, "b", b.len(), s.c)?;
+    let (c, hw) = (int(op, "c", s.c)?, int_product(op, "h * w", &[s.h, s.w])?);
+    if len == 0 {
+        return Ok(()); // also keeps the kernel's division by hw away from zero
+    }
+    let f = match t {
+        Half::F16 => ffi::host_bias_relu_forward_f16,
+        Half::Bf16 => ffi::host_bias_relu_forward_bf16,
+    };
+    let (grid, block) = launch_1d(len);
+    // SAFETY: y holds n*c*h*w elements and b holds c (checked); hw > 0 here.
+    unsafe {
+        f(
+            grid,
+            block,
+            y.as_mut_ptr(),
+            b.as_ptr(),
+            c,
+            hw,
+            long(len),
+            relu as i32,
+        );
+    }
+    Ok(())
+}
+
+/// `relu_forward_{f16,bf16}`: x = max(x, 0).
+pub fn relu_forward_16(t: Half, x: &mut [u16]) {
+    let f = match t {
+        Half::F16 => ffi::host_relu_forward_f16,
+        Half::Bf16 => ffi::host_relu_forward_bf16,
+    };
+    let (grid, block) = launch_1d(x.len());
+    // SAFETY: the kernel touches x[0..len) only.
+    unsafe { f(grid, block, x.as_mut_ptr(), long(x.len())) }
+}
+
+/// `relu_backward_{f16,bf16}`: dy = 0 where y <= 0.
+pub fn relu_backward_16(t: Half, y: &[u16], dy: &mut [u16]) -> Result<()> {
+    let op = t.pick("relu_backward_f16", "relu_backward_bf16");
+    check_len(op, "dy", dy.len(), y.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_relu_backward_f16,
+        Half::Bf16 => ffi::host_relu_backward_bf16,
+    };
+    let (grid, block) = launch_1d(y.len());
+    // SAFETY: y and dy both hold len elements (checked).
+    unsafe { f(grid, block, y.as_ptr(), dy.as_mut_ptr(), long(y.len())) }
+    Ok(())
+}
+
+/// db[c] (f32) = sum over n, h, w of a 16-bit dy: `bias_backward_partial_{f16,bf16}`
+/// then `bias_backward_reduce_f32`.
+pub fn bias_backward_16(t: Half, s: &Nchw, dy: &[u16], db: &mut [f32]) -> Result<()> {
+    let op = t.pick("bias_backward_f16", "bias_backward_bf16");
+    let len = checked_product(op, "dy", &[s.n, s.c, s.h, s.w])?;
+    check_len(op, "dy", dy.len(), len)?;
+    check_len(op, "db", db.len(), s.c)?;
+    let (n, c) = (int(op, "n", s.n)?, int(op, "c", s.c)?);
+    let hw = int_product(op, "h * w", &[s.h, s.w])?;
+    let mut partial = vec![0.0f32; s.n * s.c];
+    let f = match t {
+        Half::F16 => ffi::host_bias_backward_partial_f16,
+        Half::Bf16 => ffi::host_bias_backward_partial_bf16,
+    };
+    let (grid, block) = launch_1d(partial.len());
+    // SAFETY: dy holds n*c*h*w elements (checked), partial n*c (allocated here).
+    unsafe { f(grid, block, dy.as_ptr(), partial.as_mut_ptr(), n, c, hw) }
+    let (grid, block) = launch_1d(s.c);
+    // SAFETY: partial holds n*c elements and db c (checked).
+    unsafe {
+        ffi::host_bias_backward_reduce_f32(grid, block, partial.as_ptr(), db.as_mut_ptr(), n, c);
+    }
+    Ok(())
+}
+
+/// `max_pool_forward_{f16,bf16}`: y = window max (the winner's bits), argmax
+/// as `max_pool_forward` gives for the widened input.
+pub fn max_pool_forward_16(
+    t: Half,
+    g: &PoolGeom,
+    x: &[u16],
+    y: &mut [u16],
+    argmax: &mut [u32],
+) -> Result<()> {
+    let op = t.pick("max_pool_forward_f16", "max_pool_forward_bf16");
+    let [planes, h, w, ho, wo, size, stride] = pool_args(op, g)?;
+    check_len(op, "x", x.len(), g.x_len())?;
+    check_len(op, "y", y.len(), g.y_len())?;
+    check_len(op, "argmax", argmax.len(), g.y_len())?;
+    let f = match t {
+        Half::F16 => ffi::host_max_pool_forward_f16,
+        Half::Bf16 => ffi::host_max_pool_forward_bf16,
+    };
+    let (grid, block) = launch_1d(g.y_len());
+    // SAFETY: as in `max_pool_forward`: lengths checked, windows inside their planes.
+    unsafe {
+        f(
+            grid,
+            block,
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            argmax.as_mut_ptr(),
+            planes,
+            h,
+            w,
+            ho,
+            wo,
+            size,
+            stride,
+        );
+    }
+    Ok(())
+}
+
+/// `max_pool_backward_{f16,bf16}`: dx[i] = sum of dy over the outputs whose
+/// winner is i (summed in f32, rounded once); argmax as for `max_pool_backward`.
+pub fn max_pool_backward_16(
+    t: Half,
+    g: &PoolGeom,
+    dy: &[u16],
+    argmax: &[u32],
+    dx: &mut [u16],
+) -> Result<()> {
+    let op = t.pick("max_pool_backward_f16", "max_pool_backward_bf16");
+    let [planes, h, w, ho, wo, size, stride] = pool_args(op, g)?;
+    check_len(op, "dy", dy.len(), g.y_len())?;
+    check_len(op, "argmax", argmax.len(), g.y_len())?;
+    check_len(op, "dx", dx.len(), g.x_len())?;
+    check_argmax(op, g, argmax)?;
+    let f = match t {
+        Half::F16 => ffi::host_max_pool_backward_f16,
+        Half::Bf16 => ffi::host_max_pool_backward_bf16,
+    };
+    let (grid, block) = launch_1d(g.x_len());
+    // SAFETY: dy, argmax and dx have the geometry's lengths (checked); the
+    // kernel reads argmax values only to compare them.
+    unsafe {
+        f(
+            grid,
+            block,
+            dy.as_ptr(),
+            argmax.as_ptr(),
+            dx.as_mut_ptr(),
+            planes,
+            h,
+            w,
+            ho,
+            wo,
+            size,
+            stride,
+        );
+    }
+    Ok(())
+}
+
+/// `im2col_{f16,bf16}`: as `im2col`, copying 16-bit values exactly.
+pub fn im2col_16(t: Half, g: &ConvGeom, x: &[u16], col: &mut [u16]) -> Result<()> {
+    let op = t.pick("im2col_f16", "im2col_bf16");
+    let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(op, g)?;
+    check_len(op, "x", x.len(), g.x_len())?;
+    check_len(op, "col", col.len(), col_len)?;
+    let f = match t {
+        Half::F16 => ffi::host_im2col_f16,
+        Half::Bf16 => ffi::host_im2col_bf16,
+    };
+    let (grid, block) = launch_1d(col_len);
+    // SAFETY: x and col have the geometry's lengths (checked); reads are guarded
+    // by the kernel's in-image test.
+    unsafe {
+        f(
+            grid,
+            block,
+            x.as_ptr(),
+            col.as_mut_ptr(),
+            images,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        );
+    }
+    Ok(())
+}
+
+/// `col2im_{f16,bf16}`: as `col2im`, summing in f32 and rounding each pixel once.
+pub fn col2im_16(t: Half, g: &ConvGeom, col: &[u16], dx: &mut [u16]) -> Result<()> {
+    let op = t.pick("col2im_f16", "col2im_bf16");
+    let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(op, g)?;
+    check_len(op, "col", col.len(), col_len)?;
+    check_len(op, "dx", dx.len(), g.x_len())?;
+    let f = match t {
+        Half::F16 => ffi::host_col2im_f16,
+        Half::Bf16 => ffi::host_col2im_bf16,
+    };
+    let (grid, block) = launch_1d(g.x_len());
+    // SAFETY: col and dx have the geometry's lengths (checked); the kernel reads
+    // only column entries of in-range outputs.
+    unsafe {
+        f(
+            grid,
+            block,
+            col.as_ptr(),
+            dx.as_mut_ptr(),
+            images,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        );
+    }
+    Ok(())
+}
+
+/// `{f16,bf16}_to_f32_unscale_check`: dst = widen(src) * inv_scale; returns
+/// true when any result is infinite or NaN.
+pub fn unscale_check_16(t: Half, src: &[u16], dst: &mut [f32], inv_scale: f32) -> Result<bool> {
+    let op = t.pick("f16_to_f32_unscale_check", "bf16_to_f32_unscale_check");
+    check_len(op, "dst", dst.len(), src.len())?;
+    let f = match t {
+        Half::F16 => ffi::host_f16_to_f32_unscale_check,
+        Half::Bf16 => ffi::host_bf16_to_f32_unscale_check,
+    };
+    let mut overflow = 0i32;
+    let (grid, block) = launch_1d(src.len());
+    // SAFETY: src and dst hold len elements (checked); the kernel also writes
+    // the one int `overflow`.
+    unsafe {
+        f(
+            grid,
+            block,
+            src.as_ptr(),
+            dst.as_mut_ptr(),
+            inv_scale,
+            long(src.len()),
+            &mut overflow,
+        );
+    }
+    Ok(overflow != 0)
 }

@@ -13,7 +13,8 @@
 pub struct Module {
     /// The file stem, e.g. "lrn" for kernels/lrn.cu.
     pub name: &'static str,
-    /// The CUDA source, for NVRTC (it has no #includes).
+    /// The CUDA source, for NVRTC (it has no #includes): kernels/prelude.cuh
+    /// (the device code every kernel file shares) followed by the file.
     pub source: &'static str,
     /// nvcc's fatbin (PTX + SASS), or None when the build had no nvcc.
     pub fatbin: Option<&'static [u8]>,
