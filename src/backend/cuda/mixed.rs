@@ -722,3 +722,44 @@ impl CudaBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_parses_its_flag_values_and_only_fp16_scales() {
+        for p in [Precision::F32, Precision::F16, Precision::Bf16] {
+            assert_eq!(p.as_str().parse::<Precision>().ok(), Some(p));
+            assert_eq!(p.needs_loss_scaling(), p == Precision::F16);
+        }
+        assert_eq!(Precision::default(), Precision::F32);
+        assert!(!Precision::F32.is_half());
+        assert!("fp8".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn host_conversion_rounds_to_nearest_even_and_widens_exactly() {
+        // 1 + 2^-11 lies halfway between fp16's 1 and 1 + 2^-10: even is 1.
+        // 1 + 3 * 2^-11 is halfway between 1 + 2^-10 and 1 + 2^-9: even is 1 + 2^-9.
+        let src = [
+            1.0f32,
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -2.5,
+            70000.0,
+        ];
+        let mut bits = [0u16; 5];
+        let mut back = [0f32; 5];
+        narrow_host(Precision::F16, &src, &mut bits);
+        widen_host(Precision::F16, &bits, &mut back);
+        assert_eq!(back[..4], [1.0, 1.0, 1.0 + 2f32.powi(-9), -2.5]);
+        assert!(back[4].is_infinite(), "beyond fp16's 65504 is inf");
+        // bf16 keeps f32's range: 70000 rounds to 8 mantissa bits (69632 or 70144).
+        narrow_host(Precision::Bf16, &src, &mut bits);
+        widen_host(Precision::Bf16, &bits, &mut back);
+        assert_eq!(back[0], 1.0);
+        assert_eq!(back[3], -2.5);
+        assert_eq!(back[4], 70144.0);
+    }
+}
