@@ -24,7 +24,7 @@
 //! write with events (it does once a context has two streams), so a buffer
 //! is never freed or reused across streams while in use.
 //!
-//! Precision (`Precision`, `CudaOptions::precision`): fp32 is the default and
+//! Precision (`Precision`, `CudaBackend::with_precision`): fp32 is the default and
 //! the reference. In fp16 / bf16 mode (mixed precision, Micikevicius et al.
 //! 2018) activations and their gradients live in 16 bits, parameters keep an
 //! f32 master copy (weights, gradients, momentum: `alloc_param`) plus a 16-bit
@@ -99,7 +99,9 @@ impl<T> CudaBuf<T> {
     }
 }
 
-/// Choices made when the backend is created.
+/// Choices made when the backend is created. (The storage precision is the
+/// separate argument of `CudaBackend::with_precision`, so that code building
+/// these options with a struct literal keeps compiling.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CudaOptions {
     /// Use the im2col + cuBLAS grouped convolution even when cuDNN is present
