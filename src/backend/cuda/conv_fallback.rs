@@ -26,10 +26,18 @@
 //!             strided-batched over the groups of one image (A stride K*P, B stride M*P,
 //!             C stride M*K), beta = 0 for the first image and 1 after: images
 //!             accumulate into the same dw, so they cannot be one batch.
+//!
+//! In 16-bit mode (mixed.rs) the same products run as cublasGemmStridedBatchedEx
+//! on 16-bit operands with f32 accumulation (`*16` functions): the column
+//! buffer is 16-bit (im2col_H / col2im_H), y and dcol are written in 16 bits,
+//! and the filter gradient is written and accumulated over images straight
+//! into the f32 master dw (C in f32: no rounding between images).
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
+use super::mixed::{check_master, half_of, half_out, GemmEx};
 use super::{cfg, cuda_err, int, long, CudaBackend, CudaBuf};
 use crate::backend::ConvGeom;
 use crate::error::{Error, Result};
@@ -42,6 +50,8 @@ const COL_BUDGET: usize = 64 << 20;
 #[derive(Default)]
 pub struct Scratch {
     col: Option<CudaSlice<f32>>,
+    /// The 16-bit column buffer (16-bit mode).
+    col16: Option<CudaSlice<u16>>,
     partial: Option<CudaSlice<f32>>,
 }
 
@@ -117,23 +127,38 @@ fn col<'a>(
     })
 }
 
-/// col[images][c_in*k*k][P] = im2col(x[i0 .. i0 + images]).
-#[allow(clippy::too_many_arguments)]
-fn im2col(
+/// The 16-bit column buffer, grown to one chunk.
+fn col16<'a>(
     be: &CudaBackend,
     op: &'static str,
+    s: &'a mut Scratch,
+    d: &Dims,
+) -> Result<&'a mut CudaSlice<u16>> {
+    be.ensure(op, &mut s.col16, d.chunk * d.col_img)?;
+    s.col16.as_mut().ok_or_else(|| Error::Cuda {
+        op,
+        detail: "im2col scratch missing".into(),
+    })
+}
+
+/// col[images][c_in*k*k][P] = im2col(x[i0 .. i0 + images]), with `f` the
+/// kernel for x's element type (im2col_f32, or im2col_f16 / _bf16 on u16).
+#[allow(clippy::too_many_arguments)]
+fn im2col<E: DeviceRepr>(
+    be: &CudaBackend,
+    op: &'static str,
+    f: &CudaFunction,
     g: &ConvGeom,
     d: &Dims,
-    x: &CudaBuf<f32>,
+    x: &CudaSlice<E>,
     i0: usize,
     images: usize,
-    col: &mut CudaSlice<f32>,
+    col: &mut CudaSlice<E>,
 ) -> Result<()> {
     let x_img = g.c_in * g.h * g.w;
-    let xv = x.data.slice(i0 * x_img..(i0 + images) * x_img);
+    let xv = x.slice(i0 * x_img..(i0 + images) * x_img);
     let mut cv = col.slice_mut(..images * d.col_img);
     let imgs = int(op, "images", images)?;
-    let f = be.kernels.get("im2col_f32")?;
     let mut l = be.stream.launch_builder(f);
     l.arg(&xv)
         .arg(&mut cv)
@@ -143,8 +168,9 @@ fn im2col(
         .arg(&d.w);
     l.arg(&d.k).arg(&d.stride).arg(&d.pad).arg(&d.ho).arg(&d.wo);
     // SAFETY: im2col_f32(const float* x, float* col, int images, int c, int h, int w,
-    // int k, int stride, int pad, int ho, int wo): x view holds images*c*h*w, col
-    // view images*c*k*k*ho*wo; one thread per column element.
+    // int k, int stride, int pad, int ho, int wo) and its 16-bit twins (same
+    // arguments on unsigned short, matching E = u16): x view holds
+    // images*c*h*w, col view images*c*k*k*ho*wo; one thread per column element.
     unsafe { l.launch(cfg(images * d.col_img)) }.map_err(cuda_err(op))?;
     Ok(())
 }
@@ -168,7 +194,17 @@ pub fn forward(
     let mut i0 = 0;
     while i0 < g.n {
         let images = d.chunk.min(g.n - i0);
-        im2col(be, OP, g, &d, x, i0, images, col)?;
+        im2col(
+            be,
+            OP,
+            be.kernels.get("im2col_f32")?,
+            g,
+            &d,
+            &x.data,
+            i0,
+            images,
+            col,
+        )?;
         for gg in 0..g.groups {
             let cfg = StridedBatchedConfig {
                 gemm: GemmConfig {
@@ -305,7 +341,17 @@ pub fn backward_filter(
     let mut i0 = 0;
     while i0 < g.n {
         let images = d.chunk.min(g.n - i0);
-        im2col(be, OP, g, &d, x, i0, images, col)?;
+        im2col(
+            be,
+            OP,
+            be.kernels.get("im2col_f32")?,
+            g,
+            &d,
+            &x.data,
+            i0,
+            images,
+            col,
+        )?;
         for j in 0..images {
             let img = i0 + j;
             let cfg = StridedBatchedConfig {
@@ -365,7 +411,21 @@ pub fn backward_bias(
             detail: "bias scratch missing".into(),
         });
     };
-    if n > 0 {
+    let half = be.precision().is_half();
+    if half {
+        // db is f32: a parameter's master (a 16-bit activation's `data` is a placeholder).
+        check_master(OP, "db", db)?;
+    }
+    if n > 0 && half {
+        // The 16-bit dy's plane sums, in double into f32 partials.
+        let dy16 = half_of(OP, "dy", dy)?;
+        let f = be.kernel16("bias_backward_partial_f16", "bias_backward_partial_bf16")?;
+        let mut l = be.stream.launch_builder(f);
+        l.arg(dy16).arg(&mut *partial).arg(&ni).arg(&ci).arg(&hw);
+        // SAFETY: bias_backward_partial_H(const us* dy, float* partial, int n,
+        // int c, int hw): dy holds n*c*hw 16-bit values, partial at least n*c.
+        unsafe { l.launch(cfg(n * c)) }.map_err(cuda_err(OP))?;
+    } else if n > 0 {
         let f = be.kernels.get("bias_backward_partial_f32")?;
         let mut l = be.stream.launch_builder(f);
         l.arg(&dy.data)
@@ -383,5 +443,181 @@ pub fn backward_bias(
     // SAFETY: bias_backward_reduce_f32(const float* partial, float* db, int n, int c):
     // partial holds n*c, db holds c.
     unsafe { l.launch(cfg(c)) }.map_err(cuda_err(OP))?;
+    Ok(())
+}
+
+// -- 16-bit (mixed precision) ----------------------------------------------------------
+
+/// As `forward`, on 16-bit x, w (its shadow), y with an f32 bias.
+#[allow(clippy::too_many_arguments)]
+pub fn forward16(
+    be: &CudaBackend,
+    s: &mut Scratch,
+    g: &ConvGeom,
+    x: &CudaBuf<f32>,
+    w: &CudaBuf<f32>,
+    b: &CudaBuf<f32>,
+    y: &mut CudaBuf<f32>,
+    relu: bool,
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    let d = dims(OP, g)?;
+    let col = col16(be, OP, s, &d)?;
+    let (x16, w16) = (half_of(OP, "x", x)?, half_of(OP, "w", w)?);
+    let ab = be.precision().blas_type();
+    let f = be.kernel16("im2col_f16", "im2col_bf16")?;
+    let y_img = g.c_out * d.p;
+    {
+        let y16 = half_out(OP, "y", y)?;
+        let mut i0 = 0;
+        while i0 < g.n {
+            let images = d.chunk.min(g.n - i0);
+            im2col(be, OP, f, g, &d, x16, i0, images, col)?;
+            for gg in 0..g.groups {
+                let c = GemmEx {
+                    transa: N,
+                    transb: N,
+                    m: d.p as i32,
+                    n: d.m as i32,
+                    k: d.kk as i32,
+                    lda: d.p as i32,
+                    ldb: d.kk as i32,
+                    ldc: d.p as i32,
+                    stride_a: d.col_img as i64,
+                    stride_b: 0,
+                    stride_c: y_img as i64,
+                    batch: images as i32,
+                    beta: 0.0,
+                };
+                let a = col.slice(gg * d.kk * d.p..images * d.col_img);
+                let wv = w16.slice(gg * d.m * d.kk..(gg + 1) * d.m * d.kk);
+                let mut yv = y16.slice_mut((i0 * g.c_out + gg * d.m) * d.p..(i0 + images) * y_img);
+                let (ap, _ga) = a.device_ptr(&be.stream);
+                let (bp, _gb) = wv.device_ptr(&be.stream);
+                let (cp, _gc) = yv.device_ptr_mut(&be.stream);
+                // The same products and bounds as `forward` (see its SAFETY note).
+                be.gemm_ex(OP, &c, ap, bp, cp, ab)?;
+            }
+            i0 += images;
+        }
+    }
+    be.bias_relu16(OP, y, b, g.c_out, d.p, relu)
+}
+
+/// As `backward_data`, on 16-bit w (its shadow), dy and dx.
+pub fn backward_data16(
+    be: &CudaBackend,
+    s: &mut Scratch,
+    g: &ConvGeom,
+    w: &CudaBuf<f32>,
+    dy: &CudaBuf<f32>,
+    dx: &mut CudaBuf<f32>,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_data";
+    let d = dims(OP, g)?;
+    let col = col16(be, OP, s, &d)?;
+    let (w16, dy16) = (half_of(OP, "w", w)?, half_of(OP, "dy", dy)?);
+    let dx16 = half_out(OP, "dx", dx)?;
+    let ab = be.precision().blas_type();
+    let f = be.kernel16("col2im_f16", "col2im_bf16")?;
+    let y_img = g.c_out * d.p;
+    let x_img = g.c_in * g.h * g.w;
+    let mut i0 = 0;
+    while i0 < g.n {
+        let images = d.chunk.min(g.n - i0);
+        for gg in 0..g.groups {
+            let c = GemmEx {
+                transa: N,
+                transb: T,
+                m: d.p as i32,
+                n: d.kk as i32,
+                k: d.m as i32,
+                lda: d.p as i32,
+                ldb: d.kk as i32,
+                ldc: d.p as i32,
+                stride_a: y_img as i64,
+                stride_b: 0,
+                stride_c: d.col_img as i64,
+                batch: images as i32,
+                beta: 0.0,
+            };
+            let a = dy16.slice((i0 * g.c_out + gg * d.m) * d.p..(i0 + images) * y_img);
+            let wv = w16.slice(gg * d.m * d.kk..(gg + 1) * d.m * d.kk);
+            let mut cv = col.slice_mut(gg * d.kk * d.p..images * d.col_img);
+            let (ap, _ga) = a.device_ptr(&be.stream);
+            let (bp, _gb) = wv.device_ptr(&be.stream);
+            let (cp, _gc) = cv.device_ptr_mut(&be.stream);
+            // The same products and bounds as `backward_data`.
+            be.gemm_ex(OP, &c, ap, bp, cp, ab)?;
+        }
+        let imgs = int(OP, "images", images)?;
+        let cv = col.slice(..images * d.col_img);
+        let mut xv = dx16.slice_mut(i0 * x_img..(i0 + images) * x_img);
+        let mut l = be.stream.launch_builder(f);
+        l.arg(&cv)
+            .arg(&mut xv)
+            .arg(&imgs)
+            .arg(&d.ci)
+            .arg(&d.h)
+            .arg(&d.w);
+        l.arg(&d.k).arg(&d.stride).arg(&d.pad).arg(&d.ho).arg(&d.wo);
+        // SAFETY: col2im_H(const us* col, us* x, int images, int c, int h, int w,
+        // int k, int stride, int pad, int ho, int wo): col2im_f32's arguments on
+        // 16-bit data; one thread per element of the images*c*h*w view.
+        unsafe { l.launch(cfg(images * x_img)) }.map_err(cuda_err(OP))?;
+        i0 += images;
+    }
+    Ok(())
+}
+
+/// As `backward_filter`, on 16-bit x and dy, accumulating in the f32 master dw.
+pub fn backward_filter16(
+    be: &CudaBackend,
+    s: &mut Scratch,
+    g: &ConvGeom,
+    x: &CudaBuf<f32>,
+    dy: &CudaBuf<f32>,
+    dw: &mut CudaBuf<f32>,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_filter";
+    check_master(OP, "dw", dw)?;
+    let d = dims(OP, g)?;
+    let col = col16(be, OP, s, &d)?;
+    let (x16, dy16) = (half_of(OP, "x", x)?, half_of(OP, "dy", dy)?);
+    let f = be.kernel16("im2col_f16", "im2col_bf16")?;
+    let y_img = g.c_out * d.p;
+    let mut i0 = 0;
+    while i0 < g.n {
+        let images = d.chunk.min(g.n - i0);
+        im2col(be, OP, f, g, &d, x16, i0, images, col)?;
+        for j in 0..images {
+            let img = i0 + j;
+            let c = GemmEx {
+                transa: T,
+                transb: N,
+                m: d.kk as i32,
+                n: d.m as i32,
+                k: d.p as i32,
+                lda: d.p as i32,
+                ldb: d.p as i32,
+                ldc: d.kk as i32,
+                stride_a: (d.kk * d.p) as i64,
+                stride_b: (d.m * d.p) as i64,
+                stride_c: (d.m * d.kk) as i64,
+                batch: g.groups as i32,
+                // The first image overwrites dw, the rest accumulate (in f32).
+                beta: if img == 0 { 0.0 } else { 1.0 },
+            };
+            let a = col.slice(j * d.col_img..(j + 1) * d.col_img);
+            let bv = dy16.slice(img * y_img..(img + 1) * y_img);
+            let (ap, _ga) = a.device_ptr(&be.stream);
+            let (bp, _gb) = bv.device_ptr(&be.stream);
+            let (cp, _gc) = dw.data.device_ptr_mut(&be.stream);
+            // The same products and bounds as `backward_filter`; dw is the f32
+            // master of c_out*C*k*k floats (checked).
+            be.gemm_ex(OP, &c, ap, bp, cp, cudaDataType::CUDA_R_32F)?;
+        }
+        i0 += images;
+    }
     Ok(())
 }

@@ -9,18 +9,24 @@
 //! layer, each unsafe block stating the invariant it relies on; the rest of
 //! the backend sees four safe methods (forward, backward data / filter / bias).
 //!
-//! Layout is what the rest of the crate uses: NCHW f32, weights
+//! Layout is what the rest of the crate uses: NCHW, weights
 //! [c_out, c_in / groups, k, k], cross-correlation (no kernel flip, as
 //! PyTorch), and the group count set on the convolution descriptor.
+//!
+//! Data types: f32, or (mixed precision) fp16 / bf16 tensors and filters with
+//! the convolution computed in f32 (compute type CUDNN_DATA_FLOAT: cuDNN's
+//! PSEUDO_HALF_CONFIG / PSEUDO_BFLOAT16_CONFIG) and tensor-core math. Plans are keyed by shape and
+//! precision. Scaling factors alpha / beta are f32 for every one of these
+//! types (cuDNN takes double only for double data).
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::cudnn::sys;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 
-use super::{CudaBuf, ALLOC_LIMIT_NOTE};
+use super::{CudaBuf, Precision, ALLOC_LIMIT_NOTE};
 use crate::backend::ConvGeom;
 use crate::error::{Error, Result};
 
@@ -58,9 +64,36 @@ struct TensorDesc(sys::cudnnTensorDescriptor_t);
 struct FilterDesc(sys::cudnnFilterDescriptor_t);
 struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 
+/// cuDNN's element type for tensors and filters stored in `p`.
+fn data_type(p: Precision) -> sys::cudnnDataType_t {
+    match p {
+        Precision::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        Precision::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+        Precision::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+    }
+}
+
+/// The element type `T` of the buffers handed to cuDNN must be the one the
+/// descriptors say (f32 for fp32, u16 bits for fp16 / bf16): cuDNN reads and
+/// writes as many bytes per element as the descriptor's type has.
+fn check_elem<T>(op: &'static str, p: Precision) -> Result<()> {
+    let want = if p.is_half() { 2 } else { 4 };
+    if std::mem::size_of::<T>() == want {
+        Ok(())
+    } else {
+        Err(Error::Cuda {
+            op,
+            detail: format!(
+                "cuDNN call for {p} with {}-byte elements (expected {want})",
+                std::mem::size_of::<T>()
+            ),
+        })
+    }
+}
+
 impl TensorDesc {
-    /// A packed NCHW f32 tensor.
-    fn nchw(op: &'static str, dims: [usize; 4]) -> Result<Self> {
+    /// A packed NCHW tensor of `dtype`.
+    fn nchw(op: &'static str, dims: [usize; 4], dtype: sys::cudnnDataType_t) -> Result<Self> {
         let [n, c, h, w] = [
             int(op, dims[0])?,
             int(op, dims[1])?,
@@ -83,7 +116,7 @@ impl TensorDesc {
                 sys::cudnnSetTensor4dDescriptor(
                     desc.0,
                     sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    dtype,
                     n,
                     c,
                     h,
@@ -149,20 +182,25 @@ struct Algo {
 }
 
 /// Plans are keyed by the whole geometry (batch size included: cuDNN's
-/// algorithm choice depends on it).
-type Key = [usize; 9];
+/// algorithm choice depends on it) and the precision (descriptors and the
+/// fastest algorithm differ per data type).
+type Key = ([usize; 9], Precision);
 
-fn key(g: &ConvGeom) -> Key {
-    [
-        g.n, g.c_in, g.h, g.w, g.c_out, g.k, g.stride, g.pad, g.groups,
-    ]
+fn key(g: &ConvGeom, p: Precision) -> Key {
+    (
+        [
+            g.n, g.c_in, g.h, g.w, g.c_out, g.k, g.stride, g.pad, g.groups,
+        ],
+        p,
+    )
 }
 
 /// Everything cuDNN needs for one convolution shape.
 struct Plan {
     x: TensorDesc,
     y: TensorDesc,
-    /// [1, c_out, 1, 1], the bias as cuDNN broadcasts it.
+    /// [1, c_out, 1, 1], the bias as cuDNN broadcasts it (f32: only fp32
+    /// plans use cuDNN's bias ops; 16-bit ones add the f32 bias in a kernel).
     bias: TensorDesc,
     w: FilterDesc,
     conv: ConvDesc,
@@ -170,11 +208,23 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(op: &'static str, g: &ConvGeom, math: sys::cudnnMathType_t) -> Result<Self> {
+    /// Descriptors for `g` with tensors and filter stored as `p`; the
+    /// convolution itself always computes in f32.
+    fn new(
+        op: &'static str,
+        g: &ConvGeom,
+        p: Precision,
+        math: sys::cudnnMathType_t,
+    ) -> Result<Self> {
         let (ho, wo) = (g.h_out(), g.w_out());
-        let x = TensorDesc::nchw(op, [g.n, g.c_in, g.h, g.w])?;
-        let y = TensorDesc::nchw(op, [g.n, g.c_out, ho, wo])?;
-        let bias = TensorDesc::nchw(op, [1, g.c_out, 1, 1])?;
+        let dtype = data_type(p);
+        let x = TensorDesc::nchw(op, [g.n, g.c_in, g.h, g.w], dtype)?;
+        let y = TensorDesc::nchw(op, [g.n, g.c_out, ho, wo], dtype)?;
+        let bias = TensorDesc::nchw(
+            op,
+            [1, g.c_out, 1, 1],
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        )?;
         // Grouped filters: each output channel sees c_in / groups inputs, so the
         // filter is [c_out, c_in / groups, k, k] (cuDNN's rule with a group count).
         let fdims = [
@@ -200,7 +250,7 @@ impl Plan {
                 "set filter",
                 sys::cudnnSetFilter4dDescriptor(
                     w.0,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    dtype,
                     sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
                     fdims[0],
                     fdims[1],
@@ -226,6 +276,8 @@ impl Plan {
                     1,
                     1,
                     sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    // Accumulate in f32 whatever the storage (for 16-bit data
+                    // this is cuDNN's PSEUDO_HALF / PSEUDO_BFLOAT16 config).
                     sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
                 ),
             )?;
@@ -352,21 +404,36 @@ impl Dnn {
         Ok(dnn)
     }
 
-    fn plan(&mut self, op: &'static str, g: &ConvGeom) -> Result<()> {
-        if !self.plans.contains_key(&key(g)) {
-            let plan = Plan::new(op, g, self.math)?;
-            self.plans.insert(key(g), plan);
+    fn plan(&mut self, op: &'static str, g: &ConvGeom, p: Precision) -> Result<()> {
+        if !self.plans.contains_key(&key(g, p)) {
+            // 16-bit data: tensor cores (f32 accumulation; the reason to
+            // train in 16 bits). f32: FMA, or TF32 tensor cores when allowed.
+            let math = if p.is_half() {
+                sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+            } else {
+                self.math
+            };
+            let plan = Plan::new(op, g, p, math)?;
+            self.plans.insert(key(g, p), plan);
         }
         Ok(())
+    }
+
+    /// The plan made by `plan` (or `algo`) for (g, p).
+    fn get(&self, op: &'static str, g: &ConvGeom, p: Precision) -> Result<&Plan> {
+        self.plans.get(&key(g, p)).ok_or_else(|| Error::Cuda {
+            op,
+            detail: "cuDNN plan missing after insertion".into(),
+        })
     }
 
     /// The algorithm for (shape, direction): chosen once by cudnnFind* (which
     /// times the candidates), or by the heuristic cudnnGet*_v7 when Find fails;
     /// the first successful candidate whose workspace fits the limit wins.
-    fn algo(&mut self, op: &'static str, g: &ConvGeom, dir: Dir) -> Result<Algo> {
-        self.plan(op, g)?;
+    fn algo(&mut self, op: &'static str, g: &ConvGeom, p: Precision, dir: Dir) -> Result<Algo> {
+        self.plan(op, g, p)?;
         let handle = self.handle;
-        let Some(plan) = self.plans.get_mut(&key(g)) else {
+        let Some(plan) = self.plans.get_mut(&key(g, p)) else {
             return Err(Error::Cuda {
                 op,
                 detail: "cuDNN plan missing after insertion".into(),
@@ -568,30 +635,42 @@ impl Dnn {
     }
 
     /// y = conv(x, w) + b, or y = conv(x, w) when `b` is None (the caller
-    /// then adds the bias itself, fused with the ReLU).
-    pub fn forward(
+    /// then adds the bias itself, fused with the ReLU). x, w, y are stored as
+    /// `p` (f32, or 16-bit bits as u16); the bias add through cuDNN is fp32
+    /// only (16-bit callers pass None and add the f32 bias in a kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: DeviceRepr>(
         &mut self,
+        p: Precision,
         g: &ConvGeom,
-        x: &CudaBuf<f32>,
-        w: &CudaBuf<f32>,
+        x: &CudaSlice<T>,
+        w: &CudaSlice<T>,
         b: Option<&CudaBuf<f32>>,
-        y: &mut CudaBuf<f32>,
+        y: &mut CudaSlice<T>,
     ) -> Result<()> {
         const OP: &str = "conv2d_forward";
-        let a = self.algo(OP, g, Dir::Forward)?;
+        check_elem::<T>(OP, p)?;
+        if b.is_some() && p.is_half() {
+            return Err(Error::Cuda {
+                op: OP,
+                detail: "cuDNN's bias add is used for fp32 only".into(),
+            });
+        }
+        let a = self.algo(OP, g, p, Dir::Forward)?;
         let AlgoId::Forward(algo) = a.id else {
             return Err(mixed(OP));
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = &self.plans[&key(g)];
-        let (xp, _gx) = x.data.device_ptr(&stream);
-        let (wp, _gw) = w.data.device_ptr(&stream);
-        let (yp, _gy) = y.data.device_ptr_mut(&stream);
+        let plan = self.get(OP, g, p)?;
+        let (xp, _gx) = x.device_ptr(&stream);
+        let (wp, _gw) = w.device_ptr(&stream);
+        let (yp, _gy) = y.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
         // SAFETY: pointers come from buffers whose lengths the caller checked
         // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
-        // descriptors; alpha/beta are f32 as cuDNN requires for FLOAT data;
+        // descriptors, with elements of the descriptors' type (check_elem);
+        // alpha/beta are f32 as cuDNN requires for float, half and bfloat16 data;
         // the workspace holds at least the size cuDNN asked for this algorithm;
         // the guards record the accesses on the stream the handle uses.
         unsafe {
@@ -618,6 +697,7 @@ impl Dnn {
         let Some(b) = b else {
             return Ok(());
         };
+        // fp32 here (checked above), so b's `data` holds c_out floats.
         let (bp, _gb) = b.data.device_ptr(&stream);
         // y += b broadcast over n, h, w (beta = 1 keeps the convolution).
         // SAFETY: b holds c_out floats (checked by the caller), matching the
@@ -639,25 +719,27 @@ impl Dnn {
         }
     }
 
-    /// dx = conv_transpose(dy, w), overwriting dx (beta = 0).
-    pub fn backward_data(
+    /// dx = conv_transpose(dy, w), overwriting dx (beta = 0); all stored as `p`.
+    pub fn backward_data<T: DeviceRepr>(
         &mut self,
+        p: Precision,
         g: &ConvGeom,
-        w: &CudaBuf<f32>,
-        dy: &CudaBuf<f32>,
-        dx: &mut CudaBuf<f32>,
+        w: &CudaSlice<T>,
+        dy: &CudaSlice<T>,
+        dx: &mut CudaSlice<T>,
     ) -> Result<()> {
         const OP: &str = "conv2d_backward_data";
-        let a = self.algo(OP, g, Dir::Data)?;
+        check_elem::<T>(OP, p)?;
+        let a = self.algo(OP, g, p, Dir::Data)?;
         let AlgoId::Data(algo) = a.id else {
             return Err(mixed(OP));
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = &self.plans[&key(g)];
-        let (wp, _gw) = w.data.device_ptr(&stream);
-        let (dyp, _gdy) = dy.data.device_ptr(&stream);
-        let (dxp, _gdx) = dx.data.device_ptr_mut(&stream);
+        let plan = self.get(OP, g, p)?;
+        let (wp, _gw) = w.device_ptr(&stream);
+        let (dyp, _gdy) = dy.device_ptr(&stream);
+        let (dxp, _gdx) = dx.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
         // SAFETY: as in `forward`: lengths checked against the descriptors,
         // f32 scaling factors, workspace large enough, accesses recorded.
@@ -684,25 +766,28 @@ impl Dnn {
         }
     }
 
-    /// dw = sum over the batch of dy (x) x, overwriting dw (beta = 0).
-    pub fn backward_filter(
+    /// dw = sum over the batch of dy (x) x, overwriting dw (beta = 0); all
+    /// stored as `p` (a 16-bit dw is rounded once, from cuDNN's f32 sums).
+    pub fn backward_filter<T: DeviceRepr>(
         &mut self,
+        p: Precision,
         g: &ConvGeom,
-        x: &CudaBuf<f32>,
-        dy: &CudaBuf<f32>,
-        dw: &mut CudaBuf<f32>,
+        x: &CudaSlice<T>,
+        dy: &CudaSlice<T>,
+        dw: &mut CudaSlice<T>,
     ) -> Result<()> {
         const OP: &str = "conv2d_backward_filter";
-        let a = self.algo(OP, g, Dir::Filter)?;
+        check_elem::<T>(OP, p)?;
+        let a = self.algo(OP, g, p, Dir::Filter)?;
         let AlgoId::Filter(algo) = a.id else {
             return Err(mixed(OP));
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = &self.plans[&key(g)];
-        let (xp, _gx) = x.data.device_ptr(&stream);
-        let (dyp, _gdy) = dy.data.device_ptr(&stream);
-        let (dwp, _gdw) = dw.data.device_ptr_mut(&stream);
+        let plan = self.get(OP, g, p)?;
+        let (xp, _gx) = x.device_ptr(&stream);
+        let (dyp, _gdy) = dy.device_ptr(&stream);
+        let (dwp, _gdw) = dw.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
         // SAFETY: as in `forward`.
         unsafe {
@@ -729,6 +814,8 @@ impl Dnn {
     }
 
     /// db[c] = sum over n, h, w of dy[n, c, h, w], overwriting db (beta = 0).
+    /// fp32 only (16-bit gradients go through the bias kernels, which sum in
+    /// double into an f32 db).
     pub fn backward_bias(
         &mut self,
         g: &ConvGeom,
@@ -736,9 +823,9 @@ impl Dnn {
         db: &mut CudaBuf<f32>,
     ) -> Result<()> {
         const OP: &str = "conv2d_backward_bias";
-        self.plan(OP, g)?;
+        self.plan(OP, g, Precision::F32)?;
         let stream = self.stream.clone();
-        let plan = &self.plans[&key(g)];
+        let plan = self.get(OP, g, Precision::F32)?;
         let (dyp, _gdy) = dy.data.device_ptr(&stream);
         let (dbp, _gdb) = db.data.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);

@@ -15,11 +15,20 @@
 //!             gemm(N, T, m = in,  n = out, k = n,   A = x (lda in),  B = dy (ldb out), C = dw (ldc in))
 //!   bias      db = column sums of dy: bias_backward_reduce_f32 over dy seen as
 //!             [n][c = out] "planes" of one pixel (the partial-sum layout it expects).
+//!
+//! 16-bit mode (mixed.rs): the same three products through cublasGemmEx with
+//! 16-bit A and B (w's shadow, 16-bit activations) and f32 accumulation; y
+//! and dx are written in 16 bits, dw straight into its f32 master (C in f32).
+//! The f32 bias is added by bias_relu_forward_H; db goes through
+//! bias_backward_partial_H with hw = 1 (each partial is one dy widened) and
+//! the f32 reduce.
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::{cfg, cuda_err, int, long, CudaBackend, CudaBuf};
+use super::mixed::{check_master, half_of, half_out, GemmEx};
+use super::{cfg, conv_fallback, cuda_err, int, lock, long, CudaBackend, CudaBuf};
 use crate::backend::LinearGeom;
 use crate::error::{check_len, Error, Result};
 
@@ -57,6 +66,28 @@ pub fn forward(
         return Ok(());
     }
     be.bind(OP)?;
+    if be.precision().is_half() {
+        check_master(OP, "b", b)?;
+        {
+            let (w16, x16) = (half_of(OP, "w", w)?, half_of(OP, "x", x)?);
+            let y16 = half_out(OP, "y", y)?;
+            if g.inp == 0 {
+                be.stream.memset_zeros(y16).map_err(cuda_err(OP))?;
+            } else {
+                gemm16(
+                    be,
+                    OP,
+                    (T, N),
+                    (out, n, inp),
+                    (inp, inp, out),
+                    w16,
+                    x16,
+                    y16,
+                )?;
+            }
+        }
+        return be.bias_relu16(OP, y, b, g.out, 1, relu);
+    }
     if g.inp == 0 {
         be.stream.memset_zeros(&mut y.data).map_err(cuda_err(OP))?;
     } else {
@@ -109,6 +140,23 @@ pub fn backward_data(
         return Ok(());
     }
     be.bind(OP)?;
+    if be.precision().is_half() {
+        let (w16, dy16) = (half_of(OP, "w", w)?, half_of(OP, "dy", dy)?);
+        let dx16 = half_out(OP, "dx", dx)?;
+        if g.out == 0 {
+            return be.stream.memset_zeros(dx16).map_err(cuda_err(OP));
+        }
+        return gemm16(
+            be,
+            OP,
+            (N, N),
+            (inp, n, out),
+            (inp, out, inp),
+            w16,
+            dy16,
+            dx16,
+        );
+    }
     if g.out == 0 {
         return be.stream.memset_zeros(&mut dx.data).map_err(cuda_err(OP));
     }
@@ -145,9 +193,36 @@ pub fn backward_weight(
         return Ok(());
     }
     be.bind(OP)?;
+    if be.precision().is_half() {
+        // dw is an f32 master; its `data` is what is zeroed or written below.
+        check_master(OP, "dw", dw)?;
+    }
     if g.n == 0 {
         // An empty sum: the overwritten gradient is zero.
         return be.stream.memset_zeros(&mut dw.data).map_err(cuda_err(OP));
+    }
+    if be.precision().is_half() {
+        let (x16, dy16) = (half_of(OP, "x", x)?, half_of(OP, "dy", dy)?);
+        let c = GemmEx {
+            transa: N,
+            transb: T,
+            m: inp,
+            n: out,
+            k: n,
+            lda: inp,
+            ldb: out,
+            ldc: inp,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            batch: 1,
+            beta: 0.0,
+        };
+        let (ap, _ga) = x16.device_ptr(&be.stream);
+        let (bp, _gb) = dy16.device_ptr(&be.stream);
+        let (cp, _gc) = dw.data.device_ptr_mut(&be.stream);
+        // x holds n*in and dy n*out 16-bit values, dw out*in floats (checked).
+        return be.gemm_ex(OP, &c, ap, bp, cp, cudaDataType::CUDA_R_32F);
     }
     let c = GemmConfig {
         transa: N,
@@ -179,6 +254,18 @@ pub fn backward_bias(
     if g.out == 0 {
         return Ok(());
     }
+    if be.precision().is_half() {
+        // Per-(row, unit) partials of one pixel each, widened, then the reduce.
+        return conv_fallback::backward_bias(
+            be,
+            &mut *lock(OP, &be.fallback)?,
+            g.n,
+            g.out,
+            1,
+            dy,
+            db,
+        );
+    }
     let f = be.kernels.get("bias_backward_reduce_f32")?;
     let mut l = be.stream.launch_builder(f);
     l.arg(&dy.data).arg(&mut db.data).arg(&n).arg(&out);
@@ -186,4 +273,43 @@ pub fn backward_bias(
     // reads partial[i * c + ch] for i < n, ch < c: dy is [n][out]; db holds out.
     unsafe { l.launch(cfg(g.out)) }.map_err(cuda_err(OP))?;
     Ok(())
+}
+
+/// One plain GEMM on 16-bit operands into a 16-bit C: `t` = (transa, transb),
+/// `mnk` = (m, n, k), `ld` = (lda, ldb, ldc), as in the f32 configs above.
+#[allow(clippy::too_many_arguments)]
+fn gemm16(
+    be: &CudaBackend,
+    op: &'static str,
+    t: (
+        cudarc::cublas::sys::cublasOperation_t,
+        cudarc::cublas::sys::cublasOperation_t,
+    ),
+    mnk: (i32, i32, i32),
+    ld: (i32, i32, i32),
+    a: &CudaSlice<u16>,
+    b: &CudaSlice<u16>,
+    c: &mut CudaSlice<u16>,
+) -> Result<()> {
+    let cfg = GemmEx {
+        transa: t.0,
+        transb: t.1,
+        m: mnk.0,
+        n: mnk.1,
+        k: mnk.2,
+        lda: ld.0,
+        ldb: ld.1,
+        ldc: ld.2,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: 0,
+        batch: 1,
+        beta: 0.0,
+    };
+    let (ap, _ga) = a.device_ptr(&be.stream);
+    let (bp, _gb) = b.device_ptr(&be.stream);
+    let (cp, _gc) = c.device_ptr_mut(&be.stream);
+    // The callers checked every buffer's length against the same dimensions
+    // as the f32 path's (see the module note).
+    be.gemm_ex(op, &cfg, ap, bp, cp, be.precision().blas_type())
 }

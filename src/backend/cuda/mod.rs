@@ -9,6 +9,8 @@
 //!   cudnn.rs         the raw cuDNN calls: convolution with groups on the descriptor
 //!   conv_fallback.rs grouped convolution by im2col + cuBLAS when cuDNN is absent
 //!   linear.rs        fully connected layers on cuBLAS
+//!   mixed.rs         mixed precision: 16-bit storage, conversions, the 16-bit
+//!                    element-wise ops and cublasGemmEx on 16-bit operands
 //!   parity.rs        every op against the CPU reference, for a GPU check script
 //!
 //! Kernels follow kernels/README.md: argument order and C types (int = i32,
@@ -21,9 +23,18 @@
 //! after the copy. cudarc additionally tracks each buffer's last read and
 //! write with events (it does once a context has two streams), so a buffer
 //! is never freed or reused across streams while in use.
+//!
+//! Precision (`Precision`, `CudaBackend::with_precision`): fp32 is the default and
+//! the reference. In fp16 / bf16 mode (mixed precision, Micikevicius et al.
+//! 2018) activations and their gradients live in 16 bits, parameters keep an
+//! f32 master copy (weights, gradients, momentum: `alloc_param`) plus a 16-bit
+//! shadow that cuDNN and cuBLAS read (tensor cores), all GEMM-type ops
+//! accumulate in f32, and fp16 training uses dynamic loss scaling (the
+//! network's, model/loss_scale.rs). See mixed.rs.
 pub mod conv_fallback;
 pub mod cudnn;
 pub mod linear;
+pub mod mixed;
 pub mod modules;
 pub mod parity;
 pub mod probe;
@@ -42,6 +53,7 @@ use crate::backend::kernels::launch_1d;
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
 
+pub use mixed::Precision;
 pub use probe::{devices, require, DeviceInfo};
 
 /// Appended to allocation failures.
@@ -50,6 +62,16 @@ pub(crate) const ALLOC_LIMIT_NOTE: &str = " (out of device memory? try a smaller
 /// A device buffer: a cudarc slice plus its logical length. A zero-length
 /// buffer still owns one element, because the driver refuses zero-byte
 /// allocations; ops never touch it.
+///
+/// Storage by precision (see `mixed.rs`):
+/// - fp32 mode, and index buffers: `data` holds the `len` values, `half` is None;
+/// - 16-bit activation (`alloc` in fp16/bf16 mode): `half` holds the `len`
+///   values, `data` is a one-element placeholder that no op reads (`master`
+///   is false, and every f32 use of a buffer checks it);
+/// - 16-bit parameter (`alloc_param` in fp16/bf16 mode): `data` is the f32
+///   master and `half` its 16-bit shadow (the weights cuDNN / cuBLAS read; for
+///   a filter gradient, where cuDNN writes its 16-bit result before it is
+///   widened into `data`).
 pub struct CudaBuf<T> {
     pub(crate) data: CudaSlice<T>,
     len: usize,
@@ -57,6 +79,10 @@ pub struct CudaBuf<T> {
     /// can be checked against the class count without a download. Cleared
     /// when a kernel writes the buffer (pooling's argmax).
     shadow: Option<Vec<T>>,
+    /// The 16-bit values (fp16 or bf16 bits, as the backend's precision).
+    pub(crate) half: Option<CudaSlice<u16>>,
+    /// Whether `data` holds the `len` values (false only for 16-bit activations).
+    master: bool,
 }
 
 impl<T> CudaBuf<T> {
@@ -66,9 +92,16 @@ impl<T> CudaBuf<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Whether the values are stored in 16 bits only (an activation in
+    /// fp16/bf16 mode); false for f32 buffers and for parameters.
+    pub fn is_half(&self) -> bool {
+        !self.master
+    }
 }
 
-/// Choices made when the backend is created.
+/// Choices made when the backend is created. (The storage precision is the
+/// separate argument of `CudaBackend::with_precision`, so that code building
+/// these options with a struct literal keeps compiling.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CudaOptions {
     /// Use the im2col + cuBLAS grouped convolution even when cuDNN is present
@@ -81,13 +114,14 @@ pub struct CudaOptions {
 }
 
 /// The pinned host buffer uploads go through, and the event marking the end
-/// of the last copy out of it.
-struct Staging {
-    host: PinnedHostSlice<f32>,
+/// of the last copy out of it. f32 for parameters and fp32 activations, u16
+/// for 16-bit activations (converted on the host, so half the bytes cross PCIe).
+struct Staging<T> {
+    host: PinnedHostSlice<T>,
     copied: CudaEvent,
 }
 
-impl Drop for Staging {
+impl<T> Drop for Staging<T> {
     fn drop(&mut self) {
         // The last copy may still be reading the pinned memory, which is freed
         // right after this (cudarc's own event for it is not used: the copy is
@@ -106,6 +140,8 @@ struct Scratch {
     row_loss_host: Vec<f32>,
     /// unscale_check_f32's overflow flag (one int).
     overflow: Option<CudaSlice<i32>>,
+    /// 16-bit downloads land here before they are widened on the host.
+    half_host: Vec<u16>,
 }
 
 /// One GPU.
@@ -119,9 +155,11 @@ pub struct CudaBackend {
     dnn: Option<Mutex<cudnn::Dnn>>,
     force_fallback: AtomicBool,
     fallback: Mutex<conv_fallback::Scratch>,
-    staging: Mutex<Option<Staging>>,
+    staging: Mutex<Option<Staging<f32>>>,
+    staging16: Mutex<Option<Staging<u16>>>,
     scratch: Mutex<Scratch>,
     allocs: Arc<AtomicU64>,
+    precision: Precision,
 }
 
 // -- small helpers -----------------------------------------------------------------
@@ -168,9 +206,16 @@ fn lock<'a, T>(op: &'static str, m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>> {
 }
 
 impl CudaBackend {
-    /// Open GPU `ordinal`: context, streams, kernels, cuBLAS, and cuDNN when
-    /// its library exists (else the im2col + cuBLAS convolution, logged).
+    /// Open GPU `ordinal` in fp32: context, streams, kernels, cuBLAS, and
+    /// cuDNN when its library exists (else the im2col + cuBLAS convolution, logged).
     pub fn new(ordinal: usize, opts: CudaOptions) -> Result<Self> {
+        Self::with_precision(ordinal, opts, Precision::F32)
+    }
+
+    /// As `new`, storing activations and the weights cuDNN / cuBLAS read in
+    /// `precision` (mixed precision for fp16 / bf16: f32 masters, f32
+    /// accumulation; see mixed.rs).
+    pub fn with_precision(ordinal: usize, opts: CudaOptions, precision: Precision) -> Result<Self> {
         const OP: &str = "init";
         let info = probe::require(&[ordinal])?
             .pop()
@@ -230,23 +275,31 @@ impl CudaBackend {
             force_fallback: AtomicBool::new(opts.force_fallback_conv),
             fallback: Mutex::new(conv_fallback::Scratch::default()),
             staging: Mutex::new(None),
+            staging16: Mutex::new(None),
             scratch: Mutex::new(Scratch::default()),
             allocs,
+            precision,
         };
         tracing::info!(
-            "{}: convolutions by {}",
+            "{}: convolutions by {}, {}",
             be.info,
             if be.uses_cudnn() {
                 "cuDNN"
             } else {
                 "im2col + cuBLAS"
-            }
+            },
+            precision
         );
         Ok(be)
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// How activations and the weights the libraries read are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Whether convolutions go through cuDNN (else im2col + cuBLAS).
@@ -299,28 +352,89 @@ impl CudaBackend {
             data,
             len,
             shadow: None,
+            half: None,
+            master: true,
         })
     }
 
-    /// Grow-only device scratch: `slot` holds at least `len` f32 afterwards.
-    pub(crate) fn ensure(
+    /// Grow-only device scratch: `slot` holds at least `len` elements afterwards.
+    pub(crate) fn ensure<T>(
         &self,
         op: &'static str,
-        slot: &mut Option<CudaSlice<f32>>,
+        slot: &mut Option<CudaSlice<T>>,
         len: usize,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+    {
         if slot.as_ref().is_none_or(|s| s.len() < len) {
             *slot = None; // freed in stream order before the new allocation
             let s = self
                 .stream
-                .alloc_zeros::<f32>(len.max(1))
+                .alloc_zeros::<T>(len.max(1))
                 .map_err(|e| Error::Cuda {
                     op,
-                    detail: format!("scratch of {len} floats: {e:?}{ALLOC_LIMIT_NOTE}"),
+                    detail: format!("scratch of {len} elements: {e:?}{ALLOC_LIMIT_NOTE}"),
                 })?;
             self.count_alloc();
             *slot = Some(s);
         }
+        Ok(())
+    }
+
+    /// Copy `len` elements that `fill` writes into the pinned staging buffer
+    /// of `slot` to `dst`, on the copy stream; the compute stream waits for
+    /// the copy (an event), the host does not.
+    fn stage<T, F>(
+        &self,
+        op: &'static str,
+        slot: &Mutex<Option<Staging<T>>>,
+        len: usize,
+        dst: &mut CudaSlice<T>,
+        fill: F,
+    ) -> Result<()>
+    where
+        T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+        F: FnOnce(&mut [T]),
+    {
+        let mut staging = lock(op, slot)?;
+        // Grow-only: one buffer, as large as the largest upload so far (the
+        // batch input, or a weight tensor at start-up).
+        if staging.as_ref().is_none_or(|s| s.host.len() < len) {
+            *staging = None; // Staging's Drop waits for the copy still reading it
+                             // SAFETY: the pinned memory is uninitialised; it is only read by
+                             // the copy below, after `fill` has written the first `len` elements.
+            let host = unsafe { self.ctx.alloc_pinned::<T>(len) }.map_err(|e| Error::Cuda {
+                op,
+                detail: format!("pinned staging of {len} elements: {e:?}"),
+            })?;
+            self.count_alloc();
+            let copied = self.ctx.new_event(None).map_err(cuda_err(op))?;
+            *staging = Some(Staging { host, copied });
+        }
+        let Some(st) = staging.as_mut() else {
+            return Err(Error::Cuda {
+                op,
+                detail: "staging buffer missing".into(),
+            });
+        };
+        // The previous copy out of the staging buffer must finish before the
+        // host overwrites it.
+        st.copied.synchronize().map_err(cuda_err(op))?;
+        let host = st.host.as_mut_slice().map_err(cuda_err(op))?;
+        fill(&mut host[..len]);
+        {
+            let (dptr, _write) = dst.device_ptr_mut(&self.copy);
+            // SAFETY: `dptr` addresses dst's allocation of at least `len`
+            // elements (the callers check the buffer's length); the source is
+            // pinned memory that stays alive and unmodified until `copied`
+            // completes (we synchronise on it before the next write, and
+            // Staging's drop waits for it).
+            unsafe { drv_result::memcpy_htod_async(dptr, &host[..len], self.copy.cu_stream()) }
+                .map_err(cuda_err(op))?;
+        }
+        st.copied.record(&self.copy).map_err(cuda_err(op))?;
+        self.stream.wait(&st.copied).map_err(cuda_err(op))?;
         Ok(())
     }
 
@@ -430,12 +544,17 @@ impl CudaBackend {
             return Ok(());
         }
         self.bind(op)?;
+        if self.precision.is_half() {
+            return self.conv_forward16(op, g, x, w, b, y, relu);
+        }
         match (&self.dnn, self.uses_cudnn()) {
             (Some(d), true) if relu => {
-                lock(op, d)?.forward(g, x, w, None, y)?;
+                lock(op, d)?.forward(self.precision, g, &x.data, &w.data, None, &mut y.data)?;
                 self.bias_relu(op, y, b, g.c_out, g.h_out() * g.w_out())
             }
-            (Some(d), true) => lock(op, d)?.forward(g, x, w, Some(b), y),
+            (Some(d), true) => {
+                lock(op, d)?.forward(self.precision, g, &x.data, &w.data, Some(b), &mut y.data)
+            }
             _ => conv_fallback::forward(self, &mut *lock(op, &self.fallback)?, g, x, w, b, y, relu),
         }
     }
@@ -443,6 +562,9 @@ impl CudaBackend {
     /// x *= s with unscale_check_f32; returns whether every result is finite
     /// (one int comes back to the host).
     fn scale_and_check(&self, op: &'static str, s: f32, x: &mut CudaBuf<f32>) -> Result<bool> {
+        // f32 buffers and parameters' masters (the gradients the network
+        // unscales); a 16-bit activation has no kernel here.
+        mixed::check_master(op, "buffer", x)?;
         let n = x.len;
         if n == 0 {
             return Ok(true);
@@ -471,6 +593,50 @@ impl CudaBackend {
         let mut host = [0i32];
         self.dtoh(op, flag, &mut host)?;
         Ok(host[0] == 0)
+    }
+
+    /// dlogits = (probs - onehot(labels)) / n * scale.
+    #[allow(clippy::too_many_arguments)]
+    fn xent_backward(
+        &self,
+        op: &'static str,
+        n: usize,
+        classes: usize,
+        probs: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        scale: f32,
+        dlogits: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.check_xent(op, n, classes, probs.len, labels, dlogits.len)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, ci) = (int(op, "n", n)?, int(op, "classes", classes)?);
+        if self.precision.is_half() {
+            return self.softmax_xent_backward16(
+                probs,
+                labels,
+                dlogits,
+                ni,
+                ci,
+                scale,
+                n * classes,
+            );
+        }
+        let f = self.kernels.get("softmax_xent_backward_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&probs.data)
+            .arg(&labels.data)
+            .arg(&mut dlogits.data)
+            .arg(&ni)
+            .arg(&ci);
+        // SAFETY: softmax_xent_backward_f32(const float* probs, const unsigned int* labels,
+        // float* dlogits, int n, int classes); one thread per element of n*classes.
+        unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(op))?;
+        if scale != 1.0 {
+            self.scale_and_check(op, scale, dlogits)?;
+        }
+        Ok(())
     }
 
     /// y = max(y + b[channel], 0) over y as [n][c][hw], one pass.
@@ -504,13 +670,34 @@ impl Backend for CudaBackend {
     type IdxBuf = CudaBuf<u32>;
 
     fn name(&self) -> String {
-        self.info.to_string()
+        format!("{} {}", self.info, self.precision)
+    }
+
+    /// fp16's smallest normal is 6.1e-5: small gradients would flush to zero
+    /// without a loss scale. bf16 has f32's exponent range and needs none.
+    fn needs_loss_scaling(&self) -> bool {
+        self.precision.needs_loss_scaling()
     }
 
     // -- memory --------------------------------------------------------------------
 
+    /// An activation: f32, or 16-bit in fp16 / bf16 mode.
     fn alloc(&self, len: usize) -> Result<CudaBuf<f32>> {
-        self.alloc_buf("alloc", len)
+        if self.precision.is_half() {
+            self.alloc_half("alloc", len)
+        } else {
+            self.alloc_buf("alloc", len)
+        }
+    }
+
+    /// A parameter, gradient or momentum: always an f32 master; in 16-bit
+    /// mode also a 16-bit shadow (the copy cuDNN and cuBLAS read).
+    fn alloc_param(&self, len: usize) -> Result<CudaBuf<f32>> {
+        let mut b = self.alloc_buf("alloc_param", len)?;
+        if self.precision.is_half() {
+            b.half = Some(self.alloc_u16("alloc_param", len)?);
+        }
+        Ok(b)
     }
 
     /// Device allocations made so far: buffers, and also workspaces, scratch
@@ -525,52 +712,30 @@ impl Backend for CudaBackend {
 
     /// Host -> device through the pinned staging buffer on the copy stream;
     /// the compute stream waits for the copy (an event), the host does not.
+    /// A 16-bit activation is converted on the host (the `half` crate, round
+    /// to nearest even as the kernels do); a parameter in 16-bit mode gets its
+    /// f32 master and then its 16-bit shadow refreshed on the device.
     fn upload(&self, src: &[f32], dst: &mut CudaBuf<f32>) -> Result<()> {
         const OP: &str = "upload";
         check_len(OP, "src", src.len(), dst.len)?;
         if src.is_empty() {
             return Ok(());
         }
-        let mut staging = lock(OP, &self.staging)?;
-        // Grow-only: one buffer, as large as the largest upload so far (the
-        // batch input, or a weight tensor at start-up).
-        if staging.as_ref().is_none_or(|s| s.host.len() < src.len()) {
-            *staging = None; // Staging's Drop waits for the copy still reading it
-                             // SAFETY: the pinned memory is uninitialised; it is only read by
-                             // the copy below, after `copy_from_slice` has written it.
-            let host =
-                unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }.map_err(|e| Error::Cuda {
-                    op: OP,
-                    detail: format!("pinned staging of {} floats: {e:?}", src.len()),
-                })?;
-            self.count_alloc();
-            let copied = self.ctx.new_event(None).map_err(cuda_err(OP))?;
-            *staging = Some(Staging { host, copied });
-        }
-        let Some(st) = staging.as_mut() else {
-            return Err(Error::Cuda {
-                op: OP,
-                detail: "staging buffer missing".into(),
+        if dst.is_half() {
+            let Some(half) = dst.half.as_mut() else {
+                return Err(mixed::no_half(OP, "dst"));
+            };
+            let prec = self.precision;
+            return self.stage(OP, &self.staging16, src.len(), half, |host| {
+                mixed::narrow_host(prec, src, host)
             });
-        };
-        // The previous copy out of the staging buffer must finish before the
-        // host overwrites it.
-        st.copied.synchronize().map_err(cuda_err(OP))?;
-        let host = st.host.as_mut_slice().map_err(cuda_err(OP))?;
-        host[..src.len()].copy_from_slice(src);
-        {
-            let (dptr, _write) = dst.data.device_ptr_mut(&self.copy);
-            // SAFETY: `dptr` addresses dst's allocation of at least src.len()
-            // elements (checked above); the source is pinned memory that stays
-            // alive and unmodified until `copied` completes (we synchronise on
-            // it before the next write, and Staging's drop waits for it).
-            unsafe {
-                drv_result::memcpy_htod_async(dptr, &host[..src.len()], self.copy.cu_stream())
-            }
-            .map_err(cuda_err(OP))?;
         }
-        st.copied.record(&self.copy).map_err(cuda_err(OP))?;
-        self.stream.wait(&st.copied).map_err(cuda_err(OP))?;
+        self.stage(OP, &self.staging, src.len(), &mut dst.data, |host| {
+            host.copy_from_slice(src)
+        })?;
+        if dst.half.is_some() {
+            self.refresh_shadow(OP, dst)?;
+        }
         Ok(())
     }
 
@@ -587,10 +752,23 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    /// A 16-bit activation comes back as 16 bits and is widened on the host
+    /// (exact: every fp16 / bf16 value is an f32); anything else is f32.
     fn download(&self, src: &CudaBuf<f32>, dst: &mut [f32]) -> Result<()> {
         const OP: &str = "download";
         check_len(OP, "dst", dst.len(), src.len)?;
-        self.dtoh(OP, &src.data, dst)
+        if !src.is_half() {
+            return self.dtoh(OP, &src.data, dst);
+        }
+        let Some(half) = src.half.as_ref() else {
+            return Err(mixed::no_half(OP, "src"));
+        };
+        let mut scratch = lock(OP, &self.scratch)?;
+        let host = &mut scratch.half_host;
+        host.resize(dst.len(), 0);
+        self.dtoh(OP, half, host)?;
+        mixed::widen_host(self.precision, host, dst);
+        Ok(())
     }
 
     fn buf_len(&self, buf: &CudaBuf<f32>) -> usize {
@@ -640,8 +818,13 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         self.bind(OP)?;
+        if self.precision.is_half() {
+            return self.conv_backward_data16(OP, g, w, dy, dx);
+        }
         match (&self.dnn, self.uses_cudnn()) {
-            (Some(d), true) => lock(OP, d)?.backward_data(g, w, dy, dx),
+            (Some(d), true) => {
+                lock(OP, d)?.backward_data(self.precision, g, &w.data, &dy.data, &mut dx.data)
+            }
             _ => conv_fallback::backward_data(self, &mut *lock(OP, &self.fallback)?, g, w, dy, dx),
         }
     }
@@ -659,12 +842,19 @@ impl Backend for CudaBackend {
         check_len(OP, "dy", dy.len, g.y_len())?;
         check_len(OP, "dw", dw.len, g.w_len())?;
         self.bind(OP)?;
+        // The gradient is f32 (a parameter's master in 16-bit mode).
+        mixed::check_master(OP, "dw", dw)?;
         if g.n == 0 {
             // An empty batch has zero gradient (the op overwrites).
             return self.stream.memset_zeros(&mut dw.data).map_err(cuda_err(OP));
         }
+        if self.precision.is_half() {
+            return self.conv_backward_filter16(OP, g, x, dy, dw);
+        }
         match (&self.dnn, self.uses_cudnn()) {
-            (Some(d), true) => lock(OP, d)?.backward_filter(g, x, dy, dw),
+            (Some(d), true) => {
+                lock(OP, d)?.backward_filter(self.precision, g, &x.data, &dy.data, &mut dw.data)
+            }
             _ => {
                 conv_fallback::backward_filter(self, &mut *lock(OP, &self.fallback)?, g, x, dy, dw)
             }
@@ -682,7 +872,12 @@ impl Backend for CudaBackend {
         check_len(OP, "dy", dy.len, g.y_len())?;
         check_len(OP, "db", db.len, g.c_out)?;
         self.bind(OP)?;
-        match (&self.dnn, self.uses_cudnn() && g.n > 0) {
+        // cuDNN's bias gradient is used in fp32; 16-bit dy goes through the
+        // kernels (f32 partial sums into the f32 db).
+        match (
+            &self.dnn,
+            self.uses_cudnn() && g.n > 0 && !self.precision.is_half(),
+        ) {
             (Some(d), true) => lock(OP, d)?.backward_bias(g, dy, db),
             // The kernels handle n = 0 too (every sum is empty: db = 0).
             _ => conv_fallback::backward_bias(
@@ -706,6 +901,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let len = long(OP, n)?;
+        if self.precision.is_half() {
+            return self.relu_forward16(x, len);
+        }
         let f = self.kernels.get("relu_forward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut x.data).arg(&len);
@@ -722,6 +920,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let len = long(OP, n)?;
+        if self.precision.is_half() {
+            return self.relu_backward16(y, dy, len);
+        }
         let f = self.kernels.get("relu_backward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&y.data).arg(&mut dy.data).arg(&len);
@@ -747,6 +948,10 @@ impl Backend for CudaBackend {
         check_len(OP, "scale", scale.len, s.len())?;
         if s.is_empty() {
             return Ok(());
+        }
+        if self.precision.is_half() {
+            let dims = (n, c, hw, size);
+            return self.lrn_forward16(p, dims, x, y, scale, s.n * s.h * s.w);
         }
         let f = self.kernels.get("lrn_forward_f32")?;
         let mut l = self.stream.launch_builder(f);
@@ -784,6 +989,10 @@ impl Backend for CudaBackend {
         check_len(OP, "dx", dx.len, s.len())?;
         if s.is_empty() {
             return Ok(());
+        }
+        if self.precision.is_half() {
+            let dims = (n, c, hw, size);
+            return self.lrn_backward16(p, dims, x, y, scale, dy, dx, s.n * s.h * s.w);
         }
         let f = self.kernels.get("lrn_backward_f32")?;
         let mut l = self.stream.launch_builder(f);
@@ -824,6 +1033,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let a = pool_args(OP, g)?;
+        if self.precision.is_half() {
+            return self.max_pool_forward16(&a, x, y, argmax, g.y_len());
+        }
         let f = self.kernels.get("max_pool_forward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&x.data).arg(&mut y.data).arg(&mut argmax.data);
@@ -853,6 +1065,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let a = pool_args(OP, g)?;
+        if self.precision.is_half() {
+            return self.max_pool_backward16(&a, dy, argmax, dx, g.x_len());
+        }
         let f = self.kernels.get("max_pool_backward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&dy.data).arg(&argmax.data).arg(&mut dx.data);
@@ -888,6 +1103,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let len = long(OP, n)?;
+        if self.precision.is_half() {
+            return self.dropout_forward16(p, seed, x, mask, len);
+        }
         let f = self.kernels.get("dropout_forward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut x.data)
@@ -909,6 +1127,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let len = long(OP, n)?;
+        if self.precision.is_half() {
+            return self.dropout_backward16(mask, dy, len);
+        }
         let f = self.kernels.get("dropout_backward_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mask.data).arg(&mut dy.data).arg(&len);
@@ -997,18 +1218,22 @@ impl Backend for CudaBackend {
                 detail: "row-loss scratch missing".into(),
             });
         };
-        let f = self.kernels.get("softmax_xent_forward_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&logits.data)
-            .arg(&labels.data)
-            .arg(&mut probs.data)
-            .arg(&mut *row_loss)
-            .arg(&ni)
-            .arg(&ci);
-        // SAFETY: softmax_xent_forward_f32(const float* logits, const unsigned int* labels,
-        // float* probs, float* row_loss, int n, int classes); logits/probs hold n*classes,
-        // labels n (each < classes, checked), row_loss at least n.
-        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        if self.precision.is_half() {
+            self.softmax_xent_forward16(logits, labels, probs, row_loss, ni, ci, n)?;
+        } else {
+            let f = self.kernels.get("softmax_xent_forward_f32")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&logits.data)
+                .arg(&labels.data)
+                .arg(&mut probs.data)
+                .arg(&mut *row_loss)
+                .arg(&ni)
+                .arg(&ci);
+            // SAFETY: softmax_xent_forward_f32(const float* logits, const unsigned int* labels,
+            // float* probs, float* row_loss, int n, int classes); logits/probs hold n*classes,
+            // labels n (each < classes, checked), row_loss at least n.
+            unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        }
         scratch.row_loss_host.resize(n, 0.0);
         self.dtoh(OP, row_loss, &mut scratch.row_loss_host)?;
         let total: f64 = scratch.row_loss_host.iter().map(|&v| v as f64).sum();
@@ -1023,23 +1248,38 @@ impl Backend for CudaBackend {
         labels: &CudaBuf<u32>,
         dlogits: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        const OP: &str = "softmax_xent_backward";
-        self.check_xent(OP, n, classes, probs.len, labels, dlogits.len)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (ni, ci) = (int(OP, "n", n)?, int(OP, "classes", classes)?);
-        let f = self.kernels.get("softmax_xent_backward_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&probs.data)
-            .arg(&labels.data)
-            .arg(&mut dlogits.data)
-            .arg(&ni)
-            .arg(&ci);
-        // SAFETY: softmax_xent_backward_f32(const float* probs, const unsigned int* labels,
-        // float* dlogits, int n, int classes); one thread per element of n*classes.
-        unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(OP))?;
-        Ok(())
+        self.xent_backward(
+            "softmax_xent_backward",
+            n,
+            classes,
+            probs,
+            labels,
+            1.0,
+            dlogits,
+        )
+    }
+
+    /// In 16-bit mode one pass (softmax_xent_backward_H's scale argument), so
+    /// the scale lifts small gradients before they are rounded; in fp32 the
+    /// plain backward, then x *= scale.
+    fn softmax_xent_backward_scaled(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        scale: f32,
+        dlogits: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.xent_backward(
+            "softmax_xent_backward_scaled",
+            n,
+            classes,
+            probs,
+            labels,
+            scale,
+            dlogits,
+        )
     }
 
     // -- optimiser --------------------------------------------------------------------------
@@ -1068,6 +1308,10 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let len = long(OP, n)?;
+        if w.half.is_some() {
+            // 16-bit mode: f32 masters, and the weight's shadow refreshed.
+            return self.sgd_update16(p, w, g, v, len);
+        }
         let f = self.kernels.get("sgd_update_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut w.data)

@@ -12,7 +12,21 @@
 //! CPU, so they get atol = rtol = 1e-3 on O(1) data (f32 rounding, no TF32);
 //! element-wise ops must agree to 1e-5, and dropout masks, ReLU and pooling
 //! exactly.
-use super::{CudaBackend, CudaBuf};
+//!
+//! In fp16 / bf16 mode every op runs in 16 bits on the GPU and the CPU
+//! reference gets the same inputs rounded to 16 bits (so input rounding is
+//! not counted as error); what remains is the output's rounding and the
+//! f32-accumulated sums' order. A 16-bit output carries a relative rounding
+//! error of up to 2^-11 = 4.9e-4 (fp16) or 2^-8 = 3.9e-3 (bf16), and ops
+//! chained inside one kernel (LRN, softmax) or a backward op fed a rounded
+//! forward output add a few of those, so:
+//!   fp16: element-wise atol = rtol = 2e-3,  GEMM-type 1e-2;
+//!   bf16: element-wise atol = rtol = 1.6e-2, GEMM-type 5e-2;
+//! ReLU, max pooling forward and dropout (mask 2 for p = 0.5) stay exact; the
+//! SGD step works on f32 masters and keeps the f32 tolerance. Row names end
+//! in the precision ("[fp16]").
+use super::mixed::{narrow_host, widen_host};
+use super::{CudaBackend, CudaBuf, Precision};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::Result;
@@ -52,6 +66,22 @@ impl std::fmt::Display for ParityRow {
 const GEMM_TOL: (f32, f32) = (1e-3, 1e-3);
 const ELEM_TOL: (f32, f32) = (1e-5, 1e-5);
 const EXACT: (f32, f32) = (0.0, 0.0);
+const GEMM_TOL_F16: (f32, f32) = (1e-2, 1e-2);
+const ELEM_TOL_F16: (f32, f32) = (2e-3, 2e-3);
+const GEMM_TOL_BF16: (f32, f32) = (5e-2, 5e-2);
+const ELEM_TOL_BF16: (f32, f32) = (1.6e-2, 1.6e-2);
+
+/// The tolerance of an fp32 row (GEMM_TOL, ELEM_TOL, EXACT) for precision `p`.
+fn tol_for(p: Precision, t: (f32, f32)) -> (f32, f32) {
+    match p {
+        Precision::F32 => t,
+        Precision::F16 if t == GEMM_TOL => GEMM_TOL_F16,
+        Precision::F16 if t == ELEM_TOL => ELEM_TOL_F16,
+        Precision::Bf16 if t == GEMM_TOL => GEMM_TOL_BF16,
+        Precision::Bf16 if t == ELEM_TOL => ELEM_TOL_BF16,
+        _ => t,
+    }
+}
 
 fn compare(op: String, path: &'static str, gpu: &[f32], cpu: &[f32], tol: (f32, f32)) -> ParityRow {
     let (atol, rtol) = tol;
@@ -92,16 +122,50 @@ struct Pair<'a> {
     gpu: &'a CudaBackend,
     cpu: CpuBackend,
     rows: Vec<ParityRow>,
+    prec: Precision,
 }
 
 impl Pair<'_> {
+    /// Random data as the GPU will hold it: rounded to 16 bits in 16-bit
+    /// mode, so the CPU reference sees the same values.
+    fn random(&self, rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
+        let mut v = random(rng, len, scale);
+        if self.prec.is_half() {
+            let mut bits = vec![0u16; len];
+            narrow_host(self.prec, &v, &mut bits);
+            widen_host(self.prec, &bits, &mut v);
+        }
+        v
+    }
+    /// An activation-type buffer (16-bit in 16-bit mode) holding `v`.
     fn up(&self, v: &[f32]) -> Result<CudaBuf<f32>> {
         let mut b = self.gpu.alloc(v.len())?;
         self.gpu.upload(v, &mut b)?;
         Ok(b)
     }
+    /// A parameter-type buffer (f32 master) holding `v`: biases, SGD state.
+    fn up_param(&self, v: &[f32]) -> Result<CudaBuf<f32>> {
+        let mut b = self.gpu.alloc_param(v.len())?;
+        self.gpu.upload(v, &mut b)?;
+        Ok(b)
+    }
     fn zeros(&self, len: usize) -> Result<CudaBuf<f32>> {
         self.gpu.alloc(len)
+    }
+    /// A gradient output (dw, db): f32 masters in every mode.
+    fn zeros_param(&self, len: usize) -> Result<CudaBuf<f32>> {
+        self.gpu.alloc_param(len)
+    }
+    /// The row name with the precision in 16-bit mode.
+    fn name(&self, op: String) -> String {
+        if self.prec.is_half() {
+            format!("{op} [{}]", self.prec)
+        } else {
+            op
+        }
+    }
+    fn tol(&self, t: (f32, f32)) -> (f32, f32) {
+        tol_for(self.prec, t)
     }
     fn down(&self, b: &CudaBuf<f32>) -> Result<Vec<f32>> {
         let mut v = vec![0.0; b.len()];
@@ -117,18 +181,37 @@ impl Pair<'_> {
         tol: (f32, f32),
     ) -> Result<()> {
         let g = self.down(gpu)?;
+        let (op, tol) = (self.name(op), self.tol(tol));
         self.rows.push(compare(op, path, &g, cpu, tol));
+        Ok(())
+    }
+    /// As `check` with the tolerance as given (f32 masters in every mode).
+    fn check_f32(
+        &mut self,
+        op: String,
+        gpu: &CudaBuf<f32>,
+        cpu: &[f32],
+        tol: (f32, f32),
+    ) -> Result<()> {
+        let g = self.down(gpu)?;
+        let op = self.name(op);
+        self.rows.push(compare(op, "-", &g, cpu, tol));
         Ok(())
     }
 
     /// Forward, backward data, filter and bias of one convolution.
     fn conv(&mut self, rng: &mut Rng, name: &str, g: &ConvGeom, path: &'static str) -> Result<()> {
         let fan_in = (g.c_in / g.groups * g.k * g.k) as f32;
-        let x = random(rng, g.x_len(), 1.0);
-        let w = random(rng, g.w_len(), 1.0 / fan_in.sqrt());
-        let b = random(rng, g.c_out, 0.1);
-        let dy = random(rng, g.y_len(), 1.0);
-        let (xg, wg, bg, dyg) = (self.up(&x)?, self.up(&w)?, self.up(&b)?, self.up(&dy)?);
+        let x = self.random(rng, g.x_len(), 1.0);
+        let w = self.random(rng, g.w_len(), 1.0 / fan_in.sqrt());
+        let b = self.random(rng, g.c_out, 0.1);
+        let dy = self.random(rng, g.y_len(), 1.0);
+        let (xg, wg, bg, dyg) = (
+            self.up(&x)?,
+            self.up(&w)?,
+            self.up_param(&b)?,
+            self.up(&dy)?,
+        );
 
         let mut y = vec![0.0; g.y_len()];
         self.cpu.conv2d_forward(g, &x, &w, &b, &mut y)?;
@@ -164,7 +247,7 @@ impl Pair<'_> {
 
         let mut dw = vec![0.0; g.w_len()];
         self.cpu.conv2d_backward_filter(g, &x, &dy, &mut dw)?;
-        let mut dwg = self.zeros(g.w_len())?;
+        let mut dwg = self.zeros_param(g.w_len())?;
         self.gpu.conv2d_backward_filter(g, &xg, &dyg, &mut dwg)?;
         self.check(
             format!("conv2d_backward_filter {name}"),
@@ -176,7 +259,7 @@ impl Pair<'_> {
 
         let mut db = vec![0.0; g.c_out];
         self.cpu.conv2d_backward_bias(g, &dy, &mut db)?;
-        let mut dbg = self.zeros(g.c_out)?;
+        let mut dbg = self.zeros_param(g.c_out)?;
         self.gpu.conv2d_backward_bias(g, &dyg, &mut dbg)?;
         self.check(
             format!("conv2d_backward_bias {name}"),
@@ -215,6 +298,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         gpu: be,
         cpu: CpuBackend::new(),
         rows: Vec::new(),
+        prec: be.precision(),
     };
     let mut rng = Rng::new(0x5eed_a1e7);
     let n = 2;
@@ -239,13 +323,13 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     be.set_force_fallback(!had_cudnn);
 
     // -- ReLU ------------------------------------------------------------------------
-    let x = random(&mut rng, 4096 * 3 + 7, 1.0);
+    let x = p.random(&mut rng, 4096 * 3 + 7, 1.0);
     let mut xc = x.clone();
     p.cpu.relu_forward(&mut xc)?;
     let mut xg = p.up(&x)?;
     p.gpu.relu_forward(&mut xg)?;
     p.check("relu_forward".into(), "-", &xg, &xc, EXACT)?;
-    let dy = random(&mut rng, x.len(), 1.0);
+    let dy = p.random(&mut rng, x.len(), 1.0);
     let mut dyc = dy.clone();
     p.cpu.relu_backward(&xc, &mut dyc)?;
     let mut dyg = p.up(&dy)?;
@@ -260,7 +344,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         w: 55,
     };
     let lp = LrnParams::PAPER;
-    let x: Vec<f32> = random(&mut rng, s.len(), 3.0);
+    let x: Vec<f32> = p.random(&mut rng, s.len(), 3.0);
     let (mut y, mut scale) = (vec![0.0; s.len()], vec![0.0; s.len()]);
     p.cpu.lrn_forward(&lp, &s, &x, &mut y, &mut scale)?;
     let xg = p.up(&x)?;
@@ -268,7 +352,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.gpu.lrn_forward(&lp, &s, &xg, &mut yg, &mut scaleg)?;
     p.check("lrn_forward y".into(), "-", &yg, &y, ELEM_TOL)?;
     p.check("lrn_forward scale".into(), "-", &scaleg, &scale, ELEM_TOL)?;
-    let dy = random(&mut rng, s.len(), 1.0);
+    let dy = p.random(&mut rng, s.len(), 1.0);
     let mut dx = vec![0.0; s.len()];
     p.cpu.lrn_backward(&lp, &s, &x, &y, &scale, &dy, &mut dx)?;
     let dyg = p.up(&dy)?;
@@ -287,7 +371,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         size: 3,
         stride: 2,
     };
-    let x = random(&mut rng, g.x_len(), 1.0);
+    let x = p.random(&mut rng, g.x_len(), 1.0);
     let (mut y, mut am) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
     p.cpu.max_pool_forward(&g, &x, &mut y, &mut am)?;
     let xg = p.up(&x)?;
@@ -307,7 +391,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         rtol: 0.0,
         pass: mismatched == 0,
     });
-    let dy = random(&mut rng, g.y_len(), 1.0);
+    let dy = p.random(&mut rng, g.y_len(), 1.0);
     let mut dx = vec![0.0; g.x_len()];
     p.cpu.max_pool_backward(&g, &dy, &am, &mut dx)?;
     let dyg = p.up(&dy)?;
@@ -317,7 +401,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.check("max_pool_backward".into(), "-", &dxg, &dx, ELEM_TOL)?;
 
     // -- dropout: the same counter hash on both sides --------------------------------------
-    let x = random(&mut rng, n * 4096, 1.0);
+    let x = p.random(&mut rng, n * 4096, 1.0);
     let (mut xc, mut mask) = (x.clone(), vec![0.0; x.len()]);
     p.cpu.dropout_forward(0.5, 1234, &mut xc, &mut mask)?;
     let mut xg = p.up(&x)?;
@@ -325,7 +409,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.gpu.dropout_forward(0.5, 1234, &mut xg, &mut maskg)?;
     p.check("dropout_forward mask".into(), "-", &maskg, &mask, EXACT)?;
     p.check("dropout_forward x".into(), "-", &xg, &xc, EXACT)?;
-    let dy = random(&mut rng, x.len(), 1.0);
+    let dy = p.random(&mut rng, x.len(), 1.0);
     let mut dyc = dy.clone();
     p.cpu.dropout_backward(&mask, &mut dyc)?;
     let mut dyg = p.up(&dy)?;
@@ -338,11 +422,11 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         inp: 9216,
         out: 4096,
     };
-    let x = random(&mut rng, g.n * g.inp, 1.0);
-    let w = random(&mut rng, g.out * g.inp, 1.0 / (g.inp as f32).sqrt());
-    let b = random(&mut rng, g.out, 0.1);
-    let dy = random(&mut rng, g.n * g.out, 1.0);
-    let (xg, wg, bg, dyg) = (p.up(&x)?, p.up(&w)?, p.up(&b)?, p.up(&dy)?);
+    let x = p.random(&mut rng, g.n * g.inp, 1.0);
+    let w = p.random(&mut rng, g.out * g.inp, 1.0 / (g.inp as f32).sqrt());
+    let b = p.random(&mut rng, g.out, 0.1);
+    let dy = p.random(&mut rng, g.n * g.out, 1.0);
+    let (xg, wg, bg, dyg) = (p.up(&x)?, p.up(&w)?, p.up_param(&b)?, p.up(&dy)?);
     let mut y = vec![0.0; g.n * g.out];
     p.cpu.linear_forward(&g, &x, &w, &b, &mut y)?;
     let mut yg = p.zeros(y.len())?;
@@ -367,7 +451,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.check("linear_backward_data fc6".into(), "-", &dxg, &dx, GEMM_TOL)?;
     let mut dw = vec![0.0; g.out * g.inp];
     p.cpu.linear_backward_weight(&g, &x, &dy, &mut dw)?;
-    let mut dwg = p.zeros(dw.len())?;
+    let mut dwg = p.zeros_param(dw.len())?;
     p.gpu.linear_backward_weight(&g, &xg, &dyg, &mut dwg)?;
     p.check(
         "linear_backward_weight fc6".into(),
@@ -378,13 +462,13 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     )?;
     let mut db = vec![0.0; g.out];
     p.cpu.linear_backward_bias(&g, &dy, &mut db)?;
-    let mut dbg = p.zeros(g.out)?;
+    let mut dbg = p.zeros_param(g.out)?;
     p.gpu.linear_backward_bias(&g, &dyg, &mut dbg)?;
     p.check("linear_backward_bias fc6".into(), "-", &dbg, &db, ELEM_TOL)?;
 
     // -- softmax cross-entropy: 8 rows of 1000 classes -------------------------------------------
     let (rows, classes) = (8, 1000);
-    let logits = random(&mut rng, rows * classes, 3.0);
+    let logits = p.random(&mut rng, rows * classes, 3.0);
     let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
     let mut probs = vec![0.0; logits.len()];
     let loss = p
@@ -397,13 +481,8 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     let loss_g = p
         .gpu
         .softmax_xent_forward(rows, classes, &lg, &lab, &mut probsg)?;
-    p.rows.push(compare(
-        "softmax_xent_forward loss".into(),
-        "-",
-        &[loss_g],
-        &[loss],
-        ELEM_TOL,
-    ));
+    let (op, tol) = (p.name("softmax_xent_forward loss".into()), p.tol(ELEM_TOL));
+    p.rows.push(compare(op, "-", &[loss_g], &[loss], tol));
     p.check(
         "softmax_xent_forward probs".into(),
         "-",
@@ -418,6 +497,20 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.gpu
         .softmax_xent_backward(rows, classes, &probsg, &lab, &mut dlg)?;
     p.check("softmax_xent_backward".into(), "-", &dlg, &dl, ELEM_TOL)?;
+    // The loss-scaled gradient (one pass in 16-bit mode); a power-of-two
+    // scale is exact, so the reference is the CPU's gradient times it.
+    let s = 1024.0f32;
+    let dls: Vec<f32> = dl.iter().map(|v| v * s).collect();
+    let mut dlsg = p.zeros(logits.len())?;
+    p.gpu
+        .softmax_xent_backward_scaled(rows, classes, &probsg, &lab, s, &mut dlsg)?;
+    p.check(
+        "softmax_xent_backward_scaled (scale 1024)".into(),
+        "-",
+        &dlsg,
+        &dls,
+        ELEM_TOL,
+    )?;
 
     // -- the paper's SGD step ---------------------------------------------------------------------
     let sp = SgdParams {
@@ -427,16 +520,16 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     };
     let len = 100_003;
     let (w, gr, v) = (
-        random(&mut rng, len, 1.0),
-        random(&mut rng, len, 1.0),
-        random(&mut rng, len, 0.1),
+        p.random(&mut rng, len, 1.0),
+        p.random(&mut rng, len, 1.0),
+        p.random(&mut rng, len, 0.1),
     );
     let (mut wc, mut vc) = (w.clone(), v.clone());
     p.cpu.sgd_update(&sp, &mut wc, &gr, &mut vc)?;
-    let (mut wg, grg, mut vg) = (p.up(&w)?, p.up(&gr)?, p.up(&v)?);
+    let (mut wg, grg, mut vg) = (p.up_param(&w)?, p.up_param(&gr)?, p.up_param(&v)?);
     p.gpu.sgd_update(&sp, &mut wg, &grg, &mut vg)?;
-    p.check("sgd_update w".into(), "-", &wg, &wc, ELEM_TOL)?;
-    p.check("sgd_update v".into(), "-", &vg, &vc, ELEM_TOL)?;
+    p.check_f32("sgd_update w".into(), &wg, &wc, ELEM_TOL)?;
+    p.check_f32("sgd_update v".into(), &vg, &vc, ELEM_TOL)?;
 
     Ok(p.rows)
 }
