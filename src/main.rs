@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use tracing::info;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
-use alexnet_cuda::backend::cuda::{parity, CudaBackend, CudaOptions};
+use alexnet_cuda::backend::cuda::{parity, CudaBackend, CudaOptions, Precision};
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::checkpoint;
@@ -30,6 +30,7 @@ use alexnet_cuda::eval::{
 use alexnet_cuda::export::onnx::write_onnx;
 use alexnet_cuda::export::{network_tensors, write_safetensors};
 use alexnet_cuda::metrics::MetricsFormat;
+use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
@@ -216,7 +217,7 @@ struct DeviceArgs {
     /// GPUs to run on, e.g. 0 (default: GPU 0 when a CUDA driver and GPU are present, else the CPU).
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
-    /// Arithmetic: fp32 (the reference; fp16 and bf16 are not implemented yet).
+    /// Storage of activations and the weights the GPU libraries read: fp32 (the reference), or fp16 / bf16 (mixed precision: fp32 master weights and momentum, fp32 accumulation; fp16 with dynamic loss scaling). GPU only.
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "bf16"])]
     precision: String,
     /// CUDA: use the built-in im2col + cuBLAS grouped convolution even where cuDNN is installed.
@@ -230,14 +231,13 @@ struct DeviceArgs {
 impl DeviceArgs {
     /// Probe and resolve the flags into a device, refusing what is not built.
     fn resolve(&self) -> Result<Device> {
-        if self.precision != "fp32" {
+        let dev = device::choose(self.cpu, self.gpus.as_deref())?;
+        if self.precision != "fp32" && dev == Device::Cpu {
             bail!(
-                "--precision {}: half-precision training (16-bit activations and weights with fp32 master \
-                 weights and loss scaling) is not implemented yet; use --precision fp32",
+                "--precision {}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)",
                 self.precision
             );
         }
-        let dev = device::choose(self.cpu, self.gpus.as_deref())?;
         if (self.fallback_conv || self.tf32) && dev == Device::Cpu {
             bail!(
                 "--{} selects how CUDA computes; it has no meaning with the CPU backend",
@@ -251,11 +251,12 @@ impl DeviceArgs {
         Ok(dev)
     }
 
-    fn cuda_options(&self) -> CudaOptions {
-        CudaOptions {
+    fn cuda_options(&self) -> Result<CudaOptions> {
+        Ok(CudaOptions {
+            precision: self.precision.parse::<Precision>()?,
             force_fallback_conv: self.fallback_conv,
             allow_tf32: self.tf32,
-        }
+        })
     }
 }
 
@@ -269,7 +270,7 @@ macro_rules! on_device {
                 $body
             }
             Device::Cuda(ids) => {
-                let $be = CudaBackend::new(ids[0], $args.cuda_options())?;
+                let $be = CudaBackend::new(ids[0], $args.cuda_options()?)?;
                 $body
             }
         }
@@ -811,6 +812,9 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
     let mut model = Network::new(be, topo, batch, 1)?;
+    if be.needs_loss_scaling() {
+        model.set_loss_scale(Some(LossScale::dynamic()));
+    }
     let mut rng = Rng::new(7);
     let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
         .map(|_| rng.normal() as f32)
@@ -873,7 +877,7 @@ fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
         Device::Cuda(ids) => ids,
         Device::Cpu => bail!("gpu-ops compares a GPU with the CPU: it needs a CUDA GPU (--gpus 0)"),
     };
-    let be = CudaBackend::new(ids[0], device.cuda_options())?;
+    let be = CudaBackend::new(ids[0], device.cuda_options()?)?;
     info!("{}", be.name());
     let mut failed = 0;
     for r in parity::run_all(&be)? {

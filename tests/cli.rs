@@ -203,8 +203,8 @@ fn device_flags_that_are_not_built_are_refused() {
         &["--gpus 0,1", "more than one GPU", "--gpus 0"],
     );
     assert_error(
-        &["train", "--precision", "fp16", "--demo"],
-        &["--precision fp16", "not implemented", "--precision fp32"],
+        &["train", "--cpu", "--precision", "fp16", "--demo"],
+        &["--precision fp16", "fp32 only", "--gpus 0"],
     );
     assert_error(&["train", "--precision", "fp64", "--demo"], &["fp64"]);
     assert_error(

@@ -24,7 +24,7 @@
 //! write with events (it does once a context has two streams), so a buffer
 //! is never freed or reused across streams while in use.
 //!
-//! Precision (`Precision`, `CudaBackend::with_precision`): fp32 is the default and
+//! Precision (`Precision`, `CudaOptions::precision`): fp32 is the default and
 //! the reference. In fp16 / bf16 mode (mixed precision, Micikevicius et al.
 //! 2018) activations and their gradients live in 16 bits, parameters keep an
 //! f32 master copy (weights, gradients, momentum: `alloc_param`) plus a 16-bit
@@ -37,6 +37,7 @@ pub mod linear;
 pub mod mixed;
 pub mod modules;
 pub mod parity;
+pub mod pinned;
 pub mod probe;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,11 +100,12 @@ impl<T> CudaBuf<T> {
     }
 }
 
-/// Choices made when the backend is created. (The storage precision is the
-/// separate argument of `CudaBackend::with_precision`, so that code building
-/// these options with a struct literal keeps compiling.)
+/// Choices made when the backend is created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CudaOptions {
+    /// How activations and the weights cuDNN / cuBLAS read are stored
+    /// (fp32 by default; fp16 / bf16 train in mixed precision, mixed.rs).
+    pub precision: Precision,
     /// Use the im2col + cuBLAS grouped convolution even when cuDNN is present
     /// (so the fallback can be tested on machines that have cuDNN).
     pub force_fallback_conv: bool,
@@ -157,6 +159,10 @@ pub struct CudaBackend {
     fallback: Mutex<conv_fallback::Scratch>,
     staging: Mutex<Option<Staging<f32>>>,
     staging16: Mutex<Option<Staging<u16>>>,
+    /// The loader's pinned batch buffers (uploads from them skip staging),
+    /// and the event that marks the end of such a copy.
+    pinned: Arc<pinned::Registry>,
+    direct_copied: CudaEvent,
     scratch: Mutex<Scratch>,
     allocs: Arc<AtomicU64>,
     precision: Precision,
@@ -206,16 +212,13 @@ fn lock<'a, T>(op: &'static str, m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>> {
 }
 
 impl CudaBackend {
-    /// Open GPU `ordinal` in fp32: context, streams, kernels, cuBLAS, and
-    /// cuDNN when its library exists (else the im2col + cuBLAS convolution, logged).
-    pub fn new(ordinal: usize, opts: CudaOptions) -> Result<Self> {
-        Self::with_precision(ordinal, opts, Precision::F32)
-    }
-
-    /// As `new`, storing activations and the weights cuDNN / cuBLAS read in
-    /// `precision` (mixed precision for fp16 / bf16: f32 masters, f32
+    /// Open GPU `ordinal`: context, streams, kernels, cuBLAS, and cuDNN when
+    /// its library exists (else the im2col + cuBLAS convolution, logged).
+    /// Activations and the weights cuDNN / cuBLAS read are stored in
+    /// `opts.precision` (mixed precision for fp16 / bf16: f32 masters, f32
     /// accumulation; see mixed.rs).
-    pub fn with_precision(ordinal: usize, opts: CudaOptions, precision: Precision) -> Result<Self> {
+    pub fn new(ordinal: usize, opts: CudaOptions) -> Result<Self> {
+        let precision = opts.precision;
         const OP: &str = "init";
         let info = probe::require(&[ordinal])?
             .pop()
@@ -264,6 +267,7 @@ impl CudaBackend {
             );
             None
         };
+        let direct_copied = ctx.new_event(None).map_err(cuda_err(OP))?;
         let be = CudaBackend {
             info,
             ctx,
@@ -279,6 +283,8 @@ impl CudaBackend {
             scratch: Mutex::new(Scratch::default()),
             allocs,
             precision,
+            pinned: Arc::new(pinned::Registry::default()),
+            direct_copied,
         };
         tracing::info!(
             "{}: convolutions by {}, {}",
@@ -436,6 +442,29 @@ impl CudaBackend {
         st.copied.record(&self.copy).map_err(cuda_err(op))?;
         self.stream.wait(&st.copied).map_err(cuda_err(op))?;
         Ok(())
+    }
+
+    /// Host -> device straight from the loader's pinned batch memory: one DMA
+    /// on the copy stream, which the compute stream waits for. The host waits
+    /// for the copy alone (not for queued compute) before returning, since the
+    /// caller may reuse `src` afterwards.
+    fn upload_pinned(&self, op: &'static str, src: &[f32], dst: &mut CudaSlice<f32>) -> Result<()> {
+        {
+            let (dptr, _write) = dst.device_ptr_mut(&self.copy);
+            // SAFETY: dst holds at least src.len() floats (checked by the
+            // caller); src is page-locked memory from `pinned::allocator`
+            // (registered range), alive for this call, which waits below
+            // until the copy has read it.
+            unsafe { drv_result::memcpy_htod_async(dptr, src, self.copy.cu_stream()) }
+                .map_err(cuda_err(op))?;
+        }
+        self.direct_copied
+            .record(&self.copy)
+            .map_err(cuda_err(op))?;
+        self.stream
+            .wait(&self.direct_copied)
+            .map_err(cuda_err(op))?;
+        self.direct_copied.synchronize().map_err(cuda_err(op))
     }
 
     /// Device to host on the compute stream, then wait for it.
@@ -706,6 +735,18 @@ impl Backend for CudaBackend {
         self.allocs.load(Ordering::Relaxed)
     }
 
+    /// Pinned memory for the loader's f32 batches. In 16-bit mode uploads
+    /// convert on the host through 16-bit staging anyway, so none is given.
+    fn host_alloc(&self) -> Option<crate::data::HostAlloc> {
+        (!self.precision.is_half()).then(|| {
+            pinned::allocator(
+                Arc::clone(&self.ctx),
+                Arc::clone(&self.pinned),
+                Arc::clone(&self.allocs),
+            )
+        })
+    }
+
     fn alloc_idx(&self, len: usize) -> Result<CudaBuf<u32>> {
         self.alloc_buf("alloc_idx", len)
     }
@@ -729,6 +770,9 @@ impl Backend for CudaBackend {
             return self.stage(OP, &self.staging16, src.len(), half, |host| {
                 mixed::narrow_host(prec, src, host)
             });
+        }
+        if dst.half.is_none() && self.pinned.contains(src) {
+            return self.upload_pinned(OP, src, &mut dst.data);
         }
         self.stage(OP, &self.staging, src.len(), &mut dst.data, |host| {
             host.copy_from_slice(src)

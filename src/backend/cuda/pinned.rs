@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, PinnedHostSlice};
 
 use crate::data::{HostAlloc, HostMemory};
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 /// Address ranges [start, end) of the pinned buffers alive now.
 #[derive(Default)]
