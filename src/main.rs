@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use tracing::info;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
-use alexnet_cuda::backend::cuda::{parity, CudaBackend, CudaOptions, Precision};
+use alexnet_cuda::backend::cuda::{modules, parity, CudaBackend, CudaOptions, Precision};
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::checkpoint;
@@ -138,6 +138,13 @@ enum Command {
     /// Time training steps on one fixed random batch (scripts/bench-cpu, scripts/gpu-check); prints one JSON line.
     #[command(hide = true)]
     BenchStep(BenchStepArgs),
+    /// Compile every kernel's embedded source with NVRTC (no GPU needed) and check its entry points.
+    #[command(hide = true)]
+    NvrtcCheck {
+        /// Compute capability to compile for, e.g. 9.0 (H100) or 7.5.
+        #[arg(long, default_value = "9.0")]
+        arch: String,
+    },
     /// Run every op on the GPU and on the CPU reference and compare (scripts/gpu-check).
     #[command(hide = true)]
     GpuOps {
@@ -906,6 +913,46 @@ fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The run-time compile path, checked without a GPU: every module's source
+/// through NVRTC, and every entry point of kernels/README.md in the PTX.
+fn cmd_nvrtc_check(arch: &str) -> Result<()> {
+    let cc = arch
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<i32>().ok()?, b.parse::<i32>().ok()?)))
+        .with_context(|| format!("--arch {arch}: write a compute capability such as 9.0"))?;
+    let mut missing = Vec::new();
+    for (m, ptx) in modules::nvrtc_compile_all(cc)? {
+        let entries: Vec<&str> = ptx
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+            .map(|l| l.split('(').next().unwrap_or("").trim())
+            .collect();
+        let absent: Vec<&str> = m
+            .kernels
+            .iter()
+            .copied()
+            .filter(|k| !entries.contains(k))
+            .collect();
+        println!(
+            "{:<14} sm_{}{}: {:>7} bytes of PTX, {} of {} entry points",
+            m.name,
+            cc.0,
+            cc.1,
+            ptx.len(),
+            m.kernels.len() - absent.len(),
+            m.kernels.len()
+        );
+        missing.extend(absent.iter().map(|k| format!("{}: {k}", m.name)));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "entry points missing from NVRTC's PTX: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn cmd_prepare(args: PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
     let mut opts = PrepareOptions::new(args.train, args.out);
@@ -1111,6 +1158,7 @@ fn run() -> Result<()> {
         Command::SynthStore { out, count, size } => cmd_synth_store(&out, count, size),
         Command::BenchStep(args) => cmd_bench(args),
         Command::GpuOps { device, json } => cmd_gpu_ops(device, json),
+        Command::NvrtcCheck { arch } => cmd_nvrtc_check(&arch),
     }
 }
 

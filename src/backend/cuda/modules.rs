@@ -126,6 +126,29 @@ fn load_one(
     Ok((module, LoadPath::Nvrtc))
 }
 
+/// Compile every module's embedded source with NVRTC for compute capability
+/// `cc`, as a machine without the fatbin would, and return each module's
+/// PTX. Needs only libnvrtc, no GPU or driver (`alexnet-cuda nvrtc-check`).
+pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)>> {
+    if !nvrtc_present() {
+        return Err(Error::NoDevice(
+            "NVRTC (libnvrtc.so) not found: put it on LD_LIBRARY_PATH (scripts/setup-nvcc \
+             installs it into .cuda/)"
+                .into(),
+        ));
+    }
+    MODULES
+        .iter()
+        .map(|m| {
+            let ptx = nvrtc(m, cc).map_err(|e| Error::Cuda {
+                op: "nvrtc",
+                detail: format!("module {}: {e}", m.name),
+            })?;
+            Ok((m, ptx.to_src()))
+        })
+        .collect()
+}
+
 /// Compile a module's source for the device's virtual architecture; when this
 /// NVRTC does not know that architecture (a card newer than the toolkit), fall
 /// back to compute_75, whose PTX the driver JIT-compiles for any newer card.
