@@ -362,6 +362,8 @@ struct EvalArgs {
     /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -620,7 +622,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     set_threads(args.threads)?;
     let ck = checkpoint::load(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
-    let be = CpuBackend::new();
+    let device = args.device.resolve()?;
     let batch = args
         .batch
         .map(|b| b as usize)
@@ -638,17 +640,19 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         batch
     };
     let cfg = loader_for(&ck, per_step, args.ten_crop, args.workers);
-    let mut net = Network::new(&be, &topo, per_step * cfg_rows(args.ten_crop), 0)?;
-    ck.restore(&mut net, false)?;
     let pb = if args.no_progress {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(idx.len() as u64)
     };
     let t0 = Instant::now();
-    let r = evaluate(&mut net, &set, &idx, &cfg, |done| {
-        pb.set_position(done as u64)
-    })?;
+    let r = on_device!(&device, args.device, |be| {
+        let mut net = Network::new(&be, &topo, per_step * cfg_rows(args.ten_crop), 0)?;
+        ck.restore(&mut net, false)?;
+        evaluate(&mut net, &set, &idx, &cfg, |done| {
+            pb.set_position(done as u64)
+        })?
+    });
     pb.finish_and_clear();
     let mode = if args.ten_crop {
         "10-crop"
