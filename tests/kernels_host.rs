@@ -854,62 +854,59 @@ fn conv_check(what: &str, got: &[u32], want: &[u32], is_nan: impl Fn(u32) -> boo
     );
 }
 
-#[test]
-fn f16_conversions_match_half_crate() {
+/// `f32_to_<name>` over special values and the neighbours of every 16-bit
+/// value, and `<name>_to_f32` over all 65536 bit patterns, against the half
+/// crate's `to_f32` / `from_f32` (`is_nan16`: a NaN's 16 bits).
+fn conversions_match_half_crate(
+    name: &str,
+    to_f32: fn(u16) -> f32,
+    from_f32: fn(f32) -> u16,
+    is_nan16: fn(u32) -> bool,
+    narrow: fn(&[f32], &mut [u16]) -> alexnet_cuda::Result<()>,
+    widen: fn(&[u16], &mut [f32]) -> alexnet_cuda::Result<()>,
+) {
     let mut src = special_f32();
-    src.extend(around_every_16_bit_value(|h| {
-        half::f16::from_bits(h).to_f32()
-    }));
+    src.extend(around_every_16_bit_value(to_f32));
     let mut dst = vec![0u16; src.len()];
-    hk::f32_to_f16(&src, &mut dst).unwrap();
-    let want: Vec<u32> = src
-        .iter()
-        .map(|&v| half::f16::from_f32(v).to_bits() as u32)
-        .collect();
+    narrow(&src, &mut dst).unwrap();
+    let want: Vec<u32> = src.iter().map(|&v| from_f32(v) as u32).collect();
     let got: Vec<u32> = dst.iter().map(|&h| h as u32).collect();
-    conv_check("f32_to_f16", &got, &want, |h| {
-        h & 0x7c00 == 0x7c00 && h & 0x3ff != 0
-    });
+    conv_check(&format!("f32_to_{name}"), &got, &want, is_nan16);
 
     let all: Vec<u16> = (0..=u16::MAX).collect();
     let mut back = vec![0.0f32; all.len()];
-    hk::f16_to_f32(&all, &mut back).unwrap();
-    let want: Vec<u32> = all
-        .iter()
-        .map(|&h| half::f16::from_bits(h).to_f32().to_bits())
-        .collect();
-    conv_check("f16_to_f32 (all 65536)", &bits(&back), &want, |b| {
-        f32::from_bits(b).is_nan()
-    });
+    widen(&all, &mut back).unwrap();
+    let want: Vec<u32> = all.iter().map(|&h| to_f32(h).to_bits()).collect();
+    conv_check(
+        &format!("{name}_to_f32 (all 65536)"),
+        &bits(&back),
+        &want,
+        |b| f32::from_bits(b).is_nan(),
+    );
+}
+
+#[test]
+fn f16_conversions_match_half_crate() {
+    conversions_match_half_crate(
+        "f16",
+        |h| half::f16::from_bits(h).to_f32(),
+        |v| half::f16::from_f32(v).to_bits(),
+        |h| h & 0x7c00 == 0x7c00 && h & 0x3ff != 0,
+        hk::f32_to_f16,
+        hk::f16_to_f32,
+    );
 }
 
 #[test]
 fn bf16_conversions_match_half_crate() {
-    let mut src = special_f32();
-    src.extend(around_every_16_bit_value(|h| {
-        half::bf16::from_bits(h).to_f32()
-    }));
-    let mut dst = vec![0u16; src.len()];
-    hk::f32_to_bf16(&src, &mut dst).unwrap();
-    let want: Vec<u32> = src
-        .iter()
-        .map(|&v| half::bf16::from_f32(v).to_bits() as u32)
-        .collect();
-    let got: Vec<u32> = dst.iter().map(|&h| h as u32).collect();
-    conv_check("f32_to_bf16", &got, &want, |h| {
-        h & 0x7f80 == 0x7f80 && h & 0x7f != 0
-    });
-
-    let all: Vec<u16> = (0..=u16::MAX).collect();
-    let mut back = vec![0.0f32; all.len()];
-    hk::bf16_to_f32(&all, &mut back).unwrap();
-    let want: Vec<u32> = all
-        .iter()
-        .map(|&h| half::bf16::from_bits(h).to_f32().to_bits())
-        .collect();
-    conv_check("bf16_to_f32 (all 65536)", &bits(&back), &want, |b| {
-        f32::from_bits(b).is_nan()
-    });
+    conversions_match_half_crate(
+        "bf16",
+        |h| half::bf16::from_bits(h).to_f32(),
+        |v| half::bf16::from_f32(v).to_bits(),
+        |h| h & 0x7f80 == 0x7f80 && h & 0x7f != 0,
+        hk::f32_to_bf16,
+        hk::bf16_to_f32,
+    );
 }
 
 #[test]

@@ -94,108 +94,60 @@ HOST_KERNEL(bf16_to_f32, (const unsigned short* src, float* dst, long long len),
 HOST_KERNEL(unscale_check_f32, (float* g, float inv_scale, long long len, int* overflow),
             (g, inv_scale, len, overflow))
 
-// 16-bit storage: f16
-HOST_KERNEL(lrn_forward_f16,
-            (const unsigned short* x, unsigned short* y, unsigned short* scale, int n, int c, int hw, int size, float alpha,
-             float beta, float k),
-            (x, y, scale, n, c, hw, size, alpha, beta, k))
-HOST_KERNEL(lrn_backward_f16,
-            (const unsigned short* x, const unsigned short* y, const unsigned short* scale, const unsigned short* dy,
-             unsigned short* dx, int n, int c, int hw, int size, float alpha, float beta),
-            (x, y, scale, dy, dx, n, c, hw, size, alpha, beta))
-HOST_KERNEL(dropout_forward_f16,
-            (unsigned short* x, unsigned short* mask, unsigned long long seed, float p, long long len),
-            (x, mask, seed, p, len))
-HOST_KERNEL(dropout_backward_f16, (const unsigned short* mask, unsigned short* dy, long long len),
-            (mask, dy, len))
-HOST_KERNEL(softmax_xent_forward_f16,
-            (const unsigned short* logits, const unsigned int* labels, unsigned short* probs, float* row_loss,
-             int n, int classes),
-            (logits, labels, probs, row_loss, n, classes))
-HOST_KERNEL(softmax_xent_backward_f16,
-            (const unsigned short* probs, const unsigned int* labels, unsigned short* dlogits, int n, int classes,
-             float scale),
-            (probs, labels, dlogits, n, classes, scale))
-HOST_KERNEL(sgd_update_f32_store_f16,
-            (float* w, const float* g, float* v, unsigned short* w16, float lr, float momentum,
-             float weight_decay, long long len),
-            (w, g, v, w16, lr, momentum, weight_decay, len))
-HOST_KERNEL(bias_relu_forward_f16,
-            (unsigned short* y, const float* b, int c, int hw, long long len, int relu),
-            (y, b, c, hw, len, relu))
-HOST_KERNEL(relu_forward_f16, (unsigned short* x, long long len), (x, len))
-HOST_KERNEL(relu_backward_f16, (const unsigned short* y, unsigned short* dy, long long len), (y, dy, len))
-HOST_KERNEL(bias_backward_partial_f16, (const unsigned short* dy, float* partial, int n, int c, int hw),
-            (dy, partial, n, c, hw))
-HOST_KERNEL(max_pool_forward_f16,
-            (const unsigned short* x, unsigned short* y, unsigned int* argmax, int planes, int h, int w, int ho,
-             int wo, int size, int stride),
-            (x, y, argmax, planes, h, w, ho, wo, size, stride))
-HOST_KERNEL(max_pool_backward_f16,
-            (const unsigned short* dy, const unsigned int* argmax, unsigned short* dx, int planes, int h, int w,
-             int ho, int wo, int size, int stride),
-            (dy, argmax, dx, planes, h, w, ho, wo, size, stride))
-HOST_KERNEL(im2col_f16,
-            (const unsigned short* x, unsigned short* col, int images, int c, int h, int w, int k, int stride,
-             int pad, int ho, int wo),
-            (x, col, images, c, h, w, k, stride, pad, ho, wo))
-HOST_KERNEL(col2im_f16,
-            (const unsigned short* col, unsigned short* x, int images, int c, int h, int w, int k, int stride,
-             int pad, int ho, int wo),
-            (col, x, images, c, h, w, k, stride, pad, ho, wo))
-HOST_KERNEL(f16_to_f32_unscale_check,
-            (const unsigned short* src, float* dst, float inv_scale, long long len, int* overflow),
+// 16-bit storage: HOST_KERNELS_16(T) defines the launchers of every 16-bit
+// kernel for T = f16 or bf16 (<kernel>_T, and T_to_f32_unscale_check).
+#define HOST_KERNELS_16(T)                                                                                                    \
+HOST_KERNEL(lrn_forward_##T,                                                                                                  \
+            (const unsigned short* x, unsigned short* y, unsigned short* scale, int n, int c, int hw, int size, float alpha,  \
+             float beta, float k),                                                                                            \
+            (x, y, scale, n, c, hw, size, alpha, beta, k))                                                                    \
+HOST_KERNEL(lrn_backward_##T,                                                                                                 \
+            (const unsigned short* x, const unsigned short* y, const unsigned short* scale, const unsigned short* dy,         \
+             unsigned short* dx, int n, int c, int hw, int size, float alpha, float beta),                                    \
+            (x, y, scale, dy, dx, n, c, hw, size, alpha, beta))                                                               \
+HOST_KERNEL(dropout_forward_##T,                                                                                              \
+            (unsigned short* x, unsigned short* mask, unsigned long long seed, float p, long long len),                       \
+            (x, mask, seed, p, len))                                                                                          \
+HOST_KERNEL(dropout_backward_##T, (const unsigned short* mask, unsigned short* dy, long long len),                            \
+            (mask, dy, len))                                                                                                  \
+HOST_KERNEL(softmax_xent_forward_##T,                                                                                         \
+            (const unsigned short* logits, const unsigned int* labels, unsigned short* probs, float* row_loss,                \
+             int n, int classes),                                                                                             \
+            (logits, labels, probs, row_loss, n, classes))                                                                    \
+HOST_KERNEL(softmax_xent_backward_##T,                                                                                        \
+            (const unsigned short* probs, const unsigned int* labels, unsigned short* dlogits, int n, int classes,            \
+             float scale),                                                                                                    \
+            (probs, labels, dlogits, n, classes, scale))                                                                      \
+HOST_KERNEL(sgd_update_f32_store_##T,                                                                                         \
+            (float* w, const float* g, float* v, unsigned short* w16, float lr, float momentum,                               \
+             float weight_decay, long long len),                                                                              \
+            (w, g, v, w16, lr, momentum, weight_decay, len))                                                                  \
+HOST_KERNEL(bias_relu_forward_##T,                                                                                            \
+            (unsigned short* y, const float* b, int c, int hw, long long len, int relu),                                      \
+            (y, b, c, hw, len, relu))                                                                                         \
+HOST_KERNEL(relu_forward_##T, (unsigned short* x, long long len), (x, len))                                                   \
+HOST_KERNEL(relu_backward_##T, (const unsigned short* y, unsigned short* dy, long long len), (y, dy, len))                    \
+HOST_KERNEL(bias_backward_partial_##T, (const unsigned short* dy, float* partial, int n, int c, int hw),                      \
+            (dy, partial, n, c, hw))                                                                                          \
+HOST_KERNEL(max_pool_forward_##T,                                                                                             \
+            (const unsigned short* x, unsigned short* y, unsigned int* argmax, int planes, int h, int w, int ho,              \
+             int wo, int size, int stride),                                                                                   \
+            (x, y, argmax, planes, h, w, ho, wo, size, stride))                                                               \
+HOST_KERNEL(max_pool_backward_##T,                                                                                            \
+            (const unsigned short* dy, const unsigned int* argmax, unsigned short* dx, int planes, int h, int w,              \
+             int ho, int wo, int size, int stride),                                                                           \
+            (dy, argmax, dx, planes, h, w, ho, wo, size, stride))                                                             \
+HOST_KERNEL(im2col_##T,                                                                                                       \
+            (const unsigned short* x, unsigned short* col, int images, int c, int h, int w, int k, int stride,                \
+             int pad, int ho, int wo),                                                                                        \
+            (x, col, images, c, h, w, k, stride, pad, ho, wo))                                                                \
+HOST_KERNEL(col2im_##T,                                                                                                       \
+            (const unsigned short* col, unsigned short* x, int images, int c, int h, int w, int k, int stride,                \
+             int pad, int ho, int wo),                                                                                        \
+            (col, x, images, c, h, w, k, stride, pad, ho, wo))                                                                \
+HOST_KERNEL(T##_to_f32_unscale_check,                                                                                         \
+            (const unsigned short* src, float* dst, float inv_scale, long long len, int* overflow),                           \
             (src, dst, inv_scale, len, overflow))
 
-// 16-bit storage: bf16
-HOST_KERNEL(lrn_forward_bf16,
-            (const unsigned short* x, unsigned short* y, unsigned short* scale, int n, int c, int hw, int size, float alpha,
-             float beta, float k),
-            (x, y, scale, n, c, hw, size, alpha, beta, k))
-HOST_KERNEL(lrn_backward_bf16,
-            (const unsigned short* x, const unsigned short* y, const unsigned short* scale, const unsigned short* dy,
-             unsigned short* dx, int n, int c, int hw, int size, float alpha, float beta),
-            (x, y, scale, dy, dx, n, c, hw, size, alpha, beta))
-HOST_KERNEL(dropout_forward_bf16,
-            (unsigned short* x, unsigned short* mask, unsigned long long seed, float p, long long len),
-            (x, mask, seed, p, len))
-HOST_KERNEL(dropout_backward_bf16, (const unsigned short* mask, unsigned short* dy, long long len),
-            (mask, dy, len))
-HOST_KERNEL(softmax_xent_forward_bf16,
-            (const unsigned short* logits, const unsigned int* labels, unsigned short* probs, float* row_loss,
-             int n, int classes),
-            (logits, labels, probs, row_loss, n, classes))
-HOST_KERNEL(softmax_xent_backward_bf16,
-            (const unsigned short* probs, const unsigned int* labels, unsigned short* dlogits, int n, int classes,
-             float scale),
-            (probs, labels, dlogits, n, classes, scale))
-HOST_KERNEL(sgd_update_f32_store_bf16,
-            (float* w, const float* g, float* v, unsigned short* w16, float lr, float momentum,
-             float weight_decay, long long len),
-            (w, g, v, w16, lr, momentum, weight_decay, len))
-HOST_KERNEL(bias_relu_forward_bf16,
-            (unsigned short* y, const float* b, int c, int hw, long long len, int relu),
-            (y, b, c, hw, len, relu))
-HOST_KERNEL(relu_forward_bf16, (unsigned short* x, long long len), (x, len))
-HOST_KERNEL(relu_backward_bf16, (const unsigned short* y, unsigned short* dy, long long len), (y, dy, len))
-HOST_KERNEL(bias_backward_partial_bf16, (const unsigned short* dy, float* partial, int n, int c, int hw),
-            (dy, partial, n, c, hw))
-HOST_KERNEL(max_pool_forward_bf16,
-            (const unsigned short* x, unsigned short* y, unsigned int* argmax, int planes, int h, int w, int ho,
-             int wo, int size, int stride),
-            (x, y, argmax, planes, h, w, ho, wo, size, stride))
-HOST_KERNEL(max_pool_backward_bf16,
-            (const unsigned short* dy, const unsigned int* argmax, unsigned short* dx, int planes, int h, int w,
-             int ho, int wo, int size, int stride),
-            (dy, argmax, dx, planes, h, w, ho, wo, size, stride))
-HOST_KERNEL(im2col_bf16,
-            (const unsigned short* x, unsigned short* col, int images, int c, int h, int w, int k, int stride,
-             int pad, int ho, int wo),
-            (x, col, images, c, h, w, k, stride, pad, ho, wo))
-HOST_KERNEL(col2im_bf16,
-            (const unsigned short* col, unsigned short* x, int images, int c, int h, int w, int k, int stride,
-             int pad, int ho, int wo),
-            (col, x, images, c, h, w, k, stride, pad, ho, wo))
-HOST_KERNEL(bf16_to_f32_unscale_check,
-            (const unsigned short* src, float* dst, float inv_scale, long long len, int* overflow),
-            (src, dst, inv_scale, len, overflow))
+HOST_KERNELS_16(f16)
+HOST_KERNELS_16(bf16)

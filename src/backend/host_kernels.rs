@@ -16,6 +16,29 @@ use crate::error::{check_len, Result};
 /// The host builds of the kernels (kernels/host/launch.cpp, linked by build.rs):
 /// `host_<kernel>(grid, block, <the kernel's arguments>)`.
 mod ffi {
+    use super::Half;
+
+    /// Declares each 16-bit kernel's f16 and bf16 host builds (the same
+    /// arguments after grid and block) and `pick(t)`, the one of the two for t.
+    macro_rules! extern_16 {
+        ($($pick:ident: $f16:ident, $bf16:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {
+            extern "C" {
+                $(
+                    pub fn $f16(grid: u32, block: u32, $($arg: $ty),*);
+                    pub fn $bf16(grid: u32, block: u32, $($arg: $ty),*);
+                )*
+            }
+            $(
+                pub fn $pick(t: Half) -> unsafe extern "C" fn(u32, u32, $($ty),*) {
+                    match t {
+                        Half::F16 => $f16,
+                        Half::Bf16 => $bf16,
+                    }
+                }
+            )*
+        };
+    }
+
     extern "C" {
         pub fn host_lrn_forward_f32(
             grid: u32,
@@ -191,9 +214,10 @@ mod ffi {
             len: i64,
             overflow: *mut i32,
         );
-        pub fn host_lrn_forward_f16(
-            grid: u32,
-            block: u32,
+    }
+
+    extern_16! {
+        lrn_forward_16: host_lrn_forward_f16, host_lrn_forward_bf16(
             x: *const u16,
             y: *mut u16,
             scale: *mut u16,
@@ -205,9 +229,7 @@ mod ffi {
             beta: f32,
             k: f32,
         );
-        pub fn host_lrn_backward_f16(
-            grid: u32,
-            block: u32,
+        lrn_backward_16: host_lrn_backward_f16, host_lrn_backward_bf16(
             x: *const u16,
             y: *const u16,
             scale: *const u16,
@@ -220,25 +242,19 @@ mod ffi {
             alpha: f32,
             beta: f32,
         );
-        pub fn host_dropout_forward_f16(
-            grid: u32,
-            block: u32,
+        dropout_forward_16: host_dropout_forward_f16, host_dropout_forward_bf16(
             x: *mut u16,
             mask: *mut u16,
             seed: u64,
             p: f32,
             len: i64,
         );
-        pub fn host_dropout_backward_f16(
-            grid: u32,
-            block: u32,
+        dropout_backward_16: host_dropout_backward_f16, host_dropout_backward_bf16(
             mask: *const u16,
             dy: *mut u16,
             len: i64,
         );
-        pub fn host_softmax_xent_forward_f16(
-            grid: u32,
-            block: u32,
+        softmax_xent_forward_16: host_softmax_xent_forward_f16, host_softmax_xent_forward_bf16(
             logits: *const u16,
             labels: *const u32,
             probs: *mut u16,
@@ -246,9 +262,7 @@ mod ffi {
             n: i32,
             classes: i32,
         );
-        pub fn host_softmax_xent_backward_f16(
-            grid: u32,
-            block: u32,
+        softmax_xent_backward_16: host_softmax_xent_backward_f16, host_softmax_xent_backward_bf16(
             probs: *const u16,
             labels: *const u32,
             dlogits: *mut u16,
@@ -256,9 +270,7 @@ mod ffi {
             classes: i32,
             scale: f32,
         );
-        pub fn host_sgd_update_f32_store_f16(
-            grid: u32,
-            block: u32,
+        sgd_update_store_16: host_sgd_update_f32_store_f16, host_sgd_update_f32_store_bf16(
             w: *mut f32,
             g: *const f32,
             v: *mut f32,
@@ -268,9 +280,7 @@ mod ffi {
             weight_decay: f32,
             len: i64,
         );
-        pub fn host_bias_relu_forward_f16(
-            grid: u32,
-            block: u32,
+        bias_relu_forward_16: host_bias_relu_forward_f16, host_bias_relu_forward_bf16(
             y: *mut u16,
             b: *const f32,
             c: i32,
@@ -278,20 +288,23 @@ mod ffi {
             len: i64,
             relu: i32,
         );
-        pub fn host_relu_forward_f16(grid: u32, block: u32, x: *mut u16, len: i64);
-        pub fn host_relu_backward_f16(grid: u32, block: u32, y: *const u16, dy: *mut u16, len: i64);
-        pub fn host_bias_backward_partial_f16(
-            grid: u32,
-            block: u32,
+        relu_forward_16: host_relu_forward_f16, host_relu_forward_bf16(
+            x: *mut u16,
+            len: i64,
+        );
+        relu_backward_16: host_relu_backward_f16, host_relu_backward_bf16(
+            y: *const u16,
+            dy: *mut u16,
+            len: i64,
+        );
+        bias_backward_partial_16: host_bias_backward_partial_f16, host_bias_backward_partial_bf16(
             dy: *const u16,
             partial: *mut f32,
             n: i32,
             c: i32,
             hw: i32,
         );
-        pub fn host_max_pool_forward_f16(
-            grid: u32,
-            block: u32,
+        max_pool_forward_16: host_max_pool_forward_f16, host_max_pool_forward_bf16(
             x: *const u16,
             y: *mut u16,
             argmax: *mut u32,
@@ -303,9 +316,7 @@ mod ffi {
             size: i32,
             stride: i32,
         );
-        pub fn host_max_pool_backward_f16(
-            grid: u32,
-            block: u32,
+        max_pool_backward_16: host_max_pool_backward_f16, host_max_pool_backward_bf16(
             dy: *const u16,
             argmax: *const u32,
             dx: *mut u16,
@@ -317,9 +328,7 @@ mod ffi {
             size: i32,
             stride: i32,
         );
-        pub fn host_im2col_f16(
-            grid: u32,
-            block: u32,
+        im2col_16: host_im2col_f16, host_im2col_bf16(
             x: *const u16,
             col: *mut u16,
             images: i32,
@@ -332,9 +341,7 @@ mod ffi {
             ho: i32,
             wo: i32,
         );
-        pub fn host_col2im_f16(
-            grid: u32,
-            block: u32,
+        col2im_16: host_col2im_f16, host_col2im_bf16(
             col: *const u16,
             x: *mut u16,
             images: i32,
@@ -347,180 +354,7 @@ mod ffi {
             ho: i32,
             wo: i32,
         );
-        pub fn host_f16_to_f32_unscale_check(
-            grid: u32,
-            block: u32,
-            src: *const u16,
-            dst: *mut f32,
-            inv_scale: f32,
-            len: i64,
-            overflow: *mut i32,
-        );
-        pub fn host_lrn_forward_bf16(
-            grid: u32,
-            block: u32,
-            x: *const u16,
-            y: *mut u16,
-            scale: *mut u16,
-            n: i32,
-            c: i32,
-            hw: i32,
-            size: i32,
-            alpha: f32,
-            beta: f32,
-            k: f32,
-        );
-        pub fn host_lrn_backward_bf16(
-            grid: u32,
-            block: u32,
-            x: *const u16,
-            y: *const u16,
-            scale: *const u16,
-            dy: *const u16,
-            dx: *mut u16,
-            n: i32,
-            c: i32,
-            hw: i32,
-            size: i32,
-            alpha: f32,
-            beta: f32,
-        );
-        pub fn host_dropout_forward_bf16(
-            grid: u32,
-            block: u32,
-            x: *mut u16,
-            mask: *mut u16,
-            seed: u64,
-            p: f32,
-            len: i64,
-        );
-        pub fn host_dropout_backward_bf16(
-            grid: u32,
-            block: u32,
-            mask: *const u16,
-            dy: *mut u16,
-            len: i64,
-        );
-        pub fn host_softmax_xent_forward_bf16(
-            grid: u32,
-            block: u32,
-            logits: *const u16,
-            labels: *const u32,
-            probs: *mut u16,
-            row_loss: *mut f32,
-            n: i32,
-            classes: i32,
-        );
-        pub fn host_softmax_xent_backward_bf16(
-            grid: u32,
-            block: u32,
-            probs: *const u16,
-            labels: *const u32,
-            dlogits: *mut u16,
-            n: i32,
-            classes: i32,
-            scale: f32,
-        );
-        pub fn host_sgd_update_f32_store_bf16(
-            grid: u32,
-            block: u32,
-            w: *mut f32,
-            g: *const f32,
-            v: *mut f32,
-            w16: *mut u16,
-            lr: f32,
-            momentum: f32,
-            weight_decay: f32,
-            len: i64,
-        );
-        pub fn host_bias_relu_forward_bf16(
-            grid: u32,
-            block: u32,
-            y: *mut u16,
-            b: *const f32,
-            c: i32,
-            hw: i32,
-            len: i64,
-            relu: i32,
-        );
-        pub fn host_relu_forward_bf16(grid: u32, block: u32, x: *mut u16, len: i64);
-        pub fn host_relu_backward_bf16(
-            grid: u32,
-            block: u32,
-            y: *const u16,
-            dy: *mut u16,
-            len: i64,
-        );
-        pub fn host_bias_backward_partial_bf16(
-            grid: u32,
-            block: u32,
-            dy: *const u16,
-            partial: *mut f32,
-            n: i32,
-            c: i32,
-            hw: i32,
-        );
-        pub fn host_max_pool_forward_bf16(
-            grid: u32,
-            block: u32,
-            x: *const u16,
-            y: *mut u16,
-            argmax: *mut u32,
-            planes: i32,
-            h: i32,
-            w: i32,
-            ho: i32,
-            wo: i32,
-            size: i32,
-            stride: i32,
-        );
-        pub fn host_max_pool_backward_bf16(
-            grid: u32,
-            block: u32,
-            dy: *const u16,
-            argmax: *const u32,
-            dx: *mut u16,
-            planes: i32,
-            h: i32,
-            w: i32,
-            ho: i32,
-            wo: i32,
-            size: i32,
-            stride: i32,
-        );
-        pub fn host_im2col_bf16(
-            grid: u32,
-            block: u32,
-            x: *const u16,
-            col: *mut u16,
-            images: i32,
-            c: i32,
-            h: i32,
-            w: i32,
-            k: i32,
-            stride: i32,
-            pad: i32,
-            ho: i32,
-            wo: i32,
-        );
-        pub fn host_col2im_bf16(
-            grid: u32,
-            block: u32,
-            col: *const u16,
-            x: *mut u16,
-            images: i32,
-            c: i32,
-            h: i32,
-            w: i32,
-            k: i32,
-            stride: i32,
-            pad: i32,
-            ho: i32,
-            wo: i32,
-        );
-        pub fn host_bf16_to_f32_unscale_check(
-            grid: u32,
-            block: u32,
+        unscale_check_16: host_f16_to_f32_unscale_check, host_bf16_to_f32_unscale_check(
             src: *const u16,
             dst: *mut f32,
             inv_scale: f32,
@@ -1088,40 +922,29 @@ pub fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) -> Result<()> {
 
 // -- precision conversion -----------------------------------------------------------------
 
-/// `f32_to_f16`: IEEE half bits, round to nearest even.
-pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) -> Result<()> {
-    check_len("f32_to_f16", "dst", dst.len(), src.len())?;
-    let (grid, block) = launch_1d(src.len());
-    // SAFETY: src and dst both hold len elements (checked).
-    unsafe { ffi::host_f32_to_f16(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
-    Ok(())
+/// Defines a conversion wrapper `name(src, dst)` that runs the kernel `name`.
+macro_rules! convert {
+    ($($(#[$doc:meta])* $name:ident: $src:ty => $dst:ty, $kernel:path;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(src: &[$src], dst: &mut [$dst]) -> Result<()> {
+            check_len(stringify!($name), "dst", dst.len(), src.len())?;
+            let (grid, block) = launch_1d(src.len());
+            // SAFETY: src and dst both hold len elements (checked).
+            unsafe { $kernel(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
+            Ok(())
+        }
+    )*};
 }
 
-/// `f16_to_f32`: exact.
-pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) -> Result<()> {
-    check_len("f16_to_f32", "dst", dst.len(), src.len())?;
-    let (grid, block) = launch_1d(src.len());
-    // SAFETY: src and dst both hold len elements (checked).
-    unsafe { ffi::host_f16_to_f32(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
-    Ok(())
-}
-
-/// `f32_to_bf16`: bfloat16 bits, round to nearest even.
-pub fn f32_to_bf16(src: &[f32], dst: &mut [u16]) -> Result<()> {
-    check_len("f32_to_bf16", "dst", dst.len(), src.len())?;
-    let (grid, block) = launch_1d(src.len());
-    // SAFETY: src and dst both hold len elements (checked).
-    unsafe { ffi::host_f32_to_bf16(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
-    Ok(())
-}
-
-/// `bf16_to_f32`: exact.
-pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) -> Result<()> {
-    check_len("bf16_to_f32", "dst", dst.len(), src.len())?;
-    let (grid, block) = launch_1d(src.len());
-    // SAFETY: src and dst both hold len elements (checked).
-    unsafe { ffi::host_bf16_to_f32(grid, block, src.as_ptr(), dst.as_mut_ptr(), long(src.len())) }
-    Ok(())
+convert! {
+    /// `f32_to_f16`: IEEE half bits, round to nearest even.
+    f32_to_f16: f32 => u16, ffi::host_f32_to_f16;
+    /// `f16_to_f32`: exact.
+    f16_to_f32: u16 => f32, ffi::host_f16_to_f32;
+    /// `f32_to_bf16`: bfloat16 bits, round to nearest even.
+    f32_to_bf16: f32 => u16, ffi::host_f32_to_bf16;
+    /// `bf16_to_f32`: exact.
+    bf16_to_f32: u16 => f32, ffi::host_bf16_to_f32;
 }
 
 /// `unscale_check_f32`: g *= inv_scale; returns true when any result is
@@ -1179,10 +1002,7 @@ pub fn lrn_forward_16(
     check_len(op, "x", x.len(), s.len())?;
     check_len(op, "y", y.len(), s.len())?;
     check_len(op, "scale", scale.len(), s.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_lrn_forward_f16,
-        Half::Bf16 => ffi::host_lrn_forward_bf16,
-    };
+    let f = ffi::lrn_forward_16(t);
     let (grid, block) = launch_1d(s.n * s.h * s.w);
     // SAFETY: x, y and scale hold n*c*h*w elements (checked); y and scale are
     // distinct &mut borrows.
@@ -1228,10 +1048,7 @@ pub fn lrn_backward_16(
     ] {
         check_len(op, what, len, s.len())?;
     }
-    let f = match t {
-        Half::F16 => ffi::host_lrn_backward_f16,
-        Half::Bf16 => ffi::host_lrn_backward_bf16,
-    };
+    let f = ffi::lrn_backward_16(t);
     let (grid, block) = launch_1d(s.n * s.h * s.w);
     // SAFETY: every buffer holds n*c*h*w elements (checked); dx is the only output.
     unsafe {
@@ -1266,10 +1083,7 @@ pub fn dropout_forward_16(
     let op = t.pick("dropout_forward_f16", "dropout_forward_bf16");
     check_drop_probability(op, p)?;
     check_len(op, "mask", mask.len(), x.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_dropout_forward_f16,
-        Half::Bf16 => ffi::host_dropout_forward_bf16,
-    };
+    let f = ffi::dropout_forward_16(t);
     let (grid, block) = launch_1d(x.len());
     // SAFETY: x and mask both hold len elements (checked) and are distinct borrows.
     unsafe {
@@ -1290,10 +1104,7 @@ pub fn dropout_forward_16(
 pub fn dropout_backward_16(t: Half, mask: &[u16], dy: &mut [u16]) -> Result<()> {
     let op = t.pick("dropout_backward_f16", "dropout_backward_bf16");
     check_len(op, "dy", dy.len(), mask.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_dropout_backward_f16,
-        Half::Bf16 => ffi::host_dropout_backward_bf16,
-    };
+    let f = ffi::dropout_backward_16(t);
     let (grid, block) = launch_1d(dy.len());
     // SAFETY: mask and dy both hold len elements (checked).
     unsafe { f(grid, block, mask.as_ptr(), dy.as_mut_ptr(), long(dy.len())) }
@@ -1317,10 +1128,7 @@ pub fn softmax_xent_forward_16(
     if n == 0 {
         return Ok(0.0);
     }
-    let f = match t {
-        Half::F16 => ffi::host_softmax_xent_forward_f16,
-        Half::Bf16 => ffi::host_softmax_xent_forward_bf16,
-    };
+    let f = ffi::softmax_xent_forward_16(t);
     let (grid, block) = launch_1d(n);
     // SAFETY: logits and probs hold n*classes elements, labels and row_loss n
     // (checked); every label is < classes (checked).
@@ -1356,10 +1164,7 @@ pub fn softmax_xent_backward_16(
     if n == 0 {
         return Ok(());
     }
-    let f = match t {
-        Half::F16 => ffi::host_softmax_xent_backward_f16,
-        Half::Bf16 => ffi::host_softmax_xent_backward_bf16,
-    };
+    let f = ffi::softmax_xent_backward_16(t);
     let (grid, block) = launch_1d(probs.len());
     // SAFETY: probs and dlogits hold n*classes elements, labels n (checked).
     unsafe {
@@ -1391,10 +1196,7 @@ pub fn sgd_update_store_16(
     check_len(op, "g", g.len(), w.len())?;
     check_len(op, "v", v.len(), w.len())?;
     check_len(op, "w16", w16.len(), w.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_sgd_update_f32_store_f16,
-        Half::Bf16 => ffi::host_sgd_update_f32_store_bf16,
-    };
+    let f = ffi::sgd_update_store_16(t);
     let (grid, block) = launch_1d(w.len());
     // SAFETY: w, g, v and w16 hold len elements (checked); w, v and w16 are
     // distinct borrows.
@@ -1425,10 +1227,7 @@ pub fn bias_relu_forward_16(t: Half, s: &Nchw, y: &mut [u16], b: &[f32], relu: b
     if len == 0 {
         return Ok(()); // also keeps the kernel's division by hw away from zero
     }
-    let f = match t {
-        Half::F16 => ffi::host_bias_relu_forward_f16,
-        Half::Bf16 => ffi::host_bias_relu_forward_bf16,
-    };
+    let f = ffi::bias_relu_forward_16(t);
     let (grid, block) = launch_1d(len);
     // SAFETY: y holds n*c*h*w elements and b holds c (checked); hw > 0 here.
     unsafe {
@@ -1448,10 +1247,7 @@ pub fn bias_relu_forward_16(t: Half, s: &Nchw, y: &mut [u16], b: &[f32], relu: b
 
 /// `relu_forward_{f16,bf16}`: x = max(x, 0).
 pub fn relu_forward_16(t: Half, x: &mut [u16]) {
-    let f = match t {
-        Half::F16 => ffi::host_relu_forward_f16,
-        Half::Bf16 => ffi::host_relu_forward_bf16,
-    };
+    let f = ffi::relu_forward_16(t);
     let (grid, block) = launch_1d(x.len());
     // SAFETY: the kernel touches x[0..len) only.
     unsafe { f(grid, block, x.as_mut_ptr(), long(x.len())) }
@@ -1461,10 +1257,7 @@ pub fn relu_forward_16(t: Half, x: &mut [u16]) {
 pub fn relu_backward_16(t: Half, y: &[u16], dy: &mut [u16]) -> Result<()> {
     let op = t.pick("relu_backward_f16", "relu_backward_bf16");
     check_len(op, "dy", dy.len(), y.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_relu_backward_f16,
-        Half::Bf16 => ffi::host_relu_backward_bf16,
-    };
+    let f = ffi::relu_backward_16(t);
     let (grid, block) = launch_1d(y.len());
     // SAFETY: y and dy both hold len elements (checked).
     unsafe { f(grid, block, y.as_ptr(), dy.as_mut_ptr(), long(y.len())) }
@@ -1481,10 +1274,7 @@ pub fn bias_backward_16(t: Half, s: &Nchw, dy: &[u16], db: &mut [f32]) -> Result
     let (n, c) = (int(op, "n", s.n)?, int(op, "c", s.c)?);
     let hw = int_product(op, "h * w", &[s.h, s.w])?;
     let mut partial = vec![0.0f32; s.n * s.c];
-    let f = match t {
-        Half::F16 => ffi::host_bias_backward_partial_f16,
-        Half::Bf16 => ffi::host_bias_backward_partial_bf16,
-    };
+    let f = ffi::bias_backward_partial_16(t);
     let (grid, block) = launch_1d(partial.len());
     // SAFETY: dy holds n*c*h*w elements (checked), partial n*c (allocated here).
     unsafe { f(grid, block, dy.as_ptr(), partial.as_mut_ptr(), n, c, hw) }
@@ -1510,10 +1300,7 @@ pub fn max_pool_forward_16(
     check_len(op, "x", x.len(), g.x_len())?;
     check_len(op, "y", y.len(), g.y_len())?;
     check_len(op, "argmax", argmax.len(), g.y_len())?;
-    let f = match t {
-        Half::F16 => ffi::host_max_pool_forward_f16,
-        Half::Bf16 => ffi::host_max_pool_forward_bf16,
-    };
+    let f = ffi::max_pool_forward_16(t);
     let (grid, block) = launch_1d(g.y_len());
     // SAFETY: as in `max_pool_forward`: lengths checked, windows inside their planes.
     unsafe {
@@ -1550,10 +1337,7 @@ pub fn max_pool_backward_16(
     check_len(op, "argmax", argmax.len(), g.y_len())?;
     check_len(op, "dx", dx.len(), g.x_len())?;
     check_argmax(op, g, argmax)?;
-    let f = match t {
-        Half::F16 => ffi::host_max_pool_backward_f16,
-        Half::Bf16 => ffi::host_max_pool_backward_bf16,
-    };
+    let f = ffi::max_pool_backward_16(t);
     let (grid, block) = launch_1d(g.x_len());
     // SAFETY: dy, argmax and dx have the geometry's lengths (checked); the
     // kernel reads argmax values only to compare them.
@@ -1582,10 +1366,7 @@ pub fn im2col_16(t: Half, g: &ConvGeom, x: &[u16], col: &mut [u16]) -> Result<()
     let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(op, g)?;
     check_len(op, "x", x.len(), g.x_len())?;
     check_len(op, "col", col.len(), col_len)?;
-    let f = match t {
-        Half::F16 => ffi::host_im2col_f16,
-        Half::Bf16 => ffi::host_im2col_bf16,
-    };
+    let f = ffi::im2col_16(t);
     let (grid, block) = launch_1d(col_len);
     // SAFETY: x and col have the geometry's lengths (checked); reads are guarded
     // by the kernel's in-image test.
@@ -1615,10 +1396,7 @@ pub fn col2im_16(t: Half, g: &ConvGeom, col: &[u16], dx: &mut [u16]) -> Result<(
     let ([images, c, h, w, k, stride, pad, ho, wo], col_len) = im2col_args(op, g)?;
     check_len(op, "col", col.len(), col_len)?;
     check_len(op, "dx", dx.len(), g.x_len())?;
-    let f = match t {
-        Half::F16 => ffi::host_col2im_f16,
-        Half::Bf16 => ffi::host_col2im_bf16,
-    };
+    let f = ffi::col2im_16(t);
     let (grid, block) = launch_1d(g.x_len());
     // SAFETY: col and dx have the geometry's lengths (checked); the kernel reads
     // only column entries of in-range outputs.
@@ -1647,10 +1425,7 @@ pub fn col2im_16(t: Half, g: &ConvGeom, col: &[u16], dx: &mut [u16]) -> Result<(
 pub fn unscale_check_16(t: Half, src: &[u16], dst: &mut [f32], inv_scale: f32) -> Result<bool> {
     let op = t.pick("f16_to_f32_unscale_check", "bf16_to_f32_unscale_check");
     check_len(op, "dst", dst.len(), src.len())?;
-    let f = match t {
-        Half::F16 => ffi::host_f16_to_f32_unscale_check,
-        Half::Bf16 => ffi::host_bf16_to_f32_unscale_check,
-    };
+    let f = ffi::unscale_check_16(t);
     let mut overflow = 0i32;
     let (grid, block) = launch_1d(src.len());
     // SAFETY: src and dst hold len elements (checked); the kernel also writes
