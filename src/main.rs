@@ -18,6 +18,7 @@ use alexnet_cuda::backend::cuda::{modules, parity, CudaBackend, CudaOptions, Pre
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::checkpoint;
+use alexnet_cuda::data::hostmem::HostBuf;
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
     batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
@@ -171,6 +172,10 @@ struct BenchStepArgs {
     /// Learning rate of the SGD step (the batch is fixed, so a real rate makes the loss fall).
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Extra steps, after the timed ones, with a wait after each phase: the
+    /// JSON's "phases" (median ms of upload, forward, backward, SGD).
+    #[arg(long, default_value_t = 3)]
+    phase_steps: usize,
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -827,9 +832,16 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         model.set_loss_scale(Some(LossScale::dynamic()));
     }
     let mut rng = Rng::new(7);
-    let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
-        .map(|_| rng.normal() as f32)
-        .collect();
+    // The input in the memory the trainer's loader would use (pinned on a
+    // GPU), so the upload costs what it costs in training.
+    let mut x = HostBuf::default();
+    x.resize(
+        batch * topo.channels * topo.crop * topo.crop,
+        be.host_alloc().as_ref(),
+    )?;
+    for v in x.iter_mut() {
+        *v = rng.normal() as f32;
+    }
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
     if !(args.lr >= 0.0 && args.lr.is_finite()) {
         bail!("--lr must be a non-negative number, not {}", args.lr);
@@ -859,12 +871,47 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     // the CPU, where nothing is queued.
     model.logits()?;
     let mean = t0.elapsed().as_secs_f64() / steps as f64;
+    // Where a step's time goes: a few more steps with a wait after each
+    // phase (forward includes the upload and the loss read-back), and the
+    // upload alone. Medians, in milliseconds.
+    let mut phases = [const { Vec::new() }; 4];
+    let mut probe = be.alloc(x.len())?;
+    for _ in 0..args.phase_steps {
+        let t = Instant::now();
+        be.upload(&x, &mut probe)?;
+        be.synchronize()?;
+        phases[0].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.forward(&x, &labels, Mode::Train)?;
+        be.synchronize()?;
+        phases[1].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.backward()?;
+        be.synchronize()?;
+        phases[2].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.sgd_step(&hp)?;
+        be.synchronize()?;
+        phases[3].push(t.elapsed().as_secs_f64());
+    }
+    let ms = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2)
+            .map_or("null".to_string(), |m| format!("{:.3}", m * 1e3))
+    };
+    let phase_json = format!(
+        "{{\"upload_ms\":{},\"forward_ms\":{},\"backward_ms\":{},\"sgd_ms\":{}}}",
+        ms(&mut phases[0]),
+        ms(&mut phases[1]),
+        ms(&mut phases[2]),
+        ms(&mut phases[3])
+    );
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
     let first = losses.first().copied().unwrap_or(f32::NAN);
     let last = losses.last().copied().unwrap_or(f32::NAN);
     println!(
-        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{}}}",
+        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"phases\":{phase_json}}}",
         be.name(),
         topo.name,
         batch as f64 / if cpu { median } else { mean },

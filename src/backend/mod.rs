@@ -159,6 +159,11 @@ pub trait Backend: Send + Sync {
     fn alloc_param(&self, len: usize) -> Result<Self::Buf> {
         self.alloc(len)
     }
+    /// Wait until the work queued so far has run (a GPU's stream); for
+    /// timing phases of a step. The CPU runs every op to completion: no-op.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     /// An allocator of host memory this backend uploads from fastest (a
     /// GPU's pinned memory), for the loader's batches; None: ordinary memory.
     fn host_alloc(&self) -> Option<crate::data::HostAlloc> {
@@ -363,6 +368,16 @@ pub trait Backend: Send + Sync {
     /// g *= inv_scale, in place; Ok(false) when any element is then not finite
     /// (the scaled loss overflowed somewhere and the step must be skipped).
     fn unscale_check(&self, inv_scale: f32, g: &mut Self::Buf) -> Result<bool>;
+    /// `unscale_check` over several buffers with one answer: Ok(false) when
+    /// any element of any of them is not finite. A GPU reads its overflow
+    /// flag back once for all of them instead of once per buffer.
+    fn unscale_check_all(&self, inv_scale: f32, gs: &mut [&mut Self::Buf]) -> Result<bool> {
+        let mut finite = true;
+        for g in gs.iter_mut() {
+            finite &= self.unscale_check(inv_scale, g)?;
+        }
+        Ok(finite)
+    }
 
     // -- optimiser ---------------------------------------------------------------
     /// The paper's rule, element-wise: v = m*v - wd*lr*w - lr*g; w += v.

@@ -92,7 +92,13 @@ pub struct Network<'a, B: Backend> {
     stages: Vec<Stage<B>>,
     /// Batch size the stages are allocated for.
     n: usize,
-    x: B::Buf,
+    /// The input batch. A GPU gets two, used in turn: the next batch's copy
+    /// then waits only for the step before last (which read the other one),
+    /// so it overlaps the current step's backward pass instead of following
+    /// it (conv1's filter gradient, the last op of backward, reads the input).
+    x: [B::Buf; 2],
+    /// Which of `x` holds the current batch.
+    x_cur: usize,
     labels: B::IdxBuf,
     probs: B::Buf,
     loss: f32,
@@ -148,7 +154,8 @@ impl<'a, B: Backend> Network<'a, B> {
             params,
             stages: Vec::new(),
             n: 0,
-            x: be.alloc(0)?,
+            x: [be.alloc(0)?, be.alloc(0)?],
+            x_cur: 0,
             labels: be.alloc_idx(0)?,
             probs: be.alloc(0)?,
             loss: f32::NAN,
@@ -256,7 +263,12 @@ impl<'a, B: Backend> Network<'a, B> {
             });
         }
         self.stages = stages;
-        self.x = be.alloc(n * self.topo.channels * self.topo.crop * self.topo.crop)?;
+        let x_len = n * self.topo.channels * self.topo.crop * self.topo.crop;
+        // Only a backend with asynchronous uploads (pinned host memory) gains
+        // from the second buffer; the CPU keeps one.
+        let second = if be.host_alloc().is_some() { x_len } else { 0 };
+        self.x = [be.alloc(x_len)?, be.alloc(second)?];
+        self.x_cur = 0;
         self.labels = be.alloc_idx(n)?;
         self.probs = be.alloc(n * self.topo.classes)?;
         self.n = n;
@@ -290,11 +302,18 @@ impl<'a, B: Backend> Network<'a, B> {
         }
         self.resize(n)?;
         let be = self.be;
-        be.upload(x, &mut self.x)?;
+        if be.buf_len(&self.x[1]) > 0 {
+            self.x_cur ^= 1;
+        }
+        be.upload(x, &mut self.x[self.x_cur])?;
         be.upload_idx(labels, &mut self.labels)?;
         for i in 0..self.stages.len() {
             let (done, rest) = self.stages.split_at_mut(i);
-            let input = if i == 0 { &self.x } else { done[i - 1].out() };
+            let input = if i == 0 {
+                &self.x[self.x_cur]
+            } else {
+                done[i - 1].out()
+            };
             let st = &mut rest[0];
             let p = &self.params[i];
             // Bias and ReLU in one pass where the backend fuses them.
@@ -396,7 +415,11 @@ impl<'a, B: Backend> Network<'a, B> {
             if self.topo.layers[i].relu {
                 be.relu_backward(&st.y, &mut st.dy)?;
             }
-            let input = if i == 0 { &self.x } else { done[i - 1].out() };
+            let input = if i == 0 {
+                &self.x[self.x_cur]
+            } else {
+                done[i - 1].out()
+            };
             match st.geom {
                 Geom::Conv(g) => {
                     be.conv2d_backward_bias(&g, &st.dy, &mut p.db)?;
@@ -429,11 +452,12 @@ impl<'a, B: Backend> Network<'a, B> {
         self.last_skipped = false;
         if let Some(ls) = &mut self.loss_scale {
             let inv = 1.0 / ls.scale;
-            let mut finite = true;
+            let mut grads: Vec<&mut B::Buf> = Vec::with_capacity(2 * self.params.len());
             for p in &mut self.params {
-                finite &= self.be.unscale_check(inv, &mut p.dw)?;
-                finite &= self.be.unscale_check(inv, &mut p.db)?;
+                grads.push(&mut p.dw);
+                grads.push(&mut p.db);
             }
+            let finite = self.be.unscale_check_all(inv, &mut grads)?;
             if !ls.update(finite) {
                 self.last_skipped = true;
                 self.step += 1;

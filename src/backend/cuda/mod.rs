@@ -144,6 +144,9 @@ struct Scratch {
     overflow: Option<CudaSlice<i32>>,
     /// 16-bit downloads land here before they are widened on the host.
     half_host: Vec<u16>,
+    /// A pinned f32 batch lands here (by DMA) before it is narrowed to 16
+    /// bits on the GPU.
+    upload_f32: Option<CudaSlice<f32>>,
 }
 
 /// One GPU.
@@ -319,11 +322,6 @@ impl CudaBackend {
         self.force_fallback.store(on, Ordering::Relaxed);
     }
 
-    /// Wait for all queued work on this device.
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronize"))
-    }
-
     /// Copy an index buffer back (argmax, labels), for tests and checks.
     pub fn download_idx(&self, src: &CudaBuf<u32>, dst: &mut [u32]) -> Result<()> {
         const OP: &str = "download_idx";
@@ -467,6 +465,42 @@ impl CudaBackend {
         self.direct_copied.synchronize().map_err(cuda_err(op))
     }
 
+    /// A pinned f32 batch into a 16-bit activation: one DMA into f32 device
+    /// scratch, then one narrowing kernel on the compute stream (the host
+    /// would otherwise narrow 20M values per AlexNet batch itself).
+    fn upload_pinned_narrow(
+        &self,
+        op: &'static str,
+        src: &[f32],
+        dst: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let mut scratch = lock(op, &self.scratch)?;
+        let mut slot = scratch.upload_f32.take();
+        self.ensure(op, &mut slot, src.len())?;
+        let Some(mut f32buf) = slot else {
+            return Err(Error::Cuda {
+                op,
+                detail: "upload scratch missing".into(),
+            });
+        };
+        let done = self.upload_pinned(op, src, &mut f32buf).and_then(|()| {
+            let Some(half) = dst.half.as_mut() else {
+                return Err(mixed::no_half(op, "dst"));
+            };
+            let len = long(op, src.len())?;
+            let f = self.kernel16("f32_to_f16", "f32_to_bf16")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&f32buf).arg(&mut *half).arg(&len);
+            // SAFETY: f32_to_H(const float* src, unsigned short* dst, long long
+            // len): the scratch holds at least len floats (ensure), the
+            // activation len 16-bit values (checked by upload).
+            unsafe { l.launch(cfg(src.len())) }.map_err(cuda_err(op))?;
+            Ok(())
+        });
+        scratch.upload_f32 = Some(f32buf);
+        done
+    }
+
     /// Device to host on the compute stream, then wait for it.
     fn dtoh<T: cudarc::driver::DeviceRepr>(
         &self,
@@ -591,14 +625,25 @@ impl CudaBackend {
     /// x *= s with unscale_check_f32; returns whether every result is finite
     /// (one int comes back to the host).
     fn scale_and_check(&self, op: &'static str, s: f32, x: &mut CudaBuf<f32>) -> Result<bool> {
+        self.scale_and_check_all(op, s, &mut [x])
+    }
+
+    /// x *= s over every buffer, one kernel each, with one overflow flag
+    /// read back once at the end (one wait per step, not one per tensor).
+    fn scale_and_check_all(
+        &self,
+        op: &'static str,
+        s: f32,
+        xs: &mut [&mut CudaBuf<f32>],
+    ) -> Result<bool> {
         // f32 buffers and parameters' masters (the gradients the network
         // unscales); a 16-bit activation has no kernel here.
-        mixed::check_master(op, "buffer", x)?;
-        let n = x.len;
-        if n == 0 {
+        for x in xs.iter() {
+            mixed::check_master(op, "buffer", x)?;
+        }
+        if xs.iter().all(|x| x.len == 0) {
             return Ok(true);
         }
-        let len = long(op, n)?;
         let mut scratch = lock(op, &self.scratch)?;
         if scratch.overflow.is_none() {
             let flag = self.stream.alloc_zeros::<i32>(1).map_err(cuda_err(op))?;
@@ -614,11 +659,18 @@ impl CudaBackend {
         // The kernel only ever sets the flag, so clear it first.
         self.stream.memset_zeros(flag).map_err(cuda_err(op))?;
         let f = self.kernels.get("unscale_check_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut x.data).arg(&s).arg(&len).arg(&mut *flag);
-        // SAFETY: unscale_check_f32(float* g, float inv_scale, long long len,
-        // int* overflow); x holds len floats, the flag one int.
-        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(op))?;
+        for x in xs.iter_mut() {
+            let n = x.len;
+            if n == 0 {
+                continue;
+            }
+            let len = long(op, n)?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&mut x.data).arg(&s).arg(&len).arg(&mut *flag);
+            // SAFETY: unscale_check_f32(float* g, float inv_scale, long long
+            // len, int* overflow); x holds len floats, the flag one int.
+            unsafe { l.launch(cfg(n)) }.map_err(cuda_err(op))?;
+        }
         let mut host = [0i32];
         self.dtoh(op, flag, &mut host)?;
         Ok(host[0] == 0)
@@ -735,16 +787,18 @@ impl Backend for CudaBackend {
         self.allocs.load(Ordering::Relaxed)
     }
 
-    /// Pinned memory for the loader's f32 batches. In 16-bit mode uploads
-    /// convert on the host through 16-bit staging anyway, so none is given.
+    /// Pinned memory for the loader's f32 batches: uploads from it are one
+    /// DMA (and, in 16-bit mode, one narrowing kernel on the GPU).
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
     fn host_alloc(&self) -> Option<crate::data::HostAlloc> {
-        (!self.precision.is_half()).then(|| {
-            pinned::allocator(
-                Arc::clone(&self.ctx),
-                Arc::clone(&self.pinned),
-                Arc::clone(&self.allocs),
-            )
-        })
+        Some(pinned::allocator(
+            Arc::clone(&self.ctx),
+            Arc::clone(&self.pinned),
+            Arc::clone(&self.allocs),
+        ))
     }
 
     fn alloc_idx(&self, len: usize) -> Result<CudaBuf<u32>> {
@@ -753,7 +807,8 @@ impl Backend for CudaBackend {
 
     /// Host -> device through the pinned staging buffer on the copy stream;
     /// the compute stream waits for the copy (an event), the host does not.
-    /// A 16-bit activation is converted on the host (the `half` crate, round
+    /// From the loader's pinned memory the copy is direct. Otherwise a 16-bit
+    /// activation is converted on the host (the `half` crate, round
     /// to nearest even as the kernels do); a parameter in 16-bit mode gets its
     /// f32 master and then its 16-bit shadow refreshed on the device.
     fn upload(&self, src: &[f32], dst: &mut CudaBuf<f32>) -> Result<()> {
@@ -761,6 +816,9 @@ impl Backend for CudaBackend {
         check_len(OP, "src", src.len(), dst.len)?;
         if src.is_empty() {
             return Ok(());
+        }
+        if dst.is_half() && self.pinned.contains(src) {
+            return self.upload_pinned_narrow(OP, src, dst);
         }
         if dst.is_half() {
             let Some(half) = dst.half.as_mut() else {
@@ -1335,6 +1393,10 @@ impl Backend for CudaBackend {
 
     fn unscale_check(&self, inv_scale: f32, g: &mut CudaBuf<f32>) -> Result<bool> {
         self.scale_and_check("unscale_check", inv_scale, g)
+    }
+
+    fn unscale_check_all(&self, inv_scale: f32, gs: &mut [&mut CudaBuf<f32>]) -> Result<bool> {
+        self.scale_and_check_all("unscale_check_all", inv_scale, gs)
     }
 
     fn sgd_update(
