@@ -160,7 +160,7 @@ impl Drop for ConvDesc {
 
 /// The directions an algorithm is chosen for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Dir {
+pub(crate) enum Dir {
     Forward,
     Data,
     Filter,
@@ -168,10 +168,39 @@ enum Dir {
 
 /// A chosen algorithm, as the enum of its direction.
 #[derive(Clone, Copy, Debug)]
-enum AlgoId {
+pub(crate) enum AlgoId {
     Forward(sys::cudnnConvolutionFwdAlgo_t),
     Data(sys::cudnnConvolutionBwdDataAlgo_t),
     Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+impl AlgoId {
+    fn is_winograd(self) -> bool {
+        use sys::{
+            cudnnConvolutionBwdDataAlgo_t as D, cudnnConvolutionBwdFilterAlgo_t as F,
+            cudnnConvolutionFwdAlgo_t as W,
+        };
+        matches!(
+            self,
+            AlgoId::Forward(
+                W::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
+                    | W::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED
+            ) | AlgoId::Data(
+                D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD
+                    | D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED
+            ) | AlgoId::Filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED)
+        )
+    }
+
+    /// The algorithm's name without cuDNN's prefix, e.g. "BWD_FILTER_ALGO_1".
+    pub(crate) fn short_name(self) -> String {
+        let full = match self {
+            AlgoId::Forward(a) => format!("{a:?}"),
+            AlgoId::Data(a) => format!("{a:?}"),
+            AlgoId::Filter(a) => format!("{a:?}"),
+        };
+        full.trim_start_matches("CUDNN_CONVOLUTION_").to_string()
+    }
 }
 
 /// An algorithm and the workspace it needs.
@@ -179,6 +208,11 @@ enum AlgoId {
 struct Algo {
     id: AlgoId,
     workspace: usize,
+}
+
+/// Whether Find reported the candidate as giving the same bits on every run.
+fn deterministic(d: sys::cudnnDeterminism_t) -> bool {
+    d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
 }
 
 /// Plans are keyed by the whole geometry (batch size included: cuDNN's
@@ -443,8 +477,8 @@ impl Dnn {
             return Ok(*a);
         }
         let (x, y, w, conv) = (plan.x.0, plan.y.0, plan.w.0, plan.conv.0);
-        // (algo id, status, memory) of each candidate, best first.
-        let mut found: Vec<(AlgoId, sys::cudnnStatus_t, usize)> = Vec::new();
+        // (algo id, status, memory, deterministic) of each candidate, best first.
+        let mut found: Vec<(AlgoId, sys::cudnnStatus_t, usize, bool)> = Vec::new();
         let mut count: c_int = 0;
         // SAFETY (all three arms): descriptors and handle are live; the perf
         // arrays hold ALGO_COUNT entries and we request at most that many, so
@@ -480,7 +514,12 @@ impl Dnn {
                     }
                     check(op, "choose forward algorithm", st)?;
                     for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((AlgoId::Forward(p.algo), p.status, p.memory));
+                        found.push((
+                            AlgoId::Forward(p.algo),
+                            p.status,
+                            p.memory,
+                            deterministic(p.determinism),
+                        ));
                     }
                 }
                 Dir::Data => {
@@ -513,7 +552,12 @@ impl Dnn {
                     }
                     check(op, "choose backward-data algorithm", st)?;
                     for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((AlgoId::Data(p.algo), p.status, p.memory));
+                        found.push((
+                            AlgoId::Data(p.algo),
+                            p.status,
+                            p.memory,
+                            deterministic(p.determinism),
+                        ));
                     }
                 }
                 Dir::Filter => {
@@ -547,14 +591,27 @@ impl Dnn {
                     }
                     check(op, "choose backward-filter algorithm", st)?;
                     for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((AlgoId::Filter(p.algo), p.status, p.memory));
+                        found.push((
+                            AlgoId::Filter(p.algo),
+                            p.status,
+                            p.memory,
+                            deterministic(p.determinism),
+                        ));
                     }
                 }
             }
         }
-        let Some(&(id, _, _)) = found.iter().find(|(_, st, mem)| {
-            *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && *mem <= WORKSPACE_LIMIT
-        }) else {
+        // In 16 bits, no Winograd for filters larger than 3x3: its transforms
+        // amplify rounding as the tile grows (Lavin & Gray 2016, section 5),
+        // and on conv2 (5x5) in fp16 cuDNN's WINOGRAD_NONFUSED backward-data
+        // was off by 1.2% of the largest |dx|, against 0.03% for ALGO_1.
+        let no_winograd = p.is_half() && g.k > 3;
+        let pick = found.iter().find(|(id, st, mem, _)| {
+            *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                && *mem <= WORKSPACE_LIMIT
+                && !(no_winograd && id.is_winograd())
+        });
+        let Some(&(id, _, _, det)) = pick else {
             return Err(Error::Cuda {
                 op,
                 detail: format!(
@@ -600,9 +657,20 @@ impl Dnn {
         };
         check(op, "workspace size", st)?;
         let a = Algo { id, workspace };
-        tracing::debug!("cuDNN: {g:?}: {id:?}, workspace {workspace} bytes");
+        tracing::debug!(
+            "cuDNN: {g:?} {p}: {id:?} (deterministic: {det}), workspace {workspace} bytes"
+        );
         plan.algos.insert(dir, a);
         Ok(a)
+    }
+
+    /// The algorithm chosen for a shape, precision and direction, once one
+    /// was (for the parity report).
+    pub(crate) fn chosen(&self, g: &ConvGeom, p: Precision, dir: Dir) -> Option<AlgoId> {
+        self.plans
+            .get(&key(g, p))
+            .and_then(|plan| plan.algos.get(&dir))
+            .map(|a| a.id)
     }
 
     /// Grow the shared workspace to at least `bytes` (never shrinks, so steady

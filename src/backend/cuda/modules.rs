@@ -67,6 +67,15 @@ pub fn load_all(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Kernels> {
         }
         loaded.push((m.name, path));
     }
+    let from_fatbin = loaded
+        .iter()
+        .filter(|(_, p)| matches!(p, LoadPath::Fatbin))
+        .count();
+    tracing::info!(
+        "kernels: {} modules, {from_fatbin} from the embedded fatbin, {} compiled by NVRTC",
+        loaded.len(),
+        loaded.len() - from_fatbin
+    );
     Ok(Kernels { funcs, loaded })
 }
 
