@@ -7,6 +7,8 @@ one CUDA GPU, at batch 128 by default, in two modes:
 
   fp32:  NCHW, float32, torch.backends.cudnn.benchmark = True (PyTorch's
          default TF32 settings left alone: convolutions may use TF32);
+  fp32-strict: as fp32 with TF32 off everywhere (cudnn.allow_tf32 = False):
+         the same arithmetic as our default fp32;
   amp:   channels-last memory format with torch.autocast (float16) and a
          GradScaler: what a PyTorch user does today for speed.
 
@@ -80,14 +82,15 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--modes", default="fp32,amp")
+    ap.add_argument("--modes", default="fp32,fp32-strict,amp")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_torch_gpu.py: PyTorch sees no CUDA GPU")
     torch.backends.cudnn.benchmark = True
     for mode in args.modes.split(","):
-        if mode not in ("fp32", "amp"):
-            ap.error(f"unknown mode {mode!r}; choose fp32 or amp")
+        if mode not in ("fp32", "fp32-strict", "amp"):
+            ap.error(f"unknown mode {mode!r}; choose fp32, fp32-strict or amp")
+        torch.backends.cudnn.allow_tf32 = mode != "fp32-strict"
         torch.cuda.reset_peak_memory_stats()
         print(json.dumps(bench(mode, args.batch, args.steps, args.warmup)), flush=True)
 
