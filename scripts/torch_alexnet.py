@@ -10,6 +10,9 @@ keep every structural choice.
 
 LRN: the paper's b = a / (k + alpha * sum_5 a^2)^beta with alpha = 1e-4.
 PyTorch's nn.LocalResponseNorm divides alpha by size, so it gets 5 * 1e-4.
+With two towers each normalises its own half of the channels (the paper's
+GPUs exchange maps only at conv3 and the fc layers), so the window stops at
+the tower's edge: LRN runs on the maps viewed as (n * towers, c / towers, h, w).
 
 The conv geometry, groups, input crop and LRN are parameters too, so the
 other configs of src/model/topology.rs (alexnet-half, cifar) can be built
@@ -38,11 +41,13 @@ def make_lrn():
 class AlexNet(nn.Module):
     """widths: conv1..conv5, fc6, fc7 outputs; dropout: fc6/fc7 probability (0 = off);
     convs: (kernel, stride, padding) per conv layer; groups: per conv layer;
-    crop: input height and width; lrn: False for the no-LRN ablation."""
+    crop: input height and width; lrn: False for the no-LRN ablation;
+    towers: 2 (the paper's net: LRN within each tower's channels) or 1."""
 
     def __init__(self, widths=PAPER_WIDTHS, classes=1000, dropout=0.5,
-                 convs=PAPER_CONVS, groups=PAPER_GROUPS, crop=PAPER_CROP, lrn=True):
+                 convs=PAPER_CONVS, groups=PAPER_GROUPS, crop=PAPER_CROP, lrn=True, towers=2):
         super().__init__()
+        self.towers = towers
         w = widths
         c_in = [3] + list(w[:4])
         # Side of the map after each conv and after each pool (floor, no padding).
@@ -61,9 +66,15 @@ class AlexNet(nn.Module):
         self.pool = nn.MaxPool2d(3, stride=2)  # overlapping (section 3.4)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    def tower_lrn(self, x):
+        """LRN over each tower's channels."""
+        n, c, h, w = x.shape
+        t = self.towers
+        return self.lrn(x.reshape(n * t, c // t, h, w)).reshape(n, c, h, w)
+
     def forward(self, x):
-        x = self.pool(self.lrn(F.relu(self.conv1(x))))  # paper: 227 -> 55 -> 27
-        x = self.pool(self.lrn(F.relu(self.conv2(x))))  # paper: 27 -> 13
+        x = self.pool(self.tower_lrn(F.relu(self.conv1(x))))  # paper: 227 -> 55 -> 27
+        x = self.pool(self.tower_lrn(F.relu(self.conv2(x))))  # paper: 27 -> 13
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
         x = self.pool(F.relu(self.conv5(x)))  # paper: 13 -> 6
@@ -81,7 +92,7 @@ def config(name):
     if name == "alexnet-half":
         # Section 6.1's one-GPU net: half the kernels in conv1-conv4, no towers.
         return dict(widths=[48, 128, 192, 192, 256, 4096, 4096], classes=1000,
-                    groups=[1, 1, 1, 1, 1])
+                    groups=[1, 1, 1, 1, 1], towers=1)
     if name == "cifar":
         # 28x28 crops of 32x32 images, 5x5 convs at stride 1 for conv1/conv2.
         return dict(widths=[64, 128, 192, 192, 128, 512, 512], classes=10,

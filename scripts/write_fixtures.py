@@ -13,6 +13,8 @@ Dropout is off (Topology::without_dropout) so the comparison is deterministic.
 
 LRN: the paper's b = a / (k + alpha * sum_5 a^2)^beta with alpha = 1e-4.
 PyTorch's nn.LocalResponseNorm divides alpha by size, so it gets 5 * 1e-4.
+Each of the two towers normalises its own half of the channels
+(torch_alexnet.AlexNet.tower_lrn).
 
 Written to the file (all float32):
   init.<param>   every parameter before training (PyTorch's default init)

@@ -269,6 +269,8 @@ struct Node {
     op: String,
     inputs: Vec<String>,
     output: String,
+    /// Every output (Split has several); `output` is the first.
+    outputs: Vec<String>,
     attrs: BTreeMap<String, Attr>,
 }
 
@@ -355,7 +357,8 @@ fn decode(path: &Path) -> Model {
             Node {
                 op: text(&n, 4),
                 inputs: texts(&n, 1),
-                output: text(&n, 2),
+                output: texts(&n, 2)[0].clone(),
+                outputs: texts(&n, 2),
                 attrs,
             }
         })
@@ -398,8 +401,9 @@ fn onnx_graph_is_the_papers_network() {
     let ops: Vec<&str> = m.nodes.iter().map(|n| n.op.as_str()).collect();
     #[rustfmt::skip]
     let want = [
-        "Conv", "Relu", "LRN", "MaxPool",   // conv1 (section 3.5)
-        "Conv", "Relu", "LRN", "MaxPool",   // conv2
+        // LRN within each tower's channels: split, normalise each, concatenate.
+        "Conv", "Relu", "Split", "LRN", "LRN", "Concat", "MaxPool", // conv1 (section 3.5)
+        "Conv", "Relu", "Split", "LRN", "LRN", "Concat", "MaxPool", // conv2
         "Conv", "Relu",                     // conv3
         "Conv", "Relu",                     // conv4
         "Conv", "Relu", "MaxPool",          // conv5
@@ -410,13 +414,33 @@ fn onnx_graph_is_the_papers_network() {
     assert_eq!(ops, want);
 
     // Each node reads the previous node's output; the chain starts at the
-    // graph input and ends at the graph output.
-    let mut prev = "input".to_string();
+    // graph input and ends at the graph output. Around LRN the chain forks:
+    // Split gives two halves, each LRN reads one, Concat reads both.
+    let mut prev = vec!["input".to_string()];
     for n in &m.nodes {
-        assert_eq!(n.inputs[0], prev, "{n:?}");
-        prev = n.output.clone();
+        match n.op.as_str() {
+            "LRN" => {
+                let split = m.nodes.iter().find(|s| s.outputs.contains(&n.inputs[0]));
+                assert_eq!(split.map(|s| s.op.as_str()), Some("Split"), "{n:?}");
+            }
+            "Concat" => {
+                assert_eq!(n.int("axis"), 1);
+                assert_eq!(n.inputs, prev, "{n:?}");
+            }
+            _ => assert_eq!(n.inputs[0], prev[prev.len() - 1], "{n:?}"),
+        }
+        if n.op == "Split" {
+            assert_eq!(n.int("axis"), 1);
+            assert_eq!(n.outputs.len(), 2, "one half per tower");
+            assert_eq!(n.inputs.len(), 1, "equal halves: no split sizes");
+        }
+        prev = match (n.op.as_str(), prev.last()) {
+            // The two LRN outputs feed the Concat.
+            ("LRN", Some(p)) if p.contains(".tower") => vec![p.clone(), n.output.clone()],
+            _ => vec![n.output.clone()],
+        };
     }
-    assert_eq!(prev, "logits");
+    assert_eq!(prev, ["logits"]);
     assert_eq!(
         m.inputs,
         [(
@@ -491,6 +515,11 @@ fn onnx_follows_the_config() {
     let (_, m) = write_and_decode(&narrow().without_lrn());
     assert_eq!(m.nodes.iter().filter(|n| n.op == "LRN").count(), 0);
     assert_eq!(m.nodes.len(), 19);
+    // One tower: one LRN over all channels, no Split or Concat.
+    let (_, m) = write_and_decode(&Topology::alexnet_half());
+    let ops: Vec<&str> = m.nodes.iter().map(|n| n.op.as_str()).collect();
+    assert_eq!(&ops[..4], ["Conv", "Relu", "LRN", "MaxPool"]);
+    assert!(!ops.contains(&"Split") && !ops.contains(&"Concat"));
 
     // cifar: 28x28 input, conv1 and conv2 5x5 stride 1 pad 2, fc6 over 128 x 2 x 2.
     let (_, m) = write_and_decode(&Topology::cifar());

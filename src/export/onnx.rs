@@ -20,7 +20,7 @@ use crate::fsutil::write_atomic;
 use crate::model::topology::{Op, Topology};
 
 /// IR version 8 (ONNX 1.10) and the default-domain opset 13: every op used
-/// here (Conv, Relu, LRN, MaxPool, Flatten, Gemm) is defined there, and
+/// here (Conv, Relu, LRN, Split, Concat, MaxPool, Flatten, Gemm) is defined there, and
 /// onnxruntime and current onnx releases accept both.
 const IR_VERSION: u64 = 8;
 const OPSET: u64 = 13;
@@ -123,13 +123,33 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
             // LrnParams do not, so ONNX's alpha is ours times size. bias is k.
             let p = topo.lrn;
             let name = format!("{}.lrn", l.name);
-            nodes.push(
-                Node::new("LRN", &name, vec![String::new()])
+            let lrn = |input: String, output: &str| {
+                Node::new("LRN", output, vec![input])
                     .int("size", p.size as i64)
                     .float("alpha", p.alpha * p.size as f32)
                     .float("beta", p.beta)
-                    .float("bias", p.k),
-            );
+                    .float("bias", p.k)
+            };
+            if topo.towers == 1 {
+                nodes.push(lrn(String::new(), &name));
+            } else {
+                // Each tower normalises its own channels (topology.rs): split
+                // the channels into equal halves (Split with no `split` input),
+                // normalise each, concatenate.
+                let halves: Vec<String> = (0..topo.towers)
+                    .map(|t| format!("{name}.split{t}"))
+                    .collect();
+                let mut split = Node::new("Split", &halves[0], vec![String::new()]).int("axis", 1);
+                split.more_outputs = halves[1..].to_vec();
+                nodes.push(split);
+                let mut normed = Vec::new();
+                for (t, h) in halves.iter().enumerate() {
+                    let out = format!("{name}.tower{t}");
+                    nodes.push(lrn(h.clone(), &out));
+                    normed.push(out);
+                }
+                nodes.push(Node::new("Concat", &name, normed).int("axis", 1));
+            }
         }
         if let Some(pool) = l.pool {
             if !spatial {
@@ -239,6 +259,8 @@ struct Node {
     op_type: &'static str,
     inputs: Vec<String>,
     output: String,
+    /// Outputs after the first (Split's).
+    more_outputs: Vec<String>,
     attrs: Vec<Vec<u8>>,
 }
 
@@ -249,6 +271,7 @@ impl Node {
             op_type,
             inputs,
             output: output.to_string(),
+            more_outputs: Vec::new(),
             attrs: Vec::new(),
         }
     }
@@ -283,6 +306,9 @@ impl Node {
             p.string(1, i);
         }
         p.string(2, &self.output);
+        for o in &self.more_outputs {
+            p.string(2, o);
+        }
         p.string(3, &self.output);
         p.string(4, self.op_type);
         for a in &self.attrs {

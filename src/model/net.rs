@@ -215,10 +215,13 @@ impl<'a, B: Backend> Network<'a, B> {
             };
             let y_len = n * s.op_out.len();
             let lrn = if l.lrn {
+                // Each tower normalises its own channels (Topology::towers):
+                // [n, c, h, w] viewed as [n * towers, c / towers, h, w].
+                let t = self.topo.towers;
                 Some(LrnBufs {
                     s: Nchw {
-                        n,
-                        c: s.op_out.c,
+                        n: n * t,
+                        c: s.op_out.c / t,
                         h: s.op_out.h,
                         w: s.op_out.w,
                     },

@@ -9,7 +9,11 @@
 //! A layer with `groups: 2` sees only its own tower's input; a layer with
 //! `groups: 1` after the first needs both halves, so it is marked `exchange`.
 //! On one device the same table runs as grouped ops, which compute exactly
-//! what the two towers compute.
+//! what the two towers compute. That includes LRN: it mixes neighbouring
+//! channels, and the towers talk only at the exchanges, so each tower
+//! normalises its own half (with two towers, a window at a tower's first or
+//! last channel is cut at the tower's edge, as on the paper's two GPUs). One
+//! device runs it on [n * towers, c / towers, h, w].
 use crate::backend::LrnParams;
 use crate::error::{Error, Result};
 
@@ -91,7 +95,8 @@ pub struct Topology {
     /// centre crop) and crops are taken from that.
     pub image_size: usize,
     pub classes: usize,
-    /// 2 for the paper's net, 1 for the one-GPU ablation.
+    /// 2 for the paper's net, 1 for the one-GPU ablation. LRN windows stay
+    /// within a tower's channels.
     pub towers: usize,
     pub lrn: LrnParams,
     pub normalize: Normalize,
