@@ -3,8 +3,8 @@
 //! here restates a layer. Parameters use PyTorch's names and layouts
 //! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
 //! flattened in C, H, W order), so fixtures and exports line up.
-use super::topology::{Init, LayerShape, Op, Topology};
-use crate::backend::{Backend, ConvGeom, LinearGeom, Nchw, PoolGeom, SgdParams};
+use super::topology::{Chw, Init, Layer, LayerShape, Op, Topology};
+use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::model::loss_scale::LossScale;
 use crate::rng::{hash_u64, Rng};
@@ -18,29 +18,68 @@ pub enum Mode {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Geom {
+pub(super) enum Geom {
     Conv(ConvGeom),
     Fc(LinearGeom),
 }
 
 /// One layer's weights, gradients and momentum (all persistent).
-struct Param<B: Backend> {
-    w: B::Buf,
-    b: B::Buf,
-    dw: B::Buf,
-    db: B::Buf,
-    vw: B::Buf,
-    vb: B::Buf,
+pub(super) struct Param<B: Backend> {
+    pub(super) w: B::Buf,
+    pub(super) b: B::Buf,
+    pub(super) dw: B::Buf,
+    pub(super) db: B::Buf,
+    pub(super) vw: B::Buf,
+    pub(super) vb: B::Buf,
 }
 
-struct LrnBufs<B: Backend> {
+impl<B: Backend> Param<B> {
+    /// A layer's parameters with these initial values (f32 masters on every
+    /// backend), zero gradients and momentum.
+    pub(super) fn new(be: &B, w: &[f32], b: &[f32]) -> Result<Self> {
+        let (mut wb, mut bb) = (be.alloc_param(w.len())?, be.alloc_param(b.len())?);
+        be.upload(w, &mut wb)?;
+        be.upload(b, &mut bb)?;
+        Ok(Param {
+            w: wb,
+            b: bb,
+            dw: be.alloc_param(w.len())?,
+            db: be.alloc_param(b.len())?,
+            vw: be.alloc_param(w.len())?,
+            vb: be.alloc_param(b.len())?,
+        })
+    }
+}
+
+/// Layer `i`'s initial weights and biases, drawn from the table's init rule
+/// with `seed` (the same numbers on every backend and for every tower split).
+pub(super) fn initial_values(
+    topo: &Topology,
+    shapes: &[LayerShape],
+    i: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let (l, s) = (&topo.layers[i], &shapes[i]);
+    let fan_in = s.weight_params / l.out_channels();
+    let std = match l.init {
+        Init::Normal(std) => std as f64,
+        Init::He => (2.0 / fan_in as f64).sqrt(),
+    };
+    let mut rng = Rng::derive(seed, i as u64);
+    let w = (0..s.weight_params)
+        .map(|_| (rng.normal() * std) as f32)
+        .collect();
+    (w, vec![l.bias; s.bias_params])
+}
+
+pub(super) struct LrnBufs<B: Backend> {
     s: Nchw,
     out: B::Buf,
     scale: B::Buf,
     grad: B::Buf,
 }
 
-struct PoolBufs<B: Backend> {
+pub(super) struct PoolBufs<B: Backend> {
     g: PoolGeom,
     out: B::Buf,
     argmax: B::IdxBuf,
@@ -48,11 +87,11 @@ struct PoolBufs<B: Backend> {
 }
 
 /// One layer's activations for the current batch size.
-struct Stage<B: Backend> {
-    geom: Geom,
+pub(super) struct Stage<B: Backend> {
+    pub(super) geom: Geom,
     /// conv/fc output, ReLU applied in place.
     y: B::Buf,
-    dy: B::Buf,
+    pub(super) dy: B::Buf,
     lrn: Option<LrnBufs<B>>,
     pool: Option<PoolBufs<B>>,
     /// (probability, mask) when this layer has dropout.
@@ -60,21 +99,190 @@ struct Stage<B: Backend> {
 }
 
 impl<B: Backend> Stage<B> {
-    fn out(&self) -> &B::Buf {
+    /// The buffers of layer `l` computing `geom`, whose op output is
+    /// `op_out` per image. LRN runs within `lrn_parts` equal channel groups:
+    /// [n, c, h, w] viewed as [n * parts, c / parts, h, w].
+    pub(super) fn new(
+        be: &B,
+        l: &Layer,
+        geom: Geom,
+        op_out: Chw,
+        lrn_parts: usize,
+    ) -> Result<Self> {
+        let n = match geom {
+            Geom::Conv(g) => g.n,
+            Geom::Fc(g) => g.n,
+        };
+        let y_len = n * op_out.len();
+        let lrn = if l.lrn {
+            Some(LrnBufs {
+                s: Nchw {
+                    n: n * lrn_parts,
+                    c: op_out.c / lrn_parts,
+                    h: op_out.h,
+                    w: op_out.w,
+                },
+                out: be.alloc(y_len)?,
+                scale: be.alloc(y_len)?,
+                grad: be.alloc(y_len)?,
+            })
+        } else {
+            None
+        };
+        let pool = match l.pool {
+            Some(p) => {
+                let g = PoolGeom {
+                    n,
+                    c: op_out.c,
+                    h: op_out.h,
+                    w: op_out.w,
+                    size: p.size,
+                    stride: p.stride,
+                };
+                Some(PoolBufs {
+                    g,
+                    out: be.alloc(g.y_len())?,
+                    argmax: be.alloc_idx(g.y_len())?,
+                    grad: be.alloc(g.y_len())?,
+                })
+            }
+            None => None,
+        };
+        let out_len = pool.as_ref().map_or(y_len, |p| p.g.y_len());
+        let dropout = if l.dropout > 0.0 {
+            Some((l.dropout, be.alloc(out_len)?))
+        } else {
+            None
+        };
+        Ok(Stage {
+            geom,
+            y: be.alloc(y_len)?,
+            dy: be.alloc(y_len)?,
+            lrn,
+            pool,
+            dropout,
+        })
+    }
+
+    /// The op, ReLU, LRN, pooling and (with a seed: training) dropout of
+    /// layer `l` on `input`.
+    pub(super) fn forward(
+        &mut self,
+        be: &B,
+        l: &Layer,
+        lrn: &LrnParams,
+        input: &B::Buf,
+        p: &Param<B>,
+        dropout_seed: Option<u64>,
+    ) -> Result<()> {
+        // Bias and ReLU in one pass where the backend fuses them.
+        match (self.geom, l.relu) {
+            (Geom::Conv(g), true) => {
+                be.conv2d_bias_relu_forward(&g, input, &p.w, &p.b, &mut self.y)?
+            }
+            (Geom::Conv(g), false) => be.conv2d_forward(&g, input, &p.w, &p.b, &mut self.y)?,
+            (Geom::Fc(g), true) => {
+                be.linear_bias_relu_forward(&g, input, &p.w, &p.b, &mut self.y)?
+            }
+            (Geom::Fc(g), false) => be.linear_forward(&g, input, &p.w, &p.b, &mut self.y)?,
+        }
+        if let Some(lb) = &mut self.lrn {
+            be.lrn_forward(lrn, &lb.s, &self.y, &mut lb.out, &mut lb.scale)?;
+        }
+        if let Some(pl) = &mut self.pool {
+            let src = match &self.lrn {
+                Some(lb) => &lb.out,
+                None => &self.y,
+            };
+            be.max_pool_forward(&pl.g, src, &mut pl.out, &mut pl.argmax)?;
+        }
+        if let Some(seed) = dropout_seed {
+            if let Some((prob, mut mask)) = self.dropout.take() {
+                let r = be.dropout_forward(prob, seed, self.out_mut(), &mut mask);
+                self.dropout = Some((prob, mask));
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// From the gradient of this layer's output (`out_grad_mut`) back through
+    /// dropout (when `train`), pooling, LRN and ReLU to `dy`, then the
+    /// parameter gradients of `p` (`input` is what the forward read). The
+    /// input's gradient is `input_grad`'s.
+    pub(super) fn backward(
+        &mut self,
+        be: &B,
+        l: &Layer,
+        lrn: &LrnParams,
+        input: &B::Buf,
+        p: &mut Param<B>,
+        train: bool,
+    ) -> Result<()> {
+        if train {
+            if let Some((prob, mask)) = self.dropout.take() {
+                let r = be.dropout_backward(&mask, self.out_grad_mut());
+                self.dropout = Some((prob, mask));
+                r?;
+            }
+        }
+        if let Some(pl) = &self.pool {
+            let dst = match &mut self.lrn {
+                Some(lb) => &mut lb.grad,
+                None => &mut self.dy,
+            };
+            be.max_pool_backward(&pl.g, &pl.grad, &pl.argmax, dst)?;
+        }
+        if let Some(lb) = &self.lrn {
+            be.lrn_backward(
+                lrn,
+                &lb.s,
+                &self.y,
+                &lb.out,
+                &lb.scale,
+                &lb.grad,
+                &mut self.dy,
+            )?;
+        }
+        if l.relu {
+            be.relu_backward(&self.y, &mut self.dy)?;
+        }
+        match self.geom {
+            Geom::Conv(g) => {
+                be.conv2d_backward_bias(&g, &self.dy, &mut p.db)?;
+                be.conv2d_backward_filter(&g, input, &self.dy, &mut p.dw)?;
+            }
+            Geom::Fc(g) => {
+                be.linear_backward_bias(&g, &self.dy, &mut p.db)?;
+                be.linear_backward_weight(&g, input, &self.dy, &mut p.dw)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient of this layer's input, from `dy` (after `backward`).
+    pub(super) fn input_grad(&self, be: &B, w: &B::Buf, dx: &mut B::Buf) -> Result<()> {
+        match self.geom {
+            Geom::Conv(g) => be.conv2d_backward_data(&g, w, &self.dy, dx),
+            Geom::Fc(g) => be.linear_backward_data(&g, w, &self.dy, dx),
+        }
+    }
+
+    pub(super) fn out(&self) -> &B::Buf {
         match (&self.pool, &self.lrn) {
             (Some(p), _) => &p.out,
             (None, Some(l)) => &l.out,
             (None, None) => &self.y,
         }
     }
-    fn out_mut(&mut self) -> &mut B::Buf {
+    pub(super) fn out_mut(&mut self) -> &mut B::Buf {
         match (&mut self.pool, &mut self.lrn) {
             (Some(p), _) => &mut p.out,
             (None, Some(l)) => &mut l.out,
             (None, None) => &mut self.y,
         }
     }
-    fn out_grad_mut(&mut self) -> &mut B::Buf {
+    pub(super) fn out_grad_mut(&mut self) -> &mut B::Buf {
         match (&mut self.pool, &mut self.lrn) {
             (Some(p), _) => &mut p.grad,
             (None, Some(l)) => &mut l.grad,
@@ -122,30 +330,9 @@ impl<'a, B: Backend> Network<'a, B> {
             return Err(Error::Config("--batch must be at least 1".into()));
         }
         let mut params = Vec::with_capacity(shapes.len());
-        for (i, (l, s)) in topo.layers.iter().zip(&shapes).enumerate() {
-            let fan_in = s.weight_params / l.out_channels();
-            let std = match l.init {
-                Init::Normal(std) => std as f64,
-                Init::He => (2.0 / fan_in as f64).sqrt(),
-            };
-            let mut rng = Rng::derive(seed, i as u64);
-            let host_w: Vec<f32> = (0..s.weight_params)
-                .map(|_| (rng.normal() * std) as f32)
-                .collect();
-            let host_b = vec![l.bias; s.bias_params];
-            // Parameters, gradients and momentum are f32 masters on every backend.
-            let mut w = be.alloc_param(s.weight_params)?;
-            let mut b = be.alloc_param(s.bias_params)?;
-            be.upload(&host_w, &mut w)?;
-            be.upload(&host_b, &mut b)?;
-            params.push(Param {
-                w,
-                b,
-                dw: be.alloc_param(s.weight_params)?,
-                db: be.alloc_param(s.bias_params)?,
-                vw: be.alloc_param(s.weight_params)?,
-                vb: be.alloc_param(s.bias_params)?,
-            });
+        for i in 0..shapes.len() {
+            let (w, b) = initial_values(topo, &shapes, i, seed);
+            params.push(Param::new(be, &w, &b)?);
         }
         let mut net = Network {
             be,
@@ -213,57 +400,8 @@ impl<'a, B: Backend> Network<'a, B> {
                     out,
                 }),
             };
-            let y_len = n * s.op_out.len();
-            let lrn = if l.lrn {
-                // Each tower normalises its own channels (Topology::towers):
-                // [n, c, h, w] viewed as [n * towers, c / towers, h, w].
-                let t = self.topo.towers;
-                Some(LrnBufs {
-                    s: Nchw {
-                        n: n * t,
-                        c: s.op_out.c / t,
-                        h: s.op_out.h,
-                        w: s.op_out.w,
-                    },
-                    out: be.alloc(y_len)?,
-                    scale: be.alloc(y_len)?,
-                    grad: be.alloc(y_len)?,
-                })
-            } else {
-                None
-            };
-            let pool = match l.pool {
-                Some(p) => {
-                    let g = PoolGeom {
-                        n,
-                        c: s.op_out.c,
-                        h: s.op_out.h,
-                        w: s.op_out.w,
-                        size: p.size,
-                        stride: p.stride,
-                    };
-                    Some(PoolBufs {
-                        g,
-                        out: be.alloc(g.y_len())?,
-                        argmax: be.alloc_idx(g.y_len())?,
-                        grad: be.alloc(g.y_len())?,
-                    })
-                }
-                None => None,
-            };
-            let dropout = if l.dropout > 0.0 {
-                Some((l.dropout, be.alloc(n * s.out.len())?))
-            } else {
-                None
-            };
-            stages.push(Stage {
-                geom,
-                y: be.alloc(y_len)?,
-                dy: be.alloc(y_len)?,
-                lrn,
-                pool,
-                dropout,
-            });
+            // Each tower normalises its own channels (Topology::towers).
+            stages.push(Stage::new(be, l, geom, s.op_out, self.topo.towers)?);
         }
         self.stages = stages;
         let x_len = n * self.topo.channels * self.topo.crop * self.topo.crop;
@@ -317,38 +455,11 @@ impl<'a, B: Backend> Network<'a, B> {
             } else {
                 done[i - 1].out()
             };
-            let st = &mut rest[0];
-            let p = &self.params[i];
-            // Bias and ReLU in one pass where the backend fuses them.
-            match (st.geom, self.topo.layers[i].relu) {
-                (Geom::Conv(g), true) => {
-                    be.conv2d_bias_relu_forward(&g, input, &p.w, &p.b, &mut st.y)?
-                }
-                (Geom::Conv(g), false) => be.conv2d_forward(&g, input, &p.w, &p.b, &mut st.y)?,
-                (Geom::Fc(g), true) => {
-                    be.linear_bias_relu_forward(&g, input, &p.w, &p.b, &mut st.y)?
-                }
-                (Geom::Fc(g), false) => be.linear_forward(&g, input, &p.w, &p.b, &mut st.y)?,
-            }
-            if let Some(l) = &mut st.lrn {
-                be.lrn_forward(&self.topo.lrn, &l.s, &st.y, &mut l.out, &mut l.scale)?;
-            }
-            if let Some(pl) = &mut st.pool {
-                let src = match &st.lrn {
-                    Some(l) => &l.out,
-                    None => &st.y,
-                };
-                be.max_pool_forward(&pl.g, src, &mut pl.out, &mut pl.argmax)?;
-            }
-            if mode == Mode::Train {
-                if let Some((p, mut mask)) = st.dropout.take() {
-                    // One stream per (step, layer): masks replay from the seed.
-                    let seed = hash_u64(self.seed, self.step * 64 + i as u64);
-                    let r = be.dropout_forward(p, seed, st.out_mut(), &mut mask);
-                    st.dropout = Some((p, mask));
-                    r?;
-                }
-            }
+            // One dropout stream per (step, layer): masks replay from the seed.
+            let seed =
+                (mode == Mode::Train).then(|| hash_u64(self.seed, self.step * 64 + i as u64));
+            let l = &self.topo.layers[i];
+            rest[0].forward(be, l, &self.topo.lrn, input, &self.params[i], seed)?;
         }
         let logits = self.stages.last().map(|s| s.out()).ok_or(Error::Shape {
             op: "forward",
@@ -390,55 +501,15 @@ impl<'a, B: Backend> Network<'a, B> {
             let (done, rest) = self.stages.split_at_mut(i);
             let st = &mut rest[0];
             let p = &mut self.params[i];
-            if mode == Mode::Train {
-                if let Some((p, mask)) = st.dropout.take() {
-                    let r = be.dropout_backward(&mask, st.out_grad_mut());
-                    st.dropout = Some((p, mask));
-                    r?;
-                }
-            }
-            if let Some(pl) = &st.pool {
-                let dst = match &mut st.lrn {
-                    Some(l) => &mut l.grad,
-                    None => &mut st.dy,
-                };
-                be.max_pool_backward(&pl.g, &pl.grad, &pl.argmax, dst)?;
-            }
-            if let Some(l) = &st.lrn {
-                be.lrn_backward(
-                    &self.topo.lrn,
-                    &l.s,
-                    &st.y,
-                    &l.out,
-                    &l.scale,
-                    &l.grad,
-                    &mut st.dy,
-                )?;
-            }
-            if self.topo.layers[i].relu {
-                be.relu_backward(&st.y, &mut st.dy)?;
-            }
             let input = if i == 0 {
                 &self.x[self.x_cur]
             } else {
                 done[i - 1].out()
             };
-            match st.geom {
-                Geom::Conv(g) => {
-                    be.conv2d_backward_bias(&g, &st.dy, &mut p.db)?;
-                    be.conv2d_backward_filter(&g, input, &st.dy, &mut p.dw)?;
-                }
-                Geom::Fc(g) => {
-                    be.linear_backward_bias(&g, &st.dy, &mut p.db)?;
-                    be.linear_backward_weight(&g, input, &st.dy, &mut p.dw)?;
-                }
-            }
+            let l = &self.topo.layers[i];
+            st.backward(be, l, &self.topo.lrn, input, p, mode == Mode::Train)?;
             if i > 0 {
-                let dx = done[i - 1].out_grad_mut();
-                match st.geom {
-                    Geom::Conv(g) => be.conv2d_backward_data(&g, &p.w, &st.dy, dx)?,
-                    Geom::Fc(g) => be.linear_backward_data(&g, &p.w, &st.dy, dx)?,
-                }
+                st.input_grad(be, &p.w, done[i - 1].out_grad_mut())?;
             }
         }
         Ok(())
