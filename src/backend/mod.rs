@@ -12,7 +12,7 @@ pub mod cuda;
 pub mod host_kernels;
 pub mod kernels;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Geometry of one (possibly grouped) 2-D convolution over a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +130,54 @@ pub struct SgdParams {
     pub weight_decay: f32,
 }
 
+/// A strided block of rows for `Backend::copy_rows`: row r (of `rows`, each
+/// `width` floats) is read at `src_off + r * src_pitch` and written at
+/// `dst_off + r * dst_pitch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowBlock {
+    pub rows: usize,
+    pub width: usize,
+    pub src_off: usize,
+    pub src_pitch: usize,
+    pub dst_off: usize,
+    pub dst_pitch: usize,
+}
+
+impl RowBlock {
+    /// Floats moved.
+    pub fn len(&self) -> usize {
+        self.rows * self.width
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The block fits both buffers (and rows do not overlap themselves).
+    pub fn check(&self, op: &'static str, src_len: usize, dst_len: usize) -> Result<()> {
+        let end = |off: usize, pitch: usize| {
+            if self.rows == 0 {
+                return Some(0);
+            }
+            (self.rows - 1)
+                .checked_mul(pitch)?
+                .checked_add(off)?
+                .checked_add(self.width)
+        };
+        let fits = |off, pitch, len| {
+            (self.rows <= 1 || pitch >= self.width) && end(off, pitch).is_some_and(|e| e <= len)
+        };
+        if fits(self.src_off, self.src_pitch, src_len)
+            && fits(self.dst_off, self.dst_pitch, dst_len)
+        {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                op,
+                detail: format!("{self:?} does not fit a source of {src_len} and a destination of {dst_len} floats"),
+            })
+        }
+    }
+}
+
 /// One device's implementation of every op. Buffers are owned by the device.
 pub trait Backend: Send + Sync {
     /// A device buffer of f32.
@@ -173,6 +221,20 @@ pub trait Backend: Send + Sync {
     fn upload_idx(&self, src: &[u32], dst: &mut Self::IdxBuf) -> Result<()>;
     fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;
     fn buf_len(&self, buf: &Self::Buf) -> usize;
+
+    // -- copies between devices (the towers' exchanges) -------------------------
+    /// `dst` (on this device) <- `src` (on `src_dev`: this device or another
+    /// of the same kind), block `b`: `b.rows` rows of `b.width` floats. A
+    /// tower's half of each image's channels is such a block.
+    fn copy_rows(
+        &self,
+        src_dev: &Self,
+        src: &Self::Buf,
+        dst: &mut Self::Buf,
+        b: RowBlock,
+    ) -> Result<()>;
+    /// dst += src, element-wise (a tower's two partial input gradients).
+    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
 
     // -- convolution (groups on the op, as cuDNN's descriptor) --------------
     /// y = conv(x, w) + b. x: [n, c_in, h, w], w: [c_out, c_in/g, k, k], b: [c_out].

@@ -7,3 +7,4 @@ pub mod net;
 pub mod spec;
 pub mod summary;
 pub mod topology;
+pub mod towers;

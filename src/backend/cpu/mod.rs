@@ -12,7 +12,9 @@ pub mod pool;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::backend::{
+    Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, RowBlock, SgdParams,
+};
 use crate::error::{check_len, Error, Result};
 
 /// The CPU backend. Stateless but for a count of allocations (the same
@@ -183,6 +185,31 @@ impl Backend for CpuBackend {
 
     fn buf_len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
+    }
+
+    /// Another CPU device is another set of buffers in the same memory: a
+    /// copy between them is a memcpy per row.
+    fn copy_rows(
+        &self,
+        _src_dev: &Self,
+        src: &Vec<f32>,
+        dst: &mut Vec<f32>,
+        b: RowBlock,
+    ) -> Result<()> {
+        b.check("copy_rows", src.len(), dst.len())?;
+        for r in 0..b.rows {
+            let (s, d) = (b.src_off + r * b.src_pitch, b.dst_off + r * b.dst_pitch);
+            dst[d..d + b.width].copy_from_slice(&src[s..s + b.width]);
+        }
+        Ok(())
+    }
+
+    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        check_len("add_assign", "src", src.len(), dst.len())?;
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+        Ok(())
     }
 
     fn conv2d_forward(

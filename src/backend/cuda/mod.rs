@@ -51,7 +51,9 @@ use cudarc::driver::{
 
 use crate::backend::cpu::conv::validate as validate_conv;
 use crate::backend::kernels::launch_1d;
-use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use crate::backend::{
+    Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, RowBlock, SgdParams,
+};
 use crate::error::{check_len, Error, Result};
 
 pub use mixed::Precision;
@@ -877,6 +879,23 @@ impl Backend for CudaBackend {
         buf.len
     }
 
+    // The two-tower exchanges on GPUs (peer copies on their own streams,
+    // the host-staged fallback) are not built yet, and `--gpus 0,1` is
+    // refused before they could be reached (device.rs). Say so if called.
+    fn copy_rows(
+        &self,
+        _src_dev: &Self,
+        _src: &CudaBuf<f32>,
+        _dst: &mut CudaBuf<f32>,
+        _b: RowBlock,
+    ) -> Result<()> {
+        Err(towers_not_built("copy_rows"))
+    }
+
+    fn add_assign(&self, _dst: &mut CudaBuf<f32>, _src: &CudaBuf<f32>) -> Result<()> {
+        Err(towers_not_built("add_assign"))
+    }
+
     // -- convolution ----------------------------------------------------------------
 
     fn conv2d_forward(
@@ -1431,6 +1450,15 @@ impl Backend for CudaBackend {
         // float momentum, float weight_decay, long long len); all hold len floats.
         unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
         Ok(())
+    }
+}
+
+fn towers_not_built(op: &'static str) -> Error {
+    Error::Cuda {
+        op,
+        detail: "the two-tower executor's copies are not built for GPUs yet; run two towers \
+                 on the CPU, or one GPU with grouped ops (--gpus 0)"
+            .into(),
     }
 }
 

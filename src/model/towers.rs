@@ -1,0 +1,620 @@
+//! Runs the topology table as the paper's two towers (section 3.2, figure 2):
+//! two devices, each holding its half of every layer's kernels (parameters,
+//! gradients, momentum, activations), with feature maps crossing between
+//! them only at the table's exchanges (the inputs of conv3, fc6, fc7, fc8)
+//! and for the logits. Everything else runs per tower with the same `Stage`
+//! code as the one-device network (`net.rs`), which runs the same table as
+//! grouped ops.
+//!
+//! What the towers compute equals the grouped network: a tower's half of a
+//! layer is the same rows of the same weight tensor, and LRN stays within a
+//! tower's channels on both. The forward pass, the loss and the last layer's
+//! gradients are bit for bit the same. Below an exchange, the input's
+//! gradient is the sum of both towers' partial gradients (each over its own
+//! half of the outputs), where one device sums over all outputs at once: the
+//! same terms added in another order, so equal to rounding (tests/towers.rs
+//! bounds it).
+//!
+//! Every byte that crosses between the devices goes through `exchange` and
+//! is counted; `Topology::exchange_bytes_per_step` predicts the total.
+use super::loss_scale::LossScale;
+use super::net::{initial_values, Geom, Mode, Param, Stage};
+use super::topology::{Chw, LayerShape, Topology};
+use crate::backend::{Backend, ConvGeom, LinearGeom, RowBlock, SgdParams};
+use crate::error::{check_len, Error, Result};
+use crate::rng::hash_u64;
+
+/// One tower: its half of every layer on its device.
+struct Tower<B: Backend> {
+    params: Vec<Param<B>>,
+    stages: Vec<Stage<B>>,
+    /// The image batch (each tower reads the whole image, as conv1 needs).
+    x: B::Buf,
+    labels: B::IdxBuf,
+    /// Per layer: at an exchange, both towers' maps side by side (the
+    /// layer's whole input), its gradient from this tower's outputs, and the
+    /// other tower's gradient of this tower's half; empty elsewhere.
+    gathered: Vec<B::Buf>,
+    dgathered: Vec<B::Buf>,
+    recv: Vec<B::Buf>,
+    /// Both towers' logits, [n, classes], their softmax and its gradient.
+    logits: B::Buf,
+    probs: B::Buf,
+    dlogits: B::Buf,
+}
+
+/// The network as two towers on two devices.
+pub struct TowerNetwork<'a, B: Backend> {
+    devs: [&'a B; 2],
+    topo: Topology,
+    shapes: Vec<LayerShape>,
+    /// Per layer, each tower's share of the output channels and where it
+    /// starts (`Topology::tower_split`).
+    split: Vec<[usize; 2]>,
+    towers: [Tower<B>; 2],
+    n: usize,
+    loss: f32,
+    seed: u64,
+    step: u64,
+    last_mode: Option<Mode>,
+    loss_scale: Option<LossScale>,
+    last_skipped: bool,
+    /// Bytes copied between the two devices since the last forward began.
+    exchanged: u64,
+}
+
+/// (mine, the other) out of the two towers.
+fn pair<T>(ts: &mut [T; 2], t: usize) -> (&mut T, &T) {
+    let (a, b) = ts.split_at_mut(1);
+    if t == 0 {
+        (&mut a[0], &b[0])
+    } else {
+        (&mut b[0], &a[0])
+    }
+}
+
+/// A tower's buffers that exchanges read and write.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    /// Layer i's output, or its gradient.
+    Out(usize),
+    OutGrad(usize),
+    Gathered(usize),
+    DGathered(usize),
+    Recv(usize),
+    Logits,
+    DLogits,
+}
+
+fn no_slot(detail: String) -> Error {
+    Error::Shape {
+        op: "towers",
+        detail,
+    }
+}
+
+impl<B: Backend> Tower<B> {
+    fn slot(&self, s: Slot) -> Result<&B::Buf> {
+        match s {
+            Slot::Out(i) => Ok(self.stages[i].out()),
+            Slot::Gathered(i) => Ok(&self.gathered[i]),
+            Slot::DGathered(i) => Ok(&self.dgathered[i]),
+            Slot::Recv(i) => Ok(&self.recv[i]),
+            Slot::Logits => Ok(&self.logits),
+            Slot::DLogits => Ok(&self.dlogits),
+            Slot::OutGrad(_) => Err(no_slot(format!("{s:?} is written, not read"))),
+        }
+    }
+    fn slot_mut(&mut self, s: Slot) -> Result<&mut B::Buf> {
+        match s {
+            Slot::OutGrad(i) => Ok(self.stages[i].out_grad_mut()),
+            Slot::Gathered(i) => Ok(&mut self.gathered[i]),
+            Slot::Recv(i) => Ok(&mut self.recv[i]),
+            Slot::Logits => Ok(&mut self.logits),
+            _ => Err(no_slot(format!("{s:?} is read, not written"))),
+        }
+    }
+}
+
+/// Source and destination within one tower (different fields, so both
+/// borrows can be held).
+fn local_pair<B: Backend>(
+    tw: &mut Tower<B>,
+    src: Slot,
+    dst: Slot,
+) -> Result<(&B::Buf, &mut B::Buf)> {
+    match (src, dst) {
+        (Slot::Out(i), Slot::Gathered(j)) => Ok((tw.stages[i].out(), &mut tw.gathered[j])),
+        (Slot::Out(i), Slot::Logits) => Ok((tw.stages[i].out(), &mut tw.logits)),
+        (Slot::DLogits, Slot::OutGrad(i)) => Ok((&tw.dlogits, tw.stages[i].out_grad_mut())),
+        (Slot::DGathered(j), Slot::OutGrad(i)) => {
+            Ok((&tw.dgathered[j], tw.stages[i].out_grad_mut()))
+        }
+        _ => Err(no_slot(format!("no local copy from {src:?} to {dst:?}"))),
+    }
+}
+
+impl<'a, B: Backend> TowerNetwork<'a, B> {
+    /// Build both towers for batches of `batch` images, with the initial
+    /// weights the one-device network draws from `seed`, each tower taking
+    /// its rows.
+    pub fn new(devs: [&'a B; 2], topo: &Topology, batch: usize, seed: u64) -> Result<Self> {
+        if topo.towers != 2 {
+            return Err(Error::Config(format!(
+                "config {} has {} tower(s); two devices run a two-tower config (alexnet, cifar)",
+                topo.name, topo.towers
+            )));
+        }
+        if batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        let shapes = topo.shapes()?;
+        let split: Vec<[usize; 2]> = topo
+            .layers
+            .iter()
+            .map(|l| {
+                let s = topo.tower_split(l.out_channels());
+                [s[0], s[1]]
+            })
+            .collect();
+        let mut towers = Vec::with_capacity(2);
+        for (t, be) in devs.iter().enumerate() {
+            let mut params = Vec::with_capacity(shapes.len());
+            for (i, sp) in split.iter().enumerate() {
+                let (w, b) = initial_values(topo, &shapes, i, seed);
+                let rows = topo.layers[i].out_channels();
+                let per_row = w.len() / rows;
+                let first = if t == 0 { 0 } else { sp[0] };
+                let (r0, r1) = (first, first + sp[t]);
+                params.push(Param::new(*be, &w[r0 * per_row..r1 * per_row], &b[r0..r1])?);
+            }
+            towers.push(Tower {
+                params,
+                stages: Vec::new(),
+                x: be.alloc(0)?,
+                labels: be.alloc_idx(0)?,
+                gathered: Vec::new(),
+                dgathered: Vec::new(),
+                recv: Vec::new(),
+                logits: be.alloc(0)?,
+                probs: be.alloc(0)?,
+                dlogits: be.alloc(0)?,
+            });
+        }
+        let towers: [Tower<B>; 2] = towers.try_into().map_err(|_| Error::Shape {
+            op: "towers",
+            detail: "two towers expected".into(),
+        })?;
+        let mut net = TowerNetwork {
+            devs,
+            topo: topo.clone(),
+            shapes,
+            split,
+            towers,
+            n: 0,
+            loss: f32::NAN,
+            seed,
+            step: 0,
+            last_mode: None,
+            loss_scale: None,
+            last_skipped: false,
+            exchanged: 0,
+        };
+        net.resize(batch)?;
+        Ok(net)
+    }
+
+    /// Where tower `t`'s share of layer `i`'s output channels starts.
+    fn first(&self, i: usize, t: usize) -> usize {
+        if t == 0 {
+            0
+        } else {
+            self.split[i][0]
+        }
+    }
+
+    /// Tower `t`'s input of layer `i` per image: the whole image (conv1),
+    /// both towers' maps (an exchange), or its own half.
+    fn tower_input(&self, i: usize, t: usize) -> Chw {
+        let s = &self.shapes[i];
+        if i == 0 || self.topo.layers[i].exchange {
+            s.input
+        } else {
+            Chw {
+                c: self.split[i - 1][t],
+                ..s.input
+            }
+        }
+    }
+
+    /// Floats per image of tower `t`'s output of layer `i` (after pooling).
+    fn out_width(&self, i: usize, t: usize) -> usize {
+        let o = self.shapes[i].out;
+        self.split[i][t] * o.h * o.w
+    }
+
+    fn resize(&mut self, n: usize) -> Result<()> {
+        if n == self.n {
+            return Ok(());
+        }
+        let classes = self.topo.classes;
+        for t in 0..2 {
+            let be = self.devs[t];
+            let mut stages = Vec::with_capacity(self.shapes.len());
+            let (mut gathered, mut dgathered, mut recv) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, (l, s)) in self.topo.layers.iter().zip(&self.shapes).enumerate() {
+                let input = self.tower_input(i, t);
+                let out = self.split[i][t];
+                let geom = match l.op {
+                    super::topology::Op::Conv { k, stride, pad, .. } => Geom::Conv(ConvGeom {
+                        n,
+                        c_in: input.c,
+                        h: input.h,
+                        w: input.w,
+                        c_out: out,
+                        k,
+                        stride,
+                        pad,
+                        groups: 1,
+                    }),
+                    super::topology::Op::Fc { .. } => Geom::Fc(LinearGeom {
+                        n,
+                        inp: input.len(),
+                        out,
+                    }),
+                };
+                let op_out = Chw { c: out, ..s.op_out };
+                // LRN within this tower's channels: all of them.
+                stages.push(Stage::new(be, l, geom, op_out, 1)?);
+                let ex = i > 0 && l.exchange;
+                let full = if ex { n * s.input.len() } else { 0 };
+                gathered.push(be.alloc(full)?);
+                dgathered.push(be.alloc(full)?);
+                let mine = if ex { n * self.out_width(i - 1, t) } else { 0 };
+                recv.push(be.alloc(mine)?);
+            }
+            let tw = &mut self.towers[t];
+            tw.stages = stages;
+            tw.gathered = gathered;
+            tw.dgathered = dgathered;
+            tw.recv = recv;
+            tw.x = be.alloc(n * self.topo.channels * self.topo.crop * self.topo.crop)?;
+            tw.labels = be.alloc_idx(n)?;
+            tw.logits = be.alloc(n * classes)?;
+            tw.probs = be.alloc(n * classes)?;
+            tw.dlogits = be.alloc(n * classes)?;
+        }
+        self.n = n;
+        self.last_mode = None;
+        Ok(())
+    }
+
+    /// Copy block `b` of tower `from`'s `src` into tower `to`'s `dst`; a copy
+    /// between the two devices is counted.
+    fn exchange(
+        &mut self,
+        from: usize,
+        to: usize,
+        src: Slot,
+        dst: Slot,
+        b: RowBlock,
+    ) -> Result<()> {
+        let (src_dev, dst_dev) = (self.devs[from], self.devs[to]);
+        if from == to {
+            let (s, d) = local_pair(&mut self.towers[to], src, dst)?;
+            return dst_dev.copy_rows(src_dev, s, d, b);
+        }
+        let (mine, other) = pair(&mut self.towers, to);
+        dst_dev.copy_rows(src_dev, other.slot(src)?, mine.slot_mut(dst)?, b)?;
+        self.exchanged += (b.len() * std::mem::size_of::<f32>()) as u64;
+        Ok(())
+    }
+
+    /// Forward a batch on both towers; returns the mean cross-entropy loss
+    /// (both towers compute it from the same gathered logits).
+    pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        let n = labels.len();
+        if n == 0 {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: "empty batch".into(),
+            });
+        }
+        let t = &self.topo;
+        check_len(
+            "forward",
+            "input batch",
+            x.len(),
+            n * t.channels * t.crop * t.crop,
+        )?;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= t.classes) {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: format!("label {bad} is out of range for {} classes", t.classes),
+            });
+        }
+        self.resize(n)?;
+        self.exchanged = 0;
+        for t in 0..2 {
+            let tw = &mut self.towers[t];
+            self.devs[t].upload(x, &mut tw.x)?;
+            self.devs[t].upload_idx(labels, &mut tw.labels)?;
+        }
+        for i in 0..self.shapes.len() {
+            if i > 0 && self.topo.layers[i].exchange {
+                self.gather(i)?;
+            }
+            for t in 0..2 {
+                let seed = (mode == Mode::Train)
+                    .then(|| hash_u64(self.seed, (self.step * 64 + i as u64) * 2 + t as u64));
+                let (be, l, lrn) = (self.devs[t], &self.topo.layers[i], &self.topo.lrn);
+                let tw = &mut self.towers[t];
+                let (done, rest) = tw.stages.split_at_mut(i);
+                let input = if i == 0 {
+                    &tw.x
+                } else if l.exchange {
+                    &tw.gathered[i]
+                } else {
+                    done[i - 1].out()
+                };
+                rest[0].forward(be, l, lrn, input, &tw.params[i], seed)?;
+            }
+        }
+        // Both towers need all the logits for the softmax.
+        let (last, classes) = (self.shapes.len() - 1, self.topo.classes);
+        for to in 0..2 {
+            for from in 0..2 {
+                let b = RowBlock {
+                    rows: n,
+                    width: self.split[last][from],
+                    src_off: 0,
+                    src_pitch: self.split[last][from],
+                    dst_off: self.first(last, from),
+                    dst_pitch: classes,
+                };
+                self.exchange(from, to, Slot::Out(last), Slot::Logits, b)?;
+            }
+        }
+        let mut losses = [0.0f32; 2];
+        for (t, loss) in losses.iter_mut().enumerate() {
+            let tw = &mut self.towers[t];
+            *loss = self.devs[t].softmax_xent_forward(
+                n,
+                classes,
+                &tw.logits,
+                &tw.labels,
+                &mut tw.probs,
+            )?;
+        }
+        self.loss = losses[0];
+        self.last_mode = Some(mode);
+        Ok(self.loss)
+    }
+
+    /// Assemble layer `i`'s whole input on each tower from both towers'
+    /// outputs of layer i-1: per image, tower 0's channels then tower 1's.
+    fn gather(&mut self, i: usize) -> Result<()> {
+        let (n, full) = (self.n, self.shapes[i].input.len());
+        for to in 0..2 {
+            for from in 0..2 {
+                let width = self.out_width(i - 1, from);
+                let b = RowBlock {
+                    rows: n,
+                    width,
+                    src_off: 0,
+                    src_pitch: width,
+                    dst_off: if from == 0 {
+                        0
+                    } else {
+                        self.out_width(i - 1, 0)
+                    },
+                    dst_pitch: full,
+                };
+                self.exchange(from, to, Slot::Out(i - 1), Slot::Gathered(i), b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gradients of the last forward's loss for every parameter of both towers.
+    pub fn backward(&mut self) -> Result<()> {
+        let mode = self.last_mode.ok_or(Error::Shape {
+            op: "backward",
+            detail: "backward called without a forward pass".into(),
+        })?;
+        let (n, classes, last) = (self.n, self.topo.classes, self.shapes.len() - 1);
+        // Each tower's softmax gradient, then its own columns of it.
+        for t in 0..2 {
+            let be = self.devs[t];
+            let tw = &mut self.towers[t];
+            match &self.loss_scale {
+                Some(ls) => be.softmax_xent_backward_scaled(
+                    n,
+                    classes,
+                    &tw.probs,
+                    &tw.labels,
+                    ls.scale,
+                    &mut tw.dlogits,
+                )?,
+                None => {
+                    be.softmax_xent_backward(n, classes, &tw.probs, &tw.labels, &mut tw.dlogits)?
+                }
+            }
+            let b = RowBlock {
+                rows: n,
+                width: self.split[last][t],
+                src_off: self.first(last, t),
+                src_pitch: classes,
+                dst_off: 0,
+                dst_pitch: self.split[last][t],
+            };
+            self.exchange(t, t, Slot::DLogits, Slot::OutGrad(last), b)?;
+        }
+        for i in (0..self.shapes.len()).rev() {
+            let ex = i > 0 && self.topo.layers[i].exchange;
+            for t in 0..2 {
+                let (be, l, lrn) = (self.devs[t], &self.topo.layers[i], &self.topo.lrn);
+                let tw = &mut self.towers[t];
+                let (done, rest) = tw.stages.split_at_mut(i);
+                let st = &mut rest[0];
+                let p = &mut tw.params[i];
+                let input = if i == 0 {
+                    &tw.x
+                } else if ex {
+                    &tw.gathered[i]
+                } else {
+                    done[i - 1].out()
+                };
+                st.backward(be, l, lrn, input, p, mode == Mode::Train)?;
+                if i > 0 {
+                    let dx = if ex {
+                        &mut tw.dgathered[i]
+                    } else {
+                        done[i - 1].out_grad_mut()
+                    };
+                    st.input_grad(be, &p.w, dx)?;
+                }
+            }
+            if ex {
+                self.scatter_grad(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an exchange layer's backward: each tower's gradient of its half
+    /// of the input is its own partial plus the other tower's partial.
+    fn scatter_grad(&mut self, i: usize) -> Result<()> {
+        let (n, full) = (self.n, self.shapes[i].input.len());
+        for to in 0..2 {
+            let width = self.out_width(i - 1, to);
+            let off = if to == 0 { 0 } else { self.out_width(i - 1, 0) };
+            let b = RowBlock {
+                rows: n,
+                width,
+                src_off: off,
+                src_pitch: full,
+                dst_off: 0,
+                dst_pitch: width,
+            };
+            self.exchange(to, to, Slot::DGathered(i), Slot::OutGrad(i - 1), b)?;
+            self.exchange(1 - to, to, Slot::DGathered(i), Slot::Recv(i), b)?;
+            let tw = &mut self.towers[to];
+            self.devs[to].add_assign(tw.stages[i - 1].out_grad_mut(), &tw.recv[i])?;
+        }
+        Ok(())
+    }
+
+    /// The paper's update on both towers (as `Network::sgd_step`); with loss
+    /// scaling, a gradient that overflowed on either tower skips both.
+    pub fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
+        self.last_skipped = false;
+        if let Some(ls) = &mut self.loss_scale {
+            let inv = 1.0 / ls.scale;
+            let mut finite = true;
+            for (t, tw) in self.towers.iter_mut().enumerate() {
+                let mut grads: Vec<&mut B::Buf> = Vec::with_capacity(2 * tw.params.len());
+                for p in &mut tw.params {
+                    grads.push(&mut p.dw);
+                    grads.push(&mut p.db);
+                }
+                finite &= self.devs[t].unscale_check_all(inv, &mut grads)?;
+            }
+            if !ls.update(finite) {
+                self.last_skipped = true;
+                self.step += 1;
+                return Ok(());
+            }
+        }
+        let no_decay = SgdParams {
+            weight_decay: 0.0,
+            ..*hp
+        };
+        for (t, tw) in self.towers.iter_mut().enumerate() {
+            let be = self.devs[t];
+            for p in &mut tw.params {
+                be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
+                be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
+            }
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Bytes copied between the two devices by the last forward and backward.
+    pub fn exchanged_bytes(&self) -> u64 {
+        self.exchanged
+    }
+
+    pub fn set_loss_scale(&mut self, ls: Option<LossScale>) {
+        self.loss_scale = ls;
+    }
+
+    pub fn last_step_skipped(&self) -> bool {
+        self.last_skipped
+    }
+
+    /// Logits of the last forward, [n, classes] (tower 0's gathered copy).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.n * self.topo.classes];
+        self.devs[0].download(&self.towers[0].logits, &mut host)?;
+        Ok(host)
+    }
+
+    /// Softmax probabilities of the last forward, [n, classes].
+    pub fn probs(&self) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.n * self.topo.classes];
+        self.devs[0].download(&self.towers[0].probs, &mut host)?;
+        Ok(host)
+    }
+
+    /// A whole parameter (PyTorch name and layout, as `Network::param`):
+    /// tower 0's rows then tower 1's.
+    pub fn param(&self, name: &str) -> Result<Vec<f32>> {
+        self.gather_param(name, |p, w| if w { &p.w } else { &p.b })
+    }
+
+    pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        self.gather_param(name, |p, w| if w { &p.dw } else { &p.db })
+    }
+
+    pub fn momentum(&self, name: &str) -> Result<Vec<f32>> {
+        self.gather_param(name, |p, w| if w { &p.vw } else { &p.vb })
+    }
+
+    fn gather_param(
+        &self,
+        name: &str,
+        pick: impl Fn(&Param<B>, bool) -> &B::Buf,
+    ) -> Result<Vec<f32>> {
+        let unknown = || Error::Config(format!("unknown parameter '{name}'"));
+        let (layer, kind) = name.rsplit_once('.').ok_or_else(unknown)?;
+        let i = self
+            .topo
+            .layers
+            .iter()
+            .position(|l| l.name == layer)
+            .ok_or_else(unknown)?;
+        let is_w = match kind {
+            "weight" => true,
+            "bias" => false,
+            _ => return Err(unknown()),
+        };
+        let mut out = Vec::new();
+        for t in 0..2 {
+            let buf = pick(&self.towers[t].params[i], is_w);
+            let mut host = vec![0.0; self.devs[t].buf_len(buf)];
+            self.devs[t].download(buf, &mut host)?;
+            out.extend_from_slice(&host);
+        }
+        Ok(out)
+    }
+}

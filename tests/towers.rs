@@ -1,0 +1,208 @@
+//! The two-tower executor (src/model/towers.rs) on two CPU devices against
+//! the one-device network running the same table as grouped ops: logits,
+//! loss, gradients and the parameters after SGD steps, and the bytes that
+//! cross between the devices against the table's prediction.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::towers::TowerNetwork;
+use alexnet_cuda::rng::Rng;
+
+const HP: SgdParams = SgdParams {
+    lr: 0.01,
+    momentum: 0.9,
+    weight_decay: 5e-4,
+};
+
+/// The paper's structure at small width (every choice kept: 11x11/4 conv1
+/// on 227x227, groups, exchanges, LRN, overlapping pools).
+fn narrow() -> Topology {
+    Topology::alexnet_widths([6, 16, 24, 24, 16, 32, 32], 10)
+}
+
+fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    // Pixel scale with the mean removed, as the loader feeds the net, so the
+    // LRN's sum term matters.
+    let x = (0..n * topo.channels * topo.crop * topo.crop)
+        .map(|_| (rng.normal() * 60.0) as f32)
+        .collect();
+    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
+    (x, labels)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// max |a - b| / max(max |b|, tiny): the difference in units of the
+/// tensor's scale.
+fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Run `steps` training steps on both and compare after each. Forward
+/// (logits, loss) must be bit-identical at the start; afterwards, and for
+/// gradients and parameters, the gap must stay below `tol` in units of each
+/// tensor's scale. Returns the largest gap seen per tensor kind.
+fn compare(topo: &Topology, n: usize, steps: usize, tol: f32) -> (f32, f32) {
+    let (one, a, b) = (CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
+    let mut single = Network::new(&one, topo, n, 42).unwrap();
+    let mut towers = TowerNetwork::new([&a, &b], topo, n, 42).unwrap();
+    let names = single.param_names();
+    for name in &names {
+        assert_eq!(
+            bits(&towers.param(name).unwrap()),
+            bits(&single.param(name).unwrap()),
+            "initial {name}: a tower's half is the same rows of the same tensor"
+        );
+    }
+    let (x, labels) = batch(topo, n, 7);
+    let (mut worst_grad, mut worst_param) = (0f32, 0f32);
+    for step in 0..steps {
+        let l1 = single.forward(&x, &labels, Mode::Train).unwrap();
+        let l2 = towers.forward(&x, &labels, Mode::Train).unwrap();
+        let (g1, g2) = (single.logits().unwrap(), towers.logits().unwrap());
+        if step == 0 {
+            assert_eq!(bits(&g2), bits(&g1), "logits at step 0 are bit-identical");
+            assert_eq!(
+                l2.to_bits(),
+                l1.to_bits(),
+                "loss at step 0 is bit-identical"
+            );
+        } else {
+            let d = scaled_diff(&g2, &g1);
+            assert!(d <= tol, "logits at step {step}: {d:e} of their scale");
+            assert!(
+                (l2 - l1).abs() <= tol * l1.abs(),
+                "loss at step {step}: {l2} vs {l1}"
+            );
+        }
+        single.backward().unwrap();
+        towers.backward().unwrap();
+        for name in &names {
+            let (s, t) = (single.grad(name).unwrap(), towers.grad(name).unwrap());
+            // The last layer's gradients see the same dlogits and inputs.
+            if step == 0 && name.starts_with(&format!("{}.", topo.layers.last().unwrap().name)) {
+                assert_eq!(
+                    bits(&t),
+                    bits(&s),
+                    "step 0 gradient of {name} is bit-identical"
+                );
+            }
+            let d = scaled_diff(&t, &s);
+            assert!(
+                d <= tol,
+                "gradient of {name} at step {step}: {d:e} of its scale"
+            );
+            worst_grad = worst_grad.max(d);
+        }
+        single.sgd_step(&HP).unwrap();
+        towers.sgd_step(&HP).unwrap();
+        for name in &names {
+            let (s, t) = (single.param(name).unwrap(), towers.param(name).unwrap());
+            let d = scaled_diff(&t, &s);
+            assert!(d <= tol, "{name} after step {step}: {d:e} of its scale");
+            worst_param = worst_param.max(d);
+            let (s, t) = (
+                single.momentum(name).unwrap(),
+                towers.momentum(name).unwrap(),
+            );
+            assert!(
+                scaled_diff(&t, &s) <= tol,
+                "momentum of {name} after step {step}"
+            );
+        }
+    }
+    (worst_grad, worst_param)
+}
+
+/// Below an exchange, the input gradient is the sum of the two towers'
+/// partial sums where one device sums over all outputs at once: the same
+/// terms in another order. In f32 that reorders a sum of a few hundred
+/// terms, so the gap is a few units of 2^-24 times the terms' size, which
+/// cancellation can lift relative to the result; 1e-4 of a tensor's scale
+/// is far above that and far below any real mistake (a wrong or missing
+/// term moves a gradient by a whole term).
+const TOL: f32 = 1e-4;
+
+#[test]
+fn two_cpu_towers_equal_the_grouped_network() {
+    let topo = narrow().without_dropout();
+    let (g, p) = compare(&topo, 3, 3, TOL);
+    eprintln!(
+        "narrow alexnet, 3 steps: worst gradient gap {g:e}, worst parameter gap {p:e} (of scale)"
+    );
+}
+
+#[test]
+fn two_cpu_towers_equal_the_grouped_cifar_net_with_an_uneven_last_layer() {
+    // 7 classes: tower 0 holds 4 of fc8's outputs, tower 1 holds 3.
+    let topo = Topology::cifar().without_dropout().with_classes(7).unwrap();
+    let (g, p) = compare(&topo, 4, 2, TOL);
+    eprintln!(
+        "cifar, 7 classes, 2 steps: worst gradient gap {g:e}, worst parameter gap {p:e} (of scale)"
+    );
+}
+
+#[test]
+fn bytes_between_the_towers_equal_the_tables_prediction() {
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    for topo in [
+        narrow(),
+        Topology::cifar().with_classes(7).unwrap(),
+        Topology::alexnet(),
+    ] {
+        let n = 2;
+        let mut towers = TowerNetwork::new([&a, &b], &topo, n, 1).unwrap();
+        let (x, labels) = batch(&topo, n, 3);
+        towers.forward(&x, &labels, Mode::Train).unwrap();
+        towers.backward().unwrap();
+        let predicted = topo.exchange_bytes_per_step(n).unwrap();
+        assert_eq!(towers.exchanged_bytes(), predicted, "config {}", topo.name);
+        assert!(predicted > 0);
+    }
+    // The paper's net at its batch of 128, by the table: conv3's input
+    // (256 x 13 x 13), fc6's (256 x 6 x 6), fc7's and fc8's (4096 each)
+    // forward and back, plus the 1000 logits forward.
+    let per_image = 2 * (256 * 13 * 13 + 256 * 6 * 6 + 4096 + 4096) + 1000;
+    assert_eq!(
+        Topology::alexnet().exchange_bytes_per_step(128).unwrap(),
+        (per_image * 128 * 4) as u64
+    );
+}
+
+#[test]
+fn towers_with_dropout_train_and_replay() {
+    // Dropout draws each tower's mask from (seed, step, layer, tower), so a
+    // run replays exactly, and the net learns a fixed batch.
+    let topo = narrow();
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let (x, labels) = batch(&topo, 4, 11);
+    let run = || {
+        let mut t = TowerNetwork::new([&a, &b], &topo, 4, 5).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..8 {
+            losses.push(t.forward(&x, &labels, Mode::Train).unwrap());
+            t.backward().unwrap();
+            t.sgd_step(&HP).unwrap();
+        }
+        losses
+    };
+    let (r1, r2) = (run(), run());
+    assert_eq!(bits(&r1), bits(&r2), "same seed, same run");
+    assert!(r1.iter().all(|l| l.is_finite()));
+    assert!(r1[7] < r1[0], "loss falls on a fixed batch: {r1:?}");
+}
+
+#[test]
+fn one_tower_configs_are_refused_with_the_reason() {
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let err = TowerNetwork::new([&a, &b], &Topology::alexnet_half(), 2, 1)
+        .err()
+        .expect("alexnet-half has one tower");
+    assert!(err.to_string().contains("1 tower"), "{err}");
+}
