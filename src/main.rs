@@ -36,6 +36,7 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::towers::TowerNetwork;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
@@ -176,6 +177,11 @@ struct BenchStepArgs {
     /// JSON's "phases" (median ms of upload, forward, backward, SGD).
     #[arg(long, default_value_t = 3)]
     phase_steps: usize,
+    /// Run the paper's two towers on two devices (with --cpu: two CPU
+    /// devices) through the tower executor; the JSON adds the bytes that
+    /// crossed between them per step and the table's prediction.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    towers: u8,
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -815,9 +821,65 @@ fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let topo = args.net.topology("alexnet")?;
     let cpu = device == Device::Cpu;
+    if args.towers == 2 {
+        if !cpu {
+            bail!(
+                "--towers 2 runs on two CPU devices for now (add --cpu); the GPU copies \
+                 between towers are not built yet, so one GPU runs the grouped network (--gpus 0)"
+            );
+        }
+        return bench_towers(&topo, &args);
+    }
     on_device!(&device, args.device, |be| bench_steps(
         &be, &topo, &args, cpu
     ))
+}
+
+/// `bench_steps` for the tower executor on two CPU devices: median step
+/// time, the losses, and the bytes exchanged per step beside the table's.
+fn bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
+    let (batch, steps) = (args.batch.max(1), args.steps.max(1));
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let mut model = TowerNetwork::new([&a, &b], topo, batch, 1)?;
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
+    if !(args.lr >= 0.0 && args.lr.is_finite()) {
+        bail!("--lr must be a non-negative number, not {}", args.lr);
+    }
+    let hp = SgdParams {
+        lr: args.lr,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    for i in 0..args.warmup + steps {
+        let t = Instant::now();
+        losses.push(model.forward(&x, &labels, Mode::Train)?);
+        model.backward()?;
+        model.sgd_step(&hp)?;
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let predicted = topo.exchange_bytes_per_step(batch)?;
+    info!(
+        "between the towers: {} bytes per step (the table predicts {predicted})",
+        model.exchanged_bytes()
+    );
+    println!(
+        "{{\"impl\":\"alexnet-cuda\",\"device\":\"2 cpu towers\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
+        topo.name,
+        batch as f64 / median,
+        json_f32(losses.first().copied().unwrap_or(f32::NAN)),
+        json_f32(losses.last().copied().unwrap_or(f32::NAN)),
+        model.exchanged_bytes()
+    );
+    Ok(())
 }
 
 /// Train `warmup + steps` steps on one fixed random batch. images/s comes

@@ -206,3 +206,20 @@ fn one_tower_configs_are_refused_with_the_reason() {
         .expect("alexnet-half has one tower");
     assert!(err.to_string().contains("1 tower"), "{err}");
 }
+
+#[test]
+fn bench_step_runs_two_cpu_towers_and_reports_the_bytes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["bench-step", "--cpu", "--towers", "2", "--config", "cifar"])
+        .args(["--batch", "8", "--steps", "2", "--warmup", "0"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run alexnet-cuda");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let predicted = Topology::cifar().exchange_bytes_per_step(8).unwrap();
+    assert_eq!(v["exchanged_bytes_per_step"], predicted);
+    assert_eq!(v["predicted_bytes_per_step"], predicted);
+    assert!(v["loss_last"].as_f64().unwrap().is_finite());
+}
