@@ -7,4 +7,5 @@ pub mod net;
 pub mod spec;
 pub mod summary;
 pub mod topology;
+pub mod replicas;
 pub mod towers;

@@ -473,10 +473,23 @@ impl<'a, B: Backend> Network<'a, B> {
 
     /// Gradients of the last forward's loss with respect to every parameter.
     pub fn backward(&mut self) -> Result<()> {
-        let mode = self.last_mode.ok_or(Error::Shape {
-            op: "backward",
-            detail: "backward called without a forward pass".into(),
-        })?;
+        self.backward_begin()?;
+        for i in (0..self.stages.len()).rev() {
+            self.backward_layer(i)?;
+        }
+        Ok(())
+    }
+
+    /// The first part of `backward`: the loss's gradient of the logits. Then
+    /// `backward_layer` for each layer from the last down (data parallelism
+    /// reduces a layer's gradients as soon as every replica has them).
+    pub fn backward_begin(&mut self) -> Result<()> {
+        if self.last_mode.is_none() {
+            return Err(Error::Shape {
+                op: "backward",
+                detail: "backward called without a forward pass".into(),
+            });
+        }
         let be = self.be;
         let (n, classes) = (self.n, self.topo.classes);
         let last = self.stages.len() - 1;
@@ -488,31 +501,56 @@ impl<'a, B: Backend> Network<'a, B> {
                 &self.labels,
                 ls.scale,
                 self.stages[last].out_grad_mut(),
-            )?,
+            ),
             None => be.softmax_xent_backward(
                 n,
                 classes,
                 &self.probs,
                 &self.labels,
                 self.stages[last].out_grad_mut(),
-            )?,
+            ),
         }
-        for i in (0..self.stages.len()).rev() {
-            let (done, rest) = self.stages.split_at_mut(i);
-            let st = &mut rest[0];
-            let p = &mut self.params[i];
-            let input = if i == 0 {
-                &self.x[self.x_cur]
-            } else {
-                done[i - 1].out()
-            };
-            let l = &self.topo.layers[i];
-            st.backward(be, l, &self.topo.lrn, input, p, mode == Mode::Train)?;
-            if i > 0 {
-                st.input_grad(be, &p.w, done[i - 1].out_grad_mut())?;
-            }
+    }
+
+    /// Layer `i`'s parameter gradients and its input's gradient (layers
+    /// above it must be done).
+    pub fn backward_layer(&mut self, i: usize) -> Result<()> {
+        let mode = self.last_mode.ok_or(Error::Shape {
+            op: "backward",
+            detail: "backward called without a forward pass".into(),
+        })?;
+        if i >= self.stages.len() {
+            return Err(Error::Shape {
+                op: "backward",
+                detail: format!("layer {i} of {}", self.stages.len()),
+            });
+        }
+        let be = self.be;
+        let (done, rest) = self.stages.split_at_mut(i);
+        let st = &mut rest[0];
+        let p = &mut self.params[i];
+        let input = if i == 0 {
+            &self.x[self.x_cur]
+        } else {
+            done[i - 1].out()
+        };
+        let l = &self.topo.layers[i];
+        st.backward(be, l, &self.topo.lrn, input, p, mode == Mode::Train)?;
+        if i > 0 {
+            st.input_grad(be, &p.w, done[i - 1].out_grad_mut())?;
         }
         Ok(())
+    }
+
+    /// Layer `i`'s weight and bias gradients, for a reduction across replicas.
+    pub(crate) fn grads_mut(&mut self, i: usize) -> (&mut B::Buf, &mut B::Buf) {
+        let p = &mut self.params[i];
+        (&mut p.dw, &mut p.db)
+    }
+
+    /// The backend this network runs on.
+    pub fn backend(&self) -> &'a B {
+        self.be
     }
 
     /// The paper's update (section 5) on every parameter. Weight decay applies

@@ -1,0 +1,191 @@
+//! Data parallelism (src/model/replicas.rs) on CPU replicas with the
+//! in-process all-reduce: k replicas at batch B/k each against one network
+//! at batch B, for k = 2 and 4; bucketing; replicas staying equal.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, HostAllReduce};
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::rng::Rng;
+
+const HP: SgdParams = SgdParams {
+    lr: 0.01,
+    momentum: 0.9,
+    weight_decay: 5e-4,
+};
+
+fn narrow() -> Topology {
+    Topology::alexnet_widths([6, 16, 24, 24, 16, 32, 32], 10)
+}
+
+fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let x = (0..n * topo.channels * topo.crop * topo.crop)
+        .map(|_| (rng.normal() * 60.0) as f32)
+        .collect();
+    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
+    (x, labels)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// A batch's gradient is the mean over its images; k shards' means averaged
+/// is the same sum grouped differently (k partial sums of B/k terms, then
+/// scaled by 1/k), so in f32 the two differ by a few units of 2^-24 of the
+/// terms' size; cancellation can lift that relative to the result. 1e-4 of
+/// a tensor's scale is far above it and far below any real mistake (a
+/// missing shard moves a gradient by a whole shard's share).
+const TOL: f32 = 1e-4;
+
+/// `steps` steps of k replicas at batch/k against one network at `batch`.
+fn compare(topo: &Topology, k: usize, batch_size: usize, steps: usize) -> f32 {
+    let one = CpuBackend::new();
+    let devs: Vec<CpuBackend> = (0..k).map(|_| CpuBackend::new()).collect();
+    let mut single = Network::new(&one, topo, batch_size, 9).unwrap();
+    let mut dp = DataParallel::new(
+        devs.iter().collect(),
+        topo,
+        batch_size,
+        9,
+        25 << 20,
+        HostAllReduce::default(),
+    )
+    .unwrap();
+    let names = single.param_names();
+    let (x, labels) = batch(topo, batch_size, 4);
+    let mut worst = 0f32;
+    for step in 0..steps {
+        let l1 = single.forward(&x, &labels, Mode::Train).unwrap();
+        let l2 = dp.forward(&x, &labels, Mode::Train).unwrap();
+        assert!((l1 - l2).abs() <= TOL * l1.abs(), "loss at step {step}: {l2} vs {l1}");
+        let d = scaled_diff(&dp.logits().unwrap(), &single.logits().unwrap());
+        assert!(d <= TOL, "logits at step {step}: {d:e} of their scale");
+        single.backward().unwrap();
+        dp.backward().unwrap();
+        for name in &names {
+            let s = single.grad(name).unwrap();
+            for r in 0..k {
+                let d = scaled_diff(&dp.replica(r).grad(name).unwrap(), &s);
+                assert!(d <= TOL, "k={k}: gradient of {name} on replica {r} at step {step}: {d:e}");
+                worst = worst.max(d);
+            }
+        }
+        single.sgd_step(&HP).unwrap();
+        dp.sgd_step(&HP).unwrap();
+        for name in &names {
+            let s = single.param(name).unwrap();
+            let r0 = dp.replica(0).param(name).unwrap();
+            let d = scaled_diff(&r0, &s);
+            assert!(d <= TOL, "k={k}: {name} after step {step}: {d:e} of its scale");
+            worst = worst.max(d);
+            for r in 1..k {
+                assert_eq!(
+                    bits(&dp.replica(r).param(name).unwrap()),
+                    bits(&r0),
+                    "replica {r}'s {name} equals replica 0's after step {step}"
+                );
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn two_and_four_replicas_equal_one_network_at_the_whole_batch() {
+    let topo = narrow().without_dropout();
+    for k in [2, 4] {
+        let worst = compare(&topo, k, 8, 3);
+        eprintln!("narrow alexnet, k = {k}, batch 8, 3 steps: worst gap {worst:e} of scale");
+    }
+    let topo = Topology::cifar().without_dropout();
+    for k in [2, 4] {
+        let worst = compare(&topo, k, 16, 2);
+        eprintln!("cifar, k = {k}, batch 16, 2 steps: worst gap {worst:e} of scale");
+    }
+}
+
+#[test]
+fn bucket_size_changes_the_order_not_the_numbers() {
+    let topo = narrow().without_dropout();
+    let (x, labels) = batch(&topo, 4, 8);
+    let devs: Vec<CpuBackend> = (0..2).map(|_| CpuBackend::new()).collect();
+    let run = |bucket_bytes: usize| {
+        let mut dp = DataParallel::new(
+            devs.iter().collect(),
+            &topo,
+            4,
+            3,
+            bucket_bytes,
+            HostAllReduce::default(),
+        )
+        .unwrap();
+        dp.forward(&x, &labels, Mode::Train).unwrap();
+        dp.backward().unwrap();
+        let grads: Vec<Vec<f32>> = dp
+            .replica(0)
+            .param_names()
+            .iter()
+            .map(|n| dp.replica(0).grad(n).unwrap())
+            .collect();
+        (grads, dp.buckets().len(), dp.reduction_order().to_vec())
+    };
+    let (one_per_tensor, n_small, order) = run(1);
+    let (all_in_one, n_big, _) = run(usize::MAX);
+    assert_eq!(n_small, 2 * topo.layers.len(), "1-byte buckets: one tensor each");
+    assert_eq!(n_big, 1);
+    for (a, b) in one_per_tensor.iter().zip(&all_in_one) {
+        assert_eq!(bits(a), bits(b), "element-wise means do not depend on the buckets");
+    }
+    // Each bucket goes as soon as its layer's backward is done everywhere:
+    // fc8's first, right after fc8, long before conv1's backward.
+    let last = topo.layers.len() - 1;
+    assert_eq!(order[0], (0, last));
+    for (b, &(bucket, layer)) in order.iter().enumerate() {
+        assert_eq!(bucket, b);
+        assert_eq!(layer, last - b / 2, "bucket {b} (weight, bias of one layer)");
+    }
+}
+
+#[test]
+fn buckets_follow_the_backward_order_and_the_size() {
+    let topo = Topology::alexnet();
+    let buckets = plan_buckets(&topo, 25 << 20).unwrap();
+    // From fc8 down; every tensor in exactly one bucket.
+    assert_eq!(buckets[0][0], (7, true));
+    let mut all: Vec<(usize, bool)> = buckets.concat();
+    assert_eq!(all.len(), 16);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 16);
+    // fc6's weight alone is 151 MB, fc7's 67 MB: each closes a bucket.
+    assert!(buckets.iter().any(|b| b.contains(&(5, true))));
+    assert!(buckets.len() >= 3, "{buckets:?}");
+}
+
+#[test]
+fn a_batch_that_does_not_split_is_an_error_naming_the_sizes() {
+    let devs: Vec<CpuBackend> = (0..4).map(|_| CpuBackend::new()).collect();
+    let err = DataParallel::new(
+        devs.iter().collect(),
+        &narrow(),
+        6,
+        1,
+        1 << 20,
+        HostAllReduce::default(),
+    )
+    .err()
+    .expect("6 images over 4 replicas");
+    let msg = err.to_string();
+    assert!(msg.contains("6") && msg.contains("4 replicas"), "{msg}");
+}
