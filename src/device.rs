@@ -47,7 +47,8 @@ pub fn choose(cpu: bool, gpus: Option<&str>) -> Result<Device> {
             if ids.len() > 1 {
                 return Err(Error::Config(format!(
                     "--gpus {list}: training on more than one GPU (the paper's two towers, data parallel) \
-                     is not implemented yet; train on one GPU with --gpus {}",
+                     is not implemented yet on GPUs (both run on CPU devices: bench-step --cpu --towers 2; \
+                     docs/scaling.md); train on one GPU with --gpus {}",
                     ids[0]
                 )));
             }

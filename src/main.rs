@@ -33,6 +33,7 @@ use alexnet_cuda::export::{network_tensors, write_safetensors};
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::scaling;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
@@ -89,6 +90,17 @@ enum Command {
         /// Batch size for the per-step exchange figure.
         #[arg(long, default_value_t = 128, value_parser = positive)]
         batch: u64,
+    },
+    /// Bytes each GPU sends per step and the speed-up that allows, for model, data and hybrid parallelism on 2 to 16 GPUs (docs/scaling.md).
+    Scaling {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Global batch size.
+        #[arg(long, default_value_t = 128, value_parser = positive)]
+        batch: u64,
+        /// One GPU's training step at that batch, in ms (default: ours in fp32 on one H200, docs/cuda.md).
+        #[arg(long, default_value_t = 14.05)]
+        step_ms: f64,
     },
     /// Pack an ImageNet-style image tree into memory-mapped stores for training.
     Prepare(PrepareArgs),
@@ -1244,6 +1256,20 @@ fn run() -> Result<()> {
             print!(
                 "{}",
                 summary::render(&net.topology("alexnet")?, batch as usize)?
+            );
+            Ok(())
+        }
+        Command::Scaling {
+            net,
+            batch,
+            step_ms,
+        } => {
+            if !(step_ms > 0.0 && step_ms.is_finite()) {
+                bail!("--step-ms must be a positive number of milliseconds, not {step_ms}");
+            }
+            print!(
+                "{}",
+                scaling::render(&net.topology("alexnet")?, batch as usize, step_ms)?
             );
             Ok(())
         }

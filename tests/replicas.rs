@@ -34,10 +34,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// A batch's gradient is the mean over its images; k shards' means averaged
@@ -68,7 +65,10 @@ fn compare(topo: &Topology, k: usize, batch_size: usize, steps: usize) -> f32 {
     for step in 0..steps {
         let l1 = single.forward(&x, &labels, Mode::Train).unwrap();
         let l2 = dp.forward(&x, &labels, Mode::Train).unwrap();
-        assert!((l1 - l2).abs() <= TOL * l1.abs(), "loss at step {step}: {l2} vs {l1}");
+        assert!(
+            (l1 - l2).abs() <= TOL * l1.abs(),
+            "loss at step {step}: {l2} vs {l1}"
+        );
         let d = scaled_diff(&dp.logits().unwrap(), &single.logits().unwrap());
         assert!(d <= TOL, "logits at step {step}: {d:e} of their scale");
         single.backward().unwrap();
@@ -77,7 +77,10 @@ fn compare(topo: &Topology, k: usize, batch_size: usize, steps: usize) -> f32 {
             let s = single.grad(name).unwrap();
             for r in 0..k {
                 let d = scaled_diff(&dp.replica(r).grad(name).unwrap(), &s);
-                assert!(d <= TOL, "k={k}: gradient of {name} on replica {r} at step {step}: {d:e}");
+                assert!(
+                    d <= TOL,
+                    "k={k}: gradient of {name} on replica {r} at step {step}: {d:e}"
+                );
                 worst = worst.max(d);
             }
         }
@@ -87,7 +90,10 @@ fn compare(topo: &Topology, k: usize, batch_size: usize, steps: usize) -> f32 {
             let s = single.param(name).unwrap();
             let r0 = dp.replica(0).param(name).unwrap();
             let d = scaled_diff(&r0, &s);
-            assert!(d <= TOL, "k={k}: {name} after step {step}: {d:e} of its scale");
+            assert!(
+                d <= TOL,
+                "k={k}: {name} after step {step}: {d:e} of its scale"
+            );
             worst = worst.max(d);
             for r in 1..k {
                 assert_eq!(
@@ -142,10 +148,18 @@ fn bucket_size_changes_the_order_not_the_numbers() {
     };
     let (one_per_tensor, n_small, order) = run(1);
     let (all_in_one, n_big, _) = run(usize::MAX);
-    assert_eq!(n_small, 2 * topo.layers.len(), "1-byte buckets: one tensor each");
+    assert_eq!(
+        n_small,
+        2 * topo.layers.len(),
+        "1-byte buckets: one tensor each"
+    );
     assert_eq!(n_big, 1);
     for (a, b) in one_per_tensor.iter().zip(&all_in_one) {
-        assert_eq!(bits(a), bits(b), "element-wise means do not depend on the buckets");
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "element-wise means do not depend on the buckets"
+        );
     }
     // Each bucket goes as soon as its layer's backward is done everywhere:
     // fc8's first, right after fc8, long before conv1's backward.
@@ -153,7 +167,11 @@ fn bucket_size_changes_the_order_not_the_numbers() {
     assert_eq!(order[0], (0, last));
     for (b, &(bucket, layer)) in order.iter().enumerate() {
         assert_eq!(bucket, b);
-        assert_eq!(layer, last - b / 2, "bucket {b} (weight, bias of one layer)");
+        assert_eq!(
+            layer,
+            last - b / 2,
+            "bucket {b} (weight, bias of one layer)"
+        );
     }
 }
 

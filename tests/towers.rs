@@ -215,7 +215,11 @@ fn bench_step_runs_two_cpu_towers_and_reports_the_bytes() {
         .env("RUST_LOG", "error")
         .output()
         .expect("run alexnet-cuda");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     let predicted = Topology::cifar().exchange_bytes_per_step(8).unwrap();

@@ -4,8 +4,9 @@
 //! (`loss_scale`).
 pub mod loss_scale;
 pub mod net;
+pub mod replicas;
+pub mod scaling;
 pub mod spec;
 pub mod summary;
 pub mod topology;
-pub mod replicas;
 pub mod towers;

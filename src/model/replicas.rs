@@ -68,7 +68,10 @@ pub fn plan_buckets(topo: &Topology, bucket_bytes: usize) -> Result<Vec<Vec<Tens
     let mut buckets = Vec::new();
     let (mut cur, mut bytes) = (Vec::new(), 0usize);
     for i in (0..shapes.len()).rev() {
-        for (is_w, len) in [(true, shapes[i].weight_params), (false, shapes[i].bias_params)] {
+        for (is_w, len) in [
+            (true, shapes[i].weight_params),
+            (false, shapes[i].bias_params),
+        ] {
             cur.push((i, is_w));
             bytes += len * std::mem::size_of::<f32>();
             if bytes >= bucket_bytes {
