@@ -3,6 +3,7 @@
 //   bias_relu_forward:  y += b[channel]; then y = max(y, 0) if relu
 //   relu_forward:       x = max(x, 0)
 //   relu_backward:      dy = 0 where y <= 0 (y is the ReLU's output)
+//   add:                dst += src (the two towers' partial input gradients)
 //   bias_backward:      db[c] = sum over n, h, w of dy[n, c, h, w], in two
 //                       deterministic passes: partial[n * C + c] = the (n, c)
 //                       plane's sum, then db[c] = sum over n of partial[n * C + c];
@@ -41,6 +42,16 @@ __device__ __forceinline__ void relu_backward_body(const typename S::T* __restri
         if (S::load(y[i]) <= 0.0f) {
             dy[i] = S::store(0.0f);
         }
+    }
+}
+
+template <class S>
+__device__ __forceinline__ void add_body(typename S::T* __restrict__ dst,
+                                         const typename S::T* __restrict__ src, long long len)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)blockDim.x * gridDim.x) {
+        dst[i] = S::store(S::load(dst[i]) + S::load(src[i]));
     }
 }
 
@@ -112,6 +123,24 @@ extern "C" __global__ void relu_backward_bf16(const unsigned short* __restrict__
                                               unsigned short* __restrict__ dy, long long len)
 {
     relu_backward_body<StorageBF16>(y, dy, len);
+}
+
+extern "C" __global__ void add_f32(float* __restrict__ dst, const float* __restrict__ src,
+                                   long long len)
+{
+    add_body<StorageF32>(dst, src, len);
+}
+
+extern "C" __global__ void add_f16(unsigned short* __restrict__ dst,
+                                   const unsigned short* __restrict__ src, long long len)
+{
+    add_body<StorageF16>(dst, src, len);
+}
+
+extern "C" __global__ void add_bf16(unsigned short* __restrict__ dst,
+                                    const unsigned short* __restrict__ src, long long len)
+{
+    add_body<StorageBF16>(dst, src, len);
 }
 
 extern "C" __global__ void bias_backward_partial_f32(const float* __restrict__ dy,

@@ -15,9 +15,11 @@
 //! convolution (im2col or col2im plus a plain GEMM) against the CPU conv's
 //! forward, backward-data and backward-filter, to 1e-3 (a different GEMM
 //! summation order; see `CONV_TOL`).
-use alexnet_cuda::backend::cpu::{conv, elementwise, lrn, pool};
+use alexnet_cuda::backend::cpu::{conv, elementwise, lrn, pool, CpuBackend};
 use alexnet_cuda::backend::kernels::{launch_1d, MODULES};
-use alexnet_cuda::backend::{host_kernels as hk, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use alexnet_cuda::backend::{
+    host_kernels as hk, Backend, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams,
+};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::Error;
 
@@ -394,6 +396,13 @@ fn bias_relu_matches_cpu() {
     hk::relu_backward(&xr, &mut dk).unwrap();
     elementwise::relu_backward(&xr, &mut dr).unwrap();
     check_identical("relu_backward_f32", &bits(&dk), &bits(&dr));
+
+    // add: the towers' two partial input gradients, against the CPU backend's.
+    let src = normal(&mut rng, s.len(), 1.0);
+    let (mut ak, mut ar) = (dy.clone(), dy.clone());
+    hk::add(&mut ak, &src).unwrap();
+    CpuBackend::new().add_assign(&mut ar, &src).unwrap();
+    check_identical("add_f32", &bits(&ak), &bits(&ar));
 
     // db as conv2d_backward_bias computes it for a conv with this output shape
     let g = ConvGeom {
@@ -1243,6 +1252,15 @@ fn bias_relu_16_matches_cpu() {
             &dr,
             tol16(t),
         );
+
+        let src = normal16(t, &mut rng, s.len(), 1.0);
+        let mut ak = dy.clone();
+        hk::add_16(t, &mut ak, &src).unwrap();
+        let mut ar = widen(t, &dy);
+        CpuBackend::new()
+            .add_assign(&mut ar, &widen(t, &src))
+            .unwrap();
+        check16(&format!("add_{}", name16(t)), t, &ak, &ar, tol16(t));
 
         // db is f32: each (n, c) plane's sum is rounded to f32 before the channel
         // sum, where the CPU rounds once, so a channel whose two planes nearly

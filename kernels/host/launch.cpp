@@ -61,6 +61,7 @@ HOST_KERNEL(bias_relu_forward_f32, (float* y, const float* b, int c, int hw, lon
             (y, b, c, hw, len, relu))
 HOST_KERNEL(relu_forward_f32, (float* x, long long len), (x, len))
 HOST_KERNEL(relu_backward_f32, (const float* y, float* dy, long long len), (y, dy, len))
+HOST_KERNEL(add_f32, (float* dst, const float* src, long long len), (dst, src, len))
 HOST_KERNEL(bias_backward_partial_f32, (const float* dy, float* partial, int n, int c, int hw),
             (dy, partial, n, c, hw))
 HOST_KERNEL(bias_backward_reduce_f32, (const float* partial, float* db, int n, int c),
@@ -127,6 +128,7 @@ HOST_KERNEL(bias_relu_forward_##T,                                              
             (y, b, c, hw, len, relu))                                                                                         \
 HOST_KERNEL(relu_forward_##T, (unsigned short* x, long long len), (x, len))                                                   \
 HOST_KERNEL(relu_backward_##T, (const unsigned short* y, unsigned short* dy, long long len), (y, dy, len))                    \
+HOST_KERNEL(add_##T, (unsigned short* dst, const unsigned short* src, long long len), (dst, src, len))                        \
 HOST_KERNEL(bias_backward_partial_##T, (const unsigned short* dy, float* partial, int n, int c, int hw),                      \
             (dy, partial, n, c, hw))                                                                                          \
 HOST_KERNEL(max_pool_forward_##T,                                                                                             \

@@ -127,6 +127,7 @@ mod ffi {
         );
         pub fn host_relu_forward_f32(grid: u32, block: u32, x: *mut f32, len: i64);
         pub fn host_relu_backward_f32(grid: u32, block: u32, y: *const f32, dy: *mut f32, len: i64);
+        pub fn host_add_f32(grid: u32, block: u32, dst: *mut f32, src: *const f32, len: i64);
         pub fn host_bias_backward_partial_f32(
             grid: u32,
             block: u32,
@@ -295,6 +296,11 @@ mod ffi {
         relu_backward_16: host_relu_backward_f16, host_relu_backward_bf16(
             y: *const u16,
             dy: *mut u16,
+            len: i64,
+        );
+        add_16: host_add_f16, host_add_bf16(
+            dst: *mut u16,
+            src: *const u16,
             len: i64,
         );
         bias_backward_partial_16: host_bias_backward_partial_f16, host_bias_backward_partial_bf16(
@@ -679,6 +685,15 @@ pub fn relu_backward(y: &[f32], dy: &mut [f32]) -> Result<()> {
     unsafe {
         ffi::host_relu_backward_f32(grid, block, y.as_ptr(), dy.as_mut_ptr(), long(y.len()));
     }
+    Ok(())
+}
+
+/// `add_f32`: dst += src.
+pub fn add(dst: &mut [f32], src: &[f32]) -> Result<()> {
+    check_len("add_f32", "src", src.len(), dst.len())?;
+    let (grid, block) = launch_1d(dst.len());
+    // SAFETY: dst and src both hold len elements (checked).
+    unsafe { ffi::host_add_f32(grid, block, dst.as_mut_ptr(), src.as_ptr(), long(dst.len())) }
     Ok(())
 }
 
@@ -1261,6 +1276,16 @@ pub fn relu_backward_16(t: Half, y: &[u16], dy: &mut [u16]) -> Result<()> {
     let (grid, block) = launch_1d(y.len());
     // SAFETY: y and dy both hold len elements (checked).
     unsafe { f(grid, block, y.as_ptr(), dy.as_mut_ptr(), long(y.len())) }
+    Ok(())
+}
+
+/// `add_{f16,bf16}`: dst += src in f32, rounded once to 16 bits.
+pub fn add_16(t: Half, dst: &mut [u16], src: &[u16]) -> Result<()> {
+    check_len(t.pick("add_f16", "add_bf16"), "src", src.len(), dst.len())?;
+    let f = ffi::add_16(t);
+    let (grid, block) = launch_1d(dst.len());
+    // SAFETY: dst and src both hold len elements (checked).
+    unsafe { f(grid, block, dst.as_mut_ptr(), src.as_ptr(), long(dst.len())) }
     Ok(())
 }
 

@@ -472,6 +472,20 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// dst += src over 16-bit activations (f32 sum, rounded once).
+    pub(crate) fn add16(&self, dst: &mut CudaBuf<f32>, src: &CudaBuf<f32>, len: i64) -> Result<()> {
+        const OP: &str = "add_assign";
+        let n = src.len;
+        let s16 = half_of(OP, "src", src)?;
+        let d16 = half_out(OP, "dst", dst)?;
+        let f = k16!(self, "add")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(d16).arg(s16).arg(&len);
+        // SAFETY: add_H(us* dst, const us* src, long long len); both hold len.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
+    }
+
     /// `dims` = (n, c, hw, size) from lrn_dims; `threads` = n * hw.
     pub(crate) fn lrn_forward16(
         &self,

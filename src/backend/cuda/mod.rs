@@ -882,6 +882,7 @@ impl Backend for CudaBackend {
     // The two-tower exchanges on GPUs (peer copies on their own streams,
     // the host-staged fallback) are not built yet, and `--gpus 0,1` is
     // refused before they could be reached (device.rs). Say so if called.
+    // (`add_assign`, the other op the towers need, is built.)
     fn copy_rows(
         &self,
         _src_dev: &Self,
@@ -892,8 +893,24 @@ impl Backend for CudaBackend {
         Err(towers_not_built("copy_rows"))
     }
 
-    fn add_assign(&self, _dst: &mut CudaBuf<f32>, _src: &CudaBuf<f32>) -> Result<()> {
-        Err(towers_not_built("add_assign"))
+    fn add_assign(&self, dst: &mut CudaBuf<f32>, src: &CudaBuf<f32>) -> Result<()> {
+        const OP: &str = "add_assign";
+        check_len(OP, "src", src.len, dst.len)?;
+        let n = dst.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let len = long(OP, n)?;
+        if dst.is_half() {
+            return self.add16(dst, src, len);
+        }
+        mixed::check_master(OP, "src", src)?;
+        let f = self.kernels.get("add_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut dst.data).arg(&src.data).arg(&len);
+        // SAFETY: add_f32(float* dst, const float* src, long long len); both hold len.
+        unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
+        Ok(())
     }
 
     // -- convolution ----------------------------------------------------------------

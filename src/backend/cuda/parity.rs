@@ -616,6 +616,14 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         pass: flags_wrong == 0,
     });
 
+    // -- the towers' gradient sum ----------------------------------------------------------
+    let (d, src) = (p.random(&mut rng, 50_001, 1.0), p.random(&mut rng, 50_001, 1.0));
+    let mut dc = d.clone();
+    p.cpu.add_assign(&mut dc, &src)?;
+    let (mut dg, sg) = (p.up(&d)?, p.up(&src)?);
+    p.gpu.add_assign(&mut dg, &sg)?;
+    p.check("add_assign".into(), "-", &dg, &dc, ELEM_TOL)?;
+
     // -- an upload from the loader's pinned memory (DMA; narrowed on the GPU in 16 bits) -----
     let v = p.random(&mut rng, 3 * 227 * 227 + 5, 1.0);
     let mut host = HostBuf::default();
