@@ -830,29 +830,57 @@ fn cfg_rows(ten_crop: bool) -> usize {
 
 fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let device = args.device.resolve()?;
     let topo = args.net.topology("alexnet")?;
-    let cpu = device == Device::Cpu;
     if args.towers == 2 {
-        if !cpu {
-            bail!(
-                "--towers 2 runs on two CPU devices for now (add --cpu); the GPU copies \
-                 between towers are not built yet, so one GPU runs the grouped network (--gpus 0)"
-            );
-        }
-        return bench_towers(&topo, &args);
+        return cmd_bench_towers(&topo, &args);
     }
+    let device = args.device.resolve()?;
+    let cpu = device == Device::Cpu;
     on_device!(&device, args.device, |be| bench_steps(
         &be, &topo, &args, cpu
     ))
 }
 
-/// `bench_steps` for the tower executor on two CPU devices: median step
-/// time, the losses, and the bytes exchanged per step beside the table's.
-fn bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
+/// `bench-step --towers 2`: two CPU devices (`--cpu`), or two GPU backends
+/// (`--gpus A,B`; `--gpus 0,0` puts both towers on GPU 0).
+fn cmd_bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
+    let d = &args.device;
+    if d.cpu {
+        if d.precision != "fp32" || d.fallback_conv || d.tf32 {
+            bail!("--precision, --fallback-conv and --tf32 are GPU settings; drop them with --cpu");
+        }
+        let (a, b) = (CpuBackend::new(), CpuBackend::new());
+        return bench_towers([&a, &b], topo, args);
+    }
+    let Some(list) = d.gpus.as_deref() else {
+        bail!("--towers 2 needs two devices: --gpus 0,1 (two GPUs), --gpus 0,0 (both towers on GPU 0) or --cpu");
+    };
+    let ids = device::parse_gpus(list)?;
+    if ids.len() != 2 {
+        bail!("--towers 2 needs two GPU indices (e.g. --gpus 0,1 or --gpus 0,0), not {list}");
+    }
+    let opts = d.cuda_options()?;
+    let a = CudaBackend::new(ids[0], opts)?;
+    let b = CudaBackend::new(ids[1], opts)?;
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        if !x.enable_peer_access(y)? {
+            tracing::warn!(
+                "no peer access from {} to {}: the towers' copies are staged through host memory by the driver",
+                x.info(),
+                y.info()
+            );
+        }
+    }
+    info!("tower 0 on {}, tower 1 on {}", a.name(), b.name());
+    bench_towers([&a, &b], topo, args)
+}
+
+/// `bench_steps` for the tower executor on two devices: step time (median
+/// on CPUs; on GPUs the mean, ended by a download that waits for the queued
+/// work), the losses, and the bytes exchanged per step beside the table's.
+fn bench_towers<B: Backend>(devs: [&B; 2], topo: &Topology, args: &BenchStepArgs) -> Result<()> {
     let (batch, steps) = (args.batch.max(1), args.steps.max(1));
-    let (a, b) = (CpuBackend::new(), CpuBackend::new());
-    let mut model = TowerNetwork::new([&a, &b], topo, batch, 1)?;
+    let mut model = TowerNetwork::new(devs, topo, batch, 1)?;
     let mut rng = Rng::new(7);
     let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
         .map(|_| rng.normal() as f32)
@@ -867,7 +895,11 @@ fn bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
         weight_decay: 5e-4,
     };
     let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let mut t0 = Instant::now();
     for i in 0..args.warmup + steps {
+        if i == args.warmup {
+            t0 = Instant::now();
+        }
         let t = Instant::now();
         losses.push(model.forward(&x, &labels, Mode::Train)?);
         model.backward()?;
@@ -876,17 +908,23 @@ fn bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    model.logits()?;
+    let mean = t0.elapsed().as_secs_f64() / steps as f64;
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let on_cpu = devs[0].host_alloc().is_none();
+    let step = if on_cpu { median } else { mean };
     let predicted = topo.exchange_bytes_per_step(batch)?;
     info!(
         "between the towers: {} bytes per step (the table predicts {predicted})",
         model.exchanged_bytes()
     );
     println!(
-        "{{\"impl\":\"alexnet-cuda\",\"device\":\"2 cpu towers\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
+        "{{\"impl\":\"alexnet-cuda\",\"device\":\"towers on {} and {}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
+        devs[0].name(),
+        devs[1].name(),
         topo.name,
-        batch as f64 / median,
+        batch as f64 / step,
         json_f32(losses.first().copied().unwrap_or(f32::NAN)),
         json_f32(losses.last().copied().unwrap_or(f32::NAN)),
         model.exchanged_bytes()
@@ -1012,7 +1050,9 @@ fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
     let be = CudaBackend::new(ids[0], device.cuda_options()?)?;
     info!("{}", be.name());
     let mut failed = 0;
-    for r in parity::run_all(&be)? {
+    let mut rows = parity::run_all(&be)?;
+    rows.extend(parity::towers_vs_grouped(&be)?);
+    for r in rows {
         failed += usize::from(!r.pass);
         if json {
             println!("{}", serde_json::to_string(&r)?);

@@ -45,8 +45,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    result as drv_result, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 
 use crate::backend::cpu::conv::validate as validate_conv;
@@ -335,6 +335,68 @@ impl CudaBackend {
     /// cuDNN calls need it; cudarc's own calls do it themselves).
     fn bind(&self, op: &'static str) -> Result<()> {
         self.ctx.bind_to_thread().map_err(cuda_err(op))
+    }
+
+    /// Let this GPU read `other`'s memory directly (NVLink or PCIe peer to
+    /// peer), for the towers' copies. Returns whether it could; without it
+    /// cuMemcpy3DPeer still works, staged through host memory by the driver.
+    /// Two backends on one GPU need nothing.
+    pub fn enable_peer_access(&self, other: &CudaBackend) -> Result<bool> {
+        const OP: &str = "peer access";
+        if self.info.ordinal == other.info.ordinal {
+            return Ok(true);
+        }
+        let (mine, theirs) = (self.ctx.cu_device(), other.ctx.cu_device());
+        let mut can = 0;
+        // SAFETY: plain queries and a context setting on live contexts.
+        unsafe {
+            drv_sys::cuDeviceCanAccessPeer(&mut can, mine, theirs)
+                .result()
+                .map_err(cuda_err(OP))?;
+            if can == 0 {
+                return Ok(false);
+            }
+            self.bind(OP)?;
+            match drv_sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) {
+                drv_sys::cudaError_enum::CUDA_SUCCESS
+                | drv_sys::cudaError_enum::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(true),
+                e => Err(cuda_err(OP)(e)),
+            }
+        }
+    }
+
+    /// The pitched copy itself: `b`'s rows of `elem`-byte elements from
+    /// `sp` (in `src_dev`'s context) to `dp` (in ours), on our stream.
+    fn copy_pitched(
+        &self,
+        src_dev: &CudaBackend,
+        sp: drv_sys::CUdeviceptr,
+        dp: drv_sys::CUdeviceptr,
+        b: RowBlock,
+        elem: usize,
+    ) -> Result<()> {
+        // SAFETY: the descriptor is plain data; zeroed fields are the unused
+        // host/array members. RowBlock::check proved every row lies inside
+        // both buffers, whose device pointers stay alive for this call (the
+        // callers hold their guards).
+        let mut c: drv_sys::CUDA_MEMCPY3D_PEER = unsafe { std::mem::zeroed() };
+        c.srcMemoryType = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        c.srcDevice = sp + (b.src_off * elem) as u64;
+        c.srcContext = src_dev.ctx.cu_ctx();
+        c.srcPitch = b.src_pitch.max(b.width) * elem;
+        c.srcHeight = b.rows;
+        c.dstMemoryType = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        c.dstDevice = dp + (b.dst_off * elem) as u64;
+        c.dstContext = self.ctx.cu_ctx();
+        c.dstPitch = b.dst_pitch.max(b.width) * elem;
+        c.dstHeight = b.rows;
+        c.WidthInBytes = b.width * elem;
+        c.Height = b.rows;
+        c.Depth = 1;
+        // SAFETY: as above; the stream belongs to our context.
+        unsafe { drv_sys::cuMemcpy3DPeerAsync(&c, self.stream.cu_stream()) }
+            .result()
+            .map_err(cuda_err("copy_rows"))
     }
 
     fn count_alloc(&self) {
@@ -879,20 +941,51 @@ impl Backend for CudaBackend {
         buf.len
     }
 
-    // The two-tower exchanges on GPUs (peer copies on their own streams,
-    // the host-staged fallback) are not built yet, and `--gpus 0,1` is
-    // refused before they could be reached (device.rs). Say so if called.
-    // (`add_assign`, the other op the towers need, is built.)
+    /// One pitched copy (cuMemcpy3DPeerAsync, depth 1) on this device's
+    /// compute stream, from `src_dev`'s buffer: the same context, another
+    /// context on the same GPU (`--gpus 0,0`), or another GPU (through peer
+    /// access when `enable_peer_access` got it, else staged by the driver).
+    /// Ordering across the two streams by events, as cudarc's own peer copy
+    /// does: this stream waits for the source's queued work, and the source's
+    /// stream waits for the copy before anything can overwrite the source.
     fn copy_rows(
         &self,
-        _src_dev: &Self,
-        _src: &CudaBuf<f32>,
-        _dst: &mut CudaBuf<f32>,
-        _b: RowBlock,
+        src_dev: &Self,
+        src: &CudaBuf<f32>,
+        dst: &mut CudaBuf<f32>,
+        b: RowBlock,
     ) -> Result<()> {
-        Err(towers_not_built("copy_rows"))
+        const OP: &str = "copy_rows";
+        b.check(OP, src.len, dst.len)?;
+        if src.is_half() != dst.is_half() {
+            return Err(Error::Shape {
+                op: OP,
+                detail: "source and destination hold different precisions".into(),
+            });
+        }
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.bind(OP)?;
+        let ready = src_dev.stream.record_event(None).map_err(cuda_err(OP))?;
+        self.stream.wait(&ready).map_err(cuda_err(OP))?;
+        let half = dst.is_half();
+        let st = match (src.half.as_ref(), dst.half.as_mut()) {
+            (Some(s16), Some(d16)) if half => {
+                let (sp, _rs) = s16.device_ptr(&src_dev.stream);
+                let (dp, _rd) = d16.device_ptr_mut(&self.stream);
+                self.copy_pitched(src_dev, sp, dp, b, 2)
+            }
+            _ => {
+                let (sp, _rs) = src.data.device_ptr(&src_dev.stream);
+                let (dp, _rd) = dst.data.device_ptr_mut(&self.stream);
+                self.copy_pitched(src_dev, sp, dp, b, 4)
+            }
+        };
+        st?;
+        let copied = self.stream.record_event(None).map_err(cuda_err(OP))?;
+        src_dev.stream.wait(&copied).map_err(cuda_err(OP))
     }
-
     fn add_assign(&self, dst: &mut CudaBuf<f32>, src: &CudaBuf<f32>) -> Result<()> {
         const OP: &str = "add_assign";
         check_len(OP, "src", src.len, dst.len)?;
@@ -1467,15 +1560,6 @@ impl Backend for CudaBackend {
         // float momentum, float weight_decay, long long len); all hold len floats.
         unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
         Ok(())
-    }
-}
-
-fn towers_not_built(op: &'static str) -> Error {
-    Error::Cuda {
-        op,
-        detail: "the two-tower executor's copies are not built for GPUs yet; run two towers \
-                 on the CPU, or one GPU with grouped ops (--gpus 0)"
-            .into(),
     }
 }
 

@@ -617,7 +617,10 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     });
 
     // -- the towers' gradient sum ----------------------------------------------------------
-    let (d, src) = (p.random(&mut rng, 50_001, 1.0), p.random(&mut rng, 50_001, 1.0));
+    let (d, src) = (
+        p.random(&mut rng, 50_001, 1.0),
+        p.random(&mut rng, 50_001, 1.0),
+    );
     let mut dc = d.clone();
     p.cpu.add_assign(&mut dc, &src)?;
     let (mut dg, sg) = (p.up(&d)?, p.up(&src)?);
@@ -674,4 +677,98 @@ pub fn steady_state_allocations(
     }
     be.synchronize()?;
     Ok((after_first, be.allocations()))
+}
+
+/// The two-tower executor on two backends of `be`'s GPU (two streams, as
+/// `--gpus 0,0` runs it) against the grouped network on `be`: `cifar`
+/// without dropout, batch 8, one forward and backward. Rows for the logits,
+/// the loss, the gradients (the worst tensor, normwise), and the bytes the
+/// towers copied against the table's prediction (counted as f32, as the
+/// table does, in every precision).
+pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
+    use crate::model::net::{Mode, Network};
+    use crate::model::topology::Topology;
+    use crate::model::towers::TowerNetwork;
+    let opts = super::CudaOptions {
+        precision: be.precision(),
+        force_fallback_conv: !be.uses_cudnn(),
+        allow_tf32: false,
+    };
+    let (a, b) = (
+        CudaBackend::new(be.info().ordinal, opts)?,
+        CudaBackend::new(be.info().ordinal, opts)?,
+    );
+    let topo = Topology::cifar().without_dropout();
+    let n = 8;
+    let mut rng = Rng::new(0x70_3e25);
+    let x = random(&mut rng, n * topo.channels * topo.crop * topo.crop, 1.0);
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
+    let mut one = Network::new(be, &topo, n, 3)?;
+    let mut two = TowerNetwork::new([&a, &b], &topo, n, 3)?;
+    let prec = be.precision();
+    let name = |s: &str| {
+        if prec.is_half() {
+            format!("{s} [{prec}]")
+        } else {
+            s.to_string()
+        }
+    };
+    let mut rows = Vec::new();
+    let (l1, l2) = (
+        one.forward(&x, &labels, Mode::Train)?,
+        two.forward(&x, &labels, Mode::Train)?,
+    );
+    let gemm = tol_for(prec, GEMM_TOL);
+    let normwise = prec.is_half();
+    rows.push(compare(
+        name("towers vs grouped: logits"),
+        "-",
+        &two.logits()?,
+        &one.logits()?,
+        gemm,
+        normwise,
+    ));
+    rows.push(compare(
+        name("towers vs grouped: loss"),
+        "-",
+        &[l2],
+        &[l1],
+        tol_for(prec, ELEM_TOL),
+        false,
+    ));
+    one.backward()?;
+    two.backward()?;
+    let mut worst: Option<ParityRow> = None;
+    for p in one.param_names() {
+        let r = compare(
+            name(&format!("towers vs grouped: gradient of {p} (the worst)")),
+            "-",
+            &two.grad(&p)?,
+            &one.grad(&p)?,
+            gemm,
+            true,
+        );
+        let bad = |r: &ParityRow| r.max_abs / r.scale.max(1.0);
+        if worst
+            .as_ref()
+            .is_none_or(|w| !r.pass || (w.pass && bad(&r) > bad(w)))
+        {
+            worst = Some(r);
+        }
+    }
+    rows.extend(worst);
+    let (got, want) = (two.exchanged_bytes(), topo.exchange_bytes_per_step(n)?);
+    rows.push(ParityRow {
+        op: name(&format!("towers: bytes copied {got} vs the table's {want}")),
+        path: "-",
+        max_abs: got.abs_diff(want) as f32,
+        max_rel: 0.0,
+        scale: 0.0,
+        atol: 0.0,
+        rtol: 0.0,
+        normwise: false,
+        algo: String::new(),
+        pass: got == want,
+    });
+    Ok(rows)
 }
