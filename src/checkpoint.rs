@@ -19,13 +19,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::{sync_dir, temp_path};
 use crate::model::loss_scale::LossScale;
-use crate::model::net::Network;
 use crate::model::spec::NetSpec;
+use crate::model::trainable::Model;
 use crate::train::{EpochStats, Schedule};
 
 pub const FORMAT: &str = "alexnet-cuda-checkpoint";
@@ -171,7 +170,7 @@ fn crc_f32(v: &[f32]) -> u32 {
 }
 
 /// The network's weights, and with `momentum` its momentum buffers, as tensors.
-pub fn network_tensors<B: Backend>(net: &Network<'_, B>, momentum: bool) -> Result<Vec<Tensor>> {
+pub fn network_tensors(net: &dyn Model, momentum: bool) -> Result<Vec<Tensor>> {
     let mut out = export::network_tensors(net)?;
     if momentum {
         for name in net.param_names() {
@@ -272,7 +271,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 
 impl Checkpoint {
     /// Copy the weights (and momentum and step count, when `resume`) into `net`.
-    pub fn restore<B: Backend>(&self, net: &mut Network<'_, B>, resume: bool) -> Result<()> {
+    pub fn restore(&self, net: &mut dyn Model, resume: bool) -> Result<()> {
         load_weights(net, &self.tensors, &self.path)?;
         if resume {
             for name in net.param_names() {
@@ -295,8 +294,8 @@ impl Checkpoint {
 
 /// Set every parameter of `net` from `tensors` (PyTorch names and shapes);
 /// `source` names the file in errors.
-pub fn load_weights<B: Backend>(
-    net: &mut Network<'_, B>,
+pub fn load_weights(
+    net: &mut dyn Model,
     tensors: &HashMap<String, Tensor>,
     source: &Path,
 ) -> Result<()> {

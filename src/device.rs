@@ -46,9 +46,8 @@ pub fn choose(cpu: bool, gpus: Option<&str>) -> Result<Device> {
             let ids = parse_gpus(list)?;
             if ids.len() > 1 {
                 return Err(Error::Config(format!(
-                    "--gpus {list}: training on more than one GPU (the paper's two towers, data parallel) \
-                     is not implemented yet on GPUs (both run on CPU devices: bench-step --cpu --towers 2; \
-                     docs/scaling.md); train on one GPU with --gpus {}",
+                    "--gpus {list}: data parallelism on GPUs is not implemented yet; for the paper's two \
+                     towers add --towers 2 (not yet run on a GPU), or train on one GPU with --gpus {}",
                     ids[0]
                 )));
             }

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, ImageSource, LoaderConfig};
 use crate::error::{Error, Result};
-use crate::model::net::{Mode, Network};
+use crate::model::net::Mode;
+use crate::model::trainable::Model;
 
 /// Top-1 and top-5 hits of one batch: for each row, the rank of the label's
 /// probability (ties counted against us, so a constant output scores 0).
@@ -65,8 +65,8 @@ pub struct EvalResult {
 /// Evaluate `net` on `indices` of `set` with the loader settings `cfg`
 /// (`cfg.ten_crop` selects the paper's ten crops). `on_batch` is called
 /// with the images done so far (progress bars).
-pub fn evaluate<B: Backend>(
-    net: &mut Network<'_, B>,
+pub fn evaluate(
+    net: &mut dyn Model,
     set: &Arc<dyn ImageSource>,
     indices: &[usize],
     cfg: &LoaderConfig,
@@ -223,11 +223,7 @@ pub fn open_eval_data(
 
 /// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the
 /// network's input shape), run `chunk` rows at a time.
-pub fn forward_rows<B: Backend>(
-    net: &mut Network<'_, B>,
-    x: &[f32],
-    chunk: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn forward_rows(net: &mut dyn Model, x: &[f32], chunk: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let t = net.topology();
     let per_row = t.channels * t.crop * t.crop;
     let (mut logits, mut probs) = (Vec::new(), Vec::new());

@@ -281,6 +281,14 @@ impl DeviceArgs {
         Ok(dev)
     }
 
+    /// `--towers 2 --cpu`: the GPU-only flags are errors, as `resolve` makes them.
+    fn check_cpu_flags(&self) -> Result<()> {
+        if self.precision != "fp32" || self.fallback_conv || self.tf32 {
+            bail!("--precision, --fallback-conv and --tf32 are GPU settings; drop them with --cpu");
+        }
+        Ok(())
+    }
+
     fn cuda_options(&self) -> Result<CudaOptions> {
         Ok(CudaOptions {
             precision: self.precision.parse::<Precision>()?,
@@ -319,6 +327,9 @@ struct TrainArgs {
     demo: bool,
     #[command(flatten)]
     device: DeviceArgs,
+    /// 2: the paper's two towers on two devices (--cpu: two CPU devices; --gpus 0,1, or 0,0 for both on GPU 0), copying maps only at the table's exchanges.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    towers: u8,
     /// Epochs (default: the config's recipe).
     #[arg(long, value_parser = positive)]
     epochs: Option<u64>,
@@ -505,7 +516,12 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
 }
 
 fn cmd_train(args: TrainArgs) -> Result<()> {
-    let device = args.device.resolve()?;
+    // Two towers name their two devices themselves (--cpu, or --gpus A,B).
+    let device = if args.towers == 2 {
+        None
+    } else {
+        Some(args.device.resolve()?)
+    };
     set_threads(args.threads)?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
@@ -605,16 +621,36 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let (stop, signal_status) = stop_on_signals()?;
     opts.stop = Some(stop);
 
-    let report = on_device!(&device, args.device, |be| train(&be, &spec, &opts))?;
+    let report = match &device {
+        Some(device) => on_device!(device, args.device, |be| train(&be, None, &spec, &opts))?,
+        None if args.device.cpu => {
+            args.device.check_cpu_flags()?;
+            let (a, b) = (CpuBackend::new(), CpuBackend::new());
+            train(&a, Some(&b), &spec, &opts)?
+        }
+        None => {
+            let (a, b) = cuda_tower_pair(&args.device)?;
+            train(&a, Some(&b), &spec, &opts)?
+        }
+    };
     let run_dir = opts.out.as_deref().unwrap_or(std::path::Path::new("."));
     if report.interrupted {
         println!(
-            "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}",
+            "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}{}",
             match &report.checkpoint {
                 Some(p) => format!("checkpoint {}", p.display()),
                 None => "no checkpoint written".into(),
             },
-            run_dir.display()
+            run_dir.display(),
+            // Dropout masks are drawn per tower: the same executor resumes exactly.
+            if args.towers == 2 {
+                match args.device.gpus.as_deref() {
+                    Some(g) if !args.device.cpu => format!(" --towers 2 --gpus {g}"),
+                    _ => " --towers 2 --cpu".to_string(),
+                }
+            } else {
+                String::new()
+            }
         );
         let code = signal_status.load(Ordering::Relaxed);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
@@ -846,12 +882,17 @@ fn cmd_bench(args: BenchStepArgs) -> Result<()> {
 fn cmd_bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
     let d = &args.device;
     if d.cpu {
-        if d.precision != "fp32" || d.fallback_conv || d.tf32 {
-            bail!("--precision, --fallback-conv and --tf32 are GPU settings; drop them with --cpu");
-        }
+        d.check_cpu_flags()?;
         let (a, b) = (CpuBackend::new(), CpuBackend::new());
         return bench_towers([&a, &b], topo, args);
     }
+    let (a, b) = cuda_tower_pair(d)?;
+    bench_towers([&a, &b], topo, args)
+}
+
+/// The two GPU backends of `--towers 2 --gpus A,B`, with peer access
+/// enabled where the GPUs allow it (logged where they do not).
+fn cuda_tower_pair(d: &DeviceArgs) -> Result<(CudaBackend, CudaBackend)> {
     let Some(list) = d.gpus.as_deref() else {
         bail!("--towers 2 needs two devices: --gpus 0,1 (two GPUs), --gpus 0,0 (both towers on GPU 0) or --cpu");
     };
@@ -872,7 +913,7 @@ fn cmd_bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
         }
     }
     info!("tower 0 on {}, tower 1 on {}", a.name(), b.name());
-    bench_towers([&a, &b], topo, args)
+    Ok((a, b))
 }
 
 /// `bench_steps` for the tower executor on two devices: step time (median

@@ -28,6 +28,8 @@ use crate::model::net::{Mode, Network};
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
 use crate::model::topology::{Normalize, Topology};
+use crate::model::towers::TowerNetwork;
+use crate::model::trainable::Model;
 use crate::plot::{render_png, EpochPoint, StepPoint};
 
 /// When the learning rate drops.
@@ -377,7 +379,16 @@ impl Saver {
 
 /// Train the network `spec` names on `backend` with `opts`; with
 /// `opts.resume`, continue that checkpoint's run exactly.
-pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Result<TrainReport> {
+/// Train on `backend`; with `tower2`, as the paper's two towers, tower 0 on
+/// `backend` and tower 1 on `tower2` (model/towers.rs). Checkpoints hold
+/// whole tensors either way, so either executor resumes either's run
+/// (bit for bit on the same one: dropout masks are drawn per tower).
+pub fn train<B: Backend>(
+    backend: &B,
+    tower2: Option<&B>,
+    spec: &NetSpec,
+    opts: &TrainOptions,
+) -> Result<TrainReport> {
     if opts.run.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
@@ -488,17 +499,33 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         data.mean
     );
 
-    let mut net = Network::new(backend, topo, opts.run.batch, opts.run.seed)?;
+    let mut net: Box<dyn Model + '_> = match tower2 {
+        None => Box::new(Network::new(backend, topo, opts.run.batch, opts.run.seed)?),
+        Some(b2) => {
+            info!(
+                "two towers: tower 0 on {}, tower 1 on {}; {} bytes cross between them per step",
+                backend.name(),
+                b2.name(),
+                topo.exchange_bytes_per_step(opts.run.batch)?
+            );
+            Box::new(TowerNetwork::new(
+                [backend, b2],
+                topo,
+                opts.run.batch,
+                opts.run.seed,
+            )?)
+        }
+    };
     if let Some(path) = &opts.init_from {
         let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-        checkpoint::load_weights(&mut net, &map, path)?;
+        checkpoint::load_weights(&mut *net, &map, path)?;
         info!("initial weights from {}", path.display());
     }
     let epoch_batches = data.train_idx.len() / opts.run.batch;
     let (mut state, resumed) = match &opts.resume {
         Some(ck) => {
-            ck.restore(&mut net, true)?;
+            ck.restore(&mut *net, true)?;
             let mut st = ck.state.clone();
             st.options.epochs = opts.run.epochs;
             st.data = opts.data.display().to_string();
@@ -543,7 +570,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         shape: vec![set.size(), set.size(), 3],
         data: m.to_vec(),
     });
-    let snapshot = |net: &Network<'_, B>| -> Result<Vec<Tensor>> {
+    let snapshot = |net: &dyn Model| -> Result<Vec<Tensor>> {
         let mut t = checkpoint::network_tensors(net, true)?;
         t.extend(mean_tensor.clone());
         Ok(t)
@@ -724,7 +751,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
                 if let Some(m) = &mut metrics {
                     m.flush()?;
                 }
-                report.checkpoint = Some(sv.save(&state, &snapshot(&net)?, false)?);
+                report.checkpoint = Some(sv.save(&state, &snapshot(&*net)?, false)?);
                 render_plot(opts, topo, &step_rows, &state.history);
             }
             if stop {
@@ -745,7 +772,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         let train_secs = epoch_start.elapsed().as_secs_f64();
         let val_bar = progress_bar(data.val_idx.len(), opts.progress);
         val_bar.set_prefix("validation");
-        let v = evaluate(&mut net, &data.val, &data.val_idx, &eval_cfg, |n| {
+        let v = evaluate(&mut *net, &data.val, &data.val_idx, &eval_cfg, |n| {
             val_bar.set_position(n as u64)
         })?;
         val_bar.finish_and_clear();
@@ -790,7 +817,7 @@ pub fn train<B: Backend>(backend: &B, spec: &NetSpec, opts: &TrainOptions) -> Re
         state.history.push(stats.clone());
         report.epochs.push(stats);
         if let Some(sv) = &mut saver {
-            report.checkpoint = Some(sv.save(&state, &snapshot(&net)?, best)?);
+            report.checkpoint = Some(sv.save(&state, &snapshot(&*net)?, best)?);
         }
         render_plot(opts, topo, &step_rows, &state.history);
         epochs_run += 1;

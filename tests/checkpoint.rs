@@ -477,3 +477,53 @@ fn sigterm_stops_with_a_checkpoint() {
     assert!(step >= 5);
     assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
 }
+
+#[test]
+fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
+    let towers = |mut a: Vec<String>| {
+        a.extend(["--towers".to_string(), "2".to_string()]);
+        a
+    };
+    run_ok(&towers(train_args(&d, &whole, EPOCHS)));
+    let k = random_step(3, STEPS - 3, "SIGINT (two towers)");
+    let c = start_until(&towers(train_args(&d, &stopped, EPOCHS)), &stopped, k);
+    let pid = c.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("--towers 2"),
+        "the hint keeps the executor: {stdout}"
+    );
+    run_ok(&towers(resume_args(&stopped)));
+    assert_same_run(&whole, &stopped);
+
+    // The towers' checkpoint holds whole tensors: the grouped network and
+    // the towers load it and compute the same logits.
+    use alexnet_cuda::backend::cpu::CpuBackend;
+    use alexnet_cuda::model::net::{Mode, Network};
+    use alexnet_cuda::model::towers::TowerNetwork;
+    let ck = checkpoint::load(&final_ckpt(&whole)).unwrap();
+    let topo = alexnet_cuda::model::topology::Topology::cifar();
+    let (one, a, b) = (CpuBackend::new(), CpuBackend::new(), CpuBackend::new());
+    let mut grouped = Network::new(&one, &topo, 4, 0).unwrap();
+    let mut two = TowerNetwork::new([&a, &b], &topo, 4, 0).unwrap();
+    ck.restore(&mut grouped, false).unwrap();
+    ck.restore(&mut two, false).unwrap();
+    let x: Vec<f32> = (0..4 * 3 * 28 * 28)
+        .map(|i| ((i % 97) as f32 - 48.0) / 30.0)
+        .collect();
+    let labels = [1, 2, 3, 4];
+    let l1 = grouped.forward(&x, &labels, Mode::Eval).unwrap();
+    let l2 = two.forward(&x, &labels, Mode::Eval).unwrap();
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    assert_eq!(grouped.logits().unwrap(), two.logits().unwrap());
+}

@@ -200,7 +200,12 @@ fn gpus_without_a_driver_or_gpu_is_an_error_not_a_panic() {
 fn device_flags_that_are_not_built_are_refused() {
     assert_error(
         &["train", "--gpus", "0,1", "--demo"],
-        &["--gpus 0,1", "more than one GPU", "--gpus 0"],
+        &[
+            "--gpus 0,1",
+            "data parallelism on GPUs",
+            "--towers 2",
+            "--gpus 0",
+        ],
     );
     assert_error(
         &["train", "--cpu", "--precision", "fp16", "--demo"],

@@ -55,7 +55,8 @@ fn cifar_subset_learns_well_above_chance() {
     opts.run.epochs = 4;
     opts.run.schedule = Schedule::Milestones(vec![4]);
     opts.progress = false;
-    let report = train(&CpuBackend::new(), &NetSpec::new("cifar"), &opts).expect("training runs");
+    let report =
+        train(&CpuBackend::new(), None, &NetSpec::new("cifar"), &opts).expect("training runs");
     for e in &report.epochs {
         println!(
             "epoch {} loss {:.3} val top1 {:.1}% top5 {:.1}% {:.0} img/s",

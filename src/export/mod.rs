@@ -15,10 +15,9 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::model::net::Network;
+use crate::model::trainable::Model;
 
 /// One named float32 tensor on the host, C order.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,7 +49,7 @@ impl Tensor {
 
 /// Every parameter of `net`, in table order (conv1.weight, conv1.bias, ...,
 /// fc8.bias), with PyTorch's names and shapes.
-pub fn network_tensors<B: Backend>(net: &Network<B>) -> Result<Vec<Tensor>> {
+pub fn network_tensors(net: &dyn Model) -> Result<Vec<Tensor>> {
     net.param_names()
         .into_iter()
         .map(|name| {

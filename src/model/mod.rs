@@ -10,3 +10,4 @@ pub mod spec;
 pub mod summary;
 pub mod topology;
 pub mod towers;
+pub mod trainable;

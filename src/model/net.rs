@@ -623,43 +623,16 @@ impl<'a, B: Backend> Network<'a, B> {
 
     /// Parameter names in table order: conv1.weight, conv1.bias, ...
     pub fn param_names(&self) -> Vec<String> {
-        self.topo
-            .layers
-            .iter()
-            .flat_map(|l| [format!("{}.weight", l.name), format!("{}.bias", l.name)])
-            .collect()
+        param_names(&self.topo)
     }
 
     /// PyTorch shape of a named parameter.
     pub fn param_shape(&self, name: &str) -> Result<Vec<usize>> {
-        let (i, is_w) = self.lookup(name)?;
-        let (l, s) = (&self.topo.layers[i], &self.shapes[i]);
-        Ok(match (l.op, is_w) {
-            (Op::Conv { out, k, groups, .. }, true) => vec![out, s.input.c / groups, k, k],
-            (Op::Fc { out }, true) => vec![out, s.input.len()],
-            (_, false) => vec![l.out_channels()],
-        })
+        param_shape(&self.topo, &self.shapes, name)
     }
 
     fn lookup(&self, name: &str) -> Result<(usize, bool)> {
-        let unknown = || {
-            Error::Config(format!(
-                "unknown parameter '{name}'; expected one of {}",
-                self.param_names().join(", ")
-            ))
-        };
-        let (layer, kind) = name.rsplit_once('.').ok_or_else(unknown)?;
-        let i = self
-            .topo
-            .layers
-            .iter()
-            .position(|l| l.name == layer)
-            .ok_or_else(unknown)?;
-        match kind {
-            "weight" => Ok((i, true)),
-            "bias" => Ok((i, false)),
-            _ => Err(unknown()),
-        }
+        lookup(&self.topo, name)
     }
 
     fn read(&self, buf: &B::Buf) -> Result<Vec<f32>> {
@@ -706,5 +679,49 @@ impl<'a, B: Backend> Network<'a, B> {
         let buf = if is_w { &mut p.w } else { &mut p.b };
         check_len("set_param", name, values.len(), self.be.buf_len(buf))?;
         self.be.upload(values, buf)
+    }
+}
+
+/// Parameter names in table order: conv1.weight, conv1.bias, ...
+pub(super) fn param_names(topo: &Topology) -> Vec<String> {
+    topo.layers
+        .iter()
+        .flat_map(|l| [format!("{}.weight", l.name), format!("{}.bias", l.name)])
+        .collect()
+}
+
+/// PyTorch shape of a named parameter.
+pub(super) fn param_shape(
+    topo: &Topology,
+    shapes: &[LayerShape],
+    name: &str,
+) -> Result<Vec<usize>> {
+    let (i, is_w) = lookup(topo, name)?;
+    let (l, s) = (&topo.layers[i], &shapes[i]);
+    Ok(match (l.op, is_w) {
+        (Op::Conv { out, k, groups, .. }, true) => vec![out, s.input.c / groups, k, k],
+        (Op::Fc { out }, true) => vec![out, s.input.len()],
+        (_, false) => vec![l.out_channels()],
+    })
+}
+
+/// (layer index, is the weight) of a parameter name, or an error listing the names.
+pub(super) fn lookup(topo: &Topology, name: &str) -> Result<(usize, bool)> {
+    let unknown = || {
+        Error::Config(format!(
+            "unknown parameter '{name}'; expected one of {}",
+            param_names(topo).join(", ")
+        ))
+    };
+    let (layer, kind) = name.rsplit_once('.').ok_or_else(unknown)?;
+    let i = topo
+        .layers
+        .iter()
+        .position(|l| l.name == layer)
+        .ok_or_else(unknown)?;
+    match kind {
+        "weight" => Ok((i, true)),
+        "bias" => Ok((i, false)),
+        _ => Err(unknown()),
     }
 }

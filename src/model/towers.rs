@@ -18,7 +18,7 @@
 //! Every byte that crosses between the devices goes through `exchange` and
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
 use super::loss_scale::LossScale;
-use super::net::{initial_values, Geom, Mode, Param, Stage};
+use super::net::{initial_values, lookup, param_names, param_shape, Geom, Mode, Param, Stage};
 use super::topology::{Chw, LayerShape, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, RowBlock, SgdParams};
 use crate::error::{check_len, Error, Result};
@@ -590,24 +590,59 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         self.gather_param(name, |p, w| if w { &p.vw } else { &p.vb })
     }
 
+    pub fn param_names(&self) -> Vec<String> {
+        param_names(&self.topo)
+    }
+
+    pub fn param_shape(&self, name: &str) -> Result<Vec<usize>> {
+        param_shape(&self.topo, &self.shapes, name)
+    }
+
+    /// Set a whole parameter: each tower takes its rows.
+    pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        self.scatter_param(name, values, |p, w| if w { &mut p.w } else { &mut p.b })
+    }
+
+    pub fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        self.scatter_param(name, values, |p, w| if w { &mut p.vw } else { &mut p.vb })
+    }
+
+    /// Continue a run from a checkpoint (the step fixes the dropout masks).
+    pub fn set_steps(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    pub fn loss_scale(&self) -> Option<&LossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    fn scatter_param(
+        &mut self,
+        name: &str,
+        values: &[f32],
+        pick: impl Fn(&mut Param<B>, bool) -> &mut B::Buf,
+    ) -> Result<()> {
+        let (i, is_w) = lookup(&self.topo, name)?;
+        let whole: usize = self.param_shape(name)?.iter().product();
+        check_len("set_param", name, values.len(), whole)?;
+        let per_row = whole / self.topo.layers[i].out_channels();
+        let mut row = 0;
+        for t in 0..2 {
+            let rows = self.split[i][t];
+            let be = self.devs[t];
+            let buf = pick(&mut self.towers[t].params[i], is_w);
+            be.upload(&values[row * per_row..(row + rows) * per_row], buf)?;
+            row += rows;
+        }
+        Ok(())
+    }
+
     fn gather_param(
         &self,
         name: &str,
         pick: impl Fn(&Param<B>, bool) -> &B::Buf,
     ) -> Result<Vec<f32>> {
-        let unknown = || Error::Config(format!("unknown parameter '{name}'"));
-        let (layer, kind) = name.rsplit_once('.').ok_or_else(unknown)?;
-        let i = self
-            .topo
-            .layers
-            .iter()
-            .position(|l| l.name == layer)
-            .ok_or_else(unknown)?;
-        let is_w = match kind {
-            "weight" => true,
-            "bias" => false,
-            _ => return Err(unknown()),
-        };
+        let (i, is_w) = lookup(&self.topo, name)?;
         let mut out = Vec::new();
         for t in 0..2 {
             let buf = pick(&self.towers[t].params[i], is_w);
