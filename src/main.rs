@@ -922,19 +922,11 @@ fn cuda_tower_pair(d: &DeviceArgs) -> Result<(CudaBackend, CudaBackend)> {
 fn bench_towers<B: Backend>(devs: [&B; 2], topo: &Topology, args: &BenchStepArgs) -> Result<()> {
     let (batch, steps) = (args.batch.max(1), args.steps.max(1));
     let mut model = TowerNetwork::new(devs, topo, batch, 1)?;
-    let mut rng = Rng::new(7);
-    let x: Vec<f32> = (0..batch * topo.channels * topo.crop * topo.crop)
-        .map(|_| rng.normal() as f32)
-        .collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
-    if !(args.lr >= 0.0 && args.lr.is_finite()) {
-        bail!("--lr must be a non-negative number, not {}", args.lr);
+    if devs[0].needs_loss_scaling() {
+        model.set_loss_scale(Some(LossScale::dynamic()));
     }
-    let hp = SgdParams {
-        lr: args.lr,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
+    let (x, labels) = bench_batch(devs[0], topo, batch)?;
+    let hp = bench_hp(args.lr)?;
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut t0 = Instant::now();
     for i in 0..args.warmup + steps {
@@ -984,26 +976,8 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     if be.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
     }
-    let mut rng = Rng::new(7);
-    // The input in the memory the trainer's loader would use (pinned on a
-    // GPU), so the upload costs what it costs in training.
-    let mut x = HostBuf::default();
-    x.resize(
-        batch * topo.channels * topo.crop * topo.crop,
-        be.host_alloc().as_ref(),
-    )?;
-    for v in x.iter_mut() {
-        *v = rng.normal() as f32;
-    }
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
-    if !(args.lr >= 0.0 && args.lr.is_finite()) {
-        bail!("--lr must be a non-negative number, not {}", args.lr);
-    }
-    let hp = SgdParams {
-        lr: args.lr,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
+    let (x, labels) = bench_batch(be, topo, batch)?;
+    let hp = bench_hp(args.lr)?;
     let mut losses = Vec::with_capacity(args.warmup + steps);
     let mut times = Vec::with_capacity(steps);
     let mut t0 = Instant::now();
@@ -1072,6 +1046,34 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         json_f32(last)
     );
     Ok(())
+}
+
+/// bench-step's fixed random batch, in the memory the trainer's loader
+/// would use (pinned on a GPU), so the upload costs what it costs in training.
+fn bench_batch<B: Backend>(be: &B, topo: &Topology, batch: usize) -> Result<(HostBuf, Vec<u32>)> {
+    let mut rng = Rng::new(7);
+    let mut x = HostBuf::default();
+    x.resize(
+        batch * topo.channels * topo.crop * topo.crop,
+        be.host_alloc().as_ref(),
+    )?;
+    for v in x.iter_mut() {
+        *v = rng.normal() as f32;
+    }
+    let labels = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
+    Ok((x, labels))
+}
+
+/// The paper's SGD settings at bench-step's --lr.
+fn bench_hp(lr: f32) -> Result<SgdParams> {
+    if !(lr >= 0.0 && lr.is_finite()) {
+        bail!("--lr must be a non-negative number, not {lr}");
+    }
+    Ok(SgdParams {
+        lr,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    })
 }
 
 /// A float as JSON (NaN and infinities have no JSON form: null).

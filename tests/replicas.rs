@@ -1,41 +1,20 @@
 //! Data parallelism (src/model/replicas.rs) on CPU replicas with the
 //! in-process all-reduce: k replicas at batch B/k each against one network
 //! at batch B, for k = 2 and 4; bucketing; replicas staying equal.
+mod common;
+
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, HostAllReduce};
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::rng::Rng;
+use common::{batch, bits, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,
     momentum: 0.9,
     weight_decay: 5e-4,
 };
-
-fn narrow() -> Topology {
-    Topology::alexnet_widths([6, 16, 24, 24, 16, 32, 32], 10)
-}
-
-fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = Rng::new(seed);
-    let x = (0..n * topo.channels * topo.crop * topo.crop)
-        .map(|_| (rng.normal() * 60.0) as f32)
-        .collect();
-    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
-    (x, labels)
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
-fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 /// A batch's gradient is the mean over its images; k shards' means averaged
 /// is the same sum grouped differently (k partial sums of B/k terms, then

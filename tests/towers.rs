@@ -2,47 +2,20 @@
 //! the one-device network running the same table as grouped ops: logits,
 //! loss, gradients and the parameters after SGD steps, and the bytes that
 //! cross between the devices against the table's prediction.
+mod common;
+
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::TowerNetwork;
-use alexnet_cuda::rng::Rng;
+use common::{batch, bits, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,
     momentum: 0.9,
     weight_decay: 5e-4,
 };
-
-/// The paper's structure at small width (every choice kept: 11x11/4 conv1
-/// on 227x227, groups, exchanges, LRN, overlapping pools).
-fn narrow() -> Topology {
-    Topology::alexnet_widths([6, 16, 24, 24, 16, 32, 32], 10)
-}
-
-fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = Rng::new(seed);
-    // Pixel scale with the mean removed, as the loader feeds the net, so the
-    // LRN's sum term matters.
-    let x = (0..n * topo.channels * topo.crop * topo.crop)
-        .map(|_| (rng.normal() * 60.0) as f32)
-        .collect();
-    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
-    (x, labels)
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
-/// max |a - b| / max(max |b|, tiny): the difference in units of the
-/// tensor's scale.
-fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 /// Run `steps` training steps on both and compare after each. Forward
 /// (logits, loss) must be bit-identical at the start; afterwards, and for

@@ -421,26 +421,7 @@ impl<'a, B: Backend> Network<'a, B> {
     /// cross-entropy loss. The batch may be smaller than the one the network
     /// was built for (the last batch of an epoch).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
-        let n = labels.len();
-        if n == 0 {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: "empty batch".into(),
-            });
-        }
-        let t = &self.topo;
-        check_len(
-            "forward",
-            "input batch",
-            x.len(),
-            n * t.channels * t.crop * t.crop,
-        )?;
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= t.classes) {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: format!("label {bad} is out of range for {} classes", t.classes),
-            });
-        }
+        let n = check_batch(&self.topo, x, labels)?;
         self.resize(n)?;
         let be = self.be;
         if be.buf_len(&self.x[1]) > 0 {
@@ -563,27 +544,14 @@ impl<'a, B: Backend> Network<'a, B> {
     pub fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
         self.last_skipped = false;
         if let Some(ls) = &mut self.loss_scale {
-            let inv = 1.0 / ls.scale;
-            let mut grads: Vec<&mut B::Buf> = Vec::with_capacity(2 * self.params.len());
-            for p in &mut self.params {
-                grads.push(&mut p.dw);
-                grads.push(&mut p.db);
-            }
-            let finite = self.be.unscale_check_all(inv, &mut grads)?;
+            let finite = unscale_all(self.be, &mut self.params, 1.0 / ls.scale)?;
             if !ls.update(finite) {
                 self.last_skipped = true;
                 self.step += 1;
                 return Ok(());
             }
         }
-        let no_decay = SgdParams {
-            weight_decay: 0.0,
-            ..*hp
-        };
-        for p in &mut self.params {
-            self.be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
-            self.be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
-        }
+        sgd_all(self.be, &mut self.params, hp)?;
         self.step += 1;
         Ok(())
     }
@@ -724,4 +692,54 @@ pub(super) fn lookup(topo: &Topology, name: &str) -> Result<(usize, bool)> {
         "bias" => Ok((i, false)),
         _ => Err(unknown()),
     }
+}
+
+/// A batch's size, after checking it is not empty, the input holds `n`
+/// images of the table's shape and every label names a class.
+pub(super) fn check_batch(topo: &Topology, x: &[f32], labels: &[u32]) -> Result<usize> {
+    let n = labels.len();
+    if n == 0 {
+        return Err(Error::Shape {
+            op: "forward",
+            detail: "empty batch".into(),
+        });
+    }
+    check_len(
+        "forward",
+        "input batch",
+        x.len(),
+        n * topo.channels * topo.crop * topo.crop,
+    )?;
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= topo.classes) {
+        return Err(Error::Shape {
+            op: "forward",
+            detail: format!("label {bad} is out of range for {} classes", topo.classes),
+        });
+    }
+    Ok(n)
+}
+
+/// Divide every gradient of `params` by the loss scale (times `inv`), with
+/// one overflow read; false when any gradient is then not finite.
+pub(super) fn unscale_all<B: Backend>(be: &B, params: &mut [Param<B>], inv: f32) -> Result<bool> {
+    let mut grads: Vec<&mut B::Buf> = Vec::with_capacity(2 * params.len());
+    for p in params {
+        grads.push(&mut p.dw);
+        grads.push(&mut p.db);
+    }
+    be.unscale_check_all(inv, &mut grads)
+}
+
+/// The paper's update on every parameter of `params`; weight decay on the
+/// weights, not the biases (docs/training.md).
+pub(super) fn sgd_all<B: Backend>(be: &B, params: &mut [Param<B>], hp: &SgdParams) -> Result<()> {
+    let no_decay = SgdParams {
+        weight_decay: 0.0,
+        ..*hp
+    };
+    for p in params {
+        be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
+        be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
+    }
+    Ok(())
 }

@@ -18,7 +18,10 @@
 //! Every byte that crosses between the devices goes through `exchange` and
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
 use super::loss_scale::LossScale;
-use super::net::{initial_values, lookup, param_names, param_shape, Geom, Mode, Param, Stage};
+use super::net::{
+    check_batch, initial_values, lookup, param_names, param_shape, sgd_all, unscale_all, Geom,
+    Mode, Param, Stage,
+};
 use super::topology::{Chw, LayerShape, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, RowBlock, SgdParams};
 use crate::error::{check_len, Error, Result};
@@ -313,26 +316,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
     /// Forward a batch on both towers; returns the mean cross-entropy loss
     /// (both towers compute it from the same gathered logits).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
-        let n = labels.len();
-        if n == 0 {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: "empty batch".into(),
-            });
-        }
-        let t = &self.topo;
-        check_len(
-            "forward",
-            "input batch",
-            x.len(),
-            n * t.channels * t.crop * t.crop,
-        )?;
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= t.classes) {
-            return Err(Error::Shape {
-                op: "forward",
-                detail: format!("label {bad} is out of range for {} classes", t.classes),
-            });
-        }
+        let n = check_batch(&self.topo, x, labels)?;
         self.resize(n)?;
         self.exchanged = 0;
         for t in 0..2 {
@@ -513,12 +497,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             let inv = 1.0 / ls.scale;
             let mut finite = true;
             for (t, tw) in self.towers.iter_mut().enumerate() {
-                let mut grads: Vec<&mut B::Buf> = Vec::with_capacity(2 * tw.params.len());
-                for p in &mut tw.params {
-                    grads.push(&mut p.dw);
-                    grads.push(&mut p.db);
-                }
-                finite &= self.devs[t].unscale_check_all(inv, &mut grads)?;
+                finite &= unscale_all(self.devs[t], &mut tw.params, inv)?;
             }
             if !ls.update(finite) {
                 self.last_skipped = true;
@@ -526,16 +505,8 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 return Ok(());
             }
         }
-        let no_decay = SgdParams {
-            weight_decay: 0.0,
-            ..*hp
-        };
         for (t, tw) in self.towers.iter_mut().enumerate() {
-            let be = self.devs[t];
-            for p in &mut tw.params {
-                be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
-                be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
-            }
+            sgd_all(self.devs[t], &mut tw.params, hp)?;
         }
         self.step += 1;
         Ok(())
