@@ -108,6 +108,20 @@ fn start_until(args: &[String], out: &Path, step: usize) -> Child {
     child
 }
 
+/// SIGINT a run; it must exit 130 (after its checkpoint). Returns its stdout.
+fn interrupt(c: Child) -> String {
+    let pid = c.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(130), "{stdout}");
+    stdout
+}
+
 /// A step drawn from the clock, in `lo..hi`, printed so a failure can be replayed.
 fn random_step(lo: usize, hi: usize, what: &str) -> usize {
     let nanos = std::time::SystemTime::now()
@@ -198,16 +212,7 @@ fn sigint_stops_cleanly_with_a_checkpoint_and_resumes_exactly() {
     let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
     run_ok(&train_args(&d, &whole, EPOCHS));
     let k = random_step(3, STEPS - 3, "SIGINT");
-    let c = start_until(&train_args(&d, &stopped, EPOCHS), &stopped, k);
-    let pid = c.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let o = c.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(130), "{stdout}");
+    let stdout = interrupt(start_until(&train_args(&d, &stopped, EPOCHS), &stopped, k));
     assert!(
         stdout.contains("continue with: alexnet-cuda train --resume"),
         "{stdout}"
@@ -489,16 +494,11 @@ fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
     };
     run_ok(&towers(train_args(&d, &whole, EPOCHS)));
     let k = random_step(3, STEPS - 3, "SIGINT (two towers)");
-    let c = start_until(&towers(train_args(&d, &stopped, EPOCHS)), &stopped, k);
-    let pid = c.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let o = c.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(130), "{stdout}");
+    let stdout = interrupt(start_until(
+        &towers(train_args(&d, &stopped, EPOCHS)),
+        &stopped,
+        k,
+    ));
     assert!(
         stdout.contains("--towers 2"),
         "the hint keeps the executor: {stdout}"

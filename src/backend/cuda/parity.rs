@@ -150,6 +150,23 @@ fn compare(
     }
 }
 
+/// A row that counts mistakes (mismatched indices, wrong flags): it passes
+/// at zero, and the count shows as max_abs.
+fn count_row(op: String, wrong: usize) -> ParityRow {
+    ParityRow {
+        op,
+        path: "-",
+        max_abs: wrong as f32,
+        max_rel: 0.0,
+        scale: 0.0,
+        atol: 0.0,
+        rtol: 0.0,
+        normwise: false,
+        algo: String::new(),
+        pass: wrong == 0,
+    }
+}
+
 fn random(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.normal() as f32 * scale).collect()
 }
@@ -439,18 +456,10 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     let mut am_gpu = vec![0u32; g.y_len()];
     p.gpu.download_idx(&amg, &mut am_gpu)?;
     let mismatched = am_gpu.iter().zip(&am).filter(|(a, b)| a != b).count();
-    p.rows.push(ParityRow {
-        op: "max_pool_forward argmax (mismatches)".into(),
-        path: "-",
-        max_abs: mismatched as f32,
-        max_rel: 0.0,
-        scale: 0.0,
-        atol: 0.0,
-        rtol: 0.0,
-        normwise: false,
-        algo: String::new(),
-        pass: mismatched == 0,
-    });
+    p.rows.push(count_row(
+        "max_pool_forward argmax (mismatches)".into(),
+        mismatched,
+    ));
     let dy = p.random(&mut rng, g.y_len(), 1.0);
     let mut dx = vec![0.0; g.x_len()];
     p.cpu.max_pool_backward(&g, &dy, &am, &mut dx)?;
@@ -603,18 +612,8 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     let mut bg = p.up_param(&b)?;
     let overflow_seen = !p.gpu.unscale_check_all(inv, &mut [&mut ag, &mut bg])?;
     let flags_wrong = usize::from(!finite) + usize::from(!overflow_seen);
-    p.rows.push(ParityRow {
-        op: p.name("unscale_check_all flags (finite, then one inf)".into()),
-        path: "-",
-        max_abs: flags_wrong as f32,
-        max_rel: 0.0,
-        scale: 0.0,
-        atol: 0.0,
-        rtol: 0.0,
-        normwise: false,
-        algo: String::new(),
-        pass: flags_wrong == 0,
-    });
+    let op = p.name("unscale_check_all flags (finite, then one inf)".into());
+    p.rows.push(count_row(op, flags_wrong));
 
     // -- the towers' gradient sum ----------------------------------------------------------
     let (d, src) = (
@@ -758,17 +757,9 @@ pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     }
     rows.extend(worst);
     let (got, want) = (two.exchanged_bytes(), topo.exchange_bytes_per_step(n)?);
-    rows.push(ParityRow {
-        op: name(&format!("towers: bytes copied {got} vs the table's {want}")),
-        path: "-",
-        max_abs: got.abs_diff(want) as f32,
-        max_rel: 0.0,
-        scale: 0.0,
-        atol: 0.0,
-        rtol: 0.0,
-        normwise: false,
-        algo: String::new(),
-        pass: got == want,
-    });
+    rows.push(count_row(
+        name(&format!("towers: bytes copied {got} vs the table's {want}")),
+        got.abs_diff(want) as usize,
+    ));
     Ok(rows)
 }
