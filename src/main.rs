@@ -38,6 +38,7 @@ use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::TowerNetwork;
+use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
@@ -927,24 +928,8 @@ fn bench_towers<B: Backend>(devs: [&B; 2], topo: &Topology, args: &BenchStepArgs
     }
     let (x, labels) = bench_batch(devs[0], topo, batch)?;
     let hp = bench_hp(args.lr)?;
-    let (mut losses, mut times) = (Vec::new(), Vec::new());
-    let mut t0 = Instant::now();
-    for i in 0..args.warmup + steps {
-        if i == args.warmup {
-            t0 = Instant::now();
-        }
-        let t = Instant::now();
-        losses.push(model.forward(&x, &labels, Mode::Train)?);
-        model.backward()?;
-        model.sgd_step(&hp)?;
-        if i >= args.warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    model.logits()?;
-    let mean = t0.elapsed().as_secs_f64() / steps as f64;
-    times.sort_by(f64::total_cmp);
-    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
+    let (losses, mean, median) = (t.losses, t.mean, t.median);
     let on_cpu = devs[0].host_alloc().is_none();
     let step = if on_cpu { median } else { mean };
     let predicted = topo.exchange_bytes_per_step(batch)?;
@@ -978,26 +963,8 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     }
     let (x, labels) = bench_batch(be, topo, batch)?;
     let hp = bench_hp(args.lr)?;
-    let mut losses = Vec::with_capacity(args.warmup + steps);
-    let mut times = Vec::with_capacity(steps);
-    let mut t0 = Instant::now();
-    for i in 0..args.warmup + steps {
-        if i == args.warmup {
-            t0 = Instant::now();
-        }
-        let ts = Instant::now();
-        losses.push(model.forward(&x, &labels, Mode::Train)?);
-        model.backward()?;
-        model.sgd_step(&hp)?;
-        if i >= args.warmup {
-            times.push(ts.elapsed().as_secs_f64());
-        }
-    }
-    // The logits' download waits for the last step's queued work, so the mean
-    // counts all of it; per-step times (the median) only mean something on
-    // the CPU, where nothing is queued.
-    model.logits()?;
-    let mean = t0.elapsed().as_secs_f64() / steps as f64;
+    let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
+    let (losses, mean, median) = (t.losses, t.mean, t.median);
     // Where a step's time goes: a few more steps with a wait after each
     // phase (forward includes the upload and the loss read-back), and the
     // upload alone. Medians, in milliseconds.
@@ -1033,8 +1000,6 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         ms(&mut phases[2]),
         ms(&mut phases[3])
     );
-    times.sort_by(f64::total_cmp);
-    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
     let first = losses.first().copied().unwrap_or(f32::NAN);
     let last = losses.last().copied().unwrap_or(f32::NAN);
     println!(
@@ -1046,6 +1011,52 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         json_f32(last)
     );
     Ok(())
+}
+
+/// What `timed_steps` measured: every step's loss, and the timed steps'
+/// mean and median seconds.
+struct Timed {
+    losses: Vec<f32>,
+    mean: f64,
+    median: f64,
+}
+
+/// `warmup + steps` training steps on one batch, the last `steps` timed.
+/// The logits' download at the end waits for the last step's queued work,
+/// so the mean counts all of it; per-step times (the median) only mean
+/// something on the CPU, where nothing is queued.
+fn timed_steps(
+    model: &mut dyn Model,
+    x: &[f32],
+    labels: &[u32],
+    hp: &SgdParams,
+    warmup: usize,
+    steps: usize,
+) -> Result<Timed> {
+    let mut losses = Vec::with_capacity(warmup + steps);
+    let mut times = Vec::with_capacity(steps);
+    let mut t0 = Instant::now();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            t0 = Instant::now();
+        }
+        let t = Instant::now();
+        losses.push(model.forward(x, labels, Mode::Train)?);
+        model.backward()?;
+        model.sgd_step(hp)?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    model.logits()?;
+    let mean = t0.elapsed().as_secs_f64() / steps as f64;
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(Timed {
+        losses,
+        mean,
+        median,
+    })
 }
 
 /// bench-step's fixed random batch, in the memory the trainer's loader

@@ -23,6 +23,31 @@ pub(super) enum Geom {
     Fc(LinearGeom),
 }
 
+impl Geom {
+    /// The op of layer `l` on `n` images of `input`, with `out` output
+    /// channels in `groups` groups (a tower computes its share ungrouped).
+    pub(super) fn of(l: &Layer, n: usize, input: Chw, out: usize, groups: usize) -> Geom {
+        match l.op {
+            Op::Conv { k, stride, pad, .. } => Geom::Conv(ConvGeom {
+                n,
+                c_in: input.c,
+                h: input.h,
+                w: input.w,
+                c_out: out,
+                k,
+                stride,
+                pad,
+                groups,
+            }),
+            Op::Fc { .. } => Geom::Fc(LinearGeom {
+                n,
+                inp: input.len(),
+                out,
+            }),
+        }
+    }
+}
+
 /// One layer's weights, gradients and momentum (all persistent).
 pub(super) struct Param<B: Backend> {
     pub(super) w: B::Buf,
@@ -88,10 +113,10 @@ pub(super) struct PoolBufs<B: Backend> {
 
 /// One layer's activations for the current batch size.
 pub(super) struct Stage<B: Backend> {
-    pub(super) geom: Geom,
+    geom: Geom,
     /// conv/fc output, ReLU applied in place.
     y: B::Buf,
-    pub(super) dy: B::Buf,
+    dy: B::Buf,
     lrn: Option<LrnBufs<B>>,
     pool: Option<PoolBufs<B>>,
     /// (probability, mask) when this layer has dropout.
@@ -376,30 +401,7 @@ impl<'a, B: Backend> Network<'a, B> {
         let be = self.be;
         let mut stages = Vec::with_capacity(self.shapes.len());
         for (l, s) in self.topo.layers.iter().zip(&self.shapes) {
-            let geom = match l.op {
-                Op::Conv {
-                    out,
-                    k,
-                    stride,
-                    pad,
-                    groups,
-                } => Geom::Conv(ConvGeom {
-                    n,
-                    c_in: s.input.c,
-                    h: s.input.h,
-                    w: s.input.w,
-                    c_out: out,
-                    k,
-                    stride,
-                    pad,
-                    groups,
-                }),
-                Op::Fc { out } => Geom::Fc(LinearGeom {
-                    n,
-                    inp: s.input.len(),
-                    out,
-                }),
-            };
+            let geom = Geom::of(l, n, s.input, l.out_channels(), l.groups());
             // Each tower normalises its own channels (Topology::towers).
             stages.push(Stage::new(be, l, geom, s.op_out, self.topo.towers)?);
         }
@@ -527,11 +529,6 @@ impl<'a, B: Backend> Network<'a, B> {
     pub(crate) fn grads_mut(&mut self, i: usize) -> (&mut B::Buf, &mut B::Buf) {
         let p = &mut self.params[i];
         (&mut p.dw, &mut p.db)
-    }
-
-    /// The backend this network runs on.
-    pub fn backend(&self) -> &'a B {
-        self.be
     }
 
     /// The paper's update (section 5) on every parameter. Weight decay applies

@@ -202,10 +202,6 @@ impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
         Ok(())
     }
 
-    pub fn replicas(&self) -> usize {
-        self.nets.len()
-    }
-
     /// Replica `r`'s network (to read its parameters and gradients).
     pub fn replica(&self, r: usize) -> &Network<'a, B> {
         &self.nets[r]

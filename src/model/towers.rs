@@ -23,7 +23,7 @@ use super::net::{
     Mode, Param, Stage,
 };
 use super::topology::{Chw, LayerShape, Topology};
-use crate::backend::{Backend, ConvGeom, LinearGeom, RowBlock, SgdParams};
+use crate::backend::{Backend, RowBlock, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::rng::hash_u64;
 
@@ -56,7 +56,6 @@ pub struct TowerNetwork<'a, B: Backend> {
     split: Vec<[usize; 2]>,
     towers: [Tower<B>; 2],
     n: usize,
-    loss: f32,
     seed: u64,
     step: u64,
     last_mode: Option<Mode>,
@@ -195,7 +194,6 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             split,
             towers,
             n: 0,
-            loss: f32::NAN,
             seed,
             step: 0,
             last_mode: None,
@@ -205,15 +203,6 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         };
         net.resize(batch)?;
         Ok(net)
-    }
-
-    /// Where tower `t`'s share of layer `i`'s output channels starts.
-    fn first(&self, i: usize, t: usize) -> usize {
-        if t == 0 {
-            0
-        } else {
-            self.split[i][0]
-        }
     }
 
     /// Tower `t`'s input of layer `i` per image: the whole image (conv1),
@@ -236,6 +225,16 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         self.split[i][t] * o.h * o.w
     }
 
+    /// Where tower `t`'s part of each image's layer-`i` output starts in the
+    /// whole (tower 0's channels come first).
+    fn out_offset(&self, i: usize, t: usize) -> usize {
+        if t == 0 {
+            0
+        } else {
+            self.out_width(i, 0)
+        }
+    }
+
     fn resize(&mut self, n: usize) -> Result<()> {
         if n == self.n {
             return Ok(());
@@ -248,24 +247,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             for (i, (l, s)) in self.topo.layers.iter().zip(&self.shapes).enumerate() {
                 let input = self.tower_input(i, t);
                 let out = self.split[i][t];
-                let geom = match l.op {
-                    super::topology::Op::Conv { k, stride, pad, .. } => Geom::Conv(ConvGeom {
-                        n,
-                        c_in: input.c,
-                        h: input.h,
-                        w: input.w,
-                        c_out: out,
-                        k,
-                        stride,
-                        pad,
-                        groups: 1,
-                    }),
-                    super::topology::Op::Fc { .. } => Geom::Fc(LinearGeom {
-                        n,
-                        inp: input.len(),
-                        out,
-                    }),
-                };
+                let geom = Geom::of(l, n, input, out, 1);
                 let op_out = Chw { c: out, ..s.op_out };
                 // LRN within this tower's channels: all of them.
                 stages.push(Stage::new(be, l, geom, op_out, 1)?);
@@ -353,7 +335,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                     width: self.split[last][from],
                     src_off: 0,
                     src_pitch: self.split[last][from],
-                    dst_off: self.first(last, from),
+                    dst_off: self.out_offset(last, from),
                     dst_pitch: classes,
                 };
                 self.exchange(from, to, Slot::Out(last), Slot::Logits, b)?;
@@ -370,9 +352,8 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 &mut tw.probs,
             )?;
         }
-        self.loss = losses[0];
         self.last_mode = Some(mode);
-        Ok(self.loss)
+        Ok(losses[0])
     }
 
     /// Assemble layer `i`'s whole input on each tower from both towers'
@@ -387,11 +368,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                     width,
                     src_off: 0,
                     src_pitch: width,
-                    dst_off: if from == 0 {
-                        0
-                    } else {
-                        self.out_width(i - 1, 0)
-                    },
+                    dst_off: self.out_offset(i - 1, from),
                     dst_pitch: full,
                 };
                 self.exchange(from, to, Slot::Out(i - 1), Slot::Gathered(i), b)?;
@@ -427,7 +404,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             let b = RowBlock {
                 rows: n,
                 width: self.split[last][t],
-                src_off: self.first(last, t),
+                src_off: self.out_offset(last, t),
                 src_pitch: classes,
                 dst_off: 0,
                 dst_pitch: self.split[last][t],
@@ -472,7 +449,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         let (n, full) = (self.n, self.shapes[i].input.len());
         for to in 0..2 {
             let width = self.out_width(i - 1, to);
-            let off = if to == 0 { 0 } else { self.out_width(i - 1, 0) };
+            let off = self.out_offset(i - 1, to);
             let b = RowBlock {
                 rows: n,
                 width,
