@@ -46,8 +46,7 @@ pub fn choose(cpu: bool, gpus: Option<&str>) -> Result<Device> {
             let ids = parse_gpus(list)?;
             if ids.len() > 1 {
                 return Err(Error::Config(format!(
-                    "--gpus {list}: data parallelism on GPUs is not implemented yet; for the paper's two \
-                     towers add --towers 2 (not yet run on a GPU), or train on one GPU with --gpus {}",
+                    "--gpus {list}: this command runs on one GPU; pass one, e.g. --gpus {} (train and bench-step take several, with --parallel)",
                     ids[0]
                 )));
             }

@@ -130,6 +130,7 @@ pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize)
         drop_last: false,
         lighting: None,
         host_alloc: None,
+        shard: (0, 1),
     }
 }
 

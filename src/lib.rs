@@ -3,7 +3,8 @@
 //! network; `backend` holds the ops (CPU reference here); `model::net` runs
 //! the table on a backend; `data` reads images; `train` is the loop, with
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
-//! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy.
+//! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
+//! `world` places this process among the processes of a multi-machine run.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -15,8 +16,10 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod parallel;
 pub mod plot;
 pub mod rng;
 pub mod train;
+pub mod world;
 
 pub use error::{Error, Result};

@@ -37,11 +37,12 @@ use alexnet_cuda::model::scaling;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::model::towers::TowerNetwork;
-use alexnet_cuda::model::trainable::Model;
+use alexnet_cuda::model::trainable::{Layout, Model};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+use alexnet_cuda::parallel::{self, OnLayout, Parallel, Request};
 use alexnet_cuda::rng::Rng;
-use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions};
+use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
+use alexnet_cuda::world::World;
 
 #[derive(Parser)]
 #[command(
@@ -106,7 +107,7 @@ enum Command {
     /// Pack an ImageNet-style image tree into memory-mapped stores for training.
     Prepare(PrepareArgs),
     /// Train on a prepared store or a folder of class sub-folders of images.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Top-1 and top-5 error of a checkpoint: centre crop, or the paper's 10 crops.
     Eval(EvalArgs),
     /// Top-5 classes of images (or of a preprocessed NCHW batch) under a checkpoint.
@@ -190,11 +191,8 @@ struct BenchStepArgs {
     /// JSON's "phases" (median ms of upload, forward, backward, SGD).
     #[arg(long, default_value_t = 3)]
     phase_steps: usize,
-    /// Run the paper's two towers on two devices (with --cpu: two CPU
-    /// devices) through the tower executor; the JSON adds the bytes that
-    /// crossed between them per step and the table's prediction.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
-    towers: u8,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -259,17 +257,86 @@ struct DeviceArgs {
     tf32: bool,
 }
 
+/// How several devices share the work (train and bench-step).
+#[derive(Args, Clone)]
+struct ParallelArgs {
+    /// model: the paper's two towers on two devices (the default for --gpus with two; 0,0 puts both on GPU 0). data: a replica per device, gradients averaged by all-reduce (NCCL on GPUs). hybrid: the two towers on each pair of devices, data-parallel across the pairs. Across machines, one process per machine with torchrun's variables (docs/scaling.md).
+    #[arg(long, value_parser = ["model", "data", "hybrid"])]
+    parallel: Option<String>,
+    /// With --cpu: CPU replicas for --parallel data, pairs of towers for hybrid (default 2).
+    #[arg(long, value_parser = positive, requires = "parallel")]
+    replicas: Option<u64>,
+}
+
 impl DeviceArgs {
+    /// The devices and parallelism asked for, as `parallel::run_on` takes
+    /// them. Without --cpu or --gpus, the probe picks GPU 0 or the CPU.
+    fn request(&self, par: &ParallelArgs, world: &World) -> Result<Request> {
+        let parallel = par
+            .parallel
+            .as_deref()
+            .map(str::parse::<Parallel>)
+            .transpose()?;
+        let (cpu, gpus) = if self.cpu || self.gpus.is_some() || !world.is_single() {
+            (self.cpu, self.gpus.clone())
+        } else {
+            match device::choose(false, None)? {
+                Device::Cpu => (true, None),
+                Device::Cuda(ids) => (false, Some(ids[0].to_string())),
+            }
+        };
+        if cpu {
+            self.check_cpu_flags()?;
+        } else if par.replicas.is_some() {
+            bail!(
+                "--replicas counts CPU devices (with --cpu); with GPUs, list them: --gpus 0,1,2,3"
+            );
+        }
+        Ok(Request {
+            cpu,
+            gpus,
+            parallel,
+            replicas: par.replicas.unwrap_or(2) as usize,
+            cuda: self.cuda_options()?,
+        })
+    }
+
+    /// The device flags as given, for a command line to repeat.
+    fn flags(&self, par: &ParallelArgs) -> String {
+        let mut f = String::new();
+        if self.cpu {
+            f += " --cpu";
+        }
+        if let Some(g) = &self.gpus {
+            f += &format!(" --gpus {g}");
+        }
+        if let Some(p) = &par.parallel {
+            f += &format!(" --parallel {p}");
+            if let Some(r) = par.replicas {
+                f += &format!(" --replicas {r}");
+            }
+        }
+        f
+    }
+
     /// Probe and resolve the flags into a device, refusing what is not built.
     fn resolve(&self) -> Result<Device> {
         let dev = device::choose(self.cpu, self.gpus.as_deref())?;
-        if self.precision != "fp32" && dev == Device::Cpu {
+        if dev == Device::Cpu {
+            self.check_cpu_flags()?;
+        }
+        Ok(dev)
+    }
+
+    /// On the CPU, the GPU-only flags are errors that say what to do.
+    fn check_cpu_flags(&self) -> Result<()> {
+        if self.precision != "fp32" {
             bail!(
                 "--precision {}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)",
                 self.precision
             );
         }
-        if (self.fallback_conv || self.tf32) && dev == Device::Cpu {
+        if self.fallback_conv || self.tf32 {
             bail!(
                 "--{} selects how CUDA computes; it has no meaning with the CPU backend",
                 if self.fallback_conv {
@@ -278,14 +345,6 @@ impl DeviceArgs {
                     "tf32"
                 }
             );
-        }
-        Ok(dev)
-    }
-
-    /// `--towers 2 --cpu`: the GPU-only flags are errors, as `resolve` makes them.
-    fn check_cpu_flags(&self) -> Result<()> {
-        if self.precision != "fp32" || self.fallback_conv || self.tf32 {
-            bail!("--precision, --fallback-conv and --tf32 are GPU settings; drop them with --cpu");
         }
         Ok(())
     }
@@ -328,9 +387,8 @@ struct TrainArgs {
     demo: bool,
     #[command(flatten)]
     device: DeviceArgs,
-    /// 2: the paper's two towers on two devices (--cpu: two CPU devices; --gpus 0,1, or 0,0 for both on GPU 0), copying maps only at the table's exchanges.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
-    towers: u8,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// Epochs (default: the config's recipe).
     #[arg(long, value_parser = positive)]
     epochs: Option<u64>,
@@ -517,12 +575,8 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
 }
 
 fn cmd_train(args: TrainArgs) -> Result<()> {
-    // Two towers name their two devices themselves (--cpu, or --gpus A,B).
-    let device = if args.towers == 2 {
-        None
-    } else {
-        Some(args.device.resolve()?)
-    };
+    let world = World::from_env()?;
+    let request = args.device.request(&args.parallel, &world)?;
     set_threads(args.threads)?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
@@ -621,19 +675,23 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     }
     let (stop, signal_status) = stop_on_signals()?;
     opts.stop = Some(stop);
+    if !world.is_writer() {
+        info!(
+            "process {} of {}: rank 0 writes the run folder; this one keeps nothing",
+            world.rank, world.size
+        );
+        opts.out = None;
+    }
+    opts.world = world;
 
-    let report = match &device {
-        Some(device) => on_device!(device, args.device, |be| train(&be, None, &spec, &opts))?,
-        None if args.device.cpu => {
-            args.device.check_cpu_flags()?;
-            let (a, b) = (CpuBackend::new(), CpuBackend::new());
-            train(&a, Some(&b), &spec, &opts)?
+    struct TrainOn<'a>(&'a NetSpec, &'a TrainOptions);
+    impl OnLayout for TrainOn<'_> {
+        type Out = TrainReport;
+        fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<TrainReport> {
+            train(layout, self.0, self.1)
         }
-        None => {
-            let (a, b) = cuda_tower_pair(&args.device)?;
-            train(&a, Some(&b), &spec, &opts)?
-        }
-    };
+    }
+    let report = parallel::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
     let run_dir = opts.out.as_deref().unwrap_or(std::path::Path::new("."));
     if report.interrupted {
         println!(
@@ -643,15 +701,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 None => "no checkpoint written".into(),
             },
             run_dir.display(),
-            // Dropout masks are drawn per tower: the same executor resumes exactly.
-            if args.towers == 2 {
-                match args.device.gpus.as_deref() {
-                    Some(g) if !args.device.cpu => format!(" --towers 2 --gpus {g}"),
-                    _ => " --towers 2 --cpu".to_string(),
-                }
-            } else {
-                String::new()
-            }
+            // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
+            args.device.flags(&args.parallel)
         );
         let code = signal_status.load(Ordering::Relaxed);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
@@ -868,8 +919,19 @@ fn cfg_rows(ten_crop: bool) -> usize {
 fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     set_threads(args.threads)?;
     let topo = args.net.topology("alexnet")?;
-    if args.towers == 2 {
-        return cmd_bench_towers(&topo, &args);
+    let several = args.device.gpus.as_deref().is_some_and(|g| g.contains(','));
+    if args.parallel.parallel.is_some() || several {
+        let world = World::single();
+        let request = args.device.request(&args.parallel, &world)?;
+        struct BenchOn<'a>(&'a Topology, &'a BenchStepArgs);
+        impl OnLayout for BenchOn<'_> {
+            type Out = ();
+            fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<()> {
+                bench_layout(layout, self.0, self.1)
+                    .map_err(|e| alexnet_cuda::Error::Backend(format!("{e:#}")))
+            }
+        }
+        return Ok(parallel::run_on(&request, &world, BenchOn(&topo, &args))?);
     }
     let device = args.device.resolve()?;
     let cpu = device == Device::Cpu;
@@ -878,69 +940,46 @@ fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     ))
 }
 
-/// `bench-step --towers 2`: two CPU devices (`--cpu`), or two GPU backends
-/// (`--gpus A,B`; `--gpus 0,0` puts both towers on GPU 0).
-fn cmd_bench_towers(topo: &Topology, args: &BenchStepArgs) -> Result<()> {
-    let d = &args.device;
-    if d.cpu {
-        d.check_cpu_flags()?;
-        let (a, b) = (CpuBackend::new(), CpuBackend::new());
-        return bench_towers([&a, &b], topo, args);
-    }
-    let (a, b) = cuda_tower_pair(d)?;
-    bench_towers([&a, &b], topo, args)
-}
-
-/// The two GPU backends of `--towers 2 --gpus A,B`, with peer access
-/// enabled where the GPUs allow it (logged where they do not).
-fn cuda_tower_pair(d: &DeviceArgs) -> Result<(CudaBackend, CudaBackend)> {
-    let Some(list) = d.gpus.as_deref() else {
-        bail!("--towers 2 needs two devices: --gpus 0,1 (two GPUs), --gpus 0,0 (both towers on GPU 0) or --cpu");
-    };
-    let ids = device::parse_gpus(list)?;
-    if ids.len() != 2 {
-        bail!("--towers 2 needs two GPU indices (e.g. --gpus 0,1 or --gpus 0,0), not {list}");
-    }
-    let opts = d.cuda_options()?;
-    let a = CudaBackend::new(ids[0], opts)?;
-    let b = CudaBackend::new(ids[1], opts)?;
-    for (x, y) in [(&a, &b), (&b, &a)] {
-        if !x.enable_peer_access(y)? {
-            tracing::warn!(
-                "no peer access from {} to {}: the towers' copies are staged through host memory by the driver",
-                x.info(),
-                y.info()
-            );
-        }
-    }
-    info!("tower 0 on {}, tower 1 on {}", a.name(), b.name());
-    Ok((a, b))
-}
-
-/// `bench_steps` for the tower executor on two devices: step time (median
-/// on CPUs; on GPUs the mean, ended by a download that waits for the queued
-/// work), the losses, and the bytes exchanged per step beside the table's.
-fn bench_towers<B: Backend>(devs: [&B; 2], topo: &Topology, args: &BenchStepArgs) -> Result<()> {
+/// `bench_steps` for several devices (towers, replicas or both): step time
+/// (median on CPUs; on GPUs the mean, ended by a download that waits for
+/// the queued work), the losses, and the bytes exchanged between towers per
+/// step beside the table's prediction.
+fn bench_layout<B: Backend>(
+    layout: Layout<'_, B>,
+    topo: &Topology,
+    args: &BenchStepArgs,
+) -> Result<()> {
     let (batch, steps) = (args.batch.max(1), args.steps.max(1));
-    let mut model = TowerNetwork::new(devs, topo, batch, 1)?;
-    if devs[0].needs_loss_scaling() {
+    let first = layout.first();
+    let pairs = match &layout {
+        Layout::Towers(_) => 1,
+        Layout::Hybrid(p, _) => p.len(),
+        _ => 0,
+    };
+    let replicas = match &layout {
+        Layout::Data(d, _) => d.len(),
+        Layout::Hybrid(p, _) => p.len(),
+        _ => 1,
+    };
+    let devices = layout.describe();
+    let mut model = layout.build(topo, batch, 1)?;
+    if first.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
     }
-    let (x, labels) = bench_batch(devs[0], topo, batch)?;
+    let (x, labels) = bench_batch(first, topo, batch)?;
     let hp = bench_hp(args.lr)?;
-    let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
+    let t = timed_steps(&mut *model, &x, &labels, &hp, args.warmup, steps)?;
     let (losses, mean, median) = (t.losses, t.mean, t.median);
-    let on_cpu = devs[0].host_alloc().is_none();
+    let on_cpu = first.host_alloc().is_none();
     let step = if on_cpu { median } else { mean };
-    let predicted = topo.exchange_bytes_per_step(batch)?;
+    let predicted = pairs as u64 * topo.exchange_bytes_per_step(batch / replicas)?;
     info!(
-        "between the towers: {} bytes per step (the table predicts {predicted})",
+        "between towers: {} bytes per step (the table predicts {predicted})",
         model.exchanged_bytes()
     );
     println!(
-        "{{\"impl\":\"alexnet-cuda\",\"device\":\"towers on {} and {}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
-        devs[0].name(),
-        devs[1].name(),
+        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
+        devices.replace('"', "'"),
         topo.name,
         batch as f64 / step,
         json_f32(losses.first().copied().unwrap_or(f32::NAN)),
@@ -1106,6 +1145,7 @@ fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
     let mut failed = 0;
     let mut rows = parity::run_all(&be)?;
     rows.extend(parity::towers_vs_grouped(&be)?);
+    rows.extend(parity::replicas_vs_grouped(&be)?);
     for r in rows {
         failed += usize::from(!r.pass);
         if json {
@@ -1368,7 +1408,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Prepare(args) => cmd_prepare(args),
-        Command::Train(args) => cmd_train(args),
+        Command::Train(args) => cmd_train(*args),
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
         Command::Export(args) => cmd_export(args),

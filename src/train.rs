@@ -24,13 +24,13 @@ use crate::eval::{evaluate, topk_hits};
 use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
 use crate::model::loss_scale::LossScale;
-use crate::model::net::{Mode, Network};
+use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
 use crate::model::topology::{Normalize, Topology};
-use crate::model::towers::TowerNetwork;
-use crate::model::trainable::Model;
+use crate::model::trainable::{Layout, Model};
 use crate::plot::{render_png, EpochPoint, StepPoint};
+use crate::world::World;
 
 /// When the learning rate drops.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Refuse data sets whose decoded pixels exceed this.
     pub max_memory: u64,
+    /// This process among the run's processes (torchrun's variables).
+    pub world: World,
 }
 
 impl TrainOptions {
@@ -101,6 +103,7 @@ impl TrainOptions {
             stop: None,
             progress: true,
             max_memory: 16 << 30,
+            world: World::single(),
         }
     }
 }
@@ -324,6 +327,7 @@ fn loader_config(
         drop_last: true,
         lighting,
         host_alloc: None,
+        shard: (0, 1),
     }
 }
 
@@ -377,18 +381,26 @@ impl Saver {
     }
 }
 
-/// Train the network `spec` names on `backend` with `opts`; with
-/// `opts.resume`, continue that checkpoint's run exactly.
-/// Train on `backend`; with `tower2`, as the paper's two towers, tower 0 on
-/// `backend` and tower 1 on `tower2` (model/towers.rs). Checkpoints hold
-/// whole tensors either way, so either executor resumes either's run
-/// (bit for bit on the same one: dropout masks are drawn per tower).
+/// Train the network `spec` names, laid over devices as `layout` says,
+/// with `opts`; with `opts.resume`, continue that checkpoint's run exactly.
+/// Checkpoints hold whole tensors whatever the layout, so any layout
+/// resumes any run (bit for bit with the same one: dropout masks are drawn
+/// per tower and per replica). In a multi-process run (`opts.world`) the
+/// batch is the global one: each process takes its share of every batch.
 pub fn train<B: Backend>(
-    backend: &B,
-    tower2: Option<&B>,
+    layout: Layout<'_, B>,
     spec: &NetSpec,
     opts: &TrainOptions,
 ) -> Result<TrainReport> {
+    let backend = layout.first();
+    let world = &opts.world;
+    if !opts.run.batch.is_multiple_of(world.size) {
+        return Err(Error::Config(format!(
+            "--batch {} does not split over WORLD_SIZE={} processes; use a multiple of {}",
+            opts.run.batch, world.size, world.size
+        )));
+    }
+    let local_batch = opts.run.batch / world.size;
     if opts.run.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
@@ -478,12 +490,15 @@ pub fn train<B: Backend>(
         _ => None,
     };
     let mut loader = loader_config(topo, opts, &data, lighting);
+    loader.batch = local_batch;
+    loader.shard = (world.rank, world.size);
     // Batches in the backend's pinned memory where it has some (a GPU).
     loader.host_alloc = backend.host_alloc();
     let eval_cfg = LoaderConfig {
         train: false,
         drop_last: false,
         lighting: None,
+        shard: (0, 1),
         ..loader.clone()
     };
     let set = Arc::clone(&data.train);
@@ -499,23 +514,20 @@ pub fn train<B: Backend>(
         data.mean
     );
 
-    let mut net: Box<dyn Model + '_> = match tower2 {
-        None => Box::new(Network::new(backend, topo, opts.run.batch, opts.run.seed)?),
-        Some(b2) => {
-            info!(
-                "two towers: tower 0 on {}, tower 1 on {}; {} bytes cross between them per step",
-                backend.name(),
-                b2.name(),
-                topo.exchange_bytes_per_step(opts.run.batch)?
-            );
-            Box::new(TowerNetwork::new(
-                [backend, b2],
-                topo,
-                opts.run.batch,
-                opts.run.seed,
-            )?)
-        }
-    };
+    if let Layout::Towers(_) | Layout::Hybrid(..) = &layout {
+        info!(
+            "two towers: {} bytes cross between them per step",
+            topo.exchange_bytes_per_step(local_batch)?
+        );
+    }
+    if !world.is_single() {
+        info!(
+            "process {} of {}: {} images of every batch of {}",
+            world.rank, world.size, local_batch, opts.run.batch
+        );
+    }
+    let devices = layout.describe();
+    let mut net = layout.build(topo, local_batch, opts.run.seed)?;
     if let Some(path) = &opts.init_from {
         let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
@@ -611,7 +623,7 @@ pub fn train<B: Backend>(
         "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs{}",
         topo.name,
         thousands(topo.param_count()? as u64),
-        backend.name(),
+        devices,
         opts.run.batch,
         opts.run.lr,
         opts.run.epochs,

@@ -489,7 +489,7 @@ fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
     let d = data(t.path());
     let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
     let towers = |mut a: Vec<String>| {
-        a.extend(["--towers".to_string(), "2".to_string()]);
+        a.extend(["--parallel".to_string(), "model".to_string()]);
         a
     };
     run_ok(&towers(train_args(&d, &whole, EPOCHS)));
@@ -500,7 +500,7 @@ fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
         k,
     ));
     assert!(
-        stdout.contains("--towers 2"),
+        stdout.contains("--parallel model"),
         "the hint keeps the executor: {stdout}"
     );
     run_ok(&towers(resume_args(&stopped)));
@@ -526,4 +526,38 @@ fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
     let l2 = two.forward(&x, &labels, Mode::Eval).unwrap();
     assert_eq!(l1.to_bits(), l2.to_bits());
     assert_eq!(grouped.logits().unwrap(), two.logits().unwrap());
+}
+
+/// Data parallelism on two CPU replicas and hybrid on two pairs of towers:
+/// a run stopped by a signal and resumed with the flags the hint repeats
+/// equals the uninterrupted run (dropout masks are drawn per replica and
+/// tower, from the step).
+#[test]
+fn data_parallel_and_hybrid_runs_stop_and_resume_exactly() {
+    for (mode, hint) in [
+        ("data", "--parallel data --replicas 2"),
+        ("hybrid", "--parallel hybrid --replicas 2"),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let d = data(t.path());
+        let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
+        // An even batch: it splits over the two replicas.
+        let with = |mut a: Vec<String>| {
+            if let Some(i) = a.iter().position(|s| s == "--batch") {
+                a[i + 1] = "24".into();
+            }
+            a.extend(["--parallel", mode, "--replicas", "2"].map(String::from));
+            a
+        };
+        run_ok(&with(train_args(&d, &whole, EPOCHS)));
+        let k = random_step(3, STEPS - 3, mode);
+        let stdout = interrupt(start_until(
+            &with(train_args(&d, &stopped, EPOCHS)),
+            &stopped,
+            k,
+        ));
+        assert!(stdout.contains(hint), "the hint keeps the layout: {stdout}");
+        run_ok(&with(resume_args(&stopped)));
+        assert_same_run(&whole, &stopped);
+    }
 }

@@ -4,9 +4,14 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String) {
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], vars: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args(args)
         .env("RUST_LOG", "error")
+        .envs(vars.iter().copied())
         .output()
         .expect("run alexnet-cuda");
     (
@@ -199,13 +204,51 @@ fn gpus_without_a_driver_or_gpu_is_an_error_not_a_panic() {
 #[test]
 fn device_flags_that_are_not_built_are_refused() {
     assert_error(
-        &["train", "--gpus", "0,1", "--demo"],
+        &["train", "--gpus", "0,1,2", "--demo"],
+        &["--gpus 0,1,2", "--parallel data", "--parallel hybrid"],
+    );
+    assert_error(
         &[
-            "--gpus 0,1",
-            "data parallelism on GPUs",
-            "--towers 2",
-            "--gpus 0",
+            "train",
+            "--cpu",
+            "--parallel",
+            "hybrid",
+            "--replicas",
+            "0",
+            "--demo",
         ],
+        &["--replicas"],
+    );
+    assert_error(
+        &[
+            "train",
+            "--gpus",
+            "0,1",
+            "--parallel",
+            "data",
+            "--replicas",
+            "4",
+            "--demo",
+        ],
+        &["--replicas", "--cpu", "--gpus 0,1,2,3"],
+    );
+    assert_error(
+        &[
+            "train",
+            "--cpu",
+            "--parallel",
+            "hybrid",
+            "--replicas",
+            "2",
+            "--batch",
+            "3",
+            "--demo",
+        ],
+        &["batch of 3", "2 replicas"],
+    );
+    assert_error(
+        &["gpu-ops", "--gpus", "0,1"],
+        &["--gpus 0,1", "one GPU", "--gpus 0"],
     );
     assert_error(
         &["train", "--cpu", "--precision", "fp16", "--demo"],
@@ -272,4 +315,41 @@ fn demo_learns_well_above_chance() {
         .unwrap_or_else(|| panic!("no final accuracy in: {stdout}"));
     println!("{stdout}");
     assert!(last > 50.0, "demo ended at {last}% top-1: {stdout}");
+}
+
+/// torchrun's variables: a half-set environment names what is missing, and
+/// several processes on CPU devices (no NCCL) are refused with the way out.
+#[test]
+fn multi_process_environment_errors_name_the_variable() {
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Vars, &[&str]); 3] = [
+        (&[("WORLD_SIZE", "2")], &["RANK", "torchrun"]),
+        (
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+            ],
+            &["MASTER_PORT"],
+        ),
+        (
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "29500"),
+            ],
+            &["WORLD_SIZE=2", "GPUs", "--parallel data --replicas"],
+        ),
+    ];
+    for (vars, needles) in cases {
+        let args = ["train", "--cpu", "--demo"];
+        let (ok, err) = run_env(&args, vars);
+        assert!(!ok, "{vars:?} should fail");
+        assert!(!err.contains("panicked"), "{vars:?} panicked:\n{err}");
+        let line = err.lines().find(|l| l.starts_with("error")).unwrap_or("");
+        for n in needles {
+            assert!(line.contains(n), "{vars:?}: error line lacks {n:?}: {line}");
+        }
+    }
 }

@@ -885,3 +885,42 @@ fn batches_fill_the_backend_host_memory_and_reuse_it() -> alexnet_cuda::Result<(
     );
     Ok(())
 }
+
+/// A multi-process run: rank r of R takes the r-th block of every global
+/// batch, with the crops and flips drawn for those positions, so the ranks'
+/// batches side by side are the one-process batches, image for image.
+#[test]
+fn ranks_shards_together_are_the_one_process_batches() -> TestResult {
+    let set = Arc::new(coord_set(37, 8)?);
+    let idx: Vec<usize> = (0..37).collect();
+    let mut whole = cfg(6, 6, true, 2);
+    whole.drop_last = true;
+    let one = collect(&set, &idx, &whole, 2)?;
+    assert_eq!(one.len(), 37 / 6);
+    for ranks in [2, 3] {
+        let shards = (0..ranks)
+            .map(|r| {
+                let mut c = whole.clone();
+                c.batch = 6 / ranks;
+                c.shard = (r, ranks);
+                collect(&set, &idx, &c, 2)
+            })
+            .collect::<alexnet_cuda::Result<Vec<_>>>()?;
+        for (r, s) in shards.iter().enumerate() {
+            assert_eq!(s.len(), one.len(), "rank {r} of {ranks}: same step count");
+        }
+        for (k, b) in one.iter().enumerate() {
+            let (mut x, mut l) = (vec![], vec![]);
+            for s in &shards {
+                x.extend_from_slice(&s[k].0);
+                l.extend_from_slice(&s[k].1);
+            }
+            assert_eq!((&x, &l), (&b.0, &b.1), "batch {k}, {ranks} ranks");
+        }
+    }
+    // Evaluation is not sharded: every rank scores the whole set.
+    let mut c = cfg(6, 6, false, 1);
+    c.shard = (1, 2);
+    assert!(matches!(batches(set, &idx, &c, 0), Err(Error::Config(_))));
+    Ok(())
+}

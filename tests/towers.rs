@@ -183,7 +183,14 @@ fn one_tower_configs_are_refused_with_the_reason() {
 #[test]
 fn bench_step_runs_two_cpu_towers_and_reports_the_bytes() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(["bench-step", "--cpu", "--towers", "2", "--config", "cifar"])
+        .args([
+            "bench-step",
+            "--cpu",
+            "--parallel",
+            "model",
+            "--config",
+            "cifar",
+        ])
         .args(["--batch", "8", "--steps", "2", "--warmup", "0"])
         .env("RUST_LOG", "error")
         .output()

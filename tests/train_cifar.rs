@@ -11,6 +11,7 @@ use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::Encoding;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::trainable::Layout;
 use alexnet_cuda::train::{train, Schedule, TrainOptions};
 
 fn cifar_tar() -> PathBuf {
@@ -55,8 +56,8 @@ fn cifar_subset_learns_well_above_chance() {
     opts.run.epochs = 4;
     opts.run.schedule = Schedule::Milestones(vec![4]);
     opts.progress = false;
-    let report =
-        train(&CpuBackend::new(), None, &NetSpec::new("cifar"), &opts).expect("training runs");
+    let cpu = CpuBackend::new();
+    let report = train(Layout::One(&cpu), &NetSpec::new("cifar"), &opts).expect("training runs");
     for e in &report.epochs {
         println!(
             "epoch {} loss {:.3} val top1 {:.1}% top5 {:.1}% {:.0} img/s",

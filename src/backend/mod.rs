@@ -225,7 +225,9 @@ pub trait Backend: Send + Sync {
     // -- copies between devices (the towers' exchanges) -------------------------
     /// `dst` (on this device) <- `src` (on `src_dev`: this device or another
     /// of the same kind), block `b`: `b.rows` rows of `b.width` floats. A
-    /// tower's half of each image's channels is such a block.
+    /// tower's half of each image's channels is such a block. May return
+    /// before the copy is done: this device's own work waits for it, but
+    /// `src_dev` must `fence` before it overwrites `src`.
     fn copy_rows(
         &self,
         src_dev: &Self,
@@ -233,6 +235,13 @@ pub trait Backend: Send + Sync {
         dst: &mut Self::Buf,
         b: RowBlock,
     ) -> Result<()>;
+    /// Work queued on this device from now on waits for the copies `other`
+    /// has queued so far (`copy_rows` into `other`, which may read this
+    /// device's buffers). Backends whose copies finish in the call need
+    /// nothing.
+    fn fence(&self, _other: &Self) -> Result<()> {
+        Ok(())
+    }
     /// dst += src, element-wise (a tower's two partial input gradients).
     fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
 

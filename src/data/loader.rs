@@ -120,6 +120,12 @@ pub struct LoaderConfig {
     /// Where batch pixels live: None = ordinary memory; a GPU backend's
     /// pinned allocator lets its uploads copy without staging.
     pub host_alloc: Option<HostAlloc>,
+    /// (rank, ranks): this process's share of a multi-process run. Global
+    /// batch k is images k*B*ranks .. (k+1)*B*ranks of the epoch's order;
+    /// rank r takes its r-th block of `batch`, with the crops and noise
+    /// drawn for those positions, so the ranks' batches together are the
+    /// one-process batch of B*ranks. (0, 1): the whole epoch.
+    pub shard: (usize, usize),
 }
 
 impl LoaderConfig {
@@ -141,6 +147,7 @@ impl LoaderConfig {
             drop_last: false,
             lighting: None,
             host_alloc: None,
+            shard: (0, 1),
         }
     }
 }
@@ -255,7 +262,7 @@ pub fn batches_from(
     validate(set.as_ref(), indices, cfg)?;
     let order = Arc::new(epoch_order(indices, cfg, epoch));
     let n_batches = if cfg.drop_last {
-        order.len() / cfg.batch
+        order.len() / (cfg.batch * cfg.shard.1)
     } else {
         order.len().div_ceil(cfg.batch)
     };
@@ -336,6 +343,12 @@ fn validate(set: &dyn ImageSource, indices: &[usize], cfg: &LoaderConfig) -> Res
             "batch size 0: pass a positive --batch".into(),
         ));
     }
+    let (rank, ranks) = cfg.shard;
+    if ranks == 0 || rank >= ranks || (ranks > 1 && !(cfg.train && cfg.drop_last)) {
+        return Err(Error::Config(format!(
+            "loader: shard {rank} of {ranks}; shards are for training batches (every rank evaluates the whole validation set)"
+        )));
+    }
     if cfg.crop == 0 || cfg.crop > set.size() {
         return Err(Error::Config(format!(
             "crop {} does not fit images of {}x{}; pass a crop between 1 and the image size",
@@ -407,7 +420,8 @@ impl Job {
     /// one decoded image.
     fn fill(&self, k: usize, b: &mut Batch, scratch: &mut Vec<u8>) -> Result<()> {
         let cfg = &self.cfg;
-        let start = k * cfg.batch;
+        let (rank, ranks) = cfg.shard;
+        let start = (k * ranks + rank) * cfg.batch;
         let end = (start + cfg.batch).min(self.order.len());
         let n = end - start;
         let size = self.set.size();

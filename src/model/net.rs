@@ -244,6 +244,20 @@ impl<B: Backend> Stage<B> {
         p: &mut Param<B>,
         train: bool,
     ) -> Result<()> {
+        self.backward_act(be, l, lrn, train)?;
+        self.backward_params(be, input, p)
+    }
+
+    /// The first half of `backward`: the output's gradient back to `dy`.
+    /// `input_grad` and `backward_params` both start from it and do not
+    /// depend on each other (the towers send the first while the second runs).
+    pub(super) fn backward_act(
+        &mut self,
+        be: &B,
+        l: &Layer,
+        lrn: &LrnParams,
+        train: bool,
+    ) -> Result<()> {
         if train {
             if let Some((prob, mask)) = self.dropout.take() {
                 let r = be.dropout_backward(&mask, self.out_grad_mut());
@@ -272,6 +286,11 @@ impl<B: Backend> Stage<B> {
         if l.relu {
             be.relu_backward(&self.y, &mut self.dy)?;
         }
+        Ok(())
+    }
+
+    /// The second half of `backward`: `p`'s weight and bias gradients.
+    pub(super) fn backward_params(&self, be: &B, input: &B::Buf, p: &mut Param<B>) -> Result<()> {
         match self.geom {
             Geom::Conv(g) => {
                 be.conv2d_backward_bias(&g, &self.dy, &mut p.db)?;
@@ -335,6 +354,7 @@ pub struct Network<'a, B: Backend> {
     labels: B::IdxBuf,
     probs: B::Buf,
     loss: f32,
+    /// The dropout seed: with the step it fixes every mask.
     seed: u64,
     /// Training steps taken; with `seed` it fixes every dropout mask.
     step: u64,
@@ -387,6 +407,17 @@ impl<'a, B: Backend> Network<'a, B> {
 
     pub fn batch(&self) -> usize {
         self.n
+    }
+
+    /// Bytes copied between devices per step: none, on one device.
+    pub fn exchanged_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Draw dropout masks from `seed` from now on (data-parallel replicas
+    /// each take their own; the weights were drawn at `new`).
+    pub fn set_dropout_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 
     pub fn steps(&self) -> u64 {

@@ -11,16 +11,29 @@
 //! upper layers overlaps the backward pass of the lower ones. Here the
 //! replicas step through backward layer by layer in lockstep, which gives
 //! the same order. `AllReduce` is the transport: `HostAllReduce` sums in
-//! process (CPU replicas); NCCL is the GPU one (not built yet).
+//! process (CPU replicas); `backend::cuda::nccl` is the GPU one.
+//!
+//! A replica is any executor that can run backward a layer at a time
+//! (`Replica`): the grouped network on one device (data parallelism), or the
+//! paper's two towers on two (hybrid: model-parallel pairs, data-parallel
+//! across pairs). A tower's half of a tensor is reduced with the same half
+//! on the other pairs ("part" 0 or 1), so no bytes cross between a pair's
+//! devices for the reduction.
+use super::loss_scale::LossScale;
 use super::net::{Mode, Network};
 use super::topology::Topology;
+use super::towers::TowerNetwork;
+use super::trainable::Model;
 use crate::backend::{Backend, SgdParams};
 use crate::error::{Error, Result};
+use crate::rng::hash_u64;
 
 /// Averages one buffer across replicas: afterwards every replica's buffer
-/// holds the mean of what they held.
+/// holds the mean of what they held. `part` says which share of a tensor
+/// the buffers are (a tower's half under hybrid parallelism; 0 otherwise),
+/// for transports that keep one communicator per part.
 pub trait AllReduce<B: Backend> {
-    fn mean(&mut self, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()>;
+    fn mean(&mut self, part: usize, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()>;
 }
 
 /// In-process all-reduce: each replica's buffer comes to the host, the sum
@@ -33,7 +46,7 @@ pub struct HostAllReduce {
 }
 
 impl<B: Backend> AllReduce<B> for HostAllReduce {
-    fn mean(&mut self, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()> {
+    fn mean(&mut self, _part: usize, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()> {
         let Some(first) = bufs.first() else {
             return Ok(());
         };
@@ -86,40 +99,154 @@ pub fn plan_buckets(topo: &Topology, bucket_bytes: usize) -> Result<Vec<Vec<Tens
     Ok(buckets)
 }
 
-/// k replicas training as one.
-pub struct DataParallel<'a, B: Backend, R: AllReduce<B>> {
-    nets: Vec<Network<'a, B>>,
-    devs: Vec<&'a B>,
-    reduce: R,
+/// What data parallelism needs of an executor beyond `Model`: backward a
+/// layer at a time, and each part of a parameter's gradient.
+pub trait Replica<B: Backend>: Model {
+    fn backward_begin(&mut self) -> Result<()>;
+    fn backward_layer(&mut self, i: usize) -> Result<()>;
+    /// How many devices hold a share of every tensor (1, or 2 for towers).
+    fn parts(&self) -> usize;
+    /// The gradient share of tensor (layer, weight or bias) on device `part`.
+    fn grad_part(&mut self, layer: usize, is_w: bool, part: usize) -> &mut B::Buf;
+    /// Where dropout masks come from (the initial weights keep `seed`).
+    fn set_dropout_seed(&mut self, seed: u64);
+}
+
+impl<B: Backend> Replica<B> for Network<'_, B> {
+    fn backward_begin(&mut self) -> Result<()> {
+        Network::backward_begin(self)
+    }
+    fn backward_layer(&mut self, i: usize) -> Result<()> {
+        Network::backward_layer(self, i)
+    }
+    fn parts(&self) -> usize {
+        1
+    }
+    fn grad_part(&mut self, layer: usize, is_w: bool, _part: usize) -> &mut B::Buf {
+        let (dw, db) = self.grads_mut(layer);
+        if is_w {
+            dw
+        } else {
+            db
+        }
+    }
+    fn set_dropout_seed(&mut self, seed: u64) {
+        Network::set_dropout_seed(self, seed)
+    }
+}
+
+impl<B: Backend> Replica<B> for TowerNetwork<'_, B> {
+    fn backward_begin(&mut self) -> Result<()> {
+        TowerNetwork::backward_begin(self)
+    }
+    fn backward_layer(&mut self, i: usize) -> Result<()> {
+        TowerNetwork::backward_layer(self, i)
+    }
+    fn parts(&self) -> usize {
+        2
+    }
+    fn grad_part(&mut self, layer: usize, is_w: bool, part: usize) -> &mut B::Buf {
+        self.grads_mut(part, layer, is_w)
+    }
+    fn set_dropout_seed(&mut self, seed: u64) {
+        TowerNetwork::set_dropout_seed(self, seed)
+    }
+}
+
+/// k replicas training as one: the trainer sees one `Model` at the whole
+/// batch.
+pub struct DataParallel<'a, B: Backend, M: Replica<B>> {
+    nets: Vec<M>,
+    /// Per part, each replica's device holding it.
+    devs: Vec<Vec<&'a B>>,
+    reduce: Box<dyn AllReduce<B> + 'a>,
     buckets: Vec<Vec<Tensor>>,
     /// The buckets in the order the last backward reduced them, each with
     /// the layer whose backward had just finished everywhere.
     reduced: Vec<(usize, usize)>,
     shard: usize,
+    /// Images each replica took in the last forward.
+    rows: Vec<usize>,
 }
 
-impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
-    /// One replica per device, each built for `batch / k` images with the
-    /// same seed (so they start equal); `batch` must divide evenly.
-    pub fn new(
+/// The images per replica, or an error when `batch` does not split evenly.
+pub fn shard_size(batch: usize, k: usize) -> Result<usize> {
+    if k == 0 || batch == 0 || !batch.is_multiple_of(k) {
+        return Err(Error::Config(format!(
+            "a batch of {batch} does not split evenly over {k} replicas; use a multiple of {k}"
+        )));
+    }
+    Ok(batch / k)
+}
+
+impl<'a, B: Backend> DataParallel<'a, B, Network<'a, B>> {
+    /// Data parallelism: one grouped network per device, each built for
+    /// `batch / k` images with the same seed (so they start equal).
+    pub fn grouped(
         devs: Vec<&'a B>,
         topo: &Topology,
         batch: usize,
         seed: u64,
         bucket_bytes: usize,
-        reduce: R,
+        reduce: Box<dyn AllReduce<B> + 'a>,
     ) -> Result<Self> {
-        let k = devs.len();
-        if k == 0 || batch == 0 || !batch.is_multiple_of(k) {
-            return Err(Error::Config(format!(
-                "a batch of {batch} does not split evenly over {k} replicas; use a multiple of {k}"
-            )));
-        }
-        let shard = batch / k;
+        let shard = shard_size(batch, devs.len())?;
         let nets = devs
             .iter()
             .map(|be| Network::new(*be, topo, shard, seed))
             .collect::<Result<Vec<_>>>()?;
+        DataParallel::new(nets, vec![devs], topo, seed, bucket_bytes, reduce)
+    }
+}
+
+impl<'a, B: Backend> DataParallel<'a, B, TowerNetwork<'a, B>> {
+    /// Hybrid parallelism: the paper's two towers on each pair of devices,
+    /// data-parallel across the pairs.
+    pub fn hybrid(
+        pairs: Vec<[&'a B; 2]>,
+        topo: &Topology,
+        batch: usize,
+        seed: u64,
+        bucket_bytes: usize,
+        reduce: Box<dyn AllReduce<B> + 'a>,
+    ) -> Result<Self> {
+        let shard = shard_size(batch, pairs.len())?;
+        let nets = pairs
+            .iter()
+            .map(|p| TowerNetwork::new(*p, topo, shard, seed))
+            .collect::<Result<Vec<_>>>()?;
+        let devs = (0..2)
+            .map(|t| pairs.iter().map(|p| p[t]).collect())
+            .collect();
+        DataParallel::new(nets, devs, topo, seed, bucket_bytes, reduce)
+    }
+}
+
+impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
+    /// Replicas built alike (same table, shard size and seed), with
+    /// `devs[part][r]` the device of replica r's share `part`. Replica r > 0
+    /// draws its own dropout masks (replica 0 keeps the seed's, so one
+    /// replica is the plain network).
+    pub fn new(
+        mut nets: Vec<M>,
+        devs: Vec<Vec<&'a B>>,
+        topo: &Topology,
+        seed: u64,
+        bucket_bytes: usize,
+        reduce: Box<dyn AllReduce<B> + 'a>,
+    ) -> Result<Self> {
+        let parts = nets.first().map_or(0, |n| n.parts());
+        if nets.is_empty() || devs.len() != parts || devs.iter().any(|d| d.len() != nets.len()) {
+            return Err(Error::Config(format!(
+                "data parallelism: {} replicas of {parts} parts each, but devices for {} parts",
+                nets.len(),
+                devs.len()
+            )));
+        }
+        for (r, net) in nets.iter_mut().enumerate().skip(1) {
+            net.set_dropout_seed(hash_u64(seed, r as u64));
+        }
+        let shard = nets[0].batch();
         Ok(DataParallel {
             nets,
             devs,
@@ -127,35 +254,49 @@ impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
             buckets: plan_buckets(topo, bucket_bytes)?,
             reduced: Vec::new(),
             shard,
+            rows: Vec::new(),
         })
     }
 
     /// Forward each replica's shard (images r*B/k .. (r+1)*B/k); returns the
-    /// batch's mean loss (the mean of the equal shards' means).
+    /// batch's mean loss. Training needs the whole batch (the gradients'
+    /// mean over replicas is the batch's only for equal shards); evaluation
+    /// splits any number of images as evenly as it can.
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
-        let k = self.nets.len();
-        if labels.len() != self.shard * k {
+        let (k, n) = (self.nets.len(), labels.len());
+        if n == 0 || (mode == Mode::Train && n != self.shard * k) {
             return Err(Error::Shape {
                 op: "forward",
                 detail: format!(
-                    "a batch of {} images for {k} replicas of {} each",
-                    labels.len(),
+                    "a training batch of {n} images for {k} replicas of {} each",
                     self.shard
                 ),
             });
         }
-        let per_image = x.len() / labels.len();
-        let mut total = 0.0f64;
-        for (r, net) in self.nets.iter_mut().enumerate() {
-            let (a, b) = (r * self.shard, (r + 1) * self.shard);
-            total += net.forward(&x[a * per_image..b * per_image], &labels[a..b], mode)? as f64;
+        let per_image = x.len() / n;
+        self.rows = (0..k).map(|r| n / k + usize::from(r < n % k)).collect();
+        let (mut total, mut a) = (0.0f64, 0);
+        for (net, &rows) in self.nets.iter_mut().zip(&self.rows) {
+            if rows == 0 {
+                continue;
+            }
+            let b = a + rows;
+            let loss = net.forward(&x[a * per_image..b * per_image], &labels[a..b], mode)?;
+            total += loss as f64 * rows as f64;
+            a = b;
         }
-        Ok((total / k as f64) as f32)
+        Ok((total / n as f64) as f32)
     }
 
     /// Backward on every replica, layer by layer from the top, reducing each
     /// bucket as soon as its lowest layer is done everywhere.
     pub fn backward(&mut self) -> Result<()> {
+        if self.rows.iter().any(|&r| r != self.shard) {
+            return Err(Error::Shape {
+                op: "backward",
+                detail: "backward needs a training forward of the whole batch".into(),
+            });
+        }
         self.reduced.clear();
         for net in &mut self.nets {
             net.backward_begin()?;
@@ -177,24 +318,20 @@ impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
 
     fn reduce_bucket(&mut self, b: usize) -> Result<()> {
         for &(layer, is_w) in &self.buckets[b] {
-            let mut bufs: Vec<&mut B::Buf> = self
-                .nets
-                .iter_mut()
-                .map(|n| {
-                    let (dw, db) = n.grads_mut(layer);
-                    if is_w {
-                        dw
-                    } else {
-                        db
-                    }
-                })
-                .collect();
-            self.reduce.mean(&self.devs, &mut bufs)?;
+            for part in 0..self.devs.len() {
+                let mut bufs: Vec<&mut B::Buf> = self
+                    .nets
+                    .iter_mut()
+                    .map(|n| n.grad_part(layer, is_w, part))
+                    .collect();
+                self.reduce.mean(part, &self.devs[part], &mut bufs)?;
+            }
         }
         Ok(())
     }
 
-    /// The same SGD step on every replica (their gradients are equal now).
+    /// The same SGD step on every replica (their gradients are equal now,
+    /// so with loss scaling they also agree on skipping).
     pub fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
         for net in &mut self.nets {
             net.sgd_step(hp)?;
@@ -202,9 +339,13 @@ impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
         Ok(())
     }
 
-    /// Replica `r`'s network (to read its parameters and gradients).
-    pub fn replica(&self, r: usize) -> &Network<'a, B> {
+    /// Replica `r` (to read its parameters and gradients).
+    pub fn replica(&self, r: usize) -> &M {
         &self.nets[r]
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.nets.len()
     }
 
     pub fn buckets(&self) -> &[Vec<Tensor>] {
@@ -216,12 +357,86 @@ impl<'a, B: Backend, R: AllReduce<B>> DataParallel<'a, B, R> {
         &self.reduced
     }
 
-    /// The batch's logits, [B, classes]: the replicas' in shard order.
-    pub fn logits(&self) -> Result<Vec<f32>> {
+    /// Rows of every replica's `get` in shard order: [B, classes].
+    fn concat(&self, get: impl Fn(&M) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        for net in &self.nets {
-            out.extend(net.logits()?);
+        for (net, &rows) in self.nets.iter().zip(&self.rows) {
+            if rows > 0 {
+                out.extend(get(net)?);
+            }
         }
         Ok(out)
+    }
+}
+
+/// The replicas as one network: parameters are read from replica 0 (all
+/// hold the same) and written to every replica.
+impl<B: Backend, M: Replica<B>> Model for DataParallel<'_, B, M> {
+    fn topology(&self) -> &Topology {
+        self.nets[0].topology()
+    }
+    fn batch(&self) -> usize {
+        self.shard * self.nets.len()
+    }
+    fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        DataParallel::forward(self, x, labels, mode)
+    }
+    fn backward(&mut self) -> Result<()> {
+        DataParallel::backward(self)
+    }
+    fn sgd_step(&mut self, hp: &SgdParams) -> Result<()> {
+        DataParallel::sgd_step(self, hp)
+    }
+    fn probs(&self) -> Result<Vec<f32>> {
+        self.concat(|n| n.probs())
+    }
+    fn logits(&self) -> Result<Vec<f32>> {
+        self.concat(|n| n.logits())
+    }
+    fn steps(&self) -> u64 {
+        self.nets[0].steps()
+    }
+    fn set_steps(&mut self, step: u64) {
+        self.nets.iter_mut().for_each(|n| n.set_steps(step));
+    }
+    fn set_loss_scale(&mut self, ls: Option<LossScale>) {
+        self.nets
+            .iter_mut()
+            .for_each(|n| n.set_loss_scale(ls.clone()));
+    }
+    fn loss_scale(&self) -> Option<&LossScale> {
+        self.nets[0].loss_scale()
+    }
+    fn last_step_skipped(&self) -> bool {
+        self.nets[0].last_step_skipped()
+    }
+    fn param_names(&self) -> Vec<String> {
+        self.nets[0].param_names()
+    }
+    fn param_shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.nets[0].param_shape(name)
+    }
+    fn param(&self, name: &str) -> Result<Vec<f32>> {
+        self.nets[0].param(name)
+    }
+    fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        self.nets
+            .iter_mut()
+            .try_for_each(|n| n.set_param(name, values))
+    }
+    fn momentum(&self, name: &str) -> Result<Vec<f32>> {
+        self.nets[0].momentum(name)
+    }
+    fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        self.nets[0].grad(name)
+    }
+    fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        self.nets
+            .iter_mut()
+            .try_for_each(|n| n.set_momentum(name, values))
+    }
+    /// Between each replica's towers (the all-reduce is not counted here).
+    fn exchanged_bytes(&self) -> u64 {
+        self.nets.iter().map(|n| n.exchanged_bytes()).sum()
     }
 }

@@ -341,6 +341,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 self.exchange(from, to, Slot::Out(last), Slot::Logits, b)?;
             }
         }
+        self.fence()?;
         let mut losses = [0.0f32; 2];
         for (t, loss) in losses.iter_mut().enumerate() {
             let tw = &mut self.towers[t];
@@ -374,15 +375,29 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 self.exchange(from, to, Slot::Out(i - 1), Slot::Gathered(i), b)?;
             }
         }
-        Ok(())
+        self.fence()
+    }
+
+    /// Each tower's later work waits for the copies the other has queued
+    /// from its buffers (`Backend::fence`).
+    fn fence(&self) -> Result<()> {
+        self.devs[0].fence(self.devs[1])?;
+        self.devs[1].fence(self.devs[0])
     }
 
     /// Gradients of the last forward's loss for every parameter of both towers.
     pub fn backward(&mut self) -> Result<()> {
-        let mode = self.last_mode.ok_or(Error::Shape {
-            op: "backward",
-            detail: "backward called without a forward pass".into(),
-        })?;
+        self.backward_begin()?;
+        for i in (0..self.shapes.len()).rev() {
+            self.backward_layer(i)?;
+        }
+        Ok(())
+    }
+
+    /// The first part of `backward`: each tower's gradient of its logits
+    /// (then `backward_layer` from the last layer down, as `Network`'s).
+    pub fn backward_begin(&mut self) -> Result<()> {
+        self.mode()?;
         let (n, classes, last) = (self.n, self.topo.classes, self.shapes.len() - 1);
         // Each tower's softmax gradient, then its own columns of it.
         for t in 0..2 {
@@ -411,34 +426,61 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             };
             self.exchange(t, t, Slot::DLogits, Slot::OutGrad(last), b)?;
         }
-        for i in (0..self.shapes.len()).rev() {
-            let ex = i > 0 && self.topo.layers[i].exchange;
-            for t in 0..2 {
-                let (be, l, lrn) = (self.devs[t], &self.topo.layers[i], &self.topo.lrn);
-                let tw = &mut self.towers[t];
-                let (done, rest) = tw.stages.split_at_mut(i);
-                let st = &mut rest[0];
-                let p = &mut tw.params[i];
-                let input = if i == 0 {
-                    &tw.x
-                } else if ex {
-                    &tw.gathered[i]
+        Ok(())
+    }
+
+    fn mode(&self) -> Result<Mode> {
+        self.last_mode.ok_or(Error::Shape {
+            op: "backward",
+            detail: "backward called without a forward pass".into(),
+        })
+    }
+
+    /// Layer i's backward on both towers: its parameters' gradients, and
+    /// its input's gradient (summed across the towers below an exchange).
+    pub fn backward_layer(&mut self, i: usize) -> Result<()> {
+        let mode = self.mode()?;
+        if i >= self.shapes.len() {
+            return Err(no_slot(format!(
+                "backward of layer {i} of {}",
+                self.shapes.len()
+            )));
+        }
+        // The input's gradient first: below an exchange it has to cross to
+        // the other tower, and its copies (on each device's copy stream)
+        // then run while the weight gradients are computed.
+        let ex = i > 0 && self.topo.layers[i].exchange;
+        for t in 0..2 {
+            let (be, l, lrn) = (self.devs[t], &self.topo.layers[i], &self.topo.lrn);
+            let tw = &mut self.towers[t];
+            let (done, rest) = tw.stages.split_at_mut(i);
+            let st = &mut rest[0];
+            st.backward_act(be, l, lrn, mode == Mode::Train)?;
+            if i > 0 {
+                let dx = if ex {
+                    &mut tw.dgathered[i]
                 } else {
-                    done[i - 1].out()
+                    done[i - 1].out_grad_mut()
                 };
-                st.backward(be, l, lrn, input, p, mode == Mode::Train)?;
-                if i > 0 {
-                    let dx = if ex {
-                        &mut tw.dgathered[i]
-                    } else {
-                        done[i - 1].out_grad_mut()
-                    };
-                    st.input_grad(be, &p.w, dx)?;
-                }
+                st.input_grad(be, &tw.params[i].w, dx)?;
             }
-            if ex {
-                self.scatter_grad(i)?;
-            }
+        }
+        if ex {
+            self.scatter_grad(i)?;
+        }
+        for t in 0..2 {
+            let tw = &mut self.towers[t];
+            let input = if i == 0 {
+                &tw.x
+            } else if ex {
+                &tw.gathered[i]
+            } else {
+                tw.stages[i - 1].out()
+            };
+            tw.stages[i].backward_params(self.devs[t], input, &mut tw.params[i])?;
+        }
+        if ex {
+            self.fence()?;
         }
         Ok(())
     }
@@ -495,6 +537,25 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
 
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    pub fn batch(&self) -> usize {
+        self.n
+    }
+
+    /// Draw dropout masks from `seed` from now on (as `Network`'s).
+    pub fn set_dropout_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// Tower `t`'s share of the gradient of layer i's weight or bias.
+    pub(crate) fn grads_mut(&mut self, t: usize, i: usize, is_w: bool) -> &mut B::Buf {
+        let p = &mut self.towers[t].params[i];
+        if is_w {
+            &mut p.dw
+        } else {
+            &mut p.db
+        }
     }
 
     /// Bytes copied between the two devices by the last forward and backward.

@@ -1,15 +1,21 @@
 //! What the trainer, evaluation, checkpoints and export need of a network,
 //! whichever executor runs it: the grouped network on one device
-//! (`net::Network`) or the paper's two towers on two (`towers::TowerNetwork`).
+//! (`net::Network`), the paper's two towers on two (`towers::TowerNetwork`),
+//! or replicas of either (`replicas::DataParallel`).
 //! Parameters are always whole tensors with PyTorch names and layouts, so a
 //! checkpoint written by one executor loads into the other.
 use super::loss_scale::LossScale;
-use super::net::Mode;
+use super::net::{Mode, Network};
+use super::replicas::{AllReduce, DataParallel};
 use super::topology::Topology;
+use super::towers::TowerNetwork;
+use crate::backend::Backend;
 use crate::error::Result;
 
 pub trait Model {
     fn topology(&self) -> &Topology;
+    /// Images per step.
+    fn batch(&self) -> usize;
     /// Forward a batch (NCHW f32); returns the mean cross-entropy loss.
     fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32>;
     fn backward(&mut self) -> Result<()>;
@@ -28,7 +34,12 @@ pub trait Model {
     fn param(&self, name: &str) -> Result<Vec<f32>>;
     fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()>;
     fn momentum(&self, name: &str) -> Result<Vec<f32>>;
+    /// The gradient the last backward left (unscaled only after `sgd_step`).
+    fn grad(&self, name: &str) -> Result<Vec<f32>>;
     fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()>;
+    /// Bytes copied between a model's towers by the last forward and
+    /// backward (0 on one device).
+    fn exchanged_bytes(&self) -> u64;
 }
 
 /// `impl Model for $t` by forwarding to its inherent methods of the same names.
@@ -37,6 +48,9 @@ macro_rules! forward_model {
         impl<B: crate::backend::Backend> crate::model::trainable::Model for $t {
             fn topology(&self) -> &crate::model::topology::Topology {
                 <$t>::topology(self)
+            }
+            fn batch(&self) -> usize {
+                <$t>::batch(self)
             }
             fn forward(
                 &mut self,
@@ -88,8 +102,14 @@ macro_rules! forward_model {
             fn momentum(&self, name: &str) -> crate::error::Result<Vec<f32>> {
                 <$t>::momentum(self, name)
             }
+            fn grad(&self, name: &str) -> crate::error::Result<Vec<f32>> {
+                <$t>::grad(self, name)
+            }
             fn set_momentum(&mut self, name: &str, values: &[f32]) -> crate::error::Result<()> {
                 <$t>::set_momentum(self, name, values)
+            }
+            fn exchanged_bytes(&self) -> u64 {
+                <$t>::exchanged_bytes(self)
             }
         }
     };
@@ -97,3 +117,68 @@ macro_rules! forward_model {
 
 forward_model!(super::net::Network<'_, B>);
 forward_model!(super::towers::TowerNetwork<'_, B>);
+
+/// How a run lays the network over its devices; `build` makes the `Model`.
+pub enum Layout<'a, B: Backend> {
+    /// The grouped network on one device.
+    One(&'a B),
+    /// The paper's two towers on two devices (model parallel).
+    Towers([&'a B; 2]),
+    /// One grouped replica per device (data parallel).
+    Data(Vec<&'a B>, Box<dyn AllReduce<B> + 'a>),
+    /// Two towers per pair of devices, data-parallel across the pairs.
+    Hybrid(Vec<[&'a B; 2]>, Box<dyn AllReduce<B> + 'a>),
+}
+
+/// Gradient buckets of about this many bytes (PyTorch DDP's default, 25 MiB).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+impl<'a, B: Backend> Layout<'a, B> {
+    /// The device that holds replica 0's first part (its pinned memory
+    /// serves the loader; its precision decides loss scaling).
+    pub fn first(&self) -> &'a B {
+        match self {
+            Layout::One(b) => b,
+            Layout::Towers(t) => t[0],
+            Layout::Data(d, _) => d[0],
+            Layout::Hybrid(p, _) => p[0][0],
+        }
+    }
+
+    /// How many devices, and how they are used, for the log.
+    pub fn describe(&self) -> String {
+        let names = |d: &[&B]| d.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+        match self {
+            Layout::One(b) => b.name(),
+            Layout::Towers(t) => format!("two towers: {}", names(t)),
+            Layout::Data(d, _) => format!("{} data-parallel replicas: {}", d.len(), names(d)),
+            Layout::Hybrid(p, _) => format!(
+                "{} data-parallel pairs of towers: {}",
+                p.len(),
+                p.iter()
+                    .map(|t| format!("[{}]", names(t)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The model for batches of `batch` images, initial weights from `seed`.
+    pub fn build(self, topo: &Topology, batch: usize, seed: u64) -> Result<Box<dyn Model + 'a>> {
+        Ok(match self {
+            Layout::One(b) => Box::new(Network::new(b, topo, batch, seed)?),
+            Layout::Towers(t) => Box::new(TowerNetwork::new(t, topo, batch, seed)?),
+            Layout::Data(d, r) => Box::new(DataParallel::grouped(
+                d,
+                topo,
+                batch,
+                seed,
+                BUCKET_BYTES,
+                r,
+            )?),
+            Layout::Hybrid(p, r) => {
+                Box::new(DataParallel::hybrid(p, topo, batch, seed, BUCKET_BYTES, r)?)
+            }
+        })
+    }
+}

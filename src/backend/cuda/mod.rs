@@ -36,6 +36,7 @@ pub mod cudnn;
 pub mod linear;
 pub mod mixed;
 pub mod modules;
+pub mod nccl;
 pub mod parity;
 pub mod pinned;
 pub mod probe;
@@ -393,8 +394,8 @@ impl CudaBackend {
         c.WidthInBytes = b.width * elem;
         c.Height = b.rows;
         c.Depth = 1;
-        // SAFETY: as above; the stream belongs to our context.
-        unsafe { drv_sys::cuMemcpy3DPeerAsync(&c, self.stream.cu_stream()) }
+        // SAFETY: as above; the copy stream belongs to our context.
+        unsafe { drv_sys::cuMemcpy3DPeerAsync(&c, self.copy.cu_stream()) }
             .result()
             .map_err(cuda_err("copy_rows"))
     }
@@ -941,13 +942,15 @@ impl Backend for CudaBackend {
         buf.len
     }
 
-    /// One pitched copy (cuMemcpy3DPeerAsync, depth 1) on this device's
-    /// compute stream, from `src_dev`'s buffer: the same context, another
-    /// context on the same GPU (`--gpus 0,0`), or another GPU (through peer
-    /// access when `enable_peer_access` got it, else staged by the driver).
-    /// Ordering across the two streams by events, as cudarc's own peer copy
-    /// does: this stream waits for the source's queued work, and the source's
-    /// stream waits for the copy before anything can overwrite the source.
+    /// One pitched copy (cuMemcpy3DPeerAsync, depth 1) on this device's copy
+    /// stream, from `src_dev`'s buffer: the same context, another context on
+    /// the same GPU (`--gpus 0,0`), or another GPU (through peer access when
+    /// `enable_peer_access` got it, else staged by the driver). The copy
+    /// waits for the sender's queued work (the source) and this device's
+    /// (earlier readers of the destination); this device's later kernels
+    /// wait for it through cudarc's record on `dst`, so compute goes on
+    /// meanwhile. The sender waits for it at its next `fence` (an event
+    /// recorded on another context's stream cannot be attached to `src`).
     fn copy_rows(
         &self,
         src_dev: &Self,
@@ -968,23 +971,28 @@ impl Backend for CudaBackend {
         }
         self.bind(OP)?;
         let ready = src_dev.stream.record_event(None).map_err(cuda_err(OP))?;
-        self.stream.wait(&ready).map_err(cuda_err(OP))?;
+        self.copy.wait(&ready).map_err(cuda_err(OP))?;
+        let free = self.stream.record_event(None).map_err(cuda_err(OP))?;
+        self.copy.wait(&free).map_err(cuda_err(OP))?;
         let half = dst.is_half();
-        let st = match (src.half.as_ref(), dst.half.as_mut()) {
+        match (src.half.as_ref(), dst.half.as_mut()) {
             (Some(s16), Some(d16)) if half => {
                 let (sp, _rs) = s16.device_ptr(&src_dev.stream);
-                let (dp, _rd) = d16.device_ptr_mut(&self.stream);
+                let (dp, _rd) = d16.device_ptr_mut(&self.copy);
                 self.copy_pitched(src_dev, sp, dp, b, 2)
             }
             _ => {
                 let (sp, _rs) = src.data.device_ptr(&src_dev.stream);
-                let (dp, _rd) = dst.data.device_ptr_mut(&self.stream);
+                let (dp, _rd) = dst.data.device_ptr_mut(&self.copy);
                 self.copy_pitched(src_dev, sp, dp, b, 4)
             }
-        };
-        st?;
-        let copied = self.stream.record_event(None).map_err(cuda_err(OP))?;
-        src_dev.stream.wait(&copied).map_err(cuda_err(OP))
+        }
+    }
+    fn fence(&self, other: &Self) -> Result<()> {
+        const OP: &str = "fence";
+        self.bind(OP)?;
+        let copied = other.copy.record_event(None).map_err(cuda_err(OP))?;
+        self.stream.wait(&copied).map_err(cuda_err(OP))
     }
     fn add_assign(&self, dst: &mut CudaBuf<f32>, src: &CudaBuf<f32>) -> Result<()> {
         const OP: &str = "add_assign";

@@ -685,50 +685,131 @@ pub fn steady_state_allocations(
 /// towers copied against the table's prediction (counted as f32, as the
 /// table does, in every precision).
 pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
-    use crate::model::net::{Mode, Network};
-    use crate::model::topology::Topology;
     use crate::model::towers::TowerNetwork;
+    let (a, b) = (twin(be)?, twin(be)?);
+    let (topo, x, labels) = split_case();
+    let mut two = TowerNetwork::new([&a, &b], &topo, labels.len(), 3)?;
+    let mut rows = against_grouped(be, "towers vs grouped", &mut two, &topo, &x, &labels)?;
+    let (got, want) = (
+        two.exchanged_bytes(),
+        topo.exchange_bytes_per_step(labels.len())?,
+    );
+    rows.push(count_row(
+        label(
+            be,
+            &format!("towers: bytes copied {got} vs the table's {want}"),
+        ),
+        got.abs_diff(want) as usize,
+    ));
+    Ok(rows)
+}
+
+/// Data parallelism on the GPU against the grouped network at the whole
+/// batch (the same case as `towers_vs_grouped`): two replicas on `be`'s GPU
+/// averaged through host memory, and, where NCCL is installed, one replica
+/// averaged by NCCL (a communicator of one rank: one GPU cannot hold two
+/// NCCL ranks), which must leave the gradients as they were. Rows for the
+/// logits, the loss and the worst gradient after the reduction; without
+/// NCCL, a failing row that says so.
+pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
+    use crate::model::replicas::{DataParallel, HostAllReduce};
+    use crate::model::trainable::BUCKET_BYTES;
+    let (topo, x, labels) = split_case();
+    let (a, b) = (twin(be)?, twin(be)?);
+    let mut two = DataParallel::grouped(
+        vec![&a, &b],
+        &topo,
+        labels.len(),
+        3,
+        BUCKET_BYTES,
+        Box::new(HostAllReduce::default()),
+    )?;
+    let mut rows = against_grouped(be, "2 replicas vs grouped", &mut two, &topo, &x, &labels)?;
+    if !super::nccl::nccl_present() {
+        rows.push(count_row(label(be, super::nccl::NO_NCCL), 1));
+        return Ok(rows);
+    }
+    let c = twin(be)?;
+    let reduce = super::nccl::NcclAllReduce::new(&[vec![&c]], &crate::world::World::single())?;
+    let mut one = DataParallel::grouped(
+        vec![&c],
+        &topo,
+        labels.len(),
+        3,
+        BUCKET_BYTES,
+        Box::new(reduce),
+    )?;
+    rows.extend(against_grouped(
+        be,
+        "NCCL replica vs grouped",
+        &mut one,
+        &topo,
+        &x,
+        &labels,
+    )?);
+    Ok(rows)
+}
+
+/// Another backend on `be`'s GPU with its settings (TF32 off).
+fn twin(be: &CudaBackend) -> Result<CudaBackend> {
     let opts = super::CudaOptions {
         precision: be.precision(),
         force_fallback_conv: !be.uses_cudnn(),
         allow_tf32: false,
     };
-    let (a, b) = (
-        CudaBackend::new(be.info().ordinal, opts)?,
-        CudaBackend::new(be.info().ordinal, opts)?,
-    );
-    let topo = Topology::cifar().without_dropout();
+    CudaBackend::new(be.info().ordinal, opts)
+}
+
+/// `cifar` without dropout, batch 8, random inputs and labels.
+fn split_case() -> (crate::model::topology::Topology, Vec<f32>, Vec<u32>) {
+    let topo = crate::model::topology::Topology::cifar().without_dropout();
     let n = 8;
     let mut rng = Rng::new(0x70_3e25);
     let x = random(&mut rng, n * topo.channels * topo.crop * topo.crop, 1.0);
     let labels: Vec<u32> = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
-    let mut one = Network::new(be, &topo, n, 3)?;
-    let mut two = TowerNetwork::new([&a, &b], &topo, n, 3)?;
+    (topo, x, labels)
+}
+
+/// A row name, with the precision in 16-bit modes.
+fn label(be: &CudaBackend, s: &str) -> String {
     let prec = be.precision();
-    let name = |s: &str| {
-        if prec.is_half() {
-            format!("{s} [{prec}]")
-        } else {
-            s.to_string()
-        }
-    };
+    if prec.is_half() {
+        format!("{s} [{prec}]")
+    } else {
+        s.to_string()
+    }
+}
+
+/// One training forward and backward of `other` and of the grouped network
+/// on `be` (same seed): rows for the logits, the loss and the worst
+/// gradient (normwise).
+fn against_grouped(
+    be: &CudaBackend,
+    what: &str,
+    other: &mut dyn crate::model::trainable::Model,
+    topo: &crate::model::topology::Topology,
+    x: &[f32],
+    labels: &[u32],
+) -> Result<Vec<ParityRow>> {
+    use crate::model::net::{Mode, Network};
+    let mut one = Network::new(be, topo, labels.len(), 3)?;
+    let prec = be.precision();
     let mut rows = Vec::new();
     let (l1, l2) = (
-        one.forward(&x, &labels, Mode::Train)?,
-        two.forward(&x, &labels, Mode::Train)?,
+        one.forward(x, labels, Mode::Train)?,
+        other.forward(x, labels, Mode::Train)?,
     );
     let gemm = tol_for(prec, GEMM_TOL);
-    let normwise = prec.is_half();
     rows.push(compare(
-        name("towers vs grouped: logits"),
+        label(be, &format!("{what}: logits")),
         "-",
-        &two.logits()?,
+        &other.logits()?,
         &one.logits()?,
         gemm,
-        normwise,
+        prec.is_half(),
     ));
     rows.push(compare(
-        name("towers vs grouped: loss"),
+        label(be, &format!("{what}: loss")),
         "-",
         &[l2],
         &[l1],
@@ -736,13 +817,13 @@ pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         false,
     ));
     one.backward()?;
-    two.backward()?;
+    other.backward()?;
     let mut worst: Option<ParityRow> = None;
     for p in one.param_names() {
         let r = compare(
-            name(&format!("towers vs grouped: gradient of {p} (the worst)")),
+            label(be, &format!("{what}: gradient of {p} (the worst)")),
             "-",
-            &two.grad(&p)?,
+            &other.grad(&p)?,
             &one.grad(&p)?,
             gemm,
             true,
@@ -756,10 +837,5 @@ pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         }
     }
     rows.extend(worst);
-    let (got, want) = (two.exchanged_bytes(), topo.exchange_bytes_per_step(n)?);
-    rows.push(count_row(
-        name(&format!("towers: bytes copied {got} vs the table's {want}")),
-        got.abs_diff(want) as usize,
-    ));
     Ok(rows)
 }

@@ -1,0 +1,137 @@
+//! NCCL all-reduce for data parallelism on GPUs (DESIGN.md, Multi-GPU): the
+//! transport `model::replicas` uses where `HostAllReduce` serves CPU
+//! replicas. One process drives its local GPUs; one communicator per tensor
+//! part (a tower's half under hybrid parallelism) spans that part's device
+//! in every replica of every process.
+//!
+//! Each communicator runs on its own stream per GPU. cudarc orders a
+//! buffer's users across streams with events, so a bucket's all-reduce
+//! starts once its gradients are written and runs while the compute stream
+//! goes on with the layers below; the SGD kernels wait for it the same way.
+//!
+//! libnccl is loaded at run time like the other CUDA libraries; without it
+//! the caller gets `NO_NCCL` and falls back to the in-process reduction.
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
+
+use super::{mixed, CudaBackend, CudaBuf};
+use crate::error::{Error, Result};
+use crate::model::replicas::AllReduce;
+use crate::world::World;
+
+pub const NO_NCCL: &str = "libnccl.so.2 not found: install NCCL (the nvidia-nccl-cu12 wheel, or the libnccl2 package) and put it on LD_LIBRARY_PATH";
+
+/// True when libnccl can be opened. Loads nothing else.
+pub fn nccl_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate names; calls no NCCL function.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
+fn nccl_err(op: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> Error {
+    move |e| Error::Cuda {
+        op,
+        detail: format!("NCCL {e:?}"),
+    }
+}
+
+/// NCCL communicators: `comms[part][r]` belongs to local replica r.
+pub struct NcclAllReduce {
+    comms: Vec<Vec<Comm>>,
+}
+
+impl NcclAllReduce {
+    /// Communicators for `devs[part][r]` (replica r's device holding
+    /// `part`), across all processes of `world`. In one process NCCL
+    /// needs no rendezvous (ncclCommInitAll); across processes each part's
+    /// communicator meets at `World::nccl_comm_id(part)`.
+    pub fn new(devs: &[Vec<&CudaBackend>], world: &World) -> Result<NcclAllReduce> {
+        if !nccl_present() {
+            return Err(Error::NoDevice(NO_NCCL.into()));
+        }
+        let mut comms = Vec::with_capacity(devs.len());
+        for (part, list) in devs.iter().enumerate() {
+            let streams = list
+                .iter()
+                .map(|be| be.ctx.new_stream())
+                .collect::<std::result::Result<Vec<Arc<CudaStream>>, _>>()
+                .map_err(super::cuda_err("NCCL stream"))?;
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = list.iter().find(|be| !seen.insert(be.info.ordinal)) {
+                return Err(Error::Config(format!(
+                    "NCCL needs a different GPU for each replica, and GPU {} holds two; list each GPU once in --gpus",
+                    dup.info.ordinal
+                )));
+            }
+            let part_comms = match world.nccl_comm_id(part) {
+                None => Comm::from_devices(streams).map_err(nccl_err("ncclCommInitAll"))?,
+                Some(addr) => {
+                    // SAFETY: set before any thread of ours reads the
+                    // environment concurrently (NCCL reads it in the calls
+                    // below, on this thread).
+                    std::env::set_var("NCCL_COMM_ID", &addr);
+                    let id = Id::new().map_err(nccl_err("ncclGetUniqueId"))?;
+                    let (ranks, total) = world.ranks(list.len());
+                    group_start().map_err(nccl_err("ncclGroupStart"))?;
+                    let made: Vec<_> = list
+                        .iter()
+                        .zip(streams)
+                        .zip(ranks)
+                        .map(|((be, stream), rank)| {
+                            be.bind("NCCL init")?;
+                            Comm::from_rank(stream, rank, total, id)
+                                .map_err(nccl_err("ncclCommInitRank"))
+                        })
+                        .collect();
+                    group_end().map_err(nccl_err("ncclGroupEnd"))?;
+                    made.into_iter().collect::<Result<Vec<_>>>().map_err(|e| {
+                        Error::Config(format!(
+                            "NCCL rendezvous at {addr} failed ({e}): check that every process has the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT and drives the same number of GPUs, and that rank 0's machine accepts connections on that port"
+                        ))
+                    })?
+                }
+            };
+            comms.push(part_comms);
+        }
+        Ok(NcclAllReduce { comms })
+    }
+}
+
+impl AllReduce<CudaBackend> for NcclAllReduce {
+    /// Every local replica's buffer averaged in place, as one NCCL group
+    /// (one thread driving several GPUs must group their calls).
+    fn mean(
+        &mut self,
+        part: usize,
+        _devs: &[&CudaBackend],
+        bufs: &mut [&mut CudaBuf<f32>],
+    ) -> Result<()> {
+        const OP: &str = "all-reduce";
+        let comms = self.comms.get(part).ok_or_else(|| Error::Shape {
+            op: OP,
+            detail: format!("no communicator for part {part}"),
+        })?;
+        if comms.len() != bufs.len() {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("{} buffers for {} local replicas", bufs.len(), comms.len()),
+            });
+        }
+        for b in bufs.iter() {
+            mixed::check_master(OP, "gradient", b)?;
+        }
+        group_start().map_err(nccl_err("ncclGroupStart"))?;
+        let mut status = Ok(());
+        for (comm, buf) in comms.iter().zip(bufs.iter_mut()) {
+            let len = buf.len();
+            let mut view = buf.data.slice_mut(0..len);
+            if let Err(e) = comm.all_reduce_in_place(&mut view, &ReduceOp::Avg) {
+                status = Err(nccl_err("ncclAllReduce")(e));
+                break;
+            }
+        }
+        group_end().map_err(nccl_err("ncclGroupEnd"))?;
+        status
+    }
+}

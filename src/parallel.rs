@@ -1,0 +1,222 @@
+//! From the command line's `--cpu` / `--gpus` / `--parallel` / `--replicas`
+//! to devices and a `Layout` (DESIGN.md, Multi-GPU): how many backends to
+//! open, which pairs hold the two towers, and which all-reduce sums the
+//! replicas' gradients (NCCL on GPUs, in process on CPU devices).
+//!
+//! Backends have associated types, so code that runs on a layout is a
+//! `OnLayout` value whose generic `run` is called with the CPU or CUDA one.
+use tracing::{info, warn};
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{nccl, probe, CudaBackend, CudaOptions};
+use crate::backend::Backend;
+use crate::device::parse_gpus;
+use crate::error::{Error, Result};
+use crate::model::replicas::{AllReduce, HostAllReduce};
+use crate::model::trainable::Layout;
+use crate::world::World;
+
+/// How several devices share the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parallel {
+    /// One device (the grouped network).
+    None,
+    /// The paper's two towers on two devices.
+    Model,
+    /// One replica per device, gradients averaged.
+    Data,
+    /// Towers on each pair of devices, data-parallel across the pairs.
+    Hybrid,
+}
+
+impl std::str::FromStr for Parallel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Parallel> {
+        match s {
+            "none" => Ok(Parallel::None),
+            "model" => Ok(Parallel::Model),
+            "data" => Ok(Parallel::Data),
+            "hybrid" => Ok(Parallel::Hybrid),
+            _ => Err(Error::Config(format!(
+                "--parallel {s}: use model (the paper's two towers), data or hybrid"
+            ))),
+        }
+    }
+}
+
+/// What the flags asked for.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub cpu: bool,
+    pub gpus: Option<String>,
+    pub parallel: Option<Parallel>,
+    /// CPU devices for --cpu --parallel data, pairs for hybrid.
+    pub replicas: usize,
+    pub cuda: CudaOptions,
+}
+
+/// Code to run on whichever backend the request resolves to.
+pub trait OnLayout {
+    type Out;
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> Result<Self::Out>;
+}
+
+/// The parallelism `--gpus LIST` implies without `--parallel`: none for one
+/// GPU, the paper's towers for two; more must say which.
+fn implied(n: usize, list: &str) -> Result<Parallel> {
+    match n {
+        1 => Ok(Parallel::None),
+        2 => Ok(Parallel::Model),
+        _ => Err(Error::Config(format!(
+            "--gpus {list}: {n} GPUs; say how to use them: --parallel data (a replica per GPU) or --parallel hybrid (the two towers on each pair)"
+        ))),
+    }
+}
+
+/// How many devices a parallelism needs, given `n` listed, or an error.
+fn check_count(p: Parallel, n: usize, what: &str) -> Result<()> {
+    let ok = match p {
+        Parallel::None => n == 1,
+        Parallel::Model => n == 2,
+        Parallel::Data => n >= 1,
+        Parallel::Hybrid => n >= 2 && n.is_multiple_of(2),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Config(match p {
+        Parallel::None => format!("{what}: {n} devices for one network; add --parallel data or hybrid"),
+        Parallel::Model => format!("{what}: --parallel model runs the paper's two towers on exactly two devices (e.g. --gpus 0,1, or 0,0 for both on GPU 0), not {n}"),
+        Parallel::Data => format!("{what}: --parallel data needs at least one device"),
+        Parallel::Hybrid => format!("{what}: --parallel hybrid puts two towers on each pair of devices and needs an even number, not {n}"),
+    }))
+}
+
+/// Pairs of consecutive devices: (0, 1), (2, 3), ...
+fn pairs<B>(devs: &[B]) -> Vec<[&B; 2]> {
+    devs.chunks_exact(2).map(|p| [&p[0], &p[1]]).collect()
+}
+
+/// Resolve `req` in `world` and run `f` on the layout. CPU devices are
+/// threads of this process; GPUs must be there (probed first).
+pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out> {
+    if req.cpu {
+        let p = req.parallel.unwrap_or(Parallel::None);
+        if !world.is_single() {
+            return Err(Error::Config(format!(
+                "WORLD_SIZE={}: several processes need GPUs and NCCL; CPU runs use one process (--parallel data --replicas N)",
+                world.size
+            )));
+        }
+        let n = match p {
+            Parallel::None => 1,
+            Parallel::Model => 2,
+            Parallel::Data => req.replicas,
+            Parallel::Hybrid => 2 * req.replicas,
+        };
+        check_count(p, n, "--cpu")?;
+        let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
+        let host = || Box::new(HostAllReduce::default()) as Box<dyn AllReduce<CpuBackend>>;
+        let layout = match p {
+            Parallel::None => Layout::One(&devs[0]),
+            Parallel::Model => Layout::Towers([&devs[0], &devs[1]]),
+            Parallel::Data => Layout::Data(devs.iter().collect(), host()),
+            Parallel::Hybrid => Layout::Hybrid(pairs(&devs), host()),
+        };
+        return f.run(layout);
+    }
+    let list = match (&req.gpus, world.is_single()) {
+        (Some(l), _) => l.clone(),
+        (None, false) => world.local_rank.to_string(),
+        (None, true) => {
+            return Err(Error::Config(
+                "name the GPUs with --gpus (e.g. --gpus 0,1), or train on the CPU with --cpu"
+                    .into(),
+            ))
+        }
+    };
+    let ids = parse_gpus(&list)?;
+    let p = match req.parallel {
+        Some(p) => p,
+        None => implied(ids.len(), &list)?,
+    };
+    check_count(p, ids.len(), &format!("--gpus {list}"))?;
+    if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
+        return Err(Error::Config(format!(
+            "WORLD_SIZE={}: processes share the work data-parallel; add --parallel data (or hybrid)",
+            world.size
+        )));
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for d in probe::require(&distinct)? {
+        info!("using {d}");
+    }
+    let devs = ids
+        .iter()
+        .map(|&i| CudaBackend::new(i, req.cuda))
+        .collect::<Result<Vec<_>>>()?;
+    if matches!(p, Parallel::Model | Parallel::Hybrid) {
+        for pair in devs.chunks_exact(2) {
+            for (x, y) in [(&pair[0], &pair[1]), (&pair[1], &pair[0])] {
+                if !x.enable_peer_access(y)? {
+                    warn!(
+                        "no peer access from {} to {}: the towers' copies are staged through host memory by the driver",
+                        x.info(),
+                        y.info()
+                    );
+                }
+            }
+        }
+    }
+    let layout = match p {
+        Parallel::None => Layout::One(&devs[0]),
+        Parallel::Model => Layout::Towers([&devs[0], &devs[1]]),
+        Parallel::Data => {
+            let all: Vec<&CudaBackend> = devs.iter().collect();
+            let reduce = gpu_reduce(std::slice::from_ref(&all), world)?;
+            Layout::Data(all, reduce)
+        }
+        Parallel::Hybrid => {
+            let ps = pairs(&devs);
+            let parts: Vec<Vec<&CudaBackend>> =
+                (0..2).map(|t| ps.iter().map(|q| q[t]).collect()).collect();
+            let reduce = gpu_reduce(&parts, world)?;
+            Layout::Hybrid(ps, reduce)
+        }
+    };
+    f.run(layout)
+}
+
+/// NCCL where it can serve (the library is there and each part's replicas
+/// are on different GPUs); else, in one process, the in-process all-reduce
+/// through host memory, with a warning; across processes NCCL is required.
+fn gpu_reduce<'a>(
+    parts: &[Vec<&'a CudaBackend>],
+    world: &World,
+) -> Result<Box<dyn AllReduce<CudaBackend> + 'a>> {
+    let shared = parts.iter().any(|list| {
+        let mut ords: Vec<usize> = list.iter().map(|b| b.info().ordinal).collect();
+        ords.sort_unstable();
+        ords.windows(2).any(|w| w[0] == w[1])
+    });
+    let why = if shared {
+        "two replicas share a GPU, which NCCL does not allow"
+    } else if !nccl::nccl_present() {
+        nccl::NO_NCCL
+    } else {
+        let r = nccl::NcclAllReduce::new(parts, world)?;
+        info!("gradients averaged by NCCL all-reduce");
+        return Ok(Box::new(r));
+    };
+    if !world.is_single() {
+        return Err(Error::NoDevice(format!(
+            "a multi-process run averages gradients with NCCL, but {why}"
+        )));
+    }
+    warn!(
+        "{why}: gradients are averaged through host memory instead (correct, but slower than NCCL)"
+    );
+    Ok(Box::new(HostAllReduce::default()))
+}

@@ -1,0 +1,208 @@
+//! Which process this is among the processes of one training run, read from
+//! the environment variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
+//! MASTER_ADDR, MASTER_PORT), so a multi-machine run launches the way
+//! PyTorch users already do: `torchrun --nnodes 2 --nproc-per-node 1 ...`
+//! or the same variables set by hand or by a scheduler.
+//!
+//! One process drives all the GPUs it is given (`--gpus`); its replicas are
+//! NCCL ranks `RANK * k .. RANK * k + k` of `WORLD_SIZE * k`, so every
+//! process must drive the same number of GPUs. NCCL's own bootstrap does the
+//! rendezvous: with `NCCL_COMM_ID=host:port` set, every rank derives the
+//! same unique id from the address and rank 0 listens there (NVIDIA/nccl
+//! issue 730 describes the mechanism). Communicator `part` listens on
+//! MASTER_PORT + 1 + part: torchrun's own store already holds MASTER_PORT.
+use crate::error::{Error, Result};
+
+/// This process's place in the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct World {
+    pub rank: usize,
+    pub size: usize,
+    pub local_rank: usize,
+    /// MASTER_ADDR and MASTER_PORT: where rank 0 listens (None: one process).
+    pub master: Option<(String, u16)>,
+}
+
+impl World {
+    /// The whole run in this process.
+    pub fn single() -> World {
+        World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            master: None,
+        }
+    }
+
+    /// From the process environment.
+    pub fn from_env() -> Result<World> {
+        World::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// From `var` (the environment, or a table in tests). No WORLD_SIZE, or
+    /// 1, is a single process; otherwise RANK, MASTER_ADDR and MASTER_PORT
+    /// must be there and make sense, and the error names what is wrong.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<World> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            match var(k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+                    Error::Config(format!(
+                        "{k}={v}: not a whole number; torchrun sets it, or set it by hand"
+                    ))
+                }),
+            }
+        };
+        let size = num("WORLD_SIZE")?.unwrap_or(1);
+        let local_rank = num("LOCAL_RANK")?.unwrap_or(0);
+        if size == 0 {
+            return Err(Error::Config(
+                "WORLD_SIZE=0: a run has at least one process".into(),
+            ));
+        }
+        if size == 1 {
+            return Ok(World {
+                local_rank,
+                ..World::single()
+            });
+        }
+        let rank = num("RANK")?.ok_or_else(|| {
+            Error::Config(format!(
+                "WORLD_SIZE={size} but no RANK: set RANK (0 to {}) in each process, or launch with torchrun",
+                size - 1
+            ))
+        })?;
+        if rank >= size {
+            return Err(Error::Config(format!(
+                "RANK={rank} with WORLD_SIZE={size}: ranks run from 0 to {}",
+                size - 1
+            )));
+        }
+        let addr = var("MASTER_ADDR").filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+            Error::Config(format!(
+                "WORLD_SIZE={size} but no MASTER_ADDR: set it to the address of the rank-0 machine (as for torchrun)"
+            ))
+        })?;
+        let port = var("MASTER_PORT").ok_or_else(|| {
+            Error::Config(format!(
+                "WORLD_SIZE={size} but no MASTER_PORT: set it to a free port on {addr} (as for torchrun)"
+            ))
+        })?;
+        let port = port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0 && *p < u16::MAX - 8)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "MASTER_PORT={port}: not a port number below {}; the run also uses the next few ports",
+                    u16::MAX - 8
+                ))
+            })?;
+        Ok(World {
+            rank,
+            size,
+            local_rank,
+            master: Some((addr.trim().to_string(), port)),
+        })
+    }
+
+    pub fn is_single(&self) -> bool {
+        self.size == 1
+    }
+
+    /// Rank 0 writes checkpoints, metrics and charts; the others train.
+    pub fn is_writer(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// `NCCL_COMM_ID` for communicator `part` (None: one process, where
+    /// NCCL needs no rendezvous). IPv6 addresses go in brackets.
+    pub fn nccl_comm_id(&self, part: usize) -> Option<String> {
+        let (addr, port) = self.master.as_ref()?;
+        let port = *port as usize + 1 + part;
+        Some(if addr.contains(':') && !addr.starts_with('[') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        })
+    }
+
+    /// The NCCL ranks of this process's `k` local replicas, and the total.
+    pub fn ranks(&self, k: usize) -> (std::ops::Range<usize>, usize) {
+        (self.rank * k..(self.rank + 1) * k, self.size * k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn world(vars: &[(&str, &str)]) -> Result<World> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        World::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn no_variables_is_one_process() {
+        assert_eq!(world(&[]).unwrap(), World::single());
+        assert_eq!(world(&[("WORLD_SIZE", "1")]).unwrap(), World::single());
+    }
+
+    #[test]
+    fn torchrun_variables_give_rank_and_rendezvous() {
+        let w = world(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "10.0.0.7"),
+            ("MASTER_PORT", "29500"),
+        ])
+        .unwrap();
+        assert_eq!((w.rank, w.size, w.is_writer()), (2, 4, false));
+        assert_eq!(w.nccl_comm_id(0).as_deref(), Some("10.0.0.7:29501"));
+        assert_eq!(w.nccl_comm_id(1).as_deref(), Some("10.0.0.7:29502"));
+        // Two GPUs per process: ranks 4 and 5 of 8.
+        assert_eq!(w.ranks(2), (4..6, 8));
+        let v6 = world(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("MASTER_ADDR", "fe80::1"),
+            ("MASTER_PORT", "29500"),
+        ])
+        .unwrap();
+        assert_eq!(v6.nccl_comm_id(0).as_deref(), Some("[fe80::1]:29501"));
+    }
+
+    #[test]
+    fn missing_or_bad_variables_are_errors_naming_them() {
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Vars, &str); 6] = [
+            (&[("WORLD_SIZE", "2")], "RANK"),
+            (&[("WORLD_SIZE", "2"), ("RANK", "2")], "RANK=2"),
+            (&[("WORLD_SIZE", "2"), ("RANK", "1")], "MASTER_ADDR"),
+            (
+                &[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h")],
+                "MASTER_PORT",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "http"),
+                ],
+                "MASTER_PORT=http",
+            ),
+            (&[("WORLD_SIZE", "two")], "WORLD_SIZE=two"),
+        ];
+        for (vars, want) in cases {
+            let msg = world(vars).unwrap_err().to_string();
+            assert!(msg.contains(want), "{vars:?}: {msg}");
+        }
+    }
+}
