@@ -672,6 +672,8 @@ pub fn train<B: Backend>(
         );
     }
     let mut epochs_run = 0usize;
+    // Towers: the bytes the first step moved, beside the table's count.
+    let mut bytes_told = false;
     while state.progress.epoch <= opts.run.epochs {
         let epoch = state.progress.epoch;
         let first = state.progress.batches_done;
@@ -719,6 +721,14 @@ pub fn train<B: Backend>(
             net.backward()?;
             net.sgd_step(&hp)?;
             compute += t0.elapsed();
+            if !bytes_told && net.exchanged_bytes() > 0 {
+                info!(
+                    "between towers: {} bytes this step; the table predicts {}",
+                    net.exchanged_bytes(),
+                    topo.exchange_bytes_per_step(local_batch)?
+                );
+                bytes_told = true;
+            }
             let p = &mut state.progress;
             if let Some(ls) = net.loss_scale() {
                 if net.last_step_skipped() {

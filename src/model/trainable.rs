@@ -151,10 +151,16 @@ impl<'a, B: Backend> Layout<'a, B> {
         match self {
             Layout::One(b) => b.name(),
             Layout::Towers(t) => format!("two towers: {}", names(t)),
-            Layout::Data(d, _) => format!("{} data-parallel replicas: {}", d.len(), names(d)),
+            Layout::Data(d, _) => format!(
+                "{} data-parallel replica{}: {}",
+                d.len(),
+                if d.len() == 1 { "" } else { "s" },
+                names(d)
+            ),
             Layout::Hybrid(p, _) => format!(
-                "{} data-parallel pairs of towers: {}",
+                "{} data-parallel pair{} of towers: {}",
                 p.len(),
+                if p.len() == 1 { "" } else { "s" },
                 p.iter()
                     .map(|t| format!("[{}]", names(t)))
                     .collect::<Vec<_>>()
