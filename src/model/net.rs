@@ -556,10 +556,14 @@ impl<'a, B: Backend> Network<'a, B> {
         Ok(())
     }
 
-    /// Layer `i`'s weight and bias gradients, for a reduction across replicas.
-    pub(crate) fn grads_mut(&mut self, i: usize) -> (&mut B::Buf, &mut B::Buf) {
+    /// Layer `i`'s weight or bias gradient, for a reduction across replicas.
+    pub(crate) fn grad_mut(&mut self, i: usize, is_w: bool) -> &mut B::Buf {
         let p = &mut self.params[i];
-        (&mut p.dw, &mut p.db)
+        if is_w {
+            &mut p.dw
+        } else {
+            &mut p.db
+        }
     }
 
     /// The paper's update (section 5) on every parameter. Weight decay applies

@@ -123,12 +123,7 @@ impl<B: Backend> Replica<B> for Network<'_, B> {
         1
     }
     fn grad_part(&mut self, layer: usize, is_w: bool, _part: usize) -> &mut B::Buf {
-        let (dw, db) = self.grads_mut(layer);
-        if is_w {
-            dw
-        } else {
-            db
-        }
+        self.grad_mut(layer, is_w)
     }
     fn set_dropout_seed(&mut self, seed: u64) {
         Network::set_dropout_seed(self, seed)
@@ -146,7 +141,7 @@ impl<B: Backend> Replica<B> for TowerNetwork<'_, B> {
         2
     }
     fn grad_part(&mut self, layer: usize, is_w: bool, part: usize) -> &mut B::Buf {
-        self.grads_mut(part, layer, is_w)
+        self.grad_mut(part, layer, is_w)
     }
     fn set_dropout_seed(&mut self, seed: u64) {
         TowerNetwork::set_dropout_seed(self, seed)

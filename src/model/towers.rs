@@ -549,7 +549,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
     }
 
     /// Tower `t`'s share of the gradient of layer i's weight or bias.
-    pub(crate) fn grads_mut(&mut self, t: usize, i: usize, is_w: bool) -> &mut B::Buf {
+    pub(crate) fn grad_mut(&mut self, t: usize, i: usize, is_w: bool) -> &mut B::Buf {
         let p = &mut self.towers[t].params[i];
         if is_w {
             &mut p.dw
