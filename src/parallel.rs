@@ -1,7 +1,8 @@
 //! From the command line's `--cpu` / `--gpus` / `--parallel` / `--replicas`
 //! to devices and a `Layout` (DESIGN.md, Multi-GPU): how many backends to
 //! open, which pairs hold the two towers, and which all-reduce sums the
-//! replicas' gradients (NCCL on GPUs, in process on CPU devices).
+//! replicas' gradients (NCCL on GPUs; on CPU devices in process, or over
+//! TCP across processes).
 //!
 //! Backends have associated types, so code that runs on a layout is a
 //! `OnLayout` value whose generic `run` is called with the CPU or CUDA one.
@@ -13,6 +14,7 @@ use crate::backend::Backend;
 use crate::device::parse_gpus;
 use crate::error::{Error, Result};
 use crate::model::replicas::{AllReduce, HostAllReduce};
+use crate::model::tcp_reduce::TcpAllReduce;
 use crate::model::trainable::Layout;
 use crate::world::World;
 
@@ -102,9 +104,9 @@ fn pairs<B>(devs: &[B]) -> Vec<[&B; 2]> {
 pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out> {
     if req.cpu {
         let p = req.parallel.unwrap_or(Parallel::None);
-        if !world.is_single() {
+        if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
             return Err(Error::Config(format!(
-                "WORLD_SIZE={}: several processes need GPUs and NCCL; CPU runs use one process (--parallel data --replicas N)",
+                "WORLD_SIZE={}: processes share the work data-parallel; add --parallel data (or hybrid)",
                 world.size
             )));
         }
@@ -116,12 +118,19 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
         };
         check_count(p, n, "--cpu")?;
         let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
-        let host = || Box::new(HostAllReduce::default()) as Box<dyn AllReduce<CpuBackend>>;
+        // Across processes, the replicas meet over TCP (tcp_reduce.rs).
+        let reduce = |k: usize| -> Result<Box<dyn AllReduce<CpuBackend>>> {
+            if world.is_single() {
+                Ok(Box::new(HostAllReduce::default()))
+            } else {
+                Ok(Box::new(TcpAllReduce::connect(world, k)?))
+            }
+        };
         let layout = match p {
             Parallel::None => Layout::One(&devs[0]),
             Parallel::Model => Layout::Towers([&devs[0], &devs[1]]),
-            Parallel::Data => Layout::Data(devs.iter().collect(), host()),
-            Parallel::Hybrid => Layout::Hybrid(pairs(&devs), host()),
+            Parallel::Data => Layout::Data(devs.iter().collect(), reduce(n)?),
+            Parallel::Hybrid => Layout::Hybrid(pairs(&devs), reduce(n / 2)?),
         };
         return f.run(layout);
     }

@@ -561,3 +561,134 @@ fn data_parallel_and_hybrid_runs_stop_and_resume_exactly() {
         assert_same_run(&whole, &stopped);
     }
 }
+
+/// A multi-process run (torchrun's variables, two processes on this
+/// machine, the gradients meeting over TCP) computes bit for bit what one
+/// process with as many replicas does: each rank loads its block of every
+/// global batch, and rank 0 sums the replicas in the same order. Rank 0
+/// writes the run folder, rank 1 nothing. For data parallelism and hybrid.
+#[test]
+fn two_processes_train_what_one_process_with_both_replicas_trains() {
+    for mode in ["data", "hybrid"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = data(t.path());
+        let (one, two, other) = (
+            t.path().join("one"),
+            t.path().join("two"),
+            t.path().join("rank1"),
+        );
+        let args = |out: &Path, replicas: &str| {
+            let mut a = train_args(&d, out, 2);
+            if let Some(i) = a.iter().position(|s| s == "--batch") {
+                a[i + 1] = "24".into();
+            }
+            a.extend(["--parallel", mode, "--replicas", replicas].map(String::from));
+            a
+        };
+        run_ok(&args(&one, "2"));
+        // A free port for rank 0 to listen on (MASTER_PORT + 1).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let env = |rank: &str| {
+            [
+                ("WORLD_SIZE", "2".to_string()),
+                ("RANK", rank.to_string()),
+                ("MASTER_ADDR", "127.0.0.1".to_string()),
+                ("MASTER_PORT", (port - 1).to_string()),
+            ]
+        };
+        let rank1 = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(args(&other, "1"))
+            .envs(env("1"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rank 1");
+        let rank0 = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(args(&two, "1"))
+            .envs(env("0"))
+            .output()
+            .expect("run rank 0");
+        let rank1 = rank1.wait_with_output().expect("rank 1 ends");
+        for (r, o) in [(0, &rank0), (1, &rank1)] {
+            assert!(
+                o.status.success(),
+                "{mode}: rank {r} failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        assert!(!other.exists(), "{mode}: rank 1 keeps nothing");
+        let last = |out: &Path| checkpoint::list(out).unwrap().pop().expect("a checkpoint");
+        let ((s1, p1), (s2, p2)) = (last(&one), last(&two));
+        assert_eq!(s1, s2);
+        let (ta, tb) = (tensors(&p1), tensors(&p2));
+        assert_eq!(ta.len(), 32);
+        for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
+            assert_eq!(na, nb);
+            assert!(
+                da == db,
+                "{mode}: {na} differs between one and two processes"
+            );
+        }
+    }
+}
+
+/// A rank killed mid-run: the other stops with an error that names it, and
+/// the checkpoints rank 0 wrote before stay loadable.
+#[test]
+fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (out, other) = (t.path().join("run"), t.path().join("rank1"));
+    let args = |out: &Path| {
+        let mut a = train_args(&d, out, 50);
+        if let Some(i) = a.iter().position(|s| s == "--batch") {
+            a[i + 1] = "24".into();
+        }
+        a.extend(["--parallel", "data", "--replicas", "1"].map(String::from));
+        a
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = |rank: &str, out: &Path, stderr: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(args(out))
+            .envs([
+                ("WORLD_SIZE", "2".to_string()),
+                ("RANK", rank.to_string()),
+                ("MASTER_ADDR", "127.0.0.1".to_string()),
+                ("MASTER_PORT", (port - 1).to_string()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start a rank")
+    };
+    let mut rank0 = spawn("0", &out, Stdio::piped());
+    let mut rank1 = spawn("1", &other, Stdio::null());
+    let start = Instant::now();
+    while checkpoint::list(&out).map_or(0, |l| l.len()) < 1 {
+        let ended = rank0.try_wait().expect("rank 0's status");
+        assert!(
+            ended.is_none(),
+            "rank 0 ended before a checkpoint: {ended:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rank1.kill().expect("kill rank 1");
+    rank1.wait().expect("rank 1 ends");
+    let o = rank0.wait_with_output().expect("rank 0 ends");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "rank 0 cannot go on alone");
+    let line = err.lines().find(|l| l.starts_with("error")).unwrap_or("");
+    assert!(line.contains("rank 1"), "the error names the rank: {err}");
+    let (_, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    checkpoint::load(&path).expect("the last checkpoint loads");
+}

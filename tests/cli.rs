@@ -318,7 +318,7 @@ fn demo_learns_well_above_chance() {
 }
 
 /// torchrun's variables: a half-set environment names what is missing, and
-/// several processes on CPU devices (no NCCL) are refused with the way out.
+/// several processes must share the work data-parallel.
 #[test]
 fn multi_process_environment_errors_name_the_variable() {
     type Vars<'a> = &'a [(&'a str, &'a str)];
@@ -339,7 +339,7 @@ fn multi_process_environment_errors_name_the_variable() {
                 ("MASTER_ADDR", "127.0.0.1"),
                 ("MASTER_PORT", "29500"),
             ],
-            &["WORLD_SIZE=2", "GPUs", "--parallel data --replicas"],
+            &["WORLD_SIZE=2", "--parallel data"],
         ),
     ];
     for (vars, needles) in cases {

@@ -8,6 +8,7 @@ pub mod replicas;
 pub mod scaling;
 pub mod spec;
 pub mod summary;
+pub mod tcp_reduce;
 pub mod topology;
 pub mod towers;
 pub mod trainable;

@@ -11,7 +11,8 @@
 //! upper layers overlaps the backward pass of the lower ones. Here the
 //! replicas step through backward layer by layer in lockstep, which gives
 //! the same order. `AllReduce` is the transport: `HostAllReduce` sums in
-//! process (CPU replicas); `backend::cuda::nccl` is the GPU one.
+//! process (CPU replicas), `tcp_reduce` across processes (CPU replicas of a
+//! multi-process run); `backend::cuda::nccl` is the GPU one.
 //!
 //! A replica is any executor that can run backward a layer at a time
 //! (`Replica`): the grouped network on one device (data parallelism), or the
@@ -34,6 +35,11 @@ use crate::rng::hash_u64;
 /// for transports that keep one communicator per part.
 pub trait AllReduce<B: Backend> {
     fn mean(&mut self, part: usize, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()>;
+    /// The index of this process's first replica among all processes'
+    /// (0 in a one-process run): it picks the replicas' dropout streams.
+    fn first_replica(&self) -> usize {
+        0
+    }
 }
 
 /// In-process all-reduce: each replica's buffer comes to the host, the sum
@@ -219,9 +225,10 @@ impl<'a, B: Backend> DataParallel<'a, B, TowerNetwork<'a, B>> {
 
 impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
     /// Replicas built alike (same table, shard size and seed), with
-    /// `devs[part][r]` the device of replica r's share `part`. Replica r > 0
-    /// draws its own dropout masks (replica 0 keeps the seed's, so one
-    /// replica is the plain network).
+    /// `devs[part][r]` the device of replica r's share `part`. Each replica
+    /// but the run's first draws its own dropout masks (the first keeps the
+    /// seed's, so one replica is the plain network), numbered across
+    /// processes so a run's masks do not depend on how it is spread.
     pub fn new(
         mut nets: Vec<M>,
         devs: Vec<Vec<&'a B>>,
@@ -238,8 +245,11 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
                 devs.len()
             )));
         }
-        for (r, net) in nets.iter_mut().enumerate().skip(1) {
-            net.set_dropout_seed(hash_u64(seed, r as u64));
+        let first = reduce.first_replica();
+        for (r, net) in nets.iter_mut().enumerate() {
+            if first + r > 0 {
+                net.set_dropout_seed(hash_u64(seed, (first + r) as u64));
+            }
         }
         let shard = nets[0].batch();
         Ok(DataParallel {

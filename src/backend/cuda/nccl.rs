@@ -39,6 +39,7 @@ fn nccl_err(op: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> Err
 /// NCCL communicators: `comms[part][r]` belongs to local replica r.
 pub struct NcclAllReduce {
     comms: Vec<Vec<Comm>>,
+    first: usize,
 }
 
 impl NcclAllReduce {
@@ -94,7 +95,8 @@ impl NcclAllReduce {
             };
             comms.push(part_comms);
         }
-        Ok(NcclAllReduce { comms })
+        let first = world.ranks(devs.first().map_or(0, Vec::len)).0.start;
+        Ok(NcclAllReduce { comms, first })
     }
 }
 
@@ -133,5 +135,9 @@ impl AllReduce<CudaBackend> for NcclAllReduce {
         }
         group_end().map_err(nccl_err("ncclGroupEnd"))?;
         status
+    }
+
+    fn first_replica(&self) -> usize {
+        self.first
     }
 }
