@@ -4,13 +4,15 @@
 //! PyTorch users already do: `torchrun --nnodes 2 --nproc-per-node 1 ...`
 //! or the same variables set by hand or by a scheduler.
 //!
-//! One process drives all the GPUs it is given (`--gpus`); its replicas are
-//! NCCL ranks `RANK * k .. RANK * k + k` of `WORLD_SIZE * k`, so every
-//! process must drive the same number of GPUs. NCCL's own bootstrap does the
-//! rendezvous: with `NCCL_COMM_ID=host:port` set, every rank derives the
-//! same unique id from the address and rank 0 listens there (NVIDIA/nccl
-//! issue 730 describes the mechanism). Communicator `part` listens on
-//! MASTER_PORT + 1 + part: torchrun's own store already holds MASTER_PORT.
+//! One process drives all the devices it is given (`--gpus`, or `--cpu
+//! --replicas k`); its replicas are `RANK * k .. RANK * k + k` of
+//! `WORLD_SIZE * k`, so every process must drive the same number. On GPUs
+//! NCCL's own bootstrap does the rendezvous: with `NCCL_COMM_ID=host:port`
+//! set, every rank derives the same unique id from the address and rank 0
+//! listens there (NVIDIA/nccl issue 730 describes the mechanism);
+//! communicator `part` listens on MASTER_PORT + 1 + part, since torchrun's
+//! own store already holds MASTER_PORT. CPU runs meet over TCP at
+//! MASTER_PORT + 1 (`model::tcp_reduce`).
 use crate::error::{Error, Result};
 
 /// This process's place in the run.
