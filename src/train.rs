@@ -118,7 +118,8 @@ pub struct EpochStats {
     pub val_loss: f64,
     pub val_top1: f64,
     pub val_top5: f64,
-    /// Training images per second (forward, backward, update).
+    /// Training images per second (forward, backward, update), of all the
+    /// run's processes together.
     pub images_per_s: f64,
     /// Wall time since training started, seconds.
     pub elapsed_s: f64,
@@ -745,7 +746,9 @@ pub fn train<B: Backend>(
             p.seen += b.n;
             p.batches_done += 1;
             p.step = net.steps();
-            seen_here += b.n;
+            // The processes of a run step together (each step ends in the
+            // all-reduce), so the run's images are this shard times their number.
+            seen_here += b.n * world.size;
             let row = StepRow {
                 step: p.step,
                 epoch: (epoch - 1) as f64 + p.batches_done as f64 / epoch_batches as f64,
