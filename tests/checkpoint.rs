@@ -528,6 +528,39 @@ fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
     assert_eq!(grouped.logits().unwrap(), two.logits().unwrap());
 }
 
+/// `a` with `--parallel MODE --replicas N` and an even batch (24) that
+/// splits over the replicas.
+fn parallel_args(mut a: Vec<String>, mode: &str, replicas: &str) -> Vec<String> {
+    if let Some(i) = a.iter().position(|s| s == "--batch") {
+        a[i + 1] = "24".into();
+    }
+    a.extend(["--parallel", mode, "--replicas", replicas].map(String::from));
+    a
+}
+
+/// A free port on this machine, and the MASTER_PORT that makes rank 0
+/// listen on it (MASTER_PORT + 1).
+fn master_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (port - 1).to_string()
+}
+
+/// `alexnet-cuda ARGS` as rank `rank` of two on this machine.
+fn rank_cmd(args: &[String], rank: &str, master_port: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"));
+    c.args(args).envs([
+        ("WORLD_SIZE", "2"),
+        ("RANK", rank),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", master_port),
+    ]);
+    c
+}
+
 /// Data parallelism on two CPU replicas and hybrid on two pairs of towers:
 /// a run stopped by a signal and resumed with the flags the hint repeats
 /// equals the uninterrupted run (dropout masks are drawn per replica and
@@ -541,14 +574,7 @@ fn data_parallel_and_hybrid_runs_stop_and_resume_exactly() {
         let t = tempfile::tempdir().unwrap();
         let d = data(t.path());
         let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
-        // An even batch: it splits over the two replicas.
-        let with = |mut a: Vec<String>| {
-            if let Some(i) = a.iter().position(|s| s == "--batch") {
-                a[i + 1] = "24".into();
-            }
-            a.extend(["--parallel", mode, "--replicas", "2"].map(String::from));
-            a
-        };
+        let with = |a: Vec<String>| parallel_args(a, mode, "2");
         run_ok(&with(train_args(&d, &whole, EPOCHS)));
         let k = random_step(3, STEPS - 3, mode);
         let stdout = interrupt(start_until(
@@ -577,39 +603,16 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
             t.path().join("two"),
             t.path().join("rank1"),
         );
-        let args = |out: &Path, replicas: &str| {
-            let mut a = train_args(&d, out, 2);
-            if let Some(i) = a.iter().position(|s| s == "--batch") {
-                a[i + 1] = "24".into();
-            }
-            a.extend(["--parallel", mode, "--replicas", replicas].map(String::from));
-            a
-        };
+        let args =
+            |out: &Path, replicas: &str| parallel_args(train_args(&d, out, 2), mode, replicas);
         run_ok(&args(&one, "2"));
-        // A free port for rank 0 to listen on (MASTER_PORT + 1).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let env = |rank: &str| {
-            [
-                ("WORLD_SIZE", "2".to_string()),
-                ("RANK", rank.to_string()),
-                ("MASTER_ADDR", "127.0.0.1".to_string()),
-                ("MASTER_PORT", (port - 1).to_string()),
-            ]
-        };
-        let rank1 = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-            .args(args(&other, "1"))
-            .envs(env("1"))
+        let port = master_port();
+        let rank1 = rank_cmd(&args(&other, "1"), "1", &port)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rank 1");
-        let rank0 = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-            .args(args(&two, "1"))
-            .envs(env("0"))
+        let rank0 = rank_cmd(&args(&two, "1"), "0", &port)
             .output()
             .expect("run rank 0");
         let rank1 = rank1.wait_with_output().expect("rank 1 ends");
@@ -643,28 +646,10 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     let t = tempfile::tempdir().unwrap();
     let d = data(t.path());
     let (out, other) = (t.path().join("run"), t.path().join("rank1"));
-    let args = |out: &Path| {
-        let mut a = train_args(&d, out, 50);
-        if let Some(i) = a.iter().position(|s| s == "--batch") {
-            a[i + 1] = "24".into();
-        }
-        a.extend(["--parallel", "data", "--replicas", "1"].map(String::from));
-        a
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let args = |out: &Path| parallel_args(train_args(&d, out, 50), "data", "1");
+    let port = master_port();
     let spawn = |rank: &str, out: &Path, stderr: Stdio| {
-        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-            .args(args(out))
-            .envs([
-                ("WORLD_SIZE", "2".to_string()),
-                ("RANK", rank.to_string()),
-                ("MASTER_ADDR", "127.0.0.1".to_string()),
-                ("MASTER_PORT", (port - 1).to_string()),
-            ])
+        rank_cmd(&args(out), rank, &port)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
