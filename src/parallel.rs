@@ -13,7 +13,7 @@ use crate::backend::cuda::{nccl, probe, CudaBackend, CudaOptions};
 use crate::backend::Backend;
 use crate::device::parse_gpus;
 use crate::error::{Error, Result};
-use crate::model::replicas::{AllReduce, HostAllReduce};
+use crate::model::replicas::{tower_parts, AllReduce, HostAllReduce};
 use crate::model::tcp_reduce::TcpAllReduce;
 use crate::model::trainable::Layout;
 use crate::world::World;
@@ -104,12 +104,7 @@ fn pairs<B>(devs: &[B]) -> Vec<[&B; 2]> {
 pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out> {
     if req.cpu {
         let p = req.parallel.unwrap_or(Parallel::None);
-        if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
-            return Err(Error::Config(format!(
-                "WORLD_SIZE={}: processes share the work data-parallel; add --parallel data (or hybrid)",
-                world.size
-            )));
-        }
+        check_world(p, world)?;
         let n = match p {
             Parallel::None => 1,
             Parallel::Model => 2,
@@ -119,19 +114,13 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
         check_count(p, n, "--cpu")?;
         let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
         // Across processes, the replicas meet over TCP (tcp_reduce.rs).
-        let reduce = |k: usize| -> Result<Box<dyn AllReduce<CpuBackend>>> {
-            if world.is_single() {
-                Ok(Box::new(HostAllReduce::default()))
+        let layout = layout(p, &devs, |parts| {
+            Ok(if world.is_single() {
+                Box::new(HostAllReduce::default())
             } else {
-                Ok(Box::new(TcpAllReduce::connect(world, k)?))
-            }
-        };
-        let layout = match p {
-            Parallel::None => Layout::One(&devs[0]),
-            Parallel::Model => Layout::Towers([&devs[0], &devs[1]]),
-            Parallel::Data => Layout::Data(devs.iter().collect(), reduce(n)?),
-            Parallel::Hybrid => Layout::Hybrid(pairs(&devs), reduce(n / 2)?),
-        };
+                Box::new(TcpAllReduce::connect(world, parts[0].len())?)
+            })
+        })?;
         return f.run(layout);
     }
     let list = match (&req.gpus, world.is_single()) {
@@ -150,12 +139,7 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
         None => implied(ids.len(), &list)?,
     };
     check_count(p, ids.len(), &format!("--gpus {list}"))?;
-    if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
-        return Err(Error::Config(format!(
-            "WORLD_SIZE={}: processes share the work data-parallel; add --parallel data (or hybrid)",
-            world.size
-        )));
-    }
+    check_world(p, world)?;
     let mut distinct = ids.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -179,23 +163,42 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
             }
         }
     }
-    let layout = match p {
+    let layout = layout(p, &devs, |parts| gpu_reduce(parts, world))?;
+    f.run(layout)
+}
+
+/// Several processes share the work data-parallel only.
+fn check_world(p: Parallel, world: &World) -> Result<()> {
+    if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
+        return Err(Error::Config(format!(
+            "WORLD_SIZE={}: processes share the work data-parallel; add --parallel data (or hybrid)",
+            world.size
+        )));
+    }
+    Ok(())
+}
+
+/// The layout `p` over `devs` (as many as `check_count` allowed); `reduce`
+/// makes the all-reduce from the devices of each tensor part.
+fn layout<'a, B: Backend>(
+    p: Parallel,
+    devs: &'a [B],
+    reduce: impl FnOnce(&[Vec<&'a B>]) -> Result<Box<dyn AllReduce<B> + 'a>>,
+) -> Result<Layout<'a, B>> {
+    Ok(match p {
         Parallel::None => Layout::One(&devs[0]),
         Parallel::Model => Layout::Towers([&devs[0], &devs[1]]),
         Parallel::Data => {
-            let all: Vec<&CudaBackend> = devs.iter().collect();
-            let reduce = gpu_reduce(std::slice::from_ref(&all), world)?;
-            Layout::Data(all, reduce)
+            let all: Vec<&B> = devs.iter().collect();
+            let r = reduce(std::slice::from_ref(&all))?;
+            Layout::Data(all, r)
         }
         Parallel::Hybrid => {
-            let ps = pairs(&devs);
-            let parts: Vec<Vec<&CudaBackend>> =
-                (0..2).map(|t| ps.iter().map(|q| q[t]).collect()).collect();
-            let reduce = gpu_reduce(&parts, world)?;
-            Layout::Hybrid(ps, reduce)
+            let ps = pairs(devs);
+            let r = reduce(&tower_parts(&ps))?;
+            Layout::Hybrid(ps, r)
         }
-    };
-    f.run(layout)
+    })
 }
 
 /// NCCL where it can serve (the library is there and each part's replicas
@@ -205,12 +208,7 @@ fn gpu_reduce<'a>(
     parts: &[Vec<&'a CudaBackend>],
     world: &World,
 ) -> Result<Box<dyn AllReduce<CudaBackend> + 'a>> {
-    let shared = parts.iter().any(|list| {
-        let mut ords: Vec<usize> = list.iter().map(|b| b.info().ordinal).collect();
-        ords.sort_unstable();
-        ords.windows(2).any(|w| w[0] == w[1])
-    });
-    let why = if shared {
+    let why = if parts.iter().any(|list| nccl::shared_gpu(list).is_some()) {
         "two replicas share a GPU, which NCCL does not allow"
     } else if !nccl::nccl_present() {
         nccl::NO_NCCL

@@ -56,25 +56,61 @@ impl<B: Backend> AllReduce<B> for HostAllReduce {
         let Some(first) = bufs.first() else {
             return Ok(());
         };
-        let len = devs[0].buf_len(first);
         self.sum.clear();
-        self.sum.resize(len, 0.0);
-        self.part.resize(len, 0.0);
-        for (dev, buf) in devs.iter().zip(bufs.iter()) {
-            dev.download(buf, &mut self.part)?;
-            for (s, p) in self.sum.iter_mut().zip(&self.part) {
-                *s += p;
-            }
-        }
-        let inv = 1.0 / bufs.len() as f32;
-        for s in &mut self.sum {
-            *s *= inv;
-        }
-        for (dev, buf) in devs.iter().zip(bufs.iter_mut()) {
-            dev.upload(&self.sum, buf)?;
-        }
-        Ok(())
+        self.sum.resize(devs[0].buf_len(first), 0.0);
+        add_replicas(devs, bufs, &mut self.sum, &mut self.part)?;
+        scale(&mut self.sum, bufs.len());
+        upload_all(devs, bufs, &self.sum)
     }
+}
+
+/// sum += each replica's buffer, in replica order: the one order every
+/// host-side all-reduce here sums in, so their results agree bit for bit.
+pub(crate) fn add_replicas<B: Backend>(
+    devs: &[&B],
+    bufs: &[&mut B::Buf],
+    sum: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    scratch.resize(sum.len(), 0.0);
+    for (dev, buf) in devs.iter().zip(bufs) {
+        dev.download(buf, scratch)?;
+        add(sum, scratch);
+    }
+    Ok(())
+}
+
+/// s += p, element by element.
+pub(crate) fn add(s: &mut [f32], p: &[f32]) {
+    for (a, b) in s.iter_mut().zip(p) {
+        *a += b;
+    }
+}
+
+/// A sum of `k` buffers into their mean.
+pub(crate) fn scale(sum: &mut [f32], k: usize) {
+    let inv = 1.0 / k as f32;
+    sum.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// Every replica's buffer set to `values`.
+pub(crate) fn upload_all<B: Backend>(
+    devs: &[&B],
+    bufs: &mut [&mut B::Buf],
+    values: &[f32],
+) -> Result<()> {
+    for (dev, buf) in devs.iter().zip(bufs.iter_mut()) {
+        dev.upload(values, buf)?;
+    }
+    Ok(())
+}
+
+/// The devices of each tower across pairs: `[pairs' tower 0, pairs' tower 1]`
+/// (the parts a hybrid run reduces separately).
+pub fn tower_parts<'a, B>(pairs: &[[&'a B; 2]]) -> Vec<Vec<&'a B>> {
+    (0..2)
+        .map(|t| pairs.iter().map(|p| p[t]).collect())
+        .collect()
 }
 
 /// One parameter tensor: (layer, weight or bias).
@@ -216,9 +252,7 @@ impl<'a, B: Backend> DataParallel<'a, B, TowerNetwork<'a, B>> {
             .iter()
             .map(|p| TowerNetwork::new(*p, topo, shard, seed))
             .collect::<Result<Vec<_>>>()?;
-        let devs = (0..2)
-            .map(|t| pairs.iter().map(|p| p[t]).collect())
-            .collect();
+        let devs = tower_parts(&pairs);
         DataParallel::new(nets, devs, topo, seed, bucket_bytes, reduce)
     }
 }

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::replicas::AllReduce;
+use super::replicas::{add, add_replicas, scale, upload_all, AllReduce};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::world::World;
@@ -182,19 +182,14 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
         if self.rank == 0 {
             self.sum.clear();
             self.sum.resize(len, 0.0);
-            for (dev, buf) in devs.iter().zip(bufs.iter()) {
-                self.part.resize(len, 0.0);
-                dev.download(buf, &mut self.part)?;
-                add(&mut self.sum, &self.part);
-            }
+            add_replicas(devs, bufs, &mut self.sum, &mut self.part)?;
             for peer in 0..self.peers.len() {
                 for _ in 0..self.local {
                     self.recv(peer, len)?;
                     add(&mut self.sum, &self.part);
                 }
             }
-            let inv = 1.0 / (self.local * self.ranks) as f32;
-            self.sum.iter_mut().for_each(|s| *s *= inv);
+            scale(&mut self.sum, self.local * self.ranks);
             let mean = std::mem::take(&mut self.sum);
             for peer in 0..self.peers.len() {
                 self.send(peer, &mean)?;
@@ -209,20 +204,10 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
             self.recv(0, len)?;
             std::mem::swap(&mut self.sum, &mut self.part);
         }
-        for (dev, buf) in devs.iter().zip(bufs.iter_mut()) {
-            dev.upload(&self.sum, buf)?;
-        }
-        Ok(())
+        upload_all(devs, bufs, &self.sum)
     }
 
     fn first_replica(&self) -> usize {
         TcpAllReduce::first_replica(self)
-    }
-}
-
-/// s += p, element by element (the same order as `HostAllReduce`).
-fn add(s: &mut [f32], p: &[f32]) {
-    for (a, b) in s.iter_mut().zip(p) {
-        *a += b;
     }
 }

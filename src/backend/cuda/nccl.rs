@@ -29,6 +29,13 @@ pub fn nccl_present() -> bool {
     unsafe { cudarc::nccl::sys::is_culib_present() }
 }
 
+/// A GPU that holds two of `list` (NCCL allows one rank per GPU), if any.
+pub fn shared_gpu(list: &[&CudaBackend]) -> Option<usize> {
+    let mut ords: Vec<usize> = list.iter().map(|b| b.info.ordinal).collect();
+    ords.sort_unstable();
+    ords.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 fn nccl_err(op: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> Error {
     move |e| Error::Cuda {
         op,
@@ -58,11 +65,9 @@ impl NcclAllReduce {
                 .map(|be| be.ctx.new_stream())
                 .collect::<std::result::Result<Vec<Arc<CudaStream>>, _>>()
                 .map_err(super::cuda_err("NCCL stream"))?;
-            let mut seen = std::collections::HashSet::new();
-            if let Some(dup) = list.iter().find(|be| !seen.insert(be.info.ordinal)) {
+            if let Some(gpu) = shared_gpu(list) {
                 return Err(Error::Config(format!(
-                    "NCCL needs a different GPU for each replica, and GPU {} holds two; list each GPU once in --gpus",
-                    dup.info.ordinal
+                    "NCCL needs a different GPU for each replica, and GPU {gpu} holds two; list each GPU once in --gpus"
                 )));
             }
             let part_comms = match world.nccl_comm_id(part) {
