@@ -24,6 +24,7 @@ use crate::export::{self, Tensor};
 use crate::fsutil::{sync_dir, temp_path};
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
+use crate::model::topology::InitRecipe;
 use crate::model::trainable::Model;
 use crate::train::{EpochStats, Schedule};
 
@@ -49,6 +50,14 @@ pub struct RunOptions {
     pub seed: u64,
     /// Crop side when smaller than the network input (zero-padded).
     pub crop: Option<usize>,
+    /// The starting biases (`--recipe`); runs written before the flag
+    /// existed started from the paper's.
+    #[serde(default = "paper_init")]
+    pub init: InitRecipe,
+}
+
+fn paper_init() -> InitRecipe {
+    InitRecipe::Paper
 }
 
 /// How the loader turned images into network inputs: what `eval` and

@@ -36,7 +36,7 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::scaling;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::summary;
-use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::model::trainable::{Layout, Model};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 use alexnet_cuda::parallel::{self, OnLayout, Parallel, Request};
@@ -420,8 +420,11 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
     resume: Option<PathBuf>,
+    /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
+    #[arg(long, value_parser = ["caffe", "paper"])]
+    recipe: Option<String>,
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
     #[arg(long, value_name = "FILE")]
     init_from: Option<PathBuf>,
@@ -659,6 +662,19 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     } else {
         MetricsFormat::Csv
     };
+    if let Some(r) = &args.recipe {
+        if !topo.has_one_biases() {
+            bail!(
+                "--recipe {r}: config {} has no biases of 1 (it starts from He init and zero biases), so the recipes are the same; leave --recipe out",
+                topo.name
+            );
+        }
+        opts.run.init = if r == "paper" {
+            InitRecipe::Paper
+        } else {
+            InitRecipe::Caffe
+        };
+    }
     opts.init_from = args.init_from;
     opts.out = Some(match (&resume, args.out) {
         (Some(ck), _) => ck

@@ -27,7 +27,7 @@ use crate::model::loss_scale::LossScale;
 use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
-use crate::model::topology::{Normalize, Topology};
+use crate::model::topology::{InitRecipe, Normalize, Topology};
 use crate::model::trainable::{Layout, Model};
 use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::world::World;
@@ -91,6 +91,7 @@ impl TrainOptions {
                 limit: None,
                 seed: 1,
                 crop: None,
+                init: InitRecipe::default(),
             },
             workers: 1,
             time_limit: None,
@@ -528,7 +529,22 @@ pub fn train<B: Backend>(
         );
     }
     let devices = layout.describe();
-    let mut net = layout.build(topo, local_batch, opts.run.seed)?;
+    if topo.has_one_biases() && opts.resume.is_none() && opts.init_from.is_none() {
+        info!(
+            "recipe {}: the biases the paper sets to 1 start at {}{}",
+            opts.run.init.name(),
+            opts.run.init.one_bias(),
+            match opts.run.init {
+                InitRecipe::Caffe => " (as Caffe's AlexNet; --recipe paper for 1)",
+                InitRecipe::Paper => " (section 5)",
+            }
+        );
+    }
+    let mut net = layout.build(
+        &topo.clone().with_init(opts.run.init),
+        local_batch,
+        opts.run.seed,
+    )?;
     if let Some(path) = &opts.init_from {
         let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
