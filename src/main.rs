@@ -180,6 +180,9 @@ struct BenchStepArgs {
     device: DeviceArgs,
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Outputs of the last layer (default: the config's); scripts/bench-train matches a data set's.
+    #[arg(long, value_parser = positive)]
+    classes: Option<u64>,
     #[arg(long, default_value_t = 5)]
     steps: usize,
     #[arg(long, default_value_t = 1)]
@@ -934,7 +937,10 @@ fn cfg_rows(ten_crop: bool) -> usize {
 
 fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let topo = args.net.topology("alexnet")?;
+    let mut topo = args.net.topology("alexnet")?;
+    if let Some(c) = args.classes {
+        topo = topo.with_classes(c as usize)?;
+    }
     let several = args.device.gpus.as_deref().is_some_and(|g| g.contains(','));
     if args.parallel.parallel.is_some() || several {
         let world = World::single();
