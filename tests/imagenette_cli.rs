@@ -199,19 +199,15 @@ fn check_onnx(path: &Path, classes: usize) {
     }
 }
 
-/// A few training steps of the full network on 24 photos at batch 8
-/// (3 steps, a checkpoint every 2, both kept): about 40 s on 2 cores.
-#[test]
-fn imagenette_photos_through_prepare_train_eval_predict_export() {
-    let t = tempfile::tempdir().expect("temp dir");
-    let s = |p: &Path| p.display().to_string();
-    let (store, run) = (t.path().join("store"), t.path().join("run"));
-    let names = names();
-    let (train_classes, n_train) = classes_and_count(&fixture().join("train"));
-    let (val_classes, n_val) = classes_and_count(&fixture().join("val"));
-    let synsets: Vec<String> = names.iter().map(|(s, _)| s.clone()).collect();
-    assert_eq!((&train_classes, &val_classes), (&synsets, &synsets));
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
 
+/// `prepare` the fixture's train/ and val/ with its names into `store`;
+/// its summary must count the fixture's files.
+fn prepare_fixture(store: &Path) {
+    let (_, n_train) = classes_and_count(&fixture().join("train"));
+    let (_, n_val) = classes_and_count(&fixture().join("val"));
     let out = run_ok(&[
         "prepare",
         "--train",
@@ -221,21 +217,26 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
         "--names",
         &s(&fixture().join("imagenette-names.txt")),
         "--out",
-        &s(&store),
+        &s(store),
         "--no-progress",
     ]);
     check_prepare(&out, "train", n_train);
     check_prepare(&out, "val", n_val);
+}
 
+/// 24 photos at batch 8 (3 steps) with a checkpoint every 2 steps and at
+/// the end, both kept; the run's best checkpoint records the full network,
+/// the image counts and the fixture's classes and names.
+fn train_briefly(store: &Path, run: &Path, names: &[(String, String)]) {
     run_ok(&[
         "train",
         "--cpu",
         "--config",
         "alexnet",
         "--data",
-        &s(&store),
+        &s(store),
         "--out",
-        &s(&run),
+        &s(run),
         "--batch",
         "8",
         "--epochs",
@@ -248,28 +249,42 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
         "2",
         "--no-progress",
     ]);
-    let steps: Vec<u64> = checkpoint::list(&run)
+    let steps: Vec<u64> = checkpoint::list(run)
         .expect("checkpoints")
         .iter()
         .map(|c| c.0)
         .collect();
-    assert_eq!(
-        steps,
-        [2, 3],
-        "24 photos at batch 8, a checkpoint every 2 steps and at the end"
-    );
-    let best = run.join("best.safetensors");
-    let ck = checkpoint::load(&best).expect("best.safetensors loads");
+    assert_eq!(steps, [2, 3], "a checkpoint every 2 steps and at the end");
+    let ck = checkpoint::load(&run.join("best.safetensors")).expect("best.safetensors loads");
+    let (_, n_val) = classes_and_count(&fixture().join("val"));
     assert_eq!(ck.state.net.config, "alexnet");
     assert_eq!((ck.state.train_images, ck.state.val_images), (24, n_val));
+    let synsets: Vec<String> = names.iter().map(|(s, _)| s.clone()).collect();
     let readable: Vec<String> = names.iter().map(|(_, n)| n.clone()).collect();
     assert_eq!((&ck.state.classes, &ck.state.names), (&synsets, &readable));
+}
 
-    let best_s = s(&best);
+/// A few training steps of the full network on real photos, then every
+/// command that uses the checkpoint: about 40 s on 2 cores.
+#[test]
+fn imagenette_photos_through_prepare_train_eval_predict_export() {
+    let t = tempfile::tempdir().expect("temp dir");
+    let (store, run) = (t.path().join("store"), t.path().join("run"));
+    let names = names();
+    let synsets: Vec<String> = names.iter().map(|(s, _)| s.clone()).collect();
+    for split in ["train", "val"] {
+        let (classes, _) = classes_and_count(&fixture().join(split));
+        assert_eq!(classes, synsets, "{split}/ has a folder per named class");
+    }
+    prepare_fixture(&store);
+    train_briefly(&store, &run, &names);
+
+    let best = s(&run.join("best.safetensors"));
+    let (_, n_val) = classes_and_count(&fixture().join("val"));
     let eval = [
         "eval",
         "--checkpoint",
-        &best_s,
+        &best,
         "--data",
         &s(&store),
         "--json",
@@ -284,7 +299,7 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
 
     let photo = first_file(&fixture().join("val").join(&synsets[3]));
     check_predict(
-        &run_ok(&["predict", "--checkpoint", &best_s, &s(&photo)]),
+        &run_ok(&["predict", "--checkpoint", &best, &s(&photo)]),
         &photo,
         &names,
     );
@@ -296,7 +311,7 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
     run_ok(&[
         "export",
         "--checkpoint",
-        &best_s,
+        &best,
         "--format",
         "safetensors",
         "--out",
@@ -306,7 +321,7 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
     run_ok(&[
         "export",
         "--checkpoint",
-        &best_s,
+        &best,
         "--format",
         "onnx",
         "--out",
