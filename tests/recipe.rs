@@ -1,0 +1,61 @@
+//! `--recipe`: the starting biases a network actually holds. Section 5 of
+//! the paper sets the biases of conv2, conv4, conv5, fc6 and fc7 to 1 and the
+//! rest to 0; the default (`caffe`) starts those five at 0.1, as Caffe's
+//! reference AlexNet. The weights are N(0, 0.01) either way.
+use std::process::Command;
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::model::net::Network;
+use alexnet_cuda::model::topology::{InitRecipe, Topology};
+
+const PAPER_ONES: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
+
+/// Every bias of a fresh narrow AlexNet under `recipe`, checked against the
+/// paper's list, and the weights' standard deviation against 0.01.
+fn check(recipe: InitRecipe, one: f32) {
+    let topo = Topology::alexnet_widths([8, 16, 24, 24, 16, 64, 64], 10).with_init(recipe);
+    let be = CpuBackend::new();
+    let net = Network::new(&be, &topo, 2, 7).expect("network");
+    for l in [
+        "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
+    ] {
+        let b = net.param(&format!("{l}.bias")).expect("bias");
+        let want = if PAPER_ONES.contains(&l) { one } else { 0.0 };
+        assert!(
+            b.iter().all(|&v| v == want),
+            "{l}.bias under {recipe:?}: want {want}"
+        );
+    }
+    let w = net.param("fc6.weight").expect("weight");
+    let var = w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len() as f64;
+    assert!(
+        (var.sqrt() - 0.01).abs() < 5e-4,
+        "fc6 weights' std {}",
+        var.sqrt()
+    );
+}
+
+#[test]
+fn paper_recipe_starts_the_five_biases_at_one() {
+    check(InitRecipe::Paper, 1.0);
+}
+
+#[test]
+fn default_recipe_starts_them_at_a_tenth() {
+    assert_eq!(InitRecipe::default(), InitRecipe::Caffe);
+    check(InitRecipe::Caffe, 0.1);
+}
+
+#[test]
+fn recipe_on_a_config_without_biases_of_one_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["train", "--cpu", "--demo", "--recipe", "paper"])
+        .output()
+        .expect("run alexnet-cuda");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--recipe paper") && err.contains("cifar"),
+        "stderr: {err}"
+    );
+}
