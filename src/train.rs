@@ -20,8 +20,8 @@ use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState};
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
-    batches_from, Batch, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig,
-    Pca,
+    batches_from, workers_for, Batch, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting,
+    LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
@@ -53,8 +53,8 @@ pub struct TrainOptions {
     /// What defines the run: recipe, schedule, split, seed, crop. A
     /// checkpoint keeps it, and a resume takes it back (except `epochs`).
     pub run: RunOptions,
-    /// Loader threads.
-    pub workers: usize,
+    /// Loader threads; None: sized from the machine (`default_workers`).
+    pub workers: Option<usize>,
     /// Stop after the epoch that would run past this.
     pub time_limit: Option<Duration>,
     /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
@@ -102,7 +102,7 @@ impl TrainOptions {
                 crop: None,
                 init: InitRecipe::default(),
             },
-            workers: 1,
+            workers: None,
             time_limit: None,
             out: None,
             checkpoint_every: 1000,
@@ -339,7 +339,8 @@ pub fn loader_config(
             Normalize::MeanStd => Some(data.std),
         },
         seed: opts.run.seed,
-        workers: opts.workers,
+        // `train` sizes it from the machine when not given (workers_for).
+        workers: opts.workers.unwrap_or(1),
         drop_last: true,
         lighting,
         host_alloc: None,
@@ -510,6 +511,8 @@ pub fn train<B: Backend>(
     loader.shard = (world.rank, world.size);
     // Batches in the backend's pinned memory where it has some (a GPU).
     loader.host_alloc = backend.host_alloc();
+    // Only a GPU backend has pinned memory: then one core drives the device.
+    loader.workers = workers_for(opts.workers, loader.host_alloc.is_some());
     let eval_cfg = LoaderConfig {
         train: false,
         drop_last: false,
