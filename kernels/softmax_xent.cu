@@ -3,7 +3,9 @@
 //   forward (one thread per row): z = logits - max(logits);
 //     probs = exp(z) / sum(exp(z)) (sum in double);
 //     row_loss[row] = -log probs[label] = ln(sum) - z[label] (in double, stored as f32);
-//     the host averages row_loss over the rows.
+//   mean (one thread): loss[0] = the sum of row_loss in row order, in double,
+//     divided by n, rounded to f32 once: the batch's mean loss, left on the
+//     device so the trainer need not wait for it every step.
 //   backward (one thread per element): dlogits = (probs - onehot(label)) / n,
 //     times the loss scale for the 16-bit entry points (f32: times 1, exact).
 // Same order of operations as src/backend/cpu/elementwise.rs (the scaled
@@ -83,6 +85,22 @@ extern "C" __global__ void softmax_xent_forward_bf16(const unsigned short* __res
                                                      int classes)
 {
     softmax_xent_forward_body<StorageBF16>(logits, labels, probs, row_loss, n, classes);
+}
+
+// One thread sums the rows in order (a batch is a few hundred rows), so the
+// mean is the same on every run and equals the host's f64 sum of the same
+// row losses. The sum starts at -0.0, the identity of IEEE addition.
+extern "C" __global__ void softmax_xent_mean_f32(const float* __restrict__ row_loss,
+                                                 float* __restrict__ loss, int n)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < 1;
+         i += (long long)blockDim.x * gridDim.x) {
+        double total = -0.0;
+        for (int r = 0; r < n; ++r) {
+            total += (double)row_loss[r];
+        }
+        loss[0] = n > 0 ? (float)(total / (double)n) : 0.0f;
+    }
 }
 
 extern "C" __global__ void softmax_xent_backward_f32(const float* __restrict__ probs,

@@ -4,6 +4,7 @@
 //! the table on a backend; `data` reads images; `train` is the loop, with
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
+//! `step_log` holds the loop's per-step metrics until it reads them back;
 //! `world` places this process among the processes of a multi-machine run.
 pub mod backend;
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod npy;
 pub mod parallel;
 pub mod plot;
 pub mod rng;
+pub mod step_log;
 pub mod train;
 pub mod world;
 

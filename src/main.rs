@@ -21,7 +21,7 @@ use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::hostmem::HostBuf;
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
-    batches, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
+    batches, workers_for, write_demo_dataset, Encoding, Lighting, LoaderConfig, PackedStore,
 };
 use alexnet_cuda::data::{decode_file, ImageSet, ImageSource};
 use alexnet_cuda::device::{self, Device};
@@ -445,9 +445,9 @@ struct TrainArgs {
     max_drops: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Loader threads.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -475,9 +475,9 @@ struct EvalArgs {
     /// Evaluate N images spread evenly over the set.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    /// Loader threads.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -769,7 +769,8 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     } else {
         batch
     };
-    let cfg = loader_for(&ck, per_step, args.ten_crop, args.workers);
+    let workers = workers_for(args.workers, matches!(device, Device::Cuda(_)));
+    let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
     let pb = if args.no_progress {
         ProgressBar::hidden()
     } else {

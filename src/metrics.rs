@@ -1,7 +1,9 @@
 //! The run's metrics files: one row per training step (`steps.csv` or
 //! `steps.jsonl`) and one per epoch (`epochs.csv` / `epochs.jsonl`) in the
-//! run folder. Rows are appended as training goes (step rows flushed at once); a resumed run first cuts the files back to its checkpoint, so
-//! the files read as one uninterrupted run.
+//! run folder. Rows are appended as training goes (step rows flushed each
+//! time the trainer reads a group of steps back from the device); a resumed
+//! run first cuts the files back to its checkpoint, so the files read as
+//! one uninterrupted run.
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -42,7 +44,7 @@ pub struct StepRow {
 
 const STEP_HEADER: &str = "step,epoch,loss,top1,lr,elapsed_s";
 const EPOCH_HEADER: &str =
-    "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s";
+    "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s,data_wait";
 
 fn step_csv(r: &StepRow) -> String {
     format!(
@@ -53,7 +55,7 @@ fn step_csv(r: &StepRow) -> String {
 
 fn epoch_csv(s: &EpochStats) -> String {
     format!(
-        "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
+        "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1},{:.4}",
         s.epoch,
         s.lr,
         s.train_loss,
@@ -62,7 +64,8 @@ fn epoch_csv(s: &EpochStats) -> String {
         s.val_top1,
         s.val_top5,
         s.images_per_s,
-        s.elapsed_s
+        s.elapsed_s,
+        s.data_wait
     )
 }
 
@@ -147,13 +150,13 @@ impl MetricsWriter {
         ))
     }
 
+    /// Buffered: the trainer reads steps back from the device in groups
+    /// (about once a second) and calls `flush` after each group, so `tail
+    /// -f` follows the run.
     pub fn step(&mut self, r: &StepRow) -> Result<()> {
-        // Flushed per row so `tail -f` follows the run; one small write
-        // per step costs nothing beside the step.
         let t = row_text(self.format, r, step_csv)?;
         self.steps
             .write_all(t.as_bytes())
-            .and_then(|()| self.steps.flush())
             .map_err(|e| Error::io(&self.steps_path, e))
     }
 

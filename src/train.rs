@@ -4,6 +4,9 @@
 //! when validation error stops improving, at most three times: section 5),
 //! checkpoints every N steps and at each epoch end, exact resume, a clean
 //! stop on SIGINT/SIGTERM, per-step and per-epoch metrics and their plot.
+//! A step waits for nothing on the device (fp16's overflow flag aside): its
+//! loss and top-1 stay there until the loop reads a group of steps back
+//! (`step_log`).
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,10 +20,11 @@ use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunOptions, RunState};
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
-    batches_from, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    batches_from, workers_for, Batch, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting,
+    LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, topk_hits};
+use crate::eval::evaluate;
 use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
 use crate::model::loss_scale::LossScale;
@@ -30,6 +34,7 @@ use crate::model::summary::thousands;
 use crate::model::topology::{InitRecipe, Normalize, Topology};
 use crate::model::trainable::{Layout, Model};
 use crate::plot::{render_png, EpochPoint, StepPoint};
+use crate::step_log::{EpochClock, StepLog, StepSink};
 use crate::world::World;
 
 /// When the learning rate drops.
@@ -48,8 +53,8 @@ pub struct TrainOptions {
     /// What defines the run: recipe, schedule, split, seed, crop. A
     /// checkpoint keeps it, and a resume takes it back (except `epochs`).
     pub run: RunOptions,
-    /// Loader threads.
-    pub workers: usize,
+    /// Loader threads; None: sized from the machine (`default_workers`).
+    pub workers: Option<usize>,
     /// Stop after the epoch that would run past this.
     pub time_limit: Option<Duration>,
     /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
@@ -66,6 +71,10 @@ pub struct TrainOptions {
     /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
     pub stop: Option<Arc<AtomicBool>>,
     pub progress: bool,
+    /// How often the progress bar refreshes, and so how often the loop
+    /// reads the steps' metrics back from the device (also when its buffer
+    /// fills, at checkpoints, at a stop and at the epoch's end).
+    pub refresh: Duration,
     /// Refuse data sets whose decoded pixels exceed this.
     pub max_memory: u64,
     /// This process among the run's processes (torchrun's variables).
@@ -93,7 +102,7 @@ impl TrainOptions {
                 crop: None,
                 init: InitRecipe::default(),
             },
-            workers: 1,
+            workers: None,
             time_limit: None,
             out: None,
             checkpoint_every: 1000,
@@ -103,6 +112,7 @@ impl TrainOptions {
             init_from: None,
             stop: None,
             progress: true,
+            refresh: Duration::from_secs(1),
             max_memory: 16 << 30,
             world: World::single(),
         }
@@ -124,6 +134,10 @@ pub struct EpochStats {
     pub images_per_s: f64,
     /// Wall time since training started, seconds.
     pub elapsed_s: f64,
+    /// The share of the epoch's step time spent waiting for the loader's
+    /// batches (0 in checkpoints written before it was measured).
+    #[serde(default)]
+    pub data_wait: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -300,7 +314,7 @@ fn progress_bar(len: usize, show: bool) -> ProgressBar {
 }
 
 /// The loader settings of a run, shared by training and evaluation.
-fn loader_config(
+pub fn loader_config(
     topo: &Topology,
     opts: &TrainOptions,
     data: &TrainData,
@@ -325,7 +339,8 @@ fn loader_config(
             Normalize::MeanStd => Some(data.std),
         },
         seed: opts.run.seed,
-        workers: opts.workers,
+        // `train` sizes it from the machine when not given (workers_for).
+        workers: opts.workers.unwrap_or(1),
         drop_last: true,
         lighting,
         host_alloc: None,
@@ -496,6 +511,8 @@ pub fn train<B: Backend>(
     loader.shard = (world.rank, world.size);
     // Batches in the backend's pinned memory where it has some (a GPU).
     loader.host_alloc = backend.host_alloc();
+    // Only a GPU backend has pinned memory: then one core drives the device.
+    loader.workers = workers_for(opts.workers, loader.host_alloc.is_some());
     let eval_cfg = LoaderConfig {
         train: false,
         drop_last: false,
@@ -599,11 +616,6 @@ pub fn train<B: Backend>(
         shape: vec![set.size(), set.size(), 3],
         data: m.to_vec(),
     });
-    let snapshot = |net: &dyn Model| -> Result<Vec<Tensor>> {
-        let mut t = checkpoint::network_tensors(net, true)?;
-        t.extend(mean_tensor.clone());
-        Ok(t)
-    };
 
     // The run folder: refuse to mix two runs in one.
     let mut saver = None;
@@ -665,19 +677,6 @@ pub fn train<B: Backend>(
         );
         net.set_loss_scale(Some(ls));
     }
-    let elapsed0 = state.progress.elapsed_s;
-    let elapsed = |start: &Instant| elapsed0 + start.elapsed().as_secs_f64();
-    let mut report = TrainReport {
-        epochs: state.history.clone(),
-        classes: data.classes.clone(),
-        interrupted: false,
-        checkpoint: None,
-    };
-    let stopping = || {
-        opts.stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-    };
     if state.progress.epoch_done {
         state.progress.next_epoch();
     }
@@ -688,200 +687,363 @@ pub fn train<B: Backend>(
             opts.run.epochs
         );
     }
-    let mut epochs_run = 0usize;
-    // Towers: the bytes the first step moved, beside the table's count.
-    let mut bytes_told = false;
-    while state.progress.epoch <= opts.run.epochs {
-        let epoch = state.progress.epoch;
-        let first = state.progress.batches_done;
-        if first == 0 {
-            if let Schedule::Milestones(m) = &opts.run.schedule {
-                if m.contains(&epoch) {
-                    state.progress.lr /= 10.0;
+    let run = Run {
+        opts,
+        topo,
+        local_batch,
+        elapsed0: state.progress.elapsed_s,
+        report: TrainReport {
+            epochs: state.history.clone(),
+            classes: data.classes.clone(),
+            interrupted: false,
+            checkpoint: None,
+        },
+        state,
+        saver,
+        metrics,
+        step_rows,
+        mean_tensor,
+        log: StepLog::new(opts.refresh),
+        start,
+        bytes_told: false,
+        workers: loader.workers,
+    };
+    let feed = Feed {
+        set,
+        data: &data,
+        loader: &loader,
+        eval: &eval_cfg,
+    };
+    run.epochs(&mut *net, &feed)
+}
+
+/// Where a run's batches come from: the training images and the loader
+/// settings, and the validation set with its own.
+struct Feed<'a> {
+    set: Arc<dyn ImageSource>,
+    data: &'a TrainData,
+    loader: &'a LoaderConfig,
+    eval: &'a LoaderConfig,
+}
+
+/// A run in progress: its state (checkpointed), its outputs, and what the
+/// step loop keeps between steps.
+struct Run<'a> {
+    opts: &'a TrainOptions,
+    topo: &'a Topology,
+    local_batch: usize,
+    state: RunState,
+    report: TrainReport,
+    saver: Option<Saver>,
+    metrics: Option<MetricsWriter>,
+    /// Every step row of the run, for the plot.
+    step_rows: Vec<StepRow>,
+    mean_tensor: Option<Tensor>,
+    /// Steps whose metrics are still on the device.
+    log: StepLog,
+    /// When training started, and the seconds trained before (a resume).
+    start: Instant,
+    elapsed0: f64,
+    /// Towers: the bytes the first step moved were logged beside the table's count.
+    bytes_told: bool,
+    /// Loader threads, for the advice when the loop waits for data.
+    workers: usize,
+}
+
+impl Run<'_> {
+    fn elapsed(&self) -> f64 {
+        self.elapsed0 + self.start.elapsed().as_secs_f64()
+    }
+
+    /// Set from outside (a signal): finish the step, checkpoint, stop.
+    fn stopping(&self) -> bool {
+        self.opts
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// The checkpoint's tensors: the network's and the mean image.
+    fn snapshot(&self, net: &dyn Model) -> Result<Vec<Tensor>> {
+        let mut t = checkpoint::network_tensors(net, true)?;
+        t.extend(self.mean_tensor.clone());
+        Ok(t)
+    }
+
+    /// Every epoch left, each followed by validation and a checkpoint.
+    fn epochs(mut self, net: &mut dyn Model, feed: &Feed) -> Result<TrainReport> {
+        let mut epochs_run = 0usize;
+        while self.state.progress.epoch <= self.opts.run.epochs {
+            let epoch = self.state.progress.epoch;
+            let epoch_start = Instant::now();
+            let Some(clock) = self.train_epoch(net, feed)? else {
+                self.report.interrupted = true;
+                return Ok(self.report);
+            };
+            self.end_epoch(net, feed, &clock, epoch_start.elapsed().as_secs_f64())?;
+            epochs_run += 1;
+            self.state.progress.next_epoch();
+            if self.stopping() {
+                info!("stopping after epoch {epoch} as asked");
+                self.report.interrupted = epoch < self.opts.run.epochs;
+                return Ok(self.report);
+            }
+            if let Some(limit) = self.opts.time_limit {
+                let per_epoch = self.start.elapsed().as_secs_f64() / epochs_run as f64;
+                if epoch < self.opts.run.epochs
+                    && self.start.elapsed().as_secs_f64() + per_epoch > limit.as_secs_f64()
+                {
                     info!(
-                        "epoch {epoch}: learning rate milestone, lr now {:.1e}",
-                        state.progress.lr
+                        "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
+                        limit.as_secs_f64()
                     );
+                    break;
                 }
+            }
+        }
+        Ok(self.report)
+    }
+
+    /// The epoch's remaining steps (a milestone drops the lr first); None
+    /// when a stop was asked (after its checkpoint).
+    fn train_epoch(&mut self, net: &mut dyn Model, feed: &Feed) -> Result<Option<EpochClock>> {
+        let epoch = self.state.progress.epoch;
+        let first = self.state.progress.batches_done;
+        if let (0, Schedule::Milestones(m)) = (first, &self.opts.run.schedule) {
+            if m.contains(&epoch) {
+                self.state.progress.lr /= 10.0;
+                info!(
+                    "epoch {epoch}: learning rate milestone, lr now {:.1e}",
+                    self.state.progress.lr
+                );
             }
         }
         let hp = SgdParams {
-            lr: state.progress.lr,
-            momentum: opts.run.momentum,
-            weight_decay: opts.run.weight_decay,
+            lr: self.state.progress.lr,
+            momentum: self.opts.run.momentum,
+            weight_decay: self.opts.run.weight_decay,
         };
-        let epoch_start = Instant::now();
         let mut iter = batches_from(
-            Arc::clone(&set),
-            &data.train_idx,
-            &loader,
+            Arc::clone(&feed.set),
+            &feed.data.train_idx,
+            feed.loader,
             epoch as u64,
             first,
         )?;
-        let pb = progress_bar(iter.num_batches(), opts.progress);
-        pb.set_prefix(format!("epoch {epoch}/{}", opts.run.epochs));
+        let pb = progress_bar(iter.num_batches(), self.opts.progress);
+        pb.set_prefix(format!("epoch {epoch}/{}", self.opts.run.epochs));
         pb.set_position(first as u64);
-        let mut compute = Duration::ZERO;
-        let mut seen_here = 0usize;
-        while let Some(b) = iter.next() {
-            let b = b?;
+        let mut clock = EpochClock::default();
+        let epoch_start = Instant::now();
+        loop {
             let t0 = Instant::now();
-            let loss = net.forward(&b.x, &b.labels, Mode::Train)?;
-            if !loss.is_finite() {
-                return Err(Error::Backend(format!(
-                    "epoch {epoch}, step {}: the loss is {loss}; lower --lr (now {})",
-                    net.steps(),
-                    state.progress.lr
-                )));
-            }
-            let (t1, _) = topk_hits(&net.probs()?, &b.labels, topo.classes);
-            net.backward()?;
-            net.sgd_step(&hp)?;
-            compute += t0.elapsed();
-            if !bytes_told && net.exchanged_bytes() > 0 {
-                info!(
-                    "between towers: {} bytes this step; the table predicts {}",
-                    net.exchanged_bytes(),
-                    topo.exchange_bytes_per_step(local_batch)?
-                );
-                bytes_told = true;
-            }
-            let p = &mut state.progress;
-            if let Some(ls) = net.loss_scale() {
-                if net.last_step_skipped() {
-                    debug!(
-                        "step {}: a gradient overflowed; update skipped, loss scale now {}",
-                        net.steps(),
-                        ls.scale
-                    );
-                }
-                p.loss_scale = Some(ls.clone());
-            }
-            p.loss_sum += loss as f64 * b.n as f64;
-            p.hits += t1;
-            p.seen += b.n;
-            p.batches_done += 1;
-            p.step = net.steps();
-            // The processes of a run step together (each step ends in the
-            // all-reduce), so the run's images are this shard times their number.
-            seen_here += b.n * world.size;
-            let row = StepRow {
-                step: p.step,
-                epoch: (epoch - 1) as f64 + p.batches_done as f64 / epoch_batches as f64,
-                loss: loss as f64,
-                top1: t1 as f64 / b.n as f64,
-                lr: p.lr as f64,
-                elapsed_s: elapsed(&start),
-            };
-            if let Some(m) = &mut metrics {
-                m.step(&row)?;
-            }
-            step_rows.push(row);
+            let Some(b) = iter.next() else { break };
+            let waited = t0.elapsed();
+            let b = b?;
+            self.step(net, &b, &hp, &mut clock)?;
             iter.recycle(b);
             pb.inc(1);
-            pb.set_message(format!(
-                "loss {:.3} top1 {:.1}% {:.0} img/s",
-                p.loss_sum / p.seen as f64,
-                100.0 * p.hits as f64 / p.seen as f64,
-                seen_here as f64 / epoch_start.elapsed().as_secs_f64()
-            ));
-            let stop = stopping();
-            let due = opts.checkpoint_every > 0 && p.step % opts.checkpoint_every == 0;
-            if let (Some(sv), true) = (&mut saver, stop || due) {
-                p.elapsed_s = elapsed(&start);
-                if let Some(m) = &mut metrics {
-                    m.flush()?;
-                }
-                report.checkpoint = Some(sv.save(&state, &snapshot(&*net)?, false)?);
-                render_plot(opts, topo, &step_rows, &state.history);
+            if self.log.due(net.step_slots()) {
+                self.read_steps(net)?;
+                self.show(&pb, &clock, epoch_start);
             }
-            if stop {
+            clock.wait += waited;
+            clock.steps += t0.elapsed();
+            if !self.after_step(net)? {
                 pb.finish_and_clear();
-                info!(
-                    "stopping at epoch {epoch}, step {} as asked{}",
-                    state.progress.step,
-                    match &report.checkpoint {
-                        Some(p) => format!("; checkpoint {}", p.display()),
-                        None => String::new(),
-                    }
-                );
-                report.interrupted = true;
-                return Ok(report);
+                return Ok(None);
             }
         }
+        self.read_steps(net)?;
         pb.finish_and_clear();
-        let train_secs = epoch_start.elapsed().as_secs_f64();
-        let val_bar = progress_bar(data.val_idx.len(), opts.progress);
+        Ok(Some(clock))
+    }
+
+    /// One training step, queued: nothing here waits for the device but
+    /// fp16's overflow check (`sgd_step` reads one flag per step to decide
+    /// whether to skip the update). The loss and top-1 hits are recorded
+    /// on the device and read back by `read_steps`.
+    fn step(
+        &mut self,
+        net: &mut dyn Model,
+        b: &Batch,
+        hp: &SgdParams,
+        clock: &mut EpochClock,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        net.forward_queued(&b.x, &b.labels, Mode::Train)?;
+        net.record_step(self.log.next_slot())?;
+        net.backward()?;
+        net.sgd_step(hp)?;
+        clock.compute += t0.elapsed();
+        if !self.bytes_told && net.exchanged_bytes() > 0 {
+            info!(
+                "between towers: {} bytes this step; the table predicts {}",
+                net.exchanged_bytes(),
+                self.topo.exchange_bytes_per_step(self.local_batch)?
+            );
+            self.bytes_told = true;
+        }
+        let elapsed = self.elapsed();
+        let p = &mut self.state.progress;
+        if let Some(ls) = net.loss_scale() {
+            if net.last_step_skipped() {
+                debug!(
+                    "step {}: a gradient overflowed; update skipped, loss scale now {}",
+                    net.steps(),
+                    ls.scale
+                );
+            }
+            p.loss_scale = Some(ls.clone());
+        }
+        p.batches_done += 1;
+        p.step = net.steps();
+        // The processes of a run step together (each step ends in the
+        // all-reduce), so the run's images are this shard times their number.
+        clock.images += b.n * self.opts.world.size;
+        self.log.push(p, b.n, elapsed);
+        Ok(())
+    }
+
+    /// The queued steps' metrics from the device into the epoch's sums,
+    /// the metrics files and the plot's rows.
+    fn read_steps(&mut self, net: &mut dyn Model) -> Result<()> {
+        let sink = StepSink {
+            metrics: self.metrics.as_mut(),
+            rows: &mut self.step_rows,
+        };
+        self.log.flush(net, &mut self.state.progress, sink)
+    }
+
+    /// The progress bar's numbers, as of the last read.
+    fn show(&self, pb: &ProgressBar, clock: &EpochClock, epoch_start: Instant) {
+        let p = &self.state.progress;
+        if p.seen == 0 {
+            return;
+        }
+        pb.set_message(format!(
+            "loss {:.3} top1 {:.1}% {:.0} img/s",
+            p.loss_sum / p.seen as f64,
+            100.0 * p.hits as f64 / p.seen as f64,
+            clock.images as f64 / epoch_start.elapsed().as_secs_f64()
+        ));
+    }
+
+    /// A checkpoint when one is due or a stop was asked; Ok(false) to stop.
+    fn after_step(&mut self, net: &mut dyn Model) -> Result<bool> {
+        let stop = self.stopping();
+        let every = self.opts.checkpoint_every;
+        let due = every > 0 && self.state.progress.step.is_multiple_of(every);
+        if !(stop || due) {
+            return Ok(true);
+        }
+        // The checkpoint holds the epoch's sums: every step is read first.
+        self.read_steps(net)?;
+        if self.saver.is_some() {
+            self.state.progress.elapsed_s = self.elapsed();
+            let tensors = self.snapshot(net)?;
+            if let Some(sv) = &mut self.saver {
+                self.report.checkpoint = Some(sv.save(&self.state, &tensors, false)?);
+            }
+            render_plot(self.opts, self.topo, &self.step_rows, &self.state.history);
+        }
+        if stop {
+            info!(
+                "stopping at epoch {}, step {} as asked{}",
+                self.state.progress.epoch,
+                self.state.progress.step,
+                match &self.report.checkpoint {
+                    Some(p) => format!("; checkpoint {}", p.display()),
+                    None => String::new(),
+                }
+            );
+        }
+        Ok(!stop)
+    }
+
+    /// Validation, the epoch's row and log line, the schedule, and the
+    /// epoch-end checkpoint.
+    fn end_epoch(
+        &mut self,
+        net: &mut dyn Model,
+        feed: &Feed,
+        clock: &EpochClock,
+        train_secs: f64,
+    ) -> Result<()> {
+        let val_bar = progress_bar(feed.data.val_idx.len(), self.opts.progress);
         val_bar.set_prefix("validation");
-        let v = evaluate(&mut *net, &data.val, &data.val_idx, &eval_cfg, |n| {
+        let v = evaluate(net, &feed.data.val, &feed.data.val_idx, feed.eval, |n| {
             val_bar.set_position(n as u64)
         })?;
         val_bar.finish_and_clear();
-        let p = &mut state.progress;
+        let elapsed = self.elapsed();
+        let p = &mut self.state.progress;
         let stats = EpochStats {
-            epoch,
+            epoch: p.epoch,
             lr: p.lr,
             train_loss: p.loss_sum / p.seen.max(1) as f64,
             train_top1: p.hits as f64 / p.seen.max(1) as f64,
             val_loss: v.loss,
             val_top1: v.top1,
             val_top5: v.top5,
-            images_per_s: seen_here as f64 / train_secs,
-            elapsed_s: elapsed(&start),
+            images_per_s: clock.images as f64 / train_secs,
+            elapsed_s: elapsed,
+            data_wait: clock.wait_share(),
         };
-        info!(
-            "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute) | {:.0}s",
-            epoch,
-            opts.run.epochs,
-            p.lr,
-            stats.train_loss,
-            100.0 * stats.train_top1,
-            v.loss,
-            100.0 * v.top1,
-            100.0 * v.top5,
-            stats.images_per_s,
-            seen_here as f64 / compute.as_secs_f64().max(1e-9),
-            stats.elapsed_s
-        );
+        log_epoch(self.opts, &stats, clock, self.workers);
         if let Some(ls) = net.loss_scale() {
             info!(
-                "epoch {epoch}: loss scale {}, {} steps skipped for overflow so far",
-                ls.scale, ls.skipped
+                "epoch {}: loss scale {}, {} steps skipped for overflow so far",
+                stats.epoch, ls.scale, ls.skipped
             );
         }
-        if let Some(m) = &mut metrics {
+        if let Some(m) = &mut self.metrics {
             m.epoch(&stats)?;
         }
-        let best = after_validation(p, &opts.run.schedule, 1.0 - v.top1);
+        let best = after_validation(p, &self.opts.run.schedule, 1.0 - v.top1);
         p.epoch_done = true;
-        p.elapsed_s = elapsed(&start);
-        state.history.push(stats.clone());
-        report.epochs.push(stats);
-        if let Some(sv) = &mut saver {
-            report.checkpoint = Some(sv.save(&state, &snapshot(&*net)?, best)?);
-        }
-        render_plot(opts, topo, &step_rows, &state.history);
-        epochs_run += 1;
-        state.progress.next_epoch();
-        if stopping() {
-            info!("stopping after epoch {epoch} as asked");
-            report.interrupted = epoch < opts.run.epochs;
-            return Ok(report);
-        }
-        if let Some(limit) = opts.time_limit {
-            let per_epoch = start.elapsed().as_secs_f64() / epochs_run as f64;
-            if epoch < opts.run.epochs
-                && start.elapsed().as_secs_f64() + per_epoch > limit.as_secs_f64()
-            {
-                info!(
-                    "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
-                    limit.as_secs_f64()
-                );
-                break;
+        p.elapsed_s = elapsed;
+        self.state.history.push(stats.clone());
+        self.report.epochs.push(stats);
+        if self.saver.is_some() {
+            let tensors = self.snapshot(net)?;
+            if let Some(sv) = &mut self.saver {
+                self.report.checkpoint = Some(sv.save(&self.state, &tensors, best)?);
             }
         }
+        render_plot(self.opts, self.topo, &self.step_rows, &self.state.history);
+        Ok(())
     }
-    Ok(report)
+}
+
+/// Past this share of step time spent waiting for batches, the log says
+/// how to feed the loop faster.
+const WAIT_WARN: f64 = 0.05;
+
+/// The epoch's log line, and advice when the loader held training back.
+fn log_epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: usize) {
+    info!(
+        "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute), data wait {:.1}% | {:.0}s",
+        s.epoch,
+        opts.run.epochs,
+        s.lr,
+        s.train_loss,
+        100.0 * s.train_top1,
+        s.val_loss,
+        100.0 * s.val_top1,
+        100.0 * s.val_top5,
+        s.images_per_s,
+        clock.images as f64 / clock.compute.as_secs_f64().max(1e-9),
+        100.0 * s.data_wait,
+        s.elapsed_s
+    );
+    if s.data_wait > WAIT_WARN {
+        warn!(
+            "epoch {}: training waited for batches {:.1}% of the time; feed it faster with more --workers (now {workers}), a lower-quality store (`alexnet-cuda prepare --quality 75`), or raw pixels (`alexnet-cuda prepare --format raw`)",
+            s.epoch,
+            100.0 * s.data_wait
+        );
+    }
 }
 
 /// Record an epoch's validation error in the schedule state: returns

@@ -612,6 +612,104 @@ fn softmax_xent_hand_computed() {
     ));
 }
 
+/// Top-1 hits the naive way: the label is the unique largest entry of its
+/// row (finite rows only; NaNs are checked by hand below).
+fn naive_hits(probs: &[f32], labels: &[u32], classes: usize) -> usize {
+    let mut hits = 0;
+    for (r, &label) in labels.iter().enumerate() {
+        let row = &probs[r * classes..(r + 1) * classes];
+        let mut max = f32::NEG_INFINITY;
+        for &v in row {
+            if v > max {
+                max = v;
+            }
+        }
+        let at_max = row.iter().filter(|&&v| v == max).count();
+        if row[label as usize] == max && at_max == 1 {
+            hits += 1;
+        }
+    }
+    hits
+}
+
+/// softmax_xent_forward_into leaves exactly softmax_xent_forward's loss in
+/// its buffer; record_step_metrics writes (that loss, the naive hit count)
+/// into its slot and nothing else, counts ties as misses, follows
+/// topk_hits on NaNs, and refuses slots past the buffer.
+#[test]
+fn step_metrics_against_naive() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(91);
+    let (n, classes) = (64, 10);
+    let logits = normal(&mut rng, n * classes, 2.0);
+    let mut labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    let (mut probs, mut probs2) = (vec![0.0; n * classes], vec![0.0; n * classes]);
+    let loss = be
+        .softmax_xent_forward(n, classes, &logits, &labels, &mut probs)
+        .unwrap();
+    let mut loss_buf = be.alloc_f32(1).unwrap();
+    be.softmax_xent_forward_into(n, classes, &logits, &labels, &mut probs2, &mut loss_buf)
+        .unwrap();
+    assert_eq!(
+        loss_buf[0].to_bits(),
+        loss.to_bits(),
+        "the loss left in the buffer"
+    );
+    assert_eq!(probs2, probs);
+    // Row 0: every class tied; row 1: the label tied with another class.
+    probs[..classes].fill(0.1);
+    probs[classes..2 * classes].fill(0.0);
+    (probs[classes + 4], probs[classes + 6], labels[1]) = (0.5, 0.5, 4);
+    let mut m = vec![7.0f32; 8];
+    be.record_step_metrics(n, classes, &probs, &labels, &loss_buf, 2, &mut m)
+        .unwrap();
+    let want = naive_hits(&probs, &labels, classes);
+    println!("record_step_metrics: {want} hits of {n} (naive), loss {loss}");
+    assert_eq!(m, [7.0, 7.0, 7.0, 7.0, loss, want as f32, 7.0, 7.0]);
+
+    // NaNs, by hand: a NaN label probability beats nothing and is beaten by
+    // nothing (a hit, as topk_hits counts it); a NaN elsewhere beats nothing.
+    let probs = [f32::NAN, 0.5, 0.5, 0.2, f32::NAN, 0.7, 0.9, 0.05, 0.05];
+    let mut m = vec![0.0f32; 2];
+    be.record_step_metrics(
+        3,
+        3,
+        &probs.to_vec(),
+        &vec![0, 2, 0],
+        &vec![f32::NAN],
+        0,
+        &mut m,
+    )
+    .unwrap();
+    assert!(m[0].is_nan(), "a NaN loss is recorded as NaN");
+    assert_eq!(
+        m[1], 3.0,
+        "rows 0 (label NaN), 1 (0.7 over 0.2, NaN) and 2 (0.9 on top) hit"
+    );
+    let (t1, _) = alexnet_cuda::eval::topk_hits(&probs, &[0, 2, 0], 3);
+    assert_eq!(t1, 3);
+
+    let mut small = vec![0.0f32; 3];
+    assert!(is_shape_err(be.record_step_metrics(
+        3,
+        3,
+        &probs.to_vec(),
+        &vec![0, 2, 0],
+        &vec![1.0],
+        1,
+        &mut small
+    )));
+    assert!(is_shape_err(be.record_step_metrics(
+        3,
+        3,
+        &probs.to_vec(),
+        &vec![0, 3, 0],
+        &vec![1.0],
+        0,
+        &mut m
+    )));
+}
+
 #[test]
 fn dropout_mask() {
     let be = CpuBackend::new();

@@ -1,15 +1,15 @@
 //! Tests of `alexnet_cuda::data`: folder scanning and its errors, decoding
 //! and resizing, the image store, the loader's crops, flips, normalisation,
-//! determinism and shutdown, the demo data set, and real CIFAR-10 JPEGs
-//! (the committed fixture, tests/fixtures/cifar10).
+//! determinism and shutdown, its default thread count, the demo data set,
+//! and real CIFAR-10 JPEGs (the committed fixture, tests/fixtures/cifar10).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alexnet_cuda::data::{
-    batches, crop_for, decode_file, resize_centre_crop, write_demo_dataset, BuildOptions,
-    ImageFolder, ImageSet, ImageSource, LoaderConfig,
+    batches, crop_for, decode_file, default_workers, resize_centre_crop, write_demo_dataset,
+    BuildOptions, ImageFolder, ImageSet, ImageSource, LoaderConfig,
 };
 use alexnet_cuda::Error;
 use image::codecs::jpeg::JpegEncoder;
@@ -898,4 +898,35 @@ fn ranks_shards_together_are_the_one_process_batches() -> TestResult {
     c.shard = (1, 2);
     assert!(matches!(batches(set, &idx, &c, 0), Err(Error::Config(_))));
     Ok(())
+}
+
+/// `--workers` left out: on the CPU the cores the compute threads leave
+/// free, on a GPU every core but the one driving it; never fewer than one.
+#[test]
+fn default_workers_by_cores_threads_and_device() {
+    // (cores, compute threads, on a GPU) -> workers
+    let cases = [
+        ((1, None, false), 1),
+        ((1, Some(1), false), 1),
+        ((1, None, true), 1),
+        ((2, None, false), 1),
+        ((2, Some(2), false), 1),
+        ((2, Some(1), false), 1),
+        ((2, None, true), 1),
+        ((2, Some(2), true), 1),
+        ((16, None, false), 1),
+        ((16, Some(16), false), 1),
+        ((16, Some(12), false), 4),
+        ((16, Some(1), false), 15),
+        ((16, Some(40), false), 1),
+        ((16, None, true), 15),
+        ((16, Some(16), true), 15),
+    ];
+    for ((cores, threads, gpu), want) in cases {
+        assert_eq!(
+            default_workers(cores, threads, gpu),
+            want,
+            "{cores} cores, {threads:?} compute threads, gpu {gpu}"
+        );
+    }
 }

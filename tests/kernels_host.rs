@@ -331,6 +331,117 @@ fn softmax_xent_matches_cpu() {
     );
 }
 
+/// The device-side mean of the row losses is the host's average (f64 sum in
+/// row order, divided by n, rounded once) bit for bit, so the loss the
+/// trainer reads back is the one `softmax_xent_forward` returned; a NaN row
+/// makes the mean NaN, and no rows give 0.
+#[test]
+fn softmax_xent_mean_is_the_host_average() {
+    let mut rng = Rng::new(37);
+    for n in [1usize, 5, 128, 1000] {
+        let rows: Vec<f32> = (0..n).map(|_| (rng.normal() as f32).abs() * 3.0).collect();
+        let want = (rows.iter().map(|&v| v as f64).fold(0.0, |a, v| a + v) / n as f64) as f32;
+        let got = hk::softmax_xent_mean(&rows).unwrap();
+        check_identical(
+            &format!("softmax_xent_mean_f32 n={n}"),
+            &[got.to_bits()],
+            &[want.to_bits()],
+        );
+    }
+    // The same rows as softmax_xent_forward_f32 wrote them, against the mean it returns.
+    let (n, classes) = (32, 1000);
+    let logits = normal(&mut rng, n * classes, 4.0);
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    let (mut probs, mut row_loss) = (vec![0.0; n * classes], vec![0.0; n]);
+    let loss =
+        hk::softmax_xent_forward(n, classes, &logits, &labels, &mut probs, &mut row_loss).unwrap();
+    let mean = hk::softmax_xent_mean(&row_loss).unwrap();
+    check_identical(
+        "softmax_xent_mean_f32 vs softmax_xent_forward's mean",
+        &[mean.to_bits()],
+        &[loss.to_bits()],
+    );
+    let nan = hk::softmax_xent_mean(&[1.0, f32::NAN, 2.0]).unwrap();
+    assert!(
+        nan.is_nan(),
+        "a NaN row loss must give a NaN mean, not {nan}"
+    );
+    assert_eq!(
+        hk::softmax_xent_mean(&[]).unwrap().to_bits(),
+        0.0f32.to_bits()
+    );
+    println!("softmax_xent_mean_f32: NaN row gives NaN, no rows give 0");
+}
+
+/// [n, classes] softmax rows with hand-made cases in front of random ones:
+/// all classes tied; the label tied with another class; the label alone on
+/// top; the label's probability NaN; another class's NaN (so the label wins
+/// among the numbers); and labels at the first and last class.
+fn step_metrics_case(rng: &mut Rng, n: usize, classes: usize) -> (Vec<f32>, Vec<u32>) {
+    assert!(n >= 6 && classes >= 4);
+    let mut probs = vec![0.0; n * classes];
+    let mut probs_tmp = vec![0.0; n * classes];
+    let logits = normal(rng, n * classes, 3.0);
+    let mut labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    elementwise::softmax_xent_forward(n, classes, &logits, &labels, &mut probs_tmp).unwrap();
+    probs.copy_from_slice(&probs_tmp);
+    let row = |r: usize| r * classes..(r + 1) * classes;
+    probs[row(0)].fill(1.0 / classes as f32);
+    probs[row(1)].fill(0.0);
+    (probs[classes + 1], probs[classes + 2], labels[1]) = (0.5, 0.5, 2);
+    probs[row(2)].fill(0.01);
+    (probs[2 * classes + classes - 1], labels[2]) = (0.9, (classes - 1) as u32);
+    (probs[3 * classes], labels[3]) = (f32::NAN, 0);
+    probs[row(4)].fill(0.1);
+    (probs[4 * classes + 1], probs[4 * classes + 3], labels[4]) = (f32::NAN, 0.7, 3);
+    labels[5] = 0;
+    (probs, labels)
+}
+
+/// step_hits + step_record against the CPU op, bit for bit, on ties, NaNs
+/// and random rows; the hits also against `eval::topk_hits`; a NaN loss is
+/// recorded as NaN; the other slots are left alone.
+#[test]
+fn step_metrics_match_cpu() {
+    let mut rng = Rng::new(43);
+    for (n, classes) in [(6usize, 4usize), (40, 10), (128, 1000)] {
+        let (probs, labels) = step_metrics_case(&mut rng, n, classes);
+        let (top1, _) = alexnet_cuda::eval::topk_hits(&probs, &labels, classes);
+        for (loss, slot) in [
+            (std::f32::consts::LN_10, 0usize),
+            (f32::NAN, 3),
+            (f32::INFINITY, 4),
+        ] {
+            let (mut got, mut want) = (vec![-1.0f32; 10], vec![-1.0f32; 10]);
+            hk::record_step_metrics(n, classes, &probs, &labels, loss, slot, &mut got).unwrap();
+            elementwise::record_step_metrics(n, classes, &probs, &labels, &[loss], slot, &mut want)
+                .unwrap();
+            check_identical(
+                &format!("step_hits_f32 + step_record_f32 {n}x{classes} slot {slot} loss {loss}"),
+                &bits(&got),
+                &bits(&want),
+            );
+            assert_eq!(
+                got[2 * slot + 1],
+                top1 as f32,
+                "hits against eval::topk_hits"
+            );
+            assert_eq!(got[2 * slot].to_bits(), loss.to_bits(), "the loss as given");
+        }
+    }
+    let mut m = vec![0.0; 4];
+    let bad_label = hk::record_step_metrics(2, 2, &[0.5; 4], &[0, 2], 1.0, 0, &mut m);
+    assert!(
+        matches!(bad_label, Err(Error::Shape { .. })),
+        "label out of range"
+    );
+    let bad_slot = hk::record_step_metrics(2, 2, &[0.5; 4], &[0, 1], 1.0, 2, &mut m);
+    assert!(
+        matches!(bad_slot, Err(Error::Shape { .. })),
+        "slot past the buffer"
+    );
+}
+
 // -- SGD -------------------------------------------------------------------------------
 
 #[test]
@@ -1164,6 +1275,30 @@ fn softmax_xent_16_matches_cpu() {
                     tol16(t),
                 );
             }
+        }
+    }
+}
+
+/// step_hits_{f16,bf16}: the hits of the 16-bit probabilities equal the
+/// CPU op's on those probabilities widened (what a download gives), ties
+/// made by the rounding included.
+#[test]
+fn step_metrics_16_match_cpu_on_widened_probs() {
+    let mut rng = Rng::new(139);
+    for t in HALVES {
+        for (n, classes) in [(6usize, 4usize), (128, 1000)] {
+            let (probs, labels) = step_metrics_case(&mut rng, n, classes);
+            let p16 = narrow(t, &probs);
+            let pw = widen(t, &p16);
+            let (mut got, mut want) = (vec![-1.0f32; 6], vec![-1.0f32; 6]);
+            hk::record_step_metrics_16(t, n, classes, &p16, &labels, 1.5, 1, &mut got).unwrap();
+            elementwise::record_step_metrics(n, classes, &pw, &labels, &[1.5], 1, &mut want)
+                .unwrap();
+            check_identical(
+                &format!("step_hits_{} + step_record_f32 {n}x{classes}", name16(t)),
+                &bits(&got),
+                &bits(&want),
+            );
         }
     }
 }

@@ -17,6 +17,7 @@
 #include "../pool.cu"
 #include "../sgd.cu"
 #include "../softmax_xent.cu"
+#include "../step_metrics.cu"
 
 // HOST_KERNEL(name, (params), (args)) defines host_name, which runs `name` on the grid.
 #define HOST_KERNEL(name, params, args)                                    \
@@ -49,6 +50,15 @@ HOST_KERNEL(softmax_xent_forward_f32,
 HOST_KERNEL(softmax_xent_backward_f32,
             (const float* probs, const unsigned int* labels, float* dlogits, int n, int classes),
             (probs, labels, dlogits, n, classes))
+HOST_KERNEL(softmax_xent_mean_f32, (const float* row_loss, float* loss, int n), (row_loss, loss, n))
+
+// step_metrics.cu
+HOST_KERNEL(step_hits_f32,
+            (const float* probs, const unsigned int* labels, float* row_hit, int n, int classes),
+            (probs, labels, row_hit, n, classes))
+HOST_KERNEL(step_record_f32,
+            (const float* loss, const float* row_hit, float* metrics, int n, int slot),
+            (loss, row_hit, metrics, n, slot))
 
 // sgd.cu
 HOST_KERNEL(sgd_update_f32,
@@ -119,6 +129,9 @@ HOST_KERNEL(softmax_xent_backward_##T,                                          
             (const unsigned short* probs, const unsigned int* labels, unsigned short* dlogits, int n, int classes,            \
              float scale),                                                                                                    \
             (probs, labels, dlogits, n, classes, scale))                                                                      \
+HOST_KERNEL(step_hits_##T,                                                                                                    \
+            (const unsigned short* probs, const unsigned int* labels, float* row_hit, int n, int classes),                    \
+            (probs, labels, row_hit, n, classes))                                                                             \
 HOST_KERNEL(sgd_update_f32_store_##T,                                                                                         \
             (float* w, const float* g, float* v, unsigned short* w16, float lr, float momentum,                               \
              float weight_decay, long long len),                                                                              \

@@ -104,6 +104,31 @@ mod ffi {
             n: i32,
             classes: i32,
         );
+        pub fn host_softmax_xent_mean_f32(
+            grid: u32,
+            block: u32,
+            row_loss: *const f32,
+            loss: *mut f32,
+            n: i32,
+        );
+        pub fn host_step_hits_f32(
+            grid: u32,
+            block: u32,
+            probs: *const f32,
+            labels: *const u32,
+            row_hit: *mut f32,
+            n: i32,
+            classes: i32,
+        );
+        pub fn host_step_record_f32(
+            grid: u32,
+            block: u32,
+            loss: *const f32,
+            row_hit: *const f32,
+            metrics: *mut f32,
+            n: i32,
+            slot: i32,
+        );
         pub fn host_sgd_update_f32(
             grid: u32,
             block: u32,
@@ -270,6 +295,13 @@ mod ffi {
             n: i32,
             classes: i32,
             scale: f32,
+        );
+        step_hits_16: host_step_hits_f16, host_step_hits_bf16(
+            probs: *const u16,
+            labels: *const u32,
+            row_hit: *mut f32,
+            n: i32,
+            classes: i32,
         );
         sgd_update_store_16: host_sgd_update_f32_store_f16, host_sgd_update_f32_store_bf16(
             w: *mut f32,
@@ -611,6 +643,71 @@ pub fn softmax_xent_backward(
             dlogits.as_mut_ptr(),
             ni,
             ci,
+        );
+    }
+    Ok(())
+}
+
+/// `softmax_xent_mean_f32`: the mean of `row_loss`, summed in double in row
+/// order by one thread (0 for no rows).
+pub fn softmax_xent_mean(row_loss: &[f32]) -> Result<f32> {
+    let n = int("softmax_xent_mean_f32", "n", row_loss.len())?;
+    let mut loss = [f32::NAN];
+    let (grid, block) = launch_1d(1);
+    // SAFETY: row_loss holds n floats and loss one, all the kernel touches.
+    unsafe {
+        ffi::host_softmax_xent_mean_f32(grid, block, row_loss.as_ptr(), loss.as_mut_ptr(), n);
+    }
+    Ok(loss[0])
+}
+
+/// `step_hits_f32` then `step_record_f32`: slot `slot` of `metrics` gets
+/// (`loss`, the top-1 hits of `probs`).
+pub fn record_step_metrics(
+    n: usize,
+    classes: usize,
+    probs: &[f32],
+    labels: &[u32],
+    loss: f32,
+    slot: usize,
+    metrics: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "step_hits_f32";
+    let (ni, ci) = xent_args(OP, n, classes, probs.len(), labels, probs.len())?;
+    let mut row_hit = vec![f32::NAN; n];
+    let (grid, block) = launch_1d(n);
+    // SAFETY: probs holds n*classes values, labels and row_hit n (checked);
+    // every label is < classes (checked).
+    unsafe {
+        ffi::host_step_hits_f32(
+            grid,
+            block,
+            probs.as_ptr(),
+            labels.as_ptr(),
+            row_hit.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    step_record(&row_hit, loss, slot, metrics)
+}
+
+/// `step_record_f32`: metrics[2 slot] = loss, metrics[2 slot + 1] = sum of `row_hit`.
+fn step_record(row_hit: &[f32], loss: f32, slot: usize, metrics: &mut [f32]) -> Result<()> {
+    const OP: &str = "step_record_f32";
+    crate::backend::cpu::elementwise::check_step_slot(OP, 1, slot, metrics.len())?;
+    let (ni, si) = (int(OP, "n", row_hit.len())?, int(OP, "slot", slot)?);
+    let (grid, block) = launch_1d(1);
+    // SAFETY: loss is one float, row_hit n, metrics at least 2*slot+2 (checked).
+    unsafe {
+        ffi::host_step_record_f32(
+            grid,
+            block,
+            &loss,
+            row_hit.as_ptr(),
+            metrics.as_mut_ptr(),
+            ni,
+            si,
         );
     }
     Ok(())
@@ -1161,6 +1258,40 @@ pub fn softmax_xent_forward_16(
     }
     let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
     Ok((total / n as f64) as f32)
+}
+
+/// `step_hits_{f16,bf16}` then `step_record_f32`: as `record_step_metrics`
+/// on 16-bit probabilities.
+#[allow(clippy::too_many_arguments)]
+pub fn record_step_metrics_16(
+    t: Half,
+    n: usize,
+    classes: usize,
+    probs: &[u16],
+    labels: &[u32],
+    loss: f32,
+    slot: usize,
+    metrics: &mut [f32],
+) -> Result<()> {
+    let op = t.pick("step_hits_f16", "step_hits_bf16");
+    let (ni, ci) = xent_args(op, n, classes, probs.len(), labels, probs.len())?;
+    let mut row_hit = vec![f32::NAN; n];
+    let f = ffi::step_hits_16(t);
+    let (grid, block) = launch_1d(n);
+    // SAFETY: probs holds n*classes values, labels and row_hit n (checked);
+    // every label is < classes (checked).
+    unsafe {
+        f(
+            grid,
+            block,
+            probs.as_ptr(),
+            labels.as_ptr(),
+            row_hit.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    step_record(&row_hit, loss, slot, metrics)
 }
 
 /// `softmax_xent_backward_{f16,bf16}`: dlogits = (probs - onehot(labels)) / n * scale

@@ -207,6 +207,13 @@ pub trait Backend: Send + Sync {
     fn alloc_param(&self, len: usize) -> Result<Self::Buf> {
         self.alloc(len)
     }
+    /// A zero-filled buffer that holds f32 whatever the activations' precision:
+    /// results kept on the device for the host to read later (a step's mean
+    /// loss, the step-metrics buffer). By default `alloc_param`'s, which are
+    /// f32 on every backend.
+    fn alloc_f32(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc_param(len)
+    }
     /// Wait until the work queued so far has run (a GPU's stream); for
     /// timing phases of a step. The CPU runs every op to completion: no-op.
     fn synchronize(&self) -> Result<()> {
@@ -432,6 +439,38 @@ pub trait Backend: Send + Sync {
         self.softmax_xent_backward(n, classes, probs, labels, dlogits)?;
         self.scale(scale, dlogits)
     }
+
+    /// As `softmax_xent_forward`, but the mean loss stays on the device:
+    /// loss[0] gets the value `softmax_xent_forward` returns, and nothing
+    /// waits for it. `loss` is an `alloc_f32` buffer of at least one float.
+    fn softmax_xent_forward_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &Self::IdxBuf,
+        probs: &mut Self::Buf,
+        loss: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // -- a training step's metrics, kept on the device ------------------------------------
+    /// Record one step in slot `slot` of `metrics`, an `alloc_f32` buffer of
+    /// (loss, hits) pairs: metrics[2 slot] = loss[0] (from
+    /// `softmax_xent_forward_into`), metrics[2 slot + 1] = the batch's top-1
+    /// hits, as f32: rows of `probs` where no other class's probability is
+    /// at least the label's (`eval::topk_hits`' rule). Nothing waits, so
+    /// the training loop reads many steps back at once.
+    #[allow(clippy::too_many_arguments)]
+    fn record_step_metrics(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &Self::Buf,
+        labels: &Self::IdxBuf,
+        loss: &Self::Buf,
+        slot: usize,
+        metrics: &mut Self::Buf,
+    ) -> Result<()>;
 
     // -- loss scaling (mixed precision) --------------------------------------------
     /// x *= s, in place.

@@ -152,6 +152,42 @@ impl LoaderConfig {
     }
 }
 
+/// Loader threads when `--workers` is not given, for a machine of `cores`
+/// cores: on the CPU, the cores the `compute_threads` leave free (None: the
+/// compute threads take every core); on a GPU, every core but the one
+/// driving the device. At least one.
+pub fn default_workers(cores: usize, compute_threads: Option<usize>, on_gpu: bool) -> usize {
+    let busy = if on_gpu {
+        1
+    } else {
+        compute_threads.unwrap_or(cores)
+    };
+    cores.saturating_sub(busy).max(1)
+}
+
+/// `requested` (`--workers`) when given, else `default_workers` for this
+/// machine and the compute pool; logged with the reason.
+pub fn workers_for(requested: Option<usize>, on_gpu: bool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = rayon::current_num_threads();
+    let (n, why) = match requested {
+        Some(n) => (n, "--workers".to_string()),
+        None if on_gpu => (
+            default_workers(cores, None, true),
+            format!("{cores} cores, one drives the GPU"),
+        ),
+        None => (
+            default_workers(cores, Some(threads), false),
+            format!("{cores} cores, {threads} compute threads"),
+        ),
+    };
+    tracing::info!(
+        "loader: {n} worker{} ({why})",
+        if n == 1 { "" } else { "s" }
+    );
+    n
+}
+
 /// The principal components of the training set's RGB values and the
 /// standard deviation of the per-image coefficients (the paper: 0.1).
 #[derive(Clone, Copy, Debug, PartialEq)]

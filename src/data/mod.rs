@@ -19,8 +19,8 @@ pub use folder::ImageFolder;
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
 pub use loader::{
-    batches, batches_from, crop_for, epoch_order, lighting_alpha, ten_crops, Batch, BatchIter,
-    Crop, ImageSource, Lighting, LoaderConfig,
+    batches, batches_from, crop_for, default_workers, epoch_order, lighting_alpha, ten_crops,
+    workers_for, Batch, BatchIter, Crop, ImageSource, Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use store::{balanced_subset, BuildOptions, ImageSet};

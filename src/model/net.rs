@@ -1,12 +1,15 @@
 //! Runs the topology table on one backend as grouped ops: forward, backward
-//! and the paper's SGD step. Every buffer is derived from the table; nothing
-//! here restates a layer. Parameters use PyTorch's names and layouts
+//! and the paper's SGD step, and each training step's loss and top-1 hits
+//! recorded in a buffer on the device for the trainer to read in groups.
+//! Every buffer is derived from the table; nothing here restates a layer.
+//! Parameters use PyTorch's names and layouts
 //! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
 //! flattened in C, H, W order), so fixtures and exports line up.
 use super::topology::{Chw, Init, Layer, LayerShape, Op, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::model::loss_scale::LossScale;
+use crate::model::trainable::{StepMetrics, STEP_SLOTS};
 use crate::rng::{hash_u64, Rng};
 
 /// Training applies dropout; evaluation does not (inverted dropout needs no
@@ -353,7 +356,11 @@ pub struct Network<'a, B: Backend> {
     x_cur: usize,
     labels: B::IdxBuf,
     probs: B::Buf,
-    loss: f32,
+    /// The last forward's mean loss (one float), left on the device.
+    loss: B::Buf,
+    /// (loss, top-1 hits) of up to `STEP_SLOTS` training steps, recorded on
+    /// the device and read back by the trainer in one go.
+    metrics: B::Buf,
     /// The dropout seed: with the step it fixes every mask.
     seed: u64,
     /// Training steps taken; with `seed` it fixes every dropout mask.
@@ -390,7 +397,8 @@ impl<'a, B: Backend> Network<'a, B> {
             x_cur: 0,
             labels: be.alloc_idx(0)?,
             probs: be.alloc(0)?,
-            loss: f32::NAN,
+            loss: be.alloc_f32(1)?,
+            metrics: be.alloc_f32(2 * STEP_SLOTS)?,
             seed,
             step: 0,
             last_mode: None,
@@ -454,6 +462,15 @@ impl<'a, B: Backend> Network<'a, B> {
     /// cross-entropy loss. The batch may be smaller than the one the network
     /// was built for (the last batch of an epoch).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        self.forward_queued(x, labels, mode)?;
+        let mut loss = [0.0f32];
+        self.be.download(&self.loss, &mut loss)?;
+        Ok(loss[0])
+    }
+
+    /// `forward` without reading the loss back: it stays on the device for
+    /// `record_step`, so a GPU need not finish the step first.
+    pub fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()> {
         let n = check_batch(&self.topo, x, labels)?;
         self.resize(n)?;
         let be = self.be;
@@ -479,10 +496,43 @@ impl<'a, B: Backend> Network<'a, B> {
             op: "forward",
             detail: "no layers".into(),
         })?;
-        self.loss =
-            be.softmax_xent_forward(n, self.topo.classes, logits, &self.labels, &mut self.probs)?;
+        be.softmax_xent_forward_into(
+            n,
+            self.topo.classes,
+            logits,
+            &self.labels,
+            &mut self.probs,
+            &mut self.loss,
+        )?;
         self.last_mode = Some(mode);
-        Ok(self.loss)
+        Ok(())
+    }
+
+    /// The last forward's mean loss and top-1 hits into slot `slot` of the
+    /// device's step-metrics buffer (no wait).
+    pub fn record_step(&mut self, slot: usize) -> Result<()> {
+        if self.last_mode.is_none() {
+            return Err(no_forward("record_step"));
+        }
+        self.be.record_step_metrics(
+            self.n,
+            self.topo.classes,
+            &self.probs,
+            &self.labels,
+            &self.loss,
+            slot,
+            &mut self.metrics,
+        )
+    }
+
+    /// The first `n` slots of the step-metrics buffer (one download).
+    pub fn read_steps(&mut self, n: usize) -> Result<Vec<StepMetrics>> {
+        read_slots(self.be, &self.metrics, n)
+    }
+
+    /// Slots of the step-metrics buffer.
+    pub fn step_slots(&self) -> usize {
+        STEP_SLOTS
     }
 
     /// Gradients of the last forward's loss with respect to every parameter.
@@ -680,6 +730,39 @@ impl<'a, B: Backend> Network<'a, B> {
         check_len("set_param", name, values.len(), self.be.buf_len(buf))?;
         self.be.upload(values, buf)
     }
+}
+
+/// `op` called before any forward pass.
+pub(super) fn no_forward(op: &'static str) -> Error {
+    Error::Shape {
+        op,
+        detail: format!("{op} called without a forward pass"),
+    }
+}
+
+/// The first `n` (loss, hits) pairs of a step-metrics buffer on `be`.
+pub(super) fn read_slots<B: Backend>(
+    be: &B,
+    metrics: &B::Buf,
+    n: usize,
+) -> Result<Vec<StepMetrics>> {
+    let mut host = vec![0.0; be.buf_len(metrics)];
+    if 2 * n > host.len() {
+        return Err(Error::Shape {
+            op: "read_steps",
+            detail: format!("{n} steps asked of a buffer of {} slots", host.len() / 2),
+        });
+    }
+    be.download(metrics, &mut host)?;
+    Ok(host
+        .chunks_exact(2)
+        .take(n)
+        .map(|p| StepMetrics {
+            loss: p[0],
+            // A count of 0/1 flags, exact in f32.
+            hits: p[1] as usize,
+        })
+        .collect())
 }
 
 /// Parameter names in table order: conv1.weight, conv1.bias, ...

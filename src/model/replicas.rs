@@ -21,10 +21,10 @@
 //! on the other pairs ("part" 0 or 1), so no bytes cross between a pair's
 //! devices for the reduction.
 use super::loss_scale::LossScale;
-use super::net::{Mode, Network};
+use super::net::{no_forward, Mode, Network};
 use super::topology::Topology;
 use super::towers::TowerNetwork;
-use super::trainable::Model;
+use super::trainable::{Model, StepMetrics};
 use crate::backend::{Backend, SgdParams};
 use crate::error::{Error, Result};
 use crate::rng::hash_u64;
@@ -204,6 +204,9 @@ pub struct DataParallel<'a, B: Backend, M: Replica<B>> {
     shard: usize,
     /// Images each replica took in the last forward.
     rows: Vec<usize>,
+    /// Per step-metrics slot, `rows` as it was when the slot was recorded
+    /// (the weights of the replicas' losses when they are combined).
+    slot_rows: Vec<Vec<usize>>,
 }
 
 /// The images per replica, or an error when `batch` does not split evenly.
@@ -294,6 +297,7 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
             reduced: Vec::new(),
             shard,
             rows: Vec::new(),
+            slot_rows: Vec::new(),
         })
     }
 
@@ -302,6 +306,27 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
     /// mean over replicas is the batch's only for equal shards); evaluation
     /// splits any number of images as evenly as it can.
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        self.forward_each(x, labels, mode, |net, x, l| net.forward(x, l, mode))
+    }
+
+    /// `forward` with every replica's loss left on its device.
+    pub fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()> {
+        self.forward_each(x, labels, mode, |net, x, l| {
+            net.forward_queued(x, l, mode).map(|()| 0.0)
+        })
+        .map(|_| ())
+    }
+
+    /// Each replica with images runs `f` on its shard; returns the mean of
+    /// what `f` returns, weighted by the replicas' images, summed in
+    /// replica order.
+    fn forward_each(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        mode: Mode,
+        mut f: impl FnMut(&mut M, &[f32], &[u32]) -> Result<f32>,
+    ) -> Result<f32> {
         let (k, n) = (self.nets.len(), labels.len());
         if n == 0 || (mode == Mode::Train && n != self.shard * k) {
             return Err(Error::Shape {
@@ -320,11 +345,48 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
                 continue;
             }
             let b = a + rows;
-            let loss = net.forward(&x[a * per_image..b * per_image], &labels[a..b], mode)?;
+            let loss = f(net, &x[a * per_image..b * per_image], &labels[a..b])?;
             total += loss as f64 * rows as f64;
             a = b;
         }
         Ok((total / n as f64) as f32)
+    }
+
+    /// Each replica that took images records its step in slot `slot`.
+    pub fn record_step(&mut self, slot: usize) -> Result<()> {
+        if self.rows.is_empty() {
+            return Err(no_forward("record_step"));
+        }
+        for (net, &rows) in self.nets.iter_mut().zip(&self.rows) {
+            if rows > 0 {
+                net.record_step(slot)?;
+            }
+        }
+        if self.slot_rows.len() <= slot {
+            self.slot_rows.resize(slot + 1, Vec::new());
+        }
+        self.slot_rows[slot].clone_from(&self.rows);
+        Ok(())
+    }
+
+    /// The first `n` slots, the replicas combined as `forward` combines
+    /// them: hits summed, losses weighted by images and summed in replica
+    /// order in f64, then divided by the batch.
+    pub fn read_steps(&mut self, n: usize) -> Result<Vec<StepMetrics>> {
+        if n > self.slot_rows.len() {
+            return Err(Error::Shape {
+                op: "read_steps",
+                detail: format!("{n} steps asked, {} recorded", self.slot_rows.len()),
+            });
+        }
+        let per: Vec<Vec<StepMetrics>> = self
+            .nets
+            .iter_mut()
+            .map(|net| net.read_steps(n))
+            .collect::<Result<_>>()?;
+        Ok((0..n)
+            .map(|s| combine(per.iter().map(|p| p[s]), &self.slot_rows[s]))
+            .collect())
     }
 
     /// Backward on every replica, layer by layer from the top, reducing each
@@ -408,6 +470,24 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
     }
 }
 
+/// One step's metrics from each replica's (in replica order) with the
+/// images each took: replicas without images are left out.
+fn combine(each: impl Iterator<Item = StepMetrics>, rows: &[usize]) -> StepMetrics {
+    let (mut total, mut hits, mut n) = (0.0f64, 0usize, 0usize);
+    for (m, &r) in each.zip(rows) {
+        if r == 0 {
+            continue;
+        }
+        total += m.loss as f64 * r as f64;
+        hits += m.hits;
+        n += r;
+    }
+    StepMetrics {
+        loss: (total / n as f64) as f32,
+        hits,
+    }
+}
+
 /// The replicas as one network: parameters are read from replica 0 (all
 /// hold the same) and written to every replica.
 impl<B: Backend, M: Replica<B>> Model for DataParallel<'_, B, M> {
@@ -419,6 +499,19 @@ impl<B: Backend, M: Replica<B>> Model for DataParallel<'_, B, M> {
     }
     fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
         DataParallel::forward(self, x, labels, mode)
+    }
+    fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()> {
+        DataParallel::forward_queued(self, x, labels, mode)
+    }
+    fn record_step(&mut self, slot: usize) -> Result<()> {
+        DataParallel::record_step(self, slot)
+    }
+    fn read_steps(&mut self, n: usize) -> Result<Vec<StepMetrics>> {
+        DataParallel::read_steps(self, n)
+    }
+    /// Every replica's buffer has the same slots.
+    fn step_slots(&self) -> usize {
+        self.nets[0].step_slots()
     }
     fn backward(&mut self) -> Result<()> {
         DataParallel::backward(self)

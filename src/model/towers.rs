@@ -19,10 +19,11 @@
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
 use super::loss_scale::LossScale;
 use super::net::{
-    check_batch, initial_values, lookup, param_names, param_shape, sgd_all, unscale_all, Geom,
-    Mode, Param, Stage,
+    check_batch, initial_values, lookup, param_names, param_shape, read_slots, sgd_all,
+    unscale_all, Geom, Mode, Param, Stage,
 };
 use super::topology::{Chw, LayerShape, Topology};
+use super::trainable::{StepMetrics, STEP_SLOTS};
 use crate::backend::{Backend, RowBlock, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::rng::hash_u64;
@@ -44,6 +45,8 @@ struct Tower<B: Backend> {
     logits: B::Buf,
     probs: B::Buf,
     dlogits: B::Buf,
+    /// The mean loss of the last forward (one float, on the device).
+    loss: B::Buf,
 }
 
 /// The network as two towers on two devices.
@@ -63,6 +66,9 @@ pub struct TowerNetwork<'a, B: Backend> {
     last_skipped: bool,
     /// Bytes copied between the two devices since the last forward began.
     exchanged: u64,
+    /// Step metrics (`Model::record_step`), on tower 0's device: both
+    /// towers hold the same logits, and tower 0's are the ones `probs` reads.
+    metrics: B::Buf,
 }
 
 /// (mine, the other) out of the two towers.
@@ -181,6 +187,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 logits: be.alloc(0)?,
                 probs: be.alloc(0)?,
                 dlogits: be.alloc(0)?,
+                loss: be.alloc_f32(1)?,
             });
         }
         let towers: [Tower<B>; 2] = towers.try_into().map_err(|_| Error::Shape {
@@ -200,6 +207,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             loss_scale: None,
             last_skipped: false,
             exchanged: 0,
+            metrics: devs[0].alloc_f32(2 * STEP_SLOTS)?,
         };
         net.resize(batch)?;
         Ok(net)
@@ -296,8 +304,16 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
     }
 
     /// Forward a batch on both towers; returns the mean cross-entropy loss
-    /// (both towers compute it from the same gathered logits).
+    /// (both towers compute it from the same gathered logits; tower 0's).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
+        self.forward_queued(x, labels, mode)?;
+        let mut loss = [0.0f32];
+        self.devs[0].download(&self.towers[0].loss, &mut loss)?;
+        Ok(loss[0])
+    }
+
+    /// `forward` with the loss left on the devices (see `Network`'s).
+    pub fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()> {
         let n = check_batch(&self.topo, x, labels)?;
         self.resize(n)?;
         self.exchanged = 0;
@@ -342,19 +358,43 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             }
         }
         self.fence()?;
-        let mut losses = [0.0f32; 2];
-        for (t, loss) in losses.iter_mut().enumerate() {
+        for t in 0..2 {
             let tw = &mut self.towers[t];
-            *loss = self.devs[t].softmax_xent_forward(
+            self.devs[t].softmax_xent_forward_into(
                 n,
                 classes,
                 &tw.logits,
                 &tw.labels,
                 &mut tw.probs,
+                &mut tw.loss,
             )?;
         }
         self.last_mode = Some(mode);
-        Ok(losses[0])
+        Ok(())
+    }
+
+    /// Tower 0's loss and top-1 hits into slot `slot` of the step metrics.
+    pub fn record_step(&mut self, slot: usize) -> Result<()> {
+        self.mode()?;
+        let tw = &self.towers[0];
+        self.devs[0].record_step_metrics(
+            self.n,
+            self.topo.classes,
+            &tw.probs,
+            &tw.labels,
+            &tw.loss,
+            slot,
+            &mut self.metrics,
+        )
+    }
+
+    /// The first `n` slots of the step metrics (one download).
+    pub fn read_steps(&mut self, n: usize) -> Result<Vec<StepMetrics>> {
+        read_slots(self.devs[0], &self.metrics, n)
+    }
+
+    pub fn step_slots(&self) -> usize {
+        STEP_SLOTS
     }
 
     /// Assemble layer `i`'s whole input on each tower from both towers'

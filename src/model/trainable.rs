@@ -1,4 +1,5 @@
-//! What the trainer, evaluation, checkpoints and export need of a network,
+//! What the trainer, evaluation, checkpoints and export need of a network
+//! (including step metrics the trainer reads back in groups, `StepMetrics`),
 //! whichever executor runs it: the grouped network on one device
 //! (`net::Network`), the paper's two towers on two (`towers::TowerNetwork`),
 //! or replicas of either (`replicas::DataParallel`).
@@ -12,12 +13,34 @@ use super::towers::TowerNetwork;
 use crate::backend::Backend;
 use crate::error::Result;
 
+/// One training step as the device recorded it: the batch's mean loss (the
+/// value `Model::forward` returns) and its top-1 hits (`eval::topk_hits`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepMetrics {
+    pub loss: f32,
+    pub hits: usize,
+}
+
+/// Steps a model's device-side metrics buffer holds; the trainer reads it
+/// back before it fills.
+pub const STEP_SLOTS: usize = 256;
+
 pub trait Model {
     fn topology(&self) -> &Topology;
     /// Images per step.
     fn batch(&self) -> usize;
     /// Forward a batch (NCHW f32); returns the mean cross-entropy loss.
     fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32>;
+    /// `forward` without reading the loss back (a GPU need not finish the
+    /// step): it stays on the device for `record_step`.
+    fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()>;
+    /// The last forward's mean loss and top-1 hits into slot `slot`
+    /// (< `step_slots`) of the model's step-metrics buffer, on the device.
+    fn record_step(&mut self, slot: usize) -> Result<()>;
+    /// The first `n` recorded slots, in slot order (waits for the device).
+    fn read_steps(&mut self, n: usize) -> Result<Vec<StepMetrics>>;
+    /// How many slots the step-metrics buffer holds.
+    fn step_slots(&self) -> usize;
     fn backward(&mut self) -> Result<()>;
     fn sgd_step(&mut self, hp: &crate::backend::SgdParams) -> Result<()>;
     /// Softmax probabilities and logits of the last forward, [n, classes].
@@ -59,6 +82,26 @@ macro_rules! forward_model {
                 mode: crate::model::net::Mode,
             ) -> crate::error::Result<f32> {
                 <$t>::forward(self, x, labels, mode)
+            }
+            fn forward_queued(
+                &mut self,
+                x: &[f32],
+                labels: &[u32],
+                mode: crate::model::net::Mode,
+            ) -> crate::error::Result<()> {
+                <$t>::forward_queued(self, x, labels, mode)
+            }
+            fn record_step(&mut self, slot: usize) -> crate::error::Result<()> {
+                <$t>::record_step(self, slot)
+            }
+            fn read_steps(
+                &mut self,
+                n: usize,
+            ) -> crate::error::Result<Vec<crate::model::trainable::StepMetrics>> {
+                <$t>::read_steps(self, n)
+            }
+            fn step_slots(&self) -> usize {
+                <$t>::step_slots(self)
             }
             fn backward(&mut self) -> crate::error::Result<()> {
                 <$t>::backward(self)

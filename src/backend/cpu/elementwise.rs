@@ -1,5 +1,5 @@
-//! Element-wise ops on the CPU: ReLU, inverted dropout, softmax cross-entropy
-//! and the paper's SGD update. Large tensors are split into fixed-size chunks
+//! Element-wise ops on the CPU: ReLU, inverted dropout, softmax cross-entropy,
+//! a training step's metrics (mean loss, top-1 hits) and the paper's SGD update. Large tensors are split into fixed-size chunks
 //! that run in parallel.
 use rayon::prelude::*;
 
@@ -155,6 +155,61 @@ pub fn softmax_xent_backward(
             }
             d[label as usize] = (p[label as usize] - 1.0) * inv_n;
         });
+    Ok(())
+}
+
+/// One training step's metrics into slot `slot` of `metrics`, a buffer of
+/// (loss, hits) pairs: metrics[2 slot] = loss[0], metrics[2 slot + 1] = the
+/// rows of `probs` ([n, classes]) where no other class has a probability >=
+/// the label's, as f32 (`eval::topk_hits`' top-1 rule).
+pub fn record_step_metrics(
+    n: usize,
+    classes: usize,
+    probs: &[f32],
+    labels: &[u32],
+    loss: &[f32],
+    slot: usize,
+    metrics: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "record_step_metrics";
+    check_xent(OP, n, classes, probs.len(), labels, probs.len())?;
+    check_step_slot(OP, loss.len(), slot, metrics.len())?;
+    let hits = probs
+        .chunks_exact(classes.max(1))
+        .zip(labels)
+        .filter(|(row, &label)| top1_hit(row, label as usize))
+        .count();
+    metrics[2 * slot] = loss[0];
+    metrics[2 * slot + 1] = hits as f32;
+    Ok(())
+}
+
+/// Whether no class but `label` has a probability >= `row[label]` (a NaN
+/// compares false either way).
+fn top1_hit(row: &[f32], label: usize) -> bool {
+    let mine = row[label];
+    !row.iter()
+        .enumerate()
+        .any(|(j, &q)| j != label && q >= mine)
+}
+
+/// A one-float loss buffer and a metrics buffer with room for slot `slot`.
+pub(crate) fn check_step_slot(
+    op: &'static str,
+    loss: usize,
+    slot: usize,
+    metrics: usize,
+) -> Result<()> {
+    if loss == 0 {
+        return Err(shape_err(op, "the loss buffer is empty".into()));
+    }
+    let need = slot.checked_mul(2).and_then(|v| v.checked_add(2));
+    if need.is_none_or(|need| need > metrics) {
+        return Err(shape_err(
+            op,
+            format!("slot {slot} does not fit a metrics buffer of {metrics} floats"),
+        ));
+    }
     Ok(())
 }
 

@@ -360,6 +360,38 @@ impl Backend for CpuBackend {
         elementwise::softmax_xent_forward(n, classes, logits, labels, probs)
     }
 
+    fn softmax_xent_forward_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<u32>,
+        probs: &mut Vec<f32>,
+        loss: &mut Vec<f32>,
+    ) -> Result<()> {
+        let Some(out) = loss.first_mut() else {
+            return Err(shape_err(
+                "softmax_xent_forward_into",
+                "the loss buffer is empty".into(),
+            ));
+        };
+        *out = elementwise::softmax_xent_forward(n, classes, logits, labels, probs)?;
+        Ok(())
+    }
+
+    fn record_step_metrics(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &Vec<f32>,
+        labels: &Vec<u32>,
+        loss: &Vec<f32>,
+        slot: usize,
+        metrics: &mut Vec<f32>,
+    ) -> Result<()> {
+        elementwise::record_step_metrics(n, classes, probs, labels, loss, slot, metrics)
+    }
+
     fn softmax_xent_backward(
         &self,
         n: usize,

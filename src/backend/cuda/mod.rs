@@ -11,6 +11,8 @@
 //!   linear.rs        fully connected layers on cuBLAS
 //!   mixed.rs         mixed precision: 16-bit storage, conversions, the 16-bit
 //!                    element-wise ops and cublasGemmEx on 16-bit operands
+//!   step_metrics.rs  the mean loss and a training step's (loss, top-1 hits)
+//!                    kept on the device, read back by the trainer in batches
 //!   parity.rs        every op against the CPU reference, for a GPU check script
 //!
 //! Kernels follow kernels/README.md: argument order and C types (int = i32,
@@ -40,6 +42,7 @@ pub mod nccl;
 pub mod parity;
 pub mod pinned;
 pub mod probe;
+mod step_metrics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -140,9 +143,12 @@ impl<T> Drop for Staging<T> {
 /// Per-op scratch, sized on first use and grown only when a larger batch comes.
 #[derive(Default)]
 struct Scratch {
-    /// softmax_xent_forward's per-row losses: device and host.
+    /// softmax_xent_forward's per-row losses, and their mean when the host
+    /// reads it (step_metrics.rs).
     row_loss: Option<CudaSlice<f32>>,
-    row_loss_host: Vec<f32>,
+    mean_loss: Option<CudaSlice<f32>>,
+    /// record_step_metrics' per-row top-1 hits.
+    row_hit: Option<CudaSlice<f32>>,
     /// unscale_check_f32's overflow flag (one int).
     overflow: Option<CudaSlice<i32>>,
     /// 16-bit downloads land here before they are widened on the host.
@@ -846,6 +852,11 @@ impl Backend for CudaBackend {
         Ok(b)
     }
 
+    /// f32 in every mode, without a parameter's 16-bit shadow.
+    fn alloc_f32(&self, len: usize) -> Result<CudaBuf<f32>> {
+        self.alloc_buf("alloc_f32", len)
+    }
+
     /// Device allocations made so far: buffers, and also workspaces, scratch
     /// and pinned staging. After the first step of a batch shape it stays put.
     fn allocations(&self) -> u64 {
@@ -1432,8 +1443,9 @@ impl Backend for CudaBackend {
 
     // -- loss ---------------------------------------------------------------------------
 
-    /// The kernel writes probs and each row's loss; the n losses come back to
-    /// the host and are averaged in f64 there, as the CPU reference does.
+    /// The kernel writes probs and each row's loss, a second one averages
+    /// them on the device (in double, in row order, as the CPU reference
+    /// averages), and that one float comes back.
     fn softmax_xent_forward(
         &self,
         n: usize,
@@ -1442,41 +1454,33 @@ impl Backend for CudaBackend {
         labels: &CudaBuf<u32>,
         probs: &mut CudaBuf<f32>,
     ) -> Result<f32> {
-        const OP: &str = "softmax_xent_forward";
-        self.check_xent(OP, n, classes, logits.len, labels, probs.len)?;
-        if n == 0 {
-            return Ok(0.0);
-        }
-        let (ni, ci) = (int(OP, "n", n)?, int(OP, "classes", classes)?);
-        let mut scratch = lock(OP, &self.scratch)?;
-        let scratch = &mut *scratch;
-        self.ensure(OP, &mut scratch.row_loss, n)?;
-        let Some(row_loss) = scratch.row_loss.as_mut() else {
-            return Err(Error::Cuda {
-                op: OP,
-                detail: "row-loss scratch missing".into(),
-            });
-        };
-        if self.precision.is_half() {
-            self.softmax_xent_forward16(logits, labels, probs, row_loss, ni, ci, n)?;
-        } else {
-            let f = self.kernels.get("softmax_xent_forward_f32")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&logits.data)
-                .arg(&labels.data)
-                .arg(&mut probs.data)
-                .arg(&mut *row_loss)
-                .arg(&ni)
-                .arg(&ci);
-            // SAFETY: softmax_xent_forward_f32(const float* logits, const unsigned int* labels,
-            // float* probs, float* row_loss, int n, int classes); logits/probs hold n*classes,
-            // labels n (each < classes, checked), row_loss at least n.
-            unsafe { l.launch(cfg(n)) }.map_err(cuda_err(OP))?;
-        }
-        scratch.row_loss_host.resize(n, 0.0);
-        self.dtoh(OP, row_loss, &mut scratch.row_loss_host)?;
-        let total: f64 = scratch.row_loss_host.iter().map(|&v| v as f64).sum();
-        Ok((total / n as f64) as f32)
+        self.xent_forward_host(n, classes, logits, labels, probs)
+    }
+
+    /// As `softmax_xent_forward`, the mean left in loss[0] (no wait).
+    fn softmax_xent_forward_into(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        probs: &mut CudaBuf<f32>,
+        loss: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.xent_forward_device(n, classes, logits, labels, probs, loss)
+    }
+
+    fn record_step_metrics(
+        &self,
+        n: usize,
+        classes: usize,
+        probs: &CudaBuf<f32>,
+        labels: &CudaBuf<u32>,
+        loss: &CudaBuf<f32>,
+        slot: usize,
+        metrics: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.step_metrics(n, classes, probs, labels, loss, slot, metrics)
     }
 
     fn softmax_xent_backward(

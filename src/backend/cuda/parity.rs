@@ -582,6 +582,9 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         ELEM_TOL,
     )?;
 
+    // -- a training step's metrics, kept on the device -------------------------------------------
+    step_metrics(&mut p, &mut rng, rows, classes)?;
+
     // -- the paper's SGD step ---------------------------------------------------------------------
     let sp = SgdParams {
         lr: 0.01,
@@ -636,6 +639,74 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     p.check("upload from pinned memory".into(), "-", &vg, &v, EXACT)?;
 
     Ok(p.rows)
+}
+
+/// `softmax_xent_forward_into` and `record_step_metrics` (slot 3 of 5) on
+/// `rows` rows of which row 0 ties every class, row 1 ties its label with
+/// another class (both misses under `eval::topk_hits`' rule) and row 2's
+/// label wins outright. The loss must equal the CPU's to ELEM_TOL and, bit
+/// for bit, what `softmax_xent_forward` returns on the GPU; the hits
+/// must equal the CPU op's on the GPU's own probabilities (so 16-bit
+/// rounding cannot move a tie), and the other slots stay zero.
+fn step_metrics(p: &mut Pair, rng: &mut Rng, rows: usize, classes: usize) -> Result<()> {
+    let mut logits = p.random(rng, rows * classes, 3.0);
+    let mut labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+    logits[..classes].fill(0.0);
+    (logits[classes + 7], logits[classes + 9], labels[1]) = (5.0, 5.0, 7);
+    (logits[2 * classes + 3], labels[2]) = (9.0, 3);
+    let mut probs = vec![0.0; logits.len()];
+    let loss = p
+        .cpu
+        .softmax_xent_forward(rows, classes, &logits, &labels, &mut probs)?;
+    let lg = p.up(&logits)?;
+    let mut lab = p.gpu.alloc_idx(rows)?;
+    p.gpu.upload_idx(&labels, &mut lab)?;
+    let mut probsg = p.zeros(logits.len())?;
+    let host_loss = p
+        .gpu
+        .softmax_xent_forward(rows, classes, &lg, &lab, &mut probsg)?;
+    let mut lossg = p.gpu.alloc_f32(1)?;
+    p.gpu
+        .softmax_xent_forward_into(rows, classes, &lg, &lab, &mut probsg, &mut lossg)?;
+    let (slot, slots) = (3, 5);
+    let mut mg = p.gpu.alloc_f32(2 * slots)?;
+    p.gpu
+        .record_step_metrics(rows, classes, &probsg, &lab, &lossg, slot, &mut mg)?;
+    let got = p.down(&mg)?;
+    let (op, tol) = (
+        p.name("record_step_metrics loss vs cpu".into()),
+        p.tol(ELEM_TOL),
+    );
+    p.rows.push(compare(
+        op,
+        "-",
+        &got[2 * slot..2 * slot + 1],
+        &[loss],
+        tol,
+        false,
+    ));
+    let mut want = vec![0.0; 2 * slots];
+    let gp = p.down(&probsg)?;
+    p.cpu.record_step_metrics(
+        rows,
+        classes,
+        &gp,
+        &labels,
+        &vec![host_loss],
+        slot,
+        &mut want,
+    )?;
+    let wrong = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    let op = p.name(format!(
+        "record_step_metrics (loss as softmax_xent_forward's, {} hits of {rows}, other slots 0)",
+        want[2 * slot + 1]
+    ));
+    p.rows.push(count_row(op, wrong));
+    Ok(())
 }
 
 /// Train `steps` (>= 2) steps of `topo` on random data with batch `batch`;
