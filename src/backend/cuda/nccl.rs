@@ -7,13 +7,15 @@
 //! Each communicator runs on its own stream per GPU. cudarc orders a
 //! buffer's users across streams with events, so a bucket's all-reduce
 //! starts once its gradients are written and runs while the compute stream
-//! goes on with the layers below; the SGD kernels wait for it the same way.
+//! goes on with the layers below; the SGD kernels wait for it the same way
+//! (the events that mark the reduction's end are recorded after
+//! ncclGroupEnd: see `mean`).
 //!
 //! libnccl is loaded at run time like the other CUDA libraries; without it
 //! the caller gets `NO_NCCL` and falls back to the in-process reduction.
 use std::sync::Arc;
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, DevicePtrMut};
 use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
 
 use super::{mixed, CudaBackend, CudaBuf};
@@ -90,8 +92,11 @@ impl NcclAllReduce {
                                 .map_err(nccl_err("ncclCommInitRank"))
                         })
                         .collect();
-                    group_end().map_err(nccl_err("ncclGroupEnd"))?;
-                    made.into_iter().collect::<Result<Vec<_>>>().map_err(|e| {
+                    // Inside a group the ranks meet at ncclGroupEnd, so a
+                    // failed rendezvous surfaces there as often as at init.
+                    let ended = group_end().map_err(nccl_err("ncclGroupEnd"));
+                    let made = made.into_iter().collect::<Result<Vec<_>>>();
+                    made.and_then(|c| ended.map(|_| c)).map_err(|e| {
                         Error::Config(format!(
                             "NCCL rendezvous at {addr} failed ({e}): check that every process has the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT and drives the same number of GPUs, and that rank 0's machine accepts connections on that port"
                         ))
@@ -139,7 +144,20 @@ impl AllReduce<CudaBackend> for NcclAllReduce {
             }
         }
         group_end().map_err(nccl_err("ncclGroupEnd"))?;
-        status
+        status?;
+        // Inside a group NCCL only records the calls; ncclGroupEnd is what
+        // enqueues them on the streams (NCCL user guide, "Group Calls").
+        // cudarc records a buffer's write event when `all_reduce_in_place`
+        // returns, inside the group, so that event would mark a point before
+        // the reduction: the SGD kernel, the overflow check and the next
+        // backward would not wait for it. Record the events again now, after
+        // the reductions are on the streams.
+        for (comm, buf) in comms.iter().zip(bufs.iter_mut()) {
+            let stream = comm.stream();
+            let (_ptr, written) = buf.data.device_ptr_mut(&stream);
+            drop(written);
+        }
+        Ok(())
     }
 
     fn first_replica(&self) -> usize {
