@@ -463,6 +463,14 @@ impl<'a, B: Backend> Network<'a, B> {
     /// was built for (the last batch of an epoch).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
         self.forward_queued(x, labels, mode)?;
+        self.last_loss()
+    }
+
+    /// The last forward's mean loss, read from the device (waits for it).
+    pub fn last_loss(&self) -> Result<f32> {
+        if self.last_mode.is_none() {
+            return Err(no_forward("last_loss"));
+        }
         let mut loss = [0.0f32];
         self.be.download(&self.loss, &mut loss)?;
         Ok(loss[0])

@@ -152,6 +152,8 @@ pub trait Replica<B: Backend>: Model {
     fn grad_part(&mut self, layer: usize, is_w: bool, part: usize) -> &mut B::Buf;
     /// Where dropout masks come from (the initial weights keep `seed`).
     fn set_dropout_seed(&mut self, seed: u64);
+    /// The last forward's mean loss, read from the device (waits for it).
+    fn last_loss(&self) -> Result<f32>;
 }
 
 impl<B: Backend> Replica<B> for Network<'_, B> {
@@ -170,6 +172,9 @@ impl<B: Backend> Replica<B> for Network<'_, B> {
     fn set_dropout_seed(&mut self, seed: u64) {
         Network::set_dropout_seed(self, seed)
     }
+    fn last_loss(&self) -> Result<f32> {
+        Network::last_loss(self)
+    }
 }
 
 impl<B: Backend> Replica<B> for TowerNetwork<'_, B> {
@@ -187,6 +192,9 @@ impl<B: Backend> Replica<B> for TowerNetwork<'_, B> {
     }
     fn set_dropout_seed(&mut self, seed: u64) {
         TowerNetwork::set_dropout_seed(self, seed)
+    }
+    fn last_loss(&self) -> Result<f32> {
+        TowerNetwork::last_loss(self)
     }
 }
 
@@ -304,29 +312,24 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
     /// Forward each replica's shard (images r*B/k .. (r+1)*B/k); returns the
     /// batch's mean loss. Training needs the whole batch (the gradients'
     /// mean over replicas is the batch's only for equal shards); evaluation
-    /// splits any number of images as evenly as it can.
+    /// splits any number of images as evenly as it can. Every replica's
+    /// forward is queued before any loss is read: a read waits for its
+    /// device, and the devices behind it would sit idle meanwhile.
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
-        self.forward_each(x, labels, mode, |net, x, l| net.forward(x, l, mode))
+        self.forward_queued(x, labels, mode)?;
+        // The replicas' losses weighted by their images, summed in replica
+        // order in f64.
+        let mut total = 0.0f64;
+        for (net, &rows) in self.nets.iter().zip(&self.rows) {
+            if rows > 0 {
+                total += net.last_loss()? as f64 * rows as f64;
+            }
+        }
+        Ok((total / labels.len() as f64) as f32)
     }
 
     /// `forward` with every replica's loss left on its device.
     pub fn forward_queued(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<()> {
-        self.forward_each(x, labels, mode, |net, x, l| {
-            net.forward_queued(x, l, mode).map(|()| 0.0)
-        })
-        .map(|_| ())
-    }
-
-    /// Each replica with images runs `f` on its shard; returns the mean of
-    /// what `f` returns, weighted by the replicas' images, summed in
-    /// replica order.
-    fn forward_each(
-        &mut self,
-        x: &[f32],
-        labels: &[u32],
-        mode: Mode,
-        mut f: impl FnMut(&mut M, &[f32], &[u32]) -> Result<f32>,
-    ) -> Result<f32> {
         let (k, n) = (self.nets.len(), labels.len());
         if n == 0 || (mode == Mode::Train && n != self.shard * k) {
             return Err(Error::Shape {
@@ -339,17 +342,16 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
         }
         let per_image = x.len() / n;
         self.rows = (0..k).map(|r| n / k + usize::from(r < n % k)).collect();
-        let (mut total, mut a) = (0.0f64, 0);
+        let mut a = 0;
         for (net, &rows) in self.nets.iter_mut().zip(&self.rows) {
             if rows == 0 {
                 continue;
             }
             let b = a + rows;
-            let loss = f(net, &x[a * per_image..b * per_image], &labels[a..b])?;
-            total += loss as f64 * rows as f64;
+            net.forward_queued(&x[a * per_image..b * per_image], &labels[a..b], mode)?;
             a = b;
         }
-        Ok((total / n as f64) as f32)
+        Ok(())
     }
 
     /// Each replica that took images records its step in slot `slot`.
