@@ -19,7 +19,7 @@
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
 use super::loss_scale::LossScale;
 use super::net::{
-    check_batch, initial_values, lookup, param_names, param_shape, read_slots, sgd_all,
+    check_batch, initial_values, lookup, no_forward, param_names, param_shape, read_slots, sgd_all,
     unscale_all, Geom, Mode, Param, Stage,
 };
 use super::topology::{Chw, LayerShape, Topology};
@@ -32,8 +32,11 @@ use crate::rng::hash_u64;
 struct Tower<B: Backend> {
     params: Vec<Param<B>>,
     stages: Vec<Stage<B>>,
-    /// The image batch (each tower reads the whole image, as conv1 needs).
-    x: B::Buf,
+    /// The image batch (each tower reads the whole image, as conv1 needs),
+    /// double-buffered as `Network`'s: on a device with pinned uploads the
+    /// next batch lands in one while the last step may still read the other.
+    x: [B::Buf; 2],
+    x_cur: usize,
     labels: B::IdxBuf,
     /// Per layer: at an exchange, both towers' maps side by side (the
     /// layer's whole input), its gradient from this tower's outputs, and the
@@ -179,7 +182,8 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             towers.push(Tower {
                 params,
                 stages: Vec::new(),
-                x: be.alloc(0)?,
+                x: [be.alloc(0)?, be.alloc(0)?],
+                x_cur: 0,
                 labels: be.alloc_idx(0)?,
                 gathered: Vec::new(),
                 dgathered: Vec::new(),
@@ -271,7 +275,11 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             tw.gathered = gathered;
             tw.dgathered = dgathered;
             tw.recv = recv;
-            tw.x = be.alloc(n * self.topo.channels * self.topo.crop * self.topo.crop)?;
+            let x_len = n * self.topo.channels * self.topo.crop * self.topo.crop;
+            // Only a backend with asynchronous uploads gains from a second buffer.
+            let second = if be.host_alloc().is_some() { x_len } else { 0 };
+            tw.x = [be.alloc(x_len)?, be.alloc(second)?];
+            tw.x_cur = 0;
             tw.labels = be.alloc_idx(n)?;
             tw.logits = be.alloc(n * classes)?;
             tw.probs = be.alloc(n * classes)?;
@@ -307,6 +315,15 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
     /// (both towers compute it from the same gathered logits; tower 0's).
     pub fn forward(&mut self, x: &[f32], labels: &[u32], mode: Mode) -> Result<f32> {
         self.forward_queued(x, labels, mode)?;
+        self.last_loss()
+    }
+
+    /// The last forward's mean loss (tower 0's copy; both towers compute
+    /// it from the same logits), read from the device.
+    pub fn last_loss(&self) -> Result<f32> {
+        if self.last_mode.is_none() {
+            return Err(no_forward("last_loss"));
+        }
         let mut loss = [0.0f32];
         self.devs[0].download(&self.towers[0].loss, &mut loss)?;
         Ok(loss[0])
@@ -319,7 +336,10 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         self.exchanged = 0;
         for t in 0..2 {
             let tw = &mut self.towers[t];
-            self.devs[t].upload(x, &mut tw.x)?;
+            if self.devs[t].buf_len(&tw.x[1]) > 0 {
+                tw.x_cur ^= 1;
+            }
+            self.devs[t].upload(x, &mut tw.x[tw.x_cur])?;
             self.devs[t].upload_idx(labels, &mut tw.labels)?;
         }
         for i in 0..self.shapes.len() {
@@ -333,7 +353,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 let tw = &mut self.towers[t];
                 let (done, rest) = tw.stages.split_at_mut(i);
                 let input = if i == 0 {
-                    &tw.x
+                    &tw.x[tw.x_cur]
                 } else if l.exchange {
                     &tw.gathered[i]
                 } else {
@@ -488,7 +508,9 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         }
         // The input's gradient first: below an exchange it has to cross to
         // the other tower, and its copies (on each device's copy stream)
-        // then run while the weight gradients are computed.
+        // then run while the weight gradients are computed. The sums that
+        // wait for those copies come last, so they do not hold up the
+        // weight gradients on the compute stream.
         let ex = i > 0 && self.topo.layers[i].exchange;
         for t in 0..2 {
             let (be, l, lrn) = (self.devs[t], &self.topo.layers[i], &self.topo.lrn);
@@ -511,7 +533,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         for t in 0..2 {
             let tw = &mut self.towers[t];
             let input = if i == 0 {
-                &tw.x
+                &tw.x[tw.x_cur]
             } else if ex {
                 &tw.gathered[i]
             } else {
@@ -520,13 +542,15 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             tw.stages[i].backward_params(self.devs[t], input, &mut tw.params[i])?;
         }
         if ex {
+            self.sum_grad(i)?;
             self.fence()?;
         }
         Ok(())
     }
 
-    /// After an exchange layer's backward: each tower's gradient of its half
-    /// of the input is its own partial plus the other tower's partial.
+    /// After an exchange layer's input gradient: each tower's partial of
+    /// each half of the input goes to the tower that owns that half (its
+    /// own into place, the other's into `recv`), on the copy streams.
     fn scatter_grad(&mut self, i: usize) -> Result<()> {
         let (n, full) = (self.n, self.shapes[i].input.len());
         for to in 0..2 {
@@ -542,6 +566,15 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             };
             self.exchange(to, to, Slot::DGathered(i), Slot::OutGrad(i - 1), b)?;
             self.exchange(1 - to, to, Slot::DGathered(i), Slot::Recv(i), b)?;
+        }
+        Ok(())
+    }
+
+    /// Each tower's gradient of its half of layer i's input: its own
+    /// partial plus the other tower's (`scatter_grad`'s copies). Issued
+    /// after the weight gradients, since its kernel waits for the copies.
+    fn sum_grad(&mut self, i: usize) -> Result<()> {
+        for to in 0..2 {
             let tw = &mut self.towers[to];
             self.devs[to].add_assign(tw.stages[i - 1].out_grad_mut(), &tw.recv[i])?;
         }
