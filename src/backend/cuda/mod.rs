@@ -180,6 +180,21 @@ pub struct CudaBackend {
     precision: Precision,
 }
 
+/// With several GPUs a thread's current context is whichever one it bound
+/// last, but cuBLAS and cuDNN handles must be destroyed with their own
+/// context current, after the work queued on it (cuBLAS and cuDNN docs,
+/// cublasDestroy / cudnnDestroy). The fields drop after this, in that state.
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        let bound = self.ctx.bind_to_thread();
+        let synced = bound.and_then(|()| self.stream.synchronize());
+        let synced = synced.and_then(|()| self.copy.synchronize());
+        if let Err(e) = synced {
+            tracing::warn!("{}: closing with an error: {e:?}", self.info);
+        }
+    }
+}
+
 // -- small helpers -----------------------------------------------------------------
 
 /// Map any CUDA library error to `Error::Cuda` for `op`.
@@ -295,7 +310,7 @@ impl CudaBackend {
             scratch: Mutex::new(Scratch::default()),
             allocs,
             precision,
-            pinned: Arc::new(pinned::Registry::default()),
+            pinned: pinned::registry(),
             direct_copied,
         };
         tracing::info!(
@@ -366,9 +381,49 @@ impl CudaBackend {
             self.bind(OP)?;
             match drv_sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) {
                 drv_sys::cudaError_enum::CUDA_SUCCESS
-                | drv_sys::cudaError_enum::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => Ok(true),
-                e => Err(cuda_err(OP)(e)),
+                | drv_sys::cudaError_enum::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
+                e => return Err(cuda_err(OP)(e)),
             }
+        }
+        let pool = self.grant_pool_access(other);
+        tracing::info!(
+            "{} reads {}'s memory directly (peer access{})",
+            self.info,
+            other.info,
+            match &pool {
+                Ok(()) => ", its memory pool included".to_string(),
+                Err(e) => format!("; not to its memory pool ({e}): copies from pool buffers are staged by the driver"),
+            }
+        );
+        Ok(true)
+    }
+
+    /// cudarc allocates with cuMemAllocAsync from each device's default
+    /// memory pool, and pool memory does not follow cuCtxEnablePeerAccess:
+    /// the pool's owner grants each peer access separately (CUDA C++
+    /// Programming Guide, "Stream Ordered Memory Allocator", device
+    /// accessibility for multi-GPU support). Lets this GPU read and write
+    /// `other`'s pool.
+    fn grant_pool_access(&self, other: &CudaBackend) -> Result<()> {
+        const OP: &str = "memory pool access";
+        let ordinal = int(OP, "GPU ordinal", self.info.ordinal)?;
+        let mut pool: drv_sys::CUmemoryPool = std::ptr::null_mut();
+        let desc = drv_sys::CUmemAccessDesc {
+            location: drv_sys::CUmemLocation {
+                type_: drv_sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                id: ordinal,
+            },
+            flags: drv_sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: a query into a local, then a setting on the pool it names,
+        // with one descriptor that lives across the call.
+        unsafe {
+            drv_sys::cuDeviceGetDefaultMemPool(&mut pool, other.ctx.cu_device())
+                .result()
+                .map_err(cuda_err(OP))?;
+            drv_sys::cuMemPoolSetAccess(pool, &desc, 1)
+                .result()
+                .map_err(cuda_err(OP))
         }
     }
 
@@ -404,6 +459,27 @@ impl CudaBackend {
         unsafe { drv_sys::cuMemcpy3DPeerAsync(&c, self.copy.cu_stream()) }
             .result()
             .map_err(cuda_err("copy_rows"))
+    }
+
+    /// `copy_pitched` on the copy stream once the sender's queued work (the
+    /// source) and ours (earlier readers of the destination) are done.
+    fn copy_when_ready(
+        &self,
+        src_dev: &CudaBackend,
+        sp: drv_sys::CUdeviceptr,
+        dp: drv_sys::CUdeviceptr,
+        b: RowBlock,
+        elem: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_rows";
+        let ready = src_dev.stream.record_event(None).map_err(cuda_err(OP))?;
+        self.copy.wait(&ready).map_err(cuda_err(OP))?;
+        let free = self.stream.record_event(None).map_err(cuda_err(OP))?;
+        self.copy.wait(&free).map_err(cuda_err(OP))?;
+        // cudarc's calls above bind whichever context they touch; the raw
+        // copy is queued on our stream, so ours must be current.
+        self.bind(OP)?;
+        self.copy_pitched(src_dev, sp, dp, b, elem)
     }
 
     fn count_alloc(&self) {
@@ -980,22 +1056,20 @@ impl Backend for CudaBackend {
         if b.is_empty() {
             return Ok(());
         }
-        self.bind(OP)?;
-        let ready = src_dev.stream.record_event(None).map_err(cuda_err(OP))?;
-        self.copy.wait(&ready).map_err(cuda_err(OP))?;
-        let free = self.stream.record_event(None).map_err(cuda_err(OP))?;
-        self.copy.wait(&free).map_err(cuda_err(OP))?;
+        // The pointers first: taking the source on its own stream makes
+        // that stream wait for the source's last writer (a copy, say), and
+        // the ready event recorded after it then covers that writer too.
         let half = dst.is_half();
         match (src.half.as_ref(), dst.half.as_mut()) {
             (Some(s16), Some(d16)) if half => {
                 let (sp, _rs) = s16.device_ptr(&src_dev.stream);
                 let (dp, _rd) = d16.device_ptr_mut(&self.copy);
-                self.copy_pitched(src_dev, sp, dp, b, 2)
+                self.copy_when_ready(src_dev, sp, dp, b, 2)
             }
             _ => {
                 let (sp, _rs) = src.data.device_ptr(&src_dev.stream);
                 let (dp, _rd) = dst.data.device_ptr_mut(&self.copy);
-                self.copy_pitched(src_dev, sp, dp, b, 4)
+                self.copy_when_ready(src_dev, sp, dp, b, 4)
             }
         }
     }

@@ -2,10 +2,14 @@
 //! loader an allocator (`Backend::host_alloc`) whose buffers are pinned, and
 //! remembers their address ranges: an upload whose source lies inside one is
 //! copied by DMA straight from it on the copy stream, with no staging copy
-//! (DESIGN.md, "Data": the loader writes into pinned host memory).
+//! (DESIGN.md, "Data": the loader writes into pinned host memory). The
+//! buffers are portable (pinned for every context), and one registry serves
+//! the whole process, so every GPU's uploads take the fast path, not only
+//! those of the GPU whose allocator the loader was given.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE;
 use cudarc::driver::{CudaContext, PinnedHostSlice};
 
 use crate::data::{HostAlloc, HostMemory};
@@ -40,6 +44,12 @@ impl Registry {
     }
 }
 
+/// The process's registry, shared by every backend.
+pub(crate) fn registry() -> Arc<Registry> {
+    static ONE: OnceLock<Arc<Registry>> = OnceLock::new();
+    Arc::clone(ONE.get_or_init(Arc::default))
+}
+
 /// One pinned buffer, registered while it lives.
 struct PinnedBatch {
     /// Owns the allocation (freed on drop, after its event).
@@ -72,8 +82,10 @@ impl Drop for PinnedBatch {
 }
 
 /// The allocator the loader gets: zeroed pinned buffers, registered in
-/// `registry`, each counted in `allocs`. Plain page-locked memory (not
-/// write-combined: the loader's workers write it and tests read it back).
+/// `registry`, each counted in `allocs`. Page-locked memory, not
+/// write-combined (the loader's workers write it and tests read it back),
+/// and portable: CU_MEMHOSTALLOC_PORTABLE makes every CUDA context treat it
+/// as pinned, not only the allocating one (CUDA Driver API, cuMemHostAlloc).
 pub(crate) fn allocator(
     ctx: Arc<CudaContext>,
     registry: Arc<Registry>,
@@ -83,12 +95,11 @@ pub(crate) fn allocator(
         // SAFETY: the memory is uninitialised until the fill below, and
         // nothing reads it before then.
         let mut mem =
-            unsafe { ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }.map_err(|e| {
-                Error::Cuda {
+            unsafe { ctx.alloc_pinned_with_flags::<f32>(len.max(1), CU_MEMHOSTALLOC_PORTABLE) }
+                .map_err(|e| Error::Cuda {
                     op: "pinned batch memory",
                     detail: format!("{len} floats: {e:?}; try a smaller --batch"),
-                }
-            })?;
+                })?;
         let ptr = mem.as_mut_ptr().map_err(|e| Error::Cuda {
             op: "pinned batch memory",
             detail: format!("{e:?}"),
