@@ -140,6 +140,9 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
     };
     check_count(p, ids.len(), &format!("--gpus {list}"))?;
     check_world(p, world)?;
+    if p == Parallel::Hybrid {
+        check_hybrid_gpus(&ids, &list)?;
+    }
     let mut distinct = ids.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -165,6 +168,27 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
     }
     let layout = layout(p, &devs, |parts| gpu_reduce(parts, world))?;
     f.run(layout)
+}
+
+/// Hybrid on GPUs reduces each tower's half in its own NCCL communicator
+/// (one per tower, over the pairs). A GPU that holds tower 0 of one pair
+/// and tower 1 of another would be in both, on two streams, and NCCL warns
+/// that concurrent communicators on one device can deadlock (NCCL user
+/// guide, "Using multiple NCCL communicators concurrently"). Refused, unless
+/// a tower's list repeats a GPU: then NCCL is not used at all (`gpu_reduce`).
+fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
+    let tower = |t: usize| ids.iter().skip(t).step_by(2).copied().collect::<Vec<_>>();
+    let (t0, t1) = (tower(0), tower(1));
+    let repeats = |v: &[usize]| (1..v.len()).any(|i| v[..i].contains(&v[i]));
+    if repeats(&t0) || repeats(&t1) {
+        return Ok(());
+    }
+    match t0.iter().find(|g| t1.contains(g)) {
+        None => Ok(()),
+        Some(g) => Err(Error::Config(format!(
+            "--gpus {list} --parallel hybrid: GPU {g} holds tower 0 of one pair and tower 1 of another, so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3)"
+        ))),
+    }
 }
 
 /// Several processes share the work data-parallel only.
