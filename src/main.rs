@@ -1,5 +1,7 @@
 //! The `alexnet-cuda` command line: `summary`, `prepare`, `train`, and the
-//! hidden `bench-step` and `bench-loader`.
+//! hidden `bench-step`, `bench-loader` and the check commands. A run that
+//! averages gradients with NCCL may start itself again first, with NCCL's
+//! library on LD_LIBRARY_PATH (`ensure_nccl`).
 //! Flags are parsed here; everything else lives in the library. Errors end
 //! as one line on stderr and a non-zero exit.
 use std::collections::BTreeMap;
@@ -11,9 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
-use tracing::info;
+use tracing::{info, warn};
 
 use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::cuda::nccl_lib::{self, NcclLibError, Plan};
 use alexnet_cuda::backend::cuda::{modules, parity, CudaBackend, CudaOptions, Precision};
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::backend::SgdParams;
@@ -39,7 +42,7 @@ use alexnet_cuda::model::summary;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::model::trainable::{Layout, Model};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
-use alexnet_cuda::parallel::{self, OnLayout, Parallel, Request};
+use alexnet_cuda::parallel::{self, NcclUse, OnLayout, Parallel, Request};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 use alexnet_cuda::world::World;
@@ -161,6 +164,9 @@ enum Command {
         #[arg(long, default_value = "9.0")]
         arch: String,
     },
+    /// Find and load NCCL as a multi-GPU run would, then print its version and file (scripts/check-nccl; no GPU needed).
+    #[command(hide = true)]
+    NcclCheck,
     /// Run every op on the GPU and on the CPU reference and compare (scripts/gpu-check).
     #[command(hide = true)]
     GpuOps {
@@ -583,6 +589,7 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
 fn cmd_train(args: TrainArgs) -> Result<()> {
     let world = World::from_env()?;
     let request = args.device.request(&args.parallel, &world)?;
+    ensure_nccl(parallel::nccl_use(&request, &world)?)?;
     set_threads(args.threads)?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
@@ -946,6 +953,7 @@ fn cmd_bench(args: BenchStepArgs) -> Result<()> {
     if args.parallel.parallel.is_some() || several {
         let world = World::single();
         let request = args.device.request(&args.parallel, &world)?;
+        ensure_nccl(parallel::nccl_use(&request, &world)?)?;
         struct BenchOn<'a>(&'a Topology, &'a BenchStepArgs);
         impl OnLayout for BenchOn<'_> {
             type Out = ();
@@ -1191,6 +1199,82 @@ fn cmd_gpu_ops(device: DeviceArgs, json: bool) -> Result<()> {
     }
     if failed > 0 {
         bail!("{failed} GPU checks failed");
+    }
+    Ok(())
+}
+
+/// Make NCCL loadable for a run that uses it, before anything else is
+/// opened. cudarc does not try libnccl.so.2, the name NCCL's packages
+/// install, and the loader reads LD_LIBRARY_PATH only at start-up: when the
+/// search finds the file, this process starts again (same arguments, same
+/// pid) with a folder holding a link libnccl.so to it first on
+/// LD_LIBRARY_PATH. Returns when NCCL loads, or when the run can do without
+/// it (logged); otherwise an error saying how to install it. Without the
+/// CUDA driver it returns at once: opening the GPUs fails with that error.
+fn ensure_nccl(need: NcclUse) -> Result<()> {
+    if need == NcclUse::No || !alexnet_cuda::backend::cuda::probe::driver_present() {
+        return Ok(());
+    }
+    make_nccl_loadable(need)
+}
+
+/// `ensure_nccl` past its checks (nccl-check, which needs no GPU, starts here).
+fn make_nccl_loadable(need: NcclUse) -> Result<()> {
+    let failed = match nccl_lib::plan_here() {
+        Plan::Ready => return Ok(()),
+        Plan::Restart(found) => restart_with_nccl(&found),
+        Plan::Unavailable(e) => e,
+    };
+    if need == NcclUse::Required {
+        return Err(failed.into());
+    }
+    warn!("{failed}");
+    Ok(())
+}
+
+/// Start this program again with a link to `found` on LD_LIBRARY_PATH;
+/// returns only the error if that fails.
+fn restart_with_nccl(found: &nccl_lib::Found) -> NcclLibError {
+    use std::os::unix::process::CommandExt;
+    let dir = match nccl_lib::make_link(&found.path) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let mut cmd = match nccl_lib::restart_command(found, &dir) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    info!(
+        "NCCL is {} (found in {}), a name cudarc does not open: restarting with {} (libnccl.so -> it) first on LD_LIBRARY_PATH",
+        found.path.display(),
+        found.place,
+        dir.display()
+    );
+    let source = cmd.exec();
+    NcclLibError::Exec {
+        exe: PathBuf::from(cmd.get_program()),
+        source,
+    }
+}
+
+/// NCCL found and loaded the way a multi-GPU run loads it; needs no GPU.
+fn cmd_nccl_check() -> Result<()> {
+    make_nccl_loadable(NcclUse::Required)?;
+    let code = match nccl_lib::loaded_version() {
+        Some(v) => v.map_err(anyhow::Error::msg)?,
+        None => bail!("{}", nccl_lib::unavailable_message()),
+    };
+    let (major, minor, patch) = nccl_lib::decode_version(code);
+    println!("NCCL {major}.{minor}.{patch} (ncclGetVersion {code})");
+    match nccl_lib::loaded_path() {
+        Some(p) => println!("loaded from {}", p.display()),
+        None => println!("loaded from an unknown file (no /proc/self/maps)"),
+    }
+    if let Some(found) = std::env::var_os(nccl_lib::RESTART_GUARD) {
+        println!(
+            "through a restart with a libnccl.so link to {}",
+            found.to_string_lossy()
+        );
     }
     Ok(())
 }
@@ -1455,6 +1539,7 @@ fn run() -> Result<()> {
         Command::BenchStep(args) => cmd_bench(args),
         Command::GpuOps { device, json } => cmd_gpu_ops(device, json),
         Command::NvrtcCheck { arch } => cmd_nvrtc_check(&arch),
+        Command::NcclCheck => cmd_nccl_check(),
     }
 }
 

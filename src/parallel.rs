@@ -9,7 +9,7 @@
 use tracing::{info, warn};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{nccl, probe, CudaBackend, CudaOptions};
+use crate::backend::cuda::{nccl, nccl_lib, probe, CudaBackend, CudaOptions};
 use crate::backend::Backend;
 use crate::device::parse_gpus;
 use crate::error::{Error, Result};
@@ -123,26 +123,7 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
         })?;
         return f.run(layout);
     }
-    let list = match (&req.gpus, world.is_single()) {
-        (Some(l), _) => l.clone(),
-        (None, false) => world.local_rank.to_string(),
-        (None, true) => {
-            return Err(Error::Config(
-                "name the GPUs with --gpus (e.g. --gpus 0,1), or train on the CPU with --cpu"
-                    .into(),
-            ))
-        }
-    };
-    let ids = parse_gpus(&list)?;
-    let p = match req.parallel {
-        Some(p) => p,
-        None => implied(ids.len(), &list)?,
-    };
-    check_count(p, ids.len(), &format!("--gpus {list}"))?;
-    check_world(p, world)?;
-    if p == Parallel::Hybrid {
-        check_hybrid_gpus(&ids, &list)?;
-    }
+    let (ids, p) = gpu_plan(req, world)?;
     let mut distinct = ids.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -191,6 +172,83 @@ fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
     }
 }
 
+/// The GPU ordinals of a GPU request (`--gpus`, else LOCAL_RANK in a
+/// multi-process run) and the parallelism, checked against each other and
+/// the world.
+fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
+    let list = match (&req.gpus, world.is_single()) {
+        (Some(l), _) => l.clone(),
+        (None, false) => world.local_rank.to_string(),
+        (None, true) => {
+            return Err(Error::Config(
+                "name the GPUs with --gpus (e.g. --gpus 0,1), or train on the CPU with --cpu"
+                    .into(),
+            ))
+        }
+    };
+    let ids = parse_gpus(&list)?;
+    let p = match req.parallel {
+        Some(p) => p,
+        None => implied(ids.len(), &list)?,
+    };
+    check_count(p, ids.len(), &format!("--gpus {list}"))?;
+    check_world(p, world)?;
+    if p == Parallel::Hybrid {
+        check_hybrid_gpus(&ids, &list)?;
+    }
+    Ok((ids, p))
+}
+
+/// Whether a run averages gradients with NCCL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NcclUse {
+    /// No all-reduce across GPUs: CPU devices, one network, the towers, or
+    /// replicas sharing a GPU (NCCL allows one rank per GPU; those go
+    /// through host memory).
+    No,
+    /// One replica in one process: NCCL when it loads, else the host
+    /// reduction, which for one replica changes nothing.
+    IfPresent,
+    /// Several replicas on different GPUs, or several processes: NCCL or an error.
+    Required,
+}
+
+/// The rule `gpu_reduce` applies, on the GPU ordinals of each tensor part's
+/// replicas.
+fn nccl_rule(parts: &[Vec<usize>], single_process: bool) -> NcclUse {
+    let shared = parts.iter().any(|ords| {
+        let mut o = ords.clone();
+        o.sort_unstable();
+        o.windows(2).any(|w| w[0] == w[1])
+    });
+    if shared {
+        NcclUse::No
+    } else if !single_process || parts.iter().any(|ords| ords.len() > 1) {
+        NcclUse::Required
+    } else {
+        NcclUse::IfPresent
+    }
+}
+
+/// Whether running `req` in `world` will use NCCL, decided before any
+/// device is opened (the command line makes NCCL loadable first, which may
+/// restart the process). Errors are those `run_on` would give.
+pub fn nccl_use(req: &Request, world: &World) -> Result<NcclUse> {
+    if req.cpu {
+        return Ok(NcclUse::No);
+    }
+    let (ids, p) = gpu_plan(req, world)?;
+    let parts: Vec<Vec<usize>> = match p {
+        Parallel::None | Parallel::Model => return Ok(NcclUse::No),
+        Parallel::Data => vec![ids],
+        // tower_parts: tower t of every pair.
+        Parallel::Hybrid => (0..2)
+            .map(|t| ids.chunks_exact(2).map(|pair| pair[t]).collect())
+            .collect(),
+    };
+    Ok(nccl_rule(&parts, world.is_single()))
+}
+
 /// Several processes share the work data-parallel only.
 fn check_world(p: Parallel, world: &World) -> Result<()> {
     if !world.is_single() && matches!(p, Parallel::None | Parallel::Model) {
@@ -225,29 +283,116 @@ fn layout<'a, B: Backend>(
     })
 }
 
-/// NCCL where it can serve (the library is there and each part's replicas
-/// are on different GPUs); else, in one process, the in-process all-reduce
-/// through host memory, with a warning; across processes NCCL is required.
+/// NCCL where `nccl_rule` says it serves. Otherwise (replicas sharing a
+/// GPU, or one replica in one process without NCCL) the in-process
+/// all-reduce through host memory, with a warning. Several replicas on
+/// different GPUs, or several processes, without NCCL are an error that
+/// says how to install it: a silent slow path would hide a fixable setup.
 fn gpu_reduce<'a>(
     parts: &[Vec<&'a CudaBackend>],
     world: &World,
 ) -> Result<Box<dyn AllReduce<CudaBackend> + 'a>> {
-    let why = if parts.iter().any(|list| nccl::shared_gpu(list).is_some()) {
-        "two replicas share a GPU, which NCCL does not allow"
-    } else if !nccl::nccl_present() {
-        nccl::NO_NCCL
-    } else {
-        let r = nccl::NcclAllReduce::new(parts, world)?;
-        info!("gradients averaged by NCCL all-reduce");
-        return Ok(Box::new(r));
+    let ords: Vec<Vec<usize>> = parts
+        .iter()
+        .map(|list| list.iter().map(|b| b.info().ordinal).collect())
+        .collect();
+    let why = match nccl_rule(&ords, world.is_single()) {
+        NcclUse::No => "two replicas share a GPU, which NCCL does not allow",
+        _ if nccl::nccl_present() => {
+            let r = nccl::NcclAllReduce::new(parts, world)?;
+            info!("gradients averaged by NCCL all-reduce");
+            return Ok(Box::new(r));
+        }
+        NcclUse::IfPresent => "NCCL does not load and there is one replica",
+        NcclUse::Required => {
+            return Err(Error::NoDevice(format!(
+                "averaging gradients across GPUs needs NCCL: {}",
+                nccl_lib::unavailable_message()
+            )))
+        }
     };
-    if !world.is_single() {
-        return Err(Error::NoDevice(format!(
-            "a multi-process run averages gradients with NCCL, but {why}"
-        )));
-    }
     warn!(
         "{why}: gradients are averaged through host memory instead (correct, but slower than NCCL)"
     );
     Ok(Box::new(HostAllReduce::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nccl_rule_by_layout() {
+        // Replicas sharing a GPU: host memory, whatever the world.
+        assert_eq!(nccl_rule(&[vec![0, 0]], true), NcclUse::No);
+        assert_eq!(nccl_rule(&[vec![0, 2], vec![1, 1]], false), NcclUse::No);
+        // Several replicas on different GPUs, or several processes: required.
+        assert_eq!(nccl_rule(&[vec![0, 1]], true), NcclUse::Required);
+        assert_eq!(nccl_rule(&[vec![0]], false), NcclUse::Required);
+        // One replica in one process: NCCL if it loads.
+        assert_eq!(nccl_rule(&[vec![3]], true), NcclUse::IfPresent);
+    }
+
+    fn gpus(list: &str, parallel: Option<Parallel>) -> Request {
+        Request {
+            cpu: false,
+            gpus: Some(list.into()),
+            parallel,
+            replicas: 2,
+            cuda: CudaOptions::default(),
+        }
+    }
+
+    #[test]
+    fn nccl_use_from_the_flags() {
+        let one = World::single();
+        let two = World {
+            rank: 1,
+            size: 2,
+            local_rank: 0,
+            master: Some(("h".into(), 29500)),
+        };
+        let use_of = |r: &Request, w: &World| nccl_use(r, w).unwrap();
+        assert_eq!(use_of(&gpus("0,1", None), &one), NcclUse::No);
+        assert_eq!(
+            use_of(&gpus("0,1,2", Some(Parallel::Data)), &one),
+            NcclUse::Required
+        );
+        assert_eq!(
+            use_of(&gpus("0,0", Some(Parallel::Data)), &one),
+            NcclUse::No
+        );
+        assert_eq!(
+            use_of(&gpus("0", Some(Parallel::Data)), &one),
+            NcclUse::IfPresent
+        );
+        assert_eq!(
+            use_of(&gpus("0", Some(Parallel::Data)), &two),
+            NcclUse::Required
+        );
+        // Hybrid: towers 0,1 and 2,3 reduce over GPUs {0,2} and {1,3}.
+        assert_eq!(
+            use_of(&gpus("0,1,2,3", Some(Parallel::Hybrid)), &one),
+            NcclUse::Required
+        );
+        // Towers 0,1 and 0,1 again: GPU 0 holds tower 0 twice.
+        assert_eq!(
+            use_of(&gpus("0,1,0,1", Some(Parallel::Hybrid)), &one),
+            NcclUse::No
+        );
+        // One pair in one process: each part has one replica.
+        assert_eq!(
+            use_of(&gpus("0,1", Some(Parallel::Hybrid)), &one),
+            NcclUse::IfPresent
+        );
+        let mut cpu = gpus("0", Some(Parallel::Data));
+        cpu.cpu = true;
+        assert_eq!(use_of(&cpu, &two), NcclUse::No);
+        // A multi-process run without --gpus drives GPU LOCAL_RANK.
+        let mut local = gpus("", Some(Parallel::Data));
+        local.gpus = None;
+        assert_eq!(use_of(&local, &two), NcclUse::Required);
+        // Flag errors are run_on's.
+        assert!(nccl_use(&gpus("0,1,2", None), &one).is_err());
+    }
 }

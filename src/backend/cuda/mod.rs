@@ -13,6 +13,8 @@
 //!                    element-wise ops and cublasGemmEx on 16-bit operands
 //!   step_metrics.rs  the mean loss and a training step's (loss, top-1 hits)
 //!                    kept on the device, read back by the trainer in batches
+//!   nccl.rs          NCCL all-reduce across the replicas' GPUs
+//!   nccl_lib.rs      finding libnccl.so.2 where cudarc's names miss it
 //!   parity.rs        every op against the CPU reference, for a GPU check script
 //!
 //! Kernels follow kernels/README.md: argument order and C types (int = i32,
@@ -39,6 +41,7 @@ pub mod linear;
 pub mod mixed;
 pub mod modules;
 pub mod nccl;
+pub mod nccl_lib;
 pub mod parity;
 pub mod pinned;
 pub mod probe;

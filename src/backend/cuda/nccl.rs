@@ -11,8 +11,9 @@
 //! (the events that mark the reduction's end are recorded after
 //! ncclGroupEnd: see `mean`).
 //!
-//! libnccl is loaded at run time like the other CUDA libraries; without it
-//! the caller gets `NO_NCCL` and falls back to the in-process reduction.
+//! libnccl is loaded at run time like the other CUDA libraries, under the
+//! names cudarc tries; nccl_lib.rs finds it where it is installed under
+//! libnccl.so.2, and without it the caller gets `NO_NCCL`.
 use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtrMut};
@@ -23,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::model::replicas::AllReduce;
 use crate::world::World;
 
-pub const NO_NCCL: &str = "libnccl.so.2 not found: install NCCL (the nvidia-nccl-cu12 wheel, or the libnccl2 package) and put it on LD_LIBRARY_PATH";
+/// What to do when libnccl is nowhere (nccl_lib.rs searches).
+pub const NO_NCCL: &str = "NCCL (libnccl.so.2) not found: install it with `pip install nvidia-nccl-cu12` (nvidia-nccl-cu13 for CUDA 13) into the python3 on PATH or the active virtualenv, or with `sudo apt install libnccl2`, and run again; if it is installed elsewhere (another Python), put the folder holding libnccl.so.2 on LD_LIBRARY_PATH: export LD_LIBRARY_PATH=/path/to/site-packages/nvidia/nccl/lib:$LD_LIBRARY_PATH (that Python prints the folder: python -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], \"lib\"))')";
 
 /// True when libnccl can be opened. Loads nothing else.
 pub fn nccl_present() -> bool {
