@@ -117,3 +117,22 @@ pub(crate) fn allocator(
         }) as Box<dyn HostMemory>)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every backend gets the same registry, so a range one backend's
+    /// allocator registered is seen by all (the fast path on every GPU).
+    #[test]
+    fn one_registry_per_process() {
+        let (a, b) = (registry(), registry());
+        assert!(Arc::ptr_eq(&a, &b));
+        let buf = vec![0.0f32; 16];
+        let start = buf.as_ptr() as usize;
+        a.add((start, start + 16 * 4));
+        assert!(b.contains(&buf[2..10]));
+        b.remove(start);
+        assert!(!a.contains(&buf[2..10]));
+    }
+}
