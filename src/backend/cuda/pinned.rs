@@ -128,7 +128,7 @@ mod tests {
     fn one_registry_per_process() {
         let (a, b) = (registry(), registry());
         assert!(Arc::ptr_eq(&a, &b));
-        let buf = vec![0.0f32; 16];
+        let buf = [0.0f32; 16];
         let start = buf.as_ptr() as usize;
         a.add((start, start + 16 * 4));
         assert!(b.contains(&buf[2..10]));
