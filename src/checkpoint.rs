@@ -227,7 +227,22 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
 /// previous good one.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let (tensors, meta) = export::read_safetensors_meta(path)?;
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+    from_parts(path, tensors, meta)
+}
+
+/// Whether a safetensors header's `__metadata__` is a checkpoint's.
+pub fn is_checkpoint(meta: &BTreeMap<String, String>) -> bool {
+    meta.get("format").map(String::as_str) == Some(FORMAT)
+}
+
+/// [`load`] for a file already read (`export::read_safetensors_meta`), so a
+/// caller that must look at the metadata first reads the file once.
+pub fn from_parts(
+    path: &Path,
+    tensors: Vec<Tensor>,
+    meta: BTreeMap<String, String>,
+) -> Result<Checkpoint> {
+    if !is_checkpoint(&meta) {
         return Err(Error::Data(format!(
             "{}: a safetensors file but not an alexnet-cuda checkpoint (no training state); use it with --init-from",
             path.display()

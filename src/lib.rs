@@ -5,7 +5,8 @@
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `step_log` holds the loop's per-step metrics until it reads them back;
-//! `world` places this process among the processes of a multi-machine run.
+//! `world` places this process among the processes of a multi-machine run;
+//! `viz` draws what a trained network learned (conv1's kernels, figure 3).
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -22,6 +23,7 @@ pub mod plot;
 pub mod rng;
 pub mod step_log;
 pub mod train;
+pub mod viz;
 pub mod world;
 
 pub use error::{Error, Result};

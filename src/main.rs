@@ -45,6 +45,7 @@ use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 use alexnet_cuda::parallel::{self, NcclUse, OnLayout, Parallel, Request};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
+use alexnet_cuda::viz::filters;
 use alexnet_cuda::world::World;
 
 #[derive(Parser)]
@@ -117,6 +118,8 @@ enum Command {
     Predict(PredictArgs),
     /// Write a checkpoint's weights for other tools: safetensors (PyTorch names and layouts) or ONNX.
     Export(ExportArgs),
+    /// Draw conv1's kernels per tower (the paper's figure 3) and print how colour-specific each tower is.
+    Filters(FiltersArgs),
     /// Write the demo data set (class folders of JPEGs) to a folder (used by scripts/check-export).
     #[command(hide = true)]
     DemoData {
@@ -537,6 +540,22 @@ struct ExportArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct FiltersArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder) or an exported safetensors file.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The config, for a safetensors file whose metadata names none (written by PyTorch, say).
+    #[arg(long)]
+    config: Option<String>,
+    /// One JSON line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Flag parser for counts that must be at least 1.
 fn positive(s: &str) -> std::result::Result<u64, String> {
     match s.parse::<u64>() {
@@ -931,6 +950,40 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
         topo.name,
         args.out.display()
     );
+    Ok(())
+}
+
+fn cmd_filters(args: FiltersArgs) -> Result<()> {
+    filters::check_out(&args.out)?;
+    let conv1 = filters::load(&args.checkpoint, args.config.as_deref())?;
+    let layout = filters::write_png(&conv1, &args.out)?;
+    let towers = filters::tower_colour(&conv1);
+    if args.json {
+        let line = serde_json::json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "out": args.out.display().to_string(),
+            "config": conv1.config,
+            "kernels": conv1.count(),
+            "k": conv1.k,
+            "width": layout.width,
+            "height": layout.height,
+            "towers": towers,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "conv1 of {}: {} kernels of {k}x{k}x3 on {} tower(s); wrote {} ({}x{})",
+            conv1.config,
+            conv1.count(),
+            conv1.towers.len(),
+            args.out.display(),
+            layout.width,
+            layout.height,
+            k = conv1.k,
+        );
+        println!("colour share: a kernel's energy off the grey axis (0 grey, 1 no grey pattern)");
+        print!("{}", filters::render_table(&towers));
+    }
     Ok(())
 }
 
@@ -1519,6 +1572,7 @@ fn run() -> Result<()> {
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
         Command::Export(args) => cmd_export(args),
+        Command::Filters(args) => cmd_filters(args),
         Command::DemoData {
             out,
             classes,
