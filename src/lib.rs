@@ -5,7 +5,8 @@
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `step_log` holds the loop's per-step metrics until it reads them back;
-//! `world` places this process among the processes of a multi-machine run.
+//! `world` places this process among the processes of a multi-machine run;
+//! `features` takes hidden-layer activations and finds nearest neighbours.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod features;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
