@@ -130,7 +130,15 @@ pub fn write_features<B: Backend>(
 ) -> Result<usize> {
     let width = activation_width(net.topology(), layer)?;
     let mut w = NpyWriter::create(out, indices.len(), width)?;
-    for_each_batch(net, layer, set, indices, cfg, |rows| w.append(rows), on_batch)?;
+    for_each_batch(
+        net,
+        layer,
+        set,
+        indices,
+        cfg,
+        |rows| w.append(rows),
+        on_batch,
+    )?;
     w.finish()?;
     Ok(width)
 }
@@ -228,13 +236,10 @@ pub fn nearest_blocks(
     block_rows: usize,
     mut read: impl FnMut(usize, usize) -> Result<Vec<f32>>,
 ) -> Result<Vec<Vec<Neighbor>>> {
-    if dim == 0 || queries.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
         return Err(Error::Shape {
             op: "nearest",
-            detail: format!(
-                "{} query values are not whole rows of {dim}",
-                queries.len()
-            ),
+            detail: format!("{} query values are not whole rows of {dim}", queries.len()),
         });
     }
     if k == 0 {
@@ -330,7 +335,7 @@ pub fn nearest_in_matrix(
     k: usize,
     block_rows: usize,
 ) -> Result<Vec<Vec<Neighbor>>> {
-    let total = if dim == 0 { 0 } else { x.len() / dim };
+    let total = x.len().checked_div(dim).unwrap_or(0);
     nearest_blocks(queries, dim, k, total, block_rows, |s, c| {
         Ok(x[s * dim..(s + c) * dim].to_vec())
     })
@@ -345,7 +350,7 @@ pub fn nearest_in_npy(
 ) -> Result<Vec<Vec<Neighbor>>> {
     let mut f = NpyRows::open(path)?;
     let (rows, dim) = (f.rows, f.cols);
-    if dim == 0 || queries.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
         return Err(Error::Data(format!(
             "{}: rows of {dim} values, but the queries have {} values",
             path.display(),
@@ -586,15 +591,14 @@ pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<(
         let y0 = pad + r as u32 * (cell + text_h + pad);
         for (c, gc) in cells.iter().enumerate() {
             let side = gc.side as u32;
-            let img = RgbImage::from_raw(side, side, gc.pixels.clone()).ok_or_else(|| {
-                Error::Shape {
+            let img =
+                RgbImage::from_raw(side, side, gc.pixels.clone()).ok_or_else(|| Error::Shape {
                     op: "render_grid",
                     detail: format!(
                         "a picture of {} bytes is not {side}x{side} RGB",
                         gc.pixels.len()
                     ),
-                }
-            })?;
+                })?;
             let img = image::imageops::resize(&img, cell, cell, FilterType::Triangle);
             let x0 = x_of(c as u32);
             for (y, line) in img.as_raw().chunks_exact(cell as usize * 3).enumerate() {

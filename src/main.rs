@@ -32,8 +32,8 @@ use alexnet_cuda::eval::{
     average_crops, evaluate, forward_rows, loader_for, open_eval_data, top_k,
 };
 use alexnet_cuda::export::onnx::write_onnx;
-use alexnet_cuda::features;
 use alexnet_cuda::export::{network_tensors, write_safetensors};
+use alexnet_cuda::features;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
@@ -1081,7 +1081,11 @@ fn cmd_neighbors(args: NeighborsArgs) -> Result<()> {
         r.results.len(),
         args.k,
         r.set_rows,
-        if r.computed { "fc7 written to" } else { "fc7 read from" },
+        if r.computed {
+            "fc7 written to"
+        } else {
+            "fc7 read from"
+        },
         r.features.display()
     );
     Ok(())

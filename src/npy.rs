@@ -366,7 +366,7 @@ impl NpyWriter {
     /// Append whole rows (`values.len()` a multiple of the row width).
     pub fn append(&mut self, values: &[f32]) -> Result<()> {
         let cols = self.cols.max(1);
-        if values.len() % cols != 0 || self.written + values.len() / cols > self.rows {
+        if !values.len().is_multiple_of(cols) || self.written + values.len() / cols > self.rows {
             return Err(Error::Shape {
                 op: "NpyWriter::append",
                 detail: format!(
