@@ -7,6 +7,7 @@
 //! `step_log` holds the loop's per-step metrics until it reads them back;
 //! `world` places this process among the processes of a multi-machine run;
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3).
+//! `features` takes hidden-layer activations and finds nearest neighbours.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod features;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;

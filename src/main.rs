@@ -33,6 +33,7 @@ use alexnet_cuda::eval::{
 };
 use alexnet_cuda::export::onnx::write_onnx;
 use alexnet_cuda::export::{network_tensors, write_safetensors};
+use alexnet_cuda::features;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
@@ -120,6 +121,10 @@ enum Command {
     Export(ExportArgs),
     /// Draw conv1's kernels per tower (the paper's figure 3) and print how colour-specific each tower is.
     Filters(FiltersArgs),
+    /// Hidden-layer activations (fc6, fc7 after ReLU; pool5) of every image of a set to a .npy file, one row per image.
+    Features(FeaturesArgs),
+    /// The k training images nearest to query images by fc7 Euclidean distance, as a picture (the paper's Figure 4, right).
+    Neighbors(NeighborsArgs),
     /// Write the demo data set (class folders of JPEGs) to a folder (used by scripts/check-export).
     #[command(hide = true)]
     DemoData {
@@ -525,6 +530,81 @@ struct PredictArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct FeaturesArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Images: a store folder, a `prepare` output folder (its val/), or class sub-folders of images.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Layer: fc6 or fc7 (after the ReLU), pool5 (flattened C, H, W), or any layer of the config.
+    #[arg(long, default_value = "fc7")]
+    layer: String,
+    /// The features, [images, values] float32 .npy; F.rows.csv beside it says what each row is.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    batch: u64,
+    /// N images spread evenly over the set.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Loader threads (default: as eval).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct NeighborsArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// The images searched: a store folder, a `prepare` output folder (its train/), or class sub-folders.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Query images (JPEG, PNG): resized and centre-cropped as predict does.
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true)]
+    query: Vec<PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 6, value_parser = positive)]
+    k: u64,
+    /// The picture (PNG): one row per query, the query then its neighbours with class and distance.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out as OUT.fc7.npy).
+    #[arg(long, value_name = "FILE")]
+    features: Option<PathBuf>,
+    /// Side of each picture in the grid, pixels.
+    #[arg(long, default_value_t = 96, value_parser = positive)]
+    cell: u64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    batch: u64,
+    /// Search N images spread evenly over the set (as `features --limit N`).
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Loader threads (default: as eval).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args)]
@@ -988,6 +1068,82 @@ fn cmd_filters(args: FiltersArgs) -> Result<()> {
 }
 
 /// Network rows per image.
+fn cmd_features(args: FeaturesArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let device = args.device.resolve()?;
+    let job = features::FeaturesJob {
+        ck: &ck,
+        data: &args.data,
+        layer: &args.layer,
+        out: &args.out,
+        batch: args.batch as usize,
+        limit: args.limit.map(|l| l as usize),
+        workers: workers_for(args.workers, matches!(device, Device::Cuda(_))),
+        progress: !args.no_progress,
+    };
+    let t0 = Instant::now();
+    let r = on_device!(&device, args.device, |be| features::features(&be, &job)?);
+    println!(
+        "{}: {} rows x {} values ({}) in {:.0}s; rows described in {}",
+        args.out.display(),
+        r.rows,
+        r.width,
+        args.layer,
+        t0.elapsed().as_secs_f64(),
+        r.rows_csv.display()
+    );
+    Ok(())
+}
+
+fn cmd_neighbors(args: NeighborsArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let device = args.device.resolve()?;
+    let job = features::NeighborsJob {
+        ck: &ck,
+        data: &args.data,
+        queries: &args.query,
+        k: args.k as usize,
+        out: &args.out,
+        features: args.features.as_deref(),
+        batch: args.batch as usize,
+        limit: args.limit.map(|l| l as usize),
+        workers: workers_for(args.workers, matches!(device, Device::Cuda(_))),
+        progress: !args.no_progress,
+        cell: args.cell as usize,
+    };
+    let r = on_device!(&device, args.device, |be| features::neighbors(&be, &job)?);
+    println!("query\trank\tclass\tdistance\tindex\tsource");
+    for q in &r.results {
+        for n in &q.neighbors {
+            println!(
+                "{}\t{}\t{}\t{:.3}\t{}\t{}",
+                q.query.display(),
+                n.rank,
+                n.class,
+                n.dist,
+                n.index,
+                n.source.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    println!(
+        "{}: {} queries x {} neighbours among {} images ({} {})",
+        args.out.display(),
+        r.results.len(),
+        args.k,
+        r.set_rows,
+        if r.computed {
+            "fc7 written to"
+        } else {
+            "fc7 read from"
+        },
+        r.features.display()
+    );
+    Ok(())
+}
+
 fn cfg_rows(ten_crop: bool) -> usize {
     if ten_crop {
         10
@@ -1573,6 +1729,8 @@ fn run() -> Result<()> {
         Command::Predict(args) => cmd_predict(args),
         Command::Export(args) => cmd_export(args),
         Command::Filters(args) => cmd_filters(args),
+        Command::Features(args) => cmd_features(args),
+        Command::Neighbors(args) => cmd_neighbors(args),
         Command::DemoData {
             out,
             classes,

@@ -9,10 +9,15 @@
 //! padded with spaces and ended by '\n' so that magic + lengths + header is a
 //! multiple of 64 bytes. The raw data follows, C order when fortran_order is
 //! False.
-use std::path::Path;
+//!
+//! `NpyWriter` and `NpyRows` stream a 2-D '<f4' array a block of rows at a
+//! time (features of a million images need not fit in memory).
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{sync_dir, temp_path, write_atomic};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// The spec aligns the data to 64 bytes (it was 16 before NumPy 1.14), so
@@ -326,6 +331,189 @@ impl Cursor<'_> {
         self.eat(b'L');
         Some(v)
     }
+}
+
+/// Writes a `[rows, cols]` '<f4' .npy file row block by row block: the
+/// header for the final shape first, then the rows as they come. The file
+/// appears at its path only after `finish` checked that exactly `rows` rows
+/// were written (a temporary file next to it until then).
+pub struct NpyWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    rows: usize,
+    cols: usize,
+    written: usize,
+}
+
+impl NpyWriter {
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyWriter> {
+        let tmp = temp_path(path);
+        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(&npy_header(&[rows, cols]))
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(out),
+            rows,
+            cols,
+            written: 0,
+        })
+    }
+
+    /// Append whole rows (`values.len()` a multiple of the row width).
+    pub fn append(&mut self, values: &[f32]) -> Result<()> {
+        let cols = self.cols.max(1);
+        if !values.len().is_multiple_of(cols) || self.written + values.len() / cols > self.rows {
+            return Err(Error::Shape {
+                op: "NpyWriter::append",
+                detail: format!(
+                    "{}: {} values do not make whole rows of {} within the {} rows declared ({} written)",
+                    self.path.display(),
+                    values.len(),
+                    self.cols,
+                    self.rows,
+                    self.written
+                ),
+            });
+        }
+        let out = self.out.as_mut().ok_or_else(|| Error::Shape {
+            op: "NpyWriter::append",
+            detail: "the writer is finished".into(),
+        })?;
+        let mut buf = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&buf).map_err(|e| Error::io(&self.tmp, e))?;
+        self.written += values.len() / cols;
+        Ok(())
+    }
+
+    /// Rows appended so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Check the row count, flush, fsync and rename into place.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.rows {
+            return Err(Error::Shape {
+                op: "NpyWriter::finish",
+                detail: format!(
+                    "{}: {} rows written, {} declared",
+                    self.path.display(),
+                    self.written,
+                    self.rows
+                ),
+            });
+        }
+        let out = self.out.take().ok_or_else(|| Error::Shape {
+            op: "NpyWriter::finish",
+            detail: "the writer is finished".into(),
+        })?;
+        let f = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        sync_dir(&self.path)
+    }
+}
+
+impl Drop for NpyWriter {
+    /// An unfinished writer leaves no temporary file behind.
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Reads a 2-D '<f4' C-order .npy file a block of rows at a time.
+pub struct NpyRows {
+    path: PathBuf,
+    file: File,
+    pub rows: usize,
+    pub cols: usize,
+    data_start: u64,
+}
+
+impl NpyRows {
+    pub fn open(path: &Path) -> Result<NpyRows> {
+        let bad = |msg: String| Error::Data(format!("{}: {msg}", path.display()));
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut prefix = [0u8; 12];
+        let got = read_up_to(&mut file, &mut prefix).map_err(|e| Error::io(path, e))?;
+        let head_len = match prefix[..got] {
+            [_, _, _, _, _, _, 1, _, a, b, ..] => 10 + usize::from(u16::from_le_bytes([a, b])),
+            [_, _, _, _, _, _, 2 | 3, _, a, b, c, d] => {
+                12 + u32::from_le_bytes([a, b, c, d]) as usize
+            }
+            _ => 12,
+        };
+        let mut head = vec![0u8; head_len.min(1 << 20)];
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(path, e))?;
+        let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
+        let h = parse_header(&head[..got]).map_err(bad)?;
+        if h.dtype != Dtype::F4 {
+            return Err(bad(
+                "dtype is float64; features are read as float32 ('<f4')".into(),
+            ));
+        }
+        let [rows, cols] = h.shape[..] else {
+            return Err(bad(format!(
+                "shape {:?} is not 2-D (rows, values per row)",
+                h.shape
+            )));
+        };
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let need = h.data_start as u64 + rows as u64 * cols as u64 * 4;
+        if len < need {
+            return Err(bad(format!(
+                "truncated: shape ({rows}, {cols}) needs {need} bytes but the file has {len}; write it again"
+            )));
+        }
+        Ok(NpyRows {
+            path: path.to_path_buf(),
+            file,
+            rows,
+            cols,
+            data_start: h.data_start as u64,
+        })
+    }
+
+    /// Rows `start..start + count` (clipped to the array), C order.
+    pub fn read(&mut self, start: usize, count: usize) -> Result<Vec<f32>> {
+        let end = (start + count).min(self.rows);
+        let n = end.saturating_sub(start) * self.cols;
+        let mut bytes = vec![0u8; n * 4];
+        let off = self.data_start + (start * self.cols * 4) as u64;
+        self.file
+            .seek(SeekFrom::Start(off))
+            .and_then(|_| self.file.read_exact(&mut bytes))
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+/// Fill as much of `buf` as the file holds; returns the bytes read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ const SMOOTH_POINTS: usize = 2000;
 const SMOOTH_FRACTION: usize = 50;
 
 const TITLE_HEIGHT: u32 = 44;
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 // Series colours. Every one is strongly coloured, while axes, grid and text
 // are black or grey, so a chart can be checked for drawn data by colour.
@@ -118,7 +118,7 @@ pub fn render_png(
 /// Register the embedded font under the family name plotters uses by
 /// default, once per process. Registration parses the font; if that ever
 /// failed it would fail the same way every time, so the outcome is kept.
-fn ensure_font() -> Result<()> {
+pub(crate) fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR).is_ok()

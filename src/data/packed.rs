@@ -442,6 +442,23 @@ impl PackedStore {
         text.lines().nth(i).map(str::to_string)
     }
 
+    /// The source file of every image, in store order (one read of
+    /// `sources-<gen>.txt`); an error when the file is missing or short.
+    pub fn sources(&self) -> Result<Vec<String>> {
+        let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
+        let text = fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() < self.entries.len() {
+            return Err(Error::Data(format!(
+                "{}: {} lines for {} images; rerun `alexnet-cuda prepare`",
+                p.display(),
+                lines.len(),
+                self.entries.len()
+            )));
+        }
+        Ok(lines)
+    }
+
     /// An error about image `i`, naming the data file and the source image.
     pub fn entry_error(&self, i: usize, what: &str) -> Error {
         let data = gen_file(&self.dir, "data", &self.meta.generation, "bin");

@@ -679,6 +679,22 @@ impl<'a, B: Backend> Network<'a, B> {
         Ok(host)
     }
 
+    /// The last forward's output of a hidden layer, one row per image
+    /// ([n, values], each row in C, H, W order): `fc6`, `fc7` (after the
+    /// ReLU; after an `Eval` forward there is no dropout), `conv1`..`conv5`
+    /// (after ReLU, LRN and pooling), `pool1`/`pool2`/`pool5` (the same
+    /// output, named for its pool), `fc8` (the logits). See [`activation_layer`].
+    pub fn activation(&self, layer: &str) -> Result<Vec<f32>> {
+        if self.last_mode.is_none() {
+            return Err(no_forward("activation"));
+        }
+        let i = activation_layer(&self.topo, layer)?;
+        let st = &self.stages[i];
+        let mut host = vec![0.0; self.be.buf_len(st.out())];
+        self.be.download(st.out(), &mut host)?;
+        Ok(host)
+    }
+
     /// Parameter names in table order: conv1.weight, conv1.bias, ...
     pub fn param_names(&self) -> Vec<String> {
         param_names(&self.topo)
@@ -741,6 +757,39 @@ impl<'a, B: Backend> Network<'a, B> {
 }
 
 /// `op` called before any forward pass.
+/// The table row whose output a feature name means (`activation`): a
+/// layer's own name, or `poolN` for `convN` when that layer pools.
+pub fn activation_layer(topo: &Topology, name: &str) -> Result<usize> {
+    let found = topo.layers.iter().position(|l| l.name == name).or_else(|| {
+        let conv = name.strip_prefix("pool").map(|k| format!("conv{k}"))?;
+        topo.layers
+            .iter()
+            .position(|l| l.name == conv && l.pool.is_some())
+    });
+    found.ok_or_else(|| {
+        let mut names: Vec<String> = Vec::new();
+        for l in &topo.layers {
+            if l.pool.is_some() {
+                if let Some(k) = l.name.strip_prefix("conv") {
+                    names.push(format!("pool{k}"));
+                }
+            }
+            names.push(l.name.to_string());
+        }
+        Error::Config(format!(
+            "--layer: '{name}' is not a layer of config {}; choose one of: {}",
+            topo.name,
+            names.join(", ")
+        ))
+    })
+}
+
+/// Values per image of the output `activation(name)` returns.
+pub fn activation_width(topo: &Topology, name: &str) -> Result<usize> {
+    let i = activation_layer(topo, name)?;
+    Ok(topo.shapes()?[i].out.len())
+}
+
 pub(super) fn no_forward(op: &'static str) -> Error {
     Error::Shape {
         op,

@@ -1,0 +1,691 @@
+//! Hidden-layer features and nearest neighbours (the paper's Figure 4,
+//! right). `features`: a checkpoint's activations at a layer (fc6, fc7,
+//! pool5...) for every image of a set, centre crop, evaluation mode, streamed
+//! to a [rows, values] .npy file with a CSV that says what each row is.
+//! `nearest_blocks`: exact k-nearest-neighbour search by Euclidean distance,
+//! a block of rows at a time (|q|^2 + |x|^2 - 2 q.x, the dot products by
+//! GEMM; the distances kept are recomputed exactly). `neighbors`: query
+//! images against a set's fc7, and `render_grid`, the picture of the result.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::codecs::png::PngEncoder;
+use image::imageops::FilterType;
+use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use indicatif::ProgressBar;
+use plotters::prelude::*;
+
+use crate::backend::cpu::{sgemm, MatRef};
+use crate::backend::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::data::packed::{is_store, PackedStore};
+use crate::data::{batches, decode_file, ImageFolder, ImageSet, ImageSource, LoaderConfig};
+use crate::error::{Error, Result};
+use crate::eval::{loader_for, open_eval_data};
+use crate::fsutil::write_atomic;
+use crate::model::net::{activation_width, Mode, Network};
+use crate::npy::{NpyRows, NpyWriter};
+use crate::plot::{ensure_font, FONT};
+
+/// Rows of the feature matrix read at once by the search.
+pub const BLOCK_ROWS: usize = 4096;
+
+/// The layer `neighbors` compares images by (section 6.1: "the feature
+/// activations induced at the last, 4096-dimensional hidden layer").
+pub const NEIGHBOR_LAYER: &str = "fc7";
+
+/// A set of images to take features of, and what is known of each.
+pub struct FeatureSet {
+    pub set: Arc<dyn ImageSource>,
+    /// The source file of each image, when the data keeps them (a store's
+    /// `sources-<gen>.txt`, or a class folder's file paths).
+    pub sources: Option<Vec<String>>,
+}
+
+/// Open `path` for features with the checkpoint's preprocessing: a store
+/// folder, a `prepare` output folder (its `split`/ store: val or train) or a
+/// folder of class sub-folders. Labels follow the checkpoint's classes.
+pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, progress: bool) -> Result<FeatureSet> {
+    let dir = if !is_store(path) && is_store(&path.join(split)) {
+        path.join(split)
+    } else {
+        path.to_path_buf()
+    };
+    let set = open_eval_data(&dir, ck, progress)?;
+    let sources = if is_store(&dir) {
+        Some(PackedStore::open(&dir)?.sources()?)
+    } else {
+        let folder = ImageFolder::scan(&dir)?;
+        Some(
+            folder
+                .items()
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect(),
+        )
+    };
+    Ok(FeatureSet { set, sources })
+}
+
+/// `limit` images spread evenly over `n` (all of them without a limit), as
+/// `eval --limit` picks them.
+pub fn spread(n: usize, limit: Option<usize>) -> Vec<usize> {
+    match limit {
+        Some(k) if k < n => (0..k).map(|i| i * n / k).collect(),
+        _ => (0..n).collect(),
+    }
+}
+
+/// The loader settings for features: the checkpoint's test-time
+/// preprocessing, centre crop only.
+pub fn feature_loader(ck: &Checkpoint, batch: usize, workers: usize) -> LoaderConfig {
+    loader_for(ck, batch.max(1), false, workers)
+}
+
+/// Forward `indices` of `set` through `net` in evaluation mode (no dropout)
+/// and hand each batch's rows of `layer` to `sink` in order. `on_batch` gets
+/// the images done so far. Returns the row width.
+pub fn for_each_batch<B: Backend>(
+    net: &mut Network<'_, B>,
+    layer: &str,
+    set: &Arc<dyn ImageSource>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+    mut sink: impl FnMut(&[f32]) -> Result<()>,
+    mut on_batch: impl FnMut(usize),
+) -> Result<usize> {
+    let width = activation_width(net.topology(), layer)?;
+    if cfg.ten_crop {
+        return Err(Error::Config(
+            "features are taken on the centre crop only".into(),
+        ));
+    }
+    let mut done = 0;
+    let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
+    while let Some(b) = iter.next() {
+        let b = b?;
+        net.forward(&b.x, &b.labels, Mode::Eval)?;
+        let rows = net.activation(layer)?;
+        crate::error::check_len("features", "activation", rows.len(), b.n * width)?;
+        sink(&rows)?;
+        done += b.n;
+        on_batch(done);
+        iter.recycle(b);
+    }
+    Ok(width)
+}
+
+/// Write `layer`'s activations for `indices` of `set` to `out` ([rows,
+/// width] float32 .npy), batch by batch: the header first, then the rows, so
+/// the matrix is never whole in memory. Returns the row width.
+pub fn write_features<B: Backend>(
+    net: &mut Network<'_, B>,
+    layer: &str,
+    set: &Arc<dyn ImageSource>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+    out: &Path,
+    on_batch: impl FnMut(usize),
+) -> Result<usize> {
+    let width = activation_width(net.topology(), layer)?;
+    let mut w = NpyWriter::create(out, indices.len(), width)?;
+    for_each_batch(
+        net,
+        layer,
+        set,
+        indices,
+        cfg,
+        |rows| w.append(rows),
+        on_batch,
+    )?;
+    w.finish()?;
+    Ok(width)
+}
+
+/// The CSV beside a features file: `F.npy` gets `F.rows.csv`.
+pub fn rows_csv_path(features: &Path) -> PathBuf {
+    features.with_extension("rows.csv")
+}
+
+/// One CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The checkpoint's readable name of class `label` (its id when it has none).
+pub fn class_name(ck: &Checkpoint, label: u32) -> String {
+    let i = label as usize;
+    match ck.state.names.get(i).filter(|n| !n.is_empty()) {
+        Some(n) => n.clone(),
+        None => ck.state.classes.get(i).cloned().unwrap_or_default(),
+    }
+}
+
+/// Write the row table: `row,index,label,class,name,source` (row of the
+/// matrix, index of the image in the set, label index, class id, class
+/// name, source file or empty when the data keeps none).
+pub fn write_rows_csv(
+    path: &Path,
+    ck: &Checkpoint,
+    fs: &FeatureSet,
+    indices: &[usize],
+) -> Result<()> {
+    let mut text = Vec::new();
+    let io = |e| Error::io(path, e);
+    writeln!(text, "row,index,label,class,name,source").map_err(io)?;
+    for (row, &i) in indices.iter().enumerate() {
+        let label = fs.set.label(i);
+        let id = ck.state.classes.get(label as usize).cloned();
+        let source = fs
+            .sources
+            .as_ref()
+            .and_then(|s| s.get(i))
+            .map(String::as_str)
+            .unwrap_or("");
+        writeln!(
+            text,
+            "{row},{i},{label},{},{},{}",
+            csv_field(&id.unwrap_or_default()),
+            csv_field(&class_name(ck, label)),
+            csv_field(source)
+        )
+        .map_err(io)?;
+    }
+    write_atomic(path, &text)
+}
+
+/// One neighbour: its row in the feature matrix and squared distance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Neighbor {
+    pub row: usize,
+    pub dist2: f32,
+}
+
+impl Neighbor {
+    pub fn dist(&self) -> f32 {
+        self.dist2.max(0.0).sqrt()
+    }
+}
+
+/// Insert into a list kept sorted by (distance, row), at most `k` long.
+fn keep_best(best: &mut Vec<Neighbor>, cand: Neighbor, k: usize) {
+    let before = |a: &Neighbor, b: &Neighbor| (a.dist2, a.row) < (b.dist2, b.row);
+    if best.len() == k && !best.last().is_some_and(|w| before(&cand, w)) {
+        return;
+    }
+    let at = best.partition_point(|b| before(b, &cand));
+    best.insert(at, cand);
+    best.truncate(k);
+}
+
+/// The `k` rows nearest to each query (rows of `queries`, `dim` values
+/// each) among `total` rows that `read(start, count)` returns a block at a
+/// time (`block_rows` rows), nearest first, ties to the lower row. Squared
+/// distances are screened as |q|^2 + |x|^2 - 2 q.x with one GEMM per block;
+/// those that may enter the k best are recomputed exactly (f64) and kept.
+pub fn nearest_blocks(
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    total: usize,
+    block_rows: usize,
+    mut read: impl FnMut(usize, usize) -> Result<Vec<f32>>,
+) -> Result<Vec<Vec<Neighbor>>> {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
+        return Err(Error::Shape {
+            op: "nearest",
+            detail: format!("{} query values are not whole rows of {dim}", queries.len()),
+        });
+    }
+    if k == 0 {
+        return Err(Error::Config("--k must be at least 1".into()));
+    }
+    if k > total {
+        return Err(Error::Config(format!(
+            "--k {k} is larger than the set's {total} images; pass --k {total} or less"
+        )));
+    }
+    let nq = queries.len() / dim;
+    let block_rows = block_rows.max(1);
+    let qn: Vec<f64> = queries.chunks_exact(dim).map(sq_norm).collect();
+    let mut best: Vec<Vec<Neighbor>> = vec![Vec::with_capacity(k + 1); nq];
+    let mut dots = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let count = block_rows.min(total - start);
+        let block = read(start, count)?;
+        crate::error::check_len("nearest", "feature block", block.len(), count * dim)?;
+        // dots[q, j] = queries[q] . block[j]: Q [nq, dim] times B^T [dim, count].
+        dots.clear();
+        dots.resize(nq * count, 0.0f32);
+        sgemm(
+            nq,
+            count,
+            dim,
+            &mut dots,
+            count,
+            false,
+            MatRef {
+                data: queries,
+                rs: dim,
+                cs: 1,
+            },
+            MatRef {
+                data: &block,
+                rs: 1,
+                cs: dim,
+            },
+            gemm::Parallelism::Rayon(0),
+        );
+        let xn: Vec<f64> = block.chunks_exact(dim).map(sq_norm).collect();
+        for (q, best) in best.iter_mut().enumerate() {
+            let qrow = &queries[q * dim..(q + 1) * dim];
+            for j in 0..count {
+                let approx = qn[q] + xn[j] - 2.0 * dots[q * count + j] as f64;
+                // f32 dot products of long rows err by a small multiple of
+                // |q| |x|; screen with that slack, then decide exactly.
+                let slack = 1e-4 * (qn[q] + xn[j]) + 1e-12;
+                if best.len() == k {
+                    if let Some(w) = best.last() {
+                        if approx - slack > w.dist2 as f64 {
+                            continue;
+                        }
+                    }
+                }
+                let exact = sq_dist(qrow, &block[j * dim..(j + 1) * dim]);
+                keep_best(
+                    best,
+                    Neighbor {
+                        row: start + j,
+                        dist2: exact as f32,
+                    },
+                    k,
+                );
+            }
+        }
+        start += count;
+    }
+    Ok(best)
+}
+
+fn sq_norm(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum()
+}
+
+fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x as f64 - y as f64;
+            d * d
+        })
+        .sum()
+}
+
+/// `nearest_blocks` over a matrix in memory ([rows, dim], C order).
+pub fn nearest_in_matrix(
+    x: &[f32],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+    block_rows: usize,
+) -> Result<Vec<Vec<Neighbor>>> {
+    let total = x.len().checked_div(dim).unwrap_or(0);
+    nearest_blocks(queries, dim, k, total, block_rows, |s, c| {
+        Ok(x[s * dim..(s + c) * dim].to_vec())
+    })
+}
+
+/// `nearest_blocks` over a [rows, dim] float32 .npy file, read a block at a time.
+pub fn nearest_in_npy(
+    path: &Path,
+    queries: &[f32],
+    k: usize,
+    block_rows: usize,
+) -> Result<Vec<Vec<Neighbor>>> {
+    let mut f = NpyRows::open(path)?;
+    let (rows, dim) = (f.rows, f.cols);
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
+        return Err(Error::Data(format!(
+            "{}: rows of {dim} values, but the queries have {} values",
+            path.display(),
+            queries.len()
+        )));
+    }
+    nearest_blocks(queries, dim, k, rows, block_rows, |s, c| f.read(s, c))
+}
+
+/// What `neighbors` needs besides the device.
+pub struct NeighborsJob<'a> {
+    pub ck: &'a Checkpoint,
+    /// The set searched: a store, a `prepare` output (its train/) or a class folder.
+    pub data: &'a Path,
+    pub queries: &'a [PathBuf],
+    pub k: usize,
+    /// The picture; without `features`, fc7 of the set goes beside it
+    /// (`grid.png` gets `grid.fc7.npy`).
+    pub out: &'a Path,
+    pub features: Option<&'a Path>,
+    pub batch: usize,
+    pub limit: Option<usize>,
+    pub workers: usize,
+    pub progress: bool,
+    /// Side of each picture in the grid (images are downscaled to it).
+    pub cell: usize,
+}
+
+/// One neighbour as reported: rank 1 is the nearest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    pub rank: usize,
+    /// Row of the feature matrix and index of the image in the set.
+    pub row: usize,
+    pub index: usize,
+    pub label: u32,
+    pub class: String,
+    pub dist: f32,
+    pub source: Option<String>,
+}
+
+pub struct QueryResult {
+    pub query: PathBuf,
+    pub neighbors: Vec<Found>,
+}
+
+pub struct NeighborsReport {
+    pub features: PathBuf,
+    /// Whether the set's features were computed by this run (else read).
+    pub computed: bool,
+    pub set_rows: usize,
+    pub results: Vec<QueryResult>,
+}
+
+/// The fc7 features file `neighbors` writes beside its picture.
+pub fn default_features_path(out: &Path) -> PathBuf {
+    out.with_extension(format!("{NEIGHBOR_LAYER}.npy"))
+}
+
+/// For each query image (decoded, resized and centre-cropped as `predict`
+/// does), its k nearest images of the set by fc7 Euclidean distance; the
+/// picture goes to `job.out`.
+pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsReport> {
+    let ck = job.ck;
+    let topo = ck.state.net.topology()?;
+    let width = activation_width(&topo, NEIGHBOR_LAYER)?;
+    let fs = open_set(job.data, ck, "train", job.progress)?;
+    let indices = spread(fs.set.len(), job.limit);
+    if job.k == 0 {
+        return Err(Error::Config("--k must be at least 1".into()));
+    }
+    if job.k > indices.len() {
+        return Err(Error::Config(format!(
+            "--k {} is larger than the set's {} images; pass --k {} or less",
+            job.k,
+            indices.len(),
+            indices.len()
+        )));
+    }
+    if job.queries.is_empty() {
+        return Err(Error::Config("give at least one --query image".into()));
+    }
+    // Decode the queries first: a bad file fails before any long work.
+    let size = ck.state.preprocess.image_size;
+    let mut qpix = Vec::with_capacity(job.queries.len() * size * size * 3);
+    for p in job.queries {
+        qpix.extend(decode_file(p, size)?);
+    }
+    // The set's features: given (checked against the set and the network) or computed.
+    let (features, computed) = match job.features {
+        Some(f) => {
+            let rows = NpyRows::open(f)?;
+            if rows.rows != indices.len() {
+                return Err(Error::Data(format!(
+                    "{}: {} rows, but the set has {} images{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
+                    f.display(),
+                    rows.rows,
+                    indices.len(),
+                    if job.limit.is_some() { " (with --limit)" } else { "" },
+                    if job.limit.is_some() { " and --limit" } else { "" },
+                )));
+            }
+            if rows.cols != width {
+                return Err(Error::Data(format!(
+                    "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {} has {width}; the file comes from another network: compute it with this checkpoint",
+                    f.display(),
+                    rows.cols,
+                    topo.name
+                )));
+            }
+            (f.to_path_buf(), false)
+        }
+        None => (default_features_path(job.out), true),
+    };
+    let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
+    ck.restore(&mut net, false)?;
+    if computed {
+        let cfg = feature_loader(ck, job.batch, job.workers);
+        let pb = if job.progress {
+            ProgressBar::new(indices.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        write_features(
+            &mut net,
+            NEIGHBOR_LAYER,
+            &fs.set,
+            &indices,
+            &cfg,
+            &features,
+            |d| pb.set_position(d as u64),
+        )?;
+        pb.finish_and_clear();
+        write_rows_csv(&rows_csv_path(&features), ck, &fs, &indices)?;
+    }
+    // The queries' features, through the same preprocessing.
+    let nq = job.queries.len();
+    let qset: Arc<dyn ImageSource> = Arc::new(ImageSet::from_parts(
+        size,
+        qpix.clone(),
+        vec![0; nq],
+        ck.state.classes.clone(),
+    )?);
+    let mut q = Vec::with_capacity(nq * width);
+    let qcfg = feature_loader(ck, job.batch.min(nq), 0);
+    let qidx: Vec<usize> = (0..nq).collect();
+    for_each_batch(
+        &mut net,
+        NEIGHBOR_LAYER,
+        &qset,
+        &qidx,
+        &qcfg,
+        |rows| {
+            q.extend_from_slice(rows);
+            Ok(())
+        },
+        |_| {},
+    )?;
+    let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
+    let results: Vec<QueryResult> = job
+        .queries
+        .iter()
+        .zip(found)
+        .map(|(p, list)| QueryResult {
+            query: p.clone(),
+            neighbors: list
+                .iter()
+                .enumerate()
+                .map(|(r, n)| {
+                    let index = indices[n.row];
+                    let label = fs.set.label(index);
+                    Found {
+                        rank: r + 1,
+                        row: n.row,
+                        index,
+                        label,
+                        class: class_name(ck, label),
+                        dist: n.dist(),
+                        source: fs.sources.as_ref().and_then(|s| s.get(index).cloned()),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    // The picture: each query, then its neighbours.
+    let mut rows = Vec::with_capacity(nq);
+    let mut scratch = Vec::new();
+    for (qi, r) in results.iter().enumerate() {
+        let name = r
+            .query
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cells = vec![GridCell {
+            pixels: qpix[qi * size * size * 3..(qi + 1) * size * size * 3].to_vec(),
+            side: size,
+            lines: ["query".into(), name],
+        }];
+        for n in &r.neighbors {
+            let px = fs.set.pixels(n.index, &mut scratch)?.to_vec();
+            cells.push(GridCell {
+                pixels: px,
+                side: fs.set.size(),
+                lines: [n.class.clone(), format!("d = {:.1}", n.dist)],
+            });
+        }
+        rows.push(cells);
+    }
+    render_grid(job.out, &rows, job.cell)?;
+    Ok(NeighborsReport {
+        features,
+        computed,
+        set_rows: indices.len(),
+        results,
+    })
+}
+
+/// One picture of the grid with two lines of text under it.
+pub struct GridCell {
+    /// `side x side x 3` HWC RGB.
+    pub pixels: Vec<u8>,
+    pub side: usize,
+    pub lines: [String; 2],
+}
+
+/// Draw `rows` of cells, each picture scaled to `cell` pixels, the text
+/// under it, a gap after each row's first cell (the query), as a PNG.
+pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<()> {
+    ensure_font()?;
+    let cell = cell.clamp(16, 1024) as u32;
+    let (pad, text_h, query_gap) = (6u32, 30u32, 12u32);
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let width = pad + cols * (cell + pad) + if cols > 1 { query_gap } else { 0 };
+    let height = pad + rows.len() as u32 * (cell + text_h + pad);
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    let x_of = |c: u32| pad + c * (cell + pad) + if c > 0 { query_gap } else { 0 };
+    for (r, cells) in rows.iter().enumerate() {
+        let y0 = pad + r as u32 * (cell + text_h + pad);
+        for (c, gc) in cells.iter().enumerate() {
+            let side = gc.side as u32;
+            let img =
+                RgbImage::from_raw(side, side, gc.pixels.clone()).ok_or_else(|| Error::Shape {
+                    op: "render_grid",
+                    detail: format!(
+                        "a picture of {} bytes is not {side}x{side} RGB",
+                        gc.pixels.len()
+                    ),
+                })?;
+            let img = image::imageops::resize(&img, cell, cell, FilterType::Triangle);
+            let x0 = x_of(c as u32);
+            for (y, line) in img.as_raw().chunks_exact(cell as usize * 3).enumerate() {
+                let at = (((y0 + y as u32) * width + x0) * 3) as usize;
+                rgb[at..at + line.len()].copy_from_slice(line);
+            }
+        }
+    }
+    {
+        let draw_err = |e: String| Error::Backend(format!("{}: drawing: {e}", path.display()));
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        let style = TextStyle::from((FONT, 12).into_font()).color(&BLACK);
+        let max_chars = (cell as usize / 7).max(4);
+        for (r, cells) in rows.iter().enumerate() {
+            let y0 = pad + r as u32 * (cell + text_h + pad) + cell + 2;
+            for (c, gc) in cells.iter().enumerate() {
+                let x0 = x_of(c as u32);
+                for (l, text) in gc.lines.iter().enumerate() {
+                    let t: String = if text.chars().count() > max_chars {
+                        let mut s: String = text.chars().take(max_chars - 1).collect();
+                        s.push('.');
+                        s
+                    } else {
+                        text.clone()
+                    };
+                    root.draw_text(&t, &style, (x0 as i32, (y0 + 14 * l as u32) as i32))
+                        .map_err(|e| draw_err(e.to_string()))?;
+                }
+            }
+        }
+        root.present().map_err(|e| draw_err(e.to_string()))?;
+    }
+    let mut png = Vec::new();
+    PngEncoder::new(&mut png)
+        .write_image(&rgb, width, height, ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
+    write_atomic(path, &png)
+}
+
+/// What `features` needs besides the device.
+pub struct FeaturesJob<'a> {
+    pub ck: &'a Checkpoint,
+    /// A store, a `prepare` output (its val/) or a class folder.
+    pub data: &'a Path,
+    pub layer: &'a str,
+    pub out: &'a Path,
+    pub batch: usize,
+    pub limit: Option<usize>,
+    pub workers: usize,
+    pub progress: bool,
+}
+
+pub struct FeaturesReport {
+    pub rows: usize,
+    pub width: usize,
+    pub rows_csv: PathBuf,
+    /// Whether the rows name their source files.
+    pub sources: bool,
+}
+
+/// Write `job.layer`'s activations of the set to `job.out`, and the row
+/// table beside it (`rows_csv_path`).
+pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport> {
+    let ck = job.ck;
+    let topo = ck.state.net.topology()?;
+    // An unknown layer fails before the data is opened.
+    activation_width(&topo, job.layer)?;
+    let fs = open_set(job.data, ck, "val", job.progress)?;
+    let indices = spread(fs.set.len(), job.limit);
+    let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
+    ck.restore(&mut net, false)?;
+    let cfg = feature_loader(ck, job.batch, job.workers);
+    let pb = if job.progress {
+        ProgressBar::new(indices.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    let rows_csv = rows_csv_path(job.out);
+    write_rows_csv(&rows_csv, ck, &fs, &indices)?;
+    Ok(FeaturesReport {
+        rows: indices.len(),
+        width,
+        rows_csv,
+        sources: fs.sources.is_some(),
+    })
+}

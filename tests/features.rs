@@ -1,0 +1,509 @@
+//! `features` and `neighbors`: the rows written are the activations of the
+//! network's own forward pass (and agree with the next layer's weights:
+//! fc6 = relu(W6 pool5 + b6), fc7 = relu(W7 fc6 + b7), logits = W8 fc7 + b8);
+//! a set image's nearest neighbour is itself; the blocked search equals a
+//! brute-force one; bad input ends in a clear error. On a store of the
+//! CIFAR-10 fixture photos and a cifar checkpoint trained for one epoch.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::data::{batches, ImageSource, PackedStore};
+use alexnet_cuda::eval::loader_for;
+use alexnet_cuda::features::{nearest_in_matrix, nearest_in_npy, spread};
+use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::npy::{read_npy_f32, write_npy_f32, NpyRows, NpyWriter};
+use alexnet_cuda::rng::Rng;
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alexnet-cuda");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar10")
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+    ckpt: PathBuf,
+}
+
+/// A raw store of the 500 fixture photos at 32x32 and a cifar checkpoint
+/// trained on it for one epoch, made once for all tests.
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let out = root.join("prepared");
+        let (ok, _, err) = cli(&[
+            "prepare",
+            "--train",
+            &s(&fixtures()),
+            "--out",
+            &s(&out),
+            "--size",
+            "32",
+            "--format",
+            "raw",
+            "--no-progress",
+        ]);
+        assert!(ok, "prepare: {err}");
+        let run = root.join("run");
+        let (ok, _, err) = cli(&[
+            "train",
+            "--cpu",
+            "--config",
+            "cifar",
+            "--no-progress",
+            "--data",
+            &s(&out),
+            "--out",
+            &s(&run),
+            "--epochs",
+            "1",
+            "--batch",
+            "50",
+            "--val",
+            "100",
+        ]);
+        assert!(ok, "train: {err}");
+        let ckpt = checkpoint::list(&run).unwrap().pop().unwrap().1;
+        Setup {
+            _dir: dir,
+            store: out.join("train"),
+            root,
+            ckpt,
+        }
+    })
+}
+
+fn fc(x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
+    let (inp, out) = (w.len() / b.len(), b.len());
+    x.chunks_exact(inp)
+        .flat_map(|row| {
+            (0..out).map(move |o| {
+                let v = b[o] as f64
+                    + (0..inp)
+                        .map(|i| row[i] as f64 * w[o * inp + i] as f64)
+                        .sum::<f64>();
+                let v = v as f32;
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{i}]: {x} vs {y} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn features_are_the_forward_pass_activations() {
+    let st = setup();
+    let limit = 40;
+    let mut files = std::collections::HashMap::new();
+    for layer in ["pool5", "fc6", "fc7"] {
+        let out = st.root.join(format!("{layer}.npy"));
+        // A batch of 16 does not divide 40: the last batch is short.
+        let (ok, stdout, err) = cli(&[
+            "features",
+            "--cpu",
+            "--checkpoint",
+            &s(&st.ckpt),
+            "--data",
+            &s(&st.store),
+            "--layer",
+            layer,
+            "--out",
+            &s(&out),
+            "--batch",
+            "16",
+            "--limit",
+            "40",
+            "--no-progress",
+        ]);
+        assert!(ok, "{layer}: {err}");
+        assert!(stdout.contains("40 rows"), "{stdout}");
+        let (shape, rows) = read_npy_f32(&out).unwrap();
+        assert_eq!(shape[0], limit);
+        files.insert(layer, (shape[1], rows));
+    }
+    // The network's forward on the same images, all in one batch.
+    let ck: Checkpoint = checkpoint::load(&st.ckpt).unwrap();
+    let topo = ck.state.net.topology().unwrap();
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, limit, 0).unwrap();
+    ck.restore(&mut net, false).unwrap();
+    let store = PackedStore::open(&st.store).unwrap();
+    let labels: Vec<u32> = (0..store.len()).map(|i| store.label(i)).collect();
+    let sources = store.sources().unwrap();
+    let set: Arc<dyn ImageSource> = Arc::new(store);
+    let idx = spread(set.len(), Some(limit));
+    let cfg = loader_for(&ck, limit, false, 0);
+    let b = batches(Arc::clone(&set), &idx, &cfg, 0)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.n, limit);
+    net.forward(&b.x, &b.labels, Mode::Eval).unwrap();
+    for layer in ["pool5", "fc6", "fc7"] {
+        let want = net.activation(layer).unwrap();
+        assert_close(layer, &files[layer].1, &want, 1e-4);
+    }
+    // pool5 of cifar: 128 channels at 2x2; fc6 and fc7: 512.
+    assert_eq!(files["pool5"].0, 128 * 2 * 2);
+    assert_eq!(files["fc7"].0, 512);
+    // Independently: each file is the previous one through the next layer's weights.
+    let p = |n: &str| net.param(n).unwrap();
+    let fc6 = fc(&files["pool5"].1, &p("fc6.weight"), &p("fc6.bias"), true);
+    assert_close("fc6 from pool5", &files["fc6"].1, &fc6, 1e-4);
+    let fc7 = fc(&files["fc6"].1, &p("fc7.weight"), &p("fc7.bias"), true);
+    assert_close("fc7 from fc6", &files["fc7"].1, &fc7, 1e-4);
+    let logits = fc(&files["fc7"].1, &p("fc8.weight"), &p("fc8.bias"), false);
+    assert_close("logits from fc7", &logits, &net.logits().unwrap(), 1e-4);
+    assert!(
+        files["fc7"].1.iter().all(|&v| v >= 0.0),
+        "fc7 is after the ReLU"
+    );
+    assert!(files["fc7"].1.iter().any(|&v| v > 0.0));
+
+    // The row table: one line per row, the image's index, label, class and file.
+    let csv = std::fs::read_to_string(st.root.join("fc7.rows.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "row,index,label,class,name,source");
+    assert_eq!(lines.len(), limit + 1);
+    for (row, line) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let i = idx[row];
+        assert_eq!(f[0], row.to_string());
+        assert_eq!(f[1], i.to_string());
+        assert_eq!(f[2], labels[i].to_string());
+        assert_eq!(f[3], ck.state.classes[labels[i] as usize]);
+        assert_eq!(f[5], sources[i]);
+        assert!(
+            f[5].contains(f[3]),
+            "the source {} lies in its class folder {}",
+            f[5],
+            f[3]
+        );
+    }
+}
+
+#[test]
+fn a_set_image_is_its_own_nearest_neighbour() {
+    let st = setup();
+    // The library: a row of the matrix as the query.
+    let fc7 = st.root.join("all-fc7.npy");
+    let (ok, _, err) = cli(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&st.store),
+        "--out",
+        &s(&fc7),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let (shape, x) = read_npy_f32(&fc7).unwrap();
+    assert_eq!(shape, vec![500, 512]);
+    for row in [0, 137, 499] {
+        let q = &x[row * 512..(row + 1) * 512];
+        let found = nearest_in_npy(&fc7, q, 3, 64).unwrap();
+        assert_eq!(found[0][0].row, row);
+        assert_eq!(found[0][0].dist2, 0.0);
+        assert!(found[0][1].dist2 > 0.0);
+    }
+
+    // The command: a photo that is in the set, found at rank 1, distance ~0.
+    let store = PackedStore::open(&st.store).unwrap();
+    let sources = store.sources().unwrap();
+    let i = 321;
+    let query = fixtures().join(&sources[i]);
+    let query = if query.exists() {
+        query
+    } else {
+        PathBuf::from(&sources[i])
+    };
+    assert!(query.exists(), "{}", query.display());
+    let grid = st.root.join("grid.png");
+    let (ok, stdout, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&st.store),
+        "--query",
+        &s(&query),
+        "--k",
+        "3",
+        "--features",
+        &s(&fc7),
+        "--out",
+        &s(&grid),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let first: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.contains("\t1\t"))
+        .expect("rank 1")
+        .split('\t')
+        .collect();
+    assert_eq!(first[4], i.to_string(), "{stdout}");
+    assert!(first[3].parse::<f32>().unwrap() < 1e-2, "{stdout}");
+    let img = image::open(&grid).unwrap();
+    // One row: the query and 3 neighbours of 96 px with text under them.
+    assert_eq!(
+        (img.width(), img.height()),
+        (6 + 4 * 102 + 12, 6 + 96 + 30 + 6)
+    );
+
+    // Without --features, fc7 of the set is computed and written beside the picture.
+    let grid2 = st.root.join("grid2.png");
+    let (ok, stdout2, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&st.store),
+        "--query",
+        &s(&query),
+        "--k",
+        "3",
+        "--out",
+        &s(&grid2),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let (shape2, x2) = read_npy_f32(&st.root.join("grid2.fc7.npy")).unwrap();
+    assert_eq!(shape2, shape);
+    assert_close("recomputed fc7", &x2, &x, 1e-5);
+    let ranks = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains('\t') && !l.starts_with("query\t"))
+            .map(|l| l.split('\t').nth(4).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ranks(&stdout), ranks(&stdout2));
+}
+
+/// Squared distances by brute force in f64, sorted (distance, row).
+fn brute(x: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
+    q.chunks_exact(dim)
+        .map(|qr| {
+            let mut d: Vec<(usize, f64)> = x
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(i, r)| {
+                    let d = r
+                        .iter()
+                        .zip(qr)
+                        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                        .sum();
+                    (i, d)
+                })
+                .collect();
+            d.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            d.truncate(k);
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn blocked_search_equals_brute_force() {
+    let (rows, dim, nq) = (103, 37, 5);
+    let mut rng = Rng::new(7);
+    // An offset shared by every row makes |x|^2 large next to the
+    // distances: the cancellation the exact recomputation must survive.
+    let x: Vec<f32> = (0..rows * dim)
+        .map(|i| rng.normal() as f32 + if i % dim == 0 { 50.0 } else { 0.0 })
+        .collect();
+    let mut q: Vec<f32> = (0..nq * dim)
+        .map(|i| rng.normal() as f32 + if i % dim == 0 { 50.0 } else { 0.0 })
+        .collect();
+    // One query is a row of the set.
+    q[..dim].copy_from_slice(&x[40 * dim..41 * dim]);
+    for k in [1, 5, 12, rows] {
+        let want = brute(&x, dim, &q, k);
+        for block in [1, 7, 10, 64, rows, 4096] {
+            let got = nearest_in_matrix(&x, dim, &q, k, block).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.len(), k);
+                for (a, b) in g.iter().zip(w) {
+                    assert_eq!(a.row, b.0, "k {k} block {block}");
+                    assert!(
+                        (a.dist2 as f64 - b.1).abs() <= 1e-5 * b.1.max(1.0),
+                        "k {k} block {block}: {} vs {}",
+                        a.dist2,
+                        b.1
+                    );
+                }
+            }
+            assert_eq!(got[0][0].row, 40);
+            assert_eq!(got[0][0].dist2, 0.0);
+        }
+    }
+    // The same through a streamed .npy file, read 10 rows at a time.
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("x.npy");
+    let mut w = NpyWriter::create(&path, rows, dim).unwrap();
+    for part in x.chunks(dim * 9) {
+        w.append(part).unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(read_npy_f32(&path).unwrap(), (vec![rows, dim], x.clone()));
+    let mut r = NpyRows::open(&path).unwrap();
+    assert_eq!((r.rows, r.cols), (rows, dim));
+    assert_eq!(r.read(100, 10).unwrap(), x[100 * dim..].to_vec());
+    let got = nearest_in_npy(&path, &q, 12, 10).unwrap();
+    let want = brute(&x, dim, &q, 12);
+    for (g, w) in got.iter().zip(&want) {
+        let rows_got: Vec<usize> = g.iter().map(|n| n.row).collect();
+        let rows_want: Vec<usize> = w.iter().map(|n| n.0).collect();
+        assert_eq!(rows_got, rows_want);
+    }
+    // k larger than the rows, and a writer given too few rows, are errors.
+    let e = nearest_in_matrix(&x, dim, &q, rows + 1, 10).unwrap_err();
+    assert!(e.to_string().contains("larger than the set's 103"), "{e}");
+    let short = t.path().join("short.npy");
+    let mut w = NpyWriter::create(&short, 3, 2).unwrap();
+    w.append(&[1.0, 2.0]).unwrap();
+    assert!(w.append(&[1.0]).is_err(), "half a row");
+    let e = w.finish().unwrap_err();
+    assert!(e.to_string().contains("1 rows written, 3 declared"), "{e}");
+    assert!(!short.exists());
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        1,
+        "no temp left"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let st = setup();
+    let (c, d) = (s(&st.ckpt), s(&st.store));
+    let no_panic = |err: &str| assert!(!err.contains("panicked"), "{err}");
+
+    let out = s(&st.root.join("bad.npy"));
+    let (ok, _, err) = cli(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--layer",
+        "fc9",
+        "--out",
+        &out,
+    ]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("'fc9' is not a layer of config cifar") && err.contains("fc7, fc8"),
+        "{err}"
+    );
+    assert!(!st.root.join("bad.npy").exists());
+
+    let text = st.root.join("notes.jpg");
+    std::fs::write(&text, "not a picture\n").unwrap();
+    let grid = s(&st.root.join("bad.png"));
+    let neighbors = |extra: &[&str]| {
+        let mut a = vec![
+            "neighbors",
+            "--cpu",
+            "--checkpoint",
+            &c,
+            "--data",
+            &d,
+            "--out",
+            &grid,
+        ];
+        a.extend_from_slice(extra);
+        cli(&a)
+    };
+    let (ok, _, err) = neighbors(&["--query", &s(&text)]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("notes.jpg") && err.contains("not a readable image"),
+        "{err}"
+    );
+
+    let photo = s(&fixtures().join("cat/0000.jpg"));
+    let (ok, _, err) = neighbors(&["--query", &photo, "--k", "501"]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("--k 501 is larger than the set's 500 images"),
+        "{err}"
+    );
+
+    // Features of another network's layer: conv4 of cifar, 192 x 6 x 6 values a row.
+    let conv4 = st.root.join("conv4.npy");
+    let (ok, _, err) = cli(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--layer",
+        "conv4",
+        "--out",
+        &s(&conv4),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&conv4)]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("rows of 6912 values, but fc7 of the checkpoint's config cifar has 512"),
+        "{err}"
+    );
+    // A features file of another set: the row count differs.
+    let few = st.root.join("few.npy");
+    write_npy_f32(&few, &[10, 512], &vec![0.0; 10 * 512]).unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&few)]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(err.contains("10 rows, but the set has 500 images"), "{err}");
+    assert!(!st.root.join("bad.png").exists());
+}
