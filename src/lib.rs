@@ -5,6 +5,7 @@
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `step_log` holds the loop's per-step metrics until it reads them back;
+//! `tensorboard` writes them as TensorBoard event files too;
 //! `world` places this process among the processes of a multi-machine run.
 pub mod backend;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod parallel;
 pub mod plot;
 pub mod rng;
 pub mod step_log;
+pub mod tensorboard;
 pub mod train;
 pub mod world;
 
