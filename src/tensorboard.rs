@@ -452,9 +452,11 @@ mod tests {
         let e = event(1.5, 300, Payload::Scalars(&[("a", 2.0)]));
         let mut want = vec![0x09];
         want.extend_from_slice(&1.5f64.to_le_bytes());
-        want.extend_from_slice(&[0x10, 0xac, 0x02]); // step 300
-                                                     // summary (5): value (1) { tag (1) "a", simple_value (2) 2.0f }
-        want.extend_from_slice(&[0x2a, 0x09, 0x0a, 0x07, 0x0a, 0x01, b'a', 0x15]);
+        // step (2): 300
+        want.extend_from_slice(&[0x10, 0xac, 0x02]);
+        // summary (5), 10 bytes: value (1), 8 bytes: { tag (1) "a" (3 bytes),
+        // simple_value (2) 2.0f (5 bytes) }
+        want.extend_from_slice(&[0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'a', 0x15]);
         want.extend_from_slice(&2.0f32.to_le_bytes());
         assert_eq!(e, want);
         let v = event(0.0, 0, Payload::FileVersion);
