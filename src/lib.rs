@@ -5,8 +5,9 @@
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `step_log` holds the loop's per-step metrics until it reads them back;
+//! `tensorboard` writes them as TensorBoard event files too;
 //! `world` places this process among the processes of a multi-machine run;
-//! `viz` draws what a trained network learned (conv1's kernels, figure 3).
+//! `viz` draws what a trained network learned (conv1's kernels, figure 3);
 //! `features` takes hidden-layer activations and finds nearest neighbours.
 pub mod backend;
 pub mod checkpoint;
@@ -24,6 +25,7 @@ pub mod parallel;
 pub mod plot;
 pub mod rng;
 pub mod step_log;
+pub mod tensorboard;
 pub mod train;
 pub mod viz;
 pub mod world;

@@ -10,6 +10,7 @@ use crate::checkpoint::Progress;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsWriter, StepRow};
 use crate::model::trainable::Model;
+use crate::tensorboard::EventWriter;
 
 /// What the host knows of a queued step; its loss and hits are on the device.
 #[derive(Clone, Debug)]
@@ -32,10 +33,11 @@ pub struct StepLog {
     every: Duration,
 }
 
-/// Where read-back steps go: the run's metrics files (when it keeps a run
-/// folder) and the rows the plot draws.
+/// Where read-back steps go: the run's metrics files and TensorBoard
+/// events (when it keeps a run folder) and the rows the plot draws.
 pub struct StepSink<'a> {
     pub metrics: Option<&'a mut MetricsWriter>,
+    pub events: Option<&'a mut EventWriter>,
     pub rows: &'a mut Vec<StepRow>,
 }
 
@@ -85,7 +87,11 @@ impl StepLog {
             return Ok(());
         }
         let got = net.read_steps(self.queued.len())?;
-        let StepSink { mut metrics, rows } = sink;
+        let StepSink {
+            mut metrics,
+            mut events,
+            rows,
+        } = sink;
         for (q, m) in self.queued.drain(..).zip(got) {
             if !m.loss.is_finite() {
                 return Err(Error::Backend(format!(
@@ -107,9 +113,15 @@ impl StepLog {
             if let Some(w) = metrics.as_deref_mut() {
                 w.step(&row)?;
             }
+            if let Some(w) = events.as_deref_mut() {
+                w.step(&row)?;
+            }
             rows.push(row);
         }
-        match metrics {
+        if let Some(w) = metrics {
+            w.flush()?;
+        }
+        match events {
             Some(w) => w.flush(),
             None => Ok(()),
         }

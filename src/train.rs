@@ -35,6 +35,7 @@ use crate::model::topology::{InitRecipe, Normalize, Topology};
 use crate::model::trainable::{Layout, Model};
 use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::step_log::{EpochClock, StepLog, StepSink};
+use crate::tensorboard::EventWriter;
 use crate::world::World;
 
 /// When the learning rate drops.
@@ -620,6 +621,7 @@ pub fn train<B: Backend>(
     // The run folder: refuse to mix two runs in one.
     let mut saver = None;
     let mut metrics = None;
+    let mut events = None;
     let mut step_rows = Vec::new();
     if let Some(dir) = &opts.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -641,6 +643,11 @@ pub fn train<B: Backend>(
             &state.history,
         )?;
         metrics = Some(w);
+        events = Some(EventWriter::create(
+            dir,
+            state.progress.elapsed_s,
+            resumed.then_some(state.progress.step),
+        )?);
         step_rows = kept;
         saver = Some(Saver {
             dir: dir.clone(),
@@ -701,6 +708,7 @@ pub fn train<B: Backend>(
         state,
         saver,
         metrics,
+        events,
         step_rows,
         mean_tensor,
         log: StepLog::new(opts.refresh),
@@ -736,6 +744,8 @@ struct Run<'a> {
     report: TrainReport,
     saver: Option<Saver>,
     metrics: Option<MetricsWriter>,
+    /// TensorBoard's copy of the metrics, and conv1's kernels each epoch.
+    events: Option<EventWriter>,
     /// Every step row of the run, for the plot.
     step_rows: Vec<StepRow>,
     mean_tensor: Option<Tensor>,
@@ -910,6 +920,7 @@ impl Run<'_> {
     fn read_steps(&mut self, net: &mut dyn Model) -> Result<()> {
         let sink = StepSink {
             metrics: self.metrics.as_mut(),
+            events: self.events.as_mut(),
             rows: &mut self.step_rows,
         };
         self.log.flush(net, &mut self.state.progress, sink)
@@ -999,6 +1010,11 @@ impl Run<'_> {
         }
         if let Some(m) = &mut self.metrics {
             m.epoch(&stats)?;
+        }
+        if let Some(ev) = &mut self.events {
+            ev.epoch(p.step, &stats)?;
+            ev.filters(p.step, &*net)?;
+            ev.flush()?;
         }
         let best = after_validation(p, &self.opts.run.schedule, 1.0 - v.top1);
         p.epoch_done = true;

@@ -1,0 +1,500 @@
+//! TensorBoard event files in the run folder, so `tensorboard --logdir runs/`
+//! shows a run while it trains: the per-step and per-epoch scalars of
+//! `steps.csv` / `epochs.csv` and, at each epoch end, a picture of conv1's
+//! kernels. This file owns the format (a hand-written encoder for the few
+//! protobuf fields TensorBoard reads), the writer, and the kernel grid.
+//!
+//! The format, from TensorFlow's sources:
+//! - framing (`tensorflow/core/lib/io/record_writer.cc`): each record is
+//!   the data length as a little-endian u64, the masked CRC32C of those 8
+//!   bytes (u32 LE), the data, and the masked CRC32C of the data (u32 LE);
+//!   the mask (`tensorflow/core/lib/hash/crc32c.h`) rotates the CRC right
+//!   by 15 bits and adds 0xa282ead8;
+//! - the records are `Event` messages (`tensorflow/core/util/event.proto`):
+//!   wall_time (double, 1), step (int64, 2), file_version (string, 3; the
+//!   first record says "brain.Event:2"), summary (5), session_log (7) {
+//!   status (enum, 1; START = 1) };
+//! - `Summary` (`tensorflow/core/framework/summary.proto`): repeated Value
+//!   (1) { tag (string, 1), simple_value (float, 2), image (4) { height (1),
+//!   width (2), colorspace (3), encoded_image_string (bytes, 4) } };
+//! - protobuf's wire format: a field is a varint key (number << 3 | wire
+//!   type: 0 varint, 1 64-bit, 2 length-delimited, 5 32-bit) and its value.
+//!
+//! No crate was used for this: `tensorboard-rs` (the one writer on
+//! crates.io) panics on a failed write, and pulls in protobuf 2 and an old
+//! `image`; the protobuf crates need generated code for five messages. The
+//! CRC32C is the `crc32c` crate's.
+//!
+//! A resumed run opens a new file beside the old ones (TensorBoard reads
+//! every events file in a folder) that starts with a `SessionLog` START at
+//! the first step after the checkpoint: TensorBoard then drops what the
+//! earlier files hold from that step on (a killed run's steps after its
+//! checkpoint), as `steps.csv` is cut back.
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use image::codecs::png::PngEncoder;
+use image::{ExtendedColorType, ImageEncoder};
+
+use crate::error::{Error, Result};
+use crate::metrics::StepRow;
+use crate::model::trainable::Model;
+use crate::train::EpochStats;
+
+/// CRC32C (Castagnoli) masked as TFRecord stores it.
+pub fn masked_crc32c(data: &[u8]) -> u32 {
+    mask(crc32c::crc32c(data))
+}
+
+/// TFRecord's mask: rotate right by 15 bits, add a constant.
+pub fn mask(crc: u32) -> u32 {
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// One TFRecord: length, its masked CRC, the data, the data's masked CRC.
+pub fn record(data: &[u8]) -> Vec<u8> {
+    let len = (data.len() as u64).to_le_bytes();
+    let mut out = Vec::with_capacity(data.len() + 16);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+    out
+}
+
+/// Protobuf's base-128 varint, low group first.
+pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(out, (u64::from(field) << 3) | u64::from(wire));
+}
+
+fn field_varint(out: &mut Vec<u8>, field: u32, v: u64) {
+    key(out, field, 0);
+    varint(out, v);
+}
+
+fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    key(out, field, 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// What an event carries besides its time and step.
+pub enum Payload<'a> {
+    /// The first record of a file.
+    FileVersion,
+    /// `SessionLog { status: START }`: a restart at this step.
+    Start,
+    /// Scalars, (tag, value).
+    Scalars(&'a [(&'a str, f32)]),
+    /// A PNG: tag, height, width, channels (colorspace), the encoded file.
+    Image {
+        tag: &'a str,
+        height: u32,
+        width: u32,
+        channels: u32,
+        png: &'a [u8],
+    },
+}
+
+/// An `Event` message's bytes.
+pub fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
+    let mut out = Vec::new();
+    key(&mut out, 1, 1);
+    out.extend_from_slice(&wall_time.to_le_bytes());
+    if step != 0 {
+        // int64: negative values are ten-byte varints (never used here).
+        field_varint(&mut out, 2, step as u64);
+    }
+    match payload {
+        Payload::FileVersion => field_bytes(&mut out, 3, b"brain.Event:2"),
+        Payload::Start => {
+            let mut log = Vec::new();
+            field_varint(&mut log, 1, 1);
+            field_bytes(&mut out, 7, &log);
+        }
+        Payload::Scalars(values) => {
+            let mut summary = Vec::new();
+            for (tag, v) in values {
+                let mut value = Vec::new();
+                field_bytes(&mut value, 1, tag.as_bytes());
+                key(&mut value, 2, 5);
+                value.extend_from_slice(&v.to_le_bytes());
+                field_bytes(&mut summary, 1, &value);
+            }
+            field_bytes(&mut out, 5, &summary);
+        }
+        Payload::Image {
+            tag,
+            height,
+            width,
+            channels,
+            png,
+        } => {
+            let mut image = Vec::new();
+            field_varint(&mut image, 1, height.into());
+            field_varint(&mut image, 2, width.into());
+            field_varint(&mut image, 3, channels.into());
+            field_bytes(&mut image, 4, png);
+            let mut value = Vec::new();
+            field_bytes(&mut value, 1, tag.as_bytes());
+            field_bytes(&mut value, 4, &image);
+            let mut summary = Vec::new();
+            field_bytes(&mut summary, 1, &value);
+            field_bytes(&mut out, 5, &summary);
+        }
+    }
+    out
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The machine's name for the file name (TensorFlow's pattern is
+/// `events.out.tfevents.<seconds>.<host>...`); "localhost" when unknown.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// The step scalars' tags, in `steps.csv`'s order.
+pub const STEP_TAGS: [&str; 3] = ["step/loss", "step/top1", "step/lr"];
+/// The epoch scalars' tags (x: the step at the epoch's end).
+pub const EPOCH_TAGS: [&str; 9] = [
+    "epoch/epoch",
+    "epoch/lr",
+    "epoch/train_loss",
+    "epoch/train_top1",
+    "epoch/val_loss",
+    "epoch/val_top1",
+    "epoch/val_top5",
+    "epoch/images_per_s",
+    "epoch/data_wait",
+];
+/// The conv1 kernel picture's tag.
+pub const FILTERS_TAG: &str = "conv1/filters";
+
+/// Appends events to one file of a run folder. Writes are buffered and
+/// reach the file at `flush` (when the metrics files flush).
+pub struct EventWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Unix time at `elapsed0` seconds of run time: a step row's wall
+    /// time is this plus its `elapsed_s - elapsed0`.
+    wall0: f64,
+    elapsed0: f64,
+}
+
+impl EventWriter {
+    /// A new events file in `dir`, `events.out.tfevents.<unix seconds>.
+    /// <host>.alexnet-cuda` (a number appended if that name is taken).
+    /// `elapsed0` is the run time trained before (a resume), and
+    /// `resume_step` the checkpoint's step when resuming: the file then
+    /// starts with a restart marker at the step after it.
+    pub fn create(dir: &Path, elapsed0: f64, resume_step: Option<u64>) -> Result<EventWriter> {
+        let wall0 = unix_now();
+        let base = format!(
+            "events.out.tfevents.{:010}.{}.alexnet-cuda",
+            wall0 as u64,
+            host_name()
+        );
+        let mut n = 0;
+        let (path, file) = loop {
+            let path = match n {
+                0 => dir.join(&base),
+                _ => dir.join(format!("{base}.{n}")),
+            };
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => break (path, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        };
+        EventWriter::start(path, file, wall0, elapsed0, resume_step)
+    }
+
+    /// The file's first records (the version, a resume's restart marker),
+    /// flushed.
+    fn start(
+        path: PathBuf,
+        file: File,
+        wall0: f64,
+        elapsed0: f64,
+        resume_step: Option<u64>,
+    ) -> Result<EventWriter> {
+        let mut w = EventWriter {
+            path,
+            file: BufWriter::new(file),
+            wall0,
+            elapsed0,
+        };
+        w.write(&event(wall0, 0, Payload::FileVersion))?;
+        if let Some(s) = resume_step {
+            w.write(&event(wall0, s as i64 + 1, Payload::Start))?;
+        }
+        w.flush()?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self, event: &[u8]) -> Result<()> {
+        self.file
+            .write_all(&record(event))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// A step's loss, top-1 and lr, at its step.
+    pub fn step(&mut self, r: &StepRow) -> Result<()> {
+        let values = [
+            (STEP_TAGS[0], r.loss as f32),
+            (STEP_TAGS[1], r.top1 as f32),
+            (STEP_TAGS[2], r.lr as f32),
+        ];
+        let wall = self.wall0 + (r.elapsed_s - self.elapsed0);
+        self.write(&event(wall, r.step as i64, Payload::Scalars(&values)))
+    }
+
+    /// An epoch's row, at the step that ended it.
+    pub fn epoch(&mut self, step: u64, s: &EpochStats) -> Result<()> {
+        let v = [
+            s.epoch as f64,
+            s.lr as f64,
+            s.train_loss,
+            s.train_top1,
+            s.val_loss,
+            s.val_top1,
+            s.val_top5,
+            s.images_per_s,
+            s.data_wait,
+        ];
+        let values: Vec<(&str, f32)> = EPOCH_TAGS
+            .iter()
+            .zip(v)
+            .map(|(t, v)| (*t, v as f32))
+            .collect();
+        self.write(&event(unix_now(), step as i64, Payload::Scalars(&values)))
+    }
+
+    /// conv1's kernels as a PNG grid, at `step`.
+    pub fn filters(&mut self, step: u64, net: &dyn Model) -> Result<()> {
+        let shape = net.param_shape("conv1.weight")?;
+        let w = net.param("conv1.weight")?;
+        let (width, height, rgb) = kernel_grid(&w, &shape)?;
+        let mut png = Vec::new();
+        PngEncoder::new(&mut png)
+            .write_image(&rgb, width, height, ExtendedColorType::Rgb8)
+            .map_err(|e| {
+                Error::Backend(format!(
+                    "{}: encoding conv1's kernels as PNG: {e}",
+                    self.path.display()
+                ))
+            })?;
+        let payload = Payload::Image {
+            tag: FILTERS_TAG,
+            height,
+            width,
+            channels: 3,
+            png: &png,
+        };
+        self.write(&event(unix_now(), step as i64, payload))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// A grid of conv weights `[out, in, k, k]` as RGB8 (width, height,
+/// pixels): one tile per kernel, each min-max scaled to 0..255 on its own,
+/// its input channels as red, green, blue when there are three (else their
+/// mean, grey); tiles enlarged to at least 24 pixels, 1-pixel dark gaps.
+pub fn kernel_grid(w: &[f32], shape: &[usize]) -> Result<(u32, u32, Vec<u8>)> {
+    let &[out, cin, kh, kw] = shape else {
+        return Err(Error::Shape {
+            op: "kernel_grid",
+            detail: format!("conv weights of shape {shape:?}, expected [out, in, kh, kw]"),
+        });
+    };
+    crate::error::check_len("kernel_grid", "weights", w.len(), out * cin * kh * kw)?;
+    let cols = (out as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = out.div_ceil(cols).max(1);
+    let scale = 24usize.div_ceil(kh.max(kw).max(1));
+    let (th, tw) = (kh * scale, kw * scale);
+    let gap = 1;
+    let width = cols * (tw + gap) + gap;
+    let height = rows * (th + gap) + gap;
+    let mut rgb = vec![32u8; width * height * 3];
+    let plane = kh * kw;
+    for o in 0..out {
+        let kernel = &w[o * cin * plane..(o + 1) * cin * plane];
+        let lo = kernel.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = kernel.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let to_byte = |v: f32| {
+            if hi > lo {
+                ((v - lo) / (hi - lo) * 255.0).round().clamp(0.0, 255.0) as u8
+            } else {
+                128
+            }
+        };
+        let (x0, y0) = (gap + (o % cols) * (tw + gap), gap + (o / cols) * (th + gap));
+        for y in 0..kh {
+            for x in 0..kw {
+                let px: [u8; 3] = if cin == 3 {
+                    [0, 1, 2].map(|c| to_byte(kernel[c * plane + y * kw + x]))
+                } else {
+                    let mean = (0..cin)
+                        .map(|c| kernel[c * plane + y * kw + x])
+                        .sum::<f32>()
+                        / cin as f32;
+                    [to_byte(mean); 3]
+                };
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let i = ((y0 + y * scale + dy) * width + x0 + x * scale + dx) * 3;
+                        rgb[i..i + 3].copy_from_slice(&px);
+                    }
+                }
+            }
+        }
+    }
+    Ok((width as u32, height as u32, rgb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_rfc3720_vectors() {
+        // RFC 3720, appendix B.4.
+        assert_eq!(crc32c::crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c::crc32c(&[0xFFu8; 32]), 0x62A8_AB43);
+        let up: Vec<u8> = (0..32).collect();
+        assert_eq!(crc32c::crc32c(&up), 0x46DD_794E);
+        let down: Vec<u8> = (0..32).rev().collect();
+        assert_eq!(crc32c::crc32c(&down), 0x113F_DB5C);
+        // The CRC catalogue's check value.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn mask_is_tensorflows_formula() {
+        // ((crc >> 15) | (crc << 17)) + 0xa282ead8, by hand:
+        // 0x8A9136AA >> 15 = 0x0001_1522, << 17 = 0x6D54_0000 (bits shifted
+        // out dropped), or = 0x6D55_1522, + 0xA282_EAD8 = 0x0FD7_FFFA (mod 2^32).
+        assert_eq!(mask(0x8A91_36AA), 0x0FD7_FFFA);
+        assert_eq!(mask(0), 0xA282_EAD8);
+        assert_eq!(masked_crc32c(&[0u8; 32]), 0x0FD7_FFFA);
+    }
+
+    #[test]
+    fn varints_of_known_values() {
+        // The protobuf encoding guide's examples: 1, 150 = 96 01, 300 = ac 02.
+        for (v, want) in [
+            (0u64, vec![0x00]),
+            (1, vec![0x01]),
+            (127, vec![0x7f]),
+            (128, vec![0x80, 0x01]),
+            (150, vec![0x96, 0x01]),
+            (300, vec![0xac, 0x02]),
+            (
+                u64::MAX,
+                vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ),
+        ] {
+            let mut out = Vec::new();
+            varint(&mut out, v);
+            assert_eq!(out, want, "varint({v})");
+        }
+    }
+
+    #[test]
+    fn record_frames_the_data() {
+        let data = b"abc";
+        let r = record(data);
+        assert_eq!(r.len(), 8 + 4 + 3 + 4);
+        assert_eq!(&r[..8], &3u64.to_le_bytes());
+        assert_eq!(&r[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
+        assert_eq!(&r[12..15], data);
+        assert_eq!(&r[15..], &masked_crc32c(data).to_le_bytes());
+    }
+
+    #[test]
+    fn scalar_event_bytes() {
+        let e = event(1.5, 300, Payload::Scalars(&[("a", 2.0)]));
+        let mut want = vec![0x09];
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        // step (2): 300
+        want.extend_from_slice(&[0x10, 0xac, 0x02]);
+        // summary (5), 10 bytes: value (1), 8 bytes: { tag (1) "a" (3 bytes),
+        // simple_value (2) 2.0f (5 bytes) }
+        want.extend_from_slice(&[0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'a', 0x15]);
+        want.extend_from_slice(&2.0f32.to_le_bytes());
+        assert_eq!(e, want);
+        let v = event(0.0, 0, Payload::FileVersion);
+        assert_eq!(&v[9..11], &[0x1a, 13]);
+        assert_eq!(&v[11..], b"brain.Event:2");
+        // session_log (7) { status (1): START (1) } at step 5.
+        let s = event(0.0, 5, Payload::Start);
+        assert_eq!(&s[9..], &[0x10, 0x05, 0x3a, 0x02, 0x08, 0x01]);
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_naming_the_file() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let path = PathBuf::from("/dev/full");
+        let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+            return; // not Linux
+        };
+        let err = match EventWriter::start(path, file, 0.0, 0.0, None) {
+            Ok(_) => panic!("writing to /dev/full succeeded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with("/dev/full: "), "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+    }
+
+    #[test]
+    fn grid_scales_each_kernel() {
+        // Two 1x1 RGB kernels: the first spans 0..2, the second is flat.
+        let (w, h, rgb) = kernel_grid(&[0.0, 1.0, 2.0, 5.0, 5.0, 5.0], &[2, 3, 1, 1]).unwrap();
+        // 2 kernels: 2 columns, 1 row; 1x1 tiles enlarged to 24.
+        assert_eq!((w, h), (2 * 25 + 1, 25 + 1));
+        let px = |x: u32, y: u32| {
+            let i = ((y * w + x) * 3) as usize;
+            [rgb[i], rgb[i + 1], rgb[i + 2]]
+        };
+        assert_eq!(px(1, 1), [0, 128, 255]);
+        assert_eq!(px(24, 24), [0, 128, 255]);
+        assert_eq!(px(26, 1), [128, 128, 128]);
+        assert_eq!(px(0, 0), [32, 32, 32]);
+    }
+}
