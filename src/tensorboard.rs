@@ -1,8 +1,9 @@
 //! TensorBoard event files in the run folder, so `tensorboard --logdir runs/`
 //! shows a run while it trains: the per-step and per-epoch scalars of
 //! `steps.csv` / `epochs.csv` and, at each epoch end, a picture of conv1's
-//! kernels. This file owns the format (a hand-written encoder for the few
-//! protobuf fields TensorBoard reads), the writer, and the kernel grid.
+//! kernels (drawn by `viz::filters`, as the `filters` command draws them).
+//! This file owns the format (a hand-written encoder for the few protobuf
+//! fields TensorBoard reads) and the writer.
 //!
 //! The format, from TensorFlow's sources:
 //! - framing (`tensorflow/core/lib/io/record_writer.cc`): each record is
@@ -42,6 +43,8 @@ use crate::error::{Error, Result};
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
 use crate::train::EpochStats;
+use crate::viz::filters::{render, Conv1};
+use tracing::warn;
 
 /// CRC32C (Castagnoli) masked as TFRecord stores it.
 pub fn masked_crc32c(data: &[u8]) -> u32 {
@@ -305,9 +308,16 @@ impl EventWriter {
 
     /// conv1's kernels as a PNG grid, at `step`.
     pub fn filters(&mut self, step: u64, net: &dyn Model) -> Result<()> {
-        let shape = net.param_shape("conv1.weight")?;
-        let w = net.param("conv1.weight")?;
-        let (width, height, rgb) = kernel_grid(&w, &shape)?;
+        // The `filters` command's picture (towers, per-kernel scaling).
+        let conv1 = match Conv1::from_model(net) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("no conv1 picture for TensorBoard: {e}");
+                return Ok(());
+            }
+        };
+        let (layout, rgb) = render(&conv1);
+        let (width, height) = (dim(layout.width)?, dim(layout.height)?);
         let mut png = Vec::new();
         PngEncoder::new(&mut png)
             .write_image(&rgb, width, height, ExtendedColorType::Rgb8)
@@ -332,60 +342,12 @@ impl EventWriter {
     }
 }
 
-/// A grid of conv weights `[out, in, k, k]` as RGB8 (width, height,
-/// pixels): one tile per kernel, each min-max scaled to 0..255 on its own,
-/// its input channels as red, green, blue when there are three (else their
-/// mean, grey); tiles enlarged to at least 24 pixels, 1-pixel dark gaps.
-pub fn kernel_grid(w: &[f32], shape: &[usize]) -> Result<(u32, u32, Vec<u8>)> {
-    let &[out, cin, kh, kw] = shape else {
-        return Err(Error::Shape {
-            op: "kernel_grid",
-            detail: format!("conv weights of shape {shape:?}, expected [out, in, kh, kw]"),
-        });
-    };
-    crate::error::check_len("kernel_grid", "weights", w.len(), out * cin * kh * kw)?;
-    let cols = (out as f64).sqrt().ceil().max(1.0) as usize;
-    let rows = out.div_ceil(cols).max(1);
-    let scale = 24usize.div_ceil(kh.max(kw).max(1));
-    let (th, tw) = (kh * scale, kw * scale);
-    let gap = 1;
-    let width = cols * (tw + gap) + gap;
-    let height = rows * (th + gap) + gap;
-    let mut rgb = vec![32u8; width * height * 3];
-    let plane = kh * kw;
-    for o in 0..out {
-        let kernel = &w[o * cin * plane..(o + 1) * cin * plane];
-        let lo = kernel.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = kernel.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let to_byte = |v: f32| {
-            if hi > lo {
-                ((v - lo) / (hi - lo) * 255.0).round().clamp(0.0, 255.0) as u8
-            } else {
-                128
-            }
-        };
-        let (x0, y0) = (gap + (o % cols) * (tw + gap), gap + (o / cols) * (th + gap));
-        for y in 0..kh {
-            for x in 0..kw {
-                let px: [u8; 3] = if cin == 3 {
-                    [0, 1, 2].map(|c| to_byte(kernel[c * plane + y * kw + x]))
-                } else {
-                    let mean = (0..cin)
-                        .map(|c| kernel[c * plane + y * kw + x])
-                        .sum::<f32>()
-                        / cin as f32;
-                    [to_byte(mean); 3]
-                };
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        let i = ((y0 + y * scale + dy) * width + x0 + x * scale + dx) * 3;
-                        rgb[i..i + 3].copy_from_slice(&px);
-                    }
-                }
-            }
-        }
-    }
-    Ok((width as u32, height as u32, rgb))
+/// A picture side as the image format's u32.
+fn dim(px: usize) -> Result<u32> {
+    u32::try_from(px).map_err(|_| Error::Shape {
+        op: "conv1 picture",
+        detail: format!("{px} pixels"),
+    })
 }
 
 #[cfg(test)]
@@ -480,21 +442,5 @@ mod tests {
         };
         assert!(err.starts_with("/dev/full: "), "{err}");
         assert!(err.contains("No space left on device"), "{err}");
-    }
-
-    #[test]
-    fn grid_scales_each_kernel() {
-        // Two 1x1 RGB kernels: the first spans 0..2, the second is flat.
-        let (w, h, rgb) = kernel_grid(&[0.0, 1.0, 2.0, 5.0, 5.0, 5.0], &[2, 3, 1, 1]).unwrap();
-        // 2 kernels: 2 columns, 1 row; 1x1 tiles enlarged to 24.
-        assert_eq!((w, h), (2 * 25 + 1, 25 + 1));
-        let px = |x: u32, y: u32| {
-            let i = ((y * w + x) * 3) as usize;
-            [rgb[i], rgb[i + 1], rgb[i + 2]]
-        };
-        assert_eq!(px(1, 1), [0, 128, 255]);
-        assert_eq!(px(24, 24), [0, 128, 255]);
-        assert_eq!(px(26, 1), [128, 128, 128]);
-        assert_eq!(px(0, 0), [32, 32, 32]);
     }
 }

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::write_atomic;
 use crate::model::topology::{Op, Topology};
+use crate::model::trainable::Model;
 
 /// A kernel is drawn at least this many pixels wide (an 11x11 kernel at 4x).
 pub const MIN_KERNEL_PX: usize = 44;
@@ -101,6 +102,17 @@ impl Conv1 {
             data: t.data.clone(),
             towers: topo.tower_split(out),
         })
+    }
+
+    /// conv1 of a network in memory, for the picture `train` draws into
+    /// its TensorBoard events at each epoch end.
+    pub fn from_model(net: &dyn Model) -> Result<Conv1> {
+        let t = Tensor {
+            name: "conv1.weight".into(),
+            shape: net.param_shape("conv1.weight")?,
+            data: net.param("conv1.weight")?,
+        };
+        Conv1::from_tensor(&t, net.topology(), Path::new("the network being trained"))
     }
 
     /// Number of kernels.
