@@ -17,16 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::{sync_dir, temp_path};
-use crate::model::loss_scale::LossScale;
-use crate::model::spec::NetSpec;
-use crate::model::topology::InitRecipe;
 use crate::model::trainable::Model;
-use crate::train::{EpochStats, Schedule};
+pub use crate::run_state::{Preprocess, Progress, RunOptions, RunState};
 
 pub const FORMAT: &str = "alexnet-cuda-checkpoint";
 pub const VERSION: u32 = 1;
@@ -34,128 +29,6 @@ pub const VERSION: u32 = 1;
 pub const MOMENTUM: &str = "momentum.";
 /// The mean image the loader subtracted, `size x size x 3` (HWC, 0..255).
 pub const MEAN_IMAGE: &str = "data.mean_image";
-
-/// The training options a run keeps for its whole life.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunOptions {
-    pub epochs: usize,
-    pub batch: usize,
-    /// The initial learning rate.
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub schedule: Schedule,
-    pub val: usize,
-    pub limit: Option<usize>,
-    pub seed: u64,
-    /// Crop side when smaller than the network input (zero-padded).
-    pub crop: Option<usize>,
-    /// The starting biases (`--recipe`); runs written before the flag
-    /// existed started from the paper's.
-    #[serde(default = "paper_init")]
-    pub init: InitRecipe,
-}
-
-fn paper_init() -> InitRecipe {
-    InitRecipe::Paper
-}
-
-/// How the loader turned images into network inputs: what `eval` and
-/// `predict` must repeat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Preprocess {
-    /// Side of the stored images crops are cut from (the paper: 256).
-    pub image_size: usize,
-    /// Crop side, and the zero padding around it up to the network input.
-    pub crop: usize,
-    pub pad: usize,
-    /// Per-channel mean, 0..255 (used when there is no mean image).
-    pub mean: [f32; 3],
-    /// Per-channel std when the config divides by it.
-    pub std: Option<[f32; 3]>,
-    /// Whether `data.mean_image` was subtracted.
-    pub mean_image: bool,
-}
-
-/// Where the run is: enough to replay the rest of it exactly.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The epoch in progress (1-based), and its batches already trained.
-    pub epoch: usize,
-    pub batches_done: usize,
-    pub epoch_batches: usize,
-    /// The epoch's validation and schedule update are done too.
-    pub epoch_done: bool,
-    /// Optimiser steps so far (fixes the dropout masks still to come).
-    pub step: u64,
-    /// The learning rate in force.
-    pub lr: f32,
-    /// Plateau schedule: best validation error, epochs since it, drops made.
-    pub best_err: Option<f64>,
-    pub since_best: usize,
-    pub drops: usize,
-    /// The epoch's running sums (so its reported training loss is whole).
-    pub loss_sum: f64,
-    pub hits: usize,
-    pub seen: usize,
-    /// Wall time trained before this checkpoint, seconds.
-    pub elapsed_s: f64,
-    /// Dynamic loss scaling's state (fp16 training), so a resumed run scales alike.
-    #[serde(default)]
-    pub loss_scale: Option<LossScale>,
-}
-
-impl Progress {
-    /// The start of a run: epoch 1, batch 0, learning rate `lr`.
-    pub fn start(lr: f32, epoch_batches: usize) -> Progress {
-        Progress {
-            epoch: 1,
-            batches_done: 0,
-            epoch_batches,
-            epoch_done: false,
-            step: 0,
-            lr,
-            best_err: None,
-            since_best: 0,
-            drops: 0,
-            loss_sum: 0.0,
-            hits: 0,
-            seen: 0,
-            elapsed_s: 0.0,
-            loss_scale: None,
-        }
-    }
-
-    /// Move to batch 0 of the next epoch, with fresh running sums.
-    pub fn next_epoch(&mut self) {
-        self.epoch += 1;
-        self.batches_done = 0;
-        self.epoch_done = false;
-        self.loss_sum = 0.0;
-        self.hits = 0;
-        self.seen = 0;
-    }
-}
-
-/// Everything in a checkpoint besides tensors.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunState {
-    pub format: String,
-    pub version: u32,
-    pub net: NetSpec,
-    /// Class ids (label i is classes[i]) and readable names (may be empty).
-    pub classes: Vec<String>,
-    pub names: Vec<String>,
-    /// The data the run trains on, to refuse resuming on different data.
-    pub data: String,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub options: RunOptions,
-    pub preprocess: Preprocess,
-    pub progress: Progress,
-    /// One row per finished epoch.
-    pub history: Vec<EpochStats>,
-}
 
 /// A loaded, verified checkpoint.
 #[derive(Clone, Debug)]

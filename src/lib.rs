@@ -4,7 +4,7 @@
 //! the table on a backend; `data` reads images; `train` is the loop, with
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
-//! `step_log` holds the loop's per-step metrics until it reads them back;
+//! `run_state` is the run's state that checkpoints keep; `step_log` holds the loop's per-step metrics until it reads them back;
 //! `tensorboard` writes them as TensorBoard event files too;
 //! `world` places this process among the processes of a multi-machine run;
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3);
@@ -24,6 +24,7 @@ pub mod npy;
 pub mod parallel;
 pub mod plot;
 pub mod rng;
+pub mod run_state;
 pub mod step_log;
 pub mod tensorboard;
 pub mod train;

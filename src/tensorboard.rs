@@ -42,7 +42,7 @@ use image::{ExtendedColorType, ImageEncoder};
 use crate::error::{Error, Result};
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
-use crate::train::EpochStats;
+use crate::run_state::EpochStats;
 use crate::viz::filters::{render, Conv1};
 use tracing::warn;
 

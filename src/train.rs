@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, SgdParams};
@@ -38,15 +37,7 @@ use crate::step_log::{EpochClock, StepLog, StepSink};
 use crate::tensorboard::EventWriter;
 use crate::world::World;
 
-/// When the learning rate drops.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Schedule {
-    /// The paper: divide by 10 when validation error has not improved for
-    /// `patience` epochs, at most `max_drops` times.
-    Plateau { patience: usize, max_drops: usize },
-    /// Divide by 10 at the start of each listed epoch (1-based).
-    Milestones(Vec<usize>),
-}
+pub use crate::run_state::{EpochStats, Schedule};
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -118,27 +109,6 @@ impl TrainOptions {
             world: World::single(),
         }
     }
-}
-
-/// What one epoch measured.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochStats {
-    pub epoch: usize,
-    pub lr: f32,
-    pub train_loss: f64,
-    pub train_top1: f64,
-    pub val_loss: f64,
-    pub val_top1: f64,
-    pub val_top5: f64,
-    /// Training images per second (forward, backward, update), of all the
-    /// run's processes together.
-    pub images_per_s: f64,
-    /// Wall time since training started, seconds.
-    pub elapsed_s: f64,
-    /// The share of the epoch's step time spent waiting for the loader's
-    /// batches (0 in checkpoints written before it was measured).
-    #[serde(default)]
-    pub data_wait: f64,
 }
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,164 @@
+//! The state of a training run that outlives the process: the options that
+//! define it (`RunOptions`, `Schedule`), how its images became inputs
+//! (`Preprocess`), where it is (`Progress`), what each epoch measured
+//! (`EpochStats`), and all of it together as a checkpoint keeps it
+//! (`RunState`). Plain data: `train` fills it, `checkpoint` stores it,
+//! `metrics` and `tensorboard` write it out, and none of them needs another.
+use serde::{Deserialize, Serialize};
+
+use crate::model::loss_scale::LossScale;
+use crate::model::spec::NetSpec;
+use crate::model::topology::InitRecipe;
+
+/// When the learning rate drops.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// The paper: divide by 10 when validation error has not improved for
+    /// `patience` epochs, at most `max_drops` times.
+    Plateau { patience: usize, max_drops: usize },
+    /// Divide by 10 at the start of each listed epoch (1-based).
+    Milestones(Vec<usize>),
+}
+
+/// What one epoch measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub val_loss: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    /// Training images per second (forward, backward, update), of all the
+    /// run's processes together.
+    pub images_per_s: f64,
+    /// Wall time since training started, seconds.
+    pub elapsed_s: f64,
+    /// The share of the epoch's step time spent waiting for the loader's
+    /// batches (0 in checkpoints written before it was measured).
+    #[serde(default)]
+    pub data_wait: f64,
+}
+
+/// The training options a run keeps for its whole life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub epochs: usize,
+    pub batch: usize,
+    /// The initial learning rate.
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub schedule: Schedule,
+    pub val: usize,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Crop side when smaller than the network input (zero-padded).
+    pub crop: Option<usize>,
+    /// The starting biases (`--recipe`); runs written before the flag
+    /// existed started from the paper's.
+    #[serde(default = "paper_init")]
+    pub init: InitRecipe,
+}
+
+fn paper_init() -> InitRecipe {
+    InitRecipe::Paper
+}
+
+/// How the loader turned images into network inputs: what `eval` and
+/// `predict` must repeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Side of the stored images crops are cut from (the paper: 256).
+    pub image_size: usize,
+    /// Crop side, and the zero padding around it up to the network input.
+    pub crop: usize,
+    pub pad: usize,
+    /// Per-channel mean, 0..255 (used when there is no mean image).
+    pub mean: [f32; 3],
+    /// Per-channel std when the config divides by it.
+    pub std: Option<[f32; 3]>,
+    /// Whether `data.mean_image` was subtracted.
+    pub mean_image: bool,
+}
+
+/// Where the run is: enough to replay the rest of it exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The epoch in progress (1-based), and its batches already trained.
+    pub epoch: usize,
+    pub batches_done: usize,
+    pub epoch_batches: usize,
+    /// The epoch's validation and schedule update are done too.
+    pub epoch_done: bool,
+    /// Optimiser steps so far (fixes the dropout masks still to come).
+    pub step: u64,
+    /// The learning rate in force.
+    pub lr: f32,
+    /// Plateau schedule: best validation error, epochs since it, drops made.
+    pub best_err: Option<f64>,
+    pub since_best: usize,
+    pub drops: usize,
+    /// The epoch's running sums (so its reported training loss is whole).
+    pub loss_sum: f64,
+    pub hits: usize,
+    pub seen: usize,
+    /// Wall time trained before this checkpoint, seconds.
+    pub elapsed_s: f64,
+    /// Dynamic loss scaling's state (fp16 training), so a resumed run scales alike.
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
+}
+
+impl Progress {
+    /// The start of a run: epoch 1, batch 0, learning rate `lr`.
+    pub fn start(lr: f32, epoch_batches: usize) -> Progress {
+        Progress {
+            epoch: 1,
+            batches_done: 0,
+            epoch_batches,
+            epoch_done: false,
+            step: 0,
+            lr,
+            best_err: None,
+            since_best: 0,
+            drops: 0,
+            loss_sum: 0.0,
+            hits: 0,
+            seen: 0,
+            elapsed_s: 0.0,
+            loss_scale: None,
+        }
+    }
+
+    /// Move to batch 0 of the next epoch, with fresh running sums.
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.batches_done = 0;
+        self.epoch_done = false;
+        self.loss_sum = 0.0;
+        self.hits = 0;
+        self.seen = 0;
+    }
+}
+
+/// Everything in a checkpoint besides tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: String,
+    pub version: u32,
+    pub net: NetSpec,
+    /// Class ids (label i is classes[i]) and readable names (may be empty).
+    pub classes: Vec<String>,
+    pub names: Vec<String>,
+    /// The data the run trains on, to refuse resuming on different data.
+    pub data: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub options: RunOptions,
+    pub preprocess: Preprocess,
+    pub progress: Progress,
+    /// One row per finished epoch.
+    pub history: Vec<EpochStats>,
+}
