@@ -158,18 +158,24 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
 /// guide, "Using multiple NCCL communicators concurrently"). Refused, unless
 /// a tower's list repeats a GPU: then NCCL is not used at all (`gpu_reduce`).
 fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
-    let tower = |t: usize| ids.iter().skip(t).step_by(2).copied().collect::<Vec<_>>();
-    let (t0, t1) = (tower(0), tower(1));
-    let repeats = |v: &[usize]| (1..v.len()).any(|i| v[..i].contains(&v[i]));
-    if repeats(&t0) || repeats(&t1) {
+    let parts = hybrid_parts(ids);
+    if nccl_rule(&parts, true) == NcclUse::No {
         return Ok(());
     }
-    match t0.iter().find(|g| t1.contains(g)) {
+    match parts[0].iter().find(|g| parts[1].contains(g)) {
         None => Ok(()),
         Some(g) => Err(Error::Config(format!(
             "--gpus {list} --parallel hybrid: GPU {g} holds tower 0 of one pair and tower 1 of another, so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3)"
         ))),
     }
+}
+
+/// Hybrid's tensor parts on GPUs: tower t of every pair (`tower_parts`, on
+/// ordinals).
+fn hybrid_parts(ids: &[usize]) -> Vec<Vec<usize>> {
+    (0..2)
+        .map(|t| ids.chunks_exact(2).map(|pair| pair[t]).collect())
+        .collect()
 }
 
 /// The GPU ordinals of a GPU request (`--gpus`, else LOCAL_RANK in a
@@ -241,10 +247,7 @@ pub fn nccl_use(req: &Request, world: &World) -> Result<NcclUse> {
     let parts: Vec<Vec<usize>> = match p {
         Parallel::None | Parallel::Model => return Ok(NcclUse::No),
         Parallel::Data => vec![ids],
-        // tower_parts: tower t of every pair.
-        Parallel::Hybrid => (0..2)
-            .map(|t| ids.chunks_exact(2).map(|pair| pair[t]).collect())
-            .collect(),
+        Parallel::Hybrid => hybrid_parts(&ids),
     };
     Ok(nccl_rule(&parts, world.is_single()))
 }
