@@ -1,12 +1,16 @@
 //! The network: the topology table (`topology`), the name a checkpoint keeps
 //! for it (`spec`), what is derived from it for people (`summary`), what
-//! runs it on a backend (`net`), and the loss scale of 16-bit training
-//! (`loss_scale`).
+//! runs it on a backend (`net` on one device, `towers` on two, `replicas`
+//! data-parallel), what every executor offers the trainer (`trainable`, with
+//! the step metrics of `step`), which executor runs on which devices
+//! (`layout`), and the loss scale of 16-bit training (`loss_scale`).
+pub mod layout;
 pub mod loss_scale;
 pub mod net;
 pub mod replicas;
 pub mod scaling;
 pub mod spec;
+pub mod step;
 pub mod summary;
 pub mod tcp_reduce;
 pub mod topology;

@@ -9,7 +9,7 @@ use super::topology::{Chw, Init, Layer, LayerShape, Op, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::model::loss_scale::LossScale;
-use crate::model::trainable::{StepMetrics, STEP_SLOTS};
+use crate::model::step::{StepMetrics, STEP_SLOTS};
 use crate::rng::{hash_u64, Rng};
 
 /// Training applies dropout; evaluation does not (inverted dropout needs no

@@ -22,9 +22,10 @@
 //! devices for the reduction.
 use super::loss_scale::LossScale;
 use super::net::{no_forward, Mode, Network};
+use super::step::StepMetrics;
 use super::topology::Topology;
 use super::towers::TowerNetwork;
-use super::trainable::{Model, StepMetrics};
+use super::trainable::Model;
 use crate::backend::{Backend, SgdParams};
 use crate::error::{Error, Result};
 use crate::rng::hash_u64;

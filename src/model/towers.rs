@@ -22,8 +22,8 @@ use super::net::{
     check_batch, initial_values, lookup, no_forward, param_names, param_shape, read_slots, sgd_all,
     unscale_all, Geom, Mode, Param, Stage,
 };
+use super::step::{StepMetrics, STEP_SLOTS};
 use super::topology::{Chw, LayerShape, Topology};
-use super::trainable::{StepMetrics, STEP_SLOTS};
 use crate::backend::{Backend, RowBlock, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::rng::hash_u64;

@@ -1,29 +1,17 @@
 //! What the trainer, evaluation, checkpoints and export need of a network
-//! (including step metrics the trainer reads back in groups, `StepMetrics`),
-//! whichever executor runs it: the grouped network on one device
+//! (the `Model` trait), whichever executor runs it: the grouped network on one device
 //! (`net::Network`), the paper's two towers on two (`towers::TowerNetwork`),
 //! or replicas of either (`replicas::DataParallel`).
 //! Parameters are always whole tensors with PyTorch names and layouts, so a
 //! checkpoint written by one executor loads into the other.
 use super::loss_scale::LossScale;
-use super::net::{Mode, Network};
-use super::replicas::{AllReduce, DataParallel};
+use super::net::Mode;
 use super::topology::Topology;
-use super::towers::TowerNetwork;
-use crate::backend::Backend;
 use crate::error::Result;
 
-/// One training step as the device recorded it: the batch's mean loss (the
-/// value `Model::forward` returns) and its top-1 hits (`eval::topk_hits`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepMetrics {
-    pub loss: f32,
-    pub hits: usize,
-}
-
-/// Steps a model's device-side metrics buffer holds; the trainer reads it
-/// back before it fills.
-pub const STEP_SLOTS: usize = 256;
+// Old paths: the step metrics and the layout have modules of their own.
+pub use super::layout::{Layout, BUCKET_BYTES};
+pub use super::step::{StepMetrics, STEP_SLOTS};
 
 pub trait Model {
     fn topology(&self) -> &Topology;
@@ -160,74 +148,3 @@ macro_rules! forward_model {
 
 forward_model!(super::net::Network<'_, B>);
 forward_model!(super::towers::TowerNetwork<'_, B>);
-
-/// How a run lays the network over its devices; `build` makes the `Model`.
-pub enum Layout<'a, B: Backend> {
-    /// The grouped network on one device.
-    One(&'a B),
-    /// The paper's two towers on two devices (model parallel).
-    Towers([&'a B; 2]),
-    /// One grouped replica per device (data parallel).
-    Data(Vec<&'a B>, Box<dyn AllReduce<B> + 'a>),
-    /// Two towers per pair of devices, data-parallel across the pairs.
-    Hybrid(Vec<[&'a B; 2]>, Box<dyn AllReduce<B> + 'a>),
-}
-
-/// Gradient buckets of about this many bytes (PyTorch DDP's default, 25 MiB).
-pub const BUCKET_BYTES: usize = 25 << 20;
-
-impl<'a, B: Backend> Layout<'a, B> {
-    /// The device that holds replica 0's first part (its pinned memory
-    /// serves the loader; its precision decides loss scaling).
-    pub fn first(&self) -> &'a B {
-        match self {
-            Layout::One(b) => b,
-            Layout::Towers(t) => t[0],
-            Layout::Data(d, _) => d[0],
-            Layout::Hybrid(p, _) => p[0][0],
-        }
-    }
-
-    /// How many devices, and how they are used, for the log.
-    pub fn describe(&self) -> String {
-        let names = |d: &[&B]| d.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
-        match self {
-            Layout::One(b) => b.name(),
-            Layout::Towers(t) => format!("two towers: {}", names(t)),
-            Layout::Data(d, _) => format!(
-                "{} data-parallel replica{}: {}",
-                d.len(),
-                if d.len() == 1 { "" } else { "s" },
-                names(d)
-            ),
-            Layout::Hybrid(p, _) => format!(
-                "{} data-parallel pair{} of towers: {}",
-                p.len(),
-                if p.len() == 1 { "" } else { "s" },
-                p.iter()
-                    .map(|t| format!("[{}]", names(t)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-
-    /// The model for batches of `batch` images, initial weights from `seed`.
-    pub fn build(self, topo: &Topology, batch: usize, seed: u64) -> Result<Box<dyn Model + 'a>> {
-        Ok(match self {
-            Layout::One(b) => Box::new(Network::new(b, topo, batch, seed)?),
-            Layout::Towers(t) => Box::new(TowerNetwork::new(t, topo, batch, seed)?),
-            Layout::Data(d, r) => Box::new(DataParallel::grouped(
-                d,
-                topo,
-                batch,
-                seed,
-                BUCKET_BYTES,
-                r,
-            )?),
-            Layout::Hybrid(p, r) => {
-                Box::new(DataParallel::hybrid(p, topo, batch, seed, BUCKET_BYTES, r)?)
-            }
-        })
-    }
-}

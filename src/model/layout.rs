@@ -1,0 +1,81 @@
+//! Which executor runs on which devices: `Layout` names one device, the
+//! paper's two towers, data-parallel replicas or pairs of towers, and
+//! `build` makes the `Model` for it.
+use super::net::Network;
+use super::replicas::{AllReduce, DataParallel};
+use super::topology::Topology;
+use super::towers::TowerNetwork;
+use super::trainable::Model;
+use crate::backend::Backend;
+use crate::error::Result;
+
+/// How a run lays the network over its devices; `build` makes the `Model`.
+pub enum Layout<'a, B: Backend> {
+    /// The grouped network on one device.
+    One(&'a B),
+    /// The paper's two towers on two devices (model parallel).
+    Towers([&'a B; 2]),
+    /// One grouped replica per device (data parallel).
+    Data(Vec<&'a B>, Box<dyn AllReduce<B> + 'a>),
+    /// Two towers per pair of devices, data-parallel across the pairs.
+    Hybrid(Vec<[&'a B; 2]>, Box<dyn AllReduce<B> + 'a>),
+}
+
+/// Gradient buckets of about this many bytes (PyTorch DDP's default, 25 MiB).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+impl<'a, B: Backend> Layout<'a, B> {
+    /// The device that holds replica 0's first part (its pinned memory
+    /// serves the loader; its precision decides loss scaling).
+    pub fn first(&self) -> &'a B {
+        match self {
+            Layout::One(b) => b,
+            Layout::Towers(t) => t[0],
+            Layout::Data(d, _) => d[0],
+            Layout::Hybrid(p, _) => p[0][0],
+        }
+    }
+
+    /// How many devices, and how they are used, for the log.
+    pub fn describe(&self) -> String {
+        let names = |d: &[&B]| d.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");
+        match self {
+            Layout::One(b) => b.name(),
+            Layout::Towers(t) => format!("two towers: {}", names(t)),
+            Layout::Data(d, _) => format!(
+                "{} data-parallel replica{}: {}",
+                d.len(),
+                if d.len() == 1 { "" } else { "s" },
+                names(d)
+            ),
+            Layout::Hybrid(p, _) => format!(
+                "{} data-parallel pair{} of towers: {}",
+                p.len(),
+                if p.len() == 1 { "" } else { "s" },
+                p.iter()
+                    .map(|t| format!("[{}]", names(t)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The model for batches of `batch` images, initial weights from `seed`.
+    pub fn build(self, topo: &Topology, batch: usize, seed: u64) -> Result<Box<dyn Model + 'a>> {
+        Ok(match self {
+            Layout::One(b) => Box::new(Network::new(b, topo, batch, seed)?),
+            Layout::Towers(t) => Box::new(TowerNetwork::new(t, topo, batch, seed)?),
+            Layout::Data(d, r) => Box::new(DataParallel::grouped(
+                d,
+                topo,
+                batch,
+                seed,
+                BUCKET_BYTES,
+                r,
+            )?),
+            Layout::Hybrid(p, r) => {
+                Box::new(DataParallel::hybrid(p, topo, batch, seed, BUCKET_BYTES, r)?)
+            }
+        })
+    }
+}
