@@ -37,7 +37,7 @@ use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
-use super::mixed::{check_master, half_of, half_out, GemmEx};
+use super::storage16::{check_master, half_of, half_out, GemmEx};
 use super::{cfg, cuda_err, int, long, CudaBackend, CudaBuf};
 use crate::backend::ConvGeom;
 use crate::error::{Error, Result};

@@ -27,7 +27,7 @@ use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::mixed::{check_master, half_of, half_out, GemmEx};
+use super::storage16::{check_master, half_of, half_out, GemmEx};
 use super::{cfg, conv_fallback, cuda_err, int, lock, long, CudaBackend, CudaBuf};
 use crate::backend::LinearGeom;
 use crate::error::{check_len, Error, Result};

@@ -46,6 +46,7 @@ pub mod parity;
 pub mod pinned;
 pub mod probe;
 mod step_metrics;
+pub mod storage16;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,8 +64,8 @@ use crate::backend::{
 };
 use crate::error::{check_len, Error, Result};
 
-pub use mixed::Precision;
 pub use probe::{devices, require, DeviceInfo};
+pub use storage16::Precision;
 
 /// Appended to allocation failures.
 pub(crate) const ALLOC_LIMIT_NOTE: &str = " (out of device memory? try a smaller --batch)";
@@ -635,7 +636,7 @@ impl CudaBackend {
         };
         let done = self.upload_pinned(op, src, &mut f32buf).and_then(|()| {
             let Some(half) = dst.half.as_mut() else {
-                return Err(mixed::no_half(op, "dst"));
+                return Err(storage16::no_half(op, "dst"));
             };
             let len = long(op, src.len())?;
             let f = self.kernel16("f32_to_f16", "f32_to_bf16")?;
@@ -789,7 +790,7 @@ impl CudaBackend {
         // f32 buffers and parameters' masters (the gradients the network
         // unscales); a 16-bit activation has no kernel here.
         for x in xs.iter() {
-            mixed::check_master(op, "buffer", x)?;
+            storage16::check_master(op, "buffer", x)?;
         }
         if xs.iter().all(|x| x.len == 0) {
             return Ok(true);
@@ -977,11 +978,11 @@ impl Backend for CudaBackend {
         }
         if dst.is_half() {
             let Some(half) = dst.half.as_mut() else {
-                return Err(mixed::no_half(OP, "dst"));
+                return Err(storage16::no_half(OP, "dst"));
             };
             let prec = self.precision;
             return self.stage(OP, &self.staging16, src.len(), half, |host| {
-                mixed::narrow_host(prec, src, host)
+                storage16::narrow_host(prec, src, host)
             });
         }
         if dst.half.is_none() && self.pinned.contains(src) {
@@ -1018,13 +1019,13 @@ impl Backend for CudaBackend {
             return self.dtoh(OP, &src.data, dst);
         }
         let Some(half) = src.half.as_ref() else {
-            return Err(mixed::no_half(OP, "src"));
+            return Err(storage16::no_half(OP, "src"));
         };
         let mut scratch = lock(OP, &self.scratch)?;
         let host = &mut scratch.half_host;
         host.resize(dst.len(), 0);
         self.dtoh(OP, half, host)?;
-        mixed::widen_host(self.precision, host, dst);
+        storage16::widen_host(self.precision, host, dst);
         Ok(())
     }
 
@@ -1093,7 +1094,7 @@ impl Backend for CudaBackend {
         if dst.is_half() {
             return self.add16(dst, src, len);
         }
-        mixed::check_master(OP, "src", src)?;
+        storage16::check_master(OP, "src", src)?;
         let f = self.kernels.get("add_f32")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut dst.data).arg(&src.data).arg(&len);
@@ -1170,7 +1171,7 @@ impl Backend for CudaBackend {
         check_len(OP, "dw", dw.len, g.w_len())?;
         self.bind(OP)?;
         // The gradient is f32 (a parameter's master in 16-bit mode).
-        mixed::check_master(OP, "dw", dw)?;
+        storage16::check_master(OP, "dw", dw)?;
         if g.n == 0 {
             // An empty batch has zero gradient (the op overwrites).
             return self.stream.memset_zeros(&mut dw.data).map_err(cuda_err(OP));

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtrMut};
 use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
 
-use super::{mixed, CudaBackend, CudaBuf};
+use super::{storage16, CudaBackend, CudaBuf};
 use crate::error::{Error, Result};
 use crate::model::replicas::AllReduce;
 use crate::world::World;
@@ -133,7 +133,7 @@ impl AllReduce<CudaBackend> for NcclAllReduce {
             });
         }
         for b in bufs.iter() {
-            mixed::check_master(OP, "gradient", b)?;
+            storage16::check_master(OP, "gradient", b)?;
         }
         group_start().map_err(nccl_err("ncclGroupStart"))?;
         let mut status = Ok(());

@@ -34,7 +34,7 @@
 //! SGD step works on f32 masters and keeps the f32 tolerance. Row names end
 //! in the precision ("[fp16]").
 use super::cudnn::Dir;
-use super::mixed::{narrow_host, widen_host};
+use super::storage16::{narrow_host, widen_host};
 use super::{lock, CudaBackend, CudaBuf, Precision};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
@@ -783,8 +783,8 @@ pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
 /// logits, the loss and the worst gradient after the reduction; without
 /// NCCL, a failing row that says so.
 pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
+    use crate::model::layout::BUCKET_BYTES;
     use crate::model::replicas::{DataParallel, HostAllReduce};
-    use crate::model::trainable::BUCKET_BYTES;
     let (topo, x, labels) = split_case();
     let (a, b) = (twin(be)?, twin(be)?);
     let mut two = DataParallel::grouped(

@@ -6,7 +6,7 @@
 //! This file owns those launches; the Backend impl in mod.rs calls them.
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::mixed::{check_master, half_of};
+use super::storage16::{check_master, half_of};
 use super::{cfg, cuda_err, int, lock, CudaBackend, CudaBuf};
 use crate::backend::cpu::elementwise::check_step_slot;
 use crate::error::{Error, Result};
