@@ -13,9 +13,9 @@ use crate::backend::cuda::{nccl, nccl_lib, probe, CudaBackend, CudaOptions};
 use crate::backend::Backend;
 use crate::device::parse_gpus;
 use crate::error::{Error, Result};
+use crate::model::layout::Layout;
 use crate::model::replicas::{tower_parts, AllReduce, HostAllReduce};
 use crate::model::tcp_reduce::TcpAllReduce;
-use crate::model::trainable::Layout;
 use crate::world::World;
 
 /// How several devices share the work.
