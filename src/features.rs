@@ -13,7 +13,6 @@ use std::sync::Arc;
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
-use indicatif::ProgressBar;
 use plotters::prelude::*;
 
 use crate::backend::cpu::{sgemm, MatRef};
@@ -469,11 +468,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     ck.restore(&mut net, false)?;
     if computed {
         let cfg = feature_loader(ck, job.batch, job.workers);
-        let pb = if job.progress {
-            ProgressBar::new(indices.len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
+        let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
         write_features(
             &mut net,
             NEIGHBOR_LAYER,
@@ -671,11 +666,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
     ck.restore(&mut net, false)?;
     let cfg = feature_loader(ck, job.batch, job.workers);
-    let pb = if job.progress {
-        ProgressBar::new(indices.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
     let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
         pb.set_position(d as u64)
     })?;

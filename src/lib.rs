@@ -23,6 +23,7 @@ pub mod model;
 pub mod npy;
 pub mod parallel;
 pub mod plot;
+pub mod progress;
 pub mod rng;
 pub mod run_state;
 pub mod step_log;

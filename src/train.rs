@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, SgdParams};
@@ -26,12 +26,13 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
+use crate::model::layout::Layout;
 use crate::model::loss_scale::LossScale;
 use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
 use crate::model::summary::thousands;
 use crate::model::topology::{InitRecipe, Normalize, Topology};
-use crate::model::trainable::{Layout, Model};
+use crate::model::trainable::Model;
 use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::step_log::{EpochClock, StepLog, StepSink};
 use crate::tensorboard::EventWriter;
@@ -269,19 +270,6 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         mean_image,
         cov: Some(st.rgb_cov),
     })
-}
-
-fn progress_bar(len: usize, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
 }
 
 /// The loader settings of a run, shared by training and evaluation.
@@ -810,8 +798,8 @@ impl Run<'_> {
             epoch as u64,
             first,
         )?;
-        let pb = progress_bar(iter.num_batches(), self.opts.progress);
-        pb.set_prefix(format!("epoch {epoch}/{}", self.opts.run.epochs));
+        let prefix = format!("epoch {epoch}/{}", self.opts.run.epochs);
+        let pb = crate::progress::bar(iter.num_batches(), &prefix, self.opts.progress);
         pb.set_position(first as u64);
         let mut clock = EpochClock::default();
         let epoch_start = Instant::now();
@@ -951,8 +939,8 @@ impl Run<'_> {
         clock: &EpochClock,
         train_secs: f64,
     ) -> Result<()> {
-        let val_bar = progress_bar(feed.data.val_idx.len(), self.opts.progress);
-        val_bar.set_prefix("validation");
+        let val_bar =
+            crate::progress::bar(feed.data.val_idx.len(), "validation", self.opts.progress);
         let v = evaluate(net, &feed.data.val, &feed.data.val_idx, feed.eval, |n| {
             val_bar.set_position(n as u64)
         })?;

@@ -18,7 +18,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
@@ -407,17 +406,7 @@ fn write_store(
     let size = opts.size;
     let px = size * size * 3;
     let mut writer = StoreWriter::create(dir, size, opts.encoding)?;
-    let bar = if opts.progress {
-        ProgressBar::new(items.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(format!("prepare {what}"));
+    let bar = crate::progress::bar(items.len(), &format!("prepare {what}"), opts.progress);
     let start = Instant::now();
     let mut total = Acc::new(px);
     let mut skipped: Vec<String> = Vec::new();

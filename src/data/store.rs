@@ -3,7 +3,6 @@
 //! the seeded train/val split and the channel statistics for normalising.
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::decode::decode_into;
@@ -89,16 +88,7 @@ impl ImageSet {
         })?;
         pixels.resize(bytes as usize, 0);
 
-        let bar = if opts.progress {
-            ProgressBar::new(n as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        if let Ok(style) =
-            ProgressStyle::with_template("decoding {bar:40} {pos}/{len} images {per_sec} eta {eta}")
-        {
-            bar.set_style(style);
-        }
+        let bar = crate::progress::bar(n, "decoding", opts.progress);
         let start = Instant::now();
         let items = folder.items();
         pixels

@@ -1,0 +1,127 @@
+//! Progress bars and log lines on one terminal. Every bar of every command
+//! comes from `bar` (one style) and is drawn by one `MultiProgress`; the
+//! command line's log lines go through `LogWriter`, which hides the bars,
+//! prints the whole line and redraws them, so a line lands above the bars
+//! instead of through one. Off a terminal, indicatif draws no bars and the
+//! lines are written as they are.
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Where log lines are written: the terminal the bars are drawn on.
+pub type Sink = Arc<Mutex<dyn Write + Send>>;
+
+/// The bars and the log lines of one terminal.
+#[derive(Clone)]
+pub struct Terminal {
+    bars: MultiProgress,
+    out: Sink,
+}
+
+impl Terminal {
+    /// Bars drawn on `target`, log lines written to `out`: the same terminal
+    /// (stderr for both, for the process).
+    pub fn new(target: ProgressDrawTarget, out: Sink) -> Self {
+        Terminal {
+            bars: MultiProgress::with_draw_target(target),
+            out,
+        }
+    }
+
+    /// A bar counting `len` items, its line starting with `prefix`; hidden
+    /// when `show` is false (`--no-progress`).
+    pub fn bar(&self, len: u64, prefix: &str, show: bool) -> ProgressBar {
+        if !show {
+            return ProgressBar::hidden();
+        }
+        let pb = self.bars.add(ProgressBar::new(len));
+        if let Ok(style) = ProgressStyle::with_template(STYLE) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_prefix(prefix.to_string());
+        pb
+    }
+
+    /// The `tracing` writer whose lines are printed above this terminal's bars.
+    pub fn log_writer(&self) -> LogWriter {
+        LogWriter {
+            bars: self.bars.clone(),
+            out: self.out.clone(),
+        }
+    }
+}
+
+/// Every bar's line: what it counts, the bar, the count, the rate, the time
+/// left, then what the command adds (a training step's loss, ...).
+const STYLE: &str = "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}";
+
+/// The process's terminal: stderr, where the logs go too.
+pub fn terminal() -> &'static Terminal {
+    static TERMINAL: OnceLock<Terminal> = OnceLock::new();
+    TERMINAL.get_or_init(|| {
+        Terminal::new(
+            ProgressDrawTarget::stderr(),
+            Arc::new(Mutex::new(io::stderr())),
+        )
+    })
+}
+
+/// `terminal().bar(...)`: a bar on stderr in the one style.
+pub fn bar(len: usize, prefix: &str, show: bool) -> ProgressBar {
+    terminal().bar(len as u64, prefix, show)
+}
+
+/// Makes one `Line` per log event (`tracing_subscriber::fmt().with_writer`).
+#[derive(Clone)]
+pub struct LogWriter {
+    bars: MultiProgress,
+    out: Sink,
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = Line;
+    fn make_writer(&'a self) -> Line {
+        Line {
+            bars: self.bars.clone(),
+            out: self.out.clone(),
+            text: Vec::new(),
+        }
+    }
+}
+
+/// One log event, collected whole and printed when dropped: the bars are
+/// hidden once per line, not once per fragment the formatter writes.
+pub struct Line {
+    bars: MultiProgress,
+    out: Sink,
+    text: Vec<u8>,
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut self.text);
+        // A log line that cannot be written (stderr closed) has nowhere to
+        // be reported; dropping it is all that is left.
+        self.bars.suspend(|| {
+            if let Ok(mut out) = self.out.lock() {
+                let _ = out.write_all(&text);
+                let _ = out.flush();
+            }
+        });
+    }
+}

@@ -1,0 +1,160 @@
+//! Progress bars and log lines share one terminal: on a simulated terminal
+//! (a grid of lines with a cursor, moved as the escape sequences indicatif
+//! sends would move it), log lines written while a bar is drawn end up whole,
+//! above the bar, and the bar is redrawn below them.
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use alexnet_cuda::progress::{Sink, Terminal};
+use indicatif::{ProgressDrawTarget, TermLike};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// What a terminal shows: its lines and the cursor's row and column.
+#[derive(Debug, Default)]
+struct Screen {
+    lines: Vec<Vec<char>>,
+    row: usize,
+    col: usize,
+}
+
+impl Screen {
+    fn put(&mut self, s: &str) {
+        for ch in s.chars() {
+            while self.lines.len() <= self.row {
+                self.lines.push(Vec::new());
+            }
+            if ch == '\n' {
+                self.row += 1;
+                self.col = 0;
+                continue;
+            }
+            let line = &mut self.lines[self.row];
+            if self.col < line.len() {
+                line[self.col] = ch;
+            } else {
+                line.resize(self.col, ' ');
+                line.push(ch);
+            }
+            self.col += 1;
+        }
+    }
+
+    fn text(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lines
+            .iter()
+            .map(|l| l.iter().collect::<String>().trim_end().to_string())
+            .collect();
+        while out.last().is_some_and(|l| l.is_empty()) {
+            out.pop();
+        }
+        out
+    }
+}
+
+/// The simulated terminal: indicatif draws on it, log lines are written to it.
+#[derive(Clone, Debug, Default)]
+struct Term(Arc<Mutex<Screen>>);
+
+impl Term {
+    fn with<R>(&self, f: impl FnOnce(&mut Screen) -> R) -> io::Result<R> {
+        let mut s = self.0.lock().map_err(|_| io::Error::other("poisoned"))?;
+        Ok(f(&mut s))
+    }
+}
+
+impl TermLike for Term {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+        self.with(|s| s.row = s.row.saturating_sub(n))
+    }
+    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+        self.with(|s| s.row += n)
+    }
+    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+        self.with(|s| s.col += n)
+    }
+    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+        self.with(|s| s.col = s.col.saturating_sub(n))
+    }
+    fn write_line(&self, line: &str) -> io::Result<()> {
+        self.with(|s| s.put(&format!("{line}\n")))
+    }
+    fn write_str(&self, text: &str) -> io::Result<()> {
+        self.with(|s| s.put(text))
+    }
+    fn clear_line(&self) -> io::Result<()> {
+        self.with(|s| {
+            if let Some(l) = s.lines.get_mut(s.row) {
+                l.clear();
+            }
+            s.col = 0;
+        })
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for Term {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        self.with(|s| s.put(&text))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes one log event the way `tracing_subscriber::fmt` does: several
+/// fragments into one writer, then the writer is dropped.
+fn log(w: &alexnet_cuda::progress::LogWriter, line: &str) {
+    let mut out = w.make_writer();
+    let (head, tail) = line.split_at(line.len() / 2);
+    out.write_all(head.as_bytes()).expect("write");
+    out.write_all(tail.as_bytes()).expect("write");
+    out.write_all(b"\n").expect("write");
+}
+
+#[test]
+fn log_lines_land_whole_above_the_bars() {
+    let term = Term::default();
+    let sink: Sink = Arc::new(Mutex::new(term.clone()));
+    let t = Terminal::new(ProgressDrawTarget::term_like(Box::new(term.clone())), sink);
+    let logs = t.log_writer();
+
+    let pb = t.bar(10, "epoch 1", true);
+    pb.set_position(3);
+    log(&logs, "INFO first line of the log");
+    pb.set_position(5);
+    log(&logs, "WARN second line of the log");
+    pb.set_position(7);
+
+    let screen = term.with(|s| s.text()).expect("screen");
+    assert_eq!(
+        screen.len(),
+        3,
+        "two log lines and one bar line: {screen:#?}"
+    );
+    assert_eq!(screen[0], "INFO first line of the log");
+    assert_eq!(screen[1], "WARN second line of the log");
+    assert!(
+        screen[2].starts_with("epoch 1 [") && screen[2].contains("/10"),
+        "the bar is drawn below the log lines: {screen:#?}"
+    );
+}
+
+#[test]
+fn hidden_bars_leave_log_lines_alone() {
+    let term = Term::default();
+    let sink: Sink = Arc::new(Mutex::new(term.clone()));
+    let t = Terminal::new(ProgressDrawTarget::hidden(), sink);
+    let pb = t.bar(10, "prepare", false);
+    pb.set_position(4);
+    log(&t.log_writer(), "INFO only this line");
+    let screen = term.with(|s| s.text()).expect("screen");
+    assert_eq!(screen, vec!["INFO only this line".to_string()]);
+}
