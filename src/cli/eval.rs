@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use indicatif::ProgressBar;
+use serde::Serialize;
 
 use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::workers_for;
@@ -84,28 +85,42 @@ pub fn run(args: EvalArgs) -> Result<()> {
         })?
     });
     pb.finish_and_clear();
-    print_result(&args, &r, t0.elapsed().as_secs_f64());
-    Ok(())
+    print_result(&args, &r, t0.elapsed().as_secs_f64())
+}
+
+/// eval's --json line (scripts/gpu-check reads it).
+#[derive(Serialize)]
+struct EvalReport {
+    checkpoint: String,
+    data: String,
+    /// "centre-crop" or "10-crop".
+    mode: &'static str,
+    images: usize,
+    top1_error: f64,
+    top5_error: f64,
+    loss: f64,
+    seconds: f64,
 }
 
 /// The result as text, or (--json) as one JSON line.
-fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) {
+fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) -> Result<()> {
     let mode = if args.ten_crop {
         "10-crop"
     } else {
         "centre-crop"
     };
     if args.json {
-        println!(
-            "{{\"checkpoint\": {:?}, \"data\": {:?}, \"mode\": \"{mode}\", \"images\": {}, \"top1_error\": {:.6}, \"top5_error\": {:.6}, \"loss\": {:.6}, \"seconds\": {:.2}}}",
-            args.checkpoint.display().to_string(),
-            args.data.display().to_string(),
-            r.images,
-            1.0 - r.top1,
-            1.0 - r.top5,
-            r.loss,
-            seconds
-        );
+        let report = EvalReport {
+            checkpoint: args.checkpoint.display().to_string(),
+            data: args.data.display().to_string(),
+            mode,
+            images: r.images,
+            top1_error: 1.0 - r.top1,
+            top5_error: 1.0 - r.top5,
+            loss: r.loss,
+            seconds,
+        };
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} images (loss {:.4}, {:.0} images/s)",
@@ -116,4 +131,5 @@ fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) {
             r.images as f64 / seconds
         );
     }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! compare, as a table or one JSON line per op (scripts/gpu-check).
 use anyhow::{bail, Result};
 use clap::Args;
+use serde::Serialize;
 use tracing::info;
 
 use alexnet_cuda::backend::cuda::{parity, CudaBackend};
@@ -48,16 +49,36 @@ pub fn run(args: GpuOpsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The allocation check's JSON line, with the keys of a parity row
+/// (scripts/gpu-check reads them): max_abs is the allocations the steps
+/// after the first made.
+#[derive(Serialize)]
+struct AllocationRow {
+    op: &'static str,
+    path: &'static str,
+    max_abs: i64,
+    max_rel: u32,
+    atol: u32,
+    rtol: u32,
+    pass: bool,
+}
+
 /// The network sizes its buffers once: steps after the first allocate
 /// nothing. Prints the check's row; true when it passed.
 fn steady_state(be: &CudaBackend, json: bool) -> Result<bool> {
     let (first, last) = parity::steady_state_allocations(be, &Topology::cifar(), 32, 5)?;
     let steady = first == last;
     if json {
-        println!(
-            "{{\"op\":\"allocations after step 1 / step 5\",\"path\":\"-\",\"max_abs\":{},\"max_rel\":0,\"atol\":0,\"rtol\":0,\"pass\":{steady}}}",
-            last - first
-        );
+        let row = AllocationRow {
+            op: "allocations after step 1 / step 5",
+            path: "-",
+            max_abs: last as i64 - first as i64,
+            max_rel: 0,
+            atol: 0,
+            rtol: 0,
+            pass: steady,
+        };
+        println!("{}", serde_json::to_string(&row)?);
     } else {
         println!("allocations: {first} after the first step, {last} after the fifth");
     }

@@ -3,6 +3,7 @@
 //! `bench-loader` (the training loader over a store) and `synth-store`
 //! (a large synthetic store for the loader's memory figures).
 pub mod loader;
+mod proc_status;
 pub mod step;
 pub mod synth_store;
 mod timing;

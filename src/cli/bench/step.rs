@@ -1,22 +1,21 @@
 //! `bench-step` (hidden): time training steps on one fixed random batch,
 //! on one device or several (scripts/bench-cpu, scripts/bench-train,
 //! scripts/gpu-check), and print one JSON line.
-use std::time::Instant;
-
 use anyhow::Result;
 use clap::Args;
+use serde::Serialize;
 use tracing::info;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::device::Device;
 use alexnet_cuda::model::loss_scale::LossScale;
-use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Layout;
 use alexnet_cuda::parallel::{self, OnLayout};
 use alexnet_cuda::world::World;
 
-use super::timing::{bench_batch, bench_hp, timed_steps};
+use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
 use crate::cli::common::{positive, set_threads, NetArgs};
 use crate::cli::device::{on_device, DeviceArgs, ParallelArgs};
 use crate::cli::nccl::ensure_nccl;
@@ -47,6 +46,57 @@ pub struct BenchStepArgs {
     parallel: ParallelArgs,
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// bench-step's JSON line. scripts/bench-cpu and bench-train read
+/// images_per_s; scripts/gpu-check the rest (a loss that is not finite is
+/// null). One device adds `phases`; several add the exchanged bytes.
+#[derive(Serialize)]
+struct StepReport {
+    #[serde(rename = "impl")]
+    implementation: &'static str,
+    device: String,
+    config: String,
+    batch: usize,
+    steps: usize,
+    mean_s: f64,
+    median_s: f64,
+    images_per_s: f64,
+    loss_first: Option<f32>,
+    loss_last: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<Phases>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchanged_bytes_per_step: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predicted_bytes_per_step: Option<u64>,
+}
+
+impl StepReport {
+    /// The common part of the line; `step` is the step time images/s is from.
+    fn new(device: String, topo: &Topology, batch: usize, t: &Timed, step: f64) -> StepReport {
+        let finite = |v: Option<&f32>| v.copied().filter(|v| v.is_finite());
+        StepReport {
+            implementation: "alexnet-cuda",
+            device,
+            config: topo.name.clone(),
+            batch,
+            steps: t.steps,
+            mean_s: t.mean,
+            median_s: t.median,
+            images_per_s: batch as f64 / step,
+            loss_first: finite(t.losses.first()),
+            loss_last: finite(t.losses.last()),
+            phases: None,
+            exchanged_bytes_per_step: None,
+            predicted_bytes_per_step: None,
+        }
+    }
+
+    fn print(&self) -> Result<()> {
+        println!("{}", serde_json::to_string(self)?);
+        Ok(())
+    }
 }
 
 /// One device: `bench_steps`; several (a GPU list or --parallel): `bench_layout`.
@@ -92,15 +142,11 @@ fn bench_layout<B: Backend>(
 ) -> Result<()> {
     let (batch, steps) = (args.batch.max(1), args.steps.max(1));
     let first = layout.first();
-    let pairs = match &layout {
-        Layout::Towers(_) => 1,
-        Layout::Hybrid(p, _) => p.len(),
-        _ => 0,
-    };
-    let replicas = match &layout {
-        Layout::Data(d, _) => d.len(),
-        Layout::Hybrid(p, _) => p.len(),
-        _ => 1,
+    let (pairs, replicas) = match &layout {
+        Layout::Towers(_) => (1, 1),
+        Layout::Hybrid(p, _) => (p.len(), p.len()),
+        Layout::Data(d, _) => (0, d.len()),
+        _ => (0, 1),
     };
     let devices = layout.describe();
     let mut model = layout.build(topo, batch, 1)?;
@@ -110,30 +156,23 @@ fn bench_layout<B: Backend>(
     let (x, labels) = bench_batch(first, topo, batch)?;
     let hp = bench_hp(args.lr)?;
     let t = timed_steps(&mut *model, &x, &labels, &hp, args.warmup, steps)?;
-    let (losses, mean, median) = (t.losses, t.mean, t.median);
     let on_cpu = first.host_alloc().is_none();
-    let step = if on_cpu { median } else { mean };
     let predicted = pairs as u64 * topo.exchange_bytes_per_step(batch / replicas)?;
     info!(
         "between towers: {} bytes per step (the table predicts {predicted})",
         model.exchanged_bytes()
     );
-    println!(
-        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"exchanged_bytes_per_step\":{},\"predicted_bytes_per_step\":{predicted}}}",
-        devices.replace('"', "'"),
-        topo.name,
-        batch as f64 / step,
-        json_f32(losses.first().copied().unwrap_or(f32::NAN)),
-        json_f32(losses.last().copied().unwrap_or(f32::NAN)),
-        model.exchanged_bytes()
-    );
-    Ok(())
+    let mut report = StepReport::new(devices, topo, batch, &t, t.step_s(on_cpu));
+    report.exchanged_bytes_per_step = Some(model.exchanged_bytes());
+    report.predicted_bytes_per_step = Some(predicted);
+    report.print()
 }
 
-/// Train `warmup + steps` steps on one fixed random batch. images/s comes
-/// from the median step on the CPU and from the mean over the timed steps,
-/// ended by a download that waits for queued work, on a GPU. The first and
-/// last losses show the net learning the batch.
+/// Train `warmup + steps` steps on one fixed random batch, then time each
+/// phase of a few more. images/s comes from the median step on the CPU and
+/// from the mean over the timed steps, ended by a download that waits for
+/// queued work, on a GPU. The first and last losses show the net learning
+/// the batch.
 fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
@@ -144,60 +183,8 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let (x, labels) = bench_batch(be, topo, batch)?;
     let hp = bench_hp(args.lr)?;
     let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
-    let (losses, mean, median) = (t.losses, t.mean, t.median);
-    // Where a step's time goes: a few more steps with a wait after each
-    // phase (forward includes the upload and the loss read-back), and the
-    // upload alone. Medians, in milliseconds.
-    let mut phases = [const { Vec::new() }; 4];
-    let mut probe = be.alloc(x.len())?;
-    for _ in 0..args.phase_steps {
-        let t = Instant::now();
-        be.upload(&x, &mut probe)?;
-        be.synchronize()?;
-        phases[0].push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        model.forward(&x, &labels, Mode::Train)?;
-        be.synchronize()?;
-        phases[1].push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        model.backward()?;
-        be.synchronize()?;
-        phases[2].push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        model.sgd_step(&hp)?;
-        be.synchronize()?;
-        phases[3].push(t.elapsed().as_secs_f64());
-    }
-    let ms = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2)
-            .map_or("null".to_string(), |m| format!("{:.3}", m * 1e3))
-    };
-    let phase_json = format!(
-        "{{\"upload_ms\":{},\"forward_ms\":{},\"backward_ms\":{},\"sgd_ms\":{}}}",
-        ms(&mut phases[0]),
-        ms(&mut phases[1]),
-        ms(&mut phases[2]),
-        ms(&mut phases[3])
-    );
-    let first = losses.first().copied().unwrap_or(f32::NAN);
-    let last = losses.last().copied().unwrap_or(f32::NAN);
-    println!(
-        "{{\"impl\":\"alexnet-cuda\",\"device\":\"{}\",\"config\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"mean_s\":{mean:.6},\"median_s\":{median:.6},\"images_per_s\":{:.2},\"loss_first\":{},\"loss_last\":{},\"phases\":{phase_json}}}",
-        be.name(),
-        topo.name,
-        batch as f64 / if cpu { median } else { mean },
-        json_f32(first),
-        json_f32(last)
-    );
-    Ok(())
-}
-
-/// A float as JSON (NaN and infinities have no JSON form: null).
-fn json_f32(v: f32) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
+    let phases = phase_times(be, &mut model, &x, &labels, &hp, args.phase_steps)?;
+    let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
+    report.phases = Some(phases);
+    report.print()
 }

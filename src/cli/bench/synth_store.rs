@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use serde::Serialize;
 
 use alexnet_cuda::data::decode::encode_jpeg;
 use alexnet_cuda::data::packed::{Stats, StoreWriter};
@@ -18,6 +19,13 @@ pub struct SynthStoreArgs {
     count: usize,
     #[arg(long, default_value_t = 256)]
     size: usize,
+}
+
+/// synth-store's JSON line: the images written and the data file's size.
+#[derive(Serialize)]
+struct SynthReport {
+    images: usize,
+    data_mb: f64,
 }
 
 /// Write the store and print its image count and size.
@@ -68,10 +76,10 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
         sources_crc: 0,
     };
     let m = w.finish(meta, &vec![127.0; size * size * 3])?;
-    println!(
-        "{{\"images\": {}, \"data_mb\": {:.1}}}",
-        m.count,
-        m.data_bytes as f64 / 1e6
-    );
+    let report = SynthReport {
+        images: m.count,
+        data_mb: m.data_bytes as f64 / 1e6,
+    };
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

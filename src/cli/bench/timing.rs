@@ -1,9 +1,10 @@
-//! The measurement under `bench-step`: `warmup + steps` training steps on
-//! one fixed random batch, the last `steps` timed, and the batch and SGD
-//! settings they use.
+//! The measurements under `bench-step`: `warmup + steps` training steps on
+//! one fixed random batch, the last `steps` timed; the time of each phase
+//! of a step; and the batch and SGD settings they use.
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use serde::Serialize;
 
 use alexnet_cuda::backend::{Backend, SgdParams};
 use alexnet_cuda::data::hostmem::HostBuf;
@@ -13,11 +14,34 @@ use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::rng::Rng;
 
 /// What `timed_steps` measured: every step's loss, and the timed steps'
-/// mean and median seconds.
+/// count and mean and median seconds.
 pub struct Timed {
     pub losses: Vec<f32>,
+    pub steps: usize,
     pub mean: f64,
     pub median: f64,
+}
+
+impl Timed {
+    /// The step time to quote: the median on the CPU, where each step's
+    /// own time is known; the mean on a GPU, where work is queued.
+    pub fn step_s(&self, cpu: bool) -> f64 {
+        if cpu {
+            self.median
+        } else {
+            self.mean
+        }
+    }
+}
+
+/// Median milliseconds of each phase of a step, each ended by a wait for
+/// the device (null where no phase steps ran): bench-step's "phases".
+#[derive(Serialize)]
+pub struct Phases {
+    pub upload_ms: Option<f64>,
+    pub forward_ms: Option<f64>,
+    pub backward_ms: Option<f64>,
+    pub sgd_ms: Option<f64>,
 }
 
 /// `warmup + steps` training steps on one batch, the last `steps` timed.
@@ -49,13 +73,59 @@ pub fn timed_steps(
     }
     model.logits()?;
     let mean = t0.elapsed().as_secs_f64() / steps as f64;
-    times.sort_by(f64::total_cmp);
-    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = median(times).unwrap_or(f64::NAN);
     Ok(Timed {
         losses,
+        steps,
         mean,
         median,
     })
+}
+
+/// Where a step's time goes: `n` more steps with a wait after each phase
+/// (forward includes the upload and the loss read-back), and the upload
+/// alone. Medians, in milliseconds.
+pub fn phase_times<B: Backend>(
+    be: &B,
+    model: &mut dyn Model,
+    x: &[f32],
+    labels: &[u32],
+    hp: &SgdParams,
+    n: usize,
+) -> Result<Phases> {
+    let mut phases = [const { Vec::new() }; 4];
+    let mut probe = be.alloc(x.len())?;
+    let waited = |t: Instant| -> Result<f64> {
+        be.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..n {
+        let t = Instant::now();
+        be.upload(x, &mut probe)?;
+        phases[0].push(waited(t)?);
+        let t = Instant::now();
+        model.forward(x, labels, Mode::Train)?;
+        phases[1].push(waited(t)?);
+        let t = Instant::now();
+        model.backward()?;
+        phases[2].push(waited(t)?);
+        let t = Instant::now();
+        model.sgd_step(hp)?;
+        phases[3].push(waited(t)?);
+    }
+    let [upload, forward, backward, sgd] = phases.map(|v| median(v).map(|s| s * 1e3));
+    Ok(Phases {
+        upload_ms: upload,
+        forward_ms: forward,
+        backward_ms: backward,
+        sgd_ms: sgd,
+    })
+}
+
+/// The median (the upper one of an even count); None when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// bench-step's fixed random batch, in the memory the trainer's loader
