@@ -1,7 +1,8 @@
 //! What several commands share: the network flags (`NetArgs`), the count
-//! parser, the compute thread pool and the rows per image of a crop mode.
+//! parser, the name of an enumerated flag's value, the compute thread pool
+//! and the rows per image of a crop mode.
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -45,6 +46,13 @@ pub fn positive(s: &str) -> std::result::Result<u64, String> {
         Ok(v) => Ok(v),
         Err(_) => Err(format!("'{s}' is not a whole number")),
     }
+}
+
+/// An enumerated flag's value as written on the command line.
+pub fn flag_value<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// Size the global compute thread pool (--threads); `None` keeps rayon's

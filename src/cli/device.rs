@@ -2,14 +2,14 @@
 //! (`ParallelArgs`), and `on_device!`, which runs a body on the backend the
 //! flags resolve to.
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
 use alexnet_cuda::device::{self, Device};
 use alexnet_cuda::parallel::{Parallel, Request};
 use alexnet_cuda::world::World;
 
-use super::common::positive;
+use super::common::{flag_value, positive};
 
 /// Where the ops run: shared by every command that computes.
 #[derive(Args, Clone)]
@@ -21,8 +21,8 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
     /// Storage of activations and the weights the GPU libraries read: fp32 (the reference), or fp16 / bf16 (mixed precision: fp32 master weights and momentum, fp32 accumulation; fp16 with dynamic loss scaling). GPU only.
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16", "bf16"])]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = PrecisionFlag::Fp32)]
+    pub precision: PrecisionFlag,
     /// CUDA: use the built-in im2col + cuBLAS grouped convolution even where cuDNN is installed.
     #[arg(long)]
     pub fallback_conv: bool,
@@ -35,22 +35,54 @@ pub struct DeviceArgs {
 #[derive(Args, Clone)]
 pub struct ParallelArgs {
     /// model: the paper's two towers on two devices (the default for --gpus with two; 0,0 puts both on GPU 0). data: a replica per device, gradients averaged by all-reduce (NCCL on GPUs). hybrid: the two towers on each pair of devices, data-parallel across the pairs. Across machines, one process per machine with torchrun's variables (docs/scaling.md).
-    #[arg(long, value_parser = ["model", "data", "hybrid"])]
-    pub parallel: Option<String>,
+    #[arg(long, value_enum)]
+    pub parallel: Option<ParallelFlag>,
     /// With --cpu: CPU replicas for --parallel data, pairs of towers for hybrid (default 2).
     #[arg(long, value_parser = positive, requires = "parallel")]
     pub replicas: Option<u64>,
+}
+
+/// --precision's values: the library's `Precision`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionFlag {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl From<PrecisionFlag> for Precision {
+    fn from(p: PrecisionFlag) -> Precision {
+        match p {
+            PrecisionFlag::Fp32 => Precision::F32,
+            PrecisionFlag::Fp16 => Precision::F16,
+            PrecisionFlag::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// --parallel's values: the library's `Parallel` for several devices.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParallelFlag {
+    Model,
+    Data,
+    Hybrid,
+}
+
+impl From<ParallelFlag> for Parallel {
+    fn from(p: ParallelFlag) -> Parallel {
+        match p {
+            ParallelFlag::Model => Parallel::Model,
+            ParallelFlag::Data => Parallel::Data,
+            ParallelFlag::Hybrid => Parallel::Hybrid,
+        }
+    }
 }
 
 impl DeviceArgs {
     /// The devices and parallelism asked for, as `parallel::run_on` takes
     /// them. Without --cpu or --gpus, the probe picks GPU 0 or the CPU.
     pub fn request(&self, par: &ParallelArgs, world: &World) -> Result<Request> {
-        let parallel = par
-            .parallel
-            .as_deref()
-            .map(str::parse::<Parallel>)
-            .transpose()?;
+        let parallel = par.parallel.map(Parallel::from);
         let (cpu, gpus) = if self.cpu || self.gpus.is_some() || !world.is_single() {
             (self.cpu, self.gpus.clone())
         } else {
@@ -71,7 +103,7 @@ impl DeviceArgs {
             gpus,
             parallel,
             replicas: par.replicas.unwrap_or(2) as usize,
-            cuda: self.cuda_options()?,
+            cuda: self.cuda_options(),
         })
     }
 
@@ -85,7 +117,7 @@ impl DeviceArgs {
             f += &format!(" --gpus {g}");
         }
         if let Some(p) = &par.parallel {
-            f += &format!(" --parallel {p}");
+            f += &format!(" --parallel {}", flag_value(p));
             if let Some(r) = par.replicas {
                 f += &format!(" --replicas {r}");
             }
@@ -104,10 +136,10 @@ impl DeviceArgs {
 
     /// On the CPU, the GPU-only flags are errors that say what to do.
     fn check_cpu_flags(&self) -> Result<()> {
-        if self.precision != "fp32" {
+        if self.precision != PrecisionFlag::Fp32 {
             bail!(
                 "--precision {}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)",
-                self.precision
+                flag_value(&self.precision)
             );
         }
         if self.fallback_conv || self.tf32 {
@@ -124,12 +156,12 @@ impl DeviceArgs {
     }
 
     /// The CUDA backend's options the flags ask for.
-    pub fn cuda_options(&self) -> Result<CudaOptions> {
-        Ok(CudaOptions {
-            precision: self.precision.parse::<Precision>()?,
+    pub fn cuda_options(&self) -> CudaOptions {
+        CudaOptions {
+            precision: self.precision.into(),
             force_fallback_conv: self.fallback_conv,
             allow_tf32: self.tf32,
-        })
+        }
     }
 }
 
@@ -145,7 +177,7 @@ macro_rules! on_device {
             }
             ::alexnet_cuda::device::Device::Cuda(ids) => {
                 let $be =
-                    ::alexnet_cuda::backend::cuda::CudaBackend::new(ids[0], $args.cuda_options()?)?;
+                    ::alexnet_cuda::backend::cuda::CudaBackend::new(ids[0], $args.cuda_options())?;
                 $body
             }
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
@@ -13,17 +13,26 @@ use alexnet_cuda::export::onnx::write_onnx;
 use alexnet_cuda::export::{network_tensors, write_safetensors};
 use alexnet_cuda::model::net::Network;
 
+use super::common::flag_value;
+
 #[derive(Args)]
 pub struct ExportArgs {
     /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
     /// safetensors: the weights with PyTorch names and layouts; onnx: the inference graph with its weights.
-    #[arg(long, value_parser = ["safetensors", "onnx"])]
-    format: String,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
     /// Output file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+}
+
+/// --format's values.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Safetensors,
+    Onnx,
 }
 
 /// Write the file and say what went in.
@@ -35,13 +44,15 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let mut net = Network::new(&be, &topo, 1, 0)?;
     ck.restore(&mut net, false)?;
     let tensors = network_tensors(&net)?;
-    match args.format.as_str() {
-        "onnx" => write_onnx(&topo, &tensors, &args.out)?,
-        _ => write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?,
+    match args.format {
+        ExportFormat::Onnx => write_onnx(&topo, &tensors, &args.out)?,
+        ExportFormat::Safetensors => {
+            write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?
+        }
     }
     println!(
         "wrote {} ({} tensors, {} parameters, config {}) to {}",
-        args.format,
+        flag_value(&args.format),
         tensors.len(),
         tensors.iter().map(|t| t.data.len()).sum::<usize>(),
         topo.name,

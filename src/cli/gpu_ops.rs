@@ -28,7 +28,7 @@ pub fn run(args: GpuOpsArgs) -> Result<()> {
         Device::Cuda(ids) => ids,
         Device::Cpu => bail!("gpu-ops compares a GPU with the CPU: it needs a CUDA GPU (--gpus 0)"),
     };
-    let be = CudaBackend::new(ids[0], args.device.cuda_options()?)?;
+    let be = CudaBackend::new(ids[0], args.device.cuda_options())?;
     info!("{}", be.name());
     let mut failed = 0;
     let mut rows = parity::run_all(&be)?;

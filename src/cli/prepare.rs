@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{Encoding, StoreMeta};
@@ -34,8 +34,8 @@ pub struct PrepareArgs {
     #[arg(long, default_value_t = 256, value_parser = positive)]
     size: u64,
     /// Storage: jpeg (about 40 KB per 256x256 image) or raw (196 KB, no decoding).
-    #[arg(long, default_value = "jpeg", value_parser = ["jpeg", "raw"])]
-    format: String,
+    #[arg(long, value_enum, default_value_t = StoreFormat::Jpeg)]
+    format: StoreFormat,
     /// JPEG quality, 1 to 100.
     #[arg(long, default_value_t = 90)]
     quality: u8,
@@ -48,6 +48,22 @@ pub struct PrepareArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+/// --format's values: the library's `Encoding`.
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreFormat {
+    Jpeg,
+    Raw,
+}
+
+impl From<StoreFormat> for Encoding {
+    fn from(f: StoreFormat) -> Encoding {
+        match f {
+            StoreFormat::Jpeg => Encoding::Jpeg,
+            StoreFormat::Raw => Encoding::Raw,
+        }
+    }
 }
 
 /// Write the stores and print a line for each.
@@ -76,11 +92,7 @@ fn options(args: PrepareArgs) -> PrepareOptions {
     opts.val_synsets = args.val_synsets;
     opts.names = args.names;
     opts.size = args.size as usize;
-    opts.encoding = if args.format == "raw" {
-        Encoding::Raw
-    } else {
-        Encoding::Jpeg
-    };
+    opts.encoding = args.format.into();
     opts.quality = args.quality;
     opts.limit = args.limit.map(|v| v as usize);
     opts.progress = !args.no_progress;

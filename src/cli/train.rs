@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
@@ -23,7 +23,7 @@ use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 use alexnet_cuda::world::World;
 
-use super::common::{positive, set_threads, NetArgs};
+use super::common::{flag_value, positive, set_threads, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -75,8 +75,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
     resume: Option<PathBuf>,
     /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
-    #[arg(long, value_parser = ["caffe", "paper"])]
-    recipe: Option<String>,
+    #[arg(long, value_enum)]
+    recipe: Option<RecipeFlag>,
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
     #[arg(long, value_name = "FILE")]
     init_from: Option<PathBuf>,
@@ -87,8 +87,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3, value_parser = positive)]
     keep: u64,
     /// Metrics files: csv or jsonl.
-    #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
-    metrics_format: String,
+    #[arg(long, value_enum, default_value_t = MetricsFlag::Csv)]
+    metrics_format: MetricsFlag,
     /// The paper's schedule: at most this many drops of the learning rate.
     #[arg(long, default_value_t = 3)]
     max_drops: usize,
@@ -103,6 +103,38 @@ pub struct TrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+/// --recipe's values: the library's `InitRecipe`.
+#[derive(Clone, Copy, ValueEnum)]
+enum RecipeFlag {
+    Caffe,
+    Paper,
+}
+
+impl From<RecipeFlag> for InitRecipe {
+    fn from(r: RecipeFlag) -> InitRecipe {
+        match r {
+            RecipeFlag::Caffe => InitRecipe::Caffe,
+            RecipeFlag::Paper => InitRecipe::Paper,
+        }
+    }
+}
+
+/// --metrics-format's values: the library's `MetricsFormat`.
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricsFlag {
+    Csv,
+    Jsonl,
+}
+
+impl From<MetricsFlag> for MetricsFormat {
+    fn from(m: MetricsFlag) -> MetricsFormat {
+        match m {
+            MetricsFlag::Csv => MetricsFormat::Csv,
+            MetricsFlag::Jsonl => MetricsFormat::Jsonl,
+        }
+    }
 }
 
 /// Train as the flags say; a run stopped by a signal exits with 128 + its
@@ -212,12 +244,8 @@ fn options(
     opts.progress = !args.no_progress;
     opts.checkpoint_every = args.checkpoint_every;
     opts.keep = args.keep as usize;
-    opts.metrics_format = if args.metrics_format == "jsonl" {
-        MetricsFormat::Jsonl
-    } else {
-        MetricsFormat::Csv
-    };
-    if let Some(r) = &args.recipe {
+    opts.metrics_format = args.metrics_format.into();
+    if let Some(r) = args.recipe {
         opts.run.init = recipe(r, topo)?;
     }
     opts.init_from = args.init_from.clone();
@@ -260,18 +288,15 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
 }
 
 /// --recipe, refused for configs without the paper's biases of 1.
-fn recipe(r: &str, topo: &Topology) -> Result<InitRecipe> {
+fn recipe(r: RecipeFlag, topo: &Topology) -> Result<InitRecipe> {
     if !topo.has_one_biases() {
         bail!(
-            "--recipe {r}: config {} has no biases of 1 (it starts from He init and zero biases), so the recipes are the same; leave --recipe out",
+            "--recipe {}: config {} has no biases of 1 (it starts from He init and zero biases), so the recipes are the same; leave --recipe out",
+            flag_value(&r),
             topo.name
         );
     }
-    Ok(if r == "paper" {
-        InitRecipe::Paper
-    } else {
-        InitRecipe::Caffe
-    })
+    Ok(r.into())
 }
 
 /// The run folder: the resumed checkpoint's, --out, or the first free
