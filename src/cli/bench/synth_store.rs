@@ -31,8 +31,23 @@ struct SynthReport {
 /// Write the store and print its image count and size.
 pub fn run(args: SynthStoreArgs) -> Result<()> {
     let SynthStoreArgs { out, count, size } = args;
-    let classes: Vec<String> = (0..1000).map(|c| format!("n{c:08}")).collect();
-    // 16 distinct images, each encoded once and repeated.
+    let encoded = distinct_images(size)?;
+    let mut w = StoreWriter::create(&out, size, Encoding::Jpeg)?;
+    for i in 0..count {
+        w.push(&encoded[i % encoded.len()], (i % 1000) as u32, "synthetic")?;
+    }
+    let m = w.finish(meta(count, size), &vec![127.0; size * size * 3])?;
+    let report = SynthReport {
+        images: m.count,
+        data_mb: m.data_bytes as f64 / 1e6,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// 16 distinct noise images, each encoded once (JPEG, quality 90) for the
+/// store to repeat.
+fn distinct_images(size: usize) -> Result<Vec<Vec<u8>>> {
     let mut encoded = Vec::new();
     for k in 0..16u32 {
         let px: Vec<u8> = (0..size * size * 3)
@@ -44,12 +59,14 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
         encode_jpeg(&px, size, 90, &mut e)?;
         encoded.push(e);
     }
-    let mut w = StoreWriter::create(&out, size, Encoding::Jpeg)?;
-    for i in 0..count {
-        w.push(&encoded[i % 16], (i % 1000) as u32, "synthetic")?;
-    }
+    Ok(encoded)
+}
+
+/// The store's metadata: 1000 classes of equal share, and made-up pixel
+/// statistics (the writer fills in the counts, sizes and checksums).
+fn meta(count: usize, size: usize) -> StoreMeta {
     let cov = [[400.0, 0.0, 0.0], [0.0, 400.0, 0.0], [0.0, 0.0, 400.0]];
-    let meta = StoreMeta {
+    StoreMeta {
         format: String::new(),
         version: 0,
         generation: String::new(),
@@ -57,7 +74,7 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
         encoding: Encoding::Jpeg,
         quality: Some(90),
         count: 0,
-        classes,
+        classes: (0..1000).map(|c| format!("n{c:08}")).collect(),
         names: Vec::new(),
         class_counts: vec![(count / 1000) as u64; 1000],
         stats: Stats {
@@ -74,12 +91,5 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
         index_crc: 0,
         mean_crc: 0,
         sources_crc: 0,
-    };
-    let m = w.finish(meta, &vec![127.0; size * size * 3])?;
-    let report = SynthReport {
-        images: m.count,
-        data_mb: m.data_bytes as f64 / 1e6,
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    }
 }
