@@ -1,0 +1,9 @@
+//! The hidden benchmark commands, each printing one JSON line for the
+//! scripts that call them: `bench-step` (training steps on one batch),
+//! `bench-loader` (the training loader over a store) and `synth-store`
+//! (a large synthetic store for the loader's memory figures).
+pub mod loader;
+mod proc_status;
+pub mod step;
+pub mod synth_store;
+mod timing;

@@ -1,0 +1,190 @@
+//! `bench-step` (hidden): time training steps on one fixed random batch,
+//! on one device or several (scripts/bench-cpu, scripts/bench-train,
+//! scripts/gpu-check), and print one JSON line.
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use tracing::info;
+
+use alexnet_cuda::backend::Backend;
+use alexnet_cuda::device::Device;
+use alexnet_cuda::model::loss_scale::LossScale;
+use alexnet_cuda::model::net::Network;
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::trainable::Layout;
+use alexnet_cuda::parallel::{self, OnLayout};
+use alexnet_cuda::world::World;
+
+use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
+use crate::cli::common::{positive, set_threads, NetArgs};
+use crate::cli::device::{on_device, DeviceArgs, ParallelArgs};
+use crate::cli::nccl::ensure_nccl;
+
+#[derive(Args)]
+pub struct BenchStepArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Outputs of the last layer (default: the config's); scripts/bench-train matches a data set's.
+    #[arg(long, value_parser = positive)]
+    classes: Option<u64>,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Learning rate of the SGD step (the batch is fixed, so a real rate makes the loss fall).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    /// Extra steps, after the timed ones, with a wait after each phase: the
+    /// JSON's "phases" (median ms of upload, forward, backward, SGD).
+    #[arg(long, default_value_t = 3)]
+    phase_steps: usize,
+    #[command(flatten)]
+    parallel: ParallelArgs,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// bench-step's JSON line. scripts/bench-cpu and bench-train read
+/// images_per_s; scripts/gpu-check the rest (a loss that is not finite is
+/// null). One device adds `phases`; several add the exchanged bytes.
+#[derive(Serialize)]
+struct StepReport {
+    #[serde(rename = "impl")]
+    implementation: &'static str,
+    device: String,
+    config: String,
+    batch: usize,
+    steps: usize,
+    mean_s: f64,
+    median_s: f64,
+    images_per_s: f64,
+    loss_first: Option<f32>,
+    loss_last: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<Phases>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchanged_bytes_per_step: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predicted_bytes_per_step: Option<u64>,
+}
+
+impl StepReport {
+    /// The common part of the line; `step` is the step time images/s is from.
+    fn new(device: String, topo: &Topology, batch: usize, t: &Timed, step: f64) -> StepReport {
+        let finite = |v: Option<&f32>| v.copied().filter(|v| v.is_finite());
+        StepReport {
+            implementation: "alexnet-cuda",
+            device,
+            config: topo.name.clone(),
+            batch,
+            steps: t.steps,
+            mean_s: t.mean,
+            median_s: t.median,
+            images_per_s: batch as f64 / step,
+            loss_first: finite(t.losses.first()),
+            loss_last: finite(t.losses.last()),
+            phases: None,
+            exchanged_bytes_per_step: None,
+            predicted_bytes_per_step: None,
+        }
+    }
+
+    fn print(&self) -> Result<()> {
+        println!("{}", serde_json::to_string(self)?);
+        Ok(())
+    }
+}
+
+/// One device: `bench_steps`; several (a GPU list or --parallel): `bench_layout`.
+pub fn run(args: BenchStepArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let mut topo = args.net.topology("alexnet")?;
+    if let Some(c) = args.classes {
+        topo = topo.with_classes(c as usize)?;
+    }
+    let several = args.device.gpus.as_deref().is_some_and(|g| g.contains(','));
+    if args.parallel.parallel.is_some() || several {
+        let world = World::single();
+        let request = args.device.request(&args.parallel, &world)?;
+        ensure_nccl(parallel::nccl_use(&request, &world)?)?;
+        return Ok(parallel::run_on(&request, &world, BenchOn(&topo, &args))?);
+    }
+    let device = args.device.resolve()?;
+    let cpu = device == Device::Cpu;
+    on_device!(&device, args.device, |be| bench_steps(
+        &be, &topo, &args, cpu
+    ))
+}
+
+/// `bench_layout` on whichever devices the request resolves to.
+struct BenchOn<'a>(&'a Topology, &'a BenchStepArgs);
+
+impl OnLayout for BenchOn<'_> {
+    type Out = ();
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<()> {
+        bench_layout(layout, self.0, self.1)
+            .map_err(|e| alexnet_cuda::Error::Backend(format!("{e:#}")))
+    }
+}
+
+/// `bench_steps` for several devices (towers, replicas or both): step time
+/// (median on CPUs; on GPUs the mean, ended by a download that waits for
+/// the queued work), the losses, and the bytes exchanged between towers per
+/// step beside the table's prediction.
+fn bench_layout<B: Backend>(
+    layout: Layout<'_, B>,
+    topo: &Topology,
+    args: &BenchStepArgs,
+) -> Result<()> {
+    let (batch, steps) = (args.batch.max(1), args.steps.max(1));
+    let first = layout.first();
+    let (pairs, replicas) = match &layout {
+        Layout::Towers(_) => (1, 1),
+        Layout::Hybrid(p, _) => (p.len(), p.len()),
+        Layout::Data(d, _) => (0, d.len()),
+        _ => (0, 1),
+    };
+    let devices = layout.describe();
+    let mut model = layout.build(topo, batch, 1)?;
+    if first.needs_loss_scaling() {
+        model.set_loss_scale(Some(LossScale::dynamic()));
+    }
+    let (x, labels) = bench_batch(first, topo, batch)?;
+    let hp = bench_hp(args.lr)?;
+    let t = timed_steps(&mut *model, &x, &labels, &hp, args.warmup, steps)?;
+    let on_cpu = first.host_alloc().is_none();
+    let predicted = pairs as u64 * topo.exchange_bytes_per_step(batch / replicas)?;
+    info!(
+        "between towers: {} bytes per step (the table predicts {predicted})",
+        model.exchanged_bytes()
+    );
+    let mut report = StepReport::new(devices, topo, batch, &t, t.step_s(on_cpu));
+    report.exchanged_bytes_per_step = Some(model.exchanged_bytes());
+    report.predicted_bytes_per_step = Some(predicted);
+    report.print()
+}
+
+/// Train `warmup + steps` steps on one fixed random batch, then time each
+/// phase of a few more. images/s comes from the median step on the CPU and
+/// from the mean over the timed steps, ended by a download that waits for
+/// queued work, on a GPU. The first and last losses show the net learning
+/// the batch.
+fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
+    let batch = args.batch.max(1);
+    let steps = args.steps.max(1);
+    let mut model = Network::new(be, topo, batch, 1)?;
+    if be.needs_loss_scaling() {
+        model.set_loss_scale(Some(LossScale::dynamic()));
+    }
+    let (x, labels) = bench_batch(be, topo, batch)?;
+    let hp = bench_hp(args.lr)?;
+    let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
+    let phases = phase_times(be, &mut model, &x, &labels, &hp, args.phase_steps)?;
+    let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
+    report.phases = Some(phases);
+    report.print()
+}

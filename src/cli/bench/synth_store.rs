@@ -1,0 +1,95 @@
+//! `synth-store` (hidden): write a synthetic store of COUNT copies of a few
+//! encoded images, for the loader's memory benchmarks (scripts/bench-data);
+//! prints one JSON line.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use alexnet_cuda::data::decode::encode_jpeg;
+use alexnet_cuda::data::packed::{Stats, StoreWriter};
+use alexnet_cuda::data::{Encoding, Pca, StoreMeta};
+
+#[derive(Args)]
+pub struct SynthStoreArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+}
+
+/// synth-store's JSON line: the images written and the data file's size.
+#[derive(Serialize)]
+struct SynthReport {
+    images: usize,
+    data_mb: f64,
+}
+
+/// Write the store and print its image count and size.
+pub fn run(args: SynthStoreArgs) -> Result<()> {
+    let SynthStoreArgs { out, count, size } = args;
+    let encoded = distinct_images(size)?;
+    let mut w = StoreWriter::create(&out, size, Encoding::Jpeg)?;
+    for i in 0..count {
+        w.push(&encoded[i % encoded.len()], (i % 1000) as u32, "synthetic")?;
+    }
+    let m = w.finish(meta(count, size), &vec![127.0; size * size * 3])?;
+    let report = SynthReport {
+        images: m.count,
+        data_mb: m.data_bytes as f64 / 1e6,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// 16 distinct noise images, each encoded once (JPEG, quality 90) for the
+/// store to repeat.
+fn distinct_images(size: usize) -> Result<Vec<Vec<u8>>> {
+    let mut encoded = Vec::new();
+    for k in 0..16u32 {
+        let px: Vec<u8> = (0..size * size * 3)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(k * 977) >> 24) as u8 / 2 + 64
+            })
+            .collect();
+        let mut e = Vec::new();
+        encode_jpeg(&px, size, 90, &mut e)?;
+        encoded.push(e);
+    }
+    Ok(encoded)
+}
+
+/// The store's metadata: 1000 classes of equal share, and made-up pixel
+/// statistics (the writer fills in the counts, sizes and checksums).
+fn meta(count: usize, size: usize) -> StoreMeta {
+    let cov = [[400.0, 0.0, 0.0], [0.0, 400.0, 0.0], [0.0, 0.0, 400.0]];
+    StoreMeta {
+        format: String::new(),
+        version: 0,
+        generation: String::new(),
+        size,
+        encoding: Encoding::Jpeg,
+        quality: Some(90),
+        count: 0,
+        classes: (0..1000).map(|c| format!("n{c:08}")).collect(),
+        names: Vec::new(),
+        class_counts: vec![(count / 1000) as u64; 1000],
+        stats: Stats {
+            images: count as u64,
+            channel_mean: [127.0; 3],
+            channel_std: [20.0; 3],
+            rgb_cov: cov,
+            pca: Pca::from_covariance(cov),
+        },
+        skipped: 0,
+        source: "synthetic".into(),
+        data_bytes: 0,
+        data_crc: 0,
+        index_crc: 0,
+        mean_crc: 0,
+        sources_crc: 0,
+    }
+}

@@ -1,0 +1,161 @@
+//! The measurements under `bench-step`: `warmup + steps` training steps on
+//! one fixed random batch, the last `steps` timed; the time of each phase
+//! of a step; and the batch and SGD settings they use.
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use alexnet_cuda::backend::{Backend, SgdParams};
+use alexnet_cuda::data::hostmem::HostBuf;
+use alexnet_cuda::model::net::Mode;
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::trainable::Model;
+use alexnet_cuda::rng::Rng;
+
+/// What `timed_steps` measured: every step's loss, and the timed steps'
+/// count and mean and median seconds.
+pub struct Timed {
+    pub losses: Vec<f32>,
+    pub steps: usize,
+    pub mean: f64,
+    pub median: f64,
+}
+
+impl Timed {
+    /// The step time to quote: the median on the CPU, where each step's
+    /// own time is known; the mean on a GPU, where work is queued.
+    pub fn step_s(&self, cpu: bool) -> f64 {
+        if cpu {
+            self.median
+        } else {
+            self.mean
+        }
+    }
+}
+
+/// Median milliseconds of each phase of a step, each ended by a wait for
+/// the device (null where no phase steps ran): bench-step's "phases".
+#[derive(Serialize)]
+pub struct Phases {
+    pub upload_ms: Option<f64>,
+    pub forward_ms: Option<f64>,
+    pub backward_ms: Option<f64>,
+    pub sgd_ms: Option<f64>,
+}
+
+/// `warmup + steps` training steps on one batch, the last `steps` timed.
+/// The logits' download at the end waits for the last step's queued work,
+/// so the mean counts all of it; per-step times (the median) only mean
+/// something on the CPU, where nothing is queued.
+pub fn timed_steps(
+    model: &mut dyn Model,
+    x: &[f32],
+    labels: &[u32],
+    hp: &SgdParams,
+    warmup: usize,
+    steps: usize,
+) -> Result<Timed> {
+    let mut losses = Vec::with_capacity(warmup + steps);
+    let mut times = Vec::with_capacity(steps);
+    let mut t0 = Instant::now();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            t0 = Instant::now();
+        }
+        let t = Instant::now();
+        losses.push(model.forward(x, labels, Mode::Train)?);
+        model.backward()?;
+        model.sgd_step(hp)?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    model.logits()?;
+    let mean = t0.elapsed().as_secs_f64() / steps as f64;
+    let median = median(times).unwrap_or(f64::NAN);
+    Ok(Timed {
+        losses,
+        steps,
+        mean,
+        median,
+    })
+}
+
+/// Where a step's time goes: `n` more steps with a wait after each phase
+/// (forward includes the upload and the loss read-back), and the upload
+/// alone. Medians, in milliseconds.
+pub fn phase_times<B: Backend>(
+    be: &B,
+    model: &mut dyn Model,
+    x: &[f32],
+    labels: &[u32],
+    hp: &SgdParams,
+    n: usize,
+) -> Result<Phases> {
+    let mut phases = [const { Vec::new() }; 4];
+    let mut probe = be.alloc(x.len())?;
+    let waited = |t: Instant| -> Result<f64> {
+        be.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..n {
+        let t = Instant::now();
+        be.upload(x, &mut probe)?;
+        phases[0].push(waited(t)?);
+        let t = Instant::now();
+        model.forward(x, labels, Mode::Train)?;
+        phases[1].push(waited(t)?);
+        let t = Instant::now();
+        model.backward()?;
+        phases[2].push(waited(t)?);
+        let t = Instant::now();
+        model.sgd_step(hp)?;
+        phases[3].push(waited(t)?);
+    }
+    let [upload, forward, backward, sgd] = phases.map(|v| median(v).map(|s| s * 1e3));
+    Ok(Phases {
+        upload_ms: upload,
+        forward_ms: forward,
+        backward_ms: backward,
+        sgd_ms: sgd,
+    })
+}
+
+/// The median (the upper one of an even count); None when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// bench-step's fixed random batch, in the memory the trainer's loader
+/// would use (pinned on a GPU), so the upload costs what it costs in training.
+pub fn bench_batch<B: Backend>(
+    be: &B,
+    topo: &Topology,
+    batch: usize,
+) -> Result<(HostBuf, Vec<u32>)> {
+    let mut rng = Rng::new(7);
+    let mut x = HostBuf::default();
+    x.resize(
+        batch * topo.channels * topo.crop * topo.crop,
+        be.host_alloc().as_ref(),
+    )?;
+    for v in x.iter_mut() {
+        *v = rng.normal() as f32;
+    }
+    let labels = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
+    Ok((x, labels))
+}
+
+/// The paper's SGD settings at bench-step's --lr.
+pub fn bench_hp(lr: f32) -> Result<SgdParams> {
+    if !(lr >= 0.0 && lr.is_finite()) {
+        bail!("--lr must be a non-negative number, not {lr}");
+    }
+    Ok(SgdParams {
+        lr,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    })
+}

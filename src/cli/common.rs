@@ -1,0 +1,80 @@
+//! What several commands share: the network flags (`NetArgs`), the count
+//! parser, the name of an enumerated flag's value, the compute thread pool
+//! and the rows per image of a crop mode.
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use alexnet_cuda::model::spec::NetSpec;
+use alexnet_cuda::model::topology::Topology;
+
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    /// Network: alexnet (the paper), alexnet-half (its one-GPU ablation), cifar (small, 32x32 images).
+    // A string, not a ValueEnum: the library resolves the name (and lists
+    // the configs in its error), and checkpoints store it as written.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Ablation: no local response normalisation.
+    #[arg(long)]
+    pub no_lrn: bool,
+    /// Pooling window: 3 (overlapping, the paper) or 2 (non-overlapping ablation).
+    #[arg(long, value_name = "SIZE")]
+    pub pool: Option<usize>,
+}
+
+impl NetArgs {
+    /// The network the flags name, `default` where --config is absent.
+    pub fn spec(&self, default: &str) -> NetSpec {
+        NetSpec {
+            config: self.config.clone().unwrap_or_else(|| default.to_string()),
+            no_lrn: self.no_lrn,
+            pool: self.pool,
+            classes: None,
+        }
+    }
+
+    /// `spec`'s layer table.
+    pub fn topology(&self, default: &str) -> Result<Topology> {
+        Ok(self.spec(default).topology()?)
+    }
+}
+
+/// Flag parser for counts that must be at least 1.
+pub fn positive(s: &str) -> std::result::Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// An enumerated flag's value as written on the command line.
+pub fn flag_value<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// Size the global compute thread pool (--threads); `None` keeps rayon's
+/// default of one thread per core.
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("--threads: could not start the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Network rows per image: ten for the paper's 10 crops, else one.
+pub fn crop_rows(ten_crop: bool) -> usize {
+    if ten_crop {
+        10
+    } else {
+        1
+    }
+}

@@ -1,0 +1,186 @@
+//! Where the ops run: the device flags (`DeviceArgs`), the parallelism flags
+//! (`ParallelArgs`), and `on_device!`, which runs a body on the backend the
+//! flags resolve to.
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
+use alexnet_cuda::device::{self, Device};
+use alexnet_cuda::parallel::{Parallel, Request};
+use alexnet_cuda::world::World;
+
+use super::common::{flag_value, positive};
+
+/// Where the ops run: shared by every command that computes.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// Run on the CPU.
+    #[arg(long, conflicts_with = "gpus")]
+    pub cpu: bool,
+    /// GPUs to run on, e.g. 0 (default: GPU 0 when a CUDA driver and GPU are present, else the CPU).
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
+    /// Storage of activations and the weights the GPU libraries read: fp32 (the reference), or fp16 / bf16 (mixed precision: fp32 master weights and momentum, fp32 accumulation; fp16 with dynamic loss scaling). GPU only.
+    #[arg(long, value_enum, default_value_t = PrecisionFlag::Fp32)]
+    pub precision: PrecisionFlag,
+    /// CUDA: use the built-in im2col + cuBLAS grouped convolution even where cuDNN is installed.
+    #[arg(long)]
+    pub fallback_conv: bool,
+    /// CUDA: let cuDNN and cuBLAS use TF32 tensor cores for fp32 work (10-bit mantissa products; PyTorch's default for convolutions).
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+/// How several devices share the work (train and bench-step).
+#[derive(Args, Clone)]
+pub struct ParallelArgs {
+    /// model: the paper's two towers on two devices (the default for --gpus with two; 0,0 puts both on GPU 0). data: a replica per device, gradients averaged by all-reduce (NCCL on GPUs). hybrid: the two towers on each pair of devices, data-parallel across the pairs. Across machines, one process per machine with torchrun's variables (docs/scaling.md).
+    #[arg(long, value_enum)]
+    pub parallel: Option<ParallelFlag>,
+    /// With --cpu: CPU replicas for --parallel data, pairs of towers for hybrid (default 2).
+    #[arg(long, value_parser = positive, requires = "parallel")]
+    pub replicas: Option<u64>,
+}
+
+/// --precision's values: the library's `Precision`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionFlag {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl From<PrecisionFlag> for Precision {
+    fn from(p: PrecisionFlag) -> Precision {
+        match p {
+            PrecisionFlag::Fp32 => Precision::F32,
+            PrecisionFlag::Fp16 => Precision::F16,
+            PrecisionFlag::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// --parallel's values: the library's `Parallel` for several devices.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParallelFlag {
+    Model,
+    Data,
+    Hybrid,
+}
+
+impl From<ParallelFlag> for Parallel {
+    fn from(p: ParallelFlag) -> Parallel {
+        match p {
+            ParallelFlag::Model => Parallel::Model,
+            ParallelFlag::Data => Parallel::Data,
+            ParallelFlag::Hybrid => Parallel::Hybrid,
+        }
+    }
+}
+
+impl DeviceArgs {
+    /// The devices and parallelism asked for, as `parallel::run_on` takes
+    /// them. Without --cpu or --gpus, the probe picks GPU 0 or the CPU.
+    pub fn request(&self, par: &ParallelArgs, world: &World) -> Result<Request> {
+        let parallel = par.parallel.map(Parallel::from);
+        let (cpu, gpus) = if self.cpu || self.gpus.is_some() || !world.is_single() {
+            (self.cpu, self.gpus.clone())
+        } else {
+            match device::choose(false, None)? {
+                Device::Cpu => (true, None),
+                Device::Cuda(ids) => (false, Some(ids[0].to_string())),
+            }
+        };
+        if cpu {
+            self.check_cpu_flags()?;
+        } else if par.replicas.is_some() {
+            bail!(
+                "--replicas counts CPU devices (with --cpu); with GPUs, list them: --gpus 0,1,2,3"
+            );
+        }
+        Ok(Request {
+            cpu,
+            gpus,
+            parallel,
+            replicas: par.replicas.unwrap_or(2) as usize,
+            cuda: self.cuda_options(),
+        })
+    }
+
+    /// The device flags as given, for a command line to repeat.
+    pub fn flags(&self, par: &ParallelArgs) -> String {
+        let mut f = String::new();
+        if self.cpu {
+            f += " --cpu";
+        }
+        if let Some(g) = &self.gpus {
+            f += &format!(" --gpus {g}");
+        }
+        if let Some(p) = &par.parallel {
+            f += &format!(" --parallel {}", flag_value(p));
+            if let Some(r) = par.replicas {
+                f += &format!(" --replicas {r}");
+            }
+        }
+        f
+    }
+
+    /// Probe and resolve the flags into a device, refusing what is not built.
+    pub fn resolve(&self) -> Result<Device> {
+        let dev = device::choose(self.cpu, self.gpus.as_deref())?;
+        if dev == Device::Cpu {
+            self.check_cpu_flags()?;
+        }
+        Ok(dev)
+    }
+
+    /// On the CPU, the GPU-only flags are errors that say what to do.
+    fn check_cpu_flags(&self) -> Result<()> {
+        if self.precision != PrecisionFlag::Fp32 {
+            bail!(
+                "--precision {}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)",
+                flag_value(&self.precision)
+            );
+        }
+        if self.fallback_conv || self.tf32 {
+            bail!(
+                "--{} selects how CUDA computes; it has no meaning with the CPU backend",
+                if self.fallback_conv {
+                    "fallback-conv"
+                } else {
+                    "tf32"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// The CUDA backend's options the flags ask for.
+    pub fn cuda_options(&self) -> CudaOptions {
+        CudaOptions {
+            precision: self.precision.into(),
+            force_fallback_conv: self.fallback_conv,
+            allow_tf32: self.tf32,
+        }
+    }
+}
+
+/// Run `$body` with `$be` bound to the backend `$dev` names (the trait has
+/// associated types, so each backend gets its own copy of the body);
+/// `$args` is the command's `DeviceArgs`.
+macro_rules! on_device {
+    ($dev:expr, $args:expr, |$be:ident| $body:expr) => {
+        match $dev {
+            ::alexnet_cuda::device::Device::Cpu => {
+                let $be = ::alexnet_cuda::backend::cpu::CpuBackend::new();
+                $body
+            }
+            ::alexnet_cuda::device::Device::Cuda(ids) => {
+                let $be =
+                    ::alexnet_cuda::backend::cuda::CudaBackend::new(ids[0], $args.cuda_options())?;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_device;

@@ -1,0 +1,135 @@
+//! `eval`: top-1 and top-5 error of a checkpoint on a set of images, with
+//! the centre crop or the paper's 10 crops, as text or one JSON line.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use alexnet_cuda::checkpoint;
+use alexnet_cuda::data::workers_for;
+use alexnet_cuda::device::Device;
+use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data, EvalResult};
+use alexnet_cuda::features::spread;
+use alexnet_cuda::model::net::Network;
+
+use super::common::{crop_rows, positive, set_threads};
+use super::device::{on_device, DeviceArgs};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
+    #[arg(long)]
+    ten_crop: bool,
+    /// Images per batch (default: the run's training batch).
+    #[arg(long, value_parser = positive)]
+    batch: Option<u64>,
+    /// Evaluate N images spread evenly over the set.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Evaluate and print the result.
+pub fn run(args: EvalArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let topo = ck.state.net.topology()?;
+    let device = args.device.resolve()?;
+    let batch = args
+        .batch
+        .map(|b| b as usize)
+        .unwrap_or(ck.state.options.batch);
+    let set = open_eval_data(&args.data, &ck, !args.no_progress)?;
+    let idx = spread(set.len(), args.limit.map(|k| k as usize));
+    // Ten crops make ten rows per image: keep the rows per step near `batch`.
+    let per_step = if args.ten_crop {
+        (batch / 10).max(1)
+    } else {
+        batch
+    };
+    let workers = workers_for(args.workers, matches!(device, Device::Cuda(_)));
+    let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
+    let pb = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(idx.len() as u64)
+    };
+    let t0 = Instant::now();
+    let r = on_device!(&device, args.device, |be| {
+        let mut net = Network::new(&be, &topo, per_step * crop_rows(args.ten_crop), 0)?;
+        ck.restore(&mut net, false)?;
+        evaluate(&mut net, &set, &idx, &cfg, |done| {
+            pb.set_position(done as u64)
+        })?
+    });
+    pb.finish_and_clear();
+    print_result(&args, &r, t0.elapsed().as_secs_f64())
+}
+
+/// eval's --json line (scripts/gpu-check reads it).
+#[derive(Serialize)]
+struct EvalReport {
+    checkpoint: String,
+    data: String,
+    /// "centre-crop" or "10-crop".
+    mode: &'static str,
+    images: usize,
+    top1_error: f64,
+    top5_error: f64,
+    loss: f64,
+    seconds: f64,
+}
+
+/// The result as text, or (--json) as one JSON line.
+fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) -> Result<()> {
+    let mode = if args.ten_crop {
+        "10-crop"
+    } else {
+        "centre-crop"
+    };
+    if args.json {
+        let report = EvalReport {
+            checkpoint: args.checkpoint.display().to_string(),
+            data: args.data.display().to_string(),
+            mode,
+            images: r.images,
+            top1_error: 1.0 - r.top1,
+            top5_error: 1.0 - r.top5,
+            loss: r.loss,
+            seconds,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} images (loss {:.4}, {:.0} images/s)",
+            100.0 * (1.0 - r.top1),
+            100.0 * (1.0 - r.top5),
+            r.images,
+            r.loss,
+            r.images as f64 / seconds
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! `filters`: draw conv1's kernels per tower (the paper's figure 3) to a
+//! PNG and print how colour-specific each tower is, as a table or JSON.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use alexnet_cuda::viz::filters;
+
+#[derive(Args)]
+pub struct FiltersArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder) or an exported safetensors file.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The config, for a safetensors file whose metadata names none (written by PyTorch, say).
+    // A string, as train's --config: the library resolves and lists the names.
+    #[arg(long)]
+    config: Option<String>,
+    /// One JSON line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Draw the picture and print the towers' colour table.
+pub fn run(args: FiltersArgs) -> Result<()> {
+    filters::check_out(&args.out)?;
+    let conv1 = filters::load(&args.checkpoint, args.config.as_deref())?;
+    let layout = filters::write_png(&conv1, &args.out)?;
+    let towers = filters::tower_colour(&conv1);
+    if args.json {
+        let line = serde_json::json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "out": args.out.display().to_string(),
+            "config": conv1.config,
+            "kernels": conv1.count(),
+            "k": conv1.k,
+            "width": layout.width,
+            "height": layout.height,
+            "towers": towers,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "conv1 of {}: {} kernels of {k}x{k}x3 on {} tower(s); wrote {} ({}x{})",
+            conv1.config,
+            conv1.count(),
+            conv1.towers.len(),
+            args.out.display(),
+            layout.width,
+            layout.height,
+            k = conv1.k,
+        );
+        println!("colour share: a kernel's energy off the grey axis (0 grey, 1 no grey pattern)");
+        print!("{}", filters::render_table(&towers));
+    }
+    Ok(())
+}

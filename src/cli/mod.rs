@@ -1,0 +1,22 @@
+//! The commands of the `alexnet-cuda` binary, one module each: its flags
+//! (a clap `Args` struct) and its `run`. `common` and `device` hold the
+//! flags and helpers several commands share; `nccl` makes NCCL loadable
+//! for the runs that average gradients with it.
+pub mod bench;
+pub mod common;
+pub mod demo_data;
+pub mod device;
+pub mod eval;
+pub mod export;
+pub mod features;
+pub mod filters;
+pub mod gpu_ops;
+pub mod nccl;
+pub mod nccl_check;
+pub mod neighbors;
+pub mod nvrtc_check;
+pub mod predict;
+pub mod prepare;
+pub mod scaling;
+pub mod summary;
+pub mod train;

@@ -1,0 +1,111 @@
+//! `neighbors`: the k training images nearest to query images by fc7
+//! Euclidean distance, as a picture (the paper's Figure 4, right) and a
+//! tab-separated table.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use alexnet_cuda::checkpoint;
+use alexnet_cuda::data::workers_for;
+use alexnet_cuda::device::Device;
+use alexnet_cuda::features;
+
+use super::common::{positive, set_threads};
+use super::device::{on_device, DeviceArgs};
+
+#[derive(Args)]
+pub struct NeighborsArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// The images searched: a store folder, a `prepare` output folder (its train/), or class sub-folders.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Query images (JPEG, PNG): resized and centre-cropped as predict does.
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true)]
+    query: Vec<PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 6, value_parser = positive)]
+    k: u64,
+    /// The picture (PNG): one row per query, the query then its neighbours with class and distance.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out as OUT.fc7.npy).
+    #[arg(long, value_name = "FILE")]
+    features: Option<PathBuf>,
+    /// Side of each picture in the grid, pixels.
+    #[arg(long, default_value_t = 96, value_parser = positive)]
+    cell: u64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    batch: u64,
+    /// Search N images spread evenly over the set (as `features --limit N`).
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Loader threads (default: as eval).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Find the neighbours, draw them, and print them as a table.
+pub fn run(args: NeighborsArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let device = args.device.resolve()?;
+    let job = features::NeighborsJob {
+        ck: &ck,
+        data: &args.data,
+        queries: &args.query,
+        k: args.k as usize,
+        out: &args.out,
+        features: args.features.as_deref(),
+        batch: args.batch as usize,
+        limit: args.limit.map(|l| l as usize),
+        workers: workers_for(args.workers, matches!(device, Device::Cuda(_))),
+        progress: !args.no_progress,
+        cell: args.cell as usize,
+    };
+    let r = on_device!(&device, args.device, |be| features::neighbors(&be, &job)?);
+    print_table(&r);
+    println!(
+        "{}: {} queries x {} neighbours among {} images ({} {})",
+        args.out.display(),
+        r.results.len(),
+        args.k,
+        r.set_rows,
+        if r.computed {
+            "fc7 written to"
+        } else {
+            "fc7 read from"
+        },
+        r.features.display()
+    );
+    Ok(())
+}
+
+/// One tab-separated line per neighbour of each query.
+fn print_table(r: &features::NeighborsReport) {
+    println!("query\trank\tclass\tdistance\tindex\tsource");
+    for q in &r.results {
+        for n in &q.neighbors {
+            println!(
+                "{}\t{}\t{}\t{:.3}\t{}\t{}",
+                q.query.display(),
+                n.rank,
+                n.class,
+                n.dist,
+                n.index,
+                n.source.as_deref().unwrap_or("-")
+            );
+        }
+    }
+}

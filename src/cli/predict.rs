@@ -1,0 +1,158 @@
+//! `predict`: the top classes of images (or of a preprocessed NCHW batch
+//! from a .npy file) under a checkpoint, on the CPU; optionally the raw
+//! logits to a .npy file.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tracing::info;
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::data::{batches, decode_file, ImageSet, ImageSource};
+use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
+use alexnet_cuda::model::net::Network;
+use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::trainable::Model;
+use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+
+use super::common::{crop_rows, positive, set_threads};
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Images (JPEG, PNG): resized, centre-cropped and normalised as in evaluation.
+    #[arg(
+        value_name = "IMAGE",
+        required_unless_present = "input_npy",
+        conflicts_with = "input_npy"
+    )]
+    images: Vec<PathBuf>,
+    /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.
+    #[arg(long, value_name = "FILE")]
+    input_npy: Option<PathBuf>,
+    /// Write the raw logits (rows x classes, float32) to this .npy file.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
+    /// Average the softmax over the paper's 10 crops (the logits file then has 10 rows per image).
+    #[arg(long, conflicts_with = "input_npy")]
+    ten_crop: bool,
+    /// Classes to list per input.
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    top: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// What the network made of the inputs: a label per input, the logits
+/// (one row per network row) and the probabilities (one row per input).
+struct Rows {
+    labels: Vec<String>,
+    logits: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+/// Classify the inputs and print each one's top classes.
+pub fn run(args: PredictArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let topo = ck.state.net.topology()?;
+    let chunk = ck.state.options.batch.clamp(1, 64);
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, chunk, 0)?;
+    ck.restore(&mut net, false)?;
+    let rows = match &args.input_npy {
+        Some(path) => npy_rows(&mut net, &topo, path, chunk)?,
+        None => image_rows(&mut net, topo.classes, &ck, &args, chunk)?,
+    };
+    let classes = topo.classes;
+    print_top(&ck, &rows, classes, args.top as usize);
+    if let Some(path) = &args.logits {
+        let n = rows.logits.len() / classes;
+        write_npy_f32(path, &[n, classes], &rows.logits)?;
+        info!("wrote {n} logits rows to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A preprocessed batch from a .npy file, checked against the network's input.
+fn npy_rows(net: &mut dyn Model, topo: &Topology, path: &Path, chunk: usize) -> Result<Rows> {
+    let (shape, x) = read_npy_f32(path)?;
+    let side = topo.crop;
+    let want = [topo.channels, side, side];
+    if shape.len() != 4 || shape[1..] != want {
+        bail!(
+            "{}: shape {shape:?}, but config {} takes [N, {}, {side}, {side}] (float32, NCHW, preprocessed as in training: mean subtracted)",
+            path.display(),
+            topo.name,
+            topo.channels
+        );
+    }
+    let (logits, probs) = forward_rows(net, &x, chunk)?;
+    let labels = (0..shape[0])
+        .map(|i| format!("{} row {i}", path.display()))
+        .collect();
+    Ok(Rows {
+        labels,
+        logits,
+        probs,
+    })
+}
+
+/// Image files, decoded and cropped as evaluation does (--ten-crop: the
+/// softmax averaged over the ten crops).
+fn image_rows(
+    net: &mut dyn Model,
+    classes: usize,
+    ck: &Checkpoint,
+    args: &PredictArgs,
+    chunk: usize,
+) -> Result<Rows> {
+    let size = ck.state.preprocess.image_size;
+    let mut pixels = Vec::with_capacity(args.images.len() * size * size * 3);
+    for p in &args.images {
+        pixels.extend(decode_file(p, size)?);
+    }
+    let n = args.images.len();
+    let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
+    let set: Arc<dyn ImageSource> = Arc::new(set);
+    let per_step = (chunk / crop_rows(args.ten_crop)).max(1);
+    let cfg = loader_for(ck, per_step, args.ten_crop, 0);
+    let idx: Vec<usize> = (0..n).collect();
+    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+    for b in batches(Arc::clone(&set), &idx, &cfg, 0)? {
+        let b = b?;
+        let (l, p) = forward_rows(net, &b.x, b.n * b.crops)?;
+        logits.extend(l);
+        probs.extend(average_crops(&p, b.crops, classes));
+    }
+    let labels = args
+        .images
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Ok(Rows {
+        labels,
+        logits,
+        probs,
+    })
+}
+
+/// Each input's label, then its `top` classes with probability, synset and name.
+fn print_top(ck: &Checkpoint, rows: &Rows, classes: usize, top: usize) {
+    let names = &ck.state.names;
+    for (label, row) in rows.labels.iter().zip(rows.probs.chunks_exact(classes)) {
+        println!("{label}");
+        for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
+            let id = &ck.state.classes[c];
+            match names.get(c).filter(|n| !n.is_empty() && *n != id) {
+                Some(name) => println!("  {}. {:6.2}%  {id}  {name}", rank + 1, 100.0 * p),
+                None => println!("  {}. {:6.2}%  {id}", rank + 1, 100.0 * p),
+            }
+        }
+    }
+}

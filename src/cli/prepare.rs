@@ -1,0 +1,111 @@
+//! `prepare`: pack an ImageNet-style image tree into the memory-mapped
+//! stores training reads, and print what went in.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
+use alexnet_cuda::data::{Encoding, StoreMeta};
+
+use super::common::{positive, set_threads};
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Training images: one sub-folder per class (train/<synset>/*.JPEG).
+    #[arg(long, value_name = "DIR")]
+    train: PathBuf,
+    /// Validation images: class sub-folders, or flat with --val-labels.
+    #[arg(long, value_name = "DIR")]
+    val: Option<PathBuf>,
+    /// Labels of a flat val folder: a `file,synset` CSV, or the devkit's ILSVRC2012_validation_ground_truth.txt (with --val-synsets).
+    #[arg(long, value_name = "FILE", requires = "val")]
+    val_labels: Option<PathBuf>,
+    /// The synsets in devkit ID order, one per line (for devkit ground truth).
+    #[arg(long, value_name = "FILE", requires = "val_labels")]
+    val_synsets: Option<PathBuf>,
+    /// Class names: lines of `synset name` (LOC_synset_mapping.txt or synset_words.txt).
+    #[arg(long, value_name = "FILE")]
+    names: Option<PathBuf>,
+    /// Output folder: gets train/ and val/ stores.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Side of the stored images (the paper: 256).
+    #[arg(long, default_value_t = 256, value_parser = positive)]
+    size: u64,
+    /// Storage: jpeg (about 40 KB per 256x256 image) or raw (196 KB, no decoding).
+    #[arg(long, value_enum, default_value_t = StoreFormat::Jpeg)]
+    format: StoreFormat,
+    /// JPEG quality, 1 to 100.
+    #[arg(long, default_value_t = 90)]
+    quality: u8,
+    /// Take only this many training images, balanced over classes.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// --format's values: the library's `Encoding`.
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreFormat {
+    Jpeg,
+    Raw,
+}
+
+impl From<StoreFormat> for Encoding {
+    fn from(f: StoreFormat) -> Encoding {
+        match f {
+            StoreFormat::Jpeg => Encoding::Jpeg,
+            StoreFormat::Raw => Encoding::Raw,
+        }
+    }
+}
+
+/// Write the stores and print a line for each.
+pub fn run(args: PrepareArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let opts = options(args);
+    let r = prepare(&opts)?;
+    print_store("train", &r.train);
+    if let Some(v) = &r.val {
+        print_store("val", v);
+    }
+    println!(
+        "wrote {} in {:.1} s; train with --data {}",
+        opts.out.display(),
+        r.seconds,
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// The library's options from the flags.
+fn options(args: PrepareArgs) -> PrepareOptions {
+    let mut opts = PrepareOptions::new(args.train, args.out);
+    opts.val = args.val;
+    opts.val_labels = args.val_labels;
+    opts.val_synsets = args.val_synsets;
+    opts.names = args.names;
+    opts.size = args.size as usize;
+    opts.encoding = args.format.into();
+    opts.quality = args.quality;
+    opts.limit = args.limit.map(|v| v as usize);
+    opts.progress = !args.no_progress;
+    opts
+}
+
+/// One store's line: images, classes, skipped files, size.
+fn print_store(what: &str, m: &StoreMeta) {
+    println!(
+        "{what}: {} images of {} classes, {} skipped, {:.1} MB",
+        m.count,
+        m.classes.len(),
+        m.skipped,
+        m.data_bytes as f64 / 1e6
+    )
+}

@@ -1,0 +1,377 @@
+//! `train`: the training command. Turns the flags (or a run to resume) into
+//! the library's `TrainOptions`, runs the loop on the devices asked for,
+//! and prints how the run ended; SIGINT/SIGTERM end it at a checkpoint.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use tempfile::TempDir;
+use tracing::info;
+
+use alexnet_cuda::backend::Backend;
+use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::data::write_demo_dataset;
+use alexnet_cuda::metrics::MetricsFormat;
+use alexnet_cuda::model::spec::NetSpec;
+use alexnet_cuda::model::topology::{InitRecipe, Topology};
+use alexnet_cuda::model::trainable::Layout;
+use alexnet_cuda::parallel::{self, OnLayout};
+use alexnet_cuda::run_state::RunOptions;
+use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
+use alexnet_cuda::world::World;
+
+use super::common::{flag_value, positive, set_threads, NetArgs};
+use super::device::{DeviceArgs, ParallelArgs};
+use super::nccl::ensure_nccl;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Data: a store from `prepare` (its output folder), or a folder with one sub-folder of images per class.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Generate a small synthetic data set and train the cifar config on it for about a minute.
+    #[arg(long, conflicts_with = "data")]
+    demo: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    parallel: ParallelArgs,
+    /// Epochs (default: the config's recipe).
+    #[arg(long, value_parser = positive)]
+    epochs: Option<u64>,
+    /// Images per step (default: the config's recipe; the paper: 128).
+    #[arg(long, value_parser = positive)]
+    batch: Option<u64>,
+    /// Initial learning rate (default: the config's recipe; the paper: 0.01).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Images held out for validation.
+    #[arg(long, default_value_t = 5000)]
+    val: usize,
+    /// Use only this many images, balanced over classes.
+    #[arg(long, value_parser = positive)]
+    limit: Option<u64>,
+    /// Divide the learning rate by 10 at these epochs (e.g. 10,15) instead of on plateaus.
+    #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
+    lr_milestones: Option<Vec<usize>>,
+    /// Epochs without validation improvement before the learning rate drops (paper's schedule).
+    #[arg(long, default_value_t = 2, value_parser = positive)]
+    patience: u64,
+    /// Stop after the epoch that would run past this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
+    /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
+    #[arg(long, value_parser = positive)]
+    crop: Option<u64>,
+    /// The run folder: checkpoints, steps.csv, epochs.csv, curves.png (default: runs/<config>-N, the first N not taken).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
+    resume: Option<PathBuf>,
+    /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
+    #[arg(long, value_enum)]
+    recipe: Option<RecipeFlag>,
+    /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
+    #[arg(long, value_name = "FILE")]
+    init_from: Option<PathBuf>,
+    /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    checkpoint_every: u64,
+    /// Checkpoints to keep (the newest; best.safetensors is kept besides).
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: u64,
+    /// Metrics files: csv or jsonl.
+    #[arg(long, value_enum, default_value_t = MetricsFlag::Csv)]
+    metrics_format: MetricsFlag,
+    /// The paper's schedule: at most this many drops of the learning rate.
+    #[arg(long, default_value_t = 3)]
+    max_drops: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// --recipe's values: the library's `InitRecipe`.
+#[derive(Clone, Copy, ValueEnum)]
+enum RecipeFlag {
+    Caffe,
+    Paper,
+}
+
+impl From<RecipeFlag> for InitRecipe {
+    fn from(r: RecipeFlag) -> InitRecipe {
+        match r {
+            RecipeFlag::Caffe => InitRecipe::Caffe,
+            RecipeFlag::Paper => InitRecipe::Paper,
+        }
+    }
+}
+
+/// --metrics-format's values: the library's `MetricsFormat`.
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricsFlag {
+    Csv,
+    Jsonl,
+}
+
+impl From<MetricsFlag> for MetricsFormat {
+    fn from(m: MetricsFlag) -> MetricsFormat {
+        match m {
+            MetricsFlag::Csv => MetricsFormat::Csv,
+            MetricsFlag::Jsonl => MetricsFormat::Jsonl,
+        }
+    }
+}
+
+/// Train as the flags say; a run stopped by a signal exits with 128 + its
+/// number after saying how to continue.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let world = World::from_env()?;
+    let request = args.device.request(&args.parallel, &world)?;
+    ensure_nccl(parallel::nccl_use(&request, &world)?)?;
+    set_threads(args.threads)?;
+    let resume = match &args.resume {
+        Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
+        None => None,
+    };
+    let spec = match &resume {
+        Some(ck) => ck.state.net.clone(),
+        None => args.net.spec(if args.demo { "cifar" } else { "alexnet" }),
+    };
+    let topo = spec.topology()?;
+    // The demo's data lives as long as this guard.
+    let (data, _demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
+    let mut opts = options(&args, &topo, data, resume.as_deref())?;
+    if let Some(ck) = resume {
+        opts = resume_options(opts, &ck);
+        opts.resume = Some(ck);
+    }
+    let (stop, signal_status) = stop_on_signals()?;
+    opts.stop = Some(stop);
+    if !world.is_writer() {
+        info!(
+            "process {} of {}: rank 0 writes the run folder; this one keeps nothing",
+            world.rank, world.size
+        );
+        opts.out = None;
+    }
+    opts.world = world;
+    let report = parallel::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
+    let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
+    if report.interrupted {
+        // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
+        print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
+        let code = signal_status.load(Ordering::Relaxed);
+        std::process::exit(if code == 0 { 130 } else { code as i32 });
+    }
+    print_finished(&report, run_dir);
+    Ok(())
+}
+
+/// `train` on whichever devices the request resolves to.
+struct TrainOn<'a>(&'a NetSpec, &'a TrainOptions);
+
+impl OnLayout for TrainOn<'_> {
+    type Out = TrainReport;
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<TrainReport> {
+        train(layout, self.0, self.1)
+    }
+}
+
+/// The images to train on: --data, the resumed run's, or (--demo) a
+/// synthetic set in a temporary folder that lives as long as the guard.
+fn data_folder(
+    args: &TrainArgs,
+    topo: &Topology,
+    resume: Option<&Checkpoint>,
+) -> Result<(PathBuf, Option<TempDir>)> {
+    if args.demo {
+        let dir = tempfile::Builder::new()
+            .prefix("alexnet-demo-")
+            .tempdir()
+            .context("--demo: could not create a temporary folder")?;
+        info!(
+            "demo: writing a synthetic data set of 10 visible classes to {}",
+            dir.path().display()
+        );
+        write_demo_dataset(dir.path(), 10, 400, topo.image_size, args.seed)?;
+        return Ok((dir.path().to_path_buf(), Some(dir)));
+    }
+    match (&args.data, resume) {
+        (Some(d), _) => Ok((d.clone(), None)),
+        (None, Some(ck)) => Ok((PathBuf::from(&ck.state.data), None)),
+        (None, None) => bail!("train: pass --data DIR (a store from `prepare`, or one sub-folder of images per class) or --demo"),
+    }
+}
+
+/// The loop's options from the flags (a resumed run's own are applied
+/// after, by `resume_options`).
+fn options(
+    args: &TrainArgs,
+    topo: &Topology,
+    data: PathBuf,
+    resume: Option<&Checkpoint>,
+) -> Result<TrainOptions> {
+    let mut opts = TrainOptions::for_topology(topo, data);
+    if args.demo {
+        opts.run.val = 500;
+        opts.run.epochs = 14;
+        opts.time_limit = Some(Duration::from_secs(80));
+        opts.run.schedule = Schedule::Milestones(vec![11]);
+    }
+    run_options(args, &mut opts.run, resume)?;
+    if let Some(t) = args.time_limit {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--time-limit must be a positive number of seconds, not {t}");
+        }
+        opts.time_limit = Some(Duration::from_secs_f64(t));
+    }
+    opts.workers = args.workers;
+    opts.progress = !args.no_progress;
+    opts.checkpoint_every = args.checkpoint_every;
+    opts.keep = args.keep as usize;
+    opts.metrics_format = args.metrics_format.into();
+    if let Some(r) = args.recipe {
+        opts.run.init = recipe(r, topo)?;
+    }
+    opts.init_from = args.init_from.clone();
+    opts.out = Some(run_folder(args, topo, resume));
+    Ok(opts)
+}
+
+/// What defines the run: epochs, batch, learning rate and its schedule,
+/// the split, the crop and the seed.
+fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoint>) -> Result<()> {
+    if let Some(e) = args.epochs {
+        run.epochs = e as usize;
+    } else if let Some(ck) = resume {
+        run.epochs = ck.state.options.epochs;
+    }
+    if let Some(b) = args.batch {
+        run.batch = b as usize;
+    }
+    if let Some(lr) = args.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("--lr must be a positive number, not {lr}");
+        }
+        run.lr = lr;
+    }
+    if !args.demo {
+        run.val = args.val;
+    }
+    run.limit = args.limit.map(|l| l as usize);
+    if let Some(m) = &args.lr_milestones {
+        run.schedule = Schedule::Milestones(m.clone());
+    } else if !args.demo {
+        run.schedule = Schedule::Plateau {
+            patience: args.patience as usize,
+            max_drops: args.max_drops,
+        };
+    }
+    run.crop = args.crop.map(|c| c as usize);
+    run.seed = args.seed;
+    Ok(())
+}
+
+/// --recipe, refused for configs without the paper's biases of 1.
+fn recipe(r: RecipeFlag, topo: &Topology) -> Result<InitRecipe> {
+    if !topo.has_one_biases() {
+        bail!(
+            "--recipe {}: config {} has no biases of 1 (it starts from He init and zero biases), so the recipes are the same; leave --recipe out",
+            flag_value(&r),
+            topo.name
+        );
+    }
+    Ok(r.into())
+}
+
+/// The run folder: the resumed checkpoint's, --out, or the first free
+/// runs/<config>-N.
+fn run_folder(args: &TrainArgs, topo: &Topology, resume: Option<&Checkpoint>) -> PathBuf {
+    match (resume, &args.out) {
+        (Some(ck), _) => ck
+            .path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        (None, Some(o)) => o.clone(),
+        (None, None) => default_run_dir(if args.demo { "demo" } else { &topo.name }),
+    }
+}
+
+/// `runs/<name>-N` for the first N not taken.
+fn default_run_dir(name: &str) -> PathBuf {
+    (1..)
+        .map(|n| PathBuf::from("runs").join(format!("{name}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from("runs").join(name))
+}
+
+/// SIGINT and SIGTERM set `stop` (training finishes its step, writes a
+/// checkpoint and returns); a second SIGINT ends the process at once.
+/// Returns the flag and the exit status the signal asks for (128 + signo).
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as it was before this signal.
+        flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .context("could not install signal handlers")?;
+        flag::register(sig, Arc::clone(&stop)).context("could not install signal handlers")?;
+        flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
+            .context("could not install signal handlers")?;
+    }
+    Ok((stop, status))
+}
+
+/// A run stopped at a signal: where its checkpoint is and how to go on.
+fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) {
+    println!(
+        "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}{device_flags}",
+        match &report.checkpoint {
+            Some(p) => format!("checkpoint {}", p.display()),
+            None => "no checkpoint written".into(),
+        },
+        run_dir.display(),
+    );
+}
+
+/// A finished run: validation accuracy first and last, speed, and where
+/// its checkpoints are.
+fn print_finished(report: &TrainReport, run_dir: &Path) {
+    if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
+        println!(
+            "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
+            100.0 * first.val_top1,
+            100.0 * last.val_top1,
+            last.epoch,
+            100.0 / report.classes.len() as f64,
+            last.images_per_s,
+            last.elapsed_s
+        );
+    }
+    if let Some(p) = &report.checkpoint {
+        println!(
+            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} --data DIR",
+            run_dir.display(),
+            p.display(),
+            run_dir.join("best.safetensors").display()
+        );
+    }
+}
