@@ -94,8 +94,8 @@ fn run() -> Result<()> {
     }
 }
 
-/// Log to stderr (RUST_LOG, default info; colour on a terminal), run, and
-/// end a failure as one error line and exit status 1.
+/// Log to stderr above any progress bars (RUST_LOG, default info; colour on
+/// a terminal), run, and end a failure as one error line and exit status 1.
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -104,7 +104,7 @@ fn main() {
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(alexnet_cuda::progress::terminal().log_writer())
         .init();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");

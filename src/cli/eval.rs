@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::ProgressBar;
 use serde::Serialize;
 
 use alexnet_cuda::checkpoint;
@@ -71,11 +70,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let workers = workers_for(args.workers, matches!(device, Device::Cuda(_)));
     let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
-    let pb = if args.no_progress {
-        ProgressBar::hidden()
+    let label = if args.ten_crop {
+        "eval (10 crops)"
     } else {
-        ProgressBar::new(idx.len() as u64)
+        "eval"
     };
+    let pb = alexnet_cuda::progress::bar(idx.len(), label, !args.no_progress);
     let t0 = Instant::now();
     let r = on_device!(&device, args.device, |be| {
         let mut net = Network::new(&be, &topo, per_step * crop_rows(args.ten_crop), 0)?;
