@@ -1,4 +1,4 @@
-//! Build script: owns the CUDA kernels' build (DESIGN.md, "Kernels and build.rs").
+//! Build script: owns the CUDA kernels' build (ARCHITECTURE.md, "Kernels and build.rs").
 //!
 //! 1. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH). When
 //!    found, compiles each kernels/*.cu into a fatbin (PTX for a base

@@ -1,6 +1,6 @@
 //! Which device a command runs on. `--cpu` asks for the CPU backend, `--gpus
 //! LIST` for CUDA; with neither, CUDA is used when the driver library and a
-//! GPU are present, and the choice is logged (DESIGN.md, "Backends"). The
+//! GPU are present, and the choice is logged (ARCHITECTURE.md, "Backends and stages"). The
 //! CUDA probe checks for libcuda before calling into it: cudarc panics when
 //! the library is absent, so absence must become an error or the CPU here.
 use tracing::info;

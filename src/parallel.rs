@@ -1,5 +1,5 @@
 //! From the command line's `--cpu` / `--gpus` / `--parallel` / `--replicas`
-//! to devices and a `Layout` (DESIGN.md, Multi-GPU): how many backends to
+//! to devices and a `Layout` (ARCHITECTURE.md, "Distribution"): how many backends to
 //! open, which pairs hold the two towers, and which all-reduce sums the
 //! replicas' gradients (NCCL on GPUs; on CPU devices in process, or over
 //! TCP across processes).

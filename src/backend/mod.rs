@@ -6,7 +6,7 @@
 //! - backward ops *overwrite* their outputs (no accumulation);
 //! - `n` is the batch size; conv and pool geometry carry their own sizes;
 //! - a group count `g` splits input and output channels into `g` equal,
-//!   independent slices, exactly as a two-tower layer does (DESIGN.md).
+//!   independent slices, exactly as a two-tower layer does (ARCHITECTURE.md, "Backends and stages").
 pub mod cpu;
 pub mod cuda;
 pub mod host_kernels;

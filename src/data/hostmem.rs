@@ -2,7 +2,7 @@
 //! memory; a GPU backend hands the loader an allocator of page-locked
 //! ("pinned") memory instead, so the loader's workers write each batch
 //! straight into memory the GPU can copy from by DMA, asynchronously, with
-//! no staging copy (DESIGN.md, "Data"). Buffers are recycled with their
+//! no staging copy (ARCHITECTURE.md, "The data path"). Buffers are recycled with their
 //! batches, so after the first few batches nothing is allocated.
 use std::fmt;
 use std::ops::{Deref, DerefMut};

@@ -1,4 +1,4 @@
-//! NCCL all-reduce for data parallelism on GPUs (DESIGN.md, Multi-GPU): the
+//! NCCL all-reduce for data parallelism on GPUs (ARCHITECTURE.md, "Distribution"): the
 //! transport `model::replicas` uses where `HostAllReduce` serves CPU
 //! replicas. One process drives its local GPUs; one communicator per tensor
 //! part (a tower's half under hybrid parallelism) spans that part's device

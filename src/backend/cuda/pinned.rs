@@ -2,7 +2,7 @@
 //! loader an allocator (`Backend::host_alloc`) whose buffers are pinned, and
 //! remembers their address ranges: an upload whose source lies inside one is
 //! copied by DMA straight from it on the copy stream, with no staging copy
-//! (DESIGN.md, "Data": the loader writes into pinned host memory). The
+//! (ARCHITECTURE.md, "The data path": the loader writes into pinned host memory). The
 //! buffers are portable (pinned for every context), and one registry serves
 //! the whole process, so every GPU's uploads take the fast path, not only
 //! those of the GPU whose allocator the loader was given.
