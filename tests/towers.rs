@@ -9,7 +9,7 @@ use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::TowerNetwork;
-use common::{batch, bits, narrow, scaled_diff};
+use common::{batch, bits, max_nan, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,
@@ -71,7 +71,7 @@ fn compare(topo: &Topology, n: usize, steps: usize, tol: f32) -> (f32, f32) {
                 d <= tol,
                 "gradient of {name} at step {step}: {d:e} of its scale"
             );
-            worst_grad = worst_grad.max(d);
+            worst_grad = max_nan(worst_grad, d);
         }
         single.sgd_step(&HP).unwrap();
         towers.sgd_step(&HP).unwrap();
@@ -79,7 +79,7 @@ fn compare(topo: &Topology, n: usize, steps: usize, tol: f32) -> (f32, f32) {
             let (s, t) = (single.param(name).unwrap(), towers.param(name).unwrap());
             let d = scaled_diff(&t, &s);
             assert!(d <= tol, "{name} after step {step}: {d:e} of its scale");
-            worst_param = worst_param.max(d);
+            worst_param = max_nan(worst_param, d);
             let (s, t) = (
                 single.momentum(name).unwrap(),
                 towers.momentum(name).unwrap(),
