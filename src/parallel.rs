@@ -354,6 +354,7 @@ mod tests {
             size: 2,
             local_rank: 0,
             master: Some(("h".into(), 29500)),
+            listen_fd: None,
         };
         let use_of = |r: &Request, w: &World| nccl_use(r, w).unwrap();
         assert_eq!(use_of(&gpus("0,1", None), &one), NcclUse::No);

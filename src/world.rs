@@ -12,7 +12,10 @@
 //! listens there (NVIDIA/nccl issue 730 describes the mechanism);
 //! communicator `part` listens on MASTER_PORT + 1 + part, since torchrun's
 //! own store already holds MASTER_PORT. CPU runs meet over TCP at
-//! MASTER_PORT + 1 (`model::tcp_reduce`).
+//! MASTER_PORT + 1 (`model::tcp_reduce`), on MASTER_ADDR only; a launcher
+//! that reserved that port by binding it can hand rank 0 the bound socket
+//! instead (ALEXNET_LISTEN_FD, the inherited descriptor's number), so the
+//! port is never free for another program to take in between.
 use crate::error::{Error, Result};
 
 /// This process's place in the run.
@@ -23,6 +26,9 @@ pub struct World {
     pub local_rank: usize,
     /// MASTER_ADDR and MASTER_PORT: where rank 0 listens (None: one process).
     pub master: Option<(String, u16)>,
+    /// ALEXNET_LISTEN_FD: rank 0's listening socket for the CPU all-reduce,
+    /// inherited already bound at MASTER_ADDR:MASTER_PORT + 1.
+    pub listen_fd: Option<i32>,
 }
 
 impl World {
@@ -33,6 +39,7 @@ impl World {
             size: 1,
             local_rank: 0,
             master: None,
+            listen_fd: None,
         }
     }
 
@@ -101,11 +108,27 @@ impl World {
                     u16::MAX - 8
                 ))
             })?;
+        let listen_fd = match var("ALEXNET_LISTEN_FD") {
+            None => None,
+            Some(v) => Some(v.trim().parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(
+                || {
+                    Error::Config(format!(
+                        "ALEXNET_LISTEN_FD={v}: not a file descriptor number; unset it, or give the descriptor of the inherited listening socket"
+                    ))
+                },
+            )?),
+        };
+        if listen_fd.is_some() && rank != 0 {
+            return Err(Error::Config(format!(
+                "ALEXNET_LISTEN_FD is set for RANK={rank}: only rank 0 listens; unset it in the other processes"
+            )));
+        }
         Ok(World {
             rank,
             size,
             local_rank,
             master: Some((addr.trim().to_string(), port)),
+            listen_fd,
         })
     }
 
@@ -178,12 +201,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(v6.nccl_comm_id(0).as_deref(), Some("[fe80::1]:29501"));
+        assert_eq!((w.listen_fd, v6.listen_fd), (None, None));
+        let handed = world(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+            ("ALEXNET_LISTEN_FD", "3"),
+        ])
+        .unwrap();
+        assert_eq!(handed.listen_fd, Some(3));
     }
 
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 6] = [
+        let cases: [(Vars, &str); 8] = [
             (&[("WORLD_SIZE", "2")], "RANK"),
             (&[("WORLD_SIZE", "2"), ("RANK", "2")], "RANK=2"),
             (&[("WORLD_SIZE", "2"), ("RANK", "1")], "MASTER_ADDR"),
@@ -201,6 +234,26 @@ mod tests {
                 "MASTER_PORT=http",
             ),
             (&[("WORLD_SIZE", "two")], "WORLD_SIZE=two"),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "0"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_LISTEN_FD", "stdin"),
+                ],
+                "ALEXNET_LISTEN_FD=stdin",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_LISTEN_FD", "0"),
+                ],
+                "only rank 0 listens",
+            ),
         ];
         for (vars, want) in cases {
             let msg = world(vars).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 //! fails (file size limit) leaves the previous checkpoint whole; damaged
 //! checkpoints are caught and the previous good one is named. Final weights
 //! are compared with the safetensors crate's reader, not our own.
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -538,26 +539,32 @@ fn parallel_args(mut a: Vec<String>, mode: &str, replicas: &str) -> Vec<String> 
     a
 }
 
-/// A free port on this machine, and the MASTER_PORT that makes rank 0
-/// listen on it (MASTER_PORT + 1).
-fn master_port() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    (port - 1).to_string()
+/// Rank 0's listener for the all-reduce, bound here on loopback at any free
+/// port and handed to rank 0 (`rank_cmd`), so the port is never released
+/// for something else to take first; and the MASTER_PORT that names it
+/// (the all-reduce listens at MASTER_PORT + 1).
+fn master_listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = l.local_addr().expect("its address").port();
+    (l, (port - 1).to_string())
 }
 
-/// `alexnet-cuda ARGS` as rank `rank` of two on this machine.
-fn rank_cmd(args: &[String], rank: &str, master_port: &str) -> Command {
+/// `alexnet-cuda ARGS` as rank `rank` of two on this machine. Rank 0 gets
+/// `listener` as its standard input and ALEXNET_LISTEN_FD=0 (the inetd
+/// way of handing over a listening socket).
+fn rank_cmd(args: &[String], rank: &str, master: &(TcpListener, String)) -> Command {
+    let (listener, port) = master;
     let mut c = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"));
     c.args(args).envs([
         ("WORLD_SIZE", "2"),
         ("RANK", rank),
         ("MASTER_ADDR", "127.0.0.1"),
-        ("MASTER_PORT", master_port),
+        ("MASTER_PORT", port),
     ]);
+    if rank == "0" {
+        let socket = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup the listener"));
+        c.stdin(socket).env("ALEXNET_LISTEN_FD", "0");
+    }
     c
 }
 
@@ -606,13 +613,13 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
         let args =
             |out: &Path, replicas: &str| parallel_args(train_args(&d, out, 2), mode, replicas);
         run_ok(&args(&one, "2"));
-        let port = master_port();
-        let rank1 = rank_cmd(&args(&other, "1"), "1", &port)
+        let master = master_listener();
+        let rank1 = rank_cmd(&args(&other, "1"), "1", &master)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rank 1");
-        let rank0 = rank_cmd(&args(&two, "1"), "0", &port)
+        let rank0 = rank_cmd(&args(&two, "1"), "0", &master)
             .output()
             .expect("run rank 0");
         let rank1 = rank1.wait_with_output().expect("rank 1 ends");
@@ -647,9 +654,9 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     let d = data(t.path());
     let (out, other) = (t.path().join("run"), t.path().join("rank1"));
     let args = |out: &Path| parallel_args(train_args(&d, out, 50), "data", "1");
-    let port = master_port();
+    let master = master_listener();
     let spawn = |rank: &str, out: &Path, stderr: Stdio| {
-        rank_cmd(&args(out), rank, &port)
+        rank_cmd(&args(out), rank, &master)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -4,6 +4,9 @@
 //!   run must give the same bits as an unscaled one: a test that the scale
 //!   reaches the loss gradient and is removed from every parameter gradient
 //!   exactly once.
+//! - That alone would pass if the scale were never applied, so the
+//!   gradients after a scaled backward pass must be S times the unscaled
+//!   ones, exactly (one device and two towers).
 //! - A non-finite gradient skips the update (weights and momentum untouched)
 //!   and halves the scale; the next clean step updates again.
 use alexnet_cuda::backend::cpu::CpuBackend;
@@ -11,6 +14,7 @@ use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::towers::TowerNetwork;
 use alexnet_cuda::rng::Rng;
 
 const HP: SgdParams = SgdParams {
@@ -59,6 +63,65 @@ fn a_power_of_two_loss_scale_gives_the_unscaled_bits() {
             plain == scaled,
             "loss scale {s}: weights or momentum differ from the unscaled run"
         );
+    }
+}
+
+/// `scaled` equals `plain` times `s`, bit for bit (a power of two scales
+/// exactly), and is not `plain` itself.
+fn assert_scaled(what: &str, scaled: &[f32], plain: &[f32], s: f32) {
+    assert_eq!(scaled.len(), plain.len(), "{what}: lengths");
+    assert!(
+        plain.iter().any(|&g| g != 0.0),
+        "{what}: an all-zero gradient cannot show the scale"
+    );
+    for (i, (&g, &p)) in scaled.iter().zip(plain).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            (p * s).to_bits(),
+            "{what}[{i}]: scaled gradient {g}, unscaled {p} times {s} is {}",
+            p * s
+        );
+    }
+}
+
+#[test]
+fn a_scaled_backward_pass_gives_s_times_the_gradients() {
+    let topo = Topology::cifar();
+    let n = 4;
+    let s = 1024.0f32;
+    let (x, labels) = batch(&topo, n, 31);
+    let be = CpuBackend::new();
+    let grads = |scale: Option<f32>| {
+        let mut net = Network::new(&be, &topo, n, 6).expect("network");
+        net.set_loss_scale(scale.map(LossScale::with_scale));
+        net.forward(&x, &labels, Mode::Train).expect("forward");
+        net.backward().expect("backward");
+        let names = net.param_names();
+        names
+            .into_iter()
+            .map(|p| (net.grad(&p).unwrap(), p))
+            .collect::<Vec<_>>()
+    };
+    let (plain, scaled) = (grads(None), grads(Some(s)));
+    for ((p, name), (g, _)) in plain.iter().zip(&scaled) {
+        assert_scaled(name, g, p, s);
+    }
+
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let tower_grads = |scale: Option<f32>| {
+        let mut net = TowerNetwork::new([&a, &b], &topo, n, 6).expect("towers");
+        net.set_loss_scale(scale.map(LossScale::with_scale));
+        net.forward(&x, &labels, Mode::Train).expect("forward");
+        net.backward().expect("backward");
+        let names = net.param_names();
+        names
+            .into_iter()
+            .map(|p| (net.grad(&p).unwrap(), p))
+            .collect::<Vec<_>>()
+    };
+    let (plain, scaled) = (tower_grads(None), tower_grads(Some(s)));
+    for ((p, name), (g, _)) in plain.iter().zip(&scaled) {
+        assert_scaled(&format!("towers {name}"), g, p, s);
     }
 }
 

@@ -502,56 +502,110 @@ fn generation_files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Whether `dir` holds a data file of a generation other than `committed`:
+/// a prepare has started writing a new store there.
+fn new_generation_started(dir: &Path, committed: &str) -> bool {
+    generation_files(dir)
+        .iter()
+        .any(|f| f.starts_with("data-") && !f.contains(committed))
+}
+
+/// Run `prepare ARGS` and SIGKILL it as soon as `marker` holds (polled
+/// between short sleeps; no deadline). Returns whether the kill interrupted
+/// it (false: it had finished).
+fn kill_at(
+    args: &[&std::ffi::OsStr],
+    marker: impl Fn() -> bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .arg("prepare")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    while !marker() {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill()?; // SIGKILL (Ok if it has already exited)
+    Ok(!child.wait()?.success())
+}
+
+/// SIGKILL at two points marked by what prepare has written, not by time:
+/// once its new training generation's files appear (every image is still
+/// to decode), and once the training store is committed while the
+/// validation store's new files appear. Each kill lands before the
+/// store it interrupts is committed (300 images to decode after each
+/// marker), and whatever it interrupted, every store opens whole.
 #[test]
 fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestResult {
     let t = TempDir::new()?;
-    let small = t.path().join("small");
+    let (small, small_val) = (t.path().join("small"), t.path().join("small-val"));
     good_tree(&small, 2, 20, 20)?;
-    let big = t.path().join("big");
+    good_tree(&small_val, 2, 20, 20)?;
+    let (big, big_val) = (t.path().join("big"), t.path().join("big-val"));
     good_tree(&big, 150, 400, 300)?;
+    good_tree(&big_val, 150, 400, 300)?;
     let out = t.path().join("out");
-    prepare(&opts(&small, &out, 64, Encoding::Jpeg))?;
-    let before = read_meta(&out.join("train"))?;
+    let mut o = opts(&small, &out, 64, Encoding::Jpeg);
+    o.val = Some(small_val.clone());
+    prepare(&o)?;
+    let (train, val) = (out.join("train"), out.join("val"));
+    let (before, before_val) = (read_meta(&train)?, read_meta(&val)?);
+    let args = [
+        "--no-progress".as_ref(),
+        "--size".as_ref(),
+        "64".as_ref(),
+        "--train".as_ref(),
+        big.as_os_str(),
+        "--val".as_ref(),
+        big_val.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
 
-    // Kill a prepare of the big tree into the same folder at several points.
-    let mut interrupted = 0;
-    for delay_ms in [100u64, 250] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-            .args(["prepare", "--no-progress", "--size", "64", "--train"])
-            .arg(&big)
-            .arg("--out")
-            .arg(&out)
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill()?; // SIGKILL
-        interrupted += !child.wait()?.success() as usize;
-        // Whatever the kill interrupted, the committed store opens and every
-        // image checks: the old one, or the new one if it had finished.
-        let s = PackedStore::open(&out.join("train"))?;
+    // 1. While the new training store is being written.
+    let killed = kill_at(&args, || new_generation_started(&train, &before.generation))?;
+    assert!(killed, "prepare finished before the kill");
+    for (dir, old) in [(&train, &before), (&val, &before_val)] {
+        let s = PackedStore::open(dir)?;
         s.verify()?;
-        let m = s.meta();
-        assert!(
-            m.generation == before.generation || m.count == 300,
-            "a partial store was committed: {} images",
-            m.count
-        );
+        assert_eq!(s.meta().generation, old.generation, "{}", dir.display());
     }
-    assert!(
-        interrupted > 0,
-        "both kills came after prepare had finished"
-    );
+
+    // 2. After the training store's commit, while the validation store is
+    //    being written: the new training store, the old validation store.
+    let killed = kill_at(&args, || {
+        read_meta(&train).is_ok_and(|m| m.generation != before.generation)
+            && new_generation_started(&val, &before_val.generation)
+    })?;
+    assert!(killed, "prepare finished before the kill");
+    let s = PackedStore::open(&train)?;
+    s.verify()?;
+    assert_eq!(s.meta().count, 300, "the committed training store is whole");
+    let s = PackedStore::open(&val)?;
+    s.verify()?;
+    assert_eq!(s.meta().generation, before_val.generation);
+
     // A rerun completes and leaves one generation's files.
-    let r = prepare(&opts(&big, &out, 64, Encoding::Jpeg))?;
+    let mut o = opts(&big, &out, 64, Encoding::Jpeg);
+    o.val = Some(big_val);
+    let r = prepare(&o)?;
     assert_eq!(r.train.count, 300);
-    let files = generation_files(&out.join("train"));
-    assert_eq!(files.len(), 4, "{files:?}");
-    assert!(
-        files.iter().all(|f| f.contains(&r.train.generation)),
-        "{files:?}"
-    );
-    PackedStore::open(&out.join("train"))?.verify()?;
+    for (dir, generation) in [
+        (&train, &r.train.generation),
+        (&val, &r.val.as_ref().ok_or("no val store")?.generation),
+    ] {
+        let files = generation_files(dir);
+        assert_eq!(files.len(), 4, "{files:?}");
+        assert!(
+            files.iter().all(|f| f.contains(generation.as_str())),
+            "{files:?}"
+        );
+        PackedStore::open(dir)?.verify()?;
+    }
     Ok(())
 }
 

@@ -152,13 +152,14 @@ impl Report {
             println!("{name:<28} length {} != {}", ours.len(), want.len());
             return;
         }
-        let max_ref = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let max_ref = want.iter().fold(0.0f64, |m, v| max_nan(m, v.abs()));
         let (mut max_err, mut at) = (0.0f64, 0usize);
         let mut finite = true;
         for (i, (a, b)) in ours.iter().zip(want).enumerate() {
             finite &= a.is_finite();
             let e = (a - b).abs();
-            if e > max_err {
+            // NaN never compares greater: keep it so `ok` below is false.
+            if e.is_nan() || e > max_err {
                 (max_err, at) = (e, i);
             }
         }
@@ -203,7 +204,17 @@ fn widen(v: &[f32]) -> Vec<f64> {
 }
 
 fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()))
+    v.iter().fold(0.0f64, |m, &x| max_nan(m, (x as f64).abs()))
+}
+
+/// The larger of `a` and `b`, NaN if either is (`f64::max` drops a NaN, so
+/// a NaN in a tensor would shrink its scale instead of failing the check).
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 #[test]
@@ -445,7 +456,7 @@ fn lrn_forward_matches_the_papers_formula() {
     let (s, x) = lrn_case();
     let (want_y, want_scale) = lrn_paper_f64(&p, &s, &widen(&x));
     // The sum term must matter here, or the check could not tell alpha from alpha / size.
-    let biggest = want_scale.iter().fold(0.0f64, |m, &v| m.max(v)) - p.k as f64;
+    let biggest = want_scale.iter().fold(0.0f64, |m, &v| max_nan(m, v)) - p.k as f64;
     assert!(
         biggest > 0.5,
         "test input too small: alpha * sum only reaches {biggest}"

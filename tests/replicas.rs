@@ -10,7 +10,7 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, HostAllReduce, Replica};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
-use common::{batch, bits, narrow, scaled_diff};
+use common::{batch, bits, max_nan, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,
@@ -78,7 +78,7 @@ fn against_one<M: Replica<CpuBackend>>(
                     d <= TOL,
                     "k={k}: gradient of {name} on replica {r} at step {step}: {d:e}"
                 );
-                worst = worst.max(d);
+                worst = max_nan(worst, d);
             }
         }
         single.sgd_step(&HP).unwrap();
@@ -91,7 +91,7 @@ fn against_one<M: Replica<CpuBackend>>(
                 d <= TOL,
                 "k={k}: {name} after step {step}: {d:e} of its scale"
             );
-            worst = worst.max(d);
+            worst = max_nan(worst, d);
             for r in 1..k {
                 assert_eq!(
                     bits(&dp.replica(r).param(name).unwrap()),

@@ -31,6 +31,19 @@ fn assert_rows(text: &str, rows: &[(&str, &str)]) {
     }
 }
 
+/// The stage's row must hold `cells` as consecutive words.
+fn assert_cells(text: &str, stage: &str, cells: &[&str]) {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(stage))
+        .unwrap_or_else(|| panic!("no row for {stage} in:\n{text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        words.windows(cells.len()).any(|w| w == cells),
+        "{stage}: expected {cells:?} in a row, row is: {line}"
+    );
+}
+
 #[test]
 fn alexnet_summary_matches_the_paper() {
     let s = summary(&["--config", "alexnet"]);
@@ -65,16 +78,20 @@ fn alexnet_summary_matches_the_paper() {
     ] {
         assert_rows(&s, &[(stage, params)]);
     }
-    // Groups and tower split: conv2/4/5 are grouped; every layer is halved.
-    assert_rows(
-        &s,
-        &[
-            ("conv2", "2"),
-            ("conv3", "1"),
-            ("conv1", "48"),
-            ("fc6", "2048"),
-        ],
-    );
+    // Groups and tower split, read as the cells right after the output
+    // (a lone "2" is in every towers cell): conv2/4/5 are grouped, conv1,
+    // conv3 and the fc layers see every input channel; every layer is halved.
+    for (stage, cells) in [
+        ("conv1", ["55x55x96", "1", "2", "x", "48"]),
+        ("conv2", ["27x27x256", "2", "2", "x", "128"]),
+        ("conv3", ["13x13x384", "1", "2", "x", "192"]),
+        ("conv4", ["13x13x384", "2", "2", "x", "192"]),
+        ("conv5", ["13x13x256", "2", "2", "x", "128"]),
+        ("fc6", ["4096", "1", "2", "x", "2048"]),
+        ("fc8", ["1000", "1", "2", "x", "500"]),
+    ] {
+        assert_cells(&s, stage, &cells);
+    }
     // Exchanges (bytes per image, forward): the other tower's half of the
     // input of conv3 (13*13*256 floats), fc6 (6*6*256), fc7 and fc8 (4096).
     assert_rows(

@@ -130,6 +130,35 @@ mod tests {
         assert_eq!(b[9], 3.0);
         b.resize(11, Some(&alloc)).unwrap();
         assert_eq!(made.load(Ordering::Relaxed), 2);
-        assert_eq!(b.clone(), b);
+    }
+
+    #[test]
+    fn a_clone_is_an_independent_copy_in_ordinary_memory() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let m = Arc::clone(&made);
+        let alloc = HostAlloc(Arc::new(move |len| {
+            m.fetch_add(1, Ordering::Relaxed);
+            Ok(Box::new(vec![0.0f32; len]) as Box<dyn HostMemory>)
+        }));
+        let mut b = HostBuf::default();
+        // Capacity 8, length 5: the clone holds the first 5 floats only.
+        b.resize(8, Some(&alloc)).unwrap();
+        b.resize(5, Some(&alloc)).unwrap();
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = i as f32 + 0.5;
+        }
+        let mut c = b.clone();
+        assert_eq!(&c[..], [0.5, 1.5, 2.5, 3.5, 4.5]);
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            1,
+            "the clone used the allocator"
+        );
+        c[0] = -1.0;
+        assert_eq!(b[0], 0.5, "writing the clone changed the original");
+        // Equality compares the floats, not the memory.
+        assert_ne!(c, b);
+        c[0] = 0.5;
+        assert_eq!(c, b);
     }
 }

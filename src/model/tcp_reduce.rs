@@ -3,15 +3,28 @@
 //! trains on CPU devices too and the multi-process path is tested without a
 //! GPU.
 //!
-//! Rank 0 listens on MASTER_PORT + 1 and every other rank connects (retrying
-//! while rank 0 starts). For each tensor, every rank sends its replicas'
-//! buffers to rank 0, which sums all of them in global replica order (rank
-//! by rank, then local order), scales by 1/k and sends the mean back. That
-//! is the order `HostAllReduce` sums k replicas of one process in, so W
-//! processes of k replicas compute bit for bit what one process of W x k
-//! does. A star, not a ring: simple and exact, fine for CPU-sized models.
+//! Rank 0 listens on MASTER_PORT + 1 at MASTER_ADDR only (127.0.0.1 for a
+//! run on one machine), never on every interface, and every other rank
+//! connects (retrying while rank 0 starts). For each tensor, every rank
+//! sends its replicas' buffers to rank 0, which sums all of them in global
+//! replica order (rank by rank, then local order), scales by 1/k and sends
+//! the mean back. That is the order `HostAllReduce` sums k replicas of one
+//! process in, so W processes of k replicas compute bit for bit what one
+//! process of W x k does. A star, not a ring: simple and exact, fine for
+//! CPU-sized models.
+//!
+//! A connecting rank first sends a hello: MAGIC, its WORLD_SIZE and RANK.
+//! A connection that does not (a port scanner, another program, a process
+//! of another run), or names a rank out of range or already taken, or
+//! another WORLD_SIZE, is refused: rank 0 logs a warning naming the peer's
+//! address and why, answers the reason to a peer that spoke the protocol
+//! (which then stops with an error saying it), closes the connection and
+//! keeps waiting for the real ranks. So a stray connection can neither stop
+//! nor join a run's start, a misconfigured process fails at once with the
+//! reason, and if a rank never comes, rank 0's timeout error lists the
+//! refused connections as well as the missing ranks.
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::replicas::{add, add_replicas, scale, upload_all, AllReduce};
@@ -22,6 +35,18 @@ use crate::world::World;
 /// How long ranks wait for each other to start, and for a peer's data.
 const CONNECT_FOR: Duration = Duration::from_secs(120);
 const READ_FOR: Duration = Duration::from_secs(600);
+/// How long rank 0 waits for a new connection's hello (others queue meanwhile).
+const HELLO_FOR: Duration = Duration::from_secs(10);
+
+/// The hello's first bytes: the protocol, and its version.
+const MAGIC: [u8; 8] = *b"alexTCP1";
+const HELLO_LEN: usize = 16;
+
+/// Rank 0's one-byte answer to a hello.
+const ACCEPTED: u8 = 0;
+const OUT_OF_RANGE: u8 = 1;
+const TAKEN: u8 = 2;
+const OTHER_WORLD: u8 = 3;
 
 /// This process's end of the all-reduce.
 pub struct TcpAllReduce {
@@ -40,75 +65,215 @@ fn net_err(what: String) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
+/// MASTER_ADDR and the all-reduce's port, MASTER_PORT + 1.
+fn master(world: &World) -> Result<(String, u16)> {
+    let (addr, port) = world.master.clone().ok_or_else(|| {
+        Error::Config("a multi-process run needs MASTER_ADDR and MASTER_PORT".into())
+    })?;
+    let port = port.checked_add(1).ok_or_else(|| {
+        Error::Config(format!(
+            "MASTER_PORT={port}: the CPU all-reduce needs MASTER_PORT + 1 too"
+        ))
+    })?;
+    Ok((addr, port))
+}
+
+/// The socket addresses `addr` (a name or an IP, IPv6 with or without
+/// brackets) and `port` stand for.
+fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    let host = addr.trim_start_matches('[').trim_end_matches(']');
+    let all: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(net_err(format!("MASTER_ADDR={addr}")))?
+        .collect();
+    if all.is_empty() {
+        return Err(Error::Config(format!(
+            "MASTER_ADDR={addr}: the name resolves to no address"
+        )));
+    }
+    Ok(all)
+}
+
+/// A listener at `addr` (MASTER_ADDR) and `port` and nowhere else; port 0
+/// takes any free port. The first of `addr`'s addresses that binds.
+pub fn bind_at(addr: &str, port: u16) -> Result<TcpListener> {
+    let mut failed = Vec::new();
+    for a in resolve(addr, port)? {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => failed.push(format!("{a}: {e}")),
+        }
+    }
+    Err(Error::Config(format!(
+        "rank 0 could not listen at MASTER_ADDR={addr}, port {port} (MASTER_PORT + 1): {}; MASTER_ADDR must be an address of rank 0's machine (127.0.0.1 when every rank runs on it), and the port free (pick another MASTER_PORT)",
+        failed.join(", ")
+    )))
+}
+
+/// Rank 0's listener: the socket the launcher handed over
+/// (`World::listen_fd`), else one bound at MASTER_ADDR:MASTER_PORT + 1.
+/// Either way it listens there only.
+pub fn listen(world: &World) -> Result<TcpListener> {
+    let (addr, port) = master(world)?;
+    match world.listen_fd {
+        Some(fd) => inherited(fd, &addr, port),
+        None => bind_at(&addr, port),
+    }
+}
+
+/// Takes the inherited listening socket `fd` and checks it is bound at
+/// `addr:port`, so a handed-over socket cannot listen more widely.
+#[cfg(unix)]
+fn inherited(fd: i32, addr: &str, port: u16) -> Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let what = format!("ALEXNET_LISTEN_FD={fd}");
+    // Taking a descriptor that is not open would be undefined; where /proc
+    // can tell, refuse anything but an open socket first.
+    let proc = std::path::Path::new("/proc/self/fd");
+    if proc.is_dir() {
+        let is_socket =
+            std::fs::metadata(proc.join(fd.to_string())).is_ok_and(|m| m.file_type().is_socket());
+        if !is_socket {
+            return Err(Error::Config(format!(
+                "{what}: not an open socket in this process; hand rank 0 the listening socket under that number, or unset the variable"
+            )));
+        }
+    }
+    // SAFETY: the launcher handed this descriptor to the process for this
+    // use (ALEXNET_LISTEN_FD), it is open (checked above where possible),
+    // and nothing else in the process uses it.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let at = listener
+        .local_addr()
+        .map_err(net_err(format!("{what}: not a TCP socket")))?;
+    if !resolve(addr, port)?.contains(&at) {
+        return Err(Error::Config(format!(
+            "{what} is bound at {at}, not at MASTER_ADDR={addr} port {port} (MASTER_PORT + 1): bind it there"
+        )));
+    }
+    Ok(listener)
+}
+
+#[cfg(not(unix))]
+fn inherited(fd: i32, _addr: &str, _port: u16) -> Result<TcpListener> {
+    Err(Error::Config(format!(
+        "ALEXNET_LISTEN_FD={fd}: handing over a socket works on Unix only; unset it"
+    )))
+}
+
 impl TcpAllReduce {
     /// Connect the ranks of `world`, each driving `local` replicas.
     pub fn connect(world: &World, local: usize) -> Result<TcpAllReduce> {
-        let (addr, port) = world.master.clone().ok_or_else(|| {
-            Error::Config("a multi-process run needs MASTER_ADDR and MASTER_PORT".into())
-        })?;
-        let port = port + 1;
-        let mut peers = Vec::new();
         if world.rank == 0 {
-            let listener = TcpListener::bind(("0.0.0.0", port)).map_err(net_err(format!(
-                "rank 0 could not listen on port {port} (MASTER_PORT + 1); pick another MASTER_PORT"
-            )))?;
-            let mut by_rank: Vec<Option<TcpStream>> = (0..world.size).map(|_| None).collect();
-            listener
-                .set_nonblocking(true)
-                .map_err(net_err("listen".into()))?;
-            let start = Instant::now();
-            while by_rank.iter().skip(1).any(Option::is_none) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).map_err(net_err("accept".into()))?;
-                        let r = read_u32(&mut s)? as usize;
-                        if r == 0 || r >= world.size || by_rank[r].is_some() {
-                            return Err(Error::Config(format!(
-                                "a process announced RANK={r}, which is out of range or taken: give each process its own RANK below WORLD_SIZE={}",
-                                world.size
-                            )));
-                        }
+            TcpAllReduce::accept(listen(world)?, world, local)
+        } else {
+            TcpAllReduce::join(world, local)
+        }
+    }
+
+    /// Rank 0: wait on `listener` until every rank 1..W has joined,
+    /// refusing (with a warning naming the peer) every connection that is
+    /// not a free rank of this run.
+    pub fn accept(listener: TcpListener, world: &World, local: usize) -> Result<TcpAllReduce> {
+        let at = listener.local_addr().map_err(net_err("listen".into()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(net_err("listen".into()))?;
+        let mut by_rank: Vec<Option<TcpStream>> = (0..world.size).map(|_| None).collect();
+        let mut refused: Vec<String> = Vec::new();
+        let start = Instant::now();
+        while by_rank.iter().skip(1).any(Option::is_none) {
+            match listener.accept() {
+                Ok((s, peer)) => match hello(s, world, &by_rank) {
+                    Ok((r, s)) => {
+                        tracing::debug!("rank {r} joined from {peer}");
                         by_rank[r] = Some(s);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if start.elapsed() > CONNECT_FOR {
-                            let missing: Vec<usize> =
-                                (1..world.size).filter(|&r| by_rank[r].is_none()).collect();
-                            return Err(Error::Config(format!(
-                                "rank 0 waited {} s on port {port} for ranks {missing:?}: start them with the same MASTER_ADDR and MASTER_PORT",
-                                CONNECT_FOR.as_secs()
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
+                    Err(why) => {
+                        tracing::warn!("refused a connection from {peer}: {why}");
+                        refused.push(format!("{peer} ({why})"));
                     }
-                    Err(e) => return Err(net_err("accept".into())(e)),
-                }
-            }
-            peers.extend(by_rank.into_iter().flatten());
-        } else {
-            let target = format!("{addr}:{port}");
-            let start = Instant::now();
-            let mut s = loop {
-                let tried = target
-                    .to_socket_addrs()
-                    .map_err(net_err(format!("MASTER_ADDR {addr}")))?
-                    .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok());
-                match tried {
-                    Some(s) => break s,
-                    None if start.elapsed() > CONNECT_FOR => {
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > CONNECT_FOR {
+                        let missing: Vec<usize> =
+                            (1..world.size).filter(|&r| by_rank[r].is_none()).collect();
+                        let refused = if refused.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; refused: {}", refused.join(", "))
+                        };
                         return Err(Error::Config(format!(
-                            "rank {} could not reach rank 0 at {target} in {} s: start rank 0, and check MASTER_ADDR and MASTER_PORT",
-                            world.rank,
+                            "rank 0 waited {} s at {at} for ranks {missing:?}{refused}: start them with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE",
                             CONNECT_FOR.as_secs()
-                        )))
+                        )));
                     }
-                    None => std::thread::sleep(Duration::from_millis(100)),
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-            };
-            s.write_all(&(world.rank as u32).to_le_bytes())
-                .map_err(net_err(format!("rank {} to rank 0", world.rank)))?;
-            peers.push(s);
+                Err(e) => return Err(net_err(format!("accepting at {at}"))(e)),
+            }
         }
+        let peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
+        TcpAllReduce::new(world, local, peers)
+    }
+
+    /// A rank other than 0: connect to rank 0 and be accepted as `world.rank`.
+    pub fn join(world: &World, local: usize) -> Result<TcpAllReduce> {
+        let (addr, port) = master(world)?;
+        let target = format!("{addr}:{port}");
+        let rank = world.rank;
+        let start = Instant::now();
+        let mut s = loop {
+            let tried = resolve(&addr, port)?
+                .into_iter()
+                .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok());
+            match tried {
+                Some(s) => break s,
+                None if start.elapsed() > CONNECT_FOR => {
+                    return Err(Error::Config(format!(
+                        "rank {rank} could not reach rank 0 at {target} in {} s: start rank 0, and check MASTER_ADDR and MASTER_PORT",
+                        CONNECT_FOR.as_secs()
+                    )))
+                }
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let mut greeting = Vec::with_capacity(HELLO_LEN);
+        greeting.extend_from_slice(&MAGIC);
+        greeting.extend_from_slice(&(world.size as u32).to_le_bytes());
+        greeting.extend_from_slice(&(rank as u32).to_le_bytes());
+        s.write_all(&greeting)
+            .map_err(net_err(format!("rank {rank} to rank 0 at {target}")))?;
+        s.set_read_timeout(Some(CONNECT_FOR))
+            .map_err(net_err("socket".into()))?;
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).map_err(|e| {
+            Error::Config(format!(
+                "rank {rank}: {target} closed the connection without accepting it ({e}); is something other than rank 0 of this run listening there? Check MASTER_ADDR and MASTER_PORT"
+            ))
+        })?;
+        let why = match answer[0] {
+            ACCEPTED => return TcpAllReduce::new(world, local, vec![s]),
+            OUT_OF_RANGE => format!(
+                "RANK={rank} is out of range for WORLD_SIZE={}",
+                world.size
+            ),
+            TAKEN => format!(
+                "another process already joined as RANK={rank}; give each process its own RANK"
+            ),
+            OTHER_WORLD => format!(
+                "rank 0 runs another WORLD_SIZE than this process's {}; start every process with the same one",
+                world.size
+            ),
+            other => format!("answer {other} is not rank 0's; check MASTER_ADDR and MASTER_PORT"),
+        };
+        Err(Error::Config(format!(
+            "rank 0 at {target} refused this process: {why}"
+        )))
+    }
+
+    fn new(world: &World, local: usize, peers: Vec<TcpStream>) -> Result<TcpAllReduce> {
         for s in &peers {
             s.set_nodelay(true).map_err(net_err("socket".into()))?;
             s.set_read_timeout(Some(READ_FOR))
@@ -166,11 +331,49 @@ impl TcpAllReduce {
     }
 }
 
-fn read_u32(s: &mut TcpStream) -> Result<u32> {
-    let mut b = [0u8; 4];
+/// Reads a new connection's hello and answers it. The rank and stream when
+/// it names a free rank of this run, else why not (answered to a peer that
+/// spoke the protocol; the stream is then dropped, which closes it).
+fn hello(
+    mut s: TcpStream,
+    world: &World,
+    by_rank: &[Option<TcpStream>],
+) -> std::result::Result<(usize, TcpStream), String> {
+    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(HELLO_FOR))
+        .map_err(|e| e.to_string())?;
+    let mut b = [0u8; HELLO_LEN];
     s.read_exact(&mut b)
-        .map_err(net_err("a process connected but sent no rank".into()))?;
-    Ok(u32::from_le_bytes(b))
+        .map_err(|e| format!("no full hello: it closed or went silent ({e})"))?;
+    if b[..8] != MAGIC {
+        return Err("its hello is not an alexnet-cuda rank's".into());
+    }
+    let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let (size, rank) = (word(8), word(12));
+    let (answer, why) = if size != world.size {
+        (
+            OTHER_WORLD,
+            format!("it has WORLD_SIZE={size}, this run {}", world.size),
+        )
+    } else if rank == 0 || rank >= size {
+        (
+            OUT_OF_RANGE,
+            format!("it announced RANK={rank}, outside 1..{}", size - 1),
+        )
+    } else if by_rank[rank].is_some() {
+        (
+            TAKEN,
+            format!("it announced RANK={rank}, which another process already has"),
+        )
+    } else {
+        (ACCEPTED, String::new())
+    };
+    let sent = s.write_all(&[answer]);
+    match (answer, sent) {
+        (ACCEPTED, Ok(())) => Ok((rank, s)),
+        (ACCEPTED, Err(e)) => Err(format!("RANK={rank} left before it was accepted ({e})")),
+        _ => Err(why),
+    }
 }
 
 impl<B: Backend> AllReduce<B> for TcpAllReduce {

@@ -24,9 +24,23 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
+/// The larger of `a` and `b`, NaN if either is: `f32::max` drops a NaN,
+/// so a poisoned difference would read as no difference.
+pub fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// max |a - b| / max |b|: the difference in units of the tensor's scale.
+/// NaN (so every `d <= tol` fails) when either side holds a NaN.
 pub fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    let scale = max_nan(b.iter().fold(0f32, |m, v| max_nan(m, v.abs())), 1e-30);
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| max_nan(m, (x - y).abs()))
+        / scale
 }

@@ -1,0 +1,191 @@
+//! The CPU all-reduce's rendezvous across processes (src/model/tcp_reduce.rs),
+//! here with the ranks as threads: rank 0 listens at MASTER_ADDR only (an
+//! inherited socket too), refuses every connection that is not a free rank
+//! of the run with a warning naming the peer, tells a refused rank why, and
+//! still meets the real ranks, whose all-reduce then averages all three.
+//! Each test binds its listener itself and passes it on (port 0: any free
+//! port), so no port is released and reused.
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::Backend;
+use alexnet_cuda::model::replicas::AllReduce;
+use alexnet_cuda::model::tcp_reduce::{bind_at, listen, TcpAllReduce};
+use alexnet_cuda::world::World;
+
+/// Rank `rank` of `size`, whose MASTER_PORT + 1 is `port`.
+fn world(rank: usize, size: usize, port: u16) -> World {
+    World {
+        rank,
+        size,
+        local_rank: 0,
+        master: Some(("127.0.0.1".into(), port - 1)),
+        listen_fd: None,
+    }
+}
+
+fn error_of(r: alexnet_cuda::Result<TcpAllReduce>) -> String {
+    match r {
+        Ok(_) => panic!("joined, but should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Log lines, for a subscriber of one thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn rank_0_listens_at_master_addr_and_nowhere_else() {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let l = bind_at("127.0.0.1", 0).expect("listen on loopback");
+    assert_eq!(l.local_addr().unwrap().ip(), loopback);
+    // A name: whichever loopback address it resolves to, never 0.0.0.0.
+    let l = bind_at("localhost", 0).expect("listen on localhost");
+    assert!(l.local_addr().unwrap().ip().is_loopback(), "{l:?}");
+    // An address that is not this machine's (TEST-NET-1, RFC 5737): an
+    // error naming MASTER_ADDR, not a listener somewhere else.
+    let err = bind_at("192.0.2.1", 0).unwrap_err().to_string();
+    assert!(
+        err.contains("MASTER_ADDR=192.0.2.1"),
+        "the error names MASTER_ADDR: {err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_handed_over_socket_must_listen_at_master_addr() {
+    use std::os::fd::IntoRawFd;
+    // Bound at MASTER_ADDR:MASTER_PORT + 1: taken as is.
+    let ours = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = ours.local_addr().unwrap();
+    let mut w = world(0, 2, at.port());
+    w.listen_fd = Some(ours.into_raw_fd());
+    let l = listen(&w).expect("the handed-over listener");
+    assert_eq!(l.local_addr().unwrap(), at);
+    // On every interface: refused, though the port is right.
+    let wide = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = wide.local_addr().unwrap().port();
+    let mut w = world(0, 2, port);
+    w.listen_fd = Some(wide.into_raw_fd());
+    let err = listen(&w).unwrap_err().to_string();
+    assert!(
+        err.contains("ALEXNET_LISTEN_FD") && err.contains("0.0.0.0") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    // Not a socket (a file): refused before it is taken.
+    let file = tempfile::tempfile().unwrap();
+    let mut w = world(0, 2, 2000);
+    w.listen_fd = Some(file.into_raw_fd());
+    let err = listen(&w).unwrap_err().to_string();
+    assert!(err.contains("not an open socket"), "{err}");
+}
+
+#[test]
+fn strangers_are_refused_and_the_real_ranks_still_meet() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = Lines::default();
+    let rank0 = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || log.clone())
+                .with_ansi(false)
+                .finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+            TcpAllReduce::accept(listener, &world(0, 3, port), 1)
+        })
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
+
+    // Each step below waits for rank 0's answer (or its close) before the
+    // next, so rank 0 sees them in this order.
+    let r1 = TcpAllReduce::join(&world(1, 3, port), 1).expect("rank 1 joins");
+
+    // Garbage: an HTTP request. Closed without an answer.
+    let mut http = connect();
+    let http_addr = http.local_addr().unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = http.read_to_end(&mut answer); // EOF, or a reset: unread bytes
+    assert!(answer.is_empty(), "rank 0 answered garbage: {answer:?}");
+
+    // A connection that says nothing and closes.
+    let silent = connect();
+    let silent_addr = silent.local_addr().unwrap();
+    drop(silent);
+
+    // Protocol-speaking processes with a wrong rank or world: each is told why.
+    let out_of_range = error_of(TcpAllReduce::join(&world(7, 3, port), 1));
+    assert!(out_of_range.contains("RANK=7"), "{out_of_range}");
+    assert!(out_of_range.contains("out of range"), "{out_of_range}");
+    let taken = error_of(TcpAllReduce::join(&world(1, 3, port), 1));
+    assert!(taken.contains("already joined as RANK=1"), "{taken}");
+    let other = error_of(TcpAllReduce::join(&world(2, 4, port), 1));
+    assert!(other.contains("WORLD_SIZE"), "{other}");
+
+    // The last real rank completes the rendezvous.
+    let r2 = TcpAllReduce::join(&world(2, 3, port), 1).expect("rank 2 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets ranks 1 and 2");
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    println!("{log}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 5, "one warning per stranger:\n{log}");
+    for w in &warnings {
+        assert!(w.contains("refused a connection from 127.0.0.1:"), "{w}");
+    }
+    for (i, (peer, why)) in [
+        (http_addr.to_string(), "not an alexnet-cuda rank"),
+        (silent_addr.to_string(), "no full hello"),
+        ("127.0.0.1:".into(), "RANK=7"),
+        (
+            "127.0.0.1:".into(),
+            "RANK=1, which another process already has",
+        ),
+        ("127.0.0.1:".into(), "WORLD_SIZE=4"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let w = warnings[i];
+        assert!(
+            w.contains(peer.as_str()) && w.contains(why),
+            "warning {i}: {w}"
+        );
+    }
+
+    // The meeting is the real one: ranks 1 and 2 (not a stranger) are in
+    // the mean. Rank r contributes r + 1 everywhere; the mean is 2.
+    let handles: Vec<_> = [(0usize, r0), (1, r1), (2, r2)]
+        .into_iter()
+        .map(|(r, mut reduce)| {
+            std::thread::spawn(move || {
+                let be = CpuBackend::new();
+                let mut buf = be.alloc(5).unwrap();
+                be.upload(&[r as f32 + 1.0; 5], &mut buf).unwrap();
+                AllReduce::<CpuBackend>::mean(&mut reduce, 0, &[&be], &mut [&mut buf]).unwrap();
+                let mut out = vec![0.0; 5];
+                be.download(&buf, &mut out).unwrap();
+                out
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), [2.0; 5]);
+    }
+}
