@@ -2,7 +2,7 @@
 //! figure 3 (section 6.1), and how colour-specific each tower's kernels are.
 //! This file owns reading conv1 and its tower split from a checkpoint or an
 //! exported safetensors file, the picture's layout and pixels, and the
-//! colour measure; no command-line code (`filters` in main.rs is the edge).
+//! colour measure; no command-line code (src/cli/filters.rs is the edge).
 //!
 //! The tower split comes from the topology table (`Topology::tower_split` of
 //! conv1's width): with two towers, tower 0 holds the first half of conv1's

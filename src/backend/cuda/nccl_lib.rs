@@ -7,7 +7,7 @@
 //! `.so.11`, ..., `.so.1`), but not `libnccl.so.2`, the one name Debian's
 //! `libnccl2` package and PyPI's `nvidia-nccl-cu12` / `nvidia-nccl-cu13`
 //! wheels install. The dynamic loader reads `LD_LIBRARY_PATH` only when a
-//! process starts, so the command line (src/main.rs), once `locate` has found
+//! process starts, so the command line (src/cli/nccl.rs), once `locate` has found
 //! the file, makes a folder holding a link `libnccl.so` to it and starts
 //! itself again with that folder first on `LD_LIBRARY_PATH` and
 //! `RESTART_GUARD` set; with the guard set it never restarts a second time.
