@@ -7,7 +7,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alexnet_cuda::checkpoint::{self, Progress};
 use alexnet_cuda::data::write_demo_dataset;
@@ -98,12 +98,12 @@ fn start_until(args: &[String], out: &Path, step: usize) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn alexnet-cuda");
-    let t0 = Instant::now();
+    // No deadline: a stalled run hangs the test rather than a slow machine
+    // failing it.
     while steps_logged(out) < step {
         if let Some(status) = child.try_wait().expect("wait") {
             panic!("the run ended ({status}) before step {step}");
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(2));
     }
     child
@@ -664,14 +664,12 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     };
     let mut rank0 = spawn("0", &out, Stdio::piped());
     let mut rank1 = spawn("1", &other, Stdio::null());
-    let start = Instant::now();
     while checkpoint::list(&out).map_or(0, |l| l.len()) < 1 {
         let ended = rank0.try_wait().expect("rank 0's status");
         assert!(
             ended.is_none(),
             "rank 0 ended before a checkpoint: {ended:?}"
         );
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
         std::thread::sleep(Duration::from_millis(50));
     }
     rank1.kill().expect("kill rank 1");

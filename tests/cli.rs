@@ -304,23 +304,33 @@ fn the_automatic_device_choice_is_logged() {
     );
 }
 
-/// The README's first command: the demo trains on its synthetic set and ends
-/// far above chance (10 classes: 10%). The demo stops at a time limit (80 s),
-/// so on a busy machine it runs fewer epochs; the test fixes the epochs at
-/// 6, about what two quiet cores fit in that time, so that its result does
-/// not depend on the machine's load.
+/// The README's first command: the demo trains on its synthetic set and
+/// learns it (10 classes: chance is 10%). The demo stops at a time limit
+/// (80 s), so on a busy machine it runs fewer epochs; the test fixes the
+/// epochs instead, so that its result does not depend on the machine's load.
+///
+/// 12 epochs, not fewer: before that the run is still taking off, at an
+/// epoch that depends on the seed (and so on rounding that differs between
+/// machines). Validation top-1 after 6, 10 and 12 epochs for seeds 1..6:
+/// 68/91/97, 25/74/92, 83/99/98, 96/98/99, 85/97/99 and 90/99/100%. After 12
+/// every seed is at 92% or more; 80% leaves 12 points for seeds and
+/// machines, and a build that learns badly (a wrong gradient, a broken
+/// augmentation) ends far below.
 #[test]
-fn demo_learns_well_above_chance() {
+fn demo_learns_its_data_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args([
             "train",
             "--demo",
             "--epochs",
-            "6",
+            "12",
             "--time-limit",
             "3600",
             "--no-progress",
+            "--out",
         ])
+        .arg(dir.path().join("run"))
         .output()
         .expect("run alexnet-cuda train --demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -337,7 +347,7 @@ fn demo_learns_well_above_chance() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no final accuracy in: {stdout}"));
     println!("{stdout}");
-    assert!(last > 50.0, "demo ended at {last}% top-1: {stdout}");
+    assert!(last >= 80.0, "demo ended at {last}% top-1: {stdout}");
 }
 
 /// torchrun's variables: a half-set environment names what is missing, and

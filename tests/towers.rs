@@ -151,27 +151,25 @@ fn bytes_between_the_towers_equal_a_hand_count() {
     // fc6 and fc7 4096, 1000 classes.
     let paper_img = hand_bytes_per_image(256 * 13 * 13, 256 * 6 * 6, 4096, 4096, 1000);
     let n = 2;
-    for (topo, per_image) in [
-        (narrow(), narrow_img),
-        (Topology::cifar().with_classes(7).unwrap(), cifar_img),
-        (Topology::alexnet(), paper_img),
+    for (what, topo, per_image) in [
+        ("narrow", narrow(), narrow_img),
+        (
+            "cifar, 7 classes",
+            Topology::cifar().with_classes(7).unwrap(),
+            cifar_img,
+        ),
+        ("alexnet", Topology::alexnet(), paper_img),
     ] {
         let mut towers = TowerNetwork::new([&a, &b], &topo, n, 1).unwrap();
         let (x, labels) = batch(&topo, n, 3);
         towers.forward(&x, &labels, Mode::Train).unwrap();
         towers.backward().unwrap();
         let want = per_image * n as u64;
-        assert_eq!(
-            towers.exchanged_bytes(),
-            want,
-            "config {}: bytes counted",
-            topo.name
-        );
+        assert_eq!(towers.exchanged_bytes(), want, "{what}: bytes counted");
         assert_eq!(
             topo.exchange_bytes_per_step(n).unwrap(),
             want,
-            "config {}: the table's prediction",
-            topo.name
+            "{what}: the table's prediction"
         );
     }
     // The paper's net at its batch of 128, as summary.rs also writes it out.

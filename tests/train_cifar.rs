@@ -122,10 +122,12 @@ fn accuracy(ck: &Checkpoint, photos: &[(PathBuf, usize)]) -> f64 {
 
 /// 495 of the 500 photos, 24 epochs of 19 steps at batch 25 (lr 0.01, the
 /// recipe's 0.02 halved for the small batch, / 10 from epoch 20). The net
-/// then gets about 40% of the photos right; chance is 10%. With learning
-/// broken the count stays near chance and the test fails: checked with a
-/// learning rate of 1e-6 (10.0%, loss 3.7) and with the labels shuffled
-/// between the class folders before `prepare` (11.2%, loss 2.30).
+/// then gets 42.4% of the photos right (seeds 2, 3, 4: 42.6, 47.0, 44.6%);
+/// chance is 10%. 35% leaves 7 points below the lowest seed for seeds and
+/// machines. With learning broken the count stays near chance and the test
+/// fails: checked with a learning rate of 1e-6 (10.0%, loss 3.7) and with
+/// the labels shuffled between the class folders before `prepare` (11.2%,
+/// loss 2.30).
 #[test]
 fn cifar_fixture_is_learned_far_above_chance() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -154,7 +156,7 @@ fn cifar_fixture_is_learned_far_above_chance() {
         100.0 * acc
     );
     assert!(
-        acc > 0.25,
+        acc >= 0.35,
         "{:.1}% of its photos: not far above chance (10%)",
         100.0 * acc
     );
