@@ -5,7 +5,7 @@
 //! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `run_state` is the run's state that checkpoints keep; `step_log` holds the loop's per-step metrics until it reads them back;
-//! `tensorboard` writes them as TensorBoard event files too;
+//! `tensorboard` writes them as TensorBoard event files too (its messages in `tensorboard_pb`);
 //! `world` places this process among the processes of a multi-machine run;
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3);
 //! `features` takes hidden-layer activations and finds nearest neighbours.
@@ -28,6 +28,7 @@ pub mod rng;
 pub mod run_state;
 pub mod step_log;
 pub mod tensorboard;
+mod tensorboard_pb;
 pub mod train;
 pub mod viz;
 pub mod world;

@@ -2,8 +2,8 @@
 //! shows a run while it trains: the per-step and per-epoch scalars of
 //! `steps.csv` / `epochs.csv` and, at each epoch end, a picture of conv1's
 //! kernels (drawn by `viz::filters`, as the `filters` command draws them).
-//! This file owns the format (a hand-written encoder for the few protobuf
-//! fields TensorBoard reads) and the writer.
+//! This file owns the format (the record framing; the messages are
+//! `tensorboard_pb`'s prost structs) and the writer.
 //!
 //! The format, from TensorFlow's sources:
 //! - framing (`tensorflow/core/lib/io/record_writer.cc`): each record is
@@ -11,20 +11,14 @@
 //!   bytes (u32 LE), the data, and the masked CRC32C of the data (u32 LE);
 //!   the mask (`tensorflow/core/lib/hash/crc32c.h`) rotates the CRC right
 //!   by 15 bits and adds 0xa282ead8;
-//! - the records are `Event` messages (`tensorflow/core/util/event.proto`):
-//!   wall_time (double, 1), step (int64, 2), file_version (string, 3; the
-//!   first record says "brain.Event:2"), summary (5), session_log (7) {
-//!   status (enum, 1; START = 1) };
-//! - `Summary` (`tensorflow/core/framework/summary.proto`): repeated Value
-//!   (1) { tag (string, 1), simple_value (float, 2), image (4) { height (1),
-//!   width (2), colorspace (3), encoded_image_string (bytes, 4) } };
-//! - protobuf's wire format: a field is a varint key (number << 3 | wire
-//!   type: 0 varint, 1 64-bit, 2 length-delimited, 5 32-bit) and its value.
+//! - the records are `Event` messages (`tensorflow/core/util/event.proto`;
+//!   the first record's file_version is "brain.Event:2") carrying a
+//!   `Summary` (`tensorflow/core/framework/summary.proto`) of scalars or a
+//!   PNG, or a `SessionLog` START.
 //!
-//! No crate was used for this: `tensorboard-rs` (the one writer on
-//! crates.io) panics on a failed write, and pulls in protobuf 2 and an old
-//! `image`; the protobuf crates need generated code for five messages. The
-//! CRC32C is the `crc32c` crate's.
+//! The framing stays ours: the `tfrecord` crate frames records too, but
+//! brings prost 0.12 and all of TensorFlow's generated messages for these
+//! twenty lines. The CRC32C is the `crc32c` crate's.
 //!
 //! A resumed run opens a new file beside the old ones (TensorBoard reads
 //! every events file in a folder) that starts with a `SessionLog` START at
@@ -38,11 +32,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
+use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
 use crate::run_state::EpochStats;
+use crate::tensorboard_pb::event::What;
+use crate::tensorboard_pb::summary::{self, value};
+use crate::tensorboard_pb::{Event, SessionLog, SessionStatus, Summary};
 use crate::viz::filters::{render, Conv1};
 use tracing::warn;
 
@@ -67,30 +65,6 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Protobuf's base-128 varint, low group first.
-pub fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
-    varint(out, (u64::from(field) << 3) | u64::from(wire));
-}
-
-fn field_varint(out: &mut Vec<u8>, field: u32, v: u64) {
-    key(out, field, 0);
-    varint(out, v);
-}
-
-fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    key(out, field, 2);
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
 /// What an event carries besides its time and step.
 pub enum Payload<'a> {
     /// The first record of a file.
@@ -102,61 +76,51 @@ pub enum Payload<'a> {
     /// A PNG: tag, height, width, channels (colorspace), the encoded file.
     Image {
         tag: &'a str,
-        height: u32,
-        width: u32,
-        channels: u32,
+        height: i32,
+        width: i32,
+        channels: i32,
         png: &'a [u8],
     },
 }
 
 /// An `Event` message's bytes.
 pub fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
-    let mut out = Vec::new();
-    key(&mut out, 1, 1);
-    out.extend_from_slice(&wall_time.to_le_bytes());
-    if step != 0 {
-        // int64: negative values are ten-byte varints (never used here).
-        field_varint(&mut out, 2, step as u64);
-    }
-    match payload {
-        Payload::FileVersion => field_bytes(&mut out, 3, b"brain.Event:2"),
-        Payload::Start => {
-            let mut log = Vec::new();
-            field_varint(&mut log, 1, 1);
-            field_bytes(&mut out, 7, &log);
-        }
-        Payload::Scalars(values) => {
-            let mut summary = Vec::new();
-            for (tag, v) in values {
-                let mut value = Vec::new();
-                field_bytes(&mut value, 1, tag.as_bytes());
-                key(&mut value, 2, 5);
-                value.extend_from_slice(&v.to_le_bytes());
-                field_bytes(&mut summary, 1, &value);
-            }
-            field_bytes(&mut out, 5, &summary);
-        }
+    let scalar = |(tag, v): &(&str, f32)| summary::Value {
+        tag: tag.to_string(),
+        value: Some(value::Value::SimpleValue(*v)),
+    };
+    let what = match payload {
+        Payload::FileVersion => What::FileVersion("brain.Event:2".into()),
+        Payload::Start => What::SessionLog(SessionLog {
+            status: SessionStatus::Start as i32,
+        }),
+        Payload::Scalars(values) => What::Summary(Summary {
+            value: values.iter().map(scalar).collect(),
+        }),
         Payload::Image {
             tag,
             height,
             width,
             channels,
             png,
-        } => {
-            let mut image = Vec::new();
-            field_varint(&mut image, 1, height.into());
-            field_varint(&mut image, 2, width.into());
-            field_varint(&mut image, 3, channels.into());
-            field_bytes(&mut image, 4, png);
-            let mut value = Vec::new();
-            field_bytes(&mut value, 1, tag.as_bytes());
-            field_bytes(&mut value, 4, &image);
-            let mut summary = Vec::new();
-            field_bytes(&mut summary, 1, &value);
-            field_bytes(&mut out, 5, &summary);
-        }
+        } => What::Summary(Summary {
+            value: vec![summary::Value {
+                tag: tag.into(),
+                value: Some(value::Value::Image(summary::Image {
+                    height,
+                    width,
+                    colorspace: channels,
+                    encoded_image_string: png.to_vec(),
+                })),
+            }],
+        }),
+    };
+    Event {
+        wall_time,
+        step,
+        what: Some(what),
     }
-    out
+    .encode_to_vec()
 }
 
 fn unix_now() -> f64 {
@@ -320,7 +284,12 @@ impl EventWriter {
         let (width, height) = (dim(layout.width)?, dim(layout.height)?);
         let mut png = Vec::new();
         PngEncoder::new(&mut png)
-            .write_image(&rgb, width, height, ExtendedColorType::Rgb8)
+            .write_image(
+                &rgb,
+                width.unsigned_abs(),
+                height.unsigned_abs(),
+                ExtendedColorType::Rgb8,
+            )
             .map_err(|e| {
                 Error::Backend(format!(
                     "{}: encoding conv1's kernels as PNG: {e}",
@@ -342,9 +311,9 @@ impl EventWriter {
     }
 }
 
-/// A picture side as the image format's u32.
-fn dim(px: usize) -> Result<u32> {
-    u32::try_from(px).map_err(|_| Error::Shape {
+/// A picture side as Summary.Image's int32 (so also a u32 for the PNG).
+fn dim(px: usize) -> Result<i32> {
+    i32::try_from(px).map_err(|_| Error::Shape {
         op: "conv1 picture",
         detail: format!("{px} pixels"),
     })
@@ -378,27 +347,6 @@ mod tests {
     }
 
     #[test]
-    fn varints_of_known_values() {
-        // The protobuf encoding guide's examples: 1, 150 = 96 01, 300 = ac 02.
-        for (v, want) in [
-            (0u64, vec![0x00]),
-            (1, vec![0x01]),
-            (127, vec![0x7f]),
-            (128, vec![0x80, 0x01]),
-            (150, vec![0x96, 0x01]),
-            (300, vec![0xac, 0x02]),
-            (
-                u64::MAX,
-                vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-            ),
-        ] {
-            let mut out = Vec::new();
-            varint(&mut out, v);
-            assert_eq!(out, want, "varint({v})");
-        }
-    }
-
-    #[test]
     fn record_frames_the_data() {
         let data = b"abc";
         let r = record(data);
@@ -421,12 +369,31 @@ mod tests {
         want.extend_from_slice(&[0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'a', 0x15]);
         want.extend_from_slice(&2.0f32.to_le_bytes());
         assert_eq!(e, want);
-        let v = event(0.0, 0, Payload::FileVersion);
+        // file_version (3), 13 bytes; step 0 is proto3's default, not written.
+        let v = event(1.5, 0, Payload::FileVersion);
         assert_eq!(&v[9..11], &[0x1a, 13]);
         assert_eq!(&v[11..], b"brain.Event:2");
         // session_log (7) { status (1): START (1) } at step 5.
-        let s = event(0.0, 5, Payload::Start);
+        let s = event(1.5, 5, Payload::Start);
         assert_eq!(&s[9..], &[0x10, 0x05, 0x3a, 0x02, 0x08, 0x01]);
+        // An image: summary (5) { value (1) { tag (1) "f", image (4) {
+        // height (1) 2, width (2) 3, colorspace (3) 3, encoded (4) "P" } } }.
+        let png = b"P";
+        let payload = Payload::Image {
+            tag: "f",
+            height: 2,
+            width: 3,
+            channels: 3,
+            png,
+        };
+        let i = event(1.5, 5, payload);
+        assert_eq!(
+            &i[11..],
+            &[
+                0x2a, 0x10, 0x0a, 0x0e, 0x0a, 0x01, b'f', 0x22, 0x09, 0x08, 0x02, 0x10, 0x03, 0x18,
+                0x03, 0x22, 0x01, b'P'
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! format; this module adds our tensor type, atomic writes and errors that
 //! say which file is wrong and what to do.
 pub mod onnx;
+mod onnx_pb;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,19 +1,18 @@
 //! The inference graph as an ONNX model (onnx.ai), built from the topology
-//! table and the parameters, written with a minimal protocol buffers encoder
-//! of our own (the ONNX protobuf crates need protoc at build time).
+//! table and the parameters. The messages are `onnx_pb`'s prost structs;
+//! prost does the protocol buffers encoding.
 //!
-//! Protocol buffers wire format (protobuf.dev/programming-guides/encoding):
-//! each field is a key varint, (field_number << 3) | wire_type, then the
-//! value: wire type 0 is a varint (int32, int64, enum), 2 is a varint length
-//! and that many bytes (string, bytes, sub-message), 5 is 4 little-endian
-//! bytes (float). onnx.proto is proto2, so repeated int64 fields are written
-//! unpacked, one key per element, as proto2 encoders do.
-//!
-//! Field numbers below are onnx.proto's (onnx 1.x, checked against its text).
 //! Inference only: dropout is the identity at test time and is left out.
 use std::collections::HashMap;
 use std::path::Path;
 
+use prost::Message;
+
+use super::onnx_pb::tensor_shape_proto::{dimension, Dimension};
+use super::onnx_pb::{
+    type_proto, AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, DATA_TYPE_FLOAT,
+};
 use super::Tensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -22,14 +21,8 @@ use crate::model::topology::{Op, Topology};
 /// IR version 8 (ONNX 1.10) and the default-domain opset 13: every op used
 /// here (Conv, Relu, LRN, Split, Concat, MaxPool, Flatten, Gemm) is defined there, and
 /// onnxruntime and current onnx releases accept both.
-const IR_VERSION: u64 = 8;
-const OPSET: u64 = 13;
-/// TensorProto.DataType.FLOAT.
-const FLOAT: u64 = 1;
-/// AttributeProto.AttributeType values.
-const ATTR_FLOAT: u64 = 1;
-const ATTR_INT: u64 = 2;
-const ATTR_INTS: u64 = 7;
+const IR_VERSION: i64 = 8;
+const OPSET: i64 = 13;
 
 /// Write `topo`'s inference graph with `tensors` (named and shaped as
 /// `export::network_tensors` gives them) as initializers, atomically.
@@ -47,7 +40,10 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
     let shapes = topo.shapes().map_err(|e| e.to_string())?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
 
-    let mut graph = Pb::default();
+    let mut graph = GraphProto {
+        name: Some(topo.name.to_string()),
+        ..GraphProto::default()
+    };
     let mut initializers = Vec::new();
     // The value flowing between nodes and whether it is still [N, C, H, W].
     let mut value = "input".to_string();
@@ -175,16 +171,13 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
                 n.output = "logits".into();
             }
             value = n.output.clone();
-            graph.message(1, &n.encode()); // GraphProto.node = 1
+            graph.node.push(n.proto());
         }
     }
 
-    graph.string(2, &topo.name); // GraphProto.name = 2
-    for t in initializers {
-        graph.message(5, &tensor_proto(t)); // GraphProto.initializer = 5
-    }
+    graph.initializer = initializers.into_iter().map(tensor_proto).collect();
     let (c, crop) = (topo.channels as i64, topo.crop as i64);
-    let input = value_info(
+    graph.input.push(value_info(
         "input",
         &[
             Dim::Param("N"),
@@ -192,37 +185,34 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
             Dim::Value(crop),
             Dim::Value(crop),
         ],
-    );
-    graph.message(11, &input); // GraphProto.input = 11
-    let output = value_info(
+    ));
+    graph.output.push(value_info(
         "logits",
         &[Dim::Param("N"), Dim::Value(topo.classes as i64)],
-    );
-    graph.message(12, &output); // GraphProto.output = 12
+    ));
 
-    let mut opset = Pb::default();
-    opset.uint(2, OPSET); // OperatorSetIdProto.version = 2 (domain 1 left empty: ai.onnx)
-
-    let mut model = Pb::default();
-    model.uint(1, IR_VERSION); // ModelProto.ir_version = 1
-    model.string(2, env!("CARGO_PKG_NAME")); // producer_name = 2
-    model.string(3, env!("CARGO_PKG_VERSION")); // producer_version = 3
-    model.message(7, &graph.buf); // graph = 7
-    model.message(8, &opset.buf); // opset_import = 8
-    Ok(model.buf)
+    let model = ModelProto {
+        ir_version: Some(IR_VERSION),
+        producer_name: Some(env!("CARGO_PKG_NAME").into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(graph),
+        // No domain: the default one, ai.onnx.
+        opset_import: vec![OperatorSetIdProto {
+            domain: None,
+            version: Some(OPSET),
+        }],
+    };
+    Ok(model.encode_to_vec())
 }
 
-/// TensorProto: dims = 1, data_type = 2, name = 8, raw_data = 9 (little-endian).
-fn tensor_proto(t: &Tensor) -> Vec<u8> {
-    let mut p = Pb::default();
-    for &d in &t.shape {
-        p.uint(1, d as u64);
+/// A float32 initializer, its values as little-endian raw_data.
+fn tensor_proto(t: &Tensor) -> TensorProto {
+    TensorProto {
+        dims: t.shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DATA_TYPE_FLOAT),
+        name: Some(t.name.clone()),
+        raw_data: Some(t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
     }
-    p.uint(2, FLOAT);
-    p.string(8, &t.name);
-    let raw: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    p.bytes(9, &raw);
-    p.buf
 }
 
 enum Dim<'a> {
@@ -230,38 +220,37 @@ enum Dim<'a> {
     Param(&'a str),
 }
 
-/// ValueInfoProto { name = 1, type = 2: TypeProto { tensor_type = 1:
-/// Tensor { elem_type = 1, shape = 2: TensorShapeProto { dim = 1:
-/// Dimension { dim_value = 1 | dim_param = 2 } } } } }.
-fn value_info(name: &str, dims: &[Dim]) -> Vec<u8> {
-    let mut shape = Pb::default();
-    for d in dims {
-        let mut dim = Pb::default();
-        match d {
-            Dim::Value(v) => dim.uint(1, *v as u64),
-            Dim::Param(s) => dim.string(2, s),
-        }
-        shape.message(1, &dim.buf);
+/// A float32 tensor value of shape `dims` named `name`.
+fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Value(v) => dimension::Value::DimValue(*v),
+                Dim::Param(s) => dimension::Value::DimParam(s.to_string()),
+            }),
+        })
+        .collect();
+    let tensor = type_proto::Tensor {
+        elem_type: Some(DATA_TYPE_FLOAT),
+        shape: Some(TensorShapeProto { dim }),
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(tensor)),
+        }),
     }
-    let mut tensor = Pb::default();
-    tensor.uint(1, FLOAT);
-    tensor.message(2, &shape.buf);
-    let mut ty = Pb::default();
-    ty.message(1, &tensor.buf);
-    let mut vi = Pb::default();
-    vi.string(1, name);
-    vi.message(2, &ty.buf);
-    vi.buf
 }
 
-/// One NodeProto with its attributes.
+/// One node with its attributes, its first input possibly still to fill.
 struct Node {
     op_type: &'static str,
     inputs: Vec<String>,
     output: String,
     /// Outputs after the first (Split's).
     more_outputs: Vec<String>,
-    attrs: Vec<Vec<u8>>,
+    attrs: Vec<AttributeProto>,
 }
 
 impl Node {
@@ -276,88 +265,47 @@ impl Node {
         }
     }
 
-    /// AttributeProto: name = 1, f = 2, i = 3, ints = 8, type = 20.
-    fn attr(mut self, name: &str, ty: u64, fill: impl FnOnce(&mut Pb)) -> Node {
-        let mut a = Pb::default();
-        a.string(1, name);
-        fill(&mut a);
-        a.uint(20, ty);
-        self.attrs.push(a.buf);
+    fn attr(mut self, name: &str, ty: AttributeType, a: AttributeProto) -> Node {
+        self.attrs.push(AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(ty as i32),
+            ..a
+        });
         self
     }
     fn int(self, name: &str, v: i64) -> Node {
-        self.attr(name, ATTR_INT, |a| a.uint(3, v as u64))
+        let a = AttributeProto {
+            i: Some(v),
+            ..AttributeProto::default()
+        };
+        self.attr(name, AttributeType::Int, a)
     }
     fn ints(self, name: &str, vs: &[i64]) -> Node {
-        self.attr(name, ATTR_INTS, |a| {
-            for &v in vs {
-                a.uint(8, v as u64);
-            }
-        })
+        let a = AttributeProto {
+            ints: vs.to_vec(),
+            ..AttributeProto::default()
+        };
+        self.attr(name, AttributeType::Ints, a)
     }
     fn float(self, name: &str, v: f32) -> Node {
-        self.attr(name, ATTR_FLOAT, |a| a.float(2, v))
+        let a = AttributeProto {
+            f: Some(v),
+            ..AttributeProto::default()
+        };
+        self.attr(name, AttributeType::Float, a)
     }
 
-    /// NodeProto: input = 1, output = 2, name = 3, op_type = 4, attribute = 5.
-    fn encode(&self) -> Vec<u8> {
-        let mut p = Pb::default();
-        for i in &self.inputs {
-            p.string(1, i);
+    /// The NodeProto, named after its (first) output.
+    fn proto(self) -> NodeProto {
+        let mut output = vec![self.output.clone()];
+        output.extend(self.more_outputs);
+        NodeProto {
+            input: self.inputs,
+            output,
+            name: Some(self.output),
+            op_type: Some(self.op_type.into()),
+            attribute: self.attrs,
         }
-        p.string(2, &self.output);
-        for o in &self.more_outputs {
-            p.string(2, o);
-        }
-        p.string(3, &self.output);
-        p.string(4, self.op_type);
-        for a in &self.attrs {
-            p.message(5, a);
-        }
-        p.buf
-    }
-}
-
-/// A protocol buffers message being written.
-#[derive(Default)]
-struct Pb {
-    buf: Vec<u8>,
-}
-
-impl Pb {
-    /// Base-128 varint, least significant group first, high bit = more follows.
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8 & 0x7f) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
-    }
-    fn key(&mut self, field: u32, wire_type: u8) {
-        self.varint(u64::from(field) << 3 | u64::from(wire_type));
-    }
-    /// Wire type 0. Negative int64 values would be their two's complement
-    /// as u64 (ten bytes); the model never has any.
-    fn uint(&mut self, field: u32, v: u64) {
-        self.key(field, 0);
-        self.varint(v);
-    }
-    /// Wire type 5.
-    fn float(&mut self, field: u32, v: f32) {
-        self.key(field, 5);
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-    /// Wire type 2: length, then the bytes.
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.buf.extend_from_slice(b);
-    }
-    fn string(&mut self, field: u32, s: &str) {
-        self.bytes(field, s.as_bytes());
-    }
-    fn message(&mut self, field: u32, m: &[u8]) {
-        self.bytes(field, m);
     }
 }
 
@@ -366,20 +314,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_format_matches_the_protobuf_guide() {
-        // protobuf.dev "Encoding": 150 in field 1 is 08 96 01; the string
-        // "testing" in field 2 is 12 07 74 65 73 74 69 6e 67.
-        let mut p = Pb::default();
-        p.uint(1, 150);
-        p.string(2, "testing");
-        assert_eq!(p.buf, b"\x08\x96\x01\x12\x07testing");
-        // Field 20 needs a two-byte key: (20 << 3) | 0 = 160 = a0 01.
-        let mut p = Pb::default();
-        p.uint(20, 300);
-        assert_eq!(p.buf, [0xa0, 0x01, 0xac, 0x02]);
-        // A float: field 2, wire type 5, then IEEE 754 little-endian.
-        let mut p = Pb::default();
-        p.float(2, 1.0);
-        assert_eq!(p.buf, [0x15, 0x00, 0x00, 0x80, 0x3f]);
+    fn encodes_as_onnx_proto_lays_it_out() {
+        // A Relu node: input (1) "x", output (2) "y", name (3) "y",
+        // op_type (4) "Relu", then an INT attribute (5) { name (1) "axis",
+        // i (3) 1, type (20, a two-byte key a0 01) INT = 2 }.
+        let node = Node::new("Relu", "y", vec!["x".into()])
+            .int("axis", 1)
+            .proto();
+        let mut want = b"\x0a\x01x\x12\x01y\x1a\x01y\x22\x04Relu".to_vec();
+        want.extend_from_slice(b"\x2a\x0b\x0a\x04axis\x18\x01\xa0\x01\x02");
+        assert_eq!(node.encode_to_vec(), want);
+        // proto2 repeated int64 is unpacked: one key (8 << 3 = 0x40) each.
+        let ints = Node::new("MaxPool", "p", vec![])
+            .ints("strides", &[2, 2])
+            .attrs;
+        let bytes = ints[0].encode_to_vec();
+        assert!(
+            bytes.windows(4).any(|w| w == [0x40, 0x02, 0x40, 0x02]),
+            "{bytes:x?}"
+        );
     }
 }
