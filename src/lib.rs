@@ -6,13 +6,14 @@
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `run_state` is the run's state that checkpoints keep; `step_log` holds the loop's per-step metrics until it reads them back;
 //! `tensorboard` writes them as TensorBoard event files too (its messages in `tensorboard_pb`);
-//! `world` places this process among the processes of a multi-machine run;
+//! `dist` spreads a run over devices and processes (the device choice, the
+//! layout, the all-reduce, the world of a multi-machine run);
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3);
 //! `features` takes hidden-layer activations and finds nearest neighbours.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
-pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;
@@ -21,7 +22,6 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod npy;
-pub mod parallel;
 pub mod plot;
 pub mod progress;
 pub mod rng;
@@ -31,6 +31,5 @@ pub mod tensorboard;
 mod tensorboard_pb;
 pub mod train;
 pub mod viz;
-pub mod world;
 
 pub use error::{Error, Result};

@@ -22,11 +22,12 @@ use crate::data::{
     batches_from, workers_for, Batch, BuildOptions, ImageFolder, ImageSet, ImageSource, Lighting,
     LoaderConfig, Pca,
 };
+use crate::dist::layout::Layout;
+use crate::dist::world::World;
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::export::Tensor;
 use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
-use crate::model::layout::Layout;
 use crate::model::loss_scale::LossScale;
 use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
@@ -36,7 +37,6 @@ use crate::model::trainable::Model;
 use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::step_log::{EpochClock, StepLog, StepSink};
 use crate::tensorboard::EventWriter;
-use crate::world::World;
 
 pub use crate::run_state::{EpochStats, Schedule};
 

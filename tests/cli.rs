@@ -262,6 +262,30 @@ fn device_flags_that_are_not_built_are_refused() {
         &["gpu-ops", "--gpus", "0,1"],
         &["--gpus 0,1", "one GPU", "--gpus 0"],
     );
+    // predict picks its device like every command (no file is read first).
+    assert_error(
+        &[
+            "predict",
+            "--checkpoint",
+            "none.safetensors",
+            "--gpus",
+            "0,1",
+            "x.jpg",
+        ],
+        &["--gpus 0,1", "one GPU", "--gpus 0"],
+    );
+    assert_error(
+        &[
+            "predict",
+            "--checkpoint",
+            "none.safetensors",
+            "--cpu",
+            "--precision",
+            "bf16",
+            "x.jpg",
+        ],
+        &["--precision bf16", "fp32 only"],
+    );
     assert_error(
         &["train", "--cpu", "--precision", "fp16", "--demo"],
         &["--precision fp16", "fp32 only", "--gpus 0"],

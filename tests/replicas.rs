@@ -6,8 +6,9 @@ mod common;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::dist::HostAllReduce;
 use alexnet_cuda::model::net::{Mode, Network};
-use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, HostAllReduce, Replica};
+use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, Replica};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use common::{batch, bits, max_nan, narrow, scaled_diff};

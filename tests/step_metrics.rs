@@ -15,13 +15,14 @@ use std::time::Duration;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::data::{batches_from, write_demo_dataset};
+use alexnet_cuda::dist::HostAllReduce;
+use alexnet_cuda::dist::Layout;
 use alexnet_cuda::eval::topk_hits;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::net::{Mode, Network};
-use alexnet_cuda::model::replicas::HostAllReduce;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::model::trainable::{Layout, Model, StepMetrics};
+use alexnet_cuda::model::trainable::{Model, StepMetrics};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::{load_data, loader_config, train, Schedule, TrainOptions};
 

@@ -1,4 +1,4 @@
-//! The CPU all-reduce's rendezvous across processes (src/model/tcp_reduce.rs),
+//! The CPU all-reduce's rendezvous across processes (src/dist/tcp.rs),
 //! here with the ranks as threads: rank 0 listens at MASTER_ADDR only (an
 //! inherited socket too), refuses every connection that is not a free rank
 //! of the run with a warning naming the peer, tells a refused rank why, and
@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::model::replicas::AllReduce;
-use alexnet_cuda::model::tcp_reduce::{bind_at, listen, TcpAllReduce};
-use alexnet_cuda::world::World;
+use alexnet_cuda::dist::tcp::{bind_at, listen, TcpAllReduce};
+use alexnet_cuda::dist::world::World;
+use alexnet_cuda::dist::AllReduce;
 
 /// Rank `rank` of `size`, whose MASTER_PORT + 1 is `port`.
 fn world(rank: usize, size: usize, port: u16) -> World {

@@ -18,11 +18,11 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::Encoding;
+use alexnet_cuda::dist::Layout;
 use alexnet_cuda::eval::forward_rows;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::model::trainable::Layout;
 use alexnet_cuda::train::{train, Schedule, TrainOptions, TrainReport};
 
 fn fixture() -> PathBuf {

@@ -1,5 +1,5 @@
-//! What several commands share: the network flags (`NetArgs`), the count
-//! parser, the name of an enumerated flag's value, the compute thread pool
+//! What several commands share: the network flags (`NetArgs`), the host's
+//! threads and progress bar (`HostArgs`), the count parser, the name of an enumerated flag's value, the compute thread pool
 //! and the rows per image of a crop mode.
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -20,6 +20,36 @@ pub struct NetArgs {
     /// Pooling window: 3 (overlapping, the paper) or 2 (non-overlapping ablation).
     #[arg(long, value_name = "SIZE")]
     pub pool: Option<usize>,
+}
+
+/// The host's share of the work: loader threads, compute threads, the bar.
+#[derive(Args, Clone)]
+pub struct HostArgs {
+    /// Loader threads; 0 decodes on the compute thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl HostArgs {
+    /// Sizes the compute thread pool (before any compute starts).
+    pub fn apply(&self) -> Result<()> {
+        set_threads(self.threads)
+    }
+
+    /// The loader threads for a run on a GPU (`gpu`) or the CPU.
+    pub fn workers(&self, gpu: bool) -> usize {
+        alexnet_cuda::data::workers_for(self.workers, gpu)
+    }
+
+    pub fn progress(&self) -> bool {
+        !self.no_progress
+    }
 }
 
 impl NetArgs {

@@ -1,13 +1,13 @@
-//! Where the ops run: the device flags (`DeviceArgs`), the parallelism flags
-//! (`ParallelArgs`), and `on_device!`, which runs a body on the backend the
-//! flags resolve to.
+//! Where the ops run: the device flags (`DeviceArgs`) and the parallelism
+//! flags (`ParallelArgs`), turned into the `Request` that `dist::run_on`
+//! (or `run_on_one`) resolves: the one way every command picks its device.
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
-use alexnet_cuda::device::{self, Device};
-use alexnet_cuda::parallel::{Parallel, Request};
-use alexnet_cuda::world::World;
+use alexnet_cuda::dist::device::{self, Device};
+use alexnet_cuda::dist::placement::{Parallel, Request};
+use alexnet_cuda::dist::world::World;
 
 use super::common::{flag_value, positive};
 
@@ -32,7 +32,7 @@ pub struct DeviceArgs {
 }
 
 /// How several devices share the work (train and bench-step).
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct ParallelArgs {
     /// model: the paper's two towers on two devices (the default for --gpus with two; 0,0 puts both on GPU 0). data: a replica per device, gradients averaged by all-reduce (NCCL on GPUs). hybrid: the two towers on each pair of devices, data-parallel across the pairs. Across machines, one process per machine with torchrun's variables (docs/scaling.md).
     #[arg(long, value_enum)]
@@ -86,7 +86,7 @@ impl DeviceArgs {
         let (cpu, gpus) = if self.cpu || self.gpus.is_some() || !world.is_single() {
             (self.cpu, self.gpus.clone())
         } else {
-            match device::choose(false, None)? {
+            match device::automatic() {
                 Device::Cpu => (true, None),
                 Device::Cuda(ids) => (false, Some(ids[0].to_string())),
             }
@@ -125,13 +125,12 @@ impl DeviceArgs {
         f
     }
 
-    /// Probe and resolve the flags into a device, refusing what is not built.
-    pub fn resolve(&self) -> Result<Device> {
-        let dev = device::choose(self.cpu, self.gpus.as_deref())?;
-        if dev == Device::Cpu {
-            self.check_cpu_flags()?;
+    /// The request of a command that runs one network: one device.
+    pub fn request_one(&self) -> Result<Request> {
+        if let Some(list) = &self.gpus {
+            device::one_gpu(list)?;
         }
-        Ok(dev)
+        self.request(&ParallelArgs::default(), &World::single())
     }
 
     /// On the CPU, the GPU-only flags are errors that say what to do.
@@ -164,23 +163,3 @@ impl DeviceArgs {
         }
     }
 }
-
-/// Run `$body` with `$be` bound to the backend `$dev` names (the trait has
-/// associated types, so each backend gets its own copy of the body);
-/// `$args` is the command's `DeviceArgs`.
-macro_rules! on_device {
-    ($dev:expr, $args:expr, |$be:ident| $body:expr) => {
-        match $dev {
-            ::alexnet_cuda::device::Device::Cpu => {
-                let $be = ::alexnet_cuda::backend::cpu::CpuBackend::new();
-                $body
-            }
-            ::alexnet_cuda::device::Device::Cuda(ids) => {
-                let $be =
-                    ::alexnet_cuda::backend::cuda::CudaBackend::new(ids[0], $args.cuda_options())?;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use on_device;

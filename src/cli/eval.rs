@@ -7,15 +7,18 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint;
-use alexnet_cuda::data::workers_for;
-use alexnet_cuda::device::Device;
+use alexnet_cuda::data::ImageSource;
+use alexnet_cuda::data::LoaderConfig;
+use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data, EvalResult};
 use alexnet_cuda::features::spread;
 use alexnet_cuda::model::net::Network;
+use alexnet_cuda::model::topology::Topology;
 
-use super::common::{crop_rows, positive, set_threads};
-use super::device::{on_device, DeviceArgs};
+use super::common::{crop_rows, positive, HostArgs};
+use super::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -36,31 +39,25 @@ pub struct EvalArgs {
     /// Evaluate N images spread evenly over the set.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    host: HostArgs,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
-    /// Hide the progress bar.
-    #[arg(long)]
-    no_progress: bool,
 }
 
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    args.host.apply()?;
+    // The flags first: a bad one is reported before any file is read.
+    let request = args.device.request_one()?;
     let ck = checkpoint::load(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
-    let device = args.device.resolve()?;
     let batch = args
         .batch
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
-    let set = open_eval_data(&args.data, &ck, !args.no_progress)?;
+    let set = open_eval_data(&args.data, &ck, args.host.progress())?;
     let idx = spread(set.len(), args.limit.map(|k| k as usize));
     // Ten crops make ten rows per image: keep the rows per step near `batch`.
     let per_step = if args.ten_crop {
@@ -68,24 +65,51 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         batch
     };
-    let workers = workers_for(args.workers, matches!(device, Device::Cuda(_)));
+    let workers = args.host.workers(!request.cpu);
     let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
     let label = if args.ten_crop {
         "eval (10 crops)"
     } else {
         "eval"
     };
-    let pb = alexnet_cuda::progress::bar(idx.len(), label, !args.no_progress);
+    let pb = alexnet_cuda::progress::bar(idx.len(), label, args.host.progress());
     let t0 = Instant::now();
-    let r = on_device!(&device, args.device, |be| {
-        let mut net = Network::new(&be, &topo, per_step * crop_rows(args.ten_crop), 0)?;
-        ck.restore(&mut net, false)?;
-        evaluate(&mut net, &set, &idx, &cfg, |done| {
-            pb.set_position(done as u64)
-        })?
-    });
+    let job = EvalOn {
+        ck: &ck,
+        topo: &topo,
+        rows: per_step * crop_rows(args.ten_crop),
+        set: &set,
+        idx: &idx,
+        cfg: &cfg,
+        pb: &pb,
+    };
+    let r = run_on_one(&request, job)?;
     pb.finish_and_clear();
     print_result(&args, &r, t0.elapsed().as_secs_f64())
+}
+
+/// The network restored from the checkpoint, run over the images.
+struct EvalOn<'a> {
+    ck: &'a checkpoint::Checkpoint,
+    topo: &'a Topology,
+    /// Network rows per step (images x crops).
+    rows: usize,
+    set: &'a std::sync::Arc<dyn ImageSource>,
+    idx: &'a [usize],
+    cfg: &'a LoaderConfig,
+    pb: &'a indicatif::ProgressBar,
+}
+
+impl OnDevice for EvalOn<'_> {
+    type Out = EvalResult;
+    type Err = anyhow::Error;
+    fn run<B: Backend>(self, be: &B) -> Result<EvalResult> {
+        let mut net = Network::new(be, self.topo, self.rows, 0)?;
+        self.ck.restore(&mut net, false)?;
+        Ok(evaluate(&mut net, self.set, self.idx, self.cfg, |done| {
+            self.pb.set_position(done as u64)
+        })?)
+    }
 }
 
 /// eval's --json line (scripts/gpu-check reads it).

@@ -7,13 +7,13 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint;
-use alexnet_cuda::data::workers_for;
-use alexnet_cuda::device::Device;
+use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{positive, set_threads};
-use super::device::{on_device, DeviceArgs};
+use super::common::{positive, HostArgs};
+use super::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct FeaturesArgs {
@@ -38,22 +38,16 @@ pub struct FeaturesArgs {
     /// N images spread evenly over the set.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    /// Loader threads (default: as eval).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Hide the progress bar.
-    #[arg(long)]
-    no_progress: bool,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 /// Write the features and say how many.
 pub fn run(args: FeaturesArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    args.host.apply()?;
+    // The flags first: a bad one is reported before any file is read.
+    let request = args.device.request_one()?;
     let ck = checkpoint::load(&args.checkpoint)?;
-    let device = args.device.resolve()?;
     let job = features::FeaturesJob {
         ck: &ck,
         data: &args.data,
@@ -61,11 +55,11 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         out: &args.out,
         batch: args.batch as usize,
         limit: args.limit.map(|l| l as usize),
-        workers: workers_for(args.workers, matches!(device, Device::Cuda(_))),
-        progress: !args.no_progress,
+        workers: args.host.workers(!request.cpu),
+        progress: args.host.progress(),
     };
     let t0 = Instant::now();
-    let r = on_device!(&device, args.device, |be| features::features(&be, &job)?);
+    let r = run_on_one(&request, FeaturesOn(&job))?;
     println!(
         "{}: {} rows x {} values ({}) in {:.0}s; rows described in {}",
         args.out.display(),
@@ -76,4 +70,15 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         r.rows_csv.display()
     );
     Ok(())
+}
+
+/// `features::features` on the requested device.
+struct FeaturesOn<'a>(&'a features::FeaturesJob<'a>);
+
+impl OnDevice for FeaturesOn<'_> {
+    type Out = features::FeaturesReport;
+    type Err = alexnet_cuda::Error;
+    fn run<B: Backend>(self, be: &B) -> alexnet_cuda::Result<Self::Out> {
+        features::features(be, self.0)
+    }
 }

@@ -5,9 +5,10 @@ use clap::Args;
 use serde::Serialize;
 use tracing::info;
 
+use alexnet_cuda::backend::cuda::probe;
 use alexnet_cuda::backend::cuda::{parity, CudaBackend};
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::device::Device;
+use alexnet_cuda::dist::device;
 use alexnet_cuda::model::topology::Topology;
 
 use super::device::DeviceArgs;
@@ -24,11 +25,13 @@ pub struct GpuOpsArgs {
 /// Every parity check, then the steady-state allocation check; fails if
 /// any check did.
 pub fn run(args: GpuOpsArgs) -> Result<()> {
-    let ids = match args.device.resolve()? {
-        Device::Cuda(ids) => ids,
-        Device::Cpu => bail!("gpu-ops compares a GPU with the CPU: it needs a CUDA GPU (--gpus 0)"),
+    let req = args.device.request_one()?;
+    let Some(list) = req.gpus.as_deref().filter(|_| !req.cpu) else {
+        bail!("gpu-ops compares a GPU with the CPU: it needs a CUDA GPU (--gpus 0)");
     };
-    let be = CudaBackend::new(ids[0], args.device.cuda_options())?;
+    let id = device::one_gpu(list)?;
+    probe::require(&[id])?;
+    let be = CudaBackend::new(id, req.cuda)?;
     info!("{}", be.name());
     let mut failed = 0;
     let mut rows = parity::run_all(&be)?;

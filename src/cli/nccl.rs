@@ -7,7 +7,7 @@ use anyhow::Result;
 use tracing::{info, warn};
 
 use alexnet_cuda::backend::cuda::nccl_lib::{self, NcclLibError, Plan};
-use alexnet_cuda::parallel::NcclUse;
+use alexnet_cuda::dist::placement::NcclUse;
 
 /// Make NCCL loadable for a run that uses it, before anything else is
 /// opened. cudarc does not try libnccl.so.2, the name NCCL's packages

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 
 use alexnet_cuda::backend::cuda::nccl_lib;
-use alexnet_cuda::parallel::NcclUse;
+use alexnet_cuda::dist::placement::NcclUse;
 
 use super::nccl::make_nccl_loadable;
 

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint;
-use alexnet_cuda::data::workers_for;
-use alexnet_cuda::device::Device;
+use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{positive, set_threads};
-use super::device::{on_device, DeviceArgs};
+use super::common::{positive, HostArgs};
+use super::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct NeighborsArgs {
@@ -45,22 +45,16 @@ pub struct NeighborsArgs {
     /// Search N images spread evenly over the set (as `features --limit N`).
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    /// Loader threads (default: as eval).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Hide the progress bar.
-    #[arg(long)]
-    no_progress: bool,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    args.host.apply()?;
+    // The flags first: a bad one is reported before any file is read.
+    let request = args.device.request_one()?;
     let ck = checkpoint::load(&args.checkpoint)?;
-    let device = args.device.resolve()?;
     let job = features::NeighborsJob {
         ck: &ck,
         data: &args.data,
@@ -70,11 +64,11 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
         features: args.features.as_deref(),
         batch: args.batch as usize,
         limit: args.limit.map(|l| l as usize),
-        workers: workers_for(args.workers, matches!(device, Device::Cuda(_))),
-        progress: !args.no_progress,
+        workers: args.host.workers(!request.cpu),
+        progress: args.host.progress(),
         cell: args.cell as usize,
     };
-    let r = on_device!(&device, args.device, |be| features::neighbors(&be, &job)?);
+    let r = run_on_one(&request, NeighborsOn(&job))?;
     print_table(&r);
     println!(
         "{}: {} queries x {} neighbours among {} images ({} {})",
@@ -107,5 +101,16 @@ fn print_table(r: &features::NeighborsReport) {
                 n.source.as_deref().unwrap_or("-")
             );
         }
+    }
+}
+
+/// `features::neighbors` on the requested device.
+struct NeighborsOn<'a>(&'a features::NeighborsJob<'a>);
+
+impl OnDevice for NeighborsOn<'_> {
+    type Out = features::NeighborsReport;
+    type Err = alexnet_cuda::Error;
+    fn run<B: Backend>(self, be: &B) -> alexnet_cuda::Result<Self::Out> {
+        features::neighbors(be, self.0)
     }
 }

@@ -1,6 +1,6 @@
 //! `predict`: the top classes of images (or of a preprocessed NCHW batch
-//! from a .npy file) under a checkpoint, on the CPU; optionally the raw
-//! logits to a .npy file.
+//! from a .npy file) under a checkpoint, on the device the flags pick like
+//! every other command's; optionally the raw logits to a .npy file.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use tracing::info;
 
-use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_file, ImageSet, ImageSource};
+use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
@@ -18,12 +19,15 @@ use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 
 use super::common::{crop_rows, positive, set_threads};
+use super::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct PredictArgs {
     /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Images (JPEG, PNG): resized, centre-cropped and normalised as in evaluation.
     #[arg(
         value_name = "IMAGE",
@@ -59,16 +63,18 @@ struct Rows {
 /// Classify the inputs and print each one's top classes.
 pub fn run(args: PredictArgs) -> Result<()> {
     set_threads(args.threads)?;
+    // The flags first: a bad one is reported before any file is read.
+    let request = args.device.request_one()?;
     let ck = checkpoint::load(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
-    let chunk = ck.state.options.batch.clamp(1, 64);
-    let be = CpuBackend::new();
-    let mut net = Network::new(&be, &topo, chunk, 0)?;
-    ck.restore(&mut net, false)?;
-    let rows = match &args.input_npy {
-        Some(path) => npy_rows(&mut net, &topo, path, chunk)?,
-        None => image_rows(&mut net, topo.classes, &ck, &args, chunk)?,
-    };
+    let rows = run_on_one(
+        &request,
+        PredictOn {
+            ck: &ck,
+            topo: &topo,
+            args: &args,
+        },
+    )?;
     let classes = topo.classes;
     print_top(&ck, &rows, classes, args.top as usize);
     if let Some(path) = &args.logits {
@@ -77,6 +83,27 @@ pub fn run(args: PredictArgs) -> Result<()> {
         info!("wrote {n} logits rows to {}", path.display());
     }
     Ok(())
+}
+
+/// The network restored from the checkpoint, run over the inputs.
+struct PredictOn<'a> {
+    ck: &'a Checkpoint,
+    topo: &'a Topology,
+    args: &'a PredictArgs,
+}
+
+impl OnDevice for PredictOn<'_> {
+    type Out = Rows;
+    type Err = anyhow::Error;
+    fn run<B: Backend>(self, be: &B) -> Result<Rows> {
+        let chunk = self.ck.state.options.batch.clamp(1, 64);
+        let mut net = Network::new(be, self.topo, chunk, 0)?;
+        self.ck.restore(&mut net, false)?;
+        match &self.args.input_npy {
+            Some(path) => npy_rows(&mut net, self.topo, path, chunk),
+            None => image_rows(&mut net, self.topo.classes, self.ck, self.args, chunk),
+        }
+    }
 }
 
 /// A preprocessed batch from a .npy file, checked against the network's input.

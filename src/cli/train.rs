@@ -14,16 +14,16 @@ use tracing::info;
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::write_demo_dataset;
+use alexnet_cuda::dist::placement::{self, OnLayout};
+use alexnet_cuda::dist::world::World;
+use alexnet_cuda::dist::Layout;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
-use alexnet_cuda::model::trainable::Layout;
-use alexnet_cuda::parallel::{self, OnLayout};
 use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
-use alexnet_cuda::world::World;
 
-use super::common::{flag_value, positive, set_threads, NetArgs};
+use super::common::{flag_value, positive, HostArgs, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -94,15 +94,8 @@ pub struct TrainArgs {
     max_drops: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Loader threads; 0 decodes on the training thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Hide the progress bar.
-    #[arg(long)]
-    no_progress: bool,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 /// --recipe's values: the library's `InitRecipe`.
@@ -142,8 +135,8 @@ impl From<MetricsFlag> for MetricsFormat {
 pub fn run(args: TrainArgs) -> Result<()> {
     let world = World::from_env()?;
     let request = args.device.request(&args.parallel, &world)?;
-    ensure_nccl(parallel::nccl_use(&request, &world)?)?;
-    set_threads(args.threads)?;
+    ensure_nccl(placement::nccl_use(&request, &world)?)?;
+    args.host.apply()?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
         None => None,
@@ -170,7 +163,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts.out = None;
     }
     opts.world = world;
-    let report = parallel::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
+    let report = placement::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.interrupted {
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
@@ -187,6 +180,7 @@ struct TrainOn<'a>(&'a NetSpec, &'a TrainOptions);
 
 impl OnLayout for TrainOn<'_> {
     type Out = TrainReport;
+    type Err = alexnet_cuda::Error;
     fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<TrainReport> {
         train(layout, self.0, self.1)
     }
@@ -240,8 +234,8 @@ fn options(
         }
         opts.time_limit = Some(Duration::from_secs_f64(t));
     }
-    opts.workers = args.workers;
-    opts.progress = !args.no_progress;
+    opts.workers = args.host.workers;
+    opts.progress = args.host.progress();
     opts.checkpoint_every = args.checkpoint_every;
     opts.keep = args.keep as usize;
     opts.metrics_format = args.metrics_format.into();

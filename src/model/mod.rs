@@ -2,9 +2,7 @@
 //! for it (`spec`), what is derived from it for people (`summary`), what
 //! runs it on a backend (`net` on one device, `towers` on two, `replicas`
 //! data-parallel), what every executor offers the trainer (`trainable`, with
-//! the step metrics of `step`), which executor runs on which devices
-//! (`layout`), and the loss scale of 16-bit training (`loss_scale`).
-pub mod layout;
+//! the step metrics of `step`), and the loss scale of 16-bit training (`loss_scale`).
 pub mod loss_scale;
 pub mod net;
 pub mod replicas;
@@ -12,7 +10,6 @@ pub mod scaling;
 pub mod spec;
 pub mod step;
 pub mod summary;
-pub mod tcp_reduce;
 pub mod topology;
 pub mod towers;
 pub mod trainable;

@@ -10,9 +10,7 @@
 //! the backward pass of its lowest layer, so on GPUs the reduction of the
 //! upper layers overlaps the backward pass of the lower ones. Here the
 //! replicas step through backward layer by layer in lockstep, which gives
-//! the same order. `AllReduce` is the transport: `HostAllReduce` sums in
-//! process (CPU replicas), `tcp_reduce` across processes (CPU replicas of a
-//! multi-process run); `backend::cuda::nccl` is the GPU one.
+//! the same order. `AllReduce` (in `dist`) is the transport.
 //!
 //! A replica is any executor that can run backward a layer at a time
 //! (`Replica`): the grouped network on one device (data parallelism), or the
@@ -27,84 +25,9 @@ use super::topology::Topology;
 use super::towers::TowerNetwork;
 use super::trainable::Model;
 use crate::backend::{Backend, SgdParams};
+use crate::dist::allreduce::AllReduce;
 use crate::error::{Error, Result};
 use crate::rng::hash_u64;
-
-/// Averages one buffer across replicas: afterwards every replica's buffer
-/// holds the mean of what they held. `part` says which share of a tensor
-/// the buffers are (a tower's half under hybrid parallelism; 0 otherwise),
-/// for transports that keep one communicator per part.
-pub trait AllReduce<B: Backend> {
-    fn mean(&mut self, part: usize, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()>;
-    /// The index of this process's first replica among all processes'
-    /// (0 in a one-process run): it picks the replicas' dropout streams.
-    fn first_replica(&self) -> usize {
-        0
-    }
-}
-
-/// In-process all-reduce: each replica's buffer comes to the host, the sum
-/// is taken in rank order (so the result is the same on every run), scaled
-/// by 1/k, and written back to every replica.
-#[derive(Default)]
-pub struct HostAllReduce {
-    sum: Vec<f32>,
-    part: Vec<f32>,
-}
-
-impl<B: Backend> AllReduce<B> for HostAllReduce {
-    fn mean(&mut self, _part: usize, devs: &[&B], bufs: &mut [&mut B::Buf]) -> Result<()> {
-        let Some(first) = bufs.first() else {
-            return Ok(());
-        };
-        self.sum.clear();
-        self.sum.resize(devs[0].buf_len(first), 0.0);
-        add_replicas(devs, bufs, &mut self.sum, &mut self.part)?;
-        scale(&mut self.sum, bufs.len());
-        upload_all(devs, bufs, &self.sum)
-    }
-}
-
-/// sum += each replica's buffer, in replica order: the one order every
-/// host-side all-reduce here sums in, so their results agree bit for bit.
-pub(crate) fn add_replicas<B: Backend>(
-    devs: &[&B],
-    bufs: &[&mut B::Buf],
-    sum: &mut [f32],
-    scratch: &mut Vec<f32>,
-) -> Result<()> {
-    scratch.resize(sum.len(), 0.0);
-    for (dev, buf) in devs.iter().zip(bufs) {
-        dev.download(buf, scratch)?;
-        add(sum, scratch);
-    }
-    Ok(())
-}
-
-/// s += p, element by element.
-pub(crate) fn add(s: &mut [f32], p: &[f32]) {
-    for (a, b) in s.iter_mut().zip(p) {
-        *a += b;
-    }
-}
-
-/// A sum of `k` buffers into their mean.
-pub(crate) fn scale(sum: &mut [f32], k: usize) {
-    let inv = 1.0 / k as f32;
-    sum.iter_mut().for_each(|s| *s *= inv);
-}
-
-/// Every replica's buffer set to `values`.
-pub(crate) fn upload_all<B: Backend>(
-    devs: &[&B],
-    bufs: &mut [&mut B::Buf],
-    values: &[f32],
-) -> Result<()> {
-    for (dev, buf) in devs.iter().zip(bufs.iter_mut()) {
-        dev.upload(values, buf)?;
-    }
-    Ok(())
-}
 
 /// The devices of each tower across pairs: `[pairs' tower 0, pairs' tower 1]`
 /// (the parts a hybrid run reduces separately).

@@ -9,8 +9,7 @@ use super::net::Mode;
 use super::topology::Topology;
 use crate::error::Result;
 
-// Old paths: the step metrics and the layout have modules of their own.
-pub use super::layout::{Layout, BUCKET_BYTES};
+// Old path: the step metrics have a module of their own.
 pub use super::step::{StepMetrics, STEP_SLOTS};
 
 pub trait Model {

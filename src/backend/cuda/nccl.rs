@@ -1,5 +1,5 @@
 //! NCCL all-reduce for data parallelism on GPUs (ARCHITECTURE.md, "Distribution"): the
-//! transport `model::replicas` uses where `HostAllReduce` serves CPU
+//! transport `model::replicas` uses where `dist::HostAllReduce` serves CPU
 //! replicas. One process drives its local GPUs; one communicator per tensor
 //! part (a tower's half under hybrid parallelism) spans that part's device
 //! in every replica of every process.
@@ -20,9 +20,9 @@ use cudarc::driver::{CudaStream, DevicePtrMut};
 use cudarc::nccl::safe::{group_end, group_start, Comm, Id, ReduceOp};
 
 use super::{storage16, CudaBackend, CudaBuf};
+use crate::dist::allreduce::AllReduce;
+use crate::dist::world::World;
 use crate::error::{Error, Result};
-use crate::model::replicas::AllReduce;
-use crate::world::World;
 
 /// What to do when libnccl is nowhere (nccl_lib.rs searches).
 pub const NO_NCCL: &str = "NCCL (libnccl.so.2) not found: install it with `pip install nvidia-nccl-cu12` (nvidia-nccl-cu13 for CUDA 13) into the python3 on PATH or the active virtualenv, or with `sudo apt install libnccl2`, and run again; if it is installed elsewhere (another Python), put the folder holding libnccl.so.2 on LD_LIBRARY_PATH: export LD_LIBRARY_PATH=/path/to/site-packages/nvidia/nccl/lib:$LD_LIBRARY_PATH (that Python prints the folder: python -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], \"lib\"))')";

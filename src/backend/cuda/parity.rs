@@ -783,8 +783,9 @@ pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
 /// logits, the loss and the worst gradient after the reduction; without
 /// NCCL, a failing row that says so.
 pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
-    use crate::model::layout::BUCKET_BYTES;
-    use crate::model::replicas::{DataParallel, HostAllReduce};
+    use crate::dist::layout::BUCKET_BYTES;
+    use crate::dist::HostAllReduce;
+    use crate::model::replicas::DataParallel;
     let (topo, x, labels) = split_case();
     let (a, b) = (twin(be)?, twin(be)?);
     let mut two = DataParallel::grouped(
@@ -801,7 +802,8 @@ pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
         return Ok(rows);
     }
     let c = twin(be)?;
-    let reduce = super::nccl::NcclAllReduce::new(&[vec![&c]], &crate::world::World::single())?;
+    let reduce =
+        super::nccl::NcclAllReduce::new(&[vec![&c]], &crate::dist::world::World::single())?;
     let mut one = DataParallel::grouped(
         vec![&c],
         &topo,

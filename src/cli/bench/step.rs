@@ -7,17 +7,16 @@ use serde::Serialize;
 use tracing::info;
 
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::device::Device;
+use alexnet_cuda::dist::placement::{self, OnDevice, OnLayout};
+use alexnet_cuda::dist::world::World;
+use alexnet_cuda::dist::Layout;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::model::trainable::Layout;
-use alexnet_cuda::parallel::{self, OnLayout};
-use alexnet_cuda::world::World;
 
 use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
 use crate::cli::common::{positive, set_threads, NetArgs};
-use crate::cli::device::{on_device, DeviceArgs, ParallelArgs};
+use crate::cli::device::{DeviceArgs, ParallelArgs};
 use crate::cli::nccl::ensure_nccl;
 
 #[derive(Args)]
@@ -110,14 +109,23 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     if args.parallel.parallel.is_some() || several {
         let world = World::single();
         let request = args.device.request(&args.parallel, &world)?;
-        ensure_nccl(parallel::nccl_use(&request, &world)?)?;
-        return Ok(parallel::run_on(&request, &world, BenchOn(&topo, &args))?);
+        ensure_nccl(placement::nccl_use(&request, &world)?)?;
+        return placement::run_on(&request, &world, BenchOn(&topo, &args));
     }
-    let device = args.device.resolve()?;
-    let cpu = device == Device::Cpu;
-    on_device!(&device, args.device, |be| bench_steps(
-        &be, &topo, &args, cpu
-    ))
+    let request = args.device.request_one()?;
+    let cpu = request.cpu;
+    placement::run_on_one(&request, StepsOn(&topo, &args, cpu))
+}
+
+/// `bench_steps` on the one requested device.
+struct StepsOn<'a>(&'a Topology, &'a BenchStepArgs, bool);
+
+impl OnDevice for StepsOn<'_> {
+    type Out = ();
+    type Err = anyhow::Error;
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        bench_steps(be, self.0, self.1, self.2)
+    }
 }
 
 /// `bench_layout` on whichever devices the request resolves to.
@@ -125,9 +133,9 @@ struct BenchOn<'a>(&'a Topology, &'a BenchStepArgs);
 
 impl OnLayout for BenchOn<'_> {
     type Out = ();
-    fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<()> {
+    type Err = anyhow::Error;
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> Result<()> {
         bench_layout(layout, self.0, self.1)
-            .map_err(|e| alexnet_cuda::Error::Backend(format!("{e:#}")))
     }
 }
 

@@ -27,10 +27,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::replicas::{add, add_replicas, scale, upload_all, AllReduce};
+use super::allreduce::{add, add_replicas, scale, upload_all, AllReduce};
+use super::world::World;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::world::World;
 
 /// How long ranks wait for each other to start, and for a peer's data.
 const CONNECT_FOR: Duration = Duration::from_secs(120);

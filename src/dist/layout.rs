@@ -1,13 +1,14 @@
 //! Which executor runs on which devices: `Layout` names one device, the
 //! paper's two towers, data-parallel replicas or pairs of towers, and
 //! `build` makes the `Model` for it.
-use super::net::Network;
-use super::replicas::{AllReduce, DataParallel};
-use super::topology::Topology;
-use super::towers::TowerNetwork;
-use super::trainable::Model;
+use super::allreduce::AllReduce;
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::net::Network;
+use crate::model::replicas::DataParallel;
+use crate::model::topology::Topology;
+use crate::model::towers::TowerNetwork;
+use crate::model::trainable::Model;
 
 /// How a run lays the network over its devices; `build` makes the `Model`.
 pub enum Layout<'a, B: Backend> {
@@ -33,6 +34,18 @@ impl<'a, B: Backend> Layout<'a, B> {
             Layout::Towers(t) => t[0],
             Layout::Data(d, _) => d[0],
             Layout::Hybrid(p, _) => p[0][0],
+        }
+    }
+
+    /// The device of a one-device layout, for commands that run one
+    /// network (evaluation, prediction, features).
+    pub fn one(&self) -> Result<&'a B> {
+        match self {
+            Layout::One(b) => Ok(b),
+            _ => Err(Error::Config(format!(
+                "this command runs on one device, not on {}; pass one, e.g. --gpus 0, or --cpu",
+                self.describe()
+            ))),
         }
     }
 

@@ -12,7 +12,7 @@
 //! listens there (NVIDIA/nccl issue 730 describes the mechanism);
 //! communicator `part` listens on MASTER_PORT + 1 + part, since torchrun's
 //! own store already holds MASTER_PORT. CPU runs meet over TCP at
-//! MASTER_PORT + 1 (`model::tcp_reduce`), on MASTER_ADDR only; a launcher
+//! MASTER_PORT + 1 (`dist::tcp`), on MASTER_ADDR only; a launcher
 //! that reserved that port by binding it can hand rank 0 the bound socket
 //! instead (ALEXNET_LISTEN_FD, the inherited descriptor's number), so the
 //! port is never free for another program to take in between.

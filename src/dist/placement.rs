@@ -8,15 +8,16 @@
 //! `OnLayout` value whose generic `run` is called with the CPU or CUDA one.
 use tracing::{info, warn};
 
+use super::allreduce::{AllReduce, HostAllReduce};
+use super::device::parse_gpus;
+use super::layout::Layout;
+use super::tcp::TcpAllReduce;
+use super::world::World;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{nccl, nccl_lib, probe, CudaBackend, CudaOptions};
 use crate::backend::Backend;
-use crate::device::parse_gpus;
 use crate::error::{Error, Result};
-use crate::model::layout::Layout;
-use crate::model::replicas::{tower_parts, AllReduce, HostAllReduce};
-use crate::model::tcp_reduce::TcpAllReduce;
-use crate::world::World;
+use crate::model::replicas::tower_parts;
 
 /// How several devices share the work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +58,38 @@ pub struct Request {
     pub cuda: CudaOptions,
 }
 
-/// Code to run on whichever backend the request resolves to.
+/// Code to run on whichever backend the request resolves to: every command
+/// that computes reaches its devices through `run_on` with one of these.
 pub trait OnLayout {
     type Out;
-    fn run<B: Backend>(self, layout: Layout<'_, B>) -> Result<Self::Out>;
+    /// The code's error: the library's `Error`, or the command line's.
+    type Err: From<Error>;
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> std::result::Result<Self::Out, Self::Err>;
+}
+
+/// Code that runs one network on one device (evaluation, prediction,
+/// features): `run_on_one` calls it with the device of a one-device layout.
+pub trait OnDevice {
+    type Out;
+    type Err: From<Error>;
+    fn run<B: Backend>(self, be: &B) -> std::result::Result<Self::Out, Self::Err>;
+}
+
+/// An `OnDevice` as the `OnLayout` that `run_on` takes.
+struct One<F>(F);
+
+impl<F: OnDevice> OnLayout for One<F> {
+    type Out = F::Out;
+    type Err = F::Err;
+    fn run<B: Backend>(self, layout: Layout<'_, B>) -> std::result::Result<F::Out, F::Err> {
+        self.0.run(layout.one()?)
+    }
+}
+
+/// `run_on` for code that runs on one device, in this process alone; a
+/// request for several devices is an error that says to pass one.
+pub fn run_on_one<F: OnDevice>(req: &Request, f: F) -> std::result::Result<F::Out, F::Err> {
+    run_on(req, &World::single(), One(f))
 }
 
 /// The parallelism `--gpus LIST` implies without `--parallel`: none for one
@@ -101,7 +130,11 @@ fn pairs<B>(devs: &[B]) -> Vec<[&B; 2]> {
 
 /// Resolve `req` in `world` and run `f` on the layout. CPU devices are
 /// threads of this process; GPUs must be there (probed first).
-pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out> {
+pub fn run_on<F: OnLayout>(
+    req: &Request,
+    world: &World,
+    f: F,
+) -> std::result::Result<F::Out, F::Err> {
     if req.cpu {
         let p = req.parallel.unwrap_or(Parallel::None);
         check_world(p, world)?;
@@ -113,7 +146,7 @@ pub fn run_on<F: OnLayout>(req: &Request, world: &World, f: F) -> Result<F::Out>
         };
         check_count(p, n, "--cpu")?;
         let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
-        // Across processes, the replicas meet over TCP (tcp_reduce.rs).
+        // Across processes, the replicas meet over TCP (tcp.rs).
         let layout = layout(p, &devs, |parts| {
             Ok(if world.is_single() {
                 Box::new(HostAllReduce::default())

@@ -1,0 +1,74 @@
+//! Which device a command runs on. `--cpu` asks for the CPU backend, `--gpus
+//! LIST` for CUDA; with neither, CUDA is used when the driver library and a
+//! GPU are present, and the choice is logged (ARCHITECTURE.md, "Backends and stages"). The
+//! CUDA probe checks for libcuda before calling into it: cudarc panics when
+//! the library is absent, so absence must become an error or the CPU here.
+use tracing::info;
+
+use crate::backend::cuda::probe;
+use crate::error::{Error, Result};
+
+/// The device a command was asked for, after probing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA device ordinals, in the order given.
+    Cuda(Vec<usize>),
+}
+
+/// Parse `--gpus`: comma-separated device ordinals, e.g. `0` or `0,1`.
+pub fn parse_gpus(list: &str) -> Result<Vec<usize>> {
+    let ids = list
+        .split(',')
+        .map(|part| {
+            part.trim().parse::<usize>().map_err(|_| {
+                Error::Config(format!(
+                    "--gpus {list}: '{part}' is not a GPU index; write e.g. --gpus 0 or --gpus 0,1"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Err(Error::Config("--gpus: give at least one GPU index".into()));
+    }
+    Ok(ids)
+}
+
+/// `--gpus` for a command that runs one network: exactly one ordinal.
+pub fn one_gpu(list: &str) -> Result<usize> {
+    let ids = parse_gpus(list)?;
+    if ids.len() > 1 {
+        return Err(Error::Config(format!(
+            "--gpus {list}: this command runs on one GPU; pass one, e.g. --gpus {} (train and bench-step take several, with --parallel)",
+            ids[0]
+        )));
+    }
+    Ok(ids[0])
+}
+
+/// The device when neither `--cpu` nor `--gpus` was given: GPU 0 when the
+/// driver and a GPU are there, else the CPU; the choice and its reason are
+/// logged.
+pub fn automatic() -> Device {
+    match probe::devices() {
+        Ok(list) if !list.is_empty() => {
+            info!(
+                "no --cpu or --gpus given: using {} (pass --cpu to train on the CPU)",
+                list[0]
+            );
+            Device::Cuda(vec![list[0].ordinal])
+        }
+        Ok(_) => {
+            info!("no --cpu or --gpus given: no CUDA GPU found, using the CPU");
+            Device::Cpu
+        }
+        Err(e) => {
+            if probe::driver_present() {
+                info!("no --cpu or --gpus given: using the CPU (CUDA: {e})");
+            } else {
+                info!("no --cpu or --gpus given: using the CPU (no CUDA driver library found)");
+            }
+            Device::Cpu
+        }
+    }
+}
