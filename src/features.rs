@@ -418,50 +418,18 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let width = activation_width(&topo, NEIGHBOR_LAYER)?;
     let fs = open_set(job.data, ck, "train", job.progress)?;
     let indices = spread(fs.set.len(), job.limit);
-    if job.k == 0 {
-        return Err(Error::Config("--k must be at least 1".into()));
-    }
-    if job.k > indices.len() {
-        return Err(Error::Config(format!(
-            "--k {} is larger than the set's {} images; pass --k {} or less",
-            job.k,
-            indices.len(),
-            indices.len()
-        )));
-    }
-    if job.queries.is_empty() {
-        return Err(Error::Config("give at least one --query image".into()));
-    }
+    check_job(job, indices.len())?;
     // Decode the queries first: a bad file fails before any long work.
     let size = ck.state.preprocess.image_size;
     let mut qpix = Vec::with_capacity(job.queries.len() * size * size * 3);
     for p in job.queries {
         qpix.extend(decode_file(p, size)?);
     }
-    // The set's features: given (checked against the set and the network) or computed.
     let (features, computed) = match job.features {
-        Some(f) => {
-            let rows = NpyRows::open(f)?;
-            if rows.rows != indices.len() {
-                return Err(Error::Data(format!(
-                    "{}: {} rows, but the set has {} images{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
-                    f.display(),
-                    rows.rows,
-                    indices.len(),
-                    if job.limit.is_some() { " (with --limit)" } else { "" },
-                    if job.limit.is_some() { " and --limit" } else { "" },
-                )));
-            }
-            if rows.cols != width {
-                return Err(Error::Data(format!(
-                    "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {} has {width}; the file comes from another network: compute it with this checkpoint",
-                    f.display(),
-                    rows.cols,
-                    topo.name
-                )));
-            }
-            (f.to_path_buf(), false)
-        }
+        Some(f) => (
+            check_features(job, f, indices.len(), width, &topo.name)?,
+            false,
+        ),
         None => (default_features_path(job.out), true),
     };
     let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
@@ -481,11 +449,78 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         pb.finish_and_clear();
         write_rows_csv(&rows_csv_path(&features), ck, &fs, &indices)?;
     }
-    // The queries' features, through the same preprocessing.
+    let q = query_features(&mut net, job, &qpix, size, width)?;
+    let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
+    let results = query_results(job, &fs, &indices, found);
+    render_grid(job.out, &grid_rows(&results, &qpix, size, &fs)?, job.cell)?;
+    Ok(NeighborsReport {
+        features,
+        computed,
+        set_rows: indices.len(),
+        results,
+    })
+}
+
+/// Refuse a k the set of `n` images cannot give, and a job without queries.
+fn check_job(job: &NeighborsJob, n: usize) -> Result<()> {
+    if job.k == 0 {
+        return Err(Error::Config("--k must be at least 1".into()));
+    }
+    if job.k > n {
+        return Err(Error::Config(format!(
+            "--k {} is larger than the set's {n} images; pass --k {n} or less",
+            job.k
+        )));
+    }
+    if job.queries.is_empty() {
+        return Err(Error::Config("give at least one --query image".into()));
+    }
+    Ok(())
+}
+
+/// A given features file, checked against the set (`n` rows) and the
+/// network (`width` values a row, of config `config`).
+fn check_features(
+    job: &NeighborsJob,
+    f: &Path,
+    n: usize,
+    width: usize,
+    config: &str,
+) -> Result<PathBuf> {
+    let rows = NpyRows::open(f)?;
+    if rows.rows != n {
+        return Err(Error::Data(format!(
+            "{}: {} rows, but the set has {n} images{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
+            f.display(),
+            rows.rows,
+            if job.limit.is_some() { " (with --limit)" } else { "" },
+            if job.limit.is_some() { " and --limit" } else { "" },
+        )));
+    }
+    if rows.cols != width {
+        return Err(Error::Data(format!(
+            "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {config} has {width}; the file comes from another network: compute it with this checkpoint",
+            f.display(),
+            rows.cols,
+        )));
+    }
+    Ok(f.to_path_buf())
+}
+
+/// The queries' features (`qpix`: their decoded pixels, `size` square),
+/// through the same preprocessing as the set's.
+fn query_features<B: Backend>(
+    net: &mut Network<'_, B>,
+    job: &NeighborsJob,
+    qpix: &[u8],
+    size: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
+    let ck = job.ck;
     let nq = job.queries.len();
     let qset: Arc<dyn ImageSource> = Arc::new(ImageSet::from_parts(
         size,
-        qpix.clone(),
+        qpix.to_vec(),
         vec![0; nq],
         ck.state.classes.clone(),
     )?);
@@ -493,7 +528,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let qcfg = feature_loader(ck, job.batch.min(nq), 0);
     let qidx: Vec<usize> = (0..nq).collect();
     for_each_batch(
-        &mut net,
+        net,
         NEIGHBOR_LAYER,
         &qset,
         &qidx,
@@ -504,9 +539,18 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         },
         |_| {},
     )?;
-    let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
-    let results: Vec<QueryResult> = job
-        .queries
+    Ok(q)
+}
+
+/// Each query's neighbours as reported: the set's image, its class, the
+/// distance and its source file.
+fn query_results(
+    job: &NeighborsJob,
+    fs: &FeatureSet,
+    indices: &[usize],
+    found: Vec<Vec<Neighbor>>,
+) -> Vec<QueryResult> {
+    job.queries
         .iter()
         .zip(found)
         .map(|(p, list)| QueryResult {
@@ -522,16 +566,24 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
                         row: n.row,
                         index,
                         label,
-                        class: class_name(ck, label),
+                        class: class_name(job.ck, label),
                         dist: n.dist(),
                         source: fs.sources.as_ref().and_then(|s| s.get(index).cloned()),
                     }
                 })
                 .collect(),
         })
-        .collect();
-    // The picture: each query, then its neighbours.
-    let mut rows = Vec::with_capacity(nq);
+        .collect()
+}
+
+/// The picture's rows: each query, then its neighbours.
+fn grid_rows(
+    results: &[QueryResult],
+    qpix: &[u8],
+    size: usize,
+    fs: &FeatureSet,
+) -> Result<Vec<Vec<GridCell>>> {
+    let mut rows = Vec::with_capacity(results.len());
     let mut scratch = Vec::new();
     for (qi, r) in results.iter().enumerate() {
         let name = r
@@ -554,13 +606,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         }
         rows.push(cells);
     }
-    render_grid(job.out, &rows, job.cell)?;
-    Ok(NeighborsReport {
-        features,
-        computed,
-        set_rows: indices.len(),
-        results,
-    })
+    Ok(rows)
 }
 
 /// One picture of the grid with two lines of text under it.

@@ -16,7 +16,7 @@ use super::onnx_pb::{
 use super::Tensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::model::topology::{Op, Topology};
+use crate::model::topology::{Layer, LayerShape, Op, Topology};
 
 /// IR version 8 (ONNX 1.10) and the default-domain opset 13: every op used
 /// here (Conv, Relu, LRN, Split, Concat, MaxPool, Flatten, Gemm) is defined there, and
@@ -50,117 +50,8 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
     let mut spatial = true;
     let last = topo.layers.len() - 1;
     for (i, (l, s)) in topo.layers.iter().zip(&shapes).enumerate() {
-        let (w_shape, b_len) = match l.op {
-            Op::Conv { out, k, groups, .. } => (vec![out, s.input.c / groups, k, k], out),
-            Op::Fc { out } => (vec![out, s.input.len()], out),
-        };
-        let w_name = format!("{}.weight", l.name);
-        let b_name = format!("{}.bias", l.name);
-        for (name, shape) in [(&w_name, w_shape), (&b_name, vec![b_len])] {
-            let t = by_name
-                .get(name.as_str())
-                .ok_or_else(|| format!("no tensor named {name} for layer {}", l.name))?;
-            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-                return Err(format!(
-                    "{name} has shape {:?} ({} values), the config {} needs {shape:?}",
-                    t.shape,
-                    t.data.len(),
-                    topo.name
-                ));
-            }
-            initializers.push(*t);
-        }
-
-        // Each node's output is named after the layer and the step, so a
-        // viewer shows conv1, conv1.relu, conv1.lrn, conv1.pool, ...
-        let mut nodes: Vec<Node> = Vec::new();
-        match l.op {
-            Op::Conv {
-                k,
-                stride,
-                pad,
-                groups,
-                ..
-            } => {
-                let (k, stride, pad) = (k as i64, stride as i64, pad as i64);
-                nodes.push(
-                    Node::new("Conv", l.name, vec![value.clone(), w_name, b_name])
-                        .ints("kernel_shape", &[k, k])
-                        .ints("strides", &[stride, stride])
-                        // ONNX pads: [x1_begin, x2_begin, x1_end, x2_end].
-                        .ints("pads", &[pad, pad, pad, pad])
-                        .int("group", groups as i64),
-                );
-            }
-            Op::Fc { .. } => {
-                if spatial {
-                    // Flatten(axis=1) keeps N and flattens C, H, W in C order,
-                    // the order our fc weights (and PyTorch's) expect.
-                    let flat = format!("{}.flatten", l.name);
-                    nodes.push(Node::new("Flatten", &flat, vec![value.clone()]).int("axis", 1));
-                    value = flat;
-                    spatial = false;
-                }
-                // Gemm: Y = A B' + C with transB = 1, B being [out, in].
-                nodes.push(
-                    Node::new("Gemm", l.name, vec![value.clone(), w_name, b_name]).int("transB", 1),
-                );
-            }
-        }
-        if l.relu {
-            let name = format!("{}.relu", l.name);
-            nodes.push(Node::new("Relu", &name, vec![String::new()]));
-        }
-        if l.lrn {
-            if !spatial {
-                return Err(format!("{}: LRN after a fully connected layer", l.name));
-            }
-            // ONNX LRN (like PyTorch) divides alpha by size; the paper and
-            // LrnParams do not, so ONNX's alpha is ours times size. bias is k.
-            let p = topo.lrn;
-            let name = format!("{}.lrn", l.name);
-            let lrn = |input: String, output: &str| {
-                Node::new("LRN", output, vec![input])
-                    .int("size", p.size as i64)
-                    .float("alpha", p.alpha * p.size as f32)
-                    .float("beta", p.beta)
-                    .float("bias", p.k)
-            };
-            if topo.towers == 1 {
-                nodes.push(lrn(String::new(), &name));
-            } else {
-                // Each tower normalises its own channels (topology.rs): split
-                // the channels into equal halves (Split with no `split` input),
-                // normalise each, concatenate.
-                let halves: Vec<String> = (0..topo.towers)
-                    .map(|t| format!("{name}.split{t}"))
-                    .collect();
-                let mut split = Node::new("Split", &halves[0], vec![String::new()]).int("axis", 1);
-                split.more_outputs = halves[1..].to_vec();
-                nodes.push(split);
-                let mut normed = Vec::new();
-                for (t, h) in halves.iter().enumerate() {
-                    let out = format!("{name}.tower{t}");
-                    nodes.push(lrn(h.clone(), &out));
-                    normed.push(out);
-                }
-                nodes.push(Node::new("Concat", &name, normed).int("axis", 1));
-            }
-        }
-        if let Some(pool) = l.pool {
-            if !spatial {
-                return Err(format!("{}: pooling after a fully connected layer", l.name));
-            }
-            // No pads and the default ceil_mode 0: floor((h - size) / stride) + 1,
-            // the backend's PoolGeom::h_out.
-            let (k, st) = (pool.size as i64, pool.stride as i64);
-            let name = format!("{}.pool", l.name);
-            nodes.push(
-                Node::new("MaxPool", &name, vec![String::new()])
-                    .ints("kernel_shape", &[k, k])
-                    .ints("strides", &[st, st]),
-            );
-        }
+        initializers.extend(layer_params(topo, l, s, &by_name)?);
+        let nodes = layer_nodes(topo, l, &mut value, &mut spatial)?;
         // Chain the nodes; the very last output is the graph's "logits".
         let count = nodes.len();
         for (j, mut n) in nodes.into_iter().enumerate() {
@@ -203,6 +94,150 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
         }],
     };
     Ok(model.encode_to_vec())
+}
+
+/// Layer `l`'s weight and bias, checked against the shapes the config
+/// gives them.
+fn layer_params<'t>(
+    topo: &Topology,
+    l: &Layer,
+    s: &LayerShape,
+    by_name: &HashMap<&str, &'t Tensor>,
+) -> std::result::Result<[&'t Tensor; 2], String> {
+    let (w_shape, b_len) = match l.op {
+        Op::Conv { out, k, groups, .. } => (vec![out, s.input.c / groups, k, k], out),
+        Op::Fc { out } => (vec![out, s.input.len()], out),
+    };
+    let param = |name: String, shape: Vec<usize>| {
+        let t = by_name
+            .get(name.as_str())
+            .ok_or_else(|| format!("no tensor named {name} for layer {}", l.name))?;
+        if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+            return Err(format!(
+                "{name} has shape {:?} ({} values), the config {} needs {shape:?}",
+                t.shape,
+                t.data.len(),
+                topo.name
+            ));
+        }
+        Ok(*t)
+    };
+    Ok([
+        param(format!("{}.weight", l.name), w_shape)?,
+        param(format!("{}.bias", l.name), vec![b_len])?,
+    ])
+}
+
+/// Layer `l`'s nodes: its conv or fc (a Flatten before the first fc),
+/// then ReLU, LRN and pooling as the table says. Each node's output is
+/// named after the layer and the step, so a viewer shows conv1,
+/// conv1.relu, conv1.lrn, conv1.pool, ...; an empty first input is the
+/// previous node's output.
+fn layer_nodes(
+    topo: &Topology,
+    l: &Layer,
+    value: &mut String,
+    spatial: &mut bool,
+) -> std::result::Result<Vec<Node>, String> {
+    let mut nodes: Vec<Node> = Vec::new();
+    let params = |value: &str| {
+        vec![
+            value.to_string(),
+            format!("{}.weight", l.name),
+            format!("{}.bias", l.name),
+        ]
+    };
+    match l.op {
+        Op::Conv {
+            k,
+            stride,
+            pad,
+            groups,
+            ..
+        } => {
+            let (k, stride, pad) = (k as i64, stride as i64, pad as i64);
+            nodes.push(
+                Node::new("Conv", l.name, params(value.as_str()))
+                    .ints("kernel_shape", &[k, k])
+                    .ints("strides", &[stride, stride])
+                    // ONNX pads: [x1_begin, x2_begin, x1_end, x2_end].
+                    .ints("pads", &[pad, pad, pad, pad])
+                    .int("group", groups as i64),
+            );
+        }
+        Op::Fc { .. } => {
+            if *spatial {
+                // Flatten(axis=1) keeps N and flattens C, H, W in C order,
+                // the order our fc weights (and PyTorch's) expect.
+                let flat = format!("{}.flatten", l.name);
+                nodes.push(Node::new("Flatten", &flat, vec![value.clone()]).int("axis", 1));
+                *value = flat;
+                *spatial = false;
+            }
+            // Gemm: Y = A B' + C with transB = 1, B being [out, in].
+            nodes.push(Node::new("Gemm", l.name, params(value.as_str())).int("transB", 1));
+        }
+    }
+    if l.relu {
+        let name = format!("{}.relu", l.name);
+        nodes.push(Node::new("Relu", &name, vec![String::new()]));
+    }
+    if l.lrn {
+        if !*spatial {
+            return Err(format!("{}: LRN after a fully connected layer", l.name));
+        }
+        nodes.extend(lrn_nodes(topo, &format!("{}.lrn", l.name)));
+    }
+    if let Some(pool) = l.pool {
+        if !*spatial {
+            return Err(format!("{}: pooling after a fully connected layer", l.name));
+        }
+        // No pads and the default ceil_mode 0: floor((h - size) / stride) + 1,
+        // the backend's PoolGeom::h_out.
+        let (k, st) = (pool.size as i64, pool.stride as i64);
+        let name = format!("{}.pool", l.name);
+        nodes.push(
+            Node::new("MaxPool", &name, vec![String::new()])
+                .ints("kernel_shape", &[k, k])
+                .ints("strides", &[st, st]),
+        );
+    }
+    Ok(nodes)
+}
+
+/// Local response normalisation (section 3.3) with output `name`, on the
+/// previous node's output.
+fn lrn_nodes(topo: &Topology, name: &str) -> Vec<Node> {
+    // ONNX LRN (like PyTorch) divides alpha by size; the paper and
+    // LrnParams do not, so ONNX's alpha is ours times size. bias is k.
+    let p = topo.lrn;
+    let lrn = |input: String, output: &str| {
+        Node::new("LRN", output, vec![input])
+            .int("size", p.size as i64)
+            .float("alpha", p.alpha * p.size as f32)
+            .float("beta", p.beta)
+            .float("bias", p.k)
+    };
+    if topo.towers == 1 {
+        return vec![lrn(String::new(), name)];
+    }
+    // Each tower normalises its own channels (topology.rs): split the
+    // channels into equal halves (Split with no `split` input), normalise
+    // each, concatenate.
+    let halves: Vec<String> = (0..topo.towers)
+        .map(|t| format!("{name}.split{t}"))
+        .collect();
+    let mut split = Node::new("Split", &halves[0], vec![String::new()]).int("axis", 1);
+    split.more_outputs = halves[1..].to_vec();
+    let mut nodes = vec![split];
+    let mut normed = Vec::new();
+    for (t, h) in halves.iter().enumerate() {
+        let out = format!("{name}.tower{t}");
+        nodes.push(lrn(h.clone(), &out));
+        normed.push(out);
+    }
+    nodes.push(Node::new("Concat", name, normed).int("axis", 1));
+    nodes
 }
 
 /// A float32 initializer, its values as little-endian raw_data.

@@ -1,0 +1,283 @@
+//! A run's images: a store written by `prepare` or a class-folder tree
+//! decoded into memory, split into training and validation images, with
+//! the statistics the loader normalises with; and the loader settings
+//! that turn them into batches (the paper's crops, flips and PCA lighting,
+//! section 4.1).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::data::packed::{is_store, PackedStore};
+use crate::data::{
+    workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet, ImageSource, Lighting,
+    LoaderConfig, Pca,
+};
+use crate::error::{Error, Result};
+use crate::model::topology::{Normalize, Topology};
+
+use super::options::TrainOptions;
+
+/// The images a run trains and validates on, and the statistics the loader
+/// normalises with: of the training split for a raw folder; a store's own
+/// (all its images, including any held out by `--val`).
+pub struct TrainData {
+    pub train: Arc<dyn ImageSource>,
+    pub train_idx: Vec<usize>,
+    pub val: Arc<dyn ImageSource>,
+    pub val_idx: Vec<usize>,
+    pub classes: Vec<String>,
+    /// Readable class names (empty when the data has none).
+    pub names: Vec<String>,
+    /// Per-channel mean and std, 0..255.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The mean image, when the data came from a store.
+    pub mean_image: Option<Arc<Vec<f32>>>,
+    /// RGB covariance of the training pixels, 0..255 units.
+    pub cov: Option<[[f64; 3]; 3]>,
+}
+
+/// Open `opts.data`: a store written by `prepare` (its root with `train/`
+/// and optionally `val/`, or one store folder), or a raw class-folder tree,
+/// decoded into memory (slow to start and bounded by `max_memory`).
+pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
+    let root = &opts.data;
+    if is_store(root) {
+        load_store(opts, root, None, image_size)
+    } else if is_store(&root.join("train")) {
+        let v = root.join("val");
+        load_store(
+            opts,
+            &root.join("train"),
+            is_store(&v).then_some(v),
+            image_size,
+        )
+    } else {
+        load_folder(opts, image_size)
+    }
+}
+
+/// A raw class-folder tree, decoded into memory and split by `--val`.
+fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
+    let root = &opts.data;
+    let folder = ImageFolder::scan(root)?;
+    // Small sets (CIFAR, the demo) load in seconds; past that, say how
+    // to stop paying the decode on every run.
+    let hint = format!(
+        "{} is a raw image folder: its {} images are decoded into memory before training; run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE to skip this",
+        root.display(),
+        folder.len(),
+        root.display()
+    );
+    if folder.len() > 60_000 {
+        tracing::warn!("{hint}");
+    } else {
+        info!("{hint}");
+    }
+    let build = BuildOptions {
+        size: image_size,
+        limit: opts.run.limit,
+        max_bytes: opts.max_memory,
+        progress: opts.progress,
+    };
+    let set = Arc::new(ImageSet::build(&folder, &build)?);
+    if opts.run.val >= set.len() {
+        return Err(Error::Config(format!(
+            "--val {}: the data set has only {} images; hold out fewer",
+            opts.run.val,
+            set.len()
+        )));
+    }
+    let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
+    let (mean, std) = set.channel_stats(&train_idx);
+    let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
+    let set: Arc<dyn ImageSource> = set;
+    Ok(TrainData {
+        classes: set.classes().to_vec(),
+        names: Vec::new(),
+        train: Arc::clone(&set),
+        val: set,
+        train_idx,
+        val_idx,
+        mean,
+        std,
+        mean_image: None,
+        cov,
+    })
+}
+
+/// A store's training images, validated on `val_dir`'s store or, without
+/// one, on `--val` images held out of the training store.
+fn load_store(
+    opts: &TrainOptions,
+    train_dir: &Path,
+    val_dir: Option<PathBuf>,
+    image_size: usize,
+) -> Result<TrainData> {
+    let store = PackedStore::open(train_dir)?;
+    let meta = store.meta().clone();
+    if meta.size != image_size {
+        info!(
+            "{}: images stored at {}x{} (the config expects {image_size}); crops are taken from the stored size",
+            train_dir.display(),
+            meta.size,
+            meta.size
+        );
+    }
+    let mean_image = Some(Arc::new(store.mean_image().to_vec()));
+    let train: Arc<dyn ImageSource> = Arc::new(store);
+    let (mut train_idx, val, val_idx) = match val_dir {
+        Some(v) => {
+            let (vs, n) = open_val_store(train_dir, &v, &meta.classes)?;
+            ((0..train.len()).collect(), vs, (0..n).collect())
+        }
+        None => {
+            if opts.run.val >= train.len() {
+                return Err(Error::Config(format!(
+                    "--val {}: {} has only {} images; hold out fewer",
+                    opts.run.val,
+                    train_dir.display(),
+                    train.len()
+                )));
+            }
+            let (t, v) =
+                crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
+            (t, Arc::clone(&train), v)
+        }
+    };
+    limit_train(opts, &mut train_idx)?;
+    let st = &meta.stats;
+    Ok(TrainData {
+        classes: meta.classes.clone(),
+        names: meta.names.clone(),
+        train,
+        train_idx,
+        val,
+        val_idx,
+        mean: st.channel_mean.map(|v| v as f32),
+        std: st.channel_std.map(|v| v as f32),
+        mean_image,
+        cov: Some(st.rgb_cov),
+    })
+}
+
+/// The validation store beside a training store, and its image count; it
+/// must list the same classes in the same order (labels are indices).
+fn open_val_store(
+    train_dir: &Path,
+    v: &Path,
+    classes: &[String],
+) -> Result<(Arc<dyn ImageSource>, usize)> {
+    let vs = PackedStore::open(v)?;
+    if vs.meta().classes != classes {
+        return Err(Error::Data(format!(
+            "{} and {} list different classes; prepare them together with `alexnet-cuda prepare --train ... --val ...`",
+            train_dir.display(),
+            v.display()
+        )));
+    }
+    info!(
+        "validating on the {} images of {}",
+        vs.meta().count,
+        v.display()
+    );
+    let n = vs.meta().count;
+    Ok((Arc::new(vs), n))
+}
+
+/// `--limit K`: K of the store's training images, drawn with the run's
+/// seed and kept in store order.
+fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
+    if let Some(k) = opts.run.limit {
+        if k == 0 {
+            return Err(Error::Config(
+                "--limit 0 selects no images; pass a positive limit or leave it out".into(),
+            ));
+        }
+        crate::rng::Rng::derive(opts.run.seed, 0x004C_494D_4954).shuffle(train_idx);
+        train_idx.truncate(k);
+        train_idx.sort_unstable();
+    }
+    Ok(())
+}
+
+/// The loader settings of a run, shared by training and evaluation.
+pub fn loader_config(
+    topo: &Topology,
+    opts: &TrainOptions,
+    data: &TrainData,
+    lighting: Option<Lighting>,
+) -> LoaderConfig {
+    let crop = opts.run.crop.unwrap_or(topo.crop);
+    LoaderConfig {
+        batch: opts.run.batch,
+        crop,
+        pad: topo.crop - crop.min(topo.crop),
+        train: true,
+        mean: data.mean,
+        // The paper subtracts the mean image; configs that also divide by
+        // the std use per-channel statistics.
+        mean_image: match topo.normalize {
+            Normalize::Mean => data.mean_image.clone(),
+            Normalize::MeanStd => None,
+        },
+        ten_crop: false,
+        std: match topo.normalize {
+            Normalize::Mean => None,
+            Normalize::MeanStd => Some(data.std),
+        },
+        seed: opts.run.seed,
+        // `train` sizes it from the machine when not given (workers_for).
+        workers: opts.workers.unwrap_or(1),
+        drop_last: true,
+        lighting,
+        host_alloc: None,
+        shard: (0, 1),
+    }
+}
+
+/// The training loader of this process (its share of each batch, in the
+/// backend's pinned memory where it has some) and the validation loader
+/// (every image once, centre crops, no noise).
+pub fn run_loaders(
+    topo: &Topology,
+    opts: &TrainOptions,
+    data: &TrainData,
+    host_alloc: Option<HostAlloc>,
+) -> (LoaderConfig, LoaderConfig) {
+    let world = &opts.world;
+    let mut loader = loader_config(topo, opts, data, lighting(topo, data));
+    loader.batch = opts.run.batch / world.size;
+    loader.shard = (world.rank, world.size);
+    loader.host_alloc = host_alloc;
+    // Only a GPU backend has pinned memory: then one core drives the device.
+    loader.workers = workers_for(opts.workers, loader.host_alloc.is_some());
+    let eval = LoaderConfig {
+        train: false,
+        drop_last: false,
+        lighting: None,
+        shard: (0, 1),
+        ..loader.clone()
+    };
+    (loader, eval)
+}
+
+/// PCA lighting (section 4.1) from the training pixels' RGB covariance,
+/// when the config asks for it and the data has one.
+fn lighting(topo: &Topology, data: &TrainData) -> Option<Lighting> {
+    match data.cov {
+        Some(cov) if topo.lighting > 0.0 => {
+            let pca = Pca::from_covariance(cov);
+            info!(
+                "PCA lighting: eigenvalues {:.4?} of the RGB covariance (pixels in [0, 1]), coefficients ~ N(0, {})",
+                pca.eigvals, topo.lighting
+            );
+            Some(Lighting {
+                pca,
+                sigma: topo.lighting,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,151 @@
+//! What the trainer shows as it runs: the lines that describe a run as it
+//! starts, the epoch's progress bar and its numbers, and the epoch's log
+//! line, with advice when the loader held training back.
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use tracing::{info, warn};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::model::summary::thousands;
+use crate::model::topology::{InitRecipe, Topology};
+use crate::run_state::{EpochStats, Progress};
+use crate::step_log::EpochClock;
+
+use super::data::TrainData;
+use super::options::TrainOptions;
+
+/// Past this share of step time spent waiting for batches, the log says
+/// how to feed the loop faster.
+const WAIT_WARN: f64 = 0.05;
+
+/// The data line: the split, the classes, the stored size, the crops and
+/// the channel mean.
+pub fn data(data: &TrainData, topo: &Topology) {
+    info!(
+        "data: {} train / {} val images, {} classes, {}x{} stored, {}x{} crops; channel mean {:.1?}",
+        data.train_idx.len(),
+        data.val_idx.len(),
+        data.classes.len(),
+        data.train.size(),
+        data.train.size(),
+        topo.crop,
+        topo.crop,
+        data.mean
+    );
+}
+
+/// How the run is spread: the bytes the two towers exchange, this
+/// process's share of each batch, and the starting biases of the recipe.
+pub fn layout(
+    towers: bool,
+    topo: &Topology,
+    opts: &TrainOptions,
+    local_batch: usize,
+) -> Result<()> {
+    if towers {
+        info!(
+            "two towers: {} bytes cross between them per step",
+            topo.exchange_bytes_per_step(local_batch)?
+        );
+    }
+    let world = &opts.world;
+    if !world.is_single() {
+        info!(
+            "process {} of {}: {} images of every batch of {}",
+            world.rank, world.size, local_batch, opts.run.batch
+        );
+    }
+    if topo.has_one_biases() && opts.resume.is_none() && opts.init_from.is_none() {
+        info!(
+            "recipe {}: the biases the paper sets to 1 start at {}{}",
+            opts.run.init.name(),
+            opts.run.init.one_bias(),
+            match opts.run.init {
+                InitRecipe::Caffe => " (as Caffe's AlexNet; --recipe paper for 1)",
+                InitRecipe::Paper => " (section 5)",
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Where a resumed run continues.
+pub fn resuming(ck: &Checkpoint, p: &Progress) {
+    info!(
+        "resuming {} at epoch {}, batch {}/{}, step {}, lr {:.1e}",
+        ck.path.display(),
+        p.epoch,
+        p.batches_done,
+        p.epoch_batches,
+        p.step,
+        p.lr
+    );
+}
+
+/// The run's first line of training: the network, the devices, the recipe
+/// and the run folder.
+pub fn start(topo: &Topology, devices: &str, opts: &TrainOptions) -> Result<()> {
+    info!(
+        "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs{}",
+        topo.name,
+        thousands(topo.param_count()? as u64),
+        devices,
+        opts.run.batch,
+        opts.run.lr,
+        opts.run.epochs,
+        match &opts.out {
+            Some(d) => format!("; run folder {}", d.display()),
+            None => String::new(),
+        }
+    );
+    Ok(())
+}
+
+/// The epoch's bar over its `len` batches, at batch `first` (a resume).
+pub fn epoch_bar(len: usize, first: usize, epoch: usize, opts: &TrainOptions) -> ProgressBar {
+    let prefix = format!("epoch {epoch}/{}", opts.run.epochs);
+    let pb = crate::progress::bar(len, &prefix, opts.progress);
+    pb.set_position(first as u64);
+    pb
+}
+
+/// The progress bar's numbers, as of the last read.
+pub fn show(pb: &ProgressBar, p: &Progress, clock: &EpochClock, epoch_start: Instant) {
+    if p.seen == 0 {
+        return;
+    }
+    pb.set_message(format!(
+        "loss {:.3} top1 {:.1}% {:.0} img/s",
+        p.loss_sum / p.seen as f64,
+        100.0 * p.hits as f64 / p.seen as f64,
+        clock.images as f64 / epoch_start.elapsed().as_secs_f64()
+    ));
+}
+
+/// The epoch's log line, and advice when the loader held training back.
+pub fn epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: usize) {
+    info!(
+        "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute), data wait {:.1}% | {:.0}s",
+        s.epoch,
+        opts.run.epochs,
+        s.lr,
+        s.train_loss,
+        100.0 * s.train_top1,
+        s.val_loss,
+        100.0 * s.val_top1,
+        100.0 * s.val_top5,
+        s.images_per_s,
+        clock.images as f64 / clock.compute.as_secs_f64().max(1e-9),
+        100.0 * s.data_wait,
+        s.elapsed_s
+    );
+    if s.data_wait > WAIT_WARN {
+        warn!(
+            "epoch {}: training waited for batches {:.1}% of the time; feed it faster with more --workers (now {workers}), a lower-quality store (`alexnet-cuda prepare --quality 75`), or raw pixels (`alexnet-cuda prepare --format raw`)",
+            s.epoch,
+            100.0 * s.data_wait
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The training loop: epochs of the paper's SGD over a prepared store (or a
+//! class-folder data set decoded into memory), validated on the store's val
+//! images or a held-out split, the learning-rate schedule (divide by 10
+//! when validation error stops improving, at most three times: section 5),
+//! checkpoints every N steps and at each epoch end, exact resume, a clean
+//! stop on SIGINT/SIGTERM, per-step and per-epoch metrics and their plot.
+//! A step waits for nothing on the device (fp16's overflow flag aside): its
+//! loss and top-1 stay there until the loop reads a group of steps back
+//! (`step_log`).
+//!
+//! `Trainer` is the run in progress: `step`, `epoch`, `validate` and `save`,
+//! and `run`, the loop over them. Around it: `setup` (the checks and the
+//! state a run starts from), `data` (the images and the loader settings),
+//! `schedule`, `run_dir` (checkpoints, metrics, plot) and `display` (the
+//! log lines and the bars).
+mod data;
+mod display;
+mod options;
+mod run_dir;
+mod schedule;
+mod setup;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use crate::backend::{Backend, SgdParams};
+use crate::checkpoint::{self, RunState};
+use crate::data::{batches_from, Batch, LoaderConfig};
+use crate::dist::layout::Layout;
+use crate::error::Result;
+use crate::eval::evaluate;
+use crate::export::Tensor;
+use crate::model::net::Mode;
+use crate::model::spec::NetSpec;
+use crate::model::topology::Topology;
+use crate::model::trainable::Model;
+use crate::step_log::{EpochClock, StepLog, StepSink};
+
+pub use crate::run_state::{EpochStats, Schedule};
+pub use data::{load_data, loader_config, TrainData};
+pub use options::{resume_options, TrainOptions, TrainReport};
+pub use schedule::after_validation;
+
+use run_dir::RunDir;
+
+/// Train the network `spec` names, laid over devices as `layout` says,
+/// with `opts`; with `opts.resume`, continue that checkpoint's run exactly.
+/// Checkpoints hold whole tensors whatever the layout, so any layout
+/// resumes any run (bit for bit with the same one: dropout masks are drawn
+/// per tower and per replica). In a multi-process run (`opts.world`) the
+/// batch is the global one: each process takes its share of every batch.
+pub fn train<B: Backend>(
+    layout: Layout<'_, B>,
+    spec: &NetSpec,
+    opts: &TrainOptions,
+) -> Result<TrainReport> {
+    Trainer::new(layout, spec, opts)?.run()
+}
+
+/// A run in progress: the network, its data, its state (checkpointed), its
+/// run folder, and what the step loop keeps between steps.
+pub struct Trainer<'a> {
+    opts: &'a TrainOptions,
+    topo: Topology,
+    net: Box<dyn Model + 'a>,
+    data: TrainData,
+    /// This process's training batches, and the validation set's.
+    loader: LoaderConfig,
+    eval: LoaderConfig,
+    local_batch: usize,
+    state: RunState,
+    report: TrainReport,
+    run_dir: Option<RunDir>,
+    mean_tensor: Option<Tensor>,
+    /// Steps whose metrics are still on the device.
+    log: StepLog,
+    /// When training started, and the seconds trained before (a resume).
+    start: Instant,
+    elapsed0: f64,
+    /// Towers: the bytes the first step moved were logged beside the table's count.
+    bytes_told: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// Check `opts` against the network and the data, build the network on
+    /// `layout`'s devices, and take up the run where `opts.resume` left it
+    /// (or start it), its run folder open.
+    pub fn new<B: Backend>(
+        layout: Layout<'a, B>,
+        spec: &NetSpec,
+        opts: &'a TrainOptions,
+    ) -> Result<Trainer<'a>> {
+        let backend = layout.first();
+        let local_batch = setup::local_batch(opts)?;
+        let base = spec.topology()?;
+        base.validate()?;
+        let data = load_data(opts, base.image_size)?;
+        let spec = setup::fit_classes(spec, &base, &data, opts);
+        let topo = spec.topology()?;
+        setup::check(opts, &spec, &topo, &data)?;
+        let (loader, eval) = data::run_loaders(&topo, opts, &data, backend.host_alloc());
+        display::data(&data, &topo);
+        let towers = matches!(layout, Layout::Towers(_) | Layout::Hybrid(..));
+        display::layout(towers, &topo, opts, local_batch)?;
+        let devices = layout.describe();
+        let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
+        let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
+        let mean_tensor = setup::mean_tensor(&loader, data.train.size());
+        // The run folder: refuse to mix two runs in one.
+        let run_dir = RunDir::open(opts, &topo, &state, resumed)?;
+        display::start(&topo, &devices, opts)?;
+        let start = Instant::now();
+        setup::loss_scaling(backend, &mut *net, &state.progress);
+        setup::continue_at(&mut state, opts);
+        Ok(Trainer {
+            opts,
+            local_batch,
+            elapsed0: state.progress.elapsed_s,
+            report: TrainReport {
+                epochs: state.history.clone(),
+                classes: data.classes.clone(),
+                interrupted: false,
+                checkpoint: None,
+            },
+            topo,
+            net,
+            data,
+            loader,
+            eval,
+            state,
+            run_dir,
+            mean_tensor,
+            log: StepLog::new(opts.refresh),
+            start,
+            bytes_told: false,
+        })
+    }
+
+    /// Every epoch left, each followed by validation and a checkpoint,
+    /// until the last, a stop, or the time limit.
+    pub fn run(mut self) -> Result<TrainReport> {
+        let mut epochs_run = 0usize;
+        while self.state.progress.epoch <= self.opts.run.epochs {
+            let epoch = self.state.progress.epoch;
+            let epoch_start = Instant::now();
+            let Some(clock) = self.epoch()? else {
+                self.report.interrupted = true;
+                return Ok(self.report);
+            };
+            let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
+            self.save(best)?;
+            epochs_run += 1;
+            self.state.progress.next_epoch();
+            if self.stopping() {
+                info!("stopping after epoch {epoch} as asked");
+                self.report.interrupted = epoch < self.opts.run.epochs;
+                return Ok(self.report);
+            }
+            if self.out_of_time(epoch, epochs_run) {
+                break;
+            }
+        }
+        Ok(self.report)
+    }
+
+    /// The epoch's remaining steps (a milestone drops the lr first); None
+    /// when a stop was asked (after its checkpoint).
+    pub fn epoch(&mut self) -> Result<Option<EpochClock>> {
+        let epoch = self.state.progress.epoch;
+        let first = self.state.progress.batches_done;
+        schedule::at_epoch_start(&mut self.state.progress, &self.opts.run.schedule);
+        let mut iter = batches_from(
+            Arc::clone(&self.data.train),
+            &self.data.train_idx,
+            &self.loader,
+            epoch as u64,
+            first,
+        )?;
+        let pb = display::epoch_bar(iter.num_batches(), first, epoch, self.opts);
+        let mut clock = EpochClock::default();
+        let epoch_start = Instant::now();
+        loop {
+            let t0 = Instant::now();
+            let Some(b) = iter.next() else { break };
+            let waited = t0.elapsed();
+            let b = b?;
+            self.step(&b, &mut clock)?;
+            iter.recycle(b);
+            pb.inc(1);
+            if self.log.due(self.net.step_slots()) {
+                self.read_steps()?;
+                display::show(&pb, &self.state.progress, &clock, epoch_start);
+            }
+            clock.wait += waited;
+            clock.steps += t0.elapsed();
+            if !self.after_step()? {
+                pb.finish_and_clear();
+                return Ok(None);
+            }
+        }
+        self.read_steps()?;
+        pb.finish_and_clear();
+        Ok(Some(clock))
+    }
+
+    /// One training step on `b`, queued: nothing here waits for the device
+    /// but fp16's overflow check (`sgd_step` reads one flag per step to
+    /// decide whether to skip the update). The loss and top-1 hits are
+    /// recorded on the device and read back by `read_steps`.
+    pub fn step(&mut self, b: &Batch, clock: &mut EpochClock) -> Result<()> {
+        let hp = SgdParams {
+            lr: self.state.progress.lr,
+            momentum: self.opts.run.momentum,
+            weight_decay: self.opts.run.weight_decay,
+        };
+        let t0 = Instant::now();
+        self.net.forward_queued(&b.x, &b.labels, Mode::Train)?;
+        self.net.record_step(self.log.next_slot())?;
+        self.net.backward()?;
+        self.net.sgd_step(&hp)?;
+        clock.compute += t0.elapsed();
+        if !self.bytes_told && self.net.exchanged_bytes() > 0 {
+            info!(
+                "between towers: {} bytes this step; the table predicts {}",
+                self.net.exchanged_bytes(),
+                self.topo.exchange_bytes_per_step(self.local_batch)?
+            );
+            self.bytes_told = true;
+        }
+        let elapsed = self.elapsed();
+        let net = &*self.net;
+        let p = &mut self.state.progress;
+        if let Some(ls) = net.loss_scale() {
+            if net.last_step_skipped() {
+                debug!(
+                    "step {}: a gradient overflowed; update skipped, loss scale now {}",
+                    net.steps(),
+                    ls.scale
+                );
+            }
+            p.loss_scale = Some(ls.clone());
+        }
+        p.batches_done += 1;
+        p.step = net.steps();
+        // The processes of a run step together (each step ends in the
+        // all-reduce), so the run's images are this shard times their number.
+        clock.images += b.n * self.opts.world.size;
+        self.log.push(p, b.n, elapsed);
+        Ok(())
+    }
+
+    /// Validation after the epoch `clock` timed (`train_secs` of training),
+    /// and the epoch's record: its row and log line, the metrics files,
+    /// the schedule. Returns whether the validation error is the best yet.
+    pub fn validate(&mut self, clock: &EpochClock, train_secs: f64) -> Result<bool> {
+        let bar = crate::progress::bar(self.data.val_idx.len(), "validation", self.opts.progress);
+        let v = evaluate(
+            &mut *self.net,
+            &self.data.val,
+            &self.data.val_idx,
+            &self.eval,
+            |n| bar.set_position(n as u64),
+        )?;
+        bar.finish_and_clear();
+        let elapsed = self.elapsed();
+        let p = &mut self.state.progress;
+        let stats = EpochStats {
+            epoch: p.epoch,
+            lr: p.lr,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_top1: p.hits as f64 / p.seen.max(1) as f64,
+            val_loss: v.loss,
+            val_top1: v.top1,
+            val_top5: v.top5,
+            images_per_s: clock.images as f64 / train_secs,
+            elapsed_s: elapsed,
+            data_wait: clock.wait_share(),
+        };
+        display::epoch(self.opts, &stats, clock, self.loader.workers);
+        if let Some(ls) = self.net.loss_scale() {
+            info!(
+                "epoch {}: loss scale {}, {} steps skipped for overflow so far",
+                stats.epoch, ls.scale, ls.skipped
+            );
+        }
+        if let Some(d) = &mut self.run_dir {
+            d.epoch(p.step, &stats, &*self.net)?;
+        }
+        let best = after_validation(p, &self.opts.run.schedule, 1.0 - v.top1);
+        p.epoch_done = true;
+        p.elapsed_s = elapsed;
+        self.state.history.push(stats.clone());
+        self.report.epochs.push(stats);
+        Ok(best)
+    }
+
+    /// A checkpoint of the run as it stands (marked best when `best`), and
+    /// the plot redrawn; nothing without a run folder.
+    pub fn save(&mut self, best: bool) -> Result<()> {
+        let Some(dir) = &mut self.run_dir else {
+            return Ok(());
+        };
+        let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
+        tensors.extend(self.mean_tensor.clone());
+        self.report.checkpoint = Some(dir.save(&self.state, &tensors, best)?);
+        dir.plot(&self.state.history);
+        Ok(())
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.elapsed0 + self.start.elapsed().as_secs_f64()
+    }
+
+    /// Set from outside (a signal): finish the step, checkpoint, stop.
+    fn stopping(&self) -> bool {
+        self.opts
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// The queued steps' metrics from the device into the epoch's sums,
+    /// the metrics files and the plot's rows.
+    fn read_steps(&mut self) -> Result<()> {
+        let mut no_rows = Vec::new();
+        let sink = match &mut self.run_dir {
+            Some(d) => d.sink(),
+            None => StepSink {
+                metrics: None,
+                events: None,
+                rows: &mut no_rows,
+            },
+        };
+        self.log
+            .flush(&mut *self.net, &mut self.state.progress, sink)
+    }
+
+    /// A checkpoint when one is due or a stop was asked; Ok(false) to stop.
+    fn after_step(&mut self) -> Result<bool> {
+        let stop = self.stopping();
+        let every = self.opts.checkpoint_every;
+        let due = every > 0 && self.state.progress.step.is_multiple_of(every);
+        if !(stop || due) {
+            return Ok(true);
+        }
+        // The checkpoint holds the epoch's sums: every step is read first.
+        self.read_steps()?;
+        self.state.progress.elapsed_s = self.elapsed();
+        self.save(false)?;
+        if stop {
+            info!(
+                "stopping at epoch {}, step {} as asked{}",
+                self.state.progress.epoch,
+                self.state.progress.step,
+                match &self.report.checkpoint {
+                    Some(p) => format!("; checkpoint {}", p.display()),
+                    None => String::new(),
+                }
+            );
+        }
+        Ok(!stop)
+    }
+
+    /// After `epoch`, the `epochs_run`-th of this process: whether the
+    /// next one would pass the time limit (never after the last epoch).
+    fn out_of_time(&self, epoch: usize, epochs_run: usize) -> bool {
+        let Some(limit) = self.opts.time_limit else {
+            return false;
+        };
+        let spent = self.start.elapsed().as_secs_f64();
+        let per_epoch = spent / epochs_run as f64;
+        if epoch < self.opts.run.epochs && spent + per_epoch > limit.as_secs_f64() {
+            info!(
+                "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
+                limit.as_secs_f64()
+            );
+            return true;
+        }
+        false
+    }
+}

@@ -1,0 +1,108 @@
+//! What a training run is asked to do (`TrainOptions`: the run-defining
+//! `RunOptions`, plus where its data and run folder are and how it runs),
+//! what it reports back (`TrainReport`), and how a resume takes back the
+//! checkpoint's options.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checkpoint::{Checkpoint, RunOptions};
+use crate::dist::world::World;
+use crate::metrics::MetricsFormat;
+use crate::model::topology::{InitRecipe, Topology};
+use crate::run_state::{EpochStats, Schedule};
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    /// What defines the run: recipe, schedule, split, seed, crop. A
+    /// checkpoint keeps it, and a resume takes it back (except `epochs`).
+    pub run: RunOptions,
+    /// Loader threads; None: sized from the machine (`default_workers`).
+    pub workers: Option<usize>,
+    /// Stop after the epoch that would run past this.
+    pub time_limit: Option<Duration>,
+    /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
+    pub out: Option<PathBuf>,
+    /// Checkpoint every this many steps (0: at epoch ends only).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (the newest; `best.safetensors` is kept besides).
+    pub keep: usize,
+    pub metrics_format: MetricsFormat,
+    /// Continue this checkpoint's run (with `resume_options`).
+    pub resume: Option<Box<Checkpoint>>,
+    /// Start from these weights (a safetensors file with PyTorch names).
+    pub init_from: Option<PathBuf>,
+    /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
+    pub stop: Option<Arc<AtomicBool>>,
+    pub progress: bool,
+    /// How often the progress bar refreshes, and so how often the loop
+    /// reads the steps' metrics back from the device (also when its buffer
+    /// fills, at checkpoints, at a stop and at the epoch's end).
+    pub refresh: Duration,
+    /// Refuse data sets whose decoded pixels exceed this.
+    pub max_memory: u64,
+    /// This process among the run's processes (torchrun's variables).
+    pub world: World,
+}
+
+impl TrainOptions {
+    /// The config's recipe with the paper's schedule.
+    pub fn for_topology(t: &Topology, data: PathBuf) -> TrainOptions {
+        TrainOptions {
+            data,
+            run: RunOptions {
+                epochs: t.recipe.epochs,
+                batch: t.recipe.batch,
+                lr: t.recipe.lr,
+                momentum: t.recipe.momentum,
+                weight_decay: t.recipe.weight_decay,
+                schedule: Schedule::Plateau {
+                    patience: 2,
+                    max_drops: 3,
+                },
+                val: 5000,
+                limit: None,
+                seed: 1,
+                crop: None,
+                init: InitRecipe::default(),
+            },
+            workers: None,
+            time_limit: None,
+            out: None,
+            checkpoint_every: 1000,
+            keep: 3,
+            metrics_format: MetricsFormat::Csv,
+            resume: None,
+            init_from: None,
+            stop: None,
+            progress: true,
+            refresh: Duration::from_secs(1),
+            max_memory: 16 << 30,
+            world: World::single(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Every finished epoch of the run, including those before a resume.
+    pub epochs: Vec<EpochStats>,
+    pub classes: Vec<String>,
+    /// Stopped by `stop` (a signal) before the last epoch.
+    pub interrupted: bool,
+    /// The newest checkpoint written, if any.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// `opts` with the run-defining options of a checkpoint; `epochs` stays,
+/// so a resume can extend the run.
+pub fn resume_options(mut opts: TrainOptions, ck: &Checkpoint) -> TrainOptions {
+    let epochs = opts.run.epochs;
+    opts.run = RunOptions {
+        epochs,
+        ..ck.state.options.clone()
+    };
+    opts
+}

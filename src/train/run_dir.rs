@@ -1,0 +1,161 @@
+//! The run folder: checkpoints (the newest `--keep` and `best.safetensors`),
+//! the metrics files (`steps.csv`, `epochs.csv` or their `.jsonl`), the
+//! TensorBoard events and the plot (`curves.png`). One run per folder: a
+//! fresh run refuses a folder that already holds one.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, RunState};
+use crate::error::{Error, Result};
+use crate::export::Tensor;
+use crate::metrics::{MetricsWriter, StepRow};
+use crate::model::topology::Topology;
+use crate::model::trainable::Model;
+use crate::plot::{render_png, EpochPoint, StepPoint};
+use crate::run_state::EpochStats;
+use crate::step_log::StepSink;
+use crate::tensorboard::EventWriter;
+
+use super::options::TrainOptions;
+
+/// An open run folder and what the run writes into it.
+pub struct RunDir {
+    dir: PathBuf,
+    /// Checkpoints kept besides `best.safetensors`.
+    keep: usize,
+    /// The newest checkpoint written (or resumed from).
+    last: Option<PathBuf>,
+    metrics: MetricsWriter,
+    /// TensorBoard's copy of the metrics, and conv1's kernels each epoch.
+    events: EventWriter,
+    /// Every step row of the run, for the plot.
+    rows: Vec<StepRow>,
+    /// The plot's title: the config and the data.
+    title: String,
+}
+
+impl RunDir {
+    /// Open `opts.out` for the run `state` (None when the run keeps no
+    /// folder). A resumed run keeps its step rows up to the checkpoint; a
+    /// fresh one refuses a folder that holds checkpoints.
+    pub fn open(
+        opts: &TrainOptions,
+        topo: &Topology,
+        state: &RunState,
+        resumed: bool,
+    ) -> Result<Option<RunDir>> {
+        let Some(dir) = &opts.out else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        checkpoint::remove_stale_temps(dir)?;
+        if !resumed {
+            if let Some((_, p)) = checkpoint::list(dir)?.last() {
+                return Err(Error::Config(format!(
+                    "{} already holds a run ({}); continue it with --resume {} or pass another --out",
+                    dir.display(),
+                    p.display(),
+                    dir.display()
+                )));
+            }
+        }
+        let resume_step = resumed.then_some(state.progress.step);
+        let (metrics, rows) =
+            MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
+        let events = EventWriter::create(dir, state.progress.elapsed_s, resume_step)?;
+        Ok(Some(RunDir {
+            dir: dir.clone(),
+            keep: opts.keep,
+            last: opts.resume.as_ref().map(|c| c.path.clone()),
+            metrics,
+            events,
+            rows,
+            title: format!("{} on {}", topo.name, opts.data.display()),
+        }))
+    }
+
+    /// Where steps read back from the device go: both metrics files and
+    /// the plot's rows.
+    pub fn sink(&mut self) -> StepSink<'_> {
+        StepSink {
+            metrics: Some(&mut self.metrics),
+            events: Some(&mut self.events),
+            rows: &mut self.rows,
+        }
+    }
+
+    /// An epoch's row in both metrics files, and conv1's kernels as they
+    /// are after it.
+    pub fn epoch(&mut self, step: u64, stats: &EpochStats, net: &dyn Model) -> Result<()> {
+        self.metrics.epoch(stats)?;
+        self.events.epoch(step, stats)?;
+        self.events.filters(step, net)?;
+        self.events.flush()
+    }
+
+    /// Write a checkpoint of `state` and `tensors` (marked best when
+    /// `best`), keep the newest `keep`, and return its path. A failed write
+    /// says how to continue from the previous one.
+    pub fn save(&mut self, state: &RunState, tensors: &[Tensor], best: bool) -> Result<PathBuf> {
+        let path = self
+            .dir
+            .join(checkpoint::checkpoint_name(state.progress.step));
+        let t0 = Instant::now();
+        if let Err(e) = checkpoint::save(&path, state, tensors) {
+            let prev = match &self.last {
+                Some(p) => format!("the previous checkpoint {} is intact", p.display()),
+                None => "no checkpoint of this run was written yet".into(),
+            };
+            return Err(Error::Data(format!(
+                "could not write checkpoint {} ({e}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
+                path.display(),
+                self.dir.display()
+            )));
+        }
+        let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
+        info!(
+            "checkpoint {} ({mb:.0} MB) written in {:.2} s",
+            path.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        if best {
+            checkpoint::mark_best(&self.dir, &path)?;
+        }
+        checkpoint::prune(&self.dir, self.keep)?;
+        self.last = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Redraw `curves.png` from the step rows and `epochs`. A failed plot
+    /// is logged, never fatal: the numbers are in the metrics files.
+    pub fn plot(&self, epochs: &[EpochStats]) {
+        let steps: Vec<StepPoint> = self
+            .rows
+            .iter()
+            .map(|r| StepPoint {
+                step: r.step,
+                epoch: r.epoch,
+                loss: r.loss,
+                lr: r.lr,
+            })
+            .collect();
+        let epochs: Vec<EpochPoint> = epochs
+            .iter()
+            .map(|e| EpochPoint {
+                epoch: e.epoch,
+                train_loss: e.train_loss,
+                train_err: 1.0 - e.train_top1,
+                val_loss: e.val_loss,
+                val_top1_err: 1.0 - e.val_top1,
+                val_top5_err: 1.0 - e.val_top5,
+                lr: e.lr as f64,
+            })
+            .collect();
+        let path = self.dir.join("curves.png");
+        if let Err(e) = render_png(&path, &self.title, &steps, &epochs) {
+            warn!("could not draw the training curves: {e}");
+        }
+    }
+}

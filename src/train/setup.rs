@@ -1,0 +1,229 @@
+//! How a run starts: the options and the data checked against the network
+//! (the batch over the processes, the learning rate, the classes, the
+//! crop, a resume's data and network), the network built with its
+//! starting weights, and the run's state: a checkpoint's, or a fresh one.
+use tracing::info;
+
+use crate::backend::Backend;
+use crate::checkpoint::{self, Preprocess, Progress, RunState};
+use crate::data::LoaderConfig;
+use crate::dist::layout::Layout;
+use crate::error::{Error, Result};
+use crate::export::Tensor;
+use crate::model::loss_scale::LossScale;
+use crate::model::spec::NetSpec;
+use crate::model::topology::Topology;
+use crate::model::trainable::Model;
+
+use super::data::TrainData;
+use super::display;
+use super::options::TrainOptions;
+
+/// This process's share of each batch, after checking the batch and the
+/// learning rate.
+pub fn local_batch(opts: &TrainOptions) -> Result<usize> {
+    let world = &opts.world;
+    if !opts.run.batch.is_multiple_of(world.size) {
+        return Err(Error::Config(format!(
+            "--batch {} does not split over WORLD_SIZE={} processes; use a multiple of {}",
+            opts.run.batch, world.size, world.size
+        )));
+    }
+    if opts.run.batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    if !(opts.run.lr > 0.0 && opts.run.lr.is_finite()) {
+        return Err(Error::Config(format!(
+            "--lr must be a positive number, not {}",
+            opts.run.lr
+        )));
+    }
+    Ok(opts.run.batch / world.size)
+}
+
+/// `spec` with as many outputs as the data has classes.
+pub fn fit_classes(
+    spec: &NetSpec,
+    base: &Topology,
+    data: &TrainData,
+    opts: &TrainOptions,
+) -> NetSpec {
+    let n_classes = data.classes.len();
+    let mut spec = spec.clone();
+    if n_classes != base.classes {
+        info!(
+            "{} has {n_classes} classes: the last layer gets {n_classes} outputs (config {} has {})",
+            opts.data.display(),
+            base.name,
+            base.classes
+        );
+        spec.classes = Some(n_classes);
+    }
+    spec
+}
+
+/// Refuse a resume on other data or another network, a crop the network
+/// or the images cannot take, and a batch larger than the training set.
+pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainData) -> Result<()> {
+    check_resume(opts, spec, data)?;
+    if let Some(c) = opts.run.crop {
+        if c == 0 || c > topo.crop {
+            return Err(Error::Config(format!(
+                "--crop {c}: config {} takes {}x{} inputs; pass a crop from 1 to {} (smaller crops are zero-padded; the paper's is 224)",
+                topo.name, topo.crop, topo.crop, topo.crop
+            )));
+        }
+    }
+    let cut = opts.run.crop.unwrap_or(topo.crop);
+    if cut > data.train.size() {
+        return Err(Error::Config(format!(
+            "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {} or pick a config for small images (--config cifar)",
+            opts.data.display(),
+            data.train.size(),
+            data.train.size(),
+            topo.name,
+            topo.image_size
+        )));
+    }
+    if data.train_idx.len() < opts.run.batch {
+        return Err(Error::Config(format!(
+            "--batch {}: only {} training images; use a smaller batch",
+            opts.run.batch,
+            data.train_idx.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A resume continues on the data and the network its checkpoint names.
+fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result<()> {
+    let Some(ck) = &opts.resume else {
+        return Ok(());
+    };
+    let st = &ck.state;
+    if st.classes != data.classes || st.train_images != data.train_idx.len() {
+        return Err(Error::Config(format!(
+            "--resume {}: the run trained on {} ({} images, {} classes) but {} has {} images, {} classes; pass the run's data with --data",
+            ck.path.display(),
+            st.data,
+            st.train_images,
+            st.classes.len(),
+            opts.data.display(),
+            data.train_idx.len(),
+            data.classes.len()
+        )));
+    }
+    if st.net != *spec {
+        return Err(Error::Config(format!(
+            "--resume {}: the checkpoint's network is {:?}, not {:?}",
+            ck.path.display(),
+            st.net,
+            spec
+        )));
+    }
+    Ok(())
+}
+
+/// The network on `layout`'s devices, from `--init-from`'s weights when
+/// given (a resume's come with its state, in `start_state`).
+pub fn build_net<'a, B: Backend>(
+    layout: Layout<'a, B>,
+    topo: &Topology,
+    opts: &TrainOptions,
+    local_batch: usize,
+) -> Result<Box<dyn Model + 'a>> {
+    let mut net = layout.build(
+        &topo.clone().with_init(opts.run.init),
+        local_batch,
+        opts.run.seed,
+    )?;
+    if let Some(path) = &opts.init_from {
+        let tensors = crate::export::read_safetensors(path)?;
+        let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+        checkpoint::load_weights(&mut *net, &map, path)?;
+        info!("initial weights from {}", path.display());
+    }
+    Ok(net)
+}
+
+/// The run's state, and whether it is resumed: the checkpoint's (its
+/// weights and momentum restored into `net`, its epochs as asked now) or
+/// a fresh run's at epoch 1.
+pub fn start_state(
+    net: &mut dyn Model,
+    spec: &NetSpec,
+    data: &TrainData,
+    loader: &LoaderConfig,
+    opts: &TrainOptions,
+) -> Result<(RunState, bool)> {
+    if let Some(ck) = &opts.resume {
+        ck.restore(net, true)?;
+        let mut st = ck.state.clone();
+        st.options.epochs = opts.run.epochs;
+        st.data = opts.data.display().to_string();
+        display::resuming(ck, &st.progress);
+        return Ok((st, true));
+    }
+    let epoch_batches = data.train_idx.len() / opts.run.batch;
+    let state = RunState {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        net: spec.clone(),
+        classes: data.classes.clone(),
+        names: data.names.clone(),
+        data: opts.data.display().to_string(),
+        train_images: data.train_idx.len(),
+        val_images: data.val_idx.len(),
+        options: opts.run.clone(),
+        preprocess: Preprocess {
+            image_size: data.train.size(),
+            crop: loader.crop,
+            pad: loader.pad,
+            mean: loader.mean,
+            std: loader.std,
+            mean_image: loader.mean_image.is_some(),
+        },
+        progress: Progress::start(opts.run.lr, epoch_batches),
+        history: Vec::new(),
+    };
+    Ok((state, false))
+}
+
+/// The mean image the loader subtracts, as the checkpoint keeps it.
+pub fn mean_tensor(loader: &LoaderConfig, size: usize) -> Option<Tensor> {
+    loader.mean_image.as_ref().map(|m| Tensor {
+        name: checkpoint::MEAN_IMAGE.into(),
+        shape: vec![size, size, 3],
+        data: m.to_vec(),
+    })
+}
+
+/// 16-bit backends: dynamic loss scaling, from where a resumed run left it.
+pub fn loss_scaling<B: Backend>(backend: &B, net: &mut dyn Model, p: &Progress) {
+    if !backend.needs_loss_scaling() {
+        return;
+    }
+    let ls = p.loss_scale.clone().unwrap_or_else(LossScale::dynamic);
+    info!(
+        "{}: dynamic loss scaling from {} (halved on overflow, doubled after {} clean steps)",
+        backend.name(),
+        ls.scale,
+        ls.growth_interval
+    );
+    net.set_loss_scale(Some(ls));
+}
+
+/// Past a checkpoint written at an epoch's end, the run continues with the
+/// next epoch; a run past its last epoch says how to extend it.
+pub fn continue_at(state: &mut RunState, opts: &TrainOptions) {
+    if state.progress.epoch_done {
+        state.progress.next_epoch();
+    }
+    if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.run.epochs) {
+        info!(
+            "{}: the run has finished its {} epochs; pass --epochs N to extend it",
+            ck.path.display(),
+            opts.run.epochs
+        );
+    }
+}
