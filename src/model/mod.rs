@@ -1,6 +1,6 @@
 //! The network: the topology table (`topology`), the name a checkpoint keeps
 //! for it (`spec`), what is derived from it for people (`summary`), what
-//! runs it on a backend (`net` on one device, `towers` on two, `replicas`
+//! runs it on a backend (`stage` one layer's state and passes, `net` on one device, `towers` on two, `replicas`
 //! data-parallel), what every executor offers the trainer (`trainable`, with
 //! the step metrics of `step`), and the loss scale of 16-bit training (`loss_scale`).
 pub mod loss_scale;
@@ -8,6 +8,7 @@ pub mod net;
 pub mod replicas;
 pub mod scaling;
 pub mod spec;
+pub mod stage;
 pub mod step;
 pub mod summary;
 pub mod topology;

@@ -18,10 +18,8 @@
 //! Every byte that crosses between the devices goes through `exchange` and
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
 use super::loss_scale::LossScale;
-use super::net::{
-    check_batch, initial_values, lookup, no_forward, param_names, param_shape, read_slots, sgd_all,
-    unscale_all, Geom, Mode, Param, Stage,
-};
+use super::net::{check_batch, lookup, no_forward, param_names, param_shape, read_slots, Mode};
+use super::stage::{initial_values, sgd_all, unscale_all, Geom, Param, Stage};
 use super::step::{StepMetrics, STEP_SLOTS};
 use super::topology::{Chw, LayerShape, Topology};
 use crate::backend::{Backend, RowBlock, SgdParams};
