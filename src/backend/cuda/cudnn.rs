@@ -210,6 +210,228 @@ struct Algo {
     workspace: usize,
 }
 
+/// A convolution's descriptors, as cuDNN's algorithm calls take them.
+#[derive(Clone, Copy)]
+struct Descs {
+    x: sys::cudnnTensorDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+}
+
+/// (algo id, status, memory, deterministic) of one candidate algorithm.
+type Candidate = (AlgoId, sys::cudnnStatus_t, usize, bool);
+
+/// The forward algorithms: cuDNN's measured candidates, best first (its heuristics
+/// where Find fails).
+///
+/// # Safety
+/// `handle` and the descriptors in `d` are live.
+unsafe fn find_forward(
+    handle: sys::cudnnHandle_t,
+    d: Descs,
+    op: &'static str,
+) -> Result<Vec<Candidate>> {
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut count: c_int = 0;
+    // SAFETY: the perf array holds N entries and we request at most that
+    // many, so cuDNN writes within it; `count` tells how many it filled.
+    // Find runs the candidates on buffers it allocates itself.
+    unsafe {
+        const N: usize = 8;
+        let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
+        let mut st = sys::cudnnFindConvolutionForwardAlgorithm(
+            handle,
+            d.x,
+            d.w,
+            d.conv,
+            d.y,
+            N as c_int,
+            &mut count,
+            perf.as_mut_ptr(),
+        );
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
+            st = sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                handle,
+                d.x,
+                d.w,
+                d.conv,
+                d.y,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            );
+        }
+        check(op, "choose forward algorithm", st)?;
+        for p in &perf[..(count.max(0) as usize).min(N)] {
+            found.push((
+                AlgoId::Forward(p.algo),
+                p.status,
+                p.memory,
+                deterministic(p.determinism),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The backward-data algorithms: cuDNN's measured candidates, best first (its heuristics
+/// where Find fails).
+///
+/// # Safety
+/// `handle` and the descriptors in `d` are live.
+unsafe fn find_data(
+    handle: sys::cudnnHandle_t,
+    d: Descs,
+    op: &'static str,
+) -> Result<Vec<Candidate>> {
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut count: c_int = 0;
+    // SAFETY: the perf array holds N entries and we request at most that
+    // many, so cuDNN writes within it; `count` tells how many it filled.
+    // Find runs the candidates on buffers it allocates itself.
+    unsafe {
+        const N: usize = 6;
+        let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
+        let mut st = sys::cudnnFindConvolutionBackwardDataAlgorithm(
+            handle,
+            d.w,
+            d.y,
+            d.conv,
+            d.x,
+            N as c_int,
+            &mut count,
+            perf.as_mut_ptr(),
+        );
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: find backward-data algorithm: {st:?}; using heuristics");
+            st = sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                handle,
+                d.w,
+                d.y,
+                d.conv,
+                d.x,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            );
+        }
+        check(op, "choose backward-data algorithm", st)?;
+        for p in &perf[..(count.max(0) as usize).min(N)] {
+            found.push((
+                AlgoId::Data(p.algo),
+                p.status,
+                p.memory,
+                deterministic(p.determinism),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The backward-filter algorithms: cuDNN's measured candidates, best first (its heuristics
+/// where Find fails).
+///
+/// # Safety
+/// `handle` and the descriptors in `d` are live.
+unsafe fn find_filter(
+    handle: sys::cudnnHandle_t,
+    d: Descs,
+    op: &'static str,
+) -> Result<Vec<Candidate>> {
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut count: c_int = 0;
+    // SAFETY: the perf array holds N entries and we request at most that
+    // many, so cuDNN writes within it; `count` tells how many it filled.
+    // Find runs the candidates on buffers it allocates itself.
+    unsafe {
+        const N: usize = 7;
+        let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
+        let mut st = sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+            handle,
+            d.x,
+            d.y,
+            d.conv,
+            d.w,
+            N as c_int,
+            &mut count,
+            perf.as_mut_ptr(),
+        );
+        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            tracing::warn!("cuDNN: find backward-filter algorithm: {st:?}; using heuristics");
+            st = sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                handle,
+                d.x,
+                d.y,
+                d.conv,
+                d.w,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            );
+        }
+        check(op, "choose backward-filter algorithm", st)?;
+        for p in &perf[..(count.max(0) as usize).min(N)] {
+            found.push((
+                AlgoId::Filter(p.algo),
+                p.status,
+                p.memory,
+                deterministic(p.determinism),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The workspace algorithm `id` needs for the convolution of `d`.
+///
+/// # Safety
+/// `handle` and the descriptors in `d` are live; `id` is one cuDNN returned
+/// for this shape.
+unsafe fn workspace_size(
+    handle: sys::cudnnHandle_t,
+    d: Descs,
+    id: AlgoId,
+    op: &'static str,
+) -> Result<usize> {
+    let mut workspace = 0usize;
+    // SAFETY: as the function's contract says.
+    let st = unsafe {
+        match id {
+            AlgoId::Forward(algo) => sys::cudnnGetConvolutionForwardWorkspaceSize(
+                handle,
+                d.x,
+                d.w,
+                d.conv,
+                d.y,
+                algo,
+                &mut workspace,
+            ),
+            AlgoId::Data(algo) => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                handle,
+                d.w,
+                d.y,
+                d.conv,
+                d.x,
+                algo,
+                &mut workspace,
+            ),
+            AlgoId::Filter(algo) => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                handle,
+                d.x,
+                d.y,
+                d.conv,
+                d.w,
+                algo,
+                &mut workspace,
+            ),
+        }
+    };
+    check(op, "workspace size", st)?;
+    Ok(workspace)
+}
+
 /// Whether Find reported the candidate as giving the same bits on every run.
 fn deterministic(d: sys::cudnnDeterminism_t) -> bool {
     d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
@@ -476,131 +698,20 @@ impl Dnn {
         if let Some(a) = plan.algos.get(&dir) {
             return Ok(*a);
         }
-        let (x, y, w, conv) = (plan.x.0, plan.y.0, plan.w.0, plan.conv.0);
-        // (algo id, status, memory, deterministic) of each candidate, best first.
-        let mut found: Vec<(AlgoId, sys::cudnnStatus_t, usize, bool)> = Vec::new();
-        let mut count: c_int = 0;
-        // SAFETY (all three arms): descriptors and handle are live; the perf
-        // arrays hold ALGO_COUNT entries and we request at most that many, so
-        // cuDNN writes within them; `count` tells how many it filled. Find*
-        // runs the candidates on buffers it allocates itself.
-        unsafe {
+        let d = Descs {
+            x: plan.x.0,
+            y: plan.y.0,
+            w: plan.w.0,
+            conv: plan.conv.0,
+        };
+        // SAFETY: the descriptors and the handle are live (the plan owns them).
+        let found = unsafe {
             match dir {
-                Dir::Forward => {
-                    const N: usize = 8;
-                    let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
-                    let mut st = sys::cudnnFindConvolutionForwardAlgorithm(
-                        handle,
-                        x,
-                        w,
-                        conv,
-                        y,
-                        N as c_int,
-                        &mut count,
-                        perf.as_mut_ptr(),
-                    );
-                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-                        tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
-                        st = sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                            handle,
-                            x,
-                            w,
-                            conv,
-                            y,
-                            N as c_int,
-                            &mut count,
-                            perf.as_mut_ptr(),
-                        );
-                    }
-                    check(op, "choose forward algorithm", st)?;
-                    for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((
-                            AlgoId::Forward(p.algo),
-                            p.status,
-                            p.memory,
-                            deterministic(p.determinism),
-                        ));
-                    }
-                }
-                Dir::Data => {
-                    const N: usize = 6;
-                    let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-                    let mut st = sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        handle,
-                        w,
-                        y,
-                        conv,
-                        x,
-                        N as c_int,
-                        &mut count,
-                        perf.as_mut_ptr(),
-                    );
-                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-                        tracing::warn!(
-                            "cuDNN: find backward-data algorithm: {st:?}; using heuristics"
-                        );
-                        st = sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                            handle,
-                            w,
-                            y,
-                            conv,
-                            x,
-                            N as c_int,
-                            &mut count,
-                            perf.as_mut_ptr(),
-                        );
-                    }
-                    check(op, "choose backward-data algorithm", st)?;
-                    for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((
-                            AlgoId::Data(p.algo),
-                            p.status,
-                            p.memory,
-                            deterministic(p.determinism),
-                        ));
-                    }
-                }
-                Dir::Filter => {
-                    const N: usize = 7;
-                    let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] =
-                        std::mem::zeroed();
-                    let mut st = sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                        handle,
-                        x,
-                        y,
-                        conv,
-                        w,
-                        N as c_int,
-                        &mut count,
-                        perf.as_mut_ptr(),
-                    );
-                    if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-                        tracing::warn!(
-                            "cuDNN: find backward-filter algorithm: {st:?}; using heuristics"
-                        );
-                        st = sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                            handle,
-                            x,
-                            y,
-                            conv,
-                            w,
-                            N as c_int,
-                            &mut count,
-                            perf.as_mut_ptr(),
-                        );
-                    }
-                    check(op, "choose backward-filter algorithm", st)?;
-                    for p in &perf[..(count.max(0) as usize).min(N)] {
-                        found.push((
-                            AlgoId::Filter(p.algo),
-                            p.status,
-                            p.memory,
-                            deterministic(p.determinism),
-                        ));
-                    }
-                }
+                Dir::Forward => find_forward(handle, d, op)?,
+                Dir::Data => find_data(handle, d, op)?,
+                Dir::Filter => find_filter(handle, d, op)?,
             }
-        }
+        };
         // In 16 bits, no Winograd for filters larger than 3x3: its transforms
         // amplify rounding as the tile grows (Lavin & Gray 2016, section 5),
         // and on conv2 (5x5) in fp16 cuDNN's WINOGRAD_NONFUSED backward-data
@@ -622,40 +733,8 @@ impl Dnn {
             });
         };
         // The exact workspace for the chosen algorithm (Find's figure can differ).
-        let mut workspace = 0usize;
         // SAFETY: descriptors live; `id` is one cuDNN returned for this shape.
-        let st = unsafe {
-            match id {
-                AlgoId::Forward(algo) => sys::cudnnGetConvolutionForwardWorkspaceSize(
-                    handle,
-                    x,
-                    w,
-                    conv,
-                    y,
-                    algo,
-                    &mut workspace,
-                ),
-                AlgoId::Data(algo) => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                    handle,
-                    w,
-                    y,
-                    conv,
-                    x,
-                    algo,
-                    &mut workspace,
-                ),
-                AlgoId::Filter(algo) => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
-                    handle,
-                    x,
-                    y,
-                    conv,
-                    w,
-                    algo,
-                    &mut workspace,
-                ),
-            }
-        };
-        check(op, "workspace size", st)?;
+        let workspace = unsafe { workspace_size(handle, d, id, op)? };
         let a = Algo { id, workspace };
         tracing::debug!(
             "cuDNN: {g:?} {p}: {id:?} (deterministic: {det}), workspace {workspace} bytes"
