@@ -19,7 +19,7 @@
 //!
 //! Kernels follow kernels/README.md: argument order and C types (int = i32,
 //! long long = i64, unsigned long long = u64), launched with
-//! `kernels::launch_1d` (block 256, grid-stride loops).
+//! `alexnet_kernels::launch_1d` (block 256, grid-stride loops).
 //!
 //! Streams and ordering: all compute goes on one stream, so ops are ordered
 //! as they are called. Uploads of host data go on the copy stream through a
@@ -51,6 +51,7 @@ pub mod storage16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use alexnet_kernels::launch_1d;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr,
@@ -58,7 +59,6 @@ use cudarc::driver::{
 };
 
 use crate::backend::cpu::conv::validate as validate_conv;
-use crate::backend::kernels::launch_1d;
 use crate::backend::{
     Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, RowBlock, SgdParams,
 };
