@@ -53,9 +53,11 @@ pub struct EvalArgs {
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
     set_threads(args.threads)?;
+    // The flags first: a device list this command cannot use is refused
+    // before the checkpoint is read.
+    let device = args.device.resolve()?;
     let ck = checkpoint::load(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
-    let device = args.device.resolve()?;
     let batch = args
         .batch
         .map(|b| b as usize)
