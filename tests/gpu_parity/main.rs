@@ -16,15 +16,18 @@
 //! default info; `alexnet_cuda::backend::cuda::cudnn=debug` names the
 //! algorithm cuDNN chose for each shape).
 mod executors;
+// The steady-state body tests/steady_state.rs runs on the CPU.
+#[path = "../steady_state/fixed_shape.rs"]
+mod fixed_shape;
 mod ops;
 mod rows;
 
 use alexnet_cuda::backend::cuda::{probe, CudaBackend, CudaOptions, Precision};
-use alexnet_cuda::backend::{Backend, SgdParams};
-use alexnet_cuda::model::net::{Mode, Network};
+use alexnet_cuda::backend::Backend;
+use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
-use alexnet_cuda::{Error, Result};
+use alexnet_cuda::Result;
 
 use rows::random;
 
@@ -146,9 +149,16 @@ struct AllocationRow {
 }
 
 /// The network sizes its buffers once: steps after the first allocate
-/// nothing. Prints the check's row; true when it passed.
+/// nothing (`cifar`, batch 32; the body tests/steady_state.rs runs on the
+/// CPU). Prints the check's row; true when it passed.
 fn steady_state(be: &CudaBackend, json: bool) -> Result<bool> {
-    let (first, last) = steady_state_allocations(be, &Topology::cifar(), 32, 5)?;
+    let topo = Topology::cifar();
+    let batch = 32;
+    let mut rng = Rng::new(7);
+    let x = random(&mut rng, batch * topo.channels * topo.crop * topo.crop, 1.0);
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(topo.classes) as u32).collect();
+    let mut net = Network::new(be, &topo, batch, 1)?;
+    let (first, last) = fixed_shape::allocations_first_and_fifth(be, &mut net, &x, &labels)?;
     let steady = first == last;
     if json {
         let row = AllocationRow {
@@ -165,43 +175,4 @@ fn steady_state(be: &CudaBackend, json: bool) -> Result<bool> {
         println!("allocations: {first} after the first step, {last} after the fifth");
     }
     Ok(steady)
-}
-
-/// Train `steps` (>= 2) steps of `topo` on random data with batch `batch`;
-/// returns the backend's allocation count after the first step and after the
-/// last. Equal counts mean the steady state allocates nothing per step
-/// (buffers, workspaces, scratch and the pinned staging are all sized once).
-fn steady_state_allocations(
-    be: &CudaBackend,
-    topo: &Topology,
-    batch: usize,
-    steps: usize,
-) -> Result<(u64, u64)> {
-    let input = topo
-        .shapes()?
-        .first()
-        .map(|s| s.input.len())
-        .ok_or_else(|| Error::Config("empty topology".into()))?;
-    let classes = topo.layers.last().map(|l| l.out_channels()).unwrap_or(1);
-    let mut rng = Rng::new(7);
-    let x = random(&mut rng, batch * input, 1.0);
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
-    let hp = SgdParams {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
-    let mut net = Network::new(be, topo, batch, 1)?;
-    let mut after_first = 0;
-    for step in 0..steps.max(2) {
-        net.forward(&x, &labels, Mode::Train)?;
-        net.backward()?;
-        net.sgd_step(&hp)?;
-        if step == 0 {
-            be.synchronize()?;
-            after_first = be.allocations();
-        }
-    }
-    be.synchronize()?;
-    Ok((after_first, be.allocations()))
 }
