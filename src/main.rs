@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand};
 use cli::bench::{loader::BenchLoaderArgs, step::BenchStepArgs, synth_store::SynthStoreArgs};
 use cli::{
     demo_data::DemoDataArgs, eval::EvalArgs, export::ExportArgs, features::FeaturesArgs,
-    filters::FiltersArgs, gpu_ops::GpuOpsArgs, neighbors::NeighborsArgs,
-    nvrtc_check::NvrtcCheckArgs, predict::PredictArgs, prepare::PrepareArgs, scaling::ScalingArgs,
-    summary::SummaryArgs, train::TrainArgs,
+    filters::FiltersArgs, neighbors::NeighborsArgs, nvrtc_check::NvrtcCheckArgs,
+    predict::PredictArgs, prepare::PrepareArgs, scaling::ScalingArgs, summary::SummaryArgs,
+    train::TrainArgs,
 };
 
 #[derive(Parser)]
@@ -66,9 +66,6 @@ enum Command {
     /// Find and load NCCL as a multi-GPU run would, then print its version and file (scripts/check-nccl; no GPU needed).
     #[command(hide = true)]
     NcclCheck,
-    /// Run every op on the GPU and on the CPU reference and compare (scripts/gpu-check).
-    #[command(hide = true)]
-    GpuOps(GpuOpsArgs),
 }
 
 /// Parse the command line and run the command it names.
@@ -90,7 +87,6 @@ fn run() -> Result<()> {
         Command::BenchStep(args) => cli::bench::step::run(args),
         Command::NvrtcCheck(args) => cli::nvrtc_check::run(args),
         Command::NcclCheck => cli::nccl_check::run(),
-        Command::GpuOps(args) => cli::gpu_ops::run(args),
     }
 }
 

@@ -259,7 +259,15 @@ fn device_flags_that_are_not_built_are_refused() {
         &["GPU 0", "both towers", "deadlock", "--gpus 0,1,2,3"],
     );
     assert_error(
-        &["gpu-ops", "--gpus", "0,1"],
+        &[
+            "eval",
+            "--gpus",
+            "0,1",
+            "--checkpoint",
+            "missing.safetensors",
+            "--data",
+            ".",
+        ],
         &["--gpus 0,1", "one GPU", "--gpus 0"],
     );
     // predict picks its device like every command (no file is read first).

@@ -15,13 +15,15 @@
 //! convolution (im2col or col2im plus a plain GEMM) against the CPU conv's
 //! forward, backward-data and backward-filter, to 1e-3 (a different GEMM
 //! summation order; see `CONV_TOL`).
+#[path = "kernels_host/host_kernels.rs"]
+mod host_kernels;
+
 use alexnet_cuda::backend::cpu::{conv, elementwise, lrn, pool, CpuBackend};
-use alexnet_cuda::backend::kernels::{launch_1d, MODULES};
-use alexnet_cuda::backend::{
-    host_kernels as hk, Backend, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams,
-};
+use alexnet_cuda::backend::{Backend, ConvGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use alexnet_cuda::rng::Rng;
 use alexnet_cuda::Error;
+use alexnet_kernels::{launch_1d, MODULES};
+use host_kernels as hk;
 
 fn normal(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.normal() as f32 * scale).collect()

@@ -2,9 +2,14 @@
 //! at a batch size, training and evaluation steps at that size allocate
 //! nothing (the backend's allocation count stays put). The same network code
 //! drives the CUDA backend, whose count this mirrors, so a GPU run allocates
-//! nothing per step either.
+//! nothing per step either: tests/gpu_parity/ runs the fixed-shape part
+//! (steady_state/fixed_shape.rs) there too.
+// Shared with tests/gpu_parity/main.rs, which runs it on a GPU.
+#[path = "steady_state/fixed_shape.rs"]
+mod fixed_shape;
+
 use alexnet_cuda::backend::cpu::CpuBackend;
-use alexnet_cuda::backend::{Backend, SgdParams};
+use alexnet_cuda::backend::Backend;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
@@ -20,27 +25,11 @@ fn no_allocation_per_step_at_a_fixed_batch_shape() {
         .map(|_| rng.normal() as f32)
         .collect();
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-    let hp = SgdParams {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
-    let step = |net: &mut Network<CpuBackend>| {
-        net.forward(&x, &labels, Mode::Train).expect("forward");
-        net.backward().expect("backward");
-        net.sgd_step(&hp).expect("sgd");
-    };
-    step(&mut net);
-    let after_first = be.allocations();
+    let (after_first, after_fifth) =
+        fixed_shape::allocations_first_and_fifth(&be, &mut net, &x, &labels).expect("steps");
     assert!(after_first > 0, "the network allocates through the backend");
-    for _ in 0..3 {
-        step(&mut net);
-    }
-    net.forward(&x, &labels, Mode::Eval).expect("eval forward");
-    step(&mut net);
     assert_eq!(
-        be.allocations(),
-        after_first,
+        after_fifth, after_first,
         "steps at the same batch shape allocated buffers"
     );
 

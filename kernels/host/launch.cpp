@@ -1,12 +1,13 @@
 // Host entry points for every kernel in kernels/*.cu: the same source compiled
 // as C++ through shim.h, each kernel wrapped as
 //   extern "C" void host_<kernel>(unsigned grid, unsigned block, <kernel args>)
-// which runs the whole grid on the calling thread. build.rs compiles this file
-// into a static library; src/backend/host_kernels.rs wraps it for tests.
+// which runs the whole grid on the calling thread. kernels/host/build.rs
+// compiles this file into a static library, kernels/host/src/lib.rs declares
+// the entry points, and tests/kernels_host/host_kernels.rs wraps them.
 #include "shim.h"
 
-// The device code every kernel file shares (build.rs puts it in front of each
-// file for nvcc and NVRTC; here, once in front of all of them).
+// The device code every kernel file shares (kernels/build.rs puts it in front
+// of each file for nvcc and NVRTC; here, once in front of all of them).
 #include "../prelude.cuh"
 
 #include "../bias_relu.cu"

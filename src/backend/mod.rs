@@ -9,8 +9,6 @@
 //!   independent slices, exactly as a two-tower layer does (ARCHITECTURE.md, "Backends and stages").
 pub mod cpu;
 pub mod cuda;
-pub mod host_kernels;
-pub mod kernels;
 
 use crate::error::{Error, Result};
 

@@ -10,7 +10,6 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod filters;
-pub mod gpu_ops;
 pub mod nccl;
 pub mod nccl_check;
 pub mod neighbors;

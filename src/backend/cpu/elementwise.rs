@@ -194,12 +194,8 @@ fn top1_hit(row: &[f32], label: usize) -> bool {
 }
 
 /// A one-float loss buffer and a metrics buffer with room for slot `slot`.
-pub(crate) fn check_step_slot(
-    op: &'static str,
-    loss: usize,
-    slot: usize,
-    metrics: usize,
-) -> Result<()> {
+/// Public so that tests' wrappers of the kernels check the same way.
+pub fn check_step_slot(op: &'static str, loss: usize, slot: usize, metrics: usize) -> Result<()> {
     if loss == 0 {
         return Err(shape_err(op, "the loss buffer is empty".into()));
     }

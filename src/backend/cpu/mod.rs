@@ -33,8 +33,9 @@ impl CpuBackend {
 
 // -- shared helpers ------------------------------------------------------------
 
-/// The product of `dims`, or a shape error if it overflows `usize`.
-pub(crate) fn checked_product(op: &'static str, what: &str, dims: &[usize]) -> Result<usize> {
+/// The product of `dims`, or a shape error if it overflows `usize`. Public
+/// so that tests' wrappers of other implementations check sizes the same way.
+pub fn checked_product(op: &'static str, what: &str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| Error::Shape {

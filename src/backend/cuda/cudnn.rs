@@ -160,7 +160,7 @@ impl Drop for ConvDesc {
 
 /// The directions an algorithm is chosen for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Dir {
+pub enum Dir {
     Forward,
     Data,
     Filter,

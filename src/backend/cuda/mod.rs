@@ -15,11 +15,10 @@
 //!                    kept on the device, read back by the trainer in batches
 //!   nccl.rs          NCCL all-reduce across the replicas' GPUs
 //!   nccl_lib.rs      finding libnccl.so.2 where cudarc's names miss it
-//!   parity.rs        every op against the CPU reference, for a GPU check script
 //!
 //! Kernels follow kernels/README.md: argument order and C types (int = i32,
 //! long long = i64, unsigned long long = u64), launched with
-//! `kernels::launch_1d` (block 256, grid-stride loops).
+//! `alexnet_kernels::launch_1d` (block 256, grid-stride loops).
 //!
 //! Streams and ordering: all compute goes on one stream, so ops are ordered
 //! as they are called. Uploads of host data go on the copy stream through a
@@ -42,7 +41,6 @@ pub mod mixed;
 pub mod modules;
 pub mod nccl;
 pub mod nccl_lib;
-pub mod parity;
 pub mod pinned;
 pub mod probe;
 mod step_metrics;
@@ -51,6 +49,7 @@ pub mod storage16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use alexnet_kernels::launch_1d;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr,
@@ -58,7 +57,6 @@ use cudarc::driver::{
 };
 
 use crate::backend::cpu::conv::validate as validate_conv;
-use crate::backend::kernels::launch_1d;
 use crate::backend::{
     Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, RowBlock, SgdParams,
 };
@@ -344,10 +342,26 @@ impl CudaBackend {
         self.dnn.is_some() && !self.force_fallback.load(Ordering::Relaxed)
     }
 
+    /// Whether cuDNN loaded (whatever `set_force_fallback` says).
+    pub fn has_cudnn(&self) -> bool {
+        self.dnn.is_some()
+    }
+
     /// Switch convolutions to the fallback (true) or back to cuDNN when present.
-    /// For the parity check; not meant to flip during training.
-    pub(crate) fn set_force_fallback(&self, on: bool) {
+    /// For the parity check (tests/gpu_parity/); not meant to flip during training.
+    pub fn set_force_fallback(&self, on: bool) {
         self.force_fallback.store(on, Ordering::Relaxed);
+    }
+
+    /// The cuDNN algorithm chosen for `g` in direction `dir` at this
+    /// backend's precision, once one was (None without cuDNN), without
+    /// cuDNN's prefix: e.g. "BWD_FILTER_ALGO_1". For the parity report.
+    pub fn cudnn_algo(&self, g: &ConvGeom, dir: cudnn::Dir) -> Result<Option<String>> {
+        let Some(dnn) = self.dnn.as_ref() else {
+            return Ok(None);
+        };
+        let id = lock("cudnn_algo", dnn)?.chosen(g, self.precision, dir);
+        Ok(id.map(|id| id.short_name()))
     }
 
     /// Copy an index buffer back (argmax, labels), for tests and checks.

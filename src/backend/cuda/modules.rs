@@ -1,5 +1,5 @@
-//! Loading the kernels (kernels/*.cu, embedded by build.rs as
-//! `backend::kernels::MODULES`) into one CUDA context. This file owns the
+//! Loading the kernels (kernels/*.cu, embedded by the alexnet-kernels crate as
+//! `alexnet_kernels::MODULES`) into one CUDA context. This file owns the
 //! choice between the two ways a module gets onto the device:
 //!   1. the embedded fatbin (PTX for a base architecture + SASS for common
 //!      cards), when the build had nvcc and the driver accepts it;
@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use alexnet_kernels::{Module, MODULES};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use crate::backend::kernels::{Module, MODULES};
 use crate::error::{Error, Result};
 
 /// How a module was loaded.

@@ -81,7 +81,7 @@ impl FromStr for Precision {
 // -- host conversions ----------------------------------------------------------------
 
 /// dst = src rounded to `p`'s 16 bits (nearest even, as f32_to_f16 / f32_to_bf16).
-pub(crate) fn narrow_host(p: Precision, src: &[f32], dst: &mut [u16]) {
+pub fn narrow_host(p: Precision, src: &[f32], dst: &mut [u16]) {
     match p {
         Precision::Bf16 => dst
             .reinterpret_cast_mut::<bf16>()
@@ -94,7 +94,7 @@ pub(crate) fn narrow_host(p: Precision, src: &[f32], dst: &mut [u16]) {
 }
 
 /// dst = src's 16-bit values widened to f32 (exact).
-pub(crate) fn widen_host(p: Precision, src: &[u16], dst: &mut [f32]) {
+pub fn widen_host(p: Precision, src: &[u16], dst: &mut [f32]) {
     match p {
         Precision::Bf16 => src.reinterpret_cast::<bf16>().convert_to_f32_slice(dst),
         Precision::F16 | Precision::F32 => src.reinterpret_cast::<f16>().convert_to_f32_slice(dst),

@@ -1,175 +1,21 @@
-//! GPU vs CPU parity: runs every `Backend` op on random data on a
-//! `CudaBackend` and on the CPU reference, and reports per op the largest
-//! absolute and relative difference and whether it is within tolerance.
+//! Every `Backend` op on a `CudaBackend` against the CPU reference, on
+//! random data: one row per op (rows.rs says how rows are judged).
 //! Convolutions run twice, through cuDNN (when present) and through the
 //! im2col + cuBLAS fallback. Shapes are AlexNet's (conv1 11x11/4 on 227x227
 //! images, grouped 5x5 pad 2, 3x3 pad 1, LRN, 3/2 pooling, fc, softmax).
-//! A GPU check script calls `run_all` and prints the table; this file owns
-//! nothing else.
-//!
-//! Tolerance: an element passes when |gpu - cpu| <= atol + rtol * |cpu|.
-//! GEMM-like ops sum thousands of products in a different order than the
-//! CPU, so they get atol = rtol = 1e-3 on O(1) data (f32 rounding, no TF32);
-//! element-wise ops must agree to 1e-5, and dropout masks, ReLU and pooling
-//! exactly.
-//!
 //! In fp16 / bf16 mode every op runs in 16 bits on the GPU and the CPU
-//! reference gets the same inputs rounded to 16 bits (so input rounding is
-//! not counted as error); what remains is the output's rounding and the
-//! f32-accumulated sums' order. A 16-bit output carries a relative rounding
-//! error of up to 2^-11 = 4.9e-4 (fp16) or 2^-8 = 3.9e-3 (bf16), and ops
-//! chained inside one kernel (LRN, softmax) or a backward op fed a rounded
-//! forward output add a few of those, so element-wise ops get
-//! atol = rtol = 2e-3 (fp16) or 1.6e-2 (bf16).
-//! GEMM-type ops in 16 bits are judged normwise: cuDNN's algorithms keep
-//! partial sums (split reductions, transformed tiles) in the 16-bit type, so
-//! an element whose sum cancels to near zero carries the rounding of the
-//! partials, about one unit in the last place of the tensor's largest
-//! elements (Higham, "Accuracy and Stability of Numerical Algorithms",
-//! 2nd ed., ch. 3: a sum's error bound scales with the sum of |terms|, not
-//! with the result). So their atol is a fraction of `scale` = max |cpu|:
-//!   fp16: |d| <= 4e-3 * max(scale, 1) + 1e-2 |cpu|   (8 units of 2^-11);
-//!   bf16: |d| <= 1.6e-2 * max(scale, 1) + 5e-2 |cpu| (4 units of 2^-8);
-//! ReLU, max pooling forward and dropout (mask 2 for p = 0.5) stay exact; the
-//! SGD step works on f32 masters and keeps the f32 tolerance. Row names end
-//! in the precision ("[fp16]").
-use super::cudnn::Dir;
-use super::storage16::{narrow_host, widen_host};
-use super::{lock, CudaBackend, CudaBuf, Precision};
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
-use crate::data::hostmem::HostBuf;
-use crate::error::Result;
-use crate::rng::Rng;
+//! reference gets the same inputs rounded to 16 bits.
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::cuda::cudnn::Dir;
+use alexnet_cuda::backend::cuda::storage16::{narrow_host, widen_host};
+use alexnet_cuda::backend::cuda::{CudaBackend, CudaBuf, Precision};
+use alexnet_cuda::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
+use alexnet_cuda::data::hostmem::HostBuf;
+use alexnet_cuda::rng::Rng;
+use alexnet_cuda::Result;
 
-/// One op's comparison.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ParityRow {
-    /// Op and shape, e.g. "conv2d_forward conv2 (grouped 5x5)".
-    pub op: String,
-    /// "cudnn", "fallback", or "-" for ops that are not convolutions.
-    pub path: &'static str,
-    pub max_abs: f32,
-    /// Largest |gpu - cpu| / |cpu| over elements with |cpu| > atol.
-    pub max_rel: f32,
-    /// max |cpu|: the tensor's scale.
-    pub scale: f32,
-    /// The absolute tolerance; times max(scale, 1) when `normwise`.
-    pub atol: f32,
-    pub rtol: f32,
-    /// Whether atol is relative to the scale (GEMM-type ops in 16 bits).
-    pub normwise: bool,
-    /// The cuDNN algorithm that ran, where one did.
-    pub algo: String,
-    pub pass: bool,
-}
-
-impl std::fmt::Display for ParityRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<48} {:<8} max_abs {:.3e} max_rel {:.3e} scale {:.2e} (atol {:.0e}{}, rtol {:.0e}) {} {}",
-            self.op,
-            self.path,
-            self.max_abs,
-            self.max_rel,
-            self.scale,
-            self.atol,
-            if self.normwise { " x scale" } else { "" },
-            self.rtol,
-            self.algo,
-            if self.pass { "ok" } else { "FAIL" }
-        )
-    }
-}
-
-const GEMM_TOL: (f32, f32) = (1e-3, 1e-3);
-const ELEM_TOL: (f32, f32) = (1e-5, 1e-5);
-const EXACT: (f32, f32) = (0.0, 0.0);
-/// 16-bit GEMM-type: (atol as a fraction of the scale, rtol).
-const GEMM_TOL_F16: (f32, f32) = (4e-3, 1e-2);
-const ELEM_TOL_F16: (f32, f32) = (2e-3, 2e-3);
-const GEMM_TOL_BF16: (f32, f32) = (1.6e-2, 5e-2);
-const ELEM_TOL_BF16: (f32, f32) = (1.6e-2, 1.6e-2);
-
-/// The tolerance of an fp32 row (GEMM_TOL, ELEM_TOL, EXACT) for precision `p`.
-fn tol_for(p: Precision, t: (f32, f32)) -> (f32, f32) {
-    match p {
-        Precision::F32 => t,
-        Precision::F16 if t == GEMM_TOL => GEMM_TOL_F16,
-        Precision::F16 if t == ELEM_TOL => ELEM_TOL_F16,
-        Precision::Bf16 if t == GEMM_TOL => GEMM_TOL_BF16,
-        Precision::Bf16 if t == ELEM_TOL => ELEM_TOL_BF16,
-        _ => t,
-    }
-}
-
-fn compare(
-    op: String,
-    path: &'static str,
-    gpu: &[f32],
-    cpu: &[f32],
-    tol: (f32, f32),
-    normwise: bool,
-) -> ParityRow {
-    let (atol, rtol) = tol;
-    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let abs_tol = if normwise {
-        atol * scale.max(1.0)
-    } else {
-        atol
-    };
-    let (mut max_abs, mut max_rel, mut pass) = (0f32, 0f32, gpu.len() == cpu.len());
-    for (&a, &b) in gpu.iter().zip(cpu) {
-        let d = (a - b).abs();
-        // A NaN anywhere fails.
-        if d.is_nan() || d > abs_tol + rtol * b.abs() {
-            pass = false;
-        }
-        if d.is_nan() {
-            max_abs = f32::NAN;
-            max_rel = f32::NAN;
-            continue;
-        }
-        max_abs = max_abs.max(d);
-        if b.abs() > atol {
-            max_rel = max_rel.max(d / b.abs());
-        }
-    }
-    ParityRow {
-        op,
-        path,
-        max_abs,
-        max_rel,
-        scale,
-        atol,
-        rtol,
-        normwise,
-        algo: String::new(),
-        pass,
-    }
-}
-
-/// A row that counts mistakes (mismatched indices, wrong flags): it passes
-/// at zero, and the count shows as max_abs.
-fn count_row(op: String, wrong: usize) -> ParityRow {
-    ParityRow {
-        op,
-        path: "-",
-        max_abs: wrong as f32,
-        max_rel: 0.0,
-        scale: 0.0,
-        atol: 0.0,
-        rtol: 0.0,
-        normwise: false,
-        algo: String::new(),
-        pass: wrong == 0,
-    }
-}
-
-fn random(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.normal() as f32 * scale).collect()
-}
+use crate::rows::{compare, count_row, label, random, tol_for, ParityRow};
+use crate::rows::{ELEM_TOL, EXACT, GEMM_TOL};
 
 /// Both backends, and the helpers to move data into and out of the GPU.
 struct Pair<'a> {
@@ -212,11 +58,7 @@ impl Pair<'_> {
     }
     /// The row name with the precision in 16-bit mode.
     fn name(&self, op: String) -> String {
-        if self.prec.is_half() {
-            format!("{op} [{}]", self.prec)
-        } else {
-            op
-        }
+        label(self.prec, &op)
     }
     fn tol(&self, t: (f32, f32)) -> (f32, f32) {
         tol_for(self.prec, t)
@@ -259,12 +101,9 @@ impl Pair<'_> {
         if path != "cudnn" {
             return Ok(());
         }
-        let Some(dnn) = self.gpu.dnn.as_ref() else {
-            return Ok(());
-        };
-        let id = lock("parity", dnn)?.chosen(g, self.prec, dir);
-        if let (Some(row), Some(id)) = (self.rows.last_mut(), id) {
-            row.algo = id.short_name();
+        let algo = self.gpu.cudnn_algo(g, dir)?;
+        if let (Some(row), Some(algo)) = (self.rows.last_mut(), algo) {
+            row.algo = algo;
         }
         Ok(())
     }
@@ -379,7 +218,7 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
 
     // -- convolutions, through each available path ---------------------------------
     let had_cudnn = be.uses_cudnn();
-    let paths: &[(&'static str, bool)] = if be.dnn.is_some() {
+    let paths: &[(&'static str, bool)] = if be.has_cudnn() {
         &[("cudnn", false), ("fallback", true)]
     } else {
         &[("fallback", true)]
@@ -707,208 +546,4 @@ fn step_metrics(p: &mut Pair, rng: &mut Rng, rows: usize, classes: usize) -> Res
     ));
     p.rows.push(count_row(op, wrong));
     Ok(())
-}
-
-/// Train `steps` (>= 2) steps of `topo` on random data with batch `batch`;
-/// returns the backend's allocation count after the first step and after the
-/// last. Equal counts mean the steady state allocates nothing per step
-/// (buffers, workspaces, scratch and the pinned staging are all sized once).
-pub fn steady_state_allocations(
-    be: &CudaBackend,
-    topo: &crate::model::topology::Topology,
-    batch: usize,
-    steps: usize,
-) -> Result<(u64, u64)> {
-    use crate::model::net::{Mode, Network};
-    let input = topo
-        .shapes()?
-        .first()
-        .map(|s| s.input.len())
-        .ok_or_else(|| crate::error::Error::Config("empty topology".into()))?;
-    let classes = topo.layers.last().map(|l| l.out_channels()).unwrap_or(1);
-    let mut rng = Rng::new(7);
-    let x = random(&mut rng, batch * input, 1.0);
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
-    let hp = SgdParams {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-    };
-    let mut net = Network::new(be, topo, batch, 1)?;
-    let mut after_first = 0;
-    for step in 0..steps.max(2) {
-        net.forward(&x, &labels, Mode::Train)?;
-        net.backward()?;
-        net.sgd_step(&hp)?;
-        if step == 0 {
-            be.synchronize()?;
-            after_first = be.allocations();
-        }
-    }
-    be.synchronize()?;
-    Ok((after_first, be.allocations()))
-}
-
-/// The two-tower executor on two backends of `be`'s GPU (two streams, as
-/// `--gpus 0,0` runs it) against the grouped network on `be`: `cifar`
-/// without dropout, batch 8, one forward and backward. Rows for the logits,
-/// the loss, the gradients (the worst tensor, normwise), and the bytes the
-/// towers copied against the table's prediction (counted as f32, as the
-/// table does, in every precision).
-pub fn towers_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
-    use crate::model::towers::TowerNetwork;
-    let (a, b) = (twin(be)?, twin(be)?);
-    let (topo, x, labels) = split_case();
-    let mut two = TowerNetwork::new([&a, &b], &topo, labels.len(), 3)?;
-    let mut rows = against_grouped(be, "towers vs grouped", &mut two, &topo, &x, &labels)?;
-    let (got, want) = (
-        two.exchanged_bytes(),
-        topo.exchange_bytes_per_step(labels.len())?,
-    );
-    rows.push(count_row(
-        label(
-            be,
-            &format!("towers: bytes copied {got} vs the table's {want}"),
-        ),
-        got.abs_diff(want) as usize,
-    ));
-    Ok(rows)
-}
-
-/// Data parallelism on the GPU against the grouped network at the whole
-/// batch (the same case as `towers_vs_grouped`): two replicas on `be`'s GPU
-/// averaged through host memory, and, where NCCL is installed, one replica
-/// averaged by NCCL (a communicator of one rank: one GPU cannot hold two
-/// NCCL ranks), which must leave the gradients as they were. Rows for the
-/// logits, the loss and the worst gradient after the reduction; without
-/// NCCL, a failing row that says so.
-pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
-    use crate::dist::layout::BUCKET_BYTES;
-    use crate::dist::HostAllReduce;
-    use crate::model::replicas::DataParallel;
-    let (topo, x, labels) = split_case();
-    let (a, b) = (twin(be)?, twin(be)?);
-    let mut two = DataParallel::grouped(
-        vec![&a, &b],
-        &topo,
-        labels.len(),
-        3,
-        BUCKET_BYTES,
-        Box::new(HostAllReduce::default()),
-    )?;
-    let mut rows = against_grouped(be, "2 replicas vs grouped", &mut two, &topo, &x, &labels)?;
-    if !super::nccl::nccl_present() {
-        rows.push(count_row(label(be, super::nccl::NO_NCCL), 1));
-        return Ok(rows);
-    }
-    let c = twin(be)?;
-    let reduce =
-        super::nccl::NcclAllReduce::new(&[vec![&c]], &crate::dist::world::World::single())?;
-    let mut one = DataParallel::grouped(
-        vec![&c],
-        &topo,
-        labels.len(),
-        3,
-        BUCKET_BYTES,
-        Box::new(reduce),
-    )?;
-    rows.extend(against_grouped(
-        be,
-        "NCCL replica vs grouped",
-        &mut one,
-        &topo,
-        &x,
-        &labels,
-    )?);
-    Ok(rows)
-}
-
-/// Another backend on `be`'s GPU with its settings (TF32 off).
-fn twin(be: &CudaBackend) -> Result<CudaBackend> {
-    let opts = super::CudaOptions {
-        precision: be.precision(),
-        force_fallback_conv: !be.uses_cudnn(),
-        allow_tf32: false,
-    };
-    CudaBackend::new(be.info().ordinal, opts)
-}
-
-/// `cifar` without dropout, batch 8, random inputs and labels.
-fn split_case() -> (crate::model::topology::Topology, Vec<f32>, Vec<u32>) {
-    let topo = crate::model::topology::Topology::cifar().without_dropout();
-    let n = 8;
-    let mut rng = Rng::new(0x70_3e25);
-    let x = random(&mut rng, n * topo.channels * topo.crop * topo.crop, 1.0);
-    let labels: Vec<u32> = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
-    (topo, x, labels)
-}
-
-/// A row name, with the precision in 16-bit modes.
-fn label(be: &CudaBackend, s: &str) -> String {
-    let prec = be.precision();
-    if prec.is_half() {
-        format!("{s} [{prec}]")
-    } else {
-        s.to_string()
-    }
-}
-
-/// One training forward and backward of `other` and of the grouped network
-/// on `be` (same seed): rows for the logits, the loss and the worst
-/// gradient (normwise).
-fn against_grouped(
-    be: &CudaBackend,
-    what: &str,
-    other: &mut dyn crate::model::trainable::Model,
-    topo: &crate::model::topology::Topology,
-    x: &[f32],
-    labels: &[u32],
-) -> Result<Vec<ParityRow>> {
-    use crate::model::net::{Mode, Network};
-    let mut one = Network::new(be, topo, labels.len(), 3)?;
-    let prec = be.precision();
-    let mut rows = Vec::new();
-    let (l1, l2) = (
-        one.forward(x, labels, Mode::Train)?,
-        other.forward(x, labels, Mode::Train)?,
-    );
-    let gemm = tol_for(prec, GEMM_TOL);
-    rows.push(compare(
-        label(be, &format!("{what}: logits")),
-        "-",
-        &other.logits()?,
-        &one.logits()?,
-        gemm,
-        prec.is_half(),
-    ));
-    rows.push(compare(
-        label(be, &format!("{what}: loss")),
-        "-",
-        &[l2],
-        &[l1],
-        tol_for(prec, ELEM_TOL),
-        false,
-    ));
-    one.backward()?;
-    other.backward()?;
-    let mut worst: Option<ParityRow> = None;
-    for p in one.param_names() {
-        let r = compare(
-            label(be, &format!("{what}: gradient of {p} (the worst)")),
-            "-",
-            &other.grad(&p)?,
-            &one.grad(&p)?,
-            gemm,
-            true,
-        );
-        let bad = |r: &ParityRow| r.max_abs / r.scale.max(1.0);
-        if worst
-            .as_ref()
-            .is_none_or(|w| !r.pass || (w.pass && bad(&r) > bad(w)))
-        {
-            worst = Some(r);
-        }
-    }
-    rows.extend(worst);
-    Ok(rows)
 }

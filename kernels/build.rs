@@ -1,4 +1,5 @@
-//! Build script: owns the CUDA kernels' build (ARCHITECTURE.md, "Kernels and build.rs").
+//! Build script of the kernels crate (alexnet-kernels): owns the CUDA
+//! kernels' device build (ARCHITECTURE.md, "Kernels").
 //!
 //! 1. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH). When
 //!    found, compiles each kernels/*.cu into a fatbin (PTX for a base
@@ -6,20 +7,18 @@
 //!    fails the build with nvcc's message. When not found, warns that the
 //!    kernels will be compiled at run time by NVRTC (an error instead when
 //!    ALEXNET_REQUIRE_NVCC=1).
-//! 2. Always: compiles kernels/host/launch.cpp (every kernels/*.cu through a
-//!    small shim) with the C++ compiler into a static library linked into the
-//!    crate, so tests run the kernels' arithmetic on the host
-//!    (src/backend/host_kernels.rs). No fast-math: results must match the CPU
-//!    reference.
-//! 3. Writes $OUT_DIR/kernels.rs, included by src/backend/kernels.rs: each
-//!    kernel file's name, source (for NVRTC), fatbin (when nvcc ran) and the
+//! 2. Writes $OUT_DIR/kernels.rs, included by src/lib.rs: each kernel file's
+//!    name, source (for NVRTC), fatbin (when nvcc ran) and the
 //!    `extern "C" __global__` entry points it defines.
+//!
+//! The host build of the same sources (for tests) is another crate's,
+//! kernels/host/, so that it stays out of what the program links.
 //!
 //! Kernel files cannot `#include` (NVRTC has no headers), so the device code
 //! they share, kernels/prelude.cuh, is put in front of each: nvcc compiles,
 //! and NVRTC gets, `$OUT_DIR/kernels/<name>.cu` = the prelude, a `#line`
 //! directive, then kernels/<name>.cu (so messages name the right file and
-//! line). The host build includes the prelude once (kernels/host/launch.cpp).
+//! line).
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
@@ -38,15 +37,15 @@ const SETUP_HINT: &str = "run scripts/setup-nvcc (installs nvcc into .cuda/ in t
     or put nvcc on PATH";
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=kernels");
+    // The whole folder, as the kernel files are found by listing it.
+    println!("cargo:rerun-if-changed=.");
     for var in ["NVCC", "CUDA_PATH", "ALEXNET_REQUIRE_NVCC", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    // This crate's folder is kernels/: the .cu files sit beside Cargo.toml.
+    let kernel_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    let kernel_dir = root.join("kernels");
     let sources = prelude_sources(&kernel_dir, &kernel_sources(&kernel_dir), &out);
 
     let nvcc = find_nvcc();
@@ -68,9 +67,6 @@ fn main() {
              by NVRTC. To embed precompiled kernels: {SETUP_HINT}."
         ),
     }
-
-    // After nvcc, so that a kernel that does not compile is reported in nvcc's words.
-    build_host_library(&kernel_dir);
 
     let generated = generate(nvcc.as_ref(), &targets, &sources, &fatbins);
     fs::write(out.join("kernels.rs"), generated).expect("write kernels.rs");
@@ -127,20 +123,6 @@ struct Source {
     original: PathBuf,
     text: String,
     combined: PathBuf,
-}
-
-/// The host build of every kernel (kernels/host/launch.cpp includes them all).
-fn build_host_library(kernel_dir: &Path) {
-    cc::Build::new()
-        .cpp(true)
-        .file(kernel_dir.join("host").join("launch.cpp"))
-        .opt_level(2)
-        .flag("-std=c++17")
-        // No fused multiply-add contraction: the host results are compared with
-        // the CPU reference bit for bit where the arithmetic is the same.
-        .flag_if_supported("-ffp-contract=off")
-        .warnings(true)
-        .compile("alexnet_host_kernels");
 }
 
 struct Nvcc {

@@ -1,6 +1,8 @@
-//! The CUDA kernels (kernels/*.cu) as build.rs embedded them, and the launch
-//! shape every caller uses (kernels/README.md is the contract: names,
-//! arguments, one thread per what).
+//! alexnet-kernels: the CUDA kernels (kernels/*.cu) as build.rs embedded
+//! them, and the launch shape every caller uses (kernels/README.md is the
+//! contract: names, arguments, one thread per what). The CUDA backend loads
+//! them (src/backend/cuda/modules.rs); the host build of the same sources,
+//! for tests, is the alexnet-kernels-host crate (kernels/host/).
 //!
 //! Each `Module` is one .cu file: its source (always embedded, for NVRTC at
 //! run time) and, when nvcc was found at build time, a fatbin holding PTX for
