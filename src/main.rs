@@ -93,15 +93,7 @@ fn run() -> Result<()> {
 /// Log to stderr above any progress bars (RUST_LOG, default info; colour on
 /// a terminal), run, and end a failure as one error line and exit status 1.
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(alexnet_cuda::progress::terminal().log_writer())
-        .init();
+    alexnet_cuda::progress::init_logs();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -3,7 +3,7 @@
 //! command line's log lines go through `LogWriter`, which hides the bars,
 //! prints the whole line and redraws them, so a line lands above the bars
 //! instead of through one. Off a terminal, indicatif draws no bars and the
-//! lines are written as they are.
+//! lines are written as they are. `init_logs` sets up the process's log.
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -124,4 +124,18 @@ impl Drop for Line {
             }
         });
     }
+}
+
+/// The process's log: to stderr through `LogWriter` (above any bars),
+/// RUST_LOG's filter (default info), colour only on a terminal.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_writer(terminal().log_writer())
+        .init();
 }

@@ -1,15 +1,18 @@
 //! Where the ops run: the device flags (`DeviceArgs`) and the parallelism
 //! flags (`ParallelArgs`), turned into the `Request` that `dist::run_on`
 //! (or `run_on_one`) resolves: the one way every command picks its device.
+use std::path::Path;
+
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
+use alexnet_cuda::checkpoint::Checkpoint;
 use alexnet_cuda::dist::device::{self, Device};
 use alexnet_cuda::dist::placement::{Parallel, Request};
 use alexnet_cuda::dist::world::World;
 
-use super::common::{flag_value, positive};
+use super::common::{flag_value, positive, HostArgs};
 
 /// Where the ops run: shared by every command that computes.
 #[derive(Args, Clone)]
@@ -123,6 +126,15 @@ impl DeviceArgs {
             }
         }
         f
+    }
+
+    /// The start of a command that runs a checkpoint's network on one
+    /// device: the thread pool sized, then the flags checked (a bad one is
+    /// reported before any file is read), then the checkpoint loaded.
+    pub fn start_one(&self, host: &HostArgs, checkpoint: &Path) -> Result<(Request, Checkpoint)> {
+        host.apply()?;
+        let request = self.request_one()?;
+        Ok((request, alexnet_cuda::checkpoint::load(checkpoint)?))
     }
 
     /// The request of a command that runs one network: one device.

@@ -48,10 +48,7 @@ pub struct EvalArgs {
 
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
-    args.host.apply()?;
-    // The flags first: a bad one is reported before any file is read.
-    let request = args.device.request_one()?;
-    let ck = checkpoint::load(&args.checkpoint)?;
+    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     let batch = args
         .batch

@@ -8,7 +8,6 @@ use anyhow::Result;
 use clap::Args;
 
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::checkpoint;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
@@ -44,10 +43,7 @@ pub struct FeaturesArgs {
 
 /// Write the features and say how many.
 pub fn run(args: FeaturesArgs) -> Result<()> {
-    args.host.apply()?;
-    // The flags first: a bad one is reported before any file is read.
-    let request = args.device.request_one()?;
-    let ck = checkpoint::load(&args.checkpoint)?;
+    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
     let job = features::FeaturesJob {
         ck: &ck,
         data: &args.data,

@@ -7,7 +7,6 @@ use anyhow::Result;
 use clap::Args;
 
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::checkpoint;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
@@ -51,10 +50,7 @@ pub struct NeighborsArgs {
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
-    args.host.apply()?;
-    // The flags first: a bad one is reported before any file is read.
-    let request = args.device.request_one()?;
-    let ck = checkpoint::load(&args.checkpoint)?;
+    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
     let job = features::NeighborsJob {
         ck: &ck,
         data: &args.data,

@@ -67,15 +67,7 @@ fn parse_args() -> std::result::Result<Args, String> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    alexnet_cuda::progress::init_logs();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
