@@ -1,14 +1,14 @@
 //! Where the ops run: the device flags (`DeviceArgs`) and the parallelism
 //! flags (`ParallelArgs`), turned into the `Request` that `dist::run_on`
 //! (or `run_on_one`) resolves: the one way every command picks its device.
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
 use alexnet_cuda::checkpoint::Checkpoint;
-use alexnet_cuda::dist::device::{self, Device};
+use alexnet_cuda::dist::device;
 use alexnet_cuda::dist::placement::{Parallel, Request};
 use alexnet_cuda::dist::world::World;
 
@@ -32,6 +32,30 @@ pub struct DeviceArgs {
     /// CUDA: let cuDNN and cuBLAS use TF32 tensor cores for fp32 work (10-bit mantissa products; PyTorch's default for convolutions).
     #[arg(long)]
     pub tf32: bool,
+}
+
+/// What every command that runs a checkpoint's network on one device takes
+/// (eval, features, neighbors): the checkpoint, where the ops run, and the
+/// host's threads and bar.
+#[derive(Args)]
+pub struct CheckpointRunArgs {
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+impl CheckpointRunArgs {
+    /// The thread pool sized, then the flags checked (a bad one is reported
+    /// before any file is read), then the checkpoint loaded.
+    pub fn start(&self) -> Result<(Request, Checkpoint)> {
+        self.host.apply()?;
+        let request = self.device.request_one()?;
+        Ok((request, alexnet_cuda::checkpoint::load(&self.checkpoint)?))
+    }
 }
 
 /// How several devices share the work (train and bench-step).
@@ -82,7 +106,7 @@ impl From<ParallelFlag> for Parallel {
 }
 
 impl DeviceArgs {
-    /// The devices and parallelism asked for, as `parallel::run_on` takes
+    /// The devices and parallelism asked for, as `dist::run_on` takes
     /// them. Without --cpu or --gpus, the probe picks GPU 0 or the CPU.
     pub fn request(&self, par: &ParallelArgs, world: &World) -> Result<Request> {
         let parallel = par.parallel.map(Parallel::from);
@@ -90,8 +114,8 @@ impl DeviceArgs {
             (self.cpu, self.gpus.clone())
         } else {
             match device::automatic() {
-                Device::Cpu => (true, None),
-                Device::Cuda(ids) => (false, Some(ids[0].to_string())),
+                None => (true, None),
+                Some(gpu) => (false, Some(gpu.to_string())),
             }
         };
         if cpu {
@@ -126,15 +150,6 @@ impl DeviceArgs {
             }
         }
         f
-    }
-
-    /// The start of a command that runs a checkpoint's network on one
-    /// device: the thread pool sized, then the flags checked (a bad one is
-    /// reported before any file is read), then the checkpoint loaded.
-    pub fn start_one(&self, host: &HostArgs, checkpoint: &Path) -> Result<(Request, Checkpoint)> {
-        host.apply()?;
-        let request = self.request_one()?;
-        Ok((request, alexnet_cuda::checkpoint::load(checkpoint)?))
     }
 
     /// The request of a command that runs one network: one device.

@@ -17,16 +17,13 @@ use alexnet_cuda::features::spread;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 
-use super::common::{crop_rows, positive, HostArgs};
-use super::device::DeviceArgs;
+use super::common::{crop_rows, positive};
+use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
+    run: CheckpointRunArgs,
     /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -39,8 +36,6 @@ pub struct EvalArgs {
     /// Evaluate N images spread evenly over the set.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    #[command(flatten)]
-    host: HostArgs,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -48,13 +43,13 @@ pub struct EvalArgs {
 
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
+    let (request, ck) = args.run.start()?;
     let topo = ck.state.net.topology()?;
     let batch = args
         .batch
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
-    let set = open_eval_data(&args.data, &ck, args.host.progress())?;
+    let set = open_eval_data(&args.data, &ck, args.run.host.progress())?;
     let idx = spread(set.len(), args.limit.map(|k| k as usize));
     // Ten crops make ten rows per image: keep the rows per step near `batch`.
     let per_step = if args.ten_crop {
@@ -62,14 +57,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         batch
     };
-    let workers = args.host.workers(!request.cpu);
+    let workers = args.run.host.workers(!request.cpu);
     let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
     let label = if args.ten_crop {
         "eval (10 crops)"
     } else {
         "eval"
     };
-    let pb = alexnet_cuda::progress::bar(idx.len(), label, args.host.progress());
+    let pb = alexnet_cuda::progress::bar(idx.len(), label, args.run.host.progress());
     let t0 = Instant::now();
     let job = EvalOn {
         ck: &ck,
@@ -132,7 +127,7 @@ fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) -> Result<()> {
     };
     if args.json {
         let report = EvalReport {
-            checkpoint: args.checkpoint.display().to_string(),
+            checkpoint: args.run.checkpoint.display().to_string(),
             data: args.data.display().to_string(),
             mode,
             images: r.images,

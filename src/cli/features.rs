@@ -11,16 +11,13 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{positive, HostArgs};
-use super::device::DeviceArgs;
+use super::common::positive;
+use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
 pub struct FeaturesArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
+    run: CheckpointRunArgs,
     /// Images: a store folder, a `prepare` output folder (its val/), or class sub-folders of images.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -37,13 +34,11 @@ pub struct FeaturesArgs {
     /// N images spread evenly over the set.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    #[command(flatten)]
-    host: HostArgs,
 }
 
 /// Write the features and say how many.
 pub fn run(args: FeaturesArgs) -> Result<()> {
-    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
+    let (request, ck) = args.run.start()?;
     let job = features::FeaturesJob {
         ck: &ck,
         data: &args.data,
@@ -51,8 +46,8 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         out: &args.out,
         batch: args.batch as usize,
         limit: args.limit.map(|l| l as usize),
-        workers: args.host.workers(!request.cpu),
-        progress: args.host.progress(),
+        workers: args.run.host.workers(!request.cpu),
+        progress: args.run.host.progress(),
     };
     let t0 = Instant::now();
     let r = run_on_one(&request, FeaturesOn(&job))?;

@@ -10,16 +10,13 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{positive, HostArgs};
-use super::device::DeviceArgs;
+use super::common::positive;
+use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
 pub struct NeighborsArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
+    run: CheckpointRunArgs,
     /// The images searched: a store folder, a `prepare` output folder (its train/), or class sub-folders.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -44,13 +41,11 @@ pub struct NeighborsArgs {
     /// Search N images spread evenly over the set (as `features --limit N`).
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
-    #[command(flatten)]
-    host: HostArgs,
 }
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
-    let (request, ck) = args.device.start_one(&args.host, &args.checkpoint)?;
+    let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {
         ck: &ck,
         data: &args.data,
@@ -60,8 +55,8 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
         features: args.features.as_deref(),
         batch: args.batch as usize,
         limit: args.limit.map(|l| l as usize),
-        workers: args.host.workers(!request.cpu),
-        progress: args.host.progress(),
+        workers: args.run.host.workers(!request.cpu),
+        progress: args.run.host.progress(),
         cell: args.cell as usize,
     };
     let r = run_on_one(&request, NeighborsOn(&job))?;

@@ -8,14 +8,6 @@ use tracing::info;
 use crate::backend::cuda::probe;
 use crate::error::{Error, Result};
 
-/// The device a command was asked for, after probing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    /// CUDA device ordinals, in the order given.
-    Cuda(Vec<usize>),
-}
-
 /// Parse `--gpus`: comma-separated device ordinals, e.g. `0` or `0,1`.
 pub fn parse_gpus(list: &str) -> Result<Vec<usize>> {
     let ids = list
@@ -46,21 +38,21 @@ pub fn one_gpu(list: &str) -> Result<usize> {
     Ok(ids[0])
 }
 
-/// The device when neither `--cpu` nor `--gpus` was given: GPU 0 when the
-/// driver and a GPU are there, else the CPU; the choice and its reason are
-/// logged.
-pub fn automatic() -> Device {
+/// The device when neither `--cpu` nor `--gpus` was given: the first GPU's
+/// ordinal when the driver and a GPU are there, else `None` (the CPU); the
+/// choice and its reason are logged.
+pub fn automatic() -> Option<usize> {
     match probe::devices() {
         Ok(list) if !list.is_empty() => {
             info!(
                 "no --cpu or --gpus given: using {} (pass --cpu to train on the CPU)",
                 list[0]
             );
-            Device::Cuda(vec![list[0].ordinal])
+            Some(list[0].ordinal)
         }
         Ok(_) => {
             info!("no --cpu or --gpus given: no CUDA GPU found, using the CPU");
-            Device::Cpu
+            None
         }
         Err(e) => {
             if probe::driver_present() {
@@ -68,7 +60,7 @@ pub fn automatic() -> Device {
             } else {
                 info!("no --cpu or --gpus given: using the CPU (no CUDA driver library found)");
             }
-            Device::Cpu
+            None
         }
     }
 }

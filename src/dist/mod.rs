@@ -14,7 +14,6 @@ pub mod tcp;
 pub mod world;
 
 pub use allreduce::{AllReduce, HostAllReduce};
-pub use device::Device;
 pub use layout::Layout;
 pub use placement::{run_on, run_on_one, OnDevice, OnLayout, Parallel, Request};
 pub use world::World;
