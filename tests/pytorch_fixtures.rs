@@ -8,8 +8,9 @@
 //! input and must reproduce all of it. The LRN tests check the backend's LRN
 //! against the paper's formula directly, independent of PyTorch.
 //!
-//! Run with `cargo test --test pytorch_fixtures -- --nocapture` to see the
-//! per-tensor errors.
+//! Run with
+//!   cargo test --release --test integration pytorch_fixtures -- --nocapture
+//! to see the per-tensor errors.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,7 @@
 //! in-process all-reduce: k replicas at batch B/k each against one network
 //! at batch B, for k = 2 and 4; hybrid (pairs of towers) likewise;
 //! bucketing; replicas staying equal.
-mod common;
-
+use crate::common::{batch, bits, max_nan, narrow, scaled_diff};
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::dist::HostAllReduce;
@@ -11,7 +10,6 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::replicas::{plan_buckets, DataParallel, Replica};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
-use common::{batch, bits, max_nan, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,

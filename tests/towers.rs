@@ -3,14 +3,12 @@
 //! loss, gradients and the parameters after SGD steps, and the bytes that
 //! cross between the devices (and the table's prediction of them) against a
 //! count worked out by hand from the layer shapes.
-mod common;
-
+use crate::common::{batch, bits, max_nan, narrow, scaled_diff};
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::TowerNetwork;
-use common::{batch, bits, max_nan, narrow, scaled_diff};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,

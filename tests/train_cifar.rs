@@ -8,7 +8,7 @@
 //!
 //! The full-archive version (12,000 images, 2,000 held out, validation top-1
 //! above 35%) takes minutes and the archive, so it is ignored by default:
-//!   ALEXNET_CIFAR_TAR=PATH cargo test --release --test train_cifar -- --ignored
+//!   ALEXNET_CIFAR_TAR=PATH cargo test --release --test integration train_cifar -- --ignored
 //! (without the variable it reads ../shared/data/cifar10-train.tar.gz). The
 //! 30-minute run that reaches 70% is scripts/train-cifar (docs/cifar10.md).
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ fn cifar_tar() -> PathBuf {
 }
 
 #[test]
-#[ignore = "needs the full CIFAR-10 archive and minutes: ALEXNET_CIFAR_TAR=PATH cargo test --release --test train_cifar -- --ignored"]
+#[ignore = "needs the full CIFAR-10 archive and minutes: ALEXNET_CIFAR_TAR=PATH cargo test --release --test integration train_cifar -- --ignored"]
 fn cifar_archive_subset_learns_well_above_chance() {
     let dir = tempfile::tempdir().expect("temp dir");
     let status = Command::new("tar")

@@ -1,0 +1,36 @@
+//! The integration tests, one module per file beside this one, built as one
+//! test executable: each executable links the whole crate and its generic
+//! code again, so one instead of 28 saves minutes of build on a small
+//! machine. Run one file's tests by its module name, e.g.
+//!   cargo test --release --test integration checkpoint::
+//! tests/gpu_parity/ stays its own executable (its own main, GPU flags).
+mod common;
+
+mod checkpoint;
+mod cli;
+mod cpu_ops;
+mod cuda_probe;
+mod data;
+mod eval;
+mod export;
+mod features;
+mod filters;
+mod gradcheck;
+mod imagenette_cli;
+mod kernels_host;
+mod lighting;
+mod loss_scale;
+mod net_gradcheck;
+mod plot;
+mod prepare;
+mod progress;
+mod pytorch_fixtures;
+mod recipe;
+mod replicas;
+mod scaling;
+mod steady_state;
+mod step_metrics;
+mod summary;
+mod tcp_reduce;
+mod towers;
+mod train_cifar;
