@@ -8,7 +8,10 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where log lines are written: the terminal the bars are drawn on.
 pub type Sink = Arc<Mutex<dyn Write + Send>>;
@@ -129,13 +132,36 @@ impl Drop for Line {
 /// The process's log: to stderr through `LogWriter` (above any bars),
 /// RUST_LOG's filter (default info), colour only on a terminal.
 pub fn init_logs() {
+    let (filter, bad) = log_filter(std::env::var("RUST_LOG").ok());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_writer(terminal().log_writer())
+        .finish()
+        .with(filter)
         .init();
+    if let Some(why) = bad {
+        tracing::warn!("{why}");
+    }
+}
+
+/// RUST_LOG as comma-separated `target=level` directives or a bare level
+/// (`warn`, `alexnet_cuda=debug`), default info. tracing-subscriber's
+/// `Targets` reads them without the regex engine its `EnvFilter` is built
+/// with (a fifth of the dependencies' compile time); span and field filters
+/// are not read. A value it cannot read is named, and info is used.
+fn log_filter(var: Option<String>) -> (Targets, Option<String>) {
+    let info = Targets::new().with_default(LevelFilter::INFO);
+    let Some(var) = var.filter(|v| !v.trim().is_empty()) else {
+        return (info, None);
+    };
+    match var.parse::<Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (
+            info,
+            Some(format!(
+                "RUST_LOG={var:?} ignored ({e}): it takes a level (error, warn, info, debug, trace) or target=level directives, e.g. RUST_LOG=warn"
+            )),
+        ),
+    }
 }

@@ -305,6 +305,35 @@ fn device_flags_that_are_not_built_are_refused() {
     );
 }
 
+/// RUST_LOG: a level hides the lines below it, a `target=level` directive
+/// picks the crate, and a value that cannot be read is named in a warning
+/// while the command runs on at the default level (info).
+#[test]
+fn rust_log_is_read_and_a_value_it_cannot_read_is_named() {
+    let logs = |filter: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(["bench-step", "--config", "cifar", "--batch", "2"])
+            .args(["--steps", "1", "--warmup", "0"])
+            .env("RUST_LOG", filter)
+            .output()
+            .expect("run alexnet-cuda");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "RUST_LOG={filter}: {err}");
+        err
+    };
+    // The automatic device choice is logged at info.
+    let info_line = "no --cpu or --gpus given";
+    assert!(logs("info").contains(info_line), "{}", logs("info"));
+    assert!(logs("alexnet_cuda=info").contains(info_line));
+    assert!(!logs("warn").contains(info_line), "{}", logs("warn"));
+    assert!(!logs("other_crate=info").contains(info_line));
+    let bad = logs("alexnet_cuda=loud");
+    assert!(
+        bad.contains("RUST_LOG=\"alexnet_cuda=loud\" ignored") && bad.contains(info_line),
+        "{bad}"
+    );
+}
+
 /// With neither --cpu nor --gpus the choice is automatic and logged.
 #[test]
 fn the_automatic_device_choice_is_logged() {
