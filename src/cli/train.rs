@@ -224,7 +224,7 @@ fn options(
     if args.demo {
         // Batch 64, not the config's 128: twice the updates per epoch, and
         // the synthetic set is learnt in 6 epochs instead of 12 (tests/cli.rs)
-        // at 7% fewer images per second on 2 cores.
+        // at about 6% fewer images per second on 2 cores.
         opts.run.batch = 64;
         opts.run.val = 500;
         opts.run.epochs = 8;
