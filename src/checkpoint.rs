@@ -17,9 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::{sync_dir, temp_path};
+use crate::model::net::Network;
+use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 pub use crate::run_state::{Preprocess, Progress, RunOptions, RunState};
 
@@ -182,6 +185,20 @@ impl Checkpoint {
             net.set_steps(self.state.progress.step);
         }
         Ok(())
+    }
+
+    /// The checkpoint's network on one device for batches of up to `batch`
+    /// images, its weights set from the file (never drawn first), for the
+    /// commands that run a trained network.
+    pub fn network<'a, B: Backend>(
+        &self,
+        be: &'a B,
+        topo: &Topology,
+        batch: usize,
+    ) -> Result<Network<'a, B>> {
+        let mut net = Network::zeroed(be, topo, batch)?;
+        self.restore(&mut net, false)?;
+        Ok(net)
     }
 
     pub fn mean_image(&self) -> Option<&[f32]> {

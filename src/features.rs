@@ -432,8 +432,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         ),
         None => (default_features_path(job.out), true),
     };
-    let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
-    ck.restore(&mut net, false)?;
+    let mut net = ck.network(be, &topo, job.batch.max(1))?;
     if computed {
         let cfg = feature_loader(ck, job.batch, job.workers);
         let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
@@ -709,8 +708,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     activation_width(&topo, job.layer)?;
     let fs = open_set(job.data, ck, "val", job.progress)?;
     let indices = spread(fs.set.len(), job.limit);
-    let mut net = Network::new(be, &topo, job.batch.max(1), 0)?;
-    ck.restore(&mut net, false)?;
+    let mut net = ck.network(be, &topo, job.batch.max(1))?;
     let cfg = feature_loader(ck, job.batch, job.workers);
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
     let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {

@@ -14,7 +14,6 @@ use alexnet_cuda::data::LoaderConfig;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data, EvalResult};
 use alexnet_cuda::features::spread;
-use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 
 use super::common::{crop_rows, positive};
@@ -96,8 +95,7 @@ impl OnDevice for EvalOn<'_> {
     type Out = EvalResult;
     type Err = anyhow::Error;
     fn run<B: Backend>(self, be: &B) -> Result<EvalResult> {
-        let mut net = Network::new(be, self.topo, self.rows, 0)?;
-        self.ck.restore(&mut net, false)?;
+        let mut net = self.ck.network(be, self.topo, self.rows)?;
         Ok(evaluate(&mut net, self.set, self.idx, self.cfg, |done| {
             self.pb.set_position(done as u64)
         })?)

@@ -11,7 +11,6 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::export::onnx::write_onnx;
 use alexnet_cuda::export::{network_tensors, write_safetensors};
-use alexnet_cuda::model::net::Network;
 
 use super::common::flag_value;
 
@@ -41,8 +40,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let topo = ck.state.net.topology()?;
     // The weights in table order, checked against the table's shapes.
     let be = CpuBackend::new();
-    let mut net = Network::new(&be, &topo, 1, 0)?;
-    ck.restore(&mut net, false)?;
+    let net = ck.network(&be, &topo, 1)?;
     let tensors = network_tensors(&net)?;
     match args.format {
         ExportFormat::Onnx => write_onnx(&topo, &tensors, &args.out)?,

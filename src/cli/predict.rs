@@ -13,7 +13,6 @@ use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_file, ImageSet, ImageSource};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
-use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
@@ -97,8 +96,7 @@ impl OnDevice for PredictOn<'_> {
     type Err = anyhow::Error;
     fn run<B: Backend>(self, be: &B) -> Result<Rows> {
         let chunk = self.ck.state.options.batch.clamp(1, 64);
-        let mut net = Network::new(be, self.topo, chunk, 0)?;
-        self.ck.restore(&mut net, false)?;
+        let mut net = self.ck.network(be, self.topo, chunk)?;
         match &self.args.input_npy {
             Some(path) => npy_rows(&mut net, self.topo, path, chunk),
             None => image_rows(&mut net, self.topo.classes, self.ck, self.args, chunk),

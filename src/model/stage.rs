@@ -54,16 +54,21 @@ impl<B: Backend> Param<B> {
     /// A layer's parameters with these initial values (f32 masters on every
     /// backend), zero gradients and momentum.
     pub(super) fn new(be: &B, w: &[f32], b: &[f32]) -> Result<Self> {
-        let (mut wb, mut bb) = (be.alloc_param(w.len())?, be.alloc_param(b.len())?);
-        be.upload(w, &mut wb)?;
-        be.upload(b, &mut bb)?;
+        let mut p = Self::zeroed(be, w.len(), b.len())?;
+        be.upload(w, &mut p.w)?;
+        be.upload(b, &mut p.b)?;
+        Ok(p)
+    }
+
+    /// A layer's parameters, all zero (`alloc_param` zero-fills).
+    pub(super) fn zeroed(be: &B, weights: usize, biases: usize) -> Result<Self> {
         Ok(Param {
-            w: wb,
-            b: bb,
-            dw: be.alloc_param(w.len())?,
-            db: be.alloc_param(b.len())?,
-            vw: be.alloc_param(w.len())?,
-            vb: be.alloc_param(b.len())?,
+            w: be.alloc_param(weights)?,
+            b: be.alloc_param(biases)?,
+            dw: be.alloc_param(weights)?,
+            db: be.alloc_param(biases)?,
+            vw: be.alloc_param(weights)?,
+            vb: be.alloc_param(biases)?,
         })
     }
 }
