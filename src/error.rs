@@ -8,13 +8,10 @@ pub enum Error {
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
 
-    /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read or written. The OS error is in the
+    /// message and not also a `source()`, or `{:#}` would print it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A file exists but is not an image we can decode.
     #[error("{}: not a readable image ({msg}); remove or replace the file", path.display())]
@@ -49,7 +46,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -150,6 +150,24 @@ fn bad_checkpoint_arguments() {
         &["predict", "--checkpoint", "missing.safetensors", "a.jpg"],
         &["missing.safetensors"],
     );
+    // The OS's reason (as std words it for the same file) comes once.
+    let why = std::fs::File::open("missing.safetensors")
+        .expect_err("no such file")
+        .to_string();
+    let (_, err) = run(&["predict", "--checkpoint", "missing.safetensors", "a.jpg"]);
+    assert_eq!(err.matches(&why).count(), 1, "{why:?} once in:\n{err}");
+    // A run folder where a file is wanted: the error names a file to pass.
+    let run_dir = tempfile::tempdir().unwrap();
+    let d = run_dir.path().display().to_string();
+    let best = run_dir
+        .path()
+        .join("best.safetensors")
+        .display()
+        .to_string();
+    assert_error(
+        &["predict", "--checkpoint", &d, "a.jpg"],
+        &[&d, "a folder", &best],
+    );
     assert_error(
         &[
             "export",
