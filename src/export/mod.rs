@@ -130,8 +130,9 @@ pub fn read_safetensors_meta(path: &Path) -> Result<(Vec<Tensor>, BTreeMap<Strin
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // Mapped, not read: a checkpoint with momentum is twice its weights, and
     // copying it into a buffer only to convert it cost about 0.5 s for the
-    // `alexnet` config. SAFETY: read-only; checkpoints and exports are
-    // written to a temporary name and renamed, never changed in place.
+    // `alexnet` config. SAFETY: read-only; our checkpoints and exports are
+    // written to a temporary name and renamed, never changed in place (a
+    // file another program rewrites while it is read could fault).
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         let why = match e {
