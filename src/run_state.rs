@@ -60,6 +60,10 @@ pub struct RunOptions {
     /// existed started from the paper's.
     #[serde(default = "paper_init")]
     pub init: InitRecipe,
+    /// The data is `train --demo`'s synthetic set, written from `seed`: a
+    /// resume writes it again instead of reading the (temporary) folder.
+    #[serde(default)]
+    pub demo: bool,
 }
 
 fn paper_init() -> InitRecipe {

@@ -209,6 +209,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
             seed: 5,
             crop: None,
             init: InitRecipe::Caffe,
+            demo: false,
         },
         preprocess: Preprocess {
             image_size: 32,

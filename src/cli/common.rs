@@ -1,8 +1,13 @@
 //! What several commands share: the network flags (`NetArgs`), the host's
-//! threads and progress bar (`HostArgs`), the count parser, the name of an enumerated flag's value, the compute thread pool
-//! and the rows per image of a crop mode.
+//! threads and progress bar (`HostArgs`), the count parser, the name of an
+//! enumerated flag's value, the compute thread pool, the rows per image of
+//! a crop mode and the demo's temporary data folders.
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use tempfile::TempDir;
+use tracing::info;
 
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -107,4 +112,22 @@ pub fn crop_rows(ten_crop: bool) -> usize {
     } else {
         1
     }
+}
+
+/// A temporary folder holding one of the demo's synthetic sets, `what`
+/// (training or test), written by `write`; it is removed with the guard.
+pub fn demo_folder(
+    what: &str,
+    write: impl FnOnce(&Path) -> alexnet_cuda::error::Result<()>,
+) -> Result<TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("alexnet-demo-")
+        .tempdir()
+        .context("--demo: could not create a temporary folder")?;
+    info!(
+        "demo: writing the synthetic {what} set of 10 visible classes to {}",
+        dir.path().display()
+    );
+    write(dir.path())?;
+    Ok(dir)
 }

@@ -1,14 +1,16 @@
 //! `eval`: top-1 and top-5 error of a checkpoint on a set of images, with
 //! the centre crop or the paper's 10 crops, as text or one JSON line.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
+use tempfile::TempDir;
 
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::checkpoint;
+use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::data::write_demo_test;
 use alexnet_cuda::data::ImageSource;
 use alexnet_cuda::data::LoaderConfig;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
@@ -16,7 +18,7 @@ use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data, EvalResult};
 use alexnet_cuda::features::spread;
 use alexnet_cuda::model::topology::Topology;
 
-use super::common::{crop_rows, positive};
+use super::common::{crop_rows, demo_folder, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -24,8 +26,11 @@ pub struct EvalArgs {
     #[command(flatten)]
     run: CheckpointRunArgs,
     /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "demo")]
+    data: Option<PathBuf>,
+    /// For a `train --demo` run: 500 new images of the demo's classes, none of them trained or validated on.
+    #[arg(long, conflicts_with = "data")]
+    demo: bool,
     /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
     #[arg(long)]
     ten_crop: bool,
@@ -48,7 +53,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .batch
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
-    let set = open_eval_data(&args.data, &ck, args.run.host.progress())?;
+    let (data, _demo_dir) = eval_folder(&args, &ck)?;
+    let set = open_eval_data(&data, &ck, args.run.host.progress())?;
     let idx = spread(set.len(), args.limit.map(|k| k as usize));
     // Ten crops make ten rows per image: keep the rows per step near `batch`.
     let per_step = if args.ten_crop {
@@ -76,7 +82,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let r = run_on_one(&request, job)?;
     pb.finish_and_clear();
-    print_result(&args, &r, t0.elapsed().as_secs_f64())
+    print_result(&args, &data, &r, t0.elapsed().as_secs_f64())
+}
+
+/// --data, or (--demo) a test set for the checkpoint's demo run in a
+/// temporary folder that lives as long as the guard.
+fn eval_folder(args: &EvalArgs, ck: &Checkpoint) -> Result<(PathBuf, Option<TempDir>)> {
+    if let Some(d) = &args.data {
+        return Ok((d.clone(), None));
+    }
+    let st = &ck.state;
+    if !st.options.demo {
+        bail!(
+            "--demo: {} was trained on {}, not on `train --demo`'s set; pass that data with --data DIR",
+            ck.path.display(),
+            st.data
+        );
+    }
+    let (size, seed) = (st.preprocess.image_size, st.options.seed);
+    let dir = demo_folder("test", |d| write_demo_test(d, size, seed))?;
+    Ok((dir.path().to_path_buf(), Some(dir)))
 }
 
 /// The network restored from the checkpoint, run over the images.
@@ -117,7 +142,7 @@ struct EvalReport {
 }
 
 /// The result as text, or (--json) as one JSON line.
-fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) -> Result<()> {
+fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> Result<()> {
     let mode = if args.ten_crop {
         "10-crop"
     } else {
@@ -126,7 +151,10 @@ fn print_result(args: &EvalArgs, r: &EvalResult, seconds: f64) -> Result<()> {
     if args.json {
         let report = EvalReport {
             checkpoint: args.run.checkpoint.display().to_string(),
-            data: args.data.display().to_string(),
+            data: match args.demo {
+                true => "demo".to_string(),
+                false => data.display().to_string(),
+            },
             mode,
             images: r.images,
             top1_error: 1.0 - r.top1,

@@ -13,7 +13,7 @@ use tracing::info;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
-use alexnet_cuda::data::write_demo_dataset;
+use alexnet_cuda::data::write_demo_train;
 use alexnet_cuda::dist::placement::{self, OnLayout};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::Layout;
@@ -23,7 +23,7 @@ use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 
-use super::common::{flag_value, positive, HostArgs, NetArgs};
+use super::common::{demo_folder, flag_value, positive, HostArgs, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -171,7 +171,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let code = signal_status.load(Ordering::Relaxed);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
     }
-    print_finished(&report, run_dir);
+    print_finished(&report, run_dir, opts.run.demo);
     Ok(())
 }
 
@@ -186,28 +186,36 @@ impl OnLayout for TrainOn<'_> {
     }
 }
 
-/// The images to train on: --data, the resumed run's, or (--demo) a
-/// synthetic set in a temporary folder that lives as long as the guard.
+/// The images to train on: --data, the resumed run's, or the demo's
+/// synthetic set (--demo, or resuming a demo run) written again from the
+/// run's seed to a temporary folder that lives as long as the guard.
 fn data_folder(
     args: &TrainArgs,
     topo: &Topology,
     resume: Option<&Checkpoint>,
 ) -> Result<(PathBuf, Option<TempDir>)> {
-    if args.demo {
-        let dir = tempfile::Builder::new()
-            .prefix("alexnet-demo-")
-            .tempdir()
-            .context("--demo: could not create a temporary folder")?;
-        info!(
-            "demo: writing a synthetic data set of 10 visible classes to {}",
-            dir.path().display()
-        );
-        write_demo_dataset(dir.path(), 10, 400, topo.image_size, args.seed)?;
+    let demo_seed = match resume {
+        Some(ck) if ck.state.options.demo && args.data.is_none() => Some(ck.state.options.seed),
+        None if args.demo => Some(args.seed),
+        _ => None,
+    };
+    if let Some(seed) = demo_seed {
+        let dir = demo_folder("training", |d| write_demo_train(d, topo.image_size, seed))?;
         return Ok((dir.path().to_path_buf(), Some(dir)));
     }
     match (&args.data, resume) {
         (Some(d), _) => Ok((d.clone(), None)),
-        (None, Some(ck)) => Ok((PathBuf::from(&ck.state.data), None)),
+        (None, Some(ck)) => {
+            let d = PathBuf::from(&ck.state.data);
+            if !d.exists() {
+                bail!(
+                    "--resume {}: the run's data {} is not there any more; pass where it is now with --data DIR",
+                    ck.path.display(),
+                    d.display()
+                );
+            }
+            Ok((d, None))
+        }
         (None, None) => bail!("train: pass --data DIR (a store from `prepare`, or one sub-folder of images per class) or --demo"),
     }
 }
@@ -230,6 +238,7 @@ fn options(
         opts.run.epochs = 8;
         opts.time_limit = Some(Duration::from_secs(80));
         opts.run.schedule = Schedule::Milestones(vec![7]);
+        opts.run.demo = true;
     }
     run_options(args, &mut opts.run, resume)?;
     if let Some(t) = args.time_limit {
@@ -352,7 +361,7 @@ fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) {
 
 /// A finished run: validation accuracy first and last, speed, and where
 /// its checkpoints are.
-fn print_finished(report: &TrainReport, run_dir: &Path) {
+fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) {
     if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
         println!(
             "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
@@ -366,10 +375,11 @@ fn print_finished(report: &TrainReport, run_dir: &Path) {
     }
     if let Some(p) = &report.checkpoint {
         println!(
-            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} --data DIR",
+            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {}",
             run_dir.display(),
             p.display(),
-            run_dir.join("best.safetensors").display()
+            run_dir.join("best.safetensors").display(),
+            if demo { "--demo" } else { "--data DIR" }
         );
     }
 }

@@ -24,4 +24,4 @@ pub use loader::{
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use store::{balanced_subset, BuildOptions, ImageSet};
-pub use synth::write_demo_dataset;
+pub use synth::{write_demo_dataset, write_demo_test, write_demo_train};

@@ -32,6 +32,30 @@ const QUALITY: u8 = 90;
 /// Standard deviation of the added per-pixel noise, in pixel units.
 const NOISE_SIGMA: f64 = 12.0;
 
+/// `train --demo`'s set: 400 images of each class, 4,000 in all.
+pub const DEMO_TRAIN_PER_CLASS: usize = 400;
+/// `eval --demo`'s set: 50 new images of each class.
+pub const DEMO_TEST_PER_CLASS: usize = 50;
+
+/// `train --demo`'s images for a run with `seed` (written again, the same
+/// files, when the run resumes).
+pub fn write_demo_train(dir: &Path, size: usize, seed: u64) -> Result<()> {
+    write_demo_dataset(dir, DEMO_CLASSES.len(), DEMO_TRAIN_PER_CLASS, size, seed)
+}
+
+/// A test set for a demo run with `seed`: images of the same classes drawn
+/// from another stream, so none is one the run trained or validated on.
+pub fn write_demo_test(dir: &Path, size: usize, seed: u64) -> Result<()> {
+    let test_seed = crate::rng::hash_u64(seed, 0x7E57);
+    write_demo_dataset(
+        dir,
+        DEMO_CLASSES.len(),
+        DEMO_TEST_PER_CLASS,
+        size,
+        test_seed,
+    )
+}
+
 /// Write `classes` (1..=10) class folders of `per_class` `size x size` JPEGs
 /// each under `dir` (created if missing), the same files for the same seed.
 pub fn write_demo_dataset(

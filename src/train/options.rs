@@ -67,6 +67,7 @@ impl TrainOptions {
                 seed: 1,
                 crop: None,
                 init: InitRecipe::default(),
+                demo: false,
             },
             workers: None,
             time_limit: None,
