@@ -15,8 +15,29 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Refuse, before anything is written, a target that is a folder or whose
+/// folder does not exist (the OS would name the temporary file instead).
+pub fn check_target(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Data(format!(
+            "{}: a folder, not a file name; pass the path of the file to write",
+            path.display()
+        )));
+    }
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(Error::Data(format!(
+            "{}: the folder {} does not exist; create it (mkdir -p {}) or write elsewhere",
+            path.display(),
+            d.display(),
+            d.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Replace `path` with `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_target(path)?;
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

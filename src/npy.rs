@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use npyz::{DType, NpyFile, NpyHeader, NpyReader, Order, TypeStr, WriteOptions, WriterBuilder};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, temp_path, write_atomic};
+use crate::fsutil::{check_target, sync_dir, temp_path, write_atomic};
 
 /// Write `data` (C order, shape `shape`) as a '<f4' .npy file, atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
@@ -158,6 +158,7 @@ pub struct NpyWriter {
 
 impl NpyWriter {
     pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyWriter> {
+        check_target(path)?;
         let tmp = temp_path(path);
         let io = |e| Error::io(&tmp, e);
         let file = File::create(&tmp).map_err(io)?;

@@ -157,6 +157,39 @@ fn write_safetensors_refuses_inconsistent_tensors() {
     assert!(!path.exists());
 }
 
+/// Where a file cannot go: a missing folder is named (not the temporary
+/// file the OS would name), a folder given as the file is called one, and
+/// nothing is left behind; a folder given to the reader is called one too.
+#[test]
+fn writes_and_reads_name_a_missing_folder_or_a_folder_given_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = tensors_of(&narrow());
+    let meta = BTreeMap::new();
+    let missing = dir.path().join("no/such");
+    let e = write_safetensors(&missing.join("x.safetensors"), &tensors, &meta)
+        .unwrap_err()
+        .to_string();
+    let folder = missing.display().to_string();
+    assert!(e.contains(&folder) && e.contains("does not exist"), "{e}");
+    assert!(!e.contains(".tmp-"), "{e}");
+    let e = write_npy_f32(&missing.join("x.npy"), &[1, 1], &[0.0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&folder) && e.contains("does not exist"), "{e}");
+
+    let e = write_safetensors(dir.path(), &tensors, &meta)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a folder, not a file name"), "{e}");
+    let e = read_safetensors(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("a folder") && e.contains("best.safetensors"),
+        "{e}"
+    );
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 0, "files left in {}", dir.path().display());
+}
+
 // ---------------------------------------------------------------------------
 // A protobuf reader for the tests, from the wire format description
 // (protobuf.dev/programming-guides/encoding): key varint = field << 3 | type;
