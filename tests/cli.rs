@@ -132,6 +132,32 @@ fn bad_flag_values() {
     );
 }
 
+/// Paths of the wrong kind name the flag they came from: a file as the run
+/// folder, a file as prepare's --train, a missing --val.
+#[test]
+fn paths_of_the_wrong_kind_name_their_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "not a folder").unwrap();
+    let f = file.display().to_string();
+    let args = [
+        "train", "--cpu", "--demo", "--epochs", "1", "--limit", "640",
+    ];
+    assert_error(
+        &[&args[..], &["--out", &f]].concat(),
+        &["--out", &f, "a file"],
+    );
+    let out = dir.path().join("store").display().to_string();
+    assert_error(&["prepare", "--train", &f, "--out", &out], &["--train", &f]);
+    let train = dir.path().join("train");
+    tree(&train, 2, 1);
+    let (t, missing) = (train.display().to_string(), "no/such/val");
+    assert_error(
+        &["prepare", "--train", &t, "--val", missing, "--out", &out],
+        &["--val", missing],
+    );
+}
+
 /// Run-folder commands: a missing checkpoint or run folder is named, and
 /// --resume refuses flags that would change the run it continues.
 #[test]

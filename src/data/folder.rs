@@ -23,9 +23,14 @@ impl ImageFolder {
     /// every `.jpg`/`.jpeg`/`.png` file directly inside it an image; other
     /// files are ignored. Classes are sorted by name, files by path.
     pub fn scan(root: &Path) -> Result<ImageFolder> {
+        Self::scan_for(root, "--data")
+    }
+
+    /// [`scan`](Self::scan) for the value of `flag`, which errors name.
+    pub fn scan_for(root: &Path, flag: &str) -> Result<ImageFolder> {
         if !root.is_dir() {
             return Err(Error::Data(format!(
-                "{} does not exist or is not a folder; pass --data a folder with one sub-folder per class",
+                "{} does not exist or is not a folder; pass {flag} a folder with one sub-folder per class",
                 root.display()
             )));
         }
@@ -48,7 +53,7 @@ impl ImageFolder {
         }
         if class_dirs.is_empty() {
             return Err(Error::Data(format!(
-                "{} has no class sub-folders; pass --data a folder with one sub-folder per class (<root>/<class>/<image>.jpg)",
+                "{} has no class sub-folders; pass {flag} a folder with one sub-folder per class (<root>/<class>/<image>.jpg)",
                 root.display()
             )));
         }

@@ -106,7 +106,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             )));
         }
     }
-    let folder = ImageFolder::scan(&opts.train)?;
+    let folder = ImageFolder::scan_for(&opts.train, "--train")?;
     let classes = folder.classes().to_vec();
     let names = match &opts.names {
         Some(p) => read_names(p, &classes)?,
@@ -189,6 +189,12 @@ fn val_items(
     opts: &PrepareOptions,
     classes: &[String],
 ) -> Result<Vec<(PathBuf, u32)>> {
+    if !root.is_dir() {
+        return Err(Error::Data(format!(
+            "--val {}: does not exist or is not a folder; pass a folder of class sub-folders, or of images with --val-labels",
+            root.display()
+        )));
+    }
     let index: HashMap<&str, u32> = classes
         .iter()
         .enumerate()
@@ -199,7 +205,7 @@ fn val_items(
         .flatten()
         .any(|e| e.path().is_dir());
     if has_class_dirs && opts.val_labels.is_none() {
-        let f = ImageFolder::scan(root)?;
+        let f = ImageFolder::scan_for(root, "--val")?;
         let mut out = Vec::with_capacity(f.len());
         for (path, label) in f.items() {
             let name = &f.classes()[*label as usize];

@@ -49,6 +49,12 @@ impl RunDir {
         let Some(dir) = &opts.out else {
             return Ok(None);
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "--out {}: a file, not a folder; pass a folder for the run (created if missing)",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         checkpoint::remove_stale_temps(dir)?;
         if !resumed {
