@@ -125,6 +125,10 @@ fn bad_flag_values() {
     );
     assert_error(&["train", "--cpu", "--demo", "--lr=-1"], &["--lr"]);
     assert_error(&["summary", "--pool", "5"], &["--pool", "5"]);
+    assert_error(
+        &["train", "--cpu", "--demo", "--lr-milestones", "3,0"],
+        &["--lr-milestones", "0"],
+    );
     assert_error(&["train", "--gpus", "zero", "--demo"], &["--gpus", "zero"]);
     assert_error(
         &["train", "--cpu", "--config", "cifar"],

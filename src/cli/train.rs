@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tempfile::TempDir;
-use tracing::info;
+use tracing::{info, warn};
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
@@ -282,6 +282,7 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     }
     run.limit = args.limit.map(|l| l as usize);
     if let Some(m) = &args.lr_milestones {
+        check_milestones(m, run.epochs)?;
         run.schedule = Schedule::Milestones(m.clone());
     } else if !args.demo {
         run.schedule = Schedule::Plateau {
@@ -291,6 +292,18 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     }
     run.crop = args.crop.map(|c| c as usize);
     run.seed = args.seed;
+    Ok(())
+}
+
+/// Milestones count epochs from 1 (0 would never apply); one past the
+/// last epoch applies only if the run is extended with --resume --epochs.
+fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
+    if m.contains(&0) {
+        bail!("--lr-milestones: epochs count from 1, so 0 never applies; list the epochs that start at the lower rate, e.g. 30,60,80");
+    }
+    if let Some(late) = m.iter().filter(|&&e| e > epochs).min() {
+        warn!("--lr-milestones: epoch {late} is after the last epoch ({epochs}); it applies only if the run is extended (train --resume RUN --epochs N)");
+    }
     Ok(())
 }
 
