@@ -371,6 +371,10 @@ fn predict_and_export_cli() {
     // A missing image is named.
     let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), "nothere.jpg"]);
     assert!(!ok && err.contains("nothere.jpg"), "{err}");
+    // A folder where image files go says to pass the images in it.
+    let folder = s(t.path());
+    let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), &folder]);
+    assert!(!ok && err.contains(&format!("{folder}: a folder")), "{err}");
 
     let st = t.path().join("w.safetensors");
     let (ok, _, err) = cli(&[

@@ -38,10 +38,23 @@ pub fn decode_file(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A folder where an image file was expected (e.g. `predict DIR`) is
+/// called one; other read errors are the OS's.
+fn read_error(path: &Path, e: std::io::Error) -> Error {
+    if path.is_dir() {
+        return Error::Data(format!(
+            "{}: a folder, not an image file; pass the images in it, e.g. {}",
+            path.display(),
+            path.join("*.jpg").display()
+        ));
+    }
+    Error::io(path, e)
+}
+
 /// Like [`decode_file`], writing into `out` (length `size * size * 3`).
 pub fn decode_into(path: &Path, size: usize, out: &mut [u8]) -> Result<()> {
     crate::error::check_len("decode_into", "output buffer", out.len(), size * size * 3)?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| read_error(path, e))?;
     let img = decode_bytes(&bytes, path)?;
     let img = resize_centre_crop(img, size).map_err(|msg| Error::Image {
         path: path.to_path_buf(),
