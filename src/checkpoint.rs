@@ -106,6 +106,27 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     from_parts(path, tensors, meta)
 }
 
+/// The file a `--checkpoint` value names: a run folder means its
+/// `best.safetensors` (the lowest validation error), anything else itself.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let best = path.join("best.safetensors");
+    if best.is_file() {
+        return Ok(best);
+    }
+    Err(Error::Config(format!(
+        "--checkpoint {}: a folder without best.safetensors; pass a run folder from `train` or a checkpoint file",
+        path.display()
+    )))
+}
+
+/// [`load`] of what `--checkpoint` names ([`resolve`]).
+pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
+    load(&resolve(path)?)
+}
+
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
 pub fn is_checkpoint(meta: &BTreeMap<String, String>) -> bool {
     meta.get("format").map(String::as_str) == Some(FORMAT)

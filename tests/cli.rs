@@ -188,17 +188,12 @@ fn bad_checkpoint_arguments() {
         .to_string();
     let (_, err) = run(&["predict", "--checkpoint", "missing.safetensors", "a.jpg"]);
     assert_eq!(err.matches(&why).count(), 1, "{why:?} once in:\n{err}");
-    // A run folder where a file is wanted: the error names a file to pass.
+    // A folder that is not a run folder: the error says what it lacks.
     let run_dir = tempfile::tempdir().unwrap();
     let d = run_dir.path().display().to_string();
-    let best = run_dir
-        .path()
-        .join("best.safetensors")
-        .display()
-        .to_string();
     assert_error(
         &["predict", "--checkpoint", &d, "a.jpg"],
-        &[&d, "a folder", &best],
+        &[&d, "without best.safetensors"],
     );
     assert_error(
         &[

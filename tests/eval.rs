@@ -240,6 +240,25 @@ fn eval_cli_repeats_the_runs_own_validation() {
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
 
+    // The run folder stands for its best.safetensors: the epoch of
+    // epochs.csv with the highest validation top-1 (the first of equals).
+    let (ok, folder, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&out),
+        "--data",
+        &s(&store),
+        "--json",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let val_top1 = |l: &str| l.split(',').nth(5).unwrap().parse::<f64>().unwrap();
+    let best = epochs.lines().skip(1).map(val_top1).fold(0.0, f64::max);
+    assert!(
+        (1.0 - json_field(&folder, "top1_error") - best).abs() < 1e-5,
+        "{folder} vs {epochs}"
+    );
+
     // A class-folder tree with fewer classes than the network knows:
     // labels are matched by name.
     let part = t.path().join("part");

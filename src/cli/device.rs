@@ -39,8 +39,8 @@ pub struct DeviceArgs {
 /// host's threads and bar.
 #[derive(Args)]
 pub struct CheckpointRunArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors), or a run folder for its best.safetensors.
+    #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -54,7 +54,10 @@ impl CheckpointRunArgs {
     pub fn start(&self) -> Result<(Request, Checkpoint)> {
         self.host.apply()?;
         let request = self.device.request_one()?;
-        Ok((request, alexnet_cuda::checkpoint::load(&self.checkpoint)?))
+        Ok((
+            request,
+            alexnet_cuda::checkpoint::load_resolved(&self.checkpoint)?,
+        ))
     }
 }
 

@@ -16,8 +16,8 @@ use super::common::flag_value;
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors), or a run folder for its best.safetensors.
+    #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
     /// safetensors: the weights with PyTorch names and layouts; onnx: the inference graph with its weights.
     #[arg(long, value_enum)]
@@ -36,7 +36,7 @@ enum ExportFormat {
 
 /// Write the file and say what went in.
 pub fn run(args: ExportArgs) -> Result<()> {
-    let ck = checkpoint::load(&args.checkpoint)?;
+    let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     // The weights in table order, checked against the table's shapes.
     let be = CpuBackend::new();

@@ -9,8 +9,8 @@ use alexnet_cuda::viz::filters;
 
 #[derive(Args)]
 pub struct FiltersArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder) or an exported safetensors file.
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors), a run folder for its best.safetensors, or an exported safetensors file.
+    #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
     /// The PNG to write.
     #[arg(long, value_name = "FILE")]

@@ -22,8 +22,8 @@ use super::device::DeviceArgs;
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// A checkpoint (ckpt-*.safetensors or best.safetensors in a run folder).
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint (ckpt-*.safetensors or best.safetensors), or a run folder for its best.safetensors.
+    #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
@@ -64,7 +64,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     set_threads(args.threads)?;
     // The flags first: a bad one is reported before any file is read.
     let request = args.device.request_one()?;
-    let ck = checkpoint::load(&args.checkpoint)?;
+    let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     let rows = run_on_one(
         &request,

@@ -138,13 +138,8 @@ impl Conv1 {
 /// `config` names the config of a file that carries none (one written by
 /// PyTorch, say); it must agree with the file's own when both are given.
 pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
+    let path = &checkpoint::resolve(path)?;
     let file = path.display();
-    if path.is_dir() {
-        return Err(Error::Config(format!(
-            "--checkpoint {file}: a folder, not a file; pass a checkpoint in it, e.g. {}",
-            path.join("best.safetensors").display()
-        )));
-    }
     if !path.exists() {
         return Err(Error::Config(format!(
             "--checkpoint {file}: no such file; {CHECKPOINT_HINT}"
