@@ -157,6 +157,42 @@ fn write_safetensors_refuses_inconsistent_tensors() {
     assert!(!path.exists());
 }
 
+/// The same tensors and metadata give the same bytes, write after write
+/// (the metadata has enough keys that two random orders would almost never
+/// agree: 8! orders), and the crate still reads the file back whole.
+#[test]
+fn the_same_weights_write_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = tensors_of(&narrow());
+    let meta: BTreeMap<String, String> = (0..8)
+        .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
+        .collect();
+    let write = |name: &str| {
+        let p = dir.path().join(name);
+        write_safetensors(&p, &tensors, &meta).unwrap();
+        std::fs::read(p).unwrap()
+    };
+    let (a, b) = (write("a.safetensors"), write("b.safetensors"));
+    assert!(a == b, "two writes differ");
+    let st = SafeTensors::deserialize(&a).unwrap();
+    assert_eq!(st.len(), tensors.len());
+    for t in &tensors {
+        let view = st.tensor(&t.name).unwrap();
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!((view.shape(), &data), (&t.shape[..], &t.data), "{}", t.name);
+    }
+    let (_, header) = SafeTensors::read_metadata(&a).unwrap();
+    let got = header.metadata().clone().unwrap();
+    assert_eq!(got.len(), meta.len());
+    for (k, v) in &meta {
+        assert_eq!(got.get(k), Some(v));
+    }
+}
+
 /// Where a file cannot go: a missing folder is named (not the temporary
 /// file the OS would name), a folder given as the file is called one, and
 /// nothing is left behind; a folder given to the reader is called one too.

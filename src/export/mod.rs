@@ -109,7 +109,40 @@ pub fn write_safetensors(
             path.display()
         ))
     })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &sorted_header(bytes))
+}
+
+/// `bytes` with the header's keys in sorted order, so the same tensors and
+/// metadata always give the same file: the crate takes the metadata as a
+/// HashMap, whose order changes from run to run. The header keeps its
+/// length (the same JSON, reordered; the crate's space padding kept), so
+/// the data offsets, which count from the header's end, stay right.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    type Header = BTreeMap<String, serde_json::Value>;
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes);
+    let end = len.and_then(|n| usize::try_from(n).ok()?.checked_add(8));
+    let parsed = end
+        .and_then(|e| bytes.get(8..e))
+        .map(serde_json::from_slice::<Header>);
+    let (Some(end), Some(Ok(mut header))) = (end, parsed) else {
+        return bytes;
+    };
+    if let Some(m) = header.get_mut("__metadata__") {
+        if let Ok(sorted) = serde_json::from_value::<BTreeMap<String, String>>(m.clone()) {
+            *m = serde_json::json!(sorted);
+        }
+    }
+    match serde_json::to_vec(&header) {
+        Ok(json) if json.len() <= end - 8 => {
+            bytes[8..8 + json.len()].copy_from_slice(&json);
+            bytes[8 + json.len()..end].fill(b' ');
+            bytes
+        }
+        _ => bytes,
+    }
 }
 
 /// Read every tensor of a safetensors file holding F32 tensors, sorted by
