@@ -92,10 +92,23 @@ fn run() -> Result<()> {
 
 /// Log to stderr above any progress bars (RUST_LOG, default info; colour on
 /// a terminal), run, and end a failure as one error line and exit status 1.
+/// A reader of standard output that stopped reading (`| head`) ends it
+/// quietly with 141, the status of a C program killed by SIGPIPE.
 fn main() {
     alexnet_cuda::progress::init_logs();
     if let Err(e) = run() {
+        if stdout_closed(&e) {
+            std::process::exit(141);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Whether `e` is a write to a standard output whose reader has gone.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -360,6 +360,23 @@ fn predict_and_export_cli() {
         3
     );
     assert!(listing.contains("05-ring/00002.jpg"), "{listing}");
+    // A reader that stops reading at once (`| head -0`): no panic, the
+    // status of a program ended by SIGPIPE, and the logits file whole.
+    let lc = t.path().join("c.npy");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(&args[..4])
+        .arg(&lc)
+        .args(images.iter())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run alexnet-cuda predict");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait for predict");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+    assert_eq!(read_npy_f32(&lc).unwrap(), read_npy_f32(&la).unwrap());
     let (ok, _, err) = cli(&[
         "predict",
         "--checkpoint",

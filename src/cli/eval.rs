@@ -162,16 +162,16 @@ fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> R
             loss: r.loss,
             seconds,
         };
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        outln!(
             "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} images (loss {:.4}, {:.0} images/s)",
             100.0 * (1.0 - r.top1),
             100.0 * (1.0 - r.top5),
             r.images,
             r.loss,
             r.images as f64 / seconds
-        );
+        )?;
     }
     Ok(())
 }

@@ -48,14 +48,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
             write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?
         }
     }
-    println!(
+    outln!(
         "wrote {} ({} tensors, {} parameters, config {}) to {}",
         flag_value(&args.format),
         tensors.len(),
         tensors.iter().map(|t| t.data.len()).sum::<usize>(),
         topo.name,
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -51,7 +51,7 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     let r = run_on_one(&request, FeaturesOn(&job))?;
-    println!(
+    outln!(
         "{}: {} rows x {} values ({}) in {:.0}s; rows described in {}",
         args.out.display(),
         r.rows,
@@ -59,7 +59,7 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         args.layer,
         t0.elapsed().as_secs_f64(),
         r.rows_csv.display()
-    );
+    )?;
     Ok(())
 }
 

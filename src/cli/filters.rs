@@ -41,9 +41,9 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             "height": layout.height,
             "towers": towers,
         });
-        println!("{line}");
+        outln!("{line}")?;
     } else {
-        println!(
+        outln!(
             "conv1 of {}: {} kernels of {k}x{k}x3 on {} tower(s); wrote {} ({}x{})",
             conv1.config,
             conv1.count(),
@@ -52,9 +52,9 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             layout.width,
             layout.height,
             k = conv1.k,
-        );
-        println!("colour share: a kernel's energy off the grey axis (0 grey, 1 no grey pattern)");
-        print!("{}", filters::render_table(&towers));
+        )?;
+        outln!("colour share: a kernel's energy off the grey axis (0 grey, 1 no grey pattern)")?;
+        out!("{}", filters::render_table(&towers))?;
     }
     Ok(())
 }

@@ -15,16 +15,16 @@ pub fn run() -> Result<()> {
         None => bail!("{}", nccl_lib::unavailable_message()),
     };
     let (major, minor, patch) = nccl_lib::decode_version(code);
-    println!("NCCL {major}.{minor}.{patch} (ncclGetVersion {code})");
+    outln!("NCCL {major}.{minor}.{patch} (ncclGetVersion {code})")?;
     match nccl_lib::loaded_path() {
-        Some(p) => println!("loaded from {}", p.display()),
-        None => println!("loaded from an unknown file (no /proc/self/maps)"),
+        Some(p) => outln!("loaded from {}", p.display())?,
+        None => outln!("loaded from an unknown file (no /proc/self/maps)")?,
     }
     if let Some(found) = std::env::var_os(nccl_lib::RESTART_GUARD) {
-        println!(
+        outln!(
             "through a restart with a libnccl.so link to {}",
             found.to_string_lossy()
-        );
+        )?;
     }
     Ok(())
 }

@@ -60,8 +60,8 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
         cell: args.cell as usize,
     };
     let r = run_on_one(&request, NeighborsOn(&job))?;
-    print_table(&r);
-    println!(
+    print_table(&r)?;
+    outln!(
         "{}: {} queries x {} neighbours among {} images ({} {})",
         args.out.display(),
         r.results.len(),
@@ -73,16 +73,16 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
             "fc7 read from"
         },
         r.features.display()
-    );
+    )?;
     Ok(())
 }
 
 /// One tab-separated line per neighbour of each query.
-fn print_table(r: &features::NeighborsReport) {
-    println!("query\trank\tclass\tdistance\tindex\tsource");
+fn print_table(r: &features::NeighborsReport) -> Result<()> {
+    outln!("query\trank\tclass\tdistance\tindex\tsource")?;
     for q in &r.results {
         for n in &q.neighbors {
-            println!(
+            outln!(
                 "{}\t{}\t{}\t{:.3}\t{}\t{}",
                 q.query.display(),
                 n.rank,
@@ -90,9 +90,10 @@ fn print_table(r: &features::NeighborsReport) {
                 n.dist,
                 n.index,
                 n.source.as_deref().unwrap_or("-")
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 /// `features::neighbors` on the requested device.

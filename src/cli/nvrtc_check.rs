@@ -26,7 +26,7 @@ pub fn run(args: NvrtcCheckArgs) -> Result<()> {
             .copied()
             .filter(|k| !entries.contains(k))
             .collect();
-        println!(
+        outln!(
             "{:<14} sm_{}{}: {:>7} bytes of PTX, {} of {} entry points",
             m.name,
             cc.0,
@@ -34,7 +34,7 @@ pub fn run(args: NvrtcCheckArgs) -> Result<()> {
             ptx.len(),
             m.kernels.len() - absent.len(),
             m.kernels.len()
-        );
+        )?;
         missing.extend(absent.iter().map(|k| format!("{}: {k}", m.name)));
     }
     if !missing.is_empty() {

@@ -75,13 +75,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
         },
     )?;
     let classes = topo.classes;
-    print_top(&ck, &rows, classes, args.top as usize);
+    // The file first: a reader of the listing that stops early (`| head`)
+    // must not cost it.
     if let Some(path) = &args.logits {
         let n = rows.logits.len() / classes;
         write_npy_f32(path, &[n, classes], &rows.logits)?;
         info!("wrote {n} logits rows to {}", path.display());
     }
-    Ok(())
+    print_top(&ck, &rows, classes, args.top as usize)
 }
 
 /// The network restored from the checkpoint, run over the inputs.
@@ -168,16 +169,17 @@ fn image_rows(
 }
 
 /// Each input's label, then its `top` classes with probability, synset and name.
-fn print_top(ck: &Checkpoint, rows: &Rows, classes: usize, top: usize) {
+fn print_top(ck: &Checkpoint, rows: &Rows, classes: usize, top: usize) -> Result<()> {
     let names = &ck.state.names;
     for (label, row) in rows.labels.iter().zip(rows.probs.chunks_exact(classes)) {
-        println!("{label}");
+        outln!("{label}")?;
         for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
             let id = &ck.state.classes[c];
             match names.get(c).filter(|n| !n.is_empty() && *n != id) {
-                Some(name) => println!("  {}. {:6.2}%  {id}  {name}", rank + 1, 100.0 * p),
-                None => println!("  {}. {:6.2}%  {id}", rank + 1, 100.0 * p),
+                Some(name) => outln!("  {}. {:6.2}%  {id}  {name}", rank + 1, 100.0 * p)?,
+                None => outln!("  {}. {:6.2}%  {id}", rank + 1, 100.0 * p)?,
             }
         }
     }
+    Ok(())
 }

@@ -71,16 +71,16 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
     let opts = options(args);
     let r = prepare(&opts)?;
-    print_store("train", &r.train);
+    print_store("train", &r.train)?;
     if let Some(v) = &r.val {
-        print_store("val", v);
+        print_store("val", v)?;
     }
-    println!(
+    outln!(
         "wrote {} in {:.1} s; train with --data {}",
         opts.out.display(),
         r.seconds,
         opts.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -100,12 +100,13 @@ fn options(args: PrepareArgs) -> PrepareOptions {
 }
 
 /// One store's line: images, classes, skipped files, size.
-fn print_store(what: &str, m: &StoreMeta) {
-    println!(
+fn print_store(what: &str, m: &StoreMeta) -> Result<()> {
+    outln!(
         "{what}: {} images of {} classes, {} skipped, {:.1} MB",
         m.count,
         m.classes.len(),
         m.skipped,
         m.data_bytes as f64 / 1e6
-    )
+    )?;
+    Ok(())
 }

@@ -26,6 +26,6 @@ pub fn run(args: ScalingArgs) -> Result<()> {
         bail!("--step-ms must be a positive number of milliseconds, not {step_ms}");
     }
     let topo = args.net.topology("alexnet")?;
-    print!("{}", scaling::render(&topo, args.batch as usize, step_ms)?);
+    out!("{}", scaling::render(&topo, args.batch as usize, step_ms)?)?;
     Ok(())
 }

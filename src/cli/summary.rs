@@ -19,6 +19,6 @@ pub struct SummaryArgs {
 /// Print the table.
 pub fn run(args: SummaryArgs) -> Result<()> {
     let topo = args.net.topology("alexnet")?;
-    print!("{}", summary::render(&topo, args.batch as usize)?);
+    out!("{}", summary::render(&topo, args.batch as usize)?)?;
     Ok(())
 }

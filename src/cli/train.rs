@@ -167,11 +167,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.interrupted {
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
-        print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
+        // The signal's exit status stands even if stdout is gone.
+        let _ = print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
         let code = signal_status.load(Ordering::Relaxed);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
     }
-    print_finished(&report, run_dir, opts.run.demo);
+    print_finished(&report, run_dir, opts.run.demo)?;
     Ok(())
 }
 
@@ -361,22 +362,23 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
 }
 
 /// A run stopped at a signal: where its checkpoint is and how to go on.
-fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) {
-    println!(
+fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) -> Result<()> {
+    outln!(
         "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}{device_flags}",
         match &report.checkpoint {
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),
         },
         run_dir.display(),
-    );
+    )?;
+    Ok(())
 }
 
 /// A finished run: validation accuracy first and last, speed, and where
 /// its checkpoints are.
-fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) {
+fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) -> Result<()> {
     if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
-        println!(
+        outln!(
             "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
             100.0 * first.val_top1,
             100.0 * last.val_top1,
@@ -384,15 +386,16 @@ fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) {
             100.0 / report.classes.len() as f64,
             last.images_per_s,
             last.elapsed_s
-        );
+        )?;
     }
     if let Some(p) = &report.checkpoint {
-        println!(
+        outln!(
             "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {}",
             run_dir.display(),
             p.display(),
             run_dir.join("best.safetensors").display(),
             if demo { "--demo" } else { "--data DIR" }
-        );
+        )?;
     }
+    Ok(())
 }

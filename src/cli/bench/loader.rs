@@ -67,7 +67,7 @@ pub fn run(args: BenchLoaderArgs) -> Result<()> {
         peak_anon_mb: kb_to_mb(loaded.peak_anon_kb),
         rss_file_mb: status.mb("RssFile"),
     };
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?)?;
     Ok(())
 }
 

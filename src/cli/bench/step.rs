@@ -93,7 +93,7 @@ impl StepReport {
     }
 
     fn print(&self) -> Result<()> {
-        println!("{}", serde_json::to_string(self)?);
+        outln!("{}", serde_json::to_string(self)?)?;
         Ok(())
     }
 }

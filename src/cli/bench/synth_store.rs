@@ -41,7 +41,7 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
         images: m.count,
         data_mb: m.data_bytes as f64 / 1e6,
     };
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?)?;
     Ok(())
 }
 
