@@ -228,7 +228,7 @@ fn prepare_fixture(store: &Path) {
 /// the end, both kept; the run's best checkpoint records the full network,
 /// the image counts and the fixture's classes and names.
 fn train_briefly(store: &Path, run: &Path, names: &[(String, String)]) {
-    run_ok(&[
+    let stdout = run_ok(&[
         "train",
         "--cpu",
         "--config",
@@ -249,6 +249,10 @@ fn train_briefly(store: &Path, run: &Path, names: &[(String, String)]) {
         "2",
         "--no-progress",
     ]);
+    // The closing line's command evaluates on the store's val/.
+    let best = run.join("best.safetensors");
+    let hint = format!("eval --checkpoint {} --data {}", s(&best), s(store));
+    assert!(stdout.contains(&hint), "no {hint:?} in {stdout}");
     let steps: Vec<u64> = checkpoint::list(run)
         .expect("checkpoints")
         .iter()

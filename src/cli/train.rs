@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::data::packed::is_store;
 use alexnet_cuda::data::write_demo_train;
 use alexnet_cuda::dist::placement::{self, OnLayout};
 use alexnet_cuda::dist::world::World;
@@ -172,7 +173,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let code = signal_status.load(Ordering::Relaxed);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
     }
-    print_finished(&report, run_dir, opts.run.demo)?;
+    print_finished(&report, run_dir, &eval_data_flag(&opts))?;
     Ok(())
 }
 
@@ -374,9 +375,21 @@ fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) -
     Ok(())
 }
 
+/// How `eval` finds images the run did not train on: the demo's new ones,
+/// the store's val/, or (a held-out split) a folder the user names.
+fn eval_data_flag(opts: &TrainOptions) -> String {
+    if opts.run.demo {
+        "--demo".into()
+    } else if is_store(&opts.data.join("val")) {
+        format!("--data {}", opts.data.display())
+    } else {
+        "--data DIR".into()
+    }
+}
+
 /// A finished run: validation accuracy first and last, speed, and where
 /// its checkpoints are.
-fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) -> Result<()> {
+fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Result<()> {
     if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
         outln!(
             "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
@@ -390,11 +403,10 @@ fn print_finished(report: &TrainReport, run_dir: &Path, demo: bool) -> Result<()
     }
     if let Some(p) = &report.checkpoint {
         outln!(
-            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {}",
+            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
             run_dir.display(),
             p.display(),
             run_dir.join("best.safetensors").display(),
-            if demo { "--demo" } else { "--data DIR" }
         )?;
     }
     Ok(())
