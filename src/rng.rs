@@ -42,6 +42,16 @@ impl Rng {
         Rng::new(hash_u64(seed, stream ^ 0xA076_1D64_78BD_642F))
     }
 
+    /// This stream from draw number `counter` on: every draw is a hash of
+    /// (seed, counter), so any position is reached at once and long streams
+    /// can be drawn in parallel pieces.
+    pub fn at(&self, counter: u64) -> Rng {
+        Rng {
+            seed: self.seed,
+            counter,
+        }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let v = hash_u64(self.seed, self.counter);
         self.counter += 1;

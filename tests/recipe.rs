@@ -7,6 +7,7 @@ use std::process::Command;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
+use alexnet_cuda::rng::Rng;
 
 const PAPER_ONES: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
 
@@ -33,6 +34,31 @@ fn check(recipe: InitRecipe, one: f32) {
         "fc6 weights' std {}",
         var.sqrt()
     );
+}
+
+/// A seed means the same weights in every build: layer i's are the normal
+/// draws of stream (seed, i), one after another (Box-Muller on the
+/// counter-based generator), times the layer's standard deviation (the
+/// table's 0.01, an f32).
+#[test]
+fn the_weights_are_the_seeds_stream_in_order() {
+    let topo = Topology::alexnet_widths([8, 16, 24, 24, 16, 64, 64], 10);
+    let be = CpuBackend::new();
+    let net = Network::new(&be, &topo, 2, 7).expect("network");
+    for (i, l) in ["conv1", "conv3", "fc6", "fc8"].iter().enumerate() {
+        let i = [0, 2, 5, 7][i];
+        let w = net.param(&format!("{l}.weight")).expect("weight");
+        let mut rng = Rng::derive(7, i);
+        let want: Vec<f32> = (0..w.len())
+            .map(|_| (rng.normal() * f64::from(0.01f32)) as f32)
+            .collect();
+        assert!(
+            w == want,
+            "{l}: not the stream of (seed 7, layer {i}): {:?} vs {:?}",
+            &w[..3],
+            &want[..3]
+        );
+    }
 }
 
 #[test]
