@@ -207,7 +207,7 @@ pub fn open_eval_data(
             Some(i) => map.push(i as u32),
             None => {
                 return Err(Error::Data(format!(
-                    "{}: class {c} is not one of the checkpoint's {} classes ({}...); evaluate on data with the training classes",
+                    "{}: class {c} is not one of the checkpoint's {} classes ({}...); pass images of the classes it was trained on",
                     path.display(),
                     known.len(),
                     known.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
