@@ -105,7 +105,9 @@ fn main() {
     }
 }
 
-/// Whether `e` is a write to a standard output whose reader has gone.
+/// Whether `e` is a broken pipe. At this level that is a result write
+/// (`outln!`) whose reader has gone: the library's I/O errors carry the OS
+/// error in their message, not as a source, so none of them matches.
 fn stdout_closed(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
