@@ -432,9 +432,10 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         ),
         None => (default_features_path(job.out), true),
     };
-    let mut net = ck.network(be, &topo, job.batch.max(1))?;
+    let cfg = feature_loader(ck, job.batch, job.workers);
+    crate::memory::check_one(be, &topo, &cfg, indices.len())?;
+    let mut net = ck.network(be, &topo, job.batch.clamp(1, indices.len().max(1)))?;
     if computed {
-        let cfg = feature_loader(ck, job.batch, job.workers);
         let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
         write_features(
             &mut net,
@@ -708,8 +709,9 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     activation_width(&topo, job.layer)?;
     let fs = open_set(job.data, ck, "val", job.progress)?;
     let indices = spread(fs.set.len(), job.limit);
-    let mut net = ck.network(be, &topo, job.batch.max(1))?;
     let cfg = feature_loader(ck, job.batch, job.workers);
+    crate::memory::check_one(be, &topo, &cfg, indices.len())?;
+    let mut net = ck.network(be, &topo, job.batch.clamp(1, indices.len().max(1)))?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
     let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
         pb.set_position(d as u64)

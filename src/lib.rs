@@ -9,7 +9,8 @@
 //! `dist` spreads a run over devices and processes (the device choice, the
 //! layout, the all-reduce, the world of a multi-machine run);
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3);
-//! `features` takes hidden-layer activations and finds nearest neighbours.
+//! `features` takes hidden-layer activations and finds nearest neighbours;
+//! `memory` checks that a run fits in the host's memory before it starts.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -19,6 +20,7 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod fsutil;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod npy;

@@ -240,6 +240,26 @@ fn eval_cli_repeats_the_runs_own_validation() {
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
 
+    // A batch past the set's size is the set in one step: the network is
+    // sized to the 100 images, not to the flag (which could not be allocated).
+    let (ok, huge, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&last),
+        "--data",
+        &s(&store),
+        "--json",
+        "--batch",
+        "1000000000000",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        json_field(&huge, "top1_error"),
+        json_field(&centre, "top1_error")
+    );
+    assert!((json_field(&huge, "loss") - json_field(&centre, "loss")).abs() < 1e-5);
+
     // The run folder stands for its best.safetensors: the epoch of
     // epochs.csv with the highest validation top-1 (the first of equals).
     let (ok, folder, err) = cli(&[

@@ -20,6 +20,7 @@ mod imagenette_cli;
 mod kernels_host;
 mod lighting;
 mod loss_scale;
+mod memory;
 mod net_gradcheck;
 mod plot;
 mod prepare;

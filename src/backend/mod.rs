@@ -193,6 +193,11 @@ pub trait Backend: Send + Sync {
     }
 
     // -- memory ----------------------------------------------------------
+    /// Whether buffers live in the host's memory (the CPU) rather than a
+    /// device's: the host-memory check counts the network's buffers then.
+    fn in_host_memory(&self) -> bool {
+        false
+    }
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn alloc_idx(&self, len: usize) -> Result<Self::IdxBuf>;

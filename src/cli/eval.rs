@@ -56,12 +56,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (data, _demo_dir) = eval_folder(&args, &ck)?;
     let set = open_eval_data(&data, &ck, args.run.host.progress())?;
     let idx = spread(set.len(), args.limit.map(|k| k as usize));
-    // Ten crops make ten rows per image: keep the rows per step near `batch`.
+    // Ten crops make ten rows per image: keep the rows per step near
+    // `batch`. No step is larger than the set, so neither is the network.
     let per_step = if args.ten_crop {
         (batch / 10).max(1)
     } else {
         batch
-    };
+    }
+    .min(idx.len().max(1));
     let workers = args.run.host.workers(!request.cpu);
     let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
     let label = if args.ten_crop {
@@ -120,6 +122,7 @@ impl OnDevice for EvalOn<'_> {
     type Out = EvalResult;
     type Err = anyhow::Error;
     fn run<B: Backend>(self, be: &B) -> Result<EvalResult> {
+        alexnet_cuda::memory::check_one(be, self.topo, self.cfg, self.idx.len())?;
         let mut net = self.ck.network(be, self.topo, self.rows)?;
         Ok(evaluate(&mut net, self.set, self.idx, self.cfg, |done| {
             self.pb.set_position(done as u64)

@@ -37,6 +37,16 @@ impl<'a, B: Backend> Layout<'a, B> {
         }
     }
 
+    /// Copies of the network's weights: one per replica (the two towers
+    /// hold one copy between them).
+    pub fn copies(&self) -> usize {
+        match self {
+            Layout::One(_) | Layout::Towers(_) => 1,
+            Layout::Data(d, _) => d.len(),
+            Layout::Hybrid(p, _) => p.len(),
+        }
+    }
+
     /// The device of a one-device layout, for commands that run one
     /// network (evaluation, prediction, features).
     pub fn one(&self) -> Result<&'a B> {

@@ -5,13 +5,35 @@
 //! Parameters use PyTorch's names and layouts
 //! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
 //! flattened in C, H, W order), so fixtures and exports line up.
-use super::stage::{initial_values, sgd_all, unscale_all, Geom, Param, Stage};
+use super::stage::{initial_values, sgd_all, stage_elements, unscale_all, Geom, Param, Stage};
 use super::topology::{LayerShape, Op, Topology};
 use crate::backend::{Backend, SgdParams};
 use crate::error::{check_len, Error, Result};
 use crate::model::loss_scale::LossScale;
 use crate::model::step::{StepMetrics, STEP_SLOTS};
 use crate::rng::hash_u64;
+
+/// The elements (f32 or u32) of the buffers a `Network` of `topo` holds for
+/// batches of `n`, with `inputs` input buffers (`resize`: two where uploads
+/// are asynchronous, else one): each layer's parameters with their
+/// gradients and momentum, each stage's activations, the input, the
+/// labels, the probabilities, the loss and the step metrics.
+pub fn buffer_elements(topo: &Topology, n: usize, inputs: usize) -> Result<u64> {
+    let shapes = topo.shapes()?;
+    let params: usize = shapes
+        .iter()
+        .map(|s| 3 * (s.weight_params + s.bias_params))
+        .sum();
+    let stages: usize = topo
+        .layers
+        .iter()
+        .zip(&shapes)
+        .map(|(l, s)| stage_elements(l, n, s.op_out))
+        .sum();
+    let x = inputs * n * topo.channels * topo.crop * topo.crop;
+    let results = n + n * topo.classes + 1 + 2 * STEP_SLOTS;
+    Ok((params + stages + x + results) as u64)
+}
 
 /// Training applies dropout; evaluation does not (inverted dropout needs no
 /// rescaling at test time; the paper's "multiply by 0.5" is the same in expectation).

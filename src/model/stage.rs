@@ -113,6 +113,32 @@ pub(super) struct PoolBufs<B: Backend> {
     grad: B::Buf,
 }
 
+/// The pooling after layer `l` on `n` images of its op's output, if any.
+fn pool_geom(l: &Layer, n: usize, op_out: Chw) -> Option<PoolGeom> {
+    l.pool.map(|p| PoolGeom {
+        n,
+        c: op_out.c,
+        h: op_out.h,
+        w: op_out.w,
+        size: p.size,
+        stride: p.stride,
+    })
+}
+
+/// The elements (f32 or u32) of the buffers `Stage::new` makes for layer
+/// `l` on `n` images whose op output is `op_out` per image.
+pub(super) fn stage_elements(l: &Layer, n: usize, op_out: Chw) -> usize {
+    let y = n * op_out.len();
+    let pooled = pool_geom(l, n, op_out).map(|g| g.y_len());
+    let out = pooled.unwrap_or(y);
+    // y and dy; LRN's out, scale and grad; pooling's out, argmax and grad;
+    // the dropout mask.
+    2 * y
+        + if l.lrn { 3 * y } else { 0 }
+        + 3 * pooled.unwrap_or(0)
+        + if l.dropout > 0.0 { out } else { 0 }
+}
+
 /// One layer's activations for the current batch size.
 pub(super) struct Stage<B: Backend> {
     geom: Geom,
@@ -156,23 +182,13 @@ impl<B: Backend> Stage<B> {
         } else {
             None
         };
-        let pool = match l.pool {
-            Some(p) => {
-                let g = PoolGeom {
-                    n,
-                    c: op_out.c,
-                    h: op_out.h,
-                    w: op_out.w,
-                    size: p.size,
-                    stride: p.stride,
-                };
-                Some(PoolBufs {
-                    g,
-                    out: be.alloc(g.y_len())?,
-                    argmax: be.alloc_idx(g.y_len())?,
-                    grad: be.alloc(g.y_len())?,
-                })
-            }
+        let pool = match pool_geom(l, n, op_out) {
+            Some(g) => Some(PoolBufs {
+                g,
+                out: be.alloc(g.y_len())?,
+                argmax: be.alloc_idx(g.y_len())?,
+                grad: be.alloc(g.y_len())?,
+            }),
             None => None,
         };
         let out_len = pool.as_ref().map_or(y_len, |p| p.g.y_len());

@@ -106,6 +106,7 @@ impl<'a> Trainer<'a> {
         let towers = matches!(layout, Layout::Towers(_) | Layout::Hybrid(..));
         display::layout(towers, &topo, opts, local_batch)?;
         let devices = layout.describe();
+        setup::check_memory(&layout, &topo, opts, &loader, &data)?;
         let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
         let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
         let mean_tensor = setup::mean_tensor(&loader, data.train.size());

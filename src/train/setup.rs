@@ -10,6 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
+use crate::memory::HostNeed;
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -122,6 +123,23 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
         )));
     }
     Ok(())
+}
+
+/// Refuse a run whose network buffers (on the CPU) and loader batches would
+/// not fit in the host's memory (`memory`), before either is touched.
+pub fn check_memory<B: Backend>(
+    layout: &Layout<'_, B>,
+    topo: &Topology,
+    opts: &TrainOptions,
+    loader: &LoaderConfig,
+    data: &TrainData,
+) -> Result<()> {
+    let batches = data.train_idx.len().div_ceil(opts.run.batch.max(1));
+    let mut need = HostNeed::network(layout.first(), topo, layout.copies())?
+        .with_checkpoint(topo)?
+        .with_loader(loader, batches);
+    need.world = opts.world.size;
+    need.check_now(loader.batch, loader.workers)
 }
 
 /// The network on `layout`'s devices, from `--init-from`'s weights when

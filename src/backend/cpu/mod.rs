@@ -19,15 +19,28 @@ use crate::error::{check_len, Error, Result};
 
 /// The CPU backend. Stateless but for a count of allocations (the same
 /// count the CUDA backend keeps, so a test here shows that the network
-/// allocates nothing per step); scratch memory lives in per-thread buffers.
+/// allocates nothing per step) and of the elements they hold (so a test
+/// can hold the memory check's plan to what is allocated); scratch memory
+/// lives in per-thread buffers.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     allocations: AtomicU64,
+    elements: AtomicU64,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend::default()
+    }
+
+    /// Elements (f32 or u32, 4 bytes each) of every buffer allocated so far.
+    pub fn allocated_elements(&self) -> u64 {
+        self.elements.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, len: usize) {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.elements.fetch_add(len as u64, Ordering::Relaxed);
     }
 }
 
@@ -152,13 +165,17 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn in_host_memory(&self) -> bool {
+        true
+    }
+
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.count(len);
         Ok(vec![0.0; len])
     }
 
     fn alloc_idx(&self, len: usize) -> Result<Vec<u32>> {
-        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.count(len);
         Ok(vec![0; len])
     }
 

@@ -10,6 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::placement::{self, OnDevice, OnLayout};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::Layout;
+use alexnet_cuda::memory::HostNeed;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
@@ -157,6 +158,7 @@ fn bench_layout<B: Backend>(
         _ => (0, 1),
     };
     let devices = layout.describe();
+    HostNeed::network(first, topo, layout.copies())?.check_now(batch, 0)?;
     let mut model = layout.build(topo, batch, 1)?;
     if first.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
@@ -184,6 +186,7 @@ fn bench_layout<B: Backend>(
 fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
+    HostNeed::network(be, topo, 1)?.check_now(batch, 0)?;
     let mut model = Network::new(be, topo, batch, 1)?;
     if be.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));

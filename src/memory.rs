@@ -1,0 +1,287 @@
+//! Whether a run fits in the host's memory, checked before anything large
+//! is touched. On the CPU the network's buffers grow with the batch (the
+//! `alexnet` config holds about 13 MB per image); the loader holds a few
+//! batches per worker, in pinned memory on a GPU. Past the memory the
+//! system has free the kernel kills the process mid-step, with no message;
+//! the check refuses first and names the batch or worker count that fits.
+use sysinfo::System;
+use tracing::{debug, warn};
+
+use crate::backend::Backend;
+use crate::data::LoaderConfig;
+use crate::error::{Error, Result};
+use crate::model::net::buffer_elements;
+use crate::model::topology::Topology;
+
+/// The memory a run may still take, and the limit that sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    pub bytes: u64,
+    /// How the error words it: "free", "free under the container's memory limit", ...
+    pub limit: &'static str,
+}
+
+/// The smallest of: the system's available memory (free plus reclaimable
+/// cache); a container's memory limit (cgroup) less its processes'
+/// anonymous memory; and the address-space limit (`ulimit -v`, common on
+/// shared clusters) less this process's size. None where the system does
+/// not say.
+pub fn room() -> Option<Room> {
+    let mut sys = System::new();
+    sys.refresh_memory();
+    let free = sys.available_memory();
+    if free == 0 {
+        return None;
+    }
+    // The cgroup's own "free" counts its page cache as used; the limit less
+    // its anonymous memory is the analogue of MemAvailable.
+    let in_limit = sys
+        .cgroup_limits()
+        .map(|c| c.total_memory.saturating_sub(c.rss));
+    let rooms = [
+        Some((free, "free")),
+        in_limit.map(|b| (b, "free under the container's memory limit")),
+        address_space_left(&mut sys).map(|b| (b, "left under the address-space limit (ulimit -v)")),
+    ];
+    let (bytes, limit) = rooms.into_iter().flatten().min_by_key(|r| r.0)?;
+    Some(Room { bytes, limit })
+}
+
+/// RLIMIT_AS less this process's virtual size, where a limit is set.
+#[cfg(unix)]
+fn address_space_left(sys: &mut System) -> Option<u64> {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::AS).ok()?;
+    if soft == rlimit::INFINITY {
+        return None;
+    }
+    let pid = sysinfo::get_current_pid().ok()?;
+    let kind = ProcessRefreshKind::nothing().with_memory();
+    sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, kind);
+    let size = sys.process(pid)?.virtual_memory();
+    Some(soft.saturating_sub(size))
+}
+
+#[cfg(not(unix))]
+fn address_space_left(_: &mut System) -> Option<u64> {
+    None
+}
+
+/// What a run holds in host memory, as a function of the rows (images, or
+/// crops of them) per step and the loader's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostNeed {
+    /// Bytes held whatever the batch: the weights, gradients and momentum
+    /// of every copy of the network in this process (0 on a GPU).
+    pub fixed: u64,
+    /// Bytes a checkpoint takes while it is written: the weights and
+    /// momentum copied out of the network, then encoded as the file.
+    pub checkpoint: u64,
+    /// Bytes per row in the network's buffers (0 on a GPU).
+    pub per_row: u64,
+    /// Bytes per row of one batch of input on the host (a loader batch).
+    pub loader_row: u64,
+    /// Batches in an epoch: workers past this many have nothing to hold.
+    pub batches: usize,
+    /// Rows per image: 10 for the paper's 10-crop test, else 1.
+    pub crops: usize,
+    /// Processes sharing each batch (WORLD_SIZE): `--batch` is this many
+    /// times the rows per step.
+    pub world: usize,
+}
+
+impl HostNeed {
+    /// The buffers of `copies` networks of `topo` on `be` (counted only on
+    /// the CPU) and one batch of input on the host.
+    pub fn network<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<HostNeed> {
+        let (fixed, per_row) = match be.in_host_memory() {
+            true => {
+                let inputs = if be.host_alloc().is_some() { 2 } else { 1 };
+                let zero = buffer_elements(topo, 0, inputs)?;
+                let one = buffer_elements(topo, 1, inputs)?;
+                (4 * zero * copies as u64, 4 * (one - zero))
+            }
+            false => (0, 0),
+        };
+        Ok(HostNeed {
+            fixed,
+            checkpoint: 0,
+            per_row,
+            loader_row: 4 * (topo.channels * topo.crop * topo.crop) as u64,
+            batches: 0,
+            crops: 1,
+            world: 1,
+        })
+    }
+
+    /// And a checkpoint of `topo`'s weights being written: saving copies
+    /// the weights and momentum out of the network, then encodes them as
+    /// the file's bytes.
+    pub fn with_checkpoint(self, topo: &Topology) -> Result<HostNeed> {
+        let floats = 2 * topo.param_count()? as u64;
+        Ok(HostNeed {
+            checkpoint: 2 * 4 * floats,
+            ..self
+        })
+    }
+
+    /// And `loader`'s batches, `batches` of them in an epoch, instead of
+    /// one batch of input.
+    pub fn with_loader(self, loader: &LoaderConfig, batches: usize) -> HostNeed {
+        let side = (loader.crop + loader.pad) as u64;
+        HostNeed {
+            loader_row: 4 * 3 * side * side,
+            batches,
+            crops: if loader.ten_crop { 10 } else { 1 },
+            ..self
+        }
+    }
+
+    /// Loader batches held at once: each worker one queued and one being
+    /// filled, and the one the step reads (`workers` 0: that one).
+    fn held(&self, workers: usize) -> u64 {
+        2 * workers.min(self.batches) as u64 + 1
+    }
+
+    /// Bytes held with `rows` rows per step and `workers` loader threads.
+    pub fn bytes(&self, rows: usize, workers: usize) -> u64 {
+        let per_row = self.per_row + self.held(workers) * self.loader_row;
+        (self.fixed + self.checkpoint).saturating_add((rows as u64).saturating_mul(per_row))
+    }
+
+    /// `check` against the `room` there is now; nothing where the system
+    /// does not say.
+    pub fn check_now(&self, rows: usize, workers: usize) -> Result<()> {
+        match room() {
+            Some(room) => self.check(rows, workers, room),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuse `rows` rows per step with `workers` loader threads when they
+    /// need more than `room`, naming the largest batch or worker count that
+    /// fits; warn when they need most of it.
+    pub fn check(&self, rows: usize, workers: usize, room: Room) -> Result<()> {
+        let (need, free) = (self.bytes(rows, workers), room.bytes);
+        debug!(
+            "host memory: about {} needed, {} {}",
+            size(need),
+            size(free),
+            room.limit
+        );
+        if need <= free {
+            if need > free / 10 * 9 {
+                warn!(
+                    "this run needs about {} of memory, and {} is {}: other programs may push it out",
+                    size(need),
+                    size(free),
+                    room.limit
+                );
+            }
+            return Ok(());
+        }
+        let crops = match self.crops {
+            1 => String::new(),
+            c => format!(" x {c} crops"),
+        };
+        let loader = match self.batches {
+            0 => String::new(),
+            _ => format!(" with {workers} loader worker{}", plural(workers as u64)),
+        };
+        Err(Error::Config(format!(
+            "a step of {} images{crops}{loader} needs about {} of memory, and {} is {} ({}); {}",
+            rows / self.crops.max(1),
+            size(need),
+            size(free),
+            room.limit,
+            self.breakdown(workers),
+            self.fix(rows, workers, free)
+        )))
+    }
+
+    /// Where the bytes go, for the error.
+    fn breakdown(&self, workers: usize) -> String {
+        let unit = if self.crops > 1 { "crop" } else { "image" };
+        let mut parts = Vec::new();
+        if self.fixed > 0 {
+            parts.push(format!(
+                "weights, gradients and momentum {}, activations {} per {unit}",
+                size(self.fixed),
+                size(self.per_row)
+            ));
+        }
+        if self.checkpoint > 0 {
+            parts.push(format!(
+                "a checkpoint being written {}",
+                size(self.checkpoint)
+            ));
+        }
+        parts.push(match self.batches {
+            0 => format!("the input {} per {unit}", size(self.loader_row)),
+            _ => format!(
+                "the loader {} per {unit} in each of the {} batch{} it holds",
+                size(self.loader_row),
+                self.held(workers),
+                if self.held(workers) == 1 { "" } else { "es" }
+            ),
+        });
+        parts.join(", ")
+    }
+
+    /// What to pass instead: fewer workers if one worker fits, else a
+    /// smaller batch, else nothing on this machine.
+    fn fix(&self, rows: usize, workers: usize, free: u64) -> String {
+        let room = free.saturating_sub(self.fixed + self.checkpoint);
+        if workers > 1 && self.bytes(rows, 1) <= free {
+            let per_batch = rows as u64 * self.loader_row;
+            let held = (room - rows as u64 * self.per_row) / per_batch.max(1);
+            return format!(
+                "pass --workers {} or fewer",
+                (held.saturating_sub(1) / 2).max(1)
+            );
+        }
+        let per_row = self.per_row + self.held(workers) * self.loader_row;
+        let crops = self.crops.max(1) as u64;
+        let max_rows = room / per_row.max(1) / crops * crops;
+        if max_rows == 0 {
+            return format!(
+                "the weights alone (with their gradients and momentum{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, or more memory",
+                if self.checkpoint > 0 { ", and a checkpoint being written" } else { "" },
+                size(self.fixed + self.checkpoint)
+            );
+        }
+        format!("pass --batch {} or less", max_rows * self.world as u64)
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// A byte count as GB, MB or kB (powers of 1000).
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
+    }
+}
+
+/// Refuse a one-network job (evaluation, features) over `images` images in
+/// `loader`'s batches on `be` that would not fit. The network is sized to
+/// the batches it is given, so a batch past the image count costs nothing.
+pub fn check_one<B: Backend>(
+    be: &B,
+    topo: &Topology,
+    loader: &LoaderConfig,
+    images: usize,
+) -> Result<()> {
+    let batch = loader.batch.max(1);
+    let need = HostNeed::network(be, topo, 1)?.with_loader(loader, images.div_ceil(batch));
+    need.check_now(batch.min(images) * need.crops, loader.workers)
+}

@@ -1,0 +1,285 @@
+//! tests/memory.rs: the host-memory check (src/memory.rs). Its plan of the
+//! network's buffers against what the CPU backend really allocates, its
+//! loader share against the batches a loader really keeps alive, the
+//! checkpoint share against the tensors a checkpoint really holds, the
+//! batch and worker counts its errors name against its own need, and the
+//! refusals at the command line, where the kernel would otherwise kill the
+//! process with no message.
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::checkpoint::network_tensors;
+use alexnet_cuda::data::{batches, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig};
+use alexnet_cuda::memory::{HostNeed, Room};
+use alexnet_cuda::model::net::{buffer_elements, Network};
+use alexnet_cuda::model::topology::Topology;
+
+fn topologies() -> Vec<Topology> {
+    let alexnet = Topology::alexnet();
+    vec![
+        Topology::cifar(),
+        alexnet.clone(),
+        alexnet.clone().without_lrn(),
+        alexnet.with_pool_size(2).expect("pool 2"),
+        Topology::by_name("alexnet-half").expect("alexnet-half"),
+    ]
+}
+
+/// Every buffer `Network` allocates, counted by the CPU backend, is in the
+/// plan, and nothing else: for each config and ablation, at two batches.
+#[test]
+fn the_plan_counts_every_buffer_a_network_allocates() {
+    for topo in topologies() {
+        for n in [1, 3] {
+            let be = CpuBackend::new();
+            let _net = Network::zeroed(&be, &topo, n).expect("network");
+            let plan = buffer_elements(&topo, n, 1).expect("plan");
+            assert_eq!(be.allocated_elements(), plan, "{} at batch {n}", topo.name);
+        }
+    }
+}
+
+/// A host allocator that counts the buffers alive and the most at once.
+fn counting_alloc(live: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>) -> HostAlloc {
+    struct Counted(Vec<f32>, Arc<AtomicUsize>);
+    impl HostMemory for Counted {
+        fn as_slice(&self) -> &[f32] {
+            &self.0
+        }
+        fn as_mut_slice(&mut self) -> &mut [f32] {
+            &mut self.0
+        }
+    }
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let (live, peak) = (Arc::clone(live), Arc::clone(peak));
+    HostAlloc(Arc::new(move |len| {
+        let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(now, Ordering::SeqCst);
+        Ok(Box::new(Counted(vec![0.0; len], Arc::clone(&live))) as Box<dyn HostMemory>)
+    }))
+}
+
+fn image_set(n: usize, size: usize) -> Arc<dyn ImageSource> {
+    let px = (0..n * size * size * 3).map(|i| (i % 251) as u8).collect();
+    let labels = (0..n as u32).map(|i| i % 2).collect();
+    let set = ImageSet::from_parts(size, px, labels, vec!["a".into(), "b".into()]);
+    Arc::new(set.expect("set"))
+}
+
+/// With W workers and a slow consumer, a loader never keeps more than the
+/// 2W + 1 batches the plan counts (one queued and one being filled per
+/// worker, one being read) alive, and with a slow consumer it keeps more
+/// than one per worker: the bound is reached, not merely respected.
+#[test]
+fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
+    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers = 3;
+    let cfg = LoaderConfig {
+        workers,
+        host_alloc: Some(counting_alloc(&live, &peak)),
+        ..LoaderConfig::new(2, 8, false)
+    };
+    let idx: Vec<usize> = (0..60).collect();
+    let mut it = batches(image_set(60, 8), &idx, &cfg, 0).expect("loader");
+    while let Some(b) = it.next() {
+        std::thread::sleep(Duration::from_millis(15));
+        it.recycle(b.expect("batch"));
+    }
+    drop(it);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
+    assert!(peak > workers + 1, "only {peak} batches alive at once");
+}
+
+/// The need at `rows` and `workers` is the network's buffers as allocated,
+/// plus the loader's batches (each the size of a real batch), plus, for a
+/// run that saves, twice the checkpoint's tensors (the copies and the
+/// encoded file).
+#[test]
+fn the_need_is_the_buffers_the_batches_and_the_checkpoint() {
+    let topo = Topology::cifar();
+    let rows = 5;
+    let be = CpuBackend::new();
+    let net = Network::zeroed(&be, &topo, rows).expect("network");
+    let net_bytes = 4 * be.allocated_elements();
+    let cfg = LoaderConfig::new(rows, topo.crop, false);
+    let idx: Vec<usize> = (0..20).collect();
+    let set = image_set(20, topo.crop);
+    let batch = batches(set, &idx, &cfg, 0).expect("loader").next();
+    let batch_bytes = 4 * batch.expect("a batch").expect("batch").x.len() as u64;
+
+    let need = HostNeed::network(&be, &topo, 1)
+        .expect("need")
+        .with_loader(&cfg, 4);
+    assert_eq!(need.bytes(rows, 0), net_bytes + batch_bytes);
+    assert_eq!(need.bytes(rows, 3), net_bytes + 7 * batch_bytes);
+    // Workers past the epoch's batches have nothing to hold.
+    assert_eq!(need.bytes(rows, 9), need.bytes(rows, 4));
+
+    let tensors = network_tensors(&net, true).expect("tensors");
+    let floats: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let saving = need.with_checkpoint(&topo).expect("checkpoint");
+    assert_eq!(
+        saving.bytes(rows, 0) - need.bytes(rows, 0),
+        2 * 4 * floats as u64
+    );
+
+    // Two replicas hold two copies of the weights, not of the activations.
+    let two = HostNeed::network(&be, &topo, 2).expect("need");
+    let one = HostNeed::network(&be, &topo, 1).expect("need");
+    assert_eq!(two.bytes(rows, 0) - one.bytes(rows, 0), one.bytes(0, 0));
+}
+
+/// The number in "pass --FLAG N or ..." of an error message.
+fn suggested(err: &str, flag: &str) -> u64 {
+    let at = err
+        .find(flag)
+        .unwrap_or_else(|| panic!("no {flag} in: {err}"));
+    let rest = &err[at + flag.len()..];
+    let n = rest.split_whitespace().next().expect("a number");
+    n.parse().unwrap_or_else(|_| panic!("{n:?} in: {err}"))
+}
+
+/// A refusal names the largest batch that fits (the next one would not),
+/// or the most workers that fit when one worker would; a need within the
+/// room passes.
+#[test]
+fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
+    let be = CpuBackend::new();
+    let topo = Topology::alexnet();
+    let cfg = LoaderConfig::new(128, topo.crop, true);
+    let need = HostNeed::network(&be, &topo, 1)
+        .and_then(|n| n.with_checkpoint(&topo))
+        .expect("need")
+        .with_loader(&cfg, 10_000);
+    let room = |bytes| Room {
+        bytes,
+        limit: "free",
+    };
+    for gb in [3u64, 5, 24, 100] {
+        let free = gb * 1_000_000_000;
+        for workers in [0, 1, 4] {
+            let rows = 20_000;
+            let err = need
+                .check(rows, workers, room(free))
+                .unwrap_err()
+                .to_string();
+            let b = suggested(&err, "--batch ") as usize;
+            assert!(need.bytes(b, workers) <= free, "{err}");
+            assert!(need.bytes(b + 1, workers) > free, "{err}");
+            assert!(need.check(b, workers, room(free)).is_ok());
+        }
+        // A batch that fits with one worker but not with 5000.
+        let err = need.check(64, 5000, room(free)).unwrap_err().to_string();
+        let w = suggested(&err, "--workers ") as usize;
+        assert!(
+            need.bytes(64, w) <= free && need.bytes(64, w + 1) > free,
+            "{err}"
+        );
+    }
+    // Less than the weights: no batch fits.
+    let err = need
+        .check(1, 1, room(1_000_000_000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leaving no room for a batch"), "{err}");
+
+    // Ten crops: a whole number of images. Four processes: --batch is the
+    // global batch, four times a step's rows.
+    let ten = LoaderConfig {
+        ten_crop: true,
+        ..LoaderConfig::new(100, topo.crop, false)
+    };
+    let mut need = HostNeed::network(&be, &topo, 1)
+        .expect("need")
+        .with_loader(&ten, 50);
+    let err = need
+        .check(1000, 1, room(5_000_000_000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("100 images x 10 crops"), "{err}");
+    assert!(suggested(&err, "--batch ").is_multiple_of(10), "{err}");
+    need.crops = 1;
+    need.world = 4;
+    let err = need
+        .check(1000, 1, room(5_000_000_000))
+        .unwrap_err()
+        .to_string();
+    let b = suggested(&err, "--batch ") as usize;
+    assert!(
+        b.is_multiple_of(4) && need.bytes(b / 4, 1) <= 5_000_000_000,
+        "{err}"
+    );
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alexnet-cuda");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (out.status.success(), err)
+}
+
+/// A batch no machine holds is refused before anything is allocated, with
+/// the batch that fits here.
+#[test]
+fn a_batch_past_the_memory_is_refused_with_the_one_that_fits() {
+    let (ok, err) = cli(&[
+        "bench-step",
+        "--cpu",
+        "--config",
+        "alexnet",
+        "--batch",
+        "100000000",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("a step of 100000000 images needs about"),
+        "{err}"
+    );
+    assert!(suggested(&err, "--batch ") < 100_000_000, "{err}");
+}
+
+/// Under an address-space limit (`ulimit -v`, as shared clusters set),
+/// `train --config alexnet` is refused by name, where it used to abort
+/// in an allocation: the weights with their gradients, momentum and a
+/// checkpoint take about 1.6 GB, more than a 1.5 GB limit leaves.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_address_space_limit_is_planned_within() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagenette/train");
+    let out = tempfile::tempdir().expect("tempdir");
+    let cmd = format!(
+        "ulimit -v 1500000 && exec '{}' train --cpu --threads 2 --workers 1 --config alexnet --data '{}' --val 10 --batch 32 --out '{}' --epochs 1 --no-progress",
+        env!("CARGO_BIN_EXE_alexnet-cuda"),
+        data.display(),
+        out.path().join("run").display()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &cmd])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("left under the address-space limit (ulimit -v)")
+            && err.contains("leaving no room for a batch"),
+        "{err}"
+    );
+    assert!(
+        !out.path().join("run").exists(),
+        "a refused run made its folder"
+    );
+}
