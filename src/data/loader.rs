@@ -185,6 +185,11 @@ pub fn workers_for(requested: Option<usize>, on_gpu: bool) -> usize {
         "loader: {n} worker{} ({why})",
         if n == 1 { "" } else { "s" }
     );
+    if n > cores {
+        tracing::warn!(
+            "--workers {n} is more than the {cores} cores: decoding is bound by the cores, so the extra threads hold batches in memory and delay the first one"
+        );
+    }
     n
 }
 
