@@ -133,7 +133,9 @@ impl Drop for Line {
 /// RUST_LOG's filter (default info), colour only on a terminal.
 pub fn init_logs() {
     let (filter, bad) = log_filter(std::env::var("RUST_LOG").ok());
+    // The builder's own filter would stop at info; RUST_LOG's decides.
     tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_writer(terminal().log_writer())

@@ -350,9 +350,10 @@ fn device_flags_that_are_not_built_are_refused() {
     );
 }
 
-/// RUST_LOG: a level hides the lines below it, a `target=level` directive
-/// picks the crate, and a value that cannot be read is named in a warning
-/// while the command runs on at the default level (info).
+/// RUST_LOG: a level shows the lines at and above it (debug included) and
+/// hides those below, a `target=level` directive picks the crate, and a
+/// value that cannot be read is named in a warning while the command runs
+/// on at the default level (info).
 #[test]
 fn rust_log_is_read_and_a_value_it_cannot_read_is_named() {
     let logs = |filter: &str| {
@@ -372,6 +373,11 @@ fn rust_log_is_read_and_a_value_it_cannot_read_is_named() {
     assert!(logs("alexnet_cuda=info").contains(info_line));
     assert!(!logs("warn").contains(info_line), "{}", logs("warn"));
     assert!(!logs("other_crate=info").contains(info_line));
+    // debug shows the lines below info (here the memory check's plan).
+    let debug_line = "DEBUG host memory: about";
+    assert!(logs("debug").contains(debug_line), "{}", logs("debug"));
+    assert!(logs("alexnet_cuda=debug").contains(debug_line));
+    assert!(!logs("info").contains(debug_line));
     let bad = logs("alexnet_cuda=loud");
     assert!(
         bad.contains("RUST_LOG=\"alexnet_cuda=loud\" ignored") && bad.contains(info_line),
