@@ -284,6 +284,53 @@ fn failed_checkpoint_write_keeps_the_previous_one() {
     assert!(a == b, "the resumed run differs");
 }
 
+/// When checkpoints are written: by default at each epoch end and every 15
+/// minutes (none in a short run); `--checkpoint-every 0` at epoch ends
+/// only; every N steps; every M minutes (a tiny M: after every step); both
+/// together. A bad `--checkpoint-minutes` is refused by name.
+#[test]
+fn checkpoints_come_at_epoch_ends_every_n_steps_or_every_m_minutes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = data(t.path());
+    let steps_written = |name: &str, flags: &[&str]| {
+        let out = t.path().join(name);
+        let mut args = train_args(&data, &out, 2);
+        // train_args asks for --checkpoint-every 7; take the flags given here.
+        let at = args.iter().position(|a| a == "--checkpoint-every").unwrap();
+        args.drain(at..at + 2);
+        args.extend(["--keep".into(), "100".into()]);
+        args.extend(flags.iter().map(|f| f.to_string()));
+        run_ok(&args);
+        let list = checkpoint::list(&out).unwrap();
+        list.into_iter().map(|(step, _)| step).collect::<Vec<_>>()
+    };
+    assert_eq!(steps_written("default", &[]), [20, 40]);
+    assert_eq!(
+        steps_written("ends", &["--checkpoint-every", "0"]),
+        [20, 40]
+    );
+    assert_eq!(
+        steps_written("steps", &["--checkpoint-every", "15"]),
+        [15, 20, 30, 40]
+    );
+    let every_step: Vec<u64> = (1..=40).collect();
+    let tiny = ["--checkpoint-minutes", "0.000001"];
+    assert_eq!(steps_written("minutes", &tiny), every_step);
+    let both = ["--checkpoint-every", "15", "--checkpoint-minutes", "60"];
+    assert_eq!(steps_written("both", &both), [15, 20, 30, 40]);
+
+    for bad in ["-1", "nan", "inf"] {
+        let mut args = train_args(&data, &t.path().join("bad"), 1);
+        args.push(format!("--checkpoint-minutes={bad}"));
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--checkpoint-minutes must be"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     let t = tempfile::tempdir().unwrap();

@@ -81,9 +81,12 @@ pub struct TrainArgs {
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
     #[arg(long, value_name = "FILE")]
     init_from: Option<PathBuf>,
-    /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    checkpoint_every: u64,
+    /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only). Given alone, it replaces the default of every 15 minutes.
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<u64>,
+    /// Write a checkpoint when M minutes have passed since the last one, besides the one at each epoch end (0: off) [default: 15, unless --checkpoint-every is given].
+    #[arg(long, value_name = "M")]
+    checkpoint_minutes: Option<f64>,
     /// Checkpoints to keep (the newest; best.safetensors is kept besides).
     #[arg(long, default_value_t = 3, value_parser = positive)]
     keep: u64,
@@ -251,7 +254,7 @@ fn options(
     }
     opts.workers = args.host.workers;
     opts.progress = args.host.progress();
-    opts.checkpoint_every = args.checkpoint_every;
+    (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(args)?;
     opts.keep = args.keep as usize;
     opts.metrics_format = args.metrics_format.into();
     if let Some(r) = args.recipe {
@@ -261,6 +264,24 @@ fn options(
     opts.out = Some(run_folder(args, topo, resume));
     Ok(opts)
 }
+
+/// Checkpoints every N steps and every M minutes: by default every 15
+/// minutes (on an H200, 1000 steps of `alexnet` take 9 to 14 s, on two CPU
+/// cores about an hour); `--checkpoint-every` alone replaces the default.
+fn checkpoint_policy(args: &TrainArgs) -> Result<(u64, Option<Duration>)> {
+    let minutes = match (args.checkpoint_every, args.checkpoint_minutes) {
+        (None, None) => DEFAULT_CHECKPOINT_MINUTES,
+        (Some(_), None) => 0.0,
+        (_, Some(m)) if m >= 0.0 && m.is_finite() => m,
+        (_, Some(m)) => {
+            bail!("--checkpoint-minutes must be 0 (off) or a positive number of minutes, not {m}")
+        }
+    };
+    let interval = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
+    Ok((args.checkpoint_every.unwrap_or(0), interval))
+}
+
+const DEFAULT_CHECKPOINT_MINUTES: f64 = 15.0;
 
 /// What defines the run: epochs, batch, learning rate and its schedule,
 /// the split, the crop and the seed.

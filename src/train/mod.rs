@@ -82,6 +82,9 @@ pub struct Trainer<'a> {
     elapsed0: f64,
     /// Towers: the bytes the first step moved were logged beside the table's count.
     bytes_told: bool,
+    /// When the last checkpoint was written (or training started), for
+    /// `checkpoint_interval`.
+    last_save: Instant,
 }
 
 impl<'a> Trainer<'a> {
@@ -137,6 +140,7 @@ impl<'a> Trainer<'a> {
             log: StepLog::new(opts.refresh),
             start,
             bytes_told: false,
+            last_save: start,
         })
     }
 
@@ -304,6 +308,7 @@ impl<'a> Trainer<'a> {
         let Some(dir) = &mut self.run_dir else {
             return Ok(());
         };
+        self.last_save = Instant::now();
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
         tensors.extend(self.mean_tensor.clone());
         self.report.checkpoint = Some(dir.save(&self.state, &tensors, best)?);
@@ -343,7 +348,8 @@ impl<'a> Trainer<'a> {
     fn after_step(&mut self) -> Result<bool> {
         let stop = self.stopping();
         let every = self.opts.checkpoint_every;
-        let due = every > 0 && self.state.progress.step.is_multiple_of(every);
+        let due = every > 0 && self.state.progress.step.is_multiple_of(every)
+            || (self.opts.checkpoint_interval).is_some_and(|d| self.last_save.elapsed() >= d);
         if !(stop || due) {
             return Ok(true);
         }

@@ -25,8 +25,11 @@ pub struct TrainOptions {
     pub time_limit: Option<Duration>,
     /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
     pub out: Option<PathBuf>,
-    /// Checkpoint every this many steps (0: at epoch ends only).
+    /// Checkpoint every this many steps (0: not by steps).
     pub checkpoint_every: u64,
+    /// Checkpoint when this long has passed since the last checkpoint
+    /// (None: not by time). Epoch ends always checkpoint.
+    pub checkpoint_interval: Option<Duration>,
     /// Checkpoints kept (the newest; `best.safetensors` is kept besides).
     pub keep: usize,
     pub metrics_format: MetricsFormat,
@@ -72,7 +75,8 @@ impl TrainOptions {
             workers: None,
             time_limit: None,
             out: None,
-            checkpoint_every: 1000,
+            checkpoint_every: 0,
+            checkpoint_interval: Some(Duration::from_secs(15 * 60)),
             keep: 3,
             metrics_format: MetricsFormat::Csv,
             resume: None,
