@@ -130,6 +130,22 @@ fn bad_flag_values() {
         &["--lr-milestones", "0"],
     );
     assert_error(&["train", "--gpus", "zero", "--demo"], &["--gpus", "zero"]);
+    // Thousands of threads used to exhaust the memory for their stacks and
+    // panic in a loader thread.
+    for cmd in [
+        &["train", "--cpu", "--demo"][..],
+        &["prepare", "--train", "x", "--out", "y"],
+    ] {
+        let flag = if cmd[0] == "train" {
+            "--workers"
+        } else {
+            "--threads"
+        };
+        assert_error(
+            &[cmd, &[flag, "100000"]].concat(),
+            &[flag, "100000", "pass at most"],
+        );
+    }
     assert_error(
         &["train", "--cpu", "--config", "cifar"],
         &["--data", "--demo"],

@@ -673,6 +673,8 @@ fn loader_is_deterministic_across_worker_counts() -> TestResult {
     assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 3), 2)?);
     assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 0), 2)?);
     assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 1), 2)?);
+    // More workers than the epoch's 8 batches.
+    assert_eq!(one, collect(&set, &idx, &cfg(5, 6, true, 50), 2)?);
     let other = collect(&set, &idx, &cfg(5, 6, true, 3), 3)?;
     let labels = |v: &[(Vec<f32>, Vec<u32>)]| v.iter().map(|b| b.1.clone()).collect::<Vec<_>>();
     assert_ne!(one, other);

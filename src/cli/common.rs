@@ -31,10 +31,10 @@ pub struct NetArgs {
 #[derive(Args, Clone)]
 pub struct HostArgs {
     /// Loader threads; 0 decodes on the compute thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     pub workers: Option<usize>,
     /// Compute threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]
@@ -88,6 +88,22 @@ pub fn flag_value<T: ValueEnum>(v: &T) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()
+}
+
+/// A count of threads (--workers, --threads), at most 4 per core or 64:
+/// decoding and compute are bound by the cores, so more threads only add
+/// switching and memory, and thousands of them exhaust the process's
+/// memory for stacks.
+pub fn thread_count(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let most = (4 * cores).max(64);
+    if n > most {
+        return Err(format!(
+            "{n} threads on a machine of {cores} cores: pass at most {most} (about one per core is fastest)"
+        ));
+    }
+    Ok(n)
 }
 
 /// Size the global compute thread pool (--threads); `None` keeps rayon's

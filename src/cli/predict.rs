@@ -17,7 +17,7 @@ use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 
-use super::common::{crop_rows, positive, set_threads};
+use super::common::{crop_rows, positive, set_threads, thread_count};
 use super::device::DeviceArgs;
 
 #[derive(Args)]
@@ -47,7 +47,7 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 5, value_parser = positive)]
     top: u64,
     /// Compute threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
 }
 

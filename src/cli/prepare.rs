@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{Encoding, StoreMeta};
 
-use super::common::{positive, set_threads};
+use super::common::{positive, set_threads, thread_count};
 
 #[derive(Args)]
 pub struct PrepareArgs {
@@ -43,7 +43,7 @@ pub struct PrepareArgs {
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
     /// Threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]

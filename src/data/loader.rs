@@ -321,14 +321,15 @@ pub fn batches_from(
     });
     let (recycle_tx, recycle_rx) = unbounded::<Batch>();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut rxs = Vec::with_capacity(cfg.workers);
-    let mut handles = Vec::with_capacity(cfg.workers);
-    for w in 0..cfg.workers {
+    // Workers past the epoch's remaining batches would have nothing to do.
+    let workers = cfg.workers.min(n_batches.saturating_sub(first));
+    let mut rxs = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for w in 0..workers {
         let (tx, rx) = bounded::<Result<Batch>>(PREFETCH_PER_WORKER);
         let job = Arc::clone(&job);
         let recycle = recycle_rx.clone();
         let worker_stop = Arc::clone(&stop);
-        let workers = cfg.workers;
         let spawned = std::thread::Builder::new()
             .name(format!("loader-{w}"))
             .spawn(move || {

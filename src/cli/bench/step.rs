@@ -16,7 +16,7 @@ use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 
 use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
-use crate::cli::common::{positive, set_threads, NetArgs};
+use crate::cli::common::{positive, set_threads, thread_count, NetArgs};
 use crate::cli::device::{DeviceArgs, ParallelArgs};
 use crate::cli::nccl::ensure_nccl;
 
@@ -44,7 +44,7 @@ pub struct BenchStepArgs {
     phase_steps: usize,
     #[command(flatten)]
     parallel: ParallelArgs,
-    #[arg(long)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
 }
 
