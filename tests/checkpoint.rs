@@ -381,6 +381,8 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     run_ok(&a);
 }
 
+/// A finished run's folder refuses a fresh run; a running one's refuses
+/// any second process.
 #[test]
 fn a_run_folder_is_never_shared_by_two_runs() {
     let t = tempfile::tempdir().unwrap();
@@ -393,6 +395,29 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     assert!(
         err.contains("already holds a run") && err.contains("--resume"),
         "{err}"
+    );
+
+    // While a run trains, a second process is refused, fresh or resuming,
+    // and the running one's files are left alone; once it has stopped, the
+    // folder resumes.
+    let busy = t.path().join("busy");
+    let first = start_until(&train_args(&d, &busy, 2), &busy, 3);
+    let pid = first.id();
+    for second in [train_args(&d, &busy, 2), resume_args(&busy)] {
+        let o = run(&second);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("is in use by another training process")
+                && err.contains(&format!("(pid {pid})")),
+            "{err}"
+        );
+    }
+    interrupt(first);
+    run_ok(&resume_args(&busy));
+    assert_eq!(
+        checkpoint::list(&busy).unwrap().last().unwrap().0,
+        STEPS as u64 * 2 / 3
     );
 }
 

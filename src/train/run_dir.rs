@@ -1,8 +1,11 @@
 //! The run folder: checkpoints (the newest `--keep` and `best.safetensors`),
 //! the metrics files (`steps.csv`, `epochs.csv` or their `.jsonl`), the
 //! TensorBoard events and the plot (`curves.png`). One run per folder: a
-//! fresh run refuses a folder that already holds one.
-use std::path::PathBuf;
+//! fresh run refuses a folder that already holds one, and a lock
+//! (`.lock`) refuses a second process while one is running.
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -22,6 +25,8 @@ use super::options::TrainOptions;
 
 /// An open run folder and what the run writes into it.
 pub struct RunDir {
+    /// `.lock`, locked while the run is open: one process per folder.
+    _lock: File,
     dir: PathBuf,
     /// Checkpoints kept besides `best.safetensors`.
     keep: usize,
@@ -34,6 +39,37 @@ pub struct RunDir {
     rows: Vec<StepRow>,
     /// The plot's title: the config and the data.
     title: String,
+}
+
+/// Lock `dir/.lock` for this process (released when it exits, however it
+/// exits), with its pid written in for the next process's error.
+fn lock_folder(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(Error::Config(format!(
+                "{} is in use by another training process (pid {}); wait for it to end, or pass another --out",
+                dir.display(),
+                pid.trim()
+            )));
+        }
+        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    let pid = std::process::id().to_string();
+    f.set_len(0)
+        .and_then(|()| f.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(f)
 }
 
 impl RunDir {
@@ -56,6 +92,9 @@ impl RunDir {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Before anything in the folder is touched: the temporary files
+        // removed next could be another run's.
+        let lock = lock_folder(dir)?;
         checkpoint::remove_stale_temps(dir)?;
         if !resumed {
             if let Some((_, p)) = checkpoint::list(dir)?.last() {
@@ -72,6 +111,7 @@ impl RunDir {
             MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
         let events = EventWriter::create(dir, state.progress.elapsed_s, resume_step)?;
         Ok(Some(RunDir {
+            _lock: lock,
             dir: dir.clone(),
             keep: opts.keep,
             last: opts.resume.as_ref().map(|c| c.path.clone()),
