@@ -15,6 +15,7 @@
 //! `best.safetensors` to the one with the lowest validation error.
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
@@ -130,6 +131,23 @@ pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
 pub fn is_checkpoint(meta: &BTreeMap<String, String>) -> bool {
     meta.get("format").map(String::as_str) == Some(FORMAT)
+}
+
+/// Whether `path` is a checkpoint of ours, from its header alone (false
+/// for anything else, readable or not).
+pub fn is_checkpoint_file(path: &Path) -> bool {
+    let header = || -> Option<serde_json::Value> {
+        let mut f = fs::File::open(path).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let n = usize::try_from(u64::from_le_bytes(len))
+            .ok()?
+            .min(100 << 20);
+        let mut json = vec![0u8; n];
+        f.read_exact(&mut json).ok()?;
+        serde_json::from_slice(&json).ok()
+    };
+    header().is_some_and(|h| h["__metadata__"]["format"] == FORMAT)
 }
 
 /// [`load`] for a file already read (`export::read_safetensors_meta`), so a

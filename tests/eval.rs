@@ -472,4 +472,17 @@ fn predict_and_export_cli() {
     ]);
     assert!(ok, "{err}");
     assert!(std::fs::metadata(&onnx).unwrap().len() > 4 * 1_136_010);
+
+    // An export over a checkpoint (itself, or another of the run's) is
+    // refused and leaves it whole; over a plain export it is not refused.
+    let before = std::fs::read(&ck_path).unwrap();
+    for format in ["safetensors", "onnx"] {
+        let args = ["export", "--checkpoint", &s(&out), "--format", format];
+        let (ok, _, err) = cli(&[&args[..], &["--out", &s(&ck_path)]].concat());
+        assert!(!ok && err.contains("a training checkpoint"), "{err}");
+        let (ok, _, err) = cli(&[&args[..], &["--out", &s(&st)]].concat());
+        assert!(ok, "{err}");
+    }
+    assert!(std::fs::read(&ck_path).unwrap() == before);
+    alexnet_cuda::checkpoint::load(&ck_path).expect("the checkpoint still loads");
 }

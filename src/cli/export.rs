@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::backend::cpu::CpuBackend;
@@ -36,6 +36,12 @@ enum ExportFormat {
 
 /// Write the file and say what went in.
 pub fn run(args: ExportArgs) -> Result<()> {
+    if checkpoint::is_checkpoint_file(&args.out) {
+        bail!(
+            "--out {}: a training checkpoint, which the export would replace (a run resumes from it); write the export elsewhere",
+            args.out.display()
+        );
+    }
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     // The weights in table order, checked against the table's shapes.
