@@ -100,8 +100,14 @@ fn too_few_images_for_the_validation_split() {
     let data = dir.path().to_str().unwrap();
     assert_error(
         &["train", "--cpu", "--config", "cifar", "--data", data],
-        &["--val", "6 images"],
+        &["--val", "6 images", "e.g. --val 1"],
     );
+    // None held out: validation would be NaN and the schedule would drop
+    // the learning rate every epoch.
+    let zero = [
+        "train", "--cpu", "--config", "cifar", "--data", data, "--val", "0",
+    ];
+    assert_error(&zero, &["--val 0 holds out no images", "e.g. --val 1"]);
 }
 
 #[test]

@@ -82,13 +82,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         progress: opts.progress,
     };
     let set = Arc::new(ImageSet::build(&folder, &build)?);
-    if opts.run.val >= set.len() {
-        return Err(Error::Config(format!(
-            "--val {}: the data set has only {} images; hold out fewer",
-            opts.run.val,
-            set.len()
-        )));
-    }
+    check_held_out(opts.run.val, set.len(), "the data set")?;
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
@@ -105,6 +99,24 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         mean_image: None,
         cov,
     })
+}
+
+/// `--val` images held out of `n`: at least one to validate on (the
+/// schedule and `best.safetensors` follow validation error), and fewer than
+/// `n`. The fix names a tenth of the set.
+fn check_held_out(val: usize, n: usize, what: &str) -> Result<()> {
+    let fix = format!("e.g. --val {}", (n / 10).max(1));
+    if val == 0 {
+        return Err(Error::Config(format!(
+            "--val 0 holds out no images, and the run validates on them (the learning-rate schedule and best.safetensors follow validation error); hold out some, {fix}"
+        )));
+    }
+    if val >= n {
+        return Err(Error::Config(format!(
+            "--val {val}: {what} has only {n} images; hold out fewer, {fix}"
+        )));
+    }
+    Ok(())
 }
 
 /// A store's training images, validated on `val_dir`'s store or, without
@@ -133,14 +145,7 @@ fn load_store(
             ((0..train.len()).collect(), vs, (0..n).collect())
         }
         None => {
-            if opts.run.val >= train.len() {
-                return Err(Error::Config(format!(
-                    "--val {}: {} has only {} images; hold out fewer",
-                    opts.run.val,
-                    train_dir.display(),
-                    train.len()
-                )));
-            }
+            check_held_out(opts.run.val, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
             (t, Arc::clone(&train), v)
