@@ -421,6 +421,34 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     );
 }
 
+/// A run started with a relative --data resumes from any working folder:
+/// the checkpoint keeps the data folder's absolute path.
+#[test]
+fn a_relative_data_path_resumes_from_another_folder() {
+    let t = tempfile::tempdir().unwrap();
+    data(t.path());
+    let in_dir = |args: &[String], cwd: &Path| {
+        let o = Command::new(BIN)
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run alexnet-cuda");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let out = t.path().join("run");
+    in_dir(&train_args(Path::new("data"), &out, 1), t.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut resume = resume_args(&out);
+    resume.extend(["--epochs".into(), "2".into()]);
+    in_dir(&resume, elsewhere.path());
+    assert_eq!(checkpoint::list(&out).unwrap().last().unwrap().0, 40);
+}
+
 /// The paper's schedule on a hand-made error sequence, patience 2, at most
 /// two drops: lr 1 -> 0.1 after two epochs without improvement, then the
 /// count restarts; improvements reset it; no third drop.

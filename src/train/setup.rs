@@ -164,6 +164,15 @@ pub fn build_net<'a, B: Backend>(
     Ok(net)
 }
 
+/// The data folder as the checkpoint keeps it: absolute, so that a
+/// `--resume` from another working folder finds it (symbolic links kept).
+fn data_path(opts: &TrainOptions) -> String {
+    std::path::absolute(&opts.data)
+        .unwrap_or_else(|_| opts.data.clone())
+        .display()
+        .to_string()
+}
+
 /// The run's state, and whether it is resumed: the checkpoint's (its
 /// weights and momentum restored into `net`, its epochs as asked now) or
 /// a fresh run's at epoch 1.
@@ -178,7 +187,7 @@ pub fn start_state(
         ck.restore(net, true)?;
         let mut st = ck.state.clone();
         st.options.epochs = opts.run.epochs;
-        st.data = opts.data.display().to_string();
+        st.data = data_path(opts);
         display::resuming(ck, &st.progress);
         return Ok((st, true));
     }
@@ -189,7 +198,7 @@ pub fn start_state(
         net: spec.clone(),
         classes: data.classes.clone(),
         names: data.names.clone(),
-        data: opts.data.display().to_string(),
+        data: data_path(opts),
         train_images: data.train_idx.len(),
         val_images: data.val_idx.len(),
         options: opts.run.clone(),
