@@ -565,7 +565,8 @@ fn jsonl_metrics_and_init_from() {
     );
 }
 
-/// SIGTERM (a scheduler's pre-emption) stops like SIGINT, with status 143.
+/// SIGTERM (a scheduler's pre-emption) stops like SIGINT, with status 143,
+/// and the log says at once what happens.
 #[test]
 fn sigterm_stops_with_a_checkpoint() {
     let t = tempfile::tempdir().unwrap();
@@ -579,6 +580,13 @@ fn sigterm_stops_with_a_checkpoint() {
         .success());
     let o = c.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(143));
+    // The log says at once what the signal does (the step or a validation
+    // in progress can take a minute on a CPU).
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stopping: the step or validation in progress finishes"),
+        "{err}"
+    );
     let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
     assert!(step >= 5);
     assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);

@@ -380,7 +380,27 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
         flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
             .context("could not install signal handlers")?;
     }
+    say_when_stopping([SIGINT, SIGTERM])?;
     Ok((stop, status))
+}
+
+/// Log at the first signal what happens next: the step or the epoch's
+/// validation in progress may take a minute on a CPU, and a silent wait
+/// invites the second Ctrl-C that quits without a checkpoint.
+fn say_when_stopping(signals: [i32; 2]) -> Result<()> {
+    let mut incoming = signal_hook::iterator::Signals::new(signals)
+        .context("could not install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if incoming.forever().next().is_some() {
+                tracing::warn!(
+                    "stopping: the step or validation in progress finishes, then a checkpoint is written; Ctrl-C again quits at once without one"
+                );
+            }
+        })
+        .context("could not start the signal thread")?;
+    Ok(())
 }
 
 /// A run stopped at a signal: where its checkpoint is and how to go on.
