@@ -21,7 +21,8 @@ pub enum MetricsFormat {
 }
 
 impl MetricsFormat {
-    fn ext(self) -> &'static str {
+    /// The files' extension: `csv` or `jsonl`.
+    pub fn ext(self) -> &'static str {
         match self {
             MetricsFormat::Csv => "csv",
             MetricsFormat::Jsonl => "jsonl",

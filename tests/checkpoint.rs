@@ -511,6 +511,22 @@ fn jsonl_metrics_and_init_from() {
     assert_eq!(e["epoch"].as_u64(), Some(1));
     assert!(e["val_top1"].as_f64().is_some());
 
+    // A resume keeps the run's format without the flag, and refuses another.
+    let mut csv = resume_args(&a);
+    csv.extend(["--epochs", "2", "--metrics-format", "csv"].map(String::from));
+    let o = run(&csv);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("keeps its metrics as jsonl"),
+        "{err}"
+    );
+    let mut more = resume_args(&a);
+    more.extend(["--epochs".into(), "2".into()]);
+    run_ok(&more);
+    let lines = std::fs::read_to_string(a.join("steps.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 40);
+    assert!(!a.join("steps.csv").exists() && !a.join("epochs.csv").exists());
+
     let from = a.join("best.safetensors");
     let b = t.path().join("b");
     let mut args = train_args(&d, &b, 1);

@@ -90,9 +90,9 @@ pub struct TrainArgs {
     /// Checkpoints to keep (the newest; best.safetensors is kept besides).
     #[arg(long, default_value_t = 3, value_parser = positive)]
     keep: u64,
-    /// Metrics files: csv or jsonl.
-    #[arg(long, value_enum, default_value_t = MetricsFlag::Csv)]
-    metrics_format: MetricsFlag,
+    /// Metrics files: csv or jsonl [default: csv; a resumed run keeps its own].
+    #[arg(long, value_enum)]
+    metrics_format: Option<MetricsFlag>,
     /// The paper's schedule: at most this many drops of the learning rate.
     #[arg(long, default_value_t = 3)]
     max_drops: usize,
@@ -256,13 +256,33 @@ fn options(
     opts.progress = args.host.progress();
     (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(args)?;
     opts.keep = args.keep as usize;
-    opts.metrics_format = args.metrics_format.into();
     if let Some(r) = args.recipe {
         opts.run.init = recipe(r, topo)?;
     }
     opts.init_from = args.init_from.clone();
-    opts.out = Some(run_folder(args, topo, resume));
+    let out = run_folder(args, topo, resume);
+    opts.metrics_format = metrics_format(args, &out, resume.is_some())?;
+    opts.out = Some(out);
     Ok(opts)
+}
+
+/// --metrics-format (default csv); a resume keeps the run's own, which the
+/// flag may not change (its rows would be split over two files).
+fn metrics_format(args: &TrainArgs, out: &Path, resumed: bool) -> Result<MetricsFormat> {
+    let asked = args.metrics_format.map(MetricsFormat::from);
+    let kept = [MetricsFormat::Csv, MetricsFormat::Jsonl]
+        .into_iter()
+        .find(|f| out.join(format!("steps.{}", f.ext())).is_file());
+    match (resumed, asked, kept) {
+        (true, Some(a), Some(k)) if a != k => bail!(
+            "--metrics-format {}: {} keeps its metrics as {}; resume without the flag",
+            a.ext(),
+            out.display(),
+            k.ext()
+        ),
+        (true, None, Some(k)) => Ok(k),
+        _ => Ok(asked.unwrap_or(MetricsFormat::Csv)),
+    }
 }
 
 /// Checkpoints every N steps and every M minutes: by default every 15
