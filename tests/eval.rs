@@ -193,16 +193,14 @@ fn eval_cli_repeats_the_runs_own_validation() {
         .pop()
         .unwrap()
         .1;
-    let (ok, centre, err) = cli(&[
-        "eval",
-        "--checkpoint",
-        &s(&last),
-        "--data",
-        &s(&store),
-        "--json",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    // `eval --json` of a checkpoint (or run folder) on the store, which must succeed.
+    let eval_json = |ck: &Path, extra: &[&str]| {
+        let args = ["eval", "--checkpoint", &s(ck), "--data", &s(&store)];
+        let (ok, json, err) = cli(&[&args[..], &["--json", "--no-progress"], extra].concat());
+        assert!(ok, "{err}");
+        json
+    };
+    let centre = eval_json(&last, &[]);
     let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
     let row: Vec<f64> = epochs
         .lines()
@@ -226,34 +224,13 @@ fn eval_cli_repeats_the_runs_own_validation() {
         (json_field(&centre, "loss") - row[4]).abs() < 1e-4,
         "{centre} vs {epochs}"
     );
-    let (ok, ten, err) = cli(&[
-        "eval",
-        "--checkpoint",
-        &s(&last),
-        "--data",
-        &s(&store),
-        "--json",
-        "--ten-crop",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    let ten = eval_json(&last, &["--ten-crop"]);
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
 
     // A batch past the set's size is the set in one step: the network is
     // sized to the 100 images, not to the flag (which could not be allocated).
-    let (ok, huge, err) = cli(&[
-        "eval",
-        "--checkpoint",
-        &s(&last),
-        "--data",
-        &s(&store),
-        "--json",
-        "--batch",
-        "1000000000000",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    let huge = eval_json(&last, &["--batch", "1000000000000"]);
     assert_eq!(
         json_field(&huge, "top1_error"),
         json_field(&centre, "top1_error")
@@ -262,16 +239,7 @@ fn eval_cli_repeats_the_runs_own_validation() {
 
     // The run folder stands for its best.safetensors: the epoch of
     // epochs.csv with the highest validation top-1 (the first of equals).
-    let (ok, folder, err) = cli(&[
-        "eval",
-        "--checkpoint",
-        &s(&out),
-        "--data",
-        &s(&store),
-        "--json",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    let folder = eval_json(&out, &[]);
     let val_top1 = |l: &str| l.split(',').nth(5).unwrap().parse::<f64>().unwrap();
     let best = epochs.lines().skip(1).map(val_top1).fold(0.0, f64::max);
     assert!(
