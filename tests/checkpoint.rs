@@ -401,9 +401,14 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     // and the running one's files are left alone; once it has stopped, the
     // folder resumes.
     let busy = t.path().join("busy");
-    let first = start_until(&train_args(&d, &busy, 2), &busy, 3);
+    // 30 epochs: long enough to be running while the others try. A resume
+    // needs a checkpoint (step 7) before it reaches the folder's lock.
+    let first = start_until(&train_args(&d, &busy, 30), &busy, 8);
+    while checkpoint::list(&busy).unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let pid = first.id();
-    for second in [train_args(&d, &busy, 2), resume_args(&busy)] {
+    for second in [train_args(&d, &busy, 30), resume_args(&busy)] {
         let o = run(&second);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{err}");
@@ -414,11 +419,15 @@ fn a_run_folder_is_never_shared_by_two_runs() {
         );
     }
     interrupt(first);
-    run_ok(&resume_args(&busy));
-    assert_eq!(
-        checkpoint::list(&busy).unwrap().last().unwrap().0,
-        STEPS as u64 * 2 / 3
-    );
+    // Free again once the process is gone: the resume trains through the
+    // epoch after the one it stopped in.
+    let (_, last) = checkpoint::list(&busy).unwrap().pop().unwrap();
+    let epochs = checkpoint::load(&last).unwrap().state.progress.epoch + 1;
+    let mut resume = resume_args(&busy);
+    resume.extend(["--epochs".into(), epochs.to_string()]);
+    run_ok(&resume);
+    let (step, _) = checkpoint::list(&busy).unwrap().pop().unwrap();
+    assert_eq!(step, 20 * epochs as u64);
 }
 
 /// A run started with a relative --data resumes from any working folder:

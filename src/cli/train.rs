@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -157,7 +158,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts = resume_options(opts, &ck);
         opts.resume = Some(ck);
     }
-    let (stop, signal_status) = stop_on_signals()?;
+    let (stop, signal_status, told) = stop_on_signals()?;
     opts.stop = Some(stop);
     if !world.is_writer() {
         info!(
@@ -170,6 +171,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let report = placement::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.interrupted {
+        // The signal has arrived, so this returns once its line is logged.
+        let _ = told.join();
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
         // The signal's exit status stands even if stdout is gone.
         let _ = print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
@@ -387,7 +390,7 @@ fn default_run_dir(name: &str) -> PathBuf {
 /// SIGINT and SIGTERM set `stop` (training finishes its step, writes a
 /// checkpoint and returns); a second SIGINT ends the process at once.
 /// Returns the flag and the exit status the signal asks for (128 + signo).
-fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()>)> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
     let stop = Arc::new(AtomicBool::new(false));
@@ -400,14 +403,15 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
         flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
             .context("could not install signal handlers")?;
     }
-    say_when_stopping([SIGINT, SIGTERM])?;
-    Ok((stop, status))
+    let told = say_when_stopping([SIGINT, SIGTERM])?;
+    Ok((stop, status, told))
 }
 
 /// Log at the first signal what happens next: the step or the epoch's
 /// validation in progress may take a minute on a CPU, and a silent wait
-/// invites the second Ctrl-C that quits without a checkpoint.
-fn say_when_stopping(signals: [i32; 2]) -> Result<()> {
+/// invites the second Ctrl-C that quits without a checkpoint. The thread
+/// ends once it has logged.
+fn say_when_stopping(signals: [i32; 2]) -> Result<JoinHandle<()>> {
     let mut incoming = signal_hook::iterator::Signals::new(signals)
         .context("could not install signal handlers")?;
     std::thread::Builder::new()
@@ -419,8 +423,7 @@ fn say_when_stopping(signals: [i32; 2]) -> Result<()> {
                 );
             }
         })
-        .context("could not start the signal thread")?;
-    Ok(())
+        .context("could not start the signal thread")
 }
 
 /// A run stopped at a signal: where its checkpoint is and how to go on.
