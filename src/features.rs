@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::eval::{loader_for, open_eval_data};
 use crate::fsutil::write_atomic;
 use crate::model::net::{activation_width, Mode, Network};
+use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
 use crate::plot::{ensure_font, FONT};
 
@@ -80,6 +81,23 @@ pub fn spread(n: usize, limit: Option<usize>) -> Vec<usize> {
 /// preprocessing, centre crop only.
 pub fn feature_loader(ck: &Checkpoint, batch: usize, workers: usize) -> LoaderConfig {
     loader_for(ck, batch.max(1), false, workers)
+}
+
+/// The checkpoint's network and the feature loader for `images` images in
+/// batches of `batch` with `workers` loader threads, checked against the
+/// host's memory first. No batch is larger than the set, so neither is the
+/// network.
+fn sized_network<'a, B: Backend>(
+    be: &'a B,
+    ck: &Checkpoint,
+    topo: &Topology,
+    (batch, workers): (usize, usize),
+    images: usize,
+) -> Result<(Network<'a, B>, LoaderConfig)> {
+    let cfg = feature_loader(ck, batch, workers);
+    crate::memory::check_one(be, topo, &cfg, images)?;
+    let net = ck.network(be, topo, batch.clamp(1, images.max(1)))?;
+    Ok((net, cfg))
 }
 
 /// Forward `indices` of `set` through `net` in evaluation mode (no dropout)
@@ -432,9 +450,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         ),
         None => (default_features_path(job.out), true),
     };
-    let cfg = feature_loader(ck, job.batch, job.workers);
-    crate::memory::check_one(be, &topo, &cfg, indices.len())?;
-    let mut net = ck.network(be, &topo, job.batch.clamp(1, indices.len().max(1)))?;
+    let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     if computed {
         let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
         write_features(
@@ -709,9 +725,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     activation_width(&topo, job.layer)?;
     let fs = open_set(job.data, ck, "val", job.progress)?;
     let indices = spread(fs.set.len(), job.limit);
-    let cfg = feature_loader(ck, job.batch, job.workers);
-    crate::memory::check_one(be, &topo, &cfg, indices.len())?;
-    let mut net = ck.network(be, &topo, job.batch.clamp(1, indices.len().max(1)))?;
+    let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
     let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
         pb.set_position(d as u64)

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use crate::backend::Backend;
 use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
-use crate::model::net::buffer_elements;
+use crate::model::net::{buffer_elements, input_buffers};
 use crate::model::topology::Topology;
 
 /// The memory a run may still take, and the limit that sets it.
@@ -96,7 +96,7 @@ impl HostNeed {
     pub fn network<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<HostNeed> {
         let (fixed, per_row) = match be.in_host_memory() {
             true => {
-                let inputs = if be.host_alloc().is_some() { 2 } else { 1 };
+                let inputs = input_buffers(be);
                 let zero = buffer_elements(topo, 0, inputs)?;
                 let one = buffer_elements(topo, 1, inputs)?;
                 (4 * zero * copies as u64, 4 * (one - zero))

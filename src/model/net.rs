@@ -13,11 +13,21 @@ use crate::model::loss_scale::LossScale;
 use crate::model::step::{StepMetrics, STEP_SLOTS};
 use crate::rng::hash_u64;
 
+/// Input buffers a `Network` keeps on `be`: only a backend with asynchronous
+/// uploads (pinned host memory) gains from a second one; the CPU keeps one.
+pub fn input_buffers<B: Backend>(be: &B) -> usize {
+    if be.host_alloc().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 /// The elements (f32 or u32) of the buffers a `Network` of `topo` holds for
-/// batches of `n`, with `inputs` input buffers (`resize`: two where uploads
-/// are asynchronous, else one): each layer's parameters with their
-/// gradients and momentum, each stage's activations, the input, the
-/// labels, the probabilities, the loss and the step metrics.
+/// batches of `n`, with `inputs` input buffers (`input_buffers`): each
+/// layer's parameters with their gradients and momentum, each stage's
+/// activations, the input, the labels, the probabilities, the loss and the
+/// step metrics.
 pub fn buffer_elements(topo: &Topology, n: usize, inputs: usize) -> Result<u64> {
     let shapes = topo.shapes()?;
     let params: usize = shapes
@@ -167,9 +177,7 @@ impl<'a, B: Backend> Network<'a, B> {
         }
         self.stages = stages;
         let x_len = n * self.topo.channels * self.topo.crop * self.topo.crop;
-        // Only a backend with asynchronous uploads (pinned host memory) gains
-        // from the second buffer; the CPU keeps one.
-        let second = if be.host_alloc().is_some() { x_len } else { 0 };
+        let second = if input_buffers(be) == 2 { x_len } else { 0 };
         self.x = [be.alloc(x_len)?, be.alloc(second)?];
         self.x_cur = 0;
         self.labels = be.alloc_idx(n)?;
