@@ -110,6 +110,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 /// The file a `--checkpoint` value names: a run folder means its
 /// `best.safetensors` (the lowest validation error), anything else itself.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "--checkpoint {}: no such file or folder; pass a run folder from `train` or one of its checkpoints (RUN/best.safetensors, RUN/ckpt-*.safetensors)",
+            path.display()
+        )));
+    }
     if !path.is_dir() {
         return Ok(path.to_path_buf());
     }

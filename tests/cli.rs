@@ -5,6 +5,10 @@ use std::process::Command;
 
 use alexnet_cuda::checkpoint;
 
+/// An image argument that exists (files are checked before anything else)
+/// for cases whose error comes later; no case here reads it.
+const IMAGE: &str = "Cargo.toml";
+
 fn run(args: &[&str]) -> (bool, String) {
     run_env(args, &[])
 }
@@ -184,6 +188,80 @@ fn paths_of_the_wrong_kind_name_their_flag() {
     );
 }
 
+/// Files a command reads are checked before any work: a missing one, or a
+/// folder in its place, is named with its flag.
+#[test]
+fn missing_input_files_name_their_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    tree(&train, 2, 1);
+    let (t, folder) = (
+        train.display().to_string(),
+        dir.path().display().to_string(),
+    );
+    let out = dir.path().join("out").display().to_string();
+    let query = dir.path().join("q.jpg");
+    std::fs::write(&query, "a query").unwrap();
+    let q = query.display().to_string();
+    let ck = ["--checkpoint", "ck.safetensors"];
+    let cases: [(Vec<&str>, &str); 7] = [
+        (
+            vec!["train", "--cpu", "--data", &t, "--init-from"],
+            "--init-from",
+        ),
+        (
+            vec!["prepare", "--train", &t, "--out", &out, "--names"],
+            "--names",
+        ),
+        (
+            vec![
+                "prepare",
+                "--train",
+                &t,
+                "--out",
+                &out,
+                "--val",
+                &t,
+                "--val-labels",
+            ],
+            "--val-labels",
+        ),
+        (
+            [&["predict"], &ck[..], &["--input-npy"]].concat(),
+            "--input-npy",
+        ),
+        ([&["predict"], &ck[..], &["--"]].concat(), "IMAGE"),
+        (
+            [
+                &["neighbors"],
+                &ck[..],
+                &["--data", &t, "--out", &out, "--query"],
+            ]
+            .concat(),
+            "--query",
+        ),
+        (
+            [
+                &["neighbors"],
+                &ck[..],
+                &["--data", &t, "--out", &out, "--query", &q, "--features"],
+            ]
+            .concat(),
+            "--features",
+        ),
+    ];
+    for (args, flag) in cases {
+        assert_error(
+            &[&args[..], &["no/such.file"]].concat(),
+            &[flag, "no/such.file", "no such file"],
+        );
+        assert_error(
+            &[&args[..], &[&folder]].concat(),
+            &[flag, "a folder, not a file"],
+        );
+    }
+}
+
 /// Run-folder commands: a missing checkpoint or run folder is named, and
 /// --resume refuses flags that would change the run it continues.
 #[test]
@@ -196,25 +274,44 @@ fn bad_checkpoint_arguments() {
         &["train", "--cpu", "--resume", "no/such/run", "--lr", "0.1"],
         &["--resume", "--lr"],
     );
-    assert_error(
-        &["eval", "--checkpoint", "missing.safetensors", "--data", "."],
-        &["missing.safetensors"],
-    );
-    assert_error(
-        &["predict", "--checkpoint", "missing.safetensors", "a.jpg"],
-        &["missing.safetensors"],
-    );
-    // The OS's reason (as std words it for the same file) comes once.
-    let why = std::fs::File::open("missing.safetensors")
-        .expect_err("no such file")
-        .to_string();
-    let (_, err) = run(&["predict", "--checkpoint", "missing.safetensors", "a.jpg"]);
-    assert_eq!(err.matches(&why).count(), 1, "{why:?} once in:\n{err}");
+    // Every command that reads a checkpoint names the flag, the path and
+    // what to pass, not only the OS's reason.
+    let want = &[
+        "--checkpoint missing.safetensors",
+        "no such file or folder",
+        "a run folder from `train`",
+    ];
+    for args in [
+        &["eval", "--checkpoint", "missing.safetensors", "--data", "."][..],
+        &["predict", "--checkpoint", "missing.safetensors", IMAGE],
+        &[
+            "export",
+            "--checkpoint",
+            "missing.safetensors",
+            "--format",
+            "onnx",
+            "--out",
+            "x.onnx",
+        ],
+        &[
+            "features",
+            "--checkpoint",
+            "missing.safetensors",
+            "--data",
+            ".",
+            "--layer",
+            "fc7",
+            "--out",
+            "f.npy",
+        ],
+    ] {
+        assert_error(args, want);
+    }
     // A folder that is not a run folder: the error says what it lacks.
     let run_dir = tempfile::tempdir().unwrap();
     let d = run_dir.path().display().to_string();
     assert_error(
-        &["predict", "--checkpoint", &d, "a.jpg"],
+        &["predict", "--checkpoint", &d, IMAGE],
         &[&d, "without best.safetensors"],
     );
     assert_error(
@@ -345,7 +442,7 @@ fn device_flags_that_are_not_built_are_refused() {
             "none.safetensors",
             "--gpus",
             "0,1",
-            "x.jpg",
+            IMAGE,
         ],
         &["--gpus 0,1", "one GPU", "--gpus 0"],
     );
@@ -357,7 +454,7 @@ fn device_flags_that_are_not_built_are_refused() {
             "--cpu",
             "--precision",
             "bf16",
-            "x.jpg",
+            IMAGE,
         ],
         &["--precision bf16", "fp32 only"],
     );

@@ -379,7 +379,12 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
     let missing = d("nope.safetensors");
     assert_error(
         &["filters", "--checkpoint", &missing, "--out", &out],
-        &[&missing, "no such file", "pass a checkpoint from `train`"],
+        &[
+            &missing,
+            "no such file",
+            "from `train`",
+            "`export --format safetensors`",
+        ],
     );
     // Garbage.
     let junk = d("junk.safetensors");

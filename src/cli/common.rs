@@ -1,8 +1,8 @@
 //! What several commands share: the network flags (`NetArgs`), the host's
-//! threads and progress bar (`HostArgs`), the count parser, the name of an
+//! threads and progress bar (`HostArgs`), the count and input-file parsers, the name of an
 //! enumerated flag's value, the compute thread pool, the rows per image of
 //! a crop mode and the demo's temporary data folders.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -80,6 +80,19 @@ pub fn positive(s: &str) -> std::result::Result<u64, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(v) => Ok(v),
         Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// Flag parser for a file the command reads (an image, a .npy, a names
+/// list, weights): refused at once, with the flag named by clap, when it is
+/// missing or a folder, rather than after minutes of loading.
+pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Err("a folder, not a file; pass a file in it".into()),
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no such file".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -10,7 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::positive;
+use super::common::{existing_file, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -21,7 +21,7 @@ pub struct NeighborsArgs {
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// Query images (JPEG, PNG): resized and centre-cropped as predict does.
-    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true)]
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = existing_file)]
     query: Vec<PathBuf>,
     /// Neighbours per query.
     #[arg(long, default_value_t = 6, value_parser = positive)]
@@ -30,7 +30,7 @@ pub struct NeighborsArgs {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out as OUT.fc7.npy).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     features: Option<PathBuf>,
     /// Side of each picture in the grid, pixels.
     #[arg(long, default_value_t = 96, value_parser = positive)]

@@ -17,7 +17,7 @@ use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 
-use super::common::{crop_rows, positive, set_threads, thread_count};
+use super::common::{crop_rows, existing_file, positive, set_threads, thread_count};
 use super::device::DeviceArgs;
 
 #[derive(Args)]
@@ -31,11 +31,12 @@ pub struct PredictArgs {
     #[arg(
         value_name = "IMAGE",
         required_unless_present = "input_npy",
-        conflicts_with = "input_npy"
+        conflicts_with = "input_npy",
+        value_parser = existing_file
     )]
     images: Vec<PathBuf>,
     /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     input_npy: Option<PathBuf>,
     /// Write the raw logits (rows x classes, float32) to this .npy file.
     #[arg(long, value_name = "FILE")]

@@ -25,7 +25,7 @@ use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 
-use super::common::{demo_folder, flag_value, positive, HostArgs, NetArgs};
+use super::common::{demo_folder, existing_file, flag_value, positive, HostArgs, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -80,7 +80,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     recipe: Option<RecipeFlag>,
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     init_from: Option<PathBuf>,
     /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only). Given alone, it replaces the default of every 15 minutes.
     #[arg(long, value_name = "N")]

@@ -138,13 +138,13 @@ impl Conv1 {
 /// `config` names the config of a file that carries none (one written by
 /// PyTorch, say); it must agree with the file's own when both are given.
 pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
-    let path = &checkpoint::resolve(path)?;
+    let path = &checkpoint::resolve(path).map_err(|e| match e {
+        Error::Config(m) => {
+            Error::Config(format!("{m}, or a file from `export --format safetensors`"))
+        }
+        other => other,
+    })?;
     let file = path.display();
-    if !path.exists() {
-        return Err(Error::Config(format!(
-            "--checkpoint {file}: no such file; {CHECKPOINT_HINT}"
-        )));
-    }
     let (tensors, meta) = export::read_safetensors_meta(path).map_err(|e| match e {
         Error::Data(m) => Error::Data(format!("{m}; {CHECKPOINT_HINT}")),
         other => other,
