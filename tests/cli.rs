@@ -651,6 +651,40 @@ fn demo_runs_resume_on_their_data_written_again() {
     );
 }
 
+/// `--resume --data` on other data says what differs: the first class that
+/// is not the run's (renamed, added, missing) or the count of images.
+#[test]
+fn a_resume_on_other_data_says_what_differs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("photos");
+    tree(&data, 3, 4);
+    let (d, run_dir) = (data.display().to_string(), dir.path().join("run"));
+    let r = run_dir.display().to_string();
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--val", "3", "--batch", "3",
+    ];
+    let (ok, err) = run(&[&args[..], &["--epochs", "1", "--data", &d, "--out", &r]].concat());
+    assert!(ok, "{err}");
+    let resume = |needles: &[&str]| {
+        let args = ["train", "--resume", &r, "--epochs", "2", "--data", &d];
+        assert_error(
+            &args,
+            &[&[&d[..], "pass the run's data"][..], needles].concat(),
+        );
+    };
+    let class = |c: &str| data.join(c);
+    std::fs::rename(class("class1"), class("class1b")).unwrap();
+    resume(&["class 2", "\"class1b\"", "was \"class1\""]);
+    std::fs::rename(class("class1b"), class("class1")).unwrap();
+    tree(&data, 4, 4);
+    resume(&["4 classes", "had 3", "first new: \"class3\""]);
+    std::fs::remove_dir_all(class("class3")).unwrap();
+    std::fs::remove_dir_all(class("class2")).unwrap();
+    resume(&["2 classes", "had 3", "first missing: \"class2\""]);
+    tree(&data, 3, 5);
+    resume(&["same classes", "12 training images", "had 9"]);
+}
+
 /// torchrun's variables: a half-set environment names what is missing, and
 /// several processes must share the work data-parallel.
 #[test]
