@@ -10,7 +10,8 @@
 //! layout, the all-reduce, the world of a multi-machine run);
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3);
 //! `features` takes hidden-layer activations and finds nearest neighbours;
-//! `memory` checks that a run fits in the host's memory before it starts.
+//! `memory` checks that a run fits in the host's memory before it starts;
+//! `shell` quotes the paths in the commands it prints for the user to copy.
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
@@ -28,6 +29,7 @@ pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod run_state;
+pub mod shell;
 pub mod step_log;
 pub mod tensorboard;
 mod tensorboard_pb;

@@ -685,6 +685,50 @@ fn a_resume_on_other_data_says_what_differs() {
     resume(&["same classes", "12 training images", "had 9"]);
 }
 
+/// The words a POSIX shell makes of `command`.
+fn shell_words(command: &str) -> Vec<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("printf '%s\\n' {command}")])
+        .output()
+        .expect("run sh");
+    assert!(out.status.success(), "sh could not parse {command:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The commands a run prints for the user to copy survive the shell: a
+/// run folder with a space and a quote comes back as one word.
+#[test]
+fn printed_commands_quote_their_paths() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("my photos");
+    tree(&data, 2, 3);
+    let run_dir = dir.path().join("it's a run");
+    let (d, r) = (data.display().to_string(), run_dir.display().to_string());
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--val", "2", "--batch", "2", "--epochs", "1",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args([&args[..], &["--data", &d, "--out", &r]].concat())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run alexnet-cuda");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, eval) = stdout
+        .split_once("evaluate with: ")
+        .expect("an eval command");
+    let best = run_dir.join("best.safetensors").display().to_string();
+    assert!(shell_words(eval.trim()).contains(&best), "{eval}");
+
+    let (ok, err) = run(&[&args[..], &["--data", &d, "--out", &r]].concat());
+    assert!(!ok, "a second run in {r} should be refused");
+    let (_, resume) = err.split_once("--resume ").expect("a --resume hint");
+    let (folder, _) = resume.split_once(" or pass").expect("the folder");
+    assert_eq!(shell_words(folder), vec![r], "{err}");
+}
+
 /// torchrun's variables: a half-set environment names what is missing, and
 /// several processes must share the work data-parallel.
 #[test]

@@ -23,6 +23,7 @@ use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::RunOptions;
+use alexnet_cuda::shell;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 
 use super::common::{demo_folder, existing_file, flag_value, positive, HostArgs, NetArgs};
@@ -434,7 +435,7 @@ fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) -
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),
         },
-        run_dir.display(),
+        shell::word(run_dir),
     )?;
     Ok(())
 }
@@ -445,7 +446,7 @@ fn eval_data_flag(opts: &TrainOptions) -> String {
     if opts.run.demo {
         "--demo".into()
     } else if is_store(&opts.data.join("val")) {
-        format!("--data {}", opts.data.display())
+        format!("--data {}", shell::word(&opts.data))
     } else {
         "--data DIR".into()
     }
@@ -470,7 +471,7 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
             "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
             run_dir.display(),
             p.display(),
-            run_dir.join("best.safetensors").display(),
+            shell::word(&run_dir.join("best.safetensors")),
         )?;
     }
     Ok(())

@@ -15,6 +15,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::model::topology::{Normalize, Topology};
+use crate::shell;
 
 use super::options::TrainOptions;
 
@@ -68,7 +69,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         "{} is a raw image folder: its {} images are decoded into memory before training; run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE to skip this",
         root.display(),
         folder.len(),
-        root.display()
+        shell::word(root)
     );
     if folder.len() > 60_000 {
         tracing::warn!("{hint}");

@@ -18,6 +18,7 @@ use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::run_state::EpochStats;
+use crate::shell;
 use crate::step_log::StepSink;
 use crate::tensorboard::EventWriter;
 
@@ -102,7 +103,7 @@ impl RunDir {
                     "{} already holds a run ({}); continue it with --resume {} or pass another --out",
                     dir.display(),
                     p.display(),
-                    dir.display()
+                    shell::word(dir)
                 )));
             }
         }
@@ -157,7 +158,7 @@ impl RunDir {
             return Err(Error::Data(format!(
                 "could not write checkpoint {} ({e}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
                 path.display(),
-                self.dir.display()
+                shell::word(&self.dir)
             )));
         }
         let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
