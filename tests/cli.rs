@@ -162,6 +162,67 @@ fn bad_flag_values() {
     );
 }
 
+/// Flags that would be ignored, or would do what the user cannot have
+/// meant, are refused and named rather than run.
+#[test]
+fn contradictory_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = (dir.path().join("train"), dir.path().join("val"));
+    tree(&train, 3, 2);
+    tree(&val, 3, 1);
+    let (t, v) = (train.display().to_string(), val.display().to_string());
+    let store = dir.path().join("store").display().to_string();
+    let prepare = ["prepare", "--train", &t, "--out", &store];
+    assert_error(
+        &[&prepare[..], &["--format", "raw", "--quality", "50"]].concat(),
+        &["--quality 50", "raw", "drop --quality"],
+    );
+    assert_error(
+        &[&prepare[..], &["--limit", "2"]].concat(),
+        &["--limit 2", "3 classes", "--limit 3 or more"],
+    );
+    let (ok, err) = run(&[&prepare[..], &["--val", &v, "--no-progress"]].concat());
+    assert!(ok, "{err}");
+    // The store validates on its val/, so --val N would hold out nothing.
+    let train_store = ["train", "--cpu", "--config", "cifar", "--data", &store];
+    assert_error(
+        &[&train_store[..], &["--val", "2"]].concat(),
+        &["--val 2", "its own validation images", "drop --val"],
+    );
+    for flag in ["--max-drops", "--patience"] {
+        assert_error(
+            &[
+                "train",
+                "--cpu",
+                "--demo",
+                "--lr-milestones",
+                "3",
+                flag,
+                "1",
+            ],
+            &["--lr-milestones", flag],
+        );
+    }
+    assert_error(
+        &["train", "--cpu", "--demo", "--val", "9"],
+        &["--val", "--demo"],
+    );
+    assert_error(
+        &["bench-step", "--cpu", "--batch", "0"],
+        &["--batch", "at least 1"],
+    );
+    let model = ["train", "--cpu", "--demo", "--parallel", "model"];
+    assert_error(
+        &[&model[..], &["--replicas", "7"]].concat(),
+        &[
+            "--replicas 7",
+            "--parallel model",
+            "two devices",
+            "--parallel hybrid",
+        ],
+    );
+}
+
 /// Paths of the wrong kind name the flag they came from: a file as the run
 /// folder, a file as prepare's --train, a missing --val.
 #[test]
@@ -257,7 +318,7 @@ fn missing_input_files_name_their_flag() {
         );
         assert_error(
             &[&args[..], &[&folder]].concat(),
-            &[flag, "a folder, not a file"],
+            &[flag, "a folder, not a"],
         );
     }
 }

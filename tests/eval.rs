@@ -398,7 +398,11 @@ fn predict_and_export_cli() {
     // A folder where image files go says to pass the images in it.
     let folder = s(t.path());
     let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), &folder]);
-    assert!(!ok && err.contains(&format!("{folder}: a folder")), "{err}");
+    assert!(
+        !ok && err.contains(&folder)
+            && err.contains("a folder, not an image; pass the images in it"),
+        "{err}"
+    );
 
     let st = t.path().join("w.safetensors");
     let (ok, _, err) = cli(&[

@@ -44,3 +44,21 @@ fn rows_for_the_papers_net_at_batch_128() {
     let (comm_ms, ..) = data.times(14.0, 50.0);
     assert!((comm_ms - GRAD_BYTES as f64 / 50e9 * 1e3).abs() < 1e-9);
 }
+
+/// A batch smaller than the replicas leaves some without an image: no row.
+#[test]
+fn no_row_for_replicas_without_an_image() {
+    let t = Topology::alexnet();
+    let schemes = |batch, gpus| -> Vec<Scheme> {
+        rows(&t, batch, gpus)
+            .unwrap()
+            .iter()
+            .map(|r| r.scheme)
+            .collect()
+    };
+    // 3 images: 2 GPUs each get one, 8 replicas cannot, 4 pairs cannot.
+    assert!(schemes(3, 2).contains(&Scheme::Data));
+    assert_eq!(schemes(3, 8), []);
+    // 4 images on 8 GPUs: no data-parallel row, but 4 pairs of towers get one each.
+    assert_eq!(schemes(4, 8), [Scheme::Hybrid]);
+}

@@ -96,6 +96,22 @@ pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
     }
 }
 
+/// [`existing_file`] for images: a folder gets the pattern for its images.
+pub fn existing_image(s: &str) -> std::result::Result<PathBuf, String> {
+    if Path::new(s).is_dir() {
+        let dir = s.trim_end_matches('/');
+        return Err(format!(
+            "a folder, not an image; pass the images in it, e.g. {dir}/*.jpg"
+        ));
+    }
+    existing_file(s)
+}
+
+/// [`positive`] for a flag held as a `usize`.
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    positive(s).and_then(|v| usize::try_from(v).map_err(|e| e.to_string()))
+}
+
 /// An enumerated flag's value as written on the command line.
 pub fn flag_value<T: ValueEnum>(v: &T) -> String {
     v.to_possible_value()

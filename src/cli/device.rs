@@ -67,7 +67,7 @@ pub struct ParallelArgs {
     /// model: the paper's two towers on two devices (the default for --gpus with two; 0,0 puts both on GPU 0). data: a replica per device, gradients averaged by all-reduce (NCCL on GPUs). hybrid: the two towers on each pair of devices, data-parallel across the pairs. Across machines, one process per machine with torchrun's variables (docs/scaling.md).
     #[arg(long, value_enum)]
     pub parallel: Option<ParallelFlag>,
-    /// With --cpu: CPU replicas for --parallel data, pairs of towers for hybrid (default 2).
+    /// With --cpu: CPU replicas for --parallel data, pairs of towers for hybrid (default 2); model takes two devices, always.
     #[arg(long, value_parser = positive, requires = "parallel")]
     pub replicas: Option<u64>,
 }
@@ -121,6 +121,11 @@ impl DeviceArgs {
                 Some(gpu) => (false, Some(gpu.to_string())),
             }
         };
+        if let (Some(ParallelFlag::Model), Some(n)) = (par.parallel, par.replicas) {
+            bail!(
+                "--replicas {n} with --parallel model: the paper's two towers take exactly two devices; drop --replicas, or pass --parallel hybrid --replicas {n} for {n} pairs of towers"
+            );
+        }
         if cpu {
             self.check_cpu_flags()?;
         } else if par.replicas.is_some() {

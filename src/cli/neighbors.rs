@@ -10,7 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{existing_file, positive};
+use super::common::{existing_file, existing_image, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -21,7 +21,7 @@ pub struct NeighborsArgs {
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// Query images (JPEG, PNG): resized and centre-cropped as predict does.
-    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = existing_file)]
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = existing_image)]
     query: Vec<PathBuf>,
     /// Neighbours per query.
     #[arg(long, default_value_t = 6, value_parser = positive)]

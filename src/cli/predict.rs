@@ -17,7 +17,9 @@ use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
 
-use super::common::{crop_rows, existing_file, positive, set_threads, thread_count};
+use super::common::{
+    crop_rows, existing_file, existing_image, positive, set_threads, thread_count,
+};
 use super::device::DeviceArgs;
 
 #[derive(Args)]
@@ -32,7 +34,7 @@ pub struct PredictArgs {
         value_name = "IMAGE",
         required_unless_present = "input_npy",
         conflicts_with = "input_npy",
-        value_parser = existing_file
+        value_parser = existing_image
     )]
     images: Vec<PathBuf>,
     /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.

@@ -2,7 +2,7 @@
 //! stores training reads, and print what went in.
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
@@ -36,9 +36,9 @@ pub struct PrepareArgs {
     /// Storage: jpeg (about 40 KB per 256x256 image) or raw (196 KB, no decoding).
     #[arg(long, value_enum, default_value_t = StoreFormat::Jpeg)]
     format: StoreFormat,
-    /// JPEG quality, 1 to 100.
-    #[arg(long, default_value_t = 90)]
-    quality: u8,
+    /// JPEG quality, 1 to 100 [default: 90] (--format jpeg only).
+    #[arg(long)]
+    quality: Option<u8>,
     /// Take only this many training images, balanced over classes.
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
@@ -69,7 +69,7 @@ impl From<StoreFormat> for Encoding {
 /// Write the stores and print a line for each.
 pub fn run(args: PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let opts = options(args);
+    let opts = options(args)?;
     let r = prepare(&opts)?;
     print_store("train", &r.train)?;
     if let Some(v) = &r.val {
@@ -85,7 +85,10 @@ pub fn run(args: PrepareArgs) -> Result<()> {
 }
 
 /// The library's options from the flags.
-fn options(args: PrepareArgs) -> PrepareOptions {
+fn options(args: PrepareArgs) -> Result<PrepareOptions> {
+    if let (StoreFormat::Raw, Some(q)) = (args.format, args.quality) {
+        bail!("--quality {q}: a raw store keeps the pixels as they are, with no JPEG quality; drop --quality or pass --format jpeg");
+    }
     let mut opts = PrepareOptions::new(args.train, args.out);
     opts.val = args.val;
     opts.val_labels = args.val_labels;
@@ -93,10 +96,12 @@ fn options(args: PrepareArgs) -> PrepareOptions {
     opts.names = args.names;
     opts.size = args.size as usize;
     opts.encoding = args.format.into();
-    opts.quality = args.quality;
+    if let Some(q) = args.quality {
+        opts.quality = q;
+    }
     opts.limit = args.limit.map(|v| v as usize);
     opts.progress = !args.no_progress;
-    opts
+    Ok(opts)
 }
 
 /// One store's line: images, classes, skipped files, size.

@@ -53,14 +53,14 @@ pub struct TrainArgs {
     /// Initial learning rate (default: the config's recipe; the paper: 0.01).
     #[arg(long)]
     lr: Option<f32>,
-    /// Images held out for validation.
-    #[arg(long, default_value_t = 5000)]
-    val: usize,
-    /// Use only this many images, balanced over classes.
+    /// Images held out from the training images for validation [default: 5000; a store with its own val/ validates on that].
+    #[arg(long, conflicts_with = "demo")]
+    val: Option<usize>,
+    /// Train on only this many of the training images, drawn at random (--seed picks them).
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
     /// Divide the learning rate by 10 at these epochs (e.g. 10,15) instead of on plateaus.
-    #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
+    #[arg(long, value_delimiter = ',', value_name = "EPOCHS", conflicts_with_all = ["patience", "max_drops"])]
     lr_milestones: Option<Vec<usize>>,
     /// Epochs without validation improvement before the learning rate drops (paper's schedule).
     #[arg(long, default_value_t = 2, value_parser = positive)]
@@ -249,6 +249,7 @@ fn options(
         opts.run.schedule = Schedule::Milestones(vec![7]);
         opts.run.demo = true;
     }
+    check_held_out_flag(args, &opts.data)?;
     run_options(args, &mut opts.run, resume)?;
     if let Some(t) = args.time_limit {
         if !(t > 0.0 && t.is_finite()) {
@@ -324,8 +325,8 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
         }
         run.lr = lr;
     }
-    if !args.demo {
-        run.val = args.val;
+    if let Some(v) = args.val {
+        run.val = v;
     }
     run.limit = args.limit.map(|l| l as usize);
     if let Some(m) = &args.lr_milestones {
@@ -339,6 +340,21 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     }
     run.crop = args.crop.map(|c| c as usize);
     run.seed = args.seed;
+    Ok(())
+}
+
+/// --val holds images out of the training ones; a store that has its own
+/// val/ validates on that instead, so the flag would do nothing.
+fn check_held_out_flag(args: &TrainArgs, data: &Path) -> Result<()> {
+    let val = data.join("val");
+    if let (Some(n), true) = (args.val, is_store(&data.join("train")) && is_store(&val)) {
+        bail!(
+            "--val {n}: {} has its own validation images ({}), which the run validates on; drop --val, or pass --data {} to hold images out of the training ones",
+            data.display(),
+            val.display(),
+            shell::word(&data.join("train"))
+        );
+    }
     Ok(())
 }
 

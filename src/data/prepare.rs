@@ -117,6 +117,14 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         if k == 0 {
             return Err(Error::Config("--limit 0 selects no images".into()));
         }
+        if k < classes.len() {
+            return Err(Error::Config(format!(
+                "--limit {k}: fewer images than the {} classes of {}, so some classes would have none; pass --limit {} or more",
+                classes.len(),
+                opts.train.display(),
+                classes.len()
+            )));
+        }
         items = balanced_subset(&folder, k)
             .into_iter()
             .map(|i| items[i].clone())

@@ -97,7 +97,8 @@ pub fn ring_bytes(g: u64, n: usize) -> u64 {
     2 * (n as u64 - 1) * g / n as u64
 }
 
-/// The rows for `gpus` GPUs at a global batch of `batch` images.
+/// The rows for `gpus` GPUs at a global batch of `batch` images; a
+/// scheme that would leave a replica without an image has no row.
 pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
     let params = t.param_count()? as u64;
     let f32_bytes = std::mem::size_of::<f32>() as u64;
@@ -113,7 +114,7 @@ pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
             compute_share: 0.5,
         });
     }
-    if gpus >= 2 {
+    if gpus >= 2 && batch >= gpus {
         out.push(Row {
             scheme: Scheme::Data,
             gpus,
@@ -122,7 +123,7 @@ pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
             compute_share: 1.0 / gpus as f64,
         });
     }
-    if gpus >= 4 && gpus.is_multiple_of(2) && t.towers == 2 {
+    if gpus >= 4 && gpus.is_multiple_of(2) && t.towers == 2 && batch >= gpus / 2 {
         let pairs = gpus / 2;
         // A tower's parameters: its rows of every layer (about half).
         let tower0: u64 = t

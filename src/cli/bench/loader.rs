@@ -11,18 +11,20 @@ use serde::Serialize;
 use alexnet_cuda::data::{batches, Lighting, LoaderConfig, PackedStore};
 
 use super::proc_status::{kb_to_mb, ProcStatus};
+use crate::cli::common::at_least_one;
 
 #[derive(Args)]
 pub struct BenchLoaderArgs {
     /// A store folder (out/train from `prepare`).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     batch: usize,
-    #[arg(long, default_value_t = 227)]
+    #[arg(long, default_value_t = 227, value_parser = at_least_one)]
     crop: usize,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     batches: usize,
+    /// Loader threads; 0 decodes on this thread.
     #[arg(long, default_value_t = 1)]
     workers: usize,
 }

@@ -16,7 +16,7 @@ use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::Topology;
 
 use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
-use crate::cli::common::{positive, set_threads, thread_count, NetArgs};
+use crate::cli::common::{at_least_one, positive, set_threads, thread_count, NetArgs};
 use crate::cli::device::{DeviceArgs, ParallelArgs};
 use crate::cli::nccl::ensure_nccl;
 
@@ -26,12 +26,12 @@ pub struct BenchStepArgs {
     net: NetArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     batch: usize,
     /// Outputs of the last layer (default: the config's); scripts/bench-train matches a data set's.
     #[arg(long, value_parser = positive)]
     classes: Option<u64>,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     steps: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
