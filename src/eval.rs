@@ -197,6 +197,18 @@ pub fn open_eval_data(
             ck.state.preprocess.crop
         )));
     }
+    if set.size() != size {
+        // The crops then cover another share of each image than in
+        // training: accuracy changes with no error to show why.
+        tracing::warn!(
+            "{}: images are stored at {}x{}, but the run trained on {size}x{size}; its {}x{} crops see another share of each image, which changes the error; prepare them with --size {size} to evaluate as trained",
+            path.display(),
+            set.size(),
+            set.size(),
+            ck.state.preprocess.crop,
+            ck.state.preprocess.crop
+        );
+    }
     let known = &ck.state.classes;
     if set.classes() == known.as_slice() {
         return Ok(set);

@@ -223,6 +223,73 @@ fn contradictory_flags_are_refused() {
     );
 }
 
+/// Images stored at another size than the recipe's (train) or the run's
+/// (eval) are used, with a warning that names both sizes and the fix: the
+/// crops then cover another share of each image.
+#[test]
+fn a_store_of_another_image_size_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    tree(&train, 3, 3);
+    let t = train.display().to_string();
+    let store = |size: &str| {
+        let out = dir
+            .path()
+            .join(format!("store{size}"))
+            .display()
+            .to_string();
+        let args = [
+            "prepare",
+            "--train",
+            &t,
+            "--val",
+            &t,
+            "--size",
+            size,
+            "--no-progress",
+        ];
+        let (ok, err) = run(&[&args[..], &["--out", &out]].concat());
+        assert!(ok, "{err}");
+        out
+    };
+    let (s32, s64) = (store("32"), store("64"));
+    let train_on = |data: &str, out: &str| {
+        let args = [
+            "train", "--cpu", "--config", "cifar", "--epochs", "1", "--batch", "3",
+        ];
+        let out = dir.path().join(out).display().to_string();
+        run_env(
+            &[&args[..], &["--data", data, "--out", &out]].concat(),
+            &[("RUST_LOG", "warn")],
+        )
+    };
+    let warned = |err: &str| err.contains("stored at 64x64");
+    let (ok, err) = train_on(&s32, "run32");
+    assert!(ok && !warned(&err), "{err}");
+    let (ok, err) = train_on(&s64, "run64");
+    assert!(ok && warned(&err), "{err}");
+    assert!(
+        err.contains("expects 32x32") && err.contains("--size 32"),
+        "{err}"
+    );
+
+    let ck = dir.path().join("run32").display().to_string();
+    let eval = |data: &str| {
+        run_env(
+            &["eval", "--cpu", "--checkpoint", &ck, "--data", data],
+            &[("RUST_LOG", "warn")],
+        )
+    };
+    let (ok, err) = eval(&s32);
+    assert!(ok && !warned(&err), "{err}");
+    let (ok, err) = eval(&s64);
+    assert!(ok && warned(&err), "{err}");
+    assert!(
+        err.contains("trained on 32x32") && err.contains("--size 32"),
+        "{err}"
+    );
+}
+
 /// Paths of the wrong kind name the flag they came from: a file as the run
 /// folder, a file as prepare's --train, a missing --val.
 #[test]

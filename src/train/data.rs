@@ -45,15 +45,10 @@ pub struct TrainData {
 pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
     if is_store(root) {
-        load_store(opts, root, None, image_size)
+        load_store(opts, root, None)
     } else if is_store(&root.join("train")) {
         let v = root.join("val");
-        load_store(
-            opts,
-            &root.join("train"),
-            is_store(&v).then_some(v),
-            image_size,
-        )
+        load_store(opts, &root.join("train"), is_store(&v).then_some(v))
     } else {
         load_folder(opts, image_size)
     }
@@ -126,18 +121,9 @@ fn load_store(
     opts: &TrainOptions,
     train_dir: &Path,
     val_dir: Option<PathBuf>,
-    image_size: usize,
 ) -> Result<TrainData> {
     let store = PackedStore::open(train_dir)?;
     let meta = store.meta().clone();
-    if meta.size != image_size {
-        info!(
-            "{}: images stored at {}x{} (the config expects {image_size}); crops are taken from the stored size",
-            train_dir.display(),
-            meta.size,
-            meta.size
-        );
-    }
     let mean_image = Some(Arc::new(store.mean_image().to_vec()));
     let train: Arc<dyn ImageSource> = Arc::new(store);
     let (mut train_idx, val, val_idx) = match val_dir {

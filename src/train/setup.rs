@@ -86,6 +86,17 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
             topo.image_size
         )));
     }
+    let stored = data.train.size();
+    if stored != topo.image_size {
+        tracing::warn!(
+            "{}: images are stored at {stored}x{stored}, but config {} expects {}x{}; each {cut}x{cut} crop covers another share of the image than the recipe's; prepare with --size {} unless that is meant",
+            opts.data.display(),
+            topo.name,
+            topo.image_size,
+            topo.image_size,
+            topo.image_size
+        );
+    }
     if data.train_idx.len() < opts.run.batch {
         return Err(Error::Config(format!(
             "--batch {}: only {} training images; use a smaller batch",
