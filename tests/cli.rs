@@ -95,6 +95,20 @@ fn corrupt_jpeg() {
         ],
         &["broken.jpg"],
     );
+    // Several: one error lists them all, with the fix.
+    let also = dir.path().join("class7").join("empty.jpg");
+    std::fs::write(&also, b"").unwrap();
+    assert_error(
+        &[
+            "train", "--cpu", "--config", "cifar", "--data", data, "--val", "2",
+        ],
+        &[
+            "2 of 22 images",
+            "broken.jpg",
+            "empty.jpg",
+            "alexnet-cuda prepare",
+        ],
+    );
 }
 
 #[test]

@@ -91,15 +91,21 @@ impl ImageSet {
         let bar = crate::progress::bar(n, "decoding", opts.progress);
         let start = Instant::now();
         let items = folder.items();
-        pixels
+        // Every image is tried, so one error lists all the bad files.
+        let mut failed: Vec<(usize, Error)> = pixels
             .par_chunks_mut(per_image)
             .zip(chosen.par_iter())
-            .try_for_each(|(out, &i)| {
-                decode_into(&items[i].0, size, out)?;
+            .filter_map(|(out, &i)| {
+                let r = decode_into(&items[i].0, size, out);
                 bar.inc(1);
-                Ok::<(), Error>(())
-            })?;
+                r.err().map(|e| (i, e))
+            })
+            .collect();
         bar.finish_and_clear();
+        failed.sort_by_key(|(i, _)| *i);
+        if let Some(e) = unreadable(folder, n, failed) {
+            return Err(e);
+        }
         let secs = start.elapsed().as_secs_f64();
         let labels: Vec<u32> = chosen.iter().map(|&i| items[i].1).collect();
         tracing::info!(
@@ -314,4 +320,29 @@ pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
     }
     chosen.sort_unstable();
     chosen
+}
+
+/// The error for images that could not be decoded: the one error when there
+/// is one, else how many and the first few, with the fix for all of them.
+fn unreadable(folder: &ImageFolder, n: usize, failed: Vec<(usize, Error)>) -> Option<Error> {
+    const SHOWN: usize = 5;
+    let k = failed.len();
+    let mut errors = failed.into_iter().map(|(_, e)| e);
+    if k <= 1 {
+        return errors.next();
+    }
+    let first: Vec<String> = errors
+        .take(SHOWN)
+        .map(|e| match e {
+            Error::Image { path, msg } => format!("{} ({msg})", path.display()),
+            Error::Io { path, err } => format!("{} ({err})", path.display()),
+            other => other.to_string(),
+        })
+        .collect();
+    Some(Error::Data(format!(
+        "{}: {k} of {n} images could not be read{}: {}; remove or replace them, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
+        folder.root().display(),
+        if k > SHOWN { format!(" (the first {SHOWN})") } else { String::new() },
+        first.join("; ")
+    )))
 }
