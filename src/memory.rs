@@ -14,11 +14,28 @@ use crate::model::net::{buffer_elements, input_buffers};
 use crate::model::topology::Topology;
 
 /// The memory a run may still take, and the limit that sets it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room {
     pub bytes: u64,
     /// How the error words it: "free", "free under the container's memory limit", ...
-    pub limit: &'static str,
+    pub limit: String,
+}
+
+impl Room {
+    /// This process's share when `processes` of one run share the machine
+    /// (LOCAL_WORLD_SIZE): each plans within its part, not the whole.
+    pub fn shared(self, processes: usize) -> Room {
+        if processes <= 1 {
+            return self;
+        }
+        Room {
+            bytes: self.bytes / processes as u64,
+            limit: format!(
+                "this process's share of what is {} (1 of {processes} processes on this machine, LOCAL_WORLD_SIZE)",
+                self.limit
+            ),
+        }
+    }
 }
 
 /// The smallest of: the system's available memory (free plus reclaimable
@@ -44,7 +61,10 @@ pub fn room() -> Option<Room> {
         address_space_left(&mut sys).map(|b| (b, "left under the address-space limit (ulimit -v)")),
     ];
     let (bytes, limit) = rooms.into_iter().flatten().min_by_key(|r| r.0)?;
-    Some(Room { bytes, limit })
+    Some(Room {
+        bytes,
+        limit: limit.into(),
+    })
 }
 
 /// RLIMIT_AS less this process's virtual size, where a limit is set.

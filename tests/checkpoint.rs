@@ -691,6 +691,7 @@ fn rank_cmd(args: &[String], rank: &str, master: &(TcpListener, String)) -> Comm
     c.args(args).envs([
         ("WORLD_SIZE", "2"),
         ("RANK", rank),
+        ("LOCAL_WORLD_SIZE", "2"),
         ("MASTER_ADDR", "127.0.0.1"),
         ("MASTER_PORT", port),
     ]);
@@ -699,6 +700,24 @@ fn rank_cmd(args: &[String], rank: &str, master: &(TcpListener, String)) -> Comm
         c.stdin(socket).env("ALEXNET_LISTEN_FD", "0");
     }
     c
+}
+
+/// The bytes of the debug line "host memory: about X needed" (X as the
+/// program writes sizes: kB, MB or GB, one decimal).
+fn planned_bytes(log: &str) -> f64 {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("host memory: about ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no memory plan in:\n{log}"));
+    let mut words = line.split_whitespace();
+    let value: f64 = words.next().and_then(|v| v.parse().ok()).expect("a number");
+    let unit = match words.next() {
+        Some("kB") => 1e3,
+        Some("MB") => 1e6,
+        Some("GB") => 1e9,
+        other => panic!("unit {other:?} in {line}"),
+    };
+    value * unit
 }
 
 /// Data parallelism on two CPU replicas and hybrid on two pairs of towers:
@@ -748,11 +767,13 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
         run_ok(&args(&one, "2"));
         let master = master_listener();
         let rank1 = rank_cmd(&args(&other, "1"), "1", &master)
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rank 1");
         let rank0 = rank_cmd(&args(&two, "1"), "0", &master)
+            .env("RUST_LOG", "debug")
             .output()
             .expect("run rank 0");
         let rank1 = rank1.wait_with_output().expect("rank 1 ends");
@@ -769,6 +790,20 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
         assert_eq!(s1, s2);
         let (ta, tb) = (tensors(&p1), tensors(&p2));
         assert_eq!(ta.len(), 32);
+        // Only rank 0 writes checkpoints, so only its memory plan holds
+        // one: the weights and momentum twice (copied out, then encoded).
+        let bytes: usize = tb.iter().map(|(_, d)| d.len()).sum();
+        let planned = |o: &Output| {
+            let log = String::from_utf8_lossy(&o.stderr);
+            // Both processes are on this machine: each plans within half.
+            assert!(log.contains("(1 of 2 processes on this machine"), "{log}");
+            planned_bytes(&log)
+        };
+        let extra = planned(&rank0) - planned(&rank1);
+        assert!(
+            (extra - 2.0 * bytes as f64).abs() < 0.2e6,
+            "{mode}: rank 0 plans {extra} bytes more than rank 1, not a checkpoint's 2 x {bytes}"
+        );
         for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
             assert_eq!(na, nb);
             assert!(

@@ -162,7 +162,7 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
         .with_loader(&cfg, 10_000);
     let room = |bytes| Room {
         bytes,
-        limit: "free",
+        limit: "free".into(),
     };
     for gb in [3u64, 5, 24, 100] {
         let free = gb * 1_000_000_000;
@@ -216,6 +216,39 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
     let b = suggested(&err, "--batch ") as usize;
     assert!(
         b.is_multiple_of(4) && need.bytes(b / 4, 1) <= 5_000_000_000,
+        "{err}"
+    );
+}
+
+/// Processes of one run on one machine (LOCAL_WORLD_SIZE) share its
+/// memory: each plans within its part, and the error says so.
+#[test]
+fn processes_on_one_machine_plan_within_their_share() {
+    let be = CpuBackend::new();
+    let topo = Topology::alexnet();
+    let need = HostNeed::network(&be, &topo, 1)
+        .expect("need")
+        .with_loader(&LoaderConfig::new(128, topo.crop, true), 100);
+    let free = 12_000_000_000;
+    let whole = || Room {
+        bytes: free,
+        limit: "free".into(),
+    };
+    // A step that takes a third of the machine fits alone, not as one of four.
+    let rows = (1..).find(|&r| need.bytes(r, 1) > free / 3).expect("rows");
+    assert!(need.check(rows, 1, whole()).is_ok());
+    assert!(need.check(rows, 1, whole().shared(1)).is_ok());
+    let err = need
+        .check(rows, 1, whole().shared(4))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("this process's share of what is free (1 of 4 processes"),
+        "{err}"
+    );
+    let b = suggested(&err, "--batch ") as usize;
+    assert!(
+        need.bytes(b, 1) <= free / 4 && need.bytes(b + 1, 1) > free / 4,
         "{err}"
     );
 }

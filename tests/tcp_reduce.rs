@@ -21,6 +21,7 @@ fn world(rank: usize, size: usize, port: u16) -> World {
         rank,
         size,
         local_rank: 0,
+        local_size: 1,
         master: Some(("127.0.0.1".into(), port - 1)),
         listen_fd: None,
     }

@@ -386,6 +386,7 @@ mod tests {
             rank: 1,
             size: 2,
             local_rank: 0,
+            local_size: 1,
             master: Some(("h".into(), 29500)),
             listen_fd: None,
         };

@@ -24,6 +24,9 @@ pub struct World {
     pub rank: usize,
     pub size: usize,
     pub local_rank: usize,
+    /// LOCAL_WORLD_SIZE: the run's processes on this machine, which share
+    /// its memory (1 when unset).
+    pub local_size: usize,
     /// MASTER_ADDR and MASTER_PORT: where rank 0 listens (None: one process).
     pub master: Option<(String, u16)>,
     /// ALEXNET_LISTEN_FD: rank 0's listening socket for the CPU all-reduce,
@@ -38,6 +41,7 @@ impl World {
             rank: 0,
             size: 1,
             local_rank: 0,
+            local_size: 1,
             master: None,
             listen_fd: None,
         }
@@ -68,6 +72,12 @@ impl World {
             return Err(Error::Config(
                 "WORLD_SIZE=0: a run has at least one process".into(),
             ));
+        }
+        let local_size = num("LOCAL_WORLD_SIZE")?.unwrap_or(1);
+        if local_size == 0 || local_size > size {
+            return Err(Error::Config(format!(
+                "LOCAL_WORLD_SIZE={local_size} with WORLD_SIZE={size}: the processes on this machine number from 1 to {size}"
+            )));
         }
         if size == 1 {
             return Ok(World {
@@ -127,6 +137,7 @@ impl World {
             rank,
             size,
             local_rank,
+            local_size,
             master: Some((addr.trim().to_string(), port)),
             listen_fd,
         })
@@ -211,12 +222,26 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(handed.listen_fd, Some(3));
+        assert_eq!((w.local_size, handed.local_size), (1, 1));
+        let shared = world(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "3"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+        ]);
+        assert_eq!(shared.unwrap().local_size, 2);
     }
 
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 8] = [
+        let cases: [(Vars, &str); 10] = [
+            (&[("LOCAL_WORLD_SIZE", "0")], "LOCAL_WORLD_SIZE=0"),
+            (
+                &[("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "3")],
+                "LOCAL_WORLD_SIZE=3 with WORLD_SIZE=2",
+            ),
             (&[("WORLD_SIZE", "2")], "RANK"),
             (&[("WORLD_SIZE", "2"), ("RANK", "2")], "RANK=2"),
             (&[("WORLD_SIZE", "2"), ("RANK", "1")], "MASTER_ADDR"),

@@ -10,7 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::memory::HostNeed;
+use crate::memory::{self, HostNeed};
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -171,11 +171,21 @@ pub fn check_memory<B: Backend>(
     data: &TrainData,
 ) -> Result<()> {
     let batches = data.train_idx.len().div_ceil(opts.run.batch.max(1));
-    let mut need = HostNeed::network(layout.first(), topo, layout.copies())?
-        .with_checkpoint(topo)?
-        .with_loader(loader, batches);
+    let mut need = HostNeed::network(layout.first(), topo, layout.copies())?;
+    // Only the process that keeps the run folder writes checkpoints.
+    if opts.out.is_some() {
+        need = need.with_checkpoint(topo)?;
+    }
+    let mut need = need.with_loader(loader, batches);
     need.world = opts.world.size;
-    need.check_now(loader.batch, loader.workers)
+    match memory::room() {
+        Some(room) => need.check(
+            loader.batch,
+            loader.workers,
+            room.shared(opts.world.local_size),
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The network on `layout`'s devices, from `--init-from`'s weights when
