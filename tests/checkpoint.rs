@@ -493,7 +493,8 @@ fn plateau_schedule_by_hand() {
 
 /// JSONL metrics hold one object per step and per epoch; `--init-from`
 /// starts a run from another run's weights (checked with a learning rate
-/// too small to move them), and refuses weights of another shape by name.
+/// too small to move them) or a run folder's best, and refuses weights of
+/// another shape by name.
 #[test]
 fn jsonl_metrics_and_init_from() {
     let t = tempfile::tempdir().unwrap();
@@ -569,7 +570,8 @@ fn jsonl_metrics_and_init_from() {
     }
     assert_eq!(checked, 16);
 
-    // Weights for 5 classes do not fit a 10-class run: the error names the tensor.
+    // Weights for 5 classes do not fit a 10-class run: the error names the
+    // tensor. A run folder stands for its best.safetensors.
     let five = t.path().join("five");
     write_demo_dataset(&five, 5, 60, 32, 6).unwrap();
     let c = t.path().join("c");
@@ -577,10 +579,7 @@ fn jsonl_metrics_and_init_from() {
     args[5] = "50".into(); // --val
     run_ok(&args);
     let mut args = train_args(&d, &t.path().join("d"), 1);
-    args.extend([
-        "--init-from".into(),
-        c.join("best.safetensors").display().to_string(),
-    ]);
+    args.extend(["--init-from".into(), c.display().to_string()]);
     let o = run(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());

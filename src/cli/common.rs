@@ -107,6 +107,20 @@ pub fn existing_image(s: &str) -> std::result::Result<PathBuf, String> {
     existing_file(s)
 }
 
+/// [`existing_file`] for weights: a run folder means its best.safetensors,
+/// as for --checkpoint.
+pub fn existing_weights(s: &str) -> std::result::Result<PathBuf, String> {
+    let path = Path::new(s);
+    if !path.is_dir() {
+        return existing_file(s);
+    }
+    let best = path.join("best.safetensors");
+    match best.is_file() {
+        true => Ok(best),
+        false => Err("a folder without best.safetensors; pass a run folder from `train` or a safetensors file".into()),
+    }
+}
+
 /// [`positive`] for a flag held as a `usize`.
 pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     positive(s).and_then(|v| usize::try_from(v).map_err(|e| e.to_string()))

@@ -26,7 +26,7 @@ use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
 
-use super::common::{demo_folder, existing_file, flag_value, positive, HostArgs, NetArgs};
+use super::common::{demo_folder, existing_weights, flag_value, positive, HostArgs, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -80,8 +80,8 @@ pub struct TrainArgs {
     /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
     #[arg(long, value_enum)]
     recipe: Option<RecipeFlag>,
-    /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint).
-    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint), or a run folder for its best.safetensors.
+    #[arg(long, value_name = "PATH", value_parser = existing_weights)]
     init_from: Option<PathBuf>,
     /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only). Given alone, it replaces the default of every 15 minutes.
     #[arg(long, value_name = "N")]
