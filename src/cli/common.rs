@@ -1,7 +1,8 @@
 //! What several commands share: the network flags (`NetArgs`), the host's
-//! threads and progress bar (`HostArgs`), the count and input-file parsers, the name of an
-//! enumerated flag's value, the compute thread pool, the rows per image of
-//! a crop mode and the demo's temporary data folders.
+//! threads and progress bar (`HostArgs`), the count and input-file
+//! parsers, the name of an enumerated flag's value, the compute thread
+//! pool, the rows per image of a crop mode and the demo's temporary data
+//! folders.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};

@@ -64,7 +64,8 @@ pub fn fit_classes(
 }
 
 /// Refuse a resume on other data or another network, a crop the network
-/// or the images cannot take, and a batch larger than the training set.
+/// or the images cannot take, and a batch larger than the training set;
+/// warn of images stored at another size than the config's.
 pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainData) -> Result<()> {
     check_resume(opts, spec, data)?;
     if let Some(c) = opts.run.crop {
