@@ -319,6 +319,15 @@ fn paths_of_the_wrong_kind_name_their_flag() {
         &[&args[..], &["--out", &f]].concat(),
         &["--out", &f, "a file"],
     );
+    // A folder that cannot be made (under a file): the flag, and the OS's reason.
+    let under = file.join("run").display().to_string();
+    let why = std::fs::create_dir_all(&under)
+        .expect_err("under a file")
+        .to_string();
+    assert_error(
+        &[&args[..], &["--out", &under]].concat(),
+        &["--out", &under, "could not create the run folder", &why],
+    );
     let out = dir.path().join("store").display().to_string();
     assert_error(&["prepare", "--train", &f, "--out", &out], &["--train", &f]);
     let train = dir.path().join("train");

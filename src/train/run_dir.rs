@@ -92,7 +92,12 @@ impl RunDir {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(format!(
+                "--out {}: could not create the run folder ({e}); pass --out a folder you can write to",
+                dir.display()
+            ))
+        })?;
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
         let lock = lock_folder(dir)?;
