@@ -15,6 +15,15 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The nearest of `dir` and the folders above it that exists as something
+/// other than a folder: a file where a folder is to be made.
+pub fn file_in_the_way(dir: &Path) -> Option<&Path> {
+    dir.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists())
+        .filter(|a| !a.is_dir())
+}
+
 /// Refuse, before anything is written, a target that is a folder or whose
 /// folder does not exist (the OS would name the temporary file instead).
 pub fn check_target(path: &Path) -> Result<()> {
@@ -24,8 +33,16 @@ pub fn check_target(path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(Error::Data(format!(
+    let parent = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(file) = parent.and_then(file_in_the_way) {
+        return Err(Error::Data(format!(
+            "{}: {} is a file, not a folder; write elsewhere",
+            path.display(),
+            file.display()
+        )));
+    }
+    match parent {
+        Some(d) if !d.is_dir() => Err(Error::Data(format!(
             "{}: the folder {} does not exist; create it (mkdir -p {}) or write elsewhere",
             path.display(),
             d.display(),

@@ -332,7 +332,14 @@ fn paths_of_the_wrong_kind_name_their_flag() {
     assert_error(&["prepare", "--train", &f, "--out", &out], &["--train", &f]);
     let train = dir.path().join("train");
     tree(&train, 2, 1);
-    let (t, missing) = (train.display().to_string(), "no/such/val");
+    let t = train.display().to_string();
+    for store in [f.clone(), format!("{f}/store")] {
+        assert_error(
+            &["prepare", "--train", &t, "--out", &store],
+            &["--out", &store, &format!("{f} is a file, not a folder")],
+        );
+    }
+    let missing = "no/such/val";
     assert_error(
         &["prepare", "--train", &t, "--val", missing, "--out", &out],
         &["--val", missing],

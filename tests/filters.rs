@@ -426,6 +426,12 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
         &["filters", "--checkpoint", &good, "--out", &bad_out],
         &[&nowhere, "does not exist", "mkdir -p"],
     );
+    // A file where a folder on the way should be.
+    let file_out = format!("{good}/x/conv1.png");
+    assert_error(
+        &["filters", "--checkpoint", &good, "--out", &file_out],
+        &[&good, "is a file, not a folder"],
+    );
     // A file that names no config, and --config that disagrees with the file's.
     let bare = d("bare.safetensors");
     let t = Tensor {

@@ -293,15 +293,7 @@ pub fn render(conv1: &Conv1) -> (Layout, Vec<u8>) {
 
 /// `--out`'s folder must exist (checked before any work is done).
 pub fn check_out(path: &Path) -> Result<()> {
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(Error::Config(format!(
-            "--out {}: the folder {} does not exist; create it (mkdir -p {}) or write elsewhere",
-            path.display(),
-            dir.display(),
-            dir.display()
-        ))),
-        _ => Ok(()),
-    }
+    crate::fsutil::check_target(path).map_err(|e| Error::Config(format!("--out {e}")))
 }
 
 /// Draw `conv1` and write it to `path` as PNG (atomically).
