@@ -475,6 +475,30 @@ fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
         );
         fs::write(&p, orig)?;
     }
+    // A file missing (deleted, or left out of a copy): named, with the fix.
+    for (stem, ext) in [("data", "bin"), ("index", "bin"), ("mean", "bin")] {
+        let p = file(stem, ext);
+        let aside = t.path().join("aside");
+        fs::rename(&p, &aside)?;
+        let msg = PackedStore::open(&dir)
+            .err()
+            .ok_or("missing file missed")?
+            .to_string();
+        assert!(
+            msg.contains(&format!("{}: missing", p.display())) && msg.contains("incomplete"),
+            "{msg}"
+        );
+        fs::rename(&aside, &p)?;
+    }
+    // No meta.json: not a store at all.
+    let msg = PackedStore::open(&train)
+        .err()
+        .ok_or("a folder that is not a store")?
+        .to_string();
+    assert!(
+        msg.contains("not a store") && msg.contains("prepare"),
+        "{msg}"
+    );
     // A garbled meta.json.
     fs::write(dir.join("meta.json"), "{\"format\": ")?;
     let msg = PackedStore::open(&dir)

@@ -277,10 +277,29 @@ impl StoreWriter {
     }
 }
 
+/// A store file that cannot be read: a missing one means the store is
+/// incomplete (a file deleted, or left out of a copy), which `prepare` mends.
+fn read_error(dir: &Path, path: &Path, e: std::io::Error) -> Error {
+    if e.kind() != std::io::ErrorKind::NotFound {
+        return Error::io(path, e);
+    }
+    Error::Data(format!(
+        "{}: missing; the store at {} is incomplete (a file deleted, or left out of a copy): copy the whole folder again, or rerun `alexnet-cuda prepare`",
+        path.display(),
+        dir.display()
+    ))
+}
+
 /// Read and check `dir/meta.json`.
 pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
     let path = dir.join(META_FILE);
-    let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let text = fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Data(format!(
+            "{}: not a store (it has no {META_FILE}); pass a folder written by `alexnet-cuda prepare`",
+            dir.display()
+        )),
+        _ => Error::io(&path, e),
+    })?;
     let meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| {
         Error::Data(format!(
             "{}: not a valid store description ({e}); rerun `alexnet-cuda prepare`",
@@ -328,7 +347,7 @@ impl PackedStore {
         };
         let read_checked = |stem: &str, ext: &str, crc: u32| -> Result<Vec<u8>> {
             let p = gen_file(dir, stem, &meta.generation, ext);
-            let bytes = fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = fs::read(&p).map_err(|e| read_error(dir, &p, e))?;
             let got = crc32fast::hash(&bytes);
             if got != crc {
                 return Err(damaged(
@@ -372,7 +391,7 @@ impl PackedStore {
             ));
         }
         let data_path = gen_file(dir, "data", &meta.generation, "bin");
-        let file = File::open(&data_path).map_err(|e| Error::io(&data_path, e))?;
+        let file = File::open(&data_path).map_err(|e| read_error(dir, &data_path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&data_path, e))?.len();
         if len != meta.data_bytes {
             return Err(damaged(
@@ -446,7 +465,7 @@ impl PackedStore {
     /// `sources-<gen>.txt`); an error when the file is missing or short.
     pub fn sources(&self) -> Result<Vec<String>> {
         let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
-        let text = fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = fs::read_to_string(&p).map_err(|e| read_error(&self.dir, &p, e))?;
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
         if lines.len() < self.entries.len() {
             return Err(Error::Data(format!(
