@@ -103,7 +103,12 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
 /// tensor's CRC. Errors say the file is damaged; [`load_latest`] names the
 /// previous good one.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let (tensors, meta) = export::read_safetensors_meta(path)?;
+    let (tensors, meta) = export::read_safetensors_meta(path).map_err(|e| match e {
+        Error::Data(m) => Error::Data(format!(
+            "{m}; pass a checkpoint written by `train` (RUN/best.safetensors, RUN/ckpt-*.safetensors)"
+        )),
+        other => other,
+    })?;
     from_parts(path, tensors, meta)
 }
 

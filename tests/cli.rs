@@ -469,6 +469,24 @@ fn bad_checkpoint_arguments() {
     ] {
         assert_error(args, want);
     }
+    // A file that is not a checkpoint: what it is not, and what to pass.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("notes.safetensors");
+    std::fs::write(&junk, "hello").unwrap();
+    let j = junk.display().to_string();
+    for args in [
+        &["eval", "--checkpoint", &j, "--data", "."][..],
+        &["train", "--cpu", "--resume", &j],
+    ] {
+        assert_error(
+            args,
+            &[
+                &j,
+                "not a safetensors file",
+                "a checkpoint written by `train`",
+            ],
+        );
+    }
     // A folder that is not a run folder: the error says what it lacks.
     let run_dir = tempfile::tempdir().unwrap();
     let d = run_dir.path().display().to_string();
