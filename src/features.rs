@@ -445,7 +445,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     }
     let (features, computed) = match job.features {
         Some(f) => (
-            check_features(job, f, indices.len(), width, &topo.name)?,
+            check_features(job, f, &fs, &indices, (width, &topo.name))?,
             false,
         ),
         None => (default_features_path(job.out), true),
@@ -494,15 +494,16 @@ fn check_job(job: &NeighborsJob, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// A given features file, checked against the set (`n` rows) and the
-/// network (`width` values a row, of config `config`).
+/// A given features file, checked against the set (its rows `indices`)
+/// and the network (`width` values a row, of config `config`).
 fn check_features(
     job: &NeighborsJob,
     f: &Path,
-    n: usize,
-    width: usize,
-    config: &str,
+    fs: &FeatureSet,
+    indices: &[usize],
+    (width, config): (usize, &str),
 ) -> Result<PathBuf> {
+    let n = indices.len();
     let rows = NpyRows::open(f)?;
     if rows.rows != n {
         return Err(Error::Data(format!(
@@ -520,7 +521,54 @@ fn check_features(
             rows.cols,
         )));
     }
+    check_rows_csv(f, fs, indices)?;
     Ok(f.to_path_buf())
+}
+
+/// The rows of features file `f` as its `.rows.csv` lists them (image
+/// index and label), against the set's: a file of the same row count
+/// computed on other data, or with another --limit, is refused at the
+/// first row that differs. Without the CSV there is nothing to check.
+fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
+    let csv = rows_csv_path(f);
+    let Ok(text) = std::fs::read_to_string(&csv) else {
+        tracing::warn!(
+            "{}: no readable {} beside it, so which images its rows are is not checked",
+            f.display(),
+            csv.display()
+        );
+        return Ok(());
+    };
+    let listed: Vec<Option<(usize, usize)>> = text
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut cols = line.split(',').skip(1).map(|c| c.parse().ok());
+            cols.next().flatten().zip(cols.next().flatten())
+        })
+        .collect();
+    let want = indices.iter().map(|&i| Some((i, fs.set.label(i) as usize)));
+    let differs = listed.iter().copied().zip(want).position(|(a, b)| a != b);
+    let what = |(i, l): (usize, usize)| format!("image {i} of class {l}");
+    let problem = match differs {
+        Some(r) => format!(
+            "row {r} is {}, and in this set it is {}",
+            listed[r].map_or("unreadable".into(), what),
+            what((indices[r], fs.set.label(indices[r]) as usize))
+        ),
+        None if listed.len() != indices.len() => {
+            format!(
+                "it lists {} rows, for {} images",
+                listed.len(),
+                indices.len()
+            )
+        }
+        None => return Ok(()),
+    };
+    Err(Error::Data(format!(
+        "{}: {problem}: the features come from other data or another --limit; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data",
+        csv.display()
+    )))
 }
 
 /// The queries' features (`qpix`: their decoded pixels, `size` square),

@@ -506,4 +506,30 @@ fn bad_input_gets_a_clear_error() {
     no_panic(&err);
     assert!(err.contains("10 rows, but the set has 500 images"), "{err}");
     assert!(!st.root.join("bad.png").exists());
+    // As many rows as the set, but its .rows.csv lists other images (here
+    // the set backwards): refused at the first row that differs.
+    let other = st.root.join("other.npy");
+    write_npy_f32(&other, &[500, 512], &vec![0.0; 500 * 512]).unwrap();
+    let mut csv = String::from("row,index,label,class,name,source\n");
+    for r in 0..500 {
+        csv += &format!("{r},{},0,c,c,\n", 499 - r);
+    }
+    std::fs::write(st.root.join("other.rows.csv"), csv).unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&other)]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains(
+            "other.rows.csv: row 0 is image 499 of class 0, and in this set it is image 0"
+        ) && err.contains("other data"),
+        "{err}"
+    );
+    // Without the CSV the rows cannot be checked: the search runs, with a warning.
+    std::fs::remove_file(st.root.join("other.rows.csv")).unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&other)]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("which images its rows are is not checked"),
+        "{err}"
+    );
 }
