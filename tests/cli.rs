@@ -326,7 +326,11 @@ fn paths_of_the_wrong_kind_name_their_flag() {
         .to_string();
     assert_error(
         &[&args[..], &["--out", &under]].concat(),
-        &["--out", &under, "could not create the run folder", &why],
+        &[
+            &format!("run folder {under}: could not create it"),
+            &why,
+            "pass --out",
+        ],
     );
     let out = dir.path().join("store").display().to_string();
     assert_error(&["prepare", "--train", &f, "--out", &out], &["--train", &f]);

@@ -94,7 +94,7 @@ impl RunDir {
         }
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Config(format!(
-                "--out {}: could not create the run folder ({e}); pass --out a folder you can write to",
+                "run folder {}: could not create it ({e}); pass --out a folder you can write to",
                 dir.display()
             ))
         })?;
