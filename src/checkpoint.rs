@@ -99,13 +99,16 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// The checkpoint files of a run folder, as errors name them.
+const CHECKPOINT_FILES: &str = "(RUN/best.safetensors, RUN/ckpt-*.safetensors)";
+
 /// Load and verify a checkpoint: the format, the state's CRC and every
 /// tensor's CRC. Errors say the file is damaged; [`load_latest`] names the
 /// previous good one.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let (tensors, meta) = export::read_safetensors_meta(path).map_err(|e| match e {
         Error::Data(m) => Error::Data(format!(
-            "{m}; pass a checkpoint written by `train` (RUN/best.safetensors, RUN/ckpt-*.safetensors)"
+            "{m}; pass a checkpoint written by `train` {CHECKPOINT_FILES}"
         )),
         other => other,
     })?;
@@ -117,7 +120,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         return Err(Error::Config(format!(
-            "--checkpoint {}: no such file or folder; pass a run folder from `train` or one of its checkpoints (RUN/best.safetensors, RUN/ckpt-*.safetensors)",
+            "--checkpoint {}: no such file or folder; pass a run folder from `train` or one of its checkpoints {CHECKPOINT_FILES}",
             path.display()
         )));
     }

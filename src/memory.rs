@@ -172,8 +172,14 @@ impl HostNeed {
     /// `check` against the `room` there is now; nothing where the system
     /// does not say.
     pub fn check_now(&self, rows: usize, workers: usize) -> Result<()> {
+        self.check_now_shared(rows, workers, 1)
+    }
+
+    /// [`check_now`](Self::check_now) within this process's share of the
+    /// room when `processes` of one run share the machine ([`Room::shared`]).
+    pub fn check_now_shared(&self, rows: usize, workers: usize, processes: usize) -> Result<()> {
         match room() {
-            Some(room) => self.check(rows, workers, room),
+            Some(room) => self.check(rows, workers, room.shared(processes)),
             None => Ok(()),
         }
     }

@@ -10,7 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::memory::{self, HostNeed};
+use crate::memory::HostNeed;
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -179,14 +179,7 @@ pub fn check_memory<B: Backend>(
     }
     let mut need = need.with_loader(loader, batches);
     need.world = opts.world.size;
-    match memory::room() {
-        Some(room) => need.check(
-            loader.batch,
-            loader.workers,
-            room.shared(opts.world.local_size),
-        ),
-        None => Ok(()),
-    }
+    need.check_now_shared(loader.batch, loader.workers, opts.world.local_size)
 }
 
 /// The network on `layout`'s devices, from `--init-from`'s weights when
