@@ -114,6 +114,78 @@ fn scan_sorts_classes_and_files_and_labels_them() -> TestResult {
     for ((g, gl), (w, wl)) in got.iter().zip(want) {
         assert_eq!((g.as_str(), *gl), (w, wl));
     }
+    // Not read, and said so: the image outside any class, the text file.
+    let ignored: Vec<PathBuf> = f
+        .ignored()
+        .iter()
+        .map(|p| p.strip_prefix(t.path()).map(Path::to_path_buf))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        ignored,
+        [
+            PathBuf::from("README.jpg"),
+            PathBuf::from("n02_dog/notes.txt")
+        ]
+    );
+    Ok(())
+}
+
+/// torchvision's `ImageFolder` (datasets/folder.py) reads these extensions,
+/// at any depth under a class folder; a tree must read the same here.
+const TORCHVISION_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
+
+#[test]
+#[cfg(unix)]
+fn scan_reads_what_torchvision_reads() -> TestResult {
+    let t = TempDir::new()?;
+    let cats = t.path().join("cats");
+    fs::create_dir_all(cats.join("sub/deeper"))?;
+    let mut want = Vec::new();
+    for (i, ext) in TORCHVISION_EXTENSIONS.iter().enumerate() {
+        // Alternate the case: ImageNet's are `.JPEG`.
+        let ext = if i % 2 == 0 {
+            ext.to_uppercase()
+        } else {
+            ext.to_string()
+        };
+        let name = format!("{i}.{ext}");
+        fs::write(cats.join(&name), "x")?;
+        want.push(PathBuf::from("cats").join(name));
+    }
+    fs::write(cats.join("sub/deeper/nested.jpg"), "x")?;
+    want.push(PathBuf::from("cats/sub/deeper/nested.jpg"));
+    fs::write(cats.join("anim.gif"), "x")?;
+    fs::write(cats.join(".hidden.jpg"), "x")?;
+    make_tree(t.path(), &[("dogs", &["z.jpg"])])?;
+    want.push(PathBuf::from("dogs/z.jpg"));
+    // Links back up the tree are not followed: they would loop, or read
+    // the cats as dogs. A link to a folder elsewhere is.
+    use std::os::unix::fs::symlink;
+    symlink("..", t.path().join("dogs/up"))?;
+    symlink(".", t.path().join("dogs/here"))?;
+    let elsewhere = TempDir::new()?;
+    make_tree(elsewhere.path(), &[("pool", &["p.jpg"])])?;
+    symlink(elsewhere.path().join("pool"), t.path().join("dogs/pool"))?;
+    want.insert(want.len() - 1, PathBuf::from("dogs/pool/p.jpg"));
+    fs::write(t.path().join("loose.png"), "x")?;
+
+    let f = ImageFolder::scan(t.path())?;
+    let rel = |p: &PathBuf| p.strip_prefix(t.path()).map(Path::to_path_buf);
+    let got: Vec<PathBuf> = f
+        .items()
+        .iter()
+        .map(|(p, _)| rel(p))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(got, want);
+    let labels: Vec<u32> = f.items().iter().map(|(_, l)| *l).collect();
+    assert_eq!(labels, [vec![0; 10], vec![1; 2]].concat());
+    let ignored: Vec<PathBuf> = f.ignored().iter().map(rel).collect::<Result<_, _>>()?;
+    assert_eq!(
+        ignored,
+        [PathBuf::from("cats/anim.gif"), PathBuf::from("loose.png")]
+    );
     Ok(())
 }
 
@@ -151,7 +223,7 @@ fn scan_empty_class_folder_is_named() -> TestResult {
     make_tree(t.path(), &[("cats", &["a.jpg"]), ("dogs", &["readme.txt"])])?;
     let msg = data_err_text(ImageFolder::scan(t.path()));
     assert!(msg.contains("dogs"), "{msg}");
-    assert!(msg.contains("no .jpg/.jpeg/.png images"), "{msg}");
+    assert!(msg.contains("no .jpg/.jpeg/.png/"), "{msg}");
     Ok(())
 }
 
@@ -248,6 +320,58 @@ fn png_named_jpeg_decodes() -> TestResult {
     let px = decode_file(&p, 8)?;
     assert_eq!(px.len(), 8 * 8 * 3);
     assert!(px.chunks_exact(3).all(|c| c == [1, 2, 3]));
+    Ok(())
+}
+
+#[test]
+fn every_format_read_decodes_to_the_pixels_written() -> TestResult {
+    let t = TempDir::new()?;
+    let img = RgbImage::from_fn(24, 24, |x, y| {
+        image::Rgb([(x * 10) as u8, (y * 10) as u8, (x ^ y) as u8])
+    });
+    // Lossless encoders (the `image` crate writes WebP lossless only).
+    for (name, format) in [
+        ("a.bmp", ImageFormat::Bmp),
+        ("a.ppm", ImageFormat::Pnm),
+        ("a.tiff", ImageFormat::Tiff),
+        ("a.webp", ImageFormat::WebP),
+    ] {
+        let p = t.path().join(name);
+        img.save_with_format(&p, format)?;
+        assert_eq!(decode_file(&p, 24)?, img.as_raw().as_slice(), "{name}");
+        // Cut short: an error naming the file, not grey pixels.
+        let full = fs::read(&p)?;
+        fs::write(&p, &full[..full.len() / 2])?;
+        expect_image_err(decode_file(&p, 24), &p);
+    }
+    let grey = GrayImage::from_fn(24, 24, |x, y| image::Luma([(x * 7 + y) as u8]));
+    let p = t.path().join("a.pgm");
+    grey.save_with_format(&p, ImageFormat::Pnm)?;
+    let px = decode_file(&p, 24)?;
+    let want: Vec<u8> = grey.as_raw().iter().flat_map(|&v| [v, v, v]).collect();
+    assert_eq!(px, want);
+    Ok(())
+}
+
+#[test]
+fn a_format_not_read_is_named() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("anim.gif");
+    let mut bytes = b"GIF89a".to_vec();
+    bytes.extend([0u8; 64]);
+    fs::write(&p, bytes)?;
+    let msg = decode_file(&p, 8)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("anim.gif") && msg.contains("GIF image"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("WebP") && msg.contains("remove or replace"),
+        "{msg}"
+    );
     Ok(())
 }
 

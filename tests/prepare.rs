@@ -154,6 +154,48 @@ fn bad_files_are_skipped_counted_and_listed_and_odd_formats_decode() -> TestResu
 }
 
 #[test]
+fn files_not_read_are_named_in_one_warning() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    let (a, b) = (train.join("n01_a"), train.join("n02_b"));
+    fs::create_dir_all(a.join("sub"))?;
+    fs::create_dir_all(&b)?;
+    fs::write(a.join("a.jpg"), jpeg_bytes(&picture(20, 20, 1), 95))?;
+    picture(20, 20, 2).save_with_format(a.join("sub/b.webp"), ImageFormat::WebP)?;
+    picture(20, 20, 3).save_with_format(b.join("d.bmp"), ImageFormat::Bmp)?;
+    fs::write(a.join("c.gif"), b"GIF89a")?;
+    fs::write(a.join("notes.txt"), "not an image")?;
+    fs::write(train.join("loose.jpg"), jpeg_bytes(&picture(20, 20, 4), 95))?;
+    let out = t.path().join("store");
+    let run = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["prepare", "--size", "16", "--train"])
+        .arg(&train)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let warning = err.lines().find(|l| l.contains("not read"));
+    let warning = warning.ok_or(format!("no warning:\n{err}"))?;
+    assert!(warning.contains("3 files not read"), "{warning}");
+    for name in [
+        "loose.jpg",
+        "n01_a/c.gif",
+        "n01_a/notes.txt",
+        "class's folder",
+    ] {
+        assert!(warning.contains(name), "{name}: {warning}");
+    }
+    // The nested WebP and the BMP are read, as torchvision reads them.
+    let store = PackedStore::open(&out.join("train"))?;
+    let src: Vec<String> = (0..store.len())
+        .map(|i| store.source(i).unwrap_or_default())
+        .collect();
+    assert_eq!(src, ["n01_a/a.jpg", "n01_a/sub/b.webp", "n02_b/d.bmp"]);
+    Ok(())
+}
+
+#[test]
 fn a_store_inside_the_image_tree_is_refused() -> TestResult {
     let t = TempDir::new()?;
     good_tree(t.path(), 1, 16, 16)?;

@@ -1,5 +1,5 @@
 //! One image file to the network's stored geometry, and back: decode any
-//! JPEG/PNG to RGB8, scale the short side to `size` and take the centre
+//! image (the formats of [`FORMATS`]) to RGB8, scale the short side to `size` and take the centre
 //! `size x size` (the paper, section 2), encode it as JPEG for the packed
 //! store, and the fast decode the loader runs on every training image.
 use std::io::Cursor;
@@ -14,6 +14,10 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 use crate::error::{Error, Result};
+
+/// The formats read, as errors name them: torchvision's (see
+/// `data::folder::IMAGE_EXTENSIONS`), through the `image` crate's decoders.
+pub const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 
 /// Largest width or height accepted; anything bigger is a broken or hostile
 /// file (ImageNet's largest is a few thousand pixels a side), refused from
@@ -82,7 +86,15 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?;
     match reader.format() {
-        None => return Err(bad("unknown format, expected JPEG or PNG".into())),
+        None => return Err(bad(format!("not an image format read here ({FORMATS})"))),
+        Some(f) if !f.reading_enabled() => {
+            let name = f
+                .extensions_str()
+                .first()
+                .unwrap_or(&"unknown")
+                .to_uppercase();
+            return Err(bad(format!("a {name} image; formats read: {FORMATS}")));
+        }
         // zune-jpeg (image's JPEG decoder) fills a truncated scan with grey
         // and reports success, so check for the end marker ourselves.
         Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {

@@ -1,13 +1,19 @@
 //! Finding a labelled image set on disk: `<root>/<class>/<image>` (the
-//! ImageNet/ILSVRC layout), classes and files in sorted order.
+//! ImageNet/ILSVRC layout), classes and files in sorted order. The rules are
+//! torchvision's `ImageFolder`'s, so a tree reads the same in both: its
+//! image extensions, and images at any depth under a class folder.
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// File extensions read as images, compared case-insensitively (ImageNet
-/// ships `.JPEG`). The content decides the format, not the name.
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// ships `.JPEG`): torchvision's `IMG_EXTENSIONS` (torchvision/datasets/
+/// folder.py). The content decides the format, not the name.
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
 
 /// A class-folder image set: one sub-folder per class, label = index of the
 /// class in name order (ILSVRC labels are the sorted synset ids).
@@ -16,12 +22,15 @@ pub struct ImageFolder {
     root: PathBuf,
     classes: Vec<String>,
     items: Vec<(PathBuf, u32)>,
+    ignored: Vec<PathBuf>,
 }
 
 impl ImageFolder {
     /// List `root`: every sub-folder (not starting with '.') is a class,
-    /// every `.jpg`/`.jpeg`/`.png` file directly inside it an image; other
-    /// files are ignored. Classes are sorted by name, files by path.
+    /// every file under it, at any depth, with an image extension
+    /// ([`IMAGE_EXTENSIONS`]) an image. Other entries are not read and are
+    /// listed in a warning (see [`ignored`](Self::ignored)). Classes are
+    /// sorted by name, files by path.
     pub fn scan(root: &Path) -> Result<ImageFolder> {
         Self::scan_for(root, "--data")
     }
@@ -35,9 +44,15 @@ impl ImageFolder {
             )));
         }
         let mut class_dirs: Vec<(String, PathBuf)> = Vec::new();
+        let mut ignored = Vec::new();
         for entry in read_dir_sorted(root)? {
             // `is_dir` follows symlinks, so a tree of linked class folders works.
             if !entry.is_dir() {
+                // An image here has no class: say so (other files at the
+                // root, a README or a labels file, are expected).
+                if is_image_name(&entry) && !is_hidden(&entry) {
+                    ignored.push(entry);
+                }
                 continue;
             }
             let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
@@ -69,24 +84,25 @@ impl ImageFolder {
         let mut items = Vec::new();
         let mut classes = Vec::with_capacity(class_dirs.len());
         for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
-            let before = items.len();
-            for path in read_dir_sorted(&dir)? {
-                if is_image_name(&path) && path.is_file() {
-                    items.push((path, label as u32));
-                }
-            }
-            if items.len() == before {
+            let mut files = Vec::new();
+            walk_class(&dir, &mut files, &mut ignored, &mut above(&dir)?)?;
+            if files.is_empty() {
                 return Err(Error::Data(format!(
-                    "{} has no .jpg/.jpeg/.png images; add images to it or remove the folder",
-                    dir.display()
+                    "{} has no {} images; add images to it or remove the folder",
+                    dir.display(),
+                    image_kinds()
                 )));
             }
+            items.extend(files.into_iter().map(|p| (p, label as u32)));
             classes.push(name);
         }
+        ignored.sort();
+        warn_ignored(root, &ignored);
         Ok(ImageFolder {
             root: root.to_path_buf(),
             classes,
             items,
+            ignored,
         })
     }
 
@@ -104,6 +120,13 @@ impl ImageFolder {
         &self.items
     }
 
+    /// The files the scan did not read, sorted: images directly in the root
+    /// (outside any class), and under class folders every file that is not
+    /// an image by name. Hidden entries are left out.
+    pub fn ignored(&self) -> &[PathBuf] {
+        &self.ignored
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -118,6 +141,80 @@ pub fn is_image_name(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// The folders above `dir`, resolved: a link to one of them from inside
+/// `dir` would loop, or read the other classes' images as this one's.
+fn above(dir: &Path) -> Result<HashSet<PathBuf>> {
+    let real = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(real.ancestors().skip(1).map(Path::to_path_buf).collect())
+}
+
+/// The image files under one class folder, depth first in path order, so
+/// they come out sorted. Symlinked folders are followed once each, and never
+/// to a folder in `seen` (see [`above`]); other non-hidden entries go to
+/// `ignored`.
+fn walk_class(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    ignored: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+) -> Result<()> {
+    let real = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
+    for path in read_dir_sorted(dir)? {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            walk_class(&path, files, ignored, seen)?;
+        } else if is_image_name(&path) && path.is_file() {
+            files.push(path);
+        } else {
+            ignored.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Names starting with '.' (`.DS_Store`, `.cache/`), which tools leave behind.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// One warning for everything a scan skipped, so a folder of `.gif` files,
+/// or images left outside the class folders, are not lost in silence.
+fn warn_ignored(root: &Path, ignored: &[PathBuf]) {
+    if ignored.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = ignored
+        .iter()
+        .take(5)
+        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
+        .collect();
+    let more = if ignored.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    tracing::warn!(
+        "{}: {} files not read ({}{more}): only {} files inside a class folder are images; to use the others, move them into their class's folder or convert them to one of these formats",
+        root.display(),
+        ignored.len(),
+        shown.join(", "),
+        image_kinds()
+    );
+}
+
+/// The image file kinds, as messages name them: ".jpg/.jpeg/.png".
+pub fn image_kinds() -> String {
+    let dotted: Vec<String> = IMAGE_EXTENSIONS.iter().map(|e| format!(".{e}")).collect();
+    dotted.join("/")
 }
 
 /// The entries of a folder, sorted by path (read_dir order is unspecified).

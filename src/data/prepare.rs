@@ -1,11 +1,12 @@
 //! `alexnet-cuda prepare`: turn an ImageNet-style tree into packed stores.
-//! Every image is decoded (JPEG/PNG, greyscale, CMYK), its short side scaled
-//! to `size` with Lanczos-3, the centre `size x size` kept (section 2) and
-//! re-encoded, on every core; the results are written in file order, so a
-//! store is the same for any thread count. Unreadable files are skipped,
-//! counted and listed in `skipped.txt`, never fatal. The training store also
-//! carries the statistics the loader needs: the mean image, channel mean and
-//! std, and the RGB covariance whose PCA drives the lighting noise.
+//! Every image is decoded (any of `decode::FORMATS`; greyscale, CMYK), its
+//! short side scaled to `size` with Lanczos-3, the centre `size x size` kept
+//! (section 2) and re-encoded, on every core; the results are written in
+//! file order, so a store is the same for any thread count. Unreadable
+//! files are skipped, counted and listed in `skipped.txt`, never fatal. The
+//! training store also carries the statistics the loader needs: the mean
+//! image, channel mean and std, and the RGB covariance whose PCA drives the
+//! lighting noise.
 //!
 //! Layouts: train as `<root>/<synset>/*.JPEG`; val as class folders too, or
 //! flat with `--val-labels`: a CSV of `file,synset` (Kaggle's
@@ -21,7 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
-use super::folder::{is_image_name, ImageFolder};
+use super::folder::{image_kinds, is_image_name, ImageFolder};
 use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
@@ -250,8 +251,9 @@ fn val_items(
     files.sort();
     if files.is_empty() {
         return Err(Error::Data(format!(
-            "{}: no .jpg/.jpeg/.png images",
-            root.display()
+            "{}: no {} images",
+            root.display(),
+            image_kinds()
         )));
     }
     let text = fs::read_to_string(labels_path).map_err(|e| Error::io(labels_path, e))?;
