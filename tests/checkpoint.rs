@@ -396,6 +396,14 @@ fn a_run_folder_is_never_shared_by_two_runs() {
         err.contains("already holds a run") && err.contains("--resume"),
         "{err}"
     );
+    // Said before the data is read: with data that is not there, the run
+    // folder is still what the error names.
+    let o = run(&train_args(&t.path().join("no-such-data"), &out, 1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("already holds a run") && !err.contains("no-such-data"),
+        "{err}"
+    );
 
     // While a run trains, a second process is refused, fresh or resuming,
     // and the running one's files are left alone; once it has stopped, the

@@ -315,19 +315,29 @@ fn paths_of_the_wrong_kind_name_their_flag() {
     let args = [
         "train", "--cpu", "--demo", "--epochs", "1", "--limit", "640",
     ];
-    assert_error(
-        &[&args[..], &["--out", &f]].concat(),
-        &["--out", &f, "a file"],
-    );
-    // A folder that cannot be made (under a file): the flag, and the OS's reason.
-    let under = file.join("run").display().to_string();
-    let why = std::fs::create_dir_all(&under)
-        .expect_err("under a file")
+    // The file itself, or a file further up: named either way, and before
+    // the data is read (here, data that is not there).
+    let under = file.join("runs/r1").display().to_string();
+    for out in [&f, &under] {
+        assert_error(
+            &[&args[..], &["--out", out]].concat(),
+            &["--out", out, &format!("{f} is a file, not a folder")],
+        );
+        assert_error(
+            &["train", "--cpu", "--data", "no/such/data", "--out", out],
+            &["--out", out, &format!("{f} is a file, not a folder")],
+        );
+    }
+    // A folder that cannot be made for another reason (a name longer than
+    // file systems allow): the flag, and the OS's reason.
+    let long = dir.path().join("r".repeat(300)).display().to_string();
+    let why = std::fs::create_dir_all(&long)
+        .expect_err("too long")
         .to_string();
     assert_error(
-        &[&args[..], &["--out", &under]].concat(),
+        &[&args[..], &["--out", &long]].concat(),
         &[
-            &format!("run folder {under}: could not create it"),
+            &format!("run folder {long}: could not create it"),
             &why,
             "pass --out",
         ],

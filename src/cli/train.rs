@@ -24,7 +24,9 @@ use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::RunOptions;
 use alexnet_cuda::shell;
-use alexnet_cuda::train::{resume_options, train, Schedule, TrainOptions, TrainReport};
+use alexnet_cuda::train::{
+    check_run_folder, resume_options, train, Schedule, TrainOptions, TrainReport,
+};
 
 use super::common::{demo_folder, existing_weights, flag_value, positive, HostArgs, NetArgs};
 use super::device::{DeviceArgs, ParallelArgs};
@@ -152,6 +154,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => args.net.spec(if args.demo { "cifar" } else { "alexnet" }),
     };
     let topo = spec.topology()?;
+    if world.is_writer() {
+        // Before the data: a scan or the demo's images can take a while.
+        check_run_folder(
+            &run_folder(&args, &topo, resume.as_deref()),
+            resume.is_some(),
+        )?;
+    }
     // The demo's data lives as long as this guard.
     let (data, _demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
     let mut opts = options(&args, &topo, data, resume.as_deref())?;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::checkpoint::{self, RunState};
 use crate::error::{Error, Result};
 use crate::export::Tensor;
+use crate::fsutil;
 use crate::metrics::{MetricsWriter, StepRow};
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
@@ -73,6 +74,46 @@ fn lock_folder(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Refuse a run folder that cannot be one: a file in its place or above
+/// it, a folder another process is training in, or, for a fresh run, one
+/// that already holds a run's checkpoints. Cheap, so `train` calls it
+/// before loading any data; [`RunDir::open`] checks again under its lock.
+pub fn check_run_folder(dir: &Path, resumed: bool) -> Result<()> {
+    refuse_file_in_the_way(dir)?;
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    drop(lock_folder(dir)?);
+    if !resumed {
+        refuse_existing_run(dir)?;
+    }
+    Ok(())
+}
+
+fn refuse_file_in_the_way(dir: &Path) -> Result<()> {
+    match fsutil::file_in_the_way(dir) {
+        Some(file) => Err(Error::Config(format!(
+            "--out {}: {} is a file, not a folder; pass a folder for the run (created if missing)",
+            dir.display(),
+            file.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A fresh run never writes into another run's folder.
+fn refuse_existing_run(dir: &Path) -> Result<()> {
+    match checkpoint::list(dir)?.last() {
+        Some((_, p)) => Err(Error::Config(format!(
+            "{} already holds a run ({}); continue it with --resume {} or pass another --out",
+            dir.display(),
+            p.display(),
+            shell::word(dir)
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl RunDir {
     /// Open `opts.out` for the run `state` (None when the run keeps no
     /// folder). A resumed run keeps its step rows up to the checkpoint; a
@@ -86,12 +127,7 @@ impl RunDir {
         let Some(dir) = &opts.out else {
             return Ok(None);
         };
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::Config(format!(
-                "--out {}: a file, not a folder; pass a folder for the run (created if missing)",
-                dir.display()
-            )));
-        }
+        refuse_file_in_the_way(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Config(format!(
                 "run folder {}: could not create it ({e}); pass --out a folder you can write to",
@@ -102,15 +138,9 @@ impl RunDir {
         // removed next could be another run's.
         let lock = lock_folder(dir)?;
         checkpoint::remove_stale_temps(dir)?;
+        // Again under the lock: a run may have started since the check.
         if !resumed {
-            if let Some((_, p)) = checkpoint::list(dir)?.last() {
-                return Err(Error::Config(format!(
-                    "{} already holds a run ({}); continue it with --resume {} or pass another --out",
-                    dir.display(),
-                    p.display(),
-                    shell::word(dir)
-                )));
-            }
+            refuse_existing_run(dir)?;
         }
         let resume_step = resumed.then_some(state.progress.step);
         let (metrics, rows) =
