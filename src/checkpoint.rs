@@ -118,6 +118,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 /// The file a `--checkpoint` value names: a run folder means its
 /// `best.safetensors` (the lowest validation error), anything else itself.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
+    refuse_slashed_file("--checkpoint", path)?;
     if !path.exists() {
         return Err(Error::Config(format!(
             "--checkpoint {}: no such file or folder; pass a run folder from `train` or one of its checkpoints {CHECKPOINT_FILES}",
@@ -135,6 +136,19 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         "--checkpoint {}: a folder without best.safetensors; pass a run folder from `train` or a checkpoint file",
         path.display()
     )))
+}
+
+/// A checkpoint file named with a trailing `/`: the OS would call it
+/// missing, so say what it is.
+fn refuse_slashed_file(flag: &str, path: &Path) -> Result<()> {
+    match crate::fsutil::file_with_slash(path) {
+        Some(file) => Err(Error::Config(format!(
+            "{flag} {}: {} is a file, not a folder; drop the trailing /",
+            path.display(),
+            file.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// [`load`] of what `--checkpoint` names ([`resolve`]).
@@ -373,6 +387,7 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
 /// is taken. A damaged newest checkpoint is an error that names the newest
 /// one that verifies, for the user to pass instead.
 pub fn load_latest(path: &Path) -> Result<Checkpoint> {
+    refuse_slashed_file("--resume", path)?;
     if path.is_file() {
         return load(path);
     }

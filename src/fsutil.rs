@@ -15,6 +15,14 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// A file's name written with a trailing `/` (`best.safetensors/`), which
+/// the OS reports as missing or as "not a directory": the file, if so.
+pub fn file_with_slash(path: &Path) -> Option<&Path> {
+    let s = path.to_str()?;
+    let trimmed = Path::new(s.trim_end_matches('/'));
+    (s.ends_with('/') && !trimmed.as_os_str().is_empty() && trimmed.is_file()).then_some(trimmed)
+}
+
 /// The nearest of `dir` and the folders above it that exists as something
 /// other than a folder: a file where a folder is to be made.
 pub fn file_in_the_way(dir: &Path) -> Option<&Path> {

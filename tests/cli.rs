@@ -428,6 +428,12 @@ fn missing_input_files_name_their_flag() {
             &[flag, "no/such.file", "no such file"],
         );
         assert_error(&[&args[..], &[&folder]].concat(), &[flag, "a folder"]);
+        // A file's name with a trailing slash: the OS says "not a directory".
+        let slashed = format!("{q}/");
+        assert_error(
+            &[&args[..], &[&slashed]].concat(),
+            &[flag, "drop the trailing /"],
+        );
         if flag == "--init-from" {
             // Unlike the others, a run folder is weights: its best.
             assert_error(
@@ -499,6 +505,17 @@ fn bad_checkpoint_arguments() {
                 "not a safetensors file",
                 "a checkpoint written by `train`",
             ],
+        );
+    }
+    // The same file with a trailing slash: named, with the fix.
+    let slashed = format!("{j}/");
+    for args in [
+        &["eval", "--checkpoint", &slashed, "--data", "."][..],
+        &["train", "--cpu", "--resume", &slashed],
+    ] {
+        assert_error(
+            args,
+            &[&slashed, &format!("{j} is a file"), "drop the trailing /"],
         );
     }
     // A folder that is not a run folder: the error says what it lacks.

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
+use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
 
@@ -89,6 +90,9 @@ pub fn positive(s: &str) -> std::result::Result<u64, String> {
 /// missing or a folder, rather than after minutes of loading.
 pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
     let path = PathBuf::from(s);
+    if fsutil::file_with_slash(&path).is_some() {
+        return Err("a file, not a folder; drop the trailing /".into());
+    }
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err("a folder, not a file; pass a file in it".into()),
         Ok(_) => Ok(path),
