@@ -116,10 +116,15 @@ fn too_few_images_for_the_validation_split() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path(), 3, 2);
     let data = dir.path().to_str().unwrap();
+    // The default, said to be one; a value given, said as given.
     assert_error(
         &["train", "--cpu", "--config", "cifar", "--data", data],
-        &["--val", "6 images", "e.g. --val 1"],
+        &["--val 5000 (the default)", "6 images", "e.g. --val 1"],
     );
+    let given = [
+        "train", "--cpu", "--config", "cifar", "--data", data, "--val", "6",
+    ];
+    assert_error(&given, &["--val 6:", "6 images", "e.g. --val 1"]);
     // None held out: validation would be NaN and the schedule would drop
     // the learning rate every epoch.
     let zero = [

@@ -260,6 +260,7 @@ fn options(
     }
     check_held_out_flag(args, &opts.data)?;
     run_options(args, &mut opts.run, resume)?;
+    opts.val_given = args.val.is_some() || resume.is_some();
     if let Some(t) = args.time_limit {
         if !(t > 0.0 && t.is_finite()) {
             bail!("--time-limit must be a positive number of seconds, not {t}");

@@ -78,7 +78,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         progress: opts.progress,
     };
     let set = Arc::new(ImageSet::build(&folder, &build)?);
-    check_held_out(opts.run.val, set.len(), "the data set")?;
+    check_held_out(opts, set.len(), "the data set")?;
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
@@ -100,7 +100,8 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
 /// `--val` images held out of `n`: at least one to validate on (the
 /// schedule and `best.safetensors` follow validation error), and fewer than
 /// `n`. The fix names a tenth of the set.
-fn check_held_out(val: usize, n: usize, what: &str) -> Result<()> {
+fn check_held_out(opts: &TrainOptions, n: usize, what: &str) -> Result<()> {
+    let val = opts.run.val;
     let fix = format!("e.g. --val {}", (n / 10).max(1));
     if val == 0 {
         return Err(Error::Config(format!(
@@ -108,8 +109,9 @@ fn check_held_out(val: usize, n: usize, what: &str) -> Result<()> {
         )));
     }
     if val >= n {
+        let given = if opts.val_given { "" } else { " (the default)" };
         return Err(Error::Config(format!(
-            "--val {val}: {what} has only {n} images; hold out fewer, {fix}"
+            "--val {val}{given}: {what} has only {n} images; hold out fewer, {fix}"
         )));
     }
     Ok(())
@@ -132,7 +134,7 @@ fn load_store(
             ((0..train.len()).collect(), vs, (0..n).collect())
         }
         None => {
-            check_held_out(opts.run.val, train.len(), &train_dir.display().to_string())?;
+            check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
             (t, Arc::clone(&train), v)

@@ -48,6 +48,9 @@ pub struct TrainOptions {
     pub max_memory: u64,
     /// This process among the run's processes (torchrun's variables).
     pub world: World,
+    /// Whether `run.val` was asked for (--val, or the resumed run's), not
+    /// the default; errors about it say which.
+    pub val_given: bool,
 }
 
 impl TrainOptions {
@@ -78,6 +81,7 @@ impl TrainOptions {
             checkpoint_every: 0,
             checkpoint_interval: Some(Duration::from_secs(15 * 60)),
             keep: 3,
+            val_given: false,
             metrics_format: MetricsFormat::Csv,
             resume: None,
             init_from: None,
