@@ -181,6 +181,8 @@ pub fn open_eval_data(
         )));
     } else {
         let folder = ImageFolder::scan(path)?;
+        // Before decoding, which can take minutes.
+        class_map(path, folder.classes(), &ck.state.classes)?;
         let opts = BuildOptions {
             progress,
             ..BuildOptions::new(size)
@@ -209,12 +211,24 @@ pub fn open_eval_data(
             ck.state.preprocess.crop
         );
     }
-    let known = &ck.state.classes;
-    if set.classes() == known.as_slice() {
+    let Some(map) = class_map(path, set.classes(), &ck.state.classes)? else {
         return Ok(set);
+    };
+    Ok(Arc::new(Relabel {
+        inner: set,
+        map,
+        classes: ck.state.classes.clone(),
+    }))
+}
+
+/// Each of `classes`' labels among the checkpoint's `known` ones, by name;
+/// None when they are the same list. A class it does not know is an error.
+fn class_map(path: &Path, classes: &[String], known: &[String]) -> Result<Option<Vec<u32>>> {
+    if classes == known {
+        return Ok(None);
     }
-    let mut map = Vec::with_capacity(set.classes().len());
-    for c in set.classes() {
+    let mut map = Vec::with_capacity(classes.len());
+    for c in classes {
         match known.iter().position(|k| k == c) {
             Some(i) => map.push(i as u32),
             None => {
@@ -227,11 +241,7 @@ pub fn open_eval_data(
             }
         }
     }
-    Ok(Arc::new(Relabel {
-        inner: set,
-        map,
-        classes: known.clone(),
-    }))
+    Ok(Some(map))
 }
 
 /// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the

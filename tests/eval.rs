@@ -268,14 +268,17 @@ fn eval_cli_repeats_the_runs_own_validation() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(json_field(&one, "images"), 20.0);
-    // An unknown class is refused by name.
+    // An unknown class is refused by name, before any image is decoded:
+    // a broken one goes unmentioned.
     std::fs::rename(part.join("07-cross"), part.join("zebra")).unwrap();
+    std::fs::write(part.join("zebra/broken.jpg"), "not pixels").unwrap();
     let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&last), "--data", &s(&part)]);
     assert!(!ok);
     assert!(
         err.contains("class zebra is not one of the checkpoint's 10 classes"),
         "{err}"
     );
+    assert!(!err.contains("broken.jpg"), "{err}");
     // A folder given as the checkpoint.
     let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&part), "--data", &s(&part)]);
     assert!(!ok && err.contains("error:"), "{err}");
