@@ -49,6 +49,31 @@ impl Error {
             err: source,
         }
     }
+
+    /// The file and the reason, without the fix: "a.jpg (empty file)",
+    /// for lists of failures that state the fix once.
+    pub fn brief(&self) -> String {
+        match self {
+            Error::Image { path, msg } => format!("{} ({msg})", path.display()),
+            Error::Io { path, err } => format!("{} ({err})", path.display()),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// How many failures a message lists before it stops.
+pub const LISTED: usize = 5;
+
+/// Failures as one clause: the first [`LISTED`] of `errors`, each
+/// [`brief`](Error::brief), "(the first 5)" ahead when there are more.
+pub fn list_failures(errors: &[Error]) -> String {
+    let shown: Vec<String> = errors.iter().take(LISTED).map(Error::brief).collect();
+    let cut = if errors.len() > LISTED {
+        format!("(the first {LISTED}) ")
+    } else {
+        String::new()
+    };
+    format!("{cut}{}", shown.join("; "))
 }
 
 /// Check that a buffer has the length an op expects.

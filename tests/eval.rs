@@ -406,6 +406,43 @@ fn predict_and_export_cli() {
             && err.contains("a folder, not an image; pass the images in it"),
         "{err}"
     );
+    // Unreadable images among readable ones: the readable ones are listed
+    // as they are without the others, which are named in one error.
+    let (notes, gif) = (t.path().join("notes.jpg"), t.path().join("anim.gif"));
+    std::fs::write(&notes, "not pixels").unwrap();
+    std::fs::write(&gif, b"GIF89a").unwrap();
+    let ckp = s(&ck_path);
+    let (a, b) = (s(&images[0]), s(&images[1]));
+    let mixed = [s(&notes), a.clone(), s(&gif), b.clone()];
+    let mixed: Vec<&str> = mixed.iter().map(String::as_str).collect();
+    let (ok, part, err) = cli(&[&["predict", "--checkpoint", &ckp][..], &mixed].concat());
+    assert!(!ok, "{err}");
+    for want in [
+        "2 of 4 images could not be read",
+        "notes.jpg",
+        "GIF image",
+        "predictions are above",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let (ok, alone, err) = cli(&["predict", "--checkpoint", &ckp, &a, &b]);
+    assert!(ok, "{err}");
+    assert_eq!(part, alone);
+    // With --logits, whose rows are the inputs': nothing, and no file.
+    let ld = t.path().join("d.npy");
+    let lds = s(&ld);
+    let with_logits = [
+        &["predict", "--checkpoint", &ckp, "--logits", &lds][..],
+        &mixed,
+    ]
+    .concat();
+    let (ok, listing, err) = cli(&with_logits);
+    assert!(!ok && listing.is_empty(), "{listing}");
+    assert!(
+        err.contains("--logits writes a row for every image"),
+        "{err}"
+    );
+    assert!(!ld.exists());
 
     let st = t.path().join("w.safetensors");
     let (ok, _, err) = cli(&[

@@ -12,6 +12,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_file, ImageSet, ImageSource};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
+use alexnet_cuda::error::list_failures;
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
@@ -55,11 +56,13 @@ pub struct PredictArgs {
 }
 
 /// What the network made of the inputs: a label per input, the logits
-/// (one row per network row) and the probabilities (one row per input).
+/// (one row per network row) and the probabilities (one row per input);
+/// and the images that could not be read, which have no row.
 struct Rows {
     labels: Vec<String>,
     logits: Vec<f32>,
     probs: Vec<f32>,
+    unread: Vec<alexnet_cuda::Error>,
 }
 
 /// Classify the inputs and print each one's top classes.
@@ -85,9 +88,32 @@ pub fn run(args: PredictArgs) -> Result<()> {
         write_npy_f32(path, &[n, classes], &rows.logits)?;
         info!("wrote {n} logits rows to {}", path.display());
     }
-    print_top(&ck, &rows, classes, args.top as usize)
+    print_top(&ck, &rows, classes, args.top as usize)?;
+    unread_error(&rows.unread, args.images.len())
 }
 
+/// After the readable images' predictions: the others, in one error.
+fn unread_error(unread: &[alexnet_cuda::Error], n: usize) -> Result<()> {
+    match unread.is_empty() {
+        true => Ok(()),
+        false => bail!(
+            "{}; the others' predictions are above",
+            unread_message(unread, n)
+        ),
+    }
+}
+
+/// The images that could not be read, with the fix.
+fn unread_message(unread: &[alexnet_cuda::Error], n: usize) -> String {
+    match unread {
+        [one] => one.to_string(),
+        _ => format!(
+            "{} of {n} images could not be read: {}; remove or replace them",
+            unread.len(),
+            list_failures(unread)
+        ),
+    }
+}
 /// The network restored from the checkpoint, run over the inputs.
 struct PredictOn<'a> {
     ck: &'a Checkpoint,
@@ -129,6 +155,7 @@ fn npy_rows(net: &mut dyn Model, topo: &Topology, path: &Path, chunk: usize) -> 
         labels,
         logits,
         probs,
+        unread: Vec::new(),
     })
 }
 
@@ -142,11 +169,16 @@ fn image_rows(
     chunk: usize,
 ) -> Result<Rows> {
     let size = ck.state.preprocess.image_size;
-    let mut pixels = Vec::with_capacity(args.images.len() * size * size * 3);
-    for p in &args.images {
-        pixels.extend(decode_file(p, size)?);
+    let (read, pixels, unread) = decode_all(&args.images, size);
+    // A logits file's rows must be the inputs': all or nothing.
+    if !unread.is_empty() && (read.is_empty() || args.logits.is_some()) {
+        let why = match read.is_empty() {
+            true => "",
+            false => "; nothing was predicted: --logits writes a row for every image",
+        };
+        bail!("{}{why}", unread_message(&unread, args.images.len()));
     }
-    let n = args.images.len();
+    let n = read.len();
     let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
     let set: Arc<dyn ImageSource> = Arc::new(set);
     let per_step = (chunk / crop_rows(args.ten_crop)).max(1);
@@ -159,16 +191,32 @@ fn image_rows(
         logits.extend(l);
         probs.extend(average_crops(&p, b.crops, classes));
     }
-    let labels = args
-        .images
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let labels = read.iter().map(|p| p.display().to_string()).collect();
     Ok(Rows {
         labels,
         logits,
         probs,
+        unread,
     })
+}
+
+/// Every image decoded at `size`: the readable ones and their pixels, in
+/// order, and an error for each of the others.
+fn decode_all(
+    images: &[PathBuf],
+    size: usize,
+) -> (Vec<&PathBuf>, Vec<u8>, Vec<alexnet_cuda::Error>) {
+    let (mut read, mut pixels, mut unread) = (Vec::new(), Vec::new(), Vec::new());
+    for p in images {
+        match decode_file(p, size) {
+            Ok(px) => {
+                read.push(p);
+                pixels.extend(px);
+            }
+            Err(e) => unread.push(e),
+        }
+    }
+    (read, pixels, unread)
 }
 
 /// Each input's label, then its `top` classes with probability, synset and name.

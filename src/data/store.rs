@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::decode::decode_into;
 use super::folder::ImageFolder;
-use crate::error::{Error, Result};
+use crate::error::{list_failures, Error, Result};
 use crate::rng::Rng;
 
 /// Stream tag for the hold-out split, so it never shares draws with the
@@ -325,24 +325,14 @@ pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
 /// The error for images that could not be decoded: the one error when there
 /// is one, else how many and the first few, with the fix for all of them.
 fn unreadable(folder: &ImageFolder, n: usize, failed: Vec<(usize, Error)>) -> Option<Error> {
-    const SHOWN: usize = 5;
     let k = failed.len();
-    let mut errors = failed.into_iter().map(|(_, e)| e);
+    let mut errors: Vec<Error> = failed.into_iter().map(|(_, e)| e).collect();
     if k <= 1 {
-        return errors.next();
+        return errors.pop();
     }
-    let first: Vec<String> = errors
-        .take(SHOWN)
-        .map(|e| match e {
-            Error::Image { path, msg } => format!("{} ({msg})", path.display()),
-            Error::Io { path, err } => format!("{} ({err})", path.display()),
-            other => other.to_string(),
-        })
-        .collect();
     Some(Error::Data(format!(
-        "{}: {k} of {n} images could not be read{}: {}; remove or replace them, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
+        "{}: {k} of {n} images could not be read: {}; remove or replace them, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
         folder.root().display(),
-        if k > SHOWN { format!(" (the first {SHOWN})") } else { String::new() },
-        first.join("; ")
+        list_failures(&errors)
     )))
 }
