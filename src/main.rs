@@ -5,7 +5,7 @@
 mod cli;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::bench::{loader::BenchLoaderArgs, step::BenchStepArgs, synth_store::SynthStoreArgs};
 use cli::{
@@ -68,9 +68,22 @@ enum Command {
     NcclCheck,
 }
 
+/// The command line's grammar, where every flag's value may be a negative
+/// number: `--lr -1` then reaches the flag's own check ("--lr must be a
+/// positive number, not -1"), not clap's "unexpected argument '-1'".
+fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|a| {
+            let takes = a.get_action().takes_values();
+            a.allow_negative_numbers(takes)
+        })
+    })
+}
+
 /// Parse the command line and run the command it names.
 fn run() -> Result<()> {
-    match Cli::parse().cmd {
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    match cli.cmd {
         Command::Summary(args) => cli::summary::run(args),
         Command::Scaling(args) => cli::scaling::run(args),
         Command::Prepare(args) => cli::prepare::run(args),
@@ -114,3 +127,4 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+

@@ -181,6 +181,38 @@ fn bad_flag_values() {
     );
 }
 
+/// Numbers out of a flag's range, negative ones included, are refused by
+/// the flag's own check, before any data is read, and never panic.
+#[test]
+fn numbers_out_of_range_name_their_flag() {
+    let train = ["train", "--cpu", "--data", "no/such/data"];
+    let cases: [(&str, &str, &str); 9] = [
+        ("--lr", "-1", "must be a positive number"),
+        ("--lr", "nan", "must be a positive number"),
+        ("--lr", "1e40", "out of single precision's range"),
+        ("--lr", "fast", "'fast' is not a number"),
+        ("--time-limit", "-5", "must be a positive number"),
+        ("--time-limit", "1e300", "longer than a clock can count"),
+        ("--epochs", "-2", "must be at least 1"),
+        ("--batch", "0", "must be at least 1"),
+        ("--seed", "-1", "invalid digit"),
+    ];
+    for (flag, value, why) in cases {
+        // The data, which does not exist, is not what the error names.
+        assert_error(
+            &[&train[..], &[flag, value]].concat(),
+            &[&format!("invalid value '{value}' for '{flag}"), why],
+        );
+    }
+    assert_error(
+        &["scaling", "--step-ms", "-3"],
+        &[
+            "invalid value '-3' for '--step-ms",
+            "must be a positive number",
+        ],
+    );
+}
+
 /// Flags that would be ignored, or would do what the user cannot have
 /// meant, are refused and named rather than run.
 #[test]

@@ -4,6 +4,7 @@
 //! pool, the rows per image of a crop mode and the demo's temporary data
 //! folders.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -80,8 +81,48 @@ impl NetArgs {
 pub fn positive(s: &str) -> std::result::Result<u64, String> {
     match s.parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),
+        Err(_) if s.parse::<i64>().is_ok() => Err("must be at least 1".into()),
         Ok(v) => Ok(v),
         Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// Flag parser for a positive, finite number (a rate, a duration).
+pub fn positive_number(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a positive number".into()),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
+}
+
+/// [`positive_number`] as an f32, still finite there.
+pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    let v = positive_number(s)? as f32;
+    match v > 0.0 && v.is_finite() {
+        true => Ok(v),
+        false => Err(format!("{s} is out of single precision's range")),
+    }
+}
+
+/// Flag parser for a positive number of seconds.
+pub fn seconds(s: &str) -> std::result::Result<Duration, String> {
+    let v = positive_number(s)?;
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s} seconds is longer than a clock can count"))
+}
+
+/// Flag parser for minutes: 0 (off) or a positive number that a clock
+/// can count in seconds.
+pub fn minutes_or_off(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => {
+            let m = positive_number(s).map_err(|e| format!("{e}, or 0 for off"))?;
+            Duration::try_from_secs_f64(m * 60.0)
+                .map(|_| m)
+                .map_err(|_| format!("{s} minutes is longer than a clock can count"))
+        }
     }
 }
 

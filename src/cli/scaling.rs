@@ -1,11 +1,11 @@
 //! `scaling`: bytes each GPU sends per step and the speed-up that allows,
 //! for model, data and hybrid parallelism on 2 to 16 GPUs (docs/scaling.md).
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use alexnet_cuda::model::scaling;
 
-use super::common::{positive, NetArgs};
+use super::common::{positive, positive_number, NetArgs};
 
 #[derive(Args)]
 pub struct ScalingArgs {
@@ -15,16 +15,13 @@ pub struct ScalingArgs {
     #[arg(long, default_value_t = 128, value_parser = positive)]
     batch: u64,
     /// One GPU's training step at that batch, in ms (default: ours in fp32 on one H200, docs/cuda.md).
-    #[arg(long, default_value_t = 14.05)]
+    #[arg(long, default_value_t = 14.05, value_parser = positive_number)]
     step_ms: f64,
 }
 
 /// Print the table.
 pub fn run(args: ScalingArgs) -> Result<()> {
     let step_ms = args.step_ms;
-    if !(step_ms > 0.0 && step_ms.is_finite()) {
-        bail!("--step-ms must be a positive number of milliseconds, not {step_ms}");
-    }
     let topo = args.net.topology("alexnet")?;
     out!("{}", scaling::render(&topo, args.batch as usize, step_ms)?)?;
     Ok(())

@@ -28,7 +28,10 @@ use alexnet_cuda::train::{
     check_run_folder, resume_options, train, Schedule, TrainOptions, TrainReport,
 };
 
-use super::common::{demo_folder, existing_weights, flag_value, positive, HostArgs, NetArgs};
+use super::common::{
+    demo_folder, existing_weights, flag_value, minutes_or_off, positive, positive_f32, seconds,
+    HostArgs, NetArgs,
+};
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
 
@@ -53,7 +56,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = positive)]
     batch: Option<u64>,
     /// Initial learning rate (default: the config's recipe; the paper: 0.01).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f32)]
     lr: Option<f32>,
     /// Images held out from the training images for validation [default: 5000; a store with its own val/ validates on that].
     #[arg(long, conflicts_with = "demo")]
@@ -68,8 +71,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2, value_parser = positive)]
     patience: u64,
     /// Stop after the epoch that would run past this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    time_limit: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    time_limit: Option<Duration>,
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
     #[arg(long, value_parser = positive)]
     crop: Option<u64>,
@@ -89,7 +92,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
     /// Write a checkpoint when M minutes have passed since the last one, besides the one at each epoch end (0: off) [default: 15, unless --checkpoint-every is given].
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = minutes_or_off)]
     checkpoint_minutes: Option<f64>,
     /// Checkpoints to keep (the newest; best.safetensors is kept besides).
     #[arg(long, default_value_t = 3, value_parser = positive)]
@@ -262,10 +265,7 @@ fn options(
     run_options(args, &mut opts.run, resume)?;
     opts.val_given = args.val.is_some() || resume.is_some();
     if let Some(t) = args.time_limit {
-        if !(t > 0.0 && t.is_finite()) {
-            bail!("--time-limit must be a positive number of seconds, not {t}");
-        }
-        opts.time_limit = Some(Duration::from_secs_f64(t));
+        opts.time_limit = Some(t);
     }
     opts.workers = args.host.workers;
     opts.progress = args.host.progress();
@@ -307,10 +307,7 @@ fn checkpoint_policy(args: &TrainArgs) -> Result<(u64, Option<Duration>)> {
     let minutes = match (args.checkpoint_every, args.checkpoint_minutes) {
         (None, None) => DEFAULT_CHECKPOINT_MINUTES,
         (Some(_), None) => 0.0,
-        (_, Some(m)) if m >= 0.0 && m.is_finite() => m,
-        (_, Some(m)) => {
-            bail!("--checkpoint-minutes must be 0 (off) or a positive number of minutes, not {m}")
-        }
+        (_, Some(m)) => m,
     };
     let interval = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
     Ok((args.checkpoint_every.unwrap_or(0), interval))
@@ -330,9 +327,6 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
         run.batch = b as usize;
     }
     if let Some(lr) = args.lr {
-        if !(lr > 0.0 && lr.is_finite()) {
-            bail!("--lr must be a positive number, not {lr}");
-        }
         run.lr = lr;
     }
     if let Some(v) = args.val {
