@@ -19,7 +19,7 @@ use crate::backend::cpu::{sgemm, MatRef};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
-use crate::data::{batches, decode_file, ImageFolder, ImageSet, ImageSource, LoaderConfig};
+use crate::data::{batches, decode_files, ImageFolder, ImageSet, ImageSource, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::eval::{loader_for, open_eval_data};
 use crate::fsutil::write_atomic;
@@ -434,15 +434,13 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let ck = job.ck;
     let topo = ck.state.net.topology()?;
     let width = activation_width(&topo, NEIGHBOR_LAYER)?;
+    // The queries first: a bad file fails before the set is read (from
+    // a folder, every image decoded).
+    let size = ck.state.preprocess.image_size;
+    let qpix = decode_files(job.queries, size)?;
     let fs = open_set(job.data, ck, "train", job.progress)?;
     let indices = spread(fs.set.len(), job.limit);
     check_job(job, indices.len())?;
-    // Decode the queries first: a bad file fails before any long work.
-    let size = ck.state.preprocess.image_size;
-    let mut qpix = Vec::with_capacity(job.queries.len() * size * size * 3);
-    for p in job.queries {
-        qpix.extend(decode_file(p, size)?);
-    }
     let (features, computed) = match job.features {
         Some(f) => (
             check_features(job, f, &fs, &indices, (width, &topo.name))?,

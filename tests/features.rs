@@ -467,6 +467,38 @@ fn bad_input_gets_a_clear_error() {
     );
 
     let photo = s(&fixtures().join("cat/0000.jpg"));
+    // Every unreadable query in one error, before the set is read: a
+    // folder holding a broken image goes unmentioned.
+    let folder = st.root.join("folder");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        let from = fixtures().join(class).join("0000.jpg");
+        std::fs::copy(from, folder.join(class).join("a.jpg")).unwrap();
+    }
+    std::fs::write(folder.join("dog/broken.jpg"), "not pixels").unwrap();
+    let gif = st.root.join("anim.gif");
+    std::fs::write(&gif, b"GIF89a").unwrap();
+    let (ok, _, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &s(&folder),
+        "--out",
+        &grid,
+        "--query",
+        &s(&text),
+        &photo,
+        &s(&gif),
+    ]);
+    assert!(!ok);
+    no_panic(&err);
+    for want in ["2 of 3 images could not be read", "notes.jpg", "anim.gif"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("broken.jpg"), "{err}");
+
     let (ok, _, err) = neighbors(&["--query", &photo, "--k", "501"]);
     assert!(!ok);
     no_panic(&err);

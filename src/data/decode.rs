@@ -42,6 +42,28 @@ pub fn decode_file(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Every one of `paths` decoded as [`decode_file`] does, one after the
+/// other; if any cannot be read, one error names them all (the first few).
+pub fn decode_files(paths: &[std::path::PathBuf], size: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(paths.len() * size * size * 3);
+    let mut failed = Vec::new();
+    for p in paths {
+        match decode_file(p, size) {
+            Ok(px) => out.extend(px),
+            Err(e) => failed.push(e),
+        }
+    }
+    match failed.len() {
+        0 => Ok(out),
+        1 => Err(failed.remove(0)),
+        k => Err(Error::Data(format!(
+            "{k} of {} images could not be read: {}; remove or replace them",
+            paths.len(),
+            crate::error::list_failures(&failed)
+        ))),
+    }
+}
+
 /// A folder where an image file was expected (e.g. `predict DIR`) is
 /// called one; other read errors are the OS's.
 fn read_error(path: &Path, e: std::io::Error) -> Error {
