@@ -103,6 +103,7 @@ pub struct TrainArgs {
     /// The paper's schedule: at most this many drops of the learning rate.
     #[arg(long, default_value_t = 3)]
     max_drops: usize,
+    /// Seed of everything random in the run: the initial weights, the held-out split, --limit's draw, the order of the images, their crops, flips and lighting, dropout, and the demo's images.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[command(flatten)]
