@@ -342,34 +342,6 @@ pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Delete temporary files (`*.tmp-<pid>`, see `fsutil::temp_path`) that a
-/// killed process left in the run folder: a checkpoint cut short by SIGKILL
-/// would otherwise stay on disk for good, since later writes use their own
-/// pid. Files of a process still running are left alone.
-pub fn remove_stale_temps(dir: &Path) -> Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let p = entry.path();
-            fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
 /// Point `best.safetensors` at `ckpt` (a hard link, swapped in atomically:
 /// no second copy of the data is written).
 pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {

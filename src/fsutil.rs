@@ -23,6 +23,67 @@ pub fn file_with_slash(path: &Path) -> Option<&Path> {
     (s.ends_with('/') && !trimmed.as_os_str().is_empty() && trimmed.is_file()).then_some(trimmed)
 }
 
+/// Whether a file named `name` is a temporary file (see [`temp_path`])
+/// whose process is gone, so that no one will finish or rename it. Only
+/// where /proc lists the running processes (Linux); elsewhere, never.
+fn abandoned(name: &str) -> bool {
+    let pid = name
+        .rsplit_once(".tmp-")
+        .and_then(|(_, p)| p.parse::<u32>().ok());
+    let Some(pid) = pid else {
+        return false;
+    };
+    pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Delete the temporary files that killed processes left in `dir` (a
+/// checkpoint, a features file cut short by SIGKILL), which would
+/// otherwise stay for good: later writes use their own pid. With `of`,
+/// only those of that file name.
+pub fn remove_abandoned_temps(dir: &Path, of: Option<&str>) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let mine = of.is_none_or(|f| name.strip_prefix(f).is_some_and(|r| r.starts_with(".tmp-")));
+        if mine && abandoned(name) {
+            let p = entry.path();
+            let mb = entry
+                .metadata()
+                .map(|m| m.len() as f64 / 1e6)
+                .unwrap_or(0.0);
+            fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            tracing::info!(
+                "removed {} ({mb:.1} MB), left by a process that stopped before finishing it",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`remove_abandoned_temps`] for `path`'s own temporary files, before a
+/// new one is written; a failure only warns, as the write can go on.
+pub fn sweep_before_writing(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str());
+    if let Some(name) = name {
+        if let Err(e) = remove_abandoned_temps(dir, Some(name)) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 /// The nearest of `dir` and the folders above it that exists as something
 /// other than a folder: a file where a folder is to be made.
 pub fn file_in_the_way(dir: &Path) -> Option<&Path> {
@@ -63,6 +124,7 @@ pub fn check_target(path: &Path) -> Result<()> {
 /// Replace `path` with `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     check_target(path)?;
+    sweep_before_writing(path);
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use npyz::{DType, NpyFile, NpyHeader, NpyReader, Order, TypeStr, WriteOptions, WriterBuilder};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{check_target, sync_dir, temp_path, write_atomic};
+use crate::fsutil::{check_target, sweep_before_writing, sync_dir, temp_path, write_atomic};
 
 /// Write `data` (C order, shape `shape`) as a '<f4' .npy file, atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
@@ -159,6 +159,7 @@ pub struct NpyWriter {
 impl NpyWriter {
     pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyWriter> {
         check_target(path)?;
+        sweep_before_writing(path);
         let tmp = temp_path(path);
         let io = |e| Error::io(&tmp, e);
         let file = File::create(&tmp).map_err(io)?;

@@ -14,7 +14,7 @@ use alexnet_cuda::export::onnx::write_onnx;
 use alexnet_cuda::export::{network_tensors, read_safetensors, write_safetensors, Tensor};
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::{Op, Topology};
-use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+use alexnet_cuda::npy::{read_npy_f32, write_npy_f32, NpyWriter};
 use safetensors::{Dtype, SafeTensors};
 
 const WIDTHS: [usize; 7] = [6, 16, 24, 24, 16, 32, 32];
@@ -190,6 +190,51 @@ fn the_same_weights_write_the_same_bytes() {
     assert_eq!(got.len(), meta.len());
     for (k, v) in &meta {
         assert_eq!(got.get(k), Some(v));
+    }
+}
+
+/// A temporary file that a killed writer left (SIGKILL: no cleanup ran) is
+/// removed by the next write of the same file, whole or streamed; one of a
+/// process still running, and those of other files, are kept.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_write_removes_the_temporary_files_killed_writers_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    // Above Linux's largest pid (2^22): no process has it.
+    let gone = 4_194_303_999u32;
+    let temp = |file: &str, pid: u32| dir.path().join(format!("{file}.tmp-{pid}"));
+    let names = ["w.safetensors", "f.npy", "other.npy"];
+    for name in names {
+        for pid in [gone, running.id()] {
+            std::fs::write(temp(name, pid), "half a file").unwrap();
+        }
+    }
+    write_safetensors(
+        &dir.path().join("w.safetensors"),
+        &tensors_of(&narrow()),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let mut w = NpyWriter::create(&dir.path().join("f.npy"), 1, 2).unwrap();
+    w.append(&[1.0, 2.0]).unwrap();
+    w.finish().unwrap();
+    let _ = running.kill();
+    let _ = running.wait();
+    for name in names {
+        let written = name != "other.npy";
+        assert_eq!(
+            temp(name, gone).exists(),
+            !written,
+            "{name}, killed writer's"
+        );
+        assert!(
+            temp(name, running.id()).exists(),
+            "{name}, running writer's"
+        );
     }
 }
 

@@ -137,7 +137,7 @@ impl RunDir {
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
         let lock = lock_folder(dir)?;
-        checkpoint::remove_stale_temps(dir)?;
+        fsutil::remove_abandoned_temps(dir, None)?;
         // Again under the lock: a run may have started since the check.
         if !resumed {
             refuse_existing_run(dir)?;
