@@ -10,9 +10,8 @@ use tracing::info;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
-use alexnet_cuda::data::{batches, decode_file, ImageSet, ImageSource};
+use alexnet_cuda::data::{batches, decode_each, ImageSet, ImageSource};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
-use alexnet_cuda::error::list_failures;
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
@@ -62,7 +61,7 @@ struct Rows {
     labels: Vec<String>,
     logits: Vec<f32>,
     probs: Vec<f32>,
-    unread: Vec<alexnet_cuda::Error>,
+    unread: Option<alexnet_cuda::Error>,
 }
 
 /// Classify the inputs and print each one's top classes.
@@ -89,31 +88,17 @@ pub fn run(args: PredictArgs) -> Result<()> {
         info!("wrote {n} logits rows to {}", path.display());
     }
     print_top(&ck, &rows, classes, args.top as usize)?;
-    unread_error(&rows.unread, args.images.len())
+    unread_error(rows.unread)
 }
 
 /// After the readable images' predictions: the others, in one error.
-fn unread_error(unread: &[alexnet_cuda::Error], n: usize) -> Result<()> {
-    match unread.is_empty() {
-        true => Ok(()),
-        false => bail!(
-            "{}; the others' predictions are above",
-            unread_message(unread, n)
-        ),
+fn unread_error(unread: Option<alexnet_cuda::Error>) -> Result<()> {
+    match unread {
+        None => Ok(()),
+        Some(e) => bail!("{e}; the others' predictions are above"),
     }
 }
 
-/// The images that could not be read, with the fix.
-fn unread_message(unread: &[alexnet_cuda::Error], n: usize) -> String {
-    match unread {
-        [one] => one.to_string(),
-        _ => format!(
-            "{} of {n} images could not be read: {}; remove or replace them",
-            unread.len(),
-            list_failures(unread)
-        ),
-    }
-}
 /// The network restored from the checkpoint, run over the inputs.
 struct PredictOn<'a> {
     ck: &'a Checkpoint,
@@ -155,7 +140,7 @@ fn npy_rows(net: &mut dyn Model, topo: &Topology, path: &Path, chunk: usize) -> 
         labels,
         logits,
         probs,
-        unread: Vec::new(),
+        unread: None,
     })
 }
 
@@ -169,14 +154,17 @@ fn image_rows(
     chunk: usize,
 ) -> Result<Rows> {
     let size = ck.state.preprocess.image_size;
-    let (read, pixels, unread) = decode_all(&args.images, size);
+    let (read, pixels, unread) = decode_each(&args.images, size);
     // A logits file's rows must be the inputs': all or nothing.
-    if !unread.is_empty() && (read.is_empty() || args.logits.is_some()) {
+    if let Some(e) = unread
+        .as_ref()
+        .filter(|_| read.is_empty() || args.logits.is_some())
+    {
         let why = match read.is_empty() {
             true => "",
             false => "; nothing was predicted: --logits writes a row for every image",
         };
-        bail!("{}{why}", unread_message(&unread, args.images.len()));
+        bail!("{e}{why}");
     }
     let n = read.len();
     let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
@@ -191,32 +179,16 @@ fn image_rows(
         logits.extend(l);
         probs.extend(average_crops(&p, b.crops, classes));
     }
-    let labels = read.iter().map(|p| p.display().to_string()).collect();
+    let labels = read
+        .iter()
+        .map(|&i| args.images[i].display().to_string())
+        .collect();
     Ok(Rows {
         labels,
         logits,
         probs,
         unread,
     })
-}
-
-/// Every image decoded at `size`: the readable ones and their pixels, in
-/// order, and an error for each of the others.
-fn decode_all(
-    images: &[PathBuf],
-    size: usize,
-) -> (Vec<&PathBuf>, Vec<u8>, Vec<alexnet_cuda::Error>) {
-    let (mut read, mut pixels, mut unread) = (Vec::new(), Vec::new(), Vec::new());
-    for p in images {
-        match decode_file(p, size) {
-            Ok(px) => {
-                read.push(p);
-                pixels.extend(px);
-            }
-            Err(e) => unread.push(e),
-        }
-    }
-    (read, pixels, unread)
 }
 
 /// Each input's label, then its `top` classes with probability, synset and name.

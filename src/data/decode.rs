@@ -3,7 +3,7 @@
 //! `size x size` (the paper, section 2), encode it as JPEG for the packed
 //! store, and the fast decode the loader runs on every training image.
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -13,7 +13,7 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-use crate::error::{Error, Result};
+use crate::error::{list_failures, Error, Result};
 
 /// The formats read, as errors name them: torchvision's (see
 /// `data::folder::IMAGE_EXTENSIONS`), through the `image` crate's decoders.
@@ -42,26 +42,43 @@ pub fn decode_file(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Every one of `paths` decoded as [`decode_file`] does, one after the
-/// other; if any cannot be read, one error names them all (the first few).
-pub fn decode_files(paths: &[std::path::PathBuf], size: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(paths.len() * size * size * 3);
-    let mut failed = Vec::new();
-    for p in paths {
+/// The images of `paths` that decode (as [`decode_file`] does): their
+/// indices in `paths` and their pixels, one after the other; and, when some
+/// do not, one error for them all ([`unread_error`]).
+pub fn decode_each(paths: &[PathBuf], size: usize) -> (Vec<usize>, Vec<u8>, Option<Error>) {
+    let (mut read, mut pixels, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, p) in paths.iter().enumerate() {
         match decode_file(p, size) {
-            Ok(px) => out.extend(px),
+            Ok(px) => {
+                read.push(i);
+                pixels.extend(px);
+            }
             Err(e) => failed.push(e),
         }
     }
-    match failed.len() {
-        0 => Ok(out),
-        1 => Err(failed.remove(0)),
-        k => Err(Error::Data(format!(
-            "{k} of {} images could not be read: {}; remove or replace them",
-            paths.len(),
-            crate::error::list_failures(&failed)
-        ))),
+    let err = (!failed.is_empty()).then(|| unread_error(failed, paths.len()));
+    (read, pixels, err)
+}
+
+/// [`decode_each`], all or nothing.
+pub fn decode_files(paths: &[PathBuf], size: usize) -> Result<Vec<u8>> {
+    match decode_each(paths, size) {
+        (_, pixels, None) => Ok(pixels),
+        (_, _, Some(e)) => Err(e),
     }
+}
+
+/// The images of `n` that could not be read, as one error: the one error
+/// itself, or how many, the first few ([`list_failures`]) and the fix.
+pub fn unread_error(mut failed: Vec<Error>, n: usize) -> Error {
+    if failed.len() == 1 {
+        return failed.remove(0);
+    }
+    Error::Data(format!(
+        "{} of {n} images could not be read: {}; remove or replace them",
+        failed.len(),
+        list_failures(&failed)
+    ))
 }
 
 /// A folder where an image file was expected (e.g. `predict DIR`) is

@@ -14,7 +14,7 @@ pub mod prepare;
 pub mod store;
 pub mod synth;
 
-pub use decode::{decode_file, decode_files, decode_into, resize_centre_crop};
+pub use decode::{decode_each, decode_file, decode_files, decode_into, resize_centre_crop};
 pub use folder::ImageFolder;
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
