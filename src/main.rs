@@ -69,8 +69,9 @@ enum Command {
 }
 
 /// The command line's grammar, where every flag's value may be a negative
-/// number: `--lr -1` then reaches the flag's own check ("--lr must be a
-/// positive number, not -1"), not clap's "unexpected argument '-1'".
+/// number: `--lr -1` then reaches the flag's own check ("invalid value '-1'
+/// for '--lr <LR>': must be a positive number"), not clap's "unexpected
+/// argument '-1'".
 fn command() -> clap::Command {
     Cli::command().mut_subcommands(|sub| {
         sub.mut_args(|a| {
