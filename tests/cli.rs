@@ -125,6 +125,18 @@ fn too_few_images_for_the_validation_split() {
         "train", "--cpu", "--config", "cifar", "--data", data, "--val", "6",
     ];
     assert_error(&given, &["--val 6:", "6 images", "e.g. --val 1"]);
+    // Said before any image is decoded, from the count of files (7 with a
+    // broken one, which decoding would have reported instead).
+    std::fs::write(dir.path().join("class0/broken.jpg"), "not pixels").unwrap();
+    let seven = [
+        "train", "--cpu", "--config", "cifar", "--data", data, "--val", "7",
+    ];
+    assert_error(&seven, &["--val 7:", "7 images"]);
+    // With --limit, the count is the limit.
+    let limited = [
+        "train", "--cpu", "--config", "cifar", "--data", data, "--limit", "4", "--val", "4",
+    ];
+    assert_error(&limited, &["--val 4:", "4 images"]);
     // None held out: validation would be NaN and the schedule would drop
     // the learning rate every epoch.
     let zero = [
