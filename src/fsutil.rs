@@ -93,6 +93,19 @@ pub fn file_in_the_way(dir: &Path) -> Option<&Path> {
         .filter(|a| !a.is_dir())
 }
 
+/// Refuse an `--out` folder with a file in its place or above it, before
+/// anything is written; `what` is what the folder is for ("the run").
+pub fn refuse_file_in_the_way(dir: &Path, what: &str) -> Result<()> {
+    match file_in_the_way(dir) {
+        Some(file) => Err(Error::Config(format!(
+            "--out {}: {} is a file, not a folder; pass a folder for {what} (created if missing)",
+            dir.display(),
+            file.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuse, before anything is written, a target that is a folder or whose
 /// folder does not exist (the OS would name the temporary file instead).
 pub fn check_target(path: &Path) -> Result<()> {

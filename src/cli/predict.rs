@@ -88,11 +88,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
         info!("wrote {n} logits rows to {}", path.display());
     }
     print_top(&ck, &rows, classes, args.top as usize)?;
-    unread_error(rows.unread)
+    report_unread(rows.unread)
 }
 
 /// After the readable images' predictions: the others, in one error.
-fn unread_error(unread: Option<alexnet_cuda::Error>) -> Result<()> {
+fn report_unread(unread: Option<alexnet_cuda::Error>) -> Result<()> {
     match unread {
         None => Ok(()),
         Some(e) => bail!("{e}; the others' predictions are above"),

@@ -27,7 +27,7 @@ use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
-use crate::fsutil::{file_in_the_way, write_atomic};
+use crate::fsutil::{refuse_file_in_the_way, write_atomic};
 
 /// Images handed to the thread pool at a time; results are written in order
 /// after each chunk, so memory holds at most one chunk of encoded images.
@@ -97,13 +97,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             .or_else(|_| std::path::absolute(p))
             .unwrap_or_else(|_| p.to_path_buf())
     };
-    if let Some(file) = file_in_the_way(&opts.out) {
-        return Err(Error::Config(format!(
-            "--out {}: {} is a file, not a folder; pass a folder for the stores (created if missing)",
-            opts.out.display(),
-            file.display()
-        )));
-    }
+    refuse_file_in_the_way(&opts.out, "the stores")?;
     let out_abs = abs(&opts.out);
     for src in std::iter::once(&opts.train).chain(opts.val.as_ref()) {
         if out_abs.starts_with(abs(src)) {

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::decode::decode_into;
+use super::decode::{decode_into, unread_error};
 use super::folder::ImageFolder;
-use crate::error::{list_failures, Error, Result};
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// Stream tag for the hold-out split, so it never shares draws with the
@@ -322,17 +322,19 @@ pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
     chosen
 }
 
-/// The error for images that could not be decoded: the one error when there
-/// is one, else how many and the first few, with the fix for all of them.
+/// The error for images that could not be decoded (`unread_error`), with
+/// the folder named and, for several, `prepare`'s way around them.
 fn unreadable(folder: &ImageFolder, n: usize, failed: Vec<(usize, Error)>) -> Option<Error> {
-    let k = failed.len();
-    let mut errors: Vec<Error> = failed.into_iter().map(|(_, e)| e).collect();
-    if k <= 1 {
-        return errors.pop();
+    if failed.is_empty() {
+        return None;
     }
-    Some(Error::Data(format!(
-        "{}: {k} of {n} images could not be read: {}; remove or replace them, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
-        folder.root().display(),
-        list_failures(&errors)
-    )))
+    let several = failed.len() > 1;
+    let errors: Vec<Error> = failed.into_iter().map(|(_, e)| e).collect();
+    Some(match unread_error(errors, n) {
+        Error::Data(m) if several => Error::Data(format!(
+            "{}: {m}, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
+            folder.root().display()
+        )),
+        e => e,
+    })
 }

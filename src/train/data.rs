@@ -77,11 +77,10 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         max_bytes: opts.max_memory,
         progress: opts.progress,
     };
-    // Before decoding, from the count the set will have.
+    // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = opts.run.limit.map_or(folder.len(), |l| l.min(folder.len()));
     check_held_out(opts, n, "the data set")?;
     let set = Arc::new(ImageSet::build(&folder, &build)?);
-    check_held_out(opts, set.len(), "the data set")?;
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);

@@ -79,7 +79,7 @@ fn lock_folder(dir: &Path) -> Result<File> {
 /// that already holds a run's checkpoints. Cheap, so `train` calls it
 /// before loading any data; [`RunDir::open`] checks again under its lock.
 pub fn check_run_folder(dir: &Path, resumed: bool) -> Result<()> {
-    refuse_file_in_the_way(dir)?;
+    fsutil::refuse_file_in_the_way(dir, "the run")?;
     if !dir.is_dir() {
         return Ok(());
     }
@@ -88,17 +88,6 @@ pub fn check_run_folder(dir: &Path, resumed: bool) -> Result<()> {
         refuse_existing_run(dir)?;
     }
     Ok(())
-}
-
-fn refuse_file_in_the_way(dir: &Path) -> Result<()> {
-    match fsutil::file_in_the_way(dir) {
-        Some(file) => Err(Error::Config(format!(
-            "--out {}: {} is a file, not a folder; pass a folder for the run (created if missing)",
-            dir.display(),
-            file.display()
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// A fresh run never writes into another run's folder.
@@ -127,7 +116,7 @@ impl RunDir {
         let Some(dir) = &opts.out else {
             return Ok(None);
         };
-        refuse_file_in_the_way(dir)?;
+        fsutil::refuse_file_in_the_way(dir, "the run")?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Config(format!(
                 "run folder {}: could not create it ({e}); pass --out a folder you can write to",
