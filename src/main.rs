@@ -128,3 +128,14 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own check of the grammar of every command: a flag that names
+    /// an unknown one (`conflicts_with`, `requires`), two flags with one
+    /// name or short letter, a positional after a variadic one.
+    #[test]
+    fn grammar_is_consistent() {
+        super::command().debug_assert();
+    }
+}
