@@ -912,7 +912,8 @@ fn demo_runs_resume_on_their_data_written_again() {
 }
 
 /// `--resume --data` on other data says what differs: the first class that
-/// is not the run's (renamed, added, missing) or the count of images.
+/// is not the run's (renamed, added, missing) or the count of images,
+/// before a folder's images are decoded.
 #[test]
 fn a_resume_on_other_data_says_what_differs() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -933,6 +934,9 @@ fn a_resume_on_other_data_says_what_differs() {
         );
     };
     let class = |c: &str| data.join(c);
+    // The data is compared before any image is decoded: this one is
+    // counted by the scan and would fail the decode.
+    std::fs::write(class("class0").join("junk.jpg"), b"not a JPEG").unwrap();
     std::fs::rename(class("class1"), class("class1b")).unwrap();
     resume(&["class 2", "\"class1b\"", "was \"class1\""]);
     std::fs::rename(class("class1b"), class("class1")).unwrap();
@@ -942,7 +946,8 @@ fn a_resume_on_other_data_says_what_differs() {
     std::fs::remove_dir_all(class("class2")).unwrap();
     resume(&["2 classes", "had 3", "first missing: \"class2\""]);
     tree(&data, 3, 5);
-    resume(&["same classes", "12 training images", "had 9"]);
+    // 15 images and the junk, 3 held out.
+    resume(&["same classes", "13 training images", "had 9"]);
 }
 
 /// The words a POSIX shell makes of `command`.

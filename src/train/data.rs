@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
+use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
     workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet, ImageSource, Lighting,
@@ -80,6 +81,14 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = opts.run.limit.map_or(folder.len(), |l| l.min(folder.len()));
     check_held_out(opts, n, "the data set")?;
+    // A resume on other data is refused before the decode, not after it.
+    if let Some(ck) = &opts.resume {
+        let st = &ck.state;
+        let now = (folder.classes(), n - opts.run.val);
+        if let Some(diff) = data_difference((&st.classes, st.train_images), now) {
+            return Err(resume_mismatch(ck, root, &diff));
+        }
+    }
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
     let (mean, std) = set.channel_stats(&train_idx);
@@ -97,6 +106,45 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         mean_image: None,
         cov,
     })
+}
+
+/// How the data `now` (classes, training images after any held-out
+/// split) differs from `was`, the data a run trained on: the first class
+/// that is not the same, the first new or missing one, or the count of
+/// images; None when both agree.
+pub fn data_difference(was: (&[String], usize), now: (&[String], usize)) -> Option<String> {
+    let ((was, n_was), (now, n_now)) = (was, now);
+    if let Some(i) = (0..was.len().min(now.len())).find(|&i| was[i] != now[i]) {
+        return Some(format!(
+            "class {} is {:?} there, and was {:?}",
+            i + 1,
+            now[i],
+            was[i]
+        ));
+    }
+    let (c_was, c_now) = (was.len(), now.len());
+    let (what, first) = match c_now.cmp(&c_was) {
+        std::cmp::Ordering::Greater => ("new", &now[c_was]),
+        std::cmp::Ordering::Less => ("missing", &was[c_now]),
+        std::cmp::Ordering::Equal => {
+            return (n_now != n_was).then(|| {
+                format!("the same classes, but {n_now} training images, and the run had {n_was}: images were added or removed")
+            })
+        }
+    };
+    Some(format!(
+        "it has {c_now} classes and the run had {c_was} (first {what}: {first:?})"
+    ))
+}
+
+/// A resume of `ck`'s run refused: `data` is not the data it trained on.
+pub fn resume_mismatch(ck: &Checkpoint, data: &Path, diff: &str) -> Error {
+    Error::Config(format!(
+        "--resume {}: the run trained on {}, but {} differs: {diff}; pass the run's data with --data",
+        ck.path.display(),
+        ck.state.data,
+        data.display(),
+    ))
 }
 
 /// `--val` images held out of `n`: at least one to validate on (the

@@ -16,7 +16,7 @@ use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 
-use super::data::TrainData;
+use super::data::{data_difference, resume_mismatch, TrainData};
 use super::display;
 use super::options::TrainOptions;
 
@@ -114,13 +114,9 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
         return Ok(());
     };
     let st = &ck.state;
-    if let Some(diff) = data_difference(&st.classes, st.train_images, data) {
-        return Err(Error::Config(format!(
-            "--resume {}: the run trained on {}, but {} differs: {diff}; pass the run's data with --data",
-            ck.path.display(),
-            st.data,
-            opts.data.display(),
-        )));
+    let now = (&data.classes[..], data.train_idx.len());
+    if let Some(diff) = data_difference((&st.classes, st.train_images), now) {
+        return Err(resume_mismatch(ck, &opts.data, &diff));
     }
     if st.net != *spec {
         return Err(Error::Config(format!(
@@ -131,35 +127,6 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
         )));
     }
     Ok(())
-}
-
-/// How the data now differs from the data a run trained on: the first
-/// class that is not the same, or the count of training images (after any
-/// held-out split); None when both agree.
-fn data_difference(classes: &[String], train_images: usize, data: &TrainData) -> Option<String> {
-    let (was, now) = (classes.len(), data.classes.len());
-    if let Some(i) = (0..was.min(now)).find(|&i| classes[i] != data.classes[i]) {
-        return Some(format!(
-            "class {} is {:?} there, and was {:?}",
-            i + 1,
-            data.classes[i],
-            classes[i]
-        ));
-    }
-    if was != now {
-        let (what, first) = if now > was {
-            ("new", &data.classes[was])
-        } else {
-            ("missing", &classes[now])
-        };
-        return Some(format!(
-            "it has {now} classes and the run had {was} (first {what}: {first:?})"
-        ));
-    }
-    let n = data.train_idx.len();
-    (n != train_images).then(|| {
-        format!("the same classes, but {n} training images, and the run had {train_images}: images were added or removed")
-    })
 }
 
 /// Refuse a run whose network buffers (on the CPU) and loader batches would
