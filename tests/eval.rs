@@ -428,7 +428,8 @@ fn predict_and_export_cli() {
     let (ok, alone, err) = cli(&["predict", "--checkpoint", &ckp, &a, &b]);
     assert!(ok, "{err}");
     assert_eq!(part, alone);
-    // With --logits, whose rows are the inputs': nothing, and no file.
+    // With --logits, whose rows are the inputs': the same listing, and no
+    // file (nor its temporary one).
     let ld = t.path().join("d.npy");
     let lds = s(&ld);
     let with_logits = [
@@ -437,12 +438,41 @@ fn predict_and_export_cli() {
     ]
     .concat();
     let (ok, listing, err) = cli(&with_logits);
-    assert!(!ok && listing.is_empty(), "{listing}");
-    assert!(
-        err.contains("--logits writes a row for every image"),
-        "{err}"
-    );
-    assert!(!ld.exists());
+    assert!(!ok && listing == alone, "{listing}");
+    for want in [
+        &lds,
+        "was not written",
+        "--logits writes a row for every image",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("d.npy"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Past one group of decoded images (256): every input's row, in order,
+    // as the hand-cut batch's.
+    let many: Vec<String> = (0..300).map(|i| s(&images[i % 3])).collect();
+    let le = t.path().join("e.npy");
+    let les = s(&le);
+    let args = [&["predict", "--checkpoint", &ckp, "--logits", &les][..]].concat();
+    let many_args: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (ok, _, err) = cli(&[&args[..], &many_args].concat());
+    assert!(ok, "{err}");
+    let (se, e) = read_npy_f32(&le).unwrap();
+    assert_eq!(se, vec![300, 10]);
+    let (_, hand) = read_npy_f32(&lb).unwrap();
+    for (i, row) in e.chunks_exact(10).enumerate() {
+        let want = &hand[(i % 3) * 10..][..10];
+        for (u, v) in row.iter().zip(want) {
+            assert!(
+                (u - v).abs() <= 1e-4 * v.abs().max(1.0),
+                "row {i}: {row:?} {want:?}"
+            );
+        }
+    }
 
     let st = t.path().join("w.safetensors");
     let (ok, _, err) = cli(&[

@@ -1,6 +1,7 @@
 //! `predict`: the top classes of images (or of a preprocessed NCHW batch
 //! from a .npy file) under a checkpoint, on the device the flags pick like
 //! every other command's; optionally the raw logits to a .npy file.
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,12 +11,13 @@ use tracing::info;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
-use alexnet_cuda::data::{batches, decode_each, ImageSet, ImageSource};
+use alexnet_cuda::data::{batches, decode_some, unread_error, ImageSet, ImageSource, LoaderConfig};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
-use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+use alexnet_cuda::npy::{read_npy_f32, NpyWriter};
+use alexnet_cuda::progress;
 
 use super::common::{
     crop_rows, existing_file, existing_image, positive, set_threads, thread_count,
@@ -52,17 +54,15 @@ pub struct PredictArgs {
     /// Compute threads (default: all cores).
     #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
-/// What the network made of the inputs: a label per input, the logits
-/// (one row per network row) and the probabilities (one row per input);
-/// and the images that could not be read, which have no row.
-struct Rows {
-    labels: Vec<String>,
-    logits: Vec<f32>,
-    probs: Vec<f32>,
-    unread: Option<alexnet_cuda::Error>,
-}
+/// Images decoded at a time. Each group is decoded, predicted, listed and
+/// let go, so memory stays the same for ten images or a million (one image
+/// at 256 px is 192 KiB decoded), and the first lines come out at once.
+const GROUP: usize = 256;
 
 /// Classify the inputs and print each one's top classes.
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -71,32 +71,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let request = args.device.request_one()?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
-    let rows = run_on_one(
+    run_on_one(
         &request,
         PredictOn {
             ck: &ck,
             topo: &topo,
             args: &args,
         },
-    )?;
-    let classes = topo.classes;
-    // The file first: a reader of the listing that stops early (`| head`)
-    // must not cost it.
-    if let Some(path) = &args.logits {
-        let n = rows.logits.len() / classes;
-        write_npy_f32(path, &[n, classes], &rows.logits)?;
-        info!("wrote {n} logits rows to {}", path.display());
-    }
-    print_top(&ck, &rows, classes, args.top as usize)?;
-    report_unread(rows.unread)
-}
-
-/// After the readable images' predictions: the others, in one error.
-fn report_unread(unread: Option<alexnet_cuda::Error>) -> Result<()> {
-    match unread {
-        None => Ok(()),
-        Some(e) => bail!("{e}; the others' predictions are above"),
-    }
+    )
 }
 
 /// The network restored from the checkpoint, run over the inputs.
@@ -107,20 +89,27 @@ struct PredictOn<'a> {
 }
 
 impl OnDevice for PredictOn<'_> {
-    type Out = Rows;
+    type Out = ();
     type Err = anyhow::Error;
-    fn run<B: Backend>(self, be: &B) -> Result<Rows> {
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
         let chunk = self.ck.state.options.batch.clamp(1, 64);
         let mut net = self.ck.network(be, self.topo, chunk)?;
         match &self.args.input_npy {
-            Some(path) => npy_rows(&mut net, self.topo, path, chunk),
-            None => image_rows(&mut net, self.topo.classes, self.ck, self.args, chunk),
+            Some(path) => npy_rows(&mut net, self.topo, self.ck, self.args, path, chunk),
+            None => image_rows(&mut net, self.ck, self.args, chunk),
         }
     }
 }
 
 /// A preprocessed batch from a .npy file, checked against the network's input.
-fn npy_rows(net: &mut dyn Model, topo: &Topology, path: &Path, chunk: usize) -> Result<Rows> {
+fn npy_rows(
+    net: &mut dyn Model,
+    topo: &Topology,
+    ck: &Checkpoint,
+    args: &PredictArgs,
+    path: &Path,
+    chunk: usize,
+) -> Result<()> {
     let (shape, x) = read_npy_f32(path)?;
     let side = topo.crop;
     let want = [topo.channels, side, side];
@@ -132,69 +121,149 @@ fn npy_rows(net: &mut dyn Model, topo: &Topology, path: &Path, chunk: usize) -> 
             topo.channels
         );
     }
+    let mut out = Output::new(ck, args, shape[0])?;
     let (logits, probs) = forward_rows(net, &x, chunk)?;
-    let labels = (0..shape[0])
+    let labels: Vec<String> = (0..shape[0])
         .map(|i| format!("{} row {i}", path.display()))
         .collect();
-    Ok(Rows {
-        labels,
-        logits,
-        probs,
-        unread: None,
-    })
+    out.take(&labels, &logits, &probs)?;
+    out.finish(None)
 }
 
-/// Image files, decoded and cropped as evaluation does (--ten-crop: the
-/// softmax averaged over the ten crops).
+/// Image files, a group at a time, decoded and cropped as evaluation does
+/// (--ten-crop: the softmax averaged over the ten crops).
 fn image_rows(
     net: &mut dyn Model,
-    classes: usize,
     ck: &Checkpoint,
     args: &PredictArgs,
     chunk: usize,
-) -> Result<Rows> {
-    let size = ck.state.preprocess.image_size;
-    let (read, pixels, unread) = decode_each(&args.images, size);
-    // A logits file's rows must be the inputs': all or nothing.
-    if let Some(e) = unread
-        .as_ref()
-        .filter(|_| read.is_empty() || args.logits.is_some())
-    {
-        let why = match read.is_empty() {
-            true => "",
-            false => "; nothing was predicted: --logits writes a row for every image",
-        };
-        bail!("{e}{why}");
+) -> Result<()> {
+    let crops = crop_rows(args.ten_crop);
+    let mut out = Output::new(ck, args, args.images.len() * crops)?;
+    let cfg = loader_for(ck, (chunk / crops).max(1), args.ten_crop, 0);
+    let bar = progress::bar(args.images.len(), "predicting", !args.no_progress);
+    let mut failed = Vec::new();
+    for group in args.images.chunks(GROUP) {
+        let size = ck.state.preprocess.image_size;
+        let (read, pixels, errors) = decode_some(group, size);
+        failed.extend(errors);
+        let (logits, probs) = predict_group(net, ck, &cfg, pixels, read.len())?;
+        let labels: Vec<String> = read
+            .iter()
+            .map(|&i| group[i].display().to_string())
+            .collect();
+        out.take(&labels, &logits, &probs)?;
+        bar.inc(group.len() as u64);
     }
-    let n = read.len();
+    bar.finish_and_clear();
+    let unread = (!failed.is_empty()).then(|| unread_error(failed, args.images.len()));
+    out.finish(unread)
+}
+
+/// The logits (a row per crop) and the crop-averaged probabilities (a row
+/// per image) of `n` decoded images.
+fn predict_group(
+    net: &mut dyn Model,
+    ck: &Checkpoint,
+    cfg: &LoaderConfig,
+    pixels: Vec<u8>,
+    n: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+    if n == 0 {
+        return Ok((logits, probs));
+    }
+    let size = ck.state.preprocess.image_size;
     let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
     let set: Arc<dyn ImageSource> = Arc::new(set);
-    let per_step = (chunk / crop_rows(args.ten_crop)).max(1);
-    let cfg = loader_for(ck, per_step, args.ten_crop, 0);
     let idx: Vec<usize> = (0..n).collect();
-    let (mut logits, mut probs) = (Vec::new(), Vec::new());
-    for b in batches(Arc::clone(&set), &idx, &cfg, 0)? {
+    for b in batches(set, &idx, cfg, 0)? {
         let b = b?;
         let (l, p) = forward_rows(net, &b.x, b.n * b.crops)?;
         logits.extend(l);
-        probs.extend(average_crops(&p, b.crops, classes));
+        probs.extend(average_crops(&p, b.crops, ck.state.classes.len()));
     }
-    let labels = read
-        .iter()
-        .map(|&i| args.images[i].display().to_string())
-        .collect();
-    Ok(Rows {
-        labels,
-        logits,
-        probs,
-        unread,
-    })
+    Ok((logits, probs))
+}
+
+/// Where predictions go as they come: the listing on standard output, and
+/// the --logits file, whose rows must be the inputs': written whole, or
+/// not at all.
+struct Output<'a> {
+    ck: &'a Checkpoint,
+    top: usize,
+    logits: Option<(NpyWriter, &'a Path)>,
+    /// Inputs listed (or, once the listing's reader has gone, predicted).
+    predicted: usize,
+    /// False once the reader of standard output has gone (`| head`): the
+    /// logits file is still finished, then the run ends as a closed pipe
+    /// does.
+    listing: bool,
+}
+
+impl<'a> Output<'a> {
+    /// Opens the logits file (`rows` rows) before any input is read, so a
+    /// path that cannot be written costs nothing.
+    fn new(ck: &'a Checkpoint, args: &'a PredictArgs, rows: usize) -> Result<Output<'a>> {
+        let classes = ck.state.classes.len();
+        let logits = match &args.logits {
+            Some(p) => Some((NpyWriter::create(p, rows, classes)?, p.as_path())),
+            None => None,
+        };
+        Ok(Output {
+            ck,
+            top: args.top as usize,
+            logits,
+            predicted: 0,
+            listing: true,
+        })
+    }
+
+    /// Inputs `labels`: their logits rows and their probabilities, one row each.
+    fn take(&mut self, labels: &[String], logits: &[f32], probs: &[f32]) -> Result<()> {
+        if let Some((w, _)) = &mut self.logits {
+            w.append(logits)?;
+        }
+        self.predicted += labels.len();
+        if !self.listing {
+            return Ok(());
+        }
+        match print_top(self.ck, labels, probs, self.top) {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe && self.logits.is_some() => {
+                self.listing = false;
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// The logits file finished, if every input was read; then the inputs
+    /// that were not, in one error.
+    fn finish(self, unread: Option<alexnet_cuda::Error>) -> Result<()> {
+        match (unread, self.logits) {
+            (Some(e), _) if self.predicted == 0 => bail!("{e}"),
+            (Some(e), Some((_, path))) => bail!(
+                "{e}; the others' predictions are above, and {} was not written: --logits writes a row for every image",
+                path.display()
+            ),
+            (Some(e), None) => bail!("{e}; the others' predictions are above"),
+            (None, Some((w, path))) => {
+                w.finish()?;
+                info!("wrote {} logits rows to {}", self.predicted, path.display());
+            }
+            (None, None) => {}
+        }
+        if !self.listing {
+            return Err(std::io::Error::from(ErrorKind::BrokenPipe).into());
+        }
+        Ok(())
+    }
 }
 
 /// Each input's label, then its `top` classes with probability, synset and name.
-fn print_top(ck: &Checkpoint, rows: &Rows, classes: usize, top: usize) -> Result<()> {
-    let names = &ck.state.names;
-    for (label, row) in rows.labels.iter().zip(rows.probs.chunks_exact(classes)) {
+fn print_top(ck: &Checkpoint, labels: &[String], probs: &[f32], top: usize) -> std::io::Result<()> {
+    let (names, classes) = (&ck.state.names, ck.state.classes.len());
+    for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
         outln!("{label}")?;
         for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
             let id = &ck.state.classes[c];

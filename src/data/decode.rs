@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use rayon::prelude::*;
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
@@ -42,13 +43,14 @@ pub fn decode_file(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The images of `paths` that decode (as [`decode_file`] does): their
-/// indices in `paths` and their pixels, one after the other; and, when some
-/// do not, one error for them all ([`unread_error`]).
-pub fn decode_each(paths: &[PathBuf], size: usize) -> (Vec<usize>, Vec<u8>, Option<Error>) {
+/// The images of `paths` that decode (as [`decode_file`] does, several at
+/// once on the compute threads): their indices in `paths` and their pixels,
+/// one after the other; and the errors of the others, in path order.
+pub fn decode_some(paths: &[PathBuf], size: usize) -> (Vec<usize>, Vec<u8>, Vec<Error>) {
+    let decoded: Vec<Result<Vec<u8>>> = paths.par_iter().map(|p| decode_file(p, size)).collect();
     let (mut read, mut pixels, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, p) in paths.iter().enumerate() {
-        match decode_file(p, size) {
+    for (i, r) in decoded.into_iter().enumerate() {
+        match r {
             Ok(px) => {
                 read.push(i);
                 pixels.extend(px);
@@ -56,15 +58,15 @@ pub fn decode_each(paths: &[PathBuf], size: usize) -> (Vec<usize>, Vec<u8>, Opti
             Err(e) => failed.push(e),
         }
     }
-    let err = (!failed.is_empty()).then(|| unread_error(failed, paths.len()));
-    (read, pixels, err)
+    (read, pixels, failed)
 }
 
-/// [`decode_each`], all or nothing.
+/// Every image of `paths`, decoded as [`decode_file`] does, or one error
+/// for all that are not ([`unread_error`]).
 pub fn decode_files(paths: &[PathBuf], size: usize) -> Result<Vec<u8>> {
-    match decode_each(paths, size) {
-        (_, pixels, None) => Ok(pixels),
-        (_, _, Some(e)) => Err(e),
+    match decode_some(paths, size) {
+        (_, pixels, failed) if failed.is_empty() => Ok(pixels),
+        (_, _, failed) => Err(unread_error(failed, paths.len())),
     }
 }
 

@@ -14,7 +14,9 @@ pub mod prepare;
 pub mod store;
 pub mod synth;
 
-pub use decode::{decode_each, decode_file, decode_files, decode_into, resize_centre_crop};
+pub use decode::{
+    decode_file, decode_files, decode_into, decode_some, resize_centre_crop, unread_error,
+};
 pub use folder::ImageFolder;
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
