@@ -398,12 +398,36 @@ fn predict_and_export_cli() {
     // A missing image is named.
     let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), "nothere.jpg"]);
     assert!(!ok && err.contains("nothere.jpg"), "{err}");
-    // A folder where image files go says to pass the images in it.
-    let folder = s(t.path());
-    let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), &folder]);
+    // A folder means every image under it, in path order; other files
+    // are named in a warning, and a folder without images is an error.
+    let photos = t.path().join("photos");
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    let placed = [
+        photos.join("b.jpg"),
+        photos.join("c.JPEG"),
+        photos.join("sub/a.jpg"),
+    ];
+    for (from, to) in [&images[1], &images[2], &images[0]].iter().zip(&placed) {
+        std::fs::copy(from, to).unwrap();
+    }
+    std::fs::write(photos.join("notes.txt"), "a note").unwrap();
+    let ckp = s(&ck_path);
+    let (ok, listed, err) = cli(&["predict", "--checkpoint", &ckp, &s(&photos)]);
+    assert!(ok && err.contains("1 files not read (notes.txt)"), "{err}");
+    let placed: Vec<String> = placed.iter().map(|p| s(p)).collect();
+    let each = [
+        &["predict", "--checkpoint", &ckp][..],
+        &placed.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat();
+    let (ok, by_file, err) = cli(&each);
+    assert!(ok, "{err}");
+    assert_eq!(listed, by_file);
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = cli(&["predict", "--checkpoint", &ckp, &s(&empty)]);
     assert!(
-        !ok && err.contains(&folder)
-            && err.contains("a folder, not an image; pass the images in it"),
+        !ok && err.contains(&s(&empty)) && err.contains("has no .jpg"),
         "{err}"
     );
     // Unreadable images among readable ones: the readable ones are listed
@@ -411,7 +435,6 @@ fn predict_and_export_cli() {
     let (notes, gif) = (t.path().join("notes.jpg"), t.path().join("anim.gif"));
     std::fs::write(&notes, "not pixels").unwrap();
     std::fs::write(&gif, b"GIF89a").unwrap();
-    let ckp = s(&ck_path);
     let (a, b) = (s(&images[0]), s(&images[1]));
     let mixed = [s(&notes), a.clone(), s(&gif), b.clone()];
     let mixed: Vec<&str> = mixed.iter().map(String::as_str).collect();

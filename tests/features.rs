@@ -249,14 +249,18 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     // The command: a photo that is in the set, found at rank 1, distance ~0.
     let store = PackedStore::open(&st.store).unwrap();
     let sources = store.sources().unwrap();
-    let i = 321;
-    let query = fixtures().join(&sources[i]);
-    let query = if query.exists() {
+    let source = |i: usize| {
+        let query = fixtures().join(&sources[i]);
+        let query = if query.exists() {
+            query
+        } else {
+            PathBuf::from(&sources[i])
+        };
+        assert!(query.exists(), "{}", query.display());
         query
-    } else {
-        PathBuf::from(&sources[i])
     };
-    assert!(query.exists(), "{}", query.display());
+    let i = 321;
+    let query = source(i);
     let grid = st.root.join("grid.png");
     let (ok, stdout, err) = cli(&[
         "neighbors",
@@ -290,6 +294,39 @@ fn a_set_image_is_its_own_nearest_neighbour() {
         (img.width(), img.height()),
         (6 + 4 * 102 + 12, 6 + 96 + 30 + 6)
     );
+
+    // A folder of queries: every image under it, in path order, each found
+    // at rank 1.
+    let queries = st.root.join("queries");
+    std::fs::create_dir_all(queries.join("more")).unwrap();
+    let placed = [(queries.join("a.jpg"), 77), (queries.join("more/b.jpg"), i)];
+    for (to, row) in &placed {
+        std::fs::copy(source(*row), to).unwrap();
+    }
+    let (ok, by_folder, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&st.store),
+        "--query",
+        &s(&queries),
+        "--k",
+        "1",
+        "--features",
+        &s(&fc7),
+        "--out",
+        &s(&st.root.join("grid3.png")),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let found: Vec<String> = by_folder
+        .lines()
+        .filter(|l| l.contains("\t1\t"))
+        .map(|l| l.split('\t').nth(4).unwrap().to_string())
+        .collect();
+    assert_eq!(found, ["77", "321"], "{by_folder}");
 
     // Without --features, fc7 of the set is computed and written beside the picture.
     let grid2 = st.root.join("grid2.png");

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
+use alexnet_cuda::data::images_under;
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -142,15 +143,26 @@ pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
     }
 }
 
-/// [`existing_file`] for images: a folder gets the pattern for its images.
-pub fn existing_image(s: &str) -> std::result::Result<PathBuf, String> {
-    if Path::new(s).is_dir() {
-        let dir = s.trim_end_matches('/');
-        return Err(format!(
-            "a folder, not an image; pass the images in it, e.g. {dir}/*.jpg"
-        ));
+/// Flag parser for images: an image file ([`existing_file`]) or a folder
+/// of them, which [`image_files`] expands.
+pub fn image_or_folder(s: &str) -> std::result::Result<PathBuf, String> {
+    match Path::new(s).is_dir() {
+        true => Ok(PathBuf::from(s)),
+        false => existing_file(s),
     }
-    existing_file(s)
+}
+
+/// `paths` with each folder in place of the images under it, at any depth
+/// and sorted (`data::images_under`).
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::with_capacity(paths.len());
+    for p in paths {
+        match p.is_dir() {
+            true => files.extend(images_under(p)?),
+            false => files.push(p.clone()),
+        }
+    }
+    Ok(files)
 }
 
 /// [`existing_file`] for weights: a run folder means its best.safetensors,

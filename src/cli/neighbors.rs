@@ -10,7 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{existing_file, existing_image, positive};
+use super::common::{existing_file, image_files, image_or_folder, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -20,8 +20,8 @@ pub struct NeighborsArgs {
     /// The images searched: a store folder, a `prepare` output folder (its train/), or class sub-folders.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Query images (JPEG, PNG): resized and centre-cropped as predict does.
-    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = existing_image)]
+    /// Query images, or folders of them (every image under a folder, in path order): resized and centre-cropped as predict does.
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = image_or_folder)]
     query: Vec<PathBuf>,
     /// Neighbours per query.
     #[arg(long, default_value_t = 6, value_parser = positive)]
@@ -45,11 +45,12 @@ pub struct NeighborsArgs {
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
+    let queries = image_files(&args.query)?;
     let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {
         ck: &ck,
         data: &args.data,
-        queries: &args.query,
+        queries: &queries,
         k: args.k as usize,
         out: &args.out,
         features: args.features.as_deref(),

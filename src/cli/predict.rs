@@ -20,7 +20,7 @@ use alexnet_cuda::npy::{read_npy_f32, NpyWriter};
 use alexnet_cuda::progress;
 
 use super::common::{
-    crop_rows, existing_file, existing_image, positive, set_threads, thread_count,
+    crop_rows, existing_file, image_files, image_or_folder, positive, set_threads, thread_count,
 };
 use super::device::DeviceArgs;
 
@@ -31,12 +31,12 @@ pub struct PredictArgs {
     checkpoint: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Images (JPEG, PNG): resized, centre-cropped and normalised as in evaluation.
+    /// Images, or folders of them (every image under a folder, in path order): resized, centre-cropped and normalised as in evaluation.
     #[arg(
         value_name = "IMAGE",
         required_unless_present = "input_npy",
         conflicts_with = "input_npy",
-        value_parser = existing_image
+        value_parser = image_or_folder
     )]
     images: Vec<PathBuf>,
     /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.
@@ -69,6 +69,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     set_threads(args.threads)?;
     // The flags first: a bad one is reported before any file is read.
     let request = args.device.request_one()?;
+    let images = image_files(&args.images)?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     run_on_one(
@@ -77,6 +78,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             ck: &ck,
             topo: &topo,
             args: &args,
+            images: &images,
         },
     )
 }
@@ -86,6 +88,8 @@ struct PredictOn<'a> {
     ck: &'a Checkpoint,
     topo: &'a Topology,
     args: &'a PredictArgs,
+    /// The image files, folders expanded.
+    images: &'a [PathBuf],
 }
 
 impl OnDevice for PredictOn<'_> {
@@ -96,7 +100,7 @@ impl OnDevice for PredictOn<'_> {
         let mut net = self.ck.network(be, self.topo, chunk)?;
         match &self.args.input_npy {
             Some(path) => npy_rows(&mut net, self.topo, self.ck, self.args, path, chunk),
-            None => image_rows(&mut net, self.ck, self.args, chunk),
+            None => image_rows(&mut net, self.ck, self.args, self.images, chunk),
         }
     }
 }
@@ -136,14 +140,15 @@ fn image_rows(
     net: &mut dyn Model,
     ck: &Checkpoint,
     args: &PredictArgs,
+    images: &[PathBuf],
     chunk: usize,
 ) -> Result<()> {
     let crops = crop_rows(args.ten_crop);
-    let mut out = Output::new(ck, args, args.images.len() * crops)?;
+    let mut out = Output::new(ck, args, images.len() * crops)?;
     let cfg = loader_for(ck, (chunk / crops).max(1), args.ten_crop, 0);
-    let bar = progress::bar(args.images.len(), "predicting", !args.no_progress);
+    let bar = progress::bar(images.len(), "predicting", !args.no_progress);
     let mut failed = Vec::new();
-    for group in args.images.chunks(GROUP) {
+    for group in images.chunks(GROUP) {
         let size = ck.state.preprocess.image_size;
         let (read, pixels, errors) = decode_some(group, size);
         failed.extend(errors);
@@ -156,7 +161,7 @@ fn image_rows(
         bar.inc(group.len() as u64);
     }
     bar.finish_and_clear();
-    let unread = (!failed.is_empty()).then(|| unread_error(failed, args.images.len()));
+    let unread = (!failed.is_empty()).then(|| unread_error(failed, images.len()));
     out.finish(unread)
 }
 

@@ -97,7 +97,11 @@ impl ImageFolder {
             classes.push(name);
         }
         ignored.sort();
-        warn_ignored(root, &ignored);
+        let rule = format!(
+            "only {} files inside a class folder are images; to use the others, move them into their class's folder or convert them to one of these formats",
+            image_kinds()
+        );
+        warn_ignored(root, &ignored, &rule);
         Ok(ImageFolder {
             root: root.to_path_buf(),
             classes,
@@ -134,6 +138,24 @@ impl ImageFolder {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+/// The images under `dir`, unlabelled, by the rules of a class folder:
+/// at any depth, by extension ([`IMAGE_EXTENSIONS`]), sorted by path, links
+/// up the tree not followed. Other files are named in one warning; a
+/// folder without any image is an error.
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let (mut files, mut ignored) = (Vec::new(), Vec::new());
+    walk_class(dir, &mut files, &mut ignored, &mut above(dir)?)?;
+    let kinds = image_kinds();
+    warn_ignored(dir, &ignored, &format!("only {kinds} files are images"));
+    if files.is_empty() {
+        return Err(Error::Data(format!(
+            "{} has no {kinds} images, in it or in its sub-folders",
+            dir.display()
+        )));
+    }
+    Ok(files)
 }
 
 /// True when the file name ends in one of [`IMAGE_EXTENSIONS`], any case.
@@ -188,8 +210,9 @@ fn is_hidden(path: &Path) -> bool {
 }
 
 /// One warning for everything a scan skipped, so a folder of `.gif` files,
-/// or images left outside the class folders, are not lost in silence.
-fn warn_ignored(root: &Path, ignored: &[PathBuf]) {
+/// or images left outside the class folders, are not lost in silence;
+/// `rule` says which files are read and what to do with the others.
+fn warn_ignored(root: &Path, ignored: &[PathBuf], rule: &str) {
     if ignored.is_empty() {
         return;
     }
@@ -204,11 +227,10 @@ fn warn_ignored(root: &Path, ignored: &[PathBuf]) {
         ""
     };
     tracing::warn!(
-        "{}: {} files not read ({}{more}): only {} files inside a class folder are images; to use the others, move them into their class's folder or convert them to one of these formats",
+        "{}: {} files not read ({}{more}): {rule}",
         root.display(),
         ignored.len(),
         shown.join(", "),
-        image_kinds()
     );
 }
 

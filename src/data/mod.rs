@@ -17,7 +17,7 @@ pub mod synth;
 pub use decode::{
     decode_file, decode_files, decode_into, decode_some, resize_centre_crop, unread_error,
 };
-pub use folder::ImageFolder;
+pub use folder::{images_under, ImageFolder};
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
 pub use loader::{
