@@ -271,6 +271,25 @@ impl Checkpoint {
     pub fn mean_image(&self) -> Option<&[f32]> {
         self.tensors.get(MEAN_IMAGE).map(|t| t.data.as_slice())
     }
+
+    /// CRC-32 of what the network computes with: every tensor but the
+    /// momentum, by name in order. Two checkpoints with the same weights
+    /// (a run's best and the step it copies) agree; any weight changed
+    /// changes it.
+    pub fn weights_crc32(&self) -> u32 {
+        let mut names: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|n| !n.starts_with(MOMENTUM))
+            .collect();
+        names.sort();
+        let mut h = crc32fast::Hasher::new();
+        for name in names {
+            h.update(name.as_bytes());
+            h.update(&crc_f32(&self.tensors[name].data).to_le_bytes());
+        }
+        h.finalize()
+    }
 }
 
 /// Set every parameter of `net` from `tensors` (PyTorch names and shapes);

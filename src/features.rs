@@ -165,6 +165,70 @@ pub fn rows_csv_path(features: &Path) -> PathBuf {
     features.with_extension("rows.csv")
 }
 
+/// The record beside a features file: `F.npy` gets `F.meta.json`.
+pub fn meta_path(features: &Path) -> PathBuf {
+    features.with_extension("meta.json")
+}
+
+/// What computed a features file, which its shape cannot tell (fc6 and fc7
+/// are both 4096 wide; every checkpoint of a config has the same widths).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FeaturesMeta {
+    layer: String,
+    checkpoint: String,
+    /// [`Checkpoint::weights_crc32`].
+    weights_crc32: u32,
+}
+
+/// Record that `layer` of `ck` computed the features file `features`.
+fn write_meta(features: &Path, ck: &Checkpoint, layer: &str) -> Result<()> {
+    let meta = FeaturesMeta {
+        layer: layer.to_string(),
+        checkpoint: ck.path.display().to_string(),
+        weights_crc32: ck.weights_crc32(),
+    };
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Data(e.to_string()))?;
+    write_atomic(&meta_path(features), text.as_bytes())
+}
+
+/// A given features file against its record: fc7 of `ck`'s weights. A
+/// file without one (written by hand, or by another tool) is searched, with
+/// a warning.
+fn check_meta(f: &Path, ck: &Checkpoint) -> Result<()> {
+    let path = meta_path(f);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        tracing::warn!(
+            "{}: no readable {} beside it, so which layer and checkpoint computed it is not checked",
+            f.display(),
+            path.display()
+        );
+        return Ok(());
+    };
+    let meta: FeaturesMeta = serde_json::from_str(&text).map_err(|e| {
+        Error::Data(format!(
+            "{}: not a features record ({e}); delete it, or compute the features again",
+            path.display()
+        ))
+    })?;
+    let fix = format!("compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` and this checkpoint, or leave out --features");
+    if meta.layer != NEIGHBOR_LAYER {
+        return Err(Error::Data(format!(
+            "{}: features of {}, and neighbours are found by {NEIGHBOR_LAYER}; {fix}",
+            f.display(),
+            meta.layer
+        )));
+    }
+    if meta.weights_crc32 != ck.weights_crc32() {
+        return Err(Error::Data(format!(
+            "{}: computed with the weights of {}, not those of {}; {fix}",
+            f.display(),
+            meta.checkpoint,
+            ck.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// One CSV field, quoted when it holds a comma, quote or line break.
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -462,6 +526,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         )?;
         pb.finish_and_clear();
         write_rows_csv(&rows_csv_path(&features), ck, &fs, &indices)?;
+        write_meta(&features, ck, NEIGHBOR_LAYER)?;
     }
     let q = query_features(&mut net, job, &qpix, size, width)?;
     let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
@@ -520,6 +585,7 @@ fn check_features(
         )));
     }
     check_rows_csv(f, fs, indices)?;
+    check_meta(f, job.ck)?;
     Ok(f.to_path_buf())
 }
 
@@ -779,6 +845,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     pb.finish_and_clear();
     let rows_csv = rows_csv_path(job.out);
     write_rows_csv(&rows_csv, ck, &fs, &indices)?;
+    write_meta(job.out, ck, job.layer)?;
     Ok(FeaturesReport {
         rows: indices.len(),
         width,

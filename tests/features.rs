@@ -567,6 +567,63 @@ fn bad_input_gets_a_clear_error() {
         err.contains("rows of 6912 values, but fc7 of the checkpoint's config cifar has 512"),
         "{err}"
     );
+    // Features of the same width but another layer (fc6), or of other
+    // weights, are refused by the record beside them; a run's best
+    // checkpoint (the same weights as its last step) is not.
+    let feats = |layer: &str, name: &str| {
+        let f = st.root.join(name);
+        let (ok, _, err) = cli(&[
+            "features",
+            "--cpu",
+            "--checkpoint",
+            &c,
+            "--data",
+            &d,
+            "--layer",
+            layer,
+            "--out",
+            &s(&f),
+            "--no-progress",
+        ]);
+        assert!(ok, "{err}");
+        s(&f)
+    };
+    let fc6 = feats("fc6", "fc6.npy");
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &fc6]);
+    assert!(
+        !ok && err.contains("features of fc6, and neighbours are found by fc7"),
+        "{err}"
+    );
+    let fc7 = feats("fc7", "fc7-here.npy");
+    let best = st.ckpt.parent().unwrap().join("best.safetensors");
+    let with_ck = |ck: &Path| {
+        let grid = s(&st.root.join("ck.png"));
+        let args = [
+            "--checkpoint",
+            &s(ck),
+            "--data",
+            &d,
+            "--out",
+            &grid,
+            "--query",
+            &photo,
+        ];
+        cli(&[&["neighbors", "--cpu", "--features", &fc7][..], &args].concat())
+    };
+    let (ok, _, err) = with_ck(&best);
+    assert!(ok, "{err}");
+    let mut ck = checkpoint::load(&st.ckpt).unwrap();
+    ck.tensors.get_mut("conv1.weight").unwrap().data[0] += 1e-3;
+    let mut tensors: Vec<_> = ck.tensors.into_values().collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let other_ck = st.root.join("other.safetensors");
+    checkpoint::save(&other_ck, &ck.state, &tensors).unwrap();
+    let (ok, _, err) = with_ck(&other_ck);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("computed with the weights of") && err.contains("other.safetensors"),
+        "{err}"
+    );
     // A features file of another set: the row count differs.
     let few = st.root.join("few.npy");
     write_npy_f32(&few, &[10, 512], &vec![0.0; 10 * 512]).unwrap();
