@@ -369,7 +369,7 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
     let _ = fs::remove_file(&tmp);
     fs::hard_link(ckpt, &tmp)
         .or_else(|_| fs::copy(ckpt, &tmp).map(|_| ()))
-        .map_err(|e| Error::io(&tmp, e))?;
+        .map_err(|e| Error::io(&best, e))?;
     fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))?;
     sync_dir(&best)
 }

@@ -10,7 +10,7 @@ pub enum Error {
 
     /// A file or folder could not be read or written. The OS error is in the
     /// message and not also a `source()`, or `{:#}` would print it twice.
-    #[error("{}: {err}", path.display())]
+    #[error("{}: {err}{}", path.display(), disk_fix(err))]
     Io { path: PathBuf, err: std::io::Error },
 
     /// A file exists but is not an image we can decode.
@@ -61,6 +61,22 @@ impl Error {
     }
 }
 
+/// What to do about an I/O error whose cause is the disk, not the file:
+/// nothing in the file's name or content would fix it.
+fn disk_fix(err: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "; free space on its disk (or raise the quota), or write elsewhere"
+        }
+        ErrorKind::FileTooLarge => {
+            "; a file-size limit (the file system's, or `ulimit -f`) stopped it: raise it, or write elsewhere"
+        }
+        ErrorKind::ReadOnlyFilesystem => "; its file system is read-only: write elsewhere",
+        _ => "",
+    }
+}
+
 /// How many failures a message lists before it stops.
 pub const LISTED: usize = 5;
 
@@ -85,5 +101,30 @@ pub fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Resul
             op,
             detail: format!("{what} has {got} elements, expected {want}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OS's own "disk full" (/dev/full fails every write with ENOSPC)
+    /// comes with what to do about it.
+    #[test]
+    fn a_full_disk_says_what_to_do() {
+        let path = PathBuf::from("/dev/full");
+        if !path.exists() {
+            return; // not Linux
+        }
+        let err = std::fs::write(&path, b"x").expect_err("/dev/full took a write");
+        let msg = Error::io(&path, err).to_string();
+        assert!(
+            msg.starts_with("/dev/full: No space left on device"),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("free space on its disk (or raise the quota), or write elsewhere"),
+            "{msg}"
+        );
     }
 }

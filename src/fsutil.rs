@@ -139,10 +139,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     check_target(path)?;
     sweep_before_writing(path);
     let tmp = temp_path(path);
+    // Errors name the file asked for: the temporary one is removed.
+    let io = |e| Error::io(path, e);
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         sync_dir(path)

@@ -161,7 +161,8 @@ impl NpyWriter {
         check_target(path)?;
         sweep_before_writing(path);
         let tmp = temp_path(path);
-        let io = |e| Error::io(&tmp, e);
+        // Errors name the file asked for: the temporary one is removed.
+        let io = |e| Error::io(path, e);
         let file = File::create(&tmp).map_err(io)?;
         let out = file
             .try_clone()
@@ -205,7 +206,7 @@ impl NpyWriter {
             detail: "the writer is finished".into(),
         })?;
         out.extend(values.iter().copied())
-            .map_err(|e| Error::io(&self.tmp, e))?;
+            .map_err(|e| Error::io(&self.path, e))?;
         self.written += values.len() / cols;
         Ok(())
     }
@@ -232,7 +233,7 @@ impl NpyWriter {
             op: "NpyWriter::finish",
             detail: "the writer is finished".into(),
         })?;
-        let io = |e| Error::io(&self.tmp, e);
+        let io = |e| Error::io(&self.path, e);
         // npyz's finish writes the row count into the header and flushes;
         // its buffer and handle are dropped before the fsync.
         let done = out.finish().and_then(|()| self.file.sync_all());

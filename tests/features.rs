@@ -358,6 +358,63 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     assert_eq!(ranks(&stdout), ranks(&stdout2));
 }
 
+/// A write stopped by the disk (here a file-size limit, `ulimit -f`, with
+/// SIGXFSZ ignored so the write fails with EFBIG) names the file asked for,
+/// not its temporary one, says what to do, and leaves nothing behind.
+#[test]
+fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let limited = |args: &[&str]| {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(args)
+            .output()
+            .expect("run alexnet-cuda under bash");
+        assert!(!o.status.success(), "a write past 16 KiB succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let (c, d) = (s(&st.ckpt), s(&st.store));
+    // 500 rows of 512 float32 values (1 MB), streamed.
+    let fc7 = s(&dir.path().join("fc7.npy"));
+    let e1 = limited(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--layer",
+        "fc7",
+        "--out",
+        &fc7,
+        "--no-progress",
+    ]);
+    // The cifar config's weights (a few MB), written at once.
+    let onnx = s(&dir.path().join("net.onnx"));
+    let e2 = limited(&[
+        "export",
+        "--checkpoint",
+        &c,
+        "--format",
+        "onnx",
+        "--out",
+        &onnx,
+    ]);
+    for (err, file) in [(e1, fc7), (e2, onnx)] {
+        assert!(err.contains(&format!("{file}: File too large")), "{err}");
+        assert!(!err.contains(".tmp-"), "{err}");
+        assert!(
+            err.contains("file-size limit") && err.contains("write elsewhere"),
+            "{err}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Squared distances by brute force in f64, sorted (distance, row).
 fn brute(x: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
     q.chunks_exact(dim)

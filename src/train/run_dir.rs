@@ -179,8 +179,13 @@ impl RunDir {
                 Some(p) => format!("the previous checkpoint {} is intact", p.display()),
                 None => "no checkpoint of this run was written yet".into(),
             };
+            // The OS's reason alone: the fix that follows is this one's.
+            let why = match e {
+                Error::Io { err, .. } => err.to_string(),
+                other => other.to_string(),
+            };
             return Err(Error::Data(format!(
-                "could not write checkpoint {} ({e}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
+                "could not write checkpoint {} ({why}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
                 path.display(),
                 shell::word(&self.dir)
             )));
