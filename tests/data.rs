@@ -239,6 +239,37 @@ fn scan_single_class_is_refused() -> TestResult {
     Ok(())
 }
 
+/// A data set's top folder (`train/` and `val/`, each with class
+/// folders) passed as one split is refused with the split to pass: read as
+/// classes, it would be a classifier of "train" against "val". Classes that
+/// merely include such a name are read.
+#[test]
+fn scan_of_a_data_sets_splits_names_the_split_to_pass() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(
+        &t.path().join("train"),
+        &[("cats", &["a.jpg"]), ("dogs", &["b.jpg"])],
+    )?;
+    make_tree(
+        &t.path().join("VAL"),
+        &[("cats", &["c.jpg"]), ("dogs", &["d.jpg"])],
+    )?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    let (val, train) = (t.path().join("VAL"), t.path().join("train"));
+    let paths = format!(
+        "--data the split itself ({} or {})",
+        val.display(),
+        train.display()
+    );
+    for want in ["holds VAL/ and train/", "splits, not its classes", &paths] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    make_tree(t.path(), &[("trains", &["e.jpg"])])?;
+    let f = ImageFolder::scan(t.path())?;
+    assert_eq!(f.classes(), ["VAL", "train", "trains"]);
+    Ok(())
+}
+
 // ---------------------------------------------------------------- decode
 
 #[test]

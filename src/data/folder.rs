@@ -72,6 +72,7 @@ impl ImageFolder {
                 root.display()
             )));
         }
+        refuse_split_folders(root, &class_dirs, flag)?;
         if class_dirs.len() < 2 {
             return Err(Error::Data(format!(
                 "{} has only one class sub-folder ({}); a classifier needs at least 2 classes, one sub-folder each",
@@ -156,6 +157,31 @@ pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
         )));
     }
     Ok(files)
+}
+
+/// Folder names that hold a data set's splits, not its classes.
+const SPLIT_NAMES: [&str; 5] = ["train", "val", "valid", "validation", "test"];
+
+/// `root` whose sub-folders are all split names (`train/`, `val/`): the
+/// data set's top folder, passed where its split belongs. Scanned as
+/// classes it would train a classifier of "train" against "val" on every
+/// image below, at any depth.
+fn refuse_split_folders(root: &Path, class_dirs: &[(String, PathBuf)], flag: &str) -> Result<()> {
+    let is_split = |n: &str| SPLIT_NAMES.iter().any(|s| n.eq_ignore_ascii_case(s));
+    if class_dirs.len() < 2 || !class_dirs.iter().all(|(n, _)| is_split(n)) {
+        return Ok(());
+    }
+    let names: Vec<String> = class_dirs.iter().map(|(n, _)| format!("{n}/")).collect();
+    let paths: Vec<String> = class_dirs
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    Err(Error::Data(format!(
+        "{} holds {}: a data set's splits, not its classes; pass {flag} the split itself ({}), whose sub-folders are the classes",
+        root.display(),
+        names.join(" and "),
+        paths.join(" or ")
+    )))
 }
 
 /// True when the file name ends in one of [`IMAGE_EXTENSIONS`], any case.
