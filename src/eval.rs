@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
-use crate::data::{batches, BuildOptions, ImageFolder, ImageSet, ImageSource, LoaderConfig};
+use crate::data::{batches, FileSource, ImageFolder, ImageSource, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::model::net::Mode;
 use crate::model::trainable::Model;
@@ -160,14 +160,10 @@ impl ImageSource for Relabel {
 }
 
 /// Open evaluation images for a checkpoint: a `prepare` output folder (its
-/// `val/`), one store folder, or a class-folder tree (decoded and resized as
-/// `prepare` does). Labels are matched to the checkpoint's classes by name;
+/// `val/`), one store folder, or a class-folder tree (each image decoded and
+/// resized as `prepare` does when the loader reads it). Labels are matched to the checkpoint's classes by name;
 /// a class the network does not know is an error.
-pub fn open_eval_data(
-    path: &Path,
-    ck: &Checkpoint,
-    progress: bool,
-) -> Result<Arc<dyn ImageSource>> {
+pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSource>> {
     let size = ck.state.preprocess.image_size;
     let set: Arc<dyn ImageSource> = if is_store(path) {
         Arc::new(PackedStore::open(path)?)
@@ -180,14 +176,8 @@ pub fn open_eval_data(
             path.join("train").display()
         )));
     } else {
-        let folder = ImageFolder::scan(path)?;
-        // Before decoding, which can take minutes.
-        class_map(path, folder.classes(), &ck.state.classes)?;
-        let opts = BuildOptions {
-            progress,
-            ..BuildOptions::new(size)
-        };
-        Arc::new(ImageSet::build(&folder, &opts)?)
+        // Decoded as the loader reads them (`FileSource`).
+        Arc::new(FileSource::new(&ImageFolder::scan(path)?, size))
     };
     if set.size() < ck.state.preprocess.crop {
         return Err(Error::Config(format!(

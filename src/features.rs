@@ -46,13 +46,13 @@ pub struct FeatureSet {
 /// Open `path` for features with the checkpoint's preprocessing: a store
 /// folder, a `prepare` output folder (its `split`/ store: val or train) or a
 /// folder of class sub-folders. Labels follow the checkpoint's classes.
-pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, progress: bool) -> Result<FeatureSet> {
+pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet> {
     let dir = if !is_store(path) && is_store(&path.join(split)) {
         path.join(split)
     } else {
         path.to_path_buf()
     };
-    let set = open_eval_data(&dir, ck, progress)?;
+    let set = open_eval_data(&dir, ck)?;
     let sources = if is_store(&dir) {
         Some(PackedStore::open(&dir)?.sources()?)
     } else {
@@ -502,7 +502,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     // a folder, every image decoded).
     let size = ck.state.preprocess.image_size;
     let qpix = decode_files(job.queries, size)?;
-    let fs = open_set(job.data, ck, "train", job.progress)?;
+    let fs = open_set(job.data, ck, "train")?;
     let indices = spread(fs.set.len(), job.limit);
     check_job(job, indices.len())?;
     let (features, computed) = match job.features {
@@ -835,7 +835,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     let topo = ck.state.net.topology()?;
     // An unknown layer fails before the data is opened.
     activation_width(&topo, job.layer)?;
-    let fs = open_set(job.data, ck, "val", job.progress)?;
+    let fs = open_set(job.data, ck, "val")?;
     let indices = spread(fs.set.len(), job.limit);
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);

@@ -247,6 +247,29 @@ fn eval_cli_repeats_the_runs_own_validation() {
         "{folder} vs {epochs}"
     );
 
+    // The same images as a class folder, each read and decoded when the
+    // loader asks for it: the raw store's numbers.
+    let on_folder = |extra: &[&str]| {
+        let args = ["eval", "--checkpoint", &s(&last), "--data", &s(&val_dir)];
+        cli(&[&args[..], &["--json", "--no-progress"], extra].concat())
+    };
+    let (ok, by_file, err) = on_folder(&[]);
+    assert!(ok, "{err}");
+    for key in ["images", "top1_error", "top5_error"] {
+        assert_eq!(json_field(&by_file, key), json_field(&centre, key), "{key}");
+    }
+    assert!((json_field(&by_file, "loss") - json_field(&centre, "loss")).abs() < 1e-5);
+    // --limit reads only the images it picks: a broken file past them (the
+    // last of 101; 10 spread over 101 end at 90) is not read. All of them:
+    // it is named.
+    let broken = val_dir.join("09-blobs/zzz.jpg");
+    std::fs::write(&broken, "not pixels").unwrap();
+    let (ok, _, err) = on_folder(&["--limit", "10"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = on_folder(&[]);
+    assert!(!ok && err.contains(&s(&broken)), "{err}");
+    std::fs::remove_file(&broken).unwrap();
+
     // A class-folder tree with fewer classes than the network knows:
     // labels are matched by name.
     let part = t.path().join("part");

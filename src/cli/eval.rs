@@ -54,7 +54,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
     let (data, _demo_dir) = eval_folder(&args, &ck)?;
-    let set = open_eval_data(&data, &ck, args.run.host.progress())?;
+    let set = open_eval_data(&data, &ck)?;
     let idx = spread(set.len(), args.limit.map(|k| k as usize));
     // Ten crops make ten rows per image: keep the rows per step near
     // `batch`. No step is larger than the set, so neither is the network.

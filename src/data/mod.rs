@@ -1,10 +1,11 @@
 //! Data: reading class-folder image sets (`folder`), decoding and resizing
-//! one image (`decode`), the packed on-disk store (`packed`) and `prepare`
-//! which writes it, the decoded in-memory store with split and channel
-//! statistics (`store`), PCA lighting noise (`lighting`), the augmenting
+//! one image (`decode`), a folder read image by image (`files`), the
+//! packed on-disk store (`packed`) and `prepare` which writes it, the
+//! decoded in-memory store with split and channel statistics (`store`), PCA lighting noise (`lighting`), the augmenting
 //! batch loader (`loader`) and the host memory it fills (`hostmem`), and a
 //! procedural demo data set (`synth`).
 pub mod decode;
+pub mod files;
 pub mod folder;
 pub mod hostmem;
 pub mod lighting;
@@ -17,6 +18,7 @@ pub mod synth;
 pub use decode::{
     decode_file, decode_files, decode_into, decode_some, resize_centre_crop, unread_error,
 };
+pub use files::FileSource;
 pub use folder::{images_under, ImageFolder};
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
