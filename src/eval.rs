@@ -160,9 +160,9 @@ impl ImageSource for Relabel {
 }
 
 /// Open evaluation images for a checkpoint: a `prepare` output folder (its
-/// `val/`), one store folder, or a class-folder tree (each image decoded and
-/// resized as `prepare` does when the loader reads it). Labels are matched to the checkpoint's classes by name;
-/// a class the network does not know is an error.
+/// `val/`), one store folder, or a class-folder tree (each image decoded
+/// and resized as `prepare` does when the loader reads it), fitted to the
+/// checkpoint ([`fit_to_checkpoint`]).
 pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSource>> {
     let size = ck.state.preprocess.image_size;
     let set: Arc<dyn ImageSource> = if is_store(path) {
@@ -176,9 +176,20 @@ pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSourc
             path.join("train").display()
         )));
     } else {
-        // Decoded as the loader reads them (`FileSource`).
         Arc::new(FileSource::new(&ImageFolder::scan(path)?, size))
     };
+    fit_to_checkpoint(path, set, ck)
+}
+
+/// `set` (read from `path`) checked against the checkpoint's crop and
+/// image size, its labels matched to the checkpoint's classes by name; a
+/// class the network does not know is an error.
+pub fn fit_to_checkpoint(
+    path: &Path,
+    set: Arc<dyn ImageSource>,
+    ck: &Checkpoint,
+) -> Result<Arc<dyn ImageSource>> {
+    let size = ck.state.preprocess.image_size;
     if set.size() < ck.state.preprocess.crop {
         return Err(Error::Config(format!(
             "{}: images are {}x{}, smaller than the checkpoint's {}x{} crops; prepare them with --size {size}",

@@ -19,9 +19,11 @@ use crate::backend::cpu::{sgemm, MatRef};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
-use crate::data::{batches, decode_files, ImageFolder, ImageSet, ImageSource, LoaderConfig};
+use crate::data::{
+    batches, decode_files, FileSource, ImageFolder, ImageSet, ImageSource, LoaderConfig,
+};
 use crate::error::{Error, Result};
-use crate::eval::{loader_for, open_eval_data};
+use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data};
 use crate::fsutil::write_atomic;
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
@@ -52,19 +54,16 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet>
     } else {
         path.to_path_buf()
     };
-    let set = open_eval_data(&dir, ck)?;
-    let sources = if is_store(&dir) {
-        Some(PackedStore::open(&dir)?.sources()?)
-    } else {
-        let folder = ImageFolder::scan(&dir)?;
-        Some(
-            folder
-                .items()
-                .iter()
-                .map(|(p, _)| p.display().to_string())
-                .collect(),
-        )
-    };
+    if is_store(&dir) {
+        let set = open_eval_data(&dir, ck)?;
+        let sources = Some(PackedStore::open(&dir)?.sources()?);
+        return Ok(FeatureSet { set, sources });
+    }
+    // A folder is scanned once: its files are the sources.
+    let files = FileSource::new(&ImageFolder::scan(&dir)?, ck.state.preprocess.image_size);
+    let sources = (0..files.len()).map(|i| files.path(i).display().to_string());
+    let sources = Some(sources.collect());
+    let set = fit_to_checkpoint(&dir, Arc::new(files), ck)?;
     Ok(FeatureSet { set, sources })
 }
 

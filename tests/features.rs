@@ -592,6 +592,36 @@ fn bad_input_gets_a_clear_error() {
         assert!(err.contains(want), "{want}: {err}");
     }
     assert!(!err.contains("broken.jpg"), "{err}");
+    // features of that folder: scanned once (one warning for a stray file),
+    // and with --limit 2 only the two images picked are read, not the
+    // broken one; the rows name their files.
+    std::fs::write(folder.join("cat/notes.txt"), "a note").unwrap();
+    let out = st.root.join("folder-fc7.npy");
+    let (ok, _, err) = cli(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &s(&folder),
+        "--layer",
+        "fc7",
+        "--out",
+        &s(&out),
+        "--limit",
+        "2",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        err.matches("1 files not read (cat/notes.txt)").count(),
+        1,
+        "{err}"
+    );
+    let rows = std::fs::read_to_string(st.root.join("folder-fc7.rows.csv")).unwrap();
+    for file in ["cat/a.jpg", "dog/a.jpg"] {
+        assert!(rows.contains(&s(&folder.join(file))), "{rows}");
+    }
 
     let (ok, _, err) = neighbors(&["--query", &photo, "--k", "501"]);
     assert!(!ok);
