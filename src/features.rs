@@ -190,17 +190,26 @@ fn write_meta(features: &Path, ck: &Checkpoint, layer: &str) -> Result<()> {
     write_atomic(&meta_path(features), text.as_bytes())
 }
 
+/// The text of `side`, a file kept beside features file `f`; None when it
+/// cannot be read, with a warning that `unchecked` is then not checked.
+fn read_beside(f: &Path, side: &Path, unchecked: &str) -> Option<String> {
+    let text = std::fs::read_to_string(side).ok();
+    if text.is_none() {
+        tracing::warn!(
+            "{}: no readable {} beside it, so {unchecked} is not checked",
+            f.display(),
+            side.display()
+        );
+    }
+    text
+}
+
 /// A given features file against its record: fc7 of `ck`'s weights. A
 /// file without one (written by hand, or by another tool) is searched, with
 /// a warning.
 fn check_meta(f: &Path, ck: &Checkpoint) -> Result<()> {
     let path = meta_path(f);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        tracing::warn!(
-            "{}: no readable {} beside it, so which layer and checkpoint computed it is not checked",
-            f.display(),
-            path.display()
-        );
+    let Some(text) = read_beside(f, &path, "which layer and checkpoint computed it") else {
         return Ok(());
     };
     let meta: FeaturesMeta = serde_json::from_str(&text).map_err(|e| {
@@ -594,12 +603,7 @@ fn check_features(
 /// first row that differs. Without the CSV there is nothing to check.
 fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
     let csv = rows_csv_path(f);
-    let Ok(text) = std::fs::read_to_string(&csv) else {
-        tracing::warn!(
-            "{}: no readable {} beside it, so which images its rows are is not checked",
-            f.display(),
-            csv.display()
-        );
+    let Some(text) = read_beside(f, &csv, "which images its rows are") else {
         return Ok(());
     };
     let listed: Vec<Option<(usize, usize)>> = text
