@@ -1,9 +1,10 @@
 //! Data: reading class-folder image sets (`folder`), decoding and resizing
 //! one image (`decode`), a folder read image by image (`files`), the
 //! packed on-disk store (`packed`) and `prepare` which writes it, the
-//! decoded in-memory store with split and channel statistics (`store`), PCA lighting noise (`lighting`), the augmenting
-//! batch loader (`loader`) and the host memory it fills (`hostmem`), and a
-//! procedural demo data set (`synth`).
+//! decoded in-memory store with split and channel statistics (`store`),
+//! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`)
+//! and the host memory it fills (`hostmem`), and a procedural demo data
+//! set (`synth`).
 pub mod decode;
 pub mod files;
 pub mod folder;
