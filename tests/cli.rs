@@ -627,6 +627,11 @@ fn gpus_without_a_driver_or_gpu_is_an_error_not_a_panic() {
             &["libcuda", "--cpu"],
         );
     }
+    // The device is checked before the demo's 4,000 images are written.
+    let gpu = if driver_present() { "99" } else { "0" };
+    let (ok, err) = run_env(&["train", "--gpus", gpu, "--demo"], &[("RUST_LOG", "info")]);
+    assert!(!ok, "{err}");
+    assert!(!err.contains("synthetic"), "demo set written first:\n{err}");
 }
 
 #[test]

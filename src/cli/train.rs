@@ -148,6 +148,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let world = World::from_env()?;
     let request = args.device.request(&args.parallel, &world)?;
     ensure_nccl(placement::nccl_use(&request, &world)?)?;
+    // Before the demo's images are written: a missing GPU is said first.
+    placement::check_devices(&request, &world)?;
     args.host.apply()?;
     let resume = match &args.resume {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),

@@ -157,10 +157,7 @@ pub fn run_on<F: OnLayout>(
         return f.run(layout);
     }
     let (ids, p) = gpu_plan(req, world)?;
-    let mut distinct = ids.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    for d in probe::require(&distinct)? {
+    for d in require_gpus(&ids)? {
         info!("using {d}");
     }
     let devs = ids
@@ -182,6 +179,25 @@ pub fn run_on<F: OnLayout>(
     }
     let layout = layout(p, &devs, |parts| gpu_reduce(parts, world))?;
     f.run(layout)
+}
+
+/// Check, without opening them, that the devices `req` asks for are
+/// there: a command calls it before long work such as writing a data set,
+/// so a missing GPU is reported first. `run_on` checks again.
+pub fn check_devices(req: &Request, world: &World) -> Result<()> {
+    if req.cpu {
+        return Ok(());
+    }
+    let (ids, _) = gpu_plan(req, world)?;
+    require_gpus(&ids).map(|_| ())
+}
+
+/// The distinct GPUs of `ids`, each probed.
+fn require_gpus(ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    probe::require(&distinct)
 }
 
 /// Hybrid on GPUs reduces each tower's half in its own NCCL communicator
