@@ -272,6 +272,15 @@ impl Checkpoint {
         self.tensors.get(MEAN_IMAGE).map(|t| t.data.as_slice())
     }
 
+    /// The readable name of class `label` (its id when it has none).
+    pub fn class_name(&self, label: u32) -> String {
+        let i = label as usize;
+        match self.state.names.get(i).filter(|n| !n.is_empty()) {
+            Some(n) => n.clone(),
+            None => self.state.classes.get(i).cloned().unwrap_or_default(),
+        }
+    }
+
     /// CRC-32 of what the network computes with: every tensor but the
     /// momentum, by name in order. Two checkpoints with the same weights
     /// (a run's best and the step it copies) agree; any weight changed

@@ -6,7 +6,6 @@
 //! a block of rows at a time (|q|^2 + |x|^2 - 2 q.x, the dot products by
 //! GEMM; the distances kept are recomputed exactly). `neighbors`: query
 //! images against a set's fc7, and `render_grid`, the picture of the result.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -237,24 +236,6 @@ fn check_meta(f: &Path, ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
-/// One CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// The checkpoint's readable name of class `label` (its id when it has none).
-pub fn class_name(ck: &Checkpoint, label: u32) -> String {
-    let i = label as usize;
-    match ck.state.names.get(i).filter(|n| !n.is_empty()) {
-        Some(n) => n.clone(),
-        None => ck.state.classes.get(i).cloned().unwrap_or_default(),
-    }
-}
-
 /// Write the row table: `row,index,label,class,name,source` (row of the
 /// matrix, index of the image in the set, label index, class id, class
 /// name, source file or empty when the data keeps none).
@@ -264,9 +245,11 @@ pub fn write_rows_csv(
     fs: &FeatureSet,
     indices: &[usize],
 ) -> Result<()> {
-    let mut text = Vec::new();
-    let io = |e| Error::io(path, e);
-    writeln!(text, "row,index,label,class,name,source").map_err(io)?;
+    // csv quotes names such as "tench, Tinca tinca".
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::io(path, e.into());
+    w.write_record(["row", "index", "label", "class", "name", "source"])
+        .map_err(io)?;
     for (row, &i) in indices.iter().enumerate() {
         let label = fs.set.label(i);
         let id = ck.state.classes.get(label as usize).cloned();
@@ -276,15 +259,19 @@ pub fn write_rows_csv(
             .and_then(|s| s.get(i))
             .map(String::as_str)
             .unwrap_or("");
-        writeln!(
-            text,
-            "{row},{i},{label},{},{},{}",
-            csv_field(&id.unwrap_or_default()),
-            csv_field(&class_name(ck, label)),
-            csv_field(source)
-        )
+        w.write_record([
+            &row.to_string(),
+            &i.to_string(),
+            &label.to_string(),
+            &id.unwrap_or_default(),
+            &ck.class_name(label),
+            source,
+        ])
         .map_err(io)?;
     }
+    let text = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     write_atomic(path, &text)
 }
 
@@ -606,12 +593,15 @@ fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
     let Some(text) = read_beside(f, &csv, "which images its rows are") else {
         return Ok(());
     };
-    let listed: Vec<Option<(usize, usize)>> = text
-        .lines()
-        .skip(1)
-        .map(|line| {
-            let mut cols = line.split(',').skip(1).map(|c| c.parse().ok());
-            cols.next().flatten().zip(cols.next().flatten())
+    // Each record's index and label (after the header; csv reads the quoted
+    // names and paths whole).
+    let listed: Vec<Option<(usize, usize)>> = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| {
+            let r = r.ok()?;
+            Some((r.get(1)?.parse().ok()?, r.get(2)?.parse().ok()?))
         })
         .collect();
     let want = indices.iter().map(|&i| Some((i, fs.set.label(i) as usize)));
@@ -697,7 +687,7 @@ fn query_results(
                         row: n.row,
                         index,
                         label,
-                        class: class_name(job.ck, label),
+                        class: job.ck.class_name(label),
                         dist: n.dist(),
                         source: fs.sources.as_ref().and_then(|s| s.get(index).cloned()),
                     }
