@@ -627,6 +627,38 @@ fn sigterm_stops_with_a_checkpoint() {
     assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
 }
 
+/// A demo run stopped by a signal removes its synthetic images, as one
+/// that finishes does: the exit on a signal must not skip the cleanup.
+#[test]
+fn a_stopped_demo_run_leaves_no_images_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let (tmp, out) = (t.path().join("tmp"), t.path().join("run"));
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["train", "--cpu", "--demo", "--no-progress", "--out"])
+        .arg(&out)
+        .env("TMPDIR", &tmp)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn alexnet-cuda");
+    while steps_logged(&out) < 2 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the demo run ended ({status}) before step 2");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let written: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert_eq!(written.len(), 1, "the demo's images are in TMPDIR");
+    interrupt(child);
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn two_towers_stop_and_resume_exactly_and_their_checkpoints_load_grouped() {
     let t = tempfile::tempdir().unwrap();

@@ -168,7 +168,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )?;
     }
     // The demo's data lives as long as this guard.
-    let (data, _demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
+    let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
     let mut opts = options(&args, &topo, data, resume.as_deref())?;
     if let Some(ck) = resume {
         opts = resume_options(opts, &ck);
@@ -193,6 +193,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // The signal's exit status stands even if stdout is gone.
         let _ = print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
         let code = signal_status.load(Ordering::Relaxed);
+        // `exit` runs no destructors: remove the demo's images first.
+        drop(demo_dir);
         std::process::exit(if code == 0 { 130 } else { code as i32 });
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
