@@ -12,22 +12,111 @@ use crate::error::{Error, Result};
 use crate::model::net::Mode;
 use crate::model::trainable::Model;
 
-/// Top-1 and top-5 hits of one batch: for each row, the rank of the label's
-/// probability (ties counted against us, so a constant output scores 0).
+/// How many classes score at least as high as the label in `row`, the
+/// label's own entry aside: 0 is a top-1 hit, under 5 a top-5 hit. Ties
+/// count against us, so a constant output scores no hits.
+pub fn label_rank(row: &[f32], label: u32) -> usize {
+    let p = row[label as usize];
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &q)| j != label as usize && q >= p)
+        .count()
+}
+
+/// Top-1 and top-5 hits of one batch ([`label_rank`] of each row).
 pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize) {
     let mut top1 = 0;
     let mut top5 = 0;
     for (row, &label) in probs.chunks_exact(classes).zip(labels) {
-        let p = row[label as usize];
-        let better = row
-            .iter()
-            .enumerate()
-            .filter(|&(j, &q)| j != label as usize && q >= p)
-            .count();
+        let better = label_rank(row, label);
         top1 += (better < 1) as usize;
         top5 += (better < 5) as usize;
     }
     (top1, top5)
+}
+
+/// Per-class counts of an evaluation: each class's images, top-1 and top-5
+/// hits, and the confusion matrix (true class x top-1 class).
+#[derive(Clone, Debug)]
+pub struct ClassTally {
+    classes: usize,
+    images: Vec<u64>,
+    top1: Vec<u64>,
+    top5: Vec<u64>,
+    confusion: Vec<u64>,
+}
+
+impl ClassTally {
+    pub fn new(classes: usize) -> ClassTally {
+        ClassTally {
+            classes,
+            images: vec![0; classes],
+            top1: vec![0; classes],
+            top5: vec![0; classes],
+            confusion: vec![0; classes * classes],
+        }
+    }
+
+    /// Count a batch of softmax rows. An image's top-1 class is its label
+    /// on a top-1 hit, else the likeliest other class (the lower index on
+    /// ties), so the matrix's diagonal holds the top-1 hits.
+    pub fn add(&mut self, probs: &[f32], labels: &[u32]) {
+        for (row, &label) in probs.chunks_exact(self.classes).zip(labels) {
+            let (c, rank) = (label as usize, label_rank(row, label));
+            let pred = if rank == 0 {
+                c
+            } else {
+                likeliest_other(row, c)
+            };
+            self.images[c] += 1;
+            self.top1[c] += (rank < 1) as u64;
+            self.top5[c] += (rank < 5) as u64;
+            self.confusion[c * self.classes + pred] += 1;
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Images of class `c` seen, and its top-1 and top-5 hits.
+    pub fn counts(&self, c: usize) -> (u64, u64, u64) {
+        (self.images[c], self.top1[c], self.top5[c])
+    }
+
+    /// Images of class `truth` whose top-1 class is `pred`.
+    pub fn confused(&self, truth: usize, pred: usize) -> u64 {
+        self.confusion[truth * self.classes + pred]
+    }
+
+    /// The confusion matrix, row-major: row = true class, column = top-1 class.
+    pub fn matrix(&self) -> &[u64] {
+        &self.confusion
+    }
+
+    /// The class `truth`'s images are most often taken for, and how many
+    /// (the lower index on ties); None when none was missed.
+    pub fn most_confused(&self, truth: usize) -> Option<(usize, u64)> {
+        let row = &self.confusion[truth * self.classes..][..self.classes];
+        row.iter()
+            .enumerate()
+            .filter(|&(j, &n)| j != truth && n > 0)
+            .fold(None, |best: Option<(usize, u64)>, (j, &n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((j, n)),
+            })
+    }
+}
+
+/// The highest-scoring class of `row` other than `label`, the lower index on ties.
+fn likeliest_other(row: &[f32], label: usize) -> usize {
+    let mut best = None::<(usize, f32)>;
+    for (j, &q) in row.iter().enumerate() {
+        if j != label && best.is_none_or(|(_, b)| q > b) {
+            best = Some((j, q));
+        }
+    }
+    best.map_or(label, |(j, _)| j)
 }
 
 /// The `k` largest entries of `row` as (index, value), largest first; ties
@@ -70,7 +159,19 @@ pub fn evaluate(
     set: &Arc<dyn ImageSource>,
     indices: &[usize],
     cfg: &LoaderConfig,
+    on_batch: impl FnMut(usize),
+) -> Result<EvalResult> {
+    evaluate_by_class(net, set, indices, cfg, on_batch, None)
+}
+
+/// [`evaluate`], also counting each class's results into `tally` when given.
+pub fn evaluate_by_class(
+    net: &mut dyn Model,
+    set: &Arc<dyn ImageSource>,
+    indices: &[usize],
+    cfg: &LoaderConfig,
     mut on_batch: impl FnMut(usize),
+    mut tally: Option<&mut ClassTally>,
 ) -> Result<EvalResult> {
     let classes = net.topology().classes;
     let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
@@ -87,6 +188,9 @@ pub fn evaluate(
         let probs = average_crops(&net.probs()?, b.crops, classes);
         for (row, &l) in probs.chunks_exact(classes).zip(&b.labels) {
             loss -= (row[l as usize] as f64).max(1e-30).ln();
+        }
+        if let Some(t) = tally.as_deref_mut() {
+            t.add(&probs, &b.labels);
         }
         let (t1, t5) = topk_hits(&probs, &b.labels, classes);
         top1 += t1;

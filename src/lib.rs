@@ -2,7 +2,8 @@
 //! paper trained it. `model::topology` is the one table that describes the
 //! network; `backend` holds the ops (CPU reference here); `model::net` runs
 //! the table on a backend; `data` reads images; `train` is the loop, with
-//! `checkpoint`, `metrics`, `plot` and `eval` around it; `export` writes the weights
+//! `checkpoint`, `metrics`, `plot` and `eval` around it (`per_class` for eval's
+//! class-by-class table); `export` writes the weights
 //! (safetensors) and the graph (ONNX); `npy` passes arrays to and from NumPy;
 //! `run_state` is the run's state that checkpoints keep; `step_log` holds the loop's per-step metrics until it reads them back;
 //! `tensorboard` writes them as TensorBoard event files too (its messages in `tensorboard_pb`);
@@ -25,6 +26,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod per_class;
 pub mod plot;
 pub mod progress;
 pub mod rng;

@@ -542,6 +542,19 @@ fn bad_checkpoint_arguments() {
     ] {
         assert_error(args, want);
     }
+    // eval's tables are refused before the checkpoint is read or the run
+    // made, when their folder is not there.
+    for flag in ["--per-class", "--confusion"] {
+        let args = ["eval", "--checkpoint", "missing.safetensors", "--data", "."];
+        assert_error(
+            &[&args[..], &[flag, "no/such/dir/t.csv"]].concat(),
+            &[
+                "no/such/dir/t.csv",
+                "does not exist",
+                "mkdir -p no/such/dir",
+            ],
+        );
+    }
     // A file that is not a checkpoint: what it is not, and what to pass.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("notes.safetensors");

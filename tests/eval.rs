@@ -1,15 +1,17 @@
 //! Evaluation against hand-worked answers: top-k ranks with ties, averaging
 //! over crops, and the whole ten-crop evaluation against crops cut out here
 //! by hand (section 4.1: the four corners and the centre, and their mirror
-//! images) and run through the network one at a time. Then the `eval` CLI
-//! on a trained checkpoint, including data with fewer classes.
+//! images) and run through the network one at a time. Per-class counts
+//! against rows sorted here. Then the `eval` CLI on a trained checkpoint,
+//! including data with fewer classes, and its per-class tables against
+//! `predict`'s logits.
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::data::{write_demo_dataset, ImageSet, ImageSource, LoaderConfig};
-use alexnet_cuda::eval::{average_crops, evaluate, top_k, topk_hits};
+use alexnet_cuda::eval::{average_crops, evaluate, top_k, topk_hits, ClassTally};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
@@ -29,6 +31,55 @@ fn top_k_by_hand() {
     ];
     assert_eq!(topk_hits(&probs, &[2, 0, 6], 7), (1, 2));
     assert_eq!(topk_hits(&probs, &[2], 7), (1, 1));
+}
+
+/// `ClassTally` against each row sorted here: an image's rank is its
+/// label's place in the sorted row, its top-1 class the row's first.
+#[test]
+fn class_tally_against_sorted_rows() {
+    let (n, classes) = (400, 7);
+    let mut rng = Rng::new(11);
+    // Distinct values, so the sorted order is unambiguous.
+    let probs: Vec<f32> = (0..n * classes)
+        .map(|i| rng.uniform() as f32 + i as f32 * 1e-7)
+        .collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    let mut tally = ClassTally::new(classes);
+    // Two batches, as evaluation adds them.
+    tally.add(&probs[..150 * classes], &labels[..150]);
+    tally.add(&probs[150 * classes..], &labels[150..]);
+
+    let mut want = vec![[0u64; 3]; classes];
+    let mut matrix = vec![0u64; classes * classes];
+    for (row, &l) in probs.chunks_exact(classes).zip(&labels) {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+        let rank = order.iter().position(|&c| c == l as usize).unwrap();
+        let w = &mut want[l as usize];
+        w[0] += 1;
+        w[1] += (rank == 0) as u64;
+        w[2] += (rank < 5) as u64;
+        matrix[l as usize * classes + order[0]] += 1;
+    }
+    for (c, w) in want.iter().enumerate() {
+        assert_eq!(tally.counts(c), (w[0], w[1], w[2]), "class {c}");
+        let off: Vec<u64> = (0..classes)
+            .map(|j| if j == c { 0 } else { matrix[c * classes + j] })
+            .collect();
+        let most = off.iter().copied().max().unwrap();
+        let first = off.iter().position(|&m| m == most).unwrap();
+        let expect = (most > 0).then_some((first, most));
+        assert_eq!(tally.most_confused(c), expect, "class {c}");
+    }
+    assert_eq!(tally.matrix(), &matrix[..]);
+    assert!(want.iter().any(|w| w[1] < w[0]), "some images are missed");
+
+    // A constant row is a miss (ties count against us), taken for the
+    // lowest other class.
+    let mut t = ClassTally::new(4);
+    t.add(&[0.25; 8], &[0, 2]);
+    assert_eq!((t.counts(0), t.counts(2)), ((1, 0, 1), (1, 0, 1)));
+    assert_eq!((t.confused(0, 1), t.confused(2, 0)), (1, 1));
 }
 
 #[test]
@@ -573,4 +624,124 @@ fn predict_and_export_cli() {
     }
     assert!(std::fs::read(&ck_path).unwrap() == before);
     alexnet_cuda::checkpoint::load(&ck_path).expect("the checkpoint still loads");
+}
+
+/// `eval --per-class` and `--confusion` on a class folder against the same
+/// images' `predict --logits`, ranked here: each class's images, top-1 and
+/// top-5 error, the class it is most often taken for, and the matrix.
+#[test]
+fn eval_per_class_tables_match_predicts_logits() {
+    use alexnet_cuda::npy::read_npy_f32;
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (train_dir, val_dir) = (t.path().join("train"), t.path().join("val"));
+    write_demo_dataset(&train_dir, 10, 30, 32, 21).unwrap();
+    write_demo_dataset(&val_dir, 10, 12, 32, 22).unwrap();
+    let out = t.path().join("run");
+    train_run(
+        &train_dir,
+        &out,
+        &["--val", "20", "--epochs", "1", "--batch", "20"],
+    );
+    let (csv_path, npy_path, logits) = (
+        t.path().join("classes.csv"),
+        t.path().join("confusion.npy"),
+        t.path().join("logits.npy"),
+    );
+    let (ok, text, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&out),
+        "--data",
+        &s(&val_dir),
+        "--no-progress",
+        "--per-class",
+        &s(&csv_path),
+        "--confusion",
+        &s(&npy_path),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&[
+        "predict",
+        "--checkpoint",
+        &s(&out),
+        "--logits",
+        &s(&logits),
+        &s(&val_dir),
+    ]);
+    assert!(ok, "{err}");
+
+    // predict lists a folder in path order: class by class, 12 each.
+    let (shape, z) = read_npy_f32(&logits).unwrap();
+    assert_eq!(shape, [120, 10]);
+    let mut want = vec![(0u64, 0u64, 0u64); 10];
+    let mut matrix = vec![0f32; 100];
+    for (i, row) in z.chunks_exact(10).enumerate() {
+        let label = i / 12;
+        let mut order: Vec<usize> = (0..10).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let rank = order.iter().position(|&c| c == label).unwrap();
+        want[label].0 += 1;
+        want[label].1 += (rank > 0) as u64;
+        want[label].2 += (rank >= 5) as u64;
+        matrix[label * 10 + order[0]] += 1.0;
+    }
+    assert!(want.iter().any(|w| w.1 > 0), "some images are missed");
+    assert!(
+        matrix.iter().step_by(11).sum::<f32>() > 12.0,
+        "trained above chance"
+    );
+    assert_eq!(
+        read_npy_f32(&npy_path).unwrap(),
+        (vec![10, 10], matrix.clone())
+    );
+
+    let mut rows = csv::Reader::from_path(&csv_path).unwrap();
+    let head: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        head,
+        [
+            "label",
+            "class",
+            "name",
+            "images",
+            "top1_error",
+            "top5_error",
+            "confused_with",
+            "confused_name",
+            "confused_images"
+        ]
+    );
+    let records: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 10);
+    let classes: Vec<String> = std::fs::read_dir(&val_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (c, r) in records.iter().enumerate() {
+        let (n, miss1, miss5) = want[c];
+        let num = |k: usize| r[k].parse::<f64>().unwrap();
+        assert_eq!(
+            (&r[0], &r[1]),
+            (c.to_string().as_str(), classes[c].as_str())
+        );
+        assert_eq!(num(3) as u64, n);
+        assert!((num(4) - miss1 as f64 / n as f64).abs() < 1e-6, "{r:?}");
+        assert!((num(5) - miss5 as f64 / n as f64).abs() < 1e-6, "{r:?}");
+        let off = |j: usize| if j == c { 0.0 } else { matrix[c * 10 + j] };
+        let most = (0..10).map(off).fold(0.0, f32::max);
+        if most == 0.0 {
+            assert_eq!(&r[6], "", "{r:?}");
+        } else {
+            let j = (0..10).find(|&j| off(j) == most).unwrap();
+            assert_eq!((&r[6], num(8) as f32), (classes[j].as_str(), most), "{r:?}");
+        }
+    }
+    assert!(text.contains("hardest classes (top-1 error): "), "{text}");
+    assert!(
+        text.contains("most confused (true -> top-1, images): "),
+        "{text}"
+    );
 }

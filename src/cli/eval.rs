@@ -1,5 +1,6 @@
 //! `eval`: top-1 and top-5 error of a checkpoint on a set of images, with
-//! the centre crop or the paper's 10 crops, as text or one JSON line.
+//! the centre crop or the paper's 10 crops, as text or one JSON line; the
+//! class-by-class table and confusion matrix on request.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,9 +15,11 @@ use alexnet_cuda::data::write_demo_test;
 use alexnet_cuda::data::ImageSource;
 use alexnet_cuda::data::LoaderConfig;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
-use alexnet_cuda::eval::{evaluate, loader_for, open_eval_data, EvalResult};
+use alexnet_cuda::eval::{evaluate_by_class, loader_for, open_eval_data, ClassTally, EvalResult};
 use alexnet_cuda::features::spread;
+use alexnet_cuda::fsutil::check_target;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::per_class;
 
 use super::common::{crop_rows, demo_folder, positive};
 use super::device::CheckpointRunArgs;
@@ -43,10 +46,20 @@ pub struct EvalArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
+    /// Write each class's images, top-1 and top-5 error, and the class its images are most often taken for, to this CSV; the hardest classes and commonest confusions are printed too.
+    #[arg(long, value_name = "FILE")]
+    per_class: Option<PathBuf>,
+    /// Write the confusion matrix (rows: true class, columns: top-1 class, values: image counts) to this float32 .npy file.
+    #[arg(long, value_name = "FILE")]
+    confusion: Option<PathBuf>,
 }
 
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
+    // Refused before the run, not after it.
+    for f in [&args.per_class, &args.confusion].into_iter().flatten() {
+        check_target(f)?;
+    }
     let (request, ck) = args.run.start()?;
     let topo = ck.state.net.topology()?;
     let batch = args
@@ -82,9 +95,39 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cfg: &cfg,
         pb: &pb,
     };
-    let r = run_on_one(&request, job)?;
+    let (r, tally) = run_on_one(&request, job)?;
     pb.finish_and_clear();
-    print_result(&args, &data, &r, t0.elapsed().as_secs_f64())
+    let seconds = t0.elapsed().as_secs_f64();
+    write_tables(&args, &ck, &tally)?;
+    print_result(&args, &data, &r, seconds)?;
+    if args.per_class.is_some() && !args.json {
+        print_classes(&ck, &tally)?;
+    }
+    Ok(())
+}
+
+/// --per-class and --confusion.
+fn write_tables(args: &EvalArgs, ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
+    if let Some(f) = &args.per_class {
+        per_class::write_csv(f, ck, tally)?;
+    }
+    if let Some(f) = &args.confusion {
+        per_class::write_confusion(f, tally)?;
+    }
+    Ok(())
+}
+
+/// The five hardest classes and the five commonest confusions.
+fn print_classes(ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
+    let hard = per_class::hardest(ck, tally, 5);
+    if hard.is_empty() {
+        outln!("every image's class is its top-1 class")?;
+        return Ok(());
+    }
+    outln!("hardest classes (top-1 error): {}", hard.join(", "))?;
+    let c = per_class::confusions(ck, tally, 5);
+    outln!("most confused (true -> top-1, images): {}", c.join(", "))?;
+    Ok(())
 }
 
 /// --data, or (--demo) a test set for the checkpoint's demo run in a
@@ -119,14 +162,16 @@ struct EvalOn<'a> {
 }
 
 impl OnDevice for EvalOn<'_> {
-    type Out = EvalResult;
+    type Out = (EvalResult, ClassTally);
     type Err = anyhow::Error;
-    fn run<B: Backend>(self, be: &B) -> Result<EvalResult> {
+    fn run<B: Backend>(self, be: &B) -> Result<(EvalResult, ClassTally)> {
         alexnet_cuda::memory::check_one(be, self.topo, self.cfg, self.idx.len())?;
         let mut net = self.ck.network(be, self.topo, self.rows)?;
-        Ok(evaluate(&mut net, self.set, self.idx, self.cfg, |done| {
-            self.pb.set_position(done as u64)
-        })?)
+        let mut tally = ClassTally::new(self.topo.classes);
+        let on_batch = |done| self.pb.set_position(done as u64);
+        let (set, idx) = (self.set, self.idx);
+        let r = evaluate_by_class(&mut net, set, idx, self.cfg, on_batch, Some(&mut tally))?;
+        Ok((r, tally))
     }
 }
 
@@ -142,6 +187,10 @@ struct EvalReport {
     top5_error: f64,
     loss: f64,
     seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confusion: Option<String>,
 }
 
 /// The result as text, or (--json) as one JSON line.
@@ -164,6 +213,8 @@ fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> R
             top5_error: 1.0 - r.top5,
             loss: r.loss,
             seconds,
+            per_class: args.per_class.as_ref().map(|p| p.display().to_string()),
+            confusion: args.confusion.as_ref().map(|p| p.display().to_string()),
         };
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {

@@ -1,0 +1,116 @@
+//! What `eval` reports class by class: the table `--per-class` writes (each
+//! class's images, top-1 and top-5 error, and the class its images are most
+//! often taken for), the matrix `--confusion` writes, and the few lines of
+//! text that name the hardest classes and the commonest confusions.
+use std::path::Path;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::eval::ClassTally;
+use crate::fsutil::write_atomic;
+use crate::npy::write_npy_f32;
+
+/// The per-class CSV: `label,class,name,images,top1_error,top5_error,
+/// confused_with,confused_name,confused_images`, one row per class in label
+/// order. A class with no images has empty errors; one never missed has an
+/// empty `confused_with`.
+pub fn write_csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
+    // csv quotes names such as "tench, Tinca tinca".
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::io(path, e.into());
+    w.write_record([
+        "label",
+        "class",
+        "name",
+        "images",
+        "top1_error",
+        "top5_error",
+        "confused_with",
+        "confused_name",
+        "confused_images",
+    ])
+    .map_err(io)?;
+    for c in 0..tally.classes() {
+        w.write_record(row(ck, tally, c)).map_err(io)?;
+    }
+    let text = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    write_atomic(path, &text)
+}
+
+/// Class `c`'s CSV record.
+fn row(ck: &Checkpoint, tally: &ClassTally, c: usize) -> Vec<String> {
+    let (n, top1, top5) = tally.counts(c);
+    let error = |hits: u64| match n {
+        0 => String::new(),
+        _ => format!("{:.6}", 1.0 - hits as f64 / n as f64),
+    };
+    let (with, name, count) = match tally.most_confused(c) {
+        Some((j, k)) => (class_id(ck, j), ck.class_name(j as u32), k.to_string()),
+        None => Default::default(),
+    };
+    vec![
+        c.to_string(),
+        class_id(ck, c),
+        ck.class_name(c as u32),
+        n.to_string(),
+        error(top1),
+        error(top5),
+        with,
+        name,
+        count,
+    ]
+}
+
+fn class_id(ck: &Checkpoint, c: usize) -> String {
+    ck.state.classes.get(c).cloned().unwrap_or_default()
+}
+
+/// The confusion matrix as a float32 .npy file of shape [classes, classes]:
+/// row = true class, column = top-1 class, values = image counts (exact up
+/// to 2^24 per cell).
+pub fn write_confusion(path: &Path, tally: &ClassTally) -> Result<()> {
+    let c = tally.classes();
+    let m: Vec<f32> = tally.matrix().iter().map(|&n| n as f32).collect();
+    write_npy_f32(path, &[c, c], &m)
+}
+
+/// Up to `k` classes with the highest top-1 error (ties in label order),
+/// as "name error% of n"; classes with no images or no misses are left out.
+pub fn hardest(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> {
+    let mut seen: Vec<(usize, f64, u64)> = (0..tally.classes())
+        .filter_map(|c| {
+            let (n, top1, _) = tally.counts(c);
+            (top1 < n).then(|| (c, 1.0 - top1 as f64 / n as f64, n))
+        })
+        .collect();
+    seen.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    seen.iter()
+        .take(k)
+        .map(|&(c, e, n)| format!("{} {:.1}% of {n}", ck.class_name(c as u32), 100.0 * e))
+        .collect()
+}
+
+/// Up to `k` (true, top-1) pairs of different classes, most images first
+/// (ties in label order), as "true -> predicted n".
+pub fn confusions(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> {
+    let c = tally.classes();
+    let mut pairs: Vec<(u64, usize, usize)> = (0..c * c)
+        .map(|i| (i / c, i % c))
+        .filter(|&(t, p)| t != p && tally.confused(t, p) > 0)
+        .map(|(t, p)| (tally.confused(t, p), t, p))
+        .collect();
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    pairs
+        .iter()
+        .take(k)
+        .map(|&(n, t, p)| {
+            format!(
+                "{} -> {} {n}",
+                ck.class_name(t as u32),
+                ck.class_name(p as u32)
+            )
+        })
+        .collect()
+}
