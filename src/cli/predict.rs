@@ -151,6 +151,9 @@ fn image_rows(
     for group in images.chunks(GROUP) {
         let size = ck.state.preprocess.image_size;
         let (read, pixels, errors) = decode_some(group, size);
+        if !errors.is_empty() {
+            out.drop_logits();
+        }
         failed.extend(errors);
         let (logits, probs) = predict_group(net, ck, &cfg, pixels, read.len())?;
         let labels: Vec<String> = read
@@ -197,7 +200,9 @@ fn predict_group(
 struct Output<'a> {
     ck: &'a Checkpoint,
     top: usize,
-    logits: Option<(NpyWriter, &'a Path)>,
+    /// The --logits file being written, until an input cannot be read.
+    logits: Option<NpyWriter>,
+    logits_path: Option<&'a Path>,
     /// Inputs listed (or, once the listing's reader has gone, predicted).
     predicted: usize,
     /// False once the reader of standard output has gone (`| head`): the
@@ -212,13 +217,14 @@ impl<'a> Output<'a> {
     fn new(ck: &'a Checkpoint, args: &'a PredictArgs, rows: usize) -> Result<Output<'a>> {
         let classes = ck.state.classes.len();
         let logits = match &args.logits {
-            Some(p) => Some((NpyWriter::create(p, rows, classes)?, p.as_path())),
+            Some(p) => Some(NpyWriter::create(p, rows, classes)?),
             None => None,
         };
         Ok(Output {
             ck,
             top: args.top as usize,
             logits,
+            logits_path: args.logits.as_deref(),
             predicted: 0,
             listing: true,
         })
@@ -226,7 +232,7 @@ impl<'a> Output<'a> {
 
     /// Inputs `labels`: their logits rows and their probabilities, one row each.
     fn take(&mut self, labels: &[String], logits: &[f32], probs: &[f32]) -> Result<()> {
-        if let Some((w, _)) = &mut self.logits {
+        if let Some(w) = &mut self.logits {
             w.append(logits)?;
         }
         self.predicted += labels.len();
@@ -234,7 +240,7 @@ impl<'a> Output<'a> {
             return Ok(());
         }
         match print_top(self.ck, labels, probs, self.top) {
-            Err(e) if e.kind() == ErrorKind::BrokenPipe && self.logits.is_some() => {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe && self.logits_path.is_some() => {
                 self.listing = false;
                 Ok(())
             }
@@ -242,21 +248,27 @@ impl<'a> Output<'a> {
         }
     }
 
+    /// An input could not be read, so the logits file will not be
+    /// written: its temporary file goes now, not after the last input.
+    fn drop_logits(&mut self) {
+        self.logits = None;
+    }
+
     /// The logits file finished, if every input was read; then the inputs
     /// that were not, in one error.
     fn finish(self, unread: Option<alexnet_cuda::Error>) -> Result<()> {
-        match (unread, self.logits) {
-            (Some(e), _) if self.predicted == 0 => bail!("{e}"),
-            (Some(e), Some((_, path))) => bail!(
+        match (unread, self.logits, self.logits_path) {
+            (Some(e), _, _) if self.predicted == 0 => bail!("{e}"),
+            (Some(e), _, Some(path)) => bail!(
                 "{e}; the others' predictions are above, and {} was not written: --logits writes a row for every image",
                 path.display()
             ),
-            (Some(e), None) => bail!("{e}; the others' predictions are above"),
-            (None, Some((w, path))) => {
+            (Some(e), _, None) => bail!("{e}; the others' predictions are above"),
+            (None, Some(w), Some(path)) => {
                 w.finish()?;
                 info!("wrote {} logits rows to {}", self.predicted, path.display());
             }
-            (None, None) => {}
+            _ => {}
         }
         if !self.listing {
             return Err(std::io::Error::from(ErrorKind::BrokenPipe).into());
