@@ -169,6 +169,14 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     make_tree(elsewhere.path(), &[("pool", &["p.jpg"])])?;
     symlink(elsewhere.path().join("pool"), t.path().join("dogs/pool"))?;
     want.insert(want.len() - 1, PathBuf::from("dogs/pool/p.jpg"));
+    // A link to an image file is an image; a broken link is passed over; a
+    // linked class folder is a class.
+    let p = elsewhere.path().join("pool/p.jpg");
+    symlink(&p, t.path().join("dogs/link.jpg"))?;
+    want.insert(want.len() - 2, PathBuf::from("dogs/link.jpg"));
+    symlink(t.path().join("no-such.jpg"), cats.join("gone.jpg"))?;
+    symlink(elsewhere.path().join("pool"), t.path().join("birds"))?;
+    want.insert(0, PathBuf::from("birds/p.jpg"));
     fs::write(t.path().join("loose.png"), "x")?;
 
     let f = ImageFolder::scan(t.path())?;
@@ -180,11 +188,11 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
         .collect::<Result<_, _>>()?;
     assert_eq!(got, want);
     let labels: Vec<u32> = f.items().iter().map(|(_, l)| *l).collect();
-    assert_eq!(labels, [vec![0; 10], vec![1; 2]].concat());
+    assert_eq!(labels, [vec![0; 1], vec![1; 10], vec![2; 3]].concat());
     let ignored: Vec<PathBuf> = f.ignored().iter().map(rel).collect::<Result<_, _>>()?;
     assert_eq!(
         ignored,
-        [PathBuf::from("cats/anim.gif"), PathBuf::from("loose.png")]
+        ["cats/anim.gif", "cats/gone.jpg", "loose.png"].map(PathBuf::from)
     );
     Ok(())
 }
