@@ -267,7 +267,7 @@ pub fn image_kinds() -> String {
 
 /// What a folder entry is, links followed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     File,
     Dir,
     /// Anything else: a device, a socket, a broken link.
@@ -279,7 +279,7 @@ enum Kind {
 /// (`d_type` on Linux file systems that keep it), so only links cost a
 /// `stat`: on network storage a stat per file is most of the time a scan
 /// of ImageNet's 1.28M files takes.
-fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, Kind)>> {
+pub(super) fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, Kind)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
-use super::folder::{image_kinds, is_image_name, ImageFolder};
+use super::folder::{image_kinds, is_image_name, read_dir_sorted, ImageFolder, Kind};
 use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
@@ -210,10 +210,9 @@ fn val_items(
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as u32))
         .collect();
-    let has_class_dirs = fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
-        .flatten()
-        .any(|e| e.path().is_dir());
+    // Kinds from the listing: a flat val folder holds 50,000 images.
+    let entries = read_dir_sorted(root)?;
+    let has_class_dirs = entries.iter().any(|(_, k)| *k == Kind::Dir);
     if has_class_dirs && opts.val_labels.is_none() {
         let f = ImageFolder::scan_for(root, "--val")?;
         let mut out = Vec::with_capacity(f.len());
@@ -236,13 +235,11 @@ fn val_items(
             root.display()
         )));
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && is_image_name(p))
+    let files: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|(p, k)| *k == Kind::File && is_image_name(p))
+        .map(|(p, _)| p)
         .collect();
-    files.sort();
     if files.is_empty() {
         return Err(Error::Data(format!(
             "{}: no {} images",
