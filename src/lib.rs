@@ -9,7 +9,8 @@
 //! `tensorboard` writes them as TensorBoard event files too (its messages in `tensorboard_pb`);
 //! `dist` spreads a run over devices and processes (the device choice, the
 //! layout, the all-reduce, the world of a multi-machine run);
-//! `viz` draws what a trained network learned (conv1's kernels, figure 3);
+//! `viz` draws what a trained network learned (conv1's kernels, figure 3;
+//! eval's confusion matrix);
 //! `features` takes hidden-layer activations and finds nearest neighbours;
 //! `memory` checks that a run fits in the host's memory before it starts;
 //! `shell` quotes the paths in the commands it prints for the user to copy.

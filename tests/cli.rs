@@ -555,6 +555,11 @@ fn bad_checkpoint_arguments() {
             ],
         );
     }
+    let args = ["eval", "--checkpoint", "missing.safetensors", "--data", "."];
+    assert_error(
+        &[&args[..], &["--confusion", "m.txt"]].concat(),
+        &["--confusion m.txt", ".npy", ".png"],
+    );
     // A file that is not a checkpoint: what it is not, and what to pass.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("notes.safetensors");

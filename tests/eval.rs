@@ -659,8 +659,15 @@ fn eval_per_class_tables_match_predicts_logits() {
         &s(&csv_path),
         "--confusion",
         &s(&npy_path),
+        "--confusion",
+        &s(&t.path().join("confusion.png")),
     ]);
     assert!(ok, "{err}");
+    let png = image::open(t.path().join("confusion.png")).unwrap();
+    assert!(
+        png.width() > 10 * 40,
+        "10 classes, 40-pixel cells and names"
+    );
     let (ok, _, err) = cli(&[
         "predict",
         "--checkpoint",
@@ -744,4 +751,52 @@ fn eval_per_class_tables_match_predicts_logits() {
         text.contains("most confused (true -> top-1, images): "),
         "{text}"
     );
+}
+
+/// `eval --confusion F.png`: every cell shaded by its share of the row,
+/// white to `DARK` linear in the square root of the share (the formula
+/// written out here), a row without images white; with few classes the
+/// cells' corners (clear of the counts) the same.
+#[test]
+fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
+    use alexnet_cuda::viz::confusion::{write_png, DARK};
+    let t = tempfile::tempdir().unwrap();
+    for (n, inset) in [(50usize, None), (3, Some(1))] {
+        // Class k: 6 images taken for k, 3 for k+1, 1 for k+7; the last
+        // class has none.
+        let mut tally = ClassTally::new(n);
+        for k in 0..n - 1 {
+            for (pred, times) in [(k, 6), ((k + 1) % n, 3), ((k + 7) % n, 1)] {
+                let mut row = vec![0.0f32; n];
+                row[pred] = 1.0;
+                for _ in 0..times {
+                    tally.add(&row, &[k as u32]);
+                }
+            }
+        }
+        let names: Vec<String> = (0..n).map(|c| format!("class {c}")).collect();
+        let path = t.path().join(format!("c{n}.png"));
+        let l = write_png(&path, &names, &tally).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (l.width as u32, l.height as u32));
+        for truth in 0..n {
+            let row: u64 = (0..n).map(|p| tally.confused(truth, p)).sum();
+            for p in 0..n {
+                let share = match row {
+                    0 => 0.0,
+                    _ => tally.confused(truth, p) as f64 / row as f64,
+                };
+                let want = DARK.map(|d| (255.0 + (d as f64 - 255.0) * share.sqrt()).round() as u8);
+                let (x, y) = match inset {
+                    None => (
+                        l.left + p * l.cell + l.cell / 2,
+                        l.top + truth * l.cell + l.cell / 2,
+                    ),
+                    Some(i) => (l.left + p * l.cell + i, l.top + truth * l.cell + i),
+                };
+                let got = img.get_pixel(x as u32, y as u32).0;
+                assert_eq!(got, want, "{n} classes, cell ({truth}, {p}), share {share}");
+            }
+        }
+    }
 }

@@ -20,6 +20,7 @@ use alexnet_cuda::features::spread;
 use alexnet_cuda::fsutil::check_target;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
+use alexnet_cuda::viz::confusion;
 
 use super::common::{crop_rows, demo_folder, positive};
 use super::device::CheckpointRunArgs;
@@ -49,16 +50,19 @@ pub struct EvalArgs {
     /// Write each class's images, top-1 and top-5 error, and the class its images are most often taken for, to this CSV; the hardest classes and commonest confusions are printed too.
     #[arg(long, value_name = "FILE")]
     per_class: Option<PathBuf>,
-    /// Write the confusion matrix (rows: true class, columns: top-1 class, values: image counts) to this float32 .npy file.
+    /// Write the confusion matrix (rows: true class, columns: top-1 class) to this file: FILE.npy for the image counts as float32, FILE.png for a picture; repeat for both.
     #[arg(long, value_name = "FILE")]
-    confusion: Option<PathBuf>,
+    confusion: Vec<PathBuf>,
 }
 
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
     // Refused before the run, not after it.
-    for f in [&args.per_class, &args.confusion].into_iter().flatten() {
+    for f in args.per_class.iter().chain(&args.confusion) {
         check_target(f)?;
+    }
+    for f in &args.confusion {
+        confusion_kind(f)?;
     }
     let (request, ck) = args.run.start()?;
     let topo = ck.state.net.topology()?;
@@ -111,10 +115,39 @@ fn write_tables(args: &EvalArgs, ck: &Checkpoint, tally: &ClassTally) -> Result<
     if let Some(f) = &args.per_class {
         per_class::write_csv(f, ck, tally)?;
     }
-    if let Some(f) = &args.confusion {
-        per_class::write_confusion(f, tally)?;
+    for f in &args.confusion {
+        match confusion_kind(f)? {
+            Picture::Npy => per_class::write_confusion(f, tally)?,
+            Picture::Png => {
+                let names: Vec<String> = (0..tally.classes() as u32)
+                    .map(|c| ck.class_name(c))
+                    .collect();
+                confusion::write_png(f, &names, tally)?;
+            }
+        }
     }
     Ok(())
+}
+
+enum Picture {
+    Npy,
+    Png,
+}
+
+/// What --confusion FILE asks for, by its extension.
+fn confusion_kind(f: &Path) -> Result<Picture> {
+    let ext = f
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_lowercase);
+    match ext.as_deref() {
+        Some("npy") => Ok(Picture::Npy),
+        Some("png") => Ok(Picture::Png),
+        _ => bail!(
+            "--confusion {}: name a .npy file (the counts) or a .png file (a picture)",
+            f.display()
+        ),
+    }
 }
 
 /// The five hardest classes and the five commonest confusions.
@@ -189,8 +222,8 @@ struct EvalReport {
     seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     per_class: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    confusion: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    confusion: Vec<String>,
 }
 
 /// The result as text, or (--json) as one JSON line.
@@ -214,7 +247,11 @@ fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> R
             loss: r.loss,
             seconds,
             per_class: args.per_class.as_ref().map(|p| p.display().to_string()),
-            confusion: args.confusion.as_ref().map(|p| p.display().to_string()),
+            confusion: args
+                .confusion
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         };
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
