@@ -348,15 +348,18 @@ fn store_is_the_same_for_any_thread_count() -> TestResult {
 
 // ------------------------------------------------------------ val layouts
 
+/// `n` val images, and the hidden files a copy made on macOS leaves beside
+/// them (`._NAME` AppleDouble files, `.DS_Store`), which are not images
+/// and are skipped, as in a class folder.
 fn flat_val(root: &Path, n: u32) -> TestResult {
     fs::create_dir_all(root)?;
     for i in 1..=n {
         let img = picture(20, 20, 50 + i);
-        fs::write(
-            root.join(format!("ILSVRC2012_val_{i:08}.JPEG")),
-            jpeg_bytes(&img, 90),
-        )?;
+        let name = format!("ILSVRC2012_val_{i:08}.JPEG");
+        fs::write(root.join(&name), jpeg_bytes(&img, 90))?;
+        fs::write(root.join(format!("._{name}")), [0u8; 64])?;
     }
+    fs::write(root.join(".DS_Store"), "x")?;
     Ok(())
 }
 

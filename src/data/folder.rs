@@ -228,7 +228,7 @@ fn walk_class(
 }
 
 /// Names starting with '.' (`.DS_Store`, `.cache/`), which tools leave behind.
-fn is_hidden(path: &Path) -> bool {
+pub(super) fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.'))

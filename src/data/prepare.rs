@@ -22,7 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
-use super::folder::{image_kinds, is_image_name, read_dir_sorted, ImageFolder, Kind};
+use super::folder::{image_kinds, is_hidden, is_image_name, read_dir_sorted, ImageFolder, Kind};
 use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
@@ -237,7 +237,9 @@ fn val_items(
     };
     let files: Vec<PathBuf> = entries
         .into_iter()
-        .filter(|(p, k)| *k == Kind::File && is_image_name(p))
+        // Hidden files are skipped, as in a class folder: a copy made on
+        // macOS leaves a `._NAME.JPEG` beside each image.
+        .filter(|(p, k)| *k == Kind::File && is_image_name(p) && !is_hidden(p))
         .map(|(p, _)| p)
         .collect();
     if files.is_empty() {
