@@ -33,6 +33,12 @@ fn abandoned(name: &str) -> bool {
     let Some(pid) = pid else {
         return false;
     };
+    process_gone(pid)
+}
+
+/// Whether process `pid` (not this one) has ended. Only where /proc lists
+/// the running processes (Linux); elsewhere, never.
+pub fn process_gone(pid: u32) -> bool {
     pid != std::process::id()
         && Path::new("/proc/self").exists()
         && !Path::new(&format!("/proc/{pid}")).exists()

@@ -628,12 +628,25 @@ fn sigterm_stops_with_a_checkpoint() {
 }
 
 /// A demo run stopped by a signal removes its synthetic images, as one
-/// that finishes does: the exit on a signal must not skip the cleanup.
+/// that finishes does: the exit on a signal must not skip the cleanup. A
+/// demo run removes the folders of demo runs that were killed (their
+/// process has ended), and only those.
 #[test]
 fn a_stopped_demo_run_leaves_no_images_behind() {
     let t = tempfile::tempdir().unwrap();
     let (tmp, out) = (t.path().join("tmp"), t.path().join("run"));
-    std::fs::create_dir(&tmp).unwrap();
+    let mut ended = Command::new("true").spawn().expect("spawn true");
+    ended.wait().unwrap();
+    let names = |pid: String| format!("alexnet-demo-{pid}-aB3xYz");
+    let killed = tmp.join(names(ended.id().to_string()));
+    let kept = [
+        tmp.join(names(std::process::id().to_string())),
+        tmp.join("alexnet-demo-Q1w2E3"),
+    ];
+    for d in kept.iter().chain([&killed]) {
+        std::fs::create_dir_all(d.join("00-hstripes")).unwrap();
+        std::fs::write(d.join("00-hstripes/0.jpg"), "x").unwrap();
+    }
     let mut child = Command::new(BIN)
         .args(["train", "--cpu", "--demo", "--no-progress", "--out"])
         .arg(&out)
@@ -649,14 +662,20 @@ fn a_stopped_demo_run_leaves_no_images_behind() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let written: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
-    assert_eq!(written.len(), 1, "the demo's images are in TMPDIR");
+    let listed = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(!killed.exists(), "the killed run's folder is removed");
+    assert_eq!(listed().len(), 3, "the demo's images are in TMPDIR");
     interrupt(child);
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let mut want = kept.to_vec();
+    want.sort();
+    assert_eq!(listed(), want, "only the other runs' folders are left");
 }
 
 #[test]

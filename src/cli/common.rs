@@ -233,12 +233,15 @@ pub fn crop_rows(ten_crop: bool) -> usize {
 
 /// A temporary folder holding one of the demo's synthetic sets, `what`
 /// (training or test), written by `write`; it is removed with the guard.
+/// Its name holds the process id, so the folders of demo runs that were
+/// killed (SIGKILL runs no cleanup) are found and removed first.
 pub fn demo_folder(
     what: &str,
     write: impl FnOnce(&Path) -> alexnet_cuda::error::Result<()>,
 ) -> Result<TempDir> {
+    remove_abandoned_demos(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
-        .prefix("alexnet-demo-")
+        .prefix(&format!("{DEMO_PREFIX}{}-", std::process::id()))
         .tempdir()
         .context("--demo: could not create a temporary folder")?;
     info!(
@@ -247,4 +250,32 @@ pub fn demo_folder(
     );
     write(dir.path())?;
     Ok(dir)
+}
+
+const DEMO_PREFIX: &str = "alexnet-demo-";
+
+/// Remove the demo folders in `tmp` whose process has ended
+/// (`alexnet-demo-<pid>-*`); a failure only warns.
+fn remove_abandoned_demos(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DEMO_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if !pid.is_some_and(alexnet_cuda::fsutil::process_gone) {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => info!(
+                "removed {}, left by a demo run that was killed",
+                e.path().display()
+            ),
+            Err(err) => tracing::warn!("{}: {err}", e.path().display()),
+        }
+    }
 }
