@@ -35,13 +35,13 @@ pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize
     (top1, top5)
 }
 
-/// Per-class counts of an evaluation: each class's images, top-1 and top-5
-/// hits, and the confusion matrix (true class x top-1 class).
+/// Per-class counts of an evaluation: each class's images and top-5 hits,
+/// and the confusion matrix (true class x top-1 class), whose diagonal is
+/// the top-1 hits.
 #[derive(Clone, Debug)]
 pub struct ClassTally {
     classes: usize,
     images: Vec<u64>,
-    top1: Vec<u64>,
     top5: Vec<u64>,
     confusion: Vec<u64>,
 }
@@ -51,7 +51,6 @@ impl ClassTally {
         ClassTally {
             classes,
             images: vec![0; classes],
-            top1: vec![0; classes],
             top5: vec![0; classes],
             confusion: vec![0; classes * classes],
         }
@@ -69,7 +68,6 @@ impl ClassTally {
                 likeliest_other(row, c)
             };
             self.images[c] += 1;
-            self.top1[c] += (rank < 1) as u64;
             self.top5[c] += (rank < 5) as u64;
             self.confusion[c * self.classes + pred] += 1;
         }
@@ -81,7 +79,7 @@ impl ClassTally {
 
     /// Images of class `c` seen, and its top-1 and top-5 hits.
     pub fn counts(&self, c: usize) -> (u64, u64, u64) {
-        (self.images[c], self.top1[c], self.top5[c])
+        (self.images[c], self.confused(c, c), self.top5[c])
     }
 
     /// Images of class `truth` whose top-1 class is `pred`.

@@ -66,7 +66,7 @@ pub fn write_png(path: &Path, names: &[String], tally: &ClassTally) -> Result<La
     let l = Layout::for_classes(names, n);
     let mut rgb = vec![255u8; l.width * l.height * 3];
     for t in 0..n {
-        let row: u64 = (0..n).map(|p| tally.confused(t, p)).sum();
+        let row = tally.counts(t).0;
         for p in 0..n {
             let share = match row {
                 0 => 0.0,
@@ -143,7 +143,7 @@ fn text<DB: DrawingBackend>(
         return Ok(());
     }
     for t in 0..n {
-        let row: u64 = (0..n).map(|p| tally.confused(t, p)).sum();
+        let row = tally.counts(t).0;
         for p in (0..n).filter(|&p| tally.confused(t, p) > 0) {
             let k = tally.confused(t, p);
             // White on the darker half of the scale (share > 1/4).
