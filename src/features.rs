@@ -9,9 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use image::RgbImage;
 use plotters::prelude::*;
 
 use crate::backend::cpu::{sgemm, MatRef};
@@ -27,7 +26,7 @@ use crate::fsutil::write_atomic;
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
-use crate::plot::{ensure_font, FONT};
+use crate::plot::{ensure_font, write_rgb_png, FONT};
 
 /// Rows of the feature matrix read at once by the search.
 pub const BLOCK_ROWS: usize = 4096;
@@ -793,11 +792,7 @@ pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<(
         }
         root.present().map_err(|e| draw_err(e.to_string()))?;
     }
-    let mut png = Vec::new();
-    PngEncoder::new(&mut png)
-        .write_image(&rgb, width, height, ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
-    write_atomic(path, &png)
+    write_rgb_png(path, &rgb, width, height)
 }
 
 /// What `features` needs besides the device.

@@ -103,15 +103,16 @@ pub fn render_png(
             .map_err(|e| Error::Backend(format!("{}: drawing the chart: {e}", path.display())))?;
     }
 
+    write_rgb_png(path, &rgb, WIDTH, HEIGHT)
+}
+
+/// Encode `rgb` (8-bit RGB, `width` x `height`) as PNG and write it to
+/// `path` atomically: every picture the program draws ends here.
+pub(crate) fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
     let mut png = Vec::new();
     PngEncoder::new(&mut png)
-        .write_image(&rgb, WIDTH, HEIGHT, ExtendedColorType::Rgb8)
-        .map_err(|e| {
-            Error::Backend(format!(
-                "{}: encoding the chart as PNG: {e}",
-                path.display()
-            ))
-        })?;
+        .write_image(rgb, width, height, ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
     write_atomic(path, &png)
 }
 

@@ -6,15 +6,12 @@
 //! a pixel, where groups of related classes (the dog breeds) show as blocks.
 use std::path::Path;
 
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::eval::ClassTally;
-use crate::fsutil::write_atomic;
-use crate::plot::{ensure_font, FONT};
+use crate::plot::{ensure_font, write_rgb_png, FONT};
 
 /// The darkest shade, a full row's cell (white is an empty one).
 pub const DARK: [u8; 3] = [8, 48, 107];
@@ -83,16 +80,7 @@ pub fn write_png(path: &Path, names: &[String], tally: &ClassTally) -> Result<La
         text(&root, &l, names, tally).map_err(|e| draw_err(e.to_string()))?;
         root.present().map_err(|e| draw_err(e.to_string()))?;
     }
-    let mut png = Vec::new();
-    PngEncoder::new(&mut png)
-        .write_image(
-            &rgb,
-            l.width as u32,
-            l.height as u32,
-            ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
-    write_atomic(path, &png)?;
+    write_rgb_png(path, &rgb, l.width as u32, l.height as u32)?;
     Ok(l)
 }
 

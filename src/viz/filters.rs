@@ -13,16 +13,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder};
 use serde::Serialize;
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
-use crate::fsutil::write_atomic;
 use crate::model::topology::{Op, Topology};
 use crate::model::trainable::Model;
+use crate::plot::write_rgb_png;
 
 /// A kernel is drawn at least this many pixels wide (an 11x11 kernel at 4x).
 pub const MIN_KERNEL_PX: usize = 44;
@@ -300,16 +298,7 @@ pub fn check_out(path: &Path) -> Result<()> {
 pub fn write_png(conv1: &Conv1, path: &Path) -> Result<Layout> {
     check_out(path)?;
     let (layout, px) = render(conv1);
-    let mut png = Vec::new();
-    PngEncoder::new(&mut png)
-        .write_image(
-            &px,
-            layout.width as u32,
-            layout.height as u32,
-            ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
-    write_atomic(path, &png)?;
+    write_rgb_png(path, &px, layout.width as u32, layout.height as u32)?;
     Ok(layout)
 }
 
