@@ -272,12 +272,23 @@ impl Checkpoint {
         self.tensors.get(MEAN_IMAGE).map(|t| t.data.as_slice())
     }
 
+    /// The id of class `label` (its folder name: a synset for ImageNet);
+    /// empty for a label the checkpoint does not have.
+    pub fn class_id(&self, label: u32) -> String {
+        let i = label as usize;
+        self.state.classes.get(i).cloned().unwrap_or_default()
+    }
+
     /// The readable name of class `label` (its id when it has none).
     pub fn class_name(&self, label: u32) -> String {
-        let i = label as usize;
-        match self.state.names.get(i).filter(|n| !n.is_empty()) {
+        match self
+            .state
+            .names
+            .get(label as usize)
+            .filter(|n| !n.is_empty())
+        {
             Some(n) => n.clone(),
-            None => self.state.classes.get(i).cloned().unwrap_or_default(),
+            None => self.class_id(label),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_csv};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
@@ -244,34 +244,20 @@ pub fn write_rows_csv(
     fs: &FeatureSet,
     indices: &[usize],
 ) -> Result<()> {
-    // csv quotes names such as "tench, Tinca tinca".
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let io = |e: csv::Error| Error::io(path, e.into());
-    w.write_record(["row", "index", "label", "class", "name", "source"])
-        .map_err(io)?;
-    for (row, &i) in indices.iter().enumerate() {
+    let rows = indices.iter().enumerate().map(|(row, &i)| {
         let label = fs.set.label(i);
-        let id = ck.state.classes.get(label as usize).cloned();
-        let source = fs
-            .sources
-            .as_ref()
-            .and_then(|s| s.get(i))
-            .map(String::as_str)
-            .unwrap_or("");
-        w.write_record([
-            &row.to_string(),
-            &i.to_string(),
-            &label.to_string(),
-            &id.unwrap_or_default(),
-            &ck.class_name(label),
-            source,
-        ])
-        .map_err(io)?;
-    }
-    let text = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    write_atomic(path, &text)
+        let source = fs.sources.as_ref().and_then(|s| s.get(i));
+        vec![
+            row.to_string(),
+            i.to_string(),
+            label.to_string(),
+            ck.class_id(label),
+            ck.class_name(label),
+            source.cloned().unwrap_or_default(),
+        ]
+    });
+    let header = ["row", "index", "label", "class", "name", "source"];
+    write_csv(path, &header, rows)
 }
 
 /// One neighbour: its row in the feature matrix and squared distance.

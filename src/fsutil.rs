@@ -1,7 +1,8 @@
 //! Writing files so a crash, a kill or a full disk never leaves a half-written
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
-//! folder so the rename itself survives a power cut.
+//! folder so the rename itself survives a power cut. `write_csv` is the
+//! same for a table.
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -159,6 +160,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Write a CSV file atomically: `header`, then `rows`, quoted by the `csv`
+/// crate where a field needs it (names such as "tench, Tinca tinca").
+pub fn write_csv(
+    path: &Path,
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::io(path, e.into());
+    w.write_record(header).map_err(io)?;
+    for row in rows {
+        w.write_record(&row).map_err(io)?;
+    }
+    let text = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    write_atomic(path, &text)
 }
 
 /// fsync the folder holding `path`, making a rename or create in it durable.

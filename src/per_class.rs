@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::ClassTally;
-use crate::fsutil::write_atomic;
+use crate::fsutil;
 use crate::npy::write_npy_f32;
 
 /// The per-class CSV: `label,class,name,images,top1_error,top5_error,
@@ -15,10 +15,7 @@ use crate::npy::write_npy_f32;
 /// order. A class with no images has empty errors; one never missed has an
 /// empty `confused_with`.
 pub fn write_csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
-    // csv quotes names such as "tench, Tinca tinca".
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let io = |e: csv::Error| Error::io(path, e.into());
-    w.write_record([
+    let header = [
         "label",
         "class",
         "name",
@@ -28,15 +25,12 @@ pub fn write_csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<()>
         "confused_with",
         "confused_name",
         "confused_images",
-    ])
-    .map_err(io)?;
-    for c in 0..tally.classes() {
-        w.write_record(row(ck, tally, c)).map_err(io)?;
-    }
-    let text = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    write_atomic(path, &text)
+    ];
+    fsutil::write_csv(
+        path,
+        &header,
+        (0..tally.classes()).map(|c| row(ck, tally, c)),
+    )
 }
 
 /// Class `c`'s CSV record.
@@ -47,12 +41,16 @@ fn row(ck: &Checkpoint, tally: &ClassTally, c: usize) -> Vec<String> {
         _ => format!("{:.6}", 1.0 - hits as f64 / n as f64),
     };
     let (with, name, count) = match tally.most_confused(c) {
-        Some((j, k)) => (class_id(ck, j), ck.class_name(j as u32), k.to_string()),
+        Some((j, k)) => (
+            ck.class_id(j as u32),
+            ck.class_name(j as u32),
+            k.to_string(),
+        ),
         None => Default::default(),
     };
     vec![
         c.to_string(),
-        class_id(ck, c),
+        ck.class_id(c as u32),
         ck.class_name(c as u32),
         n.to_string(),
         error(top1),
@@ -61,10 +59,6 @@ fn row(ck: &Checkpoint, tally: &ClassTally, c: usize) -> Vec<String> {
         name,
         count,
     ]
-}
-
-fn class_id(ck: &Checkpoint, c: usize) -> String {
-    ck.state.classes.get(c).cloned().unwrap_or_default()
 }
 
 /// The confusion matrix as a float32 .npy file of shape [classes, classes]:
