@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
-use crate::data::{batches, FileSource, ImageFolder, ImageSource, LoaderConfig};
+use crate::data::{batches, unread_error, FileSource, ImageFolder, ImageSource, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::model::net::Mode;
 use crate::model::trainable::Model;
@@ -159,10 +159,16 @@ pub fn evaluate(
     cfg: &LoaderConfig,
     on_batch: impl FnMut(usize),
 ) -> Result<EvalResult> {
-    evaluate_by_class(net, set, indices, cfg, on_batch, None)
+    let (r, unread) = evaluate_by_class(net, set, indices, cfg, on_batch, None)?;
+    match unread.is_empty() {
+        true => Ok(r),
+        false => Err(unread_error(unread, indices.len())),
+    }
 }
 
 /// [`evaluate`], also counting each class's results into `tally` when given.
+/// With `cfg.skip_unreadable`, images that cannot be read are left out of
+/// the result and returned as their errors; `on_batch` counts them as done.
 pub fn evaluate_by_class(
     net: &mut dyn Model,
     set: &Arc<dyn ImageSource>,
@@ -170,13 +176,20 @@ pub fn evaluate_by_class(
     cfg: &LoaderConfig,
     mut on_batch: impl FnMut(usize),
     mut tally: Option<&mut ClassTally>,
-) -> Result<EvalResult> {
+) -> Result<(EvalResult, Vec<Error>)> {
     let classes = net.topology().classes;
     let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
     let mut row_labels = Vec::new();
+    let mut unread = Vec::new();
     let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
     while let Some(b) = iter.next() {
-        let b = b?;
+        let mut b = b?;
+        unread.append(&mut b.unread);
+        if b.n == 0 {
+            on_batch(seen + unread.len());
+            iter.recycle(b);
+            continue;
+        }
         // Every crop row carries its image's label.
         row_labels.clear();
         for &l in &b.labels {
@@ -194,24 +207,25 @@ pub fn evaluate_by_class(
         top1 += t1;
         top5 += t5;
         seen += b.n;
-        on_batch(seen);
+        on_batch(seen + unread.len());
         iter.recycle(b);
     }
-    if seen == 0 {
-        return Ok(EvalResult {
+    let s = seen as f64;
+    let r = match seen {
+        0 => EvalResult {
             images: 0,
             loss: f64::NAN,
             top1: f64::NAN,
             top5: f64::NAN,
-        });
-    }
-    let s = seen as f64;
-    Ok(EvalResult {
-        images: seen,
-        loss: loss / s,
-        top1: top1 as f64 / s,
-        top5: top5 as f64 / s,
-    })
+        },
+        _ => EvalResult {
+            images: seen,
+            loss: loss / s,
+            top1: top1 as f64 / s,
+            top5: top5 as f64 / s,
+        },
+    };
+    Ok((r, unread))
 }
 
 /// The loader settings that repeat a checkpoint's test-time preprocessing:
@@ -230,6 +244,7 @@ pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize)
         seed: 0,
         workers,
         drop_last: false,
+        skip_unreadable: false,
         lighting: None,
         host_alloc: None,
         shard: (0, 1),

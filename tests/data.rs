@@ -1108,3 +1108,93 @@ fn default_workers_by_cores_threads_and_device() {
         );
     }
 }
+
+/// A set whose images `bad` cannot be read.
+struct Holes {
+    set: ImageSet,
+    bad: Vec<usize>,
+}
+
+impl ImageSource for Holes {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+    fn size(&self) -> usize {
+        self.set.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.set.labels()[i]
+    }
+    fn classes(&self) -> &[String] {
+        self.set.classes()
+    }
+    fn pixels<'a>(&'a self, i: usize, _scratch: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
+        match self.bad.contains(&i) {
+            true => Err(Error::Data(format!("image {i} unreadable"))),
+            false => Ok(self.set.image(i)),
+        }
+    }
+}
+
+/// With `skip_unreadable`, a batch holds the rows and labels of its readable
+/// images, exactly those a loader over only them makes (ten crops, with
+/// and without workers), and the errors of the others; without it, the
+/// first unreadable image is the epoch's error.
+#[test]
+fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
+    let bad = vec![1, 5, 6, 7, 8];
+    let source: Arc<dyn ImageSource> = Arc::new(Holes {
+        set: coord_set(11, 6)?,
+        bad: bad.clone(),
+    });
+    let all: Vec<usize> = (0..11).collect();
+    let good: Vec<usize> = all.iter().copied().filter(|i| !bad.contains(i)).collect();
+    let reference: Arc<dyn ImageSource> = Arc::new(coord_set(11, 6)?);
+    for workers in [0, 2] {
+        let c = LoaderConfig {
+            ten_crop: true,
+            skip_unreadable: true,
+            ..cfg(4, 4, false, workers)
+        };
+        let (mut x, mut labels, mut errors) = (vec![], vec![], vec![]);
+        for b in batches(Arc::clone(&source), &all, &c, 0)? {
+            let b = b?;
+            assert_eq!(b.labels.len(), b.n);
+            assert_eq!(b.x.len(), b.n * 10 * 3 * 16);
+            x.extend_from_slice(&b.x);
+            labels.extend(b.labels);
+            errors.extend(b.unread.iter().map(|e| e.to_string()));
+        }
+        let (mut want_x, mut want_labels) = (vec![], vec![]);
+        for b in batches(Arc::clone(&reference), &good, &cfg(4, 4, false, 0), 0)? {
+            let b = b?;
+            want_x.extend_from_slice(&b.x);
+            want_labels.extend(b.labels);
+        }
+        let ten = |x: &[f32]| x.len() / 10;
+        assert_eq!(ten(&x), want_x.len(), "ten crops per image");
+        let centre_rows: Vec<f32> = x
+            .chunks(3 * 16)
+            .skip(4)
+            .step_by(10)
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(centre_rows, want_x, "workers {workers}");
+        assert_eq!(labels, want_labels);
+        let want_errors: Vec<String> = bad
+            .iter()
+            .map(|i| format!("image {i} unreadable"))
+            .collect();
+        assert_eq!(errors, want_errors);
+    }
+    let strict = cfg(4, 4, false, 2);
+    let r: Vec<_> = batches(source, &all, &strict, 0)?.collect();
+    assert_eq!(
+        r.len(),
+        1,
+        "the first batch is the error, then the epoch ends"
+    );
+    assert!(matches!(&r[0], Err(e) if e.to_string() == "image 1 unreadable"));
+    Ok(())
+}

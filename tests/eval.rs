@@ -152,6 +152,7 @@ fn ten_crop_evaluation_matches_crops_cut_by_hand() {
         std: Some(std),
         ten_crop: true,
         drop_last: false,
+        skip_unreadable: false,
         ..LoaderConfig::new(4, crop, false)
     };
     let idx: Vec<usize> = (0..n).collect();
@@ -311,15 +312,30 @@ fn eval_cli_repeats_the_runs_own_validation() {
     }
     assert!((json_field(&by_file, "loss") - json_field(&centre, "loss")).abs() < 1e-5);
     // --limit reads only the images it picks: a broken file past them (the
-    // last of 101; 10 spread over 101 end at 90) is not read. All of them:
-    // it is named.
+    // last of 101; 10 spread over 101 end at 90) is not read.
     let broken = val_dir.join("09-blobs/zzz.jpg");
     std::fs::write(&broken, "not pixels").unwrap();
     let (ok, _, err) = on_folder(&["--limit", "10"]);
     assert!(ok, "{err}");
-    let (ok, _, err) = on_folder(&[]);
-    assert!(!ok && err.contains(&s(&broken)), "{err}");
+    // All of them, with a truncated copy of a good image too: both are
+    // named and the run fails, but the other 100 are scored, as the store
+    // that never held the two scores them.
+    let first = std::fs::read_dir(val_dir.join("03-checker")).unwrap();
+    let good = first.map(|e| e.unwrap().path()).min().unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = val_dir.join("03-checker/cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, by_file, err) = on_folder(&[]);
+    assert!(!ok, "{by_file}");
+    assert!(err.contains(&s(&broken)) && err.contains(&s(&cut)), "{err}");
+    assert!(err.contains("2 of 102 images could not be read"), "{err}");
+    assert!(err.contains("over the other 100 images"), "{err}");
+    assert_eq!(json_field(&by_file, "unreadable"), 2.0);
+    for key in ["images", "top1_error", "top5_error"] {
+        assert_eq!(json_field(&by_file, key), json_field(&centre, key), "{key}");
+    }
     std::fs::remove_file(&broken).unwrap();
+    std::fs::remove_file(&cut).unwrap();
 
     // A class-folder tree with fewer classes than the network knows:
     // labels are matched by name.

@@ -11,9 +11,9 @@ use tempfile::TempDir;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
-use alexnet_cuda::data::write_demo_test;
 use alexnet_cuda::data::ImageSource;
 use alexnet_cuda::data::LoaderConfig;
+use alexnet_cuda::data::{unread_error, write_demo_test};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{evaluate_by_class, loader_for, open_eval_data, ClassTally, EvalResult};
 use alexnet_cuda::features::spread;
@@ -21,6 +21,7 @@ use alexnet_cuda::fsutil::check_target;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
+use alexnet_cuda::Error;
 
 use super::common::{crop_rows, demo_folder, positive};
 use super::device::CheckpointRunArgs;
@@ -82,7 +83,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     .min(idx.len().max(1));
     let workers = args.run.host.workers(!request.cpu);
-    let cfg = loader_for(&ck, per_step, args.ten_crop, workers);
+    // One unreadable file of a folder costs its own score, not the rest's.
+    let cfg = LoaderConfig {
+        skip_unreadable: true,
+        ..loader_for(&ck, per_step, args.ten_crop, workers)
+    };
     let label = if args.ten_crop {
         "eval (10 crops)"
     } else {
@@ -99,15 +104,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cfg: &cfg,
         pb: &pb,
     };
-    let (r, tally) = run_on_one(&request, job)?;
+    let (r, tally, unread) = run_on_one(&request, job)?;
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
+    if r.images == 0 && !unread.is_empty() {
+        return Err(unread_error(unread, idx.len()).into());
+    }
     write_tables(&args, &ck, &tally)?;
-    print_result(&args, &data, &r, seconds)?;
+    print_result(&args, &data, &r, unread.len(), seconds)?;
     if args.per_class.is_some() && !args.json {
         print_classes(&ck, &tally)?;
     }
-    Ok(())
+    match unread.is_empty() {
+        true => Ok(()),
+        false => bail!(
+            "{}; the results above are over the other {} images",
+            unread_error(unread, idx.len()),
+            r.images
+        ),
+    }
 }
 
 /// --per-class and --confusion.
@@ -195,16 +210,17 @@ struct EvalOn<'a> {
 }
 
 impl OnDevice for EvalOn<'_> {
-    type Out = (EvalResult, ClassTally);
+    type Out = (EvalResult, ClassTally, Vec<Error>);
     type Err = anyhow::Error;
-    fn run<B: Backend>(self, be: &B) -> Result<(EvalResult, ClassTally)> {
+    fn run<B: Backend>(self, be: &B) -> Result<Self::Out> {
         alexnet_cuda::memory::check_one(be, self.topo, self.cfg, self.idx.len())?;
         let mut net = self.ck.network(be, self.topo, self.rows)?;
         let mut tally = ClassTally::new(self.topo.classes);
         let on_batch = |done| self.pb.set_position(done as u64);
         let (set, idx) = (self.set, self.idx);
-        let r = evaluate_by_class(&mut net, set, idx, self.cfg, on_batch, Some(&mut tally))?;
-        Ok((r, tally))
+        let (r, unread) =
+            evaluate_by_class(&mut net, set, idx, self.cfg, on_batch, Some(&mut tally))?;
+        Ok((r, tally, unread))
     }
 }
 
@@ -216,6 +232,9 @@ struct EvalReport {
     /// "centre-crop" or "10-crop".
     mode: &'static str,
     images: usize,
+    /// Images that could not be read, left out of the errors.
+    #[serde(skip_serializing_if = "is_zero")]
+    unreadable: usize,
     top1_error: f64,
     top5_error: f64,
     loss: f64,
@@ -227,7 +246,13 @@ struct EvalReport {
 }
 
 /// The result as text, or (--json) as one JSON line.
-fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> Result<()> {
+fn print_result(
+    args: &EvalArgs,
+    data: &Path,
+    r: &EvalResult,
+    unreadable: usize,
+    seconds: f64,
+) -> Result<()> {
     let mode = if args.ten_crop {
         "10-crop"
     } else {
@@ -242,6 +267,7 @@ fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> R
             },
             mode,
             images: r.images,
+            unreadable,
             top1_error: 1.0 - r.top1,
             top5_error: 1.0 - r.top5,
             loss: r.loss,
@@ -265,4 +291,8 @@ fn print_result(args: &EvalArgs, data: &Path, r: &EvalResult, seconds: f64) -> R
         )?;
     }
     Ok(())
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -115,6 +115,10 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Skip a last, short batch (training); else yield it with `n < batch`.
     pub drop_last: bool,
+    /// An image that cannot be read is left out of its batch and its error
+    /// kept in [`Batch::unread`] (evaluation: one bad file of 50,000 should
+    /// not cost the other 49,999); else the batch is that error.
+    pub skip_unreadable: bool,
     /// PCA lighting noise for training images (section 4.1); None = off.
     pub lighting: Option<Lighting>,
     /// Where batch pixels live: None = ordinary memory; a GPU backend's
@@ -145,6 +149,7 @@ impl LoaderConfig {
             seed: 0,
             workers: 0,
             drop_last: false,
+            skip_unreadable: false,
             lighting: None,
             host_alloc: None,
             shard: (0, 1),
@@ -219,7 +224,7 @@ pub fn lighting_alpha(cfg: &LoaderConfig, epoch: u64, position: usize) -> [f32; 
 
 /// One batch: `x` is `n * crops x 3 x side x side` (NCHW, side = crop +
 /// pad), normalised; with 10 crops, rows `10 i .. 10 i + 10` are image `i`'s.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub x: HostBuf,
     pub labels: Vec<u32>,
@@ -227,6 +232,9 @@ pub struct Batch {
     pub n: usize,
     /// Rows per image: 1, or 10 for the paper's test crops.
     pub crops: usize,
+    /// The batch's images left out because they could not be read
+    /// (`LoaderConfig::skip_unreadable`); `n` counts only the others.
+    pub unread: Vec<Error>,
 }
 
 /// Where an image is cropped and whether it is mirrored.
@@ -476,16 +484,24 @@ impl Job {
             &[]
         };
         let per_image = crops.len().max(1);
-        b.n = n;
         b.crops = per_image;
         b.labels.clear();
-        // Every element is written below; resize only changes the length
+        b.unread.clear();
+        // Every element kept is written below; resize only changes the length
         // (or, past the capacity, gets memory from the configured allocator).
         b.x.resize(n * per_image * 3 * plane, cfg.host_alloc.as_ref())?;
-        for (j, pos) in (start..end).enumerate() {
+        for pos in start..end {
             let idx = self.order[pos];
+            let img = match self.set.pixels(idx, scratch) {
+                Ok(img) => img,
+                Err(e) if cfg.skip_unreadable => {
+                    b.unread.push(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let j = b.labels.len();
             b.labels.push(self.set.label(idx));
-            let img = self.set.pixels(idx, scratch)?;
             // Lighting adds the same RGB offset to every pixel of the image,
             // so it folds into the mean subtracted.
             let shift = match &cfg.lighting {
@@ -502,6 +518,9 @@ impl Job {
                 self.write_crop(img, size, c, shift, out);
             }
         }
+        b.n = b.labels.len();
+        // Shorter when images were left out: the rows kept, no allocation.
+        b.x.resize(b.n * per_image * 3 * plane, None)?;
         Ok(())
     }
 

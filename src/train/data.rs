@@ -275,6 +275,7 @@ pub fn loader_config(
         // `train` sizes it from the machine when not given (workers_for).
         workers: opts.workers.unwrap_or(1),
         drop_last: true,
+        skip_unreadable: false,
         lighting,
         host_alloc: None,
         shard: (0, 1),
@@ -300,6 +301,7 @@ pub fn run_loaders(
     let eval = LoaderConfig {
         train: false,
         drop_last: false,
+        skip_unreadable: false,
         lighting: None,
         shard: (0, 1),
         ..loader.clone()

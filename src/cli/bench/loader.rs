@@ -80,6 +80,7 @@ fn loader_config(store: &PackedStore, args: &BenchLoaderArgs) -> LoaderConfig {
         seed: 1,
         workers: args.workers,
         drop_last: true,
+        skip_unreadable: false,
         lighting: Some(Lighting {
             pca: store.meta().stats.pca,
             sigma: 0.1,
