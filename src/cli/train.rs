@@ -22,7 +22,7 @@ use alexnet_cuda::dist::Layout;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{InitRecipe, Topology};
-use alexnet_cuda::run_state::RunOptions;
+use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
     check_run_folder, resume_options, train, Schedule, TrainOptions, TrainReport,
@@ -477,15 +477,34 @@ fn eval_data_flag(opts: &TrainOptions) -> String {
     }
 }
 
+/// Validation top-1 after the first and the last epoch, and the best
+/// epoch's (the one `best.safetensors` holds: the first with the highest)
+/// when it is neither.
+fn val_course(epochs: &[EpochStats]) -> String {
+    let at = |e: &EpochStats| format!("{:.1}% after epoch {}", 100.0 * e.val_top1, e.epoch);
+    let (Some(first), Some(last)) = (epochs.first(), epochs.last()) else {
+        return String::new();
+    };
+    let best = epochs
+        .iter()
+        .fold(first, |b, e| if e.val_top1 > b.val_top1 { e } else { b });
+    let mut s = at(first);
+    if last.epoch != first.epoch {
+        s += &format!(", {}", at(last));
+    }
+    if best.epoch != first.epoch && best.epoch != last.epoch {
+        s += &format!(", best {}", at(best));
+    }
+    s
+}
+
 /// A finished run: validation accuracy first and last, speed, and where
 /// its checkpoints are.
 fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Result<()> {
-    if let (Some(first), Some(last)) = (report.epochs.first(), report.epochs.last()) {
+    if let Some(last) = report.epochs.last() {
         outln!(
-            "validation top-1: {:.1}% after epoch 1, {:.1}% after epoch {} (chance {:.1}%); {:.0} img/s; {:.0}s",
-            100.0 * first.val_top1,
-            100.0 * last.val_top1,
-            last.epoch,
+            "validation top-1: {} (chance {:.1}%); {:.0} img/s; {:.0}s",
+            val_course(&report.epochs),
             100.0 / report.classes.len() as f64,
             last.images_per_s,
             last.elapsed_s
@@ -500,4 +519,44 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epochs(top1: &[f64]) -> Vec<EpochStats> {
+        let row = |(i, &val_top1)| EpochStats {
+            epoch: i + 1,
+            lr: 0.01,
+            train_loss: 0.0,
+            train_top1: 0.0,
+            val_loss: 0.0,
+            val_top1,
+            val_top5: 0.0,
+            images_per_s: 0.0,
+            elapsed_s: 0.0,
+            data_wait: 0.0,
+        };
+        top1.iter().enumerate().map(row).collect()
+    }
+
+    #[test]
+    fn val_course_names_first_last_and_a_best_between() {
+        assert_eq!(val_course(&[]), "");
+        assert_eq!(val_course(&epochs(&[0.1])), "10.0% after epoch 1");
+        assert_eq!(
+            val_course(&epochs(&[0.1, 0.5, 0.3])),
+            "10.0% after epoch 1, 30.0% after epoch 3, best 50.0% after epoch 2"
+        );
+        // The first of equal bests, as best.safetensors; none when it is the last.
+        assert_eq!(
+            val_course(&epochs(&[0.1, 0.5, 0.5, 0.2])),
+            "10.0% after epoch 1, 20.0% after epoch 4, best 50.0% after epoch 2"
+        );
+        assert_eq!(
+            val_course(&epochs(&[0.1, 0.4, 0.6])),
+            "10.0% after epoch 1, 60.0% after epoch 3"
+        );
+    }
 }
