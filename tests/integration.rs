@@ -24,6 +24,7 @@ mod memory;
 mod net_gradcheck;
 mod plot;
 mod prepare;
+mod profile;
 mod progress;
 mod pytorch_fixtures;
 mod recipe;

@@ -5,6 +5,7 @@
 //! Parameters use PyTorch's names and layouts
 //! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
 //! flattened in C, H, W order), so fixtures and exports line up.
+use super::laps::{Lap, Laps, Part};
 use super::stage::{initial_values, sgd_all, stage_elements, unscale_all, Geom, Param, Stage};
 use super::topology::{LayerShape, Op, Topology};
 use crate::backend::{Backend, SgdParams};
@@ -86,6 +87,8 @@ pub struct Network<'a, B: Backend> {
     loss_scale: Option<LossScale>,
     /// Whether the last `sgd_step` was skipped for an overflowed gradient.
     last_skipped: bool,
+    /// The op-by-op clock (`bench-step --per-layer`); off unless asked for.
+    laps: Laps,
 }
 
 impl<'a, B: Backend> Network<'a, B> {
@@ -135,6 +138,7 @@ impl<'a, B: Backend> Network<'a, B> {
             last_mode: None,
             loss_scale: None,
             last_skipped: false,
+            laps: Laps::default(),
         };
         net.resize(batch)?;
         Ok(net)
@@ -214,8 +218,11 @@ impl<'a, B: Backend> Network<'a, B> {
         if be.buf_len(&self.x[1]) > 0 {
             self.x_cur ^= 1;
         }
+        self.laps.start(be)?;
+        self.laps.at(None);
         be.upload(x, &mut self.x[self.x_cur])?;
         be.upload_idx(labels, &mut self.labels)?;
+        self.laps.lap(be, Part::Upload)?;
         for i in 0..self.stages.len() {
             let (done, rest) = self.stages.split_at_mut(i);
             let input = if i == 0 {
@@ -227,8 +234,11 @@ impl<'a, B: Backend> Network<'a, B> {
             let seed =
                 (mode == Mode::Train).then(|| hash_u64(self.seed, self.step * 64 + i as u64));
             let l = &self.topo.layers[i];
-            rest[0].forward(be, l, &self.topo.lrn, input, &self.params[i], seed)?;
+            self.laps.at(Some(i));
+            let p = &self.params[i];
+            rest[0].forward(be, (l, &self.topo.lrn), input, p, seed, &mut self.laps)?;
         }
+        self.laps.at(None);
         let logits = self.stages.last().map(|s| s.out()).ok_or(Error::Shape {
             op: "forward",
             detail: "no layers".into(),
@@ -241,6 +251,7 @@ impl<'a, B: Backend> Network<'a, B> {
             &mut self.probs,
             &mut self.loss,
         )?;
+        self.laps.lap(be, Part::Loss)?;
         self.last_mode = Some(mode);
         Ok(())
     }
@@ -294,6 +305,7 @@ impl<'a, B: Backend> Network<'a, B> {
         let be = self.be;
         let (n, classes) = (self.n, self.topo.classes);
         let last = self.stages.len() - 1;
+        self.laps.at(None);
         match &self.loss_scale {
             Some(ls) => be.softmax_xent_backward_scaled(
                 n,
@@ -310,7 +322,8 @@ impl<'a, B: Backend> Network<'a, B> {
                 &self.labels,
                 self.stages[last].out_grad_mut(),
             ),
-        }
+        }?;
+        self.laps.lap(be, Part::LossBackward)
     }
 
     /// Layer `i`'s parameter gradients and its input's gradient (layers
@@ -336,9 +349,11 @@ impl<'a, B: Backend> Network<'a, B> {
             done[i - 1].out()
         };
         let l = &self.topo.layers[i];
-        st.backward(be, l, &self.topo.lrn, input, p, mode == Mode::Train)?;
+        let laps = &mut self.laps;
+        laps.at(Some(i));
+        st.backward(be, (l, &self.topo.lrn), input, p, mode == Mode::Train, laps)?;
         if i > 0 {
-            st.input_grad(be, &p.w, done[i - 1].out_grad_mut())?;
+            st.input_grad(be, &p.w, done[i - 1].out_grad_mut(), laps)?;
         }
         Ok(())
     }
@@ -364,15 +379,28 @@ impl<'a, B: Backend> Network<'a, B> {
         self.last_skipped = false;
         if let Some(ls) = &mut self.loss_scale {
             let finite = unscale_all(self.be, &mut self.params, 1.0 / ls.scale)?;
+            self.laps.at(None);
+            self.laps.lap(self.be, Part::Unscale)?;
             if !ls.update(finite) {
                 self.last_skipped = true;
                 self.step += 1;
                 return Ok(());
             }
         }
-        sgd_all(self.be, &mut self.params, hp)?;
+        sgd_all(self.be, &mut self.params, hp, &mut self.laps)?;
         self.step += 1;
         Ok(())
+    }
+
+    /// Time every op from now on, each after a wait for the device (on), or
+    /// stop (off). Costs the waits; the numbers do not change.
+    pub fn time_ops(&mut self, on: bool) {
+        self.laps = if on { Laps::on() } else { Laps::default() };
+    }
+
+    /// The ops timed since the last call, in the order they ran.
+    pub fn take_laps(&mut self) -> Vec<Lap> {
+        self.laps.take()
     }
 
     /// Turn dynamic loss scaling on (16-bit training) with this state, or off.

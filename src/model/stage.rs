@@ -4,6 +4,7 @@
 //! the ReLU, LRN, pooling and dropout that follow it (`Stage`), with the
 //! forward and backward of that chain. The paper's SGD over a list of
 //! parameters and the loss-scale check of their gradients sit here too.
+use super::laps::{Laps, Part};
 use super::topology::{Chw, Init, Layer, LayerShape, Op, Topology};
 use crate::backend::{Backend, ConvGeom, LinearGeom, LrnParams, Nchw, PoolGeom, SgdParams};
 use crate::error::Result;
@@ -212,11 +213,11 @@ impl<B: Backend> Stage<B> {
     pub(super) fn forward(
         &mut self,
         be: &B,
-        l: &Layer,
-        lrn: &LrnParams,
+        (l, lrn): (&Layer, &LrnParams),
         input: &B::Buf,
         p: &Param<B>,
         dropout_seed: Option<u64>,
+        laps: &mut Laps,
     ) -> Result<()> {
         // Bias and ReLU in one pass where the backend fuses them.
         match (self.geom, l.relu) {
@@ -229,8 +230,10 @@ impl<B: Backend> Stage<B> {
             }
             (Geom::Fc(g), false) => be.linear_forward(&g, input, &p.w, &p.b, &mut self.y)?,
         }
+        laps.lap(be, Part::Forward)?;
         if let Some(lb) = &mut self.lrn {
             be.lrn_forward(lrn, &lb.s, &self.y, &mut lb.out, &mut lb.scale)?;
+            laps.lap(be, Part::Lrn)?;
         }
         if let Some(pl) = &mut self.pool {
             let src = match &self.lrn {
@@ -238,12 +241,14 @@ impl<B: Backend> Stage<B> {
                 None => &self.y,
             };
             be.max_pool_forward(&pl.g, src, &mut pl.out, &mut pl.argmax)?;
+            laps.lap(be, Part::Pool)?;
         }
         if let Some(seed) = dropout_seed {
             if let Some((prob, mut mask)) = self.dropout.take() {
                 let r = be.dropout_forward(prob, seed, self.out_mut(), &mut mask);
                 self.dropout = Some((prob, mask));
                 r?;
+                laps.lap(be, Part::Dropout)?;
             }
         }
         Ok(())
@@ -256,14 +261,14 @@ impl<B: Backend> Stage<B> {
     pub(super) fn backward(
         &mut self,
         be: &B,
-        l: &Layer,
-        lrn: &LrnParams,
+        (l, lrn): (&Layer, &LrnParams),
         input: &B::Buf,
         p: &mut Param<B>,
         train: bool,
+        laps: &mut Laps,
     ) -> Result<()> {
-        self.backward_act(be, l, lrn, train)?;
-        self.backward_params(be, input, p)
+        self.backward_act(be, l, lrn, train, laps)?;
+        self.backward_params(be, input, p, laps)
     }
 
     /// The first half of `backward`: the output's gradient back to `dy`.
@@ -275,12 +280,14 @@ impl<B: Backend> Stage<B> {
         l: &Layer,
         lrn: &LrnParams,
         train: bool,
+        laps: &mut Laps,
     ) -> Result<()> {
         if train {
             if let Some((prob, mask)) = self.dropout.take() {
                 let r = be.dropout_backward(&mask, self.out_grad_mut());
                 self.dropout = Some((prob, mask));
                 r?;
+                laps.lap(be, Part::DropoutBackward)?;
             }
         }
         if let Some(pl) = &self.pool {
@@ -289,6 +296,7 @@ impl<B: Backend> Stage<B> {
                 None => &mut self.dy,
             };
             be.max_pool_backward(&pl.g, &pl.grad, &pl.argmax, dst)?;
+            laps.lap(be, Part::PoolBackward)?;
         }
         if let Some(lb) = &self.lrn {
             be.lrn_backward(
@@ -300,34 +308,48 @@ impl<B: Backend> Stage<B> {
                 &lb.grad,
                 &mut self.dy,
             )?;
+            laps.lap(be, Part::LrnBackward)?;
         }
         if l.relu {
             be.relu_backward(&self.y, &mut self.dy)?;
+            laps.lap(be, Part::ReluBackward)?;
         }
         Ok(())
     }
 
     /// The second half of `backward`: `p`'s weight and bias gradients.
-    pub(super) fn backward_params(&self, be: &B, input: &B::Buf, p: &mut Param<B>) -> Result<()> {
+    pub(super) fn backward_params(
+        &self,
+        be: &B,
+        input: &B::Buf,
+        p: &mut Param<B>,
+        laps: &mut Laps,
+    ) -> Result<()> {
         match self.geom {
-            Geom::Conv(g) => {
-                be.conv2d_backward_bias(&g, &self.dy, &mut p.db)?;
-                be.conv2d_backward_filter(&g, input, &self.dy, &mut p.dw)?;
-            }
-            Geom::Fc(g) => {
-                be.linear_backward_bias(&g, &self.dy, &mut p.db)?;
-                be.linear_backward_weight(&g, input, &self.dy, &mut p.dw)?;
-            }
+            Geom::Conv(g) => be.conv2d_backward_bias(&g, &self.dy, &mut p.db)?,
+            Geom::Fc(g) => be.linear_backward_bias(&g, &self.dy, &mut p.db)?,
         }
-        Ok(())
+        laps.lap(be, Part::BackwardBias)?;
+        match self.geom {
+            Geom::Conv(g) => be.conv2d_backward_filter(&g, input, &self.dy, &mut p.dw)?,
+            Geom::Fc(g) => be.linear_backward_weight(&g, input, &self.dy, &mut p.dw)?,
+        }
+        laps.lap(be, Part::BackwardFilter)
     }
 
     /// The gradient of this layer's input, from `dy` (after `backward`).
-    pub(super) fn input_grad(&self, be: &B, w: &B::Buf, dx: &mut B::Buf) -> Result<()> {
+    pub(super) fn input_grad(
+        &self,
+        be: &B,
+        w: &B::Buf,
+        dx: &mut B::Buf,
+        laps: &mut Laps,
+    ) -> Result<()> {
         match self.geom {
-            Geom::Conv(g) => be.conv2d_backward_data(&g, w, &self.dy, dx),
-            Geom::Fc(g) => be.linear_backward_data(&g, w, &self.dy, dx),
+            Geom::Conv(g) => be.conv2d_backward_data(&g, w, &self.dy, dx)?,
+            Geom::Fc(g) => be.linear_backward_data(&g, w, &self.dy, dx)?,
         }
+        laps.lap(be, Part::BackwardData)
     }
 
     pub(super) fn out(&self) -> &B::Buf {
@@ -366,14 +388,21 @@ pub(super) fn unscale_all<B: Backend>(be: &B, params: &mut [Param<B>], inv: f32)
 
 /// The paper's update on every parameter of `params`; weight decay on the
 /// weights, not the biases (docs/training.md).
-pub(super) fn sgd_all<B: Backend>(be: &B, params: &mut [Param<B>], hp: &SgdParams) -> Result<()> {
+pub(super) fn sgd_all<B: Backend>(
+    be: &B,
+    params: &mut [Param<B>],
+    hp: &SgdParams,
+    laps: &mut Laps,
+) -> Result<()> {
     let no_decay = SgdParams {
         weight_decay: 0.0,
         ..*hp
     };
-    for p in params {
+    for (i, p) in params.iter_mut().enumerate() {
+        laps.at(Some(i));
         be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
         be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
+        laps.lap(be, Part::Sgd)?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 //!
 //! Every byte that crosses between the devices goes through `exchange` and
 //! is counted; `Topology::exchange_bytes_per_step` predicts the total.
+use super::laps::Laps;
 use super::loss_scale::LossScale;
 use super::net::{check_batch, lookup, no_forward, param_names, param_shape, read_slots, Mode};
 use super::stage::{initial_values, sgd_all, unscale_all, Geom, Param, Stage};
@@ -357,7 +358,14 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 } else {
                     done[i - 1].out()
                 };
-                rest[0].forward(be, l, lrn, input, &tw.params[i], seed)?;
+                rest[0].forward(
+                    be,
+                    (l, lrn),
+                    input,
+                    &tw.params[i],
+                    seed,
+                    &mut Laps::default(),
+                )?;
             }
         }
         // Both towers need all the logits for the softmax.
@@ -515,14 +523,14 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             let tw = &mut self.towers[t];
             let (done, rest) = tw.stages.split_at_mut(i);
             let st = &mut rest[0];
-            st.backward_act(be, l, lrn, mode == Mode::Train)?;
+            st.backward_act(be, l, lrn, mode == Mode::Train, &mut Laps::default())?;
             if i > 0 {
                 let dx = if ex {
                     &mut tw.dgathered[i]
                 } else {
                     done[i - 1].out_grad_mut()
                 };
-                st.input_grad(be, &tw.params[i].w, dx)?;
+                st.input_grad(be, &tw.params[i].w, dx, &mut Laps::default())?;
             }
         }
         if ex {
@@ -537,7 +545,8 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             } else {
                 tw.stages[i - 1].out()
             };
-            tw.stages[i].backward_params(self.devs[t], input, &mut tw.params[i])?;
+            let (be, p) = (self.devs[t], &mut tw.params[i]);
+            tw.stages[i].backward_params(be, input, p, &mut Laps::default())?;
         }
         if ex {
             self.sum_grad(i)?;
@@ -596,7 +605,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             }
         }
         for (t, tw) in self.towers.iter_mut().enumerate() {
-            sgd_all(self.devs[t], &mut tw.params, hp)?;
+            sgd_all(self.devs[t], &mut tw.params, hp, &mut Laps::default())?;
         }
         self.step += 1;
         Ok(())

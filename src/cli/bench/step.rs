@@ -1,7 +1,7 @@
 //! `bench-step` (hidden): time training steps on one fixed random batch,
 //! on one device or several (scripts/bench-cpu, scripts/bench-train,
 //! scripts/gpu-check), and print one JSON line.
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 use tracing::info;
@@ -13,8 +13,10 @@ use alexnet_cuda::dist::Layout;
 use alexnet_cuda::memory::HostNeed;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::Network;
+use alexnet_cuda::model::profile::Row;
 use alexnet_cuda::model::topology::Topology;
 
+use super::per_layer::{per_layer, print as print_per_layer, PerLayerArgs};
 use super::timing::{bench_batch, bench_hp, phase_times, timed_steps, Phases, Timed};
 use crate::cli::common::{at_least_one, positive, set_threads, thread_count, NetArgs};
 use crate::cli::device::{DeviceArgs, ParallelArgs};
@@ -46,6 +48,8 @@ pub struct BenchStepArgs {
     parallel: ParallelArgs,
     #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
+    #[command(flatten)]
+    per_layer: PerLayerArgs,
 }
 
 /// bench-step's JSON line. scripts/bench-cpu and bench-train read
@@ -70,6 +74,9 @@ struct StepReport {
     exchanged_bytes_per_step: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     predicted_bytes_per_step: Option<u64>,
+    /// --per-layer's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_layer: Option<Vec<Row>>,
 }
 
 impl StepReport {
@@ -90,6 +97,7 @@ impl StepReport {
             phases: None,
             exchanged_bytes_per_step: None,
             predicted_bytes_per_step: None,
+            per_layer: None,
         }
     }
 
@@ -108,6 +116,9 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     }
     let several = args.device.gpus.as_deref().is_some_and(|g| g.contains(','));
     if args.parallel.parallel.is_some() || several {
+        if args.per_layer.per_layer {
+            bail!("--per-layer times the ops of one device: pass one GPU (--gpus 0) or --cpu, without --parallel");
+        }
         let world = World::single();
         let request = args.device.request(&args.parallel, &world)?;
         ensure_nccl(placement::nccl_use(&request, &world)?)?;
@@ -197,5 +208,12 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let phases = phase_times(be, &mut model, &x, &labels, &hp, args.phase_steps)?;
     let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
     report.phases = Some(phases);
+    if args.per_layer.per_layer {
+        let flags = (&args.per_layer, &args.device);
+        let steps = args.phase_steps.max(1);
+        let p = per_layer(&mut model, (&x, &labels), &hp, steps, flags, &be.name())?;
+        print_per_layer(&p, t.step_s(cpu))?;
+        report.per_layer = Some(p.rows);
+    }
     report.print()
 }
