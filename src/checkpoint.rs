@@ -371,6 +371,15 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// About how large a checkpoint of `topo` is, from above: its weights and
+/// momentum as f32, a mean image of `image_size` pixels a side, and room
+/// for the header and the run's state.
+pub fn estimated_size(topo: &Topology, image_size: usize) -> Result<u64> {
+    let params = topo.param_count()? as u64;
+    let mean = 3 * (image_size * image_size) as u64;
+    Ok(4 * (2 * params + mean) + (1 << 20))
+}
+
 /// Delete all but the newest `keep` checkpoints (never fewer than one).
 pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     let all = list(dir)?;

@@ -2,7 +2,7 @@
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
 //! folder so the rename itself survives a power cut. `write_csv` is the
-//! same for a table.
+//! same for a table; `free_bytes` is the room left on a folder's disk.
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -190,4 +190,20 @@ pub fn sync_dir(path: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
+}
+
+/// Bytes an unprivileged process may still write on the disk that holds
+/// `dir` (statvfs: available blocks times the block size). None where the
+/// OS does not say.
+pub fn free_bytes(dir: &Path) -> Result<Option<u64>> {
+    #[cfg(unix)]
+    {
+        let st = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, e.into()))?;
+        Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(None)
+    }
 }

@@ -284,6 +284,44 @@ fn failed_checkpoint_write_keeps_the_previous_one() {
     assert!(a == b, "the resumed run differs");
 }
 
+/// A run whose checkpoints cannot fit on the run folder's disk is refused
+/// before it writes anything, with the sizes and the fixes; the size it
+/// plans with is a real checkpoint's, from above.
+#[test]
+fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let run_dir = t.path().join("run");
+    run_ok(&train_args(&d, &run_dir, 1));
+    let ck = checkpoint::load_latest(&run_dir).unwrap();
+    let real = std::fs::metadata(&ck.path).unwrap().len();
+    let topo = ck.state.net.topology().unwrap();
+    let planned = checkpoint::estimated_size(&topo, ck.state.preprocess.image_size).unwrap();
+    assert!(
+        planned >= real && planned <= real + (2 << 20),
+        "{planned} vs {real}"
+    );
+
+    // A billion kept checkpoints fit on no disk.
+    let huge = t.path().join("huge");
+    let mut args = train_args(&d, &huge, 1);
+    args.extend(["--keep".into(), "1000000000".into()]);
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("run folder {}: its disk has", huge.display())),
+        "{err}"
+    );
+    assert!(err.contains("--keep 1") && err.contains("--out"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&huge)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "written before the refusal: {left:?}");
+}
+
 /// When checkpoints are written: by default at each epoch end and every 15
 /// minutes (none in a short run); `--checkpoint-every 0` at epoch ends
 /// only; every N steps; every M minutes (a tiny M: after every step); both

@@ -14,6 +14,7 @@ use crate::checkpoint::{self, RunState};
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
+use crate::memory;
 use crate::metrics::{MetricsWriter, StepRow};
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
@@ -103,6 +104,38 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
     }
 }
 
+/// Refuse a run whose checkpoints would not fit on the run folder's disk:
+/// the newest `keep`, `best.safetensors` (a link to one of them, or the
+/// last of its own once they move on) and the one being written, less
+/// what the folder's checkpoints hold already. Hours in is the wrong time
+/// to find out.
+fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Result<()> {
+    let Some(free) = fsutil::free_bytes(dir)? else {
+        return Ok(());
+    };
+    let each = checkpoint::estimated_size(topo, image_size)?;
+    let held: u64 = checkpoint::list(dir)?
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let need = (keep.max(1) as u64 + 2)
+        .saturating_mul(each)
+        .saturating_sub(held)
+        .max(each);
+    if free >= need {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "run folder {}: its disk has {} free, and the run's checkpoints need about {} more ({} kept by --keep, best.safetensors and the one being written, about {} each); free space, pass --keep 1, or --out a folder on another disk",
+        dir.display(),
+        memory::size(free),
+        memory::size(need),
+        keep.max(1),
+        memory::size(each)
+    )))
+}
+
 impl RunDir {
     /// Open `opts.out` for the run `state` (None when the run keeps no
     /// folder). A resumed run keeps its step rows up to the checkpoint; a
@@ -127,6 +160,7 @@ impl RunDir {
         // removed next could be another run's.
         let lock = lock_folder(dir)?;
         fsutil::remove_abandoned_temps(dir, None)?;
+        check_room(dir, topo, state.preprocess.image_size, opts.keep)?;
         // Again under the lock: a run may have started since the check.
         if !resumed {
             refuse_existing_run(dir)?;
