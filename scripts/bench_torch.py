@@ -17,7 +17,13 @@ after --warmup, and separately the median time of PyTorch's LRN alone
 (forward + backward at both LRN sites, conv1's and conv2's outputs) as a
 share of the step. Prints one JSON line.
 
-Usage: .venv/bin/python scripts/bench_torch.py --batch 16 --steps 3 [--warmup 1] [--threads N]
+--per-layer adds "per_layer": each stage of the network timed alone on the
+input it sees in a step, forward with autograd recording as in training,
+backward as forward + backward less forward (input gradients where the step
+needs them: not conv1's), in the parts `bench-step --per-layer` groups into
+(scripts/bench-cpu --per-layer joins the two).
+
+Usage: .venv/bin/python scripts/bench_torch.py --batch 16 --steps 3 [--warmup 1] [--threads N] [--per-layer]
 """
 import argparse
 import json
@@ -53,6 +59,65 @@ def timed(fn, warmup, steps):
     return statistics.median(times)
 
 
+def stages(model):
+    """The step's stages in order: (layer, kind, function), kind naming the
+    parts of `bench-step --per-layer` the stage's forward and backward are."""
+    relu = lambda m: (lambda t: F.relu(m(t)))
+    out = []
+    for i in range(1, 6):
+        out.append((f"conv{i}", "forward", relu(getattr(model, f"conv{i}"))))
+        if i <= 2:
+            out.append((f"conv{i}", "lrn", model.tower_lrn))
+        if i in (1, 2, 5):
+            out.append((f"conv{i}", "pool", model.pool))
+    out.append(("fc6", "forward", lambda t: F.relu(model.fc6(torch.flatten(t, 1)))))
+    out.append(("fc6", "dropout", model.drop))
+    out.append(("fc7", "forward", relu(model.fc7)))
+    out.append(("fc7", "dropout", model.drop))
+    out.append(("fc8", "forward", model.fc8))
+    return out
+
+
+BACKWARD = {"forward": "backward", "lrn": "lrn-backward", "pool": "pool-backward", "dropout": "dropout-backward"}
+
+
+def stage_times(model, opt, x, labels, args):
+    """Each stage alone on the input it sees in a step: forward (autograd
+    recording), and backward as forward + backward less forward. conv1's
+    input needs no gradient, as in the step."""
+    rows = []
+    t = x
+    for n, (layer, kind, f) in enumerate(stages(model)):
+        inp = t.detach().requires_grad_(n > 0)
+        with torch.no_grad():
+            grad = torch.randn_like(f(inp))
+        fwd = timed(lambda: f(inp), args.warmup, args.steps)
+
+        def fwd_bwd():
+            inp.grad = None
+            f(inp).backward(grad)
+
+        both = timed(fwd_bwd, args.warmup, args.steps)
+        rows.append({"layer": layer, "part": kind, "ms": round(fwd * 1e3, 4)})
+        rows.append({"layer": layer, "part": BACKWARD[kind], "ms": round(max(both - fwd, 0.0) * 1e3, 4)})
+        with torch.no_grad():
+            t = f(t)
+    logits = t.detach().requires_grad_(True)
+    loss_f = timed(lambda: F.cross_entropy(logits, labels), args.warmup, args.steps)
+
+    def loss_fb():
+        logits.grad = None
+        F.cross_entropy(logits, labels).backward()
+
+    loss_b = timed(loss_fb, args.warmup, args.steps)
+    rows.append({"layer": "net", "part": "loss", "ms": round(loss_f * 1e3, 4)})
+    rows.append({"layer": "net", "part": "loss-backward", "ms": round(max(loss_b - loss_f, 0.0) * 1e3, 4)})
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    rows.append({"layer": "net", "part": "sgd", "ms": round(timed(opt.step, args.warmup, args.steps) * 1e3, 4)})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description="Time one AlexNet training step in PyTorch on the CPU.")
     ap.add_argument("--batch", type=int, default=16)
@@ -60,6 +125,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-layer", action="store_true", help="also time each stage alone (JSON per_layer)")
     args = ap.parse_args()
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--batch, --steps and --threads must be at least 1, --warmup at least 0")
@@ -92,10 +158,12 @@ def main():
             lrn(a).backward(g)
 
     lrn_s = timed(lrn_fwd_bwd, args.warmup, args.steps)
+    per_layer = stage_times(model, opt, x, labels, args) if args.per_layer else None
 
     print(
         json.dumps(
             {
+                **({"per_layer": per_layer} if per_layer is not None else {}),
                 "impl": "torch",
                 "torch": torch.__version__,
                 "batch": args.batch,
