@@ -5,7 +5,7 @@
 //!   bias:     db[out]     = sum over n of dy[n, out]
 use rayon::prelude::*;
 
-use super::{checked_product, sgemm, MatRef};
+use super::{checked_product, sgemm, sgemm_by_columns, MatRef};
 use crate::backend::LinearGeom;
 use crate::error::{check_len, Result};
 
@@ -69,7 +69,7 @@ pub fn linear_backward_data(g: &LinearGeom, w: &[f32], dy: &[f32], dx: &mut [f32
     check_len(OP, "w", w.len(), g.out * g.inp)?;
     check_len(OP, "dy", dy.len(), g.n * g.out)?;
     check_len(OP, "dx", dx.len(), g.n * g.inp)?;
-    sgemm(
+    sgemm_by_columns(
         g.n,
         g.inp,
         g.out,
@@ -86,7 +86,6 @@ pub fn linear_backward_data(g: &LinearGeom, w: &[f32], dy: &[f32], dx: &mut [f32
             rs: g.inp,
             cs: 1,
         },
-        PAR,
     );
     Ok(())
 }

@@ -81,6 +81,72 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
         .is_some_and(|last| last < len)
 }
 
+/// [`sgemm`] as independent blocks of C's columns, one serial GEMM each,
+/// spread over the threads. For the fully connected layers' wide, short
+/// products (64 to 128 rows, thousands of columns), where the `gemm`
+/// crate's own split ran the input gradient at half the weight gradient's
+/// rate (`bench-step --per-layer`, docs/benchmarks.md).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_by_columns(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+) {
+    use rayon::prelude::*;
+    assert!(fits(c.len(), m, n, c_rs, 1), "sgemm: C out of bounds");
+    assert!(
+        fits(a.data.len(), m, k, a.rs, a.cs),
+        "sgemm: A out of bounds"
+    );
+    assert!(
+        fits(b.data.len(), k, n, b.rs, b.cs),
+        "sgemm: B out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // About four blocks per thread, 64 to 512 columns each.
+    let block = (n / (4 * rayon::current_num_threads())).clamp(64, 512);
+    // The blocks' columns are disjoint, so their writes are; the pointer
+    // crosses threads as an address.
+    let c_addr = c.as_mut_ptr() as usize;
+    (0..n.div_ceil(block)).into_par_iter().for_each(|blk| {
+        let c0 = blk * block;
+        let cols = block.min(n - c0);
+        // SAFETY: C, A and B were checked in bounds for the whole product
+        // above; block `blk` reads B's columns c0..c0 + cols and writes
+        // only C's, which no other block touches. C does not alias A or B.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                (c_addr as *mut f32).add(c0),
+                1,
+                c_rs as isize,
+                accumulate,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr().add(c0 * b.cs),
+                b.cs as isize,
+                b.rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
 /// C[m, n] = A[m, k] . B[k, n]  (or C += A . B when `accumulate`), with C row-major
 /// with row stride `c_rs`. A and B are strided views, so transposes cost nothing.
 #[allow(clippy::too_many_arguments)]
