@@ -314,12 +314,17 @@ fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
         "{err}"
     );
     assert!(err.contains("--keep 1") && err.contains("--out"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&huge)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != ".lock")
-        .collect();
-    assert!(left.is_empty(), "written before the refusal: {left:?}");
+    // Refused before the data is read: the folder is not even made.
+    assert!(!huge.exists(), "{} made before the refusal", huge.display());
+    // A resume that asks for as many is refused too, with the run as it was.
+    let before = checkpoint::list(&run_dir).unwrap();
+    let mut args = resume_args(&run_dir);
+    args.extend(["--keep".into(), "1000000000".into()]);
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("its disk has"), "{err}");
+    assert_eq!(checkpoint::list(&run_dir).unwrap(), before);
 }
 
 /// When checkpoints are written: by default at each epoch end and every 15

@@ -162,10 +162,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let topo = spec.topology()?;
     if world.is_writer() {
         // Before the data: a scan or the demo's images can take a while.
-        check_run_folder(
-            &run_folder(&args, &topo, resume.as_deref()),
-            resume.is_some(),
-        )?;
+        let keep = args.keep as usize;
+        let dir = run_folder(&args, &topo, resume.as_deref());
+        check_run_folder(&dir, resume.is_some(), &topo, keep)?;
     }
     // The demo's data lives as long as this guard.
     let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;

@@ -76,11 +76,13 @@ fn lock_folder(dir: &Path) -> Result<File> {
 }
 
 /// Refuse a run folder that cannot be one: a file in its place or above
-/// it, a folder another process is training in, or, for a fresh run, one
-/// that already holds a run's checkpoints. Cheap, so `train` calls it
-/// before loading any data; [`RunDir::open`] checks again under its lock.
-pub fn check_run_folder(dir: &Path, resumed: bool) -> Result<()> {
+/// it, a folder another process is training in, for a fresh run one that
+/// already holds a run's checkpoints, or one on a disk without room for
+/// `keep` checkpoints of `topo`. Cheap, so `train` calls it before loading
+/// any data; [`RunDir::open`] checks again under its lock.
+pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize) -> Result<()> {
     fsutil::refuse_file_in_the_way(dir, "the run")?;
+    check_room(dir, topo, topo.image_size, keep)?;
     if !dir.is_dir() {
         return Ok(());
     }
@@ -110,18 +112,13 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
 /// what the folder's checkpoints hold already. Hours in is the wrong time
 /// to find out.
 fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Result<()> {
-    let Some(free) = fsutil::free_bytes(dir)? else {
+    let Some(free) = fsutil::free_bytes(made_in(dir))? else {
         return Ok(());
     };
     let each = checkpoint::estimated_size(topo, image_size)?;
-    let held: u64 = checkpoint::list(dir)?
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
     let need = (keep.max(1) as u64 + 2)
         .saturating_mul(each)
-        .saturating_sub(held)
+        .saturating_sub(checkpoint_bytes(dir)?)
         .max(each);
     if free >= need {
         return Ok(());
@@ -134,6 +131,30 @@ fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Re
         keep.max(1),
         memory::size(each)
     )))
+}
+
+/// `dir`, or the nearest folder above it that exists (where it will be made).
+fn made_in(dir: &Path) -> &Path {
+    dir.ancestors()
+        .map(|a| match a.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => a,
+        })
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("."))
+}
+
+/// Bytes the checkpoints in `dir` hold (none when it is not a folder yet).
+fn checkpoint_bytes(dir: &Path) -> Result<u64> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let all = checkpoint::list(dir)?;
+    Ok(all
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 impl RunDir {
