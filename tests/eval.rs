@@ -16,6 +16,8 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
 
+use crate::common::cli;
+
 #[test]
 fn top_k_by_hand() {
     let row = [0.1, 0.5, 0.2, 0.5, 0.05, 0.15];
@@ -173,19 +175,6 @@ fn ten_crop_evaluation_matches_crops_cut_by_hand() {
     };
     let c = evaluate(&mut net, &set, &idx, &centre, |_| {}).unwrap();
     assert!(c.loss != r.loss);
-}
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alexnet-cuda");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 /// Train the cifar config on `data` into the run folder `out` (CLI).

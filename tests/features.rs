@@ -17,18 +17,7 @@ use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32, NpyRows, NpyWriter};
 use alexnet_cuda::rng::Rng;
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alexnet-cuda");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use crate::common::cli;
 
 fn s(p: &Path) -> String {
     p.display().to_string()

@@ -1,31 +1,22 @@
 //! `bench-step --per-layer`: the op-by-op clock sees every op of a step once,
 //! in the order the paper's layers imply, without changing a number; the
 //! table's FLOPs and bytes are the paper's layer arithmetic done here by
-//! hand; the command prints rows that add up to its step, with shares of
-//! the peaks it is given.
-use std::process::Command;
-
+//! hand; the command prints a row per op, its rates its work over its
+//! time, with shares of the peaks it is given.
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::laps::Part;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::profile::{op_cost, CostBasis};
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::rng::Rng;
+
+use crate::common::{batch, cli};
 
 const HP: SgdParams = SgdParams {
     lr: 0.01,
     momentum: 0.9,
     weight_decay: 5e-4,
 };
-
-fn batch(topo: &Topology, n: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = Rng::new(3);
-    let len = n * topo.channels * topo.crop * topo.crop;
-    let x = (0..len).map(|_| rng.normal() as f32).collect();
-    let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
-    (x, labels)
-}
 
 /// The ops of one training step, from the layer table as the paper reads:
 /// each layer's op, LRN, pooling, dropout; the loss; back down through
@@ -64,7 +55,7 @@ fn expected_ops(topo: &Topology) -> Vec<(Option<usize>, Part)> {
 #[test]
 fn laps_see_every_op_once_and_change_nothing() {
     let topo = Topology::cifar();
-    let (x, labels) = batch(&topo, 8);
+    let (x, labels) = batch(&topo, 8, 3);
     let be = CpuBackend::new();
     let mut timed = Network::new(&be, &topo, 8, 11).unwrap();
     let mut plain = Network::new(&be, &topo, 8, 11).unwrap();
@@ -152,18 +143,9 @@ fn op_costs_are_the_papers_layer_arithmetic() {
     assert!(op_cost(&topo, Some(8), Part::Forward, fp32).is_err());
 }
 
+/// `bench-step` with `args`.
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .arg("bench-step")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alexnet-cuda");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    cli(&[&["bench-step"], args].concat())
 }
 
 #[test]

@@ -1,5 +1,8 @@
-//! Helpers the executor tests (towers.rs, replicas.rs) share: the narrow
-//! paper net, a pixel-scale batch, bit patterns and normwise differences.
+//! Helpers the tests share: the narrow paper net, a pixel-scale batch, bit
+//! patterns and normwise differences (the executor tests), and the program
+//! run with arguments (the command-line tests).
+use std::process::Command;
+
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
 
@@ -43,4 +46,19 @@ pub fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .fold(0f32, |m, (x, y)| max_nan(m, (x - y).abs()))
         / scale
+}
+
+/// Run the program with `args` (warnings and errors logged): whether it
+/// succeeded, its standard output, its standard error.
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alexnet-cuda");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }

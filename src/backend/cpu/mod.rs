@@ -81,6 +81,39 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
         .is_some_and(|last| last < len)
 }
 
+/// C[m, n] = A[m, k] . B[k, n]  (or C += A . B when `accumulate`), with C row-major
+/// with row stride `c_rs`. A and B are strided views, so transposes cost nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+    parallelism: gemm::Parallelism,
+) {
+    if !in_bounds(m, n, k, c, c_rs, a, b) {
+        return;
+    }
+    // SAFETY: every element gemm touches is in bounds (checked above), C is
+    // borrowed mutably and does not alias A or B (distinct borrows).
+    unsafe {
+        raw_gemm(
+            [m, n, k],
+            c.as_mut_ptr(),
+            c_rs,
+            accumulate,
+            a,
+            b,
+            0,
+            parallelism,
+        )
+    }
+}
+
 /// [`sgemm`] as independent blocks of C's columns, one serial GEMM each,
 /// spread over the threads. For the fully connected layers' wide, short
 /// products (64 to 128 rows, thousands of columns), where the `gemm`
@@ -98,71 +131,39 @@ pub(crate) fn sgemm_by_columns(
     b: MatRef,
 ) {
     use rayon::prelude::*;
-    assert!(fits(c.len(), m, n, c_rs, 1), "sgemm: C out of bounds");
-    assert!(
-        fits(a.data.len(), m, k, a.rs, a.cs),
-        "sgemm: A out of bounds"
-    );
-    assert!(
-        fits(b.data.len(), k, n, b.rs, b.cs),
-        "sgemm: B out of bounds"
-    );
-    if m == 0 || n == 0 {
+    if !in_bounds(m, n, k, c, c_rs, a, b) {
         return;
     }
     // About four blocks per thread, 64 to 512 columns each.
     let block = (n / (4 * rayon::current_num_threads())).clamp(64, 512);
-    // The blocks' columns are disjoint, so their writes are; the pointer
-    // crosses threads as an address.
+    // The pointer crosses threads as an address.
     let c_addr = c.as_mut_ptr() as usize;
     (0..n.div_ceil(block)).into_par_iter().for_each(|blk| {
-        let c0 = blk * block;
-        let cols = block.min(n - c0);
-        // SAFETY: C, A and B were checked in bounds for the whole product
-        // above; block `blk` reads B's columns c0..c0 + cols and writes
-        // only C's, which no other block touches. C does not alias A or B.
+        let (c0, par) = (blk * block, gemm::Parallelism::None);
+        let dims = [m, block.min(n - c0), k];
+        // SAFETY: the whole product is in bounds (checked above); block
+        // `blk` reads B's columns c0.. and writes only C's, which no other
+        // block touches. C does not alias A or B.
         unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
+            raw_gemm(
+                dims,
                 (c_addr as *mut f32).add(c0),
-                1,
-                c_rs as isize,
+                c_rs,
                 accumulate,
-                a.data.as_ptr(),
-                a.cs as isize,
-                a.rs as isize,
-                b.data.as_ptr().add(c0 * b.cs),
-                b.cs as isize,
-                b.rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+                a,
+                b,
+                c0,
+                par,
+            )
         }
     });
 }
 
-/// C[m, n] = A[m, k] . B[k, n]  (or C += A . B when `accumulate`), with C row-major
-/// with row stride `c_rs`. A and B are strided views, so transposes cost nothing.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    c_rs: usize,
-    accumulate: bool,
-    a: MatRef,
-    b: MatRef,
-    parallelism: gemm::Parallelism,
-) {
-    // Soundness of the raw-pointer call below rests on these: callers have
-    // validated every length against the geometry, so they cannot fail.
+/// Panics unless C, A and B hold C[m, n], A[m, k] and B[k, n] with their
+/// strides (callers have validated every length against the geometry, so
+/// this cannot fail; the raw calls' soundness rests on it); false when C
+/// is empty.
+fn in_bounds(m: usize, n: usize, k: usize, c: &[f32], c_rs: usize, a: MatRef, b: MatRef) -> bool {
     assert!(fits(c.len(), m, n, c_rs, 1), "sgemm: C out of bounds");
     assert!(
         fits(a.data.len(), m, k, a.rs, a.cs),
@@ -172,34 +173,46 @@ pub(crate) fn sgemm(
         fits(b.data.len(), k, n, b.rs, b.cs),
         "sgemm: B out of bounds"
     );
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element gemm touches is in bounds (checked above), C is
-    // borrowed mutably and does not alias A or B (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    m > 0 && n > 0
+}
+
+/// The `gemm` crate's call for C[m, n] (+)= A . B[:, b_col..], C at `c`.
+///
+/// # Safety
+/// Every element of C, A and B the product touches must be in bounds, and
+/// C must not alias A or B.
+#[allow(clippy::too_many_arguments)]
+unsafe fn raw_gemm(
+    [m, n, k]: [usize; 3],
+    c: *mut f32,
+    c_rs: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+    b_col: usize,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr().add(b_col * b.cs),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 thread_local! {
