@@ -25,7 +25,7 @@ pub struct PerLayerArgs {
     pub peak_gbps: Option<f64>,
 }
 
-/// The table's rows, what they add up to, and the peaks used.
+/// The table's rows, and the peaks its shares are of with where they came from.
 pub struct PerLayer {
     pub rows: Vec<Row>,
     pub peaks: Option<(Peaks, &'static str)>,
