@@ -14,7 +14,7 @@ use crate::cli::device::{DeviceArgs, PrecisionFlag};
 
 #[derive(Args, Clone)]
 pub struct PerLayerArgs {
-    /// After the timed steps, time every op of a few more (each after a wait for the device) and print the per-layer table before the JSON line.
+    /// After the timed steps, time every op of --phase-steps more (each after a wait for the device) and print the per-layer table before the JSON line.
     #[arg(long)]
     pub per_layer: bool,
     /// The device's peak compute, TFLOP/s, for the table's share column (default: looked up for H200, H100 and A100 at the run's precision).
