@@ -5,14 +5,11 @@
 //! Off, as in training, a reading costs one branch.
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::backend::Backend;
 use crate::error::Result;
 
 /// The part of a step an op is, in the order a step runs them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Part {
     /// The batch and labels to the device.
     Upload,
@@ -41,7 +38,7 @@ pub enum Part {
 }
 
 impl Part {
-    /// The name in tables and JSON.
+    /// The name in tables and JSON (`profile::Row::part`).
     pub fn name(self) -> &'static str {
         match self {
             Part::Upload => "upload",
@@ -89,10 +86,6 @@ impl Laps {
             on: true,
             ..Laps::default()
         }
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.on
     }
 
     /// Start timing from here, once the device has finished what it has.
