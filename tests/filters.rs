@@ -6,7 +6,6 @@
 //! formula (projection on the grey axis) written here.
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Preprocess, Progress, RunOptions, RunState};
@@ -18,22 +17,11 @@ use alexnet_cuda::rng::Rng;
 use alexnet_cuda::train::Schedule;
 use alexnet_cuda::viz::filters::{self, colour_share, Conv1, BACKGROUND, KERNEL_GAP, TOWER_GAP};
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run alexnet-cuda");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::common::cli;
 
 /// Fails, does not panic, and its error line holds every needle.
 fn assert_error(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = run(args);
+    let (ok, _, err) = cli(args);
     assert!(!ok, "{args:?} should fail; stderr:\n{err}");
     assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
     let line = err
@@ -100,7 +88,7 @@ fn the_picture_size_follows_the_table() {
     }
     // The CLI writes the same picture.
     let png = dir.path().join("cli.png");
-    let (ok, out, err) = run(&[
+    let (ok, out, err) = cli(&[
         "filters",
         "--checkpoint",
         dir.path().join("alexnet.safetensors").to_str().unwrap(),
@@ -254,7 +242,7 @@ fn a_checkpoint_gives_the_table_as_json() {
     let ck = dir.path().join("ckpt.safetensors");
     let w = cifar_checkpoint(&ck);
     let png = dir.path().join("c.png");
-    let (ok, out, err) = run(&[
+    let (ok, out, err) = cli(&[
         "filters",
         "--checkpoint",
         ck.to_str().unwrap(),
@@ -321,7 +309,7 @@ fn every_kernel_spans_the_full_range_and_sits_in_its_tower() {
     let w = dir.path().join("w.safetensors");
     conv1_file(&w, "alexnet", &[96, 3, 11, 11], data);
     let png = dir.path().join("p.png");
-    let (ok, _, err) = run(&[
+    let (ok, _, err) = cli(&[
         "filters",
         "--checkpoint",
         w.to_str().unwrap(),
@@ -459,7 +447,7 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
     // The failing runs wrote nothing.
     assert!(!Path::new(&out).exists());
     assert!(!Path::new(&nowhere).exists());
-    let (ok, _, err) = run(&[
+    let (ok, _, err) = cli(&[
         "filters",
         "--checkpoint",
         &bare,
