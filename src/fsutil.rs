@@ -2,7 +2,8 @@
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
 //! folder so the rename itself survives a power cut. `write_csv` is the
-//! same for a table; `free_bytes` is the room left on a folder's disk.
+//! same for a table; `free_bytes` is the room left on a folder's disk, `size`
+//! a byte count as text.
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -205,5 +206,26 @@ pub fn free_bytes(dir: &Path) -> Result<Option<u64>> {
     {
         let _ = dir;
         Ok(None)
+    }
+}
+
+/// `dir`, or the nearest folder above it that exists (where it will be made).
+pub fn made_in(dir: &Path) -> &Path {
+    dir.ancestors()
+        .map(|a| match a.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => a,
+        })
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("."))
+}
+
+/// A byte count as GB, MB or kB (powers of 1000).
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
     }
 }

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 use crate::backend::Backend;
 use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
+use crate::fsutil::size;
 use crate::model::net::{buffer_elements, input_buffers};
 use crate::model::topology::Topology;
 
@@ -285,16 +286,6 @@ fn plural(n: u64) -> &'static str {
         ""
     } else {
         "s"
-    }
-}
-
-/// A byte count as GB, MB or kB (powers of 1000).
-pub fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..1_000_000 => format!("{:.1} kB", b / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
-        _ => format!("{:.1} GB", b / 1e9),
     }
 }
 

@@ -18,6 +18,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
 use tempfile::TempDir;
 
+use crate::common::cli;
+
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
@@ -890,6 +892,124 @@ fn a_full_disk_stops_prepare_with_a_clear_error_and_keeps_the_old_store() -> Tes
         files.iter().all(|f| f.contains(&before.generation)),
         "{files:?}"
     );
+    Ok(())
+}
+
+/// Bytes free for this user on the disk holding `dir`, as `df` reports it.
+fn df_free(dir: &Path) -> std::result::Result<u64, Box<dyn std::error::Error>> {
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()?;
+    let text = String::from_utf8(o.stdout)?;
+    let last = text.lines().last().ok_or("df printed nothing")?;
+    Ok(last.trim().parse()?)
+}
+
+/// A two-class tree at `root` of `n` hard links to `file`, named as images.
+fn links(file: &Path, root: &Path, n: u64) -> TestResult {
+    for (class, count) in [("n01_cat", n / 2), ("n02_dog", n - n / 2)] {
+        fs::create_dir_all(root.join(class))?;
+        for i in 0..count {
+            fs::hard_link(file, root.join(class).join(format!("{i:06}.JPEG")))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_raw_store_that_cannot_fit_is_refused_before_any_image_is_read() -> TestResult {
+    // Raw at 4096 is 4096 x 4096 x 3 bytes an image: more links than the
+    // disk can hold, to one small picture.
+    let t = TempDir::new()?;
+    let pic = t.path().join("pic.JPEG");
+    fs::write(&pic, jpeg_bytes(&picture(32, 32, 1), 90))?;
+    let each = 4096u64 * 4096 * 3;
+    let n = df_free(t.path())? / each + 20;
+    links(&pic, &t.path().join("tree"), n)?;
+    let out = t.path().join("stores");
+    let start = std::time::Instant::now();
+    let (ok, _, err) = cli(&[
+        "prepare",
+        "--no-progress",
+        "--size",
+        "4096",
+        "--format",
+        "raw",
+        "--train",
+        &t.path().join("tree").to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert!(!ok, "prepare went ahead: {err}");
+    assert!(
+        err.contains(&format!("the {n} images still to write")),
+        "{err}"
+    );
+    assert!(err.contains("4096x4096x3 bytes, raw"), "{err}");
+    assert!(
+        err.contains("--format jpeg") && err.contains("--out"),
+        "{err}"
+    );
+    assert!(err.contains(&out.to_string_lossy().into_owned()), "{err}");
+    assert!(!out.exists(), "the refused store left a folder behind");
+    // Decoding and scaling thousands of images to 4096 would take minutes.
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_jpeg_store_is_measured_as_it_goes_and_stopped_before_the_disk_fills() -> TestResult {
+    // Train is two noisy pictures; val is enough links to them that the
+    // JPEG size measured on train says val cannot fit. Noise keeps the
+    // JPEGs large, so a few thousand links are enough.
+    let t = TempDir::new()?;
+    let mut state = 12345u32;
+    let mut noise = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    };
+    let img = RgbImage::from_fn(1024, 1024, |_, _| image::Rgb([noise(), noise(), noise()]));
+    let tree = t.path().join("tree");
+    for class in ["n01_cat", "n02_dog"] {
+        fs::create_dir_all(tree.join(class))?;
+        fs::write(tree.join(class).join("a.JPEG"), jpeg_bytes(&img, 100))?;
+    }
+    let mut probe = opts(&tree, &t.path().join("probe"), 1024, Encoding::Jpeg);
+    probe.quality = 100;
+    let each = prepare(&probe)?.train.data_bytes / 2;
+    let n = df_free(t.path())? / each + 20;
+    links(&tree.join("n01_cat/a.JPEG"), &t.path().join("val"), n)?;
+    let out = t.path().join("stores");
+    let (ok, _, err) = cli(&[
+        "prepare",
+        "--no-progress",
+        "--size",
+        "1024",
+        "--quality",
+        "100",
+        "--train",
+        &tree.to_string_lossy(),
+        "--val",
+        &t.path().join("val").to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert!(!ok, "prepare went ahead: {err}");
+    assert!(
+        err.contains(&format!("the {n} images still to write")),
+        "{err}"
+    );
+    assert!(err.contains("measured over the 2 written so far"), "{err}");
+    assert!(err.contains("untouched"), "{err}");
+    // Nothing was committed: no store to open, no files of the new one.
+    assert!(read_meta(&out.join("train")).is_err());
+    assert!(generation_files(&out.join("train")).is_empty());
+    assert!(!out.join("val").exists());
     Ok(())
 }
 

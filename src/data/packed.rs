@@ -220,6 +220,11 @@ impl StoreWriter {
         self.entries.is_empty()
     }
 
+    /// Bytes of encoded images pushed so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.offset
+    }
+
     /// Write the index and mean image, fsync everything, then commit by
     /// atomically replacing `meta.json`. `meta`'s file fields (generation,
     /// size, encoding, count, checksums) are filled in here.

@@ -27,11 +27,15 @@ use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
-use crate::fsutil::{refuse_file_in_the_way, write_atomic};
+use crate::fsutil::{free_bytes, made_in, refuse_file_in_the_way, size, write_atomic};
 
 /// Images handed to the thread pool at a time; results are written in order
-/// after each chunk, so memory holds at most one chunk of encoded images.
-const CHUNK: usize = 2048;
+/// after each chunk, so memory holds at most one chunk of encoded images:
+/// 2048, or fewer where that would pass 1 GiB of raw pixels (large sizes).
+fn chunk_len(size: usize) -> usize {
+    let fit = (1usize << 30) / (size * size * 3).max(1);
+    fit.max(rayon::current_num_threads()).min(2048)
+}
 
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
@@ -137,25 +141,24 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         Some(v) => Some(val_items(v, opts, &classes)?),
         None => None,
     };
-    let train = write_store(
-        &opts.out.join("train"),
-        &opts.train,
-        &items,
-        &classes,
-        &names,
-        opts,
-        "train",
-    )?;
+    let val_count = val_items.as_ref().map_or(0, Vec::len);
+    if opts.encoding == Encoding::Raw {
+        let each = (opts.size * opts.size * 3) as f64;
+        let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
+        check_room(&opts.out, each, items.len() + val_count, &basis)?;
+    }
+    let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later: usize| {
+        let to = Target {
+            dir: opts.out.join(name),
+            source,
+            what: name,
+            later,
+        };
+        write_store(&to, items, &classes, &names, opts)
+    };
+    let train = store("train", &opts.train, &items, val_count)?;
     let val = match (&opts.val, val_items) {
-        (Some(v), Some(items)) => Some(write_store(
-            &opts.out.join("val"),
-            v,
-            &items,
-            &classes,
-            &names,
-            opts,
-            "val",
-        )?),
+        (Some(v), Some(items)) => Some(store("val", v, &items, 0)?),
         _ => None,
     };
     Ok(PrepareReport {
@@ -410,15 +413,44 @@ pub fn prepare_image(
     Ok((stored, px))
 }
 
+/// Refuse to go on when `left` more images would not fit on the disk that
+/// holds (or will hold) `dir`: `each` bytes apiece (exact for raw, measured so far for
+/// JPEG), plus the index and a source line. Hours into ImageNet's 1.28M
+/// images is the wrong time to find a full disk.
+fn check_room(dir: &Path, each: f64, left: usize, basis: &str) -> Result<()> {
+    let Some(free) = free_bytes(made_in(dir))? else {
+        return Ok(());
+    };
+    let need = (left as f64 * (each * 1.02 + 128.0)) as u64;
+    if free >= need {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "{}: its disk has {} free, and the {left} images still to write need about {} ({} each, {basis}); nothing is committed until a store is whole, so the previous one, if any, is untouched; free space, pass --out a folder on another disk, or make the store smaller (--format jpeg, a lower --quality or --size, or --limit)",
+        dir.display(),
+        size(free),
+        size(need),
+        size(each as u64)
+    )))
+}
+
+/// One store to write: where, from which tree, its name in messages, and
+/// how many images the stores after it will add (for the room check).
+struct Target<'a> {
+    dir: PathBuf,
+    source: &'a Path,
+    what: &'a str,
+    later: usize,
+}
+
 fn write_store(
-    dir: &Path,
-    source: &Path,
+    to: &Target,
     items: &[(PathBuf, u32)],
     classes: &[String],
     names: &[String],
     opts: &PrepareOptions,
-    what: &str,
 ) -> Result<StoreMeta> {
+    let (dir, source, what) = (to.dir.as_path(), to.source, to.what);
     let size = opts.size;
     let px = size * size * 3;
     let mut writer = StoreWriter::create(dir, size, opts.encoding)?;
@@ -427,7 +459,8 @@ fn write_store(
     let mut total = Acc::new(px);
     let mut skipped: Vec<String> = Vec::new();
     let mut class_counts = vec![0u64; classes.len()];
-    for (c, chunk) in items.chunks(CHUNK).enumerate() {
+    let chunk_len = chunk_len(size);
+    for (c, chunk) in items.chunks(chunk_len).enumerate() {
         let acc = chunk
             .par_iter()
             .enumerate()
@@ -461,7 +494,12 @@ fn write_store(
                 }
             }
         }
-        let n = c * CHUNK + chunk.len();
+        let n = c * chunk_len + chunk.len();
+        if !writer.is_empty() {
+            let each = writer.data_bytes() as f64 / writer.len() as f64;
+            let basis = format!("measured over the {} written so far", writer.len());
+            check_room(dir, each, items.len() - n + to.later, &basis)?;
+        }
         bar.set_message(format!("{} skipped", skipped.len()));
         if !opts.progress && (c + 1) % 16 == 0 {
             tracing::info!("prepare {what}: {n}/{} images", items.len());

@@ -14,7 +14,6 @@ use crate::checkpoint::{self, RunState};
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
-use crate::memory;
 use crate::metrics::{MetricsWriter, StepRow};
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
@@ -112,7 +111,7 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
 /// what the folder's checkpoints hold already. Hours in is the wrong time
 /// to find out.
 fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Result<()> {
-    let Some(free) = fsutil::free_bytes(made_in(dir))? else {
+    let Some(free) = fsutil::free_bytes(fsutil::made_in(dir))? else {
         return Ok(());
     };
     let each = checkpoint::estimated_size(topo, image_size)?;
@@ -126,22 +125,11 @@ fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Re
     Err(Error::Data(format!(
         "run folder {}: its disk has {} free, and the run's checkpoints need about {} more ({} kept by --keep, best.safetensors and the one being written, about {} each); free space, pass --keep 1, or --out a folder on another disk",
         dir.display(),
-        memory::size(free),
-        memory::size(need),
+        fsutil::size(free),
+        fsutil::size(need),
         keep.max(1),
-        memory::size(each)
+        fsutil::size(each)
     )))
-}
-
-/// `dir`, or the nearest folder above it that exists (where it will be made).
-fn made_in(dir: &Path) -> &Path {
-    dir.ancestors()
-        .map(|a| match a.as_os_str().is_empty() {
-            true => Path::new("."),
-            false => a,
-        })
-        .find(|a| a.is_dir())
-        .unwrap_or(Path::new("."))
 }
 
 /// Bytes the checkpoints in `dir` hold (none when it is not a folder yet).
