@@ -184,7 +184,7 @@ pub fn evaluate_by_class(
     let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
     while let Some(b) = iter.next() {
         let mut b = b?;
-        unread.append(&mut b.unread);
+        unread.extend(b.unread.drain(..).map(|(_, e)| e));
         if b.n == 0 {
             on_batch(seen + unread.len());
             iter.recycle(b);

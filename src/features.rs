@@ -6,6 +6,7 @@
 //! a block of rows at a time (|q|^2 + |x|^2 - 2 q.x, the dot products by
 //! GEMM; the distances kept are recomputed exactly). `neighbors`: query
 //! images against a set's fc7, and `render_grid`, the picture of the result.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore};
 use crate::data::{
-    batches, decode_files, FileSource, ImageFolder, ImageSet, ImageSource, LoaderConfig,
+    batches, decode_files, unread_error, FileSource, ImageFolder, ImageSet, ImageSource,
+    LoaderConfig,
 };
 use crate::error::{Error, Result};
 use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data};
@@ -99,8 +101,9 @@ fn sized_network<'a, B: Backend>(
 
 /// Forward `indices` of `set` through `net` in evaluation mode (no dropout)
 /// and hand each batch's rows of `layer` to `sink` in order. `on_batch` gets
-/// the images done so far. Returns the row width.
-pub fn for_each_batch<B: Backend>(
+/// the images done so far. Returns the row width and, with
+/// `cfg.skip_unreadable`, the images left out (index in the set, and why).
+fn for_each_batch<B: Backend>(
     net: &mut Network<'_, B>,
     layer: &str,
     set: &Arc<dyn ImageSource>,
@@ -108,7 +111,7 @@ pub fn for_each_batch<B: Backend>(
     cfg: &LoaderConfig,
     mut sink: impl FnMut(&[f32]) -> Result<()>,
     mut on_batch: impl FnMut(usize),
-) -> Result<usize> {
+) -> Result<(usize, Vec<(usize, Error)>)> {
     let width = activation_width(net.topology(), layer)?;
     if cfg.ten_crop {
         return Err(Error::Config(
@@ -116,23 +119,37 @@ pub fn for_each_batch<B: Backend>(
         ));
     }
     let mut done = 0;
+    let mut unread = Vec::new();
     let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
     while let Some(b) = iter.next() {
-        let b = b?;
-        net.forward(&b.x, &b.labels, Mode::Eval)?;
-        let rows = net.activation(layer)?;
-        crate::error::check_len("features", "activation", rows.len(), b.n * width)?;
-        sink(&rows)?;
-        done += b.n;
+        let mut b = b?;
+        done += b.n + b.unread.len();
+        unread.append(&mut b.unread);
+        if b.n > 0 {
+            net.forward(&b.x, &b.labels, Mode::Eval)?;
+            let rows = net.activation(layer)?;
+            crate::error::check_len("features", "activation", rows.len(), b.n * width)?;
+            sink(&rows)?;
+        }
         on_batch(done);
         iter.recycle(b);
     }
-    Ok(width)
+    Ok((width, unread))
+}
+
+/// What [`write_features`] wrote: the row width, the set's image of each
+/// row, and the images left out because they could not be read.
+pub struct Written {
+    pub width: usize,
+    pub kept: Vec<usize>,
+    pub unread: Vec<Error>,
 }
 
 /// Write `layer`'s activations for `indices` of `set` to `out` ([rows,
 /// width] float32 .npy), batch by batch: the header first, then the rows, so
-/// the matrix is never whole in memory. Returns the row width.
+/// the matrix is never whole in memory. An image that cannot be read is
+/// left out of the rows, not the end of the job: one bad file of 50,000
+/// should not cost the other features.
 pub fn write_features<B: Backend>(
     net: &mut Network<'_, B>,
     layer: &str,
@@ -141,20 +158,33 @@ pub fn write_features<B: Backend>(
     cfg: &LoaderConfig,
     out: &Path,
     on_batch: impl FnMut(usize),
-) -> Result<usize> {
+) -> Result<Written> {
     let width = activation_width(net.topology(), layer)?;
     let mut w = NpyWriter::create(out, indices.len(), width)?;
-    for_each_batch(
-        net,
-        layer,
-        set,
-        indices,
-        cfg,
-        |rows| w.append(rows),
-        on_batch,
-    )?;
+    let cfg = LoaderConfig {
+        skip_unreadable: true,
+        ..cfg.clone()
+    };
+    let sink = |rows: &[f32]| w.append(rows);
+    let (width, unread) = for_each_batch(net, layer, set, indices, &cfg, sink, on_batch)?;
+    if unread.len() == indices.len() {
+        let (_, errors): (Vec<usize>, Vec<Error>) = unread.into_iter().unzip();
+        return Err(unread_error(errors, indices.len()));
+    }
+    w.leave_out(unread.len())?;
     w.finish()?;
-    Ok(width)
+    let left_out: HashSet<usize> = unread.iter().map(|(i, _)| *i).collect();
+    let kept = indices
+        .iter()
+        .copied()
+        .filter(|i| !left_out.contains(i))
+        .collect();
+    let unread = unread.into_iter().map(|(_, e)| e).collect();
+    Ok(Written {
+        width,
+        kept,
+        unread,
+    })
 }
 
 /// The CSV beside a features file: `F.npy` gets `F.rows.csv`.
@@ -175,14 +205,30 @@ struct FeaturesMeta {
     checkpoint: String,
     /// [`Checkpoint::weights_crc32`].
     weights_crc32: u32,
+    /// The set's images left out of the rows because they could not be
+    /// read (absent in records written before images were left out).
+    #[serde(default)]
+    left_out: Vec<usize>,
 }
 
-/// Record that `layer` of `ck` computed the features file `features`.
-fn write_meta(features: &Path, ck: &Checkpoint, layer: &str) -> Result<()> {
+/// Record that `layer` of `ck` computed the features file `features`, and
+/// which images of the set (`asked`, less the rows `kept`) were left out.
+fn write_meta(
+    features: &Path,
+    ck: &Checkpoint,
+    layer: &str,
+    (asked, kept): (&[usize], &[usize]),
+) -> Result<()> {
+    let kept: HashSet<usize> = kept.iter().copied().collect();
     let meta = FeaturesMeta {
         layer: layer.to_string(),
         checkpoint: ck.path.display().to_string(),
         weights_crc32: ck.weights_crc32(),
+        left_out: asked
+            .iter()
+            .copied()
+            .filter(|i| !kept.contains(i))
+            .collect(),
     };
     let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Data(e.to_string()))?;
     write_atomic(&meta_path(features), text.as_bytes())
@@ -204,11 +250,11 @@ fn read_beside(f: &Path, side: &Path, unchecked: &str) -> Option<String> {
 
 /// A given features file against its record: fc7 of `ck`'s weights. A
 /// file without one (written by hand, or by another tool) is searched, with
-/// a warning.
-fn check_meta(f: &Path, ck: &Checkpoint) -> Result<()> {
+/// a warning. Returns the images the record says were left out.
+fn check_meta(f: &Path, ck: &Checkpoint) -> Result<Vec<usize>> {
     let path = meta_path(f);
     let Some(text) = read_beside(f, &path, "which layer and checkpoint computed it") else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let meta: FeaturesMeta = serde_json::from_str(&text).map_err(|e| {
         Error::Data(format!(
@@ -232,7 +278,7 @@ fn check_meta(f: &Path, ck: &Checkpoint) -> Result<()> {
             ck.path.display()
         )));
     }
-    Ok(())
+    Ok(meta.left_out)
 }
 
 /// Write the row table: `row,index,label,class,name,source` (row of the
@@ -462,8 +508,13 @@ pub struct NeighborsReport {
     pub features: PathBuf,
     /// Whether the set's features were computed by this run (else read).
     pub computed: bool,
+    /// Rows searched, and the set's images asked for (more when some
+    /// could not be read).
     pub set_rows: usize,
+    pub images: usize,
     pub results: Vec<QueryResult>,
+    /// Why each image left out of the rows by this run could not be read.
+    pub unread: Vec<Error>,
 }
 
 /// The fc7 features file `neighbors` writes beside its picture.
@@ -485,39 +536,49 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let fs = open_set(job.data, ck, "train")?;
     let indices = spread(fs.set.len(), job.limit);
     check_job(job, indices.len())?;
-    let (features, computed) = match job.features {
-        Some(f) => (
-            check_features(job, f, &fs, &indices, (width, &topo.name))?,
-            false,
-        ),
-        None => (default_features_path(job.out), true),
+    let given = match job.features {
+        Some(f) => Some(check_features(job, f, &fs, &indices, (width, &topo.name))?),
+        None => None,
     };
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
-    if computed {
-        let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
-        write_features(
-            &mut net,
-            NEIGHBOR_LAYER,
-            &fs.set,
-            &indices,
-            &cfg,
-            &features,
-            |d| pb.set_position(d as u64),
-        )?;
-        pb.finish_and_clear();
-        write_rows_csv(&rows_csv_path(&features), ck, &fs, &indices)?;
-        write_meta(&features, ck, NEIGHBOR_LAYER)?;
-    }
+    let (features, rows, unread) = match given {
+        Some(read) => read,
+        None => set_features(&mut net, job, &fs, &indices, &cfg)?,
+    };
+    check_job(job, rows.len())?;
     let q = query_features(&mut net, job, &qpix, size, width)?;
     let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
-    let results = query_results(job, &fs, &indices, found);
+    let results = query_results(job, &fs, &rows, found);
     render_grid(job.out, &grid_rows(&results, &qpix, size, &fs)?, job.cell)?;
     Ok(NeighborsReport {
         features,
-        computed,
-        set_rows: indices.len(),
+        computed: job.features.is_none(),
+        set_rows: rows.len(),
+        images: indices.len(),
         results,
+        unread,
     })
+}
+
+/// The set's fc7 computed into the file beside `job.out`, with its row
+/// table and record. Returns the file, the set's image of each row and the
+/// images left out as unreadable.
+fn set_features<B: Backend>(
+    net: &mut Network<'_, B>,
+    job: &NeighborsJob,
+    fs: &FeatureSet,
+    indices: &[usize],
+    cfg: &LoaderConfig,
+) -> Result<(PathBuf, Vec<usize>, Vec<Error>)> {
+    let features = default_features_path(job.out);
+    let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
+    let w = write_features(net, NEIGHBOR_LAYER, &fs.set, indices, cfg, &features, |d| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    write_rows_csv(&rows_csv_path(&features), job.ck, fs, &w.kept)?;
+    write_meta(&features, job.ck, NEIGHBOR_LAYER, (indices, &w.kept))?;
+    Ok((features, w.kept, w.unread))
 }
 
 /// Refuse a k the set of `n` images cannot give, and a job without queries.
@@ -537,26 +598,18 @@ fn check_job(job: &NeighborsJob, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// A given features file, checked against the set (its rows `indices`)
-/// and the network (`width` values a row, of config `config`).
+/// A given features file, checked against the set (its rows `indices`,
+/// less those its record says were left out as unreadable) and the network
+/// (`width` values a row, of config `config`). Returns the file, the set's
+/// image of each row, and no unread images (this run read none).
 fn check_features(
     job: &NeighborsJob,
     f: &Path,
     fs: &FeatureSet,
     indices: &[usize],
     (width, config): (usize, &str),
-) -> Result<PathBuf> {
-    let n = indices.len();
+) -> Result<(PathBuf, Vec<usize>, Vec<Error>)> {
     let rows = NpyRows::open(f)?;
-    if rows.rows != n {
-        return Err(Error::Data(format!(
-            "{}: {} rows, but the set has {n} images{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
-            f.display(),
-            rows.rows,
-            if job.limit.is_some() { " (with --limit)" } else { "" },
-            if job.limit.is_some() { " and --limit" } else { "" },
-        )));
-    }
     if rows.cols != width {
         return Err(Error::Data(format!(
             "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {config} has {width}; the file comes from another network: compute it with this checkpoint",
@@ -564,9 +617,28 @@ fn check_features(
             rows.cols,
         )));
     }
-    check_rows_csv(f, fs, indices)?;
-    check_meta(f, job.ck)?;
-    Ok(f.to_path_buf())
+    let left_out: HashSet<usize> = check_meta(f, job.ck)?.into_iter().collect();
+    let kept: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|i| !left_out.contains(i))
+        .collect();
+    let n = kept.len();
+    if rows.rows != n {
+        let unread = match indices.len() - n {
+            0 => String::new(),
+            k => format!(" ({k} left out as unreadable)"),
+        };
+        return Err(Error::Data(format!(
+            "{}: {} rows, but the set has {n} images{unread}{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
+            f.display(),
+            rows.rows,
+            if job.limit.is_some() { " (with --limit)" } else { "" },
+            if job.limit.is_some() { " and --limit" } else { "" },
+        )));
+    }
+    check_rows_csv(f, fs, &kept)?;
+    Ok((f.to_path_buf(), kept, Vec::new()))
 }
 
 /// The rows of features file `f` as its `.rows.csv` lists them (image
@@ -633,6 +705,7 @@ fn query_features<B: Backend>(
     let mut q = Vec::with_capacity(nq * width);
     let qcfg = feature_loader(ck, job.batch.min(nq), 0);
     let qidx: Vec<usize> = (0..nq).collect();
+    // The queries are decoded already: none can be unreadable here.
     for_each_batch(
         net,
         NEIGHBOR_LAYER,
@@ -800,6 +873,9 @@ pub struct FeaturesReport {
     pub rows_csv: PathBuf,
     /// Whether the rows name their source files.
     pub sources: bool,
+    /// Images asked for, and why each unreadable one was left out.
+    pub images: usize,
+    pub unread: Vec<Error>,
 }
 
 /// Write `job.layer`'s activations of the set to `job.out`, and the row
@@ -813,17 +889,19 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     let indices = spread(fs.set.len(), job.limit);
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
-    let width = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
+    let w = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
     let rows_csv = rows_csv_path(job.out);
-    write_rows_csv(&rows_csv, ck, &fs, &indices)?;
-    write_meta(job.out, ck, job.layer)?;
+    write_rows_csv(&rows_csv, ck, &fs, &w.kept)?;
+    write_meta(job.out, ck, job.layer, (&indices, &w.kept))?;
     Ok(FeaturesReport {
-        rows: indices.len(),
-        width,
+        rows: w.kept.len(),
+        width: w.width,
         rows_csv,
         sources: fs.sources.is_some(),
+        images: indices.len(),
+        unread: w.unread,
     })
 }

@@ -211,6 +211,25 @@ impl NpyWriter {
         Ok(())
     }
 
+    /// Expect `n` fewer rows than declared at `create` (images that could
+    /// not be read); the header's row count is written at `finish`.
+    pub fn leave_out(&mut self, n: usize) -> Result<()> {
+        if self.cols == 0 || n > self.rows - self.written {
+            return Err(Error::Shape {
+                op: "NpyWriter::leave_out",
+                detail: format!(
+                    "{}: cannot leave out {n} of {} rows ({} written, {} values a row)",
+                    self.path.display(),
+                    self.rows,
+                    self.written,
+                    self.cols
+                ),
+            });
+        }
+        self.rows -= n;
+        Ok(())
+    }
+
     /// Rows appended so far.
     pub fn written(&self) -> usize {
         self.written

@@ -1138,7 +1138,7 @@ impl ImageSource for Holes {
 
 /// With `skip_unreadable`, a batch holds the rows and labels of its readable
 /// images, exactly those a loader over only them makes (ten crops, with
-/// and without workers), and the errors of the others; without it, the
+/// and without workers), and the indices and errors of the others; without it, the
 /// first unreadable image is the epoch's error.
 #[test]
 fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
@@ -1163,7 +1163,7 @@ fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
             assert_eq!(b.x.len(), b.n * 10 * 3 * 16);
             x.extend_from_slice(&b.x);
             labels.extend(b.labels);
-            errors.extend(b.unread.iter().map(|e| e.to_string()));
+            errors.extend(b.unread.iter().map(|(i, e)| (*i, e.to_string())));
         }
         let (mut want_x, mut want_labels) = (vec![], vec![]);
         for b in batches(Arc::clone(&reference), &good, &cfg(4, 4, false, 0), 0)? {
@@ -1182,9 +1182,9 @@ fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
             .collect();
         assert_eq!(centre_rows, want_x, "workers {workers}");
         assert_eq!(labels, want_labels);
-        let want_errors: Vec<String> = bad
+        let want_errors: Vec<(usize, String)> = bad
             .iter()
-            .map(|i| format!("image {i} unreadable"))
+            .map(|&i| (i, format!("image {i} unreadable")))
             .collect();
         assert_eq!(errors, want_errors);
     }

@@ -2,7 +2,8 @@
 //! network's own forward pass (and agree with the next layer's weights:
 //! fc6 = relu(W6 pool5 + b6), fc7 = relu(W7 fc6 + b7), logits = W8 fc7 + b8);
 //! a set image's nearest neighbour is itself; the blocked search equals a
-//! brute-force one; bad input ends in a clear error. On a store of the
+//! brute-force one; bad input ends in a clear error; unreadable images are
+//! left out of the rows and named. On a store of the
 //! CIFAR-10 fixture photos and a cifar checkpoint trained for one epoch.
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -734,4 +735,121 @@ fn bad_input_gets_a_clear_error() {
         err.contains("which images its rows are is not checked"),
         "{err}"
     );
+}
+
+/// Images of a folder that cannot be read (not an image, cut short) are
+/// left out of the rows, not the end of the job: `features` writes the
+/// others' rows, equal to those of the folder without the bad files, and
+/// then fails naming both; the rows CSV and record say which image each
+/// row is, so `neighbors` reports the right image past the gap.
+#[test]
+fn unreadable_images_are_left_out_of_the_rows_and_named() {
+    let st = setup();
+    let (clean, dirty) = (st.root.join("clean"), st.root.join("dirty"));
+    for class in ["cat", "dog"] {
+        for dir in [&clean, &dirty] {
+            std::fs::create_dir_all(dir.join(class)).unwrap();
+            for i in 0..8 {
+                let name = format!("{i:04}.jpg");
+                std::fs::copy(
+                    fixtures().join(class).join(&name),
+                    dir.join(class).join(&name),
+                )
+                .unwrap();
+            }
+        }
+    }
+    // Sorted by path: cat/0000..0007, cat/broken.jpg (8), dog/0000..0007
+    // (9-16), dog/cut.jpg (17).
+    std::fs::write(dirty.join("cat/broken.jpg"), "not pixels").unwrap();
+    let whole = std::fs::read(fixtures().join("dog/0009.jpg")).unwrap();
+    std::fs::write(dirty.join("dog/cut.jpg"), &whole[..whole.len() / 2]).unwrap();
+    let features = |data: &Path, out: &Path| {
+        cli(&[
+            "features",
+            "--cpu",
+            "--checkpoint",
+            &s(&st.ckpt),
+            "--data",
+            &s(data),
+            "--out",
+            &s(out),
+            "--batch",
+            "5",
+            "--no-progress",
+        ])
+    };
+    let (ok, _, err) = features(&clean, &st.root.join("clean.npy"));
+    assert!(ok, "{err}");
+    let out = st.root.join("dirty.npy");
+    let (ok, stdout, err) = features(&dirty, &out);
+    assert!(!ok, "features of a folder with bad files succeeded: {err}");
+    for want in [
+        "2 of 18 images could not be read",
+        "broken.jpg",
+        "cut.jpg",
+        "the features of the other 16 images are written",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(stdout.contains("16 rows x 512 values"), "{stdout}");
+    let (shape, x) = read_npy_f32(&out).unwrap();
+    let (want_shape, want) = read_npy_f32(&st.root.join("clean.npy")).unwrap();
+    assert_eq!((shape.clone(), want_shape), (vec![16, 512], vec![16, 512]));
+    assert_close("rows of the readable images", &x, &want, 1e-5);
+    let csv = std::fs::read_to_string(st.root.join("dirty.rows.csv")).unwrap();
+    let index: Vec<usize> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let want_index: Vec<usize> = (0..8).chain(9..17).collect();
+    assert_eq!(index, want_index, "{csv}");
+    assert!(
+        !csv.contains("broken.jpg") && !csv.contains("cut.jpg"),
+        "{csv}"
+    );
+
+    // neighbors reads that file for the dirty folder: the set's image 11
+    // (dog/0002.jpg) is row 10, and is reported as image 11.
+    let query = s(&dirty.join("dog/0002.jpg"));
+    let (ck, data) = (s(&st.ckpt), s(&dirty));
+    let neighbors = |extra: &[&str], grid: &str| {
+        let grid = s(&st.root.join(grid));
+        let mut a = vec![
+            "neighbors",
+            "--cpu",
+            "--checkpoint",
+            &ck,
+            "--data",
+            &data,
+            "--query",
+            &query,
+            "--k",
+            "2",
+            "--out",
+            &grid,
+            "--no-progress",
+        ];
+        a.extend_from_slice(extra);
+        cli(&a)
+    };
+    let rank1 = |out: &str| -> String {
+        let line = out.lines().find(|l| l.contains("\t1\t")).expect("rank 1");
+        line.split('\t').nth(4).unwrap().to_string()
+    };
+    let (ok, stdout, err) = neighbors(&["--features", &s(&out)], "read.png");
+    assert!(ok, "{err}");
+    assert_eq!(rank1(&stdout), "11", "{stdout}");
+    assert!(stdout.contains("among 16 images"), "{stdout}");
+    // Computing them itself, neighbors answers the same and then fails
+    // naming the two files.
+    let (ok, stdout, err) = neighbors(&[], "computed.png");
+    assert!(!ok, "{err}");
+    assert_eq!(rank1(&stdout), "11", "{stdout}");
+    assert!(
+        err.contains("broken.jpg") && err.contains("cut.jpg"),
+        "{err}"
+    );
+    assert!(st.root.join("computed.png").exists());
 }

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use alexnet_cuda::backend::Backend;
+use alexnet_cuda::data::unread_error;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
@@ -60,7 +61,19 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         r.rows_csv.display()
     )?;
-    Ok(())
+    left_out(r.unread, r.images, r.rows)
+}
+
+/// Images that could not be read were left out of the rows: fail naming
+/// every one, after the others' features are written.
+pub fn left_out(unread: Vec<alexnet_cuda::Error>, images: usize, rows: usize) -> Result<()> {
+    match unread.is_empty() {
+        true => Ok(()),
+        false => bail!(
+            "{}; the features of the other {rows} images are written, and the rows CSV says which image each row is",
+            unread_error(unread, images)
+        ),
+    }
 }
 
 /// `features::features` on the requested device.

@@ -75,7 +75,7 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
         },
         r.features.display()
     )?;
-    Ok(())
+    super::features::left_out(r.unread, r.images, r.set_rows)
 }
 
 /// One tab-separated line per neighbour of each query.

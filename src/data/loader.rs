@@ -233,8 +233,9 @@ pub struct Batch {
     /// Rows per image: 1, or 10 for the paper's test crops.
     pub crops: usize,
     /// The batch's images left out because they could not be read
-    /// (`LoaderConfig::skip_unreadable`); `n` counts only the others.
-    pub unread: Vec<Error>,
+    /// (`LoaderConfig::skip_unreadable`): their index in the set, and why;
+    /// `n` counts only the others.
+    pub unread: Vec<(usize, Error)>,
 }
 
 /// Where an image is cropped and whether it is mirrored.
@@ -495,7 +496,7 @@ impl Job {
             let img = match self.set.pixels(idx, scratch) {
                 Ok(img) => img,
                 Err(e) if cfg.skip_unreadable => {
-                    b.unread.push(e);
+                    b.unread.push((idx, e));
                     continue;
                 }
                 Err(e) => return Err(e),
