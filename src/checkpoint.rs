@@ -161,21 +161,32 @@ pub fn is_checkpoint(meta: &BTreeMap<String, String>) -> bool {
     meta.get("format").map(String::as_str) == Some(FORMAT)
 }
 
+/// The JSON header of a safetensors file (None when it has none).
+fn read_header(path: &Path) -> Option<serde_json::Value> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = usize::try_from(u64::from_le_bytes(len))
+        .ok()?
+        .min(100 << 20);
+    let mut json = vec![0u8; n];
+    f.read_exact(&mut json).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// Whether `path` is a checkpoint of ours, from its header alone (false
 /// for anything else, readable or not).
 pub fn is_checkpoint_file(path: &Path) -> bool {
-    let header = || -> Option<serde_json::Value> {
-        let mut f = fs::File::open(path).ok()?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).ok()?;
-        let n = usize::try_from(u64::from_le_bytes(len))
-            .ok()?
-            .min(100 << 20);
-        let mut json = vec![0u8; n];
-        f.read_exact(&mut json).ok()?;
-        serde_json::from_slice(&json).ok()
-    };
-    header().is_some_and(|h| h["__metadata__"]["format"] == FORMAT)
+    read_header(path).is_some_and(|h| h["__metadata__"]["format"] == FORMAT)
+}
+
+/// The step a checkpoint was written at, from its header alone (None for
+/// anything but a readable checkpoint); nothing is verified.
+pub fn step_of(path: &Path) -> Option<u64> {
+    let h = read_header(path)?;
+    let state: serde_json::Value =
+        serde_json::from_str(h["__metadata__"]["state"].as_str()?).ok()?;
+    state["progress"]["step"].as_u64()
 }
 
 /// [`load`] for a file already read (`export::read_safetensors_meta`), so a
@@ -335,6 +346,13 @@ pub fn load_weights(
                 t.shape,
                 net.topology().name,
                 want
+            )));
+        }
+        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::Data(format!(
+                "{}: {name} holds {bad} values that are not finite numbers (NaN or infinite): the weights come from a run that diverged, or the file is damaged; pass other weights",
+                source.display()
             )));
         }
         net.set_param(&name, &t.data)?;

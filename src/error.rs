@@ -34,6 +34,11 @@ pub enum Error {
     #[error("{0}")]
     NoDevice(String),
 
+    /// Training diverged: a loss or a weight is no longer a finite number.
+    /// `what` says which, at which step; `fix`, how to go on.
+    #[error("{what}: the run diverged; {fix}")]
+    Diverged { what: String, fix: String },
+
     /// A CUDA library call (driver, NVRTC, cuBLAS, cuDNN) failed; `op` names
     /// the backend op or setup step that made it.
     #[error("cuda {op}: {detail}")]

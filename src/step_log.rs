@@ -80,7 +80,7 @@ impl StepLog {
     /// Read the queued steps back (one wait for the device) and account
     /// for them in step order: the epoch's sums in `p` (exactly as a
     /// per-step read would add them), a metrics row each. The first
-    /// non-finite loss is an error naming its step.
+    /// non-finite loss is an error naming its step (`Error::Diverged`).
     pub fn flush(&mut self, net: &mut dyn Model, p: &mut Progress, sink: StepSink) -> Result<()> {
         self.last_read = Instant::now();
         if self.queued.is_empty() {
@@ -94,10 +94,14 @@ impl StepLog {
         } = sink;
         for (q, m) in self.queued.drain(..).zip(got) {
             if !m.loss.is_finite() {
-                return Err(Error::Backend(format!(
-                    "epoch {}, step {}: the loss is {}; lower --lr (now {})",
-                    q.epoch, q.step, m.loss, q.lr
-                )));
+                return Err(Error::Diverged {
+                    what: format!("epoch {}, step {}: the loss is {}", q.epoch, q.step, m.loss),
+                    fix: format!(
+                        "start again with a lower rate than {:.1e}, e.g. --lr {:.1e}",
+                        q.lr,
+                        q.lr / 10.0
+                    ),
+                });
             }
             p.loss_sum += m.loss as f64 * q.images as f64;
             p.hits += m.hits;

@@ -954,3 +954,221 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     let (_, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
     checkpoint::load(&path).expect("the last checkpoint loads");
 }
+
+/// A run folder copied whole (the checkpoints, metrics and lock file).
+fn copy_run(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -r {} {}", from.display(), to.display());
+}
+
+/// The lr column of steps.csv, by step.
+fn lrs(out: &Path) -> Vec<(u64, f32)> {
+    let text = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "lr")
+        .expect("an lr column");
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].parse().unwrap(), f[col].parse().unwrap())
+        })
+        .collect()
+}
+
+/// `--resume RUN --lr X` continues the run at rate X from its checkpoint
+/// on: given the rate the run had reached, it is the plain resume, bit for
+/// bit; given another, every later step runs at it and the earlier ones
+/// are untouched.
+#[test]
+fn resume_with_lr_sets_the_rate_from_there_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let first = t.path().join("first");
+    run_ok(&train_args(&d, &first, 1));
+    let reached = checkpoint::load_latest(&first).unwrap().state.progress.lr;
+    let (same, plain, lower) = (
+        t.path().join("same"),
+        t.path().join("plain"),
+        t.path().join("lower"),
+    );
+    for to in [&same, &plain, &lower] {
+        copy_run(&first, to);
+    }
+    let resume = |out: &Path, lr: Option<String>| {
+        let mut a = resume_args(out);
+        a.extend(["--epochs".into(), EPOCHS.to_string()]);
+        a.extend(lr.into_iter().flat_map(|v| ["--lr".to_string(), v]));
+        run(&a)
+    };
+    for (out, lr) in [(&same, Some(reached.to_string())), (&plain, None)] {
+        let o = resume(out, lr);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_same_run(&same, &plain);
+
+    let o = resume(&lower, Some("0.00125".into()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (got, want) = (lrs(&lower), lrs(&plain));
+    assert_eq!(got.len(), STEPS);
+    for ((step, lr), (_, before)) in got.iter().zip(&want) {
+        match *step as usize <= STEPS / EPOCHS {
+            true => assert_eq!(lr, before, "step {step} was trained before the resume"),
+            false => assert_eq!(*lr, 0.00125, "step {step}"),
+        }
+    }
+    let differs = tensors(&final_ckpt(&lower)) != tensors(&final_ckpt(&plain));
+    assert!(differs, "another rate trained the same weights");
+}
+
+/// Every f32 of a safetensors file is a finite number.
+fn all_finite(path: &Path) -> bool {
+    tensors(path).iter().all(|(_, bytes)| {
+        bytes
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+    })
+}
+
+/// A run that diverges (here resumed at a rate of 1e30) stops with an
+/// error that names the step and the way back: its newest checkpoint,
+/// from before, and the resume at a tenth of the rate. No checkpoint of
+/// the run holds a value that is not a finite number.
+#[test]
+fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    run_ok(&train_args(&d, &out, 1));
+    let mut a = resume_args(&out);
+    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
+    a[every + 1] = "1".into();
+    a.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
+    let o = run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a rate of 1e30 trained on: {err}");
+    let newest = checkpoint::list(&out)
+        .unwrap()
+        .pop()
+        .expect("a checkpoint")
+        .1;
+    for want in [
+        "the run diverged".to_string(),
+        format!("the newest checkpoint, {}", newest.display()),
+        format!("alexnet-cuda train --resume {} --lr 1.0e29", out.display()),
+        format!(
+            "alexnet-cuda train --resume {} --lr 1.0e29",
+            out.join("best.safetensors").display()
+        ),
+    ] {
+        assert!(err.contains(&want), "{want}: {err}");
+    }
+    let kept = checkpoint::list(&out).unwrap();
+    assert!(!kept.is_empty());
+    for (_, p) in &kept {
+        assert!(all_finite(p), "{} holds a non-finite value", p.display());
+    }
+    assert!(all_finite(&out.join("best.safetensors")));
+}
+
+/// Resumed from a checkpoint older than its folder's newest, a run goes
+/// on from there at another rate: the later checkpoints, of the history it
+/// replaces, are moved aside, so pruning keeps this run's and `--resume
+/// RUN` finds its newest, not a stale one.
+#[test]
+fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut a = train_args(&d, &out, EPOCHS);
+    a.extend(["--keep", "100"].map(String::from));
+    run_ok(&a);
+    let before: Vec<u64> = checkpoint::list(&out)
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let at = (STEPS / EPOCHS) as u64;
+    let from = out.join(checkpoint::checkpoint_name(at));
+    let mut r = resume_args(&from);
+    r.extend(["--epochs", "2", "--lr", "0.00125", "--keep", "3"].map(String::from));
+    let o = run(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("moved the"), "{err}");
+    let now = checkpoint::list(&out).unwrap();
+    assert_eq!(now.last().map(|c| c.0), Some(2 * at), "{now:?}");
+    assert_eq!(now.len(), 3, "--keep 3: {now:?}");
+    for (step, p) in &now {
+        let lr = checkpoint::load(p).unwrap().state.progress.lr;
+        assert_eq!(lr, 0.00125, "ckpt {step} is not of the resumed run");
+    }
+    let aside = out.join(format!("replaced-after-step-{at}"));
+    let moved: Vec<u64> = checkpoint::list(&aside)
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let later: Vec<u64> = before.into_iter().filter(|s| *s > at).collect();
+    assert_eq!(moved, later);
+}
+
+/// `ck`'s tensors with a NaN in the first value of `name`, saved to `to`.
+fn with_nan(ck: &checkpoint::Checkpoint, name: &str, to: &Path) {
+    let mut tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    let t = tensors.iter_mut().find(|t| t.name == name).expect(name);
+    t.data[0] = f32::NAN;
+    checkpoint::save(to, &ck.state, &tensors).unwrap();
+}
+
+/// A NaN the loss does not show (here put in conv5's momentum: the next
+/// update carries it into conv5's weights, and ReLU passes 0 for it, so
+/// the loss stays finite) is never checkpointed: the first save after it
+/// refuses, naming the tensor. Weights holding a NaN are refused as a
+/// starting point.
+#[test]
+fn a_nan_weight_the_loss_does_not_show_is_never_checkpointed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    run_ok(&train_args(&d, &out, 1));
+    let ck = checkpoint::load_latest(&out).unwrap();
+    with_nan(
+        &ck,
+        &format!("{}conv5.weight", checkpoint::MOMENTUM),
+        &ck.path,
+    );
+    let mut a = resume_args(&out);
+    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
+    a[every + 1] = "1".into();
+    a.extend(["--epochs", "2"].map(String::from));
+    let o = run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "trained on with a NaN weight: {err}");
+    let step = ck.state.progress.step + 1;
+    let want = format!("step {step}: conv5.weight holds values that are not finite numbers");
+    assert!(err.contains(&want), "{want}: {err}");
+    let newest = checkpoint::list(&out).unwrap().pop().unwrap();
+    assert_eq!(newest.1, ck.path, "a checkpoint was written after the NaN");
+
+    let nan = t.path().join("nan.safetensors");
+    with_nan(&ck, "conv5.weight", &nan);
+    let mut a = train_args(&d, &t.path().join("from-nan"), 1);
+    a.extend(["--init-from".into(), nan.display().to_string()]);
+    let o = run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "started from a NaN weight: {err}");
+    let want = format!(
+        "{}: conv5.weight holds 1 values that are not finite numbers",
+        nan.display()
+    );
+    assert!(err.contains(&want), "{want}: {err}");
+}

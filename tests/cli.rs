@@ -506,8 +506,8 @@ fn bad_checkpoint_arguments() {
         &["no/such/run"],
     );
     assert_error(
-        &["train", "--cpu", "--resume", "no/such/run", "--lr", "0.1"],
-        &["--resume", "--lr"],
+        &["train", "--cpu", "--resume", "no/such/run", "--batch", "10"],
+        &["--resume", "--batch"],
     );
     // Every command that reads a checkpoint names the flag, the path and
     // what to pass, not only the OS's reason.

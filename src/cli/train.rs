@@ -55,7 +55,7 @@ pub struct TrainArgs {
     /// Images per step (default: the config's recipe; the paper: 128).
     #[arg(long, value_parser = positive)]
     batch: Option<u64>,
-    /// Initial learning rate (default: the config's recipe; the paper: 0.01).
+    /// Initial learning rate (default: the config's recipe; the paper: 0.01). With --resume: the rate from the resumed step on, which the run's schedule goes on dividing (the paper's authors lowered it by hand).
     #[arg(long, value_parser = positive_f32)]
     lr: Option<f32>,
     /// Images held out from the training images for validation [default: 5000; a store with its own val/ validates on that].
@@ -79,8 +79,8 @@ pub struct TrainArgs {
     /// The run folder: checkpoints, steps.csv, epochs.csv, curves.png (default: runs/<config>-N, the first N not taken).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "lr", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
+    /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it, --lr sets the rate from here on.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
     resume: Option<PathBuf>,
     /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
     #[arg(long, value_enum)]
@@ -172,6 +172,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(ck) = resume {
         opts = resume_options(opts, &ck);
         opts.resume = Some(ck);
+        opts.lr_from_here = args.lr;
     }
     let (stop, signal_status, told) = stop_on_signals()?;
     opts.stop = Some(stop);

@@ -30,7 +30,7 @@ use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, RunState};
 use crate::data::{batches_from, Batch, LoaderConfig};
 use crate::dist::layout::Layout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::export::Tensor;
 use crate::model::net::Mode;
@@ -341,8 +341,17 @@ impl<'a> Trainer<'a> {
                 rows: &mut no_rows,
             },
         };
-        self.log
-            .flush(&mut *self.net, &mut self.state.progress, sink)
+        let read = self
+            .log
+            .flush(&mut *self.net, &mut self.state.progress, sink);
+        // A run folder knows the checkpoint to go back to.
+        match (read, &self.run_dir) {
+            (Err(Error::Diverged { what, .. }), Some(d)) => Err(Error::Diverged {
+                what,
+                fix: d.after_divergence(self.state.progress.lr),
+            }),
+            (read, _) => read,
+        }
     }
 
     /// A checkpoint when one is due or a stop was asked; Ok(false) to stop.

@@ -35,6 +35,10 @@ pub struct TrainOptions {
     pub metrics_format: MetricsFormat,
     /// Continue this checkpoint's run (with `resume_options`).
     pub resume: Option<Box<Checkpoint>>,
+    /// With `resume`: the learning rate from the resumed step on (--lr),
+    /// in place of the one the run had reached; its schedule goes on
+    /// dividing it.
+    pub lr_from_here: Option<f32>,
     /// Start from these weights (a safetensors file with PyTorch names).
     pub init_from: Option<PathBuf>,
     /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
@@ -84,6 +88,7 @@ impl TrainOptions {
             val_given: false,
             metrics_format: MetricsFormat::Csv,
             resume: None,
+            lr_from_here: None,
             init_from: None,
             stop: None,
             progress: true,

@@ -92,6 +92,46 @@ pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize)
     Ok(())
 }
 
+/// A run resumed from a checkpoint older than its folder's newest goes on
+/// from there: the later checkpoints, and a `best.safetensors` of after
+/// it, belong to the history it replaces. They are moved, not deleted, to
+/// `replaced-after-step-<s>/`, so that pruning and `--resume RUN` see
+/// only this run's.
+fn set_aside_later(dir: &Path, step: u64) -> Result<()> {
+    let mut later: Vec<PathBuf> = checkpoint::list(dir)?
+        .into_iter()
+        .filter(|(s, _)| *s > step)
+        .map(|(_, p)| p)
+        .collect();
+    let best = dir.join("best.safetensors");
+    if checkpoint::step_of(&best).is_some_and(|s| s > step) {
+        later.push(best);
+    }
+    if later.is_empty() {
+        return Ok(());
+    }
+    let aside = (1..)
+        .map(|k| match k {
+            1 => dir.join(format!("replaced-after-step-{step}")),
+            k => dir.join(format!("replaced-after-step-{step}-{k}")),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join("replaced"));
+    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    for p in &later {
+        let name = p.file_name().unwrap_or_default();
+        std::fs::rename(p, aside.join(name)).map_err(|e| Error::io(p, e))?;
+    }
+    fsutil::sync_dir(&aside.join("x"))?;
+    fsutil::sync_dir(&aside)?;
+    warn!(
+        "resuming at step {step}, before the folder's newest checkpoint: moved the {} later files of the history this run replaces to {}",
+        later.len(),
+        aside.display()
+    );
+    Ok(())
+}
+
 /// A fresh run never writes into another run's folder.
 fn refuse_existing_run(dir: &Path) -> Result<()> {
     match checkpoint::list(dir)?.last() {
@@ -169,6 +209,9 @@ impl RunDir {
         // removed next could be another run's.
         let lock = lock_folder(dir)?;
         fsutil::remove_abandoned_temps(dir, None)?;
+        if resumed {
+            set_aside_later(dir, state.progress.step)?;
+        }
         check_room(dir, topo, state.preprocess.image_size, opts.keep)?;
         // Again under the lock: a run may have started since the check.
         if !resumed {
@@ -213,6 +256,19 @@ impl RunDir {
     /// `best`), keep the newest `keep`, and return its path. A failed write
     /// says how to continue from the previous one.
     pub fn save(&mut self, state: &RunState, tensors: &[Tensor], best: bool) -> Result<PathBuf> {
+        // A checkpoint is a point to go back to: never one of a diverged run.
+        if let Some(t) = tensors
+            .iter()
+            .find(|t| t.data.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::Diverged {
+                what: format!(
+                    "step {}: {} holds values that are not finite numbers, so no checkpoint was written",
+                    state.progress.step, t.name
+                ),
+                fix: self.after_divergence(state.progress.lr),
+            });
+        }
         let path = self
             .dir
             .join(checkpoint::checkpoint_name(state.progress.step));
@@ -245,6 +301,32 @@ impl RunDir {
         checkpoint::prune(&self.dir, self.keep)?;
         self.last = Some(path.clone());
         Ok(path)
+    }
+
+    /// How to go on after the run diverged at learning rate `lr`: at a
+    /// tenth of the rate from the newest checkpoint (from before: `save`
+    /// writes none with a non-finite value), or from the best epoch's,
+    /// whose weights validation has seen work.
+    pub fn after_divergence(&self, lr: f32) -> String {
+        let lower = lr / 10.0;
+        let Some(newest) = &self.last else {
+            return format!(
+                "no checkpoint was written before it: start again with a lower rate than {lr:.1e}, e.g. --lr {lower:.1e}"
+            );
+        };
+        let mut fix = format!(
+            "continue at a lower rate from the newest checkpoint, {} (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
+            newest.display(),
+            shell::word(&self.dir)
+        );
+        let best = self.dir.join("best.safetensors");
+        if best.is_file() {
+            fix += &format!(
+                ", or, if the loss had been climbing for a while, from the epoch with the lowest validation error (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
+                shell::word(&best)
+            );
+        }
+        fix
     }
 
     /// Redraw `curves.png` from the step rows and `epochs`. A failed plot

@@ -196,6 +196,13 @@ pub fn start_state(
         st.options.epochs = opts.run.epochs;
         st.data = data_path(opts);
         display::resuming(ck, &st.progress);
+        if let Some(lr) = opts.lr_from_here {
+            info!(
+                "learning rate {:.1e} from step {} on (--lr; the run had reached {:.1e})",
+                lr, st.progress.step, st.progress.lr
+            );
+            st.progress.lr = lr;
+        }
         return Ok((st, true));
     }
     let epoch_batches = data.train_idx.len() / opts.run.batch;
