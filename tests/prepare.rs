@@ -917,6 +917,28 @@ fn links(file: &Path, root: &Path, n: u64) -> TestResult {
     Ok(())
 }
 
+/// Run `prepare` with `flags` on (train, val) into `out`; it must refuse,
+/// saying that the `n` images still to write do not fit. Returns stderr.
+fn refused_for_room(
+    flags: &[&str],
+    (train, val): (&Path, Option<&Path>),
+    out: &Path,
+    n: u64,
+) -> String {
+    let (train, out) = (train.to_string_lossy(), out.to_string_lossy());
+    let mut args = vec!["prepare", "--no-progress", "--train", &train, "--out", &out];
+    args.extend_from_slice(flags);
+    let val = val.map(|v| v.to_string_lossy().into_owned());
+    if let Some(v) = &val {
+        args.extend(["--val", v]);
+    }
+    let (ok, _, err) = cli(&args);
+    assert!(!ok, "prepare went ahead: {err}");
+    let want = format!("the {n} images still to write");
+    assert!(err.contains(&want), "{want}: {err}");
+    err
+}
+
 #[test]
 fn a_raw_store_that_cannot_fit_is_refused_before_any_image_is_read() -> TestResult {
     // Raw at 4096 is 4096 x 4096 x 3 bytes an image: more links than the
@@ -929,22 +951,12 @@ fn a_raw_store_that_cannot_fit_is_refused_before_any_image_is_read() -> TestResu
     links(&pic, &t.path().join("tree"), n)?;
     let out = t.path().join("stores");
     let start = std::time::Instant::now();
-    let (ok, _, err) = cli(&[
-        "prepare",
-        "--no-progress",
-        "--size",
-        "4096",
-        "--format",
-        "raw",
-        "--train",
-        &t.path().join("tree").to_string_lossy(),
-        "--out",
-        &out.to_string_lossy(),
-    ]);
-    assert!(!ok, "prepare went ahead: {err}");
-    assert!(
-        err.contains(&format!("the {n} images still to write")),
-        "{err}"
+    let tree = t.path().join("tree");
+    let err = refused_for_room(
+        &["--size", "4096", "--format", "raw"],
+        (&tree, None),
+        &out,
+        n,
     );
     assert!(err.contains("4096x4096x3 bytes, raw"), "{err}");
     assert!(
@@ -985,25 +997,9 @@ fn a_jpeg_store_is_measured_as_it_goes_and_stopped_before_the_disk_fills() -> Te
     let n = df_free(t.path())? / each + 20;
     links(&tree.join("n01_cat/a.JPEG"), &t.path().join("val"), n)?;
     let out = t.path().join("stores");
-    let (ok, _, err) = cli(&[
-        "prepare",
-        "--no-progress",
-        "--size",
-        "1024",
-        "--quality",
-        "100",
-        "--train",
-        &tree.to_string_lossy(),
-        "--val",
-        &t.path().join("val").to_string_lossy(),
-        "--out",
-        &out.to_string_lossy(),
-    ]);
-    assert!(!ok, "prepare went ahead: {err}");
-    assert!(
-        err.contains(&format!("the {n} images still to write")),
-        "{err}"
-    );
+    let val = t.path().join("val");
+    let flags = ["--size", "1024", "--quality", "100"];
+    let err = refused_for_room(&flags, (&tree, Some(&val)), &out, n);
     assert!(err.contains("measured over the 2 written so far"), "{err}");
     assert!(err.contains("untouched"), "{err}");
     // Nothing was committed: no store to open, no files of the new one.
