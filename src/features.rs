@@ -138,11 +138,23 @@ fn for_each_batch<B: Backend>(
 }
 
 /// What [`write_features`] wrote: the row width, the set's image of each
-/// row, and the images left out because they could not be read.
+/// row, and the images left out because they could not be read (their
+/// indices in the set, and why).
 pub struct Written {
     pub width: usize,
     pub kept: Vec<usize>,
+    pub left_out: Vec<usize>,
     pub unread: Vec<Error>,
+}
+
+/// `indices` in order, without those in `left_out`.
+fn without(indices: &[usize], left_out: &[usize]) -> Vec<usize> {
+    let out: HashSet<usize> = left_out.iter().copied().collect();
+    indices
+        .iter()
+        .copied()
+        .filter(|i| !out.contains(i))
+        .collect()
 }
 
 /// Write `layer`'s activations for `indices` of `set` to `out` ([rows,
@@ -167,22 +179,16 @@ pub fn write_features<B: Backend>(
     };
     let sink = |rows: &[f32]| w.append(rows);
     let (width, unread) = for_each_batch(net, layer, set, indices, &cfg, sink, on_batch)?;
-    if unread.len() == indices.len() {
-        let (_, errors): (Vec<usize>, Vec<Error>) = unread.into_iter().unzip();
-        return Err(unread_error(errors, indices.len()));
+    let (left_out, unread): (Vec<usize>, Vec<Error>) = unread.into_iter().unzip();
+    if left_out.len() == indices.len() {
+        return Err(unread_error(unread, indices.len()));
     }
-    w.leave_out(unread.len())?;
+    w.leave_out(left_out.len())?;
     w.finish()?;
-    let left_out: HashSet<usize> = unread.iter().map(|(i, _)| *i).collect();
-    let kept = indices
-        .iter()
-        .copied()
-        .filter(|i| !left_out.contains(i))
-        .collect();
-    let unread = unread.into_iter().map(|(_, e)| e).collect();
     Ok(Written {
         width,
-        kept,
+        kept: without(indices, &left_out),
+        left_out,
         unread,
     })
 }
@@ -212,23 +218,13 @@ struct FeaturesMeta {
 }
 
 /// Record that `layer` of `ck` computed the features file `features`, and
-/// which images of the set (`asked`, less the rows `kept`) were left out.
-fn write_meta(
-    features: &Path,
-    ck: &Checkpoint,
-    layer: &str,
-    (asked, kept): (&[usize], &[usize]),
-) -> Result<()> {
-    let kept: HashSet<usize> = kept.iter().copied().collect();
+/// which images of the set were left out of its rows.
+fn write_meta(features: &Path, ck: &Checkpoint, layer: &str, left_out: &[usize]) -> Result<()> {
     let meta = FeaturesMeta {
         layer: layer.to_string(),
         checkpoint: ck.path.display().to_string(),
         weights_crc32: ck.weights_crc32(),
-        left_out: asked
-            .iter()
-            .copied()
-            .filter(|i| !kept.contains(i))
-            .collect(),
+        left_out: left_out.to_vec(),
     };
     let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Data(e.to_string()))?;
     write_atomic(&meta_path(features), text.as_bytes())
@@ -541,8 +537,9 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         None => None,
     };
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
+    // Features read from a file: this run reads none of the set's images.
     let (features, rows, unread) = match given {
-        Some(read) => read,
+        Some((f, rows)) => (f, rows, Vec::new()),
         None => set_features(&mut net, job, &fs, &indices, &cfg)?,
     };
     check_job(job, rows.len())?;
@@ -577,7 +574,7 @@ fn set_features<B: Backend>(
     })?;
     pb.finish_and_clear();
     write_rows_csv(&rows_csv_path(&features), job.ck, fs, &w.kept)?;
-    write_meta(&features, job.ck, NEIGHBOR_LAYER, (indices, &w.kept))?;
+    write_meta(&features, job.ck, NEIGHBOR_LAYER, &w.left_out)?;
     Ok((features, w.kept, w.unread))
 }
 
@@ -600,15 +597,15 @@ fn check_job(job: &NeighborsJob, n: usize) -> Result<()> {
 
 /// A given features file, checked against the set (its rows `indices`,
 /// less those its record says were left out as unreadable) and the network
-/// (`width` values a row, of config `config`). Returns the file, the set's
-/// image of each row, and no unread images (this run read none).
+/// (`width` values a row, of config `config`). Returns the file and the
+/// set's image of each row.
 fn check_features(
     job: &NeighborsJob,
     f: &Path,
     fs: &FeatureSet,
     indices: &[usize],
     (width, config): (usize, &str),
-) -> Result<(PathBuf, Vec<usize>, Vec<Error>)> {
+) -> Result<(PathBuf, Vec<usize>)> {
     let rows = NpyRows::open(f)?;
     if rows.cols != width {
         return Err(Error::Data(format!(
@@ -617,12 +614,7 @@ fn check_features(
             rows.cols,
         )));
     }
-    let left_out: HashSet<usize> = check_meta(f, job.ck)?.into_iter().collect();
-    let kept: Vec<usize> = indices
-        .iter()
-        .copied()
-        .filter(|i| !left_out.contains(i))
-        .collect();
+    let kept = without(indices, &check_meta(f, job.ck)?);
     let n = kept.len();
     if rows.rows != n {
         let unread = match indices.len() - n {
@@ -638,7 +630,7 @@ fn check_features(
         )));
     }
     check_rows_csv(f, fs, &kept)?;
-    Ok((f.to_path_buf(), kept, Vec::new()))
+    Ok((f.to_path_buf(), kept))
 }
 
 /// The rows of features file `f` as its `.rows.csv` lists them (image
@@ -895,7 +887,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     pb.finish_and_clear();
     let rows_csv = rows_csv_path(job.out);
     write_rows_csv(&rows_csv, ck, &fs, &w.kept)?;
-    write_meta(job.out, ck, job.layer, (&indices, &w.kept))?;
+    write_meta(job.out, ck, job.layer, &w.left_out)?;
     Ok(FeaturesReport {
         rows: w.kept.len(),
         width: w.width,
