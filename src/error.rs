@@ -55,6 +55,15 @@ impl Error {
         }
     }
 
+    /// `Diverged`'s fix when no checkpoint is at hand: a run at a tenth
+    /// of the rate `lr` that diverged.
+    pub fn lower_rate(lr: f32) -> String {
+        format!(
+            "start again with a lower rate than {lr:.1e}, e.g. --lr {:.1e}",
+            lr / 10.0
+        )
+    }
+
     /// The file and the reason, without the fix: "a.jpg (empty file)",
     /// for lists of failures that state the fix once.
     pub fn brief(&self) -> String {

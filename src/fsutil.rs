@@ -2,8 +2,8 @@
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
 //! folder so the rename itself survives a power cut. `write_csv` is the
-//! same for a table; `free_bytes` is the room left on a folder's disk, `size`
-//! a byte count as text.
+//! same for a table; `short_of_room` says when a folder's disk has too
+//! little free space, `size` writes a byte count as text.
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -196,7 +196,7 @@ pub fn sync_dir(path: &Path) -> Result<()> {
 /// Bytes an unprivileged process may still write on the disk that holds
 /// `dir` (statvfs: available blocks times the block size). None where the
 /// OS does not say.
-pub fn free_bytes(dir: &Path) -> Result<Option<u64>> {
+fn free_bytes(dir: &Path) -> Result<Option<u64>> {
     #[cfg(unix)]
     {
         let st = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, e.into()))?;
@@ -209,8 +209,14 @@ pub fn free_bytes(dir: &Path) -> Result<Option<u64>> {
     }
 }
 
+/// The bytes free on the disk that holds (or will hold) `dir`, when they
+/// are fewer than `need`; None when there is room or the OS does not say.
+pub fn short_of_room(dir: &Path, need: u64) -> Result<Option<u64>> {
+    Ok(free_bytes(made_in(dir))?.filter(|&free| free < need))
+}
+
 /// `dir`, or the nearest folder above it that exists (where it will be made).
-pub fn made_in(dir: &Path) -> &Path {
+fn made_in(dir: &Path) -> &Path {
     dir.ancestors()
         .map(|a| match a.as_os_str().is_empty() {
             true => Path::new("."),

@@ -96,11 +96,7 @@ impl StepLog {
             if !m.loss.is_finite() {
                 return Err(Error::Diverged {
                     what: format!("epoch {}, step {}: the loss is {}", q.epoch, q.step, m.loss),
-                    fix: format!(
-                        "start again with a lower rate than {:.1e}, e.g. --lr {:.1e}",
-                        q.lr,
-                        q.lr / 10.0
-                    ),
+                    fix: Error::lower_rate(q.lr),
                 });
             }
             p.loss_sum += m.loss as f64 * q.images as f64;

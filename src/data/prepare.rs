@@ -27,7 +27,7 @@ use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
-use crate::fsutil::{free_bytes, made_in, refuse_file_in_the_way, size, write_atomic};
+use crate::fsutil::{refuse_file_in_the_way, short_of_room, size, write_atomic};
 
 /// Images handed to the thread pool at a time; results are written in order
 /// after each chunk, so memory holds at most one chunk of encoded images:
@@ -418,13 +418,10 @@ pub fn prepare_image(
 /// JPEG), plus the index and a source line. Hours into ImageNet's 1.28M
 /// images is the wrong time to find a full disk.
 fn check_room(dir: &Path, each: f64, left: usize, basis: &str) -> Result<()> {
-    let Some(free) = free_bytes(made_in(dir))? else {
+    let need = (left as f64 * (each * 1.02 + 128.0)) as u64;
+    let Some(free) = short_of_room(dir, need)? else {
         return Ok(());
     };
-    let need = (left as f64 * (each * 1.02 + 128.0)) as u64;
-    if free >= need {
-        return Ok(());
-    }
     Err(Error::Data(format!(
         "{}: its disk has {} free, and the {left} images still to write need about {} ({} each, {basis}); nothing is committed until a store is whole, so the previous one, if any, is untouched; free space, pass --out a folder on another disk, or make the store smaller (--format jpeg, a lower --quality or --size, or --limit)",
         dir.display(),

@@ -151,17 +151,14 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
 /// what the folder's checkpoints hold already. Hours in is the wrong time
 /// to find out.
 fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Result<()> {
-    let Some(free) = fsutil::free_bytes(fsutil::made_in(dir))? else {
-        return Ok(());
-    };
     let each = checkpoint::estimated_size(topo, image_size)?;
     let need = (keep.max(1) as u64 + 2)
         .saturating_mul(each)
         .saturating_sub(checkpoint_bytes(dir)?)
         .max(each);
-    if free >= need {
+    let Some(free) = fsutil::short_of_room(dir, need)? else {
         return Ok(());
-    }
+    };
     Err(Error::Data(format!(
         "run folder {}: its disk has {} free, and the run's checkpoints need about {} more ({} kept by --keep, best.safetensors and the one being written, about {} each); free space, pass --keep 1, or --out a folder on another disk",
         dir.display(),
@@ -311,7 +308,8 @@ impl RunDir {
         let lower = lr / 10.0;
         let Some(newest) = &self.last else {
             return format!(
-                "no checkpoint was written before it: start again with a lower rate than {lr:.1e}, e.g. --lr {lower:.1e}"
+                "no checkpoint was written before it: {}",
+                Error::lower_rate(lr)
             );
         };
         let mut fix = format!(
