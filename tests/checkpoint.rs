@@ -1029,6 +1029,15 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
     assert!(differs, "another rate trained the same weights");
 }
 
+/// `resume_args` with a checkpoint after every step, and `extra`.
+fn resume_every_step(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = resume_args(out);
+    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
+    a[every + 1] = "1".into();
+    a.extend(extra.iter().map(|f| f.to_string()));
+    a
+}
+
 /// Every f32 of a safetensors file is a finite number.
 fn all_finite(path: &Path) -> bool {
     tensors(path).iter().all(|(_, bytes)| {
@@ -1048,10 +1057,7 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     let d = data(t.path());
     let out = t.path().join("run");
     run_ok(&train_args(&d, &out, 1));
-    let mut a = resume_args(&out);
-    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
-    a[every + 1] = "1".into();
-    a.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
+    let a = resume_every_step(&out, &["--epochs", "2", "--lr", "1e30"]);
     let o = run(&a);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "a rate of 1e30 trained on: {err}");
@@ -1146,10 +1152,7 @@ fn a_nan_weight_the_loss_does_not_show_is_never_checkpointed() {
         &format!("{}conv5.weight", checkpoint::MOMENTUM),
         &ck.path,
     );
-    let mut a = resume_args(&out);
-    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
-    a[every + 1] = "1".into();
-    a.extend(["--epochs", "2"].map(String::from));
+    let a = resume_every_step(&out, &["--epochs", "2"]);
     let o = run(&a);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "trained on with a NaN weight: {err}");
