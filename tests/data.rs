@@ -451,6 +451,29 @@ fn resize_gives_short_side_then_centre_crop() -> TestResult {
     Ok(())
 }
 
+/// Every short side scales to sizes that are not powers of two (where
+/// `w / size * size` can round past `w`): a solid picture stays solid at
+/// the asked size, whichever side is short.
+#[test]
+fn every_short_side_scales_to_any_size() -> TestResult {
+    for size in [224, 227, 299] {
+        for short in (20..=620).step_by(3) {
+            let (w, h) = match short % 2 {
+                0 => (short, short + 13),
+                _ => (short + 13, short),
+            };
+            let out = resize_centre_crop(solid(w, h, [40, 90, 200]), size)
+                .map_err(|e| format!("{w}x{h} to {size}: {e}"))?;
+            assert_eq!(out.dimensions(), (size as u32, size as u32));
+            assert!(
+                out.pixels().all(|p| p.0 == [40, 90, 200]),
+                "{w}x{h} to {size}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Lanczos-3: sinc(x) sinc(x / 3) for |x| < 3.
 fn lanczos3(x: f64) -> f64 {
     let sinc = |t: f64| {

@@ -209,22 +209,27 @@ pub fn resize_centre_crop(img: RgbImage, size: usize) -> std::result::Result<Rgb
     // onto them under the full resize's scale, so each output pixel is the
     // one a full resize followed by a crop would give.
     let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    // `size * w / nw` can round one ulp past `w` when the crop spans the
+    // whole side; the box is clamped to the image.
+    let span = |start: u32, scale: f64, full: u32| {
+        let a = start as f64 * scale;
+        (a, (s as f64 * scale).min(full as f64 - a))
+    };
+    let ((left, width), (top, height)) = (span(x0, sx, w), span(y0, sy, h));
     let alg = ResizeAlg::Convolution(RESIZE_FILTER);
     let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
     let mut mid = Image::new(s, h, PixelType::U8x3);
     let mut resizer = Resizer::new();
-    let opts =
-        ResizeOptions::new()
-            .resize_alg(alg)
-            .crop(x0 as f64 * sx, 0.0, s as f64 * sx, h as f64);
+    let opts = ResizeOptions::new()
+        .resize_alg(alg)
+        .crop(left, 0.0, width, h as f64);
     resizer
         .resize(&src, &mut mid, &opts)
         .map_err(|e| e.to_string())?;
     let mut dst = Image::new(s, s, PixelType::U8x3);
-    let opts =
-        ResizeOptions::new()
-            .resize_alg(alg)
-            .crop(0.0, y0 as f64 * sy, s as f64, s as f64 * sy);
+    let opts = ResizeOptions::new()
+        .resize_alg(alg)
+        .crop(0.0, top, s as f64, height);
     resizer
         .resize(&mid, &mut dst, &opts)
         .map_err(|e| e.to_string())?;
