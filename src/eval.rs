@@ -317,6 +317,14 @@ pub fn fit_to_checkpoint(
             ck.state.preprocess.crop
         )));
     }
+    if set.size() != size && ck.mean_image().is_some() {
+        return Err(Error::Config(format!(
+            "{}: images are stored at {}x{}, but the checkpoint subtracts the {size}x{size} mean image of its training set (section 2 of the paper); prepare them with --size {size}, or pass a folder of class sub-folders (each image is scaled to {size} as it is read)",
+            path.display(),
+            set.size(),
+            set.size()
+        )));
+    }
     if set.size() != size {
         // The crops then cover another share of each image than in
         // training: accuracy changes with no error to show why.

@@ -805,3 +805,62 @@ fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
         }
     }
 }
+
+/// A checkpoint that subtracts its training set's mean image (the paper's
+/// preprocessing, as `alexnet-half` does) is not run on a store of another
+/// size, where that image would not fit: the error names the size to
+/// prepare at, and the class folder it suggests instead is scaled to fit.
+#[test]
+fn a_store_of_another_size_than_the_mean_image_is_refused_with_the_size_to_use() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (train_dir, val_dir) = (t.path().join("train"), t.path().join("val"));
+    write_demo_dataset(&train_dir, 2, 2, 240, 3).unwrap();
+    write_demo_dataset(&val_dir, 2, 1, 240, 4).unwrap();
+    let prepare = |out: &Path, size: &str| {
+        let (ok, _, err) = cli(&[
+            "prepare",
+            "--no-progress",
+            "--train",
+            &s(&train_dir),
+            "--val",
+            &s(&val_dir),
+            "--out",
+            &s(out),
+            "--size",
+            size,
+        ]);
+        assert!(ok, "{err}");
+    };
+    let (at_228, at_232) = (t.path().join("s228"), t.path().join("s232"));
+    prepare(&at_228, "228");
+    prepare(&at_232, "232");
+    let run = t.path().join("run");
+    let (ok, _, err) = cli(&[
+        "train",
+        "--cpu",
+        "--config",
+        "alexnet-half",
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--no-progress",
+        "--data",
+        &s(&at_228),
+        "--out",
+        &s(&run),
+    ]);
+    assert!(ok, "{err}");
+    let eval = |data: &Path| cli(&["eval", "--checkpoint", &s(&run), "--data", &s(data)]);
+    let (ok, _, err) = eval(&at_232);
+    assert!(!ok);
+    assert!(
+        err.contains("stored at 232x232") && err.contains("the 228x228 mean image"),
+        "{err}"
+    );
+    assert!(err.contains("prepare them with --size 228"), "{err}");
+    assert!(!err.contains("loader:"), "{err}");
+    let (ok, _, err) = eval(&val_dir);
+    assert!(ok, "{err}");
+}

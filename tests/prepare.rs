@@ -1076,3 +1076,98 @@ fn crops_smaller_than_the_input_are_zero_padded_around() -> TestResult {
     }
     Ok(())
 }
+
+/// `prepare` of `train` (and `val`) into `out` at `size` through the CLI;
+/// its standard error.
+fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str) -> String {
+    let s = |p: &Path| p.display().to_string();
+    let (train, out) = (s(train), s(out));
+    let mut args = vec![
+        "prepare",
+        "--no-progress",
+        "--size",
+        size,
+        "--train",
+        &train,
+    ];
+    let val = val.map(s);
+    if let Some(v) = &val {
+        args.extend(["--val", v]);
+    }
+    args.extend(["--out", &out]);
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{args:?}: {err}");
+    err
+}
+
+/// One cifar epoch on `store` through the CLI: success, standard error.
+fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
+    let (store, run) = (store.display().to_string(), run.display().to_string());
+    let (ok, _, err) = cli(&[
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--no-progress",
+        "--data",
+        &store,
+        "--out",
+        &run,
+    ]);
+    (ok, err)
+}
+
+#[test]
+fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, val) = (t.path().join("train"), t.path().join("val"));
+    good_tree(&train, 12, 48, 48)?;
+    good_tree(&val, 3, 48, 48)?;
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    prepare_cli(&train, Some(&val), &a, "32");
+    prepare_cli(&train, Some(&val), &b, "40");
+
+    // A val of another size (copied in from another store): the training
+    // mean image would not fit it. Refused before the first step.
+    fs::remove_dir_all(a.join("val"))?;
+    fs::rename(b.join("val"), a.join("val"))?;
+    let (ok, err) = train_cifar(&a, &t.path().join("run1"));
+    assert!(!ok, "{err}");
+    let (av, at) = (a.join("val"), a.join("train"));
+    let want = format!(
+        "{} holds 40x40 images and {} holds 32x32",
+        av.display(),
+        at.display()
+    );
+    assert!(
+        err.contains(&want) && err.contains("prepare them together"),
+        "{err}"
+    );
+    assert!(!t.path().join("run1/steps.csv").exists(), "{err}");
+
+    // A train store prepared again without --val: the old val is kept,
+    // named by prepare and by training, and used.
+    prepare_cli(&train, Some(&val), &a, "32");
+    let err = prepare_cli(&train, None, &a, "32");
+    assert!(
+        err.contains(&format!("{} is from an earlier prepare", av.display())),
+        "{err}"
+    );
+    let (ok, err) = train_cifar(&a, &t.path().join("run2"));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("{} was not prepared with", av.display())),
+        "{err}"
+    );
+
+    // Prepared together again: no warning.
+    let err = prepare_cli(&train, Some(&val), &a, "32");
+    assert!(!err.contains("earlier prepare"), "{err}");
+    let (ok, err) = train_cifar(&a, &t.path().join("run3"));
+    assert!(ok && !err.contains("was not prepared with"), "{err}");
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! - `meta.json`: format version, image size and encoding, class synsets and
 //!   names, per-class counts, the training statistics (channel mean and std,
 //!   RGB covariance and its PCA for the lighting noise), the checksums of the
-//!   files below and the generation that names them. It is written last,
+//!   files below and the generation that names them (for a val store, also
+//!   the train store's it was prepared with). It is written last,
 //!   atomically: it is the commit point.
 //! - `data-<gen>.bin`: every image back to back (JPEG or raw HWC RGB).
 //! - `index-<gen>.bin`: per image: offset u64, length u32, label u32,
@@ -79,6 +80,10 @@ pub struct StoreMeta {
     pub index_crc: u32,
     pub mean_crc: u32,
     pub sources_crc: u32,
+    /// For a val store: the generation of the train store prepared with it,
+    /// so training can tell a val left from an earlier `prepare`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_with: Option<String>,
 }
 
 /// One index record.

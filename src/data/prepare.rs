@@ -147,25 +147,41 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
         check_room(&opts.out, each, items.len() + val_count, &basis)?;
     }
-    let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later: usize| {
+    let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later, pair| {
         let to = Target {
             dir: opts.out.join(name),
             source,
             what: name,
             later,
+            paired_with: pair,
         };
         write_store(&to, items, &classes, &names, opts)
     };
-    let train = store("train", &opts.train, &items, val_count)?;
+    let train = store("train", &opts.train, &items, val_count, None)?;
     let val = match (&opts.val, val_items) {
-        (Some(v), Some(items)) => Some(store("val", v, &items, 0)?),
-        _ => None,
+        (Some(v), Some(items)) => Some(store("val", v, &items, 0, Some(train.generation.clone()))?),
+        _ => {
+            warn_of_earlier_val(&opts.out.join("val"));
+            None
+        }
     };
     Ok(PrepareReport {
         train,
         val,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A val store left beside a train store prepared without `--val`:
+/// training validates on it, so say where it came from.
+fn warn_of_earlier_val(dir: &Path) {
+    if let Ok(meta) = super::packed::read_meta(dir) {
+        tracing::warn!(
+            "{} is from an earlier prepare (of {}); training will validate on it; remove it to hold out --val training images instead, or prepare again with --val",
+            dir.display(),
+            meta.source
+        );
+    }
 }
 
 /// `synset name...` lines to a name per class (empty where not listed).
@@ -431,13 +447,16 @@ fn check_room(dir: &Path, each: f64, left: usize, basis: &str) -> Result<()> {
     )))
 }
 
-/// One store to write: where, from which tree, its name in messages, and
-/// how many images the stores after it will add (for the room check).
+/// One store to write: where, from which tree, its name in messages, how
+/// many images the stores after it will add (for the room check), and the
+/// store it pairs with.
 struct Target<'a> {
     dir: PathBuf,
     source: &'a Path,
     what: &'a str,
     later: usize,
+    /// For val: the train store's generation (`StoreMeta::paired_with`).
+    paired_with: Option<String>,
 }
 
 fn write_store(
@@ -545,6 +564,7 @@ fn write_store(
         index_crc: 0,
         mean_crc: 0,
         sources_crc: 0,
+        paired_with: to.paired_with.clone(),
     };
     let meta = writer.finish(meta, &mean_image)?;
     // The report of what was left out, next to the store it describes.

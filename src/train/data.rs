@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::packed::{is_store, PackedStore};
+use crate::data::packed::{is_store, PackedStore, StoreMeta};
 use crate::data::{
     workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet, ImageSource, Lighting,
     LoaderConfig, Pca,
@@ -180,7 +180,7 @@ fn load_store(
     let train: Arc<dyn ImageSource> = Arc::new(store);
     let (mut train_idx, val, val_idx) = match val_dir {
         Some(v) => {
-            let (vs, n) = open_val_store(train_dir, &v, &meta.classes)?;
+            let (vs, n) = open_val_store(train_dir, &v, &meta)?;
             ((0..train.len()).collect(), vs, (0..n).collect())
         }
         None => {
@@ -206,27 +206,52 @@ fn load_store(
     })
 }
 
-/// The validation store beside a training store, and its image count; it
-/// must list the same classes in the same order (labels are indices).
+/// The validation store beside a training store, and its image count. It
+/// must list the same classes in the same order (labels are indices) and
+/// hold images of the same size (the loader subtracts the training mean
+/// image, and the crops must cover the same share of each image); one left
+/// from an earlier `prepare` of the train store is used, with a warning.
 fn open_val_store(
     train_dir: &Path,
     v: &Path,
-    classes: &[String],
+    train: &StoreMeta,
 ) -> Result<(Arc<dyn ImageSource>, usize)> {
     let vs = PackedStore::open(v)?;
-    if vs.meta().classes != classes {
+    let meta = vs.meta();
+    let again = "prepare them together with `alexnet-cuda prepare --train ... --val ...`";
+    if meta.classes != train.classes {
         return Err(Error::Data(format!(
-            "{} and {} list different classes; prepare them together with `alexnet-cuda prepare --train ... --val ...`",
+            "{} and {} list different classes; {again}",
             train_dir.display(),
             v.display()
         )));
     }
-    info!(
-        "validating on the {} images of {}",
-        vs.meta().count,
-        v.display()
-    );
-    let n = vs.meta().count;
+    if meta.size != train.size {
+        return Err(Error::Data(format!(
+            "{} holds {}x{} images and {} holds {}x{}; validation crops would cover another share of each image, and the training mean image would not fit; {again}",
+            v.display(),
+            meta.size,
+            meta.size,
+            train_dir.display(),
+            train.size,
+            train.size
+        )));
+    }
+    // Stores from before the pairing was recorded carry none.
+    if meta
+        .paired_with
+        .as_ref()
+        .is_some_and(|g| *g != train.generation)
+    {
+        tracing::warn!(
+            "{} was not prepared with {} (it is from an earlier prepare, of {}); validating on it anyway; to be sure of it, {again}",
+            v.display(),
+            train_dir.display(),
+            meta.source
+        );
+    }
+    info!("validating on the {} images of {}", meta.count, v.display());
+    let n = meta.count;
     Ok((Arc::new(vs), n))
 }
 

@@ -91,5 +91,6 @@ fn meta(count: usize, size: usize) -> StoreMeta {
         index_crc: 0,
         mean_crc: 0,
         sources_crc: 0,
+        paired_with: None,
     }
 }
