@@ -239,7 +239,7 @@ pub fn demo_folder(
     what: &str,
     write: impl FnOnce(&Path) -> alexnet_cuda::error::Result<()>,
 ) -> Result<TempDir> {
-    remove_abandoned_demos(&std::env::temp_dir());
+    remove_abandoned_demos(&std::env::temp_dir(), own_uid());
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DEMO_PREFIX}{}-", std::process::id()))
         .tempdir()
@@ -255,8 +255,11 @@ pub fn demo_folder(
 const DEMO_PREFIX: &str = "alexnet-demo-";
 
 /// Remove the demo folders in `tmp` whose process has ended
-/// (`alexnet-demo-<pid>-*`); a failure only warns.
-fn remove_abandoned_demos(tmp: &Path) {
+/// (`alexnet-demo-<pid>-*`) and that belong to `uid` (another user's
+/// could not be removed, and its pid may be another machine's or
+/// namespace's); a failure only warns.
+fn remove_abandoned_demos(tmp: &Path, uid: Option<u32>) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
@@ -267,7 +270,8 @@ fn remove_abandoned_demos(tmp: &Path) {
             .and_then(|n| n.strip_prefix(DEMO_PREFIX))
             .and_then(|rest| rest.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if !pid.is_some_and(alexnet_cuda::fsutil::process_gone) {
+        let mine = e.metadata().is_ok_and(|m| Some(m.uid()) == uid);
+        if !mine || !pid.is_some_and(alexnet_cuda::fsutil::process_gone) {
             continue;
         }
         match std::fs::remove_dir_all(e.path()) {
@@ -277,5 +281,40 @@ fn remove_abandoned_demos(tmp: &Path) {
             ),
             Err(err) => tracing::warn!("{}: {err}", e.path().display()),
         }
+    }
+}
+
+/// This process's user id: the owner of `/proc/self`.
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed demo's folder is removed only when it is this user's.
+    #[test]
+    fn abandoned_demo_folders_of_this_user_only_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let dead = tmp.path().join(format!("{DEMO_PREFIX}{gone}-abc"));
+        let live = tmp
+            .path()
+            .join(format!("{DEMO_PREFIX}{}-abc", std::process::id()));
+        let other = tmp.path().join("unrelated");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let me = own_uid().unwrap();
+        remove_abandoned_demos(tmp.path(), Some(me + 1));
+        assert!(dead.exists(), "another user's folder was removed");
+        remove_abandoned_demos(tmp.path(), None);
+        assert!(dead.exists(), "removed with no user id known");
+        remove_abandoned_demos(tmp.path(), Some(me));
+        assert!(!dead.exists() && live.exists() && other.exists());
     }
 }
