@@ -4,8 +4,8 @@
 //! folder so the rename itself survives a power cut. `write_csv` is the
 //! same for a table; `short_of_room` says when a folder's disk has too
 //! little free space, `size` writes a byte count as text.
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -234,4 +234,36 @@ pub fn size(bytes: u64) -> String {
         1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
         _ => format!("{:.1} GB", b / 1e9),
     }
+}
+
+/// Lock `dir/.lock` for this process (released when it exits, however it
+/// exits), with its pid written in for the next process's error, which
+/// names `holder` ("another training process").
+pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
+    let path = dir.join(".lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(Error::Config(format!(
+                "{} is in use by {holder} (pid {}); wait for it to end, or pass another --out",
+                dir.display(),
+                pid.trim()
+            )));
+        }
+        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    let pid = std::process::id().to_string();
+    f.set_len(0)
+        .and_then(|()| f.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(f)
 }

@@ -1171,3 +1171,39 @@ fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -
     assert!(ok && !err.contains("was not prepared with"), "{err}");
     Ok(())
 }
+
+/// A second prepare into a folder another is writing would delete that
+/// one's files: it is refused at once, naming the holder's pid (a lock
+/// held here, as a running prepare holds it); once free, it runs.
+#[test]
+fn a_prepare_into_a_folder_another_prepare_holds_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 3, 40, 40)?;
+    let out = t.path().join("store");
+    fs::create_dir_all(&out)?;
+    let held = fs::File::create(out.join(".lock"))?;
+    held.lock()?;
+    fs::write(out.join(".lock"), "4242")?;
+    let (s_train, s_out) = (train.display().to_string(), out.display().to_string());
+    let args = [
+        "prepare",
+        "--no-progress",
+        "--size",
+        "32",
+        "--train",
+        &s_train,
+        "--out",
+        &s_out,
+    ];
+    let (ok, _, err) = cli(&args);
+    assert!(!ok);
+    let want = format!("{s_out} is in use by another prepare (pid 4242)");
+    assert!(err.contains(&want), "{err}");
+    assert!(!out.join("train").exists(), "{err}");
+    drop(held);
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert_eq!(read_meta(&out.join("train"))?.count, 6);
+    Ok(())
+}

@@ -27,7 +27,7 @@ use super::lighting::Pca;
 use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
-use crate::fsutil::{refuse_file_in_the_way, short_of_room, size, write_atomic};
+use crate::fsutil::{lock_folder, refuse_file_in_the_way, short_of_room, size, write_atomic};
 
 /// Images handed to the thread pool at a time; results are written in order
 /// after each chunk, so memory holds at most one chunk of encoded images:
@@ -147,6 +147,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
         check_room(&opts.out, each, items.len() + val_count, &basis)?;
     }
+    // Two prepares into one folder would delete each other's files.
+    fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let _lock = lock_folder(&opts.out, "another prepare")?;
     let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later, pair| {
         let to = Target {
             dir: opts.out.join(name),

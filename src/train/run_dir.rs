@@ -3,8 +3,7 @@
 //! TensorBoard events and the plot (`curves.png`). One run per folder: a
 //! fresh run refuses a folder that already holds one, and a lock
 //! (`.lock`) refuses a second process while one is running.
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,6 +24,9 @@ use crate::tensorboard::EventWriter;
 
 use super::options::TrainOptions;
 
+/// Who holds a run folder's lock, for the next process's error.
+const TRAINING: &str = "another training process";
+
 /// An open run folder and what the run writes into it.
 pub struct RunDir {
     /// `.lock`, locked while the run is open: one process per folder.
@@ -43,37 +45,6 @@ pub struct RunDir {
     title: String,
 }
 
-/// Lock `dir/.lock` for this process (released when it exits, however it
-/// exits), with its pid written in for the next process's error.
-fn lock_folder(dir: &Path) -> Result<File> {
-    let path = dir.join(".lock");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
-            return Err(Error::Config(format!(
-                "{} is in use by another training process (pid {}); wait for it to end, or pass another --out",
-                dir.display(),
-                pid.trim()
-            )));
-        }
-        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-    }
-    let pid = std::process::id().to_string();
-    f.set_len(0)
-        .and_then(|()| f.write_all(pid.as_bytes()))
-        .map_err(|e| Error::io(&path, e))?;
-    Ok(f)
-}
-
 /// Refuse a run folder that cannot be one: a file in its place or above
 /// it, a folder another process is training in, for a fresh run one that
 /// already holds a run's checkpoints, or one on a disk without room for
@@ -85,7 +56,7 @@ pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize)
     if !dir.is_dir() {
         return Ok(());
     }
-    drop(lock_folder(dir)?);
+    drop(fsutil::lock_folder(dir, TRAINING)?);
     if !resumed {
         refuse_existing_run(dir)?;
     }
@@ -204,7 +175,7 @@ impl RunDir {
         })?;
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
-        let lock = lock_folder(dir)?;
+        let lock = fsutil::lock_folder(dir, TRAINING)?;
         fsutil::remove_abandoned_temps(dir, None)?;
         if resumed {
             set_aside_later(dir, state.progress.step)?;
