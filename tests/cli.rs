@@ -864,6 +864,20 @@ fn demo_learns_its_data_set() {
         .unwrap_or_else(|| panic!("no final accuracy in: {stdout}"));
     println!("{stdout}");
     assert!(last >= 80.0, "demo ended at {last}% top-1: {stdout}");
+    // After each epoch but the last, the time the rest will take.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let left_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(" left: about "))
+        .collect();
+    assert_eq!(left_lines.len(), 5, "{err}");
+    for (line, n) in left_lines.iter().zip((1..=5).rev()) {
+        let s = if n == 1 { "" } else { "s" };
+        assert!(
+            line.contains(&format!(" {n} epoch{s} left: about ")),
+            "{line}"
+        );
+    }
     // 500 images the run never saw, drawn from the same classes: recognised
     // about as well as the validation images (1 point of sampling error
     // each at these accuracies; 10 allowed), not at chance.

@@ -1,6 +1,7 @@
 //! What the trainer shows as it runs: the lines that describe a run as it
 //! starts, the epoch's progress bar and its numbers, and the epoch's log
-//! line, with advice when the loader held training back.
+//! line, with advice when the loader held training back, and the time the
+//! run has left.
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -147,5 +148,48 @@ pub fn epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: u
             s.epoch,
             100.0 * s.data_wait
         );
+    }
+}
+
+/// After `epoch` of `epochs`, the time the rest will take at `per_epoch`
+/// seconds each (training, validation and checkpoint, as measured so far in
+/// this process): for a days-long run, when to come back.
+pub fn time_left(epoch: usize, epochs: usize, per_epoch: f64) {
+    let left = epochs.saturating_sub(epoch);
+    if left == 0 {
+        return;
+    }
+    let s = if left == 1 { "" } else { "s" };
+    info!(
+        "{left} epoch{s} left: about {} at this pace",
+        duration(left as f64 * per_epoch)
+    );
+}
+
+/// `secs` in the two largest units: 45s, 12m 5s, 3h 20m, 2d 3h.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    let (d, h, m) = (s / 86_400, s / 3_600 % 24, s / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {}s", s % 60),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_in_their_two_largest_units() {
+        assert_eq!(duration(0.4), "0s");
+        assert_eq!(duration(45.0), "45s");
+        assert_eq!(duration(12.0 * 60.0 + 5.0), "12m 5s");
+        assert_eq!(duration(3.0 * 3600.0 + 20.0 * 60.0 + 59.0), "3h 20m");
+        assert_eq!(duration(2.0 * 86_400.0 + 3.0 * 3600.0 + 1.0), "2d 3h");
+        // 90 epochs of 35 minutes: the paper's recipe at a slow pace.
+        assert_eq!(duration(90.0 * 35.0 * 60.0), "2d 4h");
     }
 }

@@ -168,6 +168,8 @@ impl<'a> Trainer<'a> {
             if self.out_of_time(epoch, epochs_run) {
                 break;
             }
+            let per_epoch = self.start.elapsed().as_secs_f64() / epochs_run as f64;
+            display::time_left(epoch, self.opts.run.epochs, per_epoch);
         }
         Ok(self.report)
     }
