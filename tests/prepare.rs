@@ -1207,3 +1207,54 @@ fn a_prepare_into_a_folder_another_prepare_holds_is_refused() -> TestResult {
     assert_eq!(read_meta(&out.join("train"))?.count, 6);
     Ok(())
 }
+
+/// Images whose blue is the same in every pixel have a blue std of 0: the
+/// run divides that channel by 1 (its centred values are 0 either way),
+/// says so, and trains; the other channels keep the store's std.
+#[test]
+fn a_channel_with_no_variation_is_left_unscaled_not_divided_by_zero() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    for (c, class) in ["n01_a", "n02_b"].iter().enumerate() {
+        fs::create_dir_all(train.join(class))?;
+        for i in 0..6u32 {
+            let img = RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([(x * 7 + i * 3) as u8, (y * 5 + c as u32 * 40) as u8, 77])
+            });
+            img.save(train.join(class).join(format!("{i}.png")))?;
+        }
+    }
+    let store = t.path().join("store");
+    let o = opts(&train, &store, 32, Encoding::Raw);
+    prepare(&o)?;
+    let std = read_meta(&store.join("train"))?.stats.channel_std;
+    assert!(std[0] > 1.0 && std[1] > 1.0 && std[2] == 0.0, "{std:?}");
+    let run = t.path().join("run");
+    let (s_store, s_run) = (store.display().to_string(), run.display().to_string());
+    let (ok, _, err) = cli(&[
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--val",
+        "2",
+        "--no-progress",
+        "--data",
+        &s_store,
+        "--out",
+        &s_run,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("the blue channel has the same value in every training pixel"),
+        "{err}"
+    );
+    let ck = alexnet_cuda::checkpoint::load_resolved(&run)?;
+    let got = ck.state.preprocess.std.ok_or("no std in the checkpoint")?;
+    assert_eq!(got, [std[0] as f32, std[1] as f32, 1.0]);
+    Ok(())
+}

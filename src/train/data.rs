@@ -45,14 +45,43 @@ pub struct TrainData {
 /// decoded into memory (slow to start and bounded by `max_memory`).
 pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
-    if is_store(root) {
+    let mut data = if is_store(root) {
         load_store(opts, root, None)
     } else if is_store(&root.join("train")) {
         let v = root.join("val");
         load_store(opts, &root.join("train"), is_store(&v).then_some(v))
     } else {
         load_folder(opts, image_size)
+    }?;
+    data.std = usable_std(data.std, root);
+    Ok(data)
+}
+
+/// The channel std to divide by: a channel with no variation in the
+/// training images (std 0) is the same value in every pixel, so
+/// subtracting its mean already makes it 0; it is divided by 1, not 0.
+fn usable_std(std: [f32; 3], data: &Path) -> [f32; 3] {
+    let flat: Vec<&str> = (0..3)
+        .filter(|&c| !(std[c] > 0.0 && std[c].is_finite()))
+        .map(|c| ["red", "green", "blue"][c])
+        .collect();
+    if !flat.is_empty() {
+        tracing::warn!(
+            "{}: the {} channel{} the same value in every training pixel; left unscaled{}",
+            data.display(),
+            match flat.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                _ => flat.concat(),
+            },
+            if flat.len() == 1 { " has" } else { "s have" },
+            if flat.len() == 3 {
+                ": every image is one flat colour, so there is nothing to learn; check the data"
+            } else {
+                ""
+            }
+        );
     }
+    std.map(|s| if s > 0.0 && s.is_finite() { s } else { 1.0 })
 }
 
 /// A raw class-folder tree, decoded into memory and split by `--val`.
