@@ -61,27 +61,27 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
 /// training images (std 0) is the same value in every pixel, so
 /// subtracting its mean already makes it 0; it is divided by 1, not 0.
 fn usable_std(std: [f32; 3], data: &Path) -> [f32; 3] {
-    let flat: Vec<&str> = (0..3)
-        .filter(|&c| !(std[c] > 0.0 && std[c].is_finite()))
-        .map(|c| ["red", "green", "blue"][c])
+    let usable = |s: f32| s > 0.0 && s.is_finite();
+    let flat: Vec<&str> = ["red", "green", "blue"]
+        .into_iter()
+        .zip(std)
+        .filter(|&(_, s)| !usable(s))
+        .map(|(name, _)| name)
         .collect();
-    if !flat.is_empty() {
-        tracing::warn!(
-            "{}: the {} channel{} the same value in every training pixel; left unscaled{}",
-            data.display(),
-            match flat.split_last() {
-                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-                _ => flat.concat(),
-            },
-            if flat.len() == 1 { " has" } else { "s have" },
-            if flat.len() == 3 {
-                ": every image is one flat colour, so there is nothing to learn; check the data"
-            } else {
-                ""
-            }
-        );
-    }
-    std.map(|s| if s > 0.0 && s.is_finite() { s } else { 1.0 })
+    let (names, verb) = match flat.as_slice() {
+        [] => return std,
+        [one] => (one.to_string(), "channel has"),
+        [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "channels have"),
+    };
+    let hint = match flat.len() {
+        3 => ": every image is one flat colour, so there is nothing to learn; check the data",
+        _ => "",
+    };
+    tracing::warn!(
+        "{}: the {names} {verb} the same value in every training pixel; left unscaled{hint}",
+        data.display()
+    );
+    std.map(|s| if usable(s) { s } else { 1.0 })
 }
 
 /// A raw class-folder tree, decoded into memory and split by `--val`.
