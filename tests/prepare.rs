@@ -822,23 +822,8 @@ fn train_runs_on_a_prepared_store_with_its_val_split() -> TestResult {
         stdout.contains("train: 48 images") && stdout.contains("val: 8 images"),
         "{stdout}"
     );
-    let o = Command::new(bin)
-        .args([
-            "train",
-            "--cpu",
-            "--config",
-            "cifar",
-            "--epochs",
-            "1",
-            "--batch",
-            "8",
-            "--no-progress",
-            "--data",
-        ])
-        .arg(&out)
-        .output()?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (ok, err) = train_cifar(&out, &t.path().join("run"));
+    assert!(ok, "{err}");
     assert!(err.contains("validating on the 8 images"), "{err}");
     assert!(err.contains("48 train / 8 val images"), "{err}");
     Ok(())
@@ -1100,25 +1085,22 @@ fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str) -> Stri
     err
 }
 
-/// One cifar epoch on `store` through the CLI: success, standard error.
+/// One cifar epoch on `store` through the CLI, logging at info: success,
+/// standard error.
 fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
-    let (store, run) = (store.display().to_string(), run.display().to_string());
-    let (ok, _, err) = cli(&[
-        "train",
-        "--cpu",
-        "--config",
-        "cifar",
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-        "--no-progress",
-        "--data",
-        &store,
-        "--out",
-        &run,
-    ]);
-    (ok, err)
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["train", "--cpu", "--config", "cifar", "--epochs", "1"])
+        .args(["--batch", "8", "--no-progress", "--data"])
+        .arg(store)
+        .arg("--out")
+        .arg(run)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run alexnet-cuda train");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
