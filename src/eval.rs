@@ -317,24 +317,19 @@ pub fn fit_to_checkpoint(
             ck.state.preprocess.crop
         )));
     }
-    if set.size() != size && ck.mean_image().is_some() {
+    let stored = set.size();
+    if stored != size && ck.mean_image().is_some() {
         return Err(Error::Config(format!(
-            "{}: images are stored at {}x{}, but the checkpoint subtracts the {size}x{size} mean image of its training set (section 2 of the paper); prepare them with --size {size}, or pass a folder of class sub-folders (each image is scaled to {size} as it is read)",
-            path.display(),
-            set.size(),
-            set.size()
+            "{}: images are stored at {stored}x{stored}, but the checkpoint subtracts the {size}x{size} mean image of its training set (section 2 of the paper); prepare them with --size {size}, or pass a folder of class sub-folders (each image is scaled to {size} as it is read)",
+            path.display()
         )));
-    }
-    if set.size() != size {
+    } else if stored != size {
         // The crops then cover another share of each image than in
         // training: accuracy changes with no error to show why.
+        let crop = ck.state.preprocess.crop;
         tracing::warn!(
-            "{}: images are stored at {}x{}, but the run trained on {size}x{size}; its {}x{} crops see another share of each image, which changes the error; prepare them with --size {size} to evaluate as trained",
-            path.display(),
-            set.size(),
-            set.size(),
-            ck.state.preprocess.crop,
-            ck.state.preprocess.crop
+            "{}: images are stored at {stored}x{stored}, but the run trained on {size}x{size}; its {crop}x{crop} crops see another share of each image, which changes the error; prepare them with --size {size} to evaluate as trained",
+            path.display()
         );
     }
     let Some(map) = class_map(path, set.classes(), &ck.state.classes)? else {

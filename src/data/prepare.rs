@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use super::decode::{decode_file, encode_jpeg};
 use super::folder::{image_kinds, is_hidden, is_image_name, read_dir_sorted, ImageFolder, Kind};
 use super::lighting::Pca;
-use super::packed::{Encoding, Stats, StoreMeta, StoreWriter};
+use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
 use crate::fsutil::{lock_folder, refuse_file_in_the_way, short_of_room, size, write_atomic};
@@ -178,7 +178,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
 /// A val store left beside a train store prepared without `--val`:
 /// training validates on it, so say where it came from.
 fn warn_of_earlier_val(dir: &Path) {
-    if let Ok(meta) = super::packed::read_meta(dir) {
+    if let Ok(meta) = read_meta(dir) {
         tracing::warn!(
             "{} is from an earlier prepare (of {}); training will validate on it; remove it to hold out --val training images instead, or prepare again with --val",
             dir.display(),
