@@ -348,6 +348,24 @@ fn absurd_dimensions_are_refused_before_decoding() -> TestResult {
     let p = t.path().join("wide.png");
     GrayImage::new(20_001, 1).save_with_format(&p, ImageFormat::Png)?;
     expect_image_err(decode_file(&p, 8), &p);
+    let text = format!("{:?}", decode_file(&p, 8));
+    assert!(text.contains("at most 20000 pixels a side"), "{text}");
+    Ok(())
+}
+
+/// A header that asks for more pixel memory than one decode may take
+/// (12000 x 12000 RGB is 432 MB) is refused for that, before the pixels are
+/// allocated, though each side is within bounds.
+#[test]
+fn a_header_asking_for_too_much_memory_is_refused_before_decoding() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("bomb.ppm");
+    fs::write(&p, b"P6\n12000 12000\n255\n\x00\x00\x00")?;
+    let text = match decode_file(&p, 8) {
+        Err(Error::Image { path, msg }) if path == p => msg,
+        other => panic!("expected an image error naming {p:?}, got {other:?}"),
+    };
+    assert!(text.contains("12000x12000 pixels take 411 MB"), "{text}");
     Ok(())
 }
 
@@ -468,6 +486,60 @@ fn every_short_side_scales_to_any_size() -> TestResult {
             assert!(
                 out.pixels().all(|p| p.0 == [40, 90, 200]),
                 "{w}x{h} to {size}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A big-endian TIFF block holding one IFD entry: Orientation (tag 0x0112,
+/// type SHORT, one value), as CIPA DC-008 (Exif 2.32) lays it out.
+fn exif_orientation(value: u16) -> Vec<u8> {
+    let mut t = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+    t.extend([0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1]);
+    t.extend(value.to_be_bytes());
+    t.extend([0, 0, 0, 0, 0, 0]);
+    t
+}
+
+/// Each EXIF orientation is applied as the standard defines it: a stored
+/// picture of four coloured quadrants is read as a viewer shows it (the
+/// table gives the displayed top-left, top-right, bottom-left and
+/// bottom-right of stored R G / B W for each value 1..=8).
+#[test]
+fn an_exif_orientation_is_applied_as_the_standard_defines() -> TestResult {
+    use image::ImageEncoder;
+    let (r, g, b, w) = ([220, 30, 30], [30, 220, 30], [30, 30, 220], [240, 240, 240]);
+    let stored = RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([[r, g], [b, w]][(y / 16) as usize][(x / 16) as usize])
+    });
+    let shown = [
+        [r, g, b, w],
+        [g, r, w, b],
+        [w, b, g, r],
+        [b, w, r, g],
+        [r, b, g, w],
+        [b, r, w, g],
+        [w, g, b, r],
+        [g, w, r, b],
+    ];
+    let t = TempDir::new()?;
+    for (i, want) in shown.iter().enumerate() {
+        let p = t.path().join(format!("o{}.jpg", i + 1));
+        let mut buf = Vec::new();
+        let mut enc = JpegEncoder::new_with_quality(&mut buf, 95);
+        enc.set_exif_metadata(exif_orientation(i as u16 + 1))?;
+        enc.write_image(stored.as_raw(), 32, 32, ExtendedColorType::Rgb8)?;
+        fs::write(&p, buf)?;
+        let px = decode_file(&p, 32)?;
+        for (q, (x, y)) in [(8, 8), (24, 8), (8, 24), (24, 24)].into_iter().enumerate() {
+            let at = &px[(y * 32 + x) * 3..][..3];
+            let close = at.iter().zip(want[q]).all(|(&a, e)| a.abs_diff(e) < 40);
+            assert!(
+                close,
+                "orientation {}: quadrant {q} is {at:?}, want {:?}",
+                i + 1,
+                want[q]
             );
         }
     }

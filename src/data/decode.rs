@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 use rayon::prelude::*;
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -113,7 +114,10 @@ pub fn decode_into(path: &Path, size: usize, out: &mut [u8]) -> Result<()> {
 /// content (ImageNet has a PNG named `.JPEG`); greyscale becomes three equal
 /// channels; CMYK JPEGs (ImageNet has a few dozen, written by Photoshop with
 /// the Adobe marker) become R = (255 - C)(255 - K) / 255, as Pillow gives; 16-bit and alpha images are
-/// converted (alpha dropped, not composited). `path` names the file in errors.
+/// converted (alpha dropped, not composited). An EXIF orientation tag (0x0112,
+/// CIPA DC-008) is applied, so a phone photo stored sideways is seen upright,
+/// as a viewer shows it (Pillow leaves it as stored unless asked). `path`
+/// names the file in errors.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // Decoder messages can span lines; errors here are one line.
     let bad = |msg: String| Error::Image {
@@ -123,7 +127,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(bad("empty file".into()));
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?;
     match reader.format() {
@@ -145,16 +149,45 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         }
         _ => {}
     }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
+    let img = decode_within_limits(reader).map_err(bad)?;
     if img.width() == 0 || img.height() == 0 {
         return Err(bad(format!("{}x{} pixels", img.width(), img.height())));
     }
     Ok(img.into_rgb8())
+}
+
+/// Decode under [`MAX_SIDE`] and [`MAX_DECODE_BYTES`], both checked from the
+/// header before pixel memory is taken, and turn the picture upright by its
+/// EXIF orientation. Errors are text; a limit's says which and why.
+fn decode_within_limits(
+    mut reader: ImageReader<Cursor<&[u8]>>,
+) -> std::result::Result<DynamicImage, String> {
+    let too_big = |what: String| {
+        format!(
+            "{what}; one image may have at most {MAX_SIDE} pixels a side and {} MB of pixels \
+             (a broken or hostile file, or one to scale down before use)",
+            MAX_DECODE_BYTES >> 20
+        )
+    };
+    let said = |e: ImageError| match e {
+        ImageError::Limits(_) => too_big("too large".into()),
+        e => e.to_string(),
+    };
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(said)?;
+    let ((w, h), bytes) = (decoder.dimensions(), decoder.total_bytes());
+    if limits.reserve(bytes).is_err() {
+        return Err(too_big(format!("{w}x{h} pixels take {} MB", bytes >> 20)));
+    }
+    // A tag that cannot be read leaves the pixels as stored, as viewers do.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(said)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// True when an end-of-image marker (FF D9) follows the last start-of-scan
