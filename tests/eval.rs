@@ -367,7 +367,7 @@ fn eval_cli_repeats_the_runs_own_validation() {
 /// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
 /// the checkpoint's mean, over its std); `--logits` holds rows x classes.
 /// `export --format safetensors` holds the checkpoint's weights under
-/// PyTorch's names and shapes.
+/// PyTorch's names and shapes; without --format, --out's name picks it.
 #[test]
 fn predict_and_export_cli() {
     use alexnet_cuda::checkpoint;
@@ -576,16 +576,9 @@ fn predict_and_export_cli() {
         }
     }
 
+    // Without --format, the name of --out says which.
     let st = t.path().join("w.safetensors");
-    let (ok, _, err) = cli(&[
-        "export",
-        "--checkpoint",
-        &s(&ck_path),
-        "--format",
-        "safetensors",
-        "--out",
-        &s(&st),
-    ]);
+    let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&st)]);
     assert!(ok, "{err}");
     let bytes = std::fs::read(&st).unwrap();
     let w = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -616,6 +609,30 @@ fn predict_and_export_cli() {
     ]);
     assert!(ok, "{err}");
     assert!(std::fs::metadata(&onnx).unwrap().len() > 4 * 1_136_010);
+    let named = t.path().join("named.ONNX");
+    let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&named)]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read(&named).unwrap() == std::fs::read(&onnx).unwrap());
+    // A name that says no format is refused; one that says another is
+    // written as asked, with a warning.
+    let txt = t.path().join("w.txt");
+    let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&txt)]);
+    assert!(!ok && err.contains("--format safetensors|onnx"), "{err}");
+    assert!(!txt.exists());
+    let odd = t.path().join("w.onnx");
+    let args = [
+        "export",
+        "--checkpoint",
+        &s(&ck_path),
+        "--format",
+        "safetensors",
+    ];
+    let (ok, _, err) = cli(&[&args[..], &["--out", &s(&odd)]].concat());
+    assert!(
+        ok && err.contains("ends in .onnx but holds safetensors"),
+        "{err}"
+    );
+    safetensors::SafeTensors::deserialize(&std::fs::read(&odd).unwrap()).unwrap();
 
     // An export over a checkpoint (itself, or another of the run's) is
     // refused and leaves it whole; over a plain export it is not refused.

@@ -2,10 +2,11 @@
 //! (PyTorch names and layouts, with the run's classes and preprocessing as
 //! metadata) or ONNX (the inference graph with its weights).
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use tracing::warn;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
@@ -19,16 +20,16 @@ pub struct ExportArgs {
     /// A checkpoint (ckpt-*.safetensors or best.safetensors), or a run folder for its best.safetensors.
     #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
-    /// safetensors: the weights with PyTorch names and layouts; onnx: the inference graph with its weights.
+    /// safetensors: the weights with PyTorch names and layouts; onnx: the inference graph with its weights (default: from --out's extension, .safetensors or .onnx).
     #[arg(long, value_enum)]
-    format: ExportFormat,
+    format: Option<ExportFormat>,
     /// Output file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
 }
 
 /// --format's values.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ExportFormat {
     Safetensors,
     Onnx,
@@ -42,13 +43,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
+    let format = chosen_format(args.format, &args.out)?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     // The weights in table order, checked against the table's shapes.
     let be = CpuBackend::new();
     let net = ck.network(&be, &topo, 1)?;
     let tensors = network_tensors(&net)?;
-    match args.format {
+    match format {
         ExportFormat::Onnx => write_onnx(&topo, &tensors, &args.out)?,
         ExportFormat::Safetensors => {
             write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?
@@ -56,13 +58,39 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     outln!(
         "wrote {} ({} tensors, {} parameters, config {}) to {}",
-        flag_value(&args.format),
+        flag_value(&format),
         tensors.len(),
         tensors.iter().map(|t| t.data.len()).sum::<usize>(),
         topo.name,
         args.out.display()
     )?;
     Ok(())
+}
+
+/// --format, or the one --out's extension names; a --format that another
+/// extension contradicts is kept, with a warning (tools pick a reader by it).
+fn chosen_format(given: Option<ExportFormat>, out: &Path) -> Result<ExportFormat> {
+    let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase());
+    let named = ExportFormat::value_variants()
+        .iter()
+        .copied()
+        .find(|f| ext.as_deref() == Some(flag_value(f).as_str()));
+    match (given, named) {
+        (Some(f), Some(n)) if f != n => {
+            warn!(
+                "--out {} ends in .{} but holds {}; tools that go by the name will misread it",
+                out.display(),
+                flag_value(&n),
+                flag_value(&f)
+            );
+            Ok(f)
+        }
+        (Some(f), _) | (None, Some(f)) => Ok(f),
+        (None, None) => bail!(
+            "--out {}: its name says no format; end it in .safetensors or .onnx, or pass --format safetensors|onnx",
+            out.display()
+        ),
+    }
 }
 
 /// The safetensors metadata: the config, the classes and their names, and
