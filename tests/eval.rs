@@ -430,6 +430,18 @@ fn predict_and_export_cli() {
         3
     );
     assert!(listing.contains("05-ring/00002.jpg"), "{listing}");
+    // All ten classes, ranks 1 to 10, the percentages in one column.
+    let (ok, listing, err) = cli(&[&args[..3], &["--top", "10", args[5]]].concat());
+    assert!(ok, "{err}");
+    let ranks: Vec<&str> = listing.lines().skip(1).collect();
+    assert_eq!(ranks.len(), 10, "{listing}");
+    for (i, l) in ranks.iter().enumerate() {
+        assert!(
+            l.trim_start().starts_with(&format!("{}. ", i + 1)),
+            "{listing}"
+        );
+        assert_eq!(l.find('%'), ranks[0].find('%'), "{listing}");
+    }
     // A reader that stops reading at once (`| head -0`): no panic, the
     // status of a program ended by SIGPIPE, and the logits file whole.
     let lc = t.path().join("c.npy");

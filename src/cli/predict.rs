@@ -280,13 +280,15 @@ impl<'a> Output<'a> {
 /// Each input's label, then its `top` classes with probability, synset and name.
 fn print_top(ck: &Checkpoint, labels: &[String], probs: &[f32], top: usize) -> std::io::Result<()> {
     let (names, classes) = (&ck.state.names, ck.state.classes.len());
+    // Ranks right-aligned, so the columns line up past rank 9.
+    let w = top.min(classes).to_string().len();
     for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
         outln!("{label}")?;
         for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
-            let id = &ck.state.classes[c];
+            let (id, pct) = (&ck.state.classes[c], 100.0 * p);
             match names.get(c).filter(|n| !n.is_empty() && *n != id) {
-                Some(name) => outln!("  {}. {:6.2}%  {id}  {name}", rank + 1, 100.0 * p)?,
-                None => outln!("  {}. {:6.2}%  {id}", rank + 1, 100.0 * p)?,
+                Some(name) => outln!("  {:>w$}. {pct:6.2}%  {id}  {name}", rank + 1)?,
+                None => outln!("  {:>w$}. {pct:6.2}%  {id}", rank + 1)?,
             }
         }
     }
