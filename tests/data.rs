@@ -158,6 +158,10 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     want.push(PathBuf::from("cats/sub/deeper/nested.jpg"));
     fs::write(cats.join("anim.gif"), "x")?;
     fs::write(cats.join(".hidden.jpg"), "x")?;
+    // What a zip made on macOS unpacks beside the images: not a class, and
+    // not images of one.
+    make_tree(t.path(), &[("__MACOSX/cats", &["._0.jpg"])])?;
+    make_tree(&cats, &[("__MACOSX", &["._0.jpg"])])?;
     make_tree(t.path(), &[("dogs", &["z.jpg"])])?;
     want.push(PathBuf::from("dogs/z.jpg"));
     // Links back up the tree are not followed: they would loop, or read

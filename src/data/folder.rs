@@ -26,7 +26,7 @@ pub struct ImageFolder {
 }
 
 impl ImageFolder {
-    /// List `root`: every sub-folder (not starting with '.') is a class,
+    /// List `root`: every sub-folder (not hidden: [`is_hidden`]) is a class,
     /// every file under it, at any depth, with an image extension
     /// ([`IMAGE_EXTENSIONS`]) an image. Other entries are not read and are
     /// listed in a warning (see [`ignored`](Self::ignored)). Classes are
@@ -61,7 +61,7 @@ impl ImageFolder {
                     entry.display()
                 )));
             };
-            if name.starts_with('.') {
+            if is_hidden(&entry) {
                 continue;
             }
             class_dirs.push((name.to_string(), entry.clone()));
@@ -227,11 +227,13 @@ fn walk_class(
     Ok(())
 }
 
-/// Names starting with '.' (`.DS_Store`, `.cache/`), which tools leave behind.
+/// Names starting with '.' (`.DS_Store`, `.cache/`), and `__MACOSX`, the
+/// folder of `._` resource forks that a zip made on macOS unpacks to: what
+/// tools leave behind, never images or classes.
 pub(super) fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+        .is_some_and(|n| n.starts_with('.') || n == "__MACOSX")
 }
 
 /// One warning for everything a scan skipped, so a folder of `.gif` files,
