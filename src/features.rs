@@ -788,8 +788,9 @@ pub struct GridCell {
     pub lines: [String; 2],
 }
 
-/// Draw `rows` of cells, each picture scaled to `cell` pixels, the text
-/// under it, a gap after each row's first cell (the query), as a PNG.
+/// Draw `rows` of cells, each picture scaled to `cell` pixels (held to 16
+/// to 1024, the range `neighbors --cell` takes), the text under it, a gap
+/// after each row's first cell (the query), as a PNG.
 pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<()> {
     ensure_font()?;
     let cell = cell.clamp(16, 1024) as u32;

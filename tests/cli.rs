@@ -216,6 +216,19 @@ fn numbers_out_of_range_name_their_flag() {
             &[&format!("invalid value '{value}' for '{flag}"), why],
         );
     }
+    let neighbors = [
+        "neighbors",
+        "--checkpoint",
+        "c",
+        "--data",
+        "d",
+        "--query",
+        "Cargo.toml",
+    ];
+    assert_error(
+        &[&neighbors[..], &["--out", "o.png", "--cell", "2000"]].concat(),
+        &["invalid value '2000' for '--cell", "16..=1024"],
+    );
     assert_error(
         &["scaling", "--step-ms", "-3"],
         &[

@@ -32,8 +32,8 @@ pub struct NeighborsArgs {
     /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out as OUT.fc7.npy).
     #[arg(long, value_name = "FILE", value_parser = existing_file)]
     features: Option<PathBuf>,
-    /// Side of each picture in the grid, pixels.
-    #[arg(long, default_value_t = 96, value_parser = positive)]
+    /// Side of each picture in the grid, pixels, 16 to 1024.
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(16..=1024))]
     cell: u64,
     /// Images per batch.
     #[arg(long, default_value_t = 64, value_parser = positive)]
