@@ -513,7 +513,6 @@ impl<'a, B: Backend> Network<'a, B> {
     }
 }
 
-/// `op` called before any forward pass.
 /// The table row whose output a feature name means (`activation`): a
 /// layer's own name, or `poolN` for `convN` when that layer pools.
 pub fn activation_layer(topo: &Topology, name: &str) -> Result<usize> {
@@ -525,13 +524,14 @@ pub fn activation_layer(topo: &Topology, name: &str) -> Result<usize> {
     });
     found.ok_or_else(|| {
         let mut names: Vec<String> = Vec::new();
+        // In the order the network computes them: convN, then its poolN.
         for l in &topo.layers {
+            names.push(l.name.to_string());
             if l.pool.is_some() {
                 if let Some(k) = l.name.strip_prefix("conv") {
                     names.push(format!("pool{k}"));
                 }
             }
-            names.push(l.name.to_string());
         }
         Error::Config(format!(
             "--layer: '{name}' is not a layer of config {}; choose one of: {}",
@@ -547,6 +547,7 @@ pub fn activation_width(topo: &Topology, name: &str) -> Result<usize> {
     Ok(topo.shapes()?[i].out.len())
 }
 
+/// `op` called before any forward pass.
 pub(super) fn no_forward(op: &'static str) -> Error {
     Error::Shape {
         op,
