@@ -424,12 +424,34 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let msg = prepare(&o).expect_err("no synsets").to_string();
     assert!(msg.contains("--val-synsets"), "{msg}");
     fs::write(&csv, "ILSVRC2012_val_00000001,n02_dog\n")?;
-    o.val_labels = Some(csv);
+    o.val_labels = Some(csv.clone());
     let msg = prepare(&o).expect_err("missing").to_string();
     assert!(
         msg.contains("no label for 2") && msg.contains("ILSVRC2012_val_0000000"),
         "{msg}"
     );
+    // One image labelled twice, differently; errors count the file's lines,
+    // blank ones included.
+    fs::write(
+        &csv,
+        "ILSVRC2012_val_00000001,n02_dog\n\n\
+         ILSVRC2012_val_00000002,n01_cat\n\
+         ILSVRC2012_val_00000003,n02_dog\n\
+         ILSVRC2012_val_00000001.JPEG,n01_cat\n",
+    )?;
+    let msg = prepare(&o).expect_err("labelled twice").to_string();
+    assert!(
+        msg.contains(
+            "line 5 labels ILSVRC2012_val_00000001.JPEG n01_cat, line 1 labels it n02_dog"
+        ),
+        "{msg}"
+    );
+    fs::write(
+        &csv,
+        "ImageId,Synset\n\n\nILSVRC2012_val_00000001,n03_cow\n",
+    )?;
+    let msg = prepare(&o).expect_err("unknown synset").to_string();
+    assert!(msg.contains("line 4: synset \"n03_cow\""), "{msg}");
     // Nothing was written for the failed runs: val labels are checked first.
     assert!(!t.path().join("o4/train/meta.json").exists());
     Ok(())

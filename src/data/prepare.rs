@@ -272,76 +272,104 @@ fn val_items(
         )));
     }
     let text = fs::read_to_string(labels_path).map_err(|e| Error::io(labels_path, e))?;
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+    // Non-blank lines with their numbers in the file, for errors.
+    let lines: Vec<(usize, &str)> = (1..)
+        .zip(text.lines().map(str::trim))
+        .filter(|(_, l)| !l.is_empty())
         .collect();
     let bad = |msg: String| Error::Data(format!("{}: {msg}", labels_path.display()));
-    if lines.iter().all(|l| l.parse::<u32>().is_ok()) {
-        // Devkit ground truth: line k is the ILSVRC2012_ID of the k-th file.
+    if lines.iter().all(|(_, l)| l.parse::<u32>().is_ok()) {
         let Some(syn_path) = &opts.val_synsets else {
             return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order (the WNIDs of the devkit's meta.mat, IDs 1 to 1000), one per line".into()));
         };
         let syn_text = fs::read_to_string(syn_path).map_err(|e| Error::io(syn_path, e))?;
-        let synsets: Vec<&str> = syn_text.split_whitespace().collect();
-        if lines.len() != files.len() {
-            return Err(bad(format!(
-                "{} labels for {} images in {}",
-                lines.len(),
-                files.len(),
-                root.display()
-            )));
-        }
-        let mut out = Vec::with_capacity(files.len());
-        for (k, (line, path)) in lines.iter().zip(files).enumerate() {
-            let id: usize = line.parse().unwrap_or(0);
-            let syn = id
-                .checked_sub(1)
-                .and_then(|i| synsets.get(i))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "line {}: ID {id} is not in 1..={} ({})",
-                        k + 1,
-                        synsets.len(),
-                        syn_path.display()
-                    ))
-                })?;
-            let l = index.get(syn).ok_or_else(|| {
-                bad(format!(
-                    "line {}: synset {syn} is not a training class",
-                    k + 1
-                ))
-            })?;
-            out.push((path, *l));
-        }
-        return Ok(out);
+        let labels = devkit_labels(&lines, (syn_path, &syn_text), &index, files.len(), root);
+        return Ok(files.into_iter().zip(labels.map_err(bad)?).collect());
     }
-    // CSV: `file,synset`; the file with or without extension; the synset
-    // may be followed by more fields or boxes (Kaggle's PredictionString).
-    let mut by_name: HashMap<String, u32> = HashMap::new();
-    for (k, line) in lines.iter().enumerate() {
+    let by_name = csv_labels(&lines, &index).map_err(bad)?;
+    label_files(files, &by_name).map_err(bad)
+}
+
+/// Devkit ground truth (`ILSVRC2012_validation_ground_truth.txt`): line k
+/// is the ILSVRC2012_ID of the k-th file in name order; `synsets` (the
+/// `--val-synsets` file and its text) maps IDs to synsets. Errors are text
+/// for the labels file's name.
+fn devkit_labels(
+    lines: &[(usize, &str)],
+    (syn_path, syn_text): (&Path, &str),
+    index: &HashMap<&str, u32>,
+    images: usize,
+    root: &Path,
+) -> std::result::Result<Vec<u32>, String> {
+    let synsets: Vec<&str> = syn_text.split_whitespace().collect();
+    if lines.len() != images {
+        return Err(format!(
+            "{} labels for {images} images in {}",
+            lines.len(),
+            root.display()
+        ));
+    }
+    let label = |&(n, line): &(usize, &str)| {
+        let id: usize = line.parse().unwrap_or(0);
+        let syn = id
+            .checked_sub(1)
+            .and_then(|i| synsets.get(i))
+            .ok_or_else(|| {
+                format!(
+                    "line {n}: ID {id} is not in 1..={} ({})",
+                    synsets.len(),
+                    syn_path.display()
+                )
+            })?;
+        let l = index.get(syn);
+        l.copied()
+            .ok_or_else(|| format!("line {n}: synset {syn} is not a training class"))
+    };
+    lines.iter().map(label).collect()
+}
+
+/// A `file,synset` CSV: the file with or without extension; the synset may
+/// be followed by more fields or boxes (Kaggle's `LOC_val_solution.csv`,
+/// whose header line is skipped). Each file stem's label; a stem labelled
+/// twice with different synsets is refused.
+fn csv_labels(
+    lines: &[(usize, &str)],
+    index: &HashMap<&str, u32>,
+) -> std::result::Result<HashMap<String, (u32, usize, String)>, String> {
+    let mut by_name: HashMap<String, (u32, usize, String)> = HashMap::new();
+    for (k, &(n, line)) in lines.iter().enumerate() {
         let Some((file, rest)) = line.split_once(',') else {
-            return Err(bad(format!("line {}: expected `file,synset`", k + 1)));
+            return Err(format!("line {n}: expected `file,synset`"));
         };
         let syn = rest
             .split(|c: char| c == ',' || c.is_whitespace())
             .find(|s| !s.is_empty())
             .unwrap_or("");
-        match index.get(syn) {
-            Some(&l) => {
-                by_name.insert(stem(file.trim()), l);
-            }
+        let Some(&l) = index.get(syn) else {
             // A header line (`ImageId,PredictionString`) is not a synset.
-            None if k == 0 => {}
-            None => {
-                return Err(bad(format!(
-                    "line {}: synset {syn:?} is not a training class",
-                    k + 1
-                )))
+            if k == 0 {
+                continue;
             }
+            return Err(format!("line {n}: synset {syn:?} is not a training class"));
+        };
+        let file = file.trim();
+        match by_name.insert(stem(file), (l, n, syn.to_string())) {
+            Some((was, m, other)) if was != l => {
+                return Err(format!(
+                    "line {n} labels {file} {syn}, line {m} labels it {other}; keep one"
+                ))
+            }
+            _ => {}
         }
     }
+    Ok(by_name)
+}
+
+/// Each file's label from [`csv_labels`], or an error naming the unlabelled.
+fn label_files(
+    files: Vec<PathBuf>,
+    by_name: &HashMap<String, (u32, usize, String)>,
+) -> std::result::Result<Vec<(PathBuf, u32)>, String> {
     let mut out = Vec::with_capacity(files.len());
     let mut missing = Vec::new();
     for p in files {
@@ -350,18 +378,18 @@ fn val_items(
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
         match by_name.get(&stem(&name)) {
-            Some(&l) => out.push((p, l)),
+            Some(&(l, ..)) => out.push((p, l)),
             None => missing.push(p),
         }
     }
-    if let Some(first) = missing.first() {
-        return Err(bad(format!(
+    match missing.first() {
+        Some(first) => Err(format!(
             "no label for {} of the images, e.g. {}",
             missing.len(),
             first.display()
-        )));
+        )),
+        None => Ok(out),
     }
-    Ok(out)
 }
 
 /// A file name without its extension.
