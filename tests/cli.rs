@@ -1004,6 +1004,60 @@ fn a_resume_on_other_data_says_what_differs() {
     resume(&["same classes", "13 training images", "had 9"]);
 }
 
+/// `--epochs` on a resume below the epochs already trained is refused with
+/// the least that goes on; the run's own count ends it where it stands.
+/// Here 6 images in batches of 3: 2 steps an epoch, a checkpoint each step.
+#[test]
+fn a_resume_with_fewer_epochs_than_trained_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("photos");
+    tree(&data, 2, 4);
+    let (d, r) = (data.display().to_string(), dir.path().join("run"));
+    let rs = r.display().to_string();
+    let args = [
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--val",
+        "2",
+        "--batch",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "9",
+        "--epochs",
+        "2",
+    ];
+    let (ok, err) = run(&[&args[..], &["--data", &d, "--out", &rs]].concat());
+    assert!(ok, "{err}");
+    let ck = |step: u64| {
+        r.join(format!("ckpt-{step:010}.safetensors"))
+            .display()
+            .to_string()
+    };
+    assert_error(
+        &["train", "--resume", &rs, "--epochs", "1"],
+        &[
+            "--epochs 1",
+            "has trained 2 epochs already",
+            "--epochs 3 or more",
+        ],
+    );
+    // Step 3 is part way through epoch 2.
+    assert_error(
+        &["train", "--resume", &ck(3), "--epochs", "1"],
+        &[
+            "trained 1 epochs and part of epoch 2 already",
+            "--epochs 2 or more",
+        ],
+    );
+    let resume = ["train", "--resume", &rs, "--epochs", "2"];
+    let (ok, err) = run_env(&resume, &[("RUST_LOG", "info")]);
+    assert!(ok && err.contains("has finished its 2 epochs"), "{err}");
+}
+
 /// The words a POSIX shell makes of `command`.
 fn shell_words(command: &str) -> Vec<String> {
     let out = Command::new("sh")

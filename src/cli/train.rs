@@ -323,10 +323,12 @@ const DEFAULT_CHECKPOINT_MINUTES: f64 = 15.0;
 /// What defines the run: epochs, batch, learning rate and its schedule,
 /// the split, the crop and the seed.
 fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoint>) -> Result<()> {
+    if let Some(ck) = resume {
+        check_resumed_epochs(args.epochs, ck)?;
+        run.epochs = ck.state.options.epochs;
+    }
     if let Some(e) = args.epochs {
         run.epochs = e as usize;
-    } else if let Some(ck) = resume {
-        run.epochs = ck.state.options.epochs;
     }
     if let Some(b) = args.batch {
         run.batch = b as usize;
@@ -350,6 +352,29 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     run.crop = args.crop.map(|c| c as usize);
     run.seed = args.seed;
     Ok(())
+}
+
+/// `--epochs` on a resume may extend the run or end it where it stands, not
+/// fall short of the epochs already trained: the run would stop at once, or
+/// part way through an epoch, as if finished.
+fn check_resumed_epochs(epochs: Option<u64>, ck: &Checkpoint) -> Result<()> {
+    let p = &ck.state.progress;
+    let done = p.epoch - usize::from(!p.epoch_done);
+    let midway = !p.epoch_done && p.batches_done > 0;
+    match epochs.map(|e| e as usize) {
+        Some(e) if e < done || (e == done && midway) => {
+            let part = match midway {
+                true => format!(" and part of epoch {}", done + 1),
+                false => String::new(),
+            };
+            bail!(
+                "--epochs {e}: {} has trained {done} epochs{part} already; pass --epochs {} or more to go on",
+                ck.path.display(),
+                done + 1
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// --val holds images out of the training ones; a store that has its own
