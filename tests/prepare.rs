@@ -405,7 +405,8 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     // Flat with the devkit's ground truth: IDs in devkit order, which is not
     // the sorted order (here ID 1 = n02_dog, ID 2 = n01_cat).
     let gt = t.path().join("ILSVRC2012_validation_ground_truth.txt");
-    fs::write(&gt, "2\n1\n1\n")?;
+    // (Saved with a byte order mark, as editors on Windows do.)
+    fs::write(&gt, "\u{feff}2\n1\n1\n")?;
     let syn = t.path().join("synsets.txt");
     fs::write(&syn, "n02_dog\nn01_cat\n")?;
     let mut o = opts(&train, &t.path().join("o3"), 8, Encoding::Jpeg);
@@ -463,15 +464,26 @@ fn names_file_gives_readable_class_names() -> TestResult {
     let train = t.path().join("train");
     good_tree(&train, 1, 16, 16)?;
     let names = t.path().join("LOC_synset_mapping.txt");
+    // As an editor on Windows saves it: a byte order mark, then CRLF lines.
     fs::write(
         &names,
-        "n02_dog dog, domestic dog\nn01_cat tabby, tabby cat\nn99 unused\n",
+        "\u{feff}n01_cat tabby, tabby cat\r\nn02_dog dog, domestic dog\r\nn99 unused\r\n",
     )?;
     let mut o = opts(&train, &t.path().join("out"), 8, Encoding::Jpeg);
-    o.names = Some(names);
+    o.names = Some(names.clone());
     let r = prepare(&o)?;
     assert_eq!(r.train.names, ["tabby, tabby cat", "dog, domestic dog"]);
     assert_eq!(read_meta(&t.path().join("out/train"))?.names, r.train.names);
+    // A class the file does not name is named in a warning.
+    fs::write(&names, "n01_cat tabby, tabby cat\n")?;
+    let s = |p: &Path| p.display().to_string();
+    let (tr, out, nm) = (s(&train), s(&t.path().join("out2")), s(&names));
+    let args = ["prepare", "--size", "8", "--train", &tr, "--out", &out];
+    let (ok, _, err) = cli(&[&args[..], &["--names", &nm]].concat());
+    assert!(
+        ok && err.contains("no name for 1 of the 2 classes (n02_dog first)"),
+        "{err}"
+    );
     Ok(())
 }
 

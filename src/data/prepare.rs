@@ -187,9 +187,21 @@ fn warn_of_earlier_val(dir: &Path) {
     }
 }
 
-/// `synset name...` lines to a name per class (empty where not listed).
-fn read_names(path: &Path, classes: &[String]) -> Result<Vec<String>> {
+/// A text file a user passes (names, labels, synsets), without the byte
+/// order mark that editors on Windows write first, which would otherwise
+/// stick to the first line's synset or file name.
+fn read_text(path: &Path) -> Result<String> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+/// `synset name...` lines to a name per class (empty where not listed, and
+/// the classes without one named in a warning).
+fn read_names(path: &Path, classes: &[String]) -> Result<Vec<String>> {
+    let text = read_text(path)?;
     let map: HashMap<&str, &str> = text
         .lines()
         .filter_map(|l| {
@@ -204,6 +216,19 @@ fn read_names(path: &Path, classes: &[String]) -> Result<Vec<String>> {
             path.display(),
             classes.len()
         )));
+    }
+    let unnamed: Vec<&str> = classes
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !map.contains_key(c))
+        .collect();
+    if let Some(first) = unnamed.first() {
+        tracing::warn!(
+            "{}: no name for {} of the {} classes ({first} first); they are shown by folder name",
+            path.display(),
+            unnamed.len(),
+            classes.len()
+        );
     }
     Ok(classes
         .iter()
@@ -271,7 +296,7 @@ fn val_items(
             image_kinds()
         )));
     }
-    let text = fs::read_to_string(labels_path).map_err(|e| Error::io(labels_path, e))?;
+    let text = read_text(labels_path)?;
     // Non-blank lines with their numbers in the file, for errors.
     let lines: Vec<(usize, &str)> = (1..)
         .zip(text.lines().map(str::trim))
@@ -282,7 +307,7 @@ fn val_items(
         let Some(syn_path) = &opts.val_synsets else {
             return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order (the WNIDs of the devkit's meta.mat, IDs 1 to 1000), one per line".into()));
         };
-        let syn_text = fs::read_to_string(syn_path).map_err(|e| Error::io(syn_path, e))?;
+        let syn_text = read_text(syn_path)?;
         let labels = devkit_labels(&lines, (syn_path, &syn_text), &index, files.len(), root);
         return Ok(files.into_iter().zip(labels.map_err(bad)?).collect());
     }
