@@ -45,7 +45,7 @@ pub fn automatic() -> Option<usize> {
     match probe::devices() {
         Ok(list) if !list.is_empty() => {
             info!(
-                "no --cpu or --gpus given: using {} (pass --cpu to train on the CPU)",
+                "no --cpu or --gpus given: using {} (pass --cpu to run on the CPU)",
                 list[0]
             );
             Some(list[0].ordinal)

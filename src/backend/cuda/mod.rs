@@ -256,7 +256,7 @@ impl CudaBackend {
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::NoDevice(
                 "cuBLAS (libcublas.so) not found: install the CUDA libraries (for example the \
-                 nvidia-cublas-cu12 wheel) and put them on LD_LIBRARY_PATH, or train on the CPU \
+                 nvidia-cublas-cu12 wheel) and put them on LD_LIBRARY_PATH, or run on the CPU \
                  with --cpu"
                     .into(),
             ));

@@ -11,7 +11,7 @@ use cudarc::driver::{result, sys};
 use crate::error::{Error, Result};
 
 /// The message for a machine without the NVIDIA driver.
-pub const NO_DRIVER: &str = "no CUDA driver library (libcuda.so) found: install the NVIDIA driver, or train on the CPU with --cpu";
+pub const NO_DRIVER: &str = "no CUDA driver library (libcuda.so) found: install the NVIDIA driver, or run on the CPU with --cpu";
 
 /// One GPU as the driver reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,13 +62,13 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
     result::init().map_err(|e| {
         Error::NoDevice(format!(
             "the CUDA driver is installed but failed to initialise ({e:?}); check the driver \
-             (nvidia-smi), or train on the CPU with --cpu"
+             (nvidia-smi), or run on the CPU with --cpu"
         ))
     })?;
     let count = result::device::get_count().map_err(|e| drv("device count", e))?;
     if count <= 0 {
         return Err(Error::NoDevice(
-            "the CUDA driver found no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES, or train \
+            "the CUDA driver found no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES, or run \
              on the CPU with --cpu"
                 .into(),
         ));
