@@ -889,6 +889,19 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
             );
         }
         assert!(!other.exists(), "{mode}: rank 1 keeps nothing");
+        // Each says where it meets the other, and rank 0 when all are in.
+        let log = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        let at = format!("127.0.0.1:{}", master.1.parse::<u16>().unwrap() + 1);
+        let (log0, log1) = (log(&rank0), log(&rank1));
+        assert!(
+            log0.contains(&format!("rank 0: waiting at {at} for ranks 1 to 1")),
+            "{log0}"
+        );
+        assert!(log0.contains("all 2 processes joined"), "{log0}");
+        assert!(
+            log1.contains(&format!("rank 1: joining rank 0 at {at}")),
+            "{log1}"
+        );
         let last = |out: &Path| checkpoint::list(out).unwrap().pop().expect("a checkpoint");
         let ((s1, p1), (s2, p2)) = (last(&one), last(&two));
         assert_eq!(s1, s2);

@@ -236,8 +236,7 @@ fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
         (None, false) => world.local_rank.to_string(),
         (None, true) => {
             return Err(Error::Config(
-                "name the GPUs with --gpus (e.g. --gpus 0,1), or run on the CPU with --cpu"
-                    .into(),
+                "name the GPUs with --gpus (e.g. --gpus 0,1), or run on the CPU with --cpu".into(),
             ))
         }
     };

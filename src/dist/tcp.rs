@@ -183,6 +183,12 @@ impl TcpAllReduce {
         let mut by_rank: Vec<Option<TcpStream>> = (0..world.size).map(|_| None).collect();
         let mut refused: Vec<String> = Vec::new();
         let start = Instant::now();
+        // A wait for ranks still starting can be long: say what it is.
+        tracing::info!(
+            "rank 0: waiting at {at} for ranks 1 to {} to join (up to {} s)",
+            world.size - 1,
+            CONNECT_FOR.as_secs()
+        );
         while by_rank.iter().skip(1).any(Option::is_none) {
             match listener.accept() {
                 Ok((s, peer)) => match hello(s, world, &by_rank) {
@@ -215,6 +221,7 @@ impl TcpAllReduce {
             }
         }
         let peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
+        tracing::info!("all {} processes joined", world.size);
         TcpAllReduce::new(world, local, peers)
     }
 
@@ -224,6 +231,10 @@ impl TcpAllReduce {
         let target = format!("{addr}:{port}");
         let rank = world.rank;
         let start = Instant::now();
+        tracing::info!(
+            "rank {rank}: joining rank 0 at {target} (up to {} s)",
+            CONNECT_FOR.as_secs()
+        );
         let mut s = loop {
             let tried = resolve(&addr, port)?
                 .into_iter()
