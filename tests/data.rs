@@ -215,7 +215,21 @@ fn scan_root_that_is_a_file_is_refused() -> TestResult {
     let f = t.path().join("file.jpg");
     fs::write(&f, "x")?;
     let msg = data_err_text(ImageFolder::scan(&f));
-    assert!(msg.contains("file.jpg") && msg.contains("--data"), "{msg}");
+    assert!(
+        msg.contains("file.jpg is a file, not a folder") && msg.contains("--data"),
+        "{msg}"
+    );
+    // An archive passed as it was downloaded is told to be unpacked.
+    for name in ["train.tar.gz", "train.TGZ", "train.zip", "train.tar"] {
+        let a = t.path().join(name);
+        fs::write(&a, "x")?;
+        let msg = data_err_text(ImageFolder::scan(&a));
+        assert!(
+            msg.contains(&format!("{name} is an archive, not a folder: unpack it")),
+            "{msg}"
+        );
+        assert!(msg.contains("and pass --data a folder"), "{msg}");
+    }
     Ok(())
 }
 

@@ -421,6 +421,15 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     o.val = Some(flat.clone());
     let msg = prepare(&o).expect_err("no labels").to_string();
     assert!(msg.contains("--val-labels"), "{msg}");
+    let archive = t.path().join("val.tar");
+    fs::write(&archive, "x")?;
+    o.val = Some(archive);
+    let msg = prepare(&o).expect_err("an archive").to_string();
+    assert!(
+        msg.contains("val.tar is an archive, not a folder: unpack it") && msg.contains("--val"),
+        "{msg}"
+    );
+    o.val = Some(flat.clone());
     o.val_labels = Some(gt);
     let msg = prepare(&o).expect_err("no synsets").to_string();
     assert!(msg.contains("--val-synsets"), "{msg}");

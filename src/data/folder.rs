@@ -38,10 +38,10 @@ impl ImageFolder {
     /// [`scan`](Self::scan) for the value of `flag`, which errors name.
     pub fn scan_for(root: &Path, flag: &str) -> Result<ImageFolder> {
         if !root.is_dir() {
-            return Err(Error::Data(format!(
-                "{} does not exist or is not a folder; pass {flag} a folder with one sub-folder per class",
-                root.display()
-            )));
+            return Err(not_a_folder(
+                root,
+                &format!("pass {flag} a folder with one sub-folder per class"),
+            ));
         }
         let mut class_dirs: Vec<(String, PathBuf)> = Vec::new();
         let mut ignored = Vec::new();
@@ -225,6 +225,23 @@ fn walk_class(
         }
     }
     Ok(())
+}
+
+/// `root` is missing, a file, or an archive still to unpack: which, and
+/// `fix` (what to pass instead).
+pub(super) fn not_a_folder(root: &Path, fix: &str) -> Error {
+    let name = root.to_string_lossy().to_lowercase();
+    let archive = [".tar", ".tar.gz", ".tgz", ".zip", ".tar.xz", ".tar.bz2"]
+        .iter()
+        .any(|e| name.ends_with(e));
+    let r = root.display();
+    Error::Data(match (root.exists(), archive) {
+        (false, _) => format!("{r} does not exist; {fix}"),
+        (true, true) => {
+            format!("{r} is an archive, not a folder: unpack it (tar -xf or unzip) and {fix}")
+        }
+        (true, false) => format!("{r} is a file, not a folder; {fix}"),
+    })
 }
 
 /// Names starting with '.' (`.DS_Store`, `.cache/`), and `__MACOSX`, the

@@ -22,7 +22,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
-use super::folder::{image_kinds, is_hidden, is_image_name, read_dir_sorted, ImageFolder, Kind};
+use super::folder::{
+    image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
+};
 use super::lighting::Pca;
 use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
@@ -247,10 +249,8 @@ fn val_items(
     classes: &[String],
 ) -> Result<Vec<(PathBuf, u32)>> {
     if !root.is_dir() {
-        return Err(Error::Data(format!(
-            "--val {}: does not exist or is not a folder; pass a folder of class sub-folders, or of images with --val-labels",
-            root.display()
-        )));
+        let fix = "pass --val a folder of class sub-folders, or of images with --val-labels";
+        return Err(not_a_folder(root, fix));
     }
     let index: HashMap<&str, u32> = classes
         .iter()
