@@ -316,9 +316,9 @@ fn val_items(
 }
 
 /// Devkit ground truth (`ILSVRC2012_validation_ground_truth.txt`): line k
-/// is the ILSVRC2012_ID of the k-th file in name order; `synsets` (the
-/// `--val-synsets` file and its text) maps IDs to synsets. Errors are text
-/// for the labels file's name.
+/// is the ILSVRC2012_ID of the k-th file in name order; the `--val-synsets`
+/// file (its path and text) maps IDs to synsets. Errors are text for the
+/// labels file's name.
 fn devkit_labels(
     lines: &[(usize, &str)],
     (syn_path, syn_text): (&Path, &str),
@@ -346,12 +346,14 @@ fn devkit_labels(
                     syn_path.display()
                 )
             })?;
-        let l = index.get(syn);
-        l.copied()
-            .ok_or_else(|| format!("line {n}: synset {syn} is not a training class"))
+        let not_ours = || format!("line {n}: synset {syn} is not a training class");
+        index.get(syn).copied().ok_or_else(not_ours)
     };
     lines.iter().map(label).collect()
 }
+
+/// A CSV's labels by file stem: (label, line, synset as written).
+type CsvLabels = HashMap<String, (u32, usize, String)>;
 
 /// A `file,synset` CSV: the file with or without extension; the synset may
 /// be followed by more fields or boxes (Kaggle's `LOC_val_solution.csv`,
@@ -360,8 +362,8 @@ fn devkit_labels(
 fn csv_labels(
     lines: &[(usize, &str)],
     index: &HashMap<&str, u32>,
-) -> std::result::Result<HashMap<String, (u32, usize, String)>, String> {
-    let mut by_name: HashMap<String, (u32, usize, String)> = HashMap::new();
+) -> std::result::Result<CsvLabels, String> {
+    let mut by_name = CsvLabels::new();
     for (k, &(n, line)) in lines.iter().enumerate() {
         let Some((file, rest)) = line.split_once(',') else {
             return Err(format!("line {n}: expected `file,synset`"));
@@ -393,7 +395,7 @@ fn csv_labels(
 /// Each file's label from [`csv_labels`], or an error naming the unlabelled.
 fn label_files(
     files: Vec<PathBuf>,
-    by_name: &HashMap<String, (u32, usize, String)>,
+    by_name: &CsvLabels,
 ) -> std::result::Result<Vec<(PathBuf, u32)>, String> {
     let mut out = Vec::with_capacity(files.len());
     let mut missing = Vec::new();
