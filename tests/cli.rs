@@ -508,6 +508,16 @@ fn missing_input_files_name_their_flag() {
             );
         }
     }
+    // What a shell passes on when a pattern matches nothing, and a URL.
+    let predict = ["predict", "--checkpoint", "ck.safetensors"];
+    assert_error(
+        &[&predict[..], &["photos/*.jpg"]].concat(),
+        &["photos/*.jpg", "a pattern the shell matched to no file"],
+    );
+    assert_error(
+        &[&predict[..], &["https://example.com/a.jpg"]].concat(),
+        &["a URL; download it first"],
+    );
 }
 
 /// Run-folder commands: a missing checkpoint or run folder is named, and

@@ -138,9 +138,22 @@ pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err("a folder, not a file; pass a file in it".into()),
         Ok(_) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no such file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found(s)),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// "no such file", with the likely cause when the name shows one: a URL
+/// (read from disk only) or a shell pattern that matched nothing (the
+/// shell then passes it on as it was written).
+fn not_found(s: &str) -> String {
+    if s.contains("://") {
+        return "no such file: a URL; download it first (curl -O URL) and pass the file".into();
+    }
+    if s.contains(['*', '?', '[']) {
+        return "no such file: a pattern the shell matched to no file; check the folder and the extension's case (ImageNet's is .JPEG)".into();
+    }
+    "no such file".into()
 }
 
 /// Flag parser for images: an image file ([`existing_file`]) or a folder
