@@ -15,7 +15,7 @@ pub struct ScalingArgs {
     #[arg(long, default_value_t = 128, value_parser = positive)]
     batch: u64,
     /// One GPU's training step at that batch, in ms (default: ours in fp32 on one H200, docs/cuda.md).
-    #[arg(long, default_value_t = 14.05, value_parser = positive_number)]
+    #[arg(long, default_value_t = 13.98, value_parser = positive_number)]
     step_ms: f64,
 }
 
