@@ -496,6 +496,26 @@ fn names_file_gives_readable_class_names() -> TestResult {
     Ok(())
 }
 
+/// `--limit` above the tree's image count takes every image, and says so.
+#[test]
+fn a_limit_above_the_image_count_takes_all_and_says_so() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 3, 16, 16)?;
+    let s = |p: &Path| p.display().to_string();
+    let (tr, out) = (s(&train), s(&t.path().join("out")));
+    let args = ["prepare", "--size", "8", "--train", &tr, "--out", &out];
+    let (ok, _, err) = cli(&[&args[..], &["--limit", "1000"]].concat());
+    assert!(
+        ok && err.contains(&format!(
+            "--limit 1000: {tr} has only 6 images; all of them are used"
+        )),
+        "{err}"
+    );
+    assert_eq!(read_meta(&t.path().join("out/train"))?.count, 6);
+    Ok(())
+}
+
 // ------------------------------------------------------ damage and crashes
 
 #[test]

@@ -133,6 +133,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
                 classes.len()
             )));
         }
+        if k > items.len() {
+            tracing::warn!(
+                "--limit {k}: {} has only {} images; all of them are used",
+                opts.train.display(),
+                items.len()
+            );
+        }
         items = balanced_subset(&folder, k)
             .into_iter()
             .map(|i| items[i].clone())
