@@ -170,6 +170,10 @@ fn bad_flag_values() {
         &["train", "--cpu", "--demo", "--lr-milestones", "3,0"],
         &["--lr-milestones", "0"],
     );
+    assert_error(
+        &["train", "--cpu", "--demo", "--lr-milestones", "3,5,3"],
+        &["--lr-milestones", "epoch 3 is listed twice"],
+    );
     assert_error(&["train", "--gpus", "zero", "--demo"], &["--gpus", "zero"]);
     // Thousands of threads used to exhaust the memory for their stacks and
     // panic in a loader thread.

@@ -398,6 +398,13 @@ fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
     if m.contains(&0) {
         bail!("--lr-milestones: epochs count from 1, so 0 never applies; list the epochs that start at the lower rate, e.g. 30,60,80");
     }
+    if let Some(twice) = m
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| m[..i].contains(e).then_some(e))
+    {
+        bail!("--lr-milestones: epoch {twice} is listed twice; the rate is divided once at each epoch listed, so list it once");
+    }
     if let Some(late) = m.iter().filter(|&&e| e > epochs).min() {
         warn!("--lr-milestones: epoch {late} is after the last epoch ({epochs}); it applies only if the run is extended (train --resume RUN --epochs N)");
     }
