@@ -18,7 +18,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
 use tempfile::TempDir;
 
-use crate::common::cli;
+use crate::common::{cli, cli_logging};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -485,12 +485,10 @@ fn names_file_gives_readable_class_names() -> TestResult {
     assert_eq!(read_meta(&t.path().join("out/train"))?.names, r.train.names);
     // A class the file does not name is named in a warning.
     fs::write(&names, "n01_cat tabby, tabby cat\n")?;
-    let s = |p: &Path| p.display().to_string();
-    let (tr, out, nm) = (s(&train), s(&t.path().join("out2")), s(&names));
-    let args = ["prepare", "--size", "8", "--train", &tr, "--out", &out];
-    let (ok, _, err) = cli(&[&args[..], &["--names", &nm]].concat());
+    let nm = names.display().to_string();
+    let err = prepare_cli(&train, None, &t.path().join("out2"), "8", &["--names", &nm]);
     assert!(
-        ok && err.contains("no name for 1 of the 2 classes (n02_dog first)"),
+        err.contains("no name for 1 of the 2 classes (n02_dog first)"),
         "{err}"
     );
     Ok(())
@@ -502,16 +500,16 @@ fn a_limit_above_the_image_count_takes_all_and_says_so() -> TestResult {
     let t = TempDir::new()?;
     let train = t.path().join("train");
     good_tree(&train, 3, 16, 16)?;
-    let s = |p: &Path| p.display().to_string();
-    let (tr, out) = (s(&train), s(&t.path().join("out")));
-    let args = ["prepare", "--size", "8", "--train", &tr, "--out", &out];
-    let (ok, _, err) = cli(&[&args[..], &["--limit", "1000"]].concat());
-    assert!(
-        ok && err.contains(&format!(
-            "--limit 1000: {tr} has only 6 images; all of them are used"
-        )),
-        "{err}"
+    let err = prepare_cli(
+        &train,
+        None,
+        &t.path().join("out"),
+        "8",
+        &["--limit", "1000"],
     );
+    let tr = train.display();
+    let said = format!("--limit 1000: {tr} has only 6 images; all of them are used");
+    assert!(err.contains(&said), "{err}");
     assert_eq!(read_meta(&t.path().join("out/train"))?.count, 6);
     Ok(())
 }
@@ -1125,9 +1123,9 @@ fn crops_smaller_than_the_input_are_zero_padded_around() -> TestResult {
     Ok(())
 }
 
-/// `prepare` of `train` (and `val`) into `out` at `size` through the CLI;
-/// its standard error.
-fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str) -> String {
+/// `prepare` of `train` (and `val`) into `out` at `size` through the CLI,
+/// with `extra` flags; it must succeed; its standard error.
+fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str, extra: &[&str]) -> String {
     let s = |p: &Path| p.display().to_string();
     let (train, out) = (s(train), s(out));
     let mut args = vec![
@@ -1143,6 +1141,7 @@ fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str) -> Stri
         args.extend(["--val", v]);
     }
     args.extend(["--out", &out]);
+    args.extend(extra);
     let (ok, _, err) = cli(&args);
     assert!(ok, "{args:?}: {err}");
     err
@@ -1151,19 +1150,13 @@ fn prepare_cli(train: &Path, val: Option<&Path>, out: &Path, size: &str) -> Stri
 /// One cifar epoch on `store` through the CLI, logging at info: success,
 /// standard error.
 fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(["train", "--cpu", "--config", "cifar", "--epochs", "1"])
-        .args(["--batch", "8", "--no-progress", "--data"])
-        .arg(store)
-        .arg("--out")
-        .arg(run)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run alexnet-cuda train");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let (store, run) = (store.display().to_string(), run.display().to_string());
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--epochs", "1", "--batch", "8",
+    ];
+    let more = ["--no-progress", "--data", &store, "--out", &run];
+    let (ok, _, err) = cli_logging(&[&args[..], &more].concat(), "info");
+    (ok, err)
 }
 
 #[test]
@@ -1173,8 +1166,8 @@ fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -
     good_tree(&train, 12, 48, 48)?;
     good_tree(&val, 3, 48, 48)?;
     let (a, b) = (t.path().join("a"), t.path().join("b"));
-    prepare_cli(&train, Some(&val), &a, "32");
-    prepare_cli(&train, Some(&val), &b, "40");
+    prepare_cli(&train, Some(&val), &a, "32", &[]);
+    prepare_cli(&train, Some(&val), &b, "40", &[]);
 
     // A val of another size (copied in from another store): the training
     // mean image would not fit it. Refused before the first step.
@@ -1196,8 +1189,8 @@ fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -
 
     // A train store prepared again without --val: the old val is kept,
     // named by prepare and by training, and used.
-    prepare_cli(&train, Some(&val), &a, "32");
-    let err = prepare_cli(&train, None, &a, "32");
+    prepare_cli(&train, Some(&val), &a, "32", &[]);
+    let err = prepare_cli(&train, None, &a, "32", &[]);
     assert!(
         err.contains(&format!("{} is from an earlier prepare", av.display())),
         "{err}"
@@ -1210,7 +1203,7 @@ fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -
     );
 
     // Prepared together again: no warning.
-    let err = prepare_cli(&train, Some(&val), &a, "32");
+    let err = prepare_cli(&train, Some(&val), &a, "32", &[]);
     assert!(!err.contains("earlier prepare"), "{err}");
     let (ok, err) = train_cifar(&a, &t.path().join("run3"));
     assert!(ok && !err.contains("was not prepared with"), "{err}");

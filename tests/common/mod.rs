@@ -51,9 +51,14 @@ pub fn scaled_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Run the program with `args` (warnings and errors logged): whether it
 /// succeeded, its standard output, its standard error.
 pub fn cli(args: &[&str]) -> (bool, String, String) {
+    cli_logging(args, "warn")
+}
+
+/// [`cli`] logging at `level` (RUST_LOG).
+pub fn cli_logging(args: &[&str], level: &str) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .output()
         .expect("run alexnet-cuda");
     (
