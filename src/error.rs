@@ -39,6 +39,11 @@ pub enum Error {
     #[error("{what}: the run diverged; {fix}")]
     Diverged { what: String, fix: String },
 
+    /// A signal (SIGINT, SIGTERM) came while the process waited for the
+    /// other processes of a run, before any training: nothing to keep.
+    #[error("{0}")]
+    Stopped(String),
+
     /// A CUDA library call (driver, NVRTC, cuBLAS, cuDNN) failed; `op` names
     /// the backend op or setup step that made it.
     #[error("cuda {op}: {detail}")]

@@ -968,6 +968,56 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     checkpoint::load(&path).expect("the last checkpoint loads");
 }
 
+/// SIGTERM while rank 0 waits for a rank that never comes (a scheduler
+/// cancelling a job whose other process did not start): rank 0 stops at
+/// once with status 143, saying it trained nothing, instead of waiting out
+/// the 120 s it gives a missing rank.
+#[test]
+fn a_signal_during_the_rendezvous_stops_rank_0_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let log = t.path().join("rank0.log");
+    let master = master_listener();
+    let mut rank0 = rank_cmd(
+        &parallel_args(train_args(&d, &out, 1), "data", "1"),
+        "0",
+        &master,
+    )
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log).expect("the log file"))
+    .spawn()
+    .expect("start rank 0");
+    let waiting = || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("rank 0: waiting at"));
+    while !waiting() {
+        let ended = rank0.try_wait().expect("rank 0's status");
+        assert!(ended.is_none(), "rank 0 ended before waiting: {ended:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &rank0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = rank0.wait_with_output().expect("rank 0 ends");
+    let waited = signalled.elapsed();
+    let (stdout, log) = (
+        String::from_utf8_lossy(&o.stdout),
+        std::fs::read_to_string(&log).unwrap(),
+    );
+    assert_eq!(o.status.code(), Some(143), "{stdout}\n{log}");
+    assert!(waited < Duration::from_secs(60), "stopped after {waited:?}");
+    assert!(
+        stdout.contains("stopped at a signal while rank 0 waited at 127.0.0.1")
+            && stdout.contains("for ranks [1]: nothing was trained"),
+        "{stdout}"
+    );
+    assert!(!log.contains("error"), "a stop is not an error: {log}");
+    assert!(checkpoint::list(&out).map_or(true, |l| l.is_empty()));
+}
+
 /// A run folder copied whole (the checkpoints, metrics and lock file).
 fn copy_run(from: &Path, to: &Path) {
     let ok = Command::new("cp")

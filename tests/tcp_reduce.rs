@@ -2,18 +2,22 @@
 //! here with the ranks as threads: rank 0 listens at MASTER_ADDR only (an
 //! inherited socket too), refuses every connection that is not a free rank
 //! of the run with a warning naming the peer, tells a refused rank why, and
-//! still meets the real ranks, whose all-reduce then averages all three.
+//! still meets the real ranks, whose all-reduce then averages all three;
+//! a signal ends the wait.
 //! Each test binds its listener itself and passes it on (port 0: any free
 //! port), so no port is released and reused.
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::tcp::{bind_at, listen, TcpAllReduce};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::AllReduce;
+use alexnet_cuda::Error;
 
 /// Rank `rank` of `size`, whose MASTER_PORT + 1 is `port`.
 fn world(rank: usize, size: usize, port: u16) -> World {
@@ -107,14 +111,14 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
                 .with_ansi(false)
                 .finish();
             let _guard = tracing::subscriber::set_default(subscriber);
-            TcpAllReduce::accept(listener, &world(0, 3, port), 1)
+            TcpAllReduce::accept(listener, &world(0, 3, port), 1, None)
         })
     };
     let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
 
     // Each step below waits for rank 0's answer (or its close) before the
     // next, so rank 0 sees them in this order.
-    let r1 = TcpAllReduce::join(&world(1, 3, port), 1).expect("rank 1 joins");
+    let r1 = TcpAllReduce::join(&world(1, 3, port), 1, None).expect("rank 1 joins");
 
     // Garbage: an HTTP request. Closed without an answer.
     let mut http = connect();
@@ -131,16 +135,16 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     drop(silent);
 
     // Protocol-speaking processes with a wrong rank or world: each is told why.
-    let out_of_range = error_of(TcpAllReduce::join(&world(7, 3, port), 1));
+    let out_of_range = error_of(TcpAllReduce::join(&world(7, 3, port), 1, None));
     assert!(out_of_range.contains("RANK=7"), "{out_of_range}");
     assert!(out_of_range.contains("out of range"), "{out_of_range}");
-    let taken = error_of(TcpAllReduce::join(&world(1, 3, port), 1));
+    let taken = error_of(TcpAllReduce::join(&world(1, 3, port), 1, None));
     assert!(taken.contains("already joined as RANK=1"), "{taken}");
-    let other = error_of(TcpAllReduce::join(&world(2, 4, port), 1));
+    let other = error_of(TcpAllReduce::join(&world(2, 4, port), 1, None));
     assert!(other.contains("WORLD_SIZE"), "{other}");
 
     // The last real rank completes the rendezvous.
-    let r2 = TcpAllReduce::join(&world(2, 3, port), 1).expect("rank 2 joins");
+    let r2 = TcpAllReduce::join(&world(2, 3, port), 1, None).expect("rank 2 joins");
     let r0 = rank0.join().unwrap().expect("rank 0 meets ranks 1 and 2");
 
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
@@ -189,4 +193,46 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     for h in handles {
         assert_eq!(h.join().unwrap(), [2.0; 5]);
     }
+}
+
+/// A signal during the rendezvous (train's stop flag set) ends both waits
+/// at once with `Error::Stopped` naming what was awaited, long before the
+/// 120 s a missing rank is given: rank 0 waiting for rank 1, and rank 1
+/// trying to reach a rank 0 that is not there.
+#[test]
+fn a_stop_ends_the_wait_for_other_ranks() {
+    let stop_later = |stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let setter = stop_later(Arc::clone(&stop));
+    let start = Instant::now();
+    let r0 = TcpAllReduce::accept(listener, &world(0, 2, port), 1, Some(&stop));
+    setter.join().unwrap();
+    let waited = start.elapsed();
+    assert!(
+        matches!(&r0, Err(Error::Stopped(m)) if m.contains("rank 0 waited at 127.0.0.1") && m.contains("[1]")),
+        "{:?}",
+        r0.err()
+    );
+    assert!(waited < Duration::from_secs(30), "rank 0 waited {waited:?}");
+
+    // Nothing listens at `port` now: rank 1 retries until the stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let setter = stop_later(Arc::clone(&stop));
+    let start = Instant::now();
+    let r1 = TcpAllReduce::join(&world(1, 2, port), 1, Some(&stop));
+    setter.join().unwrap();
+    let waited = start.elapsed();
+    assert!(
+        matches!(&r1, Err(Error::Stopped(m)) if m.contains("rank 1 tried to reach rank 0")),
+        "{:?}",
+        r1.err()
+    );
+    assert!(waited < Duration::from_secs(30), "rank 1 waited {waited:?}");
 }

@@ -139,6 +139,7 @@ impl DeviceArgs {
             parallel,
             replicas: par.replicas.unwrap_or(2) as usize,
             cuda: self.cuda_options(),
+            stop: None,
         })
     }
 

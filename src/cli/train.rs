@@ -146,7 +146,7 @@ impl From<MetricsFlag> for MetricsFormat {
 /// number after saying how to continue.
 pub fn run(args: TrainArgs) -> Result<()> {
     let world = World::from_env()?;
-    let request = args.device.request(&args.parallel, &world)?;
+    let mut request = args.device.request(&args.parallel, &world)?;
     ensure_nccl(placement::nccl_use(&request, &world)?)?;
     // Before the demo's images are written: a missing GPU is said first.
     placement::check_devices(&request, &world)?;
@@ -175,6 +175,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts.lr_from_here = args.lr;
     }
     let (stop, signal_status, told) = stop_on_signals()?;
+    request.stop = Some(Arc::clone(&stop));
     opts.stop = Some(stop);
     if !world.is_writer() {
         info!(
@@ -184,7 +185,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts.out = None;
     }
     opts.world = world;
-    let report = placement::run_on(&request, &opts.world, TrainOn(&spec, &opts))?;
+    let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
+        // A signal while the ranks were meeting: nothing trained, nothing to keep.
+        Err(alexnet_cuda::Error::Stopped(why)) => {
+            let _ = told.join();
+            let _ = outln!("{why}; start the run again to train");
+            exit_at_signal(&signal_status, demo_dir)
+        }
+        r => r?,
+    };
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.interrupted {
         // The signal has arrived, so this returns once its line is logged.
@@ -192,10 +201,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
         // The signal's exit status stands even if stdout is gone.
         let _ = print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
-        let code = signal_status.load(Ordering::Relaxed);
-        // `exit` runs no destructors: remove the demo's images first.
-        drop(demo_dir);
-        std::process::exit(if code == 0 { 130 } else { code as i32 });
+        exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
     Ok(())
@@ -482,6 +488,14 @@ fn say_when_stopping(signals: [i32; 2]) -> Result<JoinHandle<()>> {
             }
         })
         .context("could not start the signal thread")
+}
+
+/// Exit with the status the signal asks for (128 + signo). `exit` runs no
+/// destructors: the demo's images are removed first.
+fn exit_at_signal(status: &AtomicUsize, demo_dir: Option<TempDir>) -> ! {
+    let code = status.load(Ordering::Relaxed);
+    drop(demo_dir);
+    std::process::exit(if code == 0 { 130 } else { code as i32 });
 }
 
 /// A run stopped at a signal: where its checkpoint is and how to go on.

@@ -6,6 +6,9 @@
 //!
 //! Backends have associated types, so code that runs on a layout is a
 //! `OnLayout` value whose generic `run` is called with the CPU or CUDA one.
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use tracing::{info, warn};
 
 use super::allreduce::{AllReduce, HostAllReduce};
@@ -56,6 +59,9 @@ pub struct Request {
     /// CPU devices for --cpu --parallel data, pairs for hybrid.
     pub replicas: usize,
     pub cuda: CudaOptions,
+    /// Set by a signal: a wait for the other processes of a run (the CPU
+    /// rendezvous, tcp.rs) gives up. NCCL's own rendezvous does not look.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Code to run on whichever backend the request resolves to: every command
@@ -151,7 +157,11 @@ pub fn run_on<F: OnLayout>(
             Ok(if world.is_single() {
                 Box::new(HostAllReduce::default())
             } else {
-                Box::new(TcpAllReduce::connect(world, parts[0].len())?)
+                Box::new(TcpAllReduce::connect(
+                    world,
+                    parts[0].len(),
+                    req.stop.as_deref(),
+                )?)
             })
         })?;
         return f.run(layout);
@@ -391,6 +401,7 @@ mod tests {
             parallel,
             replicas: 2,
             cuda: CudaOptions::default(),
+            stop: None,
         }
     }
 

@@ -22,9 +22,11 @@
 //! keeps waiting for the real ranks. So a stray connection can neither stop
 //! nor join a run's start, a misconfigured process fails at once with the
 //! reason, and if a rank never comes, rank 0's timeout error lists the
-//! refused connections as well as the missing ranks.
+//! refused connections as well as the missing ranks. A signal (train's
+//! stop flag) ends either wait at once with `Error::Stopped`.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::allreduce::{add, add_replicas, scale, upload_all, AllReduce};
@@ -162,20 +164,38 @@ fn inherited(fd: i32, _addr: &str, _port: u16) -> Result<TcpListener> {
     )))
 }
 
+/// Whether a signal has set `stop` (train's flag; None where no one listens).
+fn asked_to_stop(stop: Option<&AtomicBool>) -> bool {
+    stop.is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// The error that ends a wait for other ranks when a signal came first.
+fn stopped(waiting_for: String) -> Error {
+    Error::Stopped(format!(
+        "stopped at a signal while {waiting_for}: nothing was trained"
+    ))
+}
+
 impl TcpAllReduce {
-    /// Connect the ranks of `world`, each driving `local` replicas.
-    pub fn connect(world: &World, local: usize) -> Result<TcpAllReduce> {
+    /// Connect the ranks of `world`, each driving `local` replicas; a set
+    /// `stop` ends the wait for the others.
+    pub fn connect(world: &World, local: usize, stop: Option<&AtomicBool>) -> Result<TcpAllReduce> {
         if world.rank == 0 {
-            TcpAllReduce::accept(listen(world)?, world, local)
+            TcpAllReduce::accept(listen(world)?, world, local, stop)
         } else {
-            TcpAllReduce::join(world, local)
+            TcpAllReduce::join(world, local, stop)
         }
     }
 
     /// Rank 0: wait on `listener` until every rank 1..W has joined,
     /// refusing (with a warning naming the peer) every connection that is
-    /// not a free rank of this run.
-    pub fn accept(listener: TcpListener, world: &World, local: usize) -> Result<TcpAllReduce> {
+    /// not a free rank of this run, until `stop` is set.
+    pub fn accept(
+        listener: TcpListener,
+        world: &World,
+        local: usize,
+        stop: Option<&AtomicBool>,
+    ) -> Result<TcpAllReduce> {
         let at = listener.local_addr().map_err(net_err("listen".into()))?;
         listener
             .set_nonblocking(true)
@@ -202,9 +222,17 @@ impl TcpAllReduce {
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let missing = || -> Vec<usize> {
+                        (1..world.size).filter(|&r| by_rank[r].is_none()).collect()
+                    };
+                    if asked_to_stop(stop) {
+                        return Err(stopped(format!(
+                            "rank 0 waited at {at} for ranks {:?}",
+                            missing()
+                        )));
+                    }
                     if start.elapsed() > CONNECT_FOR {
-                        let missing: Vec<usize> =
-                            (1..world.size).filter(|&r| by_rank[r].is_none()).collect();
+                        let missing = missing();
                         let refused = if refused.is_empty() {
                             String::new()
                         } else {
@@ -225,8 +253,9 @@ impl TcpAllReduce {
         TcpAllReduce::new(world, local, peers)
     }
 
-    /// A rank other than 0: connect to rank 0 and be accepted as `world.rank`.
-    pub fn join(world: &World, local: usize) -> Result<TcpAllReduce> {
+    /// A rank other than 0: connect to rank 0 and be accepted as
+    /// `world.rank`, trying until `stop` is set.
+    pub fn join(world: &World, local: usize, stop: Option<&AtomicBool>) -> Result<TcpAllReduce> {
         let (addr, port) = master(world)?;
         let target = format!("{addr}:{port}");
         let rank = world.rank;
@@ -241,6 +270,11 @@ impl TcpAllReduce {
                 .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok());
             match tried {
                 Some(s) => break s,
+                None if asked_to_stop(stop) => {
+                    return Err(stopped(format!(
+                        "rank {rank} tried to reach rank 0 at {target}"
+                    )))
+                }
                 None if start.elapsed() > CONNECT_FOR => {
                     return Err(Error::Config(format!(
                         "rank {rank} could not reach rank 0 at {target} in {} s: start rank 0, and check MASTER_ADDR and MASTER_PORT",
