@@ -23,6 +23,7 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod fsutil;
+pub mod held_out;
 pub mod memory;
 pub mod metrics;
 pub mod model;

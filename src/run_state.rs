@@ -160,6 +160,11 @@ pub struct RunState {
     pub data: String,
     pub train_images: usize,
     pub val_images: usize,
+    /// CRC-32 of the validation images' names and labels
+    /// (`data::names_digest`), for `eval --held-out` to find them again;
+    /// None in checkpoints from before it, and for stores without sources.
+    #[serde(default)]
+    pub val_digest: Option<u32>,
     pub options: RunOptions,
     pub preprocess: Preprocess,
     pub progress: Progress,

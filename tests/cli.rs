@@ -926,6 +926,17 @@ fn demo_learns_its_data_set() {
         test_top1 >= last - 10.0,
         "new images {test_top1}% against validation {last}%"
     );
+    // Its held-out images were temporary: --held-out says to use --demo.
+    let (ok, err) = run(&[
+        "eval",
+        "--checkpoint",
+        &best.display().to_string(),
+        "--held-out",
+    ]);
+    assert!(
+        !ok && err.contains("evaluate it on new ones with --demo"),
+        "{err}"
+    );
 }
 
 /// A demo run's data lives in a temporary folder that is gone when the run
@@ -1107,7 +1118,18 @@ fn printed_commands_quote_their_paths() {
         .split_once("evaluate with: ")
         .expect("an eval command");
     let best = run_dir.join("best.safetensors").display().to_string();
-    assert!(shell_words(eval.trim()).contains(&best), "{eval}");
+    let words = shell_words(eval.trim());
+    assert!(words.contains(&best), "{eval}");
+    // The command runs as printed: a folder's run is scored on the images
+    // it held out.
+    assert_eq!(
+        words.last().map(String::as_str),
+        Some("--held-out"),
+        "{eval}"
+    );
+    let words: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let (ok, err) = run(&words);
+    assert!(ok, "{eval}: {err}");
 
     let (ok, err) = run(&[&args[..], &["--data", &d, "--out", &r]].concat());
     assert!(!ok, "a second run in {r} should be refused");

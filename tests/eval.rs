@@ -265,6 +265,13 @@ fn eval_cli_repeats_the_runs_own_validation() {
         (json_field(&centre, "loss") - row[4]).abs() < 1e-4,
         "{centre} vs {epochs}"
     );
+    // --held-out finds the same val/ store from the checkpoint alone.
+    let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
+    let (ok, held, err) = cli(&args);
+    assert!(ok, "{err}");
+    for key in ["images", "top1_error", "top5_error", "loss"] {
+        assert_eq!(json_field(&held, key), json_field(&centre, key), "{key}");
+    }
     let ten = eval_json(&last, &["--ten-crop"]);
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
@@ -361,6 +368,112 @@ fn eval_cli_repeats_the_runs_own_validation() {
     // A folder given as the checkpoint.
     let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&part), "--data", &s(&part)]);
     assert!(!ok && err.contains("error:"), "{err}");
+}
+
+/// `eval --held-out` finds again the images a run held out of its data
+/// with `--val` (after `--limit`'s draw), for a class folder and for a
+/// store without val/: it repeats the validation numbers the run logged for
+/// its last epoch, loss included, which other images would not. Moved data
+/// is named with --data; data whose held-out names changed is refused.
+#[test]
+fn eval_held_out_repeats_the_validation_of_a_split_run() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let folder = t.path().join("photos");
+    write_demo_dataset(&folder, 10, 30, 32, 11).unwrap();
+    let store = t.path().join("store");
+    let (ok, _, err) = cli(&[
+        "prepare",
+        "--train",
+        &s(&folder),
+        "--out",
+        &s(&store),
+        "--size",
+        "32",
+        "--format",
+        "raw",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let split = [
+        "--epochs", "1", "--batch", "20", "--val", "40", "--limit", "250",
+    ];
+    for (name, data) in [("folder", &folder), ("store", &store)] {
+        let out = t.path().join(name);
+        train_run(data, &out, &split);
+        let last = alexnet_cuda::checkpoint::list(&out)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
+        let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
+        let (ok, held, err) = cli(&args);
+        assert!(ok, "{name}: {err}");
+        let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+        let row: Vec<f64> = epochs
+            .lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,...
+        assert_eq!(json_field(&held, "images"), 40.0, "{name}");
+        assert!(
+            (1.0 - json_field(&held, "top1_error") - row[5]).abs() < 1e-5,
+            "{name}: {held} vs {epochs}"
+        );
+        assert!(
+            (1.0 - json_field(&held, "top5_error") - row[6]).abs() < 1e-5,
+            "{name}: {held} vs {epochs}"
+        );
+        assert!(
+            (json_field(&held, "loss") - row[4]).abs() < 1e-4,
+            "{name}: {held} vs {epochs}"
+        );
+    }
+
+    // The folder moved: --data says where it is now.
+    let moved = t.path().join("moved");
+    std::fs::rename(&folder, &moved).unwrap();
+    let run = s(&t.path().join("folder"));
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &run, "--held-out"]);
+    assert!(
+        !ok && err.contains("not a folder here now; pass --data"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &run,
+        "--held-out",
+        "--data",
+        &s(&moved),
+    ]);
+    assert!(ok, "{err}");
+    // The same counts and classes, but every file renamed: not the images
+    // the run held out, so refused.
+    for class in std::fs::read_dir(&moved).unwrap() {
+        for f in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::rename(&f, f.with_file_name(format!("x{name}"))).unwrap();
+        }
+    }
+    let (ok, _, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &run,
+        "--held-out",
+        "--data",
+        &s(&moved),
+    ]);
+    assert!(!ok, "a changed folder is refused");
+    assert!(
+        err.contains("the held-out images are not the ones the run validated on")
+            && err.contains("evaluate on a folder with --data"),
+        "{err}"
+    );
 }
 
 /// `predict` on image files equals `predict --input-npy` on the same images

@@ -182,6 +182,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
         data: "test".into(),
         train_images: 10,
         val_images: 0,
+        val_digest: None,
         options: RunOptions {
             epochs: 1,
             batch: 1,

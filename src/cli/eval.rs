@@ -2,6 +2,7 @@
 //! the centre crop or the paper's 10 crops, as text or one JSON line; the
 //! class-by-class table and confusion matrix on request.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -18,6 +19,7 @@ use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{evaluate_by_class, loader_for, open_eval_data, ClassTally, EvalResult};
 use alexnet_cuda::features::spread;
 use alexnet_cuda::fsutil::check_target;
+use alexnet_cuda::held_out::held_out;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
@@ -31,11 +33,14 @@ pub struct EvalArgs {
     #[command(flatten)]
     run: CheckpointRunArgs,
     /// Images: a `prepare` output folder (its val/), a store folder, or class sub-folders of images.
-    #[arg(long, value_name = "DIR", required_unless_present = "demo")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["demo", "held_out"])]
     data: Option<PathBuf>,
     /// For a `train --demo` run: 500 new images of the demo's classes, none of them trained or validated on.
-    #[arg(long, conflicts_with = "data")]
+    #[arg(long, conflicts_with_all = ["data", "held_out"])]
     demo: bool,
+    /// The images the run validated on: its store's val/, or the --val images it held out of its data, drawn again from its seed (the data must be as it was). The data is where the run read it, or --data DIR.
+    #[arg(long)]
+    held_out: bool,
     /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
     #[arg(long)]
     ten_crop: bool,
@@ -71,9 +76,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .batch
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
-    let (data, _demo_dir) = eval_folder(&args, &ck)?;
-    let set = open_eval_data(&data, &ck)?;
-    let idx = spread(set.len(), args.limit.map(|k| k as usize));
+    let (data, set, idx, _demo_dir) = eval_images(&args, &ck)?;
     // Ten crops make ten rows per image: keep the rows per step near
     // `batch`. No step is larger than the set, so neither is the network.
     let per_step = if args.ten_crop {
@@ -178,6 +181,25 @@ fn print_classes(ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
     Ok(())
 }
 
+/// The images to evaluate (--limit of them, spread evenly) and their
+/// folder: the run's held-out ones (--held-out), or all of --data's or the
+/// demo's test set (in a temporary folder that lives as long as the guard).
+fn eval_images(args: &EvalArgs, ck: &Checkpoint) -> Result<EvalImages> {
+    let limit = args.limit.map(|k| k as usize);
+    if args.held_out {
+        let h = held_out(ck, args.data.as_deref())?;
+        let idx = spread(h.idx.len(), limit).into_iter().map(|i| h.idx[i]);
+        return Ok((h.root, h.set, idx.collect(), None));
+    }
+    let (data, demo_dir) = eval_folder(args, ck)?;
+    let set = open_eval_data(&data, ck)?;
+    let idx = spread(set.len(), limit);
+    Ok((data, set, idx, demo_dir))
+}
+
+/// The folder, its images, the ones to evaluate, and the demo's guard.
+type EvalImages = (PathBuf, Arc<dyn ImageSource>, Vec<usize>, Option<TempDir>);
+
 /// --data, or (--demo) a test set for the checkpoint's demo run in a
 /// temporary folder that lives as long as the guard.
 fn eval_folder(args: &EvalArgs, ck: &Checkpoint) -> Result<(PathBuf, Option<TempDir>)> {
@@ -203,7 +225,7 @@ struct EvalOn<'a> {
     topo: &'a Topology,
     /// Network rows per step (images x crops).
     rows: usize,
-    set: &'a std::sync::Arc<dyn ImageSource>,
+    set: &'a Arc<dyn ImageSource>,
     idx: &'a [usize],
     cfg: &'a LoaderConfig,
     pb: &'a indicatif::ProgressBar,
@@ -231,6 +253,9 @@ struct EvalReport {
     data: String,
     /// "centre-crop" or "10-crop".
     mode: &'static str,
+    /// The images are the run's held-out ones (--held-out).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    held_out: bool,
     images: usize,
     /// Images that could not be read, left out of the errors.
     #[serde(skip_serializing_if = "is_zero")]
@@ -266,6 +291,7 @@ fn print_result(
                 false => data.display().to_string(),
             },
             mode,
+            held_out: args.held_out,
             images: r.images,
             unreadable,
             top1_error: 1.0 - r.top1,
@@ -282,10 +308,11 @@ fn print_result(
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} images (loss {:.4}, {:.0} images/s)",
+            "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} {}images (loss {:.4}, {:.0} images/s)",
             100.0 * (1.0 - r.top1),
             100.0 * (1.0 - r.top5),
             r.images,
+            if args.held_out { "held-out " } else { "" },
             r.loss,
             r.images as f64 / seconds
         )?;

@@ -512,14 +512,14 @@ fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) -
 }
 
 /// How `eval` finds images the run did not train on: the demo's new ones,
-/// the store's val/, or (a held-out split) a folder the user names.
+/// the store's val/, or the images the run held out of its data.
 fn eval_data_flag(opts: &TrainOptions) -> String {
     if opts.run.demo {
         "--demo".into()
     } else if is_store(&opts.data.join("val")) {
         format!("--data {}", shell::word(&opts.data))
     } else {
-        "--data DIR".into()
+        "--held-out".into()
     }
 }
 

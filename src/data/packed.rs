@@ -24,6 +24,7 @@ use memmap2::{Advice, Mmap};
 use serde::{Deserialize, Serialize};
 
 use super::lighting::Pca;
+use super::store::names_digest;
 use crate::error::{Error, Result};
 use crate::fsutil::{sync_dir, write_atomic};
 
@@ -486,6 +487,16 @@ impl PackedStore {
             )));
         }
         Ok(lines)
+    }
+
+    /// `names_digest` of images `idx` by their source lines and labels,
+    /// how a checkpoint recognises its validation images (`held_out.rs`).
+    pub fn digest(&self, idx: &[usize]) -> Result<u32> {
+        let names = self.sources()?;
+        let entries = self.entries();
+        Ok(names_digest(
+            idx.iter().map(|&i| (&names[i], entries[i].label)),
+        ))
     }
 
     /// An error about image `i`, naming the data file and the source image.

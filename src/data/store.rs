@@ -58,15 +58,12 @@ impl ImageSet {
                 "image size 0: pass a positive --image-size (the paper uses 256)".into(),
             ));
         }
-        let chosen: Vec<usize> = match opts.limit {
-            None => (0..folder.len()).collect(),
-            Some(0) => {
-                return Err(Error::Config(
-                    "--limit 0 selects no images; pass a positive limit or leave it out".into(),
-                ))
-            }
-            Some(k) => balanced_subset(folder, k),
-        };
+        if opts.limit == Some(0) {
+            return Err(Error::Config(
+                "--limit 0 selects no images; pass a positive limit or leave it out".into(),
+            ));
+        }
+        let chosen = limited(folder, opts.limit);
         let n = chosen.len();
         let per_image = size * size * 3;
         let bytes = n as u64 * per_image as u64;
@@ -290,6 +287,41 @@ pub fn split_indices(n: usize, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usiz
     val.sort_unstable();
     train.sort_unstable();
     (train, val)
+}
+
+/// Indices into `folder.items()` of the images a run with `--limit`
+/// decodes: the balanced subset of `limit`, or every image.
+pub fn limited(folder: &ImageFolder, limit: Option<usize>) -> Vec<usize> {
+    match limit {
+        Some(k) => balanced_subset(folder, k),
+        None => (0..folder.len()).collect(),
+    }
+}
+
+/// The relative path of each of `folder`'s images `idx`, as `prepare`
+/// writes a store's source lines.
+pub fn relative_names(folder: &ImageFolder, idx: &[usize]) -> Vec<(String, u32)> {
+    let items = folder.items();
+    idx.iter()
+        .map(|&i| {
+            let (path, label) = &items[i];
+            let rel = path.strip_prefix(folder.root()).unwrap_or(path);
+            (rel.to_string_lossy().into_owned(), *label)
+        })
+        .collect()
+}
+
+/// CRC-32 of images' names and labels in order, a `name TAB label LF` line
+/// each: how a checkpoint recognises the images it validated on again
+/// (`held_out.rs`). An image added, removed, renamed or relabelled that
+/// moves the split changes it.
+pub fn names_digest<S: AsRef<str>>(names: impl IntoIterator<Item = (S, u32)>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (name, label) in names {
+        h.update(name.as_ref().as_bytes());
+        h.update(format!("\t{label}\n").as_bytes());
+    }
+    h.finalize()
 }
 
 /// Indices into `folder.items()` of a class-balanced subset of `k` images:

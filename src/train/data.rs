@@ -11,8 +11,8 @@ use tracing::info;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore, StoreMeta};
 use crate::data::{
-    workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet, ImageSource, Lighting,
-    LoaderConfig, Pca,
+    limited, names_digest, relative_names, workers_for, BuildOptions, HostAlloc, ImageFolder,
+    ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::model::topology::{Normalize, Topology};
@@ -38,6 +38,9 @@ pub struct TrainData {
     pub mean_image: Option<Arc<Vec<f32>>>,
     /// RGB covariance of the training pixels, 0..255 units.
     pub cov: Option<[[f64; 3]; 3]>,
+    /// `names_digest` of the validation images (None when a store has no
+    /// source list), kept so `eval --held-out` finds the same ones.
+    pub val_digest: Option<u32>,
 }
 
 /// Open `opts.data`: a store written by `prepare` (its root with `train/`
@@ -120,6 +123,10 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     }
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
+    // The set holds `limited`'s images, in order.
+    let chosen = limited(&folder, opts.run.limit);
+    let val_files: Vec<usize> = val_idx.iter().map(|&i| chosen[i]).collect();
+    let val_digest = Some(names_digest(relative_names(&folder, &val_files)));
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
     let set: Arc<dyn ImageSource> = set;
@@ -134,6 +141,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         std,
         mean_image: None,
         cov,
+        val_digest,
     })
 }
 
@@ -203,20 +211,23 @@ fn load_store(
     train_dir: &Path,
     val_dir: Option<PathBuf>,
 ) -> Result<TrainData> {
-    let store = PackedStore::open(train_dir)?;
+    let store = Arc::new(PackedStore::open(train_dir)?);
     let meta = store.meta().clone();
     let mean_image = Some(Arc::new(store.mean_image().to_vec()));
-    let train: Arc<dyn ImageSource> = Arc::new(store);
-    let (mut train_idx, val, val_idx) = match val_dir {
+    let train: Arc<dyn ImageSource> = Arc::clone(&store) as _;
+    let (mut train_idx, val, val_idx, val_digest) = match val_dir {
         Some(v) => {
-            let (vs, n) = open_val_store(train_dir, &v, &meta)?;
-            ((0..train.len()).collect(), vs, (0..n).collect())
+            let vs = open_val_store(train_dir, &v, &meta)?;
+            let all: Vec<usize> = (0..vs.len()).collect();
+            let digest = vs.digest(&all).ok();
+            ((0..train.len()).collect(), Arc::new(vs) as _, all, digest)
         }
         None => {
             check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
-            (t, Arc::clone(&train), v)
+            let digest = store.digest(&v).ok();
+            (t, Arc::clone(&train), v, digest)
         }
     };
     limit_train(opts, &mut train_idx)?;
@@ -232,19 +243,16 @@ fn load_store(
         std: st.channel_std.map(|v| v as f32),
         mean_image,
         cov: Some(st.rgb_cov),
+        val_digest,
     })
 }
 
-/// The validation store beside a training store, and its image count. It
+/// The validation store beside a training store. It
 /// must list the same classes in the same order (labels are indices) and
 /// hold images of the same size (the loader subtracts the training mean
 /// image, and the crops must cover the same share of each image); one left
 /// from an earlier `prepare` of the train store is used, with a warning.
-fn open_val_store(
-    train_dir: &Path,
-    v: &Path,
-    train: &StoreMeta,
-) -> Result<(Arc<dyn ImageSource>, usize)> {
+fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<PackedStore> {
     let vs = PackedStore::open(v)?;
     let meta = vs.meta();
     let again = "prepare them together with `alexnet-cuda prepare --train ... --val ...`";
@@ -280,8 +288,7 @@ fn open_val_store(
         );
     }
     info!("validating on the {} images of {}", meta.count, v.display());
-    let n = meta.count;
-    Ok((Arc::new(vs), n))
+    Ok(vs)
 }
 
 /// `--limit K`: K of the store's training images, drawn with the run's

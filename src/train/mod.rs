@@ -40,7 +40,7 @@ use crate::model::trainable::Model;
 use crate::step_log::{EpochClock, StepLog, StepSink};
 
 pub use crate::run_state::{EpochStats, Schedule};
-pub use data::{load_data, loader_config, TrainData};
+pub use data::{data_difference, load_data, loader_config, TrainData};
 pub use options::{resume_options, TrainOptions, TrainReport};
 pub use run_dir::check_run_folder;
 pub use schedule::after_validation;

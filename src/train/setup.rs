@@ -215,6 +215,7 @@ pub fn start_state(
         data: data_path(opts),
         train_images: data.train_idx.len(),
         val_images: data.val_idx.len(),
+        val_digest: data.val_digest,
         options: opts.run.clone(),
         preprocess: Preprocess {
             image_size: data.train.size(),

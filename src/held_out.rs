@@ -1,0 +1,150 @@
+//! The images a run validated on, found again from its checkpoint (`eval
+//! --held-out`): its store's `val/`, or the `--val` images it held out of
+//! its training data, drawn again from the run's seed by the split training
+//! used (`split_indices`, after `--limit`'s `balanced_subset` on a folder).
+//! The data must be as it was: the classes, the image counts and a digest
+//! of the held-out images' names (`names_digest`) are checked against the
+//! checkpoint's, since a change could move the split.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::checkpoint::Checkpoint;
+use crate::data::packed::is_store;
+use crate::data::store::split_indices;
+use crate::data::PackedStore;
+use crate::data::{limited, names_digest, relative_names, FileSource, ImageFolder, ImageSource};
+use crate::error::{Error, Result};
+use crate::eval::fit_to_checkpoint;
+use crate::train::data_difference;
+
+/// The held-out images: indices into `set`, and the folder they are in.
+pub struct HeldOut {
+    pub set: Arc<dyn ImageSource>,
+    pub idx: Vec<usize>,
+    pub root: PathBuf,
+}
+
+/// The images `ck`'s run validated on, in its data folder (`data`, or the
+/// one the checkpoint names when None).
+pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
+    let st = &ck.state;
+    if st.options.demo && data.is_none() {
+        return Err(Error::Config(format!(
+            "--held-out: {} is a `train --demo` run, whose images were temporary; evaluate it on new ones with --demo",
+            ck.path.display()
+        )));
+    }
+    let root = data.map_or_else(|| PathBuf::from(&st.data), Path::to_path_buf);
+    if !root.is_dir() {
+        return Err(Error::Config(format!(
+            "--held-out: {} trained on {}, which is not a folder here now; pass --data with where its images are",
+            ck.path.display(),
+            root.display()
+        )));
+    }
+    let (set, idx) = if is_store(&root.join("train")) && is_store(&root.join("val")) {
+        let val = PackedStore::open(&root.join("val"))?;
+        let all: Vec<usize> = (0..val.len()).collect();
+        let found = Found {
+            classes: val.classes(),
+            trained: st.train_images,
+            digest: val.digest(&all).ok(),
+        };
+        check_same(ck, &root, found, all.len())?;
+        (Arc::new(val) as Arc<dyn ImageSource>, all)
+    } else if is_store(&root) || is_store(&root.join("train")) {
+        let dir = if is_store(&root) {
+            root.clone()
+        } else {
+            root.join("train")
+        };
+        store_split(ck, &dir)?
+    } else {
+        folder_split(ck, &root)?
+    };
+    Ok(HeldOut {
+        set: fit_to_checkpoint(&root, set, ck)?,
+        idx,
+        root,
+    })
+}
+
+/// A store's `--val` images: the split `load_store` made (`--limit` draws
+/// from the rest, so it leaves the held-out images alone).
+fn store_split(ck: &Checkpoint, dir: &Path) -> Result<(Arc<dyn ImageSource>, Vec<usize>)> {
+    let store = PackedStore::open(dir)?;
+    let opts = &ck.state.options;
+    let n = store.len();
+    let trained = n.saturating_sub(opts.val);
+    let (_, val) = split_indices(n, opts.val, opts.seed);
+    let found = Found {
+        classes: store.classes(),
+        trained: opts.limit.map_or(trained, |k| k.min(trained)),
+        digest: store.digest(&val).ok(),
+    };
+    check_same(ck, dir, found, val.len())?;
+    Ok((Arc::new(store), val))
+}
+
+/// A class folder's `--val` images: `--limit`'s balanced subset first, then
+/// the split of that subset, as `ImageSet::build` and `split` made them.
+fn folder_split(ck: &Checkpoint, root: &Path) -> Result<(Arc<dyn ImageSource>, Vec<usize>)> {
+    let folder = ImageFolder::scan_for(root, "--data")?;
+    let opts = &ck.state.options;
+    let chosen = limited(&folder, opts.limit);
+    let (_, val) = split_indices(chosen.len(), opts.val, opts.seed);
+    let idx: Vec<usize> = val.into_iter().map(|i| chosen[i]).collect();
+    let found = Found {
+        classes: folder.classes(),
+        trained: chosen.len() - idx.len(),
+        digest: Some(names_digest(relative_names(&folder, &idx))),
+    };
+    check_same(ck, root, found, idx.len())?;
+    let size = ck.state.preprocess.image_size;
+    Ok((Arc::new(FileSource::new(&folder, size)), idx))
+}
+
+/// What the data found now holds, to compare with the checkpoint's.
+struct Found<'a> {
+    classes: &'a [String],
+    /// The images the run would have trained on.
+    trained: usize,
+    /// `names_digest` of the held-out images, where names are known.
+    digest: Option<u32>,
+}
+
+/// The data at `path` must be the run's: its classes, the images it
+/// trained on and the `validated` ones it held out, as many as the
+/// checkpoint says and, where it recorded them, by the same names.
+fn check_same(ck: &Checkpoint, path: &Path, found: Found, validated: usize) -> Result<()> {
+    let st = &ck.state;
+    let was = (&st.classes[..], st.train_images);
+    let diff = data_difference(was, (found.classes, found.trained))
+        .or_else(|| {
+            (validated != st.val_images).then(|| {
+                format!(
+                    "{validated} images would be held out, and the run validated on {}",
+                    st.val_images
+                )
+            })
+        })
+        .or_else(|| match (st.val_digest, found.digest) {
+            (Some(a), Some(b)) if a != b => Some(
+                "the held-out images are not the ones the run validated on (files added, removed or renamed)".into(),
+            ),
+            _ => None,
+        });
+    if let Some(d) = diff {
+        return Err(Error::Config(format!(
+            "--held-out: {} is not the data {} trained on: {d}; the held-out images cannot be found again, so evaluate on a folder with --data",
+            path.display(),
+            ck.path.display()
+        )));
+    }
+    if st.val_digest.is_none() || found.digest.is_none() {
+        tracing::warn!(
+            "--held-out: the names of the held-out images cannot be compared (a checkpoint from before they were recorded, or a store without its source list); checked by class and image counts only"
+        );
+    }
+    Ok(())
+}
