@@ -136,7 +136,7 @@ fn check_same(ck: &Checkpoint, path: &Path, found: Found, validated: usize) -> R
         });
     if let Some(d) = diff {
         return Err(Error::Config(format!(
-            "--held-out: {} is not the data {} trained on: {d}; the held-out images cannot be found again, so evaluate on a folder with --data",
+            "--held-out: {} is not the data {} trained on: {d}; the held-out images cannot be found again; evaluate instead on images the run did not train on, with --data DIR and no --held-out",
             path.display(),
             ck.path.display()
         )));

@@ -471,7 +471,7 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
     assert!(!ok, "a changed folder is refused");
     assert!(
         err.contains("the held-out images are not the ones the run validated on")
-            && err.contains("evaluate on a folder with --data"),
+            && err.contains("with --data DIR and no --held-out"),
         "{err}"
     );
 }
