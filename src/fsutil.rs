@@ -101,6 +101,19 @@ pub fn file_in_the_way(dir: &Path) -> Option<&Path> {
         .filter(|a| !a.is_dir())
 }
 
+/// `path` with symbolic links and `..` resolved as far as it exists, the
+/// rest appended as written: where a folder not made yet will be.
+pub fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for base in abs.ancestors() {
+        if let Ok(real) = base.canonicalize() {
+            let rest = abs.strip_prefix(base).unwrap_or(Path::new(""));
+            return real.join(rest);
+        }
+    }
+    abs
+}
+
 /// Refuse an `--out` folder with a file in its place or above it, before
 /// anything is written; `what` is what the folder is for ("the run").
 pub fn refuse_file_in_the_way(dir: &Path, what: &str) -> Result<()> {

@@ -1138,6 +1138,67 @@ fn printed_commands_quote_their_paths() {
     assert_eq!(shell_words(folder), vec![r], "{err}");
 }
 
+/// A run folder inside the class folders it trains on would be scanned as
+/// a class next time (its curves.png is an image): a fresh run is refused
+/// before anything is written, however the path reaches the tree (`..`, a
+/// symbolic link), and a run moved there is refused at resume with a way
+/// out. A run folder beside the tree is fine.
+#[test]
+fn a_run_folder_inside_its_class_folders_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("photos");
+    tree(&data, 2, 3);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let train = |data: &Path, out: &Path| {
+        let args = [
+            "train", "--cpu", "--config", "cifar", "--val", "2", "--batch", "2",
+        ];
+        run(&[
+            &args[..],
+            &["--epochs", "1", "--data", &s(data), "--out", &s(out)],
+        ]
+        .concat())
+    };
+    let inside = [
+        (data.clone(), data.join("run")),
+        (data.clone(), data.join("class0/../run")),
+        (link.clone(), data.join("run")),
+        (data.clone(), link.join("run")),
+        (data.clone(), data.clone()),
+    ];
+    for (d, out) in &inside {
+        let (ok, err) = train(d, out);
+        assert!(!ok, "--data {d:?} --out {out:?} was accepted");
+        assert!(
+            err.contains("is inside the data") && err.contains("pass --out a folder outside"),
+            "{err}"
+        );
+    }
+    let names = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&data), ["class0", "class1"], "nothing was written");
+
+    let beside = dir.path().join("run");
+    let (ok, err) = train(&data, &beside);
+    assert!(ok, "{err}");
+    let moved = data.join("run");
+    std::fs::rename(&beside, &moved).unwrap();
+    let (ok, err) = run(&["train", "--resume", &s(&moved), "--epochs", "2", "--cpu"]);
+    assert!(!ok);
+    assert!(
+        err.contains("move the run folder out of it") && err.contains(&format!("mv {}", s(&moved))),
+        "{err}"
+    );
+}
+
 /// torchrun's variables: a half-set environment names what is missing, and
 /// several processes must share the work data-parallel.
 #[test]

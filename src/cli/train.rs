@@ -25,7 +25,8 @@ use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
-    check_run_folder, resume_options, train, Schedule, TrainOptions, TrainReport,
+    check_run_folder, refuse_run_inside_data, resume_options, train, Schedule, TrainOptions,
+    TrainReport,
 };
 
 use super::common::{
@@ -164,6 +165,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Before the data: a scan or the demo's images can take a while.
         let keep = args.keep as usize;
         let dir = run_folder(&args, &topo, resume.as_deref());
+        if let Some(data) = images_read(&args, resume.as_deref()) {
+            refuse_run_inside_data(&dir, &data, resume.is_some())?;
+        }
         check_run_folder(&dir, resume.is_some(), &topo, keep)?;
     }
     // The demo's data lives as long as this guard.
@@ -215,6 +219,16 @@ impl OnLayout for TrainOn<'_> {
     type Err = alexnet_cuda::Error;
     fn run<B: Backend>(self, layout: Layout<'_, B>) -> alexnet_cuda::Result<TrainReport> {
         train(layout, self.0, self.1)
+    }
+}
+
+/// The folder of images the run reads, where it is the user's (not the
+/// demo's temporary one): --data, or the resumed run's.
+fn images_read(args: &TrainArgs, resume: Option<&Checkpoint>) -> Option<PathBuf> {
+    match (&args.data, resume) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(ck)) if !ck.state.options.demo => Some(PathBuf::from(&ck.state.data)),
+        _ => None,
     }
 }
 

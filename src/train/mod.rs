@@ -42,7 +42,7 @@ use crate::step_log::{EpochClock, StepLog, StepSink};
 pub use crate::run_state::{EpochStats, Schedule};
 pub use data::{data_difference, load_data, loader_config, TrainData};
 pub use options::{resume_options, TrainOptions, TrainReport};
-pub use run_dir::check_run_folder;
+pub use run_dir::{check_run_folder, refuse_run_inside_data};
 pub use schedule::after_validation;
 
 use run_dir::RunDir;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, RunState};
+use crate::data::packed::is_store;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
@@ -61,6 +62,30 @@ pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize)
         refuse_existing_run(dir)?;
     }
     Ok(())
+}
+
+/// Refuse a run folder inside the class-folder tree the run reads: the
+/// next scan of the tree (a resume, eval, another run) would take it for a
+/// class, with `curves.png` as its image. A store's folders are not scanned.
+pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<()> {
+    if is_store(data) || is_store(&data.join("train")) {
+        return Ok(());
+    }
+    if !fsutil::resolved(dir).starts_with(fsutil::resolved(data)) {
+        return Ok(());
+    }
+    let fix = match resumed {
+        true => format!(
+            "move the run folder out of it (e.g. mv {} runs/) and resume from there",
+            shell::word(dir)
+        ),
+        false => format!("pass --out a folder outside {}", shell::word(data)),
+    };
+    Err(Error::Config(format!(
+        "the run folder {} is inside the data {}, a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one); {fix}",
+        dir.display(),
+        data.display()
+    )))
 }
 
 /// A run resumed from a checkpoint older than its folder's newest goes on
