@@ -12,7 +12,9 @@ use crate::checkpoint::Checkpoint;
 use crate::data::packed::is_store;
 use crate::data::store::split_indices;
 use crate::data::PackedStore;
-use crate::data::{limited, names_digest, relative_names, FileSource, ImageFolder, ImageSource};
+use crate::data::{
+    limited, names_digest, relative_names, store_digest, FileSource, ImageFolder, ImageSource,
+};
 use crate::error::{Error, Result};
 use crate::eval::fit_to_checkpoint;
 use crate::train::data_difference;
@@ -48,7 +50,7 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
         let found = Found {
             classes: val.classes(),
             trained: st.train_images,
-            digest: val.digest(&all).ok(),
+            digest: store_digest(&val, &all).ok(),
         };
         check_same(ck, &root, found, all.len())?;
         (Arc::new(val) as Arc<dyn ImageSource>, all)
@@ -80,7 +82,7 @@ fn store_split(ck: &Checkpoint, dir: &Path) -> Result<(Arc<dyn ImageSource>, Vec
     let found = Found {
         classes: store.classes(),
         trained: opts.limit.map_or(trained, |k| k.min(trained)),
-        digest: store.digest(&val).ok(),
+        digest: store_digest(&store, &val).ok(),
     };
     check_same(ck, dir, found, val.len())?;
     Ok((Arc::new(store), val))

@@ -1159,6 +1159,42 @@ fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
     (ok, err)
 }
 
+/// A first `prepare` that dies before its commit point leaves the store's
+/// files without meta.json (here: a finished store's removed). `train` and
+/// `eval` name the unfinished store and the fix, not "one class sub-folder
+/// (train)"; running prepare again finishes it and trains.
+#[test]
+fn an_unfinished_store_is_named_as_one() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, val) = (t.path().join("train"), t.path().join("val"));
+    good_tree(&train, 12, 48, 48)?;
+    good_tree(&val, 3, 48, 48)?;
+    let out = t.path().join("store");
+    prepare_cli(&train, Some(&val), &out, "32", &[]);
+    fs::remove_file(out.join("train/meta.json"))?;
+    fs::remove_file(out.join("val/meta.json"))?;
+    let said = format!(
+        "{}: a store that `alexnet-cuda prepare` did not finish",
+        out.join("train").display()
+    );
+    let (ok, err) = train_cifar(&out, &t.path().join("run1"));
+    assert!(
+        !ok && err.contains(&said) && err.contains("run the same prepare again"),
+        "{err}"
+    );
+    // One store folder as --data.
+    let (ok, err) = train_cifar(&out.join("val"), &t.path().join("run1"));
+    assert!(
+        !ok && err.contains("a store that `alexnet-cuda prepare` did not finish"),
+        "{err}"
+    );
+
+    prepare_cli(&train, Some(&val), &out, "32", &[]);
+    let (ok, err) = train_cifar(&out, &t.path().join("run2"));
+    assert!(ok, "{err}");
+    Ok(())
+}
+
 #[test]
 fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -> TestResult {
     let t = TempDir::new()?;

@@ -28,5 +28,7 @@ pub use loader::{
     workers_for, Batch, BatchIter, Crop, ImageSource, Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
-pub use store::{balanced_subset, limited, names_digest, relative_names, BuildOptions, ImageSet};
+pub use store::{
+    balanced_subset, limited, names_digest, relative_names, store_digest, BuildOptions, ImageSet,
+};
 pub use synth::{write_demo_dataset, write_demo_test, write_demo_train};

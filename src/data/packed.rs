@@ -24,7 +24,6 @@ use memmap2::{Advice, Mmap};
 use serde::{Deserialize, Serialize};
 
 use super::lighting::Pca;
-use super::store::names_digest;
 use crate::error::{Error, Result};
 use crate::fsutil::{sync_dir, write_atomic};
 
@@ -94,6 +93,19 @@ pub struct Entry {
     pub len: u32,
     pub label: u32,
     pub crc: u32,
+}
+
+/// True when `dir` holds a store's files but no `meta.json`, the commit
+/// point: a first `prepare` into it that did not finish.
+pub fn is_unfinished_store(dir: &Path) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
+    };
+    let is_index = |name: &str| name.starts_with("index-") && name.ends_with(".bin");
+    !is_store(dir)
+        && rd
+            .flatten()
+            .any(|e| e.file_name().to_str().is_some_and(is_index))
 }
 
 fn gen_file(dir: &Path, stem: &str, gen: &str, ext: &str) -> PathBuf {
@@ -487,16 +499,6 @@ impl PackedStore {
             )));
         }
         Ok(lines)
-    }
-
-    /// `names_digest` of images `idx` by their source lines and labels,
-    /// how a checkpoint recognises its validation images (`held_out.rs`).
-    pub fn digest(&self, idx: &[usize]) -> Result<u32> {
-        let names = self.sources()?;
-        let entries = self.entries();
-        Ok(names_digest(
-            idx.iter().map(|&i| (&names[i], entries[i].label)),
-        ))
     }
 
     /// An error about image `i`, naming the data file and the source image.

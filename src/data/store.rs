@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::decode::{decode_into, unread_error};
 use super::folder::ImageFolder;
+use super::packed::PackedStore;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -322,6 +323,16 @@ pub fn names_digest<S: AsRef<str>>(names: impl IntoIterator<Item = (S, u32)>) ->
         h.update(format!("\t{label}\n").as_bytes());
     }
     h.finalize()
+}
+
+/// `names_digest` of a store's images `idx` by their source lines and
+/// labels; an error when the store's source list is missing or short.
+pub fn store_digest(store: &PackedStore, idx: &[usize]) -> Result<u32> {
+    let names = store.sources()?;
+    let entries = store.entries();
+    Ok(names_digest(
+        idx.iter().map(|&i| (&names[i], entries[i].label)),
+    ))
 }
 
 /// Indices into `folder.items()` of a class-balanced subset of `k` images:

@@ -11,8 +11,8 @@ use tracing::info;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore, StoreMeta};
 use crate::data::{
-    limited, names_digest, relative_names, workers_for, BuildOptions, HostAlloc, ImageFolder,
-    ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    limited, names_digest, relative_names, store_digest, workers_for, BuildOptions, HostAlloc,
+    ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::model::topology::{Normalize, Topology};
@@ -219,14 +219,14 @@ fn load_store(
         Some(v) => {
             let vs = open_val_store(train_dir, &v, &meta)?;
             let all: Vec<usize> = (0..vs.len()).collect();
-            let digest = vs.digest(&all).ok();
+            let digest = store_digest(&vs, &all).ok();
             ((0..train.len()).collect(), Arc::new(vs) as _, all, digest)
         }
         None => {
             check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
-            let digest = store.digest(&v).ok();
+            let digest = store_digest(&store, &v).ok();
             (t, Arc::clone(&train), v, digest)
         }
     };
