@@ -17,6 +17,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::fit_to_checkpoint;
+use crate::fsutil::resolved;
 use crate::train::data_difference;
 
 /// The held-out images: indices into `set`, and the folder they are in.
@@ -69,6 +70,29 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
         idx,
         root,
     })
+}
+
+/// Whether `path`, as eval reads it (a store, a `prepare` output's val/,
+/// or a class folder), is the folder `ck`'s run trained from: then its
+/// images are the run's training images (and any it held out), and their
+/// error is not a validation error.
+pub fn is_training_data(ck: &Checkpoint, path: &Path) -> bool {
+    let st = &ck.state;
+    if st.options.demo {
+        return false;
+    }
+    let data = PathBuf::from(&st.data);
+    let trained = if is_store(&data.join("train")) {
+        data.join("train")
+    } else {
+        data
+    };
+    let read = if !is_store(path) && is_store(&path.join("val")) {
+        path.join("val")
+    } else {
+        path.to_path_buf()
+    };
+    resolved(&read) == resolved(&trained)
 }
 
 /// A store's `--val` images: the split `load_store` made (`--limit` draws

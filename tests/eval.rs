@@ -409,6 +409,7 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
         let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
         let (ok, held, err) = cli(&args);
         assert!(ok, "{name}: {err}");
+        assert!(!err.contains("training error"), "{name}: {err}");
         let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
         let row: Vec<f64> = epochs
             .lines()
@@ -432,6 +433,21 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
             "{name}: {held} vs {epochs}"
         );
     }
+
+    // The whole folder is mostly the run's training images: said.
+    let args = [
+        "eval",
+        "--checkpoint",
+        &s(&t.path().join("folder")),
+        "--data",
+        &s(&folder),
+    ];
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("this is the data the run trained on (210 training images, 40 held out)"),
+        "{err}"
+    );
 
     // The folder moved: --data says where it is now.
     let moved = t.path().join("moved");

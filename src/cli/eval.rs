@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 use tempfile::TempDir;
+use tracing::warn;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
@@ -19,7 +20,7 @@ use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{evaluate_by_class, loader_for, open_eval_data, ClassTally, EvalResult};
 use alexnet_cuda::features::spread;
 use alexnet_cuda::fsutil::check_target;
-use alexnet_cuda::held_out::held_out;
+use alexnet_cuda::held_out::{held_out, is_training_data};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
@@ -192,6 +193,14 @@ fn eval_images(args: &EvalArgs, ck: &Checkpoint) -> Result<EvalImages> {
         return Ok((h.root, h.set, idx.collect(), None));
     }
     let (data, demo_dir) = eval_folder(args, ck)?;
+    if is_training_data(ck, &data) {
+        warn!(
+            "{}: this is the data the run trained on ({} training images, {} held out), so the error below is mostly a training error, not a validation error; --held-out scores only the held-out images",
+            data.display(),
+            ck.state.train_images,
+            ck.state.val_images
+        );
+    }
     let set = open_eval_data(&data, ck)?;
     let idx = spread(set.len(), limit);
     Ok((data, set, idx, demo_dir))
