@@ -201,6 +201,25 @@ fn json_field(line: &str, key: &str) -> f64 {
     v[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"))
 }
 
+/// An `eval --json` line against the last row of the run `out`'s
+/// epochs.csv (epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,
+/// ...): `images` images, the same top-1 and top-5, and the same loss to
+/// summation order. Returns the row.
+fn assert_repeats_last_epoch(out: &Path, json: &str, images: f64) -> Vec<f64> {
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    let last = epochs.lines().last().unwrap();
+    let row: Vec<f64> = last.split(',').map(|v| v.parse().unwrap()).collect();
+    let close = |key: &str, want: f64, tol: f64| {
+        let got = json_field(json, key);
+        assert!((got - want).abs() < tol, "{key}: {json} vs {last}");
+    };
+    close("images", images, 0.5);
+    close("top1_error", 1.0 - row[5], 1e-5);
+    close("top5_error", 1.0 - row[6], 1e-5);
+    close("loss", row[4], 1e-4);
+    row
+}
+
 /// `eval` of a run's last checkpoint on the run's own val store gives
 /// exactly the validation numbers the run logged for its last epoch: the
 /// weights and the preprocessing (mean, std, crop) come back from the file.
@@ -242,29 +261,9 @@ fn eval_cli_repeats_the_runs_own_validation() {
         json
     };
     let centre = eval_json(&last, &[]);
-    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
-    let row: Vec<f64> = epochs
-        .lines()
-        .last()
-        .unwrap()
-        .split(',')
-        .map(|v| v.parse().unwrap())
-        .collect();
-    // epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,...
+    let row = assert_repeats_last_epoch(&out, &centre, 100.0);
     assert_eq!(row[0], 2.0);
-    assert_eq!(json_field(&centre, "images"), 100.0);
-    assert!(
-        (1.0 - json_field(&centre, "top1_error") - row[5]).abs() < 1e-5,
-        "{centre} vs {epochs}"
-    );
-    assert!(
-        (1.0 - json_field(&centre, "top5_error") - row[6]).abs() < 1e-5,
-        "{centre} vs {epochs}"
-    );
-    assert!(
-        (json_field(&centre, "loss") - row[4]).abs() < 1e-4,
-        "{centre} vs {epochs}"
-    );
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
     // --held-out finds the same val/ store from the checkpoint alone.
     let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
     let (ok, held, err) = cli(&args);
@@ -410,28 +409,7 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
         let (ok, held, err) = cli(&args);
         assert!(ok, "{name}: {err}");
         assert!(!err.contains("training error"), "{name}: {err}");
-        let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
-        let row: Vec<f64> = epochs
-            .lines()
-            .last()
-            .unwrap()
-            .split(',')
-            .map(|v| v.parse().unwrap())
-            .collect();
-        // epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,...
-        assert_eq!(json_field(&held, "images"), 40.0, "{name}");
-        assert!(
-            (1.0 - json_field(&held, "top1_error") - row[5]).abs() < 1e-5,
-            "{name}: {held} vs {epochs}"
-        );
-        assert!(
-            (1.0 - json_field(&held, "top5_error") - row[6]).abs() < 1e-5,
-            "{name}: {held} vs {epochs}"
-        );
-        assert!(
-            (json_field(&held, "loss") - row[4]).abs() < 1e-4,
-            "{name}: {held} vs {epochs}"
-        );
+        assert_repeats_last_epoch(&out, &held, 40.0);
     }
 
     // The whole folder is mostly the run's training images: said.
