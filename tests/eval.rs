@@ -196,6 +196,20 @@ fn train_run(data: &Path, out: &Path, extra: &[&str]) {
     assert!(ok, "{args:?}: {err}");
 }
 
+/// `prepare` `train` (and `val`) into the raw 32x32 store `out` (CLI).
+fn prepare_raw32(train: &Path, val: Option<&Path>, out: &Path) {
+    let s = |p: &Path| p.display().to_string();
+    let (train, out) = (s(train), s(out));
+    let mut args = vec!["prepare", "--train", &train, "--out", &out];
+    let val = val.map(s);
+    if let Some(v) = &val {
+        args.extend(["--val", v]);
+    }
+    args.extend(["--size", "32", "--format", "raw", "--no-progress"]);
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{args:?}: {err}");
+}
+
 fn json_field(line: &str, key: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     v[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"))
@@ -231,21 +245,7 @@ fn eval_cli_repeats_the_runs_own_validation() {
     write_demo_dataset(&train_dir, 10, 30, 32, 9).unwrap();
     write_demo_dataset(&val_dir, 10, 10, 32, 10).unwrap();
     let store = t.path().join("store");
-    let (ok, _, err) = cli(&[
-        "prepare",
-        "--train",
-        &s(&train_dir),
-        "--val",
-        &s(&val_dir),
-        "--out",
-        &s(&store),
-        "--size",
-        "32",
-        "--format",
-        "raw",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    prepare_raw32(&train_dir, Some(&val_dir), &store);
     let out = t.path().join("run");
     train_run(&store, &out, &["--epochs", "2", "--batch", "20"]);
     let last = alexnet_cuda::checkpoint::list(&out)
@@ -381,19 +381,7 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
     let folder = t.path().join("photos");
     write_demo_dataset(&folder, 10, 30, 32, 11).unwrap();
     let store = t.path().join("store");
-    let (ok, _, err) = cli(&[
-        "prepare",
-        "--train",
-        &s(&folder),
-        "--out",
-        &s(&store),
-        "--size",
-        "32",
-        "--format",
-        "raw",
-        "--no-progress",
-    ]);
-    assert!(ok, "{err}");
+    prepare_raw32(&folder, None, &store);
     let split = [
         "--epochs", "1", "--batch", "20", "--val", "40", "--limit", "250",
     ];
