@@ -1160,9 +1160,10 @@ fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
 }
 
 /// A first `prepare` that dies before its commit point leaves the store's
-/// files without meta.json (here: a finished store's removed). `train` and
-/// `eval` name the unfinished store and the fix, not "one class sub-folder
-/// (train)"; running prepare again finishes it and trains.
+/// files without meta.json (here: a finished store's removed). `train`
+/// names the unfinished store and the fix, not "one class sub-folder
+/// (train)" (eval reads folders through the same scan); running prepare
+/// again finishes it and trains.
 #[test]
 fn an_unfinished_store_is_named_as_one() -> TestResult {
     let t = TempDir::new()?;
