@@ -247,11 +247,11 @@ fn load_store(
     })
 }
 
-/// The validation store beside a training store. It
-/// must list the same classes in the same order (labels are indices) and
-/// hold images of the same size (the loader subtracts the training mean
-/// image, and the crops must cover the same share of each image); one left
-/// from an earlier `prepare` of the train store is used, with a warning.
+/// The validation store beside a training store. It must list the same
+/// classes in the same order (labels are indices) and hold images of the
+/// same size (the loader subtracts the training mean image, and the crops
+/// must cover the same share of each image); one left from an earlier
+/// `prepare` of the train store is used, with a warning.
 fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<PackedStore> {
     let vs = PackedStore::open(v)?;
     let meta = vs.meta();
