@@ -211,7 +211,11 @@ fn numbers_out_of_range_name_their_flag() {
         ("--time-limit", "1e300", "longer than a clock can count"),
         ("--epochs", "-2", "must be at least 1"),
         ("--batch", "0", "must be at least 1"),
-        ("--seed", "-1", "invalid digit"),
+        (
+            "--seed",
+            "-1",
+            "a seed is a whole number from 0 to 18446744073709551615",
+        ),
     ];
     for (flag, value, why) in cases {
         // The data, which does not exist, is not what the error names.

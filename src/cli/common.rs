@@ -88,6 +88,12 @@ pub fn positive(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
+/// Flag parser for a seed: any whole number a u64 holds.
+pub fn seed_value(s: &str) -> std::result::Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("a seed is a whole number from 0 to {}", u64::MAX))
+}
+
 /// Flag parser for a positive, finite number (a rate, a duration).
 pub fn positive_number(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {

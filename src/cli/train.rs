@@ -31,7 +31,7 @@ use alexnet_cuda::train::{
 
 use super::common::{
     demo_folder, existing_weights, flag_value, minutes_or_off, positive, positive_f32, seconds,
-    HostArgs, NetArgs,
+    seed_value, HostArgs, NetArgs,
 };
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
@@ -105,7 +105,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     max_drops: usize,
     /// Seed of everything random in the run: the initial weights, the held-out split, --limit's draw, the order of the images, their crops, flips and lighting, dropout, and the demo's images.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = seed_value)]
     seed: u64,
     #[command(flatten)]
     host: HostArgs,
