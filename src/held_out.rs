@@ -13,7 +13,7 @@ use crate::data::packed::is_store;
 use crate::data::store::split_indices;
 use crate::data::PackedStore;
 use crate::data::{
-    limited, names_digest, relative_names, store_digest, FileSource, ImageFolder, ImageSource,
+    folder_digest, held_out_files, store_digest, FileSource, ImageFolder, ImageSource,
 };
 use crate::error::{Error, Result};
 use crate::eval::fit_to_checkpoint;
@@ -112,18 +112,16 @@ fn store_split(ck: &Checkpoint, dir: &Path) -> Result<(Arc<dyn ImageSource>, Vec
     Ok((Arc::new(store), val))
 }
 
-/// A class folder's `--val` images: `--limit`'s balanced subset first, then
-/// the split of that subset, as `ImageSet::build` and `split` made them.
+/// A class folder's `--val` images (`held_out_files`).
 fn folder_split(ck: &Checkpoint, root: &Path) -> Result<(Arc<dyn ImageSource>, Vec<usize>)> {
     let folder = ImageFolder::scan_for(root, "--data")?;
     let opts = &ck.state.options;
-    let chosen = limited(&folder, opts.limit);
-    let (_, val) = split_indices(chosen.len(), opts.val, opts.seed);
-    let idx: Vec<usize> = val.into_iter().map(|i| chosen[i]).collect();
+    let idx = held_out_files(&folder, opts.limit, opts.val, opts.seed);
+    let chosen = opts.limit.map_or(folder.len(), |k| k.min(folder.len()));
     let found = Found {
         classes: folder.classes(),
-        trained: chosen.len() - idx.len(),
-        digest: Some(names_digest(relative_names(&folder, &idx))),
+        trained: chosen - idx.len(),
+        digest: Some(folder_digest(&folder, &idx)),
     };
     check_same(ck, root, found, idx.len())?;
     let size = ck.state.preprocess.image_size;

@@ -161,7 +161,7 @@ pub struct RunState {
     pub train_images: usize,
     pub val_images: usize,
     /// CRC-32 of the validation images' names and labels
-    /// (`data::names_digest`), for `eval --held-out` to find them again;
+    /// (`data::store::names_digest`), for `eval --held-out` to find them again;
     /// None in checkpoints from before it, and for stores without sources.
     #[serde(default)]
     pub val_digest: Option<u32>,

@@ -299,17 +299,29 @@ pub fn limited(folder: &ImageFolder, limit: Option<usize>) -> Vec<usize> {
     }
 }
 
-/// The relative path of each of `folder`'s images `idx`, as `prepare`
-/// writes a store's source lines.
-pub fn relative_names(folder: &ImageFolder, idx: &[usize]) -> Vec<(String, u32)> {
+/// Indices into `folder.items()` of the `n_val` images a run on the folder
+/// held out: the split (`split_indices`) of `limited`'s subset, as
+/// `ImageSet::build` and `ImageSet::split` make them.
+pub fn held_out_files(
+    folder: &ImageFolder,
+    limit: Option<usize>,
+    n_val: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let chosen = limited(folder, limit);
+    let (_, val) = split_indices(chosen.len(), n_val, seed);
+    val.into_iter().map(|i| chosen[i]).collect()
+}
+
+/// `names_digest` of `folder`'s images `idx` by their paths relative to
+/// the folder (as `prepare` writes a store's source lines) and labels.
+pub fn folder_digest(folder: &ImageFolder, idx: &[usize]) -> u32 {
     let items = folder.items();
-    idx.iter()
-        .map(|&i| {
-            let (path, label) = &items[i];
-            let rel = path.strip_prefix(folder.root()).unwrap_or(path);
-            (rel.to_string_lossy().into_owned(), *label)
-        })
-        .collect()
+    names_digest(idx.iter().map(|&i| {
+        let (path, label) = &items[i];
+        let rel = path.strip_prefix(folder.root()).unwrap_or(path);
+        (rel.to_string_lossy(), *label)
+    }))
 }
 
 /// CRC-32 of images' names and labels in order, a `name TAB label LF` line

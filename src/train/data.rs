@@ -11,8 +11,8 @@ use tracing::info;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore, StoreMeta};
 use crate::data::{
-    limited, names_digest, relative_names, store_digest, workers_for, BuildOptions, HostAlloc,
-    ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    folder_digest, held_out_files, store_digest, workers_for, BuildOptions, HostAlloc, ImageFolder,
+    ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::model::topology::{Normalize, Topology};
@@ -123,10 +123,8 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     }
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
-    // The set holds `limited`'s images, in order.
-    let chosen = limited(&folder, opts.run.limit);
-    let val_files: Vec<usize> = val_idx.iter().map(|&i| chosen[i]).collect();
-    let val_digest = Some(names_digest(relative_names(&folder, &val_files)));
+    let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
+    let val_digest = Some(folder_digest(&folder, &val_files));
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
     let set: Arc<dyn ImageSource> = set;
