@@ -388,16 +388,29 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
     for (name, data) in [("folder", &folder), ("store", &store)] {
         let out = t.path().join(name);
         train_run(data, &out, &split);
-        let last = alexnet_cuda::checkpoint::list(&out)
-            .unwrap()
-            .pop()
-            .unwrap()
-            .1;
-        let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
-        let (ok, held, err) = cli(&args);
-        assert!(ok, "{name}: {err}");
-        assert!(!err.contains("training error"), "{name}: {err}");
-        assert_repeats_last_epoch(&out, &held, 40.0);
+        // After the first epoch, and after a resume to a second: the
+        // resumed checkpoint still names its held-out images.
+        for epochs in ["1", "2"] {
+            if epochs == "2" {
+                let args = ["train", "--resume", &s(&out), "--epochs", "2", "--cpu"];
+                let (ok, _, err) = cli(&[&args[..], &["--no-progress"]].concat());
+                assert!(ok, "{name}: {err}");
+            }
+            let last = alexnet_cuda::checkpoint::list(&out)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .1;
+            let args = ["eval", "--checkpoint", &s(&last), "--held-out", "--json"];
+            let (ok, held, err) = cli(&args);
+            assert!(ok, "{name}: {err}");
+            assert!(!err.contains("training error"), "{name}: {err}");
+            assert!(
+                !err.contains("cannot be compared"),
+                "{name}, epoch {epochs}: {err}"
+            );
+            assert_repeats_last_epoch(&out, &held, 40.0);
+        }
     }
 
     // The whole folder is mostly the run's training images: said.

@@ -38,8 +38,9 @@ pub struct TrainData {
     pub mean_image: Option<Arc<Vec<f32>>>,
     /// RGB covariance of the training pixels, 0..255 units.
     pub cov: Option<[[f64; 3]; 3]>,
-    /// `names_digest` of the validation images (None when a store has no
-    /// source list), kept so `eval --held-out` finds the same ones.
+    /// `names_digest` of the validation images, kept so `eval --held-out`
+    /// finds the same ones; None for a resumed run (its checkpoint keeps
+    /// its own) and for a store without a source list.
     pub val_digest: Option<u32>,
 }
 
@@ -123,8 +124,10 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     }
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
-    let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
-    let val_digest = Some(folder_digest(&folder, &val_files));
+    let val_digest = fresh_digest(opts, || {
+        let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
+        Ok(folder_digest(&folder, &val_files))
+    });
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
     let set: Arc<dyn ImageSource> = set;
@@ -141,6 +144,13 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         cov,
         val_digest,
     })
+}
+
+/// The validation images' digest for a fresh run's checkpoint. A resumed
+/// run keeps its checkpoint's, so none is computed: a store's would read
+/// its whole source list.
+fn fresh_digest(opts: &TrainOptions, digest: impl FnOnce() -> Result<u32>) -> Option<u32> {
+    opts.resume.is_none().then(digest).and_then(|d| d.ok())
 }
 
 /// How the data `now` (classes, training images after any held-out
@@ -217,14 +227,14 @@ fn load_store(
         Some(v) => {
             let vs = open_val_store(train_dir, &v, &meta)?;
             let all: Vec<usize> = (0..vs.len()).collect();
-            let digest = store_digest(&vs, &all).ok();
+            let digest = fresh_digest(opts, || store_digest(&vs, &all));
             ((0..train.len()).collect(), Arc::new(vs) as _, all, digest)
         }
         None => {
             check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
-            let digest = store_digest(&store, &v).ok();
+            let digest = fresh_digest(opts, || store_digest(&store, &v));
             (t, Arc::clone(&train), v, digest)
         }
     };
