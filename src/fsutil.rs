@@ -6,7 +6,7 @@
 //! little free space, `size` writes a byte count as text.
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -102,16 +102,36 @@ pub fn file_in_the_way(dir: &Path) -> Option<&Path> {
 }
 
 /// `path` with symbolic links and `..` resolved as far as it exists, the
-/// rest appended as written: where a folder not made yet will be.
+/// rest appended as written: where a folder not made yet will be. A `..`
+/// after a folder not made yet is taken lexically, as `create_dir_all`
+/// makes `a/../b` (`a`, then `b` beside it), and what follows it is
+/// resolved again, since it may exist.
 pub fn resolved(path: &Path) -> PathBuf {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     for base in abs.ancestors() {
         if let Ok(real) = base.canonicalize() {
             let rest = abs.strip_prefix(base).unwrap_or(Path::new(""));
-            return real.join(rest);
+            if !rest.components().any(|c| c == Component::ParentDir) {
+                return real.join(rest);
+            }
+            return resolved(&lexically(real, rest));
         }
     }
     abs
+}
+
+/// `base` joined with `rest`, each `..` in `rest` taking off one part.
+fn lexically(mut base: PathBuf, rest: &Path) -> PathBuf {
+    for part in rest.components() {
+        match part {
+            Component::ParentDir => {
+                base.pop();
+            }
+            Component::CurDir => {}
+            other => base.push(other),
+        }
+    }
+    base
 }
 
 /// Refuse an `--out` folder with a file in its place or above it, before

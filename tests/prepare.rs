@@ -211,6 +211,33 @@ fn a_store_inside_the_image_tree_is_refused() -> TestResult {
     Ok(())
 }
 
+/// The same, spelled through a symbolic link to the tree and through `..`,
+/// with the store's folder not made yet (nothing to canonicalize), and
+/// `..` after a folder not made yet (`create_dir_all` makes it, then steps
+/// back).
+#[cfg(unix)]
+#[test]
+fn a_store_inside_the_image_tree_is_refused_however_it_is_spelled() -> TestResult {
+    let t = TempDir::new()?;
+    let tree = t.path().join("photos");
+    good_tree(&tree, 1, 16, 16)?;
+    std::os::unix::fs::symlink(&tree, t.path().join("link"))?;
+    let spellings = [
+        t.path().join("link/store"),
+        t.path().join("link/n01_cat/new/store"),
+        t.path().join("elsewhere/../photos/store"),
+        t.path().join("elsewhere/../link/store"),
+    ];
+    for out in spellings {
+        let msg = prepare(&opts(&tree, &out, 8, Encoding::Jpeg))
+            .expect_err("inside")
+            .to_string();
+        assert!(msg.contains("is inside"), "{}: {msg}", out.display());
+        assert!(!out.exists(), "{} was written", out.display());
+    }
+    Ok(())
+}
+
 #[test]
 fn a_tree_with_no_readable_image_is_an_error_naming_it() -> TestResult {
     let t = TempDir::new()?;

@@ -29,7 +29,9 @@ use super::lighting::Pca;
 use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
-use crate::fsutil::{lock_folder, refuse_file_in_the_way, short_of_room, size, write_atomic};
+use crate::fsutil::{
+    lock_folder, refuse_file_in_the_way, resolved, short_of_room, size, write_atomic,
+};
 
 /// Images handed to the thread pool at a time; results are written in order
 /// after each chunk, so memory holds at most one chunk of encoded images:
@@ -82,6 +84,23 @@ pub struct PrepareReport {
     pub seconds: f64,
 }
 
+/// A store inside the image tree would be scanned as a class next time.
+/// Paths are compared resolved (`..`, symbolic links), also when `--out`
+/// is not made yet.
+fn refuse_out_inside_images(opts: &PrepareOptions) -> Result<()> {
+    let out = resolved(&opts.out);
+    for src in std::iter::once(&opts.train).chain(opts.val.as_ref()) {
+        if out.starts_with(resolved(src)) {
+            return Err(Error::Config(format!(
+                "--out {} is inside {}; write the store somewhere outside the image tree",
+                opts.out.display(),
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Write `opts.out/train` (and `opts.out/val`).
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let start = Instant::now();
@@ -97,23 +116,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             opts.size
         )));
     }
-    // A store inside the tree would be scanned as a class next time.
-    let abs = |p: &Path| {
-        fs::canonicalize(p)
-            .or_else(|_| std::path::absolute(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    };
     refuse_file_in_the_way(&opts.out, "the stores")?;
-    let out_abs = abs(&opts.out);
-    for src in std::iter::once(&opts.train).chain(opts.val.as_ref()) {
-        if out_abs.starts_with(abs(src)) {
-            return Err(Error::Config(format!(
-                "--out {} is inside {}; write the store somewhere outside the image tree",
-                opts.out.display(),
-                src.display()
-            )));
-        }
-    }
+    refuse_out_inside_images(opts)?;
     let folder = ImageFolder::scan_for(&opts.train, "--train")?;
     let classes = folder.classes().to_vec();
     let names = match &opts.names {
