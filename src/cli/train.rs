@@ -249,20 +249,14 @@ fn data_folder(
         let dir = demo_folder("training", |d| write_demo_train(d, topo.image_size, seed))?;
         return Ok((dir.path().to_path_buf(), Some(dir)));
     }
-    match (&args.data, resume) {
-        (Some(d), _) => Ok((d.clone(), None)),
-        (None, Some(ck)) => {
-            let d = PathBuf::from(&ck.state.data);
-            if !d.exists() {
-                bail!(
-                    "--resume {}: the run's data {} is not there any more; pass where it is now with --data DIR",
-                    ck.path.display(),
-                    d.display()
-                );
-            }
-            Ok((d, None))
-        }
-        (None, None) => bail!("train: pass --data DIR (a store from `prepare`, or one sub-folder of images per class) or --demo"),
+    match (images_read(args, resume), resume) {
+        (Some(d), Some(ck)) if args.data.is_none() && !d.exists() => bail!(
+            "--resume {}: the run's data {} is not there any more; pass where it is now with --data DIR",
+            ck.path.display(),
+            d.display()
+        ),
+        (Some(d), _) => Ok((d, None)),
+        (None, _) => bail!("train: pass --data DIR (a store from `prepare`, or one sub-folder of images per class) or --demo"),
     }
 }
 
