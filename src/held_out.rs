@@ -13,7 +13,7 @@ use crate::data::packed::is_store;
 use crate::data::store::split_indices;
 use crate::data::PackedStore;
 use crate::data::{
-    folder_digest, held_out_files, store_digest, FileSource, ImageFolder, ImageSource,
+    folder_digest, held_out_files, limited_len, store_digest, FileSource, ImageFolder, ImageSource,
 };
 use crate::error::{Error, Result};
 use crate::eval::fit_to_checkpoint;
@@ -105,7 +105,7 @@ fn store_split(ck: &Checkpoint, dir: &Path) -> Result<(Arc<dyn ImageSource>, Vec
     let (_, val) = split_indices(n, opts.val, opts.seed);
     let found = Found {
         classes: store.classes(),
-        trained: opts.limit.map_or(trained, |k| k.min(trained)),
+        trained: limited_len(trained, opts.limit),
         digest: store_digest(&store, &val).ok(),
     };
     check_same(ck, dir, found, val.len())?;
@@ -117,7 +117,7 @@ fn folder_split(ck: &Checkpoint, root: &Path) -> Result<(Arc<dyn ImageSource>, V
     let folder = ImageFolder::scan_for(root, "--data")?;
     let opts = &ck.state.options;
     let idx = held_out_files(&folder, opts.limit, opts.val, opts.seed);
-    let chosen = opts.limit.map_or(folder.len(), |k| k.min(folder.len()));
+    let chosen = limited_len(folder.len(), opts.limit);
     let found = Found {
         classes: folder.classes(),
         trained: chosen - idx.len(),

@@ -29,6 +29,7 @@ pub use loader::{
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use store::{
-    balanced_subset, folder_digest, held_out_files, store_digest, BuildOptions, ImageSet,
+    balanced_subset, folder_digest, held_out_files, limited_len, store_digest, BuildOptions,
+    ImageSet,
 };
 pub use synth::{write_demo_dataset, write_demo_test, write_demo_train};

@@ -290,6 +290,12 @@ pub fn split_indices(n: usize, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usiz
     (train, val)
 }
 
+/// How many of `len` images a `--limit` keeps: `limited`'s count, and a
+/// store's training images after its split.
+pub fn limited_len(len: usize, limit: Option<usize>) -> usize {
+    limit.map_or(len, |k| k.min(len))
+}
+
 /// Indices into `folder.items()` of the images a run with `--limit`
 /// decodes: the balanced subset of `limit`, or every image.
 pub fn limited(folder: &ImageFolder, limit: Option<usize>) -> Vec<usize> {

@@ -11,8 +11,8 @@ use tracing::info;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, PackedStore, StoreMeta};
 use crate::data::{
-    folder_digest, held_out_files, store_digest, workers_for, BuildOptions, HostAlloc, ImageFolder,
-    ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    folder_digest, held_out_files, limited_len, store_digest, workers_for, BuildOptions, HostAlloc,
+    ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::model::topology::{Normalize, Topology};
@@ -112,7 +112,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         progress: opts.progress,
     };
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
-    let n = opts.run.limit.map_or(folder.len(), |l| l.min(folder.len()));
+    let n = limited_len(folder.len(), opts.run.limit);
     check_held_out(opts, n, "the data set")?;
     // A resume on other data is refused before the decode, not after it.
     if let Some(ck) = &opts.resume {
