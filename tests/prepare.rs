@@ -647,6 +647,68 @@ fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
     Ok(())
 }
 
+/// Index entries that pass the index's checksum but do not fit the store
+/// (an index and meta.json edited, or written by other code): a raw image
+/// of the wrong length, which the loader slices rows of `size * 3` bytes
+/// out of, and an offset whose end wraps past 2^64. And a meta.json image
+/// side past prepare's, whose `size * size * 3` would overflow. Each is
+/// refused on open, naming the file.
+#[test]
+fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 20, 20)?;
+    let out = t.path().join("out");
+    prepare(&opts(&train, &out, 16, Encoding::Raw))?;
+    let dir = out.join("train");
+    let gen = read_meta(&dir)?.generation;
+    let index = dir.join(format!("index-{gen}.bin"));
+    let (good, meta) = (
+        fs::read(&index)?,
+        fs::read_to_string(dir.join("meta.json"))?,
+    );
+    // Entry i's 24 bytes: offset u64, length u32, label u32, checksum u32.
+    let cases: [(usize, Vec<u8>, &str); 2] = [
+        (
+            8,
+            700u32.to_le_bytes().to_vec(),
+            "entry 0 has 700 bytes, a raw 16x16 image 768",
+        ),
+        (
+            24,
+            (u64::MAX - 10).to_le_bytes().to_vec(),
+            "entry 1 out of range",
+        ),
+    ];
+    for (at, bytes, said) in cases {
+        let mut bad = good.clone();
+        bad[at..at + bytes.len()].copy_from_slice(&bytes);
+        fs::write(&index, &bad)?;
+        meta_with(&dir, &meta, "index_crc", crc32fast::hash(&bad).into())?;
+        let msg = PackedStore::open(&dir).err().ok_or(said)?.to_string();
+        assert!(msg.contains(said), "{msg}");
+        assert!(msg.contains(&index.display().to_string()), "{msg}");
+    }
+    fs::write(&index, &good)?;
+    meta_with(&dir, &meta, "size", (1u64 << 40).into())?;
+    let msg = PackedStore::open(&dir).err().ok_or("side")?.to_string();
+    assert!(
+        msg.contains("image side 1099511627776") && msg.contains("meta.json"),
+        "{msg}"
+    );
+    meta_with(&dir, &meta, "size", 16.into())?;
+    assert_eq!(PackedStore::open(&dir)?.len(), 4);
+    Ok(())
+}
+
+/// Write `dir/meta.json` as `text` with `key` set to `value`.
+fn meta_with(dir: &Path, text: &str, key: &str, value: serde_json::Value) -> TestResult {
+    let mut v: serde_json::Value = serde_json::from_str(text)?;
+    v[key] = value;
+    fs::write(dir.join("meta.json"), serde_json::to_vec(&v)?)?;
+    Ok(())
+}
+
 /// Files of generations in a store folder.
 fn generation_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)

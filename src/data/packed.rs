@@ -31,6 +31,8 @@ pub const META_FILE: &str = "meta.json";
 pub const FORMAT_NAME: &str = "alexnet-cuda packed image store";
 pub const FORMAT_VERSION: u32 = 1;
 const ENTRY_BYTES: usize = 24;
+/// The largest image side `prepare` writes.
+pub const MAX_SIDE: usize = 4096;
 
 /// How each image is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,7 +339,35 @@ pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
             meta.version
         )));
     }
+    // prepare's range: a side past it would overflow `size * size * 3`.
+    if !(1..=MAX_SIDE).contains(&meta.size) {
+        return Err(Error::Data(format!(
+            "{}: image side {}, where prepare writes 1 to {MAX_SIDE}; the store is damaged, rerun `alexnet-cuda prepare`",
+            path.display(),
+            meta.size
+        )));
+    }
     Ok(meta)
+}
+
+/// The first index entry that does not fit the store, said as what is
+/// wrong: its bytes past the data file's `len`, a label past the class
+/// list, or a raw image of other than `size * size * 3` bytes (the loader
+/// slices rows of that size out of it).
+fn bad_entry(entries: &[Entry], meta: &StoreMeta, len: u64) -> Option<String> {
+    let raw = (meta.encoding == Encoding::Raw).then(|| meta.size * meta.size * 3);
+    entries.iter().enumerate().find_map(|(i, e)| {
+        let end = e.offset.checked_add(u64::from(e.len));
+        if end.is_none_or(|end| end > len) || e.label as usize >= meta.classes.len() {
+            return Some(format!("entry {i} out of range"));
+        }
+        let n = raw.filter(|&n| n != e.len as usize)?;
+        Some(format!(
+            "entry {i} has {} bytes, a raw {s}x{s} image {n}",
+            e.len,
+            s = meta.size
+        ))
+    })
 }
 
 /// True when `dir` holds a committed store.
@@ -383,7 +413,7 @@ impl PackedStore {
         let index = read_checked("index", "bin", meta.index_crc)?;
         let mean = read_checked("mean", "bin", meta.mean_crc)?;
         let index_path = gen_file(dir, "index", &meta.generation, "bin");
-        if index.len() != meta.count * ENTRY_BYTES {
+        if meta.count.checked_mul(ENTRY_BYTES) != Some(index.len()) {
             return Err(damaged(
                 &index_path,
                 format!("{} bytes for {} images", index.len(), meta.count),
@@ -422,11 +452,8 @@ impl PackedStore {
                 format!("{len} bytes, expected {}", meta.data_bytes),
             ));
         }
-        for (i, e) in entries.iter().enumerate() {
-            let bad_label = e.label as usize >= meta.classes.len();
-            if e.offset + e.len as u64 > len || bad_label {
-                return Err(damaged(&index_path, format!("entry {i} out of range")));
-            }
+        if let Some(what) = bad_entry(&entries, &meta, len) {
+            return Err(damaged(&index_path, what));
         }
         // SAFETY: the map is read-only, and a store is never modified in
         // place: prepare writes a new generation and renames meta.json.

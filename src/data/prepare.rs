@@ -26,7 +26,7 @@ use super::folder::{
     image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
 };
 use super::lighting::Pca;
-use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter};
+use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter, MAX_SIDE};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
 use crate::fsutil::{
@@ -110,9 +110,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             opts.quality
         )));
     }
-    if opts.size == 0 || opts.size > 4096 {
+    if !(1..=MAX_SIDE).contains(&opts.size) {
         return Err(Error::Config(format!(
-            "--size {}: pass an image side from 1 to 4096 (the paper: 256)",
+            "--size {}: pass an image side from 1 to {MAX_SIDE} (the paper: 256)",
             opts.size
         )));
     }
