@@ -2,9 +2,10 @@
 // loop does not wait for the GPU every step: it reads a whole buffer of
 // steps back about once a second (src/train.rs).
 //   step_hits (one thread per row): row_hit[row] = 1 when no other class has
-//     a probability >= the label's, else 0: eval::topk_hits' top-1 rule (a
-//     tie counts against the label; a NaN compares false, so a NaN label
-//     probability is a hit and a NaN elsewhere beats nothing, as there);
+//     a probability >= the label's and the label's is a number, else 0:
+//     eval::topk_hits' top-1 rule (a tie counts against the label; a NaN
+//     label probability, from outputs that overflowed, is never a hit; a
+//     NaN elsewhere compares false and beats nothing, as there);
 //   step_record_f32 (one thread): metrics[2*slot] = loss[0] (the mean loss
 //     softmax_xent_mean_f32 wrote), metrics[2*slot+1] = the sum of row_hit
 //     over the n rows (the step's top-1 hits, exact in f32 below 2^24 rows).
@@ -22,8 +23,8 @@ __device__ __forceinline__ void step_hits_body(const typename S::T* __restrict__
         const typename S::T* p = probs + row * classes;
         const int label = (int)labels[row];
         const float mine = S::load(p[label]);
-        float hit = 1.0f;
-        for (int j = 0; j < classes; ++j) {
+        float hit = mine == mine ? 1.0f : 0.0f; // false for NaN only
+        for (int j = 0; j < classes && hit != 0.0f; ++j) {
             if (j != label && S::load(p[j]) >= mine) {
                 hit = 0.0f;
                 break;

@@ -14,9 +14,14 @@ use crate::model::trainable::Model;
 
 /// How many classes score at least as high as the label in `row`, the
 /// label's own entry aside: 0 is a top-1 hit, under 5 a top-5 hit. Ties
-/// count against us, so a constant output scores no hits.
+/// count against us, so a constant output scores no hits. A label
+/// probability that is not a number (outputs that overflowed) ranks
+/// `usize::MAX`, never a hit; a NaN elsewhere beats nothing.
 pub fn label_rank(row: &[f32], label: u32) -> usize {
     let p = row[label as usize];
+    if p.is_nan() {
+        return usize::MAX;
+    }
     row.iter()
         .enumerate()
         .filter(|&(j, &q)| j != label as usize && q >= p)
@@ -198,7 +203,9 @@ pub fn evaluate_by_class(
         net.forward(&b.x, &row_labels, Mode::Eval)?;
         let probs = average_crops(&net.probs()?, b.crops, classes);
         for (row, &l) in probs.chunks_exact(classes).zip(&b.labels) {
-            loss -= (row[l as usize] as f64).max(1e-30).ln();
+            // NaN stays NaN (f64::max would take the 1e-30).
+            let p = row[l as usize] as f64;
+            loss -= if p.is_nan() { p } else { p.max(1e-30).ln() };
         }
         if let Some(t) = tally.as_deref_mut() {
             t.add(&probs, &b.labels);
@@ -293,7 +300,7 @@ pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSourc
             path.join("train").display()
         )));
     } else {
-        Arc::new(FileSource::new(&ImageFolder::scan(path)?, size))
+        Arc::new(FileSource::new(&ImageFolder::scan_to_score(path)?, size))
     };
     fit_to_checkpoint(path, set, ck)
 }

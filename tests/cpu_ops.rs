@@ -635,7 +635,7 @@ fn naive_hits(probs: &[f32], labels: &[u32], classes: usize) -> usize {
 /// softmax_xent_forward_into leaves exactly softmax_xent_forward's loss in
 /// its buffer; record_step_metrics writes (that loss, the naive hit count)
 /// into its slot and nothing else, counts ties as misses, follows
-/// topk_hits on NaNs, and refuses slots past the buffer.
+/// topk_hits on NaNs (a NaN label is a miss), and refuses slots past the buffer.
 #[test]
 fn step_metrics_against_naive() {
     let be = CpuBackend::new();
@@ -667,8 +667,8 @@ fn step_metrics_against_naive() {
     println!("record_step_metrics: {want} hits of {n} (naive), loss {loss}");
     assert_eq!(m, [7.0, 7.0, 7.0, 7.0, loss, want as f32, 7.0, 7.0]);
 
-    // NaNs, by hand: a NaN label probability beats nothing and is beaten by
-    // nothing (a hit, as topk_hits counts it); a NaN elsewhere beats nothing.
+    // NaNs, by hand: a NaN label probability (outputs that overflowed) is
+    // never a hit; a NaN elsewhere beats nothing.
     let probs = [f32::NAN, 0.5, 0.5, 0.2, f32::NAN, 0.7, 0.9, 0.05, 0.05];
     let mut m = vec![0.0f32; 2];
     be.record_step_metrics(
@@ -683,11 +683,15 @@ fn step_metrics_against_naive() {
     .unwrap();
     assert!(m[0].is_nan(), "a NaN loss is recorded as NaN");
     assert_eq!(
-        m[1], 3.0,
-        "rows 0 (label NaN), 1 (0.7 over 0.2, NaN) and 2 (0.9 on top) hit"
+        m[1], 2.0,
+        "rows 1 (0.7 over 0.2, NaN) and 2 (0.9 on top) hit, not row 0 (label NaN)"
     );
-    let (t1, _) = alexnet_cuda::eval::topk_hits(&probs, &[0, 2, 0], 3);
-    assert_eq!(t1, 3);
+    let (t1, t5) = alexnet_cuda::eval::topk_hits(&probs, &[0, 2, 0], 3);
+    assert_eq!(
+        (t1, t5),
+        (2, 2),
+        "a NaN label misses top-5 too, of 3 classes"
+    );
 
     let mut small = vec![0.0f32; 3];
     assert!(is_shape_err(be.record_step_metrics(

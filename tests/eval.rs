@@ -177,6 +177,49 @@ fn ten_crop_evaluation_matches_crops_cut_by_hand() {
     assert!(c.loss != r.loss);
 }
 
+/// A net whose outputs overflow (finite fc8 weights of +-3e38, as a run
+/// near divergence can leave) gives NaN probabilities: every image is a
+/// top-1 and top-5 miss and the loss is NaN, where a NaN used to compare
+/// false against every class and count as a hit, with a finite loss.
+#[test]
+fn outputs_that_are_not_numbers_score_as_misses() {
+    let topo = Topology::cifar();
+    let (size, n) = (32usize, 6usize);
+    let mut rng = Rng::new(5);
+    let pixels: Vec<u8> = (0..n * size * size * 3)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels: Vec<u32> = (0..n as u32).collect();
+    let classes: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
+    let set = ImageSet::from_parts(size, pixels, labels.clone(), classes).unwrap();
+    let set: Arc<dyn ImageSource> = Arc::new(set);
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, n, 3).unwrap();
+    let w = net.param("fc8.weight").unwrap();
+    let huge: Vec<f32> = (0..w.len())
+        .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
+        .collect();
+    net.set_param("fc8.weight", &huge).unwrap();
+    let cfg = LoaderConfig {
+        mean: [120.0; 3],
+        std: Some([60.0; 3]),
+        drop_last: false,
+        skip_unreadable: false,
+        ..LoaderConfig::new(n, 28, false)
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let r = evaluate(&mut net, &set, &idx, &cfg, |_| {}).unwrap();
+    let probs = net.probs().unwrap();
+    for (i, row) in probs.chunks_exact(10).enumerate() {
+        assert!(row[labels[i] as usize].is_nan(), "image {i}: {row:?}");
+    }
+    assert_eq!((r.images, r.top1, r.top5), (n, 0.0, 0.0), "hit rates {r:?}");
+    assert!(r.loss.is_nan(), "loss {}", r.loss);
+    let mut t = ClassTally::new(10);
+    t.add(&probs, &labels);
+    assert!((0..n).all(|c| t.counts(c) == (1, 0, 0)));
+}
+
 /// Train the cifar config on `data` into the run folder `out` (CLI).
 fn train_run(data: &Path, out: &Path, extra: &[&str]) {
     let (data, out) = (data.display().to_string(), out.display().to_string());

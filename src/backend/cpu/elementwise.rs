@@ -184,13 +184,15 @@ pub fn record_step_metrics(
     Ok(())
 }
 
-/// Whether no class but `label` has a probability >= `row[label]` (a NaN
-/// compares false either way).
+/// Whether `row[label]` is a number and no other class has a probability
+/// >= it (a NaN elsewhere compares false and beats nothing).
 fn top1_hit(row: &[f32], label: usize) -> bool {
     let mine = row[label];
-    !row.iter()
-        .enumerate()
-        .any(|(j, &q)| j != label && q >= mine)
+    !mine.is_nan()
+        && !row
+            .iter()
+            .enumerate()
+            .any(|(j, &q)| j != label && q >= mine)
 }
 
 /// A one-float loss buffer and a metrics buffer with room for slot `slot`.
