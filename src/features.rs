@@ -60,7 +60,22 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet>
         return Ok(FeatureSet { set, sources });
     }
     // A folder is scanned once: its files are the sources.
-    let files = FileSource::new(&ImageFolder::scan(&dir)?, ck.state.preprocess.image_size);
+    if let Some(other) = ["train", "val"]
+        .map(|s| path.join(s))
+        .into_iter()
+        .find(|d| is_store(d))
+    {
+        return Err(Error::Config(format!(
+            "{}: the store has {}/ but no {split}/; pass {} to take features of those images",
+            path.display(),
+            other.file_name().unwrap_or_default().to_string_lossy(),
+            other.display()
+        )));
+    }
+    let files = FileSource::new(
+        &ImageFolder::scan_to_score(&dir)?,
+        ck.state.preprocess.image_size,
+    );
     let sources = (0..files.len()).map(|i| files.path(i).display().to_string());
     let sources = Some(sources.collect());
     let set = fit_to_checkpoint(&dir, Arc::new(files), ck)?;

@@ -220,6 +220,75 @@ fn outputs_that_are_not_numbers_score_as_misses() {
     assert!((0..n).all(|c| t.counts(c) == (1, 0, 0)));
 }
 
+/// One class folder is enough to score under a checkpoint, whose classes
+/// name the labels: `eval` on it gives that class's row of `eval
+/// --per-class` on the whole tree, and `features` takes a row per image.
+/// `features` on a `prepare` output with train/ only names train/.
+#[test]
+fn one_class_folder_is_scored_and_a_missing_split_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let data = t.path().join("tree");
+    write_demo_dataset(&data, 3, 10, 32, 4).unwrap();
+    let out = t.path().join("run");
+    train_run(
+        &data,
+        &out,
+        &["--epochs", "1", "--batch", "10", "--val", "6"],
+    );
+    let (ck, csv) = (s(&out), t.path().join("classes.csv"));
+    let args = ["eval", "--checkpoint", &ck, "--data", &s(&data), "--json"];
+    let (ok, _, err) = cli(&[&args[..], &["--per-class", &s(&csv)]].concat());
+    assert!(ok, "{err}");
+    let table = std::fs::read_to_string(&csv).unwrap();
+    let row: Vec<&str> = table.lines().nth(2).unwrap().split(',').collect();
+    // Class 1 alone, under its own name.
+    let one = t.path().join("one");
+    let class = data.join(row[1]);
+    std::fs::create_dir_all(one.join(row[1])).unwrap();
+    for f in std::fs::read_dir(&class).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, one.join(row[1]).join(f.file_name().unwrap())).unwrap();
+    }
+    let (ok, json, err) = cli(&["eval", "--checkpoint", &ck, "--data", &s(&one), "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(json_field(&json, "images"), row[3].parse::<f64>().unwrap());
+    for (key, col) in [("top1_error", 4), ("top5_error", 5)] {
+        let want: f64 = row[col].parse().unwrap();
+        assert!(
+            (json_field(&json, key) - want).abs() < 1e-5,
+            "{key}: {json} vs {row:?}"
+        );
+    }
+    let npy = t.path().join("f.npy");
+    let args = [
+        "features",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &s(&one),
+        "--out",
+        &s(&npy),
+    ];
+    let (ok, stdout, err) = cli(&args);
+    assert!(ok && stdout.contains("10 rows"), "{stdout} {err}");
+
+    let store = t.path().join("store");
+    prepare_raw32(&data, None, &store);
+    let args = [
+        "features",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &s(&store),
+        "--out",
+        &s(&npy),
+    ];
+    let (ok, _, err) = cli(&args);
+    assert!(!ok && err.contains("has train/ but no val/"), "{err}");
+    assert!(err.contains(&s(&store.join("train"))), "{err}");
+}
+
 /// Train the cifar config on `data` into the run folder `out` (CLI).
 fn train_run(data: &Path, out: &Path, extra: &[&str]) {
     let (data, out) = (data.display().to_string(), out.display().to_string());

@@ -38,6 +38,17 @@ impl ImageFolder {
 
     /// [`scan`](Self::scan) for the value of `flag`, which errors name.
     pub fn scan_for(root: &Path, flag: &str) -> Result<ImageFolder> {
+        Self::scan_classes(root, flag, 2)
+    }
+
+    /// [`scan`](Self::scan) of images to score under a checkpoint, whose
+    /// classes name the labels: one class folder is enough.
+    pub fn scan_to_score(root: &Path) -> Result<ImageFolder> {
+        Self::scan_classes(root, "--data", 1)
+    }
+
+    /// The scan, refusing fewer than `min_classes` class folders.
+    fn scan_classes(root: &Path, flag: &str, min_classes: usize) -> Result<ImageFolder> {
         if !root.is_dir() {
             return Err(not_a_folder(
                 root,
@@ -75,7 +86,7 @@ impl ImageFolder {
             )));
         }
         refuse_split_folders(root, &class_dirs, flag)?;
-        if class_dirs.len() < 2 {
+        if class_dirs.len() < min_classes {
             return Err(Error::Data(format!(
                 "{} has only one class sub-folder ({}); a classifier needs at least 2 classes, one sub-folder each",
                 root.display(),
