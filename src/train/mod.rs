@@ -148,9 +148,10 @@ impl<'a> Trainer<'a> {
     /// Every epoch left, each followed by validation and a checkpoint,
     /// until the last, a stop, or the time limit.
     pub fn run(mut self) -> Result<TrainReport> {
-        let mut epochs_run = 0usize;
+        let mut times = EpochTimes::default();
         while self.state.progress.epoch <= self.opts.run.epochs {
             let epoch = self.state.progress.epoch;
+            let whole = self.state.progress.batches_done == 0;
             let epoch_start = Instant::now();
             let Some(clock) = self.epoch()? else {
                 self.report.interrupted = true;
@@ -158,17 +159,17 @@ impl<'a> Trainer<'a> {
             };
             let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
             self.save(best)?;
-            epochs_run += 1;
+            times.add(whole, epoch_start.elapsed().as_secs_f64());
             self.state.progress.next_epoch();
             if self.stopping() {
                 info!("stopping after epoch {epoch} as asked");
                 self.report.interrupted = epoch < self.opts.run.epochs;
                 return Ok(self.report);
             }
-            if self.out_of_time(epoch, epochs_run) {
+            let per_epoch = times.per_epoch(self.start.elapsed().as_secs_f64());
+            if self.out_of_time(epoch, per_epoch) {
                 break;
             }
-            let per_epoch = self.start.elapsed().as_secs_f64() / epochs_run as f64;
             display::time_left(epoch, self.opts.run.epochs, per_epoch);
         }
         Ok(self.report)
@@ -360,8 +361,11 @@ impl<'a> Trainer<'a> {
     fn after_step(&mut self) -> Result<bool> {
         let stop = self.stopping();
         let every = self.opts.checkpoint_every;
-        let due = every > 0 && self.state.progress.step.is_multiple_of(every)
-            || (self.opts.checkpoint_interval).is_some_and(|d| self.last_save.elapsed() >= d);
+        // Without a run folder (ranks other than 0) nothing is saved, and
+        // the interval, never reset, would read the device every step.
+        let due = self.run_dir.is_some()
+            && (every > 0 && self.state.progress.step.is_multiple_of(every)
+                || (self.opts.checkpoint_interval).is_some_and(|d| self.last_save.elapsed() >= d));
         if !(stop || due) {
             return Ok(true);
         }
@@ -383,14 +387,13 @@ impl<'a> Trainer<'a> {
         Ok(!stop)
     }
 
-    /// After `epoch`, the `epochs_run`-th of this process: whether the
-    /// next one would pass the time limit (never after the last epoch).
-    fn out_of_time(&self, epoch: usize, epochs_run: usize) -> bool {
+    /// After `epoch`: whether the next one, of `per_epoch` seconds, would
+    /// pass the time limit (never after the last epoch).
+    fn out_of_time(&self, epoch: usize, per_epoch: f64) -> bool {
         let Some(limit) = self.opts.time_limit else {
             return false;
         };
         let spent = self.start.elapsed().as_secs_f64();
-        let per_epoch = spent / epochs_run as f64;
         if epoch < self.opts.run.epochs && spent + per_epoch > limit.as_secs_f64() {
             info!(
                 "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
@@ -399,5 +402,56 @@ impl<'a> Trainer<'a> {
             return true;
         }
         false
+    }
+}
+
+/// Seconds per epoch, for the time limit and the time-left line: the mean
+/// of this process's epochs begun at their first batch, once one has run.
+/// A resumed epoch's rest is not one: counted whole, a resume near an
+/// epoch's end would halve the estimate and run past the limit.
+#[derive(Default)]
+struct EpochTimes {
+    whole: usize,
+    whole_s: f64,
+    run: usize,
+}
+
+impl EpochTimes {
+    fn add(&mut self, whole: bool, seconds: f64) {
+        self.run += 1;
+        if whole {
+            self.whole += 1;
+            self.whole_s += seconds;
+        }
+    }
+
+    /// Before a whole epoch, the `spent` seconds over the epochs run.
+    fn per_epoch(&self, spent: f64) -> f64 {
+        match self.whole {
+            0 => spent / self.run.max(1) as f64,
+            n => self.whole_s / n as f64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EpochTimes;
+
+    /// Epochs of 5,400 s, resumed 180 s before an epoch's end: with 9,000 s
+    /// allowed, after the rest and one whole epoch (5,580 s spent) the next
+    /// epoch would end at 10,980 s, past the limit. Counting the rest as an
+    /// epoch gave 2,790 s per epoch and a next epoch "ending" at 8,370 s.
+    #[test]
+    fn a_resumed_epochs_rest_is_not_counted_as_an_epoch() {
+        let mut t = EpochTimes::default();
+        t.add(false, 180.0);
+        assert_eq!(t.per_epoch(180.0), 180.0);
+        t.add(true, 5400.0);
+        let spent = 5580.0;
+        assert_eq!(t.per_epoch(spent), 5400.0);
+        assert!(spent + t.per_epoch(spent) > 9000.0);
+        t.add(true, 5000.0);
+        assert_eq!(t.per_epoch(spent + 5000.0), 5200.0);
     }
 }
