@@ -189,6 +189,13 @@ pub fn step_of(path: &Path) -> Option<u64> {
     state["progress"]["step"].as_u64()
 }
 
+/// A checkpoint's run state, from its header alone (None for anything but
+/// a readable checkpoint); nothing is verified.
+pub fn state_of(path: &Path) -> Option<RunState> {
+    let h = read_header(path)?;
+    serde_json::from_str(h["__metadata__"]["state"].as_str()?).ok()
+}
+
 /// [`load`] for a file already read (`export::read_safetensors_meta`), so a
 /// caller that must look at the metadata first reads the file once.
 pub fn from_parts(

@@ -1190,6 +1190,38 @@ fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
     assert_eq!(moved, later);
 }
 
+/// Resumed from a checkpoint older than the folder's best, the best moves
+/// aside with the history it belongs to, and the best epoch up to the
+/// resume is marked best again: a run that then never beats it (here one
+/// that diverges at once, as the divergence error's advice can lead to)
+/// still has a best.safetensors, of its own history. It used to have none.
+#[test]
+fn resuming_before_the_best_marks_the_best_up_to_there_again() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut a = train_args(&d, &out, EPOCHS);
+    a.extend(["--keep", "100"].map(String::from));
+    run_ok(&a);
+    let at = (STEPS / EPOCHS) as u64;
+    let (best, from) = (
+        out.join("best.safetensors"),
+        out.join(checkpoint::checkpoint_name(at)),
+    );
+    assert!(
+        checkpoint::step_of(&best).is_some_and(|s| s > at),
+        "the best is after epoch 1"
+    );
+    let mut r = resume_args(&from);
+    r.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
+    let o = run(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    assert_eq!(checkpoint::step_of(&best), Some(at), "{err}");
+    let weights = |p: &Path| checkpoint::load(p).unwrap().weights_crc32();
+    assert_eq!(weights(&best), weights(&from));
+}
+
 /// `ck`'s tensors with a NaN in the first value of `name`, saved to `to`.
 fn with_nan(ck: &checkpoint::Checkpoint, name: &str, to: &Path) {
     let mut tensors: Vec<_> = ck.tensors.values().cloned().collect();

@@ -92,15 +92,17 @@ pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<
 /// from there: the later checkpoints, and a `best.safetensors` of after
 /// it, belong to the history it replaces. They are moved, not deleted, to
 /// `replaced-after-step-<s>/`, so that pruning and `--resume RUN` see
-/// only this run's.
-fn set_aside_later(dir: &Path, step: u64) -> Result<()> {
+/// only this run's; a best moved aside is replaced by [`restore_best`].
+fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
+    let step = state.progress.step;
     let mut later: Vec<PathBuf> = checkpoint::list(dir)?
         .into_iter()
         .filter(|(s, _)| *s > step)
         .map(|(_, p)| p)
         .collect();
     let best = dir.join("best.safetensors");
-    if checkpoint::step_of(&best).is_some_and(|s| s > step) {
+    let best_later = checkpoint::step_of(&best).is_some_and(|s| s > step);
+    if best_later {
         later.push(best);
     }
     if later.is_empty() {
@@ -125,6 +127,39 @@ fn set_aside_later(dir: &Path, step: u64) -> Result<()> {
         later.len(),
         aside.display()
     );
+    match best_later {
+        true => restore_best(dir, state),
+        false => Ok(()),
+    }
+}
+
+/// Mark best again the checkpoint validation found best up to the resumed
+/// `state`: the first written with its `best_err`, at that epoch's end
+/// (whose last epoch scored it). Without one left (pruned by `--keep`), the
+/// next epoch that beats it writes `best.safetensors`.
+fn restore_best(dir: &Path, state: &RunState) -> Result<()> {
+    let Some(err) = state.progress.best_err else {
+        return Ok(());
+    };
+    let scored = |s: &RunState| {
+        s.progress.epoch_done
+            && s.progress.best_err == Some(err)
+            && s.history.last().is_some_and(|h| 1.0 - h.val_top1 == err)
+    };
+    let found = checkpoint::list(dir)?
+        .into_iter()
+        .find(|(_, p)| checkpoint::state_of(p).is_some_and(|s| scored(&s)));
+    match found {
+        Some((_, p)) => {
+            checkpoint::mark_best(dir, &p)?;
+            info!("best.safetensors is {} again, the best epoch up to the resume", p.display());
+        }
+        None => warn!(
+            "the best epoch up to step {} ({:.2}% validation top-1 error) has no checkpoint left (--keep pruned it): best.safetensors is written again by the first epoch that beats it",
+            state.progress.step,
+            100.0 * err
+        ),
+    }
     Ok(())
 }
 
@@ -203,7 +238,7 @@ impl RunDir {
         let lock = fsutil::lock_folder(dir, TRAINING)?;
         fsutil::remove_abandoned_temps(dir, None)?;
         if resumed {
-            set_aside_later(dir, state.progress.step)?;
+            set_aside_later(dir, state)?;
         }
         check_room(dir, topo, state.preprocess.image_size, opts.keep)?;
         // Again under the lock: a run may have started since the check.
