@@ -706,6 +706,15 @@ fn predict_and_export_cli() {
         &s(&x_path),
     ]);
     assert!(!ok && err.contains("takes [N, 3, 28, 28]"), "{err}");
+    // With what the input must hold: cifar divides by its stds.
+    let said = format!("subtracted, divided by the channel stds {std:?}");
+    assert!(err.contains(&said), "{said}: {err}");
+    // --ten-crop --logits: a row per crop, ten per image, and said so.
+    let ten = [&args[..5], &["--ten-crop", args[5]]].concat();
+    let (ok, _, err) = crate::common::cli_logging(&ten, "info");
+    assert!(ok, "{err}");
+    assert_eq!(read_npy_f32(&la).unwrap().0, vec![10, 10]);
+    assert!(err.contains("wrote 10 logits rows, of 1 inputs"), "{err}");
     // A missing image is named.
     let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), "nothere.jpg"]);
     assert!(!ok && err.contains("nothere.jpg"), "{err}");

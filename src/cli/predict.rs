@@ -18,6 +18,7 @@ use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, NpyWriter};
 use alexnet_cuda::progress;
+use alexnet_cuda::run_state::Preprocess;
 
 use super::common::{
     crop_rows, existing_file, image_files, image_or_folder, positive, set_threads, thread_count,
@@ -119,10 +120,11 @@ fn npy_rows(
     let want = [topo.channels, side, side];
     if shape.len() != 4 || shape[1..] != want {
         bail!(
-            "{}: shape {shape:?}, but config {} takes [N, {}, {side}, {side}] (float32, NCHW, preprocessed as in training: mean subtracted)",
+            "{}: shape {shape:?}, but config {} takes [N, {}, {side}, {side}] (float32, NCHW: {})",
             path.display(),
             topo.name,
-            topo.channels
+            topo.channels,
+            preprocessing(&ck.state.preprocess, side)
         );
     }
     let mut out = Output::new(ck, args, shape[0])?;
@@ -197,6 +199,28 @@ fn predict_group(
 /// Where predictions go as they come: the listing on standard output, and
 /// the --logits file, whose rows must be the inputs': written whole, or
 /// not at all.
+/// What a preprocessed input holds under `p`, for a shape error.
+fn preprocessing(p: &Preprocess, side: usize) -> String {
+    let mean = match p.mean_image {
+        true => "the checkpoint's mean image subtracted".to_string(),
+        false => format!("the channel means {:?} subtracted", p.mean),
+    };
+    let std = p
+        .std
+        .map(|s| format!(", divided by the channel stds {s:?}"));
+    let pad = (p.pad > 0).then(|| {
+        format!(
+            ", the {c}x{c} crop padded with zeros to {side}x{side}",
+            c = p.crop
+        )
+    });
+    format!(
+        "RGB pixels 0 to 255, {mean}{}{}",
+        std.unwrap_or_default(),
+        pad.unwrap_or_default()
+    )
+}
+
 struct Output<'a> {
     ck: &'a Checkpoint,
     top: usize,
@@ -205,6 +229,8 @@ struct Output<'a> {
     logits_path: Option<&'a Path>,
     /// Inputs listed (or, once the listing's reader has gone, predicted).
     predicted: usize,
+    /// Rows written to the logits file (ten per image with --ten-crop).
+    rows: usize,
     /// False once the reader of standard output has gone (`| head`): the
     /// logits file is still finished, then the run ends as a closed pipe
     /// does.
@@ -226,6 +252,7 @@ impl<'a> Output<'a> {
             logits,
             logits_path: args.logits.as_deref(),
             predicted: 0,
+            rows: 0,
             listing: true,
         })
     }
@@ -234,6 +261,7 @@ impl<'a> Output<'a> {
     fn take(&mut self, labels: &[String], logits: &[f32], probs: &[f32]) -> Result<()> {
         if let Some(w) = &mut self.logits {
             w.append(logits)?;
+            self.rows += logits.len() / self.ck.state.classes.len().max(1);
         }
         self.predicted += labels.len();
         if !self.listing {
@@ -266,7 +294,12 @@ impl<'a> Output<'a> {
             (Some(e), _, None) => bail!("{e}; the others' predictions are above"),
             (None, Some(w), Some(path)) => {
                 w.finish()?;
-                info!("wrote {} logits rows to {}", self.predicted, path.display());
+                info!(
+                    "wrote {} logits rows, of {} inputs, to {}",
+                    self.rows,
+                    self.predicted,
+                    path.display()
+                );
             }
             _ => {}
         }
