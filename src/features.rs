@@ -59,7 +59,6 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet>
         let sources = Some(PackedStore::open(&dir)?.sources()?);
         return Ok(FeatureSet { set, sources });
     }
-    // A folder is scanned once: its files are the sources.
     if let Some(other) = ["train", "val"]
         .map(|s| path.join(s))
         .into_iter()
@@ -72,6 +71,7 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet>
             other.display()
         )));
     }
+    // A folder is scanned once: its files are the sources.
     let files = FileSource::new(
         &ImageFolder::scan_to_score(&dir)?,
         ck.state.preprocess.image_size,

@@ -196,9 +196,6 @@ fn predict_group(
     Ok((logits, probs))
 }
 
-/// Where predictions go as they come: the listing on standard output, and
-/// the --logits file, whose rows must be the inputs': written whole, or
-/// not at all.
 /// What a preprocessed input holds under `p`, for a shape error.
 fn preprocessing(p: &Preprocess, side: usize) -> String {
     let mean = match p.mean_image {
@@ -221,6 +218,9 @@ fn preprocessing(p: &Preprocess, side: usize) -> String {
     )
 }
 
+/// Where predictions go as they come: the listing on standard output, and
+/// the --logits file, whose rows must be the inputs': written whole, or
+/// not at all.
 struct Output<'a> {
     ck: &'a Checkpoint,
     top: usize,
