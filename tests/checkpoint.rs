@@ -1148,6 +1148,15 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     assert!(all_finite(&out.join("best.safetensors")));
 }
 
+/// A run of `EPOCHS` epochs on `data` in `dir/run`, every checkpoint kept.
+fn run_keeping_every_checkpoint(dir: &Path) -> PathBuf {
+    let out = dir.join("run");
+    let mut a = train_args(&data(dir), &out, EPOCHS);
+    a.extend(["--keep", "100"].map(String::from));
+    run_ok(&a);
+    out
+}
+
 /// Resumed from a checkpoint older than its folder's newest, a run goes
 /// on from there at another rate: the later checkpoints, of the history it
 /// replaces, are moved aside, so pruning keeps this run's and `--resume
@@ -1155,11 +1164,7 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
 #[test]
 fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
     let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let out = t.path().join("run");
-    let mut a = train_args(&d, &out, EPOCHS);
-    a.extend(["--keep", "100"].map(String::from));
-    run_ok(&a);
+    let out = run_keeping_every_checkpoint(t.path());
     let before: Vec<u64> = checkpoint::list(&out)
         .unwrap()
         .iter()
@@ -1198,11 +1203,7 @@ fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
 #[test]
 fn resuming_before_the_best_marks_the_best_up_to_there_again() {
     let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let out = t.path().join("run");
-    let mut a = train_args(&d, &out, EPOCHS);
-    a.extend(["--keep", "100"].map(String::from));
-    run_ok(&a);
+    let out = run_keeping_every_checkpoint(t.path());
     let at = (STEPS / EPOCHS) as u64;
     let (best, from) = (
         out.join("best.safetensors"),
