@@ -968,6 +968,91 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
     checkpoint::load(&path).expect("the last checkpoint loads");
 }
 
+/// SIGTERM to one rank of two (a scheduler pre-empting one machine, or a
+/// launcher whose signals land between two steps): the ranks agree on the
+/// stop, both stop after the same step, rank 0 writes its checkpoint there
+/// and says whose signal it was, and the run resumed as one process of two
+/// replicas ends where the uninterrupted run does, bit for bit.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, out, other) = (
+        t.path().join("whole"),
+        t.path().join("run"),
+        t.path().join("rank1"),
+    );
+    let args =
+        |out: &Path, replicas: &str| parallel_args(train_args(&d, out, EPOCHS), "data", replicas);
+    run_ok(&args(&whole, "2"));
+    let master = master_listener();
+    let mut rank0 = rank_cmd(&args(&out, "1"), "0", &master)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rank 0");
+    let rank1 = rank_cmd(&args(&other, "1"), "1", &master)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rank 1");
+    let k = random_step(3, STEPS - 3, "SIGTERM to rank 1");
+    while steps_logged(&out) < k {
+        let ended = rank0.try_wait().expect("rank 0's status");
+        assert!(ended.is_none(), "rank 0 ended ({ended:?}) before step {k}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &rank1.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (o1, o0) = (
+        rank1.wait_with_output().unwrap(),
+        rank0.wait_with_output().unwrap(),
+    );
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!(o1.status.code(), Some(143), "rank 1: {}", text(&o1.stderr));
+    assert_eq!(o0.status.code(), Some(130), "rank 0: {}", text(&o0.stderr));
+    // The ranks agree every 10 steps: the stop is at the first agreement
+    // after the signal (two allowed, for the signal's delivery).
+    let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    let k = k as u64;
+    assert!(
+        step.is_multiple_of(10) && step >= k && step <= k + 20,
+        "stopped at step {step}, signalled at {k}"
+    );
+    assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
+    let log0 = text(&o0.stderr);
+    // After a step, or after an epoch's validation.
+    let epoch = step / 20;
+    assert!(
+        [
+            format!("step {step} as asked"),
+            format!("epoch {epoch} as asked")
+        ]
+        .iter()
+        .any(|at| log0.contains(&format!("{at} by another process of the run"))),
+        "{log0}"
+    );
+    assert!(
+        text(&o0.stdout).contains("stopped at a signal to another process of the run"),
+        "{}",
+        text(&o0.stdout)
+    );
+    // Resumed in one process; steps.csv holds rank 0's shard's losses up
+    // to the stop, so only the weights and momenta are compared.
+    run_ok(&parallel_args(resume_args(&out), "data", "2"));
+    let (ta, tb) = (tensors(&final_ckpt(&whole)), tensors(&final_ckpt(&out)));
+    assert_eq!(ta.len(), 32);
+    for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs from the uninterrupted run's");
+    }
+}
+
 /// SIGTERM while rank 0 waits for a rank that never comes (a scheduler
 /// cancelling a job whose other process did not start): rank 0 stops at
 /// once with status 143, saying it trained nothing, instead of waiting out

@@ -200,11 +200,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.interrupted {
-        // The signal has arrived, so this returns once its line is logged.
-        let _ = told.join();
+        // A process stopped with the others had no signal: its thread
+        // would wait for one. Otherwise this returns once its line is logged.
+        let own = signal_status.load(Ordering::Relaxed) != 0;
+        if own {
+            let _ = told.join();
+        }
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
         // The signal's exit status stands even if stdout is gone.
-        let _ = print_interrupted(&report, run_dir, &args.device.flags(&args.parallel));
+        let flags = args.device.flags(&args.parallel);
+        let _ = print_interrupted(&report, run_dir, &flags, own);
         exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
@@ -498,18 +503,30 @@ fn say_when_stopping(signals: [i32; 2]) -> Result<JoinHandle<()>> {
         .context("could not start the signal thread")
 }
 
-/// Exit with the status the signal asks for (128 + signo). `exit` runs no
-/// destructors: the demo's images are removed first.
+/// Exit with the status the signal asks for (128 + signo; 130, as for
+/// SIGINT, in a process stopped with the others of its run without one of
+/// its own). `exit` runs no destructors: the demo's images are removed first.
 fn exit_at_signal(status: &AtomicUsize, demo_dir: Option<TempDir>) -> ! {
     let code = status.load(Ordering::Relaxed);
     drop(demo_dir);
     std::process::exit(if code == 0 { 130 } else { code as i32 });
 }
 
-/// A run stopped at a signal: where its checkpoint is and how to go on.
-fn print_interrupted(report: &TrainReport, run_dir: &Path, device_flags: &str) -> Result<()> {
+/// A run stopped at a signal (`own`: this process's, not another rank's):
+/// where its checkpoint is and how to go on.
+fn print_interrupted(
+    report: &TrainReport,
+    run_dir: &Path,
+    device_flags: &str,
+    own: bool,
+) -> Result<()> {
     outln!(
-        "stopped at a signal; {}; continue with: alexnet-cuda train --resume {}{device_flags}",
+        "stopped at a signal{}; {}; continue with: alexnet-cuda train --resume {}{device_flags}",
+        if own {
+            ""
+        } else {
+            " to another process of the run"
+        },
         match &report.checkpoint {
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),

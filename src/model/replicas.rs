@@ -384,6 +384,25 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
         &self.reduced
     }
 
+    /// Whether any replica of the run, in any process, says yes: each
+    /// replica's 1 or 0 averaged by the gradients' all-reduce (part 0's),
+    /// so the answer needs no transport of its own.
+    pub fn any_process(&mut self, local: bool) -> Result<bool> {
+        let devs = &self.devs[0];
+        let say = [if local { 1.0 } else { 0.0 }];
+        let mut bufs = Vec::with_capacity(devs.len());
+        for dev in devs {
+            let mut b = dev.alloc_param(1)?;
+            dev.upload(&say, &mut b)?;
+            bufs.push(b);
+        }
+        let mut refs: Vec<&mut B::Buf> = bufs.iter_mut().collect();
+        self.reduce.mean(0, devs, &mut refs)?;
+        let mut mean = [0.0];
+        devs[0].download(&bufs[0], &mut mean)?;
+        Ok(mean[0] > 0.0)
+    }
+
     /// Rows of every replica's `get` in shard order: [B, classes].
     fn concat(&self, get: impl Fn(&M) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
         let mut out = Vec::new();
@@ -496,5 +515,8 @@ impl<B: Backend, M: Replica<B>> Model for DataParallel<'_, B, M> {
     /// Between each replica's towers (the all-reduce is not counted here).
     fn exchanged_bytes(&self) -> u64 {
         self.nets.iter().map(|n| n.exchanged_bytes()).sum()
+    }
+    fn any_process(&mut self, local: bool) -> Result<bool> {
+        DataParallel::any_process(self, local)
     }
 }

@@ -3,7 +3,8 @@
 //! images or a held-out split, the learning-rate schedule (divide by 10
 //! when validation error stops improving, at most three times: section 5),
 //! checkpoints every N steps and at each epoch end, exact resume, a clean
-//! stop on SIGINT/SIGTERM, per-step and per-epoch metrics and their plot.
+//! stop on SIGINT/SIGTERM (after the same step in every process of a run),
+//! per-step and per-epoch metrics and their plot.
 //! A step waits for nothing on the device (fp16's overflow flag aside): its
 //! loss and top-1 stay there until the loop reads a group of steps back
 //! (`step_log`).
@@ -161,13 +162,17 @@ impl<'a> Trainer<'a> {
             self.save(best)?;
             times.add(whole, epoch_start.elapsed().as_secs_f64());
             self.state.progress.next_epoch();
-            if self.stopping() {
-                info!("stopping after epoch {epoch} as asked");
+            if self.agreed(self.stopping())? {
+                info!("stopping after epoch {epoch} as asked{}", self.whose());
                 self.report.interrupted = epoch < self.opts.run.epochs;
                 return Ok(self.report);
             }
             let per_epoch = times.per_epoch(self.start.elapsed().as_secs_f64());
-            if self.out_of_time(epoch, per_epoch) {
+            let out_of_time = self.out_of_time(epoch, per_epoch);
+            if self.agreed(out_of_time)? {
+                if !out_of_time {
+                    info!("stopping after epoch {epoch}: another process of the run reached its time limit");
+                }
                 break;
             }
             display::time_left(epoch, self.opts.run.epochs, per_epoch);
@@ -332,6 +337,38 @@ impl<'a> Trainer<'a> {
             .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
+    /// Whether to stop after this step. The processes of a run must stop
+    /// after the same step, or the others wait for its gradients: they
+    /// agree on it every `AGREE_EVERY` steps (one all-reduce of a flag, a
+    /// wait for the device, so not every step), and stop if any was asked.
+    fn stop_after_step(&mut self) -> Result<bool> {
+        if self.opts.world.size == 1 {
+            return Ok(self.stopping());
+        }
+        if !self.state.progress.step.is_multiple_of(AGREE_EVERY) {
+            return Ok(false);
+        }
+        self.agreed(self.stopping())
+    }
+
+    /// `local` or, in a multi-process run, whether any process says so
+    /// (every process asks at the same point).
+    fn agreed(&mut self, local: bool) -> Result<bool> {
+        if self.opts.world.size == 1 {
+            return Ok(local);
+        }
+        self.net.any_process(local)
+    }
+
+    /// For a stop's log line: whose signal it was, when not this process's.
+    fn whose(&self) -> &'static str {
+        if self.stopping() {
+            ""
+        } else {
+            " by another process of the run"
+        }
+    }
+
     /// The queued steps' metrics from the device into the epoch's sums,
     /// the metrics files and the plot's rows.
     fn read_steps(&mut self) -> Result<()> {
@@ -359,7 +396,7 @@ impl<'a> Trainer<'a> {
 
     /// A checkpoint when one is due or a stop was asked; Ok(false) to stop.
     fn after_step(&mut self) -> Result<bool> {
-        let stop = self.stopping();
+        let stop = self.stop_after_step()?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and
         // the interval, never reset, would read the device every step.
@@ -375,9 +412,10 @@ impl<'a> Trainer<'a> {
         self.save(false)?;
         if stop {
             info!(
-                "stopping at epoch {}, step {} as asked{}",
+                "stopping at epoch {}, step {} as asked{}{}",
                 self.state.progress.epoch,
                 self.state.progress.step,
+                self.whose(),
                 match &self.report.checkpoint {
                     Some(p) => format!("; checkpoint {}", p.display()),
                     None => String::new(),
@@ -404,6 +442,10 @@ impl<'a> Trainer<'a> {
         false
     }
 }
+
+/// How often (in steps) the processes of a multi-process run agree on
+/// whether to stop: a signal is acted on within this many steps.
+const AGREE_EVERY: u64 = 10;
 
 /// Seconds per epoch, for the time limit and the time-left line: the mean
 /// of this process's epochs begun at their first batch, once one has run.
