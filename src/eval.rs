@@ -12,24 +12,25 @@ use crate::error::{Error, Result};
 use crate::model::net::Mode;
 use crate::model::trainable::Model;
 
-/// How many classes score at least as high as the label in `row`, the
-/// label's own entry aside: 0 is a top-1 hit, under 5 a top-5 hit. Ties
-/// count against us, so a constant output scores no hits. A label
-/// probability that is not a number (outputs that overflowed) ranks
-/// `usize::MAX`, never a hit; a NaN elsewhere beats nothing.
-pub fn label_rank(row: &[f32], label: u32) -> usize {
-    let p = row[label as usize];
-    if p.is_nan() {
+/// How many classes score at least as high as the label in `row` (softmax
+/// or its log: only the order counts), the label's own entry aside: 0 is a
+/// top-1 hit, under 5 a top-5 hit. Ties count against us, so a constant
+/// output scores no hits. A label score that is not a number (outputs that
+/// overflowed) ranks `usize::MAX`, never a hit; a NaN elsewhere beats nothing.
+pub fn label_rank<T: PartialOrd>(row: &[T], label: u32) -> usize {
+    let p = &row[label as usize];
+    // Only NaN is unordered against itself.
+    if p.partial_cmp(p).is_none() {
         return usize::MAX;
     }
     row.iter()
         .enumerate()
-        .filter(|&(j, &q)| j != label as usize && q >= p)
+        .filter(|&(j, q)| j != label as usize && q >= p)
         .count()
 }
 
 /// Top-1 and top-5 hits of one batch ([`label_rank`] of each row).
-pub fn topk_hits(probs: &[f32], labels: &[u32], classes: usize) -> (usize, usize) {
+pub fn topk_hits<T: PartialOrd>(probs: &[T], labels: &[u32], classes: usize) -> (usize, usize) {
     let mut top1 = 0;
     let mut top5 = 0;
     for (row, &label) in probs.chunks_exact(classes).zip(labels) {
@@ -61,10 +62,10 @@ impl ClassTally {
         }
     }
 
-    /// Count a batch of softmax rows. An image's top-1 class is its label
-    /// on a top-1 hit, else the likeliest other class (the lower index on
-    /// ties), so the matrix's diagonal holds the top-1 hits.
-    pub fn add(&mut self, probs: &[f32], labels: &[u32]) {
+    /// Count a batch of softmax (or log-softmax) rows. An image's top-1
+    /// class is its label on a top-1 hit, else the likeliest other class
+    /// (the lower index on ties), so the matrix's diagonal holds the top-1 hits.
+    pub fn add<T: PartialOrd + Copy>(&mut self, probs: &[T], labels: &[u32]) {
         for (row, &label) in probs.chunks_exact(self.classes).zip(labels) {
             let (c, rank) = (label as usize, label_rank(row, label));
             let pred = if rank == 0 {
@@ -112,8 +113,8 @@ impl ClassTally {
 }
 
 /// The highest-scoring class of `row` other than `label`, the lower index on ties.
-fn likeliest_other(row: &[f32], label: usize) -> usize {
-    let mut best = None::<(usize, f32)>;
+fn likeliest_other<T: PartialOrd + Copy>(row: &[T], label: usize) -> usize {
+    let mut best = None::<(usize, T)>;
     for (j, &q) in row.iter().enumerate() {
         if j != label && best.is_none_or(|(_, b)| q > b) {
             best = Some((j, q));
@@ -144,11 +145,52 @@ pub fn average_crops(probs: &[f32], crops: usize, classes: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Each image's log of its mean softmax over its `crops` consecutive rows
+/// of `logits` ([n * crops, classes] to [n, classes]): the paper averages
+/// the ten crops' softmax (section 4.1). Taken in f64 from the logits,
+/// log(mean_r exp(l_rc - lse_r)), so a probability below f32's least (a
+/// logit gap over about 100) keeps its order and its loss instead of tying
+/// at 0. A row with a NaN or infinite logit gives NaN (a miss).
+pub fn log_mean_softmax(logits: &[f32], crops: usize, classes: usize) -> Vec<f64> {
+    let crops = crops.max(1);
+    let mut out = Vec::with_capacity(logits.len() / crops);
+    let mut v = vec![0.0f64; crops * classes];
+    for img in logits.chunks_exact(crops * classes) {
+        for (row, vr) in img.chunks_exact(classes).zip(v.chunks_exact_mut(classes)) {
+            let lse = log_sum_exp(row.iter().map(|&l| l as f64));
+            vr.iter_mut()
+                .zip(row)
+                .for_each(|(o, &l)| *o = l as f64 - lse);
+        }
+        let ln_crops = (crops as f64).ln();
+        out.extend(
+            (0..classes).map(|c| log_sum_exp((0..crops).map(|r| v[r * classes + c])) - ln_crops),
+        );
+    }
+    out
+}
+
+/// ln(sum exp(x)), shifted by the largest x; NaN if any x is NaN or +inf.
+fn log_sum_exp(x: impl Iterator<Item = f64> + Clone) -> f64 {
+    // f64::max would pass over a NaN.
+    let m = x.clone().fold(f64::NEG_INFINITY, |m, a| {
+        if m.is_nan() || a.is_nan() {
+            f64::NAN
+        } else {
+            m.max(a)
+        }
+    });
+    if m.is_nan() || m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + x.map(|a| (a - m).exp()).sum::<f64>().ln()
+}
+
 /// Loss and accuracy over a set of images.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalResult {
     pub images: usize,
-    /// Mean of -ln p(label), p the (averaged) softmax.
+    /// Mean of -ln p(label), p the (averaged) softmax, from the logits.
     pub loss: f64,
     pub top1: f64,
     pub top5: f64,
@@ -201,11 +243,9 @@ pub fn evaluate_by_class(
             row_labels.extend(std::iter::repeat_n(l, b.crops));
         }
         net.forward(&b.x, &row_labels, Mode::Eval)?;
-        let probs = average_crops(&net.probs()?, b.crops, classes);
+        let probs = log_mean_softmax(&net.logits()?, b.crops, classes);
         for (row, &l) in probs.chunks_exact(classes).zip(&b.labels) {
-            // NaN stays NaN (f64::max would take the 1e-30).
-            let p = row[l as usize] as f64;
-            loss -= if p.is_nan() { p } else { p.max(1e-30).ln() };
+            loss -= row[l as usize];
         }
         if let Some(t) = tally.as_deref_mut() {
             t.add(&probs, &b.labels);

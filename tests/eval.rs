@@ -220,6 +220,95 @@ fn outputs_that_are_not_numbers_score_as_misses() {
     assert!((0..n).all(|c| t.counts(c) == (1, 0, 0)));
 }
 
+/// fc8 scaled by 1e4 (finite outputs, logit gaps in the hundreds): a
+/// label's softmax below f32's least (e^-104) no longer ties at 0 with the
+/// classes under it. Hits and loss match the averaged softmax worked here
+/// in log space from the logits (section 4.1), on one crop and on ten.
+/// Scored on f32 probabilities, a label second by a gap of 200 missed top-5
+/// and its loss stopped at ln(1e30) = 69.
+#[test]
+fn labels_far_below_the_top_rank_by_their_logits() {
+    let topo = Topology::cifar();
+    let (size, n) = (32usize, 40usize);
+    let mut rng = Rng::new(8);
+    let pixels: Vec<u8> = (0..n * size * size * 3)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i * 7 % 10) as u32).collect();
+    let classes: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
+    let set = ImageSet::from_parts(size, pixels, labels.clone(), classes).unwrap();
+    let set: Arc<dyn ImageSource> = Arc::new(set);
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, n, 3).unwrap();
+    let w: Vec<f32> = net
+        .param("fc8.weight")
+        .unwrap()
+        .iter()
+        .map(|w| w * 1e4)
+        .collect();
+    net.set_param("fc8.weight", &w).unwrap();
+    let mut far = 0;
+    for (ten_crop, images) in [(false, n), (true, n / 10)] {
+        let cfg = LoaderConfig {
+            mean: [120.0; 3],
+            std: Some([60.0; 3]),
+            ten_crop,
+            drop_last: false,
+            skip_unreadable: false,
+            ..LoaderConfig::new(images, 28, false)
+        };
+        let idx: Vec<usize> = (0..images).collect();
+        let r = evaluate(&mut net, &set, &idx, &cfg, |_| {}).unwrap();
+        // The last forward was the whole set: one batch.
+        let crops = if ten_crop { 10 } else { 1 };
+        let logits = net.logits().unwrap();
+        let (mut top1, mut top5, mut loss) = (0, 0, 0.0f64);
+        for (img, rows) in logits.chunks_exact(crops * 10).enumerate() {
+            let a = averaged_log_softmax(rows, crops);
+            let l = labels[img] as usize;
+            let above = (0..10).filter(|&j| j != l && a[j] >= a[l]).count();
+            top1 += (above == 0) as usize;
+            top5 += (above < 5) as usize;
+            loss -= a[l];
+            far += (above > 0 && above < 5 && a[l] < -110.0) as usize;
+        }
+        let m = images as f64;
+        assert_eq!(
+            (r.top1, r.top5),
+            (top1 as f64 / m, top5 as f64 / m),
+            "{r:?}"
+        );
+        assert!(
+            (r.loss - loss / m).abs() < 1e-9 * loss.abs() / m,
+            "{} vs {}",
+            r.loss,
+            loss / m
+        );
+    }
+    assert!(
+        far > 0,
+        "no label in the top 5 with a probability under e^-110"
+    );
+}
+
+/// ln of the mean over `crops` rows of softmax(row), per class, worked
+/// through the largest term so nothing underflows.
+fn averaged_log_softmax(rows: &[f32], crops: usize) -> Vec<f64> {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+        let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+        row.iter().map(|&x| x as f64 - m - z.ln()).collect()
+    };
+    let each: Vec<Vec<f64>> = rows.chunks_exact(10).map(log_softmax).collect();
+    (0..10)
+        .map(|c| {
+            let top = each.iter().fold(f64::MIN, |m, r| m.max(r[c]));
+            let mean: f64 = each.iter().map(|r| (r[c] - top).exp()).sum::<f64>() / crops as f64;
+            top + mean.ln()
+        })
+        .collect()
+}
+
 /// One class folder is enough to score under a checkpoint, whose classes
 /// name the labels: `eval` on it gives that class's row of `eval
 /// --per-class` on the whole tree, and `features` takes a row per image.
