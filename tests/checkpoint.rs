@@ -1356,3 +1356,51 @@ fn a_nan_weight_the_loss_does_not_show_is_never_checkpointed() {
     );
     assert!(err.contains(&want), "{want}: {err}");
 }
+
+/// The run state's numbers come back from a checkpoint bit for bit: error
+/// rates 1 - hits/N (the schedule compares them exactly, and the best is
+/// found again by them) and sums of losses. JSON's shortest decimal of an
+/// f64 read back with one rounding too many is off by one unit about one
+/// time in seven, which moved the plateau schedule after a resume.
+#[test]
+fn the_run_states_numbers_survive_a_checkpoint_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    run_ok(&train_args(&data(t.path()), &out, 1));
+    let mut ck = checkpoint::load_latest(&out).unwrap();
+    let row = ck.state.history[0].clone();
+    let mut rng = alexnet_cuda::rng::Rng::new(3);
+    let mut want = Vec::new();
+    for h in (0..50_000u32).step_by(7) {
+        let (err, loss) = (1.0 - h as f64 / 50_000.0, rng.uniform() * 1e4);
+        want.push((err, loss));
+        ck.state.history.push(alexnet_cuda::train::EpochStats {
+            val_top1: 1.0 - err,
+            val_loss: err,
+            train_loss: loss,
+            ..row.clone()
+        });
+    }
+    ck.state.progress.best_err = Some(1.0 - 25_002.0 / 50_000.0);
+    ck.state.progress.loss_sum = want[1].1;
+    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    let path = t.path().join("copy.safetensors");
+    checkpoint::save(&path, &ck.state, &tensors).unwrap();
+    let back = checkpoint::load(&path).unwrap().state;
+    let bits = |x: f64| x.to_bits();
+    assert_eq!(
+        back.progress.best_err.map(bits),
+        ck.state.progress.best_err.map(bits)
+    );
+    assert_eq!(
+        bits(back.progress.loss_sum),
+        bits(ck.state.progress.loss_sum)
+    );
+    for (a, b) in back.history.iter().zip(&ck.state.history).skip(1) {
+        assert_eq!(
+            [a.val_top1, a.val_loss, a.train_loss].map(bits),
+            [b.val_top1, b.val_loss, b.train_loss].map(bits),
+            "{a:?} read back from {b:?}"
+        );
+    }
+}
