@@ -1245,39 +1245,58 @@ fn run_keeping_every_checkpoint(dir: &Path) -> PathBuf {
 /// Resumed from a checkpoint older than its folder's newest, a run goes
 /// on from there at another rate: the later checkpoints, of the history it
 /// replaces, are moved aside, so pruning keeps this run's and `--resume
-/// RUN` finds its newest, not a stale one.
+/// RUN` finds its newest, not a stale one. The same when the checkpoint is
+/// named bare from inside its run folder, whose path is then "" (every
+/// scan of it found nothing: no set-aside, no pruning).
 #[test]
 fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
-    let t = tempfile::tempdir().unwrap();
-    let out = run_keeping_every_checkpoint(t.path());
-    let before: Vec<u64> = checkpoint::list(&out)
-        .unwrap()
-        .iter()
-        .map(|c| c.0)
-        .collect();
-    let at = (STEPS / EPOCHS) as u64;
-    let from = out.join(checkpoint::checkpoint_name(at));
-    let mut r = resume_args(&from);
-    r.extend(["--epochs", "2", "--lr", "0.00125", "--keep", "3"].map(String::from));
-    let o = run(&r);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("moved the"), "{err}");
-    let now = checkpoint::list(&out).unwrap();
-    assert_eq!(now.last().map(|c| c.0), Some(2 * at), "{now:?}");
-    assert_eq!(now.len(), 3, "--keep 3: {now:?}");
-    for (step, p) in &now {
-        let lr = checkpoint::load(p).unwrap().state.progress.lr;
-        assert_eq!(lr, 0.00125, "ckpt {step} is not of the resumed run");
+    for bare in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let out = run_keeping_every_checkpoint(t.path());
+        let before: Vec<u64> = checkpoint::list(&out)
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        let at = (STEPS / EPOCHS) as u64;
+        let name = checkpoint::checkpoint_name(at);
+        let from = if bare {
+            PathBuf::from(&name)
+        } else {
+            out.join(&name)
+        };
+        let mut r = resume_args(&from);
+        r.extend(["--epochs", "2", "--lr", "0.00125", "--keep", "3"].map(String::from));
+        let o = Command::new(BIN)
+            .args(&r)
+            .current_dir(&out)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run alexnet-cuda");
+        let (err, said) = (
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout),
+        );
+        assert!(o.status.success(), "bare {bare}: {err}");
+        assert!(err.contains("moved the"), "bare {bare}: {err}");
+        let now = checkpoint::list(&out).unwrap();
+        assert_eq!(now.last().map(|c| c.0), Some(2 * at), "{now:?}");
+        assert_eq!(now.len(), 3, "--keep 3, bare {bare}: {now:?}");
+        for (step, p) in &now {
+            let lr = checkpoint::load(p).unwrap().state.progress.lr;
+            assert_eq!(lr, 0.00125, "ckpt {step} is not of the resumed run");
+        }
+        let aside = out.join(format!("replaced-after-step-{at}"));
+        let moved: Vec<u64> = checkpoint::list(&aside)
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        let later: Vec<u64> = before.into_iter().filter(|s| *s > at).collect();
+        assert_eq!(moved, later, "bare {bare}");
+        // The closing lines name the folder as a command can take it.
+        assert!(!said.contains("''"), "bare {bare}: {said}");
     }
-    let aside = out.join(format!("replaced-after-step-{at}"));
-    let moved: Vec<u64> = checkpoint::list(&aside)
-        .unwrap()
-        .iter()
-        .map(|c| c.0)
-        .collect();
-    let later: Vec<u64> = before.into_iter().filter(|s| *s > at).collect();
-    assert_eq!(moved, later);
 }
 
 /// Resumed from a checkpoint older than the folder's best, the best moves

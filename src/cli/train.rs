@@ -446,11 +446,12 @@ fn recipe(r: RecipeFlag, topo: &Topology) -> Result<InitRecipe> {
 /// runs/<config>-N.
 fn run_folder(args: &TrainArgs, topo: &Topology, resume: Option<&Checkpoint>) -> PathBuf {
     match (resume, &args.out) {
+        // A bare file name's parent is "", which names no folder to scan.
         (Some(ck), _) => ck
             .path
             .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(".")),
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from),
         (None, Some(o)) => o.clone(),
         (None, None) => default_run_dir(if args.demo { "demo" } else { &topo.name }),
     }
