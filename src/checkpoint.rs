@@ -74,6 +74,18 @@ pub fn network_tensors(net: &dyn Model, momentum: bool) -> Result<Vec<Tensor>> {
 pub fn save(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
     let state_json = serde_json::to_string(state)
         .map_err(|e| Error::Data(format!("could not encode the run state: {e}")))?;
+    // JSON writes a NaN or infinity as null, which no f64 reads back: a
+    // checkpoint that could not be resumed is refused, not written.
+    if let Err(e) = serde_json::from_str::<RunState>(&state_json) {
+        return Err(Error::Diverged {
+            what: format!(
+                "step {}: a number in the run state is not finite ({e}), so {} was not written",
+                state.progress.step,
+                path.display()
+            ),
+            fix: "resume from an earlier checkpoint".into(),
+        });
+    }
     let crcs: BTreeMap<&str, u32> = tensors
         .iter()
         .map(|t| (t.name.as_str(), crc_f32(&t.data)))

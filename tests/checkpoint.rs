@@ -1423,3 +1423,46 @@ fn the_run_states_numbers_survive_a_checkpoint_exactly() {
         );
     }
 }
+
+/// A network whose outputs overflow on the validation images (fc8 weights
+/// of +-3e38: finite, so the checkpoint loads) stops at validation as a
+/// divergence, writing nothing. Its NaN validation loss used to go into
+/// the run state, which JSON writes as null: the run went on, and every
+/// checkpoint after it failed to load. The checkpoint writer refuses such
+/// a state as well, whatever put the NaN there.
+#[test]
+fn a_validation_loss_that_is_not_a_number_is_never_checkpointed() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    run_ok(&train_args(&data(t.path()), &out, 1));
+    let mut ck = checkpoint::load_latest(&out).unwrap();
+    // Back to before the epoch's validation: its steps done, not validated.
+    ck.state.progress.epoch_done = false;
+    let row = ck.state.history.pop().expect("the epoch's row");
+    let mut tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    let fc8 = tensors.iter_mut().find(|t| t.name == "fc8.weight").unwrap();
+    for (i, w) in fc8.data.iter_mut().enumerate() {
+        *w = if i % 2 == 0 { 3e38 } else { -3e38 };
+    }
+    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
+    let before = checkpoint::list(&out).unwrap();
+    let o = run(&resume_args(&out));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("the validation loss is NaN"), "{err}");
+    assert_eq!(checkpoint::list(&out).unwrap(), before, "{err}");
+    checkpoint::load_latest(&out).expect("the newest checkpoint loads");
+
+    ck.state.history.push(alexnet_cuda::train::EpochStats {
+        val_loss: f64::NAN,
+        ..row
+    });
+    let path = t.path().join("nan.safetensors");
+    let e = checkpoint::save(&path, &ck.state, &tensors).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a number in the run state is not finite"),
+        "{e}"
+    );
+    assert!(!path.exists());
+}

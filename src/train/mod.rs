@@ -279,6 +279,21 @@ impl<'a> Trainer<'a> {
             |n| bar.set_position(n as u64),
         )?;
         bar.finish_and_clear();
+        // Outputs that overflowed on validation images: a point not to go
+        // back to, and a NaN would make the run state unreadable.
+        if !v.loss.is_finite() {
+            let p = &self.state.progress;
+            return Err(Error::Diverged {
+                what: format!(
+                    "epoch {}, step {}: the validation loss is {} (the network's outputs on validation images are not finite numbers), so no checkpoint of it was written",
+                    p.epoch, p.step, v.loss
+                ),
+                fix: match &self.run_dir {
+                    Some(d) => d.after_divergence(p.lr),
+                    None => Error::lower_rate(p.lr),
+                },
+            });
+        }
         let elapsed = self.elapsed();
         let p = &mut self.state.progress;
         let stats = EpochStats {

@@ -302,6 +302,10 @@ impl RunDir {
             .join(checkpoint::checkpoint_name(state.progress.step));
         let t0 = Instant::now();
         if let Err(e) = checkpoint::save(&path, state, tensors) {
+            if let Error::Diverged { what, .. } = e {
+                let fix = self.after_divergence(state.progress.lr);
+                return Err(Error::Diverged { what, fix });
+            }
             let prev = match &self.last {
                 Some(p) => format!("the previous checkpoint {} is intact", p.display()),
                 None => "no checkpoint of this run was written yet".into(),
