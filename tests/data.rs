@@ -387,6 +387,41 @@ fn a_header_asking_for_too_much_memory_is_refused_before_decoding() -> TestResul
     Ok(())
 }
 
+/// A JPEG is whole when its segments lead to the end marker, scan by scan:
+/// a progressive one (ten scans, tests/fixtures/progressive.jpg) decodes,
+/// cut short anywhere it is refused, and bytes after its end marker that
+/// hold a start-of-scan pair (as a phone's motion photo appends its video)
+/// do not make it "truncated". Those were refused: the check looked for
+/// an end marker after the last FF DA in the whole file.
+#[test]
+fn jpegs_are_whole_by_their_segments() -> TestResult {
+    let t = TempDir::new()?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let progressive = fs::read(fixtures.join("progressive.jpg"))?;
+    let good = t.path().join("good.jpg");
+    write_jpeg(
+        &good,
+        &RgbImage::from_fn(96, 64, |x, y| image::Rgb([x as u8, y as u8, 7])),
+    )?;
+    let baseline = fs::read(&good)?;
+    // What a motion photo appends: a container with FF DA but no FF D9 after it.
+    let mut video = vec![0xFF, 0xDA];
+    video.extend((0..4000u32).map(|i| (i * 37 % 251) as u8));
+    let p = t.path().join("photo.jpg");
+    for (name, whole) in [("progressive", &progressive), ("baseline", &baseline)] {
+        fs::write(&p, whole)?;
+        let pixels = decode_file(&p, 32)?;
+        assert_eq!(pixels.len(), 32 * 32 * 3, "{name}");
+        fs::write(&p, [&whole[..], &video].concat())?;
+        assert_eq!(decode_file(&p, 32)?, pixels, "{name} with a video after it");
+        for frac in [0.3, 0.6, 0.9, 0.99] {
+            fs::write(&p, &whole[..(whole.len() as f64 * frac) as usize])?;
+            expect_image_err(decode_file(&p, 32), &p);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn png_named_jpeg_decodes() -> TestResult {
     let t = TempDir::new()?;

@@ -190,17 +190,47 @@ fn decode_within_limits(
     Ok(img)
 }
 
-/// True when an end-of-image marker (FF D9) follows the last start-of-scan
-/// marker (FF DA). Inside entropy-coded data an FF byte is always followed by
-/// 00 or a restart marker, so neither pair can appear there by accident;
-/// bytes after the end marker (some writers pad) are allowed.
+/// True when the JPEG's marker segments lead, from its start-of-image
+/// marker and scan by scan (a progressive file has several), to an
+/// end-of-image marker (FF D9) after at least one scan. Walked from the
+/// start because anything may follow the end marker: padding, or the video
+/// of a phone's "motion photo", whose bytes hold FF DA and FF D9 pairs.
+/// Segment layout and byte stuffing: ITU-T T.81, B.1.1.2 and F.1.2.3.
 pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
         return false;
-    };
-    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+    }
+    let (mut at, mut scanned) = (2, false);
+    while let Some(m) = next_marker(bytes, at) {
+        let code = bytes[m + 1];
+        at = m + 2;
+        match code {
+            0xD9 => return scanned,
+            // Restart markers (between a scan's intervals) and TEM stand alone.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(at..at + 2) else {
+            return false;
+        };
+        at += u16::from_be_bytes([len[0], len[1]]) as usize;
+        scanned |= code == 0xDA;
+    }
+    false
 }
 
+/// The index of the next marker at or after `at`: an FF followed by a code
+/// other than 00 (a stuffed FF inside scan data) or FF (fill before a
+/// marker). None when the bytes end first.
+fn next_marker(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let ff = at + bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        match *bytes.get(ff + 1)? {
+            0x00 | 0xFF => at = ff + 1,
+            _ => return Some(ff),
+        }
+    }
+}
 /// The size an image of `w x h` is scaled to so its short side is `size`:
 /// the long side is `long * size / short`, rounded, at least `size`.
 pub fn scaled_dims(w: u32, h: u32, size: u32) -> (u32, u32) {
