@@ -1249,10 +1249,11 @@ fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
 }
 
 /// A first `prepare` that dies before its commit point leaves the store's
-/// files without meta.json (here: a finished store's removed). `train`
-/// names the unfinished store and the fix, not "one class sub-folder
-/// (train)" (eval reads folders through the same scan); running prepare
-/// again finishes it and trains.
+/// files without meta.json (here: a finished store's removed; then only
+/// the files a kill while streaming leaves). `train` names the unfinished
+/// store and the fix, not "one class sub-folder (train)" (eval reads
+/// folders through the same scan), and an unfinished val/ beside a
+/// finished train/ too; running prepare again finishes it and trains.
 #[test]
 fn an_unfinished_store_is_named_as_one() -> TestResult {
     let t = TempDir::new()?;
@@ -1278,6 +1279,27 @@ fn an_unfinished_store_is_named_as_one() -> TestResult {
         !ok && err.contains("a store that `alexnet-cuda prepare` did not finish"),
         "{err}"
     );
+    // Killed while streaming train/: only its data and source list exist
+    // (the index, mean image and meta.json are written at the end).
+    for f in fs::read_dir(out.join("train"))? {
+        let p = f?.path();
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if !(name.starts_with("data-") || name.starts_with("sources-")) {
+            fs::remove_file(&p)?;
+        }
+    }
+    let (ok, err) = train_cifar(&out, &t.path().join("run1"));
+    assert!(!ok && err.contains(&said), "{err}");
+
+    // train/ finished, val/ not: named, not passed over for a held-out split.
+    prepare_cli(&train, Some(&val), &out, "32", &[]);
+    fs::remove_file(out.join("val/meta.json"))?;
+    let said_val = format!(
+        "{}: a store that `alexnet-cuda prepare` did not finish",
+        out.join("val").display()
+    );
+    let (ok, err) = train_cifar(&out, &t.path().join("run1"));
+    assert!(!ok && err.contains(&said_val), "{err}");
 
     prepare_cli(&train, Some(&val), &out, "32", &[]);
     let (ok, err) = train_cifar(&out, &t.path().join("run2"));

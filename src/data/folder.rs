@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::packed::is_unfinished_store;
+use super::packed::refuse_unfinished_store;
 use crate::error::{Error, Result};
 
 /// File extensions read as images, compared case-insensitively (ImageNet
@@ -55,7 +55,7 @@ impl ImageFolder {
                 &format!("pass {flag} a folder with one sub-folder per class"),
             ));
         }
-        refuse_unfinished_store(root)?;
+        refuse_unfinished_stores(root)?;
         let mut class_dirs: Vec<(String, PathBuf)> = Vec::new();
         let mut ignored = Vec::new();
         for (entry, kind) in read_dir_sorted(root)? {
@@ -199,14 +199,9 @@ fn refuse_split_folders(root: &Path, class_dirs: &[(String, PathBuf)], flag: &st
 
 /// A `prepare` output (or one store) whose first `prepare` did not finish
 /// would be scanned as class folders holding no images: say what it is.
-fn refuse_unfinished_store(root: &Path) -> Result<()> {
+fn refuse_unfinished_stores(root: &Path) -> Result<()> {
     for dir in [root.to_path_buf(), root.join("train"), root.join("val")] {
-        if is_unfinished_store(&dir) {
-            return Err(Error::Data(format!(
-                "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again",
-                dir.display()
-            )));
-        }
+        refuse_unfinished_store(&dir)?;
     }
     Ok(())
 }

@@ -98,16 +98,38 @@ pub struct Entry {
 }
 
 /// True when `dir` holds a store's files but no `meta.json`, the commit
-/// point: a first `prepare` into it that did not finish.
+/// point: a first `prepare` into it that did not finish. A kill while it
+/// streams leaves only the data and the source list (the index and the
+/// mean image are written at the end), so any of a store's files counts.
 pub fn is_unfinished_store(dir: &Path) -> bool {
     let Ok(rd) = fs::read_dir(dir) else {
         return false;
     };
-    let is_index = |name: &str| name.starts_with("index-") && name.ends_with(".bin");
     !is_store(dir)
         && rd
             .flatten()
-            .any(|e| e.file_name().to_str().is_some_and(is_index))
+            .any(|e| e.file_name().to_str().is_some_and(is_generation_file))
+}
+
+/// An error naming `dir` and the fix when it is an unfinished store.
+pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
+    if is_unfinished_store(dir) {
+        return Err(Error::Data(format!(
+            "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A name of one of a generation's files (`data-<gen>.bin`, ...).
+fn is_generation_file(name: &str) -> bool {
+    GEN_FILES.iter().any(|(stem, ext)| {
+        name.strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_suffix(ext))
+            .is_some_and(|gen| gen.ends_with('.'))
+    })
 }
 
 fn gen_file(dir: &Path, stem: &str, gen: &str, ext: &str) -> PathBuf {
@@ -126,9 +148,7 @@ fn remove_other_generations(dir: &Path, keep: Option<&str>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = GEN_FILES.iter().any(|(stem, ext)| {
-            name.starts_with(&format!("{stem}-")) && name.ends_with(&format!(".{ext}"))
-        });
+        let ours = is_generation_file(&name);
         let kept = keep.is_some_and(|g| name.contains(&format!("-{g}.")));
         if ours && !kept {
             let _ = fs::remove_file(e.path());

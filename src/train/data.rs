@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::packed::{is_store, PackedStore, StoreMeta};
+use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
 use crate::data::{
     folder_digest, held_out_files, limited_len, store_digest, workers_for, BuildOptions, HostAlloc,
     ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
@@ -52,7 +52,9 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let mut data = if is_store(root) {
         load_store(opts, root, None)
     } else if is_store(&root.join("train")) {
+        // Not passed over for a held-out split: a prepare to run again.
         let v = root.join("val");
+        refuse_unfinished_store(&v)?;
         load_store(opts, &root.join("train"), is_store(&v).then_some(v))
     } else {
         load_folder(opts, image_size)
