@@ -1327,6 +1327,64 @@ fn resuming_before_the_best_marks_the_best_up_to_there_again() {
     assert_eq!(weights(&best), weights(&from));
 }
 
+/// The checkpoint a `--resume ARG` an error suggests would load, and ARG.
+fn suggested_resume(err: &str) -> (u64, String) {
+    let from = err.find("train --resume ").expect("a --resume to run") + 15;
+    let arg: String = err[from..]
+        .chars()
+        .take_while(|c| *c != ' ' && *c != '`')
+        .collect();
+    let ck = checkpoint::load_latest(Path::new(&arg)).unwrap_or_else(|e| panic!("{arg}: {e}"));
+    (ck.state.progress.step, arg)
+}
+
+/// A run resumed from `best.safetensors`, whose own checkpoint `--keep`
+/// pruned (the later ones set aside by the resume), goes back to it when
+/// it diverges or a write fails: the `--resume` the error suggests loads
+/// the best's step. It used to name the run folder, whose newest
+/// checkpoint was from before the best. A fresh run whose first write
+/// fails says to run it again, as `--resume` finds nothing there.
+#[test]
+fn the_way_back_after_a_resume_from_the_best_leads_to_the_best() {
+    let t = tempfile::tempdir().unwrap();
+    let out = run_keeping_every_checkpoint(t.path());
+    let best = out.join("best.safetensors");
+    let b = checkpoint::step_of(&best).unwrap();
+    std::fs::remove_file(out.join(checkpoint::checkpoint_name(b))).unwrap();
+    let mut r = resume_args(&best);
+    r.extend(["--epochs", "4", "--lr", "1e30"].map(String::from));
+    let o = run(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    assert_eq!(suggested_resume(&err).0, b, "{err}");
+    assert_eq!(err.matches("--resume").count(), 1, "one way back: {err}");
+
+    let size = std::fs::metadata(&best).unwrap().len();
+    let limited = |args: &[String]| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+                size / 2048
+            ))
+            .arg(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let r = resume_every_step(&best, &["--epochs", "4"]);
+    let o = limited(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("could not write checkpoint"), "{err}");
+    assert_eq!(suggested_resume(&err).0, b, "{err}");
+
+    let fresh = train_args(&t.path().join("data"), &t.path().join("fresh"), 1);
+    let err = String::from_utf8_lossy(&limited(&fresh).stderr).into_owned();
+    assert!(err.contains("run the same command again"), "{err}");
+    run_ok(&fresh);
+}
+
 /// `ck`'s tensors with a NaN in the first value of `name`, saved to `to`.
 fn with_nan(ck: &checkpoint::Checkpoint, name: &str, to: &Path) {
     let mut tensors: Vec<_> = ck.tensors.values().cloned().collect();

@@ -306,9 +306,13 @@ impl RunDir {
                 let fix = self.after_divergence(state.progress.lr);
                 return Err(Error::Diverged { what, fix });
             }
-            let prev = match &self.last {
-                Some(p) => format!("the previous checkpoint {} is intact", p.display()),
-                None => "no checkpoint of this run was written yet".into(),
+            let then = match &self.last {
+                Some(p) => format!(
+                    "the previous checkpoint {} is intact: free disk space and continue with `alexnet-cuda train --resume {}`",
+                    p.display(),
+                    self.resume_arg(p)
+                ),
+                None => "no checkpoint of this run was written yet: free disk space and run the same command again".into(),
             };
             // The OS's reason alone: the fix that follows is this one's.
             let why = match e {
@@ -316,9 +320,8 @@ impl RunDir {
                 other => other.to_string(),
             };
             return Err(Error::Data(format!(
-                "could not write checkpoint {} ({why}); {prev}: free disk space and continue with `alexnet-cuda train --resume {}`",
-                path.display(),
-                shell::word(&self.dir)
+                "could not write checkpoint {} ({why}); {then}",
+                path.display()
             )));
         }
         let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
@@ -350,16 +353,28 @@ impl RunDir {
         let mut fix = format!(
             "continue at a lower rate from the newest checkpoint, {} (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
             newest.display(),
-            shell::word(&self.dir)
+            self.resume_arg(newest)
         );
         let best = self.dir.join("best.safetensors");
-        if best.is_file() {
+        if best.is_file() && !same(&best, newest) {
             fix += &format!(
                 ", or, if the loss had been climbing for a while, from the epoch with the lowest validation error (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
                 shell::word(&best)
             );
         }
         fix
+    }
+
+    /// The `--resume` argument that continues from `ckpt`: the run folder
+    /// where `ckpt` is its newest checkpoint, which `--resume DIR` takes;
+    /// else the file (a run resumed from `best.safetensors`, whose own
+    /// checkpoint `--keep` may have pruned, the later ones set aside).
+    fn resume_arg(&self, ckpt: &Path) -> String {
+        let newest = checkpoint::list(&self.dir).ok().and_then(|mut l| l.pop());
+        match newest {
+            Some((_, p)) if same(&p, ckpt) => shell::word(&self.dir),
+            _ => shell::word(ckpt),
+        }
     }
 
     /// Redraw `curves.png` from the step rows and `epochs`. A failed plot
@@ -391,5 +406,13 @@ impl RunDir {
         if let Err(e) = render_png(&path, &self.title, &steps, &epochs) {
             warn!("could not draw the training curves: {e}");
         }
+    }
+}
+
+/// `a` and `b` name the same file (one path through links or `..`).
+fn same(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
