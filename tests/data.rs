@@ -173,13 +173,15 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     make_tree(elsewhere.path(), &[("pool", &["p.jpg"])])?;
     symlink(elsewhere.path().join("pool"), t.path().join("dogs/pool"))?;
     want.insert(want.len() - 1, PathBuf::from("dogs/pool/p.jpg"));
-    // A link to an image file is an image; a broken link is passed over; a
-    // linked class folder is a class.
+    // A link to an image file is an image (here one the class reads
+    // already, so read twice, as torchvision does); a broken link is passed
+    // over; a linked class folder is a class.
     let p = elsewhere.path().join("pool/p.jpg");
     symlink(&p, t.path().join("dogs/link.jpg"))?;
     want.insert(want.len() - 2, PathBuf::from("dogs/link.jpg"));
     symlink(t.path().join("no-such.jpg"), cats.join("gone.jpg"))?;
-    symlink(elsewhere.path().join("pool"), t.path().join("birds"))?;
+    make_tree(elsewhere.path(), &[("birds", &["p.jpg"])])?;
+    symlink(elsewhere.path().join("birds"), t.path().join("birds"))?;
     want.insert(0, PathBuf::from("birds/p.jpg"));
     fs::write(t.path().join("loose.png"), "x")?;
 
@@ -198,6 +200,55 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
         ignored,
         ["cats/anim.gif", "cats/gone.jpg", "loose.png"].map(PathBuf::from)
     );
+    Ok(())
+}
+
+/// An image reached from two class folders through symbolic links would
+/// be one image with two labels (torchvision reads it under both): the
+/// scan refuses it, naming both paths. Each way there is checked: a link
+/// to a sibling class, two class folders linking one folder, a linked
+/// image inside another class, and two classes linking one image.
+#[test]
+#[cfg(unix)]
+fn an_image_under_two_classes_is_refused() -> TestResult {
+    use std::os::unix::fs::symlink;
+    type Case = fn(&Path, &Path) -> std::io::Result<(PathBuf, PathBuf)>;
+    let cases: [(&str, Case); 4] = [
+        ("folder link to a sibling class", |root, _| {
+            symlink("../dogs", root.join("cats/dogs"))?;
+            Ok((root.join("cats/dogs"), root.join("dogs")))
+        }),
+        ("two class folders linking one", |root, pool| {
+            symlink(pool, root.join("cows"))?;
+            symlink(pool, root.join("dogs/pool"))?;
+            Ok((root.join("dogs/pool"), root.join("cows")))
+        }),
+        ("image link into another class", |root, _| {
+            symlink("../dogs/d.jpg", root.join("cats/d.jpg"))?;
+            Ok((root.join("cats/d.jpg"), root.join("dogs/d.jpg")))
+        }),
+        ("two classes linking one image", |root, pool| {
+            symlink(pool.join("p.jpg"), root.join("cats/p.jpg"))?;
+            symlink(pool.join("p.jpg"), root.join("dogs/p.jpg"))?;
+            Ok((root.join("dogs/p.jpg"), root.join("cats/p.jpg")))
+        }),
+    ];
+    for (what, make) in cases {
+        let (t, elsewhere) = (TempDir::new()?, TempDir::new()?);
+        make_tree(t.path(), &[("cats", &["c.jpg"]), ("dogs", &["d.jpg"])])?;
+        make_tree(elsewhere.path(), &[("pool", &["p.jpg"])])?;
+        let pool = elsewhere.path().join("pool");
+        assert!(
+            ImageFolder::scan(t.path()).is_ok(),
+            "{what}: before the link"
+        );
+        let (a, b) = make(t.path(), &pool)?;
+        let msg = data_err_text(ImageFolder::scan(t.path()));
+        for p in [&a, &b] {
+            assert!(msg.contains(&p.display().to_string()), "{what}: {msg}");
+        }
+        assert!(msg.contains("both labels"), "{what}: {msg}");
+    }
     Ok(())
 }
 

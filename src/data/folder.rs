@@ -2,7 +2,7 @@
 //! ImageNet/ILSVRC layout), classes and files in sorted order. The rules are
 //! torchvision's `ImageFolder`'s, so a tree reads the same in both: its
 //! image extensions, and images at any depth under a class folder.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -97,9 +97,11 @@ impl ImageFolder {
 
         let mut items = Vec::new();
         let mut classes = Vec::with_capacity(class_dirs.len());
+        let mut claims = Claims::default();
         for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
             let mut files = Vec::new();
-            walk_class(&dir, &mut files, &mut ignored, &mut above(&dir)?)?;
+            let mut walk = Walk::new(&dir, &name, &mut files, &mut ignored, &mut claims)?;
+            walk.class(&dir)?;
             if files.is_empty() {
                 return Err(Error::Data(format!(
                     "{} has no {} images; add images to it or remove the folder",
@@ -110,6 +112,7 @@ impl ImageFolder {
             items.extend(files.into_iter().map(|p| (p, label as u32)));
             classes.push(name);
         }
+        claims.refuse_linked_across()?;
         ignored.sort();
         let rule = format!(
             "only {} files inside a class folder are images; to use the others, move them into their class's folder or convert them to one of these formats",
@@ -160,7 +163,8 @@ impl ImageFolder {
 /// folder without any image is an error.
 pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let (mut files, mut ignored) = (Vec::new(), Vec::new());
-    walk_class(dir, &mut files, &mut ignored, &mut above(dir)?)?;
+    let mut claims = Claims::default();
+    Walk::new(dir, "", &mut files, &mut ignored, &mut claims)?.class(dir)?;
     let kinds = image_kinds();
     warn_ignored(dir, &ignored, &format!("only {kinds} files are images"));
     if files.is_empty() {
@@ -220,33 +224,116 @@ fn above(dir: &Path) -> Result<HashSet<PathBuf>> {
     Ok(real.ancestors().skip(1).map(Path::to_path_buf).collect())
 }
 
-/// The image files under one class folder, depth first in path order, so
-/// they come out sorted. Symlinked folders are followed once each, and never
-/// to a folder in `seen` (see [`above`]); other non-hidden entries go to
-/// `ignored`.
-fn walk_class(
-    dir: &Path,
-    files: &mut Vec<PathBuf>,
-    ignored: &mut Vec<PathBuf>,
-    seen: &mut HashSet<PathBuf>,
-) -> Result<()> {
-    let real = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    if !seen.insert(real) {
-        return Ok(());
+/// One class folder's walk: its image files, depth first in path order,
+/// so they come out sorted. Symlinked folders are followed once each, and
+/// never to a folder in `seen` (see [`above`]); other non-hidden entries
+/// go to `ignored`.
+struct Walk<'a> {
+    class: &'a str,
+    files: &'a mut Vec<PathBuf>,
+    ignored: &'a mut Vec<PathBuf>,
+    seen: HashSet<PathBuf>,
+    claims: &'a mut Claims,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        dir: &Path,
+        class: &'a str,
+        files: &'a mut Vec<PathBuf>,
+        ignored: &'a mut Vec<PathBuf>,
+        claims: &'a mut Claims,
+    ) -> Result<Self> {
+        let seen = above(dir)?;
+        Ok(Walk {
+            class,
+            files,
+            ignored,
+            seen,
+            claims,
+        })
     }
-    for (path, kind) in read_dir_sorted(dir)? {
-        if is_hidden(&path) {
-            continue;
+
+    fn class(&mut self, dir: &Path) -> Result<()> {
+        let real = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+        if !self.seen.insert(real.clone()) {
+            return Ok(());
         }
-        if kind == Kind::File && is_image_name(&path) {
-            files.push(path);
-        } else if kind == Kind::Dir {
-            walk_class(&path, files, ignored, seen)?;
-        } else {
-            ignored.push(path);
+        self.claims.claim_dir(real, dir, self.class)?;
+        for (path, kind, linked) in read_dir_entries(dir)? {
+            if is_hidden(&path) {
+                continue;
+            }
+            if kind == Kind::File && is_image_name(&path) {
+                if linked {
+                    self.claims.linked_file(&path, self.class)?;
+                }
+                self.files.push(path);
+            } else if kind == Kind::Dir {
+                self.class(&path)?;
+            } else {
+                self.ignored.push(path);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which class read each folder and each linked image, resolved: a link
+/// that reaches another class's images would give them both labels.
+#[derive(Default)]
+struct Claims {
+    /// Resolved folder: the class that read it and the path it read.
+    dirs: HashMap<PathBuf, (String, PathBuf)>,
+    /// Resolved linked image: the class and the link.
+    files: HashMap<PathBuf, (String, PathBuf)>,
+}
+
+impl Claims {
+    fn claim_dir(&mut self, real: PathBuf, dir: &Path, class: &str) -> Result<()> {
+        if let Some((other, by)) = self.dirs.get(&real) {
+            return Err(both_classes(dir, class, by, other));
+        }
+        self.dirs
+            .insert(real, (class.to_string(), dir.to_path_buf()));
+        Ok(())
+    }
+
+    fn linked_file(&mut self, link: &Path, class: &str) -> Result<()> {
+        let real = fs::canonicalize(link).map_err(|e| Error::io(link, e))?;
+        match self.files.get(&real) {
+            Some((other, by)) if other != class => Err(both_classes(link, class, by, other)),
+            _ => {
+                self.files
+                    .insert(real, (class.to_string(), link.to_path_buf()));
+                Ok(())
+            }
         }
     }
-    Ok(())
+
+    /// Linked images inside a folder another class read (known once every
+    /// class folder is walked).
+    fn refuse_linked_across(&self) -> Result<()> {
+        for (real, (class, link)) in &self.files {
+            let Some(dir) = real.parent() else { continue };
+            if let Some((other, by)) = self.dirs.get(dir) {
+                if other != class {
+                    let by = by.join(real.file_name().unwrap_or_default());
+                    return Err(both_classes(link, class, &by, other));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error for `path` (in `class`) reaching what `by` (in `other`) holds.
+fn both_classes(path: &Path, class: &str, by: &Path, other: &str) -> Error {
+    Error::Data(format!(
+        "{} (class {class}) is {} (class {other}) through a symbolic link: its images would carry both labels; remove the link, or copy the images into the one class they belong to",
+        path.display(),
+        by.display()
+    ))
 }
 
 /// `root` is missing, a file, or an archive still to unpack: which, and
@@ -321,6 +408,12 @@ pub(super) enum Kind {
 /// `stat`: on network storage a stat per file is most of the time a scan
 /// of ImageNet's 1.28M files takes.
 pub(super) fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, Kind)>> {
+    let all = read_dir_entries(dir)?;
+    Ok(all.into_iter().map(|(p, k, _)| (p, k)).collect())
+}
+
+/// [`read_dir_sorted`], with whether each entry is a symbolic link.
+fn read_dir_entries(dir: &Path) -> Result<Vec<(PathBuf, Kind, bool)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -332,7 +425,7 @@ pub(super) fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, Kind)>> {
         } else {
             kind_of(ty)
         };
-        out.push((path, kind));
+        out.push((path, kind, ty.is_symlink()));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
