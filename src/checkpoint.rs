@@ -433,8 +433,10 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
     let best = dir.join("best.safetensors");
     let tmp = temp_path(&best);
     let _ = fs::remove_file(&tmp);
+    // A copy (where links are not allowed) is synced before the rename,
+    // as a checkpoint is: else a power cut could leave an empty best.
     fs::hard_link(ckpt, &tmp)
-        .or_else(|_| fs::copy(ckpt, &tmp).map(|_| ()))
+        .or_else(|_| fs::copy(ckpt, &tmp).and_then(|_| fs::File::open(&tmp)?.sync_all()))
         .map_err(|e| Error::io(&best, e))?;
     fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))?;
     sync_dir(&best)

@@ -1327,6 +1327,32 @@ fn resuming_before_the_best_marks_the_best_up_to_there_again() {
     assert_eq!(weights(&best), weights(&from));
 }
 
+/// A kill between writing a new best epoch's checkpoint and marking it
+/// best leaves an older best marked (here epoch 1's, or none where epoch
+/// 1 was the best). The resume marks the best of its history again; the
+/// stale one used to stay until a later epoch beat the true best.
+#[test]
+fn a_resume_marks_the_best_again_where_a_kill_left_an_older_one() {
+    let t = tempfile::tempdir().unwrap();
+    let out = run_keeping_every_checkpoint(t.path());
+    let best = out.join("best.safetensors");
+    let weights = |p: &Path| checkpoint::load(p).unwrap().weights_crc32();
+    let (b, want) = (checkpoint::step_of(&best).unwrap(), weights(&best));
+    let first = (STEPS / EPOCHS) as u64;
+    std::fs::remove_file(&best).unwrap();
+    if b != first {
+        std::fs::hard_link(out.join(checkpoint::checkpoint_name(first)), &best).unwrap();
+    }
+    // A rate that diverges at once: no later epoch can become the best.
+    let mut r = resume_args(&out);
+    r.extend(["--epochs", "4", "--lr", "1e30"].map(String::from));
+    let o = run(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    assert_eq!(checkpoint::step_of(&best), Some(b), "{err}");
+    assert_eq!(weights(&best), want);
+}
+
 /// The checkpoint a `--resume ARG` an error suggests would load, and ARG.
 fn suggested_resume(err: &str) -> (u64, String) {
     let from = err.find("train --resume ").expect("a --resume to run") + 15;

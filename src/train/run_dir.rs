@@ -92,7 +92,7 @@ pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<
 /// from there: the later checkpoints, and a `best.safetensors` of after
 /// it, belong to the history it replaces. They are moved, not deleted, to
 /// `replaced-after-step-<s>/`, so that pruning and `--resume RUN` see
-/// only this run's; a best moved aside is replaced by [`restore_best`].
+/// only this run's; a best moved aside is replaced by [`check_best`].
 fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     let step = state.progress.step;
     let mut later: Vec<PathBuf> = checkpoint::list(dir)?
@@ -127,10 +127,30 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
         later.len(),
         aside.display()
     );
-    match best_later {
-        true => restore_best(dir, state),
-        false => Ok(()),
+    Ok(())
+}
+
+/// `best.safetensors` is the best epoch of the resumed `state`'s history,
+/// or is made so by [`restore_best`]: after a resume before the folder's
+/// best (moved aside), or a kill between writing a new best's checkpoint
+/// and marking it, which left the previous best marked.
+fn check_best(dir: &Path, state: &RunState) -> Result<()> {
+    let Some(err) = state.progress.best_err else {
+        return Ok(());
+    };
+    let marked = checkpoint::state_of(&dir.join("best.safetensors"));
+    if marked.is_some_and(|s| scores_best(&s, err)) {
+        return Ok(());
     }
+    restore_best(dir, state)
+}
+
+/// `s` is of the end of the epoch that scored validation error `err`,
+/// the best up to it.
+fn scores_best(s: &RunState, err: f64) -> bool {
+    s.progress.epoch_done
+        && s.progress.best_err == Some(err)
+        && s.history.last().is_some_and(|h| 1.0 - h.val_top1 == err)
 }
 
 /// Mark best again the checkpoint validation found best up to the resumed
@@ -141,14 +161,9 @@ fn restore_best(dir: &Path, state: &RunState) -> Result<()> {
     let Some(err) = state.progress.best_err else {
         return Ok(());
     };
-    let scored = |s: &RunState| {
-        s.progress.epoch_done
-            && s.progress.best_err == Some(err)
-            && s.history.last().is_some_and(|h| 1.0 - h.val_top1 == err)
-    };
     let found = checkpoint::list(dir)?
         .into_iter()
-        .find(|(_, p)| checkpoint::state_of(p).is_some_and(|s| scored(&s)));
+        .find(|(_, p)| checkpoint::state_of(p).is_some_and(|s| scores_best(&s, err)));
     match found {
         Some((_, p)) => {
             checkpoint::mark_best(dir, &p)?;
@@ -239,6 +254,7 @@ impl RunDir {
         fsutil::remove_abandoned_temps(dir, None)?;
         if resumed {
             set_aside_later(dir, state)?;
+            check_best(dir, state)?;
         }
         check_room(dir, topo, state.preprocess.image_size, opts.keep)?;
         // Again under the lock: a run may have started since the check.
