@@ -167,7 +167,8 @@ impl<'a> Trainer<'a> {
                 self.report.interrupted = epoch < self.opts.run.epochs;
                 return Ok(self.report);
             }
-            let per_epoch = times.per_epoch(self.start.elapsed().as_secs_f64());
+            let spent = self.start.elapsed().as_secs_f64();
+            let per_epoch = times.per_epoch(spent, &self.state.history);
             let out_of_time = self.out_of_time(epoch, per_epoch);
             if self.agreed(out_of_time)? {
                 if !out_of_time {
@@ -465,7 +466,8 @@ const AGREE_EVERY: u64 = 10;
 /// Seconds per epoch, for the time limit and the time-left line: the mean
 /// of this process's epochs begun at their first batch, once one has run.
 /// A resumed epoch's rest is not one: counted whole, a resume near an
-/// epoch's end would halve the estimate and run past the limit.
+/// epoch's end would halve the estimate and run past the limit. Until then
+/// the run's history says how long its last epoch took, in all processes.
 #[derive(Default)]
 struct EpochTimes {
     whole: usize,
@@ -482,18 +484,44 @@ impl EpochTimes {
         }
     }
 
-    /// Before a whole epoch, the `spent` seconds over the epochs run.
-    fn per_epoch(&self, spent: f64) -> f64 {
-        match self.whole {
-            0 => spent / self.run.max(1) as f64,
-            n => self.whole_s / n as f64,
+    /// Before a whole epoch, the last epoch of `history` (its `elapsed_s`
+    /// less the one before's), or the `spent` seconds over the epochs run.
+    fn per_epoch(&self, spent: f64, history: &[EpochStats]) -> f64 {
+        if self.whole > 0 {
+            return self.whole_s / self.whole as f64;
+        }
+        let last = match history {
+            [.., a, b] => b.elapsed_s - a.elapsed_s,
+            [b] => b.elapsed_s,
+            [] => 0.0,
+        };
+        match last > 0.0 {
+            true => last,
+            false => spent / self.run.max(1) as f64,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::EpochTimes;
+    use super::{EpochStats, EpochTimes};
+
+    /// A history whose epochs ended at these run seconds.
+    fn ended_at(elapsed: &[f64]) -> Vec<EpochStats> {
+        let stats = |(i, &elapsed_s): (usize, &f64)| EpochStats {
+            epoch: i + 1,
+            lr: 0.01,
+            train_loss: 0.0,
+            train_top1: 0.0,
+            val_loss: 0.0,
+            val_top1: 0.0,
+            val_top5: 0.0,
+            images_per_s: 0.0,
+            elapsed_s,
+            data_wait: 0.0,
+        };
+        elapsed.iter().enumerate().map(stats).collect()
+    }
 
     /// Epochs of 5,400 s, resumed 180 s before an epoch's end: with 9,000 s
     /// allowed, after the rest and one whole epoch (5,580 s spent) the next
@@ -501,14 +529,29 @@ mod tests {
     /// epoch gave 2,790 s per epoch and a next epoch "ending" at 8,370 s.
     #[test]
     fn a_resumed_epochs_rest_is_not_counted_as_an_epoch() {
+        let history = ended_at(&[5400.0, 10800.0]);
         let mut t = EpochTimes::default();
         t.add(false, 180.0);
-        assert_eq!(t.per_epoch(180.0), 180.0);
         t.add(true, 5400.0);
         let spent = 5580.0;
-        assert_eq!(t.per_epoch(spent), 5400.0);
-        assert!(spent + t.per_epoch(spent) > 9000.0);
+        assert_eq!(t.per_epoch(spent, &history), 5400.0);
+        assert!(spent + t.per_epoch(spent, &history) > 9000.0);
         t.add(true, 5000.0);
-        assert_eq!(t.per_epoch(spent + 5000.0), 5200.0);
+        assert_eq!(t.per_epoch(spent + 5000.0, &history), 5200.0);
+    }
+
+    /// Right after a resumed epoch's rest (180 s here) no whole epoch has
+    /// run in this process: the history's last epoch (5,400 s, 180 of them
+    /// after the resume) says how long the next takes, so a limit of
+    /// 3,600 s stops there, where the rest's 180 s let the next epoch start.
+    #[test]
+    fn after_a_resumed_epochs_rest_the_history_times_the_next_epoch() {
+        let mut t = EpochTimes::default();
+        t.add(false, 180.0);
+        assert_eq!(t.per_epoch(180.0, &ended_at(&[5400.0, 10800.0])), 5400.0);
+        assert_eq!(t.per_epoch(180.0, &ended_at(&[5400.0])), 5400.0);
+        // No history that measures an epoch: the rest is all there is.
+        assert_eq!(t.per_epoch(180.0, &[]), 180.0);
+        assert_eq!(t.per_epoch(180.0, &ended_at(&[0.0])), 180.0);
     }
 }
