@@ -2,7 +2,7 @@
 //! error on the centre crop, or on the softmax averaged over ten crops (four
 //! corners and the centre, and their mirror images), with the checkpoint's
 //! own preprocessing, on a store or a class-folder tree.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
@@ -329,20 +329,36 @@ impl ImageSource for Relabel {
 /// checkpoint ([`fit_to_checkpoint`]).
 pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSource>> {
     let size = ck.state.preprocess.image_size;
-    let set: Arc<dyn ImageSource> = if is_store(path) {
-        Arc::new(PackedStore::open(path)?)
-    } else if is_store(&path.join("val")) {
-        Arc::new(PackedStore::open(&path.join("val"))?)
-    } else if is_store(&path.join("train")) {
-        return Err(Error::Config(format!(
-            "{}: the store has train/ but no val/; pass {} to evaluate on training images, or prepare with --val",
-            path.display(),
-            path.join("train").display()
-        )));
-    } else {
-        Arc::new(FileSource::new(&ImageFolder::scan_to_score(path)?, size))
+    let other = "evaluate on training images, or prepare with --val";
+    let set: Arc<dyn ImageSource> = match store_of(path, "val", other)? {
+        Some(dir) => Arc::new(PackedStore::open(&dir)?),
+        None => Arc::new(FileSource::new(&ImageFolder::scan_to_score(path)?, size)),
     };
     fit_to_checkpoint(path, set, ck)
+}
+
+/// The store `path` names: itself, or a `prepare` output folder's
+/// `split`/ (val or train); None for a folder of class folders. A `prepare`
+/// output folder with only the other split is an error that offers it, to
+/// `use_other` (what passing it would do).
+pub fn store_of(path: &Path, split: &str, use_other: &str) -> Result<Option<PathBuf>> {
+    if is_store(path) {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if is_store(&path.join(split)) {
+        return Ok(Some(path.join(split)));
+    }
+    match ["train", "val"]
+        .into_iter()
+        .find(|s| is_store(&path.join(s)))
+    {
+        Some(other) => Err(Error::Config(format!(
+            "{}: the store has {other}/ but no {split}/; pass {} to {use_other}",
+            path.display(),
+            path.join(other).display()
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// `set` (read from `path`) checked against the checkpoint's crop and

@@ -17,13 +17,13 @@ use plotters::prelude::*;
 use crate::backend::cpu::{sgemm, MatRef};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
-use crate::data::packed::{is_store, PackedStore};
+use crate::data::packed::PackedStore;
 use crate::data::{
     batches, decode_files, unread_error, FileSource, ImageFolder, ImageSet, ImageSource,
     LoaderConfig,
 };
 use crate::error::{Error, Result};
-use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data};
+use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data, store_of};
 use crate::fsutil::{write_atomic, write_csv};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
@@ -49,36 +49,19 @@ pub struct FeatureSet {
 /// folder, a `prepare` output folder (its `split`/ store: val or train) or a
 /// folder of class sub-folders. Labels follow the checkpoint's classes.
 pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet> {
-    let dir = if !is_store(path) && is_store(&path.join(split)) {
-        path.join(split)
-    } else {
-        path.to_path_buf()
-    };
-    if is_store(&dir) {
+    if let Some(dir) = store_of(path, split, "take features of those images")? {
         let set = open_eval_data(&dir, ck)?;
         let sources = Some(PackedStore::open(&dir)?.sources()?);
         return Ok(FeatureSet { set, sources });
     }
-    if let Some(other) = ["train", "val"]
-        .map(|s| path.join(s))
-        .into_iter()
-        .find(|d| is_store(d))
-    {
-        return Err(Error::Config(format!(
-            "{}: the store has {}/ but no {split}/; pass {} to take features of those images",
-            path.display(),
-            other.file_name().unwrap_or_default().to_string_lossy(),
-            other.display()
-        )));
-    }
     // A folder is scanned once: its files are the sources.
     let files = FileSource::new(
-        &ImageFolder::scan_to_score(&dir)?,
+        &ImageFolder::scan_to_score(path)?,
         ck.state.preprocess.image_size,
     );
     let sources = (0..files.len()).map(|i| files.path(i).display().to_string());
     let sources = Some(sources.collect());
-    let set = fit_to_checkpoint(&dir, Arc::new(files), ck)?;
+    let set = fit_to_checkpoint(path, Arc::new(files), ck)?;
     Ok(FeatureSet { set, sources })
 }
 

@@ -312,7 +312,8 @@ fn averaged_log_softmax(rows: &[f32], crops: usize) -> Vec<f64> {
 /// One class folder is enough to score under a checkpoint, whose classes
 /// name the labels: `eval` on it gives that class's row of `eval
 /// --per-class` on the whole tree, and `features` takes a row per image.
-/// `features` on a `prepare` output with train/ only names train/.
+/// `features` and `eval` on a `prepare` output with train/ only name
+/// train/; `neighbors` on one with val/ only names val/.
 #[test]
 fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     let t = tempfile::tempdir().unwrap();
@@ -376,6 +377,25 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     let (ok, _, err) = cli(&args);
     assert!(!ok && err.contains("has train/ but no val/"), "{err}");
     assert!(err.contains(&s(&store.join("train"))), "{err}");
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &ck, "--data", &s(&store)]);
+    let pass = format!(
+        "pass {} to evaluate on training images",
+        s(&store.join("train"))
+    );
+    assert!(!ok && err.contains(&pass), "{err}");
+    // `neighbors` searches train/: with val/ alone, val/ is named.
+    std::fs::rename(store.join("train"), store.join("val")).unwrap();
+    let query = std::fs::read_dir(&class)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let grid = t.path().join("grid.png");
+    let args = ["neighbors", "--checkpoint", &ck, "--data", &s(&store)];
+    let (ok, _, err) = cli(&[&args[..], &["--query", &s(&query), "--out", &s(&grid)]].concat());
+    let pass = format!("has val/ but no train/; pass {} to", s(&store.join("val")));
+    assert!(!ok && err.contains(&pass), "{err}");
 }
 
 /// Train the cifar config on `data` into the run folder `out` (CLI).
