@@ -12,7 +12,10 @@ batch, and our logits for it from `alexnet-cuda predict --input-npy`), this
      and runs the input through onnxruntime (float32, CPU);
 and prints the largest |difference| of each against our logits. Without
 --safetensors only the ONNX half runs, and torch is not needed (CI's
-scripts/check-onnx). A NaN anywhere fails the check.
+scripts/check-onnx). A NaN anywhere fails the check. With --pixels the ONNX
+graph (from `export --pixels`) is fed those pixels instead of the input,
+and must give the logits of the input made from them
+(scripts/pixels_input.py).
 
 Tolerance: max |ref - ours| <= 1e-4 * max |ours| + 1e-5. Our logits are
 float32 sums of up to 9216 products (fc6) taken in a different order than
@@ -26,6 +29,7 @@ factor of 20 below that mistake (tests/export.rs also checks alpha exactly).
 Usage: .venv/bin/python scripts/check_export.py --safetensors W --onnx M
          --input X.npy --logits L.npy (--config NAME | --widths 7 ints --classes N)
        python3 scripts/check_export.py --onnx M --input X.npy --logits L.npy
+       python3 scripts/check_export.py --onnx M --pixels P.npy --input X.npy --logits L.npy
 Exits 1 when either difference is above the tolerance.
 """
 import argparse
@@ -61,6 +65,7 @@ def main():
     ap.add_argument("--safetensors", help="also compare the PyTorch reference model (needs torch)")
     ap.add_argument("--onnx", required=True)
     ap.add_argument("--input", required=True)
+    ap.add_argument("--pixels", help="feed the ONNX graph these pixels (export --pixels)")
     ap.add_argument("--logits", required=True)
     ap.add_argument("--config", help="alexnet, alexnet-half or cifar")
     ap.add_argument("--widths", type=int, nargs=7, help="conv1..conv5, fc6, fc7")
@@ -78,7 +83,8 @@ def main():
 
     onnx.checker.check_model(onnx.load(a.onnx), full_check=True)
     sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], {"input": x})[0]
+    feed = {"pixels": np.load(a.pixels)} if a.pixels else {"input": x}
+    got = sess.run(["logits"], feed)[0]
 
     scale = float(np.abs(ours).max())
     tol = RTOL * scale + ATOL

@@ -969,6 +969,23 @@ fn predict_and_export_cli() {
     let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&txt)]);
     assert!(!ok && err.contains("--format safetensors|onnx"), "{err}");
     assert!(!txt.exists());
+    // --pixels is an ONNX graph's; tests/export.rs and scripts/check-onnx
+    // check what that graph does.
+    let px = t.path().join("px.safetensors");
+    let args = ["export", "--checkpoint", &s(&ck_path), "--pixels"];
+    let (ok, _, err) = cli(&[&args[..], &["--out", &s(&px)]].concat());
+    assert!(
+        !ok && err.contains("--pixels is for --format onnx"),
+        "{err}"
+    );
+    assert!(!px.exists());
+    let px = t.path().join("px.onnx");
+    let (ok, stdout, err) = cli(&[&args[..], &["--out", &s(&px)]].concat());
+    assert!(
+        ok && stdout.contains("input \"pixels\": [N, 3, 28, 28]"),
+        "{stdout}{err}"
+    );
+    assert!(std::fs::read(&px).unwrap() != std::fs::read(&onnx).unwrap());
     let odd = t.path().join("w.onnx");
     let args = [
         "export",

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
-use alexnet_cuda::export::onnx::write_onnx;
+use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, read_safetensors, write_safetensors, Tensor};
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::topology::{Op, Topology};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32, NpyWriter};
+use alexnet_cuda::run_state::Preprocess;
 use safetensors::{Dtype, SafeTensors};
 
 const WIDTHS: [usize; 7] = [6, 16, 24, 24, 16, 32, 32];
@@ -412,6 +413,8 @@ struct Model {
     opset: u64,
     nodes: Vec<Node>,
     inits: BTreeMap<String, Init>,
+    /// Each initializer's raw_data, for those not FLOAT.
+    raw: BTreeMap<String, Vec<u8>>,
     /// ValueInfoProto name and its dims (dim_value as text, or dim_param).
     inputs: Vec<(String, Vec<String>)>,
     outputs: Vec<(String, Vec<String>)>,
@@ -488,7 +491,16 @@ fn decode(path: &Path) -> Model {
             )
         })
         .collect();
+    let raw = all(&graph, 5)
+        .into_iter()
+        .map(|v| {
+            let Val::Bytes(b) = v else { panic!() };
+            let t = fields(b);
+            (text(&t, 8), bytes(&t, 9).to_vec())
+        })
+        .collect();
     Model {
+        raw,
         ir_version: ints(&model, 1)[0] as u64,
         opset: ints(&opset, 2)[0] as u64,
         nodes,
@@ -502,7 +514,7 @@ fn write_and_decode(topo: &Topology) -> (Vec<Tensor>, Model) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
     let tensors = tensors_of(topo);
-    write_onnx(topo, &tensors, &path).unwrap();
+    write_onnx(topo, &tensors, None, &path).unwrap();
     (tensors, decode(&path))
 }
 
@@ -665,6 +677,104 @@ fn onnx_follows_the_config() {
     assert_eq!(m.inits["conv2.weight"].0, [16, 6, 5, 5]);
 }
 
+/// `topo`'s graph taking the pixels that `p` preprocesses.
+fn write_pixels(topo: &Topology, p: &Preprocess, mean: Option<&[f32]>) -> Model {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    let px = PixelInput::new(p, mean).unwrap();
+    write_onnx(topo, &tensors_of(topo), Some(&px), &path).unwrap();
+    decode(&path)
+}
+
+/// The nodes' ops, and whether each reads the one before (the first
+/// reads `first`).
+fn chained<'m>(m: &'m Model, first: &str, n: usize) -> Vec<&'m str> {
+    let mut prev = first.to_string();
+    for node in &m.nodes[..n] {
+        assert_eq!(node.inputs[0], prev, "{node:?}");
+        prev = node.output.clone();
+    }
+    m.nodes[..n].iter().map(|n| n.op.as_str()).collect()
+}
+
+/// With --pixels the graph does what the loader does to a test image's
+/// centre crop (docs/data.md): subtract the mean image at the crop's
+/// pixels, or the channel means and divide by the stds, and pad the 224
+/// crop with zeros to 227, pad / 2 = 1 before and 2 after.
+#[test]
+fn onnx_with_pixels_preprocesses_the_centre_crop_as_the_run_did() {
+    // A mean image with a different value at every pixel and channel.
+    let value = |y: usize, x: usize, c: usize| ((y * 7 + x * 3 + c * 101) % 251) as f32 + 0.5;
+    let mean: Vec<f32> = (0..256 * 256 * 3)
+        .map(|i| value(i / 3 / 256, i / 3 % 256, i % 3))
+        .collect();
+    let p = Preprocess {
+        image_size: 256,
+        crop: 224,
+        pad: 3,
+        mean: [1.0, 2.0, 3.0],
+        std: None,
+        mean_image: true,
+    };
+    let m = write_pixels(&narrow(), &p, Some(&mean));
+    assert_eq!(chained(&m, "pixels", 3), ["Sub", "Pad", "Conv"]);
+    assert_eq!(m.nodes[0].inputs, ["pixels", "pixels.mean"]);
+    assert_eq!(m.inputs[0].0, "pixels");
+    assert_eq!(m.inputs[0].1, ["N", "3", "224", "224"]);
+    // The centre crop starts at (256 - 224) / 2 = 16 on each axis.
+    let (dims, ty, data) = &m.inits["pixels.mean"];
+    assert_eq!((dims.as_slice(), *ty), ([1, 3, 224, 224].as_slice(), 1));
+    for (c, y, x) in [(0, 0, 0), (1, 5, 200), (2, 223, 223), (0, 100, 17)] {
+        let got = data[(c * 224 + y) * 224 + x];
+        assert_eq!(
+            got,
+            value(16 + y, 16 + x, c),
+            "channel {c}, row {y}, column {x}"
+        );
+    }
+    let pads: Vec<i64> = m.raw["pixels.pads"]
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(m.inits["pixels.pads"].1, 7, "INT64");
+    assert_eq!(pads, [0, 0, 1, 1, 0, 0, 2, 2]);
+
+    // cifar: channel means, divided by the stds, no padding.
+    let p = Preprocess {
+        image_size: 32,
+        crop: 28,
+        pad: 0,
+        mean: [125.3, 123.0, 113.9],
+        std: Some([63.0, 62.1, 66.7]),
+        mean_image: false,
+    };
+    let m = write_pixels(&Topology::cifar(), &p, None);
+    assert_eq!(chained(&m, "pixels", 3), ["Sub", "Div", "Conv"]);
+    assert_eq!(m.nodes[1].inputs[1], "pixels.std");
+    assert_eq!(m.inits["pixels.mean"].0, [1, 3, 1, 1]);
+    assert_eq!(m.inits["pixels.mean"].2, [125.3, 123.0, 113.9]);
+    assert_eq!(m.inits["pixels.std"].2, [63.0, 62.1, 66.7]);
+    assert_eq!(m.inputs[0].1, ["N", "3", "28", "28"]);
+
+    // A run that subtracted a mean image its checkpoint lacks, and crops
+    // that do not make the config's input, are refused.
+    let p = Preprocess {
+        mean_image: true,
+        ..p
+    };
+    let e = PixelInput::new(&p, None).unwrap_err().to_string();
+    assert!(
+        e.contains("data.mean_image") && e.contains("without --pixels"),
+        "{e}"
+    );
+    let px = PixelInput::new(&Preprocess { crop: 24, ..p }, Some(&vec![0.0; 32 * 32 * 3])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    let topo = Topology::cifar();
+    let e = write_onnx(&topo, &tensors_of(&topo), Some(&px), &path).unwrap_err();
+    assert!(e.to_string().contains("24x24"), "{e}");
+}
+
 #[test]
 fn onnx_refuses_tensors_that_do_not_fit() {
     let dir = tempfile::tempdir().unwrap();
@@ -672,7 +782,9 @@ fn onnx_refuses_tensors_that_do_not_fit() {
     let topo = narrow();
     let mut tensors = tensors_of(&topo);
     tensors.retain(|t| t.name != "fc7.bias");
-    let e = write_onnx(&topo, &tensors, &path).unwrap_err().to_string();
+    let e = write_onnx(&topo, &tensors, None, &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("m.onnx") && e.contains("fc7.bias"), "{e}");
 
     // Weights of another width.
@@ -680,7 +792,9 @@ fn onnx_refuses_tensors_that_do_not_fit() {
         [6, 16, 24, 24, 8, 32, 32],
         CLASSES,
     ));
-    let e = write_onnx(&topo, &other, &path).unwrap_err().to_string();
+    let e = write_onnx(&topo, &other, None, &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("conv5.weight"), "{e}");
     assert!(!path.exists());
 }

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
-use alexnet_cuda::export::onnx::write_onnx;
+use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
 
 use super::common::flag_value;
@@ -26,6 +26,9 @@ pub struct ExportArgs {
     /// Output file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// ONNX only: the graph takes RGB pixels 0 to 255 (the centre crop of the image as `prepare` stores it) and does the run's preprocessing itself (mean or mean image, std, padding).
+    #[arg(long)]
+    pixels: bool,
 }
 
 /// --format's values.
@@ -44,6 +47,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     let format = chosen_format(args.format, &args.out)?;
+    if args.pixels && format != ExportFormat::Onnx {
+        bail!("--pixels is for --format onnx: a safetensors export carries the preprocessing in its metadata (docs/runs.md, \"Export\")");
+    }
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;
     // The weights in table order, checked against the table's shapes.
@@ -51,7 +57,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let net = ck.network(&be, &topo, 1)?;
     let tensors = network_tensors(&net)?;
     match format {
-        ExportFormat::Onnx => write_onnx(&topo, &tensors, &args.out)?,
+        ExportFormat::Onnx => {
+            let pixels = match args.pixels {
+                true => Some(PixelInput::new(&ck.state.preprocess, ck.mean_image())?),
+                false => None,
+            };
+            write_onnx(&topo, &tensors, pixels.as_ref(), &args.out)?
+        }
         ExportFormat::Safetensors => {
             write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?
         }
@@ -64,6 +76,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
         topo.name,
         args.out.display()
     )?;
+    if args.pixels {
+        let p = &ck.state.preprocess;
+        outln!(
+            "input \"pixels\": [N, 3, {c}, {c}], RGB 0 to 255, the centre {c}x{c} of the image resized to {s} on its short side and centre-cropped to {s}x{s}",
+            c = p.crop,
+            s = p.image_size
+        )?;
+    }
     Ok(())
 }
 

@@ -3,6 +3,8 @@
 //! prost does the protocol buffers encoding.
 //!
 //! Inference only: dropout is the identity at test time and is left out.
+//! With a [`PixelInput`] the graph takes pixels and does the run's
+//! preprocessing itself (mean, std, padding) before the network.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -12,31 +14,105 @@ use super::onnx_pb::tensor_shape_proto::{dimension, Dimension};
 use super::onnx_pb::{
     type_proto, AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, DATA_TYPE_FLOAT,
+    DATA_TYPE_INT64,
 };
 use super::Tensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::topology::{Layer, LayerShape, Op, Topology};
+use crate::run_state::Preprocess;
 
 /// IR version 8 (ONNX 1.10) and the default-domain opset 13: every op used
-/// here (Conv, Relu, LRN, Split, Concat, MaxPool, Flatten, Gemm) is defined there, and
+/// here (Sub, Div, Pad, Conv, Relu, LRN, Split, Concat, MaxPool, Flatten,
+/// Gemm) is defined there, and
 /// onnxruntime and current onnx releases accept both.
 const IR_VERSION: i64 = 8;
 const OPSET: i64 = 13;
 
+/// What a graph that takes pixels does first: the loader's preprocessing
+/// of the centre crop at test time. Subtract the mean (the mean image's
+/// centre crop, or the channel means), divide by the std where the run did,
+/// pad with zeros up to the network's input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PixelInput {
+    /// [1, 3, crop, crop] or [1, 3, 1, 1], RGB on the 0..255 scale.
+    mean: Tensor,
+    std: Option<[f32; 3]>,
+    crop: usize,
+    /// Zeros before and after the crop on each axis (the loader puts
+    /// pad / 2 first).
+    pad: (usize, usize),
+}
+
+impl PixelInput {
+    /// The preprocessing `p` a run trained with; `mean_image` is its
+    /// checkpoint's `data.mean_image` ([S, S, 3], HWC, S = p.image_size),
+    /// which it must hold when `p.mean_image`.
+    pub fn new(p: &Preprocess, mean_image: Option<&[f32]>) -> Result<PixelInput> {
+        let (s, c) = (p.image_size, p.crop);
+        let mean = match (p.mean_image, mean_image) {
+            (false, _) => Tensor {
+                name: "pixels.mean".into(),
+                shape: vec![1, 3, 1, 1],
+                data: p.mean.to_vec(),
+            },
+            (true, Some(m)) if m.len() == s * s * 3 && c <= s => centre_crop(m, s, c),
+            (true, m) => {
+                return Err(Error::Config(format!(
+                    "the run subtracted a mean image of {s}x{s}x3 but the checkpoint holds {} values for it (data.mean_image); export without --pixels and subtract it yourself",
+                    m.map_or(0, <[f32]>::len)
+                )))
+            }
+        };
+        Ok(PixelInput {
+            mean,
+            std: p.std,
+            crop: c,
+            pad: (p.pad / 2, p.pad - p.pad / 2),
+        })
+    }
+}
+
+/// The centre `c` x `c` of the `s` x `s` HWC image `m`, as [1, 3, c, c]:
+/// the crop the loader takes at test time, at offset (s - c) / 2.
+fn centre_crop(m: &[f32], s: usize, c: usize) -> Tensor {
+    let o = (s - c) / 2;
+    let mut data = Vec::with_capacity(3 * c * c);
+    for ch in 0..3 {
+        for y in o..o + c {
+            data.extend((o..o + c).map(|x| m[(y * s + x) * 3 + ch]));
+        }
+    }
+    Tensor {
+        name: "pixels.mean".into(),
+        shape: vec![1, 3, c, c],
+        data,
+    }
+}
+
 /// Write `topo`'s inference graph with `tensors` (named and shaped as
 /// `export::network_tensors` gives them) as initializers, atomically.
 /// Input "input" is [N, channels, crop, crop] float32 with a symbolic batch
-/// N; output "logits" is [N, classes].
-pub fn write_onnx(topo: &Topology, tensors: &[Tensor], path: &Path) -> Result<()> {
-    let bytes = encode_model(topo, tensors).map_err(|msg| {
+/// N, or with `pixels` "pixels", [N, 3, c, c] for the run's crop c;
+/// output "logits" is [N, classes].
+pub fn write_onnx(
+    topo: &Topology,
+    tensors: &[Tensor],
+    pixels: Option<&PixelInput>,
+    path: &Path,
+) -> Result<()> {
+    let bytes = encode_model(topo, tensors, pixels).map_err(|msg| {
         Error::Config(format!("{}: cannot export to ONNX: {msg}", path.display()))
     })?;
     write_atomic(path, &bytes)
 }
 
 /// Build the ModelProto bytes; errors say which tensor or layer does not fit.
-fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<u8>, String> {
+fn encode_model(
+    topo: &Topology,
+    tensors: &[Tensor],
+    pixels: Option<&PixelInput>,
+) -> std::result::Result<Vec<u8>, String> {
     let shapes = topo.shapes().map_err(|e| e.to_string())?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
 
@@ -45,36 +121,50 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
         ..GraphProto::default()
     };
     let mut initializers = Vec::new();
+    let (input, side, first) = match pixels {
+        Some(px) => {
+            let (nodes, consts) = pixel_nodes(topo, px)?;
+            graph.initializer.extend(consts);
+            ("pixels", px.crop, nodes)
+        }
+        None => ("input", topo.crop, Vec::new()),
+    };
     // The value flowing between nodes and whether it is still [N, C, H, W].
-    let mut value = "input".to_string();
+    let mut value = input.to_string();
     let mut spatial = true;
     let last = topo.layers.len() - 1;
-    for (i, (l, s)) in topo.layers.iter().zip(&shapes).enumerate() {
-        initializers.extend(layer_params(topo, l, s, &by_name)?);
-        let nodes = layer_nodes(topo, l, &mut value, &mut spatial)?;
+    let mut chain = |nodes: Vec<Node>, logits: bool, value: &mut String| {
         // Chain the nodes; the very last output is the graph's "logits".
         let count = nodes.len();
         for (j, mut n) in nodes.into_iter().enumerate() {
             if n.inputs[0].is_empty() {
                 n.inputs[0] = value.clone();
             }
-            if i == last && j + 1 == count {
+            if logits && j + 1 == count {
                 n.output = "logits".into();
             }
-            value = n.output.clone();
+            *value = n.output.clone();
             graph.node.push(n.proto());
         }
+    };
+    chain(first, false, &mut value);
+    for (i, (l, s)) in topo.layers.iter().zip(&shapes).enumerate() {
+        initializers.extend(layer_params(topo, l, s, &by_name)?);
+        let nodes = layer_nodes(topo, l, &mut value, &mut spatial)?;
+        chain(nodes, i == last, &mut value);
     }
 
-    graph.initializer = initializers.into_iter().map(tensor_proto).collect();
-    let (c, crop) = (topo.channels as i64, topo.crop as i64);
+    graph
+        .initializer
+        .extend(initializers.into_iter().map(tensor_proto));
+    let (c, side) = (topo.channels as i64, side as i64);
     graph.input.push(value_info(
-        "input",
+        input,
         &[
             Dim::Param("N"),
             Dim::Value(c),
-            Dim::Value(crop),
-            Dim::Value(crop),
+            Dim::Value(side),
+            Dim::Value(side),
         ],
     ));
     graph.output.push(value_info(
@@ -94,6 +184,58 @@ fn encode_model(topo: &Topology, tensors: &[Tensor]) -> std::result::Result<Vec<
         }],
     };
     Ok(model.encode_to_vec())
+}
+
+/// The preprocessing nodes from "pixels" (the first reads it), and their
+/// constants: Sub the mean, Div by the std, Pad with zeros.
+fn pixel_nodes(
+    topo: &Topology,
+    px: &PixelInput,
+) -> std::result::Result<(Vec<Node>, Vec<TensorProto>), String> {
+    let (before, after) = px.pad;
+    if topo.channels != 3 || px.crop + before + after != topo.crop {
+        return Err(format!(
+            "the run's {c}x{c} RGB crops padded by {} do not make the {}x{i}x{i} input of config {}",
+            before + after,
+            topo.channels,
+            topo.name,
+            c = px.crop,
+            i = topo.crop
+        ));
+    }
+    let mut nodes = vec![Node::new(
+        "Sub",
+        "pixels.centred",
+        vec!["pixels".into(), "pixels.mean".into()],
+    )];
+    let mut consts = vec![tensor_proto(&px.mean)];
+    if let Some(std) = px.std {
+        let t = Tensor {
+            name: "pixels.std".into(),
+            shape: vec![1, 3, 1, 1],
+            data: std.to_vec(),
+        };
+        let inputs = vec![String::new(), t.name.clone()];
+        nodes.push(Node::new("Div", "pixels.scaled", inputs));
+        consts.push(tensor_proto(&t));
+    }
+    if before + after > 0 {
+        // ONNX pads: every axis's begin, then every axis's end (N, C, H, W).
+        let (b, a) = (before as i64, after as i64);
+        let pads = [0, 0, b, b, 0, 0, a, a];
+        nodes.push(Node::new(
+            "Pad",
+            "pixels.padded",
+            vec![String::new(), "pixels.pads".into()],
+        ));
+        consts.push(TensorProto {
+            dims: vec![pads.len() as i64],
+            data_type: Some(DATA_TYPE_INT64),
+            name: Some("pixels.pads".into()),
+            raw_data: Some(pads.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        });
+    }
+    Ok((nodes, consts))
 }
 
 /// Layer `l`'s weight and bias, checked against the shapes the config

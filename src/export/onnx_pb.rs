@@ -128,6 +128,8 @@ pub struct TensorProto {
 
 /// TensorProto.DataType.FLOAT (float32).
 pub const DATA_TYPE_FLOAT: i32 = 1;
+/// TensorProto.DataType.INT64 (Pad's `pads` input).
+pub const DATA_TYPE_INT64: i32 = 7;
 
 /// ValueInfoProto.
 #[derive(Clone, PartialEq, prost::Message)]
