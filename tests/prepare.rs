@@ -494,6 +494,87 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     Ok(())
 }
 
+/// Images stored with the same pixels are listed beside each store and
+/// warned of: a copy under another class (contradictory labels), a repeat
+/// within a class, the same picture as PNG and BMP (other bytes, the same
+/// pixels), and val images that are training images. Distinct pictures,
+/// and one that differs from a training image by one pixel, are not.
+#[test]
+fn images_stored_twice_are_listed_and_warned_of() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 3, 40, 30)?;
+    let (cat, dog) = (train.join("n01_cat"), train.join("n02_dog"));
+    fs::copy(cat.join("0000.JPEG"), dog.join("0009.JPEG"))?;
+    fs::copy(cat.join("0001.JPEG"), cat.join("0007.JPEG"))?;
+    picture(40, 30, 7).save_with_format(dog.join("a.png"), ImageFormat::Png)?;
+    picture(40, 30, 7).save_with_format(dog.join("b.bmp"), ImageFormat::Bmp)?;
+    let val = t.path().join("val");
+    fs::create_dir_all(val.join("n02_dog"))?;
+    fs::create_dir_all(val.join("n01_cat"))?;
+    fs::copy(dog.join("0002.JPEG"), val.join("n02_dog/v1.JPEG"))?;
+    let mut near = picture(40, 30, 7);
+    near.put_pixel(20, 15, image::Rgb([0, 0, 0]));
+    near.save_with_format(val.join("n01_cat/v2.png"), ImageFormat::Png)?;
+    let out = t.path().join("out");
+    let (s, o) = (|p: &Path| p.display().to_string(), &out);
+    let args = [
+        "prepare",
+        "--train",
+        &s(&train),
+        "--val",
+        &s(&val),
+        "--out",
+        &s(o),
+    ];
+    let (ok, _, err) = cli(&[&args[..], &["--size", "16", "--no-progress"]].concat());
+    assert!(ok, "{err}");
+
+    let list = |store: &str| fs::read_to_string(out.join(store).join("duplicates.txt")).unwrap();
+    let mut train_pairs: Vec<String> = list("train").lines().map(String::from).collect();
+    train_pairs.sort();
+    assert_eq!(
+        train_pairs,
+        [
+            "n01_cat/0007.JPEG\tn01_cat/0001.JPEG\tn01_cat",
+            "n02_dog/0009.JPEG\tn01_cat/0000.JPEG\tn02_dog\tn01_cat",
+            "n02_dog/b.bmp\tn02_dog/a.png\tn02_dog",
+        ]
+    );
+    assert_eq!(list("val"), "n02_dog/v1.JPEG\tn02_dog/0002.JPEG\n");
+    let listed = |store: &str| format!("listed in {}", s(&out.join(store).join("duplicates.txt")));
+    for (want, store) in [
+        (
+            "train: 1 images have the same pixels as one under another class",
+            "train",
+        ),
+        ("train: 2 images repeat one of their class", "train"),
+        ("val: 1 images are also training images", "val"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("{want}: {err}"));
+        assert!(line.contains(&listed(store)), "{line}");
+    }
+
+    // No copies: empty lists (an earlier list does not stay), no warning.
+    for f in ["n02_dog/0009.JPEG", "n01_cat/0007.JPEG", "n02_dog/b.bmp"] {
+        fs::remove_file(train.join(f))?;
+    }
+    fs::write(
+        val.join("n02_dog/v1.JPEG"),
+        jpeg_bytes(&picture(40, 30, 55), 92),
+    )?;
+    let (ok, _, err) = cli(&[&args[..], &["--size", "16", "--no-progress"]].concat());
+    assert!(
+        ok && !err.contains("pixels") && !err.contains("repeat"),
+        "{err}"
+    );
+    assert_eq!((list("train"), list("val")), (String::new(), String::new()));
+    Ok(())
+}
+
 #[test]
 fn names_file_gives_readable_class_names() -> TestResult {
     let t = TempDir::new()?;
@@ -718,7 +799,7 @@ fn generation_files(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    v.retain(|n| n != "meta.json" && n != "skipped.txt");
+    v.retain(|n| !["meta.json", "skipped.txt", "duplicates.txt"].contains(&n.as_str()));
     v.sort();
     v
 }

@@ -1,11 +1,13 @@
 //! Data: reading class-folder image sets (`folder`), decoding and resizing
 //! one image (`decode`), a folder read image by image (`files`), the
-//! packed on-disk store (`packed`) and `prepare` which writes it, the
+//! packed on-disk store (`packed`) and `prepare` which writes it (with
+//! `duplicates`, the images it stores twice), the
 //! decoded in-memory store with split and channel statistics (`store`),
 //! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`)
 //! and the host memory it fills (`hostmem`), and a procedural demo data
 //! set (`synth`).
 pub mod decode;
+pub mod duplicates;
 pub mod files;
 pub mod folder;
 pub mod hostmem;

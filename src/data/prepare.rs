@@ -6,7 +6,9 @@
 //! files are skipped, counted and listed in `skipped.txt`, never fatal. The
 //! training store also carries the statistics the loader needs: the mean
 //! image, channel mean and std, and the RGB covariance whose PCA drives the
-//! lighting noise.
+//! lighting noise. Images stored with the same pixels as another (under
+//! another class, or in both train and val) are listed and warned of
+//! (`duplicates`).
 //!
 //! Layouts: train as `<root>/<synset>/*.JPEG`; val as class folders too, or
 //! flat with `--val-labels`: a CSV of `file,synset` (Kaggle's
@@ -22,6 +24,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::decode::{decode_file, encode_jpeg};
+use super::duplicates::{self, pixel_hash, Duplicates, Hashed};
 use super::folder::{
     image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
 };
@@ -81,6 +84,8 @@ impl PrepareOptions {
 pub struct PrepareReport {
     pub train: StoreMeta,
     pub val: Option<StoreMeta>,
+    /// Images stored with the same pixels as another (`duplicates.txt`).
+    pub duplicates: Duplicates,
     pub seconds: f64,
 }
 
@@ -173,19 +178,62 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         };
         write_store(&to, items, &classes, &names, opts)
     };
-    let train = store("train", &opts.train, &items, val_count, None)?;
+    let (train, stored) = store("train", &opts.train, &items, val_count, None)?;
+    let th = Hashed {
+        items: &items,
+        stored,
+    };
+    let mut dups = duplicates::list_train(&opts.out.join("train"), &opts.train, &th, &classes)?;
     let val = match (&opts.val, val_items) {
-        (Some(v), Some(items)) => Some(store("val", v, &items, 0, Some(train.generation.clone()))?),
+        (Some(v), Some(items)) => {
+            let gen = Some(train.generation.clone());
+            let (val, stored) = store("val", v, &items, 0, gen)?;
+            let vh = Hashed {
+                items: &items,
+                stored,
+            };
+            let dir = opts.out.join("val");
+            dups.val_in_train = duplicates::list_val(&dir, [v, &opts.train], &vh, &th)?;
+            Some(val)
+        }
         _ => {
             warn_of_earlier_val(&opts.out.join("val"));
             None
         }
     };
+    warn_of_duplicates(&opts.out, &dups);
     Ok(PrepareReport {
         train,
         val,
+        duplicates: dups,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A warning for each kind of image stored twice, naming its list.
+fn warn_of_duplicates(out: &Path, d: &Duplicates) {
+    let list = |store: &str| out.join(store).join(duplicates::LIST).display().to_string();
+    if d.other_class > 0 {
+        tracing::warn!(
+            "train: {} images have the same pixels as one under another class, so the labels contradict each other; pairs listed in {}",
+            d.other_class,
+            list("train")
+        );
+    }
+    if d.same_class > 0 {
+        tracing::warn!(
+            "train: {} images repeat one of their class (each weighs twice in training); listed in {}",
+            d.same_class,
+            list("train")
+        );
+    }
+    if d.val_in_train > 0 {
+        tracing::warn!(
+            "val: {} images are also training images, so validation error will read low; pairs listed in {}",
+            d.val_in_train,
+            list("val")
+        );
+    }
 }
 
 /// A val store left beside a train store prepared without `--val`:
@@ -444,8 +492,12 @@ struct Acc {
     image_sum: Vec<u64>,
     rgb: RgbSums,
     images: u64,
-    out: Vec<(usize, std::result::Result<Vec<u8>, String>)>,
+    /// By the image's place in its chunk.
+    out: Vec<(usize, Prepared)>,
 }
+
+/// One image's stored bytes and pixel hash, or why it was skipped.
+type Prepared = std::result::Result<(Vec<u8>, u64), String>;
 
 impl Acc {
     fn new(px: usize) -> Acc {
@@ -528,13 +580,15 @@ struct Target<'a> {
     paired_with: Option<String>,
 }
 
+/// Write one store; returns its meta and each stored image's pixel hash
+/// and index in `items`.
 fn write_store(
     to: &Target,
     items: &[(PathBuf, u32)],
     classes: &[String],
     names: &[String],
     opts: &PrepareOptions,
-) -> Result<StoreMeta> {
+) -> Result<(StoreMeta, Vec<(u64, usize)>)> {
     let (dir, source, what) = (to.dir.as_path(), to.source, to.what);
     let size = opts.size;
     let px = size * size * 3;
@@ -544,6 +598,7 @@ fn write_store(
     let mut total = Acc::new(px);
     let mut skipped: Vec<String> = Vec::new();
     let mut class_counts = vec![0u64; classes.len()];
+    let mut hashes = Vec::with_capacity(items.len());
     let chunk_len = chunk_len(size);
     for (c, chunk) in items.chunks(chunk_len).enumerate() {
         let acc = chunk
@@ -555,7 +610,7 @@ fn write_store(
                     let r = prepare_image(path, size, opts.encoding, opts.quality);
                     let r = r.map(|(stored, pixels)| {
                         acc.add(&pixels);
-                        stored
+                        (stored, pixel_hash(&pixels))
                     });
                     acc.out.push((i, r.map_err(|e| e.to_string())));
                     bar.inc(1);
@@ -568,10 +623,11 @@ fn write_store(
         for (i, r) in std::mem::take(&mut acc.out) {
             let (path, label) = &chunk[i];
             match r {
-                Ok(stored) => {
+                Ok((stored, hash)) => {
                     let rel = path.strip_prefix(source).unwrap_or(path);
                     writer.push(&stored, *label, &rel.to_string_lossy())?;
                     class_counts[*label as usize] += 1;
+                    hashes.push((hash, c * chunk_len + i));
                 }
                 Err(msg) => {
                     tracing::debug!("skipping {msg}");
@@ -654,5 +710,5 @@ fn write_store(
         meta.data_bytes as f64 / 1e6,
         items.len() as f64 / secs.max(1e-9)
     );
-    Ok(meta)
+    Ok((meta, hashes))
 }
