@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::packed::{is_store, PackedStore};
+use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore};
 use crate::data::{batches, unread_error, FileSource, ImageFolder, ImageSource, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::model::net::Mode;
@@ -348,6 +348,8 @@ pub fn store_of(path: &Path, split: &str, use_other: &str) -> Result<Option<Path
     if is_store(&path.join(split)) {
         return Ok(Some(path.join(split)));
     }
+    // A prepare killed while writing it: not a split to do without.
+    refuse_unfinished_store(&path.join(split))?;
     match ["train", "val"]
         .into_iter()
         .find(|s| is_store(&path.join(s)))

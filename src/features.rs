@@ -48,8 +48,9 @@ pub struct FeatureSet {
 /// Open `path` for features with the checkpoint's preprocessing: a store
 /// folder, a `prepare` output folder (its `split`/ store: val or train) or a
 /// folder of class sub-folders. Labels follow the checkpoint's classes.
-pub fn open_set(path: &Path, ck: &Checkpoint, split: &str) -> Result<FeatureSet> {
-    if let Some(dir) = store_of(path, split, "take features of those images")? {
+/// Where only the other split is there, the error offers it to `use_other`.
+pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> Result<FeatureSet> {
+    if let Some(dir) = store_of(path, split, use_other)? {
         let set = open_eval_data(&dir, ck)?;
         let sources = Some(PackedStore::open(&dir)?.sources()?);
         return Ok(FeatureSet { set, sources });
@@ -527,7 +528,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     // a folder, every image decoded).
     let size = ck.state.preprocess.image_size;
     let qpix = decode_files(job.queries, size)?;
-    let fs = open_set(job.data, ck, "train")?;
+    let fs = open_set(job.data, ck, "train", "search those images")?;
     let indices = spread(fs.set.len(), job.limit);
     check_job(job, indices.len())?;
     let given = match job.features {
@@ -876,7 +877,7 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     let topo = ck.state.net.topology()?;
     // An unknown layer fails before the data is opened.
     activation_width(&topo, job.layer)?;
-    let fs = open_set(job.data, ck, "val")?;
+    let fs = open_set(job.data, ck, "val", "take features of those images")?;
     let indices = spread(fs.set.len(), job.limit);
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);

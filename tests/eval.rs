@@ -394,7 +394,10 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     let grid = t.path().join("grid.png");
     let args = ["neighbors", "--checkpoint", &ck, "--data", &s(&store)];
     let (ok, _, err) = cli(&[&args[..], &["--query", &s(&query), "--out", &s(&grid)]].concat());
-    let pass = format!("has val/ but no train/; pass {} to", s(&store.join("val")));
+    let pass = format!(
+        "has val/ but no train/; pass {} to search those images",
+        s(&store.join("val"))
+    );
     assert!(!ok && err.contains(&pass), "{err}");
 }
 

@@ -1335,6 +1335,7 @@ fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
 /// store and the fix, not "one class sub-folder (train)" (eval reads
 /// folders through the same scan), and an unfinished val/ beside a
 /// finished train/ too; running prepare again finishes it and trains.
+/// eval names an unfinished val/, and a prepare without --val warns of it.
 #[test]
 fn an_unfinished_store_is_named_as_one() -> TestResult {
     let t = TempDir::new()?;
@@ -1385,6 +1386,19 @@ fn an_unfinished_store_is_named_as_one() -> TestResult {
     prepare_cli(&train, Some(&val), &out, "32", &[]);
     let (ok, err) = train_cifar(&out, &t.path().join("run2"));
     assert!(ok, "{err}");
+
+    // eval names an unfinished val/ too (it offered train/ as if val/ were
+    // missing), and a prepare without --val, which leaves it, warns of it.
+    fs::remove_file(out.join("val/meta.json"))?;
+    let s = |p: &Path| p.display().to_string();
+    let run2 = s(&t.path().join("run2"));
+    let (ok, _, err) = cli(&["eval", "--cpu", "--checkpoint", &run2, "--data", &s(&out)]);
+    assert!(!ok && err.contains(&said_val), "{err}");
+    let err = prepare_cli(&train, None, &out, "32", &[]);
+    assert!(
+        err.contains("unfinished val store from an earlier prepare"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -115,7 +115,7 @@ pub fn is_unfinished_store(dir: &Path) -> bool {
 pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
     if is_unfinished_store(dir) {
         return Err(Error::Data(format!(
-            "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again",
+            "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again, or remove the folder if it is not wanted",
             dir.display()
         )));
     }

@@ -29,7 +29,9 @@ use super::folder::{
     image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
 };
 use super::lighting::Pca;
-use super::packed::{read_meta, Encoding, Stats, StoreMeta, StoreWriter, MAX_SIDE};
+use super::packed::{
+    is_unfinished_store, read_meta, Encoding, Stats, StoreMeta, StoreWriter, MAX_SIDE,
+};
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
 use crate::fsutil::{
@@ -222,7 +224,7 @@ fn warn_of_duplicates(out: &Path, d: &Duplicates) {
     }
     if d.same_class > 0 {
         tracing::warn!(
-            "train: {} images repeat one of their class (each weighs twice in training); listed in {}",
+            "train: {} images repeat one of their class (each copy counts as one more image in training); listed in {}",
             d.same_class,
             list("train")
         );
@@ -237,13 +239,19 @@ fn warn_of_duplicates(out: &Path, d: &Duplicates) {
 }
 
 /// A val store left beside a train store prepared without `--val`:
-/// training validates on it, so say where it came from.
+/// training validates on it, so say where it came from; an unfinished
+/// one, training refuses.
 fn warn_of_earlier_val(dir: &Path) {
     if let Ok(meta) = read_meta(dir) {
         tracing::warn!(
             "{} is from an earlier prepare (of {}); training will validate on it; remove it to hold out --val training images instead, or prepare again with --val",
             dir.display(),
             meta.source
+        );
+    } else if is_unfinished_store(dir) {
+        tracing::warn!(
+            "{} is an unfinished val store from an earlier prepare, which training refuses; remove it to hold out --val training images instead, or prepare again with --val",
+            dir.display()
         );
     }
 }
