@@ -207,7 +207,8 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
 /// be one image with two labels (torchvision reads it under both): the
 /// scan refuses it, naming both paths. Each way there is checked: a link
 /// to a sibling class, two class folders linking one folder, a linked
-/// image inside another class, and two classes linking one image.
+/// image inside another class, and two classes linking one image. A link
+/// to a file the other class does not read is no second label.
 #[test]
 #[cfg(unix)]
 fn an_image_under_two_classes_is_refused() -> TestResult {
@@ -248,6 +249,20 @@ fn an_image_under_two_classes_is_refused() -> TestResult {
             assert!(msg.contains(&p.display().to_string()), "{what}: {msg}");
         }
         assert!(msg.contains("both labels"), "{what}: {msg}");
+    }
+    // A link to a file the other class does not read (hidden, or without
+    // an image's name) gives nothing a second label.
+    for target in ["../dogs/.d.jpg", "../dogs/notes.txt"] {
+        let t = TempDir::new()?;
+        make_tree(t.path(), &[("cats", &["c.jpg"]), ("dogs", &["d.jpg"])])?;
+        let name = Path::new(target).file_name().ok_or("name")?;
+        fs::copy(
+            t.path().join("dogs/d.jpg"),
+            t.path().join("dogs").join(name),
+        )?;
+        symlink(target, t.path().join("cats/x.jpg"))?;
+        let scan = ImageFolder::scan(t.path()).map_err(|e| format!("{target}: {e}"))?;
+        assert_eq!(scan.len(), 3, "{target}");
     }
     Ok(())
 }

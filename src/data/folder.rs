@@ -312,9 +312,13 @@ impl Claims {
     }
 
     /// Linked images inside a folder another class read (known once every
-    /// class folder is walked).
+    /// class folder is walked), where that class read them too: not a
+    /// hidden file or one without an image's name.
     fn refuse_linked_across(&self) -> Result<()> {
         for (real, (class, link)) in &self.files {
+            if is_hidden(real) || !is_image_name(real) {
+                continue;
+            }
             let Some(dir) = real.parent() else { continue };
             if let Some((other, by)) = self.dirs.get(dir) {
                 if other != class {
@@ -327,10 +331,11 @@ impl Claims {
     }
 }
 
-/// The error for `path` (in `class`) reaching what `by` (in `other`) holds.
+/// The error for `path` (in `class`) and `by` (in `other`) being one
+/// folder or image.
 fn both_classes(path: &Path, class: &str, by: &Path, other: &str) -> Error {
     Error::Data(format!(
-        "{} (class {class}) is {} (class {other}) through a symbolic link: its images would carry both labels; remove the link, or copy the images into the one class they belong to",
+        "{} (class {class}) and {} (class {other}) are one, reached through a symbolic link: its images would carry both labels; remove the link, or copy the images into the one class they belong to",
         path.display(),
         by.display()
     ))
