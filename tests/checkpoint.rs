@@ -1411,6 +1411,30 @@ fn the_way_back_after_a_resume_from_the_best_leads_to_the_best() {
     run_ok(&fresh);
 }
 
+/// A run that diverges right after its best epoch, whose checkpoint
+/// `best.safetensors` links, is offered that checkpoint once, as the
+/// newest: it used to be offered again under the best's name (a hard
+/// link is another path to the same file).
+#[test]
+fn a_divergence_right_after_the_best_epoch_offers_one_way_back() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    run_ok(&train_args(&d, &out, 1));
+    let best = checkpoint::step_of(&out.join("best.safetensors")).unwrap();
+    // No checkpoint between the resume and the divergence.
+    let mut r: Vec<String> = resume_args(&out)
+        .into_iter()
+        .map(|a| if a == "7" { "0".into() } else { a })
+        .collect();
+    r.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
+    let o = run(&r);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    assert_eq!(err.matches("--resume").count(), 1, "one way back: {err}");
+    assert_eq!(suggested_resume(&err).0, best, "{err}");
+}
+
 /// `ck`'s tensors with a NaN in the first value of `name`, saved to `to`.
 fn with_nan(ck: &checkpoint::Checkpoint, name: &str, to: &Path) {
     let mut tensors: Vec<_> = ck.tensors.values().cloned().collect();

@@ -155,8 +155,9 @@ fn scores_best(s: &RunState, err: f64) -> bool {
 
 /// Mark best again the checkpoint validation found best up to the resumed
 /// `state`: the first written with its `best_err`, at that epoch's end
-/// (whose last epoch scored it). Without one left (pruned by `--keep`), the
-/// next epoch that beats it writes `best.safetensors`.
+/// (whose last epoch scored it). Without one left (pruned by `--keep`, or
+/// not copied with the run), the next epoch that beats it writes
+/// `best.safetensors`.
 fn restore_best(dir: &Path, state: &RunState) -> Result<()> {
     let Some(err) = state.progress.best_err else {
         return Ok(());
@@ -170,9 +171,14 @@ fn restore_best(dir: &Path, state: &RunState) -> Result<()> {
             info!("best.safetensors is {} again, the best epoch up to the resume", p.display());
         }
         None => warn!(
-            "the best epoch up to step {} ({:.2}% validation top-1 error) has no checkpoint left (--keep pruned it): best.safetensors is written again by the first epoch that beats it",
+            "the best epoch up to step {} ({:.2}% validation top-1 error) has no checkpoint in {} (pruned by --keep, or not copied with the run){}: best.safetensors is written again by the first epoch that beats it",
             state.progress.step,
-            100.0 * err
+            100.0 * err,
+            dir.display(),
+            match checkpoint::step_of(&dir.join("best.safetensors")) {
+                Some(s) => format!("; until then best.safetensors stays the checkpoint of step {s}, which is not it"),
+                None => String::new(),
+            }
         ),
     }
     Ok(())
@@ -371,8 +377,10 @@ impl RunDir {
             newest.display(),
             self.resume_arg(newest)
         );
+        // The best at the newest's step is the newest: a link or a copy.
         let best = self.dir.join("best.safetensors");
-        if best.is_file() && !same(&best, newest) {
+        let best_step = checkpoint::step_of(&best);
+        if best_step.is_some() && best_step != checkpoint::step_of(newest) {
             fix += &format!(
                 ", or, if the loss had been climbing for a while, from the epoch with the lowest validation error (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
                 shell::word(&best)
@@ -425,10 +433,12 @@ impl RunDir {
     }
 }
 
-/// `a` and `b` name the same file (one path through links or `..`).
+/// `a` and `b` name the same file: one path through symbolic links or
+/// `..`, or two hard links (as `best.safetensors` is to its checkpoint).
 fn same(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
 }
