@@ -57,6 +57,11 @@ impl PixelInput {
                 data: p.mean.to_vec(),
             },
             (true, Some(m)) if m.len() == s * s * 3 && c <= s => centre_crop(m, s, c),
+            (true, Some(_)) if c > s => {
+                return Err(Error::Config(format!(
+                    "the run's crops ({c}x{c}) are larger than its {s}x{s} images; the checkpoint's preprocessing is damaged"
+                )))
+            }
             (true, m) => {
                 return Err(Error::Config(format!(
                     "the run subtracted a mean image of {s}x{s}x3 but the checkpoint holds {} values for it (data.mean_image); export without --pixels and subtract it yourself",
