@@ -142,7 +142,7 @@ fn check_best(dir: &Path, state: &RunState) -> Result<()> {
     if marked.is_some_and(|s| scores_best(&s, err)) {
         return Ok(());
     }
-    restore_best(dir, state)
+    restore_best(dir, state, err)
 }
 
 /// `s` is of the end of the epoch that scored validation error `err`,
@@ -154,14 +154,11 @@ fn scores_best(s: &RunState, err: f64) -> bool {
 }
 
 /// Mark best again the checkpoint validation found best up to the resumed
-/// `state`: the first written with its `best_err`, at that epoch's end
+/// `state`: the first written with its best error `err`, at that epoch's end
 /// (whose last epoch scored it). Without one left (pruned by `--keep`, or
 /// not copied with the run), the next epoch that beats it writes
 /// `best.safetensors`.
-fn restore_best(dir: &Path, state: &RunState) -> Result<()> {
-    let Some(err) = state.progress.best_err else {
-        return Ok(());
-    };
+fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
     let found = checkpoint::list(dir)?
         .into_iter()
         .find(|(_, p)| checkpoint::state_of(p).is_some_and(|s| scores_best(&s, err)));
