@@ -24,10 +24,26 @@ pub fn pixel_hash(px: &[u8]) -> u64 {
 }
 
 /// One store's images: each stored one's pixel hash and its (file, label)
-/// in the list the store was written from.
+/// in the list the store was written from, and the first with each hash.
 pub struct Hashed<'a> {
-    pub items: &'a [(PathBuf, u32)],
-    pub stored: Vec<(u64, usize)>,
+    items: &'a [(PathBuf, u32)],
+    stored: Vec<(u64, usize)>,
+    first: HashMap<u64, usize>,
+}
+
+impl<'a> Hashed<'a> {
+    /// `stored`: (hash, index in `items`) in store order.
+    pub fn new(items: &'a [(PathBuf, u32)], stored: Vec<(u64, usize)>) -> Self {
+        let mut first = HashMap::with_capacity(stored.len());
+        for &(h, i) in &stored {
+            first.entry(h).or_insert(i);
+        }
+        Hashed {
+            items,
+            stored,
+            first,
+        }
+    }
 }
 
 /// What the lists hold: repeats within train under the same class and
@@ -39,15 +55,6 @@ pub struct Duplicates {
     pub val_in_train: usize,
 }
 
-/// The first image of `set` with each hash.
-fn firsts(set: &Hashed) -> HashMap<u64, usize> {
-    let mut first = HashMap::with_capacity(set.stored.len());
-    for &(h, i) in &set.stored {
-        first.entry(h).or_insert(i);
-    }
-    first
-}
-
 /// Write `dir/duplicates.txt` for the training store: each image whose
 /// pixels an earlier one has, `file<TAB>earlier file<TAB>class[<TAB>its
 /// class]` (two classes where they differ); an empty list where none.
@@ -57,11 +64,10 @@ pub fn list_train(
     train: &Hashed,
     classes: &[String],
 ) -> Result<Duplicates> {
-    let first = firsts(train);
     let mut found = Duplicates::default();
     let mut lines = String::new();
     for &(h, i) in &train.stored {
-        let j = first[&h];
+        let j = train.first[&h];
         if j == i {
             continue;
         }
@@ -86,11 +92,10 @@ pub fn list_train(
 /// pixels a training image has, `val file<TAB>training file` (paths under
 /// their sources, `srcs`); returns how many.
 pub fn list_val(dir: &Path, srcs: [&Path; 2], val: &Hashed, train: &Hashed) -> Result<usize> {
-    let first = firsts(train);
     let mut lines = String::new();
     let mut n = 0;
     for &(h, i) in &val.stored {
-        if let Some(&j) = first.get(&h) {
+        if let Some(&j) = train.first.get(&h) {
             let (a, b) = (&val.items[i].0, &train.items[j].0);
             lines.push_str(&format!("{}\t{}\n", rel(a, srcs[0]), rel(b, srcs[1])));
             n += 1;

@@ -181,19 +181,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         write_store(&to, items, &classes, &names, opts)
     };
     let (train, stored) = store("train", &opts.train, &items, val_count, None)?;
-    let th = Hashed {
-        items: &items,
-        stored,
-    };
+    let th = Hashed::new(&items, stored);
     let mut dups = duplicates::list_train(&opts.out.join("train"), &opts.train, &th, &classes)?;
     let val = match (&opts.val, val_items) {
         (Some(v), Some(items)) => {
             let gen = Some(train.generation.clone());
             let (val, stored) = store("val", v, &items, 0, gen)?;
-            let vh = Hashed {
-                items: &items,
-                stored,
-            };
+            let vh = Hashed::new(&items, stored);
             let dir = opts.out.join("val");
             dups.val_in_train = duplicates::list_val(&dir, [v, &opts.train], &vh, &th)?;
             Some(val)
