@@ -1317,11 +1317,7 @@ fn resuming_before_the_best_marks_the_best_up_to_there_again() {
         checkpoint::step_of(&best).is_some_and(|s| s > at),
         "the best is after epoch 1"
     );
-    let mut r = resume_args(&from);
-    r.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
-    let o = run(&r);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    let err = diverged(resume_args(&from), "2");
     assert_eq!(checkpoint::step_of(&best), Some(at), "{err}");
     let weights = |p: &Path| checkpoint::load(p).unwrap().weights_crc32();
     assert_eq!(weights(&best), weights(&from));
@@ -1344,13 +1340,19 @@ fn a_resume_marks_the_best_again_where_a_kill_left_an_older_one() {
         std::fs::hard_link(out.join(checkpoint::checkpoint_name(first)), &best).unwrap();
     }
     // A rate that diverges at once: no later epoch can become the best.
-    let mut r = resume_args(&out);
-    r.extend(["--epochs", "4", "--lr", "1e30"].map(String::from));
-    let o = run(&r);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    let err = diverged(resume_args(&out), "4");
     assert_eq!(checkpoint::step_of(&best), Some(b), "{err}");
     assert_eq!(weights(&best), want);
+}
+
+/// Run the resume `args` up to `epochs` at a rate that diverges at once;
+/// the error it stops with, which must say so.
+fn diverged(mut args: Vec<String>, epochs: &str) -> String {
+    args.extend(["--epochs", epochs, "--lr", "1e30"].map(String::from));
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    err
 }
 
 /// The checkpoint a `--resume ARG` an error suggests would load, and ARG.
@@ -1377,11 +1379,7 @@ fn the_way_back_after_a_resume_from_the_best_leads_to_the_best() {
     let best = out.join("best.safetensors");
     let b = checkpoint::step_of(&best).unwrap();
     std::fs::remove_file(out.join(checkpoint::checkpoint_name(b))).unwrap();
-    let mut r = resume_args(&best);
-    r.extend(["--epochs", "4", "--lr", "1e30"].map(String::from));
-    let o = run(&r);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    let err = diverged(resume_args(&best), "4");
     assert_eq!(suggested_resume(&err).0, b, "{err}");
     assert_eq!(err.matches("--resume").count(), 1, "one way back: {err}");
 
@@ -1423,14 +1421,11 @@ fn a_divergence_right_after_the_best_epoch_offers_one_way_back() {
     run_ok(&train_args(&d, &out, 1));
     let best = checkpoint::step_of(&out.join("best.safetensors")).unwrap();
     // No checkpoint between the resume and the divergence.
-    let mut r: Vec<String> = resume_args(&out)
+    let r: Vec<String> = resume_args(&out)
         .into_iter()
         .map(|a| if a == "7" { "0".into() } else { a })
         .collect();
-    r.extend(["--epochs", "2", "--lr", "1e30"].map(String::from));
-    let o = run(&r);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("diverged"), "{err}");
+    let err = diverged(r, "2");
     assert_eq!(err.matches("--resume").count(), 1, "one way back: {err}");
     assert_eq!(suggested_resume(&err).0, best, "{err}");
 }

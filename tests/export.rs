@@ -511,11 +511,17 @@ fn decode(path: &Path) -> Model {
 }
 
 fn write_and_decode(topo: &Topology) -> (Vec<Tensor>, Model) {
+    let tensors = tensors_of(topo);
+    let m = written(topo, &tensors, None);
+    (tensors, m)
+}
+
+/// `topo`'s graph with `tensors` (and `pixels`), written and decoded.
+fn written(topo: &Topology, tensors: &[Tensor], pixels: Option<&PixelInput>) -> Model {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
-    let tensors = tensors_of(topo);
-    write_onnx(topo, &tensors, None, &path).unwrap();
-    (tensors, decode(&path))
+    write_onnx(topo, tensors, pixels, &path).unwrap();
+    decode(&path)
 }
 
 #[test]
@@ -679,11 +685,8 @@ fn onnx_follows_the_config() {
 
 /// `topo`'s graph taking the pixels that `p` preprocesses.
 fn write_pixels(topo: &Topology, p: &Preprocess, mean: Option<&[f32]>) -> Model {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.onnx");
     let px = PixelInput::new(p, mean).unwrap();
-    write_onnx(topo, &tensors_of(topo), Some(&px), &path).unwrap();
-    decode(&path)
+    written(topo, &tensors_of(topo), Some(&px))
 }
 
 /// The nodes' ops, and whether each reads the one before (the first
