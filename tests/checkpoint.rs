@@ -643,6 +643,62 @@ fn jsonl_metrics_and_init_from() {
     );
 }
 
+/// The seconds a finished run's first epoch ended at (epochs.csv).
+fn first_epoch_secs(out: &Path) -> f64 {
+    let csv = std::fs::read_to_string(out.join("epochs.csv")).expect("epochs.csv");
+    let row = csv.lines().nth(1).expect("an epoch row");
+    row.split(',')
+        .nth(8)
+        .and_then(|s| s.parse().ok())
+        .expect("elapsed_s")
+}
+
+/// `--time-limit`: one longer than the run leaves it alone; one shorter
+/// than an epoch (half the whole run's first) stops the run within that
+/// epoch with a checkpoint of the step it stopped after, status 0 and the
+/// command that continues, and the resumed run ends where the whole one
+/// does, bit for bit.
+#[test]
+fn a_time_limit_within_an_epoch_stops_with_a_checkpoint_and_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, timed) = (t.path().join("whole"), t.path().join("timed"));
+    let mut args = train_args(&d, &whole, EPOCHS);
+    args.extend(["--time-limit".into(), "3600".into()]);
+    run_ok(&args);
+    let limit = first_epoch_secs(&whole) / 2.0;
+    println!("time limit {limit} s");
+    let mut args = train_args(&d, &timed, EPOCHS);
+    args.extend(["--time-limit".into(), limit.to_string()]);
+    let o = run(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (step, _) = checkpoint::list(&timed)
+        .unwrap()
+        .pop()
+        .expect("a checkpoint");
+    assert!(
+        (1..20).contains(&step),
+        "stopped after step {step}: {stdout}"
+    );
+    assert_eq!(steps_logged(&timed), step as usize);
+    let said = format!("stopped at step {step}, in epoch 1 of 3 at the time limit");
+    assert!(stdout.contains(&said), "no {said:?} in: {stdout}");
+    let resume = format!(
+        "continue with: alexnet-cuda train --resume {} --cpu",
+        timed.display()
+    );
+    assert!(stdout.contains(&resume), "no {resume:?} in: {stdout}");
+    // No epoch was validated, so there is no best.safetensors to evaluate.
+    assert!(!stdout.contains("evaluate with"), "{stdout}");
+    run_ok(&resume_args(&timed));
+    assert_same_run(&whole, &timed);
+}
+
 /// SIGTERM (a scheduler's pre-emption) stops like SIGINT, with status 143,
 /// and the log says at once what happens.
 #[test]
@@ -975,31 +1031,11 @@ fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
 /// replicas ends where the uninterrupted run does, bit for bit.
 #[test]
 fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
-    let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let (whole, out, other) = (
-        t.path().join("whole"),
-        t.path().join("run"),
-        t.path().join("rank1"),
-    );
-    let args =
-        |out: &Path, replicas: &str| parallel_args(train_args(&d, out, EPOCHS), "data", replicas);
-    run_ok(&args(&whole, "2"));
-    let master = master_listener();
-    let mut rank0 = rank_cmd(&args(&out, "1"), "0", &master)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start rank 0");
-    let rank1 = rank_cmd(&args(&other, "1"), "1", &master)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start rank 1");
+    let r = RankRuns::new();
+    let (whole, out, other) = (&r.whole, &r.out, &r.other);
+    let (mut rank0, rank1) = spawn_ranks(&r.args(out, "1"), &r.args(other, "1"));
     let k = random_step(3, STEPS - 3, "SIGTERM to rank 1");
-    while steps_logged(&out) < k {
+    while steps_logged(out) < k {
         let ended = rank0.try_wait().expect("rank 0's status");
         assert!(ended.is_none(), "rank 0 ended ({ended:?}) before step {k}");
         std::thread::sleep(Duration::from_millis(2));
@@ -1018,7 +1054,7 @@ fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
     assert_eq!(o0.status.code(), Some(130), "rank 0: {}", text(&o0.stderr));
     // The ranks agree every 10 steps: the stop is at the first agreement
     // after the signal (two allowed, for the signal's delivery).
-    let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    let (step, path) = checkpoint::list(out).unwrap().pop().expect("a checkpoint");
     let k = k as u64;
     assert!(
         step.is_multiple_of(10) && step >= k && step <= k + 20,
@@ -1042,15 +1078,96 @@ fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
         "{}",
         text(&o0.stdout)
     );
-    // Resumed in one process; steps.csv holds rank 0's shard's losses up
-    // to the stop, so only the weights and momenta are compared.
-    run_ok(&parallel_args(resume_args(&out), "data", "2"));
-    let (ta, tb) = (tensors(&final_ckpt(&whole)), tensors(&final_ckpt(&out)));
+    run_ok(&parallel_args(resume_args(out), "data", "2"));
+    assert_same_weights(whole, out);
+}
+
+/// A data-parallel run of two replicas in one process, finished in
+/// `whole`, and the run folders of the same run as two processes: rank 0's
+/// `out` and rank 1's `other` (which it leaves empty).
+struct RankRuns {
+    _t: tempfile::TempDir,
+    data: PathBuf,
+    whole: PathBuf,
+    out: PathBuf,
+    other: PathBuf,
+}
+
+impl RankRuns {
+    fn new() -> RankRuns {
+        let t = tempfile::tempdir().unwrap();
+        let r = RankRuns {
+            data: data(t.path()),
+            whole: t.path().join("whole"),
+            out: t.path().join("run"),
+            other: t.path().join("rank1"),
+            _t: t,
+        };
+        run_ok(&r.args(&r.whole, "2"));
+        r
+    }
+
+    fn args(&self, out: &Path, replicas: &str) -> Vec<String> {
+        parallel_args(train_args(&self.data, out, EPOCHS), "data", replicas)
+    }
+}
+
+/// Ranks 0 and 1 of a run on this machine, started with `a0` and `a1`,
+/// their output piped; rank 0 logs at info, rank 1 warnings only.
+fn spawn_ranks(a0: &[String], a1: &[String]) -> (Child, Child) {
+    let master = master_listener();
+    let start = |a: &[String], rank: &str, log: &str| {
+        rank_cmd(a, rank, &master)
+            .env("RUST_LOG", log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start rank {rank}: {e}"))
+    };
+    (start(a0, "0", "info"), start(a1, "1", "warn"))
+}
+
+/// Two runs' final weights and momenta, bit for bit. Only these: a run of
+/// several processes logs rank 0's shard's losses in steps.csv.
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(&final_ckpt(a)), tensors(&final_ckpt(b)));
     assert_eq!(ta.len(), 32);
     for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
         assert_eq!(na, nb);
-        assert!(da == db, "{na} differs from the uninterrupted run's");
+        assert!(da == db, "{na} differs between the runs");
     }
+}
+
+/// A time limit in one rank of two (shorter than an epoch): the ranks
+/// agree on it as on a signal, both stop after the same step with status
+/// 0, rank 0 writes its checkpoint there and says it was another
+/// process's limit, and the run resumed as one process of two replicas
+/// ends where the whole run does, bit for bit.
+#[test]
+fn a_time_limit_in_one_rank_stops_every_rank_after_the_same_step() {
+    let r = RankRuns::new();
+    let (whole, out, other) = (&r.whole, &r.out, &r.other);
+    let limit = (first_epoch_secs(whole) / 2.0).to_string();
+    let mut timed = r.args(other, "1");
+    timed.extend(["--time-limit".into(), limit]);
+    let (rank0, rank1) = spawn_ranks(&r.args(out, "1"), &timed);
+    let (o1, o0) = (
+        rank1.wait_with_output().unwrap(),
+        rank0.wait_with_output().unwrap(),
+    );
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(o1.status.success(), "rank 1: {}", text(&o1.stderr));
+    assert!(o0.status.success(), "rank 0: {}", text(&o0.stderr));
+    // The ranks agree every 10 steps; the limit passes within the first epoch.
+    let (step, _) = checkpoint::list(out).unwrap().pop().expect("a checkpoint");
+    assert!(step == 10 || step == 20, "stopped at step {step}");
+    let log0 = text(&o0.stderr);
+    let why = format!("step {step}: another process of the run reached its time limit");
+    assert!(log0.contains(&why), "no {why:?} in: {log0}");
+    let said = format!("stopped at step {step}, in epoch 1 of 3 at another process's time limit");
+    assert!(text(&o0.stdout).contains(&said), "{}", text(&o0.stdout));
+    run_ok(&parallel_args(resume_args(out), "data", "2"));
+    assert_same_weights(whole, out);
 }
 
 /// SIGTERM while rank 0 waits for a rank that never comes (a scheduler

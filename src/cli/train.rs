@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -25,8 +25,8 @@ use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
-    check_run_folder, refuse_run_inside_data, resume_options, train, Schedule, TrainOptions,
-    TrainReport,
+    check_run_folder, refuse_run_inside_data, resume_options, train, Schedule, Stopped,
+    TrainOptions, TrainReport,
 };
 
 use super::common::{
@@ -71,7 +71,7 @@ pub struct TrainArgs {
     /// Epochs without validation improvement before the learning rate drops (paper's schedule).
     #[arg(long, default_value_t = 2, value_parser = positive)]
     patience: u64,
-    /// Stop after the epoch that would run past this many seconds.
+    /// Stop before this many seconds from the start have passed: after the epoch where the next would end past them, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     time_limit: Option<Duration>,
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
@@ -146,6 +146,9 @@ impl From<MetricsFlag> for MetricsFormat {
 /// Train as the flags say; a run stopped by a signal exits with 128 + its
 /// number after saying how to continue.
 pub fn run(args: TrainArgs) -> Result<()> {
+    // The time limit counts from here: a resume's checkpoint, the data
+    // and the other processes of the run are waited for within it.
+    let started = Instant::now();
     let world = World::from_env()?;
     let mut request = args.device.request(&args.parallel, &world)?;
     ensure_nccl(placement::nccl_use(&request, &world)?)?;
@@ -173,6 +176,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // The demo's data lives as long as this guard.
     let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
     let mut opts = options(&args, &topo, data, resume.as_deref())?;
+    opts.started = started;
     if let Some(ck) = resume {
         opts = resume_options(opts, &ck);
         opts.resume = Some(ck);
@@ -199,7 +203,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         r => r?,
     };
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
-    if report.interrupted {
+    if report.stopped == Some(Stopped::Signal) {
         // A process stopped with the others had no signal: its thread
         // would wait for one. Otherwise this returns once its line is logged.
         let own = signal_status.load(Ordering::Relaxed) != 0;
@@ -213,6 +217,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
+    if let Some(Stopped::TimeLimit { .. }) = report.stopped {
+        let flags = args.device.flags(&args.parallel);
+        print_out_of_time(&report, &opts, run_dir, &flags)?;
+    }
     Ok(())
 }
 
@@ -537,6 +545,42 @@ fn print_interrupted(
     Ok(())
 }
 
+/// A run stopped at its time limit (this process's or another's of the
+/// run): where, and how to go on.
+fn print_out_of_time(
+    report: &TrainReport,
+    opts: &TrainOptions,
+    run_dir: &Path,
+    device_flags: &str,
+) -> Result<()> {
+    let Some(Stopped::TimeLimit {
+        epoch,
+        step,
+        mid_epoch,
+        own,
+    }) = report.stopped
+    else {
+        return Ok(());
+    };
+    let at = match mid_epoch {
+        true => format!("at step {step}, in epoch {epoch}"),
+        false => format!("after epoch {epoch}"),
+    };
+    let whose = match (own, opts.time_limit) {
+        (true, Some(l)) => format!("the time limit ({l:?})"),
+        _ => "another process's time limit".into(),
+    };
+    let go_on = match opts.out {
+        Some(_) => format!(
+            "; continue with: alexnet-cuda train --resume {}{device_flags}",
+            shell::word(run_dir)
+        ),
+        None => String::new(),
+    };
+    outln!("stopped {at} of {} at {whose}{go_on}", opts.run.epochs)?;
+    Ok(())
+}
+
 /// How `eval` finds images the run did not train on: the demo's new ones,
 /// the store's val/, or the images the run held out of its data.
 fn eval_data_flag(opts: &TrainOptions) -> String {
@@ -582,14 +626,22 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
             last.elapsed_s
         )?;
     }
-    if let Some(p) = &report.checkpoint {
-        outln!(
-            "run folder {}: last checkpoint {}; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
-            run_dir.display(),
-            p.display(),
-            shell::word(&run_dir.join("best.safetensors")),
-        )?;
-    }
+    let Some(p) = &report.checkpoint else {
+        return Ok(());
+    };
+    // best.safetensors comes with the first validated epoch.
+    let eval = match report.epochs.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
+            shell::word(&run_dir.join("best.safetensors"))
+        ),
+    };
+    outln!(
+        "run folder {}: last checkpoint {}{eval}",
+        run_dir.display(),
+        p.display(),
+    )?;
     Ok(())
 }
 

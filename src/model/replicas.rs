@@ -384,23 +384,23 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
         &self.reduced
     }
 
-    /// Whether any replica of the run, in any process, says yes: each
-    /// replica's 1 or 0 averaged by the gradients' all-reduce (part 0's),
-    /// so the answer needs no transport of its own.
-    pub fn any_process(&mut self, local: bool) -> Result<bool> {
+    /// For each flag, whether any replica of the run, in any process, says
+    /// yes: each replica's 1s and 0s averaged by the gradients' all-reduce
+    /// (part 0's), so the answer needs no transport of its own.
+    pub fn any_process(&mut self, local: &[bool]) -> Result<Vec<bool>> {
         let devs = &self.devs[0];
-        let say = [if local { 1.0 } else { 0.0 }];
+        let say: Vec<f32> = local.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
         let mut bufs = Vec::with_capacity(devs.len());
         for dev in devs {
-            let mut b = dev.alloc_param(1)?;
+            let mut b = dev.alloc_param(say.len())?;
             dev.upload(&say, &mut b)?;
             bufs.push(b);
         }
         let mut refs: Vec<&mut B::Buf> = bufs.iter_mut().collect();
         self.reduce.mean(0, devs, &mut refs)?;
-        let mut mean = [0.0];
+        let mut mean = vec![0.0; say.len()];
         devs[0].download(&bufs[0], &mut mean)?;
-        Ok(mean[0] > 0.0)
+        Ok(mean.iter().map(|&m| m > 0.0).collect())
     }
 
     /// Rows of every replica's `get` in shard order: [B, classes].
@@ -516,7 +516,7 @@ impl<B: Backend, M: Replica<B>> Model for DataParallel<'_, B, M> {
     fn exchanged_bytes(&self) -> u64 {
         self.nets.iter().map(|n| n.exchanged_bytes()).sum()
     }
-    fn any_process(&mut self, local: bool) -> Result<bool> {
+    fn any_process(&mut self, local: &[bool]) -> Result<Vec<bool>> {
         DataParallel::any_process(self, local)
     }
 }

@@ -50,11 +50,12 @@ pub trait Model {
     /// Bytes copied between a model's towers by the last forward and
     /// backward (0 on one device).
     fn exchanged_bytes(&self) -> u64;
-    /// Whether any process of the run says yes, `local` being this one's
-    /// say: a collective, so every process asks at the same step (as each
-    /// steps through the same all-reduces). One process is the whole run.
-    fn any_process(&mut self, local: bool) -> Result<bool> {
-        Ok(local)
+    /// For each of `local`'s flags (this process's say), whether any
+    /// process of the run says yes: a collective, so every process asks at
+    /// the same step, with as many flags (as each steps through the same
+    /// all-reduces). One process is the whole run.
+    fn any_process(&mut self, local: &[bool]) -> Result<Vec<bool>> {
+        Ok(local.to_vec())
     }
 }
 

@@ -3,7 +3,8 @@
 //! images or a held-out split, the learning-rate schedule (divide by 10
 //! when validation error stops improving, at most three times: section 5),
 //! checkpoints every N steps and at each epoch end, exact resume, a clean
-//! stop on SIGINT/SIGTERM (after the same step in every process of a run),
+//! stop on SIGINT/SIGTERM or at the time limit (after the same step in
+//! every process of a run),
 //! per-step and per-epoch metrics and their plot.
 //! A step waits for nothing on the device (fp16's overflow flag aside): its
 //! loss and top-1 stay there until the loop reads a group of steps back
@@ -42,7 +43,7 @@ use crate::step_log::{EpochClock, StepLog, StepSink};
 
 pub use crate::run_state::{EpochStats, Schedule};
 pub use data::{data_difference, load_data, loader_config, TrainData};
-pub use options::{resume_options, TrainOptions, TrainReport};
+pub use options::{resume_options, Stopped, TrainOptions, TrainReport};
 pub use run_dir::{check_run_folder, refuse_run_inside_data};
 pub use schedule::after_validation;
 
@@ -85,8 +86,11 @@ pub struct Trainer<'a> {
     /// Towers: the bytes the first step moved were logged beside the table's count.
     bytes_told: bool,
     /// When the last checkpoint was written (or training started), for
-    /// `checkpoint_interval`.
+    /// `checkpoint_interval`, and how long writing it took.
     last_save: Instant,
+    save_s: f64,
+    /// When the time limit is reached.
+    deadline: Option<Instant>,
 }
 
 impl<'a> Trainer<'a> {
@@ -128,7 +132,7 @@ impl<'a> Trainer<'a> {
             report: TrainReport {
                 epochs: state.history.clone(),
                 classes: data.classes.clone(),
-                interrupted: false,
+                stopped: None,
                 checkpoint: None,
             },
             topo,
@@ -143,6 +147,8 @@ impl<'a> Trainer<'a> {
             start,
             bytes_told: false,
             last_save: start,
+            save_s: 0.0,
+            deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
         })
     }
 
@@ -155,7 +161,6 @@ impl<'a> Trainer<'a> {
             let whole = self.state.progress.batches_done == 0;
             let epoch_start = Instant::now();
             let Some(clock) = self.epoch()? else {
-                self.report.interrupted = true;
                 return Ok(self.report);
             };
             let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
@@ -164,7 +169,9 @@ impl<'a> Trainer<'a> {
             self.state.progress.next_epoch();
             if self.agreed(self.stopping())? {
                 info!("stopping after epoch {epoch} as asked{}", self.whose());
-                self.report.interrupted = epoch < self.opts.run.epochs;
+                if epoch < self.opts.run.epochs {
+                    self.report.stopped = Some(Stopped::Signal);
+                }
                 return Ok(self.report);
             }
             let spent = self.start.elapsed().as_secs_f64();
@@ -174,6 +181,12 @@ impl<'a> Trainer<'a> {
                 if !out_of_time {
                     info!("stopping after epoch {epoch}: another process of the run reached its time limit");
                 }
+                self.report.stopped = Some(Stopped::TimeLimit {
+                    epoch,
+                    step: self.state.progress.step,
+                    mid_epoch: false,
+                    own: out_of_time,
+                });
                 break;
             }
             display::time_left(epoch, self.opts.run.epochs, per_epoch);
@@ -182,7 +195,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// The epoch's remaining steps (a milestone drops the lr first); None
-    /// when a stop was asked (after its checkpoint).
+    /// at a stop (after its checkpoint; `report.stopped` says why).
     pub fn epoch(&mut self) -> Result<Option<EpochClock>> {
         let epoch = self.state.progress.epoch;
         let first = self.state.progress.batches_done;
@@ -197,6 +210,7 @@ impl<'a> Trainer<'a> {
         let pb = display::epoch_bar(iter.num_batches(), first, epoch, self.opts);
         let mut clock = EpochClock::default();
         let epoch_start = Instant::now();
+        let mut done = 0;
         loop {
             let t0 = Instant::now();
             let Some(b) = iter.next() else { break };
@@ -211,7 +225,8 @@ impl<'a> Trainer<'a> {
             }
             clock.wait += waited;
             clock.steps += t0.elapsed();
-            if !self.after_step()? {
+            done += 1;
+            if !self.after_step(clock.steps.as_secs_f64() / done as f64)? {
                 pb.finish_and_clear();
                 return Ok(None);
             }
@@ -333,11 +348,13 @@ impl<'a> Trainer<'a> {
         let Some(dir) = &mut self.run_dir else {
             return Ok(());
         };
-        self.last_save = Instant::now();
+        let t0 = Instant::now();
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
         tensors.extend(self.mean_tensor.clone());
         self.report.checkpoint = Some(dir.save(&self.state, &tensors, best)?);
         dir.plot(&self.state.history);
+        self.last_save = t0;
+        self.save_s = t0.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -353,18 +370,54 @@ impl<'a> Trainer<'a> {
             .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
-    /// Whether to stop after this step. The processes of a run must stop
-    /// after the same step, or the others wait for its gradients: they
-    /// agree on it every `AGREE_EVERY` steps (one all-reduce of a flag, a
-    /// wait for the device, so not every step), and stop if any was asked.
-    fn stop_after_step(&mut self) -> Result<bool> {
-        if self.opts.world.size == 1 {
-            return Ok(self.stopping());
+    /// Whether to stop after this step, and why: a signal, or the time
+    /// limit, which would pass before `ahead` more steps of `per_step`
+    /// seconds and a checkpoint as long as the last. The processes of a
+    /// run must stop after the same step, or the others wait for its
+    /// gradients: they agree every `AGREE_EVERY` steps (one all-reduce of
+    /// the two flags, a wait for the device, so not every step), stop if
+    /// any says so, and so look that many steps ahead.
+    fn stop_after_step(&mut self, per_step: f64) -> Result<Option<Stopped>> {
+        let single = self.opts.world.size == 1;
+        if !single && !self.state.progress.step.is_multiple_of(AGREE_EVERY) {
+            return Ok(None);
         }
-        if !self.state.progress.step.is_multiple_of(AGREE_EVERY) {
-            return Ok(false);
-        }
-        self.agreed(self.stopping())
+        let ahead = if single { 1 } else { AGREE_EVERY };
+        let late = self.time_short_of(per_step * ahead as f64 + self.save_s);
+        let local = [self.stopping(), late];
+        let any = match single {
+            true => local.to_vec(),
+            false => self.net.any_process(&local)?,
+        };
+        let p = &self.state.progress;
+        Ok(match any.as_slice() {
+            [true, _] => Some(Stopped::Signal),
+            [false, true] => {
+                let why = match (late, ahead) {
+                    (true, 1) => {
+                        "the time limit would pass before another step and a checkpoint".into()
+                    }
+                    (true, n) => {
+                        format!("the time limit would pass before {n} more steps and a checkpoint")
+                    }
+                    (false, _) => "another process of the run reached its time limit".into(),
+                };
+                info!("stopping at epoch {}, step {}: {why}", p.epoch, p.step);
+                Some(Stopped::TimeLimit {
+                    epoch: p.epoch,
+                    step: p.step,
+                    mid_epoch: true,
+                    own: late,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Whether the time limit comes in `secs` seconds or less.
+    fn time_short_of(&self, secs: f64) -> bool {
+        self.deadline
+            .is_some_and(|d| d.saturating_duration_since(Instant::now()).as_secs_f64() <= secs)
     }
 
     /// `local` or, in a multi-process run, whether any process says so
@@ -373,7 +426,7 @@ impl<'a> Trainer<'a> {
         if self.opts.world.size == 1 {
             return Ok(local);
         }
-        self.net.any_process(local)
+        Ok(self.net.any_process(&[local])?.first() == Some(&true))
     }
 
     /// For a stop's log line: whose signal it was, when not this process's.
@@ -410,23 +463,24 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// A checkpoint when one is due or a stop was asked; Ok(false) to stop.
-    fn after_step(&mut self) -> Result<bool> {
-        let stop = self.stop_after_step()?;
+    /// A checkpoint when one is due or at a stop (a signal, or the time
+    /// limit near: steps take `per_step` seconds); Ok(false) to stop.
+    fn after_step(&mut self, per_step: f64) -> Result<bool> {
+        let stop = self.stop_after_step(per_step)?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and
         // the interval, never reset, would read the device every step.
         let due = self.run_dir.is_some()
             && (every > 0 && self.state.progress.step.is_multiple_of(every)
                 || (self.opts.checkpoint_interval).is_some_and(|d| self.last_save.elapsed() >= d));
-        if !(stop || due) {
+        if !(stop.is_some() || due) {
             return Ok(true);
         }
         // The checkpoint holds the epoch's sums: every step is read first.
         self.read_steps()?;
         self.state.progress.elapsed_s = self.elapsed();
         self.save(false)?;
-        if stop {
+        if stop == Some(Stopped::Signal) {
             info!(
                 "stopping at epoch {}, step {} as asked{}{}",
                 self.state.progress.epoch,
@@ -438,7 +492,8 @@ impl<'a> Trainer<'a> {
                 }
             );
         }
-        Ok(!stop)
+        self.report.stopped = stop;
+        Ok(stop.is_none())
     }
 
     /// After `epoch`: whether the next one, of `per_epoch` seconds, would
@@ -447,11 +502,9 @@ impl<'a> Trainer<'a> {
         let Some(limit) = self.opts.time_limit else {
             return false;
         };
-        let spent = self.start.elapsed().as_secs_f64();
-        if epoch < self.opts.run.epochs && spent + per_epoch > limit.as_secs_f64() {
+        if epoch < self.opts.run.epochs && self.time_short_of(per_epoch) {
             info!(
-                "stopping after epoch {epoch}: the next epoch would pass the time limit of {:.0}s",
-                limit.as_secs_f64()
+                "stopping after epoch {epoch}: the next epoch would pass the time limit of {limit:?}"
             );
             return true;
         }

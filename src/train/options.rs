@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::{Checkpoint, RunOptions};
 use crate::dist::world::World;
@@ -21,8 +21,13 @@ pub struct TrainOptions {
     pub run: RunOptions,
     /// Loader threads; None: sized from the machine (`default_workers`).
     pub workers: Option<usize>,
-    /// Stop after the epoch that would run past this.
+    /// Stop before this much time has passed since `started`: after the
+    /// epoch where the next one would end past it, or within an epoch
+    /// (with a checkpoint) where another step and a checkpoint would.
     pub time_limit: Option<Duration>,
+    /// When the time limit starts counting: the process's start, so that
+    /// loading the data and meeting the other processes count too.
+    pub started: Instant,
     /// The run folder: checkpoints, metrics, the plot. None: keep nothing.
     pub out: Option<PathBuf>,
     /// Checkpoint every this many steps (0: not by steps).
@@ -81,6 +86,7 @@ impl TrainOptions {
             },
             workers: None,
             time_limit: None,
+            started: Instant::now(),
             out: None,
             checkpoint_every: 0,
             checkpoint_interval: Some(Duration::from_secs(15 * 60)),
@@ -104,10 +110,26 @@ pub struct TrainReport {
     /// Every finished epoch of the run, including those before a resume.
     pub epochs: Vec<EpochStats>,
     pub classes: Vec<String>,
-    /// Stopped by `stop` (a signal) before the last epoch.
-    pub interrupted: bool,
+    /// Why the run stopped before its last epoch, if it did.
+    pub stopped: Option<Stopped>,
     /// The newest checkpoint written, if any.
     pub checkpoint: Option<PathBuf>,
+}
+
+/// What stopped a run before its last epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// `stop` was set (a signal, to this process or another of the run).
+    Signal,
+    /// The time limit: at the epoch `epoch`, after step `step`;
+    /// `mid_epoch` when the epoch was not finished; `own` when this
+    /// process's limit, not another process's of the run.
+    TimeLimit {
+        epoch: usize,
+        step: u64,
+        mid_epoch: bool,
+        own: bool,
+    },
 }
 
 /// `opts` with the run-defining options of a checkpoint; `epochs` stays,
