@@ -123,6 +123,7 @@ impl<'a> Trainer<'a> {
         let run_dir = RunDir::open(opts, &topo, &state, resumed)?;
         display::start(&topo, &devices, opts)?;
         let start = Instant::now();
+        let save_s = first_save_secs(&topo, &state, run_dir.is_some());
         setup::loss_scaling(backend, &mut *net, &state.progress);
         setup::continue_at(&mut state, opts);
         Ok(Trainer {
@@ -147,7 +148,7 @@ impl<'a> Trainer<'a> {
             start,
             bytes_told: false,
             last_save: start,
-            save_s: 0.0,
+            save_s,
             deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
         })
     }
@@ -372,7 +373,8 @@ impl<'a> Trainer<'a> {
 
     /// Whether to stop after this step, and why: a signal, or the time
     /// limit, which would pass before `ahead` more steps of `per_step`
-    /// seconds and a checkpoint as long as the last. The processes of a
+    /// seconds and a checkpoint as long as the last (`first_save_secs`
+    /// before one is written). The processes of a
     /// run must stop after the same step, or the others wait for its
     /// gradients: they agree every `AGREE_EVERY` steps (one all-reduce of
     /// the two flags, a wait for the device, so not every step), stop if
@@ -509,6 +511,17 @@ impl<'a> Trainer<'a> {
             return true;
         }
         false
+    }
+}
+
+/// Seconds the first checkpoint is assumed to take, until one is timed:
+/// its size from above at 100 MB/s (a slow disk or a network file system,
+/// fsync included); 0 without a run folder, which writes none.
+fn first_save_secs(topo: &Topology, state: &RunState, writes: bool) -> f64 {
+    let size = checkpoint::estimated_size(topo, state.preprocess.image_size);
+    match (writes, size) {
+        (true, Ok(bytes)) => bytes as f64 / 100e6,
+        _ => 0.0,
     }
 }
 
