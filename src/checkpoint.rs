@@ -145,9 +145,22 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(best);
     }
     Err(Error::Config(format!(
-        "--checkpoint {}: a folder without best.safetensors; pass a run folder from `train` or a checkpoint file",
-        path.display()
+        "--checkpoint {}: {}",
+        path.display(),
+        without_best(path)
     )))
+}
+
+/// Why the folder `dir` names no weights, and what to pass instead: a run
+/// stopped before its first validation has checkpoints but no best yet.
+pub fn without_best(dir: &Path) -> String {
+    match list(dir).ok().and_then(|mut l| l.pop()) {
+        Some((step, p)) => format!(
+            "no best.safetensors in this run folder (it comes with the first validated epoch); pass one of its checkpoints, as the newest, {} (step {step}), or train on to an epoch's end",
+            crate::shell::word(&p)
+        ),
+        None => "a folder without best.safetensors; pass a run folder from `train` or a checkpoint file".into(),
+    }
 }
 
 /// A checkpoint file named with a trailing `/`: the OS would call it

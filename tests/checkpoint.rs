@@ -693,8 +693,23 @@ fn a_time_limit_within_an_epoch_stops_with_a_checkpoint_and_resumes_exactly() {
         timed.display()
     );
     assert!(stdout.contains(&resume), "no {resume:?} in: {stdout}");
-    // No epoch was validated, so there is no best.safetensors to evaluate.
+    // No epoch was validated, so there is no best.safetensors to evaluate:
+    // the run folder as weights names the checkpoint to pass instead.
     assert!(!stdout.contains("evaluate with"), "{stdout}");
+    let newest = timed.join(checkpoint::checkpoint_name(step));
+    let ev = |ck: &Path| {
+        let mut a = vec!["eval".into(), "--cpu".into(), "--held-out".into()];
+        a.extend(["--checkpoint".into(), ck.display().to_string()]);
+        run(&a)
+    };
+    let err = String::from_utf8_lossy(&ev(&timed).stderr).into_owned();
+    let want = format!(
+        "pass one of its checkpoints, as the newest, {}",
+        newest.display()
+    );
+    assert!(err.contains(&want), "no {want:?} in: {err}");
+    let o = ev(&newest);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     run_ok(&resume_args(&timed));
     assert_same_run(&whole, &timed);
 }

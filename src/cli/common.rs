@@ -194,7 +194,7 @@ pub fn existing_weights(s: &str) -> std::result::Result<PathBuf, String> {
     let best = path.join("best.safetensors");
     match best.is_file() {
         true => Ok(best),
-        false => Err("a folder without best.safetensors; pass a run folder from `train` or a safetensors file".into()),
+        false => Err(alexnet_cuda::checkpoint::without_best(path)),
     }
 }
 
