@@ -526,6 +526,18 @@ fn missing_input_files_name_their_flag() {
         &[&predict[..], &["https://example.com/a.jpg"]].concat(),
         &["a URL; download it first"],
     );
+    // A packed store (its meta.json), or prepare's folder of two: no image
+    // files in it, but `eval --data` scores its images.
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir(out.path().join("train")).unwrap();
+    std::fs::write(out.path().join("train/meta.json"), "{}").unwrap();
+    for store in [out.path().to_path_buf(), out.path().join("train")] {
+        let s = store.display().to_string();
+        assert_error(
+            &[&predict[..], &[&s]].concat(),
+            &["a packed store", &format!("eval --data {s}")],
+        );
+    }
 }
 
 /// Run-folder commands: a missing checkpoint or run folder is named, and

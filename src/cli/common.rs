@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use tracing::info;
 
 use alexnet_cuda::data::images_under;
+use alexnet_cuda::data::packed::is_store;
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -176,6 +177,13 @@ pub fn image_or_folder(s: &str) -> std::result::Result<PathBuf, String> {
 pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
+        if is_store(p) || is_store(&p.join("train")) {
+            bail!(
+                "{} is a packed store from `prepare`, which holds no image files; score its images with: alexnet-cuda eval --data {}, or pass image files or a folder of them",
+                p.display(),
+                alexnet_cuda::shell::word(p)
+            );
+        }
         match p.is_dir() {
             true => files.extend(images_under(p)?),
             false => files.push(p.clone()),
