@@ -714,31 +714,36 @@ fn a_time_limit_within_an_epoch_stops_with_a_checkpoint_and_resumes_exactly() {
     assert_same_run(&whole, &timed);
 }
 
-/// SIGTERM (a scheduler's pre-emption) stops like SIGINT, with status 143,
-/// and the log says at once what happens.
+/// SIGTERM (a scheduler's pre-emption), SIGHUP and SIGUSR1 stop like
+/// SIGINT, with status 128 + the signal's number, and the log says at once
+/// what happens.
 #[test]
 fn sigterm_stops_with_a_checkpoint() {
-    let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let out = t.path().join("run");
-    let c = start_until(&train_args(&d, &out, EPOCHS), &out, 5);
-    assert!(Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let o = c.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(143));
-    // The log says at once what the signal does (the step or a validation
-    // in progress can take a minute on a CPU).
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("stopping: the step or validation in progress finishes"),
-        "{err}"
-    );
-    let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
-    assert!(step >= 5);
-    assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
+    // SIGHUP (a lost terminal) and SIGUSR1 (Slurm's warning) stop alike,
+    // each with 128 + its number.
+    for (sig, status) in [("TERM", 143), ("HUP", 129), ("USR1", 138)] {
+        let t = tempfile::tempdir().unwrap();
+        let d = data(t.path());
+        let out = t.path().join("run");
+        let c = start_until(&train_args(&d, &out, EPOCHS), &out, 5);
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(status), "SIG{sig}");
+        // The log says at once what the signal does (the step or a validation
+        // in progress can take a minute on a CPU).
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("stopping: the step or validation in progress finishes"),
+            "SIG{sig}: {err}"
+        );
+        let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+        assert!(step >= 5);
+        assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
+    }
 }
 
 /// A demo run stopped by a signal removes its synthetic images, as one

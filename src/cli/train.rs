@@ -473,15 +473,19 @@ fn default_run_dir(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("runs").join(name))
 }
 
-/// SIGINT and SIGTERM set `stop` (training finishes its step, writes a
-/// checkpoint and returns); a second SIGINT ends the process at once.
+/// SIGINT, SIGTERM, SIGHUP and SIGUSR1 set `stop` (training finishes its
+/// step, writes a checkpoint and returns); a second one ends the process
+/// at once.
 /// Returns the flag and the exit status the signal asks for (128 + signo).
 fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()>)> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     use signal_hook::flag;
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(AtomicUsize::new(0));
-    for sig in [SIGINT, SIGTERM] {
+    // SIGHUP: the terminal closed (an ssh session lost); SIGUSR1: a
+    // scheduler's warning ahead of its limit (Slurm's --signal).
+    let signals = [SIGINT, SIGTERM, SIGHUP, SIGUSR1];
+    for sig in signals {
         // Registered first, so it sees the flag as it was before this signal.
         flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
             .context("could not install signal handlers")?;
@@ -489,7 +493,7 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()
         flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
             .context("could not install signal handlers")?;
     }
-    let told = say_when_stopping([SIGINT, SIGTERM])?;
+    let told = say_when_stopping(signals)?;
     Ok((stop, status, told))
 }
 
@@ -497,7 +501,7 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()
 /// validation in progress may take a minute on a CPU, and a silent wait
 /// invites the second Ctrl-C that quits without a checkpoint. The thread
 /// ends once it has logged.
-fn say_when_stopping(signals: [i32; 2]) -> Result<JoinHandle<()>> {
+fn say_when_stopping(signals: [i32; 4]) -> Result<JoinHandle<()>> {
     let mut incoming = signal_hook::iterator::Signals::new(signals)
         .context("could not install signal handlers")?;
     std::thread::Builder::new()
