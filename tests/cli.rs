@@ -202,13 +202,14 @@ fn bad_flag_values() {
 #[test]
 fn numbers_out_of_range_name_their_flag() {
     let train = ["train", "--cpu", "--data", "no/such/data"];
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("--lr", "-1", "must be a positive number"),
         ("--lr", "nan", "must be a positive number"),
         ("--lr", "1e40", "out of single precision's range"),
         ("--lr", "fast", "'fast' is not a number"),
         ("--time-limit", "-5", "must be a positive number"),
         ("--time-limit", "1e300", "longer than a clock can count"),
+        ("--time-limit", "1:2:3:4", "or [D-]HH:MM:SS"),
         ("--epochs", "-2", "must be at least 1"),
         ("--batch", "0", "must be at least 1"),
         (

@@ -113,11 +113,61 @@ pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
     }
 }
 
-/// Flag parser for a positive number of seconds.
+/// Flag parser for a positive length of time: seconds (`4800`), a number
+/// and a unit (`4800s`, `80m`, `1.5h`, `2d`), or a time as Slurm writes
+/// one (`sbatch --time`: `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
+/// `D-HH:MM:SS`), so that a job's limit can be given as it was asked for.
 pub fn seconds(s: &str) -> std::result::Result<Duration, String> {
-    let v = positive_number(s)?;
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| format!("{s} seconds is longer than a clock can count"))
+    let v = match s.contains(':') || s.get(1..).is_some_and(|r| r.contains('-')) {
+        true => slurm_seconds(s).ok_or_else(|| {
+            format!("'{s}' is not a time: seconds (4800), a number and a unit (80m, 1.5h, 2d), or [D-]HH:MM:SS")
+        })?,
+        false => {
+            let (number, unit) = match s.strip_suffix(['s', 'm', 'h', 'd']) {
+                Some(n) => (n, &s[n.len()..]),
+                None => (s, "s"),
+            };
+            let scale = match unit {
+                "m" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                _ => 1.0,
+            };
+            positive_number(number)? * scale
+        }
+    };
+    if v <= 0.0 {
+        return Err("must be a positive length of time".into());
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s} is longer than a clock can count"))
+}
+
+/// Slurm's time formats in seconds: `MM:SS`, `HH:MM:SS`, `D-HH`,
+/// `D-HH:MM`, `D-HH:MM:SS`, each field a whole number.
+fn slurm_seconds(s: &str) -> Option<f64> {
+    let (days, clock) = match s.split_once('-') {
+        Some((d, c)) => (Some(whole(d)?), c),
+        None => (None, s),
+    };
+    let f: Vec<u64> = clock.split(':').map(whole).collect::<Option<_>>()?;
+    let (h, m, sec) = match (days, f.as_slice()) {
+        (None, [m, s]) => (0, *m, *s),
+        (None, [h, m, s]) => (*h, *m, *s),
+        (Some(_), [h]) => (*h, 0, 0),
+        (Some(_), [h, m]) => (*h, *m, 0),
+        (Some(_), [h, m, s]) => (*h, *m, *s),
+        _ => return None,
+    };
+    let d = days.unwrap_or(0);
+    Some((((d * 24 + h) * 60 + m) * 60 + sec) as f64)
+}
+
+/// A field of digits only.
+fn whole(s: &str) -> Option<u64> {
+    match !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        true => s.parse().ok(),
+        false => None,
+    }
 }
 
 /// Flag parser for minutes: 0 (off) or a positive number that a clock
@@ -320,6 +370,37 @@ fn own_uid() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// --time-limit's forms, each worked out by hand; Slurm's as its
+    /// sbatch manual defines them (fields of days, hours, minutes, seconds).
+    #[test]
+    fn time_limits_are_read_in_seconds_units_and_slurms_formats() {
+        let ok = |s: &str| {
+            seconds(s)
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+                .as_secs_f64()
+        };
+        assert_eq!(ok("4800"), 4800.0);
+        assert_eq!(ok("0.5"), 0.5);
+        assert_eq!(ok("4800s"), 4800.0);
+        assert_eq!(ok("80m"), 4800.0);
+        assert_eq!(ok("1.5h"), 5400.0);
+        assert_eq!(ok("2d"), 172800.0);
+        assert_eq!(ok("90:30"), 5430.0); // minutes:seconds
+        assert_eq!(ok("01:20:00"), 4800.0); // hours:minutes:seconds
+        assert_eq!(ok("2-12"), 216000.0); // days-hours
+        assert_eq!(ok("2-12:30"), 217800.0); // days-hours:minutes
+        assert_eq!(ok("1-00:00:05"), 86405.0); // days-hours:minutes:seconds
+        let bad = |s: &str| seconds(s).expect_err(s);
+        assert!(bad("-5").contains("must be a positive number"));
+        assert!(bad("0:00").contains("positive length of time"));
+        for s in [
+            "", "é-1", "1:2:3:4", "1h30", "5x", "1-", "-1:00", "1:-2", "1.5:00", ":30", "1-2-3",
+        ] {
+            assert!(!bad(s).is_empty(), "{s}");
+        }
+        assert!(bad("1e300").contains("longer than a clock can count"));
+    }
 
     /// A killed demo's folder is removed only when it is this user's.
     #[test]

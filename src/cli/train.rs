@@ -71,8 +71,8 @@ pub struct TrainArgs {
     /// Epochs without validation improvement before the learning rate drops (paper's schedule).
     #[arg(long, default_value_t = 2, value_parser = positive)]
     patience: u64,
-    /// Stop before this many seconds from the start have passed: after the epoch where the next would end past them, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly).
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    /// Stop before this long from the start: after the epoch where the next would end past it, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly). Seconds (4800), a number and a unit (80m, 1.5h, 2d), or Slurm's [D-]HH:MM:SS.
+    #[arg(long, value_name = "TIME", value_parser = seconds)]
     time_limit: Option<Duration>,
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
     #[arg(long, value_parser = positive)]
