@@ -282,7 +282,7 @@ pub fn from_parts(
 impl Checkpoint {
     /// Copy the weights (and momentum and step count, when `resume`) into `net`.
     pub fn restore(&self, net: &mut dyn Model, resume: bool) -> Result<()> {
-        load_weights(net, &self.tensors, &self.path)?;
+        load_weights(net, &self.tensors, &self.path, None)?;
         if resume {
             for name in net.param_names() {
                 let key = format!("{MOMENTUM}{name}");
@@ -356,13 +356,19 @@ impl Checkpoint {
 }
 
 /// Set every parameter of `net` from `tensors` (PyTorch names and shapes);
-/// `source` names the file in errors.
+/// `source` names the file in errors. `fresh`, for weights a run starts
+/// from (`--init-from`): layers left as they are (`--fresh`).
 pub fn load_weights(
     net: &mut dyn Model,
     tensors: &HashMap<String, Tensor>,
     source: &Path,
+    fresh: Option<&[String]>,
 ) -> Result<()> {
     for name in net.param_names() {
+        let layer = name.split('.').next().unwrap_or(&name);
+        if fresh.is_some_and(|f| f.iter().any(|f| f == layer)) {
+            continue;
+        }
         let want = net.param_shape(&name)?;
         let t = tensors.get(&name).ok_or_else(|| {
             Error::Data(format!(
@@ -373,11 +379,15 @@ pub fn load_weights(
         })?;
         if t.shape != want {
             return Err(Error::Data(format!(
-                "{}: {name} has shape {:?} but config {} needs {:?}; load weights trained for the same config and class count",
+                "{}: {name} has shape {:?} but config {} needs {:?}; load weights trained for the same config and class count{}",
                 source.display(),
                 t.shape,
                 net.topology().name,
-                want
+                want,
+                match fresh {
+                    Some(_) => format!(", or start {layer} fresh with --fresh {layer} (as in fine-tuning on other classes)"),
+                    None => String::new(),
+                }
             )));
         }
         let bad = t.data.iter().filter(|v| !v.is_finite()).count();

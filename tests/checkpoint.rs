@@ -603,23 +603,13 @@ fn jsonl_metrics_and_init_from() {
     run_ok(&args);
     let want = tensors(&from);
     let got = tensors(&b.join(checkpoint::checkpoint_name(20)));
-    let f32s = |b: &[u8]| -> Vec<f32> {
-        b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
     let mut checked = 0;
     for (name, w) in &want {
         if name.starts_with("momentum.") {
             continue;
         }
         let g = &got.iter().find(|(n, _)| n == name).expect("same names").1;
-        for (x, y) in f32s(w).iter().zip(f32s(g)) {
-            assert!(
-                (x - y).abs() <= 1e-6 * x.abs().max(1e-3),
-                "{name}: {x} vs {y}"
-            );
-        }
+        assert_close(name, &f32s(w), &f32s(g));
         checked += 1;
     }
     assert_eq!(checked, 16);
@@ -638,9 +628,68 @@ fn jsonl_metrics_and_init_from() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains("fc8.weight has shape [5, 512] but config cifar needs [10, 512]"),
+        err.contains("fc8.weight has shape [5, 512] but config cifar needs [10, 512]")
+            && err.contains("--fresh fc8"),
         "{err}"
     );
+
+    // With --fresh fc8 they do (fine-tuning on other classes): at a rate
+    // too small to move anything, conv1 to fc7 stay the 5-class run's and
+    // fc8 is what a run without --init-from starts with (same seed).
+    let (tuned, fresh) = (t.path().join("tuned"), t.path().join("fresh"));
+    let mut args = train_args(&d, &tuned, 1);
+    args.extend(["--init-from", &c.display().to_string(), "--fresh", "fc8"].map(String::from));
+    args.extend(["--lr".into(), "1e-30".into()]);
+    run_ok(&args);
+    let mut args = train_args(&d, &fresh, 1);
+    args.extend(["--lr".into(), "1e-30".into()]);
+    run_ok(&args);
+    let (from, tuned, fresh) = (
+        tensors(&c.join("best.safetensors")),
+        tensors(&tuned.join(checkpoint::checkpoint_name(20))),
+        tensors(&fresh.join(checkpoint::checkpoint_name(20))),
+    );
+    let mut layers = 0;
+    for (name, w) in tuned.iter().filter(|(n, _)| !n.starts_with("momentum.")) {
+        let want = match name.starts_with("fc8.") {
+            true => &fresh,
+            false => &from,
+        };
+        let x = &want.iter().find(|(n, _)| n == name).expect("same names").1;
+        assert_close(name, &f32s(x), &f32s(w));
+        layers += 1;
+    }
+    assert_eq!(layers, 16);
+    // Layers not in the config, and --fresh alone, are refused by name.
+    let mut args = train_args(&d, &t.path().join("e"), 1);
+    args.extend(["--init-from", &c.display().to_string(), "--fresh", "fc9"].map(String::from));
+    let err = String::from_utf8_lossy(&run(&args).stderr).into_owned();
+    assert!(
+        err.contains("config cifar has no layer fc9; its layers are conv1"),
+        "{err}"
+    );
+    let mut args = train_args(&d, &t.path().join("e"), 1);
+    args.extend(["--fresh".into(), "fc8".into()]);
+    let err = String::from_utf8_lossy(&run(&args).stderr).into_owned();
+    assert!(err.contains("--init-from"), "{err}");
+}
+
+/// A safetensors tensor's little-endian f32s.
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// `got` is `want` but for the few ulps a rate of 1e-30 may move it.
+fn assert_close(name: &str, want: &[f32], got: &[f32]) {
+    assert_eq!(want.len(), got.len(), "{name}");
+    for (x, y) in want.iter().zip(got) {
+        assert!(
+            (x - y).abs() <= 1e-6 * x.abs().max(1e-3),
+            "{name}: {x} vs {y}"
+        );
+    }
 }
 
 /// The seconds a finished run's first epoch ended at (epochs.csv).

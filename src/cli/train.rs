@@ -89,6 +89,14 @@ pub struct TrainArgs {
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint), or a run folder for its best.safetensors.
     #[arg(long, value_name = "PATH", value_parser = existing_weights)]
     init_from: Option<PathBuf>,
+    /// With --init-from: these layers (e.g. fc8) keep the run's own initialisation instead, as in fine-tuning on other classes.
+    #[arg(
+        long,
+        value_name = "LAYERS",
+        value_delimiter = ',',
+        requires = "init_from"
+    )]
+    fresh: Vec<String>,
     /// Write a checkpoint every N steps, besides the one at each epoch end (0: epoch ends only). Given alone, it replaces the default of every 15 minutes.
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
@@ -307,6 +315,7 @@ fn options(
         opts.run.init = recipe(r, topo)?;
     }
     opts.init_from = args.init_from.clone();
+    opts.fresh = args.fresh.clone();
     let out = run_folder(args, topo, resume);
     opts.metrics_format = metrics_format(args, &out, resume.is_some())?;
     opts.out = Some(out);

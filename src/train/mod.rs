@@ -106,6 +106,7 @@ impl<'a> Trainer<'a> {
         let local_batch = setup::local_batch(opts)?;
         let base = spec.topology()?;
         base.validate()?;
+        setup::check_fresh(opts, &base)?;
         let data = load_data(opts, base.image_size)?;
         let spec = setup::fit_classes(spec, &base, &data, opts);
         let topo = spec.topology()?;

@@ -46,6 +46,8 @@ pub struct TrainOptions {
     pub lr_from_here: Option<f32>,
     /// Start from these weights (a safetensors file with PyTorch names).
     pub init_from: Option<PathBuf>,
+    /// With `init_from`: layers that keep the run's own initialisation.
+    pub fresh: Vec<String>,
     /// Set from outside (SIGINT/SIGTERM): finish the step, checkpoint, stop.
     pub stop: Option<Arc<AtomicBool>>,
     pub progress: bool,
@@ -96,6 +98,7 @@ impl TrainOptions {
             resume: None,
             lr_from_here: None,
             init_from: None,
+            fresh: Vec::new(),
             stop: None,
             progress: true,
             refresh: Duration::from_secs(1),

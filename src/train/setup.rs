@@ -165,10 +165,36 @@ pub fn build_net<'a, B: Backend>(
     if let Some(path) = &opts.init_from {
         let tensors = crate::export::read_safetensors(path)?;
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-        checkpoint::load_weights(&mut *net, &map, path)?;
-        info!("initial weights from {}", path.display());
+        checkpoint::load_weights(&mut *net, &map, path, Some(&opts.fresh))?;
+        match opts.fresh.is_empty() {
+            true => info!("initial weights from {}", path.display()),
+            false => info!(
+                "initial weights from {}, but for {}, which start fresh",
+                path.display(),
+                opts.fresh.join(", ")
+            ),
+        }
     }
     Ok(net)
+}
+
+/// `--fresh`'s layers: each one of `topo`'s, and only with `--init-from`.
+pub fn check_fresh(opts: &TrainOptions, topo: &Topology) -> Result<()> {
+    let names: Vec<&str> = topo.layers.iter().map(|l| l.name).collect();
+    if let Some(bad) = opts.fresh.iter().find(|f| !names.contains(&f.as_str())) {
+        return Err(Error::Config(format!(
+            "--fresh {bad}: config {} has no layer {bad}; its layers are {}",
+            topo.name,
+            names.join(", ")
+        )));
+    }
+    if !opts.fresh.is_empty() && opts.init_from.is_none() {
+        return Err(Error::Config(
+            "--fresh names layers to leave out of --init-from's weights; pass --init-from too"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The data folder as the checkpoint keeps it: absolute, so that a
