@@ -12,7 +12,8 @@ use std::time::Duration;
 use alexnet_cuda::data::packed::{read_meta, Encoding};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
-    batches, decode_file, ten_crops, Crop, ImageSet, ImageSource, LoaderConfig, PackedStore,
+    batches, decode_file, held_out_files, ten_crops, Crop, ImageFolder, ImageSet, ImageSource,
+    LoaderConfig, PackedStore,
 };
 use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
@@ -492,6 +493,106 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     // Nothing was written for the failed runs: val labels are checked first.
     assert!(!t.path().join("o4/train/meta.json").exists());
     Ok(())
+}
+
+/// Training straight from a class folder warns of the images it holds
+/// twice as `prepare` lists them: a training image under two classes, a
+/// repeat within a class (byte copies, and one picture as PNG and BMP),
+/// and held-out images that are training images. The counts are worked
+/// out here from the planted pairs and the files the run holds out (a seed
+/// is chosen whose split makes all three kinds); a folder without copies
+/// gets no warning.
+#[test]
+fn training_from_a_folder_warns_of_images_held_twice() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 30, 40, 30)?;
+    let clean = {
+        let args = folder_run(&train, &t.path().join("clean"));
+        let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{err}");
+        err
+    };
+    assert!(
+        !clean.contains("same pixels") && !clean.contains("repeat"),
+        "{clean}"
+    );
+    let (cat, dog) = ("n01_cat", "n02_dog");
+    let pairs = [
+        (format!("{cat}/0000.JPEG"), format!("{dog}/c0.JPEG")),
+        (format!("{cat}/0005.JPEG"), format!("{dog}/c5.JPEG")),
+        (format!("{dog}/0010.JPEG"), format!("{cat}/d10.JPEG")),
+        (format!("{cat}/0001.JPEG"), format!("{cat}/r1.JPEG")),
+        (format!("{dog}/0002.JPEG"), format!("{dog}/r2.JPEG")),
+        (format!("{dog}/a.png"), format!("{dog}/b.bmp")),
+    ];
+    picture(40, 30, 77).save_with_format(train.join(dog).join("a.png"), ImageFormat::Png)?;
+    picture(40, 30, 77).save_with_format(train.join(dog).join("b.bmp"), ImageFormat::Bmp)?;
+    for (from, to) in &pairs[..5] {
+        fs::copy(train.join(from), train.join(to))?;
+    }
+    let folder = ImageFolder::scan(&train)?;
+    let index = |f: &str| {
+        folder
+            .items()
+            .iter()
+            .position(|(p, _)| p == &train.join(f))
+            .unwrap()
+    };
+    // [other class, same class, held out] for the split of `seed`.
+    let expected = |seed: u64| {
+        let held = held_out_files(&folder, None, HELD_OUT, seed);
+        let mut n = [0; 3];
+        for (a, b) in &pairs {
+            let (i, j) = (index(a), index(b));
+            match (held.contains(&i), held.contains(&j)) {
+                (false, false) => n[(a[..7] == b[..7]) as usize] += 1,
+                (true, true) => {}
+                _ => n[2] += 1,
+            }
+        }
+        n
+    };
+    let seed = (1..100)
+        .find(|&s| expected(s).iter().all(|&k| k > 0))
+        .unwrap();
+    let [other, same, held] = expected(seed);
+    let mut args = folder_run(&train, &t.path().join("run"));
+    args.extend(["--seed".into(), seed.to_string()]);
+    let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    for want in [
+        format!("{other} training images have the same pixels as one under another class"),
+        format!("{same} training images repeat one of their class"),
+        format!("{held} held-out images have the same pixels as a training image"),
+    ] {
+        let line = err.lines().find(|l| l.contains(&want));
+        assert!(
+            line.is_some_and(|l| l.contains("(first: ")),
+            "{want}: {err}"
+        );
+    }
+    Ok(())
+}
+
+/// Images `training_from_a_folder_warns_of_images_held_twice` holds out.
+const HELD_OUT: usize = 15;
+
+/// A one-epoch run of the `cifar` config on the class folder `data`.
+fn folder_run(data: &Path, out: &Path) -> Vec<String> {
+    let s = |p: &Path| p.display().to_string();
+    let mut a: Vec<String> = ["train", "--cpu", "--config", "cifar", "--epochs", "1"]
+        .map(String::from)
+        .to_vec();
+    a.extend(["--batch", "8", "--no-progress", "--val"].map(String::from));
+    a.extend([
+        HELD_OUT.to_string(),
+        "--data".into(),
+        s(data),
+        "--out".into(),
+        s(out),
+    ]);
+    a
 }
 
 /// Images stored with the same pixels are listed beside each store and

@@ -1,11 +1,13 @@
-//! Images that `prepare` stored with the same pixels (after the resize and
-//! crop): a training image under two classes teaches two answers for one
-//! picture, and a validation image that is also a training image makes the
-//! validation error read low. Each stored image's pixels are hashed (64-bit
-//! SipHash, std's `DefaultHasher`: among ImageNet's 1.33M images the odds
-//! of one false pair are about 5e-8); the pairs are listed beside each
-//! store in `duplicates.txt` and warned of, never refused: whether a copy
-//! is a mistake is the data set's owner's call.
+//! Images with the same pixels (after the resize and crop), in a store
+//! `prepare` writes or a class folder decoded for training: a training
+//! image under two classes teaches two answers for one picture, and a
+//! validation image that is also a training image makes the validation
+//! error read low. Each image's pixels are hashed (64-bit SipHash, std's
+//! `DefaultHasher`: among ImageNet's 1.33M images the odds of one false
+//! pair are about 5e-8). `prepare` lists the pairs beside each store in
+//! `duplicates.txt`; training from a folder logs the first of each kind.
+//! Both warn, never refuse: whether a copy is a mistake is the data set's
+//! owner's call.
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,22 @@ impl<'a> Hashed<'a> {
             first,
         }
     }
+
+    /// Each image whose pixels an earlier one has: (it, the earlier one),
+    /// as indices into `items`, in store order.
+    fn repeats(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.stored
+            .iter()
+            .map(|&(h, i)| (i, self.first[&h]))
+            .filter(|(i, j)| i != j)
+    }
+
+    /// Each image whose pixels one of `train` has: (it, that one).
+    fn found_in<'b>(&'b self, train: &'b Hashed) -> impl Iterator<Item = (usize, usize)> + 'b {
+        self.stored
+            .iter()
+            .filter_map(|&(h, i)| train.first.get(&h).map(|&j| (i, j)))
+    }
 }
 
 /// What the lists hold: repeats within train under the same class and
@@ -66,11 +84,7 @@ pub fn list_train(
 ) -> Result<Duplicates> {
     let mut found = Duplicates::default();
     let mut lines = String::new();
-    for &(h, i) in &train.stored {
-        let j = train.first[&h];
-        if j == i {
-            continue;
-        }
+    for (i, j) in train.repeats() {
         let ((a, la), (b, lb)) = (&train.items[i], &train.items[j]);
         let class = |l: u32| classes.get(l as usize).map_or("?", String::as_str);
         let mut line = format!("{}\t{}\t{}", rel(a, src), rel(b, src), class(*la));
@@ -94,15 +108,51 @@ pub fn list_train(
 pub fn list_val(dir: &Path, srcs: [&Path; 2], val: &Hashed, train: &Hashed) -> Result<usize> {
     let mut lines = String::new();
     let mut n = 0;
-    for &(h, i) in &val.stored {
-        if let Some(&j) = train.first.get(&h) {
-            let (a, b) = (&val.items[i].0, &train.items[j].0);
-            lines.push_str(&format!("{}\t{}\n", rel(a, srcs[0]), rel(b, srcs[1])));
-            n += 1;
-        }
+    for (i, j) in val.found_in(train) {
+        let (a, b) = (&val.items[i].0, &train.items[j].0);
+        lines.push_str(&format!("{}\t{}\n", rel(a, srcs[0]), rel(b, srcs[1])));
+        n += 1;
     }
     write_atomic(&dir.join(LIST), lines.as_bytes())?;
     Ok(n)
+}
+
+/// Warn of the images of a class folder decoded for training (`items`
+/// under `root`, their pixel hashes `hashes`) that repeat another: within
+/// the training split `train_idx` under another class or the same one,
+/// and in the held-out split `val_idx`. Each warning names the first
+/// pair; returns the counts.
+pub fn warn_in_folder(
+    root: &Path,
+    items: &[(PathBuf, u32)],
+    hashes: &[u64],
+    [train_idx, val_idx]: [&[usize]; 2],
+) -> Duplicates {
+    let hashed = |idx: &[usize]| Hashed::new(items, idx.iter().map(|&i| (hashes[i], i)).collect());
+    let (train, val) = (hashed(train_idx), hashed(val_idx));
+    let pair = |(i, j): (usize, usize)| {
+        format!("{} and {}", rel(&items[i].0, root), rel(&items[j].0, root))
+    };
+    let (other, same): (Vec<_>, Vec<_>) = train
+        .repeats()
+        .partition(|&(i, j)| items[i].1 != items[j].1);
+    let leaked: Vec<_> = val.found_in(&train).collect();
+    let found = Duplicates {
+        same_class: same.len(),
+        other_class: other.len(),
+        val_in_train: leaked.len(),
+    };
+    let fix = "remove the copies, or `alexnet-cuda prepare` the folder for a list of them all";
+    if let Some(&first) = other.first() {
+        tracing::warn!("{}: {} training images have the same pixels as one under another class, so the labels contradict each other (first: {}); {fix}", root.display(), other.len(), pair(first));
+    }
+    if let Some(&first) = same.first() {
+        tracing::warn!("{}: {} training images repeat one of their class, each copy counting as one more image (first: {}); {fix}", root.display(), same.len(), pair(first));
+    }
+    if let Some(&first) = leaked.first() {
+        tracing::warn!("{}: {} held-out images have the same pixels as a training image, so validation error will read low (first: {}); {fix}", root.display(), leaked.len(), pair(first));
+    }
+    found
 }
 
 /// `path` under `src`, as the store's sources list names it.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::checkpoint::Checkpoint;
+use crate::data::duplicates::{pixel_hash, warn_in_folder};
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
+use crate::data::store::limited;
 use crate::data::{
     folder_digest, held_out_files, limited_len, store_digest, workers_for, BuildOptions, HostAlloc,
     ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
@@ -126,6 +128,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     }
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
+    warn_of_copies(&folder, &set, opts.run.limit, [&train_idx, &val_idx]);
     let val_digest = fresh_digest(opts, || {
         let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
         Ok(folder_digest(&folder, &val_files))
@@ -146,6 +149,26 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         cov,
         val_digest,
     })
+}
+
+/// Warn of the decoded images of `folder` (its `limit` subset, as `set`
+/// holds them) that repeat another across classes or the held-out split.
+fn warn_of_copies(
+    folder: &ImageFolder,
+    set: &ImageSet,
+    limit: Option<usize>,
+    split: [&[usize]; 2],
+) {
+    use rayon::prelude::*;
+    let items: Vec<(PathBuf, u32)> = limited(folder, limit)
+        .into_iter()
+        .map(|i| folder.items()[i].clone())
+        .collect();
+    let hashes: Vec<u64> = (0..set.len())
+        .into_par_iter()
+        .map(|i| pixel_hash(set.image(i)))
+        .collect();
+    warn_in_folder(folder.root(), &items, &hashes, split);
 }
 
 /// The validation images' digest for a fresh run's checkpoint. A resumed
