@@ -154,16 +154,35 @@ pub fn epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: u
 /// After `epoch` of `epochs`, the time the rest will take at `per_epoch`
 /// seconds each (training, validation and checkpoint, as measured so far in
 /// this process): for a days-long run, when to come back.
-pub fn time_left(epoch: usize, epochs: usize, per_epoch: f64) {
+pub fn time_left(epoch: usize, epochs: usize, per_epoch: f64, until_limit: Option<f64>) {
+    if let Some(line) = left_line(epoch, epochs, per_epoch, until_limit) {
+        info!("{line}");
+    }
+}
+
+/// `time_left`'s line, if epochs are left; with `until_limit` seconds to
+/// the time limit, how many of them this process has room for, where
+/// that is not all.
+fn left_line(
+    epoch: usize,
+    epochs: usize,
+    per_epoch: f64,
+    until_limit: Option<f64>,
+) -> Option<String> {
     let left = epochs.saturating_sub(epoch);
     if left == 0 {
-        return;
+        return None;
     }
     let s = if left == 1 { "" } else { "s" };
-    info!(
+    let line = format!(
         "{left} epoch{s} left: about {} at this pace",
         duration(left as f64 * per_epoch)
     );
+    let room = until_limit.map(|t| (t / per_epoch).floor() as usize);
+    Some(match room {
+        Some(k) if k < left => format!("{line}; the time limit leaves room for {k} of them"),
+        _ => line,
+    })
 }
 
 /// `secs` in the two largest units: 45s, 12m 5s, 3h 20m, 2d 3h.
@@ -180,7 +199,20 @@ pub fn duration(secs: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::duration;
+    use super::{duration, left_line};
+
+    /// 5 epochs of 100 s left with 250 s to the limit: room for 2 (by
+    /// hand); with 600 s, room for all, so no clause.
+    #[test]
+    fn the_time_left_says_how_many_epochs_the_limit_leaves_room_for() {
+        let line = |limit| left_line(5, 10, 100.0, limit);
+        let plain = "5 epochs left: about 8m 20s at this pace";
+        assert_eq!(line(None).as_deref(), Some(plain));
+        let two = format!("{plain}; the time limit leaves room for 2 of them");
+        assert_eq!(line(Some(250.0)), Some(two));
+        assert_eq!(line(Some(600.0)).as_deref(), Some(plain));
+        assert_eq!(left_line(10, 10, 100.0, Some(5.0)), None);
+    }
 
     #[test]
     fn durations_in_their_two_largest_units() {

@@ -191,7 +191,10 @@ impl<'a> Trainer<'a> {
                 });
                 break;
             }
-            display::time_left(epoch, self.opts.run.epochs, per_epoch);
+            let until_limit = self
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+            display::time_left(epoch, self.opts.run.epochs, per_epoch, until_limit);
         }
         Ok(self.report)
     }
