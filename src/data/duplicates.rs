@@ -120,39 +120,34 @@ pub fn list_val(dir: &Path, srcs: [&Path; 2], val: &Hashed, train: &Hashed) -> R
 /// Warn of the images of a class folder decoded for training (`items`
 /// under `root`, their pixel hashes `hashes`) that repeat another: within
 /// the training split `train_idx` under another class or the same one,
-/// and in the held-out split `val_idx`. Each warning names the first
-/// pair; returns the counts.
+/// and in the held-out split `val_idx`. Each warning names the first pair.
 pub fn warn_in_folder(
     root: &Path,
     items: &[(PathBuf, u32)],
     hashes: &[u64],
     [train_idx, val_idx]: [&[usize]; 2],
-) -> Duplicates {
+) {
     let hashed = |idx: &[usize]| Hashed::new(items, idx.iter().map(|&i| (hashes[i], i)).collect());
     let (train, val) = (hashed(train_idx), hashed(val_idx));
-    let pair = |(i, j): (usize, usize)| {
-        format!("{} and {}", rel(&items[i].0, root), rel(&items[j].0, root))
-    };
     let (other, same): (Vec<_>, Vec<_>) = train
         .repeats()
         .partition(|&(i, j)| items[i].1 != items[j].1);
     let leaked: Vec<_> = val.found_in(&train).collect();
-    let found = Duplicates {
-        same_class: same.len(),
-        other_class: other.len(),
-        val_in_train: leaked.len(),
-    };
-    let fix = "remove the copies, or `alexnet-cuda prepare` the folder for a list of them all";
-    if let Some(&first) = other.first() {
-        tracing::warn!("{}: {} training images have the same pixels as one under another class, so the labels contradict each other (first: {}); {fix}", root.display(), other.len(), pair(first));
+    for (pairs, what) in [
+        (other, "training images have the same pixels as one under another class, so the labels contradict each other"),
+        (same, "training images repeat one of their class, each copy counting as one more image"),
+        (leaked, "held-out images have the same pixels as a training image, so validation error will read low"),
+    ] {
+        if let Some(&(i, j)) = pairs.first() {
+            tracing::warn!(
+                "{}: {} {what} (first: {} and {}); remove the copies, or `alexnet-cuda prepare` the folder for a list of them all",
+                root.display(),
+                pairs.len(),
+                rel(&items[i].0, root),
+                rel(&items[j].0, root)
+            );
+        }
     }
-    if let Some(&first) = same.first() {
-        tracing::warn!("{}: {} training images repeat one of their class, each copy counting as one more image (first: {}); {fix}", root.display(), same.len(), pair(first));
-    }
-    if let Some(&first) = leaked.first() {
-        tracing::warn!("{}: {} held-out images have the same pixels as a training image, so validation error will read low (first: {}); {fix}", root.display(), leaked.len(), pair(first));
-    }
-    found
 }
 
 /// `path` under `src`, as the store's sources list names it.
