@@ -1,7 +1,9 @@
 //! TensorBoard event files in the run folder, so `tensorboard --logdir runs/`
 //! shows a run while it trains: the per-step and per-epoch scalars of
-//! `steps.csv` / `epochs.csv` and, at each epoch end, a picture of conv1's
-//! kernels (drawn by `viz::filters`, as the `filters` command draws them).
+//! `steps.csv` / `epochs.csv` and, at each epoch end, each layer's weight
+//! RMS and the size of its last update against its weights (the momentum
+//! buffer v is that update: w += v), and a picture of conv1's kernels
+//! (drawn by `viz::filters`, as the `filters` command draws them).
 //! This file owns the format (the record framing; the messages are
 //! `tensorboard_pb`'s prost structs) and the writer.
 //!
@@ -149,6 +151,12 @@ fn host_name() -> String {
     }
 }
 
+/// Root mean square, summed in f64.
+fn rms(x: &[f32]) -> f64 {
+    let sum: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    (sum / x.len().max(1) as f64).sqrt()
+}
+
 /// The step scalars' tags, in `steps.csv`'s order.
 pub const STEP_TAGS: [&str; 3] = ["step/loss", "step/top1", "step/lr"];
 /// The epoch scalars' tags (x: the step at the epoch's end).
@@ -163,6 +171,8 @@ pub const EPOCH_TAGS: [&str; 9] = [
     "epoch/images_per_s",
     "epoch/data_wait",
 ];
+/// The per-layer tags' prefixes: `weight_rms/conv1`, `update_ratio/conv1`.
+pub const LAYER_TAGS: [&str; 2] = ["weight_rms", "update_ratio"];
 /// The conv1 kernel picture's tag.
 pub const FILTERS_TAG: &str = "conv1/filters";
 
@@ -267,6 +277,26 @@ impl EventWriter {
             .zip(v)
             .map(|(t, v)| (*t, v as f32))
             .collect();
+        self.write(&event(unix_now(), step as i64, Payload::Scalars(&values)))
+    }
+
+    /// Each layer's weight RMS and its last update's RMS over it (the
+    /// momentum buffer's: the paper's rule adds v to w), at `step`. A
+    /// ratio far from about 1e-3 points at a learning rate too large or
+    /// too small for that layer.
+    pub fn layers(&mut self, step: u64, net: &dyn Model) -> Result<()> {
+        let mut tags = Vec::new();
+        for name in net.param_names() {
+            let Some(layer) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            let (w, v) = (rms(&net.param(&name)?), rms(&net.momentum(&name)?));
+            tags.push((format!("{}/{layer}", LAYER_TAGS[0]), w));
+            if w > 0.0 {
+                tags.push((format!("{}/{layer}", LAYER_TAGS[1]), v / w));
+            }
+        }
+        let values: Vec<(&str, f32)> = tags.iter().map(|(t, v)| (t.as_str(), *v as f32)).collect();
         self.write(&event(unix_now(), step as i64, Payload::Scalars(&values)))
     }
 

@@ -295,6 +295,7 @@ impl RunDir {
     pub fn epoch(&mut self, step: u64, stats: &EpochStats, net: &dyn Model) -> Result<()> {
         self.metrics.epoch(stats)?;
         self.events.epoch(step, stats)?;
+        self.events.layers(step, net)?;
         self.events.filters(step, net)?;
         self.events.flush()
     }
