@@ -117,7 +117,7 @@ pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
 /// and a unit (`4800s`, `80m`, `1.5h`, `2d`), or a time as Slurm writes
 /// one (`sbatch --time`: `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
 /// `D-HH:MM:SS`), so that a job's limit can be given as it was asked for.
-pub fn seconds(s: &str) -> std::result::Result<Duration, String> {
+pub fn length_of_time(s: &str) -> std::result::Result<Duration, String> {
     let v = match s.contains(':') || s.get(1..).is_some_and(|r| r.contains('-')) {
         true => slurm_seconds(s).ok_or_else(|| {
             format!("'{s}' is not a time: seconds (4800), a number and a unit (80m, 1.5h, 2d), or [D-]HH:MM:SS")
@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn time_limits_are_read_in_seconds_units_and_slurms_formats() {
         let ok = |s: &str| {
-            seconds(s)
+            length_of_time(s)
                 .unwrap_or_else(|e| panic!("{s}: {e}"))
                 .as_secs_f64()
         };
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(ok("2-12"), 216000.0); // days-hours
         assert_eq!(ok("2-12:30"), 217800.0); // days-hours:minutes
         assert_eq!(ok("1-00:00:05"), 86405.0); // days-hours:minutes:seconds
-        let bad = |s: &str| seconds(s).expect_err(s);
+        let bad = |s: &str| length_of_time(s).expect_err(s);
         assert!(bad("-5").contains("must be a positive number"));
         assert!(bad("0:00").contains("positive length of time"));
         for s in [

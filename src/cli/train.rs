@@ -30,8 +30,8 @@ use alexnet_cuda::train::{
 };
 
 use super::common::{
-    demo_folder, existing_weights, flag_value, minutes_or_off, positive, positive_f32, seconds,
-    seed_value, HostArgs, NetArgs,
+    demo_folder, existing_weights, flag_value, length_of_time, minutes_or_off, positive,
+    positive_f32, seed_value, HostArgs, NetArgs,
 };
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
@@ -72,7 +72,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2, value_parser = positive)]
     patience: u64,
     /// Stop before this long from the start: after the epoch where the next would end past it, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly). Seconds (4800), a number and a unit (80m, 1.5h, 2d), or Slurm's [D-]HH:MM:SS.
-    #[arg(long, value_name = "TIME", value_parser = seconds)]
+    #[arg(long, value_name = "TIME", value_parser = length_of_time)]
     time_limit: Option<Duration>,
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
     #[arg(long, value_parser = positive)]
