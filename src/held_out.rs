@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::packed::is_store;
+use crate::data::packed::{is_store, is_store_or_prepared};
 use crate::data::store::split_indices;
 use crate::data::PackedStore;
 use crate::data::{
@@ -55,7 +55,7 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
         };
         check_same(ck, &root, found, all.len())?;
         (Arc::new(val) as Arc<dyn ImageSource>, all)
-    } else if is_store(&root) || is_store(&root.join("train")) {
+    } else if is_store_or_prepared(&root) {
         let dir = if is_store(&root) {
             root.clone()
         } else {

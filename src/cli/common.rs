@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tracing::info;
 
 use alexnet_cuda::data::images_under;
-use alexnet_cuda::data::packed::is_store;
+use alexnet_cuda::data::packed::is_store_or_prepared;
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -227,7 +227,7 @@ pub fn image_or_folder(s: &str) -> std::result::Result<PathBuf, String> {
 pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
-        if is_store(p) || is_store(&p.join("train")) {
+        if is_store_or_prepared(p) {
             bail!(
                 "{} is a packed store from `prepare`, which holds no image files; score its images with: alexnet-cuda eval --data {}, or pass image files or a folder of them",
                 p.display(),

@@ -395,6 +395,11 @@ pub fn is_store(dir: &Path) -> bool {
     dir.join(META_FILE).is_file()
 }
 
+/// True when `dir` is a store, or `prepare`'s folder with a `train/` one.
+pub fn is_store_or_prepared(dir: &Path) -> bool {
+    is_store(dir) || is_store(&dir.join("train"))
+}
+
 /// An opened store: metadata, index and mean image in memory (24 bytes per
 /// image plus 768 KB), the image data memory-mapped.
 pub struct PackedStore {

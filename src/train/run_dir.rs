@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, RunState};
-use crate::data::packed::is_store;
+use crate::data::packed::is_store_or_prepared;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
@@ -68,7 +68,7 @@ pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize)
 /// next scan of the tree (a resume, eval, another run) would take it for a
 /// class, with `curves.png` as its image. A store's folders are not scanned.
 pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<()> {
-    if is_store(data) || is_store(&data.join("train")) {
+    if is_store_or_prepared(data) {
         return Ok(());
     }
     if !fsutil::resolved(dir).starts_with(fsutil::resolved(data)) {
