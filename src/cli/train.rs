@@ -543,7 +543,7 @@ fn print_interrupted(
     own: bool,
 ) -> Result<()> {
     outln!(
-        "stopped at a signal{}; {}; continue with: alexnet-cuda train --resume {}{device_flags}",
+        "stopped at a signal{}; {}; {}",
         if own {
             ""
         } else {
@@ -553,9 +553,17 @@ fn print_interrupted(
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),
         },
-        shell::word(run_dir),
+        continue_with(run_dir, device_flags),
     )?;
     Ok(())
+}
+
+/// The command that continues a stopped run in `run_dir`.
+fn continue_with(run_dir: &Path, device_flags: &str) -> String {
+    format!(
+        "continue with: alexnet-cuda train --resume {}{device_flags}",
+        shell::word(run_dir)
+    )
 }
 
 /// A run stopped at its time limit (this process's or another's of the
@@ -584,10 +592,7 @@ fn print_out_of_time(
         _ => "another process's time limit".into(),
     };
     let go_on = match opts.out {
-        Some(_) => format!(
-            "; continue with: alexnet-cuda train --resume {}{device_flags}",
-            shell::word(run_dir)
-        ),
+        Some(_) => format!("; {}", continue_with(run_dir, device_flags)),
         None => String::new(),
     };
     outln!("stopped {at} of {} at {whose}{go_on}", opts.run.epochs)?;
