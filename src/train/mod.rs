@@ -191,10 +191,7 @@ impl<'a> Trainer<'a> {
                 });
                 break;
             }
-            let until_limit = self
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
-            display::time_left(epoch, self.opts.run.epochs, per_epoch, until_limit);
+            display::time_left(epoch, self.opts.run.epochs, per_epoch, self.until_limit());
         }
         Ok(self.report)
     }
@@ -420,10 +417,15 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Seconds left before the time limit; None without one.
+    fn until_limit(&self) -> Option<f64> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64())
+    }
+
     /// Whether the time limit comes in `secs` seconds or less.
     fn time_short_of(&self, secs: f64) -> bool {
-        self.deadline
-            .is_some_and(|d| d.saturating_duration_since(Instant::now()).as_secs_f64() <= secs)
+        self.until_limit().is_some_and(|left| left <= secs)
     }
 
     /// `local` or, in a multi-process run, whether any process says so
