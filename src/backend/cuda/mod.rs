@@ -215,6 +215,47 @@ pub(crate) fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
     })
 }
 
+/// The descriptor of `b`'s rows of `elem`-byte elements from device memory
+/// at `src` to device memory at `dst` (each a pointer and its context).
+/// Every field is written: the unused host and array members are null, and
+/// the memory types have no zero value (`CUmemorytype` starts at 1), so a
+/// zeroed descriptor is not a valid one.
+pub(crate) fn peer_copy(
+    src: (drv_sys::CUdeviceptr, drv_sys::CUcontext),
+    dst: (drv_sys::CUdeviceptr, drv_sys::CUcontext),
+    b: RowBlock,
+    elem: usize,
+) -> drv_sys::CUDA_MEMCPY3D_PEER {
+    let device = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+    drv_sys::CUDA_MEMCPY3D_PEER {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcZ: 0,
+        srcLOD: 0,
+        srcMemoryType: device,
+        srcHost: std::ptr::null(),
+        srcDevice: src.0 + (b.src_off * elem) as u64,
+        srcArray: std::ptr::null_mut(),
+        srcContext: src.1,
+        srcPitch: b.src_pitch.max(b.width) * elem,
+        srcHeight: b.rows,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstZ: 0,
+        dstLOD: 0,
+        dstMemoryType: device,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst.0 + (b.dst_off * elem) as u64,
+        dstArray: std::ptr::null_mut(),
+        dstContext: dst.1,
+        dstPitch: b.dst_pitch.max(b.width) * elem,
+        dstHeight: b.rows,
+        WidthInBytes: b.width * elem,
+        Height: b.rows,
+        Depth: 1,
+    }
+}
+
 /// A whole-buffer length as a kernel's `long long`.
 pub(crate) fn long(op: &'static str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Shape {
@@ -455,25 +496,10 @@ impl CudaBackend {
         b: RowBlock,
         elem: usize,
     ) -> Result<()> {
-        // SAFETY: the descriptor is plain data; zeroed fields are the unused
-        // host/array members. RowBlock::check proved every row lies inside
-        // both buffers, whose device pointers stay alive for this call (the
-        // callers hold their guards).
-        let mut c: drv_sys::CUDA_MEMCPY3D_PEER = unsafe { std::mem::zeroed() };
-        c.srcMemoryType = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-        c.srcDevice = sp + (b.src_off * elem) as u64;
-        c.srcContext = src_dev.ctx.cu_ctx();
-        c.srcPitch = b.src_pitch.max(b.width) * elem;
-        c.srcHeight = b.rows;
-        c.dstMemoryType = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-        c.dstDevice = dp + (b.dst_off * elem) as u64;
-        c.dstContext = self.ctx.cu_ctx();
-        c.dstPitch = b.dst_pitch.max(b.width) * elem;
-        c.dstHeight = b.rows;
-        c.WidthInBytes = b.width * elem;
-        c.Height = b.rows;
-        c.Depth = 1;
-        // SAFETY: as above; the copy stream belongs to our context.
+        let c = peer_copy((sp, src_dev.ctx.cu_ctx()), (dp, self.ctx.cu_ctx()), b, elem);
+        // SAFETY: RowBlock::check proved every row lies inside both buffers,
+        // whose device pointers stay alive for this call (the callers hold
+        // their guards); the copy stream belongs to our context.
         unsafe { drv_sys::cuMemcpy3DPeerAsync(&c, self.copy.cu_stream()) }
             .result()
             .map_err(cuda_err("copy_rows"))
@@ -1704,4 +1730,35 @@ fn pool_args(op: &'static str, g: &PoolGeom) -> Result<[i32; 7]> {
         int(op, "size", g.size)?,
         int(op, "stride", g.stride)?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer copy's descriptor moves exactly the block: byte offsets,
+    /// pitches (a pitch of 0 means rows packed at the width) and extent,
+    /// worked out by hand for 2-byte elements. Building it needs no GPU.
+    #[test]
+    fn the_peer_copy_descriptor_is_the_row_block_in_bytes() {
+        let b = RowBlock {
+            rows: 3,
+            width: 5,
+            src_off: 7,
+            src_pitch: 11,
+            dst_off: 2,
+            dst_pitch: 0,
+        };
+        let (src_ctx, dst_ctx) = (8 as drv_sys::CUcontext, 16 as drv_sys::CUcontext);
+        let c = peer_copy((1000, src_ctx), (5000, dst_ctx), b, 2);
+        let device = drv_sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        assert_eq!((c.srcMemoryType, c.dstMemoryType), (device, device));
+        assert_eq!((c.srcDevice, c.srcPitch, c.srcHeight), (1014, 22, 3));
+        assert_eq!((c.dstDevice, c.dstPitch, c.dstHeight), (5004, 10, 3));
+        assert_eq!((c.WidthInBytes, c.Height, c.Depth), (10, 3, 1));
+        assert_eq!((c.srcContext, c.dstContext), (src_ctx, dst_ctx));
+        assert!(c.srcHost.is_null() && c.dstHost.is_null());
+        assert!(c.srcArray.is_null() && c.dstArray.is_null());
+        assert_eq!((c.srcXInBytes, c.srcY, c.dstXInBytes, c.dstY), (0, 0, 0, 0));
+    }
 }
