@@ -191,7 +191,7 @@ impl HostNeed {
     pub fn check(&self, rows: usize, workers: usize, room: Room) -> Result<()> {
         let (need, free) = (self.bytes(rows, workers), room.bytes);
         debug!(
-            "host memory: about {} needed, {} {}",
+            "memory: about {} needed, {} {}",
             size(need),
             size(free),
             room.limit
@@ -300,5 +300,85 @@ pub fn check_one<B: Backend>(
 ) -> Result<()> {
     let batch = loader.batch.max(1);
     let need = HostNeed::network(be, topo, 1)?.with_loader(loader, images.div_ceil(batch));
-    need.check_now(batch.min(images) * need.crops, loader.workers)
+    let rows = batch.min(images) * need.crops;
+    need.check_now(rows, loader.workers)?;
+    let on_device = HostNeed {
+        crops: need.crops,
+        ..HostNeed::on_device(be, topo, 1)?
+    };
+    on_device.check_devices(&[be], rows)
+}
+
+/// Kept back for each network on a device: cuDNN's workspace, which the
+/// count below leaves out (at most 1 GiB, `cudnn.rs`).
+const DEVICE_RESERVE: u64 = 1 << 30;
+
+/// And a tenth of the free memory for what else the count leaves out
+/// (scratch, the libraries' state): on an H200, fp32 `alexnet` took 14.4 MB
+/// per image besides the workspace where the count says 13.7, 5% more
+/// (docs/cuda.md).
+const DEVICE_MARGIN_DIVISOR: u64 = 10;
+
+impl HostNeed {
+    /// What `copies` networks of `topo` take in the memory of `be`'s device
+    /// (a GPU's), counted as `buffer_elements` does: parameters, gradients
+    /// and momentum as f32, plus the 16-bit copy of the parameters the
+    /// libraries read in fp16 / bf16; activations at the backend's element
+    /// size; the input as f32.
+    pub fn on_device<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<HostNeed> {
+        let act = be.activation_bytes();
+        let inputs = input_buffers(be) as u64;
+        let zero = buffer_elements(topo, 0, inputs as usize)?;
+        let one = buffer_elements(topo, 1, inputs as usize)?;
+        let input = (topo.channels * topo.crop * topo.crop) as u64;
+        let shadow = if act < 4 {
+            act * topo.param_count()? as u64
+        } else {
+            0
+        };
+        Ok(HostNeed {
+            fixed: (4 * zero + shadow) * copies as u64,
+            checkpoint: 0,
+            per_row: act * (one - zero - inputs * input),
+            loader_row: 4 * inputs * input,
+            batches: 0,
+            crops: 1,
+            world: 1,
+        })
+    }
+
+    /// [`check`](Self::check) against the memory of `devices`
+    /// ([`device_room`]), before the first allocation, so that a batch too
+    /// large gets this error, with the batch that fits, rather than the
+    /// driver's out-of-memory status; nothing on the CPU.
+    pub fn check_devices<B: Backend>(&self, devices: &[&B], rows: usize) -> Result<()> {
+        match device_room(devices) {
+            Some(room) => self.check(rows, 0, room),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The free memory of `devices`' own memories, each device counted once
+/// however many backends share it, less `DEVICE_RESERVE` for each backend
+/// and a tenth (`DEVICE_MARGIN_DIVISOR`); None on the CPU or where a device
+/// does not say.
+pub fn device_room<B: Backend>(devices: &[&B]) -> Option<Room> {
+    let mut seen: Vec<crate::backend::DeviceMemory> = Vec::new();
+    for be in devices {
+        let m = be.device_memory()?;
+        if !seen.iter().any(|s| s.ordinal == m.ordinal) {
+            seen.push(m);
+        }
+    }
+    let free: u64 = seen.iter().map(|m| m.free).sum();
+    let names: Vec<String> = seen.into_iter().map(|m| m.name).collect();
+    let kept = free / DEVICE_MARGIN_DIVISOR + DEVICE_RESERVE * devices.len() as u64;
+    Some(Room {
+        bytes: free.saturating_sub(kept),
+        limit: format!(
+            "free in the memory of {}, less a tenth and 1 GiB per network kept for cuDNN's workspace and scratch",
+            names.join(" and ")
+        ),
+    })
 }

@@ -824,7 +824,7 @@ fn rust_log_is_read_and_a_value_it_cannot_read_is_named() {
     assert!(!logs("warn").contains(info_line), "{}", logs("warn"));
     assert!(!logs("other_crate=info").contains(info_line));
     // debug shows the lines below info (here the memory check's plan).
-    let debug_line = "DEBUG host memory: about";
+    let debug_line = "DEBUG memory: about";
     assert!(logs("debug").contains(debug_line), "{}", logs("debug"));
     assert!(logs("alexnet_cuda=debug").contains(debug_line));
     assert!(!logs("info").contains(debug_line));

@@ -316,3 +316,27 @@ fn an_address_space_limit_is_planned_within() {
         "a refused run made its folder"
     );
 }
+
+/// The device plan (`HostNeed::on_device`) at 4 bytes an element, as on a
+/// GPU in fp32, is every buffer the networks allocate: checked on the CPU
+/// backend, which counts them, for each config, batch and copy count.
+#[test]
+fn the_device_plan_in_fp32_counts_every_buffer_the_networks_allocate() {
+    for topo in topologies() {
+        for (n, copies) in [(1, 1), (3, 1), (3, 2)] {
+            let be = CpuBackend::new();
+            let _nets: Vec<_> = (0..copies)
+                .map(|_| Network::zeroed(&be, &topo, n).expect("network"))
+                .collect();
+            let need = HostNeed::on_device(&be, &topo, copies).expect("need");
+            // Each copy holds its share of the rows: n in all.
+            let rows_of_copies = copies * n;
+            assert_eq!(
+                need.bytes(rows_of_copies, 0),
+                4 * be.allocated_elements(),
+                "{} at batch {n}, {copies} copies",
+                topo.name
+            );
+        }
+    }
+}

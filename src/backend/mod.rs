@@ -176,6 +176,16 @@ impl RowBlock {
     }
 }
 
+/// One device's memory as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// The device's index (`--gpus`): devices named twice share one memory.
+    pub ordinal: usize,
+    /// What the run's messages call it, e.g. "GPU 0 (NVIDIA H200)".
+    pub name: String,
+    pub free: u64,
+}
+
 /// One device's implementation of every op. Buffers are owned by the device.
 pub trait Backend: Send + Sync {
     /// A device buffer of f32.
@@ -197,6 +207,17 @@ pub trait Backend: Send + Sync {
     /// device's: the host-memory check counts the network's buffers then.
     fn in_host_memory(&self) -> bool {
         false
+    }
+    /// A device's own memory (a GPU's), for the device-memory check: which
+    /// device, and the bytes free on it now. None where buffers live in the
+    /// host's memory, or the device does not say.
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Bytes per activation element: 2 where activations are stored in
+    /// 16 bits (fp16, bf16), else 4.
+    fn activation_bytes(&self) -> u64 {
+        4
     }
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

@@ -47,6 +47,16 @@ impl<'a, B: Backend> Layout<'a, B> {
         }
     }
 
+    /// Every device of the layout, in order (one named twice appears twice).
+    pub fn devices(&self) -> Vec<&'a B> {
+        match self {
+            Layout::One(b) => vec![*b],
+            Layout::Towers(t) => t.to_vec(),
+            Layout::Data(d, _) => d.clone(),
+            Layout::Hybrid(p, _) => p.iter().flatten().copied().collect(),
+        }
+    }
+
     /// The device of a one-device layout, for commands that run one
     /// network (evaluation, prediction, features).
     pub fn one(&self) -> Result<&'a B> {

@@ -130,7 +130,8 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
 }
 
 /// Refuse a run whose network buffers (on the CPU) and loader batches would
-/// not fit in the host's memory (`memory`), before either is touched.
+/// not fit in the host's memory, or whose network would not fit in its
+/// GPUs' (`memory`), before either is touched.
 pub fn check_memory<B: Backend>(
     layout: &Layout<'_, B>,
     topo: &Topology,
@@ -146,7 +147,10 @@ pub fn check_memory<B: Backend>(
     }
     let mut need = need.with_loader(loader, batches);
     need.world = opts.world.size;
-    need.check_now_shared(loader.batch, loader.workers, opts.world.local_size)
+    need.check_now_shared(loader.batch, loader.workers, opts.world.local_size)?;
+    let mut on_device = HostNeed::on_device(layout.first(), topo, layout.copies())?;
+    on_device.world = opts.world.size;
+    on_device.check_devices(&layout.devices(), loader.batch)
 }
 
 /// The network on `layout`'s devices, from `--init-from`'s weights when

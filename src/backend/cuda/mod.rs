@@ -953,6 +953,25 @@ impl Backend for CudaBackend {
 
     // -- memory --------------------------------------------------------------------
 
+    /// cuMemGetInfo's free bytes: what other processes and this one hold
+    /// already is not free.
+    fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        let (free, _) = self.ctx.mem_get_info().ok()?;
+        Some(crate::backend::DeviceMemory {
+            ordinal: self.info.ordinal,
+            name: format!("GPU {} ({})", self.info.ordinal, self.info.name),
+            free: free as u64,
+        })
+    }
+
+    fn activation_bytes(&self) -> u64 {
+        if self.precision.is_half() {
+            2
+        } else {
+            4
+        }
+    }
+
     /// An activation: f32, or 16-bit in fp16 / bf16 mode.
     fn alloc(&self, len: usize) -> Result<CudaBuf<f32>> {
         if self.precision.is_half() {

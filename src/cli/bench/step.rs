@@ -77,6 +77,12 @@ struct StepReport {
     /// --per-layer's rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     per_layer: Option<Vec<Row>>,
+    /// On a GPU: the device memory the network took (free before it less
+    /// free after its steps), beside the memory check's plan of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_bytes_used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_bytes_planned: Option<u64>,
 }
 
 impl StepReport {
@@ -97,6 +103,8 @@ impl StepReport {
             phases: None,
             exchanged_bytes_per_step: None,
             predicted_bytes_per_step: None,
+            device_bytes_used: None,
+            device_bytes_planned: None,
             per_layer: None,
         }
     }
@@ -170,6 +178,7 @@ fn bench_layout<B: Backend>(
     };
     let devices = layout.describe();
     HostNeed::network(first, topo, layout.copies())?.check_now(batch, 0)?;
+    HostNeed::on_device(first, topo, layout.copies())?.check_devices(&layout.devices(), batch)?;
     let mut model = layout.build(topo, batch, 1)?;
     if first.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
@@ -198,6 +207,9 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
     HostNeed::network(be, topo, 1)?.check_now(batch, 0)?;
+    let on_device = HostNeed::on_device(be, topo, 1)?;
+    on_device.check_devices(&[be], batch)?;
+    let free_before = be.device_memory().map(|m| m.free);
     let mut model = Network::new(be, topo, batch, 1)?;
     if be.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
@@ -208,6 +220,10 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let phases = phase_times(be, &mut model, &x, &labels, &hp, args.phase_steps)?;
     let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
     report.phases = Some(phases);
+    if let (Some(before), Some(after)) = (free_before, be.device_memory()) {
+        report.device_bytes_used = Some(before.saturating_sub(after.free));
+        report.device_bytes_planned = Some(on_device.bytes(batch, 0));
+    }
     if args.per_layer.per_layer {
         let flags = (&args.per_layer, &args.device);
         let steps = args.phase_steps.max(1);
