@@ -91,8 +91,14 @@ fn steps_logged(out: &Path) -> usize {
 
 /// Start a run and wait until it has logged `step` steps.
 fn start_until(args: &[String], out: &Path, step: usize) -> Child {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    start_cmd_until(cmd, out, step)
+}
+
+/// `start_until` for a command that runs the run (under `timeout`, say).
+fn start_cmd_until(mut cmd: Command, out: &Path, step: usize) -> Child {
+    let mut child = cmd
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -783,6 +789,31 @@ fn sigterm_stops_with_a_checkpoint() {
         assert!(step >= 5);
         assert_eq!(checkpoint::load(&path).unwrap().state.progress.step, step);
     }
+}
+
+/// GNU `timeout` sends its signal to the run and then to the run's process
+/// group, so the run receives it twice at once: still one request to stop,
+/// with a checkpoint, not the second Ctrl-C that quits without one.
+#[test]
+fn a_signal_from_timeout_stops_with_a_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut cmd = Command::new("timeout");
+    cmd.arg("600").arg(BIN).args(train_args(&d, &out, EPOCHS));
+    let c = start_cmd_until(cmd, &out, 5);
+    assert!(Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    let (step, _) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    assert!(step >= 5, "{err}");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("continue with"), "{said}");
 }
 
 /// A demo run stopped by a signal removes its synthetic images, as one

@@ -3,8 +3,8 @@
 //! and prints how the run ended; SIGINT/SIGTERM end it at a checkpoint.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -204,7 +204,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
         // A signal while the ranks were meeting: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {
-            let _ = told.join();
+            let _ = told.recv();
             let _ = outln!("{why}; start the run again to train");
             exit_at_signal(&signal_status, demo_dir)
         }
@@ -212,11 +212,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let run_dir = opts.out.as_deref().unwrap_or(Path::new("."));
     if report.stopped == Some(Stopped::Signal) {
-        // A process stopped with the others had no signal: its thread
-        // would wait for one. Otherwise this returns once its line is logged.
+        // A process stopped with the others had no signal: nothing will be
+        // logged. Otherwise this returns once its line is.
         let own = signal_status.load(Ordering::Relaxed) != 0;
         if own {
-            let _ = told.join();
+            let _ = told.recv();
         }
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
         // The signal's exit status stands even if stdout is gone.
@@ -483,10 +483,11 @@ fn default_run_dir(name: &str) -> PathBuf {
 }
 
 /// SIGINT, SIGTERM, SIGHUP and SIGUSR1 set `stop` (training finishes its
-/// step, writes a checkpoint and returns); a second one ends the process
-/// at once.
-/// Returns the flag and the exit status the signal asks for (128 + signo).
-fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()>)> {
+/// step, writes a checkpoint and returns); a second one a moment later
+/// ends the process at once (`say_when_stopping`).
+/// Returns the flag, the exit status the signal asks for (128 + signo),
+/// and word once the first signal's line is logged.
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, Receiver<()>)> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     use signal_hook::flag;
     let stop = Arc::new(AtomicBool::new(false));
@@ -495,9 +496,6 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()
     // scheduler's warning ahead of its limit (Slurm's --signal).
     let signals = [SIGINT, SIGTERM, SIGHUP, SIGUSR1];
     for sig in signals {
-        // Registered first, so it sees the flag as it was before this signal.
-        flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
-            .context("could not install signal handlers")?;
         flag::register(sig, Arc::clone(&stop)).context("could not install signal handlers")?;
         flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
             .context("could not install signal handlers")?;
@@ -506,23 +504,41 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, JoinHandle<()
     Ok((stop, status, told))
 }
 
+/// A signal this soon after the first is the same request delivered twice:
+/// GNU `timeout` sends its signal to the command and then to the command's
+/// process group, which holds the command too (coreutils' timeout.c), and
+/// a second Ctrl-C from a person comes later than this.
+const SAME_REQUEST: Duration = Duration::from_secs(1);
+
 /// Log at the first signal what happens next: the step or the epoch's
 /// validation in progress may take a minute on a CPU, and a silent wait
-/// invites the second Ctrl-C that quits without a checkpoint. The thread
-/// ends once it has logged.
-fn say_when_stopping(signals: [i32; 4]) -> Result<JoinHandle<()>> {
+/// invites the second Ctrl-C that quits without a checkpoint. A signal
+/// after that, past `SAME_REQUEST`, ends the process at once with its
+/// status, as the line says.
+fn say_when_stopping(signals: [i32; 4]) -> Result<Receiver<()>> {
     let mut incoming = signal_hook::iterator::Signals::new(signals)
         .context("could not install signal handlers")?;
+    let (logged, told) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if incoming.forever().next().is_some() {
-                tracing::warn!(
-                    "stopping: the step or validation in progress finishes, then a checkpoint is written; Ctrl-C again quits at once without one"
-                );
+            let mut first = None;
+            for sig in incoming.forever() {
+                match first {
+                    None => {
+                        tracing::warn!(
+                            "stopping: the step or validation in progress finishes, then a checkpoint is written; Ctrl-C again quits at once without one"
+                        );
+                        first = Some(Instant::now());
+                        let _ = logged.send(());
+                    }
+                    Some(t) if t.elapsed() >= SAME_REQUEST => std::process::exit(128 + sig),
+                    Some(_) => {}
+                }
             }
         })
-        .context("could not start the signal thread")
+        .context("could not start the signal thread")?;
+    Ok(told)
 }
 
 /// Exit with the status the signal asks for (128 + signo; 130, as for
