@@ -798,6 +798,10 @@ fn device_flags_that_are_not_built_are_refused() {
         &["train", "--cpu", "--fallback-conv", "--demo"],
         &["--fallback-conv", "CPU"],
     );
+    assert_error(
+        &["bench-step", "--cpu", "--deterministic"],
+        &["--deterministic", "CPU"],
+    );
 }
 
 /// RUST_LOG: a level shows the lines at and above it (debug included) and

@@ -32,6 +32,9 @@ pub struct DeviceArgs {
     /// CUDA: let cuDNN and cuBLAS use TF32 tensor cores for fp32 work (10-bit mantissa products; PyTorch's default for convolutions).
     #[arg(long)]
     pub tf32: bool,
+    /// CUDA: only deterministic cuDNN algorithms, chosen by its heuristics rather than by timing, so that a run repeats bit for bit and a resumed run equals one run through (slower; the CPU always is).
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 /// What every command that runs a checkpoint's network on one device takes
@@ -158,6 +161,20 @@ impl DeviceArgs {
                 f += &format!(" --replicas {r}");
             }
         }
+        // How the GPU computes is not in the checkpoint: a resume without
+        // these flags would go on in fp32, or time its algorithms again.
+        if self.precision != PrecisionFlag::Fp32 {
+            f += &format!(" --precision {}", flag_value(&self.precision));
+        }
+        for (on, name) in [
+            (self.fallback_conv, "--fallback-conv"),
+            (self.tf32, "--tf32"),
+            (self.deterministic, "--deterministic"),
+        ] {
+            if on {
+                f += &format!(" {name}");
+            }
+        }
         f
     }
 
@@ -177,15 +194,13 @@ impl DeviceArgs {
                 flag_value(&self.precision)
             );
         }
-        if self.fallback_conv || self.tf32 {
-            bail!(
-                "--{} selects how CUDA computes; it has no meaning with the CPU backend",
-                if self.fallback_conv {
-                    "fallback-conv"
-                } else {
-                    "tf32"
-                }
-            );
+        let cuda_only = [
+            (self.fallback_conv, "fallback-conv"),
+            (self.tf32, "tf32"),
+            (self.deterministic, "deterministic"),
+        ];
+        if let Some((_, name)) = cuda_only.iter().find(|(on, _)| *on) {
+            bail!("--{name} selects how CUDA computes; it has no meaning with the CPU backend");
         }
         Ok(())
     }
@@ -196,6 +211,56 @@ impl DeviceArgs {
             precision: self.precision.into(),
             force_fallback_conv: self.fallback_conv,
             allow_tf32: self.tf32,
+            deterministic: self.deterministic,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        parallel: ParallelArgs,
+    }
+
+    fn parse(line: &str) -> Cli {
+        let words = std::iter::once("x").chain(line.split_whitespace());
+        Cli::try_parse_from(words).expect("flags parse")
+    }
+
+    /// The flags a stopped run prints to continue with say everything that
+    /// sets how it computes: read back, they give the same devices and the
+    /// same CUDA options, for each combination.
+    #[test]
+    fn the_repeated_flags_read_back_to_the_same_choices() {
+        for line in [
+            "--gpus 0",
+            "--gpus 0,1 --parallel data --precision bf16",
+            "--gpus 0 --precision fp16 --deterministic",
+            "--gpus 0,0 --parallel model --tf32 --fallback-conv",
+            "--cpu --parallel data --replicas 3",
+        ] {
+            let given = parse(line);
+            let again = parse(&given.device.flags(&given.parallel));
+            assert_eq!(
+                again.device.cuda_options(),
+                given.device.cuda_options(),
+                "{line}"
+            );
+            assert_eq!(again.device.gpus, given.device.gpus, "{line}");
+            assert_eq!(again.device.cpu, given.device.cpu, "{line}");
+            assert_eq!(again.parallel.replicas, given.parallel.replicas, "{line}");
+            assert_eq!(
+                again.parallel.parallel.map(|p| flag_value(&p)),
+                given.parallel.parallel.map(|p| flag_value(&p)),
+                "{line}"
+            );
         }
     }
 }

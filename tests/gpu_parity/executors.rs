@@ -93,7 +93,7 @@ fn twin(be: &CudaBackend) -> Result<CudaBackend> {
     let opts = CudaOptions {
         precision: be.precision(),
         force_fallback_conv: !be.uses_cudnn(),
-        allow_tf32: false,
+        ..CudaOptions::default()
     };
     CudaBackend::new(be.info().ordinal, opts)
 }

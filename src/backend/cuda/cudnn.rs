@@ -167,7 +167,7 @@ pub enum Dir {
 }
 
 /// A chosen algorithm, as the enum of its direction.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AlgoId {
     Forward(sys::cudnnConvolutionFwdAlgo_t),
     Data(sys::cudnnConvolutionBwdDataAlgo_t),
@@ -203,6 +203,19 @@ impl AlgoId {
     }
 }
 
+/// The first candidate that ran, fits the workspace limit, is not Winograd
+/// where `no_winograd`, and, where `deterministic`, gives the same bits on
+/// every run (cuDNN's determinism flag: the others, such as backward
+/// ALGO_0, sum with atomics in whatever order the threads arrive).
+fn pick(found: &[Candidate], no_winograd: bool, deterministic: bool) -> Option<&Candidate> {
+    found.iter().find(|(id, st, mem, det)| {
+        *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+            && *mem <= WORKSPACE_LIMIT
+            && !(no_winograd && id.is_winograd())
+            && (*det || !deterministic)
+    })
+}
+
 /// An algorithm and the workspace it needs.
 #[derive(Clone, Copy, Debug)]
 struct Algo {
@@ -222,8 +235,8 @@ struct Descs {
 /// (algo id, status, memory, deterministic) of one candidate algorithm.
 type Candidate = (AlgoId, sys::cudnnStatus_t, usize, bool);
 
-/// The forward algorithms: cuDNN's measured candidates, best first (its heuristics
-/// where Find fails).
+/// The forward algorithms: cuDNN's measured candidates, best first (its
+/// heuristics' ranking where Find fails, or without `measure`).
 ///
 /// # Safety
 /// `handle` and the descriptors in `d` are live.
@@ -231,6 +244,7 @@ unsafe fn find_forward(
     handle: sys::cudnnHandle_t,
     d: Descs,
     op: &'static str,
+    measure: bool,
 ) -> Result<Vec<Candidate>> {
     let mut found: Vec<Candidate> = Vec::new();
     let mut count: c_int = 0;
@@ -240,18 +254,24 @@ unsafe fn find_forward(
     unsafe {
         const N: usize = 8;
         let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = sys::cudnnFindConvolutionForwardAlgorithm(
-            handle,
-            d.x,
-            d.w,
-            d.conv,
-            d.y,
-            N as c_int,
-            &mut count,
-            perf.as_mut_ptr(),
-        );
+        let mut st = if !measure {
+            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
+        } else {
+            sys::cudnnFindConvolutionForwardAlgorithm(
+                handle,
+                d.x,
+                d.w,
+                d.conv,
+                d.y,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        };
         if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
+            if measure {
+                tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
+            }
             st = sys::cudnnGetConvolutionForwardAlgorithm_v7(
                 handle,
                 d.x,
@@ -276,8 +296,8 @@ unsafe fn find_forward(
     Ok(found)
 }
 
-/// The backward-data algorithms: cuDNN's measured candidates, best first (its heuristics
-/// where Find fails).
+/// The backward-data algorithms: cuDNN's measured candidates, best first
+/// (its heuristics' ranking where Find fails, or without `measure`).
 ///
 /// # Safety
 /// `handle` and the descriptors in `d` are live.
@@ -285,6 +305,7 @@ unsafe fn find_data(
     handle: sys::cudnnHandle_t,
     d: Descs,
     op: &'static str,
+    measure: bool,
 ) -> Result<Vec<Candidate>> {
     let mut found: Vec<Candidate> = Vec::new();
     let mut count: c_int = 0;
@@ -294,18 +315,24 @@ unsafe fn find_data(
     unsafe {
         const N: usize = 6;
         let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = sys::cudnnFindConvolutionBackwardDataAlgorithm(
-            handle,
-            d.w,
-            d.y,
-            d.conv,
-            d.x,
-            N as c_int,
-            &mut count,
-            perf.as_mut_ptr(),
-        );
+        let mut st = if !measure {
+            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
+        } else {
+            sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                handle,
+                d.w,
+                d.y,
+                d.conv,
+                d.x,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        };
         if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            tracing::warn!("cuDNN: find backward-data algorithm: {st:?}; using heuristics");
+            if measure {
+                tracing::warn!("cuDNN: find backward-data algorithm: {st:?}; using heuristics");
+            }
             st = sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
                 handle,
                 d.w,
@@ -330,8 +357,8 @@ unsafe fn find_data(
     Ok(found)
 }
 
-/// The backward-filter algorithms: cuDNN's measured candidates, best first (its heuristics
-/// where Find fails).
+/// The backward-filter algorithms: cuDNN's measured candidates, best first
+/// (its heuristics' ranking where Find fails, or without `measure`).
 ///
 /// # Safety
 /// `handle` and the descriptors in `d` are live.
@@ -339,6 +366,7 @@ unsafe fn find_filter(
     handle: sys::cudnnHandle_t,
     d: Descs,
     op: &'static str,
+    measure: bool,
 ) -> Result<Vec<Candidate>> {
     let mut found: Vec<Candidate> = Vec::new();
     let mut count: c_int = 0;
@@ -348,18 +376,24 @@ unsafe fn find_filter(
     unsafe {
         const N: usize = 7;
         let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-            handle,
-            d.x,
-            d.y,
-            d.conv,
-            d.w,
-            N as c_int,
-            &mut count,
-            perf.as_mut_ptr(),
-        );
+        let mut st = if !measure {
+            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
+        } else {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                handle,
+                d.x,
+                d.y,
+                d.conv,
+                d.w,
+                N as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        };
         if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            tracing::warn!("cuDNN: find backward-filter algorithm: {st:?}; using heuristics");
+            if measure {
+                tracing::warn!("cuDNN: find backward-filter algorithm: {st:?}; using heuristics");
+            }
             st = sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
                 handle,
                 d.x,
@@ -585,6 +619,8 @@ pub struct Dnn {
     plans: HashMap<Key, Plan>,
     workspace: Option<CudaSlice<u8>>,
     math: sys::cudnnMathType_t,
+    /// Only deterministic algorithms, ranked by heuristics (`pick`).
+    deterministic: bool,
     allocs: Arc<AtomicU64>,
 }
 
@@ -630,7 +666,12 @@ impl Dnn {
     /// lets cuDNN use TF32 tensor cores (faster, ~1e-3 relative error); without
     /// it the math is plain f32 FMA, which matches the CPU reference closely.
     /// The caller has bound the device's context to this thread.
-    pub fn new(stream: Arc<CudaStream>, allow_tf32: bool, allocs: Arc<AtomicU64>) -> Result<Self> {
+    pub fn new(
+        stream: Arc<CudaStream>,
+        allow_tf32: bool,
+        deterministic: bool,
+        allocs: Arc<AtomicU64>,
+    ) -> Result<Self> {
         const OP: &str = "cudnn init";
         let mut handle = std::ptr::null_mut();
         // SAFETY: valid out-pointer; the context is current on this thread.
@@ -647,6 +688,7 @@ impl Dnn {
             } else {
                 sys::cudnnMathType_t::CUDNN_FMA_MATH
             },
+            deterministic,
             allocs,
         };
         // SAFETY: the handle is live and the stream outlives it (Dnn holds an Arc
@@ -704,12 +746,15 @@ impl Dnn {
             w: plan.w.0,
             conv: plan.conv.0,
         };
+        // Deterministic runs rank by cuDNN's heuristics, which do not depend
+        // on timing, so that every run picks the same algorithms.
+        let measure = !self.deterministic;
         // SAFETY: the descriptors and the handle are live (the plan owns them).
         let found = unsafe {
             match dir {
-                Dir::Forward => find_forward(handle, d, op)?,
-                Dir::Data => find_data(handle, d, op)?,
-                Dir::Filter => find_filter(handle, d, op)?,
+                Dir::Forward => find_forward(handle, d, op, measure)?,
+                Dir::Data => find_data(handle, d, op, measure)?,
+                Dir::Filter => find_filter(handle, d, op, measure)?,
             }
         };
         // In 16 bits, no Winograd for filters larger than 3x3: its transforms
@@ -717,12 +762,7 @@ impl Dnn {
         // and on conv2 (5x5) in fp16 cuDNN's WINOGRAD_NONFUSED backward-data
         // was off by 1.2% of the largest |dx|, against 0.03% for ALGO_1.
         let no_winograd = p.is_half() && g.k > 3;
-        let pick = found.iter().find(|(id, st, mem, _)| {
-            *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                && *mem <= WORKSPACE_LIMIT
-                && !(no_winograd && id.is_winograd())
-        });
-        let Some(&(id, _, _, det)) = pick else {
+        let Some(&(id, _, _, det)) = pick(&found, no_winograd, self.deterministic) else {
             return Err(Error::Cuda {
                 op,
                 detail: format!(
@@ -992,5 +1032,69 @@ impl Dnn {
                 ),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sys::cudnnConvolutionBwdFilterAlgo_t as F;
+    use sys::cudnnStatus_t as S;
+
+    /// cuDNN lists the candidates fastest first; backward-filter ALGO_0
+    /// sums with atomics (not deterministic), ALGO_1 does not. The pick is
+    /// the first usable candidate, and with `deterministic` the first
+    /// usable deterministic one; a failed, oversized or (in 16 bits, for
+    /// large filters) Winograd candidate never is.
+    #[test]
+    fn deterministic_runs_pick_the_first_deterministic_algorithm() {
+        let c = |a, st, mem, det| (AlgoId::Filter(a), st, mem, det);
+        let found = [
+            c(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+                S::CUDNN_STATUS_NOT_SUPPORTED,
+                0,
+                true,
+            ),
+            c(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+                S::CUDNN_STATUS_SUCCESS,
+                WORKSPACE_LIMIT + 1,
+                true,
+            ),
+            c(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+                S::CUDNN_STATUS_SUCCESS,
+                0,
+                true,
+            ),
+            c(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                S::CUDNN_STATUS_SUCCESS,
+                0,
+                false,
+            ),
+            c(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+                S::CUDNN_STATUS_SUCCESS,
+                64,
+                true,
+            ),
+        ];
+        let id = |no_winograd, det| pick(&found, no_winograd, det).map(|p| p.0);
+        let filter = |a| Some(AlgoId::Filter(a));
+        assert_eq!(
+            id(false, false),
+            filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED)
+        );
+        assert_eq!(
+            id(true, false),
+            filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0)
+        );
+        assert_eq!(
+            id(true, true),
+            filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
+        );
+        assert_eq!(pick(&found[..4], true, true), None);
     }
 }

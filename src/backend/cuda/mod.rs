@@ -121,6 +121,10 @@ pub struct CudaOptions {
     /// several times faster, about 1e-3 relative error. Off by default, so
     /// results match the CPU reference to f32 rounding.
     pub allow_tf32: bool,
+    /// Only cuDNN's deterministic convolution algorithms, ranked by its
+    /// heuristics instead of timed: the same bits on every run, at some
+    /// cost in speed. The fastest backward algorithms sum with atomics.
+    pub deterministic: bool,
 }
 
 /// The pinned host buffer uploads go through, and the event marking the end
@@ -324,7 +328,12 @@ impl CudaBackend {
         let allocs = Arc::new(AtomicU64::new(0));
         let dnn = if cudnn::cudnn_present() {
             ctx.bind_to_thread().map_err(cuda_err(OP))?;
-            match cudnn::Dnn::new(stream.clone(), opts.allow_tf32, allocs.clone()) {
+            match cudnn::Dnn::new(
+                stream.clone(),
+                opts.allow_tf32,
+                opts.deterministic,
+                allocs.clone(),
+            ) {
                 Ok(d) => Some(Mutex::new(d)),
                 Err(e) => {
                     tracing::warn!("cuda:{ordinal}: cuDNN found but unusable ({e}); convolutions use im2col + cuBLAS");
