@@ -235,6 +235,23 @@ struct Descs {
 /// (algo id, status, memory, deterministic) of one candidate algorithm.
 type Candidate = (AlgoId, sys::cudnnStatus_t, usize, bool);
 
+/// Find's timed ranking of a direction's algorithms (`call(true)`), else,
+/// where Find fails or without `measure`, the heuristics' (`call(false)`).
+fn rank(
+    measure: bool,
+    what: &str,
+    mut call: impl FnMut(bool) -> sys::cudnnStatus_t,
+) -> sys::cudnnStatus_t {
+    if measure {
+        let st = call(true);
+        if st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            return st;
+        }
+        tracing::warn!("cuDNN: find {what} algorithm: {st:?}; using heuristics");
+    }
+    call(false)
+}
+
 /// The forward algorithms: cuDNN's measured candidates, best first (its
 /// heuristics' ranking where Find fails, or without `measure`).
 ///
@@ -254,10 +271,13 @@ unsafe fn find_forward(
     unsafe {
         const N: usize = 8;
         let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = if !measure {
-            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
-        } else {
-            sys::cudnnFindConvolutionForwardAlgorithm(
+        let st = rank(measure, "forward", |timed| {
+            let choose = if timed {
+                sys::cudnnFindConvolutionForwardAlgorithm
+            } else {
+                sys::cudnnGetConvolutionForwardAlgorithm_v7
+            };
+            choose(
                 handle,
                 d.x,
                 d.w,
@@ -267,22 +287,7 @@ unsafe fn find_forward(
                 &mut count,
                 perf.as_mut_ptr(),
             )
-        };
-        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if measure {
-                tracing::warn!("cuDNN: find forward algorithm: {st:?}; using heuristics");
-            }
-            st = sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                handle,
-                d.x,
-                d.w,
-                d.conv,
-                d.y,
-                N as c_int,
-                &mut count,
-                perf.as_mut_ptr(),
-            );
-        }
+        });
         check(op, "choose forward algorithm", st)?;
         for p in &perf[..(count.max(0) as usize).min(N)] {
             found.push((
@@ -315,10 +320,13 @@ unsafe fn find_data(
     unsafe {
         const N: usize = 6;
         let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = if !measure {
-            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
-        } else {
-            sys::cudnnFindConvolutionBackwardDataAlgorithm(
+        let st = rank(measure, "backward-data", |timed| {
+            let choose = if timed {
+                sys::cudnnFindConvolutionBackwardDataAlgorithm
+            } else {
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7
+            };
+            choose(
                 handle,
                 d.w,
                 d.y,
@@ -328,22 +336,7 @@ unsafe fn find_data(
                 &mut count,
                 perf.as_mut_ptr(),
             )
-        };
-        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if measure {
-                tracing::warn!("cuDNN: find backward-data algorithm: {st:?}; using heuristics");
-            }
-            st = sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                handle,
-                d.w,
-                d.y,
-                d.conv,
-                d.x,
-                N as c_int,
-                &mut count,
-                perf.as_mut_ptr(),
-            );
-        }
+        });
         check(op, "choose backward-data algorithm", st)?;
         for p in &perf[..(count.max(0) as usize).min(N)] {
             found.push((
@@ -376,10 +369,13 @@ unsafe fn find_filter(
     unsafe {
         const N: usize = 7;
         let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
-        let mut st = if !measure {
-            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
-        } else {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+        let st = rank(measure, "backward-filter", |timed| {
+            let choose = if timed {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithm
+            } else {
+                sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7
+            };
+            choose(
                 handle,
                 d.x,
                 d.y,
@@ -389,22 +385,7 @@ unsafe fn find_filter(
                 &mut count,
                 perf.as_mut_ptr(),
             )
-        };
-        if st != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            if measure {
-                tracing::warn!("cuDNN: find backward-filter algorithm: {st:?}; using heuristics");
-            }
-            st = sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                handle,
-                d.x,
-                d.y,
-                d.conv,
-                d.w,
-                N as c_int,
-                &mut count,
-                perf.as_mut_ptr(),
-            );
-        }
+        });
         check(op, "choose backward-filter algorithm", st)?;
         for p in &perf[..(count.max(0) as usize).min(N)] {
             found.push((
