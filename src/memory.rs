@@ -1,9 +1,11 @@
-//! Whether a run fits in the host's memory, checked before anything large
-//! is touched. On the CPU the network's buffers grow with the batch (the
-//! `alexnet` config holds about 13 MB per image); the loader holds a few
-//! batches per worker, in pinned memory on a GPU. Past the memory the
-//! system has free the kernel kills the process mid-step, with no message;
-//! the check refuses first and names the batch or worker count that fits.
+//! Whether a run fits in the host's memory, and in its GPUs', checked
+//! before anything large is touched. On the CPU the network's buffers grow
+//! with the batch (the `alexnet` config holds about 13 MB per image); the
+//! loader holds a few batches per worker, in pinned memory on a GPU. Past
+//! the memory the system has free the kernel kills the process mid-step,
+//! with no message; past a GPU's, the driver's out-of-memory status comes
+//! partway through building the network. The check refuses first and names
+//! the batch or worker count that fits.
 use sysinfo::System;
 use tracing::{debug, warn};
 
@@ -88,10 +90,11 @@ fn address_space_left(_: &mut System) -> Option<u64> {
     None
 }
 
-/// What a run holds in host memory, as a function of the rows (images, or
-/// crops of them) per step and the loader's workers.
+/// What a run holds in host memory (`network`) or in a GPU's
+/// (`on_device`), as a function of the rows (images, or crops of them) per
+/// step and the loader's workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostNeed {
+pub struct MemoryNeed {
     /// Bytes held whatever the batch: the weights, gradients and momentum
     /// of every copy of the network in this process (0 on a GPU).
     pub fixed: u64,
@@ -111,10 +114,10 @@ pub struct HostNeed {
     pub world: usize,
 }
 
-impl HostNeed {
+impl MemoryNeed {
     /// The buffers of `copies` networks of `topo` on `be` (counted only on
     /// the CPU) and one batch of input on the host.
-    pub fn network<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<HostNeed> {
+    pub fn network<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<MemoryNeed> {
         let (fixed, per_row) = match be.in_host_memory() {
             true => {
                 let inputs = input_buffers(be);
@@ -124,7 +127,7 @@ impl HostNeed {
             }
             false => (0, 0),
         };
-        Ok(HostNeed {
+        Ok(MemoryNeed {
             fixed,
             checkpoint: 0,
             per_row,
@@ -138,9 +141,9 @@ impl HostNeed {
     /// And a checkpoint of `topo`'s weights being written: saving copies
     /// the weights and momentum out of the network, then encodes them as
     /// the file's bytes.
-    pub fn with_checkpoint(self, topo: &Topology) -> Result<HostNeed> {
+    pub fn with_checkpoint(self, topo: &Topology) -> Result<MemoryNeed> {
         let floats = 2 * topo.param_count()? as u64;
-        Ok(HostNeed {
+        Ok(MemoryNeed {
             checkpoint: 2 * 4 * floats,
             ..self
         })
@@ -148,9 +151,9 @@ impl HostNeed {
 
     /// And `loader`'s batches, `batches` of them in an epoch, instead of
     /// one batch of input.
-    pub fn with_loader(self, loader: &LoaderConfig, batches: usize) -> HostNeed {
+    pub fn with_loader(self, loader: &LoaderConfig, batches: usize) -> MemoryNeed {
         let side = (loader.crop + loader.pad) as u64;
-        HostNeed {
+        MemoryNeed {
             loader_row: 4 * 3 * side * side,
             batches,
             crops: if loader.ten_crop { 10 } else { 1 },
@@ -299,12 +302,12 @@ pub fn check_one<B: Backend>(
     images: usize,
 ) -> Result<()> {
     let batch = loader.batch.max(1);
-    let need = HostNeed::network(be, topo, 1)?.with_loader(loader, images.div_ceil(batch));
+    let need = MemoryNeed::network(be, topo, 1)?.with_loader(loader, images.div_ceil(batch));
     let rows = batch.min(images) * need.crops;
     need.check_now(rows, loader.workers)?;
-    let on_device = HostNeed {
+    let on_device = MemoryNeed {
         crops: need.crops,
-        ..HostNeed::on_device(be, topo, 1)?
+        ..MemoryNeed::on_device(be, topo, 1)?
     };
     on_device.check_devices(&[be], rows)
 }
@@ -319,13 +322,13 @@ const DEVICE_RESERVE: u64 = 1 << 30;
 /// (docs/cuda.md).
 const DEVICE_MARGIN_DIVISOR: u64 = 10;
 
-impl HostNeed {
+impl MemoryNeed {
     /// What `copies` networks of `topo` take in the memory of `be`'s device
     /// (a GPU's), counted as `buffer_elements` does: parameters, gradients
     /// and momentum as f32, plus the 16-bit copy of the parameters the
     /// libraries read in fp16 / bf16; activations at the backend's element
     /// size; the input as f32.
-    pub fn on_device<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<HostNeed> {
+    pub fn on_device<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<MemoryNeed> {
         let act = be.activation_bytes();
         let inputs = input_buffers(be) as u64;
         let zero = buffer_elements(topo, 0, inputs as usize)?;
@@ -336,7 +339,7 @@ impl HostNeed {
         } else {
             0
         };
-        Ok(HostNeed {
+        Ok(MemoryNeed {
             fixed: (4 * zero + shadow) * copies as u64,
             checkpoint: 0,
             per_row: act * (one - zero - inputs * input),

@@ -1,5 +1,6 @@
-//! tests/memory.rs: the host-memory check (src/memory.rs). Its plan of the
-//! network's buffers against what the CPU backend really allocates, its
+//! tests/memory.rs: the memory check (src/memory.rs). Its plan of the
+//! network's buffers (on the host, and on a device at 4 bytes an element)
+//! against what the CPU backend really allocates, its
 //! loader share against the batches a loader really keeps alive, the
 //! checkpoint share against the tensors a checkpoint really holds, the
 //! batch and worker counts its errors name against its own need, and the
@@ -14,7 +15,7 @@ use std::time::Duration;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{batches, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig};
-use alexnet_cuda::memory::{HostNeed, Room};
+use alexnet_cuda::memory::{MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
 
@@ -116,7 +117,7 @@ fn the_need_is_the_buffers_the_batches_and_the_checkpoint() {
     let batch = batches(set, &idx, &cfg, 0).expect("loader").next();
     let batch_bytes = 4 * batch.expect("a batch").expect("batch").x.len() as u64;
 
-    let need = HostNeed::network(&be, &topo, 1)
+    let need = MemoryNeed::network(&be, &topo, 1)
         .expect("need")
         .with_loader(&cfg, 4);
     assert_eq!(need.bytes(rows, 0), net_bytes + batch_bytes);
@@ -133,8 +134,8 @@ fn the_need_is_the_buffers_the_batches_and_the_checkpoint() {
     );
 
     // Two replicas hold two copies of the weights, not of the activations.
-    let two = HostNeed::network(&be, &topo, 2).expect("need");
-    let one = HostNeed::network(&be, &topo, 1).expect("need");
+    let two = MemoryNeed::network(&be, &topo, 2).expect("need");
+    let one = MemoryNeed::network(&be, &topo, 1).expect("need");
     assert_eq!(two.bytes(rows, 0) - one.bytes(rows, 0), one.bytes(0, 0));
 }
 
@@ -156,7 +157,7 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
     let be = CpuBackend::new();
     let topo = Topology::alexnet();
     let cfg = LoaderConfig::new(128, topo.crop, true);
-    let need = HostNeed::network(&be, &topo, 1)
+    let need = MemoryNeed::network(&be, &topo, 1)
         .and_then(|n| n.with_checkpoint(&topo))
         .expect("need")
         .with_loader(&cfg, 10_000);
@@ -198,7 +199,7 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
         ten_crop: true,
         ..LoaderConfig::new(100, topo.crop, false)
     };
-    let mut need = HostNeed::network(&be, &topo, 1)
+    let mut need = MemoryNeed::network(&be, &topo, 1)
         .expect("need")
         .with_loader(&ten, 50);
     let err = need
@@ -226,7 +227,7 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
 fn processes_on_one_machine_plan_within_their_share() {
     let be = CpuBackend::new();
     let topo = Topology::alexnet();
-    let need = HostNeed::network(&be, &topo, 1)
+    let need = MemoryNeed::network(&be, &topo, 1)
         .expect("need")
         .with_loader(&LoaderConfig::new(128, topo.crop, true), 100);
     let free = 12_000_000_000;
@@ -317,7 +318,7 @@ fn an_address_space_limit_is_planned_within() {
     );
 }
 
-/// The device plan (`HostNeed::on_device`) at 4 bytes an element, as on a
+/// The device plan (`MemoryNeed::on_device`) at 4 bytes an element, as on a
 /// GPU in fp32, is every buffer the networks allocate: checked on the CPU
 /// backend, which counts them, for each config, batch and copy count.
 #[test]
@@ -328,7 +329,7 @@ fn the_device_plan_in_fp32_counts_every_buffer_the_networks_allocate() {
             let _nets: Vec<_> = (0..copies)
                 .map(|_| Network::zeroed(&be, &topo, n).expect("network"))
                 .collect();
-            let need = HostNeed::on_device(&be, &topo, copies).expect("need");
+            let need = MemoryNeed::on_device(&be, &topo, copies).expect("need");
             // Each copy holds its share of the rows: n in all.
             let rows_of_copies = copies * n;
             assert_eq!(

@@ -10,7 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::memory::HostNeed;
+use crate::memory::MemoryNeed;
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -140,7 +140,7 @@ pub fn check_memory<B: Backend>(
     data: &TrainData,
 ) -> Result<()> {
     let batches = data.train_idx.len().div_ceil(opts.run.batch.max(1));
-    let mut need = HostNeed::network(layout.first(), topo, layout.copies())?;
+    let mut need = MemoryNeed::network(layout.first(), topo, layout.copies())?;
     // Only the process that keeps the run folder writes checkpoints.
     if opts.out.is_some() {
         need = need.with_checkpoint(topo)?;
@@ -148,7 +148,7 @@ pub fn check_memory<B: Backend>(
     let mut need = need.with_loader(loader, batches);
     need.world = opts.world.size;
     need.check_now_shared(loader.batch, loader.workers, opts.world.local_size)?;
-    let mut on_device = HostNeed::on_device(layout.first(), topo, layout.copies())?;
+    let mut on_device = MemoryNeed::on_device(layout.first(), topo, layout.copies())?;
     on_device.world = opts.world.size;
     on_device.check_devices(&layout.devices(), loader.batch)
 }

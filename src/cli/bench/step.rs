@@ -10,7 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::placement::{self, OnDevice, OnLayout};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::Layout;
-use alexnet_cuda::memory::HostNeed;
+use alexnet_cuda::memory::MemoryNeed;
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::Network;
 use alexnet_cuda::model::profile::Row;
@@ -177,8 +177,8 @@ fn bench_layout<B: Backend>(
         _ => (0, 1),
     };
     let devices = layout.describe();
-    HostNeed::network(first, topo, layout.copies())?.check_now(batch, 0)?;
-    HostNeed::on_device(first, topo, layout.copies())?.check_devices(&layout.devices(), batch)?;
+    MemoryNeed::network(first, topo, layout.copies())?.check_now(batch, 0)?;
+    MemoryNeed::on_device(first, topo, layout.copies())?.check_devices(&layout.devices(), batch)?;
     let mut model = layout.build(topo, batch, 1)?;
     if first.needs_loss_scaling() {
         model.set_loss_scale(Some(LossScale::dynamic()));
@@ -206,8 +206,8 @@ fn bench_layout<B: Backend>(
 fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
-    HostNeed::network(be, topo, 1)?.check_now(batch, 0)?;
-    let on_device = HostNeed::on_device(be, topo, 1)?;
+    MemoryNeed::network(be, topo, 1)?.check_now(batch, 0)?;
+    let on_device = MemoryNeed::on_device(be, topo, 1)?;
     on_device.check_devices(&[be], batch)?;
     let free_before = be.device_memory().map(|m| m.free);
     let mut model = Network::new(be, topo, batch, 1)?;
