@@ -952,12 +952,12 @@ fn rank_cmd(args: &[String], rank: &str, master: &(TcpListener, String)) -> Comm
     c
 }
 
-/// The bytes of the debug line "host memory: about X needed" (X as the
-/// program writes sizes: kB, MB or GB, one decimal).
+/// The bytes of the debug line "memory: about X needed" (X as the program
+/// writes sizes: kB, MB or GB, one decimal).
 fn planned_bytes(log: &str) -> f64 {
     let line = log
         .lines()
-        .find_map(|l| l.split_once("host memory: about ").map(|(_, r)| r))
+        .find_map(|l| l.split_once("memory: about ").map(|(_, r)| r))
         .unwrap_or_else(|| panic!("no memory plan in:\n{log}"));
     let mut words = line.split_whitespace();
     let value: f64 = words.next().and_then(|v| v.parse().ok()).expect("a number");
