@@ -816,6 +816,41 @@ fn a_signal_from_timeout_stops_with_a_checkpoint() {
     assert!(said.contains("continue with"), "{said}");
 }
 
+/// A second signal a moment after the first is a person's "Ctrl-C again":
+/// the run ends at once with the signal's status, without the checkpoint
+/// the first one asked for. `alexnet` steps of 48 images take seconds on
+/// the CPU, so the second signal, 1.5 s after the first, comes while the
+/// step the first one lets finish is still running.
+#[test]
+fn a_second_signal_later_quits_at_once_without_a_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut args = train_args(&d, &out, EPOCHS);
+    let at = |flag: &str, args: &[String]| args.iter().position(|a| a == flag).unwrap() + 1;
+    let (c, b) = (at("--config", &args), at("--batch", &args));
+    args[c] = "alexnet".into();
+    args[b] = "48".into();
+    let e = at("--checkpoint-every", &args);
+    args[e] = "1000".into();
+    let child = start_until(&args, &out, 1);
+    let term = || {
+        assert!(Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    term();
+    std::thread::sleep(Duration::from_millis(1500));
+    term();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopping: the step"), "{err}");
+    assert!(checkpoint::list(&out).unwrap().is_empty(), "{err}");
+}
+
 /// A demo run stopped by a signal removes its synthetic images, as one
 /// that finishes does: the exit on a signal must not skip the cleanup. A
 /// demo run removes the folders of demo runs that were killed (their
