@@ -36,7 +36,9 @@ use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 use prost::Message;
 
+use crate::checkpoint::MOMENTUM;
 use crate::error::{Error, Result};
+use crate::export::Tensor;
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
 use crate::run_state::EpochStats;
@@ -281,19 +283,24 @@ impl EventWriter {
     }
 
     /// Each layer's weight RMS and its last update's RMS over it (the
-    /// momentum buffer's: the paper's rule adds v to w), at `step`. A
+    /// momentum buffer's: the paper's rule adds v to w), at `step`, from a
+    /// checkpoint's `tensors` (weights and their `momentum.` buffers). A
     /// ratio far from about 1e-3 points at a learning rate too large or
     /// too small for that layer.
-    pub fn layers(&mut self, step: u64, net: &dyn Model) -> Result<()> {
+    pub fn layers(&mut self, step: u64, tensors: &[Tensor]) -> Result<()> {
+        let data = |name: &str| tensors.iter().find(|t| t.name == name).map(|t| &t.data);
         let mut tags = Vec::new();
-        for name in net.param_names() {
-            let Some(layer) = name.strip_suffix(".weight") else {
+        for t in tensors {
+            let Some(layer) = t.name.strip_suffix(".weight") else {
                 continue;
             };
-            let (w, v) = (rms(&net.param(&name)?), rms(&net.momentum(&name)?));
+            if layer.starts_with(MOMENTUM) {
+                continue;
+            }
+            let w = rms(&t.data);
             tags.push((format!("{}/{layer}", LAYER_TAGS[0]), w));
-            if w > 0.0 {
-                tags.push((format!("{}/{layer}", LAYER_TAGS[1]), v / w));
+            if let Some(v) = data(&format!("{MOMENTUM}{}", t.name)).filter(|_| w > 0.0) {
+                tags.push((format!("{}/{layer}", LAYER_TAGS[1]), rms(v) / w));
             }
         }
         let values: Vec<(&str, f32)> = tags.iter().map(|(t, v)| (t.as_str(), *v as f32)).collect();

@@ -166,7 +166,7 @@ impl<'a> Trainer<'a> {
                 return Ok(self.report);
             };
             let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
-            self.save(best)?;
+            self.save_epoch_end(best)?;
             times.add(whole, epoch_start.elapsed().as_secs_f64());
             self.state.progress.next_epoch();
             if self.agreed(self.stopping())? {
@@ -347,8 +347,24 @@ impl<'a> Trainer<'a> {
     /// A checkpoint of the run as it stands (marked best when `best`), and
     /// the plot redrawn; nothing without a run folder.
     pub fn save(&mut self, best: bool) -> Result<()> {
+        self.save_tensors(best).map(drop)
+    }
+
+    /// `save` at an epoch's end, and each layer's statistics for
+    /// TensorBoard from the same tensors: the weights and momentum are
+    /// read from the device once.
+    fn save_epoch_end(&mut self, best: bool) -> Result<()> {
+        let step = self.state.progress.step;
+        match (self.save_tensors(best)?, &mut self.run_dir) {
+            (Some(tensors), Some(dir)) => dir.layers(step, &tensors),
+            _ => Ok(()),
+        }
+    }
+
+    /// `save`, returning the tensors written (None without a run folder).
+    fn save_tensors(&mut self, best: bool) -> Result<Option<Vec<Tensor>>> {
         let Some(dir) = &mut self.run_dir else {
-            return Ok(());
+            return Ok(None);
         };
         let t0 = Instant::now();
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
@@ -357,7 +373,7 @@ impl<'a> Trainer<'a> {
         dir.plot(&self.state.history);
         self.last_save = t0;
         self.save_s = t0.elapsed().as_secs_f64();
-        Ok(())
+        Ok(Some(tensors))
     }
 
     fn elapsed(&self) -> f64 {

@@ -295,8 +295,14 @@ impl RunDir {
     pub fn epoch(&mut self, step: u64, stats: &EpochStats, net: &dyn Model) -> Result<()> {
         self.metrics.epoch(stats)?;
         self.events.epoch(step, stats)?;
-        self.events.layers(step, net)?;
         self.events.filters(step, net)?;
+        self.events.flush()
+    }
+
+    /// Each layer's weight RMS and update ratio at an epoch's end, from
+    /// the tensors its checkpoint was written with.
+    pub fn layers(&mut self, step: u64, tensors: &[Tensor]) -> Result<()> {
+        self.events.layers(step, tensors)?;
         self.events.flush()
     }
 
