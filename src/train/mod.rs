@@ -403,11 +403,7 @@ impl<'a> Trainer<'a> {
         }
         let ahead = if single { 1 } else { AGREE_EVERY };
         let late = self.time_short_of(per_step * ahead as f64 + self.save_s);
-        let local = [self.stopping(), late];
-        let any = match single {
-            true => local.to_vec(),
-            false => self.net.any_process(&local)?,
-        };
+        let any = self.agree(&[self.stopping(), late])?;
         let p = &self.state.progress;
         Ok(match any.as_slice() {
             [true, _] => Some(Stopped::Signal),
@@ -444,13 +440,19 @@ impl<'a> Trainer<'a> {
         self.until_limit().is_some_and(|left| left <= secs)
     }
 
-    /// `local` or, in a multi-process run, whether any process says so
-    /// (every process asks at the same point).
-    fn agreed(&mut self, local: bool) -> Result<bool> {
+    /// `local`'s flags or, in a multi-process run, for each whether any
+    /// process says so (every process asks at the same point, with as
+    /// many flags).
+    fn agree(&mut self, local: &[bool]) -> Result<Vec<bool>> {
         if self.opts.world.size == 1 {
-            return Ok(local);
+            return Ok(local.to_vec());
         }
-        Ok(self.net.any_process(&[local])?.first() == Some(&true))
+        self.net.any_process(local)
+    }
+
+    /// `agree` for one flag.
+    fn agreed(&mut self, local: bool) -> Result<bool> {
+        Ok(self.agree(&[local])?.first() == Some(&true))
     }
 
     /// For a stop's log line: whose signal it was, when not this process's.
