@@ -225,10 +225,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
-    if let Some(Stopped::TimeLimit { .. }) = report.stopped {
-        let flags = args.device.flags(&args.parallel);
-        print_out_of_time(&report, &opts, run_dir, &flags)?;
-    }
+    print_out_of_time(&report, &opts, run_dir, &args.device.flags(&args.parallel))?;
     Ok(())
 }
 
@@ -583,7 +580,7 @@ fn continue_with(run_dir: &Path, device_flags: &str) -> String {
 }
 
 /// A run stopped at its time limit (this process's or another's of the
-/// run): where, and how to go on.
+/// run): where, and how to go on; nothing for a run that was not.
 fn print_out_of_time(
     report: &TrainReport,
     opts: &TrainOptions,
