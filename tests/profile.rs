@@ -70,7 +70,7 @@ fn laps_see_every_op_once_and_change_nothing() {
         plain.backward().unwrap();
         plain.sgd_step(&HP).unwrap();
         assert_eq!(a.to_bits(), b.to_bits(), "step {step}: the loss");
-        let laps = timed.take_laps();
+        let laps = timed.take_laps().unwrap();
         let seen: Vec<_> = laps.iter().map(|l| (l.layer, l.part)).collect();
         assert_eq!(seen, expected_ops(&topo), "step {step}");
         // The laps are back to back inside the step.
@@ -88,7 +88,7 @@ fn laps_see_every_op_once_and_change_nothing() {
     // Off again: no laps kept.
     timed.time_ops(false);
     timed.forward(&x, &labels, Mode::Train).unwrap();
-    assert!(timed.take_laps().is_empty());
+    assert!(timed.take_laps().unwrap().is_empty());
 }
 
 /// The paper's layers (section 3.5, figure 2) at batch 128, by hand.

@@ -243,6 +243,19 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Put a timing mark in the device's queue (`model::laps`): true where
+    /// the device keeps its own clock (a GPU's events), so ops are timed as
+    /// the device ran them, without waits; false (the CPU, whose ops run to
+    /// completion when called) leaves timing to the host's clock.
+    fn mark(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Seconds between each two marks in turn since the last call, once the
+    /// device has passed the last mark (waits for it); the marks are gone
+    /// afterwards. Empty where `mark` keeps none.
+    fn marked_seconds(&self) -> Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
     /// An allocator of host memory this backend uploads from fastest (a
     /// GPU's pinned memory), for the loader's batches; None: ordinary memory.
     fn host_alloc(&self) -> Option<crate::data::HostAlloc> {

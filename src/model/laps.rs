@@ -1,12 +1,15 @@
 //! Where a step's time goes, op by op (`bench-step --per-layer`): a clock
-//! the network reads after every op of a step. Each reading first waits
-//! for the device, so an op's lap is its own time and the laps of a step
-//! add up to the step (plus the waits, which the step without laps lacks).
-//! Off, as in training, a reading costs one branch.
+//! the network reads after every op of a step. On a GPU a reading is a
+//! timing event in the stream (`Backend::mark`), so an op's lap is the time
+//! the device spent from the op before to this one, and the laps of a step
+//! add up to the step as queued, with no waits in it; the host's launch
+//! gaps show where the device outruns it. Elsewhere a reading waits for the
+//! device and reads the host's clock. Off, as in training, a reading costs
+//! one branch.
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The part of a step an op is, in the order a step runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,12 +78,16 @@ pub struct Lap {
 pub struct Laps {
     on: bool,
     layer: Option<usize>,
+    /// The host's clock at the last reading (a backend without marks).
     last: Option<Instant>,
+    /// A backend with marks: one entry per mark since the last `take`, the
+    /// lap it ends (None: a step's start, which ends no lap).
+    marked: Vec<Option<(Option<usize>, Part)>>,
     laps: Vec<Lap>,
 }
 
 impl Laps {
-    /// A clock that waits and keeps laps.
+    /// A clock that keeps laps.
     pub fn on() -> Laps {
         Laps {
             on: true,
@@ -88,9 +95,15 @@ impl Laps {
         }
     }
 
-    /// Start timing from here, once the device has finished what it has.
+    /// Start timing from here (on a backend without marks, once the device
+    /// has finished what it has).
     pub fn start<B: Backend>(&mut self, be: &B) -> Result<()> {
-        if self.on {
+        if !self.on {
+            return Ok(());
+        }
+        if be.mark()? {
+            self.marked.push(None);
+        } else {
             be.synchronize()?;
             self.last = Some(Instant::now());
         }
@@ -102,9 +115,13 @@ impl Laps {
         self.layer = layer;
     }
 
-    /// The op just queued on `be` ends a lap: wait for it, keep its time.
+    /// The op just queued on `be` ends a lap.
     pub fn lap<B: Backend>(&mut self, be: &B, part: Part) -> Result<()> {
         if !self.on {
+            return Ok(());
+        }
+        if be.mark()? {
+            self.marked.push(Some((self.layer, part)));
             return Ok(());
         }
         be.synchronize()?;
@@ -119,8 +136,66 @@ impl Laps {
         Ok(())
     }
 
-    /// The laps kept so far, leaving none.
-    pub fn take(&mut self) -> Vec<Lap> {
-        std::mem::take(&mut self.laps)
+    /// The laps kept so far, leaving none: a marking backend's are read
+    /// from `be` (which waits for the last mark).
+    pub fn take<B: Backend>(&mut self, be: &B) -> Result<Vec<Lap>> {
+        let marked = std::mem::take(&mut self.marked);
+        if !marked.is_empty() {
+            let seconds = be.marked_seconds()?;
+            self.laps.extend(from_marks(&marked, &seconds)?);
+        }
+        Ok(std::mem::take(&mut self.laps))
+    }
+}
+
+/// The laps that marks end: interval i runs from mark i to mark i + 1, and
+/// is a lap where mark i + 1 ends one (not where it starts a step).
+fn from_marks(marked: &[Option<(Option<usize>, Part)>], seconds: &[f64]) -> Result<Vec<Lap>> {
+    if seconds.len() + 1 != marked.len() {
+        return Err(Error::Shape {
+            op: "laps",
+            detail: format!(
+                "{} intervals read back for {} marks",
+                seconds.len(),
+                marked.len()
+            ),
+        });
+    }
+    let ends = marked.iter().skip(1).zip(seconds);
+    Ok(ends
+        .filter_map(|(end, &seconds)| {
+            end.map(|(layer, part)| Lap {
+                layer,
+                part,
+                seconds,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_interval_is_the_lap_its_end_mark_names_and_step_starts_end_none() {
+        // Two steps: start, upload, conv1 forward | start, loss.
+        let marked = [
+            None,
+            Some((None, Part::Upload)),
+            Some((Some(0), Part::Forward)),
+            None,
+            Some((None, Part::Loss)),
+        ];
+        let laps = from_marks(&marked, &[0.5, 1.5, 9.0, 2.5]).unwrap();
+        let got: Vec<_> = laps.iter().map(|l| (l.layer, l.part, l.seconds)).collect();
+        // 9.0 s ran between the first step's last op and the second's start.
+        let want = [
+            (None, Part::Upload, 0.5),
+            (Some(0), Part::Forward, 1.5),
+            (None, Part::Loss, 2.5),
+        ];
+        assert_eq!(got, want);
+        assert!(from_marks(&marked, &[0.5]).is_err());
     }
 }

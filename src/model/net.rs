@@ -399,8 +399,8 @@ impl<'a, B: Backend> Network<'a, B> {
     }
 
     /// The ops timed since the last call, in the order they ran.
-    pub fn take_laps(&mut self) -> Vec<Lap> {
-        self.laps.take()
+    pub fn take_laps(&mut self) -> Result<Vec<Lap>> {
+        self.laps.take(self.be)
     }
 
     /// Turn dynamic loss scaling on (16-bit training) with this state, or off.

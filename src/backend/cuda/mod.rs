@@ -181,6 +181,8 @@ pub struct CudaBackend {
     /// and the event that marks the end of such a copy.
     pinned: Arc<pinned::Registry>,
     direct_copied: CudaEvent,
+    /// `mark`'s timing events since the last `marked_seconds`.
+    marks: Mutex<Vec<CudaEvent>>,
     scratch: Mutex<Scratch>,
     allocs: Arc<AtomicU64>,
     precision: Precision,
@@ -364,6 +366,7 @@ impl CudaBackend {
             precision,
             pinned: pinned::registry(),
             direct_copied,
+            marks: Mutex::new(Vec::new()),
         };
         tracing::info!(
             "{}: convolutions by {}, {}",
@@ -1015,6 +1018,28 @@ impl Backend for CudaBackend {
     /// DMA (and, in 16-bit mode, one narrowing kernel on the GPU).
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    /// A timing event on the compute stream (events are made with timing
+    /// off by default; these keep it).
+    fn mark(&self) -> Result<bool> {
+        const OP: &str = "mark";
+        self.bind(OP)?;
+        let e = self
+            .stream
+            .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err(OP))?;
+        lock(OP, &self.marks)?.push(e);
+        Ok(true)
+    }
+
+    fn marked_seconds(&self) -> Result<Vec<f64>> {
+        const OP: &str = "marked_seconds";
+        let marks = std::mem::take(&mut *lock(OP, &self.marks)?);
+        marks
+            .windows(2)
+            .map(|w| Ok(f64::from(w[0].elapsed_ms(&w[1]).map_err(cuda_err(OP))?) / 1e3))
+            .collect()
     }
 
     fn host_alloc(&self) -> Option<crate::data::HostAlloc> {

@@ -14,7 +14,7 @@ use crate::cli::device::{DeviceArgs, PrecisionFlag};
 
 #[derive(Args, Clone)]
 pub struct PerLayerArgs {
-    /// After the timed steps, time every op of --phase-steps more (each after a wait for the device) and print the per-layer table before the JSON line.
+    /// After the timed steps, time every op of --phase-steps more (on a GPU by events in its stream, elsewhere after a wait for each op) and print the per-layer table before the JSON line.
     #[arg(long)]
     pub per_layer: bool,
     /// The device's peak compute, TFLOP/s, for the table's share column (default: looked up for H200, H100 and A100 at the run's precision).
@@ -47,7 +47,7 @@ pub fn per_layer<B: Backend>(
         model.backward()?;
         model.sgd_step(hp)?;
     }
-    let laps = model.take_laps();
+    let laps = model.take_laps()?;
     model.time_ops(false);
     let basis = CostBasis {
         batch: model.batch(),
