@@ -1,7 +1,8 @@
 //! Grouped convolution without cuDNN: im2col / col2im kernels + cuBLAS GEMMs.
 //! Used when libcudnn is absent, or when `CudaOptions::force_fallback_conv`
 //! asks for it. This file owns that path and its scratch memory (the column
-//! buffer, bounded by chunking the batch, and the bias partial sums).
+//! buffer, bounded by chunking the batch, and the bias partial sums, which
+//! the cuDNN path uses too).
 //!
 //! Per image and group gg (C = c_in/groups, M = c_out/groups, K = C*k*k,
 //! P = h_out*w_out), exactly as the CPU reference (cpu/conv.rs):
@@ -388,8 +389,8 @@ pub fn backward_filter(
 }
 
 /// db[c] = sum over n and P of dy: per-(image, channel) sums, then per channel
-/// (both in f64 inside the kernels, as the CPU reference). Also the bias
-/// gradient when cuDNN handles the convolution but the batch is empty.
+/// (both in f64 inside the kernels, as the CPU reference). The bias
+/// gradient of every path, cuDNN's too (faster than cuDNN's own).
 pub fn backward_bias(
     be: &CudaBackend,
     s: &mut Scratch,

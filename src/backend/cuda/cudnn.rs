@@ -980,40 +980,6 @@ impl Dnn {
             )
         }
     }
-
-    /// db[c] = sum over n, h, w of dy[n, c, h, w], overwriting db (beta = 0).
-    /// fp32 only (16-bit gradients go through the bias kernels, which sum in
-    /// double into an f32 db).
-    pub fn backward_bias(
-        &mut self,
-        g: &ConvGeom,
-        dy: &CudaBuf<f32>,
-        db: &mut CudaBuf<f32>,
-    ) -> Result<()> {
-        const OP: &str = "conv2d_backward_bias";
-        self.plan(OP, g, Precision::F32)?;
-        let stream = self.stream.clone();
-        let plan = self.get(OP, g, Precision::F32)?;
-        let (dyp, _gdy) = dy.data.device_ptr(&stream);
-        let (dbp, _gdb) = db.data.device_ptr_mut(&stream);
-        let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: dy has y_len elements (y descriptor), db has c_out ([1, c_out, 1, 1]).
-        unsafe {
-            check(
-                OP,
-                "convolution backward bias",
-                sys::cudnnConvolutionBackwardBias(
-                    self.handle,
-                    (&one as *const f32).cast(),
-                    plan.y.0,
-                    cptr(dyp),
-                    (&zero as *const f32).cast(),
-                    plan.bias.0,
-                    mptr(dbp),
-                ),
-            )
-        }
-    }
 }
 
 #[cfg(test)]
