@@ -2,8 +2,20 @@
 //! two towers (two backends on one GPU, as `--gpus 0,0` runs them) and the
 //! data-parallel replicas (two averaged through host memory, one through
 //! NCCL). One training forward and backward each; rows for the logits, the
-//! loss and the worst gradient, judged as rows.rs says.
-use alexnet_cuda::backend::cuda::{nccl, CudaBackend, CudaOptions};
+//! loss and the worst gradient. Every network here gets its own backend
+//! with cuDNN's deterministic algorithms, so each picks the same algorithm
+//! for the same shape and the layouts differ only in how they split the
+//! work.
+//!
+//! Logits and loss are judged as rows.rs says. Gradients in fp32 too; in
+//! fp16 and bf16 a layout sums the same products in other groups (the
+//! towers add two tower's partial sums, each rounded to 16 bits), so where
+//! a gradient cancels its error follows the partial sums, not the result.
+//! There each gradient is judged by its error against the grouped network
+//! in fp32: within 3x the 16-bit grouped network's own error against it,
+//! plus one unit of 16-bit rounding of the tensor's largest value. A copy
+//! or fence gone wrong leaves errors of the gradient's own size.
+use alexnet_cuda::backend::cuda::{nccl, CudaBackend, CudaOptions, Precision};
 use alexnet_cuda::dist::layout::BUCKET_BYTES;
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::HostAllReduce;
@@ -88,11 +100,18 @@ pub fn replicas_vs_grouped(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     Ok(rows)
 }
 
-/// Another backend on `be`'s GPU with its settings (TF32 off).
+/// Another backend on `be`'s GPU with its settings (TF32 off), with only
+/// cuDNN's deterministic algorithms.
 fn twin(be: &CudaBackend) -> Result<CudaBackend> {
+    twin_in(be, be.precision())
+}
+
+/// `twin` in precision `p`.
+fn twin_in(be: &CudaBackend, precision: Precision) -> Result<CudaBackend> {
     let opts = CudaOptions {
-        precision: be.precision(),
+        precision,
         force_fallback_conv: !be.uses_cudnn(),
+        deterministic: true,
         ..CudaOptions::default()
     };
     CudaBackend::new(be.info().ordinal, opts)
@@ -109,8 +128,8 @@ fn split_case() -> (Topology, Vec<f32>, Vec<u32>) {
 }
 
 /// One training forward and backward of `other` and of the grouped network
-/// on `be` (same seed): rows for the logits, the loss and the worst
-/// gradient (normwise).
+/// on a twin of `be` (same seed): rows for the logits, the loss and the
+/// worst gradient (see the module note).
 fn against_grouped(
     be: &CudaBackend,
     what: &str,
@@ -119,17 +138,20 @@ fn against_grouped(
     x: &[f32],
     labels: &[u32],
 ) -> Result<Vec<ParityRow>> {
-    let mut one = Network::new(be, topo, labels.len(), 3)?;
+    let g = twin(be)?;
+    let mut one = Network::new(&g, topo, labels.len(), 3)?;
     // fp16 trains with its loss scaled (`needs_loss_scaling`), and is
     // compared so: unscaled, this case's deeper gradients lie near fp16's
-    // smallest normal (6e-5), where the subnormals left keep a few bits,
-    // and a layout that sums the same terms in another order parts by tens
-    // of percent. Both get the same static scale, which the gradients read
-    // back still carry; the tolerances are relative to their size.
-    if be.precision().needs_loss_scaling() {
-        one.set_loss_scale(Some(LossScale::with_scale(1024.0)));
-        other.set_loss_scale(Some(LossScale::with_scale(1024.0)));
-    }
+    // smallest normal (6e-5), where the subnormals left keep a few bits.
+    // Both get the same static scale, which the gradients read back still
+    // carry; the fp32 reference is multiplied by it (a power of two: exact).
+    let scale = if be.precision().needs_loss_scaling() {
+        one.set_loss_scale(Some(LossScale::with_scale(LOSS_SCALE)));
+        other.set_loss_scale(Some(LossScale::with_scale(LOSS_SCALE)));
+        LOSS_SCALE
+    } else {
+        1.0
+    };
     let prec = be.precision();
     let mut rows = Vec::new();
     let (l1, l2) = (
@@ -138,7 +160,7 @@ fn against_grouped(
     );
     let gemm = tol_for(prec, GEMM_TOL);
     rows.push(compare(
-        label(be.precision(), &format!("{what}: logits")),
+        label(prec, &format!("{what}: logits")),
         "-",
         &other.logits()?,
         &one.logits()?,
@@ -146,7 +168,7 @@ fn against_grouped(
         prec.is_half(),
     ));
     rows.push(compare(
-        label(be.precision(), &format!("{what}: loss")),
+        label(prec, &format!("{what}: loss")),
         "-",
         &[l2],
         &[l1],
@@ -155,26 +177,32 @@ fn against_grouped(
     ));
     one.backward()?;
     other.backward()?;
+    let exact = if prec.is_half() {
+        Some(fp32_grads(be, topo, x, labels, &one.param_names(), scale)?)
+    } else {
+        None
+    };
     let mut worst: Option<ParityRow> = None;
-    for p in one.param_names() {
-        let r = compare(
-            label(
-                be.precision(),
-                &format!("{what}: gradient of {p} (the worst)"),
+    for (k, p) in one.param_names().iter().enumerate() {
+        let (mine, grouped) = (other.grad(p)?, one.grad(p)?);
+        let r = match &exact {
+            None => compare(
+                label(prec, &format!("{what}: gradient of {p} (the worst)")),
+                "-",
+                &mine,
+                &grouped,
+                gemm,
+                true,
             ),
-            "-",
-            &other.grad(&p)?,
-            &one.grad(&p)?,
-            gemm,
-            true,
-        );
+            Some(exact) => against_fp32(prec, what, p, &mine, &grouped, &exact[k]),
+        };
         // Every tensor in the log, not only the worst: where a layout
         // parts from the grouped network says which op to look at.
         eprintln!(
-            "{what}: gradient of {p}: max abs {:.2e}, max rel {:.2e}, scale {:.2e}, pass {}",
-            r.max_abs, r.max_rel, r.scale, r.pass
+            "{what}: gradient of {p}: max abs {:.2e}, max rel {:.2e}, scale {:.2e}, atol {:.2e}, pass {}",
+            r.max_abs, r.max_rel, r.scale, r.atol, r.pass
         );
-        let bad = |r: &ParityRow| r.max_abs / r.scale.max(1.0);
+        let bad = |r: &ParityRow| r.max_abs / (r.atol * r.scale.max(1.0)).max(f32::MIN_POSITIVE);
         if worst
             .as_ref()
             .is_none_or(|w| !r.pass || (w.pass && bad(&r) > bad(w)))
@@ -184,4 +212,69 @@ fn against_grouped(
     }
     rows.extend(worst);
     Ok(rows)
+}
+
+/// fp16's static loss scale in these cases.
+const LOSS_SCALE: f32 = 1024.0;
+
+/// The grouped network's gradients in fp32 on a twin of `be`, times `scale`.
+fn fp32_grads(
+    be: &CudaBackend,
+    topo: &Topology,
+    x: &[f32],
+    labels: &[u32],
+    names: &[String],
+    scale: f32,
+) -> Result<Vec<Vec<f32>>> {
+    let f = twin_in(be, Precision::F32)?;
+    let mut net = Network::new(&f, topo, labels.len(), 3)?;
+    net.forward(x, labels, Mode::Train)?;
+    net.backward()?;
+    names
+        .iter()
+        .map(|p| Ok(net.grad(p)?.iter().map(|v| v * scale).collect()))
+        .collect()
+}
+
+/// A 16-bit layout's gradient `mine` against the fp32 one: within 3x the
+/// 16-bit grouped network's largest error, plus one unit of 16-bit rounding,
+/// both as fractions of the tensor's largest value (normwise, no rtol).
+fn against_fp32(
+    prec: Precision,
+    what: &str,
+    p: &str,
+    mine: &[f32],
+    grouped: &[f32],
+    exact: &[f32],
+) -> ParityRow {
+    let top = exact
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let err = |g: &[f32]| {
+        g.iter()
+            .zip(exact)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / top
+    };
+    let unit = if prec == Precision::Bf16 {
+        2f32.powi(-8)
+    } else {
+        2f32.powi(-11)
+    };
+    let bound = 3.0 * err(grouped) + unit;
+    // compare's normwise atol is a fraction of max(scale, 1): give it the
+    // bound as a fraction of the tensor's own largest value.
+    let atol = bound * top / top.max(1.0);
+    compare(
+        label(
+            prec,
+            &format!("{what}: gradient of {p} against fp32, within 3x the grouped network's error (the worst)"),
+        ),
+        "-",
+        mine,
+        exact,
+        (atol, 0.0),
+        true,
+    )
 }
