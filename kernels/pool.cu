@@ -14,18 +14,21 @@
 // values are compared after widening to f32 (exact), so argmax is the same
 // as the f32 kernel's on the widened input and y is the winner's bits; the
 // backward sums in f32 and rounds each input's sum once.
+// Each body is also a template over its index type I (prelude.cuh,
+// index_fits_int): the entry points run it with int indices when every index
+// fits, else with long long ones; only the index math differs.
 
-template <class S>
+template <class S, class I>
 __device__ __forceinline__ void max_pool_forward_body(const typename S::T* __restrict__ x,
                                                       typename S::T* __restrict__ y,
                                                       unsigned int* __restrict__ argmax, int planes,
                                                       int h, int w, int ho, int wo, int size,
                                                       int stride)
 {
-    const long long len = (long long)planes * ho * wo;
-    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < len;
-         o += (long long)blockDim.x * gridDim.x) {
-        const long long plane = o / ((long long)ho * wo);
+    const I len = (I)planes * ho * wo;
+    for (I o = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; o < len;
+         o += (I)blockDim.x * (I)gridDim.x) {
+        const I plane = o / ((I)ho * wo);
         const int r = (int)(o - plane * ho * wo);
         const int oy = r / wo;
         const int ox = r - oy * wo;
@@ -48,17 +51,17 @@ __device__ __forceinline__ void max_pool_forward_body(const typename S::T* __res
     }
 }
 
-template <class S>
+template <class S, class I>
 __device__ __forceinline__ void max_pool_backward_body(const typename S::T* __restrict__ dy,
                                                        const unsigned int* __restrict__ argmax,
                                                        typename S::T* __restrict__ dx, int planes,
                                                        int h, int w, int ho, int wo, int size,
                                                        int stride)
 {
-    const long long len = (long long)planes * h * w;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
-         i += (long long)blockDim.x * gridDim.x) {
-        const long long plane = i / ((long long)h * w);
+    const I len = (I)planes * h * w;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < len;
+         i += (I)blockDim.x * (I)gridDim.x) {
+        const I plane = i / ((I)h * w);
         const int r = (int)(i - plane * h * w);
         const int iy = r / w;
         const int ix = r - iy * w;
@@ -68,11 +71,11 @@ __device__ __forceinline__ void max_pool_backward_body(const typename S::T* __re
         const int oy_hi = iy / stride < ho - 1 ? iy / stride : ho - 1;
         const int ox_lo = ix >= size ? (ix - size) / stride + 1 : 0;
         const int ox_hi = ix / stride < wo - 1 ? ix / stride : wo - 1;
-        const long long out = plane * ho * wo;
+        const I out = plane * ho * wo;
         float acc = 0.0f;
         for (int oy = oy_lo; oy <= oy_hi; ++oy) {
             for (int ox = ox_lo; ox <= ox_hi; ++ox) {
-                const long long o = out + (long long)oy * wo + ox;
+                const I o = out + (I)oy * wo + ox;
                 if (argmax[o] == (unsigned int)r) {
                     acc += S::load(dy[o]);
                 }
@@ -82,41 +85,75 @@ __device__ __forceinline__ void max_pool_backward_body(const typename S::T* __re
     }
 }
 
+// The entry points' bodies: int index math when both buffers (x or dx, and
+// y, dy, argmax) fit it, for the whole grid.
+template <class S>
+__device__ __forceinline__ void max_pool_forward_run(const typename S::T* __restrict__ x,
+                                                     typename S::T* __restrict__ y,
+                                                     unsigned int* __restrict__ argmax, int planes,
+                                                     int h, int w, int ho, int wo, int size,
+                                                     int stride)
+{
+    const long long in = (long long)planes * h * w;
+    const long long out = (long long)planes * ho * wo;
+    if (index_fits_int(in > out ? in : out, (long long)blockDim.x * gridDim.x)) {
+        max_pool_forward_body<S, int>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+    } else {
+        max_pool_forward_body<S, long long>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+    }
+}
+
+template <class S>
+__device__ __forceinline__ void max_pool_backward_run(const typename S::T* __restrict__ dy,
+                                                      const unsigned int* __restrict__ argmax,
+                                                      typename S::T* __restrict__ dx, int planes,
+                                                      int h, int w, int ho, int wo, int size,
+                                                      int stride)
+{
+    const long long in = (long long)planes * h * w;
+    const long long out = (long long)planes * ho * wo;
+    if (index_fits_int(in > out ? in : out, (long long)blockDim.x * gridDim.x)) {
+        max_pool_backward_body<S, int>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+    } else {
+        max_pool_backward_body<S, long long>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+    }
+}
+
 extern "C" __global__ void max_pool_forward_f32(const float* __restrict__ x, float* __restrict__ y,
     unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
 {
-    max_pool_forward_body<StorageF32>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+    max_pool_forward_run<StorageF32>(x, y, argmax, planes, h, w, ho, wo, size, stride);
 }
 
 extern "C" __global__ void max_pool_backward_f32(const float* __restrict__ dy,
     const unsigned int* __restrict__ argmax, float* __restrict__ dx, int planes, int h, int w, int ho,
     int wo, int size, int stride)
 {
-    max_pool_backward_body<StorageF32>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+    max_pool_backward_run<StorageF32>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
 }
 
 extern "C" __global__ void max_pool_forward_f16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
     unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
 {
-    max_pool_forward_body<StorageF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+    max_pool_forward_run<StorageF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
 }
 
 extern "C" __global__ void max_pool_backward_f16(const unsigned short* __restrict__ dy,
     const unsigned int* __restrict__ argmax, unsigned short* __restrict__ dx, int planes, int h, int w, int ho,
     int wo, int size, int stride)
 {
-    max_pool_backward_body<StorageF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+    max_pool_backward_run<StorageF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
 }
 
 extern "C" __global__ void max_pool_forward_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
     unsigned int* __restrict__ argmax, int planes, int h, int w, int ho, int wo, int size, int stride)
 {
-    max_pool_forward_body<StorageBF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+    max_pool_forward_run<StorageBF16>(x, y, argmax, planes, h, w, ho, wo, size, stride);
 }
 
 extern "C" __global__ void max_pool_backward_bf16(const unsigned short* __restrict__ dy,
     const unsigned int* __restrict__ argmax, unsigned short* __restrict__ dx, int planes, int h, int w, int ho,
     int wo, int size, int stride)
 {
-    max_pool_backward_body<StorageBF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+    max_pool_backward_run<StorageBF16>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
 }

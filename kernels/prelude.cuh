@@ -18,6 +18,12 @@
 // (rounding once, to nearest even). StorageF32's load and store are the
 // identity, so the f32 entry points compute exactly what a plain f32 kernel
 // does; StorageF16 and StorageBF16 keep activations as 16-bit bits.
+//
+// Index math: index_fits_int says whether a kernel may do its flat-index
+// arithmetic in int rather than long long. GPUs have no 64-bit integer
+// divider: nvcc turns a long long division into a run-time check of both
+// operands' high words, then a 32-bit divide or a long 64-bit routine (see
+// its PTX), and 64-bit multiplies and compares are emulated with 32-bit ones.
 
 __device__ __forceinline__ unsigned short convert_f32_to_f16_bits(float f)
 {
@@ -118,3 +124,12 @@ struct StorageBF16 {
     static __device__ __forceinline__ float load(unsigned short v) { return convert_bf16_bits_to_f32(v); }
     static __device__ __forceinline__ unsigned short store(float v) { return convert_f32_to_bf16_bits(v); }
 };
+
+// True when a grid-stride loop over [0, len) on `threads` threads (the grid's
+// blockDim.x * gridDim.x) forms only indices that fit an int, the last one
+// (i + threads, past the end) included; len is the largest buffer the kernel
+// indexes. Conservative by one.
+__device__ __forceinline__ bool index_fits_int(long long len, long long threads)
+{
+    return len + threads <= 2147483647LL;
+}

@@ -114,6 +114,26 @@ fn readme_table_lists_every_kernel() {
     );
 }
 
+// -- index math -------------------------------------------------------------------
+
+/// Pooling and LRN split their flat index in int only when every index the
+/// grid-stride loop forms fits (the tests above run both instantiations).
+#[test]
+fn index_math_is_int_only_while_every_index_fits() {
+    let max = i32::MAX as i64;
+    let (grid, block) = launch_1d(1 << 31);
+    let threads = grid as i64 * block as i64;
+    assert!(hk::index_fits_int(0, threads));
+    assert!(hk::index_fits_int(max - threads, threads));
+    assert!(!hk::index_fits_int(max - threads + 1, threads));
+    assert!(!hk::index_fits_int(1 << 31, threads));
+    assert!(!hk::index_fits_int(1 << 40, 1));
+    // conv1's pool at batch 128 (the profiled case): 37M inputs, int
+    let len = 128 * 96 * 55 * 55;
+    let (grid, block) = launch_1d(len);
+    assert!(hk::index_fits_int(len as i64, grid as i64 * block as i64));
+}
+
 // -- LRN ---------------------------------------------------------------------------
 
 /// x large enough that alpha * window sum of x^2 is comparable to k (so the
@@ -162,6 +182,15 @@ fn lrn_forward_matches_cpu() {
             let what = format!("lrn_forward_f32 {s:?} beta {}", p.beta);
             check_close(&format!("{what} y"), &y, &y_ref, 1e-6);
             check_close(&format!("{what} scale"), &scale, &scale_ref, 1e-6);
+            // the long long index body computes the same, bit for bit
+            let (mut y64, mut scale64) = (vec![0.0; s.len()], vec![0.0; s.len()]);
+            hk::lrn_forward_long(&p, s, &x, &mut y64, &mut scale64).unwrap();
+            check_identical(&format!("{what} y, long index"), &bits(&y64), &bits(&y));
+            check_identical(
+                &format!("{what} scale, long index"),
+                &bits(&scale64),
+                &bits(&scale),
+            );
         }
     }
 }
@@ -186,6 +215,9 @@ fn lrn_backward_matches_cpu() {
             lrn::lrn_backward(&p, s, &x, &y, &scale, &dy, &mut dx_ref).unwrap();
             let what = format!("lrn_backward_f32 {s:?} beta {}", p.beta);
             check_close(&what, &dx, &dx_ref, 1e-6);
+            let mut dx64 = vec![0.0; s.len()];
+            hk::lrn_backward_long(&p, s, &x, &y, &scale, &dy, &mut dx64).unwrap();
+            check_identical(&format!("{what}, long index"), &bits(&dx64), &bits(&dx));
         }
     }
 }
@@ -593,6 +625,19 @@ fn max_pool_matches_cpu_bit_for_bit() {
                 &bits(&y_ref),
             );
             check_identical(&format!("max_pool_forward_f32 {what} argmax"), &am, &am_ref);
+            // the long long index body computes the same, bit for bit
+            let (mut y64, mut am64) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+            hk::max_pool_forward_long(&g, &x, &mut y64, &mut am64).unwrap();
+            check_identical(
+                &format!("max_pool_forward_f32 {what} y, long index"),
+                &bits(&y64),
+                &bits(&y),
+            );
+            check_identical(
+                &format!("max_pool_forward_f32 {what} argmax, long index"),
+                &am64,
+                &am,
+            );
 
             let dy = normal(&mut rng, g.y_len(), 1.0);
             let (mut dx, mut dx_ref) = (vec![0.0; g.x_len()], vec![0.0; g.x_len()]);
@@ -602,6 +647,13 @@ fn max_pool_matches_cpu_bit_for_bit() {
                 &format!("max_pool_backward_f32 {what}"),
                 &bits(&dx),
                 &bits(&dx_ref),
+            );
+            let mut dx64 = vec![0.0; g.x_len()];
+            hk::max_pool_backward_long(&g, &dy, &am, &mut dx64).unwrap();
+            check_identical(
+                &format!("max_pool_backward_f32 {what}, long index"),
+                &bits(&dx64),
+                &bits(&dx),
             );
         }
     }

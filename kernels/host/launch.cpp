@@ -88,6 +88,51 @@ HOST_KERNEL(max_pool_backward_f32,
              int wo, int size, int stride),
             (dy, argmax, dx, planes, h, w, ho, wo, size, stride))
 
+// Tests only: the pooling and LRN bodies with long long index math, which the
+// entry points above pick only for buffers of about 2^31 elements (too big for
+// a test); with these the tests run both instantiations on the same shapes.
+static void max_pool_forward_f32_i64(const float* x, float* y, unsigned int* argmax, int planes,
+                                     int h, int w, int ho, int wo, int size, int stride)
+{
+    max_pool_forward_body<StorageF32, long long>(x, y, argmax, planes, h, w, ho, wo, size, stride);
+}
+static void max_pool_backward_f32_i64(const float* dy, const unsigned int* argmax, float* dx,
+                                      int planes, int h, int w, int ho, int wo, int size, int stride)
+{
+    max_pool_backward_body<StorageF32, long long>(dy, argmax, dx, planes, h, w, ho, wo, size, stride);
+}
+static void lrn_forward_f32_i64(const float* x, float* y, float* scale, int n, int c, int hw,
+                                int size, float alpha, float beta, float k)
+{
+    lrn_forward_body<StorageF32, long long>(x, y, scale, n, c, hw, size, alpha, beta, k);
+}
+static void lrn_backward_f32_i64(const float* x, const float* y, const float* scale, const float* dy,
+                                 float* dx, int n, int c, int hw, int size, float alpha, float beta)
+{
+    lrn_backward_body<StorageF32, long long>(x, y, scale, dy, dx, n, c, hw, size, alpha, beta);
+}
+HOST_KERNEL(max_pool_forward_f32_i64,
+            (const float* x, float* y, unsigned int* argmax, int planes, int h, int w, int ho, int wo,
+             int size, int stride),
+            (x, y, argmax, planes, h, w, ho, wo, size, stride))
+HOST_KERNEL(max_pool_backward_f32_i64,
+            (const float* dy, const unsigned int* argmax, float* dx, int planes, int h, int w, int ho,
+             int wo, int size, int stride),
+            (dy, argmax, dx, planes, h, w, ho, wo, size, stride))
+HOST_KERNEL(lrn_forward_f32_i64,
+            (const float* x, float* y, float* scale, int n, int c, int hw, int size, float alpha,
+             float beta, float k),
+            (x, y, scale, n, c, hw, size, alpha, beta, k))
+HOST_KERNEL(lrn_backward_f32_i64,
+            (const float* x, const float* y, const float* scale, const float* dy, float* dx, int n,
+             int c, int hw, int size, float alpha, float beta),
+            (x, y, scale, dy, dx, n, c, hw, size, alpha, beta))
+// The prelude's choice between the two (1 for int).
+extern "C" int host_index_fits_int(long long len, long long threads)
+{
+    return index_fits_int(len, threads) ? 1 : 0;
+}
+
 // im2col.cu
 HOST_KERNEL(im2col_f32,
             (const float* x, float* col, int images, int c, int h, int w, int k, int stride, int pad,

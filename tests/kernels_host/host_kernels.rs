@@ -36,6 +36,22 @@ fn int_product(op: &'static str, what: &str, dims: &[usize]) -> Result<i32> {
     int(op, what, checked_product(op, what, dims)?)
 }
 
+/// Which instantiation of a pooling or LRN kernel body a wrapper runs: the entry
+/// point's choice (int index math for any buffer a test can hold), or the
+/// long long one, which the entry point picks only past 2^31 elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Index {
+    Picked,
+    Long,
+}
+
+/// Whether the pooling and LRN entry points run int index math for a
+/// buffer of `len` elements on a grid of `threads` threads (prelude.cuh).
+pub fn index_fits_int(len: i64, threads: i64) -> bool {
+    // SAFETY: pure arithmetic on two integers.
+    unsafe { ffi::host_index_fits_int(len, threads) != 0 }
+}
+
 // -- LRN -------------------------------------------------------------------------
 
 fn lrn_args(op: &'static str, p: &LrnParams, s: &Nchw) -> Result<(i32, i32, i32, i32)> {
@@ -59,6 +75,28 @@ pub fn lrn_forward(
     y: &mut [f32],
     scale: &mut [f32],
 ) -> Result<()> {
+    lrn_forward_as(Index::Picked, p, s, x, y, scale)
+}
+
+/// `lrn_forward` through the body with long long index math.
+pub fn lrn_forward_long(
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &mut [f32],
+    scale: &mut [f32],
+) -> Result<()> {
+    lrn_forward_as(Index::Long, p, s, x, y, scale)
+}
+
+fn lrn_forward_as(
+    index: Index,
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &mut [f32],
+    scale: &mut [f32],
+) -> Result<()> {
     const OP: &str = "lrn_forward_f32";
     let (n, c, hw, size) = lrn_args(OP, p, s)?;
     check_len(OP, "x", x.len(), s.len())?;
@@ -68,7 +106,11 @@ pub fn lrn_forward(
     // SAFETY: x, y and scale hold n*c*h*w elements (checked), which is all the
     // kernel indexes; y and scale are distinct &mut borrows.
     unsafe {
-        ffi::host_lrn_forward_f32(
+        let run = match index {
+            Index::Picked => ffi::host_lrn_forward_f32,
+            Index::Long => ffi::host_lrn_forward_f32_i64,
+        };
+        run(
             grid,
             block,
             x.as_ptr(),
@@ -87,8 +129,34 @@ pub fn lrn_forward(
 }
 
 /// `lrn_backward_f32`: dx from dy, given the forward pass's x, y and scale.
-#[allow(clippy::too_many_arguments)]
 pub fn lrn_backward(
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    lrn_backward_as(Index::Picked, p, s, x, y, scale, dy, dx)
+}
+
+/// `lrn_backward` through the body with long long index math.
+pub fn lrn_backward_long(
+    p: &LrnParams,
+    s: &Nchw,
+    x: &[f32],
+    y: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    lrn_backward_as(Index::Long, p, s, x, y, scale, dy, dx)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lrn_backward_as(
+    index: Index,
     p: &LrnParams,
     s: &Nchw,
     x: &[f32],
@@ -111,7 +179,11 @@ pub fn lrn_backward(
     let (grid, block) = launch_1d(s.n * s.h * s.w);
     // SAFETY: every buffer holds n*c*h*w elements (checked); dx is the only output.
     unsafe {
-        ffi::host_lrn_backward_f32(
+        let run = match index {
+            Index::Picked => ffi::host_lrn_backward_f32,
+            Index::Long => ffi::host_lrn_backward_f32_i64,
+        };
+        run(
             grid,
             block,
             x.as_ptr(),
@@ -474,6 +546,26 @@ fn pool_args(op: &'static str, g: &PoolGeom) -> Result<[i32; 7]> {
 /// `max_pool_forward_f32`: y = window max, argmax = winner's index in its plane
 /// (ties keep the first in row-major window order).
 pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -> Result<()> {
+    max_pool_forward_as(Index::Picked, g, x, y, argmax)
+}
+
+/// `max_pool_forward` through the body with long long index math.
+pub fn max_pool_forward_long(
+    g: &PoolGeom,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) -> Result<()> {
+    max_pool_forward_as(Index::Long, g, x, y, argmax)
+}
+
+fn max_pool_forward_as(
+    index: Index,
+    g: &PoolGeom,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) -> Result<()> {
     const OP: &str = "max_pool_forward_f32";
     let [planes, h, w, ho, wo, size, stride] = pool_args(OP, g)?;
     check_len(OP, "x", x.len(), g.x_len())?;
@@ -483,7 +575,11 @@ pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u3
     // SAFETY: x, y and argmax have the geometry's lengths (checked), and every
     // window lies inside its plane (size <= h, w; floor-mode output size).
     unsafe {
-        ffi::host_max_pool_forward_f32(
+        let run = match index {
+            Index::Picked => ffi::host_max_pool_forward_f32,
+            Index::Long => ffi::host_max_pool_forward_f32_i64,
+        };
+        run(
             grid,
             block,
             x.as_ptr(),
@@ -506,6 +602,26 @@ pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u3
 /// it): the kernel gathers from covering windows only, so other values would
 /// be silently dropped; here they are a shape error.
 pub fn max_pool_backward(g: &PoolGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32]) -> Result<()> {
+    max_pool_backward_as(Index::Picked, g, dy, argmax, dx)
+}
+
+/// `max_pool_backward` through the body with long long index math.
+pub fn max_pool_backward_long(
+    g: &PoolGeom,
+    dy: &[f32],
+    argmax: &[u32],
+    dx: &mut [f32],
+) -> Result<()> {
+    max_pool_backward_as(Index::Long, g, dy, argmax, dx)
+}
+
+fn max_pool_backward_as(
+    index: Index,
+    g: &PoolGeom,
+    dy: &[f32],
+    argmax: &[u32],
+    dx: &mut [f32],
+) -> Result<()> {
     const OP: &str = "max_pool_backward_f32";
     let [planes, h, w, ho, wo, size, stride] = pool_args(OP, g)?;
     check_len(OP, "dy", dy.len(), g.y_len())?;
@@ -516,7 +632,11 @@ pub fn max_pool_backward(g: &PoolGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32
     // SAFETY: dy, argmax and dx have the geometry's lengths (checked); the
     // kernel reads argmax values only to compare them.
     unsafe {
-        ffi::host_max_pool_backward_f32(
+        let run = match index {
+            Index::Picked => ffi::host_max_pool_backward_f32,
+            Index::Long => ffi::host_max_pool_backward_f32_i64,
+        };
+        run(
             grid,
             block,
             dy.as_ptr(),

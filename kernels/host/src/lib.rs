@@ -208,6 +208,67 @@ extern "C" {
         size: i32,
         stride: i32,
     );
+    // The pooling and LRN f32 bodies with long long index math (launch.cpp),
+    // which the entry points above run only past 2^31 elements; same arguments.
+    pub fn host_max_pool_forward_f32_i64(
+        grid: u32,
+        block: u32,
+        x: *const f32,
+        y: *mut f32,
+        argmax: *mut u32,
+        planes: i32,
+        h: i32,
+        w: i32,
+        ho: i32,
+        wo: i32,
+        size: i32,
+        stride: i32,
+    );
+    pub fn host_max_pool_backward_f32_i64(
+        grid: u32,
+        block: u32,
+        dy: *const f32,
+        argmax: *const u32,
+        dx: *mut f32,
+        planes: i32,
+        h: i32,
+        w: i32,
+        ho: i32,
+        wo: i32,
+        size: i32,
+        stride: i32,
+    );
+    pub fn host_lrn_forward_f32_i64(
+        grid: u32,
+        block: u32,
+        x: *const f32,
+        y: *mut f32,
+        scale: *mut f32,
+        n: i32,
+        c: i32,
+        hw: i32,
+        size: i32,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+    );
+    pub fn host_lrn_backward_f32_i64(
+        grid: u32,
+        block: u32,
+        x: *const f32,
+        y: *const f32,
+        scale: *const f32,
+        dy: *const f32,
+        dx: *mut f32,
+        n: i32,
+        c: i32,
+        hw: i32,
+        size: i32,
+        alpha: f32,
+        beta: f32,
+    );
+    /// prelude.cuh's `index_fits_int` (1: int index math, 0: long long).
+    pub fn host_index_fits_int(len: i64, threads: i64) -> i32;
     pub fn host_im2col_f32(
         grid: u32,
         block: u32,
