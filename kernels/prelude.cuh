@@ -64,22 +64,16 @@ __device__ __forceinline__ float convert_f16_bits_to_f32(unsigned short v)
 {
     const unsigned int sign = ((unsigned int)v & 0x8000u) << 16;
     const unsigned int exp = ((unsigned int)v >> 10) & 0x1fu;
-    unsigned int man = (unsigned int)v & 0x3ffu;
+    const unsigned int man = (unsigned int)v & 0x3ffu;
     if (exp == 0x1fu) { // infinity or NaN
         return __uint_as_float(sign | 0x7f800000u | (man != 0u ? 0x400000u | (man << 13) : 0u));
     }
     if (exp == 0u) {
-        if (man == 0u) {
-            return __uint_as_float(sign);
-        }
-        // subnormal: normalise (value = man * 2^-24)
-        int e = -14;
-        while ((man & 0x400u) == 0u) {
-            man <<= 1;
-            e -= 1;
-        }
-        man &= 0x3ffu;
-        return __uint_as_float(sign | ((unsigned int)(e + 127) << 23) | (man << 13));
+        // Zero or subnormal: man * 2^-24, exact in f32 (man < 2^10, and a
+        // power-of-two scale of it is a normal f32). A loop that normalised
+        // the mantissa bit by bit made warps wait on their most subnormal
+        // lane: loss-scaled fp16 gradients are full of them.
+        return __uint_as_float(sign | __float_as_uint((float)man * 5.9604644775390625e-8f));
     }
     return __uint_as_float(sign | ((exp - 15u + 127u) << 23) | (man << 13));
 }
