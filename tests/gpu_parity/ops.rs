@@ -98,7 +98,7 @@ impl Pair<'_> {
 
     /// Name the cuDNN algorithm that ran on the last row, when cuDNN ran it.
     fn note_algo(&mut self, g: &ConvGeom, path: &str, dir: Dir) -> Result<()> {
-        if path != "cudnn" {
+        if !path.starts_with("cudnn") {
             return Ok(());
         }
         let algo = self.gpu.cudnn_algo(g, dir)?;
@@ -217,23 +217,34 @@ pub fn run_all(be: &CudaBackend) -> Result<Vec<ParityRow>> {
     let n = 2;
 
     // -- convolutions, through each available path ---------------------------------
+    // cuDNN whole, cuDNN one group at a time (grouped shapes only), the fallback.
     let had_cudnn = be.uses_cudnn();
-    let paths: &[(&'static str, bool)] = if be.has_cudnn() {
-        &[("cudnn", false), ("fallback", true)]
+    let paths: &[(&'static str, bool, Option<bool>)] = if be.has_cudnn() {
+        &[
+            ("cudnn", false, Some(false)),
+            ("cudnn per group", false, Some(true)),
+            ("fallback", true, None),
+        ]
     } else {
-        &[("fallback", true)]
+        &[("fallback", true, None)]
     };
-    for &(path, force) in paths {
+    for &(path, force, split) in paths {
         be.set_force_fallback(force);
+        be.force_split_groups(split)?;
         for (name, g) in convs(n) {
+            if split == Some(true) && g.groups == 1 {
+                continue;
+            }
             let r = p.conv(&mut rng, name, &g, path);
             if let Err(e) = r {
                 be.set_force_fallback(!had_cudnn);
+                be.force_split_groups(None)?;
                 return Err(e);
             }
         }
     }
     be.set_force_fallback(!had_cudnn);
+    be.force_split_groups(None)?;
 
     // -- ReLU ------------------------------------------------------------------------
     let x = p.random(&mut rng, 4096 * 3 + 7, 1.0);

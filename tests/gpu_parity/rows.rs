@@ -37,7 +37,8 @@ use alexnet_cuda::rng::Rng;
 pub struct ParityRow {
     /// Op and shape, e.g. "conv2d_forward conv2 (grouped 5x5)".
     pub op: String,
-    /// "cudnn", "fallback", or "-" for ops that are not convolutions.
+    /// "cudnn", "cudnn per group", "fallback", or "-" for ops that are not
+    /// convolutions.
     pub path: &'static str,
     pub max_abs: f32,
     /// Largest |gpu - cpu| / |cpu| over elements with |cpu| > atol.

@@ -7,11 +7,15 @@
 //! instead of returning errors, and it has no backward-bias, bias-add or
 //! cudnnFind*. So everything cuDNN lives here, on cudarc's thin `result`/`sys`
 //! layer, each unsafe block stating the invariant it relies on; the rest of
-//! the backend sees four safe methods (forward, backward data / filter / bias).
+//! the backend sees three safe methods (forward, backward data / filter).
 //!
 //! Layout is what the rest of the crate uses: NCHW, weights
 //! [c_out, c_in / groups, k, k], cross-correlation (no kernel flip, as
-//! PyTorch), and the group count set on the convolution descriptor.
+//! PyTorch), and the group count set on the convolution descriptor. A
+//! grouped convolution may instead run as one convolution per group, on
+//! strided views of each group's channels, where cuDNN's timings say that is
+//! faster (on an H200 in bf16, the grouped conv4 forward ran at 7% of the
+//! tensor cores' peak where the ungrouped conv3 ran at 24%).
 //!
 //! Data types: f32, or (mixed precision) fp16 / bf16 tensors and filters with
 //! the convolution computed in f32 (compute type CUDNN_DATA_FLOAT: cuDNN's
@@ -208,7 +212,7 @@ impl AlgoId {
 /// every run (cuDNN's determinism flag: the others, such as backward
 /// ALGO_0, sum with atomics in whatever order the threads arrive).
 fn pick(found: &[Candidate], no_winograd: bool, deterministic: bool) -> Option<&Candidate> {
-    found.iter().find(|(id, st, mem, det)| {
+    found.iter().find(|(id, st, mem, det, _)| {
         *st == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
             && *mem <= WORKSPACE_LIMIT
             && !(no_winograd && id.is_winograd())
@@ -221,6 +225,8 @@ fn pick(found: &[Candidate], no_winograd: bool, deterministic: bool) -> Option<&
 struct Algo {
     id: AlgoId,
     workspace: usize,
+    /// Run as one convolution per group (`Split`).
+    split: bool,
 }
 
 /// A convolution's descriptors, as cuDNN's algorithm calls take them.
@@ -232,8 +238,20 @@ struct Descs {
     conv: sys::cudnnConvolutionDescriptor_t,
 }
 
-/// (algo id, status, memory, deterministic) of one candidate algorithm.
-type Candidate = (AlgoId, sys::cudnnStatus_t, usize, bool);
+/// (algo id, status, memory, deterministic, milliseconds) of one candidate
+/// algorithm; the time is Find's measurement (heuristics measure nothing).
+type Candidate = (AlgoId, sys::cudnnStatus_t, usize, bool, f32);
+
+/// Whether a grouped convolution runs faster as `groups` convolutions of
+/// one group each: by Find's timings of the two candidates picked, where
+/// both were measured.
+fn split_pays(grouped: Option<&Candidate>, split: Option<&Candidate>, groups: usize) -> bool {
+    match (grouped, split) {
+        (Some(g), Some(s)) if g.4 > 0.0 && s.4 > 0.0 => (s.4 * groups as f32) < g.4,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
 
 /// Find's timed ranking of a direction's algorithms (`call(true)`), else,
 /// where Find fails or without `measure`, the heuristics' (`call(false)`).
@@ -250,6 +268,40 @@ fn rank(
         tracing::warn!("cuDNN: find {what} algorithm: {st:?}; using heuristics");
     }
     call(false)
+}
+
+impl TensorDesc {
+    /// An NCHW view of `dims` inside a larger tensor, with element strides
+    /// `strides` (n, c, h, w): one group's channels of a batch.
+    fn strided(
+        op: &'static str,
+        dims: [usize; 4],
+        strides: [usize; 4],
+        dtype: sys::cudnnDataType_t,
+    ) -> Result<Self> {
+        let mut v = [0 as c_int; 8];
+        for (i, x) in dims.iter().chain(&strides).enumerate() {
+            v[i] = int(op, *x)?;
+        }
+        let mut d = std::ptr::null_mut();
+        // SAFETY: as in `nchw`.
+        unsafe {
+            check(
+                op,
+                "create tensor",
+                sys::cudnnCreateTensorDescriptor(&mut d),
+            )?;
+            let desc = TensorDesc(d);
+            check(
+                op,
+                "set strided tensor",
+                sys::cudnnSetTensor4dDescriptorEx(
+                    desc.0, dtype, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                ),
+            )?;
+            Ok(desc)
+        }
+    }
 }
 
 /// The forward algorithms: cuDNN's measured candidates, best first (its
@@ -295,6 +347,7 @@ unsafe fn find_forward(
                 p.status,
                 p.memory,
                 deterministic(p.determinism),
+                p.time,
             ));
         }
     }
@@ -344,6 +397,7 @@ unsafe fn find_data(
                 p.status,
                 p.memory,
                 deterministic(p.determinism),
+                p.time,
             ));
         }
     }
@@ -393,10 +447,32 @@ unsafe fn find_filter(
                 p.status,
                 p.memory,
                 deterministic(p.determinism),
+                p.time,
             ));
         }
     }
     Ok(found)
+}
+
+/// The candidates for direction `dir` (`find_forward`, `find_data`, `find_filter`).
+///
+/// # Safety
+/// As theirs.
+unsafe fn find(
+    handle: sys::cudnnHandle_t,
+    d: Descs,
+    op: &'static str,
+    measure: bool,
+    dir: Dir,
+) -> Result<Vec<Candidate>> {
+    // SAFETY: as the function's contract says.
+    unsafe {
+        match dir {
+            Dir::Forward => find_forward(handle, d, op, measure),
+            Dir::Data => find_data(handle, d, op, measure),
+            Dir::Filter => find_filter(handle, d, op, measure),
+        }
+    }
 }
 
 /// The workspace algorithm `id` needs for the convolution of `d`.
@@ -475,7 +551,151 @@ struct Plan {
     bias: TensorDesc,
     w: FilterDesc,
     conv: ConvDesc,
+    /// One group as a convolution of its own, for grouped shapes.
+    split: Option<Split>,
     algos: HashMap<Dir, Algo>,
+}
+
+/// One group of a grouped convolution as a convolution of its own: that
+/// group's channels of x and y as strided views of the whole batch, its
+/// [c_out / groups, c_in / groups, k, k] slice of the filter, one group.
+struct Split {
+    x: TensorDesc,
+    y: TensorDesc,
+    w: FilterDesc,
+    conv: ConvDesc,
+}
+
+impl Split {
+    fn new(
+        op: &'static str,
+        g: &ConvGeom,
+        p: Precision,
+        math: sys::cudnnMathType_t,
+    ) -> Result<Self> {
+        let (ci, co) = (g.c_in / g.groups, g.c_out / g.groups);
+        let dtype = data_type(p);
+        let (xd, xs) = group_view(g.n, g.c_in, g.groups, g.h, g.w);
+        let (yd, ys) = group_view(g.n, g.c_out, g.groups, g.h_out(), g.w_out());
+        let x = TensorDesc::strided(op, xd, xs, dtype)?;
+        let y = TensorDesc::strided(op, yd, ys, dtype)?;
+        let (w, conv) = filter_conv(op, g, dtype, [co, ci, g.k, g.k], 1, math)?;
+        Ok(Split { x, y, w, conv })
+    }
+
+    fn descs(&self) -> Descs {
+        Descs {
+            x: self.x.0,
+            y: self.y.0,
+            w: self.w.0,
+            conv: self.conv.0,
+        }
+    }
+}
+
+/// One group's channels of a packed [n, c, h, w] tensor: the view's dims and
+/// element strides (n, c, h, w).
+fn group_view(n: usize, c: usize, groups: usize, h: usize, w: usize) -> ([usize; 4], [usize; 4]) {
+    ([n, c / groups, h, w], [c * h * w, h * w, w, 1])
+}
+
+/// Element offsets of group `gi`'s channels in x, its filter slice and its
+/// channels in y (a `Split`'s pointers).
+fn group_offsets(g: &ConvGeom, gi: usize) -> [usize; 3] {
+    let (ci, co) = (g.c_in / g.groups, g.c_out / g.groups);
+    [
+        gi * ci * g.h * g.w,
+        gi * co * ci * g.k * g.k,
+        gi * co * g.h_out() * g.w_out(),
+    ]
+}
+
+/// `group_offsets` in bytes of `T` for call `gi` of `a` (zero unless split).
+fn byte_offsets<T>(g: &ConvGeom, a: Algo, gi: usize) -> [u64; 3] {
+    let o = if a.split {
+        group_offsets(g, gi)
+    } else {
+        [0; 3]
+    };
+    o.map(|e| (e * std::mem::size_of::<T>()) as u64)
+}
+
+/// A filter of `fdims` and a cross-correlation with `g`'s padding and
+/// stride in `groups` groups, computed in f32 with `math`.
+fn filter_conv(
+    op: &'static str,
+    g: &ConvGeom,
+    dtype: sys::cudnnDataType_t,
+    fdims: [usize; 4],
+    groups: usize,
+    math: sys::cudnnMathType_t,
+) -> Result<(FilterDesc, ConvDesc)> {
+    let fdims = [
+        int(op, fdims[0])?,
+        int(op, fdims[1])?,
+        int(op, fdims[2])?,
+        int(op, fdims[3])?,
+    ];
+    let (pad, stride, groups) = (int(op, g.pad)?, int(op, g.stride)?, int(op, groups)?);
+    let mut fd = std::ptr::null_mut();
+    let mut cd = std::ptr::null_mut();
+    // SAFETY: out-pointers are valid; each descriptor is wrapped in its owner
+    // right after creation, so an early return destroys what exists.
+    unsafe {
+        check(
+            op,
+            "create filter",
+            sys::cudnnCreateFilterDescriptor(&mut fd),
+        )?;
+        let w = FilterDesc(fd);
+        check(
+            op,
+            "set filter",
+            sys::cudnnSetFilter4dDescriptor(
+                w.0,
+                dtype,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                fdims[0],
+                fdims[1],
+                fdims[2],
+                fdims[3],
+            ),
+        )?;
+        check(
+            op,
+            "create convolution",
+            sys::cudnnCreateConvolutionDescriptor(&mut cd),
+        )?;
+        let conv = ConvDesc(cd);
+        check(
+            op,
+            "set convolution",
+            sys::cudnnSetConvolution2dDescriptor(
+                conv.0,
+                pad,
+                pad,
+                stride,
+                stride,
+                1,
+                1,
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                // Accumulate in f32 whatever the storage (for 16-bit data
+                // this is cuDNN's PSEUDO_HALF / PSEUDO_BFLOAT16 config).
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ),
+        )?;
+        check(
+            op,
+            "set group count",
+            sys::cudnnSetConvolutionGroupCount(conv.0, groups),
+        )?;
+        check(
+            op,
+            "set math type",
+            sys::cudnnSetConvolutionMathType(conv.0, math),
+        )?;
+        Ok((w, conv))
+    }
 }
 
 impl Plan {
@@ -498,72 +718,8 @@ impl Plan {
         )?;
         // Grouped filters: each output channel sees c_in / groups inputs, so the
         // filter is [c_out, c_in / groups, k, k] (cuDNN's rule with a group count).
-        let fdims = [
-            int(op, g.c_out)?,
-            int(op, g.c_in / g.groups)?,
-            int(op, g.k)?,
-            int(op, g.k)?,
-        ];
-        let (pad, stride, groups) = (int(op, g.pad)?, int(op, g.stride)?, int(op, g.groups)?);
-        let mut fd = std::ptr::null_mut();
-        let mut cd = std::ptr::null_mut();
-        // SAFETY: out-pointers are valid; each descriptor is wrapped in its owner
-        // right after creation, so an early return destroys what exists.
-        let (w, conv) = unsafe {
-            check(
-                op,
-                "create filter",
-                sys::cudnnCreateFilterDescriptor(&mut fd),
-            )?;
-            let w = FilterDesc(fd);
-            check(
-                op,
-                "set filter",
-                sys::cudnnSetFilter4dDescriptor(
-                    w.0,
-                    dtype,
-                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                    fdims[0],
-                    fdims[1],
-                    fdims[2],
-                    fdims[3],
-                ),
-            )?;
-            check(
-                op,
-                "create convolution",
-                sys::cudnnCreateConvolutionDescriptor(&mut cd),
-            )?;
-            let conv = ConvDesc(cd);
-            check(
-                op,
-                "set convolution",
-                sys::cudnnSetConvolution2dDescriptor(
-                    conv.0,
-                    pad,
-                    pad,
-                    stride,
-                    stride,
-                    1,
-                    1,
-                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    // Accumulate in f32 whatever the storage (for 16-bit data
-                    // this is cuDNN's PSEUDO_HALF / PSEUDO_BFLOAT16 config).
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                ),
-            )?;
-            check(
-                op,
-                "set group count",
-                sys::cudnnSetConvolutionGroupCount(conv.0, groups),
-            )?;
-            check(
-                op,
-                "set math type",
-                sys::cudnnSetConvolutionMathType(conv.0, math),
-            )?;
-            (w, conv)
-        };
+        let fdims = [g.c_out, g.c_in / g.groups, g.k, g.k];
+        let (w, conv) = filter_conv(op, g, dtype, fdims, g.groups, math)?;
         // cuDNN's own output shape must equal ours (h_out = (h + 2 pad - k) / stride + 1).
         let (mut on, mut oc, mut oh, mut ow) = (0, 0, 0, 0);
         // SAFETY: all descriptors are live and fully set; out-pointers are valid.
@@ -582,12 +738,18 @@ impl Plan {
                 ),
             });
         }
+        let split = if g.groups > 1 {
+            Some(Split::new(op, g, p, math)?)
+        } else {
+            None
+        };
         Ok(Plan {
             x,
             y,
             bias,
             w,
             conv,
+            split,
             algos: HashMap::new(),
         })
     }
@@ -602,6 +764,9 @@ pub struct Dnn {
     math: sys::cudnnMathType_t,
     /// Only deterministic algorithms, ranked by heuristics (`pick`).
     deterministic: bool,
+    /// Grouped shapes one group at a time (true) or whole (false) whatever
+    /// the timings say; None: as they say (`split_pays`).
+    force_split: Option<bool>,
     allocs: Arc<AtomicU64>,
 }
 
@@ -670,6 +835,7 @@ impl Dnn {
                 sys::cudnnMathType_t::CUDNN_FMA_MATH
             },
             deterministic,
+            force_split: None,
             allocs,
         };
         // SAFETY: the handle is live and the stream outlives it (Dnn holds an Arc
@@ -730,47 +896,106 @@ impl Dnn {
         // Deterministic runs rank by cuDNN's heuristics, which do not depend
         // on timing, so that every run picks the same algorithms.
         let measure = !self.deterministic;
-        // SAFETY: the descriptors and the handle are live (the plan owns them).
-        let found = unsafe {
-            match dir {
-                Dir::Forward => find_forward(handle, d, op, measure)?,
-                Dir::Data => find_data(handle, d, op, measure)?,
-                Dir::Filter => find_filter(handle, d, op, measure)?,
-            }
-        };
         // In 16 bits, no Winograd for filters larger than 3x3: its transforms
         // amplify rounding as the tile grows (Lavin & Gray 2016, section 5),
         // and on conv2 (5x5) in fp16 cuDNN's WINOGRAD_NONFUSED backward-data
         // was off by 1.2% of the largest |dx|, against 0.03% for ALGO_1.
         let no_winograd = p.is_half() && g.k > 3;
-        let Some(&(id, _, _, det)) = pick(&found, no_winograd, self.deterministic) else {
-            return Err(Error::Cuda {
-                op,
-                detail: format!(
-                    "cuDNN has no {dir:?} algorithm for {g:?} within a {} MiB workspace \
-                     (candidates: {found:?})",
-                    WORKSPACE_LIMIT >> 20
-                ),
-            });
+        // SAFETY: the descriptors and the handle are live (the plan owns them).
+        let found = unsafe { find(handle, d, op, measure, dir)? };
+        let grouped = pick(&found, no_winograd, self.deterministic).copied();
+        // A grouped shape is also timed one group at a time (measured runs,
+        // or where asked to split).
+        let force = self.force_split;
+        let split = match (&plan.split, measure || force == Some(true)) {
+            (Some(sp), true) if force != Some(false) => {
+                // SAFETY: as above; the split's descriptors belong to the plan.
+                match unsafe { find(handle, sp.descs(), op, measure, dir) } {
+                    Ok(f) => pick(&f, no_winograd, self.deterministic).copied(),
+                    Err(e) => {
+                        tracing::debug!("cuDNN: {g:?} {p}: no per-group {dir:?} algorithm: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
+        let per_group = match force {
+            Some(f) => f && split.is_some(),
+            None => split_pays(grouped.as_ref(), split.as_ref(), g.groups),
+        };
+        let (chosen, d) = match (per_group, &plan.split, split, grouped) {
+            (true, Some(sp), Some(c), _) => (c, sp.descs()),
+            (_, _, _, Some(c)) => (c, d),
+            _ => {
+                return Err(Error::Cuda {
+                    op,
+                    detail: format!(
+                        "cuDNN has no {dir:?} algorithm for {g:?} within a {} MiB workspace \
+                         (candidates: {found:?})",
+                        WORKSPACE_LIMIT >> 20
+                    ),
+                })
+            }
+        };
+        let (id, det, ms) = (chosen.0, chosen.3, chosen.4);
         // The exact workspace for the chosen algorithm (Find's figure can differ).
         // SAFETY: descriptors live; `id` is one cuDNN returned for this shape.
         let workspace = unsafe { workspace_size(handle, d, id, op)? };
-        let a = Algo { id, workspace };
+        let a = Algo {
+            id,
+            workspace,
+            split: per_group,
+        };
         tracing::debug!(
-            "cuDNN: {g:?} {p}: {id:?} (deterministic: {det}), workspace {workspace} bytes"
+            "cuDNN: {g:?} {p}: {id:?} (deterministic: {det}, per group: {per_group}, {ms:.3} ms), workspace {workspace} bytes"
         );
         plan.algos.insert(dir, a);
         Ok(a)
     }
 
+    /// Run grouped shapes one group at a time (Some(true)), whole
+    /// (Some(false)), or as cuDNN's timings say (None, the default); the
+    /// algorithms are chosen again.
+    pub fn force_split(&mut self, split: Option<bool>) {
+        self.force_split = split;
+        for plan in self.plans.values_mut() {
+            plan.algos.clear();
+        }
+    }
+
     /// The algorithm chosen for a shape, precision and direction, once one
     /// was (for the parity report).
-    pub(crate) fn chosen(&self, g: &ConvGeom, p: Precision, dir: Dir) -> Option<AlgoId> {
+    /// With whether it runs one group at a time.
+    pub(crate) fn chosen(&self, g: &ConvGeom, p: Precision, dir: Dir) -> Option<(AlgoId, bool)> {
         self.plans
             .get(&key(g, p))
             .and_then(|plan| plan.algos.get(&dir))
-            .map(|a| a.id)
+            .map(|a| (a.id, a.split))
+    }
+
+    /// How many calls `a` takes for `g` and their descriptors: one on the
+    /// whole tensors, or one per group on the split's views.
+    fn calls(
+        &self,
+        op: &'static str,
+        g: &ConvGeom,
+        p: Precision,
+        a: Algo,
+    ) -> Result<(usize, Descs)> {
+        let plan = self.get(op, g, p)?;
+        match (&plan.split, a.split) {
+            (Some(sp), true) => Ok((g.groups, sp.descs())),
+            _ => Ok((
+                1,
+                Descs {
+                    x: plan.x.0,
+                    y: plan.y.0,
+                    w: plan.w.0,
+                    conv: plan.conv.0,
+                },
+            )),
+        }
     }
 
     /// Grow the shared workspace to at least `bytes` (never shrinks, so steady
@@ -830,38 +1055,43 @@ impl Dnn {
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = self.get(OP, g, p)?;
+        let (calls, d) = self.calls(OP, g, p, a)?;
         let (xp, _gx) = x.device_ptr(&stream);
         let (wp, _gw) = w.device_ptr(&stream);
         let (yp, _gy) = y.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: pointers come from buffers whose lengths the caller checked
-        // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
-        // descriptors, with elements of the descriptors' type (check_elem);
-        // alpha/beta are f32 as cuDNN requires for float, half and bfloat16 data;
-        // the workspace holds at least the size cuDNN asked for this algorithm;
-        // the guards record the accesses on the stream the handle uses.
-        unsafe {
-            check(
-                OP,
-                "convolution forward",
-                sys::cudnnConvolutionForward(
-                    self.handle,
-                    (&one as *const f32).cast(),
-                    plan.x.0,
-                    cptr(xp),
-                    plan.w.0,
-                    cptr(wp),
-                    plan.conv.0,
-                    algo,
-                    ws,
-                    ws_len,
-                    (&zero as *const f32).cast(),
-                    plan.y.0,
-                    mptr(yp),
-                ),
-            )?;
+        for gi in 0..calls {
+            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
+            // SAFETY: pointers come from buffers whose lengths the caller checked
+            // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
+            // descriptors (a split's views and offsets stay inside them), with
+            // elements of the descriptors' type (check_elem); alpha/beta are
+            // f32 as cuDNN requires for float, half and bfloat16 data; the
+            // workspace holds at least the size cuDNN asked for this algorithm;
+            // the guards record the accesses on the stream the handle uses.
+            unsafe {
+                check(
+                    OP,
+                    "convolution forward",
+                    sys::cudnnConvolutionForward(
+                        self.handle,
+                        (&one as *const f32).cast(),
+                        d.x,
+                        cptr(xp + xo),
+                        d.w,
+                        cptr(wp + wo),
+                        d.conv,
+                        algo,
+                        ws,
+                        ws_len,
+                        (&zero as *const f32).cast(),
+                        d.y,
+                        mptr(yp + yo),
+                    ),
+                )?;
+            }
         }
+        let plan = self.get(OP, g, p)?;
         let Some(b) = b else {
             return Ok(());
         };
@@ -904,34 +1134,38 @@ impl Dnn {
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = self.get(OP, g, p)?;
+        let (calls, d) = self.calls(OP, g, p, a)?;
         let (wp, _gw) = w.device_ptr(&stream);
         let (dyp, _gdy) = dy.device_ptr(&stream);
         let (dxp, _gdx) = dx.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: as in `forward`: lengths checked against the descriptors,
-        // f32 scaling factors, workspace large enough, accesses recorded.
-        unsafe {
-            check(
-                OP,
-                "convolution backward data",
-                sys::cudnnConvolutionBackwardData(
-                    self.handle,
-                    (&one as *const f32).cast(),
-                    plan.w.0,
-                    cptr(wp),
-                    plan.y.0,
-                    cptr(dyp),
-                    plan.conv.0,
-                    algo,
-                    ws,
-                    ws_len,
-                    (&zero as *const f32).cast(),
-                    plan.x.0,
-                    mptr(dxp),
-                ),
-            )
+        for gi in 0..calls {
+            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
+            // SAFETY: as in `forward`: lengths checked against the descriptors,
+            // f32 scaling factors, workspace large enough, accesses recorded.
+            unsafe {
+                check(
+                    OP,
+                    "convolution backward data",
+                    sys::cudnnConvolutionBackwardData(
+                        self.handle,
+                        (&one as *const f32).cast(),
+                        d.w,
+                        cptr(wp + wo),
+                        d.y,
+                        cptr(dyp + yo),
+                        d.conv,
+                        algo,
+                        ws,
+                        ws_len,
+                        (&zero as *const f32).cast(),
+                        d.x,
+                        mptr(dxp + xo),
+                    ),
+                )?;
+            }
         }
+        Ok(())
     }
 
     /// dw = sum over the batch of dy (x) x, overwriting dw (beta = 0); all
@@ -952,33 +1186,37 @@ impl Dnn {
         };
         let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let plan = self.get(OP, g, p)?;
+        let (calls, d) = self.calls(OP, g, p, a)?;
         let (xp, _gx) = x.device_ptr(&stream);
         let (dyp, _gdy) = dy.device_ptr(&stream);
         let (dwp, _gdw) = dw.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: as in `forward`.
-        unsafe {
-            check(
-                OP,
-                "convolution backward filter",
-                sys::cudnnConvolutionBackwardFilter(
-                    self.handle,
-                    (&one as *const f32).cast(),
-                    plan.x.0,
-                    cptr(xp),
-                    plan.y.0,
-                    cptr(dyp),
-                    plan.conv.0,
-                    algo,
-                    ws,
-                    ws_len,
-                    (&zero as *const f32).cast(),
-                    plan.w.0,
-                    mptr(dwp),
-                ),
-            )
+        for gi in 0..calls {
+            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
+            // SAFETY: as in `forward`.
+            unsafe {
+                check(
+                    OP,
+                    "convolution backward filter",
+                    sys::cudnnConvolutionBackwardFilter(
+                        self.handle,
+                        (&one as *const f32).cast(),
+                        d.x,
+                        cptr(xp + xo),
+                        d.y,
+                        cptr(dyp + yo),
+                        d.conv,
+                        algo,
+                        ws,
+                        ws_len,
+                        (&zero as *const f32).cast(),
+                        d.w,
+                        mptr(dwp + wo),
+                    ),
+                )?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -995,7 +1233,7 @@ mod tests {
     /// large filters) Winograd candidate never is.
     #[test]
     fn deterministic_runs_pick_the_first_deterministic_algorithm() {
-        let c = |a, st, mem, det| (AlgoId::Filter(a), st, mem, det);
+        let c = |a, st, mem, det| (AlgoId::Filter(a), st, mem, det, 0.0);
         let found = [
             c(
                 F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
@@ -1043,5 +1281,72 @@ mod tests {
             filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
         );
         assert_eq!(pick(&found[..4], true, true), None);
+    }
+
+    /// Per group only where Find timed both and the groups' calls together
+    /// beat the grouped one (or the grouped shape has no algorithm at all).
+    #[test]
+    fn a_grouped_convolution_splits_only_when_its_groups_together_are_faster() {
+        let c = |ms| {
+            (
+                AlgoId::Filter(F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1),
+                S::CUDNN_STATUS_SUCCESS,
+                0,
+                true,
+                ms,
+            )
+        };
+        assert!(split_pays(Some(&c(0.40)), Some(&c(0.15)), 2));
+        assert!(!split_pays(Some(&c(0.40)), Some(&c(0.20)), 2));
+        assert!(!split_pays(Some(&c(0.40)), Some(&c(0.15)), 3));
+        assert!(!split_pays(Some(&c(0.40)), None, 2));
+        // Heuristics' candidates carry no measured time.
+        assert!(!split_pays(Some(&c(-1.0)), Some(&c(-1.0)), 2));
+        assert!(split_pays(None, Some(&c(0.15)), 2));
+    }
+
+    /// Each group's view, from its offset, reaches exactly its own channels
+    /// of the packed tensor: element (i, c, y, x) of group gi is element
+    /// (i, gi * c_in / groups + c, y, x) of the whole.
+    #[test]
+    fn group_views_and_offsets_cover_each_groups_channels() {
+        let g = ConvGeom {
+            n: 3,
+            c_in: 6,
+            h: 5,
+            w: 4,
+            c_out: 4,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 2,
+        };
+        let packed =
+            |i: usize, ch: usize, y: usize, x: usize| ((i * g.c_in + ch) * g.h + y) * g.w + x;
+        let (dims, st) = group_view(g.n, g.c_in, g.groups, g.h, g.w);
+        assert_eq!(dims, [3, 3, 5, 4]);
+        let mut seen = vec![0u8; g.n * g.c_in * g.h * g.w];
+        for gi in 0..g.groups {
+            let off = group_offsets(&g, gi)[0];
+            for i in 0..dims[0] {
+                for c in 0..dims[1] {
+                    for y in 0..dims[2] {
+                        for x in 0..dims[3] {
+                            let at = off + i * st[0] + c * st[1] + y * st[2] + x * st[3];
+                            assert_eq!(at, packed(i, gi * dims[1] + c, y, x));
+                            seen[at] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|&v| v == 1));
+        // The filter's groups are its consecutive blocks of c_out / groups rows.
+        let rows = (g.c_out / g.groups) * (g.c_in / g.groups) * g.k * g.k;
+        assert_eq!(group_offsets(&g, 1)[1], rows);
+        assert_eq!(
+            group_offsets(&g, 1)[2],
+            (g.c_out / g.groups) * g.h_out() * g.w_out()
+        );
     }
 }

@@ -406,15 +406,33 @@ impl CudaBackend {
         self.force_fallback.store(on, Ordering::Relaxed);
     }
 
+    /// Run grouped convolutions through cuDNN one group at a time
+    /// (Some(true)), whole (Some(false)), or as cuDNN's timings say (None,
+    /// the default), so that the parity check covers both ways.
+    pub fn force_split_groups(&self, split: Option<bool>) -> Result<()> {
+        if let Some(dnn) = self.dnn.as_ref() {
+            lock("force_split_groups", dnn)?.force_split(split);
+        }
+        Ok(())
+    }
+
     /// The cuDNN algorithm chosen for `g` in direction `dir` at this
     /// backend's precision, once one was (None without cuDNN), without
-    /// cuDNN's prefix: e.g. "BWD_FILTER_ALGO_1". For the parity report.
+    /// cuDNN's prefix: e.g. "BWD_FILTER_ALGO_1", with " per group" where a
+    /// grouped shape runs one group at a time. For the parity report.
     pub fn cudnn_algo(&self, g: &ConvGeom, dir: cudnn::Dir) -> Result<Option<String>> {
         let Some(dnn) = self.dnn.as_ref() else {
             return Ok(None);
         };
         let id = lock("cudnn_algo", dnn)?.chosen(g, self.precision, dir);
-        Ok(id.map(|id| id.short_name()))
+        Ok(id.map(|(id, split)| {
+            let name = id.short_name();
+            if split {
+                format!("{name} per group")
+            } else {
+                name
+            }
+        }))
     }
 
     /// Copy an index buffer back (argmax, labels), for tests and checks.
