@@ -1333,6 +1333,102 @@ fn softmax_xent_16_matches_cpu() {
     }
 }
 
+/// Logits for the softmax kernels: random rows of `spread`, and where the
+/// shape allows, rows of special values in front: a NaN logit; +inf; all
+/// -inf; signed zeros as the max (+0 and -0 both present); one logit far
+/// below the rest (its exp underflows to 0); all equal; the label at the max.
+fn xent_case(rng: &mut Rng, n: usize, classes: usize, spread: f32) -> (Vec<f32>, Vec<u32>) {
+    let mut z = normal(rng, n * classes, spread);
+    let mut labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    if n >= 7 && classes >= 4 {
+        let c = classes;
+        z[3] = f32::NAN;
+        z[c] = f32::INFINITY;
+        z[2 * c..3 * c].fill(f32::NEG_INFINITY);
+        for (j, v) in z[3 * c..4 * c].iter_mut().enumerate() {
+            *v = match j % 3 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => -1.5,
+            };
+        }
+        z[4 * c..5 * c].fill(1.0);
+        z[4 * c + 1] = -200.0;
+        z[5 * c..6 * c].fill(0.25);
+        z[6 * c + c / 2] = 9.0;
+        (labels[0], labels[3], labels[6]) = (3, 1, (c / 2) as u32);
+    }
+    (z, labels)
+}
+
+/// softmax_xent_max, _exp, _sum and _probs in turn give the one-thread-per-row
+/// forward's probs and row losses bit for bit, in f32, f16 and bf16, at the
+/// shape training uses (128 x 1000), with fewer classes than the 32 parts of
+/// a row's max, classes not a multiple of them, and special values
+/// (`xent_case`).
+#[test]
+fn softmax_xent_kernels_match_the_rowwise_forward() {
+    let mut rng = Rng::new(137);
+    let shapes = [
+        (128usize, 1000usize, 4.0f32),
+        (7, 10, 30.0),
+        (3, 1, 1.0),
+        (9, 33, 3.0),
+        (8, 70, 50.0),
+    ];
+    for (n, classes, spread) in shapes {
+        let (logits, labels) = xent_case(&mut rng, n, classes, spread);
+        let what = format!("softmax_xent f32 {n}x{classes}");
+        let (mut probs, mut row_loss) = (vec![0.0; n * classes], vec![0.0; n]);
+        hk::softmax_xent_forward(n, classes, &logits, &labels, &mut probs, &mut row_loss).unwrap();
+        let (mut probs_old, mut row_old) = (vec![0.0; n * classes], vec![0.0; n]);
+        hk::softmax_xent_rowwise(n, classes, &logits, &labels, &mut probs_old, &mut row_old)
+            .unwrap();
+        check_identical(
+            &format!("{what} probs vs rowwise"),
+            &bits(&probs),
+            &bits(&probs_old),
+        );
+        check_identical(
+            &format!("{what} row_loss vs rowwise"),
+            &bits(&row_loss),
+            &bits(&row_old),
+        );
+        for t in HALVES {
+            let what = format!("softmax_xent {} {n}x{classes}", name16(t));
+            let logits16 = narrow(t, &logits);
+            let (mut probs, mut row_loss) = (vec![0u16; n * classes], vec![0.0; n]);
+            hk::softmax_xent_forward_16(
+                t,
+                n,
+                classes,
+                &logits16,
+                &labels,
+                &mut probs,
+                &mut row_loss,
+            )
+            .unwrap();
+            let (mut probs_old, mut row_old) = (vec![0u16; n * classes], vec![0.0; n]);
+            hk::softmax_xent_rowwise_16(
+                t,
+                n,
+                classes,
+                &logits16,
+                &labels,
+                &mut probs_old,
+                &mut row_old,
+            )
+            .unwrap();
+            check_identical(&format!("{what} probs vs rowwise"), &probs, &probs_old);
+            check_identical(
+                &format!("{what} row_loss vs rowwise"),
+                &bits(&row_loss),
+                &bits(&row_old),
+            );
+        }
+    }
+}
+
 /// step_hits_{f16,bf16}: the hits of the 16-bit probabilities equal the
 /// CPU op's on those probabilities widened (what a download gives), ties
 /// made by the rounding included.

@@ -44,10 +44,17 @@ HOST_KERNEL(dropout_forward_f32, (float* x, float* mask, unsigned long long seed
 HOST_KERNEL(dropout_backward_f32, (const float* mask, float* dy, long long len), (mask, dy, len))
 
 // softmax_xent.cu
-HOST_KERNEL(softmax_xent_forward_f32,
-            (const float* logits, const unsigned int* labels, float* probs, float* row_loss, int n,
-             int classes),
-            (logits, labels, probs, row_loss, n, classes))
+HOST_KERNEL(softmax_xent_max_f32, (const float* logits, float* part_max, int n, int classes, int parts),
+            (logits, part_max, n, classes, parts))
+HOST_KERNEL(softmax_xent_exp_f32,
+            (const float* logits, const float* part_max, float* e, int n, int classes, int parts),
+            (logits, part_max, e, n, classes, parts))
+HOST_KERNEL(softmax_xent_sum_f32,
+            (const float* logits, const unsigned int* labels, const float* part_max, const float* e,
+             float* inv, float* row_loss, int n, int classes, int parts),
+            (logits, labels, part_max, e, inv, row_loss, n, classes, parts))
+HOST_KERNEL(softmax_xent_probs_f32, (const float* e, const float* inv, float* probs, int n, int classes),
+            (e, inv, probs, n, classes))
 HOST_KERNEL(softmax_xent_backward_f32,
             (const float* probs, const unsigned int* labels, float* dlogits, int n, int classes),
             (probs, labels, dlogits, n, classes))
@@ -133,6 +140,53 @@ extern "C" int host_index_fits_int(long long len, long long threads)
     return index_fits_int(len, threads) ? 1 : 0;
 }
 
+// Tests only: the softmax forward the four kernels above replaced, one thread
+// per row doing the max, the double sum and the stores (the sum and the
+// stores each computing the exps), kept as the oracle those kernels must
+// match bit for bit (tests/kernels_host.rs).
+template <class S>
+static void softmax_xent_rowwise_body(const typename S::T* logits, const unsigned int* labels,
+                                      typename S::T* probs, float* row_loss, int n, int classes)
+{
+    for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < n;
+         row += (long long)blockDim.x * gridDim.x) {
+        const typename S::T* z = logits + row * classes;
+        typename S::T* p = probs + row * classes;
+        float max = __uint_as_float(0xff800000u); // -inf
+        for (int j = 0; j < classes; ++j) {
+            max = fmaxf(max, S::load(z[j]));
+        }
+        double sum = 0.0;
+        for (int j = 0; j < classes; ++j) {
+            sum += (double)expf(S::load(z[j]) - max);
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int j = 0; j < classes; ++j) {
+            p[j] = S::store(expf(S::load(z[j]) - max) * inv);
+        }
+        row_loss[row] = (float)(log(sum) - (double)(S::load(z[labels[row]]) - max));
+    }
+}
+static void softmax_xent_rowwise_f32(const float* logits, const unsigned int* labels, float* probs,
+                                     float* row_loss, int n, int classes)
+{
+    softmax_xent_rowwise_body<StorageF32>(logits, labels, probs, row_loss, n, classes);
+}
+static void softmax_xent_rowwise_f16(const unsigned short* logits, const unsigned int* labels,
+                                     unsigned short* probs, float* row_loss, int n, int classes)
+{
+    softmax_xent_rowwise_body<StorageF16>(logits, labels, probs, row_loss, n, classes);
+}
+static void softmax_xent_rowwise_bf16(const unsigned short* logits, const unsigned int* labels,
+                                      unsigned short* probs, float* row_loss, int n, int classes)
+{
+    softmax_xent_rowwise_body<StorageBF16>(logits, labels, probs, row_loss, n, classes);
+}
+HOST_KERNEL(softmax_xent_rowwise_f32,
+            (const float* logits, const unsigned int* labels, float* probs, float* row_loss, int n,
+             int classes),
+            (logits, labels, probs, row_loss, n, classes))
+
 // im2col.cu
 HOST_KERNEL(im2col_f32,
             (const float* x, float* col, int images, int c, int h, int w, int k, int stride, int pad,
@@ -167,7 +221,18 @@ HOST_KERNEL(dropout_forward_##T,                                                
             (x, mask, seed, p, len))                                                                                          \
 HOST_KERNEL(dropout_backward_##T, (const unsigned short* mask, unsigned short* dy, long long len),                            \
             (mask, dy, len))                                                                                                  \
-HOST_KERNEL(softmax_xent_forward_##T,                                                                                         \
+HOST_KERNEL(softmax_xent_max_##T, (const unsigned short* logits, float* part_max, int n, int classes, int parts),           \
+            (logits, part_max, n, classes, parts))                                                                            \
+HOST_KERNEL(softmax_xent_exp_##T,                                                                                             \
+            (const unsigned short* logits, const float* part_max, float* e, int n, int classes, int parts),                   \
+            (logits, part_max, e, n, classes, parts))                                                                         \
+HOST_KERNEL(softmax_xent_sum_##T,                                                                                             \
+            (const unsigned short* logits, const unsigned int* labels, const float* part_max, const float* e,                 \
+             float* inv, float* row_loss, int n, int classes, int parts),                                                     \
+            (logits, labels, part_max, e, inv, row_loss, n, classes, parts))                                                  \
+HOST_KERNEL(softmax_xent_probs_##T, (const float* e, const float* inv, unsigned short* probs, int n, int classes),            \
+            (e, inv, probs, n, classes))                                                                                      \
+HOST_KERNEL(softmax_xent_rowwise_##T,                                                                                         \
             (const unsigned short* logits, const unsigned int* labels, unsigned short* probs, float* row_loss,                \
              int n, int classes),                                                                                             \
             (logits, labels, probs, row_loss, n, classes))                                                                    \

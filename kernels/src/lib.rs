@@ -53,6 +53,14 @@ pub fn launch_1d(threads: usize) -> (u32, u32) {
     (blocks as u32, BLOCK)
 }
 
+/// How many parts `softmax_xent_max_*` splits a row of `classes` into (one
+/// thread each, taking every parts-th class): 32, or `classes` when fewer,
+/// so no part is empty; `softmax_xent_exp_*` then combines that many per
+/// element.
+pub fn softmax_parts(classes: usize) -> usize {
+    classes.clamp(1, 32)
+}
+
 /// The module that defines kernel `name`, if any.
 pub fn module_of(name: &str) -> Option<&'static Module> {
     MODULES.iter().find(|m| m.kernels.contains(&name))

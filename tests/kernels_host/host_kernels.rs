@@ -274,9 +274,32 @@ fn xent_args(
     Ok((int(op, "n", n)?, int(op, "classes", classes)?))
 }
 
-/// `softmax_xent_forward_f32`: probs = softmax(logits) per row and
-/// row_loss[row] = -log probs[label]; returns their mean (summed in f64, as
-/// the CPU reference sums its per-row losses).
+/// The device scratch of the softmax forward's kernels for `n` rows of
+/// `classes`, as the CUDA backend sizes it (NaN-filled, so a value a kernel
+/// reads before another wrote it shows).
+struct XentScratch {
+    parts: usize,
+    part_max: Vec<f32>,
+    e: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl XentScratch {
+    fn new(n: usize, classes: usize) -> XentScratch {
+        let parts = alexnet_kernels::softmax_parts(classes);
+        XentScratch {
+            parts,
+            part_max: vec![f32::NAN; n * parts],
+            e: vec![f32::NAN; n * classes],
+            inv: vec![f32::NAN; n],
+        }
+    }
+}
+
+/// `softmax_xent_{max,exp,sum,probs}_f32` launched in turn as the CUDA
+/// backend launches them: probs = softmax(logits) per row and row_loss[row]
+/// = -log probs[label]; returns their mean (summed in f64, as the CPU
+/// reference sums its per-row losses).
 pub fn softmax_xent_forward(
     n: usize,
     classes: usize,
@@ -291,11 +314,80 @@ pub fn softmax_xent_forward(
     if n == 0 {
         return Ok(0.0);
     }
-    let (grid, block) = launch_1d(n);
+    let mut s = XentScratch::new(n, classes);
+    let pi = int(OP, "parts", s.parts)?;
     // SAFETY: logits and probs hold n*classes elements, labels and row_loss n
-    // (checked); every label is < classes (checked), so z[label] is in bounds.
+    // (checked); every label is < classes (checked), so z[label] is in
+    // bounds; the scratch holds n*parts, n*classes and n floats.
     unsafe {
-        ffi::host_softmax_xent_forward_f32(
+        let (grid, block) = launch_1d(n * s.parts);
+        ffi::host_softmax_xent_max_f32(
+            grid,
+            block,
+            logits.as_ptr(),
+            s.part_max.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n * classes);
+        ffi::host_softmax_xent_exp_f32(
+            grid,
+            block,
+            logits.as_ptr(),
+            s.part_max.as_ptr(),
+            s.e.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n);
+        ffi::host_softmax_xent_sum_f32(
+            grid,
+            block,
+            logits.as_ptr(),
+            labels.as_ptr(),
+            s.part_max.as_ptr(),
+            s.e.as_ptr(),
+            s.inv.as_mut_ptr(),
+            row_loss.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n * classes);
+        ffi::host_softmax_xent_probs_f32(
+            grid,
+            block,
+            s.e.as_ptr(),
+            s.inv.as_ptr(),
+            probs.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
+    Ok((total / n as f64) as f32)
+}
+
+/// The one-thread-per-row softmax forward the four kernels replaced (a
+/// tests-only build in kernels/host/launch.cpp): probs and row_loss as
+/// `softmax_xent_forward` must give them, bit for bit.
+pub fn softmax_xent_rowwise(
+    n: usize,
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    probs: &mut [f32],
+    row_loss: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "softmax_xent_rowwise_f32";
+    let (ni, ci) = xent_args(OP, n, classes, logits.len(), labels, probs.len())?;
+    check_len(OP, "row_loss", row_loss.len(), n)?;
+    let (grid, block) = launch_1d(n);
+    // SAFETY: as softmax_xent_forward's.
+    unsafe {
+        ffi::host_softmax_xent_rowwise_f32(
             grid,
             block,
             logits.as_ptr(),
@@ -306,8 +398,7 @@ pub fn softmax_xent_forward(
             ci,
         );
     }
-    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
-    Ok((total / n as f64) as f32)
+    Ok(())
 }
 
 /// `softmax_xent_backward_f32`: dlogits = (probs - onehot(labels)) / n.
@@ -942,8 +1033,9 @@ pub fn dropout_backward_16(t: Half, mask: &[u16], dy: &mut [u16]) -> Result<()> 
     Ok(())
 }
 
-/// `softmax_xent_forward_{f16,bf16}`: 16-bit probs, f32 row losses; returns
-/// their mean (summed in f64).
+/// `softmax_xent_{max,exp,sum,probs}_{f16,bf16}` launched in turn as the
+/// CUDA backend launches them: 16-bit probs, f32 row losses; returns their
+/// mean (summed in f64).
 pub fn softmax_xent_forward_16(
     t: Half,
     n: usize,
@@ -959,10 +1051,78 @@ pub fn softmax_xent_forward_16(
     if n == 0 {
         return Ok(0.0);
     }
-    let f = ffi::softmax_xent_forward_16(t);
-    let (grid, block) = launch_1d(n);
+    let mut s = XentScratch::new(n, classes);
+    let pi = int(op, "parts", s.parts)?;
     // SAFETY: logits and probs hold n*classes elements, labels and row_loss n
-    // (checked); every label is < classes (checked).
+    // (checked); every label is < classes (checked); the scratch holds
+    // n*parts, n*classes and n floats.
+    unsafe {
+        let (grid, block) = launch_1d(n * s.parts);
+        ffi::softmax_xent_max_16(t)(
+            grid,
+            block,
+            logits.as_ptr(),
+            s.part_max.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n * classes);
+        ffi::softmax_xent_exp_16(t)(
+            grid,
+            block,
+            logits.as_ptr(),
+            s.part_max.as_ptr(),
+            s.e.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n);
+        ffi::softmax_xent_sum_16(t)(
+            grid,
+            block,
+            logits.as_ptr(),
+            labels.as_ptr(),
+            s.part_max.as_ptr(),
+            s.e.as_ptr(),
+            s.inv.as_mut_ptr(),
+            row_loss.as_mut_ptr(),
+            ni,
+            ci,
+            pi,
+        );
+        let (grid, block) = launch_1d(n * classes);
+        ffi::softmax_xent_probs_16(t)(
+            grid,
+            block,
+            s.e.as_ptr(),
+            s.inv.as_ptr(),
+            probs.as_mut_ptr(),
+            ni,
+            ci,
+        );
+    }
+    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
+    Ok((total / n as f64) as f32)
+}
+
+/// `softmax_xent_rowwise` for 16-bit logits and probs.
+pub fn softmax_xent_rowwise_16(
+    t: Half,
+    n: usize,
+    classes: usize,
+    logits: &[u16],
+    labels: &[u32],
+    probs: &mut [u16],
+    row_loss: &mut [f32],
+) -> Result<()> {
+    let op = t.pick("softmax_xent_rowwise_f16", "softmax_xent_rowwise_bf16");
+    let (ni, ci) = xent_args(op, n, classes, logits.len(), labels, probs.len())?;
+    check_len(op, "row_loss", row_loss.len(), n)?;
+    let f = ffi::softmax_xent_rowwise_16(t);
+    let (grid, block) = launch_1d(n);
+    // SAFETY: as softmax_xent_forward_16's.
     unsafe {
         f(
             grid,
@@ -975,8 +1135,7 @@ pub fn softmax_xent_forward_16(
             ci,
         );
     }
-    let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
-    Ok((total / n as f64) as f32)
+    Ok(())
 }
 
 /// `step_hits_{f16,bf16}` then `step_record_f32`: as `record_step_metrics`

@@ -95,7 +95,50 @@ extern "C" {
         dy: *mut f32,
         len: i64,
     );
-    pub fn host_softmax_xent_forward_f32(
+    pub fn host_softmax_xent_max_f32(
+        grid: u32,
+        block: u32,
+        logits: *const f32,
+        part_max: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    pub fn host_softmax_xent_exp_f32(
+        grid: u32,
+        block: u32,
+        logits: *const f32,
+        part_max: *const f32,
+        e: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    pub fn host_softmax_xent_sum_f32(
+        grid: u32,
+        block: u32,
+        logits: *const f32,
+        labels: *const u32,
+        part_max: *const f32,
+        e: *const f32,
+        inv: *mut f32,
+        row_loss: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    pub fn host_softmax_xent_probs_f32(
+        grid: u32,
+        block: u32,
+        e: *const f32,
+        inv: *const f32,
+        probs: *mut f32,
+        n: i32,
+        classes: i32,
+    );
+    /// Tests only: the one-thread-per-row softmax forward the four kernels
+    /// above replaced (launch.cpp), the oracle they must match bit for bit.
+    pub fn host_softmax_xent_rowwise_f32(
         grid: u32,
         block: u32,
         logits: *const f32,
@@ -351,7 +394,41 @@ extern_16! {
         dy: *mut u16,
         len: i64,
     );
-    softmax_xent_forward_16: host_softmax_xent_forward_f16, host_softmax_xent_forward_bf16(
+    softmax_xent_max_16: host_softmax_xent_max_f16, host_softmax_xent_max_bf16(
+        logits: *const u16,
+        part_max: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    softmax_xent_exp_16: host_softmax_xent_exp_f16, host_softmax_xent_exp_bf16(
+        logits: *const u16,
+        part_max: *const f32,
+        e: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    softmax_xent_sum_16: host_softmax_xent_sum_f16, host_softmax_xent_sum_bf16(
+        logits: *const u16,
+        labels: *const u32,
+        part_max: *const f32,
+        e: *const f32,
+        inv: *mut f32,
+        row_loss: *mut f32,
+        n: i32,
+        classes: i32,
+        parts: i32,
+    );
+    softmax_xent_probs_16: host_softmax_xent_probs_f16, host_softmax_xent_probs_bf16(
+        e: *const f32,
+        inv: *const f32,
+        probs: *mut u16,
+        n: i32,
+        classes: i32,
+    );
+    // Tests only: the replaced one-thread-per-row forward (launch.cpp).
+    softmax_xent_rowwise_16: host_softmax_xent_rowwise_f16, host_softmax_xent_rowwise_bf16(
         logits: *const u16,
         labels: *const u32,
         probs: *mut u16,

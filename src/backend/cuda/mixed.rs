@@ -472,36 +472,6 @@ impl CudaBackend {
 
     // -- loss ----------------------------------------------------------------------------
 
-    /// probs (16-bit) and the f32 per-row losses (the kernel computes in f32).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn softmax_xent_forward16(
-        &self,
-        logits: &CudaBuf<f32>,
-        labels: &CudaBuf<u32>,
-        probs: &mut CudaBuf<f32>,
-        row_loss: &mut CudaSlice<f32>,
-        ni: i32,
-        ci: i32,
-        rows: usize,
-    ) -> Result<()> {
-        const OP: &str = "softmax_xent_forward";
-        let l16 = half_of(OP, "logits", logits)?;
-        let p16 = half_out(OP, "probs", probs)?;
-        let f = k16!(self, "softmax_xent_forward")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(l16)
-            .arg(&labels.data)
-            .arg(p16)
-            .arg(row_loss)
-            .arg(&ni)
-            .arg(&ci);
-        // SAFETY: softmax_xent_forward_H(const us* logits, const unsigned int* labels,
-        // us* probs, float* row_loss, int n, int classes); logits/probs hold
-        // n*classes, labels n (each < classes, checked), row_loss at least n.
-        unsafe { l.launch(cfg(rows)) }.map_err(cuda_err(OP))?;
-        Ok(())
-    }
-
     /// dlogits = (probs - onehot) / n * scale in one pass: the loss scale is
     /// applied in f32 before the single rounding to 16 bits, so gradients
     /// below fp16's range are lifted into it instead of flushed first.

@@ -149,9 +149,9 @@ impl<T> Drop for Staging<T> {
 /// Per-op scratch, sized on first use and grown only when a larger batch comes.
 #[derive(Default)]
 struct Scratch {
-    /// softmax_xent_forward's per-row losses, and their mean when the host
-    /// reads it (step_metrics.rs).
-    row_loss: Option<CudaSlice<f32>>,
+    /// softmax_xent_forward's per-row and per-element values (step_metrics.rs).
+    xent: XentScratch,
+    /// The mean loss, when the host reads it (step_metrics.rs).
     mean_loss: Option<CudaSlice<f32>>,
     /// record_step_metrics' per-row top-1 hits.
     row_hit: Option<CudaSlice<f32>>,
@@ -162,6 +162,19 @@ struct Scratch {
     /// A pinned f32 batch lands here (by DMA) before it is narrowed to 16
     /// bits on the GPU.
     upload_f32: Option<CudaSlice<f32>>,
+}
+
+/// softmax_xent_forward's scratch (kernels/softmax_xent.cu), all f32: each
+/// row's loss, the parts of each row's max (n * softmax_parts(classes)),
+/// each element's exp (n * classes: 4 KB an image at 1000 classes), and
+/// each row's 1 / sum. Not in the memory plan (memory.rs), which counts the
+/// network's buffers; ops' scratch is in the tenth of the room kept back.
+#[derive(Default)]
+struct XentScratch {
+    row_loss: Option<CudaSlice<f32>>,
+    part_max: Option<CudaSlice<f32>>,
+    exp: Option<CudaSlice<f32>>,
+    inv: Option<CudaSlice<f32>>,
 }
 
 /// One GPU.

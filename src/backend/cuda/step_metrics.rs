@@ -4,10 +4,11 @@
 //! slot of a small f32 buffer (step_hits_*, step_record_f32), so the trainer
 //! reads many steps back at once instead of waiting for the GPU every step.
 //! This file owns those launches; the Backend impl in mod.rs calls them.
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use alexnet_kernels::softmax_parts;
+use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 
-use super::storage16::{check_master, half_of};
-use super::{cfg, cuda_err, int, lock, CudaBackend, CudaBuf};
+use super::storage16::{check_master, half_of, half_out};
+use super::{cfg, cuda_err, int, lock, CudaBackend, CudaBuf, XentScratch};
 use crate::backend::cpu::elementwise::check_step_slot;
 use crate::error::{Error, Result};
 
@@ -19,8 +20,24 @@ fn missing(op: &'static str, what: &str) -> Error {
 }
 
 impl CudaBackend {
-    /// probs and each row's loss (into `row_loss`), then loss[0] = their
-    /// mean, all queued on the compute stream.
+    /// `base_f32`, or `base_f16` / `base_bf16` in 16-bit mode.
+    fn xent_kernel(
+        &self,
+        f32_name: &'static str,
+        f16_name: &'static str,
+        bf16_name: &'static str,
+    ) -> Result<&CudaFunction> {
+        if self.precision.is_half() {
+            self.kernel16(f16_name, bf16_name)
+        } else {
+            self.kernels.get(f32_name)
+        }
+    }
+
+    /// probs and each row's loss (into `x.row_loss`), then loss[0] = their
+    /// mean, all queued on the compute stream: softmax_xent_max, _exp, _sum
+    /// and _probs of the backend's precision, then softmax_xent_mean_f32
+    /// (kernels/softmax_xent.cu says why four).
     #[allow(clippy::too_many_arguments)]
     fn xent_forward_mean(
         &self,
@@ -30,25 +47,107 @@ impl CudaBackend {
         logits: &CudaBuf<f32>,
         labels: &CudaBuf<u32>,
         probs: &mut CudaBuf<f32>,
-        row_loss: &mut CudaSlice<f32>,
+        x: &mut XentScratch,
         loss: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let (ni, ci) = (int(op, "n", n)?, int(op, "classes", classes)?);
-        if n > 0 && self.precision.is_half() {
-            self.softmax_xent_forward16(logits, labels, probs, row_loss, ni, ci, n)?;
-        } else if n > 0 {
-            let f = self.kernels.get("softmax_xent_forward_f32")?;
+        let parts = softmax_parts(classes);
+        // n * classes fits: logits holds that many (checked by the caller).
+        self.ensure(op, &mut x.row_loss, n)?;
+        self.ensure(op, &mut x.part_max, n * parts)?;
+        self.ensure(op, &mut x.exp, n * classes)?;
+        self.ensure(op, &mut x.inv, n)?;
+        let (Some(row_loss), Some(part_max), Some(exp), Some(inv)) = (
+            x.row_loss.as_mut(),
+            x.part_max.as_mut(),
+            x.exp.as_mut(),
+            x.inv.as_mut(),
+        ) else {
+            return Err(missing(op, "softmax"));
+        };
+        let (ni, ci, pi) = (
+            int(op, "n", n)?,
+            int(op, "classes", classes)?,
+            int(op, "parts", parts)?,
+        );
+        let half = self.precision.is_half();
+        if n > 0 {
+            let f = self.xent_kernel(
+                "softmax_xent_max_f32",
+                "softmax_xent_max_f16",
+                "softmax_xent_max_bf16",
+            )?;
             let mut l = self.stream.launch_builder(f);
-            l.arg(&logits.data)
-                .arg(&labels.data)
-                .arg(&mut probs.data)
+            if half {
+                l.arg(half_of(op, "logits", logits)?);
+            } else {
+                l.arg(&logits.data);
+            }
+            l.arg(&mut *part_max).arg(&ni).arg(&ci).arg(&pi);
+            // SAFETY: softmax_xent_max_T(const T* logits, float* part_max, int n,
+            // int classes, int parts); logits holds n*classes values of the
+            // backend's precision, part_max at least n*parts (ensure).
+            unsafe { l.launch(cfg(n * parts)) }.map_err(cuda_err(op))?;
+
+            let f = self.xent_kernel(
+                "softmax_xent_exp_f32",
+                "softmax_xent_exp_f16",
+                "softmax_xent_exp_bf16",
+            )?;
+            let mut l = self.stream.launch_builder(f);
+            if half {
+                l.arg(half_of(op, "logits", logits)?);
+            } else {
+                l.arg(&logits.data);
+            }
+            l.arg(&*part_max).arg(&mut *exp).arg(&ni).arg(&ci).arg(&pi);
+            // SAFETY: softmax_xent_exp_T(const T* logits, const float* part_max,
+            // float* e, int n, int classes, int parts); logits holds n*classes
+            // values, part_max n*parts (written above), e at least n*classes.
+            unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(op))?;
+
+            let f = self.xent_kernel(
+                "softmax_xent_sum_f32",
+                "softmax_xent_sum_f16",
+                "softmax_xent_sum_bf16",
+            )?;
+            let mut l = self.stream.launch_builder(f);
+            if half {
+                l.arg(half_of(op, "logits", logits)?);
+            } else {
+                l.arg(&logits.data);
+            }
+            l.arg(&labels.data)
+                .arg(&*part_max)
+                .arg(&*exp)
+                .arg(&mut *inv)
                 .arg(&mut *row_loss)
                 .arg(&ni)
-                .arg(&ci);
-            // SAFETY: softmax_xent_forward_f32(const float* logits, const unsigned int* labels,
-            // float* probs, float* row_loss, int n, int classes); logits/probs hold n*classes,
-            // labels n (each < classes, checked), row_loss at least n.
+                .arg(&ci)
+                .arg(&pi);
+            // SAFETY: softmax_xent_sum_T(const T* logits, const unsigned int* labels,
+            // const float* part_max, const float* e, float* inv, float* row_loss,
+            // int n, int classes, int parts); logits holds n*classes values,
+            // labels n (each < classes, checked), part_max n*parts, e n*classes,
+            // inv and row_loss at least n.
             unsafe { l.launch(cfg(n)) }.map_err(cuda_err(op))?;
+
+            let f = self.xent_kernel(
+                "softmax_xent_probs_f32",
+                "softmax_xent_probs_f16",
+                "softmax_xent_probs_bf16",
+            )?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&*exp).arg(&*inv);
+            if half {
+                l.arg(half_out(op, "probs", probs)?);
+            } else {
+                l.arg(&mut probs.data);
+            }
+            l.arg(&ni).arg(&ci);
+            // SAFETY: softmax_xent_probs_T(const float* e, const float* inv, T* probs,
+            // int n, int classes); e holds n*classes, inv n, probs n*classes
+            // values of the backend's precision (checked by the caller).
+            unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(op))?;
         }
         let f = self.kernels.get("softmax_xent_mean_f32")?;
         let mut l = self.stream.launch_builder(f);
@@ -75,12 +174,11 @@ impl CudaBackend {
         }
         let mut scratch = lock(OP, &self.scratch)?;
         let s = &mut *scratch;
-        self.ensure(OP, &mut s.row_loss, n)?;
         self.ensure(OP, &mut s.mean_loss, 1)?;
-        let (Some(row_loss), Some(mean)) = (s.row_loss.as_mut(), s.mean_loss.as_mut()) else {
+        let Some(mean) = s.mean_loss.as_mut() else {
             return Err(missing(OP, "loss"));
         };
-        self.xent_forward_mean(OP, n, classes, logits, labels, probs, row_loss, mean)?;
+        self.xent_forward_mean(OP, n, classes, logits, labels, probs, &mut s.xent, mean)?;
         let mut host = [0.0f32];
         self.dtoh(OP, mean, &mut host)?;
         Ok(host[0])
@@ -106,10 +204,6 @@ impl CudaBackend {
             });
         }
         let mut scratch = lock(OP, &self.scratch)?;
-        self.ensure(OP, &mut scratch.row_loss, n)?;
-        let Some(row_loss) = scratch.row_loss.as_mut() else {
-            return Err(missing(OP, "row-loss"));
-        };
         self.xent_forward_mean(
             OP,
             n,
@@ -117,7 +211,7 @@ impl CudaBackend {
             logits,
             labels,
             probs,
-            row_loss,
+            &mut scratch.xent,
             &mut loss.data,
         )
     }
