@@ -5,12 +5,28 @@
 //! reads many steps back at once instead of waiting for the GPU every step.
 //! This file owns those launches; the Backend impl in mod.rs calls them.
 use alexnet_kernels::softmax_parts;
-use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchArgs, PushKernelArg};
 
 use super::storage16::{check_master, half_of, half_out};
 use super::{cfg, cuda_err, int, lock, CudaBackend, CudaBuf, XentScratch};
 use crate::backend::cpu::elementwise::check_step_slot;
 use crate::error::{Error, Result};
+
+/// The softmax kernels' sizes, as their int arguments.
+#[derive(Clone, Copy)]
+struct XentDims {
+    n: i32,
+    classes: i32,
+    parts: i32,
+}
+
+impl XentDims {
+    /// n * per_row threads (both fit an int: checked by `int`, and their
+    /// product is at most the logits' length).
+    fn len(self, per_row: i32) -> usize {
+        self.n as usize * per_row as usize
+    }
+}
 
 fn missing(op: &'static str, what: &str) -> Error {
     Error::Cuda {
@@ -64,97 +80,150 @@ impl CudaBackend {
         ) else {
             return Err(missing(op, "softmax"));
         };
-        let (ni, ci, pi) = (
-            int(op, "n", n)?,
-            int(op, "classes", classes)?,
-            int(op, "parts", parts)?,
-        );
-        let half = self.precision.is_half();
+        let d = XentDims {
+            n: int(op, "n", n)?,
+            classes: int(op, "classes", classes)?,
+            parts: int(op, "parts", parts)?,
+        };
         if n > 0 {
-            let f = self.xent_kernel(
-                "softmax_xent_max_f32",
-                "softmax_xent_max_f16",
-                "softmax_xent_max_bf16",
-            )?;
-            let mut l = self.stream.launch_builder(f);
-            if half {
-                l.arg(half_of(op, "logits", logits)?);
-            } else {
-                l.arg(&logits.data);
-            }
-            l.arg(&mut *part_max).arg(&ni).arg(&ci).arg(&pi);
-            // SAFETY: softmax_xent_max_T(const T* logits, float* part_max, int n,
-            // int classes, int parts); logits holds n*classes values of the
-            // backend's precision, part_max at least n*parts (ensure).
-            unsafe { l.launch(cfg(n * parts)) }.map_err(cuda_err(op))?;
-
-            let f = self.xent_kernel(
-                "softmax_xent_exp_f32",
-                "softmax_xent_exp_f16",
-                "softmax_xent_exp_bf16",
-            )?;
-            let mut l = self.stream.launch_builder(f);
-            if half {
-                l.arg(half_of(op, "logits", logits)?);
-            } else {
-                l.arg(&logits.data);
-            }
-            l.arg(&*part_max).arg(&mut *exp).arg(&ni).arg(&ci).arg(&pi);
-            // SAFETY: softmax_xent_exp_T(const T* logits, const float* part_max,
-            // float* e, int n, int classes, int parts); logits holds n*classes
-            // values, part_max n*parts (written above), e at least n*classes.
-            unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(op))?;
-
-            let f = self.xent_kernel(
-                "softmax_xent_sum_f32",
-                "softmax_xent_sum_f16",
-                "softmax_xent_sum_bf16",
-            )?;
-            let mut l = self.stream.launch_builder(f);
-            if half {
-                l.arg(half_of(op, "logits", logits)?);
-            } else {
-                l.arg(&logits.data);
-            }
-            l.arg(&labels.data)
-                .arg(&*part_max)
-                .arg(&*exp)
-                .arg(&mut *inv)
-                .arg(&mut *row_loss)
-                .arg(&ni)
-                .arg(&ci)
-                .arg(&pi);
-            // SAFETY: softmax_xent_sum_T(const T* logits, const unsigned int* labels,
-            // const float* part_max, const float* e, float* inv, float* row_loss,
-            // int n, int classes, int parts); logits holds n*classes values,
-            // labels n (each < classes, checked), part_max n*parts, e n*classes,
-            // inv and row_loss at least n.
-            unsafe { l.launch(cfg(n)) }.map_err(cuda_err(op))?;
-
-            let f = self.xent_kernel(
-                "softmax_xent_probs_f32",
-                "softmax_xent_probs_f16",
-                "softmax_xent_probs_bf16",
-            )?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&*exp).arg(&*inv);
-            if half {
-                l.arg(half_out(op, "probs", probs)?);
-            } else {
-                l.arg(&mut probs.data);
-            }
-            l.arg(&ni).arg(&ci);
-            // SAFETY: softmax_xent_probs_T(const float* e, const float* inv, T* probs,
-            // int n, int classes); e holds n*classes, inv n, probs n*classes
-            // values of the backend's precision (checked by the caller).
-            unsafe { l.launch(cfg(n * classes)) }.map_err(cuda_err(op))?;
+            self.xent_max(op, d, logits, part_max)?;
+            self.xent_exp(op, d, logits, part_max, exp)?;
+            self.xent_sum(op, d, (logits, labels), (part_max, exp), (inv, row_loss))?;
+            self.xent_probs(op, d, exp, inv, probs)?;
         }
         let f = self.kernels.get("softmax_xent_mean_f32")?;
         let mut l = self.stream.launch_builder(f);
-        l.arg(&*row_loss).arg(loss).arg(&ni);
+        l.arg(&*row_loss).arg(loss).arg(&d.n);
         // SAFETY: softmax_xent_mean_f32(const float* row_loss, float* loss, int n);
         // row_loss holds at least n floats, loss at least one.
         unsafe { l.launch(cfg(1)) }.map_err(cuda_err(op))?;
+        Ok(())
+    }
+
+    /// Logits as the softmax kernels of the backend's precision read them.
+    fn logits_arg<'a>(
+        &self,
+        op: &'static str,
+        l: &mut LaunchArgs<'a>,
+        logits: &'a CudaBuf<f32>,
+    ) -> Result<()> {
+        if self.precision.is_half() {
+            l.arg(half_of(op, "logits", logits)?);
+        } else {
+            l.arg(&logits.data);
+        }
+        Ok(())
+    }
+
+    /// Each row's max over every parts-th class, into part_max.
+    fn xent_max(
+        &self,
+        op: &'static str,
+        d: XentDims,
+        logits: &CudaBuf<f32>,
+        part_max: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let f = self.xent_kernel(
+            "softmax_xent_max_f32",
+            "softmax_xent_max_f16",
+            "softmax_xent_max_bf16",
+        )?;
+        let mut l = self.stream.launch_builder(f);
+        self.logits_arg(op, &mut l, logits)?;
+        l.arg(part_max).arg(&d.n).arg(&d.classes).arg(&d.parts);
+        // SAFETY: softmax_xent_max_T(const T* logits, float* part_max, int n,
+        // int classes, int parts); logits holds n*classes values of the
+        // backend's precision, part_max at least n*parts (ensure).
+        unsafe { l.launch(cfg(d.len(d.parts))) }.map_err(cuda_err(op))?;
+        Ok(())
+    }
+
+    /// e = exp(z - the row's max) for every element, into exp.
+    fn xent_exp(
+        &self,
+        op: &'static str,
+        d: XentDims,
+        logits: &CudaBuf<f32>,
+        part_max: &CudaSlice<f32>,
+        exp: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let f = self.xent_kernel(
+            "softmax_xent_exp_f32",
+            "softmax_xent_exp_f16",
+            "softmax_xent_exp_bf16",
+        )?;
+        let mut l = self.stream.launch_builder(f);
+        self.logits_arg(op, &mut l, logits)?;
+        l.arg(part_max)
+            .arg(exp)
+            .arg(&d.n)
+            .arg(&d.classes)
+            .arg(&d.parts);
+        // SAFETY: softmax_xent_exp_T(const T* logits, const float* part_max,
+        // float* e, int n, int classes, int parts); logits holds n*classes
+        // values, part_max n*parts (written before), e at least n*classes.
+        unsafe { l.launch(cfg(d.len(d.classes))) }.map_err(cuda_err(op))?;
+        Ok(())
+    }
+
+    /// Each row's ordered double sum of e: 1 / sum into inv, the row's loss
+    /// into row_loss.
+    fn xent_sum(
+        &self,
+        op: &'static str,
+        d: XentDims,
+        (logits, labels): (&CudaBuf<f32>, &CudaBuf<u32>),
+        (part_max, exp): (&CudaSlice<f32>, &CudaSlice<f32>),
+        (inv, row_loss): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+    ) -> Result<()> {
+        let f = self.xent_kernel(
+            "softmax_xent_sum_f32",
+            "softmax_xent_sum_f16",
+            "softmax_xent_sum_bf16",
+        )?;
+        let mut l = self.stream.launch_builder(f);
+        self.logits_arg(op, &mut l, logits)?;
+        l.arg(&labels.data)
+            .arg(part_max)
+            .arg(exp)
+            .arg(inv)
+            .arg(row_loss);
+        l.arg(&d.n).arg(&d.classes).arg(&d.parts);
+        // SAFETY: softmax_xent_sum_T(const T* logits, const unsigned int* labels,
+        // const float* part_max, const float* e, float* inv, float* row_loss,
+        // int n, int classes, int parts); logits holds n*classes values,
+        // labels n (each < classes, checked), part_max n*parts, e n*classes,
+        // inv and row_loss at least n.
+        unsafe { l.launch(cfg(d.len(1))) }.map_err(cuda_err(op))?;
+        Ok(())
+    }
+
+    /// probs = e * the row's inv, stored in the backend's precision.
+    fn xent_probs(
+        &self,
+        op: &'static str,
+        d: XentDims,
+        exp: &CudaSlice<f32>,
+        inv: &CudaSlice<f32>,
+        probs: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let f = self.xent_kernel(
+            "softmax_xent_probs_f32",
+            "softmax_xent_probs_f16",
+            "softmax_xent_probs_bf16",
+        )?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(exp).arg(inv);
+        if self.precision.is_half() {
+            l.arg(half_out(op, "probs", probs)?);
+        } else {
+            l.arg(&mut probs.data);
+        }
+        l.arg(&d.n).arg(&d.classes);
+        // SAFETY: softmax_xent_probs_T(const float* e, const float* inv, T* probs,
+        // int n, int classes); e holds n*classes, inv n, probs n*classes
+        // values of the backend's precision (checked by the caller).
+        unsafe { l.launch(cfg(d.len(d.classes))) }.map_err(cuda_err(op))?;
         Ok(())
     }
 
