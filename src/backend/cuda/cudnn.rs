@@ -738,8 +738,11 @@ impl Plan {
                 ),
             });
         }
+        // Where cuDNN refuses the strided views, the grouped call serves alone.
         let split = if g.groups > 1 {
-            Some(Split::new(op, g, p, math)?)
+            Split::new(op, g, p, math)
+                .map_err(|e| tracing::debug!("cuDNN: {g:?} {p}: no per-group plan: {e}"))
+                .ok()
         } else {
             None
         };
