@@ -699,6 +699,16 @@ fn filter_conv(
 }
 
 impl Plan {
+    /// The whole convolution's descriptors.
+    fn descs(&self) -> Descs {
+        Descs {
+            x: self.x.0,
+            y: self.y.0,
+            w: self.w.0,
+            conv: self.conv.0,
+        }
+    }
+
     /// Descriptors for `g` with tensors and filter stored as `p`; the
     /// convolution itself always computes in f32.
     fn new(
@@ -890,12 +900,7 @@ impl Dnn {
         if let Some(a) = plan.algos.get(&dir) {
             return Ok(*a);
         }
-        let d = Descs {
-            x: plan.x.0,
-            y: plan.y.0,
-            w: plan.w.0,
-            conv: plan.conv.0,
-        };
+        let d = plan.descs();
         // Deterministic runs rank by cuDNN's heuristics, which do not depend
         // on timing, so that every run picks the same algorithms.
         let measure = !self.deterministic;
@@ -989,16 +994,34 @@ impl Dnn {
         let plan = self.get(op, g, p)?;
         match (&plan.split, a.split) {
             (Some(sp), true) => Ok((g.groups, sp.descs())),
-            _ => Ok((
-                1,
-                Descs {
-                    x: plan.x.0,
-                    y: plan.y.0,
-                    w: plan.w.0,
-                    conv: plan.conv.0,
-                },
-            )),
+            _ => Ok((1, plan.descs())),
         }
+    }
+
+    /// `call` once on the whole tensors, or once per group on the split's
+    /// views (`a.split`), each time with the base device pointers of x, w
+    /// and y (`base`, in that order) moved to the call's part, the split's
+    /// or the plan's descriptors, and the workspace `a` asks for; its
+    /// status is checked as `what`.
+    #[allow(clippy::too_many_arguments)]
+    fn each_call<T>(
+        &mut self,
+        op: &'static str,
+        what: &str,
+        g: &ConvGeom,
+        p: Precision,
+        a: Algo,
+        base: [u64; 3],
+        call: impl Fn(Descs, [u64; 3], *mut c_void, usize) -> sys::cudnnStatus_t,
+    ) -> Result<()> {
+        let (ws, ws_len) = self.workspace(op, a.workspace)?;
+        let (calls, d) = self.calls(op, g, p, a)?;
+        for gi in 0..calls {
+            let off = byte_offsets::<T>(g, a, gi);
+            let ptrs = [base[0] + off[0], base[1] + off[1], base[2] + off[2]];
+            check(op, what, call(d, ptrs, ws, ws_len))?;
+        }
+        Ok(())
     }
 
     /// Grow the shared workspace to at least `bytes` (never shrinks, so steady
@@ -1056,44 +1079,47 @@ impl Dnn {
         let AlgoId::Forward(algo) = a.id else {
             return Err(mixed(OP));
         };
-        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let (calls, d) = self.calls(OP, g, p, a)?;
         let (xp, _gx) = x.device_ptr(&stream);
         let (wp, _gw) = w.device_ptr(&stream);
         let (yp, _gy) = y.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        for gi in 0..calls {
-            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
-            // SAFETY: pointers come from buffers whose lengths the caller checked
-            // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
-            // descriptors (a split's views and offsets stay inside them), with
-            // elements of the descriptors' type (check_elem); alpha/beta are
-            // f32 as cuDNN requires for float, half and bfloat16 data; the
-            // workspace holds at least the size cuDNN asked for this algorithm;
-            // the guards record the accesses on the stream the handle uses.
-            unsafe {
-                check(
-                    OP,
-                    "convolution forward",
+        let handle = self.handle;
+        let what = "convolution forward";
+        self.each_call::<T>(
+            OP,
+            what,
+            g,
+            p,
+            a,
+            [xp, wp, yp],
+            |d, [x, w, y], ws, ws_len| {
+                // SAFETY: pointers come from buffers whose lengths the caller checked
+                // against `g` (x: x_len, w: w_len, b: c_out, y: y_len), matching the
+                // descriptors (a split's views and offsets stay inside them), with
+                // elements of the descriptors' type (check_elem); alpha/beta are
+                // f32 as cuDNN requires for float, half and bfloat16 data; the
+                // workspace holds at least the size cuDNN asked for this algorithm;
+                // the guards record the accesses on the stream the handle uses.
+                unsafe {
                     sys::cudnnConvolutionForward(
-                        self.handle,
+                        handle,
                         (&one as *const f32).cast(),
                         d.x,
-                        cptr(xp + xo),
+                        cptr(x),
                         d.w,
-                        cptr(wp + wo),
+                        cptr(w),
                         d.conv,
                         algo,
                         ws,
                         ws_len,
                         (&zero as *const f32).cast(),
                         d.y,
-                        mptr(yp + yo),
-                    ),
-                )?;
-            }
-        }
+                        mptr(y),
+                    )
+                }
+            },
+        )?;
         let plan = self.get(OP, g, p)?;
         let Some(b) = b else {
             return Ok(());
@@ -1135,40 +1161,42 @@ impl Dnn {
         let AlgoId::Data(algo) = a.id else {
             return Err(mixed(OP));
         };
-        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let (calls, d) = self.calls(OP, g, p, a)?;
         let (wp, _gw) = w.device_ptr(&stream);
         let (dyp, _gdy) = dy.device_ptr(&stream);
         let (dxp, _gdx) = dx.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        for gi in 0..calls {
-            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
-            // SAFETY: as in `forward`: lengths checked against the descriptors,
-            // f32 scaling factors, workspace large enough, accesses recorded.
-            unsafe {
-                check(
-                    OP,
-                    "convolution backward data",
+        let handle = self.handle;
+        let what = "convolution backward data";
+        self.each_call::<T>(
+            OP,
+            what,
+            g,
+            p,
+            a,
+            [dxp, wp, dyp],
+            |d, [dx, w, dy], ws, ws_len| {
+                // SAFETY: as in `forward`: lengths checked against the descriptors,
+                // f32 scaling factors, workspace large enough, accesses recorded.
+                unsafe {
                     sys::cudnnConvolutionBackwardData(
-                        self.handle,
+                        handle,
                         (&one as *const f32).cast(),
                         d.w,
-                        cptr(wp + wo),
+                        cptr(w),
                         d.y,
-                        cptr(dyp + yo),
+                        cptr(dy),
                         d.conv,
                         algo,
                         ws,
                         ws_len,
                         (&zero as *const f32).cast(),
                         d.x,
-                        mptr(dxp + xo),
-                    ),
-                )?;
-            }
-        }
-        Ok(())
+                        mptr(dx),
+                    )
+                }
+            },
+        )
     }
 
     /// dw = sum over the batch of dy (x) x, overwriting dw (beta = 0); all
@@ -1187,39 +1215,41 @@ impl Dnn {
         let AlgoId::Filter(algo) = a.id else {
             return Err(mixed(OP));
         };
-        let (ws, ws_len) = self.workspace(OP, a.workspace)?;
         let stream = self.stream.clone();
-        let (calls, d) = self.calls(OP, g, p, a)?;
         let (xp, _gx) = x.device_ptr(&stream);
         let (dyp, _gdy) = dy.device_ptr(&stream);
         let (dwp, _gdw) = dw.device_ptr_mut(&stream);
         let (one, zero) = (1.0f32, 0.0f32);
-        for gi in 0..calls {
-            let [xo, wo, yo] = byte_offsets::<T>(g, a, gi);
-            // SAFETY: as in `forward`.
-            unsafe {
-                check(
-                    OP,
-                    "convolution backward filter",
+        let handle = self.handle;
+        let what = "convolution backward filter";
+        self.each_call::<T>(
+            OP,
+            what,
+            g,
+            p,
+            a,
+            [xp, dwp, dyp],
+            |d, [x, dw, dy], ws, ws_len| {
+                // SAFETY: as in `forward`.
+                unsafe {
                     sys::cudnnConvolutionBackwardFilter(
-                        self.handle,
+                        handle,
                         (&one as *const f32).cast(),
                         d.x,
-                        cptr(xp + xo),
+                        cptr(x),
                         d.y,
-                        cptr(dyp + yo),
+                        cptr(dy),
                         d.conv,
                         algo,
                         ws,
                         ws_len,
                         (&zero as *const f32).cast(),
                         d.w,
-                        mptr(dwp + wo),
-                    ),
-                )?;
-            }
-        }
-        Ok(())
+                        mptr(dw),
+                    )
+                }
+            },
+        )
     }
 }
 
