@@ -294,6 +294,7 @@ pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize)
         skip_unreadable: false,
         lighting: None,
         host_alloc: None,
+        pool: Default::default(),
         shard: (0, 1),
     }
 }

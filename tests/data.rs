@@ -1253,6 +1253,53 @@ fn batches_fill_the_backend_host_memory_and_reuse_it() -> alexnet_cuda::Result<(
     Ok(())
 }
 
+/// Batches refilled from a config's pool hold exactly what new batches
+/// hold: a training epoch with padded crops, a validation pass of unpadded
+/// crops of the same side into the epoch's buffers, then another epoch
+/// into the validation's (whose padding must be zeroed again), each equal
+/// to the same pass with a pool of its own. Short last batches shrink and
+/// regrow the buffers in between.
+#[test]
+fn batches_refilled_from_the_pool_hold_what_new_ones_hold() -> alexnet_cuda::Result<()> {
+    let set: Arc<dyn ImageSource> = Arc::new(coord_set(42, 12)?);
+    let idx: Vec<usize> = (0..42).collect();
+    let train = LoaderConfig {
+        pad: 3,
+        ..cfg(4, 8, true, 2)
+    };
+    let val = LoaderConfig {
+        train: false,
+        crop: 11,
+        pad: 0,
+        ..train.clone()
+    };
+    let pass = |c: &LoaderConfig, epoch| -> alexnet_cuda::Result<Vec<(Vec<f32>, Vec<u32>)>> {
+        let mut it = batches(Arc::clone(&set), &idx, c, epoch)?;
+        let mut got = Vec::new();
+        while let Some(b) = it.next() {
+            let b = b?;
+            got.push((b.x.to_vec(), b.labels.clone()));
+            it.recycle(b);
+        }
+        Ok(got)
+    };
+    let own = |c: &LoaderConfig| LoaderConfig {
+        pool: Default::default(),
+        ..c.clone()
+    };
+    for (c, epoch) in [(&train, 0), (&val, 0), (&train, 1), (&val, 0)] {
+        let shared = pass(c, epoch)?;
+        assert_eq!(shared.len(), 11);
+        assert!(
+            shared == pass(&own(c), epoch)?,
+            "a pass refilling the pool's batches (train: {}, epoch {epoch}) differs",
+            c.train
+        );
+    }
+    assert!(train.pool.idle() > 0, "nothing was kept in the pool");
+    Ok(())
+}
+
 /// A multi-process run: rank r of R takes the r-th block of every global
 /// batch, with the crops and flips drawn for those positions, so the ranks'
 /// batches side by side are the one-process batches, image for image.

@@ -44,8 +44,13 @@ fn the_plan_counts_every_buffer_a_network_allocates() {
     }
 }
 
-/// A host allocator that counts the buffers alive and the most at once.
-fn counting_alloc(live: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>) -> HostAlloc {
+/// A host allocator that counts the buffers alive, the most at once, and
+/// all it made.
+fn counting_alloc(
+    live: &Arc<AtomicUsize>,
+    peak: &Arc<AtomicUsize>,
+    made: &Arc<AtomicUsize>,
+) -> HostAlloc {
     struct Counted(Vec<f32>, Arc<AtomicUsize>);
     impl HostMemory for Counted {
         fn as_slice(&self) -> &[f32] {
@@ -60,8 +65,9 @@ fn counting_alloc(live: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>) -> HostAlloc
             self.1.fetch_sub(1, Ordering::SeqCst);
         }
     }
-    let (live, peak) = (Arc::clone(live), Arc::clone(peak));
+    let (live, peak, made) = (Arc::clone(live), Arc::clone(peak), Arc::clone(made));
     HostAlloc(Arc::new(move |len| {
+        made.fetch_add(1, Ordering::SeqCst);
         let now = live.fetch_add(1, Ordering::SeqCst) + 1;
         peak.fetch_max(now, Ordering::SeqCst);
         Ok(Box::new(Counted(vec![0.0; len], Arc::clone(&live))) as Box<dyn HostMemory>)
@@ -85,7 +91,7 @@ fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
     let workers = 3;
     let cfg = LoaderConfig {
         workers,
-        host_alloc: Some(counting_alloc(&live, &peak)),
+        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
         ..LoaderConfig::new(2, 8, false)
     };
     let idx: Vec<usize> = (0..60).collect();
@@ -98,6 +104,56 @@ fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
     assert!(peak > workers + 1, "only {peak} batches alive at once");
+}
+
+/// A run's epochs and validation passes, loaders cloned from one config,
+/// refill the first epoch's batches: nothing is allocated after it (on a
+/// GPU each allocation pins memory), the batches alive stay within the
+/// plan's 2W + 1, and they are freed with the config.
+#[test]
+fn epochs_and_validation_refill_the_first_epochs_batches() {
+    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let made = Arc::new(AtomicUsize::new(0));
+    let workers = 3;
+    let train = LoaderConfig {
+        workers,
+        host_alloc: Some(counting_alloc(&live, &peak, &made)),
+        drop_last: true,
+        ..LoaderConfig::new(2, 8, true)
+    };
+    let val = LoaderConfig {
+        train: false,
+        drop_last: false,
+        ..train.clone()
+    };
+    let set = image_set(60, 10);
+    let idx: Vec<usize> = (0..60).collect();
+    let pass = |cfg: &LoaderConfig, epoch| {
+        let mut it = batches(Arc::clone(&set), &idx, cfg, epoch).expect("loader");
+        while let Some(b) = it.next() {
+            std::thread::sleep(Duration::from_millis(5));
+            it.recycle(b.expect("batch"));
+        }
+    };
+    pass(&train, 0);
+    let first = made.load(Ordering::SeqCst);
+    for epoch in 1..4 {
+        pass(&val, 0);
+        pass(&train, epoch);
+    }
+    let made = made.load(Ordering::SeqCst);
+    assert_eq!(
+        made, first,
+        "epochs 2 to 4 and validation allocated batches"
+    );
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
+    drop((train, val));
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "batches outlived their config"
+    );
 }
 
 /// The need at `rows` and `workers` is the network's buffers as allocated,

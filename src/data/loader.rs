@@ -2,19 +2,21 @@
 //! has worker threads decode, crop, flip, light and normalise them into NCHW
 //! f32, delivered in order through crossbeam bounded channels. Every random
 //! choice is a function of (seed, epoch, position), so batch k of an epoch is
-//! the same whatever the number of workers. Batch buffers are recycled and
-//! each worker decodes into one scratch image, so this code allocates
-//! nothing per image (the JPEG decoder keeps its own working buffers).
+//! the same whatever the number of workers. Batch buffers are recycled
+//! through the config's pool, across epochs too, and each worker decodes
+//! into one scratch image, so this code allocates nothing per image (the
+//! JPEG decoder keeps its own working buffers).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver};
 
 use super::decode::decode_jpeg_rgb_into;
 use super::hostmem::{HostAlloc, HostBuf};
 use super::lighting::Pca;
 use super::packed::{Encoding, PackedStore};
+use super::pool::Pool;
 use super::store::ImageSet;
 use crate::error::{Error, Result};
 use crate::rng::{hash_u64, Rng};
@@ -124,6 +126,10 @@ pub struct LoaderConfig {
     /// Where batch pixels live: None = ordinary memory; a GPU backend's
     /// pinned allocator lets its uploads copy without staging.
     pub host_alloc: Option<HostAlloc>,
+    /// The batches given back (`BatchIter::recycle`), shared by this
+    /// config's clones: a run's epochs and validation passes refill the
+    /// same buffers instead of allocating (and, on a GPU, pinning) new ones.
+    pub pool: Pool<Batch>,
     /// (rank, ranks): this process's share of a multi-process run. Global
     /// batch k is images k*B*ranks .. (k+1)*B*ranks of the epoch's order;
     /// rank r takes its r-th block of `batch`, with the crops and noise
@@ -152,6 +158,7 @@ impl LoaderConfig {
             skip_unreadable: false,
             lighting: None,
             host_alloc: None,
+            pool: Pool::default(),
             shard: (0, 1),
         }
     }
@@ -328,7 +335,6 @@ pub fn batches_from(
         epoch,
         inv_std,
     });
-    let (recycle_tx, recycle_rx) = unbounded::<Batch>();
     let stop = Arc::new(AtomicBool::new(false));
     // Workers past the epoch's remaining batches would have nothing to do.
     let workers = cfg.workers.min(n_batches.saturating_sub(first));
@@ -337,7 +343,6 @@ pub fn batches_from(
     for w in 0..workers {
         let (tx, rx) = bounded::<Result<Batch>>(PREFETCH_PER_WORKER);
         let job = Arc::clone(&job);
-        let recycle = recycle_rx.clone();
         let worker_stop = Arc::clone(&stop);
         let spawned = std::thread::Builder::new()
             .name(format!("loader-{w}"))
@@ -347,7 +352,7 @@ pub fn batches_from(
                 let mut k = first + w;
                 let mut scratch = Vec::new();
                 while k < n_batches && !worker_stop.load(Ordering::Relaxed) {
-                    let mut b = recycle.try_recv().unwrap_or_default();
+                    let mut b = job.cfg.pool.take();
                     let r = job.fill(k, &mut b, &mut scratch).map(|()| b);
                     let failed = r.is_err();
                     // A closed channel means the iterator was dropped.
@@ -383,8 +388,6 @@ pub fn batches_from(
         rxs,
         handles,
         stop,
-        recycle_tx,
-        recycle_rx,
     })
 }
 
@@ -602,8 +605,6 @@ pub struct BatchIter {
     rxs: Vec<Receiver<Result<Batch>>>,
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    recycle_tx: Sender<Batch>,
-    recycle_rx: Receiver<Batch>,
 }
 
 impl BatchIter {
@@ -612,13 +613,15 @@ impl BatchIter {
         self.n_batches
     }
 
-    /// Hand a used batch back so its buffers are refilled instead of
-    /// allocating new ones (optional: unreturned batches are just freed).
+    /// Hand a used batch back to the config's pool, so its buffers are
+    /// refilled, in this epoch or a later one, instead of allocating new
+    /// ones (optional: unreturned batches are just freed).
     pub fn recycle(&self, batch: Batch) {
-        // Bound what sits in the pool: one per in-flight slot is enough.
-        if self.recycle_rx.len() < self.rxs.len().max(1) * (PREFETCH_PER_WORKER + 1) {
-            let _ = self.recycle_tx.send(batch);
-        }
+        // The pool never holds more than were in use at once; the cap is
+        // the most an iterator has in use (one queued and one being filled
+        // per worker, one being read: the memory plan's 2W + 1).
+        let cap = self.rxs.len().max(1) * (PREFETCH_PER_WORKER + 1) + 1;
+        self.job.cfg.pool.give(batch, cap);
     }
 
     /// A worker's channel closed before its batches were all sent: it
@@ -643,7 +646,7 @@ impl Iterator for BatchIter {
         let k = self.next;
         self.next += 1;
         let r = if self.rxs.is_empty() {
-            let mut b = self.recycle_rx.try_recv().unwrap_or_default();
+            let mut b = self.job.cfg.pool.take();
             self.job.fill(k, &mut b, &mut self.scratch).map(|()| b)
         } else {
             let w = (k - self.first) % self.rxs.len();

@@ -3,9 +3,9 @@
 //! packed on-disk store (`packed`) and `prepare` which writes it (with
 //! `duplicates`, the images it stores twice), the
 //! decoded in-memory store with split and channel statistics (`store`),
-//! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`)
-//! and the host memory it fills (`hostmem`), and a procedural demo data
-//! set (`synth`).
+//! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`),
+//! the host memory it fills (`hostmem`) and the pool that keeps its batches
+//! between epochs (`pool`), and a procedural demo data set (`synth`).
 pub mod decode;
 pub mod duplicates;
 pub mod files;
@@ -14,6 +14,7 @@ pub mod hostmem;
 pub mod lighting;
 pub mod loader;
 pub mod packed;
+pub mod pool;
 pub mod prepare;
 pub mod store;
 pub mod synth;
@@ -30,6 +31,7 @@ pub use loader::{
     workers_for, Batch, BatchIter, Crop, ImageSource, Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
+pub use pool::Pool;
 pub use store::{
     balanced_subset, folder_digest, held_out_files, limited_len, store_digest, BuildOptions,
     ImageSet,

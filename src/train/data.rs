@@ -372,6 +372,7 @@ pub fn loader_config(
         skip_unreadable: false,
         lighting,
         host_alloc: None,
+        pool: Default::default(),
         shard: (0, 1),
     }
 }
