@@ -64,6 +64,10 @@ pub struct RunOptions {
     /// resume writes it again instead of reading the (temporary) folder.
     #[serde(default)]
     pub demo: bool,
+    /// Epochs over which the rate rises linearly to the schedule's
+    /// (`--warmup`; 0: none, as the paper).
+    #[serde(default)]
+    pub warmup: f64,
 }
 
 fn paper_init() -> InitRecipe {

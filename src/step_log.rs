@@ -57,14 +57,14 @@ impl StepLog {
         self.queued.len()
     }
 
-    /// Note a step whose metrics went into slot `next_slot()`.
-    pub fn push(&mut self, p: &Progress, images: usize, elapsed_s: f64) {
+    /// Note a step, trained at `lr`, whose metrics went into slot `next_slot()`.
+    pub fn push(&mut self, p: &Progress, lr: f32, images: usize, elapsed_s: f64) {
         self.queued.push(Queued {
             epoch: p.epoch,
             step: p.step,
             epoch_frac: (p.epoch - 1) as f64
                 + p.batches_done as f64 / p.epoch_batches.max(1) as f64,
-            lr: p.lr,
+            lr,
             images,
             elapsed_s,
         });

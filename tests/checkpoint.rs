@@ -1418,6 +1418,64 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
     assert!(differs, "another rate trained the same weights");
 }
 
+/// `--warmup E`: step s of the first W = E x 20 steps (steps.csv counts
+/// from 1) trains at lr x s / W, composed with the schedule (a milestone
+/// inside the warm-up divides the ramp by 10); SGD uses that rate (one
+/// step at 0.01 with W = 4 leaves the weights of one step at 0.0025, a
+/// power of two apart, so exactly); and a run stopped within the warm-up
+/// resumes to the run through, bit for bit.
+#[test]
+fn a_warm_up_ramps_the_rate_linearly_and_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let with = |out: &Path, extra: &[&str]| {
+        let mut a = train_args(&d, out, EPOCHS);
+        a.extend(extra.iter().map(|f| f.to_string()));
+        a
+    };
+    // W = 50 steps, past epoch 3's milestone at step 41.
+    let ramp = ["--lr", "0.02", "--lr-milestones", "3", "--warmup", "2.5"];
+    let whole = t.path().join("whole");
+    run_ok(&with(&whole, &ramp));
+    let got = lrs(&whole);
+    assert_eq!(got.len(), STEPS);
+    for (step, lr) in got {
+        let base = if step > 40 { 0.002 } else { 0.02 };
+        let want = base * (step as f64 / 50.0).min(1.0);
+        let err = (lr as f64 - want).abs() / want;
+        assert!(err < 1e-6, "step {step}: lr {lr}, want {want}");
+    }
+
+    let timed = t.path().join("timed");
+    let o = run(&with(
+        &timed,
+        &[&ramp[..], &["--time-limit", PASSED]].concat(),
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        steps_logged(&timed),
+        1,
+        "the time limit did not stop at step 1"
+    );
+    run_ok(&resume_args(&timed));
+    assert_same_run(&whole, &timed);
+
+    let one_step = |name: &str, extra: &[&str]| {
+        let out = t.path().join(name);
+        run_ok(&with(&out, &[extra, &["--time-limit", PASSED]].concat()));
+        tensors(&out.join(checkpoint::checkpoint_name(1)))
+    };
+    let warm = one_step("warm", &["--lr", "0.01", "--warmup", "0.2"]);
+    assert!(
+        warm == one_step("quarter", &["--lr", "0.0025"]),
+        "step 1 did not train at lr / 4"
+    );
+    assert!(
+        warm != one_step("full", &["--lr", "0.01"]),
+        "the rate made no difference"
+    );
+}
+
 /// `resume_args` with a checkpoint after every step, and `extra`.
 fn resume_every_step(out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a = resume_args(out);

@@ -175,6 +175,15 @@ fn bad_flag_values() {
         &["--lr-milestones", "epoch 3 is listed twice"],
     );
     assert_error(&["train", "--gpus", "zero", "--demo"], &["--gpus", "zero"]);
+    // A warm-up the length of the run never reaches the rate asked for.
+    assert_error(
+        &["train", "--cpu", "--demo", "--epochs", "3", "--warmup", "3"],
+        &["--warmup 3", "3 epochs", "shorter than the run"],
+    );
+    assert_error(
+        &["train", "--resume", "runs/x", "--warmup", "1"],
+        &["--warmup", "--resume"],
+    );
     // Thousands of threads used to exhaust the memory for their stacks and
     // panic in a loader thread.
     for cmd in [
@@ -202,8 +211,10 @@ fn bad_flag_values() {
 #[test]
 fn numbers_out_of_range_name_their_flag() {
     let train = ["train", "--cpu", "--data", "no/such/data"];
-    let cases: [(&str, &str, &str); 10] = [
+    let cases: [(&str, &str, &str); 12] = [
         ("--lr", "-1", "must be a positive number"),
+        ("--warmup", "-1", "must be a positive number"),
+        ("--warmup", "inf", "must be a positive number"),
         ("--lr", "nan", "must be a positive number"),
         ("--lr", "1e40", "out of single precision's range"),
         ("--lr", "fast", "'fast' is not a number"),

@@ -199,6 +199,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
             crop: None,
             init: InitRecipe::Caffe,
             demo: false,
+            warmup: 0.0,
         },
         preprocess: Preprocess {
             image_size: 32,

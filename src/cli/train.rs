@@ -31,7 +31,7 @@ use alexnet_cuda::train::{
 
 use super::common::{
     demo_folder, existing_weights, flag_value, length_of_time, minutes_or_off, positive,
-    positive_f32, seed_value, HostArgs, NetArgs,
+    positive_f32, positive_number, seed_value, HostArgs, NetArgs,
 };
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
@@ -68,6 +68,9 @@ pub struct TrainArgs {
     /// Divide the learning rate by 10 at these epochs (e.g. 10,15) instead of on plateaus.
     #[arg(long, value_delimiter = ',', value_name = "EPOCHS", conflicts_with_all = ["patience", "max_drops"])]
     lr_milestones: Option<Vec<usize>>,
+    /// Raise the learning rate linearly over the first EPOCHS epochs (fractions allowed), from lr/W at the first of their W steps to the schedule's rate, as Goyal et al. (2017) do for large batches; not in the paper.
+    #[arg(long, value_name = "EPOCHS", value_parser = positive_number)]
+    warmup: Option<f64>,
     /// Epochs without validation improvement before the learning rate drops (paper's schedule).
     #[arg(long, default_value_t = 2, value_parser = positive)]
     patience: u64,
@@ -81,7 +84,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it, --lr sets the rate from here on.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "val", "limit", "lr_milestones", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "val", "limit", "lr_milestones", "warmup", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
     resume: Option<PathBuf>,
     /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
     #[arg(long, value_enum)]
@@ -382,8 +385,24 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
             max_drops: args.max_drops,
         };
     }
+    if let Some(w) = args.warmup {
+        check_warmup(w, run)?;
+        run.warmup = w;
+    }
     run.crop = args.crop.map(|c| c as usize);
     run.seed = args.seed;
+    Ok(())
+}
+
+/// A warm-up as long as the run would never train at the rate asked for.
+fn check_warmup(w: f64, run: &RunOptions) -> Result<()> {
+    if w >= run.epochs as f64 {
+        bail!(
+            "--warmup {w}: the run has {} epochs, so its rate would never reach {}; pass a warm-up shorter than the run (Goyal et al. warm up for 5 of 90 epochs)",
+            run.epochs,
+            run.lr
+        );
+    }
     Ok(())
 }
 

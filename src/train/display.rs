@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::model::summary::thousands;
 use crate::model::topology::{InitRecipe, Topology};
-use crate::run_state::{EpochStats, Progress};
+use crate::run_state::{EpochStats, Progress, RunOptions};
 use crate::step_log::EpochClock;
 
 use super::data::TrainData;
@@ -102,6 +102,25 @@ pub fn start(topo: &Topology, devices: &str, opts: &TrainOptions) -> Result<()> 
         }
     );
     Ok(())
+}
+
+/// The warm-up a new run starts with (`--warmup`), in steps.
+pub fn warmup(run: &RunOptions, epoch_batches: usize) {
+    let steps = run.warmup * epoch_batches as f64;
+    if run.warmup > 0.0 && steps <= 1.0 {
+        warn!(
+            "--warmup {}: epochs of {epoch_batches} steps make that {steps:.2} steps, too short to ramp; the run trains at {} from its first step",
+            run.warmup, run.lr
+        );
+    } else if run.warmup > 0.0 {
+        info!(
+            "warm-up: the learning rate rises linearly from {:.2e} to {} over the first {steps:.0} steps ({} epoch{} of {epoch_batches})",
+            run.lr as f64 / steps.max(1.0),
+            run.lr,
+            run.warmup,
+            if run.warmup == 1.0 { "" } else { "s" }
+        );
+    }
 }
 
 /// The epoch's bar over its `len` batches, at batch `first` (a resume).

@@ -243,8 +243,10 @@ impl<'a> Trainer<'a> {
     /// decide whether to skip the update). The loss and top-1 hits are
     /// recorded on the device and read back by `read_steps`.
     pub fn step(&mut self, b: &Batch, clock: &mut EpochClock) -> Result<()> {
+        let p = &self.state.progress;
+        let lr = schedule::step_lr(p.lr, p.step, self.opts.run.warmup, p.epoch_batches);
         let hp = SgdParams {
-            lr: self.state.progress.lr,
+            lr,
             momentum: self.opts.run.momentum,
             weight_decay: self.opts.run.weight_decay,
         };
@@ -280,7 +282,7 @@ impl<'a> Trainer<'a> {
         // The processes of a run step together (each step ends in the
         // all-reduce), so the run's images are this shard times their number.
         clock.images += b.n * self.opts.world.size;
-        self.log.push(p, b.n, elapsed);
+        self.log.push(p, lr, b.n, elapsed);
         Ok(())
     }
 

@@ -85,6 +85,7 @@ impl TrainOptions {
                 crop: None,
                 init: InitRecipe::default(),
                 demo: false,
+                warmup: 0.0,
             },
             workers: None,
             time_limit: None,

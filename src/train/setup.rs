@@ -236,6 +236,7 @@ pub fn start_state(
         return Ok((st, true));
     }
     let epoch_batches = data.train_idx.len() / opts.run.batch;
+    display::warmup(&opts.run, epoch_batches);
     let state = RunState {
         format: checkpoint::FORMAT.into(),
         version: checkpoint::VERSION,
