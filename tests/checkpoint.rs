@@ -1439,11 +1439,12 @@ fn a_warm_up_ramps_the_rate_linearly_and_resumes_exactly() {
     run_ok(&with(&whole, &ramp));
     let got = lrs(&whole);
     assert_eq!(got.len(), STEPS);
+    // steps.csv keeps 4 significant digits; one step off the ramp is 2% or more.
     for (step, lr) in got {
         let base = if step > 40 { 0.002 } else { 0.02 };
         let want = base * (step as f64 / 50.0).min(1.0);
         let err = (lr as f64 - want).abs() / want;
-        assert!(err < 1e-6, "step {step}: lr {lr}, want {want}");
+        assert!(err < 1e-3, "step {step}: lr {lr}, want {want}");
     }
 
     let timed = t.path().join("timed");
