@@ -14,8 +14,8 @@ pub struct ScalingArgs {
     /// Global batch size.
     #[arg(long, default_value_t = 128, value_parser = positive)]
     batch: u64,
-    /// One GPU's training step at that batch, in ms (default: ours in fp32 on one H200, docs/cuda.md).
-    #[arg(long, default_value_t = 13.98, value_parser = positive_number)]
+    /// One GPU's training step at that batch, in ms (default: ours in strict fp32 on one H200, docs/cuda.md's speed table).
+    #[arg(long, default_value_t = 11.82, value_parser = positive_number)]
     step_ms: f64,
 }
 
