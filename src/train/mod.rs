@@ -13,20 +13,22 @@
 //! `Trainer` is the run in progress: `step`, `epoch`, `validate` and `save`,
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
-//! `schedule`, `run_dir` (checkpoints, metrics, plot) and `display` (the
-//! log lines and the bars).
+//! `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
+//! files written while training goes on) and `display` (the log lines and
+//! the bars).
 mod data;
 mod display;
 mod options;
 mod run_dir;
 mod schedule;
 mod setup;
+mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, RunState};
@@ -48,6 +50,7 @@ pub use run_dir::{check_run_folder, refuse_run_inside_data};
 pub use schedule::after_validation;
 
 use run_dir::RunDir;
+use writer::Pending;
 
 /// Train the network `spec` names, laid over devices as `layout` says,
 /// with `opts`; with `opts.resume`, continue that checkpoint's run exactly.
@@ -89,6 +92,8 @@ pub struct Trainer<'a> {
     /// `checkpoint_interval`, and how long writing it took.
     last_save: Instant,
     save_s: f64,
+    /// The checkpoint being written in the background, if one is.
+    pending: Option<Pending>,
     /// When the time limit is reached.
     deadline: Option<Instant>,
 }
@@ -150,20 +155,33 @@ impl<'a> Trainer<'a> {
             bytes_told: false,
             last_save: start,
             save_s,
+            pending: None,
             deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
         })
     }
 
     /// Every epoch left, each followed by validation and a checkpoint,
-    /// until the last, a stop, or the time limit.
+    /// until the last, a stop, or the time limit. The last checkpoint is
+    /// whole on disk before it returns, however the run ended.
     pub fn run(mut self) -> Result<TrainReport> {
+        let ran = self.epochs();
+        let wrote = self.finish_write();
+        if let (Err(_), Err(e)) = (&ran, &wrote) {
+            warn!("{e}");
+        }
+        ran.and(wrote)?;
+        Ok(self.report)
+    }
+
+    /// `run`'s loop.
+    fn epochs(&mut self) -> Result<()> {
         let mut times = EpochTimes::default();
         while self.state.progress.epoch <= self.opts.run.epochs {
             let epoch = self.state.progress.epoch;
             let whole = self.state.progress.batches_done == 0;
             let epoch_start = Instant::now();
             let Some(clock) = self.epoch()? else {
-                return Ok(self.report);
+                return Ok(());
             };
             let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
             self.save_epoch_end(best)?;
@@ -174,7 +192,7 @@ impl<'a> Trainer<'a> {
                 if epoch < self.opts.run.epochs {
                     self.report.stopped = Some(Stopped::Signal);
                 }
-                return Ok(self.report);
+                return Ok(());
             }
             let spent = self.start.elapsed().as_secs_f64();
             let per_epoch = times.per_epoch(spent, &self.state.history);
@@ -193,7 +211,7 @@ impl<'a> Trainer<'a> {
             }
             display::time_left(epoch, self.opts.run.epochs, per_epoch, self.until_limit());
         }
-        Ok(self.report)
+        Ok(())
     }
 
     /// The epoch's remaining steps (a milestone drops the lr first); None
@@ -303,16 +321,12 @@ impl<'a> Trainer<'a> {
         // back to, and a NaN would make the run state unreadable.
         if !v.loss.is_finite() {
             let p = &self.state.progress;
-            return Err(Error::Diverged {
-                what: format!(
-                    "epoch {}, step {}: the validation loss is {} (the network's outputs on validation images are not finite numbers), so no checkpoint of it was written",
-                    p.epoch, p.step, v.loss
-                ),
-                fix: match &self.run_dir {
-                    Some(d) => d.after_divergence(p.lr),
-                    None => Error::lower_rate(p.lr),
-                },
-            });
+            let what = format!(
+                "epoch {}, step {}: the validation loss is {} (the network's outputs on validation images are not finite numbers), so no checkpoint of it was written",
+                p.epoch, p.step, v.loss
+            );
+            let fix = self.way_back(p.lr);
+            return Err(Error::Diverged { what, fix });
         }
         let elapsed = self.elapsed();
         let p = &mut self.state.progress;
@@ -346,36 +360,77 @@ impl<'a> Trainer<'a> {
         Ok(best)
     }
 
-    /// A checkpoint of the run as it stands (marked best when `best`), and
-    /// the plot redrawn; nothing without a run folder.
+    /// A checkpoint of the run as it stands (marked best when `best`),
+    /// whole on disk when this returns, and the plot redrawn; nothing
+    /// without a run folder.
     pub fn save(&mut self, best: bool) -> Result<()> {
-        self.save_tensors(best).map(drop)
+        self.save_tensors(best, false).map(drop)
     }
 
-    /// `save` at an epoch's end, and each layer's statistics for
-    /// TensorBoard from the same tensors: the weights and momentum are
-    /// read from the device once.
+    /// The checkpoint at an epoch's end, written while the next epoch
+    /// trains, and each layer's statistics for TensorBoard from the same
+    /// tensors: the weights and momentum are read from the device once.
     fn save_epoch_end(&mut self, best: bool) -> Result<()> {
         let step = self.state.progress.step;
-        match (self.save_tensors(best)?, &mut self.run_dir) {
+        match (self.save_tensors(best, true)?, &mut self.run_dir) {
             (Some(tensors), Some(dir)) => dir.layers(step, &tensors),
             _ => Ok(()),
         }
     }
 
-    /// `save`, returning the tensors written (None without a run folder).
-    fn save_tensors(&mut self, best: bool) -> Result<Option<Vec<Tensor>>> {
+    /// `save`, the file written in the background when `background`
+    /// (after the previous one's write has ended); returns the tensors
+    /// (None without a run folder).
+    fn save_tensors(&mut self, best: bool, background: bool) -> Result<Option<Arc<Vec<Tensor>>>> {
+        self.finish_write()?;
         let Some(dir) = &mut self.run_dir else {
             return Ok(None);
         };
         let t0 = Instant::now();
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
         tensors.extend(self.mean_tensor.clone());
-        self.report.checkpoint = Some(dir.save(&self.state, &tensors, best)?);
+        let path = dir.checkpoint_path(&self.state, &tensors)?;
+        let tensors = Arc::new(tensors);
+        let read_s = t0.elapsed().as_secs_f64();
+        let state = self.state.clone();
+        self.pending = Some(Pending::start(
+            path,
+            state,
+            Arc::clone(&tensors),
+            best,
+            read_s,
+        ));
         dir.plot(&self.state.history);
         self.last_save = t0;
-        self.save_s = t0.elapsed().as_secs_f64();
+        if !background {
+            self.finish_write()?;
+        }
         Ok(Some(tensors))
+    }
+
+    /// Wait for the checkpoint being written, if one is, and account for
+    /// it: the newest checkpoint, its time, and an error if it failed.
+    fn finish_write(&mut self) -> Result<()> {
+        let (Some(pending), Some(dir)) = (self.pending.take(), &mut self.run_dir) else {
+            return Ok(());
+        };
+        let w = pending.wait();
+        self.save_s = w.secs;
+        self.report.checkpoint = Some(dir.written(w)?);
+        Ok(())
+    }
+
+    /// How to go on after a divergence at rate `lr`: from the newest
+    /// checkpoint (the one being written, once whole, which holds finite
+    /// numbers only), or, without a run folder, a lower rate.
+    fn way_back(&mut self, lr: f32) -> String {
+        if let Err(e) = self.finish_write() {
+            warn!("{e}");
+        }
+        match &self.run_dir {
+            Some(d) => d.after_divergence(lr),
+            None => Error::lower_rate(lr),
+        }
     }
 
     fn elapsed(&self) -> f64 {
@@ -404,7 +459,9 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         }
         let ahead = if single { 1 } else { AGREE_EVERY };
-        let late = self.time_short_of(per_step * ahead as f64 + self.save_s);
+        // A stop waits for a write in flight, then writes its own.
+        let saves = 1.0 + f64::from(u8::from(self.pending.is_some()));
+        let late = self.time_short_of(per_step * ahead as f64 + saves * self.save_s);
         let any = self.agree(&[self.stopping(), late])?;
         let p = &self.state.progress;
         Ok(match any.as_slice() {
@@ -482,10 +539,10 @@ impl<'a> Trainer<'a> {
             .log
             .flush(&mut *self.net, &mut self.state.progress, sink);
         // A run folder knows the checkpoint to go back to.
-        match (read, &self.run_dir) {
-            (Err(Error::Diverged { what, .. }), Some(d)) => Err(Error::Diverged {
+        match (read, self.run_dir.is_some()) {
+            (Err(Error::Diverged { what, .. }), true) => Err(Error::Diverged {
                 what,
-                fix: d.after_divergence(self.state.progress.lr),
+                fix: self.way_back(self.state.progress.lr),
             }),
             (read, _) => read,
         }
@@ -494,6 +551,10 @@ impl<'a> Trainer<'a> {
     /// A checkpoint when one is due or at a stop (a signal, or the time
     /// limit near: steps take `per_step` seconds); Ok(false) to stop.
     fn after_step(&mut self, per_step: f64) -> Result<bool> {
+        // A background write's failure is told within a step.
+        if self.pending.as_ref().is_some_and(Pending::is_done) {
+            self.finish_write()?;
+        }
         let stop = self.stop_after_step(per_step)?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and
@@ -507,7 +568,9 @@ impl<'a> Trainer<'a> {
         // The checkpoint holds the epoch's sums: every step is read first.
         self.read_steps()?;
         self.state.progress.elapsed_s = self.elapsed();
-        self.save(false)?;
+        // A stop's checkpoint is whole before the run returns; a periodic
+        // one is written while the next steps train.
+        self.save_tensors(false, stop.is_none())?;
         if stop == Some(Stopped::Signal) {
             info!(
                 "stopping at epoch {}, step {} as asked{}{}",

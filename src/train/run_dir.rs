@@ -5,7 +5,6 @@
 //! (`.lock`) refuses a second process while one is running.
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -24,6 +23,7 @@ use crate::step_log::StepSink;
 use crate::tensorboard::EventWriter;
 
 use super::options::TrainOptions;
+use super::writer::Written;
 
 /// Who holds a run folder's lock, for the next process's error.
 const TRAINING: &str = "another training process";
@@ -306,11 +306,9 @@ impl RunDir {
         self.events.flush()
     }
 
-    /// Write a checkpoint of `state` and `tensors` (marked best when
-    /// `best`), keep the newest `keep`, and return its path. A failed write
-    /// says how to continue from the previous one.
-    pub fn save(&mut self, state: &RunState, tensors: &[Tensor], best: bool) -> Result<PathBuf> {
-        // A checkpoint is a point to go back to: never one of a diverged run.
+    /// Where the checkpoint of `state` goes. A checkpoint is a point to go
+    /// back to: none is written of a diverged run (a tensor not finite).
+    pub fn checkpoint_path(&self, state: &RunState, tensors: &[Tensor]) -> Result<PathBuf> {
         if let Some(t) = tensors
             .iter()
             .find(|t| t.data.iter().any(|v| !v.is_finite()))
@@ -323,38 +321,30 @@ impl RunDir {
                 fix: self.after_divergence(state.progress.lr),
             });
         }
-        let path = self
+        Ok(self
             .dir
-            .join(checkpoint::checkpoint_name(state.progress.step));
-        let t0 = Instant::now();
-        if let Err(e) = checkpoint::save(&path, state, tensors) {
-            if let Error::Diverged { what, .. } = e {
-                let fix = self.after_divergence(state.progress.lr);
-                return Err(Error::Diverged { what, fix });
-            }
-            let then = match &self.last {
-                Some(p) => format!(
-                    "the previous checkpoint {} is intact: free disk space and continue with `alexnet-cuda train --resume {}`",
-                    p.display(),
-                    self.resume_arg(p)
-                ),
-                None => "no checkpoint of this run was written yet: free disk space and run the same command again".into(),
-            };
-            // The OS's reason alone: the fix that follows is this one's.
-            let why = match e {
-                Error::Io { err, .. } => err.to_string(),
-                other => other.to_string(),
-            };
-            return Err(Error::Data(format!(
-                "could not write checkpoint {} ({why}); {then}",
-                path.display()
-            )));
+            .join(checkpoint::checkpoint_name(state.progress.step)))
+    }
+
+    /// After a checkpoint's write (`writer`): a failed one says how to
+    /// continue from the previous checkpoint, whole on disk; a finished one
+    /// is logged, marked best when it is, and the checkpoints past `keep`
+    /// pruned. Returns its path.
+    pub fn written(&mut self, w: Written) -> Result<PathBuf> {
+        let Written {
+            path,
+            best,
+            result,
+            secs,
+            mb,
+            lr,
+        } = w;
+        if let Err(e) = result {
+            return Err(self.write_failed(&path, e, lr));
         }
-        let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
         info!(
-            "checkpoint {} ({mb:.0} MB) written in {:.2} s",
-            path.display(),
-            t0.elapsed().as_secs_f64()
+            "checkpoint {} ({mb:.0} MB) written in {secs:.2} s",
+            path.display()
         );
         if best {
             checkpoint::mark_best(&self.dir, &path)?;
@@ -362,6 +352,34 @@ impl RunDir {
         checkpoint::prune(&self.dir, self.keep)?;
         self.last = Some(path.clone());
         Ok(path)
+    }
+
+    /// The error for a failed write of `path` (of a run at rate `lr`),
+    /// with the way on.
+    fn write_failed(&self, path: &Path, e: Error, lr: f32) -> Error {
+        if let Error::Diverged { what, .. } = e {
+            return Error::Diverged {
+                what,
+                fix: self.after_divergence(lr),
+            };
+        }
+        let then = match &self.last {
+            Some(p) => format!(
+                "the previous checkpoint {} is intact: free disk space and continue with `alexnet-cuda train --resume {}`",
+                p.display(),
+                self.resume_arg(p)
+            ),
+            None => "no checkpoint of this run was written yet: free disk space and run the same command again".into(),
+        };
+        // The OS's reason alone: the fix that follows is this one's.
+        let why = match e {
+            Error::Io { err, .. } => err.to_string(),
+            other => other.to_string(),
+        };
+        Error::Data(format!(
+            "could not write checkpoint {} ({why}); {then}",
+            path.display()
+        ))
     }
 
     /// How to go on after the run diverged at learning rate `lr`: at a
