@@ -196,7 +196,9 @@ impl<'a> Trainer<'a> {
             }
             let spent = self.start.elapsed().as_secs_f64();
             let per_epoch = times.per_epoch(spent, &self.state.history);
-            let out_of_time = self.out_of_time(epoch, per_epoch);
+            // The next epoch's checkpoint is written in the background,
+            // outside its time, and waited for at the run's end.
+            let out_of_time = self.out_of_time(epoch, per_epoch + self.save_s);
             if self.agreed(out_of_time)? {
                 if !out_of_time {
                     info!("stopping after epoch {epoch}: another process of the run reached its time limit");
