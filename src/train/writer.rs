@@ -44,8 +44,7 @@ pub struct Pending {
 
 impl Pending {
     /// Start writing `tensors` and `state` to `path` (`read_s` after the
-    /// checkpoint began). Where no thread can be started, the file is
-    /// written here and now.
+    /// checkpoint began).
     pub fn start(
         path: PathBuf,
         state: RunState,
@@ -56,24 +55,36 @@ impl Pending {
         let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
         let lr = state.progress.lr;
         let target = path.clone();
-        let write = move || {
+        let write = move || checkpoint::save(&target, &state, &tensors);
+        let mut p = Pending::run(write);
+        (p.path, p.best, p.mb, p.lr, p.read_s) = (path, best, mb, lr, read_s);
+        p
+    }
+
+    /// `write` on a thread of its own, timed; where no thread can be
+    /// started, here and now.
+    fn run<F>(write: F) -> Pending
+    where
+        F: FnOnce() -> Result<()> + Clone + Send + 'static,
+    {
+        let timed = move || {
             let t0 = Instant::now();
-            let r = checkpoint::save(&target, &state, &tensors);
+            let r = write();
             (r, t0.elapsed().as_secs_f64())
         };
         let (thread, done) = match std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(write.clone())
+            .spawn(timed.clone())
         {
             Ok(h) => (Some(h), None),
-            Err(_) => (None, Some(write())),
+            Err(_) => (None, Some(timed())),
         };
         Pending {
-            path,
-            best,
-            mb,
-            lr,
-            read_s,
+            path: PathBuf::new(),
+            best: false,
+            mb: 0.0,
+            lr: 0.0,
+            read_s: 0.0,
             thread,
             done,
         }
@@ -111,5 +122,52 @@ impl Drop for Pending {
         if let Some(h) = self.thread.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Pending;
+    use crate::error::Error;
+
+    /// A write that takes a while, then marks `ended`.
+    fn slow(ended: &Arc<AtomicBool>) -> Pending {
+        let ended = Arc::clone(ended);
+        Pending::run(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            ended.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn waiting_and_dropping_both_wait_for_the_write_to_end() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let w = slow(&ended).wait();
+        assert!(w.result.is_ok() && ended.load(Ordering::SeqCst));
+        assert!(
+            w.secs >= 0.2,
+            "the write's time was not counted: {}",
+            w.secs
+        );
+        let ended = Arc::new(AtomicBool::new(false));
+        drop(slow(&ended));
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "dropped before the write ended"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_is_told_by_wait() {
+        let p = Pending::run(|| Err(Error::Data("disk full".into())));
+        let w = p.wait();
+        assert!(matches!(w.result, Err(Error::Data(m)) if m == "disk full"));
+        let p = Pending::run(|| panic!("a bug"));
+        assert!(matches!(p.wait().result, Err(Error::Data(m)) if m.contains("panic")));
     }
 }
