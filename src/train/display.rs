@@ -106,13 +106,16 @@ pub fn start(topo: &Topology, devices: &str, opts: &TrainOptions) -> Result<()> 
 
 /// The warm-up a new run starts with (`--warmup`), in steps.
 pub fn warmup(run: &RunOptions, epoch_batches: usize) {
+    if run.warmup <= 0.0 {
+        return;
+    }
     let steps = run.warmup * epoch_batches as f64;
-    if run.warmup > 0.0 && steps <= 1.0 {
+    if steps <= 1.0 {
         warn!(
             "--warmup {}: epochs of {epoch_batches} steps make that {steps:.2} steps, too short to ramp; the run trains at {} from its first step",
             run.warmup, run.lr
         );
-    } else if run.warmup > 0.0 {
+    } else {
         info!(
             "warm-up: the learning rate rises linearly from {:.2e} to {} over the first {steps:.0} steps ({} epoch{} of {epoch_batches})",
             run.lr as f64 / steps.max(1.0),

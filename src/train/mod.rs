@@ -462,7 +462,7 @@ impl<'a> Trainer<'a> {
         }
         let ahead = if single { 1 } else { AGREE_EVERY };
         // A stop waits for a write in flight, then writes its own.
-        let saves = 1.0 + f64::from(u8::from(self.pending.is_some()));
+        let saves = if self.pending.is_some() { 2.0 } else { 1.0 };
         let late = self.time_short_of(per_step * ahead as f64 + saves * self.save_s);
         let any = self.agree(&[self.stopping(), late])?;
         let p = &self.state.progress;

@@ -23,7 +23,7 @@ use crate::step_log::StepSink;
 use crate::tensorboard::EventWriter;
 
 use super::options::TrainOptions;
-use super::writer::Written;
+use super::writer::{About, Written};
 
 /// Who holds a run folder's lock, for the next process's error.
 const TRAINING: &str = "another training process";
@@ -332,12 +332,11 @@ impl RunDir {
     /// pruned. Returns its path.
     pub fn written(&mut self, w: Written) -> Result<PathBuf> {
         let Written {
-            path,
-            best,
+            about: About {
+                path, best, mb, lr, ..
+            },
             result,
             secs,
-            mb,
-            lr,
         } = w;
         if let Err(e) = result {
             return Err(self.write_failed(&path, e, lr));

@@ -15,27 +15,30 @@ use crate::checkpoint::{self, RunState};
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 
-/// A checkpoint write that has ended, well or not.
-pub struct Written {
+/// A checkpoint besides its file: what the log and the way back name.
+#[derive(Default)]
+pub struct About {
     pub path: PathBuf,
     pub best: bool,
-    pub result: Result<()>,
-    /// Seconds the checkpoint took: reading the tensors and writing them.
-    pub secs: f64,
     /// Megabytes of tensors.
     pub mb: f64,
     /// The run's learning rate then (for the way back, should it fail).
     pub lr: f32,
+    /// Seconds spent before the write: reading the tensors from the device.
+    pub read_s: f64,
+}
+
+/// A checkpoint write that has ended, well or not.
+pub struct Written {
+    pub about: About,
+    pub result: Result<()>,
+    /// Seconds the checkpoint took: reading the tensors and writing them.
+    pub secs: f64,
 }
 
 /// A checkpoint being written.
 pub struct Pending {
-    path: PathBuf,
-    best: bool,
-    mb: f64,
-    lr: f32,
-    /// Seconds spent before the write: reading the tensors from the device.
-    read_s: f64,
+    about: About,
     /// The writing thread, or (when none could be started) the outcome of
     /// the write done in place.
     thread: Option<JoinHandle<(Result<()>, f64)>>,
@@ -52,18 +55,19 @@ impl Pending {
         best: bool,
         read_s: f64,
     ) -> Pending {
-        let mb = tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6;
-        let lr = state.progress.lr;
-        let target = path.clone();
-        let write = move || checkpoint::save(&target, &state, &tensors);
-        let mut p = Pending::run(write);
-        (p.path, p.best, p.mb, p.lr, p.read_s) = (path, best, mb, lr, read_s);
-        p
+        let about = About {
+            path: path.clone(),
+            best,
+            mb: tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64 * 4e-6,
+            lr: state.progress.lr,
+            read_s,
+        };
+        Pending::run(about, move || checkpoint::save(&path, &state, &tensors))
     }
 
-    /// `write` on a thread of its own, timed; where no thread can be
-    /// started, here and now.
-    fn run<F>(write: F) -> Pending
+    /// `write` (of the checkpoint `about` tells) on a thread of its own,
+    /// timed; where no thread can be started, here and now.
+    fn run<F>(about: About, write: F) -> Pending
     where
         F: FnOnce() -> Result<()> + Clone + Send + 'static,
     {
@@ -80,11 +84,7 @@ impl Pending {
             Err(_) => (None, Some(timed())),
         };
         Pending {
-            path: PathBuf::new(),
-            best: false,
-            mb: 0.0,
-            lr: 0.0,
-            read_s: 0.0,
+            about,
             thread,
             done,
         }
@@ -105,13 +105,11 @@ impl Pending {
             (None, Some(done)) => done,
             (None, None) => (Err(Error::Data("no write was started".into())), 0.0),
         };
+        let about = std::mem::take(&mut self.about);
         Written {
-            path: std::mem::take(&mut self.path),
-            best: self.best,
+            secs: about.read_s + write_s,
+            about,
             result,
-            secs: self.read_s + write_s,
-            mb: self.mb,
-            lr: self.lr,
         }
     }
 }
@@ -131,13 +129,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::Pending;
+    use super::{About, Pending};
     use crate::error::Error;
 
     /// A write that takes a while, then marks `ended`.
     fn slow(ended: &Arc<AtomicBool>) -> Pending {
         let ended = Arc::clone(ended);
-        Pending::run(move || {
+        Pending::run(About::default(), move || {
             std::thread::sleep(Duration::from_millis(200));
             ended.store(true, Ordering::SeqCst);
             Ok(())
@@ -164,10 +162,10 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_told_by_wait() {
-        let p = Pending::run(|| Err(Error::Data("disk full".into())));
+        let p = Pending::run(About::default(), || Err(Error::Data("disk full".into())));
         let w = p.wait();
         assert!(matches!(w.result, Err(Error::Data(m)) if m == "disk full"));
-        let p = Pending::run(|| panic!("a bug"));
+        let p = Pending::run(About::default(), || panic!("a bug"));
         assert!(matches!(p.wait().result, Err(Error::Data(m)) if m.contains("panic")));
     }
 }
