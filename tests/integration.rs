@@ -6,6 +6,10 @@
 //! tests/gpu_parity/ stays its own executable (its own main, GPU flags).
 mod common;
 
+// Counts the bytes each test thread holds (steady_state's peak tests).
+#[global_allocator]
+static ALLOC: common::live_bytes::LiveBytes = common::live_bytes::LiveBytes;
+
 mod checkpoint;
 mod cli;
 mod cpu_ops;

@@ -172,6 +172,7 @@ impl<'a, B: Backend> Network<'a, B> {
         if n == self.n {
             return Ok(());
         }
+        self.release()?;
         let be = self.be;
         let mut stages = Vec::with_capacity(self.shapes.len());
         for (l, s) in self.topo.layers.iter().zip(&self.shapes) {
@@ -187,7 +188,21 @@ impl<'a, B: Backend> Network<'a, B> {
         self.labels = be.alloc_idx(n)?;
         self.probs = be.alloc(n * self.topo.classes)?;
         self.n = n;
+        Ok(())
+    }
+
+    /// Free the activations before others are sized, as `CudaBackend::ensure`
+    /// frees scratch: a device then never holds two batch sizes' buffers at
+    /// once (a validation's short last batch beside the full batch's would
+    /// pass the memory check's plan). Until `resize` ends, no batch size.
+    fn release(&mut self) -> Result<()> {
+        let be = self.be;
+        self.n = 0;
         self.last_mode = None;
+        self.stages.clear();
+        self.x = [be.alloc(0)?, be.alloc(0)?];
+        self.labels = be.alloc_idx(0)?;
+        self.probs = be.alloc(0)?;
         Ok(())
     }
 

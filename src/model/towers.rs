@@ -250,6 +250,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         if n == self.n {
             return Ok(());
         }
+        self.release()?;
         let classes = self.topo.classes;
         for t in 0..2 {
             let be = self.devs[t];
@@ -285,7 +286,25 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             tw.dlogits = be.alloc(n * classes)?;
         }
         self.n = n;
+        Ok(())
+    }
+
+    /// Free both towers' activations before others are sized (as
+    /// `Network::release`): a device never holds two batch sizes' at once.
+    fn release(&mut self) -> Result<()> {
+        self.n = 0;
         self.last_mode = None;
+        for (tw, be) in self.towers.iter_mut().zip(self.devs) {
+            tw.stages.clear();
+            tw.gathered.clear();
+            tw.dgathered.clear();
+            tw.recv.clear();
+            tw.x = [be.alloc(0)?, be.alloc(0)?];
+            tw.labels = be.alloc_idx(0)?;
+            tw.logits = be.alloc(0)?;
+            tw.probs = be.alloc(0)?;
+            tw.dlogits = be.alloc(0)?;
+        }
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Helpers the tests share: the narrow paper net, a pixel-scale batch, bit
 //! patterns and normwise differences (the executor tests), and the program
 //! run with arguments (the command-line tests).
+pub mod live_bytes;
+
 use std::process::Command;
 
 use alexnet_cuda::model::topology::Topology;
