@@ -194,7 +194,7 @@ impl<'a, B: Backend> Network<'a, B> {
     /// Free the activations before others are sized, as `CudaBackend::ensure`
     /// frees scratch: a device then never holds two batch sizes' buffers at
     /// once (a validation's short last batch beside the full batch's would
-    /// pass the memory check's plan). Until `resize` ends, no batch size.
+    /// go past the memory check's plan). Until `resize` ends, no batch size.
     fn release(&mut self) -> Result<()> {
         let be = self.be;
         self.n = 0;
