@@ -9,7 +9,7 @@ of the 256x256 images, mirrored with probability 1/2, the mean image
 subtracted, PCA lighting with alpha ~ N(0, 0.1), the PCA computed here from
 the store's RGB covariance), builds the network from scripts/torch_alexnet.py,
 draws N(0, 0.01) weights with the variant's starting biases, and takes SGD
-steps by the paper's rule (section 5):
+steps by the paper's rule (section 5), biases without the decay:
 
     v <- 0.9 v - 0.0005 lr w - lr g;   w <- w + v
 
@@ -107,10 +107,13 @@ def spread(logits):
     return float(logits.double().std(dim=0, unbiased=False).mean())
 
 
-def sgd_paper(net, velocity):
+def sgd_paper(net, velocity, lr=LR):
+    """The paper's rule; biases without the decay, as docs/training.md says
+    ours are (and Caffe's reference AlexNet's)."""
     with torch.no_grad():
         for p, v in zip(net.parameters(), velocity):
-            v.mul_(MOMENTUM).add_(p, alpha=-DECAY * LR).add_(p.grad, alpha=-LR)
+            decay = DECAY if p.dim() > 1 else 0.0
+            v.mul_(MOMENTUM).add_(p, alpha=-decay * lr).add_(p.grad, alpha=-lr)
             p.add_(v)
 
 
