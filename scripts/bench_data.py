@@ -28,6 +28,9 @@ import numpy as np
 import PIL
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packed_store import PackedStore  # noqa: E402
+
 SIZE, CROP, QUALITY = 256, 227, 90
 
 
@@ -49,14 +52,9 @@ def pillow_prepare(path):
 
 
 def read_store(d):
-    meta = json.loads((d / "meta.json").read_text())
-    g = meta["generation"]
-    idx = np.fromfile(d / f"index-{g}.bin", dtype=np.uint8).reshape(-1, 24)
-    off = idx[:, 0:8].copy().view("<u8").ravel()
-    ln = idx[:, 8:12].copy().view("<u4").ravel()
-    data = np.fromfile(d / f"data-{g}.bin", dtype=np.uint8)
-    mean = np.fromfile(d / f"mean-{g}.bin", dtype="<f4").reshape(SIZE, SIZE, 3)
-    return meta, [data[o : o + n].tobytes() for o, n in zip(off, ln)], mean
+    """The store's meta, every image's stored bytes (read before timing) and its mean image."""
+    s = PackedStore(d)
+    return s.meta, [s.blob(i) for i in range(len(s))], s.mean
 
 
 def run(cmd):

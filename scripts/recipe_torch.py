@@ -2,9 +2,8 @@
 from the same packed store, as an independent check of examples/recipe_probe
 (docs/training.md, "Why not the paper's biases").
 
-It reads the store that `prepare` wrote (meta.json, the index, the JPEGs and
-the mean image; src/data/packed.rs has the format) with numpy and Pillow,
-makes the paper's training batches itself (section 4.1: random 227x227 crops
+It reads the store that `prepare` wrote (scripts/packed_store.py) with numpy
+and Pillow, makes the paper's training batches itself (section 4.1: random 227x227 crops
 of the 256x256 images, mirrored with probability 1/2, the mean image
 subtracted, PCA lighting with alpha ~ N(0, 0.1), the PCA computed here from
 the store's RGB covariance), builds the network from scripts/torch_alexnet.py,
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packed_store import PackedStore  # noqa: E402
 from torch_alexnet import AlexNet  # noqa: E402
 
 BATCH, CROP, LR, MOMENTUM, DECAY = 128, 227, 0.01, 0.9, 5e-4
@@ -44,28 +44,17 @@ ONE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 VARIANTS = {"paper": 1.0, "caffe": 0.1}
 
 
-class Store:
-    """A packed store's images, labels, mean image and RGB covariance."""
+class Store(PackedStore):
+    """A JPEG store's images decoded, with its class count."""
 
     def __init__(self, folder):
-        with open(os.path.join(folder, "meta.json")) as f:
-            self.meta = json.load(f)
-        gen, size = self.meta["generation"], self.meta["size"]
+        super().__init__(folder)
         if self.meta["encoding"] != "jpeg":
             raise SystemExit(f"error: {folder}: only JPEG stores are read here")
-        entry = np.dtype([("offset", "<u8"), ("length", "<u4"), ("label", "<u4"),
-                          ("crc", "<u4"), ("reserved", "<u4")])
-        self.index = np.fromfile(os.path.join(folder, f"index-{gen}.bin"), dtype=entry)
-        self.data = np.memmap(os.path.join(folder, f"data-{gen}.bin"), dtype=np.uint8, mode="r")
-        mean = np.fromfile(os.path.join(folder, f"mean-{gen}.bin"), dtype="<f4")
-        self.mean = mean.reshape(size, size, 3)
-        self.size = size
         self.classes = len(self.meta["classes"])
 
     def image(self, i):
-        e = self.index[i]
-        raw = self.data[e["offset"]:e["offset"] + e["length"]].tobytes()
-        return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=np.float32)
+        return np.asarray(Image.open(io.BytesIO(self.blob(i))).convert("RGB"), dtype=np.float32)
 
 
 def lighting_pca(cov):
