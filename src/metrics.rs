@@ -47,16 +47,18 @@ const STEP_HEADER: &str = "step,epoch,loss,top1,lr,elapsed_s";
 const EPOCH_HEADER: &str =
     "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s,data_wait";
 
+/// The rate is written as the f32 the step trained at, in the shortest
+/// form that reads back to it (`{:e}`), so a warm-up's ramp is exact.
 fn step_csv(r: &StepRow) -> String {
     format!(
-        "{},{:.5},{:.6},{:.5},{:.3e},{:.2}",
-        r.step, r.epoch, r.loss, r.top1, r.lr, r.elapsed_s
+        "{},{:.5},{:.6},{:.5},{:e},{:.2}",
+        r.step, r.epoch, r.loss, r.top1, r.lr as f32, r.elapsed_s
     )
 }
 
 fn epoch_csv(s: &EpochStats) -> String {
     format!(
-        "{},{:.3e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1},{:.4}",
+        "{},{:e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1},{:.4}",
         s.epoch,
         s.lr,
         s.train_loss,
