@@ -71,17 +71,25 @@ impl Pending {
     where
         F: FnOnce() -> Result<()> + Clone + Send + 'static,
     {
-        let timed = move || {
-            let t0 = Instant::now();
-            let r = write();
-            (r, t0.elapsed().as_secs_f64())
-        };
-        let (thread, done) = match std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(timed.clone())
-        {
+        Pending::run_on(about, write, |timed| {
+            let named = std::thread::Builder::new().name("checkpoint".into());
+            named.spawn(move || timed.call())
+        })
+    }
+
+    /// `run` with the thread started by `spawn` (a test's may fail).
+    fn run_on<F, S>(about: About, write: F, spawn: S) -> Pending
+    where
+        F: FnOnce() -> Result<()> + Clone + Send + 'static,
+        S: FnOnce(Timed<F>) -> std::io::Result<JoinHandle<(Result<()>, f64)>>,
+    {
+        let timed = Timed(write);
+        let (thread, done) = match spawn(timed.clone()) {
             Ok(h) => (Some(h), None),
-            Err(_) => (None, Some(timed())),
+            Err(e) => {
+                tracing::warn!("no thread for the checkpoint write ({e}); writing it now");
+                (None, Some(timed.call()))
+            }
         };
         Pending {
             about,
@@ -111,6 +119,18 @@ impl Pending {
             about,
             result,
         }
+    }
+}
+
+/// A write and its time in seconds.
+#[derive(Clone)]
+struct Timed<F>(F);
+
+impl<F: FnOnce() -> Result<()>> Timed<F> {
+    fn call(self) -> (Result<()>, f64) {
+        let t0 = Instant::now();
+        let r = (self.0)();
+        (r, t0.elapsed().as_secs_f64())
     }
 }
 
@@ -157,6 +177,30 @@ mod tests {
         assert!(
             ended.load(Ordering::SeqCst),
             "dropped before the write ended"
+        );
+    }
+
+    #[test]
+    fn without_a_thread_the_write_is_done_in_place() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ended);
+        let write = move || {
+            std::thread::sleep(Duration::from_millis(50));
+            flag.store(true, Ordering::SeqCst);
+            Err(Error::Data("disk full".into()))
+        };
+        let refused = |_| Err(std::io::Error::other("no threads left"));
+        let p = Pending::run_on(About::default(), write, refused);
+        assert!(
+            ended.load(Ordering::SeqCst) && p.is_done(),
+            "not written yet"
+        );
+        let w = p.wait();
+        assert!(matches!(w.result, Err(Error::Data(m)) if m == "disk full"));
+        assert!(
+            w.secs >= 0.05,
+            "the write's time was not counted: {}",
+            w.secs
         );
     }
 
