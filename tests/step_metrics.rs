@@ -200,12 +200,12 @@ fn check_csv(path: &Path, want: &[Step]) {
         .iter()
         .map(|s| {
             format!(
-                "{},{:.5},{:.6},{:.5},{:.3e}",
+                "{},{:.5},{:.6},{:.5},{:e}",
                 s.step,
                 s.epoch,
                 s.loss as f64,
                 s.hits as f64 / s.n as f64,
-                s.lr as f64
+                s.lr
             )
         })
         .collect();
