@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore};
-use crate::data::{batches, unread_error, FileSource, ImageFolder, ImageSource, LoaderConfig};
+use crate::data::{
+    batches, unread_error, BatchIter, FileSource, ImageFolder, ImageSource, LoaderConfig,
+};
 use crate::error::{Error, Result};
 use crate::model::net::Mode;
 use crate::model::trainable::Model;
@@ -206,10 +208,22 @@ pub fn evaluate(
     cfg: &LoaderConfig,
     on_batch: impl FnMut(usize),
 ) -> Result<EvalResult> {
-    let (r, unread) = evaluate_by_class(net, set, indices, cfg, on_batch, None)?;
+    let iter = batches(Arc::clone(set), indices, cfg, 0)?;
+    evaluate_pass(net, iter, indices.len(), on_batch)
+}
+
+/// [`evaluate`] over the batches of a pass already under way (the `n`
+/// images of a run's validation, queued on its loader's feed).
+pub fn evaluate_pass(
+    net: &mut dyn Model,
+    iter: BatchIter,
+    n: usize,
+    on_batch: impl FnMut(usize),
+) -> Result<EvalResult> {
+    let (r, unread) = evaluate_batches(net, iter, on_batch, None)?;
     match unread.is_empty() {
         true => Ok(r),
-        false => Err(unread_error(unread, indices.len())),
+        false => Err(unread_error(unread, n)),
     }
 }
 
@@ -221,6 +235,17 @@ pub fn evaluate_by_class(
     set: &Arc<dyn ImageSource>,
     indices: &[usize],
     cfg: &LoaderConfig,
+    on_batch: impl FnMut(usize),
+    tally: Option<&mut ClassTally>,
+) -> Result<(EvalResult, Vec<Error>)> {
+    let iter = batches(Arc::clone(set), indices, cfg, 0)?;
+    evaluate_batches(net, iter, on_batch, tally)
+}
+
+/// [`evaluate_by_class`] over the batches of `iter`.
+fn evaluate_batches(
+    net: &mut dyn Model,
+    mut iter: BatchIter,
     mut on_batch: impl FnMut(usize),
     mut tally: Option<&mut ClassTally>,
 ) -> Result<(EvalResult, Vec<Error>)> {
@@ -228,7 +253,6 @@ pub fn evaluate_by_class(
     let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
     let mut row_labels = Vec::new();
     let mut unread = Vec::new();
-    let mut iter = batches(Arc::clone(set), indices, cfg, 0)?;
     while let Some(b) = iter.next() {
         let mut b = b?;
         unread.extend(b.unread.drain(..).map(|(_, e)| e));

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use alexnet_cuda::data::{
-    batches, crop_for, decode_file, default_workers, resize_centre_crop, write_demo_dataset,
-    BuildOptions, HostAlloc, HostMemory, ImageFolder, ImageSet, ImageSource, LoaderConfig,
+    batches, crop_for, decode_file, default_workers, resize_centre_crop, write_demo_dataset, Batch,
+    BatchIter, BuildOptions, Feed, HostAlloc, HostMemory, ImageFolder, ImageSet, ImageSource,
+    LoaderConfig,
 };
 use alexnet_cuda::Error;
 use image::codecs::jpeg::JpegEncoder;
@@ -1152,6 +1153,123 @@ fn dropping_the_iterator_mid_epoch_stops_its_workers() -> TestResult {
     }
     // The set is shared only with us again: every worker has exited.
     assert_eq!(Arc::strong_count(&set), 1);
+    Ok(())
+}
+
+/// Each batch of `got`, from batch `first` of epoch `epoch` under `c`,
+/// holds the images and crops the formulas give: the epoch's order, each
+/// position's crop (`crop_for`), and `coord_set`'s pixels (8x8 images).
+fn check_pass(got: &[Batch], c: &LoaderConfig, epoch: u64, first: usize, idx: &[usize]) {
+    let order = alexnet_cuda::data::epoch_order(idx, c, epoch);
+    let (crop, plane) = (c.crop, c.crop * c.crop);
+    for (k, b) in (first..).zip(got) {
+        for j in 0..b.n {
+            let pos = k * c.batch + j;
+            let img = order[pos];
+            assert_eq!(b.labels[j], (img % 3) as u32, "epoch {epoch} batch {k}");
+            let cr = crop_for(c, 8, epoch, pos);
+            for oy in 0..crop {
+                for ox in 0..crop {
+                    let sx = if cr.flip {
+                        cr.x + crop - 1 - ox
+                    } else {
+                        cr.x + ox
+                    };
+                    let v = (sx + 10 * (cr.y + oy)) as f32;
+                    let at = |ch: usize| b.x[j * 3 * plane + ch * plane + oy * crop + ox];
+                    let want = (v, v + 1.0, 100.0 + img as f32);
+                    assert_eq!((at(0), at(1), at(2)), want, "epoch {epoch} batch {k}");
+                }
+            }
+        }
+    }
+}
+
+/// The batches of `it`, `take` of them at most.
+fn read(it: BatchIter, take: usize) -> alexnet_cuda::Result<Vec<Batch>> {
+    it.take(take).collect()
+}
+
+/// Passes queued on one feed (a training epoch from its third batch, a
+/// validation pass, an epoch left after two batches, another epoch) each
+/// get the batches the formulas give, as if each had its own loader.
+#[test]
+fn a_feed_gives_each_queued_pass_its_own_batches() -> TestResult {
+    let n = 40;
+    let set: Arc<dyn ImageSource> = Arc::new(coord_set(n, 8)?);
+    let idx: Vec<usize> = (0..n).collect();
+    let val_idx: Vec<usize> = (0..n).step_by(3).collect();
+    let (train, val) = (cfg(8, 5, true, 3), cfg(8, 5, false, 3));
+    let feed = Feed::new(3)?;
+    let a = feed.queue(set.clone(), &idx, &train, 1, 2)?;
+    let v = feed.queue(set.clone(), &val_idx, &val, 0, 0)?;
+    let left = feed.queue(set.clone(), &idx, &train, 2, 0)?;
+    let d = feed.queue(set.clone(), &idx, &train, 3, 0)?;
+    let got = read(feed.open(a), usize::MAX)?;
+    assert_eq!(got.len(), 3);
+    check_pass(&got, &train, 1, 2, &idx);
+    let got = read(feed.open(v), usize::MAX)?;
+    assert_eq!(got.iter().map(|b| b.n).sum::<usize>(), val_idx.len());
+    check_pass(&got, &val, 0, 0, &val_idx);
+    assert_eq!(read(feed.open(left), 2)?.len(), 2);
+    let got = read(feed.open(d), usize::MAX)?;
+    assert_eq!(got.len(), 5);
+    check_pass(&got, &train, 3, 0, &idx);
+    Ok(())
+}
+
+/// An image source that counts the images read from it.
+struct Counted(ImageSet, AtomicUsize);
+
+impl ImageSource for Counted {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        ImageSource::label(&self.0, i)
+    }
+    fn classes(&self) -> &[String] {
+        self.0.classes()
+    }
+    fn pixels<'a>(&'a self, i: usize, s: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        ImageSource::pixels(&self.0, i, s)
+    }
+}
+
+/// Once an epoch is read, the workers go on to the pass queued after it:
+/// at least one batch per worker of the next epoch is filled before that
+/// epoch is opened (counted in images read, waiting up to a minute), and
+/// its batches are still the ones the formulas give.
+#[test]
+fn a_feed_fills_the_next_pass_before_it_opens() -> TestResult {
+    let (n, workers) = (48, 2);
+    let counted = Arc::new(Counted(coord_set(n, 8)?, AtomicUsize::new(0)));
+    let set: Arc<dyn ImageSource> = counted.clone();
+    let idx: Vec<usize> = (0..n).collect();
+    let c = cfg(8, 5, true, workers);
+    let feed = Feed::new(workers)?;
+    let first = feed.queue(set.clone(), &idx, &c, 0, 0)?;
+    let next = feed.queue(set, &idx, &c, 1, 0)?;
+    let mut it = feed.open(first);
+    while let Some(b) = it.next() {
+        it.recycle(b?);
+    }
+    let ahead = n + workers * c.batch;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while counted.1.load(Ordering::SeqCst) < ahead && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let reads = counted.1.load(Ordering::SeqCst);
+    assert!(
+        reads >= ahead,
+        "{reads} images read before the next epoch opened; want {ahead}"
+    );
+    let got = read(feed.open(next), usize::MAX)?;
+    check_pass(&got, &c, 1, 0, &idx);
     Ok(())
 }
 

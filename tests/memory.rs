@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::network_tensors;
-use alexnet_cuda::data::{batches, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig};
+use alexnet_cuda::data::{
+    batches, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
+};
 use alexnet_cuda::memory::{MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
@@ -101,6 +103,40 @@ fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
         it.recycle(b.expect("batch"));
     }
     drop(it);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
+    assert!(peak > workers + 1, "only {peak} batches alive at once");
+}
+
+/// The same bound holds for a feed whose workers go on from one queued
+/// pass to the next (a run's epochs and validations): 2W + 1 batches at
+/// most, however many passes are queued ahead.
+#[test]
+fn a_feed_keeps_the_bound_across_passes() {
+    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers = 3;
+    let cfg = LoaderConfig {
+        workers,
+        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
+        ..LoaderConfig::new(2, 8, true)
+    };
+    let set = image_set(24, 8);
+    let idx: Vec<usize> = (0..24).collect();
+    let feed = Feed::new(workers).expect("feed");
+    let passes: Vec<_> = (0..4)
+        .map(|e| {
+            feed.queue(Arc::clone(&set), &idx, &cfg, e, 0)
+                .expect("pass")
+        })
+        .collect();
+    for pass in passes {
+        let mut it = feed.open(pass);
+        while let Some(b) = it.next() {
+            std::thread::sleep(Duration::from_millis(5));
+            it.recycle(b.expect("batch"));
+        }
+    }
+    drop(feed);
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
     assert!(peak > workers + 1, "only {peak} batches alive at once");

@@ -1,16 +1,13 @@
 //! The training/eval loader: shuffles an epoch's indices, cuts batches, and
-//! has worker threads decode, crop, flip, light and normalise them into NCHW
-//! f32, delivered in order through crossbeam bounded channels. Every random
-//! choice is a function of (seed, epoch, position), so batch k of an epoch is
-//! the same whatever the number of workers. Batch buffers are recycled
-//! through the config's pool, across epochs too, and each worker decodes
-//! into one scratch image, so this code allocates nothing per image (the
-//! JPEG decoder keeps its own working buffers).
-use std::sync::atomic::{AtomicBool, Ordering};
+//! decodes, crops, flips, lights and normalises them into NCHW f32, on the
+//! worker threads of a feed (`data::feed`, which also has `batches`, the
+//! loader of one pass), delivered in order. Every random choice is a
+//! function of (seed, epoch, position), so batch k of an epoch is the same
+//! whatever the number of workers. Batch buffers are recycled through the
+//! config's pool, across epochs too, and each worker decodes into one
+//! scratch image, so this code allocates nothing per image (the JPEG
+//! decoder keeps its own working buffers).
 use std::sync::Arc;
-use std::thread::JoinHandle;
-
-use crossbeam_channel::{bounded, Receiver};
 
 use super::decode::decode_jpeg_rgb_into;
 use super::hostmem::{HostAlloc, HostBuf};
@@ -25,7 +22,7 @@ use crate::rng::{hash_u64, Rng};
 const AUG_STREAM: u64 = 0x4155_474D; // "AUGM"
 /// Batches each worker may have ready ahead of the consumer (W workers
 /// already give W batches of lookahead; each batch is ~80 MB at 128 x 227^2).
-const PREFETCH_PER_WORKER: usize = 1;
+pub(super) const PREFETCH_PER_WORKER: usize = 1;
 
 /// Where the loader's images come from: the in-memory [`ImageSet`] or the
 /// memory-mapped [`PackedStore`]. Images are `size x size x 3` HWC RGB.
@@ -294,103 +291,6 @@ pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig, epoch: u64) -> Vec<usi
     order
 }
 
-/// Batches of one epoch over `indices` of `set`. Errors when the config does
-/// not fit the set (crop larger than the images, batch 0, an index out of
-/// range, a non-positive std).
-pub fn batches(
-    set: Arc<dyn ImageSource>,
-    indices: &[usize],
-    cfg: &LoaderConfig,
-    epoch: u64,
-) -> Result<BatchIter> {
-    batches_from(set, indices, cfg, epoch, 0)
-}
-
-/// Like [`batches`], starting at batch `first` of the epoch: a resumed run
-/// gets the same images, crops and noise the uninterrupted run would have,
-/// since every draw depends on (seed, epoch, position) alone.
-pub fn batches_from(
-    set: Arc<dyn ImageSource>,
-    indices: &[usize],
-    cfg: &LoaderConfig,
-    epoch: u64,
-    first: usize,
-) -> Result<BatchIter> {
-    validate(set.as_ref(), indices, cfg)?;
-    let order = Arc::new(epoch_order(indices, cfg, epoch));
-    let n_batches = if cfg.drop_last {
-        order.len() / (cfg.batch * cfg.shard.1)
-    } else {
-        order.len().div_ceil(cfg.batch)
-    };
-    let inv_std = match cfg.std {
-        Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
-        None => [1.0; 3],
-    };
-    let job = Arc::new(Job {
-        mean_planes: mean_planes(cfg, set.size(), inv_std),
-        set,
-        order,
-        cfg: cfg.clone(),
-        epoch,
-        inv_std,
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    // Workers past the epoch's remaining batches would have nothing to do.
-    let workers = cfg.workers.min(n_batches.saturating_sub(first));
-    let mut rxs = Vec::with_capacity(workers);
-    let mut handles = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let (tx, rx) = bounded::<Result<Batch>>(PREFETCH_PER_WORKER);
-        let job = Arc::clone(&job);
-        let worker_stop = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new()
-            .name(format!("loader-{w}"))
-            .spawn(move || {
-                // Worker w makes batches w, w + W, w + 2W, ...; the consumer
-                // reads the workers' channels in turn, so order is kept.
-                let mut k = first + w;
-                let mut scratch = Vec::new();
-                while k < n_batches && !worker_stop.load(Ordering::Relaxed) {
-                    let mut b = job.cfg.pool.take();
-                    let r = job.fill(k, &mut b, &mut scratch).map(|()| b);
-                    let failed = r.is_err();
-                    // A closed channel means the iterator was dropped.
-                    if tx.send(r).is_err() || failed {
-                        break;
-                    }
-                    k += workers;
-                }
-            });
-        match spawned {
-            Ok(h) => {
-                rxs.push(rx);
-                handles.push(h);
-            }
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                drop(rxs);
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(Error::Config(format!(
-                    "could not start loader thread {w} ({e}); pass fewer --workers"
-                )));
-            }
-        }
-    }
-    Ok(BatchIter {
-        job,
-        scratch: Vec::new(),
-        n_batches,
-        first,
-        next: first.min(n_batches),
-        rxs,
-        handles,
-        stop,
-    })
-}
-
 fn validate(set: &dyn ImageSource, indices: &[usize], cfg: &LoaderConfig) -> Result<()> {
     if cfg.batch == 0 {
         return Err(Error::Config(
@@ -439,10 +339,10 @@ fn validate(set: &dyn ImageSource, indices: &[usize], cfg: &LoaderConfig) -> Res
 }
 
 /// What every worker needs to build any batch of the epoch.
-struct Job {
+pub(super) struct Job {
     set: Arc<dyn ImageSource>,
-    order: Arc<Vec<usize>>,
-    cfg: LoaderConfig,
+    order: Vec<usize>,
+    pub(super) cfg: LoaderConfig,
     epoch: u64,
     inv_std: [f32; 3],
     /// The mean to subtract, already divided by the std, as three
@@ -470,9 +370,44 @@ fn mean_planes(cfg: &LoaderConfig, size: usize, inv_std: [f32; 3]) -> Vec<f32> {
 }
 
 impl Job {
+    /// Epoch `epoch` over `indices` of `set`. Errors when the config does
+    /// not fit the set (crop larger than the images, batch 0, an index out
+    /// of range, a non-positive std).
+    pub(super) fn new(
+        set: Arc<dyn ImageSource>,
+        indices: &[usize],
+        cfg: &LoaderConfig,
+        epoch: u64,
+    ) -> Result<Job> {
+        validate(set.as_ref(), indices, cfg)?;
+        let inv_std = match cfg.std {
+            Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
+            None => [1.0; 3],
+        };
+        Ok(Job {
+            mean_planes: mean_planes(cfg, set.size(), inv_std),
+            order: epoch_order(indices, cfg, epoch),
+            set,
+            cfg: cfg.clone(),
+            epoch,
+            inv_std,
+        })
+    }
+
+    /// Batches in the epoch: whole ones only when `drop_last` (of the
+    /// batch all ranks together take).
+    pub(super) fn n_batches(&self) -> usize {
+        let cfg = &self.cfg;
+        if cfg.drop_last {
+            self.order.len() / (cfg.batch * cfg.shard.1)
+        } else {
+            self.order.len().div_ceil(cfg.batch)
+        }
+    }
+
     /// Fill `b` with batch `k`, reusing its allocations; `scratch` holds
     /// one decoded image.
-    fn fill(&self, k: usize, b: &mut Batch, scratch: &mut Vec<u8>) -> Result<()> {
+    pub(super) fn fill(&self, k: usize, b: &mut Batch, scratch: &mut Vec<u8>) -> Result<()> {
         let cfg = &self.cfg;
         let (rank, ranks) = cfg.shard;
         let start = (k * ranks + rank) * cfg.batch;
@@ -589,93 +524,6 @@ impl Job {
                     out[ch * plane + (p0 + oy) * side + p0 + ox] = v * inv + shift[ch] * inv - m;
                 }
             }
-        }
-    }
-}
-
-/// The batches of one epoch, in order. Dropping it stops and joins the
-/// workers (they notice within one batch).
-pub struct BatchIter {
-    job: Arc<Job>,
-    scratch: Vec<u8>,
-    n_batches: usize,
-    /// The batch this iterator started at (worker w makes first + w, ...).
-    first: usize,
-    next: usize,
-    rxs: Vec<Receiver<Result<Batch>>>,
-    handles: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl BatchIter {
-    /// Number of batches this epoch yields in all.
-    pub fn num_batches(&self) -> usize {
-        self.n_batches
-    }
-
-    /// Hand a used batch back to the config's pool, so its buffers are
-    /// refilled, in this epoch or a later one, instead of allocating new
-    /// ones (optional: unreturned batches are just freed).
-    pub fn recycle(&self, batch: Batch) {
-        // The pool never holds more than were in use at once; the cap is
-        // the most an iterator has in use (one queued and one being filled
-        // per worker, one being read: the memory plan's 2W + 1).
-        let cap = self.rxs.len().max(1) * (PREFETCH_PER_WORKER + 1) + 1;
-        self.job.cfg.pool.give(batch, cap);
-    }
-
-    /// A worker's channel closed before its batches were all sent: it
-    /// panicked (a bug, not bad input). Re-raise its panic here.
-    fn worker_died(&mut self, w: usize) -> ! {
-        let h = self.handles.remove(w);
-        match h.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => panic!("loader worker {w} stopped early"),
-        }
-    }
-}
-
-/// Yields `Err` once if an image cannot be read (a damaged store), then ends.
-impl Iterator for BatchIter {
-    type Item = Result<Batch>;
-
-    fn next(&mut self) -> Option<Result<Batch>> {
-        if self.next >= self.n_batches {
-            return None;
-        }
-        let k = self.next;
-        self.next += 1;
-        let r = if self.rxs.is_empty() {
-            let mut b = self.job.cfg.pool.take();
-            self.job.fill(k, &mut b, &mut self.scratch).map(|()| b)
-        } else {
-            let w = (k - self.first) % self.rxs.len();
-            match self.rxs[w].recv() {
-                Ok(r) => r,
-                Err(_) => self.worker_died(w),
-            }
-        };
-        if r.is_err() {
-            self.next = self.n_batches;
-        }
-        Some(r)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.n_batches - self.next;
-        (left, Some(left))
-    }
-}
-
-impl ExactSizeIterator for BatchIter {}
-
-impl Drop for BatchIter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Closing the receivers wakes any worker blocked in `send`.
-        self.rxs.clear();
-        for h in self.handles.drain(..) {
-            let _ = h.join();
         }
     }
 }

@@ -3,11 +3,13 @@
 //! packed on-disk store (`packed`) and `prepare` which writes it (with
 //! `duplicates`, the images it stores twice), the
 //! decoded in-memory store with split and channel statistics (`store`),
-//! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`),
-//! the host memory it fills (`hostmem`) and the pool that keeps its batches
+//! PCA lighting noise (`lighting`), the augmenting batch loader (`loader`)
+//! and its worker threads, kept across a run's passes (`feed`), the host
+//! memory it fills (`hostmem`) and the pool that keeps its batches
 //! between epochs (`pool`), and a procedural demo data set (`synth`).
 pub mod decode;
 pub mod duplicates;
+pub mod feed;
 pub mod files;
 pub mod folder;
 pub mod hostmem;
@@ -22,13 +24,14 @@ pub mod synth;
 pub use decode::{
     decode_file, decode_files, decode_into, decode_some, resize_centre_crop, unread_error,
 };
+pub use feed::{batches, batches_from, BatchIter, Feed, Pass};
 pub use files::FileSource;
 pub use folder::{images_under, ImageFolder};
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
 pub use loader::{
-    batches, batches_from, crop_for, default_workers, epoch_order, lighting_alpha, ten_crops,
-    workers_for, Batch, BatchIter, Crop, ImageSource, Lighting, LoaderConfig,
+    crop_for, default_workers, epoch_order, lighting_alpha, ten_crops, workers_for, Batch, Crop,
+    ImageSource, Lighting, LoaderConfig,
 };
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use pool::Pool;

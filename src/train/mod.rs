@@ -13,12 +13,13 @@
 //! `Trainer` is the run in progress: `step`, `epoch`, `validate` and `save`,
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
-//! `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
+//! `passes` (the epochs and validations queued ahead on the loader), `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
 //! files written while training goes on) and `display` (the log lines and
 //! the bars).
 mod data;
 mod display;
 mod options;
+mod passes;
 mod run_dir;
 mod schedule;
 mod setup;
@@ -32,10 +33,10 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::{self, RunState};
-use crate::data::{batches_from, Batch, LoaderConfig};
+use crate::data::{Batch, LoaderConfig};
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
-use crate::eval::evaluate;
+use crate::eval::evaluate_pass;
 use crate::export::Tensor;
 use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
@@ -49,6 +50,7 @@ pub use options::{resume_options, Stopped, TrainOptions, TrainReport};
 pub use run_dir::{check_run_folder, refuse_run_inside_data};
 pub use schedule::after_validation;
 
+use passes::{PassKey, Passes};
 use run_dir::RunDir;
 use writer::Pending;
 
@@ -73,9 +75,10 @@ pub struct Trainer<'a> {
     topo: Topology,
     net: Box<dyn Model + 'a>,
     data: TrainData,
-    /// This process's training batches, and the validation set's.
+    /// This process's training batches' settings, and the passes of them
+    /// and of the validation set, queued ahead on the loader's threads.
     loader: LoaderConfig,
-    eval: LoaderConfig,
+    passes: Passes,
     local_batch: usize,
     state: RunState,
     report: TrainReport,
@@ -145,8 +148,8 @@ impl<'a> Trainer<'a> {
             topo,
             net,
             data,
+            passes: Passes::new(&loader, &eval, opts.run.epochs)?,
             loader,
-            eval,
             state,
             run_dir,
             mean_tensor,
@@ -222,13 +225,9 @@ impl<'a> Trainer<'a> {
         let epoch = self.state.progress.epoch;
         let first = self.state.progress.batches_done;
         schedule::at_epoch_start(&mut self.state.progress, &self.opts.run.schedule);
-        let mut iter = batches_from(
-            Arc::clone(&self.data.train),
-            &self.data.train_idx,
-            &self.loader,
-            epoch as u64,
-            first,
-        )?;
+        let mut iter = self
+            .passes
+            .open(PassKey::Train { epoch, first }, &self.data)?;
         let pb = display::epoch_bar(iter.num_batches(), first, epoch, self.opts);
         let mut clock = EpochClock::default();
         let epoch_start = Instant::now();
@@ -311,13 +310,10 @@ impl<'a> Trainer<'a> {
     /// the schedule. Returns whether the validation error is the best yet.
     pub fn validate(&mut self, clock: &EpochClock, train_secs: f64) -> Result<bool> {
         let bar = crate::progress::bar(self.data.val_idx.len(), "validation", self.opts.progress);
-        let v = evaluate(
-            &mut *self.net,
-            &self.data.val,
-            &self.data.val_idx,
-            &self.eval,
-            |n| bar.set_position(n as u64),
-        )?;
+        let epoch = self.state.progress.epoch;
+        let iter = self.passes.open(PassKey::Val { epoch }, &self.data)?;
+        let n = self.data.val_idx.len();
+        let v = evaluate_pass(&mut *self.net, iter, n, |n| bar.set_position(n as u64))?;
         bar.finish_and_clear();
         // Outputs that overflowed on validation images: a point not to go
         // back to, and a NaN would make the run state unreadable.
