@@ -137,6 +137,7 @@ struct Consumer {
 /// Worker threads filling the batches of queued passes, in order.
 pub struct Feed {
     consumer: Arc<Mutex<Consumer>>,
+    shared: Arc<Shared>,
     workers: usize,
 }
 
@@ -173,6 +174,7 @@ impl Feed {
         }
         Ok(Feed {
             consumer: Arc::new(Mutex::new(consumer)),
+            shared,
             workers,
         })
     }
@@ -196,8 +198,7 @@ impl Feed {
         let n_batches = job.n_batches();
         let first = first.min(n_batches);
         let job = Arc::new(job);
-        let shared = Arc::clone(&lock(&self.consumer).shared);
-        let mut plan = shared.plan();
+        let mut plan = self.shared.plan();
         if plan.sealed {
             return Err(Error::Config("loader: a pass queued after the last".into()));
         }
@@ -210,7 +211,7 @@ impl Feed {
             first,
             count,
         });
-        shared.more.notify_all();
+        self.shared.more.notify_all();
         Ok(Pass {
             job,
             start,
@@ -221,9 +222,8 @@ impl Feed {
 
     /// No more passes: workers stop after the last queued one.
     pub fn seal(&self) {
-        let shared = Arc::clone(&lock(&self.consumer).shared);
-        shared.plan().sealed = true;
-        shared.more.notify_all();
+        self.shared.plan().sealed = true;
+        self.shared.more.notify_all();
     }
 
     /// The batches of `pass`. Passes are read in the order queued; opening
