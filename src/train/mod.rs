@@ -13,7 +13,8 @@
 //! `Trainer` is the run in progress: `step`, `epoch`, `validate` and `save`,
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
-//! `passes` (the epochs and validations queued ahead on the loader), `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
+//! `passes` (the epochs and validations queued ahead on the loader),
+//! `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
 //! files written while training goes on) and `display` (the log lines and
 //! the bars).
 mod data;
