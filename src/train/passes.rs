@@ -100,3 +100,71 @@ impl Passes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{PassKey, Passes};
+    use crate::data::{ImageSet, LoaderConfig};
+    use crate::train::TrainData;
+
+    fn data(n: usize) -> TrainData {
+        let set = ImageSet::from_parts(4, vec![9; n * 48], vec![0; n], vec!["a".into()]);
+        let set = Arc::new(set.expect("set"));
+        TrainData {
+            train: set.clone(),
+            train_idx: (0..n).collect(),
+            val: set,
+            val_idx: (0..n / 2).collect(),
+            classes: vec!["a".into()],
+            names: vec![],
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            mean_image: None,
+            cov: None,
+            val_digest: None,
+        }
+    }
+
+    fn keys(p: &Passes) -> Vec<PassKey> {
+        p.queued.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// Each epoch, validated after it, in a run of three epochs resumed
+    /// in epoch 1's batch 2: opening a pass leaves the two after it queued
+    /// (none past the last validation), and a pass opened out of that
+    /// order is queued anew and read whole.
+    #[test]
+    fn each_pass_opens_with_the_next_two_queued() {
+        let d = data(12);
+        let train = LoaderConfig {
+            workers: 2,
+            drop_last: true,
+            ..LoaderConfig::new(2, 4, true)
+        };
+        let val = LoaderConfig::new(2, 4, false);
+        let mut p = Passes::new(&train, &val, 3).expect("passes");
+        let (t, v) = (
+            |epoch, first| PassKey::Train { epoch, first },
+            |epoch| PassKey::Val { epoch },
+        );
+        let want = [
+            (t(1, 2), vec![v(1), t(2, 0)], 4),
+            (v(1), vec![t(2, 0), v(2)], 3),
+            (t(2, 0), vec![v(2), t(3, 0)], 6),
+            (v(2), vec![t(3, 0), v(3)], 3),
+            (t(3, 0), vec![v(3)], 6),
+            (v(3), vec![], 3),
+        ];
+        for (key, queued, batches) in want {
+            let it = p.open(key, &d).expect("open");
+            assert_eq!(keys(&p), queued, "after opening {key:?}");
+            let read: Vec<_> = it.collect::<crate::Result<_>>().expect("batches");
+            assert_eq!(read.len(), batches, "{key:?}");
+        }
+        let it = p.open(t(2, 1), &d).expect("a pass out of order");
+        let read: Vec<_> = it.collect::<crate::Result<_>>().expect("batches");
+        assert_eq!(read.len(), 5);
+    }
+}
