@@ -7,7 +7,9 @@ mod cli;
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use cli::bench::{loader::BenchLoaderArgs, step::BenchStepArgs, synth_store::SynthStoreArgs};
+use cli::bench::{
+    feed::BenchFeedArgs, loader::BenchLoaderArgs, step::BenchStepArgs, synth_store::SynthStoreArgs,
+};
 use cli::{
     demo_data::DemoDataArgs, eval::EvalArgs, export::ExportArgs, features::FeaturesArgs,
     filters::FiltersArgs, neighbors::NeighborsArgs, nvrtc_check::NvrtcCheckArgs,
@@ -54,6 +56,9 @@ enum Command {
     /// Time the training loader over a prepared store (used by scripts/bench-data); prints one JSON line.
     #[command(hide = true)]
     BenchLoader(BenchLoaderArgs),
+    /// A run's epochs and validations fed by one loader per pass and by one feed queued ahead, the step a sleep (docs/data.md); prints one JSON line.
+    #[command(hide = true)]
+    BenchFeed(BenchFeedArgs),
     /// Write a synthetic store of COUNT copies of a few encoded images (memory benchmarks); prints one JSON line.
     #[command(hide = true)]
     SynthStore(SynthStoreArgs),
@@ -97,6 +102,7 @@ fn run() -> Result<()> {
         Command::Neighbors(args) => cli::neighbors::run(args),
         Command::DemoData(args) => cli::demo_data::run(args),
         Command::BenchLoader(args) => cli::bench::loader::run(args),
+        Command::BenchFeed(args) => cli::bench::feed::run(args),
         Command::SynthStore(args) => cli::bench::synth_store::run(args),
         Command::BenchStep(args) => cli::bench::step::run(args),
         Command::NvrtcCheck(args) => cli::nvrtc_check::run(args),

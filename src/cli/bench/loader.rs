@@ -73,19 +73,25 @@ pub fn run(args: BenchLoaderArgs) -> Result<()> {
     Ok(())
 }
 
-/// The training loader's settings (random crops, mirrors and lighting) for the store.
-fn loader_config(store: &PackedStore, args: &BenchLoaderArgs) -> LoaderConfig {
+/// The training loader's settings (random crops, mirrors and lighting)
+/// for the store: `batch` images of `crop` crops, `workers` threads.
+pub(super) fn store_loader(
+    store: &PackedStore,
+    batch: usize,
+    crop: usize,
+    workers: usize,
+) -> LoaderConfig {
     LoaderConfig {
         mean_image: Some(Arc::new(store.mean_image().to_vec())),
         seed: 1,
-        workers: args.workers,
+        workers,
         drop_last: true,
         skip_unreadable: false,
         lighting: Some(Lighting {
             pca: store.meta().stats.pca,
             sigma: 0.1,
         }),
-        ..LoaderConfig::new(args.batch, args.crop, true)
+        ..LoaderConfig::new(batch, crop, true)
     }
 }
 
@@ -94,7 +100,7 @@ fn loader_config(store: &PackedStore, args: &BenchLoaderArgs) -> LoaderConfig {
 /// batch: VmHWM also counts the store's file pages, which are page cache
 /// the kernel can drop at any time.
 fn load(store: &Arc<PackedStore>, args: &BenchLoaderArgs) -> Result<Loaded> {
-    let cfg = loader_config(store, args);
+    let cfg = store_loader(store, args.batch, args.crop, args.workers);
     let idx: Vec<usize> = (0..store.meta().count).collect();
     let anon_kb = || ProcStatus::read().kb("RssAnon");
     let mut peak_anon_kb = anon_kb();
