@@ -99,7 +99,7 @@ impl Shared {
             if plan.closed {
                 return None;
             }
-            if let Some(q) = plan.passes.iter().find(|q| g >= q.start && g < q.end()) {
+            if let Some(q) = plan.holding(g) {
                 return Some((Arc::clone(&q.job), q.first + (g - q.start) as usize));
             }
             if plan.sealed && g >= plan.end {
@@ -111,9 +111,14 @@ impl Shared {
 
     /// The job of item `g` if its pass is still queued (no waiting).
     fn item_queued(&self, g: u64) -> Option<Arc<Job>> {
-        let plan = self.plan();
-        let q = plan.passes.iter().find(|q| g >= q.start && g < q.end())?;
-        Some(Arc::clone(&q.job))
+        self.plan().holding(g).map(|q| Arc::clone(&q.job))
+    }
+}
+
+impl Plan {
+    /// The queued pass that holds item `g`.
+    fn holding(&self, g: u64) -> Option<&Queued> {
+        self.passes.iter().find(|q| g >= q.start && g < q.end())
     }
 }
 
@@ -269,13 +274,8 @@ impl Consumer {
         }
         while self.next < g {
             if let Ok(b) = self.read(self.next) {
-                let cap = self.rxs.len().max(1) * (PREFETCH_PER_WORKER + 1) + 1;
-                let pool = self
-                    .shared
-                    .item_queued(self.next)
-                    .map(|j| j.cfg.pool.clone());
-                if let Some(pool) = pool {
-                    pool.give(b, cap);
+                if let Some(job) = self.shared.item_queued(self.next) {
+                    job.cfg.pool.give(b, pool_cap(self.rxs.len()));
                 }
             }
             self.next += 1;
@@ -347,11 +347,15 @@ impl BatchIter {
     /// refilled, in this epoch or a later one, instead of allocating new
     /// ones (optional: unreturned batches are just freed).
     pub fn recycle(&self, batch: Batch) {
-        // The pool never holds more than were in use at once: the cap is
-        // the most the feed has in use (the memory plan's 2W + 1).
-        let cap = self.workers.max(1) * (PREFETCH_PER_WORKER + 1) + 1;
-        self.pass.job.cfg.pool.give(batch, cap);
+        self.pass.job.cfg.pool.give(batch, pool_cap(self.workers));
     }
+}
+
+/// The most batches a pool given back to by a feed of `workers` keeps: the
+/// most the feed has in use (the memory plan's 2W + 1), so the pool never
+/// holds more than were in use at once.
+fn pool_cap(workers: usize) -> usize {
+    workers.max(1) * (PREFETCH_PER_WORKER + 1) + 1
 }
 
 /// Yields `Err` once if an image cannot be read (a damaged store), then ends.
