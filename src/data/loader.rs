@@ -9,6 +9,8 @@
 //! decoder keeps its own working buffers).
 use std::sync::Arc;
 
+use multiversion::multiversion;
+
 use super::decode::decode_jpeg_rgb_into;
 use super::hostmem::{HostAlloc, HostBuf};
 use super::lighting::Pca;
@@ -348,6 +350,8 @@ pub(super) struct Job {
     /// The mean to subtract, already divided by the std, as three
     /// `size x size` planes (CHW), so the inner loop reads it contiguously.
     mean_planes: Vec<f32>,
+    /// The same planes mirrored left to right, read by mirrored crops.
+    mean_mirrored: Vec<f32>,
 }
 
 /// The mean image (or the channel means, broadcast), scaled by `inv_std`,
@@ -369,6 +373,15 @@ fn mean_planes(cfg: &LoaderConfig, size: usize, inv_std: [f32; 3]) -> Vec<f32> {
     out
 }
 
+/// `planes` (CHW, `size` wide) with every row reversed.
+fn mirrored(planes: &[f32], size: usize) -> Vec<f32> {
+    let mut out = planes.to_vec();
+    for row in out.chunks_exact_mut(size) {
+        row.reverse();
+    }
+    out
+}
+
 impl Job {
     /// Epoch `epoch` over `indices` of `set`. Errors when the config does
     /// not fit the set (crop larger than the images, batch 0, an index out
@@ -384,8 +397,10 @@ impl Job {
             Some(s) => [1.0 / s[0], 1.0 / s[1], 1.0 / s[2]],
             None => [1.0; 3],
         };
+        let mean = mean_planes(cfg, set.size(), inv_std);
         Ok(Job {
-            mean_planes: mean_planes(cfg, set.size(), inv_std),
+            mean_mirrored: mirrored(&mean, set.size()),
+            mean_planes: mean,
             order: epoch_order(indices, cfg, epoch),
             set,
             cfg: cfg.clone(),
@@ -464,47 +479,36 @@ impl Job {
     }
 
     /// One crop of `img` into `out` (3 planes, CHW): out = (pixel - mean +
-    /// shift) / std, mirrored when `c.flip`. Each row is split into three
-    /// f32 channel rows first, so the arithmetic runs on contiguous slices
-    /// (vectorised); a mirrored row is computed forward, then reversed.
+    /// shift) / std, mirrored when `c.flip` ([`write_rows`]).
     fn write_crop(&self, img: &[u8], size: usize, c: Crop, shift: [f32; 3], out: &mut [f32]) {
-        const MAX_ROW: usize = 512;
         let crop = self.cfg.crop;
-        let side = crop + self.cfg.pad;
-        let p0 = self.cfg.pad / 2;
-        if self.cfg.pad > 0 {
-            out.fill(0.0);
-        }
+        let (side, p0) = (crop + self.cfg.pad, self.cfg.pad / 2);
         if crop > MAX_ROW {
             // Not AlexNet's geometry; kept correct, not fast.
+            out.fill(0.0);
             return self.write_crop_slow(img, size, c, shift, out);
         }
-        let plane = side * side;
+        zero_border(out, side, p0, crop);
         let inv = self.inv_std;
-        let mut rgb = [[0f32; MAX_ROW]; 3];
-        for oy in 0..crop {
-            let at = ((c.y + oy) * size + c.x) * 3;
-            let src = &img[at..at + crop * 3];
-            let [r, g, b] = &mut rgb;
-            for (i, p) in src.chunks_exact(3).enumerate() {
-                r[i] = p[0] as f32;
-                g[i] = p[1] as f32;
-                b[i] = p[2] as f32;
-            }
-            let (r, g, b) = (&r[..crop], &g[..crop], &b[..crop]);
-            for (ch, t) in [r, g, b].into_iter().enumerate() {
-                let m0 = ch * size * size + (c.y + oy) * size + c.x;
-                let m = &self.mean_planes[m0..m0 + crop];
-                let k = shift[ch] * inv[ch];
-                let d = &mut out[ch * plane + (p0 + oy) * side + p0..][..crop];
-                for ((d, &t), &m) in d.iter_mut().zip(t).zip(m) {
-                    *d = t * inv[ch] + (k - m);
-                }
-                if c.flip {
-                    d.reverse();
-                }
-            }
-        }
+        // Mirrored, output column j is source column c.x + crop - 1 - j,
+        // whose mean sits at column size - c.x - crop + j of the mirror.
+        let (means, mx) = match c.flip {
+            true => (&self.mean_mirrored, size - c.x - crop),
+            false => (&self.mean_planes, c.x),
+        };
+        let rows = CropRows {
+            img,
+            size,
+            c,
+            crop,
+            side,
+            p0,
+            inv,
+            k: [0, 1, 2].map(|ch| shift[ch] * inv[ch]),
+            means,
+            mx,
+        };
+        write_rows(&rows, out);
     }
 
     /// [`Job::write_crop`] for any width, one pixel at a time.
@@ -525,5 +529,86 @@ impl Job {
                 }
             }
         }
+    }
+}
+
+/// Zeroes the padding of `out`'s three `side x side` planes: everything
+/// outside the `crop x crop` square at (p0, p0), which the crop fills.
+fn zero_border(out: &mut [f32], side: usize, p0: usize, crop: usize) {
+    if side == crop {
+        return;
+    }
+    for plane in out.chunks_exact_mut(side * side) {
+        for (y, row) in plane.chunks_exact_mut(side).enumerate() {
+            if y < p0 || y >= p0 + crop {
+                row.fill(0.0);
+            } else {
+                row[..p0].fill(0.0);
+                row[p0 + crop..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Widest crop [`write_rows`] takes (its row buffers live on the stack).
+const MAX_ROW: usize = 512;
+
+/// One crop's geometry and arithmetic, for [`write_rows`].
+struct CropRows<'a> {
+    img: &'a [u8],
+    size: usize,
+    c: Crop,
+    crop: usize,
+    side: usize,
+    p0: usize,
+    inv: [f32; 3],
+    /// The lighting shift over the std, per channel.
+    k: [f32; 3],
+    /// Mean planes over the std (mirrored ones for a mirrored crop),
+    /// `size` wide, and the column of the crop's first output pixel there.
+    means: &'a [f32],
+    mx: usize,
+}
+
+/// The crop's `crop x crop` square of `out`: each row is split into three
+/// f32 channel rows first (read backwards when mirrored), so the arithmetic,
+/// t * inv + (k - mean), runs on contiguous slices. Compiled twice, plain
+/// and with AVX2 (picked at run time; the loader's busiest loop after JPEG
+/// decoding). No FMA, so both give the same bits.
+#[multiversion(targets("x86_64+avx2"))]
+fn write_rows(r: &CropRows, out: &mut [f32]) {
+    let (size, crop, side) = (r.size, r.crop, r.side);
+    let plane = side * side;
+    let mut rgb = [[0f32; MAX_ROW]; 3];
+    for oy in 0..crop {
+        let at = ((r.c.y + oy) * size + r.c.x) * 3;
+        split_row(&r.img[at..at + crop * 3], r.c.flip, &mut rgb);
+        for (ch, t) in rgb.iter().enumerate() {
+            let m0 = ch * size * size + (r.c.y + oy) * size + r.mx;
+            let m = &r.means[m0..m0 + crop];
+            let (inv, k) = (r.inv[ch], r.k[ch]);
+            let d = &mut out[ch * plane + (r.p0 + oy) * side + r.p0..][..crop];
+            for ((d, &t), &m) in d.iter_mut().zip(&t[..crop]).zip(m) {
+                *d = t * inv + (k - m);
+            }
+        }
+    }
+}
+
+/// The RGB pixels of `src` into three f32 rows, in reverse order when
+/// `flip`. Always inlined, so it is compiled with its caller's features.
+#[inline(always)]
+fn split_row(src: &[u8], flip: bool, rgb: &mut [[f32; MAX_ROW]; 3]) {
+    let [r, g, b] = rgb;
+    let px = src.chunks_exact(3);
+    let mut put = |i: usize, p: &[u8]| {
+        r[i] = p[0] as f32;
+        g[i] = p[1] as f32;
+        b[i] = p[2] as f32;
+    };
+    if flip {
+        px.rev().enumerate().for_each(|(i, p)| put(i, p));
+    } else {
+        px.enumerate().for_each(|(i, p)| put(i, p));
     }
 }
