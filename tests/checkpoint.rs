@@ -1263,6 +1263,61 @@ fn assert_same_weights(a: &Path, b: &Path) {
     }
 }
 
+/// An epoch of one step (batch 500 of the 500 training images) under a
+/// time limit that has passed: after that step comes the epoch's
+/// validation, so the run stops before it, says so, and writes no epoch
+/// row; the resumed run validates that epoch, trains the next, and ends
+/// with the weights and curves of the uninterrupted run.
+#[test]
+fn a_time_limit_after_an_epochs_last_step_stops_before_its_validation() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, timed) = (t.path().join("whole"), t.path().join("timed"));
+    let one_step = |out: &Path| {
+        let mut a = train_args(&d, out, 2);
+        let at = a.iter().position(|s| s == "--batch").expect("--batch");
+        a[at + 1] = "500".into();
+        a
+    };
+    run_ok(&one_step(&whole));
+    let mut args = one_step(&timed);
+    args.extend(["--time-limit".into(), PASSED.into()]);
+    let o = Command::new(BIN)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run alexnet-cuda");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    let want = "stopping at epoch 1, step 1: the time limit would pass before the epoch's validation and a checkpoint";
+    assert!(said.contains(want), "no {want:?} in: {said}");
+    let steps: Vec<u64> = checkpoint::list(&timed)
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(steps, [1], "{said}");
+    let rows = std::fs::read_to_string(timed.join("epochs.csv")).unwrap_or_default();
+    assert!(rows.lines().count() <= 1, "an epoch was validated: {rows}");
+    run_ok(&resume_args(&timed));
+    let last = |out: &Path| tensors(&out.join(checkpoint::checkpoint_name(2)));
+    let (a, b) = (last(&whole), last(&timed));
+    assert_eq!(a.len(), 32);
+    assert!(a == b, "the resumed run's weights differ");
+    let epochs = |out: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(out.join("epochs.csv")).expect("epochs.csv");
+        text.lines()
+            .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(epochs(&whole).len(), 3);
+    assert_eq!(epochs(&whole), epochs(&timed));
+}
+
 /// A time limit in one rank of two (one that has passed at once): the
 /// ranks agree on it as on a signal, at step 10, both stop there with
 /// status 0, rank 0 writes its checkpoint there and says it was another

@@ -14,10 +14,11 @@
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
 //! `passes` (the epochs and validations queued ahead on the loader),
-//! `schedule`, `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
+//! `schedule`, `deadline` (the time limit within an epoch), `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
 //! files written while training goes on) and `display` (the log lines and
 //! the bars).
 mod data;
+mod deadline;
 mod display;
 mod options;
 mod passes;
@@ -96,6 +97,8 @@ pub struct Trainer<'a> {
     /// `checkpoint_interval`, and how long writing it took.
     last_save: Instant,
     save_s: f64,
+    /// How long the last validation took (none timed yet: None).
+    val_s: Option<f64>,
     /// The checkpoint being written in the background, if one is.
     pending: Option<Pending>,
     /// When the time limit is reached.
@@ -159,6 +162,7 @@ impl<'a> Trainer<'a> {
             bytes_told: false,
             last_save: start,
             save_s,
+            val_s: None,
             pending: None,
             deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
         })
@@ -187,7 +191,9 @@ impl<'a> Trainer<'a> {
             let Some(clock) = self.epoch()? else {
                 return Ok(());
             };
+            let t_val = Instant::now();
             let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
+            self.val_s = Some(t_val.elapsed().as_secs_f64());
             self.save_epoch_end(best)?;
             times.add(whole, epoch_start.elapsed().as_secs_f64());
             self.state.progress.next_epoch();
@@ -248,7 +254,7 @@ impl<'a> Trainer<'a> {
             clock.wait += waited;
             clock.steps += t0.elapsed();
             done += 1;
-            if !self.after_step(clock.steps.as_secs_f64() / done as f64)? {
+            if !self.after_step(clock.steps.as_secs_f64() / done as f64, iter.len())? {
                 pb.finish_and_clear();
                 return Ok(None);
             }
@@ -445,35 +451,40 @@ impl<'a> Trainer<'a> {
     }
 
     /// Whether to stop after this step, and why: a signal, or the time
-    /// limit, which would pass before `ahead` more steps of `per_step`
-    /// seconds and a checkpoint as long as the last (`first_save_secs`
-    /// before one is written). The processes of a
+    /// limit, which would pass before the rest (`deadline::Ahead`: `ahead`
+    /// more steps of `per_step` seconds, of the `left` in the epoch, its
+    /// validation if it ends within them, and a checkpoint as long as the
+    /// last, `first_save_secs` before one is written). The processes of a
     /// run must stop after the same step, or the others wait for its
     /// gradients: they agree every `AGREE_EVERY` steps (one all-reduce of
     /// the two flags, a wait for the device, so not every step), stop if
     /// any says so, and so look that many steps ahead.
-    fn stop_after_step(&mut self, per_step: f64) -> Result<Option<Stopped>> {
+    fn stop_after_step(&mut self, per_step: f64, left: usize) -> Result<Option<Stopped>> {
         let single = self.opts.world.size == 1;
         if !single && !self.state.progress.step.is_multiple_of(AGREE_EVERY) {
             return Ok(None);
         }
-        let ahead = if single { 1 } else { AGREE_EVERY };
-        // A stop waits for a write in flight, then writes its own.
-        let saves = if self.pending.is_some() { 2.0 } else { 1.0 };
-        let late = self.time_short_of(per_step * ahead as f64 + saves * self.save_s);
+        let val_images = self.data.val_idx.len();
+        let rest = deadline::Ahead {
+            steps: if single { 1 } else { AGREE_EVERY },
+            left,
+            per_step,
+            val_s: (self.val_s).unwrap_or_else(|| {
+                deadline::first_val_secs(val_images, self.local_batch, per_step)
+            }),
+            // A stop waits for a write in flight, then writes its own.
+            saves: if self.pending.is_some() { 2.0 } else { 1.0 },
+            save_s: self.save_s,
+        };
+        let late = self.time_short_of(rest.needed());
         let any = self.agree(&[self.stopping(), late])?;
         let p = &self.state.progress;
         Ok(match any.as_slice() {
             [true, _] => Some(Stopped::Signal),
             [false, true] => {
-                let why = match (late, ahead) {
-                    (true, 1) => {
-                        "the time limit would pass before another step and a checkpoint".into()
-                    }
-                    (true, n) => {
-                        format!("the time limit would pass before {n} more steps and a checkpoint")
-                    }
-                    (false, _) => "another process of the run reached its time limit".into(),
+                let why = match late {
+                    true => format!("the time limit would pass before {}", rest_told(&rest)),
+                    false => "another process of the run reached its time limit".into(),
                 };
                 info!("stopping at epoch {}, step {}: {why}", p.epoch, p.step);
                 Some(Stopped::TimeLimit {
@@ -548,13 +559,14 @@ impl<'a> Trainer<'a> {
     }
 
     /// A checkpoint when one is due or at a stop (a signal, or the time
-    /// limit near: steps take `per_step` seconds); Ok(false) to stop.
-    fn after_step(&mut self, per_step: f64) -> Result<bool> {
+    /// limit near: steps take `per_step` seconds, `left` more in the
+    /// epoch); Ok(false) to stop.
+    fn after_step(&mut self, per_step: f64, left: usize) -> Result<bool> {
         // A background write's failure is told within a step.
         if self.pending.as_ref().is_some_and(Pending::is_done) {
             self.finish_write()?;
         }
-        let stop = self.stop_after_step(per_step)?;
+        let stop = self.stop_after_step(per_step, left)?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and
         // the interval, never reset, would read the device every step.
@@ -599,6 +611,17 @@ impl<'a> Trainer<'a> {
             return true;
         }
         false
+    }
+}
+
+/// What a time-limit stop did not have time for, for its log line.
+fn rest_told(rest: &deadline::Ahead) -> String {
+    let steps = rest.steps.min(rest.left as u64);
+    match (rest.reaches_validation(), steps) {
+        (true, 0) => "the epoch's validation and a checkpoint".into(),
+        (true, n) => format!("the epoch's last {n} steps, its validation and a checkpoint"),
+        (false, 1) => "another step and a checkpoint".into(),
+        (false, n) => format!("{n} more steps and a checkpoint"),
     }
 }
 
