@@ -91,6 +91,52 @@ pub struct Preprocess {
     pub mean_image: bool,
 }
 
+impl Preprocess {
+    /// The first way `now` turns images into inputs otherwise than
+    /// `self`, in words ("its ..., and the run's ..."); None when the same.
+    pub fn difference(&self, now: &Preprocess) -> Option<String> {
+        let (was, is) = (self, now);
+        if was.image_size != is.image_size {
+            return Some(format!(
+                "its images are {0}x{0}, and the run's were {1}x{1}",
+                is.image_size, was.image_size
+            ));
+        }
+        if (was.crop, was.pad) != (is.crop, is.pad) {
+            return Some(format!(
+                "its crops are {} padded by {}, and the run's were {} padded by {}",
+                is.crop, is.pad, was.crop, was.pad
+            ));
+        }
+        if was.mean_image != is.mean_image {
+            let has = |m: bool| if m { "a mean image" } else { "no mean image" };
+            return Some(format!(
+                "it has {}, and the run had {}",
+                has(is.mean_image),
+                has(was.mean_image)
+            ));
+        }
+        if was.mean != is.mean {
+            return Some(format!(
+                "its channel mean is {:?}, and the run's was {:?}",
+                is.mean, was.mean
+            ));
+        }
+        if was.std != is.std {
+            let told = |s: Option<[f32; 3]>| match s {
+                Some(s) => format!("{s:?}"),
+                None => "not divided by".into(),
+            };
+            return Some(format!(
+                "its channel std is {}, and the run's was {}",
+                told(is.std),
+                told(was.std)
+            ));
+        }
+        None
+    }
+}
+
 /// Where the run is: enough to replay the rest of it exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -174,4 +220,57 @@ pub struct RunState {
     pub progress: Progress,
     /// One row per finished epoch.
     pub history: Vec<EpochStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Preprocess;
+
+    fn paper() -> Preprocess {
+        Preprocess {
+            image_size: 256,
+            crop: 224,
+            pad: 3,
+            mean: [120.0, 115.0, 104.0],
+            std: None,
+            mean_image: true,
+        }
+    }
+
+    /// A change to a preparation, and the words that must name it.
+    type Case = (fn(&mut Preprocess), &'static str);
+
+    /// Each field that changes the inputs is named, with both values.
+    #[test]
+    fn a_preparation_differs_in_the_first_field_that_changes_the_inputs() {
+        assert_eq!(paper().difference(&paper()), None);
+        let cases: [Case; 5] = [
+            (
+                |p| p.image_size = 288,
+                "its images are 288x288, and the run's were 256x256",
+            ),
+            (
+                |p| p.crop = 227,
+                "its crops are 227 padded by 3, and the run's were 224 padded by 3",
+            ),
+            (
+                |p| p.mean_image = false,
+                "it has no mean image, and the run had a mean image",
+            ),
+            (
+                |p| p.mean[1] = 116.0,
+                "mean is [120.0, 116.0, 104.0], and the run's was [120.0, 115.0, 104.0]",
+            ),
+            (
+                |p| p.std = Some([1.0; 3]),
+                "std is [1.0, 1.0, 1.0], and the run's was not divided by",
+            ),
+        ];
+        for (change, want) in cases {
+            let mut now = paper();
+            change(&mut now);
+            let d = paper().difference(&now).expect("a difference");
+            assert!(d.contains(want), "{d:?} lacks {want:?}");
+        }
+    }
 }

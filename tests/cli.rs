@@ -1061,6 +1061,50 @@ fn a_resume_on_other_data_says_what_differs() {
     resume(&["same classes", "13 training images", "had 9"]);
 }
 
+/// `--resume --data` on data with the run's classes and count whose
+/// images differ (prepared otherwise, or other photos) is refused before
+/// training, with the channel means of both and the ways on; on its own
+/// data the run then goes on.
+#[test]
+fn a_resume_on_images_prepared_otherwise_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("photos");
+    tree(&data, 3, 4);
+    let (d, run_dir) = (data.display().to_string(), dir.path().join("run"));
+    let r = run_dir.display().to_string();
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--val", "3", "--batch", "3",
+    ];
+    let (ok, err) = run(&[&args[..], &["--epochs", "1", "--data", &d, "--out", &r]].concat());
+    assert!(ok, "{err}");
+    let moved = dir.path().join("kept");
+    std::fs::rename(&data, &moved).unwrap();
+    // The same files, each pixel darker.
+    tree(&data, 3, 4);
+    for c in 0..3 {
+        for i in 0..4 {
+            let f = data.join(format!("class{c}")).join(format!("{i}.jpg"));
+            let mut img = image::open(&f).expect("a tree image").to_rgb8();
+            img.pixels_mut().for_each(|p| p.0 = p.0.map(|v| v / 2));
+            img.save(&f).unwrap();
+        }
+    }
+    let resume = ["train", "--resume", &r, "--epochs", "2", "--data", &d];
+    assert_error(
+        &resume,
+        &[
+            "prepares the images otherwise",
+            "its channel mean is [",
+            "pass the run's data with --data",
+            "--init-from",
+        ],
+    );
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&moved, &data).unwrap();
+    let (ok, err) = run(&resume);
+    assert!(ok, "the resume on the run's own data failed: {err}");
+}
+
 /// `--epochs` on a resume below the epochs already trained is refused with
 /// the least that goes on; the run's own count ends it where it stands.
 /// Here 6 images in batches of 3: 2 steps an epoch, a checkpoint each step.

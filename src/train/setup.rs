@@ -5,7 +5,7 @@
 use tracing::info;
 
 use crate::backend::Backend;
-use crate::checkpoint::{self, Preprocess, Progress, RunState};
+use crate::checkpoint::{self, Checkpoint, Preprocess, Progress, RunState};
 use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
@@ -221,6 +221,7 @@ pub fn start_state(
     opts: &TrainOptions,
 ) -> Result<(RunState, bool)> {
     if let Some(ck) = &opts.resume {
+        check_inputs(ck, opts, &preprocess(data, loader), loader)?;
         ck.restore(net, true)?;
         let mut st = ck.state.clone();
         st.options.epochs = opts.run.epochs;
@@ -248,18 +249,69 @@ pub fn start_state(
         val_images: data.val_idx.len(),
         val_digest: data.val_digest,
         options: opts.run.clone(),
-        preprocess: Preprocess {
-            image_size: data.train.size(),
-            crop: loader.crop,
-            pad: loader.pad,
-            mean: loader.mean,
-            std: loader.std,
-            mean_image: loader.mean_image.is_some(),
-        },
+        preprocess: preprocess(data, loader),
         progress: Progress::start(opts.run.lr, epoch_batches),
         history: Vec::new(),
     };
     Ok((state, false))
+}
+
+/// How `loader` turns `data`'s images into inputs, as a checkpoint keeps it.
+fn preprocess(data: &TrainData, loader: &LoaderConfig) -> Preprocess {
+    Preprocess {
+        image_size: data.train.size(),
+        crop: loader.crop,
+        pad: loader.pad,
+        mean: loader.mean,
+        std: loader.std,
+        mean_image: loader.mean_image.is_some(),
+    }
+}
+
+/// A resume goes on with the inputs its run trained on: the same image
+/// size, crop, mean (image) and std, or the weights would meet inputs they
+/// have not seen, and the checkpoints would tell `eval` and `predict` the
+/// old preparation beside the new mean image.
+fn check_inputs(
+    ck: &Checkpoint,
+    opts: &TrainOptions,
+    now: &Preprocess,
+    loader: &LoaderConfig,
+) -> Result<()> {
+    let diff = ck.state.preprocess.difference(now).or_else(|| {
+        match (ck.mean_image(), loader.mean_image.as_deref()) {
+            (Some(was), Some(is)) => mean_image_difference(was, is),
+            _ => None,
+        }
+    });
+    match diff {
+        None => Ok(()),
+        Some(diff) => Err(Error::Config(format!(
+            "--resume {}: {} prepares the images otherwise than the run's data ({}): {diff}; pass the run's data with --data, or start a new run from these weights with --init-from {}",
+            ck.path.display(),
+            opts.data.display(),
+            ck.state.data,
+            crate::shell::word(&ck.path),
+        ))),
+    }
+}
+
+/// How far the mean image `is` lies from the run's, `was`, in words; None
+/// when they are the same to the bit (the same store gives the same one).
+fn mean_image_difference(was: &[f32], is: &[f32]) -> Option<String> {
+    if was.len() != is.len() {
+        return Some(format!(
+            "its mean image has {} values, and the run's had {}",
+            is.len(),
+            was.len()
+        ));
+    }
+    let most = was
+        .iter()
+        .zip(is)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    (most > 0.0).then(|| format!("its mean image differs from the run's by up to {most} levels"))
 }
 
 /// The mean image the loader subtracts, as the checkpoint keeps it.
@@ -298,5 +350,20 @@ pub fn continue_at(state: &mut RunState, opts: &TrainOptions) {
             ck.path.display(),
             opts.run.epochs
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_image_difference;
+
+    #[test]
+    fn a_mean_image_differs_by_its_largest_difference_or_its_length() {
+        let was = [10.0, 20.0, 30.0];
+        assert_eq!(mean_image_difference(&was, &was), None);
+        let d = mean_image_difference(&was, &[10.0, 20.5, 29.75]).expect("a difference");
+        assert!(d.contains("by up to 0.5 levels"), "{d}");
+        let d = mean_image_difference(&was, &[10.0, 20.0]).expect("a difference");
+        assert!(d.contains("has 2 values, and the run's had 3"), "{d}");
     }
 }
