@@ -80,8 +80,8 @@ impl Error {
     }
 }
 
-/// What to do about an I/O error whose cause is the disk, not the file:
-/// nothing in the file's name or content would fix it.
+/// What to do about an I/O error whose cause is the disk or the file's
+/// permissions: nothing in the file's name or content would fix it.
 fn disk_fix(err: &std::io::Error) -> &'static str {
     use std::io::ErrorKind;
     match err.kind() {
@@ -92,6 +92,9 @@ fn disk_fix(err: &std::io::Error) -> &'static str {
             "; a file-size limit (the file system's, or `ulimit -f`) stopped it: raise it, or write elsewhere"
         }
         ErrorKind::ReadOnlyFilesystem => "; its file system is read-only: write elsewhere",
+        ErrorKind::PermissionDenied => {
+            "; this user may not use it: change its permissions or owner (or its folder's), or use another path"
+        }
         _ => "",
     }
 }
@@ -145,5 +148,15 @@ mod tests {
             msg.ends_with("free space on its disk (or raise the quota), or write elsewhere"),
             "{msg}"
         );
+    }
+
+    /// Permission denied (as root, a chmod does not bring it about, so
+    /// the OS's error kind stands in) names the permissions to change.
+    #[test]
+    fn a_permission_error_says_what_to_do() {
+        let err = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let msg = Error::io(std::path::Path::new("runs/x/.lock"), err).to_string();
+        assert!(msg.starts_with("runs/x/.lock: permission denied"), "{msg}");
+        assert!(msg.contains("change its permissions or owner"), "{msg}");
     }
 }

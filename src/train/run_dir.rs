@@ -362,13 +362,16 @@ impl RunDir {
                 fix: self.after_divergence(lr),
             };
         }
+        let fix = way_on(&e);
         let then = match &self.last {
             Some(p) => format!(
-                "the previous checkpoint {} is intact: free disk space and continue with `alexnet-cuda train --resume {}`",
+                "the previous checkpoint {} is intact: {fix} and continue with `alexnet-cuda train --resume {}`",
                 p.display(),
                 self.resume_arg(p)
             ),
-            None => "no checkpoint of this run was written yet: free disk space and run the same command again".into(),
+            None => format!(
+                "no checkpoint of this run was written yet: {fix} and run the same command again"
+            ),
         };
         // The OS's reason alone: the fix that follows is this one's.
         let why = match e {
@@ -454,6 +457,22 @@ impl RunDir {
     }
 }
 
+/// What to do before continuing after a failed checkpoint write `e`: the
+/// cause's own remedy, where the OS says what it was.
+fn way_on(e: &Error) -> &'static str {
+    use std::io::ErrorKind;
+    let Error::Io { err, .. } = e else {
+        return "fix that";
+    };
+    match err.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => "free disk space",
+        ErrorKind::FileTooLarge => "raise the file-size limit",
+        ErrorKind::PermissionDenied => "let this user write in the run folder",
+        ErrorKind::ReadOnlyFilesystem => "make its file system writable",
+        _ => "fix that",
+    }
+}
+
 /// `a` and `b` name the same file: one path through symbolic links or
 /// `..`, or two hard links (as `best.safetensors` is to its checkpoint).
 fn same(a: &Path, b: &Path) -> bool {
@@ -461,5 +480,35 @@ fn same(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::way_on;
+    use crate::error::Error;
+    use std::io::ErrorKind;
+
+    /// A failed write's advice follows its cause: free space only for a
+    /// full disk or quota.
+    #[test]
+    fn the_way_on_after_a_failed_write_follows_its_cause() {
+        let io = |k: ErrorKind| Error::io(std::path::Path::new("c"), std::io::Error::from(k));
+        assert_eq!(way_on(&io(ErrorKind::StorageFull)), "free disk space");
+        assert_eq!(way_on(&io(ErrorKind::QuotaExceeded)), "free disk space");
+        assert_eq!(
+            way_on(&io(ErrorKind::FileTooLarge)),
+            "raise the file-size limit"
+        );
+        assert_eq!(
+            way_on(&io(ErrorKind::PermissionDenied)),
+            "let this user write in the run folder"
+        );
+        assert_eq!(
+            way_on(&io(ErrorKind::ReadOnlyFilesystem)),
+            "make its file system writable"
+        );
+        assert_eq!(way_on(&io(ErrorKind::Other)), "fix that");
+        assert_eq!(way_on(&Error::Data("x".into())), "fix that");
     }
 }
