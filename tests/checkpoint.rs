@@ -1602,7 +1602,8 @@ fn run_keeping_every_checkpoint(dir: &Path) -> PathBuf {
 /// Resumed from a checkpoint older than its folder's newest, a run goes
 /// on from there at another rate: the later checkpoints, of the history it
 /// replaces, are moved aside, so pruning keeps this run's and `--resume
-/// RUN` finds its newest, not a stale one. The same when the checkpoint is
+/// RUN` finds its newest, not a stale one, and the metrics files are
+/// copied there whole. The same when the checkpoint is
 /// named bare from inside its run folder, whose path is then "" (every
 /// scan of it found nothing: no set-aside, no pruning).
 #[test]
@@ -1622,6 +1623,8 @@ fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
         } else {
             out.join(&name)
         };
+        let rows = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        let (steps, epochs) = (rows(&out, "steps.csv"), rows(&out, "epochs.csv"));
         let mut r = resume_args(&from);
         r.extend(["--epochs", "2", "--lr", "0.00125", "--keep", "3"].map(String::from));
         let o = Command::new(BIN)
@@ -1651,6 +1654,10 @@ fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
             .collect();
         let later: Vec<u64> = before.into_iter().filter(|s| *s > at).collect();
         assert_eq!(moved, later, "bare {bare}");
+        // The replaced history's metrics, whole, beside its checkpoints.
+        assert_eq!(steps.lines().count(), STEPS + 1);
+        assert_eq!(rows(&aside, "steps.csv"), steps, "bare {bare}");
+        assert_eq!(rows(&aside, "epochs.csv"), epochs, "bare {bare}");
         // The closing lines name the folder as a command can take it.
         assert!(!said.contains("''"), "bare {bare}: {said}");
     }

@@ -13,7 +13,7 @@ use crate::data::packed::is_store_or_prepared;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
-use crate::metrics::{MetricsWriter, StepRow};
+use crate::metrics::{MetricsFormat, MetricsWriter, StepRow};
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 use crate::plot::{render_png, EpochPoint, StepPoint};
@@ -92,7 +92,9 @@ pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<
 /// from there: the later checkpoints, and a `best.safetensors` of after
 /// it, belong to the history it replaces. They are moved, not deleted, to
 /// `replaced-after-step-<s>/`, so that pruning and `--resume RUN` see
-/// only this run's; a best moved aside is replaced by [`check_best`].
+/// only this run's; a best moved aside is replaced by [`check_best`]. The
+/// metrics files are copied there whole, since the resumed run keeps only
+/// their rows up to its step.
 fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     let step = state.progress.step;
     let mut later: Vec<PathBuf> = checkpoint::list(dir)?
@@ -120,6 +122,7 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
         let name = p.file_name().unwrap_or_default();
         std::fs::rename(p, aside.join(name)).map_err(|e| Error::io(p, e))?;
     }
+    copy_metrics(dir, &aside)?;
     fsutil::sync_dir(&aside.join("x"))?;
     fsutil::sync_dir(&aside)?;
     warn!(
@@ -127,6 +130,23 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
         later.len(),
         aside.display()
     );
+    Ok(())
+}
+
+/// Copies of `dir`'s metrics files (either format) in `aside`, on disk.
+fn copy_metrics(dir: &Path, aside: &Path) -> Result<()> {
+    for what in ["steps", "epochs"] {
+        for format in [MetricsFormat::Csv, MetricsFormat::Jsonl] {
+            let from = dir.join(format!("{what}.{}", format.ext()));
+            if from.exists() {
+                let to = aside.join(from.file_name().unwrap_or_default());
+                std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+                File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&to, e))?;
+            }
+        }
+    }
     Ok(())
 }
 
