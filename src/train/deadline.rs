@@ -29,7 +29,7 @@ impl Ahead {
     /// within them, and the checkpoints.
     pub fn needed(&self) -> f64 {
         let steps = self.steps.min(self.left as u64);
-        let validation = match (self.left as u64) < self.steps {
+        let validation = match self.reaches_validation() {
             true => self.val_s,
             false => 0.0,
         };
@@ -37,8 +37,19 @@ impl Ahead {
     }
 
     /// Whether the validation is within the steps looked ahead.
-    pub fn reaches_validation(&self) -> bool {
+    fn reaches_validation(&self) -> bool {
         (self.left as u64) < self.steps
+    }
+
+    /// The rest in words, for a stop's log line.
+    pub fn told(&self) -> String {
+        let steps = self.steps.min(self.left as u64);
+        match (self.reaches_validation(), steps) {
+            (true, 0) => "the epoch's validation and a checkpoint".into(),
+            (true, n) => format!("the epoch's last {n} steps, its validation and a checkpoint"),
+            (false, 1) => "another step and a checkpoint".into(),
+            (false, n) => format!("{n} more steps and a checkpoint"),
+        }
     }
 }
 
@@ -70,10 +81,13 @@ mod tests {
     #[test]
     fn one_step_ahead_needs_the_validation_only_after_the_last_step() {
         assert_eq!(ahead(1, 5).needed(), 0.5 + 8.0);
-        assert!(!ahead(1, 1).reaches_validation());
         assert_eq!(ahead(1, 1).needed(), 0.5 + 8.0);
-        assert!(ahead(1, 0).reaches_validation());
+        assert_eq!(ahead(1, 1).told(), "another step and a checkpoint");
         assert_eq!(ahead(1, 0).needed(), 30.0 + 8.0);
+        assert_eq!(
+            ahead(1, 0).told(),
+            "the epoch's validation and a checkpoint"
+        );
     }
 
     /// Ten steps ahead (processes agreeing every ten steps): the steps the
@@ -83,6 +97,11 @@ mod tests {
         assert_eq!(ahead(10, 25).needed(), 10.0 * 0.5 + 8.0);
         assert_eq!(ahead(10, 10).needed(), 10.0 * 0.5 + 8.0);
         assert_eq!(ahead(10, 3).needed(), 3.0 * 0.5 + 30.0 + 8.0);
+        assert_eq!(ahead(10, 25).told(), "10 more steps and a checkpoint");
+        assert_eq!(
+            ahead(10, 3).told(),
+            "the epoch's last 3 steps, its validation and a checkpoint"
+        );
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
 //! `passes` (the epochs and validations queued ahead on the loader),
-//! `schedule`, `deadline` (the time limit within an epoch), `run_dir` (checkpoints, metrics, plot), `writer` (checkpoint
-//! files written while training goes on) and `display` (the log lines and
-//! the bars).
+//! `schedule`, `deadline` (the time limit within an epoch), `run_dir`
+//! (checkpoints, metrics, plot), `writer` (checkpoint files written while
+//! training goes on) and `display` (the log lines and the bars).
 mod data;
 mod deadline;
 mod display;
@@ -483,7 +483,7 @@ impl<'a> Trainer<'a> {
             [true, _] => Some(Stopped::Signal),
             [false, true] => {
                 let why = match late {
-                    true => format!("the time limit would pass before {}", rest_told(&rest)),
+                    true => format!("the time limit would pass before {}", rest.told()),
                     false => "another process of the run reached its time limit".into(),
                 };
                 info!("stopping at epoch {}, step {}: {why}", p.epoch, p.step);
@@ -611,17 +611,6 @@ impl<'a> Trainer<'a> {
             return true;
         }
         false
-    }
-}
-
-/// What a time-limit stop did not have time for, for its log line.
-fn rest_told(rest: &deadline::Ahead) -> String {
-    let steps = rest.steps.min(rest.left as u64);
-    match (rest.reaches_validation(), steps) {
-        (true, 0) => "the epoch's validation and a checkpoint".into(),
-        (true, n) => format!("the epoch's last {n} steps, its validation and a checkpoint"),
-        (false, 1) => "another step and a checkpoint".into(),
-        (false, n) => format!("{n} more steps and a checkpoint"),
     }
 }
 
