@@ -212,6 +212,31 @@ fn a_store_inside_the_image_tree_is_refused() -> TestResult {
     Ok(())
 }
 
+/// Images inside a store's folder (`--train D/train --out D`) are refused
+/// too, before anything is written: the store's files would land among
+/// the class folders.
+#[test]
+fn images_inside_the_stores_folder_are_refused() -> TestResult {
+    let t = TempDir::new()?;
+    let images = t.path().join("train");
+    good_tree(&images, 1, 16, 16)?;
+    let o = opts(&images, t.path(), 8, Encoding::Jpeg);
+    let msg = prepare(&o)
+        .expect_err("a store among the images")
+        .to_string();
+    assert!(
+        msg.contains("train/ store would be written among the images of")
+            && msg.contains("pass another --out"),
+        "{msg}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&images)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    assert_eq!(names, ["n01_cat", "n02_dog"]);
+    Ok(())
+}
+
 /// The same, spelled through a symbolic link to the tree and through `..`,
 /// with the store's folder not made yet (nothing to canonicalize), and
 /// `..` after a folder not made yet (`create_dir_all` makes it, then steps

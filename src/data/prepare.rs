@@ -91,15 +91,28 @@ pub struct PrepareReport {
     pub seconds: f64,
 }
 
-/// A store inside the image tree would be scanned as a class next time.
-/// Paths are compared resolved (`..`, symbolic links), also when `--out`
-/// is not made yet.
+/// A store inside the image tree would be scanned as a class next time;
+/// images inside a store's folder (`--train D/train --out D`) would share it
+/// with the store's files, and a killed run's would block every rerun's
+/// scan. Paths are compared resolved (`..`, symbolic links), also when
+/// `--out` is not made yet.
 fn refuse_out_inside_images(opts: &PrepareOptions) -> Result<()> {
     let out = resolved(&opts.out);
     for src in std::iter::once(&opts.train).chain(opts.val.as_ref()) {
-        if out.starts_with(resolved(src)) {
+        let images = resolved(src);
+        if out.starts_with(&images) {
             return Err(Error::Config(format!(
                 "--out {} is inside {}; write the store somewhere outside the image tree",
+                opts.out.display(),
+                src.display()
+            )));
+        }
+        if let Some(split) = ["train", "val"]
+            .into_iter()
+            .find(|s| images.starts_with(out.join(s)))
+        {
+            return Err(Error::Config(format!(
+                "--out {}: its {split}/ store would be written among the images of {}; pass another --out, outside the image tree",
                 opts.out.display(),
                 src.display()
             )));
