@@ -486,6 +486,24 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     o.val_labels = Some(gt);
     let msg = prepare(&o).expect_err("no synsets").to_string();
     assert!(msg.contains("--val-synsets"), "{msg}");
+    // Synsets that cannot be the devkit's order: one listed twice, and a
+    // sorted list (the devkit's is not sorted).
+    let syn = t.path().join("synsets-bad.txt");
+    o.val_synsets = Some(syn.clone());
+    fs::write(&syn, "n02_dog\nn01_cat\nn02_dog\n")?;
+    let msg = prepare(&o).expect_err("a synset twice").to_string();
+    assert!(
+        msg.contains("synset n02_dog is listed twice (IDs 1 and 3)"),
+        "{msg}"
+    );
+    let sorted: Vec<String> = (0..12).map(|i| format!("n{i:02}_c")).collect();
+    fs::write(&syn, sorted.join("\n"))?;
+    let msg = prepare(&o).expect_err("sorted synsets").to_string();
+    assert!(
+        msg.contains("its 12 synsets are in sorted order") && msg.contains("--val-labels"),
+        "{msg}"
+    );
+    o.val_synsets = None;
     fs::write(&csv, "ILSVRC2012_val_00000001,n02_dog\n")?;
     o.val_labels = Some(csv.clone());
     let msg = prepare(&o).expect_err("missing").to_string();

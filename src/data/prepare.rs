@@ -401,6 +401,7 @@ fn devkit_labels(
     root: &Path,
 ) -> std::result::Result<Vec<u32>, String> {
     let synsets: Vec<&str> = syn_text.split_whitespace().collect();
+    check_devkit_order(&synsets, syn_path)?;
     if lines.len() != images {
         return Err(format!(
             "{} labels for {images} images in {}",
@@ -424,6 +425,33 @@ fn devkit_labels(
         index.get(syn).copied().ok_or_else(not_ours)
     };
     lines.iter().map(label).collect()
+}
+
+/// Refuse a `--val-synsets` list that cannot be the devkit's ID order: a
+/// synset listed twice, or a long list in sorted order. ILSVRC-2012's
+/// devkit numbers its classes by the WordNet hierarchy, not sorted, so a
+/// sorted list (Caffe's synsets.txt, the first column of
+/// LOC_synset_mapping.txt) gives every validation image a wrong label
+/// without any other sign.
+fn check_devkit_order(synsets: &[&str], path: &Path) -> std::result::Result<(), String> {
+    let mut seen = HashMap::new();
+    for (i, s) in synsets.iter().enumerate() {
+        if let Some(first) = seen.insert(*s, i + 1) {
+            return Err(format!(
+                "{}: synset {s} is listed twice (IDs {first} and {})",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    if synsets.len() >= 10 && synsets.windows(2).all(|w| w[0] < w[1]) {
+        return Err(format!(
+            "{}: its {} synsets are in sorted order, as Caffe's synsets.txt and LOC_synset_mapping.txt list them, but the devkit's IDs follow its own order (the WNIDs of meta.mat's synsets, IDs 1 to 1000), which is not sorted, so every label would be wrong: pass the synsets in that order, or label the images with a `file,synset` CSV (--val-labels)",
+            path.display(),
+            synsets.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A CSV's labels by file stem: (label, line, synset as written).
