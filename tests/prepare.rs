@@ -72,6 +72,34 @@ fn store_pixels(store: &PackedStore, i: usize) -> Vec<u8> {
 
 // ------------------------------------------------------- real-world inputs
 
+/// A class whose every image is left out (here all unreadable) is not
+/// committed as a store without it: the error names the class, its count
+/// and the first reason, and no store is written.
+#[test]
+fn a_class_left_without_images_is_refused() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 16, 16)?;
+    let dog = train.join("n02_dog");
+    for e in fs::read_dir(&dog)? {
+        fs::write(e?.path(), "<html>404 not found</html>")?;
+    }
+    let out = t.path().join("out");
+    let msg = prepare(&opts(&train, &out, 8, Encoding::Jpeg))
+        .expect_err("a store without n02_dog")
+        .to_string();
+    assert!(
+        msg.contains("none of the 2 images of class n02_dog could be read (first: ")
+            && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert!(
+        !out.join("train/meta.json").exists(),
+        "a store was committed"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_files_are_skipped_counted_and_listed_and_odd_formats_decode() -> TestResult {
     let t = TempDir::new()?;

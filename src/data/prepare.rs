@@ -593,6 +593,29 @@ pub fn prepare_image(
     Ok((stored, px))
 }
 
+/// Refuse to commit a store that lost a class: every image listed for it
+/// was left out (unreadable files, a folder without permission, a mount
+/// gone), so the network would never see the class.
+fn refuse_lost_class(
+    source: &Path,
+    classes: &[String],
+    listed: &[u64],
+    stored: &[u64],
+    first_skip: &[Option<String>],
+) -> Result<()> {
+    let lost = (0..classes.len()).find(|&c| listed[c] > 0 && stored[c] == 0);
+    let Some(c) = lost else {
+        return Ok(());
+    };
+    Err(Error::Data(format!(
+        "{}: none of the {} images of class {} could be read (first: {}); a store without the class would train a network that never sees it, so nothing was written: make those files readable (or remove the class) and run the same prepare again",
+        source.display(),
+        listed[c],
+        classes[c],
+        first_skip[c].as_deref().unwrap_or("-")
+    )))
+}
+
 /// Refuse to go on when `left` more images would not fit on the disk that
 /// holds (or will hold) `dir`: `each` bytes apiece (exact for raw, measured so far for
 /// JPEG), plus the index and a source line. Hours into ImageNet's 1.28M
@@ -641,6 +664,10 @@ fn write_store(
     let mut total = Acc::new(px);
     let mut skipped: Vec<String> = Vec::new();
     let mut class_counts = vec![0u64; classes.len()];
+    // Per class: images listed, and the first one left out, with why.
+    let mut listed = vec![0u64; classes.len()];
+    items.iter().for_each(|(_, l)| listed[*l as usize] += 1);
+    let mut first_skip: Vec<Option<String>> = vec![None; classes.len()];
     let mut hashes = Vec::with_capacity(items.len());
     let chunk_len = chunk_len(size);
     for (c, chunk) in items.chunks(chunk_len).enumerate() {
@@ -674,6 +701,7 @@ fn write_store(
                 }
                 Err(msg) => {
                     tracing::debug!("skipping {msg}");
+                    first_skip[*label as usize].get_or_insert_with(|| msg.clone());
                     skipped.push(format!("{}\t{msg}", path.display()));
                 }
             }
@@ -699,6 +727,7 @@ fn write_store(
             skipped.first().map(String::as_str).unwrap_or("-")
         )));
     }
+    refuse_lost_class(source, classes, &listed, &class_counts, &first_skip)?;
     let n = total.images as f64;
     let (mean_rgb, cov) = total.rgb.moments().unwrap_or_default();
     let mean_image: Vec<f32> = total
