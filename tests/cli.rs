@@ -1,6 +1,6 @@
 //! Bad input at the command line: each case ends with a one-line error that
 //! names the file or flag and what to do, a non-zero exit, and no panic.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use alexnet_cuda::checkpoint;
@@ -1022,21 +1022,30 @@ fn demo_runs_resume_on_their_data_written_again() {
     );
 }
 
+/// A run of one epoch in `dir/run` on a tree of 3 classes of 4 photos in
+/// `dir/photos`: the photos' folder, and it and the run's as arguments.
+fn one_epoch_run(dir: &Path) -> (PathBuf, String, String) {
+    let data = dir.join("photos");
+    tree(&data, 3, 4);
+    let (d, r) = (
+        data.display().to_string(),
+        dir.join("run").display().to_string(),
+    );
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--val", "3", "--batch", "3",
+    ];
+    let (ok, err) = run(&[&args[..], &["--epochs", "1", "--data", &d, "--out", &r]].concat());
+    assert!(ok, "{err}");
+    (data, d, r)
+}
+
 /// `--resume --data` on other data says what differs: the first class that
 /// is not the run's (renamed, added, missing) or the count of images,
 /// before a folder's images are decoded.
 #[test]
 fn a_resume_on_other_data_says_what_differs() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("photos");
-    tree(&data, 3, 4);
-    let (d, run_dir) = (data.display().to_string(), dir.path().join("run"));
-    let r = run_dir.display().to_string();
-    let args = [
-        "train", "--cpu", "--config", "cifar", "--val", "3", "--batch", "3",
-    ];
-    let (ok, err) = run(&[&args[..], &["--epochs", "1", "--data", &d, "--out", &r]].concat());
-    assert!(ok, "{err}");
+    let (data, d, r) = one_epoch_run(dir.path());
     let resume = |needles: &[&str]| {
         let args = ["train", "--resume", &r, "--epochs", "2", "--data", &d];
         assert_error(
@@ -1068,15 +1077,7 @@ fn a_resume_on_other_data_says_what_differs() {
 #[test]
 fn a_resume_on_images_prepared_otherwise_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("photos");
-    tree(&data, 3, 4);
-    let (d, run_dir) = (data.display().to_string(), dir.path().join("run"));
-    let r = run_dir.display().to_string();
-    let args = [
-        "train", "--cpu", "--config", "cifar", "--val", "3", "--batch", "3",
-    ];
-    let (ok, err) = run(&[&args[..], &["--epochs", "1", "--data", &d, "--out", &r]].concat());
-    assert!(ok, "{err}");
+    let (data, d, r) = one_epoch_run(dir.path());
     let moved = dir.path().join("kept");
     std::fs::rename(&data, &moved).unwrap();
     // The same files, each pixel darker.
