@@ -524,7 +524,10 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
         msg.contains("synset n02_dog is listed twice (IDs 1 and 3)"),
         "{msg}"
     );
-    let sorted: Vec<String> = (0..12).map(|i| format!("n{i:02}_c")).collect();
+    // (As a names file lists them: the words after the synset are not read.)
+    let sorted: Vec<String> = (0..12)
+        .map(|i| format!("n{i:02}_c a name, another"))
+        .collect();
     fs::write(&syn, sorted.join("\n"))?;
     let msg = prepare(&o).expect_err("sorted synsets").to_string();
     assert!(

@@ -400,7 +400,12 @@ fn devkit_labels(
     images: usize,
     root: &Path,
 ) -> std::result::Result<Vec<u32>, String> {
-    let synsets: Vec<&str> = syn_text.split_whitespace().collect();
+    // One synset per line; words after it (a names file such as
+    // LOC_synset_mapping.txt, passed whole) are not synsets.
+    let synsets: Vec<&str> = syn_text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     check_devkit_order(&synsets, syn_path)?;
     if lines.len() != images {
         return Err(format!(
