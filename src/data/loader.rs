@@ -161,6 +161,20 @@ impl LoaderConfig {
             shard: (0, 1),
         }
     }
+
+    /// The validation loader of this training config: every image once,
+    /// centre crops, no lighting noise, nothing skipped, unsharded; batch,
+    /// crop, padding, mean, std, workers, memory and pool shared.
+    pub fn validation(&self) -> LoaderConfig {
+        LoaderConfig {
+            train: false,
+            drop_last: false,
+            skip_unreadable: false,
+            lighting: None,
+            shard: (0, 1),
+            ..self.clone()
+        }
+    }
 }
 
 /// Loader threads when `--workers` is not given, for a machine of `cores`

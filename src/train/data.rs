@@ -393,14 +393,7 @@ pub fn run_loaders(
     loader.host_alloc = host_alloc;
     // Only a GPU backend has pinned memory: then one core drives the device.
     loader.workers = workers_for(opts.workers, loader.host_alloc.is_some());
-    let eval = LoaderConfig {
-        train: false,
-        drop_last: false,
-        skip_unreadable: false,
-        lighting: None,
-        shard: (0, 1),
-        ..loader.clone()
-    };
+    let eval = loader.validation();
     (loader, eval)
 }
 

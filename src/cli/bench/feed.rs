@@ -92,12 +92,7 @@ pub fn run(args: BenchFeedArgs) -> Result<()> {
         set: store,
         train_idx: (0..limit).collect(),
         val_idx: (0..args.val).collect(),
-        val: LoaderConfig {
-            train: false,
-            drop_last: false,
-            lighting: None,
-            ..train.clone()
-        },
+        val: train.validation(),
         train,
         epochs: args.epochs,
         step: Duration::from_secs_f64(args.step_ms / 1e3),
