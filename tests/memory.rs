@@ -15,7 +15,7 @@ use std::time::Duration;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
-    batches, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
+    batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
 use alexnet_cuda::memory::{MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
@@ -83,6 +83,22 @@ fn image_set(n: usize, size: usize) -> Arc<dyn ImageSource> {
     Arc::new(set.expect("set"))
 }
 
+/// Read every batch of `it`, `ms` milliseconds each (a slow consumer),
+/// handing each back to the pool.
+fn read_slowly(mut it: BatchIter, ms: u64) {
+    while let Some(b) = it.next() {
+        std::thread::sleep(Duration::from_millis(ms));
+        it.recycle(b.expect("batch"));
+    }
+}
+
+/// The plan's bound, 2W + 1 batches alive, held and reached.
+fn assert_bound_reached(peak: &AtomicUsize, workers: usize) {
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
+    assert!(peak > workers + 1, "only {peak} batches alive at once");
+}
+
 /// With W workers and a slow consumer, a loader never keeps more than the
 /// 2W + 1 batches the plan counts (one queued and one being filled per
 /// worker, one being read) alive, and with a slow consumer it keeps more
@@ -97,15 +113,11 @@ fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
         ..LoaderConfig::new(2, 8, false)
     };
     let idx: Vec<usize> = (0..60).collect();
-    let mut it = batches(image_set(60, 8), &idx, &cfg, 0).expect("loader");
-    while let Some(b) = it.next() {
-        std::thread::sleep(Duration::from_millis(15));
-        it.recycle(b.expect("batch"));
-    }
-    drop(it);
-    let peak = peak.load(Ordering::SeqCst);
-    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
-    assert!(peak > workers + 1, "only {peak} batches alive at once");
+    read_slowly(
+        batches(image_set(60, 8), &idx, &cfg, 0).expect("loader"),
+        15,
+    );
+    assert_bound_reached(&peak, workers);
 }
 
 /// The same bound holds for a feed whose workers go on from one queued
@@ -130,16 +142,10 @@ fn a_feed_keeps_the_bound_across_passes() {
         })
         .collect();
     for pass in passes {
-        let mut it = feed.open(pass);
-        while let Some(b) = it.next() {
-            std::thread::sleep(Duration::from_millis(5));
-            it.recycle(b.expect("batch"));
-        }
+        read_slowly(feed.open(pass), 5);
     }
     drop(feed);
-    let peak = peak.load(Ordering::SeqCst);
-    assert!(peak <= 2 * workers + 1, "{peak} batches alive at once");
-    assert!(peak > workers + 1, "only {peak} batches alive at once");
+    assert_bound_reached(&peak, workers);
 }
 
 /// A run's epochs and validation passes, loaders cloned from one config,
@@ -165,11 +171,10 @@ fn epochs_and_validation_refill_the_first_epochs_batches() {
     let set = image_set(60, 10);
     let idx: Vec<usize> = (0..60).collect();
     let pass = |cfg: &LoaderConfig, epoch| {
-        let mut it = batches(Arc::clone(&set), &idx, cfg, epoch).expect("loader");
-        while let Some(b) = it.next() {
-            std::thread::sleep(Duration::from_millis(5));
-            it.recycle(b.expect("batch"));
-        }
+        read_slowly(
+            batches(Arc::clone(&set), &idx, cfg, epoch).expect("loader"),
+            5,
+        );
     };
     pass(&train, 0);
     let first = made.load(Ordering::SeqCst);
