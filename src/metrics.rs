@@ -109,13 +109,16 @@ impl MetricsWriter {
     ) -> Result<(MetricsWriter, Vec<StepRow>)> {
         let steps_path = dir.join(format!("steps.{}", format.ext()));
         let epochs_path = dir.join(format!("epochs.{}", format.ext()));
-        let kept = match resume_step {
+        let kept: Vec<StepRow> = match resume_step {
             Some(last) => read_steps(&steps_path, format)?
                 .into_iter()
                 .filter(|r| r.step <= last)
                 .collect(),
             None => Vec::new(),
         };
+        if let Some(last) = resume_step {
+            warn_of_lost_steps(&steps_path, &kept, last);
+        }
         let mut text = String::new();
         if format == MetricsFormat::Csv {
             text.push_str(STEP_HEADER);
@@ -178,6 +181,38 @@ impl MetricsWriter {
         self.epochs
             .flush()
             .map_err(|e| Error::io(&self.epochs_path, e))
+    }
+
+    /// Flush and fsync both files. Called before each checkpoint, so the
+    /// rows up to its step outlast a crash of the machine (not only of the
+    /// process) as the checkpoint itself does.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        for (w, p) in [
+            (&self.steps, &self.steps_path),
+            (&self.epochs, &self.epochs_path),
+        ] {
+            w.get_ref().sync_data().map_err(|e| Error::io(p, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A resumed run's step log that stops short of its checkpoint's step
+/// (the file cut, edited or replaced): the missing steps stay missing, so
+/// say which.
+fn warn_of_lost_steps(path: &Path, kept: &[StepRow], last: u64) {
+    let newest = kept.last().map_or(0, |r| r.step);
+    if newest < last {
+        let holds = match newest {
+            0 => "holds none of the run's steps".to_string(),
+            n => format!("holds steps up to {n} only"),
+        };
+        tracing::warn!(
+            "{} {holds}: steps {} to {last}, before the checkpoint, are missing from it and stay missing",
+            path.display(),
+            newest + 1
+        );
     }
 }
 

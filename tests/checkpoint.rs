@@ -551,6 +551,34 @@ fn plateau_schedule_by_hand() {
     assert_eq!(q.lr, p.lr);
 }
 
+/// A resumed run whose steps.csv lost its end (the machine crashed before
+/// the rows were on disk, or the file was cut by hand) names the steps
+/// missing before its checkpoint, keeps the rows it has, and logs the
+/// steps it trains after them.
+#[test]
+fn a_resume_over_a_step_log_cut_short_names_the_missing_steps() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let a = t.path().join("a");
+    run_ok(&train_args(&d, &a, 1));
+    let path = a.join("steps.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut: Vec<&str> = text.lines().take(1 + 12).collect();
+    std::fs::write(&path, cut.join("\n") + "\n").unwrap();
+    let mut more = resume_args(&a);
+    more.extend(["--epochs".into(), "2".into()]);
+    let o = run(&more);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("holds steps up to 12 only: steps 13 to 20, before the checkpoint"),
+        "{err}"
+    );
+    let steps: Vec<u64> = lrs(&a).into_iter().map(|(s, _)| s).collect();
+    let want: Vec<u64> = (1..=12).chain(21..=40).collect();
+    assert_eq!(steps, want);
+}
+
 /// JSONL metrics hold one object per step and per epoch; `--init-from`
 /// starts a run from another run's weights (checked with a learning rate
 /// too small to move them) or a run folder's best, and refuses weights of

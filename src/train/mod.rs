@@ -395,6 +395,7 @@ impl<'a> Trainer<'a> {
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
         tensors.extend(self.mean_tensor.clone());
         let path = dir.checkpoint_path(&self.state, &tensors)?;
+        dir.sync_metrics()?;
         let tensors = Arc::new(tensors);
         let read_s = t0.elapsed().as_secs_f64();
         let state = self.state.clone();

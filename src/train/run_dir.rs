@@ -319,6 +319,12 @@ impl RunDir {
         self.events.flush()
     }
 
+    /// The metrics files on disk through to the rows written so far:
+    /// before a checkpoint, whose steps they then hold after any crash.
+    pub fn sync_metrics(&mut self) -> Result<()> {
+        self.metrics.sync()
+    }
+
     /// Each layer's weight RMS and update ratio at an epoch's end, from
     /// the tensors its checkpoint was written with.
     pub fn layers(&mut self, step: u64, tensors: &[Tensor]) -> Result<()> {
