@@ -1,9 +1,9 @@
 //! The CPU all-reduce's rendezvous across processes (src/dist/tcp.rs),
 //! here with the ranks as threads: rank 0 listens at MASTER_ADDR only (an
 //! inherited socket too), refuses every connection that is not a free rank
-//! of the run with a warning naming the peer, tells a refused rank why, and
-//! still meets the real ranks, whose all-reduce then averages all three;
-//! a signal ends the wait.
+//! of the run (or drives another number of replicas) with a warning naming
+//! the peer, tells a refused rank why, and still meets the real ranks,
+//! whose all-reduce then averages all three; a signal ends the wait.
 //! Each test binds its listener itself and passes it on (port 0: any free
 //! port), so no port is released and reused.
 use std::io::{Read, Write};
@@ -142,6 +142,13 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     assert!(taken.contains("already joined as RANK=1"), "{taken}");
     let other = error_of(TcpAllReduce::join(&world(2, 4, port), 1, None));
     assert!(other.contains("WORLD_SIZE"), "{other}");
+    // Rank 0 reads one buffer per replica from each peer: two would shift
+    // every buffer after the first.
+    let replicas = error_of(TcpAllReduce::join(&world(2, 3, port), 2, None));
+    assert!(
+        replicas.contains("another number of replicas per process than this process's 2"),
+        "{replicas}"
+    );
 
     // The last real rank completes the rendezvous.
     let r2 = TcpAllReduce::join(&world(2, 3, port), 1, None).expect("rank 2 joins");
@@ -150,7 +157,7 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     println!("{log}");
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
-    assert_eq!(warnings.len(), 5, "one warning per stranger:\n{log}");
+    assert_eq!(warnings.len(), 6, "one warning per stranger:\n{log}");
     for w in &warnings {
         assert!(w.contains("refused a connection from 127.0.0.1:"), "{w}");
     }
@@ -163,6 +170,10 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
             "RANK=1, which another process already has",
         ),
         ("127.0.0.1:".into(), "WORLD_SIZE=4"),
+        (
+            "127.0.0.1:".into(),
+            "it drives 2 replicas, each process of this run 1",
+        ),
     ]
     .iter()
     .enumerate()

@@ -13,10 +13,12 @@
 //! process of W x k does. A star, not a ring: simple and exact, fine for
 //! CPU-sized models.
 //!
-//! A connecting rank first sends a hello: MAGIC, its WORLD_SIZE and RANK.
-//! A connection that does not (a port scanner, another program, a process
-//! of another run), or names a rank out of range or already taken, or
-//! another WORLD_SIZE, is refused: rank 0 logs a warning naming the peer's
+//! A connecting rank first sends a hello: MAGIC, its WORLD_SIZE, RANK and
+//! replicas per process (rank 0 reads that many buffers from each peer, so
+//! another count would shift every later buffer). A connection that does
+//! not (a port scanner, another program, a process of another run), or
+//! names a rank out of range or already taken, another WORLD_SIZE or
+//! another count of replicas, is refused: rank 0 logs a warning naming the peer's
 //! address and why, answers the reason to a peer that spoke the protocol
 //! (which then stops with an error saying it), closes the connection and
 //! keeps waiting for the real ranks. So a stray connection can neither stop
@@ -41,14 +43,15 @@ const READ_FOR: Duration = Duration::from_secs(600);
 const HELLO_FOR: Duration = Duration::from_secs(10);
 
 /// The hello's first bytes: the protocol, and its version.
-const MAGIC: [u8; 8] = *b"alexTCP1";
-const HELLO_LEN: usize = 16;
+const MAGIC: [u8; 8] = *b"alexTCP2";
+const HELLO_LEN: usize = 20;
 
 /// Rank 0's one-byte answer to a hello.
 const ACCEPTED: u8 = 0;
 const OUT_OF_RANGE: u8 = 1;
 const TAKEN: u8 = 2;
 const OTHER_WORLD: u8 = 3;
+const OTHER_REPLICAS: u8 = 4;
 
 /// This process's end of the all-reduce.
 pub struct TcpAllReduce {
@@ -211,7 +214,7 @@ impl TcpAllReduce {
         );
         while by_rank.iter().skip(1).any(Option::is_none) {
             match listener.accept() {
-                Ok((s, peer)) => match hello(s, world, &by_rank) {
+                Ok((s, peer)) => match hello(s, world, local, &by_rank) {
                     Ok((r, s)) => {
                         tracing::debug!("rank {r} joined from {peer}");
                         by_rank[r] = Some(s);
@@ -288,6 +291,7 @@ impl TcpAllReduce {
         greeting.extend_from_slice(&MAGIC);
         greeting.extend_from_slice(&(world.size as u32).to_le_bytes());
         greeting.extend_from_slice(&(rank as u32).to_le_bytes());
+        greeting.extend_from_slice(&(local as u32).to_le_bytes());
         s.write_all(&greeting)
             .map_err(net_err(format!("rank {rank} to rank 0 at {target}")))?;
         s.set_read_timeout(Some(CONNECT_FOR))
@@ -310,6 +314,9 @@ impl TcpAllReduce {
             OTHER_WORLD => format!(
                 "rank 0 runs another WORLD_SIZE than this process's {}; start every process with the same one",
                 world.size
+            ),
+            OTHER_REPLICAS => format!(
+                "rank 0 drives another number of replicas per process than this process's {local}; start every process with the same --parallel and --replicas"
             ),
             other => format!("answer {other} is not rank 0's; check MASTER_ADDR and MASTER_PORT"),
         };
@@ -382,6 +389,7 @@ impl TcpAllReduce {
 fn hello(
     mut s: TcpStream,
     world: &World,
+    local: usize,
     by_rank: &[Option<TcpStream>],
 ) -> std::result::Result<(usize, TcpStream), String> {
     s.set_nonblocking(false).map_err(|e| e.to_string())?;
@@ -394,11 +402,16 @@ fn hello(
         return Err("its hello is not an alexnet-cuda rank's".into());
     }
     let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
-    let (size, rank) = (word(8), word(12));
+    let (size, rank, replicas) = (word(8), word(12), word(16));
     let (answer, why) = if size != world.size {
         (
             OTHER_WORLD,
             format!("it has WORLD_SIZE={size}, this run {}", world.size),
+        )
+    } else if replicas != local {
+        (
+            OTHER_REPLICAS,
+            format!("it drives {replicas} replicas, each process of this run {local}"),
         )
     } else if rank == 0 || rank >= size {
         (
