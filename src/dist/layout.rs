@@ -69,6 +69,17 @@ impl<'a, B: Backend> Layout<'a, B> {
         }
     }
 
+    /// The layout without its devices' names, which may differ between
+    /// the machines of one run: what each process of a run must share.
+    pub fn shape(&self) -> String {
+        match self {
+            Layout::One(_) => "one device".into(),
+            Layout::Towers(_) => "two towers".into(),
+            Layout::Data(d, _) => format!("--parallel data --replicas {}", d.len()),
+            Layout::Hybrid(p, _) => format!("--parallel hybrid --replicas {}", p.len()),
+        }
+    }
+
     /// How many devices, and how they are used, for the log.
     pub fn describe(&self) -> String {
         let names = |d: &[&B]| d.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ");

@@ -14,9 +14,11 @@
 //! and `run`, the loop over them. Around it: `setup` (the checks and the
 //! state a run starts from), `data` (the images and the loader settings),
 //! `passes` (the epochs and validations queued ahead on the loader),
+//! `agree` (what the processes of a run must share, checked at its start),
 //! `schedule`, `deadline` (the time limit within an epoch), `run_dir`
 //! (checkpoints, metrics, plot), `writer` (checkpoint files written while
 //! training goes on) and `display` (the log lines and the bars).
+mod agree;
 mod data;
 mod deadline;
 mod display;
@@ -128,9 +130,12 @@ impl<'a> Trainer<'a> {
         let towers = matches!(layout, Layout::Towers(_) | Layout::Hybrid(..));
         display::layout(towers, &topo, opts, local_batch)?;
         let devices = layout.describe();
+        let shape = layout.shape();
         setup::check_memory(&layout, &topo, opts, &loader, &data)?;
         let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
         let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
+        // Before the run folder is touched: a process started otherwise stops them all.
+        agree::across(&mut *net, &state, &shape, opts.world.size)?;
         let mean_tensor = setup::mean_tensor(&loader, data.train.size());
         // The run folder: refuse to mix two runs in one.
         let run_dir = RunDir::open(opts, &topo, &state, resumed)?;
