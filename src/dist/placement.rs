@@ -260,15 +260,35 @@ fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
     if p == Parallel::Hybrid {
         check_hybrid_gpus(&ids, &list)?;
     }
+    check_shared_in_world(&ids, p, world, &list)?;
     Ok((ids, p))
+}
+
+/// Replicas that share a GPU are averaged through this process's memory
+/// (NCCL allows one rank per GPU), which other processes never see: in a
+/// run of several processes each would train a model of its own.
+fn check_shared_in_world(ids: &[usize], p: Parallel, world: &World, list: &str) -> Result<()> {
+    let parts = match p {
+        Parallel::Data => vec![ids.to_vec()],
+        Parallel::Hybrid => hybrid_parts(ids),
+        Parallel::None | Parallel::Model => return Ok(()),
+    };
+    if world.is_single() || nccl_rule(&parts, false) != NcclUse::No {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "WORLD_SIZE={}: --gpus {list} gives two replicas one GPU, whose gradients would meet only within this process, not across the run (NCCL allows one rank per GPU); list each GPU once per tower, e.g. --gpus {}",
+        world.size,
+        (0..ids.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    )))
 }
 
 /// Whether a run averages gradients with NCCL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NcclUse {
     /// No all-reduce across GPUs: CPU devices, one network, the towers, or
-    /// replicas sharing a GPU (NCCL allows one rank per GPU; those go
-    /// through host memory).
+    /// replicas sharing a GPU in a one-process run (NCCL allows one rank
+    /// per GPU; those go through host memory).
     No,
     /// One replica in one process: NCCL when it loads, else the host
     /// reduction, which for one replica changes nothing.
@@ -449,6 +469,15 @@ mod tests {
             use_of(&gpus("0,1", Some(Parallel::Hybrid)), &one),
             NcclUse::IfPresent
         );
+        // Several processes: replicas sharing a GPU would never meet the
+        // other processes' replicas, so they are refused.
+        for (list, p) in [("0,0", Parallel::Data), ("0,1,0,1", Parallel::Hybrid)] {
+            let e = nccl_use(&gpus(list, Some(p)), &two)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("WORLD_SIZE=2: --gpus"), "{e}");
+            assert!(e.contains("list each GPU once per tower"), "{e}");
+        }
         let mut cpu = gpus("0", Some(Parallel::Data));
         cpu.cpu = true;
         assert_eq!(use_of(&cpu, &two), NcclUse::No);
