@@ -1264,6 +1264,13 @@ fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
         "{}",
         text(&o0.stdout)
     );
+    // Rank 1 keeps no folder: it points at rank 0's, not at a path of its own.
+    let said1 = text(&o1.stdout);
+    assert!(
+        said1.contains("stopped at a signal; rank 0 wrote the run's checkpoint")
+            && said1.contains("--resume RUN_FOLDER --cpu --parallel data --replicas 1"),
+        "{said1}"
+    );
     run_ok(&parallel_args(resume_args(out), "data", "2"));
     assert_same_weights(whole, out);
 }

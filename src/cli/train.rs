@@ -224,7 +224,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Dropout masks are drawn per tower and replica: the same layout resumes exactly.
         // The signal's exit status stands even if stdout is gone.
         let flags = args.device.flags(&args.parallel);
-        let _ = print_interrupted(&report, run_dir, &flags, own);
+        let _ = print_interrupted(&report, opts.out.as_deref(), &flags, own);
         exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(&opts))?;
@@ -570,17 +570,24 @@ fn exit_at_signal(status: &AtomicUsize, demo_dir: Option<TempDir>) -> ! {
 /// where its checkpoint is and how to go on.
 fn print_interrupted(
     report: &TrainReport,
-    run_dir: &Path,
+    run_dir: Option<&Path>,
     device_flags: &str,
     own: bool,
 ) -> Result<()> {
+    let whose = if own {
+        ""
+    } else {
+        " to another process of the run"
+    };
+    // A process other than rank 0 keeps no folder: rank 0 wrote the checkpoint.
+    let Some(run_dir) = run_dir else {
+        outln!(
+            "stopped at a signal{whose}; rank 0 wrote the run's checkpoint in its run folder; continue by starting every process again with --resume RUN_FOLDER{device_flags}"
+        )?;
+        return Ok(());
+    };
     outln!(
-        "stopped at a signal{}; {}; {}",
-        if own {
-            ""
-        } else {
-            " to another process of the run"
-        },
+        "stopped at a signal{whose}; {}; {}",
         match &report.checkpoint {
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),
