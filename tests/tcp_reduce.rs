@@ -246,4 +246,19 @@ fn a_stop_ends_the_wait_for_other_ranks() {
         r1.err()
     );
     assert!(waited < Duration::from_secs(30), "rank 1 waited {waited:?}");
+
+    // A MASTER_ADDR that does not resolve (yet: a scheduler's record for
+    // rank 0's node may appear once it runs) is retried too, not an error
+    // at once. `.invalid` never resolves (RFC 2606).
+    let stop = Arc::new(AtomicBool::new(false));
+    let setter = stop_later(Arc::clone(&stop));
+    let mut unnamed = world(1, 2, port);
+    unnamed.master = Some(("rank0.invalid".into(), port - 1));
+    let r1 = TcpAllReduce::join(&unnamed, 1, Some(&stop));
+    setter.join().unwrap();
+    assert!(
+        matches!(&r1, Err(Error::Stopped(m)) if m.contains("rank 1 tried to reach rank 0 at rank0.invalid")),
+        "{:?}",
+        r1.err()
+    );
 }

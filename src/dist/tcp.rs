@@ -5,7 +5,8 @@
 //!
 //! Rank 0 listens on MASTER_PORT + 1 at MASTER_ADDR only (127.0.0.1 for a
 //! run on one machine), never on every interface, and every other rank
-//! connects (retrying while rank 0 starts). For each tensor, every rank
+//! connects (retrying while rank 0 starts, and while its name does not
+//! resolve yet). For each tensor, every rank
 //! sends its replicas' buffers to rank 0, which sums all of them in global
 //! replica order (rank by rank, then local order), scales by 1/k and sends
 //! the mean back. That is the order `HostAllReduce` sums k replicas of one
@@ -267,10 +268,17 @@ impl TcpAllReduce {
             "rank {rank}: joining rank 0 at {target} (up to {} s)",
             CONNECT_FOR.as_secs()
         );
+        // A name that does not resolve yet is retried too: a scheduler's
+        // DNS record for rank 0's node or pod may appear only once it runs.
         let mut s = loop {
-            let tried = resolve(&addr, port)?
-                .into_iter()
-                .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok());
+            let (tried, unresolved) = match resolve(&addr, port) {
+                Ok(all) => (
+                    all.into_iter()
+                        .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok()),
+                    None,
+                ),
+                Err(e) => (None, Some(e)),
+            };
             match tried {
                 Some(s) => break s,
                 None if asked_to_stop(stop) => {
@@ -279,10 +287,11 @@ impl TcpAllReduce {
                     )))
                 }
                 None if start.elapsed() > CONNECT_FOR => {
+                    let lookup = unresolved.map_or(String::new(), |e| format!(" ({e})"));
                     return Err(Error::Config(format!(
-                        "rank {rank} could not reach rank 0 at {target} in {} s: start rank 0, and check MASTER_ADDR and MASTER_PORT",
+                        "rank {rank} could not reach rank 0 at {target} in {} s{lookup}: start rank 0, and check MASTER_ADDR and MASTER_PORT",
                         CONNECT_FOR.as_secs()
-                    )))
+                    )));
                 }
                 None => std::thread::sleep(Duration::from_millis(100)),
             }
