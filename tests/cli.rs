@@ -1281,8 +1281,10 @@ fn a_run_folder_inside_its_class_folders_is_refused() {
 #[test]
 fn multi_process_environment_errors_name_the_variable() {
     type Vars<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(Vars, &[&str]); 3] = [
+    let cases: [(Vars, &[&str]); 4] = [
         (&[("WORLD_SIZE", "2")], &["RANK", "torchrun"]),
+        // A lost WORLD_SIZE must not leave rank 1 training alone.
+        (&[("RANK", "1")], &["RANK=1", "WORLD_SIZE is unset"]),
         (
             &[
                 ("WORLD_SIZE", "2"),

@@ -53,8 +53,9 @@ impl World {
     }
 
     /// From `var` (the environment, or a table in tests). No WORLD_SIZE, or
-    /// 1, is a single process; otherwise RANK, MASTER_ADDR and MASTER_PORT
-    /// must be there and make sense, and the error names what is wrong.
+    /// 1, is a single process (with no RANK above 0); otherwise RANK,
+    /// MASTER_ADDR and MASTER_PORT must be there and make sense, and the
+    /// error names what is wrong.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<World> {
         let num = |k: &str| -> Result<Option<usize>> {
             match var(k) {
@@ -80,6 +81,14 @@ impl World {
             )));
         }
         if size == 1 {
+            // A RANK above 0 alone means a launch that lost WORLD_SIZE: this
+            // process would train by itself and write a run folder.
+            if let Some(rank) = num("RANK")?.filter(|r| *r > 0) {
+                return Err(Error::Config(format!(
+                    "RANK={rank} but WORLD_SIZE is {}: set WORLD_SIZE to the run's number of processes in each, or unset RANK for a run of one process",
+                    var("WORLD_SIZE").map_or("unset".into(), |v| v.trim().to_string())
+                )));
+            }
             return Ok(World {
                 local_rank,
                 ..World::single()
@@ -187,6 +196,7 @@ mod tests {
     fn no_variables_is_one_process() {
         assert_eq!(world(&[]).unwrap(), World::single());
         assert_eq!(world(&[("WORLD_SIZE", "1")]).unwrap(), World::single());
+        assert_eq!(world(&[("RANK", "0")]).unwrap(), World::single());
     }
 
     #[test]
@@ -236,7 +246,12 @@ mod tests {
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 10] = [
+        let cases: [(Vars, &str); 12] = [
+            (&[("RANK", "1")], "RANK=1 but WORLD_SIZE is unset"),
+            (
+                &[("WORLD_SIZE", "1"), ("RANK", "3")],
+                "RANK=3 but WORLD_SIZE is 1",
+            ),
             (&[("LOCAL_WORLD_SIZE", "0")], "LOCAL_WORLD_SIZE=0"),
             (
                 &[("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "3")],
