@@ -24,7 +24,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data, store_of};
-use crate::fsutil::{write_atomic, write_csv};
+use crate::fsutil::{check_target, write_atomic, write_csv};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
@@ -183,6 +183,11 @@ pub fn write_features<B: Backend>(
         return Err(unread_error(unread, indices.len()));
     }
     w.leave_out(left_out.len())?;
+    // An older record or row table beside `out` describes other rows: gone
+    // before the new file lands, so a run stopped before writing its own
+    // leaves a file searched with a warning, never one vouched for wrongly.
+    remove_beside(&meta_path(out))?;
+    remove_beside(&rows_csv_path(out))?;
     w.finish()?;
     Ok(Written {
         width,
@@ -190,6 +195,14 @@ pub fn write_features<B: Backend>(
         left_out,
         unread,
     })
+}
+
+/// Remove `side`, a file kept beside a features file, if it is there.
+fn remove_beside(side: &Path) -> Result<()> {
+    match std::fs::remove_file(side) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(side, e)),
+        _ => Ok(()),
+    }
 }
 
 /// The CSV beside a features file: `F.npy` gets `F.rows.csv`.
@@ -524,7 +537,11 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let ck = job.ck;
     let topo = ck.state.net.topology()?;
     let width = activation_width(&topo, NEIGHBOR_LAYER)?;
-    // The queries first: a bad file fails before the set is read (from
+    // Where the picture goes, and whether it can be drawn, before any
+    // image is read: the set's features may take an hour.
+    check_target(job.out).map_err(|e| Error::Config(format!("--out {e}")))?;
+    grid_size(job.queries.len(), job.k.saturating_add(1), job.cell)?;
+    // The queries next: a bad file fails before the set is read (from
     // a folder, every image decoded).
     let size = ck.state.preprocess.image_size;
     let qpix = decode_files(job.queries, size)?;
@@ -787,17 +804,45 @@ pub struct GridCell {
     pub lines: [String; 2],
 }
 
+/// The grid's margins, text height under a picture and gap after the query
+/// column, pixels.
+const GRID_PAD: u32 = 6;
+const GRID_TEXT: u32 = 30;
+const GRID_GAP: u32 = 12;
+/// The largest picture drawn, RGB bytes: it is held whole in memory, and
+/// few viewers open larger PNGs.
+const GRID_MAX_BYTES: u64 = 1 << 30;
+
+/// Width and height of a grid of `rows` rows of `cols` cells of `cell`
+/// pixels (held to 16 to 1024); an error when the picture would pass
+/// `GRID_MAX_BYTES`.
+pub fn grid_size(rows: usize, cols: usize, cell: usize) -> Result<(u32, u32)> {
+    let cell = cell.clamp(16, 1024) as u64;
+    let (pad, text, gap) = (GRID_PAD as u64, GRID_TEXT as u64, GRID_GAP as u64);
+    let (rows, cols) = (rows as u64, cols as u64);
+    let width = pad + cols.saturating_mul(cell + pad) + if cols > 1 { gap } else { 0 };
+    let height = pad + rows.saturating_mul(cell + text + pad);
+    let bytes = width.saturating_mul(height).saturating_mul(3);
+    if bytes > GRID_MAX_BYTES {
+        return Err(Error::Config(format!(
+            "--out: a grid of {rows} queries x {cols} pictures of {cell} pixels is {width}x{height} pixels ({:.1} GiB), more than the {} GiB drawn at most; pass fewer --query images, a smaller --k or a smaller --cell",
+            bytes as f64 / (1u64 << 30) as f64,
+            GRID_MAX_BYTES >> 30
+        )));
+    }
+    Ok((width as u32, height as u32))
+}
+
 /// Draw `rows` of cells, each picture scaled to `cell` pixels (held to 16
 /// to 1024, the range `neighbors --cell` takes), the text under it, a gap
 /// after each row's first cell (the query), as a PNG.
 pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<()> {
     ensure_font()?;
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let (width, height) = grid_size(rows.len(), cols, cell)?;
     let cell = cell.clamp(16, 1024) as u32;
-    let (pad, text_h, query_gap) = (6u32, 30u32, 12u32);
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0) as u32;
-    let width = pad + cols * (cell + pad) + if cols > 1 { query_gap } else { 0 };
-    let height = pad + rows.len() as u32 * (cell + text_h + pad);
-    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    let (pad, text_h, query_gap) = (GRID_PAD, GRID_TEXT, GRID_GAP);
+    let mut rgb = vec![255u8; width as usize * height as usize * 3];
     let x_of = |c: u32| pad + c * (cell + pad) + if c > 0 { query_gap } else { 0 };
     for (r, cells) in rows.iter().enumerate() {
         let y0 = pad + r as u32 * (cell + text_h + pad);
@@ -812,9 +857,9 @@ pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<(
                     ),
                 })?;
             let img = image::imageops::resize(&img, cell, cell, FilterType::Triangle);
-            let x0 = x_of(c as u32);
+            let x0 = x_of(c as u32) as usize;
             for (y, line) in img.as_raw().chunks_exact(cell as usize * 3).enumerate() {
-                let at = (((y0 + y as u32) * width + x0) * 3) as usize;
+                let at = ((y0 as usize + y) * width as usize + x0) * 3;
                 rgb[at..at + line.len()].copy_from_slice(line);
             }
         }

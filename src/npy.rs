@@ -309,10 +309,14 @@ impl NpyRows {
                 ))
             })?;
         // Checked here, not at the first short read deep in a search.
-        let need = data_start + rows as u64 * cols as u64 * 4;
-        if len < need {
+        let need = (rows as u64)
+            .checked_mul(cols as u64)
+            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_add(data_start));
+        if need.is_none_or(|n| n > len) {
             return Err(bad(format!(
-                "truncated: shape ({rows}, {cols}) needs {need} bytes but the file has {len}; write it again"
+                "truncated: shape ({rows}, {cols}) needs {} bytes but the file has {len}; write it again",
+                need.map_or("more than 2^64".into(), |n| n.to_string())
             )));
         }
         Ok(NpyRows {
@@ -485,5 +489,20 @@ mod tests {
         std::fs::write(&path, &b[..b.len() - 4]).unwrap();
         let e = NpyRows::open(&path).err().unwrap().to_string();
         assert!(e.contains("r.npy") && e.contains("truncated"), "{e}");
+        // A shape whose byte count passes 2^64 (2^33 x 2^33 x 4 bytes) is
+        // refused too, not wrapped around to a small size that passes.
+        let huge = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+            1u64 << 33,
+            1u64 << 33
+        );
+        let mut b = v1(&huge);
+        b.extend_from_slice(&[0u8; 64]);
+        std::fs::write(&path, &b).unwrap();
+        let e = NpyRows::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("truncated") && e.contains("more than 2^64"),
+            "{e}"
+        );
     }
 }

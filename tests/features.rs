@@ -622,6 +622,38 @@ fn bad_input_gets_a_clear_error() {
         err.contains("--k 501 is larger than the set's 500 images"),
         "{err}"
     );
+    // Where the picture goes, and whether it can be drawn at all, are
+    // checked before the set's features are computed: nothing is written.
+    // 501 pictures of 1024 pixels in a row make 1.5 GiB of RGB.
+    let (ok, _, err) = neighbors(&["--query", &photo, "--k", "500", "--cell", "1024"]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("more than the 1 GiB drawn at most") && err.contains("smaller --cell"),
+        "{err}"
+    );
+    assert!(!st.root.join("bad.fc7.npy").exists());
+    let folder_out = st.root.join("grid-folder");
+    std::fs::create_dir_all(&folder_out).unwrap();
+    let (ok, _, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--out",
+        &s(&folder_out),
+        "--query",
+        &photo,
+    ]);
+    assert!(!ok);
+    no_panic(&err);
+    assert!(
+        err.contains("--out") && err.contains("a folder, not a file name"),
+        "{err}"
+    );
+    assert!(!st.root.join("grid-folder.fc7.npy").exists());
 
     // Features of another network's layer: conv4 of cifar, 192 x 6 x 6 values a row.
     let conv4 = st.root.join("conv4.npy");

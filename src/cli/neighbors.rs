@@ -29,7 +29,7 @@ pub struct NeighborsArgs {
     /// The picture (PNG): one row per query, the query then its neighbours with class and distance.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out as OUT.fc7.npy).
+    /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out, its extension replaced: grid.png gets grid.fc7.npy).
     #[arg(long, value_name = "FILE", value_parser = existing_file)]
     features: Option<PathBuf>,
     /// Side of each picture in the grid, pixels, 16 to 1024.
