@@ -1014,6 +1014,32 @@ fn predict_and_export_cli() {
         let (ok, _, err) = cli(&[&args[..], &["--out", &s(&st)]].concat());
         assert!(ok, "{err}");
     }
+    // Nor do eval, predict, features and neighbors write over one.
+    let (run, ck, d, img) = (s(&out), s(&ck_path), s(&data), s(&images[0]));
+    let cpu = ["--cpu", "--checkpoint", &run, "--data", &d];
+    let writes: [(&[&str], &str); 4] = [
+        (
+            &[&["eval"][..], &cpu, &["--per-class", &ck]].concat(),
+            "--per-class",
+        ),
+        (
+            &["predict", "--checkpoint", &run, "--logits", &ck, &img],
+            "--logits",
+        ),
+        (
+            &[&["features"][..], &cpu, &["--out", &ck]].concat(),
+            "--out",
+        ),
+        (
+            &[&["neighbors"][..], &cpu, &["--query", &img, "--out", &ck]].concat(),
+            "--out",
+        ),
+    ];
+    for (args, flag) in writes {
+        let (ok, _, err) = cli(args);
+        let want = format!("{flag} {ck}: a training checkpoint");
+        assert!(!ok && err.contains(&want), "{args:?}: {err}");
+    }
     assert!(std::fs::read(&ck_path).unwrap() == before);
     alexnet_cuda::checkpoint::load(&ck_path).expect("the checkpoint still loads");
 }

@@ -364,12 +364,13 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
             .output()
             .expect("run alexnet-cuda under bash");
         assert!(!o.status.success(), "a write past 16 KiB succeeded");
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (String::from_utf8_lossy(&o.stderr).into_owned(), out)
     };
     let (c, d) = (s(&st.ckpt), s(&st.store));
     // 500 rows of 512 float32 values (1 MB), streamed.
     let fc7 = s(&dir.path().join("fc7.npy"));
-    let e1 = limited(&[
+    let (e1, _) = limited(&[
         "features",
         "--cpu",
         "--checkpoint",
@@ -384,7 +385,7 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
     ]);
     // The cifar config's weights (a few MB), written at once.
     let onnx = s(&dir.path().join("net.onnx"));
-    let e2 = limited(&[
+    let (e2, _) = limited(&[
         "export",
         "--checkpoint",
         &c,
@@ -393,7 +394,26 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
         "--out",
         &onnx,
     ]);
-    for (err, file) in [(e1, fc7), (e2, onnx)] {
+    // eval's confusion picture: the scores are printed before it is
+    // written, so a refused write costs the file, not them.
+    let png = s(&dir.path().join("confusion.png"));
+    let (e3, scores) = limited(&[
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--confusion",
+        &png,
+        "--no-progress",
+    ]);
+    assert!(
+        scores.contains("centre-crop: top-1 error") && scores.contains("on 500 images"),
+        "{scores}"
+    );
+    assert!(e3.contains("the scores above stand"), "{e3}");
+    for (err, file) in [(e1, fc7), (e2, onnx), (e3, png)] {
         assert!(err.contains(&format!("{file}: File too large")), "{err}");
         assert!(!err.contains(".tmp-"), "{err}");
         assert!(

@@ -184,6 +184,18 @@ pub fn minutes_or_off(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// Refuse an output path that holds one of our training checkpoints: the
+/// command would replace it, and a run resumes from it.
+pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
+    if alexnet_cuda::checkpoint::is_checkpoint_file(out) {
+        bail!(
+            "{flag} {}: a training checkpoint, which this command would replace (a run resumes from it); write elsewhere",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Flag parser for a file the command reads (an image, a .npy, a names
 /// list, weights): refused at once, with the flag named by clap, when it is
 /// missing or a folder, rather than after minutes of loading.

@@ -26,7 +26,7 @@ use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
 use alexnet_cuda::Error;
 
-use super::common::{crop_rows, demo_folder, positive};
+use super::common::{crop_rows, demo_folder, not_a_checkpoint, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -45,7 +45,7 @@ pub struct EvalArgs {
     /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
     #[arg(long)]
     ten_crop: bool,
-    /// Images per batch (default: the run's training batch).
+    /// Crops per step (default: the run's training batch): images per step, or with --ten-crop a tenth as many images.
     #[arg(long, value_parser = positive)]
     batch: Option<u64>,
     /// Evaluate N images spread evenly over the set.
@@ -65,8 +65,13 @@ pub struct EvalArgs {
 /// Evaluate and print the result.
 pub fn run(args: EvalArgs) -> Result<()> {
     // Refused before the run, not after it.
-    for f in args.per_class.iter().chain(&args.confusion) {
+    if let Some(f) = &args.per_class {
         check_target(f)?;
+        not_a_checkpoint("--per-class", f)?;
+    }
+    for f in &args.confusion {
+        check_target(f)?;
+        not_a_checkpoint("--confusion", f)?;
     }
     for f in &args.confusion {
         confusion_kind(f)?;
@@ -114,11 +119,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if r.images == 0 && !unread.is_empty() {
         return Err(unread_error(unread, idx.len()).into());
     }
-    write_tables(&args, &ck, &tally)?;
+    // The scores first: a table the disk refuses must not cost them.
     print_result(&args, &data, &r, unread.len(), seconds)?;
     if args.per_class.is_some() && !args.json {
         print_classes(&ck, &tally)?;
     }
+    write_tables(&args, &ck, &tally)
+        .map_err(|e| anyhow::anyhow!("{e:#}; the scores above stand, only the file is missing"))?;
     match unread.is_empty() {
         true => Ok(()),
         false => bail!(

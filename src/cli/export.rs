@@ -13,7 +13,7 @@ use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
 
-use super::common::flag_value;
+use super::common::{flag_value, not_a_checkpoint};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -40,12 +40,7 @@ enum ExportFormat {
 
 /// Write the file and say what went in.
 pub fn run(args: ExportArgs) -> Result<()> {
-    if checkpoint::is_checkpoint_file(&args.out) {
-        bail!(
-            "--out {}: a training checkpoint, which the export would replace (a run resumes from it); write the export elsewhere",
-            args.out.display()
-        );
-    }
+    not_a_checkpoint("--out", &args.out)?;
     let format = chosen_format(args.format, &args.out)?;
     if args.pixels && format != ExportFormat::Onnx {
         bail!("--pixels is for --format onnx: a safetensors export carries the preprocessing in its metadata (docs/runs.md, \"Export\")");

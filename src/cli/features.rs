@@ -12,7 +12,7 @@ use alexnet_cuda::data::unread_error;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::positive;
+use super::common::{not_a_checkpoint, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -39,6 +39,7 @@ pub struct FeaturesArgs {
 
 /// Write the features and say how many.
 pub fn run(args: FeaturesArgs) -> Result<()> {
+    not_a_checkpoint("--out", &args.out)?;
     let (request, ck) = args.run.start()?;
     let job = features::FeaturesJob {
         ck: &ck,

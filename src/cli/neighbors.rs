@@ -10,7 +10,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{existing_file, image_files, image_or_folder, positive};
+use super::common::{existing_file, image_files, image_or_folder, not_a_checkpoint, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -45,6 +45,7 @@ pub struct NeighborsArgs {
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
+    not_a_checkpoint("--out", &args.out)?;
     let queries = image_files(&args.query)?;
     let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {

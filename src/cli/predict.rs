@@ -21,7 +21,8 @@ use alexnet_cuda::progress;
 use alexnet_cuda::run_state::Preprocess;
 
 use super::common::{
-    crop_rows, existing_file, image_files, image_or_folder, positive, set_threads, thread_count,
+    crop_rows, existing_file, image_files, image_or_folder, not_a_checkpoint, positive,
+    set_threads, thread_count,
 };
 use super::device::DeviceArgs;
 
@@ -70,6 +71,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
     set_threads(args.threads)?;
     // The flags first: a bad one is reported before any file is read.
     let request = args.device.request_one()?;
+    if let Some(f) = &args.logits {
+        not_a_checkpoint("--logits", f)?;
+    }
     let images = image_files(&args.images)?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
     let topo = ck.state.net.topology()?;

@@ -2,7 +2,8 @@
 //! true class, column = the top-1 class; each cell is shaded by its share
 //! of the row, on a square-root scale so that confusions of a few percent
 //! still show against the diagonal. With 40 classes or fewer the rows are
-//! named and the cells hold their counts; with ImageNet's 1,000 each cell is
+//! named, and with 30 or fewer (cells of 24 pixels, room for a number) the
+//! cells hold their counts; with ImageNet's 1,000 each cell is
 //! a pixel, where groups of related classes (the dog breeds) show as blocks.
 use std::path::Path;
 
