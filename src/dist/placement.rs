@@ -167,7 +167,7 @@ pub fn run_on<F: OnLayout>(
         return f.run(layout);
     }
     let (ids, p) = gpu_plan(req, world)?;
-    for d in require_gpus(&ids)? {
+    for d in require_gpus(req, &ids)? {
         info!("using {d}");
     }
     let devs = ids
@@ -199,14 +199,24 @@ pub fn check_devices(req: &Request, world: &World) -> Result<()> {
         return Ok(());
     }
     let (ids, _) = gpu_plan(req, world)?;
-    require_gpus(&ids).map(|_| ())
+    require_gpus(req, &ids).map(|_| ())
 }
 
-/// The distinct GPUs of `ids`, each probed.
-fn require_gpus(ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> {
+/// The distinct GPUs of `ids`, each probed; a missing one taken from
+/// LOCAL_RANK says so (more processes on a machine than it has GPUs).
+fn require_gpus(req: &Request, ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> {
     let mut distinct = ids.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
+    if req.gpus.is_none() {
+        let found = probe::devices()?.len();
+        if let Some(g) = distinct.iter().find(|&&g| g >= found) {
+            return Err(Error::NoDevice(format!(
+                "GPU {g} was asked for but this machine has {found}: {}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus",
+                gpus_named(req, &g.to_string())
+            )));
+        }
+    }
     probe::require(&distinct)
 }
 
@@ -255,13 +265,22 @@ fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
         Some(p) => p,
         None => implied(ids.len(), &list)?,
     };
-    check_count(p, ids.len(), &format!("--gpus {list}"))?;
+    check_count(p, ids.len(), &gpus_named(req, &list))?;
     check_world(p, world)?;
     if p == Parallel::Hybrid {
         check_hybrid_gpus(&ids, &list)?;
     }
     check_shared_in_world(&ids, p, world, &list)?;
     Ok((ids, p))
+}
+
+/// How the GPUs were named, for errors: `--gpus LIST`, or LOCAL_RANK's
+/// GPU in a multi-process run without --gpus.
+fn gpus_named(req: &Request, list: &str) -> String {
+    match req.gpus {
+        Some(_) => format!("--gpus {list}"),
+        None => format!("without --gpus, each process drives the GPU of its LOCAL_RANK ({list})"),
+    }
 }
 
 /// Replicas that share a GPU are averaged through this process's memory
@@ -485,6 +504,16 @@ mod tests {
         let mut local = gpus("", Some(Parallel::Data));
         local.gpus = None;
         assert_eq!(use_of(&local, &two), NcclUse::Required);
+        // ... and a flag that needs more GPUs says they came from LOCAL_RANK,
+        // not from a --gpus the user never wrote.
+        local.parallel = Some(Parallel::Hybrid);
+        let e = nccl_use(&local, &two).unwrap_err().to_string();
+        assert!(
+            e.contains("without --gpus, each process drives the GPU of its LOCAL_RANK (0)")
+                && e.contains("even number, not 1")
+                && !e.contains("--gpus 0"),
+            "{e}"
+        );
         // Flag errors are run_on's.
         assert!(nccl_use(&gpus("0,1,2", None), &one).is_err());
     }
