@@ -37,7 +37,8 @@ use super::world::World;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
-/// How long ranks wait for each other to start, and for a peer's data.
+/// How long ranks wait for each other to start, and for a peer to send or
+/// take data (a peer stopped or hung must not hang the run for ever).
 const CONNECT_FOR: Duration = Duration::from_secs(120);
 const READ_FOR: Duration = Duration::from_secs(600);
 /// How long rank 0 waits for a new connection's hello (others queue meanwhile).
@@ -69,6 +70,20 @@ pub struct TcpAllReduce {
 
 fn net_err(what: String) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Config(format!("{what}: {e}"))
+}
+
+/// `net_err` for the gradients' traffic: a peer silent for `READ_FOR` is
+/// named as such (the socket reports a timeout as "would block").
+fn peer_err(what: String) -> impl Fn(std::io::Error) -> Error {
+    move |e| {
+        match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Config(format!(
+            "{what}: nothing moved for {} s; that process stopped, hung or lost the network: see its log",
+            READ_FOR.as_secs()
+        )),
+        _ => Error::Config(format!("{what}: {e} (did that process stop? see its log)")),
+    }
+    }
 }
 
 /// MASTER_ADDR and the all-reduce's port, MASTER_PORT + 1.
@@ -338,6 +353,7 @@ impl TcpAllReduce {
         for s in &peers {
             s.set_nodelay(true).map_err(net_err("socket".into()))?;
             s.set_read_timeout(Some(READ_FOR))
+                .and_then(|()| s.set_write_timeout(Some(READ_FOR)))
                 .map_err(net_err("socket".into()))?;
         }
         Ok(TcpAllReduce {
@@ -362,7 +378,7 @@ impl TcpAllReduce {
         let who = self.peer_name(peer);
         self.peers[peer]
             .write_all(&self.bytes)
-            .map_err(net_err(format!("sending gradients to {who}")))
+            .map_err(peer_err(format!("sending gradients to {who}")))
     }
 
     /// Reads `len` floats from `peer` into `self.part`.
@@ -371,9 +387,7 @@ impl TcpAllReduce {
         let who = self.peer_name(peer);
         self.peers[peer]
             .read_exact(&mut self.bytes)
-            .map_err(net_err(format!(
-                "receiving gradients from {who} (did it stop?)"
-            )))?;
+            .map_err(peer_err(format!("receiving gradients from {who}")))?;
         self.part.clear();
         self.part.extend(
             self.bytes
@@ -479,5 +493,26 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
 
     fn first_replica(&self) -> usize {
         TcpAllReduce::first_replica(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_peer_is_named_as_silent() {
+        // A real socket whose peer sends nothing: the timeout's error, as
+        // this OS reports it, is named as silence.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _peer = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let err = s.read_exact(&mut [0u8; 4]).unwrap_err();
+        let e = peer_err("receiving gradients from rank 2".into())(err).to_string();
+        assert!(e.contains("rank 2: nothing moved for 600 s"), "{e}");
+        let e =
+            peer_err("sending gradients to rank 0".into())(std::io::ErrorKind::BrokenPipe.into());
+        assert!(e.to_string().contains("did that process stop?"), "{e}");
     }
 }
