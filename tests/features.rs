@@ -523,6 +523,13 @@ fn bad_input_gets_a_clear_error() {
     let st = setup();
     let (c, d) = (s(&st.ckpt), s(&st.store));
     let no_panic = |err: &str| assert!(!err.contains("panicked"), "{err}");
+    let refused = |(ok, _, err): (bool, String, String), wants: &[&str]| {
+        assert!(!ok, "succeeded: {err}");
+        no_panic(&err);
+        for w in wants {
+            assert!(err.contains(w), "{w:?}: {err}");
+        }
+    };
 
     let out = s(&st.root.join("bad.npy"));
     let (ok, _, err) = cli(&[
@@ -645,33 +652,17 @@ fn bad_input_gets_a_clear_error() {
     // Where the picture goes, and whether it can be drawn at all, are
     // checked before the set's features are computed: nothing is written.
     // 501 pictures of 1024 pixels in a row make 1.5 GiB of RGB.
-    let (ok, _, err) = neighbors(&["--query", &photo, "--k", "500", "--cell", "1024"]);
-    assert!(!ok);
-    no_panic(&err);
-    assert!(
-        err.contains("more than the 1 GiB drawn at most") && err.contains("smaller --cell"),
-        "{err}"
+    refused(
+        neighbors(&["--query", &photo, "--k", "500", "--cell", "1024"]),
+        &["more than the 1 GiB drawn at most", "smaller --cell"],
     );
     assert!(!st.root.join("bad.fc7.npy").exists());
     let folder_out = st.root.join("grid-folder");
     std::fs::create_dir_all(&folder_out).unwrap();
-    let (ok, _, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &c,
-        "--data",
-        &d,
-        "--out",
-        &s(&folder_out),
-        "--query",
-        &photo,
-    ]);
-    assert!(!ok);
-    no_panic(&err);
-    assert!(
-        err.contains("--out") && err.contains("a folder, not a file name"),
-        "{err}"
+    let args = ["neighbors", "--cpu", "--checkpoint", &c, "--data", &d];
+    refused(
+        cli(&[&args[..], &["--out", &s(&folder_out), "--query", &photo]].concat()),
+        &["--out", "a folder, not a file name"],
     );
     assert!(!st.root.join("grid-folder.fc7.npy").exists());
 
