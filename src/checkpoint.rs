@@ -340,19 +340,33 @@ impl Checkpoint {
     /// (a run's best and the step it copies) agree; any weight changed
     /// changes it.
     pub fn weights_crc32(&self) -> u32 {
-        let mut names: Vec<&String> = self
+        let weights = self
             .tensors
-            .keys()
-            .filter(|n| !n.starts_with(MOMENTUM))
-            .collect();
-        names.sort();
-        let mut h = crc32fast::Hasher::new();
-        for name in names {
-            h.update(name.as_bytes());
-            h.update(&crc_f32(&self.tensors[name].data).to_le_bytes());
-        }
-        h.finalize()
+            .iter()
+            .filter(|(n, _)| !n.starts_with(MOMENTUM));
+        named_crc32(weights.map(|(n, t)| (n.as_str(), &t.data[..])).collect())
     }
+}
+
+/// A CRC-32 of `tensors` (names and values), in name order: equal for
+/// equal tensors in any order.
+pub fn tensors_crc32(tensors: &[Tensor]) -> u32 {
+    named_crc32(
+        tensors
+            .iter()
+            .map(|t| (t.name.as_str(), &t.data[..]))
+            .collect(),
+    )
+}
+
+fn named_crc32(mut named: Vec<(&str, &[f32])>) -> u32 {
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = crc32fast::Hasher::new();
+    for (name, data) in named {
+        h.update(name.as_bytes());
+        h.update(&crc_f32(data).to_le_bytes());
+    }
+    h.finalize()
 }
 
 /// Set every parameter of `net` from `tensors` (PyTorch names and shapes);

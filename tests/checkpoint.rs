@@ -1141,36 +1141,58 @@ fn two_processes_train_what_one_process_with_both_replicas_trains() {
 }
 
 /// Two processes of one run started with different flags (here the seed
-/// and the learning rate) would average gradients of different models:
-/// both stop before the first step with an error naming what differs, each
-/// giving its own values, and rank 0 writes nothing in the run folder.
+/// and the learning rate), or one with another network's weights
+/// (`--init-from`, which no flag of the run records), would average
+/// gradients of different models: both stop before the first step with an
+/// error naming what differs, each giving its own values, and rank 0 writes
+/// nothing in the run folder.
 #[test]
 fn processes_started_with_other_flags_stop_naming_what_differs() {
     let t = tempfile::tempdir().unwrap();
     let d = data(t.path());
     let (out, other) = (t.path().join("run"), t.path().join("rank1"));
     let args = |out: &Path| parallel_args(train_args(&d, out, 1), "data", "1");
+    let stops = |a0: &[String], a1: &[String], names: &str| -> [String; 2] {
+        let (rank0, rank1) = spawn_ranks(a0, a1);
+        let outputs = [rank0, rank1].map(|r| r.wait_with_output().unwrap());
+        assert_eq!(steps_logged(&out), 0);
+        assert!(checkpoint::list(&out).map_or(true, |l| l.is_empty()));
+        let mut r = 0;
+        outputs.map(|o| {
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(!o.status.success(), "rank {r} trained:\n{err}");
+            let line = err.lines().find(|l| l.contains("differ in")).unwrap_or("");
+            assert!(line.contains(names), "rank {r}: {err}");
+            assert!(line.contains(&format!("(RANK {r} of 2)")), "{line}");
+            r += 1;
+            line.to_string()
+        })
+    };
     let mut a0 = args(&out);
     a0.extend(["--lr", "0.01"].map(String::from));
     let mut a1 = args(&other);
     a1.extend(["--seed", "7", "--lr", "0.03"].map(String::from));
-    let (rank0, rank1) = spawn_ranks(&a0, &a1);
-    let (o0, o1) = (
-        rank0.wait_with_output().unwrap(),
-        rank1.wait_with_output().unwrap(),
-    );
-    for (r, o, lr, seed) in [(0, &o0, "0.01", "1"), (1, &o1, "0.03", "7")] {
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "rank {r} trained:\n{err}");
-        let line = err.lines().find(|l| l.contains("differ in")).unwrap_or("");
-        // The seed also draws another held-out split, so another mean.
-        let names = "validation split, preparation, --lr, --seed, current learning rate;";
-        assert!(line.contains(names), "rank {r}: {err}");
-        let values = format!("--lr {lr}, --seed {seed}, current learning rate {lr}.");
-        assert!(line.contains(&values), "rank {r}: {line}");
+    // The seed also draws another held-out split, so another mean, and
+    // other initial weights.
+    let names = "validation split, preparation, --lr, --seed, current learning rate, starting weights and momentum;";
+    let lines = stops(&a0, &a1, names);
+    for (line, lr, seed) in [(&lines[0], "0.01", "1"), (&lines[1], "0.03", "7")] {
+        let values = format!("--lr {lr}, --seed {seed}, current learning rate {lr}, ");
+        assert!(line.contains(&values), "{line}");
     }
-    assert_eq!(steps_logged(&out), 0);
-    assert!(checkpoint::list(&out).map_or(true, |l| l.is_empty()));
+
+    // The same flags, but rank 1 starts from another run's weights.
+    let donor = t.path().join("donor");
+    run_ok(&train_args(&d, &donor, 1));
+    let (_, weights) = checkpoint::list(&donor).unwrap().pop().unwrap();
+    let mut a1 = args(&other);
+    a1.extend(["--init-from".into(), weights.display().to_string()]);
+    let lines = stops(
+        &args(&out),
+        &a1,
+        "differ in: starting weights and momentum;",
+    );
+    assert_ne!(lines[0], lines[1], "each process gives its own CRC");
 }
 
 /// A rank killed mid-run: the other stops with an error that names it, and

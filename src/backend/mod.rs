@@ -202,6 +202,12 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// The `--precision` activations and gradients are stored in: "fp32",
+    /// "fp16" or "bf16" (the CPU's is always fp32).
+    fn precision(&self) -> &'static str {
+        "fp32"
+    }
+
     // -- memory ----------------------------------------------------------
     /// Whether buffers live in the host's memory (the CPU) rather than a
     /// device's: the host-memory check counts the network's buffers then.

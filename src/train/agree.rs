@@ -1,7 +1,8 @@
 //! What every process of a run must hold alike, checked once before the
 //! first step: the network, the run's options, the data's size, classes and
-//! preparation, the step and schedule state it starts from, and the device
-//! layout. Processes started with other flags, data or checkpoint would
+//! preparation, the step and schedule state it starts from, the weights and
+//! momentum themselves (a CRC-32: `--init-from`, or another checkpoint at
+//! the same step), the device layout and the precision. Processes started with other flags, data or checkpoint would
 //! otherwise average gradients of different models, or wait forever for a
 //! step another process never takes.
 //!
@@ -12,7 +13,8 @@
 //! process learns which fields differ, and all stop with the same error.
 use serde::Serialize;
 
-use crate::checkpoint::RunState;
+use crate::checkpoint::{network_tensors, tensors_crc32, RunState};
+use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::model::trainable::Model;
 use crate::run_state::RunOptions;
@@ -33,13 +35,15 @@ fn field<T: Serialize + ?Sized>(name: &str, v: &T) -> Field {
     }
 }
 
-/// The fields of `state` (as the run starts) and the layout's `shape`.
-/// Left out: what each process holds of its own (elapsed time, its
-/// shard's loss sums) and the data's path, which may differ by machine.
-pub fn fields(state: &RunState, shape: &str) -> Vec<Field> {
+/// The fields of `state` (as the run starts), the layout's `shape` and the
+/// `precision`. Left out: what each process holds of its own (elapsed
+/// time, its shard's loss sums) and the data's path, which may differ by
+/// machine.
+pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
     let p = &state.progress;
     let mut f = vec![
         field("layout", shape),
+        field("--precision", precision),
         field("network", &state.net),
         field("classes", &state.classes),
         field("training images", &state.train_images),
@@ -91,15 +95,27 @@ pub fn fields(state: &RunState, shape: &str) -> Vec<Field> {
     f
 }
 
-/// Stop, with every other process, where the processes of a run of
-/// `world_size` hold any field of `state` or `shape` differently.
-pub fn across(net: &mut dyn Model, state: &RunState, shape: &str, world_size: usize) -> Result<()> {
-    if world_size == 1 {
+/// Stop, with every other process, where the processes of `world` hold
+/// any field of `state`, `shape` or `precision`, or `net`'s weights and
+/// momentum, differently.
+pub fn across(
+    net: &mut dyn Model,
+    state: &RunState,
+    (shape, precision): (&str, &str),
+    world: &World,
+) -> Result<()> {
+    if world.is_single() {
         return Ok(());
     }
-    let fields = fields(state, shape);
+    let mut fields = fields(state, shape, precision);
+    // Read once from the devices: a quarter of a second for alexnet.
+    let crc = tensors_crc32(&network_tensors(net, true)?);
+    fields.push(field(
+        "starting weights and momentum",
+        &format!("CRC-32 {crc:08x}"),
+    ));
     let any = net.any_process(&flags(&fields))?;
-    check(&differing(&fields, &any))
+    check(&differing(&fields, &any), world)
 }
 
 /// This process's say: for each field, its CRC's bits, then their complements.
@@ -127,7 +143,7 @@ pub fn differing<'f>(fields: &'f [Field], any: &[bool]) -> Vec<&'f Field> {
 /// The error for fields that differ: their names, this process's values
 /// (each process says its own, so the logs side by side show both), and
 /// the fix.
-pub fn check(differ: &[&Field]) -> Result<()> {
+pub fn check(differ: &[&Field], world: &World) -> Result<()> {
     if differ.is_empty() {
         return Ok(());
     }
@@ -137,16 +153,25 @@ pub fn check(differ: &[&Field]) -> Result<()> {
         .map(|f| format!("{} {}", f.name, shorten(&f.value)))
         .collect();
     Err(Error::Config(format!(
-        "the processes of this run differ in: {}; this process has {}. Start every process with the same flags, the same data and the same --resume checkpoint",
+        "the processes of this run differ in: {}; this process (RANK {} of {}) has {}. Start every process with the same flags, the same data and the same --resume or --init-from file",
         names.join(", "),
+        world.rank,
+        world.size,
         here.join(", ")
     )))
 }
 
-/// A long value (the network) cut to its first 60 characters.
+/// A long value (the network, the classes) cut to its first 60
+/// characters, with its length and CRC-32, which tell two values apart
+/// where the cut does not.
 fn shorten(v: &str) -> String {
     match v.char_indices().nth(60) {
-        Some((i, _)) => format!("{}...", &v[..i]),
+        Some((i, _)) => format!(
+            "{}... ({} characters, CRC-32 {:08x})",
+            &v[..i],
+            v.chars().count(),
+            crc32fast::hash(v.as_bytes())
+        ),
         None => v.to_string(),
     }
 }
@@ -154,6 +179,16 @@ fn shorten(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{check, differing, flags, Field};
+    use crate::dist::World;
+
+    fn rank(rank: usize) -> World {
+        World {
+            rank,
+            size: 3,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        }
+    }
 
     fn fields(values: &[&str]) -> Vec<Field> {
         let names = ["batch", "seed", "network"];
@@ -180,7 +215,7 @@ mod tests {
         let a = fields(&["128", "1", "\"alexnet\""]);
         let same = or(&[fields(&["128", "1", "\"alexnet\""]), a.clone()]);
         assert!(differing(&a, &same).is_empty());
-        assert!(check(&differing(&a, &same)).is_ok());
+        assert!(check(&differing(&a, &same), &rank(0)).is_ok());
 
         let b = fields(&["128", "2", "\"alexnet\""]);
         let c = fields(&["64", "1", "\"alexnet\""]);
@@ -190,8 +225,41 @@ mod tests {
             .map(|f| f.name.as_str())
             .collect();
         assert_eq!(names, ["batch", "seed"]);
-        let e = check(&differing(&a, &any)).unwrap_err().to_string();
+        let e = check(&differing(&a, &any), &rank(2))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("differ in: batch, seed"), "{e}");
-        assert!(e.contains("this process has batch 128, seed 1"), "{e}");
+        assert!(
+            e.contains("this process (RANK 2 of 3) has batch 128, seed 1"),
+            "{e}"
+        );
+    }
+
+    /// Two long values alike in their first 60 characters (class lists
+    /// that differ in the last class) still read differently.
+    #[test]
+    fn long_values_that_differ_past_the_cut_read_differently() {
+        let classes = |last: &str| {
+            let mut c: Vec<String> = (0..20).map(|i| format!("n{i:08}")).collect();
+            c.push(last.into());
+            serde_json::to_string(&c).unwrap()
+        };
+        let (a, b) = (classes("n99999998"), classes("n99999999"));
+        let said = |v: &str| {
+            let f = [Field {
+                name: "classes".into(),
+                value: v.into(),
+            }];
+            check(&f.iter().collect::<Vec<_>>(), &rank(0))
+                .unwrap_err()
+                .to_string()
+        };
+        let (ea, eb) = (said(&a), said(&b));
+        assert_ne!(ea, eb);
+        let crc = format!("CRC-32 {:08x}", crc32fast::hash(a.as_bytes()));
+        assert!(
+            ea.contains(&format!("({} characters, {crc})", a.len())),
+            "{ea}"
+        );
     }
 }

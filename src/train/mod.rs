@@ -135,7 +135,8 @@ impl<'a> Trainer<'a> {
         let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
         let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
         // Before the run folder is touched: a process started otherwise stops them all.
-        agree::across(&mut *net, &state, &shape, opts.world.size)?;
+        let precision = backend.precision();
+        agree::across(&mut *net, &state, (&shape, precision), &opts.world)?;
         let mean_tensor = setup::mean_tensor(&loader, data.train.size());
         // The run folder: refuse to mix two runs in one.
         let run_dir = RunDir::open(opts, &topo, &state, resumed)?;

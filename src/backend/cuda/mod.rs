@@ -994,6 +994,10 @@ impl Backend for CudaBackend {
         self.precision.needs_loss_scaling()
     }
 
+    fn precision(&self) -> &'static str {
+        self.precision.as_str()
+    }
+
     // -- memory --------------------------------------------------------------------
 
     /// cuMemGetInfo's free bytes: what other processes and this one hold
