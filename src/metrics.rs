@@ -5,7 +5,7 @@
 //! run first cuts the files back to its checkpoint, so the files read as
 //! one uninterrupted run.
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -110,10 +110,11 @@ impl MetricsWriter {
         let steps_path = dir.join(format!("steps.{}", format.ext()));
         let epochs_path = dir.join(format!("epochs.{}", format.ext()));
         let kept: Vec<StepRow> = match resume_step {
-            Some(last) => read_steps(&steps_path, format)?
-                .into_iter()
-                .filter(|r| r.step <= last)
-                .collect(),
+            Some(last) => {
+                let (rows, unread) = read_step_lines(&steps_path, format)?;
+                keep_unread_aside(&steps_path, &unread, last)?;
+                rows.into_iter().filter(|r| r.step <= last).collect()
+            }
             None => Vec::new(),
         };
         if let Some(last) = resume_step {
@@ -228,19 +229,53 @@ fn row_text<T: Serialize>(format: MetricsFormat, r: &T, csv: fn(&T) -> String) -
 /// The step rows of a metrics file; lines that do not parse (the header, a
 /// line cut short by a kill) are skipped. A missing file has no rows.
 pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    Ok(read_step_lines(path, format)?.0)
+}
+
+/// The step rows, and the numbers (from 1) of the lines that did not parse
+/// besides the CSV header and a last line cut short by a kill.
+fn read_step_lines(path: &Path, format: MetricsFormat) -> Result<(Vec<StepRow>, Vec<usize>)> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let mut rows = Vec::new();
-    for line in BufReader::new(f).lines() {
-        let line = line.map_err(|e| Error::io(path, e))?;
+    let (mut rows, mut unread) = (Vec::new(), Vec::new());
+    let lines: Vec<&str> = text.lines().collect();
+    let cut_short = !text.ends_with('\n');
+    for (i, line) in lines.iter().enumerate() {
         let row = match format {
-            MetricsFormat::Csv => parse_step_csv(&line),
-            MetricsFormat::Jsonl => serde_json::from_str(&line).ok(),
+            MetricsFormat::Csv => parse_step_csv(line),
+            MetricsFormat::Jsonl => serde_json::from_str(line).ok(),
         };
-        rows.extend(row);
+        let expected = (i == 0 && *line == STEP_HEADER) || (cut_short && i + 1 == lines.len());
+        match row {
+            Some(r) => rows.push(r),
+            None if !expected => unread.push(i + 1),
+            None => {}
+        }
     }
-    Ok(rows)
+    Ok((rows, unread))
+}
+
+/// A resume rewrites the step log with the rows it can read: where others
+/// did not parse (the file edited by hand, or saved by a spreadsheet with
+/// `;` between fields), the file as it was is kept beside it first, so no
+/// line is lost.
+fn keep_unread_aside(path: &Path, unread: &[usize], last: u64) -> Result<()> {
+    let Some(first) = unread.first() else {
+        return Ok(());
+    };
+    let aside = path.with_extension(format!(
+        "{}.before-resume-{last}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("log")
+    ));
+    std::fs::copy(path, &aside).map_err(|e| Error::io(&aside, e))?;
+    tracing::warn!(
+        "{}: {} lines do not read as step rows (line {first} the first; edited by hand?); the file as it was is kept as {}, and the log goes on with the rows that do",
+        path.display(),
+        unread.len(),
+        aside.display()
+    );
+    Ok(())
 }

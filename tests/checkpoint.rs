@@ -579,6 +579,34 @@ fn a_resume_over_a_step_log_cut_short_names_the_missing_steps() {
     assert_eq!(steps, want);
 }
 
+/// A step log saved by a spreadsheet (`;` between fields) reads as no
+/// rows: the resume keeps the file as it was beside the new one, says so,
+/// and the log goes on from the checkpoint.
+#[test]
+fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let a = t.path().join("a");
+    run_ok(&train_args(&d, &a, 1));
+    let path = a.join("steps.csv");
+    let edited = std::fs::read_to_string(&path).unwrap().replace(',', ";");
+    std::fs::write(&path, &edited).unwrap();
+    let mut more = resume_args(&a);
+    more.extend(["--epochs".into(), "2".into()]);
+    let o = run(&more);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let aside = a.join("steps.csv.before-resume-20");
+    assert!(
+        err.contains("21 lines do not read as step rows (line 1 the first")
+            && err.contains(&aside.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&aside).unwrap(), edited);
+    let steps: Vec<u64> = lrs(&a).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, (21..=40).collect::<Vec<u64>>());
+}
+
 /// JSONL metrics hold one object per step and per epoch; `--init-from`
 /// starts a run from another run's weights (checked with a learning rate
 /// too small to move them) or a run folder's best, and refuses weights of
