@@ -1106,6 +1106,32 @@ fn a_resume_on_images_prepared_otherwise_is_refused() {
     assert!(ok, "the resume on the run's own data failed: {err}");
 }
 
+/// `--resume --data` on data whose held-out images are others (here every
+/// file renamed: the same pixels, classes and count, so the checks above
+/// pass) is refused: the run's best error and plateaus compare epochs on
+/// the same validation images.
+#[test]
+fn a_resume_validating_on_other_images_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, d, r) = one_epoch_run(dir.path());
+    for c in 0..3 {
+        let class = data.join(format!("class{c}"));
+        for i in 0..4 {
+            let from = class.join(format!("{i}.jpg"));
+            std::fs::rename(&from, class.join(format!("x{i}.jpg"))).unwrap();
+        }
+    }
+    let resume = ["train", "--resume", &r, "--epochs", "2", "--data", &d];
+    assert_error(
+        &resume,
+        &[
+            &format!("the validation images of {d} are not the ones the run validated on"),
+            "resume with the data as it was",
+            "--init-from",
+        ],
+    );
+}
+
 /// `--epochs` on a resume below the epochs already trained is refused with
 /// the least that goes on; the run's own count ends it where it stands.
 /// Here 6 images in batches of 3: 2 steps an epoch, a checkpoint each step.
