@@ -97,6 +97,24 @@ fn a_class_left_without_images_is_refused() -> TestResult {
         !out.join("train/meta.json").exists(),
         "a store was committed"
     );
+    // The same in the val tree: train is written first, and the error,
+    // whose "nothing was written" is the val store's, says so.
+    let train_ok = t.path().join("train_ok");
+    good_tree(&train_ok, 2, 16, 16)?;
+    let mut o = opts(&train_ok, &out, 8, Encoding::Jpeg);
+    o.val = Some(train);
+    let msg = prepare(&o)
+        .expect_err("a val store without n02_dog")
+        .to_string();
+    let written = format!(
+        "The train store, {}, was written",
+        out.join("train").display()
+    );
+    assert!(
+        msg.contains("class n02_dog could be read") && msg.contains(&written),
+        "{msg}"
+    );
+    assert!(out.join("train/meta.json").exists() && !out.join("val/meta.json").exists());
     Ok(())
 }
 

@@ -199,7 +199,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let val = match (&opts.val, val_items) {
         (Some(v), Some(items)) => {
             let gen = Some(train.generation.clone());
-            let (val, stored) = store("val", v, &items, 0, gen)?;
+            let (val, stored) = store("val", v, &items, 0, gen).map_err(|e| {
+                // Its "nothing was written" is the val store's: say what was.
+                Error::Data(format!(
+                    "{e}. The train store, {}, was written before the val store and is complete; run the same prepare again once the val data is fixed (it writes both again)",
+                    opts.out.join("train").display()
+                ))
+            })?;
             let vh = Hashed::new(&items, stored);
             let dir = opts.out.join("val");
             dups.val_in_train = duplicates::list_val(&dir, [v, &opts.train], &vh, &th)?;
