@@ -576,14 +576,36 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
         ),
         "{msg}"
     );
+    // Labels of no training class for every image: the wrong labels file.
+    let cows = (1..=3).map(|i| format!("ILSVRC2012_val_{i:08},n03_cow\n"));
     fs::write(
         &csv,
-        "ImageId,Synset\n\n\nILSVRC2012_val_00000001,n03_cow\n",
+        format!("ImageId,Synset\n\n\n{}", cows.collect::<String>()),
     )?;
-    let msg = prepare(&o).expect_err("unknown synset").to_string();
-    assert!(msg.contains("line 4: synset \"n03_cow\""), "{msg}");
+    let msg = prepare(&o).expect_err("unknown synsets").to_string();
+    assert!(
+        msg.contains(
+            "line 4: synset \"n03_cow\" is not a training class, nor is any other image's"
+        ),
+        "{msg}"
+    );
     // Nothing was written for the failed runs: val labels are checked first.
     assert!(!t.path().join("o4/train/meta.json").exists());
+
+    // Training on a subset of the classes with the full val folder and its
+    // labels: lines for files not in the folder are not read, and images
+    // of classes not trained are left out of the val store, counted.
+    fs::write(
+        &csv,
+        "ImageId,PredictionString\n\
+         ILSVRC2012_val_00000001,n02_dog 1 2 3 4\n\
+         ILSVRC2012_val_00000002,n03_cow 1 2 3 4\n\
+         ILSVRC2012_val_00000003,n01_cat 1 2 3 4\n\
+         ILSVRC2012_val_00000999,n04_ant 1 2 3 4\n",
+    )?;
+    let r = prepare(&o)?;
+    assert_eq!(r.val.as_ref().map(|v| v.count), Some(2));
+    assert_eq!(labels_of(&t.path().join("o4/val")), [1, 0]);
     Ok(())
 }
 

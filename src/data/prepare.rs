@@ -389,10 +389,52 @@ fn val_items(
         };
         let syn_text = read_text(syn_path)?;
         let labels = devkit_labels(&lines, (syn_path, &syn_text), &index, files.len(), root);
-        return Ok(files.into_iter().zip(labels.map_err(bad)?).collect());
+        let labelled = files.into_iter().zip(labels.map_err(bad)?).collect();
+        return training_classes_only(labelled, root).map_err(bad);
     }
     let by_name = csv_labels(&lines, &index).map_err(bad)?;
-    label_files(files, &by_name).map_err(bad)
+    let labelled = label_files(files, &by_name).map_err(bad)?;
+    training_classes_only(labelled, root).map_err(bad)
+}
+
+/// A val image's label, or why it has none among the training classes
+/// (`line N: synset S is not a training class`).
+type ValLabel = std::result::Result<u32, String>;
+
+/// The val images of training classes. Those of other classes (a
+/// subset's training classes against the full val folder and labels) are
+/// left out with a warning that counts them; when none is left, an error.
+fn training_classes_only(
+    labelled: Vec<(PathBuf, ValLabel)>,
+    root: &Path,
+) -> std::result::Result<Vec<(PathBuf, u32)>, String> {
+    let all = labelled.len();
+    let mut first_other = None;
+    let kept: Vec<(PathBuf, u32)> = labelled
+        .into_iter()
+        .filter_map(|(p, l)| match l {
+            Ok(l) => Some((p, l)),
+            Err(why) => {
+                first_other.get_or_insert(why);
+                None
+            }
+        })
+        .collect();
+    let Some(why) = first_other else {
+        return Ok(kept);
+    };
+    if kept.is_empty() {
+        return Err(format!(
+            "{why}, nor is any other image's of {}: are these the labels of this val folder, and is --train the right folder?",
+            root.display()
+        ));
+    }
+    tracing::warn!(
+        "{}: {} of its {all} images are of classes the training data does not have ({why}, the first); they are left out of the val store",
+        root.display(),
+        all - kept.len()
+    );
+    Ok(kept)
 }
 
 /// Devkit ground truth (`ILSVRC2012_validation_ground_truth.txt`): line k
@@ -405,7 +447,7 @@ fn devkit_labels(
     index: &HashMap<&str, u32>,
     images: usize,
     root: &Path,
-) -> std::result::Result<Vec<u32>, String> {
+) -> std::result::Result<Vec<ValLabel>, String> {
     // One synset per line; words after it (a names file such as
     // LOC_synset_mapping.txt, passed whole) are not synsets.
     let synsets: Vec<&str> = syn_text
@@ -433,7 +475,7 @@ fn devkit_labels(
                 )
             })?;
         let not_ours = || format!("line {n}: synset {syn} is not a training class");
-        index.get(syn).copied().ok_or_else(not_ours)
+        Ok(index.get(syn).copied().ok_or_else(not_ours))
     };
     lines.iter().map(label).collect()
 }
@@ -465,8 +507,9 @@ fn check_devkit_order(synsets: &[&str], path: &Path) -> std::result::Result<(), 
     Ok(())
 }
 
-/// A CSV's labels by file stem: (label, line, synset as written).
-type CsvLabels = HashMap<String, (u32, usize, String)>;
+/// A CSV's labels by file stem: (label, or none for a synset that is not
+/// a training class; line; synset as written).
+type CsvLabels = HashMap<String, (Option<u32>, usize, String)>;
 
 /// A `file,synset` CSV: the file with or without extension; the synset may
 /// be followed by more fields or boxes (Kaggle's `LOC_val_solution.csv`,
@@ -485,16 +528,14 @@ fn csv_labels(
             .split(|c: char| c == ',' || c.is_whitespace())
             .find(|s| !s.is_empty())
             .unwrap_or("");
-        let Some(&l) = index.get(syn) else {
-            // A header line (`ImageId,PredictionString`) is not a synset.
-            if k == 0 {
-                continue;
-            }
-            return Err(format!("line {n}: synset {syn:?} is not a training class"));
-        };
+        let l = index.get(syn).copied();
+        // A header line (`ImageId,PredictionString`) is not a synset.
+        if l.is_none() && k == 0 {
+            continue;
+        }
         let file = file.trim();
         match by_name.insert(stem(file), (l, n, syn.to_string())) {
-            Some((was, m, other)) if was != l => {
+            Some((_, m, other)) if other != syn => {
                 return Err(format!(
                     "line {n} labels {file} {syn}, line {m} labels it {other}; keep one"
                 ))
@@ -509,7 +550,7 @@ fn csv_labels(
 fn label_files(
     files: Vec<PathBuf>,
     by_name: &CsvLabels,
-) -> std::result::Result<Vec<(PathBuf, u32)>, String> {
+) -> std::result::Result<Vec<(PathBuf, ValLabel)>, String> {
     let mut out = Vec::with_capacity(files.len());
     let mut missing = Vec::new();
     for p in files {
@@ -518,7 +559,11 @@ fn label_files(
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
         match by_name.get(&stem(&name)) {
-            Some(&(l, ..)) => out.push((p, l)),
+            Some((Some(l), ..)) => out.push((p, Ok(*l))),
+            Some((None, n, syn)) => out.push((
+                p,
+                Err(format!("line {n}: synset {syn:?} is not a training class")),
+            )),
             None => missing.push(p),
         }
     }
