@@ -85,8 +85,15 @@ pub fn unread_error(mut failed: Vec<Error>, n: usize) -> Error {
 }
 
 /// A folder where an image file was expected (e.g. `predict DIR`) is
-/// called one; other read errors are the OS's.
+/// called one, and so is a link to nothing; other read errors are the OS's.
 fn read_error(path: &Path, e: std::io::Error) -> Error {
+    if let (std::io::ErrorKind::NotFound, Ok(target)) = (e.kind(), std::fs::read_link(path)) {
+        return Error::Data(format!(
+            "{}: a link to {}, which does not exist (a drive or share not mounted?); mount it, or remove the link",
+            path.display(),
+            target.display()
+        ));
+    }
     if path.is_dir() {
         return Error::Data(format!(
             "{}: a folder, not an image file; pass the images in it, e.g. {}",

@@ -264,7 +264,12 @@ impl<'a> Walk<'a> {
             if is_hidden(&path) {
                 continue;
             }
-            if kind == Kind::File && is_image_name(&path) {
+            // A broken link with an image's name is an image that cannot be
+            // read (named, with its target, where unreadable images are),
+            // not a stray file.
+            if kind == Kind::Broken && is_image_name(&path) {
+                self.files.push(path);
+            } else if kind == Kind::File && is_image_name(&path) {
                 if linked {
                     self.claims.linked_file(&path, self.class)?;
                 }
@@ -403,7 +408,9 @@ pub fn image_kinds() -> String {
 pub(super) enum Kind {
     File,
     Dir,
-    /// Anything else: a device, a socket, a broken link.
+    /// A link whose target is not there (a drive or share not mounted).
+    Broken,
+    /// Anything else: a device, a socket.
     Other,
 }
 
@@ -425,8 +432,8 @@ fn read_dir_entries(dir: &Path) -> Result<Vec<(PathBuf, Kind, bool)>> {
         let ty = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
         let path = entry.path();
         let kind = if ty.is_symlink() {
-            // Followed, as `Path::is_dir` does; a broken link is Other.
-            fs::metadata(&path).map_or(Kind::Other, |m| kind_of(m.file_type()))
+            // Followed, as `Path::is_dir` does.
+            fs::metadata(&path).map_or(Kind::Broken, |m| kind_of(m.file_type()))
         } else {
             kind_of(ty)
         };

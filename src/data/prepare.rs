@@ -366,7 +366,9 @@ fn val_items(
         .into_iter()
         // Hidden files are skipped, as in a class folder: a copy made on
         // macOS leaves a `._NAME.JPEG` beside each image.
-        .filter(|(p, k)| *k == Kind::File && is_image_name(p) && !is_hidden(p))
+        .filter(|(p, k)| {
+            matches!(k, Kind::File | Kind::Broken) && is_image_name(p) && !is_hidden(p)
+        })
         .map(|(p, _)| p)
         .collect();
     if files.is_empty() {
