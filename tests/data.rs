@@ -199,10 +199,7 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     let labels: Vec<u32> = f.items().iter().map(|(_, l)| *l).collect();
     assert_eq!(labels, [vec![0; 1], vec![1; 11], vec![2; 3]].concat());
     let ignored: Vec<PathBuf> = f.ignored().iter().map(rel).collect::<Result<_, _>>()?;
-    assert_eq!(
-        ignored,
-        ["cats/anim.gif", "loose.png"].map(PathBuf::from)
-    );
+    assert_eq!(ignored, ["cats/anim.gif", "loose.png"].map(PathBuf::from));
     Ok(())
 }
 

@@ -527,11 +527,27 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     prepare(&o)?;
     assert_eq!(labels_of(&t.path().join("o3/val")), [0, 1, 1]);
 
-    // Errors that say what to pass.
+    // Errors that say what to pass; a flat folder unzipped on macOS (its
+    // __MACOSX/ folder is no class) among them.
     let mut o = opts(&train, &t.path().join("o4"), 8, Encoding::Jpeg);
+    fs::create_dir_all(flat.join("__MACOSX"))?;
     o.val = Some(flat.clone());
     let msg = prepare(&o).expect_err("no labels").to_string();
-    assert!(msg.contains("--val-labels"), "{msg}");
+    assert!(
+        msg.contains("flat val folder") && msg.contains("--val-labels"),
+        "{msg}"
+    );
+    // Class folders with --val-labels: the folders' names are the labels.
+    o.val = Some(t.path().join("val_folders"));
+    o.val_labels = Some(csv.clone());
+    let msg = prepare(&o)
+        .expect_err("labels for class folders")
+        .to_string();
+    assert!(
+        msg.contains("class sub-folders") && msg.contains("leave out --val-labels"),
+        "{msg}"
+    );
+    o.val_labels = None;
     let archive = t.path().join("val.tar");
     fs::write(&archive, "x")?;
     o.val = Some(archive);

@@ -339,7 +339,10 @@ fn val_items(
         .collect();
     // Kinds from the listing: a flat val folder holds 50,000 images.
     let entries = read_dir_sorted(root)?;
-    let has_class_dirs = entries.iter().any(|(_, k)| *k == Kind::Dir);
+    // `__MACOSX/` or `.ipynb_checkpoints/` beside flat images is no class.
+    let has_class_dirs = entries
+        .iter()
+        .any(|(p, k)| *k == Kind::Dir && !is_hidden(p));
     if has_class_dirs && opts.val_labels.is_none() {
         let f = ImageFolder::scan_for(root, "--val")?;
         let mut out = Vec::with_capacity(f.len());
@@ -371,12 +374,25 @@ fn val_items(
         })
         .map(|(p, _)| p)
         .collect();
+    if files.is_empty() && has_class_dirs {
+        return Err(Error::Data(format!(
+            "{}: class sub-folders, whose names label their images, and no images beside them for --val-labels {} to label; leave out --val-labels",
+            root.display(),
+            labels_path.display()
+        )));
+    }
     if files.is_empty() {
         return Err(Error::Data(format!(
             "{}: no {} images",
             root.display(),
             image_kinds()
         )));
+    }
+    if has_class_dirs {
+        tracing::warn!(
+            "{}: --val-labels labels the images directly in it; the images in its sub-folders are not read",
+            root.display()
+        );
     }
     let text = read_text(labels_path)?;
     // Non-blank lines with their numbers in the file, for errors.
