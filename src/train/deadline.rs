@@ -97,6 +97,13 @@ mod tests {
         assert_eq!(ahead(10, 25).needed(), 10.0 * 0.5 + 8.0);
         assert_eq!(ahead(10, 10).needed(), 10.0 * 0.5 + 8.0);
         assert_eq!(ahead(10, 3).needed(), 3.0 * 0.5 + 30.0 + 8.0);
+        // The agreement right after the epoch's last step: no step is left,
+        // the validation and the checkpoints are.
+        assert_eq!(ahead(10, 0).needed(), 30.0 + 8.0);
+        assert_eq!(
+            ahead(10, 0).told(),
+            "the epoch's validation and a checkpoint"
+        );
         assert_eq!(ahead(10, 25).told(), "10 more steps and a checkpoint");
         assert_eq!(
             ahead(10, 3).told(),
