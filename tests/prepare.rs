@@ -1354,6 +1354,32 @@ fn a_full_disk_stops_prepare_with_a_clear_error_and_keeps_the_old_store() -> Tes
     Ok(())
 }
 
+/// A killed prepare's files (a generation never committed) are removed
+/// before the room for a raw store is counted: they would take it, and go
+/// anyway. Here the room check refuses (more links to one picture, as raw
+/// 4096x4096 images, than the disk has room for), and the leftover is gone
+/// nonetheless; the committed store stays.
+#[test]
+fn a_killed_prepares_files_go_before_the_room_is_counted() -> TestResult {
+    let t = TempDir::new()?;
+    let small = t.path().join("small");
+    good_tree(&small, 2, 20, 20)?;
+    let out = t.path().join("out");
+    prepare(&opts(&small, &out, 16, Encoding::Jpeg))?;
+    let committed = read_meta(&out.join("train"))?.generation;
+    let leftover = out.join("train/data-00000000deadbeef.bin");
+    fs::write(&leftover, [0u8; 4096])?;
+    let n = df_free(t.path())? / (4096 * 4096 * 3) + 20;
+    let tree = t.path().join("tree");
+    links(&small.join("n01_cat/0000.JPEG"), &tree, n)?;
+    let flags = ["--size", "4096", "--format", "raw"];
+    refused_for_room(&flags, (&tree, None), &out, n);
+    assert!(!leftover.exists(), "the leftover is still there");
+    assert_eq!(read_meta(&out.join("train"))?.generation, committed);
+    PackedStore::open(&out.join("train"))?.verify()?;
+    Ok(())
+}
+
 /// Bytes free for this user on the disk holding `dir`, as `df` reports it.
 fn df_free(dir: &Path) -> std::result::Result<u64, Box<dyn std::error::Error>> {
     let o = Command::new("df")

@@ -156,6 +156,14 @@ fn remove_other_generations(dir: &Path, keep: Option<&str>) {
     }
 }
 
+/// Remove the files of `dir`'s generations that were never committed (a
+/// prepare killed or out of disk), keeping the committed store's. The
+/// caller holds the folder's lock.
+pub fn remove_leftovers(dir: &Path) {
+    let current = read_meta(dir).ok().map(|m| m.generation);
+    remove_other_generations(dir, current.as_deref());
+}
+
 /// A failed write while building a store: name the file, say that the
 /// committed store is safe, and what to do (a full disk is the usual cause).
 fn write_error(path: &Path, e: std::io::Error) -> Error {
@@ -199,8 +207,7 @@ impl StoreWriter {
     /// until [`StoreWriter::finish`] replaces it.
     pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
         fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
-        let current = read_meta(dir).ok().map(|m| m.generation);
-        remove_other_generations(dir, current.as_deref());
+        remove_leftovers(dir);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -30,7 +30,8 @@ use super::folder::{
 };
 use super::lighting::Pca;
 use super::packed::{
-    is_unfinished_store, read_meta, Encoding, Stats, StoreMeta, StoreWriter, MAX_SIDE,
+    is_unfinished_store, read_meta, remove_leftovers, Encoding, Stats, StoreMeta, StoreWriter,
+    MAX_SIDE,
 };
 use super::store::{balanced_subset, RgbSums};
 use crate::error::{Error, Result};
@@ -175,14 +176,27 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         None => None,
     };
     let val_count = val_items.as_ref().map_or(0, Vec::len);
+    // Two prepares into one folder would delete each other's files. A
+    // killed prepare's files go before the room is counted: they would
+    // take it, and be removed anyway.
+    let lock = match opts.out.is_dir() {
+        true => Some(lock_folder(&opts.out, "another prepare")?),
+        false => None,
+    };
+    remove_leftovers(&opts.out.join("train"));
+    if opts.val.is_some() {
+        remove_leftovers(&opts.out.join("val"));
+    }
     if opts.encoding == Encoding::Raw {
         let each = (opts.size * opts.size * 3) as f64;
         let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
         check_room(&opts.out, each, items.len() + val_count, &basis)?;
     }
-    // Two prepares into one folder would delete each other's files.
     fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let _lock = lock_folder(&opts.out, "another prepare")?;
+    let _lock = match lock {
+        Some(l) => l,
+        None => lock_folder(&opts.out, "another prepare")?,
+    };
     let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later, pair| {
         let to = Target {
             dir: opts.out.join(name),
