@@ -472,20 +472,26 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
     let _ = fs::remove_file(&tmp);
     // A copy (where links are not allowed) is synced before the rename,
     // as a checkpoint is: else a power cut could leave an empty best.
-    fs::hard_link(ckpt, &tmp)
+    let made = fs::hard_link(ckpt, &tmp)
         .or_else(|_| fs::copy(ckpt, &tmp).and_then(|_| fs::File::open(&tmp)?.sync_all()))
-        .map_err(|e| Error::io(&best, e))?;
-    fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))?;
+        .and_then(|()| fs::rename(&tmp, &best));
+    if let Err(e) = made {
+        // A half copy would hold a checkpoint's worth of a full disk.
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(&best, e));
+    }
     sync_dir(&best)
 }
 
 /// Load `path`: a checkpoint file, or a run folder, whose newest checkpoint
-/// is taken. A damaged newest checkpoint is an error that names the newest
-/// one that verifies, for the user to pass instead.
+/// is taken. A damaged checkpoint is an error that names the newest one of
+/// its folder that verifies (`best.safetensors` the last), for the user to
+/// pass instead.
 pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     refuse_slashed_file("--resume", path)?;
     if path.is_file() {
-        return load(path);
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        return load(path).map_err(|e| with_good_one(e, dir.unwrap_or(Path::new(".")), path));
     }
     if !path.is_dir() {
         return Err(Error::Config(format!(
@@ -495,23 +501,37 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     }
     let all = list(path)?;
     let Some((_, newest)) = all.last() else {
+        let best = path.join("best.safetensors");
+        let fix = match load(&best) {
+            Ok(c) => format!(
+                "; its best.safetensors (step {}) is one: --resume {}",
+                c.state.progress.step,
+                best.display()
+            ),
+            Err(_) => String::new(),
+        };
         return Err(Error::Config(format!(
-            "--resume {}: the folder holds no checkpoint (ckpt-*.safetensors)",
+            "--resume {}: the folder holds no checkpoint (ckpt-*.safetensors){fix}",
             path.display()
         )));
     };
-    match load(newest) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            let good = all.iter().rev().skip(1).find(|(_, p)| load(p).is_ok());
-            Err(Error::Data(match good {
-                Some((_, p)) => format!(
-                    "{e}; the previous good checkpoint is {}: resume from it with --resume {} (and delete the damaged file)",
-                    p.display(),
-                    p.display()
-                ),
-                None => format!("{e}; no other checkpoint in {} verifies", path.display()),
-            }))
-        }
-    }
+    load(newest).map_err(|e| with_good_one(e, path, newest))
+}
+
+/// `e`, the error of the damaged checkpoint `damaged`, with the newest
+/// other checkpoint of `dir` that verifies, or `best.safetensors` where
+/// none does (with `--keep 1` it may be the one left).
+fn with_good_one(e: Error, dir: &Path, damaged: &Path) -> Error {
+    let other = |p: &Path| !crate::fsutil::same_file(p, damaged) && load(p).is_ok();
+    let ckpts = list(dir).unwrap_or_default();
+    let good = ckpts.into_iter().rev().map(|(_, p)| p).find(|p| other(p));
+    let good = good.or_else(|| Some(dir.join("best.safetensors")).filter(|b| other(b)));
+    Error::Data(match good {
+        Some(p) => format!(
+            "{e}; the newest good checkpoint is {}: resume from it with --resume {} (and delete the damaged file)",
+            p.display(),
+            p.display()
+        ),
+        None => format!("{e}; no other checkpoint in {} verifies", dir.display()),
+    })
 }

@@ -147,6 +147,16 @@ pub fn refuse_file_in_the_way(dir: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// `a` and `b` name the same file: one path through symbolic links or
+/// `..`, or two hard links (as `best.safetensors` is to its checkpoint).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Refuse, before anything is written, a target that is a folder or whose
 /// folder does not exist (the OS would name the temporary file instead).
 pub fn check_target(path: &Path) -> Result<()> {

@@ -137,6 +137,9 @@ impl MetricsWriter {
         for s in history {
             text.push_str(&row_text(format, s, epoch_csv)?);
         }
+        if let Some(last) = resume_step {
+            keep_edited_epochs_aside(&epochs_path, &text, last)?;
+        }
         write_atomic(&epochs_path, text.as_bytes())?;
         let append = |p: &Path| {
             OpenOptions::new()
@@ -266,11 +269,7 @@ fn keep_unread_aside(path: &Path, unread: &[usize], last: u64) -> Result<()> {
     let Some(first) = unread.first() else {
         return Ok(());
     };
-    let aside = path.with_extension(format!(
-        "{}.before-resume-{last}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("log")
-    ));
-    std::fs::copy(path, &aside).map_err(|e| Error::io(&aside, e))?;
+    let aside = keep_aside(path, last)?;
     tracing::warn!(
         "{}: {} lines do not read as step rows (line {first} the first; edited by hand?); the file as it was is kept as {}, and the log goes on with the rows that do",
         path.display(),
@@ -278,4 +277,42 @@ fn keep_unread_aside(path: &Path, unread: &[usize], last: u64) -> Result<()> {
         aside.display()
     );
     Ok(())
+}
+
+/// The epoch log is rewritten from the checkpoint's history on a resume:
+/// a file that is neither the start of `text` (cut short) nor `text` with
+/// rows after it (epochs past the checkpoint) was edited, and is kept
+/// beside it first, as the step log is.
+fn keep_edited_epochs_aside(path: &Path, text: &str, last: u64) -> Result<()> {
+    let was = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if was.starts_with(text) || text.starts_with(&was) {
+        return Ok(());
+    }
+    let aside = keep_aside(path, last)?;
+    tracing::warn!(
+        "{}: its rows are not the checkpoint's epochs (edited by hand?); the file as it was is kept as {}, and the log is written again from the checkpoint",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+/// A durable copy of `path` as `NAME.before-resume-STEP` (then `-2`, `-3`
+/// ... where one is there from an earlier resume at the same step).
+fn keep_aside(path: &Path, last: u64) -> Result<PathBuf> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("log");
+    let aside = (1..)
+        .map(|k| match k {
+            1 => path.with_extension(format!("{ext}.before-resume-{last}")),
+            k => path.with_extension(format!("{ext}.before-resume-{last}-{k}")),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.with_extension(format!("{ext}.before-resume")));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    write_atomic(&aside, &bytes)?;
+    Ok(aside)
 }

@@ -419,12 +419,29 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
         assert!(!o.status.success(), "{what}: resumed from a damaged file");
         assert!(
             err.contains(&format!(
-                "the previous good checkpoint is {}",
+                "the newest good checkpoint is {}",
                 previous.display()
             )),
             "{what}: {err}"
         );
+        // The damaged file named itself: the same way on.
+        let o = run(&resume_args(&newest));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let named = format!("the newest good checkpoint is {}", previous.display());
+        assert!(!o.status.success() && err.contains(&named), "{what}: {err}");
     }
+    // A folder holding only best.safetensors (its checkpoints removed) names it.
+    let only_best = t.path().join("only-best");
+    std::fs::create_dir_all(&only_best).unwrap();
+    std::fs::copy(&previous, only_best.join("best.safetensors")).unwrap();
+    let o = run(&resume_args(&only_best));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let best = only_best.join("best.safetensors");
+    assert!(
+        err.contains("holds no checkpoint")
+            && err.contains(&format!("is one: --resume {}", best.display())),
+        "{err}"
+    );
     // Resuming from the named one works.
     std::fs::write(&newest, &good).unwrap();
     checkpoint::load(&newest).expect("restored file verifies");
@@ -456,6 +473,30 @@ fn a_run_folder_is_never_shared_by_two_runs() {
         err.contains("already holds a run") && !err.contains("no-such-data"),
         "{err}"
     );
+    // Its checkpoints removed to save space, its results kept: a fresh run
+    // there would replace best.safetensors and the epoch log, so it is
+    // refused too, and they stay as they were.
+    for (_, p) in checkpoint::list(&out).unwrap() {
+        std::fs::remove_file(p).unwrap();
+    }
+    let kept = ["best.safetensors", "epochs.csv", "steps.csv"]
+        .map(|f| std::fs::read(out.join(f)).unwrap());
+    let o = run(&train_args(&d, &out, 1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("holds an earlier run's results"),
+        "{err}"
+    );
+    assert!(
+        err.contains("best.safetensors") && err.contains("another --out"),
+        "{err}"
+    );
+    for (f, bytes) in ["best.safetensors", "epochs.csv", "steps.csv"]
+        .iter()
+        .zip(kept)
+    {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), bytes, "{f} changed");
+    }
 
     // While a run trains, a second process is refused, fresh or resuming,
     // and the running one's files are left alone; once it has stopped, the
@@ -581,7 +622,8 @@ fn a_resume_over_a_step_log_cut_short_names_the_missing_steps() {
 
 /// A step log saved by a spreadsheet (`;` between fields) reads as no
 /// rows: the resume keeps the file as it was beside the new one, says so,
-/// and the log goes on from the checkpoint.
+/// and the log goes on from the checkpoint. The same for the epoch log,
+/// which a resume writes again from the checkpoint.
 #[test]
 fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
     let t = tempfile::tempdir().unwrap();
@@ -591,6 +633,10 @@ fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
     let path = a.join("steps.csv");
     let edited = std::fs::read_to_string(&path).unwrap().replace(',', ";");
     std::fs::write(&path, &edited).unwrap();
+    // The epoch log too: it is written again from the checkpoint's history.
+    let epochs = a.join("epochs.csv");
+    let edited_epochs = std::fs::read_to_string(&epochs).unwrap().replace(',', ";");
+    std::fs::write(&epochs, &edited_epochs).unwrap();
     let mut more = resume_args(&a);
     more.extend(["--epochs".into(), "2".into()]);
     let o = run(&more);
@@ -603,6 +649,12 @@ fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&aside).unwrap(), edited);
+    let epochs_aside = a.join("epochs.csv.before-resume-20");
+    assert!(err.contains(&epochs_aside.display().to_string()), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&epochs_aside).unwrap(),
+        edited_epochs
+    );
     let steps: Vec<u64> = lrs(&a).into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, (21..=40).collect::<Vec<u64>>());
 }
@@ -1783,6 +1835,41 @@ fn resuming_from_an_older_checkpoint_sets_the_later_ones_aside() {
         // The closing lines name the folder as a command can take it.
         assert!(!said.contains("''"), "bare {bare}: {said}");
     }
+}
+
+/// The set-aside copies the metrics before it moves a checkpoint: when the
+/// copy fails (here past a 1 KiB file-size limit, SIGXFSZ ignored, as a
+/// full disk would), every later checkpoint is still in the run folder and
+/// no half-filled aside folder is left, so the same resume, run again once
+/// there is room, sets the whole history aside.
+#[test]
+fn a_set_aside_that_cannot_copy_the_metrics_moves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let out = run_keeping_every_checkpoint(t.path());
+    let before = checkpoint::list(&out).unwrap();
+    let at = (STEPS / EPOCHS) as u64;
+    let from = out.join(checkpoint::checkpoint_name(at));
+    let mut r = resume_args(&from);
+    r.extend(["--epochs", "2", "--lr", "0.00125"].map(String::from));
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(&r)
+        .output()
+        .expect("run alexnet-cuda under bash");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the copy past 1 KiB succeeded: {err}");
+    assert!(err.contains("steps.csv"), "{err}");
+    assert_eq!(checkpoint::list(&out).unwrap(), before);
+    let aside = out.join(format!("replaced-after-step-{at}"));
+    assert!(!aside.exists(), "a half-filled aside folder is left");
+    let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    run_ok(&r);
+    assert_eq!(
+        std::fs::read_to_string(aside.join("steps.csv")).unwrap(),
+        steps
+    );
 }
 
 /// Resumed from a checkpoint older than the folder's best, the best moves

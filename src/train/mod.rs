@@ -183,7 +183,10 @@ impl<'a> Trainer<'a> {
         if let (Err(_), Err(e)) = (&ran, &wrote) {
             warn!("{e}");
         }
-        ran.and(wrote)?;
+        ran.and(wrote).map_err(|e| match &self.run_dir {
+            Some(d) => d.after_failure(e),
+            None => e,
+        })?;
         Ok(self.report)
     }
 

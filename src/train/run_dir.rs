@@ -118,11 +118,16 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
         .find(|p| !p.exists())
         .unwrap_or_else(|| dir.join("replaced"));
     std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
-    for p in &later {
+    // The metrics first: once the checkpoints are moved, a resume stopped
+    // here finds nothing later and would cut the files back uncopied.
+    if let Err(e) = copy_metrics(dir, &aside).and_then(|()| fsutil::sync_dir(&aside.join("x"))) {
+        let _ = std::fs::remove_dir_all(&aside);
+        return Err(e);
+    }
+    for p in later.iter().rev() {
         let name = p.file_name().unwrap_or_default();
         std::fs::rename(p, aside.join(name)).map_err(|e| Error::io(p, e))?;
     }
-    copy_metrics(dir, &aside)?;
     fsutil::sync_dir(&aside.join("x"))?;
     fsutil::sync_dir(&aside)?;
     warn!(
@@ -201,17 +206,40 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
     Ok(())
 }
 
-/// A fresh run never writes into another run's folder.
+/// A fresh run never writes into another run's folder, nor over the
+/// results of one whose checkpoints were removed (its best.safetensors and
+/// epoch log would be replaced).
 fn refuse_existing_run(dir: &Path) -> Result<()> {
-    match checkpoint::list(dir)?.last() {
-        Some((_, p)) => Err(Error::Config(format!(
+    if let Some((_, p)) = checkpoint::list(dir)?.last() {
+        return Err(Error::Config(format!(
             "{} already holds a run ({}); continue it with --resume {} or pass another --out",
             dir.display(),
             p.display(),
             shell::word(dir)
+        )));
+    }
+    match earlier_results(dir) {
+        Some(f) => Err(Error::Config(format!(
+            "{} holds an earlier run's results ({}) and no checkpoint to continue; a new run would replace them: pass another --out, or move them away",
+            dir.display(),
+            f.display()
         ))),
         None => Ok(()),
     }
+}
+
+/// A run's results in `dir`: its best.safetensors, or an epoch log with
+/// an epoch in it (a run stopped before its first checkpoint has none).
+fn earlier_results(dir: &Path) -> Option<PathBuf> {
+    let best = dir.join("best.safetensors");
+    if best.exists() {
+        return Some(best);
+    }
+    [(MetricsFormat::Csv, 1), (MetricsFormat::Jsonl, 0)]
+        .into_iter()
+        .map(|(f, header)| (dir.join(format!("epochs.{}", f.ext())), header))
+        .find(|(p, header)| std::fs::read_to_string(p).is_ok_and(|t| t.lines().count() > *header))
+        .map(|(p, _)| p)
 }
 
 /// Refuse a run whose checkpoints would not fit on the run folder's disk:
@@ -388,17 +416,7 @@ impl RunDir {
                 fix: self.after_divergence(lr),
             };
         }
-        let fix = way_on(&e);
-        let then = match &self.last {
-            Some(p) => format!(
-                "the previous checkpoint {} is intact: {fix} and continue with `alexnet-cuda train --resume {}`",
-                p.display(),
-                self.resume_arg(p)
-            ),
-            None => format!(
-                "no checkpoint of this run was written yet: {fix} and run the same command again"
-            ),
-        };
+        let then = self.then(&e, "the previous checkpoint");
         // The OS's reason alone: the fix that follows is this one's.
         let why = match e {
             Error::Io { err, .. } => err.to_string(),
@@ -408,6 +426,37 @@ impl RunDir {
             "could not write checkpoint {} ({why}); {then}",
             path.display()
         ))
+    }
+
+    /// After a failed write `e`: which checkpoint (`which`) is whole, and
+    /// the way on from it.
+    fn then(&self, e: &Error, which: &str) -> String {
+        let fix = way_on(e);
+        match &self.last {
+            Some(p) => format!(
+                "{which} {} is intact: {fix} and continue with `alexnet-cuda train --resume {}`",
+                p.display(),
+                self.resume_arg(p)
+            ),
+            None => format!(
+                "no checkpoint of this run was written yet: {fix} and run the same command again"
+            ),
+        }
+    }
+
+    /// A run stopped by a failed write in its folder other than a
+    /// checkpoint's (the metrics files, TensorBoard's, best.safetensors,
+    /// pruning): the same way on as after a checkpoint's. Other errors are
+    /// left as they are.
+    pub fn after_failure(&self, e: Error) -> Error {
+        match &e {
+            Error::Io { path, err } if path.starts_with(&self.dir) => Error::Data(format!(
+                "could not write {} ({err}); {}",
+                path.display(),
+                self.then(&e, "the run's last checkpoint")
+            )),
+            _ => e,
+        }
     }
 
     /// How to go on after the run diverged at learning rate `lr`: at a
@@ -446,7 +495,7 @@ impl RunDir {
     fn resume_arg(&self, ckpt: &Path) -> String {
         let newest = checkpoint::list(&self.dir).ok().and_then(|mut l| l.pop());
         match newest {
-            Some((_, p)) if same(&p, ckpt) => shell::word(&self.dir),
+            Some((_, p)) if fsutil::same_file(&p, ckpt) => shell::word(&self.dir),
             _ => shell::word(ckpt),
         }
     }
@@ -496,16 +545,6 @@ fn way_on(e: &Error) -> &'static str {
         ErrorKind::PermissionDenied => "let this user write in the run folder",
         ErrorKind::ReadOnlyFilesystem => "make its file system writable",
         _ => "fix that",
-    }
-}
-
-/// `a` and `b` name the same file: one path through symbolic links or
-/// `..`, or two hard links (as `best.safetensors` is to its checkpoint).
-fn same(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
     }
 }
 
