@@ -519,13 +519,27 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
 }
 
 /// `e`, the error of the damaged checkpoint `damaged`, with the newest
-/// other checkpoint of `dir` that verifies, or `best.safetensors` where
-/// none does (with `--keep 1` it may be the one left).
+/// other checkpoint of `dir` that verifies, up to `damaged`'s step where
+/// it is one of the folder's (a resume from an older step goes back no
+/// further than asked), or `best.safetensors` where none does (with
+/// `--keep 1` it may be the one left). Other errors (a file that cannot be
+/// read, another program's safetensors) are left as they are.
 fn with_good_one(e: Error, dir: &Path, damaged: &Path) -> Error {
-    let other = |p: &Path| !crate::fsutil::same_file(p, damaged) && load(p).is_ok();
+    let foreign = read_header(damaged).is_some_and(|h| h["__metadata__"]["format"] != FORMAT);
+    if !matches!(e, Error::Data(_)) || foreign {
+        return e;
+    }
     let ckpts = list(dir).unwrap_or_default();
-    let good = ckpts.into_iter().rev().map(|(_, p)| p).find(|p| other(p));
-    let good = good.or_else(|| Some(dir.join("best.safetensors")).filter(|b| other(b)));
+    let upto = ckpts
+        .iter()
+        .find(|(_, p)| crate::fsutil::same_file(p, damaged))
+        .map_or(u64::MAX, |(s, _)| *s);
+    let other = |p: &Path| !crate::fsutil::same_file(p, damaged) && load(p).is_ok();
+    let older = ckpts.into_iter().rev().filter(|(s, _)| *s <= upto);
+    let good = older.map(|(_, p)| p).find(|p| other(p));
+    let best = dir.join("best.safetensors");
+    let best_ok = step_of(&best).is_some_and(|s| s <= upto) && other(&best);
+    let good = good.or_else(|| best_ok.then_some(best));
     Error::Data(match good {
         Some(p) => format!(
             "{e}; the newest good checkpoint is {}: resume from it with --resume {} (and delete the damaged file)",

@@ -430,6 +430,19 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
         let named = format!("the newest good checkpoint is {}", previous.display());
         assert!(!o.status.success() && err.contains(&named), "{what}: {err}");
     }
+    // An older checkpoint named and damaged: the way back goes no later
+    // than it (the run's first), not to the newest.
+    let first = all[0].1.clone();
+    let was = std::fs::read(&previous).unwrap();
+    let mut bad = was.clone();
+    let at = bad.len() - 1000;
+    bad[at] ^= 0x10;
+    std::fs::write(&previous, &bad).unwrap();
+    let o = run(&resume_args(&previous));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let named = format!("the newest good checkpoint is {}", first.display());
+    assert!(!o.status.success() && err.contains(&named), "{err}");
+    std::fs::write(&previous, &was).unwrap();
     // A folder holding only best.safetensors (its checkpoints removed) names it.
     let only_best = t.path().join("only-best");
     std::fs::create_dir_all(&only_best).unwrap();
@@ -497,6 +510,11 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     {
         assert_eq!(std::fs::read(out.join(f)).unwrap(), bytes, "{f} changed");
     }
+    // Without best.safetensors the epoch log alone is what a first
+    // checkpoint that failed leaves, whose error says to run the same
+    // command again: that works.
+    std::fs::remove_file(out.join("best.safetensors")).unwrap();
+    run_ok(&train_args(&d, &out, 1));
 
     // While a run trains, a second process is refused, fresh or resuming,
     // and the running one's files are left alone; once it has stopped, the

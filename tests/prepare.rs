@@ -634,6 +634,17 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let r = prepare(&o)?;
     assert_eq!(r.val.as_ref().map(|v| v.count), Some(2));
     assert_eq!(labels_of(&t.path().join("o4/val")), [1, 0]);
+    // The same without a header, its first line of a class not trained:
+    // that line is no header, and the rest are read.
+    fs::write(
+        &csv,
+        "ILSVRC2012_val_00000002,n03_cow\n\
+         ILSVRC2012_val_00000001,n02_dog\n\
+         ILSVRC2012_val_00000003,n01_cat\n",
+    )?;
+    let r = prepare(&o)?;
+    assert_eq!(r.val.as_ref().map(|v| v.count), Some(2));
+    assert_eq!(labels_of(&t.path().join("o4/val")), [1, 0]);
     Ok(())
 }
 

@@ -74,9 +74,10 @@ fn per_step(opts: &TrainOptions) -> (Vec<Step>, Vec<(f64, f64)>) {
     let mut net: Box<dyn Model> =
         Box::new(Network::new(&be, &topo, opts.run.batch, opts.run.seed).expect("net"));
     let (mut steps, mut epochs) = (Vec::new(), Vec::new());
-    // The rate as PyTorch's schedulers keep it: the decimal given, divided
-    // in double precision, used as the nearest f32 (0.02 / 10 is 0.002,
-    // not the 1.9999999e-3 of an f32 division).
+    // The rate as PyTorch's schedulers keep it: the decimal given, in
+    // double precision (they multiply by 0.1; here 0.02 / 10 and 0.02 * 0.1
+    // are the same double), used as the nearest f32: 0.002, not the
+    // 1.9999999e-3 of an f32 division.
     let mut lr64: f64 = opts.run.lr.to_string().parse().unwrap();
     let mut lr = opts.run.lr;
     let per_epoch = data.train_idx.len() / opts.run.batch;

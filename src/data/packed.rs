@@ -157,10 +157,15 @@ fn remove_other_generations(dir: &Path, keep: Option<&str>) {
 }
 
 /// Remove the files of `dir`'s generations that were never committed (a
-/// prepare killed or out of disk), keeping the committed store's. The
-/// caller holds the folder's lock.
+/// prepare killed or out of disk), keeping the committed store's. A
+/// meta.json that is there but cannot be read (another version's, or an
+/// I/O error) leaves everything as it is. The caller holds the lock.
 pub fn remove_leftovers(dir: &Path) {
-    let current = read_meta(dir).ok().map(|m| m.generation);
+    let current = match read_meta(dir) {
+        Ok(m) => Some(m.generation),
+        Err(_) if dir.join("meta.json").exists() => return,
+        Err(_) => None,
+    };
     remove_other_generations(dir, current.as_deref());
 }
 

@@ -545,14 +545,15 @@ type CsvLabels = HashMap<String, (Option<u32>, usize, String)>;
 
 /// A `file,synset` CSV: the file with or without extension; the synset may
 /// be followed by more fields or boxes (Kaggle's `LOC_val_solution.csv`,
-/// whose header line is skipped). Each file stem's label; a stem labelled
+/// whose header line names no image, so it labels none). Each file stem's
+/// label; a stem labelled
 /// twice with different synsets is refused.
 fn csv_labels(
     lines: &[(usize, &str)],
     index: &HashMap<&str, u32>,
 ) -> std::result::Result<CsvLabels, String> {
     let mut by_name = CsvLabels::new();
-    for (k, &(n, line)) in lines.iter().enumerate() {
+    for &(n, line) in lines {
         let Some((file, rest)) = line.split_once(',') else {
             return Err(format!("line {n}: expected `file,synset`"));
         };
@@ -560,11 +561,9 @@ fn csv_labels(
             .split(|c: char| c == ',' || c.is_whitespace())
             .find(|s| !s.is_empty())
             .unwrap_or("");
+        // A header line (`ImageId,PredictionString`) is not a synset: it
+        // names no file, so it is kept like a line of another class.
         let l = index.get(syn).copied();
-        // A header line (`ImageId,PredictionString`) is not a synset.
-        if l.is_none() && k == 0 {
-            continue;
-        }
         let file = file.trim();
         match by_name.insert(stem(file), (l, n, syn.to_string())) {
             Some((_, m, other)) if other != syn => {

@@ -41,8 +41,8 @@ pub struct TrainData {
     /// RGB covariance of the training pixels, 0..255 units.
     pub cov: Option<[[f64; 3]; 3]>,
     /// `names_digest` of the validation images, kept so `eval --held-out`
-    /// finds the same ones; None for a resumed run (its checkpoint keeps
-    /// its own) and for a store without a source list.
+    /// finds the same ones and a resume validates on them
+    /// (`setup::check_resume`); None for a store without a source list.
     pub val_digest: Option<u32>,
 }
 
@@ -129,10 +129,8 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let set = Arc::new(ImageSet::build(&folder, &build)?);
     let (train_idx, val_idx) = set.split(opts.run.val, opts.run.seed);
     warn_of_copies(&folder, &set, opts.run.limit, [&train_idx, &val_idx]);
-    let val_digest = val_digest(opts, root, || {
-        let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
-        Ok(folder_digest(&folder, &val_files))
-    })?;
+    let val_files = held_out_files(&folder, opts.run.limit, opts.run.val, opts.run.seed);
+    let val_digest = Some(folder_digest(&folder, &val_files));
     let (mean, std) = set.channel_stats(&train_idx);
     let cov = set.rgb_moments(&train_idx).map(|(_, c)| c);
     let set: Arc<dyn ImageSource> = set;
@@ -169,30 +167,6 @@ fn warn_of_copies(
         .map(|i| pixel_hash(set.image(i)))
         .collect();
     warn_in_folder(folder.root(), &items, &hashes, split);
-}
-
-/// The validation images' digest (None where it cannot be read: a store
-/// without its source list). A resume whose validation images (those of
-/// `what`) are not the ones its run validated on is refused: the run's
-/// best error and its plateaus compare epochs on the same images.
-fn val_digest(
-    opts: &TrainOptions,
-    what: &Path,
-    digest: impl FnOnce() -> Result<u32>,
-) -> Result<Option<u32>> {
-    let now = digest().ok();
-    let Some(ck) = &opts.resume else {
-        return Ok(now);
-    };
-    match (ck.state.val_digest, now) {
-        (Some(was), Some(now)) if was != now => Err(Error::Config(format!(
-            "--resume {}: the validation images of {} are not the ones the run validated on (other images, labels or split: digest {now:08x}, the run's {was:08x}), and its best error and learning-rate plateaus compare epochs on the same images; resume with the data as it was, or start a new run from these weights with --init-from {}",
-            ck.path.display(),
-            what.display(),
-            ck.path.display()
-        ))),
-        _ => Ok(now),
-    }
 }
 
 /// How the data `now` (classes, training images after any held-out
@@ -269,14 +243,14 @@ fn load_store(
         Some(v) => {
             let vs = open_val_store(train_dir, &v, &meta)?;
             let all: Vec<usize> = (0..vs.len()).collect();
-            let digest = val_digest(opts, &v, || store_digest(&vs, &all))?;
+            let digest = store_digest(&vs, &all).ok();
             ((0..train.len()).collect(), Arc::new(vs) as _, all, digest)
         }
         None => {
             check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
-            let digest = val_digest(opts, train_dir, || store_digest(&store, &v))?;
+            let digest = store_digest(&store, &v).ok();
             (t, Arc::clone(&train), v, digest)
         }
     };

@@ -207,8 +207,8 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
 }
 
 /// A fresh run never writes into another run's folder, nor over the
-/// results of one whose checkpoints were removed (its best.safetensors and
-/// epoch log would be replaced).
+/// results of one whose checkpoints were removed (its best.safetensors, and
+/// its metrics files, would be replaced).
 fn refuse_existing_run(dir: &Path) -> Result<()> {
     if let Some((_, p)) = checkpoint::list(dir)?.last() {
         return Err(Error::Config(format!(
@@ -228,18 +228,11 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
     }
 }
 
-/// A run's results in `dir`: its best.safetensors, or an epoch log with
-/// an epoch in it (a run stopped before its first checkpoint has none).
+/// A run's results in `dir`: its best.safetensors. An epoch log alone is
+/// not (a first checkpoint that failed or was killed leaves one, and its
+/// error says to run the same command again).
 fn earlier_results(dir: &Path) -> Option<PathBuf> {
-    let best = dir.join("best.safetensors");
-    if best.exists() {
-        return Some(best);
-    }
-    [(MetricsFormat::Csv, 1), (MetricsFormat::Jsonl, 0)]
-        .into_iter()
-        .map(|(f, header)| (dir.join(format!("epochs.{}", f.ext())), header))
-        .find(|(p, header)| std::fs::read_to_string(p).is_ok_and(|t| t.lines().count() > *header))
-        .map(|(p, _)| p)
+    Some(dir.join("best.safetensors")).filter(|b| b.exists())
 }
 
 /// Refuse a run whose checkpoints would not fit on the run folder's disk:
@@ -450,13 +443,24 @@ impl RunDir {
     /// left as they are.
     pub fn after_failure(&self, e: Error) -> Error {
         match &e {
-            Error::Io { path, err } if path.starts_with(&self.dir) => Error::Data(format!(
+            Error::Io { path, err } if self.holds(path) => Error::Data(format!(
                 "could not write {} ({err}); {}",
                 path.display(),
                 self.then(&e, "the run's last checkpoint")
             )),
             _ => e,
         }
+    }
+
+    /// `path` is a file of the run folder (a bare name is one of the
+    /// current folder's, as a folder given as "" is the current one).
+    fn holds(&self, path: &Path) -> bool {
+        let here = |d: &Path| match d.as_os_str().is_empty() {
+            true => PathBuf::from("."),
+            false => d.to_path_buf(),
+        };
+        path.parent()
+            .is_some_and(|p| fsutil::same_file(&here(p), &here(&self.dir)))
     }
 
     /// How to go on after the run diverged at learning rate `lr`: at a

@@ -118,6 +118,18 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
     if let Some(diff) = data_difference((&st.classes, st.train_images), now) {
         return Err(resume_mismatch(ck, &opts.data, &diff));
     }
+    // The run's best error and its plateaus compare epochs on the same
+    // validation images.
+    if let (Some(was), Some(now)) = (st.val_digest, data.val_digest) {
+        if was != now {
+            return Err(Error::Config(format!(
+                "--resume {}: the validation images of {} are not the ones the run validated on (other images, labels or split: digest {now:08x}, the run's {was:08x}), and its best error and learning-rate plateaus compare epochs on the same images; resume with the data as it was, or start a new run from these weights with --init-from {}",
+                ck.path.display(),
+                opts.data.display(),
+                ck.path.display()
+            )));
+        }
+    }
     if st.net != *spec {
         return Err(Error::Config(format!(
             "--resume {}: the checkpoint's network is {:?}, not {:?}",
