@@ -178,7 +178,16 @@ fn refuse_slashed_file(flag: &str, path: &Path) -> Result<()> {
 
 /// [`load`] of what `--checkpoint` names ([`resolve`]).
 pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
-    load(&resolve(path)?)
+    let file = resolve(path)?;
+    load(&file).map_err(|e| with_good_one(e, &folder_of(&file), &file, "--checkpoint"))
+}
+
+/// The folder holding `file` ("." for a bare name).
+fn folder_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
@@ -490,8 +499,7 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
 pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     refuse_slashed_file("--resume", path)?;
     if path.is_file() {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        return load(path).map_err(|e| with_good_one(e, dir.unwrap_or(Path::new(".")), path));
+        return load(path).map_err(|e| with_good_one(e, &folder_of(path), path, "--resume"));
     }
     if !path.is_dir() {
         return Err(Error::Config(format!(
@@ -515,16 +523,17 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
             path.display()
         )));
     };
-    load(newest).map_err(|e| with_good_one(e, path, newest))
+    load(newest).map_err(|e| with_good_one(e, path, newest, "--resume"))
 }
 
-/// `e`, the error of the damaged checkpoint `damaged`, with the newest
-/// other checkpoint of `dir` that verifies, up to `damaged`'s step where
-/// it is one of the folder's (a resume from an older step goes back no
-/// further than asked), or `best.safetensors` where none does (with
-/// `--keep 1` it may be the one left). Other errors (a file that cannot be
-/// read, another program's safetensors) are left as they are.
-fn with_good_one(e: Error, dir: &Path, damaged: &Path) -> Error {
+/// `e`, the error of the damaged checkpoint `damaged` (given with `flag`),
+/// with the newest other checkpoint of `dir` that verifies, up to
+/// `damaged`'s step where it is one of the folder's (a resume from an older
+/// step goes back no further than asked), or `best.safetensors` where none
+/// does (with `--keep 1` it may be the one left). Other errors (a file
+/// that cannot be read, another program's safetensors) are left as they
+/// are.
+fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
     let foreign = read_header(damaged).is_some_and(|h| h["__metadata__"]["format"] != FORMAT);
     if !matches!(e, Error::Data(_)) || foreign {
         return e;
@@ -542,7 +551,7 @@ fn with_good_one(e: Error, dir: &Path, damaged: &Path) -> Error {
     let good = good.or_else(|| best_ok.then_some(best));
     Error::Data(match good {
         Some(p) => format!(
-            "{e}; the newest good checkpoint is {}: resume from it with --resume {} (and delete the damaged file)",
+            "{e}; the newest good checkpoint is {}: pass it with {flag} {} (and delete the damaged file)",
             p.display(),
             p.display()
         ),

@@ -424,11 +424,17 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
             )),
             "{what}: {err}"
         );
-        // The damaged file named itself: the same way on.
+        // The damaged file named itself: the same way on, and so for a
+        // command that reads it with --checkpoint.
         let o = run(&resume_args(&newest));
         let err = String::from_utf8_lossy(&o.stderr);
         let named = format!("the newest good checkpoint is {}", previous.display());
         assert!(!o.status.success() && err.contains(&named), "{what}: {err}");
+        let (ck, data) = (newest.display().to_string(), d.display().to_string());
+        let o = run(&["eval", "--cpu", "--checkpoint", &ck, "--data", &data].map(String::from));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let pass = format!("pass it with --checkpoint {}", previous.display());
+        assert!(!o.status.success() && err.contains(&pass), "{what}: {err}");
     }
     // An older checkpoint named and damaged: the way back goes no later
     // than it (the run's first), not to the newest.
