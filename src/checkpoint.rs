@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
-use crate::fsutil::{sync_dir, temp_path};
+use crate::fsutil::{folder_of, same_file, sync_dir, temp_path};
 use crate::model::net::Network;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
@@ -179,15 +179,7 @@ fn refuse_slashed_file(flag: &str, path: &Path) -> Result<()> {
 /// [`load`] of what `--checkpoint` names ([`resolve`]).
 pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
     let file = resolve(path)?;
-    load(&file).map_err(|e| with_good_one(e, &folder_of(&file), &file, "--checkpoint"))
-}
-
-/// The folder holding `file` ("." for a bare name).
-fn folder_of(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    load(&file).map_err(|e| with_good_one(e, folder_of(&file), &file, "--checkpoint"))
 }
 
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
@@ -499,7 +491,7 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
 pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     refuse_slashed_file("--resume", path)?;
     if path.is_file() {
-        return load(path).map_err(|e| with_good_one(e, &folder_of(path), path, "--resume"));
+        return load(path).map_err(|e| with_good_one(e, folder_of(path), path, "--resume"));
     }
     if !path.is_dir() {
         return Err(Error::Config(format!(
@@ -541,9 +533,9 @@ fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
     let ckpts = list(dir).unwrap_or_default();
     let upto = ckpts
         .iter()
-        .find(|(_, p)| crate::fsutil::same_file(p, damaged))
+        .find(|(_, p)| same_file(p, damaged))
         .map_or(u64::MAX, |(s, _)| *s);
-    let other = |p: &Path| !crate::fsutil::same_file(p, damaged) && load(p).is_ok();
+    let other = |p: &Path| !same_file(p, damaged) && load(p).is_ok();
     let older = ckpts.into_iter().rev().filter(|(s, _)| *s <= upto);
     let good = older.map(|(_, p)| p).find(|p| other(p));
     let best = dir.join("best.safetensors");

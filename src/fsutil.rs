@@ -77,13 +77,23 @@ pub fn remove_abandoned_temps(dir: &Path, of: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `dir`, or "." where it is "" (the folder of a bare file name).
+pub fn dir_or_here(dir: &Path) -> &Path {
+    match dir.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => dir,
+    }
+}
+
+/// The folder holding `path` ("." for a bare name).
+pub fn folder_of(path: &Path) -> &Path {
+    dir_or_here(path.parent().unwrap_or(Path::new("")))
+}
+
 /// [`remove_abandoned_temps`] for `path`'s own temporary files, before a
 /// new one is written; a failure only warns, as the write can go on.
 pub fn sweep_before_writing(path: &Path) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(path);
     let name = path.file_name().and_then(|n| n.to_str());
     if let Some(name) = name {
         if let Err(e) = remove_abandoned_temps(dir, Some(name)) {
@@ -227,10 +237,7 @@ pub fn write_csv(
 
 /// fsync the folder holding `path`, making a rename or create in it durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(path);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))

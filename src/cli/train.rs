@@ -480,11 +480,7 @@ fn recipe(r: RecipeFlag, topo: &Topology) -> Result<InitRecipe> {
 fn run_folder(args: &TrainArgs, topo: &Topology, resume: Option<&Checkpoint>) -> PathBuf {
     match (resume, &args.out) {
         // A bare file name's parent is "", which names no folder to scan.
-        (Some(ck), _) => ck
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), PathBuf::from),
+        (Some(ck), _) => alexnet_cuda::fsutil::folder_of(&ck.path).to_path_buf(),
         (None, Some(o)) => o.clone(),
         (None, None) => default_run_dir(if args.demo { "demo" } else { &topo.name }),
     }

@@ -455,12 +455,8 @@ impl RunDir {
     /// `path` is a file of the run folder (a bare name is one of the
     /// current folder's, as a folder given as "" is the current one).
     fn holds(&self, path: &Path) -> bool {
-        let here = |d: &Path| match d.as_os_str().is_empty() {
-            true => PathBuf::from("."),
-            false => d.to_path_buf(),
-        };
-        path.parent()
-            .is_some_and(|p| fsutil::same_file(&here(p), &here(&self.dir)))
+        let (folder, run) = (fsutil::folder_of(path), fsutil::dir_or_here(&self.dir));
+        fsutil::same_file(folder, run)
     }
 
     /// How to go on after the run diverged at learning rate `lr`: at a
