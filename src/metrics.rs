@@ -111,8 +111,9 @@ impl MetricsWriter {
         let epochs_path = dir.join(format!("epochs.{}", format.ext()));
         let kept: Vec<StepRow> = match resume_step {
             Some(last) => {
-                let (rows, unread) = read_step_lines(&steps_path, format)?;
-                keep_unread_aside(&steps_path, &unread, last)?;
+                let bytes = read_if_there(&steps_path)?.unwrap_or_default();
+                let (rows, unread) = step_lines(&String::from_utf8_lossy(&bytes), format);
+                keep_unread_aside(&steps_path, &bytes, &unread, last)?;
                 rows.into_iter().filter(|r| r.step <= last).collect()
             }
             None => Vec::new(),
@@ -232,17 +233,23 @@ fn row_text<T: Serialize>(format: MetricsFormat, r: &T, csv: fn(&T) -> String) -
 /// The step rows of a metrics file; lines that do not parse (the header, a
 /// line cut short by a kill) are skipped. A missing file has no rows.
 pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {
-    Ok(read_step_lines(path, format)?.0)
+    let bytes = read_if_there(path)?.unwrap_or_default();
+    Ok(step_lines(&String::from_utf8_lossy(&bytes), format).0)
 }
 
-/// The step rows, and the numbers (from 1) of the lines that did not parse
-/// besides the CSV header and a last line cut short by a kill.
-fn read_step_lines(path: &Path, format: MetricsFormat) -> Result<(Vec<StepRow>, Vec<usize>)> {
-    let text = match std::fs::read(path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+/// A metrics file's bytes (None when there is none).
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// The step rows of a step log's `text`, and the numbers (from 1) of the
+/// lines that did not parse besides the CSV header and a last line cut
+/// short by a kill.
+fn step_lines(text: &str, format: MetricsFormat) -> (Vec<StepRow>, Vec<usize>) {
     let (mut rows, mut unread) = (Vec::new(), Vec::new());
     let lines: Vec<&str> = text.lines().collect();
     let cut_short = !text.ends_with('\n');
@@ -258,18 +265,18 @@ fn read_step_lines(path: &Path, format: MetricsFormat) -> Result<(Vec<StepRow>, 
             None => {}
         }
     }
-    Ok((rows, unread))
+    (rows, unread)
 }
 
 /// A resume rewrites the step log with the rows it can read: where others
 /// did not parse (the file edited by hand, or saved by a spreadsheet with
 /// `;` between fields), the file as it was is kept beside it first, so no
 /// line is lost.
-fn keep_unread_aside(path: &Path, unread: &[usize], last: u64) -> Result<()> {
+fn keep_unread_aside(path: &Path, bytes: &[u8], unread: &[usize], last: u64) -> Result<()> {
     let Some(first) = unread.first() else {
         return Ok(());
     };
-    let aside = keep_aside(path, last)?;
+    let aside = keep_aside(path, bytes, last)?;
     tracing::warn!(
         "{}: {} lines do not read as step rows (line {first} the first; edited by hand?); the file as it was is kept as {}, and the log goes on with the rows that do",
         path.display(),
@@ -284,15 +291,13 @@ fn keep_unread_aside(path: &Path, unread: &[usize], last: u64) -> Result<()> {
 /// rows after it (epochs past the checkpoint) was edited, and is kept
 /// beside it first, as the step log is.
 fn keep_edited_epochs_aside(path: &Path, text: &str, last: u64) -> Result<()> {
-    let was = match std::fs::read(path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(path, e)),
+    let Some(was) = read_if_there(path)? else {
+        return Ok(());
     };
-    if was.starts_with(text) || text.starts_with(&was) {
+    if was.starts_with(text.as_bytes()) || text.as_bytes().starts_with(&was) {
         return Ok(());
     }
-    let aside = keep_aside(path, last)?;
+    let aside = keep_aside(path, &was, last)?;
     tracing::warn!(
         "{}: its rows are not the checkpoint's epochs (edited by hand?); the file as it was is kept as {}, and the log is written again from the checkpoint",
         path.display(),
@@ -301,9 +306,10 @@ fn keep_edited_epochs_aside(path: &Path, text: &str, last: u64) -> Result<()> {
     Ok(())
 }
 
-/// A durable copy of `path` as `NAME.before-resume-STEP` (then `-2`, `-3`
-/// ... where one is there from an earlier resume at the same step).
-fn keep_aside(path: &Path, last: u64) -> Result<PathBuf> {
+/// A durable copy of `path`, whose `bytes` were read, as
+/// `NAME.before-resume-STEP` (then `-2`, `-3` ... where one is there from
+/// an earlier resume at the same step).
+fn keep_aside(path: &Path, bytes: &[u8], last: u64) -> Result<PathBuf> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("log");
     let aside = (1..)
         .map(|k| match k {
@@ -312,7 +318,6 @@ fn keep_aside(path: &Path, last: u64) -> Result<PathBuf> {
         })
         .find(|p| !p.exists())
         .unwrap_or_else(|| path.with_extension(format!("{ext}.before-resume")));
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    write_atomic(&aside, &bytes)?;
+    write_atomic(&aside, bytes)?;
     Ok(aside)
 }
