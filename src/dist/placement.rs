@@ -208,16 +208,16 @@ fn require_gpus(req: &Request, ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> 
     let mut distinct = ids.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    if req.gpus.is_none() {
-        let found = probe::devices()?.len();
-        if let Some(g) = distinct.iter().find(|&&g| g >= found) {
-            return Err(Error::NoDevice(format!(
-                "GPU {g} was asked for but this machine has {found}: {}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus",
-                gpus_named(req, &g.to_string())
-            )));
-        }
+    let all = probe::devices()?;
+    let missing = distinct.iter().find(|&&g| g >= all.len());
+    if let (None, Some(g)) = (&req.gpus, missing) {
+        return Err(Error::NoDevice(format!(
+            "GPU {g} was asked for but this machine has {}: {}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus",
+            all.len(),
+            gpus_named(req, &g.to_string())
+        )));
     }
-    probe::require(&distinct)
+    probe::require_in(&all, &distinct)
 }
 
 /// Hybrid on GPUs reduces each tower's half in its own NCCL communicator

@@ -105,7 +105,11 @@ fn info(ordinal: usize) -> Result<DeviceInfo> {
 /// `--gpus 0,0` runs two contexts on one GPU). Errors when an ordinal does not
 /// exist, naming how many GPUs were found.
 pub fn require(ordinals: &[usize]) -> Result<Vec<DeviceInfo>> {
-    let all = devices()?;
+    require_in(&devices()?, ordinals)
+}
+
+/// [`require`] among `all`, the devices already listed.
+pub fn require_in(all: &[DeviceInfo], ordinals: &[usize]) -> Result<Vec<DeviceInfo>> {
     ordinals
         .iter()
         .map(|&o| {
