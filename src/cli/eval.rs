@@ -72,8 +72,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for f in &args.confusion {
         check_target(f)?;
         not_a_checkpoint("--confusion", f)?;
-    }
-    for f in &args.confusion {
         confusion_kind(f)?;
     }
     let (request, ck) = args.run.start()?;

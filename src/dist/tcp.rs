@@ -75,14 +75,16 @@ fn net_err(what: String) -> impl Fn(std::io::Error) -> Error {
 /// `net_err` for the gradients' traffic: a peer silent for `READ_FOR` is
 /// named as such (the socket reports a timeout as "would block").
 fn peer_err(what: String) -> impl Fn(std::io::Error) -> Error {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
     move |e| {
-        match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Config(format!(
-            "{what}: nothing moved for {} s; that process stopped, hung or lost the network: see its log",
-            READ_FOR.as_secs()
-        )),
-        _ => Error::Config(format!("{what}: {e} (did that process stop? see its log)")),
-    }
+        let why = match e.kind() {
+            WouldBlock | TimedOut => format!(
+                "nothing moved for {} s; that process stopped, hung or lost the network: see its log",
+                READ_FOR.as_secs()
+            ),
+            _ => format!("{e} (did that process stop? see its log)"),
+        };
+        Error::Config(format!("{what}: {why}"))
     }
 }
 

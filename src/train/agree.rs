@@ -2,9 +2,10 @@
 //! first step: the network, the run's options, the data's size, classes and
 //! preparation, the step and schedule state it starts from, the weights and
 //! momentum themselves (a CRC-32: `--init-from`, or another checkpoint at
-//! the same step), the device layout and the precision. Processes started with other flags, data or checkpoint would
-//! otherwise average gradients of different models, or wait forever for a
-//! step another process never takes.
+//! the same step), the device layout and the precision. Processes started
+//! with other flags, data or checkpoint would otherwise average gradients
+//! of different models, or wait forever for a step another process never
+//! takes.
 //!
 //! One collective does it, the trainer's `any_process` (an OR over the
 //! processes): each field's CRC-32 goes out as 64 flags, its 32 bits and
