@@ -395,9 +395,13 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     let good = std::fs::read(&newest).unwrap();
 
     // One flipped bit in the tensor data, in the header's state, and a cut.
-    let mut flipped = good.clone();
-    let at = good.len() - 1000;
-    flipped[at] ^= 0x10;
+    let flip = |b: &[u8]| {
+        let mut f = b.to_vec();
+        let at = f.len() - 1000;
+        f[at] ^= 0x10;
+        f
+    };
+    let flipped = flip(&good);
     let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8_lossy(&good[8..8 + n]).into_owned();
     let key = "batches_done\\\":";
@@ -440,10 +444,7 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     // than it (the run's first), not to the newest.
     let first = all[0].1.clone();
     let was = std::fs::read(&previous).unwrap();
-    let mut bad = was.clone();
-    let at = bad.len() - 1000;
-    bad[at] ^= 0x10;
-    std::fs::write(&previous, &bad).unwrap();
+    std::fs::write(&previous, flip(&was)).unwrap();
     let o = run(&resume_args(&previous));
     let err = String::from_utf8_lossy(&o.stderr);
     let named = format!("the newest good checkpoint is {}", first.display());
