@@ -617,6 +617,21 @@ fn plateau_schedule_by_hand() {
     assert_eq!(q.lr, p.lr);
 }
 
+/// A one-epoch run in `dir/a` whose run folder `edit` changes, then
+/// resumed for a second epoch, which must succeed: the folder and stderr.
+fn resume_after(dir: &Path, edit: impl FnOnce(&Path)) -> (PathBuf, String) {
+    let d = data(dir);
+    let a = dir.join("a");
+    run_ok(&train_args(&d, &a, 1));
+    edit(&a);
+    let mut more = resume_args(&a);
+    more.extend(["--epochs".into(), "2".into()]);
+    let o = run(&more);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    (a, err)
+}
+
 /// A resumed run whose steps.csv lost its end (the machine crashed before
 /// the rows were on disk, or the file was cut by hand) names the steps
 /// missing before its checkpoint, keeps the rows it has, and logs the
@@ -624,18 +639,12 @@ fn plateau_schedule_by_hand() {
 #[test]
 fn a_resume_over_a_step_log_cut_short_names_the_missing_steps() {
     let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let a = t.path().join("a");
-    run_ok(&train_args(&d, &a, 1));
-    let path = a.join("steps.csv");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let cut: Vec<&str> = text.lines().take(1 + 12).collect();
-    std::fs::write(&path, cut.join("\n") + "\n").unwrap();
-    let mut more = resume_args(&a);
-    more.extend(["--epochs".into(), "2".into()]);
-    let o = run(&more);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (a, err) = resume_after(t.path(), |a| {
+        let path = a.join("steps.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut: Vec<&str> = text.lines().take(1 + 12).collect();
+        std::fs::write(&path, cut.join("\n") + "\n").unwrap();
+    });
     assert!(
         err.contains("holds steps up to 12 only: steps 13 to 20, before the checkpoint"),
         "{err}"
@@ -652,21 +661,18 @@ fn a_resume_over_a_step_log_cut_short_names_the_missing_steps() {
 #[test]
 fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
     let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let a = t.path().join("a");
-    run_ok(&train_args(&d, &a, 1));
-    let path = a.join("steps.csv");
-    let edited = std::fs::read_to_string(&path).unwrap().replace(',', ";");
-    std::fs::write(&path, &edited).unwrap();
-    // The epoch log too: it is written again from the checkpoint's history.
-    let epochs = a.join("epochs.csv");
-    let edited_epochs = std::fs::read_to_string(&epochs).unwrap().replace(',', ";");
-    std::fs::write(&epochs, &edited_epochs).unwrap();
-    let mut more = resume_args(&a);
-    more.extend(["--epochs".into(), "2".into()]);
-    let o = run(&more);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    // Both logs (the epoch log is written again from the checkpoint's
+    // history), as a spreadsheet saves them.
+    let semicolons = |p: &Path| {
+        let edited = std::fs::read_to_string(p).unwrap().replace(',', ";");
+        std::fs::write(p, &edited).unwrap();
+        edited
+    };
+    let (mut edited, mut edited_epochs) = (String::new(), String::new());
+    let (a, err) = resume_after(t.path(), |a| {
+        edited = semicolons(&a.join("steps.csv"));
+        edited_epochs = semicolons(&a.join("epochs.csv"));
+    });
     let aside = a.join("steps.csv.before-resume-20");
     assert!(
         err.contains("21 lines do not read as step rows (line 1 the first")
