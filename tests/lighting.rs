@@ -114,11 +114,14 @@ fn loader_adds_the_papers_offset_to_every_pixel() {
     let set = Arc::new(
         ImageSet::from_parts(4, vec![100; 8 * 4 * 4 * 3], vec![0; 8], vec!["a".into()]).unwrap(),
     );
-    // Axis-aligned components make the offset easy to write by hand:
-    // 255 * sum_i alpha_i l_i p_i = 255 * (0.04 a1, 0.02 a2, 0.01 a3).
+    // Components p1 = (1, 1, 0)/sqrt2, p2 = (-1, 1, 0)/sqrt2, p3 = (0, 0, 1),
+    // each row of `eigvecs` one of them (a basis not symmetric, so reading
+    // a column for a row would show): the offset 255 * sum_i alpha_i l_i p_i
+    // is 255 * ((0.04 a1 - 0.02 a2)/sqrt2, (0.04 a1 + 0.02 a2)/sqrt2, 0.01 a3).
+    let r = std::f32::consts::FRAC_1_SQRT_2;
     let pca = Pca {
         eigvals: [0.04, 0.02, 0.01],
-        eigvecs: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        eigvecs: [[r, r, 0.0], [-r, r, 0.0], [0.0, 0.0, 1.0]],
     };
     let light = Some(Lighting { pca, sigma: 0.1 });
     let c = cfg(true, light);
@@ -132,8 +135,8 @@ fn loader_adds_the_papers_offset_to_every_pixel() {
     for pos in 0..8 {
         let a = lighting_alpha(&c, 3, pos);
         let want = [
-            100.0 + 255.0 * 0.04 * a[0],
-            100.0 + 255.0 * 0.02 * a[1],
+            100.0 + 255.0 * r * (0.04 * a[0] - 0.02 * a[1]),
+            100.0 + 255.0 * r * (0.04 * a[0] + 0.02 * a[1]),
             100.0 + 255.0 * 0.01 * a[2],
         ];
         for (ch, w) in want.iter().enumerate() {

@@ -1554,6 +1554,25 @@ fn crops_smaller_than_the_input_are_zero_padded_around() -> TestResult {
     for ch in 0..3 {
         assert_eq!(b.x[ch * 25..(ch + 1) * 25], want, "channel {ch}");
     }
+    // An odd padding, as 224 to 227: pad / 2 = 1 zero row and column
+    // before, the other 2 after (docs/data.md; the export pads the same).
+    c.pad = 3;
+    let b = batches(set.clone(), &[0], &c, 0)?
+        .next()
+        .ok_or("no batch")??;
+    #[rustfmt::skip]
+    let want = [
+        0.0,  0.0,  0.0,  0.0, 0.0, 0.0,
+        0.0, 11.0, 12.0, 13.0, 0.0, 0.0,
+        0.0, 21.0, 22.0, 23.0, 0.0, 0.0,
+        0.0, 31.0, 32.0, 33.0, 0.0, 0.0,
+        0.0,  0.0,  0.0,  0.0, 0.0, 0.0,
+        0.0,  0.0,  0.0,  0.0, 0.0, 0.0,
+    ];
+    assert_eq!(b.x.len(), 3 * 36);
+    for ch in 0..3 {
+        assert_eq!(b.x[ch * 36..(ch + 1) * 36], want, "channel {ch}");
+    }
     // Training crops stay inside the padding whatever the offset and flip,
     // and the buffers (recycled) never keep an earlier image in the border.
     let mut c = loader_cfg(4, 3, true, 1);
