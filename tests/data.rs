@@ -933,6 +933,24 @@ fn eval_uses_centre_crop_element_by_element() -> TestResult {
     Ok(())
 }
 
+/// Layer i's initial weights are drawn from `Rng::derive(seed, i)`
+/// (`model::stage`); were epoch i shuffled from that stream too, the data
+/// order would be a function of the starting weights.
+#[test]
+fn the_epoch_order_is_not_drawn_from_a_layers_init_stream() {
+    let c = cfg(8, 5, true, 1);
+    let idx: Vec<usize> = (0..40).collect();
+    for epoch in 1..=8 {
+        let order = alexnet_cuda::data::epoch_order(&idx, &c, epoch);
+        let mut init = idx.clone();
+        alexnet_cuda::rng::Rng::derive(c.seed, epoch).shuffle(&mut init);
+        assert_ne!(order, init, "epoch {epoch}");
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, idx, "epoch {epoch} is not a permutation");
+    }
+}
+
 #[test]
 fn train_crops_and_flips_match_their_draws() -> TestResult {
     let n = 40;

@@ -297,12 +297,17 @@ pub fn ten_crops(size: usize, crop: usize) -> [Crop; 10] {
     })
 }
 
+/// The shuffle's own stream: `Rng::derive(seed, i)` is layer i's initial
+/// weights (`model::stage`), so epoch i's order must not be drawn from it.
+const SHUFFLE_STREAM: u64 = 0x5348_5546_464C; // "SHUFFL"
+
 /// The order in which an epoch visits `indices`: shuffled with
-/// `Rng::derive(seed, epoch)` when training, as given otherwise.
+/// `Rng::derive(seed ^ SHUFFLE_STREAM, epoch)` when training, as given
+/// otherwise.
 pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig, epoch: u64) -> Vec<usize> {
     let mut order = indices.to_vec();
     if cfg.train {
-        Rng::derive(cfg.seed, epoch).shuffle(&mut order);
+        Rng::derive(cfg.seed ^ SHUFFLE_STREAM, epoch).shuffle(&mut order);
     }
     order
 }
