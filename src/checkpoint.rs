@@ -405,16 +405,23 @@ pub fn load_weights(
                 }
             )));
         }
-        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            return Err(Error::Data(format!(
-                "{}: {name} holds {bad} values that are not finite numbers (NaN or infinite): the weights come from a run that diverged, or the file is damaged; pass other weights",
-                source.display()
-            )));
-        }
+        refuse_non_finite(source, &name, &t.data)?;
         net.set_param(&name, &t.data)?;
     }
     Ok(())
+}
+
+/// Weights `name` of `source` that hold NaN or infinities are refused:
+/// nothing learnt or drawn from them would mean anything.
+pub fn refuse_non_finite(source: &Path, name: &str, data: &[f32]) -> Result<()> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "{}: {name} holds {bad} values that are not finite numbers (NaN or infinite): the weights come from a run that diverged, or the file is damaged; pass other weights",
+        source.display()
+    )))
 }
 
 /// File name of the checkpoint after `step` optimiser steps.

@@ -452,8 +452,23 @@ pub fn nearest_in_matrix(
 ) -> Result<Vec<Vec<Neighbor>>> {
     let total = x.len().checked_div(dim).unwrap_or(0);
     nearest_blocks(queries, dim, k, total, block_rows, |s, c| {
-        Ok(x[s * dim..(s + c) * dim].to_vec())
+        finite_rows(x[s * dim..(s + c) * dim].to_vec(), dim, s, "the features")
     })
+}
+
+/// `block` (rows from `start` on, `dim` values each) when every value is
+/// finite; else an error naming `whose` row: no distance to a NaN means
+/// anything (and one would sort as 0, the nearest).
+fn finite_rows(block: Vec<f32>, dim: usize, start: usize, whose: &str) -> Result<Vec<f32>> {
+    match block.iter().position(|v| !v.is_finite()) {
+        None => Ok(block),
+        Some(i) => Err(Error::Data(format!(
+            "{whose}: row {}, value {}, is {}, not a finite number, so no distance to it means anything; compute the features again with `features` from weights that are finite",
+            start + i / dim.max(1),
+            i % dim.max(1),
+            block[i]
+        ))),
+    }
 }
 
 /// `nearest_blocks` over a [rows, dim] float32 .npy file, read a block at a time.
@@ -472,7 +487,10 @@ pub fn nearest_in_npy(
             queries.len()
         )));
     }
-    nearest_blocks(queries, dim, k, rows, block_rows, |s, c| f.read(s, c))
+    let whose = path.display().to_string();
+    nearest_blocks(queries, dim, k, rows, block_rows, |s, c| {
+        finite_rows(f.read(s, c)?, dim, s, &whose)
+    })
 }
 
 /// What `neighbors` needs besides the device.

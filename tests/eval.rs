@@ -821,6 +821,29 @@ fn predict_and_export_cli() {
     // With what the input must hold: cifar divides by its stds.
     let said = format!("subtracted, divided by the channel stds {std:?}");
     assert!(err.contains(&said), "{said}: {err}");
+    // A NaN (or an infinity) is refused, named by image and channel: the
+    // net's ReLUs and pooling would turn it into a confident answer. So is
+    // a batch of no images.
+    let mut v = vec![0.5f32; 2 * 3 * 28 * 28];
+    v[3 * 28 * 28 + 2 * 28 * 28 + 5] = f32::NAN;
+    write_npy_f32(&x_path, &[2, 3, 28, 28], &v).unwrap();
+    let predict_x = [
+        "predict",
+        "--checkpoint",
+        &s(&ck_path),
+        "--input-npy",
+        &s(&x_path),
+    ];
+    let (ok, _, err) = cli(&predict_x);
+    let said = format!(
+        "{}: value {} (image 1, channel 2) is NaN",
+        s(&x_path),
+        3 * 28 * 28 + 2 * 28 * 28 + 5
+    );
+    assert!(!ok && err.contains(&said), "{said}: {err}");
+    write_npy_f32(&x_path, &[0, 3, 28, 28], &[]).unwrap();
+    let (ok, _, err) = cli(&predict_x);
+    assert!(!ok && err.contains("holds no images"), "{err}");
     // --ten-crop --logits: a row per crop, ten per image, and said so.
     let ten = [&args[..5], &["--ten-crop", args[5]]].concat();
     let (ok, _, err) = crate::common::cli_logging(&ten, "info");

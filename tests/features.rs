@@ -501,6 +501,18 @@ fn blocked_search_equals_brute_force() {
         let rows_want: Vec<usize> = w.iter().map(|n| n.0).collect();
         assert_eq!(rows_got, rows_want);
     }
+    // A row holding NaN would sort as distance 0, the nearest: refused,
+    // naming the file and the row, in memory too.
+    let mut bad = x.clone();
+    bad[57 * dim + 3] = f32::NAN;
+    let nan = t.path().join("nan.npy");
+    write_npy_f32(&nan, &[rows, dim], &bad).unwrap();
+    let e = nearest_in_npy(&nan, &q, 12, 10).unwrap_err().to_string();
+    let said = format!("{}: row 57, value 3, is NaN", nan.display());
+    assert!(e.contains(&said), "{said}: {e}");
+    let e = nearest_in_matrix(&bad, dim, &q, 12, 10).unwrap_err();
+    assert!(e.to_string().contains("row 57, value 3, is NaN"), "{e}");
+    std::fs::remove_file(&nan).unwrap();
     // k larger than the rows, and a writer given too few rows, are errors.
     let e = nearest_in_matrix(&x, dim, &q, rows + 1, 10).unwrap_err();
     assert!(e.to_string().contains("larger than the set's 103"), "{e}");

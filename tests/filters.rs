@@ -402,6 +402,17 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
         &["filters", "--checkpoint", &mono, "--out", &out],
         &[&mono, "1 input channels", "needs 3 (RGB)"],
     );
+    // Kernels holding NaN or infinities: no picture of them means anything.
+    let nan = d("nan.safetensors");
+    let mut v = normal(96 * 363, 5);
+    v[7] = f32::NAN;
+    v[300] = f32::INFINITY;
+    conv1_file(Path::new(&nan), "alexnet", &[96, 3, 11, 11], v);
+    assert_error(
+        &["filters", "--checkpoint", &nan, "--out", &out],
+        &[&nan, "conv1.weight holds 2 values that are not finite"],
+    );
+    assert!(!Path::new(&out).exists());
     // The output folder does not exist (checked before the file is read).
     let good = d("good.safetensors");
     conv1_file(

@@ -131,6 +131,20 @@ fn npy_rows(
             preprocessing(&ck.state.preprocess, side)
         );
     }
+    if shape[0] == 0 {
+        bail!("{}: shape {shape:?} holds no images", path.display());
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        let per = want.iter().product::<usize>();
+        bail!(
+            "{}: value {i} (image {}, channel {}) is {}, not a finite number; the input must hold preprocessed pixels ({})",
+            path.display(),
+            i / per,
+            i % per / (side * side),
+            x[i],
+            preprocessing(&ck.state.preprocess, side)
+        );
+    }
     let mut out = Output::new(ck, args, shape[0])?;
     let (logits, probs) = forward_rows(net, &x, chunk)?;
     let labels: Vec<String> = (0..shape[0])

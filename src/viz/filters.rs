@@ -94,6 +94,7 @@ impl Conv1 {
                 t.data.len()
             )));
         }
+        checkpoint::refuse_non_finite(source, &t.name, &t.data)?;
         Ok(Conv1 {
             config: topo.name.clone(),
             k,
