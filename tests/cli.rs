@@ -249,6 +249,20 @@ fn numbers_out_of_range_name_their_flag() {
         &[&neighbors[..], &["--out", "o.png", "--cell", "2000"]].concat(),
         &["invalid value '2000' for '--cell", "16..=1024"],
     );
+    // Bytes per step at a batch of 2^64 - 1 would wrap.
+    for cmd in ["summary", "scaling"] {
+        assert_error(
+            &[cmd, "--batch", "18446744073709551615"],
+            &[
+                "invalid value '18446744073709551615' for '--batch",
+                "pass at most 16777216 images",
+            ],
+        );
+    }
+    assert_error(
+        &["bench-feed", "--data", "d", "--step-ms", "1e300"],
+        &["invalid value '1e300' for '--step-ms", "0 to 60000"],
+    );
     assert_error(
         &["scaling", "--step-ms", "-3"],
         &[

@@ -89,6 +89,20 @@ pub fn positive(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
+/// Most images in one batch `summary` and `scaling` work figures for: far
+/// past any device's memory, and small enough that bytes per step, batch
+/// times a layer's bytes per image, cannot wrap a u64.
+pub const MAX_FIGURED_BATCH: u64 = 1 << 24;
+
+/// Flag parser for `summary`'s and `scaling`'s --batch: [`positive`], at
+/// most [`MAX_FIGURED_BATCH`].
+pub fn figured_batch(s: &str) -> std::result::Result<u64, String> {
+    match positive(s)? {
+        v if v <= MAX_FIGURED_BATCH => Ok(v),
+        _ => Err(format!("pass at most {MAX_FIGURED_BATCH} images")),
+    }
+}
+
 /// Flag parser for a seed: any whole number a u64 holds.
 pub fn seed_value(s: &str) -> std::result::Result<u64, String> {
     s.parse::<u64>()
@@ -158,8 +172,10 @@ fn slurm_seconds(s: &str) -> Option<f64> {
         (Some(_), [h, m, s]) => (*h, *m, *s),
         _ => return None,
     };
-    let d = days.unwrap_or(0);
-    Some((((d * 24 + h) * 60 + m) * 60 + sec) as f64)
+    // In f64: the fields may be any number of digits, and u64 would wrap
+    // (a huge limit read as a second); too long for a clock is refused later.
+    let [d, h, m, sec] = [days.unwrap_or(0), h, m, sec].map(|v| v as f64);
+    Some(((d * 24.0 + h) * 60.0 + m) * 60.0 + sec)
 }
 
 /// A field of digits only.
@@ -412,6 +428,10 @@ mod tests {
             assert!(!bad(s).is_empty(), "{s}");
         }
         assert!(bad("1e300").contains("longer than a clock can count"));
+        // Fields whose product wraps a u64 (5124095576030431 hours is
+        // 2^64 / 3600 and a bit): too long, not 17 seconds.
+        assert!(bad("5124095576030431:00:17").contains("longer than a clock can count"));
+        assert!(bad("99999999999999999-00").contains("longer than a clock can count"));
     }
 
     /// A killed demo's folder is removed only when it is this user's.

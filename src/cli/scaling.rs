@@ -5,14 +5,14 @@ use clap::Args;
 
 use alexnet_cuda::model::scaling;
 
-use super::common::{positive, positive_number, NetArgs};
+use super::common::{figured_batch, positive_number, NetArgs};
 
 #[derive(Args)]
 pub struct ScalingArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Global batch size.
-    #[arg(long, default_value_t = 128, value_parser = positive)]
+    #[arg(long, default_value_t = 128, value_parser = figured_batch)]
     batch: u64,
     /// One GPU's training step at that batch, in ms (default: ours in strict fp32 on one H200, docs/cuda.md's speed table).
     #[arg(long, default_value_t = 11.82, value_parser = positive_number)]

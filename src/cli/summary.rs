@@ -5,14 +5,14 @@ use clap::Args;
 
 use alexnet_cuda::model::summary;
 
-use super::common::{positive, NetArgs};
+use super::common::{figured_batch, NetArgs};
 
 #[derive(Args)]
 pub struct SummaryArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Batch size for the per-step exchange figure.
-    #[arg(long, default_value_t = 128, value_parser = positive)]
+    #[arg(long, default_value_t = 128, value_parser = figured_batch)]
     batch: u64,
 }
 
