@@ -273,11 +273,44 @@ pub fn from_parts(
             }
         }
     }
+    check_consistent(path, &state, &tensors)?;
     Ok(Checkpoint {
         path: path.to_path_buf(),
         state,
         tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
     })
+}
+
+/// The run state agrees with the network it names and with the tensors:
+/// a class per output, a name per class, crops padded to the input, the
+/// mean image it says was subtracted. `train` never writes otherwise, and
+/// every checksum can be right on a state edited and summed again; read
+/// as is, such a file would list no predictions, or allocate without end.
+fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
+    let topo = state.net.topology()?;
+    let (classes, names) = (state.classes.len(), state.names.len());
+    let p = &state.preprocess;
+    let why = if classes != topo.classes {
+        format!(
+            "{classes} classes for the {} outputs of its network",
+            topo.classes
+        )
+    } else if names != 0 && names != classes {
+        format!("{names} class names for {classes} classes")
+    } else if p.crop.checked_add(p.pad) != Some(topo.crop) {
+        format!(
+            "crops of {} padded by {} for a network input of {}",
+            p.crop, p.pad, topo.crop
+        )
+    } else if p.mean_image && !tensors.iter().any(|t| t.name == MEAN_IMAGE) {
+        format!("the mean image subtracted in training, but no {MEAN_IMAGE}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::Data(format!(
+        "{}: the run state does not fit the network ({why}): the file was changed after training wrote it; use another checkpoint",
+        path.display()
+    )))
 }
 
 impl Checkpoint {

@@ -2083,6 +2083,60 @@ fn a_nan_weight_the_loss_does_not_show_is_never_checkpointed() {
     assert!(err.contains(&want), "{want}: {err}");
 }
 
+/// A run state edited (and its checksum summed again) so that it no longer
+/// fits the network is refused at load, naming the file and the misfit:
+/// read as it is, predict would list nothing for 11 classes of 10 outputs,
+/// and a padding of 100000 would allocate 120 GB.
+#[test]
+fn a_run_state_that_does_not_fit_its_network_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    run_ok(&train_args(&data(t.path()), &out, 1));
+    let ck = checkpoint::load_latest(&out).unwrap();
+    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    let path = t.path().join("edited.safetensors");
+    let n = ck.state.classes.len();
+    type Edit = fn(&mut alexnet_cuda::checkpoint::RunState);
+    let cases: [(Edit, String); 4] = [
+        (
+            |s| s.classes.push("extra".into()),
+            format!("{} classes for the {n} outputs", n + 1),
+        ),
+        (
+            |s| s.names = vec!["a".into()],
+            format!("1 class names for {n} classes"),
+        ),
+        (
+            |s| s.preprocess.pad = 100_000,
+            "crops of 28 padded by 100000 for a network input of 28".into(),
+        ),
+        (
+            |s| s.preprocess.mean_image = true,
+            "the mean image subtracted in training, but no data.mean_image".into(),
+        ),
+    ];
+    for (edit, why) in cases {
+        let mut state = ck.state.clone();
+        edit(&mut state);
+        let bare: Vec<_> = tensors
+            .iter()
+            .filter(|t| t.name != checkpoint::MEAN_IMAGE)
+            .cloned()
+            .collect();
+        checkpoint::save(&path, &state, &bare).unwrap();
+        let e = checkpoint::load(&path).unwrap_err().to_string();
+        let want = format!(
+            "{}: the run state does not fit the network ({why}",
+            path.display()
+        );
+        assert!(e.contains(&want), "{want}\n{e}");
+        assert!(e.contains("use another checkpoint"), "{e}");
+    }
+    // The untouched state, saved the same way, loads.
+    checkpoint::save(&path, &ck.state, &tensors).unwrap();
+    checkpoint::load(&path).unwrap();
+}
+
 /// The run state's numbers come back from a checkpoint bit for bit: error
 /// rates 1 - hits/N (the schedule compares them exactly, and the best is
 /// found again by them) and sums of losses. JSON's shortest decimal of an
