@@ -560,6 +560,28 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     o.val_labels = Some(gt);
     let msg = prepare(&o).expect_err("no synsets").to_string();
     assert!(msg.contains("--val-synsets"), "{msg}");
+    // A bad line in ground truth is named as that line, not taken for a
+    // sign of a CSV file; with CSV labels, --val-synsets is refused.
+    let gt_bad = t.path().join("gt-bad.txt");
+    fs::write(&gt_bad, "2\n-1\n1\n")?;
+    let syn_ok = t.path().join("synsets-ok.txt");
+    fs::write(&syn_ok, "n02_dog\nn01_cat\n")?;
+    o.val_labels = Some(gt_bad);
+    o.val_synsets = Some(syn_ok);
+    let msg = prepare(&o).expect_err("a bad ID").to_string();
+    assert!(
+        msg.contains("line 2: \"-1\" is not an ID in 1..=2"),
+        "{msg}"
+    );
+    o.val_labels = Some(csv.clone());
+    let msg = prepare(&o).expect_err("synsets beside a CSV").to_string();
+    assert!(
+        msg.contains("name their synsets")
+            && msg.contains("synsets-ok.txt would not be read; drop it"),
+        "{msg}"
+    );
+    o.val_labels = Some(t.path().join("ILSVRC2012_validation_ground_truth.txt"));
+    o.val_synsets = None;
     // Synsets that cannot be the devkit's order: one listed twice, and a
     // sorted list (the devkit's is not sorted).
     let syn = t.path().join("synsets-bad.txt");
@@ -1626,6 +1648,45 @@ fn train_cifar(store: &Path, run: &Path) -> (bool, String) {
     let more = ["--no-progress", "--data", &store, "--out", &run];
     let (ok, _, err) = cli_logging(&[&args[..], &more].concat(), "info");
     (ok, err)
+}
+
+/// Images stored smaller than the config's crops: the error says the size
+/// to prepare at, and points at `cifar` only from a config that is not it.
+#[test]
+fn images_stored_smaller_than_the_crops_name_the_size_to_prepare() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 24, 24)?;
+    let out = t.path().join("store");
+    prepare_cli(&train, None, &out, "16", &[]);
+    let (store, run) = (out.display().to_string(), t.path().join("run"));
+    let run = run.display().to_string();
+    let train_with = |config: &str| {
+        let args = [
+            "train",
+            "--cpu",
+            "--config",
+            config,
+            "--val",
+            "1",
+            "--no-progress",
+            "--data",
+            &store,
+            "--out",
+            &run,
+        ];
+        let (ok, _, err) = cli(&args);
+        assert!(!ok, "{err}");
+        err
+    };
+    let err = train_with("cifar");
+    let said = "smaller than the 28x28 crops of config cifar; prepare the data with --size 32";
+    assert!(err.contains(said), "{err}");
+    assert!(!err.contains("--config cifar"), "{err}");
+    let err = train_with("alexnet");
+    let said = "smaller than the 227x227 crops of config alexnet; prepare the data with --size 256 or pick a config for small images (--config cifar)";
+    assert!(err.contains(said), "{err}");
+    Ok(())
 }
 
 /// A first `prepare` that dies before its commit point leaves the store's

@@ -415,7 +415,11 @@ fn val_items(
         .filter(|(_, l)| !l.is_empty())
         .collect();
     let bad = |msg: String| Error::Data(format!("{}: {msg}", labels_path.display()));
-    if lines.iter().all(|(_, l)| l.parse::<u32>().is_ok()) {
+    // The devkit's ground truth has one ID a line and no commas; one bad
+    // line in it is that line's error, not a reason to read it as a CSV.
+    let devkit = !lines.iter().any(|(_, l)| l.contains(','))
+        && lines.first().is_some_and(|(_, l)| l.parse::<u32>().is_ok());
+    if devkit {
         let Some(syn_path) = &opts.val_synsets else {
             return Err(bad("this is devkit ground truth (one ID per line): also pass --val-synsets, the synsets in devkit ID order (the WNIDs of the devkit's meta.mat, IDs 1 to 1000), one per line".into()));
         };
@@ -423,6 +427,12 @@ fn val_items(
         let labels = devkit_labels(&lines, (syn_path, &syn_text), &index, files.len(), root);
         let labelled = files.into_iter().zip(labels.map_err(bad)?).collect();
         return training_classes_only(labelled, root).map_err(bad);
+    }
+    if let Some(syn) = &opts.val_synsets {
+        return Err(bad(format!(
+            "these labels name their synsets (`file,synset` lines), so --val-synsets {} would not be read; drop it",
+            syn.display()
+        )));
     }
     let by_name = csv_labels(&lines, &index).map_err(bad)?;
     let labelled = label_files(files, &by_name).map_err(bad)?;
@@ -495,13 +505,14 @@ fn devkit_labels(
         ));
     }
     let label = |&(n, line): &(usize, &str)| {
-        let id: usize = line.parse().unwrap_or(0);
-        let syn = id
-            .checked_sub(1)
+        let syn = line
+            .parse::<usize>()
+            .ok()
+            .and_then(|id| id.checked_sub(1))
             .and_then(|i| synsets.get(i))
             .ok_or_else(|| {
                 format!(
-                    "line {n}: ID {id} is not in 1..={} ({})",
+                    "line {n}: {line:?} is not an ID in 1..={} ({})",
                     synsets.len(),
                     syn_path.display()
                 )
