@@ -117,7 +117,11 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     };
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = limited_len(folder.len(), opts.run.limit);
-    check_held_out(opts, n, "the data set")?;
+    let what = match opts.run.limit {
+        Some(l) if l < folder.len() => format!("the data set cut to --limit {l}"),
+        _ => "the data set".into(),
+    };
+    check_held_out(opts, n, &what)?;
     // A resume on other data is refused before the decode, not after it.
     if let Some(ck) = &opts.resume {
         let st = &ck.state;
@@ -213,6 +217,12 @@ pub fn resume_mismatch(ck: &Checkpoint, data: &Path, diff: &str) -> Error {
 /// `n`. The fix names a tenth of the set.
 fn check_held_out(opts: &TrainOptions, n: usize, what: &str) -> Result<()> {
     let val = opts.run.val;
+    if n < 2 {
+        return Err(Error::Config(format!(
+            "{what} has {n} image{}: too few to train on some and validate on others (at least 2, and far more to learn anything)",
+            if n == 1 { "" } else { "s" }
+        )));
+    }
     let fix = format!("e.g. --val {}", (n / 10).max(1));
     if val == 0 {
         return Err(Error::Config(format!(

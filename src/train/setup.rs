@@ -78,8 +78,12 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
     }
     let cut = opts.run.crop.unwrap_or(topo.crop);
     if cut > data.train.size() {
+        let small = match topo.name.as_str() {
+            "cifar" => "",
+            _ => " or pick a config for small images (--config cifar)",
+        };
         return Err(Error::Config(format!(
-            "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {} or pick a config for small images (--config cifar)",
+            "{}: images are stored at {}x{}, smaller than the {cut}x{cut} crops of config {}; prepare the data with --size {}{small}",
             opts.data.display(),
             data.train.size(),
             data.train.size(),
