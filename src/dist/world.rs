@@ -74,10 +74,19 @@ impl World {
                 "WORLD_SIZE=0: a run has at least one process".into(),
             ));
         }
-        let local_size = num("LOCAL_WORLD_SIZE")?.unwrap_or(1);
+        let local_given = num("LOCAL_WORLD_SIZE")?;
+        let local_size = local_given.unwrap_or(1);
         if local_size == 0 || local_size > size {
             return Err(Error::Config(format!(
                 "LOCAL_WORLD_SIZE={local_size} with WORLD_SIZE={size}: the processes on this machine number from 1 to {size}"
+            )));
+        }
+        // LOCAL_RANK picks this process's GPU when --gpus is not given; past
+        // the machine's processes it names one no process should take.
+        if local_given.is_some() && local_rank >= local_size {
+            return Err(Error::Config(format!(
+                "LOCAL_RANK={local_rank} with LOCAL_WORLD_SIZE={local_size}: the processes on this machine number 0 to {}",
+                local_size - 1
             )));
         }
         if size == 1 {
@@ -246,7 +255,15 @@ mod tests {
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 12] = [
+        let cases: [(Vars, &str); 13] = [
+            (
+                &[
+                    ("WORLD_SIZE", "4"),
+                    ("LOCAL_WORLD_SIZE", "2"),
+                    ("LOCAL_RANK", "2"),
+                ],
+                "LOCAL_RANK=2 with LOCAL_WORLD_SIZE=2: the processes on this machine number 0 to 1",
+            ),
             (&[("RANK", "1")], "RANK=1 but WORLD_SIZE is unset"),
             (
                 &[("WORLD_SIZE", "1"), ("RANK", "3")],
