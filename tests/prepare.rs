@@ -1053,6 +1053,17 @@ fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
         msg.contains("image side 1099511627776") && msg.contains("meta.json"),
         "{msg}"
     );
+    // A generation that is not prepare's hex would name other files.
+    meta_with(&dir, &meta, "generation", "../../x".into())?;
+    let msg = PackedStore::open(&dir)
+        .err()
+        .ok_or("generation")?
+        .to_string();
+    assert!(
+        msg.contains("generation \"../../x\", where prepare writes hex digits")
+            && msg.contains("meta.json"),
+        "{msg}"
+    );
     meta_with(&dir, &meta, "size", 16.into())?;
     assert_eq!(PackedStore::open(&dir)?.len(), 4);
     Ok(())

@@ -371,6 +371,19 @@ pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
             meta.version
         )));
     }
+    // prepare writes hex digits; anything else (`../x`) would name files
+    // outside the store when joined into their names.
+    let hex = |g: &str| (1..=64).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(g) = Some(&meta.generation)
+        .into_iter()
+        .chain(&meta.paired_with)
+        .find(|g| !hex(g))
+    {
+        return Err(Error::Data(format!(
+            "{}: generation {g:?}, where prepare writes hex digits; the store is damaged, rerun `alexnet-cuda prepare`",
+            path.display()
+        )));
+    }
     // prepare's range: a side past it would overflow `size * size * 3`.
     if !(1..=MAX_SIDE).contains(&meta.size) {
         return Err(Error::Data(format!(
