@@ -1361,4 +1361,35 @@ fn multi_process_environment_errors_name_the_variable() {
             assert!(line.contains(n), "{vars:?}: error line lacks {n:?}: {line}");
         }
     }
+    // A batch that does not split over the processes is said before rank 1
+    // tries to join rank 0 (nobody listens here: it would wait 120 s and
+    // then name the connection instead).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port().to_string())
+        .unwrap();
+    let vars = [
+        ("WORLD_SIZE", "3"),
+        ("RANK", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", port.as_str()),
+    ];
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cifar10");
+    let args = [
+        "train",
+        "--cpu",
+        "--parallel",
+        "data",
+        "--config",
+        "cifar",
+        "--batch",
+        "4",
+        "--data",
+        data,
+    ];
+    let (ok, err) = run_env(&args, &vars);
+    assert!(
+        !ok && err.contains("--batch 4 does not split over WORLD_SIZE=3 processes"),
+        "{err}"
+    );
 }

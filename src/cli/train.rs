@@ -25,8 +25,8 @@ use alexnet_cuda::model::topology::{InitRecipe, Topology};
 use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
-    check_run_folder, refuse_run_inside_data, resume_options, train, Schedule, Stopped,
-    TrainOptions, TrainReport,
+    check_run_folder, local_batch, refuse_run_inside_data, resume_options, train, Schedule,
+    Stopped, TrainOptions, TrainReport,
 };
 
 use super::common::{
@@ -204,6 +204,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts.out = None;
     }
     opts.world = world;
+    // A batch that does not split over the processes fails the same way
+    // in every one of them: said now, not after they have all met.
+    local_batch(&opts)?;
     let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
         // A signal while the ranks were meeting: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {
