@@ -619,6 +619,31 @@ fn bad_checkpoint_arguments() {
     ] {
         assert_error(args, want);
     }
+    // An output named for another format than the one written is refused
+    // before the checkpoint is read.
+    let ck = ["--checkpoint", "missing.safetensors", "--data", "."];
+    let named: [(&[&str], &str); 3] = [
+        (
+            &["features", "--out", "f.txt"],
+            "writes a NumPy .npy array; name the file .npy, e.g. f.npy",
+        ),
+        (
+            &["neighbors", "--query", IMAGE, "--out", "grid.jpg"],
+            "writes a PNG picture; name the file .png, e.g. grid.png",
+        ),
+        (
+            &["filters", "--out", "conv1"],
+            "writes a PNG picture; name the file .png, e.g. conv1.png",
+        ),
+    ];
+    for (args, said) in named {
+        let ck = if args[0] == "filters" {
+            &ck[..2]
+        } else {
+            &ck[..]
+        };
+        assert_error(&[&args[..1], ck, &args[1..]].concat(), &[said]);
+    }
     // eval's tables are refused before the checkpoint is read or the run
     // made, when their folder is not there.
     for flag in ["--per-class", "--confusion"] {

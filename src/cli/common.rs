@@ -200,6 +200,22 @@ pub fn minutes_or_off(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// Refuse an output file whose extension is not `ext` (any case): the
+/// command writes `what`, and a viewer or a program opening the file goes
+/// by its name.
+pub fn named_as(flag: &str, out: &Path, ext: &str, what: &str) -> Result<()> {
+    let has = out.extension().and_then(|e| e.to_str());
+    // A folder is no file name at all: the write's own check says so.
+    if has.is_some_and(|e| e.eq_ignore_ascii_case(ext)) || out.is_dir() {
+        return Ok(());
+    }
+    bail!(
+        "{flag} {}: the command writes {what}; name the file .{ext}, e.g. {}",
+        out.display(),
+        out.with_extension(ext).display()
+    )
+}
+
 /// Refuse an output path that holds one of our training checkpoints: the
 /// command would replace it, and a run resumes from it.
 pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {

@@ -7,6 +7,8 @@ use clap::Args;
 
 use alexnet_cuda::viz::filters;
 
+use super::common::named_as;
+
 #[derive(Args)]
 pub struct FiltersArgs {
     /// A checkpoint (ckpt-*.safetensors or best.safetensors), a run folder for its best.safetensors, or an exported safetensors file.
@@ -26,6 +28,7 @@ pub struct FiltersArgs {
 
 /// Draw the picture and print the towers' colour table.
 pub fn run(args: FiltersArgs) -> Result<()> {
+    named_as("--out", &args.out, "png", "a PNG picture")?;
     filters::check_out(&args.out)?;
     let conv1 = filters::load(&args.checkpoint, args.config.as_deref())?;
     let layout = filters::write_png(&conv1, &args.out)?;

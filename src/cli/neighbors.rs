@@ -10,7 +10,9 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{existing_file, image_files, image_or_folder, not_a_checkpoint, positive};
+use super::common::{
+    existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, positive,
+};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -46,6 +48,7 @@ pub struct NeighborsArgs {
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
     not_a_checkpoint("--out", &args.out)?;
+    named_as("--out", &args.out, "png", "a PNG picture")?;
     let queries = image_files(&args.query)?;
     let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {
