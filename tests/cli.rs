@@ -257,6 +257,15 @@ fn numbers_out_of_range_name_their_flag() {
         &[&neighbors[..], &["--out", "o.png", "--cell", "2000"]].concat(),
         &["invalid value '2000' for '--cell", "16..=1024"],
     );
+    // The hidden data writers: an empty set, or images JPEG cannot hold.
+    assert_error(
+        &["demo-data", "--out", "d", "--per-class", "0"],
+        &["invalid value '0' for '--per-class", "must be at least 1"],
+    );
+    assert_error(
+        &["synth-store", "--out", "d", "--count", "4", "--size", "0"],
+        &["invalid value '0' for '--size", "8..=4096"],
+    );
     // Bytes per step at a batch of 2^64 - 1 would wrap.
     for cmd in ["summary", "scaling"] {
         assert_error(

@@ -7,13 +7,15 @@ use clap::Args;
 
 use alexnet_cuda::data::write_demo_dataset;
 
+use super::common::at_least_one;
+
 #[derive(Args)]
 pub struct DemoDataArgs {
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value_t = 10)]
     classes: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     per_class: usize,
     #[arg(long, default_value_t = 256)]
     size: usize,

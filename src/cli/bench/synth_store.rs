@@ -11,14 +11,17 @@ use alexnet_cuda::data::decode::encode_jpeg;
 use alexnet_cuda::data::packed::{Stats, StoreWriter};
 use alexnet_cuda::data::{Encoding, Pca, StoreMeta};
 
+use crate::cli::common::at_least_one;
+
 #[derive(Args)]
 pub struct SynthStoreArgs {
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     count: usize,
-    #[arg(long, default_value_t = 256)]
-    size: usize,
+    /// Image side, 8 to 4096 (the demo set's range).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(8..=4096))]
+    size: u16,
 }
 
 /// synth-store's JSON line: the images written and the data file's size.
@@ -31,6 +34,7 @@ struct SynthReport {
 /// Write the store and print its image count and size.
 pub fn run(args: SynthStoreArgs) -> Result<()> {
     let SynthStoreArgs { out, count, size } = args;
+    let size = usize::from(size);
     let encoded = distinct_images(size)?;
     let mut w = StoreWriter::create(&out, size, Encoding::Jpeg)?;
     for i in 0..count {
