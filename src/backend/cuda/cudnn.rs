@@ -62,6 +62,24 @@ fn int(op: &'static str, v: usize) -> Result<c_int> {
     })
 }
 
+/// Most elements one tensor of cuDNN's descriptor API may span: its
+/// documented 2^31 - 1 (pytorch/pytorch#22496; PyTorch splits larger
+/// convolutions over the batch, #31379).
+const MAX_TENSOR_ELEMENTS: usize = c_int::MAX as usize;
+
+/// A batch of `n` images of `per_image` elements each (the whole layer's
+/// maps: a group's view spans them) within [`MAX_TENSOR_ELEMENTS`], or an
+/// error naming the largest batch that is, and the convolution without it.
+fn fits_cudnn(op: &'static str, n: usize, per_image: usize) -> Result<()> {
+    let most = MAX_TENSOR_ELEMENTS / per_image.max(1);
+    if n <= most {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{op}: a batch of {n} on one GPU takes {per_image} values per image in these maps, past the {MAX_TENSOR_ELEMENTS} one cuDNN tensor holds; pass a batch of at most {most} per GPU, or --fallback-conv (im2col and cuBLAS, without that limit)"
+    )))
+}
+
 // -- descriptors: owned handles, destroyed on drop ------------------------------
 
 struct TensorDesc(sys::cudnnTensorDescriptor_t);
@@ -98,6 +116,7 @@ fn check_elem<T>(op: &'static str, p: Precision) -> Result<()> {
 impl TensorDesc {
     /// A packed NCHW tensor of `dtype`.
     fn nchw(op: &'static str, dims: [usize; 4], dtype: sys::cudnnDataType_t) -> Result<Self> {
+        fits_cudnn(op, dims[0], dims[1] * dims[2] * dims[3])?;
         let [n, c, h, w] = [
             int(op, dims[0])?,
             int(op, dims[1])?,
@@ -279,6 +298,7 @@ impl TensorDesc {
         strides: [usize; 4],
         dtype: sys::cudnnDataType_t,
     ) -> Result<Self> {
+        fits_cudnn(op, dims[0], strides[0].max(dims[1] * dims[2] * dims[3]))?;
         let mut v = [0 as c_int; 8];
         for (i, x) in dims.iter().chain(&strides).enumerate() {
             v[i] = int(op, *x)?;
@@ -1258,6 +1278,22 @@ mod tests {
     use super::*;
     use sys::cudnnConvolutionBwdFilterAlgo_t as F;
     use sys::cudnnStatus_t as S;
+
+    /// conv1's output, 96 x 55 x 55 = 290,400 values an image: 7,394
+    /// images are 2,147,217,600 values, within 2^31 - 1 = 2,147,483,647;
+    /// 7,395 are 2,147,508,000, past it.
+    #[test]
+    fn a_batch_past_cudnns_tensor_size_names_the_largest_that_fits() {
+        let per = 96 * 55 * 55;
+        assert!(fits_cudnn("conv1", 7_394, per).is_ok());
+        let e = fits_cudnn("conv1", 7_395, per).unwrap_err().to_string();
+        assert!(
+            e.contains("a batch of 7395 on one GPU")
+                && e.contains("at most 7394 per GPU, or --fallback-conv"),
+            "{e}"
+        );
+        assert!(fits_cudnn("conv1", 1, 0).is_ok());
+    }
 
     /// cuDNN lists the candidates fastest first; backward-filter ALGO_0
     /// sums with atomics (not deterministic), ALGO_1 does not. The pick is
