@@ -8,8 +8,11 @@
 //!
 //! What the towers compute equals the grouped network: a tower's half of a
 //! layer is the same rows of the same weight tensor, and LRN stays within a
-//! tower's channels on both. The forward pass, the loss and the last layer's
-//! gradients are bit for bit the same. Below an exchange, the input's
+//! tower's channels on both. Without dropout (evaluation, or a table
+//! without it) the forward pass, the loss and the last layer's gradients
+//! are bit for bit the same; in training each tower draws the dropout mask
+//! of its own half from a stream of its own, so the masks (not their
+//! statistics) differ from the grouped network's. Below an exchange, the input's
 //! gradient is the sum of both towers' partial gradients (each over its own
 //! half of the outputs), where one device sums over all outputs at once: the
 //! same terms added in another order, so equal to rounding (tests/towers.rs
