@@ -229,6 +229,8 @@ def name(path):
 def main():
     failed = False
     src = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), SRC))
+    if not any((src / root).exists() for root in ("lib.rs", "main.rs")):
+        sys.exit(f"error: {src} holds neither lib.rs nor main.rs; pass a crate's src folder")
     for root in ("lib.rs", "main.rs"):
         if not (src / root).exists():
             continue
