@@ -156,11 +156,30 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         }
         _ => {}
     }
-    let img = decode_within_limits(reader).map_err(bad)?;
+    let img = survive_panic(|| decode_within_limits(reader)).map_err(bad)?;
     if img.width() == 0 || img.height() == 0 {
         return Err(bad(format!("{}x{} pixels", img.width(), img.height())));
     }
     Ok(img.into_rgb8())
+}
+
+/// `decode`'s result, or its panic as an error: zune-jpeg (image's JPEG
+/// decoder) has panicked on malformed files (etemesi254/zune-image issues
+/// 218, 362), and one such file among a million must cost that file, named,
+/// not the whole `prepare` or training run.
+fn survive_panic<T>(
+    decode: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!(
+            "the decoder failed on it ({why}), a malformed file it does not handle; re-encode the image (e.g. with Pillow or ImageMagick) or remove it"
+        ))
+    })
 }
 
 /// Decode under [`MAX_SIDE`] and [`MAX_DECODE_BYTES`], both checked from the
@@ -337,4 +356,26 @@ pub fn decode_jpeg_rgb_into(
         return Err(format!("{w}x{h} JPEG where {size}x{size} RGB was expected"));
     }
     dec.decode_into(out).map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoder that panics, as zune-jpeg has on malformed files, gives an
+    /// error carrying its message (either payload type), and the caller
+    /// goes on; a decode that works is passed through.
+    #[test]
+    fn a_decoder_panic_is_an_error_with_its_message() {
+        let e = survive_panic::<()>(|| panic!("index out of bounds: the len is 128")).unwrap_err();
+        assert!(
+            e.contains("the decoder failed on it (index out of bounds: the len is 128)"),
+            "{e}"
+        );
+        assert!(e.contains("re-encode the image"), "{e}");
+        let n = 6656;
+        let e = survive_panic::<()>(|| panic!("range end index {n}")).unwrap_err();
+        assert!(e.contains("(range end index 6656)"), "{e}");
+        assert_eq!(survive_panic(|| Ok::<u8, String>(3)), Ok(3));
+    }
 }
