@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
-use crate::model::topology::InitRecipe;
+use crate::model::topology::{DropoutRule, InitRecipe};
 
 /// When the learning rate drops.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,10 @@ pub struct RunOptions {
     /// (`--warmup`; 0: none, as the paper).
     #[serde(default)]
     pub warmup: f64,
+    /// How dropout's scale is trained (`--dropout`); runs written before
+    /// the flag existed trained inverted dropout, the default.
+    #[serde(default)]
+    pub dropout: DropoutRule,
 }
 
 fn paper_init() -> InitRecipe {

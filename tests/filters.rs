@@ -200,6 +200,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
             init: InitRecipe::Caffe,
             demo: false,
             warmup: 0.0,
+            dropout: Default::default(),
         },
         preprocess: Preprocess {
             image_size: 32,

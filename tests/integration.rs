@@ -15,6 +15,7 @@ mod cli;
 mod cpu_ops;
 mod cuda_probe;
 mod data;
+mod dropout_rule;
 mod eval;
 mod export;
 mod features;

@@ -21,7 +21,7 @@ use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::Layout;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
-use alexnet_cuda::model::topology::{InitRecipe, Topology};
+use alexnet_cuda::model::topology::{DropoutRule, InitRecipe, Topology};
 use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
@@ -84,11 +84,14 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it, --lr sets the rate from here on.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "val", "limit", "lr_milestones", "warmup", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["demo", "config", "no_lrn", "pool", "batch", "val", "limit", "lr_milestones", "warmup", "patience", "max_drops", "crop", "seed", "init_from", "out", "recipe", "dropout"])]
     resume: Option<PathBuf>,
     /// Starting biases: caffe (default) starts the paper's biases of 1 (conv2, conv4, conv5, fc6, fc7) at 0.1, as Caffe's AlexNet, because 1 diverges and then sits at chance on real photos (docs/training.md); paper: the literal 1.
     #[arg(long, value_enum)]
     recipe: Option<RecipeFlag>,
+    /// How dropout's scale trains: inverted (default, Caffe's: kept units x2 in training) or paper (section 4.2's rule exactly: the layers after dropout, fc7 and fc8, at lr / 4, decay x 4, init std / 2, which is the paper's update in the same weights; docs/training.md).
+    #[arg(long, value_enum)]
+    dropout: Option<DropoutFlag>,
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint), or a run folder for its best.safetensors.
     #[arg(long, value_name = "PATH", value_parser = existing_weights)]
     init_from: Option<PathBuf>,
@@ -120,6 +123,22 @@ pub struct TrainArgs {
     seed: u64,
     #[command(flatten)]
     host: HostArgs,
+}
+
+/// --dropout's values: the library's `DropoutRule`.
+#[derive(Clone, Copy, ValueEnum)]
+enum DropoutFlag {
+    Inverted,
+    Paper,
+}
+
+impl From<DropoutFlag> for DropoutRule {
+    fn from(d: DropoutFlag) -> DropoutRule {
+        match d {
+            DropoutFlag::Inverted => DropoutRule::Inverted,
+            DropoutFlag::Paper => DropoutRule::Paper,
+        }
+    }
 }
 
 /// --recipe's values: the library's `InitRecipe`.
@@ -316,6 +335,9 @@ fn options(
     opts.keep = args.keep as usize;
     if let Some(r) = args.recipe {
         opts.run.init = recipe(r, topo)?;
+    }
+    if let Some(d) = args.dropout {
+        opts.run.dropout = d.into();
     }
     opts.init_from = args.init_from.clone();
     opts.fresh = args.fresh.clone();

@@ -402,7 +402,13 @@ impl<'a, B: Backend> Network<'a, B> {
                 return Ok(());
             }
         }
-        sgd_all(self.be, &mut self.params, hp, &mut self.laps)?;
+        sgd_all(
+            self.be,
+            &mut self.params,
+            &self.topo.layers,
+            hp,
+            &mut self.laps,
+        )?;
         self.step += 1;
         Ok(())
     }

@@ -88,7 +88,7 @@ pub(super) fn initial_values(
     let std = match l.init {
         Init::Normal(std) => std as f64,
         Init::He => (2.0 / fan_in as f64).sqrt(),
-    };
+    } * l.weight_rule.init_scale as f64;
     // Weight j is the stream's j-th normal (two draws each), so the pieces
     // drawn in parallel are the sequential stream: 61M normals take about
     // 2 s on one core.
@@ -386,11 +386,13 @@ pub(super) fn unscale_all<B: Backend>(be: &B, params: &mut [Param<B>], inv: f32)
     be.unscale_check_all(inv, &mut grads)
 }
 
-/// The paper's update on every parameter of `params`; weight decay on the
-/// weights, not the biases (docs/training.md).
+/// The paper's update on every parameter of `params` (one per row of
+/// `layers`); weight decay on the weights, not the biases
+/// (docs/training.md); each layer's weights under its `weight_rule`.
 pub(super) fn sgd_all<B: Backend>(
     be: &B,
     params: &mut [Param<B>],
+    layers: &[Layer],
     hp: &SgdParams,
     laps: &mut Laps,
 ) -> Result<()> {
@@ -398,9 +400,15 @@ pub(super) fn sgd_all<B: Backend>(
         weight_decay: 0.0,
         ..*hp
     };
-    for (i, p) in params.iter_mut().enumerate() {
+    for (i, (p, l)) in params.iter_mut().zip(layers).enumerate() {
+        let r = l.weight_rule;
+        let weights = SgdParams {
+            lr: hp.lr * r.lr_mult,
+            weight_decay: hp.weight_decay * r.decay_mult,
+            ..*hp
+        };
         laps.at(Some(i));
-        be.sgd_update(hp, &mut p.w, &p.dw, &mut p.vw)?;
+        be.sgd_update(&weights, &mut p.w, &p.dw, &mut p.vw)?;
         be.sgd_update(&no_decay, &mut p.b, &p.db, &mut p.vb)?;
         laps.lap(be, Part::Sgd)?;
     }

@@ -65,6 +65,55 @@ pub struct Layer {
     pub dropout: f32,
     pub init: Init,
     pub bias: f32,
+    /// Factors on the weights' learning rate, weight decay and initial
+    /// standard deviation (1: the recipe's); `with_dropout` sets them.
+    pub weight_rule: WeightRule,
+}
+
+/// Per-layer factors on the update and initialisation of a layer's weights
+/// (not its biases), as Caffe's `lr_mult` and `decay_mult`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightRule {
+    pub lr_mult: f32,
+    pub decay_mult: f32,
+    pub init_scale: f32,
+}
+
+impl WeightRule {
+    pub const SAME: WeightRule = WeightRule {
+        lr_mult: 1.0,
+        decay_mult: 1.0,
+        init_scale: 1.0,
+    };
+}
+
+/// How dropout's training output is scaled (`train --dropout`).
+///
+/// Section 4.2 zeroes units with probability p in training and multiplies
+/// every output by 1 - p at test time. Inverted dropout (Caffe's, the
+/// default) scales the kept units by s = 1 / (1 - p) in training instead,
+/// which computes the same test-time function with the next layer's weights
+/// W = W' / s of the paper's W', but trains W otherwise: the paper's rule on
+/// W', v' = 0.9 v' - d lr W' - lr g', written in W (g = s g') is the
+/// update with lr / s^2 and decay d s^2, from N(0, std / s). `Paper` gives
+/// the next layer's weights those factors, so the run follows the paper's
+/// update exactly while the weights keep the default's meaning (eval,
+/// predict and export unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropoutRule {
+    #[default]
+    Inverted,
+    Paper,
+}
+
+impl DropoutRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            DropoutRule::Inverted => "inverted",
+            DropoutRule::Paper => "paper",
+        }
+    }
 }
 
 /// How the loader normalises pixels for this config.
@@ -234,6 +283,7 @@ fn layer(name: &'static str, op: Op, exchange: bool) -> Layer {
         dropout: 0.0,
         init: PAPER_STD,
         bias: 0.0,
+        weight_rule: WeightRule::SAME,
     }
 }
 
@@ -377,6 +427,26 @@ impl Topology {
         for l in &mut self.layers {
             if l.bias == 1.0 {
                 l.bias = recipe.one_bias();
+            }
+        }
+        self
+    }
+
+    /// The table trained under `rule`: with `Paper`, each layer that reads a
+    /// dropped-out layer's output gets the factors of [`DropoutRule`]
+    /// (s = 1 / (1 - p): lr / s^2, decay x s^2, init std / s).
+    pub fn with_dropout(mut self, rule: DropoutRule) -> Topology {
+        if rule == DropoutRule::Paper {
+            for i in 1..self.layers.len() {
+                let p = self.layers[i - 1].dropout;
+                if p > 0.0 {
+                    let s = 1.0 / (1.0 - p);
+                    self.layers[i].weight_rule = WeightRule {
+                        lr_mult: 1.0 / (s * s),
+                        decay_mult: s * s,
+                        init_scale: 1.0 / s,
+                    };
+                }
             }
         }
         self

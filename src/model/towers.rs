@@ -627,7 +627,13 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             }
         }
         for (t, tw) in self.towers.iter_mut().enumerate() {
-            sgd_all(self.devs[t], &mut tw.params, hp, &mut Laps::default())?;
+            sgd_all(
+                self.devs[t],
+                &mut tw.params,
+                &self.topo.layers,
+                hp,
+                &mut Laps::default(),
+            )?;
         }
         self.step += 1;
         Ok(())

@@ -67,6 +67,7 @@ pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
         init,
         demo,
         warmup,
+        dropout,
     } = &state.options;
     f.extend([
         field("--epochs", epochs),
@@ -85,6 +86,7 @@ pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
         field("--recipe", init),
         field("--demo", demo),
         field("--warmup", warmup),
+        field("--dropout", dropout),
     ]);
     f.extend([
         field("step", &p.step),

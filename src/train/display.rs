@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::model::summary::thousands;
-use crate::model::topology::{InitRecipe, Topology};
+use crate::model::topology::{DropoutRule, InitRecipe, Topology, WeightRule};
 use crate::run_state::{EpochStats, Progress, RunOptions};
 use crate::step_log::EpochClock;
 
@@ -68,6 +68,20 @@ pub fn layout(
                 InitRecipe::Paper => " (section 5)",
             }
         );
+    }
+    if opts.run.dropout == DropoutRule::Paper {
+        let rules = topo.clone().with_dropout(DropoutRule::Paper);
+        for l in rules
+            .layers
+            .iter()
+            .filter(|l| l.weight_rule != WeightRule::SAME)
+        {
+            let r = l.weight_rule;
+            info!(
+                "dropout as the paper's (section 4.2): {} weights train at lr x {}, weight decay x {}, from init std x {}",
+                l.name, r.lr_mult, r.decay_mult, r.init_scale
+            );
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{Checkpoint, RunOptions};
 use crate::dist::world::World;
 use crate::metrics::MetricsFormat;
-use crate::model::topology::{InitRecipe, Topology};
+use crate::model::topology::{DropoutRule, InitRecipe, Topology};
 use crate::run_state::{EpochStats, Schedule};
 
 #[derive(Clone, Debug)]
@@ -86,6 +86,7 @@ impl TrainOptions {
                 init: InitRecipe::default(),
                 demo: false,
                 warmup: 0.0,
+                dropout: DropoutRule::default(),
             },
             workers: None,
             time_limit: None,

@@ -178,7 +178,10 @@ pub fn build_net<'a, B: Backend>(
     local_batch: usize,
 ) -> Result<Box<dyn Model + 'a>> {
     let mut net = layout.build(
-        &topo.clone().with_init(opts.run.init),
+        &topo
+            .clone()
+            .with_init(opts.run.init)
+            .with_dropout(opts.run.dropout),
         local_batch,
         opts.run.seed,
     )?;
