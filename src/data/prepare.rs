@@ -440,8 +440,13 @@ fn val_items(
 }
 
 /// A val image's label, or why it has none among the training classes
-/// (`line N: synset S is not a training class`).
+/// ([`other_class`]).
 type ValLabel = std::result::Result<u32, String>;
+
+/// Why line `n` of a labels file, synset `syn`, labels no training class.
+fn other_class(n: usize, syn: &str) -> String {
+    format!("line {n}: synset {syn:?} is not a training class")
+}
 
 /// The val images of training classes. Those of other classes (a
 /// subset's training classes against the full val folder and labels) are
@@ -517,8 +522,7 @@ fn devkit_labels(
                     syn_path.display()
                 )
             })?;
-        let not_ours = || format!("line {n}: synset {syn} is not a training class");
-        Ok(index.get(syn).copied().ok_or_else(not_ours))
+        Ok(index.get(syn).copied().ok_or_else(|| other_class(n, syn)))
     };
     lines.iter().map(label).collect()
 }
@@ -602,10 +606,7 @@ fn label_files(
             .unwrap_or_default();
         match by_name.get(&stem(&name)) {
             Some((Some(l), ..)) => out.push((p, Ok(*l))),
-            Some((None, n, syn)) => out.push((
-                p,
-                Err(format!("line {n}: synset {syn:?} is not a training class")),
-            )),
+            Some((None, n, syn)) => out.push((p, Err(other_class(*n, syn)))),
             None => missing.push(p),
         }
     }
