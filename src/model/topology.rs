@@ -107,15 +107,6 @@ pub enum DropoutRule {
     Paper,
 }
 
-impl DropoutRule {
-    pub fn name(self) -> &'static str {
-        match self {
-            DropoutRule::Inverted => "inverted",
-            DropoutRule::Paper => "paper",
-        }
-    }
-}
-
 /// How the loader normalises pixels for this config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Normalize {
