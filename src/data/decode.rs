@@ -166,11 +166,17 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 /// `decode`'s result, or its panic as an error: zune-jpeg (image's JPEG
 /// decoder) has panicked on malformed files (etemesi254/zune-image issues
 /// 218, 362), and one such file among a million must cost that file, named,
-/// not the whole `prepare` or training run.
+/// not the whole `prepare` or training run. The panic hook stays quiet
+/// meanwhile: the error says it all, and a "thread panicked" line before it
+/// would read as a crash.
 fn survive_panic<T>(
     decode: impl FnOnce() -> std::result::Result<T, String>,
 ) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|p| {
+    quiet_hook_installed();
+    DECODING.with(|d| d.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
+    DECODING.with(|d| d.set(false));
+    result.unwrap_or_else(|p| {
         let why = p
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -180,6 +186,25 @@ fn survive_panic<T>(
             "the decoder failed on it ({why}), a malformed file it does not handle; re-encode the image (e.g. with Pillow or ImageMagick) or remove it"
         ))
     })
+}
+
+thread_local! {
+    /// Set while this thread runs a decode inside [`survive_panic`].
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Put a panic hook in front of the one in place (once per process) that
+/// passes every panic on, except one raised inside [`survive_panic`].
+fn quiet_hook_installed() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !DECODING.with(|d| d.get()) {
+                before(info)
+            }
+        }));
+    });
 }
 
 /// Decode under [`MAX_SIDE`] and [`MAX_DECODE_BYTES`], both checked from the
@@ -338,8 +363,8 @@ pub fn encode_jpeg(pixels: &[u8], size: usize, quality: u8, out: &mut Vec<u8>) -
 
 /// The loader's decode: a JPEG written by [`encode_jpeg`] (RGB, `size x
 /// size`) into `out` (`size * size * 3` bytes). zune-jpeg directly, without
-/// `image`'s format probing and extra copy. Errors are text for the caller to
-/// attach the store's name to.
+/// `image`'s format probing and extra copy. Errors, a decoder panic among
+/// them, are text for the caller to attach the store's name to.
 pub fn decode_jpeg_rgb_into(
     bytes: &[u8],
     size: usize,
@@ -349,13 +374,15 @@ pub fn decode_jpeg_rgb_into(
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(size)
         .set_max_height(size);
-    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    dec.decode_headers().map_err(|e| format!("{e:?}"))?;
-    let (w, h) = dec.dimensions().ok_or("no dimensions")?;
-    if (w, h) != (size, size) || dec.output_buffer_size() != Some(out.len()) {
-        return Err(format!("{w}x{h} JPEG where {size}x{size} RGB was expected"));
-    }
-    dec.decode_into(out).map_err(|e| format!("{e:?}"))
+    survive_panic(|| {
+        let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+        dec.decode_headers().map_err(|e| format!("{e:?}"))?;
+        let (w, h) = dec.dimensions().ok_or("no dimensions")?;
+        if (w, h) != (size, size) || dec.output_buffer_size() != Some(out.len()) {
+            return Err(format!("{w}x{h} JPEG where {size}x{size} RGB was expected"));
+        }
+        dec.decode_into(out).map_err(|e| format!("{e:?}"))
+    })
 }
 
 #[cfg(test)]
@@ -377,5 +404,16 @@ mod tests {
         let e = survive_panic::<()>(|| panic!("range end index {n}")).unwrap_err();
         assert!(e.contains("(range end index 6656)"), "{e}");
         assert_eq!(survive_panic(|| Ok::<u8, String>(3)), Ok(3));
+    }
+
+    /// The hook is silenced only while a decode runs, and speaks again
+    /// after one that panicked, so the program's own panics are still told.
+    #[test]
+    fn the_panic_hook_is_quiet_only_inside_a_decode() {
+        let inside = survive_panic(|| Ok::<bool, String>(DECODING.with(|d| d.get())));
+        assert_eq!(inside, Ok(true));
+        assert!(!DECODING.with(|d| d.get()));
+        let _ = survive_panic::<()>(|| panic!("malformed"));
+        assert!(!DECODING.with(|d| d.get()));
     }
 }
