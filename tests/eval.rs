@@ -1189,7 +1189,27 @@ fn eval_per_class_tables_match_predicts_logits() {
             assert_eq!((&r[6], num(8) as f32), (classes[j].as_str(), most), "{r:?}");
         }
     }
-    assert!(text.contains("hardest classes (top-1 error): "), "{text}");
+    // The printed line: the classes of highest top-1 error first (ties in
+    // label order), each "name e% of n", split on "; ".
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hardest classes (top-1 error): "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let mut hard: Vec<usize> = (0..10).filter(|&c| want[c].1 > 0).collect();
+    hard.sort_by(|&a, &b| {
+        (want[b].1 * want[a].0)
+            .cmp(&(want[a].1 * want[b].0))
+            .then(a.cmp(&b))
+    });
+    let shown: Vec<String> = hard
+        .iter()
+        .take(5)
+        .map(|&c| {
+            let e = 100.0 * want[c].1 as f64 / want[c].0 as f64;
+            format!("{} {e:.1}% of {}", classes[c], want[c].0)
+        })
+        .collect();
+    assert_eq!(line.split("; ").collect::<Vec<_>>(), shown, "{text}");
     assert!(
         text.contains("most confused (true -> top-1, images): "),
         "{text}"

@@ -1259,6 +1259,41 @@ fn ten_crops_are_the_corners_and_centre_then_mirrored() -> TestResult {
 }
 
 #[test]
+fn ten_crops_of_224_are_padded_like_training_crops() -> TestResult {
+    // The paper's text: 224 of 256. 256 - 224 = 32; centre 16.
+    let want = [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)];
+    let got = ten_crops(256, 224);
+    for k in 0..10 {
+        let (x, y) = want[k % 5];
+        assert_eq!(got[k], Crop { x, y, flip: k >= 5 }, "crop {k}");
+    }
+    // 6x6 coordinate image, crop 4 padded by 3 to 7: one zero row and
+    // column before, two after (as 224 + 3 = 227: 1 before, 2 after).
+    let set = coordinate_image(6)?;
+    let mut c = loader_cfg(1, 4, false, 1);
+    c.ten_crop = true;
+    c.pad = 3;
+    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
+    assert_eq!((b.n, b.crops, b.x.len()), (1, 10, 10 * 3 * 49));
+    let plane = |r: usize, ch: usize| b.x[(r * 3 + ch) * 49..][..49].to_vec();
+    for (r, ch) in [(1, 0), (1, 2), (8, 1)] {
+        let p = plane(r, ch);
+        let row = |y: usize| p[y * 7..y * 7 + 7].to_vec();
+        assert_eq!(row(0), [0.0; 7], "crop {r} channel {ch}");
+        assert_eq!(row(5), [0.0; 7]);
+        assert_eq!(row(6), [0.0; 7]);
+        // Top-right crop (x = 2..6); crop 8 is bottom-right (22..), mirrored.
+        let inner = if r == 1 {
+            [0.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0]
+        } else {
+            [0.0, 25.0, 24.0, 23.0, 22.0, 0.0, 0.0]
+        };
+        assert_eq!(row(1), inner, "crop {r} channel {ch}");
+    }
+    Ok(())
+}
+
+#[test]
 fn the_mean_image_is_subtracted_pixel_by_pixel_also_when_mirrored() -> TestResult {
     // One 4x4 image, value 100 everywhere; mean image = 3 x + 30 y + channel.
     let set: Arc<ImageSet> = Arc::new(ImageSet::from_parts(

@@ -174,16 +174,17 @@ fn confusion_kind(f: &Path) -> Result<Picture> {
     }
 }
 
-/// The five hardest classes and the five commonest confusions.
+/// The five hardest classes and the five commonest confusions, separated
+/// by "; " because ImageNet's names hold commas ("tench, Tinca tinca").
 fn print_classes(ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
     let hard = per_class::hardest(ck, tally, 5);
     if hard.is_empty() {
         outln!("every image's class is its top-1 class")?;
         return Ok(());
     }
-    outln!("hardest classes (top-1 error): {}", hard.join(", "))?;
+    outln!("hardest classes (top-1 error): {}", hard.join("; "))?;
     let c = per_class::confusions(ck, tally, 5);
-    outln!("most confused (true -> top-1, images): {}", c.join(", "))?;
+    outln!("most confused (true -> top-1, images): {}", c.join("; "))?;
     Ok(())
 }
 
