@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
@@ -227,12 +228,37 @@ impl Curves {
     }
 }
 
-/// The 1st and 99th percentile of the y values; None when there are none.
+/// The y values without their lowest and highest 1% (n / 100 points at
+/// each end, so none of fewer than 100); None when there are none.
 fn middle_98(points: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
     let mut ys: Vec<f64> = points.iter().map(|p| p.1).collect();
     ys.sort_by(f64::total_cmp);
-    let at = |q: usize| ys.get((ys.len().saturating_sub(1)) * q / 100).copied();
-    (at(1), at(99))
+    let cut = ys.len() / 100;
+    let hi = ys.len().checked_sub(1 + cut).and_then(|i| ys.get(i));
+    (ys.get(cut).copied(), hi.copied())
+}
+
+/// Labels on the shared epoch axis (plotters' default count, set here so
+/// that [`x_decimals`] sees the same ticks the mesh draws).
+const X_LABELS: usize = 11;
+
+/// The fewest decimals that print every x tick exactly: plotters puts them
+/// at 1, 2 or 5 times a power of ten, so a run of 5 epochs gets ticks every
+/// 0.5, which 0 decimals would print as "0 0 1 2 2 ...".
+fn x_decimals(x: (f64, f64)) -> usize {
+    let ticks = RangedCoordf64::from(x.0..x.1).key_points(X_LABELS);
+    let step = match ticks.as_slice() {
+        [a, b, ..] => b - a,
+        _ => return 0,
+    };
+    (0..=6)
+        .find(|&d| {
+            ticks.iter().all(|t| {
+                let shown: f64 = format!("{t:.d$}").parse().unwrap_or(f64::NAN);
+                (shown - t).abs() < step * 1e-3
+            })
+        })
+        .unwrap_or(6)
 }
 
 /// Smallest and largest of `values`; (inf, -inf) when there are none.
@@ -375,14 +401,7 @@ fn draw<DB: DrawingBackend>(
     let (loss_area, rest) = body.split_vertically(body_height * 40 / 100);
     let (err_area, lr_area) = rest.split_vertically(body_height * 33 / 100);
     let x = c.x_range();
-    // Whole epochs once the run is long enough for them to be distinct ticks.
-    let decimals = if x.1 - x.0 >= 5.0 {
-        0
-    } else if x.1 - x.0 >= 0.5 {
-        1
-    } else {
-        2
-    };
+    let decimals = x_decimals(x);
     let x_fmt = move |v: &f64| format!("{v:.decimals$}");
 
     // Loss.
@@ -522,6 +541,7 @@ where
     m.bold_line_style(GRID_BOLD)
         .light_line_style(GRID_LIGHT)
         .label_style((FONT, 14))
+        .x_labels(X_LABELS)
         .axis_desc_style((FONT, 16))
         .x_label_formatter(x_fmt)
         .y_label_formatter(y_fmt)
@@ -661,6 +681,41 @@ mod tests {
         assert!(out.len() <= 200, "{} points", out.len());
         assert!(out.contains(&(4321.0, 99.0)));
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    /// Every tick plotters draws, over runs from 0.01 to 200 epochs,
+    /// prints as its own value, and whole ticks print without decimals.
+    #[test]
+    fn epoch_ticks_print_distinct_and_exact() {
+        for k in 1..=2000 {
+            let span = 0.01 * 1.003f64.powi(k * 3);
+            let x = (-span * 0.01, span * 1.02);
+            let d = x_decimals(x);
+            let ticks = RangedCoordf64::from(x.0..x.1).key_points(X_LABELS);
+            let labels: Vec<String> = ticks.iter().map(|t| format!("{t:.d$}")).collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(unique, labels, "span {span}");
+            for (t, l) in ticks.iter().zip(&labels) {
+                let back: f64 = l.parse().unwrap();
+                assert!((back - t).abs() < 1e-9 + t.abs() * 1e-9, "{t} shown as {l}");
+            }
+            if ticks.iter().all(|t| t.fract() == 0.0) {
+                assert_eq!(d, 0, "span {span}: {labels:?}");
+            }
+        }
+    }
+
+    /// With fewer than 100 points nothing is cut; from 100 on, one point
+    /// at each end per hundred.
+    #[test]
+    fn middle_98_cuts_one_point_per_hundred_at_each_end() {
+        let pts = |n: usize| -> Vec<(f64, f64)> { (0..n).map(|i| (0.0, i as f64)).collect() };
+        assert_eq!(middle_98(&pts(0)), (None, None));
+        assert_eq!(middle_98(&pts(1)), (Some(0.0), Some(0.0)));
+        assert_eq!(middle_98(&pts(99)), (Some(0.0), Some(98.0)));
+        assert_eq!(middle_98(&pts(100)), (Some(1.0), Some(98.0)));
+        assert_eq!(middle_98(&pts(1000)), (Some(10.0), Some(989.0)));
     }
 
     #[test]

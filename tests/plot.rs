@@ -113,11 +113,19 @@ fn empty_input_renders_panels_without_series() {
 fn a_single_point_of_each_is_visible() {
     let (steps, epochs) = run(10, 1);
     let img = render("one", &steps[..1], &epochs[..1]);
-    assert!(
-        coloured(&img) > 50,
-        "only {} coloured pixels",
-        coloured(&img)
-    );
+    // Each series' colour, counted apart: per panel it is drawn in, a
+    // legend swatch (a 20 x 2 line, about 63 pixels with its edges) and a
+    // marker (a disc of radius 3, about 29), so a missing marker falls short.
+    for (name, rgb, panels) in [
+        ("train", [245, 120, 10], 2),
+        ("val top-1", [214, 39, 40], 2),
+        ("val top-5", [140, 80, 190], 1),
+        ("learning rate", [30, 150, 60], 1),
+        ("smoothed loss", [31, 100, 180], 1),
+    ] {
+        let n = count_near(&img, rgb);
+        assert!(n >= panels * (63 + 20), "{name}: {n} pixels of its colour");
+    }
 }
 
 #[test]
