@@ -23,10 +23,11 @@
 //! twenty lines. The CRC32C is the `crc32c` crate's.
 //!
 //! A resumed run opens a new file beside the old ones (TensorBoard reads
-//! every events file in a folder) that starts with a `SessionLog` START at
-//! the first step after the checkpoint: TensorBoard then drops what the
-//! earlier files hold from that step on (a killed run's steps after its
-//! checkpoint), as `steps.csv` is cut back.
+//! every events file in a folder) and cuts the old ones back to the
+//! checkpoint's step (a killed run's steps after its checkpoint go, as
+//! `steps.csv` is cut back). The new file starts with a `SessionLog` START
+//! at the step after the checkpoint, which TensorBoard's Python reader
+//! also takes as "drop what comes later".
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use prost::Message;
 use crate::checkpoint::MOMENTUM;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
+use crate::fsutil::write_atomic;
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
 use crate::run_state::EpochStats;
@@ -67,6 +69,79 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(data);
     out.extend_from_slice(&masked_crc32c(data).to_le_bytes());
     out
+}
+
+/// The records of an events file as (start, end) byte ranges, in order,
+/// up to the first that is cut short or fails a CRC (a process killed
+/// mid-write leaves such a tail), and whether every byte was a whole record.
+pub fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, bool) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let whole = (|| {
+            let len = bytes.get(i..i + 8)?;
+            let crc = u32::from_le_bytes(bytes.get(i + 8..i + 12)?.try_into().ok()?);
+            let n = usize::try_from(u64::from_le_bytes(len.try_into().ok()?)).ok()?;
+            let end = (i + 12).checked_add(n)?.checked_add(4)?;
+            let data = bytes.get(i + 12..end - 4)?;
+            let dcrc = u32::from_le_bytes(bytes.get(end - 4..end)?.try_into().ok()?);
+            (crc == masked_crc32c(len) && dcrc == masked_crc32c(data)).then_some(end)
+        })();
+        match whole {
+            Some(end) => {
+                out.push((i, end));
+                i = end;
+            }
+            None => return (out, false),
+        }
+    }
+    (out, true)
+}
+
+/// Make the folder's earlier events files agree with the run about to
+/// write its own. A fresh run removes them: they are an attempt that left no
+/// checkpoint, whose `steps.csv` is rewritten too. A run resumed at step
+/// `s` cuts each back to its records at steps up to `s` (and a torn last
+/// record): the restart marker alone would not do, since TensorBoard's
+/// default reader ignores it and keeps a tag's points past `s` until the
+/// resumed run writes that tag again. Returns the files changed.
+pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<PathBuf>> {
+    let mut changed = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if !name.is_some_and(|n| n.starts_with("events.out.tfevents.")) || !path.is_file() {
+            continue;
+        }
+        let Some(s) = resume_step else {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            changed.push(path);
+            continue;
+        };
+        let s = i64::try_from(s).unwrap_or(i64::MAX);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let (all, whole) = records(&bytes);
+        let kept: Vec<&(usize, usize)> = all
+            .iter()
+            .filter(|(a, b)| {
+                // A record whose step cannot be read is kept as it is.
+                Event::decode(&bytes[a + 12..b - 4]).map_or(true, |e| e.step <= s)
+            })
+            .collect();
+        if whole && kept.len() == all.len() {
+            continue;
+        }
+        let out: Vec<u8> = kept
+            .iter()
+            .flat_map(|&&(a, b)| &bytes[a..b])
+            .copied()
+            .collect();
+        write_atomic(&path, &out)?;
+        changed.push(path);
+    }
+    changed.sort();
+    Ok(changed)
 }
 
 /// What an event carries besides its time and step.

@@ -39,5 +39,6 @@ mod steady_state;
 mod step_metrics;
 mod summary;
 mod tcp_reduce;
+mod tensorboard;
 mod towers;
 mod train_cifar;

@@ -20,7 +20,7 @@ use crate::plot::{render_png, EpochPoint, StepPoint};
 use crate::run_state::EpochStats;
 use crate::shell;
 use crate::step_log::StepSink;
-use crate::tensorboard::EventWriter;
+use crate::tensorboard::{self, EventWriter};
 
 use super::options::TrainOptions;
 use super::writer::{About, Written};
@@ -93,8 +93,8 @@ pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<
 /// it, belong to the history it replaces. They are moved, not deleted, to
 /// `replaced-after-step-<s>/`, so that pruning and `--resume RUN` see
 /// only this run's; a best moved aside is replaced by [`check_best`]. The
-/// metrics files are copied there whole, since the resumed run keeps only
-/// their rows up to its step.
+/// metrics and events files are copied there whole, since the resumed run
+/// keeps only their rows up to its step.
 fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     let step = state.progress.step;
     let mut later: Vec<PathBuf> = checkpoint::list(dir)?
@@ -138,19 +138,29 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     Ok(())
 }
 
-/// Copies of `dir`'s metrics files (either format) in `aside`, on disk.
+/// Copies of `dir`'s metrics files (either format) and TensorBoard events
+/// files in `aside`, on disk.
 fn copy_metrics(dir: &Path, aside: &Path) -> Result<()> {
-    for what in ["steps", "epochs"] {
-        for format in [MetricsFormat::Csv, MetricsFormat::Jsonl] {
-            let from = dir.join(format!("{what}.{}", format.ext()));
-            if from.exists() {
-                let to = aside.join(from.file_name().unwrap_or_default());
-                std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
-                File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| Error::io(&to, e))?;
-            }
+    let mut files: Vec<PathBuf> = ["steps", "epochs"]
+        .iter()
+        .flat_map(|what| {
+            [MetricsFormat::Csv, MetricsFormat::Jsonl]
+                .map(|format| dir.join(format!("{what}.{}", format.ext())))
+        })
+        .collect();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("events.out.tfevents.") {
+            files.push(path);
         }
+    }
+    for from in files.iter().filter(|f| f.is_file()) {
+        let to = aside.join(from.file_name().unwrap_or_default());
+        std::fs::copy(from, &to).map_err(|e| Error::io(&to, e))?;
+        File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&to, e))?;
     }
     Ok(())
 }
@@ -308,6 +318,12 @@ impl RunDir {
         let resume_step = resumed.then_some(state.progress.step);
         let (metrics, rows) =
             MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
+        for f in tensorboard::cut_earlier(dir, resume_step)? {
+            match resume_step {
+                Some(s) => info!("{}: cut back to step {s}, the checkpoint's", f.display()),
+                None => info!("{}: removed, an attempt with no checkpoint", f.display()),
+            }
+        }
         let events = EventWriter::create(dir, state.progress.elapsed_s, resume_step)?;
         Ok(Some(RunDir {
             _lock: lock,

@@ -1,0 +1,225 @@
+//! TensorBoard events files across resumes: every (tag, step) point is in
+//! one file only, as TensorBoard's default reader needs (it keeps an old
+//! file's points past a resume's checkpoint until that tag is written again
+//! at a lower step), and the steps are those of steps.csv. Records are read
+//! here by hand from the TFRecord framing and the protobuf wire format.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use alexnet_cuda::tensorboard::{cut_earlier, event, record, Payload};
+
+fn run(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run alexnet-cuda");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {err}");
+}
+
+/// A protobuf varint at `b[*i..]`.
+fn varint(b: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[*i];
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            break;
+        }
+    }
+    v
+}
+
+/// The fields of one message: (field number, varint value or bytes).
+fn fields(b: &[u8]) -> Vec<(u64, u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let key = varint(b, &mut i);
+        let (num, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => out.push((num, varint(b, &mut i), &b[..0])),
+            1 => {
+                out.push((num, 0, &b[i..i + 8]));
+                i += 8;
+            }
+            2 => {
+                let n = varint(b, &mut i) as usize;
+                out.push((num, 0, &b[i..i + n]));
+                i += n;
+            }
+            5 => {
+                out.push((num, 0, &b[i..i + 4]));
+                i += 4;
+            }
+            w => panic!("wire type {w}"),
+        }
+    }
+    out
+}
+
+/// Each record's data: an 8-byte length, 4 bytes of CRC, the data, 4 more.
+fn record_data(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let n = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap()) as usize;
+        out.push(&bytes[i + 12..i + 12 + n]);
+        i += 16 + n;
+    }
+    assert_eq!(i, bytes.len(), "a cut record at the end");
+    out
+}
+
+/// (Event.step (field 2), the tags of its Summary (field 5, values field 1,
+/// tag field 1)).
+fn step_and_tags(data: &[u8]) -> (i64, Vec<String>) {
+    let mut step = 0;
+    let mut tags = Vec::new();
+    for (num, v, b) in fields(data) {
+        match num {
+            2 => step = v as i64,
+            5 => {
+                for (n, _, value) in fields(b) {
+                    assert_eq!(n, 1);
+                    for (m, _, tag) in fields(value) {
+                        if m == 1 {
+                            tags.push(String::from_utf8(tag.to_vec()).unwrap());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (step, tags)
+}
+
+fn events_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("events.out.tfevents."))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A 2-epoch run, a resume to 3, then a resume from the epoch-2 checkpoint
+/// to 3 again (as after a kill past a checkpoint): each tag's steps across
+/// the three files are distinct, the step scalars' steps are steps.csv's,
+/// and there are three epoch-end points; the replaced epoch 3 is kept
+/// aside.
+#[test]
+fn resumed_runs_leave_each_point_in_one_events_file() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data").display().to_string();
+    let out = t.path().join("run");
+    let o = out.display().to_string();
+    run(&[
+        "demo-data",
+        "--out",
+        &data,
+        "--size",
+        "32",
+        "--per-class",
+        "12",
+    ]);
+    let common = ["--cpu", "--data", &data, "--no-progress"];
+    run(&[
+        &["train", "--config", "cifar", "--val", "40", "--batch", "20"],
+        &common[..],
+        &["--epochs", "2", "--checkpoint-every", "0", "--out", &o],
+    ]
+    .concat());
+    run(&[&["train", "--resume", &o, "--epochs", "3"], &common[..]].concat());
+    let mut cks: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("ckpt-"))
+        .collect();
+    cks.sort();
+    let ck2 = cks[cks.len() - 2].display().to_string();
+    run(&[&["train", "--resume", &ck2, "--epochs", "3"], &common[..]].concat());
+
+    let files = events_files(&out);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut seen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for f in &files {
+        for data in record_data(&std::fs::read(f).unwrap()) {
+            let (step, tags) = step_and_tags(data);
+            for tag in tags {
+                let fresh = seen.entry(tag.clone()).or_default().insert(step);
+                assert!(fresh, "{tag} at step {step} twice ({})", f.display());
+            }
+        }
+    }
+    let csv = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    let steps: BTreeSet<i64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seen["step/loss"], steps);
+    assert_eq!(seen["epoch/val_top1"].len(), 3);
+    assert_eq!(seen["conv1/filters"], seen["epoch/val_top1"]);
+    // The history replaced (the first epoch 3) is kept aside whole, with
+    // the metrics files: its two events files hold every step to the end.
+    let aside = out.join(format!("replaced-after-step-{}", steps.len() * 2 / 3));
+    let kept = events_files(&aside);
+    assert_eq!(kept.len(), 2, "{}", aside.display());
+    let last = kept
+        .iter()
+        .flat_map(|f| {
+            record_data(&std::fs::read(f).unwrap())
+                .into_iter()
+                .map(|d| step_and_tags(d).0)
+                .collect::<Vec<_>>()
+        })
+        .max();
+    assert_eq!(last, steps.last().copied());
+}
+
+/// `cut_earlier` at step 6: an events file of steps 1..10 and a torn last
+/// record keeps its version record and steps 1..6, whole; a file already
+/// within step 6 is left as it was; other files are not touched. A fresh
+/// run (no step) removes the events files and only them.
+#[test]
+fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let scalars = |step: i64| event(0.0, step, Payload::Scalars(&[("step/loss", 1.0)]));
+    let mut long = record(&event(0.0, 0, Payload::FileVersion));
+    for s in 1..=10 {
+        long.extend(record(&scalars(s)));
+    }
+    let torn = record(&scalars(11));
+    long.extend(&torn[..torn.len() - 3]);
+    let mut short = record(&event(0.0, 0, Payload::FileVersion));
+    short.extend(record(&scalars(3)));
+    let a = dir.join("events.out.tfevents.0000000001.h.alexnet-cuda");
+    let b = dir.join("events.out.tfevents.0000000002.h.alexnet-cuda");
+    std::fs::write(&a, &long).unwrap();
+    std::fs::write(&b, &short).unwrap();
+    std::fs::write(dir.join("steps.csv"), "step\n").unwrap();
+
+    assert_eq!(cut_earlier(dir, Some(6)).unwrap(), std::slice::from_ref(&a));
+    let kept = std::fs::read(&a).unwrap();
+    let steps: Vec<i64> = record_data(&kept)
+        .iter()
+        .map(|d| step_and_tags(d).0)
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(kept[..], long[..kept.len()], "records kept byte for byte");
+    assert_eq!(std::fs::read(&b).unwrap(), short);
+
+    let mut gone = cut_earlier(dir, None).unwrap();
+    gone.sort();
+    assert_eq!(gone, [a.clone(), b.clone()]);
+    assert!(!a.exists() && !b.exists());
+    assert!(dir.join("steps.csv").exists());
+}
