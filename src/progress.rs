@@ -76,6 +76,15 @@ pub fn bar(len: usize, prefix: &str, show: bool) -> ProgressBar {
     terminal().bar(len as u64, prefix, show)
 }
 
+/// Put a new bar at `first` (the items a resumed task had done) so that its
+/// rate and time left count only what is done from now on: indicatif's
+/// estimator would take the jump as `first` items done in no time.
+pub fn start_at(pb: &ProgressBar, first: u64) {
+    pb.set_position(first);
+    pb.tick();
+    pb.reset_eta();
+}
+
 /// Makes one `Line` per log event (`tracing_subscriber::fmt().with_writer`).
 #[derive(Clone)]
 pub struct LogWriter {

@@ -158,3 +158,20 @@ fn hidden_bars_leave_log_lines_alone() {
     let screen = term.with(|s| s.text()).expect("screen");
     assert_eq!(screen, vec!["INFO only this line".to_string()]);
 }
+
+/// A bar started at a resumed count: its rate counts only what is done
+/// after, not the jump to the count. 5,000 items resumed, then 10 items in
+/// 0.2 s: about 50 per second, where the jump taken as done would read
+/// thousands.
+#[test]
+fn a_resumed_bar_rates_only_what_is_done_after() {
+    let pb = indicatif::ProgressBar::new(10_000);
+    alexnet_cuda::progress::start_at(&pb, 5_000);
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pb.inc(1);
+    }
+    assert_eq!(pb.position(), 5_010);
+    let rate = pb.per_sec();
+    assert!(rate < 200.0, "{rate} items/s");
+}

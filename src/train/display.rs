@@ -144,7 +144,7 @@ pub fn warmup(run: &RunOptions, epoch_batches: usize) {
 pub fn epoch_bar(len: usize, first: usize, epoch: usize, opts: &TrainOptions) -> ProgressBar {
     let prefix = format!("epoch {epoch}/{}", opts.run.epochs);
     let pb = crate::progress::bar(len, &prefix, opts.progress);
-    pb.set_position(first as u64);
+    crate::progress::start_at(&pb, first as u64);
     pb
 }
 
