@@ -9,7 +9,8 @@ batch, and our logits for it from `alexnet-cuda predict --input-npy`), this
      eval mode, strictly (every name and shape must match), and runs the
      input through it in float64;
   2. checks model.onnx with onnx.checker (full check, with shape inference)
-     and runs the input through onnxruntime (float32, CPU);
+     and runs the input through onnxruntime (float32, CPU), and reads the
+     run's classes from its metadata (one per logit);
 and prints the largest |difference| of each against our logits. Without
 --safetensors only the ONNX half runs, and torch is not needed (CI's
 scripts/check-onnx). A NaN anywhere fails the check. With --pixels the ONNX
@@ -33,6 +34,7 @@ Usage: .venv/bin/python scripts/check_export.py --safetensors W --onnx M
 Exits 1 when either difference is above the tolerance.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -92,6 +94,13 @@ def main():
     ok = bool(np.isfinite(ours).all())
     if not ok:
         print("our logits hold NaN or infinity")
+    # The run's classes, as `export` puts them in the model's metadata.
+    meta = sess.get_modelmeta().custom_metadata_map
+    missing = {"config", "classes", "names", "preprocess"} - set(meta)
+    classes = json.loads(meta.get("classes", "[]"))
+    if missing or len(classes) != ours.shape[1]:
+        print(f"metadata: missing {sorted(missing)}, {len(classes)} classes for {ours.shape[1]} logits")
+        ok = False
     for what, y in refs + [("onnxruntime", got)]:
         if y.shape != ours.shape:
             print(f"{what}: logits shape {y.shape}, ours {ours.shape}")

@@ -418,6 +418,16 @@ struct Model {
     /// ValueInfoProto name and its dims (dim_value as text, or dim_param).
     inputs: Vec<(String, Vec<String>)>,
     outputs: Vec<(String, Vec<String>)>,
+    /// metadata_props (14): StringStringEntryProto key 1, value 2.
+    meta: BTreeMap<String, String>,
+}
+
+/// Metadata as `export` writes it, with a name holding a comma and quotes.
+fn meta() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("config".into(), "alexnet".into()),
+        ("names".into(), r#"["tench, Tinca tinca","\"x\" é"]"#.into()),
+    ])
 }
 
 fn value_infos(graph: &[(u64, Val<'_>)], field: u64) -> Vec<(String, Vec<String>)> {
@@ -499,8 +509,17 @@ fn decode(path: &Path) -> Model {
             (text(&t, 8), bytes(&t, 9).to_vec())
         })
         .collect();
+    let meta = all(&model, 14)
+        .into_iter()
+        .map(|v| {
+            let Val::Bytes(b) = v else { panic!() };
+            let e = fields(b);
+            (text(&e, 1), text(&e, 2))
+        })
+        .collect();
     Model {
         raw,
+        meta,
         ir_version: ints(&model, 1)[0] as u64,
         opset: ints(&opset, 2)[0] as u64,
         nodes,
@@ -508,6 +527,23 @@ fn decode(path: &Path) -> Model {
         inputs: value_infos(&graph, 11),
         outputs: value_infos(&graph, 12),
     }
+}
+
+/// ONNX's LRN window for an even size is `size` channels, one side longer;
+/// ours is size + 1 centred (section 3.3's i - n/2 ..= i + n/2). Such a
+/// net is refused, not written to compute something else.
+#[test]
+fn onnx_refuses_an_even_lrn_window() {
+    let mut topo = narrow();
+    topo.lrn.size = 4;
+    let tensors = tensors_of(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    let e = write_onnx(&topo, &tensors, None, &BTreeMap::new(), &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LRN window size 4 is even"), "{e}");
+    assert!(!path.exists());
 }
 
 fn write_and_decode(topo: &Topology) -> (Vec<Tensor>, Model) {
@@ -520,7 +556,7 @@ fn write_and_decode(topo: &Topology) -> (Vec<Tensor>, Model) {
 fn written(topo: &Topology, tensors: &[Tensor], pixels: Option<&PixelInput>) -> Model {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
-    write_onnx(topo, tensors, pixels, &path).unwrap();
+    write_onnx(topo, tensors, pixels, &meta(), &path).unwrap();
     decode(&path)
 }
 
@@ -529,6 +565,7 @@ fn onnx_graph_is_the_papers_network() {
     let (tensors, m) = write_and_decode(&narrow());
     assert!(m.ir_version >= 7, "opset 13 needs IR version 7 or later");
     assert_eq!(m.opset, 13);
+    assert_eq!(m.meta, meta());
 
     let ops: Vec<&str> = m.nodes.iter().map(|n| n.op.as_str()).collect();
     #[rustfmt::skip]
@@ -548,12 +585,17 @@ fn onnx_graph_is_the_papers_network() {
     // Each node reads the previous node's output; the chain starts at the
     // graph input and ends at the graph output. Around LRN the chain forks:
     // Split gives two halves, each LRN reads one, Concat reads both.
+    // Tower t's LRN reads the Split's output t: its own channels.
     let mut prev = vec!["input".to_string()];
+    let mut tower = 0;
     for n in &m.nodes {
         match n.op.as_str() {
             "LRN" => {
                 let split = m.nodes.iter().find(|s| s.outputs.contains(&n.inputs[0]));
                 assert_eq!(split.map(|s| s.op.as_str()), Some("Split"), "{n:?}");
+                let split = split.unwrap();
+                assert_eq!(n.inputs, [split.outputs[tower].clone()], "{n:?}");
+                tower = 1 - tower;
             }
             "Concat" => {
                 assert_eq!(n.int("axis"), 1);
@@ -626,8 +668,14 @@ fn onnx_graph_is_the_papers_network() {
     }
     let flatten = m.nodes.iter().find(|n| n.op == "Flatten").unwrap();
     assert_eq!(flatten.int("axis"), 1);
-    for n in m.nodes.iter().filter(|n| n.op == "Gemm") {
+    for (i, n) in m.nodes.iter().filter(|n| n.op == "Gemm").enumerate() {
         assert_eq!(n.int("transB"), 1, "weights are [out, in]");
+        let layer = format!("fc{}", i + 6);
+        assert_eq!(
+            n.inputs[1..],
+            [format!("{layer}.weight"), format!("{layer}.bias")],
+            "{n:?}"
+        );
     }
 
     // Initializers: every parameter, FLOAT, PyTorch shape, our values.
@@ -774,7 +822,14 @@ fn onnx_with_pixels_preprocesses_the_centre_crop_as_the_run_did() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
     let topo = Topology::cifar();
-    let e = write_onnx(&topo, &tensors_of(&topo), Some(&px), &path).unwrap_err();
+    let e = write_onnx(
+        &topo,
+        &tensors_of(&topo),
+        Some(&px),
+        &BTreeMap::new(),
+        &path,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("24x24"), "{e}");
 }
 
@@ -785,7 +840,7 @@ fn onnx_refuses_tensors_that_do_not_fit() {
     let topo = narrow();
     let mut tensors = tensors_of(&topo);
     tensors.retain(|t| t.name != "fc7.bias");
-    let e = write_onnx(&topo, &tensors, None, &path)
+    let e = write_onnx(&topo, &tensors, None, &BTreeMap::new(), &path)
         .unwrap_err()
         .to_string();
     assert!(e.contains("m.onnx") && e.contains("fc7.bias"), "{e}");
@@ -795,7 +850,7 @@ fn onnx_refuses_tensors_that_do_not_fit() {
         [6, 16, 24, 24, 8, 32, 32],
         CLASSES,
     ));
-    let e = write_onnx(&topo, &other, None, &path)
+    let e = write_onnx(&topo, &other, None, &BTreeMap::new(), &path)
         .unwrap_err()
         .to_string();
     assert!(e.contains("conv5.weight"), "{e}");

@@ -57,7 +57,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 true => Some(PixelInput::new(&ck.state.preprocess, ck.mean_image())?),
                 false => None,
             };
-            write_onnx(&topo, &tensors, pixels.as_ref(), &args.out)?
+            let meta = metadata(&ck, &topo.name)?;
+            write_onnx(&topo, &tensors, pixels.as_ref(), &meta, &args.out)?
         }
         ExportFormat::Safetensors => {
             write_safetensors(&args.out, &tensors, &metadata(&ck, &topo.name)?)?
@@ -108,8 +109,8 @@ fn chosen_format(given: Option<ExportFormat>, out: &Path) -> Result<ExportFormat
     }
 }
 
-/// The safetensors metadata: the config, the classes and their names, and
-/// the preprocessing (JSON values).
+/// The export's metadata (safetensors' header, ONNX's metadata_props): the
+/// config, the classes and their names, and the preprocessing (JSON values).
 fn metadata(ck: &Checkpoint, config: &str) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::new();
     meta.insert("config".to_string(), config.to_string());

@@ -5,7 +5,7 @@
 //! Inference only: dropout is the identity at test time and is left out.
 //! With a [`PixelInput`] the graph takes pixels and does the run's
 //! preprocessing itself (mean, std, padding) before the network.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use prost::Message;
@@ -13,8 +13,8 @@ use prost::Message;
 use super::onnx_pb::tensor_shape_proto::{dimension, Dimension};
 use super::onnx_pb::{
     type_proto, AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, DATA_TYPE_FLOAT,
-    DATA_TYPE_INT64,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto, DATA_TYPE_FLOAT, DATA_TYPE_INT64,
 };
 use super::Tensor;
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ impl PixelInput {
             }
             (true, m) => {
                 return Err(Error::Config(format!(
-                    "the run subtracted a mean image of {s}x{s}x3 but the checkpoint holds {} values for it (data.mean_image); export without --pixels and subtract it yourself",
+                    "the run subtracted a mean image of {s}x{s}x3 but the checkpoint holds {} values for it (data.mean_image); the checkpoint is damaged: export from another checkpoint of the run, or without --pixels",
                     m.map_or(0, <[f32]>::len)
                 )))
             }
@@ -99,14 +99,16 @@ fn centre_crop(m: &[f32], s: usize, c: usize) -> Tensor {
 /// `export::network_tensors` gives them) as initializers, atomically.
 /// Input "input" is [N, channels, crop, crop] float32 with a symbolic batch
 /// N, or with `pixels` "pixels", [N, 3, c, c] for the run's crop c;
-/// output "logits" is [N, classes].
+/// output "logits" is [N, classes]. `metadata` goes into the model's
+/// metadata_props (onnxruntime: `get_modelmeta().custom_metadata_map`).
 pub fn write_onnx(
     topo: &Topology,
     tensors: &[Tensor],
     pixels: Option<&PixelInput>,
+    metadata: &BTreeMap<String, String>,
     path: &Path,
 ) -> Result<()> {
-    let bytes = encode_model(topo, tensors, pixels).map_err(|msg| {
+    let bytes = encode_model(topo, tensors, pixels, metadata).map_err(|msg| {
         Error::Config(format!("{}: cannot export to ONNX: {msg}", path.display()))
     })?;
     write_atomic(path, &bytes)
@@ -117,6 +119,7 @@ fn encode_model(
     topo: &Topology,
     tensors: &[Tensor],
     pixels: Option<&PixelInput>,
+    metadata: &BTreeMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
     let shapes = topo.shapes().map_err(|e| e.to_string())?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -187,6 +190,13 @@ fn encode_model(
             domain: None,
             version: Some(OPSET),
         }],
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
+            .collect(),
     };
     Ok(model.encode_to_vec())
 }
@@ -333,7 +343,7 @@ fn layer_nodes(
         if !*spatial {
             return Err(format!("{}: LRN after a fully connected layer", l.name));
         }
-        nodes.extend(lrn_nodes(topo, &format!("{}.lrn", l.name)));
+        nodes.extend(lrn_nodes(topo, &format!("{}.lrn", l.name))?);
     }
     if let Some(pool) = l.pool {
         if !*spatial {
@@ -354,10 +364,20 @@ fn layer_nodes(
 
 /// Local response normalisation (section 3.3) with output `name`, on the
 /// previous node's output.
-fn lrn_nodes(topo: &Topology, name: &str) -> Vec<Node> {
+fn lrn_nodes(topo: &Topology, name: &str) -> std::result::Result<Vec<Node>, String> {
     // ONNX LRN (like PyTorch) divides alpha by size; the paper and
     // LrnParams do not, so ONNX's alpha is ours times size. bias is k.
     let p = topo.lrn;
+    // ONNX sums c - (size-1)/2 ..= c + ceil((size-1)/2): `size` channels,
+    // which is our c - size/2 ..= c + size/2 only for an odd size.
+    if p.size.is_multiple_of(2) {
+        return Err(format!(
+            "LRN window size {} is even: ONNX's LRN sums {} channels, one side longer, where this network sums {} centred on each; ONNX cannot express it",
+            p.size,
+            p.size,
+            p.size + 1
+        ));
+    }
     let lrn = |input: String, output: &str| {
         Node::new("LRN", output, vec![input])
             .int("size", p.size as i64)
@@ -366,7 +386,7 @@ fn lrn_nodes(topo: &Topology, name: &str) -> Vec<Node> {
             .float("bias", p.k)
     };
     if topo.towers == 1 {
-        return vec![lrn(String::new(), name)];
+        return Ok(vec![lrn(String::new(), name)]);
     }
     // Each tower normalises its own channels (topology.rs): split the
     // channels into equal halves (Split with no `split` input), normalise
@@ -384,7 +404,7 @@ fn lrn_nodes(topo: &Topology, name: &str) -> Vec<Node> {
         normed.push(out);
     }
     nodes.push(Node::new("Concat", name, normed).int("axis", 1));
-    nodes
+    Ok(nodes)
 }
 
 /// A float32 initializer, its values as little-endian raw_data.

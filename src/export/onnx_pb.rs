@@ -26,6 +26,20 @@ pub struct ModelProto {
     /// opset_import = 8.
     #[prost(message, repeated, tag = "8")]
     pub opset_import: Vec<OperatorSetIdProto>,
+    /// metadata_props = 14.
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
+}
+
+/// StringStringEntryProto: one named string of the model's metadata.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StringStringEntryProto {
+    /// key = 1.
+    #[prost(string, optional, tag = "1")]
+    pub key: Option<String>,
+    /// value = 2.
+    #[prost(string, optional, tag = "2")]
+    pub value: Option<String>,
 }
 
 /// OperatorSetIdProto.
