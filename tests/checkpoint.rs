@@ -333,6 +333,33 @@ fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
     assert_eq!(checkpoint::list(&run_dir).unwrap(), before);
 }
 
+/// A periodic checkpoint that falls on an epoch's last step is the epoch
+/// end's, written after the validation: each step's file is written once.
+#[test]
+fn a_checkpoint_due_on_an_epochs_last_step_is_written_once() {
+    let t = tempfile::tempdir().unwrap();
+    let data = data(t.path());
+    let out = t.path().join("run");
+    let mut args = train_args(&data, &out, 2);
+    let at = args.iter().position(|a| a == "--checkpoint-every").unwrap();
+    args[at + 1] = "10".into();
+    let o = Command::new(BIN)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let writes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("written in"))
+        .filter_map(|l| l.split("ckpt-").nth(1)?.split('.').next())
+        .collect();
+    // 20 steps an epoch: 10, 20 (its end), 30, 40 (its end).
+    let want = ["0000000010", "0000000020", "0000000030", "0000000040"];
+    assert_eq!(writes, want, "{err}");
+}
+
 /// When checkpoints are written: by default at each epoch end and every 15
 /// minutes (none in a short run); `--checkpoint-every 0` at epoch ends
 /// only; every N steps; every M minutes (a tiny M: after every step); both

@@ -580,8 +580,11 @@ impl<'a> Trainer<'a> {
         let stop = self.stop_after_step(per_step, left)?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and
-        // the interval, never reset, would read the device every step.
+        // the interval, never reset, would read the device every step. On
+        // an epoch's last step the epoch end's checkpoint, after the
+        // validation, stands for the periodic one (the same step, twice).
         let due = self.run_dir.is_some()
+            && left > 0
             && (every > 0 && self.state.progress.step.is_multiple_of(every)
                 || (self.opts.checkpoint_interval).is_some_and(|d| self.last_save.elapsed() >= d));
         if !(stop.is_some() || due) {
