@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use alexnet_cuda::checkpoint::{self, Progress};
 use alexnet_cuda::data::write_demo_dataset;
-use alexnet_cuda::train::{after_validation, Schedule};
+use alexnet_cuda::train::{after_validation, set_by_hand, tenth, Schedule};
 use safetensors::SafeTensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_alexnet-cuda");
@@ -642,6 +642,23 @@ fn plateau_schedule_by_hand() {
     let mut q = p.clone();
     after_validation(&mut q, &Schedule::Milestones(vec![3]), 0.99);
     assert_eq!(q.lr, p.lr);
+
+    // A rate set by hand one epoch into a plateau gets its own `patience`
+    // epochs: not divided by the next epoch that fails to improve.
+    let s = Schedule::Plateau {
+        patience: 2,
+        max_drops: 3,
+    };
+    let mut p = Progress::start(1.0, 1);
+    for e in [0.5, 0.6] {
+        after_validation(&mut p, &s, e);
+    }
+    set_by_hand(&mut p, 0.3);
+    after_validation(&mut p, &s, 0.55);
+    assert_eq!((p.lr, p.drops), (0.3, 0));
+    after_validation(&mut p, &s, 0.55);
+    assert_eq!((p.lr, p.drops), (tenth(0.3), 1));
+    assert_eq!(p.best_err, Some(0.5));
 }
 
 /// A one-epoch run in `dir/a` whose run folder `edit` changes, then

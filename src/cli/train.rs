@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// Images per step (default: the config's recipe; the paper: 128).
     #[arg(long, value_parser = positive)]
     batch: Option<u64>,
-    /// Initial learning rate (default: the config's recipe; the paper: 0.01). With --resume: the rate from the resumed step on, which the run's schedule goes on dividing (the paper's authors lowered it by hand).
+    /// Initial learning rate (default: the config's recipe; the paper: 0.01). With --resume: the rate from the resumed step on, as the paper's authors lowered it by hand; the run's schedule goes on dividing it (plateau epochs count afresh from here; milestones, drops left under --max-drops: docs/runs.md).
     #[arg(long, value_parser = positive_f32)]
     lr: Option<f32>,
     /// Images held out from the training images for validation [default: 5000; a store with its own val/ validates on that].

@@ -52,7 +52,7 @@ pub use crate::run_state::{EpochStats, Schedule};
 pub use data::{data_difference, load_data, loader_config, TrainData};
 pub use options::{resume_options, Stopped, TrainOptions, TrainReport};
 pub use run_dir::{check_run_folder, refuse_run_inside_data};
-pub use schedule::after_validation;
+pub use schedule::{after_validation, set_by_hand, tenth};
 pub use setup::local_batch;
 
 use passes::{PassKey, Passes};

@@ -49,6 +49,14 @@ pub fn at_epoch_start(p: &mut Progress, schedule: &Schedule) {
     }
 }
 
+/// A rate set by hand (`--resume --lr`): the plateau count starts again,
+/// as after a drop, since the paper divides when the error stops improving
+/// "with the current learning rate" (section 5); the best error stays.
+pub fn set_by_hand(p: &mut Progress, lr: f32) {
+    p.lr = lr;
+    p.since_best = 0;
+}
+
 /// Record an epoch's validation error in the schedule state: returns
 /// whether it is the best so far. The paper's schedule (section 5): divide
 /// the learning rate by 10 when the error has not improved for `patience`

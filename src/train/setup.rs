@@ -19,6 +19,7 @@ use crate::model::trainable::Model;
 use super::data::{data_difference, resume_mismatch, TrainData};
 use super::display;
 use super::options::TrainOptions;
+use super::schedule;
 
 /// This process's share of each batch, after checking the batch and the
 /// learning rate.
@@ -248,10 +249,10 @@ pub fn start_state(
         display::resuming(ck, &st.progress);
         if let Some(lr) = opts.lr_from_here {
             info!(
-                "learning rate {:.1e} from step {} on (--lr; the run had reached {:.1e})",
+                "learning rate {:.1e} from step {} on (--lr; the run had reached {:.1e}); the epochs without improvement count from here",
                 lr, st.progress.step, st.progress.lr
             );
-            st.progress.lr = lr;
+            schedule::set_by_hand(&mut st.progress, lr);
         }
         return Ok((st, true));
     }
