@@ -1027,6 +1027,35 @@ fn demo_learns_its_data_set() {
     );
 }
 
+/// The demo's schedule is a drop at epoch 7; --patience or --max-drops
+/// asks for the paper's plateau schedule instead, and gets it.
+#[test]
+fn demo_takes_the_plateau_schedule_when_asked() {
+    use alexnet_cuda::train::Schedule;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let schedule = |out: &str, flags: &[&str]| {
+        let out = dir.path().join(out);
+        let o = out.display().to_string();
+        let args = [
+            "train", "--cpu", "--demo", "--limit", "640", "--epochs", "1",
+        ];
+        let (ok, err) = run(&[&args[..], flags, &["--out", &o]].concat());
+        assert!(ok, "{err}");
+        checkpoint::load_latest(&out)
+            .expect("run")
+            .state
+            .options
+            .schedule
+    };
+    assert_eq!(schedule("demo", &[]), Schedule::Milestones(vec![7]));
+    let plateau = |patience, max_drops| Schedule::Plateau {
+        patience,
+        max_drops,
+    };
+    assert_eq!(schedule("p", &["--patience", "1"]), plateau(1, 3));
+    assert_eq!(schedule("m", &["--max-drops", "1"]), plateau(2, 1));
+}
+
 /// A demo run's data lives in a temporary folder that is gone when the run
 /// ends; resuming writes it again from the run's seed and continues exactly:
 /// 1 epoch then a resume to 2 ends with the weights and momentum of 2

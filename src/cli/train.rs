@@ -25,8 +25,8 @@ use alexnet_cuda::model::topology::{DropoutRule, InitRecipe, Topology};
 use alexnet_cuda::run_state::{EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
-    check_run_folder, local_batch, refuse_run_inside_data, resume_options, train, Schedule,
-    Stopped, TrainOptions, TrainReport,
+    check_run_folder, local_batch, refuse_run_inside_data, resume_options, schedule, train,
+    Schedule, Stopped, TrainOptions, TrainReport,
 };
 
 use super::common::{
@@ -71,9 +71,9 @@ pub struct TrainArgs {
     /// Raise the learning rate linearly over the first EPOCHS epochs (fractions allowed), from lr/W at the first of their W steps to the schedule's rate, as Goyal et al. (2017) do for large batches; not in the paper.
     #[arg(long, value_name = "EPOCHS", value_parser = positive_number)]
     warmup: Option<f64>,
-    /// Epochs without validation improvement before the learning rate drops (paper's schedule).
-    #[arg(long, default_value_t = 2, value_parser = positive)]
-    patience: u64,
+    /// Epochs without validation improvement before the learning rate drops (paper's schedule) [default: 2; with --demo, whose schedule is a drop at epoch 7, giving it or --max-drops trains with this one].
+    #[arg(long, value_parser = positive)]
+    patience: Option<u64>,
     /// Stop before this long from the start: after the epoch where the next would end past it, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly). Seconds (4800), a number and a unit (80m, 1.5h, 2d), or Slurm's [D-]HH:MM:SS.
     #[arg(long, value_name = "TIME", value_parser = length_of_time)]
     time_limit: Option<Duration>,
@@ -115,9 +115,9 @@ pub struct TrainArgs {
     /// Metrics files: csv or jsonl [default: csv; a resumed run keeps its own].
     #[arg(long, value_enum)]
     metrics_format: Option<MetricsFlag>,
-    /// The paper's schedule: at most this many drops of the learning rate.
-    #[arg(long, default_value_t = 3)]
-    max_drops: usize,
+    /// The paper's schedule: at most this many drops of the learning rate [default: 3].
+    #[arg(long)]
+    max_drops: Option<usize>,
     /// Seed of everything random in the run: the initial weights, the held-out split, --limit's draw, the order of the images, their crops, flips and lighting, dropout, and the demo's images.
     #[arg(long, default_value_t = 1, value_parser = seed_value)]
     seed: u64,
@@ -404,10 +404,10 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     if let Some(m) = &args.lr_milestones {
         check_milestones(m, run.epochs)?;
         run.schedule = Schedule::Milestones(m.clone());
-    } else if !args.demo {
+    } else if !args.demo || args.patience.is_some() || args.max_drops.is_some() {
         run.schedule = Schedule::Plateau {
-            patience: args.patience as usize,
-            max_drops: args.max_drops,
+            patience: args.patience.map_or(schedule::PATIENCE, |p| p as usize),
+            max_drops: args.max_drops.unwrap_or(schedule::MAX_DROPS),
         };
     }
     if let Some(w) = args.warmup {

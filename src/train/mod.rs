@@ -25,7 +25,7 @@ mod display;
 mod options;
 mod passes;
 mod run_dir;
-mod schedule;
+pub mod schedule;
 mod setup;
 mod writer;
 

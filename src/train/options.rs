@@ -76,8 +76,8 @@ impl TrainOptions {
                 momentum: t.recipe.momentum,
                 weight_decay: t.recipe.weight_decay,
                 schedule: Schedule::Plateau {
-                    patience: 2,
-                    max_drops: 3,
+                    patience: super::schedule::PATIENCE,
+                    max_drops: super::schedule::MAX_DROPS,
                 },
                 val: 5000,
                 limit: None,

@@ -8,6 +8,12 @@ use tracing::info;
 
 use crate::run_state::{Progress, Schedule};
 
+/// The paper's schedule's defaults: a drop after 2 epochs without
+/// improvement (our choice; the paper does not say how long it waited), at
+/// most 3 drops (section 5: "reduced three times prior to termination").
+pub const PATIENCE: usize = 2;
+pub const MAX_DROPS: usize = 3;
+
 /// The rate step `step` (0 for the first) trains at: the schedule's `lr`,
 /// times (step + 1) / W over the first W = `warmup` x `epoch_batches`
 /// steps. The gradual warm-up of Goyal et al., "Accurate, Large Minibatch
