@@ -930,6 +930,12 @@ fn predict_and_export_cli() {
         .filter(|n| n.starts_with("d.npy"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // A --logits name for another format is refused before any image is
+    // read.
+    let txt = s(&t.path().join("d.txt"));
+    let (ok, _, err) = cli(&["predict", "--checkpoint", &ckp, "--logits", &txt, &a]);
+    assert!(!ok && err.contains("name the file .npy, e.g."), "{err}");
+    assert!(!t.path().join("d.txt").exists());
     // Past one group of decoded images (256): every input's row, in order,
     // as the hand-cut batch's.
     let many: Vec<String> = (0..300).map(|i| s(&images[i % 3])).collect();

@@ -21,7 +21,7 @@ use alexnet_cuda::progress;
 use alexnet_cuda::run_state::Preprocess;
 
 use super::common::{
-    crop_rows, existing_file, image_files, image_or_folder, not_a_checkpoint, positive,
+    crop_rows, existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, positive,
     set_threads, thread_count,
 };
 use super::device::DeviceArgs;
@@ -73,6 +73,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let request = args.device.request_one()?;
     if let Some(f) = &args.logits {
         not_a_checkpoint("--logits", f)?;
+        named_as("--logits", f, "npy", "a NumPy .npy array")?;
     }
     let images = image_files(&args.images)?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
