@@ -43,6 +43,9 @@ pub struct FeatureSet {
     /// The source file of each image, when the data keeps them (a store's
     /// `sources-<gen>.txt`, or a class folder's file paths).
     pub sources: Option<Vec<String>>,
+    /// The store or folder the images are read from, for errors that say
+    /// which data to compute features on.
+    pub root: PathBuf,
 }
 
 /// Open `path` for features with the checkpoint's preprocessing: a store
@@ -53,7 +56,11 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> R
     if let Some(dir) = store_of(path, split, use_other)? {
         let set = open_eval_data(&dir, ck)?;
         let sources = Some(PackedStore::open(&dir)?.sources()?);
-        return Ok(FeatureSet { set, sources });
+        return Ok(FeatureSet {
+            set,
+            sources,
+            root: dir,
+        });
     }
     // A folder is scanned once: its files are the sources.
     let files = FileSource::new(
@@ -63,7 +70,11 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> R
     let sources = (0..files.len()).map(|i| files.path(i).display().to_string());
     let sources = Some(sources.collect());
     let set = fit_to_checkpoint(path, Arc::new(files), ck)?;
-    Ok(FeatureSet { set, sources })
+    Ok(FeatureSet {
+        set,
+        sources,
+        root: path.to_path_buf(),
+    })
 }
 
 /// `limit` images spread evenly over `n` (all of them without a limit), as
@@ -656,11 +667,12 @@ fn check_features(
             k => format!(" ({k} left out as unreadable)"),
         };
         return Err(Error::Data(format!(
-            "{}: {} rows, but the set has {n} images{unread}{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data{}",
+            "{}: {} rows, but the set has {n} images{unread}{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER} --data {}`{}",
             f.display(),
             rows.rows,
             if job.limit.is_some() { " (with --limit)" } else { "" },
-            if job.limit.is_some() { " and --limit" } else { "" },
+            crate::shell::word(&fs.root),
+            if job.limit.is_some() { " and the same --limit" } else { "" },
         )));
     }
     check_rows_csv(f, fs, &kept)?;
@@ -678,23 +690,34 @@ fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
     };
     // Each record's index and label (after the header; csv reads the quoted
     // names and paths whole).
-    let listed: Vec<Option<(usize, usize)>> = csv::ReaderBuilder::new()
+    let listed: Vec<Option<Row>> = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes())
         .records()
         .map(|r| {
             let r = r.ok()?;
-            Some((r.get(1)?.parse().ok()?, r.get(2)?.parse().ok()?))
+            let source = r.get(5).unwrap_or_default().to_string();
+            Some((r.get(1)?.parse().ok()?, r.get(2)?.parse().ok()?, source))
         })
         .collect();
-    let want = indices.iter().map(|&i| Some((i, fs.set.label(i) as usize)));
-    let differs = listed.iter().copied().zip(want).position(|(a, b)| a != b);
-    let what = |(i, l): (usize, usize)| format!("image {i} of class {l}");
+    let source = |i: usize| fs.sources.as_ref().and_then(|s| s.get(i).cloned());
+    let want = |i: usize| (i, fs.set.label(i) as usize, source(i).unwrap_or_default());
+    // Sources are compared where both sides know them (older files and
+    // sets without source names leave them empty).
+    let same = |a: &Row, b: &Row| {
+        a.0 == b.0 && a.1 == b.1 && (a.2.is_empty() || b.2.is_empty() || a.2 == b.2)
+    };
+    let differs = (listed.iter().zip(indices))
+        .position(|(a, &i)| !a.as_ref().is_some_and(|a| same(a, &want(i))));
+    let what = |(i, l, s): &Row| match s.is_empty() {
+        true => format!("image {i} of class {l}"),
+        false => format!("image {i} of class {l} ({s})"),
+    };
     let problem = match differs {
         Some(r) => format!(
             "row {r} is {}, and in this set it is {}",
-            listed[r].map_or("unreadable".into(), what),
-            what((indices[r], fs.set.label(indices[r]) as usize))
+            listed[r].as_ref().map_or("unreadable".into(), what),
+            what(&want(indices[r]))
         ),
         None if listed.len() != indices.len() => {
             format!(
@@ -706,10 +729,14 @@ fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
         None => return Ok(()),
     };
     Err(Error::Data(format!(
-        "{}: {problem}: the features come from other data or another --limit; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` on the same data",
-        csv.display()
+        "{}: {problem}: the features come from other data or another --limit; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER} --data {}`",
+        csv.display(),
+        crate::shell::word(&fs.root)
     )))
 }
+
+/// A `.rows.csv` record: image index, label, source file ("" if none).
+type Row = (usize, usize, String);
 
 /// The queries' features (`qpix`: their decoded pixels, `size` square),
 /// through the same preprocessing as the set's.

@@ -784,6 +784,26 @@ fn bad_input_gets_a_clear_error() {
         ) && err.contains("other data"),
         "{err}"
     );
+    // The same images and labels, but one row's source is another file
+    // (a set of the same class counts, other photos): refused there, and
+    // the fix names the data to compute the features on.
+    let real = std::fs::read_to_string(st.root.join("fc7-here.rows.csv")).unwrap();
+    let mut lines: Vec<String> = real.lines().map(String::from).collect();
+    let mut cells: Vec<String> = lines[4].split(',').map(String::from).collect();
+    let was = cells[5].clone();
+    cells[5] = "elsewhere/x.jpg".into();
+    lines[4] = cells.join(",");
+    std::fs::write(st.root.join("other.rows.csv"), lines.join("\n") + "\n").unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&other)]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "row 3 is image 3 of class {} (elsewhere/x.jpg)",
+            cells[2]
+        )) && err.contains(&format!("({was})"))
+            && err.contains(&format!("--layer fc7 --data {}", s(&st.store))),
+        "{err}"
+    );
     // Without the CSV the rows cannot be checked: the search runs, with a warning.
     std::fs::remove_file(st.root.join("other.rows.csv")).unwrap();
     let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&other)]);
