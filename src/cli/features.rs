@@ -22,7 +22,7 @@ pub struct FeaturesArgs {
     /// Images: a store folder, a `prepare` output folder (its val/), or class sub-folders of images.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Layer: fc6 or fc7 (after the ReLU), pool5 (flattened C, H, W), or any layer of the config.
+    /// Layer: fc6 or fc7 (after the ReLU), pool5 (flattened C, H, W), or any layer of the config (conv1..conv5: the layer's output after its ReLU, LRN and pooling, so conv5 is pool5).
     // A string, not a ValueEnum: the layers are the checkpoint's config's.
     #[arg(long, default_value = "fc7")]
     layer: String,

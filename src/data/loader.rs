@@ -6,7 +6,7 @@
 //! whatever the number of workers. Batch buffers are recycled through the
 //! config's pool, across epochs too, and each worker decodes into one
 //! scratch image, so this code allocates nothing per image (the JPEG
-//! decoder keeps its own working buffers).
+//! decoder, made anew for each image, allocates its own working buffers).
 use std::sync::Arc;
 
 use multiversion::multiversion;
