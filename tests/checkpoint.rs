@@ -1724,7 +1724,7 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
 /// trained at; SGD uses that rate (one step at 0.01 with W = 4 leaves the
 /// weights of one step at 0.0025, a power of two apart, so exactly); and
 /// a run stopped within the warm-up resumes to the run through, bit for
-/// bit.
+/// bit, and a resume that would end it within the warm-up is refused.
 #[test]
 fn a_warm_up_ramps_the_rate_linearly_and_resumes_exactly() {
     let t = tempfile::tempdir().unwrap();
@@ -1764,6 +1764,18 @@ fn a_warm_up_ramps_the_rate_linearly_and_resumes_exactly() {
         1,
         "the time limit did not stop at step 1"
     );
+    // Ended within its warm-up by a resume's --epochs, the run would never
+    // reach its rate: refused, nothing trained.
+    let mut short = resume_args(&timed);
+    short.extend(["--epochs".into(), "2".into()]);
+    let o = run(&short);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("warms up over 2.75 epochs") && err.contains("pass --epochs above 2.75"),
+        "{err}"
+    );
+    assert_eq!(steps_logged(&timed), 1);
     run_ok(&resume_args(&timed));
     assert_same_run(&whole, &timed);
 

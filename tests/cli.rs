@@ -1027,6 +1027,27 @@ fn demo_learns_its_data_set() {
     );
 }
 
+/// Milestones are the epochs that start at the lower rate: listing epoch 1
+/// means --lr itself is never trained at, which is said, and the steps
+/// show it; one past the last epoch is said to apply only on a resume.
+#[test]
+fn milestones_at_epoch_one_or_past_the_run_are_warned_of() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("m");
+    let o = out.display().to_string();
+    let args = [
+        "train", "--cpu", "--demo", "--limit", "640", "--epochs", "1",
+    ];
+    let flags = ["--lr", "0.02", "--lr-milestones", "1,5", "--out", &o];
+    let (ok, err) = run_env(&[&args[..], &flags].concat(), &[("RUST_LOG", "warn")]);
+    assert!(ok, "{err}");
+    assert!(err.contains("never trains at --lr itself"), "{err}");
+    assert!(err.contains("epoch 5 is after the last epoch (1)"), "{err}");
+    let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    let first = steps.lines().nth(1).unwrap().split(',').nth(4).unwrap();
+    assert_eq!(first.parse::<f32>().unwrap(), 0.002f32, "{steps}");
+}
+
 /// The demo's schedule is a drop at epoch 7; --patience or --max-drops
 /// asks for the paper's plateau schedule instead, and gets it.
 #[test]

@@ -433,7 +433,8 @@ fn check_warmup(w: f64, run: &RunOptions) -> Result<()> {
 
 /// `--epochs` on a resume may extend the run or end it where it stands, not
 /// fall short of the epochs already trained: the run would stop at once, or
-/// part way through an epoch, as if finished.
+/// part way through an epoch, as if finished; nor end it within its
+/// warm-up, which would never reach its rate.
 fn check_resumed_epochs(epochs: Option<u64>, ck: &Checkpoint) -> Result<()> {
     let p = &ck.state.progress;
     let done = p.epoch - usize::from(!p.epoch_done);
@@ -450,6 +451,13 @@ fn check_resumed_epochs(epochs: Option<u64>, ck: &Checkpoint) -> Result<()> {
                 done + 1
             )
         }
+        Some(e) if ck.state.options.warmup >= e as f64 => bail!(
+            "--epochs {e}: {} warms up over {} epochs, so its rate would never reach {}; pass --epochs above {}",
+            ck.path.display(),
+            ck.state.options.warmup,
+            ck.state.options.lr,
+            ck.state.options.warmup
+        ),
         _ => Ok(()),
     }
 }
@@ -481,6 +489,9 @@ fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
         .find_map(|(i, e)| m[..i].contains(e).then_some(e))
     {
         bail!("--lr-milestones: epoch {twice} is listed twice; the rate is divided once at each epoch listed, so list it once");
+    }
+    if m.contains(&1) {
+        warn!("--lr-milestones: epoch 1 is listed, so the run starts at a tenth of --lr and never trains at --lr itself (milestones are the epochs that start at the lower rate); pass a tenth of the rate and the later epochs instead, to say so");
     }
     if let Some(late) = m.iter().filter(|&&e| e > epochs).min() {
         warn!("--lr-milestones: epoch {late} is after the last epoch ({epochs}); it applies only if the run is extended (train --resume RUN --epochs N)");
