@@ -1704,8 +1704,23 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
     }
     assert_same_run(&same, &plain);
 
-    let o = resume(&lower, Some("0.00125".into()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut a = resume_args(&lower);
+    a.extend(["--epochs", &EPOCHS.to_string(), "--lr", "0.00125"].map(String::from));
+    let o = Command::new(BIN)
+        .args(&a)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // The log says where it goes on (after the epoch the checkpoint ended)
+    // and trains at the rate given, not the run's first.
+    let steps = STEPS / EPOCHS;
+    assert!(
+        err.contains(&format!("after epoch 1, step {steps}, lr")),
+        "{err}"
+    );
+    assert!(err.contains("lr 0.00125, "), "{err}");
     let (got, want) = (lrs(&lower), lrs(&plain));
     assert_eq!(got.len(), STEPS);
     for ((step, lr), (_, before)) in got.iter().zip(&want) {

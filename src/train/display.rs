@@ -88,27 +88,32 @@ pub fn layout(
 
 /// Where a resumed run continues.
 pub fn resuming(ck: &Checkpoint, p: &Progress) {
+    let at = match p.epoch_done {
+        true => format!("after epoch {}", p.epoch),
+        false => format!(
+            "at epoch {}, batch {}/{}",
+            p.epoch, p.batches_done, p.epoch_batches
+        ),
+    };
     info!(
-        "resuming {} at epoch {}, batch {}/{}, step {}, lr {:.1e}",
+        "resuming {} {at}, step {}, lr {:.1e}",
         ck.path.display(),
-        p.epoch,
-        p.batches_done,
-        p.epoch_batches,
         p.step,
         p.lr
     );
 }
 
 /// The run's first line of training: the network, the devices, the recipe
-/// and the run folder.
-pub fn start(topo: &Topology, devices: &str, opts: &TrainOptions) -> Result<()> {
+/// (at the rate in force: a resumed run's, not its first) and the run
+/// folder.
+pub fn start(topo: &Topology, devices: &str, opts: &TrainOptions, lr: f32) -> Result<()> {
     info!(
         "training {} ({} parameters) on {}: batch {}, lr {}, {} epochs{}",
         topo.name,
         thousands(topo.param_count()? as u64),
         devices,
         opts.run.batch,
-        opts.run.lr,
+        lr,
         opts.run.epochs,
         match &opts.out {
             Some(d) => format!("; run folder {}", d.display()),

@@ -141,7 +141,7 @@ impl<'a> Trainer<'a> {
         let mean_tensor = setup::mean_tensor(&loader, data.train.size());
         // The run folder: refuse to mix two runs in one.
         let run_dir = RunDir::open(opts, &topo, &state, resumed)?;
-        display::start(&topo, &devices, opts)?;
+        display::start(&topo, &devices, opts, state.progress.lr)?;
         let start = Instant::now();
         let save_s = first_save_secs(&topo, &state, run_dir.is_some());
         setup::loss_scaling(backend, &mut *net, &state.progress);
