@@ -1225,22 +1225,32 @@ fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderC
     }
 }
 
+/// `ten_crops` of a 256 image: the five offsets given, then mirrored.
+fn assert_ten_crops(crop: usize, want: [(usize, usize); 5]) {
+    let got = ten_crops(256, crop);
+    for k in 0..10 {
+        let (x, y) = want[k % 5];
+        assert_eq!(got[k], Crop { x, y, flip: k >= 5 }, "crop {crop}, {k}");
+    }
+}
+
+/// The ten 4x4 crops, padded by `pad`, of a 6x6 coordinate image.
+fn ten_crops_of_coordinates(pad: usize) -> alexnet_cuda::Result<alexnet_cuda::data::Batch> {
+    let mut c = loader_cfg(1, 4, false, 1);
+    c.ten_crop = true;
+    c.pad = pad;
+    let b = batches(coordinate_image(6)?, &[0], &c, 0)?.next();
+    b.ok_or_else(|| alexnet_cuda::Error::Data("no batch".into()))?
+}
+
 #[test]
 fn ten_crops_are_the_corners_and_centre_then_mirrored() -> TestResult {
     // The paper, section 4.1: "the four corner patches and the center patch
     // as well as their horizontal reflections". 256 - 227 = 29; centre 14.
-    let want = [(0, 0), (29, 0), (0, 29), (29, 29), (14, 14)];
-    let got = ten_crops(256, 227);
-    for k in 0..10 {
-        let (x, y) = want[k % 5];
-        assert_eq!(got[k], Crop { x, y, flip: k >= 5 }, "crop {k}");
-    }
+    assert_ten_crops(227, [(0, 0), (29, 0), (0, 29), (29, 29), (14, 14)]);
     // Through the loader on a coordinate image: 6x6, crop 4, value at
     // (x, y) = 10 y + x in every channel. Row r of image 0 is ten_crops[r].
-    let set = coordinate_image(6)?;
-    let mut c = loader_cfg(1, 4, false, 1);
-    c.ten_crop = true;
-    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
+    let b = ten_crops_of_coordinates(0)?;
     assert_eq!((b.n, b.crops, b.x.len()), (1, 10, 10 * 3 * 16));
     // Hand-written: top-left starts at 0, top-right at x = 2, bottom-left at
     // y = 2 (20), bottom-right 22, centre (1, 1) = 11; mirrored rows start
@@ -1261,19 +1271,10 @@ fn ten_crops_are_the_corners_and_centre_then_mirrored() -> TestResult {
 #[test]
 fn ten_crops_of_224_are_padded_like_training_crops() -> TestResult {
     // The paper's text: 224 of 256. 256 - 224 = 32; centre 16.
-    let want = [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)];
-    let got = ten_crops(256, 224);
-    for k in 0..10 {
-        let (x, y) = want[k % 5];
-        assert_eq!(got[k], Crop { x, y, flip: k >= 5 }, "crop {k}");
-    }
+    assert_ten_crops(224, [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)]);
     // 6x6 coordinate image, crop 4 padded by 3 to 7: one zero row and
     // column before, two after (as 224 + 3 = 227: 1 before, 2 after).
-    let set = coordinate_image(6)?;
-    let mut c = loader_cfg(1, 4, false, 1);
-    c.ten_crop = true;
-    c.pad = 3;
-    let b = batches(set, &[0], &c, 0)?.next().ok_or("no batch")??;
+    let b = ten_crops_of_coordinates(3)?;
     assert_eq!((b.n, b.crops, b.x.len()), (1, 10, 10 * 3 * 49));
     let plane = |r: usize, ch: usize| b.x[(r * 3 + ch) * 49..][..49].to_vec();
     for (r, ch) in [(1, 0), (1, 2), (8, 1)] {
