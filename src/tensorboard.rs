@@ -71,10 +71,14 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The end of our events files' names (TensorFlow's pattern ends with the
+/// writer's own tag), which tells them from other tools' in a folder.
+const SUFFIX: &str = ".alexnet-cuda";
+
 /// The records of an events file as (start, end) byte ranges, in order,
 /// up to the first that is cut short or fails a CRC (a process killed
 /// mid-write leaves such a tail), and whether every byte was a whole record.
-pub fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, bool) {
+fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, bool) {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -110,8 +114,10 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<PathBuf>>
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        // Only this program's files: another tool's logs in the folder stay.
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if !name.is_some_and(|n| n.starts_with("events.out.tfevents.")) || !path.is_file() {
+        let ours = |n: String| n.starts_with("events.out.tfevents.") && n.contains(SUFFIX);
+        if !name.is_some_and(ours) || !path.is_file() {
             continue;
         }
         let Some(s) = resume_step else {
@@ -273,7 +279,7 @@ impl EventWriter {
     pub fn create(dir: &Path, elapsed0: f64, resume_step: Option<u64>) -> Result<EventWriter> {
         let wall0 = unix_now();
         let base = format!(
-            "events.out.tfevents.{:010}.{}.alexnet-cuda",
+            "events.out.tfevents.{:010}.{}{SUFFIX}",
             wall0 as u64,
             host_name()
         );

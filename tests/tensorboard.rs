@@ -186,8 +186,9 @@ fn resumed_runs_leave_each_point_in_one_events_file() {
 
 /// `cut_earlier` at step 6: an events file of steps 1..10 and a torn last
 /// record keeps its version record and steps 1..6, whole; a file already
-/// within step 6 is left as it was; other files are not touched. A fresh
-/// run (no step) removes the events files and only them.
+/// within step 6 is left as it was; other files, and another program's
+/// events file, are not touched. A fresh run (no step) removes our events
+/// files and only them.
 #[test]
 fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     let t = tempfile::tempdir().unwrap();
@@ -206,6 +207,9 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     std::fs::write(&a, &long).unwrap();
     std::fs::write(&b, &short).unwrap();
     std::fs::write(dir.join("steps.csv"), "step\n").unwrap();
+    // Another program's events file (no ".alexnet-cuda" in its name).
+    let theirs = dir.join("events.out.tfevents.0000000003.h");
+    std::fs::write(&theirs, &long).unwrap();
 
     assert_eq!(cut_earlier(dir, Some(6)).unwrap(), std::slice::from_ref(&a));
     let kept = std::fs::read(&a).unwrap();
@@ -222,4 +226,5 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     assert_eq!(gone, [a.clone(), b.clone()]);
     assert!(!a.exists() && !b.exists());
     assert!(dir.join("steps.csv").exists());
+    assert_eq!(std::fs::read(&theirs).unwrap(), long);
 }
