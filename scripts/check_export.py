@@ -29,6 +29,7 @@ factor of 20 below that mistake (tests/export.rs also checks alpha exactly).
 
 Usage: .venv/bin/python scripts/check_export.py --safetensors W --onnx M
          --input X.npy --logits L.npy (--config NAME | --widths 7 ints --classes N)
+       python3 scripts/check_export.py --onnx M --pixels P.npy --logits L.npy
        python3 scripts/check_export.py --onnx M --input X.npy --logits L.npy
        python3 scripts/check_export.py --onnx M --pixels P.npy --input X.npy --logits L.npy
 Exits 1 when either difference is above the tolerance.
@@ -66,7 +67,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--safetensors", help="also compare the PyTorch reference model (needs torch)")
     ap.add_argument("--onnx", required=True)
-    ap.add_argument("--input", required=True)
+    ap.add_argument("--input", help="the network's input batch (not needed with --pixels alone)")
     ap.add_argument("--pixels", help="feed the ONNX graph these pixels (export --pixels)")
     ap.add_argument("--logits", required=True)
     ap.add_argument("--config", help="alexnet, alexnet-half or cifar")
@@ -75,8 +76,10 @@ def main():
     a = ap.parse_args()
     if a.safetensors and (a.config is None) == (a.widths is None):
         ap.error("with --safetensors, give exactly one of --config and --widths")
+    if a.input is None and (a.pixels is None or a.safetensors):
+        ap.error("--input is needed, except for an ONNX --pixels graph checked alone")
 
-    x = np.load(a.input)
+    x = np.load(a.input) if a.input else np.zeros(1, np.float32)
     ours = np.load(a.logits)
     if x.dtype != np.float32 or ours.dtype != np.float32:
         sys.exit(f"{a.input}, {a.logits}: expected float32 arrays, got {x.dtype}, {ours.dtype}")
