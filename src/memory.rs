@@ -162,7 +162,8 @@ impl MemoryNeed {
     }
 
     /// Loader batches held at once: each worker one queued and one being
-    /// filled, and the one the step reads (`workers` 0: that one).
+    /// filled, and the one the step reads (`workers` 0: that one), with no
+    /// more workers busy than there are batches to fill.
     fn held(&self, workers: usize) -> u64 {
         2 * workers.min(self.batches) as u64 + 1
     }
@@ -290,6 +291,14 @@ fn plural(n: u64) -> &'static str {
     } else {
         "s"
     }
+}
+
+/// The loader batches a training run's feed may fill at once: its
+/// workers go on from the epoch being read to its validation and the next
+/// epoch (`train::passes` queues both behind it), `batch` images each.
+pub fn run_batches(train_images: usize, val_images: usize, batch: usize) -> usize {
+    let b = batch.max(1);
+    2 * train_images.div_ceil(b) + val_images.div_ceil(b)
 }
 
 /// Refuse a one-network job (evaluation, features) over `images` images in

@@ -17,7 +17,7 @@ use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
-use alexnet_cuda::memory::{MemoryNeed, Room};
+use alexnet_cuda::memory::{run_batches, MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
 
@@ -146,6 +146,38 @@ fn a_feed_keeps_the_bound_across_passes() {
     }
     drop(feed);
     assert_bound_reached(&peak, workers);
+}
+
+/// A run of short epochs (2 batches) with more workers (8) than an epoch
+/// has batches: the workers fill the queued validation and next epoch too,
+/// so more batches are alive than one epoch's count allows (2 x 2 + 1),
+/// and no more than `run_batches` (what the training check plans for)
+/// allows.
+#[test]
+fn short_epochs_fill_the_passes_queued_behind_them() {
+    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers = 8;
+    let cfg = LoaderConfig {
+        workers,
+        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
+        ..LoaderConfig::new(2, 8, true)
+    };
+    let set = image_set(8, 8);
+    let (train, val): (Vec<usize>, Vec<usize>) = ((0..4).collect(), (4..8).collect());
+    let feed = Feed::new(workers).expect("feed");
+    // As train::passes queues them: an epoch, its validation, the next.
+    let passes: Vec<_> = [(&train, 0), (&val, 0), (&train, 1)]
+        .into_iter()
+        .map(|(idx, e)| feed.queue(Arc::clone(&set), idx, &cfg, e, 0).expect("pass"))
+        .collect();
+    for pass in passes {
+        read_slowly(feed.open(pass), 50);
+    }
+    drop(feed);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak > 2 * 2 + 1, "{peak} batches alive at once");
+    let planned = 2 * workers.min(run_batches(4, 4, 2)) + 1;
+    assert!(peak <= planned, "{peak} alive, {planned} planned");
 }
 
 /// A run's epochs and validation passes, loaders cloned from one config,

@@ -10,7 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::memory::MemoryNeed;
+use crate::memory::{run_batches, MemoryNeed};
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -156,7 +156,7 @@ pub fn check_memory<B: Backend>(
     loader: &LoaderConfig,
     data: &TrainData,
 ) -> Result<()> {
-    let batches = data.train_idx.len().div_ceil(opts.run.batch.max(1));
+    let batches = run_batches(data.train_idx.len(), data.val_idx.len(), opts.run.batch);
     let mut need = MemoryNeed::network(layout.first(), topo, layout.copies())?;
     // Only the process that keeps the run folder writes checkpoints.
     if opts.out.is_some() {
