@@ -1225,6 +1225,54 @@ fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderC
     }
 }
 
+/// A source whose image `bad` panics when read (a bug, not bad input).
+struct PanicsAt(ImageSet, usize);
+
+impl ImageSource for PanicsAt {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.0.labels()[i]
+    }
+    fn classes(&self) -> &[String] {
+        self.0.classes()
+    }
+    fn pixels<'a>(&'a self, i: usize, _: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
+        assert!(i != self.1, "source bug at image {i}");
+        Ok(self.0.image(i))
+    }
+}
+
+/// A worker's panic reaches the reader as that panic, not as a hang or a
+/// short epoch, and every worker ends: the source is released.
+#[test]
+fn a_worker_panic_is_raised_in_the_reader_and_the_workers_end() -> TestResult {
+    let set = ImageSet::from_parts(4, vec![7; 4 * 4 * 3 * 8], vec![0; 8], vec!["a".into()])?;
+    let source = Arc::new(PanicsAt(set, 5));
+    let cfg = loader_cfg(2, 4, false, 2);
+    let idx: Vec<usize> = (0..8).collect();
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let it = batches(source.clone(), &idx, &cfg, 0).expect("loader");
+        it.map(|b| b.expect("batch").n).sum::<usize>()
+    }));
+    let payload = read.expect_err("the panic was not raised");
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("source bug at image 5"), "{text:?}");
+    assert_eq!(
+        Arc::strong_count(&source),
+        1,
+        "a worker still holds the source"
+    );
+    Ok(())
+}
+
 /// `ten_crops` of a 256 image: the five offsets given, then mirrored.
 fn assert_ten_crops(crop: usize, want: [(usize, usize); 5]) {
     let got = ten_crops(256, crop);
