@@ -17,6 +17,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
 use tempfile::TempDir;
 
+use crate::common::Watched;
+
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn write_jpeg(path: &Path, img: &RgbImage) -> TestResult {
@@ -1235,28 +1237,6 @@ fn a_feed_gives_each_queued_pass_its_own_batches() -> TestResult {
     Ok(())
 }
 
-/// An image source that counts the images read from it.
-struct Counted(ImageSet, AtomicUsize);
-
-impl ImageSource for Counted {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-    fn label(&self, i: usize) -> u32 {
-        ImageSource::label(&self.0, i)
-    }
-    fn classes(&self) -> &[String] {
-        self.0.classes()
-    }
-    fn pixels<'a>(&'a self, i: usize, s: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        ImageSource::pixels(&self.0, i, s)
-    }
-}
-
 /// Once an epoch is read, the workers go on to the pass queued after it:
 /// at least one batch per worker of the next epoch is filled before that
 /// epoch is opened (counted in images read, waiting up to a minute), and
@@ -1264,8 +1244,12 @@ impl ImageSource for Counted {
 #[test]
 fn a_feed_fills_the_next_pass_before_it_opens() -> TestResult {
     let (n, workers) = (48, 2);
-    let counted = Arc::new(Counted(coord_set(n, 8)?, AtomicUsize::new(0)));
-    let set: Arc<dyn ImageSource> = counted.clone();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&reads);
+    let counted = Watched(coord_set(n, 8)?, move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    let set: Arc<dyn ImageSource> = Arc::new(counted);
     let idx: Vec<usize> = (0..n).collect();
     let c = cfg(8, 5, true, workers);
     let feed = Feed::new(workers)?;
@@ -1277,10 +1261,10 @@ fn a_feed_fills_the_next_pass_before_it_opens() -> TestResult {
     }
     let ahead = n + workers * c.batch;
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while counted.1.load(Ordering::SeqCst) < ahead && std::time::Instant::now() < until {
+    while reads.load(Ordering::SeqCst) < ahead && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let reads = counted.1.load(Ordering::SeqCst);
+    let reads = reads.load(Ordering::SeqCst);
     assert!(
         reads >= ahead,
         "{reads} images read before the next epoch opened; want {ahead}"

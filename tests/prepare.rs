@@ -19,7 +19,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, GrayImage, ImageFormat, RgbImage};
 use tempfile::TempDir;
 
-use crate::common::{cli, cli_logging};
+use crate::common::{cli, cli_logging, Watched};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -1225,34 +1225,13 @@ fn loader_cfg(batch: usize, crop: usize, train: bool, workers: usize) -> LoaderC
     }
 }
 
-/// A source whose image `bad` panics when read (a bug, not bad input).
-struct PanicsAt(ImageSet, usize);
-
-impl ImageSource for PanicsAt {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-    fn label(&self, i: usize) -> u32 {
-        self.0.labels()[i]
-    }
-    fn classes(&self) -> &[String] {
-        self.0.classes()
-    }
-    fn pixels<'a>(&'a self, i: usize, _: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
-        assert!(i != self.1, "source bug at image {i}");
-        Ok(self.0.image(i))
-    }
-}
-
 /// A worker's panic reaches the reader as that panic, not as a hang or a
 /// short epoch, and every worker ends: the source is released.
 #[test]
 fn a_worker_panic_is_raised_in_the_reader_and_the_workers_end() -> TestResult {
     let set = ImageSet::from_parts(4, vec![7; 4 * 4 * 3 * 8], vec![0; 8], vec!["a".into()])?;
-    let source = Arc::new(PanicsAt(set, 5));
+    // Image 5 panics when read: a bug, not bad input.
+    let source = Arc::new(Watched(set, |i| assert!(i != 5, "source bug at image {i}")));
     let cfg = loader_cfg(2, 4, false, 2);
     let idx: Vec<usize> = (0..8).collect();
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

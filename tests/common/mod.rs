@@ -1,10 +1,12 @@
 //! Helpers the tests share: the narrow paper net, a pixel-scale batch, bit
-//! patterns and normwise differences (the executor tests), and the program
-//! run with arguments (the command-line tests).
+//! patterns and normwise differences (the executor tests), the program
+//! run with arguments (the command-line tests), and an image set that
+//! reports each read (the loader tests).
 pub mod live_bytes;
 
 use std::process::Command;
 
+use alexnet_cuda::data::{ImageSet, ImageSource};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
 
@@ -68,4 +70,27 @@ pub fn cli_logging(args: &[&str], level: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// An in-memory set that calls its hook with each image's index before
+/// reading it: to count the reads, or to panic on one.
+pub struct Watched<F: Fn(usize) + Send + Sync>(pub ImageSet, pub F);
+
+impl<F: Fn(usize) + Send + Sync> ImageSource for Watched<F> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        ImageSource::label(&self.0, i)
+    }
+    fn classes(&self) -> &[String] {
+        self.0.classes()
+    }
+    fn pixels<'a>(&'a self, i: usize, s: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
+        (self.1)(i);
+        ImageSource::pixels(&self.0, i, s)
+    }
 }
