@@ -92,6 +92,18 @@ fn read_slowly(mut it: BatchIter, ms: u64) {
     }
 }
 
+/// A loader of 2 images of 8x8 a batch on `workers` threads whose batch
+/// buffers are counted, and the most alive at once.
+fn counted_loader(workers: usize, train: bool) -> (LoaderConfig, Arc<AtomicUsize>) {
+    let peak = Arc::new(AtomicUsize::new(0));
+    let cfg = LoaderConfig {
+        workers,
+        host_alloc: Some(counting_alloc(&Arc::default(), &peak, &Arc::default())),
+        ..LoaderConfig::new(2, 8, train)
+    };
+    (cfg, peak)
+}
+
 /// The plan's bound, 2W + 1 batches alive, held and reached.
 fn assert_bound_reached(peak: &AtomicUsize, workers: usize) {
     let peak = peak.load(Ordering::SeqCst);
@@ -105,13 +117,8 @@ fn assert_bound_reached(peak: &AtomicUsize, workers: usize) {
 /// than one per worker: the bound is reached, not merely respected.
 #[test]
 fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
-    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let workers = 3;
-    let cfg = LoaderConfig {
-        workers,
-        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
-        ..LoaderConfig::new(2, 8, false)
-    };
+    let (cfg, peak) = counted_loader(workers, false);
     let idx: Vec<usize> = (0..60).collect();
     read_slowly(
         batches(image_set(60, 8), &idx, &cfg, 0).expect("loader"),
@@ -125,13 +132,8 @@ fn a_loader_keeps_at_most_two_batches_per_worker_and_one_more() {
 /// most, however many passes are queued ahead.
 #[test]
 fn a_feed_keeps_the_bound_across_passes() {
-    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let workers = 3;
-    let cfg = LoaderConfig {
-        workers,
-        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
-        ..LoaderConfig::new(2, 8, true)
-    };
+    let (cfg, peak) = counted_loader(workers, true);
     let set = image_set(24, 8);
     let idx: Vec<usize> = (0..24).collect();
     let feed = Feed::new(workers).expect("feed");
@@ -155,13 +157,8 @@ fn a_feed_keeps_the_bound_across_passes() {
 /// allows.
 #[test]
 fn short_epochs_fill_the_passes_queued_behind_them() {
-    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let workers = 8;
-    let cfg = LoaderConfig {
-        workers,
-        host_alloc: Some(counting_alloc(&live, &peak, &Arc::default())),
-        ..LoaderConfig::new(2, 8, true)
-    };
+    let (cfg, peak) = counted_loader(workers, true);
     let set = image_set(8, 8);
     let (train, val): (Vec<usize>, Vec<usize>) = ((0..4).collect(), (4..8).collect());
     let feed = Feed::new(workers).expect("feed");
