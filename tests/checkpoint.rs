@@ -65,12 +65,16 @@ fn resume_args(out: &Path) -> Vec<String> {
 }
 
 fn run(args: &[String]) -> Output {
-    let o = Command::new(BIN)
+    run_logging(args, "warn")
+}
+
+/// The program run with `args`, logging at `level` and above.
+fn run_logging(args: &[String], level: &str) -> Output {
+    Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .output()
-        .expect("run alexnet-cuda");
-    o
+        .expect("run alexnet-cuda")
 }
 
 fn run_ok(args: &[String]) {
@@ -343,11 +347,7 @@ fn a_checkpoint_due_on_an_epochs_last_step_is_written_once() {
     let mut args = train_args(&data, &out, 2);
     let at = args.iter().position(|a| a == "--checkpoint-every").unwrap();
     args[at + 1] = "10".into();
-    let o = Command::new(BIN)
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let o = run_logging(&args, "info");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let writes: Vec<&str> = err
@@ -1527,11 +1527,7 @@ fn a_time_limit_after_an_epochs_last_step_stops_before_its_validation() {
     run_ok(&one_step(&whole));
     let mut args = one_step(&timed);
     args.extend(["--time-limit".into(), PASSED.into()]);
-    let o = Command::new(BIN)
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run alexnet-cuda");
+    let o = run_logging(&args, "info");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -1706,11 +1702,7 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
 
     let mut a = resume_args(&lower);
     a.extend(["--epochs", &EPOCHS.to_string(), "--lr", "0.00125"].map(String::from));
-    let o = Command::new(BIN)
-        .args(&a)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let o = run_logging(&a, "info");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // The log says where it goes on (after the epoch the checkpoint ended)
