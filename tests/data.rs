@@ -321,6 +321,27 @@ fn scan_empty_class_folder_is_named() -> TestResult {
     Ok(())
 }
 
+/// A class folder linked from a drive not mounted is a link whose target
+/// is gone: the scan stops naming it, rather than dropping the class and
+/// giving every later class its neighbour's label. A hidden broken link
+/// is no class and stays skipped.
+#[test]
+#[cfg(unix)]
+fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
+    use std::os::unix::fs::symlink;
+    let t = TempDir::new()?;
+    make_tree(t.path(), &[("a", &["x.jpg"]), ("c", &["y.jpg"])])?;
+    symlink(t.path().join(".hidden-gone"), t.path().join(".cache"))?;
+    assert_eq!(ImageFolder::scan(t.path())?.classes(), ["a", "c"]);
+    let gone = t.path().join("unmounted/b");
+    symlink(&gone, t.path().join("b"))?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    let link = t.path().join("b").display().to_string();
+    assert!(msg.contains(&format!("{link} is a link to {}", gone.display())), "{msg}");
+    assert!(msg.contains("mount or restore"), "{msg}");
+    Ok(())
+}
+
 #[test]
 fn scan_single_class_is_refused() -> TestResult {
     let t = TempDir::new()?;

@@ -60,6 +60,11 @@ impl ImageFolder {
         let mut ignored = Vec::new();
         for (entry, kind) in read_dir_sorted(root)? {
             // Links are followed, so a tree of linked class folders works.
+            // One whose target is gone may be a class on a drive not
+            // mounted: skipping it would shift every later class's label.
+            if kind == Kind::Broken && !is_hidden(&entry) {
+                return Err(broken_at_root(&entry));
+            }
             if kind != Kind::Dir {
                 // An image here has no class: say so (other files at the
                 // root, a README or a labels file, are expected).
@@ -395,6 +400,15 @@ fn warn_ignored(root: &Path, ignored: &[PathBuf], rule: &str) {
         ignored.len(),
         shown.join(", "),
     );
+}
+
+/// A link at a set's root whose target is not there.
+fn broken_at_root(link: &Path) -> Error {
+    let target = fs::read_link(link).map_or_else(|_| "?".into(), |t| t.display().to_string());
+    Error::Data(format!(
+        "{} is a link to {target}, which is not there: a class folder on a drive or share not mounted would be left out and shift every later class's label; mount or restore {target}, or remove the link if it is not a class",
+        link.display()
+    ))
 }
 
 /// The image file kinds, as messages name them: ".jpg/.jpeg/.png".
