@@ -161,6 +161,9 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     want.push(PathBuf::from("cats/sub/deeper/nested.jpg"));
     fs::write(cats.join("anim.gif"), "x")?;
     fs::write(cats.join(".hidden.jpg"), "x")?;
+    // A macOS fork of a name that is not UTF-8 (Latin-1 "café.jpg").
+    use std::os::unix::ffi::OsStrExt;
+    fs::write(cats.join(std::ffi::OsStr::from_bytes(b"._caf\xe9.jpg")), "x")?;
     // What a zip made on macOS unpacks beside the images: not a class, and
     // not images of one.
     make_tree(t.path(), &[("__MACOSX/cats", &["._0.jpg"])])?;
