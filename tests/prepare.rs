@@ -1487,6 +1487,34 @@ fn a_killed_prepares_files_go_before_the_room_is_counted() -> TestResult {
     Ok(())
 }
 
+/// Only names a store writes (`data-<16 hex digits>.bin`, ...) are a
+/// store's files: a user's `data-2021.bin` or `sources-urls.txt` at an
+/// image folder's root does not make it an unfinished store, and in the
+/// output folder it is not deleted as a killed prepare's leftover, which a
+/// file of the store's own form still is.
+#[test]
+fn a_users_files_named_like_a_stores_are_left_alone() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 20, 20)?;
+    fs::write(train.join("sources-urls.txt"), "https://example.org/0.jpg\n")?;
+    let out = t.path().join("out");
+    prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
+    let mine = ["data-2021.bin", "sources-notes.txt", "index-DEADBEEFDEADBEEF.bin"];
+    for f in mine {
+        fs::write(out.join("train").join(f), "mine")?;
+    }
+    let leftover = out.join("train/mean-00000000deadbeef.bin");
+    fs::write(&leftover, [0u8; 16])?;
+    prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
+    for f in mine {
+        assert_eq!(fs::read_to_string(out.join("train").join(f))?, "mine", "{f}");
+    }
+    assert!(!leftover.exists(), "the leftover is still there");
+    PackedStore::open(&out.join("train"))?.verify()?;
+    Ok(())
+}
+
 /// Bytes free for this user on the disk holding `dir`, as `df` reports it.
 fn df_free(dir: &Path) -> std::result::Result<u64, Box<dyn std::error::Error>> {
     let o = Command::new("df")

@@ -122,13 +122,19 @@ pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A name of one of a generation's files (`data-<gen>.bin`, ...).
+/// A name of one of a generation's files (`data-<gen>.bin`, ...), `<gen>`
+/// being the 16 lowercase hex digits [`StoreWriter::create`] writes: a
+/// user's `data-2021.bin` or `sources-urls.txt` is not one, neither to
+/// delete nor to take an image folder for an unfinished store.
 fn is_generation_file(name: &str) -> bool {
     GEN_FILES.iter().any(|(stem, ext)| {
         name.strip_prefix(stem)
             .and_then(|r| r.strip_prefix('-'))
             .and_then(|r| r.strip_suffix(ext))
-            .is_some_and(|gen| gen.ends_with('.'))
+            .and_then(|r| r.strip_suffix('.'))
+            .is_some_and(|gen| {
+                gen.len() == 16 && gen.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
     })
 }
 
