@@ -491,10 +491,17 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let vdir = t.path().join("val_folders");
     good_tree(&vdir, 1, 20, 20)?;
     let mut o = opts(&train, &t.path().join("o1"), 8, Encoding::Jpeg);
-    o.val = Some(vdir);
+    o.val = Some(vdir.clone());
     let r = prepare(&o)?;
     assert_eq!(r.val.as_ref().map(|v| v.count), Some(2));
     assert_eq!(labels_of(&t.path().join("o1/val")), [0, 1]);
+    // One class is a subset too: labelled by train's classes, not refused
+    // as a one-class classifier.
+    fs::remove_dir_all(vdir.join("n01_cat"))?;
+    let mut o = opts(&train, &t.path().join("o1b"), 8, Encoding::Jpeg);
+    o.val = Some(vdir);
+    prepare(&o)?;
+    assert_eq!(labels_of(&t.path().join("o1b/val")), [1]);
 
     // Flat with a Kaggle-style CSV (header, extension-less names, boxes).
     let flat = t.path().join("val_flat");

@@ -47,6 +47,13 @@ impl ImageFolder {
         Self::scan_classes(root, "--data", 1)
     }
 
+    /// [`scan_for`](Self::scan_for) of a split labelled by another's
+    /// classes (prepare's `--val`, named by train's): one class folder is
+    /// enough.
+    pub fn scan_subset(root: &Path, flag: &str) -> Result<ImageFolder> {
+        Self::scan_classes(root, flag, 1)
+    }
+
     /// The scan, refusing fewer than `min_classes` class folders.
     fn scan_classes(root: &Path, flag: &str, min_classes: usize) -> Result<ImageFolder> {
         if !root.is_dir() {

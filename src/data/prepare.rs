@@ -358,7 +358,8 @@ fn val_items(
         .iter()
         .any(|(p, k)| *k == Kind::Dir && !is_hidden(p));
     if has_class_dirs && opts.val_labels.is_none() {
-        let f = ImageFolder::scan_for(root, "--val")?;
+        // Its classes are a subset of train's: one is enough.
+        let f = ImageFolder::scan_subset(root, "--val")?;
         let mut out = Vec::with_capacity(f.len());
         for (path, label) in f.items() {
             let name = &f.classes()[*label as usize];
