@@ -520,6 +520,21 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     prepare(&o)?;
     assert_eq!(labels_of(&t.path().join("o2/val")), [1, 0, 1]);
 
+    // Names with dots: only an image extension is dropped, so `img.1` and
+    // `img.2.jpg` name two files, not one `img` labelled twice.
+    let dotted = t.path().join("val_dotted");
+    fs::create_dir_all(&dotted)?;
+    for i in 1..=2 {
+        fs::write(dotted.join(format!("img.{i}.jpg")), jpeg_bytes(&picture(20, 20, i), 90))?;
+    }
+    let csv2 = t.path().join("dotted.csv");
+    fs::write(&csv2, "img.1,n02_dog\nimg.2.jpg,n01_cat\n")?;
+    let mut o = opts(&train, &t.path().join("o2b"), 8, Encoding::Jpeg);
+    o.val = Some(dotted);
+    o.val_labels = Some(csv2);
+    prepare(&o)?;
+    assert_eq!(labels_of(&t.path().join("o2b/val")), [1, 0]);
+
     // Flat with the devkit's ground truth: IDs in devkit order, which is not
     // the sorted order (here ID 1 = n02_dog, ID 2 = n01_cat).
     let gt = t.path().join("ILSVRC2012_validation_ground_truth.txt");

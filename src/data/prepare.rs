@@ -27,6 +27,7 @@ use super::decode::{decode_file, encode_jpeg};
 use super::duplicates::{self, pixel_hash, Duplicates, Hashed};
 use super::folder::{
     image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
+    IMAGE_EXTENSIONS,
 };
 use super::lighting::Pca;
 use super::packed::{
@@ -621,12 +622,19 @@ fn label_files(
     }
 }
 
-/// A file name without its extension.
+/// A file's name without folders or an image extension: a CSV may name
+/// `img.1.jpg` or `img.1`, and both are `img.1` (not `img`).
 fn stem(name: &str) -> String {
-    Path::new(name)
-        .file_stem()
+    let base = Path::new(name)
+        .file_name()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match base.rsplit_once('.') {
+        Some((stem, ext)) if IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)) => {
+            stem.to_string()
+        }
+        _ => base,
+    }
 }
 
 /// Per-thread sums for the statistics: integers, so they are exact and the
