@@ -638,9 +638,12 @@ fn stem(name: &str) -> String {
 }
 
 /// Per-thread sums for the statistics: integers, so they are exact and the
-/// result does not depend on how the work was split.
+/// result does not depend on how the work was split. The mean image's sums
+/// are u32 (a chunk, at most 2048 images of 255, cannot overflow them) and
+/// made at the first image: rayon keeps one per piece of work, about two
+/// per thread, and at `--size 4096` each is 200 MB.
 struct Acc {
-    image_sum: Vec<u64>,
+    image_sum: Vec<u32>,
     rgb: RgbSums,
     images: u64,
     /// By the image's place in its chunk.
@@ -651,9 +654,9 @@ struct Acc {
 type Prepared = std::result::Result<(Vec<u8>, u64), String>;
 
 impl Acc {
-    fn new(px: usize) -> Acc {
+    fn new() -> Acc {
         Acc {
-            image_sum: vec![0; px],
+            image_sum: Vec::new(),
             rgb: RgbSums::default(),
             images: 0,
             out: Vec::new(),
@@ -661,16 +664,19 @@ impl Acc {
     }
 
     fn add(&mut self, px: &[u8]) {
+        if self.image_sum.is_empty() {
+            self.image_sum = vec![0; px.len()];
+        }
         for (s, &v) in self.image_sum.iter_mut().zip(px) {
-            *s += v as u64;
+            *s += v as u32;
         }
         self.rgb.add(px);
         self.images += 1;
     }
 
-    fn merge(mut self, o: Acc) -> Acc {
-        if self.images == 0 && self.out.is_empty() {
-            return o;
+    fn merge(mut self, mut o: Acc) -> Acc {
+        if self.image_sum.is_empty() {
+            std::mem::swap(&mut self.image_sum, &mut o.image_sum);
         }
         for (a, b) in self.image_sum.iter_mut().zip(&o.image_sum) {
             *a += b;
@@ -679,6 +685,23 @@ impl Acc {
         self.images += o.images;
         self.out.extend(o.out);
         self
+    }
+}
+
+/// The whole split's sums, chunk by chunk: u64, for any number of images.
+struct Totals {
+    image_sum: Vec<u64>,
+    rgb: RgbSums,
+    images: u64,
+}
+
+impl Totals {
+    fn add(&mut self, acc: Acc) {
+        for (t, &s) in self.image_sum.iter_mut().zip(&acc.image_sum) {
+            *t += s as u64;
+        }
+        self.rgb = self.rgb.merge(acc.rgb);
+        self.images += acc.images;
     }
 }
 
@@ -769,7 +792,11 @@ fn write_store(
     let mut writer = StoreWriter::create(dir, size, opts.encoding)?;
     let bar = crate::progress::bar(items.len(), &format!("prepare {what}"), opts.progress);
     let start = Instant::now();
-    let mut total = Acc::new(px);
+    let mut total = Totals {
+        image_sum: vec![0; px],
+        rgb: RgbSums::default(),
+        images: 0,
+    };
     let mut skipped: Vec<String> = Vec::new();
     let mut class_counts = vec![0u64; classes.len()];
     // Per class: images listed, and the first one left out, with why.
@@ -783,7 +810,7 @@ fn write_store(
             .par_iter()
             .enumerate()
             .fold(
-                || Acc::new(px),
+                Acc::new,
                 |mut acc, (i, (path, _))| {
                     let r = prepare_image(path, size, opts.encoding, opts.quality);
                     let r = r.map(|(stored, pixels)| {
@@ -795,7 +822,7 @@ fn write_store(
                     acc
                 },
             )
-            .reduce(|| Acc::new(0), Acc::merge);
+            .reduce(Acc::new, Acc::merge);
         let mut acc = acc;
         acc.out.sort_unstable_by_key(|(i, _)| *i);
         for (i, r) in std::mem::take(&mut acc.out) {
@@ -824,7 +851,7 @@ fn write_store(
         if !opts.progress && (c + 1) % 16 == 0 {
             tracing::info!("prepare {what}: {n}/{} images", items.len());
         }
-        total = total.merge(acc);
+        total.add(acc);
     }
     bar.finish_and_clear();
     if writer.is_empty() {
