@@ -341,6 +341,11 @@ fn a_tree_with_no_readable_image_is_an_error_naming_it() -> TestResult {
         msg.contains("none of the 2 images") && msg.contains("x.jpg"),
         "{msg}"
     );
+    let first = t.path().join("train/a/x.jpg").display().to_string();
+    assert_eq!(msg.matches(&first).count(), 1, "{msg}");
+    // A first prepare that fails leaves no empty train/ behind, which a
+    // scan of the output would take for a class folder.
+    assert!(!t.path().join("out/train").exists(), "an empty store folder was left");
     Ok(())
 }
 

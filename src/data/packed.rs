@@ -197,6 +197,9 @@ pub struct StoreWriter {
     entries: Vec<Entry>,
     offset: u64,
     committed: bool,
+    /// Whether `create` made `dir`: a first prepare that fails removes it
+    /// again, or an empty `train/` would be read as a class folder.
+    made_dir: bool,
 }
 
 impl Drop for StoreWriter {
@@ -208,6 +211,10 @@ impl Drop for StoreWriter {
             for (stem, ext) in GEN_FILES {
                 let _ = fs::remove_file(gen_file(&self.dir, stem, &self.gen, ext));
             }
+            if self.made_dir {
+                // Only when empty: remove_dir refuses anything else.
+                let _ = fs::remove_dir(&self.dir);
+            }
         }
     }
 }
@@ -217,6 +224,7 @@ impl StoreWriter {
     /// interrupted runs are removed; the committed store stays readable
     /// until [`StoreWriter::finish`] replaces it.
     pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
+        let made_dir = !dir.exists();
         fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
         remove_leftovers(dir);
         let nanos = std::time::SystemTime::now()
@@ -243,6 +251,7 @@ impl StoreWriter {
             entries: Vec::new(),
             offset: 0,
             committed: false,
+            made_dir,
             gen,
         })
     }

@@ -859,7 +859,11 @@ fn write_store(
             "{}: none of the {} images could be read (first: {}); nothing written",
             source.display(),
             items.len(),
-            skipped.first().map(String::as_str).unwrap_or("-")
+            // Its reason (which names the file), not the list's line.
+            skipped
+                .first()
+                .and_then(|l| l.split_once('\t'))
+                .map_or("-", |(_, why)| why)
         )));
     }
     refuse_lost_class(source, classes, &listed, &class_counts, &first_skip)?;
