@@ -367,7 +367,7 @@ fn metrics_format(args: &TrainArgs, out: &Path, resumed: bool) -> Result<Metrics
 }
 
 /// Checkpoints every N steps and every M minutes: by default every 15
-/// minutes (on an H200, 1000 steps of `alexnet` take 9 to 14 s, on two CPU
+/// minutes (on an H200, 1000 steps of `alexnet` take 8 to 12 s, on two CPU
 /// cores about an hour); `--checkpoint-every` alone replaces the default.
 fn checkpoint_policy(args: &TrainArgs) -> Result<(u64, Option<Duration>)> {
     let minutes = match (args.checkpoint_every, args.checkpoint_minutes) {
