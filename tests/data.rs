@@ -163,7 +163,10 @@ fn scan_reads_what_torchvision_reads() -> TestResult {
     fs::write(cats.join(".hidden.jpg"), "x")?;
     // A macOS fork of a name that is not UTF-8 (Latin-1 "café.jpg").
     use std::os::unix::ffi::OsStrExt;
-    fs::write(cats.join(std::ffi::OsStr::from_bytes(b"._caf\xe9.jpg")), "x")?;
+    fs::write(
+        cats.join(std::ffi::OsStr::from_bytes(b"._caf\xe9.jpg")),
+        "x",
+    )?;
     // What a zip made on macOS unpacks beside the images: not a class, and
     // not images of one.
     make_tree(t.path(), &[("__MACOSX/cats", &["._0.jpg"])])?;
@@ -340,7 +343,10 @@ fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
     symlink(&gone, t.path().join("b"))?;
     let msg = data_err_text(ImageFolder::scan(t.path()));
     let link = t.path().join("b").display().to_string();
-    assert!(msg.contains(&format!("{link} is a link to {}", gone.display())), "{msg}");
+    assert!(
+        msg.contains(&format!("{link} is a link to {}", gone.display())),
+        "{msg}"
+    );
     assert!(msg.contains("mount or restore"), "{msg}");
     Ok(())
 }

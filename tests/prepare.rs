@@ -345,7 +345,10 @@ fn a_tree_with_no_readable_image_is_an_error_naming_it() -> TestResult {
     assert_eq!(msg.matches(&first).count(), 1, "{msg}");
     // A first prepare that fails leaves no empty train/ behind, which a
     // scan of the output would take for a class folder.
-    assert!(!t.path().join("out/train").exists(), "an empty store folder was left");
+    assert!(
+        !t.path().join("out/train").exists(),
+        "an empty store folder was left"
+    );
     Ok(())
 }
 
@@ -530,7 +533,10 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let dotted = t.path().join("val_dotted");
     fs::create_dir_all(&dotted)?;
     for i in 1..=2 {
-        fs::write(dotted.join(format!("img.{i}.jpg")), jpeg_bytes(&picture(20, 20, i), 90))?;
+        fs::write(
+            dotted.join(format!("img.{i}.jpg")),
+            jpeg_bytes(&picture(20, 20, i), 90),
+        )?;
     }
     let csv2 = t.path().join("dotted.csv");
     fs::write(&csv2, "img.1,n02_dog\nimg.2.jpg,n01_cat\n")?;
@@ -1524,10 +1530,17 @@ fn a_users_files_named_like_a_stores_are_left_alone() -> TestResult {
     let t = TempDir::new()?;
     let train = t.path().join("train");
     good_tree(&train, 2, 20, 20)?;
-    fs::write(train.join("sources-urls.txt"), "https://example.org/0.jpg\n")?;
+    fs::write(
+        train.join("sources-urls.txt"),
+        "https://example.org/0.jpg\n",
+    )?;
     let out = t.path().join("out");
     prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
-    let mine = ["data-2021.bin", "sources-notes.txt", "index-DEADBEEFDEADBEEF.bin"];
+    let mine = [
+        "data-2021.bin",
+        "sources-notes.txt",
+        "index-DEADBEEFDEADBEEF.bin",
+    ];
     for f in mine {
         fs::write(out.join("train").join(f), "mine")?;
     }
@@ -1535,7 +1548,11 @@ fn a_users_files_named_like_a_stores_are_left_alone() -> TestResult {
     fs::write(&leftover, [0u8; 16])?;
     prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
     for f in mine {
-        assert_eq!(fs::read_to_string(out.join("train").join(f))?, "mine", "{f}");
+        assert_eq!(
+            fs::read_to_string(out.join("train").join(f))?,
+            "mine",
+            "{f}"
+        );
     }
     assert!(!leftover.exists(), "the leftover is still there");
     PackedStore::open(&out.join("train"))?.verify()?;

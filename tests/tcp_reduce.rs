@@ -186,9 +186,15 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     }
 
     // The meeting is the real one: ranks 1 and 2 (not a stranger) are in
-    // the mean. Rank r contributes r + 1 everywhere; the mean is 2.
-    let handles: Vec<_> = [(0usize, r0), (1, r1), (2, r2)]
+    // the mean.
+    assert_mean_of_ranks([r0, r1, r2]);
+}
+
+/// Rank r contributes r + 1 everywhere: every rank gets the mean, 2.
+fn assert_mean_of_ranks(reduces: [TcpAllReduce; 3]) {
+    let handles: Vec<_> = reduces
         .into_iter()
+        .enumerate()
         .map(|(r, mut reduce)| {
             std::thread::spawn(move || {
                 let be = CpuBackend::new();
@@ -204,6 +210,23 @@ fn strangers_are_refused_and_the_real_ranks_still_meet() {
     for h in handles {
         assert_eq!(h.join().unwrap(), [2.0; 5]);
     }
+}
+
+/// A rank that joins, dies while rank 0 waits for the others, and is
+/// started again takes its old place: its first connection is closed, so
+/// the RANK is free, not taken by "another process". The run then meets.
+#[test]
+fn a_rank_started_again_takes_the_place_of_its_closed_connection() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rank0 =
+        std::thread::spawn(move || TcpAllReduce::accept(listener, &world(0, 3, port), 1, None));
+    let first = TcpAllReduce::join(&world(1, 3, port), 1, None).expect("rank 1 joins");
+    drop(first);
+    let r1 = TcpAllReduce::join(&world(1, 3, port), 1, None).expect("rank 1 joins again");
+    let r2 = TcpAllReduce::join(&world(2, 3, port), 1, None).expect("rank 2 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets ranks 1 and 2");
+    assert_mean_of_ranks([r0, r1, r2]);
 }
 
 /// A signal during the rendezvous (train's stop flag set) ends both waits

@@ -809,19 +809,16 @@ fn write_store(
         let acc = chunk
             .par_iter()
             .enumerate()
-            .fold(
-                Acc::new,
-                |mut acc, (i, (path, _))| {
-                    let r = prepare_image(path, size, opts.encoding, opts.quality);
-                    let r = r.map(|(stored, pixels)| {
-                        acc.add(&pixels);
-                        (stored, pixel_hash(&pixels))
-                    });
-                    acc.out.push((i, r.map_err(|e| e.to_string())));
-                    bar.inc(1);
-                    acc
-                },
-            )
+            .fold(Acc::new, |mut acc, (i, (path, _))| {
+                let r = prepare_image(path, size, opts.encoding, opts.quality);
+                let r = r.map(|(stored, pixels)| {
+                    acc.add(&pixels);
+                    (stored, pixel_hash(&pixels))
+                });
+                acc.out.push((i, r.map_err(|e| e.to_string())));
+                bar.inc(1);
+                acc
+            })
             .reduce(Acc::new, Acc::merge);
         let mut acc = acc;
         acc.out.sort_unstable_by_key(|(i, _)| *i);

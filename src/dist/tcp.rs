@@ -18,7 +18,8 @@
 //! replicas per process (rank 0 reads that many buffers from each peer, so
 //! another count would shift every later buffer). A connection that does
 //! not (a port scanner, another program, a process of another run), or
-//! names a rank out of range or already taken, another WORLD_SIZE or
+//! names a rank out of range or taken (by a connection still open: a rank
+//! that died and is started again takes its place), another WORLD_SIZE or
 //! another count of replicas, is refused: rank 0 logs a warning naming the peer's
 //! address and why, answers the reason to a peer that spoke the protocol
 //! (which then stops with an error saying it), closes the connection and
@@ -232,7 +233,7 @@ impl TcpAllReduce {
         );
         while by_rank.iter().skip(1).any(Option::is_none) {
             match listener.accept() {
-                Ok((s, peer)) => match hello(s, world, local, &by_rank) {
+                Ok((s, peer)) => match hello(s, world, local, &mut by_rank) {
                     Ok((r, s)) => {
                         tracing::debug!("rank {r} joined from {peer}");
                         by_rank[r] = Some(s);
@@ -408,6 +409,22 @@ impl TcpAllReduce {
     }
 }
 
+/// Whether a joined rank's connection is still open: a rank that died
+/// while rank 0 waits for the others, and is started again, takes its place
+/// rather than being refused as a second process of its RANK. Its peer
+/// closed it when a read would return end of file or an error; a live
+/// rank is silent (would block) or already sending its gradients.
+fn still_open(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let open = match s.peek(&mut [0u8; 1]) {
+        Ok(n) => n > 0,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    open && s.set_nonblocking(false).is_ok()
+}
+
 /// Reads a new connection's hello and answers it. The rank and stream when
 /// it names a free rank of this run, else why not (answered to a peer that
 /// spoke the protocol; the stream is then dropped, which closes it).
@@ -415,7 +432,7 @@ fn hello(
     mut s: TcpStream,
     world: &World,
     local: usize,
-    by_rank: &[Option<TcpStream>],
+    by_rank: &mut [Option<TcpStream>],
 ) -> std::result::Result<(usize, TcpStream), String> {
     s.set_nonblocking(false).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(HELLO_FOR))
@@ -443,7 +460,7 @@ fn hello(
             OUT_OF_RANGE,
             format!("it announced RANK={rank}, outside 1..{}", size - 1),
         )
-    } else if by_rank[rank].is_some() {
+    } else if by_rank[rank].as_ref().is_some_and(still_open) {
         (
             TAKEN,
             format!("it announced RANK={rank}, which another process already has"),
@@ -453,7 +470,12 @@ fn hello(
     };
     let sent = s.write_all(&[answer]);
     match (answer, sent) {
-        (ACCEPTED, Ok(())) => Ok((rank, s)),
+        (ACCEPTED, Ok(())) => {
+            if by_rank[rank].take().is_some() {
+                tracing::warn!("RANK={rank} joined again: its earlier connection had closed");
+            }
+            Ok((rank, s))
+        }
         (ACCEPTED, Err(e)) => Err(format!("RANK={rank} left before it was accepted ({e})")),
         _ => Err(why),
     }
