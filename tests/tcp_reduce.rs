@@ -5,7 +5,8 @@
 //! the peer, tells a refused rank why, and still meets the real ranks,
 //! whose all-reduce then averages all three; a signal ends the wait.
 //! Each test binds its listener itself and passes it on (port 0: any free
-//! port), so no port is released and reused.
+//! port), so no port is released and reused; a port nothing may listen at
+//! is taken below the range port 0 draws from.
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +25,25 @@ fn world(rank: usize, size: usize, port: u16) -> World {
     World {
         rank,
         size,
-        local_rank: 0,
-        local_size: 1,
         master: Some(("127.0.0.1".into(), port - 1)),
-        listen_fd: None,
+        ..World::single()
     }
+}
+
+/// A port on 127.0.0.1 that nothing listens at, below the range the system
+/// hands out for port 0 (`ip_local_port_range`), so the listeners the
+/// tests beside this one bind cannot take it meanwhile.
+fn port_nobody_listens_at() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".into());
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32768);
+    (low.saturating_sub(3000)..low)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 fn error_of(r: alexnet_cuda::Result<TcpAllReduce>) -> String {
@@ -229,6 +244,44 @@ fn a_rank_started_again_takes_the_place_of_its_closed_connection() {
     assert_mean_of_ranks([r0, r1, r2]);
 }
 
+/// A rank that never comes: after ALEXNET_CONNECT_TIMEOUT (here 1 s)
+/// rank 0 names the missing rank and the connections it refused, and a
+/// rank that cannot reach rank 0 names the address and what to check.
+#[test]
+fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let brief = move |rank| World {
+        connect_for: Duration::from_secs(1),
+        ..world(rank, 3, port)
+    };
+    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &brief(0), 1, None));
+    let _r1 = TcpAllReduce::join(&brief(1), 1, None).expect("rank 1 joins");
+    let mut stranger = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let stranger_at = stranger.local_addr().unwrap();
+    stranger.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").unwrap();
+    let start = Instant::now();
+    let err = rank0.join().unwrap().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let said = format!(
+        "rank 0 waited 1 s at 127.0.0.1:{port} for ranks [2]; refused: {stranger_at} (its hello is not an alexnet-cuda rank's): start them with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE"
+    );
+    assert!(err.contains(&said), "{err}");
+
+    let nobody = port_nobody_listens_at();
+    let lone = World {
+        connect_for: Duration::from_secs(1),
+        ..world(1, 2, nobody)
+    };
+    let err = error_of(TcpAllReduce::join(&lone, 1, None));
+    let said = format!("rank 1 could not reach rank 0 at 127.0.0.1:{nobody} in 1 s: start rank 0, and check MASTER_ADDR and MASTER_PORT");
+    assert!(err.contains(&said), "{err}");
+}
+
 /// A signal during the rendezvous (train's stop flag set) ends both waits
 /// at once with `Error::Stopped` naming what was awaited, long before the
 /// 120 s a missing rank is given: rank 0 waiting for rank 1, and rank 1
@@ -256,7 +309,8 @@ fn a_stop_ends_the_wait_for_other_ranks() {
     );
     assert!(waited < Duration::from_secs(30), "rank 0 waited {waited:?}");
 
-    // Nothing listens at `port` now: rank 1 retries until the stop.
+    // Nothing listens at `port`: rank 1 retries until the stop.
+    let port = port_nobody_listens_at();
     let stop = Arc::new(AtomicBool::new(false));
     let setter = stop_later(Arc::clone(&stop));
     let start = Instant::now();

@@ -450,10 +450,8 @@ mod tests {
         let two = World {
             rank: 1,
             size: 2,
-            local_rank: 0,
-            local_size: 1,
             master: Some(("h".into(), 29500)),
-            listen_fd: None,
+            ..World::single()
         };
         let use_of = |r: &Request, w: &World| nccl_use(r, w).unwrap();
         assert_eq!(use_of(&gpus("0,1", None), &one), NcclUse::No);

@@ -38,9 +38,9 @@ use super::world::World;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
-/// How long ranks wait for each other to start, and for a peer to send or
-/// take data (a peer stopped or hung must not hang the run for ever).
-const CONNECT_FOR: Duration = Duration::from_secs(120);
+/// How long a peer may take to send or take data (a peer stopped or hung
+/// must not hang the run for ever); how long ranks wait for each other to
+/// start is `World::connect_for`.
 const READ_FOR: Duration = Duration::from_secs(600);
 /// How long rank 0 waits for a new connection's hello (others queue meanwhile).
 const HELLO_FOR: Duration = Duration::from_secs(10);
@@ -229,7 +229,7 @@ impl TcpAllReduce {
         tracing::info!(
             "rank 0: waiting at {at} for ranks 1 to {} to join (up to {} s)",
             world.size - 1,
-            CONNECT_FOR.as_secs()
+            world.connect_for.as_secs()
         );
         while by_rank.iter().skip(1).any(Option::is_none) {
             match listener.accept() {
@@ -253,7 +253,7 @@ impl TcpAllReduce {
                             missing()
                         )));
                     }
-                    if start.elapsed() > CONNECT_FOR {
+                    if start.elapsed() > world.connect_for {
                         let missing = missing();
                         let refused = if refused.is_empty() {
                             String::new()
@@ -262,7 +262,7 @@ impl TcpAllReduce {
                         };
                         return Err(Error::Config(format!(
                             "rank 0 waited {} s at {at} for ranks {missing:?}{refused}: start them with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE",
-                            CONNECT_FOR.as_secs()
+                            world.connect_for.as_secs()
                         )));
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -284,7 +284,7 @@ impl TcpAllReduce {
         let start = Instant::now();
         tracing::info!(
             "rank {rank}: joining rank 0 at {target} (up to {} s)",
-            CONNECT_FOR.as_secs()
+            world.connect_for.as_secs()
         );
         // A name that does not resolve yet is retried too: a scheduler's
         // DNS record for rank 0's node or pod may appear only once it runs.
@@ -304,11 +304,11 @@ impl TcpAllReduce {
                         "rank {rank} tried to reach rank 0 at {target}"
                     )))
                 }
-                None if start.elapsed() > CONNECT_FOR => {
+                None if start.elapsed() > world.connect_for => {
                     let lookup = unresolved.map_or(String::new(), |e| format!(" ({e})"));
                     return Err(Error::Config(format!(
                         "rank {rank} could not reach rank 0 at {target} in {} s{lookup}: start rank 0, and check MASTER_ADDR and MASTER_PORT",
-                        CONNECT_FOR.as_secs()
+                        world.connect_for.as_secs()
                     )));
                 }
                 None => std::thread::sleep(Duration::from_millis(100)),
@@ -321,7 +321,7 @@ impl TcpAllReduce {
         greeting.extend_from_slice(&(local as u32).to_le_bytes());
         s.write_all(&greeting)
             .map_err(net_err(format!("rank {rank} to rank 0 at {target}")))?;
-        s.set_read_timeout(Some(CONNECT_FOR))
+        s.set_read_timeout(Some(world.connect_for))
             .map_err(net_err("socket".into()))?;
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer).map_err(|e| {

@@ -16,6 +16,8 @@
 //! that reserved that port by binding it can hand rank 0 the bound socket
 //! instead (ALEXNET_LISTEN_FD, the inherited descriptor's number), so the
 //! port is never free for another program to take in between.
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 
 /// This process's place in the run.
@@ -32,7 +34,14 @@ pub struct World {
     /// ALEXNET_LISTEN_FD: rank 0's listening socket for the CPU all-reduce,
     /// inherited already bound at MASTER_ADDR:MASTER_PORT + 1.
     pub listen_fd: Option<i32>,
+    /// ALEXNET_CONNECT_TIMEOUT (seconds, default 120): how long the CPU
+    /// ranks wait for each other to start, for launchers that start the
+    /// processes minutes apart.
+    pub connect_for: Duration,
 }
+
+/// The ranks' meeting time when ALEXNET_CONNECT_TIMEOUT is not set.
+pub const CONNECT_FOR: Duration = Duration::from_secs(120);
 
 impl World {
     /// The whole run in this process.
@@ -44,6 +53,7 @@ impl World {
             local_size: 1,
             master: None,
             listen_fd: None,
+            connect_for: CONNECT_FOR,
         }
     }
 
@@ -151,6 +161,21 @@ impl World {
                 "ALEXNET_LISTEN_FD is set for RANK={rank}: only rank 0 listens; unset it in the other processes"
             )));
         }
+        let connect_for = match var("ALEXNET_CONNECT_TIMEOUT") {
+            None => CONNECT_FOR,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=86_400).contains(s))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "ALEXNET_CONNECT_TIMEOUT={v}: not a whole number of seconds from 1 to 86400; unset it for the default {} s",
+                        CONNECT_FOR.as_secs()
+                    ))
+                })?,
+        };
         Ok(World {
             rank,
             size,
@@ -158,6 +183,7 @@ impl World {
             local_size,
             master: Some((addr.trim().to_string(), port)),
             listen_fd,
+            connect_for,
         })
     }
 
@@ -242,6 +268,15 @@ mod tests {
         .unwrap();
         assert_eq!(handed.listen_fd, Some(3));
         assert_eq!((w.local_size, handed.local_size), (1, 1));
+        assert_eq!(w.connect_for, Duration::from_secs(120));
+        let patient = world(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+            ("ALEXNET_CONNECT_TIMEOUT", " 900"),
+        ]);
+        assert_eq!(patient.unwrap().connect_for, Duration::from_secs(900));
         let shared = world(&[
             ("WORLD_SIZE", "4"),
             ("RANK", "3"),
@@ -255,7 +290,7 @@ mod tests {
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 13] = [
+        let cases: [(Vars, &str); 15] = [
             (
                 &[
                     ("WORLD_SIZE", "4"),
@@ -310,6 +345,26 @@ mod tests {
                     ("ALEXNET_LISTEN_FD", "0"),
                 ],
                 "only rank 0 listens",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_CONNECT_TIMEOUT", "2m"),
+                ],
+                "ALEXNET_CONNECT_TIMEOUT=2m: not a whole number of seconds",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "0"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_CONNECT_TIMEOUT", "0"),
+                ],
+                "ALEXNET_CONNECT_TIMEOUT=0",
             ),
         ];
         for (vars, want) in cases {
