@@ -70,8 +70,8 @@ impl Write for Lines {
 #[test]
 fn rank_0_listens_at_master_addr_and_nowhere_else() {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let l = bind_at("127.0.0.1", 0).expect("listen on loopback");
-    assert_eq!(l.local_addr().unwrap().ip(), loopback);
+    let v4 = bind_at("127.0.0.1", 0).expect("listen on loopback");
+    assert_eq!(v4.local_addr().unwrap().ip(), loopback);
     // A name: whichever loopback address it resolves to, never 0.0.0.0.
     let l = bind_at("localhost", 0).expect("listen on localhost");
     assert!(l.local_addr().unwrap().ip().is_loopback(), "{l:?}");
@@ -81,6 +81,14 @@ fn rank_0_listens_at_master_addr_and_nowhere_else() {
     assert!(
         err.contains("MASTER_ADDR=192.0.2.1"),
         "the error names MASTER_ADDR: {err}"
+    );
+    assert!(!err.contains("RANK=0"), "{err}");
+    // The port taken, likeliest by this run's rank 0 started twice: said.
+    let taken = v4.local_addr().unwrap().port();
+    let err = bind_at("127.0.0.1", taken).unwrap_err().to_string();
+    assert!(
+        err.contains("pick another MASTER_PORT") && err.contains("two processes were given RANK=0"),
+        "{err}"
     );
 }
 

@@ -122,14 +122,23 @@ fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
 /// takes any free port. The first of `addr`'s addresses that binds.
 pub fn bind_at(addr: &str, port: u16) -> Result<TcpListener> {
     let mut failed = Vec::new();
+    let mut in_use = false;
     for a in resolve(addr, port)? {
         match TcpListener::bind(a) {
             Ok(l) => return Ok(l),
-            Err(e) => failed.push(format!("{a}: {e}")),
+            Err(e) => {
+                in_use |= e.kind() == std::io::ErrorKind::AddrInUse;
+                failed.push(format!("{a}: {e}"));
+            }
         }
     }
+    // The likeliest holder is this run's own rank 0, started twice.
+    let twice = match in_use {
+        true => "; if it is this run's rank 0, two processes were given RANK=0: check each one's RANK (torchrun: --node-rank)",
+        false => "",
+    };
     Err(Error::Config(format!(
-        "rank 0 could not listen at MASTER_ADDR={addr}, port {port} (MASTER_PORT + 1): {}; MASTER_ADDR must be an address of rank 0's machine (127.0.0.1 when every rank runs on it), and the port free (pick another MASTER_PORT)",
+        "rank 0 could not listen at MASTER_ADDR={addr}, port {port} (MASTER_PORT + 1): {}; MASTER_ADDR must be an address of rank 0's machine (127.0.0.1 when every rank runs on it), and the port free (pick another MASTER_PORT){twice}",
         failed.join(", ")
     )))
 }
