@@ -276,6 +276,10 @@ impl TcpAllReduce {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                Err(e) if one_connections(&e) => {
+                    tracing::warn!("a connection failed before rank 0 took it: {e}");
+                    refused.push(format!("one that failed as it was taken ({e})"));
+                }
                 Err(e) => return Err(net_err(format!("accepting at {at}"))(e)),
             }
         }
@@ -418,6 +422,25 @@ impl TcpAllReduce {
     }
 }
 
+/// Whether `accept` failed for that one connection, not for the listener:
+/// a peer reset before it was taken (a port scanner does), or the network
+/// errors Linux's accept(2) says to treat like EAGAIN. Rank 0 goes on
+/// waiting, as for a stranger.
+fn one_connections(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted
+            | ConnectionReset
+            | Interrupted
+            | NetworkDown
+            | NetworkUnreachable
+            | HostUnreachable
+    ) || (cfg!(target_os = "linux")
+        // EPROTO, ENONET, ENOPROTOOPT, EOPNOTSUPP, EHOSTDOWN: Linux's numbers.
+        && matches!(e.raw_os_error(), Some(71 | 64 | 92 | 95 | 112)))
+}
+
 /// Whether a joined rank's connection is still open: a rank that died
 /// while rank 0 waits for the others, and is started again, takes its place
 /// rather than being refused as a second process of its RANK. Its peer
@@ -532,6 +555,25 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_that_fails_as_it_is_taken_does_not_end_the_wait() {
+        use std::io::{Error as IoError, ErrorKind};
+        for kind in [ErrorKind::ConnectionAborted, ErrorKind::ConnectionReset] {
+            assert!(one_connections(&IoError::from(kind)), "{kind:?}");
+        }
+        // The listener's own faults (a bad descriptor, no descriptors
+        // left) are not one connection's: they end the wait with the error.
+        for errno in [9, 24] {
+            assert!(
+                !one_connections(&IoError::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        if cfg!(target_os = "linux") {
+            assert!(one_connections(&IoError::from_raw_os_error(71)), "EPROTO");
+        }
+    }
 
     #[test]
     fn a_silent_peer_is_named_as_silent() {
