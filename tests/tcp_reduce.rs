@@ -252,6 +252,64 @@ fn a_rank_started_again_takes_the_place_of_its_closed_connection() {
     assert_mean_of_ranks([r0, r1, r2]);
 }
 
+/// Processes of other builds or flags: a hello of another protocol
+/// version is refused naming both versions; a buffer of another length is
+/// an error naming the rank and both lengths, not bytes read out of step.
+#[test]
+fn another_build_or_buffer_length_is_named() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = Lines::default();
+    let rank0 = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || log.clone())
+                .with_ansi(false)
+                .finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+            TcpAllReduce::accept(listener, &world(0, 2, port), 1, None)
+        })
+    };
+    // An older build's hello: version 2, WORLD_SIZE 2, RANK 1, 1 replica.
+    let mut old = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut hello = b"alexTCP2".to_vec();
+    for w in [2u32, 1, 1] {
+        hello.extend(w.to_le_bytes());
+    }
+    old.write_all(&hello).unwrap();
+    let mut answer = Vec::new();
+    let _ = old.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "rank 0 answered an older build: {answer:?}"
+    );
+    let r1 = TcpAllReduce::join(&world(1, 2, port), 1, None).expect("rank 1 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("it speaks version 2 of the ranks' protocol, this build 3: run the same alexnet-cuda build in every process"),
+        "{log}"
+    );
+
+    let reduce = |(mut reduce, len): (TcpAllReduce, usize)| {
+        std::thread::spawn(move || {
+            let be = CpuBackend::new();
+            let mut buf = be.alloc(len).unwrap();
+            AllReduce::<CpuBackend>::mean(&mut reduce, 0, &[&be], &mut [&mut buf])
+                .map_err(|e| e.to_string())
+        })
+    };
+    let (h0, h1) = (reduce((r0, 5)), reduce((r1, 6)));
+    let err = h0.join().unwrap().unwrap_err();
+    assert!(
+        err.contains("rank 1 sent a buffer of 6 values where this process has 5"),
+        "{err}"
+    );
+    // Rank 1 learns of it as rank 0 closing: no hang.
+    assert!(h1.join().unwrap().is_err());
+}
+
 /// A rank that never comes: after ALEXNET_CONNECT_TIMEOUT (here 1 s)
 /// rank 0 names the missing rank and the connections it refused, and a
 /// rank that cannot reach rank 0 names the address and what to check.

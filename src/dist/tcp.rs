@@ -27,7 +27,10 @@
 //! nor join a run's start, a misconfigured process fails at once with the
 //! reason, and if a rank never comes, rank 0's timeout error lists the
 //! refused connections as well as the missing ranks. A signal (train's
-//! stop flag) ends either wait at once with `Error::Stopped`.
+//! stop flag) ends either wait at once with `Error::Stopped`. Each buffer
+//! goes with its length, checked against the receiver's own: processes of
+//! other builds or flags stop with an error naming the rank, rather than
+//! reading each other's bytes out of step.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +48,9 @@ const READ_FOR: Duration = Duration::from_secs(600);
 /// How long rank 0 waits for a new connection's hello (others queue meanwhile).
 const HELLO_FOR: Duration = Duration::from_secs(10);
 
-/// The hello's first bytes: the protocol, and its version.
-const MAGIC: [u8; 8] = *b"alexTCP2";
+/// The hello's first bytes: the protocol, and its version (3: each buffer
+/// sent with its length).
+const MAGIC: [u8; 8] = *b"alexTCP3";
 const HELLO_LEN: usize = 20;
 
 /// Rank 0's one-byte answer to a hello.
@@ -388,8 +392,12 @@ impl TcpAllReduce {
         self.rank * self.local
     }
 
+    /// Sends `v` after its length, which the receiver checks against its
+    /// own buffer's: processes of other builds or flags would otherwise
+    /// read each other's bytes out of step, averaging garbage or waiting.
     fn send(&mut self, peer: usize, v: &[f32]) -> Result<()> {
         self.bytes.clear();
+        self.bytes.extend((v.len() as u64).to_le_bytes());
         self.bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
         let who = self.peer_name(peer);
         self.peers[peer]
@@ -397,10 +405,21 @@ impl TcpAllReduce {
             .map_err(peer_err(format!("sending gradients to {who}")))
     }
 
-    /// Reads `len` floats from `peer` into `self.part`.
+    /// Reads `len` floats from `peer` into `self.part`; an error naming the
+    /// peer when it sends another length.
     fn recv(&mut self, peer: usize, len: usize) -> Result<()> {
-        self.bytes.resize(len * 4, 0);
         let who = self.peer_name(peer);
+        let mut head = [0u8; 8];
+        self.peers[peer]
+            .read_exact(&mut head)
+            .map_err(peer_err(format!("receiving gradients from {who}")))?;
+        let sent = u64::from_le_bytes(head);
+        if sent != len as u64 {
+            return Err(Error::Config(format!(
+                "{who} sent a buffer of {sent} values where this process has {len}: the processes run different builds or network flags; start every process with the same alexnet-cuda and the same --config, --parallel and layer flags"
+            )));
+        }
+        self.bytes.resize(len * 4, 0);
         self.peers[peer]
             .read_exact(&mut self.bytes)
             .map_err(peer_err(format!("receiving gradients from {who}")))?;
@@ -472,6 +491,12 @@ fn hello(
     let mut b = [0u8; HELLO_LEN];
     s.read_exact(&mut b)
         .map_err(|e| format!("no full hello: it closed or went silent ({e})"))?;
+    if b[..7] == MAGIC[..7] && b[7] != MAGIC[7] {
+        return Err(format!(
+            "it speaks version {} of the ranks' protocol, this build {}: run the same alexnet-cuda build in every process",
+            b[7] as char, MAGIC[7] as char
+        ));
+    }
     if b[..8] != MAGIC {
         return Err("its hello is not an alexnet-cuda rank's".into());
     }
