@@ -45,9 +45,10 @@ pub struct Phases {
 }
 
 /// `warmup + steps` training steps on one batch, the last `steps` timed.
-/// The logits' download at the end waits for the last step's queued work,
-/// so the mean counts all of it; per-step times (the median) only mean
-/// something on the CPU, where nothing is queued.
+/// The logits' download waits for the queued work: before the clock starts,
+/// so the last warm-up step's backward and update are not counted, and at
+/// the end, so the last timed step's are. Per-step times (the median) only
+/// mean something on the CPU, where nothing is queued.
 pub fn timed_steps(
     model: &mut dyn Model,
     x: &[f32],
@@ -61,6 +62,9 @@ pub fn timed_steps(
     let mut t0 = Instant::now();
     for i in 0..warmup + steps {
         if i == warmup {
+            if warmup > 0 {
+                model.logits()?;
+            }
             t0 = Instant::now();
         }
         let t = Instant::now();
