@@ -343,6 +343,8 @@ impl<'a> Trainer<'a> {
             let fix = self.way_back(p.lr);
             return Err(Error::Diverged { what, fix });
         }
+        let err = 1.0 - v.top1;
+        let best = self.rank0_says(schedule::improves(&self.state.progress, err))?;
         let elapsed = self.elapsed();
         let p = &mut self.state.progress;
         let stats = EpochStats {
@@ -367,7 +369,7 @@ impl<'a> Trainer<'a> {
         if let Some(d) = &mut self.run_dir {
             d.epoch(p.step, &stats, &*self.net)?;
         }
-        let best = after_validation(p, &self.opts.run.schedule, 1.0 - v.top1);
+        schedule::record(p, &self.opts.run.schedule, err, best);
         p.epoch_done = true;
         p.elapsed_s = elapsed;
         self.state.history.push(stats.clone());
@@ -528,6 +530,16 @@ impl<'a> Trainer<'a> {
             return Ok(local.to_vec());
         }
         self.net.any_process(local)
+    }
+
+    /// Rank 0's `flag`, in every process. Each process validates on its own
+    /// device; where their numbers differ by a bit (cuDNN times and picks
+    /// its algorithms per process), a tie could make them judge an epoch
+    /// differently, drop the rate at different epochs and from then on
+    /// average the gradients of different models. Rank 0 decides for all.
+    fn rank0_says(&mut self, flag: bool) -> Result<bool> {
+        let mine = self.opts.world.rank == 0 && flag;
+        self.agreed(mine)
     }
 
     /// `agree` for one flag.

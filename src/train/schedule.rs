@@ -68,7 +68,18 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
 /// the learning rate by 10 when the error has not improved for `patience`
 /// epochs, at most `max_drops` times; the count restarts after each drop.
 pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool {
-    let best = p.best_err.is_none_or(|b| err < b);
+    let best = improves(p, err);
+    record(p, schedule, err, best)
+}
+
+/// Whether `err` is the best validation error so far.
+pub fn improves(p: &Progress, err: f64) -> bool {
+    p.best_err.is_none_or(|b| err < b)
+}
+
+/// [`after_validation`] with whether the epoch is the best decided already
+/// (in a run of several processes, by rank 0 for all).
+pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) -> bool {
     if best {
         p.best_err = Some(err);
         p.since_best = 0;
