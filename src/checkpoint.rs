@@ -25,7 +25,7 @@ use crate::fsutil::{folder_of, same_file, sync_dir, temp_path};
 use crate::model::net::Network;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
-pub use crate::run_state::{Preprocess, Progress, RunOptions, RunState};
+pub use crate::run_state::{Preprocess, Progress, RunOptions, RunState, Saving};
 
 pub const FORMAT: &str = "alexnet-cuda-checkpoint";
 pub const VERSION: u32 = 1;
@@ -501,6 +501,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     let n = all.len().saturating_sub(keep.max(1));
     for (_, p) in &all[..n] {
         fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+        tracing::debug!("removed {} (--keep {})", p.display(), keep.max(1));
     }
     Ok(())
 }

@@ -224,6 +224,20 @@ pub struct RunState {
     pub progress: Progress,
     /// One row per finished epoch.
     pub history: Vec<EpochStats>,
+    /// How the run folder keeps checkpoints; runs written before it was
+    /// kept resume with the defaults.
+    #[serde(default)]
+    pub saving: Saving,
+}
+
+/// `--keep`, `--checkpoint-every` and `--checkpoint-minutes` as the run was
+/// given them (None: the default): a resume keeps them unless given
+/// again, so it does not prune the checkpoints a run was told to keep.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saving {
+    pub keep: Option<usize>,
+    pub checkpoint_every: Option<u64>,
+    pub checkpoint_minutes: Option<f64>,
 }
 
 #[cfg(test)]

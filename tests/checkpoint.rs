@@ -337,6 +337,50 @@ fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
     assert_eq!(checkpoint::list(&run_dir).unwrap(), before);
 }
 
+/// A resume keeps the run's own --keep and --checkpoint-every: resumed
+/// without them, it neither prunes to the default 3 nor falls back to the
+/// 15-minute interval; given again, they replace the run's.
+#[test]
+fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let steps = |dir: &Path| -> Vec<u64> {
+        checkpoint::list(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    };
+    // 500 training images at batch 25: 20 steps an epoch.
+    let mut args = train_args(&d, &out, 1);
+    let every = args.iter().position(|a| a == "--checkpoint-every").unwrap();
+    args[every + 1] = "2".into();
+    args.extend(["--keep".into(), "10".into()]);
+    run_ok(&args);
+    assert_eq!(steps(&out), (1..=10).map(|i| 2 * i).collect::<Vec<u64>>());
+    let plain = |epochs: &str| -> Vec<String> {
+        let o = out.display().to_string();
+        [
+            "train",
+            "--cpu",
+            "--resume",
+            &o,
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    run_ok(&plain("2"));
+    assert_eq!(steps(&out), (11..=20).map(|i| 2 * i).collect::<Vec<u64>>());
+    let mut given = plain("3");
+    given.extend(["--keep", "4", "--checkpoint-every", "5"].map(String::from));
+    run_ok(&given);
+    assert_eq!(steps(&out), [45, 50, 55, 60]);
+}
+
 /// A periodic checkpoint that falls on an epoch's last step is the epoch
 /// end's, written after the validation: each step's file is written once.
 #[test]

@@ -212,6 +212,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
         },
         progress: Progress::start(0.01, 1),
         history: Vec::new(),
+        saving: Default::default(),
     };
     checkpoint::save(path, &state, &tensors).unwrap();
     tensors

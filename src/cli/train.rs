@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use tracing::{info, warn};
 
 use alexnet_cuda::backend::Backend;
-use alexnet_cuda::checkpoint::{self, Checkpoint};
+use alexnet_cuda::checkpoint::{self, Checkpoint, Saving};
 use alexnet_cuda::data::packed::is_store;
 use alexnet_cuda::data::write_demo_train;
 use alexnet_cuda::dist::placement::{self, OnLayout};
@@ -109,9 +109,9 @@ pub struct TrainArgs {
     /// Write a checkpoint when M minutes have passed since the last one, besides the one at each epoch end (0: off) [default: 15, unless --checkpoint-every is given].
     #[arg(long, value_name = "M", value_parser = minutes_or_off)]
     checkpoint_minutes: Option<f64>,
-    /// Checkpoints to keep (the newest; best.safetensors is kept besides).
-    #[arg(long, default_value_t = 3, value_parser = positive)]
-    keep: u64,
+    /// Checkpoints to keep (the newest; best.safetensors is kept besides) [default: 3; a resumed run keeps its own].
+    #[arg(long, value_parser = positive)]
+    keep: Option<u64>,
     /// Metrics files: csv or jsonl [default: csv; a resumed run keeps its own].
     #[arg(long, value_enum)]
     metrics_format: Option<MetricsFlag>,
@@ -196,7 +196,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let topo = spec.topology()?;
     if world.is_writer() {
         // Before the data: a scan or the demo's images can take a while.
-        let keep = args.keep as usize;
+        let keep = saving(&args, resume.as_deref())
+            .keep
+            .unwrap_or(DEFAULT_KEEP);
         let dir = run_folder(&args, &topo, resume.as_deref());
         if let Some(data) = images_read(&args, resume.as_deref()) {
             refuse_run_inside_data(&dir, &data, resume.is_some())?;
@@ -331,8 +333,9 @@ fn options(
     }
     opts.workers = args.host.workers;
     opts.progress = args.host.progress();
-    (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(args)?;
-    opts.keep = args.keep as usize;
+    opts.saving = saving(args, resume);
+    (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(&opts.saving);
+    opts.keep = opts.saving.keep.unwrap_or(DEFAULT_KEEP);
     if let Some(r) = args.recipe {
         opts.run.init = recipe(r, topo)?;
     }
@@ -366,18 +369,38 @@ fn metrics_format(args: &TrainArgs, out: &Path, resumed: bool) -> Result<Metrics
     }
 }
 
+/// --keep, --checkpoint-every and --checkpoint-minutes: those given, else
+/// the resumed run's (a resume without --keep must not prune what the run
+/// was told to keep), else none (the defaults).
+fn saving(args: &TrainArgs, resume: Option<&Checkpoint>) -> Saving {
+    let kept = resume.map(|ck| ck.state.saving.clone()).unwrap_or_default();
+    // The two checkpoint flags go together: either given replaces both.
+    let (every, minutes) = match (args.checkpoint_every, args.checkpoint_minutes) {
+        (None, None) => (kept.checkpoint_every, kept.checkpoint_minutes),
+        given => given,
+    };
+    Saving {
+        keep: args.keep.map(|k| k as usize).or(kept.keep),
+        checkpoint_every: every,
+        checkpoint_minutes: minutes,
+    }
+}
+
 /// Checkpoints every N steps and every M minutes: by default every 15
 /// minutes (on an H200, 1000 steps of `alexnet` take 8 to 12 s, on two CPU
 /// cores about an hour); `--checkpoint-every` alone replaces the default.
-fn checkpoint_policy(args: &TrainArgs) -> Result<(u64, Option<Duration>)> {
-    let minutes = match (args.checkpoint_every, args.checkpoint_minutes) {
+fn checkpoint_policy(s: &Saving) -> (u64, Option<Duration>) {
+    let minutes = match (s.checkpoint_every, s.checkpoint_minutes) {
         (None, None) => DEFAULT_CHECKPOINT_MINUTES,
         (Some(_), None) => 0.0,
         (_, Some(m)) => m,
     };
     let interval = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
-    Ok((args.checkpoint_every.unwrap_or(0), interval))
+    (s.checkpoint_every.unwrap_or(0), interval)
 }
+
+/// Checkpoints kept when neither --keep nor the resumed run says.
+const DEFAULT_KEEP: usize = 3;
 
 const DEFAULT_CHECKPOINT_MINUTES: f64 = 15.0;
 

@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, RunOptions};
 use crate::dist::world::World;
 use crate::metrics::MetricsFormat;
 use crate::model::topology::{DropoutRule, InitRecipe, Topology};
-use crate::run_state::{EpochStats, Schedule};
+use crate::run_state::{EpochStats, Saving, Schedule};
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -37,6 +37,8 @@ pub struct TrainOptions {
     pub checkpoint_interval: Option<Duration>,
     /// Checkpoints kept (the newest; `best.safetensors` is kept besides).
     pub keep: usize,
+    /// The flags behind `keep` and the checkpoint policy, as the run keeps them.
+    pub saving: Saving,
     pub metrics_format: MetricsFormat,
     /// Continue this checkpoint's run (with `resume_options`).
     pub resume: Option<Box<Checkpoint>>,
@@ -95,6 +97,7 @@ impl TrainOptions {
             checkpoint_every: 0,
             checkpoint_interval: Some(Duration::from_secs(15 * 60)),
             keep: 3,
+            saving: Saving::default(),
             val_given: false,
             metrics_format: MetricsFormat::Csv,
             resume: None,

@@ -246,6 +246,7 @@ pub fn start_state(
         let mut st = ck.state.clone();
         st.options.epochs = opts.run.epochs;
         st.data = data_path(opts);
+        st.saving = opts.saving.clone();
         display::resuming(ck, &st.progress);
         if let Some(lr) = opts.lr_from_here {
             info!(
@@ -272,6 +273,7 @@ pub fn start_state(
         preprocess: preprocess(data, loader),
         progress: Progress::start(opts.run.lr, epoch_batches),
         history: Vec::new(),
+        saving: opts.saving.clone(),
     };
     Ok((state, false))
 }
