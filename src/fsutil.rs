@@ -25,17 +25,11 @@ pub fn file_with_slash(path: &Path) -> Option<&Path> {
     (s.ends_with('/') && !trimmed.as_os_str().is_empty() && trimmed.is_file()).then_some(trimmed)
 }
 
-/// Whether a file named `name` is a temporary file (see [`temp_path`])
-/// whose process is gone, so that no one will finish or rename it. Only
-/// where /proc lists the running processes (Linux); elsewhere, never.
-fn abandoned(name: &str) -> bool {
-    let pid = name
-        .rsplit_once(".tmp-")
-        .and_then(|(_, p)| p.parse::<u32>().ok());
-    let Some(pid) = pid else {
-        return false;
-    };
-    process_gone(pid)
+/// A temporary file's name (see [`temp_path`]) split into the file it was
+/// to become and its writer's pid.
+fn temp_of(name: &str) -> Option<(&str, u32)> {
+    let (target, pid) = name.rsplit_once(".tmp-")?;
+    Some((target, pid.parse().ok()?))
 }
 
 /// Whether process `pid` (not this one) has ended. Only where /proc lists
@@ -48,9 +42,13 @@ pub fn process_gone(pid: u32) -> bool {
 
 /// Delete the temporary files that killed processes left in `dir` (a
 /// checkpoint, a features file cut short by SIGKILL), which would
-/// otherwise stay for good: later writes use their own pid. With `of`,
-/// only those of that file name.
-pub fn remove_abandoned_temps(dir: &Path, of: Option<&str>) -> Result<()> {
+/// otherwise stay for good: later writes use their own pid. Only those of
+/// files `of` names, and of those only the ones whose process is gone,
+/// unless `any_pid` (the caller holds the folder's lock, so no one else
+/// writes them: a pid taken again, as pid 1 is in every container, would
+/// otherwise keep a killed write's file for good). The process check
+/// needs /proc (Linux); elsewhere nothing is taken for abandoned.
+pub fn remove_abandoned_temps(dir: &Path, of: impl Fn(&str) -> bool, any_pid: bool) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -60,8 +58,10 @@ pub fn remove_abandoned_temps(dir: &Path, of: Option<&str>) -> Result<()> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let mine = of.is_none_or(|f| name.strip_prefix(f).is_some_and(|r| r.starts_with(".tmp-")));
-        if mine && abandoned(name) {
+        let Some((target, pid)) = temp_of(name) else {
+            continue;
+        };
+        if of(target) && (any_pid || process_gone(pid)) {
             let p = entry.path();
             let mb = entry
                 .metadata()
@@ -96,7 +96,7 @@ pub fn sweep_before_writing(path: &Path) {
     let dir = folder_of(path);
     let name = path.file_name().and_then(|n| n.to_str());
     if let Some(name) = name {
-        if let Err(e) = remove_abandoned_temps(dir, Some(name)) {
+        if let Err(e) = remove_abandoned_temps(dir, |t| t == name, false) {
             tracing::warn!("{e}");
         }
     }

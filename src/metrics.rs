@@ -230,6 +230,25 @@ fn row_text<T: Serialize>(format: MetricsFormat, r: &T, csv: fn(&T) -> String) -
     })
 }
 
+/// A metrics file in `dir` that this program did not write (its first line
+/// is not the header, or for jsonl a row, that `open` writes): a fresh run
+/// would replace it. Empty files, and a killed attempt's, are its own.
+pub fn foreign_file(dir: &Path) -> Option<PathBuf> {
+    let starts = [
+        ("steps.csv", STEP_HEADER),
+        ("epochs.csv", EPOCH_HEADER),
+        ("steps.jsonl", "{\"step\":"),
+        ("epochs.jsonl", "{\"epoch\":"),
+    ];
+    starts.into_iter().find_map(|(name, start)| {
+        let p = dir.join(name);
+        let bytes = std::fs::read(&p).ok()?;
+        let text = String::from_utf8_lossy(&bytes);
+        let first = text.lines().next().unwrap_or("");
+        (!first.is_empty() && !first.starts_with(start)).then_some(p)
+    })
+}
+
 /// The step rows of a metrics file; lines that do not parse (the header, a
 /// line cut short by a kill) are skipped. A missing file has no rows.
 pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {

@@ -381,6 +381,42 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     assert_eq!(steps(&out), [45, 50, 55, 60]);
 }
 
+/// A fresh run in a folder of the user's own files: a metrics file train
+/// did not write is refused, not replaced; a user's temporary-looking file
+/// stays, while a killed write of the run's own files goes even when its
+/// pid is running now (pid 1, as in a container; the folder lock says no
+/// writer is left).
+#[test]
+fn a_fresh_run_leaves_a_users_own_files_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("proj");
+    std::fs::create_dir_all(&out).unwrap();
+    let mine = out.join("epochs.csv");
+    std::fs::write(&mine, "my,own,data\n1,2,3\n").unwrap();
+    let o = run(&train_args(&d, &out, 1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    let said = format!("holds {}, which train did not write", mine.display());
+    assert!(
+        err.contains(&said) && err.contains("pass another --out"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&mine).unwrap(),
+        "my,own,data\n1,2,3\n"
+    );
+
+    std::fs::remove_file(&mine).unwrap();
+    let notes = out.join("notes.txt.tmp-4242");
+    std::fs::write(&notes, "draft").unwrap();
+    let killed = out.join("ckpt-0000000003.safetensors.tmp-1");
+    std::fs::write(&killed, [0u8; 64]).unwrap();
+    run_ok(&train_args(&d, &out, 1));
+    assert!(notes.exists(), "a user's file was removed");
+    assert!(!killed.exists(), "a killed checkpoint write was left");
+}
+
 /// A periodic checkpoint that falls on an epoch's last step is the epoch
 /// end's, written after the validation: each step's file is written once.
 #[test]

@@ -216,6 +216,13 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a file a run writes in its folder: only their
+/// temporary files are swept, not those of a user's own files beside.
+fn is_run_file(name: &str) -> bool {
+    const STARTS: [&str; 4] = ["ckpt-", "steps.", "epochs.", "events.out.tfevents."];
+    STARTS.iter().any(|s| name.starts_with(s)) || ["best.safetensors", "curves.png"].contains(&name)
+}
+
 /// A fresh run never writes into another run's folder, nor over the
 /// results of one whose checkpoints were removed (its best.safetensors, and
 /// its metrics files, would be replaced).
@@ -228,9 +235,16 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
             shell::word(dir)
         )));
     }
-    match earlier_results(dir) {
-        Some(f) => Err(Error::Config(format!(
+    if let Some(f) = earlier_results(dir) {
+        return Err(Error::Config(format!(
             "{} holds an earlier run's results ({}) and no checkpoint to continue; a new run would replace them: pass another --out, or move them away",
+            dir.display(),
+            f.display()
+        )));
+    }
+    match crate::metrics::foreign_file(dir) {
+        Some(f) => Err(Error::Config(format!(
+            "{} holds {}, which train did not write (its first line is not train's); a new run would replace it: pass another --out, or move the file away",
             dir.display(),
             f.display()
         ))),
@@ -305,7 +319,7 @@ impl RunDir {
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
         let lock = fsutil::lock_folder(dir, TRAINING)?;
-        fsutil::remove_abandoned_temps(dir, None)?;
+        fsutil::remove_abandoned_temps(dir, is_run_file, true)?;
         if resumed {
             set_aside_later(dir, state)?;
             check_best(dir, state)?;
