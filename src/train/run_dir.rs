@@ -283,15 +283,20 @@ fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Re
     )))
 }
 
-/// Bytes the checkpoints in `dir` hold (none when it is not a folder yet).
+/// Bytes the checkpoints in `dir` hold (none when it is not a folder yet),
+/// `best.safetensors` among them when it is a file of its own (its
+/// checkpoint pruned): its room is taken already.
 fn checkpoint_bytes(dir: &Path) -> Result<u64> {
     if !dir.is_dir() {
         return Ok(0);
     }
     let all = checkpoint::list(dir)?;
-    Ok(all
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+    let best = dir.join("best.safetensors");
+    let own_best = best.is_file() && !all.iter().any(|(_, p)| fsutil::same_file(p, &best));
+    let files = all.iter().map(|(_, p)| p.as_path());
+    Ok(files
+        .chain(own_best.then_some(best.as_path()))
+        .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum())
 }
@@ -580,9 +585,26 @@ fn way_on(e: &Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::way_on;
+    use super::{checkpoint_bytes, way_on};
     use crate::error::Error;
     use std::io::ErrorKind;
+
+    /// The room a folder's checkpoints hold counts best.safetensors once:
+    /// not when it is a link to a checkpoint, and whole when it is a file
+    /// of its own (its checkpoint pruned), which a resume would otherwise
+    /// ask room for twice.
+    #[test]
+    fn best_counts_as_held_room_only_as_a_file_of_its_own() {
+        let t = tempfile::tempdir().unwrap();
+        let ck = t.path().join("ckpt-0000000010.safetensors");
+        std::fs::write(&ck, [0u8; 1000]).unwrap();
+        let best = t.path().join("best.safetensors");
+        std::fs::hard_link(&ck, &best).unwrap();
+        assert_eq!(checkpoint_bytes(t.path()).unwrap(), 1000);
+        std::fs::remove_file(&best).unwrap();
+        std::fs::write(&best, [0u8; 700]).unwrap();
+        assert_eq!(checkpoint_bytes(t.path()).unwrap(), 1700);
+    }
 
     /// A failed write's advice follows its cause: free space only for a
     /// full disk or quota.
