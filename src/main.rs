@@ -116,12 +116,30 @@ fn run() -> Result<()> {
 /// quietly with 141, the status of a C program killed by SIGPIPE.
 fn main() {
     alexnet_cuda::progress::init_logs();
+    catch_file_size_limit();
     if let Err(e) = run() {
         if stdout_closed(&e) {
             std::process::exit(141);
         }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, whose
+/// default action kills the process with no word; handled, the write fails
+/// with EFBIG instead, which is named with the file and the fix.
+fn catch_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use std::sync::atomic::AtomicBool;
+        let seen = std::sync::Arc::new(AtomicBool::new(false));
+        let caught = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen);
+        if let Err(e) = caught {
+            tracing::debug!(
+                "SIGXFSZ not handled ({e}): a file past the size limit ends the process"
+            );
+        }
     }
 }
 

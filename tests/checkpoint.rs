@@ -381,6 +381,36 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     assert_eq!(steps(&out), [45, 50, 55, 60]);
 }
 
+/// A checkpoint past the file-size limit (`ulimit -f`) is a named error
+/// with its fix, not a process killed by SIGXFSZ without a word, and its
+/// temporary file goes.
+#[test]
+#[cfg(unix)]
+fn a_checkpoint_past_the_file_size_limit_is_a_named_error() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let args: Vec<String> = train_args(&d, &out, 1)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
+    // 5000 blocks of 512 bytes: the metrics fit, the checkpoint (about 9 MB) not.
+    let script = format!("ulimit -f 5000; exec '{BIN}' {}", args.join(" "));
+    let o = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("File too large") && err.contains("raise the file-size limit"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A fresh run in a folder of the user's own files: a metrics file train
 /// did not write is refused, not replaced; a user's temporary-looking file
 /// stays, while a killed write of the run's own files goes even when its
