@@ -427,11 +427,14 @@ impl RunDir {
             "checkpoint {} ({mb:.0} MB) written in {secs:.2} s",
             path.display()
         );
+        // The newest whole checkpoint from here on, also when marking it
+        // best or pruning fails: the way on named then must not be the one
+        // before, whose resume would set this one aside.
+        self.last = Some(path.clone());
         if best {
             checkpoint::mark_best(&self.dir, &path)?;
         }
         checkpoint::prune(&self.dir, self.keep)?;
-        self.last = Some(path.clone());
         Ok(path)
     }
 
