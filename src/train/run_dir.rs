@@ -216,6 +216,21 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
     Ok(())
 }
 
+/// A resumed run writes in its own folder (--out does not go with
+/// --resume): where that folder cannot be written, the way on is a copy.
+fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    match &e {
+        Error::Io { err, .. } if resumed && matches!(err.kind(), ReadOnlyFilesystem | PermissionDenied) => {
+            Error::Config(format!(
+                "{e}; a resumed run goes on writing in its folder: copy {} to a disk you can write to (cp -a) and resume from the copy",
+                dir.display()
+            ))
+        }
+        _ => e,
+    }
+}
+
 /// Whether `name` is a file a run writes in its folder: only their
 /// temporary files are swept, not those of a user's own files beside.
 fn is_run_file(name: &str) -> bool {
@@ -323,7 +338,7 @@ impl RunDir {
         })?;
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
-        let lock = fsutil::lock_folder(dir, TRAINING)?;
+        let lock = fsutil::lock_folder(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed))?;
         fsutil::remove_abandoned_temps(dir, is_run_file, true)?;
         if resumed {
             set_aside_later(dir, state)?;
@@ -588,9 +603,29 @@ fn way_on(e: &Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{checkpoint_bytes, way_on};
+    use super::{checkpoint_bytes, unwritable, way_on};
     use crate::error::Error;
     use std::io::ErrorKind;
+
+    /// A resume whose folder cannot be written is told to copy the run
+    /// (it cannot write elsewhere: --out does not go with --resume); a
+    /// fresh run, or another fault, keeps the error as it was.
+    #[test]
+    fn a_resume_in_a_folder_it_cannot_write_is_told_to_copy_it() {
+        let dir = std::path::Path::new("runs/r");
+        let io = |k: ErrorKind| Error::io(dir.join(".lock"), std::io::Error::from(k));
+        let e = unwritable(io(ErrorKind::ReadOnlyFilesystem), dir, true).to_string();
+        assert!(
+            e.contains("read-only") && e.contains("copy runs/r to a disk you can write to"),
+            "{e}"
+        );
+        let e = unwritable(io(ErrorKind::PermissionDenied), dir, true).to_string();
+        assert!(e.contains("resume from the copy"), "{e}");
+        let e = unwritable(io(ErrorKind::ReadOnlyFilesystem), dir, false).to_string();
+        assert!(!e.contains("copy"), "{e}");
+        let e = unwritable(io(ErrorKind::StorageFull), dir, true).to_string();
+        assert!(!e.contains("copy"), "{e}");
+    }
 
     /// The room a folder's checkpoints hold counts best.safetensors once:
     /// not when it is a link to a checkpoint, and whole when it is a file
