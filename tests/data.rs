@@ -1490,9 +1490,26 @@ fn ranks_shards_together_are_the_one_process_batches() -> TestResult {
 
 /// `--workers` left out: on the CPU the cores the compute threads leave
 /// free, on a GPU every core but the one driving it; never fewer than one.
+/// Processes of a run on one machine split its cores first.
 #[test]
 fn default_workers_by_cores_threads_and_device() {
-    // (cores, compute threads, on a GPU) -> workers
+    // (cores, processes here, on a GPU) -> workers
+    let shared = [
+        ((64, 8, true), 7),
+        ((64, 1, true), 63),
+        ((16, 3, true), 4),
+        ((4, 8, true), 1),
+        ((16, 2, false), 8),
+    ];
+    for ((cores, processes, gpu), want) in shared {
+        let threads = (!gpu).then_some(0);
+        assert_eq!(
+            default_workers(cores, processes, threads, gpu),
+            want,
+            "{cores} cores, {processes} processes, gpu {gpu}"
+        );
+    }
+    // (cores, compute threads, on a GPU) -> workers, one process
     let cases = [
         ((1, None, false), 1),
         ((1, Some(1), false), 1),
@@ -1512,7 +1529,7 @@ fn default_workers_by_cores_threads_and_device() {
     ];
     for ((cores, threads, gpu), want) in cases {
         assert_eq!(
-            default_workers(cores, threads, gpu),
+            default_workers(cores, 1, threads, gpu),
             want,
             "{cores} cores, {threads:?} compute threads, gpu {gpu}"
         );

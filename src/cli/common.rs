@@ -54,7 +54,7 @@ impl HostArgs {
 
     /// The loader threads for a run on a GPU (`gpu`) or the CPU.
     pub fn workers(&self, gpu: bool) -> usize {
-        alexnet_cuda::data::workers_for(self.workers, gpu)
+        alexnet_cuda::data::workers_for(self.workers, gpu, 1)
     }
 
     pub fn progress(&self) -> bool {

@@ -178,32 +178,44 @@ impl LoaderConfig {
 }
 
 /// Loader threads when `--workers` is not given, for a machine of `cores`
-/// cores: on the CPU, the cores the `compute_threads` leave free (None: the
-/// compute threads take every core); on a GPU, every core but the one
+/// cores shared by `processes` of a run (LOCAL_WORLD_SIZE; each gets its
+/// share): on the CPU, the share the `compute_threads` leave free (None:
+/// the compute threads take it all); on a GPU, the share but the core
 /// driving the device. At least one.
-pub fn default_workers(cores: usize, compute_threads: Option<usize>, on_gpu: bool) -> usize {
+pub fn default_workers(
+    cores: usize,
+    processes: usize,
+    compute_threads: Option<usize>,
+    on_gpu: bool,
+) -> usize {
+    let share = (cores / processes.max(1)).max(1);
     let busy = if on_gpu {
         1
     } else {
-        compute_threads.unwrap_or(cores)
+        compute_threads.unwrap_or(share)
     };
-    cores.saturating_sub(busy).max(1)
+    share.saturating_sub(busy).max(1)
 }
 
 /// `requested` (`--workers`) when given, else `default_workers` for this
-/// machine and the compute pool; logged with the reason.
-pub fn workers_for(requested: Option<usize>, on_gpu: bool) -> usize {
+/// machine, its `processes` of the run and the compute pool; logged with
+/// the reason.
+pub fn workers_for(requested: Option<usize>, on_gpu: bool, processes: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = rayon::current_num_threads();
+    let shared = match processes {
+        0 | 1 => String::new(),
+        p => format!(", shared by {p} processes"),
+    };
     let (n, why) = match requested {
         Some(n) => (n, "--workers".to_string()),
         None if on_gpu => (
-            default_workers(cores, None, true),
-            format!("{cores} cores, one drives the GPU"),
+            default_workers(cores, processes, None, true),
+            format!("{cores} cores{shared}, one each drives a GPU"),
         ),
         None => (
-            default_workers(cores, Some(threads), false),
-            format!("{cores} cores, {threads} compute threads"),
+            default_workers(cores, processes, Some(threads), false),
+            format!("{cores} cores{shared}, {threads} compute threads"),
         ),
     };
     tracing::info!(

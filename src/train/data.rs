@@ -393,7 +393,7 @@ pub fn run_loaders(
     loader.shard = (world.rank, world.size);
     loader.host_alloc = host_alloc;
     // Only a GPU backend has pinned memory: then one core drives the device.
-    loader.workers = workers_for(opts.workers, loader.host_alloc.is_some());
+    loader.workers = workers_for(opts.workers, loader.host_alloc.is_some(), world.local_size);
     let eval = loader.validation();
     (loader, eval)
 }
