@@ -234,7 +234,7 @@ fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
     match parts[0].iter().find(|g| parts[1].contains(g)) {
         None => Ok(()),
         Some(g) => Err(Error::Config(format!(
-            "--gpus {list} --parallel hybrid: GPU {g} holds tower 0 of one pair and tower 1 of another, so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3)"
+            "--gpus {list} --parallel hybrid: GPU {g} holds a tower 0 and a tower 1 (of one pair or of two), so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3), or repeat a GPU within one tower's list (e.g. --gpus 0,1,0,1), which reduces without NCCL"
         ))),
     }
 }
@@ -420,6 +420,24 @@ fn gpu_reduce<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GPU in both towers' NCCL communicators is refused, with a list
+    /// that works; where a tower's list repeats a GPU, NCCL is not used
+    /// and nothing is refused.
+    #[test]
+    fn hybrid_gpus_holding_both_towers_are_refused_with_a_list_that_works() {
+        for (ids, gpu) in [(vec![0, 0], 0), (vec![0, 1, 1, 0], 0)] {
+            let e = check_hybrid_gpus(&ids, "L").unwrap_err().to_string();
+            let said = format!("GPU {gpu} holds a tower 0 and a tower 1");
+            assert!(
+                e.contains(&said) && e.contains("--gpus 0,1,0,1"),
+                "{ids:?}: {e}"
+            );
+        }
+        for ids in [vec![0, 1, 2, 3], vec![0, 1, 0, 1], vec![0, 0, 0, 0]] {
+            assert!(check_hybrid_gpus(&ids, "L").is_ok(), "{ids:?}");
+        }
+    }
 
     #[test]
     fn nccl_rule_by_layout() {
