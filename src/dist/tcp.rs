@@ -232,6 +232,13 @@ impl TcpAllReduce {
         stop: Option<&AtomicBool>,
     ) -> Result<TcpAllReduce> {
         let at = listener.local_addr().map_err(net_err("listen".into()))?;
+        if let Some(note) = world
+            .master
+            .as_ref()
+            .and_then(|(a, _)| loopback_name(a, at))
+        {
+            tracing::warn!("{note}");
+        }
         listener
             .set_nonblocking(true)
             .map_err(net_err("listen".into()))?;
@@ -441,6 +448,23 @@ impl TcpAllReduce {
     }
 }
 
+/// A warning when MASTER_ADDR is a host name that resolved to a loopback
+/// address (Debian and Ubuntu map the machine's own name to 127.0.1.1 in
+/// /etc/hosts): rank 0 then listens where no other machine can reach it,
+/// and ranks elsewhere only time out. Loopback given as such (127.0.0.1,
+/// ::1, localhost) is a run on one machine, and says nothing.
+fn loopback_name(addr: &str, bound: SocketAddr) -> Option<String> {
+    let host = addr.trim_start_matches('[').trim_end_matches(']');
+    let literal =
+        host.parse::<std::net::IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost");
+    (bound.ip().is_loopback() && !literal).then(|| {
+        format!(
+            "MASTER_ADDR={addr} resolves to {}, a loopback address: only processes on this machine can reach rank 0; for ranks on other machines, set MASTER_ADDR to an IP address of this machine",
+            bound.ip()
+        )
+    })
+}
+
 /// Whether `accept` failed for that one connection, not for the listener:
 /// a peer reset before it was taken (a port scanner does), or the network
 /// errors Linux's accept(2) says to treat like EAGAIN. Rank 0 goes on
@@ -580,6 +604,20 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_that_resolves_to_loopback_is_warned_of() {
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 29501);
+        let note = loopback_name("node1", at("127.0.1.1")).unwrap();
+        assert!(
+            note.contains("MASTER_ADDR=node1 resolves to 127.0.1.1"),
+            "{note}"
+        );
+        assert_eq!(loopback_name("node1", at("10.0.0.5")), None);
+        for given in ["127.0.0.1", "localhost", "[::1]", "::1"] {
+            assert_eq!(loopback_name(given, at("127.0.0.1")), None, "{given}");
+        }
+    }
 
     #[test]
     fn a_connection_that_fails_as_it_is_taken_does_not_end_the_wait() {
