@@ -62,12 +62,15 @@ pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> R
             root: dir,
         });
     }
-    // A folder is scanned once: its files are the sources.
+    // A folder is scanned once: its files are the sources, named under the
+    // folder (as a store names them), so the same folder spelled another
+    // way (`./data`, an absolute path) is the same set.
     let files = FileSource::new(
         &ImageFolder::scan_to_score(path)?,
         ck.state.preprocess.image_size,
     );
-    let sources = (0..files.len()).map(|i| files.path(i).display().to_string());
+    let under = |p: &Path| p.strip_prefix(path).unwrap_or(p).display().to_string();
+    let sources = (0..files.len()).map(|i| under(files.path(i)));
     let sources = Some(sources.collect());
     let set = fit_to_checkpoint(path, Arc::new(files), ck)?;
     Ok(FeatureSet {
@@ -703,9 +706,12 @@ fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
     let source = |i: usize| fs.sources.as_ref().and_then(|s| s.get(i).cloned());
     let want = |i: usize| (i, fs.set.label(i) as usize, source(i).unwrap_or_default());
     // Sources are compared where both sides know them (older files and
-    // sets without source names leave them empty).
+    // sets without source names leave them empty); a folder's are named
+    // under it, older files' with the folder as typed then.
+    let under = |long: &str, short: &str| long.ends_with(&format!("/{short}"));
+    let named = |a: &str, b: &str| a == b || under(a, b) || under(b, a);
     let same = |a: &Row, b: &Row| {
-        a.0 == b.0 && a.1 == b.1 && (a.2.is_empty() || b.2.is_empty() || a.2 == b.2)
+        a.0 == b.0 && a.1 == b.1 && (a.2.is_empty() || b.2.is_empty() || named(&a.2, &b.2))
     };
     let differs = (listed.iter().zip(indices))
         .position(|(a, &i)| !a.as_ref().is_some_and(|a| same(a, &want(i))));

@@ -919,6 +919,29 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
     assert!(ok, "{err}");
     assert_eq!(rank1(&stdout), "11", "{stdout}");
     assert!(stdout.contains("among 16 images"), "{stdout}");
+    // The same folder spelled another way is the same set: its rows are
+    // named under it, not by the path as typed.
+    let respelled = format!("{data}/.");
+    let grid = s(&st.root.join("respelled.png"));
+    let (ok, stdout, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &respelled,
+        "--query",
+        &query,
+        "--k",
+        "2",
+        "--out",
+        &grid,
+        "--no-progress",
+        "--features",
+        &s(&out),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(rank1(&stdout), "11", "{stdout}");
     // Computing them itself, neighbors answers the same and then fails
     // naming the two files.
     let (ok, stdout, err) = neighbors(&[], "computed.png");
