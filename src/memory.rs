@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::size;
 use crate::model::net::{buffer_elements, input_buffers};
 use crate::model::topology::Topology;
+use crate::model::towers::TowerNetwork;
 
 /// The memory a run may still take, and the limit that sets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -357,6 +358,30 @@ impl MemoryNeed {
             crops: 1,
             world: 1,
         })
+    }
+
+    /// And the buffers two towers hold beyond one grouped network's
+    /// (`TowerNetwork::extra_elements`), per image of every pair: in host
+    /// memory on a CPU backend, or (`on_device`) in the device's, the
+    /// activations at its element size and the input and labels at 4 bytes.
+    pub fn with_towers<B: Backend>(
+        mut self,
+        be: &B,
+        topo: &Topology,
+        on_device: bool,
+    ) -> Result<MemoryNeed> {
+        if !on_device && !be.in_host_memory() {
+            return Ok(self);
+        }
+        let inputs = input_buffers(be);
+        let per_image = TowerNetwork::<B>::extra_elements(topo, 1, inputs)?
+            - TowerNetwork::<B>::extra_elements(topo, 0, inputs)?;
+        let f32s = (inputs * topo.channels * topo.crop * topo.crop + 1) as u64;
+        self.per_row += match on_device {
+            true => be.activation_bytes() * (per_image - f32s) + 4 * f32s,
+            false => 4 * per_image,
+        };
+        Ok(self)
     }
 
     /// [`check`](Self::check) against the memory of `devices`

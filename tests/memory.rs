@@ -20,6 +20,7 @@ use alexnet_cuda::data::{
 use alexnet_cuda::memory::{run_batches, MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::towers::TowerNetwork;
 
 fn topologies() -> Vec<Topology> {
     let alexnet = Topology::alexnet();
@@ -42,6 +43,23 @@ fn the_plan_counts_every_buffer_a_network_allocates() {
             let _net = Network::zeroed(&be, &topo, n).expect("network");
             let plan = buffer_elements(&topo, n, 1).expect("plan");
             assert_eq!(be.allocated_elements(), plan, "{} at batch {n}", topo.name);
+        }
+    }
+}
+
+/// Two towers hold one grouped network's buffers and those
+/// `TowerNetwork::extra_elements` counts, and nothing else: counted by the
+/// CPU backends of both towers, for each two-tower config, at two batches.
+#[test]
+fn the_plan_counts_every_buffer_two_towers_allocate() {
+    for topo in topologies().into_iter().filter(|t| t.towers == 2) {
+        for n in [1, 3] {
+            let (a, b) = (CpuBackend::new(), CpuBackend::new());
+            let _net = TowerNetwork::new([&a, &b], &topo, n, 5).expect("towers");
+            let plan = buffer_elements(&topo, n, 1).expect("plan")
+                + TowerNetwork::<CpuBackend>::extra_elements(&topo, n, 1).expect("extra");
+            let got = a.allocated_elements() + b.allocated_elements();
+            assert_eq!(got, plan, "{} at batch {n}", topo.name);
         }
     }
 }
@@ -409,6 +427,36 @@ fn a_batch_past_the_memory_is_refused_with_the_one_that_fits() {
         "{err}"
     );
     assert!(suggested(&err, "--batch ") < 100_000_000, "{err}");
+}
+
+/// Two towers are refused with their own buffers per image, as the CPU
+/// backends count them (towers at 3 images less at 1, halved), not the
+/// grouped network's: for `alexnet` those hold 1.9 MB more per image.
+#[test]
+fn two_towers_are_planned_with_the_buffers_they_allocate() {
+    let topo = Topology::alexnet();
+    let counted = |n: usize| {
+        let (a, b) = (CpuBackend::new(), CpuBackend::new());
+        let _net = TowerNetwork::new([&a, &b], &topo, n, 5).expect("towers");
+        a.allocated_elements() + b.allocated_elements()
+    };
+    let per_image = 4 * (counted(3) - counted(1)) / 2;
+    let (ok, err) = cli(&[
+        "bench-step",
+        "--cpu",
+        "--config",
+        "alexnet",
+        "--parallel",
+        "model",
+        "--batch",
+        "100000000",
+    ]);
+    assert!(!ok, "{err}");
+    let said = format!(
+        "activations {} per image",
+        alexnet_cuda::fsutil::size(per_image)
+    );
+    assert!(err.contains(&said), "{said}: {err}");
 }
 
 /// Under an address-space limit (`ulimit -v`, as shared clusters set),

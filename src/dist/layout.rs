@@ -39,6 +39,11 @@ impl<'a, B: Backend> Layout<'a, B> {
 
     /// Copies of the network's weights: one per replica (the two towers
     /// hold one copy between them).
+    /// Whether the networks are two towers on two devices (model, hybrid).
+    pub fn has_towers(&self) -> bool {
+        matches!(self, Layout::Towers(_) | Layout::Hybrid(..))
+    }
+
     pub fn copies(&self) -> usize {
         match self {
             Layout::One(_) | Layout::Towers(_) => 1,

@@ -157,7 +157,13 @@ pub fn check_memory<B: Backend>(
     data: &TrainData,
 ) -> Result<()> {
     let batches = run_batches(data.train_idx.len(), data.val_idx.len(), opts.run.batch);
-    let mut need = MemoryNeed::network(layout.first(), topo, layout.copies())?;
+    let first = layout.first();
+    let mut need = MemoryNeed::network(first, topo, layout.copies())?;
+    let mut on_device = MemoryNeed::on_device(first, topo, layout.copies())?;
+    if layout.has_towers() {
+        need = need.with_towers(first, topo, false)?;
+        on_device = on_device.with_towers(first, topo, true)?;
+    }
     // Only the process that keeps the run folder writes checkpoints.
     if opts.out.is_some() {
         need = need.with_checkpoint(topo)?;
@@ -165,7 +171,6 @@ pub fn check_memory<B: Backend>(
     let mut need = need.with_loader(loader, batches);
     need.world = opts.world.size;
     need.check_now_shared(loader.batch, loader.workers, opts.world.local_size)?;
-    let mut on_device = MemoryNeed::on_device(layout.first(), topo, layout.copies())?;
     on_device.world = opts.world.size;
     on_device.check_devices(&layout.devices(), loader.batch)
 }
