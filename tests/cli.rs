@@ -174,6 +174,21 @@ fn bad_flag_values() {
     );
     assert_error(&["train", "--cpu", "--demo", "--lr=-1"], &["--lr"]);
     assert_error(&["summary", "--pool", "5"], &["--pool", "5"]);
+    // A last layer whose counts overflow 64 bits panicked after the memory
+    // check said it fit.
+    assert_error(
+        &[
+            "bench-step",
+            "--cpu",
+            "--config",
+            "cifar",
+            "--classes",
+            "4611686018427387904",
+            "--batch",
+            "1",
+        ],
+        &["4611686018427387904 classes", "more than the 10000000"],
+    );
     assert_error(
         &["train", "--cpu", "--demo", "--lr-milestones", "3,0"],
         &["--lr-milestones", "0"],

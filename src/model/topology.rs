@@ -280,6 +280,9 @@ fn layer(name: &'static str, op: Op, exchange: bool) -> Layer {
 
 const OVERLAP: Pool = Pool { size: 3, stride: 2 };
 
+/// The most classes `with_classes` takes.
+pub const MAX_CLASSES: usize = 10_000_000;
+
 impl Topology {
     /// The configs the CLI knows, for help texts and errors.
     pub const NAMES: [&'static str; 3] = ["alexnet", "alexnet-half", "cifar"];
@@ -488,6 +491,13 @@ impl Topology {
                 "{classes} classes: a classifier needs at least 2"
             )));
         }
+        // Far past any data set (ImageNet's full release has 21,841), and
+        // low enough that every count of the last layer fits 64 bits.
+        if classes > MAX_CLASSES {
+            return Err(Error::Config(format!(
+                "{classes} classes: more than the {MAX_CLASSES} a last layer may have"
+            )));
+        }
         if let Some(Layer {
             op: Op::Fc { out }, ..
         }) = self.layers.last_mut()
@@ -608,11 +618,25 @@ impl Topology {
                         w: (input.w + 2 * pad - k) / stride + 1,
                     };
                     let per_out = (input.c / groups) * k * k;
-                    (o, co * per_out, (o.len() * per_out) as u64)
+                    let (Some(params), Some(macs)) =
+                        (co.checked_mul(per_out), o.len().checked_mul(per_out))
+                    else {
+                        return bad(format!(
+                            "{}: {co} outputs overflow the address space",
+                            l.name
+                        ));
+                    };
+                    (o, params, macs as u64)
                 }
                 Op::Fc { out: co } => {
                     let o = Chw { c: co, h: 1, w: 1 };
-                    (o, co * input.len(), (co * input.len()) as u64)
+                    let Some(params) = co.checked_mul(input.len()) else {
+                        return bad(format!(
+                            "{}: {co} outputs overflow the address space",
+                            l.name
+                        ));
+                    };
+                    (o, params, params as u64)
                 }
             };
             let pooled = match l.pool {
