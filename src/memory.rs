@@ -327,9 +327,10 @@ pub fn check_one<B: Backend>(
 const DEVICE_RESERVE: u64 = 1 << 30;
 
 /// And a tenth of the free memory for what else the count leaves out
-/// (scratch, the libraries' state): on an H200, fp32 `alexnet` took 14.4 MB
-/// per image besides the workspace where the count says 13.7, 5% more
-/// (docs/cuda.md).
+/// (scratch, the libraries' state, the allocator's rounding): on an H200,
+/// fp32 `alexnet` took 14.4 MB per image besides the workspace where the
+/// count says 13.7, though 0.62 of that was bench-step's upload buffer,
+/// since left out of such runs (docs/cuda.md).
 const DEVICE_MARGIN_DIVISOR: u64 = 10;
 
 impl MemoryNeed {

@@ -459,6 +459,39 @@ fn two_towers_are_planned_with_the_buffers_they_allocate() {
     assert!(err.contains(&said), "{said}: {err}");
 }
 
+/// bench-step's upload probe (an input-sized buffer, made only where
+/// phases are timed) is in its plan when it is made: the CPU backend's
+/// count of the network per image, plus one input with --phase-steps 1.
+#[test]
+fn bench_steps_upload_probe_is_planned_only_when_made() {
+    let topo = Topology::alexnet();
+    let counted = |n: usize| {
+        let be = CpuBackend::new();
+        let _net = Network::zeroed(&be, &topo, n).expect("network");
+        be.allocated_elements()
+    };
+    let network = 4 * (counted(3) - counted(1)) / 2;
+    let input = 4 * (3 * 227 * 227) as u64;
+    for (phases, per_image) in [("0", network), ("1", network + input)] {
+        let (ok, err) = cli(&[
+            "bench-step",
+            "--cpu",
+            "--config",
+            "alexnet",
+            "--batch",
+            "100000000",
+            "--phase-steps",
+            phases,
+        ]);
+        assert!(!ok, "{err}");
+        let said = format!(
+            "activations {} per image",
+            alexnet_cuda::fsutil::size(per_image)
+        );
+        assert!(err.contains(&said), "--phase-steps {phases}: {said}: {err}");
+    }
+}
+
 /// Under an address-space limit (`ulimit -v`, as shared clusters set),
 /// `train --config alexnet` is refused by name, where it used to abort
 /// in an allocation: the weights with their gradients, momentum and a

@@ -214,8 +214,17 @@ fn bench_layout<B: Backend>(
 fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: bool) -> Result<()> {
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
-    MemoryNeed::network(be, topo, 1)?.check_now(batch, 0)?;
-    let on_device = MemoryNeed::on_device(be, topo, 1)?;
+    let (mut host, mut on_device) = (
+        MemoryNeed::network(be, topo, 1)?,
+        MemoryNeed::on_device(be, topo, 1)?,
+    );
+    // phase_times's upload probe: one more input, where phases are timed.
+    if args.phase_steps > 0 {
+        let input = 4 * (topo.channels * topo.crop * topo.crop) as u64;
+        host.per_row += if be.in_host_memory() { input } else { 0 };
+        on_device.per_row += input;
+    }
+    host.check_now(batch, 0)?;
     on_device.check_devices(&[be], batch)?;
     let free_before = be.device_memory().map(|m| m.free);
     let mut model = Network::new(be, topo, batch, 1)?;
