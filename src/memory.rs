@@ -48,6 +48,13 @@ impl Room {
 /// shared clusters) less this process's size. None where the system does
 /// not say.
 pub fn room() -> Option<Room> {
+    room_for(1)
+}
+
+/// [`room`] for one of `processes` of a run on this machine
+/// (LOCAL_WORLD_SIZE): the machine's memory and a container's limit are
+/// shared ([`Room::shared`]), an address-space limit is each process's own.
+pub fn room_for(processes: usize) -> Option<Room> {
     let mut sys = System::new();
     sys.refresh_memory();
     let free = sys.available_memory();
@@ -59,16 +66,34 @@ pub fn room() -> Option<Room> {
     let in_limit = sys
         .cgroup_limits()
         .map(|c| c.total_memory.saturating_sub(c.rss));
-    let rooms = [
-        Some((free, "free")),
-        in_limit.map(|b| (b, "free under the container's memory limit")),
-        address_space_left(&mut sys).map(|b| (b, "left under the address-space limit (ulimit -v)")),
+    let limits = [
+        Some((free, "free", true)),
+        in_limit.map(|b| (b, "free under the container's memory limit", true)),
+        address_space_left(&mut sys)
+            .map(|b| (b, "left under the address-space limit (ulimit -v)", false)),
     ];
-    let (bytes, limit) = rooms.into_iter().flatten().min_by_key(|r| r.0)?;
-    Some(Room {
-        bytes,
-        limit: limit.into(),
-    })
+    least(limits.into_iter().flatten(), processes)
+}
+
+/// The least of `limits` (bytes, how the error words it, whether the
+/// machine's processes share it), the shared ones divided among
+/// `processes`.
+pub fn least<'a>(
+    limits: impl IntoIterator<Item = (u64, &'a str, bool)>,
+    processes: usize,
+) -> Option<Room> {
+    let room = |(bytes, limit, shared): (u64, &str, bool)| {
+        let r = Room {
+            bytes,
+            limit: limit.into(),
+        };
+        if shared {
+            r.shared(processes)
+        } else {
+            r
+        }
+    };
+    limits.into_iter().map(room).min_by_key(|r| r.bytes)
 }
 
 /// RLIMIT_AS less this process's virtual size, where a limit is set.
@@ -184,8 +209,8 @@ impl MemoryNeed {
     /// [`check_now`](Self::check_now) within this process's share of the
     /// room when `processes` of one run share the machine ([`Room::shared`]).
     pub fn check_now_shared(&self, rows: usize, workers: usize, processes: usize) -> Result<()> {
-        match room() {
-            Some(room) => self.check(rows, workers, room.shared(processes)),
+        match room_for(processes) {
+            Some(room) => self.check(rows, workers, room),
             None => Ok(()),
         }
     }

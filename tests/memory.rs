@@ -17,7 +17,7 @@ use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
-use alexnet_cuda::memory::{run_batches, MemoryNeed, Room};
+use alexnet_cuda::memory::{least, run_batches, MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::TowerNetwork;
@@ -396,6 +396,17 @@ fn processes_on_one_machine_plan_within_their_share() {
         need.bytes(b, 1) <= free / 4 && need.bytes(b + 1, 1) > free / 4,
         "{err}"
     );
+    // An address-space limit (ulimit -v) is each process's own, not
+    // divided: the least of the machine's share and it.
+    let own = (
+        5_000_000_000,
+        "left under the address-space limit (ulimit -v)",
+        false,
+    );
+    let limits = |p| least([(free, "free", true), own], p).expect("a room");
+    assert_eq!(limits(2).bytes, 5_000_000_000);
+    assert_eq!(limits(4).bytes, free / 4);
+    assert!(limits(4).limit.contains("share of what is free"));
 }
 
 fn cli(args: &[&str]) -> (bool, String) {
