@@ -590,7 +590,16 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         Some((f, rows)) => (f, rows, Vec::new()),
         None => set_features(&mut net, job, &fs, &indices, &cfg)?,
     };
-    check_job(job, rows.len())?;
+    // Fewer rows than --k because images could not be read: name them.
+    if let Err(e) = check_job(job, rows.len()) {
+        return Err(match unread.is_empty() {
+            true => e,
+            false => Error::Data(format!(
+                "{e}, as {}",
+                crate::data::unread_error(unread, indices.len())
+            )),
+        });
+    }
     let q = query_features(&mut net, job, &qpix, size, width)?;
     let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
     let results = query_results(job, &fs, &rows, found);

@@ -952,4 +952,28 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
         "{err}"
     );
     assert!(st.root.join("computed.png").exists());
+    // A --k that only the unreadable images put out of reach says so.
+    let grid = s(&st.root.join("k17.png"));
+    let (ok, _, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &data,
+        "--query",
+        &query,
+        "--k",
+        "17",
+        "--out",
+        &grid,
+        "--no-progress",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--k 17 is larger than the set's 16 images")
+            && err.contains("2 of 18 images could not be read")
+            && err.contains("broken.jpg"),
+        "{err}"
+    );
 }
