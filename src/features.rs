@@ -55,7 +55,15 @@ pub struct FeatureSet {
 pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> Result<FeatureSet> {
     if let Some(dir) = store_of(path, split, use_other)? {
         let set = open_eval_data(&dir, ck)?;
-        let sources = Some(PackedStore::open(&dir)?.sources()?);
+        // The names are for people (the rows CSV, the picture): a store
+        // whose list is gone still has its images, as eval reads them.
+        let sources = match PackedStore::open(&dir)?.sources() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("{e}; the rows are written without their source files");
+                None
+            }
+        };
         return Ok(FeatureSet {
             set,
             sources,

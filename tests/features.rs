@@ -207,6 +207,39 @@ fn features_are_the_forward_pass_activations() {
             f[3]
         );
     }
+
+    // A store whose source list is gone still has its images (eval reads
+    // them): the same rows, written without their files, and a warning.
+    let bare = st.root.join("no-sources");
+    std::fs::create_dir_all(&bare).unwrap();
+    for e in std::fs::read_dir(&st.store).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_file() && !name.starts_with("sources-") {
+            std::fs::copy(&p, bare.join(&name)).unwrap();
+        }
+    }
+    let out = st.root.join("bare-fc7.npy");
+    let (ok, _, err) = cli(&[
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&bare),
+        "--layer",
+        "fc7",
+        "--out",
+        &s(&out),
+        "--limit",
+        "40",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("written without their source files"), "{err}");
+    assert_eq!(read_npy_f32(&out).unwrap().1, files["fc7"].1);
+    let csv = std::fs::read_to_string(st.root.join("bare-fc7.rows.csv")).unwrap();
+    assert!(csv.lines().skip(1).all(|l| l.ends_with(',')), "{csv}");
 }
 
 #[test]
