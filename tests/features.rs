@@ -928,7 +928,9 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
     // (dog/0002.jpg) is row 10, and is reported as image 11.
     let query = s(&dirty.join("dog/0002.jpg"));
     let (ck, data) = (s(&st.ckpt), s(&dirty));
-    let neighbors = |extra: &[&str], grid: &str| {
+    // neighbors of the query in `data` (the dirty folder as given, unless
+    // spelled otherwise), `k` of them, with `extra` flags.
+    let neighbors_in = |data: &str, k: &str, extra: &[&str], grid: &str| {
         let grid = s(&st.root.join(grid));
         let mut a = vec![
             "neighbors",
@@ -936,11 +938,11 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
             "--checkpoint",
             &ck,
             "--data",
-            &data,
+            data,
             "--query",
             &query,
             "--k",
-            "2",
+            k,
             "--out",
             &grid,
             "--no-progress",
@@ -948,6 +950,7 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
         a.extend_from_slice(extra);
         cli(&a)
     };
+    let neighbors = |extra: &[&str], grid: &str| neighbors_in(&data, "2", extra, grid);
     let rank1 = |out: &str| -> String {
         let line = out.lines().find(|l| l.contains("\t1\t")).expect("rank 1");
         line.split('\t').nth(4).unwrap().to_string()
@@ -959,24 +962,8 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
     // The same folder spelled another way is the same set: its rows are
     // named under it, not by the path as typed.
     let respelled = format!("{data}/.");
-    let grid = s(&st.root.join("respelled.png"));
-    let (ok, stdout, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &ck,
-        "--data",
-        &respelled,
-        "--query",
-        &query,
-        "--k",
-        "2",
-        "--out",
-        &grid,
-        "--no-progress",
-        "--features",
-        &s(&out),
-    ]);
+    let (ok, stdout, err) =
+        neighbors_in(&respelled, "2", &["--features", &s(&out)], "respelled.png");
     assert!(ok, "{err}");
     assert_eq!(rank1(&stdout), "11", "{stdout}");
     // Computing them itself, neighbors answers the same and then fails
@@ -990,22 +977,7 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
     );
     assert!(st.root.join("computed.png").exists());
     // A --k that only the unreadable images put out of reach says so.
-    let grid = s(&st.root.join("k17.png"));
-    let (ok, _, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &ck,
-        "--data",
-        &data,
-        "--query",
-        &query,
-        "--k",
-        "17",
-        "--out",
-        &grid,
-        "--no-progress",
-    ]);
+    let (ok, _, err) = neighbors_in(&data, "17", &[], "k17.png");
     assert!(!ok, "{err}");
     assert!(
         err.contains("--k 17 is larger than the set's 16 images")

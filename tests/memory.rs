@@ -420,18 +420,21 @@ fn cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), err)
 }
 
+/// A bench-step of `alexnet` at a batch no machine holds.
+const ALEXNET_REFUSED: [&str; 6] = [
+    "bench-step",
+    "--cpu",
+    "--config",
+    "alexnet",
+    "--batch",
+    "100000000",
+];
+
 /// A batch no machine holds is refused before anything is allocated, with
 /// the batch that fits here.
 #[test]
 fn a_batch_past_the_memory_is_refused_with_the_one_that_fits() {
-    let (ok, err) = cli(&[
-        "bench-step",
-        "--cpu",
-        "--config",
-        "alexnet",
-        "--batch",
-        "100000000",
-    ]);
+    let (ok, err) = cli(&ALEXNET_REFUSED);
     assert!(!ok, "{err}");
     assert!(
         err.contains("a step of 100000000 images needs about"),
@@ -452,16 +455,7 @@ fn two_towers_are_planned_with_the_buffers_they_allocate() {
         a.allocated_elements() + b.allocated_elements()
     };
     let per_image = 4 * (counted(3) - counted(1)) / 2;
-    let (ok, err) = cli(&[
-        "bench-step",
-        "--cpu",
-        "--config",
-        "alexnet",
-        "--parallel",
-        "model",
-        "--batch",
-        "100000000",
-    ]);
+    let (ok, err) = cli(&[&ALEXNET_REFUSED[..], &["--parallel", "model"]].concat());
     assert!(!ok, "{err}");
     let said = format!(
         "activations {} per image",
@@ -484,16 +478,7 @@ fn bench_steps_upload_probe_is_planned_only_when_made() {
     let network = 4 * (counted(3) - counted(1)) / 2;
     let input = 4 * (3 * 227 * 227) as u64;
     for (phases, per_image) in [("0", network), ("1", network + input)] {
-        let (ok, err) = cli(&[
-            "bench-step",
-            "--cpu",
-            "--config",
-            "alexnet",
-            "--batch",
-            "100000000",
-            "--phase-steps",
-            phases,
-        ]);
+        let (ok, err) = cli(&[&ALEXNET_REFUSED[..], &["--phase-steps", phases]].concat());
         assert!(!ok, "{err}");
         let said = format!(
             "activations {} per image",

@@ -121,22 +121,33 @@ fn a_handed_over_socket_must_listen_at_master_addr() {
     assert!(err.contains("not an open socket"), "{err}");
 }
 
-#[test]
-fn strangers_are_refused_and_the_real_ranks_still_meet() {
+/// Rank 0 of `size` waiting in a thread whose log lines are kept: its
+/// port, the thread and the lines.
+fn rank0_logged(
+    size: usize,
+) -> (
+    u16,
+    std::thread::JoinHandle<alexnet_cuda::Result<TcpAllReduce>>,
+    Lines,
+) {
     let listener = bind_at("127.0.0.1", 0).unwrap();
     let port = listener.local_addr().unwrap().port();
     let log = Lines::default();
-    let rank0 = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || log.clone())
-                .with_ansi(false)
-                .finish();
-            let _guard = tracing::subscriber::set_default(subscriber);
-            TcpAllReduce::accept(listener, &world(0, 3, port), 1, None)
-        })
-    };
+    let kept = log.clone();
+    let rank0 = std::thread::spawn(move || {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || kept.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        TcpAllReduce::accept(listener, &world(0, size, port), 1, None)
+    });
+    (port, rank0, log)
+}
+
+#[test]
+fn strangers_are_refused_and_the_real_ranks_still_meet() {
+    let (port, rank0, log) = rank0_logged(3);
     let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
 
     // Each step below waits for rank 0's answer (or its close) before the
@@ -257,20 +268,7 @@ fn a_rank_started_again_takes_the_place_of_its_closed_connection() {
 /// an error naming the rank and both lengths, not bytes read out of step.
 #[test]
 fn another_build_or_buffer_length_is_named() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let log = Lines::default();
-    let rank0 = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || log.clone())
-                .with_ansi(false)
-                .finish();
-            let _guard = tracing::subscriber::set_default(subscriber);
-            TcpAllReduce::accept(listener, &world(0, 2, port), 1, None)
-        })
-    };
+    let (port, rank0, log) = rank0_logged(2);
     // An older build's hello: version 2, WORLD_SIZE 2, RANK 1, 1 replica.
     let mut old = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut hello = b"alexTCP2".to_vec();
