@@ -116,6 +116,24 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     }
 }
 
+/// `features` of `data` into `out` with the setup's checkpoint, on the CPU.
+fn features_of(st: &Setup, data: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let (ck, data, out) = (s(&st.ckpt), s(data), s(out));
+    let mut a = vec![
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &data,
+        "--out",
+        &out,
+    ];
+    a.extend_from_slice(extra);
+    a.push("--no-progress");
+    cli(&a)
+}
+
 #[test]
 fn features_are_the_forward_pass_activations() {
     let st = setup();
@@ -220,21 +238,7 @@ fn features_are_the_forward_pass_activations() {
         }
     }
     let out = st.root.join("bare-fc7.npy");
-    let (ok, _, err) = cli(&[
-        "features",
-        "--cpu",
-        "--checkpoint",
-        &s(&st.ckpt),
-        "--data",
-        &s(&bare),
-        "--layer",
-        "fc7",
-        "--out",
-        &s(&out),
-        "--limit",
-        "40",
-        "--no-progress",
-    ]);
+    let (ok, _, err) = features_of(st, &bare, &out, &["--layer", "fc7", "--limit", "40"]);
     assert!(ok, "{err}");
     assert!(err.contains("written without their source files"), "{err}");
     assert_eq!(read_npy_f32(&out).unwrap().1, files["fc7"].1);
@@ -247,17 +251,7 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     let st = setup();
     // The library: a row of the matrix as the query.
     let fc7 = st.root.join("all-fc7.npy");
-    let (ok, _, err) = cli(&[
-        "features",
-        "--cpu",
-        "--checkpoint",
-        &s(&st.ckpt),
-        "--data",
-        &s(&st.store),
-        "--out",
-        &s(&fc7),
-        "--no-progress",
-    ]);
+    let (ok, _, err) = features_of(st, &st.store, &fc7, &[]);
     assert!(ok, "{err}");
     let (shape, x) = read_npy_f32(&fc7).unwrap();
     assert_eq!(shape, vec![500, 512]);
