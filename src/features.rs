@@ -888,8 +888,11 @@ pub fn grid_size(rows: usize, cols: usize, cell: usize) -> Result<(u32, u32)> {
     let cell = cell.clamp(16, 1024) as u64;
     let (pad, text, gap) = (GRID_PAD as u64, GRID_TEXT as u64, GRID_GAP as u64);
     let (rows, cols) = (rows as u64, cols as u64);
-    let width = pad + cols.saturating_mul(cell + pad) + if cols > 1 { gap } else { 0 };
-    let height = pad + rows.saturating_mul(cell + text + pad);
+    // Saturating throughout: a --k near 2^64 is too large, not a wrap.
+    let width = (cols.saturating_mul(cell + pad))
+        .saturating_add(pad)
+        .saturating_add(if cols > 1 { gap } else { 0 });
+    let height = rows.saturating_mul(cell + text + pad).saturating_add(pad);
     let bytes = width.saturating_mul(height).saturating_mul(3);
     if bytes > GRID_MAX_BYTES {
         return Err(Error::Config(format!(

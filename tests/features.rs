@@ -13,7 +13,7 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, ImageSource, PackedStore};
 use alexnet_cuda::eval::loader_for;
-use alexnet_cuda::features::{nearest_in_matrix, nearest_in_npy, spread};
+use alexnet_cuda::features::{grid_size, nearest_in_matrix, nearest_in_npy, spread};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::npy::{read_npy_f32, write_npy_f32, NpyRows, NpyWriter};
 use alexnet_cuda::rng::Rng;
@@ -473,6 +473,21 @@ fn brute(x: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
             d
         })
         .collect()
+}
+
+/// The picture's size for any --k and query count is a size or a refusal:
+/// a --k near 2^64 wrapped the width to a few pixels, past the limit.
+#[test]
+fn a_grid_too_large_is_refused_whatever_its_size() {
+    // 2 rows of 1 query and 3 neighbours of 96 px: 6 + 4 x 102 + 12 wide.
+    assert_eq!(
+        grid_size(2, 4, 96).unwrap(),
+        (6 + 4 * 102 + 12, 6 + 2 * (96 + 30 + 6))
+    );
+    for (rows, cols) in [(1, usize::MAX), (usize::MAX, 2), (usize::MAX, usize::MAX)] {
+        let e = grid_size(rows, cols, 96).unwrap_err().to_string();
+        assert!(e.contains("more than the"), "{rows} x {cols}: {e}");
+    }
 }
 
 #[test]
