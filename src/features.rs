@@ -684,7 +684,9 @@ fn check_features(
     if rows.rows != n {
         let unread = match indices.len() - n {
             0 => String::new(),
-            k => format!(" ({k} left out as unreadable)"),
+            k => format!(
+                " ({k} left out, as its record says they could not be read when it was computed: if those files were removed or replaced since, the rows no longer line up with the set)"
+            ),
         };
         return Err(Error::Data(format!(
             "{}: {} rows, but the set has {n} images{unread}{}; compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER} --data {}`{}",

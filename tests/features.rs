@@ -994,4 +994,16 @@ fn unreadable_images_are_left_out_of_the_rows_and_named() {
             && err.contains("broken.jpg"),
         "{err}"
     );
+    // The bad files removed, as the error said: the file's record still
+    // leaves out image 8 (now dog/0000.jpg; 17 is past the set), and the
+    // refusal says why the count is off.
+    std::fs::remove_file(dirty.join("cat/broken.jpg")).unwrap();
+    std::fs::remove_file(dirty.join("dog/cut.jpg")).unwrap();
+    let (ok, _, err) = neighbors(&["--features", &s(&out)], "after.png");
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("16 rows, but the set has 15 images")
+            && err.contains("if those files were removed or replaced since"),
+        "{err}"
+    );
 }
