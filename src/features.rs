@@ -592,7 +592,10 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         Some(f) => Some(check_features(job, f, &fs, &indices, (width, &topo.name))?),
         None => None,
     };
-    let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
+    // Sized for the larger of the set and the queries' batches: both go
+    // through this network, and the memory check must see the larger.
+    let most = indices.len().max(job.queries.len());
+    let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), most)?;
     // Features read from a file: this run reads none of the set's images.
     let (features, rows, unread) = match given {
         Some((f, rows)) => (f, rows, Vec::new()),
