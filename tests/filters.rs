@@ -404,6 +404,33 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
         &["filters", "--checkpoint", &mono, "--out", &out],
         &[&mono, "1 input channels", "needs 3 (RGB)"],
     );
+    // Another program's "config" in the metadata: not taken for one of
+    // ours; --config names it.
+    let foreign = d("foreign.safetensors");
+    conv1_file(
+        Path::new(&foreign),
+        "resnet18",
+        &[96, 3, 11, 11],
+        normal(96 * 363, 3),
+    );
+    assert_error(
+        &["filters", "--checkpoint", &foreign, "--out", &out],
+        &[
+            &foreign,
+            "config \"resnet18\" is not one of this program's",
+            "pass --config",
+        ],
+    );
+    let (ok, _, err) = cli(&[
+        "filters",
+        "--checkpoint",
+        &foreign,
+        "--config",
+        "alexnet",
+        "--out",
+        &d("f.png"),
+    ]);
+    assert!(ok, "{err}");
     // Kernels holding NaN or infinities: no picture of them means anything.
     let nan = d("nan.safetensors");
     let mut v = normal(96 * 363, 5);

@@ -148,6 +148,10 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
         Error::Data(m) => Error::Data(format!("{m}; {CHECKPOINT_HINT}")),
         other => other,
     })?;
+    // Exports name the table with its ablations ("alexnet+no-lrn"); conv1
+    // and the towers come from the base config.
+    let base = |name: &str| name.split('+').next().unwrap_or(name).to_string();
+    let meta_config = meta.get("config").cloned();
     let (named, tensors): (Option<String>, HashMap<String, Tensor>) =
         if checkpoint::is_checkpoint(&meta) {
             let ck = checkpoint::from_parts(path, tensors, meta)?;
@@ -155,11 +159,11 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
             (Some(topo.name), ck.tensors)
         } else {
             let tensors = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-            (meta.get("config").cloned(), tensors)
+            // Another program's "config" is not one of ours: unnamed, so
+            // --config decides.
+            let ours = |c: &String| Topology::NAMES.contains(&base(c).as_str());
+            (meta.get("config").filter(|c| ours(c)).cloned(), tensors)
         };
-    // Exports name the table with its ablations ("alexnet+no-lrn"); conv1
-    // and the towers come from the base config.
-    let base = |name: &str| name.split('+').next().unwrap_or(name).to_string();
     let name = match (named.as_deref().map(base), config) {
         (Some(file_cfg), Some(flag)) if file_cfg != flag => {
             return Err(Error::Config(format!(
@@ -169,10 +173,14 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
         (Some(file_cfg), _) => file_cfg,
         (None, Some(flag)) => flag.to_string(),
         (None, None) => {
+            let said = match meta_config {
+                Some(c) => format!("its metadata's config {c:?} is not one of this program's"),
+                None => "the file does not say which config it holds".into(),
+            };
             return Err(Error::Config(format!(
-                "{file}: the file does not say which config it holds; pass --config {}",
+                "{file}: {said}; pass --config {}",
                 Topology::NAMES.join("|")
-            )))
+            )));
         }
     };
     let topo = Topology::by_name(&name)?;
