@@ -4,6 +4,7 @@
 use super::allreduce::AllReduce;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::memory::MemoryNeed;
 use crate::model::net::Network;
 use crate::model::replicas::DataParallel;
 use crate::model::topology::Topology;
@@ -37,13 +38,24 @@ impl<'a, B: Backend> Layout<'a, B> {
         }
     }
 
-    /// Copies of the network's weights: one per replica (the two towers
-    /// hold one copy between them).
-    /// Whether the networks are two towers on two devices (model, hybrid).
-    pub fn has_towers(&self) -> bool {
-        matches!(self, Layout::Towers(_) | Layout::Hybrid(..))
+    /// What the layout's networks take: in host memory and in its devices'
+    /// (`MemoryNeed::network`, `on_device`), two towers' own buffers with
+    /// them (model, hybrid).
+    pub fn memory_needs(&self, topo: &Topology) -> Result<(MemoryNeed, MemoryNeed)> {
+        let first = self.first();
+        let host = MemoryNeed::network(first, topo, self.copies())?;
+        let device = MemoryNeed::on_device(first, topo, self.copies())?;
+        match self {
+            Layout::Towers(_) | Layout::Hybrid(..) => Ok((
+                host.with_towers(first, topo, false)?,
+                device.with_towers(first, topo, true)?,
+            )),
+            _ => Ok((host, device)),
+        }
     }
 
+    /// Copies of the network's weights: one per replica (the two towers
+    /// hold one copy between them).
     pub fn copies(&self) -> usize {
         match self {
             Layout::One(_) | Layout::Towers(_) => 1,

@@ -10,7 +10,7 @@ use crate::data::LoaderConfig;
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::memory::{run_batches, MemoryNeed};
+use crate::memory::run_batches;
 use crate::model::loss_scale::LossScale;
 use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
@@ -157,13 +157,7 @@ pub fn check_memory<B: Backend>(
     data: &TrainData,
 ) -> Result<()> {
     let batches = run_batches(data.train_idx.len(), data.val_idx.len(), opts.run.batch);
-    let first = layout.first();
-    let mut need = MemoryNeed::network(first, topo, layout.copies())?;
-    let mut on_device = MemoryNeed::on_device(first, topo, layout.copies())?;
-    if layout.has_towers() {
-        need = need.with_towers(first, topo, false)?;
-        on_device = on_device.with_towers(first, topo, true)?;
-    }
+    let (mut need, mut on_device) = layout.memory_needs(topo)?;
     // Only the process that keeps the run folder writes checkpoints.
     if opts.out.is_some() {
         need = need.with_checkpoint(topo)?;

@@ -177,14 +177,7 @@ fn bench_layout<B: Backend>(
         _ => (0, 1),
     };
     let devices = layout.describe();
-    let (mut host, mut device) = (
-        MemoryNeed::network(first, topo, layout.copies())?,
-        MemoryNeed::on_device(first, topo, layout.copies())?,
-    );
-    if layout.has_towers() {
-        host = host.with_towers(first, topo, false)?;
-        device = device.with_towers(first, topo, true)?;
-    }
+    let (host, device) = layout.memory_needs(topo)?;
     host.check_now(batch, 0)?;
     device.check_devices(&layout.devices(), batch)?;
     let mut model = layout.build(topo, batch, 1)?;
