@@ -98,18 +98,10 @@ pub fn phase_times<B: Backend>(
     n: usize,
 ) -> Result<Phases> {
     let mut phases = [const { Vec::new() }; 4];
-    if n == 0 {
-        return Ok(Phases {
-            upload_ms: None,
-            forward_ms: None,
-            backward_ms: None,
-            sgd_ms: None,
-        });
-    }
     // The upload timed alone, into a buffer of its own (bench-step's plan
-    // counts it): made only when phases are timed, so that a run with
+    // counts it): empty when no phases are timed, so that a run with
     // --phase-steps 0 measures the network's memory alone.
-    let mut probe = be.alloc(x.len())?;
+    let mut probe = be.alloc(if n > 0 { x.len() } else { 0 })?;
     let waited = |t: Instant| -> Result<f64> {
         be.synchronize()?;
         Ok(t.elapsed().as_secs_f64())
