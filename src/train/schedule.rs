@@ -69,7 +69,8 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
 /// epochs, at most `max_drops` times; the count restarts after each drop.
 pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool {
     let best = improves(p, err);
-    record(p, schedule, err, best)
+    record(p, schedule, err, best);
+    best
 }
 
 /// Whether `err` is the best validation error so far.
@@ -79,7 +80,7 @@ pub fn improves(p: &Progress, err: f64) -> bool {
 
 /// [`after_validation`] with whether the epoch is the best decided already
 /// (in a run of several processes, by rank 0 for all).
-pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) -> bool {
+pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) {
     if best {
         p.best_err = Some(err);
         p.since_best = 0;
@@ -101,7 +102,6 @@ pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) -> bo
             );
         }
     }
-    best
 }
 
 #[cfg(test)]
