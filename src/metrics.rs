@@ -242,9 +242,12 @@ pub fn foreign_file(dir: &Path) -> Option<PathBuf> {
     ];
     starts.into_iter().find_map(|(name, start)| {
         let p = dir.join(name);
-        let bytes = std::fs::read(&p).ok()?;
-        let text = String::from_utf8_lossy(&bytes);
-        let first = text.lines().next().unwrap_or("");
+        // The first line only: a killed attempt's steps file can be long.
+        let mut first = Vec::new();
+        let file = File::open(&p).ok()?;
+        std::io::BufRead::read_until(&mut std::io::BufReader::new(file), b'\n', &mut first).ok()?;
+        let first = String::from_utf8_lossy(&first);
+        let first = first.trim_end();
         (!first.is_empty() && !first.starts_with(start)).then_some(p)
     })
 }
