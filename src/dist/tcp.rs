@@ -416,10 +416,9 @@ impl TcpAllReduce {
     /// peer when it sends another length.
     fn recv(&mut self, peer: usize, len: usize) -> Result<()> {
         let who = self.peer_name(peer);
+        let failed = peer_err(format!("receiving gradients from {who}"));
         let mut head = [0u8; 8];
-        self.peers[peer]
-            .read_exact(&mut head)
-            .map_err(peer_err(format!("receiving gradients from {who}")))?;
+        self.peers[peer].read_exact(&mut head).map_err(&failed)?;
         let sent = u64::from_le_bytes(head);
         if sent != len as u64 {
             return Err(Error::Config(format!(
@@ -429,7 +428,7 @@ impl TcpAllReduce {
         self.bytes.resize(len * 4, 0);
         self.peers[peer]
             .read_exact(&mut self.bytes)
-            .map_err(peer_err(format!("receiving gradients from {who}")))?;
+            .map_err(&failed)?;
         self.part.clear();
         self.part.extend(
             self.bytes
