@@ -240,6 +240,13 @@ pub struct Saving {
     pub checkpoint_minutes: Option<f64>,
 }
 
+impl Saving {
+    /// Checkpoints kept: `keep`, else 3.
+    pub fn kept(&self) -> usize {
+        self.keep.unwrap_or(3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Preprocess;

@@ -196,9 +196,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let topo = spec.topology()?;
     if world.is_writer() {
         // Before the data: a scan or the demo's images can take a while.
-        let keep = saving(&args, resume.as_deref())
-            .keep
-            .unwrap_or(DEFAULT_KEEP);
+        let keep = saving(&args, resume.as_deref()).kept();
         let dir = run_folder(&args, &topo, resume.as_deref());
         if let Some(data) = images_read(&args, resume.as_deref()) {
             refuse_run_inside_data(&dir, &data, resume.is_some())?;
@@ -335,7 +333,7 @@ fn options(
     opts.progress = args.host.progress();
     opts.saving = saving(args, resume);
     (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(&opts.saving);
-    opts.keep = opts.saving.keep.unwrap_or(DEFAULT_KEEP);
+    opts.keep = opts.saving.kept();
     if let Some(r) = args.recipe {
         opts.run.init = recipe(r, topo)?;
     }
@@ -398,9 +396,6 @@ fn checkpoint_policy(s: &Saving) -> (u64, Option<Duration>) {
     let interval = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
     (s.checkpoint_every.unwrap_or(0), interval)
 }
-
-/// Checkpoints kept when neither --keep nor the resumed run says.
-const DEFAULT_KEEP: usize = 3;
 
 const DEFAULT_CHECKPOINT_MINUTES: f64 = 15.0;
 
