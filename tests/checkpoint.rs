@@ -50,6 +50,12 @@ fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
     a
 }
 
+/// `train_args` checkpointing every `n` steps, not 7.
+fn checkpoint_every(args: &mut [String], n: &str) {
+    let at = args.iter().position(|a| a == "--checkpoint-every");
+    args[at.expect("--checkpoint-every") + 1] = n.into();
+}
+
 fn resume_args(out: &Path) -> Vec<String> {
     vec![
         "train".into(),
@@ -354,8 +360,7 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     };
     // 500 training images at batch 25: 20 steps an epoch.
     let mut args = train_args(&d, &out, 1);
-    let every = args.iter().position(|a| a == "--checkpoint-every").unwrap();
-    args[every + 1] = "2".into();
+    checkpoint_every(&mut args, "2");
     args.extend(["--keep".into(), "10".into()]);
     run_ok(&args);
     assert_eq!(steps(&out), (1..=10).map(|i| 2 * i).collect::<Vec<u64>>());
@@ -455,8 +460,7 @@ fn a_checkpoint_due_on_an_epochs_last_step_is_written_once() {
     let data = data(t.path());
     let out = t.path().join("run");
     let mut args = train_args(&data, &out, 2);
-    let at = args.iter().position(|a| a == "--checkpoint-every").unwrap();
-    args[at + 1] = "10".into();
+    checkpoint_every(&mut args, "10");
     let o = run_logging(&args, "info");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
