@@ -544,3 +544,20 @@ fn the_device_plan_in_fp32_counts_every_buffer_the_networks_allocate() {
         }
     }
 }
+
+/// Only the weights, biases and their gradients keep a 16-bit copy on a
+/// GPU: the momentum is f32 alone. For `alexnet`'s 60,965,224 parameters
+/// (the paper's count), two sets are `alloc_param`s, and the momentum is
+/// among the `alloc_f32`s with the loss and the step metrics.
+#[test]
+fn momentum_is_allocated_without_a_16_bit_copy() {
+    const PAPER: u64 = 60_965_224;
+    let be = CpuBackend::new();
+    let _net = Network::zeroed(&be, &Topology::alexnet(), 1).expect("network");
+    let got = be.allocated();
+    assert_eq!(got.params, 2 * PAPER, "{got:?}");
+    assert!(
+        (PAPER..PAPER + 1000).contains(&got.f32s),
+        "momentum, loss and metrics: {got:?}"
+    );
+}

@@ -231,16 +231,18 @@ pub trait Backend: Send + Sync {
     /// How many buffers `alloc` and `alloc_idx` have made so far. The network
     /// sizes everything once per batch shape, so this stays put across steps.
     fn allocations(&self) -> u64;
-    /// A zero-filled buffer for a parameter, its gradient or its momentum.
-    /// These stay f32 (the master copy) on a backend whose activations are
-    /// 16-bit; by default the same as `alloc`.
+    /// A zero-filled buffer for a parameter or its gradient. These stay f32
+    /// (the master copy) on a backend whose activations are 16-bit, which
+    /// may also keep a 16-bit copy for its libraries; by default the same
+    /// as `alloc`.
     fn alloc_param(&self, len: usize) -> Result<Self::Buf> {
         self.alloc(len)
     }
-    /// A zero-filled buffer that holds f32 whatever the activations' precision:
-    /// results kept on the device for the host to read later (a step's mean
-    /// loss, the step-metrics buffer). By default `alloc_param`'s, which are
-    /// f32 on every backend.
+    /// A zero-filled buffer that holds f32 whatever the activations' precision,
+    /// and nothing else: momentum, which only the update reads, and results
+    /// kept on the device for the host to read later (a step's mean loss, the
+    /// step-metrics buffer). By default `alloc_param`'s, which are f32 on
+    /// every backend.
     fn alloc_f32(&self, len: usize) -> Result<Self::Buf> {
         self.alloc_param(len)
     }

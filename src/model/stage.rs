@@ -62,15 +62,16 @@ impl<B: Backend> Param<B> {
         Ok(p)
     }
 
-    /// A layer's parameters, all zero (`alloc_param` zero-fills).
+    /// A layer's parameters, all zero (`alloc_param` zero-fills). Momentum
+    /// is f32 alone: only the update reads it, never a 16-bit op.
     pub(super) fn zeroed(be: &B, weights: usize, biases: usize) -> Result<Self> {
         Ok(Param {
             w: be.alloc_param(weights)?,
             b: be.alloc_param(biases)?,
             dw: be.alloc_param(weights)?,
             db: be.alloc_param(biases)?,
-            vw: be.alloc_param(weights)?,
-            vb: be.alloc_param(biases)?,
+            vw: be.alloc_f32(weights)?,
+            vb: be.alloc_f32(biases)?,
         })
     }
 }

@@ -19,13 +19,36 @@ use crate::error::{check_len, Error, Result};
 
 /// The CPU backend. Stateless but for a count of allocations (the same
 /// count the CUDA backend keeps, so a test here shows that the network
-/// allocates nothing per step) and of the elements they hold (so a test
-/// can hold the memory check's plan to what is allocated); scratch memory
-/// lives in per-thread buffers.
+/// allocates nothing per step) and of the elements they hold, by kind (so
+/// a test can hold the memory check's plan to what is allocated, and to
+/// what a GPU stores for each kind); scratch memory lives in per-thread
+/// buffers.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     allocations: AtomicU64,
-    elements: AtomicU64,
+    /// Elements by kind, in `Allocated`'s order.
+    elements: [AtomicU64; 4],
+}
+
+/// Elements allocated so far, by the `Backend` call that made them: a
+/// GPU stores each kind its own way (16-bit activations, f32 parameters
+/// with a 16-bit shadow, in mixed precision).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocated {
+    /// `alloc`: activations, and the input.
+    pub activations: u64,
+    /// `alloc_param`: weights, biases and their gradients.
+    pub params: u64,
+    /// `alloc_f32`: momentum, the loss and the step metrics.
+    pub f32s: u64,
+    /// `alloc_idx`: labels and pooling's argmax.
+    pub indices: u64,
+}
+
+impl Allocated {
+    pub fn total(&self) -> u64 {
+        self.activations + self.params + self.f32s + self.indices
+    }
 }
 
 impl CpuBackend {
@@ -35,12 +58,24 @@ impl CpuBackend {
 
     /// Elements (f32 or u32, 4 bytes each) of every buffer allocated so far.
     pub fn allocated_elements(&self) -> u64 {
-        self.elements.load(Ordering::Relaxed)
+        self.allocated().total()
     }
 
-    fn count(&self, len: usize) {
+    /// [`allocated_elements`](Self::allocated_elements) by kind.
+    pub fn allocated(&self) -> Allocated {
+        let [a, p, f, i] = self.elements.each_ref().map(|e| e.load(Ordering::Relaxed));
+        Allocated {
+            activations: a,
+            params: p,
+            f32s: f,
+            indices: i,
+        }
+    }
+
+    /// One buffer of `len` elements of kind `kind` (`Allocated`'s order).
+    fn count(&self, kind: usize, len: usize) {
         self.allocations.fetch_add(1, Ordering::Relaxed);
-        self.elements.fetch_add(len as u64, Ordering::Relaxed);
+        self.elements[kind].fetch_add(len as u64, Ordering::Relaxed);
     }
 }
 
@@ -249,12 +284,22 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        self.count(len);
+        self.count(0, len);
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_param(&self, len: usize) -> Result<Vec<f32>> {
+        self.count(1, len);
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_f32(&self, len: usize) -> Result<Vec<f32>> {
+        self.count(2, len);
         Ok(vec![0.0; len])
     }
 
     fn alloc_idx(&self, len: usize) -> Result<Vec<u32>> {
-        self.count(len);
+        self.count(3, len);
         Ok(vec![0; len])
     }
 

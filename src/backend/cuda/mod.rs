@@ -30,8 +30,9 @@
 //! Precision (`Precision`, `CudaOptions::precision`): fp32 is the default and
 //! the reference. In fp16 / bf16 mode (mixed precision, Micikevicius et al.
 //! 2018) activations and their gradients live in 16 bits, parameters keep an
-//! f32 master copy (weights, gradients, momentum: `alloc_param`) plus a 16-bit
-//! shadow that cuDNN and cuBLAS read (tensor cores), all GEMM-type ops
+//! f32 master copy (weights and gradients: `alloc_param`) plus a 16-bit
+//! shadow that cuDNN and cuBLAS read (tensor cores), momentum is f32 alone
+//! (`alloc_f32`), all GEMM-type ops
 //! accumulate in f32, and fp16 training uses dynamic loss scaling (the
 //! network's, model/loss_scale.rs). See mixed.rs.
 pub mod conv_fallback;
@@ -1028,8 +1029,8 @@ impl Backend for CudaBackend {
         }
     }
 
-    /// A parameter, gradient or momentum: always an f32 master; in 16-bit
-    /// mode also a 16-bit shadow (the copy cuDNN and cuBLAS read).
+    /// A parameter or gradient: always an f32 master; in 16-bit mode also a
+    /// 16-bit shadow (the copy cuDNN and cuBLAS read).
     fn alloc_param(&self, len: usize) -> Result<CudaBuf<f32>> {
         let mut b = self.alloc_buf("alloc_param", len)?;
         if self.precision.is_half() {
