@@ -13,9 +13,9 @@ use crate::backend::Backend;
 use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
 use crate::fsutil::size;
-use crate::model::net::{buffer_elements, input_buffers};
+use crate::model::net::{buffer_elements, index_elements, input_buffers};
 use crate::model::topology::Topology;
-use crate::model::towers::TowerNetwork;
+use crate::model::towers::extra_elements;
 
 /// The memory a run may still take, and the limit that sets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,6 +347,11 @@ pub fn check_one<B: Backend>(
     on_device.check_devices(&[be], rows)
 }
 
+/// `towers::extra_elements` per image of a pair.
+fn tower_elements_per_image(topo: &Topology, inputs: usize) -> Result<u64> {
+    Ok(extra_elements(topo, 1, inputs)? - extra_elements(topo, 0, inputs)?)
+}
+
 /// Kept back for each network on a device: cuDNN's workspace, which the
 /// count below leaves out (at most 1 GiB, `cudnn.rs`).
 const DEVICE_RESERVE: u64 = 1 << 30;
@@ -358,27 +363,61 @@ const DEVICE_RESERVE: u64 = 1 << 30;
 /// since left out of such runs (docs/cuda.md).
 const DEVICE_MARGIN_DIVISOR: u64 = 10;
 
+/// How a backend stores a network in its device's memory, for the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStorage {
+    /// Bytes of an activation: 4, or 2 in fp16 / bf16.
+    pub activation_bytes: u64,
+    /// Input buffers per network (`input_buffers`).
+    pub inputs: usize,
+}
+
+impl DeviceStorage {
+    pub fn of<B: Backend>(be: &B) -> DeviceStorage {
+        DeviceStorage {
+            activation_bytes: be.activation_bytes(),
+            inputs: input_buffers(be),
+        }
+    }
+
+    /// Whether the parameters and gradients keep a 16-bit copy beside
+    /// their f32 masters (mixed precision).
+    fn shadows(&self) -> bool {
+        self.activation_bytes < 4
+    }
+}
+
 impl MemoryNeed {
     /// What `copies` networks of `topo` take in the memory of `be`'s device
-    /// (a GPU's), counted as `buffer_elements` does: parameters, gradients
-    /// and momentum as f32, plus the 16-bit copy of the parameters the
-    /// libraries read in fp16 / bf16; activations at the backend's element
-    /// size; the input as f32.
+    /// (a GPU's): [`on_device_as`](Self::on_device_as) as `be` stores them.
     pub fn on_device<B: Backend>(be: &B, topo: &Topology, copies: usize) -> Result<MemoryNeed> {
-        let act = be.activation_bytes();
-        let inputs = input_buffers(be) as u64;
-        let zero = buffer_elements(topo, 0, inputs as usize)?;
-        let one = buffer_elements(topo, 1, inputs as usize)?;
+        Self::on_device_as(DeviceStorage::of(be), topo, copies)
+    }
+
+    /// What `copies` networks of `topo` take on a device storing them as
+    /// `st` says, counted as `buffer_elements` does: parameters, gradients,
+    /// momentum, the loss and the step metrics as f32, and in fp16 / bf16
+    /// a 16-bit copy of each parameter and gradient (what the libraries
+    /// read and cuDNN's filter gradients are written in); activations at
+    /// `st`'s size; labels and pooling's argmax as u32; the input at 4
+    /// bytes per buffer: f32, or in 16 bits beside the f32 scratch that an
+    /// upload from pinned memory lands in, the same bytes for a GPU's two
+    /// buffers (more than held where copies share a device's scratch).
+    pub fn on_device_as(st: DeviceStorage, topo: &Topology, copies: usize) -> Result<MemoryNeed> {
+        let act = st.activation_bytes;
+        let inputs = st.inputs as u64;
+        let zero = buffer_elements(topo, 0, st.inputs)?;
+        let one = buffer_elements(topo, 1, st.inputs)?;
+        let indices = index_elements(topo, 1)?;
         let input = (topo.channels * topo.crop * topo.crop) as u64;
-        let shadow = if act < 4 {
-            act * topo.param_count()? as u64
-        } else {
-            0
+        let shadows = match st.shadows() {
+            true => 2 * act * topo.param_count()? as u64,
+            false => 0,
         };
         Ok(MemoryNeed {
-            fixed: (4 * zero + shadow) * copies as u64,
+            fixed: (4 * zero + shadows) * copies as u64,
             checkpoint: 0,
-            per_row: act * (one - zero - inputs * input),
+            per_row: act * (one - zero - inputs * input - indices) + 4 * indices,
             loader_row: 4 * inputs * input,
             batches: 0,
             crops: 1,
@@ -387,27 +426,38 @@ impl MemoryNeed {
     }
 
     /// And the buffers two towers hold beyond one grouped network's
-    /// (`TowerNetwork::extra_elements`), per image of every pair: in host
-    /// memory on a CPU backend, or (`on_device`) in the device's, the
-    /// activations at its element size and the input and labels at 4 bytes.
+    /// (`towers::extra_elements`), per image of every pair: in host
+    /// memory on a CPU backend, or (`on_device`) in the device's
+    /// ([`with_device_towers`](Self::with_device_towers)).
     pub fn with_towers<B: Backend>(
-        mut self,
+        self,
         be: &B,
         topo: &Topology,
         on_device: bool,
     ) -> Result<MemoryNeed> {
-        if !on_device && !be.in_host_memory() {
-            return Ok(self);
+        match on_device {
+            true => self.with_device_towers(DeviceStorage::of(be), topo),
+            false if be.in_host_memory() => {
+                let per_image = tower_elements_per_image(topo, input_buffers(be))?;
+                Ok(MemoryNeed {
+                    per_row: self.per_row + 4 * per_image,
+                    ..self
+                })
+            }
+            false => Ok(self),
         }
-        let inputs = input_buffers(be);
-        let per_image = TowerNetwork::<B>::extra_elements(topo, 1, inputs)?
-            - TowerNetwork::<B>::extra_elements(topo, 0, inputs)?;
-        let f32s = (inputs * topo.channels * topo.crop * topo.crop + 1) as u64;
-        self.per_row += match on_device {
-            true => be.activation_bytes() * (per_image - f32s) + 4 * f32s,
-            false => 4 * per_image,
-        };
-        Ok(self)
+    }
+
+    /// The towers' own buffers on devices storing them as `st` says: the
+    /// activations at its element size, the second tower's input (as
+    /// `on_device_as` counts an input) and labels at 4 bytes.
+    pub fn with_device_towers(self, st: DeviceStorage, topo: &Topology) -> Result<MemoryNeed> {
+        let per_image = tower_elements_per_image(topo, st.inputs)?;
+        let f32s = (st.inputs * topo.channels * topo.crop * topo.crop + 1) as u64;
+        Ok(MemoryNeed {
+            per_row: self.per_row + st.activation_bytes * (per_image - f32s) + 4 * f32s,
+            ..self
+        })
     }
 
     /// [`check`](Self::check) against the memory of `devices`

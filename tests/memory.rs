@@ -12,15 +12,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::backend::cpu::{Allocated, CpuBackend};
 use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
-use alexnet_cuda::memory::{least, run_batches, MemoryNeed, Room};
+use alexnet_cuda::memory::{least, run_batches, DeviceStorage, MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
-use alexnet_cuda::model::towers::TowerNetwork;
+use alexnet_cuda::model::towers::{extra_elements, TowerNetwork};
 
 fn topologies() -> Vec<Topology> {
     let alexnet = Topology::alexnet();
@@ -48,7 +48,7 @@ fn the_plan_counts_every_buffer_a_network_allocates() {
 }
 
 /// Two towers hold one grouped network's buffers and those
-/// `TowerNetwork::extra_elements` counts, and nothing else: counted by the
+/// `towers::extra_elements` counts, and nothing else: counted by the
 /// CPU backends of both towers, for each two-tower config, at two batches.
 #[test]
 fn the_plan_counts_every_buffer_two_towers_allocate() {
@@ -57,7 +57,7 @@ fn the_plan_counts_every_buffer_two_towers_allocate() {
             let (a, b) = (CpuBackend::new(), CpuBackend::new());
             let _net = TowerNetwork::new([&a, &b], &topo, n, 5).expect("towers");
             let plan = buffer_elements(&topo, n, 1).expect("plan")
-                + TowerNetwork::<CpuBackend>::extra_elements(&topo, n, 1).expect("extra");
+                + extra_elements(&topo, n, 1).expect("extra");
             let got = a.allocated_elements() + b.allocated_elements();
             assert_eq!(got, plan, "{} at batch {n}", topo.name);
         }
@@ -545,6 +545,75 @@ fn the_device_plan_in_fp32_counts_every_buffer_the_networks_allocate() {
     }
 }
 
+/// Bytes a GPU stores for each kind of buffer the CPU backend counts, as
+/// `backend/cuda/mod.rs` allocates them, and the plan's storage for it.
+struct GpuStorage {
+    plan: DeviceStorage,
+    /// `alloc`: an activation.
+    activation: u64,
+    /// `alloc_param`: the f32 master, and in 16 bits its copy beside it.
+    param: u64,
+    /// One input element: two input buffers (`input_buffers`), and in 16
+    /// bits the f32 scratch that an upload from pinned memory lands in.
+    input: u64,
+}
+
+const FP32: GpuStorage = GpuStorage {
+    plan: DeviceStorage {
+        activation_bytes: 4,
+        inputs: 2,
+    },
+    activation: 4,
+    param: 4,
+    input: 2 * 4,
+};
+
+const HALF: GpuStorage = GpuStorage {
+    plan: DeviceStorage {
+        activation_bytes: 2,
+        inputs: 2,
+    },
+    activation: 2,
+    param: 4 + 2,
+    input: 2 * 2 + 4,
+};
+
+/// What a GPU stores for buffers counted as `got`, of which `x` input
+/// elements (the CPU network holds one input buffer). `alloc_f32` and
+/// `alloc_idx` are 4 bytes in every precision.
+fn gpu_bytes(st: &GpuStorage, got: Allocated, x: u64) -> u64 {
+    st.activation * (got.activations - x)
+        + st.input * x
+        + st.param * got.params
+        + 4 * got.f32s
+        + 4 * got.indices
+}
+
+/// The device plan in fp32 and in fp16 / bf16 is what a GPU stores for
+/// every buffer a network allocates, each kind as the CUDA backend keeps
+/// it: for each config, at two batches.
+#[test]
+fn the_device_plan_counts_each_kind_of_buffer_as_a_gpu_stores_it() {
+    for topo in topologies() {
+        let input = (topo.channels * topo.crop * topo.crop) as u64;
+        for n in [1, 3] {
+            let be = CpuBackend::new();
+            let _net = Network::zeroed(&be, &topo, n).expect("network");
+            for st in [FP32, HALF] {
+                let plan = MemoryNeed::on_device_as(st.plan, &topo, 1).expect("plan");
+                let want = gpu_bytes(&st, be.allocated(), n as u64 * input);
+                assert_eq!(
+                    plan.bytes(n, 0),
+                    want,
+                    "{} at batch {n}, {:?}",
+                    topo.name,
+                    st.plan
+                );
+            }
+        }
+    }
+}
+
 /// Only the weights, biases and their gradients keep a 16-bit copy on a
 /// GPU: the momentum is f32 alone. For `alexnet`'s 60,965,224 parameters
 /// (the paper's count), two sets are `alloc_param`s, and the momentum is
@@ -560,4 +629,41 @@ fn momentum_is_allocated_without_a_16_bit_copy() {
         (PAPER..PAPER + 1000).contains(&got.f32s),
         "momentum, loss and metrics: {got:?}"
     );
+}
+
+/// Two towers' device plan per image is what GPUs store for the buffers
+/// both towers' CPU backends count per image (towers at 3 images less at
+/// 1, halved), each tower's input held as a GPU holds it: in fp32 and in
+/// fp16 / bf16, for each two-tower config.
+#[test]
+fn the_device_plan_of_two_towers_counts_each_kind_as_gpus_store_it() {
+    let counted = |topo: &Topology, n: usize| {
+        let (a, b) = (CpuBackend::new(), CpuBackend::new());
+        let _net = TowerNetwork::new([&a, &b], topo, n, 5).expect("towers");
+        let (a, b) = (a.allocated(), b.allocated());
+        Allocated {
+            activations: a.activations + b.activations,
+            params: a.params + b.params,
+            f32s: a.f32s + b.f32s,
+            indices: a.indices + b.indices,
+        }
+    };
+    for topo in topologies().into_iter().filter(|t| t.towers == 2) {
+        let input = (topo.channels * topo.crop * topo.crop) as u64;
+        let (one, three) = (counted(&topo, 1), counted(&topo, 3));
+        for st in [FP32, HALF] {
+            let plan = MemoryNeed::on_device_as(st.plan, &topo, 1)
+                .and_then(|p| p.with_device_towers(st.plan, &topo))
+                .expect("plan");
+            // Each of the two towers holds its own input.
+            let want = gpu_bytes(&st, three, 2 * 3 * input) - gpu_bytes(&st, one, 2 * input);
+            assert_eq!(
+                plan.bytes(3, 0) - plan.bytes(1, 0),
+                want,
+                "{} {:?}",
+                topo.name,
+                st.plan
+            );
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! (conv1.weight [out, in/groups, k, k], fc6.weight [out, in] with the input
 //! flattened in C, H, W order), so fixtures and exports line up.
 use super::laps::{Lap, Laps, Part};
-use super::stage::{initial_values, sgd_all, stage_elements, unscale_all, Geom, Param, Stage};
+use super::stage::{
+    initial_values, sgd_all, stage_elements, stage_index_elements, unscale_all, Geom, Param, Stage,
+};
 use super::topology::{LayerShape, Op, Topology};
 use crate::backend::{Backend, SgdParams};
 use crate::error::{check_len, Error, Result};
@@ -44,6 +46,16 @@ pub fn buffer_elements(topo: &Topology, n: usize, inputs: usize) -> Result<u64> 
     let x = inputs * n * topo.channels * topo.crop * topo.crop;
     let results = n + n * topo.classes + 1 + 2 * STEP_SLOTS;
     Ok((params + stages + x + results) as u64)
+}
+
+/// The elements of `buffer_elements` that are u32 indices, 4 bytes on
+/// every backend: the labels and pooling's argmax.
+pub fn index_elements(topo: &Topology, n: usize) -> Result<u64> {
+    let shapes = topo.shapes()?;
+    let argmax: usize = (topo.layers.iter().zip(&shapes))
+        .map(|(l, s)| stage_index_elements(l, n, s.op_out))
+        .sum();
+    Ok((n + argmax) as u64)
 }
 
 /// Training applies dropout; evaluation does not (inverted dropout needs no

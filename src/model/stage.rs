@@ -141,6 +141,11 @@ pub(super) fn stage_elements(l: &Layer, n: usize, op_out: Chw) -> usize {
         + if l.dropout > 0.0 { out } else { 0 }
 }
 
+/// The elements of `stage_elements` that are u32 indices: pooling's argmax.
+pub(super) fn stage_index_elements(l: &Layer, n: usize, op_out: Chw) -> usize {
+    pool_geom(l, n, op_out).map_or(0, |g| g.y_len())
+}
+
 /// One layer's activations for the current batch size.
 pub(super) struct Stage<B: Backend> {
     geom: Geom,

@@ -147,6 +147,24 @@ fn local_pair<B: Backend>(
     }
 }
 
+/// Elements two towers hold for `n` images beyond what one grouped
+/// network of `topo` does (`net::buffer_elements`, with `inputs` input
+/// buffers), as `resize` allocates them: at each exchange the whole
+/// input gathered and its gradient in each tower, and the half each
+/// receives; a second tower's input buffers, labels and loss; each
+/// tower's logits, probabilities and their gradient, where the grouped
+/// network holds one set of logits. For the memory check.
+pub fn extra_elements(topo: &Topology, n: usize, inputs: usize) -> Result<u64> {
+    let shapes = topo.shapes()?;
+    let exchanged: usize = (topo.layers.iter().zip(&shapes).enumerate())
+        .filter(|(i, (l, _))| *i > 0 && l.exchange)
+        .map(|(_, (_, s))| s.input.len())
+        .sum();
+    let x = inputs * topo.channels * topo.crop * topo.crop;
+    let logits = 2 * 3 * topo.classes - topo.classes;
+    Ok((n * (5 * exchanged + x + 1 + logits) + 1) as u64)
+}
+
 impl<'a, B: Backend> TowerNetwork<'a, B> {
     /// Build both towers for batches of `batch` images, with the initial
     /// weights the one-device network draws from `seed`, each tower taking
@@ -247,24 +265,6 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         } else {
             self.out_width(i, 0)
         }
-    }
-
-    /// Elements two towers hold for `n` images beyond what one grouped
-    /// network of `topo` does (`net::buffer_elements`, with `inputs` input
-    /// buffers), as `resize` allocates them: at each exchange the whole
-    /// input gathered and its gradient in each tower, and the half each
-    /// receives; a second tower's input buffers, labels and loss; each
-    /// tower's logits, probabilities and their gradient, where the grouped
-    /// network holds one set of logits. For the memory check.
-    pub fn extra_elements(topo: &Topology, n: usize, inputs: usize) -> Result<u64> {
-        let shapes = topo.shapes()?;
-        let exchanged: usize = (topo.layers.iter().zip(&shapes).enumerate())
-            .filter(|(i, (l, _))| *i > 0 && l.exchange)
-            .map(|(_, (_, s))| s.input.len())
-            .sum();
-        let x = inputs * topo.channels * topo.crop * topo.crop;
-        let logits = 2 * 3 * topo.classes - topo.classes;
-        Ok((n * (5 * exchanged + x + 1 + logits) + 1) as u64)
     }
 
     fn resize(&mut self, n: usize) -> Result<()> {
