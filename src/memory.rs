@@ -9,7 +9,7 @@
 use sysinfo::System;
 use tracing::{debug, warn};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceMemory};
 use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
 use crate::fsutil::size;
@@ -472,26 +472,56 @@ impl MemoryNeed {
     }
 }
 
-/// The free memory of `devices`' own memories, each device counted once
-/// however many backends share it, less `DEVICE_RESERVE` for each backend
-/// and a tenth (`DEVICE_MARGIN_DIVISOR`); None on the CPU or where a device
-/// does not say.
+/// [`device_room_of`] the memories of `devices`; None on the CPU or where
+/// a device does not say.
 pub fn device_room<B: Backend>(devices: &[&B]) -> Option<Room> {
-    let mut seen: Vec<crate::backend::DeviceMemory> = Vec::new();
-    for be in devices {
-        let m = be.device_memory()?;
-        if !seen.iter().any(|s| s.ordinal == m.ordinal) {
-            seen.push(m);
+    let memories: Option<Vec<DeviceMemory>> = devices.iter().map(|be| be.device_memory()).collect();
+    device_room_of(&memories?)
+}
+
+/// The room for a run whose backends (one memory each in `backends`, a
+/// device named twice appearing twice) hold equal shares of it: each
+/// device's free memory, less a tenth (`DEVICE_MARGIN_DIVISOR`) and
+/// `DEVICE_RESERVE` per backend on it, holds its backends' shares, so the
+/// run fits where it fits on the tightest device. Summing the devices'
+/// memory instead would let one full GPU hide behind an empty one.
+pub fn device_room_of(backends: &[DeviceMemory]) -> Option<Room> {
+    let total = backends.len() as u64;
+    let mut devices: Vec<(&DeviceMemory, u64)> = Vec::new();
+    for m in backends {
+        match devices.iter_mut().find(|(d, _)| d.ordinal == m.ordinal) {
+            Some((_, shares)) => *shares += 1,
+            None => devices.push((m, 1)),
         }
     }
-    let free: u64 = seen.iter().map(|m| m.free).sum();
-    let names: Vec<String> = seen.into_iter().map(|m| m.name).collect();
-    let kept = free / DEVICE_MARGIN_DIVISOR + DEVICE_RESERVE * devices.len() as u64;
+    let room = |(m, shares): &(&DeviceMemory, u64)| {
+        let own = m.free - m.free / DEVICE_MARGIN_DIVISOR;
+        own.saturating_sub(DEVICE_RESERVE * shares) / shares * total
+    };
+    let tightest = devices.iter().min_by_key(|d| room(d))?;
     Some(Room {
-        bytes: free.saturating_sub(kept),
-        limit: format!(
-            "free in the memory of {}, less a tenth and 1 GiB per network kept for cuDNN's workspace and scratch",
-            names.join(" and ")
-        ),
+        bytes: room(tightest),
+        limit: device_limit(&devices, tightest, total),
     })
+}
+
+/// How the error words a device room: the device, or for several the
+/// tightest one with its share.
+fn device_limit(
+    devices: &[(&DeviceMemory, u64)],
+    tightest: &(&DeviceMemory, u64),
+    total: u64,
+) -> String {
+    const KEPT: &str = "less a tenth and 1 GiB per network kept for cuDNN's workspace and scratch";
+    let (m, shares) = tightest;
+    if devices.len() == 1 {
+        return format!("free in the memory of {}, {KEPT}", m.name);
+    }
+    let names: Vec<&str> = devices.iter().map(|(d, _)| d.name.as_str()).collect();
+    format!(
+        "the room of {} at the fullest one's share: {} has {} free and holds {shares} of the {total} networks' shares, {KEPT}",
+        names.join(" and "),
+        m.name,
+        size(m.free)
+    )
 }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alexnet_cuda::backend::cpu::{Allocated, CpuBackend};
+use alexnet_cuda::backend::DeviceMemory;
 use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
-use alexnet_cuda::memory::{least, run_batches, DeviceStorage, MemoryNeed, Room};
+use alexnet_cuda::memory::{device_room_of, least, run_batches, DeviceStorage, MemoryNeed, Room};
 use alexnet_cuda::model::net::{buffer_elements, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::{extra_elements, TowerNetwork};
@@ -666,4 +667,40 @@ fn the_device_plan_of_two_towers_counts_each_kind_as_gpus_store_it() {
             );
         }
     }
+}
+
+fn gpu(ordinal: usize, free_gib: u64) -> DeviceMemory {
+    DeviceMemory {
+        ordinal,
+        name: format!("GPU {ordinal} (test)"),
+        free: free_gib << 30,
+    }
+}
+
+/// Each GPU holds its own networks' shares, so a run fits where it fits
+/// on the tightest one: of 80 and 20 GiB free, less a tenth and 1 GiB per
+/// network, two equal shares have 2 x 17 GiB, not the 88 that summing
+/// both memories gave. A GPU named twice holds two shares in one memory.
+#[test]
+fn the_device_room_is_the_tightest_gpus_share() {
+    const GIB: u64 = 1 << 30;
+    let one = device_room_of(&[gpu(0, 80)]).expect("room");
+    assert_eq!(one.bytes, 71 * GIB, "{one:?}");
+    let two = device_room_of(&[gpu(0, 80), gpu(1, 20)]).expect("room");
+    assert_eq!(two.bytes, 2 * 17 * GIB, "{two:?}");
+    assert!(
+        two.limit
+            .contains("GPU 1 (test) has 21.5 GB free and holds 1 of the 2"),
+        "{}",
+        two.limit
+    );
+    // --gpus 0,0,1: GPU 0 holds two of three shares in 72 - 2 GiB.
+    let shared = device_room_of(&[gpu(0, 80), gpu(0, 80), gpu(1, 80)]).expect("room");
+    assert_eq!(shared.bytes, 70 * GIB / 2 * 3, "{shared:?}");
+    assert!(
+        shared.limit.contains("GPU 0 (test) has"),
+        "{}",
+        shared.limit
+    );
+    assert_eq!(device_room_of(&[]), None);
 }
