@@ -823,6 +823,23 @@ fn device_flags_that_are_not_built_are_refused() {
         ],
         &["batch of 3", "2 replicas"],
     );
+    // Past the most CPU devices a process makes: refused before any is
+    // made (each holds a network; 10^11 of them aborted in an allocation).
+    for (parallel, replicas) in [("data", "100000000000"), ("hybrid", "18446744073709551615")] {
+        assert_error(
+            &[
+                "bench-step",
+                "--cpu",
+                "--parallel",
+                parallel,
+                "--replicas",
+                replicas,
+                "--config",
+                "cifar",
+            ],
+            &["--replicas", "at most 1024"],
+        );
+    }
     // A GPU in both towers' NCCL communicators could deadlock.
     assert_error(
         &[

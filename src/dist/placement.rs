@@ -129,6 +129,22 @@ fn check_count(p: Parallel, n: usize, what: &str) -> Result<()> {
     }))
 }
 
+/// The most CPU devices one process makes: each is a thread with its own
+/// copy of the network, and each replica needs an image of every batch
+/// (the paper's is 128), so more only exhaust the memory.
+pub const MAX_CPU_DEVICES: usize = 1024;
+
+/// Refuse more CPU devices (`n`, for `replicas`) than `MAX_CPU_DEVICES`
+/// before any is made.
+fn check_cpu_devices(n: usize, replicas: usize) -> Result<()> {
+    if n <= MAX_CPU_DEVICES {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--replicas {replicas}: one process makes at most {MAX_CPU_DEVICES} CPU devices (each holds its own copy of the network, and needs an image of every batch); pass a smaller --replicas, or run several processes (docs/scaling.md)"
+    )))
+}
+
 /// Pairs of consecutive devices: (0, 1), (2, 3), ...
 fn pairs<B>(devs: &[B]) -> Vec<[&B; 2]> {
     devs.chunks_exact(2).map(|p| [&p[0], &p[1]]).collect()
@@ -148,8 +164,9 @@ pub fn run_on<F: OnLayout>(
             Parallel::None => 1,
             Parallel::Model => 2,
             Parallel::Data => req.replicas,
-            Parallel::Hybrid => 2 * req.replicas,
+            Parallel::Hybrid => req.replicas.saturating_mul(2),
         };
+        check_cpu_devices(n, req.replicas)?;
         check_count(p, n, "--cpu")?;
         let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
         // Across processes, the replicas meet over TCP (tcp.rs).
