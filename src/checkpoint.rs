@@ -246,8 +246,12 @@ pub fn from_parts(
     let state: RunState =
         serde_json::from_str(state_json).map_err(|e| damaged(path, format!("state: {e}")))?;
     if state.version != VERSION {
+        let by = match state.version > VERSION {
+            true => "a newer build",
+            false => "an older build",
+        };
         return Err(Error::Data(format!(
-            "{}: checkpoint version {} but this build reads version {VERSION}",
+            "{}: checkpoint version {} but this build reads version {VERSION}; the file was written by {by} of alexnet-cuda: read it with that build",
             path.display(),
             state.version
         )));
@@ -559,16 +563,32 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     load(newest).map_err(|e| with_good_one(e, path, newest, "--resume"))
 }
 
+/// Whether a file that failed to load is a damaged checkpoint: ours and
+/// of this build's version (its checks failed), or a `.safetensors` file
+/// whose header cannot be read (cut short). Another program's file, an
+/// export, and a checkpoint of another version are whole, and must not
+/// be called damaged (the error's advice is to delete it).
+fn is_damaged(path: &Path) -> bool {
+    match read_header(path) {
+        Some(h) => {
+            let state = h["__metadata__"]["state"].as_str();
+            let state: Option<serde_json::Value> = state.and_then(|s| serde_json::from_str(s).ok());
+            let version = state.and_then(|s| s["version"].as_u64());
+            h["__metadata__"]["format"] == FORMAT && version.is_none_or(|v| v == VERSION as u64)
+        }
+        None => path.extension().is_some_and(|x| x == "safetensors"),
+    }
+}
+
 /// `e`, the error of the damaged checkpoint `damaged` (given with `flag`),
 /// with the newest other checkpoint of `dir` that verifies, up to
 /// `damaged`'s step where it is one of the folder's (a resume from an older
 /// step goes back no further than asked), or `best.safetensors` where none
 /// does (with `--keep 1` it may be the one left). Other errors (a file
-/// that cannot be read, another program's safetensors) are left as they
-/// are.
+/// that cannot be read, one that is not damaged: `is_damaged`) are left as
+/// they are.
 fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
-    let foreign = read_header(damaged).is_some_and(|h| h["__metadata__"]["format"] != FORMAT);
-    if !matches!(e, Error::Data(_)) || foreign {
+    if !matches!(e, Error::Data(_)) || !is_damaged(damaged) {
         return e;
     }
     let ckpts = list(dir).unwrap_or_default();

@@ -611,6 +611,60 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     run_ok(&a);
 }
 
+/// `ckpt` as a build of checkpoint version `version` would write it: the
+/// state's version changed, its checksum made again, the tensors as they
+/// were.
+fn with_version(ckpt: &[u8], version: u64) -> Vec<u8> {
+    let n = u64::from_le_bytes(ckpt[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&ckpt[8..8 + n]).unwrap();
+    let meta = &mut header["__metadata__"];
+    let mut state: serde_json::Value =
+        serde_json::from_str(meta["state"].as_str().unwrap()).unwrap();
+    state["version"] = version.into();
+    let state = state.to_string();
+    meta["state_crc32"] = crc32fast::hash(state.as_bytes()).to_string().into();
+    meta["state"] = state.into();
+    let mut json = header.to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&ckpt[8 + n..]);
+    out
+}
+
+/// Files that are whole but not this build's checkpoints (a note, an
+/// export, a checkpoint of a newer version) are refused for what they are:
+/// never called damaged, and the user never told to delete them.
+#[test]
+fn whole_files_that_are_not_this_builds_checkpoints_are_not_called_damaged() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let run_dir = t.path().join("run");
+    run_ok(&train_args(&d, &run_dir, 1));
+    let newest = checkpoint::list(&run_dir).unwrap().pop().unwrap().1;
+    let newer = run_dir.join("from-a-newer-build.safetensors");
+    std::fs::write(&newer, with_version(&std::fs::read(&newest).unwrap(), 99)).unwrap();
+    let note = run_dir.join("notes.txt");
+    std::fs::write(&note, "lr 0.01, dropped at epoch 30\n").unwrap();
+    let newer_needles = [
+        "checkpoint version 99 but this build reads version 1",
+        "a newer build of alexnet-cuda",
+    ];
+    for (file, needles) in [(&newer, &newer_needles[..]), (&note, &["notes.txt"][..])] {
+        let (ck, data) = (file.display().to_string(), d.display().to_string());
+        let o = run(&["eval", "--cpu", "--checkpoint", &ck, "--data", &data].map(String::from));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{ck} was read: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{ck}: {n:?}: {err}");
+        }
+        assert!(
+            !err.contains("delete") && !err.contains("damaged"),
+            "{ck}: {err}"
+        );
+    }
+}
+
 /// A finished run's folder refuses a fresh run; a running one's refuses
 /// any second process.
 #[test]
