@@ -121,14 +121,21 @@ fn op_costs_are_the_papers_layer_arithmetic() {
     let fc6 = 4096 * 256 * 6 * 6;
     assert_eq!(cost(5, Part::Forward).flops, 2 * n * fc6);
     assert_eq!(cost(5, Part::Sgd).bytes, 20 * (fc6 + 4096));
-    // 16-bit activations halve the activation bytes, not the f32 update's.
+    // 16-bit activations halve the activation bytes, not the f32 update's,
+    // which also writes the weights' 16-bit copy (sgd_update_f32_store_H).
     let bf16 = CostBasis {
         act_bytes: 2,
         ..fp32
     };
     let half = |l, p| op_cost(&topo, Some(l), p, bf16).unwrap();
     assert_eq!(half(0, Part::Lrn).bytes, 3 * 2 * y1);
-    assert_eq!(half(5, Part::Sgd).bytes, 20 * (fc6 + 4096));
+    assert_eq!(half(5, Part::Sgd).bytes, (20 + 2) * (fc6 + 4096));
+    // The loss reads the logits and writes the probabilities, both
+    // activations: 1000 of each per image.
+    let net = |p, b| op_cost(&topo, None, p, b).unwrap().bytes;
+    assert_eq!(net(Part::Loss, fp32), 2 * 4 * n * 1000);
+    assert_eq!(net(Part::Loss, bf16), 2 * 2 * n * 1000);
+    assert_eq!(net(Part::LossBackward, bf16), 2 * 2 * n * 1000);
     // The whole forward: summary's 1.45 GFLOP per image.
     let fwd: u64 = (0..8).map(|i| cost(i, Part::Forward).flops).sum();
     let by_hand = 2
@@ -171,6 +178,11 @@ fn per_layer_table_from_the_command_line() {
         assert!(
             (f("tflop_per_s") - f("gflop") / f("ms")).abs() <= 1e-9 * f("tflop_per_s").max(1.0)
         );
+        // The upload crosses PCIe, not the memory the GB/s peak is of.
+        if part == Part::Upload {
+            assert!(r["peak_share"].is_null(), "{r}");
+            continue;
+        }
         let compute = matches!(
             part,
             Part::Forward | Part::BackwardFilter | Part::BackwardData

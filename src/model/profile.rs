@@ -3,8 +3,10 @@
 //! cannot avoid, and the rates that work gives. FLOPs: multiply-adds x 2
 //! for conv and fc (as `summary`), a few per element for the rest (below).
 //! Bytes: the least traffic, every operand read once and every result
-//! written once; activations at the run's element size, weights,
-//! gradients and momentum as f32 (the masters every precision keeps).
+//! written once; activations, and the weights the convolutions and GEMMs
+//! read, at the run's element size; the update's weights, gradients and
+//! momentum as f32 (the masters every precision keeps), and in 16 bits
+//! the rounded copy it writes beside them.
 //! A lap that took much longer than its bytes and FLOPs allow at the
 //! card's peaks is where the step's time goes.
 use std::collections::BTreeMap;
@@ -63,15 +65,16 @@ fn network_cost(topo: &Topology, shapes: &[LayerShape], part: Part, n: u64, a: u
             flops: 0,
             bytes: 4 * n * (input + 1),
         },
-        // max, exp, sum, divide, log per logit; logits in, f32 probs out.
+        // max, exp, sum, divide, log per logit; logits in, probs out (both
+        // activations).
         Part::Loss => OpCost {
             flops: 5 * n * k,
-            bytes: (a + 4) * n * k,
+            bytes: 2 * a * n * k,
         },
         // p - onehot, scaled: probs in, logit gradients out.
         Part::LossBackward => OpCost {
             flops: 2 * n * k,
-            bytes: (4 + a) * n * k,
+            bytes: 2 * a * n * k,
         },
         // every gradient read, scaled, checked and written.
         Part::Unscale => OpCost {
@@ -108,8 +111,12 @@ fn layer_cost(sh: &LayerShape, part: Part, n: u64, a: u64, lrn_window: u64, pool
         // Input and output gradient in, f32 weight gradient out.
         Part::BackwardFilter => (gemm, a * (x + y) + 4 * w),
         Part::BackwardData => (gemm, a * (y + w + x)),
-        // v = 0.9 v - wd lr w - lr g; w += v: w, g, v in; w, v out.
-        Part::Sgd => (5 * (w + bias), 20 * (w + bias)),
+        // v = 0.9 v - wd lr w - lr g; w += v: w, g, v in; w, v out, and
+        // in 16 bits w's rounded copy (mixed.rs, sgd_update16).
+        Part::Sgd => {
+            let copy = if a < 4 { a } else { 0 };
+            (5 * (w + bias), (20 + copy) * (w + bias))
+        }
         _ => (0, 0),
     };
     OpCost { flops, bytes }
@@ -183,10 +190,14 @@ fn row(
         part,
         Part::Forward | Part::BackwardFilter | Part::BackwardData
     );
-    let peak_share = peaks.map(|p| match compute {
-        true => tflop_per_s / p.tflops,
-        false => gb_per_s / p.gb_per_s,
-    });
+    // The upload crosses the host's link (PCIe), not the memory the
+    // GB/s peak is of: no share.
+    let peak_share = peaks
+        .filter(|_| part != Part::Upload)
+        .map(|p| match compute {
+            true => tflop_per_s / p.tflops,
+            false => gb_per_s / p.gb_per_s,
+        });
     Ok(Row {
         layer: layer.map_or("net".into(), |i| topo.layers[i].name.to_string()),
         part: part.name(),

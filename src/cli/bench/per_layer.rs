@@ -112,11 +112,13 @@ pub fn known_peaks(device: &str, p: PrecisionFlag, tf32: bool) -> Option<(Peaks,
 }
 
 /// The table as Markdown, and what its rows add up to beside the step.
+/// "of rows" is a row's share of the rows' sum, which the last line sets
+/// beside the step's own time.
 pub fn print(t: &PerLayer, step_s: f64) -> Result<()> {
     let total: f64 = t.rows.iter().map(|r| r.ms).sum();
     let peak_col = t.peaks.is_some();
     outln!(
-        "| layer | part | ms | of step | GFLOP | MB | TFLOP/s | GB/s |{}",
+        "| layer | part | ms | of rows | GFLOP | MB | TFLOP/s | GB/s |{}",
         if peak_col { " of peak |" } else { "" }
     )?;
     outln!(
@@ -124,9 +126,11 @@ pub fn print(t: &PerLayer, step_s: f64) -> Result<()> {
         if peak_col { "---:|" } else { "" }
     )?;
     for r in &t.rows {
-        let share = r
-            .peak_share
-            .map_or(String::new(), |s| format!(" {:.1}% |", 100.0 * s));
+        let share = match (peak_col, r.peak_share) {
+            (true, Some(s)) => format!(" {:.1}% |", 100.0 * s),
+            (true, None) => " |".into(), // the upload: no peak of its own
+            (false, _) => String::new(),
+        };
         outln!(
             "| {} | {} | {:.3} | {:.1}% | {:.2} | {:.1} | {:.2} | {:.1} |{share}",
             r.layer,
