@@ -42,8 +42,10 @@ pub fn per_layer<B: Backend>(
 ) -> Result<PerLayer> {
     let peaks = peaks(args, dev, device)?;
     model.time_ops(true);
+    // Queued as in training: reading the loss back would make the GPU wait
+    // for the host in every step's loss lap.
     for _ in 0..steps.max(1) {
-        model.forward(x, labels, Mode::Train)?;
+        model.forward_queued(x, labels, Mode::Train)?;
         model.backward()?;
         model.sgd_step(hp)?;
     }

@@ -44,11 +44,15 @@ pub struct Phases {
     pub sgd_ms: Option<f64>,
 }
 
-/// `warmup + steps` training steps on one batch, the last `steps` timed.
-/// The logits' download waits for the queued work: before the clock starts,
-/// so the last warm-up step's backward and update are not counted, and at
-/// the end, so the last timed step's are. Per-step times (the median) only
-/// mean something on the CPU, where nothing is queued.
+/// `warmup + steps` training steps on one batch, the last `steps` timed,
+/// queued as `train` queues them: the loss stays on the device
+/// (`record_step`) and is read back when the metrics buffer is full and at
+/// the end, not after each forward, which would make a GPU wait for the
+/// host every step. The logits' download waits for the queued work:
+/// before the clock starts, so the last warm-up step's backward and update
+/// are not counted, and at the end, so the last timed step's are.
+/// Per-step times (the median) only mean something on the CPU, where
+/// nothing is queued.
 pub fn timed_steps(
     model: &mut dyn Model,
     x: &[f32],
@@ -59,6 +63,8 @@ pub fn timed_steps(
 ) -> Result<Timed> {
     let mut losses = Vec::with_capacity(warmup + steps);
     let mut times = Vec::with_capacity(steps);
+    let slots = model.step_slots().max(1);
+    let mut recorded = 0;
     let mut t0 = Instant::now();
     for i in 0..warmup + steps {
         if i == warmup {
@@ -68,15 +74,21 @@ pub fn timed_steps(
             t0 = Instant::now();
         }
         let t = Instant::now();
-        losses.push(model.forward(x, labels, Mode::Train)?);
+        model.forward_queued(x, labels, Mode::Train)?;
+        model.record_step(recorded)?;
+        recorded += 1;
         model.backward()?;
         model.sgd_step(hp)?;
+        if recorded == slots {
+            read_losses(model, &mut recorded, &mut losses)?;
+        }
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
     }
     model.logits()?;
     let mean = t0.elapsed().as_secs_f64() / steps as f64;
+    read_losses(model, &mut recorded, &mut losses)?;
     let median = median(times).unwrap_or(f64::NAN);
     Ok(Timed {
         losses,
@@ -84,6 +96,14 @@ pub fn timed_steps(
         mean,
         median,
     })
+}
+
+/// The `recorded` steps' losses from the device onto `losses`.
+fn read_losses(model: &mut dyn Model, recorded: &mut usize, losses: &mut Vec<f32>) -> Result<()> {
+    let read = model.read_steps(*recorded)?;
+    losses.extend(read.iter().map(|m| m.loss));
+    *recorded = 0;
+    Ok(())
 }
 
 /// Where a step's time goes: `n` more steps with a wait after each phase
@@ -165,4 +185,35 @@ pub fn bench_hp(lr: f32) -> Result<SgdParams> {
         momentum: 0.9,
         weight_decay: 5e-4,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alexnet_cuda::backend::cpu::CpuBackend;
+    use alexnet_cuda::model::net::Network;
+
+    /// The queued steps' losses, read back a buffer at a time, are the
+    /// losses each forward returns when read at once: every step's, in
+    /// order, across the metrics buffer's wrap.
+    #[test]
+    fn queued_losses_are_each_steps_loss_in_order() {
+        let be = CpuBackend::new();
+        let topo = Topology::cifar();
+        let (x, labels) = bench_batch(&be, &topo, 2).expect("batch");
+        let hp = bench_hp(0.01).expect("hp");
+        let mut net = Network::new(&be, &topo, 2, 3).expect("net");
+        let (warmup, steps) = (2, net.step_slots() + 3);
+        let timed = timed_steps(&mut net, &x, &labels, &hp, warmup, steps).expect("timed");
+        let mut by_hand = Network::new(&be, &topo, 2, 3).expect("net");
+        let want: Vec<f32> = (0..warmup + steps)
+            .map(|_| {
+                let loss = by_hand.forward(&x, &labels, Mode::Train).expect("forward");
+                by_hand.backward().expect("backward");
+                by_hand.sgd_step(&hp).expect("sgd");
+                loss
+            })
+            .collect();
+        assert_eq!(timed.losses, want);
+    }
 }
