@@ -226,4 +226,14 @@ fn per_layer_table_from_the_command_line() {
         !ok && err.contains("--per-layer times the ops of one device"),
         "{err}"
     );
+    // Flags that would change nothing are refused, not dropped: peaks
+    // without the table, phases on several devices.
+    let (ok, _, err) = bench(&[&base[..], &peaks[1..]].concat());
+    assert!(!ok && err.contains("--per-layer"), "{err}");
+    let several = ["--phase-steps", "2", "--parallel", "data"];
+    let (ok, _, err) = bench(&[&base[..], &several[..]].concat());
+    assert!(
+        !ok && err.contains("--phase-steps 2 times the phases of one device"),
+        "{err}"
+    );
 }

@@ -18,10 +18,20 @@ pub struct PerLayerArgs {
     #[arg(long)]
     pub per_layer: bool,
     /// The device's peak compute, TFLOP/s, for the table's share column (default: looked up for H200, H100 and A100 at the run's precision).
-    #[arg(long, value_name = "TFLOPS", requires = "peak_gbps")]
+    #[arg(
+        long,
+        value_name = "TFLOPS",
+        requires = "peak_gbps",
+        requires = "per_layer"
+    )]
     pub peak_tflops: Option<f64>,
     /// The device's peak memory bandwidth, GB/s, with --peak-tflops.
-    #[arg(long, value_name = "GBPS", requires = "peak_tflops")]
+    #[arg(
+        long,
+        value_name = "GBPS",
+        requires = "peak_tflops",
+        requires = "per_layer"
+    )]
     pub peak_gbps: Option<f64>,
 }
 

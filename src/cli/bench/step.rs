@@ -40,10 +40,11 @@ pub struct BenchStepArgs {
     /// Learning rate of the SGD step (the batch is fixed, so a real rate makes the loss fall).
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
-    /// Extra steps, after the timed ones, with a wait after each phase: the
-    /// JSON's "phases" (median ms of upload, forward, backward, SGD).
-    #[arg(long, default_value_t = 3)]
-    phase_steps: usize,
+    /// Extra steps on one device, after the timed ones, with a wait after
+    /// each phase: the JSON's "phases" (median ms of upload, forward,
+    /// backward, SGD) [default: 3].
+    #[arg(long)]
+    phase_steps: Option<usize>,
     #[command(flatten)]
     parallel: ParallelArgs,
     #[arg(long, value_parser = thread_count)]
@@ -126,6 +127,9 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     if args.parallel.parallel.is_some() || several {
         if args.per_layer.per_layer {
             bail!("--per-layer times the ops of one device: pass one GPU (--gpus 0) or --cpu, without --parallel");
+        }
+        if let Some(n) = args.phase_steps {
+            bail!("--phase-steps {n} times the phases of one device: pass one GPU (--gpus 0) or --cpu, without --parallel, or drop --phase-steps");
         }
         let world = World::single();
         let request = args.device.request(&args.parallel, &world)?;
@@ -211,8 +215,9 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         MemoryNeed::network(be, topo, 1)?,
         MemoryNeed::on_device(be, topo, 1)?,
     );
+    let phase_steps = args.phase_steps.unwrap_or(3);
     // phase_times's upload probe: one more input, where phases are timed.
-    if args.phase_steps > 0 {
+    if phase_steps > 0 {
         let input = 4 * (topo.channels * topo.crop * topo.crop) as u64;
         host.per_row += if be.in_host_memory() { input } else { 0 };
         on_device.per_row += input;
@@ -227,7 +232,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let (x, labels) = bench_batch(be, topo, batch)?;
     let hp = bench_hp(args.lr)?;
     let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
-    let phases = phase_times(be, &mut model, &x, &labels, &hp, args.phase_steps)?;
+    let phases = phase_times(be, &mut model, &x, &labels, &hp, phase_steps)?;
     let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
     report.phases = Some(phases);
     if let (Some(before), Some(after)) = (free_before, be.device_memory()) {
@@ -236,7 +241,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     }
     if args.per_layer.per_layer {
         let flags = (&args.per_layer, &args.device);
-        let steps = args.phase_steps.max(1);
+        let steps = phase_steps.max(1);
         let p = per_layer(&mut model, (&x, &labels), &hp, steps, flags, &be.name())?;
         print_per_layer(&p, t.step_s(cpu))?;
         report.per_layer = Some(p.rows);
