@@ -95,6 +95,11 @@ fn peaks(
 /// fp32, TF32 tensor cores with --tf32, FP16/BF16 tensor cores for 16-bit.
 pub fn known_peaks(device: &str, p: PrecisionFlag, tf32: bool) -> Option<(Peaks, &'static str)> {
     let d = device.to_lowercase();
+    // A GH200's name holds "h200", but its Hopper GPU has HBM3 or HBM3e of
+    // its own rates, in none of these datasheets: its peaks are passed in.
+    if d.contains("gh200") {
+        return None;
+    }
     // (fp32, tf32, 16-bit) TFLOP/s, GB/s.
     let (rates, gb_per_s, card) = if d.contains("h200") && d.contains("nvl") {
         ((60.0, 417.5, 835.5), 4800.0, "H200 NVL")
@@ -189,6 +194,7 @@ mod tests {
             p("NVIDIA H200", PrecisionFlag::Fp32, false),
             Some((67.0, 4800.0, "H200 SXM"))
         );
+        assert_eq!(p("NVIDIA GH200 480GB", PrecisionFlag::Bf16, false), None);
         assert_eq!(
             p("NVIDIA H200 NVL", PrecisionFlag::Fp16, false),
             Some((835.5, 4800.0, "H200 NVL"))
