@@ -293,7 +293,25 @@ fn numbers_out_of_range_name_their_flag() {
     }
     assert_error(
         &["bench-feed", "--data", "d", "--step-ms", "1e300"],
-        &["invalid value '1e300' for '--step-ms", "0 to 60000"],
+        &["invalid value '1e300' for '--step-ms", "at most 60000"],
+    );
+    // A step of no time would make every ratio of the report infinite.
+    assert_error(
+        &["bench-feed", "--data", "d", "--step-ms", "0"],
+        &["invalid value '0' for '--step-ms", "more than 0"],
+    );
+    // scaling's default step is alexnet's at batch 128, and nothing else's.
+    assert_error(
+        &["scaling", "--config", "cifar"],
+        &[
+            "--step-ms",
+            "alexnet's at batch 128",
+            "bench-step --config cifar --batch 128",
+        ],
+    );
+    assert_error(
+        &["scaling", "--batch", "256"],
+        &["--step-ms", "bench-step --config alexnet --batch 256"],
     );
     assert_error(
         &["scaling", "--step-ms", "-3"],

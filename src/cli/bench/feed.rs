@@ -61,12 +61,13 @@ struct FeedReport {
     fed_over_ideal: f64,
 }
 
-/// Flag parser for the stand-in step: milliseconds, 0 to a minute (far
+/// Flag parser for the stand-in step: milliseconds, more than 0 (the
+/// report's ratios are over the steps' time) and at most a minute (far
 /// past any GPU step; more would sleep for years).
 fn step_millis(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.0..=60_000.0).contains(&v) => Ok(v),
-        _ => Err("pass the milliseconds of one step, 0 to 60000".into()),
+        Ok(v) if v > 0.0 && v <= 60_000.0 => Ok(v),
+        _ => Err("pass the milliseconds of one step, more than 0 and at most 60000".into()),
     }
 }
 
