@@ -5,11 +5,12 @@
 //! against rows sorted here. Then the `eval` CLI on a trained checkpoint,
 //! including data with fewer classes, and its per-class tables against
 //! `predict`'s logits.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
+use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::{write_demo_dataset, ImageSet, ImageSource, LoaderConfig};
 use alexnet_cuda::eval::{average_crops, evaluate, top_k, topk_hits, ClassTally};
 use alexnet_cuda::model::net::{Mode, Network};
@@ -328,8 +329,14 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     );
     let (ck, csv) = (s(&out), t.path().join("classes.csv"));
     let args = ["eval", "--checkpoint", &ck, "--data", &s(&data), "--json"];
-    let (ok, _, err) = cli(&[&args[..], &["--per-class", &s(&csv)]].concat());
+    let (ok, json, err) = cli(&[&args[..], &["--per-class", &s(&csv)]].concat());
     assert!(ok, "{err}");
+    // The run folder is reported as the file it resolved to, with the step
+    // that file's weights were saved at.
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let file = PathBuf::from(v["checkpoint"].as_str().unwrap());
+    assert!(file.is_file() && file.parent() == Some(&out), "{v}");
+    assert_eq!(v["step"].as_u64(), checkpoint::step_of(&file), "{v}");
     let table = std::fs::read_to_string(&csv).unwrap();
     let row: Vec<&str> = table.lines().nth(2).unwrap().split(',').collect();
     // Class 1 alone, under its own name.

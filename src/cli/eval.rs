@@ -118,7 +118,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return Err(unread_error(unread, idx.len()).into());
     }
     // The scores first: a table the disk refuses must not cost them.
-    print_result(&args, &data, &r, unread.len(), seconds)?;
+    print_result(&args, (&ck, &data), &r, unread.len(), seconds)?;
     if args.per_class.is_some() && !args.json {
         print_classes(&ck, &tally)?;
     }
@@ -264,7 +264,10 @@ impl OnDevice for EvalOn<'_> {
 /// eval's --json line (scripts/gpu-check reads it).
 #[derive(Serialize)]
 struct EvalReport {
+    /// The file scored (a run folder or link resolved), and the step its
+    /// weights were saved at: `best.safetensors` moves as a run goes on.
     checkpoint: String,
+    step: u64,
     data: String,
     /// "centre-crop" or "10-crop".
     mode: &'static str,
@@ -288,7 +291,7 @@ struct EvalReport {
 /// The result as text, or (--json) as one JSON line.
 fn print_result(
     args: &EvalArgs,
-    data: &Path,
+    (ck, data): (&Checkpoint, &Path),
     r: &EvalResult,
     unreadable: usize,
     seconds: f64,
@@ -300,7 +303,8 @@ fn print_result(
     };
     if args.json {
         let report = EvalReport {
-            checkpoint: args.run.checkpoint.display().to_string(),
+            checkpoint: ck.path.display().to_string(),
+            step: ck.state.progress.step,
             data: match args.demo {
                 true => "demo".to_string(),
                 false => data.display().to_string(),
