@@ -769,6 +769,20 @@ fn bad_checkpoint_arguments() {
         ],
         &[&f, "not a valid safetensors file"],
     );
+    // An --out that cannot be written is named before the checkpoint is
+    // read (here it is not even there): loading a large one first would
+    // cost minutes for the same error.
+    let folder = t.path().display().to_string();
+    assert_error(
+        &[
+            "export",
+            "--checkpoint",
+            "missing.safetensors",
+            "--out",
+            &folder,
+        ],
+        &[&folder, "a folder, not a file name"],
+    );
 }
 
 /// True where the CUDA driver library can be loaded (a GPU machine).

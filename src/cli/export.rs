@@ -12,6 +12,7 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
+use alexnet_cuda::fsutil::check_target;
 
 use super::common::{flag_value, not_a_checkpoint};
 
@@ -41,6 +42,8 @@ enum ExportFormat {
 /// Write the file and say what went in.
 pub fn run(args: ExportArgs) -> Result<()> {
     not_a_checkpoint("--out", &args.out)?;
+    // Before the checkpoint is loaded (seconds for alexnet's 490 MB).
+    check_target(&args.out)?;
     let format = chosen_format(args.format, &args.out)?;
     if args.pixels && format != ExportFormat::Onnx {
         bail!("--pixels is for --format onnx: a safetensors export carries the preprocessing in its metadata (docs/runs.md, \"Export\")");
