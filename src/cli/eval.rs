@@ -45,7 +45,7 @@ pub struct EvalArgs {
     /// Average the softmax over the paper's 10 crops (4 corners, centre, and their mirror images).
     #[arg(long)]
     ten_crop: bool,
-    /// Crops per step (default: the run's training batch): images per step, or with --ten-crop a tenth as many images.
+    /// Crops per step (default: the run's training batch): images per step, or with --ten-crop a tenth as many images (at least one: 10 crops).
     #[arg(long, value_parser = positive)]
     batch: Option<u64>,
     /// Evaluate N images spread evenly over the set.
