@@ -238,15 +238,23 @@ fn middle_98(points: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
     (ys.get(cut).copied(), hi.copied())
 }
 
-/// Labels on the shared epoch axis (plotters' default count, set here so
-/// that [`x_decimals`] sees the same ticks the mesh draws).
+/// Labels on the shared epoch axis and on the y axes (plotters' default
+/// counts, set here so that [`decimals`] sees the same ticks the mesh
+/// draws).
 const X_LABELS: usize = 11;
+const Y_LABELS: usize = 10;
 
-/// The fewest decimals that print every x tick exactly: plotters puts them
-/// at 1, 2 or 5 times a power of ten, so a run of 5 epochs gets ticks every
-/// 0.5, which 0 decimals would print as "0 0 1 2 2 ...".
+/// [`decimals`] of the epoch axis.
 fn x_decimals(x: (f64, f64)) -> usize {
-    let ticks = RangedCoordf64::from(x.0..x.1).key_points(X_LABELS);
+    decimals(x, X_LABELS)
+}
+
+/// The fewest decimals that print every tick of `range` (`labels` of
+/// them) exactly: plotters puts them at 1, 2 or 5 times a power of ten, so
+/// a run of 5 epochs gets ticks every 0.5, which 0 decimals would print as
+/// "0 0 1 2 2 ...", and a loss that ends near 0.05 ticks every 0.05.
+fn decimals(range: (f64, f64), labels: usize) -> usize {
+    let ticks = RangedCoordf64::from(range.0..range.1).key_points(labels);
     let step = match ticks.as_slice() {
         [a, b, ..] => b - a,
         _ => return 0,
@@ -401,13 +409,15 @@ fn draw<DB: DrawingBackend>(
     let (loss_area, rest) = body.split_vertically(body_height * 40 / 100);
     let (err_area, lr_area) = rest.split_vertically(body_height * 33 / 100);
     let x = c.x_range();
-    let decimals = x_decimals(x);
-    let x_fmt = move |v: &f64| format!("{v:.decimals$}");
+    let x_decimals = x_decimals(x);
+    let x_fmt = move |v: &f64| format!("{v:.x_decimals$}");
 
     // Loss.
     let y = c.loss_range();
     let mut chart = panel(&loss_area, false).build_cartesian_2d(x.0..x.1, y.0..y.1)?;
-    mesh(&mut chart, "loss", &x_fmt, &|v| format!("{v:.1}"), false)?;
+    let y_decimals = decimals(y, Y_LABELS);
+    let y_fmt = move |v: &f64| format!("{v:.y_decimals$}");
+    mesh(&mut chart, "loss", &x_fmt, &y_fmt, false)?;
     series(
         &mut chart,
         &c.raw_loss,
@@ -542,6 +552,7 @@ where
         .light_line_style(GRID_LIGHT)
         .label_style((FONT, 14))
         .x_labels(X_LABELS)
+        .y_labels(Y_LABELS)
         .axis_desc_style((FONT, 16))
         .x_label_formatter(x_fmt)
         .y_label_formatter(y_fmt)
@@ -683,15 +694,16 @@ mod tests {
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
-    /// Every tick plotters draws, over runs from 0.01 to 200 epochs,
-    /// prints as its own value, and whole ticks print without decimals.
+    /// Every tick plotters draws, over runs from 0.01 to 200 epochs and
+    /// losses from 0.01 to 200, prints as its own value, and whole ticks
+    /// print without decimals.
     #[test]
-    fn epoch_ticks_print_distinct_and_exact() {
-        for k in 1..=2000 {
+    fn epoch_and_loss_ticks_print_distinct_and_exact() {
+        for (k, labels) in (1..=2000).flat_map(|k| [(k, X_LABELS), (k, Y_LABELS)]) {
             let span = 0.01 * 1.003f64.powi(k * 3);
             let x = (-span * 0.01, span * 1.02);
-            let d = x_decimals(x);
-            let ticks = RangedCoordf64::from(x.0..x.1).key_points(X_LABELS);
+            let d = decimals(x, labels);
+            let ticks = RangedCoordf64::from(x.0..x.1).key_points(labels);
             let labels: Vec<String> = ticks.iter().map(|t| format!("{t:.d$}")).collect();
             let mut unique = labels.clone();
             unique.dedup();
