@@ -829,6 +829,33 @@ fn plateau_schedule_by_hand() {
     assert_eq!(p.best_err, Some(0.5));
 }
 
+/// The plateau schedule counts no epoch that ends within the warm-up: at
+/// a rate too small to move the weights (the validation error ties, which
+/// does not improve), patience 1 and a warm-up of 2.5 epochs of 20 steps,
+/// epoch 2 (steps 21 to 40) is not counted and epoch 3 is, so the first
+/// drop comes after step 60, where counting epoch 2 had dropped the ramp
+/// after step 40.
+#[test]
+fn the_plateau_counts_no_epoch_inside_the_warm_up() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut args = train_args(&d, &out, 4);
+    let flat = ["--lr", "1e-9", "--patience", "1", "--warmup", "2.5"];
+    args.extend(flat.iter().map(|f| f.to_string()));
+    run_ok(&args);
+    let got = lrs(&out);
+    assert_eq!(got.len(), 80);
+    for (step, lr) in got {
+        let base = if step > 60 { 1e-10 } else { 1e-9 };
+        let want = base * (step as f64 / 50.0).min(1.0);
+        assert!(
+            (lr as f64 - want).abs() < 1e-6 * want,
+            "step {step}: lr {lr}, want {want}"
+        );
+    }
+}
+
 /// A one-epoch run in `dir/a` whose run folder `edit` changes, then
 /// resumed for a second epoch, which must succeed: the folder and stderr.
 fn resume_after(dir: &Path, edit: impl FnOnce(&Path)) -> (PathBuf, String) {

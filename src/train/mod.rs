@@ -369,7 +369,8 @@ impl<'a> Trainer<'a> {
         if let Some(d) = &mut self.run_dir {
             d.epoch(p.step, &stats, &*self.net)?;
         }
-        schedule::record(p, &self.opts.run.schedule, err, best);
+        let warming = schedule::warming_up(p.step, self.opts.run.warmup, p.epoch_batches);
+        schedule::record(p, &self.opts.run.schedule, err, best, warming);
         p.epoch_done = true;
         p.elapsed_s = elapsed;
         self.state.history.push(stats.clone());

@@ -69,8 +69,14 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
 /// epochs, at most `max_drops` times; the count restarts after each drop.
 pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool {
     let best = improves(p, err);
-    record(p, schedule, err, best);
+    record(p, schedule, err, best, false);
     best
+}
+
+/// Whether the rate is still ramping at the end of the steps done
+/// (`step_lr`: the last one, `step` - 1, trained below the schedule's).
+pub fn warming_up(step: u64, warmup: f64, epoch_batches: usize) -> bool {
+    (step as f64) < warmup * epoch_batches as f64
 }
 
 /// Whether `err` is the best validation error so far.
@@ -79,12 +85,15 @@ pub fn improves(p: &Progress, err: f64) -> bool {
 }
 
 /// [`after_validation`] with whether the epoch is the best decided already
-/// (in a run of several processes, by rank 0 for all).
-pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) {
+/// (in a run of several processes, by rank 0 for all). An epoch that ends
+/// while the rate is `warming` up (`warming_up`) is not counted against
+/// the plateau: the schedule's rate has not been tried yet, and a patience
+/// of 1 would otherwise spend every drop inside the ramp.
+pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool, warming: bool) {
     if best {
         p.best_err = Some(err);
         p.since_best = 0;
-    } else {
+    } else if !warming {
         p.since_best += 1;
     }
     if let Schedule::Plateau {
@@ -92,7 +101,7 @@ pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool) {
         max_drops,
     } = *schedule
     {
-        if !best && p.since_best >= patience && p.drops < max_drops {
+        if !best && !warming && p.since_best >= patience && p.drops < max_drops {
             p.lr = tenth(p.lr);
             p.drops += 1;
             p.since_best = 0;
