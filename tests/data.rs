@@ -1626,3 +1626,66 @@ fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
     assert!(matches!(&r[0], Err(e) if e.to_string() == "image 1 unreadable"));
     Ok(())
 }
+
+/// A source whose `pixels` panics for the images in `bad` (a bug in a
+/// source, not bad input).
+struct Panics {
+    set: ImageSet,
+    bad: Vec<usize>,
+}
+
+impl ImageSource for Panics {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+    fn size(&self) -> usize {
+        self.set.size()
+    }
+    fn label(&self, i: usize) -> u32 {
+        self.set.labels()[i]
+    }
+    fn classes(&self) -> &[String] {
+        self.set.classes()
+    }
+    fn pixels<'a>(&'a self, i: usize, _scratch: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
+        if self.bad.contains(&i) {
+            panic!("image {i} panicked");
+        }
+        Ok(self.set.image(i))
+    }
+}
+
+/// A worker that panics has its panic raised where its batch is read, not
+/// a reader left waiting: batch 0 raises worker 0's message, though worker
+/// 1 has panicked too; read again, the batch names worker 0 as stopped,
+/// not worker 1's panic. Read on a thread of its own, so that a hang
+/// fails the test.
+#[test]
+fn a_panicking_worker_is_raised_where_its_batch_is_read() -> TestResult {
+    let source: Arc<dyn ImageSource> = Arc::new(Panics {
+        set: coord_set(4, 6)?,
+        bad: vec![0, 1],
+    });
+    let cfg = LoaderConfig {
+        workers: 2,
+        ..LoaderConfig::new(1, 4, false)
+    };
+    let idx: Vec<usize> = (0..4).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut it = batches(source, &idx, &cfg, 0).expect("loader");
+        for _ in 0..2 {
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+            let said = match read {
+                Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+                Ok(_) => "no panic".into(),
+            };
+            tx.send(said).expect("send");
+        }
+    });
+    for want in ["image 0 panicked", "loader worker 0 stopped early"] {
+        let said = rx.recv_timeout(std::time::Duration::from_secs(60))?;
+        assert_eq!(said, want);
+    }
+    Ok(())
+}

@@ -132,7 +132,8 @@ impl Queued {
 struct Consumer {
     shared: Arc<Shared>,
     rxs: Vec<Receiver<Result<Batch>>>,
-    handles: Vec<JoinHandle<()>>,
+    /// Worker `w`'s thread at index `w`, until it is joined.
+    handles: Vec<Option<JoinHandle<()>>>,
     /// The next item to read.
     next: u64,
     /// With no workers, items are filled here, decoding into this.
@@ -167,7 +168,7 @@ impl Feed {
             match spawned {
                 Ok(h) => {
                     consumer.rxs.push(rx);
-                    consumer.handles.push(h);
+                    consumer.handles.push(Some(h));
                 }
                 // Dropping `consumer` stops and joins those started.
                 Err(e) => {
@@ -306,10 +307,10 @@ impl Consumer {
     /// A worker's channel closed while the feed was open: it panicked (a
     /// bug, not bad input). Re-raise its panic here.
     fn worker_died(&mut self, w: usize) -> ! {
-        let h = self.handles.remove(w);
-        match h.join() {
-            Err(payload) => std::panic::resume_unwind(payload),
-            Ok(()) => panic!("loader worker {w} stopped early"),
+        // Taken, not removed: the other workers keep their indices.
+        match self.handles[w].take().map(JoinHandle::join) {
+            Some(Err(payload)) => std::panic::resume_unwind(payload),
+            _ => panic!("loader worker {w} stopped early"),
         }
     }
 }
@@ -321,7 +322,7 @@ impl Drop for Consumer {
         // Closing the receivers wakes any worker blocked in `send`; one
         // filling a batch stops when it tries to send it.
         self.rxs.clear();
-        for h in self.handles.drain(..) {
+        for h in self.handles.drain(..).flatten() {
             let _ = h.join();
         }
     }
