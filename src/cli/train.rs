@@ -80,7 +80,7 @@ pub struct TrainArgs {
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).
     #[arg(long, value_parser = positive)]
     crop: Option<u64>,
-    /// The run folder: checkpoints, steps.csv, epochs.csv, curves.png (default: runs/<config>-N, the first N not taken).
+    /// The run folder: checkpoints, steps.csv, epochs.csv, curves.png (default: runs/<config>-N, or runs/demo-N with --demo, the first N not taken).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue a run: its folder (the newest checkpoint) or one checkpoint file. The run's own options apply; --epochs extends it, --lr sets the rate from here on.
