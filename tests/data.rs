@@ -1697,3 +1697,36 @@ fn a_panicking_worker_is_raised_where_its_batch_is_read() -> TestResult {
     }
     Ok(())
 }
+
+/// A pass that ends in an error (an unreadable image, read strictly) leaves
+/// the feed to the pass queued after it: that one's batches are all there,
+/// the ones the formulas give, with the failed pass's rest discarded.
+#[test]
+fn a_pass_after_a_failed_one_gets_its_own_batches() -> TestResult {
+    let n = 40;
+    let source: Arc<dyn ImageSource> = Arc::new(Holes {
+        set: coord_set(n, 8)?,
+        bad: vec![13],
+    });
+    let all: Vec<usize> = (0..n).collect();
+    let good: Vec<usize> = all.iter().copied().filter(|&i| i != 13).collect();
+    let train = cfg(4, 5, true, 3);
+    let feed = Feed::new(3)?;
+    let failing = feed.queue(source.clone(), &all, &train, 1, 0)?;
+    let next = feed.queue(source.clone(), &good, &train, 2, 0)?;
+    let (mut it, mut read_ok) = (feed.open(failing), 0);
+    let err = loop {
+        match it.next() {
+            Some(Ok(_)) => read_ok += 1,
+            Some(Err(e)) => break e.to_string(),
+            None => return Err("the pass over image 13 ended without its error".into()),
+        }
+    };
+    assert!(err.contains("image 13 unreadable"), "{err}");
+    assert!(read_ok < n / 4, "{read_ok} batches before the error");
+    drop(it);
+    let got = read(feed.open(next), usize::MAX)?;
+    assert_eq!(got.iter().map(|b| b.n).sum::<usize>(), good.len());
+    check_pass(&got, &train, 2, 0, &good);
+    Ok(())
+}
