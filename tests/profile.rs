@@ -236,4 +236,9 @@ fn per_layer_table_from_the_command_line() {
         !ok && err.contains("--phase-steps 2 times the phases of one device"),
         "{err}"
     );
+    // --phase-steps 0 asks for nothing, and scripts/bench-train passes it
+    // whatever the devices.
+    let none = ["--phase-steps", "0", "--parallel", "data"];
+    let (ok, _, err) = bench(&[&base[..], &none[..]].concat());
+    assert!(ok, "{err}");
 }

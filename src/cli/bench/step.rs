@@ -128,7 +128,7 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
         if args.per_layer.per_layer {
             bail!("--per-layer times the ops of one device: pass one GPU (--gpus 0) or --cpu, without --parallel");
         }
-        if let Some(n) = args.phase_steps {
+        if let Some(n @ 1..) = args.phase_steps {
             bail!("--phase-steps {n} times the phases of one device: pass one GPU (--gpus 0) or --cpu, without --parallel, or drop --phase-steps");
         }
         let world = World::single();
