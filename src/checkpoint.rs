@@ -243,19 +243,22 @@ pub fn from_parts(
     if crc32fast::hash(state_json.as_bytes()) != want {
         return Err(damaged(path, "state checksum mismatch"));
     }
-    let state: RunState =
-        serde_json::from_str(state_json).map_err(|e| damaged(path, format!("state: {e}")))?;
-    if state.version != VERSION {
-        let by = match state.version > VERSION {
+    // The version first: another version's state may not parse as ours.
+    let version = serde_json::from_str::<serde_json::Value>(state_json)
+        .ok()
+        .and_then(|s| s["version"].as_u64());
+    if let Some(v) = version.filter(|&v| v != VERSION as u64) {
+        let by = match v > VERSION as u64 {
             true => "a newer build",
             false => "an older build",
         };
         return Err(Error::Data(format!(
-            "{}: checkpoint version {} but this build reads version {VERSION}; the file was written by {by} of alexnet-cuda: read it with that build",
+            "{}: checkpoint version {v} but this build reads version {VERSION}; the file was written by {by} of alexnet-cuda: read it with that build",
             path.display(),
-            state.version
         )));
     }
+    let state: RunState =
+        serde_json::from_str(state_json).map_err(|e| damaged(path, format!("state: {e}")))?;
     let crcs: BTreeMap<String, u32> = meta
         .get("tensor_crc32")
         .and_then(|s| serde_json::from_str(s).ok())

@@ -612,8 +612,8 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
 }
 
 /// `ckpt` as a build of checkpoint version `version` would write it: the
-/// state's version changed, its checksum made again, the tensors as they
-/// were.
+/// state's version changed, and its layout (its progress renamed, as a
+/// new version may), its checksum made again, the tensors as they were.
 fn with_version(ckpt: &[u8], version: u64) -> Vec<u8> {
     let n = u64::from_le_bytes(ckpt[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&ckpt[8..8 + n]).unwrap();
@@ -621,6 +621,8 @@ fn with_version(ckpt: &[u8], version: u64) -> Vec<u8> {
     let mut state: serde_json::Value =
         serde_json::from_str(meta["state"].as_str().unwrap()).unwrap();
     state["version"] = version.into();
+    let progress = state["progress"].take();
+    state["progress_v99"] = progress;
     let state = state.to_string();
     meta["state_crc32"] = crc32fast::hash(state.as_bytes()).to_string().into();
     meta["state"] = state.into();
@@ -632,9 +634,9 @@ fn with_version(ckpt: &[u8], version: u64) -> Vec<u8> {
     out
 }
 
-/// Files that are whole but not this build's checkpoints (a note, an
-/// export, a checkpoint of a newer version) are refused for what they are:
-/// never called damaged, and the user never told to delete them.
+/// Files that are whole but not this build's checkpoints (a note, a
+/// checkpoint of a newer version laid out otherwise) are refused for what
+/// they are: never called damaged, and the user never told to delete them.
 #[test]
 fn whole_files_that_are_not_this_builds_checkpoints_are_not_called_damaged() {
     let t = tempfile::tempdir().unwrap();
