@@ -314,6 +314,10 @@ fn numbers_out_of_range_name_their_flag() {
         &["--step-ms", "bench-step --config alexnet --batch 256"],
     );
     assert_error(
+        &["scaling", "--no-lrn", "--pool", "2"],
+        &["bench-step --config alexnet --no-lrn --pool 2 --batch 128"],
+    );
+    assert_error(
         &["scaling", "--step-ms", "-3"],
         &[
             "invalid value '-3' for '--step-ms",

@@ -77,6 +77,19 @@ impl NetArgs {
     pub fn topology(&self, default: &str) -> Result<Topology> {
         Ok(self.spec(default).topology()?)
     }
+
+    /// The flags for another command to name the same network.
+    pub fn flags(&self, default: &str) -> String {
+        let s = self.spec(default);
+        let mut f = format!("--config {}", s.config);
+        if s.no_lrn {
+            f += " --no-lrn";
+        }
+        if let Some(p) = s.pool {
+            f += &format!(" --pool {p}");
+        }
+        f
+    }
 }
 
 /// Flag parser for counts that must be at least 1.

@@ -31,10 +31,10 @@ pub fn run(args: ScalingArgs) -> Result<()> {
         Some(ms) => ms,
         None if topo == Topology::alexnet() && args.batch == 128 => ALEXNET_128_MS,
         None => bail!(
-            "--step-ms: the default one-GPU step ({ALEXNET_128_MS} ms) is alexnet's at batch 128; for config {} at batch {} pass the step's time, as bench-step --config {} --batch {} measures it",
+            "--step-ms: the default one-GPU step ({ALEXNET_128_MS} ms) is alexnet's at batch 128; for {} at batch {} pass the step's time, as bench-step {} --batch {} measures it",
             topo.name,
             args.batch,
-            topo.name,
+            args.net.flags("alexnet"),
             args.batch
         ),
     };
