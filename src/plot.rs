@@ -242,7 +242,7 @@ fn middle_98(points: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
 /// counts, set here so that [`decimals`] sees the same ticks the mesh
 /// draws).
 const X_LABELS: usize = 11;
-const Y_LABELS: usize = 10;
+const Y_LABELS: usize = 11;
 
 /// [`decimals`] of the epoch axis.
 fn x_decimals(x: (f64, f64)) -> usize {
