@@ -635,9 +635,9 @@ fn momentum_is_allocated_without_a_16_bit_copy() {
     );
 }
 
-/// Two towers' device plan per image is what GPUs store for the buffers
-/// both towers' CPU backends count per image (towers at 3 images less at
-/// 1, halved), each tower's input held as a GPU holds it: in fp32 and in
+/// Two towers' device plan for two more images is what GPUs store for the
+/// buffers both towers' CPU backends count for them (towers at 3 images
+/// less at 1), each tower's input held as a GPU holds it: in fp32 and in
 /// fp16 / bf16, for each two-tower config.
 #[test]
 fn the_device_plan_of_two_towers_counts_each_kind_as_gpus_store_it() {

@@ -3,10 +3,11 @@
 //! weights cuDNN / cuBLAS read are stored in 16 bits (fp16 or bf16), so the
 //! libraries run on tensor cores and activations take half the memory and
 //! bandwidth; every GEMM and convolution accumulates in f32; parameters and
-//! gradients keep an f32 master copy (`alloc_param`), momentum is f32 alone
-//! (`alloc_f32`), all updated by the paper's SGD in f32, and the update writes the rounded 16-bit copy
-//! the next forward reads. fp16 (5 exponent bits, smallest normal 6.1e-5)
-//! needs dynamic loss scaling so small gradients survive; the network does it
+//! gradients keep an f32 master copy (`alloc_param`), momentum is f32
+//! alone (`alloc_f32`); the paper's SGD updates the weights and momentum in
+//! f32 and writes the rounded 16-bit copy the next forward reads. fp16 (5
+//! exponent bits, smallest normal 6.1e-5) needs dynamic loss scaling so
+//! small gradients survive; the network does it
 //! (model/loss_scale.rs) and this backend only provides the scaled loss
 //! gradient in one pass. bf16 has f32's 8 exponent bits and needs no scaling.
 //!
