@@ -218,6 +218,10 @@ fn compile_fatbins(
         let result = Command::new(nvcc)
             .arg("-fatbin")
             .arg("-O3")
+            // No fused multiply-add contraction, as in the host build the
+            // tests compare with the CPU bit for bit (kernels/host/build.rs):
+            // the SGD update and LRN's sums then round as the CPU's do.
+            .arg("-fmad=false")
             .args(&gencode)
             .arg("-o")
             .arg(&dst)

@@ -36,8 +36,9 @@ pub const NVRTC_ARCH: &str = "compute_75";
 
 /// NVRTC options matching the nvcc build: the base architecture, no fast
 /// maths (NVRTC's defaults keep IEEE division and square root, as nvcc does
-/// without `--use_fast_math`).
-pub const NVRTC_OPTIONS: &[&str] = &["--gpu-architecture=compute_75"];
+/// without `--use_fast_math`), no fused multiply-add contraction (as the
+/// host build the tests compare with the CPU).
+pub const NVRTC_OPTIONS: &[&str] = &["--gpu-architecture=compute_75", "--fmad=false"];
 
 /// Threads per block for every kernel launch.
 pub const BLOCK: u32 = 256;

@@ -1,6 +1,7 @@
 //! `nvrtc-check`: the run-time compile path, checked without a GPU: every
-//! kernel module's source through NVRTC, and every entry point of
-//! kernels/README.md in the PTX.
+//! kernel module's source through NVRTC, every entry point of
+//! kernels/README.md in the PTX, and no fused multiply-add in the SGD
+//! update (compiled with --fmad=false, so it rounds as the CPU's does).
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
@@ -36,6 +37,12 @@ pub fn run(args: NvrtcCheckArgs) -> Result<()> {
             m.kernels.len()
         )?;
         missing.extend(absent.iter().map(|k| format!("{}: {k}", m.name)));
+        // The SGD update calls no library function whose own code fuses.
+        if m.name == "sgd" {
+            if let Some(op) = contractible(&ptx) {
+                bail!("sgd's PTX has {op}, which ptxas may fuse into a multiply-add: NVRTC was not given --fmad=false");
+            }
+        }
     }
     if !missing.is_empty() {
         bail!(
@@ -53,10 +60,38 @@ fn parse_arch(arch: &str) -> Result<(i32, i32)> {
         .with_context(|| format!("--arch {arch}: write a compute capability such as 9.0"))
 }
 
+/// The first f32 instruction of `ptx` that is, or may become, a fused
+/// multiply-add: `fma`, or a `mul` / `add` / `sub` without `.rn`, which
+/// ptxas may contract (--fmad=false writes them with `.rn`).
+fn contractible(ptx: &str) -> Option<&str> {
+    ptx.split_whitespace().find(|t| {
+        t.starts_with("fma.") && t.ends_with(".f32")
+            || matches!(*t, "mul.f32" | "add.f32" | "sub.f32")
+    })
+}
+
 /// The names of the kernels a PTX text defines.
 fn ptx_entries(ptx: &str) -> Vec<&str> {
     ptx.lines()
         .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
         .map(|l| l.split('(').next().unwrap_or("").trim())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contractible;
+
+    /// PTX's rounding modifiers: `.rn` pins an f32 operation's rounding, so
+    /// ptxas may not fuse it (PTX ISA, "Floating Point Instructions").
+    #[test]
+    fn only_unrounded_f32_arithmetic_may_be_fused() {
+        let fused = "\tfma.rn.f32 \t%f3, %f1, %f2, %f3;";
+        let loose = "\tmul.f32 \t%f3, %f1, %f2;\n\tadd.f32 \t%f4, %f3, %f5;";
+        let pinned = "\tmul.rn.f32 \t%f3, %f1, %f2;\n\tsub.rn.f32 \t%f4, %f3, %f5;";
+        assert_eq!(contractible(fused), Some("fma.rn.f32"));
+        assert_eq!(contractible(loose), Some("mul.f32"));
+        assert_eq!(contractible(pinned), None);
+        assert_eq!(contractible("\tadd.s64 \t%rd2, %rd1, 1;"), None);
+    }
 }

@@ -162,8 +162,9 @@ pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)
 /// NVRTC does not know that architecture (a card newer than the toolkit), fall
 /// back to compute_75, whose PTX the driver JIT-compiles for any newer card.
 fn nvrtc(m: &Module, (major, minor): (i32, i32)) -> std::result::Result<Ptx, String> {
+    // No fused multiply-add, as the nvcc build (kernels/build.rs).
     let opts = |arch: String| CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}")],
+        options: vec![format!("--gpu-architecture={arch}"), "--fmad=false".into()],
         name: Some(format!("{}.cu", m.name)),
         ..Default::default()
     };
