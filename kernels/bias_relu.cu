@@ -7,7 +7,9 @@
 //   bias_backward:      db[c] = sum over n, h, w of dy[n, c, h, w], in two
 //                       deterministic passes: partial[n * C + c] = the (n, c)
 //                       plane's sum, then db[c] = sum over n of partial[n * C + c];
-//                       both accumulate in double, as the CPU reference does.
+//                       both accumulate in double, but the plane sums are kept
+//                       as f32 between them where the CPU reference keeps f64,
+//                       so db can differ by that rounding.
 // Each body is a template over the activations' storage (prelude.cuh): _f32
 // entry points keep f32 activations, _f16 / _bf16 ones 16-bit activations,
 // computed in f32. Biases and bias gradients are f32 throughout.
