@@ -1545,10 +1545,12 @@ fn default_workers_by_cores_threads_and_device() {
     }
 }
 
-/// A set whose images `bad` cannot be read.
+/// A set whose images `bad` cannot be read (or, with `panics`, make it panic).
 struct Holes {
     set: ImageSet,
     bad: Vec<usize>,
+    /// Panic on them instead (a bug in a source, not bad input).
+    panics: bool,
 }
 
 impl ImageSource for Holes {
@@ -1565,9 +1567,10 @@ impl ImageSource for Holes {
         self.set.classes()
     }
     fn pixels<'a>(&'a self, i: usize, _scratch: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
-        match self.bad.contains(&i) {
-            true => Err(Error::Data(format!("image {i} unreadable"))),
-            false => Ok(self.set.image(i)),
+        match (self.bad.contains(&i), self.panics) {
+            (true, true) => panic!("image {i} panicked"),
+            (true, false) => Err(Error::Data(format!("image {i} unreadable"))),
+            (false, _) => Ok(self.set.image(i)),
         }
     }
 }
@@ -1582,6 +1585,7 @@ fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
     let source: Arc<dyn ImageSource> = Arc::new(Holes {
         set: coord_set(11, 6)?,
         bad: bad.clone(),
+        panics: false,
     });
     let all: Vec<usize> = (0..11).collect();
     let good: Vec<usize> = all.iter().copied().filter(|i| !bad.contains(i)).collect();
@@ -1635,34 +1639,6 @@ fn skip_unreadable_leaves_out_exactly_the_bad_images() -> TestResult {
     Ok(())
 }
 
-/// A source whose `pixels` panics for the images in `bad` (a bug in a
-/// source, not bad input).
-struct Panics {
-    set: ImageSet,
-    bad: Vec<usize>,
-}
-
-impl ImageSource for Panics {
-    fn len(&self) -> usize {
-        self.set.len()
-    }
-    fn size(&self) -> usize {
-        self.set.size()
-    }
-    fn label(&self, i: usize) -> u32 {
-        self.set.labels()[i]
-    }
-    fn classes(&self) -> &[String] {
-        self.set.classes()
-    }
-    fn pixels<'a>(&'a self, i: usize, _scratch: &'a mut Vec<u8>) -> alexnet_cuda::Result<&'a [u8]> {
-        if self.bad.contains(&i) {
-            panic!("image {i} panicked");
-        }
-        Ok(self.set.image(i))
-    }
-}
-
 /// A worker that panics has its panic raised where its batch is read, not
 /// a reader left waiting: batch 0 raises worker 0's message, though worker
 /// 1 has panicked too; read again, the batch names worker 0 as stopped,
@@ -1670,9 +1646,10 @@ impl ImageSource for Panics {
 /// fails the test.
 #[test]
 fn a_panicking_worker_is_raised_where_its_batch_is_read() -> TestResult {
-    let source: Arc<dyn ImageSource> = Arc::new(Panics {
+    let source: Arc<dyn ImageSource> = Arc::new(Holes {
         set: coord_set(4, 6)?,
         bad: vec![0, 1],
+        panics: true,
     });
     let cfg = LoaderConfig {
         workers: 2,
@@ -1707,6 +1684,7 @@ fn a_pass_after_a_failed_one_gets_its_own_batches() -> TestResult {
     let source: Arc<dyn ImageSource> = Arc::new(Holes {
         set: coord_set(n, 8)?,
         bad: vec![13],
+        panics: false,
     });
     let all: Vec<usize> = (0..n).collect();
     let good: Vec<usize> = all.iter().copied().filter(|&i| i != 13).collect();
