@@ -240,7 +240,8 @@ pub fn backward_weight(
     unsafe { be.blas.gemm(c, &x.data, &dy.data, &mut dw.data) }.map_err(cuda_err(OP))
 }
 
-/// db = column sums of dy (sums in f64 inside the kernel, as the CPU's).
+/// db = column sums of dy (sums in f64 inside the kernel; the CPU keeps an
+/// f32 running sum per column, so the two can differ by its rounding).
 pub fn backward_bias(
     be: &CudaBackend,
     g: &LinearGeom,
