@@ -244,10 +244,7 @@ pub fn from_parts(
         return Err(damaged(path, "state checksum mismatch"));
     }
     // The version first: another version's state may not parse as ours.
-    let version = serde_json::from_str::<serde_json::Value>(state_json)
-        .ok()
-        .and_then(|s| s["version"].as_u64());
-    if let Some(v) = version.filter(|&v| v != VERSION as u64) {
+    if let Some(v) = state_version(state_json).filter(|&v| v != VERSION as u64) {
         let by = match v > VERSION as u64 {
             true => "a newer build",
             false => "an older build",
@@ -566,6 +563,13 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     load(newest).map_err(|e| with_good_one(e, path, newest, "--resume"))
 }
 
+/// The version a run state's JSON names, read before the state is parsed
+/// as ours (another version's layout may not parse).
+fn state_version(state_json: &str) -> Option<u64> {
+    let state: serde_json::Value = serde_json::from_str(state_json).ok()?;
+    state["version"].as_u64()
+}
+
 /// Whether a file that failed to load is a damaged checkpoint: ours and
 /// of this build's version (its checks failed), or a `.safetensors` file
 /// whose header cannot be read (cut short). Another program's file, an
@@ -574,9 +578,7 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
 fn is_damaged(path: &Path) -> bool {
     match read_header(path) {
         Some(h) => {
-            let state = h["__metadata__"]["state"].as_str();
-            let state: Option<serde_json::Value> = state.and_then(|s| serde_json::from_str(s).ok());
-            let version = state.and_then(|s| s["version"].as_u64());
+            let version = h["__metadata__"]["state"].as_str().and_then(state_version);
             h["__metadata__"]["format"] == FORMAT && version.is_none_or(|v| v == VERSION as u64)
         }
         None => path.extension().is_some_and(|x| x == "safetensors"),
