@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use alexnet_kernels::{Module, MODULES};
+use alexnet_kernels::{Module, MODULES, NVRTC_OPTIONS};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -162,9 +162,15 @@ pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)
 /// NVRTC does not know that architecture (a card newer than the toolkit), fall
 /// back to compute_75, whose PTX the driver JIT-compiles for any newer card.
 fn nvrtc(m: &Module, (major, minor): (i32, i32)) -> std::result::Result<Ptx, String> {
-    // No fused multiply-add, as the nvcc build (kernels/build.rs).
+    // NVRTC_OPTIONS (no fused multiply-add, as the nvcc build), for `arch`.
     let opts = |arch: String| CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--fmad=false".into()],
+        options: NVRTC_OPTIONS
+            .iter()
+            .map(|o| match o.starts_with("--gpu-architecture=") {
+                true => format!("--gpu-architecture={arch}"),
+                false => o.to_string(),
+            })
+            .collect(),
         name: Some(format!("{}.cu", m.name)),
         ..Default::default()
     };
