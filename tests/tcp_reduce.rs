@@ -246,6 +246,71 @@ fn assert_mean_of_ranks(reduces: [TcpAllReduce; 3]) {
     }
 }
 
+/// A rank that joins early waits for the late ones as long as rank 0 does
+/// (ALEXNET_CONNECT_TIMEOUT), not just the wait on a silent peer
+/// (ALEXNET_PEER_TIMEOUT, here 1 s): rank 1 starts its first all-reduce,
+/// rank 2 joins 3 s later, and all three get the mean.
+#[test]
+fn an_early_rank_waits_for_the_late_ones_longer_than_for_a_silent_peer() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let patient = move |rank| World {
+        connect_for: Duration::from_secs(60),
+        peer_for: Duration::from_secs(1),
+        ..world(rank, 3, port)
+    };
+    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &patient(0), 1, None));
+    let r1 = TcpAllReduce::join(&patient(1), 1, None).expect("rank 1 joins");
+    let early = std::thread::spawn(move || mean_of(r1, 2.0));
+    std::thread::sleep(Duration::from_secs(3));
+    let r2 = TcpAllReduce::join(&patient(2), 1, None).expect("rank 2 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets ranks 1 and 2");
+    let late = std::thread::spawn(move || mean_of(r2, 3.0));
+    assert_eq!(mean_of(r0, 1.0), Ok([2.0; 5].to_vec()));
+    assert_eq!(early.join().unwrap(), Ok([2.0; 5].to_vec()));
+    assert_eq!(late.join().unwrap(), Ok([2.0; 5].to_vec()));
+}
+
+/// Rank 0 gives up on a rank that never comes: a rank that joined and
+/// waits for the start hears of it as rank 0 closing, and says so.
+#[test]
+fn a_joined_rank_hears_when_rank_0_gives_up() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let brief = move |rank| World {
+        connect_for: Duration::from_secs(1),
+        ..world(rank, 3, port)
+    };
+    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &brief(0), 1, None));
+    let r1 = TcpAllReduce::join(
+        &World {
+            connect_for: Duration::from_secs(60),
+            ..brief(1)
+        },
+        1,
+        None,
+    )
+    .expect("rank 1 joins");
+    assert!(rank0.join().unwrap().is_err(), "rank 2 never came");
+    let err = mean_of(r1, 2.0).unwrap_err();
+    assert!(
+        err.contains("rank 1, waiting for the other ranks to join: rank 0 closed the connection before every rank had joined"),
+        "{err}"
+    );
+}
+
+/// One all-reduce of five values `v` on one replica: the mean, or the error.
+fn mean_of(mut reduce: TcpAllReduce, v: f32) -> Result<Vec<f32>, String> {
+    let be = CpuBackend::new();
+    let mut buf = be.alloc(5).unwrap();
+    be.upload(&[v; 5], &mut buf).unwrap();
+    AllReduce::<CpuBackend>::mean(&mut reduce, 0, &[&be], &mut [&mut buf])
+        .map_err(|e| e.to_string())?;
+    let mut out = vec![0.0; 5];
+    be.download(&buf, &mut out).unwrap();
+    Ok(out)
+}
+
 /// A rank that joins, dies while rank 0 waits for the others, and is
 /// started again takes its old place: its first connection is closed, so
 /// the RANK is free, not taken by "another process". The run then meets.
@@ -286,7 +351,7 @@ fn another_build_or_buffer_length_is_named() {
     let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     assert!(
-        log.contains("it speaks version 2 of the ranks' protocol, this build 3: run the same alexnet-cuda build in every process"),
+        log.contains("it speaks version 2 of the ranks' protocol, this build 4: run the same alexnet-cuda build in every process"),
         "{log}"
     );
 

@@ -31,6 +31,12 @@
 //! goes with its length, checked against the receiver's own: processes of
 //! other builds or flags stop with an error naming the rank, rather than
 //! reading each other's bytes out of step.
+//!
+//! Once every rank has joined, rank 0 sends each one a start byte, and a
+//! rank waits for it (up to `World::connect_for`) before its first buffer:
+//! a rank that joins early would otherwise wait on rank 0, still waiting
+//! for the late ones, under the shorter timeout for a silent peer
+//! (`World::peer_for`), and stop the run.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,16 +47,12 @@ use super::world::World;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
-/// How long a peer may take to send or take data (a peer stopped or hung
-/// must not hang the run for ever); how long ranks wait for each other to
-/// start is `World::connect_for`.
-const READ_FOR: Duration = Duration::from_secs(600);
 /// How long rank 0 waits for a new connection's hello (others queue meanwhile).
 const HELLO_FOR: Duration = Duration::from_secs(10);
 
-/// The hello's first bytes: the protocol, and its version (3: each buffer
-/// sent with its length).
-const MAGIC: [u8; 8] = *b"alexTCP3";
+/// The hello's first bytes: the protocol, and its version (4: each buffer
+/// sent with its length, the start byte once all have joined).
+const MAGIC: [u8; 8] = *b"alexTCP4";
 const HELLO_LEN: usize = 20;
 
 /// Rank 0's one-byte answer to a hello.
@@ -59,6 +61,8 @@ const OUT_OF_RANGE: u8 = 1;
 const TAKEN: u8 = 2;
 const OTHER_WORLD: u8 = 3;
 const OTHER_REPLICAS: u8 = 4;
+/// Rank 0's byte to every rank once all have joined.
+const ALL_JOINED: u8 = 5;
 
 /// This process's end of the all-reduce.
 pub struct TcpAllReduce {
@@ -68,6 +72,12 @@ pub struct TcpAllReduce {
     /// Local replicas per process (the same on every rank).
     local: usize,
     ranks: usize,
+    /// How long a peer may take to send or take data (`World::peer_for`):
+    /// a peer stopped or hung must not hang the run for ever.
+    peer_for: Duration,
+    /// A rank other than 0, until rank 0's start byte came: how long to
+    /// wait for it (`World::connect_for`).
+    start_for: Option<Duration>,
     sum: Vec<f32>,
     part: Vec<f32>,
     bytes: Vec<u8>,
@@ -77,15 +87,15 @@ fn net_err(what: String) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Config(format!("{what}: {e}"))
 }
 
-/// `net_err` for the gradients' traffic: a peer silent for `READ_FOR` is
+/// `net_err` for the gradients' traffic: a peer silent for `waited` is
 /// named as such (the socket reports a timeout as "would block").
-fn peer_err(what: String) -> impl Fn(std::io::Error) -> Error {
+fn peer_err(what: String, waited: Duration) -> impl Fn(std::io::Error) -> Error {
     use std::io::ErrorKind::{TimedOut, WouldBlock};
     move |e| {
         let why = match e.kind() {
             WouldBlock | TimedOut => format!(
-                "nothing moved for {} s; that process stopped, hung or lost the network: see its log",
-                READ_FOR.as_secs()
+                "nothing moved for {} s; that process stopped, hung or lost the network: see its log (ALEXNET_PEER_TIMEOUT sets the wait)",
+                waited.as_secs()
             ),
             _ => format!("{e} (did that process stop? see its log)"),
         };
@@ -294,7 +304,13 @@ impl TcpAllReduce {
                 Err(e) => return Err(net_err(format!("accepting at {at}"))(e)),
             }
         }
-        let peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
+        let mut peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
+        for (i, s) in peers.iter_mut().enumerate() {
+            let failed = peer_err(format!("telling rank {} to start", i + 1), world.peer_for);
+            s.set_write_timeout(Some(world.peer_for))
+                .and_then(|()| s.write_all(&[ALL_JOINED]))
+                .map_err(failed)?;
+        }
         tracing::info!("all {} processes joined", world.size);
         TcpAllReduce::new(world, local, peers)
     }
@@ -379,8 +395,8 @@ impl TcpAllReduce {
     fn new(world: &World, local: usize, peers: Vec<TcpStream>) -> Result<TcpAllReduce> {
         for s in &peers {
             s.set_nodelay(true).map_err(net_err("socket".into()))?;
-            s.set_read_timeout(Some(READ_FOR))
-                .and_then(|()| s.set_write_timeout(Some(READ_FOR)))
+            s.set_read_timeout(Some(world.peer_for))
+                .and_then(|()| s.set_write_timeout(Some(world.peer_for)))
                 .map_err(net_err("socket".into()))?;
         }
         Ok(TcpAllReduce {
@@ -388,10 +404,44 @@ impl TcpAllReduce {
             peers,
             local,
             ranks: world.size,
+            peer_for: world.peer_for,
+            start_for: (world.rank != 0).then_some(world.connect_for),
             sum: Vec::new(),
             part: Vec::new(),
             bytes: Vec::new(),
         })
+    }
+
+    /// A rank other than 0, before its first buffer: waits for rank 0's
+    /// start byte, sent once every rank has joined.
+    fn wait_for_start(&mut self) -> Result<()> {
+        let Some(wait) = self.start_for.take() else {
+            return Ok(());
+        };
+        let s = &mut self.peers[0];
+        let timeout = |s: &TcpStream, t| s.set_read_timeout(Some(t));
+        timeout(s, wait).map_err(net_err("socket".into()))?;
+        let mut b = [0u8; 1];
+        let rank = self.rank;
+        s.read_exact(&mut b).map_err(|e| {
+            use std::io::ErrorKind::{TimedOut, UnexpectedEof, WouldBlock};
+            let why = match e.kind() {
+                WouldBlock | TimedOut => format!(
+                    "not every rank joined in {} s (ALEXNET_CONNECT_TIMEOUT sets the wait)",
+                    wait.as_secs()
+                ),
+                UnexpectedEof => "rank 0 closed the connection before every rank had joined: it stopped, or gave up waiting for a rank".into(),
+                _ => e.to_string(),
+            };
+            Error::Config(format!("rank {rank}, waiting for the other ranks to join: {why}; rank 0's log names the ranks it waited for"))
+        })?;
+        if b[0] != ALL_JOINED {
+            return Err(Error::Config(format!(
+                "rank {rank}: rank 0 sent {} where its start byte belongs; run the same alexnet-cuda build in every process",
+                b[0]
+            )));
+        }
+        timeout(s, self.peer_for).map_err(net_err("socket".into()))
     }
 
     /// The first local replica's index among all ranks' replicas.
@@ -407,16 +457,17 @@ impl TcpAllReduce {
         self.bytes.extend((v.len() as u64).to_le_bytes());
         self.bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
         let who = self.peer_name(peer);
-        self.peers[peer]
-            .write_all(&self.bytes)
-            .map_err(peer_err(format!("sending gradients to {who}")))
+        self.peers[peer].write_all(&self.bytes).map_err(peer_err(
+            format!("sending gradients to {who}"),
+            self.peer_for,
+        ))
     }
 
     /// Reads `len` floats from `peer` into `self.part`; an error naming the
     /// peer when it sends another length.
     fn recv(&mut self, peer: usize, len: usize) -> Result<()> {
         let who = self.peer_name(peer);
-        let failed = peer_err(format!("receiving gradients from {who}"));
+        let failed = peer_err(format!("receiving gradients from {who}"), self.peer_for);
         let mut head = [0u8; 8];
         self.peers[peer].read_exact(&mut head).map_err(&failed)?;
         let sent = u64::from_le_bytes(head);
@@ -584,6 +635,7 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
             }
             self.sum = mean;
         } else {
+            self.wait_for_start()?;
             let mut host = vec![0.0; len];
             for (dev, buf) in devs.iter().zip(bufs.iter()) {
                 dev.download(buf, &mut host)?;
@@ -646,10 +698,12 @@ mod tests {
         let _peer = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let err = s.read_exact(&mut [0u8; 4]).unwrap_err();
-        let e = peer_err("receiving gradients from rank 2".into())(err).to_string();
+        let waited = Duration::from_secs(600);
+        let e = peer_err("receiving gradients from rank 2".into(), waited)(err).to_string();
         assert!(e.contains("rank 2: nothing moved for 600 s"), "{e}");
-        let e =
-            peer_err("sending gradients to rank 0".into())(std::io::ErrorKind::BrokenPipe.into());
+        let e = peer_err("sending gradients to rank 0".into(), waited)(
+            std::io::ErrorKind::BrokenPipe.into(),
+        );
         assert!(e.to_string().contains("did that process stop?"), "{e}");
     }
 }

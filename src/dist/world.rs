@@ -38,10 +38,35 @@ pub struct World {
     /// ranks wait for each other to start, for launchers that start the
     /// processes minutes apart.
     pub connect_for: Duration,
+    /// ALEXNET_PEER_TIMEOUT (seconds, default 600): how long a CPU rank
+    /// waits on another once training runs (a validation or checkpoint
+    /// much slower in one process) before calling it stopped or hung.
+    pub peer_for: Duration,
 }
 
 /// The ranks' meeting time when ALEXNET_CONNECT_TIMEOUT is not set.
 pub const CONNECT_FOR: Duration = Duration::from_secs(120);
+/// The wait on a silent rank when ALEXNET_PEER_TIMEOUT is not set.
+pub const PEER_FOR: Duration = Duration::from_secs(600);
+
+/// The variable `key` as a wait of 1 to 86400 whole seconds, `default`
+/// when unset; an error naming it otherwise.
+fn seconds(var: impl Fn(&str) -> Option<String>, key: &str, default: Duration) -> Result<Duration> {
+    let Some(v) = var(key) else {
+        return Ok(default);
+    };
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (1..=86_400).contains(s))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{key}={v}: not a whole number of seconds from 1 to 86400; unset it for the default {} s",
+                default.as_secs()
+            ))
+        })
+}
 
 impl World {
     /// The whole run in this process.
@@ -54,6 +79,7 @@ impl World {
             master: None,
             listen_fd: None,
             connect_for: CONNECT_FOR,
+            peer_for: PEER_FOR,
         }
     }
 
@@ -161,21 +187,8 @@ impl World {
                 "ALEXNET_LISTEN_FD is set for RANK={rank}: only rank 0 listens; unset it in the other processes"
             )));
         }
-        let connect_for = match var("ALEXNET_CONNECT_TIMEOUT") {
-            None => CONNECT_FOR,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (1..=86_400).contains(s))
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "ALEXNET_CONNECT_TIMEOUT={v}: not a whole number of seconds from 1 to 86400; unset it for the default {} s",
-                        CONNECT_FOR.as_secs()
-                    ))
-                })?,
-        };
+        let connect_for = seconds(&var, "ALEXNET_CONNECT_TIMEOUT", CONNECT_FOR)?;
+        let peer_for = seconds(&var, "ALEXNET_PEER_TIMEOUT", PEER_FOR)?;
         Ok(World {
             rank,
             size,
@@ -184,6 +197,7 @@ impl World {
             master: Some((addr.trim().to_string(), port)),
             listen_fd,
             connect_for,
+            peer_for,
         })
     }
 
@@ -276,7 +290,20 @@ mod tests {
             ("MASTER_PORT", "29500"),
             ("ALEXNET_CONNECT_TIMEOUT", " 900"),
         ]);
-        assert_eq!(patient.unwrap().connect_for, Duration::from_secs(900));
+        let patient = patient.unwrap();
+        assert_eq!(patient.connect_for, Duration::from_secs(900));
+        assert_eq!(
+            (w.peer_for, patient.peer_for),
+            (Duration::from_secs(600), Duration::from_secs(600))
+        );
+        let slow_peers = world(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+            ("ALEXNET_PEER_TIMEOUT", "3600 "),
+        ]);
+        assert_eq!(slow_peers.unwrap().peer_for, Duration::from_secs(3600));
         let shared = world(&[
             ("WORLD_SIZE", "4"),
             ("RANK", "3"),
@@ -290,7 +317,7 @@ mod tests {
     #[test]
     fn missing_or_bad_variables_are_errors_naming_them() {
         type Vars<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Vars, &str); 15] = [
+        let cases: [(Vars, &str); 20] = [
             (
                 &[
                     ("WORLD_SIZE", "4"),
@@ -365,6 +392,53 @@ mod tests {
                     ("ALEXNET_CONNECT_TIMEOUT", "0"),
                 ],
                 "ALEXNET_CONNECT_TIMEOUT=0",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_PEER_TIMEOUT", "0"),
+                ],
+                "ALEXNET_PEER_TIMEOUT=0: not a whole number of seconds from 1 to 86400; unset it for the default 600 s",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "29500"),
+                    ("ALEXNET_PEER_TIMEOUT", "86401"),
+                ],
+                "ALEXNET_PEER_TIMEOUT=86401",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "  "),
+                    ("MASTER_PORT", "29500"),
+                ],
+                "WORLD_SIZE=2 but no MASTER_ADDR",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "0"),
+                ],
+                "MASTER_PORT=0: not a port number below 65527",
+            ),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("RANK", "1"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "65527"),
+                ],
+                "MASTER_PORT=65527: not a port number below 65527",
             ),
         ];
         for (vars, want) in cases {
