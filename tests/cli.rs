@@ -857,7 +857,7 @@ fn device_flags_that_are_not_built_are_refused() {
             "3",
             "--demo",
         ],
-        &["batch of 3", "2 replicas"],
+        &["--batch 3 does not split evenly over 2 replicas; use a multiple of 2"],
     );
     // Past the most CPU devices a process makes: refused before any is
     // made (each holds a network; 10^11 of them aborted in an allocation).
@@ -1513,7 +1513,8 @@ fn multi_process_environment_errors_name_the_variable() {
             assert!(line.contains(n), "{vars:?}: error line lacks {n:?}: {line}");
         }
     }
-    // A batch that does not split over the processes is said before rank 1
+    // A batch that does not split over the processes (of --parallel data's
+    // 2 replicas each) is said before rank 1
     // tries to join rank 0 (nobody listens here: it would wait 120 s and
     // then name the connection instead).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1541,7 +1542,21 @@ fn multi_process_environment_errors_name_the_variable() {
     ];
     let (ok, err) = run_env(&args, &vars);
     assert!(
-        !ok && err.contains("--batch 4 does not split over WORLD_SIZE=3 processes"),
+        !ok && err.contains(
+            "--batch 4 does not split evenly over WORLD_SIZE=3 processes of 2 replicas each; use a multiple of 6"
+        ),
+        "{err}"
+    );
+    // With one replica per process, the processes alone.
+    let vars = [("WORLD_SIZE", "2"), vars[1], vars[2], vars[3]];
+    let mut args = args.to_vec();
+    args[7] = "5";
+    args.extend(["--replicas", "1"]);
+    let (ok, err) = run_env(&args, &vars);
+    assert!(
+        !ok && err.contains(
+            "--batch 5 does not split evenly over WORLD_SIZE=2 processes; use a multiple of 2"
+        ),
         "{err}"
     );
 }

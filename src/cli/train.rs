@@ -223,9 +223,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         opts.out = None;
     }
     opts.world = world;
-    // A batch that does not split over the processes fails the same way
-    // in every one of them: said now, not after they have all met.
-    local_batch(&opts)?;
+    // A batch that does not split over the processes and their replicas
+    // fails the same way in every one of them: said now, not after they
+    // have all met and read the data.
+    local_batch(&opts, placement::copies_here(&request, &opts.world)?)?;
     let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
         // A signal while the ranks were meeting: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {

@@ -208,6 +208,27 @@ pub fn run_on<F: OnLayout>(
     f.run(layout)
 }
 
+/// The copies of the network this process trains under `req` (replicas;
+/// two towers are one copy), from the flags alone: a batch is checked
+/// against them before any data is read or device opened.
+pub fn copies_here(req: &Request, world: &World) -> Result<usize> {
+    let (p, n) = if req.cpu {
+        (req.parallel.unwrap_or(Parallel::None), req.replicas)
+    } else {
+        let (ids, p) = gpu_plan(req, world)?;
+        let pairs = if p == Parallel::Hybrid {
+            ids.len() / 2
+        } else {
+            ids.len()
+        };
+        (p, pairs)
+    };
+    Ok(match p {
+        Parallel::Data | Parallel::Hybrid => n,
+        Parallel::None | Parallel::Model => 1,
+    })
+}
+
 /// Check, without opening them, that the devices `req` asks for are
 /// there: a command calls it before long work such as writing a data set,
 /// so a missing GPU is reported first. `run_on` checks again.
@@ -477,6 +498,23 @@ mod tests {
             cuda: CudaOptions::default(),
             stop: None,
         }
+    }
+
+    /// A batch is split over the replicas the flags name: a GPU each
+    /// (data), a pair each (hybrid), one for one device or the towers.
+    #[test]
+    fn copies_counted_from_the_flags() {
+        let one = World::single();
+        let copies = |r: &Request| copies_here(r, &one).unwrap();
+        assert_eq!(copies(&gpus("0,1,2", Some(Parallel::Data))), 3);
+        assert_eq!(copies(&gpus("0,1,2,3,4,5", Some(Parallel::Hybrid))), 3);
+        assert_eq!(copies(&gpus("0,1", None)), 1);
+        assert_eq!(copies(&gpus("3", None)), 1);
+        let mut cpu = gpus("", Some(Parallel::Hybrid));
+        (cpu.cpu, cpu.replicas) = (true, 5);
+        assert_eq!(copies(&cpu), 5);
+        cpu.parallel = Some(Parallel::Model);
+        assert_eq!(copies(&cpu), 1);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl<'a> Trainer<'a> {
         opts: &'a TrainOptions,
     ) -> Result<Trainer<'a>> {
         let backend = layout.first();
-        let local_batch = setup::local_batch(opts)?;
+        let local_batch = setup::local_batch(opts, layout.copies())?;
         let base = spec.topology()?;
         base.validate()?;
         setup::check_fresh(opts, &base)?;

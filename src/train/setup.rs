@@ -21,14 +21,21 @@ use super::display;
 use super::options::TrainOptions;
 use super::schedule;
 
-/// This process's share of each batch, after checking the batch and the
+/// This process's share of each batch, after checking the batch (it must
+/// split evenly over the run's `copies` replicas in each process) and the
 /// learning rate.
-pub fn local_batch(opts: &TrainOptions) -> Result<usize> {
+pub fn local_batch(opts: &TrainOptions, copies: usize) -> Result<usize> {
     let world = &opts.world;
-    if !opts.run.batch.is_multiple_of(world.size) {
+    let all = world.size.saturating_mul(copies.max(1));
+    if !opts.run.batch.is_multiple_of(all) {
+        let over = match (world.size, copies) {
+            (1, k) => format!("{k} replicas"),
+            (w, 1) => format!("WORLD_SIZE={w} processes"),
+            (w, k) => format!("WORLD_SIZE={w} processes of {k} replicas each"),
+        };
         return Err(Error::Config(format!(
-            "--batch {} does not split over WORLD_SIZE={} processes; use a multiple of {}",
-            opts.run.batch, world.size, world.size
+            "--batch {} does not split evenly over {over}; use a multiple of {all}",
+            opts.run.batch
         )));
     }
     if opts.run.batch == 0 {
