@@ -707,6 +707,43 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
 /// the checkpoint's mean, over its std); `--logits` holds rows x classes.
 /// `export --format safetensors` holds the checkpoint's weights under
 /// PyTorch's names and shapes; without --format, --out's name picks it.
+/// Each input's ranked (class, percent) lines of a `predict` listing.
+fn listed(listing: &str) -> Vec<Vec<(String, f64)>> {
+    let mut lists: Vec<Vec<(String, f64)>> = Vec::new();
+    for l in listing.lines() {
+        if !l.starts_with(' ') {
+            lists.push(Vec::new());
+            continue;
+        }
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let pct = w[1].trim_end_matches('%').parse().unwrap();
+        lists.last_mut().unwrap().push((w[2].to_string(), pct));
+    }
+    lists
+}
+
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+/// `list` names the likeliest classes of `probs`, in order, with their
+/// percentages to two decimals.
+fn assert_listing_is(list: &[(String, f64)], probs: &[f64], classes: &[String]) {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    assert!(!list.is_empty());
+    for ((id, pct), &c) in list.iter().zip(&order) {
+        assert_eq!(id, &classes[c], "{list:?} vs {probs:?}");
+        assert!(
+            (pct - 100.0 * probs[c]).abs() < 0.006,
+            "{list:?} vs {probs:?}"
+        );
+    }
+}
+
 #[test]
 fn predict_and_export_cli() {
     use alexnet_cuda::checkpoint;
@@ -768,6 +805,14 @@ fn predict_and_export_cli() {
             .count(),
         3
     );
+    // Each image's listing is the softmax of its logits row: the classes
+    // by falling probability, named by index, to two decimals.
+    let (_, logits) = read_npy_f32(&la).unwrap();
+    let lists = listed(&listing);
+    assert_eq!(lists.len(), 3, "{listing}");
+    for (list, row) in lists.iter().zip(logits.chunks_exact(10)) {
+        assert_listing_is(list, &softmax(row), &ck.state.classes);
+    }
     assert!(listing.contains("05-ring/00002.jpg"), "{listing}");
     // All ten classes, ranks 1 to 10, the percentages in one column.
     let (ok, listing, err) = cli(&[&args[..3], &["--top", "10", args[5]]].concat());
@@ -853,10 +898,27 @@ fn predict_and_export_cli() {
     assert!(!ok && err.contains("holds no images"), "{err}");
     // --ten-crop --logits: a row per crop, ten per image, and said so.
     let ten = [&args[..5], &["--ten-crop", args[5]]].concat();
-    let (ok, _, err) = crate::common::cli_logging(&ten, "info");
+    let (ok, ten_listing, err) = crate::common::cli_logging(&ten, "info");
     assert!(ok, "{err}");
     assert_eq!(read_npy_f32(&la).unwrap().0, vec![10, 10]);
     assert!(err.contains("wrote 10 logits rows, of 1 inputs"), "{err}");
+    // Its listing: the ten crops' softmax averaged (not their logits).
+    let (_, crops) = read_npy_f32(&la).unwrap();
+    let mut mean = vec![0.0f64; 10];
+    for row in crops.chunks_exact(10) {
+        for (m, p) in mean.iter_mut().zip(softmax(row)) {
+            *m += p / 10.0;
+        }
+    }
+    assert_listing_is(&listed(&ten_listing)[0], &mean, &ck.state.classes);
+    // --logits naming the --input-npy file is refused, the input kept.
+    let before = std::fs::read(&x_path).unwrap();
+    let (ok, _, err) = cli(&[&predict_x[..], &["--logits", &s(&x_path)]].concat());
+    assert!(
+        !ok && err.contains("is the --input-npy file") && err.contains("name another file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&x_path).unwrap(), before);
     // A missing image is named.
     let (ok, _, err) = cli(&["predict", "--checkpoint", &s(&ck_path), "nothere.jpg"]);
     assert!(!ok && err.contains("nothere.jpg"), "{err}");

@@ -14,6 +14,7 @@ use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_some, unread_error, ImageSet, ImageSource, LoaderConfig};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
+use alexnet_cuda::fsutil;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::npy::{read_npy_f32, NpyWriter};
@@ -74,6 +75,17 @@ pub fn run(args: PredictArgs) -> Result<()> {
     if let Some(f) = &args.logits {
         not_a_checkpoint("--logits", f)?;
         named_as("--logits", f, "npy", "a NumPy .npy array")?;
+        if let Some(input) = args
+            .input_npy
+            .as_deref()
+            .filter(|i| fsutil::same_file(f, i))
+        {
+            bail!(
+                "--logits {} is the --input-npy file {}: the logits would replace the input; name another file",
+                f.display(),
+                input.display()
+            );
+        }
     }
     let images = image_files(&args.images)?;
     let ck = checkpoint::load_resolved(&args.checkpoint)?;
