@@ -2,7 +2,7 @@
 //! in-process all-reduce: k replicas at batch B/k each against one network
 //! at batch B, for k = 2 and 4; hybrid (pairs of towers) likewise;
 //! bucketing; replicas staying equal.
-use crate::common::{batch, bits, max_nan, narrow, scaled_diff};
+use crate::common::{batch, bits, dropped_fc6_units, max_nan, narrow, scaled_diff, wide_fc};
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::dist::HostAllReduce;
@@ -182,9 +182,21 @@ fn buckets_follow_the_backward_order_and_the_size() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 16);
-    // fc6's weight alone is 151 MB, fc7's 67 MB: each closes a bucket.
-    assert!(buckets.iter().any(|b| b.contains(&(5, true))));
-    assert!(buckets.len() >= 3, "{buckets:?}");
+    // By hand, in f32 bytes from fc8 down: fc8's weight (4096 x 1000,
+    // 16.4 MB) and bias leave the first bucket under 25 MiB, fc7's weight
+    // (67 MB) closes it; fc7's bias and fc6's weight (151 MB) close the
+    // second; all the convolutions together (2.3 M parameters, 9.3 MB)
+    // never reach 25 MiB and go last.
+    let (w, b) = (true, false);
+    let convs: Vec<(usize, bool)> = (0..5).rev().flat_map(|l| [(l, w), (l, b)]).collect();
+    assert_eq!(
+        buckets,
+        [
+            vec![(7, w), (7, b), (6, w)],
+            vec![(6, b), (5, w)],
+            [vec![(5, b)], convs].concat(),
+        ]
+    );
 }
 
 #[test]
@@ -278,5 +290,34 @@ fn evaluation_splits_any_batch_and_training_needs_the_whole_one() {
     assert!(
         err.contains("5 images") && err.contains("4 replicas"),
         "{err}"
+    );
+}
+
+/// Each replica draws its own dropout masks (otherwise image j of every
+/// shard would lose the same units): two replicas given the same image
+/// drop fc6's units independently, so its averaged bias gradient is zero
+/// (dropped in both) for about a quarter of them, not the half that one
+/// shared mask would leave.
+#[test]
+fn replicas_draw_their_own_dropout_masks() {
+    let topo = wide_fc();
+    let devs = [CpuBackend::new(), CpuBackend::new()];
+    let mut dp = DataParallel::grouped(
+        devs.iter().collect(),
+        &topo,
+        2,
+        9,
+        25 << 20,
+        Box::new(HostAllReduce::default()),
+    )
+    .unwrap();
+    dp.set_param("fc6.bias", &[50.0; 256]).unwrap();
+    let (one, label) = batch(&topo, 1, 3);
+    let x = [one.clone(), one].concat();
+    let both = dropped_fc6_units(&mut dp, &x, &[label[0], label[0]]);
+    let share = both.iter().filter(|d| **d).count() as f64 / 256.0;
+    assert!(
+        (0.12..0.38).contains(&share),
+        "units dropped by both replicas: {share} (one shared mask drops 0.5)"
     );
 }

@@ -3,7 +3,7 @@
 //! loss, gradients and the parameters after SGD steps, and the bytes that
 //! cross between the devices (and the table's prediction of them) against a
 //! count worked out by hand from the layer shapes.
-use crate::common::{batch, bits, max_nan, narrow, scaled_diff};
+use crate::common::{batch, bits, dropped_fc6_units, max_nan, narrow, scaled_diff, wide_fc};
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::net::{Mode, Network};
@@ -195,6 +195,25 @@ fn towers_with_dropout_train_and_replay() {
     assert_eq!(bits(&r1), bits(&r2), "same seed, same run");
     assert!(r1.iter().all(|l| l.is_finite()));
     assert!(r1[7] < r1[0], "loss falls on a fixed batch: {r1:?}");
+}
+
+/// Each tower draws its own mask, and a new one each step: the towers'
+/// halves of fc6 drop different units, and the next step other ones.
+#[test]
+fn each_tower_and_each_step_draws_its_own_dropout_mask() {
+    let topo = wide_fc();
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let (x, labels) = batch(&topo, 1, 3);
+    let mut t = TowerNetwork::new([&a, &b], &topo, 1, 5).unwrap();
+    t.set_param("fc6.bias", &[50.0; 256]).unwrap();
+    let first = dropped_fc6_units(&mut t, &x, &labels);
+    let share = first.iter().filter(|d| **d).count() as f64 / 256.0;
+    assert!((0.35..0.65).contains(&share), "dropout 0.5 dropped {share}");
+    assert_ne!(first[..128], first[128..], "the towers drew one mask");
+    let hp = SgdParams { lr: 0.0, ..HP };
+    t.sgd_step(&hp).unwrap();
+    let next = dropped_fc6_units(&mut t, &x, &labels);
+    assert_ne!(first, next, "the next step drew the same mask");
 }
 
 #[test]

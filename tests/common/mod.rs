@@ -1,13 +1,16 @@
 //! Helpers the tests share: the narrow paper net, a pixel-scale batch, bit
 //! patterns and normwise differences (the executor tests), the program
-//! run with arguments (the command-line tests), and an image set that
-//! reports each read (the loader tests).
+//! run with arguments (the command-line tests), an image set that
+//! reports each read (the loader tests), and the units dropout dropped
+//! (the executors' dropout tests).
 pub mod live_bytes;
 
 use std::process::Command;
 
 use alexnet_cuda::data::{ImageSet, ImageSource};
+use alexnet_cuda::model::net::Mode;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::rng::Rng;
 
 /// The paper's structure at small width (every choice kept: 11x11/4 conv1
@@ -25,6 +28,24 @@ pub fn batch(topo: &Topology, n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         .collect();
     let labels = (0..n).map(|_| rng.below(topo.classes) as u32).collect();
     (x, labels)
+}
+
+/// Which of fc6's units dropout dropped for one image in the last step:
+/// with fc6's biases at 50, every unit is active after the ReLU, so its
+/// bias gradient is zero exactly where dropout zeroed it (section 4.2).
+pub fn dropped_fc6_units(net: &mut dyn Model, x: &[f32], labels: &[u32]) -> Vec<bool> {
+    let _ = net.forward(x, labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    net.grad("fc6.bias")
+        .unwrap()
+        .iter()
+        .map(|g| *g == 0.0)
+        .collect()
+}
+
+/// fc6 wide enough (256) that two independent masks cannot agree by chance.
+pub fn wide_fc() -> Topology {
+    Topology::alexnet_widths([6, 16, 24, 24, 16, 256, 256], 10)
 }
 
 pub fn bits(v: &[f32]) -> Vec<u32> {
