@@ -3,7 +3,9 @@
 //! inherited socket too), refuses every connection that is not a free rank
 //! of the run (or drives another number of replicas) with a warning naming
 //! the peer, tells a refused rank why, and still meets the real ranks,
-//! whose all-reduce then averages all three; a signal ends the wait.
+//! whose all-reduce then averages all three (and every replica of two
+//! processes of two); an early rank waits for the late ones; a signal ends
+//! the wait.
 //! Each test binds its listener itself and passes it on (port 0: any free
 //! port), so no port is released and reused; a port nothing may listen at
 //! is taken below the range port 0 draws from.
@@ -309,6 +311,40 @@ fn mean_of(mut reduce: TcpAllReduce, v: f32) -> Result<Vec<f32>, String> {
     let mut out = vec![0.0; 5];
     be.download(&buf, &mut out).unwrap();
     Ok(out)
+}
+
+/// Two processes of two replicas each: every replica gets the mean of all
+/// four, (1 + 2 + 3 + 4) / 4, not of the processes' sums.
+#[test]
+fn the_mean_is_over_every_replica_of_every_process() {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rank0 =
+        std::thread::spawn(move || TcpAllReduce::accept(listener, &world(0, 2, port), 2, None));
+    let r1 = TcpAllReduce::join(&world(1, 2, port), 2, None).expect("rank 1 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
+    let run = |mut reduce: TcpAllReduce, rank: usize| {
+        std::thread::spawn(move || {
+            let devs = [CpuBackend::new(), CpuBackend::new()];
+            let mut bufs: Vec<_> = devs.iter().map(|d| d.alloc(3).unwrap()).collect();
+            for (j, b) in bufs.iter_mut().enumerate() {
+                devs[j].upload(&[(2 * rank + j + 1) as f32; 3], b).unwrap();
+            }
+            let [b0, b1] = &mut bufs[..] else {
+                unreachable!()
+            };
+            AllReduce::<CpuBackend>::mean(&mut reduce, 0, &[&devs[0], &devs[1]], &mut [b0, b1])
+                .unwrap();
+            let mut out = vec![0.0; 6];
+            for (j, b) in bufs.iter().enumerate() {
+                devs[j].download(b, &mut out[3 * j..3 * j + 3]).unwrap();
+            }
+            out
+        })
+    };
+    let (h0, h1) = (run(r0, 0), run(r1, 1));
+    assert_eq!(h0.join().unwrap(), [2.5; 6]);
+    assert_eq!(h1.join().unwrap(), [2.5; 6]);
 }
 
 /// A rank that joins, dies while rank 0 waits for the others, and is
