@@ -289,6 +289,20 @@ fn hybrid_parts(ids: &[usize]) -> Vec<Vec<usize>> {
 /// multi-process run) and the parallelism, checked against each other and
 /// the world.
 fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
+    if world.listen_fd.is_some() {
+        // NCCL's rendezvous listens at MASTER_PORT + 1, the port that socket holds.
+        return Err(Error::Config(
+            "ALEXNET_LISTEN_FD hands rank 0 the socket of the CPU all-reduce; GPUs meet through NCCL, which listens at that port itself (MASTER_PORT + 1): unset ALEXNET_LISTEN_FD, or train with --cpu".into(),
+        ));
+    }
+    if req.gpus.is_none() && req.parallel == Some(Parallel::Hybrid) && !world.is_single() {
+        let r = world.local_rank;
+        return Err(Error::Config(format!(
+            "--parallel hybrid without --gpus: each process would drive only the GPU of its LOCAL_RANK ({r}), and hybrid puts two towers on each pair; give each process its pairs with --gpus (e.g. --gpus {},{} for LOCAL_RANK {r}, one process per pair of GPUs)",
+            2 * r,
+            2 * r + 1
+        )));
+    }
     let list = match (&req.gpus, world.is_single()) {
         (Some(l), _) => l.clone(),
         (None, false) => world.local_rank.to_string(),
@@ -575,16 +589,29 @@ mod tests {
         let mut local = gpus("", Some(Parallel::Data));
         local.gpus = None;
         assert_eq!(use_of(&local, &two), NcclUse::Required);
-        // ... and a flag that needs more GPUs says they came from LOCAL_RANK,
-        // not from a --gpus the user never wrote.
+        // Which is one GPU: hybrid needs a pair, named per process.
         local.parallel = Some(Parallel::Hybrid);
-        let e = nccl_use(&local, &two).unwrap_err().to_string();
+        let third = World {
+            local_rank: 1,
+            ..two.clone()
+        };
+        let e = nccl_use(&local, &third).unwrap_err().to_string();
+        assert!(e.contains("e.g. --gpus 2,3 for LOCAL_RANK 1"), "{e}");
+        // The CPU all-reduce's inherited socket holds NCCL's port.
+        let handed = World {
+            rank: 0,
+            listen_fd: Some(3),
+            ..two.clone()
+        };
+        let e = nccl_use(&gpus("0", Some(Parallel::Data)), &handed)
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("without --gpus, each process drives the GPU of its LOCAL_RANK (0)")
-                && e.contains("even number, not 1")
-                && !e.contains("--gpus 0"),
+            e.contains("unset ALEXNET_LISTEN_FD, or train with --cpu"),
             "{e}"
         );
+        cpu.parallel = Some(Parallel::Data);
+        assert_eq!(use_of(&cpu, &handed), NcclUse::No);
         // Flag errors are run_on's.
         assert!(nccl_use(&gpus("0,1,2", None), &one).is_err());
     }
