@@ -708,6 +708,39 @@ fn bad_checkpoint_arguments() {
         &[&args[..], &["--confusion", "m.txt"]].concat(),
         &["--confusion m.txt", ".npy", ".png"],
     );
+    // A picture inside a class folder of the data would be read as one of
+    // its images by every later scan: refused before the checkpoint is
+    // read. At the tree's root, or as numbers (.npy), it is no image.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("cat/sub")).unwrap();
+    let d = tree.path().display().to_string();
+    let inside = tree.path().join("cat/sub/m.png").display().to_string();
+    let said = format!("inside the class folder cat of {d}");
+    let eval = ["eval", "--checkpoint", "missing.safetensors", "--data", &d];
+    assert_error(
+        &[&eval[..], &["--confusion", &inside]].concat(),
+        &[&said, "write it outside the image tree"],
+    );
+    let neighbors = [
+        "neighbors",
+        "--checkpoint",
+        "missing.safetensors",
+        "--data",
+        &d,
+        "--query",
+        IMAGE,
+        "--out",
+        &inside,
+    ];
+    assert_error(&neighbors, &["--out", &said]);
+    for fine in ["m.png", "cat/m.npy"] {
+        let f = tree.path().join(fine).display().to_string();
+        let (ok, err) = run(&[&eval[..], &["--confusion", &f]].concat());
+        assert!(
+            !ok && !err.contains("class folder") && err.contains("missing.safetensors"),
+            "{fine}: {err}"
+        );
+    }
     // A file that is not a checkpoint: what it is not, and what to pass.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("notes.safetensors");

@@ -241,6 +241,29 @@ pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a picture (`flag` `out`) inside a class folder of the image tree
+/// `data`: every later scan of the tree (train, eval, features) would take
+/// it for an image of that class. A store's folders are not scanned.
+pub fn not_among_images(flag: &str, out: &Path, data: &Path) -> Result<()> {
+    if is_store_or_prepared(data) {
+        return Ok(());
+    }
+    let (out_at, data_at) = (fsutil::resolved(out), fsutil::resolved(data));
+    let Ok(rest) = out_at.strip_prefix(&data_at) else {
+        return Ok(());
+    };
+    // A file at the tree's root belongs to no class, and scans pass it by.
+    if let Some(class) = rest.parent().and_then(|p| p.components().next()) {
+        bail!(
+            "{flag} {}: inside the class folder {} of {}, where every later scan (train, eval, features) would read the picture as one of its images; write it outside the image tree",
+            out.display(),
+            class.as_os_str().to_string_lossy(),
+            data.display()
+        );
+    }
+    Ok(())
+}
+
 /// Flag parser for a file the command reads (an image, a .npy, a names
 /// list, weights): refused at once, with the flag named by clap, when it is
 /// missing or a folder, rather than after minutes of loading.

@@ -26,7 +26,7 @@ use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
 use alexnet_cuda::Error;
 
-use super::common::{crop_rows, demo_folder, not_a_checkpoint, positive};
+use super::common::{crop_rows, demo_folder, not_a_checkpoint, not_among_images, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -72,7 +72,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for f in &args.confusion {
         check_target(f)?;
         not_a_checkpoint("--confusion", f)?;
-        confusion_kind(f)?;
+        if let (Picture::Png, Some(data)) = (confusion_kind(f)?, &args.data) {
+            not_among_images("--confusion", f, data)?;
+        }
     }
     let (request, ck) = args.run.start()?;
     let topo = ck.state.net.topology()?;

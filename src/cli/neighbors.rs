@@ -11,7 +11,8 @@ use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
 use super::common::{
-    existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, positive,
+    existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, not_among_images,
+    positive,
 };
 use super::device::CheckpointRunArgs;
 
@@ -49,6 +50,7 @@ pub struct NeighborsArgs {
 pub fn run(args: NeighborsArgs) -> Result<()> {
     not_a_checkpoint("--out", &args.out)?;
     named_as("--out", &args.out, "png", "a PNG picture")?;
+    not_among_images("--out", &args.out, &args.data)?;
     let queries = image_files(&args.query)?;
     let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {
