@@ -47,10 +47,11 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
     }
     let (set, idx) = if is_store(&root.join("train")) && is_store(&root.join("val")) {
         let val = PackedStore::open(&root.join("val"))?;
+        let train = PackedStore::open(&root.join("train"))?;
         let all: Vec<usize> = (0..val.len()).collect();
         let found = Found {
             classes: val.classes(),
-            trained: st.train_images,
+            trained: limited_len(train.len(), st.options.limit),
             digest: store_digest(&val, &all).ok(),
         };
         check_same(ck, &root, found, all.len())?;

@@ -502,6 +502,17 @@ fn eval_cli_repeats_the_runs_own_validation() {
     for key in ["images", "top1_error", "top5_error", "loss"] {
         assert_eq!(json_field(&held, key), json_field(&centre, key), "{key}");
     }
+    // A store prepared again from fewer training images beside the same
+    // val/ is not the run's data: --held-out --data refuses it.
+    let fewer = t.path().join("fewer");
+    write_demo_dataset(&fewer, 10, 20, 32, 9).unwrap();
+    let other = t.path().join("other-store");
+    prepare_raw32(&fewer, Some(&val_dir), &other);
+    let (ok, _, err) = cli(&[&args[..4], &["--data", &s(&other)]].concat());
+    assert!(
+        !ok && err.contains("but 200 training images, and the run had 300"),
+        "{err}"
+    );
     let ten = eval_json(&last, &["--ten-crop"]);
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));
