@@ -2151,7 +2151,11 @@ fn a_set_aside_that_cannot_copy_the_metrics_moves_nothing() {
         .expect("run alexnet-cuda under bash");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "the copy past 1 KiB succeeded: {err}");
-    assert!(err.contains("steps.csv"), "{err}");
+    assert!(
+        err.contains("steps.csv")
+            && err.contains("nothing was moved; raise the file-size limit and resume again"),
+        "{err}"
+    );
     assert_eq!(checkpoint::list(&out).unwrap(), before);
     let aside = out.join(format!("replaced-after-step-{at}"));
     assert!(!aside.exists(), "a half-filled aside folder is left");

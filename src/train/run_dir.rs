@@ -122,7 +122,10 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     // here finds nothing later and would cut the files back uncopied.
     if let Err(e) = copy_metrics(dir, &aside).and_then(|()| fsutil::sync_dir(&aside.join("x"))) {
         let _ = std::fs::remove_dir_all(&aside);
-        return Err(e);
+        return Err(Error::Data(format!(
+            "{e}: the metrics could not be copied aside with the checkpoints after step {step}, and nothing was moved; {} and resume again",
+            way_on(&e)
+        )));
     }
     for p in later.iter().rev() {
         let name = p.file_name().unwrap_or_default();
@@ -390,10 +393,12 @@ impl RunDir {
         self.events.flush()
     }
 
-    /// The metrics files on disk through to the rows written so far:
-    /// before a checkpoint, whose steps they then hold after any crash.
+    /// The metrics and events files on disk through to the rows written
+    /// so far: before a checkpoint, whose steps they then hold after any
+    /// crash (a resume keeps what is there up to its step).
     pub fn sync_metrics(&mut self) -> Result<()> {
-        self.metrics.sync()
+        self.metrics.sync()?;
+        self.events.sync()
     }
 
     /// Each layer's weight RMS and update ratio at an epoch's end, from
