@@ -427,6 +427,15 @@ impl EventWriter {
     pub fn flush(&mut self) -> Result<()> {
         self.file.flush().map_err(|e| Error::io(&self.path, e))
     }
+
+    /// `flush`, then the file's data to the disk (fsync).
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.file
+            .get_ref()
+            .sync_data()
+            .map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// A picture side as Summary.Image's int32 (so also a u32 for the PNG).
