@@ -38,6 +38,18 @@ impl LossScale {
         }
     }
 
+    /// Whether a state read back (from a checkpoint) can go on: the scale a
+    /// finite, positive, normal power of two, as halving and doubling from
+    /// 2^16 keep it (so unscaling stays exact), and a growth interval of at
+    /// least one step.
+    pub fn is_usable(&self) -> bool {
+        let power_of_two = self.scale.to_bits() & 0x007f_ffff == 0;
+        self.scale.is_finite()
+            && self.scale >= f32::MIN_POSITIVE
+            && power_of_two
+            && self.growth_interval >= 1
+    }
+
     /// After a step's gradients were checked: `finite` when none overflowed.
     /// Returns whether the update may be applied.
     pub fn update(&mut self, finite: bool) -> bool {
@@ -81,6 +93,28 @@ mod tests {
         s.update(true);
         s.update(true);
         assert_eq!(s.scale, 32768.0);
+    }
+
+    #[test]
+    fn only_a_normal_positive_power_of_two_with_an_interval_is_usable() {
+        for scale in [1.0, 65536.0, 0.5, f32::MIN_POSITIVE, 2f32.powi(127)] {
+            assert!(LossScale::with_scale(scale).is_usable(), "{scale}");
+        }
+        let odd = [
+            0.0,
+            -2.0,
+            3.0,
+            65535.0,
+            f32::MIN_POSITIVE / 2.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for scale in odd {
+            assert!(!LossScale::with_scale(scale).is_usable(), "{scale}");
+        }
+        let mut never_grows = LossScale::dynamic();
+        never_grows.growth_interval = 0;
+        assert!(!never_grows.is_usable());
     }
 
     #[test]

@@ -356,7 +356,20 @@ pub fn loss_scaling<B: Backend>(backend: &B, net: &mut dyn Model, p: &Progress) 
     if !backend.needs_loss_scaling() {
         return;
     }
-    let ls = p.loss_scale.clone().unwrap_or_else(LossScale::dynamic);
+    let ls = match p.loss_scale.clone() {
+        Some(ls) if !ls.is_usable() => {
+            tracing::warn!(
+                "the checkpoint's loss scale {} (doubled every {} clean steps) is not a positive power of two that grows: starting again from the default",
+                ls.scale, ls.growth_interval
+            );
+            LossScale {
+                skipped: ls.skipped,
+                ..LossScale::dynamic()
+            }
+        }
+        Some(ls) => ls,
+        None => LossScale::dynamic(),
+    };
     info!(
         "{}: dynamic loss scaling from {} (halved on overflow, doubled after {} clean steps)",
         backend.name(),
