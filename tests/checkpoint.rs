@@ -719,6 +719,25 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     // command again: that works.
     std::fs::remove_file(out.join("best.safetensors")).unwrap();
     run_ok(&train_args(&d, &out, 1));
+    // A log of two epochs is a run's history (its first checkpoint was
+    // written): with every checkpoint and best.safetensors removed, it
+    // is still refused and kept.
+    let two = t.path().join("two");
+    run_ok(&train_args(&d, &two, 2));
+    for (_, p) in checkpoint::list(&two).unwrap() {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::fs::remove_file(two.join("best.safetensors")).unwrap();
+    let epochs = std::fs::read(two.join("epochs.csv")).unwrap();
+    let o = run(&train_args(&d, &two, 1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("holds an earlier run's results")
+            && err.contains("epochs.csv"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(two.join("epochs.csv")).unwrap(), epochs);
 
     // While a run trains, a second process is refused, fresh or resuming,
     // and the running one's files are left alone; once it has stopped, the

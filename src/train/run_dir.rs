@@ -270,11 +270,24 @@ fn refuse_existing_run(dir: &Path) -> Result<()> {
     }
 }
 
-/// A run's results in `dir`: its best.safetensors. An epoch log alone is
+/// A run's results in `dir`: its best.safetensors, or an epoch log of two
+/// epochs or more (a failed checkpoint stops a run, so the first epoch's
+/// was written: its checkpoints were removed). A log of one epoch alone is
 /// not (a first checkpoint that failed or was killed leaves one, and its
 /// error says to run the same command again).
 fn earlier_results(dir: &Path) -> Option<PathBuf> {
-    Some(dir.join("best.safetensors")).filter(|b| b.exists())
+    let best = dir.join("best.safetensors");
+    if best.exists() {
+        return Some(best);
+    }
+    [("epochs.csv", 1), ("epochs.jsonl", 0)]
+        .into_iter()
+        .map(|(name, header)| (dir.join(name), header))
+        .find(|(p, header)| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            text.lines().filter(|l| !l.trim().is_empty()).count() >= header + 2
+        })
+        .map(|(p, _)| p)
 }
 
 /// Refuse a run whose checkpoints would not fit on the run folder's disk:
