@@ -1580,8 +1580,17 @@ fn multi_process_environment_errors_name_the_variable() {
         ),
         "{err}"
     );
-    // With one replica per process, the processes alone.
-    let vars = [("WORLD_SIZE", "2"), vars[1], vars[2], vars[3]];
+    // With one replica per process, the processes alone. (LOCAL_RANK
+    // without LOCAL_WORLD_SIZE is warned of: the process would plan as if
+    // alone on the machine.)
+    let vars = [
+        ("WORLD_SIZE", "2"),
+        vars[1],
+        vars[2],
+        vars[3],
+        ("LOCAL_RANK", "1"),
+        ("RUST_LOG", "warn"),
+    ];
     let mut args = args.to_vec();
     args[7] = "5";
     args.extend(["--replicas", "1"]);
@@ -1589,6 +1598,8 @@ fn multi_process_environment_errors_name_the_variable() {
     assert!(
         !ok && err.contains(
             "--batch 5 does not split evenly over WORLD_SIZE=2 processes; use a multiple of 2"
+        ) && err.contains(
+            "LOCAL_RANK=1 without LOCAL_WORLD_SIZE: this process plans its loader threads and host memory as if it ran alone"
         ),
         "{err}"
     );

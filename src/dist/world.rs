@@ -85,7 +85,23 @@ impl World {
 
     /// From the process environment.
     pub fn from_env() -> Result<World> {
-        World::from_vars(|k| std::env::var(k).ok())
+        let w = World::from_vars(|k| std::env::var(k).ok())?;
+        if let Some(note) = w.unshared_note(std::env::var_os("LOCAL_WORLD_SIZE").is_some()) {
+            tracing::warn!("{note}");
+        }
+        Ok(w)
+    }
+
+    /// A process that is not its machine's first (LOCAL_RANK above 0) but
+    /// was not told how many share the machine (LOCAL_WORLD_SIZE) plans
+    /// its loader threads and host memory as if it were alone there.
+    pub fn unshared_note(&self, local_size_given: bool) -> Option<String> {
+        (self.local_rank > 0 && !local_size_given).then(|| {
+            format!(
+                "LOCAL_RANK={} without LOCAL_WORLD_SIZE: this process plans its loader threads and host memory as if it ran alone on this machine; set LOCAL_WORLD_SIZE to the run's processes here (torchrun sets both)",
+                self.local_rank
+            )
+        })
     }
 
     /// From `var` (the environment, or a table in tests). No WORLD_SIZE, or
@@ -312,6 +328,21 @@ mod tests {
             ("MASTER_PORT", "29500"),
         ]);
         assert_eq!(shared.unwrap().local_size, 2);
+    }
+
+    #[test]
+    fn a_later_local_rank_without_the_local_world_size_is_noted() {
+        let second = World {
+            local_rank: 1,
+            ..World::single()
+        };
+        let note = second.unshared_note(false).unwrap();
+        assert!(
+            note.starts_with("LOCAL_RANK=1 without LOCAL_WORLD_SIZE"),
+            "{note}"
+        );
+        assert_eq!(second.unshared_note(true), None);
+        assert_eq!(World::single().unshared_note(false), None);
     }
 
     #[test]
