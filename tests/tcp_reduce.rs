@@ -5,7 +5,7 @@
 //! the peer, tells a refused rank why, and still meets the real ranks,
 //! whose all-reduce then averages all three (and every replica of two
 //! processes of two); an early rank waits for the late ones; a signal ends
-//! the wait.
+//! each wait.
 //! Each test binds its listener itself and passes it on (port 0: any free
 //! port), so no port is released and reused; a port nothing may listen at
 //! is taken below the range port 0 draws from.
@@ -447,10 +447,11 @@ fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
     assert!(err.contains(&said), "{err}");
 }
 
-/// A signal during the rendezvous (train's stop flag set) ends both waits
+/// A signal during the rendezvous (train's stop flag set) ends each wait
 /// at once with `Error::Stopped` naming what was awaited, long before the
-/// 120 s a missing rank is given: rank 0 waiting for rank 1, and rank 1
-/// trying to reach a rank 0 that is not there.
+/// time a missing rank is given: rank 0 waiting for rank 1, rank 1 trying
+/// to reach a rank 0 that is not there, and a joined rank waiting for the
+/// others.
 #[test]
 fn a_stop_ends_the_wait_for_other_ranks() {
     let stop_later = |stop: Arc<AtomicBool>| {
@@ -503,4 +504,34 @@ fn a_stop_ends_the_wait_for_other_ranks() {
         "{:?}",
         r1.err()
     );
+
+    // A rank that joined and waits for the others to join (rank 2 never
+    // comes, and the wait is 600 s): its first all-reduce ends at the signal.
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let long = move |rank| World {
+        connect_for: Duration::from_secs(600),
+        ..world(rank, 3, port)
+    };
+    let stop0 = Arc::new(AtomicBool::new(false));
+    let rank0 = {
+        let stop0 = Arc::clone(&stop0);
+        std::thread::spawn(move || TcpAllReduce::accept(listener, &long(0), 1, Some(&stop0)))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut r1 = TcpAllReduce::join(&long(1), 1, Some(&stop)).expect("rank 1 joins");
+    let setter = stop_later(Arc::clone(&stop));
+    let start = Instant::now();
+    let be = CpuBackend::new();
+    let mut buf = be.alloc(5).unwrap();
+    let r = AllReduce::<CpuBackend>::mean(&mut r1, 0, &[&be], &mut [&mut buf]);
+    setter.join().unwrap();
+    let waited = start.elapsed();
+    assert!(
+        matches!(&r, Err(Error::Stopped(m)) if m.contains("rank 1 waited for the other ranks")),
+        "{r:?}"
+    );
+    assert!(waited < Duration::from_secs(30), "rank 1 waited {waited:?}");
+    stop0.store(true, Ordering::Relaxed);
+    assert!(matches!(rank0.join().unwrap(), Err(Error::Stopped(_))));
 }

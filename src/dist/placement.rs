@@ -177,7 +177,7 @@ pub fn run_on<F: OnLayout>(
                 Box::new(TcpAllReduce::connect(
                     world,
                     parts[0].len(),
-                    req.stop.as_deref(),
+                    req.stop.as_ref(),
                 )?)
             })
         })?;

@@ -27,7 +27,8 @@
 //! nor join a run's start, a misconfigured process fails at once with the
 //! reason, and if a rank never comes, rank 0's timeout error lists the
 //! refused connections as well as the missing ranks. A signal (train's
-//! stop flag) ends either wait at once with `Error::Stopped`. Each buffer
+//! stop flag) ends either wait, and a joined rank's wait for the start
+//! byte below, at once with `Error::Stopped`. Each buffer
 //! goes with its length, checked against the receiver's own: processes of
 //! other builds or flags stop with an error naming the rank, rather than
 //! reading each other's bytes out of step.
@@ -40,6 +41,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::allreduce::{add, add_replicas, scale, upload_all, AllReduce};
@@ -78,6 +80,8 @@ pub struct TcpAllReduce {
     /// A rank other than 0, until rank 0's start byte came: how long to
     /// wait for it (`World::connect_for`).
     start_for: Option<Duration>,
+    /// Train's stop flag: a signal ends the wait for the start byte.
+    stop: Option<Arc<AtomicBool>>,
     sum: Vec<f32>,
     part: Vec<f32>,
     bytes: Vec<u8>,
@@ -210,7 +214,7 @@ fn inherited(fd: i32, _addr: &str, _port: u16) -> Result<TcpListener> {
 }
 
 /// Whether a signal has set `stop` (train's flag; None where no one listens).
-fn asked_to_stop(stop: Option<&AtomicBool>) -> bool {
+fn asked_to_stop(stop: Option<&Arc<AtomicBool>>) -> bool {
     stop.is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
@@ -224,7 +228,11 @@ fn stopped(waiting_for: String) -> Error {
 impl TcpAllReduce {
     /// Connect the ranks of `world`, each driving `local` replicas; a set
     /// `stop` ends the wait for the others.
-    pub fn connect(world: &World, local: usize, stop: Option<&AtomicBool>) -> Result<TcpAllReduce> {
+    pub fn connect(
+        world: &World,
+        local: usize,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<TcpAllReduce> {
         if world.rank == 0 {
             TcpAllReduce::accept(listen(world)?, world, local, stop)
         } else {
@@ -239,7 +247,7 @@ impl TcpAllReduce {
         listener: TcpListener,
         world: &World,
         local: usize,
-        stop: Option<&AtomicBool>,
+        stop: Option<&Arc<AtomicBool>>,
     ) -> Result<TcpAllReduce> {
         let at = listener.local_addr().map_err(net_err("listen".into()))?;
         if let Some(note) = world
@@ -312,12 +320,16 @@ impl TcpAllReduce {
                 .map_err(failed)?;
         }
         tracing::info!("all {} processes joined", world.size);
-        TcpAllReduce::new(world, local, peers)
+        TcpAllReduce::new(world, local, peers, None)
     }
 
     /// A rank other than 0: connect to rank 0 and be accepted as
     /// `world.rank`, trying until `stop` is set.
-    pub fn join(world: &World, local: usize, stop: Option<&AtomicBool>) -> Result<TcpAllReduce> {
+    pub fn join(
+        world: &World,
+        local: usize,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<TcpAllReduce> {
         let (addr, port) = master(world)?;
         let target = format!("{addr}:{port}");
         let rank = world.rank;
@@ -370,7 +382,7 @@ impl TcpAllReduce {
             ))
         })?;
         let why = match answer[0] {
-            ACCEPTED => return TcpAllReduce::new(world, local, vec![s]),
+            ACCEPTED => return TcpAllReduce::new(world, local, vec![s], stop.cloned()),
             OUT_OF_RANGE => format!(
                 "RANK={rank} is out of range for WORLD_SIZE={}",
                 world.size
@@ -392,7 +404,12 @@ impl TcpAllReduce {
         )))
     }
 
-    fn new(world: &World, local: usize, peers: Vec<TcpStream>) -> Result<TcpAllReduce> {
+    fn new(
+        world: &World,
+        local: usize,
+        peers: Vec<TcpStream>,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<TcpAllReduce> {
         for s in &peers {
             s.set_nodelay(true).map_err(net_err("socket".into()))?;
             s.set_read_timeout(Some(world.peer_for))
@@ -406,6 +423,7 @@ impl TcpAllReduce {
             ranks: world.size,
             peer_for: world.peer_for,
             start_for: (world.rank != 0).then_some(world.connect_for),
+            stop,
             sum: Vec::new(),
             part: Vec::new(),
             bytes: Vec::new(),
@@ -413,35 +431,51 @@ impl TcpAllReduce {
     }
 
     /// A rank other than 0, before its first buffer: waits for rank 0's
-    /// start byte, sent once every rank has joined.
+    /// start byte, sent once every rank has joined, until a signal.
     fn wait_for_start(&mut self) -> Result<()> {
         let Some(wait) = self.start_for.take() else {
             return Ok(());
         };
-        let s = &mut self.peers[0];
-        let timeout = |s: &TcpStream, t| s.set_read_timeout(Some(t));
-        timeout(s, wait).map_err(net_err("socket".into()))?;
-        let mut b = [0u8; 1];
         let rank = self.rank;
-        s.read_exact(&mut b).map_err(|e| {
-            use std::io::ErrorKind::{TimedOut, UnexpectedEof, WouldBlock};
-            let why = match e.kind() {
-                WouldBlock | TimedOut => format!(
+        let failed = |why: String| {
+            Error::Config(format!(
+                "rank {rank}, waiting for the other ranks to join: {why}; rank 0's log names the ranks it waited for"
+            ))
+        };
+        let s = &mut self.peers[0];
+        // In slices, to look at the stop flag between them.
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(net_err("socket".into()))?;
+        let start = Instant::now();
+        let mut b = [0u8; 1];
+        loop {
+            use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+            let stop = asked_to_stop(self.stop.as_ref());
+            match s.read(&mut b) {
+                Ok(1) => break,
+                Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {}
+                Ok(_) if stop => return Err(stopped(format!("rank {rank} waited for the other ranks"))),
+                Ok(_) => return Err(failed("rank 0 closed the connection before every rank had joined: it stopped, or gave up waiting for a rank".into())),
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            if stop {
+                return Err(stopped(format!("rank {rank} waited for the other ranks")));
+            }
+            if start.elapsed() > wait {
+                return Err(failed(format!(
                     "not every rank joined in {} s (ALEXNET_CONNECT_TIMEOUT sets the wait)",
                     wait.as_secs()
-                ),
-                UnexpectedEof => "rank 0 closed the connection before every rank had joined: it stopped, or gave up waiting for a rank".into(),
-                _ => e.to_string(),
-            };
-            Error::Config(format!("rank {rank}, waiting for the other ranks to join: {why}; rank 0's log names the ranks it waited for"))
-        })?;
+                )));
+            }
+        }
         if b[0] != ALL_JOINED {
             return Err(Error::Config(format!(
                 "rank {rank}: rank 0 sent {} where its start byte belongs; run the same alexnet-cuda build in every process",
                 b[0]
             )));
         }
-        timeout(s, self.peer_for).map_err(net_err("socket".into()))
+        s.set_read_timeout(Some(self.peer_for))
+            .map_err(net_err("socket".into()))
     }
 
     /// The first local replica's index among all ranks' replicas.
