@@ -160,14 +160,7 @@ pub fn run_on<F: OnLayout>(
     if req.cpu {
         let p = req.parallel.unwrap_or(Parallel::None);
         check_world(p, world)?;
-        let n = match p {
-            Parallel::None => 1,
-            Parallel::Model => 2,
-            Parallel::Data => req.replicas,
-            Parallel::Hybrid => req.replicas.saturating_mul(2),
-        };
-        check_cpu_devices(n, req.replicas)?;
-        check_count(p, n, "--cpu")?;
+        let n = cpu_devices(p, req.replicas)?;
         let devs: Vec<CpuBackend> = (0..n).map(|_| CpuBackend::new()).collect();
         // Across processes, the replicas meet over TCP (tcp.rs).
         let layout = layout(p, &devs, |parts| {
@@ -213,7 +206,9 @@ pub fn run_on<F: OnLayout>(
 /// against them before any data is read or device opened.
 pub fn copies_here(req: &Request, world: &World) -> Result<usize> {
     let (p, n) = if req.cpu {
-        (req.parallel.unwrap_or(Parallel::None), req.replicas)
+        let p = req.parallel.unwrap_or(Parallel::None);
+        cpu_devices(p, req.replicas)?;
+        (p, req.replicas)
     } else {
         let (ids, p) = gpu_plan(req, world)?;
         let pairs = if p == Parallel::Hybrid {
@@ -227,6 +222,20 @@ pub fn copies_here(req: &Request, world: &World) -> Result<usize> {
         Parallel::Data | Parallel::Hybrid => n,
         Parallel::None | Parallel::Model => 1,
     })
+}
+
+/// The CPU devices `p` over `replicas` makes, checked against the limit
+/// and the layout's count.
+fn cpu_devices(p: Parallel, replicas: usize) -> Result<usize> {
+    let n = match p {
+        Parallel::None => 1,
+        Parallel::Model => 2,
+        Parallel::Data => replicas,
+        Parallel::Hybrid => replicas.saturating_mul(2),
+    };
+    check_cpu_devices(n, replicas)?;
+    check_count(p, n, "--cpu")?;
+    Ok(n)
 }
 
 /// Check, without opening them, that the devices `req` asks for are
@@ -529,6 +538,11 @@ mod tests {
         assert_eq!(copies(&cpu), 5);
         cpu.parallel = Some(Parallel::Model);
         assert_eq!(copies(&cpu), 1);
+        // Past the device limit, that limit is the error (not a batch
+        // multiple of 10^11).
+        (cpu.parallel, cpu.replicas) = (Some(Parallel::Data), 100_000_000_000);
+        let e = copies_here(&cpu, &one).unwrap_err().to_string();
+        assert!(e.contains("at most 1024"), "{e}");
     }
 
     #[test]
