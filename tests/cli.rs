@@ -733,7 +733,15 @@ fn bad_checkpoint_arguments() {
         &inside,
     ];
     assert_error(&neighbors, &["--out", &said]);
-    for fine in ["m.png", "cat/m.npy"] {
+    // A class folder that is a link (the scan follows it) counts too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), tree.path().join("dog")).unwrap();
+    let linked = tree.path().join("dog/m.png").display().to_string();
+    let said = format!("inside the class folder dog of {d}");
+    assert_error(&[&eval[..], &["--confusion", &linked]].concat(), &[&said]);
+    // What the scan passes by is no class: the root, hidden folders, .npy.
+    std::fs::create_dir_all(tree.path().join(".cache")).unwrap();
+    for fine in ["m.png", "cat/m.npy", ".cache/m.png", "cat/../m.png"] {
         let f = tree.path().join(fine).display().to_string();
         let (ok, err) = run(&[&eval[..], &["--confusion", &f]].concat());
         assert!(

@@ -11,8 +11,8 @@ use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
-use alexnet_cuda::data::images_under;
 use alexnet_cuda::data::packed::is_store_or_prepared;
+use alexnet_cuda::data::{images_under, is_hidden};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
@@ -243,23 +243,40 @@ pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
 
 /// Refuse a picture (`flag` `out`) inside a class folder of the image tree
 /// `data`: every later scan of the tree (train, eval, features) would take
-/// it for an image of that class. A store's folders are not scanned.
+/// it for an image of that class. A store's folders are not scanned, nor
+/// hidden ones. Checked through links as the OS resolves them and as
+/// written, since a class folder may be a link the scan follows.
 pub fn not_among_images(flag: &str, out: &Path, data: &Path) -> Result<()> {
     if is_store_or_prepared(data) {
         return Ok(());
     }
-    let (out_at, data_at) = (fsutil::resolved(out), fsutil::resolved(data));
-    let Ok(rest) = out_at.strip_prefix(&data_at) else {
-        return Ok(());
-    };
-    // A file at the tree's root belongs to no class, and scans pass it by.
-    if let Some(class) = rest.parent().and_then(|p| p.components().next()) {
-        bail!(
-            "{flag} {}: inside the class folder {} of {}, where every later scan (train, eval, features) would read the picture as one of its images; write it outside the image tree",
-            out.display(),
-            class.as_os_str().to_string_lossy(),
-            data.display()
-        );
+    let written = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let forms = [
+        (fsutil::resolved(out), fsutil::resolved(data)),
+        (written(out), written(data)),
+    ];
+    for (out_at, data_at) in forms {
+        let Some(folder) = out_at.strip_prefix(&data_at).ok().and_then(Path::parent) else {
+            continue;
+        };
+        // A file at the tree's root belongs to no class; `..` as written
+        // may lead out of it (the resolved form has the answer).
+        let Some(class) = folder.components().next().map(|c| c.as_os_str().to_owned()) else {
+            continue;
+        };
+        let mut walked = data_at.clone();
+        let unscanned = folder.components().any(|c| {
+            walked.push(c);
+            c == std::path::Component::ParentDir || is_hidden(&walked)
+        });
+        if !unscanned {
+            bail!(
+                "{flag} {}: inside the class folder {} of {}, where every later scan (train, eval, features) would read the picture as one of its images; write it outside the image tree",
+                out.display(),
+                class.to_string_lossy(),
+                data.display()
+            );
+        }
     }
     Ok(())
 }

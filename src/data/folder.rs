@@ -379,7 +379,7 @@ pub(super) fn not_a_folder(root: &Path, fix: &str) -> Error {
 /// folder of `._` resource forks that a zip made on macOS unpacks to: what
 /// tools leave behind, never images or classes.
 /// Read as bytes: a `._` fork of a name that is not UTF-8 is hidden too.
-pub(super) fn is_hidden(path: &Path) -> bool {
+pub fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .map(|n| n.as_encoded_bytes())
         .is_some_and(|n| n.starts_with(b".") || n == b"__MACOSX")

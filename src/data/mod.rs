@@ -26,7 +26,7 @@ pub use decode::{
 };
 pub use feed::{batches, batches_from, BatchIter, Feed, Pass};
 pub use files::FileSource;
-pub use folder::{images_under, ImageFolder};
+pub use folder::{images_under, is_hidden, ImageFolder};
 pub use hostmem::{HostAlloc, HostBuf, HostMemory};
 pub use lighting::Pca;
 pub use loader::{
