@@ -345,6 +345,10 @@ impl<'a> Trainer<'a> {
         }
         let err = 1.0 - v.top1;
         let best = self.rank0_says(schedule::improves(&self.state.progress, err))?;
+        // The previous checkpoint whole (or its failure said) before this
+        // epoch's row: a log of two epochs then always had a checkpoint,
+        // which a fresh run in the folder relies on (`run_dir::earlier_results`).
+        self.finish_write()?;
         let elapsed = self.elapsed();
         let p = &mut self.state.progress;
         let stats = EpochStats {
