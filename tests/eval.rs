@@ -713,11 +713,6 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
     );
 }
 
-/// `predict` on image files equals `predict --input-npy` on the same images
-/// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
-/// the checkpoint's mean, over its std); `--logits` holds rows x classes.
-/// `export --format safetensors` holds the checkpoint's weights under
-/// PyTorch's names and shapes; without --format, --out's name picks it.
 /// Each input's ranked (class, percent) lines of a `predict` listing.
 fn listed(listing: &str) -> Vec<Vec<(String, f64)>> {
     let mut lists: Vec<Vec<(String, f64)>> = Vec::new();
@@ -755,6 +750,11 @@ fn assert_listing_is(list: &[(String, f64)], probs: &[f64], classes: &[String]) 
     }
 }
 
+/// `predict` on image files equals `predict --input-npy` on the same images
+/// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
+/// the checkpoint's mean, over its std); `--logits` holds rows x classes.
+/// `export --format safetensors` holds the checkpoint's weights under
+/// PyTorch's names and shapes; without --format, --out's name picks it.
 #[test]
 fn predict_and_export_cli() {
     use alexnet_cuda::checkpoint;
