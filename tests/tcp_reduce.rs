@@ -55,6 +55,24 @@ fn error_of(r: alexnet_cuda::Result<TcpAllReduce>) -> String {
     }
 }
 
+type Rank0 = std::thread::JoinHandle<alexnet_cuda::Result<TcpAllReduce>>;
+
+/// Rank 0 accepting in a thread, at a port of its own, each rank's world
+/// `world_of(rank, port)`, `local` replicas per process, stopped by `stop`:
+/// the port, and rank 0's thread.
+fn rank0_accepting(
+    world_of: fn(usize, u16) -> World,
+    local: usize,
+    stop: Option<Arc<AtomicBool>>,
+) -> (u16, Rank0) {
+    let listener = bind_at("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rank0 = std::thread::spawn(move || {
+        TcpAllReduce::accept(listener, &world_of(0, port), local, stop.as_ref())
+    });
+    (port, rank0)
+}
+
 /// Log lines, for a subscriber of one thread.
 #[derive(Clone, Default)]
 struct Lines(Arc<Mutex<Vec<u8>>>);
@@ -254,18 +272,16 @@ fn assert_mean_of_ranks(reduces: [TcpAllReduce; 3]) {
 /// rank 2 joins 3 s later, and all three get the mean.
 #[test]
 fn an_early_rank_waits_for_the_late_ones_longer_than_for_a_silent_peer() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let patient = move |rank| World {
+    let patient = |rank, port| World {
         connect_for: Duration::from_secs(60),
         peer_for: Duration::from_secs(1),
         ..world(rank, 3, port)
     };
-    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &patient(0), 1, None));
-    let r1 = TcpAllReduce::join(&patient(1), 1, None).expect("rank 1 joins");
+    let (port, rank0) = rank0_accepting(patient, 1, None);
+    let r1 = TcpAllReduce::join(&patient(1, port), 1, None).expect("rank 1 joins");
     let early = std::thread::spawn(move || mean_of(r1, 2.0));
     std::thread::sleep(Duration::from_secs(3));
-    let r2 = TcpAllReduce::join(&patient(2), 1, None).expect("rank 2 joins");
+    let r2 = TcpAllReduce::join(&patient(2, port), 1, None).expect("rank 2 joins");
     let r0 = rank0.join().unwrap().expect("rank 0 meets ranks 1 and 2");
     let late = std::thread::spawn(move || mean_of(r2, 3.0));
     assert_eq!(mean_of(r0, 1.0), Ok([2.0; 5].to_vec()));
@@ -277,17 +293,15 @@ fn an_early_rank_waits_for_the_late_ones_longer_than_for_a_silent_peer() {
 /// waits for the start hears of it as rank 0 closing, and says so.
 #[test]
 fn a_joined_rank_hears_when_rank_0_gives_up() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let brief = move |rank| World {
+    let brief = |rank, port| World {
         connect_for: Duration::from_secs(1),
         ..world(rank, 3, port)
     };
-    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &brief(0), 1, None));
+    let (port, rank0) = rank0_accepting(brief, 1, None);
     let r1 = TcpAllReduce::join(
         &World {
             connect_for: Duration::from_secs(60),
-            ..brief(1)
+            ..brief(1, port)
         },
         1,
         None,
@@ -317,10 +331,7 @@ fn mean_of(mut reduce: TcpAllReduce, v: f32) -> Result<Vec<f32>, String> {
 /// four, (1 + 2 + 3 + 4) / 4, not of the processes' sums.
 #[test]
 fn the_mean_is_over_every_replica_of_every_process() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let rank0 =
-        std::thread::spawn(move || TcpAllReduce::accept(listener, &world(0, 2, port), 2, None));
+    let (port, rank0) = rank0_accepting(|rank, port| world(rank, 2, port), 2, None);
     let r1 = TcpAllReduce::join(&world(1, 2, port), 2, None).expect("rank 1 joins");
     let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
     let run = |mut reduce: TcpAllReduce, rank: usize| {
@@ -352,10 +363,7 @@ fn the_mean_is_over_every_replica_of_every_process() {
 /// the RANK is free, not taken by "another process". The run then meets.
 #[test]
 fn a_rank_started_again_takes_the_place_of_its_closed_connection() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let rank0 =
-        std::thread::spawn(move || TcpAllReduce::accept(listener, &world(0, 3, port), 1, None));
+    let (port, rank0) = rank0_accepting(|rank, port| world(rank, 3, port), 1, None);
     let first = TcpAllReduce::join(&world(1, 3, port), 1, None).expect("rank 1 joins");
     drop(first);
     let r1 = TcpAllReduce::join(&world(1, 3, port), 1, None).expect("rank 1 joins again");
@@ -414,14 +422,12 @@ fn another_build_or_buffer_length_is_named() {
 /// rank that cannot reach rank 0 names the address and what to check.
 #[test]
 fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let brief = move |rank| World {
+    let brief = |rank, port| World {
         connect_for: Duration::from_secs(1),
         ..world(rank, 3, port)
     };
-    let rank0 = std::thread::spawn(move || TcpAllReduce::accept(listener, &brief(0), 1, None));
-    let _r1 = TcpAllReduce::join(&brief(1), 1, None).expect("rank 1 joins");
+    let (port, rank0) = rank0_accepting(brief, 1, None);
+    let _r1 = TcpAllReduce::join(&brief(1, port), 1, None).expect("rank 1 joins");
     let mut stranger = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let stranger_at = stranger.local_addr().unwrap();
     stranger.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").unwrap();
@@ -507,19 +513,14 @@ fn a_stop_ends_the_wait_for_other_ranks() {
 
     // A rank that joined and waits for the others to join (rank 2 never
     // comes, and the wait is 600 s): its first all-reduce ends at the signal.
-    let listener = bind_at("127.0.0.1", 0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let long = move |rank| World {
+    let long = |rank, port| World {
         connect_for: Duration::from_secs(600),
         ..world(rank, 3, port)
     };
     let stop0 = Arc::new(AtomicBool::new(false));
-    let rank0 = {
-        let stop0 = Arc::clone(&stop0);
-        std::thread::spawn(move || TcpAllReduce::accept(listener, &long(0), 1, Some(&stop0)))
-    };
+    let (port, rank0) = rank0_accepting(long, 1, Some(Arc::clone(&stop0)));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut r1 = TcpAllReduce::join(&long(1), 1, Some(&stop)).expect("rank 1 joins");
+    let mut r1 = TcpAllReduce::join(&long(1, port), 1, Some(&stop)).expect("rank 1 joins");
     let setter = stop_later(Arc::clone(&stop));
     let start = Instant::now();
     let be = CpuBackend::new();
