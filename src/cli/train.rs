@@ -181,6 +181,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let world = World::from_env()?;
     let mut request = args.device.request(&args.parallel, &world)?;
+    if let Some(note) = placement::shared_gpus_note(&request, &world) {
+        warn!("{note}");
+    }
     ensure_nccl(placement::nccl_use(&request, &world)?)?;
     // Before the demo's images are written: a missing GPU is said first.
     placement::check_devices(&request, &world)?;

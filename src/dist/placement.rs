@@ -224,6 +224,21 @@ pub fn copies_here(req: &Request, world: &World) -> Result<usize> {
     })
 }
 
+/// A note when several processes share this machine and `--gpus` is given:
+/// torchrun passes every process the same arguments, so unless each was
+/// launched with its own list, they would drive the same GPUs, which NCCL
+/// refuses ("Duplicate GPU") after the rendezvous.
+pub fn shared_gpus_note(req: &Request, world: &World) -> Option<String> {
+    let list = req
+        .gpus
+        .as_ref()
+        .filter(|_| !req.cpu && world.local_size > 1)?;
+    Some(format!(
+        "--gpus {list} with LOCAL_WORLD_SIZE={}: unless each process on this machine was given its own list, they drive the same GPUs, which NCCL refuses; under torchrun, leave --gpus out and each process drives the GPU of its LOCAL_RANK",
+        world.local_size
+    ))
+}
+
 /// The CPU devices `p` over `replicas` makes, checked against the limit
 /// and the layout's count.
 fn cpu_devices(p: Parallel, replicas: usize) -> Result<usize> {
@@ -543,6 +558,37 @@ mod tests {
         (cpu.parallel, cpu.replicas) = (Some(Parallel::Data), 100_000_000_000);
         let e = copies_here(&cpu, &one).unwrap_err().to_string();
         assert!(e.contains("at most 1024"), "{e}");
+    }
+
+    #[test]
+    fn the_same_gpus_for_every_process_of_a_machine_are_noted() {
+        let shared = World {
+            rank: 1,
+            size: 4,
+            local_size: 2,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        };
+        let note = shared_gpus_note(&gpus("0,1", Some(Parallel::Data)), &shared).unwrap();
+        assert!(
+            note.starts_with("--gpus 0,1 with LOCAL_WORLD_SIZE=2")
+                && note.contains("leave --gpus out"),
+            "{note}"
+        );
+        let alone = World {
+            local_size: 1,
+            ..shared.clone()
+        };
+        assert_eq!(
+            shared_gpus_note(&gpus("0,1", Some(Parallel::Data)), &alone),
+            None
+        );
+        let mut local = gpus("", Some(Parallel::Data));
+        local.gpus = None;
+        assert_eq!(shared_gpus_note(&local, &shared), None);
+        let mut cpu = gpus("0", Some(Parallel::Data));
+        cpu.cpu = true;
+        assert_eq!(shared_gpus_note(&cpu, &shared), None);
     }
 
     #[test]
