@@ -728,11 +728,12 @@ fn listed(listing: &str) -> Vec<Vec<(String, f64)>> {
     lists
 }
 
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
+/// The mean over `crops` rows of softmax(row), per class.
+fn averaged_softmax(rows: &[f32], crops: usize) -> Vec<f64> {
+    averaged_log_softmax(rows, crops)
+        .iter()
+        .map(|l| l.exp())
+        .collect()
 }
 
 /// `list` names the likeliest classes of `probs`, in order, with their
@@ -822,7 +823,7 @@ fn predict_and_export_cli() {
     let lists = listed(&listing);
     assert_eq!(lists.len(), 3, "{listing}");
     for (list, row) in lists.iter().zip(logits.chunks_exact(10)) {
-        assert_listing_is(list, &softmax(row), &ck.state.classes);
+        assert_listing_is(list, &averaged_softmax(row, 1), &ck.state.classes);
     }
     assert!(listing.contains("05-ring/00002.jpg"), "{listing}");
     // All ten classes, ranks 1 to 10, the percentages in one column.
@@ -915,12 +916,7 @@ fn predict_and_export_cli() {
     assert!(err.contains("wrote 10 logits rows, of 1 inputs"), "{err}");
     // Its listing: the ten crops' softmax averaged (not their logits).
     let (_, crops) = read_npy_f32(&la).unwrap();
-    let mut mean = vec![0.0f64; 10];
-    for row in crops.chunks_exact(10) {
-        for (m, p) in mean.iter_mut().zip(softmax(row)) {
-            *m += p / 10.0;
-        }
-    }
+    let mean = averaged_softmax(&crops, 10);
     assert_listing_is(&listed(&ten_listing)[0], &mean, &ck.state.classes);
     // --logits naming the --input-npy file is refused, the input kept.
     let before = std::fs::read(&x_path).unwrap();
