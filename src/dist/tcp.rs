@@ -312,15 +312,14 @@ impl TcpAllReduce {
                 Err(e) => return Err(net_err(format!("accepting at {at}"))(e)),
             }
         }
-        let mut peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
-        for (i, s) in peers.iter_mut().enumerate() {
-            let failed = peer_err(format!("telling rank {} to start", i + 1), world.peer_for);
-            s.set_write_timeout(Some(world.peer_for))
-                .and_then(|()| s.write_all(&[ALL_JOINED]))
-                .map_err(failed)?;
+        let peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
+        let mut all = TcpAllReduce::new(world, local, peers, None)?;
+        for (i, s) in all.peers.iter_mut().enumerate() {
+            let failed = peer_err(format!("telling rank {} to start", i + 1), all.peer_for);
+            s.write_all(&[ALL_JOINED]).map_err(failed)?;
         }
         tracing::info!("all {} processes joined", world.size);
-        TcpAllReduce::new(world, local, peers, None)
+        Ok(all)
     }
 
     /// A rank other than 0: connect to rank 0 and be accepted as
