@@ -55,6 +55,14 @@ fn error_of(r: alexnet_cuda::Result<TcpAllReduce>) -> String {
     }
 }
 
+/// Rank `rank` of 3 whose ranks wait only 1 s for each other.
+fn brief(rank: usize, port: u16) -> World {
+    World {
+        connect_for: Duration::from_secs(1),
+        ..world(rank, 3, port)
+    }
+}
+
 type Rank0 = std::thread::JoinHandle<alexnet_cuda::Result<TcpAllReduce>>;
 
 /// Rank 0 accepting in a thread, at a port of its own, each rank's world
@@ -293,10 +301,6 @@ fn an_early_rank_waits_for_the_late_ones_longer_than_for_a_silent_peer() {
 /// waits for the start hears of it as rank 0 closing, and says so.
 #[test]
 fn a_joined_rank_hears_when_rank_0_gives_up() {
-    let brief = |rank, port| World {
-        connect_for: Duration::from_secs(1),
-        ..world(rank, 3, port)
-    };
     let (port, rank0) = rank0_accepting(brief, 1, None);
     let r1 = TcpAllReduce::join(
         &World {
@@ -422,10 +426,6 @@ fn another_build_or_buffer_length_is_named() {
 /// rank that cannot reach rank 0 names the address and what to check.
 #[test]
 fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
-    let brief = |rank, port| World {
-        connect_for: Duration::from_secs(1),
-        ..world(rank, 3, port)
-    };
     let (port, rank0) = rank0_accepting(brief, 1, None);
     let _r1 = TcpAllReduce::join(&brief(1, port), 1, None).expect("rank 1 joins");
     let mut stranger = TcpStream::connect(("127.0.0.1", port)).unwrap();
