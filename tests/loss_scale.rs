@@ -9,8 +9,12 @@
 //!   ones, exactly (one device and two towers).
 //! - A non-finite gradient skips the update (weights and momentum untouched)
 //!   and halves the scale; the next clean step updates again.
+//! - At the smallest scale no scaled gradient can overflow, so a non-finite
+//!   one there stops the run (`Error::Diverged`, naming the step) instead
+//!   of skipping every step that follows.
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
+use alexnet_cuda::error::{Error, Result};
 use alexnet_cuda::model::loss_scale::LossScale;
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
@@ -157,4 +161,50 @@ fn a_non_finite_gradient_skips_the_step_and_halves_the_scale() {
         before != state(&net),
         "the clean step after a skip did not update"
     );
+}
+
+/// `stepped` is the divergence of step 2 (the one after a clean step).
+fn assert_stops_at_step_2(what: &str, stepped: Result<()>) {
+    match stepped {
+        Err(Error::Diverged { what: msg, .. }) => {
+            assert!(msg.starts_with("step 2: "), "{what}: {msg}");
+            assert!(msg.contains("smallest loss scale"), "{what}: {msg}");
+        }
+        other => panic!("{what}: expected Diverged, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_non_finite_gradient_at_the_smallest_scale_stops_the_run() {
+    let topo = Topology::cifar();
+    let n = 4;
+    let (x, labels) = batch(&topo, n, 7);
+    let mut bad = x.clone();
+    bad[5] = f32::NAN;
+    let floor = || Some(LossScale::with_scale(f32::MIN_POSITIVE));
+
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, &topo, n, 2).expect("network");
+    net.set_loss_scale(floor());
+    net.forward(&x, &labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    net.sgd_step(&HP)
+        .expect("a clean step at the smallest scale");
+    let before = state(&net);
+    net.forward(&bad, &labels, Mode::Train).unwrap();
+    net.backward().unwrap();
+    assert_stops_at_step_2("one device", net.sgd_step(&HP));
+    assert!(before == state(&net), "the failed step changed the weights");
+
+    let (a, b) = (CpuBackend::new(), CpuBackend::new());
+    let mut towers = TowerNetwork::new([&a, &b], &topo, n, 2).expect("towers");
+    towers.set_loss_scale(floor());
+    towers.forward(&x, &labels, Mode::Train).unwrap();
+    towers.backward().unwrap();
+    towers
+        .sgd_step(&HP)
+        .expect("a clean step at the smallest scale");
+    towers.forward(&bad, &labels, Mode::Train).unwrap();
+    towers.backward().unwrap();
+    assert_stops_at_step_2("towers", towers.sgd_step(&HP));
 }

@@ -8,6 +8,7 @@
 //! x2 every 2000 steps, x0.5 on overflow). Powers of two keep the scaling
 //! exact in floating point: with no overflow, a scaled f32 run computes the
 //! same bits as an unscaled one.
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// The scaler's state; checkpoints keep it so a resumed run scales alike.
@@ -51,10 +52,32 @@ impl LossScale {
     }
 
     /// After a step's gradients were checked: `finite` when none overflowed.
-    /// Returns whether the update may be applied.
-    pub fn update(&mut self, finite: bool) -> bool {
+    /// Returns whether the update may be applied; an error where skipping
+    /// cannot help (`cannot_cure`).
+    pub fn update(&mut self, finite: bool, step: u64, lr: f32) -> Result<bool, Error> {
+        if self.cannot_cure(finite) {
+            return Err(Error::Diverged {
+                what: format!(
+                    "step {step}: a gradient is not finite even at the smallest loss scale ({:e}), so the network itself holds a value that is not finite",
+                    self.scale
+                ),
+                fix: Error::lower_rate(lr),
+            });
+        }
+        Ok(self.apply(finite))
+    }
+
+    /// A gradient that is not finite at the smallest scale: scaled by
+    /// 2^-126, the loss gradient is far below f16's smallest value, so no
+    /// scaled gradient can overflow and halving again would skip every
+    /// step that follows.
+    fn cannot_cure(&self, finite: bool) -> bool {
+        !finite && self.scale <= f32::MIN_POSITIVE
+    }
+
+    fn apply(&mut self, finite: bool) -> bool {
         if !finite {
-            // Halve, but never below the smallest normal f32 (the scale stays usable).
+            // Halve, down to the smallest normal f32 (the scale stays usable).
             self.scale = (self.scale * 0.5).max(f32::MIN_POSITIVE);
             self.good_steps = 0;
             self.skipped += 1;
@@ -80,18 +103,18 @@ mod tests {
     fn halves_on_overflow_and_doubles_after_the_interval() {
         let mut s = LossScale::dynamic();
         s.growth_interval = 3;
-        assert!(!s.update(false));
+        assert!(!s.apply(false));
         assert_eq!((s.scale, s.skipped, s.good_steps), (32768.0, 1, 0));
-        assert!(s.update(true));
-        assert!(s.update(true));
+        assert!(s.apply(true));
+        assert!(s.apply(true));
         assert_eq!(s.scale, 32768.0);
-        assert!(s.update(true));
+        assert!(s.apply(true));
         assert_eq!((s.scale, s.good_steps), (65536.0, 0));
         // An overflow mid-interval restarts the count.
-        s.update(true);
-        s.update(false);
-        s.update(true);
-        s.update(true);
+        s.apply(true);
+        s.apply(false);
+        s.apply(true);
+        s.apply(true);
         assert_eq!(s.scale, 32768.0);
     }
 
@@ -121,10 +144,24 @@ mod tests {
     fn stays_finite_and_positive_at_the_extremes() {
         let mut s = LossScale::with_scale(f32::MAX);
         s.growth_interval = 1;
-        s.update(true);
+        s.apply(true);
         assert_eq!(s.scale, f32::MAX);
-        let mut s = LossScale::with_scale(f32::MIN_POSITIVE);
-        s.update(false);
+        let mut s = LossScale::with_scale(f32::MIN_POSITIVE * 2.0);
+        assert!(!s.update(false, 7, 0.01).unwrap());
         assert_eq!(s.scale, f32::MIN_POSITIVE);
+    }
+
+    #[test]
+    fn an_overflow_at_the_smallest_scale_stops_the_run() {
+        let mut s = LossScale::with_scale(f32::MIN_POSITIVE);
+        // A clean step there is fine...
+        assert!(s.update(true, 6, 0.01).unwrap());
+        // ...but a gradient no scale can bring into range is an error that
+        // names the step and leaves the state as it was.
+        match s.update(false, 7, 0.01) {
+            Err(Error::Diverged { what, .. }) => assert!(what.starts_with("step 7:"), "{what}"),
+            other => panic!("expected Diverged, got {other:?}"),
+        }
+        assert_eq!((s.scale, s.skipped), (f32::MIN_POSITIVE, 0));
     }
 }

@@ -408,7 +408,7 @@ impl<'a, B: Backend> Network<'a, B> {
             let finite = unscale_all(self.be, &mut self.params, 1.0 / ls.scale)?;
             self.laps.at(None);
             self.laps.lap(self.be, Part::Unscale)?;
-            if !ls.update(finite) {
+            if !ls.update(finite, self.step + 1, hp.lr)? {
                 self.last_skipped = true;
                 self.step += 1;
                 return Ok(());

@@ -638,7 +638,7 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
             for (t, tw) in self.towers.iter_mut().enumerate() {
                 finite &= unscale_all(self.devs[t], &mut tw.params, inv)?;
             }
-            if !ls.update(finite) {
+            if !ls.update(finite, self.step + 1, hp.lr)? {
                 self.last_skipped = true;
                 self.step += 1;
                 return Ok(());

@@ -290,7 +290,10 @@ impl<'a> Trainer<'a> {
         self.net.forward_queued(&b.x, &b.labels, Mode::Train)?;
         self.net.record_step(self.log.next_slot())?;
         self.net.backward()?;
-        self.net.sgd_step(&hp)?;
+        if let Err(e) = self.net.sgd_step(&hp) {
+            let epoch = self.state.progress.epoch;
+            return self.with_way_back(Err(e), |what| format!("epoch {epoch}, {what}"));
+        }
         clock.compute += t0.elapsed();
         if !self.bytes_told && self.net.exchanged_bytes() > 0 {
             info!(
@@ -576,13 +579,21 @@ impl<'a> Trainer<'a> {
         let read = self
             .log
             .flush(&mut *self.net, &mut self.state.progress, sink);
-        // A run folder knows the checkpoint to go back to.
-        match (read, self.run_dir.is_some()) {
-            (Err(Error::Diverged { what, .. }), true) => Err(Error::Diverged {
-                what,
-                fix: self.way_back(self.state.progress.lr),
+        self.with_way_back(read, |what| what)
+    }
+
+    /// A divergence found in a step, its `what` reworded, with the way on
+    /// a run folder knows (the checkpoint to go back to).
+    fn with_way_back(&mut self, r: Result<()>, word: impl Fn(String) -> String) -> Result<()> {
+        match r {
+            Err(Error::Diverged { what, fix }) => Err(Error::Diverged {
+                what: word(what),
+                fix: match self.run_dir {
+                    Some(_) => self.way_back(self.state.progress.lr),
+                    None => fix,
+                },
             }),
-            (read, _) => read,
+            r => r,
         }
     }
 
