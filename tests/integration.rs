@@ -35,6 +35,7 @@ mod pytorch_fixtures;
 mod recipe;
 mod replicas;
 mod scaling;
+mod scripts;
 mod steady_state;
 mod step_metrics;
 mod summary;
