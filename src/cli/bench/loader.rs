@@ -98,7 +98,9 @@ pub(super) fn store_loader(
 /// Load batches, epoch after epoch, until `--batches` batches' worth of
 /// images are done. Peak private (anonymous) memory is sampled once per
 /// batch: VmHWM also counts the store's file pages, which are page cache
-/// the kernel can drop at any time.
+/// the kernel can drop at any time. The clock stops at the last batch, before
+/// the iterator is dropped: its workers finish the batch each has begun, time
+/// a training loop would spend on its next step.
 fn load(store: &Arc<PackedStore>, args: &BenchLoaderArgs) -> Result<Loaded> {
     let cfg = store_loader(store, args.batch, args.crop, args.workers);
     let idx: Vec<usize> = (0..store.meta().count).collect();
@@ -106,7 +108,7 @@ fn load(store: &Arc<PackedStore>, args: &BenchLoaderArgs) -> Result<Loaded> {
     let mut peak_anon_kb = anon_kb();
     let (mut images, mut epoch) = (0usize, 0u64);
     let start = Instant::now();
-    'outer: loop {
+    let seconds = 'outer: loop {
         let mut it = batches(store.clone(), &idx, &cfg, epoch)?;
         if it.num_batches() == 0 {
             bail!(
@@ -121,14 +123,14 @@ fn load(store: &Arc<PackedStore>, args: &BenchLoaderArgs) -> Result<Loaded> {
             peak_anon_kb = peak_anon_kb.max(anon_kb());
             it.recycle(b);
             if images >= args.batches * args.batch {
-                break 'outer;
+                break 'outer start.elapsed().as_secs_f64();
             }
         }
         epoch += 1;
-    }
+    };
     Ok(Loaded {
         images,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
         peak_anon_kb,
     })
 }
