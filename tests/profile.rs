@@ -7,7 +7,7 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::backend::SgdParams;
 use alexnet_cuda::model::laps::Part;
 use alexnet_cuda::model::net::{Mode, Network};
-use alexnet_cuda::model::profile::{op_cost, CostBasis};
+use alexnet_cuda::model::profile::{median, op_cost, CostBasis};
 use alexnet_cuda::model::topology::Topology;
 
 use crate::common::{batch, cli};
@@ -241,4 +241,15 @@ fn per_layer_table_from_the_command_line() {
     let none = ["--phase-steps", "0", "--parallel", "data"];
     let (ok, _, err) = bench(&[&base[..], &none[..]].concat());
     assert!(ok, "{err}");
+}
+
+/// The PyTorch side of bench-cpu's ratios takes Python's statistics.median:
+/// an even count gives the mean of its two middle values, not the upper.
+#[test]
+fn the_median_is_pythons() {
+    assert_eq!(median(&mut []), None);
+    assert_eq!(median(&mut [5.0]), Some(5.0));
+    assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+    assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    assert_eq!(median(&mut [0.010, 0.030]), Some(0.020));
 }

@@ -147,6 +147,19 @@ pub struct Row {
     pub peak_share: Option<f64>,
 }
 
+/// The median as Python's `statistics.median` takes it (the PyTorch
+/// benchmarks' side of each ratio): the middle value, or the mean of the
+/// two middle ones of an even count; None when empty. Sorts `v`.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
 /// The table from the laps of whole steps: one row per (layer, part), in
 /// the order a step ran them, with the median lap (a 16-bit step skipped
 /// for overflow has no SGD laps; the others' median stands).
@@ -169,8 +182,7 @@ pub fn table(
     let mut rows = Vec::with_capacity(order.len());
     for key in order {
         let mut t = times.remove(&key).unwrap_or_default();
-        t.sort_by(f64::total_cmp);
-        let s = t[t.len() / 2];
+        let s = median(&mut t).unwrap_or(f64::NAN);
         rows.push(row(topo, key, s, b, peaks)?);
     }
     Ok(rows)

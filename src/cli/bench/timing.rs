@@ -9,6 +9,7 @@ use serde::Serialize;
 use alexnet_cuda::backend::{Backend, SgdParams};
 use alexnet_cuda::data::hostmem::HostBuf;
 use alexnet_cuda::model::net::Mode;
+use alexnet_cuda::model::profile::median;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
 use alexnet_cuda::rng::Rng;
@@ -89,7 +90,7 @@ pub fn timed_steps(
     model.logits()?;
     let mean = t0.elapsed().as_secs_f64() / steps as f64;
     read_losses(model, &mut recorded, &mut losses)?;
-    let median = median(times).unwrap_or(f64::NAN);
+    let median = median(&mut times).unwrap_or(f64::NAN);
     Ok(Timed {
         losses,
         steps,
@@ -140,19 +141,13 @@ pub fn phase_times<B: Backend>(
         model.sgd_step(hp)?;
         phases[3].push(waited(t)?);
     }
-    let [upload, forward, backward, sgd] = phases.map(|v| median(v).map(|s| s * 1e3));
+    let [upload, forward, backward, sgd] = phases.map(|mut v| median(&mut v).map(|s| s * 1e3));
     Ok(Phases {
         upload_ms: upload,
         forward_ms: forward,
         backward_ms: backward,
         sgd_ms: sgd,
     })
-}
-
-/// The median (the upper one of an even count); None when empty.
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
 }
 
 /// bench-step's fixed random batch, in the memory the trainer's loader
