@@ -79,7 +79,8 @@ struct StepReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     per_layer: Option<Vec<Row>>,
     /// On a GPU: the device memory the network took (free before it less
-    /// free after its steps), beside the memory check's plan of it.
+    /// free after its steps), beside the memory check's plan of it (the
+    /// network alone: the phases' upload probe is freed by then).
     #[serde(skip_serializing_if = "Option::is_none")]
     device_bytes_used: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,9 +217,13 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         MemoryNeed::on_device(be, topo, 1)?,
     );
     let phase_steps = args.phase_steps.unwrap_or(3);
-    // phase_times's upload probe: one more input, where phases are timed.
+    // The network's plan, beside the memory it is seen to take: measured
+    // after phase_times has freed its probe.
+    let planned = on_device.bytes(batch, 0);
+    // phase_times's upload probe: one more input, where phases are timed,
+    // in the backend's activation size (`Backend::alloc`).
     if phase_steps > 0 {
-        let input = 4 * (topo.channels * topo.crop * topo.crop) as u64;
+        let input = be.activation_bytes() * (topo.channels * topo.crop * topo.crop) as u64;
         host.per_row += if be.in_host_memory() { input } else { 0 };
         on_device.per_row += input;
     }
@@ -237,7 +242,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     report.phases = Some(phases);
     if let (Some(before), Some(after)) = (free_before, be.device_memory()) {
         report.device_bytes_used = Some(before.saturating_sub(after.free));
-        report.device_bytes_planned = Some(on_device.bytes(batch, 0));
+        report.device_bytes_planned = Some(planned);
     }
     if args.per_layer.per_layer {
         let flags = (&args.per_layer, &args.device);
