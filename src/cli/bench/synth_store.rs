@@ -66,7 +66,8 @@ fn distinct_images(size: usize) -> Result<Vec<Vec<u8>>> {
     Ok(encoded)
 }
 
-/// The store's metadata: 1000 classes of equal share, and made-up pixel
+/// The store's metadata: 1000 classes, image i of class i mod 1000 (so the
+/// first count mod 1000 classes hold one more), and made-up pixel
 /// statistics (the writer fills in the counts, sizes and checksums).
 fn meta(count: usize, size: usize) -> StoreMeta {
     let cov = [[400.0, 0.0, 0.0], [0.0, 400.0, 0.0], [0.0, 0.0, 400.0]];
@@ -80,7 +81,9 @@ fn meta(count: usize, size: usize) -> StoreMeta {
         count: 0,
         classes: (0..1000).map(|c| format!("n{c:08}")).collect(),
         names: Vec::new(),
-        class_counts: vec![(count / 1000) as u64; 1000],
+        class_counts: (0..1000)
+            .map(|c| (count / 1000 + usize::from(c < count % 1000)) as u64)
+            .collect(),
         stats: Stats {
             images: count as u64,
             channel_mean: [127.0; 3],
