@@ -19,6 +19,7 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use memmap2::{Advice, Mmap};
 use serde::{Deserialize, Serialize};
@@ -448,6 +449,34 @@ pub struct PackedStore {
     entries: Vec<Entry>,
     mean_image: Vec<f32>,
     data: Mmap,
+    /// `sources-<gen>.txt`, read at the first error that names a source:
+    /// a damaged region spoils many images, and each would read it again.
+    source_lines: OnceLock<Option<Lines>>,
+}
+
+/// A text file's lines, as the text and where each line starts.
+struct Lines {
+    text: String,
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    fn new(text: String) -> Lines {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(at, _)| at + 1));
+        Lines { text, starts }
+    }
+
+    /// Line `i`, without its line ending (as `str::lines` gives it).
+    fn get(&self, i: usize) -> Option<&str> {
+        let start = *self.starts.get(i)?;
+        let end = self.starts.get(i + 1).map_or(self.text.len(), |&e| e - 1);
+        if start >= self.text.len() {
+            return None;
+        }
+        let line = &self.text[start..end];
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    }
 }
 
 impl PackedStore {
@@ -532,6 +561,7 @@ impl PackedStore {
             entries,
             mean_image,
             data,
+            source_lines: OnceLock::new(),
         })
     }
 
@@ -568,12 +598,14 @@ impl PackedStore {
         Ok(b)
     }
 
-    /// The source file image `i` came from (read from `sources-<gen>.txt`
-    /// on demand; used for error messages).
+    /// The source file image `i` came from (from `sources-<gen>.txt`, read
+    /// once, when first asked; used for error messages).
     pub fn source(&self, i: usize) -> Option<String> {
-        let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
-        let text = fs::read_to_string(p).ok()?;
-        text.lines().nth(i).map(str::to_string)
+        let lines = self.source_lines.get_or_init(|| {
+            let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
+            fs::read_to_string(p).ok().map(Lines::new)
+        });
+        lines.as_ref()?.get(i).map(str::to_string)
     }
 
     /// The source file of every image, in store order (one read of
@@ -616,5 +648,21 @@ impl PackedStore {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    /// Line by line as the standard library's `str::lines` splits them.
+    #[test]
+    fn lines_are_std_lines() {
+        for text in ["", "a", "a\n", "a\nb", "a\r\nb\r\n", "\n\nc\n", "x\ny\n\n"] {
+            let lines = Lines::new(text.to_string());
+            let want: Vec<&str> = text.lines().collect();
+            let got: Vec<&str> = (0..=want.len()).map_while(|i| lines.get(i)).collect();
+            assert_eq!(got, want, "{text:?}");
+        }
     }
 }
