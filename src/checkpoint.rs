@@ -287,9 +287,11 @@ pub fn from_parts(
 
 /// The run state agrees with the network it names and with the tensors:
 /// a class per output, a name per class, crops padded to the input, the
-/// mean image it says was subtracted. `train` never writes otherwise, and
-/// every checksum can be right on a state edited and summed again; read
-/// as is, such a file would list no predictions, or allocate without end.
+/// mean image it says was subtracted, and none it says was not (eval
+/// would subtract it, `export --pixels` the channel means). `train` never
+/// writes otherwise, and every checksum can be right on a state edited and
+/// summed again; read as is, such a file would list no predictions, or
+/// allocate without end.
 fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result<()> {
     let topo = state.net.topology()?;
     let (classes, names) = (state.classes.len(), state.names.len());
@@ -306,8 +308,11 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
             "crops of {} padded by {} for a network input of {}",
             p.crop, p.pad, topo.crop
         )
-    } else if p.mean_image && !tensors.iter().any(|t| t.name == MEAN_IMAGE) {
-        format!("the mean image subtracted in training, but no {MEAN_IMAGE}")
+    } else if p.mean_image != tensors.iter().any(|t| t.name == MEAN_IMAGE) {
+        match p.mean_image {
+            true => format!("the mean image subtracted in training, but no {MEAN_IMAGE}"),
+            false => format!("a {MEAN_IMAGE}, but channel means subtracted in training"),
+        }
     } else {
         return Ok(());
     };

@@ -2415,6 +2415,23 @@ fn a_run_state_that_does_not_fit_its_network_is_refused() {
         assert!(e.contains(&want), "{want}\n{e}");
         assert!(e.contains("use another checkpoint"), "{e}");
     }
+    // The other way round: a mean image the state says was not subtracted
+    // (eval would subtract it; export --pixels the channel means).
+    assert!(
+        !ck.state.preprocess.mean_image,
+        "the run subtracted channel means"
+    );
+    let size = ck.state.preprocess.image_size;
+    let mut with_mean = tensors.clone();
+    with_mean.push(alexnet_cuda::export::Tensor {
+        name: checkpoint::MEAN_IMAGE.into(),
+        shape: vec![size, size, 3],
+        data: vec![100.0; size * size * 3],
+    });
+    checkpoint::save(&path, &ck.state, &with_mean).unwrap();
+    let e = checkpoint::load(&path).unwrap_err().to_string();
+    let want = "(a data.mean_image, but channel means subtracted in training";
+    assert!(e.contains(want), "{want}\n{e}");
     // The untouched state, saved the same way, loads.
     checkpoint::save(&path, &ck.state, &tensors).unwrap();
     checkpoint::load(&path).unwrap();
