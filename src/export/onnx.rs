@@ -28,6 +28,10 @@ use crate::run_state::Preprocess;
 /// onnxruntime and current onnx releases accept both.
 const IR_VERSION: i64 = 8;
 const OPSET: i64 = 13;
+/// Protobuf's limit on a serialized message, 2 GiB less one byte, which the
+/// ONNX readers enforce: a larger model must keep its weights as external
+/// data (onnx docs/ExternalData.md), which this writer does not do.
+const PROTOBUF_MAX: usize = i32::MAX as usize;
 
 /// What a graph that takes pixels does first: the loader's preprocessing
 /// of the centre crop at test time. Subtract the mean (the mean image's
@@ -198,7 +202,18 @@ fn encode_model(
             })
             .collect(),
     };
+    within_protobuf(model.encoded_len())?;
     Ok(model.encode_to_vec())
+}
+
+/// A model of `len` bytes as one protobuf message, or why not.
+fn within_protobuf(len: usize) -> std::result::Result<(), String> {
+    if len > PROTOBUF_MAX {
+        return Err(format!(
+            "the model takes {len} bytes, over the 2 GiB (2^31 - 1 bytes) a protobuf message may hold, which ONNX readers refuse; export --format safetensors instead, or train fewer classes"
+        ));
+    }
+    Ok(())
 }
 
 /// The preprocessing nodes from "pixels" (the first reads it), and their
@@ -534,6 +549,18 @@ mod tests {
         assert!(
             bytes.windows(4).any(|w| w == [0x40, 0x02, 0x40, 0x02]),
             "{bytes:x?}"
+        );
+    }
+
+    /// Protobuf's limit is a signed 32-bit size: 2^31 - 1 bytes fit, 2^31
+    /// do not (an alexnet with about 117,000 classes passes it).
+    #[test]
+    fn a_model_over_protobufs_2_gib_is_refused() {
+        assert!(within_protobuf((1 << 31) - 1).is_ok());
+        let e = within_protobuf(1 << 31).unwrap_err();
+        assert!(
+            e.contains("2147483648 bytes") && e.contains("--format safetensors"),
+            "{e}"
         );
     }
 }
