@@ -390,6 +390,7 @@ pub fn nearest_blocks(
     let nq = queries.len() / dim;
     let block_rows = block_rows.max(1);
     let qn: Vec<f64> = queries.chunks_exact(dim).map(sq_norm).collect();
+    let gamma = dot_error_bound(dim);
     let mut best: Vec<Vec<Neighbor>> = vec![Vec::with_capacity(k + 1); nq];
     let mut dots = Vec::new();
     let mut start = 0;
@@ -424,12 +425,14 @@ pub fn nearest_blocks(
             let qrow = &queries[q * dim..(q + 1) * dim];
             for j in 0..count {
                 let approx = qn[q] + xn[j] - 2.0 * dots[q * count + j] as f64;
-                // f32 dot products of long rows err by a small multiple of
-                // |q| |x|; screen with that slack, then decide exactly.
-                let slack = 1e-4 * (qn[q] + xn[j]) + 1e-12;
+                // The f32 dot errs by at most gamma |q| |x|, so `approx` by
+                // 2 gamma |q| |x| <= gamma (|q|^2 + |x|^2): a row skipped is
+                // farther than the k-th best (kept as f32, hence its last
+                // place), and every other is decided exactly.
+                let slack = gamma * (qn[q] + xn[j]);
                 if best.len() == k {
                     if let Some(w) = best.last() {
-                        if approx - slack > w.dist2 as f64 {
+                        if approx - slack > w.dist2 as f64 * (1.0 + f32::EPSILON as f64) {
                             continue;
                         }
                     }
@@ -452,6 +455,19 @@ pub fn nearest_blocks(
 
 fn sq_norm(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64 * v as f64).sum()
+}
+
+/// The bound on an f32 dot product's error relative to sum |a_i b_i| for
+/// rows of `dim`, in any order of summation: gamma_n = n u / (1 - n u),
+/// u = 2^-24 (Higham, "Accuracy and Stability of Numerical Algorithms",
+/// 2nd ed., 2002, eq. 3.5); infinite where n u reaches 1.
+fn dot_error_bound(dim: usize) -> f64 {
+    let nu = dim as f64 * f32::EPSILON as f64 / 2.0;
+    if nu < 1.0 {
+        nu / (1.0 - nu)
+    } else {
+        f64::INFINITY
+    }
 }
 
 fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
