@@ -18,8 +18,21 @@ pub struct NvrtcCheckArgs {
 /// Compile every module for `--arch` and list the entry points missing.
 pub fn run(args: NvrtcCheckArgs) -> Result<()> {
     let cc = parse_arch(&args.arch)?;
+    let want = format!("sm_{}{}", cc.0, cc.1);
     let mut missing = Vec::new();
     for (m, ptx) in modules::nvrtc_compile_all(cc)? {
+        // The loader falls back to compute_75 when NVRTC refuses the
+        // device's architecture; a check of --arch must not pass that way.
+        let target = ptx_target(&ptx).unwrap_or("none");
+        if target != want {
+            bail!(
+                "module {}: the PTX targets {target}, not the {want} of --arch {}: NVRTC could not compile it for compute_{}{} (the warning above says why)",
+                m.name,
+                args.arch,
+                cc.0,
+                cc.1
+            );
+        }
         let entries = ptx_entries(&ptx);
         let absent: Vec<&str> = m
             .kernels
@@ -28,7 +41,7 @@ pub fn run(args: NvrtcCheckArgs) -> Result<()> {
             .filter(|k| !entries.contains(k))
             .collect();
         outln!(
-            "{:<14} sm_{}{}: {:>7} bytes of PTX, {} of {} entry points",
+            "{:<14} compute_{}{} (PTX for {target}): {:>7} bytes, {} of {} entry points",
             m.name,
             cc.0,
             cc.1,
@@ -70,6 +83,15 @@ fn contractible(ptx: &str) -> Option<&str> {
     })
 }
 
+/// The architecture of a PTX text's `.target` directive ("sm_90" of
+/// ".target sm_90" or ".target sm_90, debug"; PTX ISA, "Module Directives").
+fn ptx_target(ptx: &str) -> Option<&str> {
+    ptx.lines()
+        .find_map(|l| l.trim_start().strip_prefix(".target "))
+        .and_then(|t| t.split(',').next())
+        .map(str::trim)
+}
+
 /// The names of the kernels a PTX text defines.
 fn ptx_entries(ptx: &str) -> Vec<&str> {
     ptx.lines()
@@ -80,7 +102,15 @@ fn ptx_entries(ptx: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::contractible;
+    use super::{contractible, ptx_target};
+
+    #[test]
+    fn the_target_is_read_from_its_directive() {
+        let ptx = "//\n.version 8.8\n.target sm_90\n.address_size 64\n";
+        assert_eq!(ptx_target(ptx), Some("sm_90"));
+        assert_eq!(ptx_target(".target sm_75, debug\n"), Some("sm_75"));
+        assert_eq!(ptx_target(".version 8.8\n"), None);
+    }
 
     /// PTX's rounding modifiers: `.rn` pins an f32 operation's rounding, so
     /// ptxas may not fuse it (PTX ISA, "Floating Point Instructions").
