@@ -1190,6 +1190,64 @@ fn sigterm_stops_with_a_checkpoint() {
     }
 }
 
+/// A signal while a raw image folder is decoded (minutes for a large one)
+/// stops the run within moments, status 130, saying nothing was trained,
+/// with no run folder written; not after the whole decode, a first step and
+/// a checkpoint of it.
+#[test]
+fn a_signal_while_the_images_are_decoded_stops_before_any_step() {
+    let t = tempfile::tempdir().unwrap();
+    // Two large images, each linked 1000 times: seconds of decoding.
+    let src = t.path().join("src");
+    write_demo_dataset(&src, 2, 1, 1024, 3).expect("demo data");
+    let d = t.path().join("data");
+    for class in std::fs::read_dir(&src).unwrap() {
+        let class = class.unwrap().path();
+        let to = d.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(&class).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            for k in 0..1000 {
+                std::fs::hard_link(&file, to.join(format!("{k}-{name}"))).unwrap();
+            }
+        }
+    }
+    let out = t.path().join("run");
+    let log = t.path().join("log");
+    let mut c = Command::new(BIN)
+        .args(train_args(&d, &out, 1))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn alexnet-cuda");
+    let decoding =
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("decoded into memory"));
+    while !decoding() {
+        let ended = c.try_wait().expect("the run's status");
+        assert!(ended.is_none(), "the run ended before decoding: {ended:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let signalled = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(o.status.code(), Some(130), "{stdout}\n{log}");
+    let said = format!(
+        "stopped at a signal while the images of {} were decoded, before any step: nothing was trained",
+        d.display()
+    );
+    assert!(stdout.contains(&said), "{stdout}\n{log}");
+    assert!(!out.exists(), "a run folder was written");
+    println!("stopped {:?} after the signal", signalled.elapsed());
+}
+
 /// GNU `timeout` sends its signal to the run and then to the run's process
 /// group, so the run receives it twice at once: still one request to stop,
 /// with a checkpoint, not the second Ctrl-C that quits without one.

@@ -597,7 +597,7 @@ fn say_when_stopping(signals: [i32; 4]) -> Result<Receiver<()>> {
                 match first {
                     None => {
                         tracing::warn!(
-                            "stopping: the step or validation in progress finishes, then a checkpoint is written; Ctrl-C again quits at once without one"
+                            "stopping: the step or validation in progress finishes, then a checkpoint is written (before the first step, the run stops with nothing written); Ctrl-C again quits at once without one"
                         );
                         first = Some(Instant::now());
                         let _ = logged.send(());

@@ -1,6 +1,8 @@
 //! The in-memory image store: every image decoded once into one contiguous
 //! `N x size x size x 3` (HWC, u8) buffer, with labels and class names; plus
 //! the seeded train/val split and the channel statistics for normalising.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -27,6 +29,9 @@ pub struct BuildOptions {
     pub max_bytes: u64,
     /// Show a progress bar (indicatif hides it when stderr is not a terminal).
     pub progress: bool,
+    /// Set by a signal: the images not yet begun are left, and the build
+    /// ends in `Error::Stopped` (a decode of a large folder takes minutes).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl BuildOptions {
@@ -36,6 +41,7 @@ impl BuildOptions {
             limit: None,
             max_bytes: 16 << 30,
             progress: true,
+            stop: None,
         }
     }
 }
@@ -89,17 +95,31 @@ impl ImageSet {
         let bar = crate::progress::bar(n, "decoding", opts.progress);
         let start = Instant::now();
         let items = folder.items();
+        let stopped = || {
+            opts.stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        };
         // Every image is tried, so one error lists all the bad files.
         let mut failed: Vec<(usize, Error)> = pixels
             .par_chunks_mut(per_image)
             .zip(chosen.par_iter())
             .filter_map(|(out, &i)| {
+                if stopped() {
+                    return None;
+                }
                 let r = decode_into(&items[i].0, size, out);
                 bar.inc(1);
                 r.err().map(|e| (i, e))
             })
             .collect();
         bar.finish_and_clear();
+        if stopped() {
+            return Err(Error::Stopped(format!(
+                "stopped at a signal while the images of {} were decoded, before any step: nothing was trained",
+                folder.root().display()
+            )));
+        }
         failed.sort_by_key(|(i, _)| *i);
         if let Some(e) = unreadable(folder, n, failed) {
             return Err(e);

@@ -114,6 +114,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         limit: opts.run.limit,
         max_bytes: opts.max_memory,
         progress: opts.progress,
+        stop: opts.stop.clone(),
     };
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = limited_len(folder.len(), opts.run.limit);

@@ -135,6 +135,7 @@ impl<'a> Trainer<'a> {
         setup::check_memory(&layout, &topo, opts, &loader, &data)?;
         let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
         let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
+        setup::not_stopped(opts)?;
         // Before the run folder is touched: a process started otherwise stops them all.
         let precision = backend.precision();
         agree::across(&mut *net, &state, (&shape, precision), &opts.world)?;

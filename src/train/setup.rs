@@ -2,6 +2,8 @@
 //! (the batch over the processes, the learning rate, the classes, the
 //! crop, a resume's data and network), the network built with its
 //! starting weights, and the run's state: a checkpoint's, or a fresh one.
+use std::sync::atomic::Ordering;
+
 use tracing::info;
 
 use crate::backend::Backend;
@@ -349,6 +351,23 @@ pub fn mean_tensor(loader: &LoaderConfig, size: usize) -> Option<Tensor> {
         shape: vec![size, size, 3],
         data: m.to_vec(),
     })
+}
+
+/// A signal while the run was set up (the data read, the network built):
+/// `Error::Stopped` before the run folder is touched, not a first step and
+/// a checkpoint nobody asked for.
+pub fn not_stopped(opts: &TrainOptions) -> Result<()> {
+    match opts
+        .stop
+        .as_ref()
+        .is_some_and(|s| s.load(Ordering::Relaxed))
+    {
+        true => Err(Error::Stopped(
+            "stopped at a signal while the run was set up, before any step: nothing was trained"
+                .into(),
+        )),
+        false => Ok(()),
+    }
 }
 
 /// 16-bit backends: dynamic loss scaling, from where a resumed run left it.
