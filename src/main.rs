@@ -4,6 +4,8 @@
 //! line on stderr and a non-zero exit.
 mod cli;
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -121,7 +123,8 @@ fn main() {
         if stdout_closed(&e) {
             std::process::exit(141);
         }
-        eprintln!("error: {e:#}");
+        // Not eprintln!, which panics (status 101) when stderr is closed.
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
         std::process::exit(1);
     }
 }

@@ -622,6 +622,22 @@ fn missing_input_files_name_their_flag() {
 
 /// Run-folder commands: a missing checkpoint or run folder is named, and
 /// --resume refuses flags that would change the run it continues.
+/// An error written to a stderr nobody reads any more (`2>&1 | head` after
+/// head has exited) still ends with status 1, not a panic's 101.
+#[test]
+fn an_error_on_a_closed_stderr_still_exits_1() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["eval", "--checkpoint", "missing.safetensors", "--data", "."])
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .expect("run alexnet-cuda");
+    assert_eq!(status.code(), Some(1));
+}
+
 #[test]
 fn bad_checkpoint_arguments() {
     assert_error(
