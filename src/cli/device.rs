@@ -153,7 +153,9 @@ impl DeviceArgs {
             f += " --cpu";
         }
         if let Some(g) = &self.gpus {
-            f += &format!(" --gpus {g}");
+            // As parsed: "0, 1" would split into two words on a command line.
+            let list: Vec<&str> = g.split(',').map(str::trim).collect();
+            f += &format!(" --gpus {}", list.join(","));
         }
         if let Some(p) = &par.parallel {
             f += &format!(" --parallel {}", flag_value(p));
@@ -232,6 +234,14 @@ mod tests {
     fn parse(line: &str) -> Cli {
         let words = std::iter::once("x").chain(line.split_whitespace());
         Cli::try_parse_from(words).expect("flags parse")
+    }
+
+    /// `--gpus "0, 1"` is accepted (each number trimmed), and repeated as
+    /// one word, which a shell passes back as one argument.
+    #[test]
+    fn a_gpu_list_with_spaces_is_repeated_as_one_word() {
+        let given = Cli::try_parse_from(["x", "--gpus", "0, 1"]).expect("flags parse");
+        assert_eq!(given.device.flags(&given.parallel), " --gpus 0,1");
     }
 
     /// The flags a stopped run prints to continue with say everything that
