@@ -109,7 +109,7 @@ fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, bool) {
 /// record): the restart marker alone would not do, since TensorBoard's
 /// default reader ignores it and keeps a tag's points past `s` until the
 /// resumed run writes that tag again. Returns the files changed.
-pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<PathBuf>> {
+pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<Cut>> {
     let mut changed = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
@@ -122,7 +122,7 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<PathBuf>>
         }
         let Some(s) = resume_step else {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            changed.push(path);
+            changed.push(Cut { path, unread: 0 });
             continue;
         };
         let s = i64::try_from(s).unwrap_or(i64::MAX);
@@ -144,10 +144,21 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<PathBuf>>
             .copied()
             .collect();
         write_atomic(&path, &out)?;
-        changed.push(path);
+        let unread = bytes.len() - all.last().map_or(0, |&(_, end)| end);
+        changed.push(Cut { path, unread });
     }
-    changed.sort();
+    changed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changed)
+}
+
+/// An events file `cut_earlier` changed: cut back or removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub path: PathBuf,
+    /// Bytes from the first record that could not be read to the file's
+    /// end, dropped: a record torn by a stopped process, or damage, which
+    /// takes the records after it along.
+    pub unread: usize,
 }
 
 /// What an event carries besides its time and step.

@@ -211,7 +211,10 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     let theirs = dir.join("events.out.tfevents.0000000003.h");
     std::fs::write(&theirs, &long).unwrap();
 
-    assert_eq!(cut_earlier(dir, Some(6)).unwrap(), std::slice::from_ref(&a));
+    let cut = cut_earlier(dir, Some(6)).unwrap();
+    let paths: Vec<&PathBuf> = cut.iter().map(|c| &c.path).collect();
+    assert_eq!(paths, [&a]);
+    assert_eq!(cut[0].unread, torn.len() - 3, "the torn record's bytes");
     let kept = std::fs::read(&a).unwrap();
     let steps: Vec<i64> = record_data(&kept)
         .iter()
@@ -221,10 +224,42 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     assert_eq!(kept[..], long[..kept.len()], "records kept byte for byte");
     assert_eq!(std::fs::read(&b).unwrap(), short);
 
-    let mut gone = cut_earlier(dir, None).unwrap();
-    gone.sort();
+    let gone: Vec<PathBuf> = cut_earlier(dir, None)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
     assert_eq!(gone, [a.clone(), b.clone()]);
     assert!(!a.exists() && !b.exists());
     assert!(dir.join("steps.csv").exists());
     assert_eq!(std::fs::read(&theirs).unwrap(), long);
+}
+
+/// A damaged record in the middle of an events file: the records before
+/// it are kept, and the bytes from it to the end are counted as dropped
+/// (said in the resumed run's log), not only a torn last record's.
+#[test]
+fn cut_earlier_counts_the_bytes_lost_to_a_damaged_record() {
+    let t = tempfile::tempdir().unwrap();
+    let scalars = |step: i64| record(&event(0.0, step, Payload::Scalars(&[("step/loss", 1.0)])));
+    let mut bytes = record(&event(0.0, 0, Payload::FileVersion));
+    bytes.extend(scalars(1));
+    let damaged_at = bytes.len();
+    for s in 2..=10 {
+        bytes.extend(scalars(s));
+    }
+    // A flipped byte in step 2's data fails its CRC.
+    bytes[damaged_at + 14] ^= 0xff;
+    let a = t
+        .path()
+        .join("events.out.tfevents.0000000001.h.alexnet-cuda");
+    std::fs::write(&a, &bytes).unwrap();
+    let cut = cut_earlier(t.path(), Some(6)).unwrap();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].unread, bytes.len() - damaged_at);
+    let steps: Vec<i64> = record_data(&std::fs::read(&a).unwrap())
+        .iter()
+        .map(|d| step_and_tags(d).0)
+        .collect();
+    assert_eq!(steps, [0, 1]);
 }

@@ -369,9 +369,14 @@ impl RunDir {
         let (metrics, rows) =
             MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
         for f in tensorboard::cut_earlier(dir, resume_step)? {
+            let path = f.path.display();
             match resume_step {
-                Some(s) => info!("{}: cut back to step {s}, the checkpoint's", f.display()),
-                None => info!("{}: removed, an attempt with no checkpoint", f.display()),
+                Some(s) if f.unread > 0 => warn!(
+                    "{path}: cut back to step {s}, the checkpoint's; its last {} bytes could not be read (a record a stopped process left half-written, or damage, which loses the records after it) and were dropped",
+                    f.unread
+                ),
+                Some(s) => info!("{path}: cut back to step {s}, the checkpoint's"),
+                None => info!("{path}: removed, an attempt with no checkpoint"),
             }
         }
         let events = EventWriter::create(dir, state.progress.elapsed_s, resume_step)?;
