@@ -667,19 +667,10 @@ fn print_out_of_time(
     run_dir: &Path,
     device_flags: &str,
 ) -> Result<()> {
-    let Some(Stopped::TimeLimit {
-        epoch,
-        step,
-        mid_epoch,
-        own,
-    }) = report.stopped
-    else {
+    let Some(Stopped::TimeLimit { epoch, step, own }) = report.stopped else {
         return Ok(());
     };
-    let at = match mid_epoch {
-        true => format!("at step {step}, in epoch {epoch}"),
-        false => format!("after epoch {epoch}"),
-    };
+    let at = format!("at step {step}, in epoch {epoch}");
     let whose = match (own, opts.time_limit) {
         (true, Some(l)) => format!("the time limit ({l:?})"),
         _ => "another process's time limit".into(),

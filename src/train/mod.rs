@@ -215,23 +215,11 @@ impl<'a> Trainer<'a> {
                 }
                 return Ok(());
             }
+            // The time limit is kept step by step (`stop_after_step`): an
+            // epoch that will not fit still trains until a checkpoint must
+            // be written, and the resume goes on from there exactly.
             let spent = self.start.elapsed().as_secs_f64();
             let per_epoch = times.per_epoch(spent, &self.state.history);
-            // The next epoch's checkpoint is written in the background,
-            // outside its time, and waited for at the run's end.
-            let out_of_time = self.out_of_time(epoch, per_epoch + self.save_s);
-            if self.agreed(out_of_time)? {
-                if !out_of_time {
-                    info!("stopping after epoch {epoch}: another process of the run reached its time limit");
-                }
-                self.report.stopped = Some(Stopped::TimeLimit {
-                    epoch,
-                    step: self.state.progress.step,
-                    mid_epoch: false,
-                    own: out_of_time,
-                });
-                break;
-            }
             display::time_left(epoch, self.opts.run.epochs, per_epoch, self.until_limit());
         }
         Ok(())
@@ -512,7 +500,6 @@ impl<'a> Trainer<'a> {
                 Some(Stopped::TimeLimit {
                     epoch: p.epoch,
                     step: p.step,
-                    mid_epoch: true,
                     own: late,
                 })
             }
@@ -640,21 +627,6 @@ impl<'a> Trainer<'a> {
         self.report.stopped = stop;
         Ok(stop.is_none())
     }
-
-    /// After `epoch`: whether the next one, of `per_epoch` seconds, would
-    /// pass the time limit (never after the last epoch).
-    fn out_of_time(&self, epoch: usize, per_epoch: f64) -> bool {
-        let Some(limit) = self.opts.time_limit else {
-            return false;
-        };
-        if epoch < self.opts.run.epochs && self.time_short_of(per_epoch) {
-            info!(
-                "stopping after epoch {epoch}: the next epoch would pass the time limit of {limit:?}"
-            );
-            return true;
-        }
-        false
-    }
 }
 
 /// Seconds the first checkpoint is assumed to take, until one is timed:
@@ -672,11 +644,11 @@ fn first_save_secs(topo: &Topology, state: &RunState, writes: bool) -> f64 {
 /// whether to stop: a signal is acted on within this many steps.
 const AGREE_EVERY: u64 = 10;
 
-/// Seconds per epoch, for the time limit and the time-left line: the mean
-/// of this process's epochs begun at their first batch, once one has run.
-/// A resumed epoch's rest is not one: counted whole, a resume near an
-/// epoch's end would halve the estimate and run past the limit. Until then
-/// the run's history says how long its last epoch took, in all processes.
+/// Seconds per epoch, for the time-left line: the mean of this process's
+/// epochs begun at their first batch, once one has run. A resumed epoch's
+/// rest is not one: counted whole, a resume near an epoch's end would halve
+/// the estimate. Until then the run's history says how long its last epoch
+/// took, in all processes.
 #[derive(Default)]
 struct EpochTimes {
     whole: usize,

@@ -129,15 +129,9 @@ pub struct TrainReport {
 pub enum Stopped {
     /// `stop` was set (a signal, to this process or another of the run).
     Signal,
-    /// The time limit: at the epoch `epoch`, after step `step`;
-    /// `mid_epoch` when the epoch was not finished; `own` when this
-    /// process's limit, not another process's of the run.
-    TimeLimit {
-        epoch: usize,
-        step: u64,
-        mid_epoch: bool,
-        own: bool,
-    },
+    /// The time limit: in the epoch `epoch`, after step `step`; `own`
+    /// when this process's limit, not another process's of the run.
+    TimeLimit { epoch: usize, step: u64, own: bool },
 }
 
 /// `opts` with the run-defining options of a checkpoint; `epochs` stays,
