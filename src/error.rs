@@ -39,8 +39,9 @@ pub enum Error {
     #[error("{what}: the run diverged; {fix}")]
     Diverged { what: String, fix: String },
 
-    /// A signal (SIGINT, SIGTERM) came while the process waited for the
-    /// other processes of a run, before any training: nothing to keep.
+    /// A signal (SIGINT, SIGTERM) came before any training: while the
+    /// process waited for the other processes of a run, or while a run of
+    /// one process was set up. Nothing to keep.
     #[error("{0}")]
     Stopped(String),
 

@@ -231,10 +231,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // have all met and read the data.
     local_batch(&opts, placement::copies_here(&request, &opts.world)?)?;
     let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
-        // A signal while the ranks were meeting: nothing trained, nothing to keep.
+        // A signal while the ranks were meeting, or while one process set
+        // up its run: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {
             let _ = told.recv();
-            let _ = outln!("{why}; start the run again to train");
+            let again = match (&opts.resume, &opts.out) {
+                (Some(_), Some(dir)) => continue_with(dir, &args.device.flags(&args.parallel)),
+                _ => "start the run again to train".into(),
+            };
+            let _ = outln!("{why}; {again}");
             exit_at_signal(&signal_status, demo_dir)
         }
         r => r?,
@@ -597,7 +602,7 @@ fn say_when_stopping(signals: [i32; 4]) -> Result<Receiver<()>> {
                 match first {
                     None => {
                         tracing::warn!(
-                            "stopping: the step or validation in progress finishes, then a checkpoint is written (before the first step, the run stops with nothing written); Ctrl-C again quits at once without one"
+                            "stopping: the step or validation in progress finishes, then a checkpoint is written (while a run of one process is set up, it stops with nothing written); Ctrl-C again quits at once without one"
                         );
                         first = Some(Instant::now());
                         let _ = logged.send(());
