@@ -74,7 +74,7 @@ pub struct TrainArgs {
     /// Epochs without validation improvement before the learning rate drops (paper's schedule) [default: 2; with --demo, whose schedule is a drop at epoch 7, giving it or --max-drops trains with this one].
     #[arg(long, value_parser = positive)]
     patience: Option<u64>,
-    /// Stop before this long from the start: after the epoch where the next would end past it, or mid-epoch with a checkpoint where another step and a checkpoint would (the run resumes exactly). Seconds (4800), a number and a unit (80m, 1.5h, 2d), or Slurm's [D-]HH:MM:SS.
+    /// Stop before this long from the start, with a checkpoint, after the step where another step (or the epoch's validation) and a checkpoint would end past it, mid-epoch or not (the run resumes exactly). Seconds (4800), a number and a unit (80m, 1.5h, 2d), or Slurm's [D-]HH:MM:SS.
     #[arg(long, value_name = "TIME", value_parser = length_of_time)]
     time_limit: Option<Duration>,
     /// Crop side when smaller than the network input, zero-padded to it: 224 is the paper's text (227 inputs, the default, need no padding).

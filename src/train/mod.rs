@@ -102,6 +102,8 @@ pub struct Trainer<'a> {
     save_s: f64,
     /// How long the last validation took (none timed yet: None).
     val_s: Option<f64>,
+    /// Seconds per step in the last epoch trained (0 before a step).
+    per_step: f64,
     /// The checkpoint being written in the background, if one is.
     pending: Option<Pending>,
     /// When the time limit is reached.
@@ -171,6 +173,7 @@ impl<'a> Trainer<'a> {
             last_save: start,
             save_s,
             val_s: None,
+            per_step: 0.0,
             pending: None,
             deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
         })
@@ -217,7 +220,21 @@ impl<'a> Trainer<'a> {
             }
             // The time limit is kept step by step (`stop_after_step`): an
             // epoch that will not fit still trains until a checkpoint must
-            // be written, and the resume goes on from there exactly.
+            // be written, and the resume goes on from there exactly. Here,
+            // only where not even that first stop would fit.
+            let late = self.next_epoch_late(epoch);
+            if self.agreed(late)? {
+                if !late {
+                    info!("stopping after epoch {epoch}: another process of the run reached its time limit");
+                }
+                let step = self.state.progress.step;
+                self.report.stopped = Some(Stopped::TimeLimit {
+                    epoch,
+                    step,
+                    own: late,
+                });
+                break;
+            }
             let spent = self.start.elapsed().as_secs_f64();
             let per_epoch = times.per_epoch(spent, &self.state.history);
             display::time_left(epoch, self.opts.run.epochs, per_epoch, self.until_limit());
@@ -507,6 +524,36 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// After `epoch`'s end: whether the next epoch's first chance to stop
+    /// would come too late: its steps up to then and two checkpoints (the
+    /// epoch's, still being written, and the stop's own). The epoch's
+    /// checkpoint is then the one to stop on.
+    fn next_epoch_late(&self, epoch: usize) -> bool {
+        if self.deadline.is_none() || epoch >= self.opts.run.epochs {
+            return false;
+        }
+        let rest = deadline::Ahead {
+            steps: if self.opts.world.size == 1 {
+                1
+            } else {
+                AGREE_EVERY
+            },
+            left: usize::MAX,
+            per_step: self.per_step,
+            val_s: 0.0,
+            saves: 2.0,
+            save_s: self.save_s,
+        };
+        let late = self.time_short_of(rest.needed());
+        if late {
+            info!(
+                "stopping after epoch {epoch}: the time limit would pass before {} of the next",
+                rest.told()
+            );
+        }
+        late
+    }
+
     /// Seconds left before the time limit; None without one.
     fn until_limit(&self) -> Option<f64> {
         self.deadline
@@ -593,6 +640,7 @@ impl<'a> Trainer<'a> {
         if self.pending.as_ref().is_some_and(Pending::is_done) {
             self.finish_write()?;
         }
+        self.per_step = per_step;
         let stop = self.stop_after_step(per_step, left)?;
         let every = self.opts.checkpoint_every;
         // Without a run folder (ranks other than 0) nothing is saved, and

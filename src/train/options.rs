@@ -21,9 +21,9 @@ pub struct TrainOptions {
     pub run: RunOptions,
     /// Loader threads; None: sized from the machine (`default_workers`).
     pub workers: Option<usize>,
-    /// Stop before this much time has passed since `started`: after the
-    /// epoch where the next one would end past it, or within an epoch
-    /// (with a checkpoint) where another step and a checkpoint would.
+    /// Stop before this much time has passed since `started`, with a
+    /// checkpoint, after the step where another step (or the epoch's
+    /// validation) and a checkpoint would end past it.
     pub time_limit: Option<Duration>,
     /// When the time limit starts counting: the process's start, so that
     /// loading the data and meeting the other processes count too.
