@@ -58,7 +58,7 @@ impl LossScale {
         if self.cannot_cure(finite) {
             return Err(Error::Diverged {
                 what: format!(
-                    "step {step}: a gradient is not finite even at the smallest loss scale ({:e}), so the network itself holds a value that is not finite",
+                    "step {step}: a gradient is not finite even at the smallest loss scale ({:e}), so no scaling caused it: a weight, or an activation past fp16's range, is not finite",
                     self.scale
                 ),
                 fix: Error::lower_rate(lr),

@@ -297,6 +297,9 @@ impl<'a> Trainer<'a> {
         self.net.record_step(self.log.next_slot())?;
         self.net.backward()?;
         if let Err(e) = self.net.sgd_step(&hp) {
+            // The steps before it into the metrics first (a non-finite
+            // loss among them is the earlier, plainer cause).
+            self.read_steps()?;
             let epoch = self.state.progress.epoch;
             return self.with_way_back(Err(e), |what| format!("epoch {epoch}, {what}"));
         }
