@@ -442,7 +442,8 @@ pub fn is_store_or_prepared(dir: &Path) -> bool {
 }
 
 /// An opened store: metadata, index and mean image in memory (24 bytes per
-/// image plus 768 KB), the image data memory-mapped.
+/// image plus 768 KB; after an unreadable image, the sources file too), the
+/// image data memory-mapped.
 pub struct PackedStore {
     dir: PathBuf,
     meta: StoreMeta,
@@ -467,15 +468,20 @@ impl Lines {
         Lines { text, starts }
     }
 
-    /// Line `i`, without its line ending (as `str::lines` gives it).
+    /// Line `i`, without its line ending (as `str::lines` gives it: "\n",
+    /// or "\r\n"; a last line's lone "\r" stays).
     fn get(&self, i: usize) -> Option<&str> {
         let start = *self.starts.get(i)?;
-        let end = self.starts.get(i + 1).map_or(self.text.len(), |&e| e - 1);
         if start >= self.text.len() {
             return None;
         }
-        let line = &self.text[start..end];
-        Some(line.strip_suffix('\r').unwrap_or(line))
+        Some(match self.starts.get(i + 1) {
+            Some(&next) => {
+                let line = &self.text[start..next - 1];
+                line.strip_suffix('\r').unwrap_or(line)
+            }
+            None => &self.text[start..],
+        })
     }
 }
 
@@ -658,7 +664,17 @@ mod tests {
     /// Line by line as the standard library's `str::lines` splits them.
     #[test]
     fn lines_are_std_lines() {
-        for text in ["", "a", "a\n", "a\nb", "a\r\nb\r\n", "\n\nc\n", "x\ny\n\n"] {
+        let texts = [
+            "",
+            "a",
+            "a\n",
+            "a\nb",
+            "a\r\nb\r\n",
+            "\n\nc\n",
+            "x\ny\n\n",
+            "a\nb\r",
+        ];
+        for text in texts {
             let lines = Lines::new(text.to_string());
             let want: Vec<&str> = text.lines().collect();
             let got: Vec<&str> = (0..=want.len()).map_while(|i| lines.get(i)).collect();
