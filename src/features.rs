@@ -391,6 +391,7 @@ pub fn nearest_blocks(
     let block_rows = block_rows.max(1);
     let qn: Vec<f64> = queries.chunks_exact(dim).map(sq_norm).collect();
     let gamma = dot_error_bound(dim);
+    let underflow = 2.0 * dim as f64 * f64::from(f32::from_bits(1));
     let mut best: Vec<Vec<Neighbor>> = vec![Vec::with_capacity(k + 1); nq];
     let mut dots = Vec::new();
     let mut start = 0;
@@ -426,10 +427,11 @@ pub fn nearest_blocks(
             for j in 0..count {
                 let approx = qn[q] + xn[j] - 2.0 * dots[q * count + j] as f64;
                 // The f32 dot errs by at most gamma |q| |x|, so `approx` by
-                // 2 gamma |q| |x| <= gamma (|q|^2 + |x|^2): a row skipped is
-                // farther than the k-th best (kept as f32, hence its last
-                // place), and every other is decided exactly.
-                let slack = gamma * (qn[q] + xn[j]);
+                // 2 gamma |q| |x| <= gamma (|q|^2 + |x|^2), and by products
+                // that underflow, at most half the smallest subnormal each:
+                // a row skipped is farther than the k-th best (kept as f32,
+                // hence its last place), and every other is decided exactly.
+                let slack = gamma * (qn[q] + xn[j]) + underflow;
                 if best.len() == k {
                     if let Some(w) = best.last() {
                         if approx - slack > w.dist2 as f64 * (1.0 + f32::EPSILON as f64) {
