@@ -620,8 +620,6 @@ fn missing_input_files_name_their_flag() {
     }
 }
 
-/// Run-folder commands: a missing checkpoint or run folder is named, and
-/// --resume refuses flags that would change the run it continues.
 /// An error written to a stderr nobody reads any more (`2>&1 | head` after
 /// head has exited) still ends with status 1, not a panic's 101.
 #[test]
@@ -638,6 +636,8 @@ fn an_error_on_a_closed_stderr_still_exits_1() {
     assert_eq!(status.code(), Some(1));
 }
 
+/// Run-folder commands: a missing checkpoint or run folder is named, and
+/// --resume refuses flags that would change the run it continues.
 #[test]
 fn bad_checkpoint_arguments() {
     assert_error(
