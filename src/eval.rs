@@ -220,11 +220,31 @@ pub fn evaluate_pass(
     n: usize,
     on_batch: impl FnMut(usize),
 ) -> Result<EvalResult> {
-    let (r, unread) = evaluate_batches(net, iter, on_batch, None)?;
+    evaluate_pass_until(net, iter, n, on_batch, &|| false)?.ok_or_else(never_stopped)
+}
+
+/// [`evaluate_pass`], given up (None) at the first batch after `stop`
+/// says so: a run's validation at a signal, whose checkpoint must be
+/// written before a scheduler's kill follows it.
+pub fn evaluate_pass_until(
+    net: &mut dyn Model,
+    iter: BatchIter,
+    n: usize,
+    on_batch: impl FnMut(usize),
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<EvalResult>> {
+    let Some((r, unread)) = evaluate_batches(net, iter, on_batch, None, stop)? else {
+        return Ok(None);
+    };
     match unread.is_empty() {
-        true => Ok(r),
+        true => Ok(Some(r)),
         false => Err(unread_error(unread, n)),
     }
+}
+
+/// The error of an evaluation told never to stop that did.
+fn never_stopped() -> Error {
+    Error::Stopped("an evaluation with nothing to stop it stopped".into())
 }
 
 /// [`evaluate`], also counting each class's results into `tally` when given.
@@ -239,21 +259,26 @@ pub fn evaluate_by_class(
     tally: Option<&mut ClassTally>,
 ) -> Result<(EvalResult, Vec<Error>)> {
     let iter = batches(Arc::clone(set), indices, cfg, 0)?;
-    evaluate_batches(net, iter, on_batch, tally)
+    evaluate_batches(net, iter, on_batch, tally, &|| false)?.ok_or_else(never_stopped)
 }
 
-/// [`evaluate_by_class`] over the batches of `iter`.
+/// [`evaluate_by_class`] over the batches of `iter`; None when `stop`
+/// said so before a batch.
 fn evaluate_batches(
     net: &mut dyn Model,
     mut iter: BatchIter,
     mut on_batch: impl FnMut(usize),
     mut tally: Option<&mut ClassTally>,
-) -> Result<(EvalResult, Vec<Error>)> {
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<(EvalResult, Vec<Error>)>> {
     let classes = net.topology().classes;
     let (mut loss, mut top1, mut top5, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
     let mut row_labels = Vec::new();
     let mut unread = Vec::new();
     while let Some(b) = iter.next() {
+        if stop() {
+            return Ok(None);
+        }
         let mut b = b?;
         unread.extend(b.unread.drain(..).map(|(_, e)| e));
         if b.n == 0 {
@@ -296,7 +321,7 @@ fn evaluate_batches(
             top5: top5 as f64 / s,
         },
     };
-    Ok((r, unread))
+    Ok(Some((r, unread)))
 }
 
 /// The loader settings that repeat a checkpoint's test-time preprocessing:

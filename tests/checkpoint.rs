@@ -1181,7 +1181,7 @@ fn sigterm_stops_with_a_checkpoint() {
         // in progress can take a minute on a CPU).
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains("stopping: the step or validation in progress finishes"),
+            err.contains("stopping: the step in progress finishes"),
             "SIG{sig}: {err}"
         );
         let (step, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
@@ -1246,6 +1246,61 @@ fn a_signal_while_the_images_are_decoded_stops_before_any_step() {
     assert!(stdout.contains(&said), "{stdout}\n{log}");
     assert!(!out.exists(), "a run folder was written");
     println!("stopped {:?} after the signal", signalled.elapsed());
+}
+
+/// A signal during an epoch's validation (minutes on a CPU, past the 30 s
+/// a scheduler waits before its kill) stops it at once with a checkpoint
+/// of the epoch's steps, the epoch not done; the resumed run validates and
+/// ends as a whole one does, bit for bit.
+#[test]
+fn a_signal_during_validation_stops_it_with_the_epochs_steps_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("data");
+    write_demo_dataset(&d, 10, 600, 32, 5).expect("demo data");
+    // 100 training images (4 steps), 5,900 to validate.
+    let args = |out: &Path| {
+        let mut a = train_args(&d, out, 1);
+        let at = a.iter().position(|a| a == "--val").expect("--val");
+        a[at + 1] = "5900".into();
+        a
+    };
+    let (whole, stopped) = (t.path().join("whole"), t.path().join("stopped"));
+    run_ok(&args(&whole));
+    let c = start_until(&args(&stopped), &stopped, 4);
+    let stdout = interrupt(c);
+    let (step, path) = checkpoint::list(&stopped)
+        .unwrap()
+        .pop()
+        .expect("a checkpoint");
+    assert_eq!(step, 4, "{stdout}");
+    let p = checkpoint::load(&path).unwrap().state.progress;
+    assert_eq!((p.batches_done, p.epoch_done), (4, false), "{stdout}");
+    assert!(stdout.contains("continue with"), "{stdout}");
+    let rows = std::fs::read_to_string(stopped.join("epochs.csv")).unwrap_or_default();
+    assert!(
+        rows.lines().count() <= 1,
+        "an epoch row without its validation: {rows}"
+    );
+    run_ok(&resume_args(&stopped));
+    let last = |dir: &Path| {
+        checkpoint::list(dir)
+            .unwrap()
+            .pop()
+            .expect("a checkpoint")
+            .1
+    };
+    let (a, b) = (tensors(&last(&whole)), tensors(&last(&stopped)));
+    assert!(
+        a == b,
+        "the resumed run's weights differ from the whole run's"
+    );
+    let epochs = |dir: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("epochs.csv")).unwrap();
+        text.lines()
+            .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(epochs(&whole), epochs(&stopped));
 }
 
 /// GNU `timeout` sends its signal to the run and then to the run's process

@@ -602,7 +602,7 @@ fn say_when_stopping(signals: [i32; 4]) -> Result<Receiver<()>> {
                 match first {
                     None => {
                         tracing::warn!(
-                            "stopping: the step or validation in progress finishes, then a checkpoint is written (while a run of one process is set up, it stops with nothing written); Ctrl-C again quits at once without one"
+                            "stopping: the step in progress finishes (a single process's validation stops at its next batch), then a checkpoint is written (during a single process's set-up, nothing is); Ctrl-C again quits at once without one"
                         );
                         first = Some(Instant::now());
                         let _ = logged.send(());

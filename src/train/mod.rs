@@ -40,7 +40,7 @@ use crate::checkpoint::{self, RunState};
 use crate::data::{Batch, LoaderConfig};
 use crate::dist::layout::Layout;
 use crate::error::{Error, Result};
-use crate::eval::evaluate_pass;
+use crate::eval::evaluate_pass_until;
 use crate::export::Tensor;
 use crate::model::net::Mode;
 use crate::model::spec::NetSpec;
@@ -206,7 +206,9 @@ impl<'a> Trainer<'a> {
                 return Ok(());
             };
             let t_val = Instant::now();
-            let best = self.validate(&clock, epoch_start.elapsed().as_secs_f64())?;
+            let Some(best) = self.validate(&clock, epoch_start.elapsed().as_secs_f64())? else {
+                return Ok(());
+            };
             self.val_s = Some(t_val.elapsed().as_secs_f64());
             self.save_epoch_end(best)?;
             times.add(whole, epoch_start.elapsed().as_secs_f64());
@@ -336,14 +338,24 @@ impl<'a> Trainer<'a> {
 
     /// Validation after the epoch `clock` timed (`train_secs` of training),
     /// and the epoch's record: its row and log line, the metrics files,
-    /// the schedule. Returns whether the validation error is the best yet.
-    pub fn validate(&mut self, clock: &EpochClock, train_secs: f64) -> Result<bool> {
+    /// the schedule. Returns whether the validation error is the best yet;
+    /// None at a signal during it (`stop_in_validation`).
+    pub fn validate(&mut self, clock: &EpochClock, train_secs: f64) -> Result<Option<bool>> {
         let bar = crate::progress::bar(self.data.val_idx.len(), "validation", self.opts.progress);
         let epoch = self.state.progress.epoch;
         let iter = self.passes.open(PassKey::Val { epoch }, &self.data)?;
         let n = self.data.val_idx.len();
-        let v = evaluate_pass(&mut *self.net, iter, n, |n| bar.set_position(n as u64))?;
+        // One process alone: the processes of a run stop together, at the
+        // steps where they agree, and validate whole.
+        let flag = self.opts.stop.clone().filter(|_| self.opts.world.size == 1);
+        let stop = move || flag.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+        let on_batch = |n| bar.set_position(n as u64);
+        let v = evaluate_pass_until(&mut *self.net, iter, n, on_batch, &stop)?;
         bar.finish_and_clear();
+        let Some(v) = v else {
+            self.stop_in_validation()?;
+            return Ok(None);
+        };
         // Outputs that overflowed on validation images: a point not to go
         // back to, and a NaN would make the run state unreadable.
         if !v.loss.is_finite() {
@@ -391,7 +403,28 @@ impl<'a> Trainer<'a> {
         p.elapsed_s = elapsed;
         self.state.history.push(stats.clone());
         self.report.epochs.push(stats);
-        Ok(best)
+        Ok(Some(best))
+    }
+
+    /// A signal during the epoch's validation: the state before it (every
+    /// step trained, the epoch not done), written now and whole, so that a
+    /// scheduler's kill soon after the signal (Slurm and Kubernetes wait
+    /// 30 s by default) cannot take the epoch with it; a resume validates.
+    fn stop_in_validation(&mut self) -> Result<()> {
+        self.state.progress.elapsed_s = self.elapsed();
+        self.save_tensors(false, false)?;
+        let p = &self.state.progress;
+        info!(
+            "stopping at epoch {}, step {} as asked, before the epoch's validation ended{}",
+            p.epoch,
+            p.step,
+            match &self.report.checkpoint {
+                Some(c) => format!("; checkpoint {}", c.display()),
+                None => String::new(),
+            }
+        );
+        self.report.stopped = Some(Stopped::Signal);
+        Ok(())
     }
 
     /// A checkpoint of the run as it stands (marked best when `best`),
