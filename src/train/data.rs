@@ -114,9 +114,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         limit: opts.run.limit,
         max_bytes: opts.max_memory,
         progress: opts.progress,
-        // One process alone: the processes of a run stop together, at
-        // the steps where they agree.
-        stop: opts.stop.clone().filter(|_| opts.world.size == 1),
+        stop: opts.stop_alone(),
     };
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = limited_len(folder.len(), opts.run.limit);

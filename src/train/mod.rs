@@ -345,9 +345,8 @@ impl<'a> Trainer<'a> {
         let epoch = self.state.progress.epoch;
         let iter = self.passes.open(PassKey::Val { epoch }, &self.data)?;
         let n = self.data.val_idx.len();
-        // One process alone: the processes of a run stop together, at the
-        // steps where they agree, and validate whole.
-        let flag = self.opts.stop.clone().filter(|_| self.opts.world.size == 1);
+        // Several processes validate whole (`stop_alone`).
+        let flag = self.opts.stop_alone();
         let stop = move || flag.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
         let on_batch = |n| bar.set_position(n as u64);
         let v = evaluate_pass_until(&mut *self.net, iter, n, on_batch, &stop)?;
@@ -418,10 +417,7 @@ impl<'a> Trainer<'a> {
             "stopping at epoch {}, step {} as asked, before the epoch's validation ended{}",
             p.epoch,
             p.step,
-            match &self.report.checkpoint {
-                Some(c) => format!("; checkpoint {}", c.display()),
-                None => String::new(),
-            }
+            self.checkpoint_said()
         );
         self.report.stopped = Some(Stopped::Signal);
         Ok(())
@@ -523,13 +519,12 @@ impl<'a> Trainer<'a> {
     /// the two flags, a wait for the device, so not every step), stop if
     /// any says so, and so look that many steps ahead.
     fn stop_after_step(&mut self, per_step: f64, left: usize) -> Result<Option<Stopped>> {
-        let single = self.opts.world.size == 1;
-        if !single && !self.state.progress.step.is_multiple_of(AGREE_EVERY) {
+        if !self.state.progress.step.is_multiple_of(self.steps_ahead()) {
             return Ok(None);
         }
         let val_images = self.data.val_idx.len();
         let rest = deadline::Ahead {
-            steps: if single { 1 } else { AGREE_EVERY },
+            steps: self.steps_ahead(),
             left,
             per_step,
             val_s: (self.val_s).unwrap_or_else(|| {
@@ -569,11 +564,7 @@ impl<'a> Trainer<'a> {
             return false;
         }
         let rest = deadline::Ahead {
-            steps: if self.opts.world.size == 1 {
-                1
-            } else {
-                AGREE_EVERY
-            },
+            steps: self.steps_ahead(),
             left: usize::MAX,
             per_step: self.per_step,
             val_s: 0.0,
@@ -588,6 +579,15 @@ impl<'a> Trainer<'a> {
             );
         }
         late
+    }
+
+    /// Steps from one chance to stop to the next: each step, or in a run
+    /// of several processes the steps between their agreements.
+    fn steps_ahead(&self) -> u64 {
+        match self.opts.world.size {
+            1 => 1,
+            _ => AGREE_EVERY,
+        }
     }
 
     /// Seconds left before the time limit; None without one.
@@ -624,6 +624,14 @@ impl<'a> Trainer<'a> {
     /// `agree` for one flag.
     fn agreed(&mut self, local: bool) -> Result<bool> {
         Ok(self.agree(&[local])?.first() == Some(&true))
+    }
+
+    /// For a stop's log line: the checkpoint it wrote, if any.
+    fn checkpoint_said(&self) -> String {
+        match &self.report.checkpoint {
+            Some(p) => format!("; checkpoint {}", p.display()),
+            None => String::new(),
+        }
     }
 
     /// For a stop's log line: whose signal it was, when not this process's.
@@ -702,10 +710,7 @@ impl<'a> Trainer<'a> {
                 self.state.progress.epoch,
                 self.state.progress.step,
                 self.whose(),
-                match &self.report.checkpoint {
-                    Some(p) => format!("; checkpoint {}", p.display()),
-                    None => String::new(),
-                }
+                self.checkpoint_said()
             );
         }
         self.report.stopped = stop;

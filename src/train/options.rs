@@ -67,6 +67,13 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// `stop` where this process may act on it alone: in a run of one
+    /// process. The processes of a run stop together, at the steps where
+    /// they agree.
+    pub fn stop_alone(&self) -> Option<Arc<AtomicBool>> {
+        self.stop.clone().filter(|_| self.world.size == 1)
+    }
+
     /// The config's recipe with the paper's schedule.
     pub fn for_topology(t: &Topology, data: PathBuf) -> TrainOptions {
         TrainOptions {

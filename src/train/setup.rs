@@ -353,18 +353,11 @@ pub fn mean_tensor(loader: &LoaderConfig, size: usize) -> Option<Tensor> {
     })
 }
 
-/// A signal while the run was set up (the data read, the network built):
-/// `Error::Stopped` before the run folder is touched, not a first step and
-/// a checkpoint nobody asked for. One process alone: the processes of a
-/// run stop together, at the steps where they agree.
+/// A signal while a run of one process was set up (the data read, the
+/// network built): `Error::Stopped` before the run folder is touched, not
+/// a first step and a checkpoint nobody asked for.
 pub fn not_stopped(opts: &TrainOptions) -> Result<()> {
-    let alone = opts.world.size == 1;
-    match alone
-        && opts
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-    {
+    match opts.stop_alone().is_some_and(|s| s.load(Ordering::Relaxed)) {
         true => Err(Error::Stopped(
             "stopped at a signal while the run was set up, before any step: nothing was trained"
                 .into(),
