@@ -650,8 +650,8 @@ struct Acc {
     out: Vec<(usize, Prepared)>,
 }
 
-/// One image's stored bytes and pixel hash, or why it was skipped.
-type Prepared = std::result::Result<(Vec<u8>, u64), String>;
+/// One image's stored bytes and pixel hash, or why it failed.
+type Prepared = Result<(Vec<u8>, u64)>;
 
 impl Acc {
     fn new() -> Acc {
@@ -705,6 +705,17 @@ impl Totals {
     }
 }
 
+/// A listed file that could not be read (permission, disk, mount, or
+/// gone since the scan) stops the store: leaving it out like a bad image
+/// would quietly drop a share of the data set if a mount flickers.
+fn unread(e: Error, source: &Path) -> Error {
+    Error::Data(format!(
+        "{}: a read error, not a bad image, so prepare stops rather than leave it out; nothing was committed (a previous store, if any, is untouched); fix the file's permission, disk or mount, or move it out of {}, and run prepare again",
+        e.brief(),
+        source.display()
+    ))
+}
+
 /// Decode, resize, crop and encode one file: (stored bytes, pixels).
 pub fn prepare_image(
     path: &Path,
@@ -725,8 +736,7 @@ pub fn prepare_image(
 }
 
 /// Refuse to commit a store that lost a class: every image listed for it
-/// was left out (unreadable files, a folder without permission, a mount
-/// gone), so the network would never see the class.
+/// was left out as a bad image, so the network would never see the class.
 fn refuse_lost_class(
     source: &Path,
     classes: &[String],
@@ -815,7 +825,7 @@ fn write_store(
                     acc.add(&pixels);
                     (stored, pixel_hash(&pixels))
                 });
-                acc.out.push((i, r.map_err(|e| e.to_string())));
+                acc.out.push((i, r));
                 bar.inc(1);
                 acc
             })
@@ -831,7 +841,9 @@ fn write_store(
                     class_counts[*label as usize] += 1;
                     hashes.push((hash, c * chunk_len + i));
                 }
-                Err(msg) => {
+                Err(e @ Error::Io { .. }) => return Err(unread(e, source)),
+                Err(e) => {
+                    let msg = e.to_string();
                     tracing::debug!("skipping {msg}");
                     first_skip[*label as usize].get_or_insert_with(|| msg.clone());
                     skipped.push(format!("{}\t{msg}", path.display()));
@@ -919,4 +931,52 @@ fn write_store(
         items.len() as f64 / secs.max(1e-9)
     );
     Ok((meta, hashes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listed file that cannot be read (here: gone since the scan) stops
+    /// the store with nothing committed, where a bad image would be skipped.
+    #[test]
+    fn a_read_error_stops_the_store() {
+        let root = tempfile::tempdir().unwrap();
+        let (src, dir) = (root.path().join("src"), root.path().join("train"));
+        fs::create_dir_all(src.join("a")).unwrap();
+        let good = src.join("a/good.png");
+        image::RgbImage::from_pixel(8, 8, image::Rgb([9, 99, 199]))
+            .save(&good)
+            .unwrap();
+        let bad = src.join("a/bad.jpg");
+        fs::write(&bad, b"not a jpeg").unwrap();
+        let gone = src.join("a/gone.jpg");
+        let opts = PrepareOptions {
+            size: 8,
+            progress: false,
+            ..PrepareOptions::new(src.clone(), root.path().into())
+        };
+        let to = Target {
+            dir: dir.clone(),
+            source: &src,
+            what: "train",
+            later: 0,
+            paired_with: None,
+        };
+        let classes = ["a".to_string()];
+        let items = |p: &[&PathBuf]| p.iter().map(|p| ((*p).clone(), 0)).collect::<Vec<_>>();
+        // A bad image is left out, and the store is written.
+        let (meta, _) =
+            write_store(&to, &items(&[&good, &bad]), &classes, &classes, &opts).unwrap();
+        assert_eq!((meta.count, meta.skipped), (1, 1));
+        let before = read_meta(&dir).unwrap().generation;
+        // A file that cannot be read stops it, naming the file.
+        let e = write_store(&to, &items(&[&good, &gone]), &classes, &classes, &opts).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("gone.jpg") && msg.contains("a read error"),
+            "{msg}"
+        );
+        assert_eq!(read_meta(&dir).unwrap().generation, before, "committed");
+    }
 }
