@@ -330,7 +330,7 @@ fn scan_empty_class_folder_is_named() -> TestResult {
 /// A class folder linked from a drive not mounted is a link whose target
 /// is gone: the scan stops naming it, rather than dropping the class and
 /// giving every later class its neighbour's label. A hidden broken link
-/// is no class and stays skipped.
+/// is no class and stays skipped; one inside a class is refused too.
 #[test]
 #[cfg(unix)]
 fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
@@ -348,6 +348,14 @@ fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
         "{msg}"
     );
     assert!(msg.contains("mount or restore"), "{msg}");
+    // Inside a class, a broken link without an image's name may be a
+    // folder of its images: refused too, naming it.
+    fs::remove_file(t.path().join("b"))?;
+    symlink(&gone, t.path().join("a/more"))?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    let link = t.path().join("a/more").display().to_string();
+    assert!(msg.contains(&format!("{link} is a link to")), "{msg}");
+    assert!(msg.contains("left out of the class"), "{msg}");
     Ok(())
 }
 

@@ -70,7 +70,10 @@ impl ImageFolder {
             // One whose target is gone may be a class on a drive not
             // mounted: skipping it would shift every later class's label.
             if kind == Kind::Broken && !is_hidden(&entry) {
-                return Err(broken_at_root(&entry));
+                return Err(broken_link(
+                    &entry,
+                    "a class folder there would be left out and shift every later class's label",
+                ));
             }
             if kind != Kind::Dir {
                 // An image here has no class: say so (other files at the
@@ -278,9 +281,16 @@ impl<'a> Walk<'a> {
             }
             // A broken link with an image's name is an image that cannot be
             // read (named, with its target, where unreadable images are),
-            // not a stray file.
+            // not a stray file. Without one, it may be a folder of the
+            // class's images on a drive not mounted: leaving them out would
+            // go unnoticed.
             if kind == Kind::Broken && is_image_name(&path) {
                 self.files.push(path);
+            } else if kind == Kind::Broken {
+                return Err(broken_link(
+                    &path,
+                    "its images would be left out of the class",
+                ));
             } else if kind == Kind::File && is_image_name(&path) {
                 if linked {
                     self.claims.linked_file(&path, self.class)?;
@@ -410,11 +420,11 @@ fn warn_ignored(root: &Path, ignored: &[PathBuf], rule: &str) {
     );
 }
 
-/// A link at a set's root whose target is not there.
-fn broken_at_root(link: &Path) -> Error {
+/// A link whose target is not there, and what skipping it would lose.
+fn broken_link(link: &Path, lost: &str) -> Error {
     let target = fs::read_link(link).map_or_else(|_| "?".into(), |t| t.display().to_string());
     Error::Data(format!(
-        "{} is a link to {target}, which is not there: a class folder on a drive or share not mounted would be left out and shift every later class's label; mount or restore {target}, or remove the link if it is not a class",
+        "{} is a link to {target}, which is not there (a drive or share not mounted?): {lost}; mount or restore {target}, or remove the link",
         link.display()
     ))
 }
