@@ -386,6 +386,47 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     assert_eq!(steps(&out), [45, 50, 55, 60]);
 }
 
+/// A resume sets aside and prunes its folder's checkpoints as its own:
+/// with checkpoints of two runs copied into one folder, resuming one is
+/// refused before anything moves, naming the other's file; one of its own
+/// run there is no obstacle.
+#[test]
+fn a_resume_beside_another_runs_checkpoints_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    run_ok(&train_args(&d, &a, 1));
+    let mut other = train_args(&d, &b, 1);
+    other.extend(["--seed".into(), "7".into()]);
+    run_ok(&other);
+    let saved = t.path().join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    let name = |s: u64| checkpoint::checkpoint_name(s);
+    std::fs::copy(a.join(name(20)), saved.join(name(20))).unwrap();
+    std::fs::copy(b.join(name(14)), saved.join(name(14))).unwrap();
+    let mut resume = resume_args(&saved.join(name(20)));
+    resume.extend(["--epochs".into(), "2".into()]);
+    let o = run(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "resumed beside another run's checkpoint"
+    );
+    let theirs = saved.join(name(14)).display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{theirs}: a checkpoint of another run (another --seed or --batch)"
+        )),
+        "{err}"
+    );
+    assert!(saved.join(name(14)).exists());
+    assert_eq!(checkpoint::list(&saved).unwrap().len(), 2, "files moved");
+    // The run's own earlier checkpoint in its place: the resume goes on.
+    std::fs::copy(a.join(name(14)), saved.join(name(14))).unwrap();
+    run_ok(&resume);
+    assert!(saved.join(name(40)).exists());
+}
+
 /// A checkpoint past the file-size limit (`ulimit -f`) is a named error
 /// with its fix, not a process killed by SIGXFSZ without a word, and its
 /// temporary file goes.

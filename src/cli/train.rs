@@ -204,7 +204,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if let Some(data) = images_read(&args, resume.as_deref()) {
             refuse_run_inside_data(&dir, &data, resume.is_some())?;
         }
-        check_run_folder(&dir, resume.is_some(), &topo, keep)?;
+        check_run_folder(&dir, resume.as_ref().map(|c| &c.state), &topo, keep)?;
     }
     // The demo's data lives as long as this guard.
     let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;

@@ -48,20 +48,63 @@ pub struct RunDir {
 
 /// Refuse a run folder that cannot be one: a file in its place or above
 /// it, a folder another process is training in, for a fresh run one that
-/// already holds a run's checkpoints, or one on a disk without room for
-/// `keep` checkpoints of `topo`. Cheap, so `train` calls it before loading
-/// any data; [`RunDir::open`] checks again under its lock.
-pub fn check_run_folder(dir: &Path, resumed: bool, topo: &Topology, keep: usize) -> Result<()> {
+/// already holds a run's checkpoints, for a resume (`resumed`, its state)
+/// one that holds another run's, or one on a disk without room for `keep`
+/// checkpoints of `topo`. Cheap, so `train` calls it before loading any
+/// data; [`RunDir::open`] checks again under its lock.
+pub fn check_run_folder(
+    dir: &Path,
+    resumed: Option<&RunState>,
+    topo: &Topology,
+    keep: usize,
+) -> Result<()> {
     fsutil::refuse_file_in_the_way(dir, "the run")?;
     check_room(dir, topo, topo.image_size, keep)?;
     if !dir.is_dir() {
         return Ok(());
     }
     drop(fsutil::lock_folder(dir, TRAINING)?);
-    if !resumed {
-        refuse_existing_run(dir)?;
+    match resumed {
+        Some(state) => refuse_other_runs(dir, state),
+        None => refuse_existing_run(dir),
+    }
+}
+
+/// A resume sets aside and prunes (`--keep`) the folder's checkpoints as
+/// its own, so one of another run there (checkpoints of several runs
+/// copied into one folder) would be lost: refuse, naming it. An unreadable
+/// header is left to the resume's own checks.
+fn refuse_other_runs(dir: &Path, state: &RunState) -> Result<()> {
+    for (_, p) in checkpoint::list(dir)? {
+        let Some(why) = checkpoint::state_of(&p).and_then(|o| other_run(state, &o)) else {
+            continue;
+        };
+        return Err(Error::Config(format!(
+            "{}: a checkpoint of another run ({why}) in the folder of the one resumed, which would set it aside or delete it as its own (--keep); copy the checkpoint to resume into a folder of its own and resume from there",
+            p.display()
+        )));
     }
     Ok(())
+}
+
+/// Why `b` is not a checkpoint of `a`'s run, or None. Not the data's path
+/// (a resume may name the same data elsewhere), nor options a resume may
+/// change (--epochs); finished epochs are compared through JSON, where
+/// they were read from, so a NaN compares equal to itself.
+fn other_run(a: &RunState, b: &RunState) -> Option<&'static str> {
+    let n = a.history.len().min(b.history.len());
+    let json = |s: &RunState| serde_json::to_string(&s.history[..n]).ok();
+    if a.net != b.net {
+        Some("another network")
+    } else if a.classes != b.classes || a.train_images != b.train_images {
+        Some("other data")
+    } else if a.options.seed != b.options.seed || a.options.batch != b.options.batch {
+        Some("another --seed or --batch")
+    } else if json(a) != json(b) {
+        Some("its epochs differ from this run's")
+    } else {
+        None
+    }
 }
 
 /// Refuse a run folder inside the class-folder tree the run reads: the
@@ -357,6 +400,7 @@ impl RunDir {
         let lock = fsutil::lock_folder(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed))?;
         fsutil::remove_abandoned_temps(dir, is_run_file, true)?;
         if resumed {
+            refuse_other_runs(dir, state)?;
             set_aside_later(dir, state)?;
             check_best(dir, state)?;
         }
