@@ -235,14 +235,7 @@ pub fn from_parts(
             path.display()
         )));
     }
-    let state_json = meta.get("state").ok_or_else(|| damaged(path, "no state"))?;
-    let want: u32 = meta
-        .get("state_crc32")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| damaged(path, "no state checksum"))?;
-    if crc32fast::hash(state_json.as_bytes()) != want {
-        return Err(damaged(path, "state checksum mismatch"));
-    }
+    let state_json = verified_state(path, &meta)?;
     // The version first: another version's state may not parse as ours.
     if let Some(v) = state_version(state_json).filter(|&v| v != VERSION as u64) {
         let by = match v > VERSION as u64 {
@@ -256,6 +249,30 @@ pub fn from_parts(
     }
     let state: RunState =
         serde_json::from_str(state_json).map_err(|e| damaged(path, format!("state: {e}")))?;
+    verify_tensors(path, &meta, &tensors)?;
+    check_consistent(path, &state, &tensors)?;
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        state,
+        tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
+    })
+}
+
+/// The state's JSON, its checksum checked.
+fn verified_state<'a>(path: &Path, meta: &'a BTreeMap<String, String>) -> Result<&'a str> {
+    let state_json = meta.get("state").ok_or_else(|| damaged(path, "no state"))?;
+    let want: u32 = meta
+        .get("state_crc32")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| damaged(path, "no state checksum"))?;
+    if crc32fast::hash(state_json.as_bytes()) != want {
+        return Err(damaged(path, "state checksum mismatch"));
+    }
+    Ok(state_json)
+}
+
+/// Every tensor's checksum against the header's.
+fn verify_tensors(path: &Path, meta: &BTreeMap<String, String>, tensors: &[Tensor]) -> Result<()> {
     let crcs: BTreeMap<String, u32> = meta
         .get("tensor_crc32")
         .and_then(|s| serde_json::from_str(s).ok())
@@ -266,23 +283,23 @@ pub fn from_parts(
             format!("{} tensors, {} checksums", tensors.len(), crcs.len()),
         ));
     }
-    for t in &tensors {
-        match crcs.get(&t.name) {
-            Some(&c) if c == crc_f32(&t.data) => {}
-            _ => {
-                return Err(damaged(
-                    path,
-                    format!("tensor {} checksum mismatch", t.name),
-                ))
-            }
-        }
+    match tensors
+        .iter()
+        .find(|t| crcs.get(&t.name) != Some(&crc_f32(&t.data)))
+    {
+        Some(t) => Err(damaged(
+            path,
+            format!("tensor {} checksum mismatch", t.name),
+        )),
+        None => Ok(()),
     }
-    check_consistent(path, &state, &tensors)?;
-    Ok(Checkpoint {
-        path: path.to_path_buf(),
-        state,
-        tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
-    })
+}
+
+/// A checkpoint's checksums (state and tensors), for a reader of its
+/// weights alone (`--init-from`), which takes one of any version.
+pub fn verify_sums(path: &Path, meta: &BTreeMap<String, String>, tensors: &[Tensor]) -> Result<()> {
+    verified_state(path, meta)?;
+    verify_tensors(path, meta, tensors)
 }
 
 /// The run state agrees with the network it names and with the tensors:

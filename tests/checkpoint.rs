@@ -621,6 +621,13 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
         let err = String::from_utf8_lossy(&o.stderr);
         let pass = format!("pass it with --checkpoint {}", previous.display());
         assert!(!o.status.success() && err.contains(&pass), "{what}: {err}");
+        // Nor does a fresh run start from its weights.
+        let mut init = train_args(&d, &t.path().join(format!("init-{what}")), 1);
+        init.extend(["--init-from".into(), ck.clone()]);
+        let o = run(&init);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(&ck), "{what}: {err}");
+        assert!(err.contains(needle), "{what}: {err}");
     }
     // An older checkpoint named and damaged: the way back goes no later
     // than it (the run's first), not to the newest.

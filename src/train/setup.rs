@@ -195,7 +195,12 @@ pub fn build_net<'a, B: Backend>(
         opts.run.seed,
     )?;
     if let Some(path) = &opts.init_from {
-        let tensors = crate::export::read_safetensors(path)?;
+        // A checkpoint is checked as --resume checks it: damage in its
+        // weights would otherwise start the run from them unnoticed.
+        let (tensors, meta) = crate::export::read_safetensors_meta(path)?;
+        if checkpoint::is_checkpoint(&meta) {
+            checkpoint::verify_sums(path, &meta, &tensors)?;
+        }
         let map = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
         checkpoint::load_weights(&mut *net, &map, path, Some(&opts.fresh))?;
         match opts.fresh.is_empty() {
