@@ -1270,6 +1270,24 @@ fn one_epoch_run(dir: &Path) -> (PathBuf, String, String) {
     (data, d, r)
 }
 
+/// A resume keeps the run's batch (--batch is refused with --resume), so
+/// a batch that does not split over the replicas asked for says to change
+/// those, not the batch.
+#[test]
+fn a_resume_whose_batch_does_not_split_names_the_run_s_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, _, r) = one_epoch_run(dir.path());
+    let args = ["train", "--resume", &r, "--epochs", "2", "--cpu"];
+    let split = ["--parallel", "data", "--replicas", "2"];
+    let (ok, err) = run(&[&args[..], &split[..]].concat());
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("the run's batch of 3 does not split evenly over 2 replicas; resume it on a number of GPUs, replicas or processes that divides 3"),
+        "{err}"
+    );
+    assert!(!err.contains("--batch"), "{err}");
+}
+
 /// `--resume --data` on other data says what differs: the first class that
 /// is not the run's (renamed, added, missing) or the count of images,
 /// before a folder's images are decoded.

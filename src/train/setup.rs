@@ -35,10 +35,12 @@ pub fn local_batch(opts: &TrainOptions, copies: usize) -> Result<usize> {
             (w, 1) => format!("WORLD_SIZE={w} processes"),
             (w, k) => format!("WORLD_SIZE={w} processes of {k} replicas each"),
         };
-        return Err(Error::Config(format!(
-            "--batch {} does not split evenly over {over}; use a multiple of {all}",
-            opts.run.batch
-        )));
+        let b = opts.run.batch;
+        return Err(Error::Config(match opts.resume {
+            // The batch is the run's: --batch is refused with --resume.
+            Some(_) => format!("the run's batch of {b} does not split evenly over {over}; resume it on a number of GPUs, replicas or processes that divides {b}"),
+            None => format!("--batch {b} does not split evenly over {over}; use a multiple of {all}"),
+        }));
     }
     if opts.run.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
