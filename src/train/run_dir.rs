@@ -59,7 +59,8 @@ pub fn check_run_folder(
     keep: usize,
 ) -> Result<()> {
     fsutil::refuse_file_in_the_way(dir, "the run")?;
-    check_room(dir, topo, topo.image_size, keep)?;
+    let upto = resumed.map(|s| s.progress.step);
+    check_room(dir, topo, topo.image_size, keep, upto)?;
     if !dir.is_dir() {
         return Ok(());
     }
@@ -336,13 +337,20 @@ fn earlier_results(dir: &Path) -> Option<PathBuf> {
 /// Refuse a run whose checkpoints would not fit on the run folder's disk:
 /// the newest `keep`, `best.safetensors` (a link to one of them, or the
 /// last of its own once they move on) and the one being written, less
-/// what the folder's checkpoints hold already. Hours in is the wrong time
-/// to find out.
-fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Result<()> {
+/// what the folder's checkpoints hold already (a resume's up to its step
+/// `upto`: later ones are moved aside, still on the disk). Hours in is the
+/// wrong time to find out.
+fn check_room(
+    dir: &Path,
+    topo: &Topology,
+    image_size: usize,
+    keep: usize,
+    upto: Option<u64>,
+) -> Result<()> {
     let each = checkpoint::estimated_size(topo, image_size)?;
     let need = (keep.max(1) as u64 + 2)
         .saturating_mul(each)
-        .saturating_sub(checkpoint_bytes(dir)?)
+        .saturating_sub(checkpoint_bytes(dir, upto)?)
         .max(each);
     let Some(free) = fsutil::short_of_room(dir, need)? else {
         return Ok(());
@@ -357,16 +365,23 @@ fn check_room(dir: &Path, topo: &Topology, image_size: usize, keep: usize) -> Re
     )))
 }
 
-/// Bytes the checkpoints in `dir` hold (none when it is not a folder yet),
-/// `best.safetensors` among them when it is a file of its own (its
-/// checkpoint pruned): its room is taken already.
-fn checkpoint_bytes(dir: &Path) -> Result<u64> {
+/// Bytes the checkpoints in `dir` up to step `upto` (all for None) hold
+/// (none when it is not a folder yet), `best.safetensors` among them when
+/// it is a file of its own (its checkpoint pruned): its room is taken
+/// already.
+fn checkpoint_bytes(dir: &Path, upto: Option<u64>) -> Result<u64> {
     if !dir.is_dir() {
         return Ok(0);
     }
-    let all = checkpoint::list(dir)?;
+    let kept = |s: Option<u64>| s.zip(upto).is_none_or(|(s, u)| s <= u);
+    let all: Vec<_> = checkpoint::list(dir)?
+        .into_iter()
+        .filter(|(s, _)| kept(Some(*s)))
+        .collect();
     let best = dir.join("best.safetensors");
-    let own_best = best.is_file() && !all.iter().any(|(_, p)| fsutil::same_file(p, &best));
+    let own_best = best.is_file()
+        && kept(checkpoint::step_of(&best))
+        && !all.iter().any(|(_, p)| fsutil::same_file(p, &best));
     let files = all.iter().map(|(_, p)| p.as_path());
     Ok(files
         .chain(own_best.then_some(best.as_path()))
@@ -399,12 +414,16 @@ impl RunDir {
         // removed next could be another run's.
         let lock = fsutil::lock_folder(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed))?;
         fsutil::remove_abandoned_temps(dir, is_run_file, true)?;
+        let upto = resumed.then_some(state.progress.step);
+        // Before the later checkpoints move: a refusal leaves all in place.
         if resumed {
             refuse_other_runs(dir, state)?;
+        }
+        check_room(dir, topo, state.preprocess.image_size, opts.keep, upto)?;
+        if resumed {
             set_aside_later(dir, state)?;
             check_best(dir, state)?;
         }
-        check_room(dir, topo, state.preprocess.image_size, opts.keep)?;
         // Again under the lock: a run may have started since the check.
         if !resumed {
             refuse_existing_run(dir)?;
@@ -705,10 +724,14 @@ mod tests {
         std::fs::write(&ck, [0u8; 1000]).unwrap();
         let best = t.path().join("best.safetensors");
         std::fs::hard_link(&ck, &best).unwrap();
-        assert_eq!(checkpoint_bytes(t.path()).unwrap(), 1000);
+        assert_eq!(checkpoint_bytes(t.path(), None).unwrap(), 1000);
         std::fs::remove_file(&best).unwrap();
         std::fs::write(&best, [0u8; 700]).unwrap();
-        assert_eq!(checkpoint_bytes(t.path()).unwrap(), 1700);
+        assert_eq!(checkpoint_bytes(t.path(), None).unwrap(), 1700);
+        // A resume from step 5 moves the later one aside: it holds none
+        // of the run's room (this best has no step: it stays).
+        assert_eq!(checkpoint_bytes(t.path(), Some(5)).unwrap(), 700);
+        assert_eq!(checkpoint_bytes(t.path(), Some(10)).unwrap(), 1700);
     }
 
     /// A failed write's advice follows its cause: free space only for a
