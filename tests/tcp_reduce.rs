@@ -141,6 +141,36 @@ fn a_handed_over_socket_must_listen_at_master_addr() {
         err.contains("ALEXNET_LISTEN_FD") && err.contains("0.0.0.0") && err.contains("127.0.0.1"),
         "{err}"
     );
+    // Bound but not listening (a launcher that only reserved the port):
+    // rank 0 listens on it, and a peer connects.
+    use rustix::net::{bind, socket, AddressFamily, SocketType};
+    let bound = |kind| {
+        let s = socket(AddressFamily::INET, kind, None).unwrap();
+        bind(&s, &"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap()).unwrap();
+        s
+    };
+    let quiet = TcpListener::from(bound(SocketType::STREAM));
+    let at = quiet.local_addr().unwrap();
+    assert!(
+        TcpStream::connect(at).is_err(),
+        "listening before rank 0 took it"
+    );
+    let mut w = world(0, 2, at.port());
+    w.listen_fd = Some(quiet.into_raw_fd());
+    let l = listen(&w).expect("the bound socket, listening");
+    TcpStream::connect(at).expect("a peer connects");
+    drop(l);
+    // A datagram socket at the right address: refused, not an accept
+    // loop failing for ever.
+    let udp = std::net::UdpSocket::from(bound(SocketType::DGRAM));
+    let port = udp.local_addr().unwrap().port();
+    let mut w = world(0, 2, port);
+    w.listen_fd = Some(udp.into_raw_fd());
+    let err = listen(&w).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot listen on it") && err.contains("TCP stream socket"),
+        "{err}"
+    );
     // Not a socket (a file): refused before it is taken.
     let file = tempfile::tempfile().unwrap();
     let mut w = world(0, 2, 2000);

@@ -203,6 +203,14 @@ fn inherited(fd: i32, addr: &str, port: u16) -> Result<TcpListener> {
             "{what} is bound at {at}, not at MASTER_ADDR={addr} port {port} (MASTER_PORT + 1): bind it there"
         )));
     }
+    // A launcher that reserved the port may have bound it only: listen
+    // (again, for one that listens already, is harmless). A datagram
+    // socket cannot, and would otherwise fail every accept.
+    rustix::net::listen(&listener, 128).map_err(|e| {
+        Error::Config(format!(
+            "{what}: cannot listen on it ({e}); hand rank 0 a TCP stream socket bound at {at}"
+        ))
+    })?;
     Ok(listener)
 }
 
