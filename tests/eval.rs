@@ -1012,6 +1012,22 @@ fn predict_and_export_cli() {
     let (ok, _, err) = cli(&["predict", "--checkpoint", &ckp, "--logits", &txt, &a]);
     assert!(!ok && err.contains("name the file .npy, e.g."), "{err}");
     assert!(!t.path().join("d.txt").exists());
+    // So is one in a folder that does not exist, with the checkpoint
+    // missing too: the flag is named, not the checkpoint.
+    let nodir = s(&t.path().join("nodir/d.npy"));
+    let (ok, _, err) = cli(&[
+        "predict",
+        "--checkpoint",
+        "no-such.safetensors",
+        "--logits",
+        &nodir,
+        &a,
+    ]);
+    assert!(
+        !ok && err.contains(&nodir) && err.contains("does not exist; create it"),
+        "{err}"
+    );
+    assert!(!err.contains("no-such"), "{err}");
     // Past one group of decoded images (256): every input's row, in order,
     // as the hand-cut batch's.
     let many: Vec<String> = (0..300).map(|i| s(&images[i % 3])).collect();

@@ -73,6 +73,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     // The flags first: a bad one is reported before any file is read.
     let request = args.device.request_one()?;
     if let Some(f) = &args.logits {
+        fsutil::check_target(f)?;
         not_a_checkpoint("--logits", f)?;
         named_as("--logits", f, "npy", "a NumPy .npy array")?;
         if let Some(input) = args
