@@ -655,6 +655,23 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
         }
     }
 
+    // --held-out without --data knows the tree from the checkpoint: a
+    // confusion picture in one of its class folders is refused there too.
+    let class = std::fs::read_dir(&folder).unwrap().next().unwrap().unwrap();
+    let inside = s(&class.path().join("cm.png"));
+    let run = s(&t.path().join("folder"));
+    let args = [
+        "eval",
+        "--checkpoint",
+        &run,
+        "--held-out",
+        "--confusion",
+        &inside,
+    ];
+    let (ok, _, err) = cli(&args);
+    assert!(!ok && err.contains("inside the class folder"), "{err}");
+    assert!(!class.path().join("cm.png").exists());
+
     // The whole folder is mostly the run's training images: said.
     let args = [
         "eval",

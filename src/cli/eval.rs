@@ -83,6 +83,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|b| b as usize)
         .unwrap_or(ck.state.options.batch);
     let (data, set, idx, _demo_dir) = eval_images(&args, &ck)?;
+    // Without --data, the tree (--held-out's, the run's) is known now.
+    if args.data.is_none() {
+        for f in &args.confusion {
+            if let Picture::Png = confusion_kind(f)? {
+                not_among_images("--confusion", f, &data)?;
+            }
+        }
+    }
     // Ten crops make ten rows per image: keep the rows per step near
     // `batch`. No step is larger than the set, so neither is the network.
     let per_step = if args.ten_crop {
