@@ -328,6 +328,13 @@ fn evaluate_batches(
 /// the same crop, padding and mean (image or per-channel) and std.
 pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize) -> LoaderConfig {
     let p = &ck.state.preprocess;
+    if ten_crop && p.image_size <= p.crop {
+        tracing::warn!(
+            "--ten-crop: the run's images are {0}x{0} and its crops {1}x{1}, so the four corners are the centre: the ten crops are the centre and its mirror, five times each (the paper crops 224 of 256: prepare the data at a larger --size for ten distinct crops)",
+            p.image_size,
+            p.crop
+        );
+    }
     LoaderConfig {
         batch,
         crop: p.crop,

@@ -452,6 +452,32 @@ fn a_store_of_another_image_size_is_warned_about() {
         err.contains("trained on 32x32") && err.contains("--size 32"),
         "{err}"
     );
+    // Stored at the crop's size (cifar crops 28), the ten crops' corners
+    // are the centre: --ten-crop says so; from 32x32 they are not.
+    let ten = |ck: &str, data: &str| {
+        let args = [
+            "eval",
+            "--cpu",
+            "--checkpoint",
+            ck,
+            "--data",
+            data,
+            "--ten-crop",
+        ];
+        run_env(&args, &[("RUST_LOG", "warn")])
+    };
+    let same = "the ten crops are the centre and its mirror, five times each";
+    let (ok, err) = ten(&ck, &s32);
+    assert!(ok && !err.contains(same), "{err}");
+    let s28 = store("28");
+    let (ok, err) = train_on(&s28, "run28");
+    assert!(ok, "{err}");
+    let ck28 = dir.path().join("run28").display().to_string();
+    let (ok, err) = ten(&ck28, &s28);
+    assert!(
+        ok && err.contains(same) && err.contains("images are 28x28 and its crops 28x28"),
+        "{err}"
+    );
 }
 
 /// Paths of the wrong kind name the flag they came from: a file as the run
