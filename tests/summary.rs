@@ -185,6 +185,14 @@ fn topology_api_agrees() {
         .collect();
     assert_eq!(ones, ["conv2", "conv4", "conv5", "fc6", "fc7"]);
     Topology::cifar().validate().unwrap();
+    // Dropout right after LRN (no pool between) would mask the output the
+    // LRN backward reads: refused, where one pool between is fine.
+    let mut t = Topology::alexnet();
+    t.layers[0].dropout = 0.5;
+    t.validate().unwrap();
+    t.layers[0].pool = None;
+    let e = t.validate().unwrap_err().to_string();
+    assert!(e.contains("conv1: dropout right after LRN"), "{e}");
     // Other data sets: fc8 follows the class count, split unevenly when odd.
     // 60,965,224 - 4,097,000 + 37 * 4096 + 37 = 57,019,813.
     let t37 = Topology::alexnet().with_classes(37).unwrap();

@@ -570,6 +570,14 @@ impl Topology {
                     l.name, self.towers
                 ));
             }
+            // Dropout masks the layer's output in place; with LRN last,
+            // that is LRN's output, which its backward reads as is.
+            if l.lrn && l.pool.is_none() && l.dropout > 0.0 {
+                return bad(format!(
+                    "{}: dropout right after LRN, with no pooling between, is not supported; pool after the LRN or drop the dropout",
+                    l.name
+                ));
+            }
             // A tower-local layer (groups == towers) must not exchange; a full
             // layer after the first must, when there are two towers.
             let needs_exchange = self.towers == 2 && i > 0 && g == 1;
