@@ -2,8 +2,9 @@
 //! Every image is decoded (any of `decode::FORMATS`; greyscale, CMYK), its
 //! short side scaled to `size` with Lanczos-3, the centre `size x size` kept
 //! (section 2) and re-encoded, on every core; the results are written in
-//! file order, so a store is the same for any thread count. Unreadable
-//! files are skipped, counted and listed in `skipped.txt`, never fatal. The
+//! file order, so a store is the same for any thread count. Bad images
+//! (empty, truncated, not images) are skipped, counted and listed in
+//! `skipped.txt`; a file that cannot be read at all stops it. The
 //! training store also carries the statistics the loader needs: the mean
 //! image, channel mean and std, and the RGB covariance whose PCA drives the
 //! lighting noise. Images stored with the same pixels as another (under
