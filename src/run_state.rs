@@ -228,6 +228,22 @@ pub struct RunState {
     /// kept resume with the defaults.
     #[serde(default)]
     pub saving: Saving,
+    /// How the run last computed (None in checkpoints from before it was
+    /// kept): a resume with other device flags is warned of.
+    #[serde(default)]
+    pub compute: Option<Compute>,
+}
+
+/// A run's device flags. A resume without the same ones goes on otherwise
+/// (an fp16 run in fp32, its loss scale dropped; other replicas, other
+/// dropout masks; other bits), so `train` warns, naming the run's flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compute {
+    /// The flags as a command line repeats them (" --gpus 0,1 --precision fp16").
+    pub flags: String,
+    /// What they come to, for comparing: the processes, the CPU or how
+    /// many GPUs (not which), and the flags that change the computation.
+    pub setup: String,
 }
 
 /// `--keep`, `--checkpoint-every` and `--checkpoint-minutes` as the run was

@@ -1314,6 +1314,49 @@ fn a_resume_whose_batch_does_not_split_names_the_run_s_batch() {
     assert!(!err.contains("--batch"), "{err}");
 }
 
+/// A resume runs with the device flags it is given, not the run's: where
+/// they compute otherwise it warns, naming the run's flags to go on with;
+/// given the same ones it says nothing.
+#[test]
+fn a_resume_with_other_device_flags_is_warned_of() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("photos");
+    tree(&data, 3, 4);
+    let (d, r) = (
+        data.display().to_string(),
+        dir.path().join("run").display().to_string(),
+    );
+    let pair = ["--cpu", "--parallel", "data", "--replicas", "2"];
+    let args = ["train", "--config", "cifar", "--val", "3", "--batch", "4"];
+    let first = [
+        &args[..],
+        &pair[..],
+        &["--epochs", "1", "--data", &d, "--out", &r],
+    ]
+    .concat();
+    let (ok, err) = run(&first);
+    assert!(ok, "{err}");
+    let resume = |epochs: &str, flags: &[&str]| {
+        let a = [&["train", "--resume", &r, "--epochs", epochs][..], flags].concat();
+        run_env(&a, &[("RUST_LOG", "warn")])
+    };
+    let (ok, err) = resume("2", &["--cpu"]);
+    assert!(ok, "{err}");
+    let said = "the run trained with --cpu --parallel data --replicas 2 (1 process on the CPU --parallel data --replicas 2), and this resume runs with --cpu (1 process on the CPU)";
+    assert!(err.contains(said), "{err}");
+    assert!(
+        err.contains("resume with --cpu --parallel data --replicas 2"),
+        "{err}"
+    );
+    // The checkpoints now hold the flags of the resume: given the pair
+    // again, the change back is said; then the same flags say nothing.
+    let (ok, err) = resume("3", &pair);
+    let back = "the run trained with --cpu (1 process on the CPU), and this resume runs with --cpu --parallel data --replicas 2";
+    assert!(ok && err.contains(back), "{err}");
+    let (ok, err) = resume("4", &pair);
+    assert!(ok && !err.contains("this resume runs with"), "{err}");
+}
+
 /// `--resume --data` on other data says what differs: the first class that
 /// is not the run's (renamed, added, missing) or the count of images,
 /// before a folder's images are decoded.

@@ -213,6 +213,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
         progress: Progress::start(0.01, 1),
         history: Vec::new(),
         saving: Default::default(),
+        compute: None,
     };
     checkpoint::save(path, &state, &tensors).unwrap();
     tensors

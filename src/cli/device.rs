@@ -11,6 +11,7 @@ use alexnet_cuda::checkpoint::Checkpoint;
 use alexnet_cuda::dist::device;
 use alexnet_cuda::dist::placement::{Parallel, Request};
 use alexnet_cuda::dist::world::World;
+use alexnet_cuda::run_state::Compute;
 
 use super::common::{flag_value, positive, HostArgs};
 
@@ -157,14 +158,34 @@ impl DeviceArgs {
             let list: Vec<&str> = g.split(',').map(str::trim).collect();
             f += &format!(" --gpus {}", list.join(","));
         }
+        f + &self.how_flags(par)
+    }
+
+    /// The run's `Compute`: its flags, and what `request` (the devices
+    /// resolved) and `world` make of them.
+    pub fn compute(&self, par: &ParallelArgs, request: &Request, world: &World) -> Compute {
+        let devices = match (&request.gpus, request.cpu) {
+            (Some(g), false) => count(g.split(',').count(), "GPU"),
+            _ => "the CPU".into(),
+        };
+        let processes = count(world.size, "process");
+        Compute {
+            flags: self.flags(par),
+            setup: format!("{processes} on {devices}{}", self.how_flags(par)),
+        }
+    }
+
+    /// The flags that change how the devices compute (not which ones).
+    fn how_flags(&self, par: &ParallelArgs) -> String {
+        let mut f = String::new();
         if let Some(p) = &par.parallel {
             f += &format!(" --parallel {}", flag_value(p));
             if let Some(r) = par.replicas {
                 f += &format!(" --replicas {r}");
             }
         }
-        // How the GPU computes is not in the checkpoint: a resume without
-        // these flags would go on in fp32, or time its algorithms again.
+        // A resume does not take these from the checkpoint (it warns when
+        // they differ): without them an fp16 run would go on in fp32.
         if self.precision != PrecisionFlag::Fp32 {
             f += &format!(" --precision {}", flag_value(&self.precision));
         }
@@ -215,6 +236,15 @@ impl DeviceArgs {
             allow_tf32: self.tf32,
             deterministic: self.deterministic,
         }
+    }
+}
+
+/// "1 GPU", "2 GPUs"; "1 process", "2 processes".
+fn count(n: usize, what: &str) -> String {
+    match (n, what.ends_with('s')) {
+        (1, _) => format!("1 {what}"),
+        (_, true) => format!("{n} {what}es"),
+        (_, false) => format!("{n} {what}s"),
     }
 }
 

@@ -22,7 +22,7 @@ use alexnet_cuda::dist::Layout;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{DropoutRule, InitRecipe, Topology};
-use alexnet_cuda::run_state::{EpochStats, RunOptions};
+use alexnet_cuda::run_state::{Compute, EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
     check_run_folder, local_batch, refuse_run_inside_data, resume_options, schedule, train,
@@ -210,6 +210,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
     let mut opts = options(&args, &topo, data, resume.as_deref())?;
     opts.started = started;
+    let compute = args.device.compute(&args.parallel, &request, &world);
+    if let (Some(ck), true) = (&resume, world.is_writer()) {
+        warn_of_other_compute(ck, &compute);
+    }
+    opts.compute = Some(compute);
     if let Some(ck) = resume {
         opts = resume_options(opts, &ck);
         opts.resume = Some(ck);
@@ -536,6 +541,28 @@ fn recipe(r: RecipeFlag, topo: &Topology) -> Result<InitRecipe> {
         );
     }
     Ok(r.into())
+}
+
+/// A resume goes on with the device flags given, not the run's: said
+/// where they compute otherwise (checkpoints from before the run's flags
+/// were kept say nothing).
+fn warn_of_other_compute(ck: &Checkpoint, now: &Compute) {
+    let Some(was) = ck.state.compute.as_ref().filter(|c| c.setup != now.setup) else {
+        return;
+    };
+    let flags = |c: &Compute| match c.flags.is_empty() {
+        true => " no device flags".to_string(),
+        false => c.flags.clone(),
+    };
+    warn!(
+        "{}: the run trained with{} ({}), and this resume runs with{} ({}): it goes on otherwise (precision and loss scale, dropout masks per replica, speed and memory, the bits); to go on as it did, resume with{}",
+        ck.path.display(),
+        flags(was),
+        was.setup,
+        flags(now),
+        now.setup,
+        flags(was)
+    );
 }
 
 /// The run folder: the resumed checkpoint's, --out, or the first free

@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, RunOptions};
 use crate::dist::world::World;
 use crate::metrics::MetricsFormat;
 use crate::model::topology::{DropoutRule, InitRecipe, Topology};
-use crate::run_state::{EpochStats, Saving, Schedule};
+use crate::run_state::{Compute, EpochStats, Saving, Schedule};
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -39,6 +39,8 @@ pub struct TrainOptions {
     pub keep: usize,
     /// The flags behind `keep` and the checkpoint policy, as the run keeps them.
     pub saving: Saving,
+    /// The device flags, as the run's checkpoints keep them.
+    pub compute: Option<Compute>,
     pub metrics_format: MetricsFormat,
     /// Continue this checkpoint's run (with `resume_options`).
     pub resume: Option<Box<Checkpoint>>,
@@ -105,6 +107,7 @@ impl TrainOptions {
             checkpoint_interval: Some(Duration::from_secs(15 * 60)),
             keep: 3,
             saving: Saving::default(),
+            compute: None,
             val_given: false,
             metrics_format: MetricsFormat::Csv,
             resume: None,

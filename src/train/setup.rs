@@ -262,6 +262,7 @@ pub fn start_state(
         st.options.epochs = opts.run.epochs;
         st.data = data_path(opts);
         st.saving = opts.saving.clone();
+        st.compute = opts.compute.clone();
         display::resuming(ck, &st.progress);
         if let Some(lr) = opts.lr_from_here {
             info!(
@@ -289,6 +290,7 @@ pub fn start_state(
         progress: Progress::start(opts.run.lr, epoch_batches),
         history: Vec::new(),
         saving: opts.saving.clone(),
+        compute: opts.compute.clone(),
     };
     Ok((state, false))
 }
