@@ -52,6 +52,8 @@ pub struct ClassTally {
     images: Vec<u64>,
     top5: Vec<u64>,
     confusion: Vec<u64>,
+    /// Images whose output was not a number: misses, in no column.
+    unscored: u64,
 }
 
 impl ClassTally {
@@ -61,21 +63,29 @@ impl ClassTally {
             images: vec![0; classes],
             top5: vec![0; classes],
             confusion: vec![0; classes * classes],
+            unscored: 0,
         }
     }
 
     /// Count a batch of softmax (or log-softmax) rows. An image's top-1
     /// class is its label on a top-1 hit, else the likeliest other class
-    /// (the lower index on ties), so the matrix's diagonal holds the top-1 hits.
+    /// (the lower index on ties), so the matrix's diagonal holds the top-1
+    /// hits. A row whose label's score is not a number (the network
+    /// overflowed) is a miss with no top-1 class: counted apart, not blamed
+    /// on the first column.
     pub fn add<T: PartialOrd + Copy>(&mut self, probs: &[T], labels: &[u32]) {
         for (row, &label) in probs.chunks_exact(self.classes).zip(labels) {
             let (c, rank) = (label as usize, label_rank(row, label));
+            self.images[c] += 1;
+            if rank == usize::MAX {
+                self.unscored += 1;
+                continue;
+            }
             let pred = if rank == 0 {
                 c
             } else {
                 likeliest_other(row, c)
             };
-            self.images[c] += 1;
             self.top5[c] += (rank < 5) as u64;
             self.confusion[c * self.classes + pred] += 1;
         }
@@ -83,6 +93,11 @@ impl ClassTally {
 
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// Images whose output was not a number, in no column of the matrix.
+    pub fn unscored(&self) -> u64 {
+        self.unscored
     }
 
     /// Images of class `c` seen, and its top-1 and top-5 hits.

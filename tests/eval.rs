@@ -768,6 +768,65 @@ fn assert_listing_is(list: &[(String, f64)], probs: &[f64], classes: &[String]) 
     }
 }
 
+/// A network whose output is not a finite number (here fc8 so large that
+/// every logit overflows) gives no prediction: each input says so where
+/// its classes would be, and the command exits 1 naming the likely cause,
+/// rather than rank a NaN first as a probability; eval counts such images
+/// as misses in no column of its confusion matrix.
+#[test]
+fn predict_says_when_the_output_is_not_a_number() {
+    use alexnet_cuda::checkpoint;
+    use alexnet_cuda::export::Tensor;
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let data = t.path().join("data");
+    write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
+    let out = t.path().join("run");
+    train_run(
+        &data,
+        &out,
+        &["--val", "20", "--epochs", "1", "--batch", "20"],
+    );
+    let ck = checkpoint::load(&checkpoint::list(&out).unwrap().pop().unwrap().1).unwrap();
+    let mut tensors: Vec<Tensor> = ck.tensors.into_values().collect();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc8.")) {
+        t.data.fill(f32::MAX);
+    }
+    let huge = t.path().join("huge.safetensors");
+    checkpoint::save(&huge, &ck.state, &tensors).unwrap();
+    let img = s(&data.join("05-ring/00002.jpg"));
+    let (ok, listing, err) = cli(&["predict", "--cpu", "--checkpoint", &s(&huge), &img]);
+    assert!(!ok, "{listing}");
+    assert_eq!(
+        listing,
+        format!("{img}\n  no prediction: the network's output is not a finite number\n")
+    );
+    let said = format!(
+        "1 of 1 inputs got an output that is not a finite number (NaN or infinity), e.g. {img}"
+    );
+    assert!(err.contains(&said) && err.contains("try fp32"), "{err}");
+    // eval: scored as misses, in no column of the confusion matrix (not
+    // all in the first), and said, with exit status 1.
+    let cm = t.path().join("cm.npy");
+    let args = [
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        &s(&huge),
+        "--data",
+        &s(&data),
+    ];
+    let (ok, text, err) = cli(&[&args[..], &["--confusion", &s(&cm)]].concat());
+    assert!(!ok && text.contains("top-1 error 100.00%"), "{text}");
+    let said = "100 of the 100 images got an output that is not a finite number";
+    assert!(
+        err.contains(said) && err.contains("count them as misses"),
+        "{err}"
+    );
+    let (shape, m) = alexnet_cuda::npy::read_npy_f32(&cm).unwrap();
+    assert_eq!((shape, m.iter().sum::<f32>()), (vec![10, 10], 0.0));
+}
+
 /// `predict` on image files equals `predict --input-npy` on the same images
 /// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
 /// the checkpoint's mean, over its std); `--logits` holds rows x classes.

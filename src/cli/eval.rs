@@ -134,6 +134,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     write_tables(&args, &ck, &tally)
         .map_err(|e| anyhow::anyhow!("{e:#}; the scores above stand, only the file is missing"))?;
+    let unscored = (tally.unscored() > 0).then(|| {
+        format!(
+            "{} of the {} images got an output that is not a finite number (NaN or infinity): the network overflowed (weights too large, or --precision fp16/bf16: try fp32); the scores above count them as misses, and the loss is not a number",
+            tally.unscored(),
+            r.images
+        )
+    });
+    if let (Some(u), false) = (&unscored, unread.is_empty()) {
+        warn!("{u}");
+    }
+    if let (Some(u), true) = (&unscored, unread.is_empty()) {
+        bail!("{u}");
+    }
     match unread.is_empty() {
         true => Ok(()),
         false => bail!(

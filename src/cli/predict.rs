@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tracing::info;
+use tracing::{info, warn};
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
@@ -263,6 +263,8 @@ struct Output<'a> {
     predicted: usize,
     /// Rows written to the logits file (ten per image with --ten-crop).
     rows: usize,
+    /// Inputs whose output was not a finite number: no prediction.
+    unscored: Vec<String>,
     /// False once the reader of standard output has gone (`| head`): the
     /// logits file is still finished, then the run ends as a closed pipe
     /// does.
@@ -285,6 +287,7 @@ impl<'a> Output<'a> {
             logits_path: args.logits.as_deref(),
             predicted: 0,
             rows: 0,
+            unscored: Vec::new(),
             listing: true,
         })
     }
@@ -296,6 +299,12 @@ impl<'a> Output<'a> {
             self.rows += logits.len() / self.ck.state.classes.len().max(1);
         }
         self.predicted += labels.len();
+        let classes = self.ck.state.classes.len().max(1);
+        for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
+            if !finite(row) {
+                self.unscored.push(label.clone());
+            }
+        }
         if !self.listing {
             return Ok(());
         }
@@ -317,6 +326,10 @@ impl<'a> Output<'a> {
     /// The logits file finished, if every input was read; then the inputs
     /// that were not, in one error.
     fn finish(self, unread: Option<alexnet_cuda::Error>) -> Result<()> {
+        let unscored = self.unscored_error();
+        if let (Some(u), true) = (&unscored, unread.is_some()) {
+            warn!("{u}");
+        }
         match (unread, self.logits, self.logits_path) {
             (Some(e), _, _) if self.predicted == 0 => bail!("{e}"),
             (Some(e), _, Some(path)) => bail!(
@@ -335,11 +348,30 @@ impl<'a> Output<'a> {
             }
             _ => {}
         }
+        if let Some(e) = unscored {
+            bail!("{e}");
+        }
         if !self.listing {
             return Err(std::io::Error::from(ErrorKind::BrokenPipe).into());
         }
         Ok(())
     }
+
+    /// The inputs that got no prediction, as one error: the network's
+    /// output overflowed (huge weights, or fp16's range).
+    fn unscored_error(&self) -> Option<String> {
+        let first = self.unscored.first()?;
+        Some(format!(
+            "{} of {} inputs got an output that is not a finite number (NaN or infinity), e.g. {first}: the network overflowed (weights too large, or --precision fp16/bf16: try fp32), so they have no prediction; the others' predictions are above",
+            self.unscored.len(),
+            self.predicted
+        ))
+    }
+}
+
+/// Whether every value of `row` is a finite number.
+fn finite(row: &[f32]) -> bool {
+    row.iter().all(|v| v.is_finite())
 }
 
 /// Each input's label, then its `top` classes with probability, synset and name.
@@ -349,6 +381,10 @@ fn print_top(ck: &Checkpoint, labels: &[String], probs: &[f32], top: usize) -> s
     let w = top.min(classes).to_string().len();
     for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
         outln!("{label}")?;
+        if !finite(row) {
+            outln!("  no prediction: the network's output is not a finite number")?;
+            continue;
+        }
         for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
             let (id, pct) = (&ck.state.classes[c], 100.0 * p);
             match names.get(c).filter(|n| !n.is_empty() && *n != id) {
