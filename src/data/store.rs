@@ -62,7 +62,8 @@ impl ImageSet {
         let size = opts.size;
         if size == 0 {
             return Err(Error::Config(
-                "image size 0: pass a positive --image-size (the paper uses 256)".into(),
+                "image size 0: images must be stored at a positive size (the paper uses 256)"
+                    .into(),
             ));
         }
         if opts.limit == Some(0) {
@@ -76,7 +77,7 @@ impl ImageSet {
         let bytes = n as u64 * per_image as u64;
         if bytes > opts.max_bytes {
             return Err(Error::Data(format!(
-                "{}: {n} images at {size}x{size} would need {:.1} GiB in memory (budget {:.1} GiB); use a smaller --image-size or a subset (--limit), or pack the images once with `alexnet-cuda prepare` and train from the store",
+                "{}: {n} images at {size}x{size} would need {:.1} GiB in memory (budget {:.1} GiB); train on a subset (--limit), or pack the images once with `alexnet-cuda prepare` and train from the store",
                 folder.root().display(),
                 bytes as f64 / (1u64 << 30) as f64,
                 opts.max_bytes as f64 / (1u64 << 30) as f64,
@@ -85,7 +86,7 @@ impl ImageSet {
         let mut pixels = Vec::new();
         pixels.try_reserve_exact(bytes as usize).map_err(|_| {
             Error::Data(format!(
-                "{}: could not allocate {:.1} GiB for {n} images; use a smaller --image-size or a subset (--limit)",
+                "{}: could not allocate {:.1} GiB for {n} images; train on a subset (--limit), or pack the images once with `alexnet-cuda prepare` and train from the store",
                 folder.root().display(),
                 bytes as f64 / (1u64 << 30) as f64
             ))

@@ -17,6 +17,7 @@ use crate::data::{
     ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
+use crate::memory::Room;
 use crate::model::topology::{Normalize, Topology};
 use crate::shell;
 
@@ -123,6 +124,8 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         _ => "the data set".into(),
     };
     check_held_out(opts, n, &what)?;
+    let room = crate::memory::room_for(opts.world.local_size);
+    refuse_past_room(root, n, image_size, room)?;
     // A resume on other data is refused before the decode, not after it.
     if let Some(ck) = &opts.resume {
         let st = &ck.state;
@@ -201,6 +204,25 @@ pub fn data_difference(was: (&[String], usize), now: (&[String], usize)) -> Opti
     Some(format!(
         "it has {c_now} classes and the run had {c_was} (first {what}: {first:?})"
     ))
+}
+
+/// Refuse a folder whose `n` images decoded at `size` would not fit in
+/// `room`, the memory free now (this process's share where several of a
+/// run share the machine): the buffer is touched as it fills, so past the
+/// room the kernel kills the process mid-decode without a word.
+fn refuse_past_room(root: &Path, n: usize, size: usize, room: Option<Room>) -> Result<()> {
+    let bytes = (n as u64).saturating_mul((size * size * 3) as u64);
+    let Some(room) = room.filter(|r| bytes > r.bytes) else {
+        return Ok(());
+    };
+    Err(Error::Data(format!(
+        "{}: its {n} images decoded at {size}x{size} take {} in memory, more than the {} {}; pack them once with `alexnet-cuda prepare --train {} --out STORE` and pass --data STORE (read from disk as needed), or train on a subset (--limit)",
+        root.display(),
+        crate::fsutil::size(bytes),
+        crate::fsutil::size(room.bytes),
+        room.limit,
+        shell::word(root)
+    )))
 }
 
 /// A resume of `ck`'s run refused: `data` is not the data it trained on.
@@ -415,5 +437,36 @@ fn lighting(topo: &Topology, data: &TrainData) -> Option<Lighting> {
             })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder whose decoded pixels pass the memory free is refused before
+    /// the decode, naming the size, the room and `prepare`; one that fits,
+    /// or a system that does not say, goes on.
+    #[test]
+    fn a_folder_past_the_free_memory_is_refused_before_the_decode() {
+        let root = Path::new("photos");
+        let room = |bytes| {
+            Some(Room {
+                bytes,
+                limit: "free".into(),
+            })
+        };
+        // 10 images of 256x256x3 = 1,966,080 bytes.
+        assert!(refuse_past_room(root, 10, 256, room(1_966_080)).is_ok());
+        assert!(refuse_past_room(root, 10, 256, None).is_ok());
+        let e = refuse_past_room(root, 10, 256, room(1_966_079))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("photos: its 10 images decoded at 256x256 take 2.0 MB"),
+            "{e}"
+        );
+        assert!(e.contains("more than the 2.0 MB free"), "{e}");
+        assert!(e.contains("prepare --train photos --out STORE"), "{e}");
     }
 }
