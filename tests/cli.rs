@@ -1364,12 +1364,11 @@ fn a_resume_with_other_device_flags_is_warned_of() {
 fn a_resume_on_other_data_says_what_differs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (data, d, r) = one_epoch_run(dir.path());
+    // The run's own folder, changed: put back or --init-from, not --data.
+    let way_on = "the run's data changed since it trained: put its images back as they were, or start a new run from the checkpoint's weights with --init-from";
     let resume = |needles: &[&str]| {
         let args = ["train", "--resume", &r, "--epochs", "2", "--data", &d];
-        assert_error(
-            &args,
-            &[&[&d[..], "pass the run's data"][..], needles].concat(),
-        );
+        assert_error(&args, &[&[&d[..], way_on][..], needles].concat());
     };
     let class = |c: &str| data.join(c);
     // The data is compared before any image is decoded: this one is
@@ -1386,6 +1385,15 @@ fn a_resume_on_other_data_says_what_differs() {
     tree(&data, 3, 5);
     // 15 images and the junk, 3 held out.
     resume(&["same classes", "13 training images", "had 9"]);
+    // Another folder: the run's data is to be passed.
+    let other = dir.path().join("other");
+    tree(&other, 2, 4);
+    let o = other.display().to_string();
+    let args = ["train", "--resume", &r, "--epochs", "2", "--data", &o];
+    assert_error(
+        &args,
+        &[&o[..], "2 classes", "pass the run's data with --data"],
+    );
 }
 
 /// `--resume --data` on data with the run's classes and count whose
@@ -1414,7 +1422,7 @@ fn a_resume_on_images_prepared_otherwise_is_refused() {
         &[
             "prepares the images otherwise",
             "its channel mean is [",
-            "pass the run's data with --data",
+            "the run's data changed since it trained",
             "--init-from",
         ],
     );

@@ -228,11 +228,27 @@ fn refuse_past_room(root: &Path, n: usize, size: usize, room: Option<Room>) -> R
 /// A resume of `ck`'s run refused: `data` is not the data it trained on.
 pub fn resume_mismatch(ck: &Checkpoint, data: &Path, diff: &str) -> Error {
     Error::Config(format!(
-        "--resume {}: the run trained on {}, but {} differs: {diff}; pass the run's data with --data",
+        "--resume {}: the run trained on {}, but {} differs: {diff}; {}",
         ck.path.display(),
         ck.state.data,
         data.display(),
+        way_on(ck, data)
     ))
+}
+
+/// How to go on when `data` is not the run's: pass the run's with --data,
+/// or, where it is the run's own folder changed since, put it back; or
+/// start a new run from the checkpoint's weights.
+pub fn way_on(ck: &Checkpoint, data: &Path) -> String {
+    let same = std::path::absolute(data).is_ok_and(|d| d.display().to_string() == ck.state.data);
+    let fix = match same {
+        true => "the run's data changed since it trained: put its images back as they were",
+        false => "pass the run's data with --data",
+    };
+    format!(
+        "{fix}, or start a new run from the checkpoint's weights with --init-from {}",
+        shell::word(&ck.path)
+    )
 }
 
 /// `--val` images held out of `n`: at least one to validate on (the

@@ -18,7 +18,7 @@ use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 
-use super::data::{data_difference, resume_mismatch, TrainData};
+use super::data::{data_difference, resume_mismatch, way_on, TrainData};
 use super::display;
 use super::options::TrainOptions;
 use super::schedule;
@@ -326,11 +326,11 @@ fn check_inputs(
     match diff {
         None => Ok(()),
         Some(diff) => Err(Error::Config(format!(
-            "--resume {}: {} prepares the images otherwise than the run's data ({}): {diff}; pass the run's data with --data, or start a new run from these weights with --init-from {}",
+            "--resume {}: {} prepares the images otherwise than the run's data ({}): {diff}; {}",
             ck.path.display(),
             opts.data.display(),
             ck.state.data,
-            crate::shell::word(&ck.path),
+            way_on(ck, &opts.data),
         ))),
     }
 }
