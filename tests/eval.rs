@@ -768,6 +768,16 @@ fn assert_listing_is(list: &[(String, f64)], probs: &[f64], classes: &[String]) 
     }
 }
 
+/// `dir/data`, 10 demo classes of 10 images, and `dir/run`, one epoch of
+/// `cifar` on it (batch 20, 20 held out).
+fn one_epoch_of_ten_classes(dir: &Path) -> (PathBuf, PathBuf) {
+    let (data, out) = (dir.join("data"), dir.join("run"));
+    write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
+    let split = ["--val", "20", "--epochs", "1", "--batch", "20"];
+    train_run(&data, &out, &split);
+    (data, out)
+}
+
 /// A network whose output is not a finite number (here fc8 so large that
 /// every logit overflows) gives no prediction: each input says so where
 /// its classes would be, and the command exits 1 naming the likely cause,
@@ -779,14 +789,7 @@ fn predict_says_when_the_output_is_not_a_number() {
     use alexnet_cuda::export::Tensor;
     let t = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.display().to_string();
-    let data = t.path().join("data");
-    write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
-    let out = t.path().join("run");
-    train_run(
-        &data,
-        &out,
-        &["--val", "20", "--epochs", "1", "--batch", "20"],
-    );
+    let (data, out) = one_epoch_of_ten_classes(t.path());
     let ck = checkpoint::load(&checkpoint::list(&out).unwrap().pop().unwrap().1).unwrap();
     let mut tensors: Vec<Tensor> = ck.tensors.into_values().collect();
     for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc8.")) {
@@ -838,14 +841,7 @@ fn predict_and_export_cli() {
     use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
     let t = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.display().to_string();
-    let data = t.path().join("data");
-    write_demo_dataset(&data, 10, 10, 32, 4).unwrap();
-    let out = t.path().join("run");
-    train_run(
-        &data,
-        &out,
-        &["--val", "20", "--epochs", "1", "--batch", "20"],
-    );
+    let (data, out) = one_epoch_of_ten_classes(t.path());
     let ck_path = checkpoint::list(&out).unwrap().pop().unwrap().1;
     let ck = checkpoint::load(&ck_path).unwrap();
     let pre = &ck.state.preprocess;
