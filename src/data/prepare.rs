@@ -717,6 +717,11 @@ fn unread(e: Error, source: &Path) -> Error {
     ))
 }
 
+/// A link whose target is not there (a drive or share not mounted).
+fn is_broken_link(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) && !path.exists()
+}
+
 /// Decode, resize, crop and encode one file: (stored bytes, pixels).
 pub fn prepare_image(
     path: &Path,
@@ -842,7 +847,9 @@ fn write_store(
                     class_counts[*label as usize] += 1;
                     hashes.push((hash, c * chunk_len + i));
                 }
-                Err(e @ Error::Io { .. }) => return Err(unread(e, source)),
+                Err(e) if matches!(e, Error::Io { .. }) || is_broken_link(path) => {
+                    return Err(unread(e, source))
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     tracing::debug!("skipping {msg}");
