@@ -1316,7 +1316,7 @@ fn a_resume_whose_batch_does_not_split_names_the_run_s_batch() {
 
 /// A resume runs with the device flags it is given, not the run's: where
 /// they compute otherwise it warns, naming the run's flags to go on with;
-/// given the same ones it says nothing.
+/// given the same ones, or ones that come to the same, it says nothing.
 #[test]
 fn a_resume_with_other_device_flags_is_warned_of() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1342,7 +1342,7 @@ fn a_resume_with_other_device_flags_is_warned_of() {
     };
     let (ok, err) = resume("2", &["--cpu"]);
     assert!(ok, "{err}");
-    let said = "the run trained with --cpu --parallel data --replicas 2 (1 process on the CPU --parallel data --replicas 2), and this resume runs with --cpu (1 process on the CPU)";
+    let said = "the run trained with --cpu --parallel data --replicas 2 (1 process on the CPU, 2 data-parallel replicas), and this resume runs with --cpu (1 process on the CPU, one network)";
     assert!(err.contains(said), "{err}");
     assert!(
         err.contains("resume with --cpu --parallel data --replicas 2"),
@@ -1351,9 +1351,12 @@ fn a_resume_with_other_device_flags_is_warned_of() {
     // The checkpoints now hold the flags of the resume: given the pair
     // again, the change back is said; then the same flags say nothing.
     let (ok, err) = resume("3", &pair);
-    let back = "the run trained with --cpu (1 process on the CPU), and this resume runs with --cpu --parallel data --replicas 2";
+    let back = "the run trained with --cpu (1 process on the CPU, one network), and this resume runs with --cpu --parallel data --replicas 2";
     assert!(ok && err.contains(back), "{err}");
     let (ok, err) = resume("4", &pair);
+    assert!(ok && !err.contains("this resume runs with"), "{err}");
+    // Nor do the same flags with a default left implied (2 replicas).
+    let (ok, err) = resume("5", &pair[..3]);
     assert!(ok && !err.contains("this resume runs with"), "{err}");
 }
 

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use alexnet_cuda::backend::cuda::{CudaOptions, Precision};
 use alexnet_cuda::checkpoint::Checkpoint;
 use alexnet_cuda::dist::device;
-use alexnet_cuda::dist::placement::{Parallel, Request};
+use alexnet_cuda::dist::placement::{self, Parallel, Request};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::run_state::Compute;
 
@@ -161,18 +161,13 @@ impl DeviceArgs {
         f + &self.how_flags(par)
     }
 
-    /// The run's `Compute`: its flags, and what `request` (the devices
-    /// resolved) and `world` make of them.
-    pub fn compute(&self, par: &ParallelArgs, request: &Request, world: &World) -> Compute {
-        let devices = match (&request.gpus, request.cpu) {
-            (Some(g), false) => count(g.split(',').count(), "GPU"),
-            _ => "the CPU".into(),
-        };
-        let processes = count(world.size, "process");
-        Compute {
+    /// The run's `Compute`: its flags, and what they come to with
+    /// `request` (the devices resolved) in `world`.
+    pub fn compute(&self, par: &ParallelArgs, request: &Request, world: &World) -> Result<Compute> {
+        Ok(Compute {
             flags: self.flags(par),
-            setup: format!("{processes} on {devices}{}", self.how_flags(par)),
-        }
+            setup: placement::setup(request, world)? + &self.cuda_flags(),
+        })
     }
 
     /// The flags that change how the devices compute (not which ones).
@@ -184,8 +179,14 @@ impl DeviceArgs {
                 f += &format!(" --replicas {r}");
             }
         }
-        // A resume does not take these from the checkpoint (it warns when
-        // they differ): without them an fp16 run would go on in fp32.
+        f + &self.cuda_flags()
+    }
+
+    /// The flags of how a GPU computes. A resume does not take them from
+    /// the checkpoint (it warns when they differ): without them an fp16
+    /// run would go on in fp32.
+    fn cuda_flags(&self) -> String {
+        let mut f = String::new();
         if self.precision != PrecisionFlag::Fp32 {
             f += &format!(" --precision {}", flag_value(&self.precision));
         }
@@ -236,15 +237,6 @@ impl DeviceArgs {
             allow_tf32: self.tf32,
             deterministic: self.deterministic,
         }
-    }
-}
-
-/// "1 GPU", "2 GPUs"; "1 process", "2 processes".
-fn count(n: usize, what: &str) -> String {
-    match (n, what.ends_with('s')) {
-        (1, _) => format!("1 {what}"),
-        (_, true) => format!("{n} {what}es"),
-        (_, false) => format!("{n} {what}s"),
     }
 }
 

@@ -210,7 +210,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (data, demo_dir) = data_folder(&args, &topo, resume.as_deref())?;
     let mut opts = options(&args, &topo, data, resume.as_deref())?;
     opts.started = started;
-    let compute = args.device.compute(&args.parallel, &request, &world);
+    let compute = args.device.compute(&args.parallel, &request, &world)?;
     if let (Some(ck), true) = (&resume, world.is_writer()) {
         warn_of_other_compute(ck, &compute);
     }

@@ -224,6 +224,36 @@ pub fn copies_here(req: &Request, world: &World) -> Result<usize> {
     })
 }
 
+/// What `req` comes to in `world`, in words, with the implied defaults
+/// applied (two GPUs are the two towers, CPU replicas 2): the processes,
+/// the CPU or how many GPUs (not which), and how they share the work. A
+/// resume compares it with its run's.
+pub fn setup(req: &Request, world: &World) -> Result<String> {
+    let (p, n, devices) = if req.cpu {
+        let p = req.parallel.unwrap_or(Parallel::None);
+        (p, cpu_devices(p, req.replicas)?, "the CPU".to_string())
+    } else {
+        let (ids, p) = gpu_plan(req, world)?;
+        let gpus = match ids.len() {
+            1 => "1 GPU".to_string(),
+            n => format!("{n} GPUs"),
+        };
+        (p, ids.len(), gpus)
+    };
+    let how = match p {
+        Parallel::None => "one network".to_string(),
+        Parallel::Model => "the two towers".to_string(),
+        Parallel::Data if n == 1 => "1 data-parallel replica".to_string(),
+        Parallel::Data => format!("{n} data-parallel replicas"),
+        Parallel::Hybrid => format!("{} data-parallel pairs of towers", n / 2),
+    };
+    let processes = match world.size {
+        1 => "1 process".to_string(),
+        k => format!("{k} processes"),
+    };
+    Ok(format!("{processes} on {devices}, {how}"))
+}
+
 /// A note when several processes share this machine and `--gpus` is given:
 /// torchrun passes every process the same arguments, so unless each was
 /// launched with its own list, they would drive the same GPUs, which NCCL
@@ -558,6 +588,37 @@ mod tests {
         (cpu.parallel, cpu.replicas) = (Some(Parallel::Data), 100_000_000_000);
         let e = copies_here(&cpu, &one).unwrap_err().to_string();
         assert!(e.contains("at most 1024"), "{e}");
+    }
+
+    /// A resume compares setups: the same for other GPUs of the same
+    /// number and for defaults left implied, other for another layout.
+    #[test]
+    fn setups_name_what_the_flags_come_to() {
+        let one = World::single();
+        let setup = |r: &Request, w: &World| setup(r, w).unwrap();
+        let towers = "1 process on 2 GPUs, the two towers";
+        assert_eq!(setup(&gpus("0,1", None), &one), towers);
+        assert_eq!(setup(&gpus("2,3", Some(Parallel::Model)), &one), towers);
+        let data = setup(&gpus("0,1", Some(Parallel::Data)), &one);
+        assert_eq!(data, "1 process on 2 GPUs, 2 data-parallel replicas");
+        // torchrun without --gpus: each process its LOCAL_RANK's GPU.
+        let mut r = gpus("", Some(Parallel::Data));
+        r.gpus = None;
+        let two = World {
+            size: 2,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        };
+        assert_eq!(
+            setup(&r, &two),
+            "2 processes on 1 GPU, 1 data-parallel replica"
+        );
+        let mut cpu = gpus("", Some(Parallel::Hybrid));
+        cpu.cpu = true;
+        assert_eq!(
+            setup(&cpu, &one),
+            "1 process on the CPU, 2 data-parallel pairs of towers"
+        );
     }
 
     #[test]
