@@ -222,6 +222,16 @@ pub fn state_of(path: &Path) -> Option<RunState> {
     serde_json::from_str(h["__metadata__"]["state"].as_str()?).ok()
 }
 
+/// [`state_of`], its checksum checked: None for a damaged header too.
+pub fn checked_state_of(path: &Path) -> Option<RunState> {
+    let h = read_header(path)?;
+    let json = h["__metadata__"]["state"].as_str()?;
+    let want: u32 = h["__metadata__"]["state_crc32"].as_str()?.parse().ok()?;
+    (crc32fast::hash(json.as_bytes()) == want)
+        .then(|| serde_json::from_str(json).ok())
+        .flatten()
+}
+
 /// [`load`] for a file already read (`export::read_safetensors_meta`), so a
 /// caller that must look at the metadata first reads the file once.
 pub fn from_parts(

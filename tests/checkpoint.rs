@@ -421,8 +421,17 @@ fn a_resume_beside_another_runs_checkpoints_is_refused() {
     );
     assert!(saved.join(name(14)).exists());
     assert_eq!(checkpoint::list(&saved).unwrap().len(), 2, "files moved");
-    // The run's own earlier checkpoint in its place: the resume goes on.
+    // The run's own earlier checkpoint in its place, and a damaged later
+    // one (its image count altered, its checksum not): not another run's,
+    // so the resume goes on, setting the damaged one aside.
     std::fs::copy(a.join(name(14)), saved.join(name(14))).unwrap();
+    let good = std::fs::read(a.join(name(20))).unwrap();
+    let at = String::from_utf8_lossy(&good)
+        .find("train_images\\\":500")
+        .expect("the image count in the header");
+    let mut bad = good.clone();
+    bad[at + "train_images\\\":".len()] = b'6';
+    std::fs::write(saved.join(name(30)), bad).unwrap();
     run_ok(&resume);
     assert!(saved.join(name(40)).exists());
 }

@@ -73,11 +73,12 @@ pub fn check_run_folder(
 
 /// A resume sets aside and prunes (`--keep`) the folder's checkpoints as
 /// its own, so one of another run there (checkpoints of several runs
-/// copied into one folder) would be lost: refuse, naming it. An unreadable
-/// header is left to the resume's own checks.
+/// copied into one folder) would be lost: refuse, naming it. A header that
+/// cannot be read or fails its checksum (damage) is left to the resume's
+/// own checks, which set such a file aside.
 fn refuse_other_runs(dir: &Path, state: &RunState) -> Result<()> {
     for (_, p) in checkpoint::list(dir)? {
-        let Some(why) = checkpoint::state_of(&p).and_then(|o| other_run(state, &o)) else {
+        let Some(why) = checkpoint::checked_state_of(&p).and_then(|o| other_run(state, &o)) else {
             continue;
         };
         return Err(Error::Config(format!(
@@ -90,8 +91,8 @@ fn refuse_other_runs(dir: &Path, state: &RunState) -> Result<()> {
 
 /// Why `b` is not a checkpoint of `a`'s run, or None. Not the data's path
 /// (a resume may name the same data elsewhere), nor options a resume may
-/// change (--epochs); finished epochs are compared through JSON, where
-/// they were read from, so a NaN compares equal to itself.
+/// change (--epochs); finished epochs are compared as their JSON, as the
+/// checkpoints hold them.
 fn other_run(a: &RunState, b: &RunState) -> Option<&'static str> {
     let n = a.history.len().min(b.history.len());
     let json = |s: &RunState| serde_json::to_string(&s.history[..n]).ok();
