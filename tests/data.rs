@@ -348,9 +348,12 @@ fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
         "{msg}"
     );
     assert!(msg.contains("mount or restore"), "{msg}");
-    // Inside a class, a broken link without an image's name may be a
-    // folder of its images: refused too, naming it.
+    // Inside a class, a broken link named as a folder may be a folder of
+    // its images: refused too, naming it. One named as another file is a
+    // stray file.
     fs::remove_file(t.path().join("b"))?;
+    symlink(&gone, t.path().join("a/notes.xml"))?;
+    assert_eq!(ImageFolder::scan(t.path())?.ignored().len(), 1);
     symlink(&gone, t.path().join("a/more"))?;
     let msg = data_err_text(ImageFolder::scan(t.path()));
     let link = t.path().join("a/more").display().to_string();

@@ -281,12 +281,13 @@ impl<'a> Walk<'a> {
             }
             // A broken link with an image's name is an image that cannot be
             // read (named, with its target, where unreadable images are),
-            // not a stray file. Without one, it may be a folder of the
-            // class's images on a drive not mounted: leaving them out would
-            // go unnoticed.
+            // not a stray file. One named as folders are (no extension) may
+            // be a folder of the class's images on a drive not mounted:
+            // leaving them out would go unnoticed. Others (an annex's
+            // unfetched notes.xml) are stray files.
             if kind == Kind::Broken && is_image_name(&path) {
                 self.files.push(path);
-            } else if kind == Kind::Broken {
+            } else if kind == Kind::Broken && path.extension().is_none() {
                 return Err(broken_link(
                     &path,
                     "its images would be left out of the class",
