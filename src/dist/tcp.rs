@@ -203,10 +203,12 @@ fn inherited(fd: i32, addr: &str, port: u16) -> Result<TcpListener> {
             "{what} is bound at {at}, not at MASTER_ADDR={addr} port {port} (MASTER_PORT + 1): bind it there"
         )));
     }
-    // A launcher that reserved the port may have bound it only: listen
-    // (again, for one that listens already, is harmless). A datagram
-    // socket cannot, and would otherwise fail every accept.
-    rustix::net::listen(&listener, 128).map_err(|e| {
+    // A launcher that reserved the port may have bound it only: listen.
+    // On one that listens already this sets the backlog again, so ask for
+    // Linux's largest (net.core.somaxconn caps it): the ranks may all
+    // connect at once. A datagram socket cannot listen, and would
+    // otherwise fail every accept.
+    rustix::net::listen(&listener, 4096).map_err(|e| {
         Error::Config(format!(
             "{what}: cannot listen on it ({e}); hand rank 0 a TCP stream socket bound at {at}"
         ))
