@@ -125,7 +125,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     };
     check_held_out(opts, n, &what)?;
     let room = crate::memory::room_for(opts.world.local_size);
-    refuse_past_room(root, n, image_size, room)?;
+    refuse_past_room(root, n, image_size, room, opts.resume.is_some())?;
     // A resume on other data is refused before the decode, not after it.
     if let Some(ck) = &opts.resume {
         let st = &ck.state;
@@ -209,19 +209,29 @@ pub fn data_difference(was: (&[String], usize), now: (&[String], usize)) -> Opti
 /// Refuse a folder whose `n` images decoded at `size` would not fit in
 /// `room`, the memory free now (this process's share where several of a
 /// run share the machine): the buffer is touched as it fills, so past the
-/// room the kernel kills the process mid-decode without a word.
-fn refuse_past_room(root: &Path, n: usize, size: usize, room: Option<Room>) -> Result<()> {
+/// room the kernel kills the process mid-decode without a word. A resume
+/// can take neither a store nor --limit (its data and subset are the run's).
+fn refuse_past_room(
+    root: &Path,
+    n: usize,
+    size: usize,
+    room: Option<Room>,
+    resumed: bool,
+) -> Result<()> {
     let bytes = (n as u64).saturating_mul((size * size * 3) as u64);
     let Some(room) = room.filter(|r| bytes > r.bytes) else {
         return Ok(());
     };
+    let fix = match resumed {
+        true => "free that much memory (other programs), or resume on a machine with more".to_string(),
+        false => format!("pack them once with `alexnet-cuda prepare --train {} --out STORE` and pass --data STORE (read from disk as needed), or train on a subset (--limit)", shell::word(root)),
+    };
     Err(Error::Data(format!(
-        "{}: its {n} images decoded at {size}x{size} take {} in memory, more than the {} {}; pack them once with `alexnet-cuda prepare --train {} --out STORE` and pass --data STORE (read from disk as needed), or train on a subset (--limit)",
+        "{}: its {n} images decoded at {size}x{size} take {} in memory, more than the {} {}; {fix}",
         root.display(),
         crate::fsutil::size(bytes),
         crate::fsutil::size(room.bytes),
         room.limit,
-        shell::word(root)
     )))
 }
 
@@ -232,15 +242,17 @@ pub fn resume_mismatch(ck: &Checkpoint, data: &Path, diff: &str) -> Error {
         ck.path.display(),
         ck.state.data,
         data.display(),
-        way_on(ck, data)
+        other_data_fix(ck, data)
     ))
 }
 
 /// How to go on when `data` is not the run's: pass the run's with --data,
 /// or, where it is the run's own folder changed since, put it back; or
 /// start a new run from the checkpoint's weights.
-pub fn way_on(ck: &Checkpoint, data: &Path) -> String {
-    let same = std::path::absolute(data).is_ok_and(|d| d.display().to_string() == ck.state.data);
+pub fn other_data_fix(ck: &Checkpoint, data: &Path) -> String {
+    let run = Path::new(&ck.state.data);
+    let same = crate::fsutil::same_file(data, run)
+        || std::path::absolute(data).is_ok_and(|d| d.components().eq(run.components()));
     let fix = match same {
         true => "the run's data changed since it trained: put its images back as they were",
         false => "pass the run's data with --data",
@@ -461,8 +473,8 @@ mod tests {
     use super::*;
 
     /// A folder whose decoded pixels pass the memory free is refused before
-    /// the decode, naming the size, the room and `prepare`; one that fits,
-    /// or a system that does not say, goes on.
+    /// the decode, naming the size, the room and `prepare` (for a resume,
+    /// more memory); one that fits, or a system that does not say, goes on.
     #[test]
     fn a_folder_past_the_free_memory_is_refused_before_the_decode() {
         let root = Path::new("photos");
@@ -473,9 +485,9 @@ mod tests {
             })
         };
         // 10 images of 256x256x3 = 1,966,080 bytes.
-        assert!(refuse_past_room(root, 10, 256, room(1_966_080)).is_ok());
-        assert!(refuse_past_room(root, 10, 256, None).is_ok());
-        let e = refuse_past_room(root, 10, 256, room(1_966_079))
+        assert!(refuse_past_room(root, 10, 256, room(1_966_080), false).is_ok());
+        assert!(refuse_past_room(root, 10, 256, None, false).is_ok());
+        let e = refuse_past_room(root, 10, 256, room(1_966_079), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -484,5 +496,11 @@ mod tests {
         );
         assert!(e.contains("more than the 2.0 MB free"), "{e}");
         assert!(e.contains("prepare --train photos --out STORE"), "{e}");
+        // A resume, whose data and subset are the run's: neither offered.
+        let e = refuse_past_room(root, 10, 256, room(1_966_079), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resume on a machine with more"), "{e}");
+        assert!(!e.contains("--limit") && !e.contains("prepare"), "{e}");
     }
 }

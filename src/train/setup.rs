@@ -18,7 +18,7 @@ use crate::model::spec::NetSpec;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
 
-use super::data::{data_difference, resume_mismatch, way_on, TrainData};
+use super::data::{data_difference, other_data_fix, resume_mismatch, TrainData};
 use super::display;
 use super::options::TrainOptions;
 use super::schedule;
@@ -330,7 +330,7 @@ fn check_inputs(
             ck.path.display(),
             opts.data.display(),
             ck.state.data,
-            way_on(ck, &opts.data),
+            other_data_fix(ck, &opts.data),
         ))),
     }
 }
