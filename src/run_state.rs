@@ -1,7 +1,8 @@
 //! The state of a training run that outlives the process: the options that
 //! define it (`RunOptions`, `Schedule`), how its images became inputs
 //! (`Preprocess`), where it is (`Progress`), what each epoch measured
-//! (`EpochStats`), and all of it together as a checkpoint keeps it
+//! (`EpochStats`), how it keeps checkpoints (`Saving`) and the devices it
+//! computed on (`Compute`), and all of it together as a checkpoint keeps it
 //! (`RunState`). Plain data: `train` fills it, `checkpoint` stores it,
 //! `metrics` and `tensorboard` write it out, and none of them needs another.
 use serde::{Deserialize, Serialize};
