@@ -214,6 +214,24 @@ fn a_batch_that_does_not_split_is_an_error_naming_the_sizes() {
     .expect("6 images over 4 replicas");
     let msg = err.to_string();
     assert!(msg.contains("6") && msg.contains("4 replicas"), "{msg}");
+    // A batch that splits, with an input a few values past its images:
+    // refused, as one network refuses it, not cut short.
+    let mut dp = DataParallel::grouped(
+        devs.iter().collect(),
+        &narrow(),
+        8,
+        1,
+        1 << 20,
+        Box::new(HostAllReduce::default()),
+    )
+    .expect("8 images over 4 replicas");
+    let (mut x, labels) = batch(&narrow(), 8, 3);
+    x.extend([0.0; 3]);
+    let msg = dp
+        .forward(&x, &labels, Mode::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not 8 whole images"), "{msg}");
 }
 
 /// Hybrid: the paper's two towers on each of k pairs of CPU devices, each

@@ -264,6 +264,14 @@ impl<'a, B: Backend, M: Replica<B>> DataParallel<'a, B, M> {
                 ),
             });
         }
+        // Each replica checks its slice's shape; a remainder here would
+        // fall between the slices unseen.
+        if !x.len().is_multiple_of(n) {
+            return Err(Error::Shape {
+                op: "forward",
+                detail: format!("an input of {} values is not {n} whole images", x.len()),
+            });
+        }
         let per_image = x.len() / n;
         self.rows = (0..k).map(|r| n / k + usize::from(r < n % k)).collect();
         let mut a = 0;
