@@ -42,13 +42,15 @@ impl LossScale {
     /// Whether a state read back (from a checkpoint) can go on: the scale a
     /// finite, positive, normal power of two, as halving and doubling from
     /// 2^16 keep it (so unscaling stays exact), and a growth interval of at
-    /// least one step.
+    /// least one step, not yet reached (`update` resets the count there; a
+    /// count at u32's end would overflow).
     pub fn is_usable(&self) -> bool {
         let power_of_two = self.scale.to_bits() & 0x007f_ffff == 0;
         self.scale.is_finite()
             && self.scale >= f32::MIN_POSITIVE
             && power_of_two
             && self.growth_interval >= 1
+            && self.good_steps < self.growth_interval
     }
 
     /// After a step's gradients were checked: `finite` when none overflowed.
@@ -138,6 +140,13 @@ mod tests {
         let mut never_grows = LossScale::dynamic();
         never_grows.growth_interval = 0;
         assert!(!never_grows.is_usable());
+        // update() doubles and resets at the interval: a count past it
+        // (an edited checkpoint) would climb to u32's end.
+        let mut past = LossScale::dynamic();
+        past.good_steps = past.growth_interval;
+        assert!(!past.is_usable());
+        past.good_steps -= 1;
+        assert!(past.is_usable());
     }
 
     #[test]

@@ -383,8 +383,8 @@ pub fn loss_scaling<B: Backend>(backend: &B, net: &mut dyn Model, p: &Progress) 
     let ls = match p.loss_scale.clone() {
         Some(ls) if !ls.is_usable() => {
             tracing::warn!(
-                "the checkpoint's loss scale {} (doubled every {} clean steps) is not a positive power of two that grows: starting again from the default",
-                ls.scale, ls.growth_interval
+                "the checkpoint's loss scale {} (doubled every {} clean steps, {} so far) is not a positive power of two that grows, counted below its interval: starting again from the default",
+                ls.scale, ls.growth_interval, ls.good_steps
             );
             LossScale {
                 skipped: ls.skipped,
