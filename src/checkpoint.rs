@@ -224,12 +224,9 @@ pub fn state_of(path: &Path) -> Option<RunState> {
 
 /// [`state_of`], its checksum checked: None for a damaged header too.
 pub fn checked_state_of(path: &Path) -> Option<RunState> {
-    let h = read_header(path)?;
-    let json = h["__metadata__"]["state"].as_str()?;
-    let want: u32 = h["__metadata__"]["state_crc32"].as_str()?.parse().ok()?;
-    (crc32fast::hash(json.as_bytes()) == want)
-        .then(|| serde_json::from_str(json).ok())
-        .flatten()
+    let meta: BTreeMap<String, String> =
+        serde_json::from_value(read_header(path)?["__metadata__"].take()).ok()?;
+    serde_json::from_str(verified_state(path, &meta).ok()?).ok()
 }
 
 /// [`load`] for a file already read (`export::read_safetensors_meta`), so a
