@@ -443,6 +443,48 @@ pub fn fit_to_checkpoint(
     set: Arc<dyn ImageSource>,
     ck: &Checkpoint,
 ) -> Result<Arc<dyn ImageSource>> {
+    check_image_size(path, set.as_ref(), ck)?;
+    match label_map(set.classes(), &ck.state.classes) {
+        Ok(map) => Ok(relabel(set, map, ck)),
+        Err(c) => Err(Error::Data(format!(
+            "{}: class {c} is not one of the checkpoint's {} classes ({}...); pass images of the classes it was trained on",
+            path.display(),
+            ck.state.classes.len(),
+            ck.state.classes.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// `set` relabelled into the checkpoint's classes where it knows all of
+/// the set's; None where one of them is not the checkpoint's (features of
+/// new data keep its own labels).
+pub fn relabel_if_known(
+    set: &Arc<dyn ImageSource>,
+    ck: &Checkpoint,
+) -> Option<Arc<dyn ImageSource>> {
+    let map = label_map(set.classes(), &ck.state.classes).ok()?;
+    Some(relabel(Arc::clone(set), map, ck))
+}
+
+fn relabel(
+    set: Arc<dyn ImageSource>,
+    map: Option<Vec<u32>>,
+    ck: &Checkpoint,
+) -> Arc<dyn ImageSource> {
+    match map {
+        None => set,
+        Some(map) => Arc::new(Relabel {
+            inner: set,
+            map,
+            classes: ck.state.classes.clone(),
+        }),
+    }
+}
+
+/// Refuse images smaller than the checkpoint's crops, or stored at another
+/// size than its mean image's; warn where they are stored at another size
+/// than it trained on.
+pub fn check_image_size(path: &Path, set: &dyn ImageSource, ck: &Checkpoint) -> Result<()> {
     let size = ck.state.preprocess.image_size;
     if set.size() < ck.state.preprocess.crop {
         return Err(Error::Config(format!(
@@ -469,37 +511,30 @@ pub fn fit_to_checkpoint(
             path.display()
         );
     }
-    let Some(map) = class_map(path, set.classes(), &ck.state.classes)? else {
-        return Ok(set);
-    };
-    Ok(Arc::new(Relabel {
-        inner: set,
-        map,
-        classes: ck.state.classes.clone(),
-    }))
+    Ok(())
 }
 
-/// Each of `classes`' labels among the checkpoint's `known` ones, by name;
-/// None when they are the same list. A class it does not know is an error.
-fn class_map(path: &Path, classes: &[String], known: &[String]) -> Result<Option<Vec<u32>>> {
+/// Each of `classes`' labels among the `known` ones, by name; None when
+/// they are the same list. Err: the first class not known.
+fn label_map<'a>(
+    classes: &'a [String],
+    known: &[String],
+) -> std::result::Result<Option<Vec<u32>>, &'a str> {
     if classes == known {
         return Ok(None);
     }
-    let mut map = Vec::with_capacity(classes.len());
-    for c in classes {
-        match known.iter().position(|k| k == c) {
-            Some(i) => map.push(i as u32),
-            None => {
-                return Err(Error::Data(format!(
-                    "{}: class {c} is not one of the checkpoint's {} classes ({}...); pass images of the classes it was trained on",
-                    path.display(),
-                    known.len(),
-                    known.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-                )))
-            }
-        }
-    }
-    Ok(Some(map))
+    let find = |c: &'a String| {
+        known
+            .iter()
+            .position(|k| k == c)
+            .map(|i| i as u32)
+            .ok_or(c.as_str())
+    };
+    classes
+        .iter()
+        .map(find)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the

@@ -23,7 +23,7 @@ use crate::data::{
     LoaderConfig,
 };
 use crate::error::{Error, Result};
-use crate::eval::{fit_to_checkpoint, loader_for, open_eval_data, store_of};
+use crate::eval::{check_image_size, loader_for, relabel_if_known, store_of};
 use crate::fsutil::{check_target, write_atomic, write_csv};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
@@ -46,45 +46,112 @@ pub struct FeatureSet {
     /// The store or folder the images are read from, for errors that say
     /// which data to compute features on.
     pub root: PathBuf,
+    /// The data's own classes, where not all of them are the checkpoint's
+    /// (features of new data, for another task): its labels are then the
+    /// data's, not the checkpoint's.
+    pub own_classes: Option<OwnClasses>,
+}
+
+/// Class ids and readable names of a set's own labels.
+pub struct OwnClasses {
+    pub ids: Vec<String>,
+    pub names: Vec<String>,
+}
+
+impl FeatureSet {
+    /// The class id of `label`: the data's own, or the checkpoint's.
+    pub fn class_id(&self, ck: &Checkpoint, label: u32) -> String {
+        match &self.own_classes {
+            Some(own) => own.ids.get(label as usize).cloned().unwrap_or_default(),
+            None => ck.class_id(label),
+        }
+    }
+
+    /// The readable name of class `label` (its id when it has none).
+    pub fn class_name(&self, ck: &Checkpoint, label: u32) -> String {
+        match &self.own_classes {
+            Some(own) => match own.names.get(label as usize).filter(|n| !n.is_empty()) {
+                Some(n) => n.clone(),
+                None => self.class_id(ck, label),
+            },
+            None => ck.class_name(label),
+        }
+    }
 }
 
 /// Open `path` for features with the checkpoint's preprocessing: a store
 /// folder, a `prepare` output folder (its `split`/ store: val or train) or a
-/// folder of class sub-folders. Labels follow the checkpoint's classes.
+/// folder of class sub-folders. Labels follow the checkpoint's classes
+/// where it knows all of the data's, else they are the data's own.
 /// Where only the other split is there, the error offers it to `use_other`.
 pub fn open_set(path: &Path, ck: &Checkpoint, split: &str, use_other: &str) -> Result<FeatureSet> {
-    if let Some(dir) = store_of(path, split, use_other)? {
-        let set = open_eval_data(&dir, ck)?;
-        // The names are for people (the rows CSV, the picture): a store
-        // whose list is gone still has its images, as eval reads them.
-        let sources = match PackedStore::open(&dir)?.sources() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("{e}; the rows are written without their source files");
-                None
-            }
-        };
+    let Some(dir) = store_of(path, split, use_other)? else {
+        // A folder is scanned once: its files are the sources, named under
+        // the folder (as a store names them), so the same folder spelled
+        // another way (`./data`, an absolute path) is the same set.
+        let files = FileSource::new(
+            &ImageFolder::scan_to_score(path)?,
+            ck.state.preprocess.image_size,
+        );
+        let under = |p: &Path| p.strip_prefix(path).unwrap_or(p).display().to_string();
+        let sources = (0..files.len()).map(|i| under(files.path(i))).collect();
+        return fit_labels(path, Arc::new(files), Some(sources), Vec::new(), ck);
+    };
+    let store = PackedStore::open(&dir)?;
+    // The names are for people (the rows CSV, the picture): a store whose
+    // list is gone still has its images, as eval reads them.
+    let sources = match store.sources() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("{e}; the rows are written without their source files");
+            None
+        }
+    };
+    let names = store.meta().names.clone();
+    fit_labels(&dir, Arc::new(store), sources, names, ck)
+}
+
+/// `set`, read from `root`, checked against the checkpoint's image size
+/// and labelled by its classes, or by the data's own (`names`: their
+/// readable names, where the data keeps them) where one is not the
+/// checkpoint's.
+fn fit_labels(
+    root: &Path,
+    set: Arc<dyn ImageSource>,
+    sources: Option<Vec<String>>,
+    names: Vec<String>,
+    ck: &Checkpoint,
+) -> Result<FeatureSet> {
+    check_image_size(root, set.as_ref(), ck)?;
+    let root = root.to_path_buf();
+    if let Some(set) = relabel_if_known(&set, ck) {
+        let own_classes = None;
         return Ok(FeatureSet {
             set,
             sources,
-            root: dir,
+            root,
+            own_classes,
         });
     }
-    // A folder is scanned once: its files are the sources, named under the
-    // folder (as a store names them), so the same folder spelled another
-    // way (`./data`, an absolute path) is the same set.
-    let files = FileSource::new(
-        &ImageFolder::scan_to_score(path)?,
-        ck.state.preprocess.image_size,
+    let ids = set.classes().to_vec();
+    let unknown = ids.iter().filter(|c| !ck.state.classes.contains(c)).count();
+    // Said aloud: data of the wrong run is also taken this way.
+    tracing::warn!(
+        "{}: {unknown} of its {} classes are not the checkpoint's; the rows keep the data's own labels and class names",
+        root.display(),
+        ids.len()
     );
-    let under = |p: &Path| p.strip_prefix(path).unwrap_or(p).display().to_string();
-    let sources = (0..files.len()).map(|i| under(files.path(i)));
-    let sources = Some(sources.collect());
-    let set = fit_to_checkpoint(path, Arc::new(files), ck)?;
+    let names = if names.len() == ids.len() {
+        names
+    } else {
+        ids.clone()
+    };
+    let own_classes = Some(OwnClasses { ids, names });
     Ok(FeatureSet {
         set,
         sources,
-        root: path.to_path_buf(),
+        root,
+        own_classes,
     })
 }
 
@@ -147,7 +214,9 @@ fn for_each_batch<B: Backend>(
         done += b.n + b.unread.len();
         unread.append(&mut b.unread);
         if b.n > 0 {
-            net.forward(&b.x, &b.labels, Mode::Eval)?;
+            // Labels only feed the loss, and new data's are not the
+            // network's classes.
+            net.forward(&b.x, &vec![0; b.n], Mode::Eval)?;
             let rows = net.activation(layer)?;
             crate::error::check_len("features", "activation", rows.len(), b.n * width)?;
             sink(&rows)?;
@@ -327,8 +396,8 @@ pub fn write_rows_csv(
             row.to_string(),
             i.to_string(),
             label.to_string(),
-            ck.class_id(label),
-            ck.class_name(label),
+            fs.class_id(ck, label),
+            fs.class_name(ck, label),
             source.cloned().unwrap_or_default(),
         ]
     });
@@ -844,7 +913,7 @@ fn query_results(
                         row: n.row,
                         index,
                         label,
-                        class: job.ck.class_name(label),
+                        class: fs.class_name(job.ck, label),
                         dist: n.dist(),
                         source: fs.sources.as_ref().and_then(|s| s.get(index).cloned()),
                     }

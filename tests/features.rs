@@ -246,6 +246,83 @@ fn features_are_the_forward_pass_activations() {
     assert!(csv.lines().skip(1).all(|l| l.ends_with(',')), "{csv}");
 }
 
+/// Features of new data, for another task: twelve classes the checkpoint
+/// (ten CIFAR-10 classes) never saw, more than it has labels for.
+#[test]
+fn features_of_new_classes_keep_the_datas_own_labels() {
+    let st = setup();
+    // The same 24 photos twice: under 12 new class folders, and all in the
+    // checkpoint's class `airplane`, named so both scans list them in the
+    // same order.
+    let (new, known) = (st.root.join("new-classes"), st.root.join("one-known"));
+    std::fs::create_dir_all(known.join("airplane")).unwrap();
+    let photos: Vec<PathBuf> = ["cat", "ship"]
+        .iter()
+        .flat_map(|c| (0..12).map(move |i| fixtures().join(c).join(format!("{i:04}.jpg"))))
+        .collect();
+    for (k, pair) in photos.chunks(2).enumerate() {
+        let class = new.join(format!("kind{k:02}"));
+        std::fs::create_dir_all(&class).unwrap();
+        for (j, p) in pair.iter().enumerate() {
+            std::fs::copy(p, class.join(format!("x{j}.jpg"))).unwrap();
+            let to = known.join("airplane").join(format!("{k:02}-{j}.jpg"));
+            std::fs::copy(p, to).unwrap();
+        }
+    }
+    let (f_new, f_known) = (st.root.join("new.npy"), st.root.join("known.npy"));
+    let (ok, _, err) = features_of(st, &new, &f_new, &["--batch", "10"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("12 of its 12 classes are not the checkpoint's"),
+        "{err}"
+    );
+    let (ok, _, err) = features_of(st, &known, &f_known, &["--batch", "10"]);
+    assert!(ok, "{err}");
+    // The activations do not depend on the labels.
+    let (shape, rows) = read_npy_f32(&f_new).unwrap();
+    assert_eq!(shape, vec![24, 512]);
+    assert_eq!(rows, read_npy_f32(&f_known).unwrap().1);
+    // Each row's label, class and name are its folder's.
+    let csv = std::fs::read_to_string(st.root.join("new.rows.csv")).unwrap();
+    for (row, line) in csv.lines().skip(1).enumerate() {
+        let class = format!("kind{:02}", row / 2);
+        let want = format!(
+            "{row},{row},{},{class},{class},{class}/x{}.jpg",
+            row / 2,
+            row % 2
+        );
+        assert_eq!(line, want);
+    }
+
+    // neighbors searches the new data and names its own classes.
+    let query = new.join("kind11/x1.jpg");
+    let (ok, stdout, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&new),
+        "--query",
+        &s(&query),
+        "--k",
+        "2",
+        "--features",
+        &s(&f_new),
+        "--out",
+        &s(&st.root.join("new-grid.png")),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    let first: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.contains("\t1\t"))
+        .expect("rank 1")
+        .split('\t')
+        .collect();
+    assert_eq!((first[2], first[4]), ("kind11", "23"), "{stdout}");
+}
+
 #[test]
 fn a_set_image_is_its_own_nearest_neighbour() {
     let st = setup();

@@ -19,7 +19,7 @@ use super::device::CheckpointRunArgs;
 pub struct FeaturesArgs {
     #[command(flatten)]
     run: CheckpointRunArgs,
-    /// Images: a store folder, a `prepare` output folder (its val/), or class sub-folders of images.
+    /// Images: a store folder, a `prepare` output folder (its val/), or class sub-folders of images; of the checkpoint's classes or of new ones (rows then keep the data's own labels).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// Layer: fc6 or fc7 (after the ReLU), pool5 (flattened C, H, W), or any layer of the config (conv1..conv5: the layer's output after its ReLU, LRN and pooling, so conv5 is pool5).
