@@ -109,6 +109,9 @@ impl MetricsWriter {
     ) -> Result<(MetricsWriter, Vec<StepRow>)> {
         let steps_path = dir.join(format!("steps.{}", format.ext()));
         let epochs_path = dir.join(format!("epochs.{}", format.ext()));
+        if resume_step.is_none() {
+            remove_other_format(dir, format)?;
+        }
         let kept: Vec<StepRow> = match resume_step {
             Some(last) => {
                 let bytes = read_if_there(&steps_path)?.unwrap_or_default();
@@ -260,6 +263,25 @@ pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {
 }
 
 /// A metrics file's bytes (None when there is none).
+/// A fresh run replaces the metrics of an earlier attempt in its folder
+/// (one killed before its first checkpoint), those of the other format
+/// too: a resume would take the files it finds for the run's own.
+fn remove_other_format(dir: &Path, format: MetricsFormat) -> Result<()> {
+    let other = match format {
+        MetricsFormat::Csv => MetricsFormat::Jsonl,
+        MetricsFormat::Jsonl => MetricsFormat::Csv,
+    };
+    for stem in ["steps", "epochs"] {
+        let p = dir.join(format!("{stem}.{}", other.ext()));
+        match std::fs::remove_file(&p) {
+            Ok(()) => tracing::info!("{}: an earlier attempt's, removed", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&p, e)),
+        }
+    }
+    Ok(())
+}
+
 fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),

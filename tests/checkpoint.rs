@@ -1016,6 +1016,14 @@ fn jsonl_metrics_and_init_from() {
     let t = tempfile::tempdir().unwrap();
     let d = data(t.path());
     let a = t.path().join("a");
+    // An earlier attempt in CSV, killed before its first checkpoint: the
+    // fresh run replaces its files, or the resume below would carry on
+    // its rows.
+    std::fs::create_dir_all(&a).unwrap();
+    let stale = "step,epoch,loss,top1,lr,elapsed_s\n1,0.05,2.3,0.1,0.01,1.0\n";
+    std::fs::write(a.join("steps.csv"), stale).unwrap();
+    let epochs = "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,elapsed_s,data_wait\n";
+    std::fs::write(a.join("epochs.csv"), epochs).unwrap();
     let mut args = train_args(&d, &a, 1);
     args.extend(["--metrics-format".into(), "jsonl".into()]);
     run_ok(&args);
