@@ -75,31 +75,63 @@ pub fn record(data: &[u8]) -> Vec<u8> {
 /// writer's own tag), which tells them from other tools' in a folder.
 const SUFFIX: &str = ".alexnet-cuda";
 
-/// The records of an events file as (start, end) byte ranges, in order,
-/// up to the first that is cut short or fails a CRC (a process killed
-/// mid-write leaves such a tail), and whether every byte was a whole record.
-fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, bool) {
-    let mut out = Vec::new();
+/// What [`records`] read of an events file.
+struct Records {
+    /// The whole records' (start, end) byte ranges, in order.
+    whole: Vec<(usize, usize)>,
+    /// Bytes of records skipped: their data failed its CRC (damage), but
+    /// their length, checked by its own CRC, says where the next starts.
+    skipped: usize,
+    /// Where reading stopped: the file's length, or a record whose length
+    /// is cut short or fails its CRC, after which nothing can be found.
+    end: usize,
+    /// Whether that last record runs past the file's end: a write cut off
+    /// by a stopped process, not damage.
+    torn: bool,
+}
+
+/// The records of an events file, a record damaged in its data skipped.
+fn records(bytes: &[u8]) -> Records {
+    let mut r = Records {
+        whole: Vec::new(),
+        skipped: 0,
+        end: 0,
+        torn: false,
+    };
     let mut i = 0;
     while i < bytes.len() {
-        let whole = (|| {
+        // Some((end, whether the data's CRC matches)) where the length
+        // reads whole and its CRC matches.
+        let framed = (|| {
             let len = bytes.get(i..i + 8)?;
             let crc = u32::from_le_bytes(bytes.get(i + 8..i + 12)?.try_into().ok()?);
+            if crc != masked_crc32c(len) {
+                return None;
+            }
             let n = usize::try_from(u64::from_le_bytes(len.try_into().ok()?)).ok()?;
             let end = (i + 12).checked_add(n)?.checked_add(4)?;
-            let data = bytes.get(i + 12..end - 4)?;
-            let dcrc = u32::from_le_bytes(bytes.get(end - 4..end)?.try_into().ok()?);
-            (crc == masked_crc32c(len) && dcrc == masked_crc32c(data)).then_some(end)
-        })();
-        match whole {
-            Some(end) => {
-                out.push((i, end));
-                i = end;
+            if end > bytes.len() {
+                return Some((end, false));
             }
-            None => return (out, false),
+            let dcrc = u32::from_le_bytes(bytes[end - 4..end].try_into().ok()?);
+            Some((end, dcrc == masked_crc32c(&bytes[i + 12..end - 4])))
+        })();
+        match framed {
+            Some((end, true)) => r.whole.push((i, end)),
+            Some((end, false)) if end <= bytes.len() => r.skipped += end - i,
+            Some(_) => {
+                r.torn = true;
+                break;
+            }
+            None => {
+                r.torn = bytes.len() - i < 12;
+                break;
+            }
         }
+        i = framed.map_or(i, |(end, _)| end);
     }
-    (out, true)
+    r.end = i;
+    r
 }
 
 /// Make the folder's earlier events files agree with the run about to
@@ -122,30 +154,42 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<Cut>> {
         }
         let Some(s) = resume_step else {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            changed.push(Cut { path, unread: 0 });
+            changed.push(Cut {
+                path,
+                unread: 0,
+                aside: None,
+            });
             continue;
         };
         let s = i64::try_from(s).unwrap_or(i64::MAX);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let (all, whole) = records(&bytes);
-        let kept: Vec<&(usize, usize)> = all
+        let r = records(&bytes);
+        let kept: Vec<&(usize, usize)> = r
+            .whole
             .iter()
             .filter(|(a, b)| {
                 // A record whose step cannot be read is kept as it is.
                 Event::decode(&bytes[a + 12..b - 4]).map_or(true, |e| e.step <= s)
             })
             .collect();
-        if whole && kept.len() == all.len() {
+        let unread = r.skipped + (bytes.len() - r.end);
+        if unread == 0 && kept.len() == r.whole.len() {
             continue;
         }
+        // Damage, not a last write cut off: the file as it was stays.
+        let damaged = r.skipped > 0 || (r.end < bytes.len() && !r.torn);
+        let aside = damaged.then(|| keep_aside(&path, s, &bytes)).transpose()?;
         let out: Vec<u8> = kept
             .iter()
             .flat_map(|&&(a, b)| &bytes[a..b])
             .copied()
             .collect();
         write_atomic(&path, &out)?;
-        let unread = bytes.len() - all.last().map_or(0, |&(_, end)| end);
-        changed.push(Cut { path, unread });
+        changed.push(Cut {
+            path,
+            unread,
+            aside,
+        });
     }
     changed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changed)
@@ -155,10 +199,24 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<Cut>> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cut {
     pub path: PathBuf,
-    /// Bytes from the first record that could not be read to the file's
-    /// end, dropped: a record torn by a stopped process, or damage, which
-    /// takes the records after it along.
+    /// Bytes that could not be read, dropped: a last record torn by a
+    /// stopped process, or damage (a record whose data fails its CRC; one
+    /// whose length does takes the records after it along).
     pub unread: usize,
+    /// Where the file as it was is kept when damage, not a torn last
+    /// record, lost bytes: under a name without "tfevents", which
+    /// TensorBoard would read as another events file.
+    pub aside: Option<PathBuf>,
+}
+
+/// Copy an events file's `bytes` beside it before a resume at step `s`
+/// cuts it: `events.out.damaged.<rest>.before-resume-<s>`.
+fn keep_aside(path: &Path, s: i64, bytes: &[u8]) -> Result<PathBuf> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let name = name.replacen("tfevents", "damaged", 1);
+    let aside = path.with_file_name(format!("{name}.before-resume-{s}"));
+    write_atomic(&aside, bytes)?;
+    Ok(aside)
 }
 
 /// What an event carries besides its time and step.

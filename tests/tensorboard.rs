@@ -235,31 +235,58 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     assert_eq!(std::fs::read(&theirs).unwrap(), long);
 }
 
-/// A damaged record in the middle of an events file: the records before
-/// it are kept, and the bytes from it to the end are counted as dropped
-/// (said in the resumed run's log), not only a torn last record's.
+/// A damaged record in the middle of an events file. Its data failing its
+/// CRC, the framing (TFRecord: length, masked CRC32C of the length, data,
+/// masked CRC32C of the data) still says where the next record starts:
+/// that record alone is dropped. Its length failing its CRC, nothing after
+/// it can be found: the records before it are kept. Either way the bytes
+/// lost are counted (said in the resumed run's log) and the file as it was
+/// is kept beside, under a name TensorBoard does not read; a torn last
+/// record is not damage and leaves no copy.
 #[test]
-fn cut_earlier_counts_the_bytes_lost_to_a_damaged_record() {
-    let t = tempfile::tempdir().unwrap();
+fn cut_earlier_drops_a_damaged_record_and_keeps_the_file_aside() {
     let scalars = |step: i64| record(&event(0.0, step, Payload::Scalars(&[("step/loss", 1.0)])));
     let mut bytes = record(&event(0.0, 0, Payload::FileVersion));
     bytes.extend(scalars(1));
     let damaged_at = bytes.len();
+    let record_len = scalars(2).len();
     for s in 2..=10 {
         bytes.extend(scalars(s));
     }
-    // A flipped byte in step 2's data fails its CRC.
-    bytes[damaged_at + 14] ^= 0xff;
-    let a = t
-        .path()
-        .join("events.out.tfevents.0000000001.h.alexnet-cuda");
-    std::fs::write(&a, &bytes).unwrap();
+    let name = "events.out.tfevents.0000000001.h.alexnet-cuda";
+    // (byte flipped, steps kept, bytes lost): a byte of step 2's data; a
+    // byte of its length.
+    let cases = [
+        (damaged_at + 14, vec![0, 1, 3, 4, 5, 6], record_len),
+        (damaged_at + 2, vec![0, 1], bytes.len() - damaged_at),
+    ];
+    for (flip, want, lost) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let mut damaged = bytes.clone();
+        damaged[flip] ^= 0xff;
+        let a = t.path().join(name);
+        std::fs::write(&a, &damaged).unwrap();
+        let cut = cut_earlier(t.path(), Some(6)).unwrap();
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].unread, lost, "byte {flip}");
+        let steps: Vec<i64> = record_data(&std::fs::read(&a).unwrap())
+            .iter()
+            .map(|d| step_and_tags(d).0)
+            .collect();
+        assert_eq!(steps, want, "byte {flip}");
+        let aside = cut[0].aside.as_ref().expect("a copy of the damaged file");
+        assert_eq!(aside.parent(), Some(t.path()));
+        let aside_name = aside.file_name().unwrap().to_string_lossy();
+        assert!(!aside_name.contains("tfevents"), "{aside_name}");
+        assert!(aside_name.ends_with(".before-resume-6"), "{aside_name}");
+        assert_eq!(std::fs::read(aside).unwrap(), damaged);
+    }
+
+    // A torn last record: cut, no copy.
+    let t = tempfile::tempdir().unwrap();
+    let torn = &bytes[..bytes.len() - 5];
+    std::fs::write(t.path().join(name), torn).unwrap();
     let cut = cut_earlier(t.path(), Some(6)).unwrap();
-    assert_eq!(cut.len(), 1);
-    assert_eq!(cut[0].unread, bytes.len() - damaged_at);
-    let steps: Vec<i64> = record_data(&std::fs::read(&a).unwrap())
-        .iter()
-        .map(|d| step_and_tags(d).0)
-        .collect();
-    assert_eq!(steps, [0, 1]);
+    assert_eq!((cut[0].unread, &cut[0].aside), (record_len - 5, &None));
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
 }

@@ -434,13 +434,18 @@ impl RunDir {
             MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
         for f in tensorboard::cut_earlier(dir, resume_step)? {
             let path = f.path.display();
-            match resume_step {
-                Some(s) if f.unread > 0 => warn!(
-                    "{path}: cut back to step {s}, the checkpoint's; its last {} bytes could not be read (a record a stopped process left half-written, or damage, which loses the records after it) and were dropped",
+            match (resume_step, &f.aside) {
+                (Some(s), Some(aside)) => warn!(
+                    "{path}: cut back to step {s}, the checkpoint's; {} bytes of it are damaged (a record failing its checksum, and where its length fails, the records after it) and were dropped; the file as it was is kept as {}",
+                    f.unread,
+                    aside.display()
+                ),
+                (Some(s), None) if f.unread > 0 => warn!(
+                    "{path}: cut back to step {s}, the checkpoint's; its last {} bytes, a record a stopped process left half-written, were dropped",
                     f.unread
                 ),
-                Some(s) => info!("{path}: cut back to step {s}, the checkpoint's"),
-                None => info!("{path}: removed, an attempt with no checkpoint"),
+                (Some(s), None) => info!("{path}: cut back to step {s}, the checkpoint's"),
+                (None, _) => info!("{path}: removed, an attempt with no checkpoint"),
             }
         }
         let events = EventWriter::create(dir, state.progress.elapsed_s, resume_step)?;
