@@ -480,6 +480,29 @@ fn absurd_dimensions_are_refused_before_decoding() -> TestResult {
     Ok(())
 }
 
+/// A file far larger than any image within the decode limits (a photo
+/// with 700 MB appended, written sparse, so it takes no disk) is refused
+/// from its size, as a bad image naming it.
+#[test]
+fn a_file_past_the_size_cap_is_refused_unread() -> TestResult {
+    let t = TempDir::new()?;
+    let p = t.path().join("huge.jpg");
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar10/cat/0000.jpg");
+    std::fs::copy(&photo, &p)?;
+    assert!(decode_file(&p, 8).is_ok());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)?
+        .set_len(700 << 20)?;
+    expect_image_err(decode_file(&p, 8), &p);
+    let text = format!("{}", decode_file(&p, 8).unwrap_err());
+    assert!(
+        text.contains("a 700 MB file") && text.contains("at most 600 MB"),
+        "{text}"
+    );
+    Ok(())
+}
+
 /// A header that asks for more pixel memory than one decode may take
 /// (12000 x 12000 RGB is 432 MB) is refused for that, before the pixels are
 /// allocated, though each side is within bounds.

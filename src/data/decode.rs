@@ -2,7 +2,7 @@
 //! image (the formats of [`FORMATS`]) to RGB8, scale the short side to `size` and take the centre
 //! `size x size` (the paper, section 2), encode it as JPEG for the packed
 //! store, and the fast decode the loader runs on every training image.
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use fast_image_resize::images::{Image, ImageRef};
@@ -28,6 +28,13 @@ pub const MAX_SIDE: u32 = 20_000;
 /// Most bytes one decode may allocate (a decompression-bomb limit): 100
 /// megapixels of RGB, 25x ImageNet's largest photos.
 pub const MAX_DECODE_BYTES: u64 = 300 << 20;
+
+/// Largest image file read: twice [`MAX_DECODE_BYTES`], more than any
+/// image within that limit takes in any format read here (a raw RGB file
+/// of the largest image allowed, with room for metadata). A larger file is
+/// refused before it is read: a video or disk image named `.jpg` would
+/// otherwise be read whole into memory, on every decode thread at once.
+pub const MAX_FILE_BYTES: u64 = 2 * MAX_DECODE_BYTES;
 
 /// Lanczos-3, computed as Pillow computes it (the support widened by the
 /// scale factor when shrinking, so every source pixel contributes and
@@ -104,10 +111,41 @@ fn read_error(path: &Path, e: std::io::Error) -> Error {
     Error::io(path, e)
 }
 
+/// The bytes of an image file of at most [`MAX_FILE_BYTES`] (a larger one
+/// is a bad image, as one over the decode limits is).
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+    let len = f.metadata().map_err(|e| read_error(path, e))?.len();
+    let too_large = |len: u64| {
+        Error::Image {
+        path: path.to_path_buf(),
+        msg: format!(
+            "a {} MB file; an image file may be at most {} MB (twice the {} MB one decode may use): not a photo of a data set; remove it or move it out of the folder",
+            len >> 20,
+            MAX_FILE_BYTES >> 20,
+            MAX_DECODE_BYTES >> 20
+        ),
+    }
+    };
+    if len > MAX_FILE_BYTES {
+        return Err(too_large(len));
+    }
+    // Read up to the cap: a file that grows since its size was taken
+    // stops there.
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_error(path, e))?;
+    match bytes.len() as u64 > MAX_FILE_BYTES {
+        true => Err(too_large(bytes.len() as u64)),
+        false => Ok(bytes),
+    }
+}
+
 /// Like [`decode_file`], writing into `out` (length `size * size * 3`).
 pub fn decode_into(path: &Path, size: usize, out: &mut [u8]) -> Result<()> {
     crate::error::check_len("decode_into", "output buffer", out.len(), size * size * 3)?;
-    let bytes = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    let bytes = read_image_file(path)?;
     let img = decode_bytes(&bytes, path)?;
     let img = resize_centre_crop(img, size).map_err(|msg| Error::Image {
         path: path.to_path_buf(),
