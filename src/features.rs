@@ -701,7 +701,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let q = query_features(&mut net, job, &qpix, size, width)?;
     let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
     let results = query_results(job, &fs, &rows, found);
-    render_grid(job.out, &grid_rows(&results, &qpix, size, &fs)?, job.cell)?;
+    render_grid(job.out, &grid_rows(&results, &qpix, size, &fs), job.cell)?;
     Ok(NeighborsReport {
         features,
         computed: job.features.is_none(),
@@ -929,7 +929,7 @@ fn grid_rows(
     qpix: &[u8],
     size: usize,
     fs: &FeatureSet,
-) -> Result<Vec<Vec<GridCell>>> {
+) -> Vec<Vec<GridCell>> {
     let mut rows = Vec::with_capacity(results.len());
     let mut scratch = Vec::new();
     for (qi, r) in results.iter().enumerate() {
@@ -944,16 +944,25 @@ fn grid_rows(
             lines: ["query".into(), name],
         }];
         for n in &r.neighbors {
-            let px = fs.set.pixels(n.index, &mut scratch)?.to_vec();
+            // An image changed since its features were taken: the search
+            // stands, drawn without it.
+            let side = fs.set.size();
+            let px = match fs.set.pixels(n.index, &mut scratch) {
+                Ok(px) => px.to_vec(),
+                Err(e) => {
+                    tracing::warn!("{e}; drawn as a grey cell in the picture");
+                    vec![128; side * side * 3]
+                }
+            };
             cells.push(GridCell {
                 pixels: px,
-                side: fs.set.size(),
+                side,
                 lines: [n.class.clone(), format!("d = {:.1}", n.dist)],
             });
         }
         rows.push(cells);
     }
-    Ok(rows)
+    rows
 }
 
 /// One picture of the grid with two lines of text under it.

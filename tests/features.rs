@@ -321,6 +321,39 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
         .split('\t')
         .collect();
     assert_eq!((first[2], first[4]), ("kind11", "23"), "{stdout}");
+
+    // The nearest image damaged since its features were taken: the search
+    // stands, and the picture draws it as a grey cell.
+    let kept = st.root.join("query-copy.jpg");
+    std::fs::copy(&query, &kept).unwrap();
+    std::fs::write(&query, b"not a photo any more").unwrap();
+    let grid = st.root.join("damaged-grid.png");
+    let (ok, stdout, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&new),
+        "--query",
+        &s(&kept),
+        "--k",
+        "2",
+        "--features",
+        &s(&f_new),
+        "--out",
+        &s(&grid),
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("\t1\t") && err.contains("drawn as a grey cell"),
+        "{err}"
+    );
+    let img = image::open(&grid).unwrap().to_rgb8();
+    // The first neighbour's cell, after the query's and the gap.
+    let centre = img.get_pixel(6 + 102 + 12 + 48, 6 + 48);
+    assert_eq!(centre.0, [128, 128, 128]);
 }
 
 #[test]
