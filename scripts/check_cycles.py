@@ -97,10 +97,11 @@ def module_tree(root_file):
 
 
 def expand_use_tree(tree):
-    """`a::{b, c::{d, e}}` -> [a::b, a::c::d, a::c::e]."""
+    """`a::{b, c::{d as f, e}}` -> [a::b, a::c::d as f, a::c::e]: aliases
+    stay, for `segments` to read."""
     tree = tree.strip()
     if "{" not in tree:
-        return [re.sub(r"\s+as\s+\w+$", "", tree)]
+        return [tree]
     head, _, rest = tree.partition("{")
     body = rest[: rest.rindex("}")]
     parts, depth, cur = [], 0, ""
@@ -154,6 +155,17 @@ def resolve(mods, path, depth=0):
     return cur
 
 
+ALIAS = re.compile(r"^(.*?)\s+as\s+(\w+)\s*$", re.S)
+
+
+def segments(p):
+    """A use path's segments and the name it binds: `a::b as c` binds c."""
+    alias = ALIAS.match(p)
+    path = alias.group(1) if alias else p
+    segs = [s for s in path.replace(" ", "").split("::") if s]
+    return segs, alias.group(2) if alias else (segs[-1] if segs else None)
+
+
 def related(a, b):
     """A module and its ancestors or descendants: a parent owns its children
     (a `mod.rs` type whose helpers live in child files), so their mutual use
@@ -167,10 +179,10 @@ def edges(mods):
         for pub, tree in USE.findall(m.code):
             if pub:
                 for p in expand_use_tree(tree):
-                    segs = [s for s in p.replace(" ", "").split("::") if s]
+                    segs, name = segments(p)
                     full = absolute(m, segs) if segs else None
                     if full and not segs[-1] == "*":
-                        m.reexports[full[-1] if "as" not in p else p.split()[-1]] = full
+                        m.reexports[name] = full
     graph = {p: set() for p in mods}
     for m in mods.values():
         code = USE.sub(lambda u: "" if u.group(1) else u.group(0), m.code)
@@ -179,7 +191,7 @@ def edges(mods):
             paths += expand_use_tree(tree)
         paths += INLINE.findall(USE.sub("", code))
         for p in paths:
-            segs = [s for s in p.replace(" ", "").split("::") if s and s != "*"]
+            segs = [s for s in segments(p)[0] if s != "*"]
             full = absolute(m, segs) if segs else None
             if full is None:
                 continue

@@ -1,8 +1,9 @@
-//! The benchmark scripts' own arithmetic, run through bash, against the rule
-//! each states. scripts/bench-paper divides the rate by 10 for the last 30%
+//! The scripts' own logic, run as they run, against the rule each states.
+//! scripts/bench-paper divides the rate by 10 for the last 30%
 //! and the last 10% of N epochs, counted in whole epochs rounded up; the
 //! epochs that start at each lower rate must lie in 2..=N (epoch 1 would
 //! skip the base rate, one past N never applies) and be listed once.
+//! scripts/check_cycles.py finds a cycle through a re-exported name.
 use std::process::Command;
 
 /// `milestones N` for N in 1..=`most`, from the script's own function.
@@ -57,4 +58,62 @@ fn bench_paper_drops_the_rate_within_the_run() {
     // The paper-length and default runs, written out.
     assert_eq!(got[9], "8,10");
     assert_eq!(got[29], "22,28");
+}
+
+/// Run scripts/check_cycles.py on a crate of `files` (path, text) under a
+/// temporary src/; its exit status and output.
+fn check_cycles(files: &[(&str, &str)]) -> (bool, String) {
+    let t = tempfile::tempdir().expect("temp dir");
+    for (path, text) in files {
+        let p = t.path().join("src").join(path);
+        std::fs::create_dir_all(p.parent().expect("a folder")).expect("folder");
+        std::fs::write(&p, text).expect("write");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_cycles.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(t.path().join("src"))
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        text + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// data::feed uses train, which uses feed's item through data's re-export:
+/// a cycle, whatever the re-exported name (one holding "as", such as
+/// `Pass`, or an alias); without train's use there is none.
+#[test]
+fn check_cycles_follows_re_exports_and_aliases() {
+    let crate_with = |reexport: &str, train: &str| {
+        let data = format!("mod feed;\n{reexport}\n");
+        check_cycles(&[
+            ("lib.rs", "pub mod data;\npub mod train;\n"),
+            ("data/mod.rs", &data),
+            (
+                "data/feed.rs",
+                "use crate::train::Thing;\npub struct Pass;\n",
+            ),
+            ("train.rs", &format!("{train}\npub struct Thing;\n")),
+        ])
+    };
+    for (reexport, train) in [
+        ("pub use feed::Pass;", "use crate::data::Pass;"),
+        ("pub use feed::Pass as Step;", "use crate::data::Step;"),
+        (
+            "pub use feed::{Pass as Step};",
+            "fn f(_: crate::data::Step) {}",
+        ),
+    ] {
+        let (ok, out) = crate_with(reexport, train);
+        assert!(!ok, "{reexport} / {train}: {out}");
+        assert!(
+            out.contains("data::feed -> train") && out.contains("train -> data::feed"),
+            "{reexport} / {train}: {out}"
+        );
+    }
+    let (ok, out) = crate_with("pub use feed::Pass as Step;", "");
+    assert!(ok && out.contains("no import cycles"), "{out}");
 }
