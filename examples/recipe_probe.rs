@@ -152,7 +152,15 @@ fn main() -> Result<()> {
         );
         std::process::exit(2);
     };
-    let steps = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    // A variant in STEPS' place is an error, not 30 steps of the others.
+    let steps = match args.get(1).map(|s| s.parse::<usize>()) {
+        None => 30,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            eprintln!("error: STEPS {:?} is not a number; usage: recipe_probe STORE_TRAIN_DIR [STEPS] [VARIANT...]", args[1]);
+            std::process::exit(2);
+        }
+    };
     let names: Vec<&str> = if args.len() > 2 {
         args[2..].iter().map(|s| s.as_str()).collect()
     } else {
