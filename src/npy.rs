@@ -260,7 +260,10 @@ impl NpyWriter {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(io(e));
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(Error::io(&self.path, e));
+        }
         sync_dir(&self.path)
     }
 }
@@ -467,6 +470,25 @@ mod tests {
         let other = dir.path().join("y.npy");
         assert!(write_npy_f32(&other, &[5], &[1.0]).is_err());
         assert!(!other.exists());
+    }
+
+    /// A rename that fails (a folder took the name meanwhile) errs naming
+    /// the file and leaves no temporary file behind.
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.npy");
+        let mut w = NpyWriter::create(&path, 1, 2).unwrap();
+        w.append(&[1.0, 2.0]).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"x").unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("f.npy"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["f.npy"]);
     }
 
     #[test]
