@@ -277,6 +277,24 @@ pub fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The seconds in a new events file's name: now, or past the newest of
+/// the folder's own files where a clock behind theirs (a resume on another
+/// machine) would name it earlier. TensorBoard reads a folder's files in
+/// name order, and a resumed run's file must come after the run's older ones.
+fn name_seconds(dir: &Path, now: u64) -> u64 {
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("events.out.tfevents.")?;
+            name.contains(SUFFIX).then_some(())?;
+            rest.split('.').next()?.parse::<u64>().ok()
+        })
+        .max();
+    newest.map_or(now, |n| now.max(n + 1))
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -349,7 +367,7 @@ impl EventWriter {
         let wall0 = unix_now();
         let base = format!(
             "events.out.tfevents.{:010}.{}{SUFFIX}",
-            wall0 as u64,
+            name_seconds(dir, wall0 as u64),
             host_name()
         );
         let mut n = 0;
@@ -607,5 +625,20 @@ mod tests {
         };
         assert!(err.starts_with("/dev/full: "), "{err}");
         assert!(err.contains("No space left on device"), "{err}");
+    }
+
+    /// A new file's name sorts after the folder's own files: their newest
+    /// second plus one where this clock is behind, else now; another
+    /// program's files do not count.
+    #[test]
+    fn a_new_file_is_named_after_the_runs_older_ones() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(name_seconds(t.path(), 100), 100);
+        let touch = |n: &str| std::fs::write(t.path().join(n), b"").unwrap();
+        touch("events.out.tfevents.0000000050.a.alexnet-cuda");
+        assert_eq!(name_seconds(t.path(), 100), 100);
+        touch("events.out.tfevents.9999999990.b.alexnet-cuda.1");
+        touch("events.out.tfevents.9999999999.other-program");
+        assert_eq!(name_seconds(t.path(), 100), 9_999_999_991);
     }
 }
