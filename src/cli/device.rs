@@ -112,6 +112,24 @@ impl From<ParallelFlag> for Parallel {
     }
 }
 
+/// `--gpus` as taken without the flag, from the GPUs `found` (at least
+/// one): the first for one network; for the paper's two towers the first
+/// two, or the one GPU twice (both towers on it); for data parallelism every
+/// GPU; for hybrid an even number of them, two at least.
+pub fn automatic_gpus(parallel: Option<Parallel>, found: &[usize]) -> String {
+    let first = found[..1].to_vec();
+    let ids = match parallel {
+        None | Some(Parallel::None) => first,
+        Some(Parallel::Data) => found.to_vec(),
+        Some(Parallel::Model) if found.len() < 2 => vec![found[0]; 2],
+        Some(Parallel::Model) => found[..2].to_vec(),
+        Some(Parallel::Hybrid) if found.len() < 2 => vec![found[0]; 2],
+        Some(Parallel::Hybrid) => found[..found.len() / 2 * 2].to_vec(),
+    };
+    let ids: Vec<String> = ids.iter().map(usize::to_string).collect();
+    ids.join(",")
+}
+
 impl DeviceArgs {
     /// The devices and parallelism asked for, as `dist::run_on` takes
     /// them. Without --cpu or --gpus, the probe picks GPU 0 or the CPU.
@@ -122,7 +140,11 @@ impl DeviceArgs {
         } else {
             match device::automatic() {
                 None => (true, None),
-                Some(gpu) => (false, Some(gpu.to_string())),
+                Some(found) => {
+                    let gpus = automatic_gpus(parallel, &found);
+                    tracing::info!("no --cpu or --gpus given: using --gpus {gpus} (pass --cpu to run on the CPU)");
+                    (false, Some(gpus))
+                }
             }
         };
         if let (Some(ParallelFlag::Model), Some(n)) = (par.parallel, par.replicas) {
@@ -293,6 +315,37 @@ mod tests {
                 given.parallel.parallel.map(|p| flag_value(&p)),
                 "{line}"
             );
+        }
+    }
+
+    /// Without --gpus on a GPU machine: one GPU for one network, the towers
+    /// on two (one GPU twice where there is one), data on every GPU,
+    /// hybrid on an even number, two at least; each a layout `--gpus` takes.
+    #[test]
+    fn automatic_gpus_fit_the_layout_asked_for() {
+        let cases: [(Option<Parallel>, &[usize], &str); 10] = [
+            (None, &[0, 1, 2], "0"),
+            (Some(Parallel::None), &[0], "0"),
+            (Some(Parallel::Model), &[0], "0,0"),
+            (Some(Parallel::Model), &[0, 1, 2], "0,1"),
+            (Some(Parallel::Data), &[0], "0"),
+            (Some(Parallel::Data), &[0, 1, 2], "0,1,2"),
+            (Some(Parallel::Hybrid), &[0], "0,0"),
+            (Some(Parallel::Hybrid), &[0, 1, 2], "0,1"),
+            (Some(Parallel::Hybrid), &[0, 1, 2, 3], "0,1,2,3"),
+            (Some(Parallel::Hybrid), &[0, 1, 2, 3, 4], "0,1,2,3"),
+        ];
+        for (parallel, found, want) in cases {
+            let got = automatic_gpus(parallel, found);
+            assert_eq!(got, want, "{found:?}");
+            let n = device::parse_gpus(&got).unwrap().len();
+            let needs = match parallel {
+                Some(Parallel::Model) => n == 2,
+                Some(Parallel::Hybrid) => n >= 2 && n.is_multiple_of(2),
+                Some(Parallel::Data) => n == found.len(),
+                _ => n == 1,
+            };
+            assert!(needs, "{got}");
         }
     }
 }

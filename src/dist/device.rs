@@ -38,18 +38,12 @@ pub fn one_gpu(list: &str) -> Result<usize> {
     Ok(ids[0])
 }
 
-/// The device when neither `--cpu` nor `--gpus` was given: the first GPU's
-/// ordinal when the driver and a GPU are there, else `None` (the CPU); the
-/// choice and its reason are logged.
-pub fn automatic() -> Option<usize> {
+/// The GPUs when neither `--cpu` nor `--gpus` was given: every ordinal
+/// found, in order, when the driver and a GPU are there, else `None` (the
+/// CPU); the reason for the CPU is logged.
+pub fn automatic() -> Option<Vec<usize>> {
     match probe::devices() {
-        Ok(list) if !list.is_empty() => {
-            info!(
-                "no --cpu or --gpus given: using {} (pass --cpu to run on the CPU)",
-                list[0]
-            );
-            Some(list[0].ordinal)
-        }
+        Ok(list) if !list.is_empty() => Some(list.iter().map(|d| d.ordinal).collect()),
         Ok(_) => {
             info!("no --cpu or --gpus given: no CUDA GPU found, using the CPU");
             None
