@@ -19,7 +19,8 @@
 //! bounds it).
 //!
 //! Every byte that crosses between the devices goes through `exchange` and
-//! is counted; `Topology::exchange_bytes_per_step` predicts the total.
+//! is counted; `Topology::exchange_bytes_per_step` predicts the total (in
+//! f32; 16-bit activations move half of it).
 use super::laps::Laps;
 use super::loss_scale::LossScale;
 use super::net::{check_batch, lookup, no_forward, param_names, param_shape, read_slots, Mode};
@@ -346,7 +347,9 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
         }
         let (mine, other) = pair(&mut self.towers, to);
         dst_dev.copy_rows(src_dev, other.slot(src)?, mine.slot_mut(dst)?, b)?;
-        self.exchanged += (b.len() * std::mem::size_of::<f32>()) as u64;
+        // In the receiving device's activation size: 16-bit maps move 2
+        // bytes an element.
+        self.exchanged += b.len() as u64 * dst_dev.activation_bytes();
         Ok(())
     }
 

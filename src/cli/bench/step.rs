@@ -193,7 +193,10 @@ fn bench_layout<B: Backend>(
     let hp = bench_hp(args.lr)?;
     let t = timed_steps(&mut *model, &x, &labels, &hp, args.warmup, steps)?;
     let on_cpu = first.host_alloc().is_none();
-    let predicted = pairs as u64 * topo.exchange_bytes_per_step(batch / replicas)?;
+    // The table counts f32; 16-bit activations move half as many bytes.
+    let predicted =
+        pairs as u64 * topo.exchange_bytes_per_step(batch / replicas)? * first.activation_bytes()
+            / 4;
     info!(
         "between towers: {} bytes per step (the table predicts {predicted})",
         model.exchanged_bytes()
