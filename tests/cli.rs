@@ -375,6 +375,42 @@ fn contradictory_flags_are_refused() {
         &["bench-step", "--cpu", "--batch", "0"],
         &["--batch", "at least 1"],
     );
+    // Refused before the run, not after it: a batch this large would not
+    // fit, so reaching the devices fails otherwise.
+    let huge = [
+        "bench-step",
+        "--cpu",
+        "--config",
+        "alexnet",
+        "--batch",
+        "1000000",
+    ];
+    assert_error(
+        &[&huge[..], &["--lr", "-1"]].concat(),
+        &["--lr must be a non-negative number"],
+    );
+    assert_error(
+        &[
+            &huge[..],
+            &["--warmup", "18446744073709551615", "--steps", "5"],
+        ]
+        .concat(),
+        &["--warmup", "at most 1000000 steps"],
+    );
+    assert_error(
+        &[
+            &huge[..],
+            &[
+                "--per-layer",
+                "--peak-tflops",
+                "-989.5",
+                "--peak-gbps",
+                "4800",
+            ],
+        ]
+        .concat(),
+        &["--peak-tflops", "positive number"],
+    );
     let model = ["train", "--cpu", "--demo", "--parallel", "model"];
     assert_error(
         &[&model[..], &["--replicas", "7"]].concat(),

@@ -10,6 +10,7 @@ use alexnet_cuda::backend::{Backend, SgdParams};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::profile::{table, CostBasis, Peaks, Row};
 
+use crate::cli::common::positive_number;
 use crate::cli::device::{DeviceArgs, PrecisionFlag};
 
 #[derive(Args, Clone)]
@@ -21,6 +22,7 @@ pub struct PerLayerArgs {
     #[arg(
         long,
         value_name = "TFLOPS",
+        value_parser = positive_number,
         requires = "peak_gbps",
         requires = "per_layer"
     )]
@@ -29,6 +31,7 @@ pub struct PerLayerArgs {
     #[arg(
         long,
         value_name = "GBPS",
+        value_parser = positive_number,
         requires = "peak_tflops",
         requires = "per_layer"
     )]

@@ -53,6 +53,10 @@ pub struct BenchStepArgs {
     per_layer: PerLayerArgs,
 }
 
+/// Most warm-up and timed steps one bench-step runs: hours at any batch,
+/// and far from the counters' overflow.
+const MAX_BENCH_STEPS: usize = 1_000_000;
+
 /// bench-step's JSON line. scripts/bench-cpu and bench-train read
 /// images_per_s; scripts/gpu-check the rest (a loss that is not finite is
 /// null). One device adds `phases`; several add the exchanged bytes.
@@ -119,6 +123,19 @@ impl StepReport {
 
 /// One device: `bench_steps`; several (a GPU list or --parallel): `bench_layout`.
 pub fn run(args: BenchStepArgs) -> Result<()> {
+    // Before any device is opened: a bad rate would fail only after the run.
+    bench_hp(args.lr)?;
+    if args
+        .warmup
+        .checked_add(args.steps)
+        .is_none_or(|n| n > MAX_BENCH_STEPS)
+    {
+        bail!(
+            "--warmup {} and --steps {}: at most {MAX_BENCH_STEPS} steps in all",
+            args.warmup,
+            args.steps
+        );
+    }
     set_threads(args.threads)?;
     let mut topo = args.net.topology("alexnet")?;
     if let Some(c) = args.classes {
