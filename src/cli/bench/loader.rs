@@ -11,7 +11,7 @@ use serde::Serialize;
 use alexnet_cuda::data::{batches, Lighting, LoaderConfig, PackedStore};
 
 use super::proc_status::{kb_to_mb, ProcStatus};
-use crate::cli::common::at_least_one;
+use crate::cli::common::{at_least_one, thread_count};
 
 #[derive(Args)]
 pub struct BenchLoaderArgs {
@@ -25,7 +25,7 @@ pub struct BenchLoaderArgs {
     #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     batches: usize,
     /// Loader threads; 0 decodes on this thread.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = thread_count)]
     workers: usize,
 }
 
@@ -122,7 +122,7 @@ fn load(store: &Arc<PackedStore>, args: &BenchLoaderArgs) -> Result<Loaded> {
             images += b.n;
             peak_anon_kb = peak_anon_kb.max(anon_kb());
             it.recycle(b);
-            if images >= args.batches * args.batch {
+            if images >= args.batches.saturating_mul(args.batch) {
                 break 'outer start.elapsed().as_secs_f64();
             }
         }
