@@ -134,6 +134,46 @@ fn features_of(st: &Setup, data: &Path, out: &Path, extra: &[&str]) -> (bool, St
     cli(&a)
 }
 
+/// `neighbors` of one `query` in `data` by the features file `fc7`, the
+/// `k` nearest drawn into `grid`, with the setup's checkpoint on the CPU;
+/// and the fields of the rank-1 line of its table.
+fn neighbors_of(
+    st: &Setup,
+    data: &Path,
+    query: &Path,
+    (fc7, k): (&Path, &str),
+    grid: &Path,
+) -> (bool, String, String) {
+    let (ck, data, query, fc7, grid) = (s(&st.ckpt), s(data), s(query), s(fc7), s(grid));
+    cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &data,
+        "--query",
+        &query,
+        "--k",
+        k,
+        "--features",
+        &fc7,
+        "--out",
+        &grid,
+        "--no-progress",
+    ])
+}
+
+/// The fields of the rank-1 line of a `neighbors` table.
+fn rank_one(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .find(|l| l.contains("\t1\t"))
+        .expect("rank 1")
+        .split('\t')
+        .collect()
+}
+
 #[test]
 fn features_are_the_forward_pass_activations() {
     let st = setup();
@@ -296,30 +336,10 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
 
     // neighbors searches the new data and names its own classes.
     let query = new.join("kind11/x1.jpg");
-    let (ok, stdout, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &s(&st.ckpt),
-        "--data",
-        &s(&new),
-        "--query",
-        &s(&query),
-        "--k",
-        "2",
-        "--features",
-        &s(&f_new),
-        "--out",
-        &s(&st.root.join("new-grid.png")),
-        "--no-progress",
-    ]);
+    let grid = st.root.join("new-grid.png");
+    let (ok, stdout, err) = neighbors_of(st, &new, &query, (&f_new, "2"), &grid);
     assert!(ok, "{err}");
-    let first: Vec<&str> = stdout
-        .lines()
-        .find(|l| l.contains("\t1\t"))
-        .expect("rank 1")
-        .split('\t')
-        .collect();
+    let first = rank_one(&stdout);
     assert_eq!((first[2], first[4]), ("kind11", "23"), "{stdout}");
 
     // The nearest image damaged since its features were taken: the search
@@ -328,23 +348,7 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
     std::fs::copy(&query, &kept).unwrap();
     std::fs::write(&query, b"not a photo any more").unwrap();
     let grid = st.root.join("damaged-grid.png");
-    let (ok, stdout, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &s(&st.ckpt),
-        "--data",
-        &s(&new),
-        "--query",
-        &s(&kept),
-        "--k",
-        "2",
-        "--features",
-        &s(&f_new),
-        "--out",
-        &s(&grid),
-        "--no-progress",
-    ]);
+    let (ok, stdout, err) = neighbors_of(st, &new, &kept, (&f_new, "2"), &grid);
     assert!(ok, "{err}");
     assert!(
         stdout.contains("\t1\t") && err.contains("drawn as a grey cell"),
@@ -389,30 +393,9 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     let i = 321;
     let query = source(i);
     let grid = st.root.join("grid.png");
-    let (ok, stdout, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &s(&st.ckpt),
-        "--data",
-        &s(&st.store),
-        "--query",
-        &s(&query),
-        "--k",
-        "3",
-        "--features",
-        &s(&fc7),
-        "--out",
-        &s(&grid),
-        "--no-progress",
-    ]);
+    let (ok, stdout, err) = neighbors_of(st, &st.store, &query, (&fc7, "3"), &grid);
     assert!(ok, "{err}");
-    let first: Vec<&str> = stdout
-        .lines()
-        .find(|l| l.contains("\t1\t"))
-        .expect("rank 1")
-        .split('\t')
-        .collect();
+    let first = rank_one(&stdout);
     assert_eq!(first[4], i.to_string(), "{stdout}");
     assert!(first[3].parse::<f32>().unwrap() < 1e-2, "{stdout}");
     let img = image::open(&grid).unwrap();
