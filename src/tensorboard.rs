@@ -140,8 +140,16 @@ fn records(bytes: &[u8]) -> Records {
 /// `s` cuts each back to its records at steps up to `s` (and a torn last
 /// record): the restart marker alone would not do, since TensorBoard's
 /// default reader ignores it and keeps a tag's points past `s` until the
-/// resumed run writes that tag again. Returns the files changed.
-pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<Cut>> {
+/// resumed run writes that tag again. A checkpoint taken at an epoch's last
+/// step before its validation ended (`validates_at_step`: the resume
+/// validates first, at step `s`) also loses the epoch-end records an
+/// earlier resume from it wrote at `s`, which would be written twice.
+/// Returns the files changed.
+pub fn cut_earlier(
+    dir: &Path,
+    resume_step: Option<u64>,
+    validates_at_step: bool,
+) -> Result<Vec<Cut>> {
     let mut changed = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
@@ -169,7 +177,9 @@ pub fn cut_earlier(dir: &Path, resume_step: Option<u64>) -> Result<Vec<Cut>> {
             .iter()
             .filter(|(a, b)| {
                 // A record whose step cannot be read is kept as it is.
-                Event::decode(&bytes[a + 12..b - 4]).map_or(true, |e| e.step <= s)
+                Event::decode(&bytes[a + 12..b - 4]).map_or(true, |e| {
+                    e.step < s || (e.step == s && !(validates_at_step && is_epoch_end(&e)))
+                })
             })
             .collect();
         let unread = r.skipped + (bytes.len() - r.end);
@@ -207,6 +217,15 @@ pub struct Cut {
     /// record, lost bytes: under a name without "tfevents", which
     /// TensorBoard would read as another events file.
     pub aside: Option<PathBuf>,
+}
+
+/// Whether an event holds epoch-end values: a summary with no per-step
+/// (`step/`) tag.
+fn is_epoch_end(e: &Event) -> bool {
+    let Some(What::Summary(s)) = &e.what else {
+        return false;
+    };
+    !s.value.is_empty() && !s.value.iter().any(|v| v.tag.starts_with("step/"))
 }
 
 /// Copy an events file's `bytes` beside it before a resume at step `s`

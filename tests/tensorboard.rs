@@ -211,7 +211,7 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     let theirs = dir.join("events.out.tfevents.0000000003.h");
     std::fs::write(&theirs, &long).unwrap();
 
-    let cut = cut_earlier(dir, Some(6)).unwrap();
+    let cut = cut_earlier(dir, Some(6), false).unwrap();
     let paths: Vec<&PathBuf> = cut.iter().map(|c| &c.path).collect();
     assert_eq!(paths, [&a]);
     assert_eq!(cut[0].unread, torn.len() - 3, "the torn record's bytes");
@@ -224,7 +224,7 @@ fn cut_earlier_keeps_records_up_to_the_step_and_drops_a_torn_tail() {
     assert_eq!(kept[..], long[..kept.len()], "records kept byte for byte");
     assert_eq!(std::fs::read(&b).unwrap(), short);
 
-    let gone: Vec<PathBuf> = cut_earlier(dir, None)
+    let gone: Vec<PathBuf> = cut_earlier(dir, None, false)
         .unwrap()
         .into_iter()
         .map(|c| c.path)
@@ -266,7 +266,7 @@ fn cut_earlier_drops_a_damaged_record_and_keeps_the_file_aside() {
         damaged[flip] ^= 0xff;
         let a = t.path().join(name);
         std::fs::write(&a, &damaged).unwrap();
-        let cut = cut_earlier(t.path(), Some(6)).unwrap();
+        let cut = cut_earlier(t.path(), Some(6), false).unwrap();
         assert_eq!(cut.len(), 1);
         assert_eq!(cut[0].unread, lost, "byte {flip}");
         let steps: Vec<i64> = record_data(&std::fs::read(&a).unwrap())
@@ -286,7 +286,52 @@ fn cut_earlier_drops_a_damaged_record_and_keeps_the_file_aside() {
     let t = tempfile::tempdir().unwrap();
     let torn = &bytes[..bytes.len() - 5];
     std::fs::write(t.path().join(name), torn).unwrap();
-    let cut = cut_earlier(t.path(), Some(6)).unwrap();
+    let cut = cut_earlier(t.path(), Some(6), false).unwrap();
     assert_eq!((cut[0].unread, &cut[0].aside), (record_len - 5, &None));
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+}
+
+/// A resume from a checkpoint taken at an epoch's last step (6) before its
+/// validation ended validates first, at step 6: the epoch-end records an
+/// earlier resume from it wrote at step 6 go, or TensorBoard would show two
+/// points there; step 6's own rows and an earlier epoch's end (step 3)
+/// stay. A checkpoint whose epoch is done keeps them all.
+#[test]
+fn cut_earlier_drops_the_epoch_end_a_resume_will_write_again() {
+    let scalars =
+        |step: i64, tags: &[(&str, f32)]| record(&event(0.0, step, Payload::Scalars(tags)));
+    let mut bytes = record(&event(0.0, 0, Payload::FileVersion));
+    for s in 1..=6 {
+        bytes.extend(scalars(s, &[("step/loss", 1.0), ("step/lr", 0.01)]));
+        if s % 3 == 0 {
+            bytes.extend(scalars(
+                s,
+                &[("epoch/val_top1", 0.5), ("conv1/weight_rms", 0.1)],
+            ));
+        }
+    }
+    let name = "events.out.tfevents.0000000001.h.alexnet-cuda";
+    let kept = |validates: bool| {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(name), &bytes).unwrap();
+        cut_earlier(t.path(), Some(6), validates).unwrap();
+        let after = std::fs::read(t.path().join(name)).unwrap();
+        record_data(&after)
+            .iter()
+            .map(|d| step_and_tags(d))
+            .filter(|(_, tags)| tags.iter().any(|t| t.starts_with("epoch/")))
+            .map(|(s, _)| s)
+            .collect::<Vec<i64>>()
+    };
+    assert_eq!(kept(false), [3, 6]);
+    assert_eq!(kept(true), [3]);
+    // Step 6's own rows stay either way.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join(name), &bytes).unwrap();
+    cut_earlier(t.path(), Some(6), true).unwrap();
+    let steps: Vec<i64> = record_data(&std::fs::read(t.path().join(name)).unwrap())
+        .iter()
+        .map(|d| step_and_tags(d).0)
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3, 3, 4, 5, 6]);
 }

@@ -432,7 +432,9 @@ impl RunDir {
         let resume_step = resumed.then_some(state.progress.step);
         let (metrics, rows) =
             MetricsWriter::open(dir, opts.metrics_format, resume_step, &state.history)?;
-        for f in tensorboard::cut_earlier(dir, resume_step)? {
+        let p = &state.progress;
+        let validates = p.epoch_batches > 0 && p.batches_done == p.epoch_batches && !p.epoch_done;
+        for f in tensorboard::cut_earlier(dir, resume_step, resumed && validates)? {
             let path = f.path.display();
             match (resume_step, &f.aside) {
                 (Some(s), Some(aside)) => warn!(
