@@ -333,18 +333,26 @@ fn write_meta(features: &Path, ck: &Checkpoint, layer: &str, left_out: &[usize])
     write_atomic(&meta_path(features), text.as_bytes())
 }
 
-/// The text of `side`, a file kept beside features file `f`; None when it
-/// cannot be read, with a warning that `unchecked` is then not checked.
-fn read_beside(f: &Path, side: &Path, unchecked: &str) -> Option<String> {
-    let text = std::fs::read_to_string(side).ok();
-    if text.is_none() {
-        tracing::warn!(
-            "{}: no readable {} beside it, so {unchecked} is not checked",
-            f.display(),
-            side.display()
-        );
+/// The text of `side`, a file kept beside features file `f`; None when
+/// there is none, with a warning that `unchecked` is then not checked. One
+/// there that cannot be read is an error: it would vouch for the file.
+fn read_beside(f: &Path, side: &Path, unchecked: &str) -> Result<Option<String>> {
+    match std::fs::read_to_string(side) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                "{}: no {} beside it, so {unchecked} is not checked",
+                f.display(),
+                side.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(Error::Data(format!(
+            "{}: cannot be read ({e}), so {unchecked} cannot be checked; make it readable, delete it to search {} unchecked, or compute the features again",
+            side.display(),
+            f.display()
+        ))),
     }
-    text
 }
 
 /// A given features file against its record: fc7 of `ck`'s weights. A
@@ -352,7 +360,7 @@ fn read_beside(f: &Path, side: &Path, unchecked: &str) -> Option<String> {
 /// a warning. Returns the images the record says were left out.
 fn check_meta(f: &Path, ck: &Checkpoint) -> Result<Vec<usize>> {
     let path = meta_path(f);
-    let Some(text) = read_beside(f, &path, "which layer and checkpoint computed it") else {
+    let Some(text) = read_beside(f, &path, "which layer and checkpoint computed it")? else {
         return Ok(Vec::new());
     };
     let meta: FeaturesMeta = serde_json::from_str(&text).map_err(|e| {
@@ -797,7 +805,7 @@ fn check_features(
 /// first row that differs. Without the CSV there is nothing to check.
 fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
     let csv = rows_csv_path(f);
-    let Some(text) = read_beside(f, &csv, "which images its rows are") else {
+    let Some(text) = read_beside(f, &csv, "which images its rows are")? else {
         return Ok(());
     };
     // Each record's index and label (after the header; csv reads the quoted

@@ -951,6 +951,18 @@ fn bad_input_gets_a_clear_error() {
         err.contains("which images its rows are is not checked"),
         "{err}"
     );
+    // A CSV there that cannot be read (here a folder of its name) is not
+    // taken for a missing one: the rows would go unchecked unsaid.
+    let unreadable = st.root.join("other.rows.csv");
+    std::fs::create_dir(&unreadable).unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&other)]);
+    std::fs::remove_dir(&unreadable).unwrap();
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("{}: cannot be read", s(&unreadable)))
+            && err.contains("which images its rows are cannot be checked"),
+        "{err}"
+    );
 }
 
 /// Images of a folder that cannot be read (not an image, cut short) are
