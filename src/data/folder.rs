@@ -83,15 +83,16 @@ impl ImageFolder {
                 }
                 continue;
             }
+            // Hidden first: a dot-folder is skipped whatever its name's bytes.
+            if is_hidden(&entry) {
+                continue;
+            }
             let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
                 return Err(Error::Data(format!(
                     "{}: class folder name is not valid UTF-8; rename it",
                     entry.display()
                 )));
             };
-            if is_hidden(&entry) {
-                continue;
-            }
             class_dirs.push((name.to_string(), entry.clone()));
         }
         if class_dirs.is_empty() {
