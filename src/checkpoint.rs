@@ -580,7 +580,7 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
             Ok(c) => format!(
                 "; its best.safetensors (step {}) is one: --resume {}",
                 c.state.progress.step,
-                best.display()
+                crate::shell::word(&best)
             ),
             Err(_) => String::new(),
         };
@@ -640,7 +640,7 @@ fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
         Some(p) => format!(
             "{e}; the newest good checkpoint is {}: pass it with {flag} {} (and delete the damaged file)",
             p.display(),
-            p.display()
+            crate::shell::word(&p)
         ),
         None => format!("{e}; no other checkpoint in {} verifies", dir.display()),
     })

@@ -429,7 +429,7 @@ pub fn store_of(path: &Path, split: &str, use_other: &str) -> Result<Option<Path
         Some(other) => Err(Error::Config(format!(
             "{}: the store has {other}/ but no {split}/; pass {} to {use_other}",
             path.display(),
-            path.join(other).display()
+            crate::shell::word(&path.join(other))
         ))),
         None => Ok(None),
     }

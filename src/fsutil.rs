@@ -189,7 +189,7 @@ pub fn check_target(path: &Path) -> Result<()> {
             "{}: the folder {} does not exist; create it (mkdir -p {}) or write elsewhere",
             path.display(),
             d.display(),
-            d.display()
+            crate::shell::word(d)
         ))),
         _ => Ok(()),
     }

@@ -781,7 +781,12 @@ fn bad_checkpoint_arguments() {
             ],
         );
     }
+    // A folder with a space is quoted, so the command can be pasted.
     let args = ["eval", "--checkpoint", "missing.safetensors", "--data", "."];
+    assert_error(
+        &[&args[..], &["--per-class", "no such/t.csv"]].concat(),
+        &["mkdir -p 'no such')"],
+    );
     assert_error(
         &[&args[..], &["--confusion", "m.txt"]].concat(),
         &["--confusion m.txt", ".npy", ".png"],

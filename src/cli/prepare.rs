@@ -79,7 +79,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         "wrote {} in {:.1} s; train with --data {}",
         opts.out.display(),
         r.seconds,
-        opts.out.display()
+        alexnet_cuda::shell::word(&opts.out)
     )?;
     Ok(())
 }

@@ -142,7 +142,7 @@ fn check_resume(opts: &TrainOptions, spec: &NetSpec, data: &TrainData) -> Result
                 "--resume {}: the validation images of {} are not the ones the run validated on (other images, labels or split: digest {now:08x}, the run's {was:08x}), and its best error and learning-rate plateaus compare epochs on the same images; resume with the data as it was, or start a new run from these weights with --init-from {}",
                 ck.path.display(),
                 opts.data.display(),
-                ck.path.display()
+                crate::shell::word(&ck.path)
             )));
         }
     }
