@@ -1206,6 +1206,15 @@ fn predict_and_export_cli() {
         assert!(!ok && err.contains("a training checkpoint"), "{err}");
         let (ok, _, err) = cli(&[&args[..], &["--out", &s(&st)]].concat());
         assert!(ok, "{err}");
+        // Nor under a checkpoint's name in the run's folder, where --resume
+        // would take the newest-numbered file for the run's last step.
+        let named = out.join("ckpt-9999999999.safetensors");
+        let (ok, _, err) = cli(&[&args[..], &["--out", &s(&named)]].concat());
+        assert!(
+            !ok && err.contains("a name train gives its checkpoints"),
+            "{err}"
+        );
+        assert!(!named.exists());
     }
     // Nor do eval, predict, features and neighbors write over one.
     let (run, ck, d, img) = (s(&out), s(&ck_path), s(&data), s(&images[0]));

@@ -229,12 +229,29 @@ pub fn named_as(flag: &str, out: &Path, ext: &str, what: &str) -> Result<()> {
     )
 }
 
-/// Refuse an output path that holds one of our training checkpoints: the
-/// command would replace it, and a run resumes from it.
+/// Refuse an output path that holds one of our training checkpoints (the
+/// command would replace it, and a run resumes from it), or a name a run
+/// gives its checkpoints inside a run's folder (a file there named like
+/// one would be taken for one by --resume, eval and the run itself).
 pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
-    if alexnet_cuda::checkpoint::is_checkpoint_file(out) {
+    use alexnet_cuda::checkpoint;
+    if checkpoint::is_checkpoint_file(out) {
         bail!(
             "{flag} {}: a training checkpoint, which this command would replace (a run resumes from it); write elsewhere",
+            out.display()
+        );
+    }
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let runs_name =
+        name == "best.safetensors" || (name.starts_with("ckpt-") && name.ends_with(".safetensors"));
+    let dir = alexnet_cuda::fsutil::folder_of(out);
+    let holds_run = ["steps.csv", "steps.jsonl", ".lock"]
+        .iter()
+        .any(|f| dir.join(f).exists())
+        || !checkpoint::list(dir)?.is_empty();
+    if runs_name && holds_run {
+        bail!(
+            "{flag} {}: a name train gives its checkpoints, in a run's folder, where --resume, eval and the run itself would take the file for one; write elsewhere, or under another name",
             out.display()
         );
     }
