@@ -262,7 +262,6 @@ pub fn read_steps(path: &Path, format: MetricsFormat) -> Result<Vec<StepRow>> {
     Ok(step_lines(&String::from_utf8_lossy(&bytes), format).0)
 }
 
-/// A metrics file's bytes (None when there is none).
 /// A fresh run replaces the metrics of an earlier attempt in its folder
 /// (one killed before its first checkpoint), those of the other format
 /// too: a resume would take the files it finds for the run's own.
@@ -282,6 +281,7 @@ fn remove_other_format(dir: &Path, format: MetricsFormat) -> Result<()> {
     Ok(())
 }
 
+/// A metrics file's bytes (None when there is none).
 fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),

@@ -111,24 +111,27 @@ fn read_error(path: &Path, e: std::io::Error) -> Error {
     Error::io(path, e)
 }
 
+/// A file of `len` bytes, past [`MAX_FILE_BYTES`]: a bad image.
+fn too_large(path: &Path, len: u64) -> Error {
+    let msg = format!(
+        "a {} MB file; an image file may be at most {} MB (twice the {} MB one decode may use): not a photo of a data set; remove it or move it out of the folder",
+        len >> 20,
+        MAX_FILE_BYTES >> 20,
+        MAX_DECODE_BYTES >> 20
+    );
+    Error::Image {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
 /// The bytes of an image file of at most [`MAX_FILE_BYTES`] (a larger one
 /// is a bad image, as one over the decode limits is).
 fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let f = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
     let len = f.metadata().map_err(|e| read_error(path, e))?.len();
-    let too_large = |len: u64| {
-        Error::Image {
-        path: path.to_path_buf(),
-        msg: format!(
-            "a {} MB file; an image file may be at most {} MB (twice the {} MB one decode may use): not a photo of a data set; remove it or move it out of the folder",
-            len >> 20,
-            MAX_FILE_BYTES >> 20,
-            MAX_DECODE_BYTES >> 20
-        ),
-    }
-    };
     if len > MAX_FILE_BYTES {
-        return Err(too_large(len));
+        return Err(too_large(path, len));
     }
     // Read up to the cap: a file that grows since its size was taken
     // stops there.
@@ -137,7 +140,7 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| read_error(path, e))?;
     match bytes.len() as u64 > MAX_FILE_BYTES {
-        true => Err(too_large(bytes.len() as u64)),
+        true => Err(too_large(path, bytes.len() as u64)),
         false => Ok(bytes),
     }
 }
