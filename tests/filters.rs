@@ -489,6 +489,19 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
     );
     // The failing runs wrote nothing.
     assert!(!Path::new(&out).exists());
+    // An ablation's export names itself "alexnet+no-lrn"; passed back as
+    // --config, it names the base config, whose conv1 is the same.
+    let (ok, _, err) = cli(&[
+        "filters",
+        "--checkpoint",
+        &good,
+        "--out",
+        &out,
+        "--config",
+        "alexnet+no-lrn",
+    ]);
+    assert!(ok, "{err}");
+    std::fs::remove_file(&out).unwrap();
     assert!(!Path::new(&nowhere).exists());
     let (ok, _, err) = cli(&[
         "filters",

@@ -164,14 +164,16 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
             let ours = |c: &String| Topology::NAMES.contains(&base(c).as_str());
             (meta.get("config").filter(|c| ours(c)).cloned(), tensors)
         };
-    let name = match (named.as_deref().map(base), config) {
+    // The flag is read as the file's name is: an export's own name
+    // ("alexnet+no-lrn") passed back names its base config.
+    let name = match (named.as_deref().map(base), config.map(base)) {
         (Some(file_cfg), Some(flag)) if file_cfg != flag => {
             return Err(Error::Config(format!(
                 "--config {flag}: {file} was trained with config {file_cfg}; drop --config"
             )))
         }
         (Some(file_cfg), _) => file_cfg,
-        (None, Some(flag)) => flag.to_string(),
+        (None, Some(flag)) => flag,
         (None, None) => {
             let said = match meta_config {
                 Some(c) => format!("its metadata's config {c:?} is not one of this program's"),
