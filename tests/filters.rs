@@ -33,6 +33,19 @@ fn assert_error(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// `filters` of `ck` into `out` with `--config config`.
+fn with_config<'a>(ck: &'a str, out: &'a str, config: &'a str) -> [&'a str; 7] {
+    [
+        "filters",
+        "--checkpoint",
+        ck,
+        "--out",
+        out,
+        "--config",
+        config,
+    ]
+}
+
 /// An exported-style safetensors file holding only `conv1.weight`.
 fn conv1_file(path: &Path, config: &str, shape: &[usize], data: Vec<f32>) {
     let t = Tensor {
@@ -476,42 +489,18 @@ fn bad_inputs_are_errors_that_say_what_to_do() {
         &[&bare, "--config"],
     );
     assert_error(
-        &[
-            "filters",
-            "--checkpoint",
-            &good,
-            "--out",
-            &out,
-            "--config",
-            "cifar",
-        ],
+        &with_config(&good, &out, "cifar"),
         &["--config cifar", "alexnet"],
     );
     // The failing runs wrote nothing.
     assert!(!Path::new(&out).exists());
     // An ablation's export names itself "alexnet+no-lrn"; passed back as
     // --config, it names the base config, whose conv1 is the same.
-    let (ok, _, err) = cli(&[
-        "filters",
-        "--checkpoint",
-        &good,
-        "--out",
-        &out,
-        "--config",
-        "alexnet+no-lrn",
-    ]);
+    let (ok, _, err) = cli(&with_config(&good, &out, "alexnet+no-lrn"));
     assert!(ok, "{err}");
     std::fs::remove_file(&out).unwrap();
     assert!(!Path::new(&nowhere).exists());
-    let (ok, _, err) = cli(&[
-        "filters",
-        "--checkpoint",
-        &bare,
-        "--out",
-        &out,
-        "--config",
-        "alexnet-half",
-    ]);
+    let (ok, _, err) = cli(&with_config(&bare, &out, "alexnet-half"));
     assert!(ok, "{err}");
     assert!(Path::new(&out).exists());
 }
