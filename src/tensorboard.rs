@@ -74,6 +74,14 @@ pub fn record(data: &[u8]) -> Vec<u8> {
 /// The end of our events files' names (TensorFlow's pattern ends with the
 /// writer's own tag), which tells them from other tools' in a folder.
 const SUFFIX: &str = ".alexnet-cuda";
+/// The start of every events file's name (TensorFlow's pattern).
+const PREFIX: &str = "events.out.tfevents.";
+
+/// Whether `name` is one of this program's events files: another tool's
+/// logs in the same folder are not.
+fn is_ours(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.contains(SUFFIX)
+}
 
 /// What [`records`] read of an events file.
 struct Records {
@@ -154,10 +162,8 @@ pub fn cut_earlier(
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        // Only this program's files: another tool's logs in the folder stay.
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let ours = |n: String| n.starts_with("events.out.tfevents.") && n.contains(SUFFIX);
-        if !name.is_some_and(ours) || !path.is_file() {
+        if !name.is_some_and(|n| is_ours(&n)) || !path.is_file() {
             continue;
         }
         let Some(s) = resume_step else {
@@ -306,9 +312,8 @@ fn name_seconds(dir: &Path, now: u64) -> u64 {
         .flatten()
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
-            let rest = name.strip_prefix("events.out.tfevents.")?;
-            name.contains(SUFFIX).then_some(())?;
-            rest.split('.').next()?.parse::<u64>().ok()
+            is_ours(&name).then_some(())?;
+            name[PREFIX.len()..].split('.').next()?.parse::<u64>().ok()
         })
         .max();
     newest.map_or(now, |n| now.max(n + 1))
@@ -385,7 +390,7 @@ impl EventWriter {
     pub fn create(dir: &Path, elapsed0: f64, resume_step: Option<u64>) -> Result<EventWriter> {
         let wall0 = unix_now();
         let base = format!(
-            "events.out.tfevents.{:010}.{}{SUFFIX}",
+            "{PREFIX}{:010}.{}{SUFFIX}",
             name_seconds(dir, wall0 as u64),
             host_name()
         );
