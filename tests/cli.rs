@@ -326,6 +326,40 @@ fn numbers_out_of_range_name_their_flag() {
     );
 }
 
+/// A folder of raw images named val/ beside a training store is not read
+/// by the run (only a store is), so it is refused rather than passed over;
+/// --val N asks for a split of the training store instead, with a warning.
+#[test]
+fn raw_val_beside_a_train_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    tree(&raw, 3, 2);
+    let data = dir.path().join("data");
+    let (r, d) = (raw.display().to_string(), data.display().to_string());
+    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
+    assert!(ok, "{err}");
+    tree(&data.join("val"), 3, 1);
+    let out = dir.path().join("run").display().to_string();
+    let train = [
+        "train", "--cpu", "--config", "cifar", "--epochs", "1", "--batch", "3", "--data", &d,
+        "--out", &out,
+    ];
+    let val = data.join("val").display().to_string();
+    assert_error(
+        &train,
+        &[&val, "not a store", "--val N", "prepare --train SRC --val"],
+    );
+    let (ok, err) = run_env(
+        &[&train[..], &["--val", "1"]].concat(),
+        &[("RUST_LOG", "warn")],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&val) && err.contains("--val 1 images held out"),
+        "{err}"
+    );
+}
+
 /// Flags that would be ignored, or would do what the user cannot have
 /// meant, are refused and named rather than run.
 #[test]

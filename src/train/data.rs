@@ -58,12 +58,42 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         // Not passed over for a held-out split: a prepare to run again.
         let v = root.join("val");
         refuse_unfinished_store(&v)?;
-        load_store(opts, &root.join("train"), is_store(&v).then_some(v))
+        let train = root.join("train");
+        if !is_store(&v) {
+            refuse_unread_val(opts, &train, &v)?;
+        }
+        load_store(opts, &train, is_store(&v).then_some(v))
     } else {
         load_folder(opts, image_size)
     }?;
     data.std = usable_std(data.std, root);
     Ok(data)
+}
+
+/// A `val/` beside a training store that holds files but is no store (raw
+/// images, say): the run would validate on images held out of the training
+/// store and never read it. Refused, unless `--val` asks for that split.
+fn refuse_unread_val(opts: &TrainOptions, train: &Path, v: &Path) -> Result<()> {
+    let visible = |e: std::fs::DirEntry| !e.file_name().to_string_lossy().starts_with('.');
+    let holds_files = std::fs::read_dir(v).is_ok_and(|mut d| d.any(|e| e.is_ok_and(visible)));
+    if !holds_files {
+        return Ok(());
+    }
+    if opts.val_given {
+        tracing::warn!(
+            "{} is not a store, so the run does not read it; validating on the --val {} images held out of {}",
+            v.display(),
+            opts.run.val,
+            train.display()
+        );
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "{} is not a store written by `prepare`, so the run would not read it: it would validate on images held out of {} instead; prepare the training images and it together (`alexnet-cuda prepare --train SRC --val {} --out NEW`, then --data NEW), or pass --val N to validate on N images held out of the training store",
+        v.display(),
+        train.display(),
+        shell::word(v)
+    )))
 }
 
 /// The channel std to divide by: a channel with no variation in the
