@@ -115,7 +115,10 @@ impl From<ParallelFlag> for Parallel {
 /// `--gpus` as taken without the flag, from the GPUs `found` (at least
 /// one): the first for one network; for the paper's two towers the first
 /// two, or the one GPU twice (both towers on it); for data parallelism every
-/// GPU; for hybrid an even number of them, two at least.
+/// GPU; for hybrid an even number of them, two at least, or two pairs on
+/// the one GPU (a GPU holding both towers of one pair would be in both
+/// towers' NCCL communicators; a repeat within each tower's list keeps the
+/// reduce in host memory, `placement::check_hybrid_gpus`).
 pub fn automatic_gpus(parallel: Option<Parallel>, found: &[usize]) -> String {
     let first = found[..1].to_vec();
     let ids = match parallel {
@@ -123,7 +126,7 @@ pub fn automatic_gpus(parallel: Option<Parallel>, found: &[usize]) -> String {
         Some(Parallel::Data) => found.to_vec(),
         Some(Parallel::Model) if found.len() < 2 => vec![found[0]; 2],
         Some(Parallel::Model) => found[..2].to_vec(),
-        Some(Parallel::Hybrid) if found.len() < 2 => vec![found[0]; 2],
+        Some(Parallel::Hybrid) if found.len() < 2 => vec![found[0]; 4],
         Some(Parallel::Hybrid) => found[..found.len() / 2 * 2].to_vec(),
     };
     let ids: Vec<String> = ids.iter().map(usize::to_string).collect();
@@ -330,7 +333,7 @@ mod tests {
             (Some(Parallel::Model), &[0, 1, 2], "0,1"),
             (Some(Parallel::Data), &[0], "0"),
             (Some(Parallel::Data), &[0, 1, 2], "0,1,2"),
-            (Some(Parallel::Hybrid), &[0], "0,0"),
+            (Some(Parallel::Hybrid), &[0], "0,0,0,0"),
             (Some(Parallel::Hybrid), &[0, 1, 2], "0,1"),
             (Some(Parallel::Hybrid), &[0, 1, 2, 3], "0,1,2,3"),
             (Some(Parallel::Hybrid), &[0, 1, 2, 3, 4], "0,1,2,3"),
@@ -346,6 +349,18 @@ mod tests {
                 _ => n == 1,
             };
             assert!(needs, "{got}");
+            // And the placement's own checks take it (the GPUs aside).
+            let req = Request {
+                cpu: false,
+                gpus: Some(got.clone()),
+                parallel,
+                replicas: 1,
+                cuda: CudaOptions::default(),
+                stop: None,
+            };
+            if let Err(e) = placement::nccl_use(&req, &World::single()) {
+                panic!("{got} {parallel:?}: {e}");
+            }
         }
     }
 }

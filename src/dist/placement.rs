@@ -326,7 +326,7 @@ fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
     match parts[0].iter().find(|g| parts[1].contains(g)) {
         None => Ok(()),
         Some(g) => Err(Error::Config(format!(
-            "--gpus {list} --parallel hybrid: GPU {g} holds a tower 0 and a tower 1 (of one pair or of two), so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3), or repeat a GPU within one tower's list (e.g. --gpus 0,1,0,1), which reduces without NCCL"
+            "--gpus {list} --parallel hybrid: GPU {g} holds a tower 0 and a tower 1 (of one pair or of two), so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3), or repeat a GPU within one tower's list (e.g. --gpus 0,1,0,1, or 0,0,0,0 on one GPU), which reduces without NCCL"
         ))),
     }
 }
