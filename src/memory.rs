@@ -138,6 +138,9 @@ pub struct MemoryNeed {
     /// Processes sharing each batch (WORLD_SIZE): `--batch` is this many
     /// times the rows per step.
     pub world: usize,
+    /// Replicas in this process sharing its rows: a suggested `--batch`
+    /// must split evenly over them (`train::setup::local_batch`).
+    pub copies: usize,
 }
 
 impl MemoryNeed {
@@ -161,6 +164,7 @@ impl MemoryNeed {
             batches: 0,
             crops: 1,
             world: 1,
+            copies,
         })
     }
 
@@ -245,9 +249,15 @@ impl MemoryNeed {
             0 => String::new(),
             _ => format!(" with {workers} loader worker{}", plural(workers as u64)),
         };
+        // `rows` are this process's; the step and --batch are the world's.
+        let images = rows / self.crops.max(1);
+        let share = match self.world {
+            1 => String::new(),
+            w => format!(" ({images} of them in this process, 1 of WORLD_SIZE={w})"),
+        };
         Err(Error::Config(format!(
-            "a step of {} images{crops}{loader} needs about {} of memory, and {} is {} ({}); {}",
-            rows / self.crops.max(1),
+            "a step of {} images{share}{crops}{loader} needs about {} of memory, and {} is {} ({}); {}",
+            images * self.world.max(1),
             size(need),
             size(free),
             room.limit,
@@ -298,8 +308,9 @@ impl MemoryNeed {
             );
         }
         let per_row = self.per_row + self.held(workers) * self.loader_row;
-        let crops = self.crops.max(1) as u64;
-        let max_rows = room / per_row.max(1) / crops * crops;
+        // Whole images, split evenly over this process's replicas.
+        let step = lcm(self.crops.max(1) as u64, self.copies.max(1) as u64);
+        let max_rows = room / per_row.max(1) / step * step;
         if max_rows == 0 {
             return format!(
                 "the weights alone (with their gradients and momentum{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, or more memory",
@@ -309,6 +320,16 @@ impl MemoryNeed {
         }
         format!("pass --batch {} or less", max_rows * self.world as u64)
     }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    let gcd = |mut x: u64, mut y: u64| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
 }
 
 fn plural(n: u64) -> &'static str {
@@ -422,6 +443,7 @@ impl MemoryNeed {
             batches: 0,
             crops: 1,
             world: 1,
+            copies,
         })
     }
 

@@ -367,6 +367,25 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
         b.is_multiple_of(4) && need.bytes(b / 4, 1) <= 5_000_000_000,
         "{err}"
     );
+
+    // Three replicas in each of two processes: the step is the world's,
+    // and the batch named is the largest that splits over all six (what
+    // `train` asks of --batch), not merely the largest that fits.
+    let mut need = MemoryNeed::network(&be, &topo, 3)
+        .expect("need")
+        .with_loader(&cfg, 50);
+    need.world = 2;
+    let free = 5_000_000_000;
+    let err = need.check(1000, 1, room(free)).unwrap_err().to_string();
+    assert!(
+        err.contains("a step of 2000 images (1000 of them in this process, 1 of WORLD_SIZE=2)"),
+        "{err}"
+    );
+    let b = suggested(&err, "--batch ") as usize;
+    let rows = b / 2;
+    assert!(b.is_multiple_of(6), "{err}");
+    assert!(need.bytes(rows, 1) <= free, "{err}");
+    assert!(need.bytes(rows + 3, 1) > free, "{err}");
 }
 
 /// Processes of one run on one machine (LOCAL_WORLD_SIZE) share its
