@@ -339,6 +339,20 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     assert_eq!(v["step"].as_u64(), checkpoint::step_of(&file), "{v}");
     let table = std::fs::read_to_string(&csv).unwrap();
     let row: Vec<&str> = table.lines().nth(2).unwrap().split(',').collect();
+    // A reader that stops at once (`| head -0`): the status of a program
+    // ended by SIGPIPE, and the table written all the same.
+    let closed = t.path().join("closed.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args([&args[..], &["--per-class", &s(&closed)]].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run alexnet-cuda eval");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait for eval");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert_eq!(std::fs::read_to_string(&closed).unwrap(), table, "{err}");
     // Class 1 alone, under its own name.
     let one = t.path().join("one");
     let class = data.join(row[1]);

@@ -127,12 +127,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if r.images == 0 && !unread.is_empty() {
         return Err(unread_error(unread, idx.len()).into());
     }
-    // The scores first: a table the disk refuses must not cost them.
-    print_result(&args, (&ck, &data), &r, unread.len(), seconds)?;
-    if args.per_class.is_some() && !args.json {
-        print_classes(&ck, &tally)?;
-    }
-    write_tables(&args, &ck, &tally)
+    // The scores first: a table the disk refuses must not cost them. And
+    // the tables whatever the printing did: a reader that stopped early
+    // (`| head`) must not leave an earlier run's table in their place.
+    let printed = print_result(&args, (&ck, &data), &r, unread.len(), seconds).and_then(|()| {
+        match args.per_class.is_some() && !args.json {
+            true => print_classes(&ck, &tally),
+            false => Ok(()),
+        }
+    });
+    let written = write_tables(&args, &ck, &tally);
+    printed?;
+    written
         .map_err(|e| anyhow::anyhow!("{e:#}; the scores above stand, only the file is missing"))?;
     let unscored = (tally.unscored() > 0).then(|| {
         format!(
