@@ -39,11 +39,19 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
     }
     let root = data.map_or_else(|| PathBuf::from(&st.data), Path::to_path_buf);
     if !root.is_dir() {
-        return Err(Error::Config(format!(
-            "--held-out: {} trained on {}, which is not a folder here now; pass --data with where its images are",
-            ck.path.display(),
-            root.display()
-        )));
+        return Err(Error::Config(match data {
+            Some(d) => format!(
+                "--held-out --data {}: not a folder; pass the folder {} trained on, or leave --data out for the one it names ({})",
+                d.display(),
+                ck.path.display(),
+                st.data
+            ),
+            None => format!(
+                "--held-out: {} trained on {}, which is not a folder here now; pass --data with where its images are",
+                ck.path.display(),
+                root.display()
+            ),
+        }));
     }
     let (set, idx) = if is_store(&root.join("train")) && is_store(&root.join("val")) {
         let val = PackedStore::open(&root.join("val"))?;

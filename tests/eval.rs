@@ -710,6 +710,15 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
         !ok && err.contains("not a folder here now; pass --data"),
         "{err}"
     );
+    // A --data that is no folder is named as the user's, not the run's.
+    let typo = s(&t.path().join("movd"));
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &run, "--held-out", "--data", &typo]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("--held-out --data {typo}: not a folder"))
+            && err.contains(&format!("the one it names ({})", s(&folder))),
+        "{err}"
+    );
     let (ok, _, err) = cli(&[
         "eval",
         "--checkpoint",
