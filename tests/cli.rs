@@ -825,6 +825,10 @@ fn bad_checkpoint_arguments() {
         &[&args[..], &["--confusion", "m.txt"]].concat(),
         &["--confusion m.txt", ".npy", ".png"],
     );
+    assert_error(
+        &[&args[..], &["--per-class", "t.png"]].concat(),
+        &["--per-class t.png", "a CSV table", "t.csv"],
+    );
     // A picture inside a class folder of the data would be read as one of
     // its images by every later scan: refused before the checkpoint is
     // read. At the tree's root, or as numbers (.npy), it is no image.

@@ -26,7 +26,9 @@ use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
 use alexnet_cuda::Error;
 
-use super::common::{crop_rows, demo_folder, not_a_checkpoint, not_among_images, positive};
+use super::common::{
+    crop_rows, demo_folder, named_as, not_a_checkpoint, not_among_images, positive,
+};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -68,6 +70,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(f) = &args.per_class {
         check_target(f)?;
         not_a_checkpoint("--per-class", f)?;
+        // Not a picture's name either, which a later scan of a class
+        // folder would take for one of its images.
+        named_as("--per-class", f, "csv", "a CSV table")?;
     }
     for f in &args.confusion {
         check_target(f)?;
