@@ -127,6 +127,9 @@ pub struct MemoryNeed {
     /// Bytes a checkpoint takes while it is written: the weights and
     /// momentum copied out of the network, then encoded as the file.
     pub checkpoint: u64,
+    /// Bytes the all-reduce keeps in host memory to average replicas'
+    /// gradients there (`AllReduce::host_floats`; 0 where it does not).
+    pub reduce: u64,
     /// Bytes per row in the network's buffers (0 on a GPU).
     pub per_row: u64,
     /// Bytes per row of one batch of input on the host (a loader batch).
@@ -159,6 +162,7 @@ impl MemoryNeed {
         Ok(MemoryNeed {
             fixed,
             checkpoint: 0,
+            reduce: 0,
             per_row,
             loader_row: 4 * (topo.channels * topo.crop * topo.crop) as u64,
             batches: 0,
@@ -201,7 +205,8 @@ impl MemoryNeed {
     /// Bytes held with `rows` rows per step and `workers` loader threads.
     pub fn bytes(&self, rows: usize, workers: usize) -> u64 {
         let per_row = self.per_row + self.held(workers) * self.loader_row;
-        (self.fixed + self.checkpoint).saturating_add((rows as u64).saturating_mul(per_row))
+        (self.fixed + self.checkpoint + self.reduce)
+            .saturating_add((rows as u64).saturating_mul(per_row))
     }
 
     /// `check` against the `room` there is now; nothing where the system
@@ -283,6 +288,12 @@ impl MemoryNeed {
                 size(self.checkpoint)
             ));
         }
+        if self.reduce > 0 {
+            parts.push(format!(
+                "averaging the replicas' gradients {}",
+                size(self.reduce)
+            ));
+        }
         parts.push(match self.batches {
             0 => format!("the input {} per {unit}", size(self.loader_row)),
             _ => format!(
@@ -298,7 +309,8 @@ impl MemoryNeed {
     /// What to pass instead: fewer workers if one worker fits, else a
     /// smaller batch, else nothing on this machine.
     fn fix(&self, rows: usize, workers: usize, free: u64) -> String {
-        let room = free.saturating_sub(self.fixed + self.checkpoint);
+        let held = self.fixed + self.checkpoint + self.reduce;
+        let room = free.saturating_sub(held);
         if workers > 1 && self.bytes(rows, 1) <= free {
             let per_batch = rows as u64 * self.loader_row;
             let held = (room - rows as u64 * self.per_row) / per_batch.max(1);
@@ -313,9 +325,10 @@ impl MemoryNeed {
         let max_rows = room / per_row.max(1) / step * step;
         if max_rows == 0 {
             return format!(
-                "the weights alone (with their gradients and momentum{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, or more memory",
-                if self.checkpoint > 0 { ", and a checkpoint being written" } else { "" },
-                size(self.fixed + self.checkpoint)
+                "the weights alone (with their gradients and momentum{}{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, or more memory",
+                if self.checkpoint > 0 { ", a checkpoint being written" } else { "" },
+                if self.reduce > 0 { ", the buffers that average them" } else { "" },
+                size(held)
             );
         }
         format!("pass --batch {} or less", max_rows * self.world as u64)
@@ -438,6 +451,7 @@ impl MemoryNeed {
         Ok(MemoryNeed {
             fixed: (4 * zero + shadows) * copies as u64,
             checkpoint: 0,
+            reduce: 0,
             per_row: act * (one - zero - inputs * input - indices) + 4 * indices,
             loader_row: 4 * inputs * input,
             batches: 0,

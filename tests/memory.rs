@@ -12,14 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{self, live_bytes};
+
 use alexnet_cuda::backend::cpu::{Allocated, CpuBackend};
 use alexnet_cuda::backend::DeviceMemory;
 use alexnet_cuda::checkpoint::network_tensors;
 use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
+use alexnet_cuda::dist::{HostAllReduce, Layout};
 use alexnet_cuda::memory::{device_room_of, least, run_batches, DeviceStorage, MemoryNeed, Room};
-use alexnet_cuda::model::net::{buffer_elements, Network};
+use alexnet_cuda::model::net::{buffer_elements, Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::{extra_elements, TowerNetwork};
 
@@ -725,4 +728,37 @@ fn the_device_room_is_the_tightest_gpus_share() {
         shared.limit
     );
     assert_eq!(device_room_of(&[]), None);
+}
+
+/// Replicas averaged in this process's memory (`HostAllReduce`) keep the
+/// reduce's buffers for the run, the size of the largest gradient it
+/// averages: the plan counts them. Measured by the bytes this thread
+/// holds after a backward pass (which averages every gradient) beyond
+/// those it held before it, for one pair of replicas and for hybrid's
+/// pairs of towers, whose reduce takes a tower's half of each tensor.
+#[test]
+fn the_plan_counts_the_host_all_reduce_buffers() {
+    let topo = Topology::alexnet();
+    let (x, labels) = common::batch(&topo, 2, 4);
+    let devs: Vec<CpuBackend> = (0..4).map(|_| CpuBackend::new()).collect();
+    let d: Vec<&CpuBackend> = devs.iter().collect();
+    let reduce = || Box::new(HostAllReduce::default());
+    let layouts = [
+        Layout::Data(vec![d[0], d[1]], reduce()),
+        Layout::Hybrid(vec![[d[0], d[1]], [d[2], d[3]]], reduce()),
+    ];
+    for layout in layouts {
+        let shape = layout.shape();
+        let planned = layout.memory_needs(&topo).expect("need").0.reduce;
+        let mut model = layout.build(&topo, 2, 9).expect("model");
+        model.forward(&x, &labels, Mode::Train).expect("forward");
+        let before = live_bytes::live();
+        model.backward().expect("backward");
+        let held = (live_bytes::live() - before) as u64;
+        // Within 1%: a few small buffers of the step stay too.
+        assert!(
+            held.abs_diff(planned) <= planned / 100,
+            "{shape}: the reduce holds {held} bytes, the plan counts {planned}"
+        );
+    }
 }

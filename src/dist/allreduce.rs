@@ -18,6 +18,12 @@ pub trait AllReduce<B: Backend> {
     fn first_replica(&self) -> usize {
         0
     }
+    /// The f32s of host memory this transport keeps to average buffers of
+    /// up to `len` values (the memory plan counts them): none where the
+    /// devices reduce among themselves.
+    fn host_floats(&self, _len: usize) -> usize {
+        0
+    }
 }
 
 /// In-process all-reduce: each replica's buffer comes to the host, the sum
@@ -39,6 +45,11 @@ impl<B: Backend> AllReduce<B> for HostAllReduce {
         add_replicas(devs, bufs, &mut self.sum, &mut self.part)?;
         scale(&mut self.sum, bufs.len());
         upload_all(devs, bufs, &self.sum)
+    }
+
+    /// The sum and the replica being added to it.
+    fn host_floats(&self, len: usize) -> usize {
+        2 * len
     }
 }
 

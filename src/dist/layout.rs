@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::memory::MemoryNeed;
 use crate::model::net::Network;
 use crate::model::replicas::DataParallel;
-use crate::model::topology::Topology;
+use crate::model::topology::{LayerShape, Topology};
 use crate::model::towers::TowerNetwork;
 use crate::model::trainable::Model;
 
@@ -21,6 +21,17 @@ pub enum Layout<'a, B: Backend> {
     Data(Vec<&'a B>, Box<dyn AllReduce<B> + 'a>),
     /// Two towers per pair of devices, data-parallel across the pairs.
     Hybrid(Vec<[&'a B; 2]>, Box<dyn AllReduce<B> + 'a>),
+}
+
+/// The most f32s one all-reduce averages: a layer's weight gradient
+/// (fc6's in `alexnet`), or under hybrid a tower's share of it, split by
+/// output as `tower_split` splits it.
+fn largest_part(topo: &Topology, towers: usize) -> Result<usize> {
+    let part = |s: &LayerShape| {
+        let out = s.op_out.c.max(1);
+        s.weight_params / out * out.div_ceil(towers)
+    };
+    Ok(topo.shapes()?.iter().map(part).max().unwrap_or(0))
 }
 
 /// Gradient buckets of about this many bytes (PyTorch DDP's default, 25 MiB).
@@ -43,7 +54,13 @@ impl<'a, B: Backend> Layout<'a, B> {
     /// them (model, hybrid).
     pub fn memory_needs(&self, topo: &Topology) -> Result<(MemoryNeed, MemoryNeed)> {
         let first = self.first();
-        let host = MemoryNeed::network(first, topo, self.copies())?;
+        let mut host = MemoryNeed::network(first, topo, self.copies())?;
+        let reduce = match self {
+            Layout::Data(_, r) => r.host_floats(largest_part(topo, 1)?),
+            Layout::Hybrid(_, r) => r.host_floats(largest_part(topo, 2)?),
+            _ => 0,
+        };
+        host.reduce = 4 * reduce as u64;
         let device = MemoryNeed::on_device(first, topo, self.copies())?;
         match self {
             Layout::Towers(_) | Layout::Hybrid(..) => Ok((

@@ -693,6 +693,15 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
     fn first_replica(&self) -> usize {
         TcpAllReduce::first_replica(self)
     }
+
+    /// The sum, the buffer received and its bytes; the other ranks also
+    /// their own buffer as sent.
+    fn host_floats(&self, len: usize) -> usize {
+        match self.rank {
+            0 => 3 * len,
+            _ => 4 * len,
+        }
+    }
 }
 
 #[cfg(test)]
