@@ -339,6 +339,13 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     assert_eq!(v["step"].as_u64(), checkpoint::step_of(&file), "{v}");
     let table = std::fs::read_to_string(&csv).unwrap();
     let row: Vec<&str> = table.lines().nth(2).unwrap().split(',').collect();
+    // Three classes are all in every image's top 5: said beside the 0%.
+    let (ok, text, err) = cli(&args[..args.len() - 1]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("top-5 error 0.00% (trivial: 3 classes) on 30 images"),
+        "{text}"
+    );
     // A reader that stops at once (`| head -0`): the status of a program
     // ended by SIGPIPE, and the table written all the same.
     let closed = t.path().join("closed.csv");
@@ -1391,6 +1398,11 @@ fn eval_per_class_tables_match_predicts_logits() {
             assert_eq!((&r[6], num(8) as f32), (classes[j].as_str(), most), "{r:?}");
         }
     }
+    // Ten classes: top-5 is no given.
+    assert!(
+        text.contains("top-5 error") && !text.contains("trivial"),
+        "{text}"
+    );
     // The printed line: the classes of highest top-1 error first (ties in
     // label order), each "name e% of n", split on "; ".
     let line = text

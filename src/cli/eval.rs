@@ -360,8 +360,14 @@ fn print_result(
         };
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
+        // With five classes or fewer every class is in the top 5.
+        let classes = ck.state.classes.len();
+        let trivial = match classes <= 5 {
+            true => format!(" (trivial: {classes} classes)"),
+            false => String::new(),
+        };
         outln!(
-            "{mode}: top-1 error {:.2}%, top-5 error {:.2}% on {} {}images (loss {:.4}, {:.0} images/s)",
+            "{mode}: top-1 error {:.2}%, top-5 error {:.2}%{trivial} on {} {}images (loss {:.4}, {:.0} images/s)",
             100.0 * (1.0 - r.top1),
             100.0 * (1.0 - r.top5),
             r.images,
