@@ -1002,6 +1002,23 @@ fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
         );
         fs::write(&p, orig)?;
     }
+    // An edited list of source files (whose names digest a run's held-out
+    // images) is refused where it is read.
+    let p = file("sources", "txt");
+    let orig = fs::read_to_string(&p)?;
+    fs::write(&p, orig.replacen("0001", "0002", 1))?;
+    let msg = PackedStore::open(&dir)?
+        .sources()
+        .err()
+        .ok_or("an edited sources list was taken")?
+        .to_string();
+    assert!(
+        msg.contains(&p.display().to_string()) && msg.contains("checksum"),
+        "{msg}"
+    );
+    fs::write(&p, &orig)?;
+    let s = PackedStore::open(&dir)?;
+    assert_eq!(s.sources()?.len(), s.entries().len());
     // A file missing (deleted, or left out of a copy): named, with the fix.
     for (stem, ext) in [("data", "bin"), ("index", "bin"), ("mean", "bin")] {
         let p = file(stem, ext);

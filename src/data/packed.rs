@@ -615,10 +615,18 @@ impl PackedStore {
     }
 
     /// The source file of every image, in store order (one read of
-    /// `sources-<gen>.txt`); an error when the file is missing or short.
+    /// `sources-<gen>.txt`); an error when the file is missing, short, or
+    /// not what `prepare` wrote: the names digest a run's held-out images
+    /// (`store_digest`), so an edited list would pass for the run's.
     pub fn sources(&self) -> Result<Vec<String>> {
         let p = gen_file(&self.dir, "sources", &self.meta.generation, "txt");
         let text = fs::read_to_string(&p).map_err(|e| read_error(&self.dir, &p, e))?;
+        if crc32fast::hash(text.as_bytes()) != self.meta.sources_crc {
+            return Err(Error::Data(format!(
+                "{}: checksum mismatch (the list of source files was changed or damaged after prepare wrote it); rerun `alexnet-cuda prepare`",
+                p.display()
+            )));
+        }
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
         if lines.len() < self.entries.len() {
             return Err(Error::Data(format!(
