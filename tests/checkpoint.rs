@@ -421,6 +421,24 @@ fn a_resume_beside_another_runs_checkpoints_is_refused() {
     );
     assert!(saved.join(name(14)).exists());
     assert_eq!(checkpoint::list(&saved).unwrap().len(), 2, "files moved");
+    // The other run's best epoch alone, as a file of its own: the resume
+    // would replace it with its own best, so it is refused the same way.
+    std::fs::remove_file(saved.join(name(14))).unwrap();
+    let best = saved.join("best.safetensors");
+    std::fs::copy(b.join("best.safetensors"), &best).unwrap();
+    let before = std::fs::read(&best).unwrap();
+    let o = run(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "resumed beside another run's best");
+    assert!(
+        err.contains(&format!(
+            "{}: a checkpoint of another run (another --seed or --batch)",
+            best.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&best).unwrap(), before);
+    std::fs::remove_file(&best).unwrap();
     // The run's own earlier checkpoint in its place, and a damaged later
     // one (its image count altered, its checksum not): not another run's,
     // so the resume goes on, setting the damaged one aside.

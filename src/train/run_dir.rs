@@ -72,17 +72,20 @@ pub fn check_run_folder(
 }
 
 /// A resume sets aside and prunes (`--keep`) the folder's checkpoints as
-/// its own, so one of another run there (checkpoints of several runs
-/// copied into one folder) would be lost: refuse, naming it. A header that
+/// its own, and marks its best epoch's as `best.safetensors` over the one
+/// there, so one of another run there (checkpoints of several runs copied
+/// into one folder) would be lost: refuse, naming it. A header that
 /// cannot be read or fails its checksum (damage) is left to the resume's
 /// own checks, which set such a file aside.
 fn refuse_other_runs(dir: &Path, state: &RunState) -> Result<()> {
-    for (_, p) in checkpoint::list(dir)? {
+    let best = dir.join("best.safetensors");
+    let files = checkpoint::list(dir)?.into_iter().map(|(_, p)| p);
+    for p in files.chain(best.is_file().then_some(best)) {
         let Some(why) = checkpoint::checked_state_of(&p).and_then(|o| other_run(state, &o)) else {
             continue;
         };
         return Err(Error::Config(format!(
-            "{}: a checkpoint of another run ({why}) in the folder of the one resumed, which would set it aside or delete it as its own (--keep); copy the checkpoint to resume into a folder of its own and resume from there",
+            "{}: a checkpoint of another run ({why}) in the folder of the one resumed, which would set it aside, delete it (--keep) or replace it (best.safetensors) as its own; copy the checkpoint to resume into a folder of its own and resume from there",
             p.display()
         )));
     }
