@@ -97,6 +97,23 @@ fn a_class_left_without_images_is_refused() -> TestResult {
         !out.join("train/meta.json").exists(),
         "a store was committed"
     );
+    // --limit takes each class's first files: where those are the only
+    // unreadable ones, the error says to raise it, and raised it works.
+    let limited = t.path().join("limited");
+    good_tree(&limited, 3, 16, 16)?;
+    fs::write(limited.join("n02_dog/0000.JPEG"), "<html>404</html>")?;
+    let mut o = opts(&limited, &out, 8, Encoding::Jpeg);
+    o.limit = Some(2);
+    let msg = prepare(&o).expect_err("no dog read").to_string();
+    assert!(
+        msg.contains("none of the 1 images of class n02_dog")
+            && msg.contains("raise --limit 2, which took only 1 of the class's files (its first)"),
+        "{msg}"
+    );
+    o.limit = Some(4);
+    prepare(&o)?;
+    assert_eq!(read_meta(&out.join("train"))?.class_counts, [2, 1]);
+    fs::remove_dir_all(&out)?;
     // The same in the val tree: train is written first, and the error,
     // whose "nothing was written" is the val store's, says so.
     let train_ok = t.path().join("train_ok");

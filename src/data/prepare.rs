@@ -746,16 +746,24 @@ pub fn prepare_image(
 fn refuse_lost_class(
     source: &Path,
     classes: &[String],
-    listed: &[u64],
-    stored: &[u64],
+    (listed, stored): (&[u64], &[u64]),
     first_skip: &[Option<String>],
+    limit: Option<usize>,
 ) -> Result<()> {
     let lost = (0..classes.len()).find(|&c| listed[c] > 0 && stored[c] == 0);
     let Some(c) = lost else {
         return Ok(());
     };
+    // --limit takes each class's first files: more of them may read.
+    let raise = match limit {
+        Some(k) => format!(
+            ", or raise --limit {k}, which took only {} of the class's files (its first)",
+            listed[c]
+        ),
+        None => String::new(),
+    };
     Err(Error::Data(format!(
-        "{}: none of the {} images of class {} could be read (first: {}); a store without the class would train a network that never sees it, so nothing was written: make those files readable (or remove the class) and run the same prepare again",
+        "{}: none of the {} images of class {} could be read (first: {}); a store without the class would train a network that never sees it, so nothing was written: make those files readable (or remove the class){raise}, and run the same prepare again",
         source.display(),
         listed[c],
         classes[c],
@@ -883,7 +891,9 @@ fn write_store(
                 .map_or("-", |(_, why)| why)
         )));
     }
-    refuse_lost_class(source, classes, &listed, &class_counts, &first_skip)?;
+    let limit = opts.limit.filter(|_| to.paired_with.is_none());
+    let counts = (&listed[..], &class_counts[..]);
+    refuse_lost_class(source, classes, counts, &first_skip, limit)?;
     let n = total.images as f64;
     let (mean_rgb, cov) = total.rgb.moments().unwrap_or_default();
     let mean_image: Vec<f32> = total
