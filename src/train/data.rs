@@ -59,10 +59,13 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         let v = root.join("val");
         refuse_unfinished_store(&v)?;
         let train = root.join("train");
-        if !is_store(&v) {
-            refuse_unread_val(opts, &train, &v)?;
+        match is_store(&v) {
+            true => load_store(opts, &train, Some(v)),
+            false => {
+                refuse_unread_val(opts, &train, &v)?;
+                load_store(opts, &train, None)
+            }
         }
-        load_store(opts, &train, is_store(&v).then_some(v))
     } else {
         load_folder(opts, image_size)
     }?;
