@@ -24,12 +24,16 @@ pub enum Layout<'a, B: Backend> {
 }
 
 /// The most f32s one all-reduce averages: a layer's weight gradient
-/// (fc6's in `alexnet`), or under hybrid a tower's share of it, split by
-/// output as `tower_split` splits it.
-fn largest_part(topo: &Topology, towers: usize) -> Result<usize> {
+/// (fc6's in `alexnet`), or with `towers` the larger tower's share of it,
+/// split by output as the towers split it (`Topology::tower_split`).
+fn largest_part(topo: &Topology, towers: bool) -> Result<usize> {
     let part = |s: &LayerShape| {
         let out = s.op_out.c.max(1);
-        s.weight_params / out * out.div_ceil(towers)
+        let share = match towers {
+            true => topo.tower_split(out).into_iter().max().unwrap_or(out),
+            false => out,
+        };
+        s.weight_params / out * share
     };
     Ok(topo.shapes()?.iter().map(part).max().unwrap_or(0))
 }
@@ -56,8 +60,8 @@ impl<'a, B: Backend> Layout<'a, B> {
         let first = self.first();
         let mut host = MemoryNeed::network(first, topo, self.copies())?;
         let reduce = match self {
-            Layout::Data(_, r) => r.host_floats(largest_part(topo, 1)?),
-            Layout::Hybrid(_, r) => r.host_floats(largest_part(topo, 2)?),
+            Layout::Data(_, r) => r.host_floats(largest_part(topo, false)?),
+            Layout::Hybrid(_, r) => r.host_floats(largest_part(topo, true)?),
             _ => 0,
         };
         host.reduce = 4 * reduce as u64;
