@@ -310,6 +310,18 @@ fn averaged_log_softmax(rows: &[f32], crops: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `cmd` run with its standard output closed at once, as by a reader that
+/// stops reading (`| head -0`).
+fn stdout_closed(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run alexnet-cuda");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait for alexnet-cuda")
+}
+
 /// One class folder is enough to score under a checkpoint, whose classes
 /// name the labels: `eval` on it gives that class's row of `eval
 /// --per-class` on the whole tree, and `features` takes a row per image.
@@ -349,14 +361,10 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     // A reader that stops at once (`| head -0`): the status of a program
     // ended by SIGPIPE, and the table written all the same.
     let closed = t.path().join("closed.csv");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args([&args[..], &["--per-class", &s(&closed)]].concat())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run alexnet-cuda eval");
-    drop(child.stdout.take());
-    let o = child.wait_with_output().expect("wait for eval");
+    let o = stdout_closed(
+        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args([&args[..], &["--per-class", &s(&closed)]].concat()),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(141), "{err}");
     assert_eq!(std::fs::read_to_string(&closed).unwrap(), table, "{err}");
@@ -943,16 +951,12 @@ fn predict_and_export_cli() {
     // A reader that stops reading at once (`| head -0`): no panic, the
     // status of a program ended by SIGPIPE, and the logits file whole.
     let lc = t.path().join("c.npy");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(&args[..4])
-        .arg(&lc)
-        .args(images.iter())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run alexnet-cuda predict");
-    drop(child.stdout.take());
-    let o = child.wait_with_output().expect("wait for predict");
+    let o = stdout_closed(
+        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(&args[..4])
+            .arg(&lc)
+            .args(images.iter()),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
