@@ -529,14 +529,20 @@ pub fn estimated_size(topo: &Topology, image_size: usize) -> Result<u64> {
 }
 
 /// Delete all but the newest `keep` checkpoints (never fewer than one).
-pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+/// A delete that fails does not stop the others: the failures are
+/// returned, for the caller to report (an old checkpoint left behind
+/// costs disk space, not the run).
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<Error>> {
     let all = list(dir)?;
     let n = all.len().saturating_sub(keep.max(1));
+    let mut failed = Vec::new();
     for (_, p) in &all[..n] {
-        fs::remove_file(p).map_err(|e| Error::io(p, e))?;
-        tracing::debug!("removed {} (--keep {})", p.display(), keep.max(1));
+        match fs::remove_file(p) {
+            Ok(()) => tracing::debug!("removed {} (--keep {})", p.display(), keep.max(1)),
+            Err(e) => failed.push(Error::io(p, e)),
+        }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Point `best.safetensors` at `ckpt` (a hard link, swapped in atomically:

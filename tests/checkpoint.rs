@@ -386,6 +386,38 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     assert_eq!(steps(&out), [45, 50, 55, 60]);
 }
 
+/// An old checkpoint that `--keep` cannot delete (here a folder in its
+/// place) costs disk space, not the run: the run warns, naming it, prunes
+/// the others and finishes.
+#[test]
+fn an_old_checkpoint_that_cannot_be_deleted_is_named_and_the_run_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    // 500 training images at batch 25: 20 steps an epoch.
+    let mut args = train_args(&d, &out, 1);
+    checkpoint_every(&mut args, "10");
+    run_ok(&args);
+    let stuck = out.join(checkpoint::checkpoint_name(10));
+    std::fs::remove_file(&stuck).unwrap();
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("x"), b"x").unwrap();
+    let mut resume = resume_args(&out);
+    checkpoint_every(&mut resume, "10");
+    resume.extend(["--epochs", "2", "--keep", "1"].map(String::from));
+    let o = run(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("could not delete an old checkpoint"), "{err}");
+    assert!(err.contains(&stuck.display().to_string()), "{err}");
+    let left: Vec<u64> = checkpoint::list(&out)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(left, [10, 40]);
+}
+
 /// A resume sets aside and prunes its folder's checkpoints as its own:
 /// with checkpoints of two runs copied into one folder, resuming one is
 /// refused before anything moves, naming the other's file; one of its own

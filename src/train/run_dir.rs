@@ -547,7 +547,13 @@ impl RunDir {
         if best {
             checkpoint::mark_best(&self.dir, &path)?;
         }
-        checkpoint::prune(&self.dir, self.keep)?;
+        for e in checkpoint::prune(&self.dir, self.keep)? {
+            warn!(
+                "could not delete an old checkpoint (--keep {}): {}; the run goes on, delete it by hand before the disk fills",
+                self.keep.max(1),
+                e.brief()
+            );
+        }
         Ok(path)
     }
 
