@@ -386,6 +386,78 @@ fn a_resume_keeps_the_runs_keep_and_checkpoint_interval_unless_given() {
     assert_eq!(steps(&out), [45, 50, 55, 60]);
 }
 
+/// The data file of the store in `dir` (its one generation).
+fn store_data_file(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("data") && n.ends_with(".bin")
+        })
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
+}
+
+/// A store image damaged on the disk stops the run and loses none of its
+/// steps: those before it are written, the error names the checkpoint and
+/// the resume, and once the data is whole again the resumed run ends as
+/// one that never stopped. Damage in the validation store stops the run
+/// after the epoch's training, which is kept the same way.
+#[test]
+fn a_damaged_store_image_stops_the_run_with_every_step_saved() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    write_demo_dataset(&t.path().join("train"), 10, 50, 32, 5).unwrap();
+    write_demo_dataset(&t.path().join("val"), 10, 10, 32, 6).unwrap();
+    let prepare = ["prepare", "--train", &p("train"), "--val", &p("val")];
+    let mut prepare: Vec<String> = prepare.map(String::from).to_vec();
+    prepare.extend(["--out", &p("store"), "--size", "32", "--format", "raw"].map(String::from));
+    prepare.push("--no-progress".into());
+    run_ok(&prepare);
+    let train = |out: &str| -> Vec<String> {
+        let mut a = train_args(Path::new(&p("store")), Path::new(&p(out)), 3);
+        let at = a.iter().position(|a| a == "--val").unwrap();
+        a.drain(at..at + 2);
+        checkpoint_every(&mut a, "0");
+        a
+    };
+    let whole = t.path().join("whole");
+    run_ok(&train("whole"));
+    for part in ["val", "train"] {
+        let data_file = store_data_file(&t.path().join("store").join(part));
+        let good = std::fs::read(&data_file).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        std::fs::write(&data_file, &bad).unwrap();
+        let out = t.path().join(format!("run-{part}"));
+        let o = run(&train(&format!("run-{part}")));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("fails its checksum"), "{err}");
+        let (step, ckpt) = checkpoint::list(&out)
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("no checkpoint of the steps trained: {err}"));
+        assert_eq!(step as usize, steps_logged(&out), "{err}");
+        match part {
+            // 500 training images at batch 25: the epoch's 20 steps.
+            "val" => assert_eq!(step, 20, "{err}"),
+            _ => assert!(step > 0 && step < 20, "{step}: {err}"),
+        }
+        assert!(err.contains(&ckpt.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("--resume {}", out.display())),
+            "{err}"
+        );
+        std::fs::write(&data_file, &good).unwrap();
+        run_ok(&resume_args(&out));
+        assert_same_run(&whole, &out);
+    }
+}
+
 /// An old checkpoint that `--keep` cannot delete (here a folder in its
 /// place) costs disk space, not the run: the run warns, naming it, prunes
 /// the others and finishes.

@@ -261,7 +261,7 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let Some(b) = iter.next() else { break };
             let waited = t0.elapsed();
-            let b = b?;
+            let b = b.map_err(|e| self.data_failed(e))?;
             self.step(&b, &mut clock)?;
             iter.recycle(b);
             pb.inc(1);
@@ -349,8 +349,14 @@ impl<'a> Trainer<'a> {
         let flag = self.opts.stop_alone();
         let stop = move || flag.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
         let on_batch = |n| bar.set_position(n as u64);
-        let v = evaluate_pass_until(&mut *self.net, iter, n, on_batch, &stop)?;
+        let v = evaluate_pass_until(&mut *self.net, iter, n, on_batch, &stop);
         bar.finish_and_clear();
+        let v = match v {
+            Err(e @ (Error::Data(_) | Error::Image { .. } | Error::Io { .. })) => {
+                return Err(self.data_failed(e))
+            }
+            v => v?,
+        };
         let Some(v) = v else {
             self.stop_in_validation()?;
             return Ok(None);
@@ -403,6 +409,35 @@ impl<'a> Trainer<'a> {
         self.state.history.push(stats.clone());
         self.report.epochs.push(stats);
         Ok(Some(best))
+    }
+
+    /// A batch the loader could not make (`e`): the steps trained since
+    /// the newest checkpoint are written first, whole, so that mending the
+    /// data loses none of them, and the error says where they are.
+    fn data_failed(&mut self, e: Error) -> Error {
+        let saved = self.save_unsaved();
+        if let Err(w) = &saved {
+            warn!("could not save the steps trained before the data error: {w}");
+        }
+        match &self.run_dir {
+            Some(d) => d.after_data_error(e, saved.is_ok()),
+            None => e,
+        }
+    }
+
+    /// A checkpoint of the state now, unless the newest one holds it.
+    fn save_unsaved(&mut self) -> Result<()> {
+        self.finish_write()?;
+        let Some(d) = &self.run_dir else {
+            return Ok(());
+        };
+        if d.last_step() == Some(self.state.progress.step) {
+            return Ok(());
+        }
+        self.read_steps()?;
+        self.state.progress.elapsed_s = self.elapsed();
+        self.save_tensors(false, false)?;
+        Ok(())
     }
 
     /// A signal during the epoch's validation: the state before it (every

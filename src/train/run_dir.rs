@@ -594,6 +594,30 @@ impl RunDir {
         }
     }
 
+    /// A run stopped by its data (`e`: a damaged store entry, an image the
+    /// loader could not read), its steps saved (`saved`, else the warning
+    /// before said why not): the data's fix, in `e`, then the resume.
+    pub fn after_data_error(&self, e: Error, saved: bool) -> Error {
+        let Some(p) = &self.last else {
+            return e;
+        };
+        let held = match saved {
+            true => "every step trained before it is in",
+            false => "the run's newest checkpoint is",
+        };
+        Error::Data(format!(
+            "{e}; {held} {}: once the data is whole again, continue with `alexnet-cuda train --resume {}`",
+            p.display(),
+            self.resume_arg(p)
+        ))
+    }
+
+    /// The step of the newest whole checkpoint (the one resumed from, or
+    /// the last written), if any.
+    pub fn last_step(&self) -> Option<u64> {
+        self.last.as_deref().and_then(checkpoint::step_of)
+    }
+
     /// A run stopped by a failed write in its folder other than a
     /// checkpoint's (the metrics files, TensorBoard's, best.safetensors,
     /// pruning): the same way on as after a checkpoint's. Other errors are
