@@ -1377,6 +1377,30 @@ fn sigterm_stops_with_a_checkpoint() {
     }
 }
 
+/// A run started with SIGHUP ignored (`nohup`) outlives its terminal:
+/// SIGHUP does not stop it, and it trains to the end.
+#[test]
+fn sighup_does_not_stop_a_run_started_under_nohup() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    // `trap '' HUP` ignores it, as nohup does; exec keeps that, and the pid.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "trap '' HUP; exec \"$0\" \"$@\"", BIN]);
+    cmd.args(train_args(&d, &out, EPOCHS));
+    let c = start_cmd_until(cmd, &out, 5);
+    assert!(Command::new("kill")
+        .args(["-HUP", &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("stopping"), "{err}");
+    assert_eq!(steps_logged(&out), STEPS);
+}
+
 /// A signal while a raw image folder is decoded (minutes for a large one)
 /// stops the run within moments, status 130, saying nothing was trained,
 /// with no run folder written; not after the whole decode, a first step and

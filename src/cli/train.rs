@@ -586,7 +586,9 @@ fn default_run_dir(name: &str) -> PathBuf {
 
 /// SIGINT, SIGTERM, SIGHUP and SIGUSR1 set `stop` (training finishes its
 /// step, writes a checkpoint and returns); a second one a moment later
-/// ends the process at once (`say_when_stopping`).
+/// ends the process at once (`say_when_stopping`). SIGHUP is left alone
+/// when it is ignored as the run starts: `nohup` asked for a run that
+/// outlives its terminal.
 /// Returns the flag, the exit status the signal asks for (128 + signo),
 /// and word once the first signal's line is logged.
 fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, Receiver<()>)> {
@@ -596,14 +598,35 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, Receiver<()>)
     let status = Arc::new(AtomicUsize::new(0));
     // SIGHUP: the terminal closed (an ssh session lost); SIGUSR1: a
     // scheduler's warning ahead of its limit (Slurm's --signal).
-    let signals = [SIGINT, SIGTERM, SIGHUP, SIGUSR1];
-    for sig in signals {
+    let mut signals = vec![SIGINT, SIGTERM, SIGUSR1];
+    match ignored(SIGHUP) {
+        true => {
+            tracing::info!("SIGHUP is ignored (nohup): the run goes on when its terminal closes")
+        }
+        false => signals.push(SIGHUP),
+    }
+    for &sig in &signals {
         flag::register(sig, Arc::clone(&stop)).context("could not install signal handlers")?;
         flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize)
             .context("could not install signal handlers")?;
     }
     let told = say_when_stopping(signals)?;
     Ok((stop, status, told))
+}
+
+/// Whether `sig` is ignored (SIG_IGN), as `nohup` leaves SIGHUP.
+#[cfg(unix)]
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into `old`, a plain C struct for which all zeroes is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    rc == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+#[cfg(not(unix))]
+fn ignored(_sig: i32) -> bool {
+    false
 }
 
 /// A signal this soon after the first is the same request delivered twice:
@@ -617,7 +640,7 @@ const SAME_REQUEST: Duration = Duration::from_secs(1);
 /// invites the second Ctrl-C that quits without a checkpoint. A signal
 /// after that, past `SAME_REQUEST`, ends the process at once with its
 /// status, as the line says.
-fn say_when_stopping(signals: [i32; 4]) -> Result<Receiver<()>> {
+fn say_when_stopping(signals: Vec<i32>) -> Result<Receiver<()>> {
     let mut incoming = signal_hook::iterator::Signals::new(signals)
         .context("could not install signal handlers")?;
     let (logged, told) = std::sync::mpsc::channel();
