@@ -727,6 +727,27 @@ fn bad_input_gets_a_clear_error() {
     );
 
     let photo = s(&fixtures().join("cat/0000.jpg"));
+    // A picture that would replace a query image, or land among a query
+    // folder's images, is refused before anything is read or written.
+    let shot = st.root.join("shot.png");
+    std::fs::copy(&photo, &shot).unwrap();
+    let before = std::fs::read(&shot).unwrap();
+    let shots = st.root.join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::copy(&photo, shots.join("a.jpg")).unwrap();
+    let inside = s(&shots.join("grid.png"));
+    for (query, out, want) in [
+        (s(&shot), s(&shot), "which the picture would replace"),
+        (s(&shots), inside.clone(), "inside the query folder"),
+    ] {
+        let args = ["neighbors", "--cpu", "--checkpoint", &c, "--data", &d];
+        let (ok, _, err) = cli(&[&args[..], &["--out", &out, "--query", &query]].concat());
+        assert!(!ok);
+        no_panic(&err);
+        assert!(err.contains(want) && err.contains(&query), "{err}");
+    }
+    assert_eq!(std::fs::read(&shot).unwrap(), before);
+    assert!(!Path::new(&inside).exists());
     // Every unreadable query in one error, before the set is read: a
     // folder holding a broken image goes unmentioned.
     let folder = st.root.join("folder");

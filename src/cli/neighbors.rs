@@ -1,14 +1,15 @@
 //! `neighbors`: the k training images nearest to query images by fc7
 //! Euclidean distance, as a picture (the paper's Figure 4, right) and a
 //! tab-separated table.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
+use alexnet_cuda::fsutil;
 
 use super::common::{
     existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, not_among_images,
@@ -52,6 +53,7 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
     named_as("--out", &args.out, "png", "a PNG picture")?;
     not_among_images("--out", &args.out, &args.data)?;
     let queries = image_files(&args.query)?;
+    not_a_query(&args.out, &args.query, &queries)?;
     let (request, ck) = args.run.start()?;
     let job = features::NeighborsJob {
         ck: &ck,
@@ -82,6 +84,30 @@ pub fn run(args: NeighborsArgs) -> Result<()> {
         r.features.display()
     )?;
     super::features::left_out(r.unread, r.images, r.set_rows)
+}
+
+/// Refuse an `--out` that is a query image (the picture would replace
+/// it) or lies inside a `--query` folder (the next run would query it).
+fn not_a_query(out: &Path, query: &[PathBuf], queries: &[PathBuf]) -> Result<()> {
+    if let Some(q) = queries.iter().find(|q| fsutil::same_file(q, out)) {
+        bail!(
+            "--out {}: the query image {}, which the picture would replace; write it elsewhere",
+            out.display(),
+            q.display()
+        );
+    }
+    let at = fsutil::resolved(out);
+    if let Some(dir) = query
+        .iter()
+        .find(|d| d.is_dir() && at.starts_with(fsutil::resolved(d)))
+    {
+        bail!(
+            "--out {}: inside the query folder {}, where the next run would take the picture for a query; write it outside it",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// One tab-separated line per neighbour of each query.
