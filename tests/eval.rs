@@ -1230,6 +1230,15 @@ fn predict_and_export_cli() {
         "{err}"
     );
     safetensors::SafeTensors::deserialize(&std::fs::read(&odd).unwrap()).unwrap();
+    // PyTorch's pickle names say which reader to use instead.
+    let pt = t.path().join("w.pt");
+    let (ok, _, err) = cli(&[&args[..], &["--out", &s(&pt)]].concat());
+    assert!(
+        ok && err.contains("ends in .pt, not .safetensors")
+            && err.contains("safetensors.torch.load_file"),
+        "{err}"
+    );
+    safetensors::SafeTensors::deserialize(&std::fs::read(&pt).unwrap()).unwrap();
 
     // An export over a checkpoint (itself, or another of the run's) is
     // refused and leaves it whole; over a plain export it is not refused.

@@ -87,7 +87,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
 }
 
 /// --format, or the one --out's extension names; a --format that another
-/// extension contradicts is kept, with a warning (tools pick a reader by it).
+/// extension contradicts (a known one, or `.pt`) is kept, with a warning
+/// (tools pick a reader by it).
 fn chosen_format(given: Option<ExportFormat>, out: &Path) -> Result<ExportFormat> {
     let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase());
     let named = ExportFormat::value_variants()
@@ -101,6 +102,19 @@ fn chosen_format(given: Option<ExportFormat>, out: &Path) -> Result<ExportFormat
                 out.display(),
                 flag_value(&n),
                 flag_value(&f)
+            );
+            Ok(f)
+        }
+        (Some(f), None) if ext.is_some() => {
+            warn!(
+                "--out {} ends in .{}, not .{}; tools that go by the name will misread it{}",
+                out.display(),
+                ext.as_deref().unwrap_or_default(),
+                flag_value(&f),
+                match (f, ext.as_deref()) {
+                    (ExportFormat::Safetensors, Some("pt" | "pth" | "bin")) => ": torch.load cannot read it, safetensors.torch.load_file can",
+                    _ => "",
+                }
             );
             Ok(f)
         }
