@@ -168,6 +168,22 @@ pub struct Progress {
     /// Dynamic loss scaling's state (fp16 training), so a resumed run scales alike.
     #[serde(default)]
     pub loss_scale: Option<LossScale>,
+    /// The epoch's training so far, timed by the processes before this
+    /// checkpoint: a resumed epoch's rate and data wait cover all of it.
+    #[serde(default)]
+    pub epoch_so_far: EpochSoFar,
+}
+
+/// An epoch's training time and images up to a checkpoint (`EpochClock`'s
+/// sums, in seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSoFar {
+    pub images: usize,
+    /// Wall time from the epoch's start to its last step.
+    pub train_s: f64,
+    pub compute_s: f64,
+    pub wait_s: f64,
+    pub step_s: f64,
 }
 
 impl Progress {
@@ -188,6 +204,7 @@ impl Progress {
             seen: 0,
             elapsed_s: 0.0,
             loss_scale: None,
+            epoch_so_far: EpochSoFar::default(),
         }
     }
 
@@ -199,6 +216,7 @@ impl Progress {
         self.loss_sum = 0.0;
         self.hits = 0;
         self.seen = 0;
+        self.epoch_so_far = EpochSoFar::default();
     }
 }
 

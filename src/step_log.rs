@@ -10,6 +10,7 @@ use crate::checkpoint::Progress;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsWriter, StepRow};
 use crate::model::trainable::Model;
+use crate::run_state::EpochSoFar;
 use crate::tensorboard::EventWriter;
 
 /// What the host knows of a queued step; its loss and hits are on the device.
@@ -141,14 +142,36 @@ pub struct EpochClock {
     pub steps: Duration,
     /// Images trained, by all the run's processes.
     pub images: usize,
+    /// The epoch's steps before this process's (a resumed epoch).
+    pub earlier: EpochSoFar,
 }
 
 impl EpochClock {
+    /// A clock for an epoch whose steps so far `earlier` timed.
+    pub fn resumed(earlier: EpochSoFar) -> EpochClock {
+        EpochClock {
+            earlier,
+            ..EpochClock::default()
+        }
+    }
+
+    /// The epoch so far, this process's `train_s` of wall time included.
+    pub fn so_far(&self, train_s: f64) -> EpochSoFar {
+        let e = &self.earlier;
+        EpochSoFar {
+            images: e.images + self.images,
+            train_s: e.train_s + train_s,
+            compute_s: e.compute_s + self.compute.as_secs_f64(),
+            wait_s: e.wait_s + self.wait.as_secs_f64(),
+            step_s: e.step_s + self.steps.as_secs_f64(),
+        }
+    }
+
     /// The share of step time spent waiting for data (0 when no step ran).
     pub fn wait_share(&self) -> f64 {
-        let steps = self.steps.as_secs_f64();
-        if steps > 0.0 {
-            self.wait.as_secs_f64() / steps
+        let all = self.so_far(0.0);
+        if all.step_s > 0.0 {
+            all.wait_s / all.step_s
         } else {
             0.0
         }

@@ -455,6 +455,13 @@ fn a_damaged_store_image_stops_the_run_with_every_step_saved() {
         std::fs::write(&data_file, &good).unwrap();
         run_ok(&resume_args(&out));
         assert_same_run(&whole, &out);
+        // The epoch resumed (at its validation, for "val") has a rate over
+        // its steps, the stopped process's included.
+        let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+        let first: Vec<&str> = epochs.lines().nth(1).unwrap().split(',').collect();
+        let rate: f64 = first[7].parse().unwrap();
+        let wait: f64 = first[9].parse().unwrap();
+        assert!(rate > 0.0 && (0.0..1.0).contains(&wait), "{epochs}");
     }
 }
 

@@ -254,7 +254,7 @@ impl<'a> Trainer<'a> {
             .passes
             .open(PassKey::Train { epoch, first }, &self.data)?;
         let pb = display::epoch_bar(iter.num_batches(), first, epoch, self.opts);
-        let mut clock = EpochClock::default();
+        let mut clock = EpochClock::resumed(self.state.progress.epoch_so_far);
         let epoch_start = Instant::now();
         let mut done = 0;
         loop {
@@ -272,6 +272,8 @@ impl<'a> Trainer<'a> {
             clock.wait += waited;
             clock.steps += t0.elapsed();
             done += 1;
+            // What a checkpoint from here on holds of the epoch's timing.
+            self.state.progress.epoch_so_far = clock.so_far(epoch_start.elapsed().as_secs_f64());
             if !self.after_step(clock.steps.as_secs_f64() / done as f64, iter.len())? {
                 pb.finish_and_clear();
                 return Ok(None);
@@ -379,6 +381,8 @@ impl<'a> Trainer<'a> {
         // which a fresh run in the folder relies on (`run_dir::earlier_results`).
         self.finish_write()?;
         let elapsed = self.elapsed();
+        // A resumed epoch's rate over all its steps, the earlier process's too.
+        let whole = clock.so_far(train_secs);
         let p = &mut self.state.progress;
         let stats = EpochStats {
             epoch: p.epoch,
@@ -388,7 +392,7 @@ impl<'a> Trainer<'a> {
             val_loss: v.loss,
             val_top1: v.top1,
             val_top5: v.top5,
-            images_per_s: clock.images as f64 / train_secs,
+            images_per_s: whole.images as f64 / whole.train_s,
             elapsed_s: elapsed,
             data_wait: clock.wait_share(),
         };
