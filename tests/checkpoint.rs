@@ -497,6 +497,39 @@ fn an_old_checkpoint_that_cannot_be_deleted_is_named_and_the_run_goes_on() {
     assert_eq!(left, [10, 40]);
 }
 
+/// A resume's flags that would do nothing, or undo the run's own, are
+/// said: --lr on a run that has finished its epochs is refused, naming
+/// --epochs; --checkpoint-every alone warns that it drops the run's
+/// --checkpoint-minutes.
+#[test]
+fn a_resume_says_what_its_flags_would_not_do() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut args = train_args(&d, &out, 1);
+    args.extend(["--checkpoint-minutes", "5"].map(String::from));
+    run_ok(&args);
+    let mut resume = resume_args(&out);
+    resume.extend(["--lr", "0.001"].map(String::from));
+    let o = run(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--lr 1e-3") && err.contains("add --epochs 2 or more"),
+        "{err}"
+    );
+    let before = checkpoint::list(&out).unwrap();
+    resume.extend(["--epochs", "2"].map(String::from));
+    let o = run(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("pass --checkpoint-minutes 5 as well to keep it"),
+        "{err}"
+    );
+    assert!(checkpoint::list(&out).unwrap() != before);
+}
+
 /// A resume sets aside and prunes its folder's checkpoints as its own:
 /// with checkpoints of two runs copied into one folder, resuming one is
 /// refused before anything moves, naming the other's file; one of its own

@@ -217,6 +217,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.compute = Some(compute);
     if let Some(ck) = resume {
         opts = resume_options(opts, &ck);
+        no_step_left_for_lr(args.lr, opts.run.epochs, &ck)?;
         opts.resume = Some(ck);
         opts.lr_from_here = args.lr;
     }
@@ -389,12 +390,29 @@ fn saving(args: &TrainArgs, resume: Option<&Checkpoint>) -> Saving {
     // The two checkpoint flags go together: either given replaces both.
     let (every, minutes) = match (args.checkpoint_every, args.checkpoint_minutes) {
         (None, None) => (kept.checkpoint_every, kept.checkpoint_minutes),
-        given => given,
+        given => {
+            warn_replaced(given, &kept);
+            given
+        }
     };
     Saving {
         keep: args.keep.map(|k| k as usize).or(kept.keep),
         checkpoint_every: every,
         checkpoint_minutes: minutes,
+    }
+}
+
+/// A resume given one checkpoint flag drops the run's other (`kept`):
+/// say so, with the flag that keeps it.
+fn warn_replaced(given: (Option<u64>, Option<f64>), kept: &Saving) {
+    match (given, kept.checkpoint_every, kept.checkpoint_minutes) {
+        ((Some(_), None), _, Some(m)) => warn!(
+            "--checkpoint-every replaces the run's checkpoint every {m} minutes; pass --checkpoint-minutes {m} as well to keep it"
+        ),
+        ((None, Some(_)), Some(n), _) => warn!(
+            "--checkpoint-minutes replaces the run's checkpoint every {n} steps; pass --checkpoint-every {n} as well to keep it"
+        ),
+        _ => {}
     }
 }
 
@@ -467,6 +485,21 @@ fn check_warmup(w: f64, run: &RunOptions) -> Result<()> {
 /// fall short of the epochs already trained: the run would stop at once, or
 /// part way through an epoch, as if finished; nor end it within its
 /// warm-up, which would never reach its rate.
+/// `--lr` on a resume sets the rate of the steps to come: refuse it for a
+/// run that has finished its `epochs`, which takes no step.
+fn no_step_left_for_lr(lr: Option<f32>, epochs: usize, ck: &Checkpoint) -> Result<()> {
+    let p = &ck.state.progress;
+    let finished = p.epoch > epochs || (p.epoch_done && p.epoch >= epochs);
+    match lr {
+        Some(lr) if finished => bail!(
+            "--lr {lr:e}: {} has finished its {epochs} epochs, so no step would train at it; add --epochs {} or more",
+            ck.path.display(),
+            epochs + 1
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn check_resumed_epochs(epochs: Option<u64>, ck: &Checkpoint) -> Result<()> {
     let p = &ck.state.progress;
     let done = p.epoch - usize::from(!p.epoch_done);
