@@ -234,14 +234,20 @@ fn bad_flag_values() {
 #[test]
 fn numbers_out_of_range_name_their_flag() {
     let train = ["train", "--cpu", "--data", "no/such/data"];
-    let cases: [(&str, &str, &str); 12] = [
+    let cases: [(&str, &str, &str); 14] = [
         ("--lr", "-1", "must be a positive number"),
         ("--warmup", "-1", "must be a positive number"),
         ("--warmup", "inf", "must be a positive number"),
         ("--lr", "nan", "must be a positive number"),
         ("--lr", "1e40", "out of single precision's range"),
         ("--lr", "fast", "'fast' is not a number"),
-        ("--time-limit", "-5", "must be a positive number"),
+        ("--time-limit", "-5", "must be a positive length of time"),
+        (
+            "--time-limit",
+            "1h30m",
+            "a number and a unit (80m, 1.5h, 2d)",
+        ),
+        ("--workers", "-1", "a whole number from 0 to"),
         ("--time-limit", "1e300", "longer than a clock can count"),
         ("--time-limit", "1:2:3:4", "or [D-]HH:MM:SS"),
         ("--epochs", "-2", "must be at least 1"),
@@ -271,6 +277,10 @@ fn numbers_out_of_range_name_their_flag() {
     assert_error(
         &[&neighbors[..], &["--out", "o.png", "--cell", "2000"]].concat(),
         &["invalid value '2000' for '--cell", "16..=1024"],
+    );
+    assert_error(
+        &["prepare", "--train", "x", "--out", "y", "--quality", "0"],
+        &["invalid value '0' for '--quality", "1..=100"],
     );
     // The hidden data writers: an empty set, or images JPEG cannot hold.
     assert_error(

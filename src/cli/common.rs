@@ -145,10 +145,15 @@ pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
 /// one (`sbatch --time`: `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
 /// `D-HH:MM:SS`), so that a job's limit can be given as it was asked for.
 pub fn length_of_time(s: &str) -> std::result::Result<Duration, String> {
-    let v = match s.contains(':') || s.get(1..).is_some_and(|r| r.contains('-')) {
-        true => slurm_seconds(s).ok_or_else(|| {
-            format!("'{s}' is not a time: seconds (4800), a number and a unit (80m, 1.5h, 2d), or [D-]HH:MM:SS")
-        })?,
+    let not_a_time = || {
+        format!("'{s}' is not a time: seconds (4800), a number and a unit (80m, 1.5h, 2d), or [D-]HH:MM:SS")
+    };
+    // Slurm's day field is digits before a '-' (not an exponent's 1e-3).
+    let day = s
+        .split_once('-')
+        .is_some_and(|(d, _)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let v = match s.contains(':') || day {
+        true => slurm_seconds(s).ok_or_else(not_a_time)?,
         false => {
             let (number, unit) = match s.strip_suffix(['s', 'm', 'h', 'd']) {
                 Some(n) => (n, &s[n.len()..]),
@@ -160,7 +165,11 @@ pub fn length_of_time(s: &str) -> std::result::Result<Duration, String> {
                 "d" => 86400.0,
                 _ => 1.0,
             };
-            positive_number(number)? * scale
+            let n: f64 = number.parse().map_err(|_| not_a_time())?;
+            if !(n > 0.0 && n.is_finite()) {
+                return Err("must be a positive length of time".into());
+            }
+            n * scale
         }
     };
     if v <= 0.0 {
@@ -387,9 +396,11 @@ pub fn flag_value<T: ValueEnum>(v: &T) -> String {
 /// switching and memory, and thousands of them exhaust the process's
 /// memory for stacks.
 pub fn thread_count(s: &str) -> std::result::Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let most = (4 * cores).max(64);
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a count: a whole number from 0 to {most}"))?;
     if n > most {
         return Err(format!(
             "{n} threads on a machine of {cores} cores: pass at most {most} (about one per core is fastest)"
@@ -506,7 +517,12 @@ mod tests {
         assert_eq!(ok("2-12:30"), 217800.0); // days-hours:minutes
         assert_eq!(ok("1-00:00:05"), 86405.0); // days-hours:minutes:seconds
         let bad = |s: &str| length_of_time(s).expect_err(s);
-        assert!(bad("-5").contains("must be a positive number"));
+        assert_eq!(ok("1e-3"), 0.001); // an exponent, not Slurm's days
+        assert!(bad("-5").contains("positive length of time"));
+        // A form not taken names the ones that are.
+        for s in ["1h30m", "90min", "5S", "1e-3x"] {
+            assert!(bad(s).contains("a number and a unit (80m"), "{s}");
+        }
         assert!(bad("0:00").contains("positive length of time"));
         for s in [
             "", "é-1", "1:2:3:4", "1h30", "5x", "1-", "-1:00", "1:-2", "1.5:00", ":30", "1-2-3",

@@ -37,7 +37,7 @@ pub struct PrepareArgs {
     #[arg(long, value_enum, default_value_t = StoreFormat::Jpeg)]
     format: StoreFormat,
     /// JPEG quality, 1 to 100 [default: 90] (--format jpeg only).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: Option<u8>,
     /// Take only this many training images, balanced over classes.
     #[arg(long, value_parser = positive)]
