@@ -229,6 +229,43 @@ fn bad_flag_values() {
     );
 }
 
+/// `train --limit` below the number of classes leaves some without a
+/// training image: refused for class folders and stores alike, naming the
+/// count to pass, as `prepare --limit` is.
+#[test]
+fn a_limit_below_the_class_count_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |name: &str| t.path().join(name).display().to_string();
+    let (ok, err) = run(&[
+        "demo-data",
+        "--out",
+        &s("d"),
+        "--per-class",
+        "3",
+        "--size",
+        "32",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, err) = run(&[
+        "prepare",
+        "--train",
+        &s("d"),
+        "--out",
+        &s("st"),
+        "--size",
+        "32",
+    ]);
+    assert!(ok, "{err}");
+    for data in [s("d"), s("st")] {
+        let train = ["train", "--cpu", "--config", "cifar", "--data", &data];
+        assert_error(
+            &[&train[..], &["--limit", "9", "--out", &s("r")]].concat(),
+            &["--limit 9", "the 10 classes of", "pass --limit 10 or more"],
+        );
+    }
+    assert!(!t.path().join("r").exists());
+}
+
 /// Numbers out of a flag's range, negative ones included, are refused by
 /// the flag's own check, before any data is read, and never panic.
 #[test]

@@ -130,6 +130,7 @@ fn usable_std(std: [f32; 3], data: &Path) -> [f32; 3] {
 fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
     let folder = ImageFolder::scan(root)?;
+    limit_covers_classes(opts, folder.classes().len(), root)?;
     // Small sets (CIFAR, the demo) load in seconds; past that, say how
     // to stop paying the decode on every run.
     let hint = format!(
@@ -331,6 +332,7 @@ fn load_store(
 ) -> Result<TrainData> {
     let store = Arc::new(PackedStore::open(train_dir)?);
     let meta = store.meta().clone();
+    limit_covers_classes(opts, meta.classes.len(), train_dir)?;
     let mean_image = Some(Arc::new(store.mean_image().to_vec()));
     let train: Arc<dyn ImageSource> = Arc::clone(&store) as _;
     let (mut train_idx, val, val_idx, val_digest) = match val_dir {
@@ -407,6 +409,18 @@ fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<Packe
     }
     info!("validating on the {} images of {}", meta.count, v.display());
     Ok(vs)
+}
+
+/// `--limit K` below the number of classes leaves some without a single
+/// training image, whatever the draw: refuse it, as `prepare` does.
+fn limit_covers_classes(opts: &TrainOptions, classes: usize, data: &Path) -> Result<()> {
+    match opts.run.limit {
+        Some(k) if k > 0 && k < classes => Err(Error::Config(format!(
+            "--limit {k}: fewer images than the {classes} classes of {}, so some classes would have none; pass --limit {classes} or more",
+            data.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `--limit K`: K of the store's training images, drawn with the run's
