@@ -264,6 +264,19 @@ fn a_limit_below_the_class_count_is_refused() {
         );
     }
     assert!(!t.path().join("r").exists());
+    // The demo holds out its own 500 (--val does not go with it).
+    assert_error(
+        &[
+            "train",
+            "--cpu",
+            "--demo",
+            "--limit",
+            "100",
+            "--out",
+            &s("r"),
+        ],
+        &["the demo holds out 500", "pass a --limit above 500"],
+    );
 }
 
 /// Numbers out of a flag's range, negative ones included, are refused by

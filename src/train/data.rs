@@ -314,6 +314,12 @@ fn check_held_out(opts: &TrainOptions, n: usize, what: &str) -> Result<()> {
             "--val 0 holds out no images, and the run validates on them (the learning-rate schedule and best.safetensors follow validation error); hold out some, {fix}"
         )));
     }
+    // The demo's held-out count is its own, and --val does not go with it.
+    if val >= n && opts.run.demo {
+        return Err(Error::Config(format!(
+            "{what} has only {n} images, and the demo holds out {val} of them for validation; pass a --limit above {val}"
+        )));
+    }
     if val >= n {
         let given = if opts.val_given { "" } else { " (the default)" };
         return Err(Error::Config(format!(
