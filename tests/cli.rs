@@ -227,6 +227,14 @@ fn bad_flag_values() {
         &["train", "--cpu", "--config", "cifar"],
         &["--data", "--demo"],
     );
+    // A recipe for biases that --init-from loads would set nothing.
+    let init = ["train", "--cpu", "--data", "d", "--init-from", "Cargo.toml"];
+    for fresh in [&[][..], &["--fresh", "fc8"]] {
+        assert_error(
+            &[&init[..], fresh, &["--recipe", "paper"]].concat(),
+            &["--recipe", "it would set none", "--fresh"],
+        );
+    }
 }
 
 /// `train --limit` below the number of classes leaves some without a

@@ -350,6 +350,7 @@ fn options(
     (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(&opts.saving);
     opts.keep = opts.saving.kept();
     if let Some(r) = args.recipe {
+        recipe_has_a_layer(args)?;
         opts.run.init = recipe(r, topo)?;
     }
     if let Some(d) = args.dropout {
@@ -562,6 +563,20 @@ fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
         warn!("--lr-milestones: epoch {late} is after the last epoch ({epochs}); it applies only if the run is extended (train --resume RUN --epochs N)");
     }
     Ok(())
+}
+
+/// --recipe sets the starting biases of the paper's layers of 1; with
+/// --init-from, only those that --fresh starts afresh: refuse it where it
+/// would set none (the checkpoint would record a recipe nothing used).
+fn recipe_has_a_layer(args: &TrainArgs) -> Result<()> {
+    const SET: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
+    if args.init_from.is_none() || args.fresh.iter().any(|l| SET.contains(&l.as_str())) {
+        return Ok(());
+    }
+    bail!(
+        "--recipe: --init-from loads the biases it sets ({}), so it would set none; drop --recipe, or start some of those layers afresh with --fresh",
+        SET.join(", ")
+    )
 }
 
 /// --recipe, refused for configs without the paper's biases of 1.
