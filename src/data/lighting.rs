@@ -5,8 +5,9 @@
 //! "This scheme approximately captures ... that object identity is invariant
 //! to changes in the intensity and color of the illumination."
 //!
-//! Scale: the paper does not say in which units the covariance is taken, and
-//! the offset grows with the square of that unit. We take it over pixel
+//! Scale: the paper does not say in which units the covariance is taken; its
+//! eigenvalues grow with the square of that unit, so the offset in grey
+//! levels grows with the unit itself (x255 from [0, 1]). We take it over pixel
 //! values scaled to [0, 1], as common implementations do: on natural images
 //! the largest eigenvalue is then about 0.15 and a typical offset a few grey
 //! levels. In 0..255 units the same formula would shift pixels by hundreds.
