@@ -286,6 +286,17 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// A lock refused because the file system has none (ENOLCK: an NFS
+/// mount without its lock daemon; EOPNOTSUPP, ENOSYS: a FUSE file system
+/// without flock), not because of this folder.
+fn keeps_no_locks(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ENOLCK) {
+        return true;
+    }
+    e.kind() == std::io::ErrorKind::Unsupported
+}
+
 /// Lock `dir/.lock` for this process (released when it exits, however it
 /// exits), with its pid written in for the next process's error, which
 /// names `holder` ("another training process").
@@ -309,6 +320,13 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
                 pid.trim()
             )));
         }
+        // Some network file systems keep no locks: the run goes on, told
+        // that nothing then keeps a second process out of the folder.
+        Err(TryLockError::Error(e)) if keeps_no_locks(&e) => tracing::warn!(
+            "{}: could not lock it ({e}; its file system keeps no locks): nothing stops {holder} from writing into {} at the same time; run one at a time there",
+            path.display(),
+            dir.display()
+        ),
         Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     let pid = std::process::id().to_string();
@@ -316,4 +334,25 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
         .and_then(|()| f.write_all(pid.as_bytes()))
         .map_err(|e| Error::io(&path, e))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keeps_no_locks;
+    use std::io::Error;
+
+    /// Linux's numbers (asm-generic/errno.h): ENOLCK 37, ENOSYS 38,
+    /// EOPNOTSUPP 95 mean a file system without locks; EACCES 13 and
+    /// ENOSPC 28 are faults of this folder, which stay errors.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_file_system_without_locks_is_taken_for_one() {
+        for (errno, none) in [(37, true), (38, true), (95, true), (13, false), (28, false)] {
+            assert_eq!(
+                keeps_no_locks(&Error::from_raw_os_error(errno)),
+                none,
+                "{errno}"
+            );
+        }
+    }
 }
