@@ -227,6 +227,15 @@ fn bad_flag_values() {
         &["train", "--cpu", "--config", "cifar"],
         &["--data", "--demo"],
     );
+    // A CUDA-only flag on the CPU says to drop it.
+    assert_error(
+        &["train", "--cpu", "--demo", "--deterministic"],
+        &[
+            "--deterministic",
+            "no meaning with the CPU backend",
+            "drop it",
+        ],
+    );
     // A recipe for biases that --init-from loads would set nothing.
     let init = ["train", "--cpu", "--data", "d", "--init-from", "Cargo.toml"];
     for fresh in [&[][..], &["--fresh", "fc8"]] {

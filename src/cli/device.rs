@@ -249,7 +249,7 @@ impl DeviceArgs {
             (self.deterministic, "deterministic"),
         ];
         if let Some((_, name)) = cuda_only.iter().find(|(on, _)| *on) {
-            bail!("--{name} selects how CUDA computes; it has no meaning with the CPU backend");
+            bail!("--{name} selects how CUDA computes; it has no meaning with the CPU backend (which computes in strict fp32 and repeats bit for bit): drop it, or pass --gpus");
         }
         Ok(())
     }
