@@ -1649,8 +1649,10 @@ fn a_raw_store_that_cannot_fit_is_refused_before_any_image_is_read() -> TestResu
     let each = 4096u64 * 4096 * 3;
     let n = df_free(t.path())? / each + 20;
     links(&pic, &t.path().join("tree"), n)?;
+    // Every link now holds no image: a prepare that read any before its
+    // room check would count them as unreadable, not as images to write.
+    fs::write(&pic, b"not a JPEG")?;
     let out = t.path().join("stores");
-    let start = std::time::Instant::now();
     let tree = t.path().join("tree");
     let err = refused_for_room(
         &["--size", "4096", "--format", "raw"],
@@ -1665,12 +1667,7 @@ fn a_raw_store_that_cannot_fit_is_refused_before_any_image_is_read() -> TestResu
     );
     assert!(err.contains(&out.to_string_lossy().into_owned()), "{err}");
     assert!(!out.exists(), "the refused store left a folder behind");
-    // Decoding and scaling thousands of images to 4096 would take minutes.
-    assert!(
-        start.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(!err.contains("could not be read"), "{err}");
     Ok(())
 }
 

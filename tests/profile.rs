@@ -73,11 +73,10 @@ fn laps_see_every_op_once_and_change_nothing() {
         let laps = timed.take_laps().unwrap();
         let seen: Vec<_> = laps.iter().map(|l| (l.layer, l.part)).collect();
         assert_eq!(seen, expected_ops(&topo), "step {step}");
-        // The laps are back to back inside the step, and they are most of
-        // it: the ops are the step's work, the glue between them is not.
+        // The laps are back to back inside the step: together no longer
+        // than it (how much of it they cover is the machine's, not tested).
         let sum: f64 = laps.iter().map(|l| l.seconds).sum();
         assert!(sum <= wall, "laps {sum} s in a step of {wall} s");
-        assert!(sum > 0.5 * wall, "laps {sum} s of a step of {wall} s");
     }
     for name in timed.param_names() {
         assert_eq!(
