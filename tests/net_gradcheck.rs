@@ -38,6 +38,7 @@ fn network_gradients_match_finite_differences_with_dropout() {
     net.backward().expect("backward");
     let eps = 1e-3f32;
     let mut worst = 0.0f64;
+    let mut random_worst = 0.0f64;
     for name in net.param_names() {
         let grad = net.grad(&name).expect("grad");
         let w0 = net.param(&name).expect("param");
@@ -45,8 +46,7 @@ fn network_gradients_match_finite_differences_with_dropout() {
         // loss differences resolve them.
         let mut idx: Vec<usize> = (0..grad.len()).collect();
         idx.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
-        let mut tensor_worst = 0.0f64;
-        for &i in idx.iter().take(3) {
+        let mut numeric_at = |i: usize| {
             let mut w = w0.clone();
             w[i] = w0[i] + eps;
             net.set_param(&name, &w).expect("set");
@@ -55,11 +55,24 @@ fn network_gradients_match_finite_differences_with_dropout() {
             net.set_param(&name, &w).expect("set");
             let down = loss(&mut net);
             net.set_param(&name, &w0).expect("restore");
-            let numeric = (up - down) / (2.0 * eps as f64);
-            let analytic = grad[i] as f64;
+            (up - down) / (2.0 * eps as f64)
+        };
+        let mut tensor_worst = 0.0f64;
+        for &i in idx.iter().take(3) {
+            let (analytic, numeric) = (grad[i] as f64, numeric_at(i));
             // |a - n| / max(|a|, |n|, 1e-3)
             let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-3);
             tensor_worst = max_nan(tensor_worst, rel);
+        }
+        // Five entries drawn at random, against the tensor's largest
+        // gradient (most are too small for a relative error in f32): a
+        // wiring error that zeroes part of a gradient, such as one group's
+        // half, never ranks among the largest.
+        let largest = grad[idx[0]].abs() as f64;
+        for _ in 0..5 {
+            let i = rng.below(grad.len());
+            let off = (grad[i] as f64 - numeric_at(i)).abs() / largest.max(1e-3);
+            random_worst = max_nan(random_worst, off);
         }
         println!(
             "net gradcheck {name}: max rel err {tensor_worst:.2e} (largest |grad| {:.3e})",
@@ -70,6 +83,13 @@ fn network_gradients_match_finite_differences_with_dropout() {
     // f32 forward passes, and ReLU/max-pool kinks within eps of a sample, bound
     // the agreement; a wiring error (a wrong mask, a missing stage) is O(1).
     assert!(worst < 5e-2, "max relative error {worst:.3e}");
+    // Measured 1.5e-2 at most. Zeroing the second half of conv1's, conv2's
+    // or conv4's gradient gives 7e-2 to 4e-1 here; conv5's goes unseen by
+    // these draws, so this narrows the gap, it does not close it.
+    assert!(
+        random_worst < 5e-2,
+        "entries drawn at random: max error {random_worst:.3e} of the largest gradient"
+    );
 }
 
 #[test]
