@@ -137,13 +137,17 @@ fn too_few_images_for_the_validation_split() {
         "train", "--cpu", "--config", "cifar", "--data", data, "--limit", "4", "--val", "4",
     ];
     assert_error(&limited, &["--val 4:", "4 images"]);
-    // A set of one image has no fix in --val (the old one said --val 1).
+    // A set of one image has no fix in --val (the old one said --val 1):
+    // the limit, below the 3 classes, is what is refused.
     let one = [
         "train", "--cpu", "--config", "cifar", "--data", data, "--limit", "1", "--val", "1",
     ];
     assert_error(
         &one,
-        &["the data set cut to --limit 1 has 1 image: too few to train on some and validate on others"],
+        &[
+            "--limit 1: fewer images than the 3 classes",
+            "pass --limit 3 or more",
+        ],
     );
     // None held out: validation would be NaN and the schedule would drop
     // the learning rate every epoch.
