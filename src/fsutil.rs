@@ -297,6 +297,23 @@ fn keeps_no_locks(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Unsupported
 }
 
+/// `f.try_lock()`, tried again for up to a second while it would block: a
+/// lock can outlive its holder's close for a moment, when a child process
+/// being started elsewhere in the same process holds a copy of the
+/// descriptor until its exec closes it. A lock held by a running process
+/// still refuses, a second later.
+fn try_lock_briefly(f: &File) -> std::result::Result<(), TryLockError> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match f.try_lock() {
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Lock `dir/.lock` for this process (released when it exits, however it
 /// exits), with its pid written in for the next process's error, which
 /// names `holder` ("another training process").
@@ -309,7 +326,7 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    match f.try_lock() {
+    match try_lock_briefly(&f) {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let mut pid = String::new();
