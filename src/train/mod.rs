@@ -429,13 +429,15 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// A checkpoint of the state now, unless the newest one holds it.
+    /// A checkpoint of the state now, unless the newest one holds it or
+    /// no step has trained (a fresh run's first batch: nothing to keep).
     fn save_unsaved(&mut self) -> Result<()> {
         self.finish_write()?;
         let Some(d) = &self.run_dir else {
             return Ok(());
         };
-        if d.last_step() == Some(self.state.progress.step) {
+        let step = self.state.progress.step;
+        if step == 0 || d.last_step() == Some(step) {
             return Ok(());
         }
         self.read_steps()?;
