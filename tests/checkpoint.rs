@@ -1304,6 +1304,16 @@ fn jsonl_metrics_and_init_from() {
     args.extend(["--fresh".into(), "fc8".into()]);
     let err = String::from_utf8_lossy(&run(&args).stderr).into_owned();
     assert!(err.contains("--init-from"), "{err}");
+    // Every layer fresh would load nothing.
+    let every = "conv1,conv2,conv3,conv4,conv5,fc6,fc7,fc8";
+    let mut args = train_args(&d, &t.path().join("e"), 1);
+    args.extend(["--init-from", &c.display().to_string(), "--fresh", every].map(String::from));
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains("--fresh names every layer of config cifar"),
+        "{err}"
+    );
 }
 
 /// A safetensors tensor's little-endian f32s.

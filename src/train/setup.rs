@@ -227,6 +227,12 @@ pub fn check_fresh(opts: &TrainOptions, topo: &Topology) -> Result<()> {
             names.join(", ")
         )));
     }
+    if names.iter().all(|n| opts.fresh.iter().any(|f| f == n)) {
+        return Err(Error::Config(format!(
+            "--fresh names every layer of config {}, so --init-from would load nothing; drop both for a fresh run, or leave out of --fresh the layers to load",
+            topo.name
+        )));
+    }
     if !opts.fresh.is_empty() && opts.init_from.is_none() {
         return Err(Error::Config(
             "--fresh names layers to leave out of --init-from's weights; pass --init-from too"
