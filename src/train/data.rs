@@ -131,6 +131,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
     let folder = ImageFolder::scan(root)?;
     limit_covers_classes(opts, folder.classes().len(), root)?;
+    warn_of_a_limit_above(opts, folder.len(), root);
     // Small sets (CIFAR, the demo) load in seconds; past that, say how
     // to stop paying the decode on every run.
     let hint = format!(
@@ -429,6 +430,17 @@ fn limit_covers_classes(opts: &TrainOptions, classes: usize, data: &Path) -> Res
     }
 }
 
+/// `--limit K` above the `n` images there are takes them all: said, as
+/// `prepare --limit` says it (a typo would otherwise pass unseen).
+fn warn_of_a_limit_above(opts: &TrainOptions, n: usize, data: &Path) {
+    if let Some(k) = opts.run.limit.filter(|&k| k > n) {
+        tracing::warn!(
+            "--limit {k}: {} has only {n} images to draw from; all of them are used",
+            data.display()
+        );
+    }
+}
+
 /// `--limit K`: K of the store's training images, drawn with the run's
 /// seed and kept in store order.
 fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
@@ -438,6 +450,7 @@ fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
                 "--limit 0 selects no images; pass a positive limit or leave it out".into(),
             ));
         }
+        warn_of_a_limit_above(opts, train_idx.len(), &opts.data);
         crate::rng::Rng::derive(opts.run.seed, 0x004C_494D_4954).shuffle(train_idx);
         train_idx.truncate(k);
         train_idx.sort_unstable();
