@@ -296,7 +296,7 @@ fn a_limit_below_the_class_count_is_refused() {
             &[&train[..], &run_args, &out].concat(),
             &[("RUST_LOG", "warn")],
         );
-        let want = format!("--limit 100000: {data} has only {n} images to draw from");
+        let want = format!("--limit 100000: {data} has only {n} images; all of them are used");
         assert!(ok && err.contains(&want), "{want}: {err}");
     }
     // The demo holds out its own 500 (--val does not go with it).

@@ -36,7 +36,7 @@ pub use loader::{
 pub use packed::{Encoding, PackedStore, StoreMeta};
 pub use pool::Pool;
 pub use store::{
-    balanced_subset, folder_digest, held_out_files, limited_len, store_digest, BuildOptions,
-    ImageSet,
+    balanced_subset, folder_digest, held_out_files, limit_covers_classes, limited_len,
+    store_digest, warn_of_a_limit_above, BuildOptions, ImageSet,
 };
 pub use synth::{write_demo_dataset, write_demo_test, write_demo_train};

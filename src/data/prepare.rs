@@ -35,7 +35,7 @@ use super::packed::{
     is_unfinished_store, read_meta, remove_leftovers, Encoding, Stats, StoreMeta, StoreWriter,
     MAX_SIDE,
 };
-use super::store::{balanced_subset, RgbSums};
+use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{Error, Result};
 use crate::fsutil::{
     lock_folder, refuse_file_in_the_way, resolved, short_of_room, size, write_atomic,
@@ -152,21 +152,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         if k == 0 {
             return Err(Error::Config("--limit 0 selects no images".into()));
         }
-        if k < classes.len() {
-            return Err(Error::Config(format!(
-                "--limit {k}: fewer images than the {} classes of {}, so some classes would have none; pass --limit {} or more",
-                classes.len(),
-                opts.train.display(),
-                classes.len()
-            )));
-        }
-        if k > items.len() {
-            tracing::warn!(
-                "--limit {k}: {} has only {} images; all of them are used",
-                opts.train.display(),
-                items.len()
-            );
-        }
+        limit_covers_classes(k, classes.len(), &opts.train)?;
+        warn_of_a_limit_above(k, items.len(), &opts.train);
         items = balanced_subset(&folder, k)
             .into_iter()
             .map(|i| items[i].clone())

@@ -317,6 +317,30 @@ pub fn limited_len(len: usize, limit: Option<usize>) -> usize {
     limit.map_or(len, |k| k.min(len))
 }
 
+/// `--limit k` below the number of `classes` leaves some without a single
+/// image, whatever the draw: refused (by `prepare` and `train` alike),
+/// naming the limit that covers them.
+pub fn limit_covers_classes(k: usize, classes: usize, data: &std::path::Path) -> Result<()> {
+    if k < classes {
+        return Err(Error::Config(format!(
+            "--limit {k}: fewer images than the {classes} classes of {}, so some classes would have none; pass --limit {classes} or more",
+            data.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `--limit k` above the `n` images there are takes them all: said, since
+/// a typo would otherwise pass unseen.
+pub fn warn_of_a_limit_above(k: usize, n: usize, data: &std::path::Path) {
+    if k > n {
+        tracing::warn!(
+            "--limit {k}: {} has only {n} images; all of them are used",
+            data.display()
+        );
+    }
+}
+
 /// Indices into `folder.items()` of the images a run with `--limit`
 /// decodes: the balanced subset of `limit`, or every image.
 pub fn limited(folder: &ImageFolder, limit: Option<usize>) -> Vec<usize> {

@@ -13,8 +13,9 @@ use crate::data::duplicates::{pixel_hash, warn_in_folder};
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
 use crate::data::store::limited;
 use crate::data::{
-    folder_digest, held_out_files, limited_len, store_digest, workers_for, BuildOptions, HostAlloc,
-    ImageFolder, ImageSet, ImageSource, Lighting, LoaderConfig, Pca,
+    folder_digest, held_out_files, limit_covers_classes, limited_len, store_digest,
+    warn_of_a_limit_above, workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet,
+    ImageSource, Lighting, LoaderConfig, Pca,
 };
 use crate::error::{Error, Result};
 use crate::memory::Room;
@@ -130,8 +131,10 @@ fn usable_std(std: [f32; 3], data: &Path) -> [f32; 3] {
 fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
     let folder = ImageFolder::scan(root)?;
-    limit_covers_classes(opts, folder.classes().len(), root)?;
-    warn_of_a_limit_above(opts, folder.len(), root);
+    if let Some(k) = opts.run.limit.filter(|&k| k > 0) {
+        limit_covers_classes(k, folder.classes().len(), root)?;
+        warn_of_a_limit_above(k, folder.len(), root);
+    }
     // Small sets (CIFAR, the demo) load in seconds; past that, say how
     // to stop paying the decode on every run.
     let hint = format!(
@@ -339,7 +342,9 @@ fn load_store(
 ) -> Result<TrainData> {
     let store = Arc::new(PackedStore::open(train_dir)?);
     let meta = store.meta().clone();
-    limit_covers_classes(opts, meta.classes.len(), train_dir)?;
+    if let Some(k) = opts.run.limit.filter(|&k| k > 0) {
+        limit_covers_classes(k, meta.classes.len(), train_dir)?;
+    }
     let mean_image = Some(Arc::new(store.mean_image().to_vec()));
     let train: Arc<dyn ImageSource> = Arc::clone(&store) as _;
     let (mut train_idx, val, val_idx, val_digest) = match val_dir {
@@ -418,29 +423,6 @@ fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<Packe
     Ok(vs)
 }
 
-/// `--limit K` below the number of classes leaves some without a single
-/// training image, whatever the draw: refuse it, as `prepare` does.
-fn limit_covers_classes(opts: &TrainOptions, classes: usize, data: &Path) -> Result<()> {
-    match opts.run.limit {
-        Some(k) if k > 0 && k < classes => Err(Error::Config(format!(
-            "--limit {k}: fewer images than the {classes} classes of {}, so some classes would have none; pass --limit {classes} or more",
-            data.display()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// `--limit K` above the `n` images there are takes them all: said, as
-/// `prepare --limit` says it (a typo would otherwise pass unseen).
-fn warn_of_a_limit_above(opts: &TrainOptions, n: usize, data: &Path) {
-    if let Some(k) = opts.run.limit.filter(|&k| k > n) {
-        tracing::warn!(
-            "--limit {k}: {} has only {n} images to draw from; all of them are used",
-            data.display()
-        );
-    }
-}
-
 /// `--limit K`: K of the store's training images, drawn with the run's
 /// seed and kept in store order.
 fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
@@ -450,7 +432,7 @@ fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
                 "--limit 0 selects no images; pass a positive limit or leave it out".into(),
             ));
         }
-        warn_of_a_limit_above(opts, train_idx.len(), &opts.data);
+        warn_of_a_limit_above(k, train_idx.len(), &opts.data);
         crate::rng::Rng::derive(opts.run.seed, 0x004C_494D_4954).shuffle(train_idx);
         train_idx.truncate(k);
         train_idx.sort_unstable();
