@@ -218,6 +218,11 @@ impl Progress {
         self.seen = 0;
         self.epoch_so_far = EpochSoFar::default();
     }
+
+    /// Every one of `epochs` trained and validated: no step is left.
+    pub fn finished(&self, epochs: usize) -> bool {
+        self.epoch + usize::from(self.epoch_done) > epochs
+    }
 }
 
 /// Everything in a checkpoint besides tensors.

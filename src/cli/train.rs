@@ -350,8 +350,8 @@ fn options(
     (opts.checkpoint_every, opts.checkpoint_interval) = checkpoint_policy(&opts.saving);
     opts.keep = opts.saving.kept();
     if let Some(r) = args.recipe {
-        recipe_has_a_layer(args)?;
         opts.run.init = recipe(r, topo)?;
+        recipe_has_a_layer(args, topo)?;
     }
     if let Some(d) = args.dropout {
         opts.run.dropout = d.into();
@@ -486,21 +486,6 @@ fn check_warmup(w: f64, run: &RunOptions) -> Result<()> {
 /// fall short of the epochs already trained: the run would stop at once, or
 /// part way through an epoch, as if finished; nor end it within its
 /// warm-up, which would never reach its rate.
-/// `--lr` on a resume sets the rate of the steps to come: refuse it for a
-/// run that has finished its `epochs`, which takes no step.
-fn no_step_left_for_lr(lr: Option<f32>, epochs: usize, ck: &Checkpoint) -> Result<()> {
-    let p = &ck.state.progress;
-    let finished = p.epoch > epochs || (p.epoch_done && p.epoch >= epochs);
-    match lr {
-        Some(lr) if finished => bail!(
-            "--lr {lr:e}: {} has finished its {epochs} epochs, so no step would train at it; add --epochs {} or more",
-            ck.path.display(),
-            epochs + 1
-        ),
-        _ => Ok(()),
-    }
-}
-
 fn check_resumed_epochs(epochs: Option<u64>, ck: &Checkpoint) -> Result<()> {
     let p = &ck.state.progress;
     let done = p.epoch - usize::from(!p.epoch_done);
@@ -543,6 +528,19 @@ fn check_held_out_flag(args: &TrainArgs, data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--lr` on a resume sets the rate of the steps to come: refuse it for a
+/// run that has finished its `epochs`, which takes no step.
+fn no_step_left_for_lr(lr: Option<f32>, epochs: usize, ck: &Checkpoint) -> Result<()> {
+    match lr {
+        Some(lr) if ck.state.progress.finished(epochs) => bail!(
+            "--lr {lr:e}: {} has finished its {epochs} epochs, so no step would train at it; add --epochs {} or more",
+            ck.path.display(),
+            epochs + 1
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Milestones count epochs from 1 (0 would never apply); one past the
 /// last epoch applies only if the run is extended with --resume --epochs.
 fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
@@ -565,17 +563,23 @@ fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
     Ok(())
 }
 
-/// --recipe sets the starting biases of the paper's layers of 1; with
-/// --init-from, only those that --fresh starts afresh: refuse it where it
-/// would set none (the checkpoint would record a recipe nothing used).
-fn recipe_has_a_layer(args: &TrainArgs) -> Result<()> {
-    const SET: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
-    if args.init_from.is_none() || args.fresh.iter().any(|l| SET.contains(&l.as_str())) {
+/// --recipe sets the starting biases of `topo`'s layers the paper starts
+/// at 1; with --init-from, only those that --fresh starts afresh: refuse it
+/// where it would set none (the checkpoint would record a recipe nothing
+/// used).
+fn recipe_has_a_layer(args: &TrainArgs, topo: &Topology) -> Result<()> {
+    let set: Vec<&str> = topo
+        .layers
+        .iter()
+        .filter(|l| l.bias == 1.0)
+        .map(|l| l.name)
+        .collect();
+    if args.init_from.is_none() || args.fresh.iter().any(|l| set.contains(&l.as_str())) {
         return Ok(());
     }
     bail!(
         "--recipe: --init-from loads the biases it sets ({}), so it would set none; drop --recipe, or start some of those layers afresh with --fresh",
-        SET.join(", ")
+        set.join(", ")
     )
 }
 
@@ -663,18 +667,12 @@ fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, Receiver<()>)
 }
 
 /// Whether `sig` is ignored (SIG_IGN), as `nohup` leaves SIGHUP.
-#[cfg(unix)]
 fn ignored(sig: i32) -> bool {
     // SAFETY: sigaction with a null new action only reads the current one
     // into `old`, a plain C struct for which all zeroes is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
     rc == 0 && old.sa_sigaction == libc::SIG_IGN
-}
-
-#[cfg(not(unix))]
-fn ignored(_sig: i32) -> bool {
-    false
 }
 
 /// A signal this soon after the first is the same request delivered twice:

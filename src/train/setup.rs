@@ -415,7 +415,7 @@ pub fn continue_at(state: &mut RunState, opts: &TrainOptions) {
     if state.progress.epoch_done {
         state.progress.next_epoch();
     }
-    if let (Some(ck), true) = (&opts.resume, state.progress.epoch > opts.run.epochs) {
+    if let (Some(ck), true) = (&opts.resume, state.progress.finished(opts.run.epochs)) {
         info!(
             "{}: the run has finished its {} epochs; pass --epochs N to extend it",
             ck.path.display(),
