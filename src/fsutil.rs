@@ -290,11 +290,7 @@ pub fn size(bytes: u64) -> String {
 /// mount without its lock daemon; EOPNOTSUPP, ENOSYS: a FUSE file system
 /// without flock), not because of this folder.
 fn keeps_no_locks(e: &std::io::Error) -> bool {
-    #[cfg(unix)]
-    if e.raw_os_error() == Some(libc::ENOLCK) {
-        return true;
-    }
-    e.kind() == std::io::ErrorKind::Unsupported
+    e.raw_os_error() == Some(libc::ENOLCK) || e.kind() == std::io::ErrorKind::Unsupported
 }
 
 /// `f.try_lock()`, tried again for up to a second while it would block: a

@@ -167,6 +167,12 @@ impl EpochClock {
         }
     }
 
+    /// Images a second of compute over the epoch so far.
+    pub fn compute_rate(&self) -> f64 {
+        let all = self.so_far(0.0);
+        all.images as f64 / all.compute_s.max(1e-9)
+    }
+
     /// The share of step time spent waiting for data (0 when no step ran).
     pub fn wait_share(&self) -> f64 {
         let all = self.so_far(0.0);

@@ -179,10 +179,7 @@ pub fn epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: u
         100.0 * s.val_top1,
         100.0 * s.val_top5,
         s.images_per_s,
-        {
-            let all = clock.so_far(0.0);
-            all.images as f64 / all.compute_s.max(1e-9)
-        },
+        clock.compute_rate(),
         100.0 * s.data_wait,
         s.elapsed_s
     );

@@ -619,8 +619,8 @@ impl RunDir {
     }
 
     /// A run stopped by a failed write in its folder other than a
-    /// checkpoint's (the metrics files, TensorBoard's, best.safetensors,
-    /// pruning): the same way on as after a checkpoint's. Other errors are
+    /// checkpoint's (the metrics files, TensorBoard's, best.safetensors):
+    /// the same way on as after a checkpoint's. Other errors are
     /// left as they are.
     pub fn after_failure(&self, e: Error) -> Error {
         match &e {
