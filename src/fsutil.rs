@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -335,11 +336,15 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
         }
         // Some network file systems keep no locks: the run goes on, told
         // that nothing then keeps a second process out of the folder.
-        Err(TryLockError::Error(e)) if keeps_no_locks(&e) => tracing::warn!(
-            "{}: could not lock it ({e}; its file system keeps no locks): nothing stops {holder} from writing into {} at the same time; run one at a time there",
-            path.display(),
-            dir.display()
-        ),
+        Err(TryLockError::Error(e)) if keeps_no_locks(&e) => {
+            if first_time_unlocked(dir) {
+                tracing::warn!(
+                    "{}: could not lock it ({e}; its file system keeps no locks): nothing stops {holder} from writing into {} at the same time; run one at a time there",
+                    path.display(),
+                    dir.display()
+                );
+            }
+        }
         Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     let pid = std::process::id().to_string();
@@ -349,10 +354,34 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
     Ok(f)
 }
 
+/// True the first time `dir` could not be locked in this process: `train`
+/// locks its folder twice as it starts (a cheap check before the data
+/// loads, then the run itself), and one warning says it all.
+fn first_time_unlocked(dir: &Path) -> bool {
+    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    let first = !warned.iter().any(|d| d == dir);
+    if first {
+        warned.push(dir.to_path_buf());
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
-    use super::keeps_no_locks;
+    use super::{first_time_unlocked, keeps_no_locks};
     use std::io::Error;
+    use std::path::Path;
+
+    /// One warning per folder, however often it is locked; another folder
+    /// gets its own.
+    #[test]
+    fn a_folder_without_locks_is_warned_of_once() {
+        let (a, b) = (Path::new("/no-locks-a"), Path::new("/no-locks-b"));
+        assert!(first_time_unlocked(a));
+        assert!(!first_time_unlocked(a));
+        assert!(first_time_unlocked(b));
+    }
 
     /// Linux's numbers (asm-generic/errno.h): ENOLCK 37, ENOSYS 38,
     /// EOPNOTSUPP 95 mean a file system without locks; EACCES 13 and
