@@ -942,6 +942,39 @@ fn build_stops_at_a_bad_file_and_names_it() -> TestResult {
     Ok(())
 }
 
+/// Several bad images: prepare's way around them is offered, since it
+/// skips images that do not decode. Files that cannot be read at all (a
+/// link to a drive not mounted) prepare refuses too, so the fix offered
+/// is the files' own.
+#[test]
+fn build_offers_prepare_only_for_images_that_do_not_decode() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(
+        t.path(),
+        &[("a", &["1.jpg", "2.jpg", "3.jpg"]), ("b", &["1.jpg"])],
+    )?;
+    let mut o = BuildOptions::new(8);
+    o.progress = false;
+    fs::write(t.path().join("a/1.jpg"), "truncated")?;
+    fs::write(t.path().join("a/2.jpg"), "truncated")?;
+    let msg = data_err_text(ImageSet::build(&ImageFolder::scan(t.path())?, &o));
+    assert!(msg.contains("2 of 4 images could not be read"), "{msg}");
+    assert!(
+        msg.contains("remove or replace them, or pack the folder with `alexnet-cuda prepare`"),
+        "{msg}"
+    );
+    fs::remove_file(t.path().join("a/2.jpg"))?;
+    std::os::unix::fs::symlink("/nonexistent/mnt/2.jpg", t.path().join("a/2.jpg"))?;
+    let msg = data_err_text(ImageSet::build(&ImageFolder::scan(t.path())?, &o));
+    assert!(msg.contains("2 of 4 images could not be read"), "{msg}");
+    assert!(
+        msg.contains("fix their permission, disk or mount, or remove them"),
+        "{msg}"
+    );
+    assert!(!msg.contains("prepare"), "{msg}");
+    Ok(())
+}
+
 #[test]
 fn build_decodes_every_image_in_order() -> TestResult {
     let t = TempDir::new()?;

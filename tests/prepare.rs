@@ -233,6 +233,41 @@ fn bad_files_are_skipped_counted_and_listed_and_odd_formats_decode() -> TestResu
     Ok(())
 }
 
+/// Files that cannot be read (here links to a drive not mounted) are
+/// named all at once, those in later chunks too (2,048 images a chunk at
+/// 16x16), rather than one a run; nothing is committed.
+#[test]
+fn every_unreadable_file_is_named_in_one_refusal() -> TestResult {
+    use std::os::unix::fs::symlink;
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    let (a, b) = (train.join("n01_a"), train.join("n02_b"));
+    fs::create_dir_all(&a)?;
+    fs::create_dir_all(&b)?;
+    let real = t.path().join("real.jpg");
+    fs::write(&real, jpeg_bytes(&picture(16, 16, 1), 95))?;
+    for i in 1..=2050 {
+        symlink(&real, a.join(format!("{i:04}.jpg")))?;
+    }
+    fs::write(b.join("b.jpg"), jpeg_bytes(&picture(16, 16, 2), 95))?;
+    // Sorted, 0000 and 0500 fall in the first chunk, 9999 in the second.
+    for name in ["0000.jpg", "0500x.jpg", "9999.jpg"] {
+        symlink(format!("/nonexistent/mnt/{name}"), a.join(name))?;
+    }
+    let out = t.path().join("store");
+    let e = prepare(&opts(&train, &out, 16, Encoding::Raw))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 files could not be read"), "{e}");
+    for name in ["0000.jpg", "0500x.jpg", "9999.jpg"] {
+        let link = format!("{name}: a link to /nonexistent/mnt/{name}, which does not exist");
+        assert!(e.contains(&link), "{name} not named: {e}");
+    }
+    assert!(e.contains("nothing was committed"), "{e}");
+    assert!(!out.join("train/meta.json").exists());
+    Ok(())
+}
+
 #[test]
 fn files_not_read_are_named_in_one_warning() -> TestResult {
     let t = TempDir::new()?;

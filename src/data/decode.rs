@@ -84,11 +84,27 @@ pub fn unread_error(mut failed: Vec<Error>, n: usize) -> Error {
     if failed.len() == 1 {
         return failed.remove(0);
     }
+    // Decoding errors are the files' own; others (permission, disk, a
+    // link to nothing) are fixed where the files are, not in them.
+    let fix = match failed.iter().all(|e| matches!(e, Error::Image { .. })) {
+        true => "remove or replace them",
+        false => "fix their permission, disk or mount, or remove them",
+    };
     Error::Data(format!(
-        "{} of {n} images could not be read: {}; remove or replace them",
+        "{} of {n} images could not be read: {}; {fix}",
         failed.len(),
         list_failures(&failed)
     ))
+}
+
+/// Whether `path` opens for reading (its permission, its disk, a link's
+/// target), with the error [`decode_file`] would give if not. Cheap: no
+/// byte is read.
+pub fn can_open(path: &Path) -> Result<()> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(read_error(path, e)),
+    }
 }
 
 /// A folder where an image file was expected (e.g. `predict DIR`) is

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::decode::{decode_file, encode_jpeg};
+use super::decode::{can_open, decode_file, encode_jpeg};
 use super::duplicates::{self, pixel_hash, Duplicates, Hashed};
 use super::folder::{
     image_kinds, is_hidden, is_image_name, not_a_folder, read_dir_sorted, ImageFolder, Kind,
@@ -36,7 +36,7 @@ use super::packed::{
     MAX_SIDE,
 };
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
-use crate::error::{Error, Result};
+use crate::error::{list_failures, Error, Result};
 use crate::fsutil::{
     lock_folder, refuse_file_in_the_way, resolved, short_of_room, size, write_atomic,
 };
@@ -696,10 +696,31 @@ impl Totals {
 /// A listed file that could not be read (permission, disk, mount, or
 /// gone since the scan) stops the store: leaving it out like a bad image
 /// would quietly drop a share of the data set if a mount flickers.
-fn unread(e: Error, source: &Path) -> Error {
+/// The error for the files of a chunk that could not be read (`failed`),
+/// with every file of `rest` that cannot even be opened, so that a tree
+/// copied with the wrong owner is named whole in one run, not a file a run.
+fn unread(failed: Vec<Error>, rest: &[(PathBuf, u32)], source: &Path) -> Error {
+    if !rest.is_empty() {
+        tracing::info!(
+            "prepare: opening the {} images after it, to name every one that cannot be read",
+            rest.len()
+        );
+    }
+    let later = rest.par_iter().filter_map(|(p, _)| can_open(p).err());
+    let errors: Vec<Error> = failed
+        .into_iter()
+        .chain(later.collect::<Vec<_>>())
+        .collect();
+    let (what, them, it) = match errors.len() {
+        1 => (errors[0].brief(), "the file's", "it"),
+        n => (
+            format!("{n} files could not be read: {}", list_failures(&errors)),
+            "their",
+            "them",
+        ),
+    };
     Error::Data(format!(
-        "{}: a read error, not a bad image, so prepare stops rather than leave it out; nothing was committed (a previous store, if any, is untouched); fix the file's permission, disk or mount, or move it out of {}, and run prepare again",
-        e.brief(),
+        "{what}: a read error, not a bad image, so prepare stops rather than leave {it} out; nothing was committed (a previous store, if any, is untouched); fix {them} permission, disk or mount, or move {it} out of {}, and run prepare again",
         source.display()
     ))
 }
@@ -833,6 +854,7 @@ fn write_store(
             .reduce(Acc::new, Acc::merge);
         let mut acc = acc;
         acc.out.sort_unstable_by_key(|(i, _)| *i);
+        let mut unreadable = Vec::new();
         for (i, r) in std::mem::take(&mut acc.out) {
             let (path, label) = &chunk[i];
             match r {
@@ -843,7 +865,7 @@ fn write_store(
                     hashes.push((hash, c * chunk_len + i));
                 }
                 Err(e) if matches!(e, Error::Io { .. }) || is_broken_link(path) => {
-                    return Err(unread(e, source))
+                    unreadable.push(e)
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -854,6 +876,9 @@ fn write_store(
             }
         }
         let n = c * chunk_len + chunk.len();
+        if !unreadable.is_empty() {
+            return Err(unread(unreadable, &items[n..], source));
+        }
         if !writer.is_empty() {
             let each = writer.data_bytes() as f64 / writer.len() as f64;
             let basis = format!("measured over the {} written so far", writer.len());

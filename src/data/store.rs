@@ -434,8 +434,9 @@ fn unreadable(folder: &ImageFolder, n: usize, failed: Vec<(usize, Error)>) -> Op
     if failed.is_empty() {
         return None;
     }
-    let several = failed.len() > 1;
     let errors: Vec<Error> = failed.into_iter().map(|(_, e)| e).collect();
+    // prepare skips images that do not decode, not files it cannot read.
+    let several = errors.len() > 1 && errors.iter().all(|e| matches!(e, Error::Image { .. }));
     Some(match unread_error(errors, n) {
         Error::Data(m) if several => Error::Data(format!(
             "{}: {m}, or pack the folder with `alexnet-cuda prepare`, which skips unreadable images and lists them",
