@@ -39,6 +39,12 @@ pub enum Error {
     #[error("{what}: the run diverged; {fix}")]
     Diverged { what: String, fix: String },
 
+    /// Another process of a multi-process run stopped, hung or lost the
+    /// network mid-run: its gradients or flags did not come, or could not
+    /// be sent. The message names the rank.
+    #[error("{0}")]
+    Peer(String),
+
     /// A signal (SIGINT, SIGTERM) came before any training: while the
     /// process waited for the other processes of a run, or while a run of
     /// one process was set up. Nothing to keep.

@@ -1940,41 +1940,55 @@ fn processes_started_with_other_flags_stop_naming_what_differs() {
     assert_ne!(lines[0], lines[1], "each process gives its own CRC");
 }
 
-/// A rank killed mid-run: the other stops with an error that names it, and
-/// the checkpoints rank 0 wrote before stay loadable.
+/// A rank killed mid-epoch (SIGKILL: no word to the others) stops rank 0,
+/// which first writes a checkpoint of every step it trained (gradients
+/// meet before the update, so its weights are the last whole step's, not
+/// only the epoch's checkpoint before). Its error names the rank, that
+/// checkpoint and the command that continues, with the run's device
+/// flags; the run resumed from it ends where the uninterrupted run does,
+/// bit for bit.
 #[test]
-fn a_killed_rank_stops_the_run_with_an_error_naming_it() {
-    let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
-    let (out, other) = (t.path().join("run"), t.path().join("rank1"));
-    let args = |out: &Path| parallel_args(train_args(&d, out, 50), "data", "1");
-    let master = master_listener();
-    let spawn = |rank: &str, out: &Path, stderr: Stdio| {
-        rank_cmd(&args(out), rank, &master)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start a rank")
+fn a_killed_rank_leaves_every_step_saved_and_the_run_resumes_exactly() {
+    let r = RankRuns::new();
+    let (whole, out, other) = (&r.whole, &r.out, &r.other);
+    // Checkpoints at epoch ends only (steps 20, 40, 60).
+    let args = |out: &Path| {
+        let mut a = r.args(out, "1");
+        let i = a.iter().position(|s| s == "--checkpoint-every").unwrap();
+        a[i + 1] = "0".into();
+        a
     };
-    let mut rank0 = spawn("0", &out, Stdio::piped());
-    let mut rank1 = spawn("1", &other, Stdio::null());
-    while checkpoint::list(&out).map_or(0, |l| l.len()) < 1 {
+    let (mut rank0, mut rank1) = spawn_ranks(&args(out), &args(other));
+    // Within epoch 2 (steps 21 to 40), early: steps.csv is written up to a
+    // second behind the steps, and the test tells most where the newest
+    // checkpoint before the kill is the epoch's, step 20.
+    let k = random_step(21, 26, "SIGKILL to rank 1");
+    while steps_logged(out) < k {
         let ended = rank0.try_wait().expect("rank 0's status");
-        assert!(
-            ended.is_none(),
-            "rank 0 ended before a checkpoint: {ended:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(ended.is_none(), "rank 0 ended ({ended:?}) before step {k}");
+        std::thread::sleep(Duration::from_millis(2));
     }
     rank1.kill().expect("kill rank 1");
     rank1.wait().expect("rank 1 ends");
     let o = rank0.wait_with_output().expect("rank 0 ends");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "rank 0 cannot go on alone");
+    let (step, path) = checkpoint::list(out).unwrap().pop().expect("a checkpoint");
+    assert!(
+        step >= k as u64,
+        "newest checkpoint at step {step}, killed at {k}"
+    );
     let line = err.lines().find(|l| l.starts_with("error")).unwrap_or("");
     assert!(line.contains("rank 1"), "the error names the rank: {err}");
-    let (_, path) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
-    checkpoint::load(&path).expect("the last checkpoint loads");
+    let said = format!("every step trained before it is in {}", path.display());
+    assert!(line.contains(&said), "{err}");
+    let resume = format!(
+        "--resume {} --cpu --parallel data --replicas 1",
+        out.display()
+    );
+    assert!(line.contains(&resume), "{err}");
+    run_ok(&parallel_args(resume_args(out), "data", "2"));
+    assert_same_weights(whole, out);
 }
 
 /// SIGTERM to one rank of two (a scheduler pre-empting one machine, or a

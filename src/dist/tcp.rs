@@ -103,7 +103,7 @@ fn peer_err(what: String, waited: Duration) -> impl Fn(std::io::Error) -> Error 
             ),
             _ => format!("{e} (did that process stop? see its log)"),
         };
-        Error::Config(format!("{what}: {why}"))
+        Error::Peer(format!("{what}: {why}"))
     }
 }
 

@@ -183,7 +183,10 @@ impl<'a> Trainer<'a> {
     /// until the last, a stop, or the time limit. The last checkpoint is
     /// whole on disk before it returns, however the run ended.
     pub fn run(mut self) -> Result<TrainReport> {
-        let ran = self.epochs();
+        let ran = match self.epochs() {
+            Err(e @ Error::Peer(_)) => Err(self.stopped_from_outside(e)),
+            ran => ran,
+        };
         let wrote = self.finish_write();
         if let (Err(_), Err(e)) = (&ran, &wrote) {
             warn!("{e}");
@@ -415,16 +418,24 @@ impl<'a> Trainer<'a> {
         Ok(Some(best))
     }
 
-    /// A batch the loader could not make (`e`): the steps trained since
-    /// the newest checkpoint are written first, whole, so that mending the
-    /// data loses none of them, and the error says where they are.
+    /// A batch the loader could not make (`e`): [`stopped_from_outside`].
     fn data_failed(&mut self, e: Error) -> Error {
+        self.stopped_from_outside(e)
+    }
+
+    /// A run stopped by its data (`data_failed`) or by another process of
+    /// the run (`Error::Peer`, in any collective: the weights are those of
+    /// the last whole step, since gradients meet before the update): the
+    /// steps trained since the newest checkpoint are written first, whole,
+    /// so that none is lost, and the error says where they are.
+    fn stopped_from_outside(&mut self, e: Error) -> Error {
         let saved = self.save_unsaved();
         if let Err(w) = &saved {
-            warn!("could not save the steps trained before the data error: {w}");
+            warn!("could not save the steps trained before the error: {w}");
         }
+        let flags = self.opts.compute.as_ref().map_or("", |c| c.flags.as_str());
         match &self.run_dir {
-            Some(d) => d.after_data_error(e, saved.is_ok()),
+            Some(d) => d.with_steps_kept(e, saved.is_ok(), flags),
             None => e,
         }
     }

@@ -595,9 +595,11 @@ impl RunDir {
     }
 
     /// A run stopped by its data (`e`: a damaged store entry, an image the
-    /// loader could not read), its steps saved (`saved`, else the warning
-    /// before said why not): the data's fix, in `e`, then the resume.
-    pub fn after_data_error(&self, e: Error, saved: bool) -> Error {
+    /// loader could not read) or by another process of the run
+    /// (`Error::Peer`), its steps saved (`saved`, else the warning before
+    /// said why not): the fix, in `e`, then the resume, with the run's
+    /// `device_flags` (a resume does not take them from the checkpoint).
+    pub fn with_steps_kept(&self, e: Error, saved: bool, device_flags: &str) -> Error {
         let Some(p) = &self.last else {
             return e;
         };
@@ -605,11 +607,16 @@ impl RunDir {
             true => "every step trained before it is in",
             false => "the run's newest checkpoint is",
         };
-        Error::Data(format!(
-            "{e}; {held} {}: once the data is whole again, continue with `alexnet-cuda train --resume {}`",
-            p.display(),
-            self.resume_arg(p)
-        ))
+        let (p, arg) = (p.display(), self.resume_arg(p));
+        let resume = format!("alexnet-cuda train --resume {arg}{device_flags}");
+        match e {
+            Error::Peer(m) => Error::Peer(format!(
+                "{m}; {held} {p}: once every process can run, start them all again with `{resume}`"
+            )),
+            e => Error::Data(format!(
+                "{e}; {held} {p}: once the data is whole again, continue with `{resume}`"
+            )),
+        }
     }
 
     /// The step of the newest whole checkpoint (the one resumed from, or
