@@ -479,7 +479,22 @@ fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
         ..world(1, 2, nobody)
     };
     let err = error_of(TcpAllReduce::join(&lone, 1, None));
-    let said = format!("rank 1 could not reach rank 0 at 127.0.0.1:{nobody} in 1 s: start rank 0, and check MASTER_ADDR and MASTER_PORT");
+    // With why the last try failed: nothing listens there.
+    let said = format!(
+        "rank 1 could not reach rank 0 at 127.0.0.1:{nobody} in 1 s (last try: Connection refused"
+    );
+    assert!(err.contains(&said), "{err}");
+    assert!(
+        err.ends_with(": start rank 0, and check MASTER_ADDR and MASTER_PORT"),
+        "{err}"
+    );
+
+    // A listener that takes the connection (the kernel's backlog) but
+    // never answers the hello: a wait that ran out, not a refusal.
+    let silent = bind_at("127.0.0.1", 0).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let err = error_of(TcpAllReduce::join(&brief(1, port), 1, None));
+    let said = format!("rank 1: 127.0.0.1:{port} did not answer this process's hello in 1 s; is something other than rank 0 of this run listening there?");
     assert!(err.contains(&said), "{err}");
 }
 

@@ -349,14 +349,24 @@ impl TcpAllReduce {
         );
         // A name that does not resolve yet is retried too: a scheduler's
         // DNS record for rank 0's node or pod may appear only once it runs.
+        let mut last = String::new();
         let mut s = loop {
-            let (tried, unresolved) = match resolve(&addr, port) {
-                Ok(all) => (
-                    all.into_iter()
-                        .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).ok()),
-                    None,
-                ),
-                Err(e) => (None, Some(e)),
+            // The last failure is kept for the final error: refused (no
+            // rank 0 yet, or another port), no route, or silence differ.
+            let tried = match resolve(&addr, port) {
+                Ok(all) => all.into_iter().find_map(|a| {
+                    match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            last = format!(" (last try: {e})");
+                            None
+                        }
+                    }
+                }),
+                Err(e) => {
+                    last = format!(" ({e})");
+                    None
+                }
             };
             match tried {
                 Some(s) => break s,
@@ -366,9 +376,8 @@ impl TcpAllReduce {
                     )))
                 }
                 None if start.elapsed() > world.connect_for => {
-                    let lookup = unresolved.map_or(String::new(), |e| format!(" ({e})"));
                     return Err(Error::Config(format!(
-                        "rank {rank} could not reach rank 0 at {target} in {} s{lookup}: start rank 0, and check MASTER_ADDR and MASTER_PORT",
+                        "rank {rank} could not reach rank 0 at {target} in {} s{last}: start rank 0, and check MASTER_ADDR and MASTER_PORT",
                         world.connect_for.as_secs()
                     )));
                 }
@@ -386,8 +395,16 @@ impl TcpAllReduce {
             .map_err(net_err("socket".into()))?;
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer).map_err(|e| {
+            use std::io::ErrorKind::{TimedOut, WouldBlock};
+            let what = match e.kind() {
+                WouldBlock | TimedOut => format!(
+                    "did not answer this process's hello in {} s",
+                    world.connect_for.as_secs()
+                ),
+                _ => format!("closed the connection without accepting it ({e})"),
+            };
             Error::Config(format!(
-                "rank {rank}: {target} closed the connection without accepting it ({e}); is something other than rank 0 of this run listening there? Check MASTER_ADDR and MASTER_PORT"
+                "rank {rank}: {target} {what}; is something other than rank 0 of this run listening there? Check MASTER_ADDR and MASTER_PORT"
             ))
         })?;
         let why = match answer[0] {
