@@ -543,6 +543,50 @@ fn labels_of(dir: &Path) -> Vec<u32> {
     (0..s.len()).map(|i| s.label(i)).collect()
 }
 
+/// A labels CSV naming images of training classes that the flat val
+/// folder lacks (a copy or unpack cut short) is warned of with their
+/// count and the first; rows of other classes, and a whole folder, are not.
+#[test]
+fn csv_rows_whose_images_are_missing_are_warned_of() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 20, 20)?;
+    let flat = t.path().join("val");
+    flat_val(&flat, 2)?;
+    let csv = t.path().join("labels.csv");
+    let rows = "ILSVRC2012_val_00000001,n01_cat\nILSVRC2012_val_00000002,n02_dog\nILSVRC2012_val_00000009,n07_owl\n";
+    let run = |csv_text: &str, out: &str| -> Result<String, Box<dyn std::error::Error>> {
+        fs::write(&csv, csv_text)?;
+        let out = t.path().join(out);
+        let (ok, _, err) = cli(&[
+            "prepare",
+            "--size",
+            "8",
+            "--train",
+            &train.to_string_lossy(),
+            "--val",
+            &flat.to_string_lossy(),
+            "--val-labels",
+            &csv.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+        ]);
+        assert!(ok, "{err}");
+        assert_eq!(labels_of(&out.join("val")), [0, 1]);
+        Ok(err)
+    };
+    let err = run(rows, "whole")?;
+    assert!(!err.contains("rows name"), "{err}");
+    let more = format!("{rows}ILSVRC2012_val_00000004,n02_dog\nILSVRC2012_val_00000003,n01_cat\n");
+    let err = run(&more, "part")?;
+    let said = format!(
+        "2 rows name an image of a training class that is not in {} (the first, line 4: ILSVRC2012_val_00000004)",
+        flat.display()
+    );
+    assert!(err.contains(&said), "{err}");
+    Ok(())
+}
+
 #[test]
 fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let t = TempDir::new()?;

@@ -426,7 +426,38 @@ fn val_items(
     }
     let by_name = csv_labels(&lines, &index).map_err(bad)?;
     let labelled = label_files(files, &by_name).map_err(bad)?;
+    warn_of_rows_without_files(&by_name, &labelled, labels_path, root);
     training_classes_only(labelled, root).map_err(bad)
+}
+
+/// Rows of `by_name` labelling a training class whose file is not among
+/// `labelled`: a val folder copied or unpacked in part would otherwise
+/// give a smaller held-out set without a word. Rows of other classes (a
+/// subset's training classes against the full labels) are not counted.
+fn warn_of_rows_without_files(
+    by_name: &CsvLabels,
+    labelled: &[(PathBuf, ValLabel)],
+    labels_path: &Path,
+    root: &Path,
+) {
+    let found: std::collections::HashSet<String> = labelled
+        .iter()
+        .filter_map(|(p, _)| p.file_name().map(|n| stem(&n.to_string_lossy())))
+        .collect();
+    let mut gone: Vec<(usize, &String)> = by_name
+        .iter()
+        .filter(|(name, (l, ..))| l.is_some() && !found.contains(*name))
+        .map(|(name, (_, n, _))| (*n, name))
+        .collect();
+    gone.sort_unstable();
+    if let Some((n, name)) = gone.first() {
+        tracing::warn!(
+            "{}: {} rows name an image of a training class that is not in {} (the first, line {n}: {name}); those images are not in the val store: if the folder is not whole, copy or unpack the rest and run prepare again",
+            labels_path.display(),
+            gone.len(),
+            root.display()
+        );
+    }
 }
 
 /// A val image's label, or why it has none among the training classes
