@@ -948,6 +948,23 @@ fn predict_and_export_cli() {
         );
         assert_eq!(l.find('%'), ranks[0].find('%'), "{listing}");
     }
+    // A file name not in UTF-8 (written on a system of another encoding)
+    // is an image like any other, named with the bytes it cannot show
+    // replaced.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = t.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::copy(&images[0], &odd).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(&args[..3])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    let odd_listing = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        odd_listing.contains("caf\u{FFFD}.jpg") && odd_listing.contains("1. "),
+        "{odd_listing}"
+    );
     // A reader that stops reading at once (`| head -0`): no panic, the
     // status of a program ended by SIGPIPE, and the logits file whole.
     let lc = t.path().join("c.npy");

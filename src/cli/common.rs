@@ -307,18 +307,28 @@ pub fn not_among_images(flag: &str, out: &Path, data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Flag parser for a file the command reads (an image, a .npy, a names
+/// A flag's path as the OS passed it, not only UTF-8 (a file name from
+/// another system's encoding is still a file), checked by `check`.
+pub fn path_parser(
+    check: fn(PathBuf) -> std::result::Result<PathBuf, String>,
+) -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PathBufValueParser::new().try_map(check)
+}
+
+/// Flag check for a file the command reads (an image, a .npy, a names
 /// list, weights): refused at once, with the flag named by clap, when it is
 /// missing or a folder, rather than after minutes of loading.
-pub fn existing_file(s: &str) -> std::result::Result<PathBuf, String> {
-    let path = PathBuf::from(s);
+pub fn existing_file(path: PathBuf) -> std::result::Result<PathBuf, String> {
     if fsutil::file_with_slash(&path).is_some() {
         return Err("a file, not a folder; drop the trailing /".into());
     }
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err("a folder, not a file; pass a file in it".into()),
         Ok(_) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(not_found(&path.to_string_lossy()))
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -336,12 +346,12 @@ fn not_found(s: &str) -> String {
     "no such file".into()
 }
 
-/// Flag parser for images: an image file ([`existing_file`]) or a folder
+/// Flag check for images: an image file ([`existing_file`]) or a folder
 /// of them, which [`image_files`] expands.
-pub fn image_or_folder(s: &str) -> std::result::Result<PathBuf, String> {
-    match Path::new(s).is_dir() {
-        true => Ok(PathBuf::from(s)),
-        false => existing_file(s),
+pub fn image_or_folder(path: PathBuf) -> std::result::Result<PathBuf, String> {
+    match path.is_dir() {
+        true => Ok(path),
+        false => existing_file(path),
     }
 }
 
@@ -367,15 +377,14 @@ pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// [`existing_file`] for weights: a run folder means its best.safetensors,
 /// as for --checkpoint.
-pub fn existing_weights(s: &str) -> std::result::Result<PathBuf, String> {
-    let path = Path::new(s);
+pub fn existing_weights(path: PathBuf) -> std::result::Result<PathBuf, String> {
     if !path.is_dir() {
-        return existing_file(s);
+        return existing_file(path);
     }
     let best = path.join("best.safetensors");
     match best.is_file() {
         true => Ok(best),
-        false => Err(alexnet_cuda::checkpoint::without_best(path)),
+        false => Err(alexnet_cuda::checkpoint::without_best(&path)),
     }
 }
 

@@ -13,7 +13,7 @@ use alexnet_cuda::fsutil;
 
 use super::common::{
     existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, not_among_images,
-    positive,
+    path_parser, positive,
 };
 use super::device::CheckpointRunArgs;
 
@@ -25,7 +25,7 @@ pub struct NeighborsArgs {
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// Query images, or folders of them (every image under a folder, in path order): resized and centre-cropped as predict does.
-    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = image_or_folder)]
+    #[arg(long, value_name = "IMAGE", num_args = 1.., required = true, value_parser = path_parser(image_or_folder))]
     query: Vec<PathBuf>,
     /// Neighbours per query.
     #[arg(long, default_value_t = 6, value_parser = positive)]
@@ -34,7 +34,7 @@ pub struct NeighborsArgs {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// The set's fc7 from `features --layer fc7` (default: computed and written beside --out, its extension replaced: grid.png gets grid.fc7.npy).
-    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    #[arg(long, value_name = "FILE", value_parser = path_parser(existing_file))]
     features: Option<PathBuf>,
     /// Side of each picture in the grid, pixels, 16 to 1024.
     #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(16..=1024))]

@@ -22,8 +22,8 @@ use alexnet_cuda::progress;
 use alexnet_cuda::run_state::Preprocess;
 
 use super::common::{
-    crop_rows, existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, positive,
-    set_threads, thread_count,
+    crop_rows, existing_file, image_files, image_or_folder, named_as, not_a_checkpoint,
+    path_parser, positive, set_threads, thread_count,
 };
 use super::device::DeviceArgs;
 
@@ -39,11 +39,11 @@ pub struct PredictArgs {
         value_name = "IMAGE",
         required_unless_present = "input_npy",
         conflicts_with = "input_npy",
-        value_parser = image_or_folder
+        value_parser = path_parser(image_or_folder)
     )]
     images: Vec<PathBuf>,
     /// Instead of images: an already preprocessed float32 NCHW batch (.npy) of the network's input size.
-    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    #[arg(long, value_name = "FILE", value_parser = path_parser(existing_file))]
     input_npy: Option<PathBuf>,
     /// Write the raw logits (rows x classes, float32) to this .npy file.
     #[arg(long, value_name = "FILE")]

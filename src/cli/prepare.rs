@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{Encoding, StoreMeta};
 
-use super::common::{existing_file, positive, set_threads, thread_count};
+use super::common::{existing_file, path_parser, positive, set_threads, thread_count};
 
 #[derive(Args)]
 pub struct PrepareArgs {
@@ -19,13 +19,13 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "DIR")]
     val: Option<PathBuf>,
     /// Labels of a flat val folder: a `file,synset` CSV, or the devkit's ILSVRC2012_validation_ground_truth.txt (with --val-synsets).
-    #[arg(long, value_name = "FILE", requires = "val", value_parser = existing_file)]
+    #[arg(long, value_name = "FILE", requires = "val", value_parser = path_parser(existing_file))]
     val_labels: Option<PathBuf>,
     /// The synsets in devkit ID order, one per line (for devkit ground truth).
-    #[arg(long, value_name = "FILE", requires = "val_labels", value_parser = existing_file)]
+    #[arg(long, value_name = "FILE", requires = "val_labels", value_parser = path_parser(existing_file))]
     val_synsets: Option<PathBuf>,
     /// Class names: lines of `synset name` (LOC_synset_mapping.txt or synset_words.txt).
-    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    #[arg(long, value_name = "FILE", value_parser = path_parser(existing_file))]
     names: Option<PathBuf>,
     /// Output folder: gets train/ and val/ stores.
     #[arg(long, value_name = "DIR")]

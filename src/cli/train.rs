@@ -30,8 +30,8 @@ use alexnet_cuda::train::{
 };
 
 use super::common::{
-    demo_folder, existing_weights, flag_value, length_of_time, minutes_or_off, positive,
-    positive_f32, positive_number, seed_value, HostArgs, NetArgs,
+    demo_folder, existing_weights, flag_value, length_of_time, minutes_or_off, path_parser,
+    positive, positive_f32, positive_number, seed_value, HostArgs, NetArgs,
 };
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
@@ -93,7 +93,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     dropout: Option<DropoutFlag>,
     /// Start from these weights: a safetensors file with PyTorch names (from `export` or a checkpoint), or a run folder for its best.safetensors.
-    #[arg(long, value_name = "PATH", value_parser = existing_weights)]
+    #[arg(long, value_name = "PATH", value_parser = path_parser(existing_weights))]
     init_from: Option<PathBuf>,
     /// With --init-from: these layers (e.g. fc8) keep the run's own initialisation instead, as in fine-tuning on other classes.
     #[arg(
