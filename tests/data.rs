@@ -946,6 +946,38 @@ fn build_stops_at_a_bad_file_and_names_it() -> TestResult {
 /// skips images that do not decode. Files that cannot be read at all (a
 /// link to a drive not mounted) prepare refuses too, so the fix offered
 /// is the files' own.
+/// A class folder holding no image by name says what it holds instead
+/// (the scan's warning of files not read comes only after every class);
+/// an empty one asks for images.
+#[test]
+fn a_class_of_unread_formats_names_them() -> TestResult {
+    let t = TempDir::new()?;
+    make_tree(
+        t.path(),
+        &[("a", &["1.jpg"]), ("b", &["pic.gif", "notes.txt"])],
+    )?;
+    fs::write(t.path().join("b/.DS_Store"), "x")?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    let b = t.path().join("b");
+    assert!(
+        msg.contains(&format!("{} has no .jpg", b.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("it holds 2 other files, e.g. "), "{msg}");
+    assert!(
+        msg.contains("convert them to one of these formats"),
+        "{msg}"
+    );
+    fs::remove_file(b.join("pic.gif"))?;
+    fs::remove_file(b.join("notes.txt"))?;
+    let msg = data_err_text(ImageFolder::scan(t.path()));
+    assert!(
+        msg.contains("add images to it or remove the folder"),
+        "{msg}"
+    );
+    Ok(())
+}
+
 #[test]
 fn build_offers_prepare_only_for_images_that_do_not_decode() -> TestResult {
     let t = TempDir::new()?;

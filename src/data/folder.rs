@@ -119,11 +119,7 @@ impl ImageFolder {
             let mut walk = Walk::new(&dir, &name, &mut files, &mut ignored, &mut claims)?;
             walk.class(&dir)?;
             if files.is_empty() {
-                return Err(Error::Data(format!(
-                    "{} has no {} images; add images to it or remove the folder",
-                    dir.display(),
-                    image_kinds()
-                )));
+                return Err(no_images_in_class(&dir, &ignored));
             }
             items.extend(files.into_iter().map(|p| (p, label as u32)));
             classes.push(name);
@@ -171,6 +167,26 @@ impl ImageFolder {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+/// A class folder without images: the error says so, and names what it
+/// holds instead (GIFs, HEICs: files whose names are not images'), which
+/// the scan's warning, given only once every class is read, never shows.
+fn no_images_in_class(dir: &Path, ignored: &[PathBuf]) -> Error {
+    let here: Vec<&PathBuf> = ignored.iter().filter(|p| p.starts_with(dir)).collect();
+    let held = match here.first() {
+        Some(first) => format!(
+            "; it holds {} other files, e.g. {}: convert them to one of these formats",
+            here.len(),
+            first.display()
+        ),
+        None => "; add images to it or remove the folder".into(),
+    };
+    Error::Data(format!(
+        "{} has no {} images{held}",
+        dir.display(),
+        image_kinds()
+    ))
 }
 
 /// The images under `dir`, unlabelled, by the rules of a class folder:
