@@ -1217,6 +1217,38 @@ fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
     Ok(())
 }
 
+/// A store of another version says which build reads it, even where its
+/// fields differ (here one missing), and another program's JSON says it
+/// is none of ours.
+#[test]
+fn a_store_of_another_version_names_the_build_that_reads_it() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 2, 20, 20)?;
+    let out = t.path().join("out");
+    prepare(&opts(&train, &out, 16, Encoding::Raw))?;
+    let dir = out.join("train");
+    let meta = fs::read_to_string(dir.join("meta.json"))?;
+    let version = |v: &serde_json::Value| -> Result<String, Box<dyn std::error::Error>> {
+        let mut m: serde_json::Value = serde_json::from_str(&meta)?;
+        m["version"] = v.clone();
+        m.as_object_mut().ok_or("an object")?.remove("sources_crc");
+        fs::write(dir.join("meta.json"), serde_json::to_vec(&m)?)?;
+        Ok(PackedStore::open(&dir).err().ok_or("opened")?.to_string())
+    };
+    let msg = version(&2.into())?;
+    assert!(msg.contains("a store of version 2, written by a newer alexnet-cuda; this build reads version 1: use that build"), "{msg}");
+    let msg = version(&0.into())?;
+    assert!(msg.contains("a store of version 0, written by an older alexnet-cuda; this build reads version 1: rerun `alexnet-cuda prepare`"), "{msg}");
+    meta_with(&dir, &meta, "format", "other".into())?;
+    let msg = PackedStore::open(&dir).err().ok_or("opened")?.to_string();
+    assert!(
+        msg.contains("not an alexnet-cuda store description (format \"other\")"),
+        "{msg}"
+    );
+    Ok(())
+}
+
 /// Write `dir/meta.json` as `text` with `key` set to `value`.
 fn meta_with(dir: &Path, text: &str, key: &str, value: serde_json::Value) -> TestResult {
     let mut v: serde_json::Value = serde_json::from_str(text)?;

@@ -363,6 +363,35 @@ fn read_error(dir: &Path, path: &Path, e: std::io::Error) -> Error {
     ))
 }
 
+/// The format and version of `meta.json` (`text`), read before its other
+/// fields: another version's fields differ, and its error must say which
+/// build reads it rather than name a missing field.
+fn check_version(path: &Path, text: &[u8]) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        format: Option<String>,
+        version: Option<u32>,
+    }
+    let Ok(Version { format, version }) = serde_json::from_slice::<Version>(text) else {
+        return Ok(()); // not JSON at all: the full read says where
+    };
+    let (name, v) = (path.display(), version.unwrap_or(0));
+    let fix = match (format.as_deref() == Some(FORMAT_NAME), v) {
+        (false, _) => format!(
+            "not an alexnet-cuda store description (format {}); pass a folder written by `alexnet-cuda prepare`",
+            format.as_deref().map_or("none".into(), |f| format!("{f:?}"))
+        ),
+        (true, v) if v > FORMAT_VERSION => format!(
+            "a store of version {v}, written by a newer alexnet-cuda; this build reads version {FORMAT_VERSION}: use that build, or rerun `alexnet-cuda prepare` with this one"
+        ),
+        (true, v) if v < FORMAT_VERSION => format!(
+            "a store of version {v}, written by an older alexnet-cuda; this build reads version {FORMAT_VERSION}: rerun `alexnet-cuda prepare`"
+        ),
+        _ => return Ok(()),
+    };
+    Err(Error::Data(format!("{name}: {fix}")))
+}
+
 /// Read and check `dir/meta.json`.
 pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
     let path = dir.join(META_FILE);
@@ -373,20 +402,13 @@ pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
         )),
         _ => Error::io(&path, e),
     })?;
+    check_version(&path, &text)?;
     let meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| {
         Error::Data(format!(
             "{}: not a valid store description ({e}); rerun `alexnet-cuda prepare`",
             path.display()
         ))
     })?;
-    if meta.format != FORMAT_NAME || meta.version != FORMAT_VERSION {
-        return Err(Error::Data(format!(
-            "{}: store format {:?} version {}, this build reads version {FORMAT_VERSION}; rerun `alexnet-cuda prepare`",
-            path.display(),
-            meta.format,
-            meta.version
-        )));
-    }
     // prepare writes hex digits; anything else (`../x`) would name files
     // outside the store when joined into their names.
     let hex = |g: &str| (1..=64).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_hexdigit());
