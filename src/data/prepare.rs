@@ -726,10 +726,10 @@ impl Totals {
 
 /// A listed file that could not be read (permission, disk, mount, or
 /// gone since the scan) stops the store: leaving it out like a bad image
-/// would quietly drop a share of the data set if a mount flickers.
-/// The error for the files of a chunk that could not be read (`failed`),
-/// with every file of `rest` that cannot even be opened, so that a tree
-/// copied with the wrong owner is named whole in one run, not a file a run.
+/// would quietly drop a share of the data set if a mount flickers. The
+/// error names the chunk's such files (`failed`) and every file of `rest`
+/// that cannot even be opened, so that a tree copied with the wrong owner
+/// is named whole in one run, not a file a run.
 fn unread(failed: Vec<Error>, rest: &[(PathBuf, u32)], source: &Path) -> Error {
     if !rest.is_empty() {
         tracing::info!(

@@ -264,7 +264,7 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let Some(b) = iter.next() else { break };
             let waited = t0.elapsed();
-            let b = b.map_err(|e| self.data_failed(e))?;
+            let b = b.map_err(|e| self.stopped_from_outside(e))?;
             self.step(&b, &mut clock)?;
             iter.recycle(b);
             pb.inc(1);
@@ -358,7 +358,7 @@ impl<'a> Trainer<'a> {
         bar.finish_and_clear();
         let v = match v {
             Err(e @ (Error::Data(_) | Error::Image { .. } | Error::Io { .. })) => {
-                return Err(self.data_failed(e))
+                return Err(self.stopped_from_outside(e))
             }
             v => v?,
         };
@@ -418,13 +418,8 @@ impl<'a> Trainer<'a> {
         Ok(Some(best))
     }
 
-    /// A batch the loader could not make (`e`): [`stopped_from_outside`].
-    fn data_failed(&mut self, e: Error) -> Error {
-        self.stopped_from_outside(e)
-    }
-
-    /// A run stopped by its data (`data_failed`) or by another process of
-    /// the run (`Error::Peer`, in any collective: the weights are those of
+    /// A run stopped by its data (a batch the loader could not make) or by
+    /// another process of the run (`Error::Peer`, in any collective: the weights are those of
     /// the last whole step, since gradients meet before the update): the
     /// steps trained since the newest checkpoint are written first, whole,
     /// so that none is lost, and the error says where they are.
