@@ -7,7 +7,6 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -315,6 +314,18 @@ fn try_lock_briefly(f: &File) -> std::result::Result<(), TryLockError> {
 /// exits), with its pid written in for the next process's error, which
 /// names `holder` ("another training process").
 pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
+    take_lock(dir, holder, true)
+}
+
+/// [`lock_folder`]'s refusal, the lock released at once: a cheap check
+/// before a lock is taken for good, which is the one to warn of a file
+/// system without locks.
+pub fn check_not_locked(dir: &Path, holder: &str) -> Result<()> {
+    take_lock(dir, holder, false).map(drop)
+}
+
+/// [`lock_folder`], warning of a file system without locks if `warn`.
+fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
     let path = dir.join(".lock");
     let mut f = OpenOptions::new()
         .read(true)
@@ -337,7 +348,7 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
         // Some network file systems keep no locks: the run goes on, told
         // that nothing then keeps a second process out of the folder.
         Err(TryLockError::Error(e)) if keeps_no_locks(&e) => {
-            if first_time_unlocked(dir) {
+            if warn {
                 tracing::warn!(
                     "{}: could not lock it ({e}; its file system keeps no locks): nothing stops {holder} from writing into {} at the same time; run one at a time there",
                     path.display(),
@@ -354,34 +365,10 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
     Ok(f)
 }
 
-/// True the first time `dir` could not be locked in this process: `train`
-/// locks its folder twice as it starts (a cheap check before the data
-/// loads, then the run itself), and one warning says it all.
-fn first_time_unlocked(dir: &Path) -> bool {
-    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    let first = !warned.iter().any(|d| d == dir);
-    if first {
-        warned.push(dir.to_path_buf());
-    }
-    first
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{first_time_unlocked, keeps_no_locks};
+    use super::keeps_no_locks;
     use std::io::Error;
-    use std::path::Path;
-
-    /// One warning per folder, however often it is locked; another folder
-    /// gets its own.
-    #[test]
-    fn a_folder_without_locks_is_warned_of_once() {
-        let (a, b) = (Path::new("/no-locks-a"), Path::new("/no-locks-b"));
-        assert!(first_time_unlocked(a));
-        assert!(!first_time_unlocked(a));
-        assert!(first_time_unlocked(b));
-    }
 
     /// Linux's numbers (asm-generic/errno.h): ENOLCK 37, ENOSYS 38,
     /// EOPNOTSUPP 95 mean a file system without locks; EACCES 13 and

@@ -64,8 +64,7 @@ pub fn check_run_folder(
     if !dir.is_dir() {
         return Ok(());
     }
-    let lock = fsutil::lock_folder(dir, TRAINING);
-    drop(lock.map_err(|e| unwritable(e, dir, resumed.is_some()))?);
+    fsutil::check_not_locked(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed.is_some()))?;
     match resumed {
         Some(state) => refuse_other_runs(dir, state),
         None => refuse_existing_run(dir),
