@@ -568,12 +568,7 @@ fn check_milestones(m: &[usize], epochs: usize) -> Result<()> {
 /// where it would set none (the checkpoint would record a recipe nothing
 /// used).
 fn recipe_has_a_layer(args: &TrainArgs, topo: &Topology) -> Result<()> {
-    let set: Vec<&str> = topo
-        .layers
-        .iter()
-        .filter(|l| l.bias == 1.0)
-        .map(|l| l.name)
-        .collect();
+    let set = topo.one_bias_layers();
     if args.init_from.is_none() || args.fresh.iter().any(|l| set.contains(&l.as_str())) {
         return Ok(());
     }

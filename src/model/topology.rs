@@ -412,7 +412,16 @@ impl Topology {
 
     /// Whether the table has biases the paper starts at 1 (so `--recipe` matters).
     pub fn has_one_biases(&self) -> bool {
-        self.layers.iter().any(|l| l.bias == 1.0)
+        !self.one_bias_layers().is_empty()
+    }
+
+    /// The layers whose biases the paper starts at 1 (those `--recipe` sets).
+    pub fn one_bias_layers(&self) -> Vec<&'static str> {
+        self.layers
+            .iter()
+            .filter(|l| l.bias == 1.0)
+            .map(|l| l.name)
+            .collect()
     }
 
     /// The table with the starting biases of `recipe`: the biases the paper
