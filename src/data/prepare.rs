@@ -737,11 +737,12 @@ fn unread(failed: Vec<Error>, rest: &[(PathBuf, u32)], source: &Path) -> Error {
             rest.len()
         );
     }
-    let later = rest.par_iter().filter_map(|(p, _)| can_open(p).err());
-    let errors: Vec<Error> = failed
-        .into_iter()
-        .chain(later.collect::<Vec<_>>())
-        .collect();
+    let mut errors = failed;
+    errors.extend(
+        rest.par_iter()
+            .filter_map(|(p, _)| can_open(p).err())
+            .collect::<Vec<_>>(),
+    );
     let (what, them, it) = match errors.len() {
         1 => (errors[0].brief(), "the file's", "it"),
         n => (
