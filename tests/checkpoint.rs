@@ -1898,7 +1898,7 @@ fn processes_started_with_other_flags_stop_naming_what_differs() {
     let (out, other) = (t.path().join("run"), t.path().join("rank1"));
     let args = |out: &Path| parallel_args(train_args(&d, out, 1), "data", "1");
     let stops = |a0: &[String], a1: &[String], names: &str| -> [String; 2] {
-        let (rank0, rank1) = spawn_ranks(a0, a1);
+        let (rank0, rank1) = spawn_ranks(a0, a1, &[]);
         let outputs = [rank0, rank1].map(|r| r.wait_with_output().unwrap());
         assert_eq!(steps_logged(&out), 0);
         assert!(checkpoint::list(&out).unwrap().is_empty());
@@ -1950,45 +1950,62 @@ fn processes_started_with_other_flags_stop_naming_what_differs() {
 #[test]
 fn a_killed_rank_leaves_every_step_saved_and_the_run_resumes_exactly() {
     let r = RankRuns::new();
-    let (whole, out, other) = (&r.whole, &r.out, &r.other);
-    // Checkpoints at epoch ends only (steps 20, 40, 60).
-    let args = |out: &Path| {
-        let mut a = r.args(out, "1");
-        let i = a.iter().position(|s| s == "--checkpoint-every").unwrap();
-        a[i + 1] = "0".into();
-        a
-    };
-    let (mut rank0, mut rank1) = spawn_ranks(&args(out), &args(other));
+    let (out, other) = (&r.out, &r.other);
+    let (a0, a1) = (r.epoch_checkpoints(out), r.epoch_checkpoints(other));
+    let (mut rank0, mut rank1) = spawn_ranks(&a0, &a1, &[]);
     // Within epoch 2 (steps 21 to 40), early: steps.csv is written up to a
     // second behind the steps, and the test tells most where the newest
     // checkpoint before the kill is the epoch's, step 20.
     let k = random_step(21, 26, "SIGKILL to rank 1");
+    wait_for_step(&mut rank0, out, k);
+    rank1.kill().expect("kill rank 1");
+    rank1.wait().expect("rank 1 ends");
+    let o = rank0.wait_with_output().expect("rank 0 ends");
+    let line = r.assert_every_step_saved(&o, k);
+    assert!(line.contains("rank 1"), "the error names the rank: {line}");
+}
+
+/// A rank that hangs (SIGSTOP) while rank 0 gets a signal: rank 0 does not
+/// wait out the peer timeout (60 s here, 600 by default), when a
+/// scheduler's kill or a second Ctrl-C would take every step since the
+/// epoch's checkpoint, but stops within seconds the way it does for a
+/// killed rank: a checkpoint of every step, an error naming the silent
+/// rank and the signal, and a run that resumes bit for bit.
+#[test]
+fn a_signal_while_a_rank_hangs_saves_every_step_without_the_peer_timeout() {
+    let r = RankRuns::new();
+    let (out, other) = (&r.out, &r.other);
+    let (a0, a1) = (r.epoch_checkpoints(out), r.epoch_checkpoints(other));
+    let slow_timeout = [("ALEXNET_PEER_TIMEOUT", "60")];
+    let (mut rank0, mut rank1) = spawn_ranks(&a0, &a1, &slow_timeout);
+    let k = random_step(21, 26, "SIGSTOP to rank 1, SIGTERM to rank 0");
+    wait_for_step(&mut rank0, out, k);
+    signal(&rank1, "-STOP");
+    signal(&rank0, "-TERM");
+    let o = rank0.wait_with_output().expect("rank 0 ends");
+    rank1.kill().expect("kill rank 1");
+    rank1.wait().expect("rank 1 ends");
+    let line = r.assert_every_step_saved(&o, k);
+    assert!(
+        line.contains("rank 1: stopped at a signal after nothing moved for"),
+        "{line}"
+    );
+}
+
+/// Sends `sig` (as kill(1) takes it: "-TERM") to `child`.
+fn signal(child: &Child, sig: &str) {
+    let id = child.id().to_string();
+    let sent = Command::new("kill").args([sig, &id]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {id}");
+}
+
+/// Waits until `out`'s steps.csv holds step `k`, rank 0 still running.
+fn wait_for_step(rank0: &mut Child, out: &Path, k: usize) {
     while steps_logged(out) < k {
         let ended = rank0.try_wait().expect("rank 0's status");
         assert!(ended.is_none(), "rank 0 ended ({ended:?}) before step {k}");
         std::thread::sleep(Duration::from_millis(2));
     }
-    rank1.kill().expect("kill rank 1");
-    rank1.wait().expect("rank 1 ends");
-    let o = rank0.wait_with_output().expect("rank 0 ends");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "rank 0 cannot go on alone");
-    let (step, path) = checkpoint::list(out).unwrap().pop().expect("a checkpoint");
-    assert!(
-        step >= k as u64,
-        "newest checkpoint at step {step}, killed at {k}"
-    );
-    let line = err.lines().find(|l| l.starts_with("error")).unwrap_or("");
-    assert!(line.contains("rank 1"), "the error names the rank: {err}");
-    let said = format!("every step trained before it is in {}", path.display());
-    assert!(line.contains(&said), "{err}");
-    let resume = format!(
-        "--resume {} --cpu --parallel data --replicas 1",
-        out.display()
-    );
-    assert!(line.contains(&resume), "{err}");
-    run_ok(&parallel_args(resume_args(out), "data", "2"));
-    assert_same_weights(whole, out);
 }
 
 /// SIGTERM to one rank of two (a scheduler pre-empting one machine, or a
@@ -2000,18 +2017,10 @@ fn a_killed_rank_leaves_every_step_saved_and_the_run_resumes_exactly() {
 fn a_signal_to_one_rank_stops_every_rank_after_the_same_step() {
     let r = RankRuns::new();
     let (whole, out, other) = (&r.whole, &r.out, &r.other);
-    let (mut rank0, rank1) = spawn_ranks(&r.args(out, "1"), &r.args(other, "1"));
+    let (mut rank0, rank1) = spawn_ranks(&r.args(out, "1"), &r.args(other, "1"), &[]);
     let k = random_step(3, STEPS - 3, "SIGTERM to rank 1");
-    while steps_logged(out) < k {
-        let ended = rank0.try_wait().expect("rank 0's status");
-        assert!(ended.is_none(), "rank 0 ended ({ended:?}) before step {k}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(Command::new("kill")
-        .args(["-TERM", &rank1.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    wait_for_step(&mut rank0, out, k);
+    signal(&rank1, "-TERM");
     let (o1, o0) = (
         rank1.wait_with_output().unwrap(),
         rank0.wait_with_output().unwrap(),
@@ -2084,14 +2093,53 @@ impl RankRuns {
     fn args(&self, out: &Path, replicas: &str) -> Vec<String> {
         parallel_args(train_args(&self.data, out, EPOCHS), "data", replicas)
     }
+
+    /// One rank's `args` with checkpoints at epoch ends only (steps 20,
+    /// 40, 60).
+    fn epoch_checkpoints(&self, out: &Path) -> Vec<String> {
+        let mut a = self.args(out, "1");
+        let i = a.iter().position(|s| s == "--checkpoint-every").unwrap();
+        a[i + 1] = "0".into();
+        a
+    }
+
+    /// Rank 0 stopped (output `o`) after step `k` by a rank that failed:
+    /// its newest checkpoint holds step `k` or later, its error names that
+    /// checkpoint and the command that continues, and the run resumed
+    /// there (as one process of two replicas) ends where the uninterrupted
+    /// run does, bit for bit. The error line.
+    fn assert_every_step_saved(&self, o: &Output, k: usize) -> String {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "rank 0 cannot go on alone: {err}");
+        let (step, path) = checkpoint::list(&self.out)
+            .unwrap()
+            .pop()
+            .expect("a checkpoint");
+        assert!(
+            step >= k as u64,
+            "newest checkpoint at step {step}, stopped at {k}"
+        );
+        let line = err.lines().find(|l| l.starts_with("error")).unwrap_or("");
+        let said = format!("every step trained before it is in {}", path.display());
+        assert!(line.contains(&said), "{err}");
+        let resume = format!(
+            "--resume {} --cpu --parallel data --replicas 1",
+            self.out.display()
+        );
+        assert!(line.contains(&resume), "{err}");
+        run_ok(&parallel_args(resume_args(&self.out), "data", "2"));
+        assert_same_weights(&self.whole, &self.out);
+        line.to_string()
+    }
 }
 
 /// Ranks 0 and 1 of a run on this machine, started with `a0` and `a1`,
 /// their output piped; rank 0 logs at info, rank 1 warnings only.
-fn spawn_ranks(a0: &[String], a1: &[String]) -> (Child, Child) {
+fn spawn_ranks(a0: &[String], a1: &[String], env: &[(&str, &str)]) -> (Child, Child) {
     let master = master_listener();
     let start = |a: &[String], rank: &str, log: &str| {
         rank_cmd(a, rank, &master)
+            .envs(env.iter().copied())
             .env("RUST_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -2174,7 +2222,7 @@ fn a_time_limit_in_one_rank_stops_every_rank_after_the_same_step() {
     let (whole, out, other) = (&r.whole, &r.out, &r.other);
     let mut timed = r.args(other, "1");
     timed.extend(["--time-limit".into(), PASSED.into()]);
-    let (rank0, rank1) = spawn_ranks(&r.args(out, "1"), &timed);
+    let (rank0, rank1) = spawn_ranks(&r.args(out, "1"), &timed, &[]);
     let (o1, o0) = (
         rank1.wait_with_output().unwrap(),
         rank0.wait_with_output().unwrap(),

@@ -38,6 +38,15 @@
 //! a rank that joins early would otherwise wait on rank 0, still waiting
 //! for the late ones, under the shorter timeout for a silent peer
 //! (`World::peer_for`), and stop the run.
+//!
+//! Every transfer after that waits in slices (`SLICE`), looking at the stop
+//! flag between them. A peer silent for `World::peer_for` stops the run; so
+//! does one silent, once this process got a signal, for longer than any
+//! wait a healthy step has needed (twice the longest since the first
+//! collective, at least `STOP_GRACE`): a signal to a process whose peer
+//! hangs is then acted on in seconds, through train's checkpoint of every
+//! step it trained, and not after the peer timeout, when a scheduler's kill
+//! or a second Ctrl-C would have lost them.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +60,15 @@ use crate::error::{Error, Result};
 
 /// How long rank 0 waits for a new connection's hello (others queue meanwhile).
 const HELLO_FOR: Duration = Duration::from_secs(10);
+
+/// The socket timeout of every transfer: the stop flag is looked at
+/// between slices, a blocked read or write wakes this often.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// The least a signalled process waits on a silent peer before it stops
+/// without it: the peer, signalled too, reaches the ranks' agreement to
+/// stop within a step, well inside a scheduler's 30 s before its kill.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The hello's first bytes: the protocol, and its version (4: each buffer
 /// sent with its length, the start byte once all have joined).
@@ -80,8 +98,12 @@ pub struct TcpAllReduce {
     /// A rank other than 0, until rank 0's start byte came: how long to
     /// wait for it (`World::connect_for`).
     start_for: Option<Duration>,
-    /// Train's stop flag: a signal ends the wait for the start byte.
+    /// Train's stop flag: a signal ends the wait for the start byte, and
+    /// a transfer with a peer silent for `grace`.
     stop: Option<Arc<AtomicBool>>,
+    /// The longest silence a transfer outlasted since the first collective
+    /// ended (None before: that one also waits for the ranks' set-up).
+    slowest: Option<Duration>,
     sum: Vec<f32>,
     part: Vec<f32>,
     bytes: Vec<u8>,
@@ -104,6 +126,89 @@ fn peer_err(what: String, waited: Duration) -> impl Fn(std::io::Error) -> Error 
             _ => format!("{e} (did that process stop? see its log)"),
         };
         Error::Peer(format!("{what}: {why}"))
+    }
+}
+
+/// Why a transfer ended before its last byte.
+enum Halt {
+    /// The socket failed, or the peer was silent for the peer timeout.
+    Io(std::io::Error),
+    /// A signal came while the peer had been silent this long.
+    Stopped(Duration),
+}
+
+type Halted<T> = std::result::Result<T, Halt>;
+
+impl Halt {
+    /// `Error::Peer` naming the transfer `what`, which waited `peer_for`.
+    fn error(self, what: &str, peer_for: Duration) -> Error {
+        match self {
+            Halt::Io(e) => peer_err(what.to_string(), peer_for)(e),
+            Halt::Stopped(silent) => Error::Peer(format!(
+                "{what}: stopped at a signal after nothing moved for {} s, longer than any step of the run waited; that process hung or is still busy: see its log",
+                silent.as_secs()
+            )),
+        }
+    }
+}
+
+/// How long a transfer waits on a silent peer: `peer_for`, or `grace`
+/// once a signal came.
+struct Patience<'a> {
+    peer_for: Duration,
+    stop: Option<&'a Arc<AtomicBool>>,
+    grace: Duration,
+}
+
+impl<'a> Patience<'a> {
+    /// The grace after a signal: twice the longest silence a transfer
+    /// outlasted (`slowest`), and at least `STOP_GRACE`.
+    fn of(
+        peer_for: Duration,
+        stop: Option<&'a Arc<AtomicBool>>,
+        slowest: Option<Duration>,
+    ) -> Patience<'a> {
+        let grace = STOP_GRACE.max(2 * slowest.unwrap_or_default());
+        Patience {
+            peer_for,
+            stop,
+            grace,
+        }
+    }
+
+    /// Moves `len` bytes, `io(done)` moving some after the first `done`
+    /// (or timing out after a `SLICE`); the longest silence between moves.
+    fn transfer(
+        &self,
+        len: usize,
+        mut io: impl FnMut(usize) -> std::io::Result<usize>,
+    ) -> Halted<Duration> {
+        use std::io::ErrorKind::{Interrupted, TimedOut, UnexpectedEof, WouldBlock};
+        let (mut done, mut since, mut slowest) = (0, Instant::now(), Duration::ZERO);
+        while done < len {
+            match io(done) {
+                Ok(0) => {
+                    let closed = std::io::Error::new(UnexpectedEof, "the connection closed");
+                    return Err(Halt::Io(closed));
+                }
+                Ok(n) => {
+                    done += n;
+                    slowest = slowest.max(since.elapsed());
+                    since = Instant::now();
+                }
+                Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {
+                    let silent = since.elapsed();
+                    if silent >= self.peer_for {
+                        return Err(Halt::Io(TimedOut.into()));
+                    }
+                    if asked_to_stop(self.stop) && silent >= self.grace {
+                        return Err(Halt::Stopped(silent));
+                    }
+                }
+                Err(e) => return Err(Halt::Io(e)),
+            }
+        }
+        Ok(slowest)
     }
 }
 
@@ -323,7 +428,7 @@ impl TcpAllReduce {
             }
         }
         let peers: Vec<TcpStream> = by_rank.into_iter().flatten().collect();
-        let mut all = TcpAllReduce::new(world, local, peers, None)?;
+        let mut all = TcpAllReduce::new(world, local, peers, stop.cloned())?;
         for (i, s) in all.peers.iter_mut().enumerate() {
             let failed = peer_err(format!("telling rank {} to start", i + 1), all.peer_for);
             s.write_all(&[ALL_JOINED]).map_err(failed)?;
@@ -438,8 +543,8 @@ impl TcpAllReduce {
     ) -> Result<TcpAllReduce> {
         for s in &peers {
             s.set_nodelay(true).map_err(net_err("socket".into()))?;
-            s.set_read_timeout(Some(world.peer_for))
-                .and_then(|()| s.set_write_timeout(Some(world.peer_for)))
+            s.set_read_timeout(Some(SLICE))
+                .and_then(|()| s.set_write_timeout(Some(SLICE)))
                 .map_err(net_err("socket".into()))?;
         }
         Ok(TcpAllReduce {
@@ -450,6 +555,7 @@ impl TcpAllReduce {
             peer_for: world.peer_for,
             start_for: (world.rank != 0).then_some(world.connect_for),
             stop,
+            slowest: None,
             sum: Vec::new(),
             part: Vec::new(),
             bytes: Vec::new(),
@@ -468,10 +574,8 @@ impl TcpAllReduce {
                 "rank {rank}, waiting for the other ranks to join: {why}; rank 0's log names the ranks it waited for"
             ))
         };
+        // In slices (the socket's timeout), looking at the stop flag between them.
         let s = &mut self.peers[0];
-        // In slices, to look at the stop flag between them.
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(net_err("socket".into()))?;
         let start = Instant::now();
         let mut b = [0u8; 1];
         loop {
@@ -500,8 +604,7 @@ impl TcpAllReduce {
                 b[0]
             )));
         }
-        s.set_read_timeout(Some(self.peer_for))
-            .map_err(net_err("socket".into()))
+        Ok(())
     }
 
     /// The first local replica's index among all ranks' replicas.
@@ -516,36 +619,55 @@ impl TcpAllReduce {
         self.bytes.clear();
         self.bytes.extend((v.len() as u64).to_le_bytes());
         self.bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-        let who = self.peer_name(peer);
-        self.peers[peer].write_all(&self.bytes).map_err(peer_err(
-            format!("sending gradients to {who}"),
-            self.peer_for,
-        ))
+        let what = format!("sending gradients to {}", self.peer_name(peer));
+        let (s, bytes) = (&mut self.peers[peer], &self.bytes);
+        let wait = Patience::of(self.peer_for, self.stop.as_ref(), self.slowest);
+        let slowest = wait.transfer(bytes.len(), |done| s.write(&bytes[done..]));
+        self.outlasted(&what, slowest)
     }
 
     /// Reads `len` floats from `peer` into `self.part`; an error naming the
     /// peer when it sends another length.
     fn recv(&mut self, peer: usize, len: usize) -> Result<()> {
         let who = self.peer_name(peer);
-        let failed = peer_err(format!("receiving gradients from {who}"), self.peer_for);
+        let what = format!("receiving gradients from {who}");
         let mut head = [0u8; 8];
-        self.peers[peer].read_exact(&mut head).map_err(&failed)?;
+        self.read(peer, &what, &mut head)?;
         let sent = u64::from_le_bytes(head);
         if sent != len as u64 {
             return Err(Error::Config(format!(
                 "{who} sent a buffer of {sent} values where this process has {len}: the processes run different builds or network flags; start every process with the same alexnet-cuda and the same --config, --parallel and layer flags"
             )));
         }
-        self.bytes.resize(len * 4, 0);
-        self.peers[peer]
-            .read_exact(&mut self.bytes)
-            .map_err(&failed)?;
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.resize(len * 4, 0);
+        let read = self.read(peer, &what, &mut bytes);
+        self.bytes = bytes;
+        read?;
         self.part.clear();
         self.part.extend(
             self.bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         );
+        Ok(())
+    }
+
+    /// Fills `buf` from `peer` (`Patience`); `what` names the transfer.
+    fn read(&mut self, peer: usize, what: &str, buf: &mut [u8]) -> Result<()> {
+        let s = &mut self.peers[peer];
+        let wait = Patience::of(self.peer_for, self.stop.as_ref(), self.slowest);
+        let slowest = wait.transfer(buf.len(), |done| s.read(&mut buf[done..]));
+        self.outlasted(what, slowest)
+    }
+
+    /// A transfer's end: its longest silence kept once the first
+    /// collective is over, its failure as `Error::Peer` naming `what`.
+    fn outlasted(&mut self, what: &str, got: Halted<Duration>) -> Result<()> {
+        let silent = got.map_err(|h| h.error(what, self.peer_for))?;
+        if let Some(s) = &mut self.slowest {
+            *s = (*s).max(silent);
+        }
         Ok(())
     }
 
@@ -704,6 +826,7 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
             self.recv(0, len)?;
             std::mem::swap(&mut self.sum, &mut self.part);
         }
+        self.slowest.get_or_insert(Duration::ZERO);
         upload_all(devs, bufs, &self.sum)
     }
 
