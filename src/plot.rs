@@ -354,10 +354,14 @@ fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 /// Vertices of the learning rate as a step function of the epoch. Steps say
 /// exactly when the rate changed; without any, each epoch's rate covers the
 /// epoch that ended at its x. Rates that are not finite and positive cannot
-/// go on a log axis and are skipped. Only the changes are kept, so a million
-/// steps at a handful of rates come down to a handful of vertices.
+/// go on a log axis and are skipped, as are those outside f32's range, which
+/// no run trains at (a damaged log): their spread of hundreds of decades
+/// sends plotters' log-axis tick search into a loop without end. Only the
+/// changes are kept, so a million steps at a handful of rates come down to
+/// a handful of vertices.
 fn lr_steps(steps: &[StepPoint], epochs: &[EpochPoint]) -> Vec<(f64, f64)> {
-    let usable = |x: f64, lr: f64| x.is_finite() && lr.is_finite() && lr > 0.0;
+    let f32_rate = f64::from(f32::from_bits(1))..=f64::from(f32::MAX);
+    let usable = |x: f64, lr: f64| x.is_finite() && f32_rate.contains(&lr);
     let mut spans: Vec<(f64, f64, f64)> = steps
         .iter()
         .filter(|s| usable(s.epoch, s.lr))

@@ -195,3 +195,27 @@ fn huge_losses_do_not_flatten_the_loss_panel() {
         "{with_spikes} coloured pixels with spikes, {plain} without"
     );
 }
+
+/// Rates no f32 run trains at (a damaged or foreign steps.csv read back on
+/// resume) once sent plotters' log-axis tick search into a loop without
+/// end: the chart must still come, promptly, with the real rates drawn.
+#[test]
+fn rates_outside_f32_do_not_hang_the_chart() {
+    let (steps, epochs) = run(50, 4);
+    let f32_ends = [f32::from_bits(1), f32::MAX].map(f64::from);
+    for odd in [1e-320, 1e-300, 1e300, 1e308, f64::MAX]
+        .into_iter()
+        .chain(f32_ends)
+    {
+        let mut with = steps.clone();
+        with[10].lr = odd;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let epochs = epochs.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(coloured(&render("odd rate", &with, &epochs)));
+        });
+        let drawn = rx.recv_timeout(std::time::Duration::from_secs(60));
+        let n = drawn.unwrap_or_else(|_| panic!("no chart in 60 s with a rate of {odd:e}"));
+        assert!(n > 1_000, "rate {odd:e}: {n} coloured pixels");
+    }
+}
