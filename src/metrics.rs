@@ -303,13 +303,24 @@ fn step_lines(text: &str, format: MetricsFormat) -> (Vec<StepRow>, Vec<usize>) {
             MetricsFormat::Jsonl => serde_json::from_str(line).ok(),
         };
         let expected = (i == 0 && *line == STEP_HEADER) || (cut_short && i + 1 == lines.len());
-        match row {
+        match row.filter(|r| follows(r, rows.last())) {
             Some(r) => rows.push(r),
             None if !expected => unread.push(i + 1),
             None => {}
         }
     }
     (rows, unread)
+}
+
+/// Whether `r` can be a row this program wrote after `prev`: a later step,
+/// finite epoch and time, and a rate a run trains at (a positive f32).
+/// Others (a log edited, joined from two runs, or damaged) are not read.
+fn follows(r: &StepRow, prev: Option<&StepRow>) -> bool {
+    let f32_rate = f64::from(f32::from_bits(1))..=f64::from(f32::MAX);
+    prev.is_none_or(|p| r.step > p.step)
+        && r.epoch.is_finite()
+        && r.elapsed_s.is_finite()
+        && f32_rate.contains(&r.lr)
 }
 
 /// A resume rewrites the step log with the rows it can read: where others

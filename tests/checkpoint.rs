@@ -1169,6 +1169,42 @@ fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
     assert_eq!(steps, (21..=40).collect::<Vec<u64>>());
 }
 
+/// Step rows this program cannot have written, a rate outside f32 (once
+/// drawn into a hang) and a step out of order (a row pasted from another
+/// run), are not read: the resume keeps the file as it was beside the new
+/// one and says which lines, the log goes on without them, and the steps
+/// are not wrongly called missing.
+#[test]
+fn a_resume_over_impossible_step_rows_keeps_them_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let mut edited = String::new();
+    let (a, err) = resume_after(t.path(), |a| {
+        let path = a.join("steps.csv");
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let mut row7: Vec<&str> = lines[7].split(',').collect();
+        row7[4] = "1e308";
+        lines[7] = row7.join(",");
+        lines.push("5,0.25000,NaN,0.10000,1e-2,1.00".into());
+        edited = lines.join("\n") + "\n";
+        std::fs::write(&path, &edited).unwrap();
+    });
+    let aside = a.join("steps.csv.before-resume-20");
+    assert!(
+        err.contains("2 lines do not read as step rows (line 8 the first")
+            && err.contains(&aside.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("missing from it"), "{err}");
+    assert_eq!(std::fs::read_to_string(&aside).unwrap(), edited);
+    let steps: Vec<u64> = lrs(&a).into_iter().map(|(s, _)| s).collect();
+    let want: Vec<u64> = (1..=6).chain(8..=40).collect();
+    assert_eq!(steps, want);
+}
+
 /// JSONL metrics hold one object per step and per epoch; `--init-from`
 /// starts a run from another run's weights (checked with a learning rate
 /// too small to move them) or a run folder's best, and refuses weights of
