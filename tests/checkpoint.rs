@@ -1019,6 +1019,21 @@ fn a_relative_data_path_resumes_from_another_folder() {
     assert_eq!(checkpoint::list(&out).unwrap().last().unwrap().0, 40);
 }
 
+/// The epoch's log line gives the rate the epoch trained at as set, the
+/// way epochs.csv does: not rounded to one digit (`--lr 0.015` once read
+/// `lr 1e-2`).
+#[test]
+fn the_epoch_line_gives_the_rate_in_full() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let mut a = train_args(&d, &t.path().join("run"), 1);
+    a.extend(["--lr".into(), "0.015".into()]);
+    let o = run_logging(&a, "info");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("epoch 1/1 lr 1.5e-2:"), "{err}");
+}
+
 /// The paper's schedule on a hand-made error sequence, patience 2, at most
 /// two drops: lr 1 -> 0.1 after two epochs without improvement, then the
 /// count restarts; improvements reset it; no third drop.

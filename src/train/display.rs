@@ -169,7 +169,7 @@ pub fn show(pb: &ProgressBar, p: &Progress, clock: &EpochClock, epoch_start: Ins
 /// The epoch's log line, and advice when the loader held training back.
 pub fn epoch(opts: &TrainOptions, s: &EpochStats, clock: &EpochClock, workers: usize) {
     info!(
-        "epoch {}/{} lr {:.0e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute), data wait {:.1}% | {:.0}s",
+        "epoch {}/{} lr {:e}: train loss {:.3} top1 {:.1}% | val loss {:.3} top1 {:.1}% top5 {:.1}% | {:.0} img/s ({:.0} compute), data wait {:.1}% | {:.0}s",
         s.epoch,
         opts.run.epochs,
         s.lr,
