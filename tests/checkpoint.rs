@@ -1509,10 +1509,44 @@ fn sighup_does_not_stop_a_run_started_under_nohup() {
 #[test]
 fn a_signal_while_the_images_are_decoded_stops_before_any_step() {
     let t = tempfile::tempdir().unwrap();
-    // Two large images, each linked 1000 times: seconds of decoding.
-    let src = t.path().join("src");
+    let d = slow_to_decode(t.path());
+    let out = t.path().join("run");
+    let stdout = interrupt_while_decoding(&train_args(&d, &out, 1), &t.path().join("log"));
+    let said = format!(
+        "stopped at a signal while the images of {} were decoded, before any step: nothing was trained",
+        d.display()
+    );
+    assert!(stdout.contains(&said), "{stdout}");
+    assert!(!out.exists(), "a run folder was written");
+}
+
+/// The same signal while a resume decodes its images says to run the same
+/// command again, naming the checkpoint it resumes: not a command rebuilt
+/// from the run folder, which would resume the newest checkpoint instead
+/// and drop the command's --lr and --epochs.
+#[test]
+fn a_signal_while_a_resume_decodes_says_to_run_the_same_command() {
+    let t = tempfile::tempdir().unwrap();
+    let d = slow_to_decode(t.path());
+    let out = t.path().join("run");
+    run_ok(&train_args(&d, &out, 1));
+    let (_, ck) = checkpoint::list(&out).unwrap().swap_remove(0);
+    let mut a = resume_args(&ck);
+    a.extend(["--epochs", "3", "--lr", "0.001"].map(String::from));
+    let stdout = interrupt_while_decoding(&a, &t.path().join("log"));
+    let said = format!(
+        "{} is as it was: run the same command again to resume it",
+        ck.display()
+    );
+    assert!(stdout.contains(&said), "{stdout}");
+}
+
+/// Two large images of two classes, each linked 1000 times: seconds of
+/// decoding.
+fn slow_to_decode(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
     write_demo_dataset(&src, 2, 1, 1024, 3).expect("demo data");
-    let d = t.path().join("data");
+    let d = dir.join("data");
     for class in std::fs::read_dir(&src).unwrap() {
         let class = class.unwrap().path();
         let to = d.join(class.file_name().unwrap());
@@ -1525,39 +1559,37 @@ fn a_signal_while_the_images_are_decoded_stops_before_any_step() {
             }
         }
     }
-    let out = t.path().join("run");
-    let log = t.path().join("log");
+    d
+}
+
+/// The program run with `args` (logging to `log`), sent SIGINT once its
+/// images decode: it ends at status 130. Its stdout.
+fn interrupt_while_decoding(args: &[String], log: &Path) -> String {
     let mut c = Command::new(BIN)
-        .args(train_args(&d, &out, 1))
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("spawn alexnet-cuda");
-    let decoding =
-        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("decoded into memory"));
+    let decoding = || std::fs::read_to_string(log).is_ok_and(|l| l.contains("decoded into memory"));
     while !decoding() {
         let ended = c.try_wait().expect("the run's status");
-        assert!(ended.is_none(), "the run ended before decoding: {ended:?}");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            ended.is_none(),
+            "the run ended before decoding: {ended:?}\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let signalled = std::time::Instant::now();
-    assert!(Command::new("kill")
-        .args(["-INT", &c.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(&c, "-INT");
     let o = c.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
     assert_eq!(o.status.code(), Some(130), "{stdout}\n{log}");
-    let said = format!(
-        "stopped at a signal while the images of {} were decoded, before any step: nothing was trained",
-        d.display()
-    );
-    assert!(stdout.contains(&said), "{stdout}\n{log}");
-    assert!(!out.exists(), "a run folder was written");
     println!("stopped {:?} after the signal", signalled.elapsed());
+    stdout
 }
 
 /// A signal during an epoch's validation (minutes on a CPU, past the 30 s

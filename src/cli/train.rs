@@ -241,9 +241,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // up its run: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {
             let _ = told.recv();
-            let again = match (&opts.resume, &opts.out) {
-                (Some(_), Some(dir)) => continue_with(dir, &args.device.flags(&args.parallel)),
-                _ => "start the run again to train".into(),
+            // The same command, not one rebuilt from the run folder: that
+            // would resume its newest checkpoint, not the one named, and
+            // drop this command's --lr and --epochs.
+            let again = match &opts.resume {
+                Some(ck) => format!(
+                    "{} is as it was: run the same command again to resume it",
+                    ck.path.display()
+                ),
+                None => "start the run again to train".into(),
             };
             let _ = outln!("{why}; {again}");
             exit_at_signal(&signal_status, demo_dir)
