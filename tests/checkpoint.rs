@@ -279,7 +279,13 @@ fn failed_checkpoint_write_keeps_the_previous_one() {
         err.contains(&format!("previous checkpoint {} is intact", last.display())),
         "{err}"
     );
-    assert!(err.contains("--resume"), "{err}");
+    // With the device flags and the resume's --epochs, which that
+    // checkpoint does not hold.
+    let again = format!(
+        "`alexnet-cuda train --resume {} --cpu --epochs 2`",
+        run_dir.display()
+    );
+    assert!(err.contains(&again), "{err}");
     // The newest readable checkpoint is the one from before, whole.
     let after = checkpoint::list(&run_dir).unwrap();
     assert_eq!(after, before);
@@ -2577,9 +2583,14 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     for want in [
         "the run diverged".to_string(),
         format!("the newest checkpoint, {}", newest.display()),
-        format!("alexnet-cuda train --resume {} --lr 1.0e29", out.display()),
+        // The newest, step 21, holds the resume's --epochs; the best, the
+        // one resumed, does not: without it, the run would be over.
         format!(
-            "alexnet-cuda train --resume {} --lr 1.0e29",
+            "alexnet-cuda train --resume {} --cpu --lr 1.0e29",
+            out.display()
+        ),
+        format!(
+            "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.0e29",
             out.join("best.safetensors").display()
         ),
     ] {

@@ -428,9 +428,8 @@ impl<'a> Trainer<'a> {
         if let Err(w) = &saved {
             warn!("could not save the steps trained before the error: {w}");
         }
-        let flags = self.opts.compute.as_ref().map_or("", |c| c.flags.as_str());
         match &self.run_dir {
-            Some(d) => d.with_steps_kept(e, saved.is_ok(), flags),
+            Some(d) => d.with_steps_kept(e, saved.is_ok()),
             None => e,
         }
     }

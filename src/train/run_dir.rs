@@ -37,6 +37,11 @@ pub struct RunDir {
     keep: usize,
     /// The newest checkpoint written (or resumed from).
     last: Option<PathBuf>,
+    /// What a command that continues the run repeats after `--resume`:
+    /// the device flags (a resume does not take them from a checkpoint),
+    /// and while the resumed checkpoint is the newest, what this resume
+    /// changed that it does not hold.
+    go_on: GoOn,
     metrics: MetricsWriter,
     /// TensorBoard's copy of the metrics, and conv1's kernels each epoch.
     events: EventWriter,
@@ -44,6 +49,55 @@ pub struct RunDir {
     rows: Vec<StepRow>,
     /// The plot's title: the config and the data.
     title: String,
+}
+
+/// What a command that continues a run repeats after `--resume`.
+struct GoOn {
+    /// The device flags (" --cpu", " --gpus 0,1").
+    device_flags: String,
+    /// The checkpoint this run resumed, if any.
+    resumed: Option<PathBuf>,
+    /// What the resume changed that the resumed checkpoint does not hold,
+    /// and one written since does: the epochs, the rate from there, where
+    /// the data is now.
+    epochs: Option<usize>,
+    lr: Option<f32>,
+    data: Option<PathBuf>,
+}
+
+impl GoOn {
+    fn of(opts: &TrainOptions) -> GoOn {
+        let ck = opts.resume.as_deref();
+        let was = ck.map(|c| &c.state);
+        let moved = was.is_some_and(|s| !s.options.demo && opts.data != Path::new(&s.data));
+        GoOn {
+            device_flags: opts
+                .compute
+                .as_ref()
+                .map_or(String::new(), |c| c.flags.clone()),
+            resumed: ck.map(|c| c.path.clone()),
+            epochs: was
+                .filter(|s| s.options.epochs != opts.run.epochs)
+                .map(|_| opts.run.epochs),
+            lr: opts.lr_from_here.filter(|_| ck.is_some()),
+            data: moved.then(|| opts.data.clone()),
+        }
+    }
+
+    /// The changes as flags (the rate only `with_lr`).
+    fn changes(&self, with_lr: bool) -> String {
+        let mut s = String::new();
+        if let Some(e) = self.epochs {
+            s += &format!(" --epochs {e}");
+        }
+        if let Some(lr) = self.lr.filter(|_| with_lr) {
+            s += &format!(" --lr {lr}");
+        }
+        if let Some(d) = &self.data {
+            s += &format!(" --data {}", shell::word(d));
+        }
+        s
+    }
 }
 
 /// Refuse a run folder that cannot be one: a file in its place or above
@@ -459,6 +513,7 @@ impl RunDir {
             dir: dir.clone(),
             keep: opts.keep,
             last: opts.resume.as_ref().map(|c| c.path.clone()),
+            go_on: GoOn::of(opts),
             metrics,
             events,
             rows,
@@ -583,9 +638,9 @@ impl RunDir {
         let fix = way_on(e);
         match &self.last {
             Some(p) => format!(
-                "{which} {} is intact: {fix} and continue with `alexnet-cuda train --resume {}`",
+                "{which} {} is intact: {fix} and continue with `{}`",
                 p.display(),
-                self.resume_arg(p)
+                self.resume_command(p, None)
             ),
             None => format!(
                 "no checkpoint of this run was written yet: {fix} and run the same command again"
@@ -596,9 +651,8 @@ impl RunDir {
     /// A run stopped by its data (`e`: a damaged store entry, an image the
     /// loader could not read) or by another process of the run
     /// (`Error::Peer`), its steps saved (`saved`, else the warning before
-    /// said why not): the fix, in `e`, then the resume, with the run's
-    /// `device_flags` (a resume does not take them from the checkpoint).
-    pub fn with_steps_kept(&self, e: Error, saved: bool, device_flags: &str) -> Error {
+    /// said why not): the fix, in `e`, then the resume.
+    pub fn with_steps_kept(&self, e: Error, saved: bool) -> Error {
         let Some(p) = &self.last else {
             return e;
         };
@@ -606,8 +660,7 @@ impl RunDir {
             true => "every step trained before it is in",
             false => "the run's newest checkpoint is",
         };
-        let (p, arg) = (p.display(), self.resume_arg(p));
-        let resume = format!("alexnet-cuda train --resume {arg}{device_flags}");
+        let (resume, p) = (self.resume_command(p, None), p.display());
         match e {
             Error::Peer(m) => Error::Peer(format!(
                 "{m}; {held} {p}: once every process can run, start them all again with `{resume}`"
@@ -659,20 +712,36 @@ impl RunDir {
             );
         };
         let mut fix = format!(
-            "continue at a lower rate from the newest checkpoint, {} (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
+            "continue at a lower rate from the newest checkpoint, {} (`{}`)",
             newest.display(),
-            self.resume_arg(newest)
+            self.resume_command(newest, Some(lower))
         );
         // The best at the newest's step is the newest: a link or a copy.
         let best = self.dir.join("best.safetensors");
         let best_step = checkpoint::step_of(&best);
         if best_step.is_some() && best_step != checkpoint::step_of(newest) {
             fix += &format!(
-                ", or, if the loss had been climbing for a while, from the epoch with the lowest validation error (`alexnet-cuda train --resume {} --lr {lower:.1e}`)",
-                shell::word(&best)
+                ", or, if the loss had been climbing for a while, from the epoch with the lowest validation error (`{}`)",
+                self.resume_command(&best, Some(lower))
             );
         }
         fix
+    }
+
+    /// The command that continues the run from `ckpt`, at rate `lr` from
+    /// there where given.
+    fn resume_command(&self, ckpt: &Path, lr: Option<f32>) -> String {
+        let resumed = self.go_on.resumed.as_deref();
+        let changes = match resumed.is_some_and(|r| fsutil::same_file(r, ckpt)) {
+            true => self.go_on.changes(lr.is_none()),
+            false => String::new(),
+        };
+        let lr = lr.map_or(String::new(), |lr| format!(" --lr {lr:.1e}"));
+        format!(
+            "alexnet-cuda train --resume {}{}{changes}{lr}",
+            self.resume_arg(ckpt),
+            self.go_on.device_flags
+        )
     }
 
     /// The `--resume` argument that continues from `ckpt`: the run folder
