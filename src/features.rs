@@ -276,10 +276,12 @@ pub fn write_features<B: Backend>(
     w.leave_out(left_out.len())?;
     // An older record or row table beside `out` describes other rows: gone
     // before the new file lands, so a run stopped before writing its own
-    // leaves a file searched with a warning, never one vouched for wrongly.
-    remove_beside(&meta_path(out))?;
-    remove_beside(&rows_csv_path(out))?;
-    w.finish()?;
+    // leaves a file searched with a warning, never one vouched for wrongly;
+    // and not before the new file is whole, so a full disk keeps all three.
+    w.finish_with(|| {
+        remove_beside(&meta_path(out))?;
+        remove_beside(&rows_csv_path(out))
+    })?;
     Ok(Written {
         width,
         kept: without(indices, &left_out),

@@ -236,7 +236,14 @@ impl NpyWriter {
     }
 
     /// Check the row count, flush, fsync and rename into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.finish_with(|| Ok(()))
+    }
+
+    /// `finish`, running `before` once the new file is whole on disk and
+    /// before it replaces the old: what goes with the old file goes only
+    /// when the new one is sure to land (a full disk fails the flush).
+    pub fn finish_with(mut self, before: impl FnOnce() -> Result<()>) -> Result<()> {
         if self.written != self.rows {
             return Err(Error::Shape {
                 op: "NpyWriter::finish",
@@ -259,6 +266,10 @@ impl NpyWriter {
         if let Err(e) = done {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(io(e));
+        }
+        if let Err(e) = before() {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
         }
         if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
             let _ = std::fs::remove_file(&self.tmp);

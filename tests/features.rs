@@ -558,6 +558,54 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A features file written again where the disk refuses the new one (a
+/// file-size limit, as above) leaves the old one whole with its record and
+/// row table: they were removed before the write failed, so `neighbors`
+/// lost the names of the old file's rows.
+#[test]
+fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let fc7 = dir.path().join("fc7.npy");
+    let (c, d, f) = (s(&st.ckpt), s(&st.store), s(&fc7));
+    let args = [
+        "features",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--layer",
+        "fc7",
+        "--out",
+        &f,
+        "--no-progress",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .output()
+        .expect("run alexnet-cuda");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files = ["fc7.npy", "fc7.meta.json", "fc7.rows.csv"].map(|n| dir.path().join(n));
+    let before: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .output()
+        .expect("run alexnet-cuda under bash");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("File too large"),
+        "{err}"
+    );
+    for (p, was) in files.iter().zip(&before) {
+        let now = std::fs::read(p).unwrap_or_default();
+        assert!(&now == was, "{} changed or went: {err}", p.display());
+    }
+}
+
 /// Squared distances by brute force in f64, sorted (distance, row).
 fn brute(x: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<Vec<(usize, f64)>> {
     q.chunks_exact(dim)
