@@ -1686,31 +1686,51 @@ fn a_signal_from_timeout_stops_with_a_checkpoint() {
 #[test]
 fn a_second_signal_later_quits_at_once_without_a_checkpoint() {
     let t = tempfile::tempdir().unwrap();
-    let d = data(t.path());
     let out = t.path().join("run");
-    let mut args = train_args(&d, &out, EPOCHS);
+    let child = slow_steps(t.path(), &out);
+    signal(&child, "-TERM");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "-TERM");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopping: the step"), "{err}");
+    assert!(checkpoint::list(&out).unwrap().is_empty(), "{err}");
+}
+
+/// Another kind of signal after the first is a scheduler going on from
+/// its warning (Slurm's `--signal=USR1@T`, then SIGTERM at the time limit,
+/// 30 s before its kill): the stop goes on and writes its checkpoint.
+#[test]
+fn a_schedulers_signal_after_its_warning_still_writes_the_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let child = slow_steps(t.path(), &out);
+    signal(&child, "-USR1");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "-TERM");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("SIGTERM after SIGUSR1: still stopping, the checkpoint first"),
+        "{err}"
+    );
+    let (step, _) = checkpoint::list(&out).unwrap().pop().expect("a checkpoint");
+    assert!(step >= 1, "{err}");
+}
+
+/// A run of `alexnet` on the CPU, steps of 48 images taking seconds and no
+/// checkpoint but a stop's, started and past its first step.
+fn slow_steps(dir: &Path, out: &Path) -> Child {
+    let mut args = train_args(&data(dir), out, EPOCHS);
     let at = |flag: &str, args: &[String]| args.iter().position(|a| a == flag).unwrap() + 1;
     let (c, b) = (at("--config", &args), at("--batch", &args));
     args[c] = "alexnet".into();
     args[b] = "48".into();
     let e = at("--checkpoint-every", &args);
     args[e] = "1000".into();
-    let child = start_until(&args, &out, 1);
-    let term = || {
-        assert!(Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success())
-    };
-    term();
-    std::thread::sleep(Duration::from_millis(1500));
-    term();
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(143), "{err}");
-    assert!(err.contains("stopping: the step"), "{err}");
-    assert!(checkpoint::list(&out).unwrap().is_empty(), "{err}");
+    start_until(&args, out, 1)
 }
 
 /// A demo run stopped by a signal removes its synthetic images, as one

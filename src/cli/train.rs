@@ -638,8 +638,8 @@ fn default_run_dir(name: &str) -> PathBuf {
 }
 
 /// SIGINT, SIGTERM, SIGHUP and SIGUSR1 set `stop` (training finishes its
-/// step, writes a checkpoint and returns); a second one a moment later
-/// ends the process at once (`say_when_stopping`). SIGHUP is left alone
+/// step, writes a checkpoint and returns); the same one again, or a
+/// Ctrl-C, a moment later ends the process at once (`say_when_stopping`). SIGHUP is left alone
 /// when it is ignored as the run starts: `nohup` asked for a run that
 /// outlives its terminal.
 /// Returns the flag, the exit status the signal asks for (128 + signo),
@@ -684,9 +684,13 @@ const SAME_REQUEST: Duration = Duration::from_secs(1);
 
 /// Log at the first signal what happens next: the step or the epoch's
 /// validation in progress may take a minute on a CPU, and a silent wait
-/// invites the second Ctrl-C that quits without a checkpoint. A signal
-/// after that, past `SAME_REQUEST`, ends the process at once with its
-/// status, as the line says.
+/// invites the second Ctrl-C that quits without a checkpoint. The first
+/// signal again, or a SIGINT (a person at the terminal), past
+/// `SAME_REQUEST`, ends the process at once with its status, as the line
+/// says. Another kind is a scheduler going on from its warning (Slurm's
+/// SIGUSR1, then SIGTERM at the limit, 30 s before its kill), or a
+/// terminal closed and then the machine shutting down: the stop and its
+/// checkpoint go on.
 fn say_when_stopping(signals: Vec<i32>) -> Result<Receiver<()>> {
     let mut incoming = signal_hook::iterator::Signals::new(signals)
         .context("could not install signal handlers")?;
@@ -701,16 +705,37 @@ fn say_when_stopping(signals: Vec<i32>) -> Result<Receiver<()>> {
                         tracing::warn!(
                             "stopping: the step in progress finishes (a single process's validation stops at its next batch), then a checkpoint is written (during a single process's set-up, nothing is); Ctrl-C again quits at once without one"
                         );
-                        first = Some(Instant::now());
+                        first = Some((Instant::now(), sig));
                         let _ = logged.send(());
                     }
-                    Some(t) if t.elapsed() >= SAME_REQUEST => std::process::exit(128 + sig),
+                    Some((t, was)) if t.elapsed() >= SAME_REQUEST => {
+                        if sig == was || sig == signal_hook::consts::SIGINT {
+                            std::process::exit(128 + sig)
+                        }
+                        tracing::warn!(
+                            "{} after {}: still stopping, the checkpoint first; Ctrl-C quits at once without one",
+                            signal_name(sig),
+                            signal_name(was)
+                        );
+                    }
                     Some(_) => {}
                 }
             }
         })
         .context("could not start the signal thread")?;
     Ok(told)
+}
+
+/// The name of one of the signals that stop a run.
+fn signal_name(sig: i32) -> &'static str {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "a signal",
+    }
 }
 
 /// Exit with the status the signal asks for (128 + signo; 130, as for
