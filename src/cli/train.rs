@@ -861,10 +861,7 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
     // best.safetensors comes with the first validated epoch.
     let eval = match report.epochs.is_empty() {
         true => String::new(),
-        false => format!(
-            "; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
-            shell::word(&run_dir.join("best.safetensors"))
-        ),
+        false => eval_with(run_dir, p, data_flag),
     };
     outln!(
         "run folder {}: last checkpoint {}{eval}",
@@ -874,9 +871,34 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
     Ok(())
 }
 
+/// The eval command for a finished run: its best epoch's checkpoint, or
+/// the `last` where the folder has no best.safetensors (a resume from
+/// before a best epoch that `--keep` pruned, and no later epoch beat it).
+fn eval_with(run_dir: &Path, last: &Path, data_flag: &str) -> String {
+    let best = run_dir.join("best.safetensors");
+    let ck = if best.is_file() { &best } else { last };
+    format!(
+        "; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
+        shell::word(ck)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_is_offered_only_a_checkpoint_that_is_there() {
+        let t = tempfile::tempdir().unwrap();
+        let last = t.path().join("ckpt-0000000040.safetensors");
+        let best = t.path().join("best.safetensors");
+        let offered = |want: &Path| format!("--checkpoint {} --data", want.display());
+        let said = eval_with(t.path(), &last, "--data d");
+        assert!(said.contains(&offered(&last)), "{said}");
+        std::fs::write(&best, b"x").unwrap();
+        let said = eval_with(t.path(), &last, "--data d");
+        assert!(said.contains(&offered(&best)), "{said}");
+    }
 
     fn epochs(top1: &[f64]) -> Vec<EpochStats> {
         let row = |(i, &val_top1)| EpochStats {
