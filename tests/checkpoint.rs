@@ -346,6 +346,9 @@ fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("its disk has"), "{err}");
+    // A resume takes no --out: the fix is a copy of the folder.
+    assert!(err.contains("--keep 1") && err.contains("(cp -a)"), "{err}");
+    assert!(!err.contains("--out"), "{err}");
     assert_eq!(checkpoint::list(&run_dir).unwrap(), before);
 }
 

@@ -413,8 +413,17 @@ fn check_room(
     let Some(free) = fsutil::short_of_room(dir, need)? else {
         return Ok(());
     };
+    // --keep 1 only where it keeps fewer; a resume takes no --out.
+    let fewer = if keep > 1 { ", pass --keep 1" } else { "" };
+    let elsewhere = match upto {
+        Some(_) => format!(
+            "copy {} to a disk with room (cp -a) and resume from the copy",
+            dir.display()
+        ),
+        None => "--out a folder on another disk".into(),
+    };
     Err(Error::Data(format!(
-        "run folder {}: its disk has {} free, and the run's checkpoints need about {} more ({} kept by --keep, best.safetensors and the one being written, about {} each); free space, pass --keep 1, or --out a folder on another disk",
+        "run folder {}: its disk has {} free, and the run's checkpoints need about {} more ({} kept by --keep, best.safetensors and the one being written, about {} each); free space{fewer}, or {elsewhere}",
         dir.display(),
         fsutil::size(free),
         fsutil::size(need),
