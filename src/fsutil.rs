@@ -195,6 +195,22 @@ pub fn check_target(path: &Path) -> Result<()> {
     }
 }
 
+/// Writes `bytes` to `base`, or where that is taken (a copy kept by an
+/// earlier resume from the same step) to `base-2`, `base-3` ...: a copy
+/// kept aside never replaces another. Returns where it went.
+pub fn write_aside(base: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let name = base.file_name().unwrap_or_default().to_string_lossy();
+    let mut aside = base.to_path_buf();
+    for k in 2.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = base.with_file_name(format!("{name}-{k}"));
+    }
+    write_atomic(&aside, bytes)?;
+    Ok(aside)
+}
+
 /// Replace `path` with `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     check_target(path)?;

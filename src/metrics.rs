@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_aside, write_atomic};
 use crate::run_state::EpochStats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,13 +366,8 @@ fn keep_edited_epochs_aside(path: &Path, text: &str, last: u64) -> Result<()> {
 /// an earlier resume at the same step).
 fn keep_aside(path: &Path, bytes: &[u8], last: u64) -> Result<PathBuf> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("log");
-    let aside = (1..)
-        .map(|k| match k {
-            1 => path.with_extension(format!("{ext}.before-resume-{last}")),
-            k => path.with_extension(format!("{ext}.before-resume-{last}-{k}")),
-        })
-        .find(|p| !p.exists())
-        .unwrap_or_else(|| path.with_extension(format!("{ext}.before-resume")));
-    write_atomic(&aside, bytes)?;
-    Ok(aside)
+    write_aside(
+        &path.with_extension(format!("{ext}.before-resume-{last}")),
+        bytes,
+    )
 }

@@ -40,7 +40,7 @@ use prost::Message;
 use crate::checkpoint::MOMENTUM;
 use crate::error::{Error, Result};
 use crate::export::Tensor;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_aside, write_atomic};
 use crate::metrics::StepRow;
 use crate::model::trainable::Model;
 use crate::run_state::EpochStats;
@@ -235,13 +235,15 @@ fn is_epoch_end(e: &Event) -> bool {
 }
 
 /// Copy an events file's `bytes` beside it before a resume at step `s`
-/// cuts it: `events.out.damaged.<rest>.before-resume-<s>`.
+/// cuts it: `events.out.damaged.<rest>.before-resume-<s>` (`-2`, `-3` ...
+/// beside an earlier one).
 fn keep_aside(path: &Path, s: i64, bytes: &[u8]) -> Result<PathBuf> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let name = name.replacen("tfevents", "damaged", 1);
-    let aside = path.with_file_name(format!("{name}.before-resume-{s}"));
-    write_atomic(&aside, bytes)?;
-    Ok(aside)
+    write_aside(
+        &path.with_file_name(format!("{name}.before-resume-{s}")),
+        bytes,
+    )
 }
 
 /// What an event carries besides its time and step.

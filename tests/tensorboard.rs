@@ -282,6 +282,28 @@ fn cut_earlier_drops_a_damaged_record_and_keeps_the_file_aside() {
         assert_eq!(std::fs::read(aside).unwrap(), damaged);
     }
 
+    // Damaged again and cut at the same step again (a second resume from
+    // one checkpoint): the first copy stays as it was, the second goes
+    // beside it.
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join(name);
+    let mut first = bytes.clone();
+    first[damaged_at + 14] ^= 0xff;
+    std::fs::write(&a, &first).unwrap();
+    let one = cut_earlier(t.path(), Some(6), false).unwrap()[0]
+        .aside
+        .clone();
+    let mut again = std::fs::read(&a).unwrap();
+    again[damaged_at + 14] ^= 0xff;
+    std::fs::write(&a, &again).unwrap();
+    let two = cut_earlier(t.path(), Some(6), false).unwrap()[0]
+        .aside
+        .clone();
+    let (one, two) = (one.expect("a first copy"), two.expect("a second copy"));
+    assert_ne!(one, two);
+    assert_eq!(std::fs::read(&one).unwrap(), first);
+    assert_eq!(std::fs::read(&two).unwrap(), again);
+
     // A torn last record: cut, no copy.
     let t = tempfile::tempdir().unwrap();
     let torn = &bytes[..bytes.len() - 5];
