@@ -6,7 +6,7 @@
 //! left out of the rows and named. On a store of the
 //! CIFAR-10 fixture photos and a cifar checkpoint trained for one epoch.
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use alexnet_cuda::backend::cpu::CpuBackend;
@@ -489,13 +489,7 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
     let st = setup();
     let dir = tempfile::tempdir().unwrap();
     let limited = |args: &[&str]| {
-        let o = Command::new("bash")
-            .arg("-c")
-            .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
-            .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
-            .args(args)
-            .output()
-            .expect("run alexnet-cuda under bash");
+        let o = under_16_kib(args);
         assert!(!o.status.success(), "a write past 16 KiB succeeded");
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         (String::from_utf8_lossy(&o.stderr).into_owned(), out)
@@ -503,19 +497,7 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
     let (c, d) = (s(&st.ckpt), s(&st.store));
     // 500 rows of 512 float32 values (1 MB), streamed.
     let fc7 = s(&dir.path().join("fc7.npy"));
-    let (e1, _) = limited(&[
-        "features",
-        "--cpu",
-        "--checkpoint",
-        &c,
-        "--data",
-        &d,
-        "--layer",
-        "fc7",
-        "--out",
-        &fc7,
-        "--no-progress",
-    ]);
+    let (e1, _) = limited(&fc7_of_all(st, &fc7));
     // The cifar config's weights (a few MB), written at once.
     let onnx = s(&dir.path().join("net.onnx"));
     let (e2, _) = limited(&[
@@ -566,21 +548,8 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
 fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
     let st = setup();
     let dir = tempfile::tempdir().unwrap();
-    let fc7 = dir.path().join("fc7.npy");
-    let (c, d, f) = (s(&st.ckpt), s(&st.store), s(&fc7));
-    let args = [
-        "features",
-        "--cpu",
-        "--checkpoint",
-        &c,
-        "--data",
-        &d,
-        "--layer",
-        "fc7",
-        "--out",
-        &f,
-        "--no-progress",
-    ];
+    let fc7 = s(&dir.path().join("fc7.npy"));
+    let args = fc7_of_all(st, &fc7);
     let o = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args(args)
         .output()
@@ -588,13 +557,7 @@ fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let files = ["fc7.npy", "fc7.meta.json", "fc7.rows.csv"].map(|n| dir.path().join(n));
     let before: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    let o = Command::new("bash")
-        .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(args)
-        .output()
-        .expect("run alexnet-cuda under bash");
+    let o = under_16_kib(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("File too large"),
@@ -604,6 +567,36 @@ fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
         let now = std::fs::read(p).unwrap_or_default();
         assert!(&now == was, "{} changed or went: {err}", p.display());
     }
+}
+
+/// `features` of fc7 for every image of the setup's store, into `out`.
+fn fc7_of_all<'a>(st: &'a Setup, out: &'a str) -> [&'a str; 11] {
+    let (c, d) = (st.ckpt.to_str().unwrap(), st.store.to_str().unwrap());
+    [
+        "features",
+        "--cpu",
+        "--checkpoint",
+        c,
+        "--data",
+        d,
+        "--layer",
+        "fc7",
+        "--out",
+        out,
+        "--no-progress",
+    ]
+}
+
+/// The program run with `args` under a file-size limit of 16 KiB
+/// (`ulimit -f`, SIGXFSZ ignored so that a write past it fails with EFBIG).
+fn under_16_kib(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(args)
+        .output()
+        .expect("run alexnet-cuda under bash")
 }
 
 /// Squared distances by brute force in f64, sorted (distance, row).
