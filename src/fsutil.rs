@@ -251,6 +251,21 @@ pub fn write_csv(
     write_atomic(path, &text)
 }
 
+/// `create_dir_all`, then each folder it made synced into its parent: a
+/// file fsynced in a new folder (a checkpoint, a store) is lost with the
+/// folder at a power cut if the folder's own entry never reached the disk.
+pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let made: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    fs::create_dir_all(dir)?;
+    for d in made {
+        File::open(folder_of(d))?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// fsync the folder holding `path`, making a rename or create in it durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
     let dir = folder_of(path);
@@ -383,8 +398,21 @@ fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use super::keeps_no_locks;
+    use super::{create_dir_durably, keeps_no_locks};
     use std::io::Error;
+
+    #[test]
+    fn folders_are_made_at_any_depth_and_an_existing_one_is_left() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("a/b/c");
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        std::fs::write(deep.join("f"), "x").unwrap();
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.join("f").is_file());
+        let file = deep.join("f/g");
+        assert!(create_dir_durably(&file).is_err(), "a folder under a file");
+    }
 
     /// Linux's numbers (asm-generic/errno.h): ENOLCK 37, ENOSYS 38,
     /// EOPNOTSUPP 95 mean a file system without locks; EACCES 13 and

@@ -226,7 +226,7 @@ impl StoreWriter {
     /// until [`StoreWriter::finish`] replaces it.
     pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
         let made_dir = !dir.exists();
-        fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
+        crate::fsutil::create_dir_durably(dir).map_err(|e| write_error(dir, e))?;
         remove_leftovers(dir);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -38,7 +38,8 @@ use super::packed::{
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{list_failures, Error, Result};
 use crate::fsutil::{
-    lock_folder, refuse_file_in_the_way, resolved, short_of_room, size, write_atomic,
+    create_dir_durably, lock_folder, refuse_file_in_the_way, resolved, short_of_room, size,
+    write_atomic,
 };
 
 /// Images handed to the thread pool at a time; results are written in order
@@ -181,7 +182,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
         check_room(&opts.out, each, items.len() + val_count, &basis)?;
     }
-    fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
         None => lock_folder(&opts.out, "another prepare")?,

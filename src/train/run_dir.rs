@@ -219,7 +219,7 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
         })
         .find(|p| !p.exists())
         .unwrap_or_else(|| dir.join("replaced"));
-    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    fsutil::create_dir_durably(&aside).map_err(|e| Error::io(&aside, e))?;
     // The metrics first: once the checkpoints are moved, a resume stopped
     // here finds nothing later and would cut the files back uncopied.
     if let Err(e) = copy_metrics(dir, &aside).and_then(|()| fsutil::sync_dir(&aside.join("x"))) {
@@ -471,7 +471,7 @@ impl RunDir {
             return Ok(None);
         };
         fsutil::refuse_file_in_the_way(dir, "the run")?;
-        std::fs::create_dir_all(dir).map_err(|e| {
+        fsutil::create_dir_durably(dir).map_err(|e| {
             Error::Config(format!(
                 "run folder {}: could not create it ({e}); pass --out a folder you can write to",
                 dir.display()
