@@ -316,11 +316,15 @@ fn step_lines(text: &str, format: MetricsFormat) -> (Vec<StepRow>, Vec<usize>) {
 /// finite epoch and time, and a rate a run trains at (a positive f32).
 /// Others (a log edited, joined from two runs, or damaged) are not read.
 fn follows(r: &StepRow, prev: Option<&StepRow>) -> bool {
-    let f32_rate = f64::from(f32::from_bits(1))..=f64::from(f32::MAX);
     prev.is_none_or(|p| r.step > p.step)
         && r.epoch.is_finite()
         && r.elapsed_s.is_finite()
-        && f32_rate.contains(&r.lr)
+        && is_f32_rate(r.lr)
+}
+
+/// A rate a run can train at: a positive f32, the trainer's type.
+pub fn is_f32_rate(lr: f64) -> bool {
+    (f64::from(f32::from_bits(1))..=f64::from(f32::MAX)).contains(&lr)
 }
 
 /// A resume rewrites the step log with the rows it can read: where others

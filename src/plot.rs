@@ -26,6 +26,7 @@ use plotters::style::{register_font, FontStyle};
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
+use crate::metrics::is_f32_rate;
 
 /// One optimiser step: where it fell in the run and what it measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -360,8 +361,7 @@ fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 /// changes are kept, so a million steps at a handful of rates come down to
 /// a handful of vertices.
 fn lr_steps(steps: &[StepPoint], epochs: &[EpochPoint]) -> Vec<(f64, f64)> {
-    let f32_rate = f64::from(f32::from_bits(1))..=f64::from(f32::MAX);
-    let usable = |x: f64, lr: f64| x.is_finite() && f32_rate.contains(&lr);
+    let usable = |x: f64, lr: f64| x.is_finite() && is_f32_rate(lr);
     let mut spans: Vec<(f64, f64, f64)> = steps
         .iter()
         .filter(|s| usable(s.epoch, s.lr))

@@ -639,9 +639,9 @@ fn default_run_dir(name: &str) -> PathBuf {
 
 /// SIGINT, SIGTERM, SIGHUP and SIGUSR1 set `stop` (training finishes its
 /// step, writes a checkpoint and returns); the same one again, or a
-/// Ctrl-C, a moment later ends the process at once (`say_when_stopping`). SIGHUP is left alone
-/// when it is ignored as the run starts: `nohup` asked for a run that
-/// outlives its terminal.
+/// Ctrl-C, a moment later ends the process at once (`say_when_stopping`).
+/// SIGHUP is left alone when it is ignored as the run starts: `nohup`
+/// asked for a run that outlives its terminal.
 /// Returns the flag, the exit status the signal asks for (128 + signo),
 /// and word once the first signal's line is logged.
 fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>, Receiver<()>)> {
