@@ -195,18 +195,24 @@ pub fn check_target(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` to `base`, or where that is taken (a copy kept by an
-/// earlier resume from the same step) to `base-2`, `base-3` ...: a copy
-/// kept aside never replaces another. Returns where it went.
-pub fn write_aside(base: &Path, bytes: &[u8]) -> Result<PathBuf> {
+/// `base`, or where that is taken (what an earlier resume from the same
+/// step kept aside) the first of `base-2`, `base-3` ... that is not: what
+/// is set aside never replaces another.
+pub fn first_free(base: &Path) -> PathBuf {
     let name = base.file_name().unwrap_or_default().to_string_lossy();
-    let mut aside = base.to_path_buf();
+    let mut free = base.to_path_buf();
     for k in 2.. {
-        if !aside.exists() {
+        if !free.exists() {
             break;
         }
-        aside = base.with_file_name(format!("{name}-{k}"));
+        free = base.with_file_name(format!("{name}-{k}"));
     }
+    free
+}
+
+/// Writes `bytes` to [`first_free`] of `base`; returns where they went.
+pub fn write_aside(base: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let aside = first_free(base);
     write_atomic(&aside, bytes)?;
     Ok(aside)
 }

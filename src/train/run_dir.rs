@@ -212,13 +212,7 @@ fn set_aside_later(dir: &Path, state: &RunState) -> Result<()> {
     if later.is_empty() {
         return Ok(());
     }
-    let aside = (1..)
-        .map(|k| match k {
-            1 => dir.join(format!("replaced-after-step-{step}")),
-            k => dir.join(format!("replaced-after-step-{step}-{k}")),
-        })
-        .find(|p| !p.exists())
-        .unwrap_or_else(|| dir.join("replaced"));
+    let aside = fsutil::first_free(&dir.join(format!("replaced-after-step-{step}")));
     fsutil::create_dir_durably(&aside).map_err(|e| Error::io(&aside, e))?;
     // The metrics first: once the checkpoints are moved, a resume stopped
     // here finds nothing later and would cut the files back uncopied.
