@@ -4,7 +4,7 @@
 //! interrupted prepare, and the loader over a store (10 crops, mean image,
 //! determinism).
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1031,14 +1031,23 @@ fn a_limit_above_the_image_count_takes_all_and_says_so() -> TestResult {
 
 // ------------------------------------------------------ damage and crashes
 
-#[test]
-fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
+/// `good_tree(train, n, 20, 20)` prepared at 16 px as `enc`: the temporary
+/// folder, the tree and the training store's folder.
+fn prepared_tree(
+    n: u32,
+    enc: Encoding,
+) -> Result<(TempDir, PathBuf, PathBuf), Box<dyn std::error::Error>> {
     let t = TempDir::new()?;
     let train = t.path().join("train");
-    good_tree(&train, 3, 20, 20)?;
+    good_tree(&train, n, 20, 20)?;
     let out = t.path().join("out");
-    prepare(&opts(&train, &out, 16, Encoding::Jpeg))?;
-    let dir = out.join("train");
+    prepare(&opts(&train, &out, 16, enc))?;
+    Ok((t, train, out.join("train")))
+}
+
+#[test]
+fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
+    let (t, train, dir) = prepared_tree(3, Encoding::Jpeg)?;
     let gen = read_meta(&dir)?.generation;
     let file = |stem: &str, ext: &str| dir.join(format!("{stem}-{gen}.{ext}"));
 
@@ -1160,12 +1169,7 @@ fn a_damaged_store_is_reported_with_its_file_name() -> TestResult {
 /// refused on open, naming the file.
 #[test]
 fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
-    let t = TempDir::new()?;
-    let train = t.path().join("train");
-    good_tree(&train, 2, 20, 20)?;
-    let out = t.path().join("out");
-    prepare(&opts(&train, &out, 16, Encoding::Raw))?;
-    let dir = out.join("train");
+    let (_t, _, dir) = prepared_tree(2, Encoding::Raw)?;
     let gen = read_meta(&dir)?.generation;
     let index = dir.join(format!("index-{gen}.bin"));
     let (good, meta) = (
@@ -1222,12 +1226,7 @@ fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
 /// is none of ours.
 #[test]
 fn a_store_of_another_version_names_the_build_that_reads_it() -> TestResult {
-    let t = TempDir::new()?;
-    let train = t.path().join("train");
-    good_tree(&train, 2, 20, 20)?;
-    let out = t.path().join("out");
-    prepare(&opts(&train, &out, 16, Encoding::Raw))?;
-    let dir = out.join("train");
+    let (_t, _, dir) = prepared_tree(2, Encoding::Raw)?;
     let meta = fs::read_to_string(dir.join("meta.json"))?;
     let version = |v: &serde_json::Value| -> Result<String, Box<dyn std::error::Error>> {
         let mut m: serde_json::Value = serde_json::from_str(&meta)?;
