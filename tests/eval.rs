@@ -1304,6 +1304,36 @@ fn predict_and_export_cli() {
     }
     assert!(std::fs::read(&ck_path).unwrap() == before);
     alexnet_cuda::checkpoint::load(&ck_path).expect("the checkpoint still loads");
+
+    // Nor over the run's logs or its chart, under the names train gives them.
+    let (log, chart) = (out.join("epochs.csv"), out.join("curves.png"));
+    let (log_before, chart_before) = (std::fs::read(&log).unwrap(), std::fs::read(&chart).unwrap());
+    let (log_s, chart_s) = (s(&log), s(&chart));
+    let writes: [(&[&str], &str, &str); 2] = [
+        (
+            &[&["eval"][..], &cpu, &["--per-class", &log_s]].concat(),
+            "--per-class",
+            &log_s,
+        ),
+        (
+            &["filters", "--checkpoint", &run, "--out", &chart_s],
+            "--out",
+            &chart_s,
+        ),
+    ];
+    for (args, flag, file) in writes {
+        let (ok, _, err) = cli(args);
+        let want = format!("{flag} {file}: a name train gives its own files, in a run's folder");
+        assert!(!ok && err.contains(&want), "{args:?}: {err}");
+    }
+    assert!(std::fs::read(&log).unwrap() == log_before);
+    assert!(std::fs::read(&chart).unwrap() == chart_before);
+    // The same names outside a run's folder are the user's to write.
+    let elsewhere = t.path().join("epochs.csv");
+    let elsewhere_s = s(&elsewhere);
+    let args = [&["eval"][..], &cpu, &["--per-class", &elsewhere_s]].concat();
+    let (ok, _, err) = cli(&args);
+    assert!(ok && elsewhere.exists(), "{err}");
 }
 
 /// `eval --per-class` and `--confusion` on a class folder against the same

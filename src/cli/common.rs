@@ -240,9 +240,10 @@ pub fn named_as(flag: &str, out: &Path, ext: &str, what: &str) -> Result<()> {
 
 /// Refuse an output path that holds one of our training checkpoints (the
 /// command would replace it, and a run resumes from it), or a name a run
-/// gives its checkpoints inside a run's folder (a file there named like
-/// one would be taken for one by --resume, eval and the run itself).
-pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
+/// gives its own files inside a run's folder: a checkpoint's name would be
+/// taken for one by --resume, eval and the run itself, and the run's logs
+/// (epochs.csv, steps.csv, ...) would be lost.
+pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
     use alexnet_cuda::checkpoint;
     if checkpoint::is_checkpoint_file(out) {
         bail!(
@@ -251,20 +252,27 @@ pub fn not_a_checkpoint(flag: &str, out: &Path) -> Result<()> {
         );
     }
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let runs_name =
-        name == "best.safetensors" || (name.starts_with("ckpt-") && name.ends_with(".safetensors"));
+    if !alexnet_cuda::train::is_run_file(name) {
+        return Ok(());
+    }
     let dir = alexnet_cuda::fsutil::folder_of(out);
     let holds_run = ["steps.csv", "steps.jsonl", ".lock"]
         .iter()
         .any(|f| dir.join(f).exists())
         || !checkpoint::list(dir)?.is_empty();
-    if runs_name && holds_run {
+    if !holds_run {
+        return Ok(());
+    }
+    if name.ends_with(".safetensors") {
         bail!(
             "{flag} {}: a name train gives its checkpoints, in a run's folder, where --resume, eval and the run itself would take the file for one; write elsewhere, or under another name",
             out.display()
         );
     }
-    Ok(())
+    bail!(
+        "{flag} {}: a name train gives its own files, in a run's folder, where the run writes and reads it; write elsewhere, or under another name",
+        out.display()
+    )
 }
 
 /// Refuse a picture (`flag` `out`) inside a class folder of the image tree

@@ -26,9 +26,7 @@ use alexnet_cuda::per_class;
 use alexnet_cuda::viz::confusion;
 use alexnet_cuda::Error;
 
-use super::common::{
-    crop_rows, demo_folder, named_as, not_a_checkpoint, not_among_images, positive,
-};
+use super::common::{crop_rows, demo_folder, named_as, not_a_run_file, not_among_images, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -69,14 +67,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // Refused before the run, not after it.
     if let Some(f) = &args.per_class {
         check_target(f)?;
-        not_a_checkpoint("--per-class", f)?;
+        not_a_run_file("--per-class", f)?;
         // Not a picture's name either, which a later scan of a class
         // folder would take for one of its images.
         named_as("--per-class", f, "csv", "a CSV table")?;
     }
     for f in &args.confusion {
         check_target(f)?;
-        not_a_checkpoint("--confusion", f)?;
+        not_a_run_file("--confusion", f)?;
         if let (Picture::Png, Some(data)) = (confusion_kind(f)?, &args.data) {
             not_among_images("--confusion", f, data)?;
         }

@@ -14,7 +14,7 @@ use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
 use alexnet_cuda::fsutil::check_target;
 
-use super::common::{flag_value, not_a_checkpoint};
+use super::common::{flag_value, not_a_run_file};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -41,7 +41,7 @@ enum ExportFormat {
 
 /// Write the file and say what went in.
 pub fn run(args: ExportArgs) -> Result<()> {
-    not_a_checkpoint("--out", &args.out)?;
+    not_a_run_file("--out", &args.out)?;
     // Before the checkpoint is loaded (seconds for alexnet's 490 MB).
     check_target(&args.out)?;
     let format = chosen_format(args.format, &args.out)?;

@@ -12,7 +12,7 @@ use alexnet_cuda::data::unread_error;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
 
-use super::common::{named_as, not_a_checkpoint, positive};
+use super::common::{named_as, not_a_run_file, positive};
 use super::device::CheckpointRunArgs;
 
 #[derive(Args)]
@@ -39,7 +39,7 @@ pub struct FeaturesArgs {
 
 /// Write the features and say how many.
 pub fn run(args: FeaturesArgs) -> Result<()> {
-    not_a_checkpoint("--out", &args.out)?;
+    not_a_run_file("--out", &args.out)?;
     named_as("--out", &args.out, "npy", "a NumPy .npy array")?;
     let (request, ck) = args.run.start()?;
     let job = features::FeaturesJob {

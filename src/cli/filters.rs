@@ -7,7 +7,7 @@ use clap::Args;
 
 use alexnet_cuda::viz::filters;
 
-use super::common::named_as;
+use super::common::{named_as, not_a_run_file};
 
 #[derive(Args)]
 pub struct FiltersArgs {
@@ -29,6 +29,7 @@ pub struct FiltersArgs {
 /// Draw the picture and print the towers' colour table.
 pub fn run(args: FiltersArgs) -> Result<()> {
     named_as("--out", &args.out, "png", "a PNG picture")?;
+    not_a_run_file("--out", &args.out)?;
     filters::check_out(&args.out)?;
     let conv1 = filters::load(&args.checkpoint, args.config.as_deref())?;
     let layout = filters::write_png(&conv1, &args.out)?;

@@ -12,7 +12,7 @@ use alexnet_cuda::features;
 use alexnet_cuda::fsutil;
 
 use super::common::{
-    existing_file, image_files, image_or_folder, named_as, not_a_checkpoint, not_among_images,
+    existing_file, image_files, image_or_folder, named_as, not_a_run_file, not_among_images,
     path_parser, positive,
 };
 use super::device::CheckpointRunArgs;
@@ -49,7 +49,7 @@ pub struct NeighborsArgs {
 
 /// Find the neighbours, draw them, and print them as a table.
 pub fn run(args: NeighborsArgs) -> Result<()> {
-    not_a_checkpoint("--out", &args.out)?;
+    not_a_run_file("--out", &args.out)?;
     named_as("--out", &args.out, "png", "a PNG picture")?;
     not_among_images("--out", &args.out, &args.data)?;
     let queries = image_files(&args.query)?;

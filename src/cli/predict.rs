@@ -22,8 +22,8 @@ use alexnet_cuda::progress;
 use alexnet_cuda::run_state::Preprocess;
 
 use super::common::{
-    crop_rows, existing_file, image_files, image_or_folder, named_as, not_a_checkpoint,
-    path_parser, positive, set_threads, thread_count,
+    crop_rows, existing_file, image_files, image_or_folder, named_as, not_a_run_file, path_parser,
+    positive, set_threads, thread_count,
 };
 use super::device::DeviceArgs;
 
@@ -74,7 +74,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let request = args.device.request_one()?;
     if let Some(f) = &args.logits {
         fsutil::check_target(f)?;
-        not_a_checkpoint("--logits", f)?;
+        not_a_run_file("--logits", f)?;
         named_as("--logits", f, "npy", "a NumPy .npy array")?;
         if let Some(input) = args
             .input_npy

@@ -331,8 +331,9 @@ fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
 }
 
 /// Whether `name` is a file a run writes in its folder: only their
-/// temporary files are swept, not those of a user's own files beside.
-fn is_run_file(name: &str) -> bool {
+/// temporary files are swept, not those of a user's own files beside, and
+/// other commands' outputs may not take these names there.
+pub fn is_run_file(name: &str) -> bool {
     const STARTS: [&str; 4] = ["ckpt-", "steps.", "epochs.", "events.out.tfevents."];
     STARTS.iter().any(|s| name.starts_with(s)) || ["best.safetensors", "curves.png"].contains(&name)
 }
