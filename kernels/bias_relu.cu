@@ -2,6 +2,8 @@
 // NCHW activations, and the conv bias gradient.
 //   bias_relu_forward:  y += b[channel]; then y = max(y, 0) if relu
 //   relu_forward:       x = max(x, 0)
+//   (a NaN stays NaN, as in PyTorch and the CPU reference: fmaxf would make
+//   it 0 and hide a diverged network's NaN weights from the loss)
 //   relu_backward:      dy = 0 where y <= 0 (y is the ReLU's output)
 //   add:                dst += src (the two towers' partial input gradients)
 //   bias_backward:      db[c] = sum over n, h, w of dy[n, c, h, w], in two
@@ -22,7 +24,7 @@ __device__ __forceinline__ void bias_relu_forward_body(typename S::T* __restrict
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += (long long)blockDim.x * gridDim.x) {
         const float v = S::load(y[i]) + b[(i / hw) % c];
-        y[i] = S::store(relu ? fmaxf(v, 0.0f) : v);
+        y[i] = S::store(relu && v < 0.0f ? 0.0f : v);
     }
 }
 
@@ -31,7 +33,8 @@ __device__ __forceinline__ void relu_forward_body(typename S::T* __restrict__ x,
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += (long long)blockDim.x * gridDim.x) {
-        x[i] = S::store(fmaxf(S::load(x[i]), 0.0f));
+        const float v = S::load(x[i]);
+        x[i] = S::store(v < 0.0f ? 0.0f : v);
     }
 }
 

@@ -4,7 +4,9 @@
 //     (oy * stride, ox * stride); argmax = the winner's index in its plane
 //     (row * w + col). The window is scanned row by row and a value replaces
 //     the best only when strictly greater, so ties keep the first (the CPU
-//     reference's rule, src/backend/cpu/pool.rs).
+//     reference's rule, src/backend/cpu/pool.rs); a NaN replaces a number,
+//     so that a NaN reaches the loss (as in PyTorch) and a diverged run is
+//     seen at once.
 //   backward (one thread per input, gather): dx[i] = sum of dy[o] over the
 //     outputs o whose window covers i and whose argmax is i, added in output
 //     order (the order in which the CPU reference scatters them), so the
@@ -40,7 +42,7 @@ __device__ __forceinline__ void max_pool_forward_body(const typename S::T* __res
         for (int iy = y0; iy < y0 + size; ++iy) {
             for (int ix = x0; ix < x0 + size; ++ix) {
                 const float v = S::load(xp[iy * w + ix]);
-                if (v > best) {
+                if (v > best || (v != v && best == best)) {
                     best = v;
                     best_i = iy * w + ix;
                 }

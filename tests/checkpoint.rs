@@ -2627,6 +2627,28 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     assert!(all_finite(&out.join("best.safetensors")));
 }
 
+/// Weights gone NaN stop the run at the step whose loss they make NaN,
+/// not at the next checkpoint, whose check of the weights was until then
+/// the only one to see them: ReLU and max pooling pass a NaN on (as in
+/// PyTorch) where max(x, 0) made it 0 and the losses stayed finite.
+#[test]
+fn nan_weights_stop_the_run_at_the_step_not_the_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let mut a = train_args(&data(t.path()), &out, 1);
+    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
+    a[every + 1] = "1000".into();
+    a.extend(["--lr", "1e3"].map(String::from));
+    let o = run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a rate of 1e3 trained on: {err}");
+    assert!(err.contains("the loss is NaN: the run diverged"), "{err}");
+    // 500 training images in steps of 25: the epoch's end is step 20.
+    let logged = steps_logged(&out);
+    assert!(logged < 19, "{logged} steps logged before the stop: {err}");
+    assert!(checkpoint::list(&out).unwrap().is_empty());
+}
+
 /// A run of `EPOCHS` epochs on `data` in `dir/run`, every checkpoint kept.
 fn run_keeping_every_checkpoint(dir: &Path) -> PathBuf {
     let out = dir.join("run");

@@ -444,6 +444,42 @@ fn max_pool_forward_matches_naive() {
     }
 }
 
+/// A NaN in a window is its maximum, as in PyTorch's max_pool2d (and
+/// numpy.max): the first NaN wins, and a window without one is unchanged.
+/// A NaN that pooling dropped would hide a diverged layer from the loss.
+#[test]
+fn max_pool_passes_a_nan_on() {
+    let be = CpuBackend::new();
+    let g = PoolGeom {
+        n: 1,
+        c: 1,
+        h: 3,
+        w: 5,
+        size: 3,
+        stride: 2,
+    };
+    // Windows: columns 0-2 and 2-4. A NaN in the middle of the first (not
+    // its first element), two in the second, at (0, 3) and (2, 4).
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let x = vec![
+        1.0, 9.0, 0.0, nan, 4.0,
+        2.0, nan, 3.0, 8.0, 5.0,
+        0.0, 7.0, 1.0, 6.0, nan,
+    ];
+    let (mut y, mut am) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+    be.max_pool_forward(&g, &x, &mut y, &mut am).unwrap();
+    assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
+    assert_eq!(am, [6, 3]);
+    // Without NaN the rule is the window's first largest value.
+    let x: Vec<f32> = x
+        .iter()
+        .map(|v| if v.is_nan() { -1.0 } else { *v })
+        .collect();
+    be.max_pool_forward(&g, &x, &mut y, &mut am).unwrap();
+    assert_eq!((y, am), (vec![9.0, 8.0], vec![1, 8]));
+}
+
 #[test]
 fn max_pool_rejects_bad_input() {
     let be = CpuBackend::new();
@@ -775,4 +811,15 @@ fn relu_and_memory() {
     assert_eq!(be.buf_len(&x), 5);
     assert!(is_shape_err(be.upload(&[1.0; 4], &mut x)));
     assert!(is_shape_err(be.download(&x, &mut [0.0; 6])));
+}
+
+/// ReLU keeps a NaN a NaN, as torch.relu does: were it made 0, a network
+/// whose weights went NaN would go on with finite losses.
+#[test]
+fn relu_passes_a_nan_on() {
+    let be = CpuBackend::new();
+    let mut x = vec![f32::NAN, -1.0, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN];
+    be.relu_forward(&mut x).unwrap();
+    assert!(x[0].is_nan() && x[4].is_nan(), "{x:?}");
+    assert_eq!(&x[1..4], &[0.0, f32::INFINITY, 0.0]);
 }

@@ -511,7 +511,9 @@ fn bias_relu_matches_cpu() {
         h: 27,
         w: 27,
     };
-    let y = normal(&mut rng, s.len(), 1.0);
+    let mut y = normal(&mut rng, s.len(), 1.0);
+    // Some NaNs, which the ReLU must pass on as the CPU's does.
+    y.iter_mut().step_by(97).for_each(|v| *v = f32::NAN);
     let b = normal(&mut rng, s.c, 0.5);
     for relu in [false, true] {
         let mut yk = y.clone();
@@ -604,19 +606,23 @@ fn max_pool_matches_cpu_bit_for_bit() {
         }, // the non-overlapping ablation
     ];
     for g in shapes {
-        for ties in [false, true] {
+        for (ties, nans) in [(false, false), (true, false), (false, true)] {
             // with ties, values are small integers, so most windows hold equal maxima
-            let x: Vec<f32> = if ties {
+            let mut x: Vec<f32> = if ties {
                 (0..g.x_len()).map(|_| rng.below(3) as f32).collect()
             } else {
                 normal(&mut rng, g.x_len(), 1.0)
             };
+            // NaNs, some windows' first value and some not, win as on the CPU
+            if nans {
+                x.iter_mut().step_by(7).for_each(|v| *v = f32::NAN);
+            }
             let (mut y, mut am) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
             let (mut y_ref, mut am_ref) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
             hk::max_pool_forward(&g, &x, &mut y, &mut am).unwrap();
             pool::max_pool_forward(&g, &x, &mut y_ref, &mut am_ref).unwrap();
             let what = format!(
-                "{}x{}x{}x{} size {} stride {} ties={ties}",
+                "{}x{}x{}x{} size {} stride {} ties={ties} nans={nans}",
                 g.n, g.c, g.h, g.w, g.size, g.stride
             );
             check_identical(

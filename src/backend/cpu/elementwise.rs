@@ -11,10 +11,14 @@ use crate::rng::hash_uniform;
 /// Elements per parallel task: big enough to amortise the task, small enough to balance.
 const CHUNK: usize = 1 << 15;
 
-/// x = max(x, 0), in place.
+/// x = max(x, 0), in place. A NaN stays NaN (as in PyTorch): f32::max
+/// would make it 0, and a network whose weights went NaN would then train
+/// on with finite losses, its divergence unseen until a checkpoint.
 pub fn relu_forward(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+    x.par_chunks_mut(CHUNK).for_each(|c| {
+        c.iter_mut()
+            .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v })
+    });
 }
 
 /// dy = dy * (y > 0), in place; y is the ReLU's output.

@@ -31,7 +31,8 @@ fn validate(op: &'static str, g: &PoolGeom) -> Result<()> {
     Ok(())
 }
 
-/// y = window max over x; argmax = winner's index in its plane. Ties keep the first.
+/// y = window max over x; argmax = winner's index in its plane. Ties keep
+/// the first; a NaN counts as the largest.
 pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -> Result<()> {
     const OP: &str = "max_pool_forward";
     validate(OP, g)?;
@@ -52,7 +53,9 @@ pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u3
                     for iy in y0..y0 + g.size {
                         for ix in x0..x0 + g.size {
                             let v = x[iy * g.w + ix];
-                            if v > best {
+                            // A NaN wins (the first, as ties), so that it
+                            // reaches the loss as in PyTorch; see relu_forward.
+                            if v > best || (v.is_nan() && !best.is_nan()) {
                                 best = v;
                                 best_i = iy * g.w + ix;
                             }
