@@ -118,6 +118,7 @@ fn run() -> Result<()> {
 /// quietly with 141, the status of a C program killed by SIGPIPE.
 fn main() {
     alexnet_cuda::progress::init_logs();
+    alexnet_cuda::memory::one_arena_under_an_address_limit();
     catch_file_size_limit();
     if let Err(e) = run() {
         if stdout_closed(&e) {

@@ -42,19 +42,57 @@ impl Room {
     }
 }
 
+/// Address space a thread the run starts takes beyond the buffers the
+/// plan counts, under `ulimit -v`: its stack (Rust's default, 2 MiB).
+const STACK: u64 = 2 << 20;
+
+/// Under `ulimit -v`, what an allocation past the limit meets is an abort,
+/// not a slow page: the room is kept a tenth larger than the plan, and 64
+/// MiB more, for what it leaves out (the GEMMs' packing buffers, im2col
+/// scratch, allocator rounding: 25 MB for `cifar`, 60 MB for `alexnet`, as
+/// measured against the process's peak size).
+const ADDRESS_MARGIN: u64 = 64 << 20;
+
+/// Under an address-space limit, one malloc arena for every thread. glibc
+/// otherwise gives each new thread that allocates an arena of its own,
+/// reserved 64 MiB at a time (HEAP_MAX_SIZE on 64-bit, malloc/arena.c),
+/// when the thread first allocates: the address space left would then
+/// depend on which threads had started by the time of the check, and a
+/// batch it let through could fail an allocation mid-step. Call before
+/// any thread starts.
+pub fn one_arena_under_an_address_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::AS) {
+        if soft != rlimit::INFINITY {
+            // SAFETY: mallopt only sets a malloc parameter; glibc takes its
+            // own lock for it.
+            let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+            if set != 1 {
+                warn!("could not limit malloc to one arena under ulimit -v: the memory check may let through a batch that does not fit");
+            }
+        }
+    }
+}
+
+/// The threads a run starts beside the main one: the compute pool's, the
+/// loader's `workers`, and the checkpoint writer.
+pub fn run_threads(workers: usize) -> usize {
+    rayon::current_num_threads() + workers + 1
+}
+
 /// The smallest of: the system's available memory (free plus reclaimable
 /// cache); a container's memory limit (cgroup) less its processes'
 /// anonymous memory; and the address-space limit (`ulimit -v`, common on
-/// shared clusters) less this process's size. None where the system does
-/// not say.
-pub fn room() -> Option<Room> {
-    room_for(1)
+/// shared clusters) less this process's size, the stacks of `threads`
+/// more threads and a margin. None where the system does not say.
+pub fn room(threads: usize) -> Option<Room> {
+    room_for(1, threads)
 }
 
 /// [`room`] for one of `processes` of a run on this machine
 /// (LOCAL_WORLD_SIZE): the machine's memory and a container's limit are
 /// shared ([`Room::shared`]), an address-space limit is each process's own.
-pub fn room_for(processes: usize) -> Option<Room> {
+pub fn room_for(processes: usize, threads: usize) -> Option<Room> {
     let mut sys = System::new();
     sys.refresh_memory();
     let free = sys.available_memory();
@@ -66,11 +104,15 @@ pub fn room_for(processes: usize) -> Option<Room> {
     let in_limit = sys
         .cgroup_limits()
         .map(|c| c.total_memory.saturating_sub(c.rss));
+    let reserved = threads as u64 * STACK + ADDRESS_MARGIN;
+    let address = format!(
+        "left under the address-space limit (ulimit -v), less a margin for the run's {threads} threads and working memory",
+    );
+    let within = |b: u64| b.saturating_sub(reserved) / 11 * 10;
     let limits = [
         Some((free, "free", true)),
         in_limit.map(|b| (b, "free under the container's memory limit", true)),
-        address_space_left(&mut sys)
-            .map(|b| (b, "left under the address-space limit (ulimit -v)", false)),
+        address_space_left(&mut sys).map(|b| (within(b), &address[..], false)),
     ];
     least(limits.into_iter().flatten(), processes)
 }
@@ -218,7 +260,7 @@ impl MemoryNeed {
     /// [`check_now`](Self::check_now) within this process's share of the
     /// room when `processes` of one run share the machine ([`Room::shared`]).
     pub fn check_now_shared(&self, rows: usize, workers: usize, processes: usize) -> Result<()> {
-        match room_for(processes) {
+        match room_for(processes, run_threads(workers)) {
             Some(room) => self.check(rows, workers, room),
             None => Ok(()),
         }

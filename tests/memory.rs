@@ -547,6 +547,43 @@ fn an_address_space_limit_is_planned_within() {
     );
 }
 
+/// `bench-step ARGS` under `ulimit -v limit_kb`: (exit status, stderr).
+#[cfg(target_os = "linux")]
+fn bench_step_limited(limit_kb: u64, args: &str) -> (Option<i32>, String) {
+    let cmd = format!(
+        "ulimit -v {limit_kb} && exec '{}' bench-step --cpu --config cifar --phase-steps 0 --steps 1 --warmup 0 {args}",
+        env!("CARGO_BIN_EXE_alexnet-cuda"),
+    );
+    let o = Command::new("sh")
+        .args(["-c", &cmd])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("sh");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Under an address-space limit the batch a refusal names runs: past the
+/// limit an allocation aborts the process (status 134, no checkpoint),
+/// so the plan must hold what the threads and the step's working memory
+/// take beside its buffers, however many of them had started when it
+/// looked. Tried at three limits.
+#[cfg(target_os = "linux")]
+#[test]
+fn under_an_address_space_limit_the_batch_named_runs() {
+    for limit_kb in [600_000, 800_000, 1_200_000] {
+        let (code, err) = bench_step_limited(limit_kb, "--batch 100000");
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("left under the address-space limit"), "{err}");
+        let b = suggested(&err, "--batch ");
+        assert!(b > 0, "{err}");
+        let (code, err) = bench_step_limited(limit_kb, &format!("--batch {b}"));
+        assert_eq!(code, Some(0), "ulimit -v {limit_kb}, --batch {b}: {err}");
+    }
+}
+
 /// The device plan (`MemoryNeed::on_device`) at 4 bytes an element, as on a
 /// GPU in fp32, is every buffer the networks allocate: checked on the CPU
 /// backend, which counts them, for each config, batch and copy count.

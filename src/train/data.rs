@@ -162,7 +162,8 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         _ => "the data set".into(),
     };
     check_held_out(opts, n, &what)?;
-    let room = crate::memory::room_for(opts.world.local_size);
+    let threads = crate::memory::run_threads(opts.workers.unwrap_or(1));
+    let room = crate::memory::room_for(opts.world.local_size, threads);
     refuse_past_room(root, n, image_size, room, opts.resume.is_some())?;
     // A resume on other data is refused before the decode, not after it.
     if let Some(ck) = &opts.resume {
