@@ -4,6 +4,8 @@
 //! epochs that start at each lower rate must lie in 2..=N (epoch 1 would
 //! skip the base rate, one past N never applies) and be listed once.
 //! scripts/check_cycles.py finds a cycle through a re-exported name.
+//! A store named by a relative path is read from the folder the script is
+//! run in, as the shell's own commands read it.
 use std::process::Command;
 
 /// `milestones N` for N in 1..=`most`, from the script's own function.
@@ -116,4 +118,27 @@ fn check_cycles_follows_re_exports_and_aliases() {
     }
     let (ok, out) = crate_with("pub use feed::Pass as Step;", "");
     assert!(ok && out.contains("no import cycles"), "{out}");
+}
+
+/// bench-feed, recipe-probe and recipe-torch run from another folder with
+/// a relative STORE that is not there: the error names it under that
+/// folder (it named it under the repository, where the store made by the
+/// command it offered would not have been).
+#[test]
+fn a_relative_store_is_read_from_the_callers_folder() {
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let here = tempfile::tempdir().unwrap();
+    let want = format!("{}/st/train is missing", here.path().display());
+    for script in ["bench-feed", "recipe-probe", "recipe-torch"] {
+        let o = Command::new(scripts.join(script))
+            .arg("st")
+            .current_dir(here.path())
+            .output()
+            .expect("run the script");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(&want),
+            "{script}: {err}"
+        );
+    }
 }
