@@ -1,7 +1,10 @@
 //! Finding a labelled image set on disk: `<root>/<class>/<image>` (the
 //! ImageNet/ILSVRC layout), classes and files in sorted order. The rules are
 //! torchvision's `ImageFolder`'s, so a tree reads the same in both: its
-//! image extensions, and images at any depth under a class folder.
+//! image extensions, and images at any depth under a class folder. The
+//! order within a class is the same where its images sit in one folder
+//! (ImageNet's); under sub-folders each is read where its name sorts,
+//! where torchvision reads a folder's own images before its sub-folders.
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
