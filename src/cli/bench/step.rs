@@ -69,7 +69,8 @@ struct StepReport {
     batch: usize,
     steps: usize,
     mean_s: f64,
-    median_s: f64,
+    /// null on a GPU, whose per-step times are the host's queueing of work.
+    median_s: Option<f64>,
     images_per_s: f64,
     loss_first: Option<f32>,
     loss_last: Option<f32>,
@@ -92,9 +93,11 @@ struct StepReport {
 }
 
 impl StepReport {
-    /// The common part of the line; `step` is the step time images/s is from.
-    fn new(device: String, topo: &Topology, batch: usize, t: &Timed, step: f64) -> StepReport {
+    /// The common part of the line; `cpu`: whether each step's own time is
+    /// known (images/s is from the median then, else from the mean).
+    fn new(device: String, topo: &Topology, batch: usize, t: &Timed, cpu: bool) -> StepReport {
         let finite = |v: Option<&f32>| v.copied().filter(|v| v.is_finite());
+        let step = t.step_s(cpu);
         StepReport {
             implementation: "alexnet-cuda",
             device,
@@ -102,7 +105,7 @@ impl StepReport {
             batch,
             steps: t.steps,
             mean_s: t.mean,
-            median_s: t.median,
+            median_s: cpu.then_some(t.median),
             images_per_s: batch as f64 / step,
             loss_first: finite(t.losses.first()),
             loss_last: finite(t.losses.last()),
@@ -218,7 +221,7 @@ fn bench_layout<B: Backend>(
         "between towers: {} bytes per step (the table predicts {predicted})",
         model.exchanged_bytes()
     );
-    let mut report = StepReport::new(devices, topo, batch, &t, t.step_s(on_cpu));
+    let mut report = StepReport::new(devices, topo, batch, &t, on_cpu);
     report.exchanged_bytes_per_step = Some(model.exchanged_bytes());
     report.predicted_bytes_per_step = Some(predicted);
     report.print()
@@ -258,7 +261,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let hp = bench_hp(args.lr)?;
     let t = timed_steps(&mut model, &x, &labels, &hp, args.warmup, steps)?;
     let phases = phase_times(be, &mut model, &x, &labels, &hp, phase_steps)?;
-    let mut report = StepReport::new(be.name(), topo, batch, &t, t.step_s(cpu));
+    let mut report = StepReport::new(be.name(), topo, batch, &t, cpu);
     report.phases = Some(phases);
     if let (Some(before), Some(after)) = (free_before, be.device_memory()) {
         report.device_bytes_used = Some(before.saturating_sub(after.free));
