@@ -189,17 +189,19 @@ impl<'a, B: Backend> TowerNetwork<'a, B> {
                 [s[0], s[1]]
             })
             .collect();
-        let mut towers = Vec::with_capacity(2);
-        for (t, be) in devs.iter().enumerate() {
-            let mut params = Vec::with_capacity(shapes.len());
-            for (i, sp) in split.iter().enumerate() {
-                let (w, b) = initial_values(topo, &shapes, i, seed);
-                let rows = topo.layers[i].out_channels();
-                let per_row = w.len() / rows;
+        // Each layer drawn once, its rows dealt to the towers.
+        let mut params: [Vec<Param<B>>; 2] = Default::default();
+        for (i, sp) in split.iter().enumerate() {
+            let (w, b) = initial_values(topo, &shapes, i, seed);
+            let per_row = w.len() / topo.layers[i].out_channels();
+            for (t, be) in devs.iter().enumerate() {
                 let first = if t == 0 { 0 } else { sp[0] };
                 let (r0, r1) = (first, first + sp[t]);
-                params.push(Param::new(*be, &w[r0 * per_row..r1 * per_row], &b[r0..r1])?);
+                params[t].push(Param::new(*be, &w[r0 * per_row..r1 * per_row], &b[r0..r1])?);
             }
+        }
+        let mut towers = Vec::with_capacity(2);
+        for (be, params) in devs.iter().zip(params) {
             towers.push(Tower {
                 params,
                 stages: Vec::new(),
