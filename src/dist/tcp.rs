@@ -385,6 +385,29 @@ impl TcpAllReduce {
             world.connect_for.as_secs()
         );
         while by_rank.iter().skip(1).any(Option::is_none) {
+            // Checked every pass, not only when no connection waits: a
+            // stream of strangers' connections must not hold rank 0 past
+            // its deadline or a signal.
+            let missing =
+                || -> Vec<usize> { (1..world.size).filter(|&r| by_rank[r].is_none()).collect() };
+            if asked_to_stop(stop) {
+                return Err(stopped(format!(
+                    "rank 0 waited at {at} for ranks {:?}",
+                    missing()
+                )));
+            }
+            if start.elapsed() > world.connect_for {
+                let refused = if refused.is_empty() {
+                    String::new()
+                } else {
+                    format!("; refused: {}", refused.join(", "))
+                };
+                return Err(Error::Config(format!(
+                    "rank 0 waited {} s at {at} for ranks {:?}{refused}: start them with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE",
+                    world.connect_for.as_secs(),
+                    missing()
+                )));
+            }
             match listener.accept() {
                 Ok((s, peer)) => match hello(s, world, local, &mut by_rank) {
                     Ok((r, s)) => {
@@ -397,27 +420,6 @@ impl TcpAllReduce {
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let missing = || -> Vec<usize> {
-                        (1..world.size).filter(|&r| by_rank[r].is_none()).collect()
-                    };
-                    if asked_to_stop(stop) {
-                        return Err(stopped(format!(
-                            "rank 0 waited at {at} for ranks {:?}",
-                            missing()
-                        )));
-                    }
-                    if start.elapsed() > world.connect_for {
-                        let missing = missing();
-                        let refused = if refused.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; refused: {}", refused.join(", "))
-                        };
-                        return Err(Error::Config(format!(
-                            "rank 0 waited {} s at {at} for ranks {missing:?}{refused}: start them with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE",
-                            world.connect_for.as_secs()
-                        )));
-                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) if one_connections(&e) => {
