@@ -332,8 +332,9 @@ fn scan_empty_class_folder_is_named() -> TestResult {
 
 /// A class folder linked from a drive not mounted is a link whose target
 /// is gone: the scan stops naming it, rather than dropping the class and
-/// giving every later class its neighbour's label. A hidden broken link
-/// is no class and stays skipped; one inside a class is refused too.
+/// giving every later class its neighbour's label. A hidden broken link,
+/// or one named as a file, is no class and stays skipped; one named as a
+/// folder inside a class is refused too.
 #[test]
 #[cfg(unix)]
 fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
@@ -342,6 +343,14 @@ fn scan_a_class_link_whose_target_is_gone_is_refused() -> TestResult {
     make_tree(t.path(), &[("a", &["x.jpg"]), ("c", &["y.jpg"])])?;
     symlink(t.path().join(".hidden-gone"), t.path().join(".cache"))?;
     assert_eq!(ImageFolder::scan(t.path())?.classes(), ["a", "c"]);
+    // Nor is one named as a file: a stale labels file, or a picture at the
+    // top, which has no class and is named with the other such.
+    symlink(t.path().join("old/labels.txt"), t.path().join("labels.txt"))?;
+    symlink(t.path().join("old/latest.jpg"), t.path().join("latest.jpg"))?;
+    let scanned = ImageFolder::scan(t.path())?;
+    assert_eq!(scanned.classes(), ["a", "c"]);
+    assert_eq!(scanned.ignored(), [t.path().join("latest.jpg")]);
+    fs::remove_file(t.path().join("latest.jpg"))?;
     let gone = t.path().join("unmounted/b");
     symlink(&gone, t.path().join("b"))?;
     let msg = data_err_text(ImageFolder::scan(t.path()));

@@ -70,9 +70,11 @@ impl ImageFolder {
         let mut ignored = Vec::new();
         for (entry, kind) in read_dir_sorted(root)? {
             // Links are followed, so a tree of linked class folders works.
-            // One whose target is gone may be a class on a drive not
-            // mounted: skipping it would shift every later class's label.
-            if kind == Kind::Broken && !is_hidden(&entry) {
+            // One whose target is gone, named as folders are (no
+            // extension), may be a class on a drive not mounted: skipping
+            // it would shift every later class's label. Others (a stale
+            // labels.txt) are files, as in a class folder.
+            if kind == Kind::Broken && !is_hidden(&entry) && entry.extension().is_none() {
                 return Err(broken_link(
                     &entry,
                     "a class folder there would be left out and shift every later class's label",
