@@ -289,18 +289,39 @@ impl Drop for NpyWriter {
     }
 }
 
-/// Reads a 2-D float32 C-order .npy file a block of rows at a time, through
-/// npyz's seekable element reader over a buffered file (memory: the buffer
-/// and the block asked for).
+/// Reads a C-order .npy file a block of rows at a time (a row: the values
+/// under one first index), through npyz's seekable element reader over a
+/// buffered file (memory: the buffer and the block asked for).
 pub struct NpyRows {
     path: PathBuf,
-    data: NpyReader<f32, BufReader<File>>,
+    data: Values,
     pub rows: usize,
     pub cols: usize,
 }
 
+/// The file's values as stored: float32, or float64 where the reader
+/// allows it (read as f32).
+enum Values {
+    F32(NpyReader<f32, BufReader<File>>),
+    F64(NpyReader<f64, BufReader<File>>),
+}
+
 impl NpyRows {
+    /// A 2-D float32 file: `features`' own format.
     pub fn open(path: &Path) -> Result<NpyRows> {
+        let (rows, shape) = Self::open_shaped(path, false)?;
+        if shape.len() != 2 {
+            return Err(Error::Data(format!(
+                "{}: shape {shape:?} is not 2-D (rows, values per row)",
+                path.display()
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// A float32 (or, with `f64`, float64) file of any shape with at least
+    /// one axis, and its shape; a row holds the product of the others.
+    pub fn open_shaped(path: &Path, f64: bool) -> Result<(NpyRows, Vec<usize>)> {
         let bad = |msg: String| Error::Data(format!("{}: {msg}", path.display()));
         let io = |e| Error::io(path, e);
         let file = File::open(path).map_err(io)?;
@@ -309,52 +330,67 @@ impl NpyRows {
         let header = NpyHeader::from_reader(&mut reader).map_err(|e| bad(header_error(e)))?;
         let data_start = reader.stream_position().map_err(io)?;
         let shape = c_order_shape(&header).map_err(bad)?;
-        let [rows, cols] = shape[..] else {
-            return Err(bad(format!(
-                "shape {shape:?} is not 2-D (rows, values per row)"
-            )));
+        let Some((&rows, rest)) = shape.split_first() else {
+            return Err(bad("a single value (shape []) holds no rows".into()));
         };
-        let data = NpyFile::with_header(header, reader)
-            .try_data::<f32>()
-            .map_err(|f| {
-                bad(format!(
-                    "dtype {} is not float32 ('<f4'), which features are read as; write them with `alexnet-cuda features` or arr.astype(np.float32)",
-                    f.dtype().descr()
-                ))
-            })?;
+        let cols = rest
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+        let (data, width) = match NpyFile::with_header(header, reader).try_data::<f32>() {
+            Ok(r) => (Values::F32(r), 4),
+            Err(file) => match file.try_data::<f64>() {
+                Ok(r) if f64 => (Values::F64(r), 8),
+                Ok(_) => return Err(bad(not_f32("float64".into()))),
+                Err(file) => return Err(bad(not_f32(file.dtype().descr()))),
+            },
+        };
         // Checked here, not at the first short read deep in a search.
         let need = (rows as u64)
             .checked_mul(cols as u64)
-            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_mul(width))
             .and_then(|n| n.checked_add(data_start));
         if need.is_none_or(|n| n > len) {
             return Err(bad(format!(
-                "truncated: shape ({rows}, {cols}) needs {} bytes but the file has {len}; write it again",
+                "truncated: shape {shape:?} needs {} bytes but the file has {len}; write it again",
                 need.map_or("more than 2^64".into(), |n| n.to_string())
             )));
         }
-        Ok(NpyRows {
-            path: path.to_path_buf(),
-            data,
-            rows,
-            cols,
-        })
+        let path = path.to_path_buf();
+        Ok((
+            NpyRows {
+                path,
+                data,
+                rows,
+                cols,
+            },
+            shape,
+        ))
     }
 
     /// Rows `start..start + count` (clipped to the array), C order.
     pub fn read(&mut self, start: usize, count: usize) -> Result<Vec<f32>> {
         let start = start.min(self.rows);
         let end = start.saturating_add(count).min(self.rows);
-        let n = (end - start) * self.cols;
-        self.data
-            .seek_to((start * self.cols) as u64)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.data
-            .by_ref()
-            .take(n)
-            .collect::<io::Result<Vec<f32>>>()
-            .map_err(|e| Error::io(&self.path, e))
+        let (at, n) = ((start * self.cols) as u64, (end - start) * self.cols);
+        let io = |e| Error::io(&self.path, e);
+        match &mut self.data {
+            Values::F32(r) => {
+                r.seek_to(at).map_err(io)?;
+                r.by_ref().take(n).collect::<io::Result<Vec<f32>>>()
+            }
+            Values::F64(r) => {
+                r.seek_to(at).map_err(io)?;
+                r.by_ref().take(n).map(|v| v.map(|v| v as f32)).collect()
+            }
+        }
+        .map_err(io)
     }
+}
+
+/// The error for a dtype a reader does not take.
+fn not_f32(dtype: String) -> String {
+    format!("dtype {dtype} is not float32 ('<f4'); save the array with arr.astype(np.float32)")
 }
 
 #[cfg(test)]

@@ -1336,6 +1336,97 @@ fn predict_and_export_cli() {
     assert!(ok && elsewhere.exists(), "{err}");
 }
 
+/// A float64 `.npy` (a NumPy array never cast) of `shape`, written from
+/// the format's description: magic, version 1.0, the header's dict padded
+/// with spaces to a multiple of 64 bytes with '\n', then the values.
+fn write_npy_f64(path: &Path, shape: &[usize], values: &[f64]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let dict = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    let len = (10 + dict.len() + 1).div_ceil(64) * 64 - 10;
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(len as u16).to_le_bytes());
+    b.extend_from_slice(dict.as_bytes());
+    b.resize(10 + len - 1, b' ');
+    b.push(b'\n');
+    values
+        .iter()
+        .for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+    std::fs::write(path, b).unwrap();
+}
+
+/// `predict --input-npy` reads its input a step of rows at a time: 45
+/// rows, steps of 20 (the run's batch), give the logits of one forward of
+/// all 45 through the checkpoint's network, from float32 and from float64
+/// files; a NaN in the last step is refused before anything is printed.
+#[test]
+fn predict_reads_a_large_input_a_step_at_a_time() {
+    use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (_, run) = one_epoch_of_ten_classes(t.path());
+    let ck = checkpoint::load(&run.join("best.safetensors")).unwrap();
+    let topo = ck.state.net.topology().unwrap();
+    let (n, per) = (45, 3 * 28 * 28);
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..n * per).map(|_| rng.normal() as f32).collect();
+    let be = CpuBackend::new();
+    let mut net = ck.network(&be, &topo, n).unwrap();
+    net.forward(&x, &vec![0; n], Mode::Eval).unwrap();
+    let want = net.logits().unwrap();
+
+    let (x32, x64, logits) = (
+        t.path().join("x.npy"),
+        t.path().join("x64.npy"),
+        t.path().join("l.npy"),
+    );
+    write_npy_f32(&x32, &[n, 3, 28, 28], &x).unwrap();
+    let wide: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    write_npy_f64(&x64, &[n, 3, 28, 28], &wide);
+    for input in [&x32, &x64] {
+        let args = [
+            "predict",
+            "--cpu",
+            "--checkpoint",
+            &s(&run),
+            "--input-npy",
+            &s(input),
+        ];
+        let (ok, _, err) = cli(&[&args[..], &["--logits", &s(&logits)]].concat());
+        assert!(ok, "{err}");
+        let (shape, got) = read_npy_f32(&logits).unwrap();
+        assert_eq!(shape, vec![n, 10]);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{}: {a} vs {b}",
+                s(input)
+            );
+        }
+    }
+    let mut bad = x.clone();
+    bad[44 * per + 2 * 28 * 28] = f32::INFINITY;
+    write_npy_f32(&x32, &[n, 3, 28, 28], &bad).unwrap();
+    let (ok, listing, err) = cli(&[
+        "predict",
+        "--cpu",
+        "--checkpoint",
+        &s(&run),
+        "--input-npy",
+        &s(&x32),
+    ]);
+    let said = format!(
+        "value {} (image 44, channel 2) is inf",
+        44 * per + 2 * 28 * 28
+    );
+    assert!(
+        !ok && err.contains(&said) && listing.is_empty(),
+        "{said}: {listing}{err}"
+    );
+}
+
 /// `eval --per-class` and `--confusion` on a class folder against the same
 /// images' `predict --logits`, ranked here: each class's images, top-1 and
 /// top-5 error, the class it is most often taken for, and the matrix.

@@ -17,7 +17,7 @@ use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
-use alexnet_cuda::npy::{read_npy_f32, NpyWriter};
+use alexnet_cuda::npy::{NpyRows, NpyWriter};
 use alexnet_cuda::progress;
 use alexnet_cuda::run_state::Preprocess;
 
@@ -124,7 +124,8 @@ impl OnDevice for PredictOn<'_> {
     }
 }
 
-/// A preprocessed batch from a .npy file, checked against the network's input.
+/// A preprocessed batch from a .npy file, checked against the network's
+/// input, read `chunk` rows at a time (the shape from the header first).
 fn npy_rows(
     net: &mut dyn Model,
     topo: &Topology,
@@ -133,7 +134,7 @@ fn npy_rows(
     path: &Path,
     chunk: usize,
 ) -> Result<()> {
-    let (shape, x) = read_npy_f32(path)?;
+    let (mut rows, shape) = NpyRows::open_shaped(path, true)?;
     let side = topo.crop;
     let want = [topo.channels, side, side];
     if shape.len() != 4 || shape[1..] != want {
@@ -148,24 +149,46 @@ fn npy_rows(
     if shape[0] == 0 {
         bail!("{}: shape {shape:?} holds no images", path.display());
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        let per = want.iter().product::<usize>();
-        bail!(
-            "{}: value {i} (image {}, channel {}) is {}, not a finite number; the input must hold preprocessed pixels ({})",
-            path.display(),
-            i / per,
-            i % per / (side * side),
-            x[i],
-            preprocessing(&ck.state.preprocess, side)
-        );
+    let chunk = chunk.max(1);
+    // A pass over the values first: a bad one is refused before any output.
+    for start in (0..shape[0]).step_by(chunk) {
+        let x = rows.read(start, chunk)?;
+        refuse_non_finite(path, ck, (rows.cols, side), start * rows.cols, &x)?;
     }
     let mut out = Output::new(ck, args, shape[0])?;
-    let (logits, probs) = forward_rows(net, &x, chunk)?;
-    let labels: Vec<String> = (0..shape[0])
-        .map(|i| format!("{} row {i}", path.display()))
-        .collect();
-    out.take(&labels, &logits, &probs)?;
+    for start in (0..shape[0]).step_by(chunk) {
+        let x = rows.read(start, chunk)?;
+        let (logits, probs) = forward_rows(net, &x, chunk)?;
+        let labels: Vec<String> = (start..start + x.len() / rows.cols)
+            .map(|i| format!("{} row {i}", path.display()))
+            .collect();
+        out.take(&labels, &logits, &probs)?;
+    }
     out.finish(None)
+}
+
+/// Refuse a value of the input that is not finite, named by its index in
+/// the file (`x` starts at value `first`), its image and channel (`per`
+/// values an image, planes of `side` x `side`).
+fn refuse_non_finite(
+    path: &Path,
+    ck: &Checkpoint,
+    (per, side): (usize, usize),
+    first: usize,
+    x: &[f32],
+) -> Result<()> {
+    let Some(i) = x.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let at = first + i;
+    bail!(
+        "{}: value {at} (image {}, channel {}) is {}, not a finite number; the input must hold preprocessed pixels ({})",
+        path.display(),
+        at / per,
+        at % per / (side * side),
+        x[i],
+        preprocessing(&ck.state.preprocess, side)
+    )
 }
 
 /// Image files, a group at a time, decoded and cropped as evaluation does
