@@ -426,19 +426,29 @@ pub fn thread_count(s: &str) -> std::result::Result<usize, String> {
     Ok(n)
 }
 
-/// Size the global compute thread pool (--threads); `None` keeps rayon's
-/// default of one thread per core.
+/// Start the global compute thread pool: --threads of them, or (`None`)
+/// rayon's default of one per core. Started here, not at the first
+/// parallel loop, so that threads the system refuses (a process limit,
+/// `ulimit -u`, or an address-space limit too small for their stacks) are
+/// an error that says so, not a panic inside rayon.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("--threads: could not start the thread pool")?;
+        pool = pool.num_threads(n);
     }
-    Ok(())
+    match pool.build_global() {
+        Ok(()) => Ok(()),
+        // A pool already started (by an earlier command in this process)
+        // is the one to use, unless --threads asked for another size.
+        Err(e) if threads.is_none() && std::error::Error::source(&e).is_none() => Ok(()),
+        Err(e) => {
+            let size = threads.map_or("one a core".to_string(), |n| n.to_string());
+            bail!("could not start the compute threads ({size}): {e}; pass fewer with --threads, or raise the limit on processes (ulimit -u) or address space (ulimit -v)")
+        }
+    }
 }
 
 /// Network rows per image: ten for the paper's 10 crops, else one.
