@@ -52,8 +52,13 @@ fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
 
 /// `train_args` checkpointing every `n` steps, not 7.
 fn checkpoint_every(args: &mut [String], n: &str) {
-    let at = args.iter().position(|a| a == "--checkpoint-every");
-    args[at.expect("--checkpoint-every") + 1] = n.into();
+    set_arg(args, "--checkpoint-every", n);
+}
+
+/// `args` with the value of `flag`, one `train_args` gives, set to `value`.
+fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    let at = args.iter().position(|a| a == flag).expect(flag);
+    args[at + 1] = value.into();
 }
 
 fn resume_args(out: &Path) -> Vec<String> {
@@ -1690,13 +1695,8 @@ fn a_signal_from_timeout_stops_with_a_checkpoint() {
 fn a_second_signal_later_quits_at_once_without_a_checkpoint() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("run");
-    let child = slow_steps(t.path(), &out);
-    signal(&child, "-TERM");
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "-TERM");
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(143), "{err}");
+    let (status, err) = two_signals(t.path(), &out, "-TERM", "-TERM");
+    assert_eq!(status, Some(143), "{err}");
     assert!(err.contains("stopping: the step"), "{err}");
     assert!(checkpoint::list(&out).unwrap().is_empty(), "{err}");
 }
@@ -1708,13 +1708,8 @@ fn a_second_signal_later_quits_at_once_without_a_checkpoint() {
 fn a_schedulers_signal_after_its_warning_still_writes_the_checkpoint() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("run");
-    let child = slow_steps(t.path(), &out);
-    signal(&child, "-USR1");
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "-TERM");
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(143), "{err}");
+    let (status, err) = two_signals(t.path(), &out, "-USR1", "-TERM");
+    assert_eq!(status, Some(143), "{err}");
     assert!(
         err.contains("SIGTERM after SIGUSR1: still stopping, the checkpoint first"),
         "{err}"
@@ -1723,16 +1718,27 @@ fn a_schedulers_signal_after_its_warning_still_writes_the_checkpoint() {
     assert!(step >= 1, "{err}");
 }
 
+/// `slow_steps` sent `first`, then `second` 1.5 s later, while the step
+/// the first lets finish is still running: its exit status and stderr.
+fn two_signals(dir: &Path, out: &Path, first: &str, second: &str) -> (Option<i32>, String) {
+    let child = slow_steps(dir, out);
+    signal(&child, first);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, second);
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A run of `alexnet` on the CPU, steps of 48 images taking seconds and no
 /// checkpoint but a stop's, started and past its first step.
 fn slow_steps(dir: &Path, out: &Path) -> Child {
     let mut args = train_args(&data(dir), out, EPOCHS);
-    let at = |flag: &str, args: &[String]| args.iter().position(|a| a == flag).unwrap() + 1;
-    let (c, b) = (at("--config", &args), at("--batch", &args));
-    args[c] = "alexnet".into();
-    args[b] = "48".into();
-    let e = at("--checkpoint-every", &args);
-    args[e] = "1000".into();
+    set_arg(&mut args, "--config", "alexnet");
+    set_arg(&mut args, "--batch", "48");
+    checkpoint_every(&mut args, "1000");
     start_until(&args, out, 1)
 }
 
@@ -2636,8 +2642,7 @@ fn nan_weights_stop_the_run_at_the_step_not_the_checkpoint() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("run");
     let mut a = train_args(&data(t.path()), &out, 1);
-    let every = a.iter().position(|f| f == "--checkpoint-every").unwrap();
-    a[every + 1] = "1000".into();
+    checkpoint_every(&mut a, "1000");
     a.extend(["--lr", "1e3"].map(String::from));
     let o = run(&a);
     let err = String::from_utf8_lossy(&o.stderr);
