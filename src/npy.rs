@@ -461,6 +461,31 @@ mod tests {
         assert_eq!(parse_npy_f32(&b).unwrap(), (vec![1], vec![2.5]));
     }
 
+    /// Rows of a float64 file, only where asked for, and its length
+    /// checked at 8 bytes a value.
+    #[test]
+    fn rows_of_a_float64_file_are_read_where_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let mut b = v1("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2), }");
+        (0..6).for_each(|i| b.extend_from_slice(&f64::from(i).to_le_bytes()));
+        std::fs::write(&path, &b).unwrap();
+        let (mut rows, shape) = NpyRows::open_shaped(&path, true).unwrap();
+        assert_eq!(
+            (shape, rows.read(1, 5).unwrap()),
+            (vec![3, 2], vec![2.0, 3.0, 4.0, 5.0])
+        );
+        let err = NpyRows::open_shaped(&path, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("dtype float64 is not float32"), "{err}");
+        std::fs::write(&path, &b[..b.len() - 1]).unwrap();
+        let err = NpyRows::open_shaped(&path, true).err().unwrap().to_string();
+        let said = format!("truncated: shape [3, 2] needs {} bytes", b.len());
+        assert!(err.contains(&said), "{said}: {err}");
+    }
+
     #[test]
     fn reads_version_2_header() {
         let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }";
