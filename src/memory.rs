@@ -14,7 +14,7 @@ use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
 use crate::fsutil::size;
 use crate::model::net::{buffer_elements, index_elements, input_buffers};
-use crate::model::topology::Topology;
+use crate::model::topology::{Op, Topology};
 use crate::model::towers::extra_elements;
 
 /// The memory a run may still take, and the limit that sets it.
@@ -48,9 +48,10 @@ const STACK: u64 = 2 << 20;
 
 /// Under `ulimit -v`, what an allocation past the limit meets is an abort,
 /// not a slow page: the room is kept a tenth larger than the plan, and 64
-/// MiB more, for what it leaves out (the GEMMs' packing buffers, im2col
-/// scratch, allocator rounding: 25 MB for `cifar`, 60 MB for `alexnet`, as
-/// measured against the process's peak size).
+/// MiB more, for what it leaves out (a GEMM's packed block that all threads
+/// share, allocator rounding). On two threads, before the plan counted
+/// their scratch ([`cpu_scratch`]), all of that came to 25 MB for `cifar`
+/// and 60 MB for `alexnet`, measured against the process's peak size.
 const ADDRESS_MARGIN: u64 = 64 << 20;
 
 /// Under an address-space limit, one malloc arena for every thread. glibc
@@ -186,6 +187,11 @@ pub struct MemoryNeed {
     /// Replicas in this process sharing its rows: a suggested `--batch`
     /// must split evenly over them (`train::setup::local_batch`).
     pub copies: usize,
+    /// Bytes the compute threads hold beside the network's buffers on the
+    /// CPU, whatever the batch ([`cpu_scratch`]; 0 on a GPU).
+    pub scratch: u64,
+    /// The compute threads that `scratch` is for, for the error.
+    pub threads: usize,
 }
 
 impl MemoryNeed {
@@ -211,6 +217,26 @@ impl MemoryNeed {
             crops: 1,
             world: 1,
             copies,
+            scratch: 0,
+            threads: 0,
+        })
+    }
+
+    /// And the scratch of `threads` compute threads running `topo` on
+    /// `be` ([`cpu_scratch`]), where its networks are in host memory.
+    pub fn with_compute_threads<B: Backend>(
+        self,
+        be: &B,
+        topo: &Topology,
+        threads: usize,
+    ) -> Result<MemoryNeed> {
+        if !be.in_host_memory() {
+            return Ok(self);
+        }
+        Ok(MemoryNeed {
+            scratch: cpu_scratch(topo, threads)?,
+            threads,
+            ..self
         })
     }
 
@@ -247,8 +273,14 @@ impl MemoryNeed {
     /// Bytes held with `rows` rows per step and `workers` loader threads.
     pub fn bytes(&self, rows: usize, workers: usize) -> u64 {
         let per_row = self.per_row + self.held(workers) * self.loader_row;
-        (self.fixed + self.checkpoint + self.reduce)
+        self.whatever_the_batch()
             .saturating_add((rows as u64).saturating_mul(per_row))
+    }
+
+    /// Bytes held at any batch: the weights, a checkpoint, the reduce's
+    /// buffers and the compute threads' scratch.
+    fn whatever_the_batch(&self) -> u64 {
+        self.fixed + self.checkpoint + self.reduce + self.scratch
     }
 
     /// `check` against the `room` there is now; nothing where the system
@@ -336,6 +368,13 @@ impl MemoryNeed {
                 size(self.reduce)
             ));
         }
+        if self.scratch > 0 {
+            parts.push(format!(
+                "the scratch of {} compute threads {}",
+                self.threads,
+                size(self.scratch)
+            ));
+        }
         parts.push(match self.batches {
             0 => format!("the input {} per {unit}", size(self.loader_row)),
             _ => format!(
@@ -351,7 +390,7 @@ impl MemoryNeed {
     /// What to pass instead: fewer workers if one worker fits, else a
     /// smaller batch, else nothing on this machine.
     fn fix(&self, rows: usize, workers: usize, free: u64) -> String {
-        let held = self.fixed + self.checkpoint + self.reduce;
+        let held = self.whatever_the_batch();
         let room = free.saturating_sub(held);
         if workers > 1 && self.bytes(rows, 1) <= free {
             let per_batch = rows as u64 * self.loader_row;
@@ -366,11 +405,14 @@ impl MemoryNeed {
         let step = lcm(self.crops.max(1) as u64, self.copies.max(1) as u64);
         let max_rows = room / per_row.max(1) / step * step;
         if max_rows == 0 {
+            let threads = self.scratch > 0;
             return format!(
-                "the weights alone (with their gradients and momentum{}{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, or more memory",
+                "the weights alone (with their gradients and momentum{}{}{}) take {}, leaving no room for a batch: use a smaller --config, fewer devices, {}or more memory",
                 if self.checkpoint > 0 { ", a checkpoint being written" } else { "" },
                 if self.reduce > 0 { ", the buffers that average them" } else { "" },
-                size(held)
+                if threads { ", the compute threads' scratch" } else { "" },
+                size(held),
+                if threads { "fewer --threads, " } else { "" }
             );
         }
         format!("pass --batch {} or less", max_rows * self.world as u64)
@@ -395,6 +437,32 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
+/// Bytes the CPU backend's `threads` compute threads hold beside a
+/// network's buffers (`backend::cpu::conv`). Each keeps an im2col buffer
+/// the size of the largest conv's between calls, and gemm's own per-thread
+/// slab, the size of its L2 cache; a conv's GEMM packs at most its im2col
+/// matrix again. While a filter gradient is summed, every thread but the
+/// caller adds into its own copy of the layer's weights. A GEMM that all
+/// threads share (the fc layers') packs one block, left to the margins.
+pub fn cpu_scratch(topo: &Topology, threads: usize) -> Result<u64> {
+    let (mut col, mut weights) = (0u64, 0u64);
+    for (l, s) in topo.layers.iter().zip(topo.shapes()?) {
+        if let Op::Conv { k, groups, .. } = l.op {
+            let rows = s.input.c / groups * k * k;
+            col = col.max((rows * s.op_out.h * s.op_out.w) as u64);
+            weights = weights.max(s.weight_params as u64);
+        }
+    }
+    let t = threads.max(1) as u64;
+    Ok(t * (2 * 4 * col + gemm_slab()) + (t - 1) * 4 * weights)
+}
+
+/// The slab gemm keeps on each thread that runs a GEMM: its L2 cache's
+/// size, as gemm reads it.
+pub fn gemm_slab() -> u64 {
+    gemm_common::cache::CACHE_INFO[1].cache_bytes as u64
+}
+
 /// The loader batches a training run's feed may fill at once: its
 /// workers go on from the epoch being read to its validation and the next
 /// epoch (`train::passes` queues both behind it), `batch` images each.
@@ -413,7 +481,9 @@ pub fn check_one<B: Backend>(
     images: usize,
 ) -> Result<()> {
     let batch = loader.batch.max(1);
-    let need = MemoryNeed::network(be, topo, 1)?.with_loader(loader, images.div_ceil(batch));
+    let need = MemoryNeed::network(be, topo, 1)?
+        .with_compute_threads(be, topo, rayon::current_num_threads())?
+        .with_loader(loader, images.div_ceil(batch));
     let rows = batch.min(images) * need.crops;
     need.check_now(rows, loader.workers)?;
     let on_device = MemoryNeed {
@@ -500,6 +570,8 @@ impl MemoryNeed {
             crops: 1,
             world: 1,
             copies,
+            scratch: 0,
+            threads: 0,
         })
     }
 

@@ -21,7 +21,9 @@ use alexnet_cuda::data::{
     batches, BatchIter, Feed, HostAlloc, HostMemory, ImageSet, ImageSource, LoaderConfig,
 };
 use alexnet_cuda::dist::{HostAllReduce, Layout};
-use alexnet_cuda::memory::{device_room_of, least, run_batches, DeviceStorage, MemoryNeed, Room};
+use alexnet_cuda::memory::{
+    cpu_scratch, device_room_of, gemm_slab, least, run_batches, DeviceStorage, MemoryNeed, Room,
+};
 use alexnet_cuda::model::net::{buffer_elements, Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::towers::{extra_elements, TowerNetwork};
@@ -569,18 +571,25 @@ fn bench_step_limited(limit_kb: u64, args: &str) -> (Option<i32>, String) {
 /// limit an allocation aborts the process (status 134, no checkpoint),
 /// so the plan must hold what the threads and the step's working memory
 /// take beside its buffers, however many of them had started when it
-/// looked. Tried at three limits.
+/// looked. Tried at three limits, on the machine's threads and on 48
+/// (whose scratch is 0.2 GB for `cifar`).
 #[cfg(target_os = "linux")]
 #[test]
 fn under_an_address_space_limit_the_batch_named_runs() {
-    for limit_kb in [600_000, 800_000, 1_200_000] {
-        let (code, err) = bench_step_limited(limit_kb, "--batch 100000");
-        assert_eq!(code, Some(1), "{err}");
-        assert!(err.contains("left under the address-space limit"), "{err}");
-        let b = suggested(&err, "--batch ");
-        assert!(b > 0, "{err}");
-        let (code, err) = bench_step_limited(limit_kb, &format!("--batch {b}"));
-        assert_eq!(code, Some(0), "ulimit -v {limit_kb}, --batch {b}: {err}");
+    for threads in ["", "--threads 48"] {
+        for limit_kb in [600_000, 800_000, 1_200_000] {
+            let (code, err) = bench_step_limited(limit_kb, &format!("{threads} --batch 100000"));
+            assert_eq!(code, Some(1), "{err}");
+            assert!(err.contains("left under the address-space limit"), "{err}");
+            let b = suggested(&err, "--batch ");
+            assert!(b > 0, "{err}");
+            let (code, err) = bench_step_limited(limit_kb, &format!("{threads} --batch {b}"));
+            assert_eq!(
+                code,
+                Some(0),
+                "ulimit -v {limit_kb}, {threads} --batch {b}: {err}"
+            );
+        }
     }
 }
 
@@ -798,4 +807,64 @@ fn the_plan_counts_the_host_all_reduce_buffers() {
             "{shape}: the reduce holds {held} bytes, the plan counts {planned}"
         );
     }
+}
+
+/// The bytes each of a pool's threads held at its most during a training
+/// step of `topo` at batch `n`, the pool's threads alone doing the work.
+fn thread_peaks(topo: &Topology, n: usize, threads: usize) -> Vec<isize> {
+    let be = CpuBackend::new();
+    let mut net = Network::new(&be, topo, n, 5).expect("network");
+    let (x, labels) = common::batch(topo, n, 4);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.broadcast(|_| live_bytes::reset_peak());
+    let before: Vec<isize> = pool.broadcast(|_| live_bytes::live());
+    pool.install(|| {
+        net.forward(&x, &labels, Mode::Train).expect("forward");
+        net.backward().expect("backward");
+    });
+    let peaks: Vec<isize> = pool.broadcast(|_| live_bytes::peak());
+    peaks.iter().zip(&before).map(|(p, b)| p - b).collect()
+}
+
+/// On the CPU the compute threads hold scratch beside the network's
+/// buffers (im2col, gemm's packing, a filter gradient's partial sums):
+/// the plan counts the most a step's threads hold, every thread at its
+/// peak at once, and no more than a tenth over it on one thread. Its
+/// size for the paper's network, worked from section 3.5's layers: conv1's
+/// im2col matrix, 3 x 11 x 11 rows by 55 x 55 positions, is the largest,
+/// and conv3's 384 x 256 x 3 x 3 weights the largest partial sum.
+#[test]
+fn the_plan_counts_the_compute_threads_scratch() {
+    let topo = Topology::alexnet();
+    let slab = gemm_slab();
+    for threads in [1u64, 4] {
+        let by_hand = threads * (2 * 4 * (3 * 11 * 11) * (55 * 55) + slab)
+            + (threads - 1) * 4 * (384 * 256 * 3 * 3);
+        let plan = cpu_scratch(&topo, threads as usize).expect("plan");
+        assert_eq!(plan, by_hand, "{threads} threads");
+        let held: isize = thread_peaks(&topo, 8, threads as usize).iter().sum();
+        assert!(
+            held as u64 <= plan,
+            "{threads} threads held {held} bytes at their peaks; the plan counts {plan}"
+        );
+        if threads == 1 {
+            assert!(plan <= held as u64 / 10 * 11, "{held} held, {plan} planned");
+        }
+    }
+
+    // Weights and scratch past the room: the error names the threads.
+    let be = CpuBackend::new();
+    let need = MemoryNeed::network(&be, &topo, 1)
+        .and_then(|n| n.with_compute_threads(&be, &topo, 64))
+        .expect("need");
+    let room = Room {
+        bytes: need.fixed + need.scratch / 2,
+        limit: "free".into(),
+    };
+    let err = need.check(1, 0, room).unwrap_err().to_string();
+    assert!(err.contains("the scratch of 64 compute threads"), "{err}");
+    assert!(err.contains("fewer --threads"), "{err}");
 }

@@ -55,10 +55,12 @@ impl<'a, B: Backend> Layout<'a, B> {
 
     /// What the layout's networks take: in host memory and in its devices'
     /// (`MemoryNeed::network`, `on_device`), two towers' own buffers with
-    /// them (model, hybrid).
+    /// them (model, hybrid), and on the CPU the compute threads' scratch.
     pub fn memory_needs(&self, topo: &Topology) -> Result<(MemoryNeed, MemoryNeed)> {
         let first = self.first();
-        let mut host = MemoryNeed::network(first, topo, self.copies())?;
+        let threads = rayon::current_num_threads();
+        let mut host = MemoryNeed::network(first, topo, self.copies())?
+            .with_compute_threads(first, topo, threads)?;
         let reduce = match self {
             Layout::Data(_, r) => r.host_floats(largest_part(topo, false)?),
             Layout::Hybrid(_, r) => r.host_floats(largest_part(topo, true)?),

@@ -236,7 +236,11 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let batch = args.batch.max(1);
     let steps = args.steps.max(1);
     let (mut host, mut on_device) = (
-        MemoryNeed::network(be, topo, 1)?,
+        MemoryNeed::network(be, topo, 1)?.with_compute_threads(
+            be,
+            topo,
+            rayon::current_num_threads(),
+        )?,
         MemoryNeed::on_device(be, topo, 1)?,
     );
     let phase_steps = args.phase_steps.unwrap_or(3);
