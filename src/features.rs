@@ -308,6 +308,25 @@ pub fn meta_path(features: &Path) -> PathBuf {
     features.with_extension("meta.json")
 }
 
+/// Refuse, before any image is read, a features file whose row table or
+/// record could not be written beside it: a folder of that name would
+/// fail the job at its end, after every image's features were computed.
+fn check_beside(features: &Path, flag: &str) -> Result<()> {
+    for (side, what) in [
+        (rows_csv_path(features), "row table"),
+        (meta_path(features), "record"),
+    ] {
+        if side.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: a folder, where the features file {} keeps its {what}; rename or remove the folder, or pass another {flag}",
+                side.display(),
+                features.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What computed a features file, which its shape cannot tell (fc6 and fc7
 /// are both 4096 wide; every checkpoint of a config has the same widths).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -677,6 +696,11 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     // Where the picture goes, and whether it can be drawn, before any
     // image is read: the set's features may take an hour.
     check_target(job.out).map_err(|e| Error::Config(format!("--out {e}")))?;
+    if job.features.is_none() {
+        let features = default_features_path(job.out);
+        check_target(&features).map_err(|e| Error::Config(format!("the fc7 file {e}")))?;
+        check_beside(&features, "--out")?;
+    }
     grid_size(job.queries.len(), job.k.saturating_add(1), job.cell)?;
     // The queries next: a bad file fails before the set is read (from
     // a folder, every image decoded).
@@ -1102,8 +1126,10 @@ pub struct FeaturesReport {
 pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport> {
     let ck = job.ck;
     let topo = ck.state.net.topology()?;
-    // An unknown layer fails before the data is opened.
+    // An unknown layer, or a folder where a file goes, fails before the
+    // data is opened.
     activation_width(&topo, job.layer)?;
+    check_beside(job.out, "--out")?;
     let fs = open_set(job.data, ck, "val", "take features of those images")?;
     let indices = spread(fs.set.len(), job.limit);
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;

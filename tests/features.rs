@@ -569,6 +569,47 @@ fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
     }
 }
 
+/// A folder where the row table or record goes beside a features file
+/// is refused before any image is read, naming it: the write beside the
+/// file came last, after every image's features were computed.
+#[test]
+fn a_folder_where_a_file_goes_beside_the_features_is_refused_first() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("f.rows.csv")).unwrap();
+    let f = dir.path().join("f.npy");
+    let (ok, _, err) = features_of(st, &st.store, &f, &[]);
+    assert!(!ok && !f.exists(), "{err}");
+    assert!(
+        err.contains("f.rows.csv: a folder, where the features file")
+            && err.contains("keeps its row table; rename or remove the folder"),
+        "{err}"
+    );
+
+    // neighbors writes its fc7 beside the picture: the same check.
+    std::fs::create_dir(dir.path().join("grid.fc7.meta.json")).unwrap();
+    let grid = dir.path().join("grid.png");
+    let query = s(&fixtures().join("cat/0000.jpg"));
+    let (c, d, g) = (s(&st.ckpt), s(&st.store), s(&grid));
+    let (ok, _, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &c,
+        "--data",
+        &d,
+        "--out",
+        &g,
+        "--query",
+        &query,
+    ]);
+    assert!(!ok && !grid.exists(), "{err}");
+    assert!(
+        err.contains("grid.fc7.meta.json: a folder") && err.contains("keeps its record"),
+        "{err}"
+    );
+}
+
 /// `features` of fc7 for every image of the setup's store, into `out`.
 fn fc7_of_all<'a>(st: &'a Setup, out: &'a str) -> [&'a str; 11] {
     let (c, d) = (st.ckpt.to_str().unwrap(), st.store.to_str().unwrap());
