@@ -318,15 +318,21 @@ fn require_gpus(req: &Request, ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> 
 /// that concurrent communicators on one device can deadlock (NCCL user
 /// guide, "Using multiple NCCL communicators concurrently"). Refused, unless
 /// a tower's list repeats a GPU: then NCCL is not used at all (`gpu_reduce`).
-fn check_hybrid_gpus(ids: &[usize], list: &str) -> Result<()> {
+/// Several processes always reduce through NCCL (`check_shared_in_world`),
+/// so there the second way out is not offered.
+fn check_hybrid_gpus(ids: &[usize], list: &str, world: &World) -> Result<()> {
     let parts = hybrid_parts(ids);
     if nccl_rule(&parts, true) == NcclUse::No {
         return Ok(());
     }
+    let or = match world.is_single() {
+        true => ", or repeat a GPU within one tower's list (e.g. --gpus 0,1,0,1, or 0,0,0,0 on one GPU), which reduces without NCCL",
+        false => " (a run of several processes always reduces through NCCL)",
+    };
     match parts[0].iter().find(|g| parts[1].contains(g)) {
         None => Ok(()),
         Some(g) => Err(Error::Config(format!(
-            "--gpus {list} --parallel hybrid: GPU {g} holds a tower 0 and a tower 1 (of one pair or of two), so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3), or repeat a GPU within one tower's list (e.g. --gpus 0,1,0,1, or 0,0,0,0 on one GPU), which reduces without NCCL"
+            "--gpus {list} --parallel hybrid: GPU {g} holds a tower 0 and a tower 1 (of one pair or of two), so it would be in both towers' NCCL communicators at once, which can deadlock; list the pairs so that each GPU holds one tower only (e.g. --gpus 0,1,2,3){or}"
         ))),
     }
 }
@@ -359,6 +365,13 @@ fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
     }
     let list = match (&req.gpus, world.is_single()) {
         (Some(l), _) => l.clone(),
+        (None, false) if world.local_size > 1 && !world.local_rank_set => {
+            return Err(Error::Config(format!(
+                "LOCAL_WORLD_SIZE={n} but no LOCAL_RANK: without --gpus each process drives the GPU of its LOCAL_RANK, so all {n} processes on this machine would drive GPU 0; set LOCAL_RANK (0 to {}) in each process, launch with torchrun, which sets it, or give each process its GPUs with --gpus",
+                world.local_size - 1,
+                n = world.local_size
+            )))
+        }
         (None, false) => world.local_rank.to_string(),
         (None, true) => {
             return Err(Error::Config(
@@ -374,7 +387,7 @@ fn gpu_plan(req: &Request, world: &World) -> Result<(Vec<usize>, Parallel)> {
     check_count(p, ids.len(), &gpus_named(req, &list))?;
     check_world(p, world)?;
     if p == Parallel::Hybrid {
-        check_hybrid_gpus(&ids, &list)?;
+        check_hybrid_gpus(&ids, &list, world)?;
     }
     check_shared_in_world(&ids, p, world, &list)?;
     Ok((ids, p))
@@ -529,20 +542,60 @@ mod tests {
 
     /// A GPU in both towers' NCCL communicators is refused, with a list
     /// that works; where a tower's list repeats a GPU, NCCL is not used
-    /// and nothing is refused.
+    /// and nothing is refused. In a run of several processes, which
+    /// refuses a repeated GPU (`check_shared_in_world`), the error offers
+    /// distinct GPUs only.
     #[test]
     fn hybrid_gpus_holding_both_towers_are_refused_with_a_list_that_works() {
+        let one = World::single();
+        let two = World {
+            rank: 1,
+            size: 2,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        };
         for (ids, gpu) in [(vec![0, 0], 0), (vec![0, 1, 1, 0], 0)] {
-            let e = check_hybrid_gpus(&ids, "L").unwrap_err().to_string();
+            let e = check_hybrid_gpus(&ids, "L", &one).unwrap_err().to_string();
             let said = format!("GPU {gpu} holds a tower 0 and a tower 1");
             assert!(
                 e.contains(&said) && e.contains("--gpus 0,1,0,1"),
                 "{ids:?}: {e}"
             );
+            let e = check_hybrid_gpus(&ids, "L", &two).unwrap_err().to_string();
+            assert!(
+                e.contains(&said) && e.contains("--gpus 0,1,2,3") && !e.contains("0,1,0,1"),
+                "{ids:?}: {e}"
+            );
+            let repeated = [0, 1, 0, 1];
+            assert!(check_shared_in_world(&repeated, Parallel::Hybrid, &two, "L").is_err());
         }
         for ids in [vec![0, 1, 2, 3], vec![0, 1, 0, 1], vec![0, 0, 0, 0]] {
-            assert!(check_hybrid_gpus(&ids, "L").is_ok(), "{ids:?}");
+            assert!(check_hybrid_gpus(&ids, "L", &one).is_ok(), "{ids:?}");
         }
+    }
+
+    /// Processes sharing a machine (LOCAL_WORLD_SIZE) without --gpus each
+    /// drive the GPU of their LOCAL_RANK: without it, all would drive GPU 0.
+    #[test]
+    fn processes_sharing_a_machine_need_their_local_rank_without_gpus() {
+        let mut r = gpus("", Some(Parallel::Data));
+        r.gpus = None;
+        let unset = World {
+            rank: 1,
+            size: 4,
+            local_size: 2,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        };
+        let e = gpu_plan(&r, &unset).unwrap_err().to_string();
+        assert!(
+            e.starts_with("LOCAL_WORLD_SIZE=2 but no LOCAL_RANK")
+                && e.contains("set LOCAL_RANK (0 to 1)"),
+            "{e}"
+        );
+        // Given --gpus, LOCAL_RANK picks nothing.
+        let named = gpus("0", Some(Parallel::Data));
+        assert!(!format!("{:?}", gpu_plan(&named, &unset)).contains("LOCAL_RANK"));
     }
 
     #[test]

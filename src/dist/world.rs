@@ -26,6 +26,8 @@ pub struct World {
     pub rank: usize,
     pub size: usize,
     pub local_rank: usize,
+    /// Whether LOCAL_RANK was set: without --gpus it picks the GPU.
+    pub local_rank_set: bool,
     /// LOCAL_WORLD_SIZE: the run's processes on this machine, which share
     /// its memory (1 when unset).
     pub local_size: usize,
@@ -68,6 +70,12 @@ fn seconds(var: impl Fn(&str) -> Option<String>, key: &str, default: Duration) -
         })
 }
 
+/// `host:port` or `[v6]:port`: one colon cannot be an IPv6 address, and
+/// a bracketed one ends at its bracket.
+fn with_a_port(addr: &str) -> bool {
+    addr.matches(':').count() == 1 || (addr.starts_with('[') && !addr.ends_with(']'))
+}
+
 impl World {
     /// The whole run in this process.
     pub fn single() -> World {
@@ -75,6 +83,7 @@ impl World {
             rank: 0,
             size: 1,
             local_rank: 0,
+            local_rank_set: false,
             local_size: 1,
             master: None,
             listen_fd: None,
@@ -120,6 +129,7 @@ impl World {
             }
         };
         let size = num("WORLD_SIZE")?.unwrap_or(1);
+        let local_rank_set = num("LOCAL_RANK")?.is_some();
         let local_rank = num("LOCAL_RANK")?.unwrap_or(0);
         if size == 0 {
             return Err(Error::Config(
@@ -152,6 +162,7 @@ impl World {
             }
             return Ok(World {
                 local_rank,
+                local_rank_set,
                 ..World::single()
             });
         }
@@ -172,6 +183,12 @@ impl World {
                 "WORLD_SIZE={size} but no MASTER_ADDR: set it to the address of the rank-0 machine (as for torchrun)"
             ))
         })?;
+        if with_a_port(addr.trim()) {
+            return Err(Error::Config(format!(
+                "MASTER_ADDR={}: an address with a port; give the host alone, and the port in MASTER_PORT (as for torchrun)",
+                addr.trim()
+            )));
+        }
         let port = var("MASTER_PORT").ok_or_else(|| {
             Error::Config(format!(
                 "WORLD_SIZE={size} but no MASTER_PORT: set it to a free port on {addr} (as for torchrun)"
@@ -209,6 +226,7 @@ impl World {
             rank,
             size,
             local_rank,
+            local_rank_set,
             local_size,
             master: Some((addr.trim().to_string(), port)),
             listen_fd,
@@ -328,6 +346,44 @@ mod tests {
             ("MASTER_PORT", "29500"),
         ]);
         assert_eq!(shared.unwrap().local_size, 2);
+    }
+
+    /// A port in MASTER_ADDR (as torchrun's --rdzv-endpoint takes it) is
+    /// refused by name; IPv6 addresses, bracketed or not, are not ports.
+    #[test]
+    fn a_port_in_the_master_address_is_refused() {
+        let with = |addr: &str| {
+            world(&[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("MASTER_ADDR", addr),
+                ("MASTER_PORT", "29500"),
+            ])
+        };
+        for addr in ["127.0.0.1:29500", "node7:29500", "[fe80::1]:29500"] {
+            let e = with(addr).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("MASTER_ADDR={addr}: an address with a port"))
+                    && e.contains("the port in MASTER_PORT"),
+                "{e}"
+            );
+        }
+        for addr in ["10.0.0.7", "fe80::1", "[fe80::1]", "::1", "node7"] {
+            assert!(with(addr).is_ok(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn local_rank_is_noted_as_set_or_not() {
+        let vars = [
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+        ];
+        assert!(!world(&vars).unwrap().local_rank_set);
+        let set = [&vars[..], &[("LOCAL_RANK", "0")]].concat();
+        assert!(world(&set).unwrap().local_rank_set);
     }
 
     #[test]
