@@ -169,9 +169,51 @@ fn unknown_config() {
     );
 }
 
+/// The data line names the crops the loader cuts: `--crop 24` on the
+/// cifar config's 28x28 input is cut at 24 and zero-padded.
+#[test]
+fn the_data_line_names_the_crops_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--cpu",
+        "--demo",
+        "--epochs",
+        "1",
+        "--limit",
+        "600",
+        "--crop",
+        "24",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (ok, err) = run_env(&args, &[("RUST_LOG", "info")]);
+    assert!(ok, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("data: "))
+        .expect("a data line");
+    assert!(
+        line.contains("32x32 stored, 24x24 crops zero-padded to 28x28;"),
+        "{line}"
+    );
+}
+
 #[test]
 fn bad_flag_values() {
     assert_error(&["train", "--cpu", "--demo", "--batch", "0"], &["--batch"]);
+    // A batch past the images --limit leaves names --limit too.
+    assert_error(
+        &[
+            "train", "--cpu", "--demo", "--limit", "510", "--batch", "16",
+        ],
+        &[
+            "--batch 16: only 10 training images (--limit 510)",
+            "or raise --limit",
+        ],
+    );
     assert_error(
         &["train", "--cpu", "--demo", "--batch", "many"],
         &["--batch", "many"],

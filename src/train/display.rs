@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use tracing::{info, warn};
 
 use crate::checkpoint::Checkpoint;
+use crate::data::LoaderConfig;
 use crate::error::Result;
 use crate::model::summary::thousands;
 use crate::model::topology::{DropoutRule, InitRecipe, Topology, WeightRule};
@@ -21,18 +22,22 @@ use super::options::TrainOptions;
 /// how to feed the loop faster.
 const WAIT_WARN: f64 = 0.05;
 
-/// The data line: the split, the classes, the stored size, the crops and
-/// the channel mean.
-pub fn data(data: &TrainData, topo: &Topology) {
+/// The data line: the split, the classes, the stored size, the crops the
+/// loader cuts (`--crop`, zero-padded to the network's input) and the
+/// channel mean.
+pub fn data(data: &TrainData, topo: &Topology, loader: &LoaderConfig) {
+    let c = loader.crop;
+    let padded = match loader.pad {
+        0 => String::new(),
+        _ => format!(" zero-padded to {}x{}", topo.crop, topo.crop),
+    };
     info!(
-        "data: {} train / {} val images, {} classes, {}x{} stored, {}x{} crops; channel mean {:.1?}",
+        "data: {} train / {} val images, {} classes, {}x{} stored, {c}x{c} crops{padded}; channel mean {:.1?}",
         data.train_idx.len(),
         data.val_idx.len(),
         data.classes.len(),
         data.train.size(),
         data.train.size(),
-        topo.crop,
-        topo.crop,
         data.mean
     );
 }

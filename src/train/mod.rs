@@ -129,7 +129,7 @@ impl<'a> Trainer<'a> {
         let topo = spec.topology()?;
         setup::check(opts, &spec, &topo, &data)?;
         let (loader, eval) = data::run_loaders(&topo, opts, &data, backend.host_alloc());
-        display::data(&data, &topo);
+        display::data(&data, &topo, &loader);
         let towers = matches!(layout, Layout::Towers(_) | Layout::Hybrid(..));
         display::layout(towers, &topo, opts, local_batch)?;
         let devices = layout.describe();
