@@ -115,10 +115,19 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
         );
     }
     if data.train_idx.len() < opts.run.batch {
+        let limit = match opts.run.limit {
+            Some(l) => format!(" (--limit {l})"),
+            None => String::new(),
+        };
         return Err(Error::Config(format!(
-            "--batch {}: only {} training images; use a smaller batch",
+            "--batch {}: only {} training images{limit}; use a smaller batch{}",
             opts.run.batch,
-            data.train_idx.len()
+            data.train_idx.len(),
+            if limit.is_empty() {
+                ""
+            } else {
+                ", or raise --limit"
+            }
         )));
     }
     Ok(())
