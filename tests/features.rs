@@ -411,6 +411,17 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     let first = rank_one(&stdout);
     assert_eq!(first[4], i.to_string(), "{stdout}");
     assert!(first[3].parse::<f32>().unwrap() < 1e-2, "{stdout}");
+    // A tab, a line break or a backslash in a name is escaped: each line
+    // keeps its six fields.
+    let odd = st.root.join("odd\tname\nwith \\.jpg");
+    std::fs::copy(&query, &odd).unwrap();
+    let (ok, out, err) = neighbors_of(st, &st.store, &odd, (&fc7, "3"), &grid);
+    assert!(ok, "{err}");
+    let table: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
+    assert_eq!(table.len(), 4, "{out}");
+    assert!(table.iter().all(|l| l.split('\t').count() == 6), "{out}");
+    let field = rank_one(&out)[0];
+    assert!(field.ends_with("odd\\tname\\nwith \\\\.jpg"), "{out}");
     let img = image::open(&grid).unwrap();
     // One row: the query and 3 neighbours of 96 px with text under them.
     assert_eq!(

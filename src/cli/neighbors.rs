@@ -114,19 +114,41 @@ fn not_a_query(out: &Path, query: &[PathBuf], queries: &[PathBuf]) -> Result<()>
 fn print_table(r: &features::NeighborsReport) -> Result<()> {
     outln!("query\trank\tclass\tdistance\tindex\tsource")?;
     for q in &r.results {
+        let query = q.query.display().to_string();
+        let query = tsv_field(&query);
         for n in &q.neighbors {
             outln!(
-                "{}\t{}\t{}\t{:.3}\t{}\t{}",
-                q.query.display(),
+                "{query}\t{}\t{}\t{:.3}\t{}\t{}",
                 n.rank,
-                n.class,
+                tsv_field(&n.class),
                 n.dist,
                 n.index,
-                n.source.as_deref().unwrap_or("-")
+                tsv_field(n.source.as_deref().unwrap_or("-"))
             )?;
         }
     }
     Ok(())
+}
+
+/// A file or class name as one field of a tab-separated line: a tab or
+/// line break in it would shift the columns or split the line, so they
+/// and the backslash are escaped (`\t`, `\n`, `\r`, `\\`), as in
+/// PostgreSQL's text format.
+fn tsv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\t', '\n', '\r', '\\']) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    for ch in s.chars() {
+        match ch {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// `features::neighbors` on the requested device.
