@@ -32,8 +32,8 @@ use crate::metrics::is_f32_rate;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepPoint {
     pub step: u64,
-    /// Epochs completed when this step ran, fractional: a step halfway
-    /// through the first epoch is 0.5.
+    /// Epochs completed when this step ended, fractional: the step that
+    /// ends halfway through the first epoch is 0.5 (`StepRow::epoch`).
     pub epoch: f64,
     pub loss: f64,
     pub lr: f64,
@@ -353,8 +353,10 @@ fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 }
 
 /// Vertices of the learning rate as a step function of the epoch. Steps say
-/// exactly when the rate changed; without any, each epoch's rate covers the
-/// epoch that ended at its x. Rates that are not finite and positive cannot
+/// exactly when the rate changed: each step's rate covers the step, from
+/// where the step before ended to its own x (the first step, number s at x,
+/// from x (s - 1) / s, as the steps of an epoch are equal). Without steps,
+/// each epoch's rate covers the epoch that ended at its x. Rates that are not finite and positive cannot
 /// go on a log axis and are skipped, as are those outside f32's range, which
 /// no run trains at (a damaged log): their spread of hundreds of decades
 /// sends plotters' log-axis tick search into a loop without end. Only the
@@ -362,11 +364,15 @@ fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 /// a handful of vertices.
 fn lr_steps(steps: &[StepPoint], epochs: &[EpochPoint]) -> Vec<(f64, f64)> {
     let usable = |x: f64, lr: f64| x.is_finite() && is_f32_rate(lr);
-    let mut spans: Vec<(f64, f64, f64)> = steps
-        .iter()
-        .filter(|s| usable(s.epoch, s.lr))
-        .map(|s| (s.epoch, s.epoch, s.lr))
-        .collect();
+    let mut spans: Vec<(f64, f64, f64)> = Vec::new();
+    for s in steps.iter().filter(|s| usable(s.epoch, s.lr)) {
+        let start = match spans.last() {
+            Some(&(_, end, _)) => end,
+            None if s.step > 0 => s.epoch * (s.step - 1) as f64 / s.step as f64,
+            None => s.epoch,
+        };
+        spans.push((start, s.epoch, s.lr));
+    }
     if spans.is_empty() {
         spans = epochs
             .iter()
@@ -756,20 +762,26 @@ mod tests {
         );
     }
 
+    /// 100 steps an epoch, each at x = the end of the step (step 200 at
+    /// 2.0), the rate cut from step 201, the first of epoch 3: the cut is
+    /// drawn at 2.0, where epoch 3 starts, and the line starts at 0.
     #[test]
     fn lr_step_function_keeps_only_changes() {
-        let steps: Vec<StepPoint> = (0..300)
-            .map(|i| StepPoint {
-                step: i,
-                epoch: i as f64 / 100.0,
-                loss: 1.0,
-                lr: if i < 200 { 0.01 } else { 0.001 },
-            })
-            .collect();
+        let point = |i: u64| StepPoint {
+            step: i,
+            epoch: i as f64 / 100.0,
+            loss: 1.0,
+            lr: if i <= 200 { 0.01 } else { 0.001 },
+        };
+        let steps: Vec<StepPoint> = (1..=300).map(point).collect();
         assert_eq!(
             lr_steps(&steps, &[]),
-            vec![(0.0, 0.01), (2.0, 0.01), (2.0, 0.001), (2.99, 0.001)]
+            vec![(0.0, 0.01), (2.0, 0.01), (2.0, 0.001), (3.0, 0.001)]
         );
+        // A log that starts later (older rows gone) starts at its first
+        // step's start.
+        let later: Vec<StepPoint> = (151..=300).map(point).collect();
+        assert_eq!(lr_steps(&later, &[])[0], (1.5, 0.01));
     }
 
     #[test]
