@@ -229,6 +229,29 @@ impl Curves {
     }
 }
 
+/// Where the learning-rate axis is labelled: 1, 2 and 5 times each power
+/// of ten in [lo, hi] while that spans two decades or less, else powers of
+/// ten, every one up to six decades and fewer past that. Plotters' own log
+/// axis labels every 1..9 x 10^k, and near a decade's top those labels
+/// print over each other.
+fn log_key_points(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = (hi / lo).log10();
+    if !(decades.is_finite() && lo > 0.0) {
+        return Vec::new();
+    }
+    let (mults, every): (&[u32], i32) = match decades <= 2.0 {
+        true => (&[1, 2, 5], 1),
+        false => (&[1], (decades / 6.0).ceil() as i32),
+    };
+    let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    (k0..=k1)
+        .filter(|k| k.rem_euclid(every) == 0)
+        .flat_map(|k| mults.iter().map(move |m| format!("{m}e{k}")))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .filter(|v| (lo..=hi).contains(v))
+        .collect()
+}
+
 /// The y values without their lowest and highest 1% (n / 100 points at
 /// each end, so none of fewer than 100); None when there are none.
 fn middle_98(points: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
@@ -495,7 +518,10 @@ fn draw<DB: DrawingBackend>(
 
     // Learning rate, on a log axis: the paper's schedule divides it by 10.
     let y = c.lr_range();
-    let mut chart = panel(&lr_area, true).build_cartesian_2d(x.0..x.1, (y.0..y.1).log_scale())?;
+    let y_axis = (y.0..y.1)
+        .log_scale()
+        .with_key_points(log_key_points(y.0, y.1));
+    let mut chart = panel(&lr_area, true).build_cartesian_2d(x.0..x.1, y_axis)?;
     mesh(
         &mut chart,
         "learning rate",
@@ -782,6 +808,22 @@ mod tests {
         // step's start.
         let later: Vec<StepPoint> = (151..=300).map(point).collect();
         assert_eq!(lr_steps(&later, &[])[0], (1.5, 0.01));
+    }
+
+    /// The paper's rate alone gets 1-2-5 labels; a schedule over four
+    /// decades, its powers of ten; one over thirty, every sixth of them.
+    #[test]
+    fn lr_axis_labels_are_one_two_five_or_decades() {
+        assert_eq!(log_key_points(0.01 / 3.0, 0.03), vec![0.005, 0.01, 0.02]);
+        assert_eq!(
+            log_key_points(1e-4 / 3.0, 0.3),
+            vec![1e-4, 1e-3, 1e-2, 1e-1]
+        );
+        assert_eq!(
+            log_key_points(1e-31, 0.3),
+            vec![1e-30, 1e-24, 1e-18, 1e-12, 1e-6]
+        );
+        assert!(log_key_points(0.0, 1.0).is_empty());
     }
 
     #[test]
