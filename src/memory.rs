@@ -9,6 +9,7 @@
 use sysinfo::System;
 use tracing::{debug, warn};
 
+use crate::backend::cpu::conv::FILTER_CHUNKS;
 use crate::backend::{Backend, DeviceMemory};
 use crate::data::LoaderConfig;
 use crate::error::{Error, Result};
@@ -441,9 +442,10 @@ fn plural(n: u64) -> &'static str {
 /// network's buffers (`backend::cpu::conv`). Each keeps an im2col buffer
 /// the size of the largest conv's between calls, and gemm's own per-thread
 /// slab, the size of its L2 cache; a conv's GEMM packs at most its im2col
-/// matrix again. While a filter gradient is summed, every thread but the
-/// caller adds into its own copy of the layer's weights. A GEMM that all
-/// threads share (the fc layers') packs one block, left to the margins.
+/// matrix again. While a filter gradient is summed, every chunk of the
+/// batch but the first adds into its own copy of the layer's weights
+/// (`FILTER_CHUNKS`). A GEMM that all threads share (the fc layers') packs
+/// one block, left to the margins.
 pub fn cpu_scratch(topo: &Topology, threads: usize) -> Result<u64> {
     let (mut col, mut weights) = (0u64, 0u64);
     for (l, s) in topo.layers.iter().zip(topo.shapes()?) {
@@ -454,7 +456,8 @@ pub fn cpu_scratch(topo: &Topology, threads: usize) -> Result<u64> {
         }
     }
     let t = threads.max(1) as u64;
-    Ok(t * (2 * 4 * col + gemm_slab()) + (t - 1) * 4 * weights)
+    let partials = FILTER_CHUNKS as u64 - 1;
+    Ok(t * (2 * 4 * col + gemm_slab()) + partials * 4 * weights)
 }
 
 /// The slab gemm keeps on each thread that runs a GEMM: its L2 cache's

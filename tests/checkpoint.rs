@@ -252,6 +252,26 @@ fn sigint_stops_cleanly_with_a_checkpoint_and_resumes_exactly() {
     assert_same_run(&whole, &stopped);
 }
 
+/// A run stopped on one thread and resumed on twenty (more threads than
+/// the weight gradient's chunks, so its GEMMs split too) is the run never
+/// stopped on two: no sum depends on the thread count, so a resume on a
+/// machine with other cores goes on with the same weights.
+#[test]
+fn a_resume_on_other_threads_is_the_same_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let (whole, moved) = (t.path().join("whole"), t.path().join("moved"));
+    run_ok(&train_args(&d, &whole, EPOCHS));
+    let mut one = train_args(&d, &moved, EPOCHS);
+    set_arg(&mut one, "--threads", "1");
+    let k = random_step(8, STEPS - 3, "SIGINT");
+    interrupt(start_until(&one, &moved, k));
+    let mut twenty = resume_args(&moved);
+    set_arg(&mut twenty, "--threads", "20");
+    run_ok(&twenty);
+    assert_same_run(&whole, &moved);
+}
+
 #[test]
 fn failed_checkpoint_write_keeps_the_previous_one() {
     let t = tempfile::tempdir().unwrap();

@@ -285,9 +285,16 @@ pub fn conv2d_backward_data(g: &ConvGeom, w: &[f32], dy: &[f32], dx: &mut [f32])
     Ok(())
 }
 
-/// dw = sum over images of dy_g . im2col(x_g)^T. The batch is split into one
-/// contiguous chunk of images per thread; each chunk accumulates into its own
-/// copy of dw (the first chunk straight into `dw`), and the copies are summed.
+/// The batch's chunks in a weight gradient: a fixed count, not one per
+/// thread, because a float sum depends on its order. With one chunk per
+/// thread a run resumed with other --threads, or on a machine with other
+/// cores, went on from the checkpoint with other weights.
+pub const FILTER_CHUNKS: usize = 16;
+
+/// dw = sum over images of dy_g . im2col(x_g)^T. The batch is split into
+/// `FILTER_CHUNKS` contiguous chunks of images (fewer for a smaller batch),
+/// run in parallel; each accumulates into its own copy of dw (the first
+/// chunk straight into `dw`), and the copies are summed in chunk order.
 pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
     const OP: &str = "conv2d_backward_filter";
     let (h_out, w_out) = validate(OP, g)?;
@@ -300,7 +307,7 @@ pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32
     if g.n == 0 {
         return Ok(());
     }
-    let chunks = rayon::current_num_threads().clamp(1, g.n);
+    let chunks = g.n.min(FILTER_CHUNKS);
     let per_chunk = g.n.div_ceil(chunks);
     let chunks = g.n.div_ceil(per_chunk);
     let mut partial = vec![0.0f32; (chunks - 1) * w_len];
