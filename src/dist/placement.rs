@@ -540,6 +540,16 @@ fn gpu_reduce<'a>(
 mod tests {
     use super::*;
 
+    /// Rank 1 of a run of two processes.
+    fn second_of_two() -> World {
+        World {
+            rank: 1,
+            size: 2,
+            master: Some(("h".into(), 29500)),
+            ..World::single()
+        }
+    }
+
     /// A GPU in both towers' NCCL communicators is refused, with a list
     /// that works; where a tower's list repeats a GPU, NCCL is not used
     /// and nothing is refused. In a run of several processes, which
@@ -548,12 +558,7 @@ mod tests {
     #[test]
     fn hybrid_gpus_holding_both_towers_are_refused_with_a_list_that_works() {
         let one = World::single();
-        let two = World {
-            rank: 1,
-            size: 2,
-            master: Some(("h".into(), 29500)),
-            ..World::single()
-        };
+        let two = second_of_two();
         for (ids, gpu) in [(vec![0, 0], 0), (vec![0, 1, 1, 0], 0)] {
             let e = check_hybrid_gpus(&ids, "L", &one).unwrap_err().to_string();
             let said = format!("GPU {gpu} holds a tower 0 and a tower 1");
@@ -708,12 +713,7 @@ mod tests {
     #[test]
     fn nccl_use_from_the_flags() {
         let one = World::single();
-        let two = World {
-            rank: 1,
-            size: 2,
-            master: Some(("h".into(), 29500)),
-            ..World::single()
-        };
+        let two = second_of_two();
         let use_of = |r: &Request, w: &World| nccl_use(r, w).unwrap();
         assert_eq!(use_of(&gpus("0,1", None), &one), NcclUse::No);
         assert_eq!(
