@@ -379,12 +379,12 @@ fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 /// exactly when the rate changed: each step's rate covers the step, from
 /// where the step before ended to its own x (the first step, number s at x,
 /// from x (s - 1) / s, as the steps of an epoch are equal). Without steps,
-/// each epoch's rate covers the epoch that ended at its x. Rates that are not finite and positive cannot
-/// go on a log axis and are skipped, as are those outside f32's range, which
-/// no run trains at (a damaged log): their spread of hundreds of decades
-/// sends plotters' log-axis tick search into a loop without end. Only the
-/// changes are kept, so a million steps at a handful of rates come down to
-/// a handful of vertices.
+/// each epoch's rate covers the epoch that ended at its x. Rates that are
+/// not finite and positive cannot go on a log axis and are skipped, as are
+/// those outside f32's range, which no run trains at (a damaged log): their
+/// spread of hundreds of decades sends plotters' log-axis tick search into
+/// a loop without end. Only the changes are kept, so a million steps at a
+/// handful of rates come down to a handful of vertices.
 fn lr_steps(steps: &[StepPoint], epochs: &[EpochPoint]) -> Vec<(f64, f64)> {
     let usable = |x: f64, lr: f64| x.is_finite() && is_f32_rate(lr);
     let mut spans: Vec<(f64, f64, f64)> = Vec::new();
