@@ -351,17 +351,23 @@ fn try_lock_briefly(f: &File) -> std::result::Result<(), TryLockError> {
 /// exits), with its pid written in for the next process's error, which
 /// names `holder` ("another training process").
 pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
-    take_lock(dir, holder, true)
+    let mut f = take_lock(dir, holder, true)?;
+    let pid = std::process::id().to_string();
+    f.set_len(0)
+        .and_then(|()| f.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io(dir.join(".lock"), e))?;
+    Ok(f)
 }
 
-/// [`lock_folder`]'s refusal, the lock released at once: a cheap check
-/// before a lock is taken for good, which is the one to warn of a file
-/// system without locks.
+/// [`lock_folder`]'s refusal, the lock released at once and the file left
+/// as it was: a cheap check before a lock is taken for good, which is the
+/// one to warn of a file system without locks.
 pub fn check_not_locked(dir: &Path, holder: &str) -> Result<()> {
     take_lock(dir, holder, false).map(drop)
 }
 
-/// [`lock_folder`], warning of a file system without locks if `warn`.
+/// [`lock_folder`] but for the pid, warning of a file system without
+/// locks if `warn`.
 fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
     let path = dir.join(".lock");
     let mut f = OpenOptions::new()
@@ -395,10 +401,6 @@ fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
         }
         Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
-    let pid = std::process::id().to_string();
-    f.set_len(0)
-        .and_then(|()| f.write_all(pid.as_bytes()))
-        .map_err(|e| Error::io(&path, e))?;
     Ok(f)
 }
 

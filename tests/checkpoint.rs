@@ -367,6 +367,7 @@ fn a_run_whose_checkpoints_cannot_fit_is_refused_before_it_starts() {
     let before = checkpoint::list(&run_dir).unwrap();
     let mut args = resume_args(&run_dir);
     args.extend(["--keep".into(), "1000000000".into()]);
+    args.extend(["--epochs".into(), "2".into()]);
     let o = run(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");

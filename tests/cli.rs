@@ -1512,6 +1512,69 @@ fn one_epoch_run(dir: &Path) -> (PathBuf, String, String) {
     (data, d, r)
 }
 
+/// The names, sizes and modification times of a folder's files.
+fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read the folder")
+        .map(|e| {
+            let e = e.expect("an entry");
+            let m = e.metadata().expect("its metadata");
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, m.len(), m.modified().expect("a time"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Resuming a run that has trained all its epochs takes no step: it reads
+/// no image (its data may be gone), leaves the run folder as it was, exits
+/// 0 and prints a command that extends the run, which runs as printed.
+#[test]
+fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, _, r) = one_epoch_run(dir.path());
+    let before = listing(Path::new(&r));
+    let away = dir.path().join("moved");
+    std::fs::rename(&data, &away).expect("move the photos");
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["train", "--resume", &r])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run alexnet-cuda");
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("training cifar"), "{err}");
+    assert_eq!(listing(Path::new(&r)), before, "{stdout}");
+    assert!(stdout.contains("has finished its 1 epochs"), "{stdout}");
+    let (_, extend) = stdout.split_once("extend it with: ").expect("a command");
+    let (extend, _) = extend.split_once(';').expect("then the eval command");
+    let words = shell_words(extend);
+    assert_eq!(
+        words[1..5],
+        ["train", "--resume", &r, "--epochs"],
+        "{extend}"
+    );
+    assert!(words.contains(&"--cpu".to_string()), "{extend}");
+    std::fs::rename(&away, &data).expect("move the photos back");
+    let words: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let (ok, err) = run(&words);
+    assert!(ok, "{extend}: {err}");
+    let epochs = std::fs::read_to_string(Path::new(&r).join("epochs.csv")).expect("epochs.csv");
+    assert_eq!(epochs.lines().count(), 3, "a header and 2 epochs: {epochs}");
+    // While another process holds the folder, that is what is said.
+    let lock = std::fs::File::open(Path::new(&r).join(".lock")).expect("the lock file");
+    lock.lock().expect("lock the run folder");
+    let (ok, err) = run(&["train", "--resume", &r]);
+    assert!(
+        !ok && err.contains("is in use by another training process"),
+        "{err}"
+    );
+}
+
 /// A resume keeps the run's batch (--batch is refused with --resume), so
 /// a batch that does not split over the replicas asked for says to change
 /// those, not the batch.
@@ -1727,8 +1790,17 @@ fn a_resume_with_fewer_epochs_than_trained_is_refused() {
         ],
     );
     let resume = ["train", "--resume", &rs, "--epochs", "2"];
-    let (ok, err) = run_env(&resume, &[("RUST_LOG", "info")]);
-    assert!(ok && err.contains("has finished its 2 epochs"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(resume)
+        .output()
+        .expect("run alexnet-cuda");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("has finished its 2 epochs"), "{said}");
 }
 
 /// The words a POSIX shell makes of `command`.

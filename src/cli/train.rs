@@ -192,6 +192,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
         None => None,
     };
+    if let Some(ck) = &resume {
+        if say_if_finished(&args, ck, world.is_writer())? {
+            return Ok(());
+        }
+    }
     let spec = match &resume {
         Some(ck) => ck.state.net.clone(),
         None => args.net.spec(if args.demo { "cifar" } else { "alexnet" }),
@@ -270,7 +275,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let _ = print_interrupted(&report, opts.out.as_deref(), &flags, own);
         exit_at_signal(&signal_status, demo_dir)
     }
-    print_finished(&report, run_dir, &eval_data_flag(&opts))?;
+    print_finished(&report, run_dir, &eval_data_flag(opts.run.demo, &opts.data))?;
     print_out_of_time(&report, &opts, run_dir, &args.device.flags(&args.parallel))?;
     Ok(())
 }
@@ -532,6 +537,51 @@ fn check_held_out_flag(args: &TrainArgs, data: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A resume of a run that has trained all its epochs, with no --epochs
+/// past them, takes no step: said at once (by the writing process), before
+/// the data is read or the demo's images written and with the run folder
+/// left as it is, with how to extend the run or score it. Whether it is so.
+fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bool> {
+    check_resumed_epochs(args.epochs, ck)?;
+    let epochs = args.epochs.map_or(ck.state.options.epochs, |e| e as usize);
+    no_step_left_for_lr(args.lr, epochs, ck)?;
+    if !ck.state.progress.finished(epochs) || !writer {
+        return Ok(ck.state.progress.finished(epochs));
+    }
+    // A process extending the run holds its folder: say that instead (a
+    // folder that cannot be locked, read-only, still reads as finished).
+    let run_dir = alexnet_cuda::fsutil::folder_of(&ck.path);
+    if let Err(e @ alexnet_cuda::Error::Config(_)) =
+        alexnet_cuda::fsutil::check_not_locked(run_dir, "another training process")
+    {
+        return Err(e.into());
+    }
+    let history = &ck.state.history;
+    if !history.is_empty() {
+        outln!(
+            "validation top-1: {} (chance {:.1}%)",
+            val_course(history),
+            100.0 / ck.state.classes.len() as f64
+        )?;
+    }
+    let data_flag = match (ck.state.options.demo, images_read(args, Some(ck))) {
+        (false, Some(data)) => eval_data_flag(false, &data),
+        _ => eval_data_flag(true, run_dir),
+    };
+    let flags = ck.state.compute.as_ref().map_or("", |c| c.flags.as_str());
+    outln!(
+        "{} has finished its {epochs} epochs: nothing to train; extend it with: alexnet-cuda train --resume {} --epochs {}{flags}{}",
+        ck.path.display(),
+        shell::word(run_dir),
+        epochs + 1,
+        match history.is_empty() {
+            true => String::new(),
+            false => eval_with(run_dir, &ck.path, &data_flag),
+        }
+    )?;
+    Ok(true)
 }
 
 /// `--lr` on a resume sets the rate of the steps to come: refuse it for a
@@ -812,11 +862,11 @@ fn print_out_of_time(
 
 /// How `eval` finds images the run did not train on: the demo's new ones,
 /// the store's val/, or the images the run held out of its data.
-fn eval_data_flag(opts: &TrainOptions) -> String {
-    if opts.run.demo {
+fn eval_data_flag(demo: bool, data: &Path) -> String {
+    if demo {
         "--demo".into()
-    } else if is_store(&opts.data.join("val")) {
-        format!("--data {}", shell::word(&opts.data))
+    } else if is_store(&data.join("val")) {
+        format!("--data {}", shell::word(data))
     } else {
         "--held-out".into()
     }
