@@ -37,6 +37,46 @@ fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
 }
 
 /// A busy but smooth test picture, different per `seed`.
+/// What would stop the val store (a link to nothing among its images, a
+/// file where its folder goes) is refused before the train store is
+/// written again, naming it.
+#[test]
+fn what_would_stop_the_val_store_is_refused_before_train_is_written() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, val, out) = (
+        t.path().join("train"),
+        t.path().join("val"),
+        t.path().join("st"),
+    );
+    good_tree(&train, 3, 20, 18)?;
+    good_tree(&val, 2, 20, 18)?;
+    let mut o = opts(&train, &out, 16, Encoding::Raw);
+    o.val = Some(val.clone());
+    prepare(&o)?;
+    let gen = read_meta(&out.join("train"))?.generation;
+    std::os::unix::fs::symlink("/nonexistent/mnt/v.JPEG", val.join("n02_dog/gone.JPEG"))?;
+    let e = prepare(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("gone.JPEG: a link to /nonexistent/mnt/v.JPEG, which does not exist"),
+        "{e}"
+    );
+    assert_eq!(read_meta(&out.join("train"))?.generation, gen, "{e}");
+    fs::remove_file(val.join("n02_dog/gone.JPEG"))?;
+
+    let other = t.path().join("other");
+    fs::create_dir(&other)?;
+    fs::write(other.join("val"), "notes")?;
+    o.out = other.clone();
+    let e = prepare(&o).unwrap_err().to_string();
+    let want = format!(
+        "{} is a file, where the val store's folder goes",
+        other.join("val").display()
+    );
+    assert!(e.contains(&want), "{e}");
+    assert!(!other.join("train").exists(), "{e}");
+    Ok(())
+}
+
 fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let v = |k: u32| ((x * (3 + k + seed % 5) + y * (2 + k) + seed * 40) % 256) as u8;
@@ -307,6 +347,35 @@ fn files_not_read_are_named_in_one_warning() -> TestResult {
         .map(|i| store.source(i).unwrap_or_default())
         .collect();
     assert_eq!(src, ["n01_a/a.jpg", "n01_a/sub/b.webp", "n02_b/d.bmp"]);
+    Ok(())
+}
+
+/// A store passed where images go (its folder or one split) is named as
+/// a store, not scanned as class folders.
+#[test]
+fn a_store_passed_as_images_is_named() -> TestResult {
+    let t = TempDir::new()?;
+    let tree = t.path().join("tree");
+    good_tree(&tree, 2, 16, 16)?;
+    let st = t.path().join("st");
+    prepare(&opts(&tree, &st, 8, Encoding::Raw))?;
+    for (flag, dir) in [
+        ("--train", st.clone()),
+        ("--train", st.join("train")),
+        ("--val", st.join("train")),
+    ] {
+        let mut o = opts(&tree, &t.path().join("again"), 8, Encoding::Raw);
+        match flag {
+            "--train" => o.train = dir.clone(),
+            _ => o.val = Some(dir.clone()),
+        }
+        let e = prepare(&o).expect_err(flag).to_string();
+        let want = format!(
+            "{flag} {}: a store written by prepare, not images",
+            dir.display()
+        );
+        assert!(e.contains(&want), "{e}");
+    }
     Ok(())
 }
 

@@ -32,8 +32,8 @@ use super::folder::{
 };
 use super::lighting::Pca;
 use super::packed::{
-    is_unfinished_store, read_meta, remove_leftovers, Encoding, Stats, StoreMeta, StoreWriter,
-    MAX_SIDE,
+    is_store, is_unfinished_store, read_meta, remove_leftovers, Encoding, Stats, StoreMeta,
+    StoreWriter, MAX_SIDE,
 };
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{list_failures, Error, Result};
@@ -125,6 +125,60 @@ fn refuse_out_inside_images(opts: &PrepareOptions) -> Result<()> {
     Ok(())
 }
 
+/// A file (or a link to nothing) where a store's folder goes would stop
+/// prepare only once that store is written: hours, and for val's, after
+/// the train store was replaced. Refused before any work.
+fn refuse_files_at_the_stores(opts: &PrepareOptions) -> Result<()> {
+    let splits: &[&str] = match opts.val {
+        Some(_) => &["train", "val"],
+        None => &["train"],
+    };
+    for split in splits {
+        let dir = opts.out.join(split);
+        if fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "--out {}: {} is a file, where the {split} store's folder goes; move or remove it, or pass another --out",
+                opts.out.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A store `prepare` wrote, passed where the image tree goes, would be
+/// scanned as class folders (or as none): say what it is.
+fn refuse_stores_as_images(opts: &PrepareOptions) -> Result<()> {
+    let given = std::iter::once(("--train", &opts.train));
+    for (flag, dir) in given.chain(opts.val.iter().map(|v| ("--val", v))) {
+        if [dir.clone(), dir.join("train"), dir.join("val")]
+            .iter()
+            .any(|d| is_store(d))
+        {
+            return Err(Error::Config(format!(
+                "{flag} {}: a store written by prepare, not images; pass {flag} the folder of images it was prepared from (class sub-folders), or train on the store as it is (train --data)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Links to nothing among the images to store (a drive not mounted) are
+/// named before any image is encoded: found on the way, they would cost
+/// the work done, and in val, the train store written again.
+fn refuse_broken_links(items: &[(PathBuf, u32)], source: &Path) -> Result<()> {
+    let broken: Vec<Error> = items
+        .par_iter()
+        .filter(|(p, _)| is_broken_link(p))
+        .filter_map(|(p, _)| can_open(p).err())
+        .collect();
+    match broken.is_empty() {
+        true => Ok(()),
+        false => Err(unread(broken, &[], source)),
+    }
+}
+
 /// Write `opts.out/train` (and `opts.out/val`).
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let start = Instant::now();
@@ -141,6 +195,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         )));
     }
     refuse_file_in_the_way(&opts.out, "the stores")?;
+    refuse_files_at_the_stores(opts)?;
+    refuse_stores_as_images(opts)?;
     refuse_out_inside_images(opts)?;
     let folder = ImageFolder::scan_for(&opts.train, "--train")?;
     let classes = folder.classes().to_vec();
@@ -165,6 +221,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         Some(v) => Some(val_items(v, opts, &classes)?),
         None => None,
     };
+    refuse_broken_links(&items, &opts.train)?;
+    if let (Some(v), Some(items)) = (&opts.val, &val_items) {
+        refuse_broken_links(items, v)?;
+    }
     let val_count = val_items.as_ref().map_or(0, Vec::len);
     // Two prepares into one folder would delete each other's files. A
     // killed prepare's files go before the room is counted: they would
