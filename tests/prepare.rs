@@ -708,10 +708,21 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     let csv2 = t.path().join("dotted.csv");
     fs::write(&csv2, "img.1,n02_dog\nimg.2.jpg,n01_cat\n")?;
     let mut o = opts(&train, &t.path().join("o2b"), 8, Encoding::Jpeg);
-    o.val = Some(dotted);
+    o.val = Some(dotted.clone());
     o.val_labels = Some(csv2);
     prepare(&o)?;
     assert_eq!(labels_of(&t.path().join("o2b/val")), [1, 0]);
+    // Every field quoted, as pandas' QUOTE_ALL and spreadsheets write them.
+    let quoted = t.path().join("quoted.csv");
+    fs::write(
+        &quoted,
+        "\"file\",\"label\"\n\"img.1.jpg\",\"n02_dog\"\n\"img.2\",\"n01_cat\"\n",
+    )?;
+    let mut o = opts(&train, &t.path().join("o2c"), 8, Encoding::Jpeg);
+    o.val = Some(dotted);
+    o.val_labels = Some(quoted);
+    prepare(&o)?;
+    assert_eq!(labels_of(&t.path().join("o2c/val")), [1, 0]);
 
     // Flat with the devkit's ground truth: IDs in devkit order, which is not
     // the sorted order (here ID 1 = n02_dog, ID 2 = n01_cat).

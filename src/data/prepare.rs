@@ -651,12 +651,15 @@ fn csv_labels(
 ) -> std::result::Result<CsvLabels, String> {
     let mut by_name = CsvLabels::new();
     for &(n, line) in lines {
-        let Some((file, rest)) = line.split_once(',') else {
-            return Err(format!("line {n}: expected `file,synset`"));
+        let fields = csv_fields(line);
+        let (file, rest) = match &fields[..] {
+            [file, rest @ ..] if !rest.is_empty() => (file, rest),
+            _ => return Err(format!("line {n}: expected `file,synset`")),
         };
         let syn = rest
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .find(|s| !s.is_empty())
+            .iter()
+            .flat_map(|f| f.split_whitespace())
+            .next()
             .unwrap_or("");
         // A header line (`ImageId,PredictionString`) is not a synset: it
         // names no file, so it is kept like a line of another class.
@@ -672,6 +675,19 @@ fn csv_labels(
         }
     }
     Ok(by_name)
+}
+
+/// A CSV line's fields, their quotes taken off (spreadsheets and pandas'
+/// QUOTE_ALL quote every field).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(line.as_bytes());
+    match reader.records().next() {
+        Some(Ok(record)) => record.iter().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Each file's label from [`csv_labels`], or an error naming the unlabelled.
