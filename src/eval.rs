@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
+use crate::data::folder::is_split_name;
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore};
 use crate::data::{
     batches, unread_error, BatchIter, FileSource, ImageFolder, ImageSource, LoaderConfig,
@@ -444,8 +445,13 @@ pub fn fit_to_checkpoint(
     ck: &Checkpoint,
 ) -> Result<Arc<dyn ImageSource>> {
     check_image_size(path, set.as_ref(), ck)?;
-    match label_map(set.classes(), &ck.state.classes) {
+    match label_map(set.classes(), &labels_present(set.as_ref()), &ck.state.classes) {
         Ok(map) => Ok(relabel(set, map, ck)),
+        Err(c) if is_split_name(c) => Err(Error::Data(format!(
+            "{}: its folder {c}/ is read as a class, which the checkpoint does not know; if {c}/ holds a split's class folders, pass --data {}",
+            path.display(),
+            crate::shell::word(&path.join(c))
+        ))),
         Err(c) => Err(Error::Data(format!(
             "{}: class {c} is not one of the checkpoint's {} classes ({}...); pass images of the classes it was trained on",
             path.display(),
@@ -462,7 +468,12 @@ pub fn relabel_if_known(
     set: &Arc<dyn ImageSource>,
     ck: &Checkpoint,
 ) -> Option<Arc<dyn ImageSource>> {
-    let map = label_map(set.classes(), &ck.state.classes).ok()?;
+    let map = label_map(
+        set.classes(),
+        &labels_present(set.as_ref()),
+        &ck.state.classes,
+    )
+    .ok()?;
     Some(relabel(Arc::clone(set), map, ck))
 }
 
@@ -515,26 +526,39 @@ pub fn check_image_size(path: &Path, set: &dyn ImageSource, ck: &Checkpoint) -> 
 }
 
 /// Each of `classes`' labels among the `known` ones, by name; None when
-/// they are the same list. Err: the first class not known.
+/// they are the same list. A class no image has (`present` false) need not
+/// be known: a val store lists all of its train split's classes. Err: the
+/// first class with images that is not known.
 fn label_map<'a>(
     classes: &'a [String],
+    present: &[bool],
     known: &[String],
 ) -> std::result::Result<Option<Vec<u32>>, &'a str> {
     if classes == known {
         return Ok(None);
     }
-    let find = |c: &'a String| {
-        known
-            .iter()
-            .position(|k| k == c)
-            .map(|i| i as u32)
-            .ok_or(c.as_str())
+    let find = |(c, here): (&'a String, &bool)| match known.iter().position(|k| k == c) {
+        Some(i) => Ok(i as u32),
+        None if !here => Ok(u32::MAX),
+        None => Err(c.as_str()),
     };
     classes
         .iter()
+        .zip(present)
         .map(find)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// Which of the set's classes at least one image has.
+fn labels_present(set: &dyn ImageSource) -> Vec<bool> {
+    let mut present = vec![false; set.classes().len()];
+    for i in 0..set.len() {
+        if let Some(p) = present.get_mut(set.label(i) as usize) {
+            *p = true;
+        }
+    }
+    present
 }
 
 /// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the

@@ -398,6 +398,25 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
     ];
     let (ok, stdout, err) = cli(&args);
     assert!(ok && stdout.contains("10 rows"), "{stdout} {err}");
+    // A data set's top folder holding one split: the split is named.
+    let top = t.path().join("top");
+    std::fs::create_dir_all(&top).unwrap();
+    std::fs::rename(&one, top.join("val")).unwrap();
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &ck, "--data", &s(&top)]);
+    let pass = format!("pass --data {}", s(&top.join("val")));
+    assert!(
+        !ok && err.contains("folder val/ is read as a class") && err.contains(&pass),
+        "{err}"
+    );
+    let (ok, json, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &s(&top.join("val")),
+        "--json",
+    ]);
+    assert!(ok && json_field(&json, "images") == 10.0, "{err}");
 
     let store = t.path().join("store");
     prepare_raw32(&data, None, &store);
@@ -456,8 +475,9 @@ fn train_run(data: &Path, out: &Path, extra: &[&str]) {
     assert!(ok, "{args:?}: {err}");
 }
 
-/// `prepare` `train` (and `val`) into the raw 32x32 store `out` (CLI).
-fn prepare_raw32(train: &Path, val: Option<&Path>, out: &Path) {
+/// `prepare` `train` (and `val`) into the raw 32x32 store `out` (CLI); what
+/// it printed.
+fn prepare_raw32(train: &Path, val: Option<&Path>, out: &Path) -> String {
     let s = |p: &Path| p.display().to_string();
     let (train, out) = (s(train), s(out));
     let mut args = vec!["prepare", "--train", &train, "--out", &out];
@@ -466,8 +486,9 @@ fn prepare_raw32(train: &Path, val: Option<&Path>, out: &Path) {
         args.extend(["--val", v]);
     }
     args.extend(["--size", "32", "--format", "raw", "--no-progress"]);
-    let (ok, _, err) = cli(&args);
+    let (ok, said, err) = cli(&args);
     assert!(ok, "{args:?}: {err}");
+    said
 }
 
 fn json_field(line: &str, key: &str) -> f64 {
@@ -635,6 +656,29 @@ fn eval_cli_repeats_the_runs_own_validation() {
         "{err}"
     );
     assert!(!err.contains("broken.jpg"), "{err}");
+    // A val store lists its train split's classes, also one no val image
+    // has: only the classes of its images need be known.
+    std::fs::remove_file(part.join("zebra/broken.jpg")).unwrap();
+    let only = t.path().join("only-checker");
+    std::fs::create_dir_all(only.join("03-checker")).unwrap();
+    for e in std::fs::read_dir(part.join("03-checker")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), only.join("03-checker").join(e.file_name())).unwrap();
+    }
+    let store = t.path().join("zebra-store");
+    let said = prepare_raw32(&part, Some(&only), &store);
+    assert!(said.contains("val: 10 images of 1 classes"), "{said}");
+    let (ok, one, err) = cli(&[
+        "eval",
+        "--checkpoint",
+        &s(&last),
+        "--data",
+        &s(&store),
+        "--json",
+        "--no-progress",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json_field(&one, "images"), 10.0);
     // A folder given as the checkpoint.
     let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&part), "--data", &s(&part)]);
     assert!(!ok && err.contains("error:"), "{err}");

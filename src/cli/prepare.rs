@@ -104,12 +104,13 @@ fn options(args: PrepareArgs) -> Result<PrepareOptions> {
     Ok(opts)
 }
 
-/// One store's line: images, classes, skipped files, size.
+/// One store's line: images, the classes they are of (a val store lists
+/// all of train's), skipped files, size.
 fn print_store(what: &str, m: &StoreMeta) -> Result<()> {
     outln!(
         "{what}: {} images of {} classes, {} skipped, {:.1} MB",
         m.count,
-        m.classes.len(),
+        m.class_counts.iter().filter(|&&n| n > 0).count(),
         m.skipped,
         m.data_bytes as f64 / 1e6
     )?;

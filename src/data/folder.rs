@@ -216,13 +216,17 @@ pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Folder names that hold a data set's splits, not its classes.
 const SPLIT_NAMES: [&str; 5] = ["train", "val", "valid", "validation", "test"];
 
+/// Whether a folder's name is one of a split's ([`SPLIT_NAMES`], any case).
+pub fn is_split_name(name: &str) -> bool {
+    SPLIT_NAMES.iter().any(|s| name.eq_ignore_ascii_case(s))
+}
+
 /// `root` whose sub-folders are all split names (`train/`, `val/`): the
 /// data set's top folder, passed where its split belongs. Scanned as
 /// classes it would train a classifier of "train" against "val" on every
 /// image below, at any depth.
 fn refuse_split_folders(root: &Path, class_dirs: &[(String, PathBuf)], flag: &str) -> Result<()> {
-    let is_split = |n: &str| SPLIT_NAMES.iter().any(|s| n.eq_ignore_ascii_case(s));
-    if class_dirs.len() < 2 || !class_dirs.iter().all(|(n, _)| is_split(n)) {
+    if class_dirs.len() < 2 || !class_dirs.iter().all(|(n, _)| is_split_name(n)) {
         return Ok(());
     }
     let names: Vec<String> = class_dirs.iter().map(|(n, _)| format!("{n}/")).collect();
