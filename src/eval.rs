@@ -340,17 +340,20 @@ fn evaluate_batches(
     Ok(Some((r, unread)))
 }
 
+/// Ten crops of images (stored `stored` pixels a side) no larger than the
+/// crops are the centre and its mirror, five times each: warned of.
+pub fn warn_of_ten_equal_crops(stored: usize, crop: usize) {
+    if stored <= crop {
+        tracing::warn!(
+            "--ten-crop: the images are {stored}x{stored} and the crops {crop}x{crop}, so the four corners are the centre: the ten crops are the centre and its mirror, five times each (the paper crops 224 of 256: prepare the data at a larger --size for ten distinct crops)"
+        );
+    }
+}
+
 /// The loader settings that repeat a checkpoint's test-time preprocessing:
 /// the same crop, padding and mean (image or per-channel) and std.
 pub fn loader_for(ck: &Checkpoint, batch: usize, ten_crop: bool, workers: usize) -> LoaderConfig {
     let p = &ck.state.preprocess;
-    if ten_crop && p.image_size <= p.crop {
-        tracing::warn!(
-            "--ten-crop: the run's images are {0}x{0} and its crops {1}x{1}, so the four corners are the centre: the ten crops are the centre and its mirror, five times each (the paper crops 224 of 256: prepare the data at a larger --size for ten distinct crops)",
-            p.image_size,
-            p.crop
-        );
-    }
     LoaderConfig {
         batch,
         crop: p.crop,

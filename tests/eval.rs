@@ -454,6 +454,26 @@ fn one_class_folder_is_scored_and_a_missing_split_is_named() {
         s(&store.join("val"))
     );
     assert!(!ok && err.contains(&pass), "{err}");
+    // Ten crops of images stored no larger than the crops (28) coincide:
+    // said, where the checkpoint's own 32 would not have said it.
+    let small = t.path().join("small");
+    let args = [
+        "prepare",
+        "--train",
+        &s(&data),
+        "--out",
+        &s(&small),
+        "--size",
+        "28",
+    ];
+    let (ok, _, err) = cli(&[&args[..], &["--format", "raw", "--no-progress"]].concat());
+    assert!(ok, "{err}");
+    let args = ["eval", "--checkpoint", &ck, "--ten-crop", "--data"];
+    let (ok, _, err) = cli(&[&args[..], &[&s(&small.join("train"))]].concat());
+    let same = "the images are 28x28 and the crops 28x28, so the four corners are the centre";
+    assert!(ok && err.contains(same), "{err}");
+    let (ok, _, err) = cli(&[&args[..], &[&s(&data)]].concat());
+    assert!(ok && !err.contains("four corners"), "{err}");
 }
 
 /// Train the cifar config on `data` into the run folder `out` (CLI).

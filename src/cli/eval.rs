@@ -17,7 +17,9 @@ use alexnet_cuda::data::ImageSource;
 use alexnet_cuda::data::LoaderConfig;
 use alexnet_cuda::data::{unread_error, write_demo_test};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
-use alexnet_cuda::eval::{evaluate_by_class, loader_for, open_eval_data, ClassTally, EvalResult};
+use alexnet_cuda::eval::{
+    evaluate_by_class, loader_for, open_eval_data, warn_of_ten_equal_crops, ClassTally, EvalResult,
+};
 use alexnet_cuda::features::spread;
 use alexnet_cuda::fsutil::check_target;
 use alexnet_cuda::held_out::{held_out, is_training_data};
@@ -102,6 +104,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         batch
     }
     .min(idx.len().max(1));
+    if args.ten_crop {
+        warn_of_ten_equal_crops(set.size(), ck.state.preprocess.crop);
+    }
     let workers = args.run.host.workers(!request.cpu);
     // One unreadable file of a folder costs its own score, not the rest's.
     let cfg = LoaderConfig {

@@ -13,7 +13,7 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_some, unread_error, ImageSet, ImageSource, LoaderConfig};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
-use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k};
+use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k, warn_of_ten_equal_crops};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
@@ -202,6 +202,10 @@ fn image_rows(
 ) -> Result<()> {
     let crops = crop_rows(args.ten_crop);
     let mut out = Output::new(ck, args, images.len() * crops)?;
+    if args.ten_crop {
+        let p = &ck.state.preprocess;
+        warn_of_ten_equal_crops(p.image_size, p.crop);
+    }
     let cfg = loader_for(ck, (chunk / crops).max(1), args.ten_crop, 0);
     let bar = progress::bar(images.len(), "predicting", !args.no_progress);
     let mut failed = Vec::new();
