@@ -238,6 +238,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// A file or class name as one field of a tab-separated line: a tab or
+/// line break in it would shift the columns or split the line, so they
+/// and the backslash are escaped (`\t`, `\n`, `\r`, `\\`), as in
+/// PostgreSQL's text format.
+pub fn tsv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\t', '\n', '\r', '\\']) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    for ch in s.chars() {
+        match ch {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// Write a CSV file atomically: `header`, then `rows`, quoted by the `csv`
 /// crate where a field needs it (names such as "tench, Tinca tinca").
 pub fn write_csv(

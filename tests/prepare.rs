@@ -350,6 +350,54 @@ fn files_not_read_are_named_in_one_warning() -> TestResult {
     Ok(())
 }
 
+/// A line break or tab in a file name is escaped in skipped.txt and
+/// duplicates.txt, so each image keeps one line of whole fields.
+#[test]
+fn names_with_line_breaks_keep_one_line_in_the_lists() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, out) = (t.path().join("train"), t.path().join("out"));
+    good_tree(&train, 2, 16, 16)?;
+    let cat = train.join("n01_cat");
+    fs::copy(cat.join("0000.JPEG"), cat.join("two\nlines\t.JPEG"))?;
+    fs::write(cat.join("bad\nfile.JPEG"), "not an image")?;
+    prepare(&opts(&train, &out, 8, Encoding::Raw))?;
+    let dups = fs::read_to_string(out.join("train/duplicates.txt"))?;
+    assert_eq!(
+        dups,
+        "n01_cat/two\\nlines\\t.JPEG\tn01_cat/0000.JPEG\tn01_cat\n"
+    );
+    let skipped = fs::read_to_string(out.join("train/skipped.txt"))?;
+    let fields: Vec<&str> = skipped.trim_end().split('\t').collect();
+    assert_eq!(skipped.lines().count(), 1, "{skipped}");
+    assert_eq!(fields.len(), 2, "{skipped}");
+    assert!(fields[0].ends_with("n01_cat/bad\\nfile.JPEG"), "{skipped}");
+    Ok(())
+}
+
+/// A list that cannot be written after its store is committed (here a
+/// folder where skipped.txt goes) is an error that says the store stands.
+#[test]
+fn a_list_not_written_after_the_commit_says_the_store_stands() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, out) = (t.path().join("train"), t.path().join("out"));
+    good_tree(&train, 2, 16, 16)?;
+    prepare(&opts(&train, &out, 8, Encoding::Raw))?;
+    let before = read_meta(&out.join("train"))?.generation;
+    fs::remove_file(out.join("train/skipped.txt"))?;
+    fs::create_dir_all(out.join("train/skipped.txt/kept"))?;
+    let e = prepare(&opts(&train, &out, 8, Encoding::Raw))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("skipped.txt") && e.contains("was committed before it"),
+        "{e}"
+    );
+    let store = PackedStore::open(&out.join("train"))?;
+    store.verify()?;
+    assert_ne!(store.meta().generation, before, "{e}");
+    Ok(())
+}
+
 /// A store passed where images go (its folder or one split) is named as
 /// a store, not scanned as class folders.
 #[test]

@@ -9,7 +9,7 @@ use clap::Args;
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::{run_on_one, OnDevice};
 use alexnet_cuda::features;
-use alexnet_cuda::fsutil;
+use alexnet_cuda::fsutil::{self, tsv_field};
 
 use super::common::{
     existing_file, image_files, image_or_folder, named_as, not_a_run_file, not_among_images,
@@ -128,27 +128,6 @@ fn print_table(r: &features::NeighborsReport) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A file or class name as one field of a tab-separated line: a tab or
-/// line break in it would shift the columns or split the line, so they
-/// and the backslash are escaped (`\t`, `\n`, `\r`, `\\`), as in
-/// PostgreSQL's text format.
-fn tsv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['\t', '\n', '\r', '\\']) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 4);
-    for ch in s.chars() {
-        match ch {
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.into()
 }
 
 /// `features::neighbors` on the requested device.

@@ -13,7 +13,7 @@ use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{tsv_field, write_atomic};
 
 /// The list's name in a store folder.
 pub const LIST: &str = "duplicates.txt";
@@ -150,7 +150,9 @@ pub fn warn_in_folder(
     }
 }
 
-/// `path` under `src`, as the store's sources list names it.
+/// `path` under `src`, as the store's sources list names it, as one field
+/// of the list's tab-separated line.
 fn rel(path: &Path, src: &Path) -> String {
-    path.strip_prefix(src).unwrap_or(path).display().to_string()
+    let name = path.strip_prefix(src).unwrap_or(path).display().to_string();
+    tsv_field(&name).into_owned()
 }

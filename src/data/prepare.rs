@@ -39,7 +39,7 @@ use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above,
 use crate::error::{list_failures, Error, Result};
 use crate::fsutil::{
     create_dir_durably, lock_folder, refuse_file_in_the_way, resolved, short_of_room, size,
-    write_atomic,
+    tsv_field, write_atomic,
 };
 
 /// Images handed to the thread pool at a time; results are written in order
@@ -259,7 +259,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     };
     let (train, stored) = store("train", &opts.train, &items, val_count, None)?;
     let th = Hashed::new(&items, stored);
-    let mut dups = duplicates::list_train(&opts.out.join("train"), &opts.train, &th, &classes)?;
+    let train_dir = opts.out.join("train");
+    let mut dups = duplicates::list_train(&train_dir, &opts.train, &th, &classes)
+        .map_err(|e| after_commit(e, &train_dir))?;
     let val = match (&opts.val, val_items) {
         (Some(v), Some(items)) => {
             let gen = Some(train.generation.clone());
@@ -272,7 +274,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             })?;
             let vh = Hashed::new(&items, stored);
             let dir = opts.out.join("val");
-            dups.val_in_train = duplicates::list_val(&dir, [v, &opts.train], &vh, &th)?;
+            dups.val_in_train = duplicates::list_val(&dir, [v, &opts.train], &vh, &th)
+                .map_err(|e| after_commit(e, &dir))?;
             Some(val)
         }
         _ => {
@@ -287,6 +290,15 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         duplicates: dups,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A list that could not be written beside a store already committed:
+/// the store is whole and replaced the previous one, which is said.
+fn after_commit(e: Error, store: &Path) -> Error {
+    Error::Data(format!(
+        "{e}. The store {} was committed before it (it is whole, and it replaced any earlier one); only its list is missing: run the same prepare again to write it",
+        store.display()
+    ))
 }
 
 /// A warning for each kind of image stored twice, naming its list.
@@ -980,7 +992,8 @@ fn write_store(
                     let msg = e.to_string();
                     tracing::debug!("skipping {msg}");
                     first_skip[*label as usize].get_or_insert_with(|| msg.clone());
-                    skipped.push(format!("{}\t{msg}", path.display()));
+                    let file = path.display().to_string();
+                    skipped.push(format!("{}\t{}", tsv_field(&file), tsv_field(&msg)));
                 }
             }
         }
@@ -1057,7 +1070,7 @@ fn write_store(
     if !text.is_empty() {
         text.push('\n');
     }
-    write_atomic(&report, text.as_bytes())?;
+    write_atomic(&report, text.as_bytes()).map_err(|e| after_commit(e, dir))?;
 
     let secs = start.elapsed().as_secs_f64();
     tracing::info!(
