@@ -2652,6 +2652,17 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
         assert!(all_finite(p), "{} holds a non-finite value", p.display());
     }
     assert!(all_finite(&out.join("best.safetensors")));
+    // Resumed again without --epochs, the run goes on to the 2 its newest
+    // checkpoint holds; the best, from before they were given, does not
+    // hold them, so its way back gives them again.
+    let o = run(&resume_every_step(&out, &["--lr", "1e30"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a rate of 1e30 trained on: {err}");
+    let want = format!(
+        "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.0e29",
+        out.join("best.safetensors").display()
+    );
+    assert!(err.contains(&want), "{want}: {err}");
 }
 
 /// Weights gone NaN stop the run at the step whose loss they make NaN,

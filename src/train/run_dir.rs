@@ -57,44 +57,50 @@ struct GoOn {
     device_flags: String,
     /// The checkpoint this run resumed, if any.
     resumed: Option<PathBuf>,
-    /// What the resume changed that the resumed checkpoint does not hold,
-    /// and one written since does: the epochs, the rate from there, where
-    /// the data is now.
-    epochs: Option<usize>,
+    /// The run's epochs and data (None for the demo's) now: a checkpoint
+    /// that holds others, one written before a resume changed them, is
+    /// continued with them given.
+    epochs: usize,
+    data: Option<String>,
+    /// The rate a resume set from its step on: repeated for the resumed
+    /// checkpoint only, as one written since holds it.
     lr: Option<f32>,
-    data: Option<PathBuf>,
 }
 
 impl GoOn {
     fn of(opts: &TrainOptions) -> GoOn {
         let ck = opts.resume.as_deref();
-        let was = ck.map(|c| &c.state);
-        let moved = was.is_some_and(|s| !s.options.demo && opts.data != Path::new(&s.data));
         GoOn {
             device_flags: opts
                 .compute
                 .as_ref()
                 .map_or(String::new(), |c| c.flags.clone()),
             resumed: ck.map(|c| c.path.clone()),
-            epochs: was
-                .filter(|s| s.options.epochs != opts.run.epochs)
-                .map(|_| opts.run.epochs),
+            epochs: opts.run.epochs,
+            data: (!opts.run.demo).then(|| super::setup::data_path(opts)),
             lr: opts.lr_from_here.filter(|_| ck.is_some()),
-            data: moved.then(|| opts.data.clone()),
         }
     }
 
-    /// The changes as flags (the rate only `with_lr`).
-    fn changes(&self, with_lr: bool) -> String {
+    /// The flags that continue from `ckpt` as this run goes on, where its
+    /// state differs (the rate only `with_lr`).
+    fn changes(&self, ckpt: &Path, with_lr: bool) -> String {
         let mut s = String::new();
-        if let Some(e) = self.epochs {
-            s += &format!(" --epochs {e}");
+        let Some(state) = checkpoint::checked_state_of(ckpt) else {
+            return s;
+        };
+        if state.options.epochs != self.epochs {
+            s += &format!(" --epochs {}", self.epochs);
         }
-        if let Some(lr) = self.lr.filter(|_| with_lr) {
+        let resumed = self
+            .resumed
+            .as_deref()
+            .is_some_and(|r| fsutil::same_file(r, ckpt));
+        if let Some(lr) = self.lr.filter(|_| with_lr && resumed) {
             s += &format!(" --lr {lr}");
         }
-        if let Some(d) = &self.data {
-            s += &format!(" --data {}", shell::word(d));
+        if let Some(d) = self.data.as_ref().filter(|d| **d != state.data) {
+            s += &format!(" --data {}", shell::word(Path::new(d)));
         }
         s
     }
@@ -735,11 +741,7 @@ impl RunDir {
     /// The command that continues the run from `ckpt`, at rate `lr` from
     /// there where given.
     fn resume_command(&self, ckpt: &Path, lr: Option<f32>) -> String {
-        let resumed = self.go_on.resumed.as_deref();
-        let changes = match resumed.is_some_and(|r| fsutil::same_file(r, ckpt)) {
-            true => self.go_on.changes(lr.is_none()),
-            false => String::new(),
-        };
+        let changes = self.go_on.changes(ckpt, lr.is_none());
         let lr = lr.map_or(String::new(), |lr| format!(" --lr {lr:.1e}"));
         format!(
             "alexnet-cuda train --resume {}{}{changes}{lr}",

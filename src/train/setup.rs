@@ -253,7 +253,7 @@ pub fn check_fresh(opts: &TrainOptions, topo: &Topology) -> Result<()> {
 
 /// The data folder as the checkpoint keeps it: absolute, so that a
 /// `--resume` from another working folder finds it (symbolic links kept).
-fn data_path(opts: &TrainOptions) -> String {
+pub(super) fn data_path(opts: &TrainOptions) -> String {
     std::path::absolute(&opts.data)
         .unwrap_or_else(|_| opts.data.clone())
         .display()
