@@ -1573,6 +1573,16 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
         !ok && err.contains("is in use by another training process"),
         "{err}"
     );
+    // So is a run that has not written its first checkpoint yet.
+    let early = dir.path().join("early");
+    std::fs::create_dir(&early).expect("a run folder");
+    let lock = std::fs::File::create(early.join(".lock")).expect("its lock file");
+    lock.lock().expect("lock it");
+    let (ok, err) = run(&["train", "--resume", &early.display().to_string()]);
+    assert!(
+        !ok && err.contains("is in use by another training process"),
+        "{err}"
+    );
 }
 
 /// A resume keeps the run's batch (--batch is refused with --resume), so

@@ -189,7 +189,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     placement::check_devices(&request, &world)?;
     args.host.apply()?;
     let resume = match &args.resume {
-        Some(p) => Some(Box::new(checkpoint::load_latest(p)?)),
+        Some(p) => {
+            refuse_folder_in_use(p)?;
+            Some(Box::new(checkpoint::load_latest(p)?))
+        }
         None => None,
     };
     if let Some(ck) = &resume {
@@ -204,7 +207,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let topo = spec.topology()?;
     if world.is_writer() {
         // Before the data: a scan or the demo's images can take a while.
-        let keep = saving(&args, resume.as_deref()).kept();
+        let keep = Saving {
+            keep: keep_flag(&args, resume.as_deref()),
+            ..Saving::default()
+        }
+        .kept();
         let dir = run_folder(&args, &topo, resume.as_deref());
         if let Some(data) = images_read(&args, resume.as_deref()) {
             refuse_run_inside_data(&dir, &data, resume.is_some())?;
@@ -408,10 +415,16 @@ fn saving(args: &TrainArgs, resume: Option<&Checkpoint>) -> Saving {
         }
     };
     Saving {
-        keep: args.keep.map(|k| k as usize).or(kept.keep),
+        keep: keep_flag(args, resume),
         checkpoint_every: every,
         checkpoint_minutes: minutes,
     }
+}
+
+/// --keep, else the resumed run's (None: the default).
+fn keep_flag(args: &TrainArgs, resume: Option<&Checkpoint>) -> Option<usize> {
+    let kept = resume.and_then(|ck| ck.state.saving.keep);
+    args.keep.map(|k| k as usize).or(kept)
 }
 
 /// A resume given one checkpoint flag drops the run's other (`kept`):
@@ -539,6 +552,20 @@ fn check_held_out_flag(args: &TrainArgs, data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A run folder another process trains in is said to be in use, also
+/// before that run's first checkpoint (which would otherwise read as a
+/// folder without one) and when the run is finished as of the checkpoint
+/// named. The lock file is only looked at where it is.
+fn refuse_folder_in_use(resume: &Path) -> Result<()> {
+    if !resume.join(".lock").is_file() {
+        return Ok(());
+    }
+    match alexnet_cuda::fsutil::check_not_locked(resume, "another training process") {
+        Err(e @ alexnet_cuda::Error::Config(_)) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// A resume of a run that has trained all its epochs, with no --epochs
 /// past them, takes no step: said at once (by the writing process), before
 /// the data is read or the demo's images written and with the run folder
@@ -553,11 +580,7 @@ fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bo
     // A process extending the run holds its folder: say that instead (a
     // folder that cannot be locked, read-only, still reads as finished).
     let run_dir = alexnet_cuda::fsutil::folder_of(&ck.path);
-    if let Err(e @ alexnet_cuda::Error::Config(_)) =
-        alexnet_cuda::fsutil::check_not_locked(run_dir, "another training process")
-    {
-        return Err(e.into());
-    }
+    refuse_folder_in_use(run_dir)?;
     let history = &ck.state.history;
     if !history.is_empty() {
         outln!(
