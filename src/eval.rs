@@ -168,13 +168,18 @@ pub fn average_crops(probs: &[f32], crops: usize, classes: usize) -> Vec<f32> {
 /// the ten crops' softmax (section 4.1). Taken in f64 from the logits,
 /// log(mean_r exp(l_rc - lse_r)), so a probability below f32's least (a
 /// logit gap over about 100) keeps its order and its loss instead of tying
-/// at 0. A row with a NaN or infinite logit gives NaN (a miss).
+/// at 0. A row with a NaN or infinite logit (of either sign: an overflow)
+/// gives its image NaN everywhere (a miss, not an infinite loss).
 pub fn log_mean_softmax(logits: &[f32], crops: usize, classes: usize) -> Vec<f64> {
     let crops = crops.max(1);
     let mut out = Vec::with_capacity(logits.len() / crops);
     let mut v = vec![0.0f64; crops * classes];
     for img in logits.chunks_exact(crops * classes) {
         for (row, vr) in img.chunks_exact(classes).zip(v.chunks_exact_mut(classes)) {
+            if row.iter().any(|l| !l.is_finite()) {
+                vr.fill(f64::NAN);
+                continue;
+            }
             let lse = log_sum_exp(row.iter().map(|&l| l as f64));
             vr.iter_mut()
                 .zip(row)

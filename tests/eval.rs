@@ -12,7 +12,7 @@ use std::sync::Arc;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::{write_demo_dataset, ImageSet, ImageSource, LoaderConfig};
-use alexnet_cuda::eval::{average_crops, evaluate, top_k, topk_hits, ClassTally};
+use alexnet_cuda::eval::{average_crops, evaluate, log_mean_softmax, top_k, topk_hits, ClassTally};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
@@ -219,6 +219,20 @@ fn outputs_that_are_not_numbers_score_as_misses() {
     let mut t = ClassTally::new(10);
     t.add(&probs, &labels);
     assert!((0..n).all(|c| t.counts(c) == (1, 0, 0)));
+}
+
+/// A logit of minus infinity (an overflow) is no number either: its
+/// image's outputs are NaN, a miss, not a label at infinite loss. The other
+/// image's are its log softmax, worked here.
+#[test]
+fn a_logit_of_minus_infinity_leaves_its_image_unscored() {
+    let logits = [1.0f32, f32::NEG_INFINITY, 0.5, 0.0, 2.0, 1.0];
+    let out = log_mean_softmax(&logits, 1, 3);
+    assert!(out[..3].iter().all(|v| v.is_nan()), "{out:?}");
+    let lse = (0f64.exp() + 2f64.exp() + 1f64.exp()).ln();
+    for (o, l) in out[3..].iter().zip([0.0, 2.0, 1.0]) {
+        assert!((o - (l - lse)).abs() < 1e-12, "{out:?}");
+    }
 }
 
 /// fc8 scaled by 1e4 (finite outputs, logit gaps in the hundreds): a
