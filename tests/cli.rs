@@ -682,7 +682,7 @@ fn a_store_of_another_image_size_is_warned_about() {
     let ck28 = dir.path().join("run28").display().to_string();
     let (ok, err) = ten(&ck28, &s28);
     assert!(
-        ok && err.contains(same) && err.contains("images are 28x28 and its crops 28x28"),
+        ok && err.contains(same) && err.contains("images are 28x28 and the crops 28x28"),
         "{err}"
     );
 }
