@@ -120,7 +120,33 @@ fn check_cycles_follows_re_exports_and_aliases() {
     assert!(ok && out.contains("no import cycles"), "{out}");
 }
 
-/// bench-feed, recipe-probe and recipe-torch run from another folder with
+/// The scripts that move to the repository root print their help when
+/// run as `./script` from scripts/: each read it from that relative path
+/// after the move, where it names nothing.
+#[test]
+fn help_is_printed_when_run_from_the_scripts_folder() {
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    for script in [
+        "bench-paper",
+        "gpu-check",
+        "bench-train",
+        "bench-cpu",
+        "bench-data",
+    ] {
+        let o = Command::new("bash")
+            .args(["-c", &format!("./{script} --help")])
+            .current_dir(&scripts)
+            .output()
+            .expect("run the script");
+        let said = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains(&format!("scripts/{script}: ")),
+            "{script}: {said}"
+        );
+    }
+}
+
+/// bench-feed, recipe-probe, recipe-torch and train-torch run from another folder with
 /// a relative STORE that is not there: the error names it under that
 /// folder (it named it under the repository, where the store made by the
 /// command it offered would not have been).
@@ -129,7 +155,7 @@ fn a_relative_store_is_read_from_the_callers_folder() {
     let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let here = tempfile::tempdir().unwrap();
     let want = format!("{}/st/train is missing", here.path().display());
-    for script in ["bench-feed", "recipe-probe", "recipe-torch"] {
+    for script in ["bench-feed", "recipe-probe", "recipe-torch", "train-torch"] {
         let o = Command::new(scripts.join(script))
             .arg("st")
             .current_dir(here.path())
