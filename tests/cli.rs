@@ -1565,6 +1565,27 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
     assert!(ok, "{extend}: {err}");
     let epochs = std::fs::read_to_string(Path::new(&r).join("epochs.csv")).expect("epochs.csv");
     assert_eq!(epochs.lines().count(), 3, "a header and 2 epochs: {epochs}");
+    // The first epoch's checkpoint, older than the folder's newest, is
+    // named itself: --resume RUN would take the newest.
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(&r)
+        .expect("the run folder")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.to_string_lossy().contains("ckpt-"))
+        .collect();
+    ckpts.sort();
+    let older = ckpts[0].display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["train", "--resume", &older])
+        .output()
+        .expect("run alexnet-cuda");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("extend it with: alexnet-cuda train --resume {older} --epochs 2");
+    assert!(said.contains(&want), "{said}");
     // While another process holds the folder, that is what is said.
     let lock = std::fs::File::open(Path::new(&r).join(".lock")).expect("the lock file");
     lock.lock().expect("lock the run folder");

@@ -594,10 +594,16 @@ fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bo
         _ => eval_data_flag(true, run_dir),
     };
     let flags = ck.state.compute.as_ref().map_or("", |c| c.flags.as_str());
+    // The folder resumes its newest checkpoint: an older one is named.
+    let newest = checkpoint::list(run_dir).ok().and_then(|mut l| l.pop());
+    let from = match newest {
+        Some((_, p)) if alexnet_cuda::fsutil::same_file(&p, &ck.path) => run_dir,
+        _ => ck.path.as_path(),
+    };
     outln!(
         "{} has finished its {epochs} epochs: nothing to train; extend it with: alexnet-cuda train --resume {} --epochs {}{flags}{}",
         ck.path.display(),
-        shell::word(run_dir),
+        shell::word(from),
         epochs + 1,
         match history.is_empty() {
             true => String::new(),
