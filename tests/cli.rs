@@ -14,6 +14,12 @@ fn run(args: &[&str]) -> (bool, String) {
 }
 
 fn run_env(args: &[&str], vars: &[(&str, &str)]) -> (bool, String) {
+    let (ok, _, err) = run_out(args, vars);
+    (ok, err)
+}
+
+/// [`run_env`] with what the command printed: (success, stdout, stderr).
+fn run_out(args: &[&str], vars: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args(args)
         .env("RUST_LOG", "error")
@@ -22,6 +28,7 @@ fn run_env(args: &[&str], vars: &[(&str, &str)]) -> (bool, String) {
         .expect("run alexnet-cuda");
     (
         out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -1537,16 +1544,8 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
     let before = listing(Path::new(&r));
     let away = dir.path().join("moved");
     std::fs::rename(&data, &away).expect("move the photos");
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(["train", "--resume", &r])
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run alexnet-cuda");
-    let (stdout, err) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{err}");
+    let (ok, stdout, err) = run_out(&["train", "--resume", &r], &[("RUST_LOG", "info")]);
+    assert!(ok, "{err}");
     assert!(!err.contains("training cifar"), "{err}");
     assert_eq!(listing(Path::new(&r)), before, "{stdout}");
     assert!(stdout.contains("has finished its 1 epochs"), "{stdout}");
@@ -1567,23 +1566,10 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
     assert_eq!(epochs.lines().count(), 3, "a header and 2 epochs: {epochs}");
     // The first epoch's checkpoint, older than the folder's newest, is
     // named itself: --resume RUN would take the newest.
-    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(&r)
-        .expect("the run folder")
-        .map(|e| e.expect("an entry").path())
-        .filter(|p| p.to_string_lossy().contains("ckpt-"))
-        .collect();
-    ckpts.sort();
-    let older = ckpts[0].display().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(["train", "--resume", &older])
-        .output()
-        .expect("run alexnet-cuda");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ckpts = checkpoint::list(Path::new(&r)).expect("the run's checkpoints");
+    let older = ckpts[0].1.display().to_string();
+    let (ok, said, err) = run_out(&["train", "--resume", &older], &[]);
+    assert!(ok, "{err}");
     let want = format!("extend it with: alexnet-cuda train --resume {older} --epochs 2");
     assert!(said.contains(&want), "{said}");
     // While another process holds the folder, that is what is said.
@@ -1821,16 +1807,8 @@ fn a_resume_with_fewer_epochs_than_trained_is_refused() {
         ],
     );
     let resume = ["train", "--resume", &rs, "--epochs", "2"];
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(resume)
-        .output()
-        .expect("run alexnet-cuda");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said, err) = run_out(&resume, &[]);
+    assert!(ok, "{err}");
     assert!(said.contains("has finished its 2 epochs"), "{said}");
 }
 

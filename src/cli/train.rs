@@ -25,8 +25,8 @@ use alexnet_cuda::model::topology::{DropoutRule, InitRecipe, Topology};
 use alexnet_cuda::run_state::{Compute, EpochStats, RunOptions};
 use alexnet_cuda::shell;
 use alexnet_cuda::train::{
-    check_run_folder, local_batch, refuse_run_inside_data, resume_options, schedule, train,
-    Schedule, Stopped, TrainOptions, TrainReport,
+    check_run_folder, local_batch, refuse_run_inside_data, resume_arg, resume_options, schedule,
+    train, Schedule, Stopped, TrainOptions, TrainReport,
 };
 
 use super::common::{
@@ -594,16 +594,10 @@ fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bo
         _ => eval_data_flag(true, run_dir),
     };
     let flags = ck.state.compute.as_ref().map_or("", |c| c.flags.as_str());
-    // The folder resumes its newest checkpoint: an older one is named.
-    let newest = checkpoint::list(run_dir).ok().and_then(|mut l| l.pop());
-    let from = match newest {
-        Some((_, p)) if alexnet_cuda::fsutil::same_file(&p, &ck.path) => run_dir,
-        _ => ck.path.as_path(),
-    };
     outln!(
         "{} has finished its {epochs} epochs: nothing to train; extend it with: alexnet-cuda train --resume {} --epochs {}{flags}{}",
         ck.path.display(),
-        shell::word(from),
+        resume_arg(run_dir, &ck.path),
         epochs + 1,
         match history.is_empty() {
             true => String::new(),

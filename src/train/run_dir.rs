@@ -106,6 +106,19 @@ impl GoOn {
     }
 }
 
+/// The `--resume` argument that continues from `ckpt` in the run folder
+/// `dir`: the folder where `ckpt` is its newest checkpoint, which
+/// `--resume DIR` takes; else the file (a run resumed from
+/// `best.safetensors`, whose own checkpoint `--keep` may have pruned, the
+/// later ones set aside; an older checkpoint of a finished run).
+pub fn resume_arg(dir: &Path, ckpt: &Path) -> String {
+    let newest = checkpoint::list(dir).ok().and_then(|mut l| l.pop());
+    match newest {
+        Some((_, p)) if fsutil::same_file(&p, ckpt) => shell::word(dir),
+        _ => shell::word(ckpt),
+    }
+}
+
 /// Refuse a run folder that cannot be one: a file in its place or above
 /// it, a folder another process is training in, for a fresh run one that
 /// already holds a run's checkpoints, for a resume (`resumed`, its state)
@@ -745,21 +758,9 @@ impl RunDir {
         let lr = lr.map_or(String::new(), |lr| format!(" --lr {lr:.1e}"));
         format!(
             "alexnet-cuda train --resume {}{}{changes}{lr}",
-            self.resume_arg(ckpt),
+            resume_arg(&self.dir, ckpt),
             self.go_on.device_flags
         )
-    }
-
-    /// The `--resume` argument that continues from `ckpt`: the run folder
-    /// where `ckpt` is its newest checkpoint, which `--resume DIR` takes;
-    /// else the file (a run resumed from `best.safetensors`, whose own
-    /// checkpoint `--keep` may have pruned, the later ones set aside).
-    fn resume_arg(&self, ckpt: &Path) -> String {
-        let newest = checkpoint::list(&self.dir).ok().and_then(|mut l| l.pop());
-        match newest {
-            Some((_, p)) if fsutil::same_file(&p, ckpt) => shell::word(&self.dir),
-            _ => shell::word(ckpt),
-        }
     }
 
     /// Redraw `curves.png` from the step rows and `epochs`. A failed plot
