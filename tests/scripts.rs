@@ -168,3 +168,76 @@ fn a_relative_store_is_read_from_the_callers_folder() {
         );
     }
 }
+
+/// check-export and check-onnx empty their output folder: one named
+/// relative to the caller's folder that holds someone's files, or a file,
+/// is refused with exit 2 and left as it was (check-export emptied
+/// `<repo>/<name>/<config>` for a relative name, and took any word as a
+/// config), before anything is built or installed.
+#[test]
+fn the_check_scripts_refuse_to_empty_what_they_did_not_write() {
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let here = tempfile::tempdir().unwrap();
+    let keep = here.path().join("keep");
+    std::fs::create_dir_all(keep.join("cifar")).unwrap();
+    std::fs::write(keep.join("cifar/run.txt"), "a user's file").unwrap();
+    let abs = keep.display().to_string();
+    let cases = [
+        (
+            "check-export",
+            "CHECK_EXPORT_OUT",
+            "keep",
+            vec!["cifar"],
+            "holds files this script did not write",
+        ),
+        (
+            "check-export",
+            "CHECK_EXPORT_OUT",
+            "keep/cifar/run.txt",
+            vec![],
+            "is a file, not a folder",
+        ),
+        (
+            "check-export",
+            "CHECK_EXPORT_OUT",
+            "fresh",
+            vec!["../keep"],
+            "no config named '../keep'",
+        ),
+        (
+            "check-onnx",
+            "CHECK_ONNX_OUT",
+            "keep",
+            vec![],
+            "holds files this script did not write",
+        ),
+        (
+            "check-onnx",
+            "CHECK_ONNX_OUT",
+            "keep/cifar/run.txt",
+            vec![],
+            "is a file, not a folder",
+        ),
+    ];
+    for (script, var, out, args, want) in cases {
+        let o = Command::new(scripts.join(script))
+            .args(&args)
+            .env(var, out)
+            .current_dir(here.path())
+            .output()
+            .expect("run the script");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{script} {out}: {err}");
+        assert!(err.contains(want), "{script} {out}: {err}");
+        if want.contains("did not write") {
+            assert!(err.contains(&abs), "{script} names {abs}: {err}");
+        }
+        let kept = std::fs::read_to_string(keep.join("cifar/run.txt"));
+        assert_eq!(
+            kept.ok().as_deref(),
+            Some("a user's file"),
+            "{script} {out}"
+        );
+        assert!(!here.path().join("fresh").exists(), "{script} {out}");
+    }
+}
