@@ -276,12 +276,6 @@ fn lrn_cases() -> Vec<LrnParams> {
             k: 1.0,
         },
         LrnParams {
-            size: 4,
-            alpha: 0.05,
-            beta: 0.75,
-            k: 2.0,
-        }, // even size: window c-2..=c+2
-        LrnParams {
             size: 1,
             alpha: 0.1,
             beta: 0.75,
@@ -334,6 +328,26 @@ fn lrn_forward_matches_naive() {
             );
         }
     }
+}
+
+/// An even window has no centre channel: refused by name, forward and
+/// backward, not widened to the next odd size.
+#[test]
+fn lrn_refuses_an_even_window() {
+    let be = CpuBackend::new();
+    let s = lrn_shapes()[0];
+    let p = LrnParams {
+        size: 4,
+        ..LrnParams::PAPER
+    };
+    let (x, mut y, mut scale) = (vec![1.0; s.len()], vec![0.0; s.len()], vec![0.0; s.len()]);
+    let e = be.lrn_forward(&p, &s, &x, &mut y, &mut scale).unwrap_err();
+    assert!(e.to_string().contains("window size 4 must be odd"), "{e}");
+    let mut dx = vec![0.0; s.len()];
+    let e = be
+        .lrn_backward(&p, &s, &x, &y, &scale, &x, &mut dx)
+        .unwrap_err();
+    assert!(e.to_string().contains("window size 4 must be odd"), "{e}");
 }
 
 /// The backward formula evaluated directly in f64, summing each window explicitly:

@@ -20,8 +20,13 @@ use crate::error::{check_len, Result};
 
 fn validate(op: &'static str, p: &LrnParams, s: &Nchw) -> Result<()> {
     checked_product(op, "tensor", &[s.n, s.c, s.h, s.w])?;
-    if p.size == 0 {
-        return Err(shape_err(op, "window size must be >= 1".into()));
+    // A window centred on each channel has an odd size; an even one has no
+    // centre (PyTorch's even windows lean one way, ours would widen by one).
+    if p.size.is_multiple_of(2) {
+        return Err(shape_err(
+            op,
+            format!("window size {} must be odd (the paper: 5)", p.size),
+        ));
     }
     Ok(())
 }

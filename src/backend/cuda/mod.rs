@@ -1779,10 +1779,10 @@ impl Backend for CudaBackend {
 
 /// LRN's kernel arguments (n, c, hw, size) as ints, after the CPU's checks.
 fn lrn_dims(op: &'static str, p: &LrnParams, s: &Nchw) -> Result<(i32, i32, i32, i32)> {
-    if p.size == 0 {
+    if p.size.is_multiple_of(2) {
         return Err(Error::Shape {
             op,
-            detail: "window size must be >= 1".into(),
+            detail: format!("window size {} must be odd (the paper: 5)", p.size),
         });
     }
     let hw = s.h.checked_mul(s.w).ok_or_else(|| Error::Shape {
