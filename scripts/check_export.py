@@ -99,10 +99,14 @@ def main():
         print("our logits hold NaN or infinity")
     # The run's classes, as `export` puts them in the model's metadata.
     meta = sess.get_modelmeta().custom_metadata_map
-    missing = {"config", "classes", "names", "preprocess"} - set(meta)
+    missing = {"config", "classes", "names", "preprocess", "input"} - set(meta)
     classes = json.loads(meta.get("classes", "[]"))
     if missing or len(classes) != ours.shape[1]:
         print(f"metadata: missing {sorted(missing)}, {len(classes)} classes for {ours.shape[1]} logits")
+        ok = False
+    # `input` tells a client whether the graph preprocesses its input itself.
+    if meta.get("input") != next(iter(feed)):
+        print(f"metadata: input {meta.get('input')!r}, the graph's input is {next(iter(feed))!r}")
         ok = False
     for what, y in refs + [("onnxruntime", got)]:
         if y.shape != ours.shape:

@@ -240,7 +240,8 @@ fn a_write_removes_the_temporary_files_killed_writers_left() {
 }
 
 /// Where a file cannot go: a missing folder is named (not the temporary
-/// file the OS would name), a folder given as the file is called one, and
+/// file the OS would name), a folder given as the file is called one, a
+/// file's name with a trailing / is told to drop it, and
 /// nothing is left behind; a folder given to the reader is called one too.
 #[test]
 fn writes_and_reads_name_a_missing_folder_or_a_folder_given_as_a_file() {
@@ -263,6 +264,15 @@ fn writes_and_reads_name_a_missing_folder_or_a_folder_given_as_a_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("a folder, not a file name"), "{e}");
+    // A file's name written as a folder's: the OS said only "Not a directory".
+    let slash = format!("{}/m.onnx/", dir.path().display());
+    let e = write_safetensors(Path::new(&slash), &tensors, &meta)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&slash) && e.contains("drop the trailing /"),
+        "{e}"
+    );
     let e = read_safetensors(dir.path()).unwrap_err().to_string();
     assert!(
         e.contains("a folder") && e.contains("best.safetensors"),
@@ -422,10 +432,12 @@ struct Model {
     meta: BTreeMap<String, String>,
 }
 
-/// Metadata as `export` writes it, with a name holding a comma and quotes.
+/// Metadata as `export` writes it, with a name holding a comma and quotes
+/// (and an `input` that the graph's own replaces).
 fn meta() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("config".into(), "alexnet".into()),
+        ("input".into(), "given".into()),
         ("names".into(), r#"["tench, Tinca tinca","\"x\" é"]"#.into()),
     ])
 }
@@ -565,7 +577,11 @@ fn onnx_graph_is_the_papers_network() {
     let (tensors, m) = write_and_decode(&narrow());
     assert!(m.ir_version >= 7, "opset 13 needs IR version 7 or later");
     assert_eq!(m.opset, 13);
-    assert_eq!(m.meta, meta());
+    // `input` names the graph's input (a given one is replaced): a
+    // client reading `preprocess` from the metadata knows to apply it.
+    let mut want = meta();
+    want.insert("input".into(), "input".into());
+    assert_eq!(m.meta, want);
 
     let ops: Vec<&str> = m.nodes.iter().map(|n| n.op.as_str()).collect();
     #[rustfmt::skip]
@@ -772,6 +788,9 @@ fn onnx_with_pixels_preprocesses_the_centre_crop_as_the_run_did() {
     assert_eq!(m.nodes[0].inputs, ["pixels", "pixels.mean"]);
     assert_eq!(m.inputs[0].0, "pixels");
     assert_eq!(m.inputs[0].1, ["N", "3", "224", "224"]);
+    // The metadata says the graph preprocesses: `preprocess` is not to be
+    // applied to its input again.
+    assert_eq!(m.meta["input"], "pixels");
     // The centre crop starts at (256 - 224) / 2 = 16 on each axis.
     let (dims, ty, data) = &m.inits["pixels.mean"];
     assert_eq!((dims.as_slice(), *ty), ([1, 3, 224, 224].as_slice(), 1));

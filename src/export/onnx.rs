@@ -104,7 +104,9 @@ fn centre_crop(m: &[f32], s: usize, c: usize) -> Tensor {
 /// Input "input" is [N, channels, crop, crop] float32 with a symbolic batch
 /// N, or with `pixels` "pixels", [N, 3, c, c] for the run's crop c;
 /// output "logits" is [N, classes]. `metadata` goes into the model's
-/// metadata_props (onnxruntime: `get_modelmeta().custom_metadata_map`).
+/// metadata_props (onnxruntime: `get_modelmeta().custom_metadata_map`),
+/// with `input` naming the graph's input: a client that reads the
+/// preprocessing from the metadata must not apply it to "pixels" again.
 pub fn write_onnx(
     topo: &Topology,
     tensors: &[Tensor],
@@ -196,6 +198,8 @@ fn encode_model(
         }],
         metadata_props: metadata
             .iter()
+            .filter(|(k, _)| k.as_str() != "input")
+            .chain([(&"input".to_string(), &input.to_string())])
             .map(|(k, v)| StringStringEntryProto {
                 key: Some(k.clone()),
                 value: Some(v.clone()),
