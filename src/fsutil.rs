@@ -167,12 +167,20 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuse, before anything is written, a target that is a folder or whose
-/// folder does not exist (the OS would name the temporary file instead).
+/// Refuse, before anything is written, a target that is a folder, is
+/// written as one (a trailing `/`: the OS says "not a directory"), or
+/// whose folder does not exist (the OS would name the temporary file
+/// instead).
 pub fn check_target(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::Data(format!(
             "{}: a folder, not a file name; pass the path of the file to write",
+            path.display()
+        )));
+    }
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::Data(format!(
+            "{}: ends in /, as a folder's name does, but names no folder; to write the file, drop the trailing /",
             path.display()
         )));
     }

@@ -1294,6 +1294,14 @@ fn predict_and_export_cli() {
     let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&txt)]);
     assert!(!ok && err.contains("--format safetensors|onnx"), "{err}");
     assert!(!txt.exists());
+    // `.onnx` alone has no extension (a hidden file's name): told to name it.
+    let bare = t.path().join(".onnx");
+    let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&bare)]);
+    assert!(
+        !ok && err.contains("name the file, such as model.onnx"),
+        "{err}"
+    );
+    assert!(!bare.exists());
     // --pixels is an ONNX graph's; tests/export.rs and scripts/check-onnx
     // check what that graph does.
     let px = t.path().join("px.safetensors");

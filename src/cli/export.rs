@@ -112,17 +112,29 @@ fn chosen_format(given: Option<ExportFormat>, out: &Path) -> Result<ExportFormat
                 ext.as_deref().unwrap_or_default(),
                 flag_value(&f),
                 match (f, ext.as_deref()) {
-                    (ExportFormat::Safetensors, Some("pt" | "pth" | "bin")) => ": torch.load cannot read it, safetensors.torch.load_file can",
+                    (ExportFormat::Safetensors, Some("pt" | "pth" | "bin")) =>
+                        ": torch.load cannot read it, safetensors.torch.load_file can",
                     _ => "",
                 }
             );
             Ok(f)
         }
         (Some(f), _) | (None, Some(f)) => Ok(f),
-        (None, None) => bail!(
-            "--out {}: its name says no format; end it in .safetensors or .onnx, or pass --format safetensors|onnx",
-            out.display()
-        ),
+        (None, None) => {
+            // `.onnx` alone is a hidden file's name without an extension.
+            let bare = out.file_name().map(|n| n.to_string_lossy().to_lowercase());
+            if matches!(bare.as_deref(), Some(".onnx" | ".safetensors")) {
+                bail!(
+                    "--out {}: a name that is only an extension; name the file, such as model{}",
+                    out.display(),
+                    bare.unwrap_or_default()
+                );
+            }
+            bail!(
+                "--out {}: its name says no format; end it in .safetensors or .onnx, or pass --format safetensors|onnx",
+                out.display()
+            )
+        }
     }
 }
 
