@@ -127,6 +127,9 @@ fn encode_model(
     pixels: Option<&PixelInput>,
     metadata: &BTreeMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
+    // The weights alone, before they are copied into messages: a model
+    // over the limit is refused before it takes several times its size.
+    within_protobuf(tensors.iter().map(|t| 4 * t.data.len()).sum())?;
     let shapes = topo.shapes().map_err(|e| e.to_string())?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
 
@@ -214,7 +217,7 @@ fn encode_model(
 fn within_protobuf(len: usize) -> std::result::Result<(), String> {
     if len > PROTOBUF_MAX {
         return Err(format!(
-            "the model takes {len} bytes, over the 2 GiB (2^31 - 1 bytes) a protobuf message may hold, which ONNX readers refuse; export --format safetensors instead, or train fewer classes"
+            "the model takes at least {len} bytes, over the 2 GiB (2^31 - 1 bytes) a protobuf message may hold, which ONNX readers refuse; export --format safetensors instead, or train fewer classes"
         ));
     }
     Ok(())
