@@ -121,7 +121,7 @@ fn read_safetensors_explains_bad_files() {
 
     let e = err(b"\x89PNG\r\n\x1a\n not weights at all");
     assert!(
-        e.contains("bad.safetensors") && e.contains("safetensors"),
+        e.contains("bad.safetensors: not a valid safetensors file"),
         "{e}"
     );
 
@@ -416,20 +416,20 @@ impl Node {
 }
 
 /// TensorProto: (dims 1, data_type 2, raw_data 9), keyed by name 8.
-type Init = (Vec<i64>, i64, Vec<f32>);
+pub(crate) type Init = (Vec<i64>, i64, Vec<f32>);
 
-struct Model {
+pub(crate) struct Model {
     ir_version: u64,
     opset: u64,
     nodes: Vec<Node>,
-    inits: BTreeMap<String, Init>,
+    pub(crate) inits: BTreeMap<String, Init>,
     /// Each initializer's raw_data, for those not FLOAT.
     raw: BTreeMap<String, Vec<u8>>,
     /// ValueInfoProto name and its dims (dim_value as text, or dim_param).
     inputs: Vec<(String, Vec<String>)>,
     outputs: Vec<(String, Vec<String>)>,
     /// metadata_props (14): StringStringEntryProto key 1, value 2.
-    meta: BTreeMap<String, String>,
+    pub(crate) meta: BTreeMap<String, String>,
 }
 
 /// Metadata as `export` writes it, with a name holding a comma and quotes
@@ -469,7 +469,7 @@ fn value_infos(graph: &[(u64, Val<'_>)], field: u64) -> Vec<(String, Vec<String>
         .collect()
 }
 
-fn decode(path: &Path) -> Model {
+pub(crate) fn decode(path: &Path) -> Model {
     let file = std::fs::read(path).unwrap();
     let model = fields(&file);
     let opset = fields(bytes(&model, 8));

@@ -177,26 +177,34 @@ fn check_safetensors(path: &Path, names: &[(String, String)]) {
     assert_eq!((list("classes"), list("names")), (synsets, readable));
 }
 
-/// The ONNX file: a ModelProto (it opens with field 1, ir_version, a
-/// varint: key byte 0x08), holding every weight by name, and at least the
-/// 4 bytes of each parameter.
-fn check_onnx(path: &Path, classes: usize) {
-    let bytes = std::fs::read(path).expect("read the ONNX file");
-    assert_eq!(bytes.first(), Some(&0x08), "not a ModelProto");
-    let shapes = alexnet_shapes(classes);
-    let params: usize = shapes
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
-    assert!(
-        bytes.len() >= 4 * params,
-        "{} bytes for {params} parameters",
-        bytes.len()
-    );
-    for (name, _) in &shapes {
-        let found = bytes.windows(name.len()).any(|w| w == name.as_bytes());
-        assert!(found, "no initializer named {name}");
+/// The ONNX file: a ModelProto whose initializers are the 16 tensors of
+/// `alexnet_shapes`, float (data_type 1), each with the values of the
+/// safetensors export `st` of the same checkpoint, and whose metadata
+/// names the input and the classes.
+fn check_onnx(path: &Path, st: &Path, classes: usize) {
+    let m = crate::export::decode(path);
+    let bytes = std::fs::read(st).expect("read the export");
+    let st = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let want = alexnet_shapes(classes);
+    assert_eq!(m.inits.len(), want.len(), "{:?}", m.inits.keys());
+    for (name, shape) in &want {
+        let (dims, ty, data) = &m.inits[*name];
+        let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        assert_eq!((&dims, *ty), (shape, 1), "{name}");
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(
+            values == *data,
+            "{name}: the ONNX values are not the export's"
+        );
     }
+    assert_eq!(m.meta["input"], "input");
+    let listed: Vec<String> = serde_json::from_str(&m.meta["classes"]).unwrap();
+    assert_eq!(listed.len(), classes);
 }
 
 fn s(p: &Path) -> String {
@@ -331,5 +339,5 @@ fn imagenette_photos_through_prepare_train_eval_predict_export() {
         "--out",
         &s(&onnx),
     ]);
-    check_onnx(&onnx, names.len());
+    check_onnx(&onnx, &st, names.len());
 }
