@@ -39,8 +39,15 @@ pub struct StepRow {
     pub loss: f64,
     /// Top-1 accuracy on this step's batch.
     pub top1: f64,
+    /// Written as the f32 the step trained at, as `step_csv` writes it
+    /// (0.02, not its widening 0.019999999552965164).
+    #[serde(serialize_with = "as_f32")]
     pub lr: f64,
     pub elapsed_s: f64,
+}
+
+fn as_f32<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f32(*v as f32)
 }
 
 const STEP_HEADER: &str = "step,epoch,loss,top1,lr,elapsed_s";
