@@ -21,7 +21,7 @@ pub struct DeviceArgs {
     /// Run on the CPU.
     #[arg(long, conflicts_with = "gpus")]
     pub cpu: bool,
-    /// GPUs to run on, e.g. 0 (default: GPU 0 when a CUDA driver and GPU are present, else the CPU).
+    /// GPUs to run on, e.g. 0 or 0,1. Default, when a CUDA driver and GPU are present (else the CPU): GPU 0; with --parallel, the GPUs its layout needs (model: the first two, or GPU 0 twice; data: every GPU; hybrid: an even number); in a job of several processes (WORLD_SIZE above 1), the GPU LOCAL_RANK names, and CPU processes need --cpu.
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
     /// Storage of activations and the weights the GPU libraries read: fp32 (the reference), or fp16 / bf16 (mixed precision: fp32 master weights and momentum, fp32 accumulation; fp16 with dynamic loss scaling). GPU only.
