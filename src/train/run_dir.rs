@@ -540,7 +540,11 @@ impl RunDir {
             metrics,
             events,
             rows,
-            title: format!("{} on {}", topo.name, opts.data.display()),
+            // The demo's folder is temporary, and another on each resume.
+            title: match opts.run.demo {
+                true => format!("{} on the demo's images", topo.name),
+                false => format!("{} on {}", topo.name, opts.data.display()),
+            },
         }))
     }
 
