@@ -581,3 +581,29 @@ fn a_stop_ends_the_wait_for_other_ranks() {
     stop0.store(true, Ordering::Relaxed);
     assert!(matches!(rank0.join().unwrap(), Err(Error::Stopped(_))));
 }
+
+/// A connection that opens and says nothing holds rank 0 in its hello for
+/// neither longer than a signal takes (it waited the hello's 10 s) nor past
+/// the deadline for the ranks to join.
+#[test]
+fn a_silent_connection_holds_rank_0_past_neither_a_stop_nor_its_deadline() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, rank0) = rank0_accepting(|r, p| world(r, 2, p), 1, Some(Arc::clone(&stop)));
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let r0 = rank0.join().unwrap();
+    let waited = start.elapsed();
+    assert!(matches!(&r0, Err(Error::Stopped(_))), "{:?}", r0.err());
+    assert!(waited < Duration::from_secs(5), "stopped after {waited:?}");
+
+    let start = Instant::now();
+    let (port, rank0) = rank0_accepting(brief, 1, None);
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let err = rank0.join().unwrap().map(|_| ()).unwrap_err().to_string();
+    let waited = start.elapsed();
+    assert!(err.contains("rank 0 waited 1 s"), "{err}");
+    assert!(err.contains("no full hello: 0 of"), "{err}");
+    assert!(waited < Duration::from_secs(5), "gave up after {waited:?}");
+}

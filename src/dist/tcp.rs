@@ -378,6 +378,7 @@ impl TcpAllReduce {
         let mut by_rank: Vec<Option<TcpStream>> = (0..world.size).map(|_| None).collect();
         let mut refused: Vec<String> = Vec::new();
         let start = Instant::now();
+        let deadline = start + world.connect_for;
         // A wait for ranks still starting can be long: say what it is.
         tracing::info!(
             "rank 0: waiting at {at} for ranks 1 to {} to join (up to {} s)",
@@ -409,7 +410,7 @@ impl TcpAllReduce {
                 )));
             }
             match listener.accept() {
-                Ok((s, peer)) => match hello(s, world, local, &mut by_rank) {
+                Ok((s, peer)) => match hello(s, (world, local), &mut by_rank, (stop, deadline)) {
                     Ok((r, s)) => {
                         tracing::debug!("rank {r} joined from {peer}");
                         by_rank[r] = Some(s);
@@ -734,21 +735,57 @@ fn still_open(s: &TcpStream) -> bool {
     open && s.set_nonblocking(false).is_ok()
 }
 
+/// A new connection's hello, read in slices: a peer that connects and says
+/// nothing holds rank 0 until `until` (HELLO_FOR, or its own deadline if
+/// sooner), and a signal not past the next slice.
+fn read_hello(
+    s: &mut TcpStream,
+    stop: Option<&Arc<AtomicBool>>,
+    until: Instant,
+) -> std::result::Result<[u8; HELLO_LEN], String> {
+    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(SLICE)).map_err(|e| e.to_string())?;
+    let mut b = [0u8; HELLO_LEN];
+    let mut got = 0;
+    while got < HELLO_LEN {
+        if asked_to_stop(stop) {
+            return Err("rank 0 was asked to stop before its hello came".into());
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "no full hello: {got} of {HELLO_LEN} bytes, then silence"
+            ));
+        }
+        match s.read(&mut b[got..]) {
+            Ok(0) => {
+                return Err(format!(
+                    "no full hello: it closed after {got} of {HELLO_LEN} bytes"
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("no full hello ({e})")),
+        }
+    }
+    Ok(b)
+}
+
 /// Reads a new connection's hello and answers it. The rank and stream when
 /// it names a free rank of this run, else why not (answered to a peer that
 /// spoke the protocol; the stream is then dropped, which closes it).
 fn hello(
     mut s: TcpStream,
-    world: &World,
-    local: usize,
+    (world, local): (&World, usize),
     by_rank: &mut [Option<TcpStream>],
+    (stop, deadline): (Option<&Arc<AtomicBool>>, Instant),
 ) -> std::result::Result<(usize, TcpStream), String> {
-    s.set_nonblocking(false).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(HELLO_FOR))
-        .map_err(|e| e.to_string())?;
-    let mut b = [0u8; HELLO_LEN];
-    s.read_exact(&mut b)
-        .map_err(|e| format!("no full hello: it closed or went silent ({e})"))?;
+    let b = read_hello(&mut s, stop, deadline.min(Instant::now() + HELLO_FOR))?;
     if b[..7] == MAGIC[..7] && b[7] != MAGIC[7] {
         return Err(format!(
             "it speaks version {} of the ranks' protocol, this build {}: run the same alexnet-cuda build in every process",
