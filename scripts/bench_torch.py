@@ -27,14 +27,16 @@ Usage: .venv/bin/python scripts/bench_torch.py --batch 16 --steps 3 [--warmup 1]
 """
 import argparse
 import json
+import math
 import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from torch_alexnet import PAPER_WIDTHS, AlexNet, make_lrn
+from torch_alexnet import PAPER_WIDTHS, AlexNet
 
 CLASSES = 1000
 CROP = 227
@@ -125,6 +127,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=0.01, help="SGD's rate (pass ours the same)")
     ap.add_argument("--per-layer", action="store_true", help="also time each stage alone (JSON per_layer)")
     args = ap.parse_args()
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
@@ -133,20 +136,26 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = AlexNet(classes=CLASSES).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, CROP, CROP)
     labels = torch.randint(0, CLASSES, (args.batch,))
+    losses = []
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), labels)
         loss.backward()
         opt.step()
+        losses.append(loss.item())
 
     step_s = timed(step, args.warmup, args.steps)
+    # A step that went to inf or NaN is not the step being compared.
+    if not math.isfinite(losses[-1]):
+        sys.exit(f"bench_torch.py: the loss is {losses[-1]} after {len(losses)} steps at lr {args.lr}")
 
-    # PyTorch's LRN alone at the two sites it runs at in a step (post-ReLU inputs).
-    lrn = make_lrn()
+    # PyTorch's LRN alone at the two sites it runs at in a step (post-ReLU
+    # inputs), as the step runs it: within each tower's channels.
+    lrn = model.tower_lrn
     sites = []
     for c, hw in ((PAPER_WIDTHS[0], 55), (PAPER_WIDTHS[1], 27)):
         a = F.relu(torch.randn(args.batch, c, hw, hw) * 10.0).requires_grad_(True)
@@ -174,6 +183,9 @@ def main():
                 "images_per_s": round(args.batch / step_s, 2),
                 "lrn_median_s": round(lrn_s, 5),
                 "lrn_share": round(lrn_s / step_s, 4),
+                "lr": args.lr,
+                "loss_first": round(losses[0], 4),
+                "loss_last": round(losses[-1], 4),
             }
         )
     )
