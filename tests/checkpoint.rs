@@ -2107,7 +2107,8 @@ fn a_killed_rank_leaves_every_step_saved_and_the_run_resumes_exactly() {
 /// scheduler's kill or a second Ctrl-C would take every step since the
 /// epoch's checkpoint, but stops within seconds the way it does for a
 /// killed rank: a checkpoint of every step, an error naming the silent
-/// rank and the signal, and a run that resumes bit for bit.
+/// rank and the signal, the signal's exit status, and a run that resumes
+/// bit for bit.
 #[test]
 fn a_signal_while_a_rank_hangs_saves_every_step_without_the_peer_timeout() {
     let r = RankRuns::new();
@@ -2122,6 +2123,11 @@ fn a_signal_while_a_rank_hangs_saves_every_step_without_the_peer_timeout() {
     let o = rank0.wait_with_output().expect("rank 0 ends");
     rank1.kill().expect("kill rank 1");
     rank1.wait().expect("rank 1 ends");
+    assert_eq!(
+        o.status.code(),
+        Some(128 + 15),
+        "SIGTERM's status, to be requeued"
+    );
     let line = r.assert_every_step_saved(&o, k);
     assert!(
         line.contains("rank 1: stopped at a signal after nothing moved for"),

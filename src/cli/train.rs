@@ -1,6 +1,7 @@
 //! `train`: the training command. Turns the flags (or a run to resume) into
 //! the library's `TrainOptions`, runs the loop on the devices asked for,
 //! and prints how the run ended; SIGINT/SIGTERM end it at a checkpoint.
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -264,6 +265,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 None => "start the run again to train".into(),
             };
             let _ = outln!("{why}; {again}");
+            exit_at_signal(&signal_status, demo_dir)
+        }
+        // A signal here, and a peer silent since: stopped by the signal
+        // (every step saved, the error says where), so it exits as one
+        // does, for a scheduler to requeue it, not as a failure.
+        Err(e @ alexnet_cuda::Error::Peer(_)) if signal_status.load(Ordering::Relaxed) != 0 => {
+            let _ = told.recv();
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             exit_at_signal(&signal_status, demo_dir)
         }
         r => r?,
