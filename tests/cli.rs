@@ -425,6 +425,19 @@ fn numbers_out_of_range_name_their_flag() {
         &["synth-store", "--out", "d", "--count", "4", "--size", "0"],
         &["invalid value '0' for '--size", "8..=4096"],
     );
+    // A file where the store's folder goes: not told to free disk space.
+    assert_error(
+        &[
+            "synth-store",
+            "--out",
+            "Cargo.toml",
+            "--count",
+            "1",
+            "--size",
+            "8",
+        ],
+        &["Cargo.toml is a file, not a folder; a store is a folder"],
+    );
     // Bytes per step at a batch of 2^64 - 1 would wrap.
     for cmd in ["summary", "scaling"] {
         assert_error(

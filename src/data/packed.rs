@@ -225,6 +225,14 @@ impl StoreWriter {
     /// interrupted runs are removed; the committed store stays readable
     /// until [`StoreWriter::finish`] replaces it.
     pub fn create(dir: &Path, size: usize, encoding: Encoding) -> Result<StoreWriter> {
+        // A file where the store's folder goes is no disk trouble: say so.
+        if let Some(file) = crate::fsutil::file_in_the_way(dir) {
+            return Err(Error::Data(format!(
+                "{}: {} is a file, not a folder; a store is a folder: pass another path",
+                dir.display(),
+                file.display()
+            )));
+        }
         let made_dir = !dir.exists();
         crate::fsutil::create_dir_durably(dir).map_err(|e| write_error(dir, e))?;
         remove_leftovers(dir);
