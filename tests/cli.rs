@@ -452,6 +452,31 @@ fn numbers_out_of_range_name_their_flag() {
         &["bench-feed", "--data", "d", "--step-ms", "1e300"],
         &["invalid value '1e300' for '--step-ms", "at most 60000"],
     );
+    // Each loader thread holds batches ahead: as many as --workers allows.
+    assert_error(
+        &[
+            "bench-feed",
+            "--data",
+            "d",
+            "--step-ms",
+            "5",
+            "--workers",
+            "100000",
+        ],
+        &["invalid value '100000' for '--workers", "pass at most"],
+    );
+    assert_error(
+        &[
+            "bench-feed",
+            "--data",
+            "d",
+            "--step-ms",
+            "5",
+            "--workers",
+            "0",
+        ],
+        &["invalid value '0' for '--workers", "must be at least 1"],
+    );
     // A step of no time would make every ratio of the report infinite.
     assert_error(
         &["bench-feed", "--data", "d", "--step-ms", "0"],

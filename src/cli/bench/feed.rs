@@ -16,7 +16,7 @@ use serde::Serialize;
 use alexnet_cuda::data::{batches, BatchIter, Feed, ImageSource, LoaderConfig, PackedStore};
 
 use super::loader::store_loader;
-use crate::cli::common::at_least_one;
+use crate::cli::common::{at_least_one, thread_count};
 
 #[derive(Args)]
 pub struct BenchFeedArgs {
@@ -39,8 +39,16 @@ pub struct BenchFeedArgs {
     batch: usize,
     #[arg(long, default_value_t = 227, value_parser = at_least_one)]
     crop: usize,
-    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 1, value_parser = some_threads)]
     workers: usize,
+}
+
+/// Loader threads, 1 to `thread_count`'s most: each holds batches ahead.
+fn some_threads(s: &str) -> std::result::Result<usize, String> {
+    match thread_count(s)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
 }
 
 /// bench-feed's JSON line.
