@@ -627,6 +627,11 @@ fn contradictory_flags_are_refused() {
         .concat(),
         &["--peak-tflops", "positive number"],
     );
+    // --per-layer's ops are timed over --phase-steps: 0 of them is none.
+    assert_error(
+        &[&huge[..], &["--per-layer", "--phase-steps", "0"]].concat(),
+        &["--phase-steps 0 leaves none: pass 1 or more"],
+    );
     let model = ["train", "--cpu", "--demo", "--parallel", "model"];
     assert_error(
         &[&model[..], &["--replicas", "7"]].concat(),

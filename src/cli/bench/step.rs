@@ -144,6 +144,9 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     if let Some(c) = args.classes {
         topo = topo.with_classes(c as usize)?;
     }
+    if args.per_layer.per_layer && args.phase_steps == Some(0) {
+        bail!("--per-layer times every op of --phase-steps more steps, and --phase-steps 0 leaves none: pass 1 or more, or leave it out (3)");
+    }
     let several = args.device.gpus.as_deref().is_some_and(|g| g.contains(','));
     if args.parallel.parallel.is_some() || several {
         if args.per_layer.per_layer {
@@ -273,7 +276,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     }
     if args.per_layer.per_layer {
         let flags = (&args.per_layer, &args.device);
-        let steps = phase_steps.max(1);
+        let steps = phase_steps;
         let p = per_layer(&mut model, (&x, &labels), &hp, steps, flags, &be.name())?;
         print_per_layer(&p, t.step_s(cpu))?;
         report.per_layer = Some(p.rows);
