@@ -2615,9 +2615,10 @@ fn all_finite(path: &Path) -> bool {
     })
 }
 
-/// A run that diverges (here resumed at a rate of 1e30) stops with an
+/// A run that diverges (here resumed at a rate of 1.25e30) stops with an
 /// error that names the step and the way back: its newest checkpoint,
-/// from before, and the resume at a tenth of the rate. No checkpoint of
+/// from before, and the resume at a tenth of the rate, written as it
+/// reads back (1.25e29, not 1.2e29). No checkpoint of
 /// the run holds a value that is not a finite number.
 #[test]
 fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() {
@@ -2625,10 +2626,10 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     let d = data(t.path());
     let out = t.path().join("run");
     run_ok(&train_args(&d, &out, 1));
-    let a = resume_every_step(&out, &["--epochs", "2", "--lr", "1e30"]);
+    let a = resume_every_step(&out, &["--epochs", "2", "--lr", "1.25e30"]);
     let o = run(&a);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a rate of 1e30 trained on: {err}");
+    assert!(!o.status.success(), "a rate of 1.25e30 trained on: {err}");
     let newest = checkpoint::list(&out)
         .unwrap()
         .pop()
@@ -2640,11 +2641,11 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
         // The newest, step 21, holds the resume's --epochs; the best, the
         // one resumed, does not: without it, the run would be over.
         format!(
-            "alexnet-cuda train --resume {} --cpu --lr 1.0e29",
+            "alexnet-cuda train --resume {} --cpu --lr 1.25e29",
             out.display()
         ),
         format!(
-            "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.0e29",
+            "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.25e29",
             out.join("best.safetensors").display()
         ),
     ] {
@@ -2659,11 +2660,11 @@ fn a_diverging_run_stops_without_a_checkpoint_of_it_and_says_where_to_go_back() 
     // Resumed again without --epochs, the run goes on to the 2 its newest
     // checkpoint holds; the best, from before they were given, does not
     // hold them, so its way back gives them again.
-    let o = run(&resume_every_step(&out, &["--lr", "1e30"]));
+    let o = run(&resume_every_step(&out, &["--lr", "1.25e30"]));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "a rate of 1e30 trained on: {err}");
+    assert!(!o.status.success(), "a rate of 1.25e30 trained on: {err}");
     let want = format!(
-        "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.0e29",
+        "alexnet-cuda train --resume {} --cpu --epochs 2 --lr 1.25e29",
         out.join("best.safetensors").display()
     );
     assert!(err.contains(&want), "{want}: {err}");

@@ -101,7 +101,7 @@ pub fn resuming(ck: &Checkpoint, p: &Progress) {
         ),
     };
     info!(
-        "resuming {} {at}, step {}, lr {:.1e}",
+        "resuming {} {at}, step {}, lr {:e}",
         ck.path.display(),
         p.step,
         p.lr

@@ -731,7 +731,7 @@ impl RunDir {
     /// writes none with a non-finite value), or from the best epoch's,
     /// whose weights validation has seen work.
     pub fn after_divergence(&self, lr: f32) -> String {
-        let lower = lr / 10.0;
+        let lower = super::schedule::tenth(lr);
         let Some(newest) = &self.last else {
             return format!(
                 "no checkpoint was written before it: {}",
@@ -759,7 +759,8 @@ impl RunDir {
     /// there where given.
     fn resume_command(&self, ckpt: &Path, lr: Option<f32>) -> String {
         let changes = self.go_on.changes(ckpt, lr.is_none());
-        let lr = lr.map_or(String::new(), |lr| format!(" --lr {lr:.1e}"));
+        // The shortest form that reads back to the rate (1.25e-3, not 1.2e-3).
+        let lr = lr.map_or(String::new(), |lr| format!(" --lr {lr:e}"));
         format!(
             "alexnet-cuda train --resume {}{}{changes}{lr}",
             resume_arg(&self.dir, ckpt),

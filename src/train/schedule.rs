@@ -48,7 +48,7 @@ pub fn at_epoch_start(p: &mut Progress, schedule: &Schedule) {
         if m.contains(&p.epoch) {
             p.lr = tenth(p.lr);
             info!(
-                "epoch {}: learning rate milestone, lr now {:.1e}",
+                "epoch {}: learning rate milestone, lr now {:e}",
                 p.epoch, p.lr
             );
         }
@@ -106,7 +106,7 @@ pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool, warmi
             p.drops += 1;
             p.since_best = 0;
             info!(
-                "validation error has not improved for {patience} epochs: lr now {:.1e} (drop {} of {max_drops})",
+                "validation error has not improved for {patience} epochs: lr now {:e} (drop {} of {max_drops})",
                 p.lr, p.drops
             );
         }

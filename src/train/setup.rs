@@ -281,7 +281,7 @@ pub fn start_state(
         display::resuming(ck, &st.progress);
         if let Some(lr) = opts.lr_from_here {
             info!(
-                "learning rate {:.1e} from step {} on (--lr; the run had reached {:.1e}); the epochs without improvement count from here",
+                "learning rate {:e} from step {} on (--lr; the run had reached {:e}); the epochs without improvement count from here",
                 lr, st.progress.step, st.progress.lr
             );
             schedule::set_by_hand(&mut st.progress, lr);
