@@ -1426,8 +1426,8 @@ const PASSED: &str = "0.001";
 /// `--time-limit`: one longer than the run leaves it alone; one that has
 /// passed before the first step stops the run after that step, within the
 /// epoch, with a checkpoint of it, status 0 and the command that
-/// continues, and the resumed run ends where the whole one does, bit for
-/// bit.
+/// continues (with the same limit), and the resumed run ends where the
+/// whole one does, bit for bit.
 #[test]
 fn a_time_limit_within_an_epoch_stops_with_a_checkpoint_and_resumes_exactly() {
     let t = tempfile::tempdir().unwrap();
@@ -1453,8 +1453,10 @@ fn a_time_limit_within_an_epoch_stops_with_a_checkpoint_and_resumes_exactly() {
     assert_eq!(steps_logged(&timed), step as usize);
     let said = format!("stopped at step {step}, in epoch 1 of 3 at the time limit");
     assert!(stdout.contains(&said), "no {said:?} in: {stdout}");
+    // With the limit given: the resume does not keep it, and the next job
+    // has one like it.
     let resume = format!(
-        "continue with: alexnet-cuda train --resume {} --cpu",
+        "continue with: alexnet-cuda train --resume {} --cpu --time-limit 0.001\n",
         timed.display()
     );
     assert!(stdout.contains(&resume), "no {resume:?} in: {stdout}");

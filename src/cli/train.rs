@@ -292,7 +292,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         exit_at_signal(&signal_status, demo_dir)
     }
     print_finished(&report, run_dir, &eval_data_flag(opts.run.demo, &opts.data))?;
-    print_out_of_time(&report, &opts, run_dir, &args.device.flags(&args.parallel))?;
+    // The limit given, not the demo's own: the next job has one like it.
+    let flags = args.device.flags(&args.parallel)
+        + &args.time_limit.map_or(String::new(), |l| {
+            format!(" --time-limit {}", l.as_secs_f64())
+        });
+    print_out_of_time(&report, &opts, run_dir, &flags)?;
     Ok(())
 }
 
@@ -869,7 +874,8 @@ fn continue_with(run_dir: &Path, device_flags: &str) -> String {
 }
 
 /// A run stopped at its time limit (this process's or another's of the
-/// run): where, and how to go on; nothing for a run that was not.
+/// run): where, and how to go on (`flags`: the devices', and the limit
+/// given, which the resume does not keep); nothing for a run that was not.
 fn print_out_of_time(
     report: &TrainReport,
     opts: &TrainOptions,
