@@ -71,8 +71,8 @@ impl Error {
     /// of the rate `lr` that diverged.
     pub fn lower_rate(lr: f32) -> String {
         format!(
-            "start again with a lower rate than {lr:.1e}, e.g. --lr {:.1e}",
-            lr / 10.0
+            "start again with a lower rate than {lr:e}, e.g. --lr {:e}",
+            crate::lr::tenth(lr)
         )
     }
 
@@ -164,5 +164,15 @@ mod tests {
         let msg = Error::io(std::path::Path::new("runs/x/.lock"), err).to_string();
         assert!(msg.starts_with("runs/x/.lock: permission denied"), "{msg}");
         assert!(msg.contains("change its permissions or owner"), "{msg}");
+    }
+
+    /// A run that diverged at 1.25e-2 is told that rate, not 1.2e-2, and a
+    /// tenth the decimal way (1.25e-3, the f32 a `--lr 0.00125` reads as).
+    #[test]
+    fn a_lower_rate_names_the_rate_and_its_decimal_tenth() {
+        let msg = Error::lower_rate(0.0125);
+        assert!(msg.contains("lower rate than 1.25e-2,"), "{msg}");
+        let suggested = msg.rsplit("--lr ").next().unwrap_or_default();
+        assert_eq!(suggested.parse::<f32>(), Ok(0.00125f32), "{msg}");
     }
 }

@@ -12,6 +12,7 @@
 //! `viz` draws what a trained network learned (conv1's kernels, figure 3;
 //! eval's confusion matrix);
 //! `features` takes hidden-layer activations and finds nearest neighbours;
+//! `lr` takes a tenth of a learning rate as a decimal;
 //! `memory` checks that a run fits in the host's memory before it starts;
 //! `shell` quotes the paths in the commands it prints for the user to copy.
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod export;
 pub mod features;
 pub mod fsutil;
 pub mod held_out;
+pub mod lr;
 pub mod memory;
 pub mod metrics;
 pub mod model;

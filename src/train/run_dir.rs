@@ -731,7 +731,7 @@ impl RunDir {
     /// writes none with a non-finite value), or from the best epoch's,
     /// whose weights validation has seen work.
     pub fn after_divergence(&self, lr: f32) -> String {
-        let lower = super::schedule::tenth(lr);
+        let lower = crate::lr::tenth(lr);
         let Some(newest) = &self.last else {
             return format!(
                 "no checkpoint was written before it: {}",
