@@ -169,11 +169,12 @@ fn a_relative_store_is_read_from_the_callers_folder() {
     }
 }
 
-/// check-export and check-onnx empty their output folder: one named
-/// relative to the caller's folder that holds someone's files, or a file,
-/// is refused with exit 2 and left as it was (check-export emptied
-/// `<repo>/<name>/<config>` for a relative name, and took any word as a
-/// config), before anything is built or installed.
+/// check-export, check-onnx and check-tensorboard empty their output
+/// folder: one named relative to the caller's folder that holds someone's
+/// files, or a file, is refused with exit 2 and left as it was
+/// (check-export emptied `<repo>/<name>/<config>` for a relative name, and
+/// took any word as a config; check-tensorboard deleted a file given as
+/// its folder), before anything is built or installed.
 #[test]
 fn the_check_scripts_refuse_to_empty_what_they_did_not_write() {
     let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
@@ -214,6 +215,20 @@ fn the_check_scripts_refuse_to_empty_what_they_did_not_write() {
         (
             "check-onnx",
             "CHECK_ONNX_OUT",
+            "keep/cifar/run.txt",
+            vec![],
+            "is a file, not a folder",
+        ),
+        (
+            "check-tensorboard",
+            "CHECK_TENSORBOARD_OUT",
+            "keep",
+            vec![],
+            "holds files this script did not write",
+        ),
+        (
+            "check-tensorboard",
+            "CHECK_TENSORBOARD_OUT",
             "keep/cifar/run.txt",
             vec![],
             "is a file, not a folder",
