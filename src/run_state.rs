@@ -73,6 +73,11 @@ pub struct RunOptions {
     /// the flag existed trained inverted dropout, the default.
     #[serde(default)]
     pub dropout: DropoutRule,
+    /// `--limit` on a store draws each class's share (`draw_by_class`);
+    /// false in runs written before, which drew from the whole set and
+    /// could leave classes out: a resume draws as its run did.
+    #[serde(default)]
+    pub limit_by_class: bool,
 }
 
 fn paper_init() -> InitRecipe {

@@ -1825,3 +1825,60 @@ fn a_pass_after_a_failed_one_gets_its_own_batches() -> TestResult {
     check_pass(&got, &train, 2, 0, &good);
     Ok(())
 }
+
+/// `train --limit K` on a store takes each class's share: K = 10 of the
+/// fixture's 10 classes gives one image of each, K = 25 two or three, for
+/// any seed, all of them training images (none of the held-out ones).
+/// Counted from the store's labels, which `prepare` took from the class
+/// folders. A draw from the whole set left about 3 of 10 classes out.
+#[test]
+fn a_limit_on_a_store_draws_every_class() -> TestResult {
+    use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
+    use alexnet_cuda::model::spec::NetSpec;
+    use alexnet_cuda::train::{load_data, TrainOptions};
+    let t = TempDir::new()?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cifar10");
+    let mut p = PrepareOptions::new(fixture, t.path().join("store"));
+    (p.size, p.progress) = (32, false);
+    prepare(&p)?;
+    let topo = NetSpec::new("cifar").topology()?;
+    let mut opts = TrainOptions::for_topology(&topo, t.path().join("store"));
+    opts.run.val = 100;
+    let mut drawn = Vec::new();
+    for (k, seed) in [(10, 1), (10, 2), (10, 3), (25, 1), (25, 4)] {
+        (opts.run.limit, opts.run.seed) = (Some(k), seed);
+        let d = load_data(&opts, 32)?;
+        let mut per_class = [0usize; 10];
+        for &i in &d.train_idx {
+            per_class[d.train.label(i) as usize] += 1;
+            assert!(!d.val_idx.contains(&i), "held-out image {i} drawn");
+        }
+        let (lo, hi) = (k / 10, k.div_ceil(10));
+        assert!(
+            per_class.iter().all(|&n| (lo..=hi).contains(&n)),
+            "--limit {k} --seed {seed}: {per_class:?}"
+        );
+        assert_eq!(per_class.iter().sum::<usize>(), k);
+        drawn.push(d.train_idx);
+    }
+    assert_ne!(drawn[0], drawn[1], "another seed, another draw");
+    Ok(())
+}
+
+/// A checkpoint written before the draw by class has no such field: it
+/// reads as false, so its resume draws its images as the run did.
+#[test]
+fn run_options_from_before_the_draw_by_class_keep_the_old_draw() -> TestResult {
+    use alexnet_cuda::model::spec::NetSpec;
+    use alexnet_cuda::train::TrainOptions;
+    let topo = NetSpec::new("cifar").topology()?;
+    let run = TrainOptions::for_topology(&topo, PathBuf::new()).run;
+    assert!(run.limit_by_class, "new runs draw by class");
+    let mut json = serde_json::to_value(&run)?;
+    json.as_object_mut()
+        .ok_or("not an object")?
+        .remove("limit_by_class");
+    let old: alexnet_cuda::run_state::RunOptions = serde_json::from_value(json)?;
+    assert!(!old.limit_by_class);
+    Ok(())
+}

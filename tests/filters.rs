@@ -212,6 +212,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
             crop: None,
             init: InitRecipe::Caffe,
             demo: false,
+            limit_by_class: true,
             warmup: 0.0,
             dropout: Default::default(),
         },

@@ -63,7 +63,7 @@ pub struct TrainArgs {
     /// Images held out from the training images for validation [default: 5000; a store with its own val/ validates on that].
     #[arg(long, conflicts_with = "demo")]
     val: Option<usize>,
-    /// Use only this many images: from a folder, balanced over classes, before --val holds some out; from a store, this many of its training images, drawn at random (--seed picks them).
+    /// Use only this many images: from a folder, balanced over classes, before --val holds some out; from a store, this many of its training images, the same number from each class, drawn at random (--seed picks them).
     #[arg(long, value_parser = positive)]
     limit: Option<u64>,
     /// Divide the learning rate by 10 at these epochs (e.g. 10,15) instead of on plateaus.

@@ -16,6 +16,8 @@ use crate::rng::Rng;
 /// Stream tag for the hold-out split, so it never shares draws with the
 /// shuffles and crops derived from the same run seed.
 const SPLIT_STREAM: u64 = 0x0053_504C_4954; // "SPLIT"
+/// The random stream of `--limit`'s draw from a store ("LIMIT").
+pub const LIMIT_STREAM: u64 = 0x004C_494D_4954;
 
 /// How to build an [`ImageSet`] from an [`ImageFolder`].
 #[derive(Clone, Debug)]
@@ -420,6 +422,47 @@ pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
             }
             if start + round < end {
                 chosen.push(start + round);
+            }
+        }
+        round += 1;
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// `k` of the images `idx` (labels `label(i)` below `classes`), the same
+/// number from each class where each has enough: rounds of one image per
+/// class, each class's images in a seeded random order, until `k` are
+/// taken. Sorted, as the store holds them. A draw from the whole set
+/// would leave about C(1 - 1/C)^k of C classes out (135 of 1000 at
+/// k = 2000).
+pub fn draw_by_class(
+    idx: &[usize],
+    label: impl Fn(usize) -> u32,
+    classes: usize,
+    k: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &i in idx {
+        if let Some(c) = by_class.get_mut(label(i) as usize) {
+            c.push(i);
+        }
+    }
+    let mut rng = Rng::derive(seed, LIMIT_STREAM);
+    for c in &mut by_class {
+        rng.shuffle(c);
+    }
+    let k = k.min(by_class.iter().map(Vec::len).sum());
+    let mut chosen = Vec::with_capacity(k);
+    let mut round = 0;
+    while chosen.len() < k {
+        for c in &by_class {
+            if chosen.len() == k {
+                break;
+            }
+            if let Some(&i) = c.get(round) {
+                chosen.push(i);
             }
         }
         round += 1;

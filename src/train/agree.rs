@@ -68,6 +68,7 @@ pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
         demo,
         warmup,
         dropout,
+        limit_by_class,
     } = &state.options;
     f.extend([
         field("--epochs", epochs),
@@ -87,6 +88,7 @@ pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
         field("--demo", demo),
         field("--warmup", warmup),
         field("--dropout", dropout),
+        field("--limit's draw by class", limit_by_class),
     ]);
     f.extend([
         field("step", &p.step),

@@ -11,7 +11,7 @@ use tracing::info;
 use crate::checkpoint::Checkpoint;
 use crate::data::duplicates::{pixel_hash, warn_in_folder};
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
-use crate::data::store::limited;
+use crate::data::store::{draw_by_class, limited, LIMIT_STREAM};
 use crate::data::{
     folder_digest, held_out_files, limit_covers_classes, limited_len, store_digest,
     warn_of_a_limit_above, workers_for, BuildOptions, HostAlloc, ImageFolder, ImageSet,
@@ -363,7 +363,7 @@ fn load_store(
             (t, Arc::clone(&train), v, digest)
         }
     };
-    limit_train(opts, &mut train_idx)?;
+    limit_train(opts, &mut train_idx, &store)?;
     let st = &meta.stats;
     Ok(TrainData {
         classes: meta.classes.clone(),
@@ -424,9 +424,10 @@ fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<Packe
     Ok(vs)
 }
 
-/// `--limit K`: K of the store's training images, drawn with the run's
-/// seed and kept in store order.
-fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
+/// `--limit K`: K of the store's training images, each class's share
+/// (`draw_by_class`) drawn with the run's seed, kept in store order. Runs
+/// from before the draw by class resume with their draw from the whole set.
+fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>, store: &PackedStore) -> Result<()> {
     if let Some(k) = opts.run.limit {
         if k == 0 {
             return Err(Error::Config(
@@ -434,9 +435,15 @@ fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>) -> Result<()> {
             ));
         }
         warn_of_a_limit_above(k, train_idx.len(), &opts.data);
-        crate::rng::Rng::derive(opts.run.seed, 0x004C_494D_4954).shuffle(train_idx);
-        train_idx.truncate(k);
-        train_idx.sort_unstable();
+        let seed = opts.run.seed;
+        if opts.run.limit_by_class {
+            let classes = store.meta().classes.len();
+            *train_idx = draw_by_class(train_idx, |i| store.label(i), classes, k, seed);
+        } else {
+            crate::rng::Rng::derive(seed, LIMIT_STREAM).shuffle(train_idx);
+            train_idx.truncate(k);
+            train_idx.sort_unstable();
+        }
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ impl TrainOptions {
                 demo: false,
                 warmup: 0.0,
                 dropout: DropoutRule::default(),
+                limit_by_class: true,
             },
             workers: None,
             time_limit: None,
