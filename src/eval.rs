@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::folder::is_split_name;
-use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore};
+use crate::data::packed::{is_store, read_meta, refuse_unfinished_store, PackedStore, StoreMeta};
 use crate::data::{
     batches, unread_error, BatchIter, FileSource, ImageFolder, ImageSource, LoaderConfig,
 };
@@ -412,10 +412,34 @@ pub fn open_eval_data(path: &Path, ck: &Checkpoint) -> Result<Arc<dyn ImageSourc
     let size = ck.state.preprocess.image_size;
     let other = "evaluate on training images, or prepare with --val";
     let set: Arc<dyn ImageSource> = match store_of(path, "val", other)? {
-        Some(dir) => Arc::new(PackedStore::open(&dir)?),
+        Some(dir) => {
+            let store = PackedStore::open(&dir)?;
+            warn_of_a_stale_val(&dir, store.meta());
+            Arc::new(store)
+        }
         None => Arc::new(FileSource::new(&ImageFolder::scan_to_score(path)?, size)),
     };
     fit_to_checkpoint(path, set, ck)
+}
+
+/// A warning when `dir` is a `prepare` output's val/ left from an earlier
+/// `prepare` of the train/ beside it: its images may be ones the network
+/// trained on, and its scores would not say so.
+fn warn_of_a_stale_val(dir: &Path, meta: &StoreMeta) {
+    let Some(train) = dir
+        .file_name()
+        .filter(|n| *n == "val")
+        .and_then(|_| read_meta(&dir.parent()?.join("train")).ok())
+    else {
+        return;
+    };
+    if meta.left_from_before(&train) {
+        tracing::warn!(
+            "{} was not prepared with the train/ beside it (it is from an earlier prepare, of {}): the network may have trained on some of its images; scoring it anyway; to be sure of it, prepare again with --val",
+            dir.display(),
+            meta.source
+        );
+    }
 }
 
 /// The store `path` names: itself, or a `prepare` output folder's

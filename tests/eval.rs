@@ -597,6 +597,17 @@ fn eval_cli_repeats_the_runs_own_validation() {
         !ok && err.contains("but 200 training images, and the run had 300"),
         "{err}"
     );
+    // Its train/ prepared again alone leaves its val/ from the earlier
+    // prepare: eval scores it, saying so (`train` says the same).
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&last), "--data", &s(&other)]);
+    assert!(ok && !err.contains("not prepared with"), "{err}");
+    prepare_raw32(&train_dir, None, &other);
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &s(&last), "--data", &s(&other)]);
+    let stale = format!(
+        "{} was not prepared with the train/ beside it",
+        other.join("val").display()
+    );
+    assert!(ok && err.contains(&stale), "{err}");
     let ten = eval_json(&last, &["--ten-crop"]);
     assert_eq!(json_field(&ten, "images"), 100.0);
     assert!(json_field(&ten, "loss") != json_field(&centre, "loss"));

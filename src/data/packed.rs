@@ -89,6 +89,16 @@ pub struct StoreMeta {
     pub paired_with: Option<String>,
 }
 
+impl StoreMeta {
+    /// This val store is left from an earlier `prepare` of `train` (stores
+    /// from before the pairing was recorded carry none, and pass).
+    pub fn left_from_before(&self, train: &StoreMeta) -> bool {
+        self.paired_with
+            .as_ref()
+            .is_some_and(|g| *g != train.generation)
+    }
+}
+
 /// One index record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -407,12 +407,7 @@ fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<Packe
             train.size
         )));
     }
-    // Stores from before the pairing was recorded carry none.
-    if meta
-        .paired_with
-        .as_ref()
-        .is_some_and(|g| *g != train.generation)
-    {
+    if meta.left_from_before(train) {
         tracing::warn!(
             "{} was not prepared with {} (it is from an earlier prepare, of {}); validating on it anyway; to be sure of it, {again}",
             v.display(),
