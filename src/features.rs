@@ -24,7 +24,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::{check_image_size, loader_for, relabel_if_known, store_of};
-use crate::fsutil::{check_target, write_atomic, write_csv};
+use crate::fsutil::{check_target, check_writable, write_atomic, write_csv};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
@@ -695,7 +695,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let width = activation_width(&topo, NEIGHBOR_LAYER)?;
     // Where the picture goes, and whether it can be drawn, before any
     // image is read: the set's features may take an hour.
-    check_target(job.out).map_err(|e| Error::Config(format!("--out {e}")))?;
+    check_writable(job.out).map_err(|e| Error::Config(format!("--out {e}")))?;
     if job.features.is_none() {
         let features = default_features_path(job.out);
         check_target(&features).map_err(|e| Error::Config(format!("the fc7 file {e}")))?;

@@ -203,6 +203,18 @@ pub fn check_target(path: &Path) -> Result<()> {
     }
 }
 
+/// [`check_target`], and a file can be made beside it (the folder's
+/// permissions, a read-only disk): for a file written after long work,
+/// refused before the work. The probe is the temporary file a write
+/// makes, removed at once.
+pub fn check_writable(path: &Path) -> Result<()> {
+    check_target(path)?;
+    let tmp = temp_path(path);
+    File::create(&tmp).map_err(|e| Error::io(path, e))?;
+    let _ = fs::remove_file(&tmp);
+    Ok(())
+}
+
 /// `base`, or where that is taken (what an earlier resume from the same
 /// step kept aside) the first of `base-2`, `base-3` ... that is not: what
 /// is set aside never replaces another.
@@ -435,8 +447,22 @@ fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use super::{create_dir_durably, keeps_no_locks};
+    use super::{check_writable, create_dir_durably, keeps_no_locks};
     use std::io::Error;
+
+    /// A folder that takes files passes and is left as it was; one that
+    /// refuses them (/sys, even to root) is refused, naming the file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_that_cannot_be_made_is_refused_before_it_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        check_writable(&t.path().join("t.csv")).unwrap();
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+        let err = check_writable(std::path::Path::new("/sys/t.csv")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/sys/t.csv: Permission denied"), "{msg}");
+        assert!(msg.contains("change its permissions or owner"), "{msg}");
+    }
 
     #[test]
     fn folders_are_made_at_any_depth_and_an_existing_one_is_left() {

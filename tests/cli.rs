@@ -983,6 +983,23 @@ fn bad_checkpoint_arguments() {
             ],
         );
     }
+    // Or when no file can be made in their folder (/sys refuses one even
+    // to root): found before the run, not after hours of it.
+    assert!(
+        std::fs::File::create("/sys/probe.csv").is_err(),
+        "/sys took a file"
+    );
+    for flag in ["--per-class", "--confusion"] {
+        let args = ["eval", "--checkpoint", "missing.safetensors", "--data", "."];
+        let file = format!(
+            "/sys/t.{}",
+            if flag == "--confusion" { "npy" } else { "csv" }
+        );
+        assert_error(
+            &[&args[..], &[flag, &file]].concat(),
+            &[&file, "Permission denied", "change its permissions"],
+        );
+    }
     // A folder with a space is quoted, so the command can be pasted.
     let args = ["eval", "--checkpoint", "missing.safetensors", "--data", "."];
     assert_error(

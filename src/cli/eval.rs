@@ -21,7 +21,7 @@ use alexnet_cuda::eval::{
     evaluate_by_class, loader_for, open_eval_data, warn_of_ten_equal_crops, ClassTally, EvalResult,
 };
 use alexnet_cuda::features::spread;
-use alexnet_cuda::fsutil::check_target;
+use alexnet_cuda::fsutil::check_writable;
 use alexnet_cuda::held_out::{held_out, is_training_data};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
@@ -68,14 +68,14 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     // Refused before the run, not after it.
     if let Some(f) = &args.per_class {
-        check_target(f)?;
+        check_writable(f)?;
         not_a_run_file("--per-class", f)?;
         // Not a picture's name either, which a later scan of a class
         // folder would take for one of its images.
         named_as("--per-class", f, "csv", "a CSV table")?;
     }
     for f in &args.confusion {
-        check_target(f)?;
+        check_writable(f)?;
         not_a_run_file("--confusion", f)?;
         if let (Picture::Png, Some(data)) = (confusion_kind(f)?, &args.data) {
             not_among_images("--confusion", f, data)?;
