@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::imageops::FilterType;
-use image::RgbImage;
 use plotters::prelude::*;
 
 use crate::backend::cpu::{sgemm, MatRef};
@@ -19,7 +18,7 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::packed::PackedStore;
 use crate::data::{
-    batches, decode_files, unread_error, FileSource, ImageFolder, ImageSet, ImageSource,
+    batches, decode_some, unread_error, FileSource, ImageFolder, ImageSet, ImageSource,
     LoaderConfig,
 };
 use crate::error::{Error, Result};
@@ -702,10 +701,9 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
         check_beside(&features, "--out")?;
     }
     grid_size(job.queries.len(), job.k.saturating_add(1), job.cell)?;
-    // The queries next: a bad file fails before the set is read (from
-    // a folder, every image decoded).
-    let size = ck.state.preprocess.image_size;
-    let qpix = decode_files(job.queries, size)?;
+    // The queries next: a bad file fails before the set is read (from a
+    // folder, every image decoded).
+    let query_cells = query_cells(job)?;
     let fs = open_set(job.data, ck, "train", "search those images")?;
     let indices = spread(fs.set.len(), job.limit);
     check_job(job, indices.len())?;
@@ -717,6 +715,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     // through this network, and the memory check must see the larger.
     let most = indices.len().max(job.queries.len());
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), most)?;
+    let q = query_features(&mut net, job, width)?;
     // Features read from a file: this run reads none of the set's images.
     let (features, rows, unread) = match given {
         Some((f, rows)) => (f, rows, Vec::new()),
@@ -732,10 +731,10 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
             )),
         });
     }
-    let q = query_features(&mut net, job, &qpix, size, width)?;
     let found = nearest_in_npy(&features, &q, job.k, BLOCK_ROWS)?;
     let results = query_results(job, &fs, &rows, found);
-    render_grid(job.out, &grid_rows(&results, &qpix, size, &fs), job.cell)?;
+    let grid = grid_rows(&results, query_cells, &fs, job.cell)?;
+    render_grid(job.out, &grid, job.cell)?;
     Ok(NeighborsReport {
         features,
         computed: job.features.is_none(),
@@ -887,39 +886,58 @@ fn check_rows_csv(f: &Path, fs: &FeatureSet, indices: &[usize]) -> Result<()> {
 /// A `.rows.csv` record: image index, label, source file ("" if none).
 type Row = (usize, usize, String);
 
-/// The queries' features (`qpix`: their decoded pixels, `size` square),
-/// through the same preprocessing as the set's.
+/// Each query as its cell of the picture, or one error naming every
+/// query that cannot be read. Decoded a group at a time, so the full-size
+/// pixels of at most one group are held.
+fn query_cells(job: &NeighborsJob) -> Result<Vec<GridCell>> {
+    let size = job.ck.state.preprocess.image_size;
+    let (mut cells, mut failed) = (Vec::with_capacity(job.queries.len()), Vec::new());
+    for paths in job.queries.chunks(QUERY_GROUP) {
+        let (read, pixels, bad) = decode_some(paths, size);
+        failed.extend(bad);
+        for (i, px) in read.into_iter().zip(pixels.chunks_exact(size * size * 3)) {
+            let name = paths[i].file_name().unwrap_or_default().to_string_lossy();
+            let lines = ["query".into(), name.into_owned()];
+            cells.push(GridCell::scaled(px, size, job.cell, lines)?);
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(cells),
+        false => Err(unread_error(failed, job.queries.len())),
+    }
+}
+
+/// The queries' features, each decoded, resized and centre-cropped as the
+/// set's images were: decoded again (they are few beside the set), a group
+/// of whole batches at a time.
 fn query_features<B: Backend>(
     net: &mut Network<'_, B>,
     job: &NeighborsJob,
-    qpix: &[u8],
-    size: usize,
     width: usize,
 ) -> Result<Vec<f32>> {
-    let ck = job.ck;
-    let nq = job.queries.len();
-    let qset: Arc<dyn ImageSource> = Arc::new(ImageSet::from_parts(
-        size,
-        qpix.to_vec(),
-        vec![0; nq],
-        ck.state.classes.clone(),
-    )?);
+    let (ck, nq) = (job.ck, job.queries.len());
+    let size = ck.state.preprocess.image_size;
+    let batch = job.batch.clamp(1, nq.max(1));
+    let group = batch * QUERY_GROUP.div_ceil(batch);
     let mut q = Vec::with_capacity(nq * width);
-    let qcfg = feature_loader(ck, job.batch.min(nq), 0);
-    let qidx: Vec<usize> = (0..nq).collect();
-    // The queries are decoded already: none can be unreadable here.
-    for_each_batch(
-        net,
-        NEIGHBOR_LAYER,
-        &qset,
-        &qidx,
-        &qcfg,
-        |rows| {
+    for paths in job.queries.chunks(group) {
+        let (_, pixels, failed) = decode_some(paths, size);
+        // Read a moment ago: one that fails now changed since.
+        if !failed.is_empty() {
+            return Err(unread_error(failed, paths.len()));
+        }
+        let n = paths.len();
+        let labels = vec![0; n];
+        let qset = ImageSet::from_parts(size, pixels, labels, ck.state.classes.clone())?;
+        let qset: Arc<dyn ImageSource> = Arc::new(qset);
+        let qidx: Vec<usize> = (0..n).collect();
+        let qcfg = feature_loader(ck, batch.min(n), 0);
+        let sink = |rows: &[f32]| {
             q.extend_from_slice(rows);
             Ok(())
-        },
-        |_| {},
-    )?;
+        };
+        for_each_batch(net, NEIGHBOR_LAYER, &qset, &qidx, &qcfg, sink, |_| {})?;
+    }
     Ok(q)
 }
 
@@ -957,46 +975,40 @@ fn query_results(
         .collect()
 }
 
-/// The picture's rows: each query, then its neighbours.
+/// The picture's rows: each query's cell, then its neighbours', each
+/// scaled to `cell` pixels as it is read (the set's images at full size
+/// would be (k + 1) of them per query in memory).
 fn grid_rows(
     results: &[QueryResult],
-    qpix: &[u8],
-    size: usize,
+    query_cells: Vec<GridCell>,
     fs: &FeatureSet,
-) -> Vec<Vec<GridCell>> {
+    cell: usize,
+) -> Result<Vec<Vec<GridCell>>> {
     let mut rows = Vec::with_capacity(results.len());
     let mut scratch = Vec::new();
-    for (qi, r) in results.iter().enumerate() {
-        let name = r
-            .query
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut cells = vec![GridCell {
-            pixels: qpix[qi * size * size * 3..(qi + 1) * size * size * 3].to_vec(),
-            side: size,
-            lines: ["query".into(), name],
-        }];
+    let side = fs.set.size();
+    for (r, query) in results.iter().zip(query_cells) {
+        let mut cells = vec![query];
         for n in &r.neighbors {
+            let lines = [n.class.clone(), format!("d = {:.1}", n.dist)];
             // An image changed since its features were taken: the search
             // stands, drawn without it.
-            let side = fs.set.size();
-            let px = match fs.set.pixels(n.index, &mut scratch) {
-                Ok(px) => px.to_vec(),
+            cells.push(match fs.set.pixels(n.index, &mut scratch) {
+                Ok(px) => GridCell::scaled(px, side, cell, lines)?,
                 Err(e) => {
                     tracing::warn!("{e}; drawn as a grey cell in the picture");
-                    vec![128; side * side * 3]
+                    let c = grid_cell(cell) as usize;
+                    GridCell {
+                        pixels: vec![128; c * c * 3],
+                        side: c,
+                        lines,
+                    }
                 }
-            };
-            cells.push(GridCell {
-                pixels: px,
-                side,
-                lines: [n.class.clone(), format!("d = {:.1}", n.dist)],
             });
         }
         rows.push(cells);
     }
-    rows
+    Ok(rows)
 }
 
 /// One picture of the grid with two lines of text under it.
@@ -1007,11 +1019,47 @@ pub struct GridCell {
     pub lines: [String; 2],
 }
 
+impl GridCell {
+    /// `pixels` (`side` square) scaled to the grid's `cell` pixels.
+    pub fn scaled(pixels: &[u8], side: usize, cell: usize, lines: [String; 2]) -> Result<Self> {
+        let c = grid_cell(cell);
+        Ok(GridCell {
+            pixels: scale_to(pixels, side as u32, c)?,
+            side: c as usize,
+            lines,
+        })
+    }
+}
+
+/// A `side` square RGB picture scaled to `cell` pixels (as it is when
+/// `side` is `cell`).
+fn scale_to(pixels: &[u8], side: u32, cell: u32) -> Result<Vec<u8>> {
+    if side == cell {
+        return Ok(pixels.to_vec());
+    }
+    let img = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(side, side, pixels)
+        .ok_or_else(|| Error::Shape {
+            op: "render_grid",
+            detail: format!(
+                "a picture of {} bytes is not {side}x{side} RGB",
+                pixels.len()
+            ),
+        })?;
+    Ok(image::imageops::resize(&img, cell, cell, FilterType::Triangle).into_raw())
+}
+
+/// A cell's side as the grid draws it: `--cell` held to 16 to 1024.
+fn grid_cell(cell: usize) -> u32 {
+    cell.clamp(16, 1024) as u32
+}
+
 /// The grid's margins, text height under a picture and gap after the query
 /// column, pixels.
 const GRID_PAD: u32 = 6;
 const GRID_TEXT: u32 = 30;
 const GRID_GAP: u32 = 12;
+/// Queries decoded at once, at least (a whole number of batches).
+const QUERY_GROUP: usize = 256;
 /// The largest picture drawn, RGB bytes: it is held whole in memory, and
 /// few viewers open larger PNGs.
 const GRID_MAX_BYTES: u64 = 1 << 30;
@@ -1046,25 +1094,16 @@ pub fn render_grid(path: &Path, rows: &[Vec<GridCell>], cell: usize) -> Result<(
     ensure_font()?;
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let (width, height) = grid_size(rows.len(), cols, cell)?;
-    let cell = cell.clamp(16, 1024) as u32;
+    let cell = grid_cell(cell);
     let (pad, text_h, query_gap) = (GRID_PAD, GRID_TEXT, GRID_GAP);
     let mut rgb = vec![255u8; width as usize * height as usize * 3];
     let x_of = |c: u32| pad + c * (cell + pad) + if c > 0 { query_gap } else { 0 };
     for (r, cells) in rows.iter().enumerate() {
         let y0 = pad + r as u32 * (cell + text_h + pad);
         for (c, gc) in cells.iter().enumerate() {
-            let side = gc.side as u32;
-            let img =
-                RgbImage::from_raw(side, side, gc.pixels.clone()).ok_or_else(|| Error::Shape {
-                    op: "render_grid",
-                    detail: format!(
-                        "a picture of {} bytes is not {side}x{side} RGB",
-                        gc.pixels.len()
-                    ),
-                })?;
-            let img = image::imageops::resize(&img, cell, cell, FilterType::Triangle);
+            let img = scale_to(&gc.pixels, gc.side as u32, cell)?;
             let x0 = x_of(c as u32) as usize;
-            for (y, line) in img.as_raw().chunks_exact(cell as usize * 3).enumerate() {
+            for (y, line) in img.chunks_exact(cell as usize * 3).enumerate() {
                 let at = ((y0 as usize + y) * width as usize + x0) * 3;
                 rgb[at..at + line.len()].copy_from_slice(line);
             }

@@ -69,15 +69,6 @@ pub fn decode_some(paths: &[PathBuf], size: usize) -> (Vec<usize>, Vec<u8>, Vec<
     (read, pixels, failed)
 }
 
-/// Every image of `paths`, decoded as [`decode_file`] does, or one error
-/// for all that are not ([`unread_error`]).
-pub fn decode_files(paths: &[PathBuf], size: usize) -> Result<Vec<u8>> {
-    match decode_some(paths, size) {
-        (_, pixels, failed) if failed.is_empty() => Ok(pixels),
-        (_, _, failed) => Err(unread_error(failed, paths.len())),
-    }
-}
-
 /// The images of `n` that could not be read, as one error: the one error
 /// itself, or how many, the first few ([`list_failures`]) and the fix.
 pub fn unread_error(mut failed: Vec<Error>, n: usize) -> Error {

@@ -21,9 +21,7 @@ pub mod prepare;
 pub mod store;
 pub mod synth;
 
-pub use decode::{
-    decode_file, decode_files, decode_into, decode_some, resize_centre_crop, unread_error,
-};
+pub use decode::{decode_file, decode_into, decode_some, resize_centre_crop, unread_error};
 pub use feed::{batches, batches_from, BatchIter, Feed, Pass};
 pub use files::FileSource;
 pub use folder::{images_under, is_hidden, ImageFolder};
