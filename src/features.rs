@@ -795,14 +795,16 @@ fn check_features(
     (width, config): (usize, &str),
 ) -> Result<(PathBuf, Vec<usize>)> {
     let rows = NpyRows::open(f)?;
+    // The record first: it names the layer or weights that differ.
+    let left_out = check_meta(f, job.ck)?;
     if rows.cols != width {
         return Err(Error::Data(format!(
-            "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {config} has {width}; the file comes from another network: compute it with this checkpoint",
+            "{}: rows of {} values, but {NEIGHBOR_LAYER} of the checkpoint's config {config} has {width}; the file holds another layer's or another network's features: compute them with `alexnet-cuda features --layer {NEIGHBOR_LAYER}` and this checkpoint",
             f.display(),
             rows.cols,
         )));
     }
-    let kept = without(indices, &check_meta(f, job.ck)?);
+    let kept = without(indices, &left_out);
     let n = kept.len();
     if rows.rows != n {
         let unread = match indices.len() - n {

@@ -944,7 +944,8 @@ fn bad_input_gets_a_clear_error() {
     );
     assert!(!st.root.join("grid-folder.fc7.npy").exists());
 
-    // Features of another network's layer: conv4 of cifar, 192 x 6 x 6 values a row.
+    // Features of another layer: conv4 of cifar, 192 x 6 x 6 values a row,
+    // named by its record; without the record, by the width.
     let conv4 = st.root.join("conv4.npy");
     let (ok, _, err) = cli(&[
         "features",
@@ -961,12 +962,21 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(ok, "{err}");
     let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&conv4)]);
-    assert!(!ok);
-    no_panic(&err);
     assert!(
-        err.contains("rows of 6912 values, but fc7 of the checkpoint's config cifar has 512"),
+        !ok && err.contains("features of conv4, and neighbours are found by fc7"),
         "{err}"
     );
+    std::fs::remove_file(st.root.join("conv4.meta.json")).unwrap();
+    let (ok, _, err) = neighbors(&["--query", &photo, "--features", &s(&conv4)]);
+    assert!(!ok);
+    no_panic(&err);
+    for want in [
+        "rows of 6912 values, but fc7 of the checkpoint's config cifar has 512",
+        "another layer's or another network's features",
+        "features --layer fc7",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
     // Features of the same width but another layer (fc6), or of other
     // weights, are refused by the record beside them; a run's best
     // checkpoint (the same weights as its last step) is not.
