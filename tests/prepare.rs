@@ -785,6 +785,25 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
     o.val_synsets = Some(syn);
     prepare(&o)?;
     assert_eq!(labels_of(&t.path().join("o3/val")), [0, 1, 1]);
+    // A link to nothing among the flat images (a drive not mounted) stops
+    // prepare before any image is encoded, naming it.
+    let gone = flat.join("ILSVRC2012_val_00000004.JPEG");
+    std::os::unix::fs::symlink("/nonexistent/mnt/v4.JPEG", &gone)?;
+    let csv4 = t.path().join("four.csv");
+    let rows: String = (1..=4)
+        .map(|i| format!("ILSVRC2012_val_{i:08},n02_dog\n"))
+        .collect();
+    fs::write(&csv4, rows)?;
+    let mut o = opts(&train, &t.path().join("o3b"), 8, Encoding::Jpeg);
+    o.val = Some(flat.clone());
+    o.val_labels = Some(csv4);
+    let e = prepare(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("ILSVRC2012_val_00000004.JPEG: a link to /nonexistent/mnt/v4.JPEG, which does not exist"),
+        "{e}"
+    );
+    assert!(!t.path().join("o3b/train/meta.json").exists(), "{e}");
+    fs::remove_file(&gone)?;
 
     // Errors that say what to pass; a flat folder unzipped on macOS (its
     // __MACOSX/ folder is no class) among them.

@@ -27,6 +27,8 @@ pub struct ImageFolder {
     classes: Vec<String>,
     items: Vec<(PathBuf, u32)>,
     ignored: Vec<PathBuf>,
+    /// Items that are links to nothing, as the listing found them.
+    broken: Vec<PathBuf>,
 }
 
 impl ImageFolder {
@@ -119,10 +121,12 @@ impl ImageFolder {
         let mut items = Vec::new();
         let mut classes = Vec::with_capacity(class_dirs.len());
         let mut claims = Claims::default();
+        let mut broken = Vec::new();
         for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
             let mut files = Vec::new();
             let mut walk = Walk::new(&dir, &name, &mut files, &mut ignored, &mut claims)?;
             walk.class(&dir)?;
+            broken.extend(walk.broken);
             if files.is_empty() {
                 return Err(no_images_in_class(&dir, &ignored));
             }
@@ -141,6 +145,7 @@ impl ImageFolder {
             classes,
             items,
             ignored,
+            broken,
         })
     }
 
@@ -163,6 +168,12 @@ impl ImageFolder {
     /// an image by name. Hidden entries are left out.
     pub fn ignored(&self) -> &[PathBuf] {
         &self.ignored
+    }
+
+    /// The images that are links to nothing (a drive not mounted), from
+    /// the listing: checking each image for one would cost a `stat` each.
+    pub fn broken_links(&self) -> &[PathBuf] {
+        &self.broken
     }
 
     pub fn len(&self) -> usize {
@@ -275,6 +286,8 @@ struct Walk<'a> {
     ignored: &'a mut Vec<PathBuf>,
     seen: HashSet<PathBuf>,
     claims: &'a mut Claims,
+    /// The images among `files` that are links to nothing.
+    broken: Vec<PathBuf>,
 }
 
 impl<'a> Walk<'a> {
@@ -292,6 +305,7 @@ impl<'a> Walk<'a> {
             ignored,
             seen,
             claims,
+            broken: Vec::new(),
         })
     }
 
@@ -312,6 +326,7 @@ impl<'a> Walk<'a> {
             // leaving them out would go unnoticed. Others (an annex's
             // unfetched notes.xml) are stray files.
             if kind == Kind::Broken && is_image_name(&path) {
+                self.broken.push(path.clone());
                 self.files.push(path);
             } else if kind == Kind::Broken && path.extension().is_none() {
                 return Err(broken_link(

@@ -17,7 +17,7 @@
 //! ILSVRC2012_ID per line, files in name order) with `--val-synsets` listing
 //! the synsets in devkit ID order. Labels are the index of the synset in
 //! sorted order, the standard ILSVRC-2012 class order.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -166,16 +166,21 @@ fn refuse_stores_as_images(opts: &PrepareOptions) -> Result<()> {
 
 /// Links to nothing among the images to store (a drive not mounted) are
 /// named before any image is encoded: found on the way, they would cost
-/// the work done, and in val, the train store written again.
-fn refuse_broken_links(items: &[(PathBuf, u32)], source: &Path) -> Result<()> {
-    let broken: Vec<Error> = items
-        .par_iter()
-        .filter(|(p, _)| is_broken_link(p))
+/// the work done, and in val, the train store written again. `broken` is
+/// what the folder's listing found, so no image costs a `stat` here.
+fn refuse_broken_links(items: &[(PathBuf, u32)], broken: &[PathBuf], source: &Path) -> Result<()> {
+    if broken.is_empty() {
+        return Ok(());
+    }
+    let broken: HashSet<&PathBuf> = broken.iter().collect();
+    let errors: Vec<Error> = items
+        .iter()
+        .filter(|(p, _)| broken.contains(p))
         .filter_map(|(p, _)| can_open(p).err())
         .collect();
-    match broken.is_empty() {
+    match errors.is_empty() {
         true => Ok(()),
-        false => Err(unread(broken, &[], source)),
+        false => Err(unread(errors, &[], source)),
     }
 }
 
@@ -221,10 +226,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         Some(v) => Some(val_items(v, opts, &classes)?),
         None => None,
     };
-    refuse_broken_links(&items, &opts.train)?;
-    if let (Some(v), Some(items)) = (&opts.val, &val_items) {
-        refuse_broken_links(items, v)?;
-    }
+    refuse_broken_links(&items, folder.broken_links(), &opts.train)?;
     let val_count = val_items.as_ref().map_or(0, Vec::len);
     // Two prepares into one folder would delete each other's files. A
     // killed prepare's files go before the room is counted: they would
@@ -434,6 +436,7 @@ fn val_items(
             };
             out.push((path.clone(), l));
         }
+        refuse_broken_links(&out, f.broken_links(), root)?;
         return Ok(out);
     }
     let Some(labels_path) = &opts.val_labels else {
@@ -442,6 +445,11 @@ fn val_items(
             root.display()
         )));
     };
+    let broken: Vec<PathBuf> = entries
+        .iter()
+        .filter(|(p, k)| *k == Kind::Broken && is_image_name(p) && !is_hidden(p))
+        .map(|(p, _)| p.clone())
+        .collect();
     let files: Vec<PathBuf> = entries
         .into_iter()
         // Hidden files are skipped, as in a class folder: a copy made on
@@ -489,7 +497,9 @@ fn val_items(
         let syn_text = read_text(syn_path)?;
         let labels = devkit_labels(&lines, (syn_path, &syn_text), &index, files.len(), root);
         let labelled = files.into_iter().zip(labels.map_err(bad)?).collect();
-        return training_classes_only(labelled, root).map_err(bad);
+        let items = training_classes_only(labelled, root).map_err(bad)?;
+        refuse_broken_links(&items, &broken, root)?;
+        return Ok(items);
     }
     if let Some(syn) = &opts.val_synsets {
         return Err(bad(format!(
@@ -500,7 +510,9 @@ fn val_items(
     let by_name = csv_labels(&lines, &index).map_err(bad)?;
     let labelled = label_files(files, &by_name).map_err(bad)?;
     warn_of_rows_without_files(&by_name, &labelled, labels_path, root);
-    training_classes_only(labelled, root).map_err(bad)
+    let items = training_classes_only(labelled, root).map_err(bad)?;
+    refuse_broken_links(&items, &broken, root)?;
+    Ok(items)
 }
 
 /// Rows of `by_name` labelling a training class whose file is not among
@@ -513,7 +525,7 @@ fn warn_of_rows_without_files(
     labels_path: &Path,
     root: &Path,
 ) {
-    let found: std::collections::HashSet<String> = labelled
+    let found: HashSet<String> = labelled
         .iter()
         .filter_map(|(p, _)| p.file_name().map(|n| stem(&n.to_string_lossy())))
         .collect();
