@@ -1153,6 +1153,34 @@ fn names_file_gives_readable_class_names() -> TestResult {
         err.contains("no name for 1 of the 2 classes (n02_dog first)"),
         "{err}"
     );
+    // Saved as UTF-16 (Notepad's "Unicode"), either byte order: the same
+    // names. Saved as Latin-1: refused, naming the line and the fix.
+    let text = "n01_cat chat tigr\u{e9}\nn02_dog dog\n";
+    let want = ["chat tigr\u{e9}", "dog"];
+    let le: Vec<u8> = [0xFEFFu16]
+        .into_iter()
+        .chain(text.encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let be: Vec<u8> = [0xFEFFu16]
+        .into_iter()
+        .chain(text.encode_utf16())
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    for (i, bytes) in [le, be].into_iter().enumerate() {
+        fs::write(&names, bytes)?;
+        o.out = t.path().join(format!("utf16-{i}"));
+        assert_eq!(prepare(&o)?.train.names, want);
+    }
+    let latin1: Vec<u8> = text.chars().map(|c| c as u8).collect();
+    fs::write(&names, latin1)?;
+    o.out = t.path().join("latin1");
+    let e = prepare(&o).unwrap_err().to_string();
+    let said = format!("{nm}: line 1 is not UTF-8 text (byte 0xE9 at offset 17");
+    assert!(
+        e.contains(&said) && e.ends_with("save the file as UTF-8"),
+        "{e}"
+    );
     Ok(())
 }
 

@@ -347,15 +347,52 @@ fn warn_of_earlier_val(dir: &Path) {
     }
 }
 
-/// A text file a user passes (names, labels, synsets), without the byte
-/// order mark that editors on Windows write first, which would otherwise
-/// stick to the first line's synset or file name.
+/// A text file a user passes (names, labels, synsets): UTF-8, or UTF-16
+/// with its byte order mark (Notepad's "Unicode"), without the mark that
+/// editors on Windows write first, which would otherwise stick to the
+/// first line's synset or file name. Other bytes are an error naming the
+/// line.
 fn read_text(path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = match bytes.as_slice() {
+        [0xFF, 0xFE, rest @ ..] => utf16(path, rest, u16::from_le_bytes)?,
+        [0xFE, 0xFF, rest @ ..] => utf16(path, rest, u16::from_be_bytes)?,
+        _ => String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?,
+    };
     Ok(match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_string(),
         None => text,
     })
+}
+
+/// UTF-16 text after its byte order mark, each unit read by `unit`.
+fn utf16(path: &Path, bytes: &[u8], unit: fn([u8; 2]) -> u16) -> Result<String> {
+    let units: Vec<u16> = bytes
+        .chunks(2)
+        .map(|c| unit([c[0], c.get(1).copied().unwrap_or(0)]))
+        .collect();
+    match bytes.len().is_multiple_of(2) {
+        true => String::from_utf16(&units).ok(),
+        false => None,
+    }
+    .ok_or_else(|| {
+        Error::Data(format!(
+            "{}: begins as UTF-16 text (its byte order mark) but is not whole UTF-16 text; save it again as UTF-8",
+            path.display()
+        ))
+    })
+}
+
+/// The error for a file that is not UTF-8 (Latin-1 or another code page,
+/// most often): where the first bad byte is, and the fix.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Error {
+    let at = e.valid_up_to();
+    let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+    Error::Data(format!(
+        "{}: line {line} is not UTF-8 text (byte 0x{:02X} at offset {at}: Latin-1 or another code page?); save the file as UTF-8",
+        path.display(),
+        bytes[at]
+    ))
 }
 
 /// `synset name...` lines to a name per class (empty where not listed, and
