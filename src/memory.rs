@@ -401,7 +401,9 @@ impl MemoryNeed {
                 (held.saturating_sub(1) / 2).max(1)
             );
         }
-        let per_row = self.per_row + self.held(workers) * self.loader_row;
+        // A smaller batch makes more batches an epoch, so more of the
+        // workers busy: the batch named is sized for all of them.
+        let per_row = self.per_row + (2 * workers as u64 + 1) * self.loader_row;
         // Whole images, split evenly over this process's replicas.
         let step = lcm(self.crops.max(1) as u64, self.copies.max(1) as u64);
         let max_rows = room / per_row.max(1) / step * step;

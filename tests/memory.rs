@@ -393,6 +393,34 @@ fn refusals_name_the_largest_batch_or_worker_count_that_fits() {
     assert!(need.bytes(rows + 3, 1) > free, "{err}");
 }
 
+/// The batch named fits at the workers given, however many batches the
+/// epoch then has: a smaller batch makes more of them, and keeps more
+/// workers busy (264 images, 16 workers: 4 batches of 64, 6 of 38, 26 of 10).
+#[test]
+fn the_batch_named_fits_with_the_workers_a_smaller_batch_keeps_busy() {
+    let be = CpuBackend::new();
+    let topo = Topology::alexnet();
+    let cfg = LoaderConfig::new(64, topo.crop, true);
+    let base = MemoryNeed::network(&be, &topo, 1).expect("need");
+    let at = |b: usize| base.with_loader(&cfg, 264 / b);
+    let room = |bytes| Room {
+        bytes,
+        limit: "free".into(),
+    };
+    let workers = 16;
+    // Below what one worker needs at 64: a smaller batch is the fix.
+    let one = at(64).bytes(64, 1);
+    for percent in [70, 85, 99] {
+        let free = one / 100 * percent;
+        let err = at(64)
+            .check(64, workers, room(free))
+            .unwrap_err()
+            .to_string();
+        let b = suggested(&err, "--batch ") as usize;
+        assert!(at(b).check(b, workers, room(free)).is_ok(), "{err}");
+    }
+}
+
 /// Processes of one run on one machine (LOCAL_WORLD_SIZE) share its
 /// memory: each plans within its part, and the error says so.
 #[test]
