@@ -175,7 +175,14 @@ pub fn length_of_time(s: &str) -> std::result::Result<Duration, String> {
     if v <= 0.0 {
         return Err("must be a positive length of time".into());
     }
-    Duration::try_from_secs_f64(v).map_err(|_| format!("{s} is longer than a clock can count"))
+    match Duration::try_from_secs_f64(v) {
+        // Below a nanosecond: a limit of 0, which no command takes back.
+        Ok(d) if d.is_zero() => Err(format!(
+            "{s} is shorter than a nanosecond; must be a positive length of time"
+        )),
+        Ok(d) => Ok(d),
+        Err(_) => Err(format!("{s} is longer than a clock can count")),
+    }
 }
 
 /// Slurm's time formats in seconds: `MM:SS`, `HH:MM:SS`, `D-HH`,
@@ -546,6 +553,10 @@ mod tests {
         let bad = |s: &str| length_of_time(s).expect_err(s);
         assert_eq!(ok("1e-3"), 0.001); // an exponent, not Slurm's days
         assert!(bad("-5").contains("positive length of time"));
+        // Positive but below the clock's nanosecond: refused, not a limit
+        // of 0 that the printed continue command would then pass.
+        assert!(bad("1e-10").contains("shorter than a nanosecond"));
+        assert_eq!(ok("1e-9"), 1e-9);
         // A form not taken names the ones that are.
         for s in ["1h30m", "90min", "5S", "1e-3x"] {
             assert!(bad(s).contains("a number and a unit (80m"), "{s}");
