@@ -334,18 +334,23 @@ fn a_limit_below_the_class_count_is_refused() {
         );
     }
     assert!(!t.path().join("r").exists());
-    // One above the images there are takes them all, and says so.
-    for (data, n) in [(s("d"), 30), (s("st"), 25)] {
+    // One above the images there are takes them all, and says so: of a
+    // store, those left to train on once --val holds some out.
+    let cases = [
+        (s("d"), "30 images"),
+        (s("st"), "25 training images once --val 5 are held out"),
+    ];
+    for (i, (data, n)) in cases.into_iter().enumerate() {
         let train = ["train", "--cpu", "--config", "cifar", "--data", &data];
         let run_args = [
             "--limit", "100000", "--val", "5", "--epochs", "1", "--batch", "5",
         ];
-        let out = ["--out", &s(&format!("r{n}")), "--no-progress"];
+        let out = ["--out", &s(&format!("r{i}")), "--no-progress"];
         let (ok, err) = run_env(
             &[&train[..], &run_args, &out].concat(),
             &[("RUST_LOG", "warn")],
         );
-        let want = format!("--limit 100000: {data} has only {n} images; all of them are used");
+        let want = format!("--limit 100000: {data} has only {n}; all of them are used");
         assert!(ok && err.contains(&want), "{want}: {err}");
     }
     // The demo holds out its own 500 (--val does not go with it).

@@ -215,7 +215,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             return Err(Error::Config("--limit 0 selects no images".into()));
         }
         limit_covers_classes(k, classes.len(), &opts.train)?;
-        warn_of_a_limit_above(k, items.len(), &opts.train);
+        warn_of_a_limit_above(k, items.len(), &opts.train, "images");
         items = balanced_subset(&folder, k)
             .into_iter()
             .map(|i| items[i].clone())

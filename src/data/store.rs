@@ -332,12 +332,13 @@ pub fn limit_covers_classes(k: usize, classes: usize, data: &std::path::Path) ->
     Ok(())
 }
 
-/// `--limit k` above the `n` images there are takes them all: said, since
-/// a typo would otherwise pass unseen.
-pub fn warn_of_a_limit_above(k: usize, n: usize, data: &std::path::Path) {
+/// `--limit k` above the `n` images there are (`what`: "images", or what
+/// is left of them to train on) takes them all: said, since a typo would
+/// otherwise pass unseen.
+pub fn warn_of_a_limit_above(k: usize, n: usize, data: &std::path::Path, what: &str) {
     if k > n {
         tracing::warn!(
-            "--limit {k}: {} has only {n} images; all of them are used",
+            "--limit {k}: {} has only {n} {what}; all of them are used",
             data.display()
         );
     }

@@ -133,7 +133,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let folder = ImageFolder::scan(root)?;
     if let Some(k) = opts.run.limit.filter(|&k| k > 0) {
         limit_covers_classes(k, folder.classes().len(), root)?;
-        warn_of_a_limit_above(k, folder.len(), root);
+        warn_of_a_limit_above(k, folder.len(), root, "images");
     }
     // Small sets (CIFAR, the demo) load in seconds; past that, say how
     // to stop paying the decode on every run.
@@ -429,7 +429,11 @@ fn limit_train(opts: &TrainOptions, train_idx: &mut Vec<usize>, store: &PackedSt
                 "--limit 0 selects no images; pass a positive limit or leave it out".into(),
             ));
         }
-        warn_of_a_limit_above(k, train_idx.len(), &opts.data);
+        let what = match train_idx.len() < store.len() {
+            true => format!("training images once --val {} are held out", opts.run.val),
+            false => "images".into(),
+        };
+        warn_of_a_limit_above(k, train_idx.len(), &opts.data, &what);
         let seed = opts.run.seed;
         if opts.run.limit_by_class {
             let classes = store.meta().classes.len();
