@@ -1604,6 +1604,24 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
         "{extend}"
     );
     assert!(words.contains(&"--cpu".to_string()), "{extend}");
+    // Told where the photos are now, both commands say so, and the eval
+    // runs as printed (the checkpoints name where they were).
+    let moved = away.display().to_string();
+    let (ok, stdout, err) = run_out(&["train", "--resume", &r, "--data", &moved], &[]);
+    assert!(ok, "{err}");
+    let (_, extend) = stdout.split_once("extend it with: ").expect("a command");
+    let (extend, eval) = extend
+        .split_once("; evaluate with: ")
+        .expect("an eval command");
+    assert!(extend.ends_with(&format!("--data {moved}")), "{extend}");
+    assert!(
+        eval.contains(&format!("--held-out --data {moved}")),
+        "{eval}"
+    );
+    let eval_words = shell_words(eval.trim());
+    let eval_words: Vec<&str> = eval_words[1..].iter().map(String::as_str).collect();
+    let (ok, err) = run(&eval_words);
+    assert!(ok, "{eval}: {err}");
     std::fs::rename(&away, &data).expect("move the photos back");
     let words: Vec<&str> = words[1..].iter().map(String::as_str).collect();
     let (ok, err) = run(&words);

@@ -291,7 +291,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let _ = print_interrupted(&report, opts.out.as_deref(), &flags, own);
         exit_at_signal(&signal_status, demo_dir)
     }
-    print_finished(&report, run_dir, &eval_data_flag(opts.run.demo, &opts.data))?;
+    let images = (!opts.run.demo).then_some(opts.data.as_path());
+    print_finished(&report, run_dir, images)?;
     // The limit given, not the demo's own: the next job has one like it.
     let flags = args.device.flags(&args.parallel)
         + &args.time_limit.map_or(String::new(), |l| {
@@ -603,19 +604,17 @@ fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bo
             100.0 / ck.state.classes.len() as f64
         )?;
     }
-    let data_flag = match (ck.state.options.demo, images_read(args, Some(ck))) {
-        (false, Some(data)) => eval_data_flag(false, &data),
-        _ => eval_data_flag(true, run_dir),
-    };
+    let images = images_read(args, Some(ck)).filter(|_| !ck.state.options.demo);
     let flags = ck.state.compute.as_ref().map_or("", |c| c.flags.as_str());
     outln!(
-        "{} has finished its {epochs} epochs: nothing to train; extend it with: alexnet-cuda train --resume {} --epochs {}{flags}{}",
+        "{} has finished its {epochs} epochs: nothing to train; extend it with: alexnet-cuda train --resume {} --epochs {}{flags}{}{}",
         ck.path.display(),
         resume_arg(run_dir, &ck.path),
         epochs + 1,
+        data_moved(&ck.path, images.as_deref()),
         match history.is_empty() {
             true => String::new(),
-            false => eval_with(run_dir, &ck.path, &data_flag),
+            false => eval_with(run_dir, &ck.path, images.as_deref()),
         }
     )?;
     Ok(true)
@@ -898,15 +897,28 @@ fn print_out_of_time(
     Ok(())
 }
 
-/// How `eval` finds images the run did not train on: the demo's new ones,
-/// the store's val/, or the images the run held out of its data.
-fn eval_data_flag(demo: bool, data: &Path) -> String {
-    if demo {
-        "--demo".into()
-    } else if is_store(&data.join("val")) {
-        format!("--data {}", shell::word(data))
-    } else {
-        "--held-out".into()
+/// How `eval` finds images the run did not train on: the demo's new ones
+/// (`images` None), the store's val/, or the images the run held out of
+/// its data, found where the checkpoint `ck` says or where they are now.
+fn eval_data_flag(images: Option<&Path>, ck: &Path) -> String {
+    match images {
+        None => "--demo".into(),
+        Some(data) if is_store(&data.join("val")) => format!("--data {}", shell::word(data)),
+        Some(data) => format!("--held-out{}", data_moved(ck, Some(data))),
+    }
+}
+
+/// " --data DIR" when the checkpoint `ck` records other images than
+/// `data` (the run was resumed with its data moved): a command that names
+/// `ck` says where they are now. Empty for the demo's (`data` None).
+fn data_moved(ck: &Path, data: Option<&Path>) -> String {
+    let Some(data) = data else {
+        return String::new();
+    };
+    let now = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
+    match alexnet_cuda::checkpoint::checked_state_of(ck) {
+        Some(st) if Path::new(&st.data) != now => format!(" --data {}", shell::word(data)),
+        _ => String::new(),
     }
 }
 
@@ -933,7 +945,7 @@ fn val_course(epochs: &[EpochStats]) -> String {
 
 /// A finished run: validation accuracy first and last, speed, and where
 /// its checkpoints are.
-fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Result<()> {
+fn print_finished(report: &TrainReport, run_dir: &Path, images: Option<&Path>) -> Result<()> {
     if let Some(last) = report.epochs.last() {
         outln!(
             "validation top-1: {} (chance {:.1}%); {:.0} img/s; {:.0}s",
@@ -949,7 +961,7 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
     // best.safetensors comes with the first validated epoch.
     let eval = match report.epochs.is_empty() {
         true => String::new(),
-        false => eval_with(run_dir, p, data_flag),
+        false => eval_with(run_dir, p, images),
     };
     outln!(
         "run folder {}: last checkpoint {}{eval}",
@@ -961,13 +973,15 @@ fn print_finished(report: &TrainReport, run_dir: &Path, data_flag: &str) -> Resu
 
 /// The eval command for a finished run: its best epoch's checkpoint, or
 /// the `last` where the folder has no best.safetensors (a resume from
-/// before a best epoch that `--keep` pruned, and no later epoch beat it).
-fn eval_with(run_dir: &Path, last: &Path, data_flag: &str) -> String {
+/// before a best epoch that `--keep` pruned, and no later epoch beat it);
+/// `images` as [`eval_data_flag`] takes them.
+fn eval_with(run_dir: &Path, last: &Path, images: Option<&Path>) -> String {
     let best = run_dir.join("best.safetensors");
     let ck = if best.is_file() { &best } else { last };
     format!(
-        "; evaluate with: alexnet-cuda eval --checkpoint {} {data_flag}",
-        shell::word(ck)
+        "; evaluate with: alexnet-cuda eval --checkpoint {} {}",
+        shell::word(ck),
+        eval_data_flag(images, ck)
     )
 }
 
@@ -980,11 +994,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let last = t.path().join("ckpt-0000000040.safetensors");
         let best = t.path().join("best.safetensors");
-        let offered = |want: &Path| format!("--checkpoint {} --data", want.display());
-        let said = eval_with(t.path(), &last, "--data d");
+        let offered = |want: &Path| format!("--checkpoint {} --held-out", want.display());
+        let said = eval_with(t.path(), &last, Some(Path::new("d")));
         assert!(said.contains(&offered(&last)), "{said}");
         std::fs::write(&best, b"x").unwrap();
-        let said = eval_with(t.path(), &last, "--data d");
+        let said = eval_with(t.path(), &last, Some(Path::new("d")));
         assert!(said.contains(&offered(&best)), "{said}");
     }
 
