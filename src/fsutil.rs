@@ -388,11 +388,15 @@ fn try_lock_briefly(f: &File) -> std::result::Result<(), TryLockError> {
     }
 }
 
+/// What a process that finds a folder locked by another for good is
+/// told to do ([`lock_folder`]'s `fix`).
+pub const ELSEWHERE: &str = "wait for it to end, or pass another --out";
+
 /// Lock `dir/.lock` for this process (released when it exits, however it
 /// exits), with its pid written in for the next process's error, which
-/// names `holder` ("another training process").
-pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
-    let mut f = take_lock(dir, holder, true)?;
+/// names `holder` ("another training process") and the `fix`.
+pub fn lock_folder(dir: &Path, holder: &str, fix: &str) -> Result<File> {
+    let mut f = take_lock(dir, (holder, fix), true)?;
     let pid = std::process::id().to_string();
     f.set_len(0)
         .and_then(|()| f.write_all(pid.as_bytes()))
@@ -403,13 +407,13 @@ pub fn lock_folder(dir: &Path, holder: &str) -> Result<File> {
 /// [`lock_folder`]'s refusal, the lock released at once and the file left
 /// as it was: a cheap check before a lock is taken for good, which is the
 /// one to warn of a file system without locks.
-pub fn check_not_locked(dir: &Path, holder: &str) -> Result<()> {
-    take_lock(dir, holder, false).map(drop)
+pub fn check_not_locked(dir: &Path, holder: &str, fix: &str) -> Result<()> {
+    take_lock(dir, (holder, fix), false).map(drop)
 }
 
 /// [`lock_folder`] but for the pid, warning of a file system without
 /// locks if `warn`.
-fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
+fn take_lock(dir: &Path, (holder, fix): (&str, &str), warn: bool) -> Result<File> {
     let path = dir.join(".lock");
     let mut f = OpenOptions::new()
         .read(true)
@@ -424,7 +428,7 @@ fn take_lock(dir: &Path, holder: &str, warn: bool) -> Result<File> {
             let mut pid = String::new();
             let _ = f.read_to_string(&mut pid);
             return Err(Error::Config(format!(
-                "{} is in use by {holder} (pid {}); wait for it to end, or pass another --out",
+                "{} is in use by {holder} (pid {}); {fix}",
                 dir.display(),
                 pid.trim()
             )));

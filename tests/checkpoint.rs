@@ -1002,13 +1002,23 @@ fn a_run_folder_is_never_shared_by_two_runs() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let pid = first.id();
-    for second in [train_args(&d, &busy, 30), resume_args(&busy)] {
-        let o = run(&second);
+    // A new run is told to go elsewhere; a resume, to wait and run again
+    // (--out goes with no resume).
+    let fixes = [
+        "wait for it to end, or pass another --out",
+        "then run this command again",
+    ];
+    for (second, fix) in [train_args(&d, &busy, 30), resume_args(&busy)]
+        .iter()
+        .zip(fixes)
+    {
+        let o = run(second);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{err}");
         assert!(
             err.contains("is in use by another training process")
-                && err.contains(&format!("(pid {pid})")),
+                && err.contains(&format!("(pid {pid})"))
+                && err.contains(fix),
             "{err}"
         );
     }

@@ -1644,6 +1644,11 @@ fn a_resume_of_a_finished_run_trains_nothing_and_says_how_to_extend_it() {
         !ok && err.contains("is in use by another training process"),
         "{err}"
     );
+    // A resume is told to wait and run again: --out goes with no resume.
+    assert!(
+        err.contains("then run this command again") && !err.contains("--out"),
+        "{err}"
+    );
     // So is a run that has not written its first checkpoint yet.
     let early = dir.path().join("early");
     std::fs::create_dir(&early).expect("a run folder");

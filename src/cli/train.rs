@@ -575,7 +575,8 @@ fn refuse_folder_in_use(resume: &Path) -> Result<()> {
     if !resume.join(".lock").is_file() {
         return Ok(());
     }
-    match alexnet_cuda::fsutil::check_not_locked(resume, "another training process") {
+    let fix = alexnet_cuda::train::lock_fix(true);
+    match alexnet_cuda::fsutil::check_not_locked(resume, "another training process", fix) {
         Err(e @ alexnet_cuda::Error::Config(_)) => Err(e.into()),
         _ => Ok(()),
     }

@@ -39,7 +39,7 @@ use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above,
 use crate::error::{list_failures, Error, Result};
 use crate::fsutil::{
     create_dir_durably, lock_folder, refuse_file_in_the_way, resolved, short_of_room, size,
-    tsv_field, write_atomic,
+    tsv_field, write_atomic, ELSEWHERE,
 };
 
 /// Images handed to the thread pool at a time; results are written in order
@@ -232,7 +232,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     // killed prepare's files go before the room is counted: they would
     // take it, and be removed anyway.
     let lock = match opts.out.is_dir() {
-        true => Some(lock_folder(&opts.out, "another prepare")?),
+        true => Some(lock_folder(&opts.out, "another prepare", ELSEWHERE)?),
         false => None,
     };
     remove_leftovers(&opts.out.join("train"));
@@ -247,7 +247,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
-        None => lock_folder(&opts.out, "another prepare")?,
+        None => lock_folder(&opts.out, "another prepare", ELSEWHERE)?,
     };
     let store = |name: &str, source: &Path, items: &[(PathBuf, u32)], later, pair| {
         let to = Target {

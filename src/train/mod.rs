@@ -51,7 +51,7 @@ use crate::step_log::{EpochClock, StepLog, StepSink};
 pub use crate::run_state::{EpochStats, Schedule};
 pub use data::{data_difference, load_data, loader_config, TrainData};
 pub use options::{resume_options, Stopped, TrainOptions, TrainReport};
-pub use run_dir::{check_run_folder, is_run_file, refuse_run_inside_data, resume_arg};
+pub use run_dir::{check_run_folder, is_run_file, lock_fix, refuse_run_inside_data, resume_arg};
 pub use schedule::{after_validation, set_by_hand};
 pub use setup::local_batch;
 

@@ -137,7 +137,9 @@ pub fn check_run_folder(
     if !dir.is_dir() {
         return Ok(());
     }
-    fsutil::check_not_locked(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed.is_some()))?;
+    let fix = lock_fix(resumed.is_some());
+    fsutil::check_not_locked(dir, TRAINING, fix)
+        .map_err(|e| unwritable(e, dir, resumed.is_some()))?;
     match resumed {
         Some(state) => refuse_other_runs(dir, state),
         None => refuse_existing_run(dir),
@@ -336,6 +338,16 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
 
 /// A resumed run writes in its own folder (--out does not go with
 /// --resume): where that folder cannot be written, the way on is a copy.
+/// What a run told its folder is locked does: a resume waits for the run
+/// there (a job stopped a moment ago may still be writing its last
+/// checkpoint, which the resume would then take), a new run goes elsewhere.
+pub fn lock_fix(resumed: bool) -> &'static str {
+    match resumed {
+        true => "wait for it to end (a job stopped a moment ago may still be writing its checkpoint), then run this command again",
+        false => fsutil::ELSEWHERE,
+    }
+}
+
 fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     match &e {
@@ -493,7 +505,8 @@ impl RunDir {
         })?;
         // Before anything in the folder is touched: the temporary files
         // removed next could be another run's.
-        let lock = fsutil::lock_folder(dir, TRAINING).map_err(|e| unwritable(e, dir, resumed))?;
+        let lock = fsutil::lock_folder(dir, TRAINING, lock_fix(resumed))
+            .map_err(|e| unwritable(e, dir, resumed))?;
         fsutil::remove_abandoned_temps(dir, is_run_file, true)?;
         let upto = resumed.then_some(state.progress.step);
         // Before the later checkpoints move: a refusal leaves all in place.
