@@ -653,12 +653,18 @@ fn a_checkpoint_past_the_file_size_limit_is_a_named_error() {
         err.contains("File too large") && err.contains("raise the file-size limit"),
         "{err}"
     );
+    // The folder is named: a run without --out would start another.
+    let again = format!("run the same command again, with --out {}", out.display());
+    assert!(err.contains(&again), "{err}");
     let left: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Run again as said, the limit raised: the folder takes it.
+    run_ok(&train_args(&d, &out, 1));
+    assert!(!checkpoint::list(&out).unwrap().is_empty());
 }
 
 /// A fresh run in a folder of the user's own files: a metrics file train

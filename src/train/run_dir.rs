@@ -682,8 +682,11 @@ impl RunDir {
                 p.display(),
                 self.resume_command(p, None)
             ),
+            // The folder named: without --out, the same command would
+            // start a new one and leave this one's logs apart.
             None => format!(
-                "no checkpoint of this run was written yet: {fix} and run the same command again"
+                "no checkpoint of this run was written yet: {fix} and run the same command again, with --out {}",
+                shell::word(&self.dir)
             ),
         }
     }
