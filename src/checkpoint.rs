@@ -222,6 +222,15 @@ pub fn state_of(path: &Path) -> Option<RunState> {
     serde_json::from_str(h["__metadata__"]["state"].as_str()?).ok()
 }
 
+/// The device flags the run of checkpoint `path` computed with (" --cpu",
+/// " --gpus 0,1"), for a command that resumes it; empty where it keeps
+/// none.
+pub fn device_flags(path: &Path) -> String {
+    checked_state_of(path)
+        .and_then(|s| s.compute)
+        .map_or(String::new(), |c| c.flags)
+}
+
 /// [`state_of`], its checksum checked: None for a damaged header too.
 pub fn checked_state_of(path: &Path) -> Option<RunState> {
     let meta: BTreeMap<String, String> =
@@ -642,11 +651,17 @@ fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
     let best = dir.join("best.safetensors");
     let best_ok = step_of(&best).is_some_and(|s| s <= upto) && other(&best);
     let good = good.or_else(|| best_ok.then_some(best));
+    // A resume goes on with the run's device flags, as it computed.
+    let flags = |p: &Path| match flag {
+        "--resume" => device_flags(p),
+        _ => String::new(),
+    };
     Error::Data(match good {
         Some(p) => format!(
-            "{e}; the newest good checkpoint is {}: pass it with {flag} {} (and delete the damaged file)",
+            "{e}; the newest good checkpoint is {}: pass it with {flag} {}{} (and delete the damaged file)",
             p.display(),
-            crate::shell::word(&p)
+            crate::shell::word(&p),
+            flags(&p)
         ),
         None => format!("{e}; no other checkpoint in {} verifies", dir.display()),
     })

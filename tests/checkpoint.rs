@@ -820,6 +820,9 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
             )),
             "{what}: {err}"
         );
+        // With the run's device flags: pasted, it computes as the run did.
+        let pass = format!("pass it with --resume {} --cpu (", previous.display());
+        assert!(err.contains(&pass), "{what}: {err}");
         // The damaged file named itself: the same way on, and so for a
         // command that reads it with --checkpoint.
         let o = run(&resume_args(&newest));
@@ -936,8 +939,9 @@ fn a_run_folder_is_never_shared_by_two_runs() {
     let o = run(&train_args(&d, &out, 1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
+    let go_on = format!("continue it with --resume {} --cpu or", out.display());
     assert!(
-        err.contains("already holds a run") && err.contains("--resume"),
+        err.contains("already holds a run") && err.contains(&go_on),
         "{err}"
     );
     // Said before the data is read: with data that is not there, the run

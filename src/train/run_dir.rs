@@ -375,10 +375,11 @@ pub fn is_run_file(name: &str) -> bool {
 fn refuse_existing_run(dir: &Path) -> Result<()> {
     if let Some((_, p)) = checkpoint::list(dir)?.last() {
         return Err(Error::Config(format!(
-            "{} already holds a run ({}); continue it with --resume {} or pass another --out",
+            "{} already holds a run ({}); continue it with --resume {}{} or pass another --out",
             dir.display(),
             p.display(),
-            shell::word(dir)
+            shell::word(dir),
+            checkpoint::device_flags(p)
         )));
     }
     if let Some(f) = earlier_results(dir) {
