@@ -1933,7 +1933,8 @@ fn printed_commands_quote_their_paths() {
     assert!(!ok, "a second run in {r} should be refused");
     let (_, resume) = err.split_once("--resume ").expect("a --resume hint");
     let (folder, _) = resume.split_once(" or pass").expect("the folder");
-    assert_eq!(shell_words(folder), vec![r], "{err}");
+    // The folder as one word, then the run's device flags.
+    assert_eq!(shell_words(folder), vec![r, "--cpu".into()], "{err}");
 }
 
 /// A run folder inside the class folders it trains on would be scanned as
