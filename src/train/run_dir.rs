@@ -336,8 +336,6 @@ fn restore_best(dir: &Path, state: &RunState, err: f64) -> Result<()> {
     Ok(())
 }
 
-/// A resumed run writes in its own folder (--out does not go with
-/// --resume): where that folder cannot be written, the way on is a copy.
 /// What a run told its folder is locked does: a resume waits for the run
 /// there (a job stopped a moment ago may still be writing its last
 /// checkpoint, which the resume would then take), a new run goes elsewhere.
@@ -348,6 +346,8 @@ pub fn lock_fix(resumed: bool) -> &'static str {
     }
 }
 
+/// A resumed run writes in its own folder (--out does not go with
+/// --resume): where that folder cannot be written, the way on is a copy.
 fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     match &e {
