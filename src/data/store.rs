@@ -413,16 +413,23 @@ pub fn balanced_subset(folder: &ImageFolder, k: usize) -> Vec<usize> {
             _ => ranges.push((i, i + 1)),
         }
     }
-    let k = k.min(items.len());
+    let by_class: Vec<Vec<usize>> = ranges.into_iter().map(|(s, e)| (s..e).collect()).collect();
+    round_robin(&by_class, k)
+}
+
+/// Rounds of one image per class (each class's images in the order
+/// given) until `k` are taken, or all are: sorted, as the set holds them.
+fn round_robin(by_class: &[Vec<usize>], k: usize) -> Vec<usize> {
+    let k = k.min(by_class.iter().map(Vec::len).sum());
     let mut chosen = Vec::with_capacity(k);
     let mut round = 0;
     while chosen.len() < k {
-        for &(start, end) in &ranges {
+        for c in by_class {
             if chosen.len() == k {
                 break;
             }
-            if start + round < end {
-                chosen.push(start + round);
+            if let Some(&i) = c.get(round) {
+                chosen.push(i);
             }
         }
         round += 1;
@@ -454,22 +461,7 @@ pub fn draw_by_class(
     for c in &mut by_class {
         rng.shuffle(c);
     }
-    let k = k.min(by_class.iter().map(Vec::len).sum());
-    let mut chosen = Vec::with_capacity(k);
-    let mut round = 0;
-    while chosen.len() < k {
-        for c in &by_class {
-            if chosen.len() == k {
-                break;
-            }
-            if let Some(&i) = c.get(round) {
-                chosen.push(i);
-            }
-        }
-        round += 1;
-    }
-    chosen.sort_unstable();
-    chosen
+    round_robin(&by_class, k)
 }
 
 /// The error for images that could not be decoded (`unread_error`), with
