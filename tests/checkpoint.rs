@@ -2542,6 +2542,54 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
     assert!(differs, "another rate trained the same weights");
 }
 
+/// `--resume RUN --lr X` from a checkpoint that ended the epoch before a
+/// milestone trains that epoch at X itself: the rate given is the one the
+/// epoch trains at, as from a checkpoint inside it (whose milestone has
+/// applied). The later milestones divide X by 10; a plain resume of the
+/// same checkpoint still takes the milestone's tenth of the run's rate.
+#[test]
+fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let first = t.path().join("first");
+    let mut a = train_args(&d, &first, 1);
+    a.extend(["--lr", "0.02", "--lr-milestones", "2,3"].map(String::from));
+    run_ok(&a);
+    let (hand, plain) = (t.path().join("hand"), t.path().join("plain"));
+    for to in [&hand, &plain] {
+        copy_run(&first, to);
+    }
+    let per_epoch = STEPS / EPOCHS;
+    let mut a = resume_args(&plain);
+    a.extend(["--epochs", "2"].map(String::from));
+    run_ok(&a);
+    for (step, lr) in lrs(&plain).into_iter().skip(per_epoch) {
+        assert!(
+            (lr - 0.002).abs() <= 1e-6 * 0.002,
+            "step {step}: {lr}, want 0.02 / 10"
+        );
+    }
+
+    let mut a = resume_args(&hand);
+    a.extend(["--epochs", "3", "--lr", "0.005"].map(String::from));
+    let o = run_logging(&a, "info");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the milestone at epoch 3 divides it"), "{err}");
+    let got = lrs(&hand);
+    assert_eq!(got.len(), STEPS);
+    for (step, lr) in got.into_iter().skip(per_epoch) {
+        let want = match step as usize <= 2 * per_epoch {
+            true => 0.005,
+            false => 0.0005,
+        };
+        assert!(
+            (lr - want).abs() <= 1e-6 * want,
+            "step {step}: {lr}, want {want}"
+        );
+    }
+}
+
 /// `--warmup E`: step s of the first W = E x 20 steps (steps.csv counts
 /// from 1) trains at lr x s / W, composed with the schedule (a milestone
 /// inside the warm-up divides the ramp by 10), logged as the f32 it

@@ -108,6 +108,9 @@ pub struct Trainer<'a> {
     pending: Option<Pending>,
     /// When the time limit is reached.
     deadline: Option<Instant>,
+    /// A rate set by hand (`--resume --lr`) is the one the resumed epoch
+    /// trains at: that epoch's milestone is not applied on top of it.
+    lr_by_hand: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -176,6 +179,7 @@ impl<'a> Trainer<'a> {
             per_step: 0.0,
             pending: None,
             deadline: opts.time_limit.and_then(|l| opts.started.checked_add(l)),
+            lr_by_hand: resumed && opts.lr_from_here.is_some(),
         })
     }
 
@@ -247,12 +251,15 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// The epoch's remaining steps (a milestone drops the lr first); None
-    /// at a stop (after its checkpoint; `report.stopped` says why).
+    /// The epoch's remaining steps (a milestone drops the lr first, unless
+    /// the rate was just set by hand); None at a stop (after its
+    /// checkpoint; `report.stopped` says why).
     pub fn epoch(&mut self) -> Result<Option<EpochClock>> {
         let epoch = self.state.progress.epoch;
         let first = self.state.progress.batches_done;
-        schedule::at_epoch_start(&mut self.state.progress, &self.opts.run.schedule);
+        if !std::mem::take(&mut self.lr_by_hand) {
+            schedule::at_epoch_start(&mut self.state.progress, &self.opts.run.schedule);
+        }
         let mut iter = self
             .passes
             .open(PassKey::Train { epoch, first }, &self.data)?;

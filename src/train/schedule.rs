@@ -50,6 +50,26 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
     p.since_best = 0;
 }
 
+/// What the schedule does with a rate set by hand at `p`: the plateau
+/// count starts again; the milestones after the resumed epoch divide it
+/// (not that epoch's own: the rate given is the one it trains at).
+pub fn after_hand(p: &Progress, schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Plateau { .. } => "the epochs without improvement count from here".into(),
+        Schedule::Milestones(m) => {
+            let next = p.epoch + usize::from(p.epoch_done);
+            let mut after: Vec<usize> = m.iter().copied().filter(|&e| e > next).collect();
+            after.sort_unstable();
+            let left: Vec<String> = after.iter().map(|e| e.to_string()).collect();
+            match left.len() {
+                0 => "no milestone is left to divide it".into(),
+                1 => format!("the milestone at epoch {} divides it", left[0]),
+                _ => format!("the milestones at epochs {} divide it", left.join(", ")),
+            }
+        }
+    }
+}
+
 /// Record an epoch's validation error in the schedule state: returns
 /// whether it is the best so far. The paper's schedule (section 5): divide
 /// the learning rate by 10 when the error has not improved for `patience`

@@ -281,8 +281,11 @@ pub fn start_state(
         display::resuming(ck, &st.progress);
         if let Some(lr) = opts.lr_from_here {
             info!(
-                "learning rate {:e} from step {} on (--lr; the run had reached {:e}); the epochs without improvement count from here",
-                lr, st.progress.step, st.progress.lr
+                "learning rate {:e} from step {} on (--lr; the run had reached {:e}); {}",
+                lr,
+                st.progress.step,
+                st.progress.lr,
+                schedule::after_hand(&st.progress, &st.options.schedule)
             );
             schedule::set_by_hand(&mut st.progress, lr);
         }
