@@ -569,6 +569,20 @@ fn contradictory_flags_are_refused() {
             &["--lr-milestones", flag],
         );
     }
+    // f32's least positive value is 2^-149 (about 1.4e-45): 0.01 / 10^43
+    // = 1e-45 rounds to it, and 1e-46 rounds to 0.
+    assert_error(
+        &[
+            "train",
+            "--cpu",
+            "--demo",
+            "--lr",
+            "0.01",
+            "--max-drops",
+            "44",
+        ],
+        &["--max-drops 44", "after 44 drops", "at most 43"],
+    );
     assert_error(
         &["train", "--cpu", "--demo", "--val", "9"],
         &["--val", "--demo"],
@@ -1495,6 +1509,9 @@ fn demo_takes_the_plateau_schedule_when_asked() {
     };
     assert_eq!(schedule("p", &["--patience", "1"]), plateau(1, 3));
     assert_eq!(schedule("m", &["--max-drops", "1"]), plateau(2, 1));
+    // 43 tenths leave 0.01 at f32's least positive value, not 0.
+    let most = ["--lr", "0.01", "--max-drops", "43"];
+    assert_eq!(schedule("most", &most), plateau(2, 43));
 }
 
 /// A demo run's data lives in a temporary folder that is gone when the run

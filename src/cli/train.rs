@@ -20,6 +20,7 @@ use alexnet_cuda::data::write_demo_train;
 use alexnet_cuda::dist::placement::{self, OnLayout};
 use alexnet_cuda::dist::world::World;
 use alexnet_cuda::dist::Layout;
+use alexnet_cuda::lr::tenth;
 use alexnet_cuda::metrics::MetricsFormat;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::{DropoutRule, InitRecipe, Topology};
@@ -495,9 +496,11 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
         check_milestones(m, run.epochs)?;
         run.schedule = Schedule::Milestones(m.clone());
     } else if !args.demo || args.patience.is_some() || args.max_drops.is_some() {
+        let max_drops = args.max_drops.unwrap_or(schedule::MAX_DROPS);
+        check_max_drops(max_drops, run.lr)?;
         run.schedule = Schedule::Plateau {
             patience: args.patience.map_or(schedule::PATIENCE, |p| p as usize),
-            max_drops: args.max_drops.unwrap_or(schedule::MAX_DROPS),
+            max_drops,
         };
     }
     if let Some(w) = args.warmup {
@@ -506,6 +509,20 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
     }
     run.crop = args.crop.map(|c| c as usize);
     run.seed = args.seed;
+    Ok(())
+}
+
+/// A drop past the one that leaves the rate 0 in f32 trains nothing: the
+/// epochs after it would change no weight (an f32 rate of 0.01 reaches 0
+/// after 44 tenths).
+fn check_max_drops(drops: usize, lr: f32) -> Result<()> {
+    let mut rate = lr;
+    for n in 1..=drops {
+        rate = tenth(rate);
+        if rate == 0.0 {
+            bail!("--max-drops {drops}: after {n} drops the learning rate {lr} is 0 in f32, and every epoch after trains nothing; pass at most {} (the paper divided three times)", n - 1);
+        }
+    }
     Ok(())
 }
 
