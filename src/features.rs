@@ -6,6 +6,7 @@
 //! a block of rows at a time (|q|^2 + |x|^2 - 2 q.x, the dot products by
 //! GEMM; the distances kept are recomputed exactly). `neighbors`: query
 //! images against a set's fc7, and `render_grid`, the picture of the result.
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1026,18 +1027,18 @@ impl GridCell {
     pub fn scaled(pixels: &[u8], side: usize, cell: usize, lines: [String; 2]) -> Result<Self> {
         let c = grid_cell(cell);
         Ok(GridCell {
-            pixels: scale_to(pixels, side as u32, c)?,
+            pixels: scale_to(pixels, side as u32, c)?.into_owned(),
             side: c as usize,
             lines,
         })
     }
 }
 
-/// A `side` square RGB picture scaled to `cell` pixels (as it is when
-/// `side` is `cell`).
-fn scale_to(pixels: &[u8], side: u32, cell: u32) -> Result<Vec<u8>> {
+/// A `side` square RGB picture scaled to `cell` pixels (borrowed as it is
+/// when `side` is `cell`, as the grid's cells are once scaled).
+fn scale_to(pixels: &[u8], side: u32, cell: u32) -> Result<Cow<'_, [u8]>> {
     if side == cell {
-        return Ok(pixels.to_vec());
+        return Ok(Cow::Borrowed(pixels));
     }
     let img = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(side, side, pixels)
         .ok_or_else(|| Error::Shape {
@@ -1047,7 +1048,8 @@ fn scale_to(pixels: &[u8], side: u32, cell: u32) -> Result<Vec<u8>> {
                 pixels.len()
             ),
         })?;
-    Ok(image::imageops::resize(&img, cell, cell, FilterType::Triangle).into_raw())
+    let scaled = image::imageops::resize(&img, cell, cell, FilterType::Triangle);
+    Ok(Cow::Owned(scaled.into_raw()))
 }
 
 /// A cell's side as the grid draws it: `--cell` held to 16 to 1024.
