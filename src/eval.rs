@@ -142,25 +142,12 @@ fn likeliest_other<T: PartialOrd + Copy>(row: &[T], label: usize) -> usize {
 }
 
 /// The `k` largest entries of `row` as (index, value), largest first; ties
-/// go to the lower index.
-pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+/// go to the lower index. Taken on log-probabilities (`log_mean_softmax`),
+/// classes whose probability is below f32's least keep their order.
+pub fn top_k(row: &[f64], k: usize) -> Vec<(usize, f64)> {
     let mut idx: Vec<usize> = (0..row.len()).collect();
     idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     idx.into_iter().take(k).map(|i| (i, row[i])).collect()
-}
-
-/// Mean of each image's `crops` consecutive rows of `probs` ([n * crops,
-/// classes] to [n, classes]).
-pub fn average_crops(probs: &[f32], crops: usize, classes: usize) -> Vec<f32> {
-    let crops = crops.max(1);
-    probs
-        .chunks_exact(crops * classes)
-        .flat_map(|img| {
-            (0..classes).map(move |c| {
-                (0..crops).map(|r| img[r * classes + c] as f64).sum::<f64>() as f32 / crops as f32
-            })
-        })
-        .collect()
 }
 
 /// Each image's log of its mean softmax over its `crops` consecutive rows
@@ -593,17 +580,16 @@ fn labels_present(set: &dyn ImageSource) -> Vec<bool> {
     present
 }
 
-/// Logits and softmax of preprocessed inputs `x` ([rows, C, H, W] in the
-/// network's input shape), run `chunk` rows at a time.
-pub fn forward_rows(net: &mut dyn Model, x: &[f32], chunk: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+/// Logits of preprocessed inputs `x` ([rows, C, H, W] in the network's
+/// input shape), run `chunk` rows at a time.
+pub fn forward_rows(net: &mut dyn Model, x: &[f32], chunk: usize) -> Result<Vec<f32>> {
     let t = net.topology();
     let per_row = t.channels * t.crop * t.crop;
-    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+    let mut logits = Vec::new();
     for part in x.chunks(per_row * chunk.max(1)) {
         let rows = part.len() / per_row;
         net.forward(part, &vec![0; rows], Mode::Eval)?;
         logits.extend(net.logits()?);
-        probs.extend(net.probs()?);
     }
-    Ok((logits, probs))
+    Ok(logits)
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint;
 use alexnet_cuda::data::{write_demo_dataset, ImageSet, ImageSource, LoaderConfig};
-use alexnet_cuda::eval::{average_crops, evaluate, log_mean_softmax, top_k, topk_hits, ClassTally};
+use alexnet_cuda::eval::{evaluate, log_mean_softmax, top_k, topk_hits, ClassTally};
 use alexnet_cuda::model::net::{Mode, Network};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::rng::Rng;
@@ -83,21 +83,6 @@ fn class_tally_against_sorted_rows() {
     t.add(&[0.25; 8], &[0, 2]);
     assert_eq!((t.counts(0), t.counts(2)), ((1, 0, 1), (1, 0, 1)));
     assert_eq!((t.confused(0, 1), t.confused(2, 0)), (1, 1));
-}
-
-#[test]
-fn average_crops_by_hand() {
-    // Two images, two crops each, three classes.
-    let probs = [
-        0.2, 0.3, 0.5, 0.4, 0.1, 0.5, //
-        1.0, 0.0, 0.0, 0.0, 0.0, 1.0,
-    ];
-    let avg = average_crops(&probs, 2, 3);
-    let want = [0.3, 0.2, 0.5, 0.5, 0.0, 0.5];
-    for (a, w) in avg.iter().zip(want) {
-        assert!((a - w).abs() < 1e-7, "{avg:?}");
-    }
-    assert_eq!(average_crops(&probs, 1, 3), probs.to_vec());
 }
 
 /// The ten crops cut by hand from 32x32 images (28x28 crops, so corners at
@@ -1521,6 +1506,72 @@ fn predict_reads_a_large_input_a_step_at_a_time() {
     assert!(
         !ok && err.contains(&said) && listing.is_empty(),
         "{said}: {listing}{err}"
+    );
+}
+
+/// `predict` ranks the classes by their log-probability, not by the
+/// probability in f32: for a network so confident (here fc8 scaled by 200)
+/// that many classes' softmax is below f32's least value (a logit gap over
+/// about 104), the listing still follows the logits --logits writes, every
+/// class in its place.
+#[test]
+fn predict_ranks_classes_whose_probability_underflows_by_their_logits() {
+    use alexnet_cuda::export::Tensor;
+    use alexnet_cuda::npy::{read_npy_f32, write_npy_f32};
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (_, run) = one_epoch_of_ten_classes(t.path());
+    let ck = checkpoint::load(&run.join("best.safetensors")).unwrap();
+    let mut tensors: Vec<Tensor> = ck.tensors.into_values().collect();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc8.")) {
+        t.data.iter_mut().for_each(|v| *v *= 200.0);
+    }
+    let sure = t.path().join("sure.safetensors");
+    checkpoint::save(&sure, &ck.state, &tensors).unwrap();
+    let (n, per) = (6, 3 * 28 * 28);
+    let mut rng = Rng::new(11);
+    let x: Vec<f32> = (0..n * per).map(|_| rng.normal() as f32).collect();
+    let (xp, lp) = (t.path().join("x.npy"), t.path().join("l.npy"));
+    write_npy_f32(&xp, &[n, 3, 28, 28], &x).unwrap();
+    let (ok, listing, err) = cli(&[
+        "predict",
+        "--cpu",
+        "--checkpoint",
+        &s(&sure),
+        "--input-npy",
+        &s(&xp),
+        "--top",
+        "10",
+        "--logits",
+        &s(&lp),
+    ]);
+    assert!(ok, "{err}");
+    let (_, logits) = read_npy_f32(&lp).unwrap();
+    let lists = listed(&listing);
+    assert_eq!(lists.len(), n, "{listing}");
+    let mut out_of_index_order = 0;
+    for (list, row) in lists.iter().zip(logits.chunks_exact(10)) {
+        let mut order: Vec<usize> = (0..10).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let ids: Vec<&str> = list.iter().map(|(id, _)| id.as_str()).collect();
+        let want: Vec<&str> = order
+            .iter()
+            .map(|&c| ck.state.classes[c].as_str())
+            .collect();
+        assert_eq!(ids, want, "logits {row:?}\n{listing}");
+        // The case that needs it: two classes below f32's least
+        // probability, the higher logit on the higher index.
+        let top = row[order[0]];
+        let low: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&c| top - row[c] > 110.0)
+            .collect();
+        out_of_index_order += low.windows(2).filter(|w| w[0] > w[1]).count();
+    }
+    assert!(
+        out_of_index_order > 0,
+        "no underflowing classes out of index order: {logits:?}"
     );
 }
 

@@ -108,7 +108,7 @@ fn accuracy(ck: &Checkpoint, photos: &[(PathBuf, usize)]) -> f64 {
     let mut net = Network::new(&cpu, &topo, 100, 0).expect("network");
     ck.restore(&mut net, false).expect("restore the weights");
     let x: Vec<f32> = photos.iter().flat_map(|(p, _)| input_of(p, ck)).collect();
-    let (logits, _) = forward_rows(&mut net, &x, 100).expect("forward");
+    let logits = forward_rows(&mut net, &x, 100).expect("forward");
     let hits = logits
         .chunks_exact(topo.classes)
         .zip(photos)

@@ -13,7 +13,9 @@ use alexnet_cuda::backend::Backend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::data::{batches, decode_some, unread_error, ImageSet, ImageSource, LoaderConfig};
 use alexnet_cuda::dist::{run_on_one, OnDevice};
-use alexnet_cuda::eval::{average_crops, forward_rows, loader_for, top_k, warn_of_ten_equal_crops};
+use alexnet_cuda::eval::{
+    forward_rows, loader_for, log_mean_softmax, top_k, warn_of_ten_equal_crops,
+};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::model::trainable::Model;
@@ -158,11 +160,12 @@ fn npy_rows(
     let mut out = Output::new(ck, args, shape[0])?;
     for start in (0..shape[0]).step_by(chunk) {
         let x = rows.read(start, chunk)?;
-        let (logits, probs) = forward_rows(net, &x, chunk)?;
+        let logits = forward_rows(net, &x, chunk)?;
+        let logp = log_mean_softmax(&logits, 1, ck.state.classes.len());
         let labels: Vec<String> = (start..start + x.len() / rows.cols)
             .map(|i| format!("{} row {i}", path.display()))
             .collect();
-        out.take(&labels, &logits, &probs)?;
+        out.take(&labels, &logits, &logp)?;
     }
     out.finish(None)
 }
@@ -216,12 +219,12 @@ fn image_rows(
             out.drop_logits();
         }
         failed.extend(errors);
-        let (logits, probs) = predict_group(net, ck, &cfg, pixels, read.len())?;
+        let (logits, logp) = predict_group(net, ck, &cfg, pixels, read.len())?;
         let labels: Vec<String> = read
             .iter()
             .map(|&i| group[i].display().to_string())
             .collect();
-        out.take(&labels, &logits, &probs)?;
+        out.take(&labels, &logits, &logp)?;
         bar.inc(group.len() as u64);
     }
     bar.finish_and_clear();
@@ -229,18 +232,18 @@ fn image_rows(
     out.finish(unread)
 }
 
-/// The logits (a row per crop) and the crop-averaged probabilities (a row
-/// per image) of `n` decoded images.
+/// The logits (a row per crop) and the log of the crop-averaged softmax (a
+/// row per image) of `n` decoded images.
 fn predict_group(
     net: &mut dyn Model,
     ck: &Checkpoint,
     cfg: &LoaderConfig,
     pixels: Vec<u8>,
     n: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+) -> Result<(Vec<f32>, Vec<f64>)> {
+    let (mut logits, mut logp) = (Vec::new(), Vec::new());
     if n == 0 {
-        return Ok((logits, probs));
+        return Ok((logits, logp));
     }
     let size = ck.state.preprocess.image_size;
     let set = ImageSet::from_parts(size, pixels, vec![0; n], ck.state.classes.clone())?;
@@ -248,11 +251,11 @@ fn predict_group(
     let idx: Vec<usize> = (0..n).collect();
     for b in batches(set, &idx, cfg, 0)? {
         let b = b?;
-        let (l, p) = forward_rows(net, &b.x, b.n * b.crops)?;
+        let l = forward_rows(net, &b.x, b.n * b.crops)?;
+        logp.extend(log_mean_softmax(&l, b.crops, ck.state.classes.len()));
         logits.extend(l);
-        probs.extend(average_crops(&p, b.crops, ck.state.classes.len()));
     }
-    Ok((logits, probs))
+    Ok((logits, logp))
 }
 
 /// What a preprocessed input holds under `p`, for a shape error.
@@ -319,23 +322,24 @@ impl<'a> Output<'a> {
         })
     }
 
-    /// Inputs `labels`: their logits rows and their probabilities, one row each.
-    fn take(&mut self, labels: &[String], logits: &[f32], probs: &[f32]) -> Result<()> {
+    /// Inputs `labels`: their logits rows and their log-probabilities
+    /// (`log_mean_softmax`), one row each.
+    fn take(&mut self, labels: &[String], logits: &[f32], logp: &[f64]) -> Result<()> {
         if let Some(w) = &mut self.logits {
             w.append(logits)?;
             self.rows += logits.len() / self.ck.state.classes.len().max(1);
         }
         self.predicted += labels.len();
         let classes = self.ck.state.classes.len().max(1);
-        for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
-            if !finite(row) {
+        for (label, row) in labels.iter().zip(logp.chunks_exact(classes)) {
+            if !scored(row) {
                 self.unscored.push(label.clone());
             }
         }
         if !self.listing {
             return Ok(());
         }
-        match print_top(self.ck, labels, probs, self.top) {
+        match print_top(self.ck, labels, logp, self.top) {
             Err(e) if e.kind() == ErrorKind::BrokenPipe && self.logits_path.is_some() => {
                 self.listing = false;
                 Ok(())
@@ -396,24 +400,26 @@ impl<'a> Output<'a> {
     }
 }
 
-/// Whether every value of `row` is a finite number.
-fn finite(row: &[f32]) -> bool {
-    row.iter().all(|v| v.is_finite())
+/// Whether a row of log-probabilities holds a prediction: NaN marks an
+/// output that overflowed (a probability of 0 is a log of -inf).
+fn scored(row: &[f64]) -> bool {
+    !row.iter().any(|v| v.is_nan())
 }
 
-/// Each input's label, then its `top` classes with probability, synset and name.
-fn print_top(ck: &Checkpoint, labels: &[String], probs: &[f32], top: usize) -> std::io::Result<()> {
+/// Each input's label, then its `top` classes with probability, synset and
+/// name, ranked by log-probability (`logp`).
+fn print_top(ck: &Checkpoint, labels: &[String], logp: &[f64], top: usize) -> std::io::Result<()> {
     let (names, classes) = (&ck.state.names, ck.state.classes.len());
     // Ranks right-aligned, so the columns line up past rank 9.
     let w = top.min(classes).to_string().len();
-    for (label, row) in labels.iter().zip(probs.chunks_exact(classes)) {
+    for (label, row) in labels.iter().zip(logp.chunks_exact(classes)) {
         outln!("{label}")?;
-        if !finite(row) {
+        if !scored(row) {
             outln!("  no prediction: the network's output is not a finite number")?;
             continue;
         }
-        for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
-            let (id, pct) = (&ck.state.classes[c], 100.0 * p);
+        for (rank, (c, lp)) in top_k(row, top).into_iter().enumerate() {
+            let (id, pct) = (&ck.state.classes[c], 100.0 * lp.exp());
             match names.get(c).filter(|n| !n.is_empty() && *n != id) {
                 Some(name) => outln!("  {:>w$}. {pct:6.2}%  {id}  {name}", rank + 1)?,
                 None => outln!("  {:>w$}. {pct:6.2}%  {id}", rank + 1)?,
