@@ -1178,6 +1178,35 @@ fn gpus_without_a_driver_or_gpu_is_an_error_not_a_panic() {
     let (ok, err) = run_env(&["train", "--gpus", gpu, "--demo"], &[("RUST_LOG", "info")]);
     assert!(!ok, "{err}");
     assert!(!err.contains("synthetic"), "demo set written first:\n{err}");
+    // ... and before NCCL is looked for, and before a command that runs a
+    // checkpoint reads it (here one that is not there) or its images.
+    let said: &[&str] = match driver_present() {
+        true => &["GPU 99", "found"],
+        false => &["libcuda", "--cpu"],
+    };
+    let gpus = format!("{gpu},{gpu}");
+    let ck = ["--checkpoint", "missing.safetensors"];
+    let data = ["--data", "missing-folder"];
+    let q = ["--query", "Cargo.toml"];
+    let (npy, png) = (["--out", "x.npy"], ["--out", "x.png"]);
+    let commands: [Vec<&str>; 5] = [
+        vec!["train", "--gpus", &gpus, "--parallel", "data", "--demo"],
+        [&["eval", "--gpus", gpu][..], &ck, &data].concat(),
+        [&["predict", "--gpus", gpu][..], &ck, &["Cargo.toml"]].concat(),
+        [&["features", "--gpus", gpu][..], &ck, &data, &npy].concat(),
+        [&["neighbors", "--gpus", gpu][..], &ck, &data, &q, &png].concat(),
+    ];
+    for args in &commands {
+        let (ok, err) = run_env(args, &[]);
+        assert!(
+            !ok && said.iter().all(|s| err.contains(s)),
+            "{args:?}:\n{err}"
+        );
+        assert!(
+            !err.contains("missing") && !err.contains("NCCL"),
+            "{args:?}:\n{err}"
+        );
+    }
 }
 
 #[test]

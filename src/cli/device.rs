@@ -53,8 +53,8 @@ pub struct CheckpointRunArgs {
 }
 
 impl CheckpointRunArgs {
-    /// The thread pool sized, then the flags checked (a bad one is reported
-    /// before any file is read), then the checkpoint loaded.
+    /// The thread pool sized, then the flags and the GPU checked (a bad
+    /// one is reported before any file is read), then the checkpoint loaded.
     pub fn start(&self) -> Result<(Request, Checkpoint)> {
         self.host.apply()?;
         let request = self.device.request_one()?;
@@ -227,12 +227,16 @@ impl DeviceArgs {
         f
     }
 
-    /// The request of a command that runs one network: one device.
+    /// The request of a command that runs one network: one device, its
+    /// GPU checked to be there.
     pub fn request_one(&self) -> Result<Request> {
         if let Some(list) = &self.gpus {
             device::one_gpu(list)?;
         }
-        self.request(&ParallelArgs::default(), &World::single())
+        let request = self.request(&ParallelArgs::default(), &World::single())?;
+        // Before any checkpoint or image is read: a missing GPU is said first.
+        placement::check_devices(&request, &World::single())?;
+        Ok(request)
     }
 
     /// On the CPU, the GPU-only flags are errors that say what to do.

@@ -186,9 +186,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(note) = placement::shared_gpus_note(&request, &world) {
         warn!("{note}");
     }
-    ensure_nccl(placement::nccl_use(&request, &world)?)?;
-    // Before the demo's images are written: a missing GPU is said first.
+    // Before the demo's images are written and NCCL is looked for: a
+    // missing GPU is said first.
     placement::check_devices(&request, &world)?;
+    ensure_nccl(placement::nccl_use(&request, &world)?)?;
     args.host.apply()?;
     let resume = match &args.resume {
         Some(p) => {
