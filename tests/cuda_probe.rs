@@ -61,3 +61,62 @@ fn backend_new_fails_cleanly_without_driver() {
     let r = alexnet_cuda::backend::cuda::CudaBackend::new(0, Default::default());
     assert!(matches!(r, Err(Error::NoDevice(_))));
 }
+
+/// A GPU asked for past those found is named with the ordinals there are,
+/// counted from 0 ("GPUs 0 to 1", not Rust's half-open "0..2").
+#[test]
+fn require_in_names_the_ordinals_there_are() {
+    let gpu = |ordinal| probe::DeviceInfo {
+        ordinal,
+        name: "test GPU".into(),
+        compute_capability: (9, 0),
+        total_memory: 1 << 30,
+    };
+    let said = |all: &[probe::DeviceInfo], want: usize| match probe::require_in(all, &[want]) {
+        Err(Error::NoDevice(msg)) => msg,
+        other => panic!("GPU {want} of {}: {other:?}", all.len()),
+    };
+    let two = [gpu(0), gpu(1)];
+    let msg = said(&two, 2);
+    assert!(
+        msg.contains("GPU 2 was asked for but 2 GPUs were found (GPUs 0 to 1"),
+        "{msg}"
+    );
+    let msg = said(&two[..1], 1);
+    assert!(msg.contains("1 GPU was found (only GPU 0"), "{msg}");
+    assert_eq!(
+        probe::require_in(&two, &[1, 0]).unwrap(),
+        vec![gpu(1), gpu(0)]
+    );
+}
+
+/// cuInit's failures, each with its own advice: no device visible points
+/// at CUDA_VISIBLE_DEVICES when it is set (nvidia-smi ignores it), the
+/// toolkit's stub library at LD_LIBRARY_PATH; every one offers --cpu.
+#[test]
+fn a_failed_cu_init_says_what_to_check() {
+    use cudarc::driver::sys::CUresult;
+    let none = probe::init_failed(CUresult::CUDA_ERROR_NO_DEVICE, Some(""));
+    assert!(
+        none.contains("CUDA_VISIBLE_DEVICES=\"\"") && none.contains("unset it"),
+        "{none}"
+    );
+    let unset = probe::init_failed(CUresult::CUDA_ERROR_NO_DEVICE, None);
+    assert!(
+        !unset.contains("CUDA_VISIBLE_DEVICES") && unset.contains("no GPU"),
+        "{unset}"
+    );
+    let stub = probe::init_failed(CUresult::CUDA_ERROR_STUB_LIBRARY, None);
+    assert!(
+        stub.contains("stubs/") && stub.contains("LD_LIBRARY_PATH"),
+        "{stub}"
+    );
+    let mismatch = probe::init_failed(CUresult::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, None);
+    assert!(
+        mismatch.contains("CUDA_ERROR_SYSTEM_DRIVER_MISMATCH") && mismatch.contains("nvidia-smi"),
+        "{mismatch}"
+    );
+    for msg in [none, unset, stub, mismatch] {
+        assert!(msg.contains("--cpu"), "{msg}");
+    }
+}

@@ -59,21 +59,47 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
     if !driver_present() {
         return Err(Error::NoDevice(NO_DRIVER.into()));
     }
-    result::init().map_err(|e| {
-        Error::NoDevice(format!(
-            "the CUDA driver is installed but failed to initialise ({e:?}); check the driver \
-             (nvidia-smi), or run on the CPU with --cpu"
-        ))
-    })?;
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    result::init().map_err(|e| Error::NoDevice(init_failed(e.0, visible.as_deref())))?;
     let count = result::device::get_count().map_err(|e| drv("device count", e))?;
     if count <= 0 {
-        return Err(Error::NoDevice(
-            "the CUDA driver found no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES, or run \
-             on the CPU with --cpu"
-                .into(),
-        ));
+        return Err(Error::NoDevice(no_gpu(visible.as_deref())));
     }
     (0..count).map(|i| info(i as usize)).collect()
+}
+
+/// Why cuInit failed, and what to do. With no GPU visible it fails with
+/// CUDA_ERROR_NO_DEVICE, so CUDA_VISIBLE_DEVICES (which nvidia-smi does
+/// not read) is the first suspect; a stub library (the toolkit's
+/// `stubs/` folder on LD_LIBRARY_PATH) cannot run anything.
+pub fn init_failed(code: sys::CUresult, visible: Option<&str>) -> String {
+    match code {
+        sys::CUresult::CUDA_ERROR_NO_DEVICE => no_gpu(visible),
+        sys::CUresult::CUDA_ERROR_STUB_LIBRARY => format!(
+            "the CUDA driver library loaded is the toolkit's stub ({code:?}): take the CUDA \
+             toolkit's stubs/ folder off LD_LIBRARY_PATH so the driver's libcuda.so.1 is found, \
+             or run on the CPU with --cpu"
+        ),
+        _ => format!(
+            "the CUDA driver is installed but failed to initialise ({code:?}); check the driver \
+             (nvidia-smi), or run on the CPU with --cpu"
+        ),
+    }
+}
+
+/// The driver sees no GPU: with CUDA_VISIBLE_DEVICES set (`visible`), it
+/// is the likely cause.
+fn no_gpu(visible: Option<&str>) -> String {
+    match visible {
+        Some(v) => format!(
+            "the CUDA driver found no GPU among CUDA_VISIBLE_DEVICES={v:?}: set it to GPUs that \
+             nvidia-smi lists (it does not read the variable), e.g. CUDA_VISIBLE_DEVICES=0, or \
+             unset it, or run on the CPU with --cpu"
+        ),
+        None => {
+            "the CUDA driver found no GPU: check nvidia-smi, or run on the CPU with --cpu".into()
+        }
+    }
 }
 
 /// One device's properties, through the driver API (no context is created).
@@ -115,12 +141,24 @@ pub fn require_in(all: &[DeviceInfo], ordinals: &[usize]) -> Result<Vec<DeviceIn
         .map(|&o| {
             all.get(o).cloned().ok_or_else(|| {
                 Error::NoDevice(format!(
-                    "GPU {o} was asked for but {} GPU{} found (ordinals 0..{})",
+                    "GPU {o} was asked for but {} GPU{} found ({}{})",
                     all.len(),
                     if all.len() == 1 { " was" } else { "s were" },
-                    all.len()
+                    match all.len() {
+                        1 => "only GPU 0".to_string(),
+                        n => format!("GPUs 0 to {}", n - 1),
+                    },
+                    within_visible()
                 ))
             })
         })
         .collect()
+}
+
+/// How ordinals count where CUDA_VISIBLE_DEVICES is set: within its list.
+fn within_visible() -> String {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) => format!(", numbered from 0 within CUDA_VISIBLE_DEVICES={v:?}"),
+        Err(_) => String::new(),
+    }
 }
