@@ -454,7 +454,7 @@ impl<'a> Trainer<'a> {
         }
         self.read_steps()?;
         self.state.progress.elapsed_s = self.elapsed();
-        self.save_tensors(false, false)?;
+        self.save_tensors(false, false, false)?;
         Ok(())
     }
 
@@ -464,7 +464,7 @@ impl<'a> Trainer<'a> {
     /// 30 s by default) cannot take the epoch with it; a resume validates.
     fn stop_in_validation(&mut self) -> Result<()> {
         self.state.progress.elapsed_s = self.elapsed();
-        self.save_tensors(false, false)?;
+        self.save_tensors(false, false, false)?;
         let p = &self.state.progress;
         info!(
             "stopping at epoch {}, step {} as asked, before the epoch's validation ended{}",
@@ -480,49 +480,43 @@ impl<'a> Trainer<'a> {
     /// whole on disk when this returns, and the plot redrawn; nothing
     /// without a run folder.
     pub fn save(&mut self, best: bool) -> Result<()> {
-        self.save_tensors(best, false).map(drop)
+        self.save_tensors(best, false, false)
     }
 
     /// The checkpoint at an epoch's end, written while the next epoch
     /// trains, and each layer's statistics for TensorBoard from the same
     /// tensors: the weights and momentum are read from the device once.
     fn save_epoch_end(&mut self, best: bool) -> Result<()> {
-        let step = self.state.progress.step;
-        match (self.save_tensors(best, true)?, &mut self.run_dir) {
-            (Some(tensors), Some(dir)) => dir.layers(step, &tensors),
-            _ => Ok(()),
-        }
+        self.save_tensors(best, true, true)
     }
 
     /// `save`, the file written in the background when `background`
-    /// (after the previous one's write has ended); returns the tensors
-    /// (None without a run folder).
-    fn save_tensors(&mut self, best: bool, background: bool) -> Result<Option<Arc<Vec<Tensor>>>> {
+    /// (after the previous one's write has ended); at an `epoch_end`, each
+    /// layer's statistics logged from its tensors, on disk before the
+    /// checkpoint is (a resume from it never writes them again). Nothing
+    /// without a run folder.
+    fn save_tensors(&mut self, best: bool, background: bool, epoch_end: bool) -> Result<()> {
         self.finish_write()?;
         let Some(dir) = &mut self.run_dir else {
-            return Ok(None);
+            return Ok(());
         };
         let t0 = Instant::now();
         let mut tensors = checkpoint::network_tensors(&*self.net, true)?;
         tensors.extend(self.mean_tensor.clone());
         let path = dir.checkpoint_path(&self.state, &tensors)?;
+        if epoch_end {
+            dir.layers(self.state.progress.step, &tensors)?;
+        }
         dir.sync_metrics()?;
-        let tensors = Arc::new(tensors);
         let read_s = t0.elapsed().as_secs_f64();
         let state = self.state.clone();
-        self.pending = Some(Pending::start(
-            path,
-            state,
-            Arc::clone(&tensors),
-            best,
-            read_s,
-        ));
+        self.pending = Some(Pending::start(path, state, Arc::new(tensors), best, read_s));
         dir.plot(&self.state.history);
         self.last_save = t0;
         if !background {
             self.finish_write()?;
         }
-        Ok(Some(tensors))
+        Ok(())
     }
 
     /// Wait for the checkpoint being written, if one is, and account for
@@ -756,7 +750,7 @@ impl<'a> Trainer<'a> {
         self.state.progress.elapsed_s = self.elapsed();
         // A stop's checkpoint is whole before the run returns; a periodic
         // one is written while the next steps train.
-        self.save_tensors(false, stop.is_none())?;
+        self.save_tensors(false, stop.is_none(), false)?;
         if stop == Some(Stopped::Signal) {
             info!(
                 "stopping at epoch {}, step {} as asked{}{}",

@@ -590,10 +590,10 @@ impl RunDir {
     }
 
     /// Each layer's weight RMS and update ratio at an epoch's end, from
-    /// the tensors its checkpoint was written with.
+    /// the tensors its checkpoint is written with (`sync_metrics` puts
+    /// them on disk).
     pub fn layers(&mut self, step: u64, tensors: &[Tensor]) -> Result<()> {
-        self.events.layers(step, tensors)?;
-        self.events.flush()
+        self.events.layers(step, tensors)
     }
 
     /// Where the checkpoint of `state` goes. A checkpoint is a point to go
