@@ -1203,6 +1203,17 @@ fn predict_and_export_cli() {
         .filter(|n| n.starts_with("d.npy"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    assert!(!err.contains("earlier one"), "{err}");
+    // Over a file from an earlier run: that file is kept as it was, and
+    // the error says it is the earlier one.
+    std::fs::write(&ld, b"earlier").unwrap();
+    let (ok, _, err) = cli(&with_logits);
+    assert!(
+        !ok && err.contains("the file there is an earlier one, left as it was"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ld).unwrap(), b"earlier");
+    std::fs::remove_file(&ld).unwrap();
     // A --logits name for another format is refused before any image is
     // read.
     let txt = s(&t.path().join("d.txt"));

@@ -364,8 +364,13 @@ impl<'a> Output<'a> {
         match (unread, self.logits, self.logits_path) {
             (Some(e), _, _) if self.predicted == 0 => bail!("{e}"),
             (Some(e), _, Some(path)) => bail!(
-                "{e}; the others' predictions are above, and {} was not written: --logits writes a row for every image",
-                path.display()
+                "{e}; the others' predictions are above, and {} was not written{}: --logits writes a row for every image",
+                path.display(),
+                if path.exists() {
+                    " (the file there is an earlier one, left as it was)"
+                } else {
+                    ""
+                }
             ),
             (Some(e), _, None) => bail!("{e}; the others' predictions are above"),
             (None, Some(w), Some(path)) => {
