@@ -1039,6 +1039,18 @@ fn predict_and_export_cli() {
         odd_listing.contains("caf\u{FFFD}.jpg") && odd_listing.contains("1. "),
         "{odd_listing}"
     );
+    // A line break in a name is shown escaped: it cannot start a line
+    // that reads as a rank of the listing.
+    let forged = t.path().join("x\n  1. 99.99%  forged.jpg");
+    std::fs::copy(&images[0], &forged).unwrap();
+    let (ok, listing, err) = cli(&[&args[..3], &[s(&forged).as_str()]].concat());
+    assert!(ok, "{err}");
+    let first = listing.lines().next().unwrap_or_default();
+    assert!(first.ends_with("x\\n  1. 99.99%  forged.jpg"), "{listing}");
+    let ranks = listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with("1. "));
+    assert_eq!(ranks.count(), 1, "{listing}");
     // A reader that stops reading at once (`| head -0`): no panic, the
     // status of a program ended by SIGPIPE, and the logits file whole.
     let lc = t.path().join("c.npy");

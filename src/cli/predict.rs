@@ -418,7 +418,8 @@ fn print_top(ck: &Checkpoint, labels: &[String], logp: &[f64], top: usize) -> st
     // Ranks right-aligned, so the columns line up past rank 9.
     let w = top.min(classes).to_string().len();
     for (label, row) in labels.iter().zip(logp.chunks_exact(classes)) {
-        outln!("{label}")?;
+        // Escaped: a line break in a file name would forge a line.
+        outln!("{}", fsutil::tsv_field(label))?;
         if !scored(row) {
             outln!("  no prediction: the network's output is not a finite number")?;
             continue;
