@@ -889,6 +889,14 @@ fn missing_input_files_name_their_flag() {
         &[&predict[..], &["https://example.com/a.jpg"]].concat(),
         &["a URL; download it first"],
     );
+    // A link to nothing (ls lists it): named as a link, with its target.
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("photo.jpg");
+    std::os::unix::fs::symlink("/mnt/unmounted/photo.jpg", &link).unwrap();
+    assert_error(
+        &[&predict[..], &[link.to_str().unwrap()]].concat(),
+        &["a link to /mnt/unmounted/photo.jpg, which does not exist"],
+    );
     // A packed store (its meta.json), or prepare's folder of two: no image
     // files in it, but `eval --data` scores its images.
     let out = tempfile::tempdir().unwrap();

@@ -341,9 +341,13 @@ pub fn existing_file(path: PathBuf) -> std::result::Result<PathBuf, String> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Err("a folder, not a file; pass a file in it".into()),
         Ok(_) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(not_found(&path.to_string_lossy()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(&path) {
+            Ok(to) => Err(format!(
+                "a link to {}, which does not exist (a drive or share not mounted?); mount it, or pass another file",
+                to.display()
+            )),
+            Err(_) => Err(not_found(&path.to_string_lossy())),
+        },
         Err(e) => Err(e.to_string()),
     }
 }
