@@ -179,7 +179,13 @@ fn refuse_slashed_file(flag: &str, path: &Path) -> Result<()> {
 /// [`load`] of what `--checkpoint` names ([`resolve`]).
 pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
     let file = resolve(path)?;
-    load(&file).map_err(|e| with_good_one(e, folder_of(&file), &file, "--checkpoint"))
+    load(&file).map_err(|e| good_one_for(e, &file))
+}
+
+/// `e`, the error of reading `file` (given with --checkpoint): where the
+/// file is a damaged checkpoint, with the newest good one of its folder.
+pub fn good_one_for(e: Error, file: &Path) -> Error {
+    with_good_one(e, folder_of(file), file, "--checkpoint")
 }
 
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
@@ -619,7 +625,7 @@ fn state_version(state_json: &str) -> Option<u64> {
 /// whose header cannot be read (cut short). Another program's file, an
 /// export, and a checkpoint of another version are whole, and must not
 /// be called damaged (the error's advice is to delete it).
-fn is_damaged(path: &Path) -> bool {
+pub fn is_damaged(path: &Path) -> bool {
     match read_header(path) {
         Some(h) => {
             let version = h["__metadata__"]["state"].as_str().and_then(state_version);

@@ -834,6 +834,14 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
         let err = String::from_utf8_lossy(&o.stderr);
         let pass = format!("pass it with --checkpoint {}", previous.display());
         assert!(!o.status.success() && err.contains(&pass), "{what}: {err}");
+        let png = t.path().join("filters.png").display().to_string();
+        let o = run(&["filters", "--checkpoint", &ck, "--out", &png].map(String::from));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(&pass),
+            "filters, {what}: {err}"
+        );
+        assert!(err.contains(needle), "filters, {what}: {err}");
         // Nor does a fresh run start from its weights.
         let mut init = train_args(&d, &t.path().join(format!("init-{what}")), 1);
         init.extend(["--init-from".into(), ck.clone()]);

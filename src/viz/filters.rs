@@ -145,6 +145,7 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
     })?;
     let file = path.display();
     let (tensors, meta) = export::read_safetensors_meta(path).map_err(|e| match e {
+        Error::Data(_) if checkpoint::is_damaged(path) => checkpoint::good_one_for(e, path),
         Error::Data(m) => Error::Data(format!("{m}; {CHECKPOINT_HINT}")),
         other => other,
     })?;
@@ -154,7 +155,8 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
     let meta_config = meta.get("config").cloned();
     let (named, tensors): (Option<String>, HashMap<String, Tensor>) =
         if checkpoint::is_checkpoint(&meta) {
-            let ck = checkpoint::from_parts(path, tensors, meta)?;
+            let ck = checkpoint::from_parts(path, tensors, meta)
+                .map_err(|e| checkpoint::good_one_for(e, path))?;
             let topo = ck.state.net.topology()?;
             (Some(topo.name), ck.tensors)
         } else {
