@@ -1800,6 +1800,49 @@ fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
     }
 }
 
+/// `eval --confusion F.png` with 30 classes (cells of 24 pixels): counts
+/// of two digits are written in their cells; one of four (about 29 pixels
+/// in the 12-pixel font) would spill into the next cell, so then no cell
+/// holds a count, and each is its shade alone.
+#[test]
+fn confusion_png_counts_only_where_they_fit() {
+    use alexnet_cuda::viz::confusion::write_png;
+    let t = tempfile::tempdir().unwrap();
+    let n = 30;
+    let names: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
+    for (extra, counts) in [(0, true), (1000, false)] {
+        let mut tally = ClassTally::new(n);
+        for k in 0..n {
+            for (pred, times) in [(k, 6 + if k == 0 { extra } else { 0 }), ((k + 1) % n, 3)] {
+                let mut row = vec![0.0f32; n];
+                row[pred] = 1.0;
+                for _ in 0..times {
+                    tally.add(&row, &[k as u32]);
+                }
+            }
+        }
+        let path = t.path().join(format!("c{extra}.png"));
+        let l = write_png(&path, &names, &tally).unwrap();
+        assert_eq!(l.cell, 24);
+        let img = image::open(&path).unwrap().to_rgb8();
+        // A cell is inked when it holds a colour other than its corner's.
+        let inked = |tr: usize, p: usize| {
+            let (x0, y0) = (l.left + p * l.cell, l.top + tr * l.cell);
+            let shade = img.get_pixel(x0 as u32, y0 as u32).0;
+            (0..l.cell * l.cell).any(|i| {
+                let (x, y) = (x0 + i % l.cell, y0 + i / l.cell);
+                img.get_pixel(x as u32, y as u32).0 != shade
+            })
+        };
+        assert_eq!(inked(1, 1), counts, "cell (1, 1) holding 6, extra {extra}");
+        assert_eq!(inked(0, 1), counts, "cell (0, 1) holding 3, extra {extra}");
+        if !counts {
+            let any = (0..n * n).find(|&i| inked(i / n, i % n));
+            assert_eq!(any.map(|i| (i / n, i % n)), None, "a count drawn");
+        }
+    }
+}
+
 /// A checkpoint that subtracts its training set's mean image (the paper's
 /// preprocessing, as `alexnet-half` does) is not run on a store of another
 /// size, where that image would not fit: the error names the size to

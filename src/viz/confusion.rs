@@ -2,8 +2,8 @@
 //! true class, column = the top-1 class; each cell is shaded by its share
 //! of the row, on a square-root scale so that confusions of a few percent
 //! still show against the diagonal. With 40 classes or fewer the rows are
-//! named, and with 30 or fewer (cells of 24 pixels, room for a number) the
-//! cells hold their counts; with ImageNet's 1,000 each cell is
+//! named, and with 30 or fewer (cells of 24 pixels or more) the cells hold
+//! their counts where the largest fits; with ImageNet's 1,000 each cell is
 //! a pixel, where groups of related classes (the dog breeds) show as blocks.
 use std::path::Path;
 
@@ -128,7 +128,11 @@ fn text<DB: DrawingBackend>(
         root.draw_text(&row_name(names, c), &left, at(4, y))?;
         root.draw_text(&c.to_string(), &centred, at(l.left + c * l.cell + half, 11))?;
     }
-    if l.cell < 24 {
+    // Counts only where the widest fits its cell: a number spilling into
+    // the next cell would read as that cell's.
+    let widest = (0..n * n).map(|i| tally.confused(i / n, i % n)).max();
+    let (w, _) = root.estimate_text_size(&widest.unwrap_or(0).to_string(), &style)?;
+    if l.cell < 24 || w as usize + 2 > l.cell {
         return Ok(());
     }
     for t in 0..n {
