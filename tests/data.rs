@@ -489,6 +489,17 @@ fn absurd_dimensions_are_refused_before_decoding() -> TestResult {
     expect_image_err(decode_file(&p, 8), &p);
     let text = format!("{:?}", decode_file(&p, 8));
     assert!(text.contains("at most 20000 pixels a side"), "{text}");
+    // Within the sides but past the pixels: a 12000 x 9000 photo (108
+    // megapixels, as some phones take) is told to be scaled down. Its
+    // header alone: the limit is checked before any pixel is read.
+    let big = t.path().join("phone.ppm");
+    fs::write(&big, b"P6\n12000 9000\n255\n")?;
+    let text = format!("{}", decode_file(&big, 8).expect_err("past the limit"));
+    assert!(text.contains("12000x9000 pixels take 308 MB"), "{text}");
+    assert!(
+        text.contains("scale a photo this large down first"),
+        "{text}"
+    );
     Ok(())
 }
 
