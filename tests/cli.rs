@@ -1340,6 +1340,29 @@ fn device_flags_that_are_not_built_are_refused() {
         &["bench-step", "--cpu", "--deterministic"],
         &["--deterministic", "CPU"],
     );
+    // Without --cpu, on a machine with no GPU: the missing GPU is the news,
+    // not the CPU backend's fp32 (a GPU machine would run these).
+    if !driver_present() {
+        assert_error(
+            &["train", "--precision", "bf16", "--demo"],
+            &[
+                "--precision bf16 needs a GPU",
+                "none was found",
+                "drop --precision bf16",
+            ],
+        );
+        assert_error(
+            &[
+                "eval",
+                "--tf32",
+                "--checkpoint",
+                "none.safetensors",
+                "--data",
+                "x",
+            ],
+            &["--tf32 needs a GPU", "none was found"],
+        );
+    }
 }
 
 /// RUST_LOG: a level shows the lines at and above it (debug included) and

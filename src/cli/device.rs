@@ -156,7 +156,7 @@ impl DeviceArgs {
             );
         }
         if cpu {
-            self.check_cpu_flags()?;
+            self.check_cpu_flags(!self.cpu)?;
         } else if par.replicas.is_some() {
             bail!(
                 "--replicas counts CPU devices (with --cpu); with GPUs, list them: --gpus 0,1,2,3"
@@ -239,23 +239,30 @@ impl DeviceArgs {
         Ok(request)
     }
 
-    /// On the CPU, the GPU-only flags are errors that say what to do.
-    fn check_cpu_flags(&self) -> Result<()> {
-        if self.precision != PrecisionFlag::Fp32 {
-            bail!(
-                "--precision {}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)",
-                flag_value(&self.precision)
-            );
+    /// On the CPU, the GPU-only flags are errors that say what to do; where
+    /// the CPU was `chosen` because no GPU was found (no --cpu given), the
+    /// missing GPU is the news.
+    fn check_cpu_flags(&self, chosen: bool) -> Result<()> {
+        let flag = if self.precision != PrecisionFlag::Fp32 {
+            format!("--precision {}", flag_value(&self.precision))
+        } else {
+            let cuda_only = [
+                (self.fallback_conv, "--fallback-conv"),
+                (self.tf32, "--tf32"),
+                (self.deterministic, "--deterministic"),
+            ];
+            match cuda_only.iter().find(|(on, _)| *on) {
+                Some((_, name)) => name.to_string(),
+                None => return Ok(()),
+            }
+        };
+        if chosen {
+            bail!("{flag} needs a GPU, and none was found (no CUDA driver or GPU; `RUST_LOG=info` shows why): run where one is, or drop {flag} to train on the CPU");
         }
-        let cuda_only = [
-            (self.fallback_conv, "fallback-conv"),
-            (self.tf32, "tf32"),
-            (self.deterministic, "deterministic"),
-        ];
-        if let Some((_, name)) = cuda_only.iter().find(|(on, _)| *on) {
-            bail!("--{name} selects how CUDA computes; it has no meaning with the CPU backend (which computes in strict fp32 and repeats bit for bit): drop it, or pass --gpus");
+        match flag.starts_with("--precision") {
+            true => bail!("{flag}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)"),
+            false => bail!("{flag} selects how CUDA computes; it has no meaning with the CPU backend (which computes in strict fp32 and repeats bit for bit): drop it, or pass --gpus"),
         }
-        Ok(())
     }
 
     /// The CUDA backend's options the flags ask for.
