@@ -120,3 +120,29 @@ fn a_failed_cu_init_says_what_to_check() {
         assert!(msg.contains("--cpu"), "{msg}");
     }
 }
+
+/// A CUDA 13 library on LD_LIBRARY_PATH under a name cudarc does not open
+/// (`libcublas.so.13`) is found, and only that: not `libcublasLt.so.13`,
+/// another library, nor `.so.12`, which cudarc opens itself.
+#[test]
+fn a_library_under_a_name_cudarc_does_not_open_is_found() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    for f in ["libcublasLt.so.13", "libcublas.so.12", "libnvrtc.so.13.2"] {
+        std::fs::write(a.join(f), b"").unwrap();
+    }
+    std::fs::write(b.join("libcublas.so.13"), b"").unwrap();
+    let dirs = [a.clone(), b.clone()];
+    assert_eq!(
+        probe::unopened_in(&dirs, "cublas"),
+        Some(b.join("libcublas.so.13"))
+    );
+    assert_eq!(
+        probe::unopened_in(&dirs, "nvrtc"),
+        Some(a.join("libnvrtc.so.13.2"))
+    );
+    assert_eq!(probe::unopened_in(&dirs[..1], "cublas"), None);
+    assert_eq!(probe::unopened_in(&dirs, "cudnn"), None);
+}

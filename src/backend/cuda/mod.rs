@@ -315,12 +315,14 @@ impl CudaBackend {
             .ok_or_else(|| Error::NoDevice(format!("GPU {ordinal} not found")))?;
         // SAFETY: only dlopen checks; cudarc panics on first use of a missing library.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::NoDevice(
-                "cuBLAS (libcublas.so) not found: install the CUDA libraries (for example the \
-                 nvidia-cublas-cu12 wheel) and put them on LD_LIBRARY_PATH, or run on the CPU \
-                 with --cpu"
-                    .into(),
-            ));
+            return Err(Error::NoDevice(format!(
+                "cuBLAS (libcublas.so) not found: {}",
+                probe::library_fix(
+                    "cublas",
+                    "install the CUDA libraries (for example the nvidia-cublas-cu12 wheel) and \
+                     put them on LD_LIBRARY_PATH, or run on the CPU with --cpu"
+                )
+            )));
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err(OP))?;
         let stream = ctx.new_stream().map_err(cuda_err(OP))?;
@@ -357,8 +359,10 @@ impl CudaBackend {
                 }
             }
         } else {
+            let fix = probe::library_fix("cudnn", "");
             tracing::info!(
-                "cuda:{ordinal}: cuDNN (libcudnn.so) not found; convolutions use im2col + cuBLAS"
+                "cuda:{ordinal}: cuDNN (libcudnn.so) not found; convolutions use im2col + cuBLAS{}{fix}",
+                if fix.is_empty() { "" } else { "; " }
             );
             None
         };

@@ -104,10 +104,14 @@ fn load_one(
         return Err(Error::Cuda {
             op: "kernel load",
             detail: format!(
-                "module {}: {fatbin_problem}, and NVRTC (libnvrtc.so) is not installed to \
-                 compile the source at run time; install the CUDA runtime compiler \
-                 (nvidia-cuda-nvrtc) or a driver new enough for the embedded PTX",
-                m.name
+                "module {}: {fatbin_problem}, and NVRTC (libnvrtc.so) is not found to \
+                 compile the source at run time: {}",
+                m.name,
+                super::probe::library_fix(
+                    "nvrtc",
+                    "install the CUDA runtime compiler (nvidia-cuda-nvrtc) or a driver new \
+                     enough for the embedded PTX"
+                )
             ),
         });
     }
@@ -140,11 +144,13 @@ fn load_one(
 /// PTX. Needs only libnvrtc, no GPU or driver (`alexnet-cuda nvrtc-check`).
 pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)>> {
     if !nvrtc_present() {
-        return Err(Error::NoDevice(
-            "NVRTC (libnvrtc.so) not found: put it on LD_LIBRARY_PATH (scripts/setup-nvcc \
-             installs it into .cuda/)"
-                .into(),
-        ));
+        return Err(Error::NoDevice(format!(
+            "NVRTC (libnvrtc.so) not found: {}",
+            super::probe::library_fix(
+                "nvrtc",
+                "put it on LD_LIBRARY_PATH (scripts/setup-nvcc installs it into .cuda/)"
+            )
+        )));
     }
     MODULES
         .iter()

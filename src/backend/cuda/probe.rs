@@ -6,6 +6,8 @@
 //! so every entry point here first asks whether the library can be opened at
 //! all, and turns absence into `Error::NoDevice` with a message that says
 //! what to install or which flag to use instead.
+use std::path::PathBuf;
+
 use cudarc::driver::{result, sys};
 
 use crate::error::{Error, Result};
@@ -160,5 +162,54 @@ fn within_visible() -> String {
     match std::env::var("CUDA_VISIBLE_DEVICES") {
         Ok(v) => format!(", numbered from 0 within CUDA_VISIBLE_DEVICES={v:?}"),
         Err(_) => String::new(),
+    }
+}
+
+/// A CUDA library `lib{name}.so.N` on LD_LIBRARY_PATH under a major past
+/// those cudarc opens (it tries the plain name and `.so.12` down to
+/// `.so.1`): CUDA 13's wheels install `libcublas.so.13`, `libnvrtc.so.13`.
+pub fn unopened_name(name: &str) -> Option<PathBuf> {
+    let ld = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&ld)
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    unopened_in(&dirs, name)
+}
+
+/// [`unopened_name`] among `dirs`, the first folder first.
+pub fn unopened_in(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    let prefix = format!("lib{name}.so.");
+    let past_12 = |file: &str| {
+        let major = file.strip_prefix(&prefix).and_then(|v| v.split('.').next());
+        major
+            .and_then(|m| m.parse::<u32>().ok())
+            .is_some_and(|m| m > 12)
+    };
+    dirs.iter().find_map(|d| {
+        let mut files: Vec<String> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| past_12(f))
+            .collect();
+        files.sort();
+        files.first().map(|f| d.join(f))
+    })
+}
+
+/// What to do about the CUDA library `name` that cudarc did not find:
+/// where LD_LIBRARY_PATH holds it under a name cudarc does not open, the
+/// link that fixes it; else `otherwise`.
+pub fn library_fix(name: &str, otherwise: &str) -> String {
+    match unopened_name(name) {
+        Some(p) => format!(
+            "{} is on LD_LIBRARY_PATH under a name cudarc does not open: make a link \
+             lib{name}.so to it in a folder on LD_LIBRARY_PATH (ln -s {} DIR/lib{name}.so; \
+             docs/cuda.md, \"Running: the libraries\")",
+            p.display(),
+            crate::shell::word(&p)
+        ),
+        None => otherwise.to_string(),
     }
 }
