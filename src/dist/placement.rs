@@ -177,7 +177,7 @@ pub fn run_on<F: OnLayout>(
         return f.run(layout);
     }
     let (ids, p) = gpu_plan(req, world)?;
-    for d in require_gpus(req, &ids)? {
+    for d in require_gpus(req, &ids, world)? {
         info!("using {d}");
     }
     let devs = ids
@@ -263,8 +263,13 @@ pub fn shared_gpus_note(req: &Request, world: &World) -> Option<String> {
         .gpus
         .as_ref()
         .filter(|_| !req.cpu && world.local_size > 1)?;
+    // A launcher that sets CUDA_VISIBLE_DEVICES per process gives each its own GPUs.
+    let own = match &world.visible_gpus {
+        Some(v) => format!(" (--gpus counts within CUDA_VISIBLE_DEVICES={v:?}: where each process was given its own, as srun --gpus-per-task does, they do not)"),
+        None => String::new(),
+    };
     Some(format!(
-        "--gpus {list} with LOCAL_WORLD_SIZE={}: unless each process on this machine was given its own list, they drive the same GPUs, which NCCL refuses; under torchrun, leave --gpus out and each process drives the GPU of its LOCAL_RANK",
+        "--gpus {list} with LOCAL_WORLD_SIZE={}: unless each process on this machine was given its own list, they drive the same GPUs, which NCCL refuses{own}; under torchrun, leave --gpus out and each process drives the GPU of its LOCAL_RANK",
         world.local_size
     ))
 }
@@ -291,25 +296,41 @@ pub fn check_devices(req: &Request, world: &World) -> Result<()> {
         return Ok(());
     }
     let (ids, _) = gpu_plan(req, world)?;
-    require_gpus(req, &ids).map(|_| ())
+    require_gpus(req, &ids, world).map(|_| ())
 }
 
 /// The distinct GPUs of `ids`, each probed; a missing one taken from
 /// LOCAL_RANK says so (more processes on a machine than it has GPUs).
-fn require_gpus(req: &Request, ids: &[usize]) -> Result<Vec<probe::DeviceInfo>> {
+fn require_gpus(req: &Request, ids: &[usize], world: &World) -> Result<Vec<probe::DeviceInfo>> {
     let mut distinct = ids.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
     let all = probe::devices()?;
     let missing = distinct.iter().find(|&&g| g >= all.len());
-    if let (None, Some(g)) = (&req.gpus, missing) {
-        return Err(Error::NoDevice(format!(
-            "GPU {g} was asked for but this machine has {}: {}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus",
+    if let (None, Some(&g)) = (&req.gpus, missing) {
+        return Err(Error::NoDevice(local_rank_missing(
+            req,
+            g,
             all.len(),
-            gpus_named(req, &g.to_string())
+            world,
         )));
     }
     probe::require_in(&all, &distinct)
+}
+
+/// GPU `g`, taken from LOCAL_RANK, is past the `found` this process sees:
+/// too many processes on the machine, or (CUDA_VISIBLE_DEVICES set) a
+/// launcher that gave each process its own GPUs, numbered from 0.
+fn local_rank_missing(req: &Request, g: usize, found: usize, world: &World) -> String {
+    let named = gpus_named(req, &g.to_string());
+    match &world.visible_gpus {
+        Some(v) => format!(
+            "GPU {g} was asked for but this process sees {found} (CUDA_VISIBLE_DEVICES={v:?}, numbered from 0): {named}; where the launcher gives each process its own GPUs (srun --gpus-per-task), pass --gpus 0, else launch at most one process per GPU"
+        ),
+        None => format!(
+            "GPU {g} was asked for but this machine has {found}: {named}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus"
+        ),
+    }
 }
 
 /// Hybrid on GPUs reduces each tower's half in its own NCCL communicator
@@ -708,6 +729,48 @@ mod tests {
         let mut cpu = gpus("0", Some(Parallel::Data));
         cpu.cpu = true;
         assert_eq!(shared_gpus_note(&cpu, &shared), None);
+        // Under a launcher that sets CUDA_VISIBLE_DEVICES per process, the
+        // same --gpus may be each process's own GPU: the note says so.
+        let visible = World {
+            visible_gpus: Some("3".into()),
+            ..shared.clone()
+        };
+        let note = shared_gpus_note(&gpus("0", Some(Parallel::Data)), &visible).unwrap();
+        assert!(
+            note.contains("CUDA_VISIBLE_DEVICES=\"3\"") && note.contains("srun"),
+            "{note}"
+        );
+        assert!(!shared_gpus_note(&gpus("0", None), &shared)
+            .unwrap()
+            .contains("CUDA_VISIBLE"));
+    }
+
+    /// LOCAL_RANK past the GPUs a process sees: too many processes, or,
+    /// with CUDA_VISIBLE_DEVICES set, each given its own GPU (--gpus 0).
+    #[test]
+    fn a_local_rank_past_the_gpus_seen_names_the_likely_cause() {
+        let mut r = gpus("", Some(Parallel::Data));
+        r.gpus = None;
+        let w = World {
+            local_rank: 1,
+            local_rank_set: true,
+            ..World::single()
+        };
+        let e = local_rank_missing(&r, 1, 1, &w);
+        assert!(
+            e.contains("this machine has 1") && e.contains("--nproc-per-node"),
+            "{e}"
+        );
+        let w = World {
+            visible_gpus: Some("5".into()),
+            ..w
+        };
+        let e = local_rank_missing(&r, 1, 1, &w);
+        assert!(
+            e.contains("this process sees 1 (CUDA_VISIBLE_DEVICES=\"5\"")
+                && e.contains("pass --gpus 0"),
+            "{e}"
+        );
     }
 
     #[test]

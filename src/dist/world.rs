@@ -44,6 +44,9 @@ pub struct World {
     /// waits on another once training runs (a validation or checkpoint
     /// much slower in one process) before calling it stopped or hung.
     pub peer_for: Duration,
+    /// CUDA_VISIBLE_DEVICES as set: GPU ordinals count within its list,
+    /// which a launcher may set for each process (srun --gpus-per-task).
+    pub visible_gpus: Option<String>,
 }
 
 /// The ranks' meeting time when ALEXNET_CONNECT_TIMEOUT is not set.
@@ -89,6 +92,7 @@ impl World {
             listen_fd: None,
             connect_for: CONNECT_FOR,
             peer_for: PEER_FOR,
+            visible_gpus: None,
         }
     }
 
@@ -163,6 +167,7 @@ impl World {
             return Ok(World {
                 local_rank,
                 local_rank_set,
+                visible_gpus: var("CUDA_VISIBLE_DEVICES"),
                 ..World::single()
             });
         }
@@ -232,6 +237,7 @@ impl World {
             listen_fd,
             connect_for,
             peer_for,
+            visible_gpus: var("CUDA_VISIBLE_DEVICES"),
         })
     }
 
@@ -384,6 +390,12 @@ mod tests {
         assert!(!world(&vars).unwrap().local_rank_set);
         let set = [&vars[..], &[("LOCAL_RANK", "0")]].concat();
         assert!(world(&set).unwrap().local_rank_set);
+        // CUDA_VISIBLE_DEVICES is kept as given, in one process or several.
+        assert_eq!(world(&vars).unwrap().visible_gpus, None);
+        let seen = [&vars[..], &[("CUDA_VISIBLE_DEVICES", "2,3")]].concat();
+        assert_eq!(world(&seen).unwrap().visible_gpus.as_deref(), Some("2,3"));
+        let one = world(&[("CUDA_VISIBLE_DEVICES", "")]).unwrap();
+        assert_eq!(one.visible_gpus.as_deref(), Some(""));
     }
 
     #[test]
