@@ -47,7 +47,7 @@ use crate::run_state::EpochStats;
 use crate::tensorboard_pb::event::What;
 use crate::tensorboard_pb::summary::{self, value};
 use crate::tensorboard_pb::{Event, SessionLog, SessionStatus, Summary};
-use crate::viz::filters::{render, Conv1};
+use crate::viz::filters::{render, Conv1, Scale};
 use tracing::warn;
 
 /// CRC32C (Castagnoli) masked as TFRecord stores it.
@@ -511,7 +511,7 @@ impl EventWriter {
                 return Ok(());
             }
         };
-        let (layout, rgb) = render(&conv1);
+        let (layout, rgb) = render(&conv1, Scale::Kernel);
         let (width, height) = (dim(layout.width)?, dim(layout.height)?);
         let mut png = Vec::new();
         PngEncoder::new(&mut png)

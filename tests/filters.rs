@@ -91,7 +91,7 @@ fn the_picture_size_follows_the_table() {
         let conv1 = filters::load(&w, None).unwrap();
         assert_eq!(conv1.towers, vec![per; towers], "{config}");
         let png = dir.path().join(format!("{config}.png"));
-        filters::write_png(&conv1, &png).unwrap();
+        filters::write_png(&conv1, &png, filters::Scale::Kernel).unwrap();
         let img = image::open(&png).unwrap().to_rgb8();
         assert_eq!(
             img.dimensions(),
@@ -325,6 +325,9 @@ fn every_kernel_spans_the_full_range_and_sits_in_its_tower() {
     for (j, v) in data[50 * n..51 * n].iter_mut().enumerate() {
         *v = j as f32;
     }
+    let (lo, hi) = data
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     let w = dir.path().join("w.safetensors");
     conv1_file(&w, "alexnet", &[96, 3, 11, 11], data);
     let png = dir.path().join("p.png");
@@ -372,6 +375,28 @@ fn every_kernel_spans_the_full_range_and_sits_in_its_tower() {
                 let got = img.get_pixel(x0 + kx * 4 + dx, y0 + ky * 4 + dy).0;
                 assert_eq!(got, want, "ramp at ({kx}, {ky})");
             }
+        }
+    }
+    // --scale layer: the ramp by the layer's range, lo..hi to 0..255.
+    let (ok, _, err) = cli(&[
+        "filters",
+        "--checkpoint",
+        w.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--scale",
+        "layer",
+    ]);
+    assert!(ok, "{err}");
+    let img = image::open(&png).unwrap().to_rgb8();
+    for ky in 0..11u32 {
+        for kx in 0..11u32 {
+            let want: [u8; 3] = std::array::from_fn(|c| {
+                let v = (c as u32 * 121 + ky * 11 + kx) as f32;
+                ((v - lo) / (hi - lo) * 255.0).round() as u8
+            });
+            let got = img.get_pixel(x0 + kx * 4, y0 + ky * 4).0;
+            assert_eq!(got, want, "ramp at ({kx}, {ky}), layer scale");
         }
     }
 }

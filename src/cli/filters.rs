@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use alexnet_cuda::viz::filters;
+use alexnet_cuda::viz::filters::{self, Scale};
 
 use super::common::{named_as, not_a_run_file};
 
@@ -21,9 +21,28 @@ pub struct FiltersArgs {
     // A string, as train's --config: the library resolves and lists the names.
     #[arg(long)]
     config: Option<String>,
+    /// How weights map to grey levels: kernel (each kernel's own min..max, every pattern visible) or layer (one range for all, as cuda-convnet's shownet.py draws filters: weak kernels look faint).
+    #[arg(long, value_enum, default_value_t = ScaleFlag::Kernel)]
+    scale: ScaleFlag,
     /// One JSON line instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// --scale's values: the library's `Scale`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScaleFlag {
+    Kernel,
+    Layer,
+}
+
+impl From<ScaleFlag> for Scale {
+    fn from(f: ScaleFlag) -> Scale {
+        match f {
+            ScaleFlag::Kernel => Scale::Kernel,
+            ScaleFlag::Layer => Scale::Layer,
+        }
+    }
 }
 
 /// Draw the picture and print the towers' colour table.
@@ -32,7 +51,7 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     not_a_run_file("--out", &args.out)?;
     filters::check_out(&args.out)?;
     let conv1 = filters::load(&args.checkpoint, args.config.as_deref())?;
-    let layout = filters::write_png(&conv1, &args.out)?;
+    let layout = filters::write_png(&conv1, &args.out, args.scale.into())?;
     let towers = filters::tower_colour(&conv1);
     if args.json {
         let line = serde_json::json!({

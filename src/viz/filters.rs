@@ -7,9 +7,14 @@
 //! The tower split comes from the topology table (`Topology::tower_split` of
 //! conv1's width): with two towers, tower 0 holds the first half of conv1's
 //! output channels, as on the paper's first GPU. Towers are stacked top to
-//! bottom, each a grid of kernels; each kernel is scaled on its own (the
-//! min..max of its k x k x 3 values to 0..255, as the figure shows them) and
-//! drawn at least [`MIN_KERNEL_PX`] pixels wide, nearest-neighbour.
+//! bottom, each a grid of kernels, drawn at least [`MIN_KERNEL_PX`] pixels
+//! wide, nearest-neighbour. The paper does not say how figure 3 maps
+//! weights to pixels. By default ([`Scale::Kernel`]) each kernel is scaled
+//! on its own, the min..max of its k x k x 3 values to 0..255, so every
+//! kernel's pattern shows, a weak one's as clearly as a strong one's;
+//! [`Scale::Layer`] scales the layer's values as one range, as
+//! cuda-convnet's shownet.py (released with the paper's code) draws
+//! filters, so weak kernels look faint.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -264,8 +269,26 @@ impl Layout {
     }
 }
 
+/// How kernel values map to 0..255 (the module comment says why both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scale {
+    /// Each kernel's own min..max.
+    #[default]
+    Kernel,
+    /// The min..max of all of conv1's values.
+    Layer,
+}
+
+/// The least and greatest of `v`.
+fn range(v: &[f32]) -> (f32, f32) {
+    v.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
 /// The picture: RGB8 rows, `layout.width x layout.height`.
-pub fn render(conv1: &Conv1) -> (Layout, Vec<u8>) {
+pub fn render(conv1: &Conv1, scale: Scale) -> (Layout, Vec<u8>) {
     let layout = Layout::new(&conv1.towers, conv1.k);
     let (w, k, s) = (layout.width, conv1.k, layout.scale);
     let mut px: Vec<u8> = BACKGROUND
@@ -274,15 +297,15 @@ pub fn render(conv1: &Conv1) -> (Layout, Vec<u8>) {
         .cycle()
         .take(w * layout.height * 3)
         .collect();
+    let layer = range(&conv1.data);
     for t in 0..conv1.towers.len() {
         for (i, kernel) in conv1.tower(t).enumerate() {
-            let (lo, hi) = kernel
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
-            // Each kernel on its own: its min to 0, its max to 255; a flat
-            // kernel (or one with no finite range) is mid grey.
+            let (lo, hi) = match scale {
+                Scale::Kernel => range(kernel),
+                Scale::Layer => layer,
+            };
+            // The range's min to 0, its max to 255; a flat kernel (or one
+            // with no finite range) is mid grey.
             let byte = |v: f32| -> u8 {
                 if hi > lo && (hi - lo).is_finite() {
                     (((v - lo) / (hi - lo)) * 255.0).round().clamp(0.0, 255.0) as u8
@@ -314,10 +337,11 @@ pub fn check_out(path: &Path) -> Result<()> {
     crate::fsutil::check_target(path).map_err(|e| Error::Config(format!("--out {e}")))
 }
 
-/// Draw `conv1` and write it to `path` as PNG (atomically).
-pub fn write_png(conv1: &Conv1, path: &Path) -> Result<Layout> {
+/// Draw `conv1` (scaled as `scale` says) and write it to `path` as PNG
+/// (atomically).
+pub fn write_png(conv1: &Conv1, path: &Path, scale: Scale) -> Result<Layout> {
     check_out(path)?;
-    let (layout, px) = render(conv1);
+    let (layout, px) = render(conv1, scale);
     write_rgb_png(path, &px, layout.width as u32, layout.height as u32)?;
     Ok(layout)
 }
