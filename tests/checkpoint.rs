@@ -2553,8 +2553,10 @@ fn resume_with_lr_sets_the_rate_from_there_on() {
 /// `--resume RUN --lr X` from a checkpoint that ended the epoch before a
 /// milestone trains that epoch at X itself: the rate given is the one the
 /// epoch trains at, as from a checkpoint inside it (whose milestone has
-/// applied). The later milestones divide X by 10; a plain resume of the
-/// same checkpoint still takes the milestone's tenth of the run's rate.
+/// applied). So from one written before the epoch's validation (a stop
+/// there), whose next epoch is the first to train. The later milestones
+/// divide X by 10; a plain resume of the same checkpoint still takes the
+/// milestone's tenth of the run's rate.
 #[test]
 fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
     let t = tempfile::tempdir().unwrap();
@@ -2563,10 +2565,20 @@ fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
     let mut a = train_args(&d, &first, 1);
     a.extend(["--lr", "0.02", "--lr-milestones", "2,3"].map(String::from));
     run_ok(&a);
-    let (hand, plain) = (t.path().join("hand"), t.path().join("plain"));
-    for to in [&hand, &plain] {
+    let (hand, plain, pending) = (
+        t.path().join("hand"),
+        t.path().join("plain"),
+        t.path().join("pending"),
+    );
+    for to in [&hand, &plain, &pending] {
         copy_run(&first, to);
     }
+    // `pending`: its newest checkpoint back to before epoch 1's validation.
+    let mut ck = checkpoint::load_latest(&pending).unwrap();
+    ck.state.progress.epoch_done = false;
+    ck.state.history.pop().expect("the epoch's row");
+    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
     let per_epoch = STEPS / EPOCHS;
     let mut a = resume_args(&plain);
     a.extend(["--epochs", "2"].map(String::from));
@@ -2578,23 +2590,26 @@ fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
         );
     }
 
-    let mut a = resume_args(&hand);
-    a.extend(["--epochs", "3", "--lr", "0.005"].map(String::from));
-    let o = run_logging(&a, "info");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("the milestone at epoch 3 divides it"), "{err}");
-    let got = lrs(&hand);
-    assert_eq!(got.len(), STEPS);
-    for (step, lr) in got.into_iter().skip(per_epoch) {
-        let want = match step as usize <= 2 * per_epoch {
-            true => 0.005,
-            false => 0.0005,
-        };
-        assert!(
-            (lr - want).abs() <= 1e-6 * want,
-            "step {step}: {lr}, want {want}"
-        );
+    for out in [&hand, &pending] {
+        let mut a = resume_args(out);
+        a.extend(["--epochs", "3", "--lr", "0.005"].map(String::from));
+        let o = run_logging(&a, "info");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("the milestone at epoch 3 divides it"), "{err}");
+        let got = lrs(out);
+        assert_eq!(got.len(), STEPS);
+        for (step, lr) in got.into_iter().skip(per_epoch) {
+            let want = match step as usize <= 2 * per_epoch {
+                true => 0.005,
+                false => 0.0005,
+            };
+            let run = out.display();
+            assert!(
+                (lr - want).abs() <= 1e-6 * want,
+                "{run}: step {step}: {lr}, want {want}"
+            );
+        }
     }
 }
 

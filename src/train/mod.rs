@@ -108,8 +108,9 @@ pub struct Trainer<'a> {
     pending: Option<Pending>,
     /// When the time limit is reached.
     deadline: Option<Instant>,
-    /// A rate set by hand (`--resume --lr`) is the one the resumed epoch
-    /// trains at: that epoch's milestone is not applied on top of it.
+    /// A rate set by hand (`--resume --lr`) is the one the first epoch
+    /// that trains after the resume trains at: that epoch's milestone is
+    /// not applied on top of it.
     lr_by_hand: bool,
 }
 
@@ -257,9 +258,11 @@ impl<'a> Trainer<'a> {
     pub fn epoch(&mut self) -> Result<Option<EpochClock>> {
         let epoch = self.state.progress.epoch;
         let first = self.state.progress.batches_done;
-        if !std::mem::take(&mut self.lr_by_hand) {
+        if !self.lr_by_hand {
             schedule::at_epoch_start(&mut self.state.progress, &self.opts.run.schedule);
         }
+        // Kept over an epoch left only to validate (a stop during its validation).
+        self.lr_by_hand &= first >= self.state.progress.epoch_batches;
         let mut iter = self
             .passes
             .open(PassKey::Train { epoch, first }, &self.data)?;

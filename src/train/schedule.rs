@@ -51,13 +51,15 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
 }
 
 /// What the schedule does with a rate set by hand at `p`: the plateau
-/// count starts again; the milestones after the resumed epoch divide it
-/// (not that epoch's own: the rate given is the one it trains at).
+/// count starts again; the milestones after the first epoch that trains
+/// divide it (not that epoch's own: the rate given is the one it trains at).
 pub fn after_hand(p: &Progress, schedule: &Schedule) -> String {
     match schedule {
         Schedule::Plateau { .. } => "the epochs without improvement count from here".into(),
         Schedule::Milestones(m) => {
-            let next = p.epoch + usize::from(p.epoch_done);
+            // An epoch whose steps are all done trains no more.
+            let trained = p.epoch_done || p.batches_done >= p.epoch_batches;
+            let next = p.epoch + usize::from(trained);
             let mut after: Vec<usize> = m.iter().copied().filter(|&e| e > next).collect();
             after.sort_unstable();
             let left: Vec<String> = after.iter().map(|e| e.to_string()).collect();
