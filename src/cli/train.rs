@@ -498,7 +498,10 @@ fn run_options(args: &TrainArgs, run: &mut RunOptions, resume: Option<&Checkpoin
         run.schedule = Schedule::Milestones(m.clone());
     } else if !args.demo || args.patience.is_some() || args.max_drops.is_some() {
         let max_drops = args.max_drops.unwrap_or(schedule::MAX_DROPS);
-        check_max_drops(max_drops, run.lr)?;
+        // Given only to a fresh run (a resume keeps the run's schedule).
+        if args.max_drops.is_some() {
+            check_max_drops(max_drops, run.lr)?;
+        }
         run.schedule = Schedule::Plateau {
             patience: args.patience.map_or(schedule::PATIENCE, |p| p as usize),
             max_drops,
