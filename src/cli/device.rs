@@ -257,7 +257,7 @@ impl DeviceArgs {
             }
         };
         if chosen {
-            bail!("{flag} needs a GPU, and none was found (no CUDA driver or GPU; `RUST_LOG=info` shows why): run where one is, or drop {flag} to train on the CPU");
+            bail!("{flag} needs a GPU, and none was found (the log line above says why): run where one is, or drop {flag} to run on the CPU");
         }
         match flag.starts_with("--precision") {
             true => bail!("{flag}: the CPU backend computes in fp32 only; use --precision fp32, or a GPU (--gpus 0)"),
