@@ -359,10 +359,8 @@ impl CudaBackend {
                 }
             }
         } else {
-            let fix = probe::library_fix("cudnn", "");
             tracing::info!(
-                "cuda:{ordinal}: cuDNN (libcudnn.so) not found; convolutions use im2col + cuBLAS{}{fix}",
-                if fix.is_empty() { "" } else { "; " }
+                "cuda:{ordinal}: cuDNN (libcudnn.so) not found; convolutions use im2col + cuBLAS"
             );
             None
         };

@@ -166,8 +166,8 @@ fn within_visible() -> String {
 }
 
 /// A CUDA library `lib{name}.so.N` on LD_LIBRARY_PATH under a major past
-/// those cudarc opens (it tries the plain name and `.so.12` down to
-/// `.so.1`): CUDA 13's wheels install `libcublas.so.13`, `libnvrtc.so.13`.
+/// those cudarc opens (0.19 tries the plain name, `.so.12` to `.so.9`
+/// and `.so.1`): CUDA 13's wheels install `libcublas.so.13`, `libnvrtc.so.13`.
 pub fn unopened_name(name: &str) -> Option<PathBuf> {
     let ld = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = std::env::split_paths(&ld)
