@@ -319,13 +319,16 @@ fn require_gpus(req: &Request, ids: &[usize], world: &World) -> Result<Vec<probe
 }
 
 /// GPU `g`, taken from LOCAL_RANK, is past the `found` this process sees:
-/// too many processes on the machine, or (CUDA_VISIBLE_DEVICES set) a
-/// launcher that gave each process its own GPUs, numbered from 0.
+/// too many processes on the machine, or (CUDA_VISIBLE_DEVICES set and one
+/// GPU seen) a launcher that gave each process its own GPU, numbered 0.
 fn local_rank_missing(req: &Request, g: usize, found: usize, world: &World) -> String {
     let named = gpus_named(req, &g.to_string());
     match &world.visible_gpus {
+        Some(v) if found == 1 => format!(
+            "GPU {g} was asked for but this process sees 1 (CUDA_VISIBLE_DEVICES={v:?}, numbered from 0): {named}; where the launcher gives each process its own GPU (srun --gpus-per-task 1), pass --gpus 0, else launch at most one process per GPU"
+        ),
         Some(v) => format!(
-            "GPU {g} was asked for but this process sees {found} (CUDA_VISIBLE_DEVICES={v:?}, numbered from 0): {named}; where the launcher gives each process its own GPUs (srun --gpus-per-task), pass --gpus 0, else launch at most one process per GPU"
+            "GPU {g} was asked for but this process sees {found} (CUDA_VISIBLE_DEVICES={v:?}, numbered from 0): {named}; launch at most one process per GPU it lists, or pass --gpus"
         ),
         None => format!(
             "GPU {g} was asked for but this machine has {found}: {named}; launch at most one process per GPU on each machine (torchrun --nproc-per-node), or pass --gpus"
@@ -771,6 +774,9 @@ mod tests {
                 && e.contains("pass --gpus 0"),
             "{e}"
         );
+        // Seeing several, it is too many processes, not one GPU each.
+        let e = local_rank_missing(&r, 3, 2, &w);
+        assert!(e.contains("sees 2") && !e.contains("--gpus 0"), "{e}");
     }
 
     #[test]
