@@ -264,7 +264,7 @@ fn decode_within_limits(
     let too_big = |what: String| {
         format!(
             "{what}; one image may have at most {MAX_SIDE} pixels a side and {} MB of pixels \
-             (100 megapixels of RGB): scale a photo this large down first, e.g. to 8000 \
+             (about 100 megapixels of RGB): scale a photo this large down first, e.g. to 8000 \
              pixels a side; an image of this size that is not a photo is likely damaged",
             MAX_DECODE_BYTES >> 20
         )

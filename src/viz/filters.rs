@@ -304,8 +304,9 @@ pub fn render(conv1: &Conv1, scale: Scale) -> (Layout, Vec<u8>) {
                 Scale::Kernel => range(kernel),
                 Scale::Layer => layer,
             };
-            // The range's min to 0, its max to 255; a flat kernel (or one
-            // with no finite range) is mid grey.
+            // The range's min to 0, its max to 255; a flat range (a flat
+            // kernel, or with --scale layer a flat layer; or none finite) is
+            // mid grey.
             let byte = |v: f32| -> u8 {
                 if hi > lo && (hi - lo).is_finite() {
                     (((v - lo) / (hi - lo)) * 255.0).round().clamp(0.0, 255.0) as u8
