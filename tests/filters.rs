@@ -331,15 +331,14 @@ fn every_kernel_spans_the_full_range_and_sits_in_its_tower() {
     let w = dir.path().join("w.safetensors");
     conv1_file(&w, "alexnet", &[96, 3, 11, 11], data);
     let png = dir.path().join("p.png");
-    let (ok, _, err) = cli(&[
-        "filters",
-        "--checkpoint",
-        w.to_str().unwrap(),
-        "--out",
-        png.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let img = image::open(&png).unwrap().to_rgb8();
+    // The picture `filters` draws with `flags`.
+    let draw = |flags: &[&str]| {
+        let (w, p) = (w.to_str().unwrap(), png.to_str().unwrap());
+        let (ok, _, err) = cli(&[&["filters", "--checkpoint", w, "--out", p][..], flags].concat());
+        assert!(ok, "{err}");
+        image::open(&png).unwrap().to_rgb8()
+    };
+    let img = draw(&[]);
     // Kernel i of tower t: 3 x 16 grid of 44 px cells, a tower block 136 px high.
     let origin = |t: u32, i: u32| {
         let step = 44 + KERNEL_GAP as u32;
@@ -378,17 +377,7 @@ fn every_kernel_spans_the_full_range_and_sits_in_its_tower() {
         }
     }
     // --scale layer: the ramp by the layer's range, lo..hi to 0..255.
-    let (ok, _, err) = cli(&[
-        "filters",
-        "--checkpoint",
-        w.to_str().unwrap(),
-        "--out",
-        png.to_str().unwrap(),
-        "--scale",
-        "layer",
-    ]);
-    assert!(ok, "{err}");
-    let img = image::open(&png).unwrap().to_rgb8();
+    let img = draw(&["--scale", "layer"]);
     for ky in 0..11u32 {
         for kx in 0..11u32 {
             let want: [u8; 3] = std::array::from_fn(|c| {
