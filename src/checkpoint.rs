@@ -640,13 +640,16 @@ pub fn is_damaged(path: &Path) -> bool {
 /// `damaged`'s step where it is one of the folder's (a resume from an older
 /// step goes back no further than asked), or `best.safetensors` where none
 /// does (with `--keep 1` it may be the one left). Other errors (a file
-/// that cannot be read, one that is not damaged: `is_damaged`) are left as
-/// they are.
+/// that cannot be read, one that is not damaged: `is_damaged`), and any in
+/// a folder that is no run's (no checkpoint to name), are left as they are.
 fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
     if !matches!(e, Error::Data(_)) || !is_damaged(damaged) {
         return e;
     }
     let ckpts = list(dir).unwrap_or_default();
+    if ckpts.is_empty() && !dir.join("best.safetensors").exists() {
+        return e;
+    }
     let upto = ckpts
         .iter()
         .find(|(_, p)| same_file(p, damaged))

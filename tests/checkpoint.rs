@@ -872,6 +872,20 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
             && err.contains(&format!("is one: --resume {}", best.display())),
         "{err}"
     );
+    // A file outside any run folder is told what to pass, and no other
+    // checkpoint is looked for where there is none.
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let junk = elsewhere.join("weights.safetensors");
+    std::fs::write(&junk, &good[..good.len() / 2]).unwrap();
+    let (j, data) = (junk.display().to_string(), d.display().to_string());
+    let o = run(&["eval", "--cpu", "--checkpoint", &j, "--data", &data].map(String::from));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("pass a checkpoint written by `train`"),
+        "{err}"
+    );
+    assert!(!err.contains("no other checkpoint"), "{err}");
     // Resuming from the named one works.
     std::fs::write(&newest, &good).unwrap();
     checkpoint::load(&newest).expect("restored file verifies");
