@@ -185,7 +185,7 @@ pub fn load_resolved(path: &Path) -> Result<Checkpoint> {
 /// `e`, the error of reading `file` (given with --checkpoint): where the
 /// file is a damaged checkpoint, with the newest good one of its folder.
 pub fn good_one_for(e: Error, file: &Path) -> Error {
-    with_good_one(e, folder_of(file), file, "--checkpoint")
+    with_good_one(e, file, "--checkpoint")
 }
 
 /// Whether a safetensors header's `__metadata__` is a checkpoint's.
@@ -586,7 +586,7 @@ pub fn mark_best(dir: &Path, ckpt: &Path) -> Result<()> {
 pub fn load_latest(path: &Path) -> Result<Checkpoint> {
     refuse_slashed_file("--resume", path)?;
     if path.is_file() {
-        return load(path).map_err(|e| with_good_one(e, folder_of(path), path, "--resume"));
+        return load(path).map_err(|e| with_good_one(e, path, "--resume"));
     }
     if !path.is_dir() {
         return Err(Error::Config(format!(
@@ -610,7 +610,7 @@ pub fn load_latest(path: &Path) -> Result<Checkpoint> {
             path.display()
         )));
     };
-    load(newest).map_err(|e| with_good_one(e, path, newest, "--resume"))
+    load(newest).map_err(|e| with_good_one(e, newest, "--resume"))
 }
 
 /// The version a run state's JSON names, read before the state is parsed
@@ -635,21 +635,27 @@ pub fn is_damaged(path: &Path) -> bool {
     }
 }
 
+/// Whether `path`, unreadable, is a damaged checkpoint ([`is_damaged`]) in
+/// a run's folder: one that holds checkpoints or `best.safetensors`, where
+/// another may be named. Elsewhere it may be any safetensors file.
+pub fn damaged_in_a_run(path: &Path) -> bool {
+    let dir = folder_of(path);
+    let run = list(dir).is_ok_and(|l| !l.is_empty()) || dir.join("best.safetensors").exists();
+    is_damaged(path) && run
+}
+
 /// `e`, the error of the damaged checkpoint `damaged` (given with `flag`),
-/// with the newest other checkpoint of `dir` that verifies, up to
+/// with the newest other checkpoint of its folder that verifies, up to
 /// `damaged`'s step where it is one of the folder's (a resume from an older
 /// step goes back no further than asked), or `best.safetensors` where none
-/// does (with `--keep 1` it may be the one left). Other errors (a file
-/// that cannot be read, one that is not damaged: `is_damaged`), and any in
-/// a folder that is no run's (no checkpoint to name), are left as they are.
-fn with_good_one(e: Error, dir: &Path, damaged: &Path, flag: &str) -> Error {
-    if !matches!(e, Error::Data(_)) || !is_damaged(damaged) {
+/// does (with `--keep 1` it may be the one left). Other errors, and any of
+/// a file that is not [`damaged_in_a_run`], are left as they are.
+fn with_good_one(e: Error, damaged: &Path, flag: &str) -> Error {
+    if !matches!(e, Error::Data(_)) || !damaged_in_a_run(damaged) {
         return e;
     }
+    let dir = folder_of(damaged);
     let ckpts = list(dir).unwrap_or_default();
-    if ckpts.is_empty() && !dir.join("best.safetensors").exists() {
-        return e;
-    }
     let upto = ckpts
         .iter()
         .find(|(_, p)| same_file(p, damaged))

@@ -872,13 +872,29 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
             && err.contains(&format!("is one: --resume {}", best.display())),
         "{err}"
     );
+    // A checkpoint cut short beside best.safetensors alone is pointed to
+    // it, by filters as by eval: that folder is a run's.
+    let copy = only_best.join("copy.safetensors");
+    std::fs::write(&copy, &was[..was.len() / 2]).unwrap();
+    let (c, data) = (copy.display().to_string(), d.display().to_string());
+    let png = t.path().join("only-best.png").display().to_string();
+    for args in [
+        vec!["eval", "--cpu", "--checkpoint", &c, "--data", &data],
+        vec!["filters", "--checkpoint", &c, "--out", &png],
+    ] {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let named = format!("the newest good checkpoint is {}", best.display());
+        assert!(!o.status.success() && err.contains(&named), "{err}");
+    }
     // A file outside any run folder is told what to pass, and no other
     // checkpoint is looked for where there is none.
     let elsewhere = t.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let junk = elsewhere.join("weights.safetensors");
     std::fs::write(&junk, &good[..good.len() / 2]).unwrap();
-    let (j, data) = (junk.display().to_string(), d.display().to_string());
+    let j = junk.display().to_string();
     let o = run(&["eval", "--cpu", "--checkpoint", &j, "--data", &data].map(String::from));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -150,7 +150,7 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
     })?;
     let file = path.display();
     let (tensors, meta) = export::read_safetensors_meta(path).map_err(|e| match e {
-        Error::Data(_) if damaged_in_a_run(path) => checkpoint::good_one_for(e, path),
+        Error::Data(_) if checkpoint::damaged_in_a_run(path) => checkpoint::good_one_for(e, path),
         Error::Data(m) => Error::Data(format!("{m}; {CHECKPOINT_HINT}")),
         other => other,
     })?;
@@ -200,13 +200,6 @@ pub fn load(path: &Path, config: Option<&str>) -> Result<Conv1> {
         ))
     })?;
     Conv1::from_tensor(t, &topo, path)
-}
-
-/// Whether `path`, unreadable, is a damaged checkpoint of a run folder,
-/// where another may be named; elsewhere it may be any safetensors file.
-fn damaged_in_a_run(path: &Path) -> bool {
-    let folder = crate::fsutil::folder_of(path);
-    checkpoint::is_damaged(path) && checkpoint::list(folder).is_ok_and(|l| !l.is_empty())
 }
 
 /// Where every kernel goes in the picture; all of it follows from the
