@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alexnet_cuda::data::packed::{read_meta, Encoding};
+use alexnet_cuda::data::packed::{is_unfinished_store, read_meta, Encoding};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{
     batches, decode_file, held_out_files, ten_crops, Crop, ImageFolder, ImageSet, ImageSource,
@@ -74,6 +74,38 @@ fn what_would_stop_the_val_store_is_refused_before_train_is_written() -> TestRes
     );
     assert!(e.contains(&want), "{e}");
     assert!(!other.join("train").exists(), "{e}");
+    Ok(())
+}
+
+/// A val store that fails after the train store is replaced (a class of
+/// unreadable images) leaves no earlier val store behind: that one was
+/// paired with the train store replaced, and its images may be among the
+/// new one's.
+#[test]
+fn a_val_store_that_fails_after_train_leaves_no_earlier_one() -> TestResult {
+    let t = TempDir::new()?;
+    let (train, val, out) = (
+        t.path().join("train"),
+        t.path().join("val"),
+        t.path().join("st"),
+    );
+    good_tree(&train, 3, 20, 18)?;
+    good_tree(&val, 2, 20, 18)?;
+    let mut o = opts(&train, &out, 16, Encoding::Raw);
+    o.val = Some(val.clone());
+    prepare(&o)?;
+    let gen = read_meta(&out.join("train"))?.generation;
+    for f in fs::read_dir(val.join("n02_dog"))? {
+        fs::write(f?.path(), b"not a jpeg")?;
+    }
+    let e = prepare(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("the earlier val store, paired with the train store replaced, was removed"),
+        "{e}"
+    );
+    assert_ne!(read_meta(&out.join("train"))?.generation, gen, "{e}");
+    let left: Vec<_> = fs::read_dir(out.join("val"))?.collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
 
@@ -1519,7 +1551,8 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
     }
 
     // 2. After the training store's commit, while the validation store is
-    //    being written: the new training store, the old validation store.
+    //    being written: the new training store, and the old validation
+    //    store set aside as unfinished (it was the old training store's).
     let killed = kill_at(&args, || {
         read_meta(&train).is_ok_and(|m| m.generation != before.generation)
             && new_generation_started(&val, &before_val.generation)
@@ -1528,9 +1561,7 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
     let s = PackedStore::open(&train)?;
     s.verify()?;
     assert_eq!(s.meta().count, 300, "the committed training store is whole");
-    let s = PackedStore::open(&val)?;
-    s.verify()?;
-    assert_eq!(s.meta().generation, before_val.generation);
+    assert!(is_unfinished_store(&val));
 
     // A rerun completes and leaves one generation's files.
     let mut o = opts(&big, &out, 64, Encoding::Jpeg);

@@ -186,6 +186,20 @@ pub fn remove_leftovers(dir: &Path) {
     remove_other_generations(dir, current.as_deref());
 }
 
+/// Remove the store at `dir`: its `meta.json` first, durably (from then on
+/// it is no store), then its files. A val store goes so once the train
+/// store it was paired with is replaced. Nothing where it has no store.
+pub fn retire(dir: &Path) -> Result<()> {
+    let meta = dir.join(META_FILE);
+    match fs::remove_file(&meta) {
+        Ok(()) => sync_dir(&meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&meta, e)),
+    }
+    remove_other_generations(dir, None);
+    Ok(())
+}
+
 /// A failed write while building a store: name the file, say that the
 /// committed store is safe, and what to do (a full disk is the usual cause).
 fn write_error(path: &Path, e: std::io::Error) -> Error {

@@ -32,7 +32,7 @@ use super::folder::{
 };
 use super::lighting::Pca;
 use super::packed::{
-    is_store, is_unfinished_store, read_meta, remove_leftovers, Encoding, Stats, StoreMeta,
+    is_store, is_unfinished_store, read_meta, remove_leftovers, retire, Encoding, Stats, StoreMeta,
     StoreWriter, MAX_SIDE,
 };
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
@@ -260,6 +260,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         write_store(&to, items, &classes, &names, opts)
     };
     let (train, stored) = store("train", &opts.train, &items, val_count, None)?;
+    // The earlier val store was paired with the train store just replaced:
+    // should its own replacement fail or be killed, it must not pass as
+    // this one's.
+    if opts.val.is_some() {
+        retire_val(&opts.out)?;
+    }
     let th = Hashed::new(&items, stored);
     let train_dir = opts.out.join("train");
     let mut dups = duplicates::list_train(&train_dir, &opts.train, &th, &classes)
@@ -270,7 +276,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             let (val, stored) = store("val", v, &items, 0, gen).map_err(|e| {
                 // Its "nothing was written" is the val store's: say what was.
                 Error::Data(format!(
-                    "{e}. The train store, {}, was written before the val store and is complete; run the same prepare again once the val data is fixed (it writes both again)",
+                    "{e}. The train store, {}, was written before the val store and is complete; the earlier val store, paired with the train store replaced, was removed; run the same prepare again once the val data is fixed (it writes both again)",
                     opts.out.join("train").display()
                 ))
             })?;
@@ -293,6 +299,32 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// Remove `out`'s val store and its lists, once the train store it was
+/// paired with is replaced.
+fn retire_val(out: &Path) -> Result<()> {
+    let dir = out.join("val");
+    let gone = |e: Error| {
+        Error::Data(format!(
+            "{e}. The train store, {}, is written and complete, but the earlier val store, {}, is from before it: remove that folder and run the same prepare again",
+            out.join("train").display(),
+            dir.display()
+        ))
+    };
+    retire(&dir).map_err(gone)?;
+    for list in [SKIPPED_LIST, duplicates::LIST] {
+        match fs::remove_file(dir.join(list)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(gone(Error::io(dir.join(list), e)))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The list of files a store left out, beside it.
+const SKIPPED_LIST: &str = "skipped.txt";
 
 /// A list that could not be written beside a store already committed:
 /// the store is whole and replaced the previous one, which is said.
@@ -1114,7 +1146,7 @@ fn write_store(
     };
     let meta = writer.finish(meta, &mean_image)?;
     // The report of what was left out, next to the store it describes.
-    let report = dir.join("skipped.txt");
+    let report = dir.join(SKIPPED_LIST);
     let mut text = skipped.join("\n");
     if !text.is_empty() {
         text.push('\n');
