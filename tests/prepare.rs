@@ -103,6 +103,10 @@ fn a_val_store_that_fails_after_train_leaves_no_earlier_one() -> TestResult {
         e.contains("the earlier val store, paired with the train store replaced, was removed"),
         "{e}"
     );
+    assert!(
+        e.contains("validation without the class would never score it"),
+        "{e}"
+    );
     assert_ne!(read_meta(&out.join("train"))?.generation, gen, "{e}");
     let left: Vec<_> = fs::read_dir(out.join("val"))?.collect::<Result<_, _>>()?;
     assert!(left.is_empty(), "{left:?}");
@@ -162,6 +166,7 @@ fn a_class_left_without_images_is_refused() -> TestResult {
         .to_string();
     assert!(
         msg.contains("none of the 2 images of class n02_dog could be read (first: ")
+            && msg.contains("a store without the class would train a network that never sees it")
             && msg.contains("nothing was written"),
         "{msg}"
     );

@@ -951,9 +951,11 @@ pub fn prepare_image(
     Ok((stored, px))
 }
 
-/// Refuse to commit a store that lost a class: every image listed for it
-/// was left out as a bad image, so the network would never see the class.
+/// Refuse to commit a store (`what`: train or val) that lost a class:
+/// every image listed for it was left out as a bad image, so the network
+/// would never see the class, or never be scored on it.
 fn refuse_lost_class(
+    what: &str,
     source: &Path,
     classes: &[String],
     (listed, stored): (&[u64], &[u64]),
@@ -972,8 +974,12 @@ fn refuse_lost_class(
         ),
         None => String::new(),
     };
+    let why = match what {
+        "val" => "validation without the class would never score it",
+        _ => "a store without the class would train a network that never sees it",
+    };
     Err(Error::Data(format!(
-        "{}: none of the {} images of class {} could be read (first: {}); a store without the class would train a network that never sees it, so nothing was written: make those files readable (or remove the class){raise}, and run the same prepare again",
+        "{}: none of the {} images of class {} could be read (first: {}); {why}, so nothing was written: make those files readable (or remove the class){raise}, and run the same prepare again",
         source.display(),
         listed[c],
         classes[c],
@@ -1108,7 +1114,7 @@ fn write_store(
     }
     let limit = opts.limit.filter(|_| to.paired_with.is_none());
     let counts = (&listed[..], &class_counts[..]);
-    refuse_lost_class(source, classes, counts, &first_skip, limit)?;
+    refuse_lost_class(to.what, source, classes, counts, &first_skip, limit)?;
     let n = total.images as f64;
     let (mean_rgb, cov) = total.rgb.moments().unwrap_or_default();
     let mean_image: Vec<f32> = total
