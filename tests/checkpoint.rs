@@ -2002,6 +2002,37 @@ fn data_parallel_and_hybrid_runs_stop_and_resume_exactly() {
     }
 }
 
+/// Two processes whose steps diverge: each says so, whichever found it
+/// first and stopped the other (gradients meet, so both diverge), not that
+/// its peer went away.
+#[test]
+fn two_processes_that_diverge_both_say_so() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let args = |out: &Path| {
+        let mut a = parallel_args(train_args(&d, out, 1), "data", "1");
+        a.extend(["--lr", "1e12"].map(String::from));
+        a
+    };
+    let master = master_listener();
+    let rank1 = rank_cmd(&args(&t.path().join("rank1")), "1", &master)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rank 1");
+    let rank0 = rank_cmd(&args(&t.path().join("run")), "0", &master)
+        .output()
+        .expect("run rank 0");
+    let rank1 = rank1.wait_with_output().expect("rank 1 ends");
+    for (r, o) in [(0, &rank0), (1, &rank1)] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("the run diverged"),
+            "rank {r}: {err}"
+        );
+    }
+}
+
 /// A multi-process run (torchrun's variables, two processes on this
 /// machine, the gradients meeting over TCP) computes bit for bit what one
 /// process with as many replicas does: each rank loads its block of every

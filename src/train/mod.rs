@@ -434,7 +434,19 @@ impl<'a> Trainer<'a> {
     /// steps trained since the newest checkpoint are written first, whole,
     /// so that none is lost, and the error says where they are.
     fn stopped_from_outside(&mut self, e: Error) -> Error {
-        let saved = self.save_unsaved();
+        // Gradients meet, so the steps diverge in every process: a peer
+        // that found it first and stopped gave this one its error. Its
+        // own steps name the cause, and no checkpoint of them is kept.
+        let read = match self.read_steps() {
+            Err(Error::Diverged { what, fix }) => {
+                return Error::Diverged {
+                    what: format!("{what} (another process found it first and stopped: {e})"),
+                    fix,
+                }
+            }
+            read => read,
+        };
+        let saved = read.and_then(|()| self.save_unsaved());
         if let Err(w) = &saved {
             warn!("could not save the steps trained before the error: {w}");
         }
