@@ -333,6 +333,34 @@ fn asked_to_stop(stop: Option<&Arc<AtomicBool>>) -> bool {
     stop.is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
+/// Rank 0's one-byte answer to a hello, read in slices (the socket's
+/// timeout) with a look at the stop flag between them: `None` at a signal,
+/// `TimedOut` after `wait`.
+fn read_answer(
+    s: &mut TcpStream,
+    stop: Option<&Arc<AtomicBool>>,
+    wait: Duration,
+) -> std::io::Result<Option<u8>> {
+    use std::io::ErrorKind::{Interrupted, TimedOut, UnexpectedEof, WouldBlock};
+    s.set_read_timeout(Some(SLICE))?;
+    let start = Instant::now();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) => return Ok(Some(b[0])),
+            Ok(_) => return Err(UnexpectedEof.into()),
+            Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+        if asked_to_stop(stop) {
+            return Ok(None);
+        }
+        if start.elapsed() > wait {
+            return Err(TimedOut.into());
+        }
+    }
+}
+
 /// The error that ends a wait for other ranks when a signal came first.
 fn stopped(waiting_for: String) -> Error {
     Error::Stopped(format!(
@@ -499,23 +527,24 @@ impl TcpAllReduce {
         greeting.extend_from_slice(&(local as u32).to_le_bytes());
         s.write_all(&greeting)
             .map_err(net_err(format!("rank {rank} to rank 0 at {target}")))?;
-        s.set_read_timeout(Some(world.connect_for))
-            .map_err(net_err("socket".into()))?;
-        let mut answer = [0u8; 1];
-        s.read_exact(&mut answer).map_err(|e| {
-            use std::io::ErrorKind::{TimedOut, WouldBlock};
+        let answer = read_answer(&mut s, stop, world.connect_for).map_err(|e| {
             let what = match e.kind() {
-                WouldBlock | TimedOut => format!(
-                    "did not answer this process's hello in {} s",
+                std::io::ErrorKind::TimedOut => format!(
+                    "did not answer this process's hello in {} s; rank 0 may still be starting (it answers once it waits for the ranks; ALEXNET_CONNECT_TIMEOUT sets the wait), or something other than rank 0 of this run listens there",
                     world.connect_for.as_secs()
                 ),
-                _ => format!("closed the connection without accepting it ({e})"),
+                _ => format!("closed the connection without accepting it ({e}); is something other than rank 0 of this run listening there?"),
             };
             Error::Config(format!(
-                "rank {rank}: {target} {what}; is something other than rank 0 of this run listening there? Check MASTER_ADDR and MASTER_PORT"
+                "rank {rank}: {target} {what}; check MASTER_ADDR and MASTER_PORT"
             ))
         })?;
-        let why = match answer[0] {
+        let Some(answer) = answer else {
+            return Err(stopped(format!(
+                "rank {rank} waited for rank 0 at {target} to answer its hello"
+            )));
+        };
+        let why = match answer {
             ACCEPTED => return TcpAllReduce::new(world, local, vec![s], stop.cloned()),
             OUT_OF_RANGE => format!(
                 "RANK={rank} is out of range for WORLD_SIZE={}",
