@@ -1,7 +1,8 @@
 //! Writing files so a crash, a kill or a full disk never leaves a half-written
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
-//! folder so the rename itself survives a power cut. `write_csv` is the
+//! folder so the rename itself survives a power cut. A symbolic link is
+//! written through, to the file it names. `write_csv` is the
 //! same for a table; `short_of_room` says when a folder's disk has too
 //! little free space, `size` writes a byte count as text.
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -208,6 +209,7 @@ pub fn check_target(path: &Path) -> Result<()> {
 /// refused before the work. The probe is the temporary file a write
 /// makes, removed at once.
 pub fn check_writable(path: &Path) -> Result<()> {
+    let path = &through_links(path);
     check_target(path)?;
     let tmp = temp_path(path);
     File::create(&tmp).map_err(|e| Error::io(path, e))?;
@@ -237,8 +239,26 @@ pub fn write_aside(base: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// Replace `path` with `bytes` atomically.
+/// The file a write to `path` should replace: `path`, or where it is a
+/// symbolic link, what the link names (followed link by link, a relative
+/// target read from the link's folder), as the shell's `>` writes through a
+/// link. A rename onto `path` itself would replace the link with a file
+/// and leave its target as it was. Past 40 links (a loop), `path`.
+pub fn through_links(path: &Path) -> PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::read_link(&at) {
+            Ok(target) => at = folder_of(&at).join(target),
+            Err(_) => return at,
+        }
+    }
+    path.to_path_buf()
+}
+
+/// Replace `path` (or the file it links to: [`through_links`]) with
+/// `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let path = &through_links(path);
     check_target(path)?;
     sweep_before_writing(path);
     let tmp = temp_path(path);

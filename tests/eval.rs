@@ -1431,6 +1431,15 @@ fn predict_and_export_cli() {
         let want = format!("{flag} {file}: a name train gives its own files, in a run's folder");
         assert!(!ok && err.contains(&want), "{args:?}: {err}");
     }
+    // A link elsewhere to a run's file is written through, so it is
+    // refused as the file it names is.
+    let link = t.path().join("mine.csv");
+    std::os::unix::fs::symlink(&log, &link).unwrap();
+    let link_s = s(&link);
+    let args = [&["eval"][..], &cpu, &["--per-class", &link_s]].concat();
+    let (ok, _, err) = cli(&args);
+    let want = format!("--per-class {log_s}: a name train gives its own files, in a run's folder");
+    assert!(!ok && err.contains(&want), "{err}");
     assert!(std::fs::read(&log).unwrap() == log_before);
     assert!(std::fs::read(&chart).unwrap() == chart_before);
     // The same names outside a run's folder are the user's to write.
