@@ -185,6 +185,7 @@ pub fn check_target(path: &Path) -> Result<()> {
             path.display()
         )));
     }
+    refuse_long_name(path)?;
     let parent = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(file) = parent.and_then(file_in_the_way) {
         return Err(Error::Data(format!(
@@ -202,6 +203,24 @@ pub fn check_target(path: &Path) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// Refuse a name that fits the file system's 255 bytes (NAME_MAX on
+/// Linux's file systems) while the temporary name it is written through
+/// ([`temp_path`]) does not: the OS would name neither, after the work.
+fn refuse_long_name(path: &Path) -> Result<()> {
+    const NAME_MAX: usize = 255;
+    let len = |p: &Path| p.file_name().map_or(0, |n| n.as_encoded_bytes().len());
+    let (name, tmp) = (len(path), len(&temp_path(path)));
+    if name > NAME_MAX || tmp <= NAME_MAX {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "{}: its name is {name} bytes, and it is written through a temporary file whose name adds {} (then renamed), past the {NAME_MAX} a file name may have; use a name of at most {} bytes",
+        path.display(),
+        tmp - name,
+        NAME_MAX - (tmp - name)
+    )))
 }
 
 /// [`check_target`], and a file can be made beside it (the folder's

@@ -278,6 +278,16 @@ fn writes_and_reads_name_a_missing_folder_or_a_folder_given_as_a_file() {
         e.contains("a folder") && e.contains("best.safetensors"),
         "{e}"
     );
+    // A name of 250 bytes fits the file system's 255, its temporary
+    // name (".tmp-" and the pid added) does not: said before any write.
+    let long = dir.path().join(format!("{}.safetensors", "m".repeat(238)));
+    let e = write_safetensors(&long, &tensors, &meta)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("its name is 250 bytes") && e.contains("past the 255 a file name may have"),
+        "{e}"
+    );
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(left, 0, "files left in {}", dir.path().display());
 }
