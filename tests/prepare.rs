@@ -506,7 +506,7 @@ fn images_inside_the_stores_folder_are_refused() -> TestResult {
 /// The same, spelled through a symbolic link to the tree and through `..`,
 /// with the store's folder not made yet (nothing to canonicalize), and
 /// `..` after a folder not made yet (`create_dir_all` makes it, then steps
-/// back).
+/// back); and `--out/train` a link into the tree.
 #[cfg(unix)]
 #[test]
 fn a_store_inside_the_image_tree_is_refused_however_it_is_spelled() -> TestResult {
@@ -526,6 +526,22 @@ fn a_store_inside_the_image_tree_is_refused_however_it_is_spelled() -> TestResul
             .to_string();
         assert!(msg.contains("is inside"), "{}: {msg}", out.display());
         assert!(!out.exists(), "{} was written", out.display());
+    }
+    // A store's own folder a link into the tree (or to it): the store
+    // would be written among the images.
+    for into in [tree.clone(), tree.join("n01_cat")] {
+        let out = t.path().join("out");
+        fs::create_dir_all(&out)?;
+        std::os::unix::fs::symlink(&into, out.join("train"))?;
+        let msg = prepare(&opts(&tree, &out, 8, Encoding::Jpeg))
+            .expect_err("a link into the tree")
+            .to_string();
+        assert!(
+            msg.contains("its train/ store would be written among the images"),
+            "{msg}"
+        );
+        assert!(!tree.join("meta.json").exists() && !tree.join("n01_cat/meta.json").exists());
+        fs::remove_dir_all(&out)?;
     }
     Ok(())
 }

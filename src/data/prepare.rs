@@ -111,10 +111,12 @@ fn refuse_out_inside_images(opts: &PrepareOptions) -> Result<()> {
                 src.display()
             )));
         }
-        if let Some(split) = ["train", "val"]
-            .into_iter()
-            .find(|s| images.starts_with(out.join(s)))
-        {
+        // Each store's folder resolved itself: `--out/train` may be a link.
+        let store = |s: &str| resolved(&opts.out.join(s));
+        if let Some(split) = ["train", "val"].into_iter().find(|s| {
+            let store = store(s);
+            images.starts_with(&store) || store.starts_with(&images)
+        }) {
             return Err(Error::Config(format!(
                 "--out {}: its {split}/ store would be written among the images of {}; pass another --out, outside the image tree",
                 opts.out.display(),
