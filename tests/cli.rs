@@ -2080,8 +2080,21 @@ fn a_run_folder_inside_its_class_folders_is_refused() {
 #[test]
 fn multi_process_environment_errors_name_the_variable() {
     type Vars<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(Vars, &[&str]); 4] = [
+    let cases: [(Vars, &[&str]); 6] = [
         (&[("WORLD_SIZE", "2")], &["RANK", "torchrun"]),
+        // The address of no machine: rank 0 would listen on every interface.
+        (
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "0"),
+                ("MASTER_ADDR", "0.0.0.0"),
+            ],
+            &["MASTER_ADDR=0.0.0.0", "every interface", "rank 0's address"],
+        ),
+        (
+            &[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "[::]")],
+            &["MASTER_ADDR=[::]", "every interface"],
+        ),
         // A lost WORLD_SIZE must not leave rank 1 training alone.
         (&[("RANK", "1")], &["RANK=1", "WORLD_SIZE is unset"]),
         (

@@ -75,6 +75,14 @@ fn seconds(var: impl Fn(&str) -> Option<String>, key: &str, default: Duration) -
 
 /// `host:port` or `[v6]:port`: one colon cannot be an IPv6 address, and
 /// a bracketed one ends at its bracket.
+/// Whether `addr` is the unspecified address (0.0.0.0, ::), which binds
+/// every interface and reaches no other machine.
+fn unspecified(addr: &str) -> bool {
+    let bare = addr.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
 fn with_a_port(addr: &str) -> bool {
     addr.matches(':').count() == 1 || (addr.starts_with('[') && !addr.ends_with(']'))
 }
@@ -191,6 +199,12 @@ impl World {
         if with_a_port(addr.trim()) {
             return Err(Error::Config(format!(
                 "MASTER_ADDR={}: an address with a port; give the host alone, and the port in MASTER_PORT (as for torchrun)",
+                addr.trim()
+            )));
+        }
+        if unspecified(addr.trim()) {
+            return Err(Error::Config(format!(
+                "MASTER_ADDR={}: the address of no machine (\"any\"): rank 0 would listen on every interface, and the other ranks would look for it on their own machines; set it to rank 0's address (127.0.0.1 for processes on one machine)",
                 addr.trim()
             )));
         }
