@@ -2182,4 +2182,23 @@ fn multi_process_environment_errors_name_the_variable() {
         ),
         "{err}"
     );
+    // Two processes on this machine, without --threads: each starts its
+    // share of the cores, not one thread a core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let share = (cores / 2).max(1);
+    let vars = [
+        vars[0],
+        vars[1],
+        vars[2],
+        vars[3],
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("RUST_LOG", "info"),
+    ];
+    let (ok, err) = run_env(&args, &vars);
+    let said = format!("({cores} cores shared by 2 processes; --threads sets it)");
+    let s = if share == 1 { "" } else { "s" };
+    assert!(
+        !ok && err.contains(&format!("compute: {share} thread{s} {said}")),
+        "{err}"
+    );
 }

@@ -38,7 +38,7 @@ pub struct HostArgs {
     /// Loader threads; 0 decodes on the compute thread (default: the cores the compute threads leave free, at least 1; on a GPU, every core but one).
     #[arg(long, value_parser = thread_count)]
     pub workers: Option<usize>,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: all cores; for each of several processes of a run on one machine, LOCAL_WORLD_SIZE, its share of them).
     #[arg(long, value_parser = thread_count)]
     pub threads: Option<usize>,
     /// Hide the progress bar.
@@ -50,6 +50,27 @@ impl HostArgs {
     /// Sizes the compute thread pool (before any compute starts).
     pub fn apply(&self) -> Result<()> {
         set_threads(self.threads)
+    }
+
+    /// [`apply`](Self::apply) for one of `processes` of a run on this
+    /// machine (LOCAL_WORLD_SIZE): without --threads (or RAYON_NUM_THREADS),
+    /// its share of the cores, not all of them: each process starting one
+    /// thread a core would run `processes` threads on every core.
+    pub fn apply_shared(&self, processes: usize) -> Result<()> {
+        let own = std::env::var_os("RAYON_NUM_THREADS").is_some();
+        let threads = match (self.threads, processes) {
+            (None, p) if p > 1 && !own => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let n = (cores / p).max(1);
+                tracing::info!(
+                    "compute: {n} thread{} ({cores} cores shared by {p} processes; --threads sets it)",
+                    if n == 1 { "" } else { "s" }
+                );
+                Some(n)
+            }
+            (t, _) => t,
+        };
+        set_threads(threads)
     }
 
     /// The loader threads for a run on a GPU (`gpu`) or the CPU.

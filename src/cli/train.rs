@@ -190,7 +190,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // missing GPU is said first.
     placement::check_devices(&request, &world)?;
     ensure_nccl(placement::nccl_use(&request, &world)?)?;
-    args.host.apply()?;
+    args.host.apply_shared(world.local_size)?;
     let resume = match &args.resume {
         Some(p) => {
             refuse_folder_in_use(p)?;
