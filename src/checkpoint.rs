@@ -510,6 +510,15 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("ckpt-{step:010}.safetensors")
 }
 
+/// The step in a checkpoint's file name ([`checkpoint_name`]); None for
+/// any other name.
+pub fn step_in_name(name: &str) -> Option<u64> {
+    name.strip_prefix("ckpt-")
+        .and_then(|s| s.strip_suffix(".safetensors"))
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+}
+
 /// The run folder's checkpoints, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let rd = match fs::read_dir(dir) {
@@ -522,11 +531,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(step) = name
-            .strip_prefix("ckpt-")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(step) = step_in_name(name) {
             out.push((step, entry.path()));
         }
     }

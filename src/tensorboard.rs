@@ -75,7 +75,7 @@ pub fn record(data: &[u8]) -> Vec<u8> {
 /// writer's own tag), which tells them from other tools' in a folder.
 const SUFFIX: &str = ".alexnet-cuda";
 /// The start of every events file's name (TensorFlow's pattern).
-const PREFIX: &str = "events.out.tfevents.";
+pub const PREFIX: &str = "events.out.tfevents.";
 
 /// Whether `name` is one of this program's events files: another tool's
 /// logs in the same folder are not.

@@ -1442,6 +1442,14 @@ fn predict_and_export_cli() {
     assert!(!ok && err.contains(&want), "{err}");
     assert!(std::fs::read(&log).unwrap() == log_before);
     assert!(std::fs::read(&chart).unwrap() == chart_before);
+    // Names that only start like a run's are the user's, in its folder too.
+    let (mine_csv, mine_png) = (out.join("epochs.before.csv"), out.join("ckpt-best.png"));
+    let (mine_csv_s, mine_png_s) = (s(&mine_csv), s(&mine_png));
+    let args = [&["eval"][..], &cpu, &["--per-class", &mine_csv_s]].concat();
+    let (ok, _, err) = cli(&args);
+    assert!(ok && mine_csv.exists(), "{err}");
+    let (ok, _, err) = cli(&["filters", "--checkpoint", &run, "--out", &mine_png_s]);
+    assert!(ok && mine_png.exists(), "{err}");
     // The same names outside a run's folder are the user's to write.
     let elsewhere = t.path().join("epochs.csv");
     let elsewhere_s = s(&elsewhere);

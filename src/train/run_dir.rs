@@ -365,8 +365,18 @@ fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
 /// temporary files are swept, not those of a user's own files beside, and
 /// other commands' outputs may not take these names there.
 pub fn is_run_file(name: &str) -> bool {
-    const STARTS: [&str; 4] = ["ckpt-", "steps.", "epochs.", "events.out.tfevents."];
-    STARTS.iter().any(|s| name.starts_with(s)) || ["best.safetensors", "curves.png"].contains(&name)
+    const NAMES: [&str; 6] = [
+        "steps.csv",
+        "steps.jsonl",
+        "epochs.csv",
+        "epochs.jsonl",
+        "best.safetensors",
+        "curves.png",
+    ];
+    // TensorBoard's names go on with the time, host and program.
+    NAMES.contains(&name)
+        || checkpoint::step_in_name(name).is_some()
+        || name.starts_with(crate::tensorboard::PREFIX)
 }
 
 /// A fresh run never writes into another run's folder, nor over the
