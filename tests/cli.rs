@@ -613,6 +613,12 @@ fn contradictory_flags_are_refused() {
         .concat(),
         &["--warmup", "at most 1000000 steps"],
     );
+    // --phase-steps counts too: they are steps, and --per-layer keeps a
+    // timing of every op of each.
+    assert_error(
+        &[&huge[..], &["--phase-steps", "99999999999"]].concat(),
+        &["--phase-steps 99999999999", "at most 1000000 steps in all"],
+    );
     assert_error(
         &[
             &huge[..],

@@ -128,13 +128,15 @@ impl StepReport {
 pub fn run(args: BenchStepArgs) -> Result<()> {
     // Before any device is opened: a bad rate would fail only after the run.
     bench_hp(args.lr)?;
+    let phase_steps = args.phase_steps.unwrap_or(3);
     if args
         .warmup
         .checked_add(args.steps)
+        .and_then(|n| n.checked_add(phase_steps))
         .is_none_or(|n| n > MAX_BENCH_STEPS)
     {
         bail!(
-            "--warmup {} and --steps {}: at most {MAX_BENCH_STEPS} steps in all",
+            "--warmup {}, --steps {} and --phase-steps {phase_steps}: at most {MAX_BENCH_STEPS} steps in all",
             args.warmup,
             args.steps
         );
