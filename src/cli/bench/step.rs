@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use alexnet_cuda::backend::Backend;
 use alexnet_cuda::dist::placement::{self, OnDevice, OnLayout};
@@ -159,12 +159,23 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
         }
         let world = World::single();
         let request = args.device.request(&args.parallel, &world)?;
+        warn_of_no_warmup(&args, request.cpu);
         ensure_nccl(placement::nccl_use(&request, &world)?)?;
         return placement::run_on(&request, &world, BenchOn(&topo, &args));
     }
     let request = args.device.request_one()?;
     let cpu = request.cpu;
+    warn_of_no_warmup(&args, cpu);
     placement::run_on_one(&request, StepsOn(&topo, &args, cpu))
+}
+
+/// On a GPU the step time is the mean of the timed steps: with no warm-up,
+/// the first step's setup (cuDNN's search for algorithms, the first
+/// allocations) is in it. (On the CPU, the median leaves it out.)
+fn warn_of_no_warmup(args: &BenchStepArgs, cpu: bool) {
+    if args.warmup == 0 && !cpu {
+        warn!("--warmup 0: the first step's setup (cuDNN's choice of algorithms, the first allocations) is timed, so images_per_s reads low; pass --warmup 1 or more to time steps alone");
+    }
 }
 
 /// `bench_steps` on the one requested device.
@@ -272,6 +283,9 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
     let phases = phase_times(be, &mut model, &x, &labels, &hp, phase_steps)?;
     let mut report = StepReport::new(be.name(), topo, batch, &t, cpu);
     report.phases = Some(phases);
+    // The probe's free is queued on the stream: the pool takes it back
+    // at a synchronize, before which it would count as used.
+    be.synchronize()?;
     if let (Some(before), Some(after)) = (free_before, be.device_memory()) {
         report.device_bytes_used = Some(before.saturating_sub(after.free));
         report.device_bytes_planned = Some(planned);
