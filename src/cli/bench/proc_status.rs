@@ -21,13 +21,14 @@ impl ProcStatus {
             .unwrap_or(0)
     }
 
-    /// The field `key` in MB (of 1024 kB).
+    /// The field `key` in MB (10^6 bytes).
     pub fn mb(&self, key: &str) -> f64 {
         kb_to_mb(self.kb(key))
     }
 }
 
-/// kB to MB (of 1024 kB).
+/// The file's kB (1024 bytes, as the kernel counts them) to MB of 10^6
+/// bytes, the unit of every other size the program reports.
 pub fn kb_to_mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
+    kb as f64 * 1024.0 / 1e6
 }
