@@ -1,8 +1,7 @@
 //! Writing files so a crash, a kill or a full disk never leaves a half-written
 //! one where a reader looks: write a temporary file in the same folder, fsync
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
-//! folder so the rename itself survives a power cut. A symbolic link is
-//! written through, to the file it names. `write_csv` is the
+//! folder so the rename itself survives a power cut. `write_csv` is the
 //! same for a table; `short_of_room` says when a folder's disk has too
 //! little free space, `size` writes a byte count as text.
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -228,7 +227,6 @@ fn refuse_long_name(path: &Path) -> Result<()> {
 /// refused before the work. The probe is the temporary file a write
 /// makes, removed at once.
 pub fn check_writable(path: &Path) -> Result<()> {
-    let path = &through_links(path);
     check_target(path)?;
     let tmp = temp_path(path);
     File::create(&tmp).map_err(|e| Error::io(path, e))?;
@@ -258,11 +256,14 @@ pub fn write_aside(base: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// The file a write to `path` should replace: `path`, or where it is a
-/// symbolic link, what the link names (followed link by link, a relative
-/// target read from the link's folder), as the shell's `>` writes through a
-/// link. A rename onto `path` itself would replace the link with a file
-/// and leave its target as it was. Past 40 links (a loop), `path`.
+/// The file a command told to write `path` (`--out`, `--logits`, ...)
+/// writes: `path`, or where it is a symbolic link, what the link names
+/// (followed link by link, a relative target read from the link's
+/// folder), as the shell's `>` writes through a link; a rename onto the
+/// link itself would replace it with a file and leave its target as it
+/// was. Past 40 links (a loop), `path`. The program's own files (a run's,
+/// a store's) are not followed: a linked copy of a run must not write
+/// into the original.
 pub fn through_links(path: &Path) -> PathBuf {
     let mut at = path.to_path_buf();
     for _ in 0..40 {
@@ -274,10 +275,10 @@ pub fn through_links(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Replace `path` (or the file it links to: [`through_links`]) with
-/// `bytes` atomically.
+/// Replace `path` with `bytes` atomically: a symbolic link there is
+/// replaced too, not followed (the commands follow the links of the files
+/// they are told to write, with [`through_links`], before they get here).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let path = &through_links(path);
     check_target(path)?;
     sweep_before_writing(path);
     let tmp = temp_path(path);

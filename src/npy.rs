@@ -158,7 +158,6 @@ pub struct NpyWriter {
 
 impl NpyWriter {
     pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyWriter> {
-        let path = &crate::fsutil::through_links(path);
         check_target(path)?;
         sweep_before_writing(path);
         let tmp = temp_path(path);

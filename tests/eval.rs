@@ -1442,6 +1442,27 @@ fn predict_and_export_cli() {
     assert!(!ok && err.contains(&want), "{err}");
     assert!(std::fs::read(&log).unwrap() == log_before);
     assert!(std::fs::read(&chart).unwrap() == chart_before);
+    // A link at an output flag is written through, as the shell's `>`
+    // does: the file it names is replaced and the link stays; features'
+    // side files go beside that file, not the link.
+    let deploy = t.path().join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    let (v1, latest) = (deploy.join("v1.onnx"), t.path().join("latest.onnx"));
+    std::fs::write(&v1, "an older export").unwrap();
+    std::os::unix::fs::symlink("deploy/v1.onnx", &latest).unwrap();
+    let (ok, _, err) = cli(&["export", "--checkpoint", &run, "--out", &s(&latest)]);
+    assert!(ok, "{err}");
+    assert!(std::fs::symlink_metadata(&latest).unwrap().is_symlink());
+    assert!(std::fs::read(&v1).unwrap() != b"an older export");
+    let (npy, link) = (deploy.join("f.npy"), t.path().join("f.npy"));
+    std::os::unix::fs::symlink(&npy, &link).unwrap();
+    let link_s = s(&link);
+    let args = [&["features"][..], &cpu, &["--limit", "2", "--out", &link_s]].concat();
+    let (ok, _, err) = cli(&args);
+    assert!(ok, "{err}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(npy.exists() && deploy.join("f.meta.json").exists(), "{err}");
+    assert!(!t.path().join("f.meta.json").exists());
     // Names that only start like a run's are the user's, in its folder too.
     let (mine_csv, mine_png) = (out.join("epochs.before.csv"), out.join("ckpt-best.png"));
     let (mine_csv_s, mine_png_s) = (s(&mine_csv), s(&mine_png));

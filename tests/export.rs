@@ -292,34 +292,6 @@ fn writes_and_reads_name_a_missing_folder_or_a_folder_given_as_a_file() {
     assert_eq!(left, 0, "files left in {}", dir.path().display());
 }
 
-/// A write to a symbolic link replaces the file it names and leaves the
-/// link, as the shell's `>` does: a link to an older file (relative, here)
-/// and a link to a file not yet there, through both writers.
-#[test]
-fn a_write_to_a_link_goes_to_the_file_it_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let deploy = dir.path().join("deploy");
-    std::fs::create_dir(&deploy).unwrap();
-    let (v1, latest) = (
-        deploy.join("v1.safetensors"),
-        dir.path().join("latest.safetensors"),
-    );
-    std::fs::write(&v1, "an older file").unwrap();
-    std::os::unix::fs::symlink("deploy/v1.safetensors", &latest).unwrap();
-    let tensors = tensors_of(&narrow());
-    write_safetensors(&latest, &tensors, &BTreeMap::new()).unwrap();
-    assert!(std::fs::symlink_metadata(&latest).unwrap().is_symlink());
-    assert_eq!(read_safetensors(&v1).unwrap().len(), tensors.len());
-
-    let (npy, link) = (deploy.join("x.npy"), dir.path().join("x.npy"));
-    std::os::unix::fs::symlink(&npy, &link).unwrap();
-    let mut w = NpyWriter::create(&link, 1, 2).unwrap();
-    w.append(&[1.0, 2.0]).unwrap();
-    w.finish().unwrap();
-    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert_eq!(read_npy_f32(&npy).unwrap().1, vec![1.0, 2.0]);
-}
-
 // ---------------------------------------------------------------------------
 // A protobuf reader for the tests, from the wire format description
 // (protobuf.dev/programming-guides/encoding): key varint = field << 3 | type;

@@ -273,8 +273,6 @@ pub fn named_as(flag: &str, out: &Path, ext: &str, what: &str) -> Result<()> {
 /// (epochs.csv, steps.csv, ...) would be lost.
 pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
     use alexnet_cuda::checkpoint;
-    // The file a write replaces: through a link, what it names.
-    let out = &alexnet_cuda::fsutil::through_links(out);
     if checkpoint::is_checkpoint_file(out) {
         bail!(
             "{flag} {}: a training checkpoint, which this command would replace (a run resumes from it); write elsewhere",

@@ -21,7 +21,7 @@ use alexnet_cuda::eval::{
     evaluate_by_class, loader_for, open_eval_data, warn_of_ten_equal_crops, ClassTally, EvalResult,
 };
 use alexnet_cuda::features::spread;
-use alexnet_cuda::fsutil::check_writable;
+use alexnet_cuda::fsutil::{check_writable, through_links};
 use alexnet_cuda::held_out::{held_out, is_training_data};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
@@ -65,7 +65,10 @@ pub struct EvalArgs {
 }
 
 /// Evaluate and print the result.
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(mut args: EvalArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.per_class = args.per_class.map(|f| through_links(&f));
+    args.confusion = args.confusion.iter().map(|f| through_links(f)).collect();
     // Refused before the run, not after it.
     if let Some(f) = &args.per_class {
         check_writable(f)?;

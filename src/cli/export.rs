@@ -12,7 +12,7 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
-use alexnet_cuda::fsutil::check_target;
+use alexnet_cuda::fsutil::{check_target, through_links};
 
 use super::common::{flag_value, not_a_run_file};
 
@@ -40,7 +40,9 @@ enum ExportFormat {
 }
 
 /// Write the file and say what went in.
-pub fn run(args: ExportArgs) -> Result<()> {
+pub fn run(mut args: ExportArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.out = through_links(&args.out);
     not_a_run_file("--out", &args.out)?;
     // Before the checkpoint is loaded (seconds for alexnet's 490 MB).
     check_target(&args.out)?;

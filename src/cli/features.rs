@@ -38,7 +38,9 @@ pub struct FeaturesArgs {
 }
 
 /// Write the features and say how many.
-pub fn run(args: FeaturesArgs) -> Result<()> {
+pub fn run(mut args: FeaturesArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.out = alexnet_cuda::fsutil::through_links(&args.out);
     not_a_run_file("--out", &args.out)?;
     named_as("--out", &args.out, "npy", "a NumPy .npy array")?;
     let (request, ck) = args.run.start()?;

@@ -46,7 +46,9 @@ impl From<ScaleFlag> for Scale {
 }
 
 /// Draw the picture and print the towers' colour table.
-pub fn run(args: FiltersArgs) -> Result<()> {
+pub fn run(mut args: FiltersArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.out = alexnet_cuda::fsutil::through_links(&args.out);
     named_as("--out", &args.out, "png", "a PNG picture")?;
     not_a_run_file("--out", &args.out)?;
     filters::check_out(&args.out)?;

@@ -48,7 +48,9 @@ pub struct NeighborsArgs {
 }
 
 /// Find the neighbours, draw them, and print them as a table.
-pub fn run(args: NeighborsArgs) -> Result<()> {
+pub fn run(mut args: NeighborsArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.out = alexnet_cuda::fsutil::through_links(&args.out);
     not_a_run_file("--out", &args.out)?;
     named_as("--out", &args.out, "png", "a PNG picture")?;
     not_among_images("--out", &args.out, &args.data)?;

@@ -70,7 +70,9 @@ pub struct PredictArgs {
 const GROUP: usize = 256;
 
 /// Classify the inputs and print each one's top classes.
-pub fn run(args: PredictArgs) -> Result<()> {
+pub fn run(mut args: PredictArgs) -> Result<()> {
+    // Through a link, the file it names is the one written (and checked).
+    args.logits = args.logits.map(|f| fsutil::through_links(&f));
     set_threads(args.threads)?;
     // The flags first: a bad one is reported before any file is read.
     let request = args.device.request_one()?;
