@@ -110,6 +110,26 @@ fn a_val_store_that_fails_after_train_leaves_no_earlier_one() -> TestResult {
     assert_ne!(read_meta(&out.join("train"))?.generation, gen, "{e}");
     let left: Vec<_> = fs::read_dir(out.join("val"))?.collect::<Result<_, _>>()?;
     assert!(left.is_empty(), "{left:?}");
+    // A val/ that holds no val store (a user's own files, one named like a
+    // store's) is left as it is, and no removal is claimed.
+    let fresh = t.path().join("fresh");
+    fs::create_dir_all(fresh.join("val"))?;
+    for f in ["meta.json", "skipped.txt", "notes.txt"] {
+        fs::write(fresh.join("val").join(f), "mine")?;
+    }
+    o.out = fresh.clone();
+    let e = prepare(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("was written before the val store") && !e.contains("removed"),
+        "{e}"
+    );
+    for f in ["meta.json", "skipped.txt", "notes.txt"] {
+        assert_eq!(
+            fs::read_to_string(fresh.join("val").join(f))?,
+            "mine",
+            "{f}: {e}"
+        );
+    }
     Ok(())
 }
 

@@ -186,18 +186,19 @@ pub fn remove_leftovers(dir: &Path) {
     remove_other_generations(dir, current.as_deref());
 }
 
-/// Remove the store at `dir`: its `meta.json` first, durably (from then on
-/// it is no store), then its files. A val store goes so once the train
-/// store it was paired with is replaced. Nothing where it has no store.
-pub fn retire(dir: &Path) -> Result<()> {
-    let meta = dir.join(META_FILE);
-    match fs::remove_file(&meta) {
-        Ok(()) => sync_dir(&meta)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&meta, e)),
+/// Remove the val store at `dir` (one whose meta.json [`read_meta`] reads
+/// and names a train store: `paired_with`): its `meta.json` first, durably
+/// (from then on it is no store), then its generation files. Returns
+/// whether there was one; anything else there is left as it is.
+pub fn retire_val(dir: &Path) -> Result<bool> {
+    if !read_meta(dir).is_ok_and(|m| m.paired_with.is_some()) {
+        return Ok(false);
     }
+    let meta = dir.join(META_FILE);
+    fs::remove_file(&meta).map_err(|e| Error::io(&meta, e))?;
+    sync_dir(&meta)?;
     remove_other_generations(dir, None);
-    Ok(())
+    Ok(true)
 }
 
 /// A failed write while building a store: name the file, say that the

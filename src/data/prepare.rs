@@ -32,8 +32,8 @@ use super::folder::{
 };
 use super::lighting::Pca;
 use super::packed::{
-    is_store, is_unfinished_store, read_meta, remove_leftovers, retire, Encoding, Stats, StoreMeta,
-    StoreWriter, MAX_SIDE,
+    is_store, is_unfinished_store, read_meta, remove_leftovers, retire_val, Encoding, Stats,
+    StoreMeta, StoreWriter, MAX_SIDE,
 };
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{list_failures, Error, Result};
@@ -265,9 +265,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     // The earlier val store was paired with the train store just replaced:
     // should its own replacement fail or be killed, it must not pass as
     // this one's.
-    if opts.val.is_some() {
-        retire_val(&opts.out)?;
-    }
+    let retired = opts.val.is_some() && retire_earlier_val(&opts.out)?;
     let th = Hashed::new(&items, stored);
     let train_dir = opts.out.join("train");
     let mut dups = duplicates::list_train(&train_dir, &opts.train, &th, &classes)
@@ -278,8 +276,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             let (val, stored) = store("val", v, &items, 0, gen).map_err(|e| {
                 // Its "nothing was written" is the val store's: say what was.
                 Error::Data(format!(
-                    "{e}. The train store, {}, was written before the val store and is complete; the earlier val store, paired with the train store replaced, was removed; run the same prepare again once the val data is fixed (it writes both again)",
-                    opts.out.join("train").display()
+                    "{e}. The train store, {}, was written before the val store and is complete{}; run the same prepare again once the val data is fixed (it writes both again)",
+                    opts.out.join("train").display(),
+                    match retired {
+                        true => "; the earlier val store, paired with the train store replaced, was removed",
+                        false => "",
+                    }
                 ))
             })?;
             let vh = Hashed::new(&items, stored);
@@ -303,8 +305,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
 }
 
 /// Remove `out`'s val store and its lists, once the train store it was
-/// paired with is replaced.
-fn retire_val(out: &Path) -> Result<()> {
+/// paired with is replaced; whether there was one.
+fn retire_earlier_val(out: &Path) -> Result<bool> {
     let dir = out.join("val");
     let gone = |e: Error| {
         Error::Data(format!(
@@ -313,7 +315,9 @@ fn retire_val(out: &Path) -> Result<()> {
             dir.display()
         ))
     };
-    retire(&dir).map_err(gone)?;
+    if !retire_val(&dir).map_err(gone)? {
+        return Ok(false);
+    }
     for list in [SKIPPED_LIST, duplicates::LIST] {
         match fs::remove_file(dir.join(list)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -322,7 +326,7 @@ fn retire_val(out: &Path) -> Result<()> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The list of files a store left out, beside it.
