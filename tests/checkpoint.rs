@@ -214,6 +214,9 @@ fn sigkill_twice_then_resume_is_bit_identical() {
     // process's pid; plant one too, so the clean-up is always exercised.
     let stale = killed.join("ckpt-0000000007.safetensors.tmp-4194303999");
     std::fs::write(&stale, b"half a checkpoint").unwrap();
+    // And one of the metrics a resume keeps aside (NAME.before-resume-STEP).
+    let aside = killed.join("steps.csv.before-resume-3.tmp-4194303999");
+    std::fs::write(&aside, b"step,epoch").unwrap();
     run_ok(&resume_args(&killed));
     let temps: Vec<_> = std::fs::read_dir(&killed)
         .unwrap()

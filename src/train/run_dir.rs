@@ -373,8 +373,11 @@ pub fn is_run_file(name: &str) -> bool {
         "best.safetensors",
         "curves.png",
     ];
-    // TensorBoard's names go on with the time, host and program.
+    // TensorBoard's names go on with the time, host and program; a
+    // resume keeps the metrics cut back aside as NAME.before-resume-STEP.
+    let aside = name.split_once(".before-resume-").map(|(n, _)| n);
     NAMES.contains(&name)
+        || aside.is_some_and(|n| NAMES[..4].contains(&n))
         || checkpoint::step_in_name(name).is_some()
         || name.starts_with(crate::tensorboard::PREFIX)
 }
