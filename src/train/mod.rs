@@ -438,7 +438,7 @@ impl<'a> Trainer<'a> {
         // that found it first and stopped gave this one its error. Its
         // own steps name the cause, and no checkpoint of them is kept.
         let read = match self.read_steps() {
-            Err(Error::Diverged { what, fix }) => {
+            Err(Error::Diverged { what, fix }) if matches!(e, Error::Peer(_)) => {
                 return Error::Diverged {
                     what: format!("{what} (another process found it first and stopped: {e})"),
                     fix,
