@@ -57,7 +57,11 @@ impl HostArgs {
     /// its share of the cores, not all of them: each process starting one
     /// thread a core would run `processes` threads on every core.
     pub fn apply_shared(&self, processes: usize) -> Result<()> {
-        let own = std::env::var_os("RAYON_NUM_THREADS").is_some();
+        // rayon takes an empty or 0 RAYON_NUM_THREADS for one a core.
+        let own = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|n| n > 0);
         let threads = match (self.threads, processes) {
             (None, p) if p > 1 && !own => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

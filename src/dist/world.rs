@@ -73,8 +73,6 @@ fn seconds(var: impl Fn(&str) -> Option<String>, key: &str, default: Duration) -
         })
 }
 
-/// `host:port` or `[v6]:port`: one colon cannot be an IPv6 address, and
-/// a bracketed one ends at its bracket.
 /// Whether `addr` is the unspecified address (0.0.0.0, ::), which binds
 /// every interface and reaches no other machine.
 fn unspecified(addr: &str) -> bool {
@@ -83,6 +81,8 @@ fn unspecified(addr: &str) -> bool {
         .is_ok_and(|ip| ip.is_unspecified())
 }
 
+/// `host:port` or `[v6]:port`: one colon cannot be an IPv6 address, and
+/// a bracketed one ends at its bracket.
 fn with_a_port(addr: &str) -> bool {
     addr.matches(':').count() == 1 || (addr.starts_with('[') && !addr.ends_with(']'))
 }
