@@ -37,22 +37,26 @@ fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
 }
 
 /// A busy but smooth test picture, different per `seed`.
+/// Train (3 images a class) and val (2) trees under `root`, prepared
+/// together into `root/st` at 16 px, raw; the options that did it.
+fn prepared_pair(root: &Path) -> Result<PrepareOptions, Box<dyn std::error::Error>> {
+    let (train, val, out) = (root.join("train"), root.join("val"), root.join("st"));
+    good_tree(&train, 3, 20, 18)?;
+    good_tree(&val, 2, 20, 18)?;
+    let mut o = opts(&train, &out, 16, Encoding::Raw);
+    o.val = Some(val);
+    prepare(&o)?;
+    Ok(o)
+}
+
 /// What would stop the val store (a link to nothing among its images, a
 /// file where its folder goes) is refused before the train store is
 /// written again, naming it.
 #[test]
 fn what_would_stop_the_val_store_is_refused_before_train_is_written() -> TestResult {
     let t = TempDir::new()?;
-    let (train, val, out) = (
-        t.path().join("train"),
-        t.path().join("val"),
-        t.path().join("st"),
-    );
-    good_tree(&train, 3, 20, 18)?;
-    good_tree(&val, 2, 20, 18)?;
-    let mut o = opts(&train, &out, 16, Encoding::Raw);
-    o.val = Some(val.clone());
-    prepare(&o)?;
+    let (val, out) = (t.path().join("val"), t.path().join("st"));
+    let mut o = prepared_pair(t.path())?;
     let gen = read_meta(&out.join("train"))?.generation;
     std::os::unix::fs::symlink("/nonexistent/mnt/v.JPEG", val.join("n02_dog/gone.JPEG"))?;
     let e = prepare(&o).unwrap_err().to_string();
@@ -84,16 +88,8 @@ fn what_would_stop_the_val_store_is_refused_before_train_is_written() -> TestRes
 #[test]
 fn a_val_store_that_fails_after_train_leaves_no_earlier_one() -> TestResult {
     let t = TempDir::new()?;
-    let (train, val, out) = (
-        t.path().join("train"),
-        t.path().join("val"),
-        t.path().join("st"),
-    );
-    good_tree(&train, 3, 20, 18)?;
-    good_tree(&val, 2, 20, 18)?;
-    let mut o = opts(&train, &out, 16, Encoding::Raw);
-    o.val = Some(val.clone());
-    prepare(&o)?;
+    let (val, out) = (t.path().join("val"), t.path().join("st"));
+    let mut o = prepared_pair(t.path())?;
     let gen = read_meta(&out.join("train"))?.generation;
     for f in fs::read_dir(val.join("n02_dog"))? {
         fs::write(f?.path(), b"not a jpeg")?;
