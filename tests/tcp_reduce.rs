@@ -488,6 +488,16 @@ fn a_rank_that_never_comes_is_named_when_the_wait_ends() {
         err.ends_with(": start rank 0, and check MASTER_ADDR and MASTER_PORT"),
         "{err}"
     );
+    // An IPv6 address is shown in brackets, as it is written with a port.
+    let v6 = World {
+        master: Some(("::1".into(), nobody - 1)),
+        ..lone.clone()
+    };
+    let err = error_of(TcpAllReduce::join(&v6, 1, None));
+    assert!(
+        err.contains(&format!("rank 0 at [::1]:{nobody} in 1 s")),
+        "{err}"
+    );
 
     // A listener that takes the connection (the kernel's backlog) but
     // never answers the hello: a wait that ran out, not a refusal.

@@ -476,7 +476,7 @@ impl TcpAllReduce {
         stop: Option<&Arc<AtomicBool>>,
     ) -> Result<TcpAllReduce> {
         let (addr, port) = master(world)?;
-        let target = format!("{addr}:{port}");
+        let target = super::world::host_port(&addr, port.into());
         let rank = world.rank;
         let start = Instant::now();
         tracing::info!(

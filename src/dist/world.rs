@@ -73,6 +73,15 @@ fn seconds(var: impl Fn(&str) -> Option<String>, key: &str, default: Duration) -
         })
 }
 
+/// `addr:port`, an IPv6 address in brackets (`[::1]:29501`), as NCCL
+/// reads it and as messages should show it.
+pub fn host_port(addr: &str, port: usize) -> String {
+    match addr.contains(':') && !addr.starts_with('[') {
+        true => format!("[{addr}]:{port}"),
+        false => format!("{addr}:{port}"),
+    }
+}
+
 /// Whether `addr` is the unspecified address (0.0.0.0, ::), which binds
 /// every interface and reaches no other machine.
 fn unspecified(addr: &str) -> bool {
@@ -268,12 +277,7 @@ impl World {
     /// NCCL needs no rendezvous). IPv6 addresses go in brackets.
     pub fn nccl_comm_id(&self, part: usize) -> Option<String> {
         let (addr, port) = self.master.as_ref()?;
-        let port = *port as usize + 1 + part;
-        Some(if addr.contains(':') && !addr.starts_with('[') {
-            format!("[{addr}]:{port}")
-        } else {
-            format!("{addr}:{port}")
-        })
+        Some(host_port(addr, *port as usize + 1 + part))
     }
 
     /// The NCCL ranks of this process's `k` local replicas, and the total.
