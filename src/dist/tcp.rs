@@ -333,10 +333,11 @@ fn asked_to_stop(stop: Option<&Arc<AtomicBool>>) -> bool {
     stop.is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
-/// Rank 0's one-byte answer to a hello, read in slices (the socket's
-/// timeout) with a look at the stop flag between them: `None` at a signal,
-/// `TimedOut` after `wait`.
-fn read_answer(
+/// One byte from rank 0 (its answer to a hello, its start byte), read in
+/// slices (the socket's timeout) with a look at the stop flag between
+/// them: `None` at a signal, `TimedOut` after `wait`, `UnexpectedEof` when
+/// rank 0 closed the connection.
+fn read_byte(
     s: &mut TcpStream,
     stop: Option<&Arc<AtomicBool>>,
     wait: Duration,
@@ -527,7 +528,7 @@ impl TcpAllReduce {
         greeting.extend_from_slice(&(local as u32).to_le_bytes());
         s.write_all(&greeting)
             .map_err(net_err(format!("rank {rank} to rank 0 at {target}")))?;
-        let answer = read_answer(&mut s, stop, world.connect_for).map_err(|e| {
+        let answer = read_byte(&mut s, stop, world.connect_for).map_err(|e| {
             let what = match e.kind() {
                 std::io::ErrorKind::TimedOut => format!(
                     "did not answer this process's hello in {} s; rank 0 may still be starting (it answers once it waits for the ranks; ALEXNET_CONNECT_TIMEOUT sets the wait), or something other than rank 0 of this run listens there",
@@ -606,34 +607,24 @@ impl TcpAllReduce {
                 "rank {rank}, waiting for the other ranks to join: {why}; rank 0's log names the ranks it waited for"
             ))
         };
-        // In slices (the socket's timeout), looking at the stop flag between them.
-        let s = &mut self.peers[0];
-        let start = Instant::now();
-        let mut b = [0u8; 1];
-        loop {
-            use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
-            let stop = asked_to_stop(self.stop.as_ref());
-            match s.read(&mut b) {
-                Ok(1) => break,
-                Err(e) if matches!(e.kind(), WouldBlock | TimedOut | Interrupted) => {}
-                Ok(_) if stop => return Err(stopped(format!("rank {rank} waited for the other ranks"))),
-                Ok(_) => return Err(failed("rank 0 closed the connection before every rank had joined: it stopped, or gave up waiting for a rank".into())),
-                Err(e) => return Err(failed(e.to_string())),
-            }
-            if stop {
-                return Err(stopped(format!("rank {rank} waited for the other ranks")));
-            }
-            if start.elapsed() > wait {
-                return Err(failed(format!(
+        let stop = self.stop.as_ref();
+        let stopped_here = || stopped(format!("rank {rank} waited for the other ranks"));
+        let byte = match read_byte(&mut self.peers[0], stop, wait) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(stopped_here()),
+            Err(e) => return Err(match e.kind() {
+                std::io::ErrorKind::UnexpectedEof if asked_to_stop(stop) => stopped_here(),
+                std::io::ErrorKind::UnexpectedEof => failed("rank 0 closed the connection before every rank had joined: it stopped, or gave up waiting for a rank".into()),
+                std::io::ErrorKind::TimedOut => failed(format!(
                     "not every rank joined in {} s (ALEXNET_CONNECT_TIMEOUT sets the wait)",
                     wait.as_secs()
-                )));
-            }
-        }
-        if b[0] != ALL_JOINED {
+                )),
+                _ => failed(e.to_string()),
+            }),
+        };
+        if byte != ALL_JOINED {
             return Err(Error::Config(format!(
-                "rank {rank}: rank 0 sent {} where its start byte belongs; run the same alexnet-cuda build in every process",
-                b[0]
+                "rank {rank}: rank 0 sent {byte} where its start byte belongs; run the same alexnet-cuda build in every process"
             )));
         }
         Ok(())
