@@ -53,6 +53,14 @@ pub struct BenchStepArgs {
     per_layer: PerLayerArgs,
 }
 
+impl BenchStepArgs {
+    /// --phase-steps, or its default when not given (which the flag's
+    /// Option still tells apart).
+    fn phase_steps(&self) -> usize {
+        self.phase_steps.unwrap_or(3)
+    }
+}
+
 /// Most warm-up and timed steps one bench-step runs: hours at any batch,
 /// and far from the counters' overflow.
 const MAX_BENCH_STEPS: usize = 1_000_000;
@@ -128,7 +136,7 @@ impl StepReport {
 pub fn run(args: BenchStepArgs) -> Result<()> {
     // Before any device is opened: a bad rate would fail only after the run.
     bench_hp(args.lr)?;
-    let phase_steps = args.phase_steps.unwrap_or(3);
+    let phase_steps = args.phase_steps();
     if args
         .warmup
         .checked_add(args.steps)
@@ -259,7 +267,7 @@ fn bench_steps<B: Backend>(be: &B, topo: &Topology, args: &BenchStepArgs, cpu: b
         )?,
         MemoryNeed::on_device(be, topo, 1)?,
     );
-    let phase_steps = args.phase_steps.unwrap_or(3);
+    let phase_steps = args.phase_steps();
     // The network's plan, beside the memory it is seen to take: measured
     // after phase_times has freed its probe.
     let planned = on_device.bytes(batch, 0);
