@@ -238,6 +238,14 @@ fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
             "MASTER_ADDR={addr}: the name resolves to no address"
         )));
     }
+    // A name such as `0` resolves to 0.0.0.0, which World refuses when
+    // written out: rank 0 would listen on every interface.
+    if let Some(any) = all.iter().find(|a| a.ip().is_unspecified()) {
+        return Err(Error::Config(format!(
+            "MASTER_ADDR={addr} resolves to {}, the address of no machine: set it to rank 0's address (127.0.0.1 for processes on one machine)",
+            any.ip()
+        )));
+    }
     Ok(all)
 }
 
@@ -909,6 +917,14 @@ impl<B: Backend> AllReduce<B> for TcpAllReduce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_for_the_unspecified_address_is_refused() {
+        // glibc reads `0` as the IPv4 number 0: 0.0.0.0, every interface.
+        let e = bind_at("0", 0).unwrap_err().to_string();
+        assert!(e.contains("MASTER_ADDR=0 resolves to 0.0.0.0"), "{e}");
+        assert!(bind_at("127.0.0.1", 0).is_ok());
+    }
 
     #[test]
     fn a_host_name_that_resolves_to_loopback_is_warned_of() {
