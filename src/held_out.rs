@@ -54,16 +54,7 @@ pub fn held_out(ck: &Checkpoint, data: Option<&Path>) -> Result<HeldOut> {
         }));
     }
     let (set, idx) = if is_store(&root.join("train")) && is_store(&root.join("val")) {
-        let val = PackedStore::open(&root.join("val"))?;
-        let train = PackedStore::open(&root.join("train"))?;
-        let all: Vec<usize> = (0..val.len()).collect();
-        let found = Found {
-            classes: val.classes(),
-            trained: limited_len(train.len(), st.options.limit),
-            digest: store_digest(&val, &all).ok(),
-        };
-        check_same(ck, &root, found, all.len())?;
-        (Arc::new(val) as Arc<dyn ImageSource>, all)
+        prepared_pair(ck, &root)?
     } else if is_store_or_prepared(&root) {
         let dir = if is_store(&root) {
             root.clone()
@@ -102,6 +93,34 @@ pub fn is_training_data(ck: &Checkpoint, path: &Path) -> bool {
         path.to_path_buf()
     };
     resolved(&read) == resolved(&trained)
+}
+
+/// The held-out images in a `prepare` output with both stores: its val/
+/// for a run given the root, the `--val` split of its train/ for a run
+/// given train/ alone (which never read val/). The run's recorded data
+/// says which to try first; moved data (`--data`) is tried both ways.
+fn prepared_pair(ck: &Checkpoint, root: &Path) -> Result<(Arc<dyn ImageSource>, Vec<usize>)> {
+    let train = root.join("train");
+    let split = || store_split(ck, &train);
+    let val = || val_store(ck, root);
+    match resolved(Path::new(&ck.state.data)) == resolved(&train) {
+        true => split().or_else(|e| val().map_err(|_| e)),
+        false => val().or_else(|e| split().map_err(|_| e)),
+    }
+}
+
+/// Every image of `root`'s val/ store, checked against its train/.
+fn val_store(ck: &Checkpoint, root: &Path) -> Result<(Arc<dyn ImageSource>, Vec<usize>)> {
+    let val = PackedStore::open(&root.join("val"))?;
+    let train = PackedStore::open(&root.join("train"))?;
+    let all: Vec<usize> = (0..val.len()).collect();
+    let found = Found {
+        classes: val.classes(),
+        trained: limited_len(train.len(), ck.state.options.limit),
+        digest: store_digest(&val, &all).ok(),
+    };
+    check_same(ck, root, found, all.len())?;
+    Ok((Arc::new(val), all))
 }
 
 /// A store's `--val` images: the split `load_store` made (`--limit` draws

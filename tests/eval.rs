@@ -571,6 +571,15 @@ fn eval_cli_repeats_the_runs_own_validation() {
     for key in ["images", "top1_error", "top5_error", "loss"] {
         assert_eq!(json_field(&held, key), json_field(&centre, key), "{key}");
     }
+    // A run on train/ alone held --val images out of it and never read
+    // val/: --held-out --data given the root finds them, not val/.
+    let split_out = t.path().join("split-run");
+    let split = ["--epochs", "1", "--batch", "20", "--val", "40"];
+    train_run(&store.join("train"), &split_out, &split);
+    let split_args = ["eval", "--checkpoint", &s(&split_out), "--held-out"];
+    let (ok, held, err) = cli(&[&split_args[..], &["--data", &s(&store), "--json"]].concat());
+    assert!(ok, "{err}");
+    assert_repeats_last_epoch(&split_out, &held, 40.0);
     // A store prepared again from fewer training images beside the same
     // val/ is not the run's data: --held-out --data refuses it.
     let fewer = t.path().join("fewer");
