@@ -320,12 +320,16 @@ fn step_lines(text: &str, format: MetricsFormat) -> (Vec<StepRow>, Vec<usize>) {
 }
 
 /// Whether `r` can be a row this program wrote after `prev`: a later step,
-/// finite epoch and time, and a rate a run trains at (a positive f32).
-/// Others (a log edited, joined from two runs, or damaged) are not read.
+/// finite epoch and time, a finite loss (a step whose loss is not stops
+/// the run before its row), a top-1 from 0 to 1, and a rate a run trains
+/// at (a positive f32). Others (a log edited, joined from two runs, or
+/// damaged) are not read.
 fn follows(r: &StepRow, prev: Option<&StepRow>) -> bool {
     prev.is_none_or(|p| r.step > p.step)
         && r.epoch.is_finite()
         && r.elapsed_s.is_finite()
+        && r.loss.is_finite()
+        && (0.0..=1.0).contains(&r.top1)
         && is_f32_rate(r.lr)
 }
 

@@ -1279,7 +1279,7 @@ fn a_resume_over_a_step_log_edited_by_hand_keeps_it_aside() {
 }
 
 /// Step rows this program cannot have written, a rate outside f32 (once
-/// drawn into a hang) and a step out of order (a row pasted from another
+/// drawn into a hang), a loss that is no number, a top-1 past 1 and a step out of order (a row pasted from another
 /// run), are not read: the resume keeps the file as it was beside the new
 /// one and says which lines, the log goes on without them, and the steps
 /// are not wrongly called missing.
@@ -1297,20 +1297,27 @@ fn a_resume_over_impossible_step_rows_keeps_them_aside() {
         let mut row7: Vec<&str> = lines[7].split(',').collect();
         row7[4] = "1e308";
         lines[7] = row7.join(",");
+        // A loss that is no number and a top-1 past 1: the trainer stops
+        // at a non-finite loss before its row, and counts hits of a batch.
+        for (line, field, value) in [(10, 2, "NaN"), (12, 3, "1.5")] {
+            let mut row: Vec<&str> = lines[line].split(',').collect();
+            row[field] = value;
+            lines[line] = row.join(",");
+        }
         lines.push("5,0.25000,NaN,0.10000,1e-2,1.00".into());
         edited = lines.join("\n") + "\n";
         std::fs::write(&path, &edited).unwrap();
     });
     let aside = a.join("steps.csv.before-resume-20");
     assert!(
-        err.contains("2 lines do not read as step rows (line 8 the first")
+        err.contains("4 lines do not read as step rows (line 8 the first")
             && err.contains(&aside.display().to_string()),
         "{err}"
     );
     assert!(!err.contains("missing from it"), "{err}");
     assert_eq!(std::fs::read_to_string(&aside).unwrap(), edited);
     let steps: Vec<u64> = lrs(&a).into_iter().map(|(s, _)| s).collect();
-    let want: Vec<u64> = (1..=6).chain(8..=40).collect();
+    let want: Vec<u64> = (1..=6).chain([8, 9, 11]).chain(13..=40).collect();
     assert_eq!(steps, want);
 }
 
