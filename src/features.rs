@@ -921,7 +921,8 @@ fn query_features<B: Backend>(
     let (ck, nq) = (job.ck, job.queries.len());
     let size = ck.state.preprocess.image_size;
     let batch = job.batch.clamp(1, nq.max(1));
-    let group = batch * QUERY_GROUP.div_ceil(batch);
+    // Whole batches, as many as fit in QUERY_GROUP (one when it is larger).
+    let group = batch * (QUERY_GROUP / batch).max(1);
     let mut q = Vec::with_capacity(nq * width);
     for paths in job.queries.chunks(group) {
         let (_, pixels, failed) = decode_some(paths, size);
