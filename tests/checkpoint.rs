@@ -1183,7 +1183,9 @@ fn plateau_schedule_by_hand() {
 /// does not improve), patience 1 and a warm-up of 2.5 epochs of 20 steps,
 /// epoch 2 (steps 21 to 40) is not counted and epoch 3 is, so the first
 /// drop comes after step 60, where counting epoch 2 had dropped the ramp
-/// after step 40.
+/// after step 40. The second, after the last epoch, is said to be for
+/// epochs a resume adds; with --max-drops 2 then taken, a resume's rate
+/// set by hand is said to stay.
 #[test]
 fn the_plateau_counts_no_epoch_inside_the_warm_up() {
     let t = tempfile::tempdir().unwrap();
@@ -1192,9 +1194,28 @@ fn the_plateau_counts_no_epoch_inside_the_warm_up() {
     let mut args = train_args(&d, &out, 4);
     let flat = ["--lr", "1e-9", "--patience", "1", "--warmup", "2.5"];
     args.extend(flat.iter().map(|f| f.to_string()));
-    run_ok(&args);
-    let got = lrs(&out);
+    args.extend(["--max-drops", "2"].map(String::from));
+    let o = run_logging(&args, "info");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("lr now 1e-10 (drop 1 of 2)"), "{err}");
+    assert!(
+        err.contains("lr for any epochs a resume adds 1e-11 (drop 2 of 2)"),
+        "{err}"
+    );
+    let mut more = resume_args(&out);
+    more.extend(["--epochs", "5", "--lr", "1e-9"].map(String::from));
+    let o = run_logging(&more, "info");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("all 2 drops of --max-drops are taken, so it stays"),
+        "{err}"
+    );
+    let (got, resumed): (Vec<_>, Vec<_>) = lrs(&out).into_iter().partition(|&(s, _)| s <= 80);
     assert_eq!(got.len(), 80);
+    assert_eq!(resumed.len(), 20);
+    assert!(resumed.iter().all(|&(_, lr)| lr == 1e-9), "{resumed:?}");
     for (step, lr) in got {
         let base = if step > 60 { 1e-10 } else { 1e-9 };
         let want = base * (step as f64 / 50.0).min(1.0);

@@ -420,7 +420,8 @@ impl<'a> Trainer<'a> {
             d.epoch(p.step, &stats, &*self.net)?;
         }
         let warming = schedule::warming_up(p.step, self.opts.run.warmup, p.epoch_batches);
-        schedule::record(p, &self.opts.run.schedule, err, best, warming);
+        let last = p.epoch >= self.opts.run.epochs;
+        schedule::record(p, &self.opts.run.schedule, err, best, warming, last);
         p.epoch_done = true;
         p.elapsed_s = elapsed;
         self.state.history.push(stats.clone());

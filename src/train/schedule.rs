@@ -55,6 +55,9 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
 /// divide it (not that epoch's own: the rate given is the one it trains at).
 pub fn after_hand(p: &Progress, schedule: &Schedule) -> String {
     match schedule {
+        Schedule::Plateau { max_drops, .. } if p.drops >= *max_drops => {
+            format!("all {max_drops} drops of --max-drops are taken, so it stays")
+        }
         Schedule::Plateau { .. } => "the epochs without improvement count from here".into(),
         Schedule::Milestones(m) => {
             // An epoch whose steps are all done trains no more.
@@ -78,7 +81,7 @@ pub fn after_hand(p: &Progress, schedule: &Schedule) -> String {
 /// epochs, at most `max_drops` times; the count restarts after each drop.
 pub fn after_validation(p: &mut Progress, schedule: &Schedule, err: f64) -> bool {
     let best = improves(p, err);
-    record(p, schedule, err, best, false);
+    record(p, schedule, err, best, false, false);
     best
 }
 
@@ -97,8 +100,16 @@ pub fn improves(p: &Progress, err: f64) -> bool {
 /// (in a run of several processes, by rank 0 for all). An epoch that ends
 /// while the rate is `warming` up (`warming_up`) is not counted against
 /// the plateau: the schedule's rate has not been tried yet, and a patience
-/// of 1 would otherwise spend every drop inside the ramp.
-pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool, warming: bool) {
+/// of 1 would otherwise spend every drop inside the ramp. After the `last`
+/// epoch a drop is kept for epochs a resume adds, and said so.
+pub fn record(
+    p: &mut Progress,
+    schedule: &Schedule,
+    err: f64,
+    best: bool,
+    warming: bool,
+    last: bool,
+) {
     if best {
         p.best_err = Some(err);
         p.since_best = 0;
@@ -114,8 +125,12 @@ pub fn record(p: &mut Progress, schedule: &Schedule, err: f64, best: bool, warmi
             p.lr = tenth(p.lr);
             p.drops += 1;
             p.since_best = 0;
+            let from = match last {
+                true => "for any epochs a resume adds",
+                false => "now",
+            };
             info!(
-                "validation error has not improved for {patience} epochs: lr now {:e} (drop {} of {max_drops})",
+                "validation error has not improved for {patience} epochs: lr {from} {:e} (drop {} of {max_drops})",
                 p.lr, p.drops
             );
         }
