@@ -3,7 +3,8 @@
 //! it, rename it over the target (atomic on POSIX file systems), fsync the
 //! folder so the rename itself survives a power cut. `write_csv` is the
 //! same for a table; `short_of_room` says when a folder's disk has too
-//! little free space, `size` writes a byte count as text.
+//! little free space, `lock_folder` keeps a folder to one process, `size`
+//! writes a byte count as text.
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
