@@ -49,6 +49,8 @@ fn alexnet_summary_matches_the_paper() {
     let s = summary(&["--config", "alexnet"]);
     println!("{s}");
     assert!(s.contains("total parameters: 60,965,224"), "{s}");
+    // Section 3.3's constants.
+    assert!(s.contains("lrn: k=2, n=5, alpha=1e-4, beta=0.75 "), "{s}");
     assert_rows(
         &s,
         &[
@@ -144,7 +146,7 @@ fn ablations_keep_the_shapes() {
     );
     assert!(s.contains("max pool 2x2 s2"), "{s}");
     assert!(
-        !s.contains("relu+lrn"),
+        !s.contains("relu+lrn") && !s.contains("lrn: "),
         "LRN is gone from every layer:\n{s}"
     );
 }

@@ -124,6 +124,16 @@ pub fn render(t: &Topology, batch: usize) -> Result<String> {
     }
     let params = t.param_count()?;
     let _ = writeln!(s, "total parameters: {}", thousands(params as u64));
+    if t.layers.iter().any(|l| l.lrn) {
+        let p = t.lrn;
+        // Section 3.3's alpha multiplies the sum itself; PyTorch's and
+        // Caffe's LRN divide their alpha by n.
+        let _ = writeln!(
+            s,
+            "lrn: k={}, n={}, alpha={:e}, beta={} (alpha times the sum of squares, as the paper; PyTorch's and Caffe's LRN take n times it)",
+            p.k, p.size, p.alpha, p.beta
+        );
+    }
     let _ = writeln!(
         s,
         "forward: {:.3} GFLOP per image (multiply-adds x 2, conv and fc only); training about 3x",
