@@ -114,20 +114,20 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
             topo.image_size
         );
     }
-    if data.train_idx.len() < opts.run.batch {
-        let limit = match opts.run.limit {
-            Some(l) => format!(" (--limit {l})"),
-            None => String::new(),
+    let n = data.train_idx.len();
+    if n < opts.run.batch {
+        // The limit cut the images when it is their count: a store's
+        // training images, or a folder's before the split.
+        let (limit, raise) = match opts.run.limit {
+            Some(l) if n == l || n + opts.run.val == l => {
+                (format!(" (--limit {l})"), ", or raise --limit")
+            }
+            Some(l) => (format!(" (--limit {l} takes them all)"), ""),
+            None => (String::new(), ""),
         };
         return Err(Error::Config(format!(
-            "--batch {}: only {} training images{limit}; use a smaller batch{}",
+            "--batch {}: only {n} training images{limit}; use a smaller batch{raise}",
             opts.run.batch,
-            data.train_idx.len(),
-            if limit.is_empty() {
-                ""
-            } else {
-                ", or raise --limit"
-            }
         )));
     }
     Ok(())
