@@ -132,6 +132,35 @@ fn too_few_images_for_the_validation_split() {
         "train", "--cpu", "--config", "cifar", "--data", data, "--val", "6",
     ];
     assert_error(&given, &["--val 6:", "6 images", "e.g. --val 1"]);
+    // Five held out of 3 classes of 2 leave one training image: two
+    // classes are never trained, which is said.
+    let runs = tempfile::tempdir().unwrap();
+    let out = runs.path().join("run").display().to_string();
+    let five = [
+        "train",
+        "--cpu",
+        "--config",
+        "cifar",
+        "--data",
+        data,
+        "--val",
+        "5",
+        "--batch",
+        "1",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        &out,
+    ];
+    let (ok, err) = run_env(&five, &[("RUST_LOG", "warn")]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("no training image is left in class")
+            && err.contains("and 1 more after --val 5:")
+            && err.contains("hold out fewer images"),
+        "{err}"
+    );
     // Said before any image is decoded, from the count of files (7 with a
     // broken one, which decoding would have reported instead).
     std::fs::write(dir.path().join("class0/broken.jpg"), "not pixels").unwrap();

@@ -74,6 +74,39 @@ pub fn load_data(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     Ok(data)
 }
 
+/// A class whose images `--val` (or `--limit`'s draw after it) took every
+/// one of is never trained, its output only ever pushed down, and its
+/// validation error is counted all the same: said. Not refused, as
+/// `--limit` below the class count is: the draw decides it, and a short
+/// run on a few images (a smoke test) may not mind.
+pub fn warn_of_untrained_classes(opts: &TrainOptions, data: &TrainData) {
+    let mut count = vec![0usize; data.classes.len()];
+    for &i in &data.train_idx {
+        if let Some(c) = count.get_mut(data.train.label(i) as usize) {
+            *c += 1;
+        }
+    }
+    let empty: Vec<&str> = (data.classes.iter().zip(&count))
+        .filter(|&(_, &c)| c == 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let Some(first) = empty.first() else {
+        return;
+    };
+    let more = match empty.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    let limit = match opts.run.limit {
+        Some(k) => format!(" and --limit {k}"),
+        None => String::new(),
+    };
+    tracing::warn!(
+        "no training image is left in class {first}{more} after --val {}{limit}: the network never learns it, and its validation images count as errors; hold out fewer images, or add images to that class",
+        opts.run.val
+    );
+}
+
 /// A `val/` beside a training store that holds files but is no store (raw
 /// images, say): the run would validate on images held out of the training
 /// store and never read it. Refused, unless `--val` asks for that split.

@@ -130,6 +130,7 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
             opts.run.batch,
         )));
     }
+    super::data::warn_of_untrained_classes(opts, data);
     Ok(())
 }
 
