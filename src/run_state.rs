@@ -99,6 +99,11 @@ pub struct Preprocess {
     pub std: Option<[f32; 3]>,
     /// Whether `data.mean_image` was subtracted.
     pub mean_image: bool,
+    /// How the store kept the images (`StoreMeta::stored`: "JPEG quality
+    /// 90", "raw"); None for images decoded from their own files, and in
+    /// checkpoints from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
 }
 
 impl Preprocess {
@@ -304,6 +309,7 @@ mod tests {
             mean: [120.0, 115.0, 104.0],
             std: None,
             mean_image: true,
+            stored: None,
         }
     }
 

@@ -503,6 +503,40 @@ fn a_damaged_store_image_stops_the_run_with_every_step_saved() {
     }
 }
 
+/// A store prepared again in another form (raw pixels after JPEG, as the
+/// data-wait hint suggests) keeps its classes, counts and statistics, so
+/// the resume goes on: it says the images are kept otherwise now, and
+/// that the run is no longer the same to the bit.
+#[test]
+fn a_resume_on_a_store_prepared_again_otherwise_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).display().to_string();
+    write_demo_dataset(&t.path().join("train"), 10, 30, 32, 5).unwrap();
+    let prepare = |extra: &[&str]| {
+        let mut a: Vec<String> = ["prepare", "--train", &p("train"), "--out", &p("store")]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--size", "32", "--no-progress"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run_ok(&a);
+    };
+    prepare(&[]);
+    let out = t.path().join("run");
+    run_ok(&train_args(Path::new(&p("store")), &out, 1));
+    prepare(&["--format", "raw"]);
+    let mut more = resume_args(&out);
+    more.extend(["--epochs".into(), "2".into()]);
+    let o = run(&more);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "the store keeps its images as raw, and the run's kept them as JPEG quality 90"
+        ) && err.contains("no longer the run it would have been to the bit"),
+        "{err}"
+    );
+}
+
 /// An old checkpoint that `--keep` cannot delete (here a folder in its
 /// place) costs disk space, not the run: the run warns, naming it, prunes
 /// the others and finishes.

@@ -792,6 +792,7 @@ fn onnx_with_pixels_preprocesses_the_centre_crop_as_the_run_did() {
         mean: [1.0, 2.0, 3.0],
         std: None,
         mean_image: true,
+        stored: None,
     };
     let m = write_pixels(&narrow(), &p, Some(&mean));
     assert_eq!(chained(&m, "pixels", 3), ["Sub", "Pad", "Conv"]);
@@ -827,6 +828,7 @@ fn onnx_with_pixels_preprocesses_the_centre_crop_as_the_run_did() {
         mean: [125.3, 123.0, 113.9],
         std: Some([63.0, 62.1, 66.7]),
         mean_image: false,
+        stored: None,
     };
     let m = write_pixels(&Topology::cifar(), &p, None);
     assert_eq!(chained(&m, "pixels", 3), ["Sub", "Div", "Conv"]);

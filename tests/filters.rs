@@ -223,6 +223,7 @@ fn cifar_checkpoint(path: &Path) -> Vec<f32> {
             mean: [0.0; 3],
             std: None,
             mean_image: false,
+            stored: None,
         },
         progress: Progress::start(0.01, 1),
         history: Vec::new(),

@@ -90,6 +90,15 @@ pub struct StoreMeta {
 }
 
 impl StoreMeta {
+    /// How the images are kept, in words: "JPEG quality 90" or "raw".
+    pub fn stored(&self) -> String {
+        match (self.encoding, self.quality) {
+            (Encoding::Jpeg, Some(q)) => format!("JPEG quality {q}"),
+            (Encoding::Jpeg, None) => "JPEG".into(),
+            (Encoding::Raw, _) => "raw".into(),
+        }
+    }
+
     /// This val store is left from an earlier `prepare` of `train` (stores
     /// from before the pairing was recorded carry none, and pass).
     pub fn left_from_before(&self, train: &StoreMeta) -> bool {

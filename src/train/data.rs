@@ -42,6 +42,8 @@ pub struct TrainData {
     pub mean_image: Option<Arc<Vec<f32>>>,
     /// RGB covariance of the training pixels, 0..255 units.
     pub cov: Option<[[f64; 3]; 3]>,
+    /// How a store keeps the training images (`StoreMeta::stored`).
+    pub stored: Option<String>,
     /// `names_digest` of the validation images, kept so `eval --held-out`
     /// finds the same ones and a resume validates on them
     /// (`setup::check_resume`); None for a store without a source list.
@@ -226,6 +228,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         mean_image: None,
         cov,
         val_digest,
+        stored: None,
     })
 }
 
@@ -410,6 +413,7 @@ fn load_store(
         mean_image,
         cov: Some(st.rgb_cov),
         val_digest,
+        stored: Some(meta.stored()),
     })
 }
 

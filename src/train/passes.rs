@@ -124,6 +124,7 @@ mod tests {
             mean_image: None,
             cov: None,
             val_digest: None,
+            stored: None,
         }
     }
 

@@ -323,6 +323,7 @@ fn preprocess(data: &TrainData, loader: &LoaderConfig) -> Preprocess {
         mean: loader.mean,
         std: loader.std,
         mean_image: loader.mean_image.is_some(),
+        stored: data.stored.clone(),
     }
 }
 
@@ -342,6 +343,7 @@ fn check_inputs(
             _ => None,
         }
     });
+    warn_of_other_storage(ck, now);
     match diff {
         None => Ok(()),
         Some(diff) => Err(Error::Config(format!(
@@ -351,6 +353,21 @@ fn check_inputs(
             ck.state.data,
             other_data_fix(ck, &opts.data),
         ))),
+    }
+}
+
+/// A store prepared again with another `--quality` or `--format` (as the
+/// data-wait hint suggests) keeps the statistics, which are of the pixels
+/// before encoding, and changes the pixels themselves: the resume goes on,
+/// but not on the run's inputs to the bit, and says so.
+fn warn_of_other_storage(ck: &Checkpoint, now: &Preprocess) {
+    if let (Some(was), Some(is)) = (&ck.state.preprocess.stored, &now.stored) {
+        if was != is {
+            tracing::warn!(
+                "--resume {}: the store keeps its images as {is}, and the run's kept them as {was}: the run goes on with these, so it is no longer the run it would have been to the bit",
+                ck.path.display()
+            );
+        }
     }
 }
 
