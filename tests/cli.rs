@@ -2107,6 +2107,34 @@ fn a_run_folder_inside_its_class_folders_is_refused() {
     };
     assert_eq!(names(&data), ["class0", "class1"], "nothing was written");
 
+    // A store's folders and the one prepare wrote them into: prepare
+    // writes there, under a lock of the run's name. Beside them is fine.
+    let store = dir.path().join("store");
+    let prep = ["prepare", "--train", &s(&data), "--out", &s(&store)];
+    let (ok, err) = run(&[&prep[..], &["--size", "32", "--no-progress"]].concat());
+    assert!(ok, "{err}");
+    let train_store = store.join("train");
+    let before = (names(&store), names(&train_store));
+    let in_store = [
+        (store.clone(), store.clone()),
+        (store.clone(), train_store.clone()),
+        (store.clone(), train_store.join("run")),
+        (train_store.clone(), train_store.clone()),
+    ];
+    for (d, out) in &in_store {
+        let (ok, err) = train(d, out);
+        assert!(!ok, "--data {d:?} --out {out:?} was accepted");
+        assert!(
+            err.contains("a folder `prepare` writes")
+                && err.contains("pass --out a folder outside"),
+            "{err}"
+        );
+    }
+    let after = (names(&store), names(&train_store));
+    assert_eq!(after, before, "nothing was written");
+    let (ok, err) = train(&store, &store.join("runs/a"));
+    assert!(ok, "{err}");
+
     let beside = dir.path().join("run");
     let (ok, err) = train(&data, &beside);
     assert!(ok, "{err}");

@@ -734,7 +734,8 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
     let s = |p: &Path| p.display().to_string();
     let folder = t.path().join("photos");
     write_demo_dataset(&folder, 10, 30, 32, 11).unwrap();
-    let store = t.path().join("store");
+    // Not "store", the name of the run folder of the run on it below.
+    let store = t.path().join("photos-store");
     prepare_raw32(&folder, None, &store);
     let split = [
         "--epochs", "1", "--batch", "20", "--val", "40", "--limit", "250",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::checkpoint::{self, RunState};
-use crate::data::packed::is_store_or_prepared;
+use crate::data::packed::{is_store, is_store_or_prepared};
 use crate::error::{Error, Result};
 use crate::export::Tensor;
 use crate::fsutil;
@@ -189,14 +189,22 @@ fn other_run(a: &RunState, b: &RunState) -> Option<&'static str> {
 
 /// Refuse a run folder inside the class-folder tree the run reads: the
 /// next scan of the tree (a resume, eval, another run) would take it for a
-/// class, with `curves.png` as its image. A store's folders are not scanned.
+/// class, with `curves.png` as its image. A store's folders are not
+/// scanned, but `prepare` writes them, and the folder it writes into, under
+/// a lock of the same name as a run's: the run folder may be beside them
+/// (`DATA/runs/x`), not one of them or inside one.
 pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<()> {
-    if is_store_or_prepared(data) {
-        return Ok(());
-    }
-    if !fsutil::resolved(dir).starts_with(fsutil::resolved(data)) {
-        return Ok(());
-    }
+    let (at, root) = (fsutil::resolved(dir), fsutil::resolved(data));
+    let why = match is_store_or_prepared(data) {
+        true if at == root || at.ancestors().any(is_store) => {
+            "a folder `prepare` writes: the run's files would be mixed with the store's, and each would hold the other's lock"
+        }
+        true => return Ok(()),
+        false if at.starts_with(&root) => {
+            "a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one)"
+        }
+        false => return Ok(()),
+    };
     let fix = match resumed {
         true => format!(
             "move the run folder out of it (e.g. mv {} runs/) and resume from there",
@@ -205,7 +213,7 @@ pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<
         false => format!("pass --out a folder outside {}", shell::word(data)),
     };
     Err(Error::Config(format!(
-        "the run folder {} is inside the data {}, a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one); {fix}",
+        "the run folder {} is inside the data {}, {why}; {fix}",
         dir.display(),
         data.display()
     )))
