@@ -567,6 +567,32 @@ fn raw_val_beside_a_train_store_is_refused() {
     );
 }
 
+/// A prepare output left with its val/ store alone is not taken for a
+/// tree of one class named val: the error names the store and the two
+/// ways on.
+#[test]
+fn a_prepared_folder_without_its_train_store_names_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, raw_val) = (dir.path().join("raw"), dir.path().join("raw-val"));
+    tree(&raw, 3, 2);
+    tree(&raw_val, 3, 1);
+    let data = dir.path().join("data");
+    let s = |p: &Path| p.display().to_string();
+    let prep = ["prepare", "--train", &s(&raw), "--val", &s(&raw_val)];
+    let (ok, err) = run(&[&prep[..], &["--out", &s(&data), "--no-progress"]].concat());
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(data.join("train")).unwrap();
+    let d = s(&data);
+    let want = format!(
+        "holds only val/, a store written by `prepare`, and no train/ store beside it: pass --data {}",
+        s(&data.join("val"))
+    );
+    assert_error(
+        &["train", "--cpu", "--config", "cifar", "--data", &d],
+        &[&want],
+    );
+}
+
 /// Flags that would be ignored, or would do what the user cannot have
 /// meant, are refused and named rather than run.
 #[test]

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::packed::refuse_unfinished_store;
+use super::packed::{is_store, refuse_unfinished_store};
 use crate::error::{Error, Result};
 
 /// File extensions read as images, compared case-insensitively (ImageNet
@@ -109,6 +109,17 @@ impl ImageFolder {
             )));
         }
         refuse_split_folders(root, &class_dirs, flag)?;
+        if let [(name, dir)] = &class_dirs[..] {
+            // prepare's output with its val/ store alone, say.
+            if is_store(dir) {
+                return Err(Error::Data(format!(
+                    "{} holds only {name}/, a store written by `prepare`, and no train/ store beside it: pass {flag} {} to read that store, or prepare the training images into {}",
+                    root.display(),
+                    crate::shell::word(dir),
+                    crate::shell::word(root)
+                )));
+            }
+        }
         if class_dirs.len() < min_classes {
             return Err(Error::Data(format!(
                 "{} has only one class sub-folder ({}); a classifier needs at least 2 classes, one sub-folder each",
