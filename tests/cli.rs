@@ -235,6 +235,9 @@ fn the_data_line_names_the_crops_cut() {
         line.contains("32x32 stored, 24x24 crops zero-padded to 28x28;"),
         "{line}"
     );
+    // 100 training images at the demo's batch 64: 36 left out each epoch.
+    let said = "--batch 64: each epoch trains 1 batch, so 36 of the 100 training images wait";
+    assert!(err.contains(said), "{err}");
 }
 
 #[test]

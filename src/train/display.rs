@@ -42,6 +42,21 @@ pub fn data(data: &TrainData, topo: &Topology, loader: &LoaderConfig) {
     );
 }
 
+/// A last partial batch is not trained (each epoch is whole batches of
+/// its shuffled images): where that leaves out a tenth of the images or
+/// more, said, since an epoch then is not a pass over the data.
+pub fn left_out(n: usize, batch: usize) {
+    let rest = n % batch.max(1);
+    if rest * 10 < n {
+        return;
+    }
+    let steps = n / batch.max(1);
+    let batches = if steps == 1 { "batch" } else { "batches" };
+    warn!(
+        "--batch {batch}: each epoch trains {steps} {batches}, so {rest} of the {n} training images wait for a later epoch (others each time: the order is shuffled); a batch that divides {n} trains on every image each epoch"
+    );
+}
+
 /// How the run is spread: the bytes the two towers exchange, this
 /// process's share of each batch, and the starting biases of the recipe.
 pub fn layout(

@@ -134,6 +134,7 @@ impl<'a> Trainer<'a> {
         setup::check(opts, &spec, &topo, &data)?;
         let (loader, eval) = data::run_loaders(&topo, opts, &data, backend.host_alloc());
         display::data(&data, &topo, &loader);
+        display::left_out(data.train_idx.len(), opts.run.batch);
         let towers = matches!(layout, Layout::Towers(_) | Layout::Hybrid(..));
         display::layout(towers, &topo, opts, local_batch)?;
         let devices = layout.describe();
