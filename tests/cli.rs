@@ -2144,25 +2144,32 @@ fn a_run_folder_inside_its_class_folders_is_refused() {
     assert!(ok, "{err}");
     let train_store = store.join("train");
     let before = (names(&store), names(&train_store));
+    let (inside, holding) = (
+        "inside a store's folder, which `prepare` writes",
+        "the folder `prepare` wrote the stores into",
+    );
     let in_store = [
-        (store.clone(), store.clone()),
-        (store.clone(), train_store.clone()),
-        (store.clone(), train_store.join("run")),
-        (train_store.clone(), train_store.clone()),
+        (store.clone(), store.clone(), holding),
+        (train_store.clone(), store.clone(), holding),
+        (store.clone(), train_store.clone(), inside),
+        (store.clone(), train_store.join("run"), inside),
+        (train_store.clone(), train_store.clone(), inside),
     ];
-    for (d, out) in &in_store {
+    for (d, out, why) in &in_store {
         let (ok, err) = train(d, out);
         assert!(!ok, "--data {d:?} --out {out:?} was accepted");
         assert!(
-            err.contains("a folder `prepare` writes")
-                && err.contains("pass --out a folder outside"),
+            err.contains(why) && err.contains("pass --out a folder of its own"),
             "{err}"
         );
     }
     let after = (names(&store), names(&train_store));
     assert_eq!(after, before, "nothing was written");
-    let (ok, err) = train(&store, &store.join("runs/a"));
-    assert!(ok, "{err}");
+    // Beside the stores, from the root or from train/.
+    for d in [&store, &train_store] {
+        let (ok, err) = train(d, &store.join("runs").join(d.file_name().unwrap()));
+        assert!(ok, "{err}");
+    }
 
     let beside = dir.path().join("run");
     let (ok, err) = train(&data, &beside);

@@ -190,33 +190,54 @@ fn other_run(a: &RunState, b: &RunState) -> Option<&'static str> {
 /// Refuse a run folder inside the class-folder tree the run reads: the
 /// next scan of the tree (a resume, eval, another run) would take it for a
 /// class, with `curves.png` as its image. A store's folders are not
-/// scanned, but `prepare` writes them, and the folder it writes into, under
-/// a lock of the same name as a run's: the run folder may be beside them
-/// (`DATA/runs/x`), not one of them or inside one.
+/// scanned, but `prepare` writes them (`in_store`).
 pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<()> {
     let (at, root) = (fsutil::resolved(dir), fsutil::resolved(data));
-    let why = match is_store_or_prepared(data) {
-        true if at == root || at.ancestors().any(is_store) => {
-            "a folder `prepare` writes: the run's files would be mixed with the store's, and each would hold the other's lock"
-        }
-        true => return Ok(()),
-        false if at.starts_with(&root) => {
-            "a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one)"
-        }
+    let (d, w) = (dir.display(), data.display());
+    let store = is_store_or_prepared(data);
+    let problem = match store {
+        true => match in_store(&at, &root) {
+            Some(why) => format!("the run folder {d} is {why} (the data {w})"),
+            None => return Ok(()),
+        },
+        false if at.starts_with(&root) => format!(
+            "the run folder {d} is inside the data {w}, a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one)"
+        ),
         false => return Ok(()),
     };
-    let fix = match resumed {
-        true => format!(
+    // A run folder that holds a store is not to be moved whole.
+    let fix = match (resumed, is_store_or_prepared(&at)) {
+        (true, false) => format!(
             "move the run folder out of it (e.g. mv {} runs/) and resume from there",
             shell::word(dir)
         ),
-        false => format!("pass --out a folder outside {}", shell::word(data)),
+        (true, true) => "move the run's own files (its checkpoints, .csv logs, events file and curves.png) into a folder of their own and resume from there".into(),
+        (false, _) if store => "pass --out a folder of its own: not a store's, nor the one holding them (a folder beside them is fine)".into(),
+        (false, _) => format!("pass --out a folder outside {}", shell::word(data)),
     };
-    Err(Error::Config(format!(
-        "the run folder {} is inside the data {}, {why}; {fix}",
-        dir.display(),
-        data.display()
-    )))
+    Err(Error::Config(format!("{problem}; {fix}")))
+}
+
+/// Why run folder `at` may not be where it is among the stores of
+/// `data` (both resolved): inside a store's own folder, which `prepare`
+/// writes, or the folder prepare wrote them into, whose lock has a run's
+/// name. Beside the stores (`DATA/runs/x`) it may be: None.
+fn in_store(at: &Path, data: &Path) -> Option<&'static str> {
+    // prepare's output: `data`, or the one holding the store `data` is.
+    let root = match data.parent() {
+        Some(p) if is_store(data) && is_store(&p.join("train")) => p,
+        _ => data,
+    };
+    if at
+        .ancestors()
+        .take_while(|a| a.starts_with(root))
+        .any(is_store)
+    {
+        return Some("inside a store's folder, which `prepare` writes");
+    }
+    (at == root).then_some(
+        "the folder `prepare` wrote the stores into, which it locks under the name a run's lock has",
+    )
 }
 
 /// A run resumed from a checkpoint older than its folder's newest goes on
