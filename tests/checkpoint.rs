@@ -506,7 +506,7 @@ fn a_damaged_store_image_stops_the_run_with_every_step_saved() {
 /// A store prepared again in another form (raw pixels after JPEG, as the
 /// data-wait hint suggests) keeps its classes, counts and statistics, so
 /// the resume goes on: it says the images are kept otherwise now, and
-/// that the run is no longer the same to the bit.
+/// that the run is no longer the same to the bit, once.
 #[test]
 fn a_resume_on_a_store_prepared_again_otherwise_says_so() {
     let t = tempfile::tempdir().unwrap();
@@ -533,6 +533,15 @@ fn a_resume_on_a_store_prepared_again_otherwise_says_so() {
         err.contains(
             "the store keeps its images as raw, and the run's kept them as JPEG quality 90"
         ) && err.contains("no longer the run it would have been to the bit"),
+        "{err}"
+    );
+    // The checkpoints since hold the store as it is: said once.
+    let mut more = resume_args(&out);
+    more.extend(["--epochs".into(), "3".into()]);
+    let o = run(&more);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && !err.contains("keeps its images"),
         "{err}"
     );
 }

@@ -272,9 +272,12 @@ pub fn start_state(
     opts: &TrainOptions,
 ) -> Result<(RunState, bool)> {
     if let Some(ck) = &opts.resume {
-        check_inputs(ck, opts, &preprocess(data, loader), loader)?;
+        let now = preprocess(data, loader);
+        check_inputs(ck, opts, &now, loader)?;
         ck.restore(net, true)?;
         let mut st = ck.state.clone();
+        // The store as it keeps the images now (warned of where it changed).
+        st.preprocess.stored = now.stored;
         st.options.epochs = opts.run.epochs;
         st.data = data_path(opts);
         st.saving = opts.saving.clone();
