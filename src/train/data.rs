@@ -44,6 +44,9 @@ pub struct TrainData {
     pub cov: Option<[[f64; 3]; 3]>,
     /// How a store keeps the training images (`StoreMeta::stored`).
     pub stored: Option<String>,
+    /// Whether `--limit` left training images out (it bounds their count,
+    /// not the data).
+    pub limit_cut: bool,
     /// `names_digest` of the validation images, kept so `eval --held-out`
     /// finds the same ones and a resume validates on them
     /// (`setup::check_resume`); None for a store without a source list.
@@ -229,6 +232,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         cov,
         val_digest,
         stored: None,
+        limit_cut: opts.run.limit.is_some_and(|k| k < folder.len()),
     })
 }
 
@@ -399,7 +403,9 @@ fn load_store(
             (t, Arc::clone(&train), v, digest)
         }
     };
+    let before = train_idx.len();
     limit_train(opts, &mut train_idx, &store)?;
+    let limit_cut = train_idx.len() < before;
     let st = &meta.stats;
     Ok(TrainData {
         classes: meta.classes.clone(),
@@ -414,6 +420,7 @@ fn load_store(
         cov: Some(st.rgb_cov),
         val_digest,
         stored: Some(meta.stored()),
+        limit_cut,
     })
 }
 

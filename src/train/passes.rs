@@ -125,6 +125,7 @@ mod tests {
             cov: None,
             val_digest: None,
             stored: None,
+            limit_cut: false,
         }
     }
 

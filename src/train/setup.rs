@@ -116,12 +116,8 @@ pub fn check(opts: &TrainOptions, spec: &NetSpec, topo: &Topology, data: &TrainD
     }
     let n = data.train_idx.len();
     if n < opts.run.batch {
-        // The limit cut the images when it is their count: a store's
-        // training images, or a folder's before the split.
         let (limit, raise) = match opts.run.limit {
-            Some(l) if n == l || n + opts.run.val == l => {
-                (format!(" (--limit {l})"), ", or raise --limit")
-            }
+            Some(l) if data.limit_cut => (format!(" (--limit {l})"), ", or raise --limit"),
             Some(l) => (format!(" (--limit {l} takes them all)"), ""),
             None => (String::new(), ""),
         };
