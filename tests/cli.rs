@@ -2294,6 +2294,23 @@ fn multi_process_environment_errors_name_the_variable() {
         ),
         "{err}"
     );
+    // A MASTER_ADDR name for the address of no machine (glibc reads `0`
+    // as 0.0.0.0) stops rank 1 at once, not after the connect timeout.
+    let zero = [
+        ("WORLD_SIZE", "2"),
+        ("RANK", "1"),
+        ("MASTER_ADDR", "0"),
+        vars[3],
+        ("ALEXNET_CONNECT_TIMEOUT", "600"),
+    ];
+    let mut even = args.clone();
+    even[7] = "4";
+    let (ok, err) = run_env(&even, &zero);
+    assert!(
+        !ok && err.contains("MASTER_ADDR=0 resolves to 0.0.0.0")
+            && !err.contains("could not reach"),
+        "{err}"
+    );
     // Two processes on this machine, without --threads: each starts its
     // share of the cores, not one thread a core.
     let cores = std::thread::available_parallelism().unwrap().get();

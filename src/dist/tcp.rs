@@ -226,8 +226,15 @@ fn master(world: &World) -> Result<(String, u16)> {
 }
 
 /// The socket addresses `addr` (a name or an IP, IPv6 with or without
-/// brackets) and `port` stand for.
+/// brackets) and `port` stand for, none of them the unspecified one.
 fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    let all = lookup(addr, port)?;
+    refuse_unspecified(addr, &all)?;
+    Ok(all)
+}
+
+/// [`resolve`] without the check of what the name resolved to.
+fn lookup(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
     let host = addr.trim_start_matches('[').trim_end_matches(']');
     let all: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -238,15 +245,19 @@ fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
             "MASTER_ADDR={addr}: the name resolves to no address"
         )));
     }
-    // A name such as `0` resolves to 0.0.0.0, which World refuses when
-    // written out: rank 0 would listen on every interface.
-    if let Some(any) = all.iter().find(|a| a.ip().is_unspecified()) {
-        return Err(Error::Config(format!(
+    Ok(all)
+}
+
+/// A name such as `0` resolves to 0.0.0.0, which World refuses when
+/// written out: rank 0 would listen on every interface.
+fn refuse_unspecified(addr: &str, all: &[SocketAddr]) -> Result<()> {
+    match all.iter().find(|a| a.ip().is_unspecified()) {
+        Some(any) => Err(Error::Config(format!(
             "MASTER_ADDR={addr} resolves to {}, the address of no machine: set it to rank 0's address (127.0.0.1 for processes on one machine)",
             any.ip()
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(all)
 }
 
 /// A listener at `addr` (MASTER_ADDR) and `port` and nowhere else; port 0
@@ -498,16 +509,21 @@ impl TcpAllReduce {
         let mut s = loop {
             // The last failure is kept for the final error: refused (no
             // rank 0 yet, or another port), no route, or silence differ.
-            let tried = match resolve(&addr, port) {
-                Ok(all) => all.into_iter().find_map(|a| {
-                    match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            last = format!(" (last try: {e})");
-                            None
+            // A name not found yet is tried again; one found for no
+            // machine will not change.
+            let tried = match lookup(&addr, port) {
+                Ok(all) => {
+                    refuse_unspecified(&addr, &all)?;
+                    all.into_iter().find_map(|a| {
+                        match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                last = format!(" (last try: {e})");
+                                None
+                            }
                         }
-                    }
-                }),
+                    })
+                }
                 Err(e) => {
                     last = format!(" ({e})");
                     None
