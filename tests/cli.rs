@@ -590,7 +590,8 @@ fn a_prepared_folder_without_its_train_store_names_the_store() {
     std::fs::remove_dir_all(data.join("train")).unwrap();
     let d = s(&data);
     let want = format!(
-        "holds only val/, a store written by `prepare`, and no train/ store beside it: pass --data {}",
+        "holds only val/, a store written by `prepare`, and no train/ store beside it: prepare the training images there, with the validation ones (`alexnet-cuda prepare --train SRC --val VAL --out {}`), or, to read that store itself, pass --data {}",
+        s(&data),
         s(&data.join("val"))
     );
     assert_error(

@@ -113,10 +113,10 @@ impl ImageFolder {
             // prepare's output with its val/ store alone, say.
             if is_store(dir) {
                 return Err(Error::Data(format!(
-                    "{} holds only {name}/, a store written by `prepare`, and no train/ store beside it: pass {flag} {} to read that store, or prepare the training images into {}",
+                    "{} holds only {name}/, a store written by `prepare`, and no train/ store beside it: prepare the training images there, with the validation ones (`alexnet-cuda prepare --train SRC --val VAL --out {}`), or, to read that store itself, pass {flag} {}",
                     root.display(),
-                    crate::shell::word(dir),
-                    crate::shell::word(root)
+                    crate::shell::word(root),
+                    crate::shell::word(dir)
                 )));
             }
         }
