@@ -98,16 +98,16 @@ pub fn warn_of_untrained_classes(opts: &TrainOptions, data: &TrainData) {
     let Some(first) = empty.first() else {
         return;
     };
-    let more = match empty.len() {
-        1 => String::new(),
-        n => format!(" and {} more", n - 1),
+    let (more, them, their) = match empty.len() {
+        1 => (String::new(), "it", "its"),
+        n => (format!(" and {} more", n - 1), "them", "their"),
     };
     let limit = match opts.run.limit {
         Some(k) => format!(" and --limit {k}"),
         None => String::new(),
     };
     tracing::warn!(
-        "no training image is left in class {first}{more} after --val {}{limit}: the network never learns it, and its validation images count as errors; hold out fewer images, or add images to that class",
+        "no training image is left in class {first}{more} after --val {}{limit}: the network never learns {them}, and {their} validation images count as errors; hold out fewer images, or add images to {them}",
         opts.run.val
     );
 }

@@ -52,8 +52,9 @@ pub fn left_out(n: usize, batch: usize) {
     }
     let steps = n / batch.max(1);
     let batches = if steps == 1 { "batch" } else { "batches" };
+    let wait = if rest == 1 { "waits" } else { "wait" };
     warn!(
-        "--batch {batch}: each epoch trains {steps} {batches}, so {rest} of the {n} training images wait for a later epoch (others each time: the order is shuffled); a batch that divides {n} trains on every image each epoch"
+        "--batch {batch}: each epoch trains {steps} {batches}, so {rest} of the {n} training images {wait} for a later epoch (others each time: the order is shuffled); a batch that divides {n} trains on every image each epoch"
     );
 }
 
