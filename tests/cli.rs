@@ -2148,16 +2148,21 @@ fn a_run_folder_inside_its_class_folders_is_refused() {
     assert!(ok, "{err}");
     let train_store = store.join("train");
     let before = (names(&store), names(&train_store));
-    let (inside, holding) = (
-        "inside a store's folder, which `prepare` writes",
-        "the folder `prepare` wrote the stores into",
+    let (is, holding) = (
+        "is a store's folder, which `prepare` writes",
+        "is a folder `prepare` wrote stores into",
     );
+    let inside = format!("is inside the store {}", s(&train_store));
+    // The data's stores, and another data set's (here the class folders
+    // trained into the store prepared from them).
     let in_store = [
         (store.clone(), store.clone(), holding),
         (train_store.clone(), store.clone(), holding),
-        (store.clone(), train_store.clone(), inside),
-        (store.clone(), train_store.join("run"), inside),
-        (train_store.clone(), train_store.clone(), inside),
+        (store.clone(), train_store.clone(), is),
+        (store.clone(), train_store.join("run"), &inside),
+        (train_store.clone(), train_store.clone(), is),
+        (data.clone(), train_store.join("run"), &inside),
+        (data.clone(), store.clone(), holding),
     ];
     for (d, out, why) in &in_store {
         let (ok, err) = train(d, out);

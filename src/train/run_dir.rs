@@ -190,54 +190,51 @@ fn other_run(a: &RunState, b: &RunState) -> Option<&'static str> {
 /// Refuse a run folder inside the class-folder tree the run reads: the
 /// next scan of the tree (a resume, eval, another run) would take it for a
 /// class, with `curves.png` as its image. A store's folders are not
-/// scanned, but `prepare` writes them (`in_store`).
+/// scanned, but `prepare` writes them, the data's or any other
+/// (`in_store`).
 pub fn refuse_run_inside_data(dir: &Path, data: &Path, resumed: bool) -> Result<()> {
     let (at, root) = (fsutil::resolved(dir), fsutil::resolved(data));
-    let (d, w) = (dir.display(), data.display());
-    let store = is_store_or_prepared(data);
-    let problem = match store {
-        true => match in_store(&at, &root) {
-            Some(why) => format!("the run folder {d} is {why} (the data {w})"),
-            None => return Ok(()),
-        },
-        false if at.starts_with(&root) => format!(
-            "the run folder {d} is inside the data {w}, a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one)"
+    let d = dir.display();
+    let store = in_store(&at);
+    let problem = match &store {
+        Some(why) => format!("the run folder {d} is {why}"),
+        None if !is_store_or_prepared(data) && at.starts_with(&root) => format!(
+            "the run folder {d} is inside the data {}, a tree of class folders: the run's files would be read as a class of images by the next scan (curves.png is one)",
+            data.display()
         ),
-        false => return Ok(()),
+        None => return Ok(()),
     };
     // A run folder that holds a store is not to be moved whole.
     let fix = match (resumed, is_store_or_prepared(&at)) {
         (true, false) => format!(
-            "move the run folder out of it (e.g. mv {} runs/) and resume from there",
+            "move the run folder out of it (e.g. mkdir -p runs && mv {} runs/) and resume from there",
             shell::word(dir)
         ),
         (true, true) => "move the run's own files (its checkpoints, .csv logs, events file and curves.png) into a folder of their own and resume from there".into(),
-        (false, _) if store => "pass --out a folder of its own: not a store's, nor the one holding them (a folder beside them is fine)".into(),
+        (false, _) if store.is_some() => "pass --out a folder of its own: not a store's, nor one holding stores (a folder beside them is fine)".into(),
         (false, _) => format!("pass --out a folder outside {}", shell::word(data)),
     };
     Err(Error::Config(format!("{problem}; {fix}")))
 }
 
-/// Why run folder `at` may not be where it is among the stores of
-/// `data` (both resolved): inside a store's own folder, which `prepare`
-/// writes, or the folder prepare wrote them into, whose lock has a run's
-/// name. Beside the stores (`DATA/runs/x`) it may be: None.
-fn in_store(at: &Path, data: &Path) -> Option<&'static str> {
-    // prepare's output: `data`, or the one holding the store `data` is.
-    let root = match data.parent() {
-        Some(p) if is_store(data) && is_store(&p.join("train")) => p,
-        _ => data,
-    };
-    if at
-        .ancestors()
-        .take_while(|a| a.starts_with(root))
-        .any(is_store)
-    {
-        return Some("inside a store's folder, which `prepare` writes");
+/// Why run folder `at` (resolved) may not be where it is among stores:
+/// it is a store's own folder or inside one, which `prepare` writes, or a
+/// folder prepare wrote stores into, which it locks under the name a
+/// run's lock has. Beside the stores (`DATA/runs/x`) it may be: None.
+fn in_store(at: &Path) -> Option<String> {
+    if let Some(store) = at.ancestors().find(|a| is_store(a)) {
+        return Some(match store == at {
+            true => "a store's folder, which `prepare` writes".into(),
+            false => format!(
+                "inside the store {}, a folder `prepare` writes",
+                store.display()
+            ),
+        });
     }
-    (at == root).then_some(
-        "the folder `prepare` wrote the stores into, which it locks under the name a run's lock has",
-    )
+    is_store(&at.join("train")).then(|| {
+        "a folder `prepare` wrote stores into, which it locks under the name a run's lock has"
+            .into()
+    })
 }
 
 /// A run resumed from a checkpoint older than its folder's newest goes on
