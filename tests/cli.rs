@@ -158,9 +158,23 @@ fn too_few_images_for_the_validation_split() {
     assert!(
         err.contains("no training image is left in class")
             && err.contains("and 1 more after --val 5:")
-            && err.contains("hold out fewer images"),
+            && err.contains("hold out fewer images, or add images to them"),
         "{err}"
     );
+    // --limit 3 of the 6 images, 2 held out: the limit is named, and
+    // raising it is a fix. At the image count it cuts nothing, and is not.
+    for (limit, val, said) in [
+        ("3", "2", "after --val 2 and --limit 3: "),
+        ("6", "5", "after --val 5: "),
+    ] {
+        let mut args = five.to_vec();
+        args[7] = val;
+        args.extend(["--limit", limit]);
+        let _ = std::fs::remove_dir_all(&out);
+        let (ok, err) = run_env(&args, &[("RUST_LOG", "warn")]);
+        assert!(ok && err.contains(said), "{err}");
+        assert_eq!(err.contains("raise --limit"), limit == "3", "{err}");
+    }
     // Said before any image is decoded, from the count of files (7 with a
     // broken one, which decoding would have reported instead).
     std::fs::write(dir.path().join("class0/broken.jpg"), "not pixels").unwrap();

@@ -102,12 +102,12 @@ pub fn warn_of_untrained_classes(opts: &TrainOptions, data: &TrainData) {
         1 => (String::new(), "it", "its"),
         n => (format!(" and {} more", n - 1), "them", "their"),
     };
-    let limit = match opts.run.limit {
-        Some(k) => format!(" and --limit {k}"),
-        None => String::new(),
+    let (limit, raise) = match opts.run.limit {
+        Some(k) if data.limit_cut => (format!(" and --limit {k}"), ", raise --limit"),
+        _ => (String::new(), ""),
     };
     tracing::warn!(
-        "no training image is left in class {first}{more} after --val {}{limit}: the network never learns {them}, and {their} validation images count as errors; hold out fewer images, or add images to {them}",
+        "no training image is left in class {first}{more} after --val {}{limit}: the network never learns {them}, and {their} validation images count as errors; hold out fewer images{raise}, or add images to {them}",
         opts.run.val
     );
 }
