@@ -119,7 +119,31 @@ fn read_safetensors_explains_bad_files() {
         read_safetensors(&p).unwrap_err().to_string()
     };
 
+    // Files of other formats, named by their signatures: PNG's, JPEG's
+    // SOI marker, a zip's local header (torch.save since PyTorch 1.6) and
+    // pickle's PROTO opcode (older torch.save).
     let e = err(b"\x89PNG\r\n\x1a\n not weights at all");
+    assert!(
+        e.contains("bad.safetensors: not a safetensors file but a PNG image"),
+        "{e}"
+    );
+    let e = err(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00");
+    assert!(e.contains("not a safetensors file but a JPEG image"), "{e}");
+    for (bytes, what) in [
+        (
+            &b"PK\x03\x04\x14\x00\x00\x00\x08\x00"[..],
+            "a zip archive, as torch.save writes",
+        ),
+        (&b"\x80\x02}q\x00X\x01\x00\x00\x00a"[..], "a Python pickle"),
+    ] {
+        let e = err(bytes);
+        assert!(
+            e.contains(what) && e.contains("safetensors.torch.save_file"),
+            "{e}"
+        );
+    }
+    // Nothing recognised: the reader's own reason.
+    let e = err(b"\x0c\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}    ");
     assert!(
         e.contains("bad.safetensors: not a valid safetensors file"),
         "{e}"

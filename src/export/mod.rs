@@ -145,6 +145,23 @@ fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// What a file that is no safetensors file is, by its first bytes, and
+/// how to convert a PyTorch checkpoint (`torch.save`'s zip archive, or an
+/// older pickle); an image passed where weights go is named. None
+/// otherwise. The callers add what to pass instead.
+fn other_format(bytes: &[u8]) -> Option<String> {
+    let torch =
+        "; save its state dict with safetensors.torch.save_file(state_dict, 'weights.safetensors')";
+    let (what, fix) = match bytes {
+        [b'P', b'K', 3, 4, ..] => ("a zip archive, as torch.save writes (.pt, .pth)", torch),
+        [0x80, 2..=5, ..] => ("a Python pickle, as an older torch.save writes", torch),
+        [0xFF, 0xD8, 0xFF, ..] => ("a JPEG image", ""),
+        [0x89, b'P', b'N', b'G', ..] => ("a PNG image", ""),
+        _ => return None,
+    };
+    Some(format!("{what}{fix}"))
+}
+
 /// Read every tensor of a safetensors file holding F32 tensors, sorted by
 /// name (the format keeps no order of its own).
 pub fn read_safetensors(path: &Path) -> Result<Vec<Tensor>> {
@@ -176,7 +193,13 @@ pub fn read_safetensors_meta(path: &Path) -> Result<(Vec<Tensor>, BTreeMap<Strin
             }
             other => format!("not a valid safetensors file ({other})"),
         };
-        Error::Data(format!("{}: {why}", path.display()))
+        match other_format(&bytes) {
+            Some(what) => Error::Data(format!(
+                "{}: not a safetensors file but {what}",
+                path.display()
+            )),
+            None => Error::Data(format!("{}: {why}", path.display())),
+        }
     })?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
