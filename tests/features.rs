@@ -998,7 +998,9 @@ fn bad_input_gets_a_clear_error() {
         assert!(ok, "{err}");
         s(&f)
     };
-    let fc6 = feats("fc6", "fc6.npy");
+    // Not "fc6.npy": features_are_the_forward_pass_activations writes
+    // that name in the same folder, and the tests run side by side.
+    let fc6 = feats("fc6", "fc6-here.npy");
     let (ok, _, err) = neighbors(&["--query", &photo, "--features", &fc6]);
     assert!(
         !ok && err.contains("features of fc6, and neighbours are found by fc7"),
