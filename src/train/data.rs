@@ -195,9 +195,11 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     };
     // Before decoding: the set will hold exactly this many (`balanced_subset`).
     let n = limited_len(folder.len(), opts.run.limit);
-    let what = match opts.run.limit {
-        Some(l) if l < folder.len() => format!("the data set cut to --limit {l}"),
-        _ => "the data set".into(),
+    // The limit where it leaves images out.
+    let cut = opts.run.limit.filter(|&l| l < folder.len());
+    let what = match cut {
+        Some(l) => format!("the data set cut to --limit {l}"),
+        None => "the data set".into(),
     };
     check_held_out(opts, n, &what)?;
     let threads = crate::memory::run_threads(opts.workers.unwrap_or(1));
@@ -232,7 +234,7 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         cov,
         val_digest,
         stored: None,
-        limit_cut: opts.run.limit.is_some_and(|k| k < folder.len()),
+        limit_cut: cut.is_some(),
     })
 }
 
