@@ -1424,7 +1424,9 @@ fn predict_and_export_cli() {
     let (log, chart) = (out.join("epochs.csv"), out.join("curves.png"));
     let (log_before, chart_before) = (std::fs::read(&log).unwrap(), std::fs::read(&chart).unwrap());
     let (log_s, chart_s) = (s(&log), s(&chart));
-    let writes: [(&[&str], &str, &str); 2] = [
+    // Nor over its lock, which a running train holds.
+    let lock_s = s(&out.join(".lock"));
+    let writes: [(&[&str], &str, &str); 3] = [
         (
             &[&["eval"][..], &cpu, &["--per-class", &log_s]].concat(),
             "--per-class",
@@ -1434,6 +1436,19 @@ fn predict_and_export_cli() {
             &["filters", "--checkpoint", &run, "--out", &chart_s],
             "--out",
             &chart_s,
+        ),
+        (
+            &[
+                "export",
+                "--checkpoint",
+                &run,
+                "--format",
+                "onnx",
+                "--out",
+                &lock_s,
+            ],
+            "--out",
+            &lock_s,
         ),
     ];
     for (args, flag, file) in writes {

@@ -12,7 +12,7 @@ use alexnet_cuda::backend::cpu::CpuBackend;
 use alexnet_cuda::checkpoint::{self, Checkpoint};
 use alexnet_cuda::export::onnx::{write_onnx, PixelInput};
 use alexnet_cuda::export::{network_tensors, write_safetensors};
-use alexnet_cuda::fsutil::{check_target, through_links};
+use alexnet_cuda::fsutil::{check_writable, through_links};
 
 use super::common::{flag_value, not_a_run_file};
 
@@ -45,7 +45,7 @@ pub fn run(mut args: ExportArgs) -> Result<()> {
     args.out = through_links(&args.out);
     not_a_run_file("--out", &args.out)?;
     // Before the checkpoint is loaded (seconds for alexnet's 490 MB).
-    check_target(&args.out)?;
+    check_writable(&args.out)?;
     let format = chosen_format(args.format, &args.out)?;
     if args.pixels && format != ExportFormat::Onnx {
         bail!("--pixels is for --format onnx: a safetensors export carries the preprocessing in its metadata (docs/runs.md, \"Export\")");

@@ -391,13 +391,16 @@ fn unwritable(e: Error, dir: &Path, resumed: bool) -> Error {
 /// temporary files are swept, not those of a user's own files beside, and
 /// other commands' outputs may not take these names there.
 pub fn is_run_file(name: &str) -> bool {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "steps.csv",
         "steps.jsonl",
         "epochs.csv",
         "epochs.jsonl",
         "best.safetensors",
         "curves.png",
+        // Replaced, a running train would hold the lock on the old file
+        // and a second one could take the new.
+        ".lock",
     ];
     // TensorBoard's names go on with the time, host and program; a
     // resume keeps the metrics cut back aside as NAME.before-resume-STEP.
