@@ -1302,7 +1302,7 @@ fn predict_and_export_cli() {
         .collect();
     assert_eq!(ours, &theirs);
     let onnx = t.path().join("m.onnx");
-    let (ok, _, err) = cli(&[
+    let (ok, stdout, err) = cli(&[
         "export",
         "--checkpoint",
         &s(&ck_path),
@@ -1311,7 +1311,8 @@ fn predict_and_export_cli() {
         "--out",
         &s(&onnx),
     ]);
-    assert!(ok, "{err}");
+    // Channel means, which the metadata holds: nothing more to take.
+    assert!(ok && !stdout.contains("mean image"), "{stdout}{err}");
     assert!(std::fs::metadata(&onnx).unwrap().len() > 4 * 1_136_010);
     let named = t.path().join("named.ONNX");
     let (ok, _, err) = cli(&["export", "--checkpoint", &s(&ck_path), "--out", &s(&named)]);
@@ -1963,4 +1964,20 @@ fn a_store_of_another_size_than_the_mean_image_is_refused_with_the_size_to_use()
     assert!(!err.contains("loader:"), "{err}");
     let (ok, _, err) = eval(&val_dir);
     assert!(ok, "{err}");
+    // An export holds no mean image, and says so where its graph does
+    // not subtract one itself (--pixels): the metadata's channel means
+    // are not what the run subtracted.
+    let note = "the run subtracted a mean image, which this file does not hold";
+    let export = |out: &Path, more: &[&str]| {
+        let args = ["export", "--checkpoint", &s(&run), "--out", &s(out)];
+        cli(&[&args[..], more].concat())
+    };
+    for (out, more, told) in [
+        ("w.safetensors", &[][..], true),
+        ("w.onnx", &[], true),
+        ("px.onnx", &["--pixels"], false),
+    ] {
+        let (ok, stdout, err) = export(&t.path().join(out), more);
+        assert!(ok && stdout.contains(note) == told, "{out}: {stdout}{err}");
+    }
 }

@@ -77,8 +77,15 @@ pub fn run(mut args: ExportArgs) -> Result<()> {
         topo.name,
         args.out.display()
     )?;
+    let p = &ck.state.preprocess;
+    if p.mean_image && !args.pixels {
+        // "mean" in the metadata is not what the run subtracted.
+        outln!(
+            "the run subtracted a mean image, which this file does not hold: take data.mean_image from {} to preprocess its inputs, or export ONNX with --pixels",
+            ck.path.display()
+        )?;
+    }
     if args.pixels {
-        let p = &ck.state.preprocess;
         outln!(
             "input \"pixels\": [N, 3, {c}, {c}], RGB 0 to 255, the centre {c}x{c} of the image resized to {s} on its short side and centre-cropped to {s}x{s}",
             c = p.crop,
