@@ -438,17 +438,18 @@ impl<'a> Trainer<'a> {
     fn stopped_from_outside(&mut self, e: Error) -> Error {
         // Gradients meet, so the steps diverge in every process: a peer
         // that found it first and stopped gave this one its error. Its
-        // own steps name the cause, and no checkpoint of them is kept.
-        let read = match self.read_steps() {
+        // own steps name the cause (or, where the peer's share diverged
+        // first, the weights its gradients left here), and no checkpoint
+        // of them is kept: a resume as it was would diverge again.
+        let saved = match self.read_steps().and_then(|()| self.save_unsaved()) {
             Err(Error::Diverged { what, fix }) if matches!(e, Error::Peer(_)) => {
                 return Error::Diverged {
                     what: format!("{what} (another process found it first and stopped: {e})"),
                     fix,
                 }
             }
-            read => read,
+            saved => saved,
         };
-        let saved = read.and_then(|()| self.save_unsaved());
         if let Err(w) = &saved {
             warn!("could not save the steps trained before the error: {w}");
         }
