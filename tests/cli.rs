@@ -587,6 +587,44 @@ fn raw_val_beside_a_train_store_is_refused() {
     );
 }
 
+/// bench-feed's counts against a store of 6 images: each error names the
+/// one flag to change (a --batch above the store's size was told to pass
+/// a --limit no number satisfies, and a --val too large to blame --limit).
+#[test]
+fn bench_feed_names_the_count_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    tree(&raw, 3, 2);
+    let data = dir.path().join("data");
+    let (r, d) = (raw.display().to_string(), data.display().to_string());
+    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
+    assert!(ok, "{err}");
+    let store = data.join("train").display().to_string();
+    let feed = [
+        "bench-feed",
+        "--data",
+        &store,
+        "--step-ms",
+        "1",
+        "--crop",
+        "28",
+    ];
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--batch", "10"],
+            "fewer than --batch (10); pass a --batch of at most 6",
+        ),
+        (
+            &["--batch", "2", "--limit", "1"],
+            "pass --limit between --batch (2) and 6",
+        ),
+        (&["--batch", "2"], "6 images; pass --val between 1 and 6"),
+    ];
+    for (more, want) in cases {
+        assert_error(&[&feed[..], more].concat(), &[&store, want]);
+    }
+}
+
 /// A prepare output left with its val/ store alone is not taken for a
 /// tree of one class named val: the error names the store and the two
 /// ways on.

@@ -90,18 +90,34 @@ struct Plan {
     step: Duration,
 }
 
+/// The images per epoch (--limit, or the store's `n`), checked with --val
+/// and --batch against the store; each error names the flag to change.
+fn check_counts(args: &BenchFeedArgs, n: usize) -> Result<usize> {
+    let data = args.data.display();
+    if args.batch > n {
+        bail!(
+            "{data}: {n} images, fewer than --batch ({}); pass a --batch of at most {n}",
+            args.batch
+        );
+    }
+    let limit = args.limit.unwrap_or(n);
+    if limit > n || limit < args.batch {
+        bail!(
+            "{data}: {n} images; pass --limit between --batch ({}) and {n}",
+            args.batch
+        );
+    }
+    if args.val == 0 || args.val > n {
+        bail!("{data}: {n} images; pass --val between 1 and {n}");
+    }
+    Ok(limit)
+}
+
 /// Time the passes both ways, one after the other, and print the ratios.
 pub fn run(args: BenchFeedArgs) -> Result<()> {
     let store = Arc::new(PackedStore::open(&args.data)?);
     let n = store.meta().count;
-    let limit = args.limit.unwrap_or(n);
-    if limit > n || args.val > n || limit < args.batch || args.val == 0 {
-        bail!(
-            "{}: {n} images; pass --limit between --batch ({}) and {n} and --val between 1 and {n}",
-            args.data.display(),
-            args.batch
-        );
-    }
+    let limit = check_counts(&args, n)?;
     let train = store_loader(&store, args.batch, args.crop, args.workers);
     let plan = Plan {
         set: store,
