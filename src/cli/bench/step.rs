@@ -41,8 +41,8 @@ pub struct BenchStepArgs {
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
     /// Extra steps on one device, after the timed ones, with a wait after
-    /// each phase: the JSON's "phases" (median ms of upload, forward,
-    /// backward, SGD) [default: 3].
+    /// each phase: the JSON's "phases" (median ms of the upload alone,
+    /// forward with its upload and loss, backward, SGD) [default: 3].
     #[arg(long)]
     phase_steps: Option<usize>,
     #[command(flatten)]
@@ -177,13 +177,19 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
     placement::run_on_one(&request, StepsOn(&topo, &args, cpu))
 }
 
-/// On a GPU the step time is the mean of the timed steps: with no warm-up,
-/// the first step's setup (cuDNN's search for algorithms, the first
-/// allocations) is in it. (On the CPU, the median leaves it out.)
+/// With no warm-up the first steps' setup is timed: on a GPU cuDNN's
+/// search for algorithms and the first allocations (in the mean of the
+/// steps); on the CPU the first allocations' page faults, which slow the
+/// first steps enough to move the median of a few.
 fn warn_of_no_warmup(args: &BenchStepArgs, cpu: bool) {
-    if args.warmup == 0 && !cpu {
-        warn!("--warmup 0: the first step's setup (cuDNN's choice of algorithms, the first allocations) is timed, so images_per_s reads low; pass --warmup 1 or more to time steps alone");
+    if args.warmup > 0 {
+        return;
     }
+    let setup = match cpu {
+        true => "the first allocations",
+        false => "cuDNN's choice of algorithms, the first allocations",
+    };
+    warn!("--warmup 0: the first step's setup ({setup}) is timed, so images_per_s reads low; pass --warmup 1 or more to time steps alone");
 }
 
 /// `bench_steps` on the one requested device.
