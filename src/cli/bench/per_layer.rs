@@ -100,7 +100,9 @@ pub fn known_peaks(device: &str, p: PrecisionFlag, tf32: bool) -> Option<(Peaks,
     let d = device.to_lowercase();
     // A GH200's name holds "h200", but its Hopper GPU has HBM3 or HBM3e of
     // its own rates, in none of these datasheets: its peaks are passed in.
-    if d.contains("gh200") {
+    // A MIG instance has a slice of the card's SMs and memory bandwidth:
+    // the whole card's peaks would read its shares several times too low.
+    if d.contains("gh200") || d.split_whitespace().any(|w| w == "mig") {
         return None;
     }
     // (fp32, tf32, 16-bit) TFLOP/s, GB/s.
@@ -198,6 +200,14 @@ mod tests {
             Some((67.0, 4800.0, "H200 SXM"))
         );
         assert_eq!(p("NVIDIA GH200 480GB", PrecisionFlag::Bf16, false), None);
+        assert_eq!(
+            p(
+                "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+                PrecisionFlag::Bf16,
+                false
+            ),
+            None
+        );
         assert_eq!(
             p("NVIDIA H200 NVL", PrecisionFlag::Fp16, false),
             Some((835.5, 4800.0, "H200 NVL"))
