@@ -169,6 +169,28 @@ fn a_relative_store_is_read_from_the_callers_folder() {
     }
 }
 
+/// An archive named by a relative path in the environment is read from
+/// the caller's folder, as one given as an argument is: the error names it
+/// there (the scripts read it from the repository, after moving there).
+#[test]
+fn a_relative_archive_in_the_environment_is_read_from_the_callers_folder() {
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let here = tempfile::tempdir().unwrap();
+    let want = format!("{}/rel/c.tar.gz not found", here.path().display());
+    for script in ["bench-data", "make-fixtures"] {
+        let o = Command::new(scripts.join(script))
+            .env("ALEXNET_CIFAR_TAR", "rel/c.tar.gz")
+            .current_dir(here.path())
+            .output()
+            .expect("run the script");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(&want),
+            "{script}: {err}"
+        );
+    }
+}
+
 /// check-export, check-onnx and check-tensorboard empty their output
 /// folder: one named relative to the caller's folder that holds someone's
 /// files, or a file, is refused with exit 2 and left as it was
