@@ -349,13 +349,55 @@ fn a_joined_rank_hears_when_rank_0_gives_up() {
     );
 }
 
+/// A peer silent past ALEXNET_PEER_TIMEOUT (here 1 s) in the first
+/// exchange is named as still starting (loading its data, building its
+/// network: a slower start than the others' is the likely cause), and in a
+/// later one as silent over the gradients.
+#[test]
+fn a_silent_peer_is_named_by_the_exchange_it_missed() {
+    let quick = |rank, port| World {
+        peer_for: Duration::from_secs(1),
+        ..world(rank, 2, port)
+    };
+    let (port, rank0) = rank0_accepting(quick, 1, None);
+    let r1 = TcpAllReduce::join(&quick(1, port), 1, None).expect("rank 1 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
+    let err = mean_of(r0, 1.0).unwrap_err();
+    assert!(
+        err.contains("waiting for rank 1 to load its data and build its network")
+            && err.contains("nothing moved for 1 s"),
+        "{err}"
+    );
+    drop(r1);
+    let (port, rank0) = rank0_accepting(quick, 1, None);
+    let mut r1 = TcpAllReduce::join(&quick(1, port), 1, None).expect("rank 1 joins");
+    let mut r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
+    let first = std::thread::spawn(move || {
+        let m = mean_once(&mut r1, 2.0);
+        (m, r1)
+    });
+    assert_eq!(mean_once(&mut r0, 1.0), Ok([1.5; 5].to_vec()));
+    let (m, r1) = first.join().unwrap();
+    assert_eq!(m, Ok([1.5; 5].to_vec()));
+    let err = mean_once(&mut r0, 1.0).unwrap_err();
+    assert!(
+        err.contains("receiving gradients from rank 1: nothing moved for 1 s"),
+        "{err}"
+    );
+    drop(r1);
+}
+
 /// One all-reduce of five values `v` on one replica: the mean, or the error.
 fn mean_of(mut reduce: TcpAllReduce, v: f32) -> Result<Vec<f32>, String> {
+    mean_once(&mut reduce, v)
+}
+
+/// [`mean_of`] on a reduce kept for more.
+fn mean_once(reduce: &mut TcpAllReduce, v: f32) -> Result<Vec<f32>, String> {
     let be = CpuBackend::new();
     let mut buf = be.alloc(5).unwrap();
     be.upload(&[v; 5], &mut buf).unwrap();
-    AllReduce::<CpuBackend>::mean(&mut reduce, 0, &[&be], &mut [&mut buf])
-        .map_err(|e| e.to_string())?;
+    AllReduce::<CpuBackend>::mean(reduce, 0, &[&be], &mut [&mut buf]).map_err(|e| e.to_string())?;
     let mut out = vec![0.0; 5];
     be.download(&buf, &mut out).unwrap();
     Ok(out)
