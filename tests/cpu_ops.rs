@@ -183,6 +183,31 @@ fn conv2d_backward_matches_naive() {
     }
 }
 
+/// A batch larger than the filter gradient's chunks (37 images: 12 chunks
+/// of 3 and one of 1), so a chunk sums several images, computed twice
+/// in one thread: the second call's sums start from neither the NaNs in
+/// dw nor the partial sums the first call left in the buffers it keeps.
+#[test]
+fn conv2d_backward_filter_sums_chunks_of_many_images() {
+    let be = CpuBackend::new();
+    let g = conv_geom([37, 4, 9, 9, 6, 3, 1, 1, 2]);
+    let mut rng = Rng::new(2024);
+    let x = normal(&mut rng, g.x_len(), 1.0);
+    let wt = normal(&mut rng, g.w_len(), 0.3);
+    for scale in [1.0, 0.5] {
+        let dy = normal(&mut rng, g.y_len(), scale);
+        let mut dw = vec![f32::NAN; g.w_len()];
+        be.conv2d_backward_filter(&g, &x, &dy, &mut dw).unwrap();
+        let [_, want, _] = naive_conv_backward(&g, &x, &wt, &dy);
+        assert_close(
+            &format!("conv2d_backward_filter x{scale} {g:?}"),
+            &dw,
+            &want,
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn conv2d_rejects_bad_geometry() {
     let be = CpuBackend::new();

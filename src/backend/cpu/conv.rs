@@ -12,7 +12,7 @@
 //! unless there are fewer images x groups than threads.
 use rayon::prelude::*;
 
-use super::{checked_product, sgemm, shape_err, with_scratch, MatRef};
+use super::{checked_product, sgemm, shape_err, with_partials, with_scratch, MatRef};
 use crate::backend::ConvGeom;
 use crate::error::{check_len, Result};
 
@@ -293,8 +293,10 @@ pub const FILTER_CHUNKS: usize = 16;
 
 /// dw = sum over images of dy_g . im2col(x_g)^T. The batch is split into
 /// `FILTER_CHUNKS` contiguous chunks of images (fewer for a smaller batch),
-/// run in parallel; each accumulates into its own copy of dw (the first
-/// chunk straight into `dw`), and the copies are summed in chunk order.
+/// run in parallel; each sums into its own copy of dw (the first chunk
+/// straight into `dw`; the copies kept between calls, `with_partials`),
+/// its first image's product written rather than added to zeros, and the
+/// copies are summed in chunk order.
 pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
     const OP: &str = "conv2d_backward_filter";
     let (h_out, w_out) = validate(OP, g)?;
@@ -303,17 +305,16 @@ pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32
     check_len(OP, "dw", dw.len(), g.w_len())?;
     let d = Dims::new(g, h_out, w_out);
     let w_len = dw.len();
-    dw.fill(0.0);
     if g.n == 0 {
+        dw.fill(0.0);
         return Ok(());
     }
     let chunks = g.n.min(FILTER_CHUNKS);
     let per_chunk = g.n.div_ceil(chunks);
     let chunks = g.n.div_ceil(per_chunk);
-    let mut partial = vec![0.0f32; (chunks - 1) * w_len];
     let par = gemm_par(chunks);
 
-    // Accumulate images [i0, i1) into acc (already zero).
+    // The sum of images [i0, i1) into acc (its contents ignored).
     let accumulate = |i0: usize, i1: usize, acc: &mut [f32]| {
         with_scratch(d.kk * d.p, |col| {
             for img in i0..i1 {
@@ -329,7 +330,7 @@ pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32
                         d.p,
                         dw_g,
                         d.kk,
-                        true,
+                        img > i0,
                         MatRef {
                             data: &dy[y_off..y_off + d.m * d.p],
                             rs: d.p,
@@ -347,22 +348,23 @@ pub fn conv2d_backward_filter(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32
         });
     };
 
-    rayon::scope(|s| {
-        for (t, acc) in partial.chunks_mut(w_len).enumerate() {
-            let i0 = (t + 1) * per_chunk;
-            let i1 = (i0 + per_chunk).min(g.n);
-            let accumulate = &accumulate;
-            s.spawn(move |_| accumulate(i0, i1, acc));
+    with_partials((chunks - 1) * w_len, |partial| {
+        rayon::scope(|s| {
+            for (t, acc) in partial.chunks_mut(w_len).enumerate() {
+                let i0 = (t + 1) * per_chunk;
+                let i1 = (i0 + per_chunk).min(g.n);
+                let accumulate = &accumulate;
+                s.spawn(move |_| accumulate(i0, i1, acc));
+            }
+            accumulate(0, per_chunk.min(g.n), &mut *dw);
+        });
+        // Reduce the other chunks' partial sums into dw.
+        for acc in partial.chunks(w_len) {
+            dw.par_chunks_mut(1 << 14)
+                .zip(acc.par_chunks(1 << 14))
+                .for_each(|(o, a)| o.iter_mut().zip(a).for_each(|(o, a)| *o += a));
         }
-        accumulate(0, per_chunk.min(g.n), &mut *dw);
     });
-
-    // Reduce the other chunks' partial sums into dw.
-    for acc in partial.chunks(w_len) {
-        dw.par_chunks_mut(1 << 14)
-            .zip(acc.par_chunks(1 << 14))
-            .for_each(|(o, a)| o.iter_mut().zip(a).for_each(|(o, a)| *o += a));
-    }
     Ok(())
 }
 

@@ -252,13 +252,29 @@ unsafe fn raw_gemm(
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on a per-thread scratch buffer of `len` f32 (contents unspecified),
 /// so that im2col buffers are not reallocated on every call. Falls back to a
 /// fresh allocation if the thread's buffer is already in use.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    with_kept(&SCRATCH, len, f)
+}
+
+/// [`with_scratch`] for a weight gradient's partial sums (`conv`), a
+/// buffer of their own: tens of MB, whose pages, fresh on every call,
+/// cost more to touch than the sums.
+pub(crate) fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_kept(&PARTIALS, len, f)
+}
+
+fn with_kept<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
