@@ -625,6 +625,101 @@ fn bench_feed_names_the_count_to_change() {
     }
 }
 
+/// No command writes its output into a store's folder, whose meta.json
+/// and data files train and eval read: each is refused before the
+/// checkpoint (here missing) is read, and the store is left as it was.
+#[test]
+fn no_output_is_written_into_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    tree(&raw, 3, 2);
+    let data = dir.path().join("data");
+    let (r, d) = (raw.display().to_string(), data.display().to_string());
+    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
+    assert!(ok, "{err}");
+    let store = data.join("train");
+    let meta = std::fs::read(store.join("meta.json")).unwrap();
+    let at = |name: &str| store.join(name).display().to_string();
+    let ck = dir.path().join("none.safetensors").display().to_string();
+    let img = raw.join("class0").join("0.jpg").display().to_string();
+    let (json, npy, png, csv) = (at("meta.json"), at("f.npy"), at("f.png"), at("p.csv"));
+    let eval = ["eval", "--cpu", "--checkpoint", &ck, "--data", &d];
+    let cases: [(&[&str], &str, &str); 7] = [
+        (
+            &["export", "--checkpoint", &ck, "--out", &json],
+            "--out",
+            &json,
+        ),
+        (
+            &[
+                "features",
+                "--cpu",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &d,
+                "--out",
+                &npy,
+            ],
+            "--out",
+            &npy,
+        ),
+        (
+            &["filters", "--checkpoint", &ck, "--out", &png],
+            "--out",
+            &png,
+        ),
+        (
+            &[
+                "neighbors",
+                "--cpu",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &d,
+                "--query",
+                &img,
+                "--out",
+                &png,
+            ],
+            "--out",
+            &png,
+        ),
+        (
+            &[&eval[..], &["--per-class", &csv]].concat(),
+            "--per-class",
+            &csv,
+        ),
+        (
+            &[&eval[..], &["--confusion", &png]].concat(),
+            "--confusion",
+            &png,
+        ),
+        (
+            &[
+                "predict",
+                "--cpu",
+                "--checkpoint",
+                &ck,
+                "--logits",
+                &npy,
+                &img,
+            ],
+            "--logits",
+            &npy,
+        ),
+    ];
+    let store_s = store.display().to_string();
+    for (args, flag, file) in cases {
+        let said = format!("{flag} {file}: inside the image store {store_s}");
+        assert_error(args, &[&said, "write elsewhere"]);
+    }
+    assert!(std::fs::read(store.join("meta.json")).unwrap() == meta);
+    for f in ["f.npy", "f.png", "p.csv"] {
+        assert!(!store.join(f).exists(), "{f}");
+    }
+}
+
 /// A prepare output left with its val/ store alone is not taken for a
 /// tree of one class named val: the error names the store and the two
 /// ways on.

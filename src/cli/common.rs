@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
-use alexnet_cuda::data::packed::is_store_or_prepared;
+use alexnet_cuda::data::packed::{is_store, is_store_or_prepared};
 use alexnet_cuda::data::{images_under, is_hidden};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
@@ -271,10 +271,11 @@ pub fn named_as(flag: &str, out: &Path, ext: &str, what: &str) -> Result<()> {
 }
 
 /// Refuse an output path that holds one of our training checkpoints (the
-/// command would replace it, and a run resumes from it), or a name a run
-/// gives its own files inside a run's folder: a checkpoint's name would be
-/// taken for one by --resume, eval and the run itself, and the run's logs
-/// (epochs.csv, steps.csv, ...) would be lost.
+/// command would replace it, and a run resumes from it), a file in a
+/// store's folder (its meta.json or data replaced would ruin the store), or
+/// a name a run gives its own files inside a run's folder: a checkpoint's
+/// name would be taken for one by --resume, eval and the run itself, and
+/// the run's logs (epochs.csv, steps.csv, ...) would be lost.
 pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
     use alexnet_cuda::checkpoint;
     if checkpoint::is_checkpoint_file(out) {
@@ -283,15 +284,22 @@ pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
             out.display()
         );
     }
+    let folder = fsutil::folder_of(out);
+    if is_store(folder) {
+        bail!(
+            "{flag} {}: inside the image store {}, whose files train and eval read and prepare replaces; write elsewhere",
+            out.display(),
+            folder.display()
+        );
+    }
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if !alexnet_cuda::train::is_run_file(name) {
         return Ok(());
     }
-    let dir = alexnet_cuda::fsutil::folder_of(out);
     let holds_run = ["steps.csv", "steps.jsonl", ".lock"]
         .iter()
-        .any(|f| dir.join(f).exists())
-        || !checkpoint::list(dir)?.is_empty();
+        .any(|f| folder.join(f).exists())
+        || !checkpoint::list(folder)?.is_empty();
     if !holds_run {
         return Ok(());
     }

@@ -71,15 +71,15 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     args.confusion = args.confusion.iter().map(|f| through_links(f)).collect();
     // Refused before the run, not after it.
     if let Some(f) = &args.per_class {
-        check_writable(f)?;
         not_a_run_file("--per-class", f)?;
+        check_writable(f)?;
         // Not a picture's name either, which a later scan of a class
         // folder would take for one of its images.
         named_as("--per-class", f, "csv", "a CSV table")?;
     }
     for f in &args.confusion {
-        check_writable(f)?;
         not_a_run_file("--confusion", f)?;
+        check_writable(f)?;
         if let (Picture::Png, Some(data)) = (confusion_kind(f)?, &args.data) {
             not_among_images("--confusion", f, data)?;
         }
