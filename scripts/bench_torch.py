@@ -96,6 +96,9 @@ def stage_times(model, opt, x, labels, args):
         fwd = timed(lambda: f(inp), args.warmup, args.steps)
 
         def fwd_bwd():
+            # As the step starts (zero_grad(set_to_none=True)): a gradient
+            # left from the call before would be added to, not written.
+            model.zero_grad(set_to_none=True)
             inp.grad = None
             f(inp).backward(grad)
 
