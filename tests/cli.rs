@@ -718,6 +718,50 @@ fn no_output_is_written_into_a_store() {
     for f in ["f.npy", "f.png", "p.csv"] {
         assert!(!store.join(f).exists(), "{f}");
     }
+    // Another tool's meta.json makes no store: the command goes on (to
+    // the missing checkpoint).
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("meta.json"), "{\"name\": \"a project\"}").unwrap();
+    let onnx = proj.join("model.onnx").display().to_string();
+    let (ok, err) = run(&["export", "--checkpoint", &ck, "--out", &onnx]);
+    assert!(
+        !ok && !err.contains("image store") && err.contains("none.safetensors"),
+        "{err}"
+    );
+    // prepare's lock in its output folder is not replaced either, and is
+    // not called a run's.
+    let lock = data.join(".lock").display().to_string();
+    let export_lock = [
+        "export",
+        "--checkpoint",
+        &ck,
+        "--format",
+        "onnx",
+        "--out",
+        &lock,
+    ];
+    assert_error(
+        &export_lock,
+        &[&lock, "a folder that train or prepare holds locked"],
+    );
+    // A run's file name under a file, not a folder: named as such.
+    let file_dir = proj
+        .join("meta.json")
+        .join("steps.csv")
+        .display()
+        .to_string();
+    let args = [
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        &ck,
+        "--data",
+        &d,
+        "--per-class",
+        &file_dir,
+    ];
+    assert_error(&args, &["is a file, not a folder"]);
 }
 
 /// A prepare output left with its val/ store alone is not taken for a

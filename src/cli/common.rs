@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use tempfile::TempDir;
 use tracing::info;
 
-use alexnet_cuda::data::packed::{is_store, is_store_or_prepared};
+use alexnet_cuda::data::packed::{is_store_or_prepared, read_meta};
 use alexnet_cuda::data::{images_under, is_hidden};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
@@ -285,7 +285,8 @@ pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
         );
     }
     let folder = fsutil::folder_of(out);
-    if is_store(folder) {
+    // A meta.json of ours, not any tool's file of that name.
+    if read_meta(folder).is_ok() {
         bail!(
             "{flag} {}: inside the image store {}, whose files train and eval read and prepare replaces; write elsewhere",
             out.display(),
@@ -293,14 +294,22 @@ pub fn not_a_run_file(flag: &str, out: &Path) -> Result<()> {
         );
     }
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    if !alexnet_cuda::train::is_run_file(name) {
+    // A folder that is not there, or is a file: the write's own check
+    // (`check_target`) says which.
+    if !alexnet_cuda::train::is_run_file(name) || !folder.is_dir() {
         return Ok(());
     }
-    let holds_run = ["steps.csv", "steps.jsonl", ".lock"]
+    let holds_run = ["steps.csv", "steps.jsonl"]
         .iter()
         .any(|f| folder.join(f).exists())
         || !checkpoint::list(folder)?.is_empty();
     if !holds_run {
+        if folder.join(".lock").exists() {
+            bail!(
+                "{flag} {}: a name train gives its own files, in a folder that train or prepare holds locked (its .lock); write elsewhere, or under another name",
+                out.display()
+            );
+        }
         return Ok(());
     }
     if name.ends_with(".safetensors") {
