@@ -351,8 +351,9 @@ fn a_joined_rank_hears_when_rank_0_gives_up() {
 
 /// A peer silent past ALEXNET_PEER_TIMEOUT (here 1 s) in the first
 /// exchange is named as still starting (loading its data, building its
-/// network: a slower start than the others' is the likely cause), and in a
-/// later one as silent over the gradients.
+/// network: a slower start than the others' is the likely cause; rank 0
+/// answers the others once every rank has), and in a later one as silent
+/// over the gradients.
 #[test]
 fn a_silent_peer_is_named_by_the_exchange_it_missed() {
     let quick = |rank, port| World {
@@ -369,6 +370,15 @@ fn a_silent_peer_is_named_by_the_exchange_it_missed() {
         "{err}"
     );
     drop(r1);
+    let (port, rank0) = rank0_accepting(quick, 1, None);
+    let r1 = TcpAllReduce::join(&quick(1, port), 1, None).expect("rank 1 joins");
+    let r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");
+    let err = mean_of(r1, 2.0).unwrap_err();
+    assert!(
+        err.contains("waiting for rank 0, which waits for every rank to load its data"),
+        "{err}"
+    );
+    drop(r0);
     let (port, rank0) = rank0_accepting(quick, 1, None);
     let mut r1 = TcpAllReduce::join(&quick(1, port), 1, None).expect("rank 1 joins");
     let mut r0 = rank0.join().unwrap().expect("rank 0 meets rank 1");

@@ -666,7 +666,7 @@ impl TcpAllReduce {
         self.bytes.clear();
         self.bytes.extend((v.len() as u64).to_le_bytes());
         self.bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-        let what = self.transfer_name("sending gradients to", peer);
+        let what = format!("sending gradients to {}", self.peer_name(peer));
         let (s, bytes) = (&mut self.peers[peer], &self.bytes);
         let wait = Patience::of(self.peer_for, self.stop.as_ref(), self.slowest);
         let slowest = wait.transfer(bytes.len(), |done| s.write(&bytes[done..]));
@@ -677,7 +677,7 @@ impl TcpAllReduce {
     /// peer when it sends another length.
     fn recv(&mut self, peer: usize, len: usize) -> Result<()> {
         let who = self.peer_name(peer);
-        let what = self.transfer_name("receiving gradients from", peer);
+        let what = self.receiving_from(peer);
         let mut head = [0u8; 8];
         self.read(peer, &what, &mut head)?;
         let sent = u64::from_le_bytes(head);
@@ -718,14 +718,18 @@ impl TcpAllReduce {
         Ok(())
     }
 
-    /// A transfer with `peer` in an error: "`verb` rank N", or in the first
-    /// collective, which waits for every process to load its data and
-    /// build its network, that wait (the processes agreeing on the run).
-    fn transfer_name(&self, verb: &str, peer: usize) -> String {
+    /// What a receive from `peer` waits for, for its error. The first
+    /// collective waits for every process to load its data and build its
+    /// network (the processes agreeing on the run): rank 0 for each rank,
+    /// the others for rank 0, which answers once every rank has.
+    fn receiving_from(&self, peer: usize) -> String {
         let who = self.peer_name(peer);
-        match self.slowest {
-            Some(_) => format!("{verb} {who}"),
-            None => format!("waiting for {who} to load its data and build its network (the processes' first exchange)"),
+        match (self.slowest, self.rank) {
+            (Some(_), _) => format!("receiving gradients from {who}"),
+            (None, 0) => format!(
+                "waiting for {who} to load its data and build its network (the processes' first exchange)"
+            ),
+            (None, _) => "waiting for rank 0, which waits for every rank to load its data and build its network (the processes' first exchange)".into(),
         }
     }
 
