@@ -1,4 +1,6 @@
-//! Fully connected layers on the CPU, one multi-threaded GEMM per op:
+//! Fully connected layers on the CPU, one multi-threaded GEMM per op (the
+//! forward and the input gradient, whose batch is their few rows, split
+//! by output columns: `sgemm_by_columns`):
 //!   forward:  y[n, out]   = x[n, in] . w[out, in]^T + b[out]
 //!   data:     dx[n, in]   = dy[n, out] . w[out, in]
 //!   weight:   dw[out, in] = dy[n, out]^T . x[n, in]
@@ -40,7 +42,7 @@ pub fn linear_forward(
         row.copy_from_slice(b);
     }
     // w^T(i, o) = w[o*in + i]
-    sgemm(
+    sgemm_by_columns(
         g.n,
         g.out,
         g.inp,
@@ -57,7 +59,6 @@ pub fn linear_forward(
             rs: 1,
             cs: g.inp,
         },
-        PAR,
     );
     Ok(())
 }
