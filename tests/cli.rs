@@ -553,18 +553,25 @@ fn numbers_out_of_range_name_their_flag() {
     );
 }
 
+/// A tree of 3 classes of 2 images under `dir/raw`, prepared into
+/// `dir/data`: (the tree, the prepare output).
+fn prepared(dir: &Path) -> (PathBuf, PathBuf) {
+    let (raw, data) = (dir.join("raw"), dir.join("data"));
+    tree(&raw, 3, 2);
+    let (r, d) = (raw.display().to_string(), data.display().to_string());
+    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
+    assert!(ok, "{err}");
+    (raw, data)
+}
+
 /// A folder of raw images named val/ beside a training store is not read
 /// by the run (only a store is), so it is refused rather than passed over;
 /// --val N asks for a split of the training store instead, with a warning.
 #[test]
 fn raw_val_beside_a_train_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("raw");
-    tree(&raw, 3, 2);
-    let data = dir.path().join("data");
-    let (r, d) = (raw.display().to_string(), data.display().to_string());
-    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
-    assert!(ok, "{err}");
+    let (_, data) = prepared(dir.path());
+    let d = data.display().to_string();
     tree(&data.join("val"), 3, 1);
     let out = dir.path().join("run").display().to_string();
     let train = [
@@ -593,12 +600,7 @@ fn raw_val_beside_a_train_store_is_refused() {
 #[test]
 fn bench_feed_names_the_count_to_change() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("raw");
-    tree(&raw, 3, 2);
-    let data = dir.path().join("data");
-    let (r, d) = (raw.display().to_string(), data.display().to_string());
-    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
-    assert!(ok, "{err}");
+    let (_, data) = prepared(dir.path());
     let store = data.join("train").display().to_string();
     let feed = [
         "bench-feed",
@@ -631,12 +633,8 @@ fn bench_feed_names_the_count_to_change() {
 #[test]
 fn no_output_is_written_into_a_store() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("raw");
-    tree(&raw, 3, 2);
-    let data = dir.path().join("data");
-    let (r, d) = (raw.display().to_string(), data.display().to_string());
-    let (ok, err) = run(&["prepare", "--train", &r, "--out", &d, "--no-progress"]);
-    assert!(ok, "{err}");
+    let (raw, data) = prepared(dir.path());
+    let d = data.display().to_string();
     let store = data.join("train");
     let meta = std::fs::read(store.join("meta.json")).unwrap();
     let at = |name: &str| store.join(name).display().to_string();
