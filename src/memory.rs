@@ -455,8 +455,8 @@ fn plural(n: u64) -> &'static str {
 /// slab, the size of its L2 cache; a conv's GEMM packs at most its im2col
 /// matrix again. Every chunk of the batch but the first sums a filter
 /// gradient into its own copy of the layer's weights (`FILTER_CHUNKS`),
-/// which the calling thread keeps between calls. A GEMM that all threads share (the fc layers') packs
-/// one block, left to the margins.
+/// which the calling thread keeps between calls. A GEMM that all threads
+/// share (the fc layers') packs one block, left to the margins.
 pub fn cpu_scratch(topo: &Topology, threads: usize) -> Result<u64> {
     let (mut col, mut weights) = (0u64, 0u64);
     for (l, s) in topo.layers.iter().zip(topo.shapes()?) {
