@@ -437,7 +437,17 @@ fn lrn_backward_matches_naive() {
 #[test]
 fn max_pool_forward_matches_naive() {
     let be = CpuBackend::new();
-    for (size, stride, h, w) in [(3, 2, 13, 13), (3, 2, 12, 9), (2, 2, 8, 7), (3, 3, 3, 3)] {
+    let geoms = [
+        (3, 2, 13, 13),
+        (3, 2, 12, 9),
+        (2, 2, 8, 7),
+        (3, 3, 3, 3),
+        (2, 4, 3, 3), // a stride longer than the rows
+        (3, 2, 55, 55),
+    ];
+    // Normal values, then ReLU-like ones rounded to whole numbers, where
+    // most windows hold ties: the first in row-major order must win.
+    for ((size, stride, h, w), ties) in geoms.into_iter().flat_map(|g| [(g, false), (g, true)]) {
         let g = PoolGeom {
             n: 2,
             c: 3,
@@ -447,7 +457,10 @@ fn max_pool_forward_matches_naive() {
             stride,
         };
         let mut rng = Rng::new(size as u64 * 100 + h as u64);
-        let x = normal(&mut rng, g.x_len(), 1.0);
+        let mut x = normal(&mut rng, g.x_len(), 1.0);
+        if ties {
+            x.iter_mut().for_each(|v| *v = v.round().max(0.0));
+        }
         let mut y = vec![0.0; g.y_len()];
         let mut am = vec![0u32; g.y_len()];
         be.max_pool_forward(&g, &x, &mut y, &mut am).unwrap();

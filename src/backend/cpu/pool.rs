@@ -32,41 +32,67 @@ fn validate(op: &'static str, g: &PoolGeom) -> Result<()> {
 }
 
 /// y = window max over x; argmax = winner's index in its plane. Ties keep
-/// the first; a NaN counts as the largest.
+/// the first in row-major order; a NaN counts as the largest.
 pub fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -> Result<()> {
     const OP: &str = "max_pool_forward";
     validate(OP, g)?;
     check_len(OP, "x", x.len(), g.x_len())?;
     check_len(OP, "y", y.len(), g.y_len())?;
     check_len(OP, "argmax", argmax.len(), g.y_len())?;
-    let (h_out, w_out) = (g.h_out(), g.w_out());
-    let (plane_in, plane_out) = (g.h * g.w, h_out * w_out);
+    let (plane_in, plane_out) = (g.h * g.w, g.h_out() * g.w_out());
     y.par_chunks_mut(plane_out)
         .zip(argmax.par_chunks_mut(plane_out))
         .zip(x.par_chunks(plane_in))
-        .for_each(|((y, am), x)| {
-            for oy in 0..h_out {
-                for ox in 0..w_out {
-                    let (y0, x0) = (oy * g.stride, ox * g.stride);
-                    let mut best_i = y0 * g.w + x0;
-                    let mut best = x[best_i];
-                    for iy in y0..y0 + g.size {
-                        for ix in x0..x0 + g.size {
-                            let v = x[iy * g.w + ix];
-                            // A NaN wins (the first, as ties), so that it
-                            // reaches the loss as in PyTorch; see relu_forward.
-                            if v > best || (v.is_nan() && !best.is_nan()) {
-                                best = v;
-                                best_i = iy * g.w + ix;
-                            }
-                        }
-                    }
-                    y[oy * w_out + ox] = best;
-                    am[oy * w_out + ox] = best_i as u32;
-                }
-            }
+        .for_each_init(Vec::new, |phases, ((y, am), x)| {
+            pool_plane(g, x, y, am, phases)
         });
     Ok(())
+}
+
+/// One (n, c) plane. Each input row is split into its `stride` phases
+/// (phase p holds columns p, p + stride, ...), so that element (iy, x0 + k)
+/// of the windows of one output row is a contiguous run. The windows are
+/// then scanned in row-major order a whole output row at a time.
+fn pool_plane(g: &PoolGeom, x: &[f32], y: &mut [f32], am: &mut [u32], phases: &mut Vec<f32>) {
+    let (s, w_out) = (g.stride, g.w_out());
+    let wp = g.w.div_ceil(s);
+    phases.resize(g.h * s * wp, 0.0);
+    for (row, split) in x.chunks_exact(g.w).zip(phases.chunks_exact_mut(s * wp)) {
+        for (p, phase) in split.chunks_exact_mut(wp).enumerate() {
+            for (to, &v) in phase.iter_mut().zip(row.iter().skip(p).step_by(s)) {
+                *to = v;
+            }
+        }
+    }
+    let rows = y.chunks_exact_mut(w_out).zip(am.chunks_exact_mut(w_out));
+    for (oy, (y, am)) in rows.enumerate() {
+        for iy in oy * s..oy * s + g.size {
+            for k in 0..g.size {
+                let run = &phases[(iy * s + k % s) * wp + k / s..][..w_out];
+                let first = (iy * g.w + k) as u32;
+                if iy == oy * s && k == 0 {
+                    y.copy_from_slice(run);
+                    let cols = am.iter_mut().enumerate();
+                    cols.for_each(|(ox, a)| *a = first + (ox * s) as u32);
+                } else {
+                    take_larger(run, first, s, y, am);
+                }
+            }
+        }
+    }
+}
+
+/// best = v, at = its index, where v is larger or the first NaN (so that a
+/// NaN reaches the loss as in PyTorch; see relu_forward). Selected by bit
+/// masks: the compiler vectorises these for baseline x86-64, where an `if`
+/// stayed a branch per element at a third of the speed.
+fn take_larger(run: &[f32], first: u32, s: usize, best: &mut [f32], at: &mut [u32]) {
+    for (i, ((b, a), &v)) in best.iter_mut().zip(at.iter_mut()).zip(run).enumerate() {
+        let take = (v > *b) | (v.is_nan() & !b.is_nan());
+        let m = (take as u32).wrapping_neg();
+        *b = f32::from_bits((v.to_bits() & m) | (b.to_bits() & !m));
+        *a = ((first + (i * s) as u32) & m) | (*a & !m);
+    }
 }
 
 /// dx = 0, then dx[argmax] += dy. An argmax outside its plane is a shape error.
