@@ -413,11 +413,15 @@ fn names_with_line_breaks_keep_one_line_in_the_lists() -> TestResult {
     let cat = train.join("n01_cat");
     fs::copy(cat.join("0000.JPEG"), cat.join("two\nlines\t.JPEG"))?;
     fs::write(cat.join("bad\nfile.JPEG"), "not an image")?;
+    // and in a class name, which duplicates.txt also writes in its own column
+    fs::create_dir(train.join("n09\tdog"))?;
+    fs::copy(cat.join("0000.JPEG"), train.join("n09\tdog/x.JPEG"))?;
     prepare(&opts(&train, &out, 8, Encoding::Raw))?;
     let dups = fs::read_to_string(out.join("train/duplicates.txt"))?;
     assert_eq!(
         dups,
-        "n01_cat/two\\nlines\\t.JPEG\tn01_cat/0000.JPEG\tn01_cat\n"
+        "n01_cat/two\\nlines\\t.JPEG\tn01_cat/0000.JPEG\tn01_cat\n\
+         n09\\tdog/x.JPEG\tn01_cat/0000.JPEG\tn09\\tdog\tn01_cat\n"
     );
     let skipped = fs::read_to_string(out.join("train/skipped.txt"))?;
     let fields: Vec<&str> = skipped.trim_end().split('\t').collect();

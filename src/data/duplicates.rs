@@ -86,7 +86,7 @@ pub fn list_train(
     let mut lines = String::new();
     for (i, j) in train.repeats() {
         let ((a, la), (b, lb)) = (&train.items[i], &train.items[j]);
-        let class = |l: u32| classes.get(l as usize).map_or("?", String::as_str);
+        let class = |l: u32| tsv_field(classes.get(l as usize).map_or("?", String::as_str));
         let mut line = format!("{}\t{}\t{}", rel(a, src), rel(b, src), class(*la));
         match la == lb {
             true => found.same_class += 1,
