@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use alexnet_cuda::data::packed::{is_unfinished_store, read_meta, Encoding};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
+use alexnet_cuda::data::store::split_indices;
 use alexnet_cuda::data::{
     batches, decode_file, held_out_files, ten_crops, Crop, ImageFolder, ImageSet, ImageSource,
     LoaderConfig, PackedStore,
@@ -1098,6 +1099,81 @@ fn training_from_a_folder_warns_of_images_held_twice() -> TestResult {
             "{want}: {err}"
         );
     }
+    Ok(())
+}
+
+/// Training from a store with `--val` held out of it warns of the held-out
+/// images whose copies stay in training, from the pairs the store's
+/// duplicates.txt lists (one copy's name holds a tab, which the list
+/// escapes). The count is worked out here from the planted copies and the
+/// files the split holds out; a split that holds out no such image, or a
+/// whole group, gets no warning.
+#[test]
+fn training_from_a_store_warns_of_held_out_copies() -> TestResult {
+    let t = TempDir::new()?;
+    let train = t.path().join("train");
+    good_tree(&train, 30, 40, 30)?;
+    let groups: [(&str, &[&str]); 3] = [
+        (
+            "n01_cat/0000.JPEG",
+            &["n02_dog/c0.JPEG", "n01_cat/c\t0.JPEG"],
+        ),
+        ("n01_cat/0003.JPEG", &["n01_cat/r3.JPEG"]),
+        ("n02_dog/0004.JPEG", &["n02_dog/r4.JPEG", "n01_cat/d4.JPEG"]),
+    ];
+    for (first, copies) in groups {
+        for copy in copies {
+            fs::copy(train.join(first), train.join(copy))?;
+        }
+    }
+    let out = t.path().join("store");
+    prepare(&opts(&train, &out, 36, Encoding::Raw))?;
+    let store = PackedStore::open(&out.join("train"))?;
+    let at = |f: &str| (0..store.len()).position(|i| store.source(i).as_deref() == Some(f));
+    // Per seed: held-out images with a copy in training.
+    let expected = |seed: u64| {
+        let (_, held) = split_indices(store.len(), HELD_OUT, seed);
+        let count = |(first, copies): &(&str, &[&str])| {
+            let members = std::iter::once(first).chain(copies.iter());
+            let h = members
+                .map(|f| held.contains(&at(f).unwrap()))
+                .filter(|&h| h)
+                .count();
+            if h <= copies.len() {
+                h
+            } else {
+                0
+            }
+        };
+        groups.iter().map(count).sum::<usize>()
+    };
+    let warned = |seed: u64| {
+        let mut args = folder_run(&out, &t.path().join(format!("run{seed}")));
+        args.extend(["--seed".into(), seed.to_string()]);
+        let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{err}");
+        let want = "held-out images (--val) have the same pixels as a training image";
+        let line = err.lines().find(|l| l.contains(want)).map(str::to_string);
+        (line, err)
+    };
+    // A split that holds out the copy named with a tab, among others.
+    let tab = at("n01_cat/c\t0.JPEG").unwrap();
+    let holds_tab = |s: u64| split_indices(store.len(), HELD_OUT, s).1.contains(&tab);
+    let seed = (1..200)
+        .find(|&s| expected(s) >= 2 && holds_tab(s))
+        .unwrap();
+    let (line, err) = warned(seed);
+    let line = line.unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(
+        line.contains(&format!(": {} held-out images", expected(seed))),
+        "{line}"
+    );
+    assert!(
+        line.contains("(first: ") && line.contains("duplicates.txt"),
+        "{line}"
+    );
+    let seed = (1..200).find(|&s| expected(s) == 0).unwrap();
+    assert_eq!(warned(seed).0, None);
     Ok(())
 }
 

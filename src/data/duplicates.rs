@@ -5,7 +5,8 @@
 //! error read low. Each image's pixels are hashed (64-bit SipHash, std's
 //! `DefaultHasher`: among ImageNet's 1.33M images the odds of one false
 //! pair are about 5e-8). `prepare` lists the pairs beside each store in
-//! `duplicates.txt`; training from a folder logs the first of each kind.
+//! `duplicates.txt`; training from a folder logs the first of each kind,
+//! and a held-out split of a store is checked against its list.
 //! Both warn, never refuse: whether a copy is a mistake is the data set's
 //! owner's call.
 use std::collections::HashMap;
@@ -148,6 +149,86 @@ pub fn warn_in_folder(
             );
         }
     }
+}
+
+/// Warn when `--val` holds out images of the training store `dir` whose
+/// copies stay in training, from the pairs `prepare` listed there (each
+/// image and the first with its pixels: a group per first). `sources`
+/// reads the store's source files, in store order, only when it lists any.
+pub fn warn_in_store_split(
+    dir: &Path,
+    sources: impl FnOnce() -> Result<Vec<String>>,
+    [train_idx, val_idx]: [&[usize]; 2],
+) {
+    let first_of = listed_firsts(dir);
+    if first_of.is_empty() {
+        return;
+    }
+    let Ok(sources) = sources() else {
+        return;
+    };
+    let held: std::collections::HashSet<usize> = val_idx.iter().copied().collect();
+    // Per group: a training member, and the held-out ones.
+    let mut groups: HashMap<&str, (Option<usize>, Vec<usize>)> = HashMap::new();
+    for &i in train_idx.iter().chain(val_idx) {
+        if let Some(first) = sources.get(i).and_then(|s| first_of.get(s)) {
+            let g = groups.entry(first).or_default();
+            match held.contains(&i) {
+                true => g.1.push(i),
+                false => g.0 = g.0.or(Some(i)),
+            }
+        }
+    }
+    let mut leaked: Vec<(usize, usize)> = (groups.values())
+        .filter_map(|(t, v)| t.map(|t| v.iter().map(move |&i| (i, t))))
+        .flatten()
+        .collect();
+    leaked.sort_unstable();
+    if let Some(&(i, t)) = leaked.first() {
+        tracing::warn!(
+            "{}: {} held-out images (--val) have the same pixels as a training image, so validation error will read low (first: {}, a copy of {}; all pairs are listed in {}); remove the copies and prepare again, or prepare a separate validation set with prepare's --val",
+            dir.display(),
+            leaked.len(),
+            tsv_field(&sources[i]),
+            tsv_field(&sources[t]),
+            dir.join(LIST).display()
+        );
+    }
+}
+
+/// Each file `dir/duplicates.txt` names, as its sources list has it, and
+/// the first with its pixels (itself for a first); empty without a list.
+fn listed_firsts(dir: &Path) -> HashMap<String, String> {
+    let mut first_of = HashMap::new();
+    let text = std::fs::read_to_string(dir.join(LIST)).unwrap_or_default();
+    for line in text.lines() {
+        let mut f = line.split('\t').map(source_line);
+        if let (Some(a), Some(b)) = (f.next(), f.next()) {
+            first_of.insert(b.clone(), b.clone());
+            first_of.insert(a, b);
+        }
+    }
+    first_of
+}
+
+/// A file field of `duplicates.txt` as the store's sources list has it:
+/// unescaped (see `tsv_field`), with a line break written as a space.
+fn source_line(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        out.push(match c {
+            '\\' => match chars.next() {
+                Some('t') => '\t',
+                Some('n') => ' ',
+                Some('r') => '\r',
+                Some(other) => other,
+                None => '\\',
+            },
+            c => c,
+        });
+    }
+    out
 }
 
 /// `path` under `src`, as the store's sources list names it, as one field

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::duplicates::{pixel_hash, warn_in_folder};
+use crate::data::duplicates::{self, pixel_hash, warn_in_folder};
 use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
 use crate::data::store::{draw_by_class, limited, LIMIT_STREAM};
 use crate::data::{
@@ -390,6 +390,7 @@ fn load_store(
     }
     let mean_image = Some(Arc::new(store.mean_image().to_vec()));
     let train: Arc<dyn ImageSource> = Arc::clone(&store) as _;
+    let held_out_split = val_dir.is_none();
     let (mut train_idx, val, val_idx, val_digest) = match val_dir {
         Some(v) => {
             let vs = open_val_store(train_dir, &v, &meta)?;
@@ -408,6 +409,10 @@ fn load_store(
     let before = train_idx.len();
     limit_train(opts, &mut train_idx, &store)?;
     let limit_cut = train_idx.len() < before;
+    if held_out_split {
+        let split = [&train_idx[..], &val_idx[..]];
+        duplicates::warn_in_store_split(train_dir, || store.sources(), split);
+    }
     let st = &meta.stats;
     Ok(TrainData {
         classes: meta.classes.clone(),
