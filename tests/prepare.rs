@@ -2417,6 +2417,18 @@ fn a_val_store_that_does_not_match_its_train_store_is_caught_before_training() -
         "{err}"
     );
 
+    // Prepared again without --val at another size: the old val no longer
+    // fits, and prepare says that training refuses it, as it does.
+    let err = prepare_cli(&train, None, &a, "40", &[]);
+    let want = format!(
+        "{} is from an earlier prepare (of {}) and holds 32x32 images and this train store 40x40: training refuses it",
+        av.display(),
+        val.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let (ok, err) = train_cifar(&a, &t.path().join("run4"));
+    assert!(!ok && err.contains("holds 32x32 images"), "{err}");
+
     // Prepared together again: no warning.
     let err = prepare_cli(&train, Some(&val), &a, "32", &[]);
     assert!(!err.contains("earlier prepare"), "{err}");

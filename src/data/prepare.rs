@@ -291,7 +291,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             Some(val)
         }
         _ => {
-            warn_of_earlier_val(&opts.out.join("val"));
+            warn_of_earlier_val(&opts.out.join("val"), &train);
             None
         }
     };
@@ -368,20 +368,37 @@ fn warn_of_duplicates(out: &Path, d: &Duplicates) {
 }
 
 /// A val store left beside a train store prepared without `--val`:
-/// training validates on it, so say where it came from; an unfinished
-/// one, training refuses.
-fn warn_of_earlier_val(dir: &Path) {
-    if let Ok(meta) = read_meta(dir) {
-        tracing::warn!(
-            "{} is from an earlier prepare (of {}); training will validate on it; remove it to hold out --val training images instead, or prepare again with --val",
-            dir.display(),
-            meta.source
-        );
-    } else if is_unfinished_store(dir) {
-        tracing::warn!(
-            "{} is an unfinished val store from an earlier prepare, which training refuses; remove it to hold out --val training images instead, or prepare again with --val",
-            dir.display()
-        );
+/// training validates on it when its classes and image size are the new
+/// `train` store's, and refuses it otherwise (as an unfinished one), so
+/// say which and where it came from.
+fn warn_of_earlier_val(dir: &Path, train: &StoreMeta) {
+    let instead =
+        "remove it to hold out --val training images instead, or prepare again with --val";
+    let Ok(meta) = read_meta(dir) else {
+        if is_unfinished_store(dir) {
+            tracing::warn!(
+                "{} is an unfinished val store from an earlier prepare, which training refuses; {instead}",
+                dir.display()
+            );
+        }
+        return;
+    };
+    let unlike = match (meta.classes != train.classes, meta.size != train.size) {
+        (true, _) => Some("other classes than this train store".to_string()),
+        (false, true) => Some(format!(
+            "{}x{} images and this train store {}x{}",
+            meta.size, meta.size, train.size, train.size
+        )),
+        (false, false) => None,
+    };
+    let (src, dir) = (&meta.source, dir.display());
+    match unlike {
+        Some(what) => tracing::warn!(
+            "{dir} is from an earlier prepare (of {src}) and holds {what}: training refuses it; {instead}"
+        ),
+        None => tracing::warn!(
+            "{dir} is from an earlier prepare (of {src}); training will validate on it; {instead}"
+        ),
     }
 }
 
