@@ -184,7 +184,7 @@ fn a_class_left_without_images_is_refused() -> TestResult {
     assert!(
         msg.contains("none of the 2 images of class n02_dog could be read (first: ")
             && msg.contains("a store without the class would train a network that never sees it")
-            && msg.contains("nothing was written"),
+            && msg.contains("nothing was written: fix or replace those files"),
         "{msg}"
     );
     assert!(
@@ -925,6 +925,22 @@ fn val_as_class_folders_csv_or_devkit_ground_truth() -> TestResult {
         msg.contains("line 2: \"-1\" is not an ID in 1..=2"),
         "{msg}"
     );
+    // Ground truth for one image more than the folder holds (a part of
+    // the val set): labels by position would all shift, so it is refused.
+    let gt_long = t.path().join("gt-long.txt");
+    fs::write(&gt_long, "2\n1\n1\n2\n")?;
+    o.val_labels = Some(gt_long);
+    let msg = prepare(&o).expect_err("a label too many").to_string();
+    assert!(
+        msg.contains("4 labels for 3 images") && msg.contains("the whole validation set"),
+        "{msg}"
+    );
+    // A blank labels file labels nothing.
+    let blank = t.path().join("blank.csv");
+    fs::write(&blank, "\n  \n")?;
+    o.val_labels = Some(blank);
+    let msg = prepare(&o).expect_err("no labels").to_string();
+    assert!(msg.contains("blank.csv: it holds no labels"), "{msg}");
     o.val_labels = Some(csv.clone());
     let msg = prepare(&o).expect_err("synsets beside a CSV").to_string();
     assert!(

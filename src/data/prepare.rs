@@ -578,6 +578,11 @@ fn val_items(
         .filter(|(_, l)| !l.is_empty())
         .collect();
     let bad = |msg: String| Error::Data(format!("{}: {msg}", labels_path.display()));
+    if lines.is_empty() {
+        return Err(bad(
+            "it holds no labels (an empty or blank file): pass the labels file, the devkit's ground truth or a `file,synset` CSV".into(),
+        ));
+    }
     // The devkit's ground truth has one ID a line and no commas; one bad
     // line in it is that line's error, not a reason to read it as a CSV.
     let devkit = !lines.iter().any(|(_, l)| l.contains(','))
@@ -702,7 +707,7 @@ fn devkit_labels(
     check_devkit_order(&synsets, syn_path)?;
     if lines.len() != images {
         return Err(format!(
-            "{} labels for {images} images in {}",
+            "{} labels for {images} images in {}: the devkit's labels go by position in the folder's sorted file list, so the folder must hold the whole validation set, no more and no less; copy or unpack it again, or label the images with a `file,synset` CSV (--val-labels)",
             lines.len(),
             root.display()
         ));
@@ -1002,7 +1007,7 @@ fn refuse_lost_class(
         _ => "a store without the class would train a network that never sees it",
     };
     Err(Error::Data(format!(
-        "{}: none of the {} images of class {} could be read (first: {}); {why}, so nothing was written: make those files readable (or remove the class){raise}, and run the same prepare again",
+        "{}: none of the {} images of class {} could be read (first: {}); {why}, so nothing was written: fix or replace those files (or remove the class){raise}, and run the same prepare again",
         source.display(),
         listed[c],
         classes[c],
