@@ -233,6 +233,19 @@ impl Progress {
     pub fn finished(&self, epochs: usize) -> bool {
         self.epoch + usize::from(self.epoch_done) > epochs
     }
+
+    /// The epoch's steps are all done, its validation not yet (a stop
+    /// between them): resuming only validates it.
+    pub fn only_validation_left(&self) -> bool {
+        !self.epoch_done && self.batches_done >= self.epoch_batches
+    }
+
+    /// Every step of `epochs` trained: at most the last one's validation
+    /// is left.
+    pub fn all_steps_done(&self, epochs: usize) -> bool {
+        let epoch_trained = self.epoch_done || self.only_validation_left();
+        self.epoch + usize::from(epoch_trained) > epochs
+    }
 }
 
 /// Everything in a checkpoint besides tensors.

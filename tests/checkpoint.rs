@@ -2748,6 +2748,53 @@ fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
     }
 }
 
+/// `--resume --lr X` from a checkpoint written before an epoch's
+/// validation (its steps all done): that epoch is recorded at the rate it
+/// trained at, and its error does not spend X's patience. Here it cannot
+/// improve (the best error so far is set to 0), so with --patience 1 a
+/// drop counted against X would train the next epoch at X / 10; it trains
+/// at X. With only the last epoch's validation left, no step would train
+/// at X: --lr is refused, asking for more epochs.
+#[test]
+fn resume_with_lr_before_a_validation_records_that_epoch_at_its_own_rate() {
+    let t = tempfile::tempdir().unwrap();
+    let d = data(t.path());
+    let out = t.path().join("run");
+    let mut a = train_args(&d, &out, 1);
+    a.extend(["--lr", "0.02", "--patience", "1"].map(String::from));
+    run_ok(&a);
+    let mut ck = checkpoint::load_latest(&out).unwrap();
+    ck.state.progress.epoch_done = false;
+    ck.state.progress.best_err = Some(0.0);
+    ck.state.history.pop().expect("the epoch's row");
+    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
+
+    let mut a = resume_args(&out);
+    a.extend(["--lr", "0.005"].map(String::from));
+    let o = run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = "has trained every step of its 1 epochs (only the last one's validation is left), so no step would train at it; add --epochs 2";
+    assert!(!o.status.success() && err.contains(want), "{err}");
+    a.extend(["--epochs", "2"].map(String::from));
+    run_ok(&a);
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    let mut rows = epochs.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    let col = header
+        .iter()
+        .position(|h| *h == "lr")
+        .expect("an lr column");
+    let first: f32 = rows.next().unwrap()[col].parse().unwrap();
+    assert_eq!(first, 0.02, "epoch 1 trained at 0.02: {epochs}");
+    let per_epoch = STEPS / EPOCHS;
+    let got = lrs(&out);
+    assert_eq!(got.len(), 2 * per_epoch);
+    for (step, lr) in got.into_iter().skip(per_epoch) {
+        assert!((lr - 0.005).abs() <= 1e-6 * 0.005, "step {step}: {lr}");
+    }
+}
+
 /// `--warmup E`: step s of the first W = E x 20 steps (steps.csv counts
 /// from 1) trains at lr x s / W, composed with the schedule (a milestone
 /// inside the warm-up divides the ramp by 10), logged as the f32 it

@@ -643,11 +643,17 @@ fn say_if_finished(args: &TrainArgs, ck: &Checkpoint, writer: bool) -> Result<bo
 }
 
 /// `--lr` on a resume sets the rate of the steps to come: refuse it for a
-/// run that has finished its `epochs`, which takes no step.
+/// run that has trained every step of its `epochs` (only the last one's
+/// validation may be left), which takes no step.
 fn no_step_left_for_lr(lr: Option<f32>, epochs: usize, ck: &Checkpoint) -> Result<()> {
+    let p = &ck.state.progress;
+    let done = match p.finished(epochs) {
+        true => format!("has finished its {epochs} epochs"),
+        false => format!("has trained every step of its {epochs} epochs (only the last one's validation is left)"),
+    };
     match lr {
-        Some(lr) if ck.state.progress.finished(epochs) => bail!(
-            "--lr {lr:e}: {} has finished its {epochs} epochs, so no step would train at it; add --epochs {} or more",
+        Some(lr) if p.all_steps_done(epochs) => bail!(
+            "--lr {lr:e}: {} {done}, so no step would train at it; add --epochs {} or more",
             ck.path.display(),
             epochs + 1
         ),

@@ -422,7 +422,12 @@ impl<'a> Trainer<'a> {
         }
         let warming = schedule::warming_up(p.step, self.opts.run.warmup, p.epoch_batches);
         let last = p.epoch >= self.opts.run.epochs;
-        schedule::record(p, &self.opts.run.schedule, err, best, warming, last);
+        // Still set only after an epoch left to validate (`epoch`): the
+        // rate of `--resume --lr` trains from the next step on.
+        match (self.lr_by_hand, self.opts.lr_from_here) {
+            (true, Some(lr)) => schedule::record_by_hand(p, err, best, lr),
+            _ => schedule::record(p, &self.opts.run.schedule, err, best, warming, last),
+        }
         p.epoch_done = true;
         p.elapsed_s = elapsed;
         self.state.history.push(stats.clone());

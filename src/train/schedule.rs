@@ -50,6 +50,16 @@ pub fn set_by_hand(p: &mut Progress, lr: f32) {
     p.since_best = 0;
 }
 
+/// [`record`] for an epoch left only to validate when `--resume --lr` set
+/// `lr`: its error counts (a best is kept), and the plateau count starts
+/// again at `lr` instead of dropping the rate the epoch trained at.
+pub fn record_by_hand(p: &mut Progress, err: f64, best: bool, lr: f32) {
+    if best {
+        p.best_err = Some(err);
+    }
+    set_by_hand(p, lr);
+}
+
 /// What the schedule does with a rate set by hand at `p`: the plateau
 /// count starts again; the milestones after the first epoch that trains
 /// divide it (not that epoch's own: the rate given is the one it trains at).

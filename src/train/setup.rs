@@ -287,7 +287,11 @@ pub fn start_state(
                 st.progress.lr,
                 schedule::after_hand(&st.progress, &st.options.schedule)
             );
-            schedule::set_by_hand(&mut st.progress, lr);
+            // An epoch left only to validate trained at the earlier rate:
+            // its record is that rate's, and the trainer sets this one after it.
+            if !st.progress.only_validation_left() {
+                schedule::set_by_hand(&mut st.progress, lr);
+            }
         }
         return Ok((st, true));
     }
