@@ -2230,7 +2230,10 @@ fn processes_started_with_other_flags_stop_naming_what_differs() {
 
     // The same flags, but rank 1 starts from another run's weights.
     let donor = t.path().join("donor");
-    run_ok(&train_args(&d, &donor, 1));
+    let mut a = train_args(&d, &donor, 1);
+    set_arg(&mut a, "--batch", "24");
+    a.extend(["--lr-milestones", "2"].map(String::from));
+    run_ok(&a);
     let (_, weights) = checkpoint::list(&donor).unwrap().pop().unwrap();
     let mut a1 = args(&other);
     a1.extend(["--init-from".into(), weights.display().to_string()]);
@@ -2240,6 +2243,31 @@ fn processes_started_with_other_flags_stop_naming_what_differs() {
         "differ in: starting weights and momentum;",
     );
     assert_ne!(lines[0], lines[1], "each process gives its own CRC");
+
+    // Both resume that run, rank 0 with --lr at the rate it has reached,
+    // which keeps epoch 2's milestone from dividing it: the same state,
+    // but the ranks would train at different rates.
+    let lr = checkpoint::load_latest(&donor).unwrap().state.progress.lr;
+    let resume = || parallel_args(resume_args(&donor), "data", "1");
+    let (mut a0, mut a1) = (resume(), resume());
+    a0.extend(["--epochs".into(), "2".into(), "--lr".into(), lr.to_string()]);
+    a1.extend(["--epochs", "2"].map(String::from));
+    let before = checkpoint::list(&donor).unwrap();
+    let (rank0, rank1) = spawn_ranks(&a0, &a1, &[]);
+    for (r, o) in [rank0, rank1]
+        .map(|r| r.wait_with_output().unwrap())
+        .iter()
+        .enumerate()
+    {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "rank {r} trained:\n{err}");
+        let line = err.lines().find(|l| l.contains("differ in")).unwrap_or("");
+        assert!(
+            line.contains("differ in: --lr given to the resume;"),
+            "rank {r}: {err}"
+        );
+    }
+    assert_eq!(checkpoint::list(&donor).unwrap(), before);
 }
 
 /// A rank killed mid-epoch (SIGKILL: no word to the others) stops rank 0,

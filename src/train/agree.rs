@@ -101,11 +101,13 @@ pub fn fields(state: &RunState, shape: &str, precision: &str) -> Vec<Field> {
 }
 
 /// Stop, with every other process, where the processes of `world` hold
-/// any field of `state`, `shape` or `precision`, or `net`'s weights and
-/// momentum, differently.
+/// any field of `state`, `shape` or `precision`, the rate a resume set by
+/// hand (`--lr`: it also skips the next epoch's milestone, so it counts
+/// even where the rates are equal), or `net`'s weights and momentum,
+/// differently.
 pub fn across(
     net: &mut dyn Model,
-    state: &RunState,
+    (state, lr_by_hand): (&RunState, Option<f32>),
     (shape, precision): (&str, &str),
     world: &World,
 ) -> Result<()> {
@@ -113,6 +115,7 @@ pub fn across(
         return Ok(());
     }
     let mut fields = fields(state, shape, precision);
+    fields.push(field("--lr given to the resume", &lr_by_hand));
     // Read once from the devices: 0.26 s for alexnet's 122M values on a
     // 2-core CPU, once per run.
     let crc = tensors_crc32(&network_tensors(net, true)?);

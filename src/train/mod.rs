@@ -145,7 +145,13 @@ impl<'a> Trainer<'a> {
         setup::not_stopped(opts)?;
         // Before the run folder is touched: a process started otherwise stops them all.
         let precision = backend.precision();
-        agree::across(&mut *net, &state, (&shape, precision), &opts.world)?;
+        let by_hand = opts.lr_from_here.filter(|_| resumed);
+        agree::across(
+            &mut *net,
+            (&state, by_hand),
+            (&shape, precision),
+            &opts.world,
+        )?;
         let mean_tensor = setup::mean_tensor(&loader, data.train.size());
         // The run folder: refuse to mix two runs in one.
         let run_dir = RunDir::open(opts, &topo, &state, resumed)?;
