@@ -661,28 +661,37 @@ fn with_good_one(e: Error, damaged: &Path, flag: &str) -> Error {
     }
     let dir = folder_of(damaged);
     let ckpts = list(dir).unwrap_or_default();
+    // A best.safetensors copied rather than linked is in no list: its
+    // header's step, where that still reads.
     let upto = ckpts
         .iter()
         .find(|(_, p)| same_file(p, damaged))
-        .map_or(u64::MAX, |(s, _)| *s);
+        .map(|(s, _)| *s)
+        .or_else(|| step_of(damaged))
+        .unwrap_or(u64::MAX);
     let other = |p: &Path| !same_file(p, damaged) && load(p).is_ok();
     let older = ckpts.into_iter().rev().filter(|(s, _)| *s <= upto);
     let good = older.map(|(_, p)| p).find(|p| other(p));
     let best = dir.join("best.safetensors");
     let best_ok = step_of(&best).is_some_and(|s| s <= upto) && other(&best);
     let good = good.or_else(|| best_ok.then_some(best));
-    // A resume goes on with the run's device flags, as it computed.
-    let flags = |p: &Path| match flag {
-        "--resume" => device_flags(p),
-        _ => String::new(),
-    };
     Error::Data(match good {
-        Some(p) => format!(
-            "{e}; the newest good checkpoint is {}: pass it with {flag} {}{} (and delete the damaged file)",
-            p.display(),
-            crate::shell::word(&p),
-            flags(&p)
-        ),
+        Some(p) => {
+            // A resume goes on with the run's device flags, as it computed;
+            // its --epochs and --lr, the advice cannot know.
+            let (flags, others) = match flag {
+                "--resume" => (
+                    device_flags(&p),
+                    " and device flags; keep its others, such as --epochs and --lr",
+                ),
+                _ => (String::new(), ""),
+            };
+            format!(
+                "{e}; the newest good checkpoint is {}: pass it with {flag} {}{flags} (in place of the command's {flag}{others}; and delete the damaged file)",
+                p.display(),
+                crate::shell::word(&p),
+            )
+        }
         None => format!("{e}; no other checkpoint in {} verifies", dir.display()),
     })
 }

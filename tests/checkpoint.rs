@@ -869,6 +869,8 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
         // With the run's device flags: pasted, it computes as the run did.
         let pass = format!("pass it with --resume {} --cpu (", previous.display());
         assert!(err.contains(&pass), "{what}: {err}");
+        let keep = "(in place of the command's --resume and device flags; keep its others, such as --epochs and --lr;";
+        assert!(err.contains(keep), "{what}: {err}");
         // The damaged file named itself: the same way on, and so for a
         // command that reads it with --checkpoint.
         let o = run(&resume_args(&newest));
@@ -906,6 +908,20 @@ fn damaged_checkpoints_are_caught_and_the_previous_good_one_named() {
     let named = format!("the newest good checkpoint is {}", first.display());
     assert!(!o.status.success() && err.contains(&named), "{err}");
     std::fs::write(&previous, &was).unwrap();
+    // So for a best.safetensors that is a copy, not a link to one of the
+    // listed checkpoints (here of the middle one): by its header's step,
+    // not the newest, whole again.
+    std::fs::write(&newest, &good).unwrap();
+    let best = run_dir.join("best.safetensors");
+    let kept = std::fs::read(&best).unwrap();
+    std::fs::remove_file(&best).unwrap();
+    std::fs::write(&best, flip(&was)).unwrap();
+    let o = run(&resume_args(&best));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let named = format!("the newest good checkpoint is {}:", previous.display());
+    assert!(!o.status.success() && err.contains(&named), "{err}");
+    std::fs::remove_file(&best).unwrap();
+    std::fs::write(&best, kept).unwrap();
     // A folder holding only best.safetensors (its checkpoints removed) names it.
     let only_best = t.path().join("only-best");
     std::fs::create_dir_all(&only_best).unwrap();
