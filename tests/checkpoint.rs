@@ -2752,12 +2752,7 @@ fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
     for to in [&hand, &plain, &pending] {
         copy_run(&first, to);
     }
-    // `pending`: its newest checkpoint back to before epoch 1's validation.
-    let mut ck = checkpoint::load_latest(&pending).unwrap();
-    ck.state.progress.epoch_done = false;
-    ck.state.history.pop().expect("the epoch's row");
-    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
-    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
+    back_before_validation(&pending, |_| {});
     let per_epoch = STEPS / EPOCHS;
     let mut a = resume_args(&plain);
     a.extend(["--epochs", "2"].map(String::from));
@@ -2807,12 +2802,7 @@ fn resume_with_lr_before_a_validation_records_that_epoch_at_its_own_rate() {
     let mut a = train_args(&d, &out, 1);
     a.extend(["--lr", "0.02", "--patience", "1"].map(String::from));
     run_ok(&a);
-    let mut ck = checkpoint::load_latest(&out).unwrap();
-    ck.state.progress.epoch_done = false;
-    ck.state.progress.best_err = Some(0.0);
-    ck.state.history.pop().expect("the epoch's row");
-    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
-    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
+    back_before_validation(&out, |p| p.best_err = Some(0.0));
 
     let mut a = resume_args(&out);
     a.extend(["--lr", "0.005"].map(String::from));
@@ -2837,6 +2827,18 @@ fn resume_with_lr_before_a_validation_records_that_epoch_at_its_own_rate() {
     for (step, lr) in got.into_iter().skip(per_epoch) {
         assert!((lr - 0.005).abs() <= 1e-6 * 0.005, "step {step}: {lr}");
     }
+}
+
+/// `out`'s newest checkpoint as if written before its epoch's validation
+/// (a stop there: its steps done, its row not yet in the history), its
+/// progress then changed by `edit`.
+fn back_before_validation(out: &Path, edit: impl FnOnce(&mut Progress)) {
+    let mut ck = checkpoint::load_latest(out).unwrap();
+    ck.state.progress.epoch_done = false;
+    edit(&mut ck.state.progress);
+    ck.state.history.pop().expect("the epoch's row");
+    let tensors: Vec<_> = ck.tensors.values().cloned().collect();
+    checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
 }
 
 /// `--warmup E`: step s of the first W = E x 20 steps (steps.csv counts
