@@ -1,6 +1,6 @@
 //! The scaling table (src/model/scaling.rs) against numbers worked out here
 //! from the paper's sizes: parameter count, the exchanges, the ring.
-use alexnet_cuda::model::scaling::{ring_bytes, rows, Scheme};
+use alexnet_cuda::model::scaling::{render, ring_bytes, rows, Scheme};
 use alexnet_cuda::model::topology::Topology;
 
 const PARAMS: u64 = 60_965_224;
@@ -45,9 +45,10 @@ fn rows_for_the_papers_net_at_batch_128() {
     assert!((comm_ms - GRAD_BYTES as f64 / 50e9 * 1e3).abs() < 1e-9);
 }
 
-/// A batch smaller than the replicas leaves some without an image: no row.
+/// A batch that does not split evenly over the replicas, which `train`
+/// refuses (`replicas::shard_size`): no row.
 #[test]
-fn no_row_for_replicas_without_an_image() {
+fn no_row_for_a_batch_the_replicas_do_not_split_evenly() {
     let t = Topology::alexnet();
     let schemes = |batch, gpus| -> Vec<Scheme> {
         rows(&t, batch, gpus)
@@ -56,9 +57,24 @@ fn no_row_for_replicas_without_an_image() {
             .map(|r| r.scheme)
             .collect()
     };
-    // 3 images: 2 GPUs each get one, 8 replicas cannot, 4 pairs cannot.
-    assert!(schemes(3, 2).contains(&Scheme::Data));
+    // 3 images: not over 2 replicas (the towers take the whole batch), 8
+    // replicas or 4 pairs.
+    assert_eq!(schemes(3, 2), [Scheme::Model]);
     assert_eq!(schemes(3, 8), []);
     // 4 images on 8 GPUs: no data-parallel row, but 4 pairs of towers get one each.
     assert_eq!(schemes(4, 8), [Scheme::Hybrid]);
+    // 6 on 4 GPUs: 2 pairs of 3, not 4 replicas; 8 on 4: both.
+    assert_eq!(schemes(6, 4), [Scheme::Hybrid]);
+    assert_eq!(schemes(8, 4), [Scheme::Data, Scheme::Hybrid]);
+}
+
+/// Where no scheme applies, the table says why rather than stand empty.
+#[test]
+fn a_table_without_rows_says_why() {
+    let half = Topology::by_name("alexnet-half").unwrap();
+    let text = render(&half, 1, 5.0).unwrap();
+    assert!(text.contains("no scheme runs a batch of 1"), "{text}");
+    assert!(!render(&Topology::alexnet(), 1, 5.0)
+        .unwrap()
+        .contains("no scheme"));
 }

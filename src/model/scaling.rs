@@ -98,7 +98,8 @@ pub fn ring_bytes(g: u64, n: usize) -> u64 {
 }
 
 /// The rows for `gpus` GPUs at a global batch of `batch` images; a
-/// scheme that would leave a replica without an image has no row.
+/// scheme whose replicas the batch does not split over evenly (as `train`
+/// requires: `replicas::shard_size`) has no row.
 pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
     let params = t.param_count()? as u64;
     let f32_bytes = std::mem::size_of::<f32>() as u64;
@@ -114,7 +115,7 @@ pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
             compute_share: 0.5,
         });
     }
-    if gpus >= 2 && batch >= gpus {
+    if gpus >= 2 && batch.is_multiple_of(gpus) {
         out.push(Row {
             scheme: Scheme::Data,
             gpus,
@@ -123,7 +124,7 @@ pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
             compute_share: 1.0 / gpus as f64,
         });
     }
-    if gpus >= 4 && gpus.is_multiple_of(2) && t.towers == 2 && batch >= gpus / 2 {
+    if gpus >= 4 && gpus.is_multiple_of(2) && t.towers == 2 && batch.is_multiple_of(gpus / 2) {
         let pairs = gpus / 2;
         // A tower's parameters: its rows of every layer (about half).
         let tower0: u64 = t
@@ -139,7 +140,7 @@ pub fn rows(t: &Topology, batch: usize, gpus: usize) -> Result<Vec<Row>> {
         out.push(Row {
             scheme: Scheme::Hybrid,
             gpus,
-            activation_bytes: t.exchange_bytes_per_step(batch.div_ceil(pairs))? / 2,
+            activation_bytes: t.exchange_bytes_per_step(batch / pairs)? / 2,
             gradient_bytes: ring_bytes(tower0 * f32_bytes, pairs),
             compute_share: 0.5 / pairs as f64,
         });
@@ -163,8 +164,10 @@ pub fn render(t: &Topology, batch: usize, t1_ms: f64) -> Result<String> {
     );
     let _ = writeln!(s, "| scheme | GPUs | MB sent per GPU per step (activations + gradients) | link | comm ms | step ms (overlapped .. not) | speed-up (overlapped .. not) |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let mut none = true;
     for gpus in [2, 4, 8, 16] {
         for r in rows(t, batch, gpus)? {
+            none = false;
             // Within a node: NVLink and PCIe. 16 GPUs are two nodes of 8,
             // where the ring crosses InfiniBand.
             let links: Vec<&Link> = if gpus > 8 {
@@ -191,6 +194,9 @@ pub fn render(t: &Topology, batch: usize, t1_ms: f64) -> Result<String> {
                 );
             }
         }
+    }
+    if none {
+        let _ = writeln!(s, "(no scheme runs a batch of {batch} on 2 to 16 GPUs: data parallelism splits the batch evenly over them, and model and hybrid parallelism need a two-tower config)");
     }
     let _ = writeln!(s, "\nLinks (bandwidth one way):");
     for l in &LINKS {
