@@ -45,7 +45,7 @@ pub struct TrainArgs {
     /// Data: a store from `prepare` (its output folder), or a folder with one sub-folder of images per class.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Generate a small synthetic data set and train the cifar config on it: 8 epochs, at most 80 s.
+    /// Generate a small synthetic data set and train on it: by default the cifar config, 8 epochs, at most 80 s (--config picks another net, whose images the set is made at)
     #[arg(long, conflicts_with = "data")]
     demo: bool,
     #[command(flatten)]
