@@ -492,8 +492,20 @@ impl<'a> Trainer<'a> {
     /// scheduler's kill soon after the signal (Slurm and Kubernetes wait
     /// 30 s by default) cannot take the epoch with it; a resume validates.
     fn stop_in_validation(&mut self) -> Result<()> {
-        self.state.progress.elapsed_s = self.elapsed();
-        self.save_tensors(false, false, false)?;
+        let step = self.state.progress.step;
+        let d = self.run_dir.as_ref();
+        match d
+            .filter(|d| d.last_step() == Some(step))
+            .and_then(RunDir::newest)
+        {
+            // Whole at this step already (the checkpoint resumed, as in
+            // `save_unsaved`): not written again inside the kill window.
+            Some(newest) => self.report.checkpoint = Some(newest.to_path_buf()),
+            None => {
+                self.state.progress.elapsed_s = self.elapsed();
+                self.save_tensors(false, false, false)?;
+            }
+        }
         let p = &self.state.progress;
         info!(
             "stopping at epoch {}, step {} as asked, before the epoch's validation ended{}",
@@ -631,6 +643,17 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Seconds a step takes: as timed here, or, before this process has
+    /// trained one (a resume that only validated), at the last epoch's pace.
+    fn step_secs(&self) -> f64 {
+        let last_epoch = self.state.history.last();
+        let pace = last_epoch.map(|e| self.opts.run.batch as f64 / e.images_per_s);
+        match self.per_step {
+            0.0 => pace.filter(|s| s.is_finite()).unwrap_or(0.0),
+            timed => timed,
+        }
+    }
+
     /// After `epoch`'s end: whether the next epoch's first chance to stop
     /// would come too late: its steps up to then and two checkpoints (the
     /// epoch's, still being written, and the stop's own). The epoch's
@@ -642,7 +665,7 @@ impl<'a> Trainer<'a> {
         let rest = deadline::Ahead {
             steps: self.steps_ahead(),
             left: usize::MAX,
-            per_step: self.per_step,
+            per_step: self.step_secs(),
             val_s: 0.0,
             saves: 2.0,
             save_s: self.save_s,

@@ -475,7 +475,8 @@ fn check_room(
     upto: Option<u64>,
 ) -> Result<()> {
     let each = checkpoint::estimated_size(topo, image_size)?;
-    let need = (keep.max(1) as u64 + 2)
+    let need = (keep.max(1) as u64)
+        .saturating_add(2)
         .saturating_mul(each)
         .saturating_sub(checkpoint_bytes(dir, upto)?)
         .max(each);
@@ -757,10 +758,15 @@ impl RunDir {
         }
     }
 
-    /// The step of the newest whole checkpoint (the one resumed from, or
-    /// the last written), if any.
+    /// The newest whole checkpoint (the one resumed from, or the last
+    /// written), if any.
+    pub fn newest(&self) -> Option<&Path> {
+        self.last.as_deref()
+    }
+
+    /// The step of [`RunDir::newest`].
     pub fn last_step(&self) -> Option<u64> {
-        self.last.as_deref().and_then(checkpoint::step_of)
+        self.newest().and_then(checkpoint::step_of)
     }
 
     /// A run stopped by a failed write in its folder other than a
