@@ -817,7 +817,7 @@ fn say_when_stopping(signals: Vec<i32>) -> Result<Receiver<()>> {
                 match first {
                     None => {
                         tracing::warn!(
-                            "stopping: the step in progress finishes (a single process's validation stops at its next batch), then a checkpoint is written (during a single process's set-up, nothing is); Ctrl-C again quits at once without one"
+                            "stopping: the step in progress finishes (a single process's validation stops at its next batch), then a checkpoint is written (while a single process loads its data and builds its network, nothing is); Ctrl-C again quits at once without one"
                         );
                         first = Some((Instant::now(), sig));
                         let _ = logged.send(());
