@@ -2764,6 +2764,20 @@ fn resume_with_lr_before_a_milestone_trains_at_the_rate_given() {
         );
     }
 
+    // `pending` stopped by a limit passed already, once it has validated
+    // epoch 1 (at the same step): the command it gives to go on keeps
+    // --lr, so that epoch 2's milestone still leaves the rate be.
+    let mut a = resume_args(&pending);
+    a.extend(["--epochs", "3", "--lr", "0.005", "--time-limit", PASSED].map(String::from));
+    let o = run(&a);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{said}");
+    let go_on = said
+        .lines()
+        .find(|l| l.contains("continue with"))
+        .unwrap_or("");
+    assert!(go_on.contains(" --lr 0.005"), "{said}");
+    assert_eq!(lrs(&pending).len(), per_epoch, "{said}");
     for out in [&hand, &pending] {
         let mut a = resume_args(out);
         a.extend(["--epochs", "3", "--lr", "0.005"].map(String::from));
@@ -2829,16 +2843,19 @@ fn resume_with_lr_before_a_validation_records_that_epoch_at_its_own_rate() {
     }
 }
 
-/// `out`'s newest checkpoint as if written before its epoch's validation
-/// (a stop there: its steps done, its row not yet in the history), its
-/// progress then changed by `edit`.
+/// `out`'s newest checkpoint, of a run's first epoch, as if written before
+/// its validation (a stop there: its steps done, no row in the history, no
+/// best error nor best.safetensors yet), its progress then changed by `edit`.
 fn back_before_validation(out: &Path, edit: impl FnOnce(&mut Progress)) {
     let mut ck = checkpoint::load_latest(out).unwrap();
-    ck.state.progress.epoch_done = false;
-    edit(&mut ck.state.progress);
     ck.state.history.pop().expect("the epoch's row");
+    assert!(ck.state.history.is_empty(), "not the first epoch");
+    let p = &mut ck.state.progress;
+    (p.epoch_done, p.best_err) = (false, None);
+    edit(p);
     let tensors: Vec<_> = ck.tensors.values().cloned().collect();
     checkpoint::save(&ck.path, &ck.state, &tensors).unwrap();
+    std::fs::remove_file(out.join("best.safetensors")).unwrap();
 }
 
 /// `--warmup E`: step s of the first W = E x 20 steps (steps.csv counts

@@ -887,15 +887,16 @@ fn print_interrupted(
             Some(p) => format!("checkpoint {}", p.display()),
             None => "no checkpoint written".into(),
         },
-        continue_with(run_dir, device_flags),
+        continue_with(run_dir, device_flags, &report.go_on),
     )?;
     Ok(())
 }
 
-/// The command that continues a stopped run in `run_dir`.
-fn continue_with(run_dir: &Path, device_flags: &str) -> String {
+/// The command that continues a stopped run in `run_dir` (`go_on`: what
+/// its newest checkpoint does not hold, `TrainReport::go_on`).
+fn continue_with(run_dir: &Path, device_flags: &str, go_on: &str) -> String {
     format!(
-        "continue with: alexnet-cuda train --resume {}{device_flags}",
+        "continue with: alexnet-cuda train --resume {}{device_flags}{go_on}",
         shell::word(run_dir)
     )
 }
@@ -918,7 +919,7 @@ fn print_out_of_time(
         _ => "another process's time limit".into(),
     };
     let go_on = match opts.out {
-        Some(_) => format!("; {}", continue_with(run_dir, device_flags)),
+        Some(_) => format!("; {}", continue_with(run_dir, device_flags, &report.go_on)),
         None => String::new(),
     };
     outln!("stopped {at} of {} at {whose}{go_on}", opts.run.epochs)?;

@@ -169,6 +169,7 @@ impl<'a> Trainer<'a> {
                 classes: data.classes.clone(),
                 stopped: None,
                 checkpoint: None,
+                go_on: String::new(),
             },
             topo,
             net,
@@ -207,6 +208,9 @@ impl<'a> Trainer<'a> {
             Some(d) => d.after_failure(e),
             None => e,
         })?;
+        if let Some(d) = &self.run_dir {
+            self.report.go_on = d.go_on_flags();
+        }
         Ok(self.report)
     }
 

@@ -133,6 +133,10 @@ pub struct TrainReport {
     pub stopped: Option<Stopped>,
     /// The newest checkpoint written, if any.
     pub checkpoint: Option<PathBuf>,
+    /// What the command that continues the run adds after `--resume RUN`
+    /// and the device flags: what this run changed that the newest
+    /// checkpoint does not hold (`--epochs`, `--lr`, `--data`).
+    pub go_on: String,
 }
 
 /// What stopped a run before its last epoch.

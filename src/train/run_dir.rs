@@ -55,15 +55,17 @@ pub struct RunDir {
 struct GoOn {
     /// The device flags (" --cpu", " --gpus 0,1").
     device_flags: String,
-    /// The checkpoint this run resumed, if any.
-    resumed: Option<PathBuf>,
+    /// The checkpoint this run resumed, if any, and its step.
+    resumed: Option<(PathBuf, u64)>,
     /// The run's epochs and data (None for the demo's) now: a checkpoint
     /// that holds others, one written before a resume changed them, is
     /// continued with them given.
     epochs: usize,
     data: Option<String>,
     /// The rate a resume set from its step on: repeated for the resumed
-    /// checkpoint only, as one written since holds it.
+    /// checkpoint, and for one written at its step (the end of an epoch it
+    /// only validated), which holds the rate but not that the next epoch's
+    /// milestone leaves it be; one written after a step holds all of it.
     lr: Option<f32>,
 }
 
@@ -75,7 +77,7 @@ impl GoOn {
                 .compute
                 .as_ref()
                 .map_or(String::new(), |c| c.flags.clone()),
-            resumed: ck.map(|c| c.path.clone()),
+            resumed: ck.map(|c| (c.path.clone(), c.state.progress.step)),
             epochs: opts.run.epochs,
             data: (!opts.run.demo).then(|| super::setup::data_path(opts)),
             lr: opts.lr_from_here.filter(|_| ck.is_some()),
@@ -92,11 +94,11 @@ impl GoOn {
         if state.options.epochs != self.epochs {
             s += &format!(" --epochs {}", self.epochs);
         }
-        let resumed = self
+        let at_resume = self
             .resumed
-            .as_deref()
-            .is_some_and(|r| fsutil::same_file(r, ckpt));
-        if let Some(lr) = self.lr.filter(|_| with_lr && resumed) {
+            .as_ref()
+            .is_some_and(|(r, step)| fsutil::same_file(r, ckpt) || *step == state.progress.step);
+        if let Some(lr) = self.lr.filter(|_| with_lr && at_resume) {
             s += &format!(" --lr {lr}");
         }
         if let Some(d) = self.data.as_ref().filter(|d| **d != state.data) {
@@ -762,6 +764,13 @@ impl RunDir {
     /// written), if any.
     pub fn newest(&self) -> Option<&Path> {
         self.last.as_deref()
+    }
+
+    /// The flags that continue the run from [`RunDir::newest`] as it went
+    /// on, beside `--resume` and the device flags (`TrainReport::go_on`).
+    pub fn go_on_flags(&self) -> String {
+        self.newest()
+            .map_or(String::new(), |p| self.go_on.changes(p, true))
     }
 
     /// The step of [`RunDir::newest`].
