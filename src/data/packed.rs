@@ -106,6 +106,28 @@ impl StoreMeta {
             .as_ref()
             .is_some_and(|g| *g != train.generation)
     }
+
+    /// Why this val store cannot be validated on beside `train`, which
+    /// training refuses; None where it can.
+    pub fn unfit_beside(&self, train: &StoreMeta) -> Option<Unfit> {
+        if self.classes != train.classes {
+            Some(Unfit::Classes)
+        } else if self.size != train.size {
+            Some(Unfit::Size)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a val store does not fit its train store ([`StoreMeta::unfit_beside`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfit {
+    /// Other classes, or another order: labels are indices into them.
+    Classes,
+    /// Another image size: the training mean image would not fit, and the
+    /// crops would cover another share of each image.
+    Size,
 }
 
 /// One index record.

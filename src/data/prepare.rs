@@ -33,7 +33,7 @@ use super::folder::{
 use super::lighting::Pca;
 use super::packed::{
     is_store, is_unfinished_store, read_meta, remove_leftovers, retire_val, Encoding, Stats,
-    StoreMeta, StoreWriter, MAX_SIDE,
+    StoreMeta, StoreWriter, Unfit, MAX_SIDE,
 };
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{list_failures, Error, Result};
@@ -383,14 +383,13 @@ fn warn_of_earlier_val(dir: &Path, train: &StoreMeta) {
         }
         return;
     };
-    let unlike = match (meta.classes != train.classes, meta.size != train.size) {
-        (true, _) => Some("other classes than this train store".to_string()),
-        (false, true) => Some(format!(
+    let unlike = meta.unfit_beside(train).map(|u| match u {
+        Unfit::Classes => "other classes than this train store".to_string(),
+        Unfit::Size => format!(
             "{}x{} images and this train store {}x{}",
             meta.size, meta.size, train.size, train.size
-        )),
-        (false, false) => None,
-    };
+        ),
+    });
     let (src, dir) = (&meta.source, dir.display());
     match unlike {
         Some(what) => tracing::warn!(

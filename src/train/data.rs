@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::duplicates::{self, pixel_hash, warn_in_folder};
-use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta};
+use crate::data::packed::{is_store, refuse_unfinished_store, PackedStore, StoreMeta, Unfit};
 use crate::data::store::{draw_by_class, limited, LIMIT_STREAM};
 use crate::data::{
     folder_digest, held_out_files, limit_covers_classes, limited_len, store_digest,
@@ -440,23 +440,26 @@ fn open_val_store(train_dir: &Path, v: &Path, train: &StoreMeta) -> Result<Packe
     let vs = PackedStore::open(v)?;
     let meta = vs.meta();
     let again = "prepare them together with `alexnet-cuda prepare --train ... --val ...`";
-    if meta.classes != train.classes {
-        return Err(Error::Data(format!(
-            "{} and {} list different classes; {again}",
-            train_dir.display(),
-            v.display()
-        )));
-    }
-    if meta.size != train.size {
-        return Err(Error::Data(format!(
-            "{} holds {}x{} images and {} holds {}x{}; validation crops would cover another share of each image, and the training mean image would not fit; {again}",
-            v.display(),
-            meta.size,
-            meta.size,
-            train_dir.display(),
-            train.size,
-            train.size
-        )));
+    match meta.unfit_beside(train) {
+        Some(Unfit::Classes) => {
+            return Err(Error::Data(format!(
+                "{} and {} list different classes; {again}",
+                train_dir.display(),
+                v.display()
+            )))
+        }
+        Some(Unfit::Size) => {
+            return Err(Error::Data(format!(
+                "{} holds {}x{} images and {} holds {}x{}; validation crops would cover another share of each image, and the training mean image would not fit; {again}",
+                v.display(),
+                meta.size,
+                meta.size,
+                train_dir.display(),
+                train.size,
+                train.size
+            )))
+        }
+        None => {}
     }
     if meta.left_from_before(train) {
         tracing::warn!(
