@@ -482,7 +482,7 @@ impl<'a> Trainer<'a> {
             return Ok(());
         };
         let step = self.state.progress.step;
-        if step == 0 || d.last_step() == Some(step) {
+        if step == 0 || d.newest_at(step).is_some() {
             return Ok(());
         }
         self.read_steps()?;
@@ -497,11 +497,7 @@ impl<'a> Trainer<'a> {
     /// 30 s by default) cannot take the epoch with it; a resume validates.
     fn stop_in_validation(&mut self) -> Result<()> {
         let step = self.state.progress.step;
-        let d = self.run_dir.as_ref();
-        match d
-            .filter(|d| d.last_step() == Some(step))
-            .and_then(RunDir::newest)
-        {
+        match self.run_dir.as_ref().and_then(|d| d.newest_at(step)) {
             // Whole at this step already (the checkpoint resumed, as in
             // `save_unsaved`): not written again inside the kill window.
             Some(newest) => self.report.checkpoint = Some(newest.to_path_buf()),

@@ -773,9 +773,10 @@ impl RunDir {
             .map_or(String::new(), |p| self.go_on.changes(p, true))
     }
 
-    /// The step of [`RunDir::newest`].
-    pub fn last_step(&self) -> Option<u64> {
-        self.newest().and_then(checkpoint::step_of)
+    /// [`RunDir::newest`] where it is of `step`: the state then is saved.
+    pub fn newest_at(&self, step: u64) -> Option<&Path> {
+        self.newest()
+            .filter(|p| checkpoint::step_of(p) == Some(step))
     }
 
     /// A run stopped by a failed write in its folder other than a
