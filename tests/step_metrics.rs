@@ -131,7 +131,7 @@ fn per_step(opts: &TrainOptions) -> (Vec<Step>, Vec<(f64, f64)>) {
 /// `train()` on the CPU with `opts`.
 fn run(opts: &TrainOptions) -> alexnet_cuda::Result<alexnet_cuda::train::TrainReport> {
     let cpu = CpuBackend::new();
-    train(Layout::One(&cpu), &NetSpec::new("cifar"), opts)
+    train(Layout::One(&cpu), &NetSpec::new("cifar"), &mut opts.clone())
 }
 
 fn check_epochs(report: &alexnet_cuda::train::TrainReport, want: &[(f64, f64)]) {

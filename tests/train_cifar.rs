@@ -146,7 +146,8 @@ fn cifar_fixture_is_learned_far_above_chance() {
     opts.keep = 1;
     opts.progress = false;
     let cpu = CpuBackend::new();
-    let report = train(Layout::One(&cpu), &NetSpec::new("cifar"), &opts).expect("training runs");
+    let report =
+        train(Layout::One(&cpu), &NetSpec::new("cifar"), &mut opts).expect("training runs");
     print_epochs(&report);
     let path = report.checkpoint.as_deref().expect("a checkpoint");
     let ck = checkpoint::load(path).expect("load the checkpoint");
@@ -204,7 +205,8 @@ fn cifar_archive_subset_learns_well_above_chance() {
     opts.run.schedule = Schedule::Milestones(vec![4]);
     opts.progress = false;
     let cpu = CpuBackend::new();
-    let report = train(Layout::One(&cpu), &NetSpec::new("cifar"), &opts).expect("training runs");
+    let report =
+        train(Layout::One(&cpu), &NetSpec::new("cifar"), &mut opts).expect("training runs");
     print_epochs(&report);
     let last = report.epochs.last().expect("at least one epoch");
     assert_eq!(report.classes.len(), 10);

@@ -251,7 +251,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // fails the same way in every one of them: said now, not after they
     // have all met and read the data.
     local_batch(&opts, placement::copies_here(&request, &opts.world)?)?;
-    let report = match placement::run_on(&request, &opts.world, TrainOn(&spec, &opts)) {
+    let world = opts.world.clone();
+    let report = match placement::run_on(&request, &world, TrainOn(&spec, &mut opts)) {
         // A signal while the ranks were meeting, or while one process set
         // up its run: nothing trained, nothing to keep.
         Err(alexnet_cuda::Error::Stopped(why)) => {
@@ -305,7 +306,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// `train` on whichever devices the request resolves to.
-struct TrainOn<'a>(&'a NetSpec, &'a TrainOptions);
+struct TrainOn<'a>(&'a NetSpec, &'a mut TrainOptions);
 
 impl OnLayout for TrainOn<'_> {
     type Out = TrainReport;

@@ -65,10 +65,12 @@ use writer::Pending;
 /// resumes any run (bit for bit with the same one: dropout masks are drawn
 /// per tower and per replica). In a multi-process run (`opts.world`) the
 /// batch is the global one: each process takes its share of every batch.
+/// The resumed checkpoint's tensors are dropped once in the network:
+/// `opts.resume` keeps its path and state.
 pub fn train<B: Backend>(
     layout: Layout<'_, B>,
     spec: &NetSpec,
-    opts: &TrainOptions,
+    opts: &mut TrainOptions,
 ) -> Result<TrainReport> {
     Trainer::new(layout, spec, opts)?.run()
 }
@@ -121,7 +123,7 @@ impl<'a> Trainer<'a> {
     pub fn new<B: Backend>(
         layout: Layout<'a, B>,
         spec: &NetSpec,
-        opts: &'a TrainOptions,
+        opts: &'a mut TrainOptions,
     ) -> Result<Trainer<'a>> {
         let backend = layout.first();
         let local_batch = setup::local_batch(opts, layout.copies())?;
@@ -142,6 +144,8 @@ impl<'a> Trainer<'a> {
         setup::check_memory(&layout, &topo, opts, &loader, &data)?;
         let mut net = setup::build_net(layout, &topo, opts, local_batch)?;
         let (mut state, resumed) = setup::start_state(&mut *net, &spec, &data, &loader, opts)?;
+        setup::drop_resumed_tensors(opts);
+        let opts: &'a TrainOptions = opts;
         setup::not_stopped(opts)?;
         // Before the run folder is touched: a process started otherwise stops them all.
         let precision = backend.precision();
