@@ -442,8 +442,9 @@ pub struct Neighbor {
 }
 
 impl Neighbor {
+    /// The distance; NaN stays NaN (not clamped to 0, the nearest).
     pub fn dist(&self) -> f32 {
-        self.dist2.max(0.0).sqrt()
+        self.dist2.sqrt()
     }
 }
 
@@ -717,6 +718,7 @@ pub fn neighbors<B: Backend>(be: &B, job: &NeighborsJob) -> Result<NeighborsRepo
     let most = indices.len().max(job.queries.len());
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), most)?;
     let q = query_features(&mut net, job, width)?;
+    finite_queries(&q, width, job.queries)?;
     // Features read from a file: this run reads none of the set's images.
     let (features, rows, unread) = match given {
         Some((f, rows)) => (f, rows, Vec::new()),
@@ -943,6 +945,24 @@ fn query_features<B: Backend>(
         for_each_batch(net, NEIGHBOR_LAYER, &qset, &qidx, &qcfg, sink, |_| {})?;
     }
     Ok(q)
+}
+
+/// Refuse a query whose features are not all finite numbers: every
+/// distance from it would be infinite or NaN, and its "neighbours" the
+/// set's first rows. The network overflowed on that image.
+fn finite_queries(q: &[f32], width: usize, queries: &[PathBuf]) -> Result<()> {
+    let Some(i) = q.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let query = queries
+        .get(i / width.max(1))
+        .map_or(Path::new("?"), |p| p.as_path());
+    Err(Error::Data(format!(
+        "--query {}: its {NEIGHBOR_LAYER} features hold {} (value {}), not a finite number, so no distance from it means anything: the network overflowed on this image (weights too large, or --precision fp16/bf16: try fp32)",
+        query.display(),
+        q[i],
+        i % width.max(1)
+    )))
 }
 
 /// Each query's neighbours as reported: the set's image, its class, the

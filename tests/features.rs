@@ -771,6 +771,57 @@ fn blocked_search_equals_brute_force() {
     );
 }
 
+/// A query whose fc7 overflows (weights as large as f32 allows, as a run
+/// near divergence or fp16's range can leave) has no distance to anything:
+/// searched in a finite features file kept without its record, its
+/// "neighbours" were the set's first rows, printed with exit status 0.
+/// Now refused, naming the query and the likely cause.
+#[test]
+fn a_query_whose_features_overflow_is_refused() {
+    use alexnet_cuda::export::Tensor;
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let fc7 = dir.path().join("set.npy");
+    let (ok, _, err) = features_of(st, &st.store, &fc7, &[]);
+    assert!(ok, "{err}");
+    std::fs::remove_file(dir.path().join("set.meta.json")).unwrap();
+    let ck = checkpoint::load(&st.ckpt).unwrap();
+    let mut tensors: Vec<Tensor> = ck.tensors.into_values().collect();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc7.")) {
+        t.data.fill(f32::MAX);
+    }
+    let huge = dir.path().join("huge.safetensors");
+    checkpoint::save(&huge, &ck.state, &tensors).unwrap();
+    let query = std::fs::read_dir(fixtures().join("cat"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let grid = dir.path().join("grid.png");
+    let (ok, out, err) = cli(&[
+        "neighbors",
+        "--cpu",
+        "--checkpoint",
+        &s(&huge),
+        "--data",
+        &s(&st.store),
+        "--query",
+        &s(&query),
+        "--k",
+        "3",
+        "--features",
+        &s(&fc7),
+        "--out",
+        &s(&grid),
+        "--no-progress",
+    ]);
+    assert!(!ok, "{out}");
+    let said = format!("--query {}: its fc7 features hold inf", query.display());
+    assert!(err.contains(&said) && err.contains("try fp32"), "{err}");
+    assert!(!grid.exists());
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let st = setup();
