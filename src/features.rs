@@ -24,7 +24,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::eval::{check_image_size, loader_for, relabel_if_known, store_of};
-use crate::fsutil::{check_target, check_writable, write_atomic, write_csv};
+use crate::fsutil::{check_target, check_writable, csv_bytes, Staged};
 use crate::model::net::{activation_width, Mode, Network};
 use crate::model::topology::Topology;
 use crate::npy::{NpyRows, NpyWriter};
@@ -247,20 +247,21 @@ fn without(indices: &[usize], left_out: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Write `layer`'s activations for `indices` of `set` to `out` ([rows,
+/// Write `layer`'s activations for `indices` of `fs`'s set to `out` ([rows,
 /// width] float32 .npy), batch by batch: the header first, then the rows, so
-/// the matrix is never whole in memory. An image that cannot be read is
-/// left out of the rows, not the end of the job: one bad file of 50,000
-/// should not cost the other features.
+/// the matrix is never whole in memory; then its row table and record (of
+/// `ck`) beside it. An image that cannot be read is left out of the rows,
+/// not the end of the job: one bad file of 50,000 should not cost the
+/// other features.
 pub fn write_features<B: Backend>(
     net: &mut Network<'_, B>,
-    layer: &str,
-    set: &Arc<dyn ImageSource>,
-    indices: &[usize],
+    (layer, ck): (&str, &Checkpoint),
+    (fs, indices): (&FeatureSet, &[usize]),
     cfg: &LoaderConfig,
     out: &Path,
     on_batch: impl FnMut(usize),
 ) -> Result<Written> {
+    let set = &fs.set;
     let width = activation_width(net.topology(), layer)?;
     let mut w = NpyWriter::create(out, indices.len(), width)?;
     let cfg = LoaderConfig {
@@ -274,17 +275,24 @@ pub fn write_features<B: Backend>(
         return Err(unread_error(unread, indices.len()));
     }
     w.leave_out(left_out.len())?;
-    // An older record or row table beside `out` describes other rows: gone
-    // before the new file lands, so a run stopped before writing its own
-    // leaves a file searched with a warning, never one vouched for wrongly;
-    // and not before the new file is whole, so a full disk keeps all three.
-    w.finish_with(|| {
+    let kept = without(indices, &left_out);
+    // All three are whole on disk before any lands, so a full disk keeps
+    // the old ones. The old record and row table describe other rows: gone
+    // before the new file lands, and the new ones land after it, so a run
+    // stopped between leaves a file searched with a warning, never one
+    // vouched for wrongly.
+    let (csv, meta) = w.finish_with(|| {
+        let csv = stage_rows_csv(&rows_csv_path(out), ck, fs, &kept)?;
+        let meta = stage_meta(out, ck, layer, &left_out)?;
         remove_beside(&meta_path(out))?;
-        remove_beside(&rows_csv_path(out))
+        remove_beside(&rows_csv_path(out))?;
+        Ok((csv, meta))
     })?;
+    csv.land()?;
+    meta.land()?;
     Ok(Written {
         width,
-        kept: without(indices, &left_out),
+        kept,
         left_out,
         unread,
     })
@@ -341,9 +349,9 @@ struct FeaturesMeta {
     left_out: Vec<usize>,
 }
 
-/// Record that `layer` of `ck` computed the features file `features`, and
-/// which images of the set were left out of its rows.
-fn write_meta(features: &Path, ck: &Checkpoint, layer: &str, left_out: &[usize]) -> Result<()> {
+/// The record that `layer` of `ck` computed the features file `features`,
+/// and which images of the set were left out of its rows, staged beside it.
+fn stage_meta(features: &Path, ck: &Checkpoint, layer: &str, left_out: &[usize]) -> Result<Staged> {
     let meta = FeaturesMeta {
         layer: layer.to_string(),
         checkpoint: ck.path.display().to_string(),
@@ -351,7 +359,7 @@ fn write_meta(features: &Path, ck: &Checkpoint, layer: &str, left_out: &[usize])
         left_out: left_out.to_vec(),
     };
     let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Data(e.to_string()))?;
-    write_atomic(&meta_path(features), text.as_bytes())
+    Staged::write(&meta_path(features), text.as_bytes())
 }
 
 /// The text of `side`, a file kept beside features file `f`; None when
@@ -409,15 +417,15 @@ fn check_meta(f: &Path, ck: &Checkpoint) -> Result<Vec<usize>> {
     Ok(meta.left_out)
 }
 
-/// Write the row table: `row,index,label,class,name,source` (row of the
-/// matrix, index of the image in the set, label index, class id, class
-/// name, source file or empty when the data keeps none).
-pub fn write_rows_csv(
+/// The row table, staged at `path`: `row,index,label,class,name,source`
+/// (row of the matrix, index of the image in the set, label index, class
+/// id, class name, source file or empty when the data keeps none).
+fn stage_rows_csv(
     path: &Path,
     ck: &Checkpoint,
     fs: &FeatureSet,
     indices: &[usize],
-) -> Result<()> {
+) -> Result<Staged> {
     let rows = indices.iter().enumerate().map(|(row, &i)| {
         let label = fs.set.label(i);
         let source = fs.sources.as_ref().and_then(|s| s.get(i));
@@ -431,7 +439,7 @@ pub fn write_rows_csv(
         ]
     });
     let header = ["row", "index", "label", "class", "name", "source"];
-    write_csv(path, &header, rows)
+    Staged::write(path, &csv_bytes(path, &header, rows)?)
 }
 
 /// One neighbour: its row in the feature matrix and squared distance.
@@ -760,12 +768,11 @@ fn set_features<B: Backend>(
 ) -> Result<(PathBuf, Vec<usize>, Vec<Error>)> {
     let features = default_features_path(job.out);
     let pb = crate::progress::bar(indices.len(), "fc7", job.progress);
-    let w = write_features(net, NEIGHBOR_LAYER, &fs.set, indices, cfg, &features, |d| {
+    let what = (NEIGHBOR_LAYER, job.ck);
+    let w = write_features(net, what, (fs, indices), cfg, &features, |d| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
-    write_rows_csv(&rows_csv_path(&features), job.ck, fs, &w.kept)?;
-    write_meta(&features, job.ck, NEIGHBOR_LAYER, &w.left_out)?;
     Ok((features, w.kept, w.unread))
 }
 
@@ -1198,13 +1205,12 @@ pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport>
     let indices = spread(fs.set.len(), job.limit);
     let (mut net, cfg) = sized_network(be, ck, &topo, (job.batch, job.workers), indices.len())?;
     let pb = crate::progress::bar(indices.len(), job.layer, job.progress);
-    let w = write_features(&mut net, job.layer, &fs.set, &indices, &cfg, job.out, |d| {
+    let what = (job.layer, ck);
+    let w = write_features(&mut net, what, (&fs, &indices), &cfg, job.out, |d| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
     let rows_csv = rows_csv_path(job.out);
-    write_rows_csv(&rows_csv, ck, &fs, &w.kept)?;
-    write_meta(job.out, ck, job.layer, &w.left_out)?;
     Ok(FeaturesReport {
         rows: w.kept.len(),
         width: w.width,

@@ -280,23 +280,50 @@ pub fn through_links(path: &Path) -> PathBuf {
 /// replaced too, not followed (the commands follow the links of the files
 /// they are told to write, with [`through_links`], before they get here).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    check_target(path)?;
-    sweep_before_writing(path);
-    let tmp = temp_path(path);
-    // Errors name the file asked for: the temporary one is removed.
-    let io = |e| Error::io(path, e);
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io)?;
+    Staged::write(path, bytes)?.land()
+}
+
+/// A file written whole and synced under a temporary name beside `path`,
+/// put in place by `land`; dropped unlanded, it is removed. Files that
+/// belong together are all staged before any replaces its old one, so a
+/// full disk keeps the old set whole.
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    landed: bool,
+}
+
+impl Staged {
+    pub fn write(path: &Path, bytes: &[u8]) -> Result<Staged> {
+        check_target(path)?;
+        sweep_before_writing(path);
+        let staged = Staged {
+            tmp: temp_path(path),
+            path: path.to_path_buf(),
+            landed: false,
+        };
+        // Errors name the file asked for: the temporary one is removed (drop).
+        let io = |e| Error::io(path, e);
+        let mut f = File::create(&staged.tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        Ok(staged)
     }
-    result
+
+    /// Rename it over `path`, and sync the folder.
+    pub fn land(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.landed = true;
+        sync_dir(&self.path)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.landed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A file or class name as one field of a tab-separated line: a tab or
@@ -327,16 +354,22 @@ pub fn write_csv(
     header: &[&str],
     rows: impl IntoIterator<Item = Vec<String>>,
 ) -> Result<()> {
+    write_atomic(path, &csv_bytes(path, header, rows)?)
+}
+
+/// The bytes of the CSV file `path` (named in errors) would hold.
+pub fn csv_bytes(
+    path: &Path,
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let io = |e: csv::Error| Error::io(path, e.into());
     w.write_record(header).map_err(io)?;
     for row in rows {
         w.write_record(&row).map_err(io)?;
     }
-    let text = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    write_atomic(path, &text)
+    w.into_inner().map_err(|e| Error::io(path, e.into_error()))
 }
 
 /// `create_dir_all`, then each folder it made synced into its parent: a

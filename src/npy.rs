@@ -243,7 +243,8 @@ impl NpyWriter {
     /// `finish`, running `before` once the new file is whole on disk and
     /// before it replaces the old: what goes with the old file goes only
     /// when the new one is sure to land (a full disk fails the flush).
-    pub fn finish_with(mut self, before: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Returns what `before` returned.
+    pub fn finish_with<T>(mut self, before: impl FnOnce() -> Result<T>) -> Result<T> {
         if self.written != self.rows {
             return Err(Error::Shape {
                 op: "NpyWriter::finish",
@@ -267,15 +268,19 @@ impl NpyWriter {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(io(e));
         }
-        if let Err(e) = before() {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(e);
-        }
+        let kept = match before() {
+            Ok(kept) => kept,
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                return Err(e);
+            }
+        };
         if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(Error::io(&self.path, e));
         }
-        sync_dir(&self.path)
+        sync_dir(&self.path)?;
+        Ok(kept)
     }
 }
 

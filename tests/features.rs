@@ -580,6 +580,59 @@ fn a_rewrite_the_disk_refuses_keeps_the_old_file_and_its_record() {
     }
 }
 
+/// Where the disk takes the new features file but refuses its row table
+/// (here long file names: a 4 KiB limit holds 20 rows of fc8, not their
+/// names), the old file, record and row table stay as they were. The new
+/// file used to land first, and the failed table left it without either.
+#[test]
+fn a_row_table_the_disk_refuses_keeps_the_old_file_and_its_record() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let class = data.join("cat");
+    std::fs::create_dir_all(&class).unwrap();
+    let photos: Vec<PathBuf> = std::fs::read_dir(fixtures().join("cat"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(20)
+        .collect();
+    for (i, p) in photos.iter().enumerate() {
+        let name = format!("{}-{i:02}.jpg", "long".repeat(50));
+        std::fs::copy(p, class.join(name)).unwrap();
+    }
+    let f = dir.path().join("f.npy");
+    let (ck, fd, ff) = (s(&st.ckpt), s(&data), s(&f));
+    let args = |limit| {
+        let (ck, fd, ff) = (ck.as_str(), fd.as_str(), ff.as_str());
+        let data = ["--checkpoint", ck, "--data", fd, "--out", ff];
+        [
+            &["features", "--cpu", "--layer", "fc8", "--no-progress"][..],
+            &data,
+            &["--limit", limit],
+        ]
+        .concat()
+    };
+    let (ok, _, err) = cli(&args("20"));
+    assert!(ok, "{err}");
+    let files = ["f.npy", "f.meta.json", "f.rows.csv"].map(|n| dir.path().join(n));
+    let sizes: Vec<u64> = files.iter().map(|p| p.metadata().unwrap().len()).collect();
+    assert!(sizes[0] < 4096 && sizes[2] > 4096, "sizes {sizes:?}");
+    let before: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let o = under_kib(4, &args("19"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{}: File too large", s(&files[2]))),
+        "{err}"
+    );
+    for (p, was) in files.iter().zip(&before) {
+        let now = std::fs::read(p).unwrap_or_default();
+        assert!(&now == was, "{} changed or went: {err}", p.display());
+    }
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 4, "a temporary file left: {err}");
+}
+
 /// A folder where the row table or record goes beside a features file
 /// is refused before any image is read, naming it: the write beside the
 /// file came last, after every image's features were computed.
@@ -639,12 +692,17 @@ fn fc7_of_all<'a>(st: &'a Setup, out: &'a str) -> [&'a str; 11] {
     ]
 }
 
-/// The program run with `args` under a file-size limit of 16 KiB
-/// (`ulimit -f`, SIGXFSZ ignored so that a write past it fails with EFBIG).
+/// The program run with `args` under a file-size limit of 16 KiB.
 fn under_16_kib(args: &[&str]) -> Output {
+    under_kib(16, args)
+}
+
+/// The program run with `args` under a file-size limit of `kib` KiB
+/// (`ulimit -f`, SIGXFSZ ignored so that a write past it fails with EFBIG).
+fn under_kib(kib: u32, args: &[&str]) -> Output {
     Command::new("bash")
         .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_alexnet-cuda"))
         .args(args)
         .output()
