@@ -1197,9 +1197,10 @@ pub struct FeaturesReport {
 pub fn features<B: Backend>(be: &B, job: &FeaturesJob) -> Result<FeaturesReport> {
     let ck = job.ck;
     let topo = ck.state.net.topology()?;
-    // An unknown layer, or a folder where a file goes, fails before the
-    // data is opened.
+    // An unknown layer, an --out that cannot be written, or a folder where
+    // a file goes beside it, fails before the data is opened.
     activation_width(&topo, job.layer)?;
+    check_writable(job.out).map_err(|e| Error::Config(format!("--out {e}")))?;
     check_beside(job.out, "--out")?;
     let fs = open_set(job.data, ck, "val", "take features of those images")?;
     let indices = spread(fs.set.len(), job.limit);

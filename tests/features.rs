@@ -915,6 +915,19 @@ fn bad_input_gets_a_clear_error() {
         "{err}"
     );
     assert!(!st.root.join("bad.npy").exists());
+    // An --out in a folder that is not there is refused before the data
+    // is opened: here, data that is not there either.
+    let nowhere = s(&st.root.join("no-such-folder/f.npy"));
+    let missing = s(&st.root.join("no-such-data"));
+    let args = ["features", "--cpu", "--checkpoint", &c, "--data", &missing];
+    let (ok, _, err) = cli(&[&args[..], &["--out", &nowhere]].concat());
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("--out {nowhere}: the folder"))
+            && err.contains("does not exist; create it")
+            && !err.contains("no-such-data"),
+        "{err}"
+    );
 
     let text = st.root.join("notes.jpg");
     std::fs::write(&text, "not a picture\n").unwrap();
