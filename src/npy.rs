@@ -346,8 +346,8 @@ impl NpyRows {
             Ok(r) => (Values::F32(r), 4),
             Err(file) => match file.try_data::<f64>() {
                 Ok(r) if f64 => (Values::F64(r), 8),
-                Ok(_) => return Err(bad(not_f32("float64".into()))),
-                Err(file) => return Err(bad(not_f32(file.dtype().descr()))),
+                Ok(_) => return Err(bad(not_f32("float64".into(), f64))),
+                Err(file) => return Err(bad(not_f32(file.dtype().descr(), f64))),
             },
         };
         // Checked here, not at the first short read deep in a search.
@@ -393,9 +393,11 @@ impl NpyRows {
     }
 }
 
-/// The error for a dtype a reader does not take.
-fn not_f32(dtype: String) -> String {
-    format!("dtype {dtype} is not float32 ('<f4'); save the array with arr.astype(np.float32)")
+/// The error for a dtype a reader does not take (one that takes float64
+/// too, with `f64`, says so).
+fn not_f32(dtype: String, f64: bool) -> String {
+    let or = if f64 { " or float64 ('<f8')" } else { "" };
+    format!("dtype {dtype} is not float32 ('<f4'){or}; save the array with arr.astype(np.float32)")
 }
 
 #[cfg(test)]
@@ -485,6 +487,16 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("dtype float64 is not float32"), "{err}");
+        // A reader that takes float64 names it beside float32.
+        let int = dir.path().join("int.npy");
+        let mut i = v1("{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), }");
+        i.extend_from_slice(&7i64.to_le_bytes());
+        std::fs::write(&int, &i).unwrap();
+        let err = NpyRows::open_shaped(&int, true).err().unwrap().to_string();
+        assert!(
+            err.contains("'<i8' is not float32 ('<f4') or float64 ('<f8')"),
+            "{err}"
+        );
         std::fs::write(&path, &b[..b.len() - 1]).unwrap();
         let err = NpyRows::open_shaped(&path, true).err().unwrap().to_string();
         let said = format!("truncated: shape [3, 2] needs {} bytes", b.len());
