@@ -1561,6 +1561,45 @@ fn index_entries_that_do_not_fit_the_store_are_refused_on_open() -> TestResult {
     Ok(())
 }
 
+/// A meta.json whose class names or counts do not match its classes (an
+/// edit, or damage) is refused on open: a run trained on it finished, and
+/// then every checkpoint it wrote was refused as changed after training.
+#[test]
+fn class_names_and_counts_that_do_not_fit_the_classes_are_refused_on_open() -> TestResult {
+    let (_t, _, dir) = prepared_tree(2, Encoding::Raw)?;
+    let meta = fs::read_to_string(dir.join("meta.json"))?;
+    let m = read_meta(&dir)?;
+    assert_eq!((m.classes.len(), m.count), (2, 4), "{m:?}");
+    let cases: [(&str, serde_json::Value, &str); 3] = [
+        (
+            "names",
+            vec!["a plane"].into(),
+            "1 class names for 2 classes",
+        ),
+        (
+            "class_counts",
+            vec![4].into(),
+            "1 class counts for 2 classes",
+        ),
+        (
+            "class_counts",
+            vec![1, 1].into(),
+            "class counts add up to 2 images, not its 4",
+        ),
+    ];
+    for (key, value, said) in cases {
+        meta_with(&dir, &meta, key, value)?;
+        let msg = PackedStore::open(&dir).err().ok_or(said)?.to_string();
+        assert!(
+            msg.contains(said) && msg.contains("meta.json") && msg.contains("rerun"),
+            "{msg}"
+        );
+    }
+    meta_with(&dir, &meta, "names", vec!["a plane", "a car"].into())?;
+    assert_eq!(PackedStore::open(&dir)?.len(), 4);
+    Ok(())
+}
+
 /// A store of another version says which build reads it, even where its
 /// fields differ (here one missing), and another program's JSON says it
 /// is none of ours.

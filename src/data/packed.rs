@@ -486,6 +486,14 @@ pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
             path.display()
         )));
     }
+    // Runs keep the class list, names and counts in their checkpoints:
+    // ones that disagree would make every checkpoint of a run unreadable.
+    if let Some(why) = uneven_classes(&meta) {
+        return Err(Error::Data(format!(
+            "{}: {why}; the store description was changed after prepare wrote it, rerun `alexnet-cuda prepare`",
+            path.display()
+        )));
+    }
     // prepare's range: a side past it would overflow `size * size * 3`.
     if !(1..=MAX_SIDE).contains(&meta.size) {
         return Err(Error::Data(format!(
@@ -495,6 +503,26 @@ pub fn read_meta(dir: &Path) -> Result<StoreMeta> {
         )));
     }
     Ok(meta)
+}
+
+/// What disagrees among `meta`'s classes, their names, their counts and
+/// its image count, if anything does.
+fn uneven_classes(meta: &StoreMeta) -> Option<String> {
+    let c = meta.classes.len();
+    let (names, counts) = (meta.names.len(), meta.class_counts.len());
+    let sum: u64 = meta.class_counts.iter().sum();
+    if names != 0 && names != c {
+        Some(format!("{names} class names for {c} classes"))
+    } else if counts != c {
+        Some(format!("{counts} class counts for {c} classes"))
+    } else if sum != meta.count as u64 {
+        Some(format!(
+            "class counts add up to {sum} images, not its {}",
+            meta.count
+        ))
+    } else {
+        None
+    }
 }
 
 /// The first index entry that does not fit the store, said as what is
