@@ -1755,6 +1755,104 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
     Ok(())
 }
 
+/// Run `prepare ARGS`, send it `sig` as soon as `marker` holds, and return
+/// how it exited and its stdout.
+fn signal_at(
+    args: &[&std::ffi::OsStr],
+    sig: i32,
+    marker: impl Fn() -> bool,
+) -> Result<(std::process::ExitStatus, String), Box<dyn std::error::Error>> {
+    let child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .arg("prepare")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    while !marker() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on the child's pid; the child is not yet waited for.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let o = child.wait_with_output()?;
+    Ok((o.status, String::from_utf8_lossy(&o.stdout).into_owned()))
+}
+
+/// SIGTERM or SIGINT while prepare writes a store stops it between images:
+/// that store's files are removed at once (a killed prepare leaves them to
+/// the next one), the stores committed stay whole, and the exit status is
+/// the signal's. Marked by what prepare has written, as above.
+#[test]
+fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
+    let t = TempDir::new()?;
+    let (small, small_val) = (t.path().join("small"), t.path().join("small-val"));
+    good_tree(&small, 2, 20, 20)?;
+    good_tree(&small_val, 2, 20, 20)?;
+    let (big, big_val) = (t.path().join("big"), t.path().join("big-val"));
+    good_tree(&big, 150, 400, 300)?;
+    good_tree(&big_val, 150, 400, 300)?;
+    let out = t.path().join("out");
+    let mut o = opts(&small, &out, 64, Encoding::Jpeg);
+    o.val = Some(small_val.clone());
+    prepare(&o)?;
+    let (train, val) = (out.join("train"), out.join("val"));
+    let (before, before_val) = (read_meta(&train)?, read_meta(&val)?);
+    let files = (generation_files(&train), generation_files(&val));
+    let args = [
+        "--no-progress".as_ref(),
+        "--size".as_ref(),
+        "64".as_ref(),
+        "--train".as_ref(),
+        big.as_os_str(),
+        "--val".as_ref(),
+        big_val.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+
+    // 1. SIGTERM while the new training store is written.
+    let (status, said) = signal_at(&args, libc::SIGTERM, || {
+        new_generation_started(&train, &before.generation)
+    })?;
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(
+        said.contains("prepare stopped at a signal")
+            && said.contains("of 300 train images written")
+            && said.contains("run the same prepare again"),
+        "{said}"
+    );
+    assert_eq!((generation_files(&train), generation_files(&val)), files);
+    for (dir, old) in [(&train, &before), (&val, &before_val)] {
+        let s = PackedStore::open(dir)?;
+        s.verify()?;
+        assert_eq!(s.meta().generation, old.generation, "{}", dir.display());
+    }
+
+    // 2. SIGINT after the training store's commit, while the validation
+    //    store is written: the new training store stays, and no val files.
+    let (status, said) = signal_at(&args, libc::SIGINT, || {
+        read_meta(&train).is_ok_and(|m| m.generation != before.generation)
+            && new_generation_started(&val, &before_val.generation)
+    })?;
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("of 300 val images written")
+            && said.contains("The train store")
+            && said.contains("is complete")
+            && said.contains("run the same prepare again"),
+        "{said}"
+    );
+    let s = PackedStore::open(&train)?;
+    s.verify()?;
+    assert_eq!(s.meta().count, 300, "the committed training store is whole");
+    assert_eq!(generation_files(&train).len(), 4);
+    assert!(
+        generation_files(&val).is_empty(),
+        "{:?}",
+        generation_files(&val)
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------- the loader
 
 /// One `size x size` image whose every channel at (x, y) is 10 y + x.

@@ -1,8 +1,10 @@
 //! `prepare`: pack an ImageNet-style image tree into the memory-mapped
 //! stores training reads, and print what went in.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
@@ -69,8 +71,16 @@ impl From<StoreFormat> for Encoding {
 /// Write the stores and print a line for each.
 pub fn run(args: PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let opts = options(args)?;
-    let r = prepare(&opts)?;
+    let mut opts = options(args)?;
+    let (stop, status) = stop_on_signals()?;
+    opts.stop = Some(stop);
+    let r = match prepare(&opts) {
+        Err(alexnet_cuda::Error::Stopped(why)) => {
+            let _ = outln!("{why}");
+            std::process::exit(status.load(Ordering::Relaxed) as i32);
+        }
+        r => r?,
+    };
     print_store("train", &r.train)?;
     if let Some(v) = &r.val {
         print_store("val", v)?;
@@ -82,6 +92,24 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         alexnet_cuda::shell::word(&opts.out)
     )?;
     Ok(())
+}
+
+/// At SIGINT or SIGTERM, stop between images: the store being written is
+/// removed, and the exit status is 128 + the signal's number. A second
+/// signal quits at once (the next prepare removes what that leaves).
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        // The shutdown first: it acts only on a flag set by an earlier signal.
+        flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .and_then(|_| flag::register(sig, Arc::clone(&stop)))
+            .and_then(|_| flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize))
+            .context("could not install signal handlers")?;
+    }
+    Ok((stop, status))
 }
 
 /// The library's options from the flags.

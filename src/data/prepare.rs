@@ -20,6 +20,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -65,6 +67,9 @@ pub struct PrepareOptions {
     /// Take only this many training images (class-balanced), for quick runs.
     pub limit: Option<usize>,
     pub progress: bool,
+    /// Set from outside (SIGINT/SIGTERM): stop between images, the store
+    /// being written removed, any earlier one untouched.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl PrepareOptions {
@@ -81,7 +86,14 @@ impl PrepareOptions {
             quality: 90,
             limit: None,
             progress: true,
+            stop: None,
         }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 }
 
@@ -275,8 +287,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             let gen = Some(train.generation.clone());
             let (val, stored) = store("val", v, &items, 0, gen).map_err(|e| {
                 // Its "nothing was written" is the val store's: say what was.
-                Error::Data(format!(
-                    "{e}. The train store, {}, was written before the val store and is complete{}; run the same prepare again once the val data is fixed (it writes both again)",
+                let (kind, fix): (fn(String) -> Error, _) = match e {
+                    Error::Stopped(_) => (Error::Stopped, "run the same prepare again (it writes both again)"),
+                    _ => (Error::Data, "run the same prepare again once the val data is fixed (it writes both again)"),
+                };
+                kind(format!(
+                    "{e}. The train store, {}, was written before the val store and is complete{}; {fix}",
                     opts.out.join("train").display(),
                     match retired {
                         true => "; the earlier val store, paired with the train store replaced, was removed",
@@ -978,6 +994,19 @@ pub fn prepare_image(
     Ok((stored, px))
 }
 
+/// A stop at a signal while `to` was written, `done` of its `n` images in
+/// (a val store's error says what became of the train store, and the fix).
+fn stopped(to: &Target, done: usize, n: usize) -> Error {
+    let rest = match to.paired_with {
+        None => " (a previous one, if any, is untouched); run the same prepare again to write it",
+        Some(_) => "",
+    };
+    Error::Stopped(format!(
+        "prepare stopped at a signal, {done} of {n} {what} images written: the unfinished {what} store was removed{rest}",
+        what = to.what
+    ))
+}
+
 /// Refuse to commit a store (`what`: train or val) that lost a class:
 /// every image listed for it was left out as a bad image, so the network
 /// would never see the class, or never be scored on it.
@@ -1077,6 +1106,9 @@ fn write_store(
             .par_iter()
             .enumerate()
             .fold(Acc::new, |mut acc, (i, (path, _))| {
+                if opts.stopped() {
+                    return acc;
+                }
                 let r = prepare_image(path, size, opts.encoding, opts.quality);
                 let r = r.map(|(stored, pixels)| {
                     acc.add(&pixels);
@@ -1087,6 +1119,9 @@ fn write_store(
                 acc
             })
             .reduce(Acc::new, Acc::merge);
+        if opts.stopped() {
+            return Err(stopped(to, c * chunk_len, items.len()));
+        }
         let mut acc = acc;
         acc.out.sort_unstable_by_key(|(i, _)| *i);
         let mut unreadable = Vec::new();
