@@ -427,18 +427,51 @@ pub fn decode_jpeg_rgb_into(
         .set_max_height(size);
     survive_panic(|| {
         let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-        dec.decode_headers().map_err(|e| format!("{e:?}"))?;
+        dec.decode_headers().map_err(one_line)?;
         let (w, h) = dec.dimensions().ok_or("no dimensions")?;
         if (w, h) != (size, size) || dec.output_buffer_size() != Some(out.len()) {
             return Err(format!("{w}x{h} JPEG where {size}x{size} RGB was expected"));
         }
-        dec.decode_into(out).map_err(|e| format!("{e:?}"))
+        dec.decode_into(out).map_err(one_line)
     })
+}
+
+/// A decoder's error on one line: zune-jpeg's carry line breaks, which
+/// would split the error (and a log line) where it is printed.
+fn one_line(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Damaged store JPEGs give errors on one line: an error is printed
+    /// inside a sentence (the image, its source, the fix), and zune-jpeg's
+    /// messages carried line breaks that split it.
+    #[test]
+    fn a_damaged_jpegs_error_is_one_line() {
+        let size = 16;
+        let px: Vec<u8> = (0..size * size * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut good = Vec::new();
+        encode_jpeg(&px, size, 90, &mut good).unwrap();
+        let mut out = vec![0u8; size * size * 3];
+        decode_jpeg_rgb_into(&good, size, &mut out).unwrap();
+        let mut errors = Vec::new();
+        for at in 2..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0xff;
+            errors.extend(decode_jpeg_rgb_into(&bad, size, &mut out).err());
+            errors.extend(decode_jpeg_rgb_into(&good[..at], size, &mut out).err());
+        }
+        assert!(errors.len() > 10, "{errors:?}");
+        for e in &errors {
+            assert!(!e.contains('\n') && !e.contains('\r'), "{e:?}");
+        }
+    }
 
     /// A decoder that panics, as zune-jpeg has on malformed files, gives an
     /// error carrying its message (either payload type), and the caller
