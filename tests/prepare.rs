@@ -9,7 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alexnet_cuda::data::packed::{is_unfinished_store, read_meta, Encoding};
+use alexnet_cuda::data::packed::{
+    is_unfinished_store, read_meta, refuse_unfinished_store, Encoding,
+};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::store::split_indices;
 use alexnet_cuda::data::{
@@ -1775,6 +1777,62 @@ fn signal_at(
     unsafe { libc::kill(child.id() as i32, sig) };
     let o = child.wait_with_output()?;
     Ok((o.status, String::from_utf8_lossy(&o.stdout).into_owned()))
+}
+
+/// A first store that a prepare is writing now is said to be so (the
+/// prepare's pid, and to wait), not to be one a prepare did not finish,
+/// whose fix (run it again) the running one's lock would refuse. Once
+/// that prepare is killed, it is one it did not finish.
+#[test]
+fn a_store_being_written_is_told_from_one_left_unfinished() -> TestResult {
+    let t = TempDir::new()?;
+    let big = t.path().join("big");
+    good_tree(&big, 150, 400, 300)?;
+    let out = t.path().join("out");
+    let train = out.join("train");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .args(["prepare", "--no-progress", "--size", "64", "--train"])
+        .arg(&big)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    while !new_generation_started(&train, "none") {
+        assert!(
+            child.try_wait()?.is_none(),
+            "prepare ended before its files were seen"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Held there (SIGSTOP), its lock with it, whatever the machine's speed.
+    // SAFETY: kill(2) on the child's pid; the child is not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    let now = refuse_unfinished_store(&train)
+        .err()
+        .ok_or("accepted")?
+        .to_string();
+    child.kill()?;
+    child.wait()?;
+    let pid = format!(
+        "in use by a prepare writing this store (pid {})",
+        child.id()
+    );
+    assert!(
+        now.contains("not written yet")
+            && now.contains(&pid)
+            && now.contains("wait for it to finish"),
+        "{now}"
+    );
+    let left = refuse_unfinished_store(&train)
+        .err()
+        .ok_or("accepted")?
+        .to_string();
+    assert!(
+        left.contains("a store that `alexnet-cuda prepare` did not finish"),
+        "{left}"
+    );
+    Ok(())
 }
 
 /// SIGTERM or SIGINT while prepare writes a store stops it between images:

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lighting::Pca;
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::fsutil::{check_not_locked, sync_dir, write_atomic};
 
 pub const META_FILE: &str = "meta.json";
 pub const FORMAT_NAME: &str = "alexnet-cuda packed image store";
@@ -153,15 +153,33 @@ pub fn is_unfinished_store(dir: &Path) -> bool {
             .any(|e| e.file_name().to_str().is_some_and(is_generation_file))
 }
 
-/// An error naming `dir` and the fix when it is an unfinished store.
+/// An error naming `dir` and the fix when it is an unfinished store: one
+/// a prepare is writing now (it holds the lock of the folder above), or
+/// one a prepare left.
 pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
-    if is_unfinished_store(dir) {
+    if !is_unfinished_store(dir) {
+        return Ok(());
+    }
+    // Looked at only where a prepare made its lock file: nothing is
+    // created in the user's folders.
+    let out = dir.parent().filter(|p| p.join(".lock").is_file());
+    let busy = "a prepare writing this store";
+    if let Some(Err(e @ Error::Config(_))) =
+        out.map(|o| check_not_locked(o, busy, "wait for it to finish"))
+    {
         return Err(Error::Data(format!(
-            "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again, or remove the folder if it is not wanted",
+            "{}: not written yet: {e}",
             dir.display()
         )));
     }
-    Ok(())
+    // The lock is waited for briefly: a prepare may have finished since.
+    if !is_unfinished_store(dir) {
+        return Ok(());
+    }
+    Err(Error::Data(format!(
+        "{}: a store that `alexnet-cuda prepare` did not finish (its data files are there, but not meta.json, which it writes last); run the same prepare again, or remove the folder if it is not wanted",
+        dir.display()
+    )))
 }
 
 /// A name of one of a generation's files (`data-<gen>.bin`, ...), `<gen>`
