@@ -789,6 +789,52 @@ fn a_prepared_folder_without_its_train_store_names_the_store() {
     );
 }
 
+/// A store whose source list is missing trains, with a warning naming the
+/// file and what is lost: the run keeps no digest of its held-out images,
+/// which a resume and `eval --held-out` compare. It used to be silent.
+#[test]
+fn a_store_without_its_source_list_trains_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    tree(&train, 2, 6);
+    let store = dir.path().join("store");
+    let s = |p: &Path| p.display().to_string();
+    let (t, st) = (s(&train), s(&store));
+    let (ok, err) = run(&["prepare", "--train", &t, "--out", &st, "--no-progress"]);
+    assert!(ok, "{err}");
+    let list = std::fs::read_dir(store.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sources-")
+        })
+        .expect("a source list");
+    std::fs::remove_file(&list).unwrap();
+    let run_dir = s(&dir.path().join("run"));
+    let args = [
+        "train", "--cpu", "--config", "cifar", "--data", &st, "--out", &run_dir,
+    ];
+    let more = [
+        "--val",
+        "4",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ];
+    let (ok, _, err) = run_out(&[&args[..], &more].concat(), &[("RUST_LOG", "warn")]);
+    assert!(ok, "{err}");
+    let said = format!("{}: missing", list.display());
+    assert!(
+        err.contains(&said) && err.contains("keeps no digest of its validation images"),
+        "{err}"
+    );
+}
+
 /// Flags that would be ignored, or would do what the user cannot have
 /// meant, are refused and named rather than run.
 #[test]

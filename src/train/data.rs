@@ -376,6 +376,17 @@ fn check_held_out(opts: &TrainOptions, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The digest of `store`'s validation images `idx`, which the run's
+/// checkpoints keep; None, with a warning of what that costs, when its
+/// source list is missing or damaged.
+fn val_digest(store: &PackedStore, idx: &[usize]) -> Option<u32> {
+    store_digest(store, idx)
+        .map_err(|e| {
+            tracing::warn!("{e}; the run keeps no digest of its validation images, so a resume and `eval --held-out` cannot tell whether they are the same images (only classes and image counts are compared)")
+        })
+        .ok()
+}
+
 /// A store's training images, validated on `val_dir`'s store or, without
 /// one, on `--val` images held out of the training store.
 fn load_store(
@@ -395,14 +406,14 @@ fn load_store(
         Some(v) => {
             let vs = open_val_store(train_dir, &v, &meta)?;
             let all: Vec<usize> = (0..vs.len()).collect();
-            let digest = store_digest(&vs, &all).ok();
+            let digest = val_digest(&vs, &all);
             ((0..train.len()).collect(), Arc::new(vs) as _, all, digest)
         }
         None => {
             check_held_out(opts, train.len(), &train_dir.display().to_string())?;
             let (t, v) =
                 crate::data::store::split_indices(train.len(), opts.run.val, opts.run.seed);
-            let digest = store_digest(&store, &v).ok();
+            let digest = val_digest(&store, &v);
             (t, Arc::clone(&train), v, digest)
         }
     };
