@@ -623,6 +623,19 @@ impl PackedStore {
     /// is [`PackedStore::verify`]; each image is checked when read).
     pub fn open(dir: &Path) -> Result<PackedStore> {
         let meta = read_meta(dir)?;
+        let generation = meta.generation.clone();
+        match Self::open_as(dir, meta) {
+            // A prepare that committed since meta.json was read removed the
+            // files it named: the store it wrote is opened instead.
+            Err(_) if read_meta(dir).is_ok_and(|m| m.generation != generation) => {
+                Self::open_as(dir, read_meta(dir)?)
+            }
+            r => r,
+        }
+    }
+
+    /// `open`, of the generation `meta` (read from `dir`) names.
+    fn open_as(dir: &Path, meta: StoreMeta) -> Result<PackedStore> {
         let damaged = |file: &Path, what: String| {
             Error::Data(format!(
                 "{}: {what}; the store at {} is damaged, rerun `alexnet-cuda prepare`",
