@@ -1779,6 +1779,25 @@ fn signal_at(
     Ok((o.status, String::from_utf8_lossy(&o.stdout).into_owned()))
 }
 
+/// A stop asked for before the images are listed (a signal during a long
+/// scan) ends the prepare there: no output folder is made.
+#[test]
+fn a_stop_before_writing_makes_nothing() -> TestResult {
+    let t = TempDir::new()?;
+    let src = t.path().join("src");
+    good_tree(&src, 3, 20, 20)?;
+    let out = t.path().join("out");
+    let mut o = opts(&src, &out, 16, Encoding::Raw);
+    o.stop = Some(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let e = prepare(&o).err().ok_or("prepared")?;
+    assert!(
+        matches!(&e, alexnet_cuda::Error::Stopped(m) if m.contains("before writing anything")),
+        "{e}"
+    );
+    assert!(!out.exists());
+    Ok(())
+}
+
 /// A first store that a prepare is writing now is said to be so (the
 /// prepare's pid, and to wait), not to be one a prepare did not finish,
 /// whose fix (run it again) the running one's lock would refuse. Once

@@ -258,6 +258,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         let basis = format!("{0}x{0}x3 bytes, raw", opts.size);
         check_room(&opts.out, each, items.len() + val_count, &basis)?;
     }
+    // A signal during the scan (minutes for a large tree): nothing made yet.
+    if opts.stopped() {
+        return Err(Error::Stopped(
+            "prepare stopped at a signal while it listed the images, before writing anything"
+                .into(),
+        ));
+    }
     create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
