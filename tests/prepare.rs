@@ -1757,26 +1757,58 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
     Ok(())
 }
 
-/// Run `prepare ARGS`, send it `sig` as soon as `marker` holds, and return
-/// how it exited and its stdout.
+/// A child process killed and waited for when dropped: a failed
+/// assertion leaves none behind, stopped or running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Send `sig` to `child` (not yet waited for).
+fn send(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on the child's pid, which stays its own until waited for.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Run `prepare ARGS` on one thread, send it `sigs` as soon as `marker`
+/// holds, and return how it exited and its stdout. Several are sent while
+/// it is held (SIGSTOP), so that they arrive together.
 fn signal_at(
     args: &[&std::ffi::OsStr],
-    sig: i32,
+    sigs: &[i32],
     marker: impl Fn() -> bool,
 ) -> Result<(std::process::ExitStatus, String), Box<dyn std::error::Error>> {
-    let child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .arg("prepare")
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(["prepare", "--threads", "1"])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
     while !marker() {
+        if child.0.try_wait()?.is_some() {
+            return Err("prepare ended before the marker".into());
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
-    // SAFETY: kill(2) on the child's pid; the child is not yet waited for.
-    unsafe { libc::kill(child.id() as i32, sig) };
-    let o = child.wait_with_output()?;
-    Ok((o.status, String::from_utf8_lossy(&o.stdout).into_owned()))
+    let together = sigs.len() > 1;
+    if together {
+        send(&child.0, libc::SIGSTOP);
+    }
+    sigs.iter().for_each(|&sig| send(&child.0, sig));
+    if together {
+        send(&child.0, libc::SIGCONT);
+    }
+    let mut stdout = String::new();
+    if let Some(mut o) = child.0.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut stdout)?;
+    }
+    Ok((child.0.wait()?, stdout))
 }
 
 /// A stop asked for before the images are listed (a signal during a long
@@ -1887,13 +1919,13 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
     ];
 
     // 1. SIGTERM while the new training store is written.
-    let (status, said) = signal_at(&args, libc::SIGTERM, || {
+    let (status, said) = signal_at(&args, &[libc::SIGTERM], || {
         new_generation_started(&train, &before.generation)
     })?;
     assert_eq!(status.code(), Some(143), "{said}");
     assert!(
         said.contains("prepare stopped at a signal")
-            && said.contains("of 300 train images written")
+            && said.contains("of 300 train images: the unfinished train store was removed")
             && said.contains("run the same prepare again"),
         "{said}"
     );
@@ -1906,13 +1938,13 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
 
     // 2. SIGINT after the training store's commit, while the validation
     //    store is written: the new training store stays, and no val files.
-    let (status, said) = signal_at(&args, libc::SIGINT, || {
+    let (status, said) = signal_at(&args, &[libc::SIGINT], || {
         read_meta(&train).is_ok_and(|m| m.generation != before.generation)
             && new_generation_started(&val, &before_val.generation)
     })?;
     assert_eq!(status.code(), Some(130), "{said}");
     assert!(
-        said.contains("of 300 val images written")
+        said.contains("of 300 val images")
             && said.contains("The train store")
             && said.contains("is complete")
             && said.contains("run the same prepare again"),
@@ -1927,6 +1959,24 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
         "{:?}",
         generation_files(&val)
     );
+
+    // 3. Two signals together (a person's Ctrl-C as a scheduler's SIGTERM
+    //    comes, or `timeout`'s two copies of one): one request, the store
+    //    still removed. A second signal used to quit there, leaving it.
+    let now = read_meta(&train)?.generation;
+    let files = generation_files(&train);
+    let (status, said) = signal_at(&args, &[libc::SIGINT, libc::SIGTERM], || {
+        new_generation_started(&train, &now)
+    })?;
+    assert!(
+        matches!(status.code(), Some(130 | 143)),
+        "{status:?}: {said}"
+    );
+    assert!(
+        said.contains("the unfinished train store was removed"),
+        "{said}"
+    );
+    assert_eq!(generation_files(&train), files);
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! What several commands share: the network flags (`NetArgs`), the host's
 //! threads and progress bar (`HostArgs`), the count and input-file
 //! parsers, the name of an enumerated flag's value, the compute thread
-//! pool, the rows per image of a crop mode and the demo's temporary data
-//! folders.
+//! pool, the rows per image of a crop mode, the demo's temporary data
+//! folders, and how soon a second signal is the first one again.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ use alexnet_cuda::data::{images_under, is_hidden};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
+
+/// A signal this soon after the first is the same request delivered twice:
+/// GNU `timeout` sends its signal to the command and then to the command's
+/// process group, which holds the command too (coreutils' timeout.c), and
+/// a second Ctrl-C from a person comes later than this.
+pub const SAME_REQUEST: Duration = Duration::from_secs(1);
 
 #[derive(Args, Clone)]
 pub struct NetArgs {

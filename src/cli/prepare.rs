@@ -1,8 +1,9 @@
 //! `prepare`: pack an ImageNet-style image tree into the memory-mapped
 //! stores training reads, and print what went in.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -10,7 +11,9 @@ use clap::{Args, ValueEnum};
 use alexnet_cuda::data::prepare::{prepare, PrepareOptions};
 use alexnet_cuda::data::{Encoding, StoreMeta};
 
-use super::common::{existing_file, path_parser, positive, set_threads, thread_count};
+use super::common::{
+    existing_file, path_parser, positive, set_threads, thread_count, SAME_REQUEST,
+};
 
 #[derive(Args)]
 pub struct PrepareArgs {
@@ -73,11 +76,11 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
     let mut opts = options(args)?;
     let (stop, status) = stop_on_signals()?;
-    opts.stop = Some(stop);
+    opts.stop = Some(Arc::clone(&stop));
     let r = match prepare(&opts) {
         Err(alexnet_cuda::Error::Stopped(why)) => {
             let _ = outln!("{why}");
-            std::process::exit(status.load(Ordering::Relaxed) as i32);
+            std::process::exit(status.load(Ordering::SeqCst));
         }
         r => r?,
     };
@@ -91,24 +94,45 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         r.seconds,
         alexnet_cuda::shell::word(&opts.out)
     )?;
+    // A signal after the last image: the stores were whole by then.
+    if stop.load(Ordering::SeqCst) {
+        let code = status.load(Ordering::SeqCst);
+        outln!("a signal came after the last image was written: the stores above are whole and committed; exiting with status {code}")?;
+        std::process::exit(code);
+    }
     Ok(())
 }
 
 /// At SIGINT or SIGTERM, stop between images: the store being written is
-/// removed, and the exit status is 128 + the signal's number. A second
-/// signal quits at once (the next prepare removes what that leaves).
-fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+/// removed, and the exit status is 128 + the signal's number. A signal
+/// again past `SAME_REQUEST` (not `timeout`'s second copy of the first)
+/// quits at once, leaving that store's files to the next prepare.
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    use signal_hook::flag;
+    let mut incoming = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("could not install signal handlers")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(AtomicUsize::new(0));
-    for sig in [SIGINT, SIGTERM] {
-        // The shutdown first: it acts only on a flag set by an earlier signal.
-        flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
-            .and_then(|_| flag::register(sig, Arc::clone(&stop)))
-            .and_then(|_| flag::register_usize(sig, Arc::clone(&status), 128 + sig as usize))
-            .context("could not install signal handlers")?;
-    }
+    let status = Arc::new(AtomicI32::new(0));
+    let (flag, code) = (Arc::clone(&stop), Arc::clone(&status));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut first: Option<Instant> = None;
+            for sig in incoming.forever() {
+                match first {
+                    None => {
+                        // The status before the flag: whoever sees the flag reads it.
+                        code.store(128 + sig, Ordering::SeqCst);
+                        flag.store(true, Ordering::SeqCst);
+                        tracing::warn!("stopping: the images in progress finish, then the store being written is removed; Ctrl-C again quits at once and leaves its files to the next prepare");
+                        first = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() >= SAME_REQUEST => std::process::exit(128 + sig),
+                    Some(_) => {}
+                }
+            }
+        })
+        .context("could not start the signal thread")?;
     Ok((stop, status))
 }
 

@@ -33,7 +33,7 @@ use alexnet_cuda::train::{
 
 use super::common::{
     demo_folder, existing_weights, flag_value, length_of_time, minutes_or_off, path_parser,
-    positive, positive_f32, positive_number, seed_value, HostArgs, NetArgs,
+    positive, positive_f32, positive_number, seed_value, HostArgs, NetArgs, SAME_REQUEST,
 };
 use super::device::{DeviceArgs, ParallelArgs};
 use super::nccl::ensure_nccl;
@@ -790,12 +790,6 @@ fn ignored(sig: i32) -> bool {
     let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
     rc == 0 && old.sa_sigaction == libc::SIG_IGN
 }
-
-/// A signal this soon after the first is the same request delivered twice:
-/// GNU `timeout` sends its signal to the command and then to the command's
-/// process group, which holds the command too (coreutils' timeout.c), and
-/// a second Ctrl-C from a person comes later than this.
-const SAME_REQUEST: Duration = Duration::from_secs(1);
 
 /// Log at the first signal what happens next: the step or the epoch's
 /// validation in progress may take a minute on a CPU, and a silent wait

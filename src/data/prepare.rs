@@ -1009,7 +1009,7 @@ fn stopped(to: &Target, done: usize, n: usize) -> Error {
         Some(_) => "",
     };
     Error::Stopped(format!(
-        "prepare stopped at a signal, {done} of {n} {what} images written: the unfinished {what} store was removed{rest}",
+        "prepare stopped at a signal after {done} of {n} {what} images: the unfinished {what} store was removed{rest}",
         what = to.what
     ))
 }
