@@ -1841,36 +1841,37 @@ fn a_store_being_written_is_told_from_one_left_unfinished() -> TestResult {
     good_tree(&big, 150, 400, 300)?;
     let out = t.path().join("out");
     let train = out.join("train");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .args(["prepare", "--no-progress", "--size", "64", "--train"])
-        .arg(&big)
-        .arg("--out")
-        .arg(&out)
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
+            .args(["prepare", "--no-progress", "--size", "64", "--train"])
+            .arg(&big)
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
     while !new_generation_started(&train, "none") {
         assert!(
-            child.try_wait()?.is_none(),
+            child.0.try_wait()?.is_none(),
             "prepare ended before its files were seen"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
     // Held there (SIGSTOP), its lock with it, whatever the machine's speed.
-    // SAFETY: kill(2) on the child's pid; the child is not yet waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    send(&child.0, libc::SIGSTOP);
+    assert!(
+        !train.join("meta.json").exists(),
+        "committed before the stop"
+    );
     let now = refuse_unfinished_store(&train)
         .err()
         .ok_or("accepted")?
         .to_string();
-    child.kill()?;
-    child.wait()?;
-    let pid = format!(
-        "in use by a prepare writing this store (pid {})",
-        child.id()
-    );
+    let pid = format!("in use by a prepare (pid {})", child.0.id());
+    drop(child);
     assert!(
-        now.contains("not written yet")
+        now.contains("no store yet (no meta.json)")
             && now.contains(&pid)
             && now.contains("wait for it to finish"),
         "{now}"

@@ -162,13 +162,11 @@ pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
     }
     // Looked at only where a prepare made its lock file: nothing is
     // created in the user's folders.
-    let out = dir.parent().filter(|p| p.join(".lock").is_file());
-    let busy = "a prepare writing this store";
-    if let Some(Err(e @ Error::Config(_))) =
-        out.map(|o| check_not_locked(o, busy, "wait for it to finish"))
-    {
+    let out = Some(crate::fsutil::folder_of(dir)).filter(|p| p.join(".lock").is_file());
+    let wait = "wait for it to finish";
+    if let Some(Err(e @ Error::Config(_))) = out.map(|o| check_not_locked(o, "a prepare", wait)) {
         return Err(Error::Data(format!(
-            "{}: not written yet: {e}",
+            "{}: no store yet (no meta.json): {e}",
             dir.display()
         )));
     }
