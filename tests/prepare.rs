@@ -1682,6 +1682,47 @@ fn kill_at(
     Ok(!child.wait()?.success())
 }
 
+/// Stores of a small tree in `out` (train and val), and two larger trees
+/// (150 images of 400x300 a class) to replace them with.
+struct Replacing {
+    big: PathBuf,
+    big_val: PathBuf,
+    out: PathBuf,
+}
+
+fn replacing(dir: &Path) -> Result<Replacing, Box<dyn std::error::Error>> {
+    let (small, small_val) = (dir.join("small"), dir.join("small-val"));
+    good_tree(&small, 2, 20, 20)?;
+    good_tree(&small_val, 2, 20, 20)?;
+    let (big, big_val) = (dir.join("big"), dir.join("big-val"));
+    good_tree(&big, 150, 400, 300)?;
+    good_tree(&big_val, 150, 400, 300)?;
+    let out = dir.join("out");
+    let mut o = opts(&small, &out, 64, Encoding::Jpeg);
+    o.val = Some(small_val);
+    prepare(&o)?;
+    Ok(Replacing { big, big_val, out })
+}
+
+impl Replacing {
+    /// `prepare`'s flags that replace the stores with the larger trees'.
+    fn args(&self) -> [&std::ffi::OsStr; 9] {
+        let (b, v, o) = (&self.big, &self.big_val, &self.out);
+        let flag = |f: &'static str| std::ffi::OsStr::new(f);
+        [
+            flag("--no-progress"),
+            flag("--size"),
+            flag("64"),
+            flag("--train"),
+            b.as_os_str(),
+            flag("--val"),
+            v.as_os_str(),
+            flag("--out"),
+            o.as_os_str(),
+        ]
+    }
+}
+
 /// SIGKILL at two points marked by what prepare has written, not by time:
 /// once its new training generation's files appear (every image is still
 /// to decode), and once the training store is committed while the
@@ -1691,29 +1732,10 @@ fn kill_at(
 #[test]
 fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestResult {
     let t = TempDir::new()?;
-    let (small, small_val) = (t.path().join("small"), t.path().join("small-val"));
-    good_tree(&small, 2, 20, 20)?;
-    good_tree(&small_val, 2, 20, 20)?;
-    let (big, big_val) = (t.path().join("big"), t.path().join("big-val"));
-    good_tree(&big, 150, 400, 300)?;
-    good_tree(&big_val, 150, 400, 300)?;
-    let out = t.path().join("out");
-    let mut o = opts(&small, &out, 64, Encoding::Jpeg);
-    o.val = Some(small_val.clone());
-    prepare(&o)?;
-    let (train, val) = (out.join("train"), out.join("val"));
+    let r = replacing(t.path())?;
+    let args = r.args();
+    let (train, val) = (r.out.join("train"), r.out.join("val"));
     let (before, before_val) = (read_meta(&train)?, read_meta(&val)?);
-    let args = [
-        "--no-progress".as_ref(),
-        "--size".as_ref(),
-        "64".as_ref(),
-        "--train".as_ref(),
-        big.as_os_str(),
-        "--val".as_ref(),
-        big_val.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
 
     // 1. While the new training store is being written.
     let killed = kill_at(&args, || new_generation_started(&train, &before.generation))?;
@@ -1738,8 +1760,8 @@ fn a_killed_prepare_leaves_the_previous_store_whole_and_can_be_rerun() -> TestRe
     assert!(is_unfinished_store(&val));
 
     // A rerun completes and leaves one generation's files.
-    let mut o = opts(&big, &out, 64, Encoding::Jpeg);
-    o.val = Some(big_val);
+    let mut o = opts(&r.big, &r.out, 64, Encoding::Jpeg);
+    o.val = Some(r.big_val.clone());
     let r = prepare(&o)?;
     assert_eq!(r.train.count, 300);
     for (dir, generation) in [
@@ -1894,30 +1916,11 @@ fn a_store_being_written_is_told_from_one_left_unfinished() -> TestResult {
 #[test]
 fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
     let t = TempDir::new()?;
-    let (small, small_val) = (t.path().join("small"), t.path().join("small-val"));
-    good_tree(&small, 2, 20, 20)?;
-    good_tree(&small_val, 2, 20, 20)?;
-    let (big, big_val) = (t.path().join("big"), t.path().join("big-val"));
-    good_tree(&big, 150, 400, 300)?;
-    good_tree(&big_val, 150, 400, 300)?;
-    let out = t.path().join("out");
-    let mut o = opts(&small, &out, 64, Encoding::Jpeg);
-    o.val = Some(small_val.clone());
-    prepare(&o)?;
-    let (train, val) = (out.join("train"), out.join("val"));
+    let r = replacing(t.path())?;
+    let args = r.args();
+    let (train, val) = (r.out.join("train"), r.out.join("val"));
     let (before, before_val) = (read_meta(&train)?, read_meta(&val)?);
     let files = (generation_files(&train), generation_files(&val));
-    let args = [
-        "--no-progress".as_ref(),
-        "--size".as_ref(),
-        "64".as_ref(),
-        "--train".as_ref(),
-        big.as_os_str(),
-        "--val".as_ref(),
-        big_val.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
 
     // 1. SIGTERM while the new training store is written.
     let (status, said) = signal_at(&args, &[libc::SIGTERM], || {
