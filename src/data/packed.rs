@@ -622,14 +622,12 @@ impl PackedStore {
     pub fn open(dir: &Path) -> Result<PackedStore> {
         let meta = read_meta(dir)?;
         let generation = meta.generation.clone();
-        match Self::open_as(dir, meta) {
-            // A prepare that committed since meta.json was read removed the
-            // files it named: the store it wrote is opened instead.
-            Err(_) if read_meta(dir).is_ok_and(|m| m.generation != generation) => {
-                Self::open_as(dir, read_meta(dir)?)
-            }
-            r => r,
-        }
+        // A prepare that committed since meta.json was read removed the
+        // files it named: the store it wrote is opened instead.
+        Self::open_as(dir, meta).or_else(|e| match read_meta(dir) {
+            Ok(now) if now.generation != generation => Self::open_as(dir, now),
+            _ => Err(e),
+        })
     }
 
     /// `open`, of the generation `meta` (read from `dir`) names.
