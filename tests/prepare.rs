@@ -1659,27 +1659,15 @@ fn new_generation_started(dir: &Path, committed: &str) -> bool {
         .any(|f| f.starts_with("data-") && !f.contains(committed))
 }
 
-/// Run `prepare ARGS` and SIGKILL it as soon as `marker` holds (polled
-/// between short sleeps; no deadline). Returns whether the kill interrupted
-/// it (false: it had finished).
+/// Run `prepare ARGS` and SIGKILL it as soon as `marker` holds
+/// ([`signal_at`]: an error if it ended first). Returns whether the kill
+/// interrupted it.
 fn kill_at(
     args: &[&std::ffi::OsStr],
     marker: impl Fn() -> bool,
 ) -> Result<bool, Box<dyn std::error::Error>> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet-cuda"))
-        .arg("prepare")
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    while !marker() {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill()?; // SIGKILL (Ok if it has already exited)
-    Ok(!child.wait()?.success())
+    let (status, _) = signal_at(args, &[libc::SIGKILL], marker)?;
+    Ok(!status.success())
 }
 
 /// Stores of a small tree in `out` (train and val), and two larger trees
