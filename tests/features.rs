@@ -134,16 +134,15 @@ fn features_of(st: &Setup, data: &Path, out: &Path, extra: &[&str]) -> (bool, St
 }
 
 /// `neighbors` of one `query` in `data` by the features file `fc7`, the
-/// `k` nearest drawn into `grid`, with the setup's checkpoint on the CPU;
-/// and the fields of the rank-1 line of its table.
+/// `k` nearest drawn into `grid`, with checkpoint `ck` on the CPU.
 fn neighbors_of(
-    st: &Setup,
+    ck: &Path,
     data: &Path,
     query: &Path,
     (fc7, k): (&Path, &str),
     grid: &Path,
 ) -> (bool, String, String) {
-    let (ck, data, query, fc7, grid) = (s(&st.ckpt), s(data), s(query), s(fc7), s(grid));
+    let (ck, data, query, fc7, grid) = (s(ck), s(data), s(query), s(fc7), s(grid));
     cli(&[
         "neighbors",
         "--cpu",
@@ -350,7 +349,7 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
     // neighbors searches the new data and names its own classes.
     let query = new.join("kind11/x1.jpg");
     let grid = st.root.join("new-grid.png");
-    let (ok, stdout, err) = neighbors_of(st, &new, &query, (&f_new, "2"), &grid);
+    let (ok, stdout, err) = neighbors_of(&st.ckpt, &new, &query, (&f_new, "2"), &grid);
     assert!(ok, "{err}");
     let first = rank_one(&stdout);
     assert_eq!((first[2], first[4]), ("kind11", "23"), "{stdout}");
@@ -361,7 +360,7 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
     std::fs::copy(&query, &kept).unwrap();
     std::fs::write(&query, b"not a photo any more").unwrap();
     let grid = st.root.join("damaged-grid.png");
-    let (ok, stdout, err) = neighbors_of(st, &new, &kept, (&f_new, "2"), &grid);
+    let (ok, stdout, err) = neighbors_of(&st.ckpt, &new, &kept, (&f_new, "2"), &grid);
     assert!(ok, "{err}");
     assert!(
         stdout.contains("\t1\t") && err.contains("drawn as a grey cell"),
@@ -406,7 +405,7 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     let i = 321;
     let query = source(i);
     let grid = st.root.join("grid.png");
-    let (ok, stdout, err) = neighbors_of(st, &st.store, &query, (&fc7, "3"), &grid);
+    let (ok, stdout, err) = neighbors_of(&st.ckpt, &st.store, &query, (&fc7, "3"), &grid);
     assert!(ok, "{err}");
     let first = rank_one(&stdout);
     assert_eq!(first[4], i.to_string(), "{stdout}");
@@ -415,7 +414,7 @@ fn a_set_image_is_its_own_nearest_neighbour() {
     // keeps its six fields.
     let odd = st.root.join("odd\tname\nwith \\.jpg");
     std::fs::copy(&query, &odd).unwrap();
-    let (ok, out, err) = neighbors_of(st, &st.store, &odd, (&fc7, "3"), &grid);
+    let (ok, out, err) = neighbors_of(&st.ckpt, &st.store, &odd, (&fc7, "3"), &grid);
     assert!(ok, "{err}");
     let table: Vec<&str> = out.lines().filter(|l| l.contains('\t')).collect();
     assert_eq!(table.len(), 4, "{out}");
@@ -857,23 +856,7 @@ fn a_query_whose_features_overflow_is_refused() {
         .unwrap()
         .path();
     let grid = dir.path().join("grid.png");
-    let (ok, out, err) = cli(&[
-        "neighbors",
-        "--cpu",
-        "--checkpoint",
-        &s(&huge),
-        "--data",
-        &s(&st.store),
-        "--query",
-        &s(&query),
-        "--k",
-        "3",
-        "--features",
-        &s(&fc7),
-        "--out",
-        &s(&grid),
-        "--no-progress",
-    ]);
+    let (ok, out, err) = neighbors_of(&huge, &st.store, &query, (&fc7, "3"), &grid);
     assert!(!ok, "{out}");
     let said = format!("--query {}: its fc7 features hold inf", query.display());
     assert!(err.contains(&said) && err.contains("try fp32"), "{err}");
