@@ -23,6 +23,11 @@ use crate::fsutil::{check_target, sweep_before_writing, sync_dir, temp_path, wri
 
 /// Write `data` (C order, shape `shape`) as a '<f4' .npy file, atomically.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_atomic(path, &npy_f32_bytes(path, shape, data)?)
+}
+
+/// The bytes of the '<f4' .npy file `path` (named in errors) would hold.
+pub fn npy_f32_bytes(path: &Path, shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let want: usize = shape.iter().product();
     if want != data.len() {
         return Err(Error::Shape {
@@ -41,7 +46,7 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         w.finish()
     })()
     .map_err(|e| Error::io(path, e))?;
-    write_atomic(path, bytes.get_ref())
+    Ok(bytes.into_inner())
 }
 
 /// An npyz writer of a C-order '<f4' array of `shape` into `out`. One and

@@ -8,13 +8,15 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::eval::ClassTally;
 use crate::fsutil;
-use crate::npy::write_npy_f32;
+use crate::npy::npy_f32_bytes;
 
-/// The per-class CSV: `label,class,name,images,top1_error,top5_error,
-/// confused_with,confused_name,confused_images`, one row per class in label
-/// order. A class with no images has empty errors; one never missed has an
-/// empty `confused_with`.
-pub fn write_csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
+/// The bytes of the per-class CSV `path` (named in errors): `label,class,
+/// name,images,top1_error,top5_error,confused_with,confused_name,
+/// confused_images`, one row per class in label order. A class with no
+/// images has empty errors; one none of whose misses has a top-1 class
+/// (never missed, or its misses' outputs not finite) an empty
+/// `confused_with`.
+pub fn csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<Vec<u8>> {
     let header = [
         "label",
         "class",
@@ -26,7 +28,7 @@ pub fn write_csv(path: &Path, ck: &Checkpoint, tally: &ClassTally) -> Result<()>
         "confused_name",
         "confused_images",
     ];
-    fsutil::write_csv(
+    fsutil::csv_bytes(
         path,
         &header,
         (0..tally.classes()).map(|c| row(ck, tally, c)),
@@ -61,13 +63,14 @@ fn row(ck: &Checkpoint, tally: &ClassTally, c: usize) -> Vec<String> {
     ]
 }
 
-/// The confusion matrix as a float32 .npy file of shape [classes, classes]:
+/// The confusion matrix as the bytes of a float32 .npy file `path` (named
+/// in errors), of shape [classes, classes]:
 /// row = true class, column = top-1 class, values = image counts (exact up
 /// to 2^24 per cell).
-pub fn write_confusion(path: &Path, tally: &ClassTally) -> Result<()> {
+pub fn confusion_npy(path: &Path, tally: &ClassTally) -> Result<Vec<u8>> {
     let c = tally.classes();
     let m: Vec<f32> = tally.matrix().iter().map(|&n| n as f32).collect();
-    write_npy_f32(path, &[c, c], &m)
+    npy_f32_bytes(path, &[c, c], &m)
 }
 
 /// Up to `k` classes with the highest top-1 error (ties in label order),

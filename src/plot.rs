@@ -111,11 +111,16 @@ pub fn render_png(
 /// Encode `rgb` (8-bit RGB, `width` x `height`) as PNG and write it to
 /// `path` atomically: every picture the program draws ends here.
 pub(crate) fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+    write_atomic(path, &rgb_png_bytes(path, rgb, width, height)?)
+}
+
+/// `rgb` encoded as the PNG file `path` (named in errors) would hold.
+pub(crate) fn rgb_png_bytes(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
     let mut png = Vec::new();
     PngEncoder::new(&mut png)
         .write_image(rgb, width, height, ExtendedColorType::Rgb8)
         .map_err(|e| Error::Backend(format!("{}: encoding PNG: {e}", path.display())))?;
-    write_atomic(path, &png)
+    Ok(png)
 }
 
 /// Register the embedded font under the family name plotters uses by

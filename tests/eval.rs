@@ -1822,7 +1822,7 @@ fn eval_per_class_tables_match_predicts_logits() {
 /// cells' corners (clear of the counts) the same.
 #[test]
 fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
-    use alexnet_cuda::viz::confusion::{write_png, DARK};
+    use alexnet_cuda::viz::confusion::{png, DARK};
     let t = tempfile::tempdir().unwrap();
     for (n, inset) in [(50usize, None), (3, Some(1))] {
         // Class k: 6 images taken for k, 3 for k+1, 1 for k+7; the last
@@ -1839,8 +1839,8 @@ fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
         }
         let names: Vec<String> = (0..n).map(|c| format!("class {c}")).collect();
         let path = t.path().join(format!("c{n}.png"));
-        let l = write_png(&path, &names, &tally).unwrap();
-        let img = image::open(&path).unwrap().to_rgb8();
+        let (bytes, l) = png(&path, &names, &tally).unwrap();
+        let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (l.width as u32, l.height as u32));
         for truth in 0..n {
             let row: u64 = (0..n).map(|p| tally.confused(truth, p)).sum();
@@ -1870,7 +1870,7 @@ fn confusion_png_shades_each_cell_by_its_share_of_the_row() {
 /// holds a count, and each is its shade alone.
 #[test]
 fn confusion_png_counts_only_where_they_fit() {
-    use alexnet_cuda::viz::confusion::write_png;
+    use alexnet_cuda::viz::confusion::png;
     let t = tempfile::tempdir().unwrap();
     let n = 30;
     let names: Vec<String> = (0..n).map(|c| format!("c{c}")).collect();
@@ -1886,9 +1886,9 @@ fn confusion_png_counts_only_where_they_fit() {
             }
         }
         let path = t.path().join(format!("c{extra}.png"));
-        let l = write_png(&path, &names, &tally).unwrap();
+        let (bytes, l) = png(&path, &names, &tally).unwrap();
         assert_eq!(l.cell, 24);
-        let img = image::open(&path).unwrap().to_rgb8();
+        let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
         // A cell is inked when it holds a colour other than its corner's.
         let inked = |tr: usize, p: usize| {
             let (x0, y0) = (l.left + p * l.cell, l.top + tr * l.cell);

@@ -550,6 +550,45 @@ fn a_write_the_disk_refuses_names_the_file_and_the_fix() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// eval's tables are a set: where the disk refuses one (the picture, past
+/// a file-size limit), none of them replaces an earlier eval's file, so the
+/// folder never holds one run's table beside another's matrix.
+#[test]
+fn eval_tables_the_disk_refuses_leave_the_earlier_set_whole() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, png) = (dir.path().join("classes.csv"), dir.path().join("c.png"));
+    std::fs::write(&csv, "an earlier eval's table\n").unwrap();
+    std::fs::write(&png, "an earlier eval's picture").unwrap();
+    let o = under_16_kib(&[
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        &s(&st.ckpt),
+        "--data",
+        &s(&st.store),
+        "--per-class",
+        &s(&csv),
+        "--confusion",
+        &s(&png),
+        "--no-progress",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a write past 16 KiB succeeded");
+    assert!(
+        err.contains(&format!("{}: File too large", s(&png))),
+        "{err}"
+    );
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&csv), "an earlier eval's table\n");
+    assert_eq!(read(&png), "an earlier eval's picture");
+    assert!(
+        err.contains("the scores above stand") && err.contains("no table was written"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
 /// A features file written again where the disk refuses the new one (a
 /// file-size limit, as above) leaves the old one whole with its record and
 /// row table: they were removed before the write failed, so `neighbors`

@@ -21,7 +21,7 @@ use alexnet_cuda::eval::{
     evaluate_by_class, loader_for, open_eval_data, warn_of_ten_equal_crops, ClassTally, EvalResult,
 };
 use alexnet_cuda::features::spread;
-use alexnet_cuda::fsutil::{check_writable, through_links};
+use alexnet_cuda::fsutil::{check_writable, through_links, Staged};
 use alexnet_cuda::held_out::{held_out, is_training_data};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
@@ -149,8 +149,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     });
     let written = write_tables(&args, &ck, &tally);
     printed?;
-    written
-        .map_err(|e| anyhow::anyhow!("{e:#}; the scores above stand, only the file is missing"))?;
+    written?;
     let unscored = (tally.unscored() > 0).then(|| {
         format!(
             "{} of the {} images got an output that is not a finite number (NaN or infinity): the network overflowed (weights too large, or --precision fp16/bf16: try fp32); the scores above count them as misses, and the loss is not a number",
@@ -174,23 +173,68 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     }
 }
 
-/// --per-class and --confusion.
+/// --per-class and --confusion, a set: each file is staged whole before
+/// any replaces an earlier eval's, so a disk that refuses one leaves the
+/// old set as it was, not one run's table beside another's matrix.
 fn write_tables(args: &EvalArgs, ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
-    if let Some(f) = &args.per_class {
-        per_class::write_csv(f, ck, tally)?;
+    let stand = "the scores above stand";
+    let staged = stage_tables(args, ck, tally).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}; {stand}, but no table was written (any from an earlier eval is as it was)"
+        )
+    })?;
+    let mut landed = Vec::new();
+    for (path, s) in staged {
+        s.land()
+            .map_err(|e| anyhow::anyhow!("{e:#}; {stand}; written: {}", listed(&landed)))?;
+        landed.push(path);
     }
-    for f in &args.confusion {
-        match confusion_kind(f)? {
-            Picture::Npy => per_class::write_confusion(f, tally)?,
+    Ok(())
+}
+
+/// Each table's bytes under its temporary name (a file named twice, once).
+fn stage_tables(
+    args: &EvalArgs,
+    ck: &Checkpoint,
+    tally: &ClassTally,
+) -> Result<Vec<(PathBuf, Staged)>> {
+    let mut staged: Vec<(PathBuf, Staged)> = Vec::new();
+    let mut stage = |f: &Path, bytes: Vec<u8>| -> Result<()> {
+        staged.push((f.to_path_buf(), Staged::write(f, &bytes)?));
+        Ok(())
+    };
+    if let Some(f) = &args.per_class {
+        stage(f, per_class::csv(f, ck, tally)?)?;
+    }
+    let all = &args.confusion;
+    for (i, f) in all.iter().enumerate() {
+        if all[..i].contains(f) {
+            continue;
+        }
+        let bytes = match confusion_kind(f)? {
+            Picture::Npy => per_class::confusion_npy(f, tally)?,
             Picture::Png => {
                 let names: Vec<String> = (0..tally.classes() as u32)
                     .map(|c| ck.class_name(c))
                     .collect();
-                confusion::write_png(f, &names, tally)?;
+                confusion::png(f, &names, tally)?.0
             }
-        }
+        };
+        stage(f, bytes)?;
     }
-    Ok(())
+    Ok(staged)
+}
+
+/// Files as "a, b", or "none".
+fn listed(files: &[PathBuf]) -> String {
+    match files.is_empty() {
+        true => "none".into(),
+        false => files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 enum Picture {

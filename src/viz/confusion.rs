@@ -12,7 +12,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::eval::ClassTally;
-use crate::plot::{ensure_font, write_rgb_png, FONT};
+use crate::plot::{ensure_font, rgb_png_bytes, FONT};
 
 /// The darkest shade, a full row's cell (white is an empty one).
 pub const DARK: [u8; 3] = [8, 48, 107];
@@ -57,9 +57,9 @@ impl Layout {
     }
 }
 
-/// Draw the matrix of `tally` (`names`: each class's, in label order) and
-/// write it to `path` as PNG, atomically.
-pub fn write_png(path: &Path, names: &[String], tally: &ClassTally) -> Result<Layout> {
+/// Draw the matrix of `tally` (`names`: each class's, in label order) as
+/// the bytes of the PNG file `path` (named in errors), and where it lies.
+pub fn png(path: &Path, names: &[String], tally: &ClassTally) -> Result<(Vec<u8>, Layout)> {
     let n = tally.classes();
     let l = Layout::for_classes(names, n);
     let mut rgb = vec![255u8; l.width * l.height * 3];
@@ -81,8 +81,8 @@ pub fn write_png(path: &Path, names: &[String], tally: &ClassTally) -> Result<La
         text(&root, &l, names, tally).map_err(|e| draw_err(e.to_string()))?;
         root.present().map_err(|e| draw_err(e.to_string()))?;
     }
-    write_rgb_png(path, &rgb, l.width as u32, l.height as u32)?;
-    Ok(l)
+    let png = rgb_png_bytes(path, &rgb, l.width as u32, l.height as u32)?;
+    Ok((png, l))
 }
 
 /// The colour of a cell holding `share` of its row: white to [`DARK`],
