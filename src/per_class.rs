@@ -85,7 +85,7 @@ pub fn hardest(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> {
     seen.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     seen.iter()
         .take(k)
-        .map(|&(c, e, n)| format!("{} {:.1}% of {n}", ck.class_name(c as u32), 100.0 * e))
+        .map(|&(c, e, n)| format!("{} {:.1}% of {n}", shown(ck, c), 100.0 * e))
         .collect()
 }
 
@@ -102,12 +102,12 @@ pub fn confusions(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> 
     pairs
         .iter()
         .take(k)
-        .map(|&(n, t, p)| {
-            format!(
-                "{} -> {} {n}",
-                ck.class_name(t as u32),
-                ck.class_name(p as u32)
-            )
-        })
+        .map(|&(n, t, p)| format!("{} -> {} {n}", shown(ck, t), shown(ck, p)))
         .collect()
+}
+
+/// Class `c`'s name as printed: a line break in a folder's name must not
+/// split the line (escaped as `fsutil::tsv_field` does).
+fn shown(ck: &Checkpoint, c: usize) -> String {
+    fsutil::tsv_field(&ck.class_name(c as u32)).into_owned()
 }

@@ -1673,6 +1673,15 @@ fn eval_per_class_tables_match_predicts_logits() {
     let (train_dir, val_dir) = (t.path().join("train"), t.path().join("val"));
     write_demo_dataset(&train_dir, 10, 30, 32, 21).unwrap();
     write_demo_dataset(&val_dir, 10, 12, 32, 22).unwrap();
+    // Each class's name ends in a line break and a word, which the printed
+    // lines show escaped (the CSV quotes it).
+    for d in [&train_dir, &val_dir] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::rename(&p, d.join(format!("{name}\nx"))).unwrap();
+        }
+    }
     let out = t.path().join("run");
     // Five epochs of 14 steps: after one the net can sit at chance, and the
     // matrix below must have a diagonal to compare.
@@ -1806,7 +1815,8 @@ fn eval_per_class_tables_match_predicts_logits() {
         .take(5)
         .map(|&c| {
             let e = 100.0 * want[c].1 as f64 / want[c].0 as f64;
-            format!("{} {e:.1}% of {}", classes[c], want[c].0)
+            let name = classes[c].replace('\n', "\\n");
+            format!("{name} {e:.1}% of {}", want[c].0)
         })
         .collect();
     assert_eq!(line.split("; ").collect::<Vec<_>>(), shown, "{text}");
@@ -1814,6 +1824,8 @@ fn eval_per_class_tables_match_predicts_logits() {
         text.contains("most confused (true -> top-1, images): "),
         "{text}"
     );
+    // No name split a line: the "x" after each break stays on its line.
+    assert!(!text.lines().any(|l| l.starts_with('x')), "{text}");
 }
 
 /// `eval --confusion F.png`: every cell shaded by its share of the row,
