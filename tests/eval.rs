@@ -941,8 +941,13 @@ fn predict_says_when_the_output_is_not_a_number() {
         "--data",
         &s(&data),
     ];
-    let (ok, text, err) = cli(&[&args[..], &["--confusion", &s(&cm)]].concat());
+    let pc = s(&t.path().join("pc.csv"));
+    let (ok, text, err) = cli(&[&args[..], &["--confusion", &s(&cm), "--per-class", &pc]].concat());
     assert!(!ok && text.contains("top-1 error 100.00%"), "{text}");
+    assert!(
+        text.contains("most confused (true -> top-1, images): none: no missed image's output was a finite number\n"),
+        "{text}"
+    );
     let said = "100 of the 100 images got an output that is not a finite number";
     assert!(
         err.contains(said) && err.contains("count them as misses"),

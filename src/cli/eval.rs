@@ -268,7 +268,12 @@ fn print_classes(ck: &Checkpoint, tally: &ClassTally) -> Result<()> {
     }
     outln!("hardest classes (top-1 error): {}", hard.join("; "))?;
     let c = per_class::confusions(ck, tally, 5);
-    outln!("most confused (true -> top-1, images): {}", c.join("; "))?;
+    // Empty when every miss's output was not a number (no top-1 class).
+    let c = match c.is_empty() {
+        true => "none: no missed image's output was a finite number".into(),
+        false => c.join("; "),
+    };
+    outln!("most confused (true -> top-1, images): {c}")?;
     Ok(())
 }
 
