@@ -625,6 +625,30 @@ fn bench_feed_names_the_count_to_change() {
     for (more, want) in cases {
         assert_error(&[&feed[..], more].concat(), &[&store, want]);
     }
+    // prepare's output folder, as train takes it, stands for its train/:
+    // the errors name that store. A crop larger than its images names
+    // the flag and the largest that fits.
+    let meta = std::fs::read_to_string(data.join("train/meta.json")).unwrap();
+    let side = serde_json::from_str::<serde_json::Value>(&meta).unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    let parent = data.display().to_string();
+    let too_big = (side + 1).to_string();
+    for cmd in ["bench-feed", "bench-loader"] {
+        let more: &[&str] = match cmd {
+            "bench-feed" => &["--step-ms", "1", "--batch", "10"],
+            _ => &[],
+        };
+        let args = [&[cmd, "--data", &parent, "--crop", &too_big][..], more].concat();
+        let said = format!("{store}: images of {side}x{side}; pass a --crop of at most {side}");
+        assert_error(&args, &[&said]);
+    }
+    let from_parent = [&feed[..], &["--batch", "10"]].concat();
+    let from_parent: Vec<&str> = from_parent
+        .iter()
+        .map(|&a| if a == store { parent.as_str() } else { a })
+        .collect();
+    assert_error(&from_parent, &[&store, "pass a --batch of at most 6"]);
 }
 
 /// No command writes its output into a store's folder, whose meta.json

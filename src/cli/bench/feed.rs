@@ -13,14 +13,14 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use alexnet_cuda::data::{batches, BatchIter, Feed, ImageSource, LoaderConfig, PackedStore};
+use alexnet_cuda::data::{batches, BatchIter, Feed, ImageSource, LoaderConfig};
 
 use super::loader::store_loader;
 use crate::cli::common::{at_least_one, thread_count};
 
 #[derive(Args)]
 pub struct BenchFeedArgs {
-    /// A store folder (out/train from `prepare`).
+    /// A store folder: `prepare`'s output (its train/ is read) or a store in it.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// Images per epoch: the store's first N (default: all).
@@ -114,8 +114,10 @@ fn check_counts(args: &BenchFeedArgs, n: usize) -> Result<usize> {
 }
 
 /// Time the passes both ways, one after the other, and print the ratios.
-pub fn run(args: BenchFeedArgs) -> Result<()> {
-    let store = Arc::new(PackedStore::open(&args.data)?);
+pub fn run(mut args: BenchFeedArgs) -> Result<()> {
+    let (path, store) = super::open_store(&args.data, args.crop)?;
+    args.data = path;
+    let store = Arc::new(store);
     let n = store.meta().count;
     let limit = check_counts(&args, n)?;
     let train = store_loader(&store, args.batch, args.crop, args.workers);

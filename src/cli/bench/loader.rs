@@ -15,7 +15,7 @@ use crate::cli::common::{at_least_one, thread_count};
 
 #[derive(Args)]
 pub struct BenchLoaderArgs {
-    /// A store folder (out/train from `prepare`).
+    /// A store folder: `prepare`'s output (its train/ is read) or a store in it.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
@@ -54,8 +54,10 @@ struct Loaded {
 
 /// Load `--batches` batches (more epochs if the store is small) and print
 /// the rate and the peak memory.
-pub fn run(args: BenchLoaderArgs) -> Result<()> {
-    let store = Arc::new(PackedStore::open(&args.data)?);
+pub fn run(mut args: BenchLoaderArgs) -> Result<()> {
+    let (path, store) = super::open_store(&args.data, args.crop)?;
+    args.data = path;
+    let store = Arc::new(store);
     let count = store.meta().count;
     let loaded = load(&store, &args)?;
     let status = ProcStatus::read();

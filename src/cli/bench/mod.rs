@@ -11,3 +11,26 @@ mod proc_status;
 pub mod step;
 pub mod synth_store;
 mod timing;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use alexnet_cuda::data::PackedStore;
+use alexnet_cuda::eval::store_of;
+
+/// The store --data names (itself, or a `prepare` output folder's train/,
+/// as `train --data` takes it), opened, with --crop checked against its
+/// images: the store's path, for the messages that follow, and the store.
+fn open_store(data: &Path, crop: usize) -> Result<(PathBuf, PackedStore)> {
+    let path = store_of(data, "train", "benchmark it")?.unwrap_or_else(|| data.to_path_buf());
+    let store = PackedStore::open(&path)?;
+    let side = store.meta().size;
+    if crop > side {
+        bail!(
+            "{}: images of {side}x{side}; pass a --crop of at most {side}",
+            path.display()
+        );
+    }
+    Ok((path, store))
+}
