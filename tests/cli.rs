@@ -522,11 +522,17 @@ fn numbers_out_of_range_name_their_flag() {
         let said = format!("invalid value '{n}' for '--workers");
         assert_error(&[&feed[..], &[n]].concat(), &[&said, why]);
     }
-    // A step of no time would make every ratio of the report infinite.
-    assert_error(
-        &["bench-feed", "--data", "d", "--step-ms", "0"],
-        &["invalid value '0' for '--step-ms", "more than 0"],
-    );
+    // A step of no time would make every ratio of the report infinite;
+    // one below 10 us rounds to nothing or drowns in the sleep's overhead.
+    for ms in ["0", "0.001"] {
+        assert_error(
+            &["bench-feed", "--data", "d", "--step-ms", ms],
+            &[
+                &format!("invalid value '{ms}' for '--step-ms"),
+                "at least 0.01",
+            ],
+        );
+    }
     // scaling's default step is alexnet's at batch 128, and nothing else's.
     assert_error(
         &["scaling", "--config", "cifar"],

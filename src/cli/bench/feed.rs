@@ -69,13 +69,15 @@ struct FeedReport {
     fed_over_ideal: f64,
 }
 
-/// Flag parser for the stand-in step: milliseconds, more than 0 (the
-/// report's ratios are over the steps' time) and at most a minute (far
-/// past any GPU step; more would sleep for years).
+/// Flag parser for the stand-in step: milliseconds, at least 0.01 (the
+/// report's ratios are over the steps' time, and a sleep is kept to the
+/// nanosecond: a smaller step would round to nothing, or to a time the
+/// sleep's own overhead swamps) and at most a minute (far past any GPU
+/// step; more would sleep for years).
 fn step_millis(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 60_000.0 => Ok(v),
-        _ => Err("pass the milliseconds of one step, more than 0 and at most 60000".into()),
+        Ok(v) if (0.01..=60_000.0).contains(&v) => Ok(v),
+        _ => Err("pass the milliseconds of one step, at least 0.01 and at most 60000".into()),
     }
 }
 
