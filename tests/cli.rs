@@ -742,6 +742,18 @@ fn no_output_is_written_into_a_store() {
         let said = format!("{flag} {file}: inside the image store {store_s}");
         assert_error(args, &[&said, "write elsewhere"]);
     }
+    // Nor does the hidden synth-store write over a prepared store, or a
+    // store of its own beside prepare's (which train would then read).
+    let raw_s = raw.display().to_string();
+    let kinds = [
+        (&store_s, format!("a store of {raw_s}")),
+        (&d, "holds the stores `prepare` wrote".into()),
+    ];
+    for (out, said) in kinds {
+        let synth = ["synth-store", "--out", out, "--count", "1", "--size", "8"];
+        assert_error(&synth, &[&format!("{out}: {said}"), "pass another --out"]);
+    }
+    assert!(!data.join("meta.json").exists());
     assert!(std::fs::read(store.join("meta.json")).unwrap() == meta);
     for f in ["f.npy", "f.png", "p.csv"] {
         assert!(!store.join(f).exists(), "{f}");

@@ -1,17 +1,20 @@
 //! `synth-store` (hidden): write a synthetic store of COUNT copies of a few
 //! encoded images, for the loader's memory benchmarks (scripts/bench-data);
 //! prints one JSON line.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
 use alexnet_cuda::data::decode::encode_jpeg;
-use alexnet_cuda::data::packed::{Stats, StoreWriter};
+use alexnet_cuda::data::packed::{is_store, read_meta, Stats, StoreWriter};
 use alexnet_cuda::data::{Encoding, Pca, StoreMeta};
 
 use crate::cli::common::at_least_one;
+
+/// The `source` a synthetic store's meta.json names.
+const SOURCE: &str = "synthetic";
 
 #[derive(Args)]
 pub struct SynthStoreArgs {
@@ -35,6 +38,7 @@ struct SynthReport {
 pub fn run(args: SynthStoreArgs) -> Result<()> {
     let SynthStoreArgs { out, count, size } = args;
     let size = usize::from(size);
+    refuse_a_real_store(&out)?;
     let encoded = distinct_images(size)?;
     let mut w = StoreWriter::create(&out, size, Encoding::Jpeg)?;
     for i in 0..count {
@@ -47,6 +51,28 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
     };
     outln!("{}", serde_json::to_string(&report)?)?;
     Ok(())
+}
+
+/// synth-store writes a new folder, or over a synthetic store of its own
+/// (a rerun): a store prepared from images, or `prepare`'s folder of
+/// stores, at --out would be replaced or shadowed unasked.
+fn refuse_a_real_store(out: &Path) -> Result<()> {
+    let elsewhere =
+        "synth-store writes only a new folder or its own synthetic stores: pass another --out";
+    if is_store(&out.join("train")) {
+        bail!(
+            "{}: holds the stores `prepare` wrote; {elsewhere}",
+            out.display()
+        );
+    }
+    if !is_store(out) {
+        return Ok(());
+    }
+    match read_meta(out) {
+        Ok(m) if m.source == SOURCE => Ok(()),
+        Ok(m) => bail!("{}: a store of {}; {elsewhere}", out.display(), m.source),
+        Err(e) => bail!("{e}; {elsewhere}"),
+    }
 }
 
 /// 16 distinct noise images, each encoded once (JPEG, quality 90) for the
@@ -92,7 +118,7 @@ fn meta(count: usize, size: usize) -> StoreMeta {
             pca: Pca::from_covariance(cov),
         },
         skipped: 0,
-        source: "synthetic".into(),
+        source: SOURCE.into(),
         data_bytes: 0,
         data_crc: 0,
         index_crc: 0,
