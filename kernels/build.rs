@@ -1,12 +1,12 @@
 //! Build script of the kernels crate (alexnet-kernels): owns the CUDA
 //! kernels' device build (ARCHITECTURE.md, "Kernels").
 //!
-//! 1. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH). When
-//!    found, compiles each kernels/*.cu into a fatbin (PTX for a base
-//!    architecture, SASS for common cards); a kernel that fails to compile
-//!    fails the build with nvcc's message. When not found, warns that the
-//!    kernels will be compiled at run time by NVRTC (an error instead when
-//!    ALEXNET_REQUIRE_NVCC=1).
+//! 1. Finds nvcc ($NVCC, else $CUDA_PATH/bin/nvcc, else `nvcc` on PATH;
+//!    NVCC=none for no nvcc at all). When found, compiles each kernels/*.cu
+//!    into a fatbin (PTX for a base architecture, SASS for common cards); a
+//!    kernel that fails to compile fails the build with nvcc's message. When
+//!    not found, warns that the kernels will be compiled at run time by
+//!    NVRTC (an error instead when ALEXNET_REQUIRE_NVCC=1).
 //! 2. Writes $OUT_DIR/kernels.rs, included by src/lib.rs: each kernel file's
 //!    name, source (for NVRTC), fatbin (when nvcc ran) and the
 //!    `extern "C" __global__` entry points it defines.
@@ -31,6 +31,10 @@ const PTX_ARCH: &str = "compute_75";
 /// SASS for common cards: Ampere (A100, RTX 30), Ada (RTX 40, L4), Hopper.
 /// Each is used only if this nvcc lists it (`--list-gpu-code`).
 const SASS_ARCHS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90"];
+
+/// What to do when an nvcc is found but cannot build here.
+const WITHOUT_NVCC: &str = "if nvcc itself cannot work here (an unsupported host compiler, \
+    say), build without it, the kernels then compiled at run time by NVRTC: NVCC=none";
 
 const SETUP_HINT: &str = "run scripts/setup-nvcc (installs nvcc into .cuda/ in this \
     repository and prints its path), then build with NVCC=<that path>; or set CUDA_PATH, \
@@ -58,10 +62,13 @@ fn main() {
         }
         None if env::var("ALEXNET_REQUIRE_NVCC").as_deref() == Ok("1") => {
             panic!(
-                "ALEXNET_REQUIRE_NVCC=1 but no working nvcc was found ($NVCC, \
-                 $CUDA_PATH/bin/nvcc, PATH). To get one: {SETUP_HINT}."
+                "ALEXNET_REQUIRE_NVCC=1 but no working nvcc was found ($NVCC unless \
+                 it is none, $CUDA_PATH/bin/nvcc, PATH). To get one: {SETUP_HINT}."
             );
         }
+        None if skipped() => println!(
+            "cargo:warning=NVCC=none: the CUDA kernels will be compiled at run time by NVRTC."
+        ),
         None => println!(
             "cargo:warning=nvcc not found: the CUDA kernels will be compiled at run time \
              by NVRTC. To embed precompiled kernels: {SETUP_HINT}."
@@ -131,15 +138,24 @@ struct Nvcc {
     version: String,
 }
 
+/// NVCC=none: build without nvcc, whatever is on PATH.
+fn skipped() -> bool {
+    env::var_os("NVCC").is_some_and(|v| v == "none")
+}
+
 /// $NVCC, else $CUDA_PATH/bin/nvcc, else nvcc on PATH; the first that runs
-/// `--version`. A set $NVCC that does not run is an error, not a fallback.
+/// `--version`; none for NVCC=none. A set $NVCC that does not run is an
+/// error, not a fallback.
 fn find_nvcc() -> Option<Nvcc> {
+    if skipped() {
+        return None;
+    }
     if let Some(path) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
         return match nvcc_version(&path) {
             Some(version) => Some(Nvcc { path, version }),
             None => panic!(
-                "NVCC={} does not run (`{} --version` failed); unset NVCC or point it at nvcc",
+                "NVCC={} does not run (`{} --version` failed); unset NVCC, point it at nvcc, or set NVCC=none to build without nvcc",
                 path.display(),
                 path.display()
             ),
@@ -253,7 +269,7 @@ fn compile_fatbins(
     let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
         let all: Vec<&str> = errors.iter().map(|e| e.as_str()).collect();
-        panic!("{}", all.join("\n"));
+        panic!("{}\n{WITHOUT_NVCC}.", all.join("\n"));
     }
     results.into_iter().map(|r| r.ok()).collect()
 }
