@@ -61,7 +61,10 @@ impl CudaBackend {
             .alloc_zeros::<u16>(len.max(1))
             .map_err(|e| Error::Cuda {
                 op,
-                detail: format!("allocating {len} 16-bit elements: {e:?}{ALLOC_LIMIT_NOTE}"),
+                detail: format!(
+                    "allocating {len} 16-bit elements on {}: {e:?}{ALLOC_LIMIT_NOTE}",
+                    self.info
+                ),
             })?;
         self.count_alloc();
         Ok(s)

@@ -219,6 +219,26 @@ impl Drop for CudaBackend {
 
 // -- small helpers -----------------------------------------------------------------
 
+/// A CUDA error while opening GPU `ordinal`, naming it; for a GPU taken or
+/// full (CUDA_ERROR_DEVICE_UNAVAILABLE: another process holds a GPU in
+/// exclusive-process mode), what to do.
+fn opening_failed(ordinal: usize, e: Error) -> Error {
+    let Error::Cuda { op, detail } = e else {
+        return e;
+    };
+    let taken = ["DEVICE_UNAVAILABLE", "OUT_OF_MEMORY"]
+        .iter()
+        .any(|c| detail.contains(c));
+    let fix = match taken {
+        true => "; another process may hold it (`nvidia-smi` lists them): pick another with --gpus, or run with --cpu",
+        false => "",
+    };
+    Error::Cuda {
+        op,
+        detail: format!("GPU {ordinal}: {detail}{fix}"),
+    }
+}
+
 /// Map any CUDA library error to `Error::Cuda` for `op`.
 pub(crate) fn cuda_err<E: std::fmt::Debug>(op: &'static str) -> impl Fn(E) -> Error {
     move |e| Error::Cuda {
@@ -308,6 +328,11 @@ impl CudaBackend {
     /// `opts.precision` (mixed precision for fp16 / bf16: f32 masters, f32
     /// accumulation; see mixed.rs).
     pub fn new(ordinal: usize, opts: CudaOptions) -> Result<Self> {
+        Self::open(ordinal, opts).map_err(|e| opening_failed(ordinal, e))
+    }
+
+    /// `new`'s steps.
+    fn open(ordinal: usize, opts: CudaOptions) -> Result<Self> {
         let precision = opts.precision;
         const OP: &str = "init";
         let info = probe::require(&[ordinal])?
@@ -586,7 +611,10 @@ impl CudaBackend {
             .alloc_zeros::<T>(len.max(1))
             .map_err(|e| Error::Cuda {
                 op,
-                detail: format!("allocating {len} elements: {e:?}{ALLOC_LIMIT_NOTE}"),
+                detail: format!(
+                    "allocating {len} elements on {}: {e:?}{ALLOC_LIMIT_NOTE}",
+                    self.info
+                ),
             })?;
         self.count_alloc();
         Ok(CudaBuf {
@@ -615,7 +643,10 @@ impl CudaBackend {
                 .alloc_zeros::<T>(len.max(1))
                 .map_err(|e| Error::Cuda {
                     op,
-                    detail: format!("scratch of {len} elements: {e:?}{ALLOC_LIMIT_NOTE}"),
+                    detail: format!(
+                        "scratch of {len} elements on {}: {e:?}{ALLOC_LIMIT_NOTE}",
+                        self.info
+                    ),
                 })?;
             self.count_alloc();
             *slot = Some(s);
