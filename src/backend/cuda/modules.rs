@@ -128,11 +128,21 @@ fn load_one(
             m.name
         ),
     })?;
+    // Below compute_75 the PTX was compiled for compute_75 (CUDA 13's NVRTC
+    // targets nothing older), which no driver runs on such a card.
+    let fix = match cc < (7, 5) {
+        true => format!(
+            "sm_{}{} is older than CUDA 13, and so this build, supports (compute \
+             capability 7.5 and newer); run on a newer GPU, or with --cpu",
+            cc.0, cc.1
+        ),
+        false => "the driver is older than NVRTC, update the NVIDIA driver".into(),
+    };
     let module = ctx.load_module(ptx).map_err(|e| Error::Cuda {
         op: "kernel load",
         detail: format!(
             "module {}: {fatbin_problem}; NVRTC compiled it but the driver rejected the PTX \
-             ({e:?}): the driver is older than NVRTC, update the NVIDIA driver",
+             ({e:?}): {fix}",
             m.name
         ),
     })?;
