@@ -1367,6 +1367,108 @@ fn xent_case(rng: &mut Rng, n: usize, classes: usize, spread: f32) -> (Vec<f32>,
     (z, labels)
 }
 
+/// The kernels on `xent_case`'s rows, in f32, f16 and bf16, against the
+/// softmax formula in f64 written here, p_j = exp(z_j - m) / sum_k exp(z_k -
+/// m) with m the row's max and the row loss ln(sum) - (z_label - m); a row
+/// with a NaN or +inf logit, or all -inf, is NaN throughout (the run's
+/// divergence check reads the loss); and, in f32, the CPU op's
+/// probabilities. The special rows by hand: a logit 200 below the rest has
+/// p = 0 exactly, an all-equal row p = 1/c and loss ln c.
+#[test]
+fn softmax_xent_kernels_on_special_rows_match_the_formula_and_cpu() {
+    let mut rng = Rng::new(149);
+    for (n, c, spread) in [(7usize, 10usize, 30.0f32), (9, 33, 3.0), (8, 70, 50.0)] {
+        let (z, labels) = xent_case(&mut rng, n, c, spread);
+        let (mut probs, mut row_loss) = (vec![0.0; n * c], vec![0.0; n]);
+        hk::softmax_xent_forward(n, c, &z, &labels, &mut probs, &mut row_loss).unwrap();
+        let what = format!("f32 {n}x{c}");
+        check_xent_rows(&what, (&z, &labels), (&probs, &row_loss), 1e-6);
+        let mut cpu = vec![0.0; n * c];
+        elementwise::softmax_xent_forward(n, c, &z, &labels, &mut cpu).unwrap();
+        let nan_as = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|p| if p.is_nan() { -1.0 } else { *p })
+                .collect()
+        };
+        check_close(
+            &format!("{what} probs vs CPU"),
+            &nan_as(&probs),
+            &nan_as(&cpu),
+            1e-6,
+        );
+        for t in HALVES {
+            let z16 = narrow(t, &z);
+            let (mut p16, mut row_loss) = (vec![0u16; n * c], vec![0.0; n]);
+            hk::softmax_xent_forward_16(t, n, c, &z16, &labels, &mut p16, &mut row_loss).unwrap();
+            let what = format!("{} {n}x{c}", name16(t));
+            let zw = widen(t, &z16);
+            check_xent_rows(
+                &what,
+                (&zw, &labels),
+                (&widen(t, &p16), &row_loss),
+                tol16(t),
+            );
+        }
+    }
+}
+
+/// `xent_case`'s rows `z` (labels) against the formula and by hand (above):
+/// the kernels' `probs` and row losses, within `tol`.
+fn check_xent_rows(
+    what: &str,
+    (z, labels): (&[f32], &[u32]),
+    (probs, row_loss): (&[f32], &[f32]),
+    tol: f64,
+) {
+    let c = z.len() / labels.len();
+    for (i, (zr, pr)) in z.chunks_exact(c).zip(probs.chunks_exact(c)).enumerate() {
+        let what = format!("{what} row {i}");
+        let no_number = zr.iter().any(|v| v.is_nan() || *v == f32::INFINITY)
+            || zr.iter().all(|&v| v == f32::NEG_INFINITY);
+        if no_number {
+            assert!(
+                pr.iter().all(|p| p.is_nan()) && row_loss[i].is_nan(),
+                "{what}: {pr:?} {}",
+                row_loss[i]
+            );
+            continue;
+        }
+        let m = zr.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = zr.iter().map(|&v| (v as f64 - m).exp()).sum();
+        let want: Vec<f32> = zr
+            .iter()
+            .map(|&v| ((v as f64 - m).exp() / sum) as f32)
+            .collect();
+        check_close(&format!("{what} probs vs formula"), pr, &want, tol);
+        let loss = sum.ln() - (zr[labels[i] as usize] as f64 - m);
+        check_close(
+            &format!("{what} loss vs formula"),
+            &[row_loss[i]],
+            &[loss as f32],
+            tol,
+        );
+    }
+    // Row 4: 1.0 but one -200.0; row 5: all 0.25 (xent_case).
+    assert_eq!(
+        probs[4 * c + 1],
+        0.0,
+        "{what}: exp(-201) is below the least value"
+    );
+    let equal = vec![1.0 / c as f32; c];
+    check_close(
+        &format!("{what} equal row"),
+        &probs[5 * c..6 * c],
+        &equal,
+        tol,
+    );
+    check_close(
+        &format!("{what} equal row loss"),
+        &[row_loss[5]],
+        &[(c as f32).ln()],
+        tol,
+    );
+}
+
 /// softmax_xent_max, _exp, _sum and _probs in turn give the one-thread-per-row
 /// forward's probs and row losses bit for bit, in f32, f16 and bf16, at the
 /// shape training uses (128 x 1000), with fewer classes than the 32 parts of
