@@ -295,6 +295,7 @@ fn features_are_the_forward_pass_activations() {
     assert!(err.contains("written without their source files"), "{err}");
     assert_eq!(read_npy_f32(&out).unwrap().1, files["fc7"].1);
     let csv = std::fs::read_to_string(st.root.join("bare-fc7.rows.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 41, "a header and 40 rows: {csv}");
     assert!(csv.lines().skip(1).all(|l| l.ends_with(',')), "{csv}");
 }
 
@@ -336,6 +337,7 @@ fn features_of_new_classes_keep_the_datas_own_labels() {
     assert_eq!(rows, read_npy_f32(&f_known).unwrap().1);
     // Each row's label, class and name are its folder's.
     let csv = std::fs::read_to_string(st.root.join("new.rows.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 25, "a header and 24 rows: {csv}");
     for (row, line) in csv.lines().skip(1).enumerate() {
         let class = format!("kind{:02}", row / 2);
         let want = format!(
