@@ -252,6 +252,15 @@ fn the_data_line_names_the_crops_cut() {
     // 100 training images at the demo's batch 64: 36 left out each epoch.
     let said = "--batch 64: each epoch trains 1 batch, so 36 of the 100 training images wait";
     assert!(err.contains(said), "{err}");
+    // The decode line counts the images --limit keeps, not the folder's.
+    let decoded = err
+        .lines()
+        .find(|l| l.contains("decoded into memory"))
+        .expect("a decode line");
+    assert!(
+        decoded.contains(": 600 of its ") && decoded.contains(" images (--limit) are decoded"),
+        "{decoded}"
+    );
 }
 
 #[test]

@@ -165,6 +165,27 @@ fn usable_std(std: [f32; 3], data: &Path) -> [f32; 3] {
     std.map(|s| if usable(s) { s } else { 1.0 })
 }
 
+/// What decoding the raw folder `root` costs: `n` of its `total` images
+/// (fewer under --limit) decoded into memory on every run. Small sets
+/// (CIFAR, the demo) load in seconds; past that, a warning of how to stop
+/// paying it.
+fn decode_hint(root: &Path, n: usize, total: usize) {
+    let which = match n < total {
+        true => format!("{n} of its {total} images (--limit)"),
+        false => format!("its {n} images"),
+    };
+    let hint = format!(
+        "{} is a raw image folder: {which} are decoded into memory before training; run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE to skip this",
+        root.display(),
+        shell::word(root)
+    );
+    if n > 60_000 {
+        tracing::warn!("{hint}");
+    } else {
+        info!("{hint}");
+    }
+}
+
 /// A raw class-folder tree, decoded into memory and split by `--val`.
 fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
     let root = &opts.data;
@@ -173,19 +194,11 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         limit_covers_classes(k, folder.classes().len(), root)?;
         warn_of_a_limit_above(k, folder.len(), root, "images");
     }
-    // Small sets (CIFAR, the demo) load in seconds; past that, say how
-    // to stop paying the decode on every run.
-    let hint = format!(
-        "{} is a raw image folder: its {} images are decoded into memory before training; run `alexnet-cuda prepare --train {} --out STORE` once and pass --data STORE to skip this",
-        root.display(),
-        folder.len(),
-        shell::word(root)
-    );
-    if folder.len() > 60_000 {
-        tracing::warn!("{hint}");
-    } else {
-        info!("{hint}");
-    }
+    // Before decoding: the set will hold exactly this many (`balanced_subset`).
+    let n = limited_len(folder.len(), opts.run.limit);
+    // The limit where it leaves images out.
+    let cut = opts.run.limit.filter(|&l| l < folder.len());
+    decode_hint(root, n, folder.len());
     let build = BuildOptions {
         size: image_size,
         limit: opts.run.limit,
@@ -193,10 +206,6 @@ fn load_folder(opts: &TrainOptions, image_size: usize) -> Result<TrainData> {
         progress: opts.progress,
         stop: opts.stop_alone(),
     };
-    // Before decoding: the set will hold exactly this many (`balanced_subset`).
-    let n = limited_len(folder.len(), opts.run.limit);
-    // The limit where it leaves images out.
-    let cut = opts.run.limit.filter(|&l| l < folder.len());
     let what = match cut {
         Some(l) => format!("the data set cut to --limit {l}"),
         None => "the data set".into(),
