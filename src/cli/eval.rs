@@ -288,17 +288,27 @@ fn eval_images(args: &EvalArgs, ck: &Checkpoint) -> Result<EvalImages> {
         return Ok((h.root, h.set, idx.collect(), None));
     }
     let (data, demo_dir) = eval_folder(args, ck)?;
-    if is_training_data(ck, &data) {
-        warn!(
-            "{}: this is the data the run trained on ({} training images, {} held out), so the error below is mostly a training error, not a validation error; --held-out scores only the held-out images",
-            data.display(),
-            ck.state.train_images,
-            ck.state.val_images
-        );
-    }
     let set = open_eval_data(&data, ck)?;
+    if is_training_data(ck, &data) {
+        warn_of_training_data(&data, ck, set.len());
+    }
     let idx = spread(set.len(), limit);
     Ok((data, set, idx, demo_dir))
+}
+
+/// eval on the data the run trained from, of `images` images: how much of
+/// it the run trained on (all but the held-out images, or under --limit
+/// perhaps a small part), and so what kind of error is scored.
+fn warn_of_training_data(data: &Path, ck: &Checkpoint, images: usize) {
+    let trained = ck.state.train_images;
+    let kind = match 2 * trained >= images {
+        true => "mostly a training error, not a validation error",
+        false => "partly a training error, partly one on images the run never trained on",
+    };
+    warn!(
+        "{}: this is the data the run trained from; it trained on {trained} of its {images} images, so the error below is {kind}; --held-out scores only the held-out images",
+        data.display()
+    );
 }
 
 /// The folder, its images, the ones to evaluate, and the demo's guard.
