@@ -1972,6 +1972,38 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
     Ok(())
 }
 
+/// A prepare stopped while it writes the first store of an output folder
+/// it made removes that folder too. It used to leave it holding only the
+/// lock, which `train --data` then called a folder without class
+/// sub-folders.
+#[test]
+fn a_prepare_stopped_in_a_folder_it_made_leaves_no_folder() -> TestResult {
+    let t = TempDir::new()?;
+    let r = replacing(t.path())?;
+    let fresh = t.path().join("fresh");
+    let train = fresh.join("train");
+    let flag = std::ffi::OsStr::new;
+    let args = [
+        flag("--no-progress"),
+        flag("--size"),
+        flag("64"),
+        flag("--train"),
+        r.big.as_os_str(),
+        flag("--out"),
+        fresh.as_os_str(),
+    ];
+    let (status, said) = signal_at(&args, &[libc::SIGTERM], || {
+        new_generation_started(&train, "none")
+    })?;
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(
+        !fresh.exists(),
+        "{:?}",
+        fs::read_dir(&fresh).map(|d| d.count())
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------- the loader
 
 /// One `size x size` image whose every channel at (x, y) is 10 y + x.

@@ -265,6 +265,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
                 .into(),
         ));
     }
+    // Made here (no lock was taken in it above): removed again should the
+    // first store fail or be stopped.
+    let made = lock.is_none();
     create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
@@ -280,7 +283,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         };
         write_store(&to, items, &classes, &names, opts)
     };
-    let (train, stored) = store("train", &opts.train, &items, val_count, None)?;
+    let (train, stored) =
+        store("train", &opts.train, &items, val_count, None).inspect_err(|_| {
+            if made {
+                remove_made_folder(&opts.out);
+            }
+        })?;
     // The earlier val store was paired with the train store just replaced:
     // should its own replacement fail or be killed, it must not pass as
     // this one's.
@@ -1066,6 +1074,19 @@ fn check_room(dir: &Path, each: f64, left: usize, basis: &str) -> Result<()> {
         size(need),
         size(each as u64)
     )))
+}
+
+/// The output folder a prepare made, after its first store failed or was
+/// stopped (that store's files removed): removed too when only the lock is
+/// left in it, which `train --data` would take for a class folder without
+/// classes.
+fn remove_made_folder(out: &Path) {
+    let only_lock =
+        fs::read_dir(out).is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")));
+    if only_lock {
+        let _ = fs::remove_file(out.join(".lock"));
+        let _ = fs::remove_dir(out);
+    }
 }
 
 /// One store to write: where, from which tree, its name in messages, how
