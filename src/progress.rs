@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,7 +41,7 @@ impl Terminal {
         }
         let pb = self.bars.add(ProgressBar::new(len));
         if let Ok(style) = ProgressStyle::with_template(STYLE) {
-            pb.set_style(style.progress_chars("=> "));
+            pb.set_style(style.progress_chars("=> ").with_key("rate", rate));
         }
         pb.set_prefix(prefix.to_string());
         pb
@@ -58,7 +58,20 @@ impl Terminal {
 
 /// Every bar's line: what it counts, the bar, the count, the rate, the time
 /// left, then what the command adds (a training step's loss, ...).
-const STYLE: &str = "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}";
+const STYLE: &str = "{prefix} [{bar:30}] {pos}/{len} {rate} eta {eta} {msg}";
+
+/// The `{rate}` key: items per second to three significant figures or so
+/// (`1324/s`, `35.3/s`, `3.53/s`), where indicatif's `{per_sec}` prints
+/// four decimals whatever the size (`1,324.2366/s`).
+fn rate(state: &ProgressState, w: &mut dyn std::fmt::Write) {
+    let r = state.per_sec();
+    let digits = match r {
+        r if r >= 100.0 => 0,
+        r if r >= 10.0 => 1,
+        _ => 2,
+    };
+    let _ = write!(w, "{r:.digits$}/s");
+}
 
 /// The process's terminal: stderr, where the logs go too.
 pub fn terminal() -> &'static Terminal {

@@ -147,6 +147,37 @@ fn log_lines_land_whole_above_the_bars() {
     );
 }
 
+/// The rate on a bar is a short number: 0 decimals from 100 a second,
+/// 1 from 10, else 2 (indicatif's own `{per_sec}` printed four).
+#[test]
+fn a_bar_shows_its_rate_to_a_few_figures() {
+    let term = Term::default();
+    let sink: Sink = Arc::new(Mutex::new(term.clone()));
+    let t = Terminal::new(ProgressDrawTarget::term_like(Box::new(term.clone())), sink);
+    let pb = t.bar(1000, "epoch 1", true);
+    for _ in 0..30 {
+        pb.inc(1);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    pb.tick();
+    let screen = term.with(|s| s.text()).expect("screen");
+    let line = screen.last().expect("a bar line");
+    let rate = line
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/s"))
+        .unwrap_or_else(|| panic!("no rate in {line:?}"));
+    let value: f64 = rate
+        .parse()
+        .unwrap_or_else(|_| panic!("{rate:?} in {line:?}"));
+    let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
+    let want = match value {
+        v if v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        _ => 2,
+    };
+    assert!(value > 0.0 && decimals == want, "{line:?}");
+}
+
 #[test]
 fn hidden_bars_leave_log_lines_alone() {
     let term = Term::default();
