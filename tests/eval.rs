@@ -1722,6 +1722,9 @@ fn eval_per_class_tables_match_predicts_logits() {
         &s(&npy_path),
         "--confusion",
         &s(&t.path().join("confusion.png")),
+        // The same file again, spelled otherwise: written once.
+        "--confusion",
+        &s(&t.path().join(".").join("confusion.npy")),
     ]);
     assert!(ok, "{err}");
     let png = image::open(t.path().join("confusion.png")).unwrap();

@@ -21,7 +21,7 @@ use alexnet_cuda::eval::{
     evaluate_by_class, loader_for, open_eval_data, warn_of_ten_equal_crops, ClassTally, EvalResult,
 };
 use alexnet_cuda::features::spread;
-use alexnet_cuda::fsutil::{check_writable, through_links, Staged};
+use alexnet_cuda::fsutil::{check_writable, resolved, through_links, Staged};
 use alexnet_cuda::held_out::{held_out, is_training_data};
 use alexnet_cuda::model::topology::Topology;
 use alexnet_cuda::per_class;
@@ -206,9 +206,11 @@ fn stage_tables(
     if let Some(f) = &args.per_class {
         stage(f, per_class::csv(f, ck, tally)?)?;
     }
-    let all = &args.confusion;
-    for (i, f) in all.iter().enumerate() {
-        if all[..i].contains(f) {
+    // One file under two spellings (`c.npy`, `./c.npy`, a link) is one
+    // file: staged twice, both would share one temporary name.
+    let all: Vec<PathBuf> = args.confusion.iter().map(|f| resolved(f)).collect();
+    for (i, f) in args.confusion.iter().enumerate() {
+        if all[..i].contains(&all[i]) {
             continue;
         }
         let bytes = match confusion_kind(f)? {
