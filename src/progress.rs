@@ -60,17 +60,29 @@ impl Terminal {
 /// left, then what the command adds (a training step's loss, ...).
 const STYLE: &str = "{prefix} [{bar:30}] {pos}/{len} {rate} eta {eta} {msg}";
 
-/// The `{rate}` key: items per second to three significant figures or so
-/// (`1324/s`, `35.3/s`, `3.53/s`), where indicatif's `{per_sec}` prints
-/// four decimals whatever the size (`1,324.2366/s`).
+/// The `{rate}` key: items per second to three significant figures
+/// (`1324/s`, `35.3/s`, `3.53/s`, `0.0412/s`), where indicatif's
+/// `{per_sec}` prints four decimals whatever the size (`1,324.2366/s`).
 fn rate(state: &ProgressState, w: &mut dyn std::fmt::Write) {
-    let r = state.per_sec();
-    let digits = match r {
-        r if r >= 100.0 => 0,
-        r if r >= 10.0 => 1,
-        _ => 2,
-    };
-    let _ = write!(w, "{r:.digits$}/s");
+    let _ = write!(w, "{}/s", rate_text(state.per_sec()));
+}
+
+/// `r` to three significant figures, never in exponent form; from 1000 up,
+/// the whole number. The decimals follow `r` rounded, so 99.96 reads `100`,
+/// not `100.0`.
+pub fn rate_text(r: f64) -> String {
+    if !r.is_finite() || r <= 0.0 {
+        return format!("{:.2}", r.max(0.0));
+    }
+    if r >= 999.5 {
+        return format!("{r:.0}");
+    }
+    // Round to three figures first: the carry can move r up a power of ten.
+    let magnitude = |x: f64| x.log10().floor() as i32;
+    let scale = 10f64.powi(2 - magnitude(r));
+    let rounded = (r * scale).round() / scale;
+    let digits = (2 - magnitude(rounded)).clamp(0, 9) as usize;
+    format!("{rounded:.digits$}")
 }
 
 /// The process's terminal: stderr, where the logs go too.

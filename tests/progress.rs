@@ -147,8 +147,26 @@ fn log_lines_land_whole_above_the_bars() {
     );
 }
 
-/// The rate on a bar is a short number: 0 decimals from 100 a second,
-/// 1 from 10, else 2 (indicatif's own `{per_sec}` printed four).
+/// What a rate should read, from std's exponent form of `r` to three
+/// figures (`9.996` -> `1.00e1`): that value, and its decimals
+/// (2 - exponent, none from 100 up).
+fn three_figures(r: f64) -> (f64, usize) {
+    let e = format!("{r:.2e}");
+    let exponent: i32 = e
+        .split_once('e')
+        .expect("exponent form")
+        .1
+        .parse()
+        .expect("exponent");
+    (e.parse().expect("a number"), (2 - exponent).max(0) as usize)
+}
+
+fn decimals(text: &str) -> usize {
+    text.split_once('.').map_or(0, |(_, d)| d.len())
+}
+
+/// The rate on a bar is a short number to three figures (indicatif's own
+/// `{per_sec}` printed four decimals).
 #[test]
 fn a_bar_shows_its_rate_to_a_few_figures() {
     let term = Term::default();
@@ -169,13 +187,29 @@ fn a_bar_shows_its_rate_to_a_few_figures() {
     let value: f64 = rate
         .parse()
         .unwrap_or_else(|_| panic!("{rate:?} in {line:?}"));
-    let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
-    let want = match value {
-        v if v >= 100.0 => 0,
-        v if v >= 10.0 => 1,
-        _ => 2,
-    };
-    assert!(value > 0.0 && decimals == want, "{line:?}");
+    let (_, want) = three_figures(value);
+    assert!(value > 0.0 && decimals(rate) == want, "{line:?}");
+}
+
+/// Rates where rounding to three figures carries into the next power of
+/// ten read with the decimals of the rounded value (`100`, not `100.0`),
+/// and slow rates keep three figures rather than reading 0.00.
+#[test]
+fn rates_read_to_three_figures_after_rounding() {
+    for r in [
+        99.96, 9.996, 0.9996, 999.6, 35.34, 3.534, 0.04123, 0.004, 1.0,
+    ] {
+        let text = alexnet_cuda::progress::rate_text(r);
+        let (value, want) = three_figures(r);
+        let shown: f64 = text.parse().unwrap_or_else(|_| panic!("{text:?}"));
+        assert!(
+            (shown - value).abs() <= value * 1e-9 && decimals(&text) == want,
+            "{r} reads {text:?}, want {value} with {want} decimals"
+        );
+    }
+    // From 1000 up, the whole number: more figures, no exponent.
+    assert_eq!(alexnet_cuda::progress::rate_text(1324.2366), "1324");
+    assert_eq!(alexnet_cuda::progress::rate_text(0.0), "0.00");
 }
 
 #[test]
