@@ -60,7 +60,11 @@ fn main() {
             targets = gpu_targets(&nvcc.path);
             fatbins = compile_fatbins(&nvcc.path, &targets, &sources, &out);
         }
-        None if env::var("ALEXNET_REQUIRE_NVCC").as_deref() == Ok("1") => {
+        None if required() && skipped() => panic!(
+            "ALEXNET_REQUIRE_NVCC=1 asks for nvcc but NVCC=none builds without it: \
+             unset one of the two (ALEXNET_REQUIRE_NVCC=0 to build for NVRTC)."
+        ),
+        None if required() => {
             panic!(
                 "ALEXNET_REQUIRE_NVCC=1 but no working nvcc was found ($NVCC unless \
                  it is none, $CUDA_PATH/bin/nvcc, PATH). To get one: {SETUP_HINT}."
@@ -136,6 +140,11 @@ struct Nvcc {
     path: PathBuf,
     /// "13.2.86" from "Cuda compilation tools, release 13.2, V13.2.86".
     version: String,
+}
+
+/// ALEXNET_REQUIRE_NVCC=1: a build without nvcc is an error.
+fn required() -> bool {
+    env::var("ALEXNET_REQUIRE_NVCC").as_deref() == Ok("1")
 }
 
 /// NVCC=none: build without nvcc, whatever is on PATH.
