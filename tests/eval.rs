@@ -859,6 +859,24 @@ fn eval_held_out_repeats_the_validation_of_a_split_run() {
             && err.contains("with --data DIR and no --held-out"),
         "{err}"
     );
+
+    // Back where it trained, but two of every three images gone: fewer
+    // images than the run trained on, said as such.
+    std::fs::rename(&moved, &folder).unwrap();
+    for class in std::fs::read_dir(&folder).unwrap() {
+        let mut files: Vec<_> = std::fs::read_dir(class.unwrap().path())
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().skip(files.len() / 3) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let (ok, _, err) = cli(&["eval", "--checkpoint", &run, "--data", &s(&folder)]);
+    assert!(ok, "{err}");
+    let said = "it trained on 210 images, more than the 100 it holds now, so the error below is mostly a training error";
+    assert!(err.contains(said), "{err}");
 }
 
 /// Each input's ranked (class, percent) lines of a `predict` listing.

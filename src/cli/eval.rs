@@ -307,8 +307,13 @@ fn warn_of_training_data(data: &Path, ck: &Checkpoint, images: usize) {
         true => "mostly a training error, not a validation error",
         false => "partly a training error, partly one on images the run never trained on",
     };
+    // A folder that lost images since the run: not "210 of its 100".
+    let counts = match trained > images {
+        true => format!("{trained} images, more than the {images} it holds now"),
+        false => format!("{trained} of its {images} images"),
+    };
     warn!(
-        "{}: this is the data the run trained from; it trained on {trained} of its {images} images, so the error below is {kind}; --held-out scores only the held-out images",
+        "{}: this is the data the run trained from; it trained on {counts}, so the error below is {kind}; --held-out scores only the held-out images",
         data.display()
     );
 }
