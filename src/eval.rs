@@ -2,6 +2,7 @@
 //! error on the centre crop, or on the softmax averaged over ten crops (four
 //! corners and the centre, and their mirror images), with the checkpoint's
 //! own preprocessing, on a store or a class-folder tree.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,15 +45,19 @@ pub fn topk_hits<T: PartialOrd>(probs: &[T], labels: &[u32], classes: usize) -> 
     (top1, top5)
 }
 
-/// Per-class counts of an evaluation: each class's images and top-5 hits,
-/// and the confusion matrix (true class x top-1 class), whose diagonal is
-/// the top-1 hits.
+/// Per-class counts of an evaluation: each class's images and top-1 and
+/// top-5 hits, and the confusion matrix (true class x top-1 class), whose
+/// diagonal is the top-1 hits. Its misses are kept as a map, at most one
+/// entry per image: a dense matrix of a 100,000-class run's would take
+/// 80 GB of counts.
 #[derive(Clone, Debug)]
 pub struct ClassTally {
     classes: usize,
     images: Vec<u64>,
+    top1: Vec<u64>,
     top5: Vec<u64>,
-    confusion: Vec<u64>,
+    /// (true, top-1) -> images, for the pairs of different classes seen.
+    missed: BTreeMap<(usize, usize), u64>,
     /// Images whose output was not a number: misses, in no column.
     unscored: u64,
 }
@@ -62,8 +67,9 @@ impl ClassTally {
         ClassTally {
             classes,
             images: vec![0; classes],
+            top1: vec![0; classes],
             top5: vec![0; classes],
-            confusion: vec![0; classes * classes],
+            missed: BTreeMap::new(),
             unscored: 0,
         }
     }
@@ -82,13 +88,11 @@ impl ClassTally {
                 self.unscored += 1;
                 continue;
             }
-            let pred = if rank == 0 {
-                c
-            } else {
-                likeliest_other(row, c)
-            };
             self.top5[c] += (rank < 5) as u64;
-            self.confusion[c * self.classes + pred] += 1;
+            match rank {
+                0 => self.top1[c] += 1,
+                _ => *self.missed.entry((c, likeliest_other(row, c))).or_default() += 1,
+            }
         }
     }
 
@@ -103,30 +107,47 @@ impl ClassTally {
 
     /// Images of class `c` seen, and its top-1 and top-5 hits.
     pub fn counts(&self, c: usize) -> (u64, u64, u64) {
-        (self.images[c], self.confused(c, c), self.top5[c])
+        (self.images[c], self.top1[c], self.top5[c])
     }
 
     /// Images of class `truth` whose top-1 class is `pred`.
     pub fn confused(&self, truth: usize, pred: usize) -> u64 {
-        self.confusion[truth * self.classes + pred]
+        match truth == pred {
+            true => self.top1[truth],
+            false => self.missed.get(&(truth, pred)).copied().unwrap_or(0),
+        }
     }
 
-    /// The confusion matrix, row-major: row = true class, column = top-1 class.
-    pub fn matrix(&self) -> &[u64] {
-        &self.confusion
+    /// The cells off the diagonal that hold images, as ((true, top-1),
+    /// images), in label order.
+    pub fn misses(&self) -> impl Iterator<Item = ((usize, usize), u64)> + '_ {
+        self.missed.iter().map(|(&k, &n)| (k, n))
+    }
+
+    /// The confusion matrix, row-major: row = true class, column = top-1
+    /// class; classes² counts, so for the classes a picture or file can hold.
+    pub fn matrix(&self) -> Vec<u64> {
+        let c = self.classes;
+        let mut m = vec![0; c * c];
+        for (t, &n) in self.top1.iter().enumerate() {
+            m[t * c + t] = n;
+        }
+        for ((t, p), n) in self.misses() {
+            m[t * c + p] = n;
+        }
+        m
     }
 
     /// The class `truth`'s images are most often taken for, and how many
     /// (the lower index on ties); None when none was missed.
     pub fn most_confused(&self, truth: usize) -> Option<(usize, u64)> {
-        let row = &self.confusion[truth * self.classes..][..self.classes];
-        row.iter()
-            .enumerate()
-            .filter(|&(j, &n)| j != truth && n > 0)
-            .fold(None, |best: Option<(usize, u64)>, (j, &n)| match best {
+        self.missed.range((truth, 0)..=(truth, usize::MAX)).fold(
+            None,
+            |best: Option<(usize, u64)>, (&(_, j), &n)| match best {
                 Some((_, m)) if m >= n => best,
                 _ => Some((j, n)),
-            })
+            },
+        )
     }
 }
 

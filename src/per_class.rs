@@ -92,12 +92,7 @@ pub fn hardest(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> {
 /// Up to `k` (true, top-1) pairs of different classes, most images first
 /// (ties in label order), as "true -> predicted n".
 pub fn confusions(ck: &Checkpoint, tally: &ClassTally, k: usize) -> Vec<String> {
-    let c = tally.classes();
-    let mut pairs: Vec<(u64, usize, usize)> = (0..c * c)
-        .map(|i| (i / c, i % c))
-        .filter(|&(t, p)| t != p && tally.confused(t, p) > 0)
-        .map(|(t, p)| (tally.confused(t, p), t, p))
-        .collect();
+    let mut pairs: Vec<(u64, usize, usize)> = tally.misses().map(|((t, p), n)| (n, t, p)).collect();
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
     pairs
         .iter()

@@ -984,6 +984,91 @@ fn predict_says_when_the_output_is_not_a_number() {
     assert_eq!((shape, m.iter().sum::<f32>()), (vec![10, 10], 0.0));
 }
 
+/// A run of many classes: eval tallies its misses in memory that grows
+/// with the images scored, not classes² (a dense matrix of these 5,000
+/// classes' would be 200 MB, of 100,000 classes' 80 GB), and refuses
+/// before scoring a --confusion picture too large to draw. The net here is
+/// the ten-class run's with fc8 widened to 5,000 outputs, the new ones
+/// zero and their biases -1e3, so each image's scores, and so its top-1
+/// class, are the ten-class net's.
+#[test]
+fn eval_of_many_classes_tallies_only_what_it_sees() {
+    use alexnet_cuda::checkpoint;
+    use alexnet_cuda::export::Tensor;
+    let t = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (data, out) = one_epoch_of_ten_classes(t.path());
+    let last = checkpoint::list(&out).unwrap().pop().unwrap().1;
+    let ck = checkpoint::load(&last).unwrap();
+    let wide = 5000;
+    let mut state = ck.state.clone();
+    state.net.classes = Some(wide);
+    state
+        .classes
+        .extend((10..wide).map(|c| format!("extra-{c}")));
+    state.names.clear();
+    let tensors: Vec<Tensor> = ck
+        .tensors
+        .into_values()
+        .filter(|t| !t.name.starts_with("momentum."))
+        .map(|mut t| {
+            match t.name.as_str() {
+                "fc8.weight" => {
+                    let inputs = t.shape[1];
+                    t.data.resize(wide * inputs, 0.0);
+                    t.shape = vec![wide, inputs];
+                }
+                "fc8.bias" => {
+                    t.data.resize(wide, -1e3);
+                    t.shape = vec![wide];
+                }
+                _ => {}
+            }
+            t
+        })
+        .collect();
+    let many = t.path().join("many.safetensors");
+    checkpoint::save(&many, &state, &tensors).unwrap();
+
+    let json = |ck: &Path, extra: &[&str]| {
+        let args = [
+            "eval",
+            "--cpu",
+            "--json",
+            "--checkpoint",
+            &s(ck),
+            "--data",
+            &s(&data),
+        ];
+        let (ok, text, err) = cli(&[&args[..], extra].concat());
+        assert!(ok, "{err}");
+        let top1 = json_field(&text, "top1_error");
+        (top1, json_field(&text, "images"))
+    };
+    let pc = t.path().join("pc.csv");
+    assert_eq!(json(&many, &["--per-class", &s(&pc)]), json(&last, &[]));
+    let rows = std::fs::read_to_string(&pc).unwrap().lines().count();
+    assert_eq!(rows, 1 + wide, "a header and a row per class");
+
+    let png = t.path().join("cm.png");
+    let args = [
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        &s(&many),
+        "--data",
+        &s(&data),
+    ];
+    let (ok, text, err) = cli(&[&args[..], &["--confusion", &s(&png)]].concat());
+    assert!(!ok && text.is_empty(), "{text}");
+    let said = format!(
+        "--confusion {}: the checkpoint has 5000 classes, and a picture is written for up to 4096",
+        s(&png)
+    );
+    assert!(err.contains(&said) && err.contains("--per-class"), "{err}");
+    assert!(!png.exists());
+}
+
 /// `predict` on image files equals `predict --input-npy` on the same images
 /// cut and normalised here by hand (centre 28x28 of the 32x32 image, minus
 /// the checkpoint's mean, over its std); `--logits` holds rows x classes.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use clap::Args;
 use serde::Serialize;
 use tempfile::TempDir;
@@ -86,6 +86,9 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     }
     let (request, ck) = args.run.start()?;
     let topo = ck.state.net.topology()?;
+    for f in &args.confusion {
+        confusion_fits(f, topo.classes)?;
+    }
     let batch = args
         .batch
         .map(|b| b as usize)
@@ -242,6 +245,27 @@ fn listed(files: &[PathBuf]) -> String {
 enum Picture {
     Npy,
     Png,
+}
+
+/// Most classes whose matrix --confusion writes: a picture's pixels and a
+/// .npy's float32 counts grow as classes² (50 MB and 1 GiB at these).
+const MOST_PICTURED: usize = 4096;
+const MOST_IN_NPY: usize = 16384;
+
+/// --confusion FILE for a net of `classes` classes, refused before the run
+/// where the matrix would be too large to write.
+fn confusion_fits(f: &Path, classes: usize) -> Result<()> {
+    let (most, what) = match confusion_kind(f)? {
+        Picture::Png => (MOST_PICTURED, "a picture"),
+        Picture::Npy => (MOST_IN_NPY, "a .npy matrix"),
+    };
+    ensure!(
+        classes <= most,
+        "--confusion {}: the checkpoint has {classes} classes, and {what} is written for up to {most} \
+         ({classes}² cells); --per-class FILE.csv names each class's commonest confusion instead",
+        f.display()
+    );
+    Ok(())
 }
 
 /// What --confusion FILE asks for, by its extension.

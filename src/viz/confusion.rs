@@ -130,7 +130,8 @@ fn text<DB: DrawingBackend>(
     }
     // Counts only where the widest fits its cell: a number spilling into
     // the next cell would read as that cell's.
-    let widest = (0..n * n).map(|i| tally.confused(i / n, i % n)).max();
+    let diagonal = (0..n).map(|c| tally.confused(c, c));
+    let widest = tally.misses().map(|(_, k)| k).chain(diagonal).max();
     let (w, _) = root.estimate_text_size(&widest.unwrap_or(0).to_string(), &style)?;
     if l.cell < 24 || w as usize + 2 > l.cell {
         return Ok(());
