@@ -19,6 +19,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
+use crate::data::decode::MAX_SIDE;
 use crate::error::{Error, Result};
 use crate::export::{self, Tensor};
 use crate::fsutil::{folder_of, same_file, sync_dir, temp_path};
@@ -347,6 +348,16 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
             "crops of {} padded by {} for a network input of {}",
             p.crop, p.pad, topo.crop
         )
+    } else if p.crop == 0 || p.image_size < p.crop || p.image_size > MAX_SIDE as usize {
+        format!(
+            "crops of {} from images of {} (at most {MAX_SIDE} a side)",
+            p.crop, p.image_size
+        )
+    } else if let Some(m) = state.saving.checkpoint_minutes.filter(|&m| !is_interval(m)) {
+        match m.abs() < 1e6 {
+            true => format!("a checkpoint every {m} minutes"),
+            false => format!("a checkpoint every {m:e} minutes"),
+        }
     } else if p.mean_image != tensors.iter().any(|t| t.name == MEAN_IMAGE) {
         match p.mean_image {
             true => format!("the mean image subtracted in training, but no {MEAN_IMAGE}"),
@@ -359,6 +370,12 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
         "{}: the run state does not fit the network ({why}): the file was changed after training wrote it; use another checkpoint",
         path.display()
     )))
+}
+
+/// A number of minutes between checkpoints that a clock can count, or 0
+/// for none (what train's --checkpoint-minutes takes).
+fn is_interval(m: f64) -> bool {
+    m == 0.0 || (m > 0.0 && std::time::Duration::try_from_secs_f64(m * 60.0).is_ok())
 }
 
 impl Checkpoint {

@@ -3324,7 +3324,8 @@ fn a_nan_weight_the_loss_does_not_show_is_never_checkpointed() {
 /// A run state edited (and its checksum summed again) so that it no longer
 /// fits the network is refused at load, naming the file and the misfit:
 /// read as it is, predict would list nothing for 11 classes of 10 outputs,
-/// and a padding of 100000 would allocate 120 GB.
+/// a padding of 100000 would allocate 120 GB, and so would images of
+/// 100000 a side.
 #[test]
 fn a_run_state_that_does_not_fit_its_network_is_refused() {
     let t = tempfile::tempdir().unwrap();
@@ -3335,7 +3336,7 @@ fn a_run_state_that_does_not_fit_its_network_is_refused() {
     let path = t.path().join("edited.safetensors");
     let n = ck.state.classes.len();
     type Edit = fn(&mut alexnet_cuda::checkpoint::RunState);
-    let cases: [(Edit, String); 4] = [
+    let cases: [(Edit, String); 8] = [
         (
             |s| s.classes.push("extra".into()),
             format!("{} classes for the {n} outputs", n + 1),
@@ -3351,6 +3352,25 @@ fn a_run_state_that_does_not_fit_its_network_is_refused() {
         (
             |s| s.preprocess.mean_image = true,
             "the mean image subtracted in training, but no data.mean_image".into(),
+        ),
+        // Images larger than any decoded (eval would allocate 120 GB for
+        // a batch), or smaller than the crop cut from them.
+        (
+            |s| s.preprocess.image_size = 100_000,
+            "crops of 28 from images of 100000 (at most 20000 a side)".into(),
+        ),
+        (
+            |s| s.preprocess.image_size = 27,
+            "crops of 28 from images of 27 (at most 20000 a side)".into(),
+        ),
+        // An interval no clock counts would panic the resumed run's timer.
+        (
+            |s| s.saving.checkpoint_minutes = Some(1e300),
+            "a checkpoint every 1e300 minutes".into(),
+        ),
+        (
+            |s| s.saving.checkpoint_minutes = Some(-5.0),
+            "a checkpoint every -5 minutes".into(),
         ),
     ];
     for (edit, why) in cases {
