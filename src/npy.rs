@@ -13,7 +13,7 @@
 //! writes whole `ndarray` arrays (streaming only by memory-mapping a zeroed
 //! file) and brings `ndarray` with it.
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Cursor, Seek, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::{DType, NpyFile, NpyHeader, NpyReader, Order, TypeStr, WriteOptions, WriterBuilder};
@@ -78,6 +78,7 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 }
 
 fn parse_npy_f32(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<f32>), String> {
+    check_header_text(bytes)?;
     let mut data = bytes;
     let header = NpyHeader::from_reader(&mut data).map_err(header_error)?;
     let shape = c_order_shape(&header)?;
@@ -112,6 +113,52 @@ fn header_error(e: io::Error) -> String {
         format!("not an NPY file we can read ({e}); save the array with numpy.save")
     }
 }
+
+/// Longest header read: numpy's own `np.load` refuses longer ones by
+/// default (its `max_header_size`, 10,000 bytes).
+const MOST_HEADER_BYTES: usize = 10_000;
+
+/// Checked before npyz parses the header (`head`: the file's first bytes):
+/// its length, and the nesting of its brackets, in which npyz's parser
+/// takes exponential time (22 levels: 11 s). A float array's header nests
+/// two deep, its dict and its shape; a structured dtype's a few more.
+fn check_header_text(head: &[u8]) -> std::result::Result<(), String> {
+    // Magic, version, then a u16 (version 1) or u32 length; anything else
+    // is left to npyz, which says what it is not.
+    let (len, text) = match head {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 1, _, a, b, rest @ ..] => {
+            (u16::from_le_bytes([*a, *b]) as usize, rest)
+        }
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 2 | 3, _, a, b, c, d, rest @ ..] => {
+            (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest)
+        }
+        _ => return Ok(()),
+    };
+    if len > MOST_HEADER_BYTES {
+        return Err(format!(
+            "the NPY header is {len} bytes, more than the {MOST_HEADER_BYTES} numpy itself reads; \
+             save the array with numpy.save"
+        ));
+    }
+    let mut depth = 0usize;
+    for &b in &text[..len.min(text.len())] {
+        match b {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MOST_NESTING {
+            return Err(format!(
+                "the NPY header nests brackets more than {MOST_NESTING} deep, as no float array's \
+                 does; save the array with numpy.save"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deepest bracket nesting read in a header.
+const MOST_NESTING: usize = 8;
 
 /// The header's shape, refusing Fortran order (we index rows in C order).
 fn c_order_shape(h: &NpyHeader) -> std::result::Result<Vec<usize>, String> {
@@ -337,6 +384,7 @@ impl NpyRows {
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
+        check_header_text(reader.fill_buf().map_err(io)?).map_err(bad)?;
         let header = NpyHeader::from_reader(&mut reader).map_err(|e| bad(header_error(e)))?;
         let data_start = reader.stream_position().map_err(io)?;
         let shape = c_order_shape(&header).map_err(bad)?;
@@ -506,6 +554,42 @@ mod tests {
         let err = NpyRows::open_shaped(&path, true).err().unwrap().to_string();
         let said = format!("truncated: shape [3, 2] needs {} bytes", b.len());
         assert!(err.contains(&said), "{said}: {err}");
+    }
+
+    /// Headers npyz would take seconds or more to parse, or numpy itself
+    /// would not read (over np.load's max_header_size of 10,000 bytes),
+    /// are refused before npyz sees them, by both readers.
+    #[test]
+    fn refuses_deeply_nested_and_overlong_headers() {
+        let nested = format!("{}'<f4'{}", "[".repeat(24), "]".repeat(24));
+        let deep = v1(&format!(
+            "{{'descr': {nested}, 'fortran_order': False, 'shape': (1,), }}"
+        ));
+        let mut long = b"\x93NUMPY\x02\x00".to_vec();
+        long.extend_from_slice(&12_000u32.to_le_bytes());
+        long.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }");
+        long.resize(12 + 12_000, b' ');
+        let dir = tempfile::tempdir().unwrap();
+        for (bytes, said) in [
+            (deep, "nests brackets more than 8 deep"),
+            (long, "header is 12000 bytes"),
+        ] {
+            let err = parse_npy_f32(&bytes).unwrap_err();
+            assert!(err.contains(said) && err.contains("numpy.save"), "{err}");
+            let path = dir.path().join("h.npy");
+            std::fs::write(&path, &bytes).unwrap();
+            let err = NpyRows::open_shaped(&path, false)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(said), "{err}");
+        }
+        // Nesting within the bound still reads (here, a shape in a tuple
+        // of a list: npyz takes the dict as it parses any).
+        let b = v1("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': [((1,),)], }");
+        let mut b = b;
+        b.extend_from_slice(&2.0f32.to_le_bytes());
+        assert_eq!(parse_npy_f32(&b).unwrap(), (vec![1], vec![2.0]));
     }
 
     #[test]
