@@ -762,6 +762,42 @@ fn no_output_is_written_into_a_store() {
         let synth = ["synth-store", "--out", out, "--count", "1", "--size", "8"];
         assert_error(&synth, &[&format!("{out}: {said}"), "pass another --out"]);
     }
+    // Nor beside a folder's images, which a store there would shadow.
+    let files = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
+    let before = files(&raw);
+    let synth = [
+        "synth-store",
+        "--out",
+        &raw_s,
+        "--count",
+        "1",
+        "--size",
+        "8",
+    ];
+    let said = format!("{raw_s}: holds \"class");
+    assert_error(&synth, &[&said, "and no store", "pass another --out"]);
+    assert_eq!(files(&raw), before);
+    // An empty folder it fills, and its own store it writes again.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let empty_s = empty.display().to_string();
+    for _ in 0..2 {
+        let synth = [
+            "synth-store",
+            "--out",
+            &empty_s,
+            "--count",
+            "3",
+            "--size",
+            "8",
+        ];
+        let (ok, err) = run(&synth);
+        assert!(ok, "{err}");
+        assert!(
+            alexnet_cuda::data::packed::read_meta(&empty).is_ok_and(|m| m.count == 3),
+            "a store of 3"
+        );
+    }
     assert!(!data.join("meta.json").exists());
     assert!(std::fs::read(store.join("meta.json")).unwrap() == meta);
     for f in ["f.npy", "f.png", "p.csv"] {

@@ -184,7 +184,7 @@ pub fn refuse_unfinished_store(dir: &Path) -> Result<()> {
 /// being the 16 lowercase hex digits [`StoreWriter::create`] writes: a
 /// user's `data-2021.bin` or `sources-urls.txt` is not one, neither to
 /// delete nor to take an image folder for an unfinished store.
-fn is_generation_file(name: &str) -> bool {
+pub fn is_generation_file(name: &str) -> bool {
     GEN_FILES.iter().any(|(stem, ext)| {
         name.strip_prefix(stem)
             .and_then(|r| r.strip_prefix('-'))

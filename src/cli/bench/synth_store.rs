@@ -1,6 +1,7 @@
 //! `synth-store` (hidden): write a synthetic store of COUNT copies of a few
 //! encoded images, for the loader's memory benchmarks (scripts/bench-data);
 //! prints one JSON line.
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -8,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use alexnet_cuda::data::decode::encode_jpeg;
-use alexnet_cuda::data::packed::{is_store, read_meta, Stats, StoreWriter};
+use alexnet_cuda::data::packed::{is_generation_file, is_store, read_meta, Stats, StoreWriter};
 use alexnet_cuda::data::{Encoding, Pca, StoreMeta};
 
 use crate::cli::common::at_least_one;
@@ -53,9 +54,10 @@ pub fn run(args: SynthStoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// synth-store writes a new folder, or over a synthetic store of its own
-/// (a rerun): a store prepared from images, or `prepare`'s folder of
-/// stores, at --out would be replaced or shadowed unasked.
+/// synth-store writes a new or empty folder, or over a synthetic store of
+/// its own (a rerun): a store prepared from images, `prepare`'s folder of
+/// stores, or a folder of images at --out would be replaced or shadowed
+/// unasked.
 fn refuse_a_real_store(out: &Path) -> Result<()> {
     let elsewhere =
         "synth-store writes only a new folder or its own synthetic stores: pass another --out";
@@ -65,14 +67,29 @@ fn refuse_a_real_store(out: &Path) -> Result<()> {
             out.display()
         );
     }
-    if !is_store(out) {
-        return Ok(());
+    if is_store(out) {
+        return match read_meta(out) {
+            Ok(m) if m.source == SOURCE => Ok(()),
+            Ok(m) => bail!("{}: a store of {}; {elsewhere}", out.display(), m.source),
+            Err(e) => bail!("{e}; {elsewhere}"),
+        };
     }
-    match read_meta(out) {
-        Ok(m) if m.source == SOURCE => Ok(()),
-        Ok(m) => bail!("{}: a store of {}; {elsewhere}", out.display(), m.source),
-        Err(e) => bail!("{e}; {elsewhere}"),
+    // Anything else there (class folders of images, prepare's val store
+    // alone, the user's files) is not ours to write beside; an unfinished
+    // store's own files are, as the writer removes them.
+    let other = fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| !is_generation_file(name));
+    if let Some(name) = other {
+        bail!(
+            "{}: holds {name:?}, and no store; {elsewhere} (a new or empty folder)",
+            out.display()
+        );
     }
+    Ok(())
 }
 
 /// 16 distinct noise images, each encoded once (JPEG, quality 90) for the
