@@ -1973,14 +1973,15 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
 }
 
 /// A prepare stopped while it writes the first store of an output folder
-/// it made removes that folder too. It used to leave it holding only the
-/// lock, which `train --data` then called a folder without class
-/// sub-folders.
+/// it made removes that folder too, and the folders it made above it. It
+/// used to leave it holding only the lock, which `train --data` then
+/// called a folder without class sub-folders.
 #[test]
 fn a_prepare_stopped_in_a_folder_it_made_leaves_no_folder() -> TestResult {
     let t = TempDir::new()?;
     let r = replacing(t.path())?;
-    let fresh = t.path().join("fresh");
+    let above = t.path().join("runs");
+    let fresh = above.join("a").join("fresh");
     let train = fresh.join("train");
     let flag = std::ffi::OsStr::new;
     let args = [
@@ -1997,10 +1998,11 @@ fn a_prepare_stopped_in_a_folder_it_made_leaves_no_folder() -> TestResult {
     })?;
     assert_eq!(status.code(), Some(143), "{said}");
     assert!(
-        !fresh.exists(),
+        !above.exists(),
         "{:?}",
         fs::read_dir(&fresh).map(|d| d.count())
     );
+    assert!(t.path().exists(), "the folder that was there stays");
     Ok(())
 }
 
