@@ -278,3 +278,76 @@ fn the_check_scripts_refuse_to_empty_what_they_did_not_write() {
         assert!(!here.path().join("fresh").exists(), "{script} {out}");
     }
 }
+
+/// scripts/prepare-imagenette on an archive that is a plain tar (not
+/// gzipped) with the class names inside it, beside train/ under one top
+/// folder: both read. It ran `tar xzf`, which refuses a plain tar, and
+/// read the names only from beside the archive.
+#[test]
+fn prepare_imagenette_reads_a_plain_tar_with_its_names_inside() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = root.join("tests/fixtures/imagenette");
+    let t = tempfile::tempdir().unwrap();
+    let top = t.path().join("src/imagenette");
+    std::fs::create_dir_all(&top).unwrap();
+    let ok = Command::new("cp")
+        .args(["-r", &format!("{}/train", fixture.display())])
+        .arg(&top)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::copy(
+        fixture.join("imagenette-names.txt"),
+        top.join("imagenette-names.txt"),
+    )
+    .unwrap();
+    let tar = t.path().join("archive/imagenette.tar");
+    std::fs::create_dir_all(tar.parent().unwrap()).unwrap();
+    let ok = Command::new("tar")
+        .arg("cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(t.path().join("src"))
+        .arg("imagenette")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = t.path().join("store");
+    let o = Command::new(root.join("scripts/prepare-imagenette"))
+        .arg(&out)
+        .args(["--size", "40", "--no-progress"])
+        .env("ALEXNET_IMAGENETTE_TAR", &tar)
+        .env("ALEXNET_BIN", env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let meta = alexnet_cuda::data::packed::read_meta(&out.join("train")).unwrap();
+    let names = std::fs::read_to_string(fixture.join("imagenette-names.txt")).unwrap();
+    let tench = names.lines().next().unwrap().split_once(' ').unwrap();
+    assert_eq!(meta.classes[0], tench.0);
+    assert_eq!(meta.names[0], tench.1, "the names inside the archive");
+    assert!(out.join("val").join("meta.json").exists(), "{err}");
+}
+
+/// gpu-check given an Imagenette archive that is not there stops, exit
+/// 2, rather than train the end-to-end rows on the fixture's photos.
+#[test]
+fn gpu_check_refuses_a_named_archive_that_is_missing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = tempfile::tempdir().unwrap();
+    let o = Command::new(root.join("scripts/gpu-check"))
+        .args(["--no-build", "--phase", "e2e"])
+        .env("ALEXNET_IMAGENETTE_TAR", "typo.tar.gz")
+        .env("GPU_CHECK_DIR", here.path().join("gc"))
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let said = format!(
+        "ALEXNET_IMAGENETTE_TAR={}/typo.tar.gz is not a file",
+        here.path().display()
+    );
+    assert!(o.status.code() == Some(2) && err.contains(&said), "{err}");
+    assert!(!here.path().join("gc").exists());
+}
