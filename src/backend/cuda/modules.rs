@@ -121,16 +121,17 @@ fn load_one(
         cc.0,
         cc.1
     );
-    let ptx = nvrtc(m, cc).map_err(|nvrtc_err| Error::Cuda {
+    let (ptx, arch) = nvrtc(m, cc).map_err(|nvrtc_err| Error::Cuda {
         op: "kernel load",
         detail: format!(
             "module {}: {fatbin_problem}, and NVRTC failed: {nvrtc_err}",
             m.name
         ),
     })?;
-    // Below compute_75 the PTX was compiled for compute_75 (CUDA 13's NVRTC
-    // targets nothing older), which no driver runs on such a card.
-    let fix = match cc < (7, 5) {
+    // Below compute_75 the PTX may have been compiled for compute_75 (CUDA
+    // 13's NVRTC targets nothing older), which no driver runs on such a
+    // card; PTX for the card's own arch points at the driver.
+    let fix = match cc < (7, 5) && arch == "compute_75" {
         true => format!(
             "sm_{}{} is older than CUDA 13, and so this build, supports (compute \
              capability 7.5 and newer); run on a newer GPU, or with --cpu",
@@ -165,7 +166,7 @@ pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)
     MODULES
         .iter()
         .map(|m| {
-            let ptx = nvrtc(m, cc).map_err(|e| Error::Cuda {
+            let (ptx, _) = nvrtc(m, cc).map_err(|e| Error::Cuda {
                 op: "nvrtc",
                 detail: format!("module {}: {e}", m.name),
             })?;
@@ -177,7 +178,8 @@ pub fn nvrtc_compile_all(cc: (i32, i32)) -> Result<Vec<(&'static Module, String)
 /// Compile a module's source for the device's virtual architecture; when this
 /// NVRTC does not know that architecture (a card newer than the toolkit), fall
 /// back to compute_75, whose PTX the driver JIT-compiles for any newer card.
-fn nvrtc(m: &Module, (major, minor): (i32, i32)) -> std::result::Result<Ptx, String> {
+/// Returns the PTX and the architecture it was compiled for.
+fn nvrtc(m: &Module, (major, minor): (i32, i32)) -> std::result::Result<(Ptx, String), String> {
     // NVRTC_OPTIONS (no fused multiply-add, as the nvcc build), for `arch`.
     let opts = |arch: String| CompileOptions {
         options: NVRTC_OPTIONS
@@ -192,13 +194,14 @@ fn nvrtc(m: &Module, (major, minor): (i32, i32)) -> std::result::Result<Ptx, Str
     };
     let native = format!("compute_{major}{minor}");
     match compile_ptx_with_opts(m.source, opts(native.clone())) {
-        Ok(ptx) => Ok(ptx),
+        Ok(ptx) => Ok((ptx, native)),
         Err(first) => {
             tracing::warn!(
                 module = m.name,
                 "kernels: NVRTC could not compile for {native} ({first}); retrying for compute_75"
             );
             compile_ptx_with_opts(m.source, opts("compute_75".into()))
+                .map(|ptx| (ptx, "compute_75".into()))
                 .map_err(|e| format!("{native}: {first}; compute_75: {e}"))
         }
     }
