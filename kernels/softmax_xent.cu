@@ -29,6 +29,8 @@
 //     device so the trainer need not wait for it every step.
 //   backward (one thread per element): dlogits = (probs - onehot(label)) / n,
 //     times the loss scale for the 16-bit entry points (f32: times 1, exact).
+//     In 16 bits the label's 1 - p is the sum of the row's other
+//     probabilities (its thread loops over the row), not 1 minus a rounded p.
 // Same order of operations as src/backend/cpu/elementwise.rs (the scaled
 // backward multiplies the unscaled gradient by the scale, as the default
 // Backend::softmax_xent_backward_scaled does).
@@ -120,6 +122,18 @@ __device__ __forceinline__ void softmax_xent_probs_body(const float* __restrict_
     }
 }
 
+// The sum of a row's probabilities but the label's, in class order, in f32.
+template <class S>
+__device__ __forceinline__ float softmax_xent_others_sum(const typename S::T* __restrict__ row,
+                                                         int label, int classes)
+{
+    float sum = 0.0f;
+    for (int j = 0; j < classes; ++j) {
+        sum += j == label ? 0.0f : S::load(row[j]);
+    }
+    return sum;
+}
+
 template <class S>
 __device__ __forceinline__ void softmax_xent_backward_body(const typename S::T* __restrict__ probs,
                                                            const unsigned int* __restrict__ labels,
@@ -133,7 +147,17 @@ __device__ __forceinline__ void softmax_xent_backward_body(const typename S::T* 
         const long long row = i / classes;
         const long long col = i - row * classes;
         const float p = S::load(probs[i]);
-        const float d = col == (long long)labels[row] ? (p - 1.0f) * inv_n : p * inv_n;
+        float d = p * inv_n;
+        if (col == (long long)labels[row]) {
+            // 1 - p from a 16-bit p cancels: bf16 holds 0.99 as 0.98828
+            // (17% off in 1 - p) and anything from 0.99805 up as 1 (no
+            // gradient). The other classes' probabilities sum to 1 - p
+            // with each one's own small rounding, so the label's term is
+            // taken from them. f32 keeps p - 1, as the CPU op computes it.
+            d = sizeof(typename S::T) < sizeof(float)
+                    ? -softmax_xent_others_sum<S>(probs + row * classes, (int)col, classes) * inv_n
+                    : (p - 1.0f) * inv_n;
+        }
         dlogits[i] = S::store(d * scale);
     }
 }
