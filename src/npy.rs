@@ -13,7 +13,7 @@
 //! writes whole `ndarray` arrays (streaming only by memory-mapping a zeroed
 //! file) and brings `ndarray` with it.
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Cursor, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::{DType, NpyFile, NpyHeader, NpyReader, Order, TypeStr, WriteOptions, WriterBuilder};
@@ -140,12 +140,18 @@ fn check_header_text(head: &[u8]) -> std::result::Result<(), String> {
              save the array with numpy.save"
         ));
     }
-    let mut depth = 0usize;
+    let (mut depth, mut quote, mut escaped) = (0usize, None, false);
     for &b in &text[..len.min(text.len())] {
-        match b {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+        // Brackets inside a quoted string are text, not nesting.
+        match (quote, b) {
+            (Some(_), _) if escaped => escaped = false,
+            (Some(_), b'\\') => escaped = true,
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(b),
+            (None, b'(' | b'[' | b'{') => depth += 1,
+            (None, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
+            (None, _) => {}
         }
         if depth > MOST_NESTING {
             return Err(format!(
@@ -155,6 +161,17 @@ fn check_header_text(head: &[u8]) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The file's first bytes, up to the longest header read and its preamble
+/// (read whole: one read may return fewer), the file left where it was.
+fn header_bytes(file: &File) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    file.take(12 + MOST_HEADER_BYTES as u64)
+        .read_to_end(&mut head)?;
+    let mut file = file;
+    file.seek(io::SeekFrom::Start(0))?;
+    Ok(head)
 }
 
 /// Deepest bracket nesting read in a header.
@@ -383,8 +400,8 @@ impl NpyRows {
         let io = |e| Error::io(path, e);
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
+        check_header_text(&header_bytes(&file).map_err(io)?).map_err(bad)?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        check_header_text(reader.fill_buf().map_err(io)?).map_err(bad)?;
         let header = NpyHeader::from_reader(&mut reader).map_err(|e| bad(header_error(e)))?;
         let data_start = reader.stream_position().map_err(io)?;
         let shape = c_order_shape(&header).map_err(bad)?;
@@ -565,6 +582,11 @@ mod tests {
         let deep = v1(&format!(
             "{{'descr': {nested}, 'fortran_order': False, 'shape': (1,), }}"
         ));
+        // A closing bracket in a string is no end of a list: 24 deep still.
+        let quoted = format!("{}1{}", "[']', ".repeat(24), "]".repeat(24));
+        let deep_quoted = v1(&format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': {quoted}, }}"
+        ));
         let mut long = b"\x93NUMPY\x02\x00".to_vec();
         long.extend_from_slice(&12_000u32.to_le_bytes());
         long.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }");
@@ -572,6 +594,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (bytes, said) in [
             (deep, "nests brackets more than 8 deep"),
+            (deep_quoted, "nests brackets more than 8 deep"),
             (long, "header is 12000 bytes"),
         ] {
             let err = parse_npy_f32(&bytes).unwrap_err();
