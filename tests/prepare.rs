@@ -1980,29 +1980,30 @@ fn a_signal_stops_prepare_and_removes_the_unfinished_store() -> TestResult {
 fn a_prepare_stopped_in_a_folder_it_made_leaves_no_folder() -> TestResult {
     let t = TempDir::new()?;
     let r = replacing(t.path())?;
-    let above = t.path().join("runs");
-    let fresh = above.join("a").join("fresh");
-    let train = fresh.join("train");
-    let flag = std::ffi::OsStr::new;
-    let args = [
-        flag("--no-progress"),
-        flag("--size"),
-        flag("64"),
-        flag("--train"),
-        r.big.as_os_str(),
-        flag("--out"),
-        fresh.as_os_str(),
-    ];
-    let (status, said) = signal_at(&args, &[libc::SIGTERM], || {
-        new_generation_started(&train, "none")
-    })?;
-    assert_eq!(status.code(), Some(143), "{said}");
-    assert!(
-        !above.exists(),
-        "{:?}",
-        fs::read_dir(&fresh).map(|d| d.count())
-    );
-    assert!(t.path().exists(), "the folder that was there stays");
+    // Two missing folders above --out; and one named on the way through
+    // `..`, made by creating --out though not under it.
+    let (runs, nx) = (t.path().join("runs"), t.path().join("nx"));
+    for fresh in [runs.join("a").join("fresh"), nx.join("..").join("fresh")] {
+        let train = fresh.join("train");
+        let flag = std::ffi::OsStr::new;
+        let args = [
+            flag("--no-progress"),
+            flag("--size"),
+            flag("64"),
+            flag("--train"),
+            r.big.as_os_str(),
+            flag("--out"),
+            fresh.as_os_str(),
+        ];
+        let (status, said) = signal_at(&args, &[libc::SIGTERM], || {
+            new_generation_started(&train, "none")
+        })?;
+        assert_eq!(status.code(), Some(143), "{said}");
+        for made in [&runs, &nx, &t.path().join("fresh")] {
+            assert!(!made.exists(), "{}: {fresh:?}", made.display());
+        }
+        assert!(t.path().exists(), "the folder that was there stays");
+    }
     Ok(())
 }
 

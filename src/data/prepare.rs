@@ -267,7 +267,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     }
     // Made here (no lock was taken in it above): removed again should the
     // first store fail or be stopped.
-    let made = lock.is_none().then(|| topmost_missing(&opts.out));
+    let made = lock.is_none().then(|| missing_folders(&opts.out));
     create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
@@ -285,8 +285,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     };
     let (train, stored) =
         store("train", &opts.train, &items, val_count, None).inspect_err(|_| {
-            if let Some(top) = &made {
-                remove_made_folder(&opts.out, top);
+            if let Some(made) = &made {
+                remove_made_folders(&opts.out, made);
             }
         })?;
     // The earlier val store was paired with the train store just replaced:
@@ -1079,34 +1079,29 @@ fn check_room(dir: &Path, each: f64, left: usize, basis: &str) -> Result<()> {
 /// The output folder a prepare made, after its first store failed or was
 /// stopped (that store's files removed): removed too when only the lock is
 /// left in it, which `train --data` would take for a class folder without
-/// classes, and so are the folders above it made with it, up to `top`,
-/// while empty.
-fn remove_made_folder(out: &Path, top: &Path) {
+/// classes, and so are the folders made with it (`made`, deepest first),
+/// each while empty.
+fn remove_made_folders(out: &Path, made: &[PathBuf]) {
     let only_lock =
         fs::read_dir(out).is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")));
     if !only_lock {
         return;
     }
     let _ = fs::remove_file(out.join(".lock"));
-    for dir in out.ancestors() {
-        // remove_dir refuses a folder that is not empty: stop there.
-        if fs::remove_dir(dir).is_err() || dir == top {
-            break;
-        }
+    // remove_dir refuses a folder that is not empty, and `nx/..` (a path
+    // through one made, not one made itself): left as they are.
+    for dir in made {
+        let _ = fs::remove_dir(dir);
     }
 }
 
-/// The highest folder on the way to `out` that does not exist yet (`out`
-/// itself when its parent does): what creating `out` makes.
-fn topmost_missing(out: &Path) -> PathBuf {
-    let mut top = out;
-    for dir in out.ancestors().skip(1) {
-        if dir.as_os_str().is_empty() || dir.exists() {
-            break;
-        }
-        top = dir;
-    }
-    top.to_path_buf()
+/// The folders on the way to `out`, itself first, that are not there yet:
+/// what creating `out` makes.
+fn missing_folders(out: &Path) -> Vec<PathBuf> {
+    out.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 /// One store to write: where, from which tree, its name in messages, how
