@@ -328,10 +328,27 @@ fn prepare_imagenette_reads_a_plain_tar_with_its_names_inside() {
     assert_eq!(meta.classes[0], tench.0);
     assert_eq!(meta.names[0], tench.1, "the names inside the archive");
     assert!(out.join("val").join("meta.json").exists(), "{err}");
+    // The user's own --names replaces the archive's, not added beside it.
+    let own = t.path().join("own-names.txt");
+    let renamed = names.replacen(tench.1, "fish", 1);
+    std::fs::write(&own, renamed).unwrap();
+    let again = t.path().join("store2");
+    let o = Command::new(root.join("scripts/prepare-imagenette"))
+        .arg(&again)
+        .args(["--size", "40", "--no-progress", "--names"])
+        .arg(&own)
+        .env("ALEXNET_IMAGENETTE_TAR", &tar)
+        .env("ALEXNET_BIN", env!("CARGO_BIN_EXE_alexnet-cuda"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta = alexnet_cuda::data::packed::read_meta(&again.join("train")).unwrap();
+    assert_eq!(meta.names[0], "fish");
 }
 
 /// gpu-check given an Imagenette archive that is not there stops, exit
-/// 2, rather than train the end-to-end rows on the fixture's photos.
+/// 2, rather than train the end-to-end rows on the fixture's photos; its
+/// --list goes on.
 #[test]
 fn gpu_check_refuses_a_named_archive_that_is_missing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -350,4 +367,12 @@ fn gpu_check_refuses_a_named_archive_that_is_missing() {
     );
     assert!(o.status.code() == Some(2) && err.contains(&said), "{err}");
     assert!(!here.path().join("gc").exists());
+    // Listing the phases reads no archive: not refused.
+    let o = Command::new(root.join("scripts/gpu-check"))
+        .arg("--list")
+        .env("ALEXNET_IMAGENETTE_TAR", "typo.tar.gz")
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
