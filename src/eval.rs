@@ -124,20 +124,6 @@ impl ClassTally {
         self.missed.iter().map(|(&k, &n)| (k, n))
     }
 
-    /// The confusion matrix, row-major: row = true class, column = top-1
-    /// class; classes² counts, so for the classes a picture or file can hold.
-    pub fn matrix(&self) -> Vec<u64> {
-        let c = self.classes;
-        let mut m = vec![0; c * c];
-        for (t, &n) in self.top1.iter().enumerate() {
-            m[t * c + t] = n;
-        }
-        for ((t, p), n) in self.misses() {
-            m[t * c + p] = n;
-        }
-        m
-    }
-
     /// The class `truth`'s images are most often taken for, and how many
     /// (the lower index on ties); None when none was missed.
     pub fn most_confused(&self, truth: usize) -> Option<(usize, u64)> {

@@ -69,7 +69,14 @@ fn row(ck: &Checkpoint, tally: &ClassTally, c: usize) -> Vec<String> {
 /// to 2^24 per cell).
 pub fn confusion_npy(path: &Path, tally: &ClassTally) -> Result<Vec<u8>> {
     let c = tally.classes();
-    let m: Vec<f32> = tally.matrix().iter().map(|&n| n as f32).collect();
+    // Filled from the diagonal and the misses: no classes² copy besides.
+    let mut m = vec![0.0f32; c * c];
+    for t in 0..c {
+        m[t * c + t] = tally.confused(t, t) as f32;
+    }
+    for ((t, p), n) in tally.misses() {
+        m[t * c + p] = n as f32;
+    }
     npy_f32_bytes(path, &[c, c], &m)
 }
 
