@@ -67,8 +67,8 @@ fn rate(state: &ProgressState, w: &mut dyn std::fmt::Write) {
     let _ = write!(w, "{}/s", rate_text(state.per_sec()));
 }
 
-/// `r` to three significant figures, never in exponent form; from 1000 up,
-/// the whole number. The decimals follow `r` rounded, so 99.96 reads `100`,
+/// `r` to three significant figures, in exponent form only below 0.001;
+/// from 1000 up, the whole number. The decimals follow `r` rounded, so 99.96 reads `100`,
 /// not `100.0`.
 pub fn rate_text(r: f64) -> String {
     if !r.is_finite() || r <= 0.0 {
@@ -76,6 +76,10 @@ pub fn rate_text(r: f64) -> String {
     }
     if r >= 999.5 {
         return format!("{r:.0}");
+    }
+    // Under one item in 1000 s (a subnormal rate too): exponent form.
+    if r < 1e-3 {
+        return format!("{r:.2e}");
     }
     // Round to three figures first: the carry can move r up a power of ten.
     let magnitude = |x: f64| x.log10().floor() as i32;

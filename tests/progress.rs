@@ -210,6 +210,9 @@ fn rates_read_to_three_figures_after_rounding() {
     // From 1000 up, the whole number: more figures, no exponent.
     assert_eq!(alexnet_cuda::progress::rate_text(1324.2366), "1324");
     assert_eq!(alexnet_cuda::progress::rate_text(0.0), "0.00");
+    // Below 0.001, three figures in exponent form, down to subnormals.
+    assert_eq!(alexnet_cuda::progress::rate_text(4.123e-4), "4.12e-4");
+    assert_eq!(alexnet_cuda::progress::rate_text(1e-310), "1.00e-310");
 }
 
 #[test]
