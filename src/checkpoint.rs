@@ -348,10 +348,12 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
             "crops of {} padded by {} for a network input of {}",
             p.crop, p.pad, topo.crop
         )
-    } else if p.crop == 0 || p.image_size < p.crop || p.image_size > MAX_SIDE as usize {
+    } else if p.crop == 0 || p.image_size < p.crop {
+        format!("crops of {} from images of {}", p.crop, p.image_size)
+    } else if p.image_size > MAX_SIDE as usize {
         format!(
-            "crops of {} from images of {} (at most {MAX_SIDE} a side)",
-            p.crop, p.image_size
+            "images of {} a side, over the {MAX_SIDE} any is decoded to",
+            p.image_size
         )
     } else if let Some(m) = state.saving.checkpoint_minutes.filter(|&m| !is_interval(m)) {
         match m.abs() < 1e6 {

@@ -3357,11 +3357,11 @@ fn a_run_state_that_does_not_fit_its_network_is_refused() {
         // a batch), or smaller than the crop cut from them.
         (
             |s| s.preprocess.image_size = 100_000,
-            "crops of 28 from images of 100000 (at most 20000 a side)".into(),
+            "images of 100000 a side, over the 20000 any is decoded to".into(),
         ),
         (
             |s| s.preprocess.image_size = 27,
-            "crops of 28 from images of 27 (at most 20000 a side)".into(),
+            "crops of 28 from images of 27".into(),
         ),
         // An interval no clock counts would panic the resumed run's timer.
         (
