@@ -777,9 +777,27 @@ fn no_output_is_written_into_a_store() {
     let said = format!("{raw_s}: holds \"class");
     assert_error(&synth, &[&said, "and no store", "pass another --out"]);
     assert_eq!(files(&raw), before);
-    // An empty folder it fills, and its own store it writes again.
+    // Nor beside prepare's stores, in the folder its lock marks, where a
+    // prepare may be writing one now.
+    let beside = data.join("other").display().to_string();
+    let synth = [
+        "synth-store",
+        "--out",
+        &beside,
+        "--count",
+        "1",
+        "--size",
+        "8",
+    ];
+    assert_error(
+        &synth,
+        &[&format!("{beside}: in a folder `prepare` writes")],
+    );
+    // An empty folder it fills (a killed synth-store's meta.json being
+    // renamed is no one else's), and its own store it writes again.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("meta.json.tmp-4242"), "{").unwrap();
     let empty_s = empty.display().to_string();
     for _ in 0..2 {
         let synth = [

@@ -74,15 +74,25 @@ fn refuse_a_real_store(out: &Path) -> Result<()> {
             Err(e) => bail!("{e}; {elsewhere}"),
         };
     }
+    // A store prepare is writing now (or was killed writing) sits in a
+    // folder holding prepare's lock: its generation files are not ours.
+    let parent = alexnet_cuda::fsutil::folder_of(out);
+    if parent.join(".lock").is_file() {
+        bail!(
+            "{}: in a folder `prepare` writes (it holds prepare's .lock); {elsewhere}",
+            out.display()
+        );
+    }
     // Anything else there (class folders of images, prepare's val store
-    // alone, the user's files) is not ours to write beside; an unfinished
-    // store's own files are, as the writer removes them.
+    // alone, the user's files) is not ours to write beside; the files a
+    // killed synth-store left (a generation's, a meta.json being renamed)
+    // are, as the writer removes them.
     let other = fs::read_dir(out)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|name| !is_generation_file(name));
+        .find(|name| !is_generation_file(name) && !name.starts_with("meta.json.tmp"));
     if let Some(name) = other {
         bail!(
             "{}: holds {name:?}, and no store; {elsewhere} (a new or empty folder)",
