@@ -119,9 +119,9 @@ fn header_error(e: io::Error) -> String {
 const MOST_HEADER_BYTES: usize = 10_000;
 
 /// Checked before npyz parses the header (`head`: the file's first bytes):
-/// its length, and the nesting of its brackets, in which npyz's parser
-/// takes exponential time (22 levels: 11 s). A float array's header nests
-/// two deep, its dict and its shape; a structured dtype's a few more.
+/// its length, and its brackets, whose nesting npyz's parser takes
+/// exponential time in (22 levels: 11 s). A float array's header holds
+/// two, its dict's and its shape's; a structured dtype's a few more.
 fn check_header_text(head: &[u8]) -> std::result::Result<(), String> {
     // Magic, version, then a u16 (version 1) or u32 length; anything else
     // is left to npyz, which says what it is not.
@@ -140,25 +140,18 @@ fn check_header_text(head: &[u8]) -> std::result::Result<(), String> {
              save the array with numpy.save"
         ));
     }
-    let (mut depth, mut quote, mut escaped) = (0usize, None, false);
-    for &b in &text[..len.min(text.len())] {
-        // Brackets inside a quoted string are text, not nesting.
-        match (quote, b) {
-            (Some(_), _) if escaped => escaped = false,
-            (Some(_), b'\\') => escaped = true,
-            (Some(q), _) if b == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'\'' | b'"') => quote = Some(b),
-            (None, b'(' | b'[' | b'{') => depth += 1,
-            (None, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
-            (None, _) => {}
-        }
-        if depth > MOST_NESTING {
-            return Err(format!(
-                "the NPY header nests brackets more than {MOST_NESTING} deep, as no float array's \
-                 does; save the array with numpy.save"
-            ));
-        }
+    // Opening brackets anywhere, quoted or not: their count bounds the
+    // nesting however a parser reads the quotes.
+    let text = &text[..len.min(text.len())];
+    let opened = text
+        .iter()
+        .filter(|b| matches!(b, b'(' | b'[' | b'{'))
+        .count();
+    if opened > MOST_BRACKETS {
+        return Err(format!(
+            "the NPY header holds {opened} brackets, more than the {MOST_BRACKETS} read (a float \
+             array's holds 2); save the array with numpy.save"
+        ));
     }
     Ok(())
 }
@@ -174,8 +167,8 @@ fn header_bytes(file: &File) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// Deepest bracket nesting read in a header.
-const MOST_NESTING: usize = 8;
+/// Most opening brackets read in a header.
+const MOST_BRACKETS: usize = 8;
 
 /// The header's shape, refusing Fortran order (we index rows in C order).
 fn c_order_shape(h: &NpyHeader) -> std::result::Result<Vec<usize>, String> {
@@ -582,7 +575,7 @@ mod tests {
         let deep = v1(&format!(
             "{{'descr': {nested}, 'fortran_order': False, 'shape': (1,), }}"
         ));
-        // A closing bracket in a string is no end of a list: 24 deep still.
+        // Closing brackets in strings hide no nesting: 24 deep still.
         let quoted = format!("{}1{}", "[']', ".repeat(24), "]".repeat(24));
         let deep_quoted = v1(&format!(
             "{{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': {quoted}, }}"
@@ -593,8 +586,8 @@ mod tests {
         long.resize(12 + 12_000, b' ');
         let dir = tempfile::tempdir().unwrap();
         for (bytes, said) in [
-            (deep, "nests brackets more than 8 deep"),
-            (deep_quoted, "nests brackets more than 8 deep"),
+            (deep, "holds 26 brackets, more than the 8 read"),
+            (deep_quoted, "holds 26 brackets, more than the 8 read"),
             (long, "header is 12000 bytes"),
         ] {
             let err = parse_npy_f32(&bytes).unwrap_err();

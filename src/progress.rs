@@ -68,8 +68,8 @@ fn rate(state: &ProgressState, w: &mut dyn std::fmt::Write) {
 }
 
 /// `r` to three significant figures, in exponent form only below 0.001;
-/// from 1000 up, the whole number. The decimals follow `r` rounded, so 99.96 reads `100`,
-/// not `100.0`.
+/// from 1000 up, the whole number. The decimals follow `r` rounded, so
+/// 99.96 reads `100`, not `100.0`.
 pub fn rate_text(r: f64) -> String {
     if !r.is_finite() || r <= 0.0 {
         return format!("{:.2}", r.max(0.0));
