@@ -28,7 +28,7 @@ pub fn file_with_slash(path: &Path) -> Option<&Path> {
 
 /// A temporary file's name (see [`temp_path`]) split into the file it was
 /// to become and its writer's pid.
-fn temp_of(name: &str) -> Option<(&str, u32)> {
+pub fn temp_of(name: &str) -> Option<(&str, u32)> {
     let (target, pid) = name.rsplit_once(".tmp-")?;
     Some((target, pid.parse().ok()?))
 }
@@ -376,15 +376,20 @@ pub fn csv_bytes(
 /// file fsynced in a new folder (a checkpoint, a store) is lost with the
 /// folder at a power cut if the folder's own entry never reached the disk.
 pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    let made: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-        .collect();
+    let made = missing_folders(dir);
     fs::create_dir_all(dir)?;
     for d in made {
         File::open(folder_of(d))?.sync_all()?;
     }
     Ok(())
+}
+
+/// The folders on the way to `dir`, itself first, that are not there yet:
+/// what creating `dir` makes.
+pub fn missing_folders(dir: &Path) -> Vec<&Path> {
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect()
 }
 
 /// fsync the folder holding `path`, making a rename or create in it durable.

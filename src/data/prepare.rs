@@ -40,8 +40,8 @@ use super::packed::{
 use super::store::{balanced_subset, limit_covers_classes, warn_of_a_limit_above, RgbSums};
 use crate::error::{list_failures, Error, Result};
 use crate::fsutil::{
-    create_dir_durably, lock_folder, refuse_file_in_the_way, resolved, short_of_room, size,
-    tsv_field, write_atomic, ELSEWHERE,
+    create_dir_durably, lock_folder, missing_folders, refuse_file_in_the_way, resolved,
+    short_of_room, size, tsv_field, write_atomic, ELSEWHERE,
 };
 
 /// Images handed to the thread pool at a time; results are written in order
@@ -267,7 +267,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     }
     // Made here (no lock was taken in it above): removed again should the
     // first store fail or be stopped.
-    let made = lock.is_none().then(|| missing_folders(&opts.out));
+    let made: Option<Vec<PathBuf>> = lock.is_none().then(|| {
+        missing_folders(&opts.out)
+            .into_iter()
+            .map(Path::to_path_buf)
+            .collect()
+    });
     create_dir_durably(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = match lock {
         Some(l) => l,
@@ -1093,15 +1098,6 @@ fn remove_made_folders(out: &Path, made: &[PathBuf]) {
     for dir in made {
         let _ = fs::remove_dir(dir);
     }
-}
-
-/// The folders on the way to `out`, itself first, that are not there yet:
-/// what creating `out` makes.
-fn missing_folders(out: &Path) -> Vec<PathBuf> {
-    out.ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .map(Path::to_path_buf)
-        .collect()
 }
 
 /// One store to write: where, from which tree, its name in messages, how

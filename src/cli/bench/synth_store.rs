@@ -9,8 +9,11 @@ use clap::Args;
 use serde::Serialize;
 
 use alexnet_cuda::data::decode::encode_jpeg;
-use alexnet_cuda::data::packed::{is_generation_file, is_store, read_meta, Stats, StoreWriter};
+use alexnet_cuda::data::packed::{
+    is_generation_file, is_store, read_meta, Stats, StoreWriter, META_FILE,
+};
 use alexnet_cuda::data::{Encoding, Pca, StoreMeta};
+use alexnet_cuda::fsutil::{folder_of, temp_of};
 
 use crate::cli::common::at_least_one;
 
@@ -76,7 +79,7 @@ fn refuse_a_real_store(out: &Path) -> Result<()> {
     }
     // A store prepare is writing now (or was killed writing) sits in a
     // folder holding prepare's lock: its generation files are not ours.
-    let parent = alexnet_cuda::fsutil::folder_of(out);
+    let parent = folder_of(out);
     if parent.join(".lock").is_file() {
         bail!(
             "{}: in a folder `prepare` writes (it holds prepare's .lock); {elsewhere}",
@@ -87,12 +90,14 @@ fn refuse_a_real_store(out: &Path) -> Result<()> {
     // alone, the user's files) is not ours to write beside; the files a
     // killed synth-store left (a generation's, a meta.json being renamed)
     // are, as the writer removes them.
+    let left =
+        |name: &str| is_generation_file(name) || temp_of(name).is_some_and(|(t, _)| t == META_FILE);
     let other = fs::read_dir(out)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|name| !is_generation_file(name) && !name.starts_with("meta.json.tmp"));
+        .find(|name| !left(name));
     if let Some(name) = other {
         bail!(
             "{}: holds {name:?}, and no store; {elsewhere} (a new or empty folder)",
