@@ -26,6 +26,7 @@ use crate::fsutil::{folder_of, same_file, sync_dir, temp_path};
 use crate::model::net::Network;
 use crate::model::topology::Topology;
 use crate::model::trainable::Model;
+use crate::run_state::is_checkpoint_interval;
 pub use crate::run_state::{Preprocess, Progress, RunOptions, RunState, Saving};
 
 pub const FORMAT: &str = "alexnet-cuda-checkpoint";
@@ -355,7 +356,11 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
             "images of {} a side, over the {MAX_SIDE} any is decoded to",
             p.image_size
         )
-    } else if let Some(m) = state.saving.checkpoint_minutes.filter(|&m| !is_interval(m)) {
+    } else if let Some(m) = state
+        .saving
+        .checkpoint_minutes
+        .filter(|&m| !is_checkpoint_interval(m))
+    {
         match m.abs() < 1e6 {
             true => format!("a checkpoint every {m} minutes"),
             false => format!("a checkpoint every {m:e} minutes"),
@@ -372,12 +377,6 @@ fn check_consistent(path: &Path, state: &RunState, tensors: &[Tensor]) -> Result
         "{}: the run state does not fit the network ({why}): the file was changed after training wrote it; use another checkpoint",
         path.display()
     )))
-}
-
-/// A number of minutes between checkpoints that a clock can count, or 0
-/// for none (what train's --checkpoint-minutes takes).
-fn is_interval(m: f64) -> bool {
-    m == 0.0 || (m > 0.0 && std::time::Duration::try_from_secs_f64(m * 60.0).is_ok())
 }
 
 impl Checkpoint {

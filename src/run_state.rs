@@ -310,6 +310,12 @@ impl Saving {
     }
 }
 
+/// Minutes between checkpoints that a clock can count, or 0 for none: what
+/// train's --checkpoint-minutes takes and a checkpoint may hold.
+pub fn is_checkpoint_interval(m: f64) -> bool {
+    m == 0.0 || (m > 0.0 && std::time::Duration::try_from_secs_f64(m * 60.0).is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Preprocess;

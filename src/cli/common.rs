@@ -16,6 +16,7 @@ use alexnet_cuda::data::{images_under, is_hidden};
 use alexnet_cuda::fsutil;
 use alexnet_cuda::model::spec::NetSpec;
 use alexnet_cuda::model::topology::Topology;
+use alexnet_cuda::run_state::is_checkpoint_interval;
 
 /// A signal this soon after the first is the same request delivered twice:
 /// GNU `timeout` sends its signal to the command and then to the command's
@@ -253,9 +254,10 @@ pub fn minutes_or_off(s: &str) -> std::result::Result<f64, String> {
         Ok(0.0) => Ok(0.0),
         _ => {
             let m = positive_number(s).map_err(|e| format!("{e}, or 0 for off"))?;
-            Duration::try_from_secs_f64(m * 60.0)
-                .map(|_| m)
-                .map_err(|_| format!("{s} minutes is longer than a clock can count"))
+            match is_checkpoint_interval(m) {
+                true => Ok(m),
+                false => Err(format!("{s} minutes is longer than a clock can count")),
+            }
         }
     }
 }
