@@ -85,7 +85,7 @@ pub fn rate_text(r: f64) -> String {
     let magnitude = |x: f64| x.log10().floor() as i32;
     let scale = 10f64.powi(2 - magnitude(r));
     let rounded = (r * scale).round() / scale;
-    let digits = (2 - magnitude(rounded)).clamp(0, 9) as usize;
+    let digits = (2 - magnitude(rounded)).max(0) as usize;
     format!("{rounded:.digits$}")
 }
 
